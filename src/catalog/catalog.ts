@@ -1,0 +1,195 @@
+/**
+ * The catalog: volumes, map pages and extents in SQLite (WAL mode, synchronous=FULL), through
+ * better-sqlite3. It sits beside the storage stack: the pool reads it at open and writes to it at
+ * commit. Every call is synchronous and short; callers keep it off hot paths.
+ *
+ * The catalog connection also holds the pool lock: it runs in EXCLUSIVE locking mode, so the first
+ * transaction takes an fcntl lock on the database that only this process holds until it closes or
+ * dies. A second process (a second daemon, an offline fsck) fails to open it with SQLITE_BUSY.
+ *
+ * Errors: openCatalog throws BUSY when another process holds the pool, CORRUPT when the file is not a
+ * catalog of ours.
+ */
+import Database from 'better-sqlite3'
+import { VdiskError, corrupt } from '../errors'
+
+export type VolumeKind = 'disk' | 'backup' | 'clone'
+
+export interface VolumeRow {
+  id: number
+  kind: VolumeKind
+  name: string
+  size: number
+  createdMs: number
+  mtimeMs: number
+  /** backup: the volume it was taken from; clone: the backup it stands on; disk: null. */
+  sourceId: number | null
+  /** The source's kind and name when this volume was made (the source may be gone since). */
+  sourceLabel: string | null
+  /** Pages whose epoch equals this are this volume's alone and may be changed in place. */
+  epoch: number
+  /** Page ids, u64 little-endian (see format/map-format.ts). */
+  root: Buffer
+  allocatedBlocks: number
+  activeExtent: number | null
+}
+
+export interface PageRow { id: number, epoch: number, entries: Buffer }
+
+/** A delta extent on disk. It is active while a volume's active_extent names it, frozen after. */
+export interface ExtentRow { id: number, volumeId: number, createdMs: number }
+
+const catalogSchemaVersion = 1
+
+const schema = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+  id INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('disk', 'backup', 'clone')),
+  name TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  mtime_ms INTEGER NOT NULL,
+  source_id INTEGER,
+  source_label TEXT,
+  epoch INTEGER NOT NULL,
+  root BLOB NOT NULL,
+  allocated_blocks INTEGER NOT NULL,
+  active_extent INTEGER,
+  UNIQUE (kind, name)
+);
+CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS extents (
+  id INTEGER PRIMARY KEY,
+  volume_id INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+`
+
+export class Catalog {
+  private readonly db: Database.Database
+  private readonly statements: ReturnType<Catalog['prepare']>
+
+  private constructor (db: Database.Database) {
+    this.db = db
+    this.statements = this.prepare()
+  }
+
+  /** Opens (creating when `create`) the catalog and takes the pool lock. */
+  static open (file: string, create: boolean): Catalog {
+    let db: Database.Database
+    try {
+      db = new Database(file, { fileMustExist: !create, timeout: 0 })
+    } catch (err) {
+      throw new VdiskError('IO', `cannot open catalog ${file}: ${(err as Error).message}`, { cause: err })
+    }
+    try {
+      db.pragma('locking_mode = EXCLUSIVE')
+      db.pragma('journal_mode = WAL')
+      db.pragma('synchronous = FULL')
+      // The first write takes the exclusive lock and keeps it until close.
+      db.exec('BEGIN IMMEDIATE; COMMIT;')
+    } catch (err) {
+      db.close()
+      const code = (err as { code?: string }).code
+      if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
+        throw new VdiskError('BUSY', 'the pool is in use by another vdiskfs process (is it mounted elsewhere?)', { cause: err })
+      }
+      if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') throw corrupt(`${file} is not a vdiskfs catalog (damaged?)`, err)
+      throw new VdiskError('IO', `cannot open catalog ${file}: ${(err as Error).message}`, { cause: err })
+    }
+    try {
+      db.exec(schema)
+      const version = db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get('schema_version') as string | undefined
+      if (version === undefined) {
+        db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(catalogSchemaVersion))
+        db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('next_epoch', '1')
+      } else if (Number(version) !== catalogSchemaVersion) {
+        throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
+      }
+    } catch (err) {
+      db.close()
+      if (err instanceof VdiskError) throw err
+      throw corrupt(`catalog ${file} is damaged: ${(err as Error).message}`, err)
+    }
+    return new Catalog(db)
+  }
+
+  private prepare () {
+    const db = this.db
+    return {
+      volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, active_extent)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @activeExtent)`),
+      updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
+        root = @root, allocated_blocks = @allocatedBlocks, active_extent = @activeExtent WHERE id = @id`),
+      updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
+        allocated_blocks = @allocatedBlocks, active_extent = @activeExtent WHERE id = @id`),
+      deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
+      page: db.prepare('SELECT id, epoch, entries FROM pages WHERE id = ?'),
+      putPage: db.prepare('INSERT OR REPLACE INTO pages (id, epoch, entries) VALUES (?, ?, ?)'),
+      pageIds: db.prepare('SELECT id FROM pages').pluck(),
+      deletePage: db.prepare('DELETE FROM pages WHERE id = ?'),
+      maxPageId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM pages').pluck(),
+      maxVolumeId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM volumes').pluck(),
+      maxExtentId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM extents').pluck(),
+      extents: db.prepare('SELECT id, volume_id AS volumeId, created_ms AS createdMs FROM extents ORDER BY id'),
+      insertExtent: db.prepare('INSERT INTO extents (id, volume_id, created_ms) VALUES (?, ?, ?)'),
+      deleteExtent: db.prepare('DELETE FROM extents WHERE id = ?'),
+      getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
+      setMeta: db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)')
+    }
+  }
+
+  close (): void {
+    if (this.db.open) this.db.close()
+  }
+
+  /** Runs `work` in one transaction: all of it is durable when this returns, or none of it. */
+  transaction<T> (work: () => T): T {
+    return this.db.transaction(work)()
+  }
+
+  volumes (): VolumeRow[] {
+    return (this.statements.volumes.all() as Array<Record<string, unknown>>).map(row => ({
+      id: row.id as number,
+      kind: row.kind as VolumeKind,
+      name: row.name as string,
+      size: row.size as number,
+      createdMs: row.created_ms as number,
+      mtimeMs: row.mtime_ms as number,
+      sourceId: row.source_id as number | null,
+      sourceLabel: row.source_label as string | null,
+      epoch: row.epoch as number,
+      root: row.root as Buffer,
+      allocatedBlocks: row.allocated_blocks as number,
+      activeExtent: row.active_extent as number | null
+    }))
+  }
+
+  insertVolume (row: VolumeRow): void { this.statements.insertVolume.run(row) }
+  updateVolume (row: VolumeRow, withRoot: boolean): void {
+    if (withRoot) this.statements.updateVolume.run(row)
+    else {
+      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, ...rest } = row
+      this.statements.updateVolumeNoRoot.run(rest)
+    }
+  }
+
+  deleteVolume (id: number): void { this.statements.deleteVolume.run(id) }
+
+  page (id: number): PageRow | undefined { return this.statements.page.get(id) as PageRow | undefined }
+  putPage (id: number, epoch: number, entries: Buffer): void { this.statements.putPage.run(id, epoch, entries) }
+  pageIds (): number[] { return this.statements.pageIds.all() as number[] }
+  deletePage (id: number): void { this.statements.deletePage.run(id) }
+  maxPageId (): number { return this.statements.maxPageId.get() as number }
+  maxVolumeId (): number { return this.statements.maxVolumeId.get() as number }
+  maxExtentId (): number { return this.statements.maxExtentId.get() as number }
+
+  extents (): ExtentRow[] { return this.statements.extents.all() as ExtentRow[] }
+  insertExtent (row: ExtentRow): void { this.statements.insertExtent.run(row.id, row.volumeId, row.createdMs) }
+  deleteExtent (id: number): void { this.statements.deleteExtent.run(id) }
+
+  getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }
+  setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }
+}

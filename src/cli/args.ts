@@ -1,0 +1,53 @@
+/**
+ * A small argument parser: positionals, boolean flags and flags with values, as each command declares
+ * them. Unknown flags and wrong counts are usage errors (exit status 2).
+ */
+export class UsageError extends Error {}
+
+export interface Spec {
+  positionals: string[]
+  booleans?: Record<string, string[]>
+  values?: Record<string, string[]>
+}
+
+export interface Parsed { positionals: string[], flags: Record<string, boolean>, values: Record<string, string> }
+
+export function parseArgs (argv: string[], spec: Spec): Parsed {
+  const positionals: string[] = []
+  const flags: Record<string, boolean> = {}
+  const values: Record<string, string> = {}
+  const booleanOf = new Map<string, string>()
+  const valueOf = new Map<string, string>()
+  for (const [key, names] of Object.entries(spec.booleans ?? {})) for (const name of names) booleanOf.set(name, key)
+  for (const [key, names] of Object.entries(spec.values ?? {})) for (const name of names) valueOf.set(name, key)
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]
+    if (arg === '--') { positionals.push(...argv.slice(i + 1)); break }
+    if (arg.startsWith('-') && arg !== '-') {
+      const [name, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined]
+      const flag = booleanOf.get(name)
+      if (flag !== undefined && inline === undefined) { flags[flag] = true; continue }
+      const value = valueOf.get(name)
+      if (value !== undefined) {
+        const given = inline ?? argv[++i]
+        if (given === undefined) throw new UsageError(`${name} needs a value`)
+        values[value] = given
+        continue
+      }
+      throw new UsageError(`unknown option ${arg}`)
+    }
+    positionals.push(arg)
+  }
+  if (positionals.length !== spec.positionals.length) {
+    throw new UsageError(`expected ${spec.positionals.length} argument${spec.positionals.length === 1 ? '' : 's'} (${spec.positionals.join(' ')}), got ${positionals.length}`)
+  }
+  return { positionals, flags, values }
+}
+
+/** Parses sizes like 65536, 64K, 64KiB, 1M. */
+export function parseSize (text: string): number {
+  const match = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim())
+  if (match === null) throw new UsageError(`invalid size '${text}'`)
+  const power = ['', 'K', 'M', 'G', 'T'].indexOf(match[2].toUpperCase())
+  return Number(match[1]) * 1024 ** power
+}

@@ -1,0 +1,284 @@
+/**
+ * The vdiskfs command line. Each command parses its arguments, then either runs the daemon (mount) or
+ * talks to the daemon over the control socket. A user's mistake prints one line on stderr and exits
+ * non-zero (2 for usage, 1 for everything else); a stack trace only with VDISKFS_DEBUG=1.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { VdiskError, invalid } from '../errors'
+import { call } from '../control/client'
+import { StatusResult } from '../control/protocol'
+import { runDaemon } from '../daemon/daemon'
+import { checkName } from '../volume/pool'
+import { VolumeInfo } from '../volume/volume'
+import { SpaceReport } from '../volume/space'
+import { version } from '../version'
+import { Parsed, Spec, UsageError, parseArgs, parseSize } from './args'
+import { bytes, table } from './format'
+
+interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
+
+const kindOfDir: Record<string, string> = { disks: 'disk', backups: 'backup', clones: 'clone' }
+const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+
+/** Splits MNT/KIND/NAME into its parts. */
+function imagePath (image: string): { mountpoint: string, kind: string, name: string } {
+  const absolute = path.resolve(image)
+  const kind = kindOfDir[path.basename(path.dirname(absolute))]
+  if (kind === undefined) throw invalid(`${image} is not an image in a vdiskfs mount (expected MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME)`)
+  let mountpoint = path.dirname(path.dirname(absolute))
+  try { mountpoint = fs.realpathSync(mountpoint) } catch {}
+  return { mountpoint, kind, name: path.basename(absolute) }
+}
+
+function mountpointArg (mnt: string): string {
+  try { return fs.realpathSync(mnt) } catch { return path.resolve(mnt) }
+}
+
+/** The file name a new backup or clone gets: NAME.img, checked against the name rule. */
+function newImageName (name: string): string {
+  if (name === '' || name === '.' || name === '..' || name.includes('/')) throw invalid(`invalid name '${name}': give a plain name such as web-monday`)
+  const file = name.endsWith('.img') ? name : `${name}.img`
+  checkName(file)
+  return file
+}
+
+function print (json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
+}
+
+const commands: Record<string, Command> = {
+  mount: {
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE]',
+    summary: 'serve the pool in POOL (created if missing) at MNT',
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'] }, values: { blockSize: ['--block-size'] } },
+    async run ({ positionals: [pool, mnt], flags, values }) {
+      const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
+      const mountpoint = path.resolve(mnt)
+      const poolDir = path.resolve(pool)
+      if (flags.foreground === true) {
+        const child = flags.child === true && process.send !== undefined
+        await runDaemon({
+          pool: poolDir,
+          mountpoint,
+          blockBytes,
+          logToFile: child,
+          onReady: () => {
+            if (child) { process.send?.({ ready: true }); process.disconnect?.() } else process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
+          }
+        }).catch(async err => {
+          if (child) {
+            const message = err instanceof VdiskError ? err.message : `internal error: ${(err as Error).message}`
+            process.send?.({ error: message }, () => process.exit(1))
+            return await new Promise(() => {})
+          }
+          throw err
+        })
+        return
+      }
+      const args = [process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--background-child']
+      if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
+      const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new VdiskError('IO', 'the daemon did not report ready within 60 s')), 60000)
+        child.on('message', (message: { ready?: boolean, error?: string }) => {
+          clearTimeout(timer)
+          if (message.ready === true) resolve()
+          else reject(new VdiskError('INVALID', message.error ?? 'the daemon failed to start'))
+        })
+        child.on('exit', code => { clearTimeout(timer); reject(new VdiskError('IO', `the daemon exited (status ${String(code)}) before the mount was ready; see ${path.join(poolDir, 'daemon.log')}`)) })
+      })
+      child.removeAllListeners('exit')
+      if (child.connected) child.disconnect()
+      child.unref()
+      process.stdout.write(`mounted ${poolDir} at ${mountpoint} (daemon pid ${String(child.pid)})\n`)
+    }
+  },
+
+  umount: {
+    usage: 'umount MNT',
+    summary: 'commit everything, unmount and stop the daemon',
+    spec: { positionals: ['MNT'] },
+    async run ({ positionals: [mnt] }) {
+      const mountpoint = mountpointArg(mnt)
+      const status = await call(mountpoint, 'status') as StatusResult
+      await call(mountpoint, 'sync')
+      const result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
+      if (result.status !== 0) {
+        const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
+        if (/busy/i.test(reason)) throw new VdiskError('BUSY', `${mountpoint} is busy: close the files and loop devices using it first`)
+        throw new VdiskError('IO', `fusermount -u ${mountpoint} failed: ${reason}`)
+      }
+      try { process.kill(status.pid, 'SIGTERM') } catch {}
+      for (let waited = 0; waited < 30000; waited += 50) {
+        try { process.kill(status.pid, 0) } catch { return }
+        await new Promise(resolve => setTimeout(resolve, 50))
+      }
+      throw new VdiskError('IO', `the daemon (pid ${status.pid}) did not exit after the unmount`)
+    }
+  },
+
+  backup: {
+    usage: 'backup IMAGE NAME [--freeze FSMOUNT] [--json]',
+    summary: 'take an immutable point-in-time backup of a disk or clone as backups/NAME.img',
+    spec: { positionals: ['IMAGE', 'NAME'], booleans: { json: ['--json'] }, values: { freeze: ['--freeze'] } },
+    async run ({ positionals: [image, name], flags, values }) {
+      const source = imagePath(image)
+      const file = newImageName(name)
+      if (source.kind === 'backup') throw invalid(`${image} is a backup; back up a disk or a clone`)
+      const freeze = values.freeze
+      if (freeze !== undefined) fsfreeze('-f', freeze)
+      let result: VolumeInfo & { elapsedMs: number }
+      try {
+        result = await call(source.mountpoint, 'backup', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
+      } finally {
+        if (freeze !== undefined) fsfreeze('-u', freeze)
+      }
+      print(flags.json === true, result, () => `backup ${path.join(source.mountpoint, 'backups', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+    }
+  },
+
+  clone: {
+    usage: 'clone BACKUP NAME [--json]',
+    summary: 'create a writable copy-on-write clone of a backup as clones/NAME.img',
+    spec: { positionals: ['BACKUP', 'NAME'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [image, name], flags }) {
+      const source = imagePath(image)
+      const file = newImageName(name)
+      if (source.kind !== 'backup') throw invalid(`${image} is not a backup: clones stand on backups (make one with vdiskfs backup)`)
+      const result = await call(source.mountpoint, 'clone', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
+      print(flags.json === true, result, () => `clone ${path.join(source.mountpoint, 'clones', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+    }
+  },
+
+  restore: {
+    usage: 'restore BACKUP IMAGE',
+    summary: "point a disk or clone back at a backup's content",
+    spec: { positionals: ['BACKUP', 'IMAGE'] },
+    async run ({ positionals: [backupImage, image] }) {
+      const source = imagePath(backupImage)
+      const target = imagePath(image)
+      if (source.mountpoint !== target.mountpoint) throw invalid('BACKUP and IMAGE must be in the same vdiskfs mount')
+      if (source.kind !== 'backup') throw invalid(`${backupImage} is not a backup`)
+      if (target.kind === 'backup') throw invalid(`${image} is a backup, and backups are immutable`)
+      await call(source.mountpoint, 'restore', { sourceKind: source.kind, sourceName: source.name, targetKind: target.kind, targetName: target.name })
+      process.stdout.write(`restored ${image} from ${backupImage}\n`)
+    }
+  },
+
+  rm: {
+    usage: 'rm IMAGE',
+    summary: 'delete a volume (the only way to delete a backup); clones keep what they need',
+    spec: { positionals: ['IMAGE'] },
+    async run ({ positionals: [image] }) {
+      const target = imagePath(image)
+      await call(target.mountpoint, 'rm', { targetKind: target.kind, targetName: target.name })
+    }
+  },
+
+  ls: {
+    usage: 'ls MNT [--json]',
+    summary: 'list volumes: kind, size, creation time and lineage',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt], flags }) {
+      const volumes = await call(mountpointArg(mnt), 'ls') as Array<VolumeInfo & { storedBytes: number }>
+      print(flags.json === true, volumes, () => lineageTree(volumes))
+    }
+  },
+
+  du: {
+    usage: 'du MNT [--json]',
+    summary: 'space per volume (logical, referenced, unique) and for the pool',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt], flags }) {
+      const report = await call(mountpointArg(mnt), 'du') as SpaceReport
+      print(flags.json === true, report, () => {
+        const rows = report.volumes.map(v => [`${dirOfKind[v.kind]}/${v.name}`, bytes(v.logicalBytes), bytes(v.referencedBytes), bytes(v.uniqueBytes), v.keptFromSourceBytes === null ? '-' : bytes(v.keptFromSourceBytes)])
+        return table(['VOLUME', 'LOGICAL', 'REFERENCED', 'UNIQUE', 'KEPT-FROM-SOURCE'], rows) +
+          `\n\npool: logical ${bytes(report.logicalBytes)}, stored ${bytes(report.storedBytes)}, sharing ratio ${report.sharingRatio.toFixed(2)}`
+      })
+    }
+  },
+
+  sync: {
+    usage: 'sync MNT',
+    summary: 'make everything written so far durable',
+    spec: { positionals: ['MNT'] },
+    async run ({ positionals: [mnt] }) {
+      const result = await call(mountpointArg(mnt), 'sync') as { committedMs: number }
+      process.stdout.write(`synced in ${result.committedMs} ms\n`)
+    }
+  },
+
+  gc: {
+    usage: 'gc MNT [--json]',
+    summary: 'free map pages and extents that no volume references',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt], flags }) {
+      const result = await call(mountpointArg(mnt), 'gc') as { pagesFreed: number, extentsFreed: number }
+      print(flags.json === true, result, () => `freed ${result.pagesFreed} map pages and ${result.extentsFreed} extents`)
+    }
+  }
+}
+
+function fsfreeze (flag: '-f' | '-u', mountpoint: string): void {
+  const result = spawnSync('fsfreeze', [flag, mountpoint], { encoding: 'utf8' })
+  if (result.error !== undefined) throw new VdiskError('IO', `fsfreeze is missing: ${result.error.message}`)
+  if (result.status !== 0) throw new VdiskError('IO', `fsfreeze ${flag} ${mountpoint} failed: ${(result.stderr ?? '').trim()}`)
+}
+
+function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): string {
+  if (volumes.length === 0) return 'no volumes'
+  const children = new Map<number | null, typeof volumes>()
+  const ids = new Set(volumes.map(v => v.id))
+  for (const v of volumes) {
+    const parent = v.sourceId !== null && ids.has(v.sourceId) ? v.sourceId : null
+    children.set(parent, [...(children.get(parent) ?? []), v])
+  }
+  const lines: string[] = []
+  const walk = (parent: number | null, prefix: string): void => {
+    const list = children.get(parent) ?? []
+    list.forEach((v, i) => {
+      const last = i === list.length - 1
+      const branch = parent === null ? '' : (last ? '└─ ' : '├─ ')
+      const gone = parent === null && v.sourceId !== null ? ` (from ${v.sourceLabel ?? '?'}, deleted)` : ''
+      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${new Date(v.createdMs).toISOString()}${gone}`)
+      walk(v.id, parent === null ? prefix : prefix + (last ? '   ' : '│  '))
+    })
+  }
+  walk(null, '')
+  return lines.join('\n')
+}
+
+function help (): string {
+  const width = Math.max(...Object.values(commands).map(c => c.usage.length))
+  return [
+    `vdiskfs ${version}: instant, space-efficient virtual disks as image files`,
+    '',
+    'usage: vdiskfs COMMAND [ARGS]   (vdiskfs COMMAND --help for one command)',
+    '',
+    ...Object.values(commands).map(c => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    '',
+    'IMAGE is MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME.'
+  ].join('\n')
+}
+
+export async function main (argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') { process.stdout.write(help() + '\n'); return name === undefined ? 2 : 0 }
+  if (name === '--version' || name === '-V') { process.stdout.write(`vdiskfs ${version}\n`); return 0 }
+  const command = commands[name]
+  try {
+    if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
+    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${command.summary}\n`); return 0 }
+    await command.run(parseArgs(rest, command.spec))
+    return 0
+  } catch (err) {
+    if (process.env.VDISKFS_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`)
+    if (err instanceof UsageError) { process.stderr.write(`vdiskfs ${name}: ${err.message}\n`); return 2 }
+    if (err instanceof VdiskError) { process.stderr.write(`vdiskfs ${name}: ${err.message}\n`); return 1 }
+    process.stderr.write(`vdiskfs ${name}: internal error: ${(err as Error)?.message ?? String(err)}\n`)
+    return 1
+  }
+}

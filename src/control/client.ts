@@ -1,0 +1,32 @@
+/**
+ * The CLI side of the control socket. Errors: NOT_FOUND when no daemon serves the mountpoint, the
+ * daemon's own error otherwise.
+ */
+import net from 'node:net'
+import { VdiskError } from '../errors'
+import { Operation, Reply, socketPathFor } from './protocol'
+
+export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
+  const socketPath = socketPathFor(mountpoint)
+  return await new Promise((resolve, reject) => {
+    const socket = net.connect(socketPath)
+    let buffered = ''
+    socket.setEncoding('utf8')
+    socket.on('connect', () => socket.write(JSON.stringify({ id: 1, op, args }) + '\n'))
+    socket.on('data', chunk => {
+      buffered += chunk
+      const newline = buffered.indexOf('\n')
+      if (newline < 0) return
+      socket.end()
+      const reply = JSON.parse(buffered.slice(0, newline)) as Reply
+      if (reply.ok) resolve(reply.result)
+      else reject(new VdiskError(reply.error.code, reply.error.message))
+    })
+    socket.on('error', err => {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') reject(new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`))
+      else reject(new VdiskError('IO', `cannot reach the vdiskfs daemon of ${mountpoint}: ${err.message}`))
+    })
+    socket.on('close', () => reject(new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection`)))
+  })
+}

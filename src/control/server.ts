@@ -1,0 +1,96 @@
+/**
+ * The daemon side of the control socket: decodes requests, calls the pool, encodes replies. Like the
+ * FUSE adapter it only translates; the work is in the volume layer.
+ */
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { VolumeKind } from '../catalog/catalog'
+import { VdiskError, invalid } from '../errors'
+import { Pool } from '../volume/pool'
+import { SpaceAccounting } from '../volume/space'
+import { Operation, Reply, Request } from './protocol'
+
+export type Handler = (args: Record<string, unknown>) => Promise<unknown>
+
+export function controlHandlers (pool: Pool, space: SpaceAccounting, status: () => unknown): Record<Operation, Handler> {
+  const volumeArg = (args: Record<string, unknown>, key: string) => {
+    const kind = args[key + 'Kind']
+    const name = args[key + 'Name']
+    if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${key}`)
+    return pool.get(kind as VolumeKind, name)
+  }
+  const nameArg = (args: Record<string, unknown>) => {
+    if (typeof args.name !== 'string') throw invalid('missing name')
+    return args.name
+  }
+  return {
+    status: async () => status(),
+    sync: async () => {
+      const started = Date.now()
+      await pool.commit()
+      return { committedMs: Date.now() - started }
+    },
+    ls: async () => pool.list().filter(v => !v.name.startsWith('.')).map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
+    du: async () => space.report(),
+    backup: async args => {
+      const started = process.hrtime.bigint()
+      const backup = await pool.backup(volumeArg(args, 'source'), nameArg(args))
+      return { ...backup.info(), elapsedMs: Number(process.hrtime.bigint() - started) / 1e6 }
+    },
+    clone: async args => {
+      const started = process.hrtime.bigint()
+      const clone = await pool.clone(volumeArg(args, 'source'), nameArg(args))
+      return { ...clone.info(), elapsedMs: Number(process.hrtime.bigint() - started) / 1e6 }
+    },
+    restore: async args => {
+      await pool.restore(volumeArg(args, 'source'), volumeArg(args, 'target'))
+      return {}
+    },
+    rm: async args => {
+      const volume = volumeArg(args, 'target')
+      await pool.remove(volume)
+      return { removed: volume.info() }
+    },
+    gc: async () => await pool.gc()
+  }
+}
+
+export function startControlServer (socketPath: string, handlers: Record<Operation, Handler>, log: (message: string) => void): net.Server {
+  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 })
+  fs.rmSync(socketPath, { force: true })
+  const server = net.createServer(socket => {
+    let buffered = ''
+    socket.setEncoding('utf8')
+    socket.on('error', () => socket.destroy())
+    socket.on('data', chunk => {
+      buffered += chunk
+      if (buffered.length > 1024 * 1024) { socket.destroy(); return }
+      let newline: number
+      while ((newline = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, newline)
+        buffered = buffered.slice(newline + 1)
+        void answer(line).then(reply => { if (!socket.destroyed) socket.write(JSON.stringify(reply) + '\n') })
+      }
+    })
+  })
+  async function answer (line: string): Promise<Reply> {
+    let request: Request
+    try {
+      request = JSON.parse(line) as Request
+    } catch {
+      return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
+    }
+    const handler = Object.prototype.hasOwnProperty.call(handlers, request.op) ? handlers[request.op] : undefined
+    if (handler === undefined) return { id: request.id, ok: false, error: { code: 'INVALID', message: `unknown operation ${String(request.op)}` } }
+    try {
+      return { id: request.id, ok: true, result: await handler(request.args ?? {}) }
+    } catch (err) {
+      if (err instanceof VdiskError) return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+      log(`bug in control ${request.op}: ${(err as Error)?.stack ?? String(err)}`)
+      return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
+    }
+  }
+  server.listen(socketPath)
+  return server
+}

@@ -1,0 +1,115 @@
+/**
+ * The daemon: owns one pool, serves it through FUSE at a mountpoint and answers the control socket.
+ *
+ * Lifecycle: open the pool (taking its lock), collect garbage left by a crash, mount, report ready.
+ * It stops cleanly (commit, unmount, close) on SIGINT/SIGTERM, on `vdiskfs umount`, and when somebody
+ * unmounts it from outside (fusermount -u), which JavaScript is not told about: a watcher polls
+ * /proc/self/mountinfo. Between fsyncs it commits every commitIntervalMs, like ext4's commit=5.
+ *
+ * It spawns no long-lived child: the /dev/fuse descriptor is inherited across exec, and a child
+ * holding it would make a killed daemon's mount hang instead of failing.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { commitIntervalMs, mountWatchIntervalMs } from '../limits'
+import { Pool } from '../volume/pool'
+import { SpaceAccounting } from '../volume/space'
+import { createOperations } from '../fuse/adapter'
+import { VdiskFuse } from '../fuse/mount-options'
+import { controlHandlers, startControlServer } from '../control/server'
+import { socketPathFor } from '../control/protocol'
+import { daemonLogFile, daemonPidFile } from '../format/pool-format'
+import { checkFuseAvailable, checkMountpoint } from './preflight'
+import { mounts } from './mountinfo'
+import { VdiskError } from '../errors'
+import { version } from '../version'
+
+export interface DaemonOptions {
+  pool: string
+  mountpoint: string
+  blockBytes?: number
+  /** Log to the pool's daemon.log instead of stderr (background mode). */
+  logToFile: boolean
+  /** Called once the mount answers. */
+  onReady: () => void
+}
+
+export async function runDaemon (options: DaemonOptions): Promise<void> {
+  const mountpoint = path.resolve(options.mountpoint)
+  checkFuseAvailable()
+  checkMountpoint(mountpoint)
+  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes })
+  let logFd = 2
+  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a')
+  const log = (message: string): void => {
+    fs.write(logFd, `${new Date().toISOString()} ${message}\n`, () => {})
+  }
+  const space = new SpaceAccounting(pool)
+  const collected = await pool.gc()
+  if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
+  fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`)
+
+  const fuse = new VdiskFuse(mountpoint, createOperations({ pool, space, log }), {
+    timeout: false,
+    fsname: `vdiskfs:${pool.dir}`.replace(/,/g, '_'),
+    subtype: 'vdiskfs',
+    allowOther: process.getuid?.() === 0
+  })
+  try {
+    await new Promise<void>((resolve, reject) => fuse.mount(err => { if (err === null || err === undefined) resolve(); else reject(err) }))
+  } catch (err) {
+    await pool.close()
+    throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
+  }
+  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes})`)
+  await tuneReadAhead(mountpoint, log)
+
+  let stopping: Promise<void> | null = null
+  const socketPath = socketPathFor(mountpoint)
+  const server = startControlServer(socketPath, controlHandlers(pool, space, () => ({
+    pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes
+  })), log)
+
+  const commitTimer = setInterval(() => {
+    if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
+  }, commitIntervalMs)
+
+  const watchTimer = setInterval(() => {
+    mounts().then(list => {
+      if (!list.some(m => m.mountpoint === mountpoint)) void stop('unmounted from outside', false)
+    }, () => {})
+  }, mountWatchIntervalMs)
+
+  async function stop (reason: string, unmount: boolean): Promise<void> {
+    if (stopping !== null) return await stopping
+    stopping = (async () => {
+      log(`stopping: ${reason}`)
+      clearInterval(commitTimer)
+      clearInterval(watchTimer)
+      server.close()
+      fs.rmSync(socketPath, { force: true })
+      try { await pool.commit() } catch (err) { log(`final commit failed: ${(err as Error).message}`) }
+      if (unmount) await new Promise<void>(resolve => fuse.unmount(() => resolve()))
+      await pool.close().catch(err => log(`close failed: ${(err as Error).message}`))
+      fs.rmSync(path.join(pool.dir, daemonPidFile), { force: true })
+      log('stopped')
+      process.exit(0)
+    })()
+    return await stopping
+  }
+  process.on('SIGINT', () => { void stop('SIGINT', true) })
+  process.on('SIGTERM', () => { void stop('SIGTERM', true) })
+  process.on('SIGHUP', () => {})
+  options.onReady()
+}
+
+/** Raises the mount's read-ahead (default 128 KiB) to 1 MiB: sequential reads gain about 1.6x here. */
+async function tuneReadAhead (mountpoint: string, log: (message: string) => void): Promise<void> {
+  try {
+    const entry = (await mounts()).find(m => m.mountpoint === mountpoint)
+    if (entry === undefined) return
+    await fs.promises.writeFile(`/sys/class/bdi/${entry.device}/read_ahead_kb`, '1024')
+  } catch (err) {
+    log(`could not raise read-ahead: ${(err as Error).message}`)
+  }
+}

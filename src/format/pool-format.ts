@@ -1,0 +1,30 @@
+/**
+ * The pool directory's layout and the pool header file. Read by the pool opener, written by pool
+ * creation; both import these names. docs/FORMAT.md describes the same in prose.
+ */
+
+/** The header: a small JSON file that makes a directory a pool. */
+export const poolHeaderFile = 'vdiskfs-pool.json'
+export const poolMagic = 'vdiskfs-pool'
+/** Format version this code writes and the newest it reads. */
+export const poolFormatVersion = 1
+
+/** SQLite catalog (WAL mode; the -wal file lives beside it). */
+export const catalogFile = 'catalog.sqlite'
+/** Delta extents live here, one file per extent: `<extent id>.dx`. */
+export const extentsDir = 'extents'
+/** Daemon log and pid, for people. */
+export const daemonLogFile = 'daemon.log'
+export const daemonPidFile = 'daemon.pid'
+
+export interface PoolHeader {
+  magic: typeof poolMagic
+  formatVersion: number
+  blockBytes: number
+  createdMs: number
+  poolId: string
+}
+
+export function extentFileName (extentId: number): string {
+  return `${extentId}.dx`
+}

@@ -1,0 +1,267 @@
+/**
+ * The FUSE adapter: translates fuse-native callbacks into calls on the pool and its volumes, and typed
+ * errors into errno. No business logic lives here (STYLE.md #2).
+ *
+ * Layout served:  /  disks/  backups/  clones/   each holding NAME files, one per volume.
+ * Names starting with `.fuse_hidden` are libfuse's own: it renames a file that is unlinked while open
+ * to one, and unlinks it at the last close. They are accepted for rename and unlink and never listed.
+ */
+import fs from 'node:fs'
+import { VolumeKind } from '../catalog/catalog'
+import { VdiskError, notPermitted, readOnly } from '../errors'
+import { Pool } from '../volume/pool'
+import { Volume } from '../volume/volume'
+import { EINVAL, EISDIR, ENODATA, ENOENT, EPERM, EROFS, EXDEV, toErrno } from './errno'
+import { SpaceAccounting } from '../volume/space'
+
+const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
+const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+const hiddenPrefix = '.fuse_hidden'
+const xattrPrefix = 'user.vdiskfs.'
+const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
+
+type Parsed =
+  | { type: 'root' }
+  | { type: 'dir', kind: VolumeKind }
+  | { type: 'file', kind: VolumeKind, name: string }
+  | { type: 'invalid' }
+
+function parse (path: string): Parsed {
+  if (path === '/') return { type: 'root' }
+  const parts = path.split('/')
+  const kind = kindOfDir[parts[1]]
+  if (kind === undefined) return { type: 'invalid' }
+  if (parts.length === 2) return { type: 'dir', kind }
+  if (parts.length === 3 && parts[2] !== '') return { type: 'file', kind, name: parts[2] }
+  return { type: 'invalid' }
+}
+
+interface Handle { volume: Volume, writable: boolean }
+
+export interface AdapterOptions {
+  pool: Pool
+  space: SpaceAccounting
+  log: (message: string) => void
+}
+
+export function createOperations ({ pool, space, log }: AdapterOptions): Record<string, (...args: any[]) => void> {
+  const handles = new Map<number, Handle>()
+  let nextHandle = 1
+  const uid = process.getuid?.() ?? 0
+  const gid = process.getgid?.() ?? 0
+  const mountedMs = Date.now()
+
+  const fail = (cb: (code: number) => void) => (err: unknown) => cb(toErrno(err, log))
+
+  function dirStat (writable: boolean) {
+    return { mode: 0o040000 | (writable ? 0o755 : 0o555), uid, gid, size: 4096, nlink: 2, mtime: mountedMs, atime: mountedMs, ctime: mountedMs, blocks: 8, blksize: 4096 }
+  }
+
+  function fileStat (volume: Volume) {
+    const mode = 0o100000 | (volume.kind === 'backup' ? 0o444 : 0o644)
+    return {
+      mode, uid, gid, size: volume.size, nlink: 1, blksize: pool.blockBytes,
+      blocks: Math.ceil(volume.storedBytes / 512),
+      mtime: volume.mtimeMs, atime: volume.mtimeMs, ctime: volume.mtimeMs
+    }
+  }
+
+  function lookup (path: string): Volume {
+    const parsed = parse(path)
+    if (parsed.type !== 'file') throw new VdiskError('NOT_FOUND', `${path} does not exist`)
+    return pool.get(parsed.kind, parsed.name)
+  }
+
+  function open (path: string, flags: number, cb: (code: number, fh?: number) => void): void {
+    const parsed = parse(path)
+    if (parsed.type !== 'file') { cb(parsed.type === 'invalid' ? ENOENT : EISDIR); return }
+    const volume = pool.find(parsed.kind, parsed.name)
+    if (volume === undefined) { cb(ENOENT); return }
+    const writable = (flags & 3) !== fs.constants.O_RDONLY
+    if (writable && volume.kind === 'backup') { cb(EROFS); return }
+    const fh = nextHandle++
+    handles.set(fh, { volume, writable })
+    cb(0, fh)
+  }
+
+  function handleVolume (path: string, fh: number): Volume {
+    return handles.get(fh)?.volume ?? lookup(path)
+  }
+
+  return {
+    init (cb: (code: number) => void) { cb(0) },
+
+    statfs (_path: string, cb: (code: number, stat?: object) => void) {
+      fs.statfs(pool.dir, (err, stat) => {
+        if (err !== null) { cb(-5); return }
+        cb(0, {
+          bsize: stat.bsize, frsize: stat.bsize, blocks: stat.blocks, bfree: stat.bfree, bavail: stat.bavail,
+          files: stat.files, ffree: stat.ffree, favail: stat.ffree, fsid: 0, flag: 0, namemax: 255
+        })
+      })
+    },
+
+    getattr (path: string, cb: (code: number, stat?: object) => void) {
+      const parsed = parse(path)
+      if (parsed.type === 'root') { cb(0, dirStat(false)); return }
+      if (parsed.type === 'dir') { cb(0, dirStat(parsed.kind === 'disk')); return }
+      if (parsed.type === 'invalid') { cb(ENOENT); return }
+      const volume = pool.find(parsed.kind, parsed.name)
+      if (volume === undefined) { cb(ENOENT); return }
+      cb(0, fileStat(volume))
+    },
+
+    fgetattr (path: string, fh: number, cb: (code: number, stat?: object) => void) {
+      const handle = handles.get(fh)
+      if (handle !== undefined) { cb(0, fileStat(handle.volume)); return }
+      this.getattr(path, cb)
+    },
+
+    readdir (path: string, cb: (code: number, names?: string[]) => void) {
+      const parsed = parse(path)
+      if (parsed.type === 'root') { cb(0, ['.', '..', 'disks', 'backups', 'clones']); return }
+      if (parsed.type !== 'dir') { cb(ENOENT); return }
+      const names = pool.list(parsed.kind).map(v => v.name).filter(n => !n.startsWith(hiddenPrefix)).sort()
+      cb(0, ['.', '..', ...names])
+    },
+
+    open (path: string, flags: number, cb: (code: number, fh?: number) => void) { open(path, flags, cb) },
+
+    create (path: string, _mode: number, cb: (code: number, fh?: number) => void) {
+      const parsed = parse(path)
+      if (parsed.type !== 'file') { cb(EPERM); return }
+      if (parsed.kind === 'backup') { cb(EROFS); return }
+      if (parsed.kind === 'clone') { cb(EPERM); return } // clones come from `vdiskfs clone`
+      pool.createDisk(parsed.name).then(
+        volume => { const fh = nextHandle++; handles.set(fh, { volume, writable: true }); cb(0, fh) },
+        fail(cb))
+    },
+
+    release (_path: string, fh: number, cb: (code: number) => void) {
+      handles.delete(fh)
+      cb(0)
+    },
+
+    read (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: (bytes: number) => void) {
+      let volume: Volume
+      try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
+      volume.read(len === buf.length ? buf : buf.subarray(0, len), pos).then(cb, fail(cb))
+    },
+
+    write (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: (bytes: number) => void) {
+      let volume: Volume
+      try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
+      volume.write(len === buf.length ? buf : buf.subarray(0, len), pos).then(() => cb(len), fail(cb))
+    },
+
+    truncate (path: string, size: number, cb: (code: number) => void) {
+      let volume: Volume
+      try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
+      volume.truncate(size).then(() => cb(0), fail(cb))
+    },
+
+    ftruncate (path: string, fh: number, size: number, cb: (code: number) => void) {
+      let volume: Volume
+      try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
+      volume.truncate(size).then(() => cb(0), fail(cb))
+    },
+
+    fsync (_path: string, _datasync: boolean, _fh: number, cb: (code: number) => void) {
+      pool.commit().then(() => cb(0), fail(cb))
+    },
+
+    flush (_path: string, fh: number, cb: (code: number) => void) {
+      // close(2): commit what this handle wrote, so a closed file survives a crash of the daemon.
+      if (handles.get(fh)?.writable !== true) { cb(0); return }
+      pool.commit().then(() => cb(0), fail(cb))
+    },
+
+    unlink (path: string, cb: (code: number) => void) {
+      const parsed = parse(path)
+      if (parsed.type !== 'file') { cb(EPERM); return }
+      const volume = pool.find(parsed.kind, parsed.name)
+      if (volume === undefined) { cb(ENOENT); return }
+      if (volume.kind === 'backup') { cb(EROFS); return } // backups go with `vdiskfs rm`
+      pool.remove(volume).then(() => cb(0), fail(cb))
+    },
+
+    rename (source: string, target: string, cb: (code: number) => void) {
+      const from = parse(source)
+      const to = parse(target)
+      if (from.type !== 'file' || to.type !== 'file') { cb(from.type === 'file' ? EINVAL : EPERM); return }
+      const volume = pool.find(from.kind, from.name)
+      if (volume === undefined) { cb(ENOENT); return }
+      if (from.kind === 'backup' || to.kind === 'backup') { cb(EROFS); return }
+      if (from.kind !== to.kind) { cb(EXDEV); return }
+      const internal = to.name.startsWith(hiddenPrefix)
+      pool.rename(volume, to.name, internal).then(() => cb(0), fail(cb))
+    },
+
+    utimens (path: string, _atime: number, mtime: number, cb: (code: number) => void) {
+      let volume: Volume
+      try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
+      if (volume.kind === 'backup') { cb(EROFS); return }
+      volume.touch(mtime)
+      cb(0)
+    },
+
+    chmod (path: string, _mode: number, cb: (code: number) => void) {
+      // Modes are fixed by kind (0644, backups 0444); accepting chmod keeps `cp -p` and tar working.
+      const parsed = parse(path)
+      cb(parsed.type === 'invalid' ? ENOENT : 0)
+    },
+
+    chown (path: string, _uid: number, _gid: number, cb: (code: number) => void) {
+      const parsed = parse(path)
+      cb(parsed.type === 'invalid' ? ENOENT : 0)
+    },
+
+    mkdir (_path: string, _mode: number, cb: (code: number) => void) { cb(EPERM) },
+    rmdir (_path: string, cb: (code: number) => void) { cb(EPERM) },
+    mknod (_path: string, _mode: number, _dev: number, cb: (code: number) => void) { cb(EPERM) },
+    link (_source: string, _target: string, cb: (code: number) => void) { cb(EPERM) },
+    symlink (_source: string, _target: string, cb: (code: number) => void) { cb(EPERM) },
+
+    getxattr (path: string, name: string, _position: number, cb: (code: number, value?: Buffer) => void) {
+      const parsed = parse(path)
+      if (parsed.type === 'root' || parsed.type === 'dir') { cb(ENODATA); return }
+      let volume: Volume
+      try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
+      if (!name.startsWith(xattrPrefix)) { cb(ENODATA); return }
+      const value = xattrValue(volume, name.slice(xattrPrefix.length))
+      if (value === undefined) { cb(ENODATA); return }
+      cb(0, Buffer.from(value))
+    },
+
+    listxattr (path: string, cb: (code: number, names?: string[]) => void) {
+      const parsed = parse(path)
+      if (parsed.type !== 'file') { cb(0, []); return }
+      if (pool.find(parsed.kind, parsed.name) === undefined) { cb(ENOENT); return }
+      cb(0, xattrNames)
+    },
+
+    setxattr (_path: string, _name: string, _value: Buffer, _position: number, _flags: number, cb: (code: number) => void) {
+      cb(toErrno(notPermitted('vdiskfs attributes are read-only'), log))
+    },
+
+    removexattr (_path: string, _name: string, cb: (code: number) => void) {
+      cb(toErrno(readOnly('vdiskfs attributes'), log))
+    }
+  }
+
+  function xattrValue (volume: Volume, key: string): string | undefined {
+    switch (key) {
+      case 'kind': return volume.kind
+      case 'source': {
+        if (volume.sourceId === null) return ''
+        const source = pool.byId(volume.sourceId)
+        return source === undefined ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
+      }
+      case 'created': return new Date(volume.createdMs).toISOString()
+      case 'size': return String(volume.size)
+      case 'referenced': return String(space.usage(volume).referencedBytes)
+      case 'unique': return String(space.usage(volume).uniqueBytes)
+      default: return undefined
+    }
+  }
+}

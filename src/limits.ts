@@ -1,0 +1,51 @@
+/**
+ * Every limit of vdiskfs in one place, each named with its unit last. Derived values say how they are
+ * derived; `assertLimits()` checks how the constants relate and runs once at start-up.
+ */
+import assert from 'node:assert/strict'
+
+/** Default block size of a new pool: the unit of a volume's address space. */
+export const blockBytesDefault = 64 * 1024
+/** Smallest and largest block size a pool may choose (both powers of two, multiples of 4 KiB). */
+export const blockBytesMin = 4 * 1024
+export const blockBytesMax = 1024 * 1024
+
+/** Map entries per map page; a page covers pageEntries * blockBytes bytes (256 MiB at 64 KiB blocks). */
+export const pageEntries = 4096
+/** Bytes of one stored map entry (u64 little-endian). */
+export const mapEntryBytes = 8
+/** Bytes of one stored map page: pageEntries entries. */
+export const pageBytes = pageEntries * mapEntryBytes
+
+/** Largest volume size. 64 TiB keeps a root at 64 KiB blocks at 4096 page ids for 1 TiB, 256 Ki for 64 TiB. */
+export const volumeBytesMax = 64 * 1024 ** 4
+
+/** Slots per delta extent before it is rotated (1 GiB of slots at 64 KiB blocks). Must fit a map entry's slot field. */
+export const extentSlotsMax = 16384
+/** Bytes of the header at the start of every delta extent file; slot 0 starts here. */
+export const extentHeaderBytes = 4096
+
+/** Open extent file descriptors kept in the descriptor cache. */
+export const extentFdsMax = 256
+/** Clean map pages kept in memory (32 KiB each: 4096 pages = 128 MiB). Dirty pages are never evicted. */
+export const pageCacheMax = 4096
+
+/** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
+export const commitIntervalMs = 5000
+/** How often the daemon checks that its mount still exists (unmount from outside). */
+export const mountWatchIntervalMs = 1000
+
+/** Name rule for volume files: a letter or digit, then up to 127 letters, digits, '.', '_' or '-'. */
+export const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
+
+/** FUSE request sizes: libfuse 2 caps max_write at 128 KiB. */
+export const fuseMaxWriteBytes = 128 * 1024
+export const fuseMaxReadBytes = 128 * 1024
+
+export function assertLimits (blockBytes: number): void {
+  assert.ok(Number.isInteger(Math.log2(blockBytes)), 'block size must be a power of two')
+  assert.ok(blockBytes >= blockBytesMin && blockBytes <= blockBytesMax, 'block size out of range')
+  assert.equal(blockBytes % 4096, 0, 'block size must be a multiple of 4 KiB')
+  assert.ok(extentSlotsMax < 2 ** 24, 'extent slot must fit the 24-bit slot field of a map entry')
+  assert.equal(extentHeaderBytes % 4096, 0)
+}

@@ -1,0 +1,112 @@
+/**
+ * A volume's block map: block index -> map entry (format/map-format.ts), kept as a root (an array of
+ * page ids) over fixed-size map pages. This is what makes backups and clones O(1) in a volume's size:
+ * a backup or clone copies the root and takes a new epoch, and from then on a write that would change a
+ * page of an older epoch copies that page first (copy-on-write of metadata). Reads are one root lookup
+ * and one page lookup at any clone depth.
+ *
+ * Assumes: one BlockMap per volume; every page it changes in place carries this map's epoch.
+ */
+import assert from 'node:assert/strict'
+import { pageEntries } from '../limits'
+import { PageStore } from './page-store'
+
+export class BlockMap {
+  /** Page ids; 0 means the page's blocks are all holes. */
+  root: Float64Array
+  /** Set when root changed since the last commit. */
+  rootDirty = false
+
+  constructor (
+    private readonly pages: PageStore,
+    root: Float64Array,
+    public epoch: number,
+    /** Blocks that are not holes. */
+    public allocatedBlocks: number
+  ) {
+    this.root = root
+  }
+
+  static pagesFor (blocks: number): number {
+    return Math.ceil(blocks / pageEntries)
+  }
+
+  get (block: number): number {
+    const pageIndex = Math.floor(block / pageEntries)
+    if (pageIndex >= this.root.length) return 0
+    const pageId = this.root[pageIndex]
+    if (pageId === 0) return 0
+    return this.pages.get(pageId).entries[block % pageEntries]
+  }
+
+  set (block: number, entry: number): void {
+    const pageIndex = Math.floor(block / pageEntries)
+    assert.ok(pageIndex < this.root.length, 'block beyond the map')
+    const index = block % pageEntries
+    const pageId = this.root[pageIndex]
+    let page = pageId === 0 ? undefined : this.pages.get(pageId)
+    const old = page === undefined ? 0 : page.entries[index]
+    if (old === entry) return
+    if (page === undefined) {
+      page = this.pages.create(this.epoch)
+      this.setRoot(pageIndex, page.id)
+    } else if (page.epoch !== this.epoch) {
+      page = this.pages.create(this.epoch, page.entries)
+      this.setRoot(pageIndex, page.id)
+    }
+    page.entries[index] = entry
+    this.pages.markDirty(page)
+    if (old === 0) this.allocatedBlocks++
+    else if (entry === 0) this.allocatedBlocks--
+  }
+
+  /** Grows or shrinks the map to `blocks` blocks; blocks past the end become holes. */
+  resize (blocks: number): void {
+    const pageCount = BlockMap.pagesFor(blocks)
+    if (pageCount < this.root.length) {
+      for (let p = pageCount; p < this.root.length; p++) {
+        if (this.root[p] !== 0) this.allocatedBlocks -= countAllocated(this.pages.get(this.root[p]).entries)
+      }
+      this.root = this.root.slice(0, pageCount)
+      this.rootDirty = true
+    } else if (pageCount > this.root.length) {
+      const grown = new Float64Array(pageCount)
+      grown.set(this.root)
+      this.root = grown
+      this.rootDirty = true
+    }
+    // Clear the tail of the last page.
+    const lastPage = pageCount - 1
+    if (lastPage >= 0 && this.root[lastPage] !== 0) {
+      const entries = this.pages.get(this.root[lastPage]).entries
+      for (let i = blocks - lastPage * pageEntries; i < pageEntries; i++) {
+        if (entries[i] !== 0) this.set(lastPage * pageEntries + i, 0)
+      }
+    }
+  }
+
+  /** A copy of the root for a backup or clone; the caller gives this map a new epoch. */
+  copyRoot (): Float64Array {
+    return this.root.slice()
+  }
+
+  /** Calls `visit` for every non-hole entry. */
+  forEachEntry (visit: (block: number, entry: number) => void): void {
+    for (let p = 0; p < this.root.length; p++) {
+      if (this.root[p] === 0) continue
+      const entries = this.pages.get(this.root[p]).entries
+      for (let i = 0; i < pageEntries; i++) if (entries[i] !== 0) visit(p * pageEntries + i, entries[i])
+    }
+  }
+
+  private setRoot (pageIndex: number, pageId: number): void {
+    this.root[pageIndex] = pageId
+    this.rootDirty = true
+  }
+}
+
+function countAllocated (entries: Float64Array): number {
+  let n = 0
+  for (let i = 0; i < entries.length; i++) if (entries[i] !== 0) n++
+  return n
+}

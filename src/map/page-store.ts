@@ -1,0 +1,96 @@
+/**
+ * Map pages in memory: a cache over the catalog's pages table, shared by every volume, so that a page
+ * shared by a disk and its backups is one object. A page is changed in place only by the volume whose
+ * epoch it carries (see block-map.ts); everyone else copies it first.
+ *
+ * Dirty pages stay in memory until the pool commits them; clean pages are evicted past pageCacheMax.
+ * Errors: get() throws CORRUPT when a stored page is malformed.
+ */
+import { Catalog } from '../catalog/catalog'
+import { corrupt } from '../errors'
+import { decodeU64Array, encodeU64Array } from '../format/map-format'
+import { pageBytes, pageCacheMax, pageEntries } from '../limits'
+
+export class Page {
+  /** Set when the page changed since it was last handed to a commit. */
+  dirty = false
+  constructor (readonly id: number, readonly epoch: number, readonly entries: Float64Array) {}
+}
+
+export class PageStore {
+  private readonly cache = new Map<number, Page>()
+  private readonly dirtyPages = new Set<Page>()
+  private nextPageId: number
+
+  constructor (private readonly catalog: Catalog) {
+    this.nextPageId = catalog.maxPageId() + 1
+  }
+
+  get (id: number): Page {
+    const cached = this.cache.get(id)
+    if (cached !== undefined) return cached
+    const row = this.catalog.page(id)
+    if (row === undefined) throw corrupt(`map page ${id} is missing from the catalog`)
+    if (row.entries.byteLength !== pageBytes) throw corrupt(`map page ${id} has ${row.entries.byteLength} bytes, expected ${pageBytes}`)
+    let entries: Float64Array
+    try {
+      entries = decodeU64Array(row.entries, pageEntries)
+    } catch (err) {
+      throw corrupt(`map page ${id}: ${(err as Error).message}`, err)
+    }
+    const page = new Page(id, row.epoch, entries)
+    this.cache.set(id, page)
+    this.evict()
+    return page
+  }
+
+  /** A new page owned by `epoch`, holding a copy of `from` (or all holes). */
+  create (epoch: number, from?: Float64Array): Page {
+    const page = new Page(this.nextPageId++, epoch, from === undefined ? new Float64Array(pageEntries) : Float64Array.from(from))
+    this.cache.set(page.id, page)
+    this.markDirty(page)
+    return page
+  }
+
+  markDirty (page: Page): void {
+    if (page.dirty) return
+    page.dirty = true
+    this.dirtyPages.add(page)
+  }
+
+  /** Hands the dirty pages to a commit as encoded copies and marks them clean. */
+  takeDirty (): Array<{ id: number, epoch: number, entries: Buffer }> {
+    const out = []
+    for (const page of this.dirtyPages) {
+      page.dirty = false
+      out.push({ id: page.id, epoch: page.epoch, entries: encodeU64Array(page.entries) })
+    }
+    this.dirtyPages.clear()
+    return out
+  }
+
+  /** After a failed commit: the pages must be written by the next one. */
+  restoreDirty (ids: number[]): void {
+    for (const id of ids) {
+      const page = this.cache.get(id)
+      if (page !== undefined) this.markDirty(page)
+    }
+  }
+
+  /** Forgets a page that garbage collection deleted. */
+  drop (id: number): void {
+    const page = this.cache.get(id)
+    if (page !== undefined && page.dirty) this.dirtyPages.delete(page)
+    this.cache.delete(id)
+  }
+
+  get dirtyCount (): number { return this.dirtyPages.size }
+
+  private evict (): void {
+    if (this.cache.size <= pageCacheMax) return
+    for (const [id, page] of this.cache) {
+      if (this.cache.size <= pageCacheMax * 0.9) break
+      if (!page.dirty) this.cache.delete(id)
+    }
+  }
+}

@@ -1,0 +1,427 @@
+/**
+ * A pool: a directory holding the header, the catalog and the delta extents (format/pool-format.ts),
+ * and the volumes in it. This is the volume layer's entry point: namespace operations (create, rename,
+ * remove), backups, clones and restores, and commit, which makes everything written so far durable.
+ *
+ * Durability order (DESIGN.md): commit first makes the extents durable (fdatasync), then writes the
+ * metadata that points at them in one SQLite transaction. Metadata never points at unsynced bytes.
+ *
+ * Assumes: one Pool per pool directory at a time, enforced by the catalog's exclusive lock.
+ * Errors: open() throws INVALID (not a pool, newer format), BUSY (in use), CORRUPT, IO; namespace
+ * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { Catalog, VolumeKind, VolumeRow } from '../catalog/catalog'
+import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
+import { decodeU64Array, encodeU64Array, entryExtentId, entryKind, entryKindDelta } from '../format/map-format'
+import { PoolHeader, catalogFile, extentsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
+import { assertLimits, blockBytesDefault, volumeNamePattern } from '../limits'
+import { BlockMap } from '../map/block-map'
+import { PageStore } from '../map/page-store'
+import { DeltaExtent, ExtentStore, syncDirectory } from '../extent/delta-extent'
+import { Volume, VolumeContext } from './volume'
+
+export interface OpenOptions {
+  /** Create the pool when the directory does not exist or is empty. */
+  create?: boolean
+  blockBytes?: number
+}
+
+export interface GcReport { pagesFreed: number, extentsFreed: number }
+
+export class Pool implements VolumeContext {
+  readonly extents: ExtentStore
+  private readonly pages: PageStore
+  private readonly volumes = new Map<number, Volume>()
+  private readonly removed = new Set<number>()
+  private nextVolumeId: number
+  private nextExtentId: number
+  private nextEpoch: number
+  private readonly activeExtents = new Map<number, Promise<DeltaExtent>>()
+  private commitRunning: Promise<void> = Promise.resolve()
+  private commitQueued: Promise<void> | null = null
+  private changedSinceCommit = false
+  private closed = false
+
+  private constructor (readonly dir: string, readonly header: PoolHeader, private readonly catalog: Catalog) {
+    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes)
+    this.pages = new PageStore(catalog)
+    this.nextVolumeId = catalog.maxVolumeId() + 1
+    this.nextExtentId = catalog.maxExtentId() + 1
+    this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
+    for (const row of catalog.volumes()) this.volumes.set(row.id, this.volumeFromRow(row))
+  }
+
+  get blockBytes (): number { return this.header.blockBytes }
+
+  /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
+  static open (dir: string, options: OpenOptions = {}): Pool {
+    dir = path.resolve(dir)
+    const header = readOrCreateHeader(dir, options)
+    assertLimits(header.blockBytes)
+    fs.mkdirSync(path.join(dir, extentsDir), { recursive: true })
+    const catalog = Catalog.open(path.join(dir, catalogFile), true)
+    try {
+      return new Pool(dir, header, catalog)
+    } catch (err) {
+      catalog.close()
+      throw err
+    }
+  }
+
+  private volumeFromRow (row: VolumeRow): Volume {
+    const blocks = Math.ceil(row.size / this.blockBytes)
+    const pageCount = BlockMap.pagesFor(blocks)
+    let root: Float64Array
+    try {
+      root = decodeU64Array(row.root, pageCount)
+    } catch (err) {
+      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message})`, { cause: err })
+    }
+    const map = new BlockMap(this.pages, root, row.epoch, row.allocatedBlocks)
+    const volume = new Volume(this, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
+    volume.persisted = true
+    return volume
+  }
+
+  // ---- VolumeContext ----
+
+  async activeExtent (volume: Volume): Promise<DeltaExtent> {
+    let pending = this.activeExtents.get(volume.id)
+    if (pending !== undefined) {
+      const extent = await pending
+      if (!extent.full && extent.id === volume.activeExtentId) return extent
+      if (this.activeExtents.get(volume.id) !== pending) return await this.activeExtent(volume)
+    }
+    pending = this.openActiveExtent(volume)
+    this.activeExtents.set(volume.id, pending)
+    pending.catch(() => { if (this.activeExtents.get(volume.id) === pending) this.activeExtents.delete(volume.id) })
+    return await pending
+  }
+
+  private async openActiveExtent (volume: Volume): Promise<DeltaExtent> {
+    if (volume.activeExtentId !== null) {
+      const extent = await this.extents.get(volume.activeExtentId)
+      if (!extent.full) return extent
+    }
+    const id = this.nextExtentId++
+    // The row goes in before any map can point at the extent; an unused extent is garbage for gc.
+    this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
+    const extent = await this.extents.create(id, volume.id)
+    volume.activeExtentId = id
+    volume.rowDirty = true
+    return extent
+  }
+
+  /** Freezes a volume's active extent: later writes go to a new one. */
+  private freezeActiveExtent (volume: Volume): void {
+    this.activeExtents.delete(volume.id)
+    volume.activeExtentId = null
+    volume.rowDirty = true
+  }
+
+  changed (_volume: Volume): void {
+    this.changedSinceCommit = true
+    this.generation++
+  }
+
+  /** Counts changes, so that derived reports (space accounting) know when to recompute. */
+  generation = 0
+
+  get hasUncommittedChanges (): boolean { return this.changedSinceCommit || this.pages.dirtyCount > 0 }
+
+  // ---- namespace ----
+
+  list (kind?: VolumeKind): Volume[] {
+    return [...this.volumes.values()].filter(v => kind === undefined || v.kind === kind)
+  }
+
+  find (kind: VolumeKind, name: string): Volume | undefined {
+    for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
+    return undefined
+  }
+
+  byId (id: number): Volume | undefined { return this.volumes.get(id) }
+
+  get (kind: VolumeKind, name: string): Volume {
+    const volume = this.find(kind, name)
+    if (volume === undefined) throw notFound(`${kind} ${name}`)
+    return volume
+  }
+
+  private checkNewName (kind: VolumeKind, name: string): void {
+    checkName(name)
+    if (this.find(kind, name) !== undefined) throw exists(`${kind} ${name}`)
+  }
+
+  private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, allocatedBlocks: number, source: Volume | null): Volume {
+    const now = Date.now()
+    const map = new BlockMap(this.pages, root, this.nextEpoch++, allocatedBlocks)
+    map.rootDirty = true
+    const volume = new Volume(this, this.nextVolumeId++, kind, name, size, now, now, source?.id ?? null, source?.label ?? null, map, null)
+    volume.rowDirty = true
+    this.volumes.set(volume.id, volume)
+    this.changed(volume)
+    return volume
+  }
+
+  /** Creates an empty disk; durable on return. */
+  async createDisk (name: string): Promise<Volume> {
+    this.checkNewName('disk', name)
+    const volume = this.newVolume('disk', name, 0, new Float64Array(0), 0, null)
+    await this.commit()
+    return volume
+  }
+
+  /** Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2)). */
+  async rename (volume: Volume, newName: string, internal = false): Promise<void> {
+    if (volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
+    if (!internal) checkName(newName)
+    if (newName === volume.name) return
+    const target = this.find(volume.kind, newName)
+    if (target !== undefined) this.forget(target)
+    volume.name = newName
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /** Removes a volume; its data stays as long as another volume's map references it. */
+  async remove (volume: Volume): Promise<void> {
+    this.forget(volume)
+    await this.commit()
+  }
+
+  private forget (volume: Volume): void {
+    this.volumes.delete(volume.id)
+    this.activeExtents.delete(volume.id)
+    if (volume.persisted) this.removed.add(volume.id)
+    this.changed(volume)
+  }
+
+  /**
+   * Takes an immutable point-in-time backup of a disk or clone. Every write acknowledged before the
+   * call is in it. Cost: a copy of the root (8 bytes per 256 MiB of address space) plus one commit.
+   */
+  async backup (source: Volume, name: string): Promise<Volume> {
+    if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up a disk or a clone`)
+    this.checkNewName('backup', name)
+    await source.pause()
+    let backup: Volume
+    try {
+      backup = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map.allocatedBlocks, source)
+      // From now on every page of the source is shared: the source copies before it changes one.
+      source.map.epoch = this.nextEpoch++
+      this.freezeActiveExtent(source)
+    } finally {
+      source.resume()
+    }
+    await this.commit()
+    return backup
+  }
+
+  /** Creates a writable copy-on-write clone standing on a backup. */
+  async clone (backup: Volume, name: string): Promise<Volume> {
+    if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
+    this.checkNewName('clone', name)
+    const clone = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map.allocatedBlocks, backup)
+    await this.commit()
+    return clone
+  }
+
+  /** Points a disk or clone back at a backup's content (O(1), keeps every backup). */
+  async restore (backup: Volume, target: Volume): Promise<void> {
+    if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}, not a backup`)
+    if (target.kind === 'backup') throw readOnly(`backup ${target.name}`)
+    await target.pause()
+    try {
+      target.map.root = backup.map.copyRoot()
+      target.map.rootDirty = true
+      target.map.epoch = this.nextEpoch++
+      target.map.allocatedBlocks = backup.map.allocatedBlocks
+      target.size = backup.size
+      target.mtimeMs = Date.now()
+      target.rowDirty = true
+      this.freezeActiveExtent(target)
+      this.changed(target)
+    } finally {
+      target.resume()
+    }
+    await this.commit()
+  }
+
+  // ---- durability ----
+
+  /**
+   * Makes every change made before the call durable. Concurrent callers share commits: a call made
+   * while one runs waits for the next, which starts after it and so includes its changes.
+   */
+  async commit (): Promise<void> {
+    if (this.commitQueued !== null) return await this.commitQueued
+    const queued = this.commitRunning.catch(() => {}).then(async () => {
+      this.commitQueued = null
+      await this.commitNow()
+    })
+    this.commitQueued = queued
+    this.commitRunning = queued
+    return await queued
+  }
+
+  private async commitNow (): Promise<void> {
+    if (this.closed) return
+    // Snapshot synchronously: everything in it was fully written before this point.
+    this.changedSinceCommit = false
+    const pages = this.pages.takeDirty()
+    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
+    for (const volume of this.volumes.values()) {
+      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
+      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
+      volume.rowDirty = false
+      volume.map.rootDirty = false
+    }
+    const removed = [...this.removed]
+    const nextEpoch = this.nextEpoch
+    try {
+      await this.extents.syncPending()
+      this.catalog.transaction(() => {
+        for (const id of removed) this.catalog.deleteVolume(id)
+        for (const page of pages) this.catalog.putPage(page.id, page.epoch, page.entries)
+        for (const { row, withRoot, insert } of rows) {
+          if (insert) this.catalog.insertVolume(row)
+          else this.catalog.updateVolume(row, withRoot)
+        }
+        this.catalog.setMeta('next_epoch', String(nextEpoch))
+      })
+    } catch (err) {
+      this.pages.restoreDirty(pages.map(p => p.id))
+      for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
+      this.changedSinceCommit = true
+      throw fromSystemError(err, 'committing the catalog')
+    }
+    for (const id of removed) this.removed.delete(id)
+    for (const { volume, insert } of rows) if (insert) volume.persisted = true
+  }
+
+  private rowOf (volume: Volume, withRoot: boolean): VolumeRow {
+    return {
+      id: volume.id,
+      kind: volume.kind,
+      name: volume.name,
+      size: volume.size,
+      createdMs: volume.createdMs,
+      mtimeMs: volume.mtimeMs,
+      sourceId: volume.sourceId,
+      sourceLabel: volume.sourceLabel,
+      epoch: volume.map.epoch,
+      root: withRoot ? encodeU64Array(volume.map.root) : Buffer.alloc(0),
+      allocatedBlocks: volume.map.allocatedBlocks,
+      activeExtent: volume.activeExtentId
+    }
+  }
+
+  /**
+   * Frees map pages and delta extents that no volume references. Runs after a commit, and decides
+   * synchronously (nothing can change the maps while it does).
+   */
+  async gc (): Promise<GcReport> {
+    await this.commit()
+    const livePages = new Set<number>()
+    const liveExtents = new Set<number>()
+    for (const volume of this.volumes.values()) {
+      if (volume.activeExtentId !== null) liveExtents.add(volume.activeExtentId)
+      for (const id of volume.map.root) if (id !== 0) livePages.add(id)
+      volume.map.forEachEntry((_block, entry) => {
+        if (entryKind(entry) === entryKindDelta) liveExtents.add(entryExtentId(entry))
+      })
+    }
+    const deadPages = this.catalog.pageIds().filter(id => !livePages.has(id))
+    const deadExtents = this.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.nextExtentId)
+    this.catalog.transaction(() => {
+      for (const id of deadPages) this.catalog.deletePage(id)
+      for (const id of deadExtents) this.catalog.deleteExtent(id)
+    })
+    for (const id of deadPages) this.pages.drop(id)
+    for (const id of deadExtents) await this.extents.remove(id)
+    if (deadExtents.length > 0) await syncDirectory(path.join(this.dir, extentsDir))
+    return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length }
+  }
+
+  /** Commits and closes. The pool lock is released. */
+  async close (): Promise<void> {
+    if (this.closed) return
+    try {
+      await this.commit()
+    } finally {
+      this.closed = true
+      await this.extents.closeAll()
+      this.catalog.close()
+    }
+  }
+}
+
+export function checkName (name: string): void {
+  if (!volumeNamePattern.test(name)) {
+    throw invalid(`invalid name '${name}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`)
+  }
+}
+
+function readOrCreateHeader (dir: string, options: OpenOptions): PoolHeader {
+  const headerPath = path.join(dir, poolHeaderFile)
+  let text: string | undefined
+  try {
+    text = fs.readFileSync(headerPath, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw fromSystemError(err, `reading ${headerPath}`)
+    if (code === 'ENOTDIR') throw invalid(`${dir} is not a directory`)
+  }
+  if (text === undefined) {
+    let entries: string[] | undefined
+    try { entries = fs.readdirSync(dir) } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `reading ${dir}`)
+    }
+    if (entries !== undefined && entries.length > 0) throw invalid(`${dir} exists but is not a vdiskfs pool (no ${poolHeaderFile}, and it is not empty)`)
+    if (options.create !== true) throw notFound(`pool ${dir}`)
+    const header: PoolHeader = {
+      magic: poolMagic,
+      formatVersion: poolFormatVersion,
+      blockBytes: options.blockBytes ?? blockBytesDefault,
+      createdMs: Date.now(),
+      poolId: randomUUID()
+    }
+    assertLimitsUserFacing(header.blockBytes)
+    fs.mkdirSync(dir, { recursive: true })
+    const temporary = headerPath + '.tmp'
+    const fd = fs.openSync(temporary, 'w')
+    fs.writeSync(fd, JSON.stringify(header, null, 2) + '\n')
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+    fs.renameSync(temporary, headerPath)
+    return header
+  }
+  let header: PoolHeader
+  try {
+    header = JSON.parse(text) as PoolHeader
+  } catch {
+    throw invalid(`${headerPath} is damaged (not JSON)`)
+  }
+  if (header === null || typeof header !== 'object' || header.magic !== poolMagic) throw invalid(`${dir} is not a vdiskfs pool (bad magic in ${poolHeaderFile})`)
+  if (!Number.isInteger(header.formatVersion) || header.formatVersion < 1) throw invalid(`${dir}: unknown pool format version ${String(header.formatVersion)}`)
+  if (header.formatVersion > poolFormatVersion) {
+    throw invalid(`${dir} has pool format version ${header.formatVersion}, newer than this vdiskfs reads (${poolFormatVersion}); upgrade vdiskfs`)
+  }
+  assertLimitsUserFacing(header.blockBytes)
+  return header
+}
+
+/** Block size checks that a user or a damaged header can fail, as INVALID rather than an assertion. */
+function assertLimitsUserFacing (blockBytes: unknown): void {
+  try {
+    if (typeof blockBytes !== 'number') throw new Error('not a number')
+    assertLimits(blockBytes)
+  } catch (err) {
+    throw invalid(`invalid block size ${String(blockBytes)}: use a power of two from 4K to 1M`)
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * A volume (disk, backup or clone) and its data path: byte-range reads and writes over the block map
+ * and the delta extents. Backups refuse every change (READ_ONLY).
+ *
+ * Concurrency: the kernel may send several writes at once. Writes to one block are serialized by a
+ * per-block lock (a partial write is a read-modify-write); a write reaches the map only after its bytes
+ * are in the extent, so a reader sees the old block or the new one. `pause()` stops new writes and waits
+ * for the ones in flight: a backup takes its copy only then, so no write lands in a frozen extent after
+ * the backup returns.
+ *
+ * Errors: read/write/truncate throw READ_ONLY, TOO_BIG, NO_SPACE, IO or CORRUPT (errors.ts).
+ */
+import { VolumeKind } from '../catalog/catalog'
+import { VdiskError, readOnly } from '../errors'
+import { deltaEntry, entryExtentId, entryKind, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { volumeBytesMax } from '../limits'
+import { BlockMap } from '../map/block-map'
+import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
+
+/** What a volume needs from its pool: the extents, and a writable extent for new blocks. */
+export interface VolumeContext {
+  readonly blockBytes: number
+  readonly extents: ExtentStore
+  /** The volume's active extent with at least one free slot, created or rotated as needed. */
+  activeExtent (volume: Volume): Promise<DeltaExtent>
+  /** Called after any change, so the pool commits it in time. */
+  changed (volume: Volume): void
+}
+
+export interface VolumeInfo {
+  id: number
+  kind: VolumeKind
+  name: string
+  size: number
+  createdMs: number
+  mtimeMs: number
+  sourceId: number | null
+  sourceLabel: string | null
+}
+
+export class Volume implements VolumeInfo {
+  /** Set when the catalog row is behind (size, name, mtime, map counters, active extent). */
+  rowDirty = false
+  /** False until the row is first committed. */
+  persisted = false
+  activeExtentId: number | null
+  private inflight = 0
+  private drained: (() => void) | null = null
+  private gate: Promise<void> | null = null
+  private openGate: (() => void) | null = null
+  private readonly blockLocks = new Map<number, Promise<void>>()
+  private readonly zeros: Buffer
+
+  constructor (
+    private readonly context: VolumeContext,
+    readonly id: number,
+    public kind: VolumeKind,
+    public name: string,
+    public size: number,
+    readonly createdMs: number,
+    public mtimeMs: number,
+    readonly sourceId: number | null,
+    readonly sourceLabel: string | null,
+    readonly map: BlockMap,
+    activeExtentId: number | null
+  ) {
+    this.activeExtentId = activeExtentId
+    this.zeros = Buffer.alloc(context.blockBytes)
+  }
+
+  get label (): string { return `${this.kind} ${this.name}` }
+  get storedBytes (): number { return this.map.allocatedBlocks * this.context.blockBytes }
+
+  /** Reads up to target.length bytes at `position`; returns how many (0 at or past the end). */
+  async read (target: Buffer, position: number): Promise<number> {
+    const length = Math.max(0, Math.min(target.length, this.size - position))
+    if (length === 0) return 0
+    const blockBytes = this.context.blockBytes
+    const reads: Array<Promise<void>> = []
+    for (let done = 0; done < length;) {
+      const at = position + done
+      const block = Math.floor(at / blockBytes)
+      const offset = at % blockBytes
+      const count = Math.min(blockBytes - offset, length - done)
+      reads.push(this.readBlock(block, offset, target.subarray(done, done + count)))
+      done += count
+    }
+    await Promise.all(reads)
+    return length
+  }
+
+  private async readBlock (block: number, offset: number, target: Buffer): Promise<void> {
+    const entry = this.map.get(block)
+    const kind = entryKind(entry)
+    if (kind === entryKindHole) { target.fill(0); return }
+    if (kind === entryKindDelta) {
+      const extent = await this.context.extents.get(entryExtentId(entry))
+      await this.context.extents.read(extent, entrySlot(entry), offset, target)
+      return
+    }
+    throw new VdiskError('CORRUPT', `${this.label}: block ${block} has an unknown map entry kind ${kind}`)
+  }
+
+  /** Writes all of `data` at `position`, growing the volume when it writes past the end. */
+  async write (data: Buffer, position: number): Promise<void> {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (position + data.length > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: writes past the largest volume size`)
+    while (this.gate !== null) await this.gate
+    this.inflight++
+    try {
+      if (position + data.length > this.size) this.setSize(position + data.length)
+      const blockBytes = this.context.blockBytes
+      const writes: Array<Promise<void>> = []
+      for (let done = 0; done < data.length;) {
+        const at = position + done
+        const block = Math.floor(at / blockBytes)
+        const offset = at % blockBytes
+        const count = Math.min(blockBytes - offset, data.length - done)
+        writes.push(this.locked(block, async () => await this.writeBlock(block, offset, data.subarray(done, done + count))))
+        done += count
+      }
+      await Promise.all(writes)
+      this.mtimeMs = Date.now()
+      this.rowDirty = true
+      this.context.changed(this)
+    } finally {
+      if (--this.inflight === 0 && this.drained !== null) this.drained()
+    }
+  }
+
+  private async writeBlock (block: number, offset: number, data: Buffer): Promise<void> {
+    const blockBytes = this.context.blockBytes
+    const extents = this.context.extents
+    const entry = this.map.get(block)
+    const whole = data.length === blockBytes
+    const zero = this.zeros.subarray(0, data.length).equals(data)
+    if (entryKind(entry) === entryKindDelta && entryExtentId(entry) === this.activeExtentId) {
+      // The block is this volume's alone since the last backup: overwrite in place.
+      if (whole && zero) { this.map.set(block, 0); return }
+      const extent = await extents.get(this.activeExtentId)
+      await extents.write(extent, entrySlot(entry), offset, data)
+      return
+    }
+    if (entry === 0) {
+      if (zero) return
+      // The rest of a fresh slot reads as zeros: write only the new bytes.
+      await this.writeNewSlot(block, offset, data)
+      return
+    }
+    if (whole) {
+      if (zero) this.map.set(block, 0)
+      else await this.writeNewSlot(block, 0, data)
+      return
+    }
+    const merged = Buffer.allocUnsafe(blockBytes)
+    await this.readBlock(block, 0, merged)
+    data.copy(merged, offset)
+    if (this.zeros.equals(merged)) this.map.set(block, 0)
+    else await this.writeNewSlot(block, 0, merged)
+  }
+
+  private async writeNewSlot (block: number, offset: number, data: Buffer): Promise<void> {
+    const extent = await this.context.activeExtent(this)
+    const slot = extent.nextSlot++
+    await this.context.extents.write(extent, slot, offset, data)
+    this.map.set(block, deltaEntry(extent.id, slot))
+  }
+
+  /** Sets the size, as truncate(2): bytes past a shrink read as zeros if the volume grows again. */
+  async truncate (size: number): Promise<void> {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
+    const blockBytes = this.context.blockBytes
+    if (size < this.size && size % blockBytes !== 0) {
+      const block = Math.floor(size / blockBytes)
+      const offset = size % blockBytes
+      const end = Math.min(blockBytes, this.size - block * blockBytes)
+      if (this.map.get(block) !== 0) await this.write(this.zeros.subarray(0, end - offset), size)
+    }
+    this.setSize(size)
+    this.mtimeMs = Date.now()
+    this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  private setSize (size: number): void {
+    this.size = size
+    this.map.resize(Math.ceil(size / this.context.blockBytes))
+    this.rowDirty = true
+  }
+
+  /** Sets the modification time (utimens). */
+  touch (mtimeMs: number): void {
+    this.mtimeMs = mtimeMs
+    this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  /** Stops new writes and waits until the ones in flight are done; `resume()` lets them go on. */
+  async pause (): Promise<void> {
+    while (this.gate !== null) await this.gate
+    this.gate = new Promise(resolve => { this.openGate = resolve })
+    if (this.inflight > 0) await new Promise<void>(resolve => { this.drained = resolve })
+    this.drained = null
+  }
+
+  resume (): void {
+    const open = this.openGate
+    this.gate = null
+    this.openGate = null
+    if (open !== null) open()
+  }
+
+  private async locked (block: number, work: () => Promise<void>): Promise<void> {
+    const previous = this.blockLocks.get(block)
+    let release!: () => void
+    const mine = new Promise<void>(resolve => { release = resolve })
+    this.blockLocks.set(block, mine)
+    try {
+      if (previous !== undefined) await previous
+      await work()
+    } finally {
+      if (this.blockLocks.get(block) === mine) this.blockLocks.delete(block)
+      release()
+    }
+  }
+
+  info (): VolumeInfo {
+    return {
+      id: this.id, kind: this.kind, name: this.name, size: this.size, createdMs: this.createdMs,
+      mtimeMs: this.mtimeMs, sourceId: this.sourceId, sourceLabel: this.sourceLabel
+    }
+  }
+}
