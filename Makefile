@@ -1,0 +1,60 @@
+# vdiskfs: set-up, build, run and test. `make run` and `make test` do all set-up on a fresh Debian 12
+# machine as root: Debian packages, npm ci, the build.
+POOL ?= ./pool
+MNT ?= ./mnt
+DEB_PACKAGES := libfuse2 fuse qemu-utils fio e2fsprogs zstd attr util-linux
+BENCH_PACKAGES := qemu-system-common
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: all deps debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick clean
+
+all: build
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	fi
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund </dev/null
+	node scripts/check-native.js
+	touch $@
+
+node-modules: node_modules/.installed
+
+deps: debs node-modules
+
+build: node-modules
+	npx tsc -p tsconfig.json
+
+run: deps build
+	@mkdir -p "$(MNT)"
+	bin/vdiskfs mount "$(POOL)" "$(MNT)"
+	@echo
+	@echo "Disks go in $(MNT)/disks, for example:"
+	@echo "  truncate -s 20G $(MNT)/disks/web.img && mkfs.ext4 $(MNT)/disks/web.img"
+	@echo "  bin/vdiskfs backup $(MNT)/disks/web.img web-monday; bin/vdiskfs clone $(MNT)/backups/web-monday.img test1"
+	@echo "Unmount with: bin/vdiskfs umount $(MNT)   (or: make umount)"
+
+umount:
+	bin/vdiskfs umount "$(MNT)"
+
+test: deps build
+	node scripts/run-tests.js
+
+test-unit: build
+	npx ava 'dist/test/unit/**/*.test.js'
+
+test-integration: deps build
+	npx ava 'dist/test/integration/**/*.test.js'
+
+crash-test: deps build
+	VDISKFS_CRASH_POINTS=200 npx ava 'dist/test/integration/crash.test.js'
+
+bench-basic: deps build
+	node dist/bench/basic.js
+
+clean:
+	rm -rf dist node_modules/.installed

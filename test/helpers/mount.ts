@@ -1,0 +1,120 @@
+/**
+ * Test helper: a real vdiskfs mount served by a separate daemon process, started through the real CLI
+ * (`bin/vdiskfs mount`), and torn down without leaks: loop devices detached, the daemon killed by pid,
+ * the mount removed with fusermount -uz, the temporary directory deleted.
+ */
+import { execFile, execFileSync, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import type { ExecutionContext } from 'ava'
+
+export const execFileAsync = promisify(execFile)
+export const repoRoot = path.resolve(__dirname, '..', '..', '..')
+export const cli = path.join(repoRoot, 'bin', 'vdiskfs')
+
+export interface CliResult { code: number, stdout: string, stderr: string }
+
+/** Runs bin/vdiskfs; never throws for a non-zero exit. */
+export async function vdiskfs (...args: string[]): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await execFileAsync(cli, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 })
+    return { code: 0, stdout, stderr }
+  } catch (err) {
+    const e = err as { code?: number, stdout?: string, stderr?: string }
+    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
+  }
+}
+
+export async function run (command: string, args: string[], options: { input?: string } = {}): Promise<string> {
+  const { stdout } = await execFileAsync(command, args, { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, ...options })
+  return stdout
+}
+
+export class TestMount {
+  pid = 0
+  private readonly loops: string[] = []
+  private readonly loopMounts: string[] = []
+
+  constructor (readonly dir: string, readonly pool: string, readonly mnt: string) {}
+
+  image (kind: 'disks' | 'backups' | 'clones', name: string): string {
+    return path.join(this.mnt, kind, name)
+  }
+
+  async mount (...extra: string[]): Promise<void> {
+    const result = await vdiskfs('mount', this.pool, this.mnt, ...extra)
+    if (result.code !== 0) throw new Error(`mount failed: ${result.stderr}`)
+    this.pid = Number(fs.readFileSync(path.join(this.pool, 'daemon.pid'), 'utf8'))
+  }
+
+  async umount (): Promise<void> {
+    const result = await vdiskfs('umount', this.mnt)
+    if (result.code !== 0) throw new Error(`umount failed: ${result.stderr}`)
+  }
+
+  /** SIGKILL of the daemon, then the dead mount is removed. */
+  async kill (): Promise<void> {
+    try { process.kill(this.pid, 'SIGKILL') } catch {}
+    await waitForExit(this.pid)
+    spawnSync('fusermount', ['-uz', this.mnt])
+  }
+
+  /** Loop-mounts an image at a new directory; undone by cleanup. */
+  async loopMount (image: string, options = 'loop'): Promise<string> {
+    const target = fs.mkdtempSync(path.join(this.dir, 'loop-'))
+    await run('mount', ['-o', options, image, target])
+    this.loopMounts.push(target)
+    return target
+  }
+
+  async loopUmount (target: string): Promise<void> {
+    await run('umount', [target])
+    this.loopMounts.splice(this.loopMounts.indexOf(target), 1)
+  }
+
+  async cleanup (): Promise<void> {
+    for (const target of this.loopMounts.reverse()) spawnSync('umount', ['-l', target])
+    // Detach any loop device still backed by a file under this mount.
+    const loops = spawnSync('losetup', ['-a', '-n', '-O', 'NAME,BACK-FILE', '--raw'], { encoding: 'utf8' }).stdout ?? ''
+    for (const line of loops.split('\n')) {
+      const [device, file] = line.trim().split(/\s+/, 2)
+      if (file !== undefined && (file.startsWith(this.mnt + '/') || file.startsWith(this.dir + '/'))) spawnSync('losetup', ['-d', device])
+    }
+    if (this.pid !== 0) {
+      try { process.kill(this.pid, 'SIGKILL') } catch {}
+      await waitForExit(this.pid)
+    }
+    spawnSync('fusermount', ['-uz', this.mnt])
+    fs.rmSync(this.dir, { recursive: true, force: true })
+  }
+}
+
+export async function waitForExit (pid: number, timeoutMs = 20000): Promise<boolean> {
+  for (let waited = 0; waited < timeoutMs; waited += 25) {
+    try { process.kill(pid, 0) } catch { return true }
+    // A zombie child still answers kill(0); treat "Z" state as gone.
+    try { if (/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) return true } catch { return true }
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+  return false
+}
+
+/** A fresh pool and mountpoint under a temporary directory, mounted; cleaned up after the test. */
+export async function withMount (t: ExecutionContext, ...extra: string[]): Promise<TestMount> {
+  const dir = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? os.tmpdir(), 'vdiskfs-test-'))
+  const mount = new TestMount(dir, path.join(dir, 'pool'), path.join(dir, 'mnt'))
+  fs.mkdirSync(mount.mnt)
+  t.teardown(async () => await mount.cleanup())
+  await mount.mount(...extra)
+  return mount
+}
+
+export function sha256 (file: string): string {
+  return execFileSync('sha256sum', [file], { encoding: 'utf8' }).split(' ')[0]
+}
+
+export function isMounted (mnt: string): boolean {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(line => line.split(' ')[4] === mnt)
+}
