@@ -11,8 +11,13 @@ import Fuse from 'fuse-native'
 import { fuseMaxReadBytes, fuseMaxWriteBytes } from '../limits'
 
 export function extraMountOptions (): string[] {
-  if (process.env.VDISKFS_NO_BIG_WRITES === '1') return []
+  // No attribute or name caching: the CLI changes names and sizes behind the kernel's back (rm,
+  // restore), and libfuse 2's high-level API cannot tell the kernel to drop what it cached.
+  // fuse-native skips a timeout of 0 (it tests the value for truth), so they are passed here.
+  const caching = ['entry_timeout=0', 'attr_timeout=0', 'negative_timeout=0']
+  if (process.env.VDISKFS_NO_BIG_WRITES === '1') return caching
   return [
+    ...caching,
     'big_writes',
     `max_write=${fuseMaxWriteBytes}`,
     `max_read=${fuseMaxReadBytes}`,
