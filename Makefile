@@ -51,7 +51,7 @@ test-integration: deps build
 	npx ava 'dist/test/integration/**/*.test.js'
 
 crash-test: deps build
-	VDISKFS_CRASH_POINTS=200 npx ava 'dist/test/integration/crash.test.js'
+	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m 'dist/test/integration/crash.test.js'
 
 bench-basic: deps build
 	node dist/bench/basic.js
