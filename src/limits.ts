@@ -49,3 +49,27 @@ export function assertLimits (blockBytes: number): void {
   assert.ok(extentSlotsMax < 2 ** 24, 'extent slot must fit the 24-bit slot field of a map entry')
   assert.equal(extentHeaderBytes % 4096, 0)
 }
+
+/** Slots in the shared slab (each about 2 x 64 KiB + 32 at 64 KiB blocks): bounds blocks in flight to workers. */
+export const slabSlots = 256
+/** Tasks queued for the worker pool before run() waits (Piscina's maxQueue). */
+export const workerQueueMax = 64
+/** Blocks per seal task: 8 x 64 KiB = 512 KiB, inside the 256 KiB-1 MiB range where batching pays. */
+export const sealBatchBlocks = 8
+/** Pack files are rotated past this size. */
+export const packBytesMax = 64 * 1024 * 1024
+/** Chunk locations cached in memory (each a few dozen bytes). */
+export const chunkCacheMax = 65536
+/** Opened (verified, decompressed) blocks kept for partial reads of the same block: bytes. */
+export const openedCacheBytesMax = 32 * 1024 * 1024
+/** An active extent idle this long, or holding this many slots, is rotated and sealed. */
+export const extentIdleMs = 10000
+export const extentSealSlots = 4096
+/** zstd level of a new pool. */
+export const zstdLevelDefault = 3
+/** Packs whose live fraction is below this are compacted by gc. */
+export const packLiveFractionMin = 0.5
+/** A deleted extent's descriptor stays open this long, for reads already on their way. */
+export const extentCloseDelayMs = 10000
+/** How often the background sealer looks for work. */
+export const sealIntervalMs = 2000

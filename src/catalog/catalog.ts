@@ -31,8 +31,11 @@ export interface VolumeRow {
   /** Page ids, u64 little-endian (see format/map-format.ts). */
   root: Buffer
   allocatedBlocks: number
+  storedBytes: number
   activeExtent: number | null
 }
+
+export interface ChunkRow { id: number, hash: Buffer, packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean }
 
 export interface PageRow { id: number, epoch: number, entries: Buffer }
 
@@ -55,10 +58,22 @@ CREATE TABLE IF NOT EXISTS volumes (
   epoch INTEGER NOT NULL,
   root BLOB NOT NULL,
   allocated_blocks INTEGER NOT NULL,
+  stored_bytes INTEGER NOT NULL,
   active_extent INTEGER,
   UNIQUE (kind, name)
 );
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+  id INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL UNIQUE,
+  pack_id INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  stored_bytes INTEGER NOT NULL,
+  raw_bytes INTEGER NOT NULL,
+  compressed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack_id);
 CREATE TABLE IF NOT EXISTS extents (
   id INTEGER PRIMARY KEY,
   volume_id INTEGER NOT NULL,
@@ -119,12 +134,12 @@ export class Catalog {
     const db = this.db
     return {
       volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
-      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, active_extent)
-        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @activeExtent)`),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent)`),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
-        root = @root, allocated_blocks = @allocatedBlocks, active_extent = @activeExtent WHERE id = @id`),
+        root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent WHERE id = @id`),
       updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
-        allocated_blocks = @allocatedBlocks, active_extent = @activeExtent WHERE id = @id`),
+        allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent WHERE id = @id`),
       deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
       page: db.prepare('SELECT id, epoch, entries FROM pages WHERE id = ?'),
       putPage: db.prepare('INSERT OR REPLACE INTO pages (id, epoch, entries) VALUES (?, ?, ?)'),
@@ -136,6 +151,18 @@ export class Catalog {
       extents: db.prepare('SELECT id, volume_id AS volumeId, created_ms AS createdMs FROM extents ORDER BY id'),
       insertExtent: db.prepare('INSERT INTO extents (id, volume_id, created_ms) VALUES (?, ?, ?)'),
       deleteExtent: db.prepare('DELETE FROM extents WHERE id = ?'),
+      chunk: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE id = ?'),
+      chunkByHash: db.prepare('SELECT id FROM chunks WHERE hash = ?').pluck(),
+      insertChunk: db.prepare('INSERT INTO chunks (id, hash, pack_id, offset, stored_bytes, raw_bytes, compressed) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      moveChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ? WHERE id = ?'),
+      deleteChunk: db.prepare('DELETE FROM chunks WHERE id = ?'),
+      chunkIds: db.prepare('SELECT id FROM chunks').pluck(),
+      chunksInPack: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE pack_id = ?'),
+      packUsage: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id GROUP BY p.id'),
+      maxChunkId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM chunks').pluck(),
+      maxPackId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM packs').pluck(),
+      insertPack: db.prepare('INSERT INTO packs (id, created_ms) VALUES (?, ?)'),
+      deletePack: db.prepare('DELETE FROM packs WHERE id = ?'),
       getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
       setMeta: db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)')
     }
@@ -163,6 +190,7 @@ export class Catalog {
       epoch: row.epoch as number,
       root: row.root as Buffer,
       allocatedBlocks: row.allocated_blocks as number,
+      storedBytes: row.stored_bytes as number,
       activeExtent: row.active_extent as number | null
     }))
   }
@@ -189,6 +217,32 @@ export class Catalog {
   extents (): ExtentRow[] { return this.statements.extents.all() as ExtentRow[] }
   insertExtent (row: ExtentRow): void { this.statements.insertExtent.run(row.id, row.volumeId, row.createdMs) }
   deleteExtent (id: number): void { this.statements.deleteExtent.run(id) }
+
+  chunk (id: number): ChunkRow | undefined {
+    const row = this.statements.chunk.get(id) as (Omit<ChunkRow, 'compressed'> & { compressed: number }) | undefined
+    return row === undefined ? undefined : { ...row, compressed: row.compressed === 1 }
+  }
+
+  chunkByHash (hash: Buffer): number | undefined { return this.statements.chunkByHash.get(hash) as number | undefined }
+  insertChunk (row: ChunkRow): void {
+    this.statements.insertChunk.run(row.id, row.hash, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0)
+  }
+
+  moveChunk (id: number, packId: number, offset: number): void { this.statements.moveChunk.run(packId, offset, id) }
+  deleteChunk (id: number): void { this.statements.deleteChunk.run(id) }
+  chunkIds (): number[] { return this.statements.chunkIds.all() as number[] }
+  chunksInPack (packId: number): ChunkRow[] {
+    return (this.statements.chunksInPack.all(packId) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
+  }
+
+  packUsage (): Array<{ id: number, liveBytes: number, chunks: number }> {
+    return this.statements.packUsage.all() as Array<{ id: number, liveBytes: number, chunks: number }>
+  }
+
+  maxChunkId (): number { return this.statements.maxChunkId.get() as number }
+  maxPackId (): number { return this.statements.maxPackId.get() as number }
+  insertPack (id: number, createdMs: number): void { this.statements.insertPack.run(id, createdMs) }
+  deletePack (id: number): void { this.statements.deletePack.run(id) }
 
   getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }
   setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }

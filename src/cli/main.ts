@@ -14,6 +14,9 @@ import { checkName } from '../volume/pool'
 import { VolumeInfo } from '../volume/volume'
 import { SpaceReport } from '../volume/space'
 import { version } from '../version'
+import { SingleBar, Presets } from 'cli-progress'
+import { SealReport } from '../seal/sealer'
+import { GcReport } from '../volume/pool'
 import { Parsed, Spec, UsageError, parseArgs, parseSize } from './args'
 import { bytes, table } from './format'
 
@@ -50,9 +53,9 @@ function print (json: boolean, value: unknown, human: () => string): void {
 
 const commands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'] }, values: { blockSize: ['--block-size'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'] }, values: { blockSize: ['--block-size'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
@@ -63,6 +66,7 @@ const commands: Record<string, Command> = {
           pool: poolDir,
           mountpoint,
           blockBytes,
+          noXattrs: flags.noXattrs === true,
           logToFile: child,
           onReady: () => {
             if (child) { process.send?.({ ready: true }); process.disconnect?.() } else process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
@@ -79,6 +83,7 @@ const commands: Record<string, Command> = {
       }
       const args = [process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--background-child']
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
+      if (flags.noXattrs === true) args.push('--no-xattrs')
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new VdiskError('IO', 'the daemon did not report ready within 60 s')), 60000)
@@ -196,30 +201,51 @@ const commands: Record<string, Command> = {
       print(flags.json === true, report, () => {
         const rows = report.volumes.map(v => [`${dirOfKind[v.kind]}/${v.name}`, bytes(v.logicalBytes), bytes(v.referencedBytes), bytes(v.uniqueBytes), v.keptFromSourceBytes === null ? '-' : bytes(v.keptFromSourceBytes)])
         return table(['VOLUME', 'LOGICAL', 'REFERENCED', 'UNIQUE', 'KEPT-FROM-SOURCE'], rows) +
-          `\n\npool: logical ${bytes(report.logicalBytes)}, stored ${bytes(report.storedBytes)}, sharing ratio ${report.sharingRatio.toFixed(2)}`
+          `\n\npool: logical ${bytes(report.logicalBytes)}, stored ${bytes(report.storedBytes)} (${bytes(report.unsealedBytes)} not sealed yet), ` +
+          `dedup ratio ${report.dedupRatio.toFixed(2)}, compression ratio ${report.compressionRatio.toFixed(2)}, sharing ratio ${report.sharingRatio.toFixed(2)}`
       })
     }
   },
 
   sync: {
-    usage: 'sync MNT',
-    summary: 'make everything written so far durable',
-    spec: { positionals: ['MNT'] },
-    async run ({ positionals: [mnt] }) {
-      const result = await call(mountpointArg(mnt), 'sync') as { committedMs: number }
-      process.stdout.write(`synced in ${result.committedMs} ms\n`)
+    usage: 'sync MNT [--json]',
+    summary: 'make everything written so far durable and seal it into the chunk store',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt], flags }) {
+      const mountpoint = mountpointArg(mnt)
+      const result = await withProgress(mountpoint, 'sealing', call(mountpoint, 'sync')) as SealReport & { elapsedMs: number }
+      print(flags.json === true, result, () => `sealed ${result.extentsSealed} extents in ${(result.elapsedMs / 1000).toFixed(1)} s: ${result.blocksSealed} blocks ` +
+        `(${result.zeroBlocks} zero, ${result.dedupedBlocks} deduplicated, ${result.newChunks} new chunks), ${bytes(result.rawBytes)} -> ${bytes(result.storedBytes)} stored`)
     }
   },
 
   gc: {
     usage: 'gc MNT [--json]',
-    summary: 'free map pages and extents that no volume references',
+    summary: 'free what no volume references (map pages, extents, chunks) and compact packs',
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
-      const result = await call(mountpointArg(mnt), 'gc') as { pagesFreed: number, extentsFreed: number }
-      print(flags.json === true, result, () => `freed ${result.pagesFreed} map pages and ${result.extentsFreed} extents`)
+      const mountpoint = mountpointArg(mnt)
+      const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc')) as GcReport
+      print(flags.json === true, result, () => `freed ${result.pagesFreed} map pages, ${result.extentsFreed} extents, ${result.chunksFreed} chunks and ${result.packsFreed} packs (${bytes(result.packBytesFreed)})`)
     }
   }
+}
+
+/**
+ * Shows a progress bar on a terminal while `work` runs (the daemon's sealing progress), and nothing
+ * when stderr is not a terminal.
+ */
+async function withProgress<T> (mountpoint: string, label: string, work: Promise<T>): Promise<T> {
+  if (process.stderr.isTTY !== true) return await work
+  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total} extents`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  let started = false
+  const timer = setInterval(() => {
+    call(mountpoint, 'progress').then(p => {
+      const { done, total } = p as { done: number, total: number }
+      if (!started) { bar.start(Math.max(total, 1), done); started = true } else { bar.setTotal(Math.max(total, 1)); bar.update(done) }
+    }, () => {})
+  }, 200)
+  try { return await work } finally { clearInterval(timer); if (started) bar.stop() }
 }
 
 function fsfreeze (flag: '-f' | '-u', mountpoint: string): void {

@@ -9,11 +9,12 @@ import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, invalid } from '../errors'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
+import { Sealer } from '../seal/sealer'
 import { Operation, Reply, Request } from './protocol'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
 
-export function controlHandlers (pool: Pool, space: SpaceAccounting, status: () => unknown): Record<Operation, Handler> {
+export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sealer, status: () => unknown): Record<Operation, Handler> {
   const volumeArg = (args: Record<string, unknown>, key: string) => {
     const kind = args[key + 'Kind']
     const name = args[key + 'Name']
@@ -29,8 +30,10 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, status: () 
     sync: async () => {
       const started = Date.now()
       await pool.commit()
-      return { committedMs: Date.now() - started }
+      const sealed = await sealer.sealPending(true)
+      return { ...sealed, elapsedMs: Date.now() - started }
     },
+    progress: async () => sealer.progress,
     ls: async () => pool.list().filter(v => !v.name.startsWith('.')).map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
     du: async () => space.report(),
     backup: async args => {

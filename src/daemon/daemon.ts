@@ -23,11 +23,14 @@ import { checkFuseAvailable, checkMountpoint } from './preflight'
 import { mounts } from './mountinfo'
 import { VdiskError } from '../errors'
 import { version } from '../version'
+import { Sealer } from '../seal/sealer'
 
 export interface DaemonOptions {
   pool: string
   mountpoint: string
   blockBytes?: number
+  /** Serve no xattrs: faster small writes (see fuse/adapter.ts). */
+  noXattrs?: boolean
   /** Log to the pool's daemon.log instead of stderr (background mode). */
   logToFile: boolean
   /** Called once the mount answers. */
@@ -38,18 +41,21 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const mountpoint = path.resolve(options.mountpoint)
   checkFuseAvailable()
   checkMountpoint(mountpoint)
-  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes })
   let logFd = 2
-  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a')
   const log = (message: string): void => {
     fs.write(logFd, `${new Date().toISOString()} ${message}\n`, () => {})
   }
+  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
+  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a')
+  const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
   const collected = await pool.gc()
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`)
 
-  const fuse = new VdiskFuse(mountpoint, createOperations({ pool, space, log }), {
+  const operations = createOperations({ pool, space, log, noXattrs: options.noXattrs })
+  if (process.env.VDISKFS_COUNT_OPS === '1') countOperations(operations, log)
+  const fuse = new VdiskFuse(mountpoint, operations, {
     timeout: false,
     fsname: `vdiskfs:${pool.dir}`.replace(/,/g, '_'),
     subtype: 'vdiskfs',
@@ -66,10 +72,11 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
 
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
-  const server = startControlServer(socketPath, controlHandlers(pool, space, () => ({
+  const server = startControlServer(socketPath, controlHandlers(pool, space, sealer, () => ({
     pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes
   })), log)
 
+  sealer.start()
   const commitTimer = setInterval(() => {
     if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
   }, commitIntervalMs)
@@ -85,6 +92,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     stopping = (async () => {
       log(`stopping: ${reason}`)
       clearInterval(commitTimer)
+      sealer.stop()
       clearInterval(watchTimer)
       server.close()
       fs.rmSync(socketPath, { force: true })
@@ -112,4 +120,13 @@ async function tuneReadAhead (mountpoint: string, log: (message: string) => void
   } catch (err) {
     log(`could not raise read-ahead: ${(err as Error).message}`)
   }
+}
+
+/** Profiling aid (VDISKFS_COUNT_OPS=1): logs how many requests of each kind arrived, every 5 s. */
+function countOperations (operations: Record<string, (...args: any[]) => void>, log: (message: string) => void): void {
+  const counts: Record<string, number> = {}
+  for (const [name, handler] of Object.entries(operations)) {
+    operations[name] = function (this: unknown, ...args: unknown[]) { counts[name] = (counts[name] ?? 0) + 1; return handler.apply(this, args) }
+  }
+  setInterval(() => { if (Object.keys(counts).length > 0) log(`requests: ${JSON.stringify(counts)}`) }, 5000).unref()
 }

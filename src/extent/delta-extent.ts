@@ -13,7 +13,7 @@ import { promisify } from 'node:util'
 import { corrupt, fromSystemError } from '../errors'
 import { extentFormatVersion, extentHeaderFields, extentMagic, slotOffset } from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
-import { extentHeaderBytes, extentSlotsMax } from '../limits'
+import { extentCloseDelayMs, extentHeaderBytes, extentSlotsMax } from '../limits'
 
 const readAsync = promisify(fs.read)
 const writeAsync = promisify(fs.write)
@@ -152,13 +152,20 @@ export class ExtentStore {
     }
   }
 
-  /** Closes and deletes an extent no map references any more. */
+  /**
+   * Deletes an extent no map references any more. Its descriptor is closed a little later: a read
+   * that looked the block up before it moved may still be on its way, and closing at once could let
+   * the number be reused by another file under it.
+   */
   async remove (id: number): Promise<void> {
     const opening = this.open.get(id)
     this.open.delete(id)
     if (opening !== undefined) {
       const extent = await opening.catch(() => undefined)
-      if (extent !== undefined) { this.pending.delete(extent); await closeAsync(extent.fd).catch(() => {}) }
+      if (extent !== undefined) {
+        this.pending.delete(extent)
+        setTimeout(() => { fs.close(extent.fd, () => {}) }, extentCloseDelayMs).unref()
+      }
     }
     await fs.promises.rm(this.file(id), { force: true })
   }

@@ -60,3 +60,11 @@ export function decodeU64Array (bytes: Uint8Array, count: number): Float64Array 
   }
   return out
 }
+
+export function chunkEntry (chunkId: number): number {
+  return entryKindChunk * entryKindShift + chunkId
+}
+
+export function entryChunkId (entry: number): number {
+  return entry % entryKindShift
+}

@@ -13,6 +13,8 @@ export const poolFormatVersion = 1
 export const catalogFile = 'catalog.sqlite'
 /** Delta extents live here, one file per extent: `<extent id>.dx`. */
 export const extentsDir = 'extents'
+/** Chunk pack files live here: `<pack id>.pack`. */
+export const packsDir = 'packs'
 /** Daemon log and pid, for people. */
 export const daemonLogFile = 'daemon.log'
 export const daemonPidFile = 'daemon.pid'
@@ -21,6 +23,8 @@ export interface PoolHeader {
   magic: typeof poolMagic
   formatVersion: number
   blockBytes: number
+  /** zstd level for sealing (1-19); pools made before it existed use 3. */
+  zstdLevel?: number
   createdMs: number
   poolId: string
 }

@@ -11,7 +11,7 @@ import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
-import { EINVAL, EISDIR, ENODATA, ENOENT, EPERM, EROFS, EXDEV, toErrno } from './errno'
+import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, EPERM, EROFS, EXDEV, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
 
 const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
@@ -42,9 +42,14 @@ export interface AdapterOptions {
   pool: Pool
   space: SpaceAccounting
   log: (message: string) => void
+  /**
+   * Serve no xattrs (ENOSYS). The kernel then stops asking for security.capability before every
+   * write, a FUSE round trip each: 4k random writes go from about 5,800 to 9,000+ IOPS here.
+   */
+  noXattrs?: boolean
 }
 
-export function createOperations ({ pool, space, log }: AdapterOptions): Record<string, (...args: any[]) => void> {
+export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions): Record<string, (...args: any[]) => void> {
   const handles = new Map<number, Handle>()
   let nextHandle = 1
   const uid = process.getuid?.() ?? 0
@@ -223,6 +228,7 @@ export function createOperations ({ pool, space, log }: AdapterOptions): Record<
     symlink (_source: string, _target: string, cb: (code: number) => void) { cb(EPERM) },
 
     getxattr (path: string, name: string, _position: number, cb: (code: number, value?: Buffer) => void) {
+      if (noXattrs === true) { cb(ENOSYS); return }
       const parsed = parse(path)
       if (parsed.type === 'root' || parsed.type === 'dir') { cb(ENODATA); return }
       let volume: Volume
@@ -234,6 +240,7 @@ export function createOperations ({ pool, space, log }: AdapterOptions): Record<
     },
 
     listxattr (path: string, cb: (code: number, names?: string[]) => void) {
+      if (noXattrs === true) { cb(ENOSYS); return }
       const parsed = parse(path)
       if (parsed.type !== 'file') { cb(0, []); return }
       if (pool.find(parsed.kind, parsed.name) === undefined) { cb(ENOENT); return }

@@ -9,7 +9,10 @@
  */
 import assert from 'node:assert/strict'
 import { pageEntries } from '../limits'
-import { PageStore } from './page-store'
+import { Page, PageStore } from './page-store'
+
+/** Stored bytes behind a map entry (0 for a hole). */
+export type EntrySize = (entry: number) => number
 
 export class BlockMap {
   /** Page ids; 0 means the page's blocks are all holes. */
@@ -22,7 +25,10 @@ export class BlockMap {
     root: Float64Array,
     public epoch: number,
     /** Blocks that are not holes. */
-    public allocatedBlocks: number
+    public allocatedBlocks: number,
+    /** Stored bytes of the blocks it can read (delta slots count a whole block; chunks their stored length). */
+    public storedBytes: number,
+    private readonly sizeOf: EntrySize
   ) {
     this.root = root
   }
@@ -58,6 +64,7 @@ export class BlockMap {
     this.pages.markDirty(page)
     if (old === 0) this.allocatedBlocks++
     else if (entry === 0) this.allocatedBlocks--
+    this.storedBytes += this.sizeOf(entry) - this.sizeOf(old)
   }
 
   /** Grows or shrinks the map to `blocks` blocks; blocks past the end become holes. */
@@ -65,7 +72,11 @@ export class BlockMap {
     const pageCount = BlockMap.pagesFor(blocks)
     if (pageCount < this.root.length) {
       for (let p = pageCount; p < this.root.length; p++) {
-        if (this.root[p] !== 0) this.allocatedBlocks -= countAllocated(this.pages.get(this.root[p]).entries)
+        if (this.root[p] === 0) continue
+        const entries = this.pages.get(this.root[p]).entries
+        for (let i = 0; i < entries.length; i++) {
+          if (entries[i] !== 0) { this.allocatedBlocks--; this.storedBytes -= this.sizeOf(entries[i]) }
+        }
       }
       this.root = this.root.slice(0, pageCount)
       this.rootDirty = true
@@ -99,14 +110,13 @@ export class BlockMap {
     }
   }
 
+  /** Calls `visit` for each page of the map (a page appears once per root). */
+  forEachPage (visit: (page: Page) => void): void {
+    for (let p = 0; p < this.root.length; p++) if (this.root[p] !== 0) visit(this.pages.get(this.root[p]))
+  }
+
   private setRoot (pageIndex: number, pageId: number): void {
     this.root[pageIndex] = pageId
     this.rootDirty = true
   }
-}
-
-function countAllocated (entries: Float64Array): number {
-  let n = 0
-  for (let i = 0; i < entries.length; i++) if (entries[i] !== 0) n++
-  return n
 }

@@ -84,6 +84,8 @@ export class PageStore {
     this.cache.delete(id)
   }
 
+  isDirty (id: number): boolean { return this.cache.get(id)?.dirty === true }
+
   get dirtyCount (): number { return this.dirtyPages.size }
 
   private evict (): void {

@@ -15,11 +15,13 @@ import path from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { Catalog, VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
-import { decodeU64Array, encodeU64Array, entryExtentId, entryKind, entryKindDelta } from '../format/map-format'
-import { PoolHeader, catalogFile, extentsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
-import { assertLimits, blockBytesDefault, volumeNamePattern } from '../limits'
+import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
+import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
+import { assertLimits, blockBytesDefault, extentIdleMs, extentSealSlots, packLiveFractionMin, volumeNamePattern, zstdLevelDefault } from '../limits'
+import { ChunkStore } from '../chunk/chunk-store'
+import { WorkerPool } from '../chunk/worker-pool'
 import { BlockMap } from '../map/block-map'
-import { PageStore } from '../map/page-store'
+import { Page, PageStore } from '../map/page-store'
 import { DeltaExtent, ExtentStore, syncDirectory } from '../extent/delta-extent'
 import { Volume, VolumeContext } from './volume'
 
@@ -27,13 +29,22 @@ export interface OpenOptions {
   /** Create the pool when the directory does not exist or is empty. */
   create?: boolean
   blockBytes?: number
+  /** zstd level of a new pool. */
+  zstdLevel?: number
+  /** Worker threads for hashing and compression (default: the number of cores; 0 = main thread, benchmark only). */
+  workers?: number
+  log?: (message: string) => void
 }
 
-export interface GcReport { pagesFreed: number, extentsFreed: number }
+export interface GcReport { pagesFreed: number, extentsFreed: number, chunksFreed: number, packsFreed: number, packBytesFreed: number }
 
 export class Pool implements VolumeContext {
   readonly extents: ExtentStore
+  readonly chunks: ChunkStore
+  readonly workers: WorkerPool
   private readonly pages: PageStore
+  private maintenance: Promise<unknown> = Promise.resolve()
+  private readonly lastWriteMs = new Map<number, number>()
   private readonly volumes = new Map<number, Volume>()
   private readonly removed = new Set<number>()
   private nextVolumeId: number
@@ -45,8 +56,17 @@ export class Pool implements VolumeContext {
   private changedSinceCommit = false
   private closed = false
 
-  private constructor (readonly dir: string, readonly header: PoolHeader, private readonly catalog: Catalog) {
+  readonly sizeOf = (entry: number): number => {
+    const kind = entryKind(entry)
+    if (kind === entryKindDelta) return this.header.blockBytes
+    if (kind === entryKindChunk) return this.chunks.storedBytes(entryChunkId(entry))
+    return 0
+  }
+
+  private constructor (readonly dir: string, readonly header: PoolHeader, private readonly catalog: Catalog, options: OpenOptions) {
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes)
+    this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
+    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, options.log ?? (() => {}))
     this.pages = new PageStore(catalog)
     this.nextVolumeId = catalog.maxVolumeId() + 1
     this.nextExtentId = catalog.maxExtentId() + 1
@@ -64,7 +84,7 @@ export class Pool implements VolumeContext {
     fs.mkdirSync(path.join(dir, extentsDir), { recursive: true })
     const catalog = Catalog.open(path.join(dir, catalogFile), true)
     try {
-      return new Pool(dir, header, catalog)
+      return new Pool(dir, header, catalog, options)
     } catch (err) {
       catalog.close()
       throw err
@@ -80,7 +100,7 @@ export class Pool implements VolumeContext {
     } catch (err) {
       throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message})`, { cause: err })
     }
-    const map = new BlockMap(this.pages, root, row.epoch, row.allocatedBlocks)
+    const map = new BlockMap(this.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.sizeOf)
     const volume = new Volume(this, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
     volume.persisted = true
     return volume
@@ -122,9 +142,10 @@ export class Pool implements VolumeContext {
     volume.rowDirty = true
   }
 
-  changed (_volume: Volume): void {
+  changed (volume: Volume): void {
     this.changedSinceCommit = true
     this.generation++
+    this.lastWriteMs.set(volume.id, Date.now())
   }
 
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
@@ -156,9 +177,9 @@ export class Pool implements VolumeContext {
     if (this.find(kind, name) !== undefined) throw exists(`${kind} ${name}`)
   }
 
-  private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, allocatedBlocks: number, source: Volume | null): Volume {
+  private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, counts: { allocatedBlocks: number, storedBytes: number }, source: Volume | null): Volume {
     const now = Date.now()
-    const map = new BlockMap(this.pages, root, this.nextEpoch++, allocatedBlocks)
+    const map = new BlockMap(this.pages, root, this.nextEpoch++, counts.allocatedBlocks, counts.storedBytes, this.sizeOf)
     map.rootDirty = true
     const volume = new Volume(this, this.nextVolumeId++, kind, name, size, now, now, source?.id ?? null, source?.label ?? null, map, null)
     volume.rowDirty = true
@@ -170,7 +191,7 @@ export class Pool implements VolumeContext {
   /** Creates an empty disk; durable on return. */
   async createDisk (name: string): Promise<Volume> {
     this.checkNewName('disk', name)
-    const volume = this.newVolume('disk', name, 0, new Float64Array(0), 0, null)
+    const volume = this.newVolume('disk', name, 0, new Float64Array(0), { allocatedBlocks: 0, storedBytes: 0 }, null)
     await this.commit()
     return volume
   }
@@ -211,7 +232,7 @@ export class Pool implements VolumeContext {
     await source.pause()
     let backup: Volume
     try {
-      backup = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map.allocatedBlocks, source)
+      backup = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map, source)
       // From now on every page of the source is shared: the source copies before it changes one.
       source.map.epoch = this.nextEpoch++
       this.freezeActiveExtent(source)
@@ -226,7 +247,7 @@ export class Pool implements VolumeContext {
   async clone (backup: Volume, name: string): Promise<Volume> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
     this.checkNewName('clone', name)
-    const clone = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map.allocatedBlocks, backup)
+    const clone = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
     await this.commit()
     return clone
   }
@@ -241,6 +262,7 @@ export class Pool implements VolumeContext {
       target.map.rootDirty = true
       target.map.epoch = this.nextEpoch++
       target.map.allocatedBlocks = backup.map.allocatedBlocks
+      target.map.storedBytes = backup.map.storedBytes
       target.size = backup.size
       target.mtimeMs = Date.now()
       target.rowDirty = true
@@ -317,35 +339,138 @@ export class Pool implements VolumeContext {
       epoch: volume.map.epoch,
       root: withRoot ? encodeU64Array(volume.map.root) : Buffer.alloc(0),
       allocatedBlocks: volume.map.allocatedBlocks,
+      storedBytes: volume.map.storedBytes,
       activeExtent: volume.activeExtentId
     }
   }
 
+  /** Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks. */
+  async exclusive<T> (work: () => Promise<T>): Promise<T> {
+    const run = this.maintenance.catch(() => {}).then(work)
+    this.maintenance = run
+    return await run
+  }
+
   /**
-   * Frees map pages and delta extents that no volume references. Runs after a commit, and decides
-   * synchronously (nothing can change the maps while it does).
+   * Frees map pages, delta extents and chunks that no volume references, and compacts packs whose
+   * live fraction is low. What is live is decided synchronously after a commit, so no map can change
+   * while it is decided; deletions follow the commit that made them garbage.
    */
   async gc (): Promise<GcReport> {
-    await this.commit()
-    const livePages = new Set<number>()
-    const liveExtents = new Set<number>()
+    return await this.exclusive(async () => {
+      await this.commit()
+      const livePages = new Set<number>()
+      const liveExtents = new Set<number>()
+      const liveChunks = new Set<number>()
+      for (const volume of this.volumes.values()) {
+        if (volume.activeExtentId !== null) liveExtents.add(volume.activeExtentId)
+        for (const id of volume.map.root) if (id !== 0) livePages.add(id)
+        volume.map.forEachEntry((_block, entry) => {
+          const kind = entryKind(entry)
+          if (kind === entryKindDelta) liveExtents.add(entryExtentId(entry))
+          else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
+        })
+      }
+      const deadPages = this.catalog.pageIds().filter(id => !livePages.has(id) && !this.pages.isDirty(id))
+      const deadExtents = this.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.nextExtentId)
+      const deadChunks = this.catalog.chunkIds().filter(id => !liveChunks.has(id))
+      this.catalog.transaction(() => {
+        for (const id of deadPages) this.catalog.deletePage(id)
+        for (const id of deadExtents) this.catalog.deleteExtent(id)
+      })
+      this.chunks.forget(deadChunks)
+      for (const id of deadPages) this.pages.drop(id)
+      for (const id of deadExtents) await this.extents.remove(id)
+      if (deadExtents.length > 0) await syncDirectory(path.join(this.dir, extentsDir))
+      const compacted = await this.chunks.compact(packLiveFractionMin)
+      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed }
+    })
+  }
+
+  // ---- sealing support (src/seal/sealer.ts) ----
+
+  /** Extents no volume writes to any more: ready to seal. */
+  frozenExtents (): number[] {
+    const active = new Set<number>()
+    for (const volume of this.volumes.values()) if (volume.activeExtentId !== null) active.add(volume.activeExtentId)
+    return this.catalog.extents().map(e => e.id).filter(id => !active.has(id))
+  }
+
+  /** Volumes whose active extent should be rotated: idle, big, or (with `all`) any with data. */
+  async extentsToRotate (all: boolean): Promise<Volume[]> {
+    const out: Volume[] = []
+    const now = Date.now()
     for (const volume of this.volumes.values()) {
-      if (volume.activeExtentId !== null) liveExtents.add(volume.activeExtentId)
-      for (const id of volume.map.root) if (id !== 0) livePages.add(id)
-      volume.map.forEachEntry((_block, entry) => {
-        if (entryKind(entry) === entryKindDelta) liveExtents.add(entryExtentId(entry))
+      if (volume.activeExtentId === null) continue
+      const extent = await this.extents.get(volume.activeExtentId)
+      if (extent.nextSlot === 0) continue
+      const idle = now - (this.lastWriteMs.get(volume.id) ?? 0) >= extentIdleMs
+      if (all || idle || extent.nextSlot >= extentSealSlots) out.push(volume)
+    }
+    return out
+  }
+
+  /** Freezes a volume's active extent once the writes in flight are done; new writes start a new one. */
+  async rotate (volume: Volume): Promise<void> {
+    await volume.pause()
+    try {
+      if (this.volumes.get(volume.id) === volume) this.freezeActiveExtent(volume)
+    } finally {
+      volume.resume()
+    }
+  }
+
+  /** Slots of `extentId` that some volume's map still references. */
+  referencedSlots (extentId: number): number[] {
+    const slots = new Set<number>()
+    for (const volume of this.volumes.values()) {
+      volume.map.forEachPage(page => {
+        const entries = page.entries
+        for (let i = 0; i < entries.length; i++) {
+          const entry = entries[i]
+          if (entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId) slots.add(entrySlot(entry))
+        }
       })
     }
-    const deadPages = this.catalog.pageIds().filter(id => !livePages.has(id))
-    const deadExtents = this.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.nextExtentId)
-    this.catalog.transaction(() => {
-      for (const id of deadPages) this.catalog.deletePage(id)
-      for (const id of deadExtents) this.catalog.deleteExtent(id)
-    })
-    for (const id of deadPages) this.pages.drop(id)
-    for (const id of deadExtents) await this.extents.remove(id)
-    if (deadExtents.length > 0) await syncDirectory(path.join(this.dir, extentsDir))
-    return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length }
+    return [...slots].sort((a, b) => a - b)
+  }
+
+  /**
+   * Repoints every map entry that still names a slot of `extentId` at its new home (`mapping`: slot ->
+   * entry). Pages are changed in place, shared ones included: their content does not change, only
+   * where it lives. Synchronous, so no write interleaves; the caller commits.
+   */
+  repoint (extentId: number, mapping: Map<number, number>): void {
+    const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
+    // First every volume's counters (a shared page counts for each volume that reads it) ...
+    const pages = new Set<Page>()
+    for (const volume of this.volumes.values()) {
+      volume.map.forEachPage(page => {
+        const entries = page.entries
+        for (let i = 0; i < entries.length; i++) {
+          if (!matches(entries[i])) continue
+          const next = mapping.get(entrySlot(entries[i])) as number
+          if (next === 0) volume.map.allocatedBlocks--
+          volume.map.storedBytes += this.sizeOf(next) - this.header.blockBytes
+          pages.add(page)
+        }
+      })
+      volume.rowDirty = true
+    }
+    // ... then each page once.
+    for (const page of pages) {
+      const entries = page.entries
+      for (let i = 0; i < entries.length; i++) if (matches(entries[i])) entries[i] = mapping.get(entrySlot(entries[i])) as number
+      this.pages.markDirty(page)
+    }
+    this.changedSinceCommit = true
+    this.generation++
+  }
+
+  /** Deletes an extent that no committed map references any more. */
+  async dropExtent (extentId: number): Promise<void> {
+    this.catalog.deleteExtent(extentId)
+    await this.extents.remove(extentId)
   }
 
   /** Commits and closes. The pool lock is released. */
@@ -355,7 +480,10 @@ export class Pool implements VolumeContext {
       await this.commit()
     } finally {
       this.closed = true
+      await this.maintenance.catch(() => {})
       await this.extents.closeAll()
+      await this.chunks.close()
+      await this.workers.close()
       this.catalog.close()
     }
   }
@@ -388,6 +516,7 @@ function readOrCreateHeader (dir: string, options: OpenOptions): PoolHeader {
       magic: poolMagic,
       formatVersion: poolFormatVersion,
       blockBytes: options.blockBytes ?? blockBytesDefault,
+      zstdLevel: options.zstdLevel ?? zstdLevelDefault,
       createdMs: Date.now(),
       poolId: randomUUID()
     }

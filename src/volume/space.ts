@@ -6,6 +6,8 @@
  *
  * A report scans every map once (one pass over the pages). It is cached until the pool changes.
  */
+import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
+import { Page } from '../map/page-store'
 import { Pool } from './pool'
 import { Volume } from './volume'
 
@@ -22,11 +24,18 @@ export interface VolumeUsage {
 
 export interface SpaceReport {
   volumes: VolumeUsage[]
+  /** Sum of the volumes' sizes. */
   logicalBytes: number
-  /** Distinct stored blocks, in bytes. */
+  /** Bytes stored for every distinct block location: delta slots and chunks (compressed). */
   storedBytes: number
-  /** Sum of referenced over distinct stored: how much sharing (clones, backups, dedup) saves. */
+  /** Block positions in distinct map pages that point at chunks, over distinct chunks. */
+  dedupRatio: number
+  /** Raw over stored bytes of the distinct chunks. */
+  compressionRatio: number
+  /** Referenced over stored bytes: all that sharing (backups, clones, dedup) and compression save. */
   sharingRatio: number
+  /** Bytes still in delta extents, waiting to be sealed. */
+  unsealedBytes: number
 }
 
 export class SpaceAccounting {
@@ -47,7 +56,7 @@ export class SpaceAccounting {
   private compute (): { report: SpaceReport, byId: Map<number, VolumeUsage> } {
     const generation = this.pool.generation
     if (this.cached !== null && this.cached.generation === generation) return this.cached
-    const blockBytes = this.pool.blockBytes
+    const size = this.pool.sizeOf
     const volumes = this.pool.list()
     // Which volumes reference each stored location (map entry value).
     const owners = new Map<number, number>()
@@ -64,15 +73,15 @@ export class SpaceAccounting {
     let referencedTotal = 0
     for (const volume of volumes) {
       let unique = 0
-      volume.map.forEachEntry((_block, entry) => { if (owners.get(entry) === volume.id) unique++ })
+      volume.map.forEachEntry((_block, entry) => { if (owners.get(entry) === volume.id) unique += size(entry) })
       let kept: number | null = null
-      const source = volume.kind === 'backup' && volume.sourceId !== null ? this.pool.byId(volume.sourceId) : undefined
       if (volume.kind === 'backup') {
+        const source = volume.sourceId !== null ? this.pool.byId(volume.sourceId) : undefined
         const sourceEntries = new Set<number>()
         source?.map.forEachEntry((_block, entry) => sourceEntries.add(entry))
-        let count = 0
-        volume.map.forEachEntry((_block, entry) => { if (!sourceEntries.has(entry)) count++ })
-        kept = count * blockBytes
+        let bytes = 0
+        volume.map.forEachEntry((_block, entry) => { if (!sourceEntries.has(entry)) bytes += size(entry) })
+        kept = bytes
       }
       const usage: VolumeUsage = {
         id: volume.id,
@@ -80,19 +89,37 @@ export class SpaceAccounting {
         name: volume.name,
         logicalBytes: volume.size,
         referencedBytes: volume.storedBytes,
-        uniqueBytes: unique * blockBytes,
+        uniqueBytes: unique,
         keptFromSourceBytes: kept
       }
       logicalBytes += volume.size
       referencedTotal += usage.referencedBytes
       byId.set(volume.id, usage)
     }
-    const storedBytes = owners.size * blockBytes
+    let storedBytes = 0
+    let unsealedBytes = 0
+    let chunkRaw = 0
+    let chunkStored = 0
+    let chunks = 0
+    for (const entry of owners.keys()) {
+      const bytes = size(entry)
+      storedBytes += bytes
+      const kind = entryKind(entry)
+      if (kind === entryKindDelta) unsealedBytes += bytes
+      else if (kind === entryKindChunk) { chunks++; chunkStored += bytes; chunkRaw += this.pool.chunks.info(entryChunkId(entry)).rawBytes }
+    }
+    const pages = new Set<Page>()
+    for (const volume of volumes) volume.map.forEachPage(page => pages.add(page))
+    let chunkPositions = 0
+    for (const page of pages) for (const entry of page.entries) if (entry !== 0 && entryKind(entry) === entryKindChunk) chunkPositions++
     const report: SpaceReport = {
       volumes: [...byId.values()],
       logicalBytes,
       storedBytes,
-      sharingRatio: storedBytes === 0 ? 1 : referencedTotal / storedBytes
+      dedupRatio: chunks === 0 ? 1 : chunkPositions / chunks,
+      compressionRatio: chunkStored === 0 ? 1 : chunkRaw / chunkStored,
+      sharingRatio: storedBytes === 0 ? 1 : referencedTotal / storedBytes,
+      unsealedBytes
     }
     this.cached = { generation, report, byId }
     return this.cached

@@ -12,15 +12,17 @@
  */
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
-import { deltaEntry, entryExtentId, entryKind, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
 import { volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
+import { ChunkStore } from '../chunk/chunk-store'
 
 /** What a volume needs from its pool: the extents, and a writable extent for new blocks. */
 export interface VolumeContext {
   readonly blockBytes: number
   readonly extents: ExtentStore
+  readonly chunks: ChunkStore
   /** The volume's active extent with at least one free slot, created or rotated as needed. */
   activeExtent (volume: Volume): Promise<DeltaExtent>
   /** Called after any change, so the pool commits it in time. */
@@ -69,7 +71,7 @@ export class Volume implements VolumeInfo {
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
-  get storedBytes (): number { return this.map.allocatedBlocks * this.context.blockBytes }
+  get storedBytes (): number { return this.map.storedBytes }
 
   /** Reads up to target.length bytes at `position`; returns how many (0 at or past the end). */
   async read (target: Buffer, position: number): Promise<number> {
@@ -90,12 +92,29 @@ export class Volume implements VolumeInfo {
   }
 
   private async readBlock (block: number, offset: number, target: Buffer): Promise<void> {
-    const entry = this.map.get(block)
+    for (let attempt = 0; ; attempt++) {
+      const entry = this.map.get(block)
+      try {
+        await this.readEntry(block, entry, offset, target)
+        return
+      } catch (err) {
+        // Sealing may have moved the block (and deleted its extent) while this read was on its way.
+        if (attempt < 2 && this.map.get(block) !== entry) continue
+        throw err
+      }
+    }
+  }
+
+  private async readEntry (block: number, entry: number, offset: number, target: Buffer): Promise<void> {
     const kind = entryKind(entry)
     if (kind === entryKindHole) { target.fill(0); return }
     if (kind === entryKindDelta) {
       const extent = await this.context.extents.get(entryExtentId(entry))
       await this.context.extents.read(extent, entrySlot(entry), offset, target)
+      return
+    }
+    if (kind === entryKindChunk) {
+      await this.context.chunks.read(entryChunkId(entry), offset, target, `${this.label} block ${block} (bytes ${block * this.context.blockBytes + offset}-${block * this.context.blockBytes + offset + target.length - 1})`)
       return
     }
     throw new VdiskError('CORRUPT', `${this.label}: block ${block} has an unknown map entry kind ${kind}`)

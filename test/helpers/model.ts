@@ -9,6 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
+import { Sealer } from '../../src/seal/sealer'
 
 export interface ModelVolume { kind: 'disk' | 'backup' | 'clone', name: string, data: Buffer }
 
@@ -23,6 +24,7 @@ export type Op =
   | { op: 'rename', vol: number }
   | { op: 'commit' }
   | { op: 'gc' }
+  | { op: 'seal' }
   | { op: 'reopen' }
 
 export function bytesOf (seed: number, length: number): Buffer {
@@ -116,6 +118,7 @@ export class Harness {
       }
       case 'commit': await this.pool.commit(); return
       case 'gc': await this.pool.gc(); return
+      case 'seal': await new Sealer(this.pool, () => {}).sealPending(true); return
       case 'reopen': this.pool = await this.reopen()
     }
   }
@@ -128,6 +131,11 @@ export class Harness {
     for (const v of this.model.values()) {
       const volume = this.engine(v)
       if (volume.size !== v.data.length) return `${v.kind} ${v.name}: size ${volume.size} != ${v.data.length}`
+      let allocated = 0
+      let stored = 0
+      volume.map.forEachEntry((_block, entry) => { allocated++; stored += this.pool.sizeOf(entry) })
+      if (allocated !== volume.map.allocatedBlocks) return `${v.kind} ${v.name}: allocatedBlocks ${volume.map.allocatedBlocks}, counted ${allocated}`
+      if (stored !== volume.map.storedBytes) return `${v.kind} ${v.name}: storedBytes ${volume.map.storedBytes}, counted ${stored}`
       const got = Buffer.alloc(v.data.length)
       if (got.length > 0) await volume.read(got, 0)
       if (!got.equals(v.data)) {
@@ -144,10 +152,10 @@ export class Harness {
 export async function runOps (ops: Op[]): Promise<string | null> {
   const blockBytes = 4096
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-model-'))
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes })
+  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
   const harness = new Harness(pool, async () => {
     await harness.pool.close()
-    pool = Pool.open(path.join(dir, 'pool'))
+    pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
     return pool
   })
   try {

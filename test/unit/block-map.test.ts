@@ -32,12 +32,12 @@ test('map entries encode extent and slot and survive u64 encoding', t => {
 
 test('a copied root shares pages until a write copies only the page it touches', t => {
   const pages = store(t)
-  const map = new BlockMap(pages, new Float64Array(0), 1, 0)
+  const map = new BlockMap(pages, new Float64Array(0), 1, 0, 0, entry => entry === 0 ? 0 : 4096)
   map.resize(3 * pageEntries)
   map.set(5, deltaEntry(1, 0))
   map.set(pageEntries + 5, deltaEntry(1, 1))
   t.is(map.allocatedBlocks, 2)
-  const copy = new BlockMap(pages, map.copyRoot(), 2, map.allocatedBlocks)
+  const copy = new BlockMap(pages, map.copyRoot(), 2, map.allocatedBlocks, map.storedBytes, entry => entry === 0 ? 0 : 4096)
   map.epoch = 3
   map.set(5, deltaEntry(2, 0))
   t.is(copy.get(5), deltaEntry(1, 0), 'the copy keeps the old entry')
@@ -51,7 +51,7 @@ test('a copied root shares pages until a write copies only the page it touches',
 
 test('resize drops entries past the end and counts them out', t => {
   const pages = store(t)
-  const map = new BlockMap(pages, new Float64Array(0), 1, 0)
+  const map = new BlockMap(pages, new Float64Array(0), 1, 0, 0, entry => entry === 0 ? 0 : 4096)
   map.resize(2 * pageEntries + 10)
   for (const block of [0, 9, 10, pageEntries, 2 * pageEntries + 9]) map.set(block, deltaEntry(1, block % 1000))
   map.resize(10)

@@ -1,6 +1,6 @@
 /**
  * Property test: random sequences of create, write, truncate, backup, clone, restore, rm, rename,
- * commit, gc and reopen, run on the engine directly, leave every volume equal to the model (one byte
+ * commit, seal, gc and reopen, run on the engine directly, leave every volume equal to the model (one byte
  * array per volume, a backup being a copy). Failing cases shrink; minimal ones are kept in
  * engine-regressions.test.ts.
  */
@@ -33,6 +33,7 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('rename' as const), vol: fc.nat(20) }) },
   { weight: 1, arbitrary: fc.constant({ op: 'commit' as const }) },
   { weight: 1, arbitrary: fc.constant({ op: 'gc' as const }) },
+  { weight: 2, arbitrary: fc.constant({ op: 'seal' as const }) },
   { weight: 2, arbitrary: fc.constant({ op: 'reopen' as const }) }
 )
 

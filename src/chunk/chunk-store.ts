@@ -1,0 +1,258 @@
+/**
+ * The chunk store: content-addressed blocks (id = row in the chunk index, key = BLAKE3-256 of the raw
+ * block) in append-only pack files (pack-format.ts), deduplicated across the whole pool. Reads go
+ * through the open worker, which verifies every chunk against its hash before it is served.
+ *
+ * Durability: append() writes without syncing; index() fdatasyncs the packs written, then inserts the
+ * index rows. The catalog never names a chunk whose bytes were not made durable first.
+ * Errors: read() throws CORRUPT (checksum mismatch, missing chunk or pack: EIO to the reader, and a
+ * log line), IO; append() throws NO_SPACE or IO.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { promisify } from 'node:util'
+import { Catalog, ChunkRow } from '../catalog/catalog'
+import { VdiskError, corrupt, fromSystemError } from '../errors'
+import { chunkCacheMax, openedCacheBytesMax, packBytesMax } from '../limits'
+import { chunkFlagCompressed, chunkHeaderBytes, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
+import { WorkerPool } from './worker-pool'
+import { outputOffset } from '../../workers/protocol'
+import { syncDirectory } from '../extent/delta-extent'
+
+const writeAsync = promisify(fs.write)
+const readAsync = promisify(fs.read)
+const openAsync = promisify(fs.open)
+const closeAsync = promisify(fs.close)
+const fdatasyncAsync = promisify(fs.fdatasync)
+
+interface OpenPack { id: number, fd: number, bytes: number }
+
+export interface Damage { chunkId: number, packId: number, offset: number, why: string }
+
+export class ChunkStore {
+  private readonly cache = new Map<number, ChunkRow>()
+  private readonly opened = new Map<number, Buffer>()
+  private openedBytes = 0
+  private readonly pendingByHash = new Map<string, ChunkRow>()
+  private readonly unsyncedPacks = new Set<OpenPack>()
+  private current: Promise<OpenPack> | null = null
+  private nextChunkId: number
+  private nextPackId: number
+  /** Chunks that failed verification since start (for verify and the log). */
+  readonly damaged: Damage[] = []
+
+  constructor (
+    private readonly dir: string,
+    private readonly catalog: Catalog,
+    private readonly blockBytes: number,
+    readonly workers: WorkerPool,
+    private readonly log: (message: string) => void
+  ) {
+    fs.mkdirSync(dir, { recursive: true })
+    this.nextChunkId = catalog.maxChunkId() + 1
+    this.nextPackId = catalog.maxPackId() + 1
+  }
+
+  packFile (packId: number): string { return path.join(this.dir, packFileName(packId)) }
+
+  /** The chunk's index row. Throws CORRUPT when the map names a chunk the index lacks. */
+  info (id: number): ChunkRow {
+    let row = this.cache.get(id)
+    if (row !== undefined) return row
+    row = this.catalog.chunk(id)
+    if (row === undefined) throw corrupt(`chunk ${id} is missing from the chunk index`)
+    this.cache.set(id, row)
+    if (this.cache.size > chunkCacheMax) this.cache.delete(this.cache.keys().next().value as number)
+    return row
+  }
+
+  storedBytes (id: number): number { return this.info(id).storedBytes }
+
+  /**
+   * Stores a block under its hash unless a chunk with that hash exists (indexed, or stored but not yet
+   * indexed): deduplication across the whole pool. The lookup and the reservation of a new id happen
+   * before any await, so two identical blocks in flight at once become one chunk.
+   */
+  async store (hash: Buffer, payload: Uint8Array, rawBytes: number, compressed: boolean): Promise<{ row: ChunkRow, isNew: boolean }> {
+    const key = hash.toString('hex')
+    const pending = this.pendingByHash.get(key)
+    if (pending !== undefined) return { row: pending, isNew: false }
+    const indexed = this.catalog.chunkByHash(hash)
+    if (indexed !== undefined) return { row: this.info(indexed), isNew: false }
+    const row: ChunkRow = { id: this.nextChunkId++, hash: Buffer.from(hash), packId: 0, offset: 0, storedBytes: payload.length, rawBytes, compressed }
+    this.pendingByHash.set(key, row)
+    const header = Buffer.alloc(chunkHeaderBytes)
+    header.writeUInt32LE(chunkMagic, 0)
+    header.writeUInt32LE(compressed ? chunkFlagCompressed : 0, 4)
+    header.writeUInt32LE(rawBytes, 8)
+    header.writeUInt32LE(payload.length, 12)
+    hash.copy(header, 16)
+    try {
+      const pack = await this.writablePack(chunkHeaderBytes + payload.length)
+      const start = pack.bytes
+      pack.bytes += chunkHeaderBytes + payload.length
+      row.packId = pack.id
+      row.offset = start + chunkHeaderBytes
+      this.unsyncedPacks.add(pack)
+      await writeAsync(pack.fd, header, 0, header.length, start)
+      await writeAsync(pack.fd, payload, 0, payload.length, start + chunkHeaderBytes)
+    } catch (err) {
+      this.pendingByHash.delete(key)
+      throw fromSystemError(err, `writing pack ${row.packId}`)
+    }
+    return { row, isNew: true }
+  }
+
+  /** Makes appended chunks durable, then indexes them. */
+  async index (): Promise<number> {
+    const packs = [...this.unsyncedPacks]
+    this.unsyncedPacks.clear()
+    const rows = [...this.pendingByHash.values()]
+    try {
+      await Promise.all(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+    } catch (err) {
+      for (const pack of packs) this.unsyncedPacks.add(pack)
+      throw fromSystemError(err, 'syncing packs')
+    }
+    this.catalog.transaction(() => { for (const row of rows) this.catalog.insertChunk(row) })
+    for (const row of rows) { this.pendingByHash.delete(row.hash.toString('hex')); this.cache.set(row.id, row) }
+    return rows.length
+  }
+
+  private async writablePack (recordBytes: number): Promise<OpenPack> {
+    for (;;) {
+      const seen = this.current
+      if (seen !== null) {
+        const pack = await seen
+        if (pack.bytes + recordBytes <= packBytesMax || pack.bytes === packHeaderBytes) return pack
+        // Full: the first caller to notice starts the next pack; the others wait for that one.
+        if (this.current !== seen) continue
+      }
+      const creating = this.createPack()
+      this.current = creating
+      creating.catch(() => { if (this.current === creating) this.current = null })
+      return await creating
+    }
+  }
+
+  private async createPack (): Promise<OpenPack> {
+    const id = this.nextPackId++
+    const header = Buffer.alloc(packHeaderBytes)
+    packMagic.copy(header, 0)
+    header.writeUInt32LE(packFormatVersion, 8)
+    header.writeUInt32LE(this.blockBytes, 12)
+    header.writeBigUInt64LE(BigInt(id), 16)
+    header.writeBigUInt64LE(BigInt(Date.now()), 24)
+    this.catalog.insertPack(id, Date.now())
+    try {
+      const fd = await openAsync(this.packFile(id), 'wx+')
+      await writeAsync(fd, header, 0, header.length, 0)
+      await fdatasyncAsync(fd)
+      await syncDirectory(this.dir)
+      return { id, fd, bytes: packHeaderBytes }
+    } catch (err) {
+      throw fromSystemError(err, `creating pack ${id}`)
+    }
+  }
+
+  /** Reads `target.length` bytes at `offset` of chunk `id`, verified. */
+  async read (id: number, offset: number, target: Buffer, what: string): Promise<void> {
+    const cached = this.opened.get(id)
+    if (cached !== undefined) { cached.copy(target, 0, offset, offset + target.length); return }
+    for (let attempt = 0; ; attempt++) {
+      const row = this.info(id)
+      const slot = await this.workers.slots.acquire()
+      try {
+        const result = await this.workers.open({
+          requests: [{ slot, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }]
+        })
+        const block = result.blocks[0]
+        if (block?.ok === true) {
+          const start = outputOffset(this.workers.config, slot)
+          this.workers.slab.copy(target, 0, start + offset, start + offset + target.length)
+          if (target.length < row.rawBytes) this.remember(id, this.workers.slab.subarray(start, start + row.rawBytes))
+          return
+        }
+        const why = block?.error ?? result.error ?? 'unknown worker failure'
+        if (why === 'missing' && attempt === 0) { this.cache.delete(id); continue } // moved by compaction
+        this.damaged.push({ chunkId: id, packId: row.packId, offset: row.offset, why })
+        this.log(`corruption: chunk ${id} (pack ${row.packId}, offset ${row.offset}) ${why}; ${what} fails with EIO`)
+        throw new VdiskError('CORRUPT', `chunk ${id} of ${what}: ${why}`)
+      } finally {
+        this.workers.slots.release(slot)
+      }
+    }
+  }
+
+  private remember (id: number, raw: Buffer): void {
+    this.opened.set(id, Buffer.from(raw))
+    this.openedBytes += raw.length
+    while (this.openedBytes > openedCacheBytesMax) {
+      const [oldest, block] = this.opened.entries().next().value as [number, Buffer]
+      this.opened.delete(oldest)
+      this.openedBytes -= block.length
+    }
+  }
+
+  /** Drops chunks no map references (the caller proved it under the maintenance lock). */
+  forget (ids: number[]): void {
+    this.catalog.transaction(() => { for (const id of ids) this.catalog.deleteChunk(id) })
+    for (const id of ids) { this.cache.delete(id); const b = this.opened.get(id); if (b !== undefined) { this.opened.delete(id); this.openedBytes -= b.length } }
+  }
+
+  /**
+   * Rewrites the live chunks of packs whose live fraction is below `liveFractionMin` into the current
+   * pack, then deletes those packs. Crash-safe: the index moves only after the copies are durable.
+   */
+  async compact (liveFractionMin: number): Promise<{ packsFreed: number, bytesFreed: number }> {
+    const current = this.current === null ? null : (await this.current).id
+    let packsFreed = 0
+    let bytesFreed = 0
+    for (const usage of this.catalog.packUsage()) {
+      if (usage.id === current) continue
+      const file = this.packFile(usage.id)
+      let size = 0
+      try { size = (await fs.promises.stat(file)).size } catch {}
+      const payloadBytes = Math.max(1, size - packHeaderBytes)
+      if (usage.chunks > 0 && usage.liveBytes / payloadBytes >= liveFractionMin) continue
+      const moved: Array<{ id: number, packId: number, offset: number }> = []
+      if (usage.chunks > 0) {
+        const fd = await openAsync(file, 'r')
+        try {
+          for (const row of this.catalog.chunksInPack(usage.id)) {
+            const record = Buffer.alloc(chunkHeaderBytes + row.storedBytes)
+            await readAsync(fd, record, 0, record.length, row.offset - chunkHeaderBytes)
+            const pack = await this.writablePack(record.length)
+            const start = pack.bytes
+            pack.bytes += record.length
+            this.unsyncedPacks.add(pack)
+            await writeAsync(pack.fd, record, 0, record.length, start)
+            moved.push({ id: row.id, packId: pack.id, offset: start + chunkHeaderBytes })
+          }
+        } finally { await closeAsync(fd) }
+        const packs = [...this.unsyncedPacks]
+        this.unsyncedPacks.clear()
+        await Promise.all(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+      }
+      this.catalog.transaction(() => {
+        for (const m of moved) this.catalog.moveChunk(m.id, m.packId, m.offset)
+        this.catalog.deletePack(usage.id)
+      })
+      for (const m of moved) this.cache.delete(m.id)
+      await fs.promises.rm(file, { force: true })
+      packsFreed++
+      bytesFreed += size
+    }
+    if (packsFreed > 0) await syncDirectory(this.dir)
+    return { packsFreed, bytesFreed }
+  }
+
+  async close (): Promise<void> {
+    if (this.current !== null) {
+      const pack = await this.current.catch(() => null)
+      if (pack !== null) await closeAsync(pack.fd).catch(() => {})
+    }
+    this.current = null
+  }
+}
+

@@ -1,0 +1,143 @@
+/**
+ * Sealing: moves blocks from delta extents into the chunk store, in the background. For each frozen
+ * extent (and each active one past its size or idle limit, after rotating it): read the slots some
+ * map still references, have the workers zero-check, hash and compress them in batches, deduplicate
+ * by hash across the pool, append new chunks to a pack, make the packs durable and index them, repoint
+ * the maps, commit, and only then delete the extent.
+ *
+ * A kill at any point leaves either the old slots or the new chunks referenced, both durable; chunks
+ * indexed but never referenced are garbage for gc. Reads and writes go on while it runs: the maps
+ * change in one synchronous step, and only entries that still name the old slot are repointed.
+ */
+import fs from 'node:fs'
+import { promisify } from 'node:util'
+import { chunkEntry } from '../format/map-format'
+import { slotOffset } from '../format/extent-format'
+import { sealBatchBlocks, sealIntervalMs } from '../limits'
+import { Pool } from '../volume/pool'
+import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
+import { fromSystemError } from '../errors'
+
+const readAsync = promisify(fs.read)
+
+export interface SealReport {
+  extentsSealed: number
+  blocksSealed: number
+  zeroBlocks: number
+  dedupedBlocks: number
+  newChunks: number
+  rawBytes: number
+  storedBytes: number
+}
+
+export function emptyReport (): SealReport {
+  return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0 }
+}
+
+export class Sealer {
+  private timer: NodeJS.Timeout | null = null
+  private running: Promise<SealReport> | null = null
+  /** Progress of the pass in flight, for callers that show it. */
+  progress = { done: 0, total: 0 }
+
+  constructor (private readonly pool: Pool, private readonly log: (message: string) => void) {}
+
+  start (): void {
+    this.timer = setInterval(() => {
+      if (this.running === null) this.sealPending(false).catch(err => this.log(`sealing failed: ${(err as Error).message}`))
+    }, sealIntervalMs)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  /**
+   * Seals every frozen extent, after rotating active ones that are idle or big (`all`: every active
+   * extent with data, which is what `vdiskfs sync` asks for). Passes do not overlap.
+   */
+  async sealPending (all: boolean): Promise<SealReport> {
+    while (this.running !== null) await this.running.catch(() => {})
+    const run = this.pool.exclusive(async () => {
+      const report = emptyReport()
+      for (const volume of await this.pool.extentsToRotate(all)) await this.pool.rotate(volume)
+      const extents = this.pool.frozenExtents()
+      this.progress = { done: 0, total: extents.length }
+      for (const extentId of extents) {
+        await this.sealExtent(extentId, report)
+        this.progress.done++
+      }
+      if (report.extentsSealed > 0) {
+        this.log(`sealed ${report.extentsSealed} extents: ${report.blocksSealed} blocks, ${report.zeroBlocks} zero, ${report.dedupedBlocks} deduplicated, ` +
+          `${report.newChunks} new chunks, ${report.rawBytes} -> ${report.storedBytes} bytes`)
+      }
+      return report
+    })
+    this.running = run
+    try { return await run } finally { this.running = null }
+  }
+
+  private async sealExtent (extentId: number, report: SealReport): Promise<void> {
+    const pool = this.pool
+    const blockBytes = pool.blockBytes
+    const slots = pool.referencedSlots(extentId)
+    const mapping = new Map<number, number>()
+    if (slots.length > 0) {
+      const extent = await pool.extents.get(extentId)
+      const workers = pool.workers
+      const batches: number[][] = []
+      for (let i = 0; i < slots.length; i += sealBatchBlocks) batches.push(slots.slice(i, i + sealBatchBlocks))
+      // Keep every worker busy: a few batches in flight, bounded by the slab's slots.
+      const inFlight = Math.max(2, workers.threads * 2)
+      let next = 0
+      const runBatch = async (batch: number[]): Promise<void> => {
+        const slabSlots = await workers.slots.acquireMany(batch.length)
+        try {
+          await Promise.all(batch.map(async (slot, i) => {
+            const target = workers.slab.subarray(inputOffset(workers.config, slabSlots[i]), inputOffset(workers.config, slabSlots[i]) + blockBytes)
+            let done = 0
+            try {
+              while (done < blockBytes) {
+                const { bytesRead } = await readAsync(extent.fd, target, done, blockBytes - done, slotOffset(slot, blockBytes) + done)
+                if (bytesRead === 0) break
+                done += bytesRead
+              }
+            } catch (err) { throw fromSystemError(err, `reading extent ${extentId}`) }
+            if (done < blockBytes) target.fill(0, done)
+          }))
+          const result = await workers.seal({ slots: slabSlots, length: blockBytes })
+          if (result.error !== undefined) throw new Error(`seal worker: ${result.error}`)
+          for (let i = 0; i < batch.length; i++) {
+            const outcome = result.blocks[i]
+            report.blocksSealed++
+            report.rawBytes += blockBytes
+            if (outcome.zero) { mapping.set(batch[i], 0); report.zeroBlocks++; continue }
+            const hashAt = hashOffset(workers.config, slabSlots[i])
+            const hash = Buffer.from(workers.slab.subarray(hashAt, hashAt + hashBytes))
+            const payload = outcome.compressedBytes > 0
+              ? workers.slab.subarray(outputOffset(workers.config, slabSlots[i]), outputOffset(workers.config, slabSlots[i]) + outcome.compressedBytes)
+              : workers.slab.subarray(inputOffset(workers.config, slabSlots[i]), inputOffset(workers.config, slabSlots[i]) + blockBytes)
+            const { row, isNew } = await pool.chunks.store(hash, payload, blockBytes, outcome.compressedBytes > 0)
+            mapping.set(batch[i], chunkEntry(row.id))
+            if (!isNew) { report.dedupedBlocks++; continue }
+            report.newChunks++
+            report.storedBytes += row.storedBytes
+          }
+        } finally {
+          for (const s of slabSlots) workers.slots.release(s)
+        }
+      }
+      const lanes = Array.from({ length: Math.min(inFlight, batches.length) }, async () => {
+        while (next < batches.length) await runBatch(batches[next++])
+      })
+      await Promise.all(lanes)
+      await pool.chunks.index()
+      pool.repoint(extentId, mapping)
+    }
+    await pool.commit()
+    await pool.dropExtent(extentId)
+    report.extentsSealed++
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * Worker task: read stored chunks from pack files, decompress them and verify each against its
+ * BLAKE3-256 before the main thread may serve it. A mismatch is reported, never returned as data.
+ * Pack descriptors are cached (bounded); a pack deleted by compaction is reported as `missing`.
+ */
+import fs from 'node:fs'
+import { blake3 } from '@napi-rs/blake-hash'
+import * as zstd from 'zstd-napi/binding'
+import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
+
+const descriptorsMax = 64
+const descriptors = new Map<string, number>()
+let context: { config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx } | null = null
+
+function descriptor (file: string): number {
+  let fd = descriptors.get(file)
+  if (fd !== undefined) { descriptors.delete(file); descriptors.set(file, fd); return fd }
+  fd = fs.openSync(file, 'r')
+  descriptors.set(file, fd)
+  if (descriptors.size > descriptorsMax) {
+    const [oldest, oldFd] = descriptors.entries().next().value as [string, number]
+    descriptors.delete(oldest)
+    fs.closeSync(oldFd)
+  }
+  return fd
+}
+
+export function open (task: OpenTask, config: WorkerConfig): OpenResult {
+  if (context === null || context.config.slab !== config.slab) context = { config, slab: Buffer.from(config.slab), dctx: new zstd.DCtx() }
+  const { slab, dctx } = context
+  const blocks = task.requests.map(request => {
+    try {
+      const input = slab.subarray(inputOffset(config, request.slot), inputOffset(config, request.slot) + request.storedBytes)
+      const read = fs.readSync(descriptor(request.file), input, 0, request.storedBytes, request.offset)
+      if (read !== request.storedBytes) return { ok: false, error: `short read (${read} of ${request.storedBytes} bytes)` }
+      const output = slab.subarray(outputOffset(config, request.slot), outputOffset(config, request.slot) + request.rawBytes)
+      if (request.compressed) {
+        const n = dctx.decompress(output, input)
+        if (n !== request.rawBytes) return { ok: false, error: `decompressed to ${n} bytes, expected ${request.rawBytes}` }
+      } else {
+        input.copy(output)
+      }
+      if (blake3(output).toString('hex') !== request.hash) return { ok: false, error: 'checksum mismatch' }
+      return { ok: true }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT') descriptors.delete(request.file)
+      return { ok: false, error: code === 'ENOENT' ? 'missing' : (err as Error).message }
+    }
+  })
+  return { blocks }
+}
+
+export default function (task: OpenTask): OpenResult {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { workerData } = require('piscina') as { workerData: WorkerConfig }
+  return open(task, workerData)
+}

@@ -1,0 +1,68 @@
+/**
+ * The worker boundary: message types and the slab layout shared by the main thread
+ * (src/chunk/worker-pool.ts) and the task modules (workers/seal.ts, workers/open.ts). Nothing else is
+ * imported by both sides.
+ *
+ * Blocks travel in one SharedArrayBuffer, cut into slots. A slot holds an input region (a raw block,
+ * or a stored chunk record to open), an output region (the compressed block, or the opened raw block)
+ * and a 32-byte hash. Tasks carry slot numbers, never bytes. A slot belongs to one task at a time: the
+ * main thread hands it out and takes it back (src/chunk/slab.ts), so no two threads touch it at once.
+ * Workers report failures as `{ error }` in the result rather than throwing across threads.
+ */
+
+export interface WorkerConfig {
+  slab: SharedArrayBuffer
+  blockBytes: number
+  /** Bytes of a slot's input and output regions (each); at least compressBound(blockBytes) + record header. */
+  regionBytes: number
+  zstdLevel: number
+}
+
+export const hashBytes = 32
+
+export function slotBytes (config: Pick<WorkerConfig, 'regionBytes'>): number {
+  return 2 * config.regionBytes + hashBytes
+}
+export function inputOffset (config: Pick<WorkerConfig, 'regionBytes'>, slot: number): number {
+  return slot * slotBytes(config)
+}
+export function outputOffset (config: Pick<WorkerConfig, 'regionBytes'>, slot: number): number {
+  return inputOffset(config, slot) + config.regionBytes
+}
+export function hashOffset (config: Pick<WorkerConfig, 'regionBytes'>, slot: number): number {
+  return inputOffset(config, slot) + 2 * config.regionBytes
+}
+
+/** Seal: for each slot, whose input holds `length` raw bytes: zero-check, hash, compress. */
+export interface SealTask { slots: number[], length: number }
+export interface SealBlockResult {
+  /** The block is all zeros: nothing is hashed or stored. */
+  zero: boolean
+  /** Bytes of compressed output, or 0 when compression saves less than the threshold (store raw). */
+  compressedBytes: number
+}
+export interface SealResult { blocks: SealBlockResult[], error?: string }
+
+/**
+ * Open: for each request, read a stored chunk from a pack file into the slot's input, decompress it
+ * (when compressed) into the slot's output, and check its BLAKE3 against the expected hash.
+ */
+export interface OpenRequest {
+  slot: number
+  file: string
+  /** Offset of the chunk's payload in the file and its stored length. */
+  offset: number
+  storedBytes: number
+  rawBytes: number
+  compressed: boolean
+  /** Expected BLAKE3-256, hex. */
+  hash: string
+}
+export interface OpenTask { requests: OpenRequest[] }
+export interface OpenBlockResult { ok: boolean, error?: string }
+export interface OpenResult { blocks: OpenBlockResult[], error?: string }
+
+/** A block is stored raw when compression saves less than 1/8 of it. */
+export function worthCompressing (rawBytes: number, compressedBytes: number): boolean {
+  return compressedBytes > 0 && compressedBytes <= rawBytes - rawBytes / 8
+}

@@ -1,0 +1,54 @@
+/**
+ * Worker task: zero-check, hash (BLAKE3-256) and compress (zstd) a batch of blocks in the slab.
+ * Imports only the protocol module and the two native kernels. Also callable on the main thread, for
+ * the benchmark's "no workers" baseline only.
+ */
+import { blake3 } from '@napi-rs/blake-hash'
+import * as zstd from 'zstd-napi/binding'
+import { WorkerConfig, SealResult, SealTask, hashBytes, hashOffset, inputOffset, outputOffset, worthCompressing } from './protocol'
+
+let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
+
+function setup (config: WorkerConfig) {
+  if (context === null || context.config.slab !== config.slab) {
+    const cctx = new zstd.CCtx()
+    cctx.setParameter(zstd.CParameter.compressionLevel, config.zstdLevel)
+    context = { config, slab: Buffer.from(config.slab), cctx }
+  }
+  return context
+}
+
+function isZero (block: Buffer): boolean {
+  // Compare 8 bytes at a time through a BigUint64Array view when aligned.
+  if (block.byteOffset % 8 === 0 && block.length % 8 === 0) {
+    const words = new BigUint64Array(block.buffer, block.byteOffset, block.length / 8)
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
+    return true
+  }
+  for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false
+  return true
+}
+
+export function seal (task: SealTask, config: WorkerConfig): SealResult {
+  try {
+    const { slab, cctx } = setup(config)
+    const blocks = task.slots.map(slot => {
+      const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
+      if (isZero(input)) return { zero: true, compressedBytes: 0 }
+      blake3(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
+      const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
+      const compressed = cctx.compress2(output, input)
+      return { zero: false, compressedBytes: worthCompressing(task.length, compressed) ? compressed : 0 }
+    })
+    return { blocks }
+  } catch (err) {
+    return { blocks: [], error: (err as Error).message }
+  }
+}
+
+// Piscina calls the default export with the task; the config arrives once, as workerData.
+export default function (task: SealTask): SealResult {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { workerData } = require('piscina') as { workerData: WorkerConfig }
+  return seal(task, workerData)
+}
