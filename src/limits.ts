@@ -67,8 +67,12 @@ export const extentIdleMs = 10000
 export const extentSealSlots = 4096
 /** zstd level of a new pool. */
 export const zstdLevelDefault = 3
-/** Packs whose live fraction is below this are compacted by gc. */
+/** Packs whose live fraction is below this are compacted by the background gc ... */
 export const packLiveFractionMin = 0.5
+/** ... and below this by an explicit `vdiskfs gc`, which is asked to give space back now. */
+export const packLiveFractionExplicit = 0.9
+/** The background gc runs this long after the last change it has not seen. */
+export const gcIntervalMs = 60000
 /** A deleted extent's descriptor stays open this long, for reads already on their way. */
 export const extentCloseDelayMs = 10000
 /** How often the background sealer looks for work. */

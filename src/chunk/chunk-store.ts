@@ -205,11 +205,12 @@ export class ChunkStore {
    * pack, then deletes those packs. Crash-safe: the index moves only after the copies are durable.
    */
   async compact (liveFractionMin: number): Promise<{ packsFreed: number, bytesFreed: number }> {
-    const current = this.current === null ? null : (await this.current).id
+    // Every existing pack is a candidate, the one being filled too: survivors go to a fresh pack.
+    const usages = this.catalog.packUsage()
+    await this.close()
     let packsFreed = 0
     let bytesFreed = 0
-    for (const usage of this.catalog.packUsage()) {
-      if (usage.id === current) continue
+    for (const usage of usages) {
       const file = this.packFile(usage.id)
       let size = 0
       try { size = (await fs.promises.stat(file)).size } catch {}

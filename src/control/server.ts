@@ -11,6 +11,7 @@ import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { Sealer } from '../seal/sealer'
 import { Operation, Reply, Request } from './protocol'
+import { packLiveFractionExplicit } from '../limits'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
 
@@ -55,7 +56,7 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
       await pool.remove(volume)
       return { removed: volume.info() }
     },
-    gc: async () => await pool.gc()
+    gc: async () => await pool.gc(packLiveFractionExplicit)
   }
 }
 

@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { commitIntervalMs, mountWatchIntervalMs } from '../limits'
+import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { createOperations } from '../fuse/adapter'
@@ -77,6 +77,14 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   })), log)
 
   sealer.start()
+  let collectedGeneration = pool.generation
+  const gcTimer = setInterval(() => {
+    if (pool.generation === collectedGeneration) return
+    collectedGeneration = pool.generation
+    pool.gc().then(report => {
+      if (report.chunksFreed + report.extentsFreed + report.pagesFreed > 0) log(`background gc: ${JSON.stringify(report)}`)
+    }, err => log(`background gc failed: ${(err as Error).message}`))
+  }, gcIntervalMs)
   const commitTimer = setInterval(() => {
     if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
   }, commitIntervalMs)
@@ -92,6 +100,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     stopping = (async () => {
       log(`stopping: ${reason}`)
       clearInterval(commitTimer)
+      clearInterval(gcTimer)
       sealer.stop()
       clearInterval(watchTimer)
       server.close()

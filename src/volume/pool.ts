@@ -356,7 +356,7 @@ export class Pool implements VolumeContext {
    * live fraction is low. What is live is decided synchronously after a commit, so no map can change
    * while it is decided; deletions follow the commit that made them garbage.
    */
-  async gc (): Promise<GcReport> {
+  async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
     return await this.exclusive(async () => {
       await this.commit()
       const livePages = new Set<number>()
@@ -382,7 +382,7 @@ export class Pool implements VolumeContext {
       for (const id of deadPages) this.pages.drop(id)
       for (const id of deadExtents) await this.extents.remove(id)
       if (deadExtents.length > 0) await syncDirectory(path.join(this.dir, extentsDir))
-      const compacted = await this.chunks.compact(packLiveFractionMin)
+      const compacted = await this.chunks.compact(liveFractionMin)
       return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed }
     })
   }

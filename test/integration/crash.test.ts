@@ -1,7 +1,7 @@
 /**
  * Crash harness (issue #5): a writer fills a disk with self-describing records using 4-128 KiB writes
  * and fsyncs every few writes; the daemon is killed with SIGKILL at random moments (during plain
- * writes, during backup and clone, during gc); after a fresh mount every record must hold its last
+ * writes, during backup and clone, during gc, during sealing); after a fresh mount every record must hold its last
  * acknowledged generation or a newer one that was written, never a torn, foreign or older record.
  * Backups taken before the kill must hold at least what was acknowledged before they started.
  *
@@ -29,11 +29,12 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
   const issued = new Map<number, Set<number>>() // generations ever written to each record
   let generation = 0
   const backups: Backup[] = []
-  const kinds = { writes: 0, backup: 0, gc: 0 }
+  const kinds = { writes: 0, backup: 0, gc: 0, seal: 0 }
   let verifiedRecords = 0
+  let sealsInterrupted = 0
 
   for (let point = 0; point < points; point++) {
-    const moment = (['writes', 'backup', 'gc'] as const)[point % 3]
+    const moment = (['writes', 'backup', 'gc', 'seal'] as const)[point % 4]
     kinds[moment]++
     const handle = await fs.promises.open(disk, 'r+')
     let pending: Array<[number, number, number]> = [] // [first record, count, generation] since the last fsync
@@ -48,7 +49,7 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
         const backup = vdiskfs('backup', disk, name).then(r => { if (r.code === 0) backups.push({ file, ackedAtStart }) })
         const clone = backup.then(async () => await vdiskfs('clone', file, `c${point}`))
         // Half the time the kill lands while the backup runs, half the time after it, during the clone.
-        if (point % 2 === 0) await backup
+        if (kinds.backup % 2 === 0) await backup
         await new Promise(resolve => setTimeout(resolve, random(80)))
         await m.kill()
         await Promise.allSettled([backup, clone])
@@ -57,6 +58,12 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
         await new Promise(resolve => setTimeout(resolve, random(40)))
         await m.kill()
         await gc
+      } else if (moment === 'seal') {
+        // vdiskfs sync rotates the active extent and seals everything frozen, while writes go on.
+        const seal = vdiskfs('sync', m.mnt)
+        await new Promise(resolve => setTimeout(resolve, 60 + random(200)))
+        await m.kill()
+        if ((await seal).code !== 0) sealsInterrupted++
       } else {
         await m.kill()
       }
@@ -119,7 +126,7 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
     }
     t.is(bad, 0, path.basename(backup.file))
   }
-  const summary = `crash harness: ${points} kill points survived (${kinds.writes} during writes, ${kinds.backup} during backup/clone, ${kinds.gc} during gc), ` +
+  const summary = `crash harness: ${points} kill points survived (${kinds.writes} during writes, ${kinds.backup} during backup/clone, ${kinds.gc} during gc, ${kinds.seal} during sealing, where the sync was cut short ${sealsInterrupted} times), ` +
     `${generation} writes, ${verifiedRecords} records verified, ${backups.length} backups checked`
   t.log(summary)
   if (process.env.VDISKFS_CRASH_SUMMARY !== undefined) fs.writeFileSync(process.env.VDISKFS_CRASH_SUMMARY, summary + '\n')
