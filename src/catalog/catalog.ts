@@ -244,6 +244,11 @@ export class Catalog {
   insertPack (id: number, createdMs: number): void { this.statements.insertPack.run(id, createdMs) }
   deletePack (id: number): void { this.statements.deletePack.run(id) }
 
+  /** SQLite's own consistency check: 'ok' or the problems it found. */
+  integrityCheck (): string[] {
+    return (this.db.prepare('PRAGMA integrity_check').pluck().all() as string[]).filter(line => line !== 'ok')
+  }
+
   getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }
   setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }
 }

@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import { Catalog, ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax } from '../limits'
-import { chunkFlagCompressed, chunkHeaderBytes, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
+import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
 import { WorkerPool } from './worker-pool'
 import { outputOffset } from '../../workers/protocol'
 import { syncDirectory } from '../extent/delta-extent'
@@ -82,11 +82,12 @@ export class ChunkStore {
     const row: ChunkRow = { id: this.nextChunkId++, hash: Buffer.from(hash), packId: 0, offset: 0, storedBytes: payload.length, rawBytes, compressed }
     this.pendingByHash.set(key, row)
     const header = Buffer.alloc(chunkHeaderBytes)
-    header.writeUInt32LE(chunkMagic, 0)
-    header.writeUInt32LE(compressed ? chunkFlagCompressed : 0, 4)
-    header.writeUInt32LE(rawBytes, 8)
-    header.writeUInt32LE(payload.length, 12)
-    hash.copy(header, 16)
+    header.writeUInt32LE(chunkMagic, chunkHeaderFields.magic)
+    header.writeUInt32LE(compressed ? chunkFlagCompressed : 0, chunkHeaderFields.flags)
+    header.writeUInt32LE(rawBytes, chunkHeaderFields.rawBytes)
+    header.writeUInt32LE(payload.length, chunkHeaderFields.storedBytes)
+    hash.copy(header, chunkHeaderFields.hash)
+    header.writeBigUInt64LE(BigInt(row.id), chunkHeaderFields.id)
     try {
       const pack = await this.writablePack(chunkHeaderBytes + payload.length)
       const start = pack.bytes
@@ -182,6 +183,28 @@ export class ChunkStore {
         this.workers.slots.release(slot)
       }
     }
+  }
+
+  /** Reads and verifies chunks (one worker task); returns the ones that failed, with why. */
+  async check (ids: number[]): Promise<Map<number, string>> {
+    const failed = new Map<number, string>()
+    const rows: ChunkRow[] = []
+    for (const id of ids) {
+      try { rows.push(this.info(id)) } catch (err) { failed.set(id, (err as Error).message) }
+    }
+    const slots = await this.workers.slots.acquireMany(rows.length)
+    try {
+      const result = await this.workers.open({
+        requests: rows.map((row, i) => ({ slot: slots[i], file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }))
+      })
+      rows.forEach((row, i) => {
+        const block = result.blocks[i]
+        if (block?.ok !== true) failed.set(row.id, `pack ${row.packId} offset ${row.offset}: ${block?.error ?? result.error ?? 'unknown worker failure'}`)
+      })
+    } finally {
+      for (const slot of slots) this.workers.slots.release(slot)
+    }
+    return failed
   }
 
   private remember (id: number, raw: Buffer): void {

@@ -12,13 +12,14 @@
  *   24     8    creation time, ms since the epoch
  *   32     32   zero
  *
- *   chunk record (chunkHeaderBytes = 48, then the payload)
+ *   chunk record (chunkHeaderBytes = 56, then the payload)
  *   0      4    magic 0x4b434456 ("VDCK")
  *   4      4    flags: bit 0 = payload is zstd-compressed
  *   8      4    raw bytes (the block's length)
  *   12     4    stored bytes (the payload's length)
- *   16     32   BLAKE3-256 of the raw block: the chunk id's hash
- *   48     ...  payload
+ *   16     32   BLAKE3-256 of the raw block
+ *   48     8    chunk id (what map entries name)
+ *   56     ...  payload
  *
  * The catalog's chunk index points at the payload; the header makes a pack self-describing, so the
  * index can be rebuilt from the packs alone.
@@ -27,7 +28,8 @@ export const packMagic = Buffer.from('VDPACK01', 'latin1')
 export const packFormatVersion = 1
 export const packHeaderBytes = 64
 export const chunkMagic = 0x4b434456
-export const chunkHeaderBytes = 48
+export const chunkHeaderBytes = 56
+export const chunkHeaderFields = { magic: 0, flags: 4, rawBytes: 8, storedBytes: 12, hash: 16, id: 48 } as const
 export const chunkFlagCompressed = 1
 
 export function packFileName (packId: number): string {

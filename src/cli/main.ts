@@ -10,7 +10,9 @@ import { VdiskError, invalid } from '../errors'
 import { call } from '../control/client'
 import { StatusResult } from '../control/protocol'
 import { runDaemon } from '../daemon/daemon'
-import { checkName } from '../volume/pool'
+import { Pool, checkName } from '../volume/pool'
+import { VerifyReport, verifyPool } from '../volume/verify'
+import { poolHeaderFile } from '../format/pool-format'
 import { VolumeInfo } from '../volume/volume'
 import { SpaceReport } from '../volume/space'
 import { version } from '../version'
@@ -219,6 +221,22 @@ const commands: Record<string, Command> = {
     }
   },
 
+  verify: {
+    usage: 'verify MNT|POOL [--json]',
+    summary: 'check the catalog, every map, extent and chunk hash; name damaged volumes and ranges',
+    spec: { positionals: ['MNT|POOL'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [target], flags }) {
+      const report = await onlineOrOffline(target, 'verifying', async mountpoint => await call(mountpoint, 'verify') as VerifyReport, async pool => await verifyPool(pool))
+      print(flags.json === true, report, () => {
+        const lines = [`checked ${report.volumes} volumes, ${report.pages} map pages, ${report.blocks} blocks, ${report.extents} extents, ${report.chunks} chunks: ${report.ok ? 'no damage' : 'DAMAGE FOUND'}`]
+        for (const problem of report.problems) lines.push(`  pool: ${problem}`)
+        for (const d of report.damaged) lines.push(`  ${dirOfKind[d.kind]}/${d.volume} bytes ${d.startByte}-${d.endByte - 1}: ${d.problem}`)
+        return lines.join('\n')
+      })
+      if (!report.ok) process.exitCode = 1
+    }
+  },
+
   gc: {
     usage: 'gc MNT [--json]',
     summary: 'free what no volume references (map pages, extents, chunks) and compact packs',
@@ -232,12 +250,32 @@ const commands: Record<string, Command> = {
 }
 
 /**
+ * Runs a command against the daemon serving `target` (a mountpoint), or, when `target` is a pool no
+ * daemon serves, against the pool opened here under its lock.
+ */
+async function onlineOrOffline<T> (target: string, label: string, online: (mountpoint: string) => Promise<T>, offline: (pool: Pool) => Promise<T>): Promise<T> {
+  const resolved = mountpointArg(target)
+  let mounted = true
+  try { await call(resolved, 'status') } catch { mounted = false }
+  if (mounted) return await withProgress(resolved, label, online(resolved))
+  if (!fs.existsSync(path.join(resolved, poolHeaderFile))) throw invalid(`${target} is neither a mounted vdiskfs pool nor a pool directory`)
+  let pool: Pool
+  try {
+    pool = Pool.open(resolved)
+  } catch (err) {
+    if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${target} is mounted: run this command on its mountpoint instead`)
+    throw err
+  }
+  try { return await offline(pool) } finally { await pool.close() }
+}
+
+/**
  * Shows a progress bar on a terminal while `work` runs (the daemon's sealing progress), and nothing
  * when stderr is not a terminal.
  */
 async function withProgress<T> (mountpoint: string, label: string, work: Promise<T>): Promise<T> {
   if (process.stderr.isTTY !== true) return await work
-  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total} extents`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
   let started = false
   const timer = setInterval(() => {
     call(mountpoint, 'progress').then(p => {
@@ -299,7 +337,7 @@ export async function main (argv: string[]): Promise<number> {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
     if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${command.summary}\n`); return 0 }
     await command.run(parseArgs(rest, command.spec))
-    return 0
+    return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
     if (process.env.VDISKFS_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`)
     if (err instanceof UsageError) { process.stderr.write(`vdiskfs ${name}: ${err.message}\n`); return 2 }

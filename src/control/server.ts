@@ -10,12 +10,15 @@ import { VdiskError, invalid } from '../errors'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { Sealer } from '../seal/sealer'
+import { Progress, verifyPool } from '../volume/verify'
 import { Operation, Reply, Request } from './protocol'
 import { packLiveFractionExplicit } from '../limits'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
 
 export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sealer, status: () => unknown): Record<Operation, Handler> {
+  // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
+  let verifying: Progress | null = null
   const volumeArg = (args: Record<string, unknown>, key: string) => {
     const kind = args[key + 'Kind']
     const name = args[key + 'Name']
@@ -34,7 +37,14 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
       const sealed = await sealer.sealPending(true)
       return { ...sealed, elapsedMs: Date.now() - started }
     },
-    progress: async () => sealer.progress,
+    progress: async () => verifying ?? sealer.progress,
+    verify: async () => {
+      const progress: Progress = { done: 0, total: 0 }
+      verifying = progress
+      try {
+        return await pool.exclusive(async () => await verifyPool(pool, progress))
+      } finally { verifying = null }
+    },
     ls: async () => pool.list().filter(v => !v.name.startsWith('.')).map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
     du: async () => space.report(),
     backup: async args => {

@@ -6,7 +6,9 @@
  *
  *   kind 0  value 0                          a hole: the block reads as zeros and takes no space
  *   kind 1  2^48 + extentId * 2^24 + slot    slot `slot` of delta extent `extentId`
- *   kind 2  2 * 2^48 + chunkId              chunk `chunkId` of the chunk store (reserved, issue #4)
+ *   kind 2  2 * 2^48 + chunkId              chunk `chunkId` of the chunk store
+ *   kind 3  3 * 2^48                         lost: `vdiskfs repair` found the block's data gone or damaged;
+ *                                            reads fail with EIO until the whole block is written again
  *
  * A map page is pageEntries entries, stored as one BLOB of pageBytes bytes. A root is the list of
  * page ids of a volume (0 = no page: all its blocks are holes), stored as u64 little-endian.
@@ -17,6 +19,8 @@ export const entrySlotShift = 2 ** 24
 export const entryKindHole = 0
 export const entryKindDelta = 1
 export const entryKindChunk = 2
+export const entryKindLost = 3
+export const lostEntry = entryKindLost * entryKindShift
 
 export function deltaEntry (extentId: number, slot: number): number {
   return entryKindDelta * entryKindShift + extentId * entrySlotShift + slot

@@ -43,6 +43,7 @@ export class Pool implements VolumeContext {
   readonly chunks: ChunkStore
   readonly workers: WorkerPool
   private readonly pages: PageStore
+  get pageStore (): PageStore { return this.pages }
   private maintenance: Promise<unknown> = Promise.resolve()
   private readonly lastWriteMs = new Map<number, number>()
   private readonly volumes = new Map<number, Volume>()
@@ -63,7 +64,7 @@ export class Pool implements VolumeContext {
     return 0
   }
 
-  private constructor (readonly dir: string, readonly header: PoolHeader, private readonly catalog: Catalog, options: OpenOptions) {
+  private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes)
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, options.log ?? (() => {}))

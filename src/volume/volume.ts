@@ -12,7 +12,7 @@
  */
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
-import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
@@ -117,6 +117,7 @@ export class Volume implements VolumeInfo {
       await this.context.chunks.read(entryChunkId(entry), offset, target, `${this.label} block ${block} (bytes ${block * this.context.blockBytes + offset}-${block * this.context.blockBytes + offset + target.length - 1})`)
       return
     }
+    if (kind === entryKindLost) throw new VdiskError('CORRUPT', `${this.label}: block ${block} was lost (quarantined by vdiskfs repair); write the whole block to replace it`)
     throw new VdiskError('CORRUPT', `${this.label}: block ${block} has an unknown map entry kind ${kind}`)
   }
 

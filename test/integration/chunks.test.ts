@@ -116,7 +116,7 @@ test.serial('a bit flipped in a pack fails that block alone with EIO, and is rep
   const packFile = path.join(m.pool, 'packs', packs[0])
   const fd = fs.openSync(packFile, 'r+')
   const byte = Buffer.alloc(1)
-  const at = 64 + 48 + 1000 // inside the first chunk's payload
+  const at = 64 + 56 + 1000 // inside the first chunk's payload (pack header, record header)
   fs.readSync(fd, byte, 0, 1, at)
   byte[0] ^= 0x10
   fs.writeSync(fd, byte, 0, 1, at)
