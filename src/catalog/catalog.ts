@@ -110,7 +110,7 @@ export class Catalog {
       if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
         throw new VdiskError('BUSY', 'the pool is in use by another vdiskfs process (is it mounted elsewhere?)', { cause: err })
       }
-      if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') throw corrupt(`${file} is not a vdiskfs catalog (damaged?)`, err)
+      if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') throw corrupt(`catalog ${file} is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, err)
       throw new VdiskError('IO', `cannot open catalog ${file}: ${(err as Error).message}`, { cause: err })
     }
     try {
@@ -125,7 +125,7 @@ export class Catalog {
     } catch (err) {
       db.close()
       if (err instanceof VdiskError) throw err
-      throw corrupt(`catalog ${file} is damaged: ${(err as Error).message}`, err)
+      throw corrupt(`catalog ${file} is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, err)
     }
     return new Catalog(db)
   }
@@ -243,6 +243,22 @@ export class Catalog {
   maxPackId (): number { return this.statements.maxPackId.get() as number }
   insertPack (id: number, createdMs: number): void { this.statements.insertPack.run(id, createdMs) }
   deletePack (id: number): void { this.statements.deletePack.run(id) }
+
+  /** Copies rows salvaged from a damaged catalog into `table`, keeping only the columns it has. */
+  importRows (table: string, rows: Array<Record<string, unknown>>): number {
+    const columns = new Set((this.db.prepare(`PRAGMA table_info(${JSON.stringify(table)})`).all() as Array<{ name: string }>).map(c => c.name))
+    if (columns.size === 0) return 0
+    let copied = 0
+    this.transaction(() => {
+      for (const row of rows) {
+        const keys = Object.keys(row).filter(k => columns.has(k))
+        if (keys.length === 0) continue
+        const sql = `INSERT OR REPLACE INTO ${table} (${keys.join(', ')}) VALUES (${keys.map(() => '?').join(', ')})`
+        try { this.db.prepare(sql).run(...keys.map(k => row[k])); copied++ } catch {}
+      }
+    })
+    return copied
+  }
 
   /** SQLite's own consistency check: 'ok' or the problems it found. */
   integrityCheck (): string[] {

@@ -217,6 +217,13 @@ export class ChunkStore {
     }
   }
 
+  /** Forgets cached locations and blocks (after the index was rebuilt under it). */
+  forgetCache (): void {
+    this.cache.clear()
+    this.opened.clear()
+    this.openedBytes = 0
+  }
+
   /** Drops chunks no map references (the caller proved it under the maintenance lock). */
   forget (ids: number[]): void {
     this.catalog.transaction(() => { for (const id of ids) this.catalog.deleteChunk(id) })

@@ -12,6 +12,7 @@ import { StatusResult } from '../control/protocol'
 import { runDaemon } from '../daemon/daemon'
 import { Pool, checkName } from '../volume/pool'
 import { VerifyReport, verifyPool } from '../volume/verify'
+import { RepairReport, repairPool } from '../volume/repair'
 import { poolHeaderFile } from '../format/pool-format'
 import { VolumeInfo } from '../volume/volume'
 import { SpaceReport } from '../volume/space'
@@ -110,7 +111,7 @@ const commands: Record<string, Command> = {
     async run ({ positionals: [mnt] }) {
       const mountpoint = mountpointArg(mnt)
       const status = await call(mountpoint, 'status') as StatusResult
-      await call(mountpoint, 'sync')
+      await call(mountpoint, 'commit')
       const result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
       if (result.status !== 0) {
         const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
@@ -217,7 +218,9 @@ const commands: Record<string, Command> = {
       const mountpoint = mountpointArg(mnt)
       const result = await withProgress(mountpoint, 'sealing', call(mountpoint, 'sync')) as SealReport & { elapsedMs: number }
       print(flags.json === true, result, () => `sealed ${result.extentsSealed} extents in ${(result.elapsedMs / 1000).toFixed(1)} s: ${result.blocksSealed} blocks ` +
-        `(${result.zeroBlocks} zero, ${result.dedupedBlocks} deduplicated, ${result.newChunks} new chunks), ${bytes(result.rawBytes)} -> ${bytes(result.storedBytes)} stored`)
+        `(${result.zeroBlocks} zero, ${result.dedupedBlocks} deduplicated, ${result.newChunks} new chunks), ${bytes(result.rawBytes)} -> ${bytes(result.storedBytes)} stored` +
+        result.failed.map(f => `\n  could not seal ${f}`).join(''))
+      if (result.failed.length > 0) process.exitCode = 1
     }
   },
 
@@ -234,6 +237,31 @@ const commands: Record<string, Command> = {
         return lines.join('\n')
       })
       if (!report.ok) process.exitCode = 1
+    }
+  },
+
+  repair: {
+    usage: 'repair POOL [--json]',
+    summary: 'offline: rebuild what can be rebuilt, quarantine what cannot, report what was lost',
+    spec: { positionals: ['POOL'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [dir], flags }) {
+      if (!fs.existsSync(path.join(dir, poolHeaderFile))) throw invalid(`${dir} is not a vdiskfs pool (no ${poolHeaderFile})`)
+      let report: RepairReport
+      try {
+        report = await repairPool(dir)
+      } catch (err) {
+        if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${dir} is mounted: unmount it first (repair runs offline)`)
+        throw err
+      }
+      print(flags.json === true, report, () => {
+        const lines = [`repair: catalog ${report.catalogRebuilt ? 'rebuilt' : 'kept'}, ${report.chunksReindexed} chunks reindexed, ${report.chunksDropped} chunks dropped, ` +
+          `${report.extentsDropped} extents dropped, ${report.pagesReplaced} map pages replaced, ${report.entriesLost} blocks marked lost, ${report.quarantined.length} files quarantined`]
+        for (const note of report.notes) lines.push(`  ${note}`)
+        for (const q of report.quarantined) lines.push(`  quarantined ${q}`)
+        lines.push(report.after.ok ? 'the pool is consistent; no data is damaged' : 'damaged ranges (reads fail with EIO until rewritten):')
+        for (const d of report.after.damaged) lines.push(`  ${dirOfKind[d.kind]}/${d.volume} bytes ${d.startByte}-${d.endByte - 1}: ${d.problem}`)
+        return lines.join('\n')
+      })
     }
   },
 

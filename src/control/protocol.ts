@@ -10,7 +10,7 @@ import { ErrorCode } from '../errors'
 
 export const controlDir = process.env.VDISKFS_RUN_DIR ?? '/run/vdiskfs'
 
-export type Operation = 'status' | 'sync' | 'progress' | 'verify' | 'ls' | 'du' | 'backup' | 'clone' | 'restore' | 'rm' | 'gc'
+export type Operation = 'status' | 'commit' | 'sync' | 'progress' | 'verify' | 'ls' | 'du' | 'backup' | 'clone' | 'restore' | 'rm' | 'gc'
 
 export interface Request { id: number, op: Operation, args: Record<string, unknown> }
 export type Reply =

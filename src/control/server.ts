@@ -31,6 +31,7 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
   }
   return {
     status: async () => status(),
+    commit: async () => { await pool.commit(); return {} },
     sync: async () => {
       const started = Date.now()
       await pool.commit()

@@ -28,15 +28,19 @@ export interface SealReport {
   newChunks: number
   rawBytes: number
   storedBytes: number
+  /** Extents that could not be sealed (damaged or unreadable), with why; their data stays where it is. */
+  failed: string[]
 }
 
 export function emptyReport (): SealReport {
-  return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0 }
+  return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0, failed: [] }
 }
 
 export class Sealer {
   private timer: NodeJS.Timeout | null = null
   private running: Promise<SealReport> | null = null
+  /** Extents that failed to seal: the background passes skip them until an explicit sync retries. */
+  private readonly failing = new Set<number>()
   /** Progress of the pass in flight, for callers that show it. */
   progress = { done: 0, total: 0 }
 
@@ -63,10 +67,19 @@ export class Sealer {
     const run = this.pool.exclusive(async () => {
       const report = emptyReport()
       for (const volume of await this.pool.extentsToRotate(all)) await this.pool.rotate(volume)
-      const extents = this.pool.frozenExtents()
+      const extents = this.pool.frozenExtents().filter(id => all || !this.failing.has(id))
       this.progress = { done: 0, total: extents.length }
       for (const extentId of extents) {
-        await this.sealExtent(extentId, report)
+        try {
+          await this.sealExtent(extentId, report)
+          this.failing.delete(extentId)
+        } catch (err) {
+          // Space may run out, or the extent may be damaged: its blocks stay readable where they are
+          // (or fail with EIO), and the next pass tries again.
+          if (!this.failing.has(extentId)) this.log(`sealing extent ${extentId} failed: ${(err as Error).message}`)
+          this.failing.add(extentId)
+          report.failed.push(`extent ${extentId}: ${(err as Error).message}`)
+        }
         this.progress.done++
       }
       if (report.extentsSealed > 0) {

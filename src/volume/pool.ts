@@ -468,6 +468,19 @@ export class Pool implements VolumeContext {
     this.generation++
   }
 
+  /** Recounts every volume's allocated blocks and stored bytes from its map (after repair). */
+  recount (): void {
+    for (const volume of this.volumes.values()) {
+      let allocated = 0
+      let stored = 0
+      volume.map.forEachEntry((_block, entry) => { allocated++; stored += this.sizeOf(entry) })
+      volume.map.allocatedBlocks = allocated
+      volume.map.storedBytes = stored
+      volume.rowDirty = true
+    }
+    this.changedSinceCommit = true
+  }
+
   /** Deletes an extent that no committed map references any more. */
   async dropExtent (extentId: number): Promise<void> {
     this.catalog.deleteExtent(extentId)

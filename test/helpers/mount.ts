@@ -54,6 +54,12 @@ export class TestMount {
     if (result.code !== 0) throw new Error(`umount failed: ${result.stderr}`)
   }
 
+  /** SIGTERM: the daemon commits and unmounts, without the sealing `vdiskfs umount` asks for. */
+  async terminate (): Promise<void> {
+    process.kill(this.pid, 'SIGTERM')
+    if (!await waitForExit(this.pid)) throw new Error('the daemon did not exit on SIGTERM')
+  }
+
   /** SIGKILL of the daemon, then the dead mount is removed. */
   async kill (): Promise<void> {
     try { process.kill(this.pid, 'SIGKILL') } catch {}
