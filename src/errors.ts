@@ -28,6 +28,6 @@ export const corrupt = (message: string, cause?: unknown): VdiskError => new Vdi
 export function fromSystemError (err: unknown, doing: string): VdiskError {
   if (err instanceof VdiskError) return err
   const code = (err as NodeJS.ErrnoException | undefined)?.code
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new VdiskError('NO_SPACE', `${doing}: no space left on the pool's filesystem`, { cause: err })
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new VdiskError('NO_SPACE', `${doing}: no space left on the pool's filesystem`, { cause: err })
   return new VdiskError('IO', `${doing}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
 }

@@ -77,3 +77,10 @@ export const gcIntervalMs = 60000
 export const extentCloseDelayMs = 10000
 /** How often the background sealer looks for work. */
 export const sealIntervalMs = 2000
+/**
+ * New data is refused (ENOSPC) while the pool's filesystem has less than this free: the room keeps
+ * catalog commits, rm and gc working on a full disk, so space can be given back without a restart.
+ */
+export const metadataReserveBytes = 16 * 1024 * 1024
+/** The free-space figure behind that check is refreshed at least this often. */
+export const statfsIntervalMs = 250

@@ -21,6 +21,7 @@ const fdatasyncAsync = promisify(fs.fdatasync)
 const openAsync = promisify(fs.open)
 const closeAsync = promisify(fs.close)
 const fstatAsync = promisify(fs.fstat)
+const ftruncateAsync = promisify(fs.ftruncate)
 
 export class DeltaExtent {
   /** Written since the last syncPending(). */
@@ -153,9 +154,10 @@ export class ExtentStore {
   }
 
   /**
-   * Deletes an extent no map references any more. Its descriptor is closed a little later: a read
-   * that looked the block up before it moved may still be on its way, and closing at once could let
-   * the number be reused by another file under it.
+   * Deletes an extent no map references any more. The file is emptied at once, so its space comes
+   * back now; its descriptor is closed a little later: a read that looked the block up before it moved
+   * may still be on its way, and closing at once could let the number be reused by another file under
+   * it. Such a read finds zeros, and the volume, seeing the block's map entry changed, reads again.
    */
   async remove (id: number): Promise<void> {
     const opening = this.open.get(id)
@@ -164,6 +166,7 @@ export class ExtentStore {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined) {
         this.pending.delete(extent)
+        await ftruncateAsync(extent.fd, 0).catch(() => {})
         setTimeout(() => { fs.close(extent.fd, () => {}) }, extentCloseDelayMs).unref()
       }
     }

@@ -132,6 +132,7 @@ export class Sealer {
             const payload = outcome.compressedBytes > 0
               ? workers.slab.subarray(outputOffset(workers.config, slabSlots[i]), outputOffset(workers.config, slabSlots[i]) + outcome.compressedBytes)
               : workers.slab.subarray(inputOffset(workers.config, slabSlots[i]), inputOffset(workers.config, slabSlots[i]) + blockBytes)
+            pool.claimSpace(payload.length)
             const { row, isNew } = await pool.chunks.store(hash, payload, blockBytes, outcome.compressedBytes > 0)
             mapping.set(batch[i], chunkEntry(row.id))
             if (!isNew) { report.dedupedBlocks++; continue }

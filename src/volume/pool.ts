@@ -17,7 +17,7 @@ import { Catalog, VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
 import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
 import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
-import { assertLimits, blockBytesDefault, extentIdleMs, extentSealSlots, packLiveFractionMin, volumeNamePattern, zstdLevelDefault } from '../limits'
+import { assertLimits, blockBytesDefault, extentIdleMs, extentSealSlots, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, zstdLevelDefault } from '../limits'
 import { ChunkStore } from '../chunk/chunk-store'
 import { WorkerPool } from '../chunk/worker-pool'
 import { BlockMap } from '../map/block-map'
@@ -141,6 +141,39 @@ export class Pool implements VolumeContext {
     this.activeExtents.delete(volume.id)
     volume.activeExtentId = null
     volume.rowDirty = true
+  }
+
+  private freeBytes = Number.POSITIVE_INFINITY
+  private claimedSinceStatfs = 0
+  private statfsAtMs = 0
+  private statfsRunning = false
+
+  claimSpace (bytes: number): void {
+    const now = Date.now()
+    if (!this.statfsRunning && (now - this.statfsAtMs >= statfsIntervalMs || this.claimedSinceStatfs > metadataReserveBytes / 4)) {
+      this.statfsRunning = true
+      fs.statfs(this.dir, (err, stat) => {
+        this.statfsRunning = false
+        if (err !== null) return
+        this.freeBytes = stat.bavail * stat.bsize
+        this.claimedSinceStatfs = 0
+        this.statfsAtMs = Date.now()
+      })
+    }
+    if (this.freeBytes - this.claimedSinceStatfs - bytes < metadataReserveBytes) {
+      // Before refusing, look again (a statfs of a local directory; only on this rare path): space
+      // may have come back since the cached figure, from gc or from outside.
+      try {
+        const stat = fs.statfsSync(this.dir)
+        this.freeBytes = stat.bavail * stat.bsize
+        this.claimedSinceStatfs = 0
+        this.statfsAtMs = Date.now()
+      } catch {}
+    }
+    if (this.freeBytes - this.claimedSinceStatfs - bytes < metadataReserveBytes) {
+      throw new VdiskError('NO_SPACE', `the pool's filesystem is full (less than ${metadataReserveBytes >> 20} MiB free, kept for metadata)`)
+    }
+    this.claimedSinceStatfs += bytes
   }
 
   changed (volume: Volume): void {

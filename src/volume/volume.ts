@@ -25,6 +25,8 @@ export interface VolumeContext {
   readonly chunks: ChunkStore
   /** The volume's active extent with at least one free slot, created or rotated as needed. */
   activeExtent (volume: Volume): Promise<DeltaExtent>
+  /** Claims room for `bytes` of new data; throws NO_SPACE when the pool's filesystem is nearly full. */
+  claimSpace (bytes: number): void
   /** Called after any change, so the pool commits it in time. */
   changed (volume: Volume): void
 }
@@ -94,14 +96,17 @@ export class Volume implements VolumeInfo {
   private async readBlock (block: number, offset: number, target: Buffer): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const entry = this.map.get(block)
+      let failure: unknown = null
       try {
         await this.readEntry(block, entry, offset, target)
-        return
       } catch (err) {
-        // Sealing may have moved the block (and deleted its extent) while this read was on its way.
-        if (attempt < 2 && this.map.get(block) !== entry) continue
-        throw err
+        failure = err
       }
+      // Sealing may have moved the block (and emptied its extent) while this read was on its way:
+      // what was read then is not to be trusted, so read again from where the block is now.
+      if (this.map.get(block) !== entry && attempt < 3) continue
+      if (failure !== null) throw failure
+      return
     }
   }
 
@@ -180,6 +185,7 @@ export class Volume implements VolumeInfo {
   }
 
   private async writeNewSlot (block: number, offset: number, data: Buffer): Promise<void> {
+    this.context.claimSpace(this.context.blockBytes)
     const extent = await this.context.activeExtent(this)
     const slot = extent.nextSlot++
     await this.context.extents.write(extent, slot, offset, data)

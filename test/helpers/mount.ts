@@ -80,7 +80,7 @@ export class TestMount {
     this.loopMounts.splice(this.loopMounts.indexOf(target), 1)
   }
 
-  async cleanup (): Promise<void> {
+  async cleanup (beforeRemove?: () => void): Promise<void> {
     for (const target of this.loopMounts.reverse()) spawnSync('umount', ['-l', target])
     // Detach any loop device still backed by a file under this mount.
     const loops = spawnSync('losetup', ['-a', '-n', '-O', 'NAME,BACK-FILE', '--raw'], { encoding: 'utf8' }).stdout ?? ''
@@ -93,6 +93,7 @@ export class TestMount {
       await waitForExit(this.pid)
     }
     spawnSync('fusermount', ['-uz', this.mnt])
+    beforeRemove?.()
     fs.rmSync(this.dir, { recursive: true, force: true })
   }
 }

@@ -1,0 +1,53 @@
+/**
+ * Disk full (issue #5): on a pool whose filesystem is a 96 MiB tmpfs, writes past the space fail with
+ * ENOSPC; what was acknowledged before, and the backups, stay readable; once a disk is removed and gc
+ * runs, writes work again without a restart.
+ */
+import test from 'ava'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { TestMount, run, sha256, vdiskfs } from '../helpers/mount'
+
+test.serial('a full pool refuses new data with ENOSPC, loses nothing, and recovers once space is freed', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-full-'))
+  const small = path.join(dir, 'small')
+  fs.mkdirSync(small)
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', small])
+  const m = new TestMount(dir, path.join(small, 'pool'), path.join(dir, 'mnt'))
+  fs.mkdirSync(m.mnt)
+  t.teardown(async () => await m.cleanup(() => spawnSync('umount', ['-l', small])))
+  await m.mount()
+  const keep = m.image('disks', 'keep.img')
+  const data = crypto.randomBytes(16 * 1024 * 1024)
+  const fd = fs.openSync(keep, 'w')
+  fs.writeSync(fd, data)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  t.is((await vdiskfs('backup', keep, 'keep-b')).code, 0)
+  // Fill it: random data does not compress, so this outgrows 96 MiB.
+  const fill = spawnSync('dd', ['if=/dev/urandom', `of=${m.image('disks', 'big.img')}`, 'bs=1M', 'count=200', 'conv=fsync'], { encoding: 'utf8' })
+  t.not(fill.status, 0)
+  t.regex(fill.stderr, /No space left on device/)
+  // Nothing acknowledged is lost; the backup reads.
+  t.true(fs.readFileSync(keep).equals(data))
+  t.true(fs.readFileSync(m.image('backups', 'keep-b.img')).equals(data))
+  // Give the space back: rm, gc. Writes work again, without a restart.
+  fs.unlinkSync(m.image('disks', 'big.img'))
+  const gc = await vdiskfs('gc', m.mnt)
+  t.is(gc.code, 0, gc.stderr)
+  const again = crypto.randomBytes(8 * 1024 * 1024)
+  const fd2 = fs.openSync(m.image('disks', 'again.img'), 'w')
+  fs.writeSync(fd2, again)
+  fs.fsyncSync(fd2)
+  fs.closeSync(fd2)
+  t.true(fs.readFileSync(m.image('disks', 'again.img')).equals(again))
+  const sealed = await vdiskfs('sync', m.mnt)
+  t.is(sealed.code, 0, sealed.stdout + sealed.stderr)
+  await m.umount()
+  await m.mount()
+  t.is(sha256(keep), crypto.createHash('sha256').update(data).digest('hex'))
+  t.true(fs.readFileSync(m.image('disks', 'again.img')).equals(again))
+})
