@@ -50,8 +50,12 @@ test-unit: build
 test-integration: deps build
 	npx ava 'dist/test/integration/**/*.test.js'
 
+# The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
 crash-test: deps build
-	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m 'dist/test/integration/crash.test.js'
+	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m --verbose 'dist/test/integration/crash.test.js'
+
+fuzz-long: deps build
+	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'
 
 bench-basic: deps build
 	node dist/bench/basic.js
