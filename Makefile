@@ -6,7 +6,7 @@ DEB_PACKAGES := libfuse2 fuse qemu-utils fio e2fsprogs zstd attr util-linux
 BENCH_PACKAGES := qemu-system-common
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all deps debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick clean
+.PHONY: all deps debs bench-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick clean
 
 all: build
 
@@ -57,8 +57,19 @@ crash-test: deps build
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'
 
+bench-debs:
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; fi
+
 bench-basic: deps build
 	node dist/bench/basic.js
+
+# The full benchmark (under 20 minutes on 2 cores) and a subset for development (under 3 minutes).
+bench: deps bench-debs build
+	node dist/bench/run.js
+
+bench-quick: deps bench-debs build
+	node dist/bench/run.js --quick
 
 clean:
 	rm -rf dist node_modules/.installed

@@ -1,0 +1,517 @@
+/**
+ * make bench (and make bench-quick with --quick): vdiskfs against its baselines, side by side in one
+ * run, reported as ratios (issue #6). Targets:
+ *   A  a vdiskfs disk, fresh writes (delta extents)
+ *   B  the same data after `vdiskfs sync` (sealed: compressed, deduplicated, verified on read)
+ *   C  a plain file on the same filesystem (the physical reference)
+ *   D  bench/memfs: a minimal in-memory fuse-native filesystem with vdiskfs's mount options (the ceiling)
+ *   E  qemu-storage-daemon exporting a qcow2 image over FUSE (the C peer)
+ * Every figure is the median of `reps` repetitions, with min and max. Writes bench/results/latest.json,
+ * latest.md and latest.svg.
+ */
+import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { Pool } from '../src/volume/pool'
+import { Sealer } from '../src/seal/sealer'
+
+const quick = process.argv.includes('--quick')
+const repoRoot = path.resolve(__dirname, '..', '..')
+const cli = path.join(repoRoot, 'bin', 'vdiskfs')
+const work = process.env.VDISKFS_BENCH_DIR ?? path.join(repoRoot, 'bench', 'work')
+const reps = Number(process.env.VDISKFS_BENCH_REPS ?? (quick ? 1 : 3))
+const fioSeconds = quick ? 2 : 5
+const MiB = 1024 * 1024
+const GiB = 1024 * MiB
+const fileBytes = quick ? 256 * MiB : GiB
+const log = (message: string): void => { process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`) }
+
+interface Figure { median: number, min: number, max: number, runs: number[] }
+const samples = new Map<string, number[]>()
+function record (key: string, value: number): void {
+  const list = samples.get(key) ?? []
+  list.push(value)
+  samples.set(key, list)
+}
+function figure (key: string): Figure | null {
+  const runs = samples.get(key)
+  if (runs === undefined || runs.length === 0) return null
+  const sorted = [...runs].sort((a, b) => a - b)
+  return { median: sorted[Math.floor((sorted.length - 1) / 2)], min: sorted[0], max: sorted[sorted.length - 1], runs }
+}
+
+function sh (command: string, args: string[], options: { input?: string } = {}): string {
+  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * MiB, ...options })
+}
+
+function dropCaches (): void {
+  sh('sync', [])
+  try { fs.writeFileSync('/proc/sys/vm/drop_caches', '3') } catch {}
+}
+
+function dd (args: string[]): number {
+  const out = spawnSync('dd', [...args, 'bs=1M', 'status=none', 'iflag=fullblock'], { encoding: 'utf8' })
+  if (out.status !== 0) throw new Error(`dd ${args.join(' ')}: ${out.stderr}`)
+  return 0
+}
+
+function timed (work: () => void): number {
+  const start = process.hrtime.bigint()
+  work()
+  return Number(process.hrtime.bigint() - start) / 1e9
+}
+
+function seqWrite (file: string, source: string): number {
+  return fileBytes / timed(() => dd([`if=${source}`, `of=${file}`, `count=${fileBytes / MiB}`, 'conv=fsync,notrunc'])) / 1e6
+}
+
+function seqRead (file: string): number {
+  dropCaches()
+  return fileBytes / timed(() => dd([`if=${file}`, 'of=/dev/null', `count=${fileBytes / MiB}`])) / 1e6
+}
+
+/** fio on an existing file; returns IOPS (4k) or MB/s (128k). */
+function fio (file: string, rw: string, bs: string, jobs: number): number {
+  const out = sh('fio', ['--name=bench', `--filename=${file}`, `--rw=${rw}`, `--bs=${bs}`, '--ioengine=psync', '--iodepth=1',
+    `--numjobs=${jobs}`, '--group_reporting', `--size=${fileBytes}`, `--runtime=${fioSeconds}`, '--time_based', '--output-format=json'])
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { iops: number, bw_bytes: number }>> }).jobs[0]
+  const side = rw.includes('read') ? job.read : job.write
+  return bs === '4k' ? side.iops : side.bw_bytes / 1e6
+}
+
+const workloads: Array<{ key: string, what: string, unit: string, run: (file: string) => number, writes: boolean }> = [
+  { key: 'seqRead', what: 'dd sequential read, bs=1M, caches dropped', unit: 'MB/s', run: seqRead, writes: false },
+  { key: 'randRead4k', what: 'fio 4k randread, psync, 1 job', unit: 'IOPS', run: f => fio(f, 'randread', '4k', 1), writes: false },
+  { key: 'randRead4kJobs4', what: 'fio 4k randread, psync, 4 jobs', unit: 'IOPS', run: f => fio(f, 'randread', '4k', 4), writes: false },
+  { key: 'seqRead128k', what: 'fio 128k sequential read', unit: 'MB/s', run: f => fio(f, 'read', '128k', 1), writes: false },
+  { key: 'randWrite4k', what: 'fio 4k randwrite, psync, 1 job', unit: 'IOPS', run: f => fio(f, 'randwrite', '4k', 1), writes: true },
+  { key: 'randWrite4kJobs4', what: 'fio 4k randwrite, psync, 4 jobs', unit: 'IOPS', run: f => fio(f, 'randwrite', '4k', 4), writes: true },
+  { key: 'seqWrite128k', what: 'fio 128k sequential write', unit: 'MB/s', run: f => fio(f, 'write', '128k', 1), writes: true }
+]
+
+// ---- targets ----
+
+function vdiskfsMount (pool: string, mnt: string, extra: string[] = []): number {
+  fs.mkdirSync(mnt, { recursive: true })
+  sh(cli, ['mount', pool, mnt, ...extra])
+  return Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
+}
+
+function vdiskfsUmount (mnt: string): void {
+  spawnSync(cli, ['umount', mnt])
+  spawnSync('fusermount', ['-uz', mnt])
+}
+
+function peakRssMiB (pid: number): number {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024
+}
+
+async function waitFor (check: () => boolean, what: string, timeoutMs = 20000): Promise<void> {
+  for (let waited = 0; waited < timeoutMs; waited += 50) {
+    if (check()) return
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+async function startMemfs (mnt: string): Promise<ChildProcess> {
+  fs.mkdirSync(mnt, { recursive: true })
+  const child = spawn(process.execPath, [path.join(__dirname, 'memfs.js'), mnt, String(fileBytes)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.on('data', chunk => { if (String(chunk).includes('ready')) resolve() })
+    child.on('exit', code => reject(new Error(`memfs exited with ${String(code)}`)))
+  })
+  return child
+}
+
+async function stopChild (child: ChildProcess, mnt: string): Promise<void> {
+  child.kill('SIGTERM')
+  await new Promise(resolve => { if (child.exitCode !== null) resolve(null); else child.on('exit', resolve) })
+  spawnSync('fusermount', ['-uz', mnt])
+}
+
+async function startQsd (image: string, exportFile: string): Promise<ChildProcess> {
+  fs.writeFileSync(exportFile, '')
+  const child = spawn('qemu-storage-daemon', [
+    '--blockdev', `driver=file,node-name=file,filename=${image},cache.direct=off`,
+    '--blockdev', 'driver=qcow2,node-name=fmt,file=file',
+    '--export', `type=fuse,id=exp,node-name=fmt,mountpoint=${exportFile},writable=on`
+  ], { stdio: ['ignore', 'ignore', 'inherit'] })
+  await waitFor(() => fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${exportFile} `), 'the qemu-storage-daemon export')
+  return child
+}
+
+// ---- the runs ----
+
+async function throughputTargets (random: string): Promise<void> {
+  const pool = path.join(work, 'pool-a')
+  const mnt = path.join(work, 'mnt-a')
+  const plain = path.join(work, 'plain.img')
+  const memMnt = path.join(work, 'mnt-d')
+  const qcow = path.join(work, 'e.qcow2')
+  const exportFile = path.join(work, 'e.export')
+  for (let rep = 0; rep < reps; rep++) {
+    log(`throughput, repetition ${rep + 1}/${reps}`)
+    // C: a plain file.
+    fs.rmSync(plain, { force: true })
+    record('C.seqWrite', seqWrite(plain, random))
+    for (const w of workloads) record(`C.${w.key}`, w.run(plain))
+    fs.rmSync(plain, { force: true })
+    // D: the in-memory FUSE ceiling.
+    const memfs = await startMemfs(memMnt)
+    try {
+      const file = path.join(memMnt, 'disk.img')
+      record('D.seqWrite', seqWrite(file, random))
+      for (const w of workloads) record(`D.${w.key}`, w.run(file))
+    } finally { await stopChild(memfs, memMnt) }
+    // E: qemu-storage-daemon with a qcow2 image.
+    fs.rmSync(qcow, { force: true })
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, String(fileBytes)])
+    const qsd = await startQsd(qcow, exportFile)
+    try {
+      record('E.seqWrite', seqWrite(exportFile, random))
+      for (const w of workloads) record(`E.${w.key}`, w.run(exportFile))
+    } finally { await stopChild(qsd, exportFile) }
+    // A, then B: vdiskfs, fresh and sealed. A fresh pool each repetition.
+    fs.rmSync(pool, { recursive: true, force: true })
+    const pid = vdiskfsMount(pool, mnt)
+    try {
+      const file = path.join(mnt, 'disks', 'a.img')
+      record('A.seqWrite', seqWrite(file, random))
+      for (const w of workloads) record(`A.${w.key}`, w.run(file))
+      sh(cli, ['sync', mnt])
+      for (const w of workloads.filter(x => !x.writes)) record(`B.${w.key}`, w.run(file))
+      record('rss.throughput', peakRssMiB(pid))
+    } finally { vdiskfsUmount(mnt) }
+    // A with --no-xattrs: the kernel's security.capability lookup before every write is what it costs.
+    fs.rmSync(pool, { recursive: true, force: true })
+    vdiskfsMount(pool, mnt, ['--no-xattrs'])
+    try {
+      const file = path.join(mnt, 'disks', 'a.img')
+      seqWrite(file, random)
+      record('Anx.randWrite4k', fio(file, 'randwrite', '4k', 1))
+    } finally { vdiskfsUmount(mnt) }
+  }
+}
+
+/** Backup and clone latency inside the daemon for disks of growing size with data every 64 MiB. */
+async function backupLatency (): Promise<void> {
+  const pool = path.join(work, 'pool-b')
+  const mnt = path.join(work, 'mnt-b')
+  fs.rmSync(pool, { recursive: true, force: true })
+  const pid = vdiskfsMount(pool, mnt)
+  const sizes: Array<[string, number]> = quick ? [['1G', GiB], ['1T', 1024 * GiB]] : [['1G', GiB], ['64G', 64 * GiB], ['1T', 1024 * GiB]]
+  try {
+    for (const [label, bytes] of sizes) {
+      const disk = path.join(mnt, 'disks', `d${label}.img`)
+      fs.writeFileSync(disk, '')
+      fs.truncateSync(disk, bytes)
+      const fd = fs.openSync(disk, 'r+')
+      const block = Buffer.alloc(64 * 1024, 0x5a)
+      for (let offset = 0; offset < bytes; offset += 64 * MiB) fs.writeSync(fd, block, 0, block.length, offset)
+      fs.fsyncSync(fd)
+      fs.closeSync(fd)
+      for (let i = 0; i < 5; i++) {
+        const backup = JSON.parse(sh(cli, ['backup', disk, `b${label}-${i}`, '--json'])) as { elapsedMs: number }
+        record(`backup.${label}`, backup.elapsedMs)
+        const clone = JSON.parse(sh(cli, ['clone', path.join(mnt, 'backups', `b${label}-${i}.img`), `c${label}-${i}`, '--json'])) as { elapsedMs: number }
+        record(`clone.${label}`, clone.elapsedMs)
+      }
+      log(`backup/clone at ${label}: ${figure(`backup.${label}`)?.median.toFixed(2)} / ${figure(`clone.${label}`)?.median.toFixed(2)} ms`)
+    }
+    record('rss.1TiB', peakRssMiB(pid))
+  } finally { vdiskfsUmount(mnt) }
+  // E: a qcow2 overlay (qemu-img create -b) and an internal snapshot, whole processes.
+  for (const [label, bytes] of sizes) {
+    const base = path.join(work, `base${label}.qcow2`)
+    fs.rmSync(base, { force: true })
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(bytes)])
+    const commands: string[] = []
+    for (let offset = 0; offset < bytes; offset += 64 * MiB) commands.push(`write -q -P 90 ${offset} 64k`)
+    sh('qemu-io', ['-f', 'qcow2', base], { input: commands.join('\n') + '\nquit\n' })
+    for (let i = 0; i < 5; i++) {
+      const overlay = path.join(work, `ov${label}-${i}.qcow2`)
+      record(`E.overlay.${label}`, timed(() => sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'qcow2', overlay])) * 1000)
+      record(`E.snapshot.${label}`, timed(() => sh('qemu-img', ['snapshot', '-c', `s${i}`, base])) * 1000)
+      fs.rmSync(overlay)
+    }
+    fs.rmSync(base)
+  }
+}
+
+/** Sequential read through clones at depth 1, 10 and 50 (vdiskfs), and qcow2 backing chains (E). */
+async function depth (random: string): Promise<void> {
+  const bytes = quick ? 128 * MiB : 512 * MiB
+  const depths = quick ? [1, 10] : [1, 10, 50]
+  const maxDepth = depths[depths.length - 1]
+  const pool = path.join(work, 'pool-c')
+  const mnt = path.join(work, 'mnt-c')
+  fs.rmSync(pool, { recursive: true, force: true })
+  vdiskfsMount(pool, mnt)
+  const readAll = (file: string): number => {
+    dropCaches()
+    return bytes / timed(() => dd([`if=${file}`, 'of=/dev/null', `count=${bytes / MiB}`])) / 1e6
+  }
+  const stamp = Buffer.alloc(64 * 1024, 7)
+  try {
+    let current = path.join(mnt, 'disks', 'root.img')
+    dd([`if=${random}`, `of=${current}`, `count=${bytes / MiB}`, 'conv=fsync'])
+    const tops = new Map<number, string>()
+    for (let level = 1; level <= maxDepth; level++) {
+      sh(cli, ['backup', current, `l${level}`])
+      sh(cli, ['clone', path.join(mnt, 'backups', `l${level}.img`), `l${level}`])
+      current = path.join(mnt, 'clones', `l${level}.img`)
+      const fd = fs.openSync(current, 'r+')
+      fs.writeSync(fd, stamp, 0, stamp.length, (level * 7 % (bytes / MiB)) * MiB)
+      fs.closeSync(fd)
+      tops.set(level, current)
+    }
+    sh(cli, ['sync', mnt])
+    for (let rep = 0; rep < reps; rep++) for (const d of depths) record(`depth.${d}`, readAll(tops.get(d) as string))
+  } finally { vdiskfsUmount(mnt) }
+  // E: qcow2 chains of the same depth.
+  const base = path.join(work, 'chain0.qcow2')
+  sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', '-S', '0', path.join(work, 'random-head.raw'), base])
+  let below = base
+  const chain = new Map<number, string>()
+  for (let level = 1; level <= maxDepth; level++) {
+    const overlay = path.join(work, `chain${level}.qcow2`)
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', below, '-F', 'qcow2', overlay])
+    sh('qemu-io', ['-f', 'qcow2', overlay], { input: `write -q -P 7 ${(level * 7 % (bytes / MiB)) * MiB} 64k\nquit\n` })
+    chain.set(level, overlay)
+    below = overlay
+  }
+  const exportFile = path.join(work, 'chain.export')
+  for (let rep = 0; rep < reps; rep++) {
+    for (const d of depths) {
+      const qsd = await startQsd(chain.get(d) as string, exportFile)
+      try { record(`E.depth.${d}`, readAll(exportFile)) } finally { await stopChild(qsd, exportFile) }
+    }
+  }
+}
+
+/** Sealing throughput with 0 (main thread), 1 and 2 workers, and the event loop's delay meanwhile. */
+async function sealing (image: string): Promise<void> {
+  const bytes = quick ? 256 * MiB : GiB
+  const source = fs.openSync(image, 'r')
+  for (const workers of [0, 1, 2]) {
+    for (let rep = 0; rep < (quick ? 1 : 2); rep++) {
+      const dir = path.join(work, `pool-seal-${workers}`)
+      fs.rmSync(dir, { recursive: true, force: true })
+      const pool = Pool.open(dir, { create: true, workers })
+      const disk = await pool.createDisk('s.img')
+      const buffer = Buffer.alloc(4 * MiB)
+      for (let offset = 0; offset < bytes; offset += buffer.length) {
+        fs.readSync(source, buffer, 0, buffer.length, offset)
+        await disk.write(buffer, offset)
+      }
+      await pool.commit()
+      const histogram = monitorEventLoopDelay({ resolution: 1 })
+      histogram.enable()
+      const start = process.hrtime.bigint()
+      const report = await new Sealer(pool, () => {}).sealPending(true)
+      const seconds = Number(process.hrtime.bigint() - start) / 1e9
+      histogram.disable()
+      record(`seal.${workers}`, report.rawBytes / seconds / 1e6)
+      record(`sealDelayP99.${workers}`, histogram.percentile(99) / 1e6)
+      await pool.close()
+      fs.rmSync(dir, { recursive: true, force: true })
+      log(`sealing with ${workers} workers: ${(report.rawBytes / seconds / 1e6).toFixed(0)} MB/s, loop delay p99 ${(histogram.percentile(99) / 1e6).toFixed(1)} ms`)
+    }
+  }
+  fs.closeSync(source)
+}
+
+/** Stored/logical for an ext4 image holding part of /usr, against zstd -3 and qcow2 -c. */
+async function storedRatio (image: string, imageBytes: number): Promise<void> {
+  const pool = path.join(work, 'pool-r')
+  const mnt = path.join(work, 'mnt-r')
+  fs.rmSync(pool, { recursive: true, force: true })
+  vdiskfsMount(pool, mnt)
+  try {
+    sh('cp', ['--sparse=always', image, path.join(mnt, 'disks', 'usr.img')])
+    sh(cli, ['sync', mnt])
+    const du = JSON.parse(sh(cli, ['du', mnt, '--json'])) as { storedBytes: number }
+    record('ratio.vdiskfs', du.storedBytes)
+  } finally { vdiskfsUmount(mnt) }
+  record('ratio.zstd3', Number(sh('bash', ['-c', `zstd -3 -T1 -c ${image} | wc -c`]).trim()))
+  const qcow = path.join(work, 'usr-c.qcow2')
+  sh('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', image, qcow])
+  record('ratio.qcow2c', fs.statSync(qcow).size)
+  record('ratio.logical', imageBytes)
+  fs.rmSync(qcow)
+}
+
+function makeUsrImage (): { image: string, bytes: number } {
+  const bytes = quick ? 512 * MiB : 2 * GiB
+  const image = path.join(work, 'usr.ext4')
+  const dirs = quick ? ['/usr/share/doc', '/usr/bin'] : ['/usr/share', '/usr/bin', '/usr/include', '/usr/libexec']
+  sh('truncate', ['-s', String(bytes), image])
+  sh('mkfs.ext4', ['-q', '-F', image])
+  const target = path.join(work, 'usr-mnt')
+  fs.mkdirSync(target, { recursive: true })
+  sh('mount', ['-o', 'loop', image, target])
+  try {
+    for (const dir of dirs) spawnSync('cp', ['-a', dir, target])
+  } finally { sh('umount', [target]) }
+  return { image, bytes }
+}
+
+// ---- report ----
+
+function fmt (f: Figure | null, digits = 0): string {
+  if (f === null) return 'n/a'
+  return `${f.median.toFixed(digits)} (${f.min.toFixed(digits)}–${f.max.toFixed(digits)})`
+}
+
+function ratio (a: string, b: string): number | null {
+  const x = figure(a)
+  const y = figure(b)
+  return x === null || y === null || y.median === 0 ? null : x.median / y.median
+}
+
+interface Bar { name: string, met: boolean | null, detail: string }
+
+function bars (): Bar[] {
+  const out: Bar[] = []
+  const both = (name: string, key: string, targets: string[]): void => {
+    for (const t of targets) {
+      const d = ratio(`${t}.${key}`, `D.${key}`)
+      const e = ratio(`${t}.${key}`, `E.${key}`)
+      out.push({ name: `${name} (${t})`, met: d === null || e === null ? null : d >= 0.75 && e >= 1.2, detail: `${d?.toFixed(2) ?? 'n/a'}× D, ${e?.toFixed(2) ?? 'n/a'}× E (bar: ≥ 0.75× D and ≥ 1.2× E)` })
+    }
+  }
+  both('Sequential read', 'seqRead', ['A', 'B'])
+  both('Sequential write', 'seqWrite', ['A'])
+  both('4k random read', 'randRead4k', ['A'])
+  both('4k random write', 'randWrite4k', ['A'])
+  const large = figure('backup.1T') !== null ? '1T' : '1T'
+  for (const op of ['backup', 'clone']) {
+    const big = figure(`${op}.${large}`)
+    const small = figure(`${op}.1G`)
+    const r = big !== null && small !== null ? big.median / small.median : null
+    out.push({ name: `${op} at 1 TiB`, met: big === null || r === null ? null : big.median <= 20 && r <= 1.5, detail: `${big?.median.toFixed(2) ?? 'n/a'} ms, ${r?.toFixed(2) ?? 'n/a'}× the 1 GiB figure (bar: ≤ 20 ms and ≤ 1.5×)` })
+  }
+  const deepest = figure('depth.50') !== null ? 50 : 10
+  const dr = ratio(`depth.${deepest}`, 'depth.1')
+  out.push({ name: `read at depth ${deepest}`, met: dr === null ? null : dr >= 0.95, detail: `${dr?.toFixed(2) ?? 'n/a'}× depth 1 (bar: ≥ 0.95); qcow2 chain: ${ratio(`E.depth.${deepest}`, 'E.depth.1')?.toFixed(2) ?? 'n/a'}×` })
+  const seal = figure('seal.2')
+  const delay = figure('sealDelayP99.2')
+  out.push({ name: 'sealing, 2 workers', met: seal === null || delay === null ? null : seal.median >= 400 && delay.median < 5, detail: `${seal?.median.toFixed(0) ?? 'n/a'} MB/s, loop delay p99 ${delay?.median.toFixed(1) ?? 'n/a'} ms (bar: ≥ 400 MB/s, p99 < 5 ms)` })
+  const stored = ratio('ratio.vdiskfs', 'ratio.zstd3')
+  out.push({ name: 'stored bytes', met: stored === null ? null : stored <= 1.1, detail: `${stored?.toFixed(3) ?? 'n/a'}× zstd -3 (bar: ≤ 1.1×)` })
+  const rss = Math.max(figure('rss.throughput')?.max ?? 0, figure('rss.1TiB')?.max ?? 0)
+  out.push({ name: 'daemon peak RSS', met: rss === 0 ? null : rss <= 300, detail: `${rss.toFixed(0)} MiB (bar: ≤ 300 MiB)` })
+  return out
+}
+
+function svgChart (): string {
+  const keys = [['seqWrite', 'seq write'], ['seqRead', 'seq read'], ['randRead4k', '4k rand read'], ['randWrite4k', '4k rand write'], ['seqRead128k', '128k read'], ['seqWrite128k', '128k write']]
+  const targets: Array<[string, string]> = [['A', '#2b6cb0'], ['B', '#38a169'], ['C', '#a0aec0'], ['E', '#dd6b20']]
+  const width = 760
+  const rowHeight = 70
+  const scaleMax = 2
+  const x0 = 130
+  const plot = width - x0 - 20
+  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${keys.length * rowHeight + 70}" font-family="sans-serif" font-size="12">`,
+    `<text x="10" y="20" font-size="14" font-weight="bold">Throughput relative to D (the in-memory FUSE ceiling = 1.0)</text>`]
+  keys.forEach(([key, label], row) => {
+    const y = 40 + row * rowHeight
+    parts.push(`<text x="10" y="${y + 30}">${label}</text>`)
+    targets.forEach(([t, color], i) => {
+      const r = ratio(`${t}.${key}`, `D.${key}`)
+      if (r === null) return
+      const w = Math.min(r, scaleMax) / scaleMax * plot
+      parts.push(`<rect x="${x0}" y="${y + i * 15}" width="${w.toFixed(1)}" height="12" fill="${color}"/>`)
+      parts.push(`<text x="${x0 + w + 4}" y="${y + i * 15 + 10}">${t} ${r.toFixed(2)}${r > scaleMax ? ' (clipped)' : ''}</text>`)
+    })
+  })
+  const oneX = x0 + plot / scaleMax
+  parts.push(`<line x1="${oneX}" y1="35" x2="${oneX}" y2="${40 + keys.length * rowHeight}" stroke="#000" stroke-dasharray="4"/>`)
+  parts.push(`<text x="${x0}" y="${keys.length * rowHeight + 60}">A vdiskfs fresh · B vdiskfs sealed · C plain file · E qemu-storage-daemon qcow2 · dashed: D</text>`)
+  parts.push('</svg>')
+  return parts.join('\n') + '\n'
+}
+
+function report (started: number): void {
+  const date = new Date().toISOString()
+  const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${(os.totalmem() / GiB).toFixed(0)} GiB, Linux ${os.release()}`
+  const allFigures = Object.fromEntries([...samples.keys()].sort().map(k => [k, figure(k)]))
+  const barList = bars()
+  const json = { date, machine, quick, reps, fileBytes, fioSeconds, durationSeconds: Math.round((Date.now() - started) / 1000), figures: allFigures, bars: barList }
+  const rows = [{ key: 'seqWrite', what: 'dd sequential write, bs=1M, conv=fsync', unit: 'MB/s' }, ...workloads]
+  const md: string[] = [
+    `# vdiskfs benchmark${quick ? ' (quick)' : ''}, ${date}`, '',
+    `Machine: ${machine}. ${reps} repetition(s), median (min–max). Files of ${fileBytes / MiB} MiB; fio runs ${fioSeconds} s each.`,
+    'A: vdiskfs, fresh writes. B: the same after `vdiskfs sync` (sealed). C: plain file. D: in-memory fuse-native ceiling. E: qemu-storage-daemon qcow2 FUSE export.', '',
+    '| workload | unit | A | B | C | D | E | A/D | A/E | B/D |', '|---|---|---|---|---|---|---|---|---|---|'
+  ]
+  for (const w of rows) {
+    const cell = (t: string) => fmt(figure(`${t}.${w.key}`))
+    const r = (a: string, b: string) => ratio(`${a}.${w.key}`, `${b}.${w.key}`)?.toFixed(2) ?? 'n/a'
+    md.push(`| ${w.what} | ${w.unit} | ${cell('A')} | ${cell('B')} | ${cell('C')} | ${cell('D')} | ${cell('E')} | ${r('A', 'D')} | ${r('A', 'E')} | ${r('B', 'D')} |`)
+  }
+  md.push('', `4k randwrite on A mounted with --no-xattrs: ${fmt(figure('Anx.randWrite4k'))} IOPS.`, '')
+  md.push('| backup / clone latency | 1 GiB | 64 GiB | 1 TiB |', '|---|---|---|---|')
+  for (const [label, key] of [['vdiskfs backup (in daemon, ms)', 'backup'], ['vdiskfs clone (in daemon, ms)', 'clone'], ['E: qemu-img create -b (process, ms)', 'E.overlay'], ['E: qemu-img snapshot -c (process, ms)', 'E.snapshot']]) {
+    md.push(`| ${label} | ${fmt(figure(`${key}.1G`), 2)} | ${fmt(figure(`${key}.64G`), 2)} | ${fmt(figure(`${key}.1T`), 2)} |`)
+  }
+  md.push('', '| sequential read through clones (MB/s) | depth 1 | depth 10 | depth 50 |', '|---|---|---|---|')
+  md.push(`| vdiskfs clones | ${fmt(figure('depth.1'))} | ${fmt(figure('depth.10'))} | ${fmt(figure('depth.50'))} |`)
+  md.push(`| E: qcow2 backing chain | ${fmt(figure('E.depth.1'))} | ${fmt(figure('E.depth.10'))} | ${fmt(figure('E.depth.50'))} |`)
+  md.push('', '| sealing (ext4 image of /usr) | 0 workers (main thread) | 1 worker | 2 workers |', '|---|---|---|---|')
+  md.push(`| throughput, MB/s | ${fmt(figure('seal.0'))} | ${fmt(figure('seal.1'))} | ${fmt(figure('seal.2'))} |`)
+  md.push(`| event-loop delay p99, ms | ${fmt(figure('sealDelayP99.0'), 1)} | ${fmt(figure('sealDelayP99.1'), 1)} | ${fmt(figure('sealDelayP99.2'), 1)} |`)
+  const logical = figure('ratio.logical')?.median ?? 0
+  md.push('', `Stored bytes for a ${(logical / GiB).toFixed(1)} GiB ext4 image holding part of /usr: vdiskfs ${((figure('ratio.vdiskfs')?.median ?? 0) / MiB).toFixed(0)} MiB, ` +
+    `zstd -3 ${((figure('ratio.zstd3')?.median ?? 0) / MiB).toFixed(0)} MiB, qcow2 -c ${((figure('ratio.qcow2c')?.median ?? 0) / MiB).toFixed(0)} MiB.`)
+  md.push('', `Daemon peak RSS: ${fmt(figure('rss.throughput'))} MiB during the throughput runs, ${fmt(figure('rss.1TiB'))} MiB with 1 TiB of disks (and their backups and clones) mounted.`)
+  md.push('', '## Bars', '', '| bar | met | measured |', '|---|---|---|')
+  for (const bar of barList) md.push(`| ${bar.name} | ${bar.met === null ? 'n/a' : bar.met ? 'met' : 'missed'} | ${bar.detail} |`)
+  md.push('', `Run took ${json.durationSeconds} s. Chart: latest${quick ? '-quick' : ''}.svg.`, '')
+  const dir = path.join(repoRoot, 'bench', 'results')
+  fs.mkdirSync(dir, { recursive: true })
+  const base = quick ? 'latest-quick' : 'latest'
+  fs.writeFileSync(path.join(dir, `${base}.json`), JSON.stringify(json, null, 2) + '\n')
+  fs.writeFileSync(path.join(dir, `${base}.md`), md.join('\n'))
+  fs.writeFileSync(path.join(dir, `${base}.svg`), svgChart())
+  process.stdout.write(md.join('\n'))
+}
+
+async function main (): Promise<void> {
+  const started = Date.now()
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const mountpoint = line.split(' ')[4]
+    if (mountpoint?.startsWith(work + '/')) spawnSync('fusermount', ['-uz', mountpoint])
+  }
+  fs.rmSync(work, { recursive: true, force: true })
+  fs.mkdirSync(work, { recursive: true })
+  try {
+    log('preparing data')
+    const random = path.join(work, 'random.raw')
+    dd(['if=/dev/urandom', `of=${random}`, `count=${fileBytes / MiB}`])
+    dd([`if=${random}`, `of=${path.join(work, 'random-head.raw')}`, `count=${(quick ? 128 : 512)}`])
+    const usr = makeUsrImage()
+    await throughputTargets(random)
+    log('backup and clone latency')
+    await backupLatency()
+    log('clone depth')
+    await depth(random)
+    log('sealing')
+    await sealing(usr.image)
+    log('stored ratio')
+    await storedRatio(usr.image, usr.bytes)
+  } finally {
+    for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const mountpoint = line.split(' ')[4]
+      if (mountpoint?.startsWith(work + '/')) { spawnSync('fusermount', ['-uz', mountpoint]); spawnSync('umount', ['-l', mountpoint]) }
+    }
+  }
+  report(started)
+  fs.rmSync(work, { recursive: true, force: true })
+}
+
+main().catch(err => { process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`); process.exit(1) })
