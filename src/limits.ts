@@ -27,8 +27,12 @@ export const extentHeaderBytes = 4096
 
 /** Open extent file descriptors kept in the descriptor cache. */
 export const extentFdsMax = 256
-/** Clean map pages kept in memory (32 KiB each: 4096 pages = 128 MiB). Dirty pages are never evicted. */
-export const pageCacheMax = 4096
+/**
+ * Clean map pages kept in memory (32 KiB each: 1024 pages = 32 MiB, the maps of 256 GiB of address
+ * space). A miss costs one SQLite row read (tens of µs); a page covers 256 MiB, so misses are rare.
+ * Dirty pages are never evicted.
+ */
+export const pageCacheMax = 1024
 
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000
@@ -50,21 +54,25 @@ export function assertLimits (blockBytes: number): void {
   assert.equal(extentHeaderBytes % 4096, 0)
 }
 
-/** Slots in the shared slab (each about 2 x 64 KiB + 32 at 64 KiB blocks): bounds blocks in flight to workers. */
-export const slabSlots = 256
+/** Slots in the shared slab (each about 2 x 64 KiB + 32 at 64 KiB blocks, 16 MiB in all): bounds blocks in flight to workers. */
+export const slabSlots = 128
 /** Tasks queued for the worker pool before run() waits (Piscina's maxQueue). */
 export const workerQueueMax = 64
 /** Blocks per seal task: 8 x 64 KiB = 512 KiB, inside the 256 KiB-1 MiB range where batching pays. */
-export const sealBatchBlocks = 8
+export const sealBatchBlocks = 16
 /** Pack files are rotated past this size. */
 export const packBytesMax = 64 * 1024 * 1024
 /** Chunk locations cached in memory (each a few dozen bytes). */
 export const chunkCacheMax = 65536
 /** Opened (verified, decompressed) blocks kept for partial reads of the same block: bytes. */
 export const openedCacheBytesMax = 32 * 1024 * 1024
-/** An active extent idle this long, or holding this many slots, is rotated and sealed. */
-export const extentIdleMs = 10000
-export const extentSealSlots = 4096
+/**
+ * An active extent idle this long, or holding this many slots, is rotated and sealed in the
+ * background. Sealing hot data would turn every small write to it into a read-modify-write of a
+ * whole chunk, so the idle limit is long; `vdiskfs sync` seals everything at once.
+ */
+export const extentIdleMs = 60000
+export const extentSealSlots = 16384
 /** zstd level of a new pool. */
 export const zstdLevelDefault = 3
 /** Packs whose live fraction is below this are compacted by the background gc ... */

@@ -20,6 +20,7 @@ import { outputOffset } from '../../workers/protocol'
 import { syncDirectory } from '../extent/delta-extent'
 
 const writeAsync = promisify(fs.write)
+const writevAsync = promisify(fs.writev) as (fd: number, buffers: NodeJS.ArrayBufferView[], position: number) => Promise<{ bytesWritten: number }>
 const readAsync = promisify(fs.read)
 const openAsync = promisify(fs.open)
 const closeAsync = promisify(fs.close)
@@ -95,8 +96,8 @@ export class ChunkStore {
       row.packId = pack.id
       row.offset = start + chunkHeaderBytes
       this.unsyncedPacks.add(pack)
-      await writeAsync(pack.fd, header, 0, header.length, start)
-      await writeAsync(pack.fd, payload, 0, payload.length, start + chunkHeaderBytes)
+      const { bytesWritten } = await writevAsync(pack.fd, [header, payload], start)
+      if (bytesWritten !== header.length + payload.length) throw new Error(`short write (${bytesWritten} bytes)`)
     } catch (err) {
       this.pendingByHash.delete(key)
       throw fromSystemError(err, `writing pack ${row.packId}`)
@@ -154,6 +155,42 @@ export class ChunkStore {
     } catch (err) {
       throw fromSystemError(err, `creating pack ${id}`)
     }
+  }
+
+  /**
+   * Reads several chunks in one worker task (the blocks of one FUSE read): each item gets
+   * `target.length` bytes at `offset` of chunk `id`, verified. Falls back to read() for an item the
+   * batch could not serve (a chunk moved by compaction); a damaged chunk fails the whole call.
+   */
+  async readMany (items: Array<{ id: number, offset: number, target: Buffer, what: string }>): Promise<void> {
+    const pending = items.filter(item => {
+      const cached = this.opened.get(item.id)
+      if (cached === undefined) return true
+      cached.copy(item.target, 0, item.offset, item.offset + item.target.length)
+      return false
+    })
+    if (pending.length === 0) return
+    if (pending.length === 1) { await this.read(pending[0].id, pending[0].offset, pending[0].target, pending[0].what); return }
+    const rows = pending.map(item => this.info(item.id))
+    const slots = await this.workers.slots.acquireMany(pending.length)
+    const retry: typeof pending = []
+    try {
+      const result = await this.workers.open({
+        requests: rows.map((row, i) => ({ slot: slots[i], file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }))
+      })
+      pending.forEach((item, i) => {
+        const block = result.blocks[i]
+        if (block?.ok === true) {
+          const start = outputOffset(this.workers.config, slots[i])
+          this.workers.slab.copy(item.target, 0, start + item.offset, start + item.offset + item.target.length)
+          if (item.target.length < rows[i].rawBytes) this.remember(item.id, this.workers.slab.subarray(start, start + rows[i].rawBytes))
+        } else retry.push(item)
+      })
+    } finally {
+      for (const slot of slots) this.workers.slots.release(slot)
+    }
+    // One at a time: a moved chunk is found again, a damaged one is reported and fails the read.
+    for (const item of retry) await this.read(item.id, item.offset, item.target, item.what)
   }
 
   /** Reads `target.length` bytes at `offset` of chunk `id`, verified. */

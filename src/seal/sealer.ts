@@ -108,18 +108,22 @@ export class Sealer {
       const runBatch = async (batch: number[]): Promise<void> => {
         const slabSlots = await workers.slots.acquireMany(batch.length)
         try {
-          await Promise.all(batch.map(async (slot, i) => {
-            const target = workers.slab.subarray(inputOffset(workers.config, slabSlots[i]), inputOffset(workers.config, slabSlots[i]) + blockBytes)
+          // One read per run of consecutive slots, then a copy into each slab slot.
+          for (let i = 0; i < batch.length;) {
+            let run = 1
+            while (i + run < batch.length && batch[i + run] === batch[i] + run) run++
+            const bytes = Buffer.alloc(run * blockBytes)
             let done = 0
             try {
-              while (done < blockBytes) {
-                const { bytesRead } = await readAsync(extent.fd, target, done, blockBytes - done, slotOffset(slot, blockBytes) + done)
+              while (done < bytes.length) {
+                const { bytesRead } = await readAsync(extent.fd, bytes, done, bytes.length - done, slotOffset(batch[i], blockBytes) + done)
                 if (bytesRead === 0) break
                 done += bytesRead
               }
             } catch (err) { throw fromSystemError(err, `reading extent ${extentId}`) }
-            if (done < blockBytes) target.fill(0, done)
-          }))
+            for (let k = 0; k < run; k++) bytes.copy(workers.slab, inputOffset(workers.config, slabSlots[i + k]), k * blockBytes, (k + 1) * blockBytes)
+            i += run
+          }
           const result = await workers.seal({ slots: slabSlots, length: blockBytes })
           if (result.error !== undefined) throw new Error(`seal worker: ${result.error}`)
           for (let i = 0; i < batch.length; i++) {

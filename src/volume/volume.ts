@@ -81,16 +81,37 @@ export class Volume implements VolumeInfo {
     if (length === 0) return 0
     const blockBytes = this.context.blockBytes
     const reads: Array<Promise<void>> = []
+    // Blocks stored as chunks go to the workers together, in one task.
+    const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
     for (let done = 0; done < length;) {
       const at = position + done
       const block = Math.floor(at / blockBytes)
       const offset = at % blockBytes
       const count = Math.min(blockBytes - offset, length - done)
-      reads.push(this.readBlock(block, offset, target.subarray(done, done + count)))
+      const piece = target.subarray(done, done + count)
+      const entry = this.map.get(block)
+      if (entryKind(entry) === entryKindChunk) chunked.push({ block, entry, id: entryChunkId(entry), offset, target: piece, what: this.describe(block, offset, count) })
+      else reads.push(this.readBlock(block, offset, piece))
       done += count
+    }
+    if (chunked.length > 0) {
+      reads.push((async () => {
+        let failure: unknown = null
+        try { await this.context.chunks.readMany(chunked) } catch (err) { failure = err }
+        // A block that moved meanwhile is read again from where it is now.
+        const moved = chunked.filter(c => this.map.get(c.block) !== c.entry)
+        if (failure !== null && moved.length === 0) throw failure
+        await Promise.all(moved.map(async c => await this.readBlock(c.block, c.offset, c.target)))
+        if (failure !== null && moved.length < chunked.length) throw failure
+      })())
     }
     await Promise.all(reads)
     return length
+  }
+
+  private describe (block: number, offset: number, length: number): string {
+    const start = block * this.context.blockBytes + offset
+    return `${this.label} block ${block} (bytes ${start}-${start + length - 1})`
   }
 
   private async readBlock (block: number, offset: number, target: Buffer): Promise<void> {
@@ -119,7 +140,7 @@ export class Volume implements VolumeInfo {
       return
     }
     if (kind === entryKindChunk) {
-      await this.context.chunks.read(entryChunkId(entry), offset, target, `${this.label} block ${block} (bytes ${block * this.context.blockBytes + offset}-${block * this.context.blockBytes + offset + target.length - 1})`)
+      await this.context.chunks.read(entryChunkId(entry), offset, target, this.describe(block, offset, target.length))
       return
     }
     if (kind === entryKindLost) throw new VdiskError('CORRUPT', `${this.label}: block ${block} was lost (quarantined by vdiskfs repair); write the whole block to replace it`)
