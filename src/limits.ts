@@ -67,12 +67,13 @@ export const chunkCacheMax = 65536
 /** Opened (verified, decompressed) blocks kept for partial reads of the same block: bytes. */
 export const openedCacheBytesMax = 32 * 1024 * 1024
 /**
- * An active extent idle this long, or holding this many slots, is rotated and sealed in the
- * background. Sealing hot data would turn every small write to it into a read-modify-write of a
- * whole chunk, so the idle limit is long; `vdiskfs sync` seals everything at once.
+ * An extent not written for this long is frozen and sealed in the background. Sealing hot data would
+ * turn every small write to it into a read-modify-write of a whole chunk, so the limit is long;
+ * `vdiskfs sync` seals everything at once.
  */
 export const extentIdleMs = 60000
-export const extentSealSlots = 16384
+/** Extents a volume may keep writing in place (full ones included): 4 GiB of hot blocks at 64 KiB. */
+export const writableExtentsMax = 4
 /** zstd level of a new pool. */
 export const zstdLevelDefault = 3
 /** Packs whose live fraction is below this are compacted by the background gc ... */

@@ -39,6 +39,8 @@ export class DeltaExtent {
 export class ExtentStore {
   private readonly open = new Map<number, Promise<DeltaExtent>>()
   private readonly pending = new Set<DeltaExtent>()
+  /** When each extent was last written (since start; extents not written since count as idle). */
+  private readonly lastWriteMs = new Map<number, number>()
 
   constructor (private readonly dir: string, private readonly blockBytes: number) {}
 
@@ -124,6 +126,7 @@ export class ExtentStore {
 
   /** Writes `data` at `offset` within `slot`. */
   async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
+    this.lastWriteMs.set(extent.id, Date.now())
     extent.unsynced = true
     this.pending.add(extent)
     let done = 0
@@ -135,6 +138,12 @@ export class ExtentStore {
     } catch (err) {
       throw fromSystemError(err, `writing extent ${extent.id}`)
     }
+  }
+
+  /** Milliseconds since the extent was last written (Infinity when not since start). */
+  idleMs (id: number): number {
+    const last = this.lastWriteMs.get(id)
+    return last === undefined ? Number.POSITIVE_INFINITY : Date.now() - last
   }
 
   /**
@@ -162,6 +171,7 @@ export class ExtentStore {
   async remove (id: number): Promise<void> {
     const opening = this.open.get(id)
     this.open.delete(id)
+    this.lastWriteMs.delete(id)
     if (opening !== undefined) {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined) {

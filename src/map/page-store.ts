@@ -49,6 +49,7 @@ export class PageStore {
     const page = new Page(this.nextPageId++, epoch, from === undefined ? new Float64Array(pageEntries) : Float64Array.from(from))
     this.cache.set(page.id, page)
     this.markDirty(page)
+    this.evict()
     return page
   }
 
@@ -66,6 +67,7 @@ export class PageStore {
       out.push({ id: page.id, epoch: page.epoch, entries: encodeU64Array(page.entries) })
     }
     this.dirtyPages.clear()
+    this.evict()
     return out
   }
 

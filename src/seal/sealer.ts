@@ -66,8 +66,8 @@ export class Sealer {
     while (this.running !== null) await this.running.catch(() => {})
     const run = this.pool.exclusive(async () => {
       const report = emptyReport()
-      for (const volume of await this.pool.extentsToRotate(all)) await this.pool.rotate(volume)
-      const extents = this.pool.frozenExtents().filter(id => all || !this.failing.has(id))
+      await this.pool.freezeForSealing(all)
+      const extents = this.pool.frozenExtents().filter(id => all || (!this.failing.has(id) && this.pool.coldEnough(id)))
       this.progress = { done: 0, total: extents.length }
       for (const extentId of extents) {
         try {

@@ -17,7 +17,7 @@ import { Catalog, VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
 import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
 import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
-import { assertLimits, blockBytesDefault, extentIdleMs, extentSealSlots, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, zstdLevelDefault } from '../limits'
+import { assertLimits, blockBytesDefault, extentIdleMs, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, writableExtentsMax, zstdLevelDefault } from '../limits'
 import { ChunkStore } from '../chunk/chunk-store'
 import { WorkerPool } from '../chunk/worker-pool'
 import { BlockMap } from '../map/block-map'
@@ -45,7 +45,6 @@ export class Pool implements VolumeContext {
   private readonly pages: PageStore
   get pageStore (): PageStore { return this.pages }
   private maintenance: Promise<unknown> = Promise.resolve()
-  private readonly lastWriteMs = new Map<number, number>()
   private readonly volumes = new Map<number, Volume>()
   private readonly removed = new Set<number>()
   private nextVolumeId: number
@@ -132,14 +131,16 @@ export class Pool implements VolumeContext {
     this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
     const extent = await this.extents.create(id, volume.id)
     volume.activeExtentId = id
+    volume.writableExtents.add(id)
     volume.rowDirty = true
     return extent
   }
 
-  /** Freezes a volume's active extent: later writes go to a new one. */
+  /** Freezes every extent a volume writes in place: later writes go to a new one. */
   private freezeActiveExtent (volume: Volume): void {
     this.activeExtents.delete(volume.id)
     volume.activeExtentId = null
+    volume.writableExtents.clear()
     volume.rowDirty = true
   }
 
@@ -176,10 +177,9 @@ export class Pool implements VolumeContext {
     this.claimedSinceStatfs += bytes
   }
 
-  changed (volume: Volume): void {
+  changed (_volume: Volume): void {
     this.changedSinceCommit = true
     this.generation++
-    this.lastWriteMs.set(volume.id, Date.now())
   }
 
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
@@ -397,7 +397,7 @@ export class Pool implements VolumeContext {
       const liveExtents = new Set<number>()
       const liveChunks = new Set<number>()
       for (const volume of this.volumes.values()) {
-        if (volume.activeExtentId !== null) liveExtents.add(volume.activeExtentId)
+        for (const id of volume.writableExtents) liveExtents.add(id)
         for (const id of volume.map.root) if (id !== 0) livePages.add(id)
         volume.map.forEachEntry((_block, entry) => {
           const kind = entryKind(entry)
@@ -425,33 +425,44 @@ export class Pool implements VolumeContext {
 
   /** Extents no volume writes to any more: ready to seal. */
   frozenExtents (): number[] {
-    const active = new Set<number>()
-    for (const volume of this.volumes.values()) if (volume.activeExtentId !== null) active.add(volume.activeExtentId)
-    return this.catalog.extents().map(e => e.id).filter(id => !active.has(id))
+    const writable = new Set<number>()
+    for (const volume of this.volumes.values()) for (const id of volume.writableExtents) writable.add(id)
+    return this.catalog.extents().map(e => e.id).filter(id => !writable.has(id))
   }
 
-  /** Volumes whose active extent should be rotated: idle, big, or (with `all`) any with data. */
-  async extentsToRotate (all: boolean): Promise<Volume[]> {
-    const out: Volume[] = []
-    const now = Date.now()
-    for (const volume of this.volumes.values()) {
-      if (volume.activeExtentId === null) continue
-      const extent = await this.extents.get(volume.activeExtentId)
-      if (extent.nextSlot === 0) continue
-      const idle = now - (this.lastWriteMs.get(volume.id) ?? 0) >= extentIdleMs
-      if (all || idle || extent.nextSlot >= extentSealSlots) out.push(volume)
+  /**
+   * Freezes the writable extents that are due for sealing: idle for extentIdleMs, past the cap of
+   * writableExtentsMax per volume (oldest first), or every one (`all`, for `vdiskfs sync`). A volume's
+   * writes in flight finish first, so no write lands in an extent after it froze.
+   */
+  async freezeForSealing (all: boolean): Promise<void> {
+    for (const volume of [...this.volumes.values()]) {
+      const ids = [...volume.writableExtents].sort((a, b) => a - b)
+      const due = ids.filter((id, i) => all || this.extents.idleMs(id) >= extentIdleMs || i < ids.length - writableExtentsMax)
+      if (due.length === 0) continue
+      await volume.pause()
+      try {
+        for (const id of due) {
+          volume.writableExtents.delete(id)
+          if (volume.activeExtentId === id) {
+            this.activeExtents.delete(volume.id)
+            volume.activeExtentId = null
+            volume.rowDirty = true
+          }
+        }
+      } finally {
+        volume.resume()
+      }
     }
-    return out
   }
 
-  /** Freezes a volume's active extent once the writes in flight are done; new writes start a new one. */
-  async rotate (volume: Volume): Promise<void> {
-    await volume.pause()
-    try {
-      if (this.volumes.get(volume.id) === volume) this.freezeActiveExtent(volume)
-    } finally {
-      volume.resume()
-    }
+  /**
+   * Whether a frozen extent is cold enough to seal in the background: not written for extentIdleMs.
+   * Sealing blocks that are still being rewritten would turn each small write to them into a
+   * read-modify-write of a whole chunk through the workers.
+   */
+  coldEnough (extentId: number): boolean {
+    return this.extents.idleMs(extentId) >= extentIdleMs
   }
 
   /** Slots of `extentId` that some volume's map still references. */

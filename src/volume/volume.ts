@@ -48,6 +48,12 @@ export class Volume implements VolumeInfo {
   /** False until the row is first committed. */
   persisted = false
   activeExtentId: number | null
+  /**
+   * Extents this volume alone may still write in place: its active one and earlier ones it filled
+   * since its last backup or restore. A backup (or sealing) freezes them; after a restart only the
+   * active one is writable again.
+   */
+  readonly writableExtents = new Set<number>()
   private inflight = 0
   private drained: (() => void) | null = null
   private gate: Promise<void> | null = null
@@ -69,6 +75,7 @@ export class Volume implements VolumeInfo {
     activeExtentId: number | null
   ) {
     this.activeExtentId = activeExtentId
+    if (activeExtentId !== null) this.writableExtents.add(activeExtentId)
     this.zeros = Buffer.alloc(context.blockBytes)
   }
 
@@ -180,10 +187,10 @@ export class Volume implements VolumeInfo {
     const entry = this.map.get(block)
     const whole = data.length === blockBytes
     const zero = this.zeros.subarray(0, data.length).equals(data)
-    if (entryKind(entry) === entryKindDelta && entryExtentId(entry) === this.activeExtentId) {
+    if (entryKind(entry) === entryKindDelta && this.writableExtents.has(entryExtentId(entry))) {
       // The block is this volume's alone since the last backup: overwrite in place.
       if (whole && zero) { this.map.set(block, 0); return }
-      const extent = await extents.get(this.activeExtentId)
+      const extent = await extents.get(entryExtentId(entry))
       await extents.write(extent, entrySlot(entry), offset, data)
       return
     }
