@@ -298,7 +298,7 @@ async function sealing (image: string): Promise<void> {
   const bytes = quick ? 256 * MiB : GiB
   const source = fs.openSync(image, 'r')
   for (const workers of [0, 1, 2]) {
-    for (let rep = 0; rep < (quick ? 1 : 2); rep++) {
+    for (let rep = 0; rep < reps; rep++) {
       const dir = path.join(work, `pool-seal-${workers}`)
       fs.rmSync(dir, { recursive: true, force: true })
       const pool = Pool.open(dir, { create: true, workers })

@@ -7,7 +7,8 @@ import test from 'ava'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { run, vdiskfs, withMount } from '../helpers/mount'
+import os from 'node:os'
+import { cli, run, vdiskfs, withMount } from '../helpers/mount'
 
 const commands = ['mount', 'umount', 'backup', 'clone', 'restore', 'rm', 'ls', 'du', 'sync', 'verify', 'repair', 'gc']
 
@@ -30,6 +31,20 @@ test.serial('help and version answer for every command', async t => {
   t.regex((await vdiskfs('--version')).stdout, /^vdiskfs \d+\.\d+\.\d+/)
   oneCleanLine(t, await vdiskfs('frobnicate'), 'unknown command')
   oneCleanLine(t, await vdiskfs('ls', '--bogus', 'x'), 'unknown option')
+})
+
+test.serial('a missing /dev/fuse or libfuse2 is named in one line, with what to do', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-nofuse-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  fs.mkdirSync(path.join(dir, 'mnt'))
+  const run = (env: Record<string, string>) => spawnSync(cli, ['mount', path.join(dir, 'pool'), path.join(dir, 'mnt')], { encoding: 'utf8', env: { ...process.env, ...env } })
+  const noDevice = run({ VDISKFS_DEV_FUSE: path.join(dir, 'no-such-device') })
+  oneCleanLine(t, { code: noDevice.status ?? 1, stderr: noDevice.stderr }, 'missing /dev/fuse')
+  t.regex(noDevice.stderr, /no-such-device is missing: load the fuse module/)
+  const noLibrary = run({ VDISKFS_LIBFUSE: path.join(dir, 'libfuse.so.2') })
+  oneCleanLine(t, { code: noLibrary.status ?? 1, stderr: noLibrary.stderr }, 'missing libfuse2')
+  t.regex(noLibrary.stderr, /libfuse2 is missing: install it with apt-get install libfuse2 fuse/)
+  t.false(fs.existsSync(path.join(dir, 'pool')), 'nothing was created')
 })
 
 test.serial('every command refuses bad arguments with one clean line', async t => {
