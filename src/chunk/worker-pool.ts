@@ -14,6 +14,10 @@ import { SlotAllocator } from './slab'
 import { chunkHeaderBytes } from './pack-format'
 import { slabSlots, workerQueueMax } from '../limits'
 
+// The compiled task modules (dist/workers/*.js), beside this file's dist/src/chunk.
+const sealTask = path.resolve(__dirname, '..', '..', 'workers', 'seal.js')
+const openTask = path.resolve(__dirname, '..', '..', 'workers', 'open.js')
+
 export interface WorkerPoolOptions { blockBytes: number, zstdLevel: number, threads?: number }
 
 export class WorkerPool {
@@ -31,21 +35,19 @@ export class WorkerPool {
     this.slab = Buffer.from(config.slab)
     this.slots = new SlotAllocator(slabSlots)
     this.threads = options.threads ?? Number(process.env.VDISKFS_WORKERS ?? os.availableParallelism())
-    const dir = path.resolve(__dirname, '..', '..', 'workers')
     this.piscina = this.threads === 0
       ? null
-      : new Piscina({ minThreads: this.threads, maxThreads: this.threads, maxQueue: workerQueueMax, workerData: config, filename: path.join(dir, 'seal.js') })
-    void dir
+      : new Piscina({ minThreads: this.threads, maxThreads: this.threads, maxQueue: workerQueueMax, workerData: config, filename: sealTask })
   }
 
   async seal (task: SealTask): Promise<SealResult> {
     if (this.piscina === null) return sealInline(task, this.config)
-    return await this.piscina.run(task, { filename: path.resolve(__dirname, '..', '..', 'workers', 'seal.js') }) as SealResult
+    return await this.piscina.run(task, { filename: sealTask }) as SealResult
   }
 
   async open (task: OpenTask): Promise<OpenResult> {
     if (this.piscina === null) return openInline(task, this.config)
-    return await this.piscina.run(task, { filename: path.resolve(__dirname, '..', '..', 'workers', 'open.js') }) as OpenResult
+    return await this.piscina.run(task, { filename: openTask }) as OpenResult
   }
 
   async close (): Promise<void> {

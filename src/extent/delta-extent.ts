@@ -109,7 +109,10 @@ export class ExtentStore {
     return new DeltaExtent(id, fd, nextSlot)
   }
 
-  /** Reads `length` bytes at `offset` within `slot` into `target`; bytes past the file end are zeros. */
+  /**
+   * Reads target.length bytes at `offset` within `slot` into `target` (a read may run on into the
+   * following slots); bytes past the file end are zeros.
+   */
   async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<void> {
     let done = 0
     try {

@@ -27,8 +27,6 @@ export const EXDEV = -18
 export const EISDIR = -21
 export const ENODATA = -61
 export const ENOTSUP = -95
-export const EEXIST = -17
-export const EBADF = -9
 export const ENOSYS = -38
 
 export function toErrno (err: unknown, log: (message: string) => void): number {

@@ -9,16 +9,10 @@
  * indexed but never referenced are garbage for gc. Reads and writes go on while it runs: the maps
  * change in one synchronous step, and only entries that still name the old slot are repointed.
  */
-import fs from 'node:fs'
-import { promisify } from 'node:util'
 import { chunkEntry } from '../format/map-format'
-import { slotOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
-import { fromSystemError } from '../errors'
-
-const readAsync = promisify(fs.read)
 
 export interface SealReport {
   extentsSealed: number
@@ -112,15 +106,8 @@ export class Sealer {
           for (let i = 0; i < batch.length;) {
             let run = 1
             while (i + run < batch.length && batch[i + run] === batch[i] + run) run++
-            const bytes = Buffer.alloc(run * blockBytes)
-            let done = 0
-            try {
-              while (done < bytes.length) {
-                const { bytesRead } = await readAsync(extent.fd, bytes, done, bytes.length - done, slotOffset(batch[i], blockBytes) + done)
-                if (bytesRead === 0) break
-                done += bytesRead
-              }
-            } catch (err) { throw fromSystemError(err, `reading extent ${extentId}`) }
+            const bytes = Buffer.allocUnsafe(run * blockBytes)
+            await pool.extents.read(extent, batch[i], 0, bytes)
             for (let k = 0; k < run; k++) bytes.copy(workers.slab, inputOffset(workers.config, slabSlots[i + k]), k * blockBytes, (k + 1) * blockBytes)
             i += run
           }
