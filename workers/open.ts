@@ -7,23 +7,9 @@ import fs from 'node:fs'
 import { blake3 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
+import { descriptor, forgetDescriptor } from './descriptors'
 
-const descriptorsMax = 64
-const descriptors = new Map<string, number>()
 let context: { config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx } | null = null
-
-function descriptor (file: string): number {
-  let fd = descriptors.get(file)
-  if (fd !== undefined) { descriptors.delete(file); descriptors.set(file, fd); return fd }
-  fd = fs.openSync(file, 'r')
-  descriptors.set(file, fd)
-  if (descriptors.size > descriptorsMax) {
-    const [oldest, oldFd] = descriptors.entries().next().value as [string, number]
-    descriptors.delete(oldest)
-    fs.closeSync(oldFd)
-  }
-  return fd
-}
 
 export function open (task: OpenTask, config: WorkerConfig): OpenResult {
   if (context === null || context.config.slab !== config.slab) context = { config, slab: Buffer.from(config.slab), dctx: new zstd.DCtx() }
@@ -44,7 +30,7 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
       return { ok: true }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOENT') descriptors.delete(request.file)
+      if (code === 'ENOENT') forgetDescriptor(request.file)
       return { ok: false, error: code === 'ENOENT' ? 'missing' : (err as Error).message }
     }
   })

@@ -33,8 +33,11 @@ export function hashOffset (config: Pick<WorkerConfig, 'regionBytes'>, slot: num
   return inputOffset(config, slot) + 2 * config.regionBytes
 }
 
-/** Seal: for each slot, whose input holds `length` raw bytes: zero-check, hash, compress. */
-export interface SealTask { slots: number[], length: number }
+/**
+ * Seal: for each slot, whose input holds `length` raw bytes (or, with `source`, first reads them from
+ * that file at the given offsets): zero-check, hash, compress.
+ */
+export interface SealTask { slots: number[], length: number, source?: { file: string, offsets: number[] } }
 export interface SealBlockResult {
   /** The block is all zeros: nothing is hashed or stored. */
   zero: boolean

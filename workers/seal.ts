@@ -6,6 +6,7 @@
 import { blake3 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, hashBytes, hashOffset, inputOffset, outputOffset, worthCompressing } from './protocol'
+import { descriptor, readFully } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
 
@@ -32,6 +33,13 @@ function isZero (block: Buffer): boolean {
 export function seal (task: SealTask, config: WorkerConfig): SealResult {
   try {
     const { slab, cctx } = setup(config)
+    if (task.source !== undefined) {
+      // The blocks come straight from the extent file: the main thread never touches their bytes.
+      const fd = descriptor(task.source.file)
+      task.slots.forEach((slot, i) => {
+        readFully(fd, slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length), (task.source as { offsets: number[] }).offsets[i])
+      })
+    }
     const blocks = task.slots.map(slot => {
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
       if (isZero(input)) return { zero: true, compressedBytes: 0 }

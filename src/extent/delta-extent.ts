@@ -44,7 +44,7 @@ export class ExtentStore {
 
   constructor (private readonly dir: string, private readonly blockBytes: number) {}
 
-  private file (id: number): string { return path.join(this.dir, extentFileName(id)) }
+  file (id: number): string { return path.join(this.dir, extentFileName(id)) }
 
   /** Creates extent `id` on disk with its header, durable (file and directory entry) on return. */
   async create (id: number, volumeId: number): Promise<DeltaExtent> {

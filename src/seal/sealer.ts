@@ -10,6 +10,7 @@
  * change in one synchronous step, and only entries that still name the old slot are repointed.
  */
 import { chunkEntry } from '../format/map-format'
+import { slotOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
@@ -92,7 +93,8 @@ export class Sealer {
     const slots = pool.referencedSlots(extentId)
     const mapping = new Map<number, number>()
     if (slots.length > 0) {
-      const extent = await pool.extents.get(extentId)
+      await pool.extents.get(extentId) // checks the extent's header before any of it is sealed
+      const extentFile = pool.extents.file(extentId)
       const workers = pool.workers
       const batches: number[][] = []
       for (let i = 0; i < slots.length; i += sealBatchBlocks) batches.push(slots.slice(i, i + sealBatchBlocks))
@@ -102,16 +104,8 @@ export class Sealer {
       const runBatch = async (batch: number[]): Promise<void> => {
         const slabSlots = await workers.slots.acquireMany(batch.length)
         try {
-          // One read per run of consecutive slots, then a copy into each slab slot.
-          for (let i = 0; i < batch.length;) {
-            let run = 1
-            while (i + run < batch.length && batch[i + run] === batch[i] + run) run++
-            const bytes = Buffer.allocUnsafe(run * blockBytes)
-            await pool.extents.read(extent, batch[i], 0, bytes)
-            for (let k = 0; k < run; k++) bytes.copy(workers.slab, inputOffset(workers.config, slabSlots[i + k]), k * blockBytes, (k + 1) * blockBytes)
-            i += run
-          }
-          const result = await workers.seal({ slots: slabSlots, length: blockBytes })
+          // The worker reads the slots from the extent itself: the main thread only hands out numbers.
+          const result = await workers.seal({ slots: slabSlots, length: blockBytes, source: { file: extentFile, offsets: batch.map(slot => slotOffset(slot, blockBytes)) } })
           if (result.error !== undefined) throw new Error(`seal worker: ${result.error}`)
           for (let i = 0; i < batch.length; i++) {
             const outcome = result.blocks[i]
