@@ -60,6 +60,8 @@ export const slabSlots = 128
 export const workerQueueMax = 64
 /** Blocks per seal task: 8 x 64 KiB = 512 KiB, inside the 256 KiB-1 MiB range where batching pays. */
 export const sealBatchBlocks = 16
+/** Blocks per open (read) task at most; FUSE reads of 128 KiB need 2 or 3. */
+export const readBatchBlocks = 16
 /** Pack files are rotated past this size. */
 export const packBytesMax = 64 * 1024 * 1024
 /** Chunk locations cached in memory (each a few dozen bytes). */

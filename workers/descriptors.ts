@@ -20,6 +20,15 @@ export function descriptor (file: string): number {
   return fd
 }
 
+/**
+ * Closes every cached descriptor. Called when a task arrives for a new slab, i.e. a new pool in this
+ * thread: paths (extents/1.dx) repeat across pools, and a cached descriptor would read the old file.
+ */
+export function forgetAllDescriptors (): void {
+  for (const fd of descriptors.values()) { try { fs.closeSync(fd) } catch {} }
+  descriptors.clear()
+}
+
 /** Forgets a file that is gone, so the next use opens it again (or fails). */
 export function forgetDescriptor (file: string): void {
   const fd = descriptors.get(file)

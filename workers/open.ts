@@ -7,12 +7,15 @@ import fs from 'node:fs'
 import { blake3 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
-import { descriptor, forgetDescriptor } from './descriptors'
+import { descriptor, forgetAllDescriptors, forgetDescriptor } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx } | null = null
 
 export function open (task: OpenTask, config: WorkerConfig): OpenResult {
-  if (context === null || context.config.slab !== config.slab) context = { config, slab: Buffer.from(config.slab), dctx: new zstd.DCtx() }
+  if (context === null || context.config.slab !== config.slab) {
+    forgetAllDescriptors()
+    context = { config, slab: Buffer.from(config.slab), dctx: new zstd.DCtx() }
+  }
   const { slab, dctx } = context
   const blocks = task.requests.map(request => {
     try {

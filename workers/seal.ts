@@ -6,12 +6,13 @@
 import { blake3 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, hashBytes, hashOffset, inputOffset, outputOffset, worthCompressing } from './protocol'
-import { descriptor, readFully } from './descriptors'
+import { descriptor, forgetAllDescriptors, readFully } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
 
 function setup (config: WorkerConfig) {
   if (context === null || context.config.slab !== config.slab) {
+    forgetAllDescriptors()
     const cctx = new zstd.CCtx()
     cctx.setParameter(zstd.CParameter.compressionLevel, config.zstdLevel)
     context = { config, slab: Buffer.from(config.slab), cctx }

@@ -13,7 +13,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { Catalog, ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, fromSystemError } from '../errors'
-import { chunkCacheMax, openedCacheBytesMax, packBytesMax } from '../limits'
+import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
 import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
 import { WorkerPool } from './worker-pool'
 import { outputOffset } from '../../workers/protocol'
@@ -171,6 +171,13 @@ export class ChunkStore {
     })
     if (pending.length === 0) return
     if (pending.length === 1) { await this.read(pending[0].id, pending[0].offset, pending[0].target, pending[0].what); return }
+    if (pending.length > readBatchBlocks) {
+      // A large read (the engine's callers, not FUSE's 128 KiB requests) goes in tasks of a bounded size.
+      const groups: Array<typeof pending> = []
+      for (let i = 0; i < pending.length; i += readBatchBlocks) groups.push(pending.slice(i, i + readBatchBlocks))
+      await Promise.all(groups.map(async group => await this.readMany(group)))
+      return
+    }
     const rows = pending.map(item => this.info(item.id))
     const slots = await this.workers.slots.acquireMany(pending.length)
     const retry: typeof pending = []
