@@ -16,7 +16,7 @@ import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
 import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
 import { WorkerPool } from './worker-pool'
-import { outputOffset } from '../../workers/protocol'
+import { OpenRequest, outputOffset } from '../../workers/protocol'
 import { syncDirectory } from '../extent/delta-extent'
 
 const writeAsync = promisify(fs.write)
@@ -55,6 +55,11 @@ export class ChunkStore {
   }
 
   packFile (packId: number): string { return path.join(this.dir, packFileName(packId)) }
+
+  /** What the open worker needs to read, decompress and verify chunk `row` into slab slot `slot`. */
+  private openRequest (row: ChunkRow, slot: number): OpenRequest {
+    return { slot, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }
+  }
 
   /** The chunk's index row. Throws CORRUPT when the map names a chunk the index lacks. */
   info (id: number): ChunkRow {
@@ -183,7 +188,7 @@ export class ChunkStore {
     const retry: typeof pending = []
     try {
       const result = await this.workers.open({
-        requests: rows.map((row, i) => ({ slot: slots[i], file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }))
+        requests: rows.map((row, i) => this.openRequest(row, slots[i]))
       })
       pending.forEach((item, i) => {
         const block = result.blocks[i]
@@ -209,7 +214,7 @@ export class ChunkStore {
       const slot = await this.workers.slots.acquire()
       try {
         const result = await this.workers.open({
-          requests: [{ slot, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }]
+          requests: [this.openRequest(row, slot)]
         })
         const block = result.blocks[0]
         if (block?.ok === true) {
@@ -239,7 +244,7 @@ export class ChunkStore {
     const slots = await this.workers.slots.acquireMany(rows.length)
     try {
       const result = await this.workers.open({
-        requests: rows.map((row, i) => ({ slot: slots[i], file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }))
+        requests: rows.map((row, i) => this.openRequest(row, slots[i]))
       })
       rows.forEach((row, i) => {
         const block = result.blocks[i]

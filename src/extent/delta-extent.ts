@@ -24,8 +24,6 @@ const fstatAsync = promisify(fs.fstat)
 const ftruncateAsync = promisify(fs.ftruncate)
 
 export class DeltaExtent {
-  /** Written since the last syncPending(). */
-  unsynced = false
   constructor (
     readonly id: number,
     readonly fd: number,
@@ -130,7 +128,6 @@ export class ExtentStore {
   /** Writes `data` at `offset` within `slot`. */
   async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
     this.lastWriteMs.set(extent.id, Date.now())
-    extent.unsynced = true
     this.pending.add(extent)
     let done = 0
     try {
@@ -156,11 +153,10 @@ export class ExtentStore {
   async syncPending (): Promise<void> {
     const extents = [...this.pending]
     this.pending.clear()
-    for (const extent of extents) extent.unsynced = false
     try {
       await Promise.all(extents.map(async extent => await fdatasyncAsync(extent.fd)))
     } catch (err) {
-      for (const extent of extents) { extent.unsynced = true; this.pending.add(extent) }
+      for (const extent of extents) this.pending.add(extent)
       throw fromSystemError(err, 'syncing extents')
     }
   }

@@ -6,7 +6,6 @@
  */
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { pageEntries } from '../limits'
-import { VdiskError } from '../errors'
 import { Pool } from './pool'
 import { Volume } from './volume'
 

@@ -34,7 +34,6 @@ export async function run (command: string, args: string[], options: { input?: s
 
 export class TestMount {
   pid = 0
-  private readonly loops: string[] = []
   private readonly loopMounts: string[] = []
 
   constructor (readonly dir: string, readonly pool: string, readonly mnt: string) {}
