@@ -56,8 +56,13 @@ export function assertLimits (blockBytes: number): void {
 
 /** Slots in the shared slab (each about 2 x 64 KiB + 32 at 64 KiB blocks, 16 MiB in all): bounds blocks in flight to workers. */
 export const slabSlots = 128
-/** Tasks queued for the worker pool before run() waits (Piscina's maxQueue). */
-export const workerQueueMax = 64
+/**
+ * Tasks queued for the worker pool (Piscina's maxQueue, past which run() *fails*). Every task holds at
+ * least one slab slot, and slots are granted whole before a task is submitted, so at most slabSlots
+ * tasks exist at once: with this value the limit can never be reached, and back-pressure is the slot
+ * allocator's queue, which waits instead of failing a read.
+ */
+export const workerQueueMax = slabSlots
 /** Blocks per seal task: 8 x 64 KiB = 512 KiB, inside the 256 KiB-1 MiB range where batching pays. */
 export const sealBatchBlocks = 16
 /** Blocks per open (read) task at most; FUSE reads of 128 KiB need 2 or 3. */
@@ -84,8 +89,6 @@ export const packLiveFractionMin = 0.5
 export const packLiveFractionExplicit = 0.9
 /** The background gc runs this long after the last change it has not seen. */
 export const gcIntervalMs = 60000
-/** A deleted extent's descriptor stays open this long, for reads already on their way. */
-export const extentCloseDelayMs = 10000
 /** How often the background sealer looks for work. */
 export const sealIntervalMs = 2000
 /**

@@ -8,6 +8,7 @@
  * Errors: read() throws CORRUPT (checksum mismatch, missing chunk or pack: EIO to the reader, and a
  * log line), IO; append() throws NO_SPACE or IO.
  */
+import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
@@ -74,6 +75,9 @@ export class ChunkStore {
 
   storedBytes (id: number): number { return this.info(id).storedBytes }
 
+  /** Chunks stored in packs and not yet indexed (the pass in flight). */
+  pendingCount (): number { return this.pendingByHash.size }
+
   /**
    * Stores a block under its hash unless a chunk with that hash exists (indexed, or stored but not yet
    * indexed): deduplication across the whole pool. The lookup and the reservation of a new id happen
@@ -110,20 +114,49 @@ export class ChunkStore {
     return { row, isNew: true }
   }
 
-  /** Makes appended chunks durable, then indexes them. */
+  /**
+   * Makes appended chunks durable, then indexes them. The caller must not store() while this runs.
+   * On failure every chunk not yet indexed is forgotten (abandon()): its bytes may not be durable, so
+   * nothing may deduplicate against it, and a pack whose fdatasync failed is never written again.
+   */
   async index (): Promise<number> {
     const packs = [...this.unsyncedPacks]
-    this.unsyncedPacks.clear()
     const rows = [...this.pendingByHash.values()]
     try {
-      await Promise.all(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+      const synced = await Promise.allSettled(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+      const failed = synced.findIndex(r => r.status === 'rejected')
+      if (failed >= 0) {
+        await this.retire(packs.filter((_pack, i) => synced[i].status === 'rejected'))
+        throw fromSystemError((synced[failed] as PromiseRejectedResult).reason, `syncing pack ${packs[failed].id}`)
+      }
+      this.catalog.transaction(() => { for (const row of rows) this.catalog.insertChunk(row) })
     } catch (err) {
-      for (const pack of packs) this.unsyncedPacks.add(pack)
-      throw fromSystemError(err, 'syncing packs')
+      this.abandon()
+      throw fromSystemError(err, 'indexing chunks')
     }
-    this.catalog.transaction(() => { for (const row of rows) this.catalog.insertChunk(row) })
+    this.unsyncedPacks.clear()
     for (const row of rows) { this.pendingByHash.delete(row.hash.toString('hex')); this.cache.set(row.id, row) }
     return rows.length
+  }
+
+  /**
+   * Forgets every chunk stored but not indexed (a seal pass that failed or was cancelled, after all its
+   * writes settled): no later store() deduplicates against bytes that may not be durable. Their
+   * records stay in the packs, unindexed, as compaction's garbage.
+   */
+  abandon (): void {
+    this.pendingByHash.clear()
+    this.unsyncedPacks.clear()
+  }
+
+  /** Stops appending to `packs` (an fdatasync of theirs failed: their unsynced bytes are suspect). */
+  private async retire (packs: OpenPack[]): Promise<void> {
+    if (this.current === null) return
+    const current = await this.current.catch(() => null)
+    if (current !== null && packs.includes(current)) {
+      this.current = null
+      await closeAsync(current.fd).catch(() => {})
+    }
   }
 
   private async writablePack (recordBytes: number): Promise<OpenPack> {
@@ -285,6 +318,7 @@ export class ChunkStore {
    */
   async compact (liveFractionMin: number): Promise<{ packsFreed: number, bytesFreed: number }> {
     // Every existing pack is a candidate, the one being filled too: survivors go to a fresh pack.
+    assert.equal(this.pendingByHash.size + this.unsyncedPacks.size, 0, 'compaction runs only between seal passes')
     const usages = this.catalog.packUsage()
     await this.close()
     let packsFreed = 0

@@ -13,7 +13,7 @@ import { promisify } from 'node:util'
 import { corrupt, fromSystemError } from '../errors'
 import { extentFormatVersion, extentHeaderFields, extentMagic, slotOffset } from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
-import { extentCloseDelayMs, extentHeaderBytes, extentSlotsMax } from '../limits'
+import { extentFdsMax, extentHeaderBytes, extentSlotsMax } from '../limits'
 
 const readAsync = promisify(fs.read)
 const writeAsync = promisify(fs.write)
@@ -21,9 +21,13 @@ const fdatasyncAsync = promisify(fs.fdatasync)
 const openAsync = promisify(fs.open)
 const closeAsync = promisify(fs.close)
 const fstatAsync = promisify(fs.fstat)
-const ftruncateAsync = promisify(fs.ftruncate)
 
 export class DeltaExtent {
+  /** Reads and writes using the descriptor now; it is closed only when this is 0. */
+  users = 0
+  /** Set when the store let go of it (evicted or removed): users reopen through the store. */
+  closed = false
+
   constructor (
     readonly id: number,
     readonly fd: number,
@@ -35,14 +39,24 @@ export class DeltaExtent {
 }
 
 export class ExtentStore {
+  /** Open extents, least recently used first; bounded by extentFdsMax (see evict()). */
   private readonly open = new Map<number, Promise<DeltaExtent>>()
+  private readonly resolved = new Map<number, DeltaExtent>()
+  /** Extents with writes completed since the last fdatasync of theirs. */
   private readonly pending = new Set<DeltaExtent>()
-  /** When each extent was last written (since start; extents not written since count as idle). */
+  /** When each extent was last written or created (since start; others count as idle). */
   private readonly lastWriteMs = new Map<number, number>()
 
-  constructor (private readonly dir: string, private readonly blockBytes: number) {}
+  /**
+   * `writableIds` names the extents some volume may still write (their next free slot lives in
+   * memory): those are never let go.
+   */
+  constructor (private readonly dir: string, private readonly blockBytes: number, private readonly writableIds: () => Set<number> = () => new Set()) {}
 
   file (id: number): string { return path.join(this.dir, extentFileName(id)) }
+
+  /** Extent descriptors held open now. */
+  get openCount (): number { return this.open.size }
 
   /** Creates extent `id` on disk with its header, durable (file and directory entry) on return. */
   async create (id: number, volumeId: number): Promise<DeltaExtent> {
@@ -53,10 +67,12 @@ export class ExtentStore {
     header.writeBigUInt64LE(BigInt(id), extentHeaderFields.extentId)
     header.writeBigUInt64LE(BigInt(volumeId), extentHeaderFields.volumeId)
     header.writeBigUInt64LE(BigInt(Date.now()), extentHeaderFields.createdMs)
+    // A new extent counts as just written: it is not idle, so background sealing leaves it alone.
+    this.lastWriteMs.set(id, Date.now())
     const opening = (async () => {
       let fd: number
       try {
-        fd = await openAsync(this.file(id), 'wx+')
+        fd = await openAsync(this.file(id), 'wx+', 0o600)
         await writeAsync(fd, header, 0, header.length, 0)
         await fdatasyncAsync(fd)
         await syncDirectory(this.dir)
@@ -65,8 +81,7 @@ export class ExtentStore {
       }
       return new DeltaExtent(id, fd, 0)
     })()
-    this.open.set(id, opening)
-    opening.catch(() => this.open.delete(id))
+    this.track(id, opening)
     return await opening
   }
 
@@ -75,10 +90,61 @@ export class ExtentStore {
     let opening = this.open.get(id)
     if (opening === undefined) {
       opening = this.openExisting(id)
+      this.track(id, opening)
+    } else {
+      // Most recently used last.
+      this.open.delete(id)
       this.open.set(id, opening)
-      opening.catch(() => this.open.delete(id))
     }
     return await opening
+  }
+
+  private track (id: number, opening: Promise<DeltaExtent>): void {
+    this.open.set(id, opening)
+    opening.then(extent => {
+      if (this.open.get(id) !== opening) return
+      this.resolved.set(id, extent)
+      this.evict()
+    }, () => { if (this.open.get(id) === opening) this.open.delete(id) })
+  }
+
+  /**
+   * Closes the least recently used descriptors past extentFdsMax. Writable extents are kept (their
+   * next free slot lives in memory; they are bounded per volume), and so are extents whose writes
+   * wait for an fdatasync.
+   */
+  private evict (): void {
+    if (this.open.size <= extentFdsMax) return
+    const writable = this.writableIds()
+    for (const id of [...this.open.keys()]) {
+      if (this.open.size <= extentFdsMax) break
+      const extent = this.resolved.get(id)
+      if (extent === undefined || writable.has(id) || this.pending.has(extent)) continue
+      this.letGo(extent)
+    }
+  }
+
+  /** Forgets an extent; its descriptor closes as soon as no read or write uses it. */
+  private letGo (extent: DeltaExtent): void {
+    if (this.open.has(extent.id) && this.resolved.get(extent.id) === extent) {
+      this.open.delete(extent.id)
+      this.resolved.delete(extent.id)
+    }
+    this.pending.delete(extent)
+    if (extent.closed) return
+    extent.closed = true
+    if (extent.users === 0) fs.close(extent.fd, () => {})
+  }
+
+  /** The extent with a descriptor that stays open until release(). */
+  private async use (extent: DeltaExtent): Promise<DeltaExtent> {
+    const current = extent.closed ? await this.get(extent.id) : extent
+    current.users++
+    return current
+  }
+
+  private release (extent: DeltaExtent): void {
+    if (--extent.users === 0 && extent.closed) fs.close(extent.fd, () => {})
   }
 
   private async openExisting (id: number): Promise<DeltaExtent> {
@@ -112,31 +178,40 @@ export class ExtentStore {
    * following slots); bytes past the file end are zeros.
    */
   async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<void> {
+    const using = await this.use(extent)
     let done = 0
     try {
       while (done < target.length) {
-        const { bytesRead } = await readAsync(extent.fd, target, done, target.length - done, slotOffset(slot, this.blockBytes) + offset + done)
+        const { bytesRead } = await readAsync(using.fd, target, done, target.length - done, slotOffset(slot, this.blockBytes) + offset + done)
         if (bytesRead === 0) break
         done += bytesRead
       }
     } catch (err) {
       throw fromSystemError(err, `reading extent ${extent.id}`)
+    } finally {
+      this.release(using)
     }
     if (done < target.length) target.fill(0, done)
   }
 
-  /** Writes `data` at `offset` within `slot`. */
+  /**
+   * Writes `data` at `offset` within `slot`. The extent joins the set the next syncPending() makes
+   * durable only once the write completed, so an fdatasync that started earlier never counts for it.
+   */
   async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
     this.lastWriteMs.set(extent.id, Date.now())
-    this.pending.add(extent)
+    const using = await this.use(extent)
     let done = 0
     try {
       while (done < data.length) {
-        const { bytesWritten } = await writeAsync(extent.fd, data, done, data.length - done, slotOffset(slot, this.blockBytes) + offset + done)
+        const { bytesWritten } = await writeAsync(using.fd, data, done, data.length - done, slotOffset(slot, this.blockBytes) + offset + done)
         done += bytesWritten
       }
     } catch (err) {
       throw fromSystemError(err, `writing extent ${extent.id}`)
+    } finally {
+      if (!using.closed) this.pending.add(using)
+      this.release(using)
     }
   }
 
@@ -147,37 +222,37 @@ export class ExtentStore {
   }
 
   /**
-   * Makes every write issued before this call durable. A write issued while it runs stays pending
-   * for the next call.
+   * Makes every write that completed before this call durable. A write still in flight joins the
+   * set when it completes, for the next call. A failed fdatasync is reported, and the extents stay
+   * in the set; the caller must treat the failure as fatal (a retry would "succeed" on Linux after
+   * the kernel dropped the dirty pages).
    */
   async syncPending (): Promise<void> {
     const extents = [...this.pending]
     this.pending.clear()
-    try {
-      await Promise.all(extents.map(async extent => await fdatasyncAsync(extent.fd)))
-    } catch (err) {
-      for (const extent of extents) this.pending.add(extent)
-      throw fromSystemError(err, 'syncing extents')
+    const results = await Promise.allSettled(extents.map(async extent => {
+      const using = await this.use(extent)
+      try { await fdatasyncAsync(using.fd) } finally { this.release(using) }
+    }))
+    const failed = results.findIndex(r => r.status === 'rejected')
+    if (failed >= 0) {
+      for (const extent of extents) if (!extent.closed) this.pending.add(extent)
+      throw fromSystemError((results[failed] as PromiseRejectedResult).reason, `syncing extent ${extents[failed].id}`)
     }
   }
 
   /**
-   * Deletes an extent no map references any more. The file is emptied at once, so its space comes
-   * back now; its descriptor is closed a little later: a read that looked the block up before it moved
-   * may still be on its way, and closing at once could let the number be reused by another file under
-   * it. Such a read finds zeros, and the volume, seeing the block's map entry changed, reads again.
+   * Deletes an extent no map references any more. Its descriptor closes once no read uses it (space
+   * comes back then); a read that looked the block up before it moved finishes on the old bytes, and
+   * the volume, seeing the block's map entry changed, reads again.
    */
   async remove (id: number): Promise<void> {
     const opening = this.open.get(id)
-    this.open.delete(id)
     this.lastWriteMs.delete(id)
     if (opening !== undefined) {
       const extent = await opening.catch(() => undefined)
-      if (extent !== undefined) {
-        this.pending.delete(extent)
-        await ftruncateAsync(extent.fd, 0).catch(() => {})
-        setTimeout(() => { fs.close(extent.fd, () => {}) }, extentCloseDelayMs).unref()
-      }
+      if (extent !== undefined) this.letGo(extent)
+      if (this.open.get(id) === opening) this.open.delete(id)
     }
     await fs.promises.rm(this.file(id), { force: true })
   }
@@ -185,9 +260,14 @@ export class ExtentStore {
   async closeAll (): Promise<void> {
     const all = [...this.open.values()]
     this.open.clear()
+    this.resolved.clear()
+    this.pending.clear()
     for (const opening of all) {
       const extent = await opening.catch(() => undefined)
-      if (extent !== undefined) await closeAsync(extent.fd).catch(() => {})
+      if (extent !== undefined && !extent.closed) {
+        extent.closed = true
+        if (extent.users === 0) await closeAsync(extent.fd).catch(() => {})
+      }
     }
   }
 }

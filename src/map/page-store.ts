@@ -3,7 +3,10 @@
  * shared by a disk and its backups is one object. A page is changed in place only by the volume whose
  * epoch it carries (see block-map.ts); everyone else copies it first.
  *
- * Dirty pages stay in memory until the pool commits them; clean pages are evicted past pageCacheMax.
+ * Dirty pages stay in memory until a commit has written them: a page is clean again only once the
+ * catalog transaction holding it committed, and only if it did not change meanwhile (its version).
+ * Clean pages are evicted past pageCacheMax; dirty ones never are, so no read can reload a page
+ * from the catalog while a newer copy waits to be written.
  * Errors: get() throws CORRUPT when a stored page is malformed.
  */
 import { Catalog } from '../catalog/catalog'
@@ -12,10 +15,15 @@ import { decodeU64Array, encodeU64Array } from '../format/map-format'
 import { pageBytes, pageCacheMax, pageEntries } from '../limits'
 
 export class Page {
-  /** Set when the page changed since it was last handed to a commit. */
+  /** Set when the page changed since the last commit that wrote it. */
   dirty = false
+  /** Counts changes, so a commit knows whether the copy it wrote is still the latest. */
+  version = 0
   constructor (readonly id: number, readonly epoch: number, readonly entries: Float64Array) {}
 }
+
+/** A dirty page as a commit writes it: the bytes, and the version they were taken at. */
+export interface PageCopy { page: Page, id: number, epoch: number, entries: Buffer, version: number }
 
 export class PageStore {
   private readonly cache = new Map<number, Page>()
@@ -53,36 +61,35 @@ export class PageStore {
     return page
   }
 
+  /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
+    page.version++
     if (page.dirty) return
     page.dirty = true
     this.dirtyPages.add(page)
   }
 
-  /** Hands the dirty pages to a commit as encoded copies and marks them clean. */
-  takeDirty (): Array<{ id: number, epoch: number, entries: Buffer }> {
-    const out = []
-    for (const page of this.dirtyPages) {
-      page.dirty = false
-      out.push({ id: page.id, epoch: page.epoch, entries: encodeU64Array(page.entries) })
-    }
-    this.dirtyPages.clear()
-    this.evict()
+  /** Encoded copies of the dirty pages for a commit; they stay dirty until `committed()`. */
+  takeDirty (): PageCopy[] {
+    const out: PageCopy[] = []
+    for (const page of this.dirtyPages) out.push({ page, id: page.id, epoch: page.epoch, entries: encodeU64Array(page.entries), version: page.version })
     return out
   }
 
-  /** After a failed commit: the pages must be written by the next one. */
-  restoreDirty (ids: number[]): void {
-    for (const id of ids) {
-      const page = this.cache.get(id)
-      if (page !== undefined) this.markDirty(page)
+  /** After the transaction holding `copies` committed: pages not changed since are clean. */
+  committed (copies: PageCopy[]): void {
+    for (const copy of copies) {
+      if (copy.page.version !== copy.version || !copy.page.dirty) continue
+      copy.page.dirty = false
+      this.dirtyPages.delete(copy.page)
     }
+    this.evict()
   }
 
   /** Forgets a page that garbage collection deleted. */
   drop (id: number): void {
     const page = this.cache.get(id)
-    if (page !== undefined && page.dirty) this.dirtyPages.delete(page)
+    if (page !== undefined && page.dirty) { page.dirty = false; this.dirtyPages.delete(page) }
     this.cache.delete(id)
   }
 

@@ -27,6 +27,11 @@ export interface SealReport {
   failed: string[]
 }
 
+/** A seal pass stopped because the pool is closing; its extent is untouched. */
+class Cancelled extends Error {
+  constructor () { super('cancelled: the pool is closing') }
+}
+
 export function emptyReport (): SealReport {
   return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0, failed: [] }
 }
@@ -65,10 +70,12 @@ export class Sealer {
       const extents = this.pool.frozenExtents().filter(id => all || (!this.failing.has(id) && this.pool.coldEnough(id)))
       this.progress = { done: 0, total: extents.length }
       for (const extentId of extents) {
+        if (this.pool.closing) break
         try {
           await this.sealExtent(extentId, report)
           this.failing.delete(extentId)
         } catch (err) {
+          if (err instanceof Cancelled) break
           // Space may run out, or the extent may be damaged: its blocks stay readable where they are
           // (or fail with EIO), and the next pass tries again.
           if (!this.failing.has(extentId)) this.log(`sealing extent ${extentId} failed: ${(err as Error).message}`)
@@ -128,11 +135,23 @@ export class Sealer {
           for (const s of slabSlots) workers.slots.release(s)
         }
       }
+      // A failure (or a close) stops every lane from taking another batch; the pass then waits for
+      // the batches in flight to settle before it indexes or abandons what they stored.
+      let stop: unknown = null
       const lanes = Array.from({ length: Math.min(inFlight, batches.length) }, async () => {
-        while (next < batches.length) await runBatch(batches[next++])
+        while (next < batches.length && stop === null) {
+          if (pool.closing) { stop = new Cancelled(); break }
+          try { await runBatch(batches[next++]) } catch (err) { stop ??= err }
+        }
       })
       await Promise.all(lanes)
+      if (stop !== null) {
+        // What was stored is indexed if it can be made durable (harmless garbage for gc), else forgotten.
+        await pool.chunks.index().catch(() => {})
+        throw stop
+      }
       await pool.chunks.index()
+      if (pool.closing) throw new Cancelled()
       pool.repoint(extentId, mapping)
     }
     await pool.commit()

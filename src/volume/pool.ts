@@ -54,7 +54,17 @@ export class Pool implements VolumeContext {
   private commitRunning: Promise<void> = Promise.resolve()
   private commitQueued: Promise<void> | null = null
   private changedSinceCommit = false
-  private closed = false
+  /**
+   * open -> closing (background work is cancelled and waited for) -> closed. A commit while closing
+   * is the final one and runs; a commit after close is an error, never a silent no-op.
+   */
+  private state: 'open' | 'closing' | 'closed' = 'open'
+  /**
+   * Set when an fdatasync failed: Linux drops the dirty pages and a retry "succeeds", so nothing
+   * written since the last commit can be trusted. Every later commit fails with this error (fsync
+   * answers EIO) until the pool is opened again, which starts from the last good commit.
+   */
+  private syncFailure: VdiskError | null = null
 
   readonly sizeOf = (entry: number): number => {
     const kind = entryKind(entry)
@@ -63,8 +73,11 @@ export class Pool implements VolumeContext {
     return 0
   }
 
+  private readonly log: (message: string) => void
+
   private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
-    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes)
+    this.log = options.log ?? (() => {})
+    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds())
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, options.log ?? (() => {}))
     this.pages = new PageStore(catalog)
@@ -128,10 +141,18 @@ export class Pool implements VolumeContext {
     }
     const id = this.nextExtentId++
     // The row goes in before any map can point at the extent; an unused extent is garbage for gc.
+    // The extent is writable from this moment (creating): sealing and gc leave writable extents
+    // alone, so none of them can seal or drop it while its file is still being made.
     this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
-    const extent = await this.extents.create(id, volume.id)
-    volume.activeExtentId = id
     volume.writableExtents.add(id)
+    let extent: DeltaExtent
+    try {
+      extent = await this.extents.create(id, volume.id)
+    } catch (err) {
+      volume.writableExtents.delete(id)
+      throw err
+    }
+    volume.activeExtentId = id
     volume.rowDirty = true
     return extent
   }
@@ -326,7 +347,8 @@ export class Pool implements VolumeContext {
   }
 
   private async commitNow (): Promise<void> {
-    if (this.closed) return
+    if (this.state === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
+    if (this.syncFailure !== null) throw this.syncFailure
     // Snapshot synchronously: everything in it was fully written before this point.
     this.changedSinceCommit = false
     const pages = this.pages.takeDirty()
@@ -340,7 +362,17 @@ export class Pool implements VolumeContext {
     const removed = [...this.removed]
     const nextEpoch = this.nextEpoch
     try {
-      await this.extents.syncPending()
+      try {
+        await this.extents.syncPending()
+      } catch (err) {
+        if (!(err instanceof VdiskError && err.code === 'NO_SPACE')) {
+          this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
+            'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
+          this.log(this.syncFailure.message)
+          throw this.syncFailure
+        }
+        throw err
+      }
       this.catalog.transaction(() => {
         for (const id of removed) this.catalog.deleteVolume(id)
         for (const page of pages) this.catalog.putPage(page.id, page.epoch, page.entries)
@@ -351,11 +383,11 @@ export class Pool implements VolumeContext {
         this.catalog.setMeta('next_epoch', String(nextEpoch))
       })
     } catch (err) {
-      this.pages.restoreDirty(pages.map(p => p.id))
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
       this.changedSinceCommit = true
       throw fromSystemError(err, 'committing the catalog')
     }
+    this.pages.committed(pages)
     for (const id of removed) this.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
   }
@@ -380,6 +412,7 @@ export class Pool implements VolumeContext {
 
   /** Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks. */
   async exclusive<T> (work: () => Promise<T>): Promise<T> {
+    if (this.state !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
     const run = this.maintenance.catch(() => {}).then(work)
     this.maintenance = run
     return await run
@@ -423,10 +456,16 @@ export class Pool implements VolumeContext {
 
   // ---- sealing support (src/seal/sealer.ts) ----
 
-  /** Extents no volume writes to any more: ready to seal. */
-  frozenExtents (): number[] {
+  /** Extents some volume may still write (creating or writable); sealing and gc leave them alone. */
+  writableExtentIds (): Set<number> {
     const writable = new Set<number>()
     for (const volume of this.volumes.values()) for (const id of volume.writableExtents) writable.add(id)
+    return writable
+  }
+
+  /** Extents no volume writes to any more: ready to seal. */
+  frozenExtents (): number[] {
+    const writable = this.writableExtentIds()
     return this.catalog.extents().map(e => e.id).filter(id => !writable.has(id))
   }
 
@@ -531,14 +570,22 @@ export class Pool implements VolumeContext {
     await this.extents.remove(extentId)
   }
 
-  /** Commits and closes. The pool lock is released. */
+  /** True from the moment close() starts: background work checks it and stops. */
+  get closing (): boolean { return this.state !== 'open' }
+
+  /**
+   * Cancels background work (a seal pass stops at its next batch; its chunks are indexed or dropped,
+   * never half-referenced), waits for it, makes the final commit, and closes. The pool lock is
+   * released. Throws what the final commit threw, after closing everything.
+   */
   async close (): Promise<void> {
-    if (this.closed) return
+    if (this.state !== 'open') return
+    this.state = 'closing'
     try {
+      await this.maintenance.catch(() => {})
       await this.commit()
     } finally {
-      this.closed = true
-      await this.maintenance.catch(() => {})
+      this.state = 'closed'
       await this.extents.closeAll()
       await this.chunks.close()
       await this.workers.close()
