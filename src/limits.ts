@@ -33,6 +33,21 @@ export const extentFdsMax = 256
  * Dirty pages are never evicted.
  */
 export const pageCacheMax = 1024
+/**
+ * Catalog WAL: checkpointed every 256 pages (1 MiB at SQLite's 4 KiB pages, about 25 commits of a map
+ * page each) and cut back to 1 MiB after a checkpoint. SQLite's defaults (1000 pages, never cut back)
+ * let it sit at 4 MiB or more for good.
+ */
+export const catalogWalCheckpointPages = 256
+export const catalogWalBytesMax = 1024 * 1024
+/** Free pages the catalog keeps after deletes (gc) before it hands them back to the filesystem. */
+export const catalogFreeBytesMax = 4 * 1024 * 1024
+/**
+ * Map pages a volume keeps for reuse after a shrink dropped them (its own pages only): a write after
+ * each truncate (dd without conv=notrunc) then rewrites one of them instead of adding a 32 KiB row
+ * to the catalog that only gc would delete. Past this they are left to gc.
+ */
+export const mapSparePagesMax = 64
 
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000

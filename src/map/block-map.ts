@@ -8,7 +8,7 @@
  * Assumes: one BlockMap per volume; every page it changes in place carries this map's epoch.
  */
 import assert from 'node:assert/strict'
-import { pageEntries } from '../limits'
+import { mapSparePagesMax, pageEntries } from '../limits'
 import { Page, PageStore } from './page-store'
 
 /** Stored bytes behind a map entry (0 for a hole). */
@@ -19,6 +19,12 @@ export class BlockMap {
   root: Float64Array
   /** Set when root changed since the last commit. */
   rootDirty = false
+  /**
+   * Ids of this map's own pages (its epoch) that a shrink dropped, for reuse by the next page it needs,
+   * so that truncate-then-write cycles rewrite a page instead of adding one per cycle. Not committed:
+   * after a restart (or a gc, which deletes unreferenced pages) they are garbage as before.
+   */
+  private readonly spares: number[] = []
 
   constructor (
     private readonly pages: PageStore,
@@ -54,7 +60,7 @@ export class BlockMap {
     const old = page === undefined ? 0 : page.entries[index]
     if (old === entry) return
     if (page === undefined) {
-      page = this.pages.create(this.epoch)
+      page = this.reuseSpare() ?? this.pages.create(this.epoch)
       this.setRoot(pageIndex, page.id)
     } else if (page.epoch !== this.epoch) {
       page = this.pages.create(this.epoch, page.entries)
@@ -73,10 +79,14 @@ export class BlockMap {
     if (pageCount < this.root.length) {
       for (let p = pageCount; p < this.root.length; p++) {
         if (this.root[p] === 0) continue
-        const entries = this.pages.get(this.root[p]).entries
+        const page = this.pages.get(this.root[p])
+        const entries = page.entries
         for (let i = 0; i < entries.length; i++) {
           if (entries[i] !== 0) { this.allocatedBlocks--; this.storedBytes -= this.sizeOf(entries[i]) }
         }
+        // Only this map reads a page of its epoch (a backup or clone takes a new one), so once out of
+        // the root nothing reads it: it can be reused, rewritten in the commit that writes the new root.
+        if (page.epoch === this.epoch && this.spares.length < mapSparePagesMax) this.spares.push(page.id)
       }
       this.root = this.root.slice(0, pageCount)
       this.rootDirty = true
@@ -113,6 +123,19 @@ export class BlockMap {
   /** Calls `visit` for each page of the map (a page appears once per root). */
   forEachPage (visit: (page: Page) => void): void {
     for (let p = 0; p < this.root.length; p++) if (this.root[p] !== 0) visit(this.pages.get(this.root[p]))
+  }
+
+  /** A page this map dropped in a shrink, emptied, or undefined when none is left to reuse. */
+  private reuseSpare (): Page | undefined {
+    while (this.spares.length > 0) {
+      const id = this.spares.pop() as number
+      let page: Page
+      try { page = this.pages.get(id) } catch { continue } // gc deleted it meanwhile
+      if (page.epoch !== this.epoch) continue // a backup since: no longer this map's alone
+      page.entries.fill(0)
+      return page
+    }
+    return undefined
   }
 
   private setRoot (pageIndex: number, pageId: number): void {
