@@ -10,6 +10,7 @@
  * Errors: openCatalog throws BUSY when another process holds the pool, CORRUPT when the file is not a
  * catalog of ours.
  */
+import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
 
@@ -33,6 +34,10 @@ export interface VolumeRow {
   allocatedBlocks: number
   storedBytes: number
   activeExtent: number | null
+  /** Owner, group and permission bits (st_mode & 0o7777), as chown/chmod left them (schema 2). */
+  uid: number
+  gid: number
+  mode: number
 }
 
 export interface ChunkRow { id: number, hash: Buffer, packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean }
@@ -42,7 +47,8 @@ export interface PageRow { id: number, epoch: number, entries: Buffer }
 /** A delta extent on disk. It is active while a volume's active_extent names it, frozen after. */
 export interface ExtentRow { id: number, volumeId: number, createdMs: number }
 
-const catalogSchemaVersion = 1
+/** 2 added volumes.owner_uid, owner_gid and mode; a version 1 catalog is migrated at open. */
+const catalogSchemaVersion = 2
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,6 +66,9 @@ CREATE TABLE IF NOT EXISTS volumes (
   allocated_blocks INTEGER NOT NULL,
   stored_bytes INTEGER NOT NULL,
   active_extent INTEGER,
+  owner_uid INTEGER,
+  owner_gid INTEGER,
+  mode INTEGER,
   UNIQUE (kind, name)
 );
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
@@ -119,6 +128,8 @@ export class Catalog {
       if (version === undefined) {
         db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(catalogSchemaVersion))
         db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('next_epoch', '1')
+      } else if (Number(version) === 1) {
+        migrateFrom1(db, file)
       } else if (Number(version) !== catalogSchemaVersion) {
         throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
       }
@@ -134,12 +145,14 @@ export class Catalog {
     const db = this.db
     return {
       volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
-      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent)
-        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent)`),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode)`),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
-        root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent WHERE id = @id`),
+        root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
+        owner_uid = @uid, owner_gid = @gid, mode = @mode WHERE id = @id`),
       updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
-        allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent WHERE id = @id`),
+        allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
+        owner_uid = @uid, owner_gid = @gid, mode = @mode WHERE id = @id`),
       deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
       page: db.prepare('SELECT id, epoch, entries FROM pages WHERE id = ?'),
       putPage: db.prepare('INSERT OR REPLACE INTO pages (id, epoch, entries) VALUES (?, ?, ?)'),
@@ -178,6 +191,9 @@ export class Catalog {
   }
 
   volumes (): VolumeRow[] {
+    // A row without an owner (salvaged by repair from an older catalog) belongs to the pool's owner,
+    // with the default mode of its kind.
+    const owner = this.poolOwner()
     return (this.statements.volumes.all() as Array<Record<string, unknown>>).map(row => ({
       id: row.id as number,
       kind: row.kind as VolumeKind,
@@ -191,8 +207,21 @@ export class Catalog {
       root: row.root as Buffer,
       allocatedBlocks: row.allocated_blocks as number,
       storedBytes: row.stored_bytes as number,
-      activeExtent: row.active_extent as number | null
+      activeExtent: row.active_extent as number | null,
+      uid: (row.owner_uid as number | null) ?? owner.uid,
+      gid: (row.owner_gid as number | null) ?? owner.gid,
+      mode: (row.mode as number | null) ?? defaultModeOf(row.kind as VolumeKind)
     }))
+  }
+
+  /** The owner of the catalog file: the pool's owner. */
+  private poolOwner (): { uid: number, gid: number } {
+    try {
+      const stat = fs.statSync(this.db.name)
+      return { uid: stat.uid, gid: stat.gid }
+    } catch {
+      return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
+    }
   }
 
   insertVolume (row: VolumeRow): void { this.statements.insertVolume.run(row) }
@@ -267,4 +296,27 @@ export class Catalog {
 
   getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }
   setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }
+}
+
+/** The mode of a new volume: private to its owner; backups never writable (the volume layer's rule). */
+export function defaultModeOf (kind: VolumeKind): number {
+  return kind === 'backup' ? 0o400 : 0o600
+}
+
+/**
+ * Schema 1 -> 2: volumes get an owner, a group and a mode. Existing volumes go to the pool's owner
+ * (the catalog file's), with the default mode of their kind: 0600, backups 0400. One transaction.
+ */
+function migrateFrom1 (db: Database.Database, file: string): void {
+  const stat = fs.statSync(file)
+  db.transaction(() => {
+    // A catalog rebuilt by repair may say 1 while it already has the columns (salvaged meta rows).
+    const columns = new Set((db.prepare('PRAGMA table_info(volumes)').all() as Array<{ name: string }>).map(c => c.name))
+    for (const column of ['owner_uid', 'owner_gid', 'mode']) {
+      if (!columns.has(column)) db.exec(`ALTER TABLE volumes ADD COLUMN ${column} INTEGER`)
+    }
+    db.prepare("UPDATE volumes SET owner_uid = ?, owner_gid = ?, mode = CASE kind WHEN 'backup' THEN ? ELSE ? END WHERE owner_uid IS NULL")
+      .run(stat.uid, stat.gid, defaultModeOf('backup'), defaultModeOf('disk'))
+    db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')
+  })()
 }

@@ -56,9 +56,9 @@ function print (json: boolean, value: unknown, human: () => string): void {
 
 const commands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs] [--allow-other]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'] }, values: { blockSize: ['--block-size'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'] }, values: { blockSize: ['--block-size'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
@@ -70,6 +70,7 @@ const commands: Record<string, Command> = {
           mountpoint,
           blockBytes,
           noXattrs: flags.noXattrs === true,
+          allowOther: flags.allowOther === true,
           logToFile: child,
           onReady: () => {
             if (child) { process.send?.({ ready: true }); process.disconnect?.() } else process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
@@ -87,6 +88,7 @@ const commands: Record<string, Command> = {
       const args = [process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--background-child']
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
       if (flags.noXattrs === true) args.push('--no-xattrs')
+      if (flags.allowOther === true) args.push('--allow-other')
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new VdiskError('IO', 'the daemon did not report ready within 60 s')), 60000)
@@ -361,6 +363,9 @@ export async function main (argv: string[]): Promise<number> {
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') { process.stdout.write(help() + '\n'); return name === undefined ? 2 : 0 }
   if (name === '--version' || name === '-V') { process.stdout.write(`vdiskfs ${version}\n`); return 0 }
   const command = commands[name]
+  // Pool files (a new pool, a repaired catalog, the daemon's files) are the owner's alone (0600/0700),
+  // whatever umask the CLI was started with; the background daemon inherits this.
+  process.umask(0o077)
   try {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
     if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${command.summary}\n`); return 0 }

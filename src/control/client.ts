@@ -1,13 +1,17 @@
 /**
- * The CLI side of the control socket. Errors: NOT_FOUND when no daemon serves the mountpoint, the
- * daemon's own error otherwise.
+ * The CLI side of the control socket. Errors: NOT_FOUND when no daemon serves the mountpoint,
+ * NOT_PERMITTED when the socket or its directory belongs to another user, the daemon's own error
+ * otherwise.
  */
 import net from 'node:net'
+import path from 'node:path'
 import { VdiskError } from '../errors'
-import { Operation, Reply, socketPathFor } from './protocol'
+import { Operation, Reply, checkControlDir, socketPathFor } from './protocol'
 
 export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
   const socketPath = socketPathFor(mountpoint)
+  // A control directory somebody else owns could hold a stranger's socket posing as our daemon.
+  if (!checkControlDir(path.dirname(socketPath), false)) throw new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
   return await new Promise((resolve, reject) => {
     const socket = net.connect(socketPath)
     let buffered = ''
@@ -25,6 +29,7 @@ export async function call (mountpoint: string, op: Operation, args: Record<stri
     socket.on('error', err => {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'ENOENT' || code === 'ECONNREFUSED') reject(new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`))
+      else if (code === 'EACCES' || code === 'EPERM') reject(new VdiskError('NOT_PERMITTED', `the vdiskfs daemon of ${mountpoint} answers only the user who mounted it`))
       else reject(new VdiskError('IO', `cannot reach the vdiskfs daemon of ${mountpoint}: ${err.message}`))
     })
     socket.on('close', () => reject(new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection`)))

@@ -11,7 +11,7 @@ import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { Sealer } from '../seal/sealer'
 import { Progress, verifyPool } from '../volume/verify'
-import { Operation, Reply, Request } from './protocol'
+import { Operation, Reply, Request, checkControlDir } from './protocol'
 import { packLiveFractionExplicit } from '../limits'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
@@ -72,7 +72,8 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
 }
 
 export function startControlServer (socketPath: string, handlers: Record<Operation, Handler>, log: (message: string) => void): net.Server {
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 })
+  // Only the pool's owner may reach the socket (protocol.ts): a 0700 directory of ours, a 0600 socket.
+  checkControlDir(path.dirname(socketPath), true)
   fs.rmSync(socketPath, { force: true })
   const server = net.createServer(socket => {
     let buffered = ''
@@ -106,6 +107,10 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
       return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
     }
   }
-  server.listen(socketPath)
+  // bind(2) runs inside listen() for a Unix socket and creates the file with 0777 & ~umask: create it
+  // 0600 from the start, and chmod it too in case the bind happened later than that.
+  const umask = process.umask(0o177)
+  try { server.listen(socketPath) } finally { process.umask(umask) }
+  server.once('listening', () => { try { fs.chmodSync(socketPath, 0o600) } catch (err) { log(`cannot chmod ${socketPath}: ${(err as Error).message}`) } })
   return server
 }

@@ -17,9 +17,9 @@ import { SpaceAccounting } from '../volume/space'
 import { createOperations } from '../fuse/adapter'
 import { VdiskFuse } from '../fuse/mount-options'
 import { controlHandlers, startControlServer } from '../control/server'
-import { socketPathFor } from '../control/protocol'
+import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile } from '../format/pool-format'
-import { checkFuseAvailable, checkMountpoint } from './preflight'
+import { checkFuseAvailable, checkMountpoint, checkUnprivilegedMount } from './preflight'
 import { mounts } from './mountinfo'
 import { VdiskError } from '../errors'
 import { version } from '../version'
@@ -33,25 +33,37 @@ export interface DaemonOptions {
   noXattrs?: boolean
   /** Log to the pool's daemon.log instead of stderr (background mode). */
   logToFile: boolean
+  /**
+   * Let other users reach the mount (FUSE's allow_other; a non-root user needs user_allow_other in
+   * /etc/fuse.conf). Without it only the user who mounted it gets in. Either way the kernel checks each
+   * image's owner and mode (default_permissions).
+   */
+  allowOther?: boolean
   /** Called once the mount answers. */
   onReady: () => void
 }
 
 export async function runDaemon (options: DaemonOptions): Promise<void> {
   const mountpoint = path.resolve(options.mountpoint)
+  // Everything the daemon creates in the pool (catalog, WAL, extents, packs, log, pid) is its owner's
+  // alone, whatever umask it was started with; Pool.open tightens the directory itself.
+  process.umask(0o077)
   checkFuseAvailable()
   checkMountpoint(mountpoint)
+  checkUnprivilegedMount(mountpoint, options.allowOther === true)
+  // Before mounting: a control directory we may not use must not leave a mount behind.
+  checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
   let logFd = 2
   const log = (message: string): void => {
     fs.write(logFd, `${new Date().toISOString()} ${message}\n`, () => {})
   }
   const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
-  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a')
+  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a', 0o600)
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
   const collected = await pool.gc()
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
-  fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`)
+  fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
   const operations = createOperations({ pool, space, log, noXattrs: options.noXattrs })
   if (process.env.VDISKFS_COUNT_OPS === '1') countOperations(operations, log)
@@ -59,7 +71,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     timeout: false,
     fsname: `vdiskfs:${pool.dir}`.replace(/,/g, '_'),
     subtype: 'vdiskfs',
-    allowOther: process.getuid?.() === 0
+    // The kernel checks permissions against the owner and mode each image keeps in the catalog.
+    defaultPermissions: true,
+    allowOther: options.allowOther === true
   })
   try {
     await new Promise<void>((resolve, reject) => fuse.mount(err => { if (err === null || err === undefined) resolve(); else reject(err) }))

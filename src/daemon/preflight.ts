@@ -30,6 +30,34 @@ export function checkFuseAvailable (): void {
   if (!onPath('fusermount')) throw invalid('fusermount is missing: install it with apt-get install fuse (or run make run)')
 }
 
+/**
+ * What a non-root mount needs beyond root's (fusermount is setuid, but opens /dev/fuse as the caller):
+ * /dev/fuse readable and writable, a mountpoint the user may write to, and user_allow_other in
+ * /etc/fuse.conf for --allow-other. Each missing piece is one INVALID line saying what to do.
+ */
+export function checkUnprivilegedMount (mountpoint: string, allowOther: boolean): void {
+  const uid = process.getuid?.() ?? 0
+  if (uid === 0) return
+  const devFuse = process.env.VDISKFS_DEV_FUSE ?? '/dev/fuse'
+  try {
+    fs.accessSync(devFuse, fs.constants.R_OK | fs.constants.W_OK)
+  } catch {
+    let detail = ''
+    try { const stat = fs.statSync(devFuse); detail = ` (mode ${(stat.mode & 0o777).toString(8).padStart(4, '0')}, owner uid ${stat.uid})` } catch {}
+    throw invalid(`${devFuse}${detail} is not readable and writable by you (uid ${uid}): a mount by a non-root user needs it mode 0666, its usual mode (as root: chmod 0666 ${devFuse}), or mount as root`)
+  }
+  try {
+    fs.accessSync(mountpoint, fs.constants.W_OK)
+  } catch {
+    throw invalid(`you (uid ${uid}) may not write to mountpoint ${mountpoint}: fusermount mounts only on a directory you own or may write to`)
+  }
+  if (allowOther) {
+    let conf = ''
+    try { conf = fs.readFileSync('/etc/fuse.conf', 'utf8') } catch {}
+    if (!/^\s*user_allow_other\b/m.test(conf)) throw invalid('--allow-other by a non-root user needs user_allow_other in /etc/fuse.conf (ask root to add it), or mount without --allow-other')
+  }
+}
+
 export function checkMountpoint (mountpoint: string): void {
   if (mountsSync().some(m => m.mountpoint === mountpoint)) {
     let alive = true

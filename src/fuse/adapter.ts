@@ -63,9 +63,8 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
   }
 
   function fileStat (volume: Volume) {
-    const mode = 0o100000 | (volume.kind === 'backup' ? 0o444 : 0o644)
     return {
-      mode, uid, gid, size: volume.size, nlink: 1, blksize: pool.blockBytes,
+      mode: 0o100000 | volume.mode, uid: volume.uid, gid: volume.gid, size: volume.size, nlink: 1, blksize: pool.blockBytes,
       blocks: Math.ceil(volume.storedBytes / 512),
       mtime: volume.mtimeMs, atime: volume.mtimeMs, ctime: volume.mtimeMs
     }
@@ -210,15 +209,19 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       cb(0)
     },
 
-    chmod (path: string, _mode: number, cb: (code: number) => void) {
-      // Modes are fixed by kind (0644, backups 0444); accepting chmod keeps `cp -p` and tar working.
-      const parsed = parse(path)
-      cb(parsed.type === 'invalid' ? ENOENT : 0)
+    // The kernel has checked who may chmod/chown (default_permissions); the change is committed.
+    chmod (path: string, mode: number, cb: (code: number) => void) {
+      if (parse(path).type !== 'file') { cb(EPERM); return }
+      try { lookup(path).chmod(mode) } catch (err) { cb(toErrno(err, log)); return }
+      pool.commit().then(() => cb(0), fail(cb))
     },
 
-    chown (path: string, _uid: number, _gid: number, cb: (code: number) => void) {
-      const parsed = parse(path)
-      cb(parsed.type === 'invalid' ? ENOENT : 0)
+    chown (path: string, newUid: number, newGid: number, cb: (code: number) => void) {
+      if (parse(path).type !== 'file') { cb(EPERM); return }
+      // -1 (as an unsigned 32-bit value) means "leave it as it is".
+      const keep = (id: number) => id === 0xffffffff || id === -1 ? null : id
+      try { lookup(path).chown(keep(newUid), keep(newGid)) } catch (err) { cb(toErrno(err, log)); return }
+      pool.commit().then(() => cb(0), fail(cb))
     },
 
     mkdir (_path: string, _mode: number, cb: (code: number) => void) { cb(EPERM) },

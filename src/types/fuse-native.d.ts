@@ -6,6 +6,7 @@ declare module 'fuse-native' {
     force?: boolean
     mkdir?: boolean
     allowOther?: boolean
+    defaultPermissions?: boolean
     fsname?: string
     subtype?: string
     autoCache?: boolean

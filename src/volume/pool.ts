@@ -13,7 +13,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomUUID } from 'node:crypto'
-import { Catalog, VolumeKind, VolumeRow } from '../catalog/catalog'
+import { Catalog, VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
 import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
 import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
@@ -24,6 +24,7 @@ import { BlockMap } from '../map/block-map'
 import { Page, PageStore } from '../map/page-store'
 import { DeltaExtent, ExtentStore, syncDirectory } from '../extent/delta-extent'
 import { Volume, VolumeContext } from './volume'
+import { securePoolDirectory } from './pool-access'
 
 export interface OpenOptions {
   /** Create the pool when the directory does not exist or is empty. */
@@ -93,6 +94,7 @@ export class Pool implements VolumeContext {
   static open (dir: string, options: OpenOptions = {}): Pool {
     dir = path.resolve(dir)
     const header = readOrCreateHeader(dir, options)
+    securePoolDirectory(dir)
     assertLimits(header.blockBytes)
     fs.mkdirSync(path.join(dir, extentsDir), { recursive: true })
     const catalog = Catalog.open(path.join(dir, catalogFile), true)
@@ -116,6 +118,9 @@ export class Pool implements VolumeContext {
     const map = new BlockMap(this.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.sizeOf)
     const volume = new Volume(this, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
     volume.persisted = true
+    volume.uid = row.uid
+    volume.gid = row.gid
+    volume.mode = row.mode
     return volume
   }
 
@@ -237,6 +242,10 @@ export class Pool implements VolumeContext {
     const map = new BlockMap(this.pages, root, this.nextEpoch++, counts.allocatedBlocks, counts.storedBytes, this.sizeOf)
     map.rootDirty = true
     const volume = new Volume(this, this.nextVolumeId++, kind, name, size, now, now, source?.id ?? null, source?.label ?? null, map, null)
+    // Backups and clones belong to their source's owner; a new disk to the daemon's user.
+    volume.uid = source?.uid ?? process.getuid?.() ?? 0
+    volume.gid = source?.gid ?? process.getgid?.() ?? 0
+    volume.mode = defaultModeOf(kind)
     volume.rowDirty = true
     this.volumes.set(volume.id, volume)
     this.changed(volume)
@@ -406,7 +415,10 @@ export class Pool implements VolumeContext {
       root: withRoot ? encodeU64Array(volume.map.root) : Buffer.alloc(0),
       allocatedBlocks: volume.map.allocatedBlocks,
       storedBytes: volume.map.storedBytes,
-      activeExtent: volume.activeExtentId
+      activeExtent: volume.activeExtentId,
+      uid: volume.uid,
+      gid: volume.gid,
+      mode: volume.mode
     }
   }
 

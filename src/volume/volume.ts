@@ -47,6 +47,18 @@ export class Volume implements VolumeInfo {
   rowDirty = false
   /** False until the row is first committed. */
   persisted = false
+  /**
+   * Open handles on this volume (files and loop devices holding the image, as the FUSE adapter counts
+   * them): `rm` and `restore` refuse while there are any, unless forced.
+   */
+  openHandles = 0
+  /**
+   * Owner, group and permission bits (st_mode & 0o7777), kept in the catalog. The kernel checks them
+   * (the mount uses default_permissions); the pool sets them when it makes or loads the volume.
+   */
+  uid = 0
+  gid = 0
+  mode = 0o600
   activeExtentId: number | null
   /**
    * Extents this volume alone may still write in place: its active one and earlier ones it filled
@@ -80,6 +92,12 @@ export class Volume implements VolumeInfo {
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
+  /**
+   * Removed while open (rm --force, or unlinked through the mount): out of the namespace, kept for its
+   * open handles, removed at their last release. Its hidden name (a leading '.', which no user's name
+   * has) is what it is committed under, so a restart after a crash drops it.
+   */
+  get hidden (): boolean { return this.name.startsWith('.') }
   get storedBytes (): number { return this.map.storedBytes }
 
   /** Reads up to target.length bytes at `position`; returns how many (0 at or past the end). */
@@ -246,6 +264,26 @@ export class Volume implements VolumeInfo {
   /** Sets the modification time (utimens). */
   touch (mtimeMs: number): void {
     this.mtimeMs = mtimeMs
+    this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  /**
+   * chmod(2): sets the permission bits. Whether the caller may (owner or CAP_FOWNER) is the kernel's
+   * check. Throws READ_ONLY for a mode with a write bit on a backup: backups stay immutable.
+   */
+  chmod (mode: number): void {
+    const bits = mode & 0o7777
+    if (this.kind === 'backup' && (bits & 0o222) !== 0) throw readOnly(`backup ${this.name} (it cannot be given write permission)`)
+    this.mode = bits
+    this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  /** chown(2): a null uid or gid stays as it is. Whether the caller may is the kernel's check. */
+  chown (uid: number | null, gid: number | null): void {
+    if (uid !== null) this.uid = uid
+    if (gid !== null) this.gid = gid
     this.rowDirty = true
     this.context.changed(this)
   }

@@ -1,0 +1,330 @@
+/**
+ * Nobody gets in where they don't belong (issue #9): a real unprivileged user (made here with useradd,
+ * driven with runuser) gets EACCES/EPERM for every attack on a root-owned mount, on the pool's files
+ * and on the control socket; modes and owners are kept in the catalog and enforced by the kernel
+ * (default_permissions); the pool and the socket stay private whatever the umask; a non-root user can
+ * mount and unmount a pool of their own.
+ */
+import test, { ExecutionContext } from 'ava'
+import { spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { TestMount, cli, isMounted, repoRoot, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import { socketPathFor } from '../../src/control/protocol'
+import Database from 'better-sqlite3'
+
+const user = 'vdiskfs-test'
+
+interface Account { uid: number, gid: number }
+
+/** The unprivileged test user, created once (and left in place: it may have existed before). */
+function ensureUser (): Account {
+  let id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
+  if (id.status !== 0) {
+    const made = spawnSync('useradd', ['-M', '-s', '/usr/sbin/nologin', user], { encoding: 'utf8' })
+    // Another test run may have made it meanwhile: useradd's "already exists" is fine.
+    if (made.status !== 0 && made.status !== 9) throw new Error(`useradd failed: ${made.stderr}`)
+    id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
+  }
+  const gid = spawnSync('id', ['-g', user], { encoding: 'utf8' })
+  return { uid: Number(id.stdout.trim()), gid: Number(gid.stdout.trim()) }
+}
+
+interface Outcome { code: number, stdout: string, stderr: string }
+
+/** Runs a command as the test user. */
+function asUser (command: string, args: string[], env: Record<string, string> = {}): Outcome {
+  const envArgs = Object.entries(env).map(([k, v]) => `${k}=${v}`)
+  const result = spawnSync('runuser', ['-u', user, '--', 'env', ...envArgs, command, ...args], { encoding: 'utf8', cwd: '/', timeout: 60000 })
+  return { code: result.status ?? 1, stdout: result.stdout ?? '', stderr: result.stderr ?? '' }
+}
+
+const deniedPattern = /Permission denied|Operation not permitted|EACCES|EPERM/
+
+function denied (t: ExecutionContext, outcome: Outcome, what: string): void {
+  t.not(outcome.code, 0, `${what} must fail`)
+  t.true(deniedPattern.test(outcome.stderr), `${what}: EACCES/EPERM, got: ${outcome.stderr.trim().slice(0, 200)}`)
+}
+
+/**
+ * Lets the test user reach the mountpoint: the temporary directory gets o+x (search, not read). The
+ * pool directory inside it is not touched: it must keep other users out on its own.
+ */
+function letUserTraverse (mount: TestMount): void {
+  fs.chmodSync(mount.dir, 0o711)
+}
+
+function statOf (file: string): { mode: number, uid: number, gid: number } {
+  const stat = fs.statSync(file)
+  return { mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid }
+}
+
+/** Connects to a Unix socket as the test user; prints `connected` or the error code. */
+function connectAsUser (socket: string): Outcome {
+  const script = `require('net').connect(${JSON.stringify(socket)}).on('connect', () => { console.log('connected'); process.exit(0) }).on('error', e => { console.error(e.code); process.exit(3) })`
+  return asUser(process.execPath, ['-e', script])
+}
+
+/** Mounts `mount` through `sh -c 'umask MASK; exec vdiskfs mount ...'`. */
+async function mountWithUmask (mount: TestMount, mask: string, ...extra: string[]): Promise<void> {
+  const quoted = [cli, 'mount', mount.pool, mount.mnt, ...extra].map(a => `'${a}'`).join(' ')
+  const child = spawn('sh', ['-c', `umask ${mask}; exec ${quoted}`], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', chunk => { stderr += String(chunk) })
+  const code = await new Promise<number | null>(resolve => child.on('exit', resolve))
+  if (code !== 0) throw new Error(`mount failed: ${stderr}`)
+  mount.pid = Number(fs.readFileSync(path.join(mount.pool, 'daemon.pid'), 'utf8'))
+}
+
+/** Every directory and file under `dir` (the directory included), as [path, stat]. */
+function walk (dir: string): Array<[string, fs.Stats]> {
+  const found: Array<[string, fs.Stats]> = [[dir, fs.lstatSync(dir)]]
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name)
+    if (entry.isDirectory()) found.push(...walk(full))
+    else found.push([full, fs.lstatSync(full)])
+  }
+  return found
+}
+
+/** A disk with data, a backup of it and a clone of the backup. */
+async function populate (mount: TestMount): Promise<void> {
+  const disk = mount.image('disks', 'a.img')
+  await run('truncate', ['-s', '4M', disk])
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', 'count=16', 'conv=notrunc,fsync', 'status=none'])
+  const backup = await vdiskfs('backup', disk, 'b')
+  if (backup.code !== 0) throw new Error(backup.stderr)
+  const clone = await vdiskfs('clone', mount.image('backups', 'b.img'), 'c')
+  if (clone.code !== 0) throw new Error(clone.stderr)
+}
+
+test.serial('without --allow-other another user cannot even stat the mount root', async t => {
+  ensureUser()
+  const mount = await withMount(t)
+  letUserTraverse(mount)
+  await populate(mount)
+  denied(t, asUser('stat', [mount.mnt]), 'stat of the mount root')
+  denied(t, asUser('cat', [mount.image('disks', 'a.img')]), 'read of a disk')
+  t.true(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(line => line.includes(` ${mount.mnt} `) && /default_permissions/.test(line)), 'mounted with default_permissions')
+})
+
+test.serial('with --allow-other, the kernel enforces each image\'s owner and mode', async t => {
+  ensureUser()
+  const mount = await withMount(t, '--allow-other')
+  letUserTraverse(mount)
+  await populate(mount)
+  const disk = mount.image('disks', 'a.img')
+  const backup = mount.image('backups', 'b.img')
+  const clone = mount.image('clones', 'c.img')
+  const before = sha256(disk)
+  t.deepEqual(statOf(disk), { mode: 0o600, uid: 0, gid: 0 })
+  t.deepEqual(statOf(backup), { mode: 0o400, uid: 0, gid: 0 })
+  t.deepEqual(statOf(clone), { mode: 0o600, uid: 0, gid: 0 })
+  t.is(asUser('stat', [mount.mnt]).code, 0, 'the root is reachable with --allow-other')
+
+  for (const image of [disk, backup, clone]) denied(t, asUser('cat', [image]), `read of ${image}`)
+  for (const image of [disk, clone]) {
+    denied(t, asUser('dd', ['if=/dev/zero', `of=${image}`, 'bs=4k', 'count=1', 'conv=notrunc', 'status=none']), `write to ${image}`)
+    denied(t, asUser('truncate', ['-s', '0', image]), `truncate of ${image}`)
+  }
+  denied(t, asUser('mv', [disk, mount.image('disks', 'x.img')]), 'rename of a disk')
+  denied(t, asUser('mv', [clone, mount.image('clones', 'x.img')]), 'rename of a clone')
+  denied(t, asUser('rm', ['-f', disk]), 'unlink of a disk')
+  denied(t, asUser('rm', ['-f', clone]), 'unlink of a clone')
+  denied(t, asUser('truncate', ['-s', '1M', mount.image('disks', 'new.img')]), 'creating a disk')
+  denied(t, asUser('chmod', ['0666', disk]), 'chmod of somebody else\'s disk')
+  denied(t, asUser('touch', [disk]), 'utimens of somebody else\'s disk')
+
+  t.is(sha256(disk), before, 'the disk is unchanged')
+  t.true(fs.existsSync(clone))
+  t.false(fs.existsSync(mount.image('disks', 'new.img')))
+  t.deepEqual(fs.readdirSync(path.join(mount.mnt, 'disks')), ['a.img'])
+})
+
+test.serial('pool files and the control socket are out of another user\'s reach', async t => {
+  ensureUser()
+  const mount = await withMount(t)
+  letUserTraverse(mount)
+  await populate(mount)
+  const synced = await vdiskfs('sync', mount.mnt)
+  t.is(synced.code, 0, synced.stderr)
+  await run('dd', ['if=/dev/urandom', `of=${mount.image('disks', 'a.img')}`, 'bs=64k', 'count=1', 'conv=notrunc,fsync', 'status=none'])
+  const extents = fs.readdirSync(path.join(mount.pool, 'extents'))
+  const packs = fs.readdirSync(path.join(mount.pool, 'packs'))
+  t.true(extents.length > 0 && packs.length > 0, 'the pool has extents and packs')
+  denied(t, asUser('ls', [mount.pool]), 'listing the pool')
+  for (const file of ['catalog.sqlite', 'catalog.sqlite-wal', 'vdiskfs-pool.json', 'daemon.log', `extents/${extents[0]}`, `packs/${packs[0]}`]) {
+    denied(t, asUser('cat', [path.join(mount.pool, file)]), `reading ${file}`)
+  }
+  const socket = socketPathFor(mount.mnt)
+  t.true(fs.existsSync(socket))
+  denied(t, connectAsUser(socket), 'connecting to the control socket')
+  const rm = asUser(cli, ['rm', mount.image('backups', 'b.img')], { VDISKFS_RUN_DIR: path.dirname(socket) })
+  t.not(rm.code, 0, 'vdiskfs rm as another user fails')
+  const mine = asUser(cli, ['rm', mount.image('backups', 'b.img')])
+  t.not(mine.code, 0, 'vdiskfs rm as another user, with its own control directory, fails')
+  t.true(fs.existsSync(mount.image('backups', 'b.img')), 'the backup is still there')
+})
+
+test.serial('under umask 000 the pool is 0700 with 0600 files and the socket 0600 in a 0700 directory', async t => {
+  ensureUser()
+  const dir = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? os.tmpdir(), 'vdiskfs-test-'))
+  const mount = new TestMount(dir, path.join(dir, 'pool'), path.join(dir, 'mnt'))
+  fs.mkdirSync(mount.mnt)
+  t.teardown(async () => await mount.cleanup())
+  letUserTraverse(mount)
+  await mountWithUmask(mount, '000')
+  await populate(mount)
+  t.is((await vdiskfs('sync', mount.mnt)).code, 0)
+  await run('dd', ['if=/dev/urandom', `of=${mount.image('disks', 'a.img')}`, 'bs=64k', 'count=1', 'conv=notrunc,fsync', 'status=none'])
+  const entries = walk(mount.pool)
+  t.true(entries.some(([file]) => file.includes('/packs/')) && entries.some(([file]) => file.includes('/extents/')), 'packs and extents exist')
+  t.true(entries.some(([file]) => file.endsWith('daemon.log')) && entries.some(([file]) => file.endsWith('daemon.pid')))
+  for (const [file, stat] of entries) {
+    const expected = stat.isDirectory() ? 0o700 : 0o600
+    t.is((stat.mode & 0o777).toString(8), expected.toString(8), `${file} is ${expected.toString(8)}`)
+  }
+  const socket = socketPathFor(mount.mnt)
+  t.is((fs.statSync(socket).mode & 0o777).toString(8), '600', 'the socket is 0600')
+  t.is((fs.statSync(path.dirname(socket)).mode & 0o777).toString(8), '700', 'its directory is 0700')
+  denied(t, connectAsUser(socket), 'connecting to the control socket')
+  const rm = asUser(cli, ['rm', mount.image('backups', 'b.img')], { VDISKFS_RUN_DIR: path.dirname(socket) })
+  t.not(rm.code, 0, `vdiskfs rm as another user fails (${rm.stderr.trim()})`)
+  t.true(fs.existsSync(mount.image('backups', 'b.img')), 'the backup is still there')
+  const list = await vdiskfs('ls', mount.mnt, '--json')
+  t.true((JSON.parse(list.stdout) as Array<{ name: string }>).some(v => v.name === 'b.img'))
+})
+
+test.serial('chmod and chown are kept across a remount, and the kernel uses the stored mode', async t => {
+  const account = ensureUser()
+  const mount = await withMount(t, '--allow-other')
+  letUserTraverse(mount)
+  await populate(mount)
+  const disk = mount.image('disks', 'a.img')
+  const backup = mount.image('backups', 'b.img')
+  denied(t, asUser('cat', [disk]), 'read before chmod')
+  await run('chmod', ['0644', disk])
+  t.is(statOf(disk).mode, 0o644)
+  const read = spawnSync('runuser', ['-u', user, '--', 'sha256sum', disk], { encoding: 'utf8' })
+  t.is(read.status, 0, `read after chmod 0644: ${read.stderr}`)
+  t.is(read.stdout.split(' ')[0], sha256(disk))
+  denied(t, asUser('dd', ['if=/dev/zero', `of=${disk}`, 'bs=4k', 'count=1', 'conv=notrunc', 'status=none']), 'write with 0644')
+
+  // Backups never get write bits; read bits may change.
+  const refused = spawnSync('chmod', ['0644', backup], { encoding: 'utf8' })
+  t.not(refused.status, 0, 'chmod u+w of a backup is refused')
+  t.regex(refused.stderr, /Read-only file system/)
+  await run('chmod', ['0444', backup])
+  t.is(statOf(backup).mode, 0o444)
+
+  // Hand the disk to the test user, as a VM manager hands images to its qemu user.
+  await run('chown', [`${account.uid}:${account.gid}`, disk])
+  await run('chmod', ['0600', disk])
+  t.deepEqual(statOf(disk), { mode: 0o600, uid: account.uid, gid: account.gid })
+  t.is(asUser('dd', ['if=/dev/zero', `of=${disk}`, 'bs=4k', 'count=1', 'conv=notrunc', 'status=none']).code, 0, 'the new owner writes')
+  t.is(asUser('chmod', ['0640', disk]).code, 0, 'the owner may chmod')
+  denied(t, asUser('chown', ['0', disk]), 'giving a file away')
+
+  // Backups and clones of it take its owner.
+  t.is((await vdiskfs('backup', disk, 'b2')).code, 0)
+  t.is((await vdiskfs('clone', mount.image('backups', 'b2.img'), 'c2')).code, 0)
+  t.deepEqual(statOf(mount.image('backups', 'b2.img')), { mode: 0o400, uid: account.uid, gid: account.gid })
+  t.deepEqual(statOf(mount.image('clones', 'c2.img')), { mode: 0o600, uid: account.uid, gid: account.gid })
+  t.is(asUser('sha256sum', [mount.image('clones', 'c2.img')]).code, 0, 'the owner reads the clone')
+
+  await mount.umount()
+  await mount.mount('--allow-other')
+  t.deepEqual(statOf(disk), { mode: 0o640, uid: account.uid, gid: account.gid }, 'kept across a remount')
+  t.deepEqual(statOf(backup), { mode: 0o444, uid: 0, gid: 0 })
+  t.deepEqual(statOf(mount.image('clones', 'c.img')), { mode: 0o600, uid: 0, gid: 0 })
+  t.is(asUser('sha256sum', [backup]).code, 0, 'the 0444 backup is readable by others after the remount')
+})
+
+test.serial('a non-root user mounts a pool of their own and unmounts it', async t => {
+  const account = ensureUser()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-user-'))
+  fs.chownSync(dir, account.uid, account.gid)
+  const pool = path.join(dir, 'pool')
+  const mnt = path.join(dir, 'mnt')
+  asUser('mkdir', [mnt])
+  let pid = 0
+  const devFuse = '/dev/fuse'
+  const devFuseMode = fs.statSync(devFuse).mode & 0o777
+  t.teardown(async () => {
+    fs.chmodSync(devFuse, devFuseMode)
+    if (pid !== 0) { try { process.kill(pid, 'SIGKILL') } catch {} await waitForExit(pid) }
+    spawnSync('fusermount', ['-uz', mnt])
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  // Unprivileged FUSE needs read and write access to /dev/fuse (0666 on Debian). Where it is 0600, the
+  // mount must say so in one line; then the test gives it the usual mode for the rest of the test.
+  if ((devFuseMode & 0o006) !== 0o006) {
+    const refused = asUser(cli, ['mount', pool, mnt])
+    t.not(refused.code, 0)
+    t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr)
+    t.regex(refused.stderr, /\/dev\/fuse/)
+    fs.chmodSync(devFuse, 0o666)
+  }
+  const mounted = asUser(cli, ['mount', pool, mnt])
+  t.is(mounted.code, 0, `mount as ${user}: ${mounted.stderr}`)
+  if (mounted.code !== 0) return
+  pid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
+  t.true(isMounted(mnt))
+  t.is(asUser('truncate', ['-s', '1M', path.join(mnt, 'disks', 'u.img')]).code, 0, 'the user creates a disk')
+  t.is(asUser('dd', ['if=/dev/urandom', `of=${path.join(mnt, 'disks', 'u.img')}`, 'bs=64k', 'count=4', 'conv=notrunc,fsync', 'status=none']).code, 0)
+  const backup = asUser(cli, ['backup', path.join(mnt, 'disks', 'u.img'), 'ub'])
+  t.is(backup.code, 0, backup.stderr)
+  const list = asUser(cli, ['ls', mnt, '--json'])
+  t.is(list.code, 0, list.stderr)
+  const image = statOf(path.join(pool, 'catalog.sqlite'))
+  t.deepEqual(image, { mode: 0o600, uid: account.uid, gid: account.gid })
+  t.is(statOf(pool).mode, 0o700)
+  const socket = asUser(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'control', 'protocol.js'))}).socketPathFor(${JSON.stringify(mnt)}))`])
+  t.is(socket.code, 0, socket.stderr)
+  t.deepEqual(statOf(socket.stdout), { mode: 0o600, uid: account.uid, gid: account.gid })
+  t.deepEqual(statOf(path.dirname(socket.stdout)), { mode: 0o700, uid: account.uid, gid: account.gid })
+  const rootStat = spawnSync('stat', [mnt], { encoding: 'utf8' })
+  t.not(rootStat.status, 0, 'without --allow-other not even root reaches a user\'s mount')
+  const unmounted = asUser(cli, ['umount', mnt])
+  t.is(unmounted.code, 0, unmounted.stderr)
+  t.false(isMounted(mnt))
+  t.true(await waitForExit(pid))
+  pid = 0
+})
+
+test.serial('a pool made before owners and modes existed still opens: volumes get 0600/0400 and the pool owner, the directory 0700', async t => {
+  const mount = await withMount(t)
+  await populate(mount)
+  await mount.umount()
+  // What the earlier vdiskfs left under umask 022: catalog schema 1 (no owner columns), 0755/0644.
+  const catalog = path.join(mount.pool, 'catalog.sqlite')
+  const db = new Database(catalog)
+  db.exec('ALTER TABLE volumes DROP COLUMN owner_uid; ALTER TABLE volumes DROP COLUMN owner_gid; ALTER TABLE volumes DROP COLUMN mode')
+  db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('1', 'schema_version')
+  db.close()
+  fs.chmodSync(mount.pool, 0o755)
+  fs.chmodSync(catalog, 0o644)
+  await mount.mount()
+  t.deepEqual(statOf(mount.image('disks', 'a.img')), { mode: 0o600, uid: 0, gid: 0 })
+  t.deepEqual(statOf(mount.image('backups', 'b.img')), { mode: 0o400, uid: 0, gid: 0 })
+  t.deepEqual(statOf(mount.image('clones', 'c.img')), { mode: 0o600, uid: 0, gid: 0 })
+  t.is(statOf(mount.pool).mode, 0o700)
+  t.is(statOf(catalog).mode, 0o600)
+  await run('chmod', ['0640', mount.image('disks', 'a.img')])
+  await mount.umount()
+  await mount.mount()
+  t.is(statOf(mount.image('disks', 'a.img')).mode, 0o640, 'the migrated catalog keeps chmod')
+})
+
+test.serial('a control directory owned by another user is refused', async t => {
+  ensureUser()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-xdg-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  fs.chmodSync(dir, 0o755)
+  fs.mkdirSync(path.join(dir, 'vdiskfs'), { mode: 0o777 })
+  fs.chmodSync(path.join(dir, 'vdiskfs'), 0o777)
+  const listed = asUser(cli, ['ls', path.join(dir, 'mnt')], { XDG_RUNTIME_DIR: dir })
+  t.not(listed.code, 0)
+  t.regex(listed.stderr, /owned by/, listed.stderr)
+})
