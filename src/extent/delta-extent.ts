@@ -9,18 +9,12 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { promisify } from 'node:util'
+import { FileIo, nodeFileIo } from '../io/file-io'
 import { corrupt, fromSystemError } from '../errors'
 import { extentFormatVersion, extentHeaderFields, extentMagic, slotOffset } from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
 import { extentFdsMax, extentHeaderBytes, extentSlotsMax } from '../limits'
 
-const readAsync = promisify(fs.read)
-const writeAsync = promisify(fs.write)
-const fdatasyncAsync = promisify(fs.fdatasync)
-const openAsync = promisify(fs.open)
-const closeAsync = promisify(fs.close)
-const fstatAsync = promisify(fs.fstat)
 
 export class DeltaExtent {
   /** Reads and writes using the descriptor now; it is closed only when this is 0. */
@@ -51,7 +45,12 @@ export class ExtentStore {
    * `writableIds` names the extents some volume may still write (their next free slot lives in
    * memory): those are never let go.
    */
-  constructor (private readonly dir: string, private readonly blockBytes: number, private readonly writableIds: () => Set<number> = () => new Set()) {}
+  constructor (
+    private readonly dir: string,
+    private readonly blockBytes: number,
+    private readonly writableIds: () => Set<number> = () => new Set(),
+    private readonly io: FileIo = nodeFileIo
+  ) {}
 
   file (id: number): string { return path.join(this.dir, extentFileName(id)) }
 
@@ -72,10 +71,10 @@ export class ExtentStore {
     const opening = (async () => {
       let fd: number
       try {
-        fd = await openAsync(this.file(id), 'wx+', 0o600)
-        await writeAsync(fd, header, 0, header.length, 0)
-        await fdatasyncAsync(fd)
-        await syncDirectory(this.dir)
+        fd = await this.io.open(this.file(id), 'wx+', 0o600)
+        await this.io.write(fd, header, 0, header.length, 0)
+        await this.io.fdatasync(fd)
+        await this.io.syncDirectory(this.dir)
       } catch (err) {
         throw fromSystemError(err, `creating extent ${id}`)
       }
@@ -133,7 +132,7 @@ export class ExtentStore {
     this.pending.delete(extent)
     if (extent.closed) return
     extent.closed = true
-    if (extent.users === 0) fs.close(extent.fd, () => {})
+    if (extent.users === 0) this.io.close(extent.fd).catch(() => {})
   }
 
   /** The extent with a descriptor that stays open until release(). */
@@ -144,31 +143,31 @@ export class ExtentStore {
   }
 
   private release (extent: DeltaExtent): void {
-    if (--extent.users === 0 && extent.closed) fs.close(extent.fd, () => {})
+    if (--extent.users === 0 && extent.closed) this.io.close(extent.fd).catch(() => {})
   }
 
   private async openExisting (id: number): Promise<DeltaExtent> {
     let fd: number
     try {
-      fd = await openAsync(this.file(id), 'r+')
+      fd = await this.io.open(this.file(id), 'r+')
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw corrupt(`delta extent ${id} is missing (${this.file(id)})`)
       throw fromSystemError(err, `opening extent ${id}`)
     }
     const header = Buffer.alloc(64)
-    const { bytesRead } = await readAsync(fd, header, 0, header.length, 0)
+    const { bytesRead } = await this.io.read(fd, header, 0, header.length, 0)
     if (bytesRead < 40 || !header.subarray(0, 8).equals(extentMagic)) {
-      await closeAsync(fd)
+      await this.io.close(fd)
       throw corrupt(`delta extent ${id} has a bad header`)
     }
     const version = header.readUInt32LE(extentHeaderFields.version)
     const blockBytes = header.readUInt32LE(extentHeaderFields.blockBytes)
     const storedId = Number(header.readBigUInt64LE(extentHeaderFields.extentId))
     if (version !== extentFormatVersion || blockBytes !== this.blockBytes || storedId !== id) {
-      await closeAsync(fd)
+      await this.io.close(fd)
       throw corrupt(`delta extent ${id}: header says version ${version}, block size ${blockBytes}, id ${storedId}`)
     }
-    const { size } = await fstatAsync(fd)
+    const { size } = await this.io.fstat(fd)
     const nextSlot = Math.max(0, Math.ceil((size - extentHeaderBytes) / this.blockBytes))
     return new DeltaExtent(id, fd, nextSlot)
   }
@@ -182,7 +181,7 @@ export class ExtentStore {
     let done = 0
     try {
       while (done < target.length) {
-        const { bytesRead } = await readAsync(using.fd, target, done, target.length - done, slotOffset(slot, this.blockBytes) + offset + done)
+        const { bytesRead } = await this.io.read(using.fd, target, done, target.length - done, slotOffset(slot, this.blockBytes) + offset + done)
         if (bytesRead === 0) break
         done += bytesRead
       }
@@ -204,7 +203,7 @@ export class ExtentStore {
     let done = 0
     try {
       while (done < data.length) {
-        const { bytesWritten } = await writeAsync(using.fd, data, done, data.length - done, slotOffset(slot, this.blockBytes) + offset + done)
+        const { bytesWritten } = await this.io.write(using.fd, data, done, data.length - done, slotOffset(slot, this.blockBytes) + offset + done)
         done += bytesWritten
       }
     } catch (err) {
@@ -232,7 +231,7 @@ export class ExtentStore {
     this.pending.clear()
     const results = await Promise.allSettled(extents.map(async extent => {
       const using = await this.use(extent)
-      try { await fdatasyncAsync(using.fd) } finally { this.release(using) }
+      try { await this.io.fdatasync(using.fd) } finally { this.release(using) }
     }))
     const failed = results.findIndex(r => r.status === 'rejected')
     if (failed >= 0) {
@@ -254,7 +253,7 @@ export class ExtentStore {
       if (extent !== undefined) this.letGo(extent)
       if (this.open.get(id) === opening) this.open.delete(id)
     }
-    await fs.promises.rm(this.file(id), { force: true })
+    await this.io.remove(this.file(id))
   }
 
   async closeAll (): Promise<void> {
@@ -266,13 +265,12 @@ export class ExtentStore {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined && !extent.closed) {
         extent.closed = true
-        if (extent.users === 0) await closeAsync(extent.fd).catch(() => {})
+        if (extent.users === 0) await this.io.close(extent.fd).catch(() => {})
       }
     }
   }
 }
 
 export async function syncDirectory (dir: string): Promise<void> {
-  const fd = await openAsync(dir, 'r')
-  try { await fdatasyncAsync(fd) } finally { await closeAsync(fd) }
+  await nodeFileIo.syncDirectory(dir)
 }
