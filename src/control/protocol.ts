@@ -48,7 +48,7 @@ export function checkControlDir (dir: string, create: boolean): boolean {
   }
   const uid = process.getuid?.() ?? 0
   if (!stat.isDirectory()) throw new VdiskError('NOT_PERMITTED', `the control directory ${dir} is not a directory: remove it`)
-  if (stat.uid !== uid) throw new VdiskError('NOT_PERMITTED', `the control directory ${dir} is owned by uid ${stat.uid}, not by you (uid ${uid}): refusing to use it`)
+  if (stat.uid !== uid) throw new VdiskError('NOT_PERMITTED', `the control directory ${dir} is owned by uid ${stat.uid}, not by you (uid ${uid}): refusing to use it (set VDISKFS_RUN_DIR to a directory of yours)`)
   // Made by an older vdiskfs (0755) or under another umask: tighten it.
   if ((stat.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700)
   return true
