@@ -77,6 +77,17 @@ async function mountWithUmask (mount: TestMount, mask: string, ...extra: string[
   mount.pid = Number(fs.readFileSync(path.join(mount.pool, 'daemon.pid'), 'utf8'))
 }
 
+/** A fresh pool mounted by a daemon started under umask `mask`, its parent traversable by the test user. */
+async function mountUnder (t: ExecutionContext, mask: string): Promise<TestMount> {
+  const dir = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? os.tmpdir(), 'vdiskfs-test-'))
+  const mount = new TestMount(dir, path.join(dir, 'pool'), path.join(dir, 'mnt'))
+  fs.mkdirSync(mount.mnt)
+  t.teardown(async () => await mount.cleanup())
+  letUserTraverse(mount)
+  await mountWithUmask(mount, mask)
+  return mount
+}
+
 /** Every directory and file under `dir` (the directory included), as [path, stat]. */
 function walk (dir: string): Array<[string, fs.Stats]> {
   const found: Array<[string, fs.Stats]> = [[dir, fs.lstatSync(dir)]]
@@ -86,6 +97,17 @@ function walk (dir: string): Array<[string, fs.Stats]> {
     else found.push([full, fs.lstatSync(full)])
   }
   return found
+}
+
+/** Every directory in the pool is 0700 and every file 0600; packs, extents, log and pid among them. */
+function expectPrivatePool (t: ExecutionContext, pool: string): void {
+  const entries = walk(pool)
+  t.true(entries.some(([file]) => file.includes('/packs/')) && entries.some(([file]) => file.includes('/extents/')), 'packs and extents exist')
+  t.true(entries.some(([file]) => file.endsWith('daemon.log')) && entries.some(([file]) => file.endsWith('daemon.pid')))
+  for (const [file, stat] of entries) {
+    const expected = stat.isDirectory() ? 0o700 : 0o600
+    t.is((stat.mode & 0o777).toString(8), expected.toString(8), `${file} is ${expected.toString(8)}`)
+  }
 }
 
 /** A disk with data, a backup of it and a clone of the backup. */
@@ -142,10 +164,9 @@ test.serial('with --allow-other, the kernel enforces each image\'s owner and mod
   t.deepEqual(fs.readdirSync(path.join(mount.mnt, 'disks')), ['a.img'])
 })
 
-test.serial('pool files and the control socket are out of another user\'s reach', async t => {
+test.serial('pool files and the control socket are out of another user\'s reach (umask 022)', async t => {
   ensureUser()
-  const mount = await withMount(t)
-  letUserTraverse(mount)
+  const mount = await mountUnder(t, '022')
   await populate(mount)
   const synced = await vdiskfs('sync', mount.mnt)
   t.is(synced.code, 0, synced.stderr)
@@ -153,6 +174,7 @@ test.serial('pool files and the control socket are out of another user\'s reach'
   const extents = fs.readdirSync(path.join(mount.pool, 'extents'))
   const packs = fs.readdirSync(path.join(mount.pool, 'packs'))
   t.true(extents.length > 0 && packs.length > 0, 'the pool has extents and packs')
+  expectPrivatePool(t, mount.pool)
   denied(t, asUser('ls', [mount.pool]), 'listing the pool')
   for (const file of ['catalog.sqlite', 'catalog.sqlite-wal', 'vdiskfs-pool.json', 'daemon.log', `extents/${extents[0]}`, `packs/${packs[0]}`]) {
     denied(t, asUser('cat', [path.join(mount.pool, file)]), `reading ${file}`)
@@ -169,22 +191,11 @@ test.serial('pool files and the control socket are out of another user\'s reach'
 
 test.serial('under umask 000 the pool is 0700 with 0600 files and the socket 0600 in a 0700 directory', async t => {
   ensureUser()
-  const dir = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? os.tmpdir(), 'vdiskfs-test-'))
-  const mount = new TestMount(dir, path.join(dir, 'pool'), path.join(dir, 'mnt'))
-  fs.mkdirSync(mount.mnt)
-  t.teardown(async () => await mount.cleanup())
-  letUserTraverse(mount)
-  await mountWithUmask(mount, '000')
+  const mount = await mountUnder(t, '000')
   await populate(mount)
   t.is((await vdiskfs('sync', mount.mnt)).code, 0)
   await run('dd', ['if=/dev/urandom', `of=${mount.image('disks', 'a.img')}`, 'bs=64k', 'count=1', 'conv=notrunc,fsync', 'status=none'])
-  const entries = walk(mount.pool)
-  t.true(entries.some(([file]) => file.includes('/packs/')) && entries.some(([file]) => file.includes('/extents/')), 'packs and extents exist')
-  t.true(entries.some(([file]) => file.endsWith('daemon.log')) && entries.some(([file]) => file.endsWith('daemon.pid')))
-  for (const [file, stat] of entries) {
-    const expected = stat.isDirectory() ? 0o700 : 0o600
-    t.is((stat.mode & 0o777).toString(8), expected.toString(8), `${file} is ${expected.toString(8)}`)
-  }
+  expectPrivatePool(t, mount.pool)
   const socket = socketPathFor(mount.mnt)
   t.is((fs.statSync(socket).mode & 0o777).toString(8), '600', 'the socket is 0600')
   t.is((fs.statSync(path.dirname(socket)).mode & 0o777).toString(8), '700', 'its directory is 0700')
