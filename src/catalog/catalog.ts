@@ -13,6 +13,7 @@
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
+import { catalogFreeBytesMax, catalogWalBytesMax, catalogWalCheckpointPages } from '../limits'
 
 export type VolumeKind = 'disk' | 'backup' | 'clone'
 
@@ -88,6 +89,8 @@ CREATE TABLE IF NOT EXISTS extents (
   volume_id INTEGER NOT NULL,
   created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retired_chunks (id INTEGER PRIMARY KEY, pack_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS retired_by_pack ON retired_chunks (pack_id);
 `
 
 export class Catalog {
@@ -109,8 +112,15 @@ export class Catalog {
     }
     try {
       db.pragma('locking_mode = EXCLUSIVE')
+      // Before the first table exists (a new catalog): pages freed by gc go back to the filesystem.
+      // An older catalog keeps auto_vacuum off and reuses its free pages instead.
+      db.pragma('auto_vacuum = INCREMENTAL')
       db.pragma('journal_mode = WAL')
       db.pragma('synchronous = FULL')
+      // Every fsync is a commit of a few pages (a 32 KiB map page and a volume row): checkpoint the
+      // WAL often and cut it back afterwards, so it stays about a MiB instead of growing with the writes.
+      db.pragma(`wal_autocheckpoint = ${catalogWalCheckpointPages}`)
+      db.pragma(`journal_size_limit = ${catalogWalBytesMax}`)
       // The first write takes the exclusive lock and keeps it until close.
       db.exec('BEGIN IMMEDIATE; COMMIT;')
     } catch (err) {
@@ -172,8 +182,12 @@ export class Catalog {
       chunkIds: db.prepare('SELECT id FROM chunks').pluck(),
       chunksInPack: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE pack_id = ?'),
       packUsage: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id GROUP BY p.id'),
-      maxChunkId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM chunks').pluck(),
-      maxPackId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM packs').pluck(),
+      maxChunkId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM chunks), 0), COALESCE((SELECT MAX(id) FROM retired_chunks), 0),
+        COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'chunk_id_high'), 0))`).pluck(),
+      maxPackId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM packs), 0), COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pack_id_high'), 0))`).pluck(),
+      retireChunk: db.prepare('INSERT OR REPLACE INTO retired_chunks (id, pack_id) SELECT id, pack_id FROM chunks WHERE id = ?'),
+      isRetired: db.prepare('SELECT 1 FROM retired_chunks WHERE id = ?').pluck(),
+      clearRetired: db.prepare('DELETE FROM retired_chunks WHERE pack_id = ?'),
       insertPack: db.prepare('INSERT INTO packs (id, created_ms) VALUES (?, ?)'),
       deletePack: db.prepare('DELETE FROM packs WHERE id = ?'),
       getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
@@ -187,7 +201,19 @@ export class Catalog {
 
   /** Runs `work` in one transaction: all of it is durable when this returns, or none of it. */
   transaction<T> (work: () => T): T {
-    return this.db.transaction(work)()
+    const result = this.db.transaction(work)()
+    if (this.deleted) this.reclaim()
+    return result
+  }
+
+  /** Set by deletes; after their transaction, free pages past catalogFreeBytesMax go back to the filesystem. */
+  private deleted = false
+
+  private reclaim (): void {
+    this.deleted = false
+    const free = this.db.pragma('freelist_count', { simple: true }) as number
+    const pageSize = this.db.pragma('page_size', { simple: true }) as number
+    if (free * pageSize > catalogFreeBytesMax) this.db.pragma('incremental_vacuum')
   }
 
   volumes (): VolumeRow[] {
@@ -233,12 +259,12 @@ export class Catalog {
     }
   }
 
-  deleteVolume (id: number): void { this.statements.deleteVolume.run(id) }
+  deleteVolume (id: number): void { this.statements.deleteVolume.run(id); this.deleted = true }
 
   page (id: number): PageRow | undefined { return this.statements.page.get(id) as PageRow | undefined }
   putPage (id: number, epoch: number, entries: Buffer): void { this.statements.putPage.run(id, epoch, entries) }
   pageIds (): number[] { return this.statements.pageIds.all() as number[] }
-  deletePage (id: number): void { this.statements.deletePage.run(id) }
+  deletePage (id: number): void { this.statements.deletePage.run(id); this.deleted = true }
   maxPageId (): number { return this.statements.maxPageId.get() as number }
   maxVolumeId (): number { return this.statements.maxVolumeId.get() as number }
   maxExtentId (): number { return this.statements.maxExtentId.get() as number }
@@ -255,10 +281,40 @@ export class Catalog {
   chunkByHash (hash: Buffer): number | undefined { return this.statements.chunkByHash.get(hash) as number | undefined }
   insertChunk (row: ChunkRow): void {
     this.statements.insertChunk.run(row.id, row.hash, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0)
+    if (row.id > this.chunkIdHigh) this.raiseIdHigh('chunk_id_high', row.id)
   }
 
+  /**
+   * The high-water marks of chunk and pack ids: every id ever indexed (or found in a pack by repair)
+   * is at or below them, even after its row is gone, so no id is handed out twice and a pack record
+   * above the mark is known never to have been indexed (a seal that did not finish).
+   */
+  private chunkIdHigh = -1
+  raiseIdHigh (key: 'chunk_id_high' | 'pack_id_high', id: number): void {
+    if (key === 'chunk_id_high') {
+      if (this.chunkIdHigh < 0) this.chunkIdHigh = Number(this.getMeta(key) ?? '0')
+      if (id <= this.chunkIdHigh) return
+      this.chunkIdHigh = id
+      this.setMeta(key, String(id))
+    } else if (Number(this.getMeta(key) ?? '0') < id) this.setMeta(key, String(id))
+  }
+
+  /**
+   * Gc proved these chunks unreferenced: their rows go, and their ids are kept as retired until their
+   * pack is deleted, so compaction can tell a freed record from one the catalog lost.
+   */
+  retireChunks (ids: number[]): void {
+    this.transaction(() => {
+      for (const id of ids) { this.statements.retireChunk.run(id); this.statements.deleteChunk.run(id) }
+    })
+  }
+
+  isRetired (id: number): boolean { return this.statements.isRetired.get(id) !== undefined }
+  /** After pack `packId` was deleted: its retired ids name nothing any more. */
+  clearRetired (packId: number): void { this.statements.clearRetired.run(packId) }
+
   moveChunk (id: number, packId: number, offset: number): void { this.statements.moveChunk.run(packId, offset, id) }
-  deleteChunk (id: number): void { this.statements.deleteChunk.run(id) }
+  deleteChunk (id: number): void { this.statements.deleteChunk.run(id); this.deleted = true }
   chunkIds (): number[] { return this.statements.chunkIds.all() as number[] }
   chunksInPack (packId: number): ChunkRow[] {
     return (this.statements.chunksInPack.all(packId) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))

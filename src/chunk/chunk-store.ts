@@ -11,21 +11,16 @@
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
-import { promisify } from 'node:util'
+import { FileIo, nodeFileIo } from '../io/file-io'
 import { Catalog, ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
 import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
 import { WorkerPool } from './worker-pool'
+import { quarantineFile, unaccountedRecords } from './pack-scan'
+import { quarantineDir } from '../format/pool-format'
 import { OpenRequest, outputOffset } from '../../workers/protocol'
-import { syncDirectory } from '../extent/delta-extent'
 
-const writeAsync = promisify(fs.write)
-const writevAsync = promisify(fs.writev) as (fd: number, buffers: NodeJS.ArrayBufferView[], position: number) => Promise<{ bytesWritten: number }>
-const readAsync = promisify(fs.read)
-const openAsync = promisify(fs.open)
-const closeAsync = promisify(fs.close)
-const fdatasyncAsync = promisify(fs.fdatasync)
 
 interface OpenPack { id: number, fd: number, bytes: number }
 
@@ -48,7 +43,8 @@ export class ChunkStore {
     private readonly catalog: Catalog,
     private readonly blockBytes: number,
     readonly workers: WorkerPool,
-    private readonly log: (message: string) => void
+    private readonly log: (message: string) => void,
+    private readonly io: FileIo = nodeFileIo
   ) {
     fs.mkdirSync(dir, { recursive: true })
     this.nextChunkId = catalog.maxChunkId() + 1
@@ -105,7 +101,7 @@ export class ChunkStore {
       row.packId = pack.id
       row.offset = start + chunkHeaderBytes
       this.unsyncedPacks.add(pack)
-      const { bytesWritten } = await writevAsync(pack.fd, [header, payload], start)
+      const { bytesWritten } = await this.io.writev(pack.fd, [header, payload], start)
       if (bytesWritten !== header.length + payload.length) throw new Error(`short write (${bytesWritten} bytes)`)
     } catch (err) {
       this.pendingByHash.delete(key)
@@ -123,7 +119,7 @@ export class ChunkStore {
     const packs = [...this.unsyncedPacks]
     const rows = [...this.pendingByHash.values()]
     try {
-      const synced = await Promise.allSettled(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+      const synced = await Promise.allSettled(packs.map(async pack => await this.io.fdatasync(pack.fd)))
       const failed = synced.findIndex(r => r.status === 'rejected')
       if (failed >= 0) {
         await this.retire(packs.filter((_pack, i) => synced[i].status === 'rejected'))
@@ -155,7 +151,7 @@ export class ChunkStore {
     const current = await this.current.catch(() => null)
     if (current !== null && packs.includes(current)) {
       this.current = null
-      await closeAsync(current.fd).catch(() => {})
+      await this.io.close(current.fd).catch(() => {})
     }
   }
 
@@ -185,10 +181,10 @@ export class ChunkStore {
     header.writeBigUInt64LE(BigInt(Date.now()), 24)
     this.catalog.insertPack(id, Date.now())
     try {
-      const fd = await openAsync(this.packFile(id), 'wx+')
-      await writeAsync(fd, header, 0, header.length, 0)
-      await fdatasyncAsync(fd)
-      await syncDirectory(this.dir)
+      const fd = await this.io.open(this.packFile(id), 'wx+')
+      await this.io.write(fd, header, 0, header.length, 0)
+      await this.io.fdatasync(fd)
+      await this.io.syncDirectory(this.dir)
       return { id, fd, bytes: packHeaderBytes }
     } catch (err) {
       throw fromSystemError(err, `creating pack ${id}`)
@@ -326,45 +322,55 @@ export class ChunkStore {
     for (const usage of usages) {
       const file = this.packFile(usage.id)
       let size = 0
-      try { size = (await fs.promises.stat(file)).size } catch {}
+      size = await this.io.sizeOf(file)
       const payloadBytes = Math.max(1, size - packHeaderBytes)
       if (usage.chunks > 0 && usage.liveBytes / payloadBytes >= liveFractionMin) continue
       const moved: Array<{ id: number, packId: number, offset: number }> = []
       if (usage.chunks > 0) {
-        const fd = await openAsync(file, 'r')
+        const fd = await this.io.open(file, 'r')
         try {
           for (const row of this.catalog.chunksInPack(usage.id)) {
             const record = Buffer.alloc(chunkHeaderBytes + row.storedBytes)
-            await readAsync(fd, record, 0, record.length, row.offset - chunkHeaderBytes)
+            await this.io.read(fd, record, 0, record.length, row.offset - chunkHeaderBytes)
             const pack = await this.writablePack(record.length)
             const start = pack.bytes
             pack.bytes += record.length
             this.unsyncedPacks.add(pack)
-            await writeAsync(pack.fd, record, 0, record.length, start)
+            await this.io.write(pack.fd, record, 0, record.length, start)
             moved.push({ id: row.id, packId: pack.id, offset: start + chunkHeaderBytes })
           }
-        } finally { await closeAsync(fd) }
+        } finally { await this.io.close(fd) }
         const packs = [...this.unsyncedPacks]
         this.unsyncedPacks.clear()
-        await Promise.all(packs.map(async pack => await fdatasyncAsync(pack.fd)))
+        await Promise.all(packs.map(async pack => await this.io.fdatasync(pack.fd)))
       }
+      // The old pack goes only when the catalog accounts for every record in it (pack-scan.ts);
+      // one it does not account for (a lost index row, a rebuilt catalog) sends it to quarantine/.
+      const unaccounted = await unaccountedRecords(this.catalog, file, true, new Set(moved.map(m => m.id)))
       this.catalog.transaction(() => {
         for (const m of moved) this.catalog.moveChunk(m.id, m.packId, m.offset)
         this.catalog.deletePack(usage.id)
+        if (unaccounted === 0) this.catalog.clearRetired(usage.id)
+        else this.catalog.raiseIdHigh('pack_id_high', usage.id)
       })
       for (const m of moved) this.cache.delete(m.id)
-      await fs.promises.rm(file, { force: true })
+      if (unaccounted > 0) {
+        const target = await quarantineFile(file, path.join(path.dirname(this.dir), quarantineDir))
+        this.log(`compaction: pack ${usage.id} holds ${unaccounted} chunk records the catalog does not account for; moved to ${target}, not deleted (vdiskfs repair reads it)`)
+        continue
+      }
+      await this.io.remove(file)
       packsFreed++
       bytesFreed += size
     }
-    if (packsFreed > 0) await syncDirectory(this.dir)
+    if (packsFreed > 0) await this.io.syncDirectory(this.dir)
     return { packsFreed, bytesFreed }
   }
 
   async close (): Promise<void> {
     if (this.current !== null) {
       const pack = await this.current.catch(() => null)
-      if (pack !== null) await closeAsync(pack.fd).catch(() => {})
+      if (pack !== null) await this.io.close(pack.fd).catch(() => {})
     }
     this.current = null
   }

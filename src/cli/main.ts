@@ -22,6 +22,7 @@ import { SealReport } from '../seal/sealer'
 import { GcReport } from '../volume/pool'
 import { Parsed, Spec, UsageError, parseArgs, parseSize } from './args'
 import { bytes, table } from './format'
+import { describeHolders, findHolders } from './holders'
 
 interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
 
@@ -52,6 +53,30 @@ function newImageName (name: string): string {
 
 function print (json: boolean, value: unknown, human: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
+}
+
+/** Times as the text shows them (ISO 8601, UTC): a volume's createdMs/mtimeMs become created/modified. */
+function jsonVolume<T extends { createdMs: number, mtimeMs: number }> (volume: T): Omit<T, 'createdMs' | 'mtimeMs'> & { created: string, modified: string } {
+  const { createdMs, mtimeMs, ...rest } = volume
+  return { ...rest, created: time(createdMs), modified: time(mtimeMs) }
+}
+
+function time (ms: number): string { return new Date(ms).toISOString() }
+
+/**
+ * Calls rm or restore; when the daemon refuses an image in use, names who holds it (loop devices and
+ * processes, found here from /sys and /proc) in the one line it prints.
+ */
+async function callUnlessInUse (target: { mountpoint: string, kind: string, name: string }, op: 'rm' | 'restore', args: Record<string, unknown>): Promise<unknown> {
+  try {
+    return await call(target.mountpoint, op, args)
+  } catch (err) {
+    if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err
+    const relative = `${dirOfKind[target.kind]}/${target.name}`
+    const holders = findHolders(path.join(target.mountpoint, relative))
+    if (holders.length === 0) throw err
+    throw new VdiskError('BUSY', `${relative} is in use by ${describeHolders(holders)}: close it first, or use --force`)
+  }
 }
 
 const commands: Record<string, Command> = {
@@ -145,7 +170,7 @@ const commands: Record<string, Command> = {
       } finally {
         if (freeze !== undefined) fsfreeze('-u', freeze)
       }
-      print(flags.json === true, result, () => `backup ${path.join(source.mountpoint, 'backups', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+      print(flags.json === true, jsonVolume(result), () => `backup ${path.join(source.mountpoint, 'backups', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
   },
 
@@ -158,32 +183,34 @@ const commands: Record<string, Command> = {
       const file = newImageName(name)
       if (source.kind !== 'backup') throw invalid(`${image} is not a backup: clones stand on backups (make one with vdiskfs backup)`)
       const result = await call(source.mountpoint, 'clone', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
-      print(flags.json === true, result, () => `clone ${path.join(source.mountpoint, 'clones', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+      print(flags.json === true, jsonVolume(result), () => `clone ${path.join(source.mountpoint, 'clones', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
   },
 
   restore: {
-    usage: 'restore BACKUP IMAGE',
-    summary: "point a disk or clone back at a backup's content",
-    spec: { positionals: ['BACKUP', 'IMAGE'] },
-    async run ({ positionals: [backupImage, image] }) {
+    usage: 'restore BACKUP IMAGE [--force] [--json]',
+    summary: "point a disk or clone back at a backup's content (refused while the image is open, unless --force)",
+    spec: { positionals: ['BACKUP', 'IMAGE'], booleans: { force: ['--force'], json: ['--json'] } },
+    async run ({ positionals: [backupImage, image], flags }) {
       const source = imagePath(backupImage)
       const target = imagePath(image)
       if (source.mountpoint !== target.mountpoint) throw invalid('BACKUP and IMAGE must be in the same vdiskfs mount')
       if (source.kind !== 'backup') throw invalid(`${backupImage} is not a backup`)
       if (target.kind === 'backup') throw invalid(`${image} is a backup, and backups are immutable`)
-      await call(source.mountpoint, 'restore', { sourceKind: source.kind, sourceName: source.name, targetKind: target.kind, targetName: target.name })
-      process.stdout.write(`restored ${image} from ${backupImage}\n`)
+      const result = await callUnlessInUse(target, 'restore', { sourceKind: source.kind, sourceName: source.name, targetKind: target.kind, targetName: target.name, force: flags.force === true }) as { restored: VolumeInfo, from: VolumeInfo }
+      print(flags.json === true, { restored: jsonVolume(result.restored), from: jsonVolume(result.from) }, () => `restored ${image} from ${backupImage}`)
     }
   },
 
   rm: {
-    usage: 'rm IMAGE',
-    summary: 'delete a volume (the only way to delete a backup); clones keep what they need',
-    spec: { positionals: ['IMAGE'] },
-    async run ({ positionals: [image] }) {
+    usage: 'rm IMAGE [--force] [--json]',
+    summary: 'delete a volume (the only way to delete a backup); clones keep what they need. Refused while the image is open, unless --force (then its holders keep it until they close it)',
+    spec: { positionals: ['IMAGE'], booleans: { force: ['--force'], json: ['--json'] } },
+    async run ({ positionals: [image], flags }) {
       const target = imagePath(image)
-      await call(target.mountpoint, 'rm', { targetKind: target.kind, targetName: target.name })
+      const result = await callUnlessInUse(target, 'rm', { targetKind: target.kind, targetName: target.name, force: flags.force === true }) as { removed: VolumeInfo, stillOpen: boolean }
+      print(flags.json === true, { removed: jsonVolume(result.removed), stillOpen: result.stillOpen }, () =>
+        `removed ${path.join(target.mountpoint, dirOfKind[target.kind], target.name)}` + (result.stillOpen ? ' (still open: its holders keep it until they close it)' : ''))
     }
   },
 
@@ -193,7 +220,7 @@ const commands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
       const volumes = await call(mountpointArg(mnt), 'ls') as Array<VolumeInfo & { storedBytes: number }>
-      print(flags.json === true, volumes, () => lineageTree(volumes))
+      print(flags.json === true, volumes.map(jsonVolume), () => lineageTree(volumes))
     }
   },
 
@@ -260,7 +287,8 @@ const commands: Record<string, Command> = {
           `${report.extentsDropped} extents dropped, ${report.pagesReplaced} map pages replaced, ${report.entriesLost} blocks marked lost, ${report.quarantined.length} files quarantined`]
         for (const note of report.notes) lines.push(`  ${note}`)
         for (const q of report.quarantined) lines.push(`  quarantined ${q}`)
-        lines.push(report.after.ok ? 'the pool is consistent; no data is damaged' : 'damaged ranges (reads fail with EIO until rewritten):')
+        lines.push(report.after.ok ? 'the pool is consistent; no data is damaged' : 'still damaged (vdiskfs verify says the same; reads of damaged ranges fail with EIO until rewritten):')
+        for (const problem of report.after.problems) lines.push(`  pool: ${problem}`)
         for (const d of report.after.damaged) lines.push(`  ${dirOfKind[d.kind]}/${d.volume} bytes ${d.startByte}-${d.endByte - 1}: ${d.problem}`)
         return lines.join('\n')
       })
@@ -337,7 +365,7 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
       const last = i === list.length - 1
       const branch = parent === null ? '' : (last ? '└─ ' : '├─ ')
       const gone = parent === null && v.sourceId !== null ? ` (from ${v.sourceLabel ?? '?'}, deleted)` : ''
-      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${new Date(v.createdMs).toISOString()}${gone}`)
+      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${time(v.createdMs)}${gone}`)
       walk(v.id, parent === null ? prefix : prefix + (last ? '   ' : '│  '))
     })
   }
@@ -360,6 +388,13 @@ function help (): string {
 
 export async function main (argv: string[]): Promise<number> {
   const [name, ...rest] = argv
+  // A reader that stops early (`vdiskfs verify | head -1`) ends the command quietly: what it wanted
+  // was written, and Node would otherwise die of the unhandled EPIPE with a stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') process.stderr.write(`vdiskfs: cannot write the output: ${err.message}\n`)
+    process.exit(err.code === 'EPIPE' && typeof process.exitCode === 'number' ? process.exitCode : err.code === 'EPIPE' ? 0 : 1)
+  })
+  process.stderr.on('error', () => {})
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') { process.stdout.write(help() + '\n'); return name === undefined ? 2 : 0 }
   if (name === '--version' || name === '-V') { process.stdout.write(`vdiskfs ${version}\n`); return 0 }
   const command = commands[name]

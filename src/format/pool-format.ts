@@ -15,6 +15,12 @@ export const catalogFile = 'catalog.sqlite'
 export const extentsDir = 'extents'
 /** Chunk pack files live here: `<pack id>.pack`. */
 export const packsDir = 'packs'
+/**
+ * Files set aside instead of deleted: `<ms>-<name>`, mode 0600, never read by the daemon. Repair
+ * moves strays here; compaction moves packs holding chunk records the catalog does not account for;
+ * repair reads the packs here to bring back chunks the maps need.
+ */
+export const quarantineDir = 'quarantine'
 /** Daemon log and pid, for people. */
 export const daemonLogFile = 'daemon.log'
 export const daemonPidFile = 'daemon.pid'

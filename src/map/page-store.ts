@@ -7,12 +7,13 @@
  * catalog transaction holding it committed, and only if it did not change meanwhile (its version).
  * Clean pages are evicted past pageCacheMax; dirty ones never are, so no read can reload a page
  * from the catalog while a newer copy waits to be written.
- * Errors: get() throws CORRUPT when a stored page is malformed.
+ * Stored pages carry checksums (format/map-format.ts); a page written before them is read as legacy.
+ * Errors: get() throws CORRUPT when a stored page is malformed or fails its checksums.
  */
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
-import { decodeU64Array, encodeU64Array } from '../format/map-format'
-import { pageBytes, pageCacheMax, pageEntries } from '../limits'
+import { decodePage, describePageDamage, encodePage, pageIsSound } from '../format/map-format'
+import { pageCacheMax, pageEntries } from '../limits'
 
 export class Page {
   /** Set when the page changed since the last commit that wrote it. */
@@ -39,14 +40,11 @@ export class PageStore {
     if (cached !== undefined) return cached
     const row = this.catalog.page(id)
     if (row === undefined) throw corrupt(`map page ${id} is missing from the catalog`)
-    if (row.entries.byteLength !== pageBytes) throw corrupt(`map page ${id} has ${row.entries.byteLength} bytes, expected ${pageBytes}`)
-    let entries: Float64Array
-    try {
-      entries = decodeU64Array(row.entries, pageEntries)
-    } catch (err) {
-      throw corrupt(`map page ${id}: ${(err as Error).message}`, err)
-    }
-    const page = new Page(id, row.epoch, entries)
+    // A damaged page is never served, not even in part: its blocks fail with EIO until repair
+    // (which can prove most damaged entries from the checksums) rewrites it.
+    const decoded = decodePage(row.entries, id)
+    if (!pageIsSound(decoded)) throw corrupt(`map page ${id} is damaged (${describePageDamage(decoded)}): run vdiskfs repair on the pool`)
+    const page = new Page(id, row.epoch, decoded.entries)
     this.cache.set(id, page)
     this.evict()
     return page
@@ -72,7 +70,7 @@ export class PageStore {
   /** Encoded copies of the dirty pages for a commit; they stay dirty until `committed()`. */
   takeDirty (): PageCopy[] {
     const out: PageCopy[] = []
-    for (const page of this.dirtyPages) out.push({ page, id: page.id, epoch: page.epoch, entries: encodeU64Array(page.entries), version: page.version })
+    for (const page of this.dirtyPages) out.push({ page, id: page.id, epoch: page.epoch, entries: encodePage(page.entries, page.id), version: page.version })
     return out
   }
 

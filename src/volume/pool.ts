@@ -10,19 +10,21 @@
  * Errors: open() throws INVALID (not a pool, newer format), BUSY (in use), CORRUPT, IO; namespace
  * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
  */
+import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { Catalog, VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
-import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
+import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
 import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
-import { assertLimits, blockBytesDefault, extentIdleMs, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, writableExtentsMax, zstdLevelDefault } from '../limits'
+import { assertLimits, blockBytesDefault, extentIdleMs, inUseGraceMs, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, writableExtentsMax, zstdLevelDefault } from '../limits'
 import { ChunkStore } from '../chunk/chunk-store'
 import { WorkerPool } from '../chunk/worker-pool'
 import { BlockMap } from '../map/block-map'
 import { Page, PageStore } from '../map/page-store'
-import { DeltaExtent, ExtentStore, syncDirectory } from '../extent/delta-extent'
+import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
+import { FileIo, nodeFileIo } from '../io/file-io'
 import { Volume, VolumeContext } from './volume'
 import { securePoolDirectory } from './pool-access'
 
@@ -35,9 +37,19 @@ export interface OpenOptions {
   /** Worker threads for hashing and compression (default: the number of cores; 0 = main thread, benchmark only). */
   workers?: number
   log?: (message: string) => void
+  /** The file I/O under extents and packs (tests put a fault-injecting one here). */
+  io?: FileIo
 }
 
-export interface GcReport { pagesFreed: number, extentsFreed: number, chunksFreed: number, packsFreed: number, packBytesFreed: number }
+export interface GcReport {
+  pagesFreed: number
+  extentsFreed: number
+  chunksFreed: number
+  packsFreed: number
+  packBytesFreed: number
+  /** Why gc freed nothing: the catalog is damaged (lost blocks, unreadable pages, dangling references). */
+  held?: string
+}
 
 export class Pool implements VolumeContext {
   readonly extents: ExtentStore
@@ -75,12 +87,14 @@ export class Pool implements VolumeContext {
   }
 
   private readonly log: (message: string) => void
+  private readonly io: FileIo
 
   private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
     this.log = options.log ?? (() => {})
-    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds())
+    this.io = options.io ?? nodeFileIo
+    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
-    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, options.log ?? (() => {}))
+    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
     this.pages = new PageStore(catalog)
     this.nextVolumeId = catalog.maxVolumeId() + 1
     this.nextExtentId = catalog.maxExtentId() + 1
@@ -96,7 +110,8 @@ export class Pool implements VolumeContext {
     const header = readOrCreateHeader(dir, options)
     securePoolDirectory(dir)
     assertLimits(header.blockBytes)
-    fs.mkdirSync(path.join(dir, extentsDir), { recursive: true })
+    makeDurableDirectory(dir, extentsDir)
+    makeDurableDirectory(dir, packsDir)
     const catalog = Catalog.open(path.join(dir, catalogFile), true)
     try {
       return new Pool(dir, header, catalog, options)
@@ -260,23 +275,86 @@ export class Pool implements VolumeContext {
     return volume
   }
 
-  /** Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2)). */
-  async rename (volume: Volume, newName: string, internal = false): Promise<void> {
+  /**
+   * Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2); a replaced
+   * volume still open is kept for its handles, as remove with force keeps it). `hide`: the FUSE layer
+   * hides a volume unlinked while open under a hidden name (libfuse's .fuse_hidden*); only an open
+   * volume can be hidden, and it is removed at its last release (`released`).
+   * Errors: READ_ONLY for a backup, INVALID for a bad name or hiding a volume nobody holds open.
+   */
+  async rename (volume: Volume, newName: string, hide = false): Promise<void> {
     if (volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
-    if (!internal) checkName(newName)
+    if (!hide) checkName(newName)
+    else if (!newName.startsWith('.') || volume.openHandles === 0) throw invalid(`invalid name '${newName}': names starting with '.' are libfuse's, for files unlinked while open`)
     if (newName === volume.name) return
     const target = this.find(volume.kind, newName)
-    if (target !== undefined) this.forget(target)
+    if (target !== undefined) {
+      if (target.openHandles > 0) this.hide(target)
+      else this.forget(target)
+    }
     volume.name = newName
     volume.rowDirty = true
     this.changed(volume)
     await this.commit()
   }
 
-  /** Removes a volume; its data stays as long as another volume's map references it. */
-  async remove (volume: Volume): Promise<void> {
+  /**
+   * Removes a volume; its data stays as long as another volume's map references it. A volume with open
+   * handles is refused (BUSY) unless `force`; forced, it goes as unlink(2) goes: out of the namespace
+   * now (its name is free again), readable and writable by its holders, removed at the last release.
+   */
+  async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> {
+    if (await this.inUse(volume, options.force === true)) this.hide(volume)
+    else this.forget(volume)
+    await this.commit()
+  }
+
+  /** A handle on `volume` was opened (the FUSE adapter's open and create). */
+  opened (volume: Volume): void {
+    volume.openHandles++
+  }
+
+  /** A handle on `volume` was released; the last one of a volume removed while open removes it. */
+  async released (volume: Volume): Promise<void> {
+    assert.ok(volume.openHandles > 0, 'release without open')
+    volume.openHandles--
+    if (volume.openHandles > 0 || !volume.hidden || this.volumes.get(volume.id) !== volume) return
     this.forget(volume)
     await this.commit()
+  }
+
+  /**
+   * Drops the volumes a crash left hidden (removed while open: no handle survives a restart); their
+   * data is then garbage for gc. Returns their labels.
+   */
+  async dropHidden (): Promise<string[]> {
+    const hidden = [...this.volumes.values()].filter(v => v.hidden)
+    for (const volume of hidden) this.forget(volume)
+    if (hidden.length > 0) await this.commit()
+    return hidden.map(v => v.label)
+  }
+
+  /**
+   * Whether `volume` is held open, after up to inUseGraceMs for releases on their way (the kernel sends
+   * RELEASE after close(2) or losetup -d has returned). Throws BUSY when it is and `force` is not set,
+   * NOT_FOUND when it was removed meanwhile.
+   */
+  private async inUse (volume: Volume, force: boolean): Promise<boolean> {
+    for (let waitedMs = 0; !force && volume.openHandles > 0 && waitedMs < inUseGraceMs; waitedMs += 10) {
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+    if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
+    if (volume.openHandles > 0 && !force) {
+      throw new VdiskError('BUSY', `${volume.label} is in use (${volume.openHandles} open handle${volume.openHandles === 1 ? '' : 's'}): close it first, or use --force`)
+    }
+    return volume.openHandles > 0
+  }
+
+  /** Takes an open volume out of the namespace under a hidden name, committed as such (see Volume.hidden). */
+  private hide (volume: Volume): void {
+    volume.name = `.removed-${volume.id}`
+    volume.rowDirty = true
+    this.changed(volume)
   }
 
   private forget (volume: Volume): void {
@@ -316,10 +394,14 @@ export class Pool implements VolumeContext {
     return clone
   }
 
-  /** Points a disk or clone back at a backup's content (O(1), keeps every backup). */
-  async restore (backup: Volume, target: Volume): Promise<void> {
+  /**
+   * Points a disk or clone back at a backup's content (O(1), keeps every backup). Refused (BUSY) while
+   * the target is held open, unless `force`: its holder would see its content change underneath.
+   */
+  async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}, not a backup`)
     if (target.kind === 'backup') throw readOnly(`backup ${target.name}`)
+    await this.inUse(target, options.force === true)
     await target.pause()
     try {
       target.map.root = backup.map.copyRoot()
@@ -441,28 +523,48 @@ export class Pool implements VolumeContext {
       const livePages = new Set<number>()
       const liveExtents = new Set<number>()
       const liveChunks = new Set<number>()
+      // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
+      // could not find or prove), an unreadable page, or a reference to a chunk or extent the catalog
+      // lacks means the maps are not the whole truth: then gc frees nothing (issue #9, item 6).
+      let held: string | null = null
       for (const volume of this.volumes.values()) {
         for (const id of volume.writableExtents) liveExtents.add(id)
         for (const id of volume.map.root) if (id !== 0) livePages.add(id)
-        volume.map.forEachEntry((_block, entry) => {
-          const kind = entryKind(entry)
-          if (kind === entryKindDelta) liveExtents.add(entryExtentId(entry))
-          else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
-        })
+        try {
+          volume.map.forEachEntry((block, entry) => {
+            const kind = entryKind(entry)
+            if (kind === entryKindDelta) liveExtents.add(entryExtentId(entry))
+            else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
+            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${block} is lost`
+          })
+        } catch (err) {
+          held ??= `${volume.label}: ${(err as Error).message}`
+        }
       }
-      const deadPages = this.catalog.pageIds().filter(id => !livePages.has(id) && !this.pages.isDirty(id))
-      const deadExtents = this.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.nextExtentId)
-      const deadChunks = this.catalog.chunkIds().filter(id => !liveChunks.has(id))
+      const indexed = this.catalog.chunkIds()
+      if (held === null) {
+        const known = new Set(indexed)
+        for (const id of liveChunks) if (!known.has(id)) { held = `chunk ${id} is referenced but missing from the index`; break }
+      }
+      if (held === null) {
+        const known = new Set(this.catalog.extents().map(e => e.id))
+        for (const id of liveExtents) if (!known.has(id) && id < this.nextExtentId) { held = `delta extent ${id} is referenced but missing from the catalog`; break }
+      }
+      const deadPages = held !== null ? [] : this.catalog.pageIds().filter(id => !livePages.has(id) && !this.pages.isDirty(id))
+      const deadExtents = held !== null ? [] : this.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.nextExtentId)
+      const deadChunks = held !== null ? [] : indexed.filter(id => !liveChunks.has(id))
+      if (held !== null) this.log(`gc frees nothing while the catalog is damaged: ${held} (vdiskfs verify, vdiskfs repair)`)
       this.catalog.transaction(() => {
         for (const id of deadPages) this.catalog.deletePage(id)
         for (const id of deadExtents) this.catalog.deleteExtent(id)
       })
+      this.catalog.retireChunks(deadChunks)
       this.chunks.forget(deadChunks)
       for (const id of deadPages) this.pages.drop(id)
       for (const id of deadExtents) await this.extents.remove(id)
-      if (deadExtents.length > 0) await syncDirectory(path.join(this.dir, extentsDir))
+      if (deadExtents.length > 0) await this.io.syncDirectory(path.join(this.dir, extentsDir))
       const compacted = await this.chunks.compact(liveFractionMin)
-      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed }
+      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, ...(held !== null ? { held } : {}) }
     })
   }
 
@@ -582,6 +684,20 @@ export class Pool implements VolumeContext {
     await this.extents.remove(extentId)
   }
 
+  /**
+   * Test seam for crash tests: lets go of the pool as a crash would (no commit, nothing flushed);
+   * the catalog lock is released so the pool can be opened again in this process.
+   */
+  async abandon (): Promise<void> {
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    await this.maintenance.catch(() => {})
+    await this.extents.closeAll()
+    await this.chunks.close()
+    await this.workers.close()
+    this.catalog.close()
+  }
+
   /** True from the moment close() starts: background work checks it and stops. */
   get closing (): boolean { return this.state !== 'open' }
 
@@ -645,6 +761,7 @@ function readOrCreateHeader (dir: string, options: OpenOptions): PoolHeader {
     fs.fsyncSync(fd)
     fs.closeSync(fd)
     fs.renameSync(temporary, headerPath)
+    syncDirectorySync(dir)
     return header
   }
   let header: PoolHeader
@@ -670,4 +787,18 @@ function assertLimitsUserFacing (blockBytes: unknown): void {
   } catch (err) {
     throw invalid(`invalid block size ${String(blockBytes)}: use a power of two from 4K to 1M`)
   }
+}
+
+/** Makes a directory's entries durable (after a rename or a create in it). */
+function syncDirectorySync (dir: string): void {
+  const fd = fs.openSync(dir, 'r')
+  try { fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+}
+
+/** Creates `parent/name` if missing, durably: the new entry is synced into its parent. */
+function makeDurableDirectory (parent: string, name: string): void {
+  const dir = path.join(parent, name)
+  if (fs.existsSync(dir)) return
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  syncDirectorySync(parent)
 }

@@ -16,10 +16,15 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { catalogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile } from '../format/pool-format'
-import { chunkHeaderBytes, chunkHeaderFields, chunkMagic, packHeaderBytes, packMagic } from '../chunk/pack-format'
-import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry } from '../format/map-format'
-import { pageEntries } from '../limits'
+import { catalogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
+import { packFileName } from '../chunk/pack-format'
+import { PackScan, scanPack } from '../chunk/pack-scan'
+import { PageRow } from '../catalog/catalog'
+import {
+  DecodedPage, decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
+  pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
+} from '../format/map-format'
+import { pageBytes, pageEntries } from '../limits'
 import { VdiskError } from '../errors'
 import { Pool } from './pool'
 import { VerifyReport, verifyPool } from './verify'
@@ -31,6 +36,8 @@ export interface RepairReport {
   extentsDropped: number
   pagesReplaced: number
   entriesLost: number
+  /** Chunk records in packs that no volume the catalog knows references: kept, unindexed. */
+  orphanRecords: number
   quarantined: string[]
   notes: string[]
   after: VerifyReport
@@ -38,11 +45,12 @@ export interface RepairReport {
 
 export async function repairPool (dir: string): Promise<RepairReport> {
   dir = path.resolve(dir)
-  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, entriesLost: 0, quarantined: [], notes: [] }
+  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, entriesLost: 0, orphanRecords: 0, quarantined: [], notes: [] }
   const quarantine = (file: string, why: string) => {
     const target = path.join(dir, 'quarantine', `${Date.now()}-${path.basename(file)}`)
-    fs.mkdirSync(path.dirname(target), { recursive: true })
+    fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 })
     fs.renameSync(file, target)
+    fs.chmodSync(target, 0o600)
     report.quarantined.push(`${path.relative(dir, file)} -> ${path.relative(dir, target)} (${why})`)
   }
   // 1. The catalog: open it, or move it aside and salvage what can be read.
@@ -66,7 +74,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
   try {
     const catalog = pool.catalog
     // 2. Foreign files at the top level.
-    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, extentsDir, packsDir, 'quarantine', daemonLogFile, daemonPidFile])
+    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile])
     for (const name of fs.readdirSync(dir)) {
       if (!known.has(name) && !name.startsWith(`${catalogFile}.damaged-`) && !name.endsWith('.tmp')) quarantine(path.join(dir, name), 'not a pool file')
     }
@@ -87,38 +95,93 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         report.notes.push(`extent ${id}: ${(err as Error).message}`)
       }
     }
-    // 4. Packs: rebuild the chunk index from the records.
+    // 4. The maps, read from their stored bytes: each page checked against its checksums, single
+    //    damaged bytes corrected where a checksum proves the original. What they reference decides
+    //    which pack records the index must hold.
+    const decoded = new Map<number, { row: PageRow, page: DecodedPage }>()
+    const referenced = new Set<number>()
+    for (const volume of pool.list()) {
+      for (const id of volume.map.root) {
+        if (id === 0 || decoded.has(id)) continue
+        const row = catalog.page(id)
+        if (row === undefined) continue
+        const page = decodePage(row.entries, id, true)
+        decoded.set(id, { row, page })
+        for (const entry of page.entries) if (entryKind(entry) === entryKindChunk) referenced.add(entryChunkId(entry))
+      }
+    }
+    // 5. Packs (and packs in quarantine/): rebuild the chunk index from their records. A record the
+    //    maps reference is indexed; one nobody references is left as it is, unindexed: the catalog
+    //    may have lost the volumes that need it, so it is kept (compaction quarantines, never deletes).
     const packDir = path.join(dir, packsDir)
+    const quarantineFull = path.join(dir, quarantineDir)
     const knownPacks = new Set(catalog.packUsage().map(p => p.id))
+    let catalogLostRows = report.catalogRebuilt
+    let highestRecord = 0
     const scanned = new Map<number, { packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean, hash: Buffer }>()
+    const scans: Array<{ file: string, scan: PackScan, quarantined: boolean }> = []
     for (const name of fs.readdirSync(packDir)) {
       const match = /^(\d+)\.pack$/.exec(name)
       if (match === null) { quarantine(path.join(packDir, name), 'not a pack file'); continue }
-      const packId = Number(match[1])
-      const bytes = fs.readFileSync(path.join(packDir, name))
-      if (bytes.length < packHeaderBytes || !bytes.subarray(0, 8).equals(packMagic) || Number(bytes.readBigUInt64LE(16)) !== packId) {
-        quarantine(path.join(packDir, name), 'bad pack header')
-        continue
+      const scan = await scanPack(path.join(packDir, name))
+      if (scan.packId === null || scan.packId !== Number(match[1])) { quarantine(path.join(packDir, name), 'bad pack header'); continue }
+      if (scan.stopped !== null) report.notes.push(`pack ${scan.packId}: ${scan.stopped}; the rest of the pack is ignored`)
+      if (!knownPacks.has(scan.packId)) {
+        catalog.insertPack(scan.packId, Date.now())
+        knownPacks.add(scan.packId)
+        catalogLostRows = true
+        report.notes.push(`pack ${scan.packId} was missing from the catalog; re-registered`)
       }
-      if (!knownPacks.has(packId)) { catalog.insertPack(packId, Date.now()); report.notes.push(`pack ${packId} was missing from the catalog; re-registered`) }
-      let at = packHeaderBytes
-      while (at + chunkHeaderBytes <= bytes.length) {
-        if (bytes.readUInt32LE(at + chunkHeaderFields.magic) !== chunkMagic) { report.notes.push(`pack ${packId}: no record at offset ${at}; the rest of the pack is ignored`); break }
-        const storedBytes = bytes.readUInt32LE(at + chunkHeaderFields.storedBytes)
-        const end = at + chunkHeaderBytes + storedBytes
-        if (end > bytes.length) { report.notes.push(`pack ${packId} is truncated at offset ${at}`); break }
-        scanned.set(Number(bytes.readBigUInt64LE(at + chunkHeaderFields.id)), {
-          packId,
-          offset: at + chunkHeaderBytes,
-          storedBytes,
-          rawBytes: bytes.readUInt32LE(at + chunkHeaderFields.rawBytes),
-          compressed: (bytes.readUInt32LE(at + chunkHeaderFields.flags) & 1) === 1,
-          hash: Buffer.from(bytes.subarray(at + chunkHeaderFields.hash, at + chunkHeaderFields.hash + 32))
-        })
-        at = end
+      scans.push({ file: path.join(packDir, name), scan, quarantined: false })
+    }
+    if (fs.existsSync(quarantineFull)) {
+      for (const name of fs.readdirSync(quarantineFull)) {
+        if (!name.endsWith('.pack')) continue
+        try {
+          const scan = await scanPack(path.join(quarantineFull, name))
+          if (scan.packId !== null) { scans.push({ file: path.join(quarantineFull, name), scan, quarantined: true }); catalog.raiseIdHigh('pack_id_high', scan.packId) }
+        } catch {}
       }
     }
     const indexed = new Set(catalog.chunkIds())
+    let orphans = 0
+    const orphanPacks = new Set<string>()
+    const restore: Array<{ file: string, packId: number }> = []
+    for (const { file, scan, quarantined } of scans) {
+      const packId = scan.packId as number
+      let needed = false
+      for (const record of scan.records) {
+        if (record.offset + record.storedBytes > scan.bytes) continue // cut short
+        highestRecord = Math.max(highestRecord, record.id)
+        const row = indexed.has(record.id) ? catalog.chunk(record.id) : undefined
+        const found = { packId, offset: record.offset, storedBytes: record.storedBytes, rawBytes: record.rawBytes, compressed: record.compressed, hash: record.hash }
+        if (row !== undefined) {
+          // The record at the indexed place wins over a stale copy elsewhere (a compaction cut short).
+          if (!quarantined && row.hash.equals(record.hash) && (!scanned.has(record.id) || (row.packId === packId && row.offset === record.offset))) scanned.set(record.id, found)
+          continue
+        }
+        if (!referenced.has(record.id) || scanned.has(record.id) || catalog.isRetired(record.id)) {
+          if (!referenced.has(record.id) && !catalog.isRetired(record.id)) { orphans++; orphanPacks.add(path.relative(dir, file)) }
+          continue
+        }
+        scanned.set(record.id, found)
+        if (quarantined) needed = true
+      }
+      if (needed) restore.push({ file, packId })
+    }
+    // Quarantined packs that hold records the maps need go back to packs/ under their own id.
+    for (const { file, packId } of restore) {
+      const target = path.join(packDir, packFileName(packId))
+      if (fs.existsSync(target)) {
+        report.notes.push(`${path.relative(dir, file)} holds chunks the maps need, but ${path.relative(dir, target)} exists; left in quarantine`)
+        for (const [id, found] of scanned) if (found.packId === packId && !indexed.has(id)) scanned.delete(id)
+        continue
+      }
+      fs.renameSync(file, target)
+      fs.chmodSync(target, 0o600)
+      if (!knownPacks.has(packId)) { catalog.insertPack(packId, Date.now()); knownPacks.add(packId) }
+      report.notes.push(`${path.relative(dir, file)} holds chunks the maps need; moved back to ${path.relative(dir, target)}`)
+    }
     catalog.transaction(() => {
       for (const [id, found] of scanned) {
         const row = indexed.has(id) ? catalog.chunk(id) : undefined
@@ -131,9 +194,17 @@ export async function repairPool (dir: string): Promise<RepairReport> {
       for (const id of indexed) {
         if (!scanned.has(id)) { catalog.deleteChunk(id); report.chunksDropped++; report.notes.push(`chunk ${id}: its record is gone from the packs`) }
       }
+      // After a catalog lost rows, every id found in a pack counts as handed out: none is issued
+      // again, and the records nobody references stay "unaccounted for" (verify reports them).
+      if (catalogLostRows) catalog.raiseIdHigh('chunk_id_high', highestRecord)
     })
+    if (orphans > 0) {
+      report.orphanRecords = orphans
+      report.notes.push(`${orphans} chunk records in ${orphanPacks.size} pack${orphanPacks.size === 1 ? '' : 's'} (${[...orphanPacks].slice(0, 4).join(', ')}) belong to no volume the catalog knows: ` +
+        'kept, unindexed; gc moves such packs to quarantine/ and never deletes them')
+    }
     pool.chunks.forgetCache()
-    // 5. Every chunk against its hash.
+    // 6. Every chunk against its hash.
     const ids = catalog.chunkIds()
     const bad: number[] = []
     for (let i = 0; i < ids.length; i += 8) {
@@ -142,35 +213,55 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     pool.chunks.forget(bad)
     report.chunksDropped += bad.length
     const liveChunks = new Set(catalog.chunkIds())
-    // 6. Maps: replace missing pages, turn entries naming what is gone into lost entries.
+    // 7. Maps: a page that is gone becomes a page of lost entries; in a damaged page, a group of
+    //    entries that fails its checksum is taken from another page that provably held the same bytes
+    //    (a copy-on-write copy at the same place in another volume), else marked lost; an impossible
+    //    entry, or one naming a dropped chunk or extent or a slot past an extent's end, becomes lost.
+    const repaired = new Set<number>()
     for (const volume of pool.list()) {
       const root = volume.map.root
       const blocks = Math.ceil(volume.size / pool.blockBytes)
       for (let p = 0; p < root.length; p++) {
-        if (root[p] === 0) continue
-        let page
-        try {
-          page = pool.pageStore.get(root[p])
-        } catch (err) {
-          page = pool.pageStore.create(volume.map.epoch)
+        if (root[p] === 0 || repaired.has(root[p])) continue
+        repaired.add(root[p])
+        const stored = decoded.get(root[p])
+        if (stored === undefined) {
+          const page = pool.pageStore.create(volume.map.epoch)
           for (let i = 0; i < pageEntries && p * pageEntries + i < blocks; i++) page.entries[i] = lostEntry
           root[p] = page.id
           volume.map.rootDirty = true
           report.pagesReplaced++
-          report.notes.push(`${volume.label}: map page ${p} was unreadable (${(err as Error).message})`)
+          report.notes.push(`${volume.label}: map page ${p} is missing from the catalog`)
           continue
         }
-        let changed = false
-        for (let i = 0; i < page.entries.length; i++) {
-          const entry = page.entries[i]
-          if (entry === 0) continue
-          const kind = entryKind(entry)
-          const gone = kind === entryKindDelta
-            ? !(goodExtents.has(entryExtentId(entry)) && entrySlot(entry) < (goodExtents.get(entryExtentId(entry)) as number))
-            : kind === entryKindChunk && !liveChunks.has(entryChunkId(entry))
-          if (gone) { page.entries[i] = lostEntry; changed = true; report.entriesLost++ }
+        const { row, page } = stored
+        const entries = page.entries
+        let changed = !pageIsSound(page)
+        if (changed) report.notes.push(`${volume.label}: map page ${row.id} (blocks ${p * pageEntries}-${(p + 1) * pageEntries - 1}): ${describePageDamage(page)}`)
+        for (const g of page.unverified) {
+          const source = copyOfGroup(pool, row, g, p)
+          if (source === null) continue
+          entries.set(source.entries.subarray(g * pageGroupEntries, (g + 1) * pageGroupEntries), g * pageGroupEntries)
+          page.unverified = page.unverified.filter(x => x !== g)
+          report.notes.push(`${volume.label}: map page ${row.id} entries ${g * pageGroupEntries}-${(g + 1) * pageGroupEntries - 1} restored from map page ${source.id}, which its checksum proves identical`)
         }
-        if (changed) pool.pageStore.markDirty(page)
+        const unverified = new Set(page.unverified)
+        const invalid = new Set(page.invalid)
+        for (let i = 0; i < entries.length; i++) {
+          const entry = entries[i]
+          if (entry === 0) continue
+          if (p * pageEntries + i >= blocks && unverified.has(Math.floor(i / pageGroupEntries))) { entries[i] = 0; changed = true; continue }
+          const kind = entryKind(entry)
+          const gone = unverified.has(Math.floor(i / pageGroupEntries)) || invalid.has(i) || (kind === entryKindDelta
+            ? !(goodExtents.has(entryExtentId(entry)) && entrySlot(entry) < (goodExtents.get(entryExtentId(entry)) as number))
+            : kind === entryKindChunk && !liveChunks.has(entryChunkId(entry)))
+          if (gone && entry !== lostEntry) { entries[i] = lostEntry; changed = true }
+          if (gone) report.entriesLost++
+        }
+        if (!changed) continue
+        // Written in place, under the same id: every volume sharing the page keeps sharing it.
+        pool.pageStore.drop(row.id)
+        catalog.putPage(row.id, row.epoch, encodePage(entries, row.id))
       }
     }
     pool.recount()
@@ -203,4 +294,24 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
       }
     }
   } finally { old.close() }
+}
+
+/**
+ * Another stored page at the same place `p` of another volume's root whose group `g` passes the
+ * damaged page's own checksum for that group (seeded with the damaged page's id): proof that it holds
+ * exactly the bytes that were lost. Null when no page proves it.
+ */
+function copyOfGroup (pool: Pool, damaged: PageRow, g: number, p: number): { id: number, entries: Float64Array } | null {
+  if (damaged.entries.byteLength !== storedPageBytes) return null
+  const expected = damaged.entries.readUInt32LE(pageBytes + pageTrailerHeaderBytes + 4 * g)
+  for (const volume of pool.list()) {
+    const id = volume.map.root[p]
+    if (id === undefined || id === 0 || id === damaged.id) continue
+    const row = pool.catalog.page(id)
+    if (row === undefined || row.entries.byteLength < pageBytes) continue
+    if (pageGroupCrc(row.entries, g, damaged.id) !== expected) continue
+    const copy = decodePage(row.entries, id)
+    return { id, entries: copy.entries }
+  }
+  return null
 }

@@ -6,6 +6,10 @@
  */
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { pageEntries } from '../limits'
+import fs from 'node:fs'
+import path from 'node:path'
+import { recordFate, scanPack } from '../chunk/pack-scan'
+import { extentsDir, packsDir, quarantineDir } from '../format/pool-format'
 import { Pool } from './pool'
 import { Volume } from './volume'
 
@@ -121,7 +125,50 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
     }
     flush(previous)
   }
+  await checkPoolFiles(pool, report)
   report.ok = report.problems.length === 0 && report.damaged.length === 0
   return report
+}
+
+/**
+ * Pack and extent files the catalog does not account for, in packs/, extents/ and quarantine/: what
+ * a truncated, rebuilt or partly lost catalog leaves behind (see chunk/pack-scan.ts). A catalog with
+ * no volumes beside packs full of chunks is damage, not an empty pool.
+ */
+async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> {
+  const registered = new Set(pool.catalog.packUsage().map(p => p.id))
+  const high = pool.catalog.maxChunkId()
+  const files: Array<{ file: string, registered: boolean, quarantined: boolean }> = []
+  const list = (dir: string) => { try { return fs.readdirSync(path.join(pool.dir, dir)) } catch { return [] } }
+  for (const name of list(packsDir)) {
+    const id = /^(\d+)\.pack$/.exec(name)
+    if (id !== null) files.push({ file: path.join(pool.dir, packsDir, name), registered: registered.has(Number(id[1])), quarantined: false })
+  }
+  for (const name of list(quarantineDir)) if (name.endsWith('.pack')) files.push({ file: path.join(pool.dir, quarantineDir, name), registered: false, quarantined: true })
+  let records = 0
+  let inQuarantine = 0
+  const packs = new Set<string>()
+  for (const { file, registered, quarantined } of files) {
+    let scan
+    try { scan = await scanPack(file) } catch (err) { report.problems.push(`${path.relative(pool.dir, file)}: ${(err as Error).message}`); continue }
+    if (scan.packId === null) { report.problems.push(`${path.relative(pool.dir, file)}: ${scan.stopped ?? 'unreadable'}`); continue }
+    const known = registered && scan.packId === Number(/^(\d+)\.pack$/.exec(path.basename(file))?.[1])
+    for (const record of scan.records) {
+      if (recordFate(pool.catalog, record, known, high) !== 'unaccounted') continue
+      records++
+      if (quarantined) inQuarantine++
+      packs.add(file)
+    }
+  }
+  if (records > 0) {
+    report.problems.push(`catalog has ${pool.list().length} volumes but ${packs.size} ${packs.size === 1 ? 'pack holds' : 'packs hold'} ${records} chunk records it does not account for ` +
+      `(not indexed, not freed by gc)${inQuarantine > 0 ? `, ${inQuarantine} of them in ${quarantineDir}/` : ''}: the catalog lost them; vdiskfs repair brings back what the maps need, the rest is kept for a person to judge`)
+  }
+  const extents = new Set(pool.catalog.extents().map(e => e.id))
+  const strays = list(extentsDir).filter(name => { const id = /^(\d+)\.dx$/.exec(name); return id !== null && !extents.has(Number(id[1])) })
+  const quarantinedExtents = list(quarantineDir).filter(name => name.endsWith('.dx'))
+  if (strays.length + quarantinedExtents.length > 0) {
+    report.problems.push(`${strays.length + quarantinedExtents.length} delta extent files the catalog does not know (${[...strays.map(n => `${extentsDir}/${n}`), ...quarantinedExtents.map(n => `${quarantineDir}/${n}`)].slice(0, 4).join(', ')})`)
+  }
 }
 

@@ -1,0 +1,167 @@
+/**
+ * Repair never makes damage permanent (issue #9, item 6): a flipped byte in a map page costs at most
+ * the entries it hit (none when the page's checksums can prove the original), a damaged page is never
+ * served as some other block's data, a truncated catalog beside full packs is reported as damage, and
+ * gc and compaction never delete a pack whose chunk records the catalog does not account for: such a
+ * pack goes to quarantine/, from which repair brings back what the maps need.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import { run, vdiskfs, withMount } from '../helpers/mount'
+
+const blockBytes = 65536
+
+function readBlocks (file: string, count: number): Array<Buffer | string> {
+  const out: Array<Buffer | string> = []
+  const fd = fs.openSync(file, 'r')
+  try {
+    for (let b = 0; b < count; b++) {
+      const buf = Buffer.alloc(blockBytes)
+      try { fs.readSync(fd, buf, 0, blockBytes, b * blockBytes); out.push(buf) } catch (err) { out.push((err as NodeJS.ErrnoException).code ?? 'error') }
+    }
+  } finally { fs.closeSync(fd) }
+  return out
+}
+
+/** Every block reads back as written or fails with EIO; returns how many failed. */
+function eioOrOriginal (t: { true: (v: boolean, m?: string) => void }, blocks: Array<Buffer | string>, original: Buffer, what: string): number {
+  let failed = 0
+  blocks.forEach((b, i) => {
+    if (Buffer.isBuffer(b)) t.true(b.equals(original.subarray(i * blockBytes, (i + 1) * blockBytes)), `${what} block ${i} reads back what was written`)
+    else { t.true(b === 'EIO', `${what} block ${i}: ${b}`); failed++ }
+  })
+  return failed
+}
+
+function packFiles (pool: string): string[] {
+  const out: string[] = []
+  for (const dir of ['packs', 'quarantine']) {
+    const full = path.join(pool, dir)
+    if (fs.existsSync(full)) for (const f of fs.readdirSync(full)) if (f.endsWith('.pack')) out.push(path.join(dir, f))
+  }
+  return out.sort()
+}
+
+/** Changes one byte of the page that holds block 0 of disk `name` (offset within the page's stored bytes). */
+function flipPageByte (pool: string, name: string, at: number, xor: number): void {
+  const db = new Database(path.join(pool, 'catalog.sqlite'))
+  try {
+    const row = db.prepare("SELECT root FROM volumes WHERE kind = 'disk' AND name = ?").get(name) as { root: Buffer }
+    const pageId = Number(row.root.readBigUInt64LE(0))
+    const page = db.prepare('SELECT entries FROM pages WHERE id = ?').get(pageId) as { entries: Buffer }
+    const entries = Buffer.from(page.entries)
+    entries[at] ^= xor
+    db.prepare('UPDATE pages SET entries = ? WHERE id = ?').run(entries, pageId)
+  } finally { db.close() }
+}
+
+async function diskWithBackupSealed (m: Awaited<ReturnType<typeof withMount>>, blocks: number): Promise<Buffer> {
+  const disk = m.image('disks', 'd.img')
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', `count=${blocks}`, 'conv=fsync', 'status=none'])
+  const original = fs.readFileSync(disk)
+  const backup = await vdiskfs('backup', disk, 'b')
+  if (backup.code !== 0) throw new Error(backup.stderr)
+  const sync = await vdiskfs('sync', m.mnt)
+  if (sync.code !== 0) throw new Error(sync.stderr)
+  return original
+}
+
+test.serial('a flipped high byte in a map page costs no block, and the next mount deletes no pack', async t => {
+  const m = await withMount(t)
+  const original = await diskWithBackupSealed(m, 100)
+  await m.umount()
+  const packs = packFiles(m.pool)
+  t.true(packs.length >= 1)
+  flipPageByte(m.pool, 'd.img', 10 * 8 + 7, 0xff) // entry 10's top byte: an impossible value
+  const verify = await vdiskfs('verify', m.pool)
+  t.is(verify.code, 1, verify.stdout)
+  const repair = await vdiskfs('repair', m.pool, '--json')
+  t.is(repair.code, 0, repair.stderr)
+  const report = JSON.parse(repair.stdout) as { entriesLost: number, pagesReplaced: number }
+  t.is(report.pagesReplaced, 0, 'the page is repaired, not replaced')
+  t.true(report.entriesLost <= 1, `${report.entriesLost} entries lost`)
+  await m.mount()
+  t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  const lostDisk = eioOrOriginal(t, readBlocks(m.image('disks', 'd.img'), 100), original, 'disk')
+  const lostBackup = eioOrOriginal(t, readBlocks(m.image('backups', 'b.img'), 100), original, 'backup')
+  t.true(lostDisk <= 1 && lostBackup <= 1, `${lostDisk} and ${lostBackup} blocks lost`)
+  t.deepEqual(packFiles(m.pool).filter(f => f.startsWith('packs/')), packs, 'every pack is still there')
+})
+
+test.serial('a flipped low byte in a map page is never served as another block\'s data; repair restores it', async t => {
+  const m = await withMount(t)
+  const original = await diskWithBackupSealed(m, 100)
+  await m.umount()
+  flipPageByte(m.pool, 'd.img', 20 * 8, 0x01) // entry 20 now names a neighbouring chunk
+  const mounted = await vdiskfs('mount', m.pool, m.mnt)
+  if (mounted.code === 0) {
+    m.pid = Number(fs.readFileSync(path.join(m.pool, 'daemon.pid'), 'utf8'))
+    const failed = eioOrOriginal(t, readBlocks(m.image('disks', 'd.img'), 100), original, 'disk')
+    t.true(failed >= 1, 'the damaged page is EIO, not wrong data')
+    t.is((await vdiskfs('verify', m.mnt)).code, 1)
+    await m.umount()
+  } else {
+    t.regex(mounted.stderr, /repair/)
+  }
+  t.is((await vdiskfs('verify', m.pool)).code, 1)
+  const repair = await vdiskfs('repair', m.pool, '--json')
+  t.is(repair.code, 0, repair.stderr)
+  const report = JSON.parse(repair.stdout) as { entriesLost: number, after: { ok: boolean } }
+  t.is(report.entriesLost, 0, 'one flipped byte is corrected from the page\'s checksums')
+  t.true(report.after.ok)
+  await m.mount()
+  t.is(eioOrOriginal(t, readBlocks(m.image('disks', 'd.img'), 100), original, 'disk'), 0)
+  t.is(eioOrOriginal(t, readBlocks(m.image('backups', 'b.img'), 100), original, 'backup'), 0)
+})
+
+test.serial('a truncated catalog beside full packs is damage: verify and repair say so, and no pack is deleted', async t => {
+  const m = await withMount(t)
+  await diskWithBackupSealed(m, 100)
+  await m.umount()
+  const packs = packFiles(m.pool)
+  const packBytes = packs.reduce((sum, f) => sum + fs.statSync(path.join(m.pool, f)).size, 0)
+  fs.truncateSync(path.join(m.pool, 'catalog.sqlite'), 0)
+  for (const f of fs.readdirSync(m.pool)) if (f.startsWith('catalog.sqlite-')) fs.rmSync(path.join(m.pool, f))
+  const verify = await vdiskfs('verify', m.pool)
+  t.is(verify.code, 1, verify.stdout)
+  t.regex(verify.stdout, /catalog has 0 volumes but \d+ packs? holds? 100 chunk records/)
+  const repair = await vdiskfs('repair', m.pool)
+  t.is(repair.code, 0, repair.stderr)
+  t.notRegex(repair.stdout, /no data is damaged|no damage/)
+  t.regex(repair.stdout, /100 chunk records/)
+  await m.mount()
+  t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  await m.umount()
+  const after = packFiles(m.pool)
+  t.true(after.reduce((sum, f) => sum + fs.statSync(path.join(m.pool, f)).size, 0) >= packBytes, `packs kept: ${after.join(', ')}`)
+  for (const f of after.filter(f => f.startsWith('quarantine/'))) t.is(fs.statSync(path.join(m.pool, f)).mode & 0o777, 0o600)
+  const again = await vdiskfs('verify', m.pool)
+  t.is(again.code, 1, 'still damage until a person decides')
+  t.regex(again.stdout, /100 chunk records/)
+})
+
+test.serial('gc quarantines a pack whose records the index lost; repair brings it back for the maps that need it', async t => {
+  const m = await withMount(t)
+  const original = await diskWithBackupSealed(m, 50)
+  await m.umount()
+  const packs = packFiles(m.pool)
+  const db = new Database(path.join(m.pool, 'catalog.sqlite'))
+  db.exec('DELETE FROM chunks')
+  db.close()
+  await m.mount()
+  t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  await m.umount()
+  const quarantined = packFiles(m.pool).filter(f => f.startsWith('quarantine/'))
+  t.is(quarantined.length + packFiles(m.pool).filter(f => f.startsWith('packs/')).length >= packs.length, true, 'no pack deleted')
+  for (const f of quarantined) t.is(fs.statSync(path.join(m.pool, f)).mode & 0o777, 0o600)
+  t.is((await vdiskfs('verify', m.pool)).code, 1)
+  const repair = await vdiskfs('repair', m.pool, '--json')
+  t.is(repair.code, 0, repair.stderr)
+  const report = JSON.parse(repair.stdout) as { entriesLost: number, after: { ok: boolean } }
+  t.is(report.entriesLost, 0)
+  await m.mount()
+  t.is(eioOrOriginal(t, readBlocks(m.image('disks', 'd.img'), 50), original, 'disk'), 0)
+  t.is(eioOrOriginal(t, readBlocks(m.image('backups', 'b.img'), 50), original, 'backup'), 0)
+})
