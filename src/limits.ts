@@ -48,6 +48,11 @@ export const catalogFreeBytesMax = 4 * 1024 * 1024
  * to the catalog that only gc would delete. Past this they are left to gc.
  */
 export const mapSparePagesMax = 64
+/**
+ * How long rm and restore wait for the releases of an image closed just before (the kernel sends
+ * RELEASE after close(2) or losetup -d has returned) before they call it in use.
+ */
+export const inUseGraceMs = 500
 
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000

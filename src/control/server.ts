@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { VolumeKind } from '../catalog/catalog'
-import { VdiskError, invalid } from '../errors'
+import { VdiskError, invalid, notFound } from '../errors'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { Sealer } from '../seal/sealer'
@@ -23,6 +23,8 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
     const kind = args[key + 'Kind']
     const name = args[key + 'Name']
     if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${key}`)
+    // Hidden names (volumes removed while open) are not in the namespace.
+    if (name.startsWith('.')) throw notFound(`${kind} ${name}`)
     return pool.get(kind as VolumeKind, name)
   }
   const nameArg = (args: Record<string, unknown>) => {
@@ -59,13 +61,17 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
       return { ...clone.info(), elapsedMs: Number(process.hrtime.bigint() - started) / 1e6 }
     },
     restore: async args => {
-      await pool.restore(volumeArg(args, 'source'), volumeArg(args, 'target'))
-      return {}
+      const source = volumeArg(args, 'source')
+      const target = volumeArg(args, 'target')
+      await pool.restore(source, target, { force: args.force === true })
+      return { restored: target.info(), from: source.info() }
     },
     rm: async args => {
       const volume = volumeArg(args, 'target')
-      await pool.remove(volume)
-      return { removed: volume.info() }
+      const removed = volume.info()
+      await pool.remove(volume, { force: args.force === true })
+      // Removed while open (--force): its holders keep it until they close it.
+      return { removed, stillOpen: volume.openHandles > 0 }
     },
     gc: async () => await pool.gc(packLiveFractionExplicit)
   }

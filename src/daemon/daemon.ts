@@ -19,7 +19,7 @@ import { VdiskFuse } from '../fuse/mount-options'
 import { controlHandlers, startControlServer } from '../control/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile } from '../format/pool-format'
-import { checkFuseAvailable, checkMountpoint, checkUnprivilegedMount } from './preflight'
+import { checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
 import { mounts } from './mountinfo'
 import { VdiskError } from '../errors'
 import { version } from '../version'
@@ -50,6 +50,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   process.umask(0o077)
   checkFuseAvailable()
   checkMountpoint(mountpoint)
+  checkPoolApart(options.pool, mountpoint)
   checkUnprivilegedMount(mountpoint, options.allowOther === true)
   // Before mounting: a control directory we may not use must not leave a mount behind.
   checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
@@ -61,6 +62,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a', 0o600)
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
+  const dropped = await pool.dropHidden()
+  if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const collected = await pool.gc()
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })

@@ -58,6 +58,27 @@ export function checkUnprivilegedMount (mountpoint: string, allowOther: boolean)
   }
 }
 
+/**
+ * Refuses a pool and a mountpoint that overlap (the same directory, the mountpoint inside the pool or
+ * the pool inside the mountpoint): the mount would hide the pool or serve it inside itself. Checked on
+ * real paths (the pool may not exist yet: its nearest existing parent is resolved), before anything
+ * is created. Throws INVALID.
+ */
+export function checkPoolApart (pool: string, mountpoint: string): void {
+  const real = (target: string): string => {
+    const absolute = path.resolve(target)
+    try { return fs.realpathSync(absolute) } catch {}
+    const parent = path.dirname(absolute)
+    return parent === absolute ? absolute : path.join(real(parent), path.basename(absolute))
+  }
+  const poolDir = real(pool)
+  const mnt = real(mountpoint)
+  const inside = (child: string, parent: string) => child.startsWith(parent === '/' ? '/' : parent + '/')
+  if (poolDir === mnt) throw invalid(`the pool ${poolDir} and the mountpoint are the same directory: mount it somewhere else (for example ${poolDir}.mnt)`)
+  if (inside(mnt, poolDir)) throw invalid(`the mountpoint ${mnt} is inside the pool ${poolDir}: mount it outside the pool`)
+  if (inside(poolDir, mnt)) throw invalid(`the pool ${poolDir} is inside the mountpoint ${mnt}: the mount would hide it; keep the pool elsewhere`)
+}
+
 export function checkMountpoint (mountpoint: string): void {
   if (mountsSync().some(m => m.mountpoint === mountpoint)) {
     let alive = true

@@ -3,8 +3,10 @@
  * errors into errno. No business logic lives here (STYLE.md #2).
  *
  * Layout served:  /  disks/  backups/  clones/   each holding NAME files, one per volume.
- * Names starting with `.fuse_hidden` are libfuse's own: it renames a file that is unlinked while open
- * to one, and unlinks it at the last close. They are accepted for rename and unlink and never listed.
+ * Names `.fuse_hidden` + 16 hex digits are libfuse's own: it renames a file that is unlinked while open
+ * to one, and unlinks it at the last close. Only such a rename of an open image may give one (the
+ * volume layer then removes it at its last release, or at the next start after a crash); hidden
+ * volumes are never listed. open/create/release tell the volume layer how many handles each volume has.
  */
 import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
@@ -16,7 +18,8 @@ import { SpaceAccounting } from '../volume/space'
 
 const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
 const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
-const hiddenPrefix = '.fuse_hidden'
+/** libfuse 2.9's hidden_name(): ".fuse_hidden%08x%08x" (node id, counter). */
+const libfuseHiddenName = /^\.fuse_hidden[0-9a-f]{16}$/
 const xattrPrefix = 'user.vdiskfs.'
 const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
 
@@ -85,6 +88,7 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
     if (writable && volume.kind === 'backup') { cb(EROFS); return }
     const fh = nextHandle++
     handles.set(fh, { volume, writable })
+    pool.opened(volume)
     cb(0, fh)
   }
 
@@ -125,7 +129,7 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       const parsed = parse(path)
       if (parsed.type === 'root') { cb(0, ['.', '..', 'disks', 'backups', 'clones']); return }
       if (parsed.type !== 'dir') { cb(ENOENT); return }
-      const names = pool.list(parsed.kind).map(v => v.name).filter(n => !n.startsWith(hiddenPrefix)).sort()
+      const names = pool.list(parsed.kind).filter(v => !v.hidden).map(v => v.name).sort()
       cb(0, ['.', '..', ...names])
     },
 
@@ -137,13 +141,15 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       if (parsed.kind === 'backup') { cb(EROFS); return }
       if (parsed.kind === 'clone') { cb(EPERM); return } // clones come from `vdiskfs clone`
       pool.createDisk(parsed.name).then(
-        volume => { const fh = nextHandle++; handles.set(fh, { volume, writable: true }); cb(0, fh) },
+        volume => { const fh = nextHandle++; handles.set(fh, { volume, writable: true }); pool.opened(volume); cb(0, fh) },
         fail(cb))
     },
 
     release (_path: string, fh: number, cb: (code: number) => void) {
+      const handle = handles.get(fh)
       handles.delete(fh)
-      cb(0)
+      if (handle === undefined) { cb(0); return }
+      pool.released(handle.volume).then(() => cb(0), err => { log(`release: ${(err as Error).message}`); cb(0) })
     },
 
     read (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: (bytes: number) => void) {
@@ -186,7 +192,8 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       const volume = pool.find(parsed.kind, parsed.name)
       if (volume === undefined) { cb(ENOENT); return }
       if (volume.kind === 'backup') { cb(EROFS); return } // backups go with `vdiskfs rm`
-      pool.remove(volume).then(() => cb(0), fail(cb))
+      // unlink(2) never waits for holders: one still open (a RELEASE on its way) goes at its last release.
+      pool.remove(volume, { force: true }).then(() => cb(0), fail(cb))
     },
 
     rename (source: string, target: string, cb: (code: number) => void) {
@@ -197,8 +204,8 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       if (volume === undefined) { cb(ENOENT); return }
       if (from.kind === 'backup' || to.kind === 'backup') { cb(EROFS); return }
       if (from.kind !== to.kind) { cb(EXDEV); return }
-      const internal = to.name.startsWith(hiddenPrefix)
-      pool.rename(volume, to.name, internal).then(() => cb(0), fail(cb))
+      const hide = libfuseHiddenName.test(to.name)
+      pool.rename(volume, to.name, hide).then(() => cb(0), fail(cb))
     },
 
     utimens (path: string, _atime: number, mtime: number, cb: (code: number) => void) {

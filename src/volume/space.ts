@@ -113,7 +113,8 @@ export class SpaceAccounting {
     let chunkPositions = 0
     for (const page of pages) for (const entry of page.entries) if (entry !== 0 && entryKind(entry) === entryKindChunk) chunkPositions++
     const report: SpaceReport = {
-      volumes: [...byId.values()],
+      // Volumes removed while open (hidden) are out of the namespace; their data still counts.
+      volumes: volumes.filter(v => !v.hidden).map(v => byId.get(v.id) as VolumeUsage),
       logicalBytes,
       storedBytes,
       dedupRatio: chunks === 0 ? 1 : chunkPositions / chunks,
