@@ -3,15 +3,16 @@
  * NOT_PERMITTED when the socket or its directory belongs to another user, the daemon's own error
  * otherwise.
  */
+import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { VdiskError } from '../errors'
-import { Operation, Reply, checkControlDir, socketPathFor } from './protocol'
+import { Operation, Reply, checkControlDir, socketPathsFor } from './protocol'
 
 export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
-  const socketPath = socketPathFor(mountpoint)
   // A control directory somebody else owns could hold a stranger's socket posing as our daemon.
-  if (!checkControlDir(path.dirname(socketPath), false)) throw new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+  const socketPath = socketPathsFor(mountpoint).find(file => checkControlDir(path.dirname(file), false) && fs.existsSync(file))
+  if (socketPath === undefined) throw new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
   return await new Promise((resolve, reject) => {
     const socket = net.connect(socketPath)
     let buffered = ''

@@ -18,17 +18,21 @@ import { ErrorCode, VdiskError } from '../errors'
 /**
  * Where this user's daemons put their sockets: VDISKFS_RUN_DIR when set; /run/vdiskfs for root;
  * $XDG_RUNTIME_DIR/vdiskfs (a per-user 0700 tmpfs) or else /tmp/vdiskfs-UID for everybody else, since
- * /run is root's. The CLI and the daemon compute it the same way.
+ * /run is root's. The daemon uses the first of controlDirs(); the CLI looks in each, in order, so a
+ * command run without XDG_RUNTIME_DIR (cron, su) still finds a daemon started with it, and back.
  */
-export function controlDir (): string {
+export function controlDirs (): string[] {
   const explicit = process.env.VDISKFS_RUN_DIR
-  if (explicit !== undefined && explicit !== '') return explicit
+  if (explicit !== undefined && explicit !== '') return [explicit]
   const uid = process.getuid?.() ?? 0
-  if (uid === 0) return '/run/vdiskfs'
+  if (uid === 0) return ['/run/vdiskfs']
+  const fallback = `/tmp/vdiskfs-${uid}`
   const runtime = process.env.XDG_RUNTIME_DIR
-  if (runtime !== undefined && runtime !== '' && path.isAbsolute(runtime)) return path.join(runtime, 'vdiskfs')
-  return `/tmp/vdiskfs-${uid}`
+  if (runtime !== undefined && runtime !== '' && path.isAbsolute(runtime)) return [path.join(runtime, 'vdiskfs'), fallback]
+  return [fallback]
 }
+
+export function controlDir (): string { return controlDirs()[0] }
 
 /**
  * Makes sure `dir` is a directory of this user's, mode 0700, creating it when `create`. A directory
@@ -61,10 +65,15 @@ export type Reply =
   | { id: number, ok: true, result: unknown }
   | { id: number, ok: false, error: { code: ErrorCode, message: string } }
 
-/** The control socket path for a mountpoint (an absolute, resolved path). */
+/** The control socket path for a mountpoint (an absolute, resolved path): where the daemon listens. */
 export function socketPathFor (mountpoint: string): string {
+  return socketPathsFor(mountpoint)[0]
+}
+
+/** Every place the CLI looks for a mountpoint's control socket, the daemon's own first. */
+export function socketPathsFor (mountpoint: string): string[] {
   const key = createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 20)
-  return path.join(controlDir(), `${key}.sock`)
+  return controlDirs().map(dir => path.join(dir, `${key}.sock`))
 }
 
 export interface StatusResult { pid: number, pool: string, mountpoint: string, version: string, blockBytes: number }

@@ -288,6 +288,11 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   t.is(backup.code, 0, backup.stderr)
   const list = asUser(cli, ['ls', mnt, '--json'])
   t.is(list.code, 0, list.stderr)
+  // A later command from a session with XDG_RUNTIME_DIR still finds the daemon started without it.
+  const runtime = path.join(dir, 'runtime')
+  asUser('mkdir', ['-m', '0700', runtime])
+  const fromSession = asUser(cli, ['ls', mnt], { XDG_RUNTIME_DIR: runtime })
+  t.is(fromSession.code, 0, fromSession.stderr)
   const image = statOf(path.join(pool, 'catalog.sqlite'))
   t.deepEqual(image, { mode: 0o600, uid: account.uid, gid: account.gid })
   t.is(statOf(pool).mode, 0o700)
