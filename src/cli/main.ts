@@ -81,9 +81,9 @@ async function callUnlessInUse (target: { mountpoint: string, kind: string, name
 
 const commands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs] [--allow-other]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs] [--allow-other] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'] }, values: { blockSize: ['--block-size'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
@@ -127,15 +127,15 @@ const commands: Record<string, Command> = {
       child.removeAllListeners('exit')
       if (child.connected) child.disconnect()
       child.unref()
-      process.stdout.write(`mounted ${poolDir} at ${mountpoint} (daemon pid ${String(child.pid)})\n`)
+      print(flags.json === true, { pool: poolDir, mountpoint, pid: child.pid }, () => `mounted ${poolDir} at ${mountpoint} (daemon pid ${String(child.pid)})`)
     }
   },
 
   umount: {
-    usage: 'umount MNT',
+    usage: 'umount MNT [--json]',
     summary: 'commit everything, unmount and stop the daemon',
-    spec: { positionals: ['MNT'] },
-    async run ({ positionals: [mnt] }) {
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
       const status = await call(mountpoint, 'status') as StatusResult
       await call(mountpoint, 'commit')
@@ -147,7 +147,10 @@ const commands: Record<string, Command> = {
       }
       try { process.kill(status.pid, 'SIGTERM') } catch {}
       for (let waited = 0; waited < 30000; waited += 50) {
-        try { process.kill(status.pid, 0) } catch { return }
+        try { process.kill(status.pid, 0) } catch {
+          if (flags.json === true) print(true, { unmounted: mountpoint, pid: status.pid }, () => '')
+          return
+        }
         await new Promise(resolve => setTimeout(resolve, 50))
       }
       throw new VdiskError('IO', `the daemon (pid ${status.pid}) did not exit after the unmount`)

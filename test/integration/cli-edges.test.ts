@@ -49,7 +49,7 @@ test.serial('a command writing into a pipe closed early exits quietly', async t 
   // Enough volumes that `ls --json` writes far more than a pipe holds (64 KiB).
   for (let i = 0; i < 400; i++) await call(m.mnt, 'backup', { sourceKind: 'disk', sourceName: 'd.img', name: `backup-with-a-long-name-${i}.img` })
   for (const args of [['ls', m.mnt, '--json'], ['du', m.mnt, '--json'], ['ls', m.mnt], ['verify', m.mnt, '--json']]) {
-    const result = spawnSync('sh', ['-c', '"$0" "$@" 2>"$ERR" | head -c1 >/dev/null; echo "${PIPESTATUS:-}"', cli, ...args],
+    const result = spawnSync('sh', ['-c', '"$0" "$@" 2>"$ERR" | head -c1 >/dev/null', cli, ...args],
       { encoding: 'utf8', env: { ...process.env, ERR: path.join(m.dir, 'stderr') } })
     t.is(result.status, 0)
     const stderr = fs.readFileSync(path.join(m.dir, 'stderr'), 'utf8')
@@ -86,8 +86,12 @@ test.serial('a pool and its mountpoint that overlap are refused before anything 
   const pool = path.join(dir, 'p')
   const m = path.join(dir, 'm')
   fs.mkdirSync(m)
-  t.is((await vdiskfs('mount', pool, m)).code, 0)
-  t.is((await vdiskfs('umount', m)).code, 0)
+  const mounted = await vdiskfs('mount', pool, m, '--json')
+  t.is(mounted.code, 0, mounted.stderr)
+  t.like(JSON.parse(mounted.stdout), { pool, mountpoint: m })
+  const unmounted = await vdiskfs('umount', m, '--json')
+  t.is(unmounted.code, 0, unmounted.stderr)
+  t.like(JSON.parse(unmounted.stdout), { unmounted: m })
   const inner = path.join(pool, 'mnt')
   fs.mkdirSync(inner)
   const before = fs.readdirSync(pool).sort()
