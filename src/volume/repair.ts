@@ -4,13 +4,18 @@
  * (the CLI runs it under the pool lock).
  *
  *  - A catalog SQLite cannot open is moved aside and a new one made from what can still be read of it.
- *  - The chunk index is rebuilt from the pack files (each record names its chunk id and hash).
+ *  - The chunk index is rebuilt from the pack files and the packs in quarantine/ (each record names
+ *    its chunk id and hash) for every chunk a map names; records no map names are left unindexed and
+ *    reported (the catalog may have lost their volumes), never deleted.
  *  - Every chunk is read and checked against its hash; a damaged or missing one is dropped.
- *  - Extents whose file is gone or whose header is damaged are dropped; extent and pack files the
- *    catalog does not know, and foreign files, are moved to quarantine/.
- *  - Map pages that are gone are replaced by pages of lost entries; map entries that name dropped
- *    chunks, dropped extents or slots past an extent's end become lost entries: reads of those blocks
- *    fail with EIO (never zeros, never garbage) until the whole block is written again.
+ *  - Extents whose file is gone or whose header is damaged are dropped; extent files the catalog does
+ *    not know, and foreign files, are moved to quarantine/.
+ *  - Map pages are checked against their checksums; a damaged byte is corrected when a checksum
+ *    proves it, a damaged group taken from a copy whose bytes the checksum proves identical, and
+ *    only what nothing proves becomes lost. Map pages that are gone are replaced by pages of lost
+ *    entries; map entries that name dropped chunks, dropped extents or slots past an extent's end
+ *    become lost entries: reads of those blocks fail with EIO (never zeros, never garbage) until the
+ *    whole block is written again. Repair deletes no file: what it cannot use it moves aside.
  *  - Each volume's counters are recounted.
  */
 import fs from 'node:fs'
@@ -63,7 +68,10 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     if (!(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
     const damaged = path.join(dir, `${catalogFile}.damaged-${Date.now()}`)
     fs.renameSync(path.join(dir, catalogFile), damaged)
-    for (const suffix of ['-wal', '-shm']) fs.rmSync(path.join(dir, catalogFile + suffix), { force: true })
+    // The WAL goes with it (it may hold committed transactions the salvage can still read); the
+    // shared-memory index is rebuilt from the WAL by whoever opens it.
+    if (fs.existsSync(path.join(dir, `${catalogFile}-wal`))) fs.renameSync(path.join(dir, `${catalogFile}-wal`), `${damaged}-wal`)
+    fs.rmSync(path.join(dir, `${catalogFile}-shm`), { force: true })
     report.catalogRebuilt = true
     report.notes.push(`the catalog was damaged (${err.message}); it was moved to ${path.basename(damaged)} and rebuilt`)
     pool = Pool.open(dir)
@@ -282,7 +290,7 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
     notes.push(`nothing could be read from the damaged catalog: ${(err as Error).message}; its volumes are lost, the data stays in the packs`)
     return
   }
-  const tables = ['meta', 'volumes', 'pages', 'extents', 'packs', 'chunks']
+  const tables = ['meta', 'volumes', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
   try {
     for (const table of tables) {
       try {
