@@ -2,7 +2,8 @@
 # machine as root: Debian packages, npm ci, the build.
 POOL ?= ./pool
 MNT ?= ./mnt
-DEB_PACKAGES := libfuse2 fuse qemu-utils fio e2fsprogs zstd attr util-linux
+# libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
+DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux
 BENCH_PACKAGES := qemu-system-common
 export DEBIAN_FRONTEND := noninteractive
 
@@ -17,7 +18,8 @@ debs:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; \
 	fi
 
-node_modules/.installed: package.json package-lock.json
+node_modules/.installed: package.json package-lock.json patches/fuse-native+2.2.6.patch scripts/build-fuse-native.js
+	@pkg-config --exists fuse 2>/dev/null || $(MAKE) --no-print-directory debs
 	npm ci --no-audit --no-fund </dev/null
 	node scripts/check-native.js
 	touch $@

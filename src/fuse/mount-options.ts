@@ -27,6 +27,16 @@ export function extraMountOptions (): string[] {
 }
 
 export class VdiskFuse extends Fuse {
+  /**
+   * How many per-thread records (each with its libuv async handle) fuse-native has made for libfuse's
+   * threads. fuse-native allocates each through `_malloc` and keeps it in `_threads`; unpatched, it made
+   * a new one for every thread libfuse started, forever (issue #10). Our patch (patches/) reuses those
+   * of ended threads, so this stays at the most threads that were ever alive at once.
+   */
+  get threadRecords (): number {
+    return (this as unknown as { _threads?: Set<unknown> })._threads?.size ?? 0
+  }
+
   override _fuseOptions (): string {
     const base: string = super._fuseOptions()
     const extra = extraMountOptions()
