@@ -216,15 +216,19 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       cb(0)
     },
 
-    // The kernel has checked who may chmod/chown (default_permissions); the change is committed.
+    // The kernel has checked who may chmod/chown (default_permissions); the change is committed. The
+    // directories' modes and owner are fixed: a change to them is accepted and ignored, as before, so
+    // that `cp -a` and rsync into the mount keep working.
     chmod (path: string, mode: number, cb: (code: number) => void) {
-      if (parse(path).type !== 'file') { cb(EPERM); return }
+      const type = parse(path).type
+      if (type !== 'file') { cb(type === 'invalid' ? ENOENT : 0); return }
       try { lookup(path).chmod(mode) } catch (err) { cb(toErrno(err, log)); return }
       pool.commit().then(() => cb(0), fail(cb))
     },
 
     chown (path: string, newUid: number, newGid: number, cb: (code: number) => void) {
-      if (parse(path).type !== 'file') { cb(EPERM); return }
+      const type = parse(path).type
+      if (type !== 'file') { cb(type === 'invalid' ? ENOENT : 0); return }
       // -1 (as an unsigned 32-bit value) means "leave it as it is".
       const keep = (id: number) => id === 0xffffffff || id === -1 ? null : id
       try { lookup(path).chown(keep(newUid), keep(newGid)) } catch (err) { cb(toErrno(err, log)); return }
