@@ -6,7 +6,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { VdiskError, invalid } from '../errors'
+import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
 import { call } from '../control/client'
 import { StatusResult } from '../control/protocol'
 import { runDaemon } from '../daemon/daemon'
@@ -62,6 +62,30 @@ function jsonVolume<T extends { createdMs: number, mtimeMs: number }> (volume: T
 }
 
 function time (ms: number): string { return new Date(ms).toISOString() }
+
+/**
+ * rm --force of an image held open. A disk or clone is unlinked through the mount, as a plain `rm`:
+ * libfuse then hides the open file under a `.fuse_hidden` name of its own (the volume layer removes it
+ * at the last release), so a new image made under the old name gets a node, and a kernel inode, of its
+ * own. The daemon renaming it behind libfuse's back would leave the old node under the name, and a new
+ * image there would share the holder's inode and page cache. A backup (read-only through the mount),
+ * or an unlink the kernel refuses (a directory the user may not write), is hidden by the daemon.
+ */
+async function removeInUse (target: { mountpoint: string, kind: string, name: string }, args: Record<string, unknown>): Promise<{ removed: VolumeInfo, stillOpen: boolean }> {
+  if (target.kind !== 'backup') {
+    const volumes = await call(target.mountpoint, 'ls') as VolumeInfo[]
+    const removed = volumes.find(v => v.kind === target.kind && v.name === target.name)
+    if (removed === undefined) throw notFound(`${target.kind} ${target.name}`)
+    try {
+      await fs.promises.unlink(path.join(target.mountpoint, dirOfKind[target.kind], target.name))
+      return { removed, stillOpen: true }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS') throw fromSystemError(err, `removing ${target.name}`)
+    }
+  }
+  return await call(target.mountpoint, 'rm', { ...args, force: true }) as { removed: VolumeInfo, stillOpen: boolean }
+}
 
 /**
  * Calls rm or restore; when the daemon refuses an image in use, names who holds it (loop devices and
@@ -211,7 +235,14 @@ const commands: Record<string, Command> = {
     spec: { positionals: ['IMAGE'], booleans: { force: ['--force'], json: ['--json'] } },
     async run ({ positionals: [image], flags }) {
       const target = imagePath(image)
-      const result = await callUnlessInUse(target, 'rm', { targetKind: target.kind, targetName: target.name, force: flags.force === true }) as { removed: VolumeInfo, stillOpen: boolean }
+      const args = { targetKind: target.kind, targetName: target.name }
+      let result: { removed: VolumeInfo, stillOpen: boolean }
+      try {
+        result = await callUnlessInUse(target, 'rm', args) as typeof result
+      } catch (err) {
+        if (flags.force !== true || !(err instanceof VdiskError) || err.code !== 'BUSY') throw err
+        result = await removeInUse(target, args)
+      }
       print(flags.json === true, { removed: jsonVolume(result.removed), stillOpen: result.stillOpen }, () =>
         `removed ${path.join(target.mountpoint, dirOfKind[target.kind], target.name)}` + (result.stillOpen ? ' (still open: its holders keep it until they close it)' : ''))
     }

@@ -26,9 +26,9 @@ async function listed (m: TestMount): Promise<string[]> {
   return (JSON.parse(result.stdout) as Array<{ kind: string, name: string }>).map(v => `${v.kind}/${v.name}`).sort()
 }
 
-/** A `sleep` holding `file` open read-write on fd 3, as `exec 3<>file` in sh. */
-async function holdOpen (t: any, file: string): Promise<ChildProcess> {
-  const child = spawn('sh', ['-c', 'exec 3<>"$0"; exec sleep 600', file], { stdio: 'ignore' })
+/** A `sleep` holding `file` open on fd 3, read-write as `exec 3<>file` in sh (or read-only: `3<file`). */
+async function holdOpen (t: any, file: string, readOnly = false): Promise<ChildProcess> {
+  const child = spawn('sh', ['-c', `exec 3${readOnly ? '<' : '<>'}"$0"; exec sleep 600`, file], { stdio: 'ignore' })
   t.teardown(() => { try { child.kill('SIGKILL') } catch {} })
   for (let i = 0; i < 200; i++) {
     try { if (fs.readlinkSync(`/proc/${String(child.pid)}/fd/3`) === file && fs.readFileSync(`/proc/${String(child.pid)}/comm`, 'utf8').trim() === 'sleep') return child } catch {}
@@ -100,11 +100,23 @@ test.serial('a process holding an image open: rm and restore refuse, naming its 
   await new Promise(resolve => setTimeout(resolve, 300))
   oneLine(t, await vdiskfs('rm', m.image('backups', 'b.img')), /backups\/b\.img is in use by pid \d+ \(sleep\)/, 'rm of a backup')
   backupHolder.kill('SIGKILL')
-  holder.kill('SIGKILL')
-  await waitForExit(holder.pid ?? 0)
   await waitForExit(backupHolder.pid ?? 0)
   t.is((await vdiskfs('rm', m.image('backups', 'b.img'))).code, 0)
+  // rm --force: the holder keeps its file, and a new image of the same name is another file (another
+  // inode: no page cache shared with the holder's).
+  const forcedRm = await vdiskfs('rm', '--force', disk, '--json')
+  t.is(forcedRm.code, 0, forcedRm.stderr)
+  t.like(JSON.parse(forcedRm.stdout), { removed: { kind: 'disk', name: 'vm.img' }, stillOpen: true })
+  t.false(fs.existsSync(disk))
+  fs.writeFileSync(disk, 'another file')
+  const held = `/proc/${String(holder.pid)}/fd/3`
+  t.not(fs.statSync(held).ino, fs.statSync(disk).ino)
+  t.is(fs.readFileSync(held, 'utf8'), 'hello')
+  t.is(fs.readFileSync(disk, 'utf8'), 'another file')
+  holder.kill('SIGKILL')
+  await waitForExit(holder.pid ?? 0)
   t.is((await vdiskfs('rm', disk)).code, 0)
+  t.deepEqual(await listed(m), [])
 })
 
 test.serial('rm --force under a loop-mounted ext4: the holder keeps its fsynced data; after it lets go, gc frees it', async t => {
@@ -162,9 +174,19 @@ test.serial('a volume removed while open does not come back after the daemon is 
   const kept = m.image('disks', 'kept.img')
   fs.writeFileSync(forced, crypto.randomBytes(256 * 1024))
   fs.writeFileSync(plain, crypto.randomBytes(256 * 1024))
-  fs.writeFileSync(kept, 'kept')
+  const keptData = crypto.randomBytes(256 * 1024)
+  fs.writeFileSync(kept, keptData)
   const holder = await holdOpen(t, forced)
   t.is((await vdiskfs('rm', '--force', forced)).code, 0)
+  // A backup cannot be unlinked through the mount: the daemon hides it itself. Its loop device reads on.
+  t.is((await vdiskfs('backup', kept, 'b')).code, 0)
+  const device = (await run('losetup', ['-r', '-f', '--show', m.image('backups', 'b.img')])).trim()
+  t.teardown(() => { spawnSync('losetup', ['-d', device]) })
+  oneLine(t, await vdiskfs('rm', m.image('backups', 'b.img')), /backups\/b\.img is in use by loop device/, 'rm of a backup on a loop device')
+  t.is((await vdiskfs('rm', '--force', m.image('backups', 'b.img'))).code, 0)
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'backups')), [])
+  dropCaches()
+  t.true(fs.readFileSync(device).equals(keptData), 'the loop device still reads the removed backup')
   // A plain rm through the mount while open: libfuse renames it to .fuse_hidden* until the last close.
   const fd = fs.openSync(plain, 'r+')
   fs.unlinkSync(plain)
@@ -175,6 +197,7 @@ test.serial('a volume removed while open does not come back after the daemon is 
   await m.kill()
   try { fs.closeSync(fd) } catch {}
   holder.kill('SIGKILL')
+  spawnSync('losetup', ['-d', device])
   await waitForExit(holder.pid ?? 0)
   await m.mount()
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')), ['kept.img'])
