@@ -282,8 +282,10 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   if (mounted.code !== 0) return
   pid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
   t.true(isMounted(mnt))
-  t.is(asUser('truncate', ['-s', '1M', path.join(mnt, 'disks', 'u.img')]).code, 0, 'the user creates a disk')
-  t.is(asUser('dd', ['if=/dev/urandom', `of=${path.join(mnt, 'disks', 'u.img')}`, 'bs=64k', 'count=4', 'conv=notrunc,fsync', 'status=none']).code, 0)
+  const created = asUser('truncate', ['-s', '1M', path.join(mnt, 'disks', 'u.img')])
+  t.is(created.code, 0, `the user creates a disk: ${created.stderr}`)
+  const written = asUser('dd', ['if=/dev/urandom', `of=${path.join(mnt, 'disks', 'u.img')}`, 'bs=64k', 'count=4', 'conv=notrunc,fsync', 'status=none'])
+  t.is(written.code, 0, `the user writes it: ${written.stderr}`)
   const backup = asUser(cli, ['backup', path.join(mnt, 'disks', 'u.img'), 'ub'])
   t.is(backup.code, 0, backup.stderr)
   const list = asUser(cli, ['ls', mnt, '--json'])
