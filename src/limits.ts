@@ -118,3 +118,8 @@ export const sealIntervalMs = 2000
 export const metadataReserveBytes = 16 * 1024 * 1024
 /** The free-space figure behind that check is refreshed at least this often. */
 export const statfsIntervalMs = 250
+/**
+ * A discard (fallocate PUNCH_HOLE or ZERO_RANGE: fstrim, blkdiscard, mkfs) looks at this many blocks per
+ * event-loop turn (4 GiB at 64 KiB blocks), so discarding a whole large disk does not stall other I/O.
+ */
+export const discardBlocksPerTurn = 65536

@@ -13,7 +13,7 @@ import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
-import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, EPERM, EROFS, EXDEV, toErrno } from './errno'
+import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, EROFS, EXDEV, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
 
 const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
@@ -21,6 +21,10 @@ const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups'
 /** libfuse 2.9's hidden_name(): ".fuse_hidden%08x%08x" (node id, counter). */
 const libfuseHiddenName = /^\.fuse_hidden[0-9a-f]{16}$/
 const xattrPrefix = 'user.vdiskfs.'
+/** fallocate(2) mode bits (linux/falloc.h). */
+const fallocKeepSize = 0x01
+const fallocPunchHole = 0x02
+const fallocZeroRange = 0x10
 const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
 
 type Parsed =
@@ -174,6 +178,25 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       let volume: Volume
       try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
       volume.truncate(size).then(() => cb(0), fail(cb))
+    },
+
+    // fallocate(2), wired by our fuse-native patch. PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE
+    // discard: what fstrim and blkdiscard send through a loop device. Plain allocation only grows the
+    // size: nothing is reserved, so a later write may still get ENOSPC; KEEP_SIZE alone does nothing.
+    fallocate (path: string, mode: number, offset: number, length: number, fh: number, cb: (code: number) => void) {
+      let volume: Volume
+      try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
+      const keepSize = (mode & fallocKeepSize) !== 0
+      const action = mode & ~fallocKeepSize
+      if ((action === fallocPunchHole && keepSize) || action === fallocZeroRange) {
+        volume.discard(offset, length, { grow: !keepSize }).then(() => cb(0), fail(cb))
+      } else if (action === 0) {
+        const end = offset + length
+        const grow = !keepSize && end > volume.size ? volume.truncate(end) : Promise.resolve()
+        grow.then(() => cb(0), fail(cb))
+      } else {
+        cb(ENOTSUP)
+      }
     },
 
     fsync (_path: string, _datasync: boolean, _fh: number, cb: (code: number) => void) {

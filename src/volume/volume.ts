@@ -13,7 +13,7 @@
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
-import { volumeBytesMax } from '../limits'
+import { discardBlocksPerTurn, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
@@ -321,6 +321,57 @@ export class Volume implements VolumeInfo {
     return {
       id: this.id, kind: this.kind, name: this.name, size: this.size, createdMs: this.createdMs,
       mtimeMs: this.mtimeMs, sourceId: this.sourceId, sourceLabel: this.sourceLabel
+    }
+  }
+
+  /**
+   * Discards `length` bytes at `offset` (fallocate PUNCH_HOLE or ZERO_RANGE; fstrim and blkdiscard
+   * through a loop device): they read as zeros afterwards. Whole blocks in the range become holes, their
+   * space freed once nothing else references them (a backup keeps its blocks); the partial blocks at
+   * either end are written with zeros through the write path. The range is clipped to the size, unless
+   * `grow` (ZERO_RANGE without KEEP_SIZE) extends the size to offset + length first. Like write(), it
+   * waits at the gate a backup closes, and takes each block's lock.
+   * Errors: READ_ONLY for a backup, TOO_BIG, and what write() throws for the partial blocks.
+   */
+  async discard (offset: number, length: number, options: { grow?: boolean } = {}): Promise<void> {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    const end = offset + length
+    if (end > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: discards past the largest volume size`)
+    if (length <= 0) return
+    while (this.gate !== null) await this.gate
+    this.inflight++
+    try {
+      if (options.grow === true && end > this.size) this.setSize(end)
+      const stop = Math.min(end, this.size)
+      if (offset >= stop) return
+      const blockBytes = this.context.blockBytes
+      const zeroPart = async (from: number, to: number): Promise<void> => {
+        const block = Math.floor(from / blockBytes)
+        await this.locked(block, async () => await this.writeBlock(block, from % blockBytes, this.zeros.subarray(0, to - from)))
+      }
+      // Whole blocks are [first, last); the ends of the range outside them are partial blocks.
+      const first = Math.ceil(offset / blockBytes)
+      const last = Math.floor(stop / blockBytes)
+      if (first > last) {
+        await zeroPart(offset, stop)
+      } else {
+        const work: Array<Promise<void>> = []
+        if (offset < first * blockBytes) work.push(zeroPart(offset, first * blockBytes))
+        if (last * blockBytes < stop) work.push(zeroPart(last * blockBytes, stop))
+        for (let turn = first; turn < last; turn += discardBlocksPerTurn) {
+          if (turn > first) await new Promise(resolve => setImmediate(resolve))
+          for (let block = turn; block < Math.min(last, turn + discardBlocksPerTurn); block++) {
+            if (this.map.get(block) === 0) continue
+            work.push(this.locked(block, async () => { this.map.set(block, 0) }))
+          }
+        }
+        await Promise.all(work)
+      }
+      this.mtimeMs = Date.now()
+      this.rowDirty = true
+      this.context.changed(this)
+    } finally {
+      if (--this.inflight === 0 && this.drained !== null) this.drained()
     }
   }
 }
