@@ -55,6 +55,7 @@ test-integration: deps build
 # The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
 crash-test: deps build
 	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m --verbose 'dist/test/integration/crash.test.js'
+	VDISKFS_POWERCUT_SEEDS=20 npx ava --timeout=40m --verbose 'dist/test/unit/power-cut.test.js'
 
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'

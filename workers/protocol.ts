@@ -10,6 +10,8 @@
  * Workers report failures as `{ error }` in the result rather than throwing across threads.
  */
 
+export { extentSectorBytes, extentSumBytes, sectorMatches } from '../src/format/extent-format'
+
 export interface WorkerConfig {
   slab: SharedArrayBuffer
   blockBytes: number
@@ -37,7 +39,15 @@ export function hashOffset (config: Pick<WorkerConfig, 'regionBytes'>, slot: num
  * Seal: for each slot, whose input holds `length` raw bytes (or, with `source`, first reads them from
  * that file at the given offsets): zero-check, hash, compress.
  */
-export interface SealTask { slots: number[], length: number, source?: { file: string, offsets: number[] } }
+export interface SealTask {
+  slots: number[]
+  length: number
+  /**
+   * Where the blocks are: `offsets` in `file`; with `sums`, the offset of each block's sector checksum
+   * table (extent format version 2), which the worker checks before hashing (a mismatch is an error).
+   */
+  source?: { file: string, offsets: number[], sums?: number[] }
+}
 export interface SealBlockResult {
   /** The block is all zeros: nothing is hashed or stored. */
   zero: boolean

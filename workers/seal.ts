@@ -5,7 +5,7 @@
  */
 import { blake3 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
-import { WorkerConfig, SealResult, SealTask, hashBytes, hashOffset, inputOffset, outputOffset, worthCompressing } from './protocol'
+import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, sectorMatches, worthCompressing } from './protocol'
 import { descriptor, forgetAllDescriptors, readFully } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
@@ -36,10 +36,21 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
     const { slab, cctx } = setup(config)
     if (task.source !== undefined) {
       // The blocks come straight from the extent file: the main thread never touches their bytes.
-      const fd = descriptor(task.source.file)
-      task.slots.forEach((slot, i) => {
-        readFully(fd, slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length), (task.source as { offsets: number[] }).offsets[i])
-      })
+      const source = task.source
+      const fd = descriptor(source.file)
+      const sectors = task.length / extentSectorBytes
+      const sums = Buffer.alloc(sectors * extentSumBytes)
+      for (let i = 0; i < task.slots.length; i++) {
+        const block = slab.subarray(inputOffset(config, task.slots[i]), inputOffset(config, task.slots[i]) + task.length)
+        readFully(fd, block, source.offsets[i])
+        if (source.sums === undefined) continue
+        readFully(fd, sums, source.sums[i])
+        for (let k = 0; k < sectors; k++) {
+          if (!sectorMatches(block.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes), sums.readUInt32LE(k * extentSumBytes))) {
+            return { blocks: [], error: `${source.file} at offset ${source.offsets[i]}: sector ${k} fails its checksum` }
+          }
+        }
+      }
     }
     const blocks = task.slots.map(slot => {
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)

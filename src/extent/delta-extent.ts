@@ -5,13 +5,23 @@
  *
  * Durability: writes are not synced here; the pool calls syncPending() before it commits metadata
  * that points at slots, so the catalog never points at bytes that were not made durable first.
- * Errors: every method that touches the disk throws NO_SPACE or IO (errors.ts).
+ *
+ * Integrity: every 4 KiB sector written carries a checksum in the extent's table (format version 2),
+ * written beside it and synced with it; every read checks the sectors it touches (a partial sector is
+ * read whole). A mismatch is CORRUPT (EIO to the reader) and a report. After an unclean stop the
+ * extents that were writable may hold sectors written after the last commit whose data and checksum
+ * did not both reach the disk: those extents are *suspect*, read unchecked until recoverSuspect() has
+ * recomputed their referenced sectors' checksums (their contents are what the volume last wrote).
+ * Errors: every method that touches the disk throws NO_SPACE or IO (errors.ts); reads throw CORRUPT.
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
 import { corrupt, fromSystemError } from '../errors'
-import { extentFormatVersion, extentHeaderFields, extentMagic, slotOffset } from '../format/extent-format'
+import {
+  dataStart, extentFormatVersion, extentFormatVersionUnchecked, extentHeaderFields, extentMagic, extentSectorBytes,
+  extentSumBytes, sectorMatches, sectorSum, sectorsPerSlot, slotOffset, sumOffset
+} from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
 import { extentFdsMax, extentHeaderBytes, extentSlotsMax } from '../limits'
 
@@ -26,7 +36,9 @@ export class DeltaExtent {
     readonly id: number,
     readonly fd: number,
     /** Next free slot: slots are handed out in order and never reused within an extent. */
-    public nextSlot: number
+    public nextSlot: number,
+    /** Format version: 2 carries sector checksums, 1 (older pools) does not. */
+    readonly version: number = extentFormatVersion
   ) {}
 
   get full (): boolean { return this.nextSlot >= extentSlotsMax }
@@ -40,6 +52,11 @@ export class ExtentStore {
   private readonly pending = new Set<DeltaExtent>()
   /** When each extent was last written or created (since start; others count as idle). */
   private readonly lastWriteMs = new Map<number, number>()
+  /** Extents read unchecked until recoverSuspect() (see the file comment). */
+  readonly suspect = new Set<number>()
+  /** Checksum mismatches found since start (for verify and the log). */
+  readonly damaged: Array<{ extentId: number, slot: number, sector: number, why: string }> = []
+  log: (message: string) => void = () => {}
 
   /**
    * `writableIds` names the extents some volume may still write (their next free slot lives in
@@ -73,6 +90,8 @@ export class ExtentStore {
       try {
         fd = await this.io.open(this.file(id), 'wx+', 0o600)
         await this.io.write(fd, header, 0, header.length, 0)
+        // The table is part of every version-2 file from the start (sparse), so a shorter file is damage.
+        await this.io.truncate(fd, dataStart(extentFormatVersion, this.blockBytes))
         await this.io.fdatasync(fd)
         await this.io.syncDirectory(this.dir)
       } catch (err) {
@@ -163,55 +182,177 @@ export class ExtentStore {
     const version = header.readUInt32LE(extentHeaderFields.version)
     const blockBytes = header.readUInt32LE(extentHeaderFields.blockBytes)
     const storedId = Number(header.readBigUInt64LE(extentHeaderFields.extentId))
-    if (version !== extentFormatVersion || blockBytes !== this.blockBytes || storedId !== id) {
+    if ((version !== extentFormatVersion && version !== extentFormatVersionUnchecked) || blockBytes !== this.blockBytes || storedId !== id) {
       await this.io.close(fd)
       throw corrupt(`delta extent ${id}: header says version ${version}, block size ${blockBytes}, id ${storedId}`)
     }
     const { size } = await this.io.fstat(fd)
-    const nextSlot = Math.max(0, Math.ceil((size - extentHeaderBytes) / this.blockBytes))
-    return new DeltaExtent(id, fd, nextSlot)
+    const start = dataStart(version, this.blockBytes)
+    if (size < start) {
+      await this.io.close(fd)
+      throw corrupt(`delta extent ${id} is truncated (${size} bytes; its header and checksum table alone take ${start})`)
+    }
+    const nextSlot = Math.max(0, Math.ceil((size - start) / this.blockBytes))
+    return new DeltaExtent(id, fd, nextSlot, version)
+  }
+
+  /** Where slot `slot` of `extent` starts in its file (for readers outside this store: the sealer). */
+  slotPosition (extent: DeltaExtent, slot: number): number {
+    return slotOffset(slot, this.blockBytes, extent.version)
+  }
+
+  /** Whether reads and sealing of `extent` check its sector checksums. */
+  checked (extent: DeltaExtent): boolean {
+    return extent.version !== extentFormatVersionUnchecked && !this.suspect.has(extent.id)
   }
 
   /**
    * Reads target.length bytes at `offset` within `slot` into `target` (a read may run on into the
-   * following slots); bytes past the file end are zeros.
+   * following slots), checking every sector it touches. Throws CORRUPT on a mismatch.
    */
   async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<void> {
     const using = await this.use(extent)
+    try {
+      if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return }
+      const first = Math.floor(offset / extentSectorBytes)
+      const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
+      const aligned = offset === first * extentSectorBytes && target.length === (last - first + 1) * extentSectorBytes
+      const bytes = aligned ? target : Buffer.alloc((last - first + 1) * extentSectorBytes)
+      const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
+      await Promise.all([
+        this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + first * extentSectorBytes, bytes),
+        this.readRaw(using, sumOffset(slot, first, this.blockBytes), sums)
+      ])
+      for (let k = 0; k <= last - first; k++) {
+        const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
+        const entry = sums.readUInt32LE(k * extentSumBytes)
+        if (!sectorMatches(sector, entry)) this.mismatch(using, slot, first + k, entry === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
+      }
+      if (!aligned) target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
+    } finally {
+      this.release(using)
+    }
+  }
+
+  /** Reads slot `slot` of extent `id` whole and checks it; returns what is wrong, or null. */
+  async checkSlot (id: number, slot: number): Promise<string | null> {
+    try {
+      await this.read(await this.get(id), slot, 0, Buffer.alloc(this.blockBytes))
+      return null
+    } catch (err) {
+      return (err as Error).message
+    }
+  }
+
+  private mismatch (extent: DeltaExtent, slot: number, sectorIndex: number, why: string): never {
+    // Sectors are counted from the slot's start (a read may run on into the next slots).
+    const spanned = Math.floor(sectorIndex / sectorsPerSlot(this.blockBytes))
+    const at = { extentId: extent.id, slot: slot + spanned, sector: sectorIndex % sectorsPerSlot(this.blockBytes), why }
+    this.damaged.push(at)
+    this.log(`corruption: delta extent ${at.extentId} slot ${at.slot} sector ${at.sector}: ${why} (${this.file(extent.id)})`)
+    throw corrupt(`delta extent ${at.extentId} slot ${at.slot} sector ${at.sector}: ${why}`)
+  }
+
+  /** Reads `target.length` bytes at `position`; bytes past the end of the file are zeros. */
+  private async readRaw (extent: DeltaExtent, position: number, target: Uint8Array): Promise<void> {
     let done = 0
     try {
       while (done < target.length) {
-        const { bytesRead } = await this.io.read(using.fd, target, done, target.length - done, slotOffset(slot, this.blockBytes) + offset + done)
+        const { bytesRead } = await this.io.read(extent.fd, target, done, target.length - done, position + done)
         if (bytesRead === 0) break
         done += bytesRead
       }
     } catch (err) {
       throw fromSystemError(err, `reading extent ${extent.id}`)
-    } finally {
-      this.release(using)
     }
     if (done < target.length) target.fill(0, done)
   }
 
   /**
-   * Writes `data` at `offset` within `slot`. The extent joins the set the next syncPending() makes
-   * durable only once the write completed, so an fdatasync that started earlier never counts for it.
+   * Writes `data` at `offset` within `slot`, with the checksums of the sectors it covers (a partial
+   * sector is completed from what the slot holds, checked). The extent joins the set the next
+   * syncPending() makes durable only once the write completed, so an fdatasync that started earlier
+   * never counts for it.
    */
   async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
     this.lastWriteMs.set(extent.id, Date.now())
     const using = await this.use(extent)
-    let done = 0
     try {
-      while (done < data.length) {
-        const { bytesWritten } = await this.io.write(using.fd, data, done, data.length - done, slotOffset(slot, this.blockBytes) + offset + done)
-        done += bytesWritten
+      if (using.version === extentFormatVersionUnchecked) {
+        await this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, data)
+        return
       }
-    } catch (err) {
-      throw fromSystemError(err, `writing extent ${extent.id}`)
+      const first = Math.floor(offset / extentSectorBytes)
+      const last = Math.floor((offset + data.length - 1) / extentSectorBytes)
+      const start = first * extentSectorBytes
+      const end = (last + 1) * extentSectorBytes
+      let bytes = data
+      if (offset !== start || offset + data.length !== end) {
+        const whole = Buffer.alloc(end - start)
+        if (offset !== start) await this.read(using, slot, start, whole.subarray(0, extentSectorBytes))
+        if (offset + data.length !== end && (last !== first || offset === start)) await this.read(using, slot, end - extentSectorBytes, whole.subarray(whole.length - extentSectorBytes))
+        whole.set(data, offset - start)
+        bytes = whole
+      }
+      const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
+      for (let k = 0; k <= last - first; k++) sums.writeUInt32LE(sectorSum(bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)), k * extentSumBytes)
+      await Promise.all([
+        this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + start, bytes),
+        this.writeRaw(using, sumOffset(slot, first, this.blockBytes), sums)
+      ])
     } finally {
       if (!using.closed) this.pending.add(using)
       this.release(using)
     }
+  }
+
+  private async writeRaw (extent: DeltaExtent, position: number, data: Uint8Array): Promise<void> {
+    let done = 0
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await this.io.write(extent.fd, data, done, data.length - done, position + done)
+        done += bytesWritten
+      }
+    } catch (err) {
+      throw fromSystemError(err, `writing extent ${extent.id}`)
+    }
+  }
+
+  /**
+   * Recomputes the checksums of the given slots of a suspect extent from what they hold and makes them
+   * durable; the extent is checked from then on. Returns how many sectors' checksums changed.
+   */
+  async recoverSuspect (id: number, slots: number[]): Promise<number> {
+    if (!this.suspect.has(id)) return 0
+    const extent = await this.get(id)
+    const using = await this.use(extent)
+    let changed = 0
+    try {
+      if (using.version !== extentFormatVersionUnchecked) {
+        const perSlot = sectorsPerSlot(this.blockBytes)
+        const bytes = Buffer.alloc(this.blockBytes)
+        const sums = Buffer.alloc(perSlot * extentSumBytes)
+        for (const slot of slots) {
+          await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version), bytes)
+          await this.readRaw(using, sumOffset(slot, 0, this.blockBytes), sums)
+          let dirty = false
+          for (let k = 0; k < perSlot; k++) {
+            const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
+            const entry = sums.readUInt32LE(k * extentSumBytes)
+            if (sectorMatches(sector, entry)) continue
+            sums.writeUInt32LE(sectorSum(sector), k * extentSumBytes)
+            dirty = true
+            changed++
+          }
+          if (dirty) await this.writeRaw(using, sumOffset(slot, 0, this.blockBytes), sums)
+        }
+        try { await this.io.fdatasync(using.fd) } catch (err) { throw fromSystemError(err, `syncing extent ${id}`) }
+      }
+    } finally {
+      this.release(using)
+    }
+    this.suspect.delete(id)
+    return changed
   }
 
   /** Milliseconds since the extent was last written (Infinity when not since start). */

@@ -20,6 +20,8 @@ export interface FileIo {
   writev: (fd: number, buffers: Uint8Array[], position: number) => Promise<{ bytesWritten: number }>
   fdatasync: (fd: number) => Promise<void>
   fstat: (fd: number) => Promise<{ size: number }>
+  /** Sets a file's size (ftruncate). */
+  truncate: (fd: number, size: number) => Promise<void>
   /** Size of a file by name (0 when missing). */
   sizeOf: (file: string) => Promise<number>
   /** Deletes a file if it exists. */
@@ -40,6 +42,7 @@ export const nodeFileIo: FileIo = {
   writev: promisify(fs.writev) as FileIo['writev'],
   fdatasync: async fd => await fdatasyncAsync(fd),
   fstat: async fd => await promisify(fs.fstat)(fd),
+  truncate: async (fd, size) => await promisify(fs.ftruncate)(fd, size),
   sizeOf: async file => { try { return (await fs.promises.stat(file)).size } catch { return 0 } },
   remove: async file => await fs.promises.rm(file, { force: true }),
   syncDirectory: async dir => {

@@ -31,7 +31,8 @@ export class PageStore {
   private readonly dirtyPages = new Set<Page>()
   private nextPageId: number
 
-  constructor (private readonly catalog: Catalog) {
+  /** `cacheMax`: clean pages kept (tests make it tiny, so eviction happens all the time). */
+  constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax) {
     this.nextPageId = catalog.maxPageId() + 1
   }
 
@@ -96,9 +97,9 @@ export class PageStore {
   get dirtyCount (): number { return this.dirtyPages.size }
 
   private evict (): void {
-    if (this.cache.size <= pageCacheMax) return
+    if (this.cache.size <= this.cacheMax) return
     for (const [id, page] of this.cache) {
-      if (this.cache.size <= pageCacheMax * 0.9) break
+      if (this.cache.size <= this.cacheMax * 0.9) break
       if (!page.dirty) this.cache.delete(id)
     }
   }

@@ -10,7 +10,7 @@
  * change in one synchronous step, and only entries that still name the old slot are repointed.
  */
 import { chunkEntry } from '../format/map-format'
-import { slotOffset } from '../format/extent-format'
+import { sumOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
@@ -100,7 +100,10 @@ export class Sealer {
     const slots = pool.referencedSlots(extentId)
     const mapping = new Map<number, number>()
     if (slots.length > 0) {
-      await pool.extents.get(extentId) // checks the extent's header before any of it is sealed
+      const extent = await pool.extents.get(extentId) // checks the extent's header before any of it is sealed
+      // A suspect extent (written when the pool stopped uncleanly) gets its checksums back first.
+      if (pool.extents.suspect.has(extentId)) await pool.extents.recoverSuspect(extentId, slots)
+      const checked = pool.extents.checked(extent)
       const extentFile = pool.extents.file(extentId)
       const workers = pool.workers
       const batches: number[][] = []
@@ -112,7 +115,13 @@ export class Sealer {
         const slabSlots = await workers.slots.acquireMany(batch.length)
         try {
           // The worker reads the slots from the extent itself: the main thread only hands out numbers.
-          const result = await workers.seal({ slots: slabSlots, length: blockBytes, source: { file: extentFile, offsets: batch.map(slot => slotOffset(slot, blockBytes)) } })
+          const result = await workers.seal({ slots: slabSlots, length: blockBytes, source: {
+              file: extentFile,
+              offsets: batch.map(slot => pool.extents.slotPosition(extent, slot)),
+              // The worker checks every sector against the extent's table before it hashes the block.
+              sums: checked ? batch.map(slot => sumOffset(slot, 0, blockBytes)) : undefined
+            }
+          })
           if (result.error !== undefined) throw new Error(`seal worker: ${result.error}`)
           for (let i = 0; i < batch.length; i++) {
             const outcome = result.blocks[i]

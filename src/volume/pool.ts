@@ -39,6 +39,8 @@ export interface OpenOptions {
   log?: (message: string) => void
   /** The file I/O under extents and packs (tests put a fault-injecting one here). */
   io?: FileIo
+  /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
+  pageCacheMax?: number
 }
 
 export interface GcReport {
@@ -95,11 +97,57 @@ export class Pool implements VolumeContext {
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
-    this.pages = new PageStore(catalog)
+    this.pages = new PageStore(catalog, options.pageCacheMax)
     this.nextVolumeId = catalog.maxVolumeId() + 1
     this.nextExtentId = catalog.maxExtentId() + 1
     this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
     for (const row of catalog.volumes()) this.volumes.set(row.id, this.volumeFromRow(row))
+    this.extents.log = this.log
+    this.markOpen()
+  }
+
+  /**
+   * Records that the pool is open (a clean close records the opposite). After an unclean stop the
+   * extents that were writable at the last commit are suspect: sectors written after that commit may
+   * have reached the disk without their checksums, or the reverse (delta-extent.ts). They are read
+   * unchecked until recover() recomputes their checksums; the list is kept in the catalog until then.
+   */
+  private markOpen (): void {
+    const parse = (key: string): number[] => { try { return JSON.parse(this.catalog.getMeta(key) ?? '[]') as number[] } catch { return [] } }
+    const suspect = new Set(parse('suspect_extents'))
+    if (this.catalog.getMeta('clean_close') !== '1') for (const id of parse('writable_extents')) suspect.add(id)
+    for (const id of suspect) this.extents.suspect.add(id)
+    this.persistedWritable = this.catalog.getMeta('writable_extents') ?? '[]'
+    this.catalog.transaction(() => {
+      this.catalog.setMeta('clean_close', '0')
+      this.catalog.setMeta('suspect_extents', JSON.stringify([...suspect]))
+    })
+  }
+
+  /** The writable extent list as last committed (see markOpen). */
+  private persistedWritable = '[]'
+
+  /**
+   * Recomputes the checksums of suspect extents (after an unclean stop) from what their referenced
+   * slots hold, and checks them from then on. Runs at daemon start; reads are correct before it too.
+   */
+  async recover (): Promise<number> {
+    return await this.exclusive(async () => {
+      let changed = 0
+      const known = new Set(this.catalog.extents().map(e => e.id))
+      for (const id of [...this.extents.suspect]) {
+        if (!known.has(id)) { this.extents.suspect.delete(id); continue }
+        try {
+          const sectors = await this.extents.recoverSuspect(id, this.referencedSlots(id))
+          if (sectors > 0) this.log(`recovery: delta extent ${id} was being written when the pool stopped uncleanly; ${sectors} sectors changed after the last commit, kept as written`)
+          changed += sectors
+        } catch (err) {
+          this.log(`recovery: delta extent ${id}: ${(err as Error).message}; it stays unchecked`)
+        }
+      }
+      this.catalog.setMeta('suspect_extents', JSON.stringify([...this.extents.suspect]))
+      return changed
+    })
   }
 
   get blockBytes (): number { return this.header.blockBytes }
@@ -452,6 +500,7 @@ export class Pool implements VolumeContext {
     }
     const removed = [...this.removed]
     const nextEpoch = this.nextEpoch
+    const writable = JSON.stringify([...this.writableExtentIds()].sort((a, b) => a - b))
     try {
       try {
         await this.extents.syncPending()
@@ -472,6 +521,7 @@ export class Pool implements VolumeContext {
           else this.catalog.updateVolume(row, withRoot)
         }
         this.catalog.setMeta('next_epoch', String(nextEpoch))
+        if (writable !== this.persistedWritable) this.catalog.setMeta('writable_extents', writable)
       })
     } catch (err) {
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
@@ -479,6 +529,7 @@ export class Pool implements VolumeContext {
       throw fromSystemError(err, 'committing the catalog')
     }
     this.pages.committed(pages)
+    this.persistedWritable = writable
     for (const id of removed) this.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
   }
@@ -712,6 +763,8 @@ export class Pool implements VolumeContext {
     try {
       await this.maintenance.catch(() => {})
       await this.commit()
+      // Everything is committed and no write can follow: nothing is suspect at the next open.
+      this.catalog.setMeta('clean_close', '1')
     } finally {
       this.state = 'closed'
       await this.extents.closeAll()
@@ -721,6 +774,7 @@ export class Pool implements VolumeContext {
     }
   }
 }
+
 
 export function checkName (name: string): void {
   if (!volumeNamePattern.test(name)) {

@@ -79,6 +79,10 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
           }
           if (typeof slots === 'string') mark(volume, block, slots)
           else if (entrySlot(entry) >= slots) mark(volume, block, `delta extent ${extentId} is shorter than slot ${entrySlot(entry)}`)
+          else {
+            const why = await pool.extents.checkSlot(extentId, entrySlot(entry))
+            if (why !== null) mark(volume, block, why)
+          }
         } else if (kind === entryKindChunk) {
           const id = entryChunkId(entry)
           let list = users.get(id)

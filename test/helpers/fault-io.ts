@@ -104,6 +104,13 @@ export class FaultFileIo implements FileIo {
     return await nodeFileIo.fstat(fd)
   }
 
+  async truncate (fd: number, size: number): Promise<void> {
+    this.check('truncate')
+    const oldSize = fs.fstatSync(fd).size
+    this.remember(fd, size, Math.max(0, oldSize - size))
+    await nodeFileIo.truncate(fd, size)
+  }
+
   async sizeOf (file: string): Promise<number> { return await nodeFileIo.sizeOf(file) }
 
   async remove (file: string): Promise<void> {
@@ -120,16 +127,21 @@ export class FaultFileIo implements FileIo {
     for (const file of [...this.created]) if (path.dirname(file) === dir) this.created.delete(file)
   }
 
-  /** Puts the files back as a power cut would leave them. Call once the engine has let go. */
-  powerCut (): void {
+  /**
+   * Puts the files back as a power cut would leave them. Call once the engine has let go. With
+   * `reachedDisk`, some unsynced writes are kept, as if the kernel had written them back before the
+   * power went (in any order, each whole): the case where a block and its checksum disagree.
+   */
+  powerCut (reachedDisk: () => boolean = () => false): void {
     this.off = true
     for (const [file, list] of [...this.undo.entries(), ...this.lost.entries()]) {
       if (!fs.existsSync(file)) continue
       const fd = fs.openSync(file, 'r+')
       try {
         for (const entry of [...list].reverse()) {
+          if (reachedDisk()) continue
           if (entry.old.length > 0) fs.writeSync(fd, entry.old, 0, entry.old.length, entry.position)
-          fs.ftruncateSync(fd, entry.oldSize)
+          if (fs.fstatSync(fd).size > entry.oldSize) fs.ftruncateSync(fd, entry.oldSize)
         }
       } finally { fs.closeSync(fd) }
     }

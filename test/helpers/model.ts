@@ -149,13 +149,13 @@ export class Harness {
 }
 
 /** Runs `ops` on a fresh pool with 4 KiB blocks; returns null when engine and model agree, else why not. */
-export async function runOps (ops: Op[]): Promise<string | null> {
+export async function runOps (ops: Op[], options: { pageCacheMax?: number } = {}): Promise<string | null> {
   const blockBytes = 4096
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-model-'))
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
+  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1, ...options })
   const harness = new Harness(pool, async () => {
     await harness.pool.close()
-    pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
+    pool = Pool.open(path.join(dir, 'pool'), { workers: 1, ...options })
     return pool
   })
   try {

@@ -1,7 +1,9 @@
 /**
  * Crash harness (issue #5): a writer fills a disk with self-describing records using 4-128 KiB writes
  * and fsyncs every few writes; the daemon is killed with SIGKILL at random moments (during plain
- * writes, during backup and clone, during gc, during sealing); after a fresh mount every record must hold its last
+ * writes, during backup and clone, during gc, during sealing), or stopped with SIGTERM while gc or
+ * sealing runs and the writer goes on (an orderly shutdown with work in flight: the daemon commits,
+ * cancels background work and exits); after a fresh mount every record must hold its last
  * acknowledged generation or a newer one that was written, never a torn, foreign or older record.
  * Backups taken before the kill must hold at least what was acknowledged before they started.
  *
@@ -10,7 +12,8 @@
 import test from 'ava'
 import fs from 'node:fs'
 import path from 'node:path'
-import { isMounted, run, vdiskfs, withMount } from '../helpers/mount'
+import { spawnSync } from 'node:child_process'
+import { isMounted, run, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 import { makeRecord, readRecord, recordBytes } from '../helpers/records'
 
 const diskBytes = 64 * 1024 * 1024
@@ -29,12 +32,12 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
   const issued = new Map<number, Set<number>>() // generations ever written to each record
   let generation = 0
   const backups: Backup[] = []
-  const kinds = { writes: 0, backup: 0, gc: 0, seal: 0 }
+  const kinds = { writes: 0, backup: 0, gc: 0, seal: 0, sigterm: 0 }
   let verifiedRecords = 0
   let sealsInterrupted = 0
 
   for (let point = 0; point < points; point++) {
-    const moment = (['writes', 'backup', 'gc', 'seal'] as const)[point % 4]
+    const moment = (['writes', 'backup', 'gc', 'seal', 'sigterm'] as const)[point % 5]
     kinds[moment]++
     const handle = await fs.promises.open(disk, 'r+')
     let pending: Array<[number, number, number]> = [] // [first record, count, generation] since the last fsync
@@ -58,6 +61,15 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
         await new Promise(resolve => setTimeout(resolve, random(40)))
         await m.kill()
         await gc
+      } else if (moment === 'sigterm') {
+        // An orderly stop while background work runs and the writer goes on.
+        const work = kinds.sigterm % 2 === 0 ? vdiskfs('sync', m.mnt) : vdiskfs('gc', m.mnt)
+        await new Promise(resolve => setTimeout(resolve, 20 + random(200)))
+        process.kill(m.pid, 'SIGTERM')
+        await waitForExit(m.pid)
+        // The writer still holds the image open, so the unmount the daemon asked for could not happen.
+        spawnSync('fusermount', ['-uz', m.mnt])
+        await work
       } else if (moment === 'seal') {
         // vdiskfs sync rotates the active extent and seals everything frozen, while writes go on.
         const seal = vdiskfs('sync', m.mnt)
@@ -126,7 +138,7 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
     }
     t.is(bad, 0, path.basename(backup.file))
   }
-  const summary = `crash harness: ${points} kill points survived (${kinds.writes} during writes, ${kinds.backup} during backup/clone, ${kinds.gc} during gc, ${kinds.seal} during sealing, where the sync was cut short ${sealsInterrupted} times), ` +
+  const summary = `crash harness: ${points} kill points survived (${kinds.writes} during writes, ${kinds.backup} during backup/clone, ${kinds.gc} during gc, ${kinds.seal} during sealing, where the sync was cut short ${sealsInterrupted} times, ${kinds.sigterm} SIGTERMs during sync or gc), ` +
     `${generation} writes, ${verifiedRecords} records verified, ${backups.length} backups checked`
   t.log(summary)
   if (process.env.VDISKFS_CRASH_SUMMARY !== undefined) fs.writeFileSync(process.env.VDISKFS_CRASH_SUMMARY, summary + '\n')

@@ -46,3 +46,13 @@ test('the engine matches the model under random operation sequences', async t =>
   t.log(`${runs} random sequences matched the model`)
   t.pass()
 })
+
+test('the engine matches the model with a two-page map cache (eviction on every step)', async t => {
+  const runs = Math.ceil(Number(process.env.VDISKFS_FUZZ_RUNS ?? 60) / 2)
+  await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), async ops => {
+    const problem = await runOps(ops, { pageCacheMax: 2 })
+    if (problem !== null) throw new Error(problem)
+  }), { numRuns: runs, verbose: 1 })
+  t.log(`${runs} random sequences matched the model with a two-page cache`)
+  t.pass()
+})

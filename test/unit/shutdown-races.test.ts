@@ -154,3 +154,42 @@ test.serial('extent descriptors stay bounded however many extents are read', asy
     await pool.close()
   }
 })
+
+test.serial('writes racing commits with a two-page cache: no page reloads stale from the catalog', async t => {
+  const dir = tempPool(t)
+  const blockBytes = 4096
+  const pageSpan = 4096 * blockBytes // one map page covers 16 MiB at 4 KiB blocks
+  let pool = Pool.open(dir, { create: true, blockBytes, workers: 1, pageCacheMax: 2 })
+  const expected = new Map<number, Buffer>()
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(12 * pageSpan)
+    const work: Array<Promise<void>> = []
+    for (let round = 0; round < 30; round++) {
+      for (let page = 0; page < 12; page++) {
+        const at = page * pageSpan + ((round * 7 + page) % 64) * blockBytes
+        const data = crypto.randomBytes(blockBytes)
+        expected.set(at, data)
+        work.push(disk.write(data, at))
+      }
+      work.push(pool.commit())
+    }
+    await Promise.all(work)
+    await pool.commit()
+  } finally {
+    await pool.close()
+  }
+  pool = Pool.open(dir, { workers: 1, pageCacheMax: 2 })
+  try {
+    const disk = pool.get('disk', 'd.img')
+    let wrong = 0
+    for (const [at, data] of expected) {
+      const back = Buffer.alloc(blockBytes)
+      await disk.read(back, at)
+      if (!back.equals(data)) wrong++
+    }
+    t.is(wrong, 0, `${wrong} of ${expected.size} blocks wrong after a reopen`)
+  } finally {
+    await pool.close()
+  }
+})
