@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto'
 import { Catalog, VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
 import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
-import { PoolHeader, catalogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
+import { PoolHeader, catalogFile, catalogLogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
 import { assertLimits, blockBytesDefault, extentIdleMs, inUseGraceMs, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, writableExtentsMax, zstdLevelDefault } from '../limits'
 import { ChunkStore } from '../chunk/chunk-store'
 import { WorkerPool } from '../chunk/worker-pool'
@@ -25,6 +25,7 @@ import { BlockMap } from '../map/block-map'
 import { Page, PageStore } from '../map/page-store'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { FileIo, nodeFileIo } from '../io/file-io'
+import { CatalogLog } from '../catalog/catalog-log'
 import { Volume, VolumeContext } from './volume'
 import { securePoolDirectory } from './pool-access'
 
@@ -90,6 +91,8 @@ export class Pool implements VolumeContext {
 
   private readonly log: (message: string) => void
   private readonly io: FileIo
+  /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
+  readonly catalogLog: CatalogLog
 
   private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
     this.log = options.log ?? (() => {})
@@ -98,6 +101,8 @@ export class Pool implements VolumeContext {
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
     this.pages = new PageStore(catalog, options.pageCacheMax)
+    this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
+    if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)
     this.nextVolumeId = catalog.maxVolumeId() + 1
     this.nextExtentId = catalog.maxExtentId() + 1
     this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
@@ -282,7 +287,9 @@ export class Pool implements VolumeContext {
     return [...this.volumes.values()].filter(v => kind === undefined || v.kind === kind)
   }
 
+  /** The volume named `name`; one the pool hid itself (remove with force) answers to no name. */
   find (kind: VolumeKind, name: string): Volume | undefined {
+    if (name.startsWith(removedPrefix)) return undefined
     for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
     return undefined
   }
@@ -400,7 +407,7 @@ export class Pool implements VolumeContext {
 
   /** Takes an open volume out of the namespace under a hidden name, committed as such (see Volume.hidden). */
   private hide (volume: Volume): void {
-    volume.name = `.removed-${volume.id}`
+    volume.name = `${removedPrefix}${volume.id}`
     volume.rowDirty = true
     this.changed(volume)
   }
@@ -513,6 +520,8 @@ export class Pool implements VolumeContext {
         }
         throw err
       }
+      // The log copy first, then the catalog: the log always holds at least what the catalog does.
+      await this.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch) } })
       this.catalog.transaction(() => {
         for (const id of removed) this.catalog.deleteVolume(id)
         for (const page of pages) this.catalog.putPage(page.id, page.epoch, page.entries)
@@ -532,6 +541,7 @@ export class Pool implements VolumeContext {
     this.persistedWritable = writable
     for (const id of removed) this.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
+    await this.catalogLog.afterCommit().catch(err => this.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))
   }
 
   private rowOf (volume: Volume, withRoot: boolean): VolumeRow {
@@ -746,6 +756,7 @@ export class Pool implements VolumeContext {
     await this.extents.closeAll()
     await this.chunks.close()
     await this.workers.close()
+    await this.catalogLog.close()
     this.catalog.close()
   }
 
@@ -770,11 +781,14 @@ export class Pool implements VolumeContext {
       await this.extents.closeAll()
       await this.chunks.close()
       await this.workers.close()
+      await this.catalogLog.close()
       this.catalog.close()
     }
   }
 }
 
+/** The hidden name `remove` with force gives an open volume: `.removed-ID`. */
+const removedPrefix = '.removed-'
 
 export function checkName (name: string): void {
   if (!volumeNamePattern.test(name)) {

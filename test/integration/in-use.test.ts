@@ -183,8 +183,10 @@ test.serial('a volume removed while open does not come back after the daemon is 
   const device = (await run('losetup', ['-r', '-f', '--show', m.image('backups', 'b.img')])).trim()
   t.teardown(() => { spawnSync('losetup', ['-d', device]) })
   oneLine(t, await vdiskfs('rm', m.image('backups', 'b.img')), /backups\/b\.img is in use by loop device/, 'rm of a backup on a loop device')
+  const backupId = (JSON.parse((await vdiskfs('ls', m.mnt, '--json')).stdout) as Array<{ id: number, name: string }>).find(v => v.name === 'b.img')?.id
   t.is((await vdiskfs('rm', '--force', m.image('backups', 'b.img'))).code, 0)
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'backups')), [])
+  t.false(fs.existsSync(m.image('backups', `.removed-${String(backupId)}`)), 'not reachable by its hidden name either')
   dropCaches()
   t.true(fs.readFileSync(device).equals(keptData), 'the loop device still reads the removed backup')
   // A plain rm through the mount while open: libfuse renames it to .fuse_hidden* until the last close.
