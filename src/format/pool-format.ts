@@ -11,6 +11,8 @@ export const poolFormatVersion = 1
 
 /** SQLite catalog (WAL mode; the -wal file lives beside it). */
 export const catalogFile = 'catalog.sqlite'
+/** A second, checksummed copy of the catalog's volumes and map pages (catalog/catalog-log.ts). */
+export const catalogLogFile = 'catalog.log'
 /** Delta extents live here, one file per extent: `<extent id>.dx`. */
 export const extentsDir = 'extents'
 /** Chunk pack files live here: `<pack id>.pack`. */

@@ -21,10 +21,12 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { catalogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
+import { catalogFile, catalogLogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
 import { packFileName } from '../chunk/pack-format'
+import { extentHeaderFields, extentMagic } from '../format/extent-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
-import { PageRow } from '../catalog/catalog'
+import { Catalog, PageRow, VolumeRow } from '../catalog/catalog'
+import { LogState, replayCatalogLog } from '../catalog/catalog-log'
 import {
   DecodedPage, decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
   pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
@@ -41,6 +43,8 @@ export interface RepairReport {
   extentsDropped: number
   pagesReplaced: number
   entriesLost: number
+  /** Volumes brought back from catalog.log (the catalog had lost them). */
+  volumesRestored: number
   /** Chunk records in packs that no volume the catalog knows references: kept, unindexed. */
   orphanRecords: number
   quarantined: string[]
@@ -50,7 +54,7 @@ export interface RepairReport {
 
 export async function repairPool (dir: string): Promise<RepairReport> {
   dir = path.resolve(dir)
-  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, entriesLost: 0, orphanRecords: 0, quarantined: [], notes: [] }
+  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, entriesLost: 0, volumesRestored: 0, orphanRecords: 0, quarantined: [], notes: [] }
   const quarantine = (file: string, why: string) => {
     const target = path.join(dir, 'quarantine', `${Date.now()}-${path.basename(file)}`)
     fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 })
@@ -79,18 +83,61 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     await pool.close()
     pool = Pool.open(dir)
   }
+  // 1b. catalog.log: volumes and map pages the catalog lost come back from the pool's second copy.
+  //     A log this catalog does not name (it was truncated, rebuilt or replaced) is moved to
+  //     quarantine/ once read; the repaired catalog starts a new one.
+  const logState = await replayCatalogLog(path.join(dir, catalogLogFile))
+  if (logState !== null) {
+    const restored = restoreFromLog(pool.catalog, logState, report.notes)
+    report.volumesRestored = restored
+    if (restored > 0 || pool.catalogLog.detached) {
+      const detached = pool.catalogLog.detached
+      await pool.close()
+      if (detached) quarantine(path.join(dir, catalogLogFile), `written by another catalog; its ${logState.volumes.size} volumes were restored from it`)
+      pool = Pool.open(dir)
+    }
+  }
   try {
     const catalog = pool.catalog
     // 2. Foreign files at the top level.
-    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile])
+    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile])
     for (const name of fs.readdirSync(dir)) {
       if (!known.has(name) && !name.startsWith(`${catalogFile}.damaged-`) && !name.endsWith('.tmp')) quarantine(path.join(dir, name), 'not a pool file')
     }
-    // 3. Extents: files against the registry.
+    // 3. The maps, read from their stored bytes: each page checked against its checksums, single
+    //    damaged bytes corrected where a checksum proves the original. What they reference decides
+    //    which pack records the index must hold.
+    const decoded = new Map<number, { row: PageRow, page: DecodedPage }>()
+    const referenced = new Set<number>()
+    const referencedExtents = new Set<number>()
+    for (const volume of pool.list()) {
+      for (const id of volume.map.root) {
+        if (id === 0 || decoded.has(id)) continue
+        const row = catalog.page(id)
+        if (row === undefined) continue
+        const page = decodePage(row.entries, id, true)
+        decoded.set(id, { row, page })
+        for (const entry of page.entries) {
+          if (entryKind(entry) === entryKindChunk) referenced.add(entryChunkId(entry))
+          else if (entryKind(entry) === entryKindDelta) referencedExtents.add(entryExtentId(entry))
+        }
+      }
+    }
+    // 4. Extents: files against the registry. A file the catalog lost but a map points into is
+    //    registered again (its header names the volume that wrote it); other strays go to quarantine/.
     const registered = new Set(catalog.extents().map(e => e.id))
     const extentDir = path.join(dir, extentsDir)
     for (const name of fs.readdirSync(extentDir)) {
       const id = /^(\d+)\.dx$/.exec(name)
+      if (id !== null && !registered.has(Number(id[1])) && referencedExtents.has(Number(id[1]))) {
+        const owner = extentOwner(path.join(extentDir, name))
+        if (owner !== null) {
+          catalog.insertExtent({ id: Number(id[1]), volumeId: owner, createdMs: Date.now() })
+          registered.add(Number(id[1]))
+          report.notes.push(`extent ${id[1]} was missing from the catalog; re-registered (the maps point into it)`)
+          continue
+        }
+      }
       if (id === null || !registered.has(Number(id[1]))) quarantine(path.join(extentDir, name), id === null ? 'not an extent file' : 'extent the catalog does not know')
     }
     const goodExtents = new Map<number, number>()
@@ -101,21 +148,6 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         catalog.deleteExtent(id)
         report.extentsDropped++
         report.notes.push(`extent ${id}: ${(err as Error).message}`)
-      }
-    }
-    // 4. The maps, read from their stored bytes: each page checked against its checksums, single
-    //    damaged bytes corrected where a checksum proves the original. What they reference decides
-    //    which pack records the index must hold.
-    const decoded = new Map<number, { row: PageRow, page: DecodedPage }>()
-    const referenced = new Set<number>()
-    for (const volume of pool.list()) {
-      for (const id of volume.map.root) {
-        if (id === 0 || decoded.has(id)) continue
-        const row = catalog.page(id)
-        if (row === undefined) continue
-        const page = decodePage(row.entries, id, true)
-        decoded.set(id, { row, page })
-        for (const entry of page.entries) if (entryKind(entry) === entryKindChunk) referenced.add(entryChunkId(entry))
       }
     }
     // 5. Packs (and packs in quarantine/): rebuild the chunk index from their records. A record the
@@ -247,7 +279,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         let changed = !pageIsSound(page)
         if (changed) report.notes.push(`${volume.label}: map page ${row.id} (blocks ${p * pageEntries}-${(p + 1) * pageEntries - 1}): ${describePageDamage(page)}`)
         for (const g of page.unverified) {
-          const source = copyOfGroup(pool, row, g, p)
+          const source = copyOfGroup(pool, row, g, p, logState?.pages)
           if (source === null) continue
           entries.set(source.entries.subarray(g * pageGroupEntries, (g + 1) * pageGroupEntries), g * pageGroupEntries)
           page.unverified = page.unverified.filter(x => x !== g)
@@ -274,6 +306,8 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     }
     pool.recount()
     await pool.commit()
+    // Repair wrote pages straight to the catalog: the log starts again from the repaired catalog.
+    if (!pool.catalogLog.detached) await pool.catalogLog.snapshot()
     const after = await verifyPool(pool)
     return { ...report, after }
   } finally {
@@ -309,9 +343,14 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
  * damaged page's own checksum for that group (seeded with the damaged page's id): proof that it holds
  * exactly the bytes that were lost. Null when no page proves it.
  */
-function copyOfGroup (pool: Pool, damaged: PageRow, g: number, p: number): { id: number, entries: Float64Array } | null {
+function copyOfGroup (pool: Pool, damaged: PageRow, g: number, p: number, logPages?: LogState['pages']): { id: number, entries: Float64Array } | null {
   if (damaged.entries.byteLength !== storedPageBytes) return null
   const expected = damaged.entries.readUInt32LE(pageBytes + pageTrailerHeaderBytes + 4 * g)
+  // The log's copy of the same page first, then copy-on-write copies in other volumes.
+  const logged = logPages?.get(damaged.id)
+  if (logged !== undefined && logged.entries.byteLength >= pageBytes && pageGroupCrc(logged.entries, g, damaged.id) === expected) {
+    return { id: damaged.id, entries: decodePage(logged.entries, damaged.id).entries }
+  }
   for (const volume of pool.list()) {
     const id = volume.map.root[p]
     if (id === undefined || id === 0 || id === damaged.id) continue
@@ -322,4 +361,52 @@ function copyOfGroup (pool: Pool, damaged: PageRow, g: number, p: number): { id:
     return { id, entries: copy.entries }
   }
   return null
+}
+
+/**
+ * Puts back the volumes catalog.log knows and the catalog lacks, with every map page of theirs the
+ * catalog lacks, and map pages of the catalog's own volumes that are missing; raises next_epoch to
+ * the log's. Returns how many volumes came back.
+ */
+function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): number {
+  const have = catalog.volumes()
+  const ids = new Set(have.map(v => v.id))
+  const names = new Set(have.map(v => `${v.kind}/${v.name}`))
+  let restored = 0
+  let pages = 0
+  catalog.transaction(() => {
+    const putPages = (root: Buffer) => {
+      for (let at = 0; at + 8 <= root.length; at += 8) {
+        const id = Number(root.readBigUInt64LE(at))
+        const logged = state.pages.get(id)
+        if (id === 0 || logged === undefined || catalog.page(id) !== undefined) continue
+        catalog.putPage(id, logged.epoch, logged.entries)
+        pages++
+      }
+    }
+    for (const [id, row] of state.volumes) {
+      if (ids.has(id)) continue
+      if (names.has(`${row.kind}/${row.name}`)) { notes.push(`catalog.log knows ${row.kind} ${row.name} (id ${id}), but the catalog has another by that name; not restored`); continue }
+      catalog.insertVolume(Object.assign({ uid: null, gid: null, mode: null }, row) as unknown as VolumeRow)
+      putPages(row.root)
+      restored++
+    }
+    for (const row of have) putPages(row.root)
+    const epoch = Number(state.meta.next_epoch ?? '0')
+    if (epoch > Number(catalog.getMeta('next_epoch') ?? '1')) catalog.setMeta('next_epoch', String(epoch))
+  })
+  if (restored + pages > 0) notes.push(`restored ${restored} volumes and ${pages} map pages from catalog.log (${state.records} records${state.skippedBytes > 0 ? `, ${state.skippedBytes} damaged bytes skipped` : ''})`)
+  return restored
+}
+
+/** The id of the volume that wrote an extent file, from its header; null when the header is not one. */
+function extentOwner (file: string): number | null {
+  try {
+    const fd = fs.openSync(file, 'r')
+    try {
+      const header = Buffer.alloc(40)
+      if (fs.readSync(fd, header, 0, 40, 0) < 40 || !header.subarray(0, extentMagic.length).equals(extentMagic)) return null
+      return Number(header.readBigUInt64LE(extentHeaderFields.volumeId))
+    } finally { fs.closeSync(fd) }
+  } catch { return null }
 }

@@ -9,7 +9,8 @@ import { pageEntries } from '../limits'
 import fs from 'node:fs'
 import path from 'node:path'
 import { recordFate, scanPack } from '../chunk/pack-scan'
-import { extentsDir, packsDir, quarantineDir } from '../format/pool-format'
+import { catalogLogFile, extentsDir, packsDir, quarantineDir } from '../format/pool-format'
+import { replayCatalogLog } from '../catalog/catalog-log'
 import { Pool } from './pool'
 import { Volume } from './volume'
 
@@ -134,6 +135,22 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
   return report
 }
 
+/** catalog.log against the catalog: a log this catalog does not name, or volumes it holds that the catalog lost. */
+async function checkCatalogLog (pool: Pool, report: VerifyReport): Promise<void> {
+  const file = path.join(pool.dir, catalogLogFile)
+  if (!fs.existsSync(file)) return
+  const state = await replayCatalogLog(file)
+  if (state === null) { report.problems.push(`${catalogLogFile} is damaged (no header)`); return }
+  const have = new Set(pool.catalog.volumes().map(v => v.id))
+  const missing = [...state.volumes.values()].filter(v => !have.has(v.id))
+  if (state.logId !== pool.catalog.getMeta('log_id')) {
+    report.problems.push(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced); it holds ${state.volumes.size} volumes, ` +
+      `${missing.length} of them missing here: run vdiskfs repair to restore them`)
+  } else if (missing.length > 0) {
+    report.problems.push(`the catalog lost ${missing.length} volumes that ${catalogLogFile} holds (${missing.slice(0, 4).map(v => `${v.kind} ${v.name}`).join(', ')}): run vdiskfs repair to restore them`)
+  }
+}
+
 /**
  * Pack and extent files the catalog does not account for, in packs/, extents/ and quarantine/: what
  * a truncated, rebuilt or partly lost catalog leaves behind (see chunk/pack-scan.ts). A catalog with
@@ -171,6 +188,7 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
   const extents = new Set(pool.catalog.extents().map(e => e.id))
   const strays = list(extentsDir).filter(name => { const id = /^(\d+)\.dx$/.exec(name); return id !== null && !extents.has(Number(id[1])) })
   const quarantinedExtents = list(quarantineDir).filter(name => name.endsWith('.dx'))
+  await checkCatalogLog(pool, report)
   if (strays.length + quarantinedExtents.length > 0) {
     report.problems.push(`${strays.length + quarantinedExtents.length} delta extent files the catalog does not know (${[...strays.map(n => `${extentsDir}/${n}`), ...quarantinedExtents.map(n => `${quarantineDir}/${n}`)].slice(0, 4).join(', ')})`)
   }

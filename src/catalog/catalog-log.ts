@@ -1,0 +1,230 @@
+/**
+ * catalog.log: a second, self-describing copy of the catalog's volumes and map pages, so that a lost,
+ * truncated or replaced catalog can be rebuilt from the pool's own files (issue #9, item 6). The
+ * chunk index, packs and extents need no copy: repair rebuilds them from the pack and extent files.
+ *
+ * An append-only file: a 64-byte header, then records, each checksummed (CRC-32). Every commit
+ * appends, and makes durable, the records of the pages and volume rows it is about to write, before
+ * its SQLite transaction; so the log always holds at least what the catalog holds. When the log grows
+ * past twice its last snapshot (and catalogLogBytesMin), the next commit rewrites it as a snapshot of
+ * the catalog (a new file renamed over the old one).
+ *
+ * The header names the log (a random id) and the catalog names it too (meta `log_id`): a catalog
+ * that does not name this log (truncated, rebuilt, replaced) never writes to it, so the copy repair
+ * needs is never overwritten by the catalog that lost the rows; verify reports the mismatch.
+ *
+ * Reading (replay) never throws on damage: a record that fails its checksum is skipped and reading
+ * resumes at the next record that passes (a torn tail is the common case).
+ * Errors: append() and snapshot() throw the node:fs errors.
+ */
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import zlib from 'node:zlib'
+import { Catalog, VolumeRow } from './catalog'
+import { FileIo } from '../io/file-io'
+import { catalogLogBytesMin } from '../limits'
+
+export const catalogLogMagic = Buffer.from('VDCATLOG')
+export const catalogLogVersion = 1
+export const catalogLogHeaderBytes = 64
+export const logRecordMagic = 0x524c4456 // "VDLR"
+export const logRecordHeaderBytes = 16
+export const logRecordVolume = 1
+export const logRecordPage = 2
+export const logRecordRemoved = 3
+export const logRecordMeta = 4
+
+export interface LogBatch {
+  removed: number[]
+  pages: Array<{ id: number, epoch: number, entries: Buffer }>
+  rows: Array<{ row: VolumeRow, withRoot: boolean }>
+  meta: Record<string, string>
+}
+
+function record (type: number, payload: Buffer): Buffer {
+  const out = Buffer.alloc(logRecordHeaderBytes + payload.length)
+  out.writeUInt32LE(logRecordMagic, 0)
+  out.writeUInt16LE(type, 4)
+  out.writeUInt32LE(payload.length, 8)
+  payload.copy(out, logRecordHeaderBytes)
+  out.writeUInt32LE(recordCrc(out, payload.length), 12)
+  return out
+}
+
+function recordCrc (bytes: Buffer, length: number, at = 0): number {
+  return zlib.crc32(bytes.subarray(at + logRecordHeaderBytes, at + logRecordHeaderBytes + length), zlib.crc32(bytes.subarray(at + 4, at + 12)))
+}
+
+function encodeBatch (batch: LogBatch): Buffer {
+  const parts: Buffer[] = []
+  for (const id of batch.removed) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(id)); parts.push(record(logRecordRemoved, b)) }
+  for (const page of batch.pages) {
+    const b = Buffer.alloc(16 + page.entries.length)
+    b.writeBigUInt64LE(BigInt(page.id), 0)
+    b.writeBigUInt64LE(BigInt(page.epoch), 8)
+    page.entries.copy(b, 16)
+    parts.push(record(logRecordPage, b))
+  }
+  for (const { row, withRoot } of batch.rows) parts.push(record(logRecordVolume, Buffer.from(JSON.stringify({ ...row, root: withRoot ? row.root.toString('base64') : null }))))
+  if (Object.keys(batch.meta).length > 0) parts.push(record(logRecordMeta, Buffer.from(JSON.stringify(batch.meta))))
+  return Buffer.concat(parts)
+}
+
+function header (logId: string): Buffer {
+  const out = Buffer.alloc(catalogLogHeaderBytes)
+  catalogLogMagic.copy(out, 0)
+  out.writeUInt32LE(catalogLogVersion, 8)
+  Buffer.from(logId, 'hex').copy(out, 16)
+  out.writeBigUInt64LE(BigInt(Date.now()), 32)
+  return out
+}
+
+/** The log id a log file's header names, or null when the file is missing or its header is not one. */
+export function catalogLogId (file: string): string | null {
+  let fd: number
+  try { fd = fs.openSync(file, 'r') } catch { return null }
+  try {
+    const bytes = Buffer.alloc(catalogLogHeaderBytes)
+    if (fs.readSync(fd, bytes, 0, catalogLogHeaderBytes, 0) < catalogLogHeaderBytes || !bytes.subarray(0, 8).equals(catalogLogMagic)) return null
+    return bytes.subarray(16, 32).toString('hex')
+  } finally { fs.closeSync(fd) }
+}
+
+/** What a log says the catalog held, after replaying every record that passes its checksum. */
+export interface LogState {
+  logId: string
+  volumes: Map<number, VolumeRow>
+  pages: Map<number, { epoch: number, entries: Buffer }>
+  meta: Record<string, string>
+  records: number
+  /** Bytes skipped because they failed their checksum (a torn tail, damage). */
+  skippedBytes: number
+}
+
+export async function replayCatalogLog (file: string): Promise<LogState | null> {
+  let bytes: Buffer
+  try { bytes = await fs.promises.readFile(file) } catch { return null }
+  if (bytes.length < catalogLogHeaderBytes || !bytes.subarray(0, 8).equals(catalogLogMagic)) return null
+  const state: LogState = { logId: bytes.subarray(16, 32).toString('hex'), volumes: new Map(), pages: new Map(), meta: {}, records: 0, skippedBytes: 0 }
+  const magic = Buffer.alloc(4)
+  magic.writeUInt32LE(logRecordMagic)
+  let at = catalogLogHeaderBytes
+  while (at + logRecordHeaderBytes <= bytes.length) {
+    const length = bytes.readUInt32LE(at + 8)
+    const ok = bytes.readUInt32LE(at) === logRecordMagic && at + logRecordHeaderBytes + length <= bytes.length && recordCrc(bytes, length, at) === bytes.readUInt32LE(at + 12)
+    if (!ok) {
+      const next = bytes.indexOf(magic, at + 1)
+      const resume = next < 0 ? bytes.length : next
+      state.skippedBytes += resume - at
+      at = resume
+      continue
+    }
+    const payload = bytes.subarray(at + logRecordHeaderBytes, at + logRecordHeaderBytes + length)
+    try { apply(state, bytes.readUInt16LE(at + 4), payload) } catch { state.skippedBytes += logRecordHeaderBytes + length }
+    state.records++
+    at += logRecordHeaderBytes + length
+  }
+  state.skippedBytes += bytes.length - at
+  return state
+}
+
+function apply (state: LogState, type: number, payload: Buffer): void {
+  if (type === logRecordRemoved) state.volumes.delete(Number(payload.readBigUInt64LE(0)))
+  else if (type === logRecordPage) state.pages.set(Number(payload.readBigUInt64LE(0)), { epoch: Number(payload.readBigUInt64LE(8)), entries: Buffer.from(payload.subarray(16)) })
+  else if (type === logRecordVolume) {
+    const json = JSON.parse(payload.toString('utf8')) as Omit<VolumeRow, 'root'> & { root: string | null }
+    const previous = state.volumes.get(json.id)
+    const root = json.root !== null ? Buffer.from(json.root, 'base64') : previous?.root
+    if (root === undefined) return // a row update before any row with its root: nothing to rebuild from
+    state.volumes.set(json.id, { ...previous, ...json, root } as VolumeRow)
+  } else if (type === logRecordMeta) Object.assign(state.meta, JSON.parse(payload.toString('utf8')))
+}
+
+export class CatalogLog {
+  private fd: number | null = null
+  private end = 0
+  private snapshotBytes = 0
+  /** The catalog does not name this log: never write to it (repair needs it as it is). */
+  readonly detached: boolean
+
+  private constructor (private readonly file: string, private readonly catalog: Catalog, private readonly io: FileIo, detached: boolean, private needsSnapshot: boolean) {
+    this.detached = detached
+  }
+
+  /**
+   * Attaches to the pool's log when the catalog names it; creates one (at the first commit) when
+   * there is none; stays detached when a log exists that this catalog does not name.
+   */
+  static open (file: string, catalog: Catalog, io: FileIo): CatalogLog {
+    const onDisk = catalogLogId(file)
+    const named = catalog.getMeta('log_id')
+    if (onDisk === null && fs.existsSync(file) && fs.statSync(file).size > 0) return new CatalogLog(file, catalog, io, true, false)
+    if (onDisk === null) return new CatalogLog(file, catalog, io, false, true)
+    return new CatalogLog(file, catalog, io, onDisk !== named, false)
+  }
+
+  /** Appends a commit's records and makes them durable; before the commit's SQLite transaction. */
+  async append (batch: LogBatch): Promise<void> {
+    if (this.detached || this.needsSnapshot) return
+    const fd = await this.descriptor()
+    const bytes = encodeBatch(batch)
+    const { bytesWritten } = await this.io.write(fd, bytes, 0, bytes.length, this.end)
+    if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(this.file)}`)
+    await this.io.fdatasync(fd)
+    this.end += bytes.length
+  }
+
+  /** After a commit: rewrites the log as a snapshot when it has none yet or has grown past its bound. */
+  async afterCommit (): Promise<void> {
+    if (this.detached) return
+    if (this.needsSnapshot || this.end > Math.max(catalogLogBytesMin, 2 * this.snapshotBytes)) await this.snapshot()
+  }
+
+  /** Writes the catalog's volumes, pages and epoch counter to a new log and renames it over the old. */
+  async snapshot (): Promise<void> {
+    const logId = this.catalog.getMeta('log_id') ?? crypto.randomBytes(16).toString('hex')
+    const temporary = `${this.file}.tmp`
+    const fd = await this.io.open(temporary, 'w', 0o600)
+    let at = 0
+    const write = async (bytes: Buffer) => {
+      const { bytesWritten } = await this.io.write(fd, bytes, 0, bytes.length, at)
+      if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(temporary)}`)
+      at += bytes.length
+    }
+    try {
+      await write(header(logId))
+      await write(encodeBatch({ removed: [], pages: [], rows: this.catalog.volumes().map(row => ({ row, withRoot: true })), meta: { next_epoch: this.catalog.getMeta('next_epoch') ?? '1' } }))
+      const ids = this.catalog.pageIds()
+      for (let i = 0; i < ids.length; i += 256) {
+        const pages = []
+        for (const id of ids.slice(i, i + 256)) { const row = this.catalog.page(id); if (row !== undefined) pages.push(row) }
+        await write(encodeBatch({ removed: [], pages, rows: [], meta: {} }))
+      }
+      await this.io.fdatasync(fd)
+    } finally { await this.io.close(fd) }
+    if (this.fd !== null) { await this.io.close(this.fd); this.fd = null }
+    // The catalog names the log before the log exists under its name: a crash in between leaves no
+    // log (made again at the next commit), never a log this catalog does not name.
+    if (this.catalog.getMeta('log_id') !== logId) this.catalog.setMeta('log_id', logId)
+    await fs.promises.rename(temporary, this.file)
+    await this.io.syncDirectory(path.dirname(this.file))
+    this.end = at
+    this.snapshotBytes = at
+    this.needsSnapshot = false
+  }
+
+  private async descriptor (): Promise<number> {
+    if (this.fd === null) {
+      this.fd = await this.io.open(this.file, 'r+')
+      this.end = (await this.io.fstat(this.fd)).size
+      if (this.snapshotBytes === 0) this.snapshotBytes = this.end
+    }
+    return this.fd
+  }
+
+  async close (): Promise<void> {
+    if (this.fd !== null) await this.io.close(this.fd).catch(() => {})
+    this.fd = null
+  }
+}
