@@ -202,7 +202,7 @@ export class Catalog {
   /** Runs `work` in one transaction: all of it is durable when this returns, or none of it. */
   transaction<T> (work: () => T): T {
     const result = this.db.transaction(work)()
-    if (this.deleted) this.reclaim()
+    if (this.deleted && !this.db.inTransaction) this.reclaim()
     return result
   }
 
