@@ -43,7 +43,7 @@ export const catalogWalBytesMax = 1024 * 1024
 /** Free pages the catalog keeps after deletes (gc) before it hands them back to the filesystem. */
 export const catalogFreeBytesMax = 4 * 1024 * 1024
 /** catalog.log is rewritten as a snapshot once it passes twice its last snapshot's size, and this (bytes). */
-export const catalogLogBytesMin = 64 * 1024 * 1024
+export const catalogLogBytesMin = 8 * 1024 * 1024
 /**
  * Map pages a volume keeps for reuse after a shrink dropped them (its own pages only): a write after
  * each truncate (dd without conv=notrunc) then rewrites one of them instead of adding a 32 KiB row
