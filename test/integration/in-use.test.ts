@@ -11,7 +11,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { ChildProcess, spawn, spawnSync } from 'node:child_process'
 import Database from 'better-sqlite3'
-import { TestMount, run, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import { TestMount, execFileAsync, run, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 
 /** The catalog's volume names, read once the pool is unmounted (the daemon holds its lock). */
 function catalogNames (m: TestMount): string[] {
@@ -128,8 +128,17 @@ test.serial('rm --force under a loop-mounted ext4: the holder keeps its fsynced 
   const first = crypto.randomBytes(8 * 1024 * 1024)
   writeSynced(path.join(lm, 'first'), first)
   oneLine(t, await vdiskfs('rm', disk), /disks\/web\.img is in use by loop device \/dev\/loop\d+/, 'rm without --force')
+  // rm --force while the filesystem is being written (dd with O_DSYNC writes runs across it).
+  const source = path.join(m.dir, 'stream.src')
+  fs.writeFileSync(source, crypto.randomBytes(64 * 1024 * 1024))
+  const writeStarted = Date.now()
+  const writer = execFileAsync('dd', [`if=${source}`, `of=${path.join(lm, 'stream')}`, 'bs=256k', 'oflag=dsync', 'status=none'])
+  await new Promise(resolve => setTimeout(resolve, 50))
   const forced = await vdiskfs('rm', '--force', disk)
   t.is(forced.code, 0, forced.stderr)
+  const removedAtMs = Date.now() - writeStarted
+  await writer
+  t.log(`rm --force returned ${removedAtMs} ms into the write, which took ${Date.now() - writeStarted} ms`)
   // Gone from the namespace: not listed, not reachable, and its name is free again.
   t.false(fs.existsSync(disk))
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')), [])
@@ -146,6 +155,7 @@ test.serial('rm --force under a loop-mounted ext4: the holder keeps its fsynced 
   dropCaches()
   t.true(fs.readFileSync(path.join(lm, 'first')).equals(first), 'written before rm')
   t.true(fs.readFileSync(path.join(lm, 'second')).equals(second), 'written after rm')
+  t.true(fs.readFileSync(path.join(lm, 'stream')).equals(fs.readFileSync(source)), 'written across rm')
   const third = crypto.randomBytes(4 * 1024 * 1024)
   writeSynced(path.join(lm, 'third'), third)
   t.true(fs.readFileSync(path.join(lm, 'third')).equals(third))
