@@ -299,7 +299,7 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       case 'source': {
         if (volume.sourceId === null) return ''
         const source = pool.byId(volume.sourceId)
-        return source === undefined ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
+        return source === undefined || source.hidden ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
       }
       case 'created': return new Date(volume.createdMs).toISOString()
       case 'size': return String(volume.size)
