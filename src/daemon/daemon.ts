@@ -21,7 +21,7 @@ import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile } from '../format/pool-format'
 import { checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
 import { mounts } from './mountinfo'
-import { VdiskError } from '../errors'
+import { VdiskError, corrupt } from '../errors'
 import { version } from '../version'
 import { Sealer } from '../seal/sealer'
 
@@ -59,6 +59,12 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     fs.write(logFd, `${new Date().toISOString()} ${message}\n`, () => {})
   }
   const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
+  if (pool.catalogLog.detached) {
+    // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
+    // catalog.log holds, and make the loss permanent.
+    await pool.close()
+    throw corrupt(`${pool.dir}: the catalog does not match catalog.log (it was truncated, rebuilt or replaced): run vdiskfs repair on the pool, which restores what the log holds`)
+  }
   if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a', 0o600)
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)

@@ -182,6 +182,12 @@ test.serial('a truncated catalog is rebuilt from catalog.log: every volume and e
   await m.umount()
   fs.truncateSync(path.join(m.pool, 'catalog.sqlite'), 0)
   for (const f of fs.readdirSync(m.pool)) if (f.startsWith('catalog.sqlite-')) fs.rmSync(path.join(m.pool, f))
+  // Serving the truncated catalog would start a second history over the first (ids, epochs, pages).
+  const refused = await vdiskfs('mount', m.pool, m.mnt)
+  if (refused.code === 0) { m.pid = Number(fs.readFileSync(path.join(m.pool, 'daemon.pid'), 'utf8')); await m.umount() }
+  t.not(refused.code, 0, 'a catalog that lost its log\'s volumes is not served')
+  t.regex(refused.stderr, /catalog\.log.*vdiskfs repair/)
+  t.is(refused.stderr.trim().split('\n').length, 1)
   const verify = await vdiskfs('verify', m.pool)
   t.is(verify.code, 1, verify.stdout)
   t.regex(verify.stdout, /catalog\.log/)
