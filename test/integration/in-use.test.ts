@@ -219,7 +219,7 @@ test.serial('a volume removed while open does not come back after the daemon is 
   t.deepEqual(catalogNames(m).sort(), ['disk/forced.img', 'disk/kept.img'], 'the hidden volumes were dropped at start')
 })
 
-test.serial('a plain rm through the mount of an open image: the holder keeps it until close, then it is gone', async t => {
+test.serial('a plain rm, or mv over, an open image through the mount: the holder keeps it until close, then it is gone', async t => {
   const m = await withMount(t)
   const disk = m.image('disks', 'scratch.img')
   const data = crypto.randomBytes(2 * 1024 * 1024)
@@ -239,8 +239,20 @@ test.serial('a plain rm through the mount of an open image: the holder keeps it 
   fs.closeSync(fd)
   await new Promise(resolve => setTimeout(resolve, 200))
   t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  // mv over an image held open: the holder keeps the old one until it closes.
+  const other = m.image('disks', 'other.img')
+  fs.writeFileSync(other, 'other')
+  const held = fs.openSync(disk, 'r')
+  fs.renameSync(other, disk)
+  t.is(fs.readFileSync(disk, 'utf8'), 'other')
+  const old = Buffer.alloc(3)
+  t.is(fs.readSync(held, old, 0, 3, 0), 3)
+  t.is(old.toString(), 'new')
+  fs.closeSync(held)
+  await new Promise(resolve => setTimeout(resolve, 200))
+  t.deepEqual(await listed(m), ['disk/scratch.img'])
   await m.umount()
-  t.deepEqual(catalogNames(m), ['disk/scratch.img'], 'only the new scratch.img is left')
+  t.deepEqual(catalogNames(m), ['disk/scratch.img'], 'only the last scratch.img is left')
 })
 
 test.serial('renaming an image to a .fuse_hidden name is refused; it stays visible', async t => {
