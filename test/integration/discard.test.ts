@@ -2,9 +2,10 @@
  * Discard gives space back through a real mount (issue #11): `fallocate --punch-hole` and
  * `--zero-range` on an image read back as zeros and lower its referenced bytes (`vdiskfs du`), `fstrim`
  * in a loop-mounted ext4 returns deleted files' space (the loop device punches holes in the image),
- * `blkdiscard` on a loop device zeroes and frees, plain allocation grows the size without reserving,
- * and a backup taken before a discard keeps its bytes. Each failed before fuse-native's fallocate was
- * wired (patches/fuse-native+2.2.6.patch) and the adapter served it (EOPNOTSUPP from fallocate(1)).
+ * `blkdiscard` on a loop device and `qemu-io discard` zero and free, plain allocation grows the size
+ * without reserving, and a backup taken before a discard keeps its bytes. Each failed before
+ * fuse-native's fallocate was wired (patches/fuse-native+2.2.6.patch) and the adapter served it
+ * (fallocate(1) got EOPNOTSUPP; qemu-io reported success and kept the data).
  */
 import test from 'ava'
 import fs from 'node:fs'
@@ -113,4 +114,17 @@ test.serial('blkdiscard on a loop device zeroes and frees the range', async t =>
   t.false(readRange(image, 0, MiB).equals(Buffer.alloc(MiB)))
   const after = await referenced(m.mnt, 'disk', 'blk.img')
   t.true(before - after >= 16 * MiB, `referenced ${before} -> ${after}`)
+})
+
+test.serial('qemu-io discard on a raw image zeroes and frees the range', async t => {
+  const m = await withMount(t)
+  const image = m.image('disks', 'vm.img')
+  await run('dd', ['if=/dev/urandom', `of=${image}`, 'bs=1M', 'count=8', 'status=none'])
+  const before = await referenced(m.mnt, 'disk', 'vm.img')
+  const out = await run('qemu-io', ['-f', 'raw', '-c', `discard ${MiB} ${4 * MiB}`, image])
+  t.notRegex(out, /failed|not supported/i)
+  await run('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'])
+  t.true(readRange(image, MiB, 4 * MiB).equals(Buffer.alloc(4 * MiB)))
+  const after = await referenced(m.mnt, 'disk', 'vm.img')
+  t.true(before - after >= 4 * MiB, `referenced ${before} -> ${after}`)
 })
