@@ -188,6 +188,7 @@ export class Catalog {
       retireChunk: db.prepare('INSERT OR REPLACE INTO retired_chunks (id, pack_id) SELECT id, pack_id FROM chunks WHERE id = ?'),
       isRetired: db.prepare('SELECT 1 FROM retired_chunks WHERE id = ?').pluck(),
       clearRetired: db.prepare('DELETE FROM retired_chunks WHERE pack_id = ?'),
+      retireUnindexed: db.prepare('INSERT OR REPLACE INTO retired_chunks (id, pack_id) VALUES (?, ?)'),
       insertPack: db.prepare('INSERT INTO packs (id, created_ms) VALUES (?, ?)'),
       deletePack: db.prepare('DELETE FROM packs WHERE id = ?'),
       getMeta: db.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
@@ -307,6 +308,11 @@ export class Catalog {
     this.transaction(() => {
       for (const id of ids) { this.statements.retireChunk.run(id); this.statements.deleteChunk.run(id) }
     })
+  }
+
+  /** Chunks a seal pass stored but never indexed (it failed): garbage in their packs, like retired ones. */
+  retireUnindexed (rows: Array<{ id: number, packId: number }>): void {
+    this.transaction(() => { for (const row of rows) this.statements.retireUnindexed.run(row.id, row.packId) })
   }
 
   isRetired (id: number): boolean { return this.statements.isRetired.get(id) !== undefined }

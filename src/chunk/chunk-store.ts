@@ -141,6 +141,10 @@ export class ChunkStore {
    * records stay in the packs, unindexed, as compaction's garbage.
    */
   abandon (): void {
+    // Never indexed, so no map names them: garbage, recorded as such so that compaction deletes their
+    // pack rather than quarantining it as records the catalog lost (pack-scan.ts). Best effort: if
+    // the catalog cannot take it either, the pack is only quarantined.
+    try { this.catalog.retireUnindexed([...this.pendingByHash.values()].filter(row => row.packId !== 0)) } catch {}
     this.pendingByHash.clear()
     this.unsyncedPacks.clear()
   }
