@@ -141,7 +141,9 @@ async function checkCatalogLog (pool: Pool, report: VerifyReport): Promise<void>
   if (!fs.existsSync(file)) return
   const state = await replayCatalogLog(file)
   if (state === null) { report.problems.push(`${catalogLogFile} is damaged (no header)`); return }
-  const have = new Set(pool.catalog.volumes().map(v => v.id))
+  // The pool's own list counts too: online, a commit may have appended to the log and not yet run its
+  // transaction when this reads.
+  const have = new Set([...pool.catalog.volumes().map(v => v.id), ...pool.list().map(v => v.id)])
   const missing = [...state.volumes.values()].filter(v => !have.has(v.id))
   if (state.logId !== pool.catalog.getMeta('log_id')) {
     report.problems.push(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced); it holds ${state.volumes.size} volumes, ` +
