@@ -17,6 +17,7 @@ export type Op =
   | { op: 'create' }
   | { op: 'write', vol: number, offset: number, length: number, zero: boolean, seed: number }
   | { op: 'truncate', vol: number, size: number }
+  | { op: 'discard', vol: number, offset: number, length: number, grow: boolean }
   | { op: 'backup', vol: number }
   | { op: 'clone', vol: number }
   | { op: 'restore', vol: number, target: number }
@@ -73,6 +74,16 @@ export class Harness {
         if (v === undefined) return
         await this.engine(v).truncate(op.size)
         v.data = op.size <= v.data.length ? Buffer.from(v.data.subarray(0, op.size)) : Buffer.concat([v.data, Buffer.alloc(op.size - v.data.length)])
+        return
+      }
+      case 'discard': {
+        // fallocate PUNCH_HOLE (grow false) or ZERO_RANGE without KEEP_SIZE (grow true).
+        const v = this.pick(op.vol, writable)
+        if (v === undefined) return
+        await this.engine(v).discard(op.offset, op.length, { grow: op.grow })
+        const end = op.offset + op.length
+        if (op.grow && end > v.data.length) v.data = Buffer.concat([v.data, Buffer.alloc(end - v.data.length)])
+        if (op.offset < v.data.length) v.data.fill(0, op.offset, Math.min(end, v.data.length))
         return
       }
       case 'backup': {

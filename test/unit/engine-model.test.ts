@@ -1,5 +1,5 @@
 /**
- * Property test: random sequences of create, write, truncate, backup, clone, restore, rm, rename,
+ * Property test: random sequences of create, write, truncate, discard, backup, clone, restore, rm, rename,
  * commit, seal, gc and reopen, run on the engine directly, leave every volume equal to the model (one byte
  * array per volume, a backup being a copy). Failing cases shrink; minimal ones are kept in
  * engine-regressions.test.ts.
@@ -26,6 +26,16 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
     })
   },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('truncate' as const), vol: fc.nat(20), size: fc.oneof(fc.nat(3 * blockBytes), fc.nat(spanBytes)) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('discard' as const),
+      vol: fc.nat(20),
+      offset: fc.oneof(fc.nat(3 * blockBytes), fc.nat(spanBytes)),
+      length: fc.oneof(fc.integer({ min: 1, max: 3 * blockBytes + 7 }), fc.constantFrom(blockBytes, 4 * blockBytes)),
+      grow: fc.boolean()
+    })
+  },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('backup' as const), vol: fc.nat(20) }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('clone' as const), vol: fc.nat(20) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('restore' as const), vol: fc.nat(20), target: fc.nat(20) }) },
