@@ -232,3 +232,39 @@ function correctGroup (bytes: Buffer, g: number, pageId: number, seed: number, e
   bytes[found.at] = found.value
   return true
 }
+
+/**
+ * A stored root (format 2): the page ids (u64 each), then 8 bytes: magic 0x54524456 ("VDRT") and the
+ * CRC-32 of the volume id (u64) followed by the ids. A root of exactly 8 bytes per page is a
+ * legacy (format 1) root, read unchecked. Without the check a damaged page id would send a volume's
+ * reads to another volume's page, which passes its own checksums.
+ */
+export const rootTrailerMagic = 0x54524456
+export const rootTrailerBytes = 8
+
+export function encodeRoot (root: Float64Array, volumeId: number): Buffer {
+  const ids = encodeU64Array(root)
+  const out = Buffer.alloc(ids.length + rootTrailerBytes)
+  ids.copy(out, 0)
+  out.writeUInt32LE(rootTrailerMagic, ids.length)
+  out.writeUInt32LE(rootCrc(ids, volumeId), ids.length + 4)
+  return out
+}
+
+function rootCrc (ids: Uint8Array, volumeId: number): number {
+  const seed = Buffer.alloc(8)
+  seed.writeBigUInt64LE(BigInt(volumeId))
+  // One buffer: zlib.crc32 of an empty buffer ignores its initial value (an empty root is common).
+  return zlib.crc32(Buffer.concat([seed, ids]))
+}
+
+/** Decodes a stored root of `count` page ids; throws RangeError when it is damaged. */
+export function decodeRoot (stored: Uint8Array, count: number, volumeId: number): Float64Array {
+  if (stored.byteLength === count * 8) return decodeU64Array(stored, count)
+  if (stored.byteLength !== count * 8 + rootTrailerBytes) throw new RangeError(`the root has ${stored.byteLength} bytes, expected ${count * 8 + rootTrailerBytes}`)
+  const bytes = Buffer.from(stored)
+  if (bytes.readUInt32LE(count * 8) !== rootTrailerMagic || bytes.readUInt32LE(count * 8 + 4) !== rootCrc(bytes.subarray(0, count * 8), volumeId)) {
+    throw new RangeError('the root fails its checksum')
+  }
+  return decodeU64Array(bytes, count)
+}

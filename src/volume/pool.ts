@@ -16,7 +16,7 @@ import path from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { Catalog, VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, fromSystemError, invalid, notFound, readOnly } from '../errors'
-import { decodeU64Array, encodeU64Array, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
+import { decodeRoot, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
 import { PoolHeader, catalogFile, catalogLogFile, extentsDir, packsDir, poolFormatVersion, poolHeaderFile, poolMagic } from '../format/pool-format'
 import { assertLimits, blockBytesDefault, extentIdleMs, inUseGraceMs, metadataReserveBytes, packLiveFractionMin, statfsIntervalMs, volumeNamePattern, writableExtentsMax, zstdLevelDefault } from '../limits'
 import { ChunkStore } from '../chunk/chunk-store'
@@ -179,9 +179,9 @@ export class Pool implements VolumeContext {
     const pageCount = BlockMap.pagesFor(blocks)
     let root: Float64Array
     try {
-      root = decodeU64Array(row.root, pageCount)
+      root = decodeRoot(row.root, pageCount, row.id)
     } catch (err) {
-      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message})`, { cause: err })
+      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
     }
     const map = new BlockMap(this.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.sizeOf)
     const volume = new Volume(this, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
@@ -555,7 +555,7 @@ export class Pool implements VolumeContext {
       sourceId: volume.sourceId,
       sourceLabel: volume.sourceLabel,
       epoch: volume.map.epoch,
-      root: withRoot ? encodeU64Array(volume.map.root) : Buffer.alloc(0),
+      root: withRoot ? encodeRoot(volume.map.root, volume.id) : Buffer.alloc(0),
       allocatedBlocks: volume.map.allocatedBlocks,
       storedBytes: volume.map.storedBytes,
       activeExtent: volume.activeExtentId,

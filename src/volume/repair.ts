@@ -28,12 +28,13 @@ import { PackScan, scanPack } from '../chunk/pack-scan'
 import { Catalog, PageRow, VolumeRow } from '../catalog/catalog'
 import { LogState, replayCatalogLog } from '../catalog/catalog-log'
 import {
-  DecodedPage, decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
+  DecodedPage, decodePage, decodeRoot, describePageDamage, encodePage, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
   pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
 } from '../format/map-format'
 import { pageBytes, pageEntries } from '../limits'
 import { VdiskError } from '../errors'
 import { Pool } from './pool'
+import { BlockMap } from '../map/block-map'
 import { VerifyReport, verifyPool } from './verify'
 
 export interface RepairReport {
@@ -42,6 +43,8 @@ export interface RepairReport {
   chunksDropped: number
   extentsDropped: number
   pagesReplaced: number
+  /** Volume roots that failed their checksum and were taken from catalog.log, or replaced by lost pages. */
+  rootsRepaired: number
   entriesLost: number
   /** Volumes brought back from catalog.log (the catalog had lost them). */
   volumesRestored: number
@@ -54,7 +57,7 @@ export interface RepairReport {
 
 export async function repairPool (dir: string): Promise<RepairReport> {
   dir = path.resolve(dir)
-  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, entriesLost: 0, volumesRestored: 0, orphanRecords: 0, quarantined: [], notes: [] }
+  const report: Omit<RepairReport, 'after'> = { catalogRebuilt: false, chunksReindexed: 0, chunksDropped: 0, extentsDropped: 0, pagesReplaced: 0, rootsRepaired: 0, entriesLost: 0, volumesRestored: 0, orphanRecords: 0, quarantined: [], notes: [] }
   const quarantine = (file: string, why: string) => {
     const target = path.join(dir, 'quarantine', `${Date.now()}-${path.basename(file)}`)
     fs.mkdirSync(path.dirname(target), { recursive: true, mode: 0o700 })
@@ -62,9 +65,19 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     fs.chmodSync(target, 0o600)
     report.quarantined.push(`${path.relative(dir, file)} -> ${path.relative(dir, target)} (${why})`)
   }
+  const logState = await replayCatalogLog(path.join(dir, catalogLogFile))
+  const blockBytes = (JSON.parse(fs.readFileSync(path.join(dir, poolHeaderFile), 'utf8')) as { blockBytes: number }).blockBytes
+  /** Roots that fail their checksum, put right before the pool opens (it refuses them). */
+  const fixRoots = () => {
+    let catalog: Catalog
+    // A catalog that does not open (missing, damaged, in use) is for the steps below to handle.
+    try { catalog = Catalog.open(path.join(dir, catalogFile), false) } catch { return }
+    try { repairRoots(catalog, blockBytes, logState, report) } finally { catalog.close() }
+  }
   // 1. The catalog: open it, or move it aside and salvage what can be read.
   let pool: Pool
   try {
+    fixRoots()
     pool = Pool.open(dir)
     const problems = pool.catalog.integrityCheck()
     if (problems.length > 0) { await pool.close(); throw new VdiskError('CORRUPT', problems.join('; ')) }
@@ -81,12 +94,12 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     pool = Pool.open(dir)
     salvageCatalog(damaged, pool, report.notes)
     await pool.close()
+    fixRoots()
     pool = Pool.open(dir)
   }
   // 1b. catalog.log: volumes and map pages the catalog lost come back from the pool's second copy.
   //     A log this catalog does not name (it was truncated, rebuilt or replaced) is moved to
   //     quarantine/ once read; the repaired catalog starts a new one.
-  const logState = await replayCatalogLog(path.join(dir, catalogLogFile))
   if (logState !== null) {
     const restored = restoreFromLog(pool.catalog, logState, report.notes)
     report.volumesRestored = restored
@@ -409,4 +422,42 @@ function extentOwner (file: string): number | null {
       return Number(header.readBigUInt64LE(extentHeaderFields.volumeId))
     } finally { fs.closeSync(fd) }
   } catch { return null }
+}
+
+/**
+ * Every volume root that fails its checksum is taken from catalog.log's copy when that passes; when
+ * nothing proves the page ids, the volume gets pages of lost entries (EIO for all its blocks), never
+ * another volume's pages.
+ */
+function repairRoots (catalog: Catalog, blockBytes: number, logState: LogState | null, report: Omit<RepairReport, 'after'>): void {
+  catalog.transaction(() => {
+    for (const row of catalog.volumes()) {
+      const blocks = Math.ceil(row.size / blockBytes)
+      const count = BlockMap.pagesFor(blocks)
+      let why: string
+      try { decodeRoot(row.root, count, row.id); continue } catch (err) { why = (err as Error).message }
+      report.rootsRepaired++
+      const logged = logState?.volumes.get(row.id)
+      if (logged !== undefined && logged.size === row.size) {
+        try {
+          decodeRoot(logged.root, count, row.id)
+          catalog.updateVolume({ ...row, root: logged.root }, true)
+          report.notes.push(`${row.kind} ${row.name}: its map root was damaged (${why}); restored from catalog.log`)
+          continue
+        } catch {}
+      }
+      const ids = new Float64Array(count)
+      let next = catalog.maxPageId() + 1
+      for (let p = 0; p < count; p++) {
+        const entries = new Float64Array(pageEntries)
+        for (let i = 0; i < pageEntries && p * pageEntries + i < blocks; i++) entries[i] = lostEntry
+        catalog.putPage(next, row.epoch, encodePage(entries, next))
+        ids[p] = next++
+        report.pagesReplaced++
+      }
+      catalog.updateVolume({ ...row, root: encodeRoot(ids, row.id) }, true)
+      report.entriesLost += blocks
+      report.notes.push(`${row.kind} ${row.name}: its map root was damaged (${why}) and no copy proves it; all ${blocks} blocks marked lost`)
+    }
+  })
 }

@@ -206,3 +206,34 @@ test.serial('a truncated catalog is rebuilt from catalog.log: every volume and e
   await m.umount()
   t.is((await vdiskfs('verify', m.pool)).code, 0)
 })
+
+test.serial('a damaged page id in a volume\'s root never sends its reads to another volume\'s page; repair restores the root', async t => {
+  const m = await withMount(t)
+  const d = m.image('disks', 'd.img')
+  const e = m.image('disks', 'e.img')
+  await run('dd', ['if=/dev/urandom', `of=${d}`, 'bs=64k', 'count=20', 'conv=fsync', 'status=none'])
+  await run('dd', ['if=/dev/urandom', `of=${e}`, 'bs=64k', 'count=20', 'conv=fsync', 'status=none'])
+  const original = fs.readFileSync(d)
+  await m.umount()
+  const db = new Database(path.join(m.pool, 'catalog.sqlite'))
+  const rootOf = (name: string) => (db.prepare("SELECT root FROM volumes WHERE kind = 'disk' AND name = ?").get(name) as { root: Buffer }).root
+  const root = Buffer.from(rootOf('d.img'))
+  const other = rootOf('e.img').readBigUInt64LE(0)
+  t.not(root.readBigUInt64LE(0), other)
+  root[0] = Number(other & 0xffn) // one damaged byte: d's page id now names e's page
+  t.is(root.readBigUInt64LE(0), other)
+  db.prepare("UPDATE volumes SET root = ? WHERE kind = 'disk' AND name = 'd.img'").run(root)
+  db.close()
+  const mounted = await vdiskfs('mount', m.pool, m.mnt)
+  if (mounted.code === 0) {
+    m.pid = Number(fs.readFileSync(path.join(m.pool, 'daemon.pid'), 'utf8'))
+    eioOrOriginal(t, readBlocks(d, 20), original, 'disk')
+    await m.umount()
+  } else {
+    t.regex(mounted.stderr, /root.*vdiskfs repair/)
+  }
+  const repair = await vdiskfs('repair', m.pool, '--json')
+  t.is(repair.code, 0, repair.stderr)
+  await m.mount()
+  t.is(eioOrOriginal(t, readBlocks(d, 20), original, 'disk'), 0)
+})
