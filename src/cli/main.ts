@@ -336,7 +336,10 @@ const commands: Record<string, Command> = {
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
       const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc')) as GcReport
-      print(flags.json === true, result, () => `freed ${result.pagesFreed} map pages, ${result.extentsFreed} extents, ${result.chunksFreed} chunks and ${result.packsFreed} packs (${bytes(result.packBytesFreed)})`)
+      print(flags.json === true, result, () => result.held !== undefined
+        ? `freed no map pages, extents or chunks: ${result.held}, and while the catalog is damaged gc cannot prove anything unreferenced (vdiskfs verify; rewrite or remove what was lost); ` +
+          `${result.packsFreed} packs (${bytes(result.packBytesFreed)}) freed by compaction`
+        : `freed ${result.pagesFreed} map pages, ${result.extentsFreed} extents, ${result.chunksFreed} chunks and ${result.packsFreed} packs (${bytes(result.packBytesFreed)})`)
     }
   }
 }

@@ -237,3 +237,35 @@ test.serial('a damaged page id in a volume\'s root never sends its reads to anot
   await m.mount()
   t.is(eioOrOriginal(t, readBlocks(d, 20), original, 'disk'), 0)
 })
+
+test.serial('while a map holds lost blocks gc frees nothing and says why; rewriting them lifts the hold', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'd.img')
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', 'count=20', 'conv=fsync', 'status=none'])
+  t.is((await vdiskfs('sync', m.mnt)).code, 0)
+  await m.umount()
+  const pack = path.join(m.pool, 'packs', fs.readdirSync(path.join(m.pool, 'packs'))[0])
+  fs.truncateSync(pack, fs.statSync(pack).size - 2 * 65536) // the last two chunks are gone
+  t.is((await vdiskfs('repair', m.pool)).code, 0)
+  await m.mount()
+  const blocks = readBlocks(disk, 20)
+  const lost = blocks.flatMap((b, i) => b === 'EIO' ? [i] : [])
+  t.true(lost.length >= 2)
+  // Garbage that gc would free in a healthy pool: a second disk, sealed, then removed.
+  const other = m.image('disks', 'other.img')
+  await run('dd', ['if=/dev/urandom', `of=${other}`, 'bs=64k', 'count=10', 'conv=fsync', 'status=none'])
+  t.is((await vdiskfs('sync', m.mnt)).code, 0)
+  fs.unlinkSync(other)
+  const held = await vdiskfs('gc', m.mnt, '--json')
+  const heldReport = JSON.parse(held.stdout) as { chunksFreed: number, held?: string }
+  t.is(heldReport.chunksFreed, 0)
+  t.regex(heldReport.held ?? '', /lost/)
+  t.regex((await vdiskfs('gc', m.mnt)).stdout, /freed no map pages, extents or chunks: .*lost/)
+  const fd = fs.openSync(disk, 'r+')
+  for (const b of lost) fs.writeSync(fd, Buffer.alloc(65536, 9), 0, 65536, b * 65536)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  const freed = JSON.parse((await vdiskfs('gc', m.mnt, '--json')).stdout) as { chunksFreed: number, held?: string }
+  t.is(freed.held, undefined)
+  t.true(freed.chunksFreed >= 10, `${freed.chunksFreed} chunks freed`)
+})
