@@ -124,6 +124,8 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     const referenced = new Set<number>()
     const referencedExtents = new Set<number>()
     for (const volume of pool.list()) {
+      // A volume's active extent counts as referenced: its file is where its next writes go.
+      if (volume.activeExtentId !== null) referencedExtents.add(volume.activeExtentId)
       for (const id of volume.map.root) {
         if (id === 0 || decoded.has(id)) continue
         const row = catalog.page(id)
@@ -162,6 +164,11 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         report.extentsDropped++
         report.notes.push(`extent ${id}: ${(err as Error).message}`)
       }
+    }
+    // A volume does not keep writing to an extent that is gone: its next write starts a new one.
+    for (const volume of pool.list()) {
+      for (const id of [...volume.writableExtents]) if (!goodExtents.has(id)) volume.writableExtents.delete(id)
+      if (volume.activeExtentId !== null && !goodExtents.has(volume.activeExtentId)) { volume.activeExtentId = null; volume.rowDirty = true }
     }
     // 5. Packs (and packs in quarantine/): rebuild the chunk index from their records. A record the
     //    maps reference is indexed; one nobody references is left as it is, unindexed: the catalog

@@ -269,3 +269,20 @@ test.serial('while a map holds lost blocks gc frees nothing and says why; rewrit
   t.is(freed.held, undefined)
   t.true(freed.chunksFreed >= 10, `${freed.chunksFreed} chunks freed`)
 })
+
+test.serial('after repair drops a lost extent, its volume takes new writes', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'e.img')
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', 'count=4', 'conv=fsync', 'status=none'])
+  await m.terminate()
+  fs.rmSync(path.join(m.pool, 'extents', '1.dx')) // e.img's active extent, not sealed yet
+  t.is((await vdiskfs('repair', m.pool)).code, 0)
+  await m.mount()
+  const block = Buffer.alloc(65536, 3)
+  const fd = fs.openSync(disk, 'r+')
+  try {
+    fs.writeSync(fd, block, 0, block.length, 0)
+    fs.fsyncSync(fd)
+  } finally { fs.closeSync(fd) }
+  t.true((readBlocks(disk, 1)[0] as Buffer).equals(block))
+})
