@@ -4,7 +4,7 @@
  * Pack descriptors are cached (bounded); a pack deleted by compaction is reported as `missing`.
  */
 import fs from 'node:fs'
-import { blake3 } from '@napi-rs/blake-hash'
+import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
 import { descriptor, forgetAllDescriptors, forgetDescriptor } from './descriptors'
@@ -29,7 +29,7 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
       } else {
         input.copy(output)
       }
-      if (blake3(output).toString('hex') !== request.hash) return { ok: false, error: 'checksum mismatch' }
+      if (blake3Digest(output).toString('hex') !== request.hash) return { ok: false, error: 'checksum mismatch' }
       return { ok: true }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code

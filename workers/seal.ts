@@ -3,7 +3,7 @@
  * Imports only the protocol module and the two native kernels. Also callable on the main thread, for
  * the benchmark's "no workers" baseline only.
  */
-import { blake3 } from '@napi-rs/blake-hash'
+import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, sectorMatches, worthCompressing } from './protocol'
 import { descriptor, forgetAllDescriptors, readFully } from './descriptors'
@@ -55,7 +55,7 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
     const blocks = task.slots.map(slot => {
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
       if (isZero(input)) return { zero: true, compressedBytes: 0 }
-      blake3(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
+      blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
       const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
       const compressed = cctx.compress2(output, input)
       return { zero: false, compressedBytes: worthCompressing(task.length, compressed) ? compressed : 0 }
