@@ -23,7 +23,6 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import { catalogFile, catalogLogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
 import { packFileName } from '../chunk/pack-format'
-import { extentHeaderFields, extentMagic } from '../format/extent-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
 import { Catalog, PageRow, VolumeRow } from '../catalog/catalog'
 import { LogState, replayCatalogLog } from '../catalog/catalog-log'
@@ -35,7 +34,7 @@ import { pageBytes, pageEntries } from '../limits'
 import { VdiskError } from '../errors'
 import { Pool } from './pool'
 import { BlockMap } from '../map/block-map'
-import { VerifyReport, verifyPool } from './verify'
+import { VerifyReport, extentOwner, verifyPool } from './verify'
 
 export interface RepairReport {
   catalogRebuilt: boolean
@@ -419,17 +418,6 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
   return restored
 }
 
-/** The id of the volume that wrote an extent file, from its header; null when the header is not one. */
-function extentOwner (file: string): number | null {
-  try {
-    const fd = fs.openSync(file, 'r')
-    try {
-      const header = Buffer.alloc(40)
-      if (fs.readSync(fd, header, 0, 40, 0) < 40 || !header.subarray(0, extentMagic.length).equals(extentMagic)) return null
-      return Number(header.readBigUInt64LE(extentHeaderFields.volumeId))
-    } finally { fs.closeSync(fd) }
-  } catch { return null }
-}
 
 /**
  * Every volume root that fails its checksum is taken from catalog.log's copy when that passes; when

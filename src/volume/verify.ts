@@ -11,6 +11,7 @@ import path from 'node:path'
 import { recordFate, scanPack } from '../chunk/pack-scan'
 import { catalogLogFile, extentsDir, packsDir, quarantineDir } from '../format/pool-format'
 import { replayCatalogLog } from '../catalog/catalog-log'
+import { extentHeaderFields, extentMagic } from '../format/extent-format'
 import { Pool } from './pool'
 import { Volume } from './volume'
 
@@ -188,7 +189,15 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
       `(not indexed, not freed by gc)${inQuarantine > 0 ? `, ${inQuarantine} of them in ${quarantineDir}/` : ''}: the catalog lost them; vdiskfs repair brings back what the maps need, the rest is kept for a person to judge`)
   }
   const extents = new Set(pool.catalog.extents().map(e => e.id))
-  const strays = list(extentsDir).filter(name => { const id = /^(\d+)\.dx$/.exec(name); return id !== null && !extents.has(Number(id[1])) })
+  // A file whose writer is a volume the catalog has is what an interrupted deletion leaves (gc and
+  // sealing delete the row, then the file); one whose writer the catalog does not know is damage.
+  const volumes = new Set(pool.catalog.volumes().map(v => v.id))
+  const strays = list(extentsDir).filter(name => {
+    const id = /^(\d+)\.dx$/.exec(name)
+    if (id === null || extents.has(Number(id[1]))) return false
+    const owner = extentOwner(path.join(pool.dir, extentsDir, name))
+    return owner === null || !volumes.has(owner)
+  })
   const quarantinedExtents = list(quarantineDir).filter(name => name.endsWith('.dx'))
   await checkCatalogLog(pool, report)
   if (strays.length + quarantinedExtents.length > 0) {
@@ -196,3 +205,15 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
   }
 }
 
+
+/** The id of the volume that wrote an extent file, from its header; null when the header is not one. */
+export function extentOwner (file: string): number | null {
+  try {
+    const fd = fs.openSync(file, 'r')
+    try {
+      const header = Buffer.alloc(extentHeaderFields.createdMs)
+      if (fs.readSync(fd, header, 0, header.length, 0) < header.length || !header.subarray(0, extentMagic.length).equals(extentMagic)) return null
+      return Number(header.readBigUInt64LE(extentHeaderFields.volumeId))
+    } finally { fs.closeSync(fd) }
+  } catch { return null }
+}
