@@ -25,6 +25,8 @@ export const extentSlotsMax = 16384
 /** Bytes of the header at the start of every delta extent file; slot 0 starts here. */
 export const extentHeaderBytes = 4096
 
+/** Pack read descriptors kept open for the open workers (chunk/pack-descriptors.ts). */
+export const packFdsMax = 64
 /** Open extent file descriptors kept in the descriptor cache. */
 export const extentFdsMax = 256
 /**

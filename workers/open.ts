@@ -1,26 +1,24 @@
 /**
  * Worker task: read stored chunks from pack files, decompress them and verify each against its
  * BLAKE3-256 before the main thread may serve it. A mismatch is reported, never returned as data.
- * Pack descriptors are cached (bounded); a pack deleted by compaction is reported as `missing`.
+ * Pack descriptors are lent by the main thread with each task (src/chunk/pack-descriptors.ts).
  */
 import fs from 'node:fs'
 import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
-import { descriptor, forgetAllDescriptors, forgetDescriptor } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx } | null = null
 
 export function open (task: OpenTask, config: WorkerConfig): OpenResult {
   if (context === null || context.config.slab !== config.slab) {
-    forgetAllDescriptors()
     context = { config, slab: Buffer.from(config.slab), dctx: new zstd.DCtx() }
   }
   const { slab, dctx } = context
   const blocks = task.requests.map(request => {
     try {
       const input = slab.subarray(inputOffset(config, request.slot), inputOffset(config, request.slot) + request.storedBytes)
-      const read = fs.readSync(descriptor(request.file), input, 0, request.storedBytes, request.offset)
+      const read = fs.readSync(request.fd, input, 0, request.storedBytes, request.offset)
       if (read !== request.storedBytes) return { ok: false, error: `short read (${read} of ${request.storedBytes} bytes)` }
       const output = slab.subarray(outputOffset(config, request.slot), outputOffset(config, request.slot) + request.rawBytes)
       if (request.compressed) {
@@ -32,9 +30,7 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
       if (blake3Digest(output).toString('hex') !== request.hash) return { ok: false, error: 'checksum mismatch' }
       return { ok: true }
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOENT') forgetDescriptor(request.file)
-      return { ok: false, error: code === 'ENOENT' ? 'missing' : (err as Error).message }
+      return { ok: false, error: (err as Error).message }
     }
   })
   return { blocks }

@@ -43,10 +43,12 @@ export interface SealTask {
   slots: number[]
   length: number
   /**
-   * Where the blocks are: `offsets` in `file`; with `sums`, the offset of each block's sector checksum
+   * Where the blocks are: `offsets` in `file`, read through `fd`, a descriptor the main thread lends
+   * for this task (it owns and closes it; workers keep none, so a deleted file's space comes back);
+   * with `sums`, the offset of each block's sector checksum
    * table (extent format version 2), which the worker checks before hashing (a mismatch is an error).
    */
-  source?: { file: string, offsets: number[], sums?: number[] }
+  source?: { fd: number, file: string, offsets: number[], sums?: number[] }
 }
 export interface SealBlockResult {
   /** The block is all zeros: nothing is hashed or stored. */
@@ -62,6 +64,9 @@ export interface SealResult { blocks: SealBlockResult[], error?: string }
  */
 export interface OpenRequest {
   slot: number
+  /** A read descriptor of the pack, lent by the main thread for this task (it owns and closes it). */
+  fd: number
+  /** The pack's path, for messages. */
   file: string
   /** Offset of the chunk's payload in the file and its stored length. */
   offset: number

@@ -6,13 +6,12 @@
 import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, sectorMatches, worthCompressing } from './protocol'
-import { descriptor, forgetAllDescriptors, readFully } from './descriptors'
+import { readFully } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
 
 function setup (config: WorkerConfig) {
   if (context === null || context.config.slab !== config.slab) {
-    forgetAllDescriptors()
     const cctx = new zstd.CCtx()
     cctx.setParameter(zstd.CParameter.compressionLevel, config.zstdLevel)
     context = { config, slab: Buffer.from(config.slab), cctx }
@@ -37,7 +36,7 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
     if (task.source !== undefined) {
       // The blocks come straight from the extent file: the main thread never touches their bytes.
       const source = task.source
-      const fd = descriptor(source.file)
+      const fd = source.fd
       const sectors = task.length / extentSectorBytes
       const sums = Buffer.alloc(sectors * extentSumBytes)
       for (let i = 0; i < task.slots.length; i++) {

@@ -19,7 +19,8 @@ import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, p
 import { WorkerPool } from './worker-pool'
 import { quarantineFile, unaccountedRecords } from './pack-scan'
 import { quarantineDir } from '../format/pool-format'
-import { OpenRequest, outputOffset } from '../../workers/protocol'
+import { OpenRequest, OpenResult, outputOffset } from '../../workers/protocol'
+import { PackDescriptor, PackDescriptors } from './pack-descriptors'
 
 
 interface OpenPack { id: number, fd: number, bytes: number }
@@ -35,6 +36,7 @@ export class ChunkStore {
   private current: Promise<OpenPack> | null = null
   private nextChunkId: number
   private nextPackId: number
+  private readonly packFds: PackDescriptors
   /** Chunks that failed verification since start (for verify and the log). */
   readonly damaged: Damage[] = []
 
@@ -49,13 +51,48 @@ export class ChunkStore {
     fs.mkdirSync(dir, { recursive: true })
     this.nextChunkId = catalog.maxChunkId() + 1
     this.nextPackId = catalog.maxPackId() + 1
+    this.packFds = new PackDescriptors(dir, packFileName, io)
   }
 
   packFile (packId: number): string { return path.join(this.dir, packFileName(packId)) }
 
   /** What the open worker needs to read, decompress and verify chunk `row` into slab slot `slot`. */
-  private openRequest (row: ChunkRow, slot: number): OpenRequest {
-    return { slot, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }
+  private openRequest (row: ChunkRow, slot: number, fd: number): OpenRequest {
+    return { slot, fd, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }
+  }
+
+  /**
+   * Opens chunks `rows` into slab slots `slots` in one worker task, lending the task the packs'
+   * descriptors for its duration. A pack that cannot be opened because it is gone (moved or deleted by
+   * compaction) answers `missing` for its chunks, which the callers look up again.
+   */
+  private async openChunks (rows: ChunkRow[], slots: number[]): Promise<OpenResult> {
+    const pinned = new Map<number, PackDescriptor | string>()
+    for (const row of rows) {
+      if (pinned.has(row.packId)) continue
+      try {
+        pinned.set(row.packId, await this.packFds.pin(row.packId))
+      } catch (err) {
+        pinned.set(row.packId, (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message)
+      }
+    }
+    try {
+      const requests: OpenRequest[] = []
+      const positions: number[] = []
+      rows.forEach((row, i) => {
+        const pack = pinned.get(row.packId)
+        if (typeof pack === 'string') return
+        positions.push(i)
+        requests.push(this.openRequest(row, slots[i], (pack as PackDescriptor).fd))
+      })
+      const blocks: OpenResult['blocks'] = rows.map(row => ({ ok: false, error: pinned.get(row.packId) as string }))
+      if (requests.length === 0) return { blocks }
+      const result = await this.workers.open({ requests })
+      positions.forEach((at, i) => { blocks[at] = result.blocks[i] ?? { ok: false, error: result.error ?? 'unknown worker failure' } })
+      return { blocks, error: result.error }
+    } finally {
+      for (const pack of pinned.values()) if (typeof pack !== 'string') this.packFds.unpin(pack)
+    }
   }
 
   /** The chunk's index row. Throws CORRUPT when the map names a chunk the index lacks. */
@@ -220,9 +257,7 @@ export class ChunkStore {
     const slots = await this.workers.slots.acquireMany(pending.length)
     const retry: typeof pending = []
     try {
-      const result = await this.workers.open({
-        requests: rows.map((row, i) => this.openRequest(row, slots[i]))
-      })
+      const result = await this.openChunks(rows, slots)
       pending.forEach((item, i) => {
         const block = result.blocks[i]
         if (block?.ok === true) {
@@ -246,9 +281,7 @@ export class ChunkStore {
       const row = this.info(id)
       const slot = await this.workers.slots.acquire()
       try {
-        const result = await this.workers.open({
-          requests: [this.openRequest(row, slot)]
-        })
+        const result = await this.openChunks([row], [slot])
         const block = result.blocks[0]
         if (block?.ok === true) {
           const start = outputOffset(this.workers.config, slot)
@@ -276,9 +309,7 @@ export class ChunkStore {
     }
     const slots = await this.workers.slots.acquireMany(rows.length)
     try {
-      const result = await this.workers.open({
-        requests: rows.map((row, i) => this.openRequest(row, slots[i]))
-      })
+      const result = await this.openChunks(rows, slots)
       rows.forEach((row, i) => {
         const block = result.blocks[i]
         if (block?.ok !== true) failed.set(row.id, `pack ${row.packId} offset ${row.offset}: ${block?.error ?? result.error ?? 'unknown worker failure'}`)
@@ -359,10 +390,12 @@ export class ChunkStore {
       })
       for (const m of moved) this.cache.delete(m.id)
       if (unaccounted > 0) {
+        await this.packFds.drop(usage.id)
         const target = await quarantineFile(file, path.join(path.dirname(this.dir), quarantineDir))
         this.log(`compaction: pack ${usage.id} holds ${unaccounted} chunk records the catalog does not account for; moved to ${target}, not deleted (vdiskfs repair reads it)`)
         continue
       }
+      await this.packFds.drop(usage.id)
       await this.io.remove(file)
       packsFreed++
       bytesFreed += size
@@ -377,6 +410,7 @@ export class ChunkStore {
       if (pack !== null) await this.io.close(pack.fd).catch(() => {})
     }
     this.current = null
+    await this.packFds.closeAll()
   }
 }
 

@@ -154,6 +154,14 @@ export class ExtentStore {
     if (extent.users === 0) this.io.close(extent.fd).catch(() => {})
   }
 
+  /**
+   * Lends `extent`'s descriptor to a worker task: it stays open until unpin(), even if the extent is
+   * removed meanwhile. Returns the extent whose `fd` to use.
+   */
+  async pin (extent: DeltaExtent): Promise<DeltaExtent> { return await this.use(extent) }
+
+  unpin (extent: DeltaExtent): void { this.release(extent) }
+
   /** The extent with a descriptor that stays open until release(). */
   private async use (extent: DeltaExtent): Promise<DeltaExtent> {
     const current = extent.closed ? await this.get(extent.id) : extent

@@ -10,6 +10,7 @@
  * Stored pages carry checksums (format/map-format.ts); a page written before them is read as legacy.
  * Errors: get() throws CORRUPT when a stored page is malformed or fails its checksums.
  */
+import assert from 'node:assert/strict'
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
 import { decodePage, describePageDamage, encodePage, pageIsSound } from '../format/map-format'
@@ -63,6 +64,14 @@ export class PageStore {
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++
+    // A caller may hold a page across other lookups that evicted it (repoint walks every page): a
+    // clean page equals its catalog row, so the changed object takes the cache slot back from any
+    // copy loaded meanwhile, and no later lookup reads the stale row.
+    const cached = this.cache.get(page.id)
+    if (cached !== page) {
+      assert.ok(cached === undefined || !cached.dirty, 'two dirty copies of one map page')
+      this.cache.set(page.id, page)
+    }
     if (page.dirty) return
     page.dirty = true
     this.dirtyPages.add(page)

@@ -100,10 +100,13 @@ export class Sealer {
     const slots = pool.referencedSlots(extentId)
     const mapping = new Map<number, number>()
     if (slots.length > 0) {
-      const extent = await pool.extents.get(extentId) // checks the extent's header before any of it is sealed
+      let extent = await pool.extents.get(extentId) // checks the extent's header before any of it is sealed
       // A suspect extent (written when the pool stopped uncleanly) gets its checksums back first.
       if (pool.extents.suspect.has(extentId)) await pool.extents.recoverSuspect(extentId, slots)
       const checked = pool.extents.checked(extent)
+      // The workers read through this descriptor; it stays open until the pass is done with it.
+      extent = await pool.extents.pin(extent)
+      const pinned = extent
       const extentFile = pool.extents.file(extentId)
       const workers = pool.workers
       const batches: number[][] = []
@@ -116,6 +119,7 @@ export class Sealer {
         try {
           // The worker reads the slots from the extent itself: the main thread only hands out numbers.
           const result = await workers.seal({ slots: slabSlots, length: blockBytes, source: {
+              fd: pinned.fd,
               file: extentFile,
               offsets: batch.map(slot => pool.extents.slotPosition(extent, slot)),
               // The worker checks every sector against the extent's table before it hashes the block.
@@ -153,7 +157,7 @@ export class Sealer {
           try { await runBatch(batches[next++]) } catch (err) { stop ??= err }
         }
       })
-      await Promise.all(lanes)
+      try { await Promise.all(lanes) } finally { pool.extents.unpin(pinned) }
       if (stop !== null) {
         // What was stored is indexed if it can be made durable (harmless garbage for gc), else forgotten.
         await pool.chunks.index().catch(() => {})
