@@ -7,7 +7,7 @@ DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zs
 BENCH_PACKAGES := qemu-system-common
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all deps debs bench-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick clean
+.PHONY: all deps debs bench-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -67,12 +67,21 @@ bench-debs:
 bench-basic: deps build
 	node dist/bench/basic.js
 
-# The full benchmark (under 20 minutes on 2 cores) and a subset for development (under 3 minutes).
+# The full benchmark (under 20 minutes on 2 cores) and a subset for development (under 5 minutes); both
+# include issue #10's scenario C (a clone of a sealed backup) with its baselines.
 bench: deps bench-debs build
 	node dist/bench/run.js
 
 bench-quick: deps bench-debs build
 	node dist/bench/run.js --quick
+
+# Issue #10's soak: one daemon, a mixed workload on several disks (writes, sealed reads, backups, clones, rm,
+# sync, gc); per-minute throughput, RSS, fds, FUSE thread records; bench/results/soak-latest.{json,md}.
+soak: deps build
+	node dist/bench/soak.js --minutes 60
+
+soak-quick: deps build
+	node dist/bench/soak.js --minutes 10
 
 clean:
 	rm -rf dist node_modules/.installed
