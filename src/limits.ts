@@ -57,6 +57,8 @@ export const mapSparePagesMax = 64
  * RELEASE after close(2) or losetup -d has returned) before they call it in use.
  */
 export const inUseGraceMs = 500
+/** How often the in-use check looks again for releases during inUseGraceMs. */
+export const inUsePollMs = 10
 
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000

@@ -1,0 +1,143 @@
+/**
+ * Commit: makes everything written so far durable, in the order DESIGN.md gives. First the extents
+ * (fdatasync), then the catalog.log copy, then one SQLite transaction with the map pages and volume
+ * rows that point at them: metadata never points at unsynced bytes, and the log always holds at least
+ * what the catalog does. Also the records a restart reads: whether the pool closed cleanly and which
+ * extents were writable at the last commit (the suspect ones after an unclean stop).
+ *
+ * Assumes: it runs on the main thread, so the snapshot of dirty pages and rows taken synchronously
+ * holds only fully written changes. A failed fdatasync is fatal until the pool is opened again.
+ * Errors: commit() throws IO (sync failure, closed pool) or NO_SPACE, and what the catalog throws.
+ */
+import { VolumeRow } from '../catalog/catalog'
+import { VdiskError, fromSystemError } from '../errors'
+import { encodeRoot } from '../format/map-format'
+import { catalogLogFile } from '../format/pool-format'
+import { PoolState } from './pool-state'
+import { Volume } from './volume'
+
+export class Committer {
+  private commitRunning: Promise<void> = Promise.resolve()
+  private commitQueued: Promise<void> | null = null
+  /**
+   * Set when an fdatasync failed: Linux drops the dirty pages and a retry "succeeds", so nothing
+   * written since the last commit can be trusted. Every later commit fails with this error (fsync
+   * answers EIO) until the pool is opened again, which starts from the last good commit.
+   */
+  private syncFailure: VdiskError | null = null
+  /** The writable extent list as last committed (see markOpen). */
+  private persistedWritable = '[]'
+
+  constructor (private readonly state: PoolState) {}
+
+  /**
+   * Records that the pool is open (a clean close records the opposite). After an unclean stop the
+   * extents that were writable at the last commit are suspect: sectors written after that commit may
+   * have reached the disk without their checksums, or the reverse (delta-extent.ts). They are read
+   * unchecked until recover() recomputes their checksums; the list is kept in the catalog until then.
+   */
+  markOpen (): void {
+    const parse = (key: string): number[] => { try { return JSON.parse(this.state.catalog.getMeta(key) ?? '[]') as number[] } catch { return [] } }
+    const suspect = new Set(parse('suspect_extents'))
+    if (this.state.catalog.getMeta('clean_close') !== '1') for (const id of parse('writable_extents')) suspect.add(id)
+    for (const id of suspect) this.state.extents.suspect.add(id)
+    this.persistedWritable = this.state.catalog.getMeta('writable_extents') ?? '[]'
+    this.state.catalog.transaction(() => {
+      this.state.catalog.setMeta('clean_close', '0')
+      this.state.catalog.setMeta('suspect_extents', JSON.stringify([...suspect]))
+    })
+  }
+
+  /**
+   * Makes every change made before the call durable. Concurrent callers share commits: a call made
+   * while one runs waits for the next, which starts after it and so includes its changes.
+   */
+  async commit (): Promise<void> {
+    if (this.commitQueued !== null) return await this.commitQueued
+    const queued = this.commitRunning.catch(() => {}).then(async () => {
+      this.commitQueued = null
+      await this.commitNow()
+    })
+    this.commitQueued = queued
+    this.commitRunning = queued
+    return await queued
+  }
+
+  private async commitNow (): Promise<void> {
+    if (this.state.lifecycle === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
+    if (this.syncFailure !== null) throw this.syncFailure
+    // Snapshot synchronously: everything in it was fully written before this point.
+    this.state.changedSinceCommit = false
+    const pages = this.state.pages.takeDirty()
+    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
+    for (const volume of this.state.volumes.values()) {
+      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
+      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
+      volume.rowDirty = false
+      volume.map.rootDirty = false
+    }
+    const removed = [...this.state.removed]
+    const nextEpoch = this.state.nextEpoch
+    const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
+    try {
+      try {
+        await this.state.extents.syncPending()
+      } catch (err) {
+        if (!(err instanceof VdiskError && err.code === 'NO_SPACE')) {
+          this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
+            'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
+          this.state.log(this.syncFailure.message)
+          throw this.syncFailure
+        }
+        throw err
+      }
+      // The log copy first, then the catalog: the log always holds at least what the catalog does.
+      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch) } })
+      this.state.catalog.transaction(() => {
+        for (const id of removed) this.state.catalog.deleteVolume(id)
+        for (const page of pages) this.state.catalog.putPage(page.id, page.epoch, page.entries)
+        for (const { row, withRoot, insert } of rows) {
+          if (insert) this.state.catalog.insertVolume(row)
+          else this.state.catalog.updateVolume(row, withRoot)
+        }
+        this.state.catalog.setMeta('next_epoch', String(nextEpoch))
+        if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
+      })
+    } catch (err) {
+      for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
+      this.state.changedSinceCommit = true
+      throw fromSystemError(err, 'committing the catalog')
+    }
+    this.state.pages.committed(pages)
+    this.persistedWritable = writable
+    for (const id of removed) this.state.removed.delete(id)
+    for (const { volume, insert } of rows) if (insert) volume.persisted = true
+    await this.state.catalogLog.afterCommit().catch(err => this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))
+  }
+
+  private rowOf (volume: Volume, withRoot: boolean): VolumeRow {
+    return {
+      id: volume.id,
+      kind: volume.kind,
+      name: volume.name,
+      size: volume.size,
+      createdMs: volume.createdMs,
+      mtimeMs: volume.mtimeMs,
+      sourceId: volume.sourceId,
+      sourceLabel: volume.sourceLabel,
+      epoch: volume.map.epoch,
+      root: withRoot ? encodeRoot(volume.map.root, volume.id) : Buffer.alloc(0),
+      allocatedBlocks: volume.map.allocatedBlocks,
+      storedBytes: volume.map.storedBytes,
+      activeExtent: volume.activeExtentId,
+      uid: volume.uid,
+      gid: volume.gid,
+      mode: volume.mode
+    }
+  }
+
+  /** Everything is committed and no write can follow: nothing is suspect at the next open. */
+  markCleanClose (): void {
+    this.state.catalog.setMeta('clean_close', '1')
+  }
+}

@@ -1,0 +1,18 @@
+/**
+ * Volume names: which names a user may give, and the hidden names the pool and libfuse give a volume
+ * removed while open. A hidden name starts with '.', which no user's name may, so it never collides.
+ *
+ * Assumes: nothing; pure functions over strings.
+ */
+import { invalid } from '../errors'
+import { volumeNamePattern } from '../limits'
+
+/** The hidden name `remove` with force gives an open volume: `.removed-ID`. */
+export const removedPrefix = '.removed-'
+
+export function checkName (name: string): void {
+  if (!volumeNamePattern.test(name)) {
+    throw invalid(`invalid name '${name}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`)
+  }
+}
+

@@ -1,0 +1,242 @@
+/**
+ * The pool's namespace: the volumes by kind and name, and the operations that change it: create,
+ * rename, remove (forced removal hides a volume still open until its last release), backup, clone and
+ * restore. Each operation is durable on return (it commits). It also counts open handles, which
+ * decides whether a volume is in use.
+ *
+ * Assumes: names were checked against volumeNamePattern here, so a name starting with '.' is always
+ * one the pool or libfuse gave (see names.ts); backups never change (READ_ONLY).
+ * Errors: NOT_FOUND, EXISTS, INVALID, READ_ONLY, BUSY, and what commit throws.
+ */
+import assert from 'node:assert/strict'
+import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
+import { VdiskError, exists, invalid, notFound, readOnly } from '../errors'
+import { decodeRoot } from '../format/map-format'
+import { inUseGraceMs, inUsePollMs } from '../limits'
+import { BlockMap } from '../map/block-map'
+import { Committer } from './commit'
+import { checkName, removedPrefix } from './names'
+import { PoolState } from './pool-state'
+import { Volume } from './volume'
+
+export class Namespace {
+  constructor (private readonly state: PoolState, private readonly committer: Committer) {
+    for (const row of state.catalog.volumes()) state.volumes.set(row.id, this.volumeFromRow(row))
+  }
+
+  private get volumes (): Map<number, Volume> { return this.state.volumes }
+
+  private async commit (): Promise<void> { await this.committer.commit() }
+
+  private changed (volume: Volume): void { this.state.changed(volume) }
+
+  private volumeFromRow (row: VolumeRow): Volume {
+    const blocks = Math.ceil(row.size / this.state.blockBytes)
+    const pageCount = BlockMap.pagesFor(blocks)
+    let root: Float64Array
+    try {
+      root = decodeRoot(row.root, pageCount, row.id)
+    } catch (err) {
+      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
+    }
+    const map = new BlockMap(this.state.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.state.sizeOf)
+    const volume = new Volume(this.state, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
+    volume.persisted = true
+    volume.uid = row.uid
+    volume.gid = row.gid
+    volume.mode = row.mode
+    return volume
+  }
+
+  list (kind?: VolumeKind): Volume[] {
+    return [...this.volumes.values()].filter(v => kind === undefined || v.kind === kind)
+  }
+
+  /** The volume named `name`; one the pool hid itself (remove with force) answers to no name. */
+  find (kind: VolumeKind, name: string): Volume | undefined {
+    if (name.startsWith(removedPrefix)) return undefined
+    for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
+    return undefined
+  }
+
+  byId (id: number): Volume | undefined { return this.volumes.get(id) }
+
+  get (kind: VolumeKind, name: string): Volume {
+    const volume = this.find(kind, name)
+    if (volume === undefined) throw notFound(`${kind} ${name}`)
+    return volume
+  }
+
+  private checkNewName (kind: VolumeKind, name: string): void {
+    checkName(name)
+    if (this.find(kind, name) !== undefined) throw exists(`${kind} ${name}`)
+  }
+
+  private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, counts: { allocatedBlocks: number, storedBytes: number }, source: Volume | null): Volume {
+    const now = Date.now()
+    const map = new BlockMap(this.state.pages, root, this.state.nextEpoch++, counts.allocatedBlocks, counts.storedBytes, this.state.sizeOf)
+    map.rootDirty = true
+    const volume = new Volume(this.state, this.state.nextVolumeId++, kind, name, size, now, now, source?.id ?? null, source?.label ?? null, map, null)
+    // Backups and clones belong to their source's owner; a new disk to the daemon's user.
+    volume.uid = source?.uid ?? process.getuid?.() ?? 0
+    volume.gid = source?.gid ?? process.getgid?.() ?? 0
+    volume.mode = defaultModeOf(kind)
+    volume.rowDirty = true
+    this.volumes.set(volume.id, volume)
+    this.changed(volume)
+    return volume
+  }
+
+  /** Creates an empty disk; durable on return. */
+  async createDisk (name: string): Promise<Volume> {
+    this.checkNewName('disk', name)
+    const volume = this.newVolume('disk', name, 0, new Float64Array(0), { allocatedBlocks: 0, storedBytes: 0 }, null)
+    await this.commit()
+    return volume
+  }
+
+  /**
+   * Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2); a replaced
+   * volume still open is kept for its handles, as remove with force keeps it). `hide`: the FUSE layer
+   * hides a volume unlinked while open under a hidden name (libfuse's .fuse_hidden*); only an open
+   * volume can be hidden, and it is removed at its last release (`released`).
+   * Errors: READ_ONLY for a backup, INVALID for a bad name or hiding a volume nobody holds open.
+   */
+  async rename (volume: Volume, newName: string, hide = false): Promise<void> {
+    if (volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
+    if (!hide) checkName(newName)
+    else if (!newName.startsWith('.') || volume.openHandles === 0) throw invalid(`invalid name '${newName}': names starting with '.' are libfuse's, for files unlinked while open`)
+    if (newName === volume.name) return
+    const target = this.find(volume.kind, newName)
+    if (target !== undefined) {
+      if (target.openHandles > 0) this.hide(target)
+      else this.forget(target)
+    }
+    volume.name = newName
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /**
+   * Removes a volume; its data stays as long as another volume's map references it. A volume with open
+   * handles is refused (BUSY) unless `force`; forced, it goes as unlink(2) goes: out of the namespace
+   * now (its name is free again), readable and writable by its holders, removed at the last release.
+   */
+  async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> {
+    if (await this.inUse(volume, options.force === true)) this.hide(volume)
+    else this.forget(volume)
+    await this.commit()
+  }
+
+  /** A handle on `volume` was opened (the FUSE adapter's open and create). */
+  opened (volume: Volume): void {
+    volume.openHandles++
+  }
+
+  /** A handle on `volume` was released; the last one of a volume removed while open removes it. */
+  async released (volume: Volume): Promise<void> {
+    assert.ok(volume.openHandles > 0, 'release without open')
+    volume.openHandles--
+    if (volume.openHandles > 0 || !volume.hidden || this.volumes.get(volume.id) !== volume) return
+    this.forget(volume)
+    await this.commit()
+  }
+
+  /**
+   * Drops the volumes a crash left hidden (removed while open: no handle survives a restart); their
+   * data is then garbage for gc. Returns their labels.
+   */
+  async dropHidden (): Promise<string[]> {
+    const hidden = [...this.volumes.values()].filter(v => v.hidden)
+    for (const volume of hidden) this.forget(volume)
+    if (hidden.length > 0) await this.commit()
+    return hidden.map(v => v.label)
+  }
+
+  /**
+   * Whether `volume` is held open, after up to inUseGraceMs for releases on their way (the kernel sends
+   * RELEASE after close(2) or losetup -d has returned). Throws BUSY when it is and `force` is not set,
+   * NOT_FOUND when it was removed meanwhile.
+   */
+  private async inUse (volume: Volume, force: boolean): Promise<boolean> {
+    for (let waitedMs = 0; !force && volume.openHandles > 0 && waitedMs < inUseGraceMs; waitedMs += inUsePollMs) {
+      await new Promise(resolve => setTimeout(resolve, inUsePollMs))
+    }
+    if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
+    if (volume.openHandles > 0 && !force) {
+      throw new VdiskError('BUSY', `${volume.label} is in use (${volume.openHandles} open handle${volume.openHandles === 1 ? '' : 's'}): close it first, or use --force`)
+    }
+    return volume.openHandles > 0
+  }
+
+  /** Takes an open volume out of the namespace under a hidden name, committed as such (see Volume.hidden). */
+  private hide (volume: Volume): void {
+    volume.name = `${removedPrefix}${volume.id}`
+    volume.rowDirty = true
+    this.changed(volume)
+  }
+
+  private forget (volume: Volume): void {
+    this.volumes.delete(volume.id)
+    this.state.activeExtents.delete(volume.id)
+    if (volume.persisted) this.state.removed.add(volume.id)
+    this.changed(volume)
+  }
+
+  /**
+   * Takes an immutable point-in-time backup of a disk or clone. Every write acknowledged before the
+   * call is in it. Cost: a copy of the root (8 bytes per 256 MiB of address space) plus one commit.
+   */
+  async backup (source: Volume, name: string): Promise<Volume> {
+    if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up a disk or a clone`)
+    this.checkNewName('backup', name)
+    await source.pause()
+    let backup: Volume
+    try {
+      backup = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map, source)
+      // From now on every page of the source is shared: the source copies before it changes one.
+      source.map.epoch = this.state.nextEpoch++
+      this.state.freezeActiveExtent(source)
+    } finally {
+      source.resume()
+    }
+    await this.commit()
+    return backup
+  }
+
+  /** Creates a writable copy-on-write clone standing on a backup. */
+  async clone (backup: Volume, name: string): Promise<Volume> {
+    if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
+    this.checkNewName('clone', name)
+    const clone = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
+    await this.commit()
+    return clone
+  }
+
+  /**
+   * Points a disk or clone back at a backup's content (O(1), keeps every backup). Refused (BUSY) while
+   * the target is held open, unless `force`: its holder would see its content change underneath.
+   */
+  async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> {
+    if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}, not a backup`)
+    if (target.kind === 'backup') throw readOnly(`backup ${target.name}`)
+    await this.inUse(target, options.force === true)
+    await target.pause()
+    try {
+      target.map.root = backup.map.copyRoot()
+      target.map.rootDirty = true
+      target.map.epoch = this.state.nextEpoch++
+      target.map.allocatedBlocks = backup.map.allocatedBlocks
+      target.map.storedBytes = backup.map.storedBytes
+      target.size = backup.size
+      target.mtimeMs = Date.now()
+      target.rowDirty = true
+      this.state.freezeActiveExtent(target)
+      this.changed(target)
+    } finally {
+      target.resume()
+    }
+    await this.commit()
+  }
+}

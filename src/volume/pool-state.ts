@@ -1,0 +1,156 @@
+/**
+ * What every part of an open pool shares: its stores (extents, chunks, map pages, the catalog and its
+ * log), the table of volumes, the id and epoch counters, the change tracking that tells commit what to
+ * write, and the open -> closing -> closed lifecycle. It also answers which extent each volume writes
+ * into (activeExtent). It holds state and no policy: namespace.ts, commit.ts and maintenance.ts act on it.
+ *
+ * Assumes: one PoolState per pool directory at a time (the catalog's exclusive lock); all of it runs
+ * on the main thread, so a synchronous stretch of code sees no other change.
+ */
+import path from 'node:path'
+import { Catalog } from '../catalog/catalog'
+import { CatalogLog } from '../catalog/catalog-log'
+import { ChunkStore } from '../chunk/chunk-store'
+import { WorkerPool } from '../chunk/worker-pool'
+import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
+import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
+import { PoolHeader, catalogLogFile, extentsDir, packsDir } from '../format/pool-format'
+import { FileIo, nodeFileIo } from '../io/file-io'
+import { zstdLevelDefault } from '../limits'
+import { PageStore } from '../map/page-store'
+import { FreeSpace } from './free-space'
+import { Volume, VolumeContext } from './volume'
+
+export interface StateOptions {
+  /** Worker threads for hashing and compression (default: the number of cores; 0 = main thread, benchmark only). */
+  workers?: number
+  log?: (message: string) => void
+  /** The file I/O under extents and packs (tests put a fault-injecting one here). */
+  io?: FileIo
+  /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
+  pageCacheMax?: number
+}
+
+export class PoolState implements VolumeContext {
+  readonly extents: ExtentStore
+  readonly chunks: ChunkStore
+  readonly workers: WorkerPool
+  readonly pages: PageStore
+  /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
+  readonly catalogLog: CatalogLog
+  readonly log: (message: string) => void
+  readonly io: FileIo
+  private readonly freeSpace: FreeSpace
+
+  readonly volumes = new Map<number, Volume>()
+  /** Volumes removed since the last commit whose rows the catalog still holds. */
+  readonly removed = new Set<number>()
+  nextVolumeId: number
+  nextExtentId: number
+  nextEpoch: number
+  readonly activeExtents = new Map<number, Promise<DeltaExtent>>()
+  changedSinceCommit = false
+  /** Counts changes, so that derived reports (space accounting) know when to recompute. */
+  generation = 0
+  /**
+   * open -> closing (background work is cancelled and waited for) -> closed. A commit while closing
+   * is the final one and runs; a commit after close is an error, never a silent no-op.
+   */
+  lifecycle: 'open' | 'closing' | 'closed' = 'open'
+
+  readonly sizeOf = (entry: number): number => {
+    const kind = entryKind(entry)
+    if (kind === entryKindDelta) return this.header.blockBytes
+    if (kind === entryKindChunk) return this.chunks.storedBytes(entryChunkId(entry))
+    return 0
+  }
+
+  constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: StateOptions) {
+    this.log = options.log ?? (() => {})
+    this.freeSpace = new FreeSpace(dir)
+    this.io = options.io ?? nodeFileIo
+    this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
+    this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
+    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
+    this.pages = new PageStore(catalog, options.pageCacheMax)
+    this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
+    if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)
+    this.nextVolumeId = catalog.maxVolumeId() + 1
+    this.nextExtentId = catalog.maxExtentId() + 1
+    this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
+    this.extents.log = this.log
+  }
+
+  get blockBytes (): number { return this.header.blockBytes }
+
+  /** Claims room for `bytes` of new data; throws NO_SPACE when the pool's filesystem is nearly full. */
+  claimSpace (bytes: number): void { this.freeSpace.claim(bytes) }
+
+  /** Records a change for the next commit. */
+  changed (_volume?: Volume): void {
+    this.changedSinceCommit = true
+    this.generation++
+  }
+
+  /** Extents some volume may still write (creating or writable); sealing and gc leave them alone. */
+  writableExtentIds (): Set<number> {
+    const writable = new Set<number>()
+    for (const volume of this.volumes.values()) for (const id of volume.writableExtents) writable.add(id)
+    return writable
+  }
+
+  // ---- the extent each volume writes into ----
+
+  async activeExtent (volume: Volume): Promise<DeltaExtent> {
+    let pending = this.activeExtents.get(volume.id)
+    if (pending !== undefined) {
+      const extent = await pending
+      if (!extent.full && extent.id === volume.activeExtentId) return extent
+      if (this.activeExtents.get(volume.id) !== pending) return await this.activeExtent(volume)
+    }
+    pending = this.openActiveExtent(volume)
+    this.activeExtents.set(volume.id, pending)
+    pending.catch(() => { if (this.activeExtents.get(volume.id) === pending) this.activeExtents.delete(volume.id) })
+    return await pending
+  }
+
+  private async openActiveExtent (volume: Volume): Promise<DeltaExtent> {
+    if (volume.activeExtentId !== null) {
+      const extent = await this.extents.get(volume.activeExtentId)
+      if (!extent.full) return extent
+    }
+    const id = this.nextExtentId++
+    // The row goes in before any map can point at the extent; an unused extent is garbage for gc.
+    // The extent is writable from this moment (creating): sealing and gc leave writable extents
+    // alone, so none of them can seal or drop it while its file is still being made.
+    this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
+    volume.writableExtents.add(id)
+    let extent: DeltaExtent
+    try {
+      extent = await this.extents.create(id, volume.id)
+    } catch (err) {
+      volume.writableExtents.delete(id)
+      throw err
+    }
+    volume.activeExtentId = id
+    volume.rowDirty = true
+    return extent
+  }
+
+  /** Freezes every extent a volume writes in place: later writes go to a new one. */
+  freezeActiveExtent (volume: Volume): void {
+    this.activeExtents.delete(volume.id)
+    volume.activeExtentId = null
+    volume.writableExtents.clear()
+    volume.rowDirty = true
+  }
+
+  /** Closes every store; the catalog last. */
+  async closeStores (): Promise<void> {
+    await this.extents.closeAll()
+    await this.chunks.close()
+    await this.workers.close()
+    await this.catalogLog.close()
+    this.catalog.close()
+  }
+}
