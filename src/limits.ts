@@ -68,6 +68,29 @@ export const mountWatchIntervalMs = 1000
 /** Name rule for volume files: a letter or digit, then up to 127 letters, digits, '.', '_' or '-'. */
 export const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 
+/** Chunks verify and repair read and check at a time (one worker round trip each batch). */
+export const verifyBatchChunks = 8
+/** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */
+export const logSnapshotBatchPages = 256
+/** A read retries this many times when sealing moved its block while the read was on its way. */
+export const readRetriesMax = 3
+/** Largest control request (one JSON line) the daemon buffers before it drops the connection. */
+export const controlRequestBytesMax = 1024 * 1024
+/** FUSE background requests the kernel may queue (max_background) and where it starts to throttle. */
+export const fuseBackgroundMax = 64
+export const fuseCongestionThreshold = 48
+/** How long `vdiskfs mount` waits for the daemon to report the mount ready. */
+export const daemonReadyTimeoutMs = 60000
+/** How long `vdiskfs umount` waits for the daemon to exit after the unmount, looking every daemonExitPollMs. */
+export const daemonExitTimeoutMs = 30000
+export const daemonExitPollMs = 50
+/** How often a progress bar asks the daemon how far its job is. */
+export const progressIntervalMs = 200
+/** How often the profiling aid VDISKFS_COUNT_OPS=1 logs request counts. */
+export const operationCountIntervalMs = 5000
+/** The mount's read-ahead (the kernel's default is 128 KiB): sequential reads gain about 1.6x here. */
+export const readAheadKibibytes = 1024
+
 /** FUSE request sizes: libfuse 2 caps max_write at 128 KiB. */
 export const fuseMaxWriteBytes = 128 * 1024
 export const fuseMaxReadBytes = 128 * 1024

@@ -23,7 +23,7 @@ import path from 'node:path'
 import zlib from 'node:zlib'
 import { Catalog, VolumeRow } from './catalog'
 import { FileIo } from '../io/file-io'
-import { catalogLogBytesMin } from '../limits'
+import { catalogLogBytesMin, logSnapshotBatchPages } from '../limits'
 
 export const catalogLogMagic = Buffer.from('VDCATLOG')
 export const catalogLogVersion = 1
@@ -196,9 +196,9 @@ export class CatalogLog {
       await write(header(logId))
       await write(encodeBatch({ removed: [], pages: [], rows: this.catalog.volumes().map(row => ({ row, withRoot: true })), meta: { next_epoch: this.catalog.getMeta('next_epoch') ?? '1' } }))
       const ids = this.catalog.pageIds()
-      for (let i = 0; i < ids.length; i += 256) {
+      for (let i = 0; i < ids.length; i += logSnapshotBatchPages) {
         const pages = []
-        for (const id of ids.slice(i, i + 256)) { const row = this.catalog.page(id); if (row !== undefined) pages.push(row) }
+        for (const id of ids.slice(i, i + logSnapshotBatchPages)) { const row = this.catalog.page(id); if (row !== undefined) pages.push(row) }
         await write(encodeBatch({ removed: [], pages, rows: [], meta: {} }))
       }
       await this.io.fdatasync(fd)

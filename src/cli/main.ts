@@ -14,6 +14,7 @@ import { Pool, checkName } from '../volume/pool'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
 import { poolHeaderFile } from '../format/pool-format'
+import { daemonExitPollMs, daemonExitTimeoutMs, daemonReadyTimeoutMs, progressIntervalMs } from '../limits'
 import { VolumeInfo } from '../volume/volume'
 import { SpaceReport } from '../volume/space'
 import { version } from '../version'
@@ -140,7 +141,7 @@ const commands: Record<string, Command> = {
       if (flags.allowOther === true) args.push('--allow-other')
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new VdiskError('IO', 'the daemon did not report ready within 60 s')), 60000)
+        const timer = setTimeout(() => reject(new VdiskError('IO', `the daemon did not report ready within ${daemonReadyTimeoutMs / 1000} s`)), daemonReadyTimeoutMs)
         child.on('message', (message: { ready?: boolean, error?: string }) => {
           clearTimeout(timer)
           if (message.ready === true) resolve()
@@ -170,12 +171,12 @@ const commands: Record<string, Command> = {
         throw new VdiskError('IO', `fusermount -u ${mountpoint} failed: ${reason}`)
       }
       try { process.kill(status.pid, 'SIGTERM') } catch {}
-      for (let waited = 0; waited < 30000; waited += 50) {
+      for (let waited = 0; waited < daemonExitTimeoutMs; waited += daemonExitPollMs) {
         try { process.kill(status.pid, 0) } catch {
           if (flags.json === true) print(true, { unmounted: mountpoint, pid: status.pid }, () => '')
           return
         }
-        await new Promise(resolve => setTimeout(resolve, 50))
+        await new Promise(resolve => setTimeout(resolve, daemonExitPollMs))
       }
       throw new VdiskError('IO', `the daemon (pid ${status.pid}) did not exit after the unmount`)
     }
@@ -377,7 +378,7 @@ async function withProgress<T> (mountpoint: string, label: string, work: Promise
       const { done, total } = p as { done: number, total: number }
       if (!started) { bar.start(Math.max(total, 1), done); started = true } else { bar.setTotal(Math.max(total, 1)); bar.update(done) }
     }, () => {})
-  }, 200)
+  }, progressIntervalMs)
   try { return await work } finally { clearInterval(timer); if (started) bar.stop() }
 }
 

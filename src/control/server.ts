@@ -12,7 +12,7 @@ import { SpaceAccounting } from '../volume/space'
 import { Sealer } from '../seal/sealer'
 import { Progress, verifyPool } from '../volume/verify'
 import { Operation, Reply, Request, checkControlDir } from './protocol'
-import { packLiveFractionExplicit } from '../limits'
+import { controlRequestBytesMax, packLiveFractionExplicit } from '../limits'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
 
@@ -48,7 +48,7 @@ export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sea
         return await pool.exclusive(async () => await verifyPool(pool, progress))
       } finally { verifying = null }
     },
-    ls: async () => pool.list().filter(v => !v.name.startsWith('.')).map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
+    ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
     du: async () => space.report(),
     backup: async args => {
       const started = process.hrtime.bigint()
@@ -87,7 +87,7 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     socket.on('error', () => socket.destroy())
     socket.on('data', chunk => {
       buffered += chunk
-      if (buffered.length > 1024 * 1024) { socket.destroy(); return }
+      if (buffered.length > controlRequestBytesMax) { socket.destroy(); return }
       let newline: number
       while ((newline = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, newline)

@@ -3,23 +3,20 @@
  * errors into errno. No business logic lives here (STYLE.md #2).
  *
  * Layout served:  /  disks/  backups/  clones/   each holding NAME files, one per volume.
- * Names `.fuse_hidden` + 16 hex digits are libfuse's own: it renames a file that is unlinked while open
- * to one, and unlinks it at the last close. Only such a rename of an open image may give one (the
- * volume layer then removes it at its last release, or at the next start after a crash); hidden
- * volumes are never listed. open/create/release tell the volume layer how many handles each volume has.
+ * Which operations each kind allows (backups are read-only, clones come from `vdiskfs clone`, libfuse's
+ * `.fuse_hidden*` renames hide a volume) is the volume layer's policy: it throws typed errors, mapped
+ * to errno here. open/create/release tell the volume layer how many handles each volume has.
  */
 import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
-import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, EROFS, EXDEV, toErrno } from './errno'
+import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
 
 const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
 const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
-/** libfuse 2.9's hidden_name(): ".fuse_hidden%08x%08x" (node id, counter). */
-const libfuseHiddenName = /^\.fuse_hidden[0-9a-f]{16}$/
 const xattrPrefix = 'user.vdiskfs.'
 /** fallocate(2) mode bits (linux/falloc.h). */
 const fallocKeepSize = 0x01
@@ -89,10 +86,9 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
     const volume = pool.find(parsed.kind, parsed.name)
     if (volume === undefined) { cb(ENOENT); return }
     const writable = (flags & 3) !== fs.constants.O_RDONLY
-    if (writable && volume.kind === 'backup') { cb(EROFS); return }
+    try { pool.opened(volume, writable) } catch (err) { cb(toErrno(err, log)); return }
     const fh = nextHandle++
     handles.set(fh, { volume, writable })
-    pool.opened(volume)
     cb(0, fh)
   }
 
@@ -104,13 +100,10 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
     init (cb: (code: number) => void) { cb(0) },
 
     statfs (_path: string, cb: (code: number, stat?: object) => void) {
-      fs.statfs(pool.dir, (err, stat) => {
-        if (err !== null) { cb(-5); return }
-        cb(0, {
-          bsize: stat.bsize, frsize: stat.bsize, blocks: stat.blocks, bfree: stat.bfree, bavail: stat.bavail,
-          files: stat.files, ffree: stat.ffree, favail: stat.ffree, fsid: 0, flag: 0, namemax: 255
-        })
-      })
+      pool.statfs().then(stat => cb(0, {
+        bsize: stat.bsize, frsize: stat.bsize, blocks: stat.blocks, bfree: stat.bfree, bavail: stat.bavail,
+        files: stat.files, ffree: stat.ffree, favail: stat.ffree, fsid: 0, flag: 0, namemax: 255
+      }), fail(cb))
     },
 
     getattr (path: string, cb: (code: number, stat?: object) => void) {
@@ -133,7 +126,7 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       const parsed = parse(path)
       if (parsed.type === 'root') { cb(0, ['.', '..', 'disks', 'backups', 'clones']); return }
       if (parsed.type !== 'dir') { cb(ENOENT); return }
-      const names = pool.list(parsed.kind).filter(v => !v.hidden).map(v => v.name).sort()
+      const names = pool.visible(parsed.kind).map(v => v.name).sort()
       cb(0, ['.', '..', ...names])
     },
 
@@ -142,10 +135,8 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
     create (path: string, _mode: number, cb: (code: number, fh?: number) => void) {
       const parsed = parse(path)
       if (parsed.type !== 'file') { cb(EPERM); return }
-      if (parsed.kind === 'backup') { cb(EROFS); return }
-      if (parsed.kind === 'clone') { cb(EPERM); return } // clones come from `vdiskfs clone`
-      pool.createDisk(parsed.name).then(
-        volume => { const fh = nextHandle++; handles.set(fh, { volume, writable: true }); pool.opened(volume); cb(0, fh) },
+      pool.create(parsed.kind, parsed.name).then(
+        volume => { pool.opened(volume, true); const fh = nextHandle++; handles.set(fh, { volume, writable: true }); cb(0, fh) },
         fail(cb))
     },
 
@@ -214,9 +205,7 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       if (parsed.type !== 'file') { cb(EPERM); return }
       const volume = pool.find(parsed.kind, parsed.name)
       if (volume === undefined) { cb(ENOENT); return }
-      if (volume.kind === 'backup') { cb(EROFS); return } // backups go with `vdiskfs rm`
-      // unlink(2) never waits for holders: one still open (a RELEASE on its way) goes at its last release.
-      pool.remove(volume, { force: true }).then(() => cb(0), fail(cb))
+      pool.unlink(volume).then(() => cb(0), fail(cb))
     },
 
     rename (source: string, target: string, cb: (code: number) => void) {
@@ -225,17 +214,11 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       if (from.type !== 'file' || to.type !== 'file') { cb(from.type === 'file' ? EINVAL : EPERM); return }
       const volume = pool.find(from.kind, from.name)
       if (volume === undefined) { cb(ENOENT); return }
-      if (from.kind === 'backup' || to.kind === 'backup') { cb(EROFS); return }
-      if (from.kind !== to.kind) { cb(EXDEV); return }
-      const hide = libfuseHiddenName.test(to.name)
-      pool.rename(volume, to.name, hide).then(() => cb(0), fail(cb))
+      pool.move(volume, to.kind, to.name).then(() => cb(0), fail(cb))
     },
 
     utimens (path: string, _atime: number, mtime: number, cb: (code: number) => void) {
-      let volume: Volume
-      try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
-      if (volume.kind === 'backup') { cb(EROFS); return }
-      volume.touch(mtime)
+      try { lookup(path).touch(mtime) } catch (err) { cb(toErrno(err, log)); return }
       cb(0)
     },
 
@@ -298,8 +281,8 @@ export function createOperations ({ pool, space, log, noXattrs }: AdapterOptions
       case 'kind': return volume.kind
       case 'source': {
         if (volume.sourceId === null) return ''
-        const source = pool.byId(volume.sourceId)
-        return source === undefined || source.hidden ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
+        const source = pool.liveSource(volume)
+        return source === undefined ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
       }
       case 'created': return new Date(volume.createdMs).toISOString()
       case 'size': return String(volume.size)

@@ -8,7 +8,7 @@
  * measurement (make bench-basic, with VDISKFS_NO_BIG_WRITES=1 for the 4 KiB case).
  */
 import Fuse from 'fuse-native'
-import { fuseMaxReadBytes, fuseMaxWriteBytes } from '../limits'
+import { fuseBackgroundMax, fuseCongestionThreshold, fuseMaxReadBytes, fuseMaxWriteBytes } from '../limits'
 
 export function extraMountOptions (): string[] {
   // No attribute or name caching: the CLI changes names and sizes behind the kernel's back (rm,
@@ -21,8 +21,8 @@ export function extraMountOptions (): string[] {
     'big_writes',
     `max_write=${fuseMaxWriteBytes}`,
     `max_read=${fuseMaxReadBytes}`,
-    'max_background=64',
-    'congestion_threshold=48'
+    `max_background=${fuseBackgroundMax}`,
+    `congestion_threshold=${fuseCongestionThreshold}`
   ]
 }
 

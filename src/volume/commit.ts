@@ -115,16 +115,10 @@ export class Committer {
     await this.state.catalogLog.afterCommit().catch(err => this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))
   }
 
+  /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */
   private rowOf (volume: Volume, withRoot: boolean): VolumeRow {
     return {
-      id: volume.id,
-      kind: volume.kind,
-      name: volume.name,
-      size: volume.size,
-      createdMs: volume.createdMs,
-      mtimeMs: volume.mtimeMs,
-      sourceId: volume.sourceId,
-      sourceLabel: volume.sourceLabel,
+      ...volume.info(),
       epoch: volume.map.epoch,
       root: withRoot ? encodeRoot(volume.map.root, volume.id) : Buffer.alloc(0),
       allocatedBlocks: volume.map.allocatedBlocks,

@@ -8,8 +8,18 @@
  * may still meet ENOSPC, which the layers below report as NO_SPACE.
  */
 import fs from 'node:fs'
-import { VdiskError } from '../errors'
+import { VdiskError, fromSystemError } from '../errors'
 import { metadataReserveBytes, statfsIntervalMs } from '../limits'
+
+/** The pool's filesystem as statfs(2) sees it (what `df` on the mount shows). */
+export interface FilesystemStat {
+  bsize: number
+  blocks: number
+  bfree: number
+  bavail: number
+  files: number
+  ffree: number
+}
 
 export class FreeSpace {
   private freeBytes = Number.POSITIVE_INFINITY
@@ -18,6 +28,16 @@ export class FreeSpace {
   private statfsRunning = false
 
   constructor (private readonly dir: string) {}
+
+  /** The pool's filesystem's figures. Errors: IO. */
+  async statfs (): Promise<FilesystemStat> {
+    try {
+      const { bsize, blocks, bfree, bavail, files, ffree } = await fs.promises.statfs(this.dir)
+      return { bsize, blocks, bfree, bavail, files, ffree }
+    } catch (err) {
+      throw fromSystemError(err, `statfs of ${this.dir}`)
+    }
+  }
 
   /** Claims room for `bytes` of new data. Throws NO_SPACE when the pool's filesystem is nearly full. */
   claim (bytes: number): void {

@@ -10,12 +10,12 @@
  */
 import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
-import { VdiskError, exists, invalid, notFound, readOnly } from '../errors'
+import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
-import { checkName, removedPrefix } from './names'
+import { checkName, isLibfuseHiddenName, removedPrefix } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
 
@@ -61,6 +61,18 @@ export class Namespace {
 
   byId (id: number): Volume | undefined { return this.volumes.get(id) }
 
+  /** The volumes in the namespace (of one kind, or all): those removed while open are not. */
+  visible (kind?: VolumeKind): Volume[] {
+    return this.list(kind).filter(v => !v.hidden)
+  }
+
+  /** The volume `volume` stands on, or undefined when it stands on none or its source was removed. */
+  liveSource (volume: Volume): Volume | undefined {
+    if (volume.sourceId === null) return undefined
+    const source = this.volumes.get(volume.sourceId)
+    return source === undefined || source.hidden ? undefined : source
+  }
+
   get (kind: VolumeKind, name: string): Volume {
     const volume = this.find(kind, name)
     if (volume === undefined) throw notFound(`${kind} ${name}`)
@@ -85,6 +97,16 @@ export class Namespace {
     this.volumes.set(volume.id, volume)
     this.changed(volume)
     return volume
+  }
+
+  /**
+   * Creates an empty volume of `kind` named `name` (creat(2) in a kind's directory). Only disks are
+   * made this way: backups come from `backup` (READ_ONLY), clones from `clone` (NOT_PERMITTED).
+   */
+  async create (kind: VolumeKind, name: string): Promise<Volume> {
+    if (kind === 'backup') throw readOnly(`backups (take one with 'vdiskfs backup')`)
+    if (kind === 'clone') throw notPermitted(`clones come from 'vdiskfs clone'`)
+    return await this.createDisk(name)
   }
 
   /** Creates an empty disk; durable on return. */
@@ -119,6 +141,26 @@ export class Namespace {
   }
 
   /**
+   * rename(2) of a volume to `name` in the directory of `kind`. Backups neither move nor are replaced
+   * (READ_ONLY); a volume does not change kind (CROSS_DEVICE). A libfuse hidden name hides the volume
+   * (see rename).
+   */
+  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> {
+    if (volume.kind === 'backup' || kind === 'backup') throw readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`)
+    if (volume.kind !== kind) throw new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`)
+    await this.rename(volume, name, isLibfuseHiddenName(name))
+  }
+
+  /**
+   * unlink(2) of a volume: never waits for holders (one still open, a RELEASE on its way, goes at its
+   * last release). Backups are removed only by `vdiskfs rm` (READ_ONLY).
+   */
+  async unlink (volume: Volume): Promise<void> {
+    if (volume.kind === 'backup') throw readOnly(`backup ${volume.name} (remove it with 'vdiskfs rm')`)
+    await this.remove(volume, { force: true })
+  }
+
+  /**
    * Removes a volume; its data stays as long as another volume's map references it. A volume with open
    * handles is refused (BUSY) unless `force`; forced, it goes as unlink(2) goes: out of the namespace
    * now (its name is free again), readable and writable by its holders, removed at the last release.
@@ -129,8 +171,9 @@ export class Namespace {
     await this.commit()
   }
 
-  /** A handle on `volume` was opened (the FUSE adapter's open and create). */
-  opened (volume: Volume): void {
+  /** A handle on `volume` was opened (the FUSE adapter's open and create). READ_ONLY: a writable handle on a backup. */
+  opened (volume: Volume, writable: boolean): void {
+    if (writable && volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
     volume.openHandles++
   }
 

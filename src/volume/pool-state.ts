@@ -18,7 +18,7 @@ import { PoolHeader, catalogLogFile, extentsDir, packsDir } from '../format/pool
 import { FileIo, nodeFileIo } from '../io/file-io'
 import { zstdLevelDefault } from '../limits'
 import { PageStore } from '../map/page-store'
-import { FreeSpace } from './free-space'
+import { FilesystemStat, FreeSpace } from './free-space'
 import { Volume, VolumeContext } from './volume'
 
 export interface StateOptions {
@@ -85,6 +85,9 @@ export class PoolState implements VolumeContext {
 
   /** Claims room for `bytes` of new data; throws NO_SPACE when the pool's filesystem is nearly full. */
   claimSpace (bytes: number): void { this.freeSpace.claim(bytes) }
+
+  /** The pool's filesystem's figures (statfs). Errors: IO. */
+  async statfs (): Promise<FilesystemStat> { return await this.freeSpace.statfs() }
 
   /** Records a change for the next commit. */
   changed (_volume?: Volume): void {

@@ -3,7 +3,7 @@
  * and the volumes in it. This is the volume layer's entry point, a façade over the rooms that do the
  * work: namespace.ts (names, create, rename, remove, backup, clone, restore, open handles), commit.ts
  * (the durability order), maintenance.ts (gc, sealing hooks, recovery, the exclusive lock),
- * free-space.ts (claimSpace), pool-header.ts (the header and directory durability), all sharing one
+ * free-space.ts (claimSpace, statfs), inspection.ts (what verify, repair and space read), pool-header.ts (the header and directory durability), all sharing one
  * PoolState (pool-state.ts).
  *
  * Durability order (DESIGN.md): commit first makes the extents durable (fdatasync), then writes the
@@ -23,6 +23,8 @@ import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-fo
 import { assertLimits, packLiveFractionMin } from '../limits'
 import { PageStore } from '../map/page-store'
 import { Committer } from './commit'
+import { FilesystemStat } from './free-space'
+import { Inspection } from './inspection'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
 import { securePoolDirectory } from './pool-access'
@@ -40,12 +42,15 @@ export class Pool {
   private readonly committer: Committer
   private readonly namespace: Namespace
   private readonly maintenance: Maintenance
+  /** What verify, repair and space accounting read and check (inspection.ts). */
+  readonly inspection: Inspection
 
   private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
     this.state = new PoolState(dir, header, catalog, options)
     this.committer = new Committer(this.state)
     this.namespace = new Namespace(this.state, this.committer)
     this.maintenance = new Maintenance(this.state, this.committer)
+    this.inspection = new Inspection(this.state)
     this.committer.markOpen()
   }
 
@@ -79,6 +84,7 @@ export class Pool {
   get sizeOf (): (entry: number) => number { return this.state.sizeOf }
 
   claimSpace (bytes: number): void { this.state.claimSpace(bytes) }
+  async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   get generation (): number { return this.state.generation }
   get hasUncommittedChanges (): boolean { return this.state.changedSinceCommit || this.state.pages.dirtyCount > 0 }
@@ -88,11 +94,16 @@ export class Pool {
   list (kind?: VolumeKind): Volume[] { return this.namespace.list(kind) }
   find (kind: VolumeKind, name: string): Volume | undefined { return this.namespace.find(kind, name) }
   byId (id: number): Volume | undefined { return this.namespace.byId(id) }
+  visible (kind?: VolumeKind): Volume[] { return this.namespace.visible(kind) }
+  liveSource (volume: Volume): Volume | undefined { return this.namespace.liveSource(volume) }
+  async create (kind: VolumeKind, name: string): Promise<Volume> { return await this.namespace.create(kind, name) }
   get (kind: VolumeKind, name: string): Volume { return this.namespace.get(kind, name) }
   async createDisk (name: string): Promise<Volume> { return await this.namespace.createDisk(name) }
   async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.namespace.rename(volume, newName, hide) }
+  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.namespace.move(volume, kind, name) }
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.remove(volume, options) }
-  opened (volume: Volume): void { this.namespace.opened(volume) }
+  async unlink (volume: Volume): Promise<void> { await this.namespace.unlink(volume) }
+  opened (volume: Volume, writable: boolean): void { this.namespace.opened(volume, writable) }
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
   async backup (source: Volume, name: string): Promise<Volume> { return await this.namespace.backup(source, name) }

@@ -30,7 +30,7 @@ import {
   DecodedPage, decodePage, decodeRoot, describePageDamage, encodePage, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
   pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
 } from '../format/map-format'
-import { pageBytes, pageEntries } from '../limits'
+import { pageBytes, pageEntries, verifyBatchChunks } from '../limits'
 import { VdiskError } from '../errors'
 import { Pool } from './pool'
 import { BlockMap } from '../map/block-map'
@@ -78,7 +78,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
   try {
     fixRoots()
     pool = Pool.open(dir)
-    const problems = pool.catalog.integrityCheck()
+    const problems = pool.inspection.catalogProblems()
     if (problems.length > 0) { await pool.close(); throw new VdiskError('CORRUPT', problems.join('; ')) }
   } catch (err) {
     if (!(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
@@ -102,8 +102,8 @@ export async function repairPool (dir: string): Promise<RepairReport> {
   if (logState !== null) {
     const restored = restoreFromLog(pool.catalog, logState, report.notes)
     report.volumesRestored = restored
-    if (restored > 0 || pool.catalogLog.detached) {
-      const detached = pool.catalogLog.detached
+    if (restored > 0 || pool.inspection.catalogLogDetached) {
+      const detached = pool.inspection.catalogLogDetached
       await pool.close()
       if (detached) quarantine(path.join(dir, catalogLogFile), `written by another catalog; its ${logState.volumes.size} volumes were restored from it`)
       pool = Pool.open(dir)
@@ -157,7 +157,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     const goodExtents = new Map<number, number>()
     for (const id of registered) {
       try {
-        goodExtents.set(id, (await pool.extents.get(id)).nextSlot)
+        goodExtents.set(id, await pool.inspection.extentSlots(id))
       } catch (err) {
         catalog.deleteExtent(id)
         report.extentsDropped++
@@ -262,14 +262,14 @@ export async function repairPool (dir: string): Promise<RepairReport> {
       report.notes.push(`${orphans} chunk records in ${orphanPacks.size} pack${orphanPacks.size === 1 ? '' : 's'} (${[...orphanPacks].slice(0, 4).join(', ')}) belong to no volume the catalog knows: ` +
         'kept, unindexed; gc moves such packs to quarantine/ and never deletes them')
     }
-    pool.chunks.forgetCache()
+    pool.inspection.forgetChunkCache()
     // 6. Every chunk against its hash.
     const ids = catalog.chunkIds()
     const bad: number[] = []
-    for (let i = 0; i < ids.length; i += 8) {
-      for (const [id, why] of await pool.chunks.check(ids.slice(i, i + 8))) { bad.push(id); report.notes.push(`chunk ${id}: ${why}`) }
+    for (let i = 0; i < ids.length; i += verifyBatchChunks) {
+      for (const [id, why] of await pool.inspection.checkChunks(ids.slice(i, i + verifyBatchChunks))) { bad.push(id); report.notes.push(`chunk ${id}: ${why}`) }
     }
-    pool.chunks.forget(bad)
+    pool.inspection.forgetChunks(bad)
     report.chunksDropped += bad.length
     const liveChunks = new Set(catalog.chunkIds())
     // 7. Maps: a page that is gone becomes a page of lost entries; in a damaged page, a group of
@@ -285,7 +285,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         repaired.add(root[p])
         const stored = decoded.get(root[p])
         if (stored === undefined) {
-          const page = pool.pageStore.create(volume.map.epoch)
+          const page = pool.inspection.newPage(volume.map.epoch)
           for (let i = 0; i < pageEntries && p * pageEntries + i < blocks; i++) page.entries[i] = lostEntry
           root[p] = page.id
           volume.map.rootDirty = true
@@ -319,14 +319,14 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         }
         if (!changed) continue
         // Written in place, under the same id: every volume sharing the page keeps sharing it.
-        pool.pageStore.drop(row.id)
+        pool.inspection.dropPage(row.id)
         catalog.putPage(row.id, row.epoch, encodePage(entries, row.id))
       }
     }
     pool.recount()
     await pool.commit()
     // Repair wrote pages straight to the catalog: the log starts again from the repaired catalog.
-    if (!pool.catalogLog.detached) await pool.catalogLog.snapshot()
+    if (!pool.inspection.catalogLogDetached) await pool.inspection.restartCatalogLog()
     const after = await verifyPool(pool)
     return { ...report, after }
   } finally {

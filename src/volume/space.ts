@@ -106,7 +106,7 @@ export class SpaceAccounting {
       storedBytes += bytes
       const kind = entryKind(entry)
       if (kind === entryKindDelta) unsealedBytes += bytes
-      else if (kind === entryKindChunk) { chunks++; chunkStored += bytes; chunkRaw += this.pool.chunks.info(entryChunkId(entry)).rawBytes }
+      else if (kind === entryKindChunk) { chunks++; chunkStored += bytes; chunkRaw += this.pool.inspection.chunkRawBytes(entryChunkId(entry)) }
     }
     const pages = new Set<Page>()
     for (const volume of volumes) volume.map.forEachPage(page => pages.add(page))

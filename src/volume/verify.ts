@@ -5,10 +5,10 @@
  * (the CLI opens the pool itself, under the pool lock).
  */
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
-import { pageEntries } from '../limits'
+import { pageEntries, verifyBatchChunks } from '../limits'
 import fs from 'node:fs'
 import path from 'node:path'
-import { recordFate, scanPack } from '../chunk/pack-scan'
+import { scanPack } from '../chunk/pack-scan'
 import { catalogLogFile, extentsDir, packsDir, quarantineDir } from '../format/pool-format'
 import { replayCatalogLog } from '../catalog/catalog-log'
 import { extentHeaderFields, extentMagic } from '../format/extent-format'
@@ -31,11 +31,9 @@ export interface VerifyReport {
 
 export interface Progress { done: number, total: number }
 
-const verifyBatch = 8
-
 export async function verifyPool (pool: Pool, progress: Progress = { done: 0, total: 0 }): Promise<VerifyReport> {
   const report: VerifyReport = { ok: true, volumes: 0, pages: 0, blocks: 0, extents: 0, chunks: 0, problems: [], damaged: [] }
-  for (const problem of pool.catalog.integrityCheck()) report.problems.push(`catalog: ${problem}`)
+  for (const problem of pool.inspection.catalogProblems()) report.problems.push(`catalog: ${problem}`)
   const blockBytes = pool.blockBytes
   // block references per chunk, for naming the volumes a damaged chunk hurts.
   const users = new Map<number, Array<{ volume: Volume, block: number }>>()
@@ -47,7 +45,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
   }
   const extentSlots = new Map<number, number | string>()
   const volumes = pool.list()
-  const chunkIds = pool.catalog.chunkIds()
+  const chunkIds = pool.inspection.chunkIds()
   progress.total = volumes.length + chunkIds.length
   for (const volume of volumes) {
     report.volumes++
@@ -56,7 +54,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
       if (root[p] === 0) continue
       let entries: Float64Array
       try {
-        entries = pool.pageStore.get(root[p]).entries
+        entries = pool.inspection.pageEntries(root[p])
         report.pages++
       } catch (err) {
         const first = p * pageEntries
@@ -74,7 +72,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
           let slots = extentSlots.get(extentId)
           if (slots === undefined) {
             try {
-              slots = (await pool.extents.get(extentId)).nextSlot
+              slots = await pool.inspection.extentSlots(extentId)
               report.extents++
             } catch (err) { slots = (err as Error).message }
             extentSlots.set(extentId, slots)
@@ -82,7 +80,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
           if (typeof slots === 'string') mark(volume, block, slots)
           else if (entrySlot(entry) >= slots) mark(volume, block, `delta extent ${extentId} is shorter than slot ${entrySlot(entry)}`)
           else {
-            const why = await pool.extents.checkSlot(extentId, entrySlot(entry))
+            const why = await pool.inspection.checkExtentSlot(extentId, entrySlot(entry))
             if (why !== null) mark(volume, block, why)
           }
         } else if (kind === entryKindChunk) {
@@ -105,9 +103,9 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
     if (!indexed.has(id)) for (const { volume, block } of list) mark(volume, block, `chunk ${id} is missing from the index`)
   }
   const damagedChunks = new Map<number, string>()
-  for (let i = 0; i < chunkIds.length; i += verifyBatch) {
-    const ids = chunkIds.slice(i, i + verifyBatch)
-    for (const [id, why] of await pool.chunks.check(ids)) damagedChunks.set(id, why)
+  for (let i = 0; i < chunkIds.length; i += verifyBatchChunks) {
+    const ids = chunkIds.slice(i, i + verifyBatchChunks)
+    for (const [id, why] of await pool.inspection.checkChunks(ids)) damagedChunks.set(id, why)
     report.chunks += ids.length
     progress.done += ids.length
   }
@@ -144,9 +142,9 @@ async function checkCatalogLog (pool: Pool, report: VerifyReport): Promise<void>
   if (state === null) { report.problems.push(`${catalogLogFile} is damaged (no header)`); return }
   // The pool's own list counts too: online, a commit may have appended to the log and not yet run its
   // transaction when this reads.
-  const have = new Set([...pool.catalog.volumes().map(v => v.id), ...pool.list().map(v => v.id)])
+  const have = new Set([...pool.inspection.committedVolumeIds(), ...pool.list().map(v => v.id)])
   const missing = [...state.volumes.values()].filter(v => !have.has(v.id))
-  if (state.logId !== pool.catalog.getMeta('log_id')) {
+  if (state.logId !== pool.inspection.catalogLogId()) {
     report.problems.push(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced); it holds ${state.volumes.size} volumes, ` +
       `${missing.length} of them missing here: run vdiskfs repair to restore them`)
   } else if (missing.length > 0) {
@@ -160,8 +158,8 @@ async function checkCatalogLog (pool: Pool, report: VerifyReport): Promise<void>
  * no volumes beside packs full of chunks is damage, not an empty pool.
  */
 async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> {
-  const registered = new Set(pool.catalog.packUsage().map(p => p.id))
-  const high = pool.catalog.maxChunkId()
+  const registered = new Set(pool.inspection.packIds())
+  const high = pool.inspection.chunkIdHigh()
   const files: Array<{ file: string, registered: boolean, quarantined: boolean }> = []
   const list = (dir: string) => { try { return fs.readdirSync(path.join(pool.dir, dir)) } catch { return [] } }
   for (const name of list(packsDir)) {
@@ -178,7 +176,7 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
     if (scan.packId === null) { report.problems.push(`${path.relative(pool.dir, file)}: ${scan.stopped ?? 'unreadable'}`); continue }
     const known = registered && scan.packId === Number(/^(\d+)\.pack$/.exec(path.basename(file))?.[1])
     for (const record of scan.records) {
-      if (recordFate(pool.catalog, record, known, high) !== 'unaccounted') continue
+      if (pool.inspection.recordFate(record, known, high) !== 'unaccounted') continue
       records++
       if (quarantined) inQuarantine++
       packs.add(file)
@@ -188,10 +186,10 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
     report.problems.push(`catalog has ${pool.list().length} volumes but ${packs.size} ${packs.size === 1 ? 'pack holds' : 'packs hold'} ${records} chunk records it does not account for ` +
       `(not indexed, not freed by gc)${inQuarantine > 0 ? `, ${inQuarantine} of them in ${quarantineDir}/` : ''}: the catalog lost them; vdiskfs repair brings back what the maps need, the rest is kept for a person to judge`)
   }
-  const extents = new Set(pool.catalog.extents().map(e => e.id))
+  const extents = new Set(pool.inspection.extentIds())
   // A file whose writer is a volume the catalog has is what an interrupted deletion leaves (gc and
   // sealing delete the row, then the file); one whose writer the catalog does not know is damage.
-  const volumes = new Set(pool.catalog.volumes().map(v => v.id))
+  const volumes = new Set(pool.inspection.committedVolumeIds())
   const strays = list(extentsDir).filter(name => {
     const id = /^(\d+)\.dx$/.exec(name)
     if (id === null || extents.has(Number(id[1]))) return false

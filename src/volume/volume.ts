@@ -10,10 +10,10 @@
  *
  * Errors: read/write/truncate throw READ_ONLY, TOO_BIG, NO_SPACE, IO or CORRUPT (errors.ts).
  */
-import { VolumeKind } from '../catalog/catalog'
+import { VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
-import { discardBlocksPerTurn, volumeBytesMax } from '../limits'
+import { discardBlocksPerTurn, readRetriesMax, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
@@ -31,16 +31,8 @@ export interface VolumeContext {
   changed (volume: Volume): void
 }
 
-export interface VolumeInfo {
-  id: number
-  kind: VolumeKind
-  name: string
-  size: number
-  createdMs: number
-  mtimeMs: number
-  sourceId: number | null
-  sourceLabel: string | null
-}
+/** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
+export type VolumeInfo = Pick<VolumeRow, 'id' | 'kind' | 'name' | 'size' | 'createdMs' | 'mtimeMs' | 'sourceId' | 'sourceLabel'>
 
 export class Volume implements VolumeInfo {
   /** Set when the catalog row is behind (size, name, mtime, map counters, active extent). */
@@ -150,7 +142,7 @@ export class Volume implements VolumeInfo {
       }
       // Sealing may have moved the block (and emptied its extent) while this read was on its way:
       // what was read then is not to be trusted, so read again from where the block is now.
-      if (this.map.get(block) !== entry && attempt < 3) continue
+      if (this.map.get(block) !== entry && attempt < readRetriesMax) continue
       if (failure !== null) throw failure
       return
     }
@@ -263,6 +255,7 @@ export class Volume implements VolumeInfo {
 
   /** Sets the modification time (utimens). */
   touch (mtimeMs: number): void {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     this.mtimeMs = mtimeMs
     this.rowDirty = true
     this.context.changed(this)
