@@ -88,7 +88,7 @@ interface Minute {
   samples: Sample[]
   poolBytes?: number
 }
-interface Sample { t: number, vmRssMiB: number, fds: number, threads: number, fuseThreadRecords: number | null, statusRssMiB: number | null, loop: Record<string, unknown> | null, statusMs: number }
+interface Sample { t: number, vmRssMiB: number, fds: number, deletedFds: number, deletedMiB: number, threads: number, fuseThreadRecords: number | null, statusRssMiB: number | null, loop: Record<string, unknown> | null, statusMs: number }
 const minuteData = new Map<number, Minute>()
 function bucket (t = Date.now()): Minute {
   const m = minuteOf(t)
@@ -223,10 +223,21 @@ async function sample (): Promise<void> {
   let vmRssMiB = 0
   let fds = 0
   let threads = 0
+  let deletedFds = 0
+  let deletedBytes = 0
   try {
     vmRssMiB = Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${daemonPid}/status`, 'utf8'))?.[1] ?? 0) / 1024
-    fds = fs.readdirSync(`/proc/${daemonPid}/fd`).length
+    const fdNames = fs.readdirSync(`/proc/${daemonPid}/fd`)
+    fds = fdNames.length
     threads = fs.readdirSync(`/proc/${daemonPid}/task`).length
+    // Files the daemon holds open after they were deleted: their space stays taken, and du does not see it.
+    for (const fd of fdNames) {
+      try {
+        if (!fs.readlinkSync(`/proc/${daemonPid}/fd/${fd}`).endsWith(' (deleted)')) continue
+        deletedFds++
+        deletedBytes += fs.statSync(`/proc/${daemonPid}/fd/${fd}`).size
+      } catch {}
+    }
   } catch { throw new Error(`the daemon (pid ${daemonPid}) is gone`) }
   let status: Record<string, unknown> = {}
   const before = process.hrtime.bigint()
@@ -235,7 +246,7 @@ async function sample (): Promise<void> {
   const loopKeys = Object.keys(status).filter(k => /loop|delay|lag|p99/i.test(k))
   const loop = loopKeys.length === 0 ? null : Object.fromEntries(loopKeys.map(k => [k, status[k]]))
   bucket(t).samples.push({
-    t: Math.round((t - started) / 1000), vmRssMiB, fds, threads, statusMs,
+    t: Math.round((t - started) / 1000), vmRssMiB, fds, deletedFds, deletedMiB: deletedBytes / MiB, threads, statusMs,
     fuseThreadRecords: typeof status.fuseThreadRecords === 'number' ? status.fuseThreadRecords : null,
     statusRssMiB: typeof status.rssBytes === 'number' ? status.rssBytes / MiB : null,
     loop
@@ -300,7 +311,7 @@ function report (runMinutes: number): void {
       ops: m.ops,
       syncMsMax: maxOf(m.adminMs.sync ?? []), gcMsMax: maxOf(m.adminMs.gc ?? []),
       vmRssMiBMax: maxOf(s.map(x => x.vmRssMiB)), statusRssMiBLast: s.at(-1)?.statusRssMiB ?? null,
-      fdsMax: maxOf(s.map(x => x.fds)), threadsMax: maxOf(s.map(x => x.threads)),
+      fdsMax: maxOf(s.map(x => x.fds)), deletedFdsMax: maxOf(s.map(x => x.deletedFds)), deletedMiBMax: maxOf(s.map(x => x.deletedMiB)), threadsMax: maxOf(s.map(x => x.threads)),
       fuseThreadRecordsMax: s.some(x => x.fuseThreadRecords !== null) ? maxOf(s.map(x => x.fuseThreadRecords ?? 0)) : null,
       statusMsMax: maxOf(s.map(x => x.statusMs)),
       loop: s.at(-1)?.loop ?? null,
@@ -359,19 +370,20 @@ function report (runMinutes: number): void {
     `| 4k random writes, last / first | ${n(summary.perKind.randWriteIops.last)} / ${n(summary.perKind.randWriteIops.first)} IOPS | |`,
     `| daemon RSS (VmRSS), max first half / second half | ${n(summary.rss.firstHalfMax)} / ${n(summary.rss.secondHalfMax)} MiB | bounded (second half ≤ 1.1× first): ${summary.rss.bounded ? 'yes' : 'no'} |`,
     `| open fds, max first half / second half | ${summary.fds.firstHalfMax} / ${summary.fds.secondHalfMax} | bounded (≤ first + 8): ${summary.fds.bounded ? 'yes' : 'no'} |`,
+    `| deleted files held open, most fds / MiB | ${maxOf(rows.map(r => r.deletedFdsMax))} / ${n(maxOf(rows.map(r => r.deletedMiBMax)))} MiB | |`,
     `| threads, max first half / second half | ${summary.threads.firstHalfMax} / ${summary.threads.secondHalfMax} | bounded (≤ first + 8): ${summary.threads.bounded ? 'yes' : 'no'} |`,
     `| FUSE thread records (libuv async handles), max first half / second half | ${recordsA} / ${recordsB} | bounded (≤ first + 8): ${summary.fuseThreadRecords.bounded ? 'yes' : 'no'} |`,
     `| event-loop p99 | ${loopInStatus ? 'see the rows' : 'not reported (the status reply has no event-loop figure)'} | |`,
     `| control status round trip, p99 | ${n(summary.statusRoundTripMsP99, 1)} ms | |`,
-    `| pool on disk, first / max / last minute | ${n(summary.poolMiB.first)} / ${n(summary.poolMiB.max)} / ${n(summary.poolMiB.last)} MiB | |`,
+    `| pool directory (du, without deleted files held open), first / max / last minute | ${n(summary.poolMiB.first)} / ${n(summary.poolMiB.max)} / ${n(summary.poolMiB.last)} MiB | |`,
     `| operations | ${Object.entries(summary.opsTotal).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     `| errors | ${Object.keys(summary.errorCounts).length === 0 ? 'none' : Object.entries(summary.errorCounts).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     '', '## Per minute', '',
-    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | threads | FUSE records | status ms max | pool MiB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | FUSE records | status ms max | pool MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
   ]
   for (const r of rows) {
-    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.threadsMax} | ${r.fuseThreadRecordsMax ?? 'n/a'} | ${n(r.statusMsMax, 1)} | ${n(r.poolMiB)} |`)
+    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.deletedFdsMax} / ${n(r.deletedMiBMax)} | ${r.threadsMax} | ${r.fuseThreadRecordsMax ?? 'n/a'} | ${n(r.statusMsMax, 1)} | ${n(r.poolMiB)} |`)
   }
   if (errors.length > 0) md.push('', '## Errors (first 50)', '', ...errors.map(e => `- ${n(e.t)} s, ${e.what}: ${e.message.replace(/\n/g, ' ')}`))
   md.push('')
