@@ -33,6 +33,8 @@ export class ChunkStore {
   private openedBytes = 0
   private readonly pendingByHash = new Map<string, ChunkRow>()
   private readonly unsyncedPacks = new Set<OpenPack>()
+  /** Packs that filled up, whose write descriptors closeFullPacks() closes once they are synced. */
+  private readonly fullPacks = new Set<OpenPack>()
   private current: Promise<OpenPack> | null = null
   private nextChunkId: number
   private nextPackId: number
@@ -168,8 +170,22 @@ export class ChunkStore {
       throw fromSystemError(err, 'indexing chunks')
     }
     this.unsyncedPacks.clear()
+    this.closeFullPacks()
     for (const row of rows) { this.pendingByHash.delete(row.hash.toString('hex')); this.cache.set(row.id, row) }
     return rows.length
+  }
+
+  /**
+   * Closes the write descriptors of packs filled up since the last call. Called only when no append
+   * is in flight and none waits for an fdatasync (after index(), abandon(), compaction's sync): a
+   * full pack's descriptor was kept forever before, and a deleted pack's space with it.
+   */
+  private closeFullPacks (): void {
+    for (const pack of this.fullPacks) {
+      if (this.unsyncedPacks.has(pack)) continue
+      this.fullPacks.delete(pack)
+      this.io.close(pack.fd).catch(() => {})
+    }
   }
 
   /**
@@ -184,6 +200,7 @@ export class ChunkStore {
     try { this.catalog.retireUnindexed([...this.pendingByHash.values()].filter(row => row.packId !== 0)) } catch {}
     this.pendingByHash.clear()
     this.unsyncedPacks.clear()
+    this.closeFullPacks()
   }
 
   /** Stops appending to `packs` (an fdatasync of theirs failed: their unsynced bytes are suspect). */
@@ -204,6 +221,7 @@ export class ChunkStore {
         if (pack.bytes + recordBytes <= packBytesMax || pack.bytes === packHeaderBytes) return pack
         // Full: the first caller to notice starts the next pack; the others wait for that one.
         if (this.current !== seen) continue
+        this.fullPacks.add(pack)
       }
       const creating = this.createPack()
       this.current = creating
@@ -378,6 +396,7 @@ export class ChunkStore {
         const packs = [...this.unsyncedPacks]
         this.unsyncedPacks.clear()
         await Promise.all(packs.map(async pack => await this.io.fdatasync(pack.fd)))
+        this.closeFullPacks()
       }
       // The old pack goes only when the catalog accounts for every record in it (pack-scan.ts);
       // one it does not account for (a lost index row, a rebuilt catalog) sends it to quarantine/.
@@ -410,6 +429,8 @@ export class ChunkStore {
       if (pack !== null) await this.io.close(pack.fd).catch(() => {})
     }
     this.current = null
+    for (const pack of this.fullPacks) await this.io.close(pack.fd).catch(() => {})
+    this.fullPacks.clear()
     await this.packFds.closeAll()
   }
 }

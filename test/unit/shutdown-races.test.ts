@@ -193,3 +193,24 @@ test.serial('writes racing commits with a two-page cache: no page reloads stale 
     await pool.close()
   }
 })
+
+test.serial('full packs do not keep their descriptors: descriptors stay bounded over many packs', async t => {
+  const dir = tempPool(t)
+  const blockBytes = 64 * 1024
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 1 })
+  try {
+    const fdsBefore = fs.readdirSync('/proc/self/fd').length
+    // 5 rounds of 80 MiB of random data: more than six 64 MiB packs, each full one rotated.
+    for (let round = 0; round < 5; round++) {
+      const disk = await pool.createDisk(`d${round}.img`)
+      await disk.write(crypto.randomBytes(80 * 1024 * 1024), 0)
+      await new Sealer(pool, () => {}).sealPending(true)
+    }
+    const held = fs.readdirSync('/proc/self/fd').filter(fd => {
+      try { return fs.readlinkSync(`/proc/self/fd/${fd}`).includes(path.join(dir, 'packs')) } catch { return false }
+    })
+    t.true(held.length <= 3, `${held.length} pack descriptors open (${fs.readdirSync('/proc/self/fd').length - fdsBefore} more descriptors in all)`)
+  } finally {
+    await pool.close()
+  }
+})
