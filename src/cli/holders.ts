@@ -34,9 +34,18 @@ export function findHolders (file: string): Holder[] {
   return holders
 }
 
-/** "loop device /dev/loop3 (backing file F), pid 1234 (qemu-img)", at most three named. */
+/**
+ * "loop device /dev/loop3 (backing file F), pid 1234 (qemu-img)", at most three named. Control
+ * characters are escaped: any user can name a process (and a file) with terminal escapes.
+ */
 export function describeHolders (holders: Holder[]): string {
-  const named = holders.slice(0, 3).map(h => h.kind === 'loop' ? `loop device ${h.device} (backing file ${h.backingFile})` : `pid ${h.pid} (${h.command})`)
+  const named = holders.slice(0, 3).map(h => h.kind === 'loop' ? `loop device ${h.device} (backing file ${printable(h.backingFile)})` : `pid ${h.pid} (${printable(h.command)})`)
   if (holders.length > 3) named.push(`${holders.length - 3} more`)
   return named.join(', ')
+}
+
+/** `text` with control characters shown as \xHH, safe to print on a terminal. */
+export function printable (text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
 }

@@ -23,7 +23,7 @@ import { SealReport } from '../seal/sealer'
 import { GcReport } from '../volume/pool'
 import { Parsed, Spec, UsageError, parseArgs, parseSize } from './args'
 import { bytes, table } from './format'
-import { describeHolders, findHolders } from './holders'
+import { describeHolders, findHolders, printable } from './holders'
 
 interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
 
@@ -446,9 +446,9 @@ export async function main (argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
     if (process.env.VDISKFS_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`)
-    if (err instanceof UsageError) { process.stderr.write(`vdiskfs ${name}: ${err.message}\n`); return 2 }
-    if (err instanceof VdiskError) { process.stderr.write(`vdiskfs ${name}: ${err.message}\n`); return 1 }
-    process.stderr.write(`vdiskfs ${name}: internal error: ${(err as Error)?.message ?? String(err)}\n`)
+    if (err instanceof UsageError) { process.stderr.write(`vdiskfs ${printable(name)}: ${printable(err.message)}\n`); return 2 }
+    if (err instanceof VdiskError) { process.stderr.write(`vdiskfs ${printable(name)}: ${printable(err.message)}\n`); return 1 }
+    process.stderr.write(`vdiskfs ${printable(name)}: internal error: ${printable((err as Error)?.message ?? String(err))}\n`)
     return 1
   }
 }

@@ -103,6 +103,12 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     } catch {
       return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
     }
+    if (request === null || typeof request !== 'object' || Array.isArray(request) || typeof request.op !== 'string') {
+      return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
+    }
+    if (request.args !== undefined && (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args))) {
+      return { id: request.id, ok: false, error: { code: 'INVALID', message: 'malformed control request arguments' } }
+    }
     const handler = Object.prototype.hasOwnProperty.call(handlers, request.op) ? handlers[request.op] : undefined
     if (handler === undefined) return { id: request.id, ok: false, error: { code: 'INVALID', message: `unknown operation ${String(request.op)}` } }
     try {

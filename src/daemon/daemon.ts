@@ -44,7 +44,10 @@ export interface DaemonOptions {
 }
 
 export async function runDaemon (options: DaemonOptions): Promise<void> {
-  const mountpoint = path.resolve(options.mountpoint)
+  // The real path: the kernel mounts there, and the unmount watcher and the control socket's name
+  // must agree with it (a symbolic link in /tmp would otherwise leave a dead mount behind).
+  let mountpoint = path.resolve(options.mountpoint)
+  try { mountpoint = fs.realpathSync(mountpoint) } catch {}
   // Everything the daemon creates in the pool (catalog, WAL, extents, packs, log, pid) is its owner's
   // alone, whatever umask it was started with; Pool.open tightens the directory itself.
   process.umask(0o077)
@@ -144,6 +147,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   process.on('SIGINT', () => { void stop('SIGINT', true) })
   process.on('SIGTERM', () => { void stop('SIGTERM', true) })
   process.on('SIGHUP', () => {})
+  // A bug must not vanish with the background daemon's discarded stderr: log it, then stop as Node would.
+  process.on('uncaughtException', err => { log(`bug: ${err?.stack ?? String(err)}`); process.exitCode = 1; void stop('a bug (see the line above)', true) })
+  process.on('unhandledRejection', err => { log(`bug: unhandled rejection: ${(err as Error)?.stack ?? String(err)}`) })
   options.onReady()
 }
 

@@ -27,7 +27,7 @@ import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
-import { securePoolDirectory } from './pool-access'
+import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
@@ -56,7 +56,7 @@ export class Pool {
 
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {
-    dir = path.resolve(dir)
+    dir = claimPoolDirectory(path.resolve(dir), options.create === true)
     const header = readOrCreateHeader(dir, options)
     securePoolDirectory(dir)
     assertLimits(header.blockBytes)

@@ -346,3 +346,62 @@ test.serial('a control directory owned by another user is refused', async t => {
   t.not(listed.code, 0)
   t.regex(listed.stderr, /owned by/, listed.stderr)
 })
+
+test.serial('a pool directory another user made (or links to) is refused before anything is written in it', async t => {
+  ensureUser()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-claim-'))
+  t.teardown(() => { spawnSync('fusermount', ['-uz', path.join(dir, 'mnt')]); fs.rmSync(dir, { recursive: true, force: true }) })
+  fs.chmodSync(dir, 0o777)
+  fs.mkdirSync(path.join(dir, 'mnt'))
+  // The attacker makes the pool directory first, world-writable, and a symbolic link to it.
+  t.is(asUser('mkdir', ['-m', '777', path.join(dir, 'pool')]).code, 0)
+  t.is(asUser('ln', ['-s', path.join(dir, 'pool'), path.join(dir, 'link')]).code, 0)
+  for (const target of ['pool', 'link']) {
+    const result = await vdiskfs('mount', path.join(dir, target), path.join(dir, 'mnt'))
+    t.not(result.code, 0, `${target}: mount refused`)
+    t.regex(result.stderr, /belongs to uid \d+, not to you/, target)
+    t.false(isMounted(path.join(dir, 'mnt')))
+  }
+  t.deepEqual(fs.readdirSync(path.join(dir, 'pool')), [], 'nothing was written into the attacker\'s directory')
+})
+
+test.serial('a pool holding a symbolic link is refused: the daemon writes only its own files', async t => {
+  const m = await withMount(t)
+  await m.umount()
+  fs.rmSync(path.join(m.pool, 'daemon.log'), { force: true })
+  const victim = path.join(m.dir, 'victim')
+  fs.writeFileSync(victim, 'precious\n', { mode: 0o600 })
+  fs.symlinkSync(victim, path.join(m.pool, 'daemon.log'))
+  const result = await vdiskfs('mount', m.pool, m.mnt)
+  t.not(result.code, 0)
+  t.regex(result.stderr, /symbolic link/)
+  t.is(fs.readFileSync(victim, 'utf8'), 'precious\n')
+})
+
+test.serial('a malformed control request is refused and the daemon keeps serving; a symlinked mountpoint works', async t => {
+  const m = await withMount(t)
+  const net = await import('node:net')
+  for (const line of ['null', '[]', '"x"', '{"id":1,"op":"ls","args":null}', '{"id":1}']) {
+    const reply = await new Promise<string>((resolve, reject) => {
+      const socket = net.connect(socketPathFor(fs.realpathSync(m.mnt)))
+      let data = ''
+      socket.on('data', chunk => { data += chunk; if (data.includes('\n')) { socket.end(); resolve(data) } })
+      socket.on('error', reject)
+      socket.write(line + '\n')
+    })
+    t.regex(reply, /"ok":false/, line)
+  }
+  t.is((await vdiskfs('ls', m.mnt)).code, 0, 'still answering')
+  await m.umount()
+  // Mounted through a symbolic link: the daemon mounts and watches the real path, and the CLI finds it.
+  const link = path.join(m.dir, 'mnt-link')
+  fs.symlinkSync(m.mnt, link)
+  const mounted = await vdiskfs('mount', m.pool, link)
+  t.is(mounted.code, 0, mounted.stderr)
+  m.pid = Number(fs.readFileSync(path.join(m.pool, 'daemon.pid'), 'utf8'))
+  await new Promise(resolve => setTimeout(resolve, 2500)) // longer than the unmount watcher's period
+  t.true(isMounted(m.mnt), 'still mounted at the real path')
+  t.is((await vdiskfs('ls', link)).code, 0)
+  t.is((await vdiskfs('umount', link)).code, 0)
+  t.false(isMounted(m.mnt))
+})
