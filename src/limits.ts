@@ -152,3 +152,8 @@ export const statfsIntervalMs = 250
  * event-loop turn (4 GiB at 64 KiB blocks), so discarding a whole large disk does not stall other I/O.
  */
 export const discardBlocksPerTurn = 65536
+/**
+ * The space figures an image's xattrs show may be this old: computing them walks every map of the
+ * pool on the main thread, and any reader of one image could otherwise ask for it after every write.
+ */
+export const spaceUsageStaleMs = 2000

@@ -10,6 +10,7 @@ import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../form
 import { Page } from '../map/page-store'
 import { Pool } from './pool'
 import { Volume } from './volume'
+import { spaceUsageStaleMs } from '../limits'
 
 export interface VolumeUsage {
   id: number
@@ -39,7 +40,7 @@ export interface SpaceReport {
 }
 
 export class SpaceAccounting {
-  private cached: { generation: number, report: SpaceReport, byId: Map<number, VolumeUsage> } | null = null
+  private cached: { generation: number, atMs: number, report: SpaceReport, byId: Map<number, VolumeUsage> } | null = null
 
   constructor (private readonly pool: Pool) {}
 
@@ -47,8 +48,14 @@ export class SpaceAccounting {
     return this.compute().report
   }
 
+  /**
+   * One volume's figures for its xattrs. A pass over every map of the pool runs on the main thread,
+   * so anybody who can read one image could stall the daemon by writing and asking in a loop: the
+   * figures served here may be up to spaceUsageStaleMs old (`vdiskfs du` always recomputes).
+   */
   usage (volume: Volume): VolumeUsage {
-    const usage = this.compute().byId.get(volume.id)
+    const fresh = this.cached !== null && this.cached.byId.has(volume.id) && Date.now() - this.cached.atMs < spaceUsageStaleMs
+    const usage = (fresh ? this.cached as NonNullable<typeof this.cached> : this.compute()).byId.get(volume.id)
     if (usage === undefined) throw new Error(`no usage for volume ${volume.id}`)
     return usage
   }
@@ -122,7 +129,7 @@ export class SpaceAccounting {
       sharingRatio: storedBytes === 0 ? 1 : referencedTotal / storedBytes,
       unsealedBytes
     }
-    this.cached = { generation, report, byId }
+    this.cached = { generation, atMs: Date.now(), report, byId }
     return this.cached
   }
 }
