@@ -9,6 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import type { ExecutionContext } from 'ava'
+import { socketPathsFor } from '../../src/control/protocol'
 
 export const execFileAsync = promisify(execFile)
 export const repoRoot = path.resolve(__dirname, '..', '..', '..')
@@ -92,6 +93,9 @@ export class TestMount {
       await waitForExit(this.pid)
     }
     spawnSync('fusermount', ['-uz', this.mnt])
+    // A killed daemon leaves its control socket behind: remove it (the daemon's socket of a
+    // mountpoint is found the way the CLI finds it).
+    for (const socket of socketPathsFor(this.mnt)) fs.rmSync(socket, { force: true })
     beforeRemove?.()
     fs.rmSync(this.dir, { recursive: true, force: true })
   }
