@@ -35,6 +35,7 @@ const log = (message: string): void => { process.stderr.write(`[bench ${new Date
 interface Figure { median: number, min: number, max: number, runs: number[] }
 const samples = new Map<string, number[]>()
 function record (key: string, value: number): void {
+  log(`${key} ${value.toFixed(2)}`) // in the log too: a run that fails later keeps its figures
   const list = samples.get(key) ?? []
   list.push(value)
   samples.set(key, list)
@@ -234,7 +235,7 @@ async function cloneOfSealed (image: string): Promise<void> {
     dropCaches()
     const value = w.rw === 'dd' ? seqRead(file, bytes) : fio(file, w.rw, '4k', w.jobs, bytes)
     record(`${target}.${w.key}`, value)
-    log(`C: ${target} ${w.key} ${value.toFixed(0)}`)
+
   }
   const base = path.join(work, 'c-base.qcow2')
   fs.rmSync(base, { force: true })
@@ -567,7 +568,7 @@ function report (started: number): void {
   const allFigures = Object.fromEntries([...samples.keys()].sort().map(k => [k, figure(k)]))
   const barList = bars()
   const issue10 = issue10Bars()
-  const json = { date, machine, shared: process.env.VDISKFS_BENCH_SHARED ?? null, quick, reps, fileBytes, cloneImageBytes: cloneImageBytes(), fioSeconds, durationSeconds: Math.round((Date.now() - started) / 1000), figures: allFigures, issue10, bars: barList }
+  const json = { date, machine, shared: process.env.VDISKFS_BENCH_SHARED ?? null, quick, reps, fileBytes, cloneImageBytes: cloneImageBytes(), fioSeconds, durationSeconds: Math.round((Date.now() - started) / 1000), figures: allFigures, issue10, bars: barList, failures }
   const rows = [{ key: 'seqWrite', what: 'dd sequential write, bs=1M, conv=fsync', unit: 'MB/s' }, ...workloads]
   const md: string[] = [
     `# vdiskfs benchmark${quick ? ' (quick)' : ''}, ${date}`, '',
@@ -620,6 +621,7 @@ function report (started: number): void {
   md.push('', `Daemon peak RSS: ${fmt(figure('rss.throughput'))} MiB during the throughput runs, ${fmt(figure('rss.1TiB'))} MiB with 1 TiB of disks (and their backups and clones) mounted.`)
   md.push('', '## Bars', '', '| bar | met | measured |', '|---|---|---|')
   for (const bar of barList) md.push(`| ${bar.name} | ${bar.met === null ? 'n/a' : bar.met ? 'met' : 'missed'} | ${bar.detail} |`)
+  if (failures.length > 0) md.push('', '## Sections that failed', '', ...failures.map(f => `- ${f.section}: ${f.error}`))
   md.push('', `Run took ${json.durationSeconds} s. Chart: latest${quick ? '-quick' : ''}.svg.`, '')
   const dir = path.join(repoRoot, 'bench', 'results')
   fs.mkdirSync(dir, { recursive: true })
@@ -628,6 +630,17 @@ function report (started: number): void {
   fs.writeFileSync(path.join(dir, `${base}.md`), md.join('\n'))
   fs.writeFileSync(path.join(dir, `${base}.svg`), svgChart())
   process.stdout.write(md.join('\n'))
+}
+
+const failures: Array<{ section: string, error: string }> = []
+async function section (name: string, run: () => Promise<void>): Promise<void> {
+  log(name)
+  try { await run() } catch (err) {
+    const e = err as Error & { stderr?: string }
+    const error = `${e.message.split('\n')[0]}${e.stderr !== undefined && e.stderr !== '' ? `: ${String(e.stderr).trim()}` : ''}`
+    failures.push({ section: name, error })
+    log(`${name} FAILED: ${error}`)
+  }
 }
 
 async function main (): Promise<void> {
@@ -645,17 +658,13 @@ async function main (): Promise<void> {
     dd([`if=${random}`, `of=${path.join(work, 'random-head.raw')}`, `count=${(quick ? 128 : 512)}`])
     const usr = makeUsrImage()
     const tarImage = makeTarImage(cloneImageBytes())
-    await throughputTargets(random)
-    log('clone of a sealed backup (scenario C)')
-    await cloneOfSealed(tarImage)
-    log('backup and clone latency')
-    await backupLatency()
-    log('clone depth')
-    await depth(random)
-    log('sealing')
-    await sealing(usr.image)
-    log('stored ratio')
-    await storedRatio(usr.image, usr.bytes)
+    // A section that fails is reported as such; the others still run and the report is still written.
+    await section('throughput (A, B, P, D, E, E2)', async () => await throughputTargets(random))
+    await section('clone of a sealed backup (scenario C)', async () => await cloneOfSealed(tarImage))
+    await section('backup and clone latency', backupLatency)
+    await section('clone depth', async () => await depth(random))
+    await section('sealing', async () => await sealing(usr.image))
+    await section('stored ratio', async () => await storedRatio(usr.image, usr.bytes))
   } finally {
     for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
       const mountpoint = line.split(' ')[4]
@@ -663,7 +672,9 @@ async function main (): Promise<void> {
     }
   }
   report(started)
-  fs.rmSync(work, { recursive: true, force: true })
+  // Kept after a failure: the pools' daemon.log files say what went wrong.
+  if (failures.length === 0) fs.rmSync(work, { recursive: true, force: true })
+  else { log(`kept ${work} for its daemon.log files`); process.exitCode = 1 }
 }
 
 main().catch(err => { process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`); process.exit(1) })
