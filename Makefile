@@ -67,7 +67,7 @@ bench-debs:
 bench-basic: deps build
 	node dist/bench/basic.js
 
-# The full benchmark (under 20 minutes on 2 cores) and a subset for development (under 5 minutes); both
+# The full benchmark (about 22 minutes on 2 cores) and a subset for development (under 5 minutes); both
 # include issue #10's scenario C (a clone of a sealed backup) with its baselines.
 bench: deps bench-debs build
 	node dist/bench/run.js
