@@ -14,6 +14,7 @@
  * recomputed their referenced sectors' checksums (their contents are what the volume last wrote).
  * Errors: every method that touches the disk throws NO_SPACE or IO (errors.ts); reads throw CORRUPT.
  */
+import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
@@ -283,6 +284,7 @@ export class ExtentStore {
    * never counts for it.
    */
   async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
+    assert.ok(slot >= 0 && slot < extentSlotsMax && offset >= 0 && offset + data.length <= this.blockBytes, `extent ${extent.id}: write outside slot ${slot}`)
     this.lastWriteMs.set(extent.id, Date.now())
     const using = await this.use(extent)
     try {

@@ -224,7 +224,11 @@ export class Volume implements VolumeInfo {
 
   private async writeNewSlot (block: number, offset: number, data: Buffer): Promise<void> {
     this.context.claimSpace(this.context.blockBytes)
-    const extent = await this.context.activeExtent(this)
+    // Several writers may wait for the same active extent; the one that finds it full when it resumes
+    // asks again. The check and the slot's claim are one synchronous step: a slot past the extent's
+    // last would land where its checksum table lies.
+    let extent = await this.context.activeExtent(this)
+    while (extent.full) extent = await this.context.activeExtent(this)
     const slot = extent.nextSlot++
     await this.context.extents.write(extent, slot, offset, data)
     this.map.set(block, deltaEntry(extent.id, slot))

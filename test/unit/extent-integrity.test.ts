@@ -13,6 +13,7 @@ import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { verifyPool } from '../../src/volume/verify'
+import { extentSlotsMax } from '../../src/limits'
 
 const blockBytes = 64 * 1024
 
@@ -124,6 +125,32 @@ test.serial('unaligned partial writes into fresh and written blocks read back ex
     await pool.get('disk', 'd.img').read(back, 0)
     t.true(back.equals(model), 'after a reopen')
     t.is((await verifyPool(pool, { done: 0, total: 0 })).problems.length, 0)
+  } finally {
+    await pool.close()
+  }
+})
+
+test.serial('concurrent writes that fill an extent never claim a slot past its last (its checksum table lies there)', async t => {
+  const dir = tempPool(t)
+  const small = 4096
+  const pool = Pool.open(dir, { create: true, blockBytes: small, workers: 1 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    const blocks = extentSlotsMax + 256
+    const data = crypto.randomBytes(blocks * small)
+    // 48 writers at a time (16384 is no multiple of 48, so a batch spans the extent's end): many
+    // wait for the same active extent.
+    for (let at = 0; at < blocks; at += 48) {
+      await Promise.all(Array.from({ length: Math.min(48, blocks - at) }, async (_, i) => {
+        const block = at + i
+        await disk.write(data.subarray(block * small, (block + 1) * small), block * small)
+      }))
+    }
+    const back = Buffer.alloc(data.length)
+    await disk.read(back, 0)
+    t.true(back.equals(data))
+    const sealed = await new Sealer(pool, () => {}).sealPending(true)
+    t.deepEqual(sealed.failed, [])
   } finally {
     await pool.close()
   }
