@@ -138,3 +138,52 @@ test.serial('a bit flipped in a pack fails that block alone with EIO, and is rep
   const log = fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8')
   t.regex(log, /corruption: chunk \d+ \(pack \d+, offset \d+\) checksum mismatch; disk victim\.img block \d+/)
 })
+
+test.serial('a byte flipped in an unsealed delta extent fails that block alone with EIO, is reported, and is never sealed', async t => {
+  // Issue #9 item 5: before extent checksums, the damaged block read as the wrong bytes, and a
+  // truncated extent as zeros that sync then sealed for good.
+  const m = await withMount(t)
+  const disk = m.image('disks', 'victim.img')
+  const blocks = 64
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', `count=${blocks}`, 'conv=fsync', 'status=none'])
+  const original = fs.readFileSync(disk)
+  await m.umount()
+  const extents = fs.readdirSync(path.join(m.pool, 'extents')).filter(f => f.endsWith('.dx'))
+  t.is(extents.length, 1)
+  const file = path.join(m.pool, 'extents', extents[0])
+  const fd = fs.openSync(file, 'r+')
+  const at = fs.fstatSync(fd).size - 10 * 65536 + 777 // inside the tenth slot from the end
+  const byte = Buffer.alloc(1)
+  fs.readSync(fd, byte, 0, 1, at)
+  byte[0] ^= 0x01
+  fs.writeSync(fd, byte, 0, 1, at)
+  fs.closeSync(fd)
+  await m.mount()
+  await run('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'])
+  let failed = 0
+  let damaged = -1
+  for (let b = 0; b < blocks; b++) {
+    const buf = Buffer.alloc(65536)
+    const rfd = fs.openSync(disk, 'r')
+    try {
+      fs.readSync(rfd, buf, 0, 65536, b * 65536)
+      t.true(buf.equals(original.subarray(b * 65536, (b + 1) * 65536)), `block ${b} reads right or not at all`)
+    } catch (err) {
+      t.is((err as NodeJS.ErrnoException).code, 'EIO')
+      failed++
+      damaged = b
+    } finally { fs.closeSync(rfd) }
+  }
+  t.is(failed, 1, 'exactly the damaged block fails')
+  t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /corruption: delta extent \d+ slot \d+ sector \d+: checksum mismatch/)
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 1, 'verify reports it')
+  t.regex(verify.stdout + verify.stderr, /checksum/)
+  t.not((await vdiskfs('sync', m.mnt)).code, 0, 'sync refuses to seal the damaged extent')
+  await run('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'])
+  const after = Buffer.alloc(65536)
+  const rfd = fs.openSync(disk, 'r')
+  try {
+    t.throws(() => fs.readSync(rfd, after, 0, 65536, damaged * 65536), { code: 'EIO' }, 'still EIO after the attempt to seal')
+  } finally { fs.closeSync(rfd) }
+})
