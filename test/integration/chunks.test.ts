@@ -3,7 +3,7 @@
  * compressible data lands near zstd -3, clones cost only what they write, rm + gc gives space back and
  * du agrees with the pool's real size, and a flipped bit in a pack fails exactly its block with EIO.
  */
-import test from 'ava'
+import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -103,6 +103,23 @@ test.serial('rm then gc gives the unique bytes back, and du agrees with du -sb o
   t.is(duAfter.storedBytes, 48 * 1024 * 1024 + 0 * overhead, 'random data is stored raw')
 })
 
+/** Reads `disk` 64 KiB block by block: each reads as `original` or fails with EIO; returns the failed blocks. */
+function readEachBlock (t: ExecutionContext, disk: string, original: Buffer): number[] {
+  const failed: number[] = []
+  for (let b = 0; b < original.length / 65536; b++) {
+    const buf = Buffer.alloc(65536)
+    const fd = fs.openSync(disk, 'r')
+    try {
+      fs.readSync(fd, buf, 0, 65536, b * 65536)
+      t.true(buf.equals(original.subarray(b * 65536, (b + 1) * 65536)), `block ${b} reads right or not at all`)
+    } catch (err) {
+      t.is((err as NodeJS.ErrnoException).code, 'EIO')
+      failed.push(b)
+    } finally { fs.closeSync(fd) }
+  }
+  return failed
+}
+
 test.serial('a bit flipped in a pack fails that block alone with EIO, and is reported', async t => {
   const m = await withMount(t)
   const disk = m.image('disks', 'victim.img')
@@ -122,19 +139,7 @@ test.serial('a bit flipped in a pack fails that block alone with EIO, and is rep
   fs.writeSync(fd, byte, 0, 1, at)
   fs.closeSync(fd)
   await m.mount()
-  let failed = 0
-  for (let b = 0; b < blocks; b++) {
-    const buf = Buffer.alloc(65536)
-    const rfd = fs.openSync(disk, 'r')
-    try {
-      fs.readSync(rfd, buf, 0, 65536, b * 65536)
-      t.true(buf.equals(original.subarray(b * 65536, (b + 1) * 65536)), `block ${b} reads right or not at all`)
-    } catch (err) {
-      t.is((err as NodeJS.ErrnoException).code, 'EIO')
-      failed++
-    } finally { fs.closeSync(rfd) }
-  }
-  t.is(failed, 1, 'exactly the damaged block fails')
+  t.is(readEachBlock(t, disk, original).length, 1, 'exactly the damaged block fails')
   const log = fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8')
   t.regex(log, /corruption: chunk \d+ \(pack \d+, offset \d+\) checksum mismatch; disk victim\.img block \d+/)
 })
@@ -160,21 +165,9 @@ test.serial('a byte flipped in an unsealed delta extent fails that block alone w
   fs.closeSync(fd)
   await m.mount()
   await run('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'])
-  let failed = 0
-  let damaged = -1
-  for (let b = 0; b < blocks; b++) {
-    const buf = Buffer.alloc(65536)
-    const rfd = fs.openSync(disk, 'r')
-    try {
-      fs.readSync(rfd, buf, 0, 65536, b * 65536)
-      t.true(buf.equals(original.subarray(b * 65536, (b + 1) * 65536)), `block ${b} reads right or not at all`)
-    } catch (err) {
-      t.is((err as NodeJS.ErrnoException).code, 'EIO')
-      failed++
-      damaged = b
-    } finally { fs.closeSync(rfd) }
-  }
-  t.is(failed, 1, 'exactly the damaged block fails')
+  const failed = readEachBlock(t, disk, original)
+  t.is(failed.length, 1, 'exactly the damaged block fails')
+  const damaged = failed[0]
   t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /corruption: delta extent \d+ slot \d+ sector \d+: checksum mismatch/)
   const verify = await vdiskfs('verify', m.mnt)
   t.is(verify.code, 1, 'verify reports it')
