@@ -3,7 +3,7 @@
  * ENOSPC; what was acknowledged before, and the backups, stay readable; once a disk is removed and gc
  * runs, writes work again without a restart.
  */
-import test from 'ava'
+import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -11,15 +11,21 @@ import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { TestMount, run, sha256, vdiskfs } from '../helpers/mount'
 
-test.serial('a full pool refuses new data with ENOSPC, loses nothing, and recovers once space is freed', async t => {
+/** A mounted pool whose filesystem is a tmpfs of `sizeMiB`; unmounted and removed after the test. */
+async function mountOnTmpfs (t: ExecutionContext, sizeMiB: number): Promise<TestMount> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-full-'))
   const small = path.join(dir, 'small')
   fs.mkdirSync(small)
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=96m', 'tmpfs', small])
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}m`, 'tmpfs', small])
   const m = new TestMount(dir, path.join(small, 'pool'), path.join(dir, 'mnt'))
   fs.mkdirSync(m.mnt)
   t.teardown(async () => await m.cleanup(() => spawnSync('umount', ['-l', small])))
   await m.mount()
+  return m
+}
+
+test.serial('a full pool refuses new data with ENOSPC, loses nothing, and recovers once space is freed', async t => {
+  const m = await mountOnTmpfs(t, 96)
   const keep = m.image('disks', 'keep.img')
   const data = crypto.randomBytes(16 * 1024 * 1024)
   const fd = fs.openSync(keep, 'w')
@@ -55,14 +61,8 @@ test.serial('a full pool refuses new data with ENOSPC, loses nothing, and recove
 test.serial('the pool filling up part-way through sealing, then rm + gc + sync, loses no fsynced byte', async t => {
   // Issue #9 item 2, as reproduced: a 300 MiB tmpfs pool, 100 MiB fsynced to one disk and 150 MiB to
   // another, `vdiskfs sync` runs out of space, the second disk is removed, gc, sync again.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-full-'))
-  const small = path.join(dir, 'small')
-  fs.mkdirSync(small)
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=300m', 'tmpfs', small])
-  const m = new TestMount(dir, path.join(small, 'pool'), path.join(dir, 'mnt'))
-  fs.mkdirSync(m.mnt)
-  t.teardown(async () => await m.cleanup(() => spawnSync('umount', ['-l', small])))
-  await m.mount()
+  const m = await mountOnTmpfs(t, 300)
+  const dir = m.dir
   const source = path.join(dir, 'source.raw')
   await run('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=100', 'status=none'])
   await run('dd', [`if=${source}`, `of=${m.image('disks', 'keep.img')}`, 'bs=1M', 'conv=fsync', 'status=none'])
