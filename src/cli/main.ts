@@ -10,59 +10,23 @@ import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
 import { call } from '../control/client'
 import { StatusResult } from '../control/protocol'
 import { runDaemon } from '../daemon/daemon'
-import { Pool, checkName } from '../volume/pool'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
 import { poolHeaderFile } from '../format/pool-format'
-import { daemonExitPollMs, daemonExitTimeoutMs, daemonReadyTimeoutMs, progressIntervalMs } from '../limits'
+import { daemonExitPollMs, daemonExitTimeoutMs, daemonReadyTimeoutMs } from '../limits'
 import { VolumeInfo } from '../volume/volume'
 import { SpaceReport } from '../volume/space'
 import { version } from '../version'
-import { SingleBar, Presets } from 'cli-progress'
 import { SealReport } from '../seal/sealer'
 import { GcReport } from '../volume/pool'
-import { Parsed, Spec, UsageError, parseArgs, parseSize } from './args'
+import { UsageError, parseArgs, parseSize } from './args'
 import { bytes, table } from './format'
+import { Command, dirOfKind, imagePath, jsonVolume, mountpointArg, newImageName, onlineOrOffline, print, time, withProgress } from './command'
+import { adminCommands } from './commands-admin'
+import { statusCommands } from './commands-status'
+import { transferCommands } from './commands-transfer'
+import { remoteCommands } from './commands-remote'
 import { describeHolders, findHolders, printable } from './holders'
-
-interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
-
-const kindOfDir: Record<string, string> = { disks: 'disk', backups: 'backup', clones: 'clone' }
-const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
-
-/** Splits MNT/KIND/NAME into its parts. */
-function imagePath (image: string): { mountpoint: string, kind: string, name: string } {
-  const absolute = path.resolve(image)
-  const kind = kindOfDir[path.basename(path.dirname(absolute))]
-  if (kind === undefined) throw invalid(`${image} is not an image in a vdiskfs mount (expected MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME)`)
-  let mountpoint = path.dirname(path.dirname(absolute))
-  try { mountpoint = fs.realpathSync(mountpoint) } catch {}
-  return { mountpoint, kind, name: path.basename(absolute) }
-}
-
-function mountpointArg (mnt: string): string {
-  try { return fs.realpathSync(mnt) } catch { return path.resolve(mnt) }
-}
-
-/** The file name a new backup or clone gets: NAME.img, checked against the name rule. */
-function newImageName (name: string): string {
-  if (name === '' || name === '.' || name === '..' || name.includes('/')) throw invalid(`invalid name '${name}': give a plain name such as web-monday`)
-  const file = name.endsWith('.img') ? name : `${name}.img`
-  checkName(file)
-  return file
-}
-
-function print (json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
-}
-
-/** Times as the text shows them (ISO 8601, UTC): a volume's createdMs/mtimeMs become created/modified. */
-function jsonVolume<T extends { createdMs: number, mtimeMs: number }> (volume: T): Omit<T, 'createdMs' | 'mtimeMs'> & { created: string, modified: string } {
-  const { createdMs, mtimeMs, ...rest } = volume
-  return { ...rest, created: time(createdMs), modified: time(mtimeMs) }
-}
-
-function time (ms: number): string { return new Date(ms).toISOString() }
 
 /**
  * rm --force of an image held open. A disk or clone is unlinked through the mount, as a plain `rm`:
@@ -104,7 +68,7 @@ async function callUnlessInUse (target: { mountpoint: string, kind: string, name
   }
 }
 
-const commands: Record<string, Command> = {
+const coreCommands: Record<string, Command> = {
   mount: {
     usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs] [--allow-other] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
@@ -345,43 +309,6 @@ const commands: Record<string, Command> = {
   }
 }
 
-/**
- * Runs a command against the daemon serving `target` (a mountpoint), or, when `target` is a pool no
- * daemon serves, against the pool opened here under its lock.
- */
-async function onlineOrOffline<T> (target: string, label: string, online: (mountpoint: string) => Promise<T>, offline: (pool: Pool) => Promise<T>): Promise<T> {
-  const resolved = mountpointArg(target)
-  let mounted = true
-  try { await call(resolved, 'status') } catch { mounted = false }
-  if (mounted) return await withProgress(resolved, label, online(resolved))
-  if (!fs.existsSync(path.join(resolved, poolHeaderFile))) throw invalid(`${target} is neither a mounted vdiskfs pool nor a pool directory`)
-  let pool: Pool
-  try {
-    pool = Pool.open(resolved)
-  } catch (err) {
-    if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${target} is mounted: run this command on its mountpoint instead`)
-    throw err
-  }
-  try { return await offline(pool) } finally { await pool.close() }
-}
-
-/**
- * Shows a progress bar on a terminal while `work` runs (the daemon's sealing progress), and nothing
- * when stderr is not a terminal.
- */
-async function withProgress<T> (mountpoint: string, label: string, work: Promise<T>): Promise<T> {
-  if (process.stderr.isTTY !== true) return await work
-  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
-  let started = false
-  const timer = setInterval(() => {
-    call(mountpoint, 'progress').then(p => {
-      const { done, total } = p as { done: number, total: number }
-      if (!started) { bar.start(Math.max(total, 1), done); started = true } else { bar.setTotal(Math.max(total, 1)); bar.update(done) }
-    }, () => {})
-  }, progressIntervalMs)
-  try { return await work } finally { clearInterval(timer); if (started) bar.stop() }
-}
-
 function fsfreeze (flag: '-f' | '-u', mountpoint: string): void {
   const result = spawnSync('fsfreeze', [flag, mountpoint], { encoding: 'utf8' })
   if (result.error !== undefined) throw new VdiskError('IO', `fsfreeze is missing: ${result.error.message}`)
@@ -410,6 +337,8 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
   walk(null, '')
   return lines.join('\n')
 }
+
+const commands: Record<string, Command> = { ...coreCommands, ...adminCommands, ...statusCommands, ...transferCommands, ...remoteCommands }
 
 function help (): string {
   const width = Math.max(...Object.values(commands).map(c => c.usage.length))

@@ -13,10 +13,28 @@ import { Sealer } from '../seal/sealer'
 import { Progress, verifyPool } from '../volume/verify'
 import { Operation, Reply, Request, checkControlDir } from './protocol'
 import { controlRequestBytesMax, packLiveFractionExplicit } from '../limits'
+import { adminHandlers } from './ops-admin'
+import { statusHandlers } from './ops-status'
+import { transferHandlers } from './ops-transfer'
+import { remoteHandlers } from './ops-remote'
 
 export type Handler = (args: Record<string, unknown>) => Promise<unknown>
 
-export function controlHandlers (pool: Pool, space: SpaceAccounting, sealer: Sealer, status: () => unknown): Record<Operation, Handler> {
+/** What a daemon's control handlers work with. */
+export interface HandlerContext {
+  pool: Pool
+  space: SpaceAccounting
+  sealer: Sealer
+  status: () => unknown
+  log: (message: string) => void
+}
+
+/** Every operation the daemon answers: the core ones below and those of the ops-*.ts modules. */
+export function controlHandlers (context: HandlerContext): Record<Operation, Handler> {
+  return { ...coreHandlers(context), ...adminHandlers(context), ...statusHandlers(context), ...transferHandlers(context), ...remoteHandlers(context) }
+}
+
+function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<Operation, Handler> {
   // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
   let verifying: Progress | null = null
   const volumeArg = (args: Record<string, unknown>, key: string) => {

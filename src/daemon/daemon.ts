@@ -100,11 +100,17 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
 
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
-  const server = startControlServer(socketPath, controlHandlers(pool, space, sealer, () => ({
-    pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes,
-    // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
-    fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss()
-  })), log)
+  const server = startControlServer(socketPath, controlHandlers({
+    pool,
+    space,
+    sealer,
+    log,
+    status: () => ({
+      pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes,
+      // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
+      fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss()
+    })
+  }), log)
 
   sealer.start()
   let collectedGeneration = pool.generation

@@ -1,0 +1,91 @@
+/**
+ * What every CLI command shares: the Command shape, image paths inside a mount, output in text or
+ * JSON, progress bars, and running against a mounted or an offline pool. Commands live in main.ts
+ * and in the commands-*.ts modules that main.ts merges.
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { SingleBar, Presets } from 'cli-progress'
+import { VdiskError, invalid } from '../errors'
+import { call } from '../control/client'
+import { Pool, checkName } from '../volume/pool'
+import { poolHeaderFile } from '../format/pool-format'
+import { progressIntervalMs } from '../limits'
+import { Parsed, Spec } from './args'
+
+export interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
+
+export const kindOfDir: Record<string, string> = { disks: 'disk', backups: 'backup', clones: 'clone' }
+export const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+
+/** Splits MNT/KIND/NAME into its parts. */
+export function imagePath (image: string): { mountpoint: string, kind: string, name: string } {
+  const absolute = path.resolve(image)
+  const kind = kindOfDir[path.basename(path.dirname(absolute))]
+  if (kind === undefined) throw invalid(`${image} is not an image in a vdiskfs mount (expected MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME)`)
+  let mountpoint = path.dirname(path.dirname(absolute))
+  try { mountpoint = fs.realpathSync(mountpoint) } catch {}
+  return { mountpoint, kind, name: path.basename(absolute) }
+}
+
+export function mountpointArg (mnt: string): string {
+  try { return fs.realpathSync(mnt) } catch { return path.resolve(mnt) }
+}
+
+/** The file name a new backup or clone gets: NAME.img, checked against the name rule. */
+export function newImageName (name: string): string {
+  if (name === '' || name === '.' || name === '..' || name.includes('/')) throw invalid(`invalid name '${name}': give a plain name such as web-monday`)
+  const file = name.endsWith('.img') ? name : `${name}.img`
+  checkName(file)
+  return file
+}
+
+export function print (json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
+}
+
+/** Times as the text shows them (ISO 8601, UTC): a volume's createdMs/mtimeMs become created/modified. */
+export function jsonVolume<T extends { createdMs: number, mtimeMs: number }> (volume: T): Omit<T, 'createdMs' | 'mtimeMs'> & { created: string, modified: string } {
+  const { createdMs, mtimeMs, ...rest } = volume
+  return { ...rest, created: time(createdMs), modified: time(mtimeMs) }
+}
+
+export function time (ms: number): string { return new Date(ms).toISOString() }
+
+/**
+ * Runs a command against the daemon serving `target` (a mountpoint), or, when `target` is a pool no
+ * daemon serves, against the pool opened here under its lock.
+ */
+export async function onlineOrOffline<T> (target: string, label: string, online: (mountpoint: string) => Promise<T>, offline: (pool: Pool) => Promise<T>): Promise<T> {
+  const resolved = mountpointArg(target)
+  let mounted = true
+  try { await call(resolved, 'status') } catch { mounted = false }
+  if (mounted) return await withProgress(resolved, label, online(resolved))
+  if (!fs.existsSync(path.join(resolved, poolHeaderFile))) throw invalid(`${target} is neither a mounted vdiskfs pool nor a pool directory`)
+  let pool: Pool
+  try {
+    pool = Pool.open(resolved)
+  } catch (err) {
+    if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${target} is mounted: run this command on its mountpoint instead`)
+    throw err
+  }
+  try { return await offline(pool) } finally { await pool.close() }
+}
+
+/**
+ * Shows a progress bar on a terminal while `work` runs (the daemon's sealing progress), and nothing
+ * when stderr is not a terminal.
+ */
+export async function withProgress<T> (mountpoint: string, label: string, work: Promise<T>): Promise<T> {
+  if (process.stderr.isTTY !== true) return await work
+  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  let started = false
+  const timer = setInterval(() => {
+    call(mountpoint, 'progress').then(p => {
+      const { done, total } = p as { done: number, total: number }
+      if (!started) { bar.start(Math.max(total, 1), done); started = true } else { bar.setTotal(Math.max(total, 1)); bar.update(done) }
+    }, () => {})
+  }, progressIntervalMs)
+  try { return await work } finally { clearInterval(timer); if (started) bar.stop() }
+}
+
