@@ -5,9 +5,11 @@ MNT ?= ./mnt
 # libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
 DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux
 BENCH_PACKAGES := qemu-system-common
+# Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
+S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all deps debs bench-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all deps debs bench-debs s3-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -43,7 +45,7 @@ run: deps build
 umount:
 	bin/vdiskfs umount "$(MNT)"
 
-test: deps build
+test: deps s3-debs build
 	node scripts/run-tests.js
 
 test-unit: build
@@ -62,6 +64,10 @@ fuzz-long: deps build
 
 bench-debs:
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; fi
+
+s3-debs:
+	@missing=""; for p in $(S3_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; fi
 
 bench-basic: deps build
