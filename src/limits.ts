@@ -67,6 +67,8 @@ export const mountWatchIntervalMs = 1000
 
 /** Name rule for volume files: a letter or digit, then up to 127 letters, digits, '.', '_' or '-'. */
 export const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
+/** Longest volume name in bytes (UTF-8): NAME_MAX, what a Linux filesystem accepts (see volume/names.ts). */
+export const volumeNameBytesMax = 255
 
 /** Chunks verify and repair read and check at a time (one worker round trip each batch). */
 export const verifyBatchChunks = 8
