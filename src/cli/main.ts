@@ -70,9 +70,9 @@ async function callUnlessInUse (target: { mountpoint: string, kind: string, name
 
 const coreCommands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--no-xattrs] [--allow-other] [--json]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
@@ -83,7 +83,8 @@ const coreCommands: Record<string, Command> = {
           pool: poolDir,
           mountpoint,
           blockBytes,
-          noXattrs: flags.noXattrs === true,
+          // --no-xattrs, the default since xattrs became opt-in, is accepted for old scripts and ignored.
+          xattrs: flags.xattrs === true,
           allowOther: flags.allowOther === true,
           logToFile: child,
           onReady: () => {
@@ -101,7 +102,7 @@ const coreCommands: Record<string, Command> = {
       }
       const args = [process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--background-child']
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
-      if (flags.noXattrs === true) args.push('--no-xattrs')
+      if (flags.xattrs === true) args.push('--xattrs')
       if (flags.allowOther === true) args.push('--allow-other')
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {

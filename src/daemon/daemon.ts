@@ -29,8 +29,8 @@ export interface DaemonOptions {
   pool: string
   mountpoint: string
   blockBytes?: number
-  /** Serve no xattrs: faster small writes (see fuse/adapter.ts). */
-  noXattrs?: boolean
+  /** Serve the user.vdiskfs.* xattrs, at the cost of a round trip before every write (see fuse/adapter.ts). */
+  xattrs?: boolean
   /** Log to the pool's daemon.log instead of stderr (background mode). */
   logToFile: boolean
   /**
@@ -79,7 +79,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
-  const operations = createOperations({ pool, space, log, noXattrs: options.noXattrs })
+  const operations = createOperations({ pool, space, log, xattrs: options.xattrs })
   if (process.env.VDISKFS_COUNT_OPS === '1') countOperations(operations, log)
   const fuse = new VdiskFuse(mountpoint, operations, {
     timeout: false,
