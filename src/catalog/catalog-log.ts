@@ -168,7 +168,9 @@ export class CatalogLog {
   async append (batch: LogBatch): Promise<void> {
     if (this.detached || this.needsSnapshot) return
     const fd = await this.descriptor()
-    const bytes = encodeBatch(batch)
+    // Each row with its identity (schema 3), which commit's rows leave to the catalog.
+    const rows = batch.rows.map(({ row, withRoot }) => ({ row: row.uuid !== undefined ? row : { ...row, uuid: this.catalog.volumeUuid(row.id) }, withRoot }))
+    const bytes = encodeBatch({ ...batch, rows })
     const { bytesWritten } = await this.io.write(fd, bytes, 0, bytes.length, this.end)
     if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(this.file)}`)
     await this.io.fdatasync(fd)

@@ -10,6 +10,7 @@
  * Errors: openCatalog throws BUSY when another process holds the pool, CORRUPT when the file is not a
  * catalog of ours.
  */
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
@@ -39,7 +40,16 @@ export interface VolumeRow {
   uid: number
   gid: number
   mode: number
+  /**
+   * The volume's stable identity (schema 3): a random UUID given when its row is first inserted, or
+   * the one an imported backup keeps from its stream. Absent in rows built by commit (the catalog
+   * fills it in at insert, see volumeUuid) and in logs written before schema 3.
+   */
+  uuid?: string
 }
+
+/** A partial import (src/volume/import.ts): kept under the stream's key until the backup appears. */
+export interface ImportRow { key: string, name: string, size: number, blockBytes: number, baseUuid: string | null, startedMs: number, updatedMs: number }
 
 export interface ChunkRow { id: number, hash: Buffer, packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean }
 
@@ -48,8 +58,14 @@ export interface PageRow { id: number, epoch: number, entries: Buffer }
 /** A delta extent on disk. It is active while a volume's active_extent names it, frozen after. */
 export interface ExtentRow { id: number, volumeId: number, createdMs: number }
 
-/** 2 added volumes.owner_uid, owner_gid and mode; a version 1 catalog is migrated at open. */
-const catalogSchemaVersion = 2
+/**
+ * 2 added volumes.owner_uid, owner_gid and mode; 3 added volumes.uuid and the imports and
+ * import_blocks tables. An older catalog is migrated at open, one version at a time.
+ */
+const catalogSchemaVersion = 3
+
+/** An import not continued for this long is dropped when a catalog opens (its chunks become garbage). */
+export const importAbandonedMs = 7 * 24 * 3600 * 1000
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +86,7 @@ CREATE TABLE IF NOT EXISTS volumes (
   owner_uid INTEGER,
   owner_gid INTEGER,
   mode INTEGER,
+  uuid TEXT,
   UNIQUE (kind, name)
 );
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
@@ -91,7 +108,25 @@ CREATE TABLE IF NOT EXISTS extents (
 );
 CREATE TABLE IF NOT EXISTS retired_chunks (id INTEGER PRIMARY KEY, pack_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS retired_by_pack ON retired_chunks (pack_id);
+CREATE TABLE IF NOT EXISTS imports (
+  key TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  block_bytes INTEGER NOT NULL,
+  base_uuid TEXT,
+  started_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS import_blocks (
+  key TEXT NOT NULL,
+  block INTEGER NOT NULL,
+  chunk_id INTEGER,
+  PRIMARY KEY (key, block)
+) WITHOUT ROWID;
 `
+
+/** After the migrations (the column exists only from schema 3 on). */
+const uuidIndex = 'CREATE UNIQUE INDEX IF NOT EXISTS volumes_by_uuid ON volumes (uuid)'
 
 export class Catalog {
   private readonly db: Database.Database
@@ -140,9 +175,14 @@ export class Catalog {
         db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('next_epoch', '1')
       } else if (Number(version) === 1) {
         migrateFrom1(db, file)
+        migrateFrom2(db)
+      } else if (Number(version) === 2) {
+        migrateFrom2(db)
       } else if (Number(version) !== catalogSchemaVersion) {
         throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
       }
+      db.exec(uuidIndex)
+      dropAbandonedImports(db, Date.now())
     } catch (err) {
       db.close()
       if (err instanceof VdiskError) throw err
@@ -155,8 +195,18 @@ export class Catalog {
     const db = this.db
     return {
       volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
-      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode)
-        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode)`),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid)`),
+      volumeUuid: db.prepare('SELECT uuid FROM volumes WHERE id = ?').pluck(),
+      volumeByUuid: db.prepare('SELECT id FROM volumes WHERE uuid = ?').pluck(),
+      imports: db.prepare('SELECT key, name, size, block_bytes AS blockBytes, base_uuid AS baseUuid, started_ms AS startedMs, updated_ms AS updatedMs FROM imports ORDER BY started_ms'),
+      putImport: db.prepare('INSERT OR REPLACE INTO imports (key, name, size, block_bytes, base_uuid, started_ms, updated_ms) VALUES (@key, @name, @size, @blockBytes, @baseUuid, @startedMs, @updatedMs)'),
+      touchImport: db.prepare('UPDATE imports SET updated_ms = ? WHERE key = ?'),
+      deleteImport: db.prepare('DELETE FROM imports WHERE key = ?'),
+      importBlocks: db.prepare('SELECT block, chunk_id AS chunkId FROM import_blocks WHERE key = ? ORDER BY block'),
+      putImportBlock: db.prepare('INSERT OR REPLACE INTO import_blocks (key, block, chunk_id) VALUES (?, ?, ?)'),
+      deleteImportBlocks: db.prepare('DELETE FROM import_blocks WHERE key = ?'),
+      heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
         owner_uid = @uid, owner_gid = @gid, mode = @mode WHERE id = @id`),
@@ -237,9 +287,40 @@ export class Catalog {
       activeExtent: row.active_extent as number | null,
       uid: (row.owner_uid as number | null) ?? owner.uid,
       gid: (row.owner_gid as number | null) ?? owner.gid,
-      mode: (row.mode as number | null) ?? defaultModeOf(row.kind as VolumeKind)
+      mode: (row.mode as number | null) ?? defaultModeOf(row.kind as VolumeKind),
+      ...(typeof row.uuid === 'string' ? { uuid: row.uuid } : {})
     }))
   }
+
+  /**
+   * Identities of volumes not inserted yet: given before the insert (catalog.log records a row before
+   * the catalog does, and an import names its backup's identity), used by insertVolume.
+   */
+  private readonly pendingUuids = new Map<number, { uuid: string, importKey?: string }>()
+
+  /** The stable identity of volume `id`: its row's, or the one it will be inserted with. */
+  volumeUuid (id: number): string {
+    const stored = this.statements.volumeUuid.get(id) as string | null | undefined
+    if (typeof stored === 'string') return stored
+    let pending = this.pendingUuids.get(id)
+    if (pending === undefined) {
+      pending = { uuid: crypto.randomUUID() }
+      this.pendingUuids.set(id, pending)
+    }
+    return pending.uuid
+  }
+
+  /**
+   * Names the identity volume `id` gets when it is inserted (an imported backup keeps its source's),
+   * and the partial import whose rows go in the same transaction (the backup appears and its import's
+   * progress disappears at once).
+   */
+  expectVolume (id: number, uuid: string, importKey?: string): void {
+    this.pendingUuids.set(id, { uuid, importKey })
+  }
+
+  /** The volume with identity `uuid`, if any. */
+  volumeByUuid (uuid: string): number | undefined { return this.statements.volumeByUuid.get(uuid) as number | undefined }
 
   /** The owner of the catalog file: the pool's owner. */
   private poolOwner (): { uid: number, gid: number } {
@@ -251,7 +332,39 @@ export class Catalog {
     }
   }
 
-  insertVolume (row: VolumeRow): void { this.statements.insertVolume.run(row) }
+  insertVolume (row: VolumeRow): void {
+    const pending = this.pendingUuids.get(row.id)
+    this.statements.insertVolume.run({ ...row, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
+    // In the insert's transaction: rolled back with it. The pending entry stays until the process
+    // ends (a commit that fails is retried with the same identity); ids are never reused meanwhile.
+    if (pending?.importKey !== undefined) this.deleteImport(pending.importKey)
+  }
+
+  // ---- partial imports (src/volume/import.ts) ----
+
+  imports (): ImportRow[] { return this.statements.imports.all() as ImportRow[] }
+  putImport (row: ImportRow): void { this.statements.putImport.run(row) }
+  touchImport (key: string, nowMs: number): void { this.statements.touchImport.run(nowMs, key) }
+  /** Forgets a partial import and the chunks it held (they become garbage for gc). */
+  deleteImport (key: string): void {
+    this.statements.deleteImportBlocks.run(key)
+    this.statements.deleteImport.run(key)
+    this.deleted = true
+  }
+
+  /** The blocks a partial import stored so far: block -> chunk id (null: a zero block). */
+  importBlocks (key: string): Map<number, number | null> {
+    const out = new Map<number, number | null>()
+    for (const row of this.statements.importBlocks.all(key) as Array<{ block: number, chunkId: number | null }>) out.set(row.block, row.chunkId)
+    return out
+  }
+
+  putImportBlocks (key: string, blocks: Array<{ block: number, chunkId: number | null }>): void {
+    for (const b of blocks) this.statements.putImportBlock.run(key, b.block, b.chunkId)
+  }
+
+  /** Chunks that partial imports hold: live for gc although no map names them yet. */
+  heldChunkIds (): number[] { return this.statements.heldChunkIds.all() as number[] }
   updateVolume (row: VolumeRow, withRoot: boolean): void {
     if (withRoot) this.statements.updateVolume.run(row)
     else {
@@ -379,6 +492,28 @@ function migrateFrom1 (db: Database.Database, file: string): void {
     }
     db.prepare("UPDATE volumes SET owner_uid = ?, owner_gid = ?, mode = CASE kind WHEN 'backup' THEN ? ELSE ? END WHERE owner_uid IS NULL")
       .run(stat.uid, stat.gid, defaultModeOf('backup'), defaultModeOf('disk'))
+    db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('2', 'schema_version')
+  })()
+}
+
+/** Schema 2 -> 3: every volume gets a stable identity (a random UUID); one transaction. */
+function migrateFrom2 (db: Database.Database): void {
+  db.transaction(() => {
+    const columns = new Set((db.prepare('PRAGMA table_info(volumes)').all() as Array<{ name: string }>).map(c => c.name))
+    if (!columns.has('uuid')) db.exec('ALTER TABLE volumes ADD COLUMN uuid TEXT')
+    const give = db.prepare('UPDATE volumes SET uuid = ? WHERE id = ?')
+    for (const id of db.prepare('SELECT id FROM volumes WHERE uuid IS NULL').pluck().all() as number[]) give.run(crypto.randomUUID(), id)
     db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')
+  })()
+}
+
+/** Drops the partial imports nobody continued for importAbandonedMs: their chunks become garbage for gc. */
+function dropAbandonedImports (db: Database.Database, nowMs: number): void {
+  db.transaction(() => {
+    const keys = db.prepare('SELECT key FROM imports WHERE updated_ms < ?').pluck().all(nowMs - importAbandonedMs) as string[]
+    for (const key of keys) {
+      db.prepare('DELETE FROM import_blocks WHERE key = ?').run(key)
+      db.prepare('DELETE FROM imports WHERE key = ?').run(key)
+    }
   })()
 }
