@@ -76,6 +76,8 @@ export class Maintenance {
           held ??= `${volume.label}: ${(err as Error).message}`
         }
       }
+      // Chunks an unfinished import stored (catalog table import_blocks) are live until it completes or is dropped.
+      for (const id of this.state.catalog.heldChunkIds()) liveChunks.add(id)
       const indexed = this.state.catalog.chunkIds()
       if (held === null) {
         const known = new Set(indexed)
