@@ -1,0 +1,186 @@
+/**
+ * The layout of a vdiskfs dedup store on S3 (docs/REMOTE.md describes it for people), imported by every
+ * reader and writer of the store: object keys, the chunk object's header, the manifest's fields, and the
+ * limits of the remote code. One store lives under s3://BUCKET/PREFIX/:
+ *
+ *   PREFIX/vdiskfs-store.json        the store's marker: format, version, grace period (written once)
+ *   PREFIX/chunks/AB/ABCD...         one chunk: a block's bytes, zstd-compressed, named by the BLAKE3-256 of
+ *                                    the uncompressed block (64 hex digits; AB = its first two)
+ *   PREFIX/manifests/ID.json         one backup: its block list (index -> chunk id) and what it was; ID is the
+ *                                    first 32 hex digits of the BLAKE3-256 of the manifest's bytes
+ *
+ * Every object is written once (PUT with If-None-Match: *); a manifest is written last, so a backup is
+ * visible only once every chunk it names is stored.
+ */
+import { blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
+import { VdiskError, corrupt } from '../errors'
+import { blockBytesMax } from '../limits'
+
+export const storeMarkerKey = 'vdiskfs-store.json'
+export const storeFormat = 'vdiskfs-remote-store'
+export const storeVersion = 1
+export const chunksPrefix = 'chunks/'
+export const manifestsPrefix = 'manifests/'
+export const manifestSuffix = '.json'
+export const manifestFormat = 'vdiskfs-remote-manifest'
+export const manifestVersion = 1
+
+/** Chunk ids: BLAKE3-256, 64 hex digits. Backup ids: the first 32 hex digits of their manifest's BLAKE3-256. */
+export const chunkIdHexLength = 64
+export const backupIdHexLength = 32
+
+// Limits of the remote code, with their units last.
+/** S3 requests one command keeps in flight (HEADs, PUTs, GETs). */
+export const remoteRequestsInFlightMax = 16
+/** Blocks a push or pull works on at once: the bound on the blocks held in memory (16 MiB at 64 KiB). */
+export const remoteBatchBlocks = 256
+/** The default grace period of a new store (PBS's 24 h 5 min): see docs/REMOTE.md, "Garbage collection". */
+export const remoteGraceSecondsDefault = 24 * 3600 + 300
+/** gc keeps chunks this much younger than its cutoff besides: S3 times have one-second resolution. */
+export const remoteClockMarginMs = 2000
+/** A manifest bigger than this is refused as damaged (a 4 TiB image at 64 KiB blocks is about 5 GiB of text: far past). */
+export const manifestBytesMax = 1024 * 1024 * 1024
+/** The S3 client's timeouts: a dead server must fail a command, not hang it. */
+export const remoteConnectTimeoutMs = 5000
+export const remoteRequestTimeoutMs = 120000
+
+/*
+ * A chunk object: a 44-byte header, then the payload (the block, raw or zstd-compressed). Little-endian.
+ *
+ *   OFFSET  SIZE  DESCRIPTION
+ *   0       4     magic "VDRC"
+ *   4       1     version (1)
+ *   5       1     encoding: 0 raw, 1 zstd
+ *   6       2     reserved, zero
+ *   8       4     length of the uncompressed block, 1 .. blockBytesMax
+ *   12      32    BLAKE3-256 of the uncompressed block (the chunk id, also in the key)
+ *   44      ...   payload
+ */
+export const chunkMagic = Buffer.from('VDRC', 'latin1')
+export const chunkVersion = 1
+export const chunkEncodingRaw = 0
+export const chunkEncodingZstd = 1
+export const chunkHeaderBytes = 4 + 1 + 1 + 2 + 4 + 32
+
+/** The BLAKE3-256 of `data` as 64 hex digits (through the string form: blake-hash's Buffer one leaks, see workers/hash.ts). */
+export function blake3Hex (data: Uint8Array): string {
+  return Buffer.from(blake3UrlSafeBase64(data as Buffer), 'base64url').toString('hex')
+}
+
+export function chunkKey (prefix: string, id: string): string {
+  return `${prefix}${chunksPrefix}${id.slice(0, 2)}/${id}`
+}
+
+export function manifestKey (prefix: string, id: string): string {
+  return `${prefix}${manifestsPrefix}${id}${manifestSuffix}`
+}
+
+/** The chunk id in a chunk key, or null when the key is not a chunk's. */
+export function chunkIdOfKey (prefix: string, key: string): string | null {
+  const rest = key.startsWith(prefix + chunksPrefix) ? key.slice(prefix.length + chunksPrefix.length) : ''
+  const match = /^([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(rest)
+  return match !== null && match[2].startsWith(match[1]) ? match[2] : null
+}
+
+/** The backup id in a manifest key, or null when the key is not a manifest's. */
+export function backupIdOfKey (prefix: string, key: string): string | null {
+  const rest = key.startsWith(prefix + manifestsPrefix) ? key.slice(prefix.length + manifestsPrefix.length) : ''
+  const match = /^([0-9a-f]{32})\.json$/.exec(rest)
+  return match === null ? null : match[1]
+}
+
+export function isBackupId (text: string): boolean { return /^[0-9a-f]{32}$/.test(text) }
+
+export function encodeChunkHeader (encoding: number, rawBytes: number, id: string): Buffer {
+  const header = Buffer.alloc(chunkHeaderBytes)
+  chunkMagic.copy(header, 0)
+  header.writeUInt8(chunkVersion, 4)
+  header.writeUInt8(encoding, 5)
+  header.writeUInt32LE(rawBytes, 8)
+  Buffer.from(id, 'hex').copy(header, 12)
+  return header
+}
+
+export interface ChunkHeader { encoding: number, rawBytes: number, id: string }
+
+/** Decodes and checks a chunk object's header. Errors: CORRUPT naming `what`. */
+export function decodeChunkHeader (object: Buffer, what: string): ChunkHeader {
+  if (object.length < chunkHeaderBytes) throw corrupt(`${what}: ${object.length} bytes, shorter than a chunk header`)
+  if (!object.subarray(0, 4).equals(chunkMagic)) throw corrupt(`${what}: not a vdiskfs chunk (bad magic)`)
+  if (object.readUInt8(4) !== chunkVersion) throw corrupt(`${what}: chunk version ${object.readUInt8(4)} is not ${chunkVersion}`)
+  const encoding = object.readUInt8(5)
+  if (encoding !== chunkEncodingRaw && encoding !== chunkEncodingZstd) throw corrupt(`${what}: unknown chunk encoding ${encoding}`)
+  if (object.readUInt16LE(6) !== 0) throw corrupt(`${what}: reserved chunk header bytes are not zero`)
+  const rawBytes = object.readUInt32LE(8)
+  if (rawBytes === 0 || rawBytes > blockBytesMax) throw corrupt(`${what}: block length ${rawBytes} out of range`)
+  if (encoding === chunkEncodingRaw && object.length !== chunkHeaderBytes + rawBytes) throw corrupt(`${what}: raw chunk of ${object.length - chunkHeaderBytes} bytes, expected ${rawBytes}`)
+  return { encoding, rawBytes, id: object.subarray(12, 44).toString('hex') }
+}
+
+/** What a store's marker object holds. */
+export interface StoreMarker { format: string, version: number, graceSeconds: number, created: string }
+
+export function decodeStoreMarker (text: string, what: string): StoreMarker {
+  let value: unknown
+  try { value = JSON.parse(text) } catch { throw corrupt(`${what}: the store marker is not JSON`) }
+  const marker = value as StoreMarker
+  if (marker === null || typeof marker !== 'object' || marker.format !== storeFormat) throw corrupt(`${what}: not a vdiskfs store marker`)
+  if (marker.version !== storeVersion) throw new VdiskError('INVALID', `${what}: store version ${String(marker.version)} is not supported (this vdiskfs reads version ${storeVersion})`)
+  if (typeof marker.graceSeconds !== 'number' || !(marker.graceSeconds > 0)) throw corrupt(`${what}: the store marker has no valid grace period`)
+  return marker
+}
+
+/**
+ * A manifest: one backup in the store. `blocks` lists the backup's non-zero blocks in increasing index
+ * order as [index, chunk id]; every other block reads as zeros. The last block is `size - index * blockBytes`
+ * bytes when the size is not a multiple of the block size. The manifest's id is derived from its bytes, so
+ * the same backup pushed twice is one manifest, and a damaged manifest does not match its id.
+ */
+export interface Manifest {
+  format: string
+  version: number
+  /** The backup's stable identity in its pool, the source volume's name, the host and when it was taken. */
+  identity: string
+  name: string
+  host: string
+  created: string
+  size: number
+  blockBytes: number
+  blocks: Array<[number, string]>
+}
+
+export function encodeManifest (manifest: Manifest): { id: string, bytes: Buffer } {
+  const bytes = Buffer.from(JSON.stringify(manifest) + '\n')
+  return { id: blake3Hex(bytes).slice(0, backupIdHexLength), bytes }
+}
+
+/**
+ * Decodes a manifest fetched for backup `id` and checks it whole: its bytes against the id, every field,
+ * the block list's order and bounds. Errors: CORRUPT naming the backup.
+ */
+export function decodeManifest (id: string, bytes: Buffer): Manifest {
+  const what = `remote backup ${id}`
+  if (blake3Hex(bytes).slice(0, backupIdHexLength) !== id) throw corrupt(`${what}: its manifest is damaged (its checksum does not match its id)`)
+  let value: unknown
+  try { value = JSON.parse(bytes.toString('utf8')) } catch { throw corrupt(`${what}: its manifest is not JSON`) }
+  const m = value as Manifest
+  if (m === null || typeof m !== 'object' || m.format !== manifestFormat) throw corrupt(`${what}: not a vdiskfs manifest`)
+  if (m.version !== manifestVersion) throw new VdiskError('INVALID', `${what}: manifest version ${String(m.version)} is not supported (this vdiskfs reads version ${manifestVersion})`)
+  for (const key of ['identity', 'name', 'host', 'created'] as const) if (typeof m[key] !== 'string') throw corrupt(`${what}: manifest field ${key} missing`)
+  if (!Number.isSafeInteger(m.size) || m.size < 0) throw corrupt(`${what}: invalid size`)
+  if (!Number.isSafeInteger(m.blockBytes) || m.blockBytes <= 0 || m.blockBytes > blockBytesMax) throw corrupt(`${what}: invalid block size`)
+  if (!Array.isArray(m.blocks)) throw corrupt(`${what}: no block list`)
+  const blockCount = Math.ceil(m.size / m.blockBytes)
+  let previous = -1
+  for (const entry of m.blocks) {
+    if (!Array.isArray(entry) || entry.length !== 2 || !Number.isSafeInteger(entry[0]) || entry[0] <= previous || entry[0] >= blockCount ||
+      typeof entry[1] !== 'string' || !/^[0-9a-f]{64}$/.test(entry[1])) throw corrupt(`${what}: invalid block list entry ${JSON.stringify(entry)}`)
+    previous = entry[0]
+  }
+  return m
+}
+
+/** The length of block `index` of a volume of `size` bytes. */
+export function blockLength (size: number, blockBytes: number, index: number): number {
+  return Math.min(blockBytes, size - index * blockBytes)
+}

@@ -1,0 +1,162 @@
+/**
+ * The backend of a remote: a thin layer over one S3 bucket and prefix (@aws-sdk/client-s3, pinned), with
+ * the few operations the store needs: put once, get, head, touch, list, delete. Credentials come from the
+ * SDK's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared config files),
+ * never from the pool, and are never printed. Every S3 or network failure becomes one VdiskError naming
+ * the remote: IO for the network and the server, NOT_PERMITTED for refused credentials.
+ */
+import {
+  CopyObjectCommand, CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
+  ListObjectsV2Command, PutObjectCommand, S3Client
+} from '@aws-sdk/client-s3'
+import { VdiskError } from '../errors'
+import { remoteConnectTimeoutMs, remoteRequestTimeoutMs } from './remote-format'
+
+// The SDK warns on every run that its releases after early January 2027 need Node 22; ours is pinned
+// (package.json) to a release that supports Node 20, so the warning says nothing to a user.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
+
+/** Where a remote's store is: what `vdiskfs remote add` records in the pool. */
+export interface RemoteLocation { bucket: string, prefix: string, endpoint?: string, region?: string }
+
+export interface ObjectInfo { key: string, size: number, lastModifiedMs: number }
+
+export class S3Store {
+  private readonly client: S3Client
+
+  /** `label` names the remote in errors (its name in the pool, or its URL). */
+  constructor (readonly location: RemoteLocation, readonly label: string) {
+    this.client = new S3Client({
+      endpoint: location.endpoint,
+      region: location.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      // Ceph RGW and most self-hosted stores serve buckets by path, not by virtual host.
+      forcePathStyle: location.endpoint !== undefined,
+      maxAttempts: 3,
+      requestHandler: { connectionTimeout: remoteConnectTimeoutMs, requestTimeout: remoteRequestTimeoutMs }
+    })
+  }
+
+  get prefix (): string { return this.location.prefix }
+
+  destroy (): void { this.client.destroy() }
+
+  /** Creates the bucket unless it exists (and is ours). */
+  async ensureBucket (): Promise<void> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: this.location.bucket }))
+      return
+    } catch (err) {
+      if (statusOf(err) !== 404) throw this.failure(err, `bucket ${this.location.bucket}`)
+    }
+    try {
+      await this.client.send(new CreateBucketCommand({ Bucket: this.location.bucket }))
+    } catch (err) {
+      if (nameOf(err) === 'BucketAlreadyOwnedByYou') return
+      throw this.failure(err, `creating bucket ${this.location.bucket}`)
+    }
+  }
+
+  /** Writes `key` unless it exists (If-None-Match: *). Returns false when it existed (412). */
+  async putOnce (key: string, body: Buffer): Promise<boolean> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.location.bucket, Key: key, Body: body, IfNoneMatch: '*' }))
+      return true
+    } catch (err) {
+      if (statusOf(err) === 412) return false
+      throw this.failure(err, `writing ${key}`)
+    }
+  }
+
+  /** The object's bytes, or null when it does not exist. */
+  async get (key: string): Promise<Buffer | null> {
+    try {
+      const reply = await this.client.send(new GetObjectCommand({ Bucket: this.location.bucket, Key: key }))
+      if (reply.Body === undefined) return Buffer.alloc(0)
+      return Buffer.from(await reply.Body.transformToByteArray())
+    } catch (err) {
+      if (statusOf(err) === 404) return null
+      throw this.failure(err, `reading ${key}`)
+    }
+  }
+
+  /** The object's size and modification time (the server's clock), or null when it does not exist. */
+  async head (key: string): Promise<ObjectInfo | null> {
+    try {
+      const reply = await this.client.send(new HeadObjectCommand({ Bucket: this.location.bucket, Key: key }))
+      return { key, size: reply.ContentLength ?? 0, lastModifiedMs: reply.LastModified?.getTime() ?? 0 }
+    } catch (err) {
+      if (statusOf(err) === 404) return null
+      throw this.failure(err, `checking ${key}`)
+    }
+  }
+
+  /**
+   * Renews the object's modification time without changing its bytes (a copy onto itself), so that gc
+   * sees it as recently used. Returns false when the object is gone (gc removed it meanwhile).
+   */
+  async touch (key: string): Promise<boolean> {
+    try {
+      await this.client.send(new CopyObjectCommand({
+        Bucket: this.location.bucket, Key: key, CopySource: `${this.location.bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`,
+        MetadataDirective: 'REPLACE', Metadata: { touched: new Date().toISOString() }
+      }))
+      return true
+    } catch (err) {
+      if (statusOf(err) === 404) return false
+      throw this.failure(err, `touching ${key}`)
+    }
+  }
+
+  /** Every object under `prefix`, in key order. */
+  async * list (prefix: string): AsyncGenerator<ObjectInfo> {
+    let token: string | undefined
+    do {
+      let reply
+      try {
+        reply = await this.client.send(new ListObjectsV2Command({ Bucket: this.location.bucket, Prefix: prefix, ContinuationToken: token }))
+      } catch (err) { throw this.failure(err, `listing ${prefix}`) }
+      for (const object of reply.Contents ?? []) {
+        if (object.Key !== undefined) yield { key: object.Key, size: object.Size ?? 0, lastModifiedMs: object.LastModified?.getTime() ?? 0 }
+      }
+      token = reply.IsTruncated === true ? reply.NextContinuationToken : undefined
+    } while (token !== undefined)
+  }
+
+  async remove (key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.location.bucket, Key: key }))
+    } catch (err) { throw this.failure(err, `deleting ${key}`) }
+  }
+
+  /** One line for an S3 or network error; never the credentials (the SDK's messages do not carry them). */
+  private failure (err: unknown, doing: string): VdiskError {
+    const status = statusOf(err)
+    const name = nameOf(err)
+    const where = `remote ${this.label}`
+    if (status === 403 || name === 'CredentialsProviderError' || name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch') {
+      return new VdiskError('NOT_PERMITTED', `${where}: ${doing}: access denied (${name}); credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws`, { cause: err })
+    }
+    const code = (err as NodeJS.ErrnoException)?.code
+    const message = code !== undefined ? `${code}` : status !== undefined ? `${name} (HTTP ${status})` : (err as Error)?.message ?? String(err)
+    return new VdiskError('IO', `${where}: ${doing}: ${message}`, { cause: err })
+  }
+}
+
+function statusOf (err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode
+}
+
+function nameOf (err: unknown): string {
+  return (err as Error)?.name ?? 'Error'
+}
+
+/** Parses s3://BUCKET[/PREFIX]; the prefix comes back empty or ending in '/'. Errors: INVALID. */
+export function parseS3Url (url: string): { bucket: string, prefix: string } {
+  const match = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url)
+  if (match === null) throw new VdiskError('INVALID', `'${url}' is not an S3 URL: give s3://BUCKET or s3://BUCKET/PREFIX`)
+  const bucket = match[1]
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new VdiskError('INVALID', `'${bucket}' is not a valid bucket name (3 to 63 lower-case letters, digits, dots and hyphens)`)
+  const prefix = (match[2] ?? '').replace(/\/+$/, '')
+  if (prefix.split('/').some(part => part === '' || part === '.' || part === '..') && prefix !== '') throw new VdiskError('INVALID', `'${url}': invalid prefix`)
+  return { bucket, prefix: prefix === '' ? '' : prefix + '/' }
+}

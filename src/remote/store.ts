@@ -1,0 +1,373 @@
+/**
+ * A vdiskfs dedup store on S3 (the layout is in remote-format.ts, the reasons in docs/REMOTE.md): push a
+ * backup's blocks (only the chunks the store lacks travel, the manifest last), read a backup's blocks back
+ * verified against their ids, list, verify, remove and garbage-collect. It works on blocks; where they come
+ * from (an export stream, an image file) and where they go (an import stream) is the caller's business.
+ *
+ * Garbage collection against pushes from other hosts (docs/REMOTE.md has the argument in full): gc
+ * removes a chunk only when no manifest listed after its start T0 names it and the chunk was last
+ * modified before T0 - grace. A push makes every chunk it relies on "recent" (uploaded by it, or seen
+ * with a modification time within grace/4 of now, or touched: copied onto itself) and writes its manifest
+ * within grace/2 of its first existence check, re-checking every chunk when it took longer. So a chunk a
+ * push relies on is either named by a manifest gc lists, or too young for gc to remove.
+ */
+import * as zstd from 'zstd-napi/binding'
+import { VdiskError, corrupt, invalid, notFound } from '../errors'
+import {
+  Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockLength, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
+  chunkKey, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
+  manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteBatchBlocks, remoteClockMarginMs, remoteGraceSecondsDefault,
+  remoteRequestsInFlightMax, storeFormat, storeMarkerKey, storeVersion
+} from './remote-format'
+import { RemoteLocation, S3Store } from './s3-store'
+
+/** One block of a volume: its index and bytes (blockBytes long, shorter only for the last block). */
+export interface Block { index: number, data: Buffer }
+
+/** What a push records about the backup besides its blocks. */
+export interface BackupMeta { identity: string, name: string, host: string, created: string, size: number, blockBytes: number }
+
+/** Test hooks (the gc race test pauses a push here). */
+export interface PushHooks { beforeManifest?: () => Promise<void> }
+
+export interface PushResult {
+  id: string
+  /** False when the store already held this very manifest (the same backup pushed before). */
+  created: boolean
+  blocks: number
+  chunksUploaded: number
+  bytesUploaded: number
+  chunksReused: number
+  chunksTouched: number
+}
+
+export interface RemoteBackup { id: string, name: string, identity: string, host: string, created: string, pushed: string, size: number, blockBytes: number, blocks: number }
+
+export interface GcReport { manifests: number, chunks: number, chunksRemoved: number, bytesRemoved: number, chunksKeptYoung: number, dryRun: boolean }
+
+export interface VerifyProblem { backup: string, name: string, start: number, length: number, chunk: string, problem: string }
+export interface VerifyReport { backups: number, chunks: number, bytes: number, problems: VerifyProblem[] }
+
+/** Test and operator knobs read from the environment (documented in docs/REMOTE.md). */
+const zstdLevel = 3
+
+export class RemoteStore {
+  private readonly cctx = new zstd.CCtx()
+  private readonly dctx = new zstd.DCtx()
+
+  private constructor (readonly s3: S3Store, readonly marker: StoreMarker) {
+    this.cctx.setParameter(zstd.CParameter.compressionLevel, zstdLevel)
+  }
+
+  get graceMs (): number { return this.marker.graceSeconds * 1000 }
+  private get prefix (): string { return this.s3.prefix }
+
+  /**
+   * Opens the store at `location`; with `create`, makes the bucket and the store's marker when missing
+   * (a marker another host wrote first wins: its grace period is the store's). Errors: NOT_FOUND when no
+   * store is there, CORRUPT for a damaged marker, IO/NOT_PERMITTED from S3.
+   */
+  static async open (location: RemoteLocation, label: string, options: { create?: boolean, graceSeconds?: number } = {}): Promise<RemoteStore> {
+    const s3 = new S3Store(location, label)
+    try {
+      const key = location.prefix + storeMarkerKey
+      if (options.create === true) {
+        await s3.ensureBucket()
+        const marker: StoreMarker = { format: storeFormat, version: storeVersion, graceSeconds: options.graceSeconds ?? remoteGraceSecondsDefault, created: new Date().toISOString() }
+        await s3.putOnce(key, Buffer.from(JSON.stringify(marker) + '\n'))
+      }
+      const text = await s3.get(key)
+      if (text === null) throw notFound(`a vdiskfs store at remote ${label} (s3://${location.bucket}/${location.prefix})`)
+      return new RemoteStore(s3, decodeStoreMarker(text.toString('utf8'), `remote ${label}`))
+    } catch (err) { s3.destroy(); throw err }
+  }
+
+  close (): void { this.s3.destroy() }
+
+  // ---- chunks ----
+
+  encodeChunk (id: string, data: Buffer): Buffer {
+    const output = Buffer.allocUnsafe(chunkHeaderBytes + zstd.compressBound(data.length))
+    const compressed = this.cctx.compress2(output.subarray(chunkHeaderBytes), data)
+    // Kept raw when compression saves less than an eighth (as the pool's sealer does, roughly).
+    if (compressed >= data.length - (data.length >> 3)) return Buffer.concat([encodeChunkHeader(chunkEncodingRaw, data.length, id), data])
+    encodeChunkHeader(chunkEncodingZstd, data.length, id).copy(output, 0)
+    return output.subarray(0, chunkHeaderBytes + compressed)
+  }
+
+  /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk only. */
+  async readChunk (id: string): Promise<Buffer> {
+    const object = await this.s3.get(chunkKey(this.prefix, id))
+    if (object === null) throw notFound(`chunk ${id}`)
+    return this.decodeChunk(id, object)
+  }
+
+  decodeChunk (id: string, object: Buffer): Buffer {
+    const what = `chunk ${id}`
+    const header = decodeChunkHeader(object, what)
+    if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
+    let data: Buffer
+    if (header.encoding === chunkEncodingRaw) {
+      data = object.subarray(chunkHeaderBytes)
+    } else {
+      data = Buffer.allocUnsafe(header.rawBytes)
+      let length: number
+      try { length = this.dctx.decompress(data, object.subarray(chunkHeaderBytes)) } catch (err) { throw corrupt(`${what}: does not decompress (${(err as Error).message})`) }
+      if (length !== header.rawBytes) throw corrupt(`${what}: decompresses to ${length} bytes, expected ${header.rawBytes}`)
+    }
+    if (blake3Hex(data) !== id) throw corrupt(`${what}: damaged (its BLAKE3 does not match its id)`)
+    return data
+  }
+
+  // ---- push ----
+
+  /**
+   * Stores a backup: every block of `blocks` (increasing indexes; all-zero blocks are left out), on top of
+   * `base` when given (an incremental push: the blocks of `base` that `blocks` does not replace are kept).
+   * Uploads only the chunks the store lacks, then the manifest. Interrupted anywhere, it leaves no manifest,
+   * and the next push re-uploads nothing that arrived. Errors: IO/NOT_PERMITTED from S3, CORRUPT when a
+   * chunk vanished under a push that outlived half the grace period.
+   */
+  async push (meta: BackupMeta, blocks: AsyncIterable<Block>, options: { base?: Manifest, hooks?: PushHooks, onProgress?: (bytes: number) => void } = {}): Promise<PushResult> {
+    const entries = new Map<number, string>()
+    if (options.base !== undefined) {
+      if (options.base.blockBytes !== meta.blockBytes) throw invalid('the base backup in the store has another block size: push it whole')
+      const blockCount = Math.ceil(meta.size / meta.blockBytes)
+      for (const [index, id] of options.base.blocks) if (index < blockCount) entries.set(index, id)
+    }
+    const result: PushResult = { id: '', created: false, blocks: 0, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0 }
+    const settled = new Set<string>()
+    let firstCheck: number | null = null
+    let batch: Array<{ id: string, data: Buffer }> = []
+    const flush = async (): Promise<void> => {
+      const pending = batch
+      batch = []
+      if (pending.length === 0) return
+      firstCheck ??= performance.now()
+      await forEachLimited(pending, remoteRequestsInFlightMax, async ({ id, data }) => {
+        const state = await this.ensureChunk(id, data)
+        if (state === 'uploaded') { result.chunksUploaded++; result.bytesUploaded += data.length } else result.chunksReused++
+        if (state === 'touched') result.chunksTouched++
+      })
+    }
+    for await (const block of blocks) {
+      if (block.index < 0 || block.index * meta.blockBytes >= meta.size || block.data.length !== blockLength(meta.size, meta.blockBytes, block.index)) {
+        throw invalid(`block ${block.index} (${block.data.length} bytes) does not fit a volume of ${meta.size} bytes`)
+      }
+      options.onProgress?.(block.data.length)
+      if (isZero(block.data)) { entries.delete(block.index); continue }
+      const id = blake3Hex(block.data)
+      entries.set(block.index, id)
+      if (settled.has(id)) continue
+      settled.add(id)
+      batch.push({ id, data: block.data })
+      if (batch.length >= remoteBatchBlocks) await flush()
+    }
+    await flush()
+    const manifest: Manifest = {
+      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, host: meta.host, created: meta.created,
+      size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
+    }
+    result.blocks = manifest.blocks.length
+    await options.hooks?.beforeManifest?.()
+    // The manifest must land within grace/2 of the first existence check (see the file comment); a push
+    // slower than that checks every chunk again (touching the old ones) and starts the clock over.
+    while (firstCheck !== null && performance.now() - firstCheck > this.graceMs / 2) {
+      firstCheck = performance.now()
+      const ids = [...new Set(manifest.blocks.map(entry => entry[1]))]
+      await forEachLimited(ids, remoteRequestsInFlightMax, async id => {
+        if (await this.refreshChunk(id) === 'missing') {
+          throw corrupt(`remote ${this.s3.label}: chunk ${id} vanished during the push (it outlived half the store's grace period while gc ran): run the push again`)
+        }
+      })
+    }
+    const { id, bytes } = encodeManifest(manifest)
+    result.id = id
+    result.created = await this.s3.putOnce(manifestKey(this.prefix, id), bytes)
+    return result
+  }
+
+  /** Makes sure chunk `id` is stored and recent enough for gc to spare it (see the file comment). */
+  private async ensureChunk (id: string, data: Buffer): Promise<'uploaded' | 'present' | 'touched'> {
+    const state = await this.refreshChunk(id)
+    if (state !== 'missing') return state
+    // 412 means another push stored the very same chunk meanwhile: as good as ours, and just written.
+    await this.s3.putOnce(chunkKey(this.prefix, id), this.encodeChunk(id, data))
+    return 'uploaded'
+  }
+
+  private async refreshChunk (id: string): Promise<'present' | 'touched' | 'missing'> {
+    const key = chunkKey(this.prefix, id)
+    const info = await this.s3.head(key)
+    if (info === null) return 'missing'
+    // Within grace/4 of now (the server's clock against ours: the skew this tolerates) it is recent.
+    if (info.lastModifiedMs >= Date.now() - this.graceMs / 4) return 'present'
+    return await this.s3.touch(key) ? 'touched' : 'missing'
+  }
+
+  // ---- backups ----
+
+  /** The manifest of backup `id`, checked. Errors: NOT_FOUND, CORRUPT. */
+  async manifest (id: string): Promise<Manifest> {
+    const bytes = await this.s3.get(manifestKey(this.prefix, id))
+    if (bytes === null) throw notFound(`backup ${id} in remote ${this.s3.label}`)
+    if (bytes.length > manifestBytesMax) throw corrupt(`remote backup ${id}: its manifest is ${bytes.length} bytes, past the limit`)
+    return decodeManifest(id, bytes)
+  }
+
+  /** Every backup in the store, oldest first (by creation time). Damaged manifests are errors (CORRUPT). */
+  async backups (): Promise<RemoteBackup[]> {
+    const list: RemoteBackup[] = []
+    for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
+      const id = backupIdOfKey(this.prefix, object.key)
+      if (id === null) continue
+      const m = await this.manifest(id)
+      list.push({ id, name: m.name, identity: m.identity, host: m.host, created: m.created, pushed: new Date(object.lastModifiedMs).toISOString(), size: m.size, blockBytes: m.blockBytes, blocks: m.blocks.length })
+    }
+    return list.sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id))
+  }
+
+  /**
+   * The blocks of backup `manifest` (non-zero ones, increasing index), each checked against its id, fetched
+   * `remoteRequestsInFlightMax` at a time and `remoteBatchBlocks` ahead at most. Errors: CORRUPT naming the
+   * backup and the byte range for a damaged or missing chunk; IO from S3.
+   */
+  async * blocks (id: string, manifest: Manifest): AsyncGenerator<Block> {
+    for (let start = 0; start < manifest.blocks.length; start += remoteBatchBlocks) {
+      const entries = manifest.blocks.slice(start, start + remoteBatchBlocks)
+      const data = new Array<Buffer>(entries.length)
+      await forEachLimited(entries.map((entry, i) => ({ entry, i })), remoteRequestsInFlightMax, async ({ entry: [index, chunk], i }) => {
+        try {
+          data[i] = await this.readChunk(chunk)
+        } catch (err) {
+          if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
+          const offset = index * manifest.blockBytes
+          const why = err.code === 'NOT_FOUND' ? `chunk ${chunk} is missing from the store` : err.message
+          throw corrupt(`remote backup ${id} (${manifest.name}): bytes ${offset}-${offset + blockLength(manifest.size, manifest.blockBytes, index) - 1}: ${why}`)
+        }
+        if (data[i].length !== blockLength(manifest.size, manifest.blockBytes, index)) {
+          throw corrupt(`remote backup ${id} (${manifest.name}): block ${index}: chunk ${chunk} holds ${data[i].length} bytes, not the block's length`)
+        }
+      })
+      for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], data: data[i] }
+    }
+  }
+
+  /** Removes backup `id`'s manifest (its chunks go at the next gc past the grace period). */
+  async removeBackup (id: string): Promise<void> {
+    await this.s3.remove(manifestKey(this.prefix, id))
+  }
+
+  // ---- verify ----
+
+  /** Reads every manifest and every chunk they name, and checks each: what is damaged or missing, and where. */
+  async verify (onProgress?: (done: number, total: number) => void): Promise<VerifyReport> {
+    const report: VerifyReport = { backups: 0, chunks: 0, bytes: 0, problems: [] }
+    const users = new Map<string, Array<{ backup: string, name: string, start: number, length: number }>>()
+    for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
+      const id = backupIdOfKey(this.prefix, object.key)
+      if (id === null) continue
+      report.backups++
+      let m: Manifest
+      try { m = await this.manifest(id) } catch (err) {
+        if (!(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
+        report.problems.push({ backup: id, name: '?', start: 0, length: 0, chunk: '', problem: err.message })
+        continue
+      }
+      for (const [index, chunk] of m.blocks) {
+        const start = index * m.blockBytes
+        const list = users.get(chunk) ?? []
+        list.push({ backup: id, name: m.name, start, length: blockLength(m.size, m.blockBytes, index) })
+        users.set(chunk, list)
+      }
+    }
+    const ids = [...users.keys()]
+    let done = 0
+    await forEachLimited(ids, remoteRequestsInFlightMax, async id => {
+      let problem: string | null = null
+      try {
+        const data = await this.readChunk(id)
+        report.bytes += data.length
+      } catch (err) {
+        if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
+        problem = err.code === 'NOT_FOUND' ? 'missing' : err.message
+      }
+      report.chunks++
+      onProgress?.(++done, ids.length)
+      if (problem === null) return
+      for (const use of users.get(id) ?? []) report.problems.push({ ...use, chunk: id, problem })
+    })
+    report.problems.sort((a, b) => a.backup.localeCompare(b.backup) || a.start - b.start)
+    return report
+  }
+
+  // ---- gc ----
+
+  /**
+   * Removes the chunks no manifest names that are older than the grace period (see the file comment and
+   * docs/REMOTE.md). A manifest that cannot be read stops gc before it removes anything: nothing is
+   * removed that the whole set of manifests does not prove unreferenced.
+   */
+  async gc (options: { dryRun?: boolean } = {}): Promise<GcReport> {
+    // T0 on the server's clock: the modification time of an object written now.
+    const clockKey = this.prefix + 'gc-clock'
+    await this.s3.remove(clockKey)
+    await this.s3.putOnce(clockKey, Buffer.from(new Date().toISOString() + '\n'))
+    const clock = await this.s3.head(clockKey)
+    if (clock === null) throw new VdiskError('IO', `remote ${this.s3.label}: the gc clock object vanished`)
+    const cutoffMs = clock.lastModifiedMs - this.graceMs - remoteClockMarginMs
+    const referenced = new Set<string>()
+    let manifests = 0
+    for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
+      const id = backupIdOfKey(this.prefix, object.key)
+      if (id === null) continue
+      manifests++
+      let m: Manifest
+      try { m = await this.manifest(id) } catch (err) {
+        if (err instanceof VdiskError && err.code === 'NOT_FOUND') continue // removed meanwhile (prune)
+        throw new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
+      }
+      for (const [, chunk] of m.blocks) referenced.add(chunk)
+    }
+    const report: GcReport = { manifests, chunks: 0, chunksRemoved: 0, bytesRemoved: 0, chunksKeptYoung: 0, dryRun: options.dryRun === true }
+    const doomed: Array<{ key: string, size: number }> = []
+    for await (const object of this.s3.list(this.prefix + chunksPrefix)) {
+      const id = chunkIdOfKey(this.prefix, object.key)
+      if (id === null) continue
+      report.chunks++
+      if (referenced.has(id)) continue
+      if (object.lastModifiedMs >= cutoffMs) { report.chunksKeptYoung++; continue }
+      doomed.push(object)
+    }
+    await forEachLimited(doomed, remoteRequestsInFlightMax, async object => {
+      if (options.dryRun !== true) await this.s3.remove(object.key)
+      report.chunksRemoved++
+      report.bytesRemoved += object.size
+    })
+    return report
+  }
+}
+
+/** Runs `work` on every item, `limit` at a time; the first error stops new work and is thrown. */
+export async function forEachLimited<T> (items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  let failed: unknown = null
+  const runner = async (): Promise<void> => {
+    while (failed === null && next < items.length) {
+      const item = items[next++]
+      try { await work(item) } catch (err) { failed ??= err }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, runner))
+  if (failed !== null) throw failed
+}
+
+function isZero (data: Buffer): boolean {
+  if (data.byteOffset % 8 === 0 && data.length % 8 === 0) {
+    const words = new BigUint64Array(data.buffer, data.byteOffset, data.length / 8)
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
+    return true
+  }
+  for (let i = 0; i < data.length; i++) if (data[i] !== 0) return false
+  return true
+}
