@@ -1,0 +1,232 @@
+/**
+ * Imports: a backup made from an export stream's blocks (src/transfer/stream.ts), atomically and
+ * resumably. The blocks go straight into the chunk store (the workers hash and compress them; a block
+ * the pool already holds is not stored again), and what an import stored so far is recorded in the
+ * catalog under the stream's key (imports, import_blocks: invisible to the namespace, live for gc).
+ * The backup appears only at `finish`: one commit writes its map pages and row, and deletes the
+ * import's progress in the same transaction. A kill at any point before leaves no backup and keeps
+ * the progress; the same stream imported again skips what was stored.
+ *
+ * An abandoned import (never continued) is dropped after importAbandonedMs when a catalog opens
+ * (catalog.ts), which makes its chunks garbage for gc.
+ *
+ * Assumes: the caller (the control operation) has checked each block against its BLAKE3 id (the CLI's
+ * StreamDecoder does), and calls finish only after the stream's trailer checked. Blocks a batch stores
+ * are re-hashed by the workers and must match their id; a block whose id names a chunk the pool
+ * already holds is taken as that chunk, which every read verifies.
+ * Errors: EXISTS (a backup with the name or the identity), NOT_FOUND (the base of an incremental
+ * stream), INVALID (block size or size the pool cannot take), CORRUPT (a block whose bytes do not match
+ * its id), NO_SPACE, IO.
+ */
+import { defaultModeOf } from '../catalog/catalog'
+import { VdiskError, corrupt, exists, invalid } from '../errors'
+import { chunkEntry } from '../format/map-format'
+import { sealBatchBlocks, volumeBytesMax } from '../limits'
+import { BlockMap } from '../map/block-map'
+import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
+import { Committer } from './commit'
+import { checkName } from './names'
+import { PoolState } from './pool-state'
+import { Volume } from './volume'
+
+/** What an import needs to know of its stream (a StreamHeader's fields). */
+export interface ImportSpec {
+  key: string
+  uuid: string
+  baseUuid: string | null
+  size: number
+  blockBytes: number
+  createdMs: number
+}
+
+/** One block to import: its index, and its bytes and id, or null for a block that reads as zeros. */
+export interface ImportBlock { index: number, data: Buffer | null, hash: Buffer | null }
+
+export interface ImportCounts {
+  /** Blocks recorded before this run (a resumed import). */
+  resumedBlocks: number
+  /** Data blocks stored as new chunks, and those the pool already held. */
+  newChunks: number
+  dedupedBlocks: number
+  zeroBlocks: number
+}
+
+export class Importer {
+  constructor (private readonly state: PoolState, private readonly committer: Committer, private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>) {}
+
+  /**
+   * Starts or resumes the import of `spec` as backup `name`. Refuses what could never finish: a name or
+   * identity already present, a base this pool lacks, another block size.
+   */
+  begin (spec: ImportSpec, name: string): ImportSession {
+    checkName(name)
+    const catalog = this.state.catalog
+    if (spec.blockBytes !== this.state.blockBytes) throw invalid(`the stream's block size is ${spec.blockBytes} bytes, this pool's ${this.state.blockBytes}: import it into a pool made with --block-size ${spec.blockBytes}`)
+    if (spec.size > volumeBytesMax) throw new VdiskError('TOO_BIG', `the stream's backup is ${spec.size} bytes, past the largest volume size`)
+    this.checkTarget(spec, name)
+    const now = Date.now()
+    const known = catalog.imports().find(row => row.key === spec.key)
+    const recorded = known !== undefined && known.size === spec.size && known.blockBytes === spec.blockBytes ? catalog.importBlocks(spec.key) : new Map<number, number | null>()
+    catalog.transaction(() => {
+      if (known !== undefined && recorded.size === 0) catalog.deleteImport(spec.key)
+      catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
+    })
+    return new ImportSession(this.state, this.committer, this.exclusive, spec, name, recorded)
+  }
+
+  /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
+  checkTarget (spec: ImportSpec, name: string): Volume | null {
+    for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === name) throw exists(`backup ${name}`)
+    const same = this.state.catalog.volumeByUuid(spec.uuid)
+    if (same !== undefined) {
+      const volume = this.state.volumes.get(same)
+      throw exists(`a volume with the stream's identity ${spec.uuid} (${volume?.label ?? `volume ${same}`})`)
+    }
+    if (spec.baseUuid === null) return null
+    const baseId = this.state.catalog.volumeByUuid(spec.baseUuid)
+    const base = baseId === undefined ? undefined : this.state.volumes.get(baseId)
+    if (base === undefined || base.kind !== 'backup' || base.hidden) {
+      throw new VdiskError('NOT_FOUND', `this incremental stream needs its base backup (identity ${spec.baseUuid}) on the target pool, which has no backup with that identity: import the base first`)
+    }
+    return base
+  }
+}
+
+export class ImportSession {
+  readonly counts: ImportCounts
+
+  constructor (
+    private readonly state: PoolState,
+    private readonly committer: Committer,
+    private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>,
+    readonly spec: ImportSpec,
+    readonly name: string,
+    /** block -> chunk id (null: zero) of what is recorded so far. */
+    private readonly recorded: Map<number, number | null>
+  ) {
+    this.counts = { resumedBlocks: recorded.size, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
+  }
+
+  /** Whether `block` is recorded with this content already (a resumed import skips it). */
+  private alreadyHas (block: ImportBlock): boolean {
+    if (!this.recorded.has(block.index)) return false
+    const chunkId = this.recorded.get(block.index) as number | null
+    if (chunkId === null || block.hash === null) return chunkId === null && block.hash === null
+    try { return this.state.chunks.info(chunkId).hash.equals(block.hash) } catch { return false }
+  }
+
+  /**
+   * Stores a batch of blocks and records them, durably: packs first (fdatasync), then the chunk
+   * index, then the import's rows. Runs alone among maintenance jobs (sealing and gc also store,
+   * index and free chunks).
+   */
+  async store (blocks: ImportBlock[]): Promise<void> {
+    const todo = blocks.filter(b => !this.alreadyHas(b))
+    if (todo.length === 0) return
+    await this.exclusive(async () => {
+      if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+      const rows: Array<{ block: number, chunkId: number | null }> = []
+      const fresh: ImportBlock[] = []
+      for (const block of todo) {
+        if (block.data === null || block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
+        const indexed = this.state.catalog.chunkByHash(block.hash)
+        if (indexed !== undefined) { rows.push({ block: block.index, chunkId: indexed }); this.counts.dedupedBlocks++; continue }
+        fresh.push(block)
+      }
+      const groups: ImportBlock[][] = []
+      for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
+      let failure: unknown = null
+      let next = 0
+      const lanes = Array.from({ length: Math.min(groups.length, Math.max(2, this.state.workers.threads * 2)) }, async () => {
+        while (next < groups.length && failure === null) {
+          const group = groups[next++]
+          try { rows.push(...await this.storeGroup(group)) } catch (err) { failure ??= err }
+        }
+      })
+      await Promise.all(lanes)
+      if (failure !== null) {
+        // What was stored is indexed if it can be made durable (garbage for gc), else forgotten.
+        await this.state.chunks.index().catch(() => {})
+        throw failure
+      }
+      await this.state.chunks.index()
+      const now = Date.now()
+      this.state.catalog.transaction(() => {
+        this.state.catalog.putImportBlocks(this.spec.key, rows)
+        this.state.catalog.touchImport(this.spec.key, now)
+      })
+      for (const row of rows) this.recorded.set(row.block, row.chunkId)
+    })
+  }
+
+  /** Hashes and compresses a group in the workers, checks each id, and stores the chunks. */
+  private async storeGroup (group: ImportBlock[]): Promise<Array<{ block: number, chunkId: number | null }>> {
+    const workers = this.state.workers
+    const blockBytes = this.state.blockBytes
+    const slots = await workers.slots.acquireMany(group.length)
+    try {
+      group.forEach((block, i) => (block.data as Buffer).copy(workers.slab, inputOffset(workers.config, slots[i]), 0, blockBytes))
+      const result = await workers.seal({ slots, length: blockBytes })
+      if (result.error !== undefined) throw new VdiskError('IO', `import worker: ${result.error}`)
+      const rows: Array<{ block: number, chunkId: number | null }> = []
+      for (let i = 0; i < group.length; i++) {
+        const outcome = result.blocks[i]
+        if (outcome.zero) { rows.push({ block: group[i].index, chunkId: null }); this.counts.zeroBlocks++; continue }
+        const hashAt = hashOffset(workers.config, slots[i])
+        const hash = Buffer.from(workers.slab.subarray(hashAt, hashAt + hashBytes))
+        if (!hash.equals(group[i].hash as Buffer)) throw corrupt(`block ${group[i].index} of the stream does not match its BLAKE3 id`)
+        const payload = outcome.compressedBytes > 0
+          ? workers.slab.subarray(outputOffset(workers.config, slots[i]), outputOffset(workers.config, slots[i]) + outcome.compressedBytes)
+          : workers.slab.subarray(inputOffset(workers.config, slots[i]), inputOffset(workers.config, slots[i]) + blockBytes)
+        this.state.claimSpace(payload.length)
+        const { row, isNew } = await this.state.chunks.store(hash, payload, blockBytes, outcome.compressedBytes > 0)
+        if (isNew) this.counts.newChunks++
+        else this.counts.dedupedBlocks++
+        rows.push({ block: group[i].index, chunkId: row.id })
+      }
+      return rows
+    } finally {
+      for (const slot of slots) workers.slots.release(slot)
+    }
+  }
+
+  /**
+   * Makes the backup: the base's map (or an empty one), the recorded blocks applied, the stream's
+   * size; then one commit that inserts it with the stream's identity and drops the import's rows.
+   * Call only after the stream's trailer checked.
+   */
+  async finish (): Promise<Volume> {
+    return await this.exclusive(async () => {
+      const state = this.state
+      const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
+      const blocks = Math.ceil(this.spec.size / state.blockBytes)
+      const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
+      map.rootDirty = true
+      map.resize(blocks)
+      let applied = 0
+      for (const [block, chunkId] of state.catalog.importBlocks(this.spec.key)) {
+        if (block >= blocks) throw corrupt(`import ${this.spec.key} recorded block ${block}, past the end`)
+        map.set(block, chunkId === null ? 0 : chunkEntry(chunkId))
+        // A large map is built in turns, so the daemon keeps serving the mount meanwhile.
+        if (++applied % 4096 === 0) await new Promise(resolve => setImmediate(resolve))
+      }
+      const now = Date.now()
+      const volume = new Volume(state, state.nextVolumeId++, 'backup', this.name, this.spec.size, this.spec.createdMs, now, null, null, map, null)
+      volume.uid = process.getuid?.() ?? 0
+      volume.gid = process.getgid?.() ?? 0
+      volume.mode = defaultModeOf('backup')
+      volume.rowDirty = true
+      // The name may have been taken while the map was built.
+      this.checkNameFree()
+      state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
+      state.volumes.set(volume.id, volume)
+      state.changed(volume)
+      await this.committer.commit()
+      return volume
+    })
+  }
+
+  private checkNameFree (): void {
+    for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === this.name) throw exists(`backup ${this.name}`)
+  }
+}
