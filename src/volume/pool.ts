@@ -25,6 +25,7 @@ import { PageStore } from '../map/page-store'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
+import { Importer } from './import'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
@@ -44,6 +45,8 @@ export class Pool {
   private readonly maintenance: Maintenance
   /** What verify, repair and space accounting read and check (inspection.ts). */
   readonly inspection: Inspection
+  /** Backups made from export streams, atomically and resumably (import.ts). */
+  readonly imports: Importer
 
   private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
     this.state = new PoolState(dir, header, catalog, options)
@@ -51,6 +54,7 @@ export class Pool {
     this.namespace = new Namespace(this.state, this.committer)
     this.maintenance = new Maintenance(this.state, this.committer)
     this.inspection = new Inspection(this.state)
+    this.imports = new Importer(this.state, this.committer, async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work))
     this.committer.markOpen()
   }
 
