@@ -159,3 +159,25 @@ export const discardBlocksPerTurn = 65536
  * pool on the main thread, and any reader of one image could otherwise ask for it after every write.
  */
 export const spaceUsageStaleMs = 2000
+
+// ---- what the daemon is doing (vdiskfs status, daemon.log; daemon/metrics.ts, daemon/daemon-log.ts) ----
+
+/**
+ * vdiskfs status gives operation rates, latency percentiles and event-loop delay over the last one to two
+ * windows of this length (the figures of the window before the current one, plus the current one).
+ */
+export const statusWindowMs = 10000
+/** The event-loop delay monitor's sampling timer (perf_hooks.monitorEventLoopDelay's resolution). */
+export const eventLoopSampleMs = 10
+/**
+ * FUSE operation latency histograms: buckets from 1 µs up, this many per doubling (a percentile is
+ * within 19% of the truth), over this many doublings (2^28 µs, 4.5 minutes; slower ones count in the last).
+ */
+export const latencyBucketsPerDoubling = 4
+export const latencyDoublings = 28
+/** The bytes waiting to be sealed that vdiskfs status shows may be this old (computing them walks every map). */
+export const statusSpaceStaleMs = 10000
+/** The background daemon's log is rotated (daemon.log -> daemon.log.1, one old file kept) past this size. */
+export const daemonLogBytesMax = 10 * 1024 * 1024
+/** The last error lines of the log that vdiskfs status shows. */
+export const daemonLogErrorsKept = 20
