@@ -49,3 +49,12 @@ export function printable (text: string): string {
   // eslint-disable-next-line no-control-regex
   return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
 }
+
+/**
+ * `text` (several lines) with every control character but the newline shown as \xHH: what the CLI's
+ * text output goes through, since volume names may hold any byte but '/' and NUL (a newline in a name
+ * still breaks its line; --json carries names exactly).
+ */
+export function printableLines (text: string): string {
+  return text.split('\n').map(printable).join('\n')
+}

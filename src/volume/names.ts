@@ -1,14 +1,23 @@
 /**
- * Volume names: which names a user may give, and the hidden names the pool and libfuse give a volume
- * removed while open. A hidden name starts with '.', which no user's name may, so it never collides.
+ * Volume names: which names a user may give, and how a volume removed while open is marked hidden.
+ *
+ * A user's name is what a Linux filesystem accepts in a directory: 1 to 255 bytes (UTF-8), no '/', no
+ * NUL, not '.' or '..'. Names starting with '.' are ordinary names (rsync's `.rs.img.XXXXXX` temporary
+ * files, say). A hidden volume's name therefore starts with '/', which no user's name contains: it never
+ * collides with one, and it is what the catalog keeps, so a restart after a crash knows to drop it.
+ *  - `/removed-ID`: the name `remove` with force gives an open volume (it answers to no name);
+ *  - `/.fuse_hidden…`: libfuse's hidden name for a file unlinked while open, kept after the '/' so that
+ *    libfuse can still reach it by that name (it unlinks it there at the last release).
+ * Pools written before this rule kept hidden names starting with '.'; such a volume left by a crash
+ * now shows up under that name (nothing is dropped on a guess) and can be removed with `vdiskfs rm`.
  *
  * Assumes: nothing; pure functions over strings.
  */
 import { invalid } from '../errors'
-import { volumeNamePattern } from '../limits'
+import { volumeNameBytesMax } from '../limits'
 
-/** The hidden name `remove` with force gives an open volume: `.removed-ID`. */
-export const removedPrefix = '.removed-'
+/** The first character of every hidden name: a '/' is in no user's name. */
+const hiddenMark = '/'
 
 /**
  * libfuse 2.9's hidden_name(): ".fuse_hidden%08x%08x" (node id, counter). libfuse renames a file that
@@ -21,9 +30,32 @@ export function isLibfuseHiddenName (name: string): boolean {
   return libfuseHiddenName.test(name)
 }
 
-export function checkName (name: string): void {
-  if (!volumeNamePattern.test(name)) {
-    throw invalid(`invalid name '${name}': use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`)
-  }
+/** Whether a volume's (stored) name marks it hidden: removed while open. */
+export function isHiddenName (name: string): boolean {
+  return name.startsWith(hiddenMark)
 }
 
+/** The hidden name `remove` with force gives open volume `id`. */
+export function removedName (id: number): string {
+  return `${hiddenMark}removed-${id}`
+}
+
+/** The stored name of a volume libfuse hid under `libfuseName` (a `.fuse_hidden…` name). */
+export function hiddenNameOf (libfuseName: string): string {
+  return hiddenMark + libfuseName
+}
+
+/** Why `name` is not a name a user may give, or null when it is one. */
+export function nameProblem (name: string): string | null {
+  if (name === '' || name === '.' || name === '..') return 'a name cannot be empty, \'.\' or \'..\''
+  if (name.includes('/')) return 'a name cannot contain \'/\''
+  if (name.includes('\0')) return 'a name cannot contain a NUL byte'
+  if (Buffer.byteLength(name, 'utf8') > volumeNameBytesMax) return `a name is at most ${volumeNameBytesMax} bytes`
+  return null
+}
+
+/** Throws INVALID unless `name` is one a user may give (see nameProblem). */
+export function checkName (name: string): void {
+  const problem = nameProblem(name)
+  if (problem !== null) throw invalid(`invalid name '${name}': ${problem}`)
+}

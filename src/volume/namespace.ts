@@ -4,8 +4,8 @@
  * restore. Each operation is durable on return (it commits). It also counts open handles, which
  * decides whether a volume is in use.
  *
- * Assumes: names were checked against volumeNamePattern here, so a name starting with '.' is always
- * one the pool or libfuse gave (see names.ts); backups never change (READ_ONLY).
+ * Assumes: every name was checked here (names.ts), so a name starting with '/' is always a hidden one
+ * the pool gave; backups never change (READ_ONLY).
  * Errors: NOT_FOUND, EXISTS, INVALID, READ_ONLY, BUSY, and what commit throws.
  */
 import assert from 'node:assert/strict'
@@ -15,7 +15,7 @@ import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
-import { checkName, isLibfuseHiddenName, removedPrefix } from './names'
+import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, removedName } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
 
@@ -52,9 +52,21 @@ export class Namespace {
     return [...this.volumes.values()].filter(v => kind === undefined || v.kind === kind)
   }
 
-  /** The volume named `name`; one the pool hid itself (remove with force) answers to no name. */
+  /**
+   * The volume named `name`. One the pool hid itself (remove with force) answers to no name; one libfuse
+   * hid answers to the `.fuse_hidden…` name libfuse gave it, as libfuse expects.
+   */
   find (kind: VolumeKind, name: string): Volume | undefined {
-    if (name.startsWith(removedPrefix)) return undefined
+    if (isHiddenName(name)) return undefined
+    if (isLibfuseHiddenName(name)) {
+      const hidden = this.named(kind, hiddenNameOf(name))
+      if (hidden !== undefined) return hidden
+    }
+    return this.named(kind, name)
+  }
+
+  /** The volume whose stored name is exactly `name`. */
+  private named (kind: VolumeKind, name: string): Volume | undefined {
     for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
     return undefined
   }
@@ -120,21 +132,23 @@ export class Namespace {
   /**
    * Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2); a replaced
    * volume still open is kept for its handles, as remove with force keeps it). `hide`: the FUSE layer
-   * hides a volume unlinked while open under a hidden name (libfuse's .fuse_hidden*); only an open
-   * volume can be hidden, and it is removed at its last release (`released`).
-   * Errors: READ_ONLY for a backup, INVALID for a bad name or hiding a volume nobody holds open.
+   * hides a volume unlinked while open under libfuse's hidden name (.fuse_hidden*): an open volume is
+   * then hidden (names.ts) and removed at its last release (`released`); one nobody holds open simply
+   * takes the name, which is an ordinary one.
+   * Errors: READ_ONLY for a backup, INVALID for a bad name.
    */
   async rename (volume: Volume, newName: string, hide = false): Promise<void> {
     if (volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
-    if (!hide) checkName(newName)
-    else if (!newName.startsWith('.') || volume.openHandles === 0) throw invalid(`invalid name '${newName}': names starting with '.' are libfuse's, for files unlinked while open`)
-    if (newName === volume.name) return
-    const target = this.find(volume.kind, newName)
+    checkName(newName)
+    const hiding = hide && isLibfuseHiddenName(newName) && volume.openHandles > 0
+    const stored = hiding ? hiddenNameOf(newName) : newName
+    if (stored === volume.name) return
+    const target = this.named(volume.kind, stored)
     if (target !== undefined) {
       if (target.openHandles > 0) this.hide(target)
       else this.forget(target)
     }
-    volume.name = newName
+    volume.name = stored
     volume.rowDirty = true
     this.changed(volume)
     await this.commit()
@@ -215,7 +229,7 @@ export class Namespace {
 
   /** Takes an open volume out of the namespace under a hidden name, committed as such (see Volume.hidden). */
   private hide (volume: Volume): void {
-    volume.name = `${removedPrefix}${volume.id}`
+    volume.name = removedName(volume.id)
     volume.rowDirty = true
     this.changed(volume)
   }

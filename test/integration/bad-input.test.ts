@@ -76,10 +76,10 @@ test.serial('every command refuses bad arguments with one clean line', async t =
   oneCleanLine(t, await vdiskfs('mount', path.join(m.dir, 'p2'), path.join(m.dir, 'missing')), 'mount onto a missing mountpoint')
   oneCleanLine(t, await vdiskfs('mount', path.join(m.dir, 'p3'), m.mnt + '/disks/d.img'), 'mount onto a file')
   oneCleanLine(t, await vdiskfs('mount', path.join(m.dir, 'p4'), m.dir, '--block-size', '3000'), 'a bad block size')
-  // Names: duplicate, '/', '..', '.', empty, too long, non-ASCII, leading dash or dot.
+  // Names: duplicate, '/', '..', '.', empty, too long (names.test.ts has those that are accepted).
   oneCleanLine(t, await vdiskfs('backup', disk, 'b'), 'a backup name that is taken')
   oneCleanLine(t, await vdiskfs('clone', backup, 'c'), 'a clone name that is taken')
-  const names = ['a/b', '..', '.', '', 'x'.repeat(125), 'ünïcode', 'emoji-😀', '.hidden', 'sp ace', 'tab\tname']
+  const names = ['a/b', '..', '.', '', 'x'.repeat(252)]
   for (const name of names) {
     oneCleanLine(t, await vdiskfs('backup', disk, name), `backup named ${JSON.stringify(name)}`)
     oneCleanLine(t, await vdiskfs('clone', backup, name), `clone named ${JSON.stringify(name)}`)
@@ -119,8 +119,7 @@ test.serial('refused filesystem operations get the right errno', async t => {
   t.is(spawnSync('mknod', [m.image('disks', 'dev'), 'b', '7', '0']).status !== 0, true)
   t.is(code(() => fs.writeFileSync(m.image('clones', 'new.img'), 'x')), 'EPERM')
   t.is(code(() => fs.writeFileSync(path.join(m.mnt, 'top.img'), 'x')), 'EPERM')
-  t.is(code(() => fs.writeFileSync(m.image('disks', 'bad name'), 'x')), 'EINVAL')
-  t.is(code(() => fs.writeFileSync(m.image('disks', 'ü.img'), 'x')), 'EINVAL')
+  t.is(code(() => fs.writeFileSync(m.image('disks', 'ü'.repeat(128)), 'x')), 'EINVAL')
   t.is(code(() => fs.readFileSync(m.image('disks', 'missing.img'))), 'ENOENT')
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')), ['d.img'])
   t.is(fs.readFileSync(disk, 'utf8'), 'x')

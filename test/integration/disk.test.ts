@@ -133,9 +133,8 @@ test.serial('all-zero blocks take no space; touch, dd and mv work; bad names and
   t.is(fs.statSync(m.image('disks', 'moved.img')).blocks, 128)
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')).sort(), ['empty.img', 'moved.img'])
   const code = (f: () => void) => { try { f(); return 'ok' } catch (err) { return (err as NodeJS.ErrnoException).code } }
-  t.is(code(() => fs.writeFileSync(m.image('disks', '.hidden'), 'x')), 'EINVAL')
-  t.is(code(() => fs.writeFileSync(m.image('disks', 'x'.repeat(129)), 'x')), 'EINVAL')
-  t.is(code(() => fs.writeFileSync(m.image('disks', 'bad name'), 'x')), 'EINVAL')
+  // Names are what a Linux filesystem accepts (names.test.ts has the rest).
+  t.is(code(() => fs.writeFileSync(m.image('disks', 'x'.repeat(256)), 'x')), 'EINVAL')
   t.is(code(() => fs.mkdirSync(m.image('disks', 'sub'))), 'EPERM')
   t.is(code(() => fs.mkdirSync(path.join(m.mnt, 'other'))), 'EPERM')
   t.is(code(() => fs.writeFileSync(m.image('backups', 'b.img'), 'x')), 'EROFS')
