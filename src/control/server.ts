@@ -18,7 +18,14 @@ import { statusHandlers } from './ops-status'
 import { transferHandlers } from './ops-transfer'
 import { remoteHandlers } from './ops-remote'
 
-export type Handler = (args: Record<string, unknown>) => Promise<unknown>
+export type Handler = ((args: Record<string, unknown>) => Promise<unknown>) & { stream?: StreamHandler }
+
+/**
+ * The stream mode (export and import, ops-transfer.ts): a handler with `stream` set is given the
+ * connection after its request line, with the bytes that followed the line, and owns it from then on
+ * (its replies, raw bytes in either direction, closing). The socket comes paused.
+ */
+export type StreamHandler = (args: Record<string, unknown>, socket: net.Socket, rest: Buffer) => Promise<void>
 
 /** What a daemon's control handlers work with. */
 export interface HandlerContext {
@@ -41,9 +48,10 @@ function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<
     const kind = args[key + 'Kind']
     const name = args[key + 'Name']
     if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${key}`)
-    // Hidden names (volumes removed while open) are not in the namespace.
-    if (name.startsWith('.')) throw notFound(`${kind} ${name}`)
-    return pool.get(kind as VolumeKind, name)
+    const volume = pool.get(kind as VolumeKind, name)
+    // Volumes removed while open (hidden) are not in the namespace.
+    if (volume.hidden) throw notFound(`${kind} ${name}`)
+    return volume
   }
   const nameArg = (args: Record<string, unknown>) => {
     if (typeof args.name !== 'string') throw invalid('missing name')
@@ -100,20 +108,40 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
   checkControlDir(path.dirname(socketPath), true)
   fs.rmSync(socketPath, { force: true })
   const server = net.createServer(socket => {
-    let buffered = ''
-    socket.setEncoding('utf8')
+    let buffered: Buffer = Buffer.alloc(0)
     socket.on('error', () => socket.destroy())
-    socket.on('data', chunk => {
-      buffered += chunk
-      if (buffered.length > controlRequestBytesMax) { socket.destroy(); return }
+    const onData = (chunk: Buffer): void => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
       let newline: number
-      while ((newline = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, newline)
-        buffered = buffered.slice(newline + 1)
+      while ((newline = buffered.indexOf(10)) >= 0) {
+        const line = buffered.subarray(0, newline).toString('utf8')
+        buffered = buffered.subarray(newline + 1)
+        const stream = streamRequest(line)
+        if (stream !== null) {
+          // What follows the line is the operation's raw bytes, not requests.
+          socket.off('data', onData)
+          socket.pause()
+          stream.handler(stream.args, socket, buffered).catch(err => {
+            log(`bug in control ${stream.op}: ${(err as Error)?.stack ?? String(err)}`)
+            socket.destroy()
+          })
+          return
+        }
         void answer(line).then(reply => { if (!socket.destroyed) socket.write(JSON.stringify(reply) + '\n') })
       }
-    })
+      if (buffered.length > controlRequestBytesMax) socket.destroy()
+    }
+    socket.on('data', onData)
   })
+  /** The stream handler a request line asks for, or null (then answer() replies to it). */
+  function streamRequest (line: string): { op: string, handler: StreamHandler, args: Record<string, unknown> } | null {
+    let request: Request
+    try { request = JSON.parse(line) as Request } catch { return null }
+    if (request === null || typeof request !== 'object' || typeof request.op !== 'string' || !Object.prototype.hasOwnProperty.call(handlers, request.op)) return null
+    const handler = handlers[request.op].stream
+    if (handler === undefined || request.args === null || typeof request.args !== 'object' || Array.isArray(request.args)) return null
+    return { op: request.op, handler, args: request.args }
+  }
   async function answer (line: string): Promise<Reply> {
     let request: Request
     try {
