@@ -12,6 +12,7 @@ import { Pool, checkName } from '../volume/pool'
 import { poolHeaderFile } from '../format/pool-format'
 import { progressIntervalMs } from '../limits'
 import { Parsed, Spec } from './args'
+import { printableLines } from './holders'
 
 export interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
 
@@ -40,8 +41,9 @@ export function newImageName (name: string): string {
   return file
 }
 
+/** Prints `value` as JSON, or the text `human()` gives with control characters escaped (names may hold them). */
 export function print (json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : human() + '\n')
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + '\n' : printableLines(human()) + '\n')
 }
 
 /** Times as the text shows them (ISO 8601, UTC): a volume's createdMs/mtimeMs become created/modified. */
