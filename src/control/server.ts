@@ -48,9 +48,10 @@ function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<
     const kind = args[key + 'Kind']
     const name = args[key + 'Name']
     if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${key}`)
-    // Hidden names (volumes removed while open) are not in the namespace.
-    if (name.startsWith('.')) throw notFound(`${kind} ${name}`)
-    return pool.get(kind as VolumeKind, name)
+    const volume = pool.get(kind as VolumeKind, name)
+    // Volumes removed while open (hidden) are not in the namespace.
+    if (volume.hidden) throw notFound(`${kind} ${name}`)
+    return volume
   }
   const nameArg = (args: Record<string, unknown>) => {
     if (typeof args.name !== 'string') throw invalid('missing name')
