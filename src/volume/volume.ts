@@ -35,8 +35,6 @@ export interface VolumeContext {
 /** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
 export type VolumeInfo = Pick<VolumeRow, 'id' | 'kind' | 'name' | 'size' | 'createdMs' | 'mtimeMs' | 'sourceId' | 'sourceLabel'>
 
-const PROF = { n: 0, cur: 0, max: 0, ns: 0, rd: 0, wr: 0, cow: 0 }
-setInterval(() => { if (PROF.n > 0) console.error(`PROF writes ${PROF.n} mean_us ${Math.round(PROF.ns / PROF.n / 1000)} maxInflight ${PROF.max} cow ${PROF.cow} rd_us ${Math.round(PROF.rd / PROF.cow / 1000)} wr_us ${Math.round(PROF.wr / PROF.cow / 1000)}`); PROF.rd = 0; PROF.wr = 0; PROF.cow = 0; PROF.n = 0; PROF.ns = 0; PROF.max = 0 }, 2000).unref()
 export class Volume implements VolumeInfo {
   /** Set when the catalog row is behind (size, name, mtime, map counters, active extent). */
   rowDirty = false
@@ -169,11 +167,6 @@ export class Volume implements VolumeInfo {
 
   /** Writes all of `data` at `position`, growing the volume when it writes past the end. */
   async write (data: Buffer, position: number): Promise<void> {
-    const t0 = process.hrtime.bigint(); PROF.n++; PROF.cur++; if (PROF.cur > PROF.max) PROF.max = PROF.cur
-    try { await this.write0(data, position) } finally { PROF.cur--; PROF.ns += Number(process.hrtime.bigint() - t0) }
-  }
-
-  async write0 (data: Buffer, position: number): Promise<void> {
     if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     if (position + data.length > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: writes past the largest volume size`)
     while (this.gate !== null) await this.gate
@@ -224,13 +217,10 @@ export class Volume implements VolumeInfo {
       return
     }
     const merged = Buffer.allocUnsafe(blockBytes)
-    const t0 = process.hrtime.bigint()
     await this.readBlock(block, 0, merged)
-    const t1 = process.hrtime.bigint()
     data.copy(merged, offset)
     if (this.zeros.equals(merged)) this.map.set(block, 0)
     else await this.writeNewSlot(block, 0, merged)
-    PROF.rd += Number(t1 - t0); PROF.wr += Number(process.hrtime.bigint() - t1); PROF.cow++
   }
 
   private async writeNewSlot (block: number, offset: number, data: Buffer): Promise<void> {
