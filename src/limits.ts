@@ -155,6 +155,11 @@ export const statfsIntervalMs = 250
  */
 export const discardBlocksPerTurn = 65536
 /**
+ * `vdiskfs map` walks this many allocated map pages per event-loop turn (64 x 4096 entries: 16 GiB at
+ * 64 KiB blocks, a few ms), so mapping a large, full disk does not stall other I/O.
+ */
+export const allocationPagesPerTurn = 64
+/**
  * The space figures an image's xattrs show may be this old: computing them walks every map of the
  * pool on the main thread, and any reader of one image could otherwise ask for it after every write.
  */
