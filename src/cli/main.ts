@@ -355,7 +355,9 @@ function help (): string {
 }
 
 export async function main (argv: string[]): Promise<number> {
-  const [name, ...rest] = argv
+  // Two-word commands (`remote add`, `remote ls` ...) are keyed by both words.
+  const twoWords = argv.length >= 2 && commands[`${argv[0]} ${argv[1]}`] !== undefined
+  const [name, ...rest] = twoWords ? [`${argv[0]} ${argv[1]}`, ...argv.slice(2)] : argv
   // A reader that stops early (`vdiskfs verify | head -1`) ends the command quietly: what it wanted
   // was written, and Node would otherwise die of the unhandled EPIPE with a stack trace.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
