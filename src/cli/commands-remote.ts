@@ -1,4 +1,179 @@
-/** CLI commands of issue #12: remotes on S3 (push, pull, remote ls/verify/prune/gc). */
-import { Command } from './command'
+/**
+ * CLI commands of issue #12: remotes on S3 (docs/REMOTE.md). `remote add|list|remove` keep the pool's
+ * remote definitions through the daemon; push, pull and `remote ls|verify|prune|gc` talk to S3 from this
+ * process, with the credentials of whoever runs it (the AWS variables or shared config files), and move a
+ * backup's blocks through the export and import streams of src/transfer.
+ */
+import os from 'node:os'
+import { SingleBar, Presets } from 'cli-progress'
+import { VdiskError, invalid } from '../errors'
+import { call } from '../control/client'
+import { Pool } from '../volume/pool'
+import { RemoteDefinition, makeDefinition, readRemotes } from '../remote/remotes'
+import { RemoteStore } from '../remote/store'
+import { KeepRules, globMatcher, keepRuleNames, selectKept } from '../remote/retention'
+import { isBackupId } from '../remote/remote-format'
+import { pullBackup, pushBackup } from '../remote/transfer-link'
+import { UsageError } from './args'
+import { bytes, table } from './format'
+import { Command, imagePath, mountpointArg, newImageName, onlineOrOffline, print } from './command'
 
-export const remoteCommands: Record<string, Command> = {}
+const json = { json: ['--json'] }
+
+/** The pool's definition of remote `name`, from its daemon or, for a pool no daemon serves, its file. */
+async function remoteOf (target: string, name: string): Promise<RemoteDefinition> {
+  const remotes = await onlineOrOffline(target, 'remotes', async mountpoint => await call(mountpoint, 'remoteList') as RemoteDefinition[], async (pool: Pool) => readRemotes(pool.dir))
+  const remote = remotes.find(r => r.name === name)
+  if (remote === undefined) throw new VdiskError('NOT_FOUND', `remote ${name} does not exist in ${target} (see vdiskfs remote list)`)
+  return remote
+}
+
+async function withStore<T> (remote: RemoteDefinition, work: (store: RemoteStore) => Promise<T>): Promise<T> {
+  const store = await RemoteStore.open(remote, remote.name)
+  try { return await work(store) } finally { store.close() }
+}
+
+/** A byte-count progress bar on a terminal; nothing otherwise. */
+export function byteProgress (label: string): { add: (n: number) => void, total: (n: number) => void, stop: () => void } {
+  if (process.stderr.isTTY !== true) return { add: () => {}, total: () => {}, stop: () => {} }
+  const bar = new SingleBar({ format: `${label} [{bar}] {percentage}% {value}/{total} MiB`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  let done = 0
+  let started = false
+  return {
+    total: n => { if (!started) { bar.start(Math.max(1, Math.ceil(n / 1048576)), 0); started = true } else bar.setTotal(Math.max(1, Math.ceil(n / 1048576))) },
+    add: n => { done += n; if (started) bar.update(Math.floor(done / 1048576)) },
+    stop: () => { if (started) bar.stop() }
+  }
+}
+
+function keepRules (values: Record<string, string>): KeepRules {
+  const rules: KeepRules = {}
+  for (const name of keepRuleNames) {
+    const value = values[name]
+    if (value === undefined) continue
+    if (!/^\d+$/.test(value)) throw new UsageError(`--keep-${name} needs a whole number, not '${value}'`)
+    rules[name] = Number(value)
+  }
+  return rules
+}
+
+export const remoteCommands: Record<string, Command> = {
+  'remote add': {
+    usage: 'remote add MNT NAME s3://BUCKET[/PREFIX] [--endpoint URL] [--region R] [--grace-period SECONDS] [--json]',
+    summary: 'add a remote dedup store on S3 to the pool (bucket and store created if missing; credentials from the AWS environment)',
+    spec: { positionals: ['MNT', 'NAME', 'URL'], booleans: json, values: { endpoint: ['--endpoint'], region: ['--region'], grace: ['--grace-period'] } },
+    async run ({ positionals: [mnt, name, url], flags, values }) {
+      const definition = makeDefinition(name, url, values.endpoint, values.region)
+      if (values.grace !== undefined && !/^[1-9]\d*$/.test(values.grace)) throw new UsageError(`--grace-period needs a number of seconds, not '${values.grace}'`)
+      // The store first: a remote that cannot be reached is not added.
+      const store = await RemoteStore.open(definition, name, { create: true, graceSeconds: values.grace === undefined ? undefined : Number(values.grace) })
+      const graceSeconds = store.marker.graceSeconds
+      store.close()
+      const added = await call(mountpointArg(mnt), 'remoteAdd', { name, url, endpoint: values.endpoint, region: values.region }) as RemoteDefinition
+      print(flags.json === true, { ...added, graceSeconds }, () => `added remote ${name}: ${url}${added.endpoint === undefined ? '' : ` at ${added.endpoint}`} (gc grace period ${graceSeconds} s)`)
+    }
+  },
+  'remote list': {
+    usage: 'remote list MNT [--json]',
+    summary: "the pool's remotes",
+    spec: { positionals: ['MNT'], booleans: json },
+    async run ({ positionals: [mnt], flags }) {
+      const remotes = await onlineOrOffline(mnt, 'remotes', async mountpoint => await call(mountpoint, 'remoteList') as RemoteDefinition[], async (pool: Pool) => readRemotes(pool.dir))
+      print(flags.json === true, remotes, () => remotes.length === 0 ? 'no remotes' : table(['NAME', 'URL', 'ENDPOINT', 'ADDED'], remotes.map(r => [r.name, r.url, r.endpoint ?? '-', r.added])))
+    }
+  },
+  'remote remove': {
+    usage: 'remote remove MNT NAME [--json]',
+    summary: 'forget a remote (its store is left as it is)',
+    spec: { positionals: ['MNT', 'NAME'], booleans: json },
+    async run ({ positionals: [mnt, name], flags }) {
+      const result = await call(mountpointArg(mnt), 'remoteRemove', { name })
+      print(flags.json === true, result, () => `removed remote ${name}`)
+    }
+  },
+  'remote ls': {
+    usage: 'remote ls MNT REMOTE [--json]',
+    summary: 'the backups in a remote: id, source name, size, creation time, host',
+    spec: { positionals: ['MNT', 'REMOTE'], booleans: json },
+    async run ({ positionals: [mnt, name], flags }) {
+      const backups = await withStore(await remoteOf(mnt, name), async store => await store.backups())
+      print(flags.json === true, backups, () => backups.length === 0 ? `no backups in remote ${name}` : table(['ID', 'NAME', 'SIZE', 'CREATED', 'HOST'], backups.map(b => [b.id, b.name, bytes(b.size), b.created, b.host])))
+    }
+  },
+  'remote verify': {
+    usage: 'remote verify MNT REMOTE [--json]',
+    summary: 'read every chunk of every backup in a remote and check it against its id',
+    spec: { positionals: ['MNT', 'REMOTE'], booleans: json },
+    async run ({ positionals: [mnt, name], flags }) {
+      const remote = await remoteOf(mnt, name)
+      const progress = byteProgress(`verify ${name}`)
+      let last = 0
+      const report = await withStore(remote, async store => await store.verify((done, total) => { progress.total(total * 1048576); progress.add((done - last) * 1048576); last = done })).finally(() => progress.stop())
+      print(flags.json === true, report, () => [
+        `${report.backups} backups, ${report.chunks} chunks (${bytes(report.bytes)}) checked: ${report.problems.length === 0 ? 'all good' : `${report.problems.length} problems`}`,
+        ...report.problems.map(p => `  backup ${p.backup} (${p.name}) bytes ${p.start}-${p.start + p.length - 1}: chunk ${p.chunk}: ${p.problem}`)
+      ].join('\n'))
+      if (report.problems.length > 0) process.exitCode = 1
+    }
+  },
+  'remote prune': {
+    usage: 'remote prune MNT REMOTE [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] [--keep-yearly N] [--match GLOB] [--dry-run] [--json]',
+    summary: 'remove the backups of a remote that no keep rule keeps (their chunks go at the next remote gc)',
+    spec: {
+      positionals: ['MNT', 'REMOTE'],
+      booleans: { ...json, dryRun: ['--dry-run', '-n'] },
+      values: { last: ['--keep-last'], hourly: ['--keep-hourly'], daily: ['--keep-daily'], weekly: ['--keep-weekly'], monthly: ['--keep-monthly'], yearly: ['--keep-yearly'], match: ['--match'] }
+    },
+    async run ({ positionals: [mnt, name], flags, values }) {
+      const rules = keepRules(values)
+      const matches = globMatcher(values.match ?? '*')
+      const remote = await remoteOf(mnt, name)
+      const result = await withStore(remote, async store => {
+        const backups = (await store.backups()).filter(b => matches(b.name))
+        const selection = selectKept(backups.map(b => ({ ...b, createdMs: Date.parse(b.created) })), rules)
+        for (const s of selection) if (!s.keep && flags.dryRun !== true) await store.removeBackup(s.item.id)
+        return selection.map(s => ({ id: s.item.id, name: s.item.name, created: s.item.created, host: s.item.host, action: s.keep ? 'keep' : 'remove', rule: s.rule }))
+      })
+      print(flags.json === true, { dryRun: flags.dryRun === true, backups: result }, () => result.length === 0
+        ? 'no backups matched'
+        : table(['ACTION', 'ID', 'NAME', 'CREATED', 'RULE'], result.map(r => [flags.dryRun === true ? `would ${r.action}` : r.action, r.id, r.name, r.created, r.rule ?? '-'])))
+    }
+  },
+  'remote gc': {
+    usage: 'remote gc MNT REMOTE [--dry-run] [--json]',
+    summary: "remove the chunks no backup in a remote names, once older than the store's grace period",
+    spec: { positionals: ['MNT', 'REMOTE'], booleans: { ...json, dryRun: ['--dry-run', '-n'] } },
+    async run ({ positionals: [mnt, name], flags }) {
+      const report = await withStore(await remoteOf(mnt, name), async store => await store.gc({ dryRun: flags.dryRun === true }))
+      print(flags.json === true, report, () => `${report.dryRun ? 'would remove' : 'removed'} ${report.chunksRemoved} chunks (${bytes(report.bytesRemoved)}) of ${report.chunks}; ${report.manifests} backups; ${report.chunksKeptYoung} unreferenced chunks kept (younger than the grace period)`)
+    }
+  },
+  push: {
+    usage: 'push BACKUP_IMAGE REMOTE [--full] [--json]',
+    summary: "upload a backup to a remote (only the chunks it lacks; incremental on the lineage's last pushed backup); prints its id there",
+    spec: { positionals: ['BACKUP_IMAGE', 'REMOTE'], booleans: { ...json, full: ['--full'] } },
+    async run ({ positionals: [image, name], flags }) {
+      const target = imagePath(image)
+      if (target.kind !== 'backup') throw invalid(`${image} is not a backup: push takes MNT/backups/NAME.img (make one with vdiskfs backup)`)
+      const remote = await remoteOf(target.mountpoint, name)
+      const progress = byteProgress(`push ${target.name}`)
+      const result = await withStore(remote, async store => await pushBackup(store, target.mountpoint, target.name, { host: os.hostname(), full: flags.full === true, progress })).finally(() => progress.stop())
+      print(flags.json === true, result, () => `${result.id}\n` +
+        `pushed ${target.name} to ${name}${result.since === null ? '' : ` (incremental since ${result.since})`}: ${result.chunksUploaded} chunks uploaded (${bytes(result.bytesUploaded)}), ${result.chunksReused} already there${result.created ? '' : '; this backup was already in the remote'}`)
+    }
+  },
+  pull: {
+    usage: 'pull MNT REMOTE ID NAME [--json]',
+    summary: 'download backup ID of a remote, every chunk checked, as MNT/backups/NAME.img',
+    spec: { positionals: ['MNT', 'REMOTE', 'ID', 'NAME'], booleans: json },
+    async run ({ positionals: [mnt, name, id, backupName], flags }) {
+      if (!isBackupId(id)) throw invalid(`'${id}' is not a remote backup id (32 hex digits; see vdiskfs remote ls)`)
+      const file = newImageName(backupName)
+      const mountpoint = mountpointArg(mnt)
+      const remote = await remoteOf(mountpoint, name)
+      const progress = byteProgress(`pull ${id.slice(0, 8)}`)
+      const result = await withStore(remote, async store => await pullBackup(store, mountpoint, id, file.replace(/\.img$/, ''), progress)).finally(() => progress.stop())
+      print(flags.json === true, result, () => `pulled ${id} from ${name} as backups/${file} (${bytes(result.size)})`)
+    }
+  }
+}

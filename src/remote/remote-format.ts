@@ -132,8 +132,9 @@ export function decodeStoreMarker (text: string, what: string): StoreMarker {
 
 /**
  * A manifest: one backup in the store. `blocks` lists the backup's non-zero blocks in increasing index
- * order as [index, chunk id]; every other block reads as zeros. The last block is `size - index * blockBytes`
- * bytes when the size is not a multiple of the block size. The manifest's id is derived from its bytes, so
+ * order as [index, chunk id]; every other block reads as zeros. Every block is blockBytes long (the last one
+ * padded with zeros when the size is not a multiple, as the pool and the export stream keep it). The
+ * manifest's id is derived from its bytes, so
  * the same backup pushed twice is one manifest, and a damaged manifest does not match its id.
  */
 export interface Manifest {
@@ -180,7 +181,8 @@ export function decodeManifest (id: string, bytes: Buffer): Manifest {
   return m
 }
 
-/** The length of block `index` of a volume of `size` bytes. */
-export function blockLength (size: number, blockBytes: number, index: number): number {
-  return Math.min(blockBytes, size - index * blockBytes)
+/** The bytes of the volume block `index` covers (the last block's padding left out), for messages. */
+export function blockRange (size: number, blockBytes: number, index: number): { start: number, length: number } {
+  const start = index * blockBytes
+  return { start, length: Math.min(blockBytes, size - start) }
 }

@@ -14,21 +14,21 @@
 import * as zstd from 'zstd-napi/binding'
 import { VdiskError, corrupt, invalid, notFound } from '../errors'
 import {
-  Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockLength, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
+  Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockRange, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
   chunkKey, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
   manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteBatchBlocks, remoteClockMarginMs, remoteGraceSecondsDefault,
   remoteRequestsInFlightMax, storeFormat, storeMarkerKey, storeVersion
 } from './remote-format'
 import { RemoteLocation, S3Store } from './s3-store'
 
-/** One block of a volume: its index and bytes (blockBytes long, shorter only for the last block). */
-export interface Block { index: number, data: Buffer }
+/** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
+export interface Block { index: number, data: Buffer | null }
 
 /** What a push records about the backup besides its blocks. */
 export interface BackupMeta { identity: string, name: string, host: string, created: string, size: number, blockBytes: number }
 
-/** Test hooks (the gc race test pauses a push here). */
-export interface PushHooks { beforeManifest?: () => Promise<void> }
+/** Test hooks: the gc race and network-fault tests pause a push or a pull here. */
+export interface PushHooks { afterBatch?: () => Promise<void>, beforeManifest?: () => Promise<void> }
 
 export interface PushResult {
   id: string
@@ -149,13 +149,14 @@ export class RemoteStore {
         if (state === 'uploaded') { result.chunksUploaded++; result.bytesUploaded += data.length } else result.chunksReused++
         if (state === 'touched') result.chunksTouched++
       })
+      await options.hooks?.afterBatch?.()
     }
     for await (const block of blocks) {
-      if (block.index < 0 || block.index * meta.blockBytes >= meta.size || block.data.length !== blockLength(meta.size, meta.blockBytes, block.index)) {
-        throw invalid(`block ${block.index} (${block.data.length} bytes) does not fit a volume of ${meta.size} bytes`)
+      if (block.index < 0 || block.index * meta.blockBytes >= meta.size || (block.data !== null && block.data.length !== meta.blockBytes)) {
+        throw invalid(`block ${block.index} (${block.data?.length ?? 0} bytes) does not fit a volume of ${meta.size} bytes`)
       }
-      options.onProgress?.(block.data.length)
-      if (isZero(block.data)) { entries.delete(block.index); continue }
+      options.onProgress?.(meta.blockBytes)
+      if (block.data === null || isZero(block.data)) { entries.delete(block.index); continue }
       const id = blake3Hex(block.data)
       entries.set(block.index, id)
       if (settled.has(id)) continue
@@ -232,7 +233,7 @@ export class RemoteStore {
    * `remoteRequestsInFlightMax` at a time and `remoteBatchBlocks` ahead at most. Errors: CORRUPT naming the
    * backup and the byte range for a damaged or missing chunk; IO from S3.
    */
-  async * blocks (id: string, manifest: Manifest): AsyncGenerator<Block> {
+  async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
     for (let start = 0; start < manifest.blocks.length; start += remoteBatchBlocks) {
       const entries = manifest.blocks.slice(start, start + remoteBatchBlocks)
       const data = new Array<Buffer>(entries.length)
@@ -241,15 +242,16 @@ export class RemoteStore {
           data[i] = await this.readChunk(chunk)
         } catch (err) {
           if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
-          const offset = index * manifest.blockBytes
+          const { start, length } = blockRange(manifest.size, manifest.blockBytes, index)
           const why = err.code === 'NOT_FOUND' ? `chunk ${chunk} is missing from the store` : err.message
-          throw corrupt(`remote backup ${id} (${manifest.name}): bytes ${offset}-${offset + blockLength(manifest.size, manifest.blockBytes, index) - 1}: ${why}`)
+          throw corrupt(`remote backup ${id} (${manifest.name}): bytes ${start}-${start + length - 1}: ${why}`)
         }
-        if (data[i].length !== blockLength(manifest.size, manifest.blockBytes, index)) {
+        if (data[i].length !== manifest.blockBytes) {
           throw corrupt(`remote backup ${id} (${manifest.name}): block ${index}: chunk ${chunk} holds ${data[i].length} bytes, not the block's length`)
         }
       })
-      for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], data: data[i] }
+      for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], data: data[i], id: entries[i][1] }
+      await hooks.afterBatch?.()
     }
   }
 
@@ -275,9 +277,8 @@ export class RemoteStore {
         continue
       }
       for (const [index, chunk] of m.blocks) {
-        const start = index * m.blockBytes
         const list = users.get(chunk) ?? []
-        list.push({ backup: id, name: m.name, start, length: blockLength(m.size, m.blockBytes, index) })
+        list.push({ backup: id, name: m.name, ...blockRange(m.size, m.blockBytes, index) })
         users.set(chunk, list)
       }
     }

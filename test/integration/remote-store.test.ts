@@ -29,7 +29,7 @@ async function openStore (graceSeconds = 3600): Promise<RemoteStore> {
 }
 
 /** A volume as blocks: block i is seeded random bytes from seeds[i], or zeros for null. */
-function volume (seeds: Array<number | null>): { meta: BackupMeta, blocks: Block[] } {
+function volume (seeds: Array<number | null>): { meta: BackupMeta, blocks: Array<{ index: number, data: Buffer }> } {
   const blocks = seeds.flatMap((seed, index) => seed === null ? [] : [{ index, data: seeded(seed) }])
   return { meta: { identity: `test-${seeds.join(',')}`, name: 'vol', host: 'host-a', created: new Date().toISOString(), size: seeds.length * blockBytes, blockBytes }, blocks }
 }
@@ -44,8 +44,8 @@ function seeded (seed: number): Buffer {
 
 async function * from (blocks: Block[]): AsyncGenerator<Block> { for (const block of blocks) yield block }
 
-async function readAll (store: RemoteStore, id: string): Promise<Block[]> {
-  const out: Block[] = []
+async function readAll (store: RemoteStore, id: string): Promise<Array<{ index: number, data: Buffer }>> {
+  const out: Array<{ index: number, data: Buffer }> = []
   for await (const block of store.blocks(id, await store.manifest(id))) out.push(block)
   return out
 }

@@ -1,0 +1,96 @@
+/**
+ * The remotes a pool knows (`vdiskfs remote add`): name -> where its store is (bucket, prefix, endpoint,
+ * region). Kept in POOL/remotes.json, 0600, replaced atomically (a temporary file written, fsynced and
+ * renamed over it, then the directory fsynced). Never credentials: those stay in the environment of
+ * whoever runs push/pull (the AWS variables and shared config files).
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { VdiskError, corrupt, exists, fromSystemError, invalid, notFound } from '../errors'
+import { RemoteLocation, parseS3Url } from './s3-store'
+
+export const remotesFile = 'remotes.json'
+export const remotesVersion = 1
+
+export interface RemoteDefinition extends RemoteLocation { name: string, url: string, added: string }
+
+interface RemotesFile { version: number, remotes: RemoteDefinition[] }
+
+export function checkRemoteName (name: string): void {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name)) throw invalid(`invalid remote name '${name}': use letters, digits, '.', '_' and '-' (at most 64)`)
+}
+
+/** Checks what `remote add` was given and makes the definition. Errors: INVALID. */
+export function makeDefinition (name: string, url: string, endpoint?: string, region?: string): RemoteDefinition {
+  checkRemoteName(name)
+  const { bucket, prefix } = parseS3Url(url)
+  if (endpoint !== undefined) {
+    let parsed: URL
+    try { parsed = new URL(endpoint) } catch { throw invalid(`invalid endpoint '${endpoint}': give a URL such as http://127.0.0.1:7480`) }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`invalid endpoint '${endpoint}': http or https only`)
+    if (parsed.username !== '' || parsed.password !== '') throw invalid('the endpoint must not carry credentials: use the AWS environment variables or ~/.aws')
+  }
+  if (region !== undefined && !/^[a-z0-9-]{1,64}$/.test(region)) throw invalid(`invalid region '${region}'`)
+  const definition: RemoteDefinition = { name, url, bucket, prefix, added: new Date().toISOString() }
+  if (endpoint !== undefined) definition.endpoint = endpoint
+  if (region !== undefined) definition.region = region
+  return definition
+}
+
+/** The remotes of the pool in `poolDir`. Errors: CORRUPT for a damaged file, IO. */
+export function readRemotes (poolDir: string): RemoteDefinition[] {
+  const file = path.join(poolDir, remotesFile)
+  let text: string
+  try { text = fs.readFileSync(file, 'utf8') } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+    throw fromSystemError(err, `reading ${file}`)
+  }
+  let parsed: RemotesFile
+  try { parsed = JSON.parse(text) as RemotesFile } catch { throw corrupt(`${file} is not JSON`) }
+  if (parsed === null || typeof parsed !== 'object' || parsed.version !== remotesVersion || !Array.isArray(parsed.remotes)) throw corrupt(`${file}: not a version ${remotesVersion} remotes file`)
+  for (const r of parsed.remotes) {
+    if (r === null || typeof r !== 'object' || typeof r.name !== 'string' || typeof r.url !== 'string') throw corrupt(`${file}: a damaged remote entry`)
+  }
+  // Re-derived from what was given, so a hand-edited file is held to the same rules as `remote add`.
+  return parsed.remotes.map(r => ({ ...makeDefinition(r.name, r.url, r.endpoint, r.region), added: String(r.added) }))
+}
+
+export function findRemote (poolDir: string, name: string): RemoteDefinition {
+  const remote = readRemotes(poolDir).find(r => r.name === name)
+  if (remote === undefined) throw notFound(`remote ${name} (see vdiskfs remote list)`)
+  return remote
+}
+
+/** Adds a remote. Errors: EXISTS for a name taken, IO/NO_SPACE writing the file. */
+export function addRemote (poolDir: string, definition: RemoteDefinition): void {
+  const remotes = readRemotes(poolDir)
+  if (remotes.some(r => r.name === definition.name)) throw exists(`remote ${definition.name}`)
+  writeRemotes(poolDir, [...remotes, definition])
+}
+
+/** Removes a remote (its store is left as it is). Errors: NOT_FOUND, IO. */
+export function removeRemote (poolDir: string, name: string): void {
+  const remotes = readRemotes(poolDir)
+  if (!remotes.some(r => r.name === name)) throw notFound(`remote ${name}`)
+  writeRemotes(poolDir, remotes.filter(r => r.name !== name))
+}
+
+function writeRemotes (poolDir: string, remotes: RemoteDefinition[]): void {
+  const file = path.join(poolDir, remotesFile)
+  const temporary = `${file}.tmp-${process.pid}`
+  try {
+    const fd = fs.openSync(temporary, 'w', 0o600)
+    try {
+      fs.fchmodSync(fd, 0o600)
+      fs.writeSync(fd, JSON.stringify({ version: remotesVersion, remotes } satisfies RemotesFile, null, 2) + '\n')
+      fs.fsyncSync(fd)
+    } finally { fs.closeSync(fd) }
+    fs.renameSync(temporary, file)
+    const dir = fs.openSync(poolDir, 'r')
+    try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
+  } catch (err) {
+    fs.rmSync(temporary, { force: true })
+    if (err instanceof VdiskError) throw err
+    throw fromSystemError(err, `writing ${file}`)
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * Push and pull: the remote store on one side, a mounted pool's export and import streams on the other
+ * (src/transfer, the stream format of docs/FORMAT.md). A push decodes the export stream of a backup (full,
+ * or since the newest backup of its lineage already in the remote) and stores its blocks; a pull reads a
+ * backup's chunks, each checked against its id, encodes them as a full stream and imports it, so the pool
+ * makes the backup appear in one step or not at all.
+ */
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { VdiskError, corrupt } from '../errors'
+import { call } from '../control/client'
+import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
+import { Manifest } from './remote-format'
+import { Block, PushHooks, PushResult, RemoteStore } from './store'
+import { testPause } from './test-pause'
+
+/** The two calls of TRANSFER's client (src/transfer/client.ts) push and pull use. */
+interface TransferClient {
+  exportStream: (mountpoint: string, kind: string, name: string, options: { since?: string }) => Readable
+  importStream: (mountpoint: string, name: string, stream: Readable) => Promise<unknown>
+}
+
+function transferClient (): TransferClient {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('../transfer/client') as TransferClient
+}
+
+export interface Progress { add: (n: number) => void, total: (n: number) => void }
+
+interface LocalVolume { id: number, kind: string, name: string, createdMs: number, sourceId: number | null, uuid?: string }
+
+export interface PushReport extends PushResult { name: string, since: string | null }
+
+/**
+ * Pushes backup `name` of the pool mounted at `mountpoint`. Incremental (unless `full`) on the newest
+ * older backup of the same lineage (taken from the same volume) that the remote holds. Errors: those of
+ * the store, the export, and NOT_FOUND for a backup that does not exist.
+ */
+export async function pushBackup (store: RemoteStore, mountpoint: string, name: string, options: { host: string, full: boolean, progress: Progress }): Promise<PushReport> {
+  const volumes = await call(mountpoint, 'ls') as LocalVolume[]
+  const backup = volumes.find(v => v.kind === 'backup' && v.name === name)
+  if (backup === undefined) throw new VdiskError('NOT_FOUND', `backups/${name} does not exist`)
+  let base: { name: string, manifest: Manifest } | null = null
+  if (!options.full && backup.uuid !== undefined) {
+    const inRemote = new Map((await store.backups()).map(b => [b.identity, b.id]))
+    const lineage = volumes.filter(v => v.kind === 'backup' && v.sourceId === backup.sourceId && v.sourceId !== null && v.createdMs < backup.createdMs && v.uuid !== undefined && inRemote.has(v.uuid))
+    const newest = lineage.sort((a, b) => b.createdMs - a.createdMs)[0]
+    if (newest !== undefined) base = { name: newest.name, manifest: await store.manifest(inRemote.get(newest.uuid!)!) }
+  }
+  const exported = transferClient().exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
+  const decoder = new StreamDecoder()
+  const piping = pipeline(exported, decoder).catch(err => { decoder.destroy(err as Error) })
+  const items = decoder[Symbol.asyncIterator]() as AsyncIterator<StreamItem>
+  const first = await items.next()
+  if (first.done === true || (first.value as StreamItem).kind !== 'header') throw corrupt(`the export stream of backups/${name} has no header`)
+  const header = (first.value as Extract<StreamItem, { kind: 'header' }>).header
+  if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export stream of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
+  options.progress.total(header.records * header.blockBytes)
+  async function * blocks (): AsyncGenerator<Block> {
+    for (let item = await items.next(); item.done !== true; item = await items.next()) {
+      const value = item.value as StreamItem
+      if (value.kind !== 'block') throw corrupt(`the export stream of backups/${name} has a second header`)
+      yield { index: value.block.index, data: value.block.data }
+    }
+  }
+  const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
+  // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
+  // never names blocks of a stream that turned out damaged.
+  const result = await store.push({ identity: header.uuid, name: header.name, host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
+    blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
+  await piping
+  return { ...result, name, since: base?.name ?? null }
+}
+
+/**
+ * Pulls backup `id` of the remote into the pool mounted at `mountpoint` as backups/NAME.img. Every chunk
+ * is checked against its id before it goes into the stream. Errors: CORRUPT naming the backup and byte
+ * range for a damaged or missing chunk, NOT_FOUND, those of the import.
+ */
+export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number }> {
+  const manifest = await store.manifest(id)
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length }
+  progress.total(manifest.blocks.length * manifest.blockBytes)
+  let sourceError: unknown = null
+  async function * blocks (): AsyncGenerator<{ index: number, data: Buffer, hash: Buffer }> {
+    try {
+      for await (const block of store.blocks(id, manifest, { afterBatch: async () => await testPause('pull-batch') })) {
+        progress.add(block.data.length)
+        yield { index: block.index, data: block.data, hash: Buffer.from(block.id, 'hex') }
+      }
+    } catch (err) { sourceError = err; throw err }
+  }
+  const encoder = new StreamEncoder(header)
+  const feeding = pipeline(Readable.from(blocks()), encoder).catch(err => { encoder.destroy(err as Error) })
+  try {
+    await transferClient().importStream(mountpoint, name, encoder)
+  } catch (err) {
+    // The import failed because the remote did: say what the remote did.
+    if (sourceError !== null) throw sourceError
+    throw err
+  }
+  await feeding
+  if (sourceError !== null) throw sourceError
+  return { id, name, size: manifest.size, blocks: manifest.blocks.length }
+}
