@@ -6,6 +6,8 @@ export class UsageError extends Error {}
 
 export interface Spec {
   positionals: string[]
+  /** Positionals that may follow the required ones (usage shows them in brackets). */
+  optional?: string[]
   booleans?: Record<string, string[]>
   values?: Record<string, string[]>
 }
@@ -38,8 +40,11 @@ export function parseArgs (argv: string[], spec: Spec): Parsed {
     }
     positionals.push(arg)
   }
-  if (positionals.length !== spec.positionals.length) {
-    throw new UsageError(`expected ${spec.positionals.length} argument${spec.positionals.length === 1 ? '' : 's'} (${spec.positionals.join(' ')}), got ${positionals.length}`)
+  const optional = spec.optional ?? []
+  if (positionals.length < spec.positionals.length || positionals.length > spec.positionals.length + optional.length) {
+    const expected = optional.length === 0 ? `${spec.positionals.length}` : `${spec.positionals.length} to ${spec.positionals.length + optional.length}`
+    const names = [...spec.positionals, ...optional.map(name => `[${name}]`)].join(' ')
+    throw new UsageError(`expected ${expected} argument${spec.positionals.length + optional.length === 1 ? '' : 's'} (${names}), got ${positionals.length}`)
   }
   return { positionals, flags, values }
 }
