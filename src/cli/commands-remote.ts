@@ -57,7 +57,17 @@ function keepRules (values: Record<string, string>): KeepRules {
   return rules
 }
 
+const remoteSubcommands = ['add', 'list', 'remove', 'ls', 'verify', 'prune', 'gc']
+
 export const remoteCommands: Record<string, Command> = {
+  remote: {
+    usage: 'remote SUBCOMMAND ...',
+    summary: `the pool's remote stores on S3: remote ${remoteSubcommands.join('|')} (below)`,
+    spec: { positionals: ['SUBCOMMAND'] },
+    async run ({ positionals: [sub] }) {
+      throw new UsageError(`unknown subcommand '${sub}': use one of ${remoteSubcommands.map(s => `remote ${s}`).join(', ')}`)
+    }
+  },
   'remote add': {
     usage: 'remote add MNT NAME s3://BUCKET[/PREFIX] [--endpoint URL] [--region R] [--grace-period SECONDS] [--json]',
     summary: 'add a remote dedup store on S3 to the pool (bucket and store created if missing; credentials from the AWS environment)',
@@ -97,7 +107,7 @@ export const remoteCommands: Record<string, Command> = {
     spec: { positionals: ['MNT', 'REMOTE'], booleans: json },
     async run ({ positionals: [mnt, name], flags }) {
       const backups = await withStore(await remoteOf(mnt, name), async store => await store.backups())
-      print(flags.json === true, backups, () => backups.length === 0 ? `no backups in remote ${name}` : table(['ID', 'NAME', 'SIZE', 'CREATED', 'HOST'], backups.map(b => [b.id, b.name, bytes(b.size), b.created, b.host])))
+      print(flags.json === true, backups, () => backups.length === 0 ? `no backups in remote ${name}` : table(['ID', 'NAME', 'SOURCE', 'SIZE', 'CREATED', 'HOST'], backups.map(b => [b.id, b.name, b.source, bytes(b.size), b.created, b.host])))
     }
   },
   'remote verify': {
@@ -172,7 +182,7 @@ export const remoteCommands: Record<string, Command> = {
       const mountpoint = mountpointArg(mnt)
       const remote = await remoteOf(mountpoint, name)
       const progress = byteProgress(`pull ${id.slice(0, 8)}`)
-      const result = await withStore(remote, async store => await pullBackup(store, mountpoint, id, file.replace(/\.img$/, ''), progress)).finally(() => progress.stop())
+      const result = await withStore(remote, async store => await pullBackup(store, mountpoint, id, file, progress)).finally(() => progress.stop())
       print(flags.json === true, result, () => `pulled ${id} from ${name} as backups/${file} (${bytes(result.size)})`)
     }
   }

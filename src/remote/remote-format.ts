@@ -140,9 +140,10 @@ export function decodeStoreMarker (text: string, what: string): StoreMarker {
 export interface Manifest {
   format: string
   version: number
-  /** The backup's stable identity in its pool, the source volume's name, the host and when it was taken. */
+  /** The backup's stable identity (a UUID), its name, the volume it was taken from, the host, when it was taken. */
   identity: string
   name: string
+  source: string
   host: string
   created: string
   size: number
@@ -167,7 +168,7 @@ export function decodeManifest (id: string, bytes: Buffer): Manifest {
   const m = value as Manifest
   if (m === null || typeof m !== 'object' || m.format !== manifestFormat) throw corrupt(`${what}: not a vdiskfs manifest`)
   if (m.version !== manifestVersion) throw new VdiskError('INVALID', `${what}: manifest version ${String(m.version)} is not supported (this vdiskfs reads version ${manifestVersion})`)
-  for (const key of ['identity', 'name', 'host', 'created'] as const) if (typeof m[key] !== 'string') throw corrupt(`${what}: manifest field ${key} missing`)
+  for (const key of ['identity', 'name', 'source', 'host', 'created'] as const) if (typeof m[key] !== 'string') throw corrupt(`${what}: manifest field ${key} missing`)
   if (!Number.isSafeInteger(m.size) || m.size < 0) throw corrupt(`${what}: invalid size`)
   if (!Number.isSafeInteger(m.blockBytes) || m.blockBytes <= 0 || m.blockBytes > blockBytesMax) throw corrupt(`${what}: invalid block size`)
   if (!Array.isArray(m.blocks)) throw corrupt(`${what}: no block list`)

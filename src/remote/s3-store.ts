@@ -137,7 +137,10 @@ export class S3Store {
       return new VdiskError('NOT_PERMITTED', `${where}: ${doing}: access denied (${name}); credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws`, { cause: err })
     }
     const code = (err as NodeJS.ErrnoException)?.code
-    const message = code !== undefined ? `${code}` : status !== undefined ? `${name} (HTTP ${status})` : (err as Error)?.message ?? String(err)
+    if (code !== undefined && status === undefined) {
+      return new VdiskError('IO', `${where}: ${doing}: cannot reach ${this.location.endpoint ?? 'S3'} (${code})`, { cause: err })
+    }
+    const message = status !== undefined ? `${name} (HTTP ${status})` : (err as Error)?.message ?? String(err)
     return new VdiskError('IO', `${where}: ${doing}: ${message}`, { cause: err })
   }
 }

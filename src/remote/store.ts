@@ -25,7 +25,7 @@ import { RemoteLocation, S3Store } from './s3-store'
 export interface Block { index: number, data: Buffer | null }
 
 /** What a push records about the backup besides its blocks. */
-export interface BackupMeta { identity: string, name: string, host: string, created: string, size: number, blockBytes: number }
+export interface BackupMeta { identity: string, name: string, source: string, host: string, created: string, size: number, blockBytes: number }
 
 /** Test hooks: the gc race and network-fault tests pause a push or a pull here. */
 export interface PushHooks { afterBatch?: () => Promise<void>, beforeManifest?: () => Promise<void> }
@@ -41,7 +41,7 @@ export interface PushResult {
   chunksTouched: number
 }
 
-export interface RemoteBackup { id: string, name: string, identity: string, host: string, created: string, pushed: string, size: number, blockBytes: number, blocks: number }
+export interface RemoteBackup { id: string, name: string, source: string, identity: string, host: string, created: string, pushed: string, size: number, blockBytes: number, blocks: number }
 
 export interface GcReport { manifests: number, chunks: number, chunksRemoved: number, bytesRemoved: number, chunksKeptYoung: number, dryRun: boolean }
 
@@ -166,7 +166,7 @@ export class RemoteStore {
     }
     await flush()
     const manifest: Manifest = {
-      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, host: meta.host, created: meta.created,
+      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, source: meta.source, host: meta.host, created: meta.created,
       size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
     }
     result.blocks = manifest.blocks.length
@@ -223,7 +223,7 @@ export class RemoteStore {
       const id = backupIdOfKey(this.prefix, object.key)
       if (id === null) continue
       const m = await this.manifest(id)
-      list.push({ id, name: m.name, identity: m.identity, host: m.host, created: m.created, pushed: new Date(object.lastModifiedMs).toISOString(), size: m.size, blockBytes: m.blockBytes, blocks: m.blocks.length })
+      list.push({ id, name: m.name, source: m.source, identity: m.identity, host: m.host, created: m.created, pushed: new Date(object.lastModifiedMs).toISOString(), size: m.size, blockBytes: m.blockBytes, blocks: m.blocks.length })
     }
     return list.sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id))
   }

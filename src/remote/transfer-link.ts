@@ -27,7 +27,7 @@ function transferClient (): TransferClient {
 
 export interface Progress { add: (n: number) => void, total: (n: number) => void }
 
-interface LocalVolume { id: number, kind: string, name: string, createdMs: number, sourceId: number | null, uuid?: string }
+interface LocalVolume { id: number, kind: string, name: string, createdMs: number, sourceId: number | null, sourceLabel: string | null }
 
 export interface PushReport extends PushResult { name: string, since: string | null }
 
@@ -40,12 +40,22 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   const volumes = await call(mountpoint, 'ls') as LocalVolume[]
   const backup = volumes.find(v => v.kind === 'backup' && v.name === name)
   if (backup === undefined) throw new VdiskError('NOT_FOUND', `backups/${name} does not exist`)
+  const uuidOf = async (volume: LocalVolume): Promise<string> => ((await call(mountpoint, 'uuid', { kind: volume.kind, name: volume.name })) as { uuid: string }).uuid
+  const inRemote = new Map((await store.backups()).map(b => [b.identity, b.id]))
+  const already = inRemote.get(await uuidOf(backup))
+  if (already !== undefined && !options.full) {
+    // Pushed before (by this pool, or pulled from the remote): the store holds it whole already.
+    const manifest = await store.manifest(already)
+    return { id: already, created: false, blocks: manifest.blocks.length, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, name, since: null }
+  }
   let base: { name: string, manifest: Manifest } | null = null
-  if (!options.full && backup.uuid !== undefined) {
-    const inRemote = new Map((await store.backups()).map(b => [b.identity, b.id]))
-    const lineage = volumes.filter(v => v.kind === 'backup' && v.sourceId === backup.sourceId && v.sourceId !== null && v.createdMs < backup.createdMs && v.uuid !== undefined && inRemote.has(v.uuid))
-    const newest = lineage.sort((a, b) => b.createdMs - a.createdMs)[0]
-    if (newest !== undefined) base = { name: newest.name, manifest: await store.manifest(inRemote.get(newest.uuid!)!) }
+  if (!options.full && backup.sourceId !== null) {
+    // The newest older backup of the same lineage (taken from the same volume) that the remote holds.
+    const lineage = volumes.filter(v => v.kind === 'backup' && v.sourceId === backup.sourceId && v.createdMs < backup.createdMs).sort((a, b) => b.createdMs - a.createdMs)
+    for (const candidate of lineage) {
+      const id = inRemote.get(await uuidOf(candidate))
+      if (id !== undefined) { base = { name: candidate.name, manifest: await store.manifest(id) }; break }
+    }
   }
   const exported = transferClient().exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
   const decoder = new StreamDecoder()
@@ -66,7 +76,7 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
   // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
   // never names blocks of a stream that turned out damaged.
-  const result = await store.push({ identity: header.uuid, name: header.name, host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
+  const result = await store.push({ identity: header.uuid, name: header.name, source: backup.sourceLabel ?? '', host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
     blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
   await piping
   return { ...result, name, since: base?.name ?? null }

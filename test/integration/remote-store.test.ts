@@ -31,7 +31,7 @@ async function openStore (graceSeconds = 3600): Promise<RemoteStore> {
 /** A volume as blocks: block i is seeded random bytes from seeds[i], or zeros for null. */
 function volume (seeds: Array<number | null>): { meta: BackupMeta, blocks: Array<{ index: number, data: Buffer }> } {
   const blocks = seeds.flatMap((seed, index) => seed === null ? [] : [{ index, data: seeded(seed) }])
-  return { meta: { identity: `test-${seeds.join(',')}`, name: 'vol', host: 'host-a', created: new Date().toISOString(), size: seeds.length * blockBytes, blockBytes }, blocks }
+  return { meta: { identity: `test-${seeds.join(',')}`, name: 'vol', source: 'disk vol', host: 'host-a', created: new Date().toISOString(), size: seeds.length * blockBytes, blockBytes }, blocks }
 }
 
 function seeded (seed: number): Buffer {
