@@ -1,4 +1,160 @@
-/** CLI commands of issue #12: diff, export, import, prune. */
-import { Command } from './command'
+/**
+ * CLI commands of issue #12: diff, export, import, prune. Export and import stream through this
+ * process (src/transfer/client.ts): the daemon reads and stores blocks, this process encodes and
+ * decodes the export stream, and shows progress on a terminal (nothing otherwise).
+ */
+import fs from 'node:fs'
+import path from 'node:path'
+import { Readable, Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { SingleBar, Presets } from 'cli-progress'
+import { VdiskError, fromSystemError, invalid } from '../errors'
+import { call } from '../control/client'
+import { exportStream, importStream, ImportResult } from '../transfer/client'
+import { pruneRules } from '../transfer/prune'
+import { StreamHeader } from '../transfer/stream'
+import { UsageError } from './args'
+import { bytes, table } from './format'
+import { Command, imagePath, jsonVolume, mountpointArg, newImageName, print, time } from './command'
 
-export const transferCommands: Record<string, Command> = {}
+/** A progress bar of blocks on a terminal; nothing when stderr is not one. */
+function blockProgress (label: string): { header: (h: StreamHeader) => void, block: (done: number) => void, stop: () => void } {
+  if (process.stderr.isTTY !== true) return { header: () => {}, block: () => {}, stop: () => {} }
+  const bar = new SingleBar({ format: `${label} [{bar}] {percentage}% {value}/{total} blocks`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  let started = false
+  let last = 0
+  return {
+    header: h => { bar.start(Math.max(1, h.records), 0); started = true },
+    block: done => { if (started && (done - last >= 64 || Date.now() % 16 === 0)) { bar.update(done); last = done } },
+    stop: () => { if (started) bar.stop() }
+  }
+}
+
+/** The name of a backup in MNT/backups (BACKUP is an image path, or for --since also a plain name). */
+function backupName (arg: string): string {
+  return arg.includes('/') ? imagePath(arg).name : newImageName(arg)
+}
+
+export const transferCommands: Record<string, Command> = {
+  diff: {
+    usage: 'diff OLD NEW [--json]',
+    summary: 'byte ranges that differ between two volumes of one pool (a backup and a later backup, or a backup and its disk)',
+    spec: { positionals: ['OLD', 'NEW'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [oldImage, newImage], flags }) {
+      const older = imagePath(oldImage)
+      const newer = imagePath(newImage)
+      if (older.mountpoint !== newer.mountpoint) throw invalid('OLD and NEW must be in the same vdiskfs mount')
+      const result = await call(older.mountpoint, 'diff', { olderKind: older.kind, olderName: older.name, newerKind: newer.kind, newerName: newer.name }) as { ranges: Array<{ start: number, length: number }> }
+      print(flags.json === true, result.ranges, () => {
+        if (result.ranges.length === 0) return 'no differences'
+        const total = result.ranges.reduce((sum, r) => sum + r.length, 0)
+        return table(['START', 'LENGTH'], result.ranges.map(r => [String(r.start), String(r.length)])) + `\n\n${result.ranges.length} ranges, ${bytes(total)}`
+      })
+    }
+  },
+
+  export: {
+    usage: 'export BACKUP [--since OLDER_BACKUP] [-o FILE|-] [--json]',
+    summary: 'write a backup as a self-describing stream (docs/FORMAT.md), whole or the blocks changed since an older backup',
+    spec: { positionals: ['BACKUP'], booleans: { json: ['--json'] }, values: { since: ['--since'], output: ['-o', '--output'] } },
+    async run ({ positionals: [image], flags, values }) {
+      const source = imagePath(image)
+      if (source.kind !== 'backup') throw invalid(`${image} is not a backup: export a backup (take one with vdiskfs backup)`)
+      const since = values.since === undefined ? undefined : backupName(values.since)
+      if (values.since?.includes('/') === true && imagePath(values.since).mountpoint !== source.mountpoint) throw invalid('--since must name a backup in the same mount')
+      const output = values.output ?? '-'
+      if (output === '-' && process.stdout.isTTY === true) throw new UsageError('refusing to write a binary stream to a terminal: give -o FILE or redirect the output')
+      const progress = blockProgress('export')
+      let header: StreamHeader | null = null
+      const started = Date.now()
+      const stream = exportStream(source.mountpoint, 'backup', source.name, { since, onHeader: h => { header = h; progress.header(h) }, onBlock: progress.block })
+      // A file appears under its name only when complete: written as FILE.partial, then renamed.
+      const partial = output === '-' ? null : `${output}.partial`
+      let sink: Writable
+      if (partial === null) sink = process.stdout
+      else {
+        try { sink = fs.createWriteStream(partial, { flags: 'w', mode: 0o600 }) } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
+      }
+      let streamBytes = 0
+      stream.on('data', (chunk: Buffer) => { streamBytes += chunk.length })
+      try {
+        await pipeline(stream, sink, { end: partial !== null })
+        if (partial !== null) {
+          const fd = fs.openSync(partial, 'r')
+          try { fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+          fs.renameSync(partial, output)
+        }
+      } catch (err) {
+        if (partial !== null) fs.rmSync(partial, { force: true })
+        if ((err as NodeJS.ErrnoException).code === 'EPIPE' || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') throw new VdiskError('IO', 'the reader of the stream went away before its end')
+        throw err instanceof VdiskError ? err : fromSystemError(err, 'exporting')
+      } finally {
+        progress.stop()
+      }
+      const h = header as StreamHeader | null
+      const summary = { backup: source.name, uuid: h?.uuid, since: since ?? null, baseUuid: h?.baseUuid ?? null, size: h?.size, blocks: h?.records, streamBytes, elapsedMs: Date.now() - started, output }
+      const line = `exported ${source.name}${since !== undefined ? ` since ${since}` : ''}: ${h?.records ?? 0} blocks, ${bytes(streamBytes)} in ${((Date.now() - started) / 1000).toFixed(1)} s`
+      // With the stream on stdout, the summary goes to stderr (and only when asked for, or on a terminal).
+      if (output === '-') { if (flags.json === true) process.stderr.write(JSON.stringify(summary) + '\n'); else if (process.stderr.isTTY === true) process.stderr.write(line + '\n') } else print(flags.json === true, summary, () => `${line} -> ${output}`)
+    }
+  },
+
+  import: {
+    usage: 'import MNT FILE|- NAME [--json]',
+    summary: 'create backups/NAME.img from an export stream (an incremental one needs its base backup here); atomic, and resumed when repeated after an interruption',
+    spec: { positionals: ['MNT', 'FILE', 'NAME'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [mnt, file, name], flags }) {
+      const mountpoint = mountpointArg(mnt)
+      const target = newImageName(name)
+      let input: Readable
+      if (file === '-') input = process.stdin
+      else {
+        try { fs.accessSync(file, fs.constants.R_OK) } catch (err) { throw fromSystemError(err, `reading ${file}`) }
+        input = fs.createReadStream(file)
+      }
+      const progress = blockProgress('import')
+      const started = Date.now()
+      let result: ImportResult
+      try {
+        result = await importStream(mountpoint, target, input, { onHeader: progress.header, onBlock: progress.block })
+      } finally {
+        progress.stop()
+      }
+      const elapsedMs = Date.now() - started
+      print(flags.json === true, { ...result, backup: jsonVolume(result.backup), elapsedMs }, () =>
+        `imported ${path.join(mountpoint, 'backups', target)} (${result.blocks} blocks, ${result.newChunks} new chunks, ${result.dedupedBlocks} already here` +
+        `${result.resumedBlocks > 0 ? `, ${result.resumedBlocks} from an interrupted import` : ''}) in ${(elapsedMs / 1000).toFixed(1)} s`)
+    }
+  },
+
+  prune: {
+    usage: 'prune MNT --keep-last N --keep-hourly N --keep-daily N --keep-weekly N --keep-monthly N --keep-yearly N [--match GLOB] [--dry-run] [--json]',
+    summary: 'remove the backups no retention rule keeps (Proxmox Backup Server rules, by creation time, per source volume; see README)',
+    spec: {
+      positionals: ['MNT'],
+      booleans: { json: ['--json'], dryRun: ['--dry-run', '-n'] },
+      values: { ...Object.fromEntries(pruneRules.map(rule => [rule, [`--keep-${rule}`]])), match: ['--match'] }
+    },
+    async run ({ positionals: [mnt], flags, values }) {
+      const args: Record<string, unknown> = { dryRun: flags.dryRun === true }
+      for (const rule of pruneRules) {
+        const text = values[rule]
+        if (text === undefined) continue
+        if (!/^\d+$/.test(text)) throw new UsageError(`--keep-${rule} needs a whole number, not '${text}'`)
+        args[rule] = Number(text)
+      }
+      if (!pruneRules.some(rule => typeof args[rule] === 'number' && (args[rule] as number) > 0)) {
+        throw new UsageError('give at least one --keep-* rule with a count above 0 (prune never removes every backup)')
+      }
+      if (values.match !== undefined) args.match = values.match
+      const result = await call(mountpointArg(mnt), 'prune', args) as { dryRun: boolean, backups: Array<{ name: string, createdMs: number, group: string, keep: boolean, rule: string | null, removed: boolean, error: string | null }> }
+      const failed = result.backups.filter(b => b.error !== null)
+      if (failed.length > 0) process.exitCode = 1
+      print(flags.json === true, { dryRun: result.dryRun, backups: result.backups.map(({ createdMs, ...b }) => ({ ...b, created: time(createdMs) })) }, () => {
+        if (result.backups.length === 0) return 'no backups to prune'
+        const rows = result.backups.map(b => [b.name, time(b.createdMs), b.group, b.keep ? 'keep' : result.dryRun ? 'remove' : b.removed ? 'removed' : 'kept (failed)', b.keep ? `keep-${String(b.rule)}` : (b.error ?? '')])
+        return table(['BACKUP', 'CREATED', 'SOURCE', 'ACTION', 'WHY'], rows) + (result.dryRun ? '\n\n(dry run: nothing removed)' : '')
+      })
+    }
+  }
+}

@@ -9,10 +9,81 @@ import path from 'node:path'
 import { VdiskError } from '../errors'
 import { Operation, Reply, checkControlDir, socketPathsFor } from './protocol'
 
-export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
+function socketOf (mountpoint: string): string {
   // A control directory somebody else owns could hold a stranger's socket posing as our daemon.
   const socketPath = socketPathsFor(mountpoint).find(file => checkControlDir(path.dirname(file), false) && fs.existsSync(file))
   if (socketPath === undefined) throw new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+  return socketPath
+}
+
+function connectError (mountpoint: string, err: Error): VdiskError {
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ENOENT' || code === 'ECONNREFUSED') return new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+  if (code === 'EACCES' || code === 'EPERM') return new VdiskError('NOT_PERMITTED', `the vdiskfs daemon of ${mountpoint} answers only the user who mounted it`)
+  return new VdiskError('IO', `cannot reach the vdiskfs daemon of ${mountpoint}: ${err.message}`)
+}
+
+/**
+ * The stream mode (export, import; server.ts): sends the request line and waits for the daemon's
+ * reply line. Returns the connection, paused, the reply's result and the bytes that followed the
+ * reply; the caller owns the connection. Throws the daemon's error when the reply is one.
+ */
+export async function openStream (mountpoint: string, op: Operation, args: Record<string, unknown>): Promise<{ socket: net.Socket, result: unknown, rest: Buffer }> {
+  const socketPath = socketOf(mountpoint)
+  const socket = net.connect(socketPath)
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve)
+      socket.once('error', err => reject(connectError(mountpoint, err)))
+    })
+    // From here on a failure shows as 'close' to writers and as a rejection to readers: an 'error'
+    // without a listener would end the process.
+    socket.on('error', () => {})
+    socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
+    const { result, rest } = await readReply(socket, Buffer.alloc(0), mountpoint)
+    return { socket, result, rest }
+  } catch (err) {
+    socket.destroy()
+    throw err
+  }
+}
+
+/**
+ * Reads one JSON reply line from a stream-mode connection (after `initial`, bytes already read);
+ * leaves the connection paused. Returns the result and the bytes after the line; throws the daemon's error.
+ */
+export async function readReply (socket: net.Socket, initial: Buffer, mountpoint: string): Promise<{ result: unknown, rest: Buffer }> {
+  const line = await new Promise<{ line: string, rest: Buffer }>((resolve, reject) => {
+    let buffered = initial
+    const finish = (err: Error | null, value?: { line: string, rest: Buffer }): void => {
+      socket.removeListener('data', onData)
+      socket.removeListener('error', onError)
+      socket.removeListener('close', onClose)
+      socket.pause()
+      if (err !== null) reject(err); else resolve(value as { line: string, rest: Buffer })
+    }
+    const look = (): boolean => {
+      const newline = buffered.indexOf(10)
+      if (newline < 0) return false
+      finish(null, { line: buffered.subarray(0, newline).toString('utf8'), rest: buffered.subarray(newline + 1) })
+      return true
+    }
+    const onData = (chunk: Buffer): void => { buffered = Buffer.concat([buffered, chunk]); look() }
+    const onError = (err: Error): void => finish(connectError(mountpoint, err))
+    const onClose = (): void => finish(new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection`))
+    if (look()) return
+    socket.on('data', onData)
+    socket.on('error', onError)
+    socket.on('close', onClose)
+    socket.resume()
+  })
+  const reply = JSON.parse(line.line) as Reply
+  if (!reply.ok) throw new VdiskError(reply.error.code, reply.error.message)
+  return { result: reply.result, rest: line.rest }
+}
+
+export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
+  const socketPath = socketOf(mountpoint)
   return await new Promise((resolve, reject) => {
     const socket = net.connect(socketPath)
     let buffered = ''
@@ -27,12 +98,7 @@ export async function call (mountpoint: string, op: Operation, args: Record<stri
       if (reply.ok) resolve(reply.result)
       else reject(new VdiskError(reply.error.code, reply.error.message))
     })
-    socket.on('error', err => {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOENT' || code === 'ECONNREFUSED') reject(new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`))
-      else if (code === 'EACCES' || code === 'EPERM') reject(new VdiskError('NOT_PERMITTED', `the vdiskfs daemon of ${mountpoint} answers only the user who mounted it`))
-      else reject(new VdiskError('IO', `cannot reach the vdiskfs daemon of ${mountpoint}: ${err.message}`))
-    })
+    socket.on('error', err => reject(connectError(mountpoint, err)))
     socket.on('close', () => reject(new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection`)))
   })
 }

@@ -1,0 +1,119 @@
+/**
+ * The CLI side of export and import (and what the S3 remote builds on): streams in the export format
+ * (stream.ts) to and from the daemon that owns a pool, over the control socket's stream mode and the
+ * frames of wire.ts. The stream's encoding and decoding (BLAKE3 ids, zstd, the whole-stream checksum)
+ * run here, in the calling process, not in the daemon.
+ *
+ * Stable signatures (issue #12's contract with the S3 remote):
+ *   exportStream(mountpoint, backupKind, name, { since }) -> Readable of the stream's bytes
+ *   importStream(mountpoint, name, readable) -> Promise<ImportResult>
+ *
+ * Errors: the daemon's (NOT_FOUND, EXISTS, INVALID ...) and the decoder's (CORRUPT), as the Readable's
+ * 'error' or the Promise's rejection; IO when the daemon goes away.
+ */
+import net from 'node:net'
+import { PassThrough, Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { VolumeKind } from '../catalog/catalog'
+import { VdiskError } from '../errors'
+import { openStream, readReply } from '../control/client'
+import { VolumeInfo } from '../volume/volume'
+import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from './stream'
+import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from './wire'
+
+/** What an import made. */
+export interface ImportResult {
+  backup: VolumeInfo & { uuid: string }
+  /** Blocks an earlier, interrupted import of the same stream had stored (not stored again). */
+  resumedBlocks: number
+  newChunks: number
+  dedupedBlocks: number
+  zeroBlocks: number
+  /** Blocks the stream carried. */
+  blocks: number
+  /** Bytes of the stream read. */
+  streamBytes: number
+}
+
+export interface ExportOptions {
+  /** An older backup of the same pool (its name, e.g. b1.img): only the blocks that differ are sent. */
+  since?: string
+  /** Called with the header once the daemon answered (for progress). */
+  onHeader?: (header: StreamHeader) => void
+  /** Called after each block with how many were sent. */
+  onBlock?: (done: number) => void
+}
+
+/**
+ * The export stream of backup `name` (a backup's kind is 'backup'), full or since an older backup.
+ * Errors surface as the Readable's 'error'.
+ */
+export function exportStream (mountpoint: string, backupKind: VolumeKind, name: string, options: ExportOptions = {}): Readable {
+  const out = new PassThrough()
+  let socket: net.Socket | null = null
+  out.on('close', () => socket?.destroy())
+  void (async () => {
+    const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
+    socket = opened.socket
+    const header = opened.result as StreamHeader
+    options.onHeader?.(header)
+    const reader = new ByteReader(opened.socket, opened.rest)
+    let done = 0
+    async function * blocks (): AsyncGenerator<StreamBlock> {
+      for (;;) {
+        const frame = await readFrame(reader, header.blockBytes)
+        if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection before the export's end`)
+        if (frame.kind === frameEnd) return
+        yield { index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.hash }
+        options.onBlock?.(++done)
+      }
+    }
+    await pipeline(blocks, new StreamEncoder(header), out)
+    opened.socket.destroy()
+  })().catch(err => { socket?.destroy(); out.destroy(err as Error) })
+  return out
+}
+
+export interface ImportOptions {
+  onHeader?: (header: StreamHeader) => void
+  onBlock?: (done: number) => void
+}
+
+/**
+ * Imports an export stream as backups/NAME (name as the pool spells it, e.g. web-monday.img). The
+ * backup appears only after the whole stream checked; an interrupted import is continued by the next
+ * import of the same stream.
+ */
+export async function importStream (mountpoint: string, name: string, stream: Readable, options: ImportOptions = {}): Promise<ImportResult> {
+  const decoder = new StreamDecoder()
+  stream.on('error', err => decoder.destroy(err))
+  stream.pipe(decoder)
+  let socket: net.Socket | null = null
+  let header: StreamHeader | null = null
+  let blocks = 0
+  try {
+    for await (const item of decoder as AsyncIterable<StreamItem>) {
+      if (item.kind === 'header') {
+        header = item.header
+        options.onHeader?.(header)
+        const opened = await openStream(mountpoint, 'importStream', { name, header })
+        socket = opened.socket
+        continue
+      }
+      if (socket === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
+      const { index, data, hash } = item.block
+      await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
+      if (data !== null) await send(socket, data)
+      options.onBlock?.(++blocks)
+    }
+    // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
+    if (socket === null) throw new VdiskError('CORRUPT', 'the stream has no header')
+    await send(socket, frameHead(frameEnd, 0, null))
+    const { result } = await readReply(socket, Buffer.alloc(0), mountpoint)
+    return { ...(result as Omit<ImportResult, 'blocks' | 'streamBytes'>), blocks, streamBytes: decoder.bytesRead }
+  } finally {
+    socket?.destroy()
+    stream.unpipe(decoder)
+    if (!stream.destroyed && stream !== process.stdin) stream.destroy()
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The raw frames export and import exchange with the daemon over the control socket's stream mode
+ * (src/control/server.ts): not the export stream itself (stream.ts), which the CLI process encodes and
+ * decodes, so the daemon's event loop only moves blocks (hashing for the stream's ids, zstd and the
+ * stream checksum run in the CLI; hashing and compression of stored chunks in the daemon's workers).
+ *
+ * After the request line and the daemon's JSON reply line, frames follow, each a 41-byte head
+ * (kind u8, block index u64 LE, BLAKE3-256 id or zeros) and, for a data frame, the block's blockBytes:
+ *
+ *   export (daemon -> CLI): data | zero ... then end, or error (head, then a u32 LE length and a JSON
+ *   {code, message}); the id is the chunk's when the block is a chunk, zeros when unknown.
+ *   import (CLI -> daemon): data | zero ... then end, sent only once the stream's trailer checked; the
+ *   daemon answers the end with a JSON reply line (the backup made, or an error). A connection that
+ *   closes without an end frame leaves the import's progress in the pool, and no backup.
+ *
+ * Errors: readFrame throws IO when the connection ends inside a frame, CORRUPT for an unknown kind.
+ */
+import { ErrorCode, VdiskError, corrupt } from '../errors'
+
+export const frameData = 1
+export const frameZero = 2
+export const frameEnd = 3
+export const frameError = 4
+export const frameHeadBytes = 41
+
+/** Blocks the daemon reads per volume read when exporting (1 MiB at 64 KiB), and reads in flight. */
+export const exportReadBlocks = 16
+export const exportReadsInFlight = 4
+/** Blocks the daemon stores per import batch (one fdatasync of the packs and one catalog transaction each). */
+export const importBatchBlocks = 256
+
+export interface Frame { kind: number, index: number, hash: Buffer | null, data: Buffer | null }
+
+export function frameHead (kind: number, index: number, hash: Buffer | null): Buffer {
+  const head = Buffer.alloc(frameHeadBytes)
+  head.writeUInt8(kind, 0)
+  head.writeBigUInt64LE(BigInt(index), 1)
+  if (hash !== null) hash.copy(head, 9)
+  return head
+}
+
+export function errorFrame (code: ErrorCode, message: string): Buffer {
+  const body = Buffer.from(JSON.stringify({ code, message }))
+  const length = Buffer.alloc(4)
+  length.writeUInt32LE(body.length)
+  return Buffer.concat([frameHead(frameError, 0, null), length, body])
+}
+
+/** Reads exact byte counts from a connection's chunks (an async iterator), after the bytes already read. */
+export class ByteReader {
+  private buffered: Buffer
+  private readonly chunks: AsyncIterator<Buffer>
+
+  constructor (source: AsyncIterable<Buffer>, rest: Buffer) {
+    this.buffered = rest
+    this.chunks = source[Symbol.asyncIterator]()
+  }
+
+  /** `n` bytes, or null at a clean end (no byte of them arrived). */
+  async read (n: number): Promise<Buffer | null> {
+    while (this.buffered.length < n) {
+      const next = await this.chunks.next()
+      if (next.done === true) {
+        if (this.buffered.length === 0) return null
+        throw new VdiskError('IO', `the connection ended inside a frame (${this.buffered.length} of ${n} bytes)`)
+      }
+      this.buffered = this.buffered.length === 0 ? next.value : Buffer.concat([this.buffered, next.value])
+    }
+    const out = this.buffered.subarray(0, n)
+    this.buffered = this.buffered.subarray(n)
+    return out
+  }
+}
+
+/** The next frame, or null at a clean end of the connection. Throws the daemon's error for an error frame. */
+export async function readFrame (reader: ByteReader, blockBytes: number): Promise<Frame | null> {
+  const head = await reader.read(frameHeadBytes)
+  if (head === null) return null
+  const kind = head.readUInt8(0)
+  const index = Number(head.readBigUInt64LE(1))
+  const hashBytes = head.subarray(9, 41)
+  const hash = hashBytes.equals(Buffer.alloc(32)) ? null : Buffer.from(hashBytes)
+  if (kind === frameData) {
+    const data = await reader.read(blockBytes)
+    if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
+    return { kind, index, hash, data: Buffer.from(data) }
+  }
+  if (kind === frameZero || kind === frameEnd) return { kind, index, hash: null, data: null }
+  if (kind === frameError) {
+    const length = await reader.read(4)
+    const body = length === null ? null : await reader.read(length.readUInt32LE(0))
+    if (body === null) throw new VdiskError('IO', 'the connection ended inside an error frame')
+    const { code, message } = JSON.parse(body.toString('utf8')) as { code: ErrorCode, message: string }
+    throw new VdiskError(code, message)
+  }
+  throw corrupt(`unknown frame kind ${kind} on the control connection`)
+}
+
+/** Writes `bytes`, waiting while the connection's buffer is full (back-pressure). Throws IO once it closed. */
+export async function send (socket: NodeJS.WritableStream & { destroyed: boolean }, bytes: Buffer): Promise<void> {
+  if (socket.destroyed) throw new VdiskError('IO', 'the connection closed')
+  if (socket.write(bytes)) return
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error): void => {
+      socket.removeListener('drain', onDrain)
+      socket.removeListener('close', onClose)
+      if (err !== undefined) reject(err); else resolve()
+    }
+    const onDrain = (): void => done()
+    const onClose = (): void => done(new VdiskError('IO', 'the connection closed'))
+    socket.on('drain', onDrain)
+    socket.on('close', onClose)
+  })
+}
