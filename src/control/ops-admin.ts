@@ -1,6 +1,47 @@
-/** Control operations of issue #11: map, cp, promote, info and the other everyday tools. */
+/**
+ * Control operations of issue #11: map (a volume's allocation map), cp (a volume to a new disk, O(1))
+ * and promote (a clone becomes a disk, O(1)). Like server.ts they only translate: the work is in the
+ * volume layer (namespace.ts, allocation.ts).
+ */
+import { VolumeKind } from '../catalog/catalog'
+import { invalid, notFound } from '../errors'
+import { Volume } from '../volume/volume'
 import { Handler, HandlerContext } from './server'
 
-export function adminHandlers (_context: HandlerContext): Record<string, Handler> {
-  return {}
+export function adminHandlers ({ pool }: HandlerContext): Record<string, Handler> {
+  /** The visible volume args[KEY + 'Kind'] / args[KEY + 'Name'] names (hidden ones answer to no name). */
+  const volumeArg = (args: Record<string, unknown>, key: string): Volume => {
+    const kind = args[key + 'Kind']
+    const name = args[key + 'Name']
+    if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${key}`)
+    const volume = pool.get(kind as VolumeKind, name)
+    if (volume.hidden) throw notFound(`${kind} ${name}`)
+    return volume
+  }
+  const nameArg = (args: Record<string, unknown>): string => {
+    if (typeof args.name !== 'string') throw invalid('missing name')
+    return args.name
+  }
+  const elapsedSince = (started: bigint): number => Number(process.hrtime.bigint() - started) / 1e6
+  return {
+    map: async args => {
+      const volume = volumeArg(args, 'target')
+      const backing = volume.kind === 'clone' ? pool.liveSource(volume) : undefined
+      const ranges = await pool.allocationMap(volume)
+      return { size: volume.size, blockBytes: pool.blockBytes, backing: backing === undefined ? null : { kind: backing.kind, name: backing.name }, ranges }
+    },
+    cp: async args => {
+      const started = process.hrtime.bigint()
+      const source = volumeArg(args, 'source')
+      const copy = await pool.copy(source, nameArg(args))
+      return { ...copy.info(), from: source.info(), elapsedMs: elapsedSince(started) }
+    },
+    promote: async args => {
+      const started = process.hrtime.bigint()
+      const clone = volumeArg(args, 'source')
+      const from = clone.info()
+      await pool.promote(clone, nameArg(args))
+      return { ...clone.info(), from, elapsedMs: elapsedSince(started) }
+    }
+  }
 }

@@ -272,6 +272,55 @@ export class Namespace {
   }
 
   /**
+   * Copies any volume to a new disk named `name` (vdiskfs cp, the answer to cp --reflink): O(1), as a
+   * backup is. The copy takes a copy of the source's root and a new epoch, so both copy a shared map
+   * page before they change it; a disk or clone source is paused for the moment of the copy, takes a new
+   * epoch and has its active extent frozen (as for a backup), so it never rewrites in place a slot the
+   * copy reads. No hidden backup is needed: the copy is in the state a clone is in once its backup was
+   * removed, which gc, space, verify and repair already handle. The copy stands on nothing (its
+   * lineage is empty) and belongs to the daemon's user, mode 0600, as a new disk does.
+   * Errors: EXISTS, INVALID for a bad name.
+   */
+  async copy (source: Volume, name: string): Promise<Volume> {
+    this.checkNewName('disk', name)
+    if (source.kind === 'backup') {
+      const copy = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
+      await this.commit()
+      return copy
+    }
+    await source.pause()
+    let copy: Volume
+    try {
+      copy = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
+      source.map.epoch = this.state.nextEpoch++
+      this.state.freezeActiveExtent(source)
+    } finally {
+      source.resume()
+    }
+    await this.commit()
+    return copy
+  }
+
+  /**
+   * Turns a clone into a disk named `name` (disks/NAME; `rbd flatten` or `zfs promote` elsewhere): O(1),
+   * since a clone never depended on its backup's existence, only on the blocks it shares, which stay as
+   * long as it does. Its lineage (the backup it came from) is kept for `ls`. Refused while the clone is
+   * held open (BUSY): the file changes directory, and libfuse would keep the holder's node under the
+   * old name, so a new clone made there would share the holder's inode and page cache.
+   * Errors: INVALID (not a clone, bad name), EXISTS, BUSY.
+   */
+  async promote (clone: Volume, name: string): Promise<void> {
+    if (clone.kind !== 'clone') throw invalid(`${clone.label} is not a clone: only a clone can be promoted to a disk`)
+    this.checkNewName('disk', name)
+    await this.inUse(clone, false)
+    clone.kind = 'disk'
+    clone.name = name
+    clone.rowDirty = true
+    this.changed(clone)
+    await this.commit()
+  }
+
+  /**
    * Points a disk or clone back at a backup's content (O(1), keeps every backup). Refused (BUSY) while
    * the target is held open, unless `force`: its holder would see its content change underneath.
    */

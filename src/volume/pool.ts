@@ -1,7 +1,8 @@
 /**
  * A pool: a directory holding the header, the catalog and the delta extents (format/pool-format.ts),
  * and the volumes in it. This is the volume layer's entry point, a façade over the rooms that do the
- * work: namespace.ts (names, create, rename, remove, backup, clone, restore, open handles), commit.ts
+ * work: namespace.ts (names, create, rename, remove, backup, clone, restore, copy, promote, open handles),
+ * allocation.ts (the allocation map), commit.ts
  * (the durability order), maintenance.ts (gc, sealing hooks, recovery, the exclusive lock),
  * free-space.ts (claimSpace, statfs), inspection.ts (what verify, repair and space read), pool-header.ts (the header and directory durability), all sharing one
  * PoolState (pool-state.ts).
@@ -22,6 +23,7 @@ import { ExtentStore } from '../extent/delta-extent'
 import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-format'
 import { assertLimits, packLiveFractionMin } from '../limits'
 import { PageStore } from '../map/page-store'
+import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
@@ -34,6 +36,7 @@ import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
 
 export { GcReport } from './maintenance'
+export { AllocationRange } from './allocation'
 export { checkName } from './names'
 
 export interface OpenOptions extends HeaderOptions, StateOptions {}
@@ -113,6 +116,14 @@ export class Pool {
   async backup (source: Volume, name: string): Promise<Volume> { return await this.namespace.backup(source, name) }
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.restore(backup, target, options) }
+  async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
+  async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
+
+  /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */
+  async allocationMap (volume: Volume): Promise<AllocationRange[]> {
+    const backing = volume.kind === 'clone' ? this.namespace.liveSource(volume) : undefined
+    return await allocationMap(volume, backing, this.state.pages, this.blockBytes)
+  }
 
   // ---- durability (commit.ts) ----
 
