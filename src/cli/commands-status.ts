@@ -1,11 +1,34 @@
 /** CLI commands of issue #11: what the daemon is doing (status, --prometheus) and what an image is (info). */
 import { call } from '../control/client'
+import { StatsResult } from '../control/ops-status'
 import { VolumeFacts } from '../volume/facts'
-import { bytes } from './format'
-import { Command, imagePath, print, time } from './command'
+import { UsageError } from './args'
+import { bytes, table } from './format'
+import { Command, imagePath, mountpointArg, print, time } from './command'
 import { printable } from './holders'
+import { prometheusText } from './status-prometheus'
 
 export const statusCommands: Record<string, Command> = {
+  status: {
+    usage: 'status MNT [--json|--prometheus]',
+    summary: 'what the daemon is doing: uptime, memory, fds, event-loop delay, FUSE operations per second and latency, unsealed bytes, cache, jobs, last errors',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'], prometheus: ['--prometheus'] } },
+    async run ({ positionals: [mnt], flags }) {
+      if (flags.json === true && flags.prometheus === true) throw new UsageError('--json and --prometheus exclude each other')
+      const stats = await call(mountpointArg(mnt), 'stats') as StatsResult
+      if (flags.prometheus === true) { process.stdout.write(await prometheusText(stats)); return }
+      const { startedMs, unsealedAsOfMs, jobs, lastErrors, ...rest } = stats
+      const json = {
+        ...rest,
+        started: time(startedMs),
+        unsealedAsOf: unsealedAsOfMs === 0 ? null : time(unsealedAsOfMs),
+        jobs: jobs.map(({ startedMs, ...job }) => ({ ...job, started: startedMs === null ? null : time(startedMs) })),
+        lastErrors
+      }
+      print(flags.json === true, json, () => statusText(stats))
+    }
+  },
+
   info: {
     usage: 'info IMAGE [--json]',
     summary: "an image's facts, like qemu-img info: kind, size, lineage, times, space (referenced, unique, unsealed), owner, open handles",
@@ -35,4 +58,31 @@ export const statusCommands: Record<string, Command> = {
       })
     }
   }
+}
+
+function statusText (stats: StatsResult): string {
+  const ms = (value: number) => `${value.toFixed(value < 10 ? 2 : 0)} ms`
+  const loop = stats.eventLoopDelay
+  const lines = [
+    `daemon:      pid ${String(stats.daemon.pid)}, vdiskfs ${String(stats.daemon.version)}, serving ${printable(String(stats.daemon.pool))} at ${printable(String(stats.daemon.mountpoint))}`,
+    `started:     ${time(stats.startedMs)} (up ${Math.round(stats.uptimeSeconds)} s)`,
+    `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap`,
+    `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources, ${stats.fuseThreadRecords} fuse thread records`,
+    `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}`,
+    `unsealed:    ${bytes(stats.unsealedBytes)}`,
+    `chunk cache: ${stats.chunkCache === null ? 'not reported' : `${stats.chunkCache.hits} hits, ${stats.chunkCache.misses} misses` +
+      `${stats.chunkCache.hits + stats.chunkCache.misses > 0 ? ` (${(100 * stats.chunkCache.hits / (stats.chunkCache.hits + stats.chunkCache.misses)).toFixed(1)}% hits)` : ''}, ${bytes(stats.chunkCache.bytes)} held`}`,
+    `jobs:        ${stats.jobs.length === 0 ? 'none' : stats.jobs.map(j => j.name + (j.progress === null ? '' : ` ${j.progress.done}/${j.progress.total}`)).join(', ')}`,
+    ''
+  ]
+  const rows = Object.entries(stats.operations).sort(([, a], [, b]) => b.count - a.count).map(([name, r]) => [
+    name, String(r.count), String(r.errors), r.perSecond.toFixed(1),
+    r.latency === null ? '-' : ms(r.latency.p50Ms), r.latency === null ? '-' : ms(r.latency.p90Ms), r.latency === null ? '-' : ms(r.latency.p99Ms)
+  ])
+  lines.push(rows.length === 0 ? 'no FUSE operations yet' : table(['OPERATION', 'COUNT', 'ERRORS', `PER-S (${Math.round(stats.windowSeconds)} s)`, 'P50', 'P90', 'P99'], rows))
+  if (stats.lastErrors.length > 0) {
+    lines.push('', 'last errors:')
+    for (const entry of stats.lastErrors) lines.push(`  ${entry.time} ${printable(entry.message)}`)
+  }
+  return lines.join('\n')
 }

@@ -1,20 +1,87 @@
 /**
- * Control operations of issue #11: what the daemon is doing (status, for `vdiskfs status --json/--prometheus`)
- * and what an image is (info, for `vdiskfs info`).
+ * Control operations of issue #11: what the daemon is doing (stats, for `vdiskfs status
+ * [--json|--prometheus]`) and what an image is (info, for `vdiskfs info`).
  */
+import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { invalid, notFound } from '../errors'
+import { statusSpaceStaleMs } from '../limits'
 import { volumeFacts } from '../volume/facts'
+import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
+import { LogEntry } from '../daemon/daemon-log'
 import { Handler, HandlerContext } from './server'
 
-export function statusHandlers ({ pool, space }: HandlerContext): Record<string, Handler> {
+/** The chunk cache's figures, when the chunk store keeps them (ChunkStore.cacheStats). */
+export interface CacheStats { hits: number, misses: number, bytes: number, bytesMax?: number }
+
+export interface StatsResult {
+  /** What the `status` operation says (pid, pool, mountpoint, version, block size, fuse thread records, RSS). */
+  daemon: Record<string, unknown>
+  startedMs: number
+  uptimeSeconds: number
+  rssBytes: number
+  heapUsedBytes: number
+  openFds: number
+  /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
+  activeResources: number
+  /** fuse-native's per-thread records, one libuv async handle each (not among activeResources). */
+  fuseThreadRecords: number
+  eventLoopDelay: EventLoopReport
+  /** Rates and latency percentiles cover the last this many seconds. */
+  windowSeconds: number
+  operations: Record<string, OperationReport>
+  /** Bytes in delta extents, waiting to be sealed into the chunk store, as of unsealedAsOfMs. */
+  unsealedBytes: number
+  unsealedAsOfMs: number
+  chunkCache: CacheStats | null
+  jobs: JobReport[]
+  lastErrors: LogEntry[]
+}
+
+export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext): Record<string, Handler> {
+  // The space report walks every map: a scraper asking every few seconds reuses it for statusSpaceStaleMs.
+  let unsealed = { atMs: 0, generation: -1, bytes: 0 }
   return {
+    stats: async (): Promise<StatsResult> => {
+      const nowMs = Date.now()
+      if (unsealed.generation !== pool.generation && nowMs - unsealed.atMs >= statusSpaceStaleMs) {
+        unsealed = { atMs: nowMs, generation: pool.generation, bytes: space.report().unsealedBytes }
+      }
+      const daemon = status() as Record<string, unknown>
+      const memory = process.memoryUsage()
+      const { windowSeconds, operations } = metrics.operationReport()
+      const jobs = metrics.runningJobs()
+      // Background sealing runs on the sealer's own timer; a sync shows up as its own job.
+      const sealing = sealer.progress
+      if (sealing.done < sealing.total && !jobs.some(job => job.name === 'sync')) jobs.push({ name: 'sealing', startedMs: null, progress: { ...sealing } })
+      const chunks = pool.chunks as unknown as { cacheStats?: () => CacheStats }
+      return {
+        daemon,
+        startedMs: metrics.startedMs,
+        uptimeSeconds: (nowMs - metrics.startedMs) / 1000,
+        rssBytes: memory.rss,
+        heapUsedBytes: memory.heapUsed,
+        // The directory's own descriptor, open while it is read, is not one of the daemon's.
+        openFds: (await fs.promises.readdir('/proc/self/fd')).length - 1,
+        activeResources: process.getActiveResourcesInfo().length,
+        fuseThreadRecords: Number(daemon.fuseThreadRecords ?? 0),
+        eventLoopDelay: metrics.eventLoopReport(),
+        windowSeconds,
+        operations,
+        unsealedBytes: unsealed.bytes,
+        unsealedAsOfMs: unsealed.atMs,
+        chunkCache: typeof chunks.cacheStats === 'function' ? chunks.cacheStats() : null,
+        jobs,
+        lastErrors: recentErrors()
+      }
+    },
+
     info: async args => {
       const { kind, name } = args
       if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid('missing image')
-      // Hidden names (volumes removed while open) are not in the namespace.
-      if (name.startsWith('.')) throw notFound(`${kind} ${name}`)
       const volume = pool.get(kind as VolumeKind, name)
+      // Volumes removed while open (hidden) are not in the namespace.
+      if (volume.hidden) throw notFound(`${kind} ${name}`)
       // Fresh figures, as `vdiskfs du` gives (the xattrs may serve them up to spaceUsageStaleMs old).
       space.report()
       return volumeFacts(pool, space, volume)

@@ -17,6 +17,10 @@ import { adminHandlers } from './ops-admin'
 import { statusHandlers } from './ops-status'
 import { transferHandlers } from './ops-transfer'
 import { remoteHandlers } from './ops-remote'
+import { DaemonMetrics } from '../daemon/metrics'
+import { LogEntry } from '../daemon/daemon-log'
+
+const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
 
 export type Handler = ((args: Record<string, unknown>) => Promise<unknown>) & { stream?: StreamHandler }
 
@@ -34,6 +38,10 @@ export interface HandlerContext {
   sealer: Sealer
   status: () => unknown
   log: (message: string) => void
+  /** Operation counters, event-loop delay and background jobs (vdiskfs status). */
+  metrics: DaemonMetrics
+  /** The last error lines of the log, oldest first. */
+  recentErrors: () => LogEntry[]
 }
 
 /** Every operation the daemon answers: the core ones below and those of the ops-*.ts modules. */
@@ -41,7 +49,7 @@ export function controlHandlers (context: HandlerContext): Record<Operation, Han
   return { ...coreHandlers(context), ...adminHandlers(context), ...statusHandlers(context), ...transferHandlers(context), ...remoteHandlers(context) }
 }
 
-function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<Operation, Handler> {
+function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerContext): Record<Operation, Handler> {
   // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
   let verifying: Progress | null = null
   const volumeArg = (args: Record<string, unknown>, key: string) => {
@@ -53,6 +61,7 @@ function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<
     if (volume.hidden) throw notFound(`${kind} ${name}`)
     return volume
   }
+  const named = (volume: { kind: VolumeKind, name: string }) => `${dirOfKind[volume.kind]}/${volume.name}`
   const nameArg = (args: Record<string, unknown>) => {
     if (typeof args.name !== 'string') throw invalid('missing name')
     return args.name
@@ -60,36 +69,48 @@ function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<
   return {
     status: async () => status(),
     commit: async () => { await pool.commit(); return {} },
-    sync: async () => {
+    sync: async () => await metrics.job('sync', async () => {
       const started = Date.now()
       await pool.commit()
       const sealed = await sealer.sealPending(true)
+      log(`sync: sealed ${sealed.extentsSealed} extents (${sealed.blocksSealed} blocks, ${sealed.rawBytes} -> ${sealed.storedBytes} bytes)` +
+        `${sealed.failed.length > 0 ? `, ${sealed.failed.length} failed` : ''} in ${Date.now() - started} ms`)
       return { ...sealed, elapsedMs: Date.now() - started }
-    },
+    }, () => sealer.progress),
     progress: async () => verifying ?? sealer.progress,
     verify: async () => {
       const progress: Progress = { done: 0, total: 0 }
       verifying = progress
       try {
-        return await pool.exclusive(async () => await verifyPool(pool, progress))
+        const report = await metrics.job('verify', async () => await pool.exclusive(async () => await verifyPool(pool, progress)), () => progress)
+        log(`verify: ${report.ok ? 'no damage' : `DAMAGE: ${report.problems.length} pool problems, ${report.damaged.length} damaged ranges`} ` +
+          `(${report.volumes} volumes, ${report.blocks} blocks, ${report.chunks} chunks)`)
+        return report
       } finally { verifying = null }
     },
     ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
     du: async () => space.report(),
     backup: async args => {
       const started = process.hrtime.bigint()
-      const backup = await pool.backup(volumeArg(args, 'source'), nameArg(args))
-      return { ...backup.info(), elapsedMs: Number(process.hrtime.bigint() - started) / 1e6 }
+      const source = volumeArg(args, 'source')
+      const backup = await pool.backup(source, nameArg(args))
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`backup: ${named(source)} -> ${named(backup)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...backup.info(), elapsedMs }
     },
     clone: async args => {
       const started = process.hrtime.bigint()
-      const clone = await pool.clone(volumeArg(args, 'source'), nameArg(args))
-      return { ...clone.info(), elapsedMs: Number(process.hrtime.bigint() - started) / 1e6 }
+      const source = volumeArg(args, 'source')
+      const clone = await pool.clone(source, nameArg(args))
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`clone: ${named(source)} -> ${named(clone)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...clone.info(), elapsedMs }
     },
     restore: async args => {
       const source = volumeArg(args, 'source')
       const target = volumeArg(args, 'target')
       await pool.restore(source, target, { force: args.force === true })
+      log(`restore: ${named(target)} from ${named(source)}${args.force === true ? ' (--force)' : ''}`)
       return { restored: target.info(), from: source.info() }
     },
     rm: async args => {
@@ -97,9 +118,16 @@ function coreHandlers ({ pool, space, sealer, status }: HandlerContext): Record<
       const removed = volume.info()
       await pool.remove(volume, { force: args.force === true })
       // Removed while open (--force): its holders keep it until they close it.
-      return { removed, stillOpen: volume.openHandles > 0 }
+      const stillOpen = volume.openHandles > 0
+      log(`rm: ${named(removed)}${stillOpen ? ' (still open: removed at its last close)' : ''}`)
+      return { removed, stillOpen }
     },
-    gc: async () => await pool.gc(packLiveFractionExplicit)
+    gc: async () => {
+      const report = await metrics.job('gc', async () => await pool.gc(packLiveFractionExplicit))
+      log(`gc: freed ${report.pagesFreed} map pages, ${report.extentsFreed} extents, ${report.chunksFreed} chunks, ${report.packsFreed} packs (${report.packBytesFreed} bytes)` +
+        `${report.held !== undefined ? `; held: ${report.held}` : ''}`)
+      return report
+    }
   }
 }
 

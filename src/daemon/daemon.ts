@@ -24,6 +24,8 @@ import { mounts } from './mountinfo'
 import { VdiskError, corrupt } from '../errors'
 import { version } from '../version'
 import { Sealer } from '../seal/sealer'
+import { DaemonLog } from './daemon-log'
+import { DaemonMetrics } from './metrics'
 
 export interface DaemonOptions {
   pool: string
@@ -57,10 +59,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   checkUnprivilegedMount(mountpoint, options.allowOther === true)
   // Before mounting: a control directory we may not use must not leave a mount behind.
   checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
-  let logFd = 2
-  const log = (message: string): void => {
-    fs.write(logFd, `${new Date().toISOString()} ${message}\n`, () => {})
-  }
+  // stderr until the pool is open; then daemon.log in the background (daemon-log.ts).
+  const daemonLog = new DaemonLog()
+  const log = daemonLog.line
   const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
   if (pool.catalogLog.detached) {
     // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
@@ -68,7 +69,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     await pool.close()
     throw corrupt(`${pool.dir}: the catalog does not match catalog.log (it was truncated, rebuilt or replaced): run vdiskfs repair on the pool, which restores what the log holds`)
   }
-  if (options.logToFile) logFd = fs.openSync(path.join(pool.dir, daemonLogFile), 'a', 0o600)
+  if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
   const dropped = await pool.dropHidden()
@@ -80,7 +81,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
   const operations = createOperations({ pool, space, log, xattrs: options.xattrs })
-  if (process.env.VDISKFS_COUNT_OPS === '1') countOperations(operations, log)
+  const metrics = new DaemonMetrics()
+  metrics.measureOperations(operations)
+  if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
   const fuse = new VdiskFuse(mountpoint, operations, {
     timeout: false,
     fsname: `vdiskfs:${pool.dir}`.replace(/,/g, '_'),
@@ -95,7 +98,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     await pool.close()
     throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
   }
-  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes})`)
+  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'})`)
   await tuneReadAhead(mountpoint, log)
 
   let stopping: Promise<void> | null = null
@@ -105,8 +108,10 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     space,
     sealer,
     log,
+    metrics,
+    recentErrors: () => daemonLog.errors,
     status: () => ({
-      pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes,
+      pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes, xattrs: options.xattrs === true,
       // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
       fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss()
     })
@@ -117,7 +122,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const gcTimer = setInterval(() => {
     if (pool.generation === collectedGeneration) return
     collectedGeneration = pool.generation
-    pool.gc().then(report => {
+    metrics.job('gc', async () => await pool.gc()).then(report => {
       if (report.chunksFreed + report.extentsFreed + report.pagesFreed > 0) log(`background gc: ${JSON.stringify(report)}`)
     }, err => log(`background gc failed: ${(err as Error).message}`))
   }, gcIntervalMs)
@@ -135,6 +140,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     if (stopping !== null) return await stopping
     stopping = (async () => {
       log(`stopping: ${reason}`)
+      daemonLog.stopping()
+      metrics.stop()
       clearInterval(commitTimer)
       clearInterval(gcTimer)
       sealer.stop()
@@ -171,10 +178,9 @@ async function tuneReadAhead (mountpoint: string, log: (message: string) => void
 }
 
 /** Profiling aid (VDISKFS_COUNT_OPS=1): logs how many requests of each kind arrived, every operationCountIntervalMs. */
-function countOperations (operations: Record<string, (...args: any[]) => void>, log: (message: string) => void): void {
-  const counts: Record<string, number> = {}
-  for (const [name, handler] of Object.entries(operations)) {
-    operations[name] = function (this: unknown, ...args: unknown[]) { counts[name] = (counts[name] ?? 0) + 1; return handler.apply(this, args) }
-  }
-  setInterval(() => { if (Object.keys(counts).length > 0) log(`requests: ${JSON.stringify(counts)}`) }, operationCountIntervalMs).unref()
+function logOperationCounts (metrics: DaemonMetrics, log: (message: string) => void): void {
+  setInterval(() => {
+    const counts = Object.fromEntries(Object.entries(metrics.operationReport().operations).map(([name, report]) => [name, report.count]))
+    if (Object.keys(counts).length > 0) log(`requests: ${JSON.stringify(counts)}`)
+  }, operationCountIntervalMs).unref()
 }

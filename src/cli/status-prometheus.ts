@@ -1,0 +1,69 @@
+/**
+ * `vdiskfs status --prometheus`: the daemon's figures in the Prometheus text format, for node_exporter's
+ * textfile collector (`vdiskfs status MNT --prometheus > DIR/vdiskfs.prom.$$ && mv ... DIR/vdiskfs.prom`).
+ * Built with prom-client's Registry and metric types; names are vdiskfs_* with their unit last, every
+ * series carries the mountpoint as a label (several mounts can share one textfile directory), and no
+ * timestamps (the collector's convention).
+ */
+import { Counter, Gauge, Registry } from 'prom-client'
+import type { StatsResult } from '../control/ops-status'
+
+export async function prometheusText (stats: StatsResult): Promise<string> {
+  const registry = new Registry()
+  registry.setDefaultLabels({ mountpoint: String(stats.daemon.mountpoint) })
+  const registers = [registry]
+  const gauge = (name: string, help: string, value: number, labelNames: string[] = []): Gauge => {
+    const metric = new Gauge({ name, help, labelNames, registers })
+    if (labelNames.length === 0) metric.set(value)
+    return metric
+  }
+  const counter = (name: string, help: string, labelNames: string[]): Counter => new Counter({ name, help, labelNames, registers })
+
+  gauge('vdiskfs_info', 'The daemon serving this mountpoint: version, pool and pid as labels; always 1.', 0, ['version', 'pool', 'pid'])
+    .set({ version: String(stats.daemon.version), pool: String(stats.daemon.pool), pid: String(stats.daemon.pid) }, 1)
+  gauge('vdiskfs_start_time_seconds', 'When the daemon started, in seconds since the epoch.', stats.startedMs / 1000)
+  gauge('vdiskfs_uptime_seconds', 'How long the daemon has run.', stats.uptimeSeconds)
+  gauge('vdiskfs_resident_memory_bytes', "The daemon's resident set size.", stats.rssBytes)
+  gauge('vdiskfs_heap_used_bytes', "The daemon's V8 heap in use.", stats.heapUsedBytes)
+  gauge('vdiskfs_open_fds', 'File descriptors the daemon holds open.', stats.openFds)
+  gauge('vdiskfs_active_resources', "Node's active handles and requests (libuv handles JavaScript sees).", stats.activeResources)
+  gauge('vdiskfs_fuse_thread_records', "fuse-native's per-thread records, each a libuv async handle the event loop walks.", stats.fuseThreadRecords)
+
+  const loop = gauge('vdiskfs_event_loop_delay_seconds', `Event-loop delay percentiles over the last ${Math.round(stats.windowSeconds)} s or so.`, 0, ['quantile'])
+  loop.set({ quantile: '0.5' }, stats.eventLoopDelay.p50Ms / 1000)
+  loop.set({ quantile: '0.99' }, stats.eventLoopDelay.p99Ms / 1000)
+  gauge('vdiskfs_event_loop_delay_max_seconds', 'Longest event-loop delay in the same window.', stats.eventLoopDelay.maxMs / 1000)
+
+  const operations = counter('vdiskfs_fuse_operations_total', 'FUSE requests answered since the mount, by operation.', ['operation'])
+  const errors = counter('vdiskfs_fuse_operation_errors_total', 'FUSE requests answered with an error, by operation.', ['operation'])
+  const time = counter('vdiskfs_fuse_operation_seconds_total', 'Time spent answering FUSE requests, by operation.', ['operation'])
+  const rate = gauge('vdiskfs_fuse_operations_per_second', 'FUSE requests per second over the recent window, by operation.', 0, ['operation'])
+  const latency = gauge('vdiskfs_fuse_operation_latency_seconds', 'FUSE request latency percentiles over the recent window, by operation.', 0, ['operation', 'quantile'])
+  for (const [operation, report] of Object.entries(stats.operations)) {
+    operations.inc({ operation }, report.count)
+    errors.inc({ operation }, report.errors)
+    time.inc({ operation }, report.totalSeconds)
+    rate.set({ operation }, report.perSecond)
+    if (report.latency === null) continue
+    latency.set({ operation, quantile: '0.5' }, report.latency.p50Ms / 1000)
+    latency.set({ operation, quantile: '0.9' }, report.latency.p90Ms / 1000)
+    latency.set({ operation, quantile: '0.99' }, report.latency.p99Ms / 1000)
+  }
+
+  gauge('vdiskfs_unsealed_bytes', 'Bytes in delta extents waiting to be sealed into the chunk store.', stats.unsealedBytes)
+  if (stats.chunkCache !== null) {
+    counter('vdiskfs_chunk_cache_hits_total', 'Chunk reads served from the cache of verified, decompressed chunks.', []).inc(stats.chunkCache.hits)
+    counter('vdiskfs_chunk_cache_misses_total', 'Chunk reads that missed that cache.', []).inc(stats.chunkCache.misses)
+    gauge('vdiskfs_chunk_cache_bytes', 'Bytes the chunk cache holds.', stats.chunkCache.bytes)
+  }
+  const jobs = gauge('vdiskfs_job_running', 'Background jobs in flight (sealing, sync, gc, verify): 1 each.', 0, ['job'])
+  const progress = gauge('vdiskfs_job_progress_ratio', 'How far each job in flight is, from 0 to 1, when it says.', 0, ['job'])
+  for (const job of stats.jobs) {
+    jobs.set({ job: job.name }, 1)
+    if (job.progress !== null && job.progress.total > 0) progress.set({ job: job.name }, job.progress.done / job.progress.total)
+  }
+  gauge('vdiskfs_log_recent_errors', 'Error lines among the last ones the daemon kept (vdiskfs status shows them).', stats.lastErrors.length)
+  const last = stats.lastErrors[stats.lastErrors.length - 1]
+  if (last !== undefined) gauge('vdiskfs_last_error_time_seconds', 'When the daemon last logged an error, in seconds since the epoch.', Date.parse(last.time) / 1000)
+  return await registry.metrics()
+}
