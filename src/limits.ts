@@ -176,7 +176,7 @@ export const statusWindowMs = 10000
 export const eventLoopSampleMs = 10
 /**
  * FUSE operation latency histograms: buckets from 1 µs up, this many per doubling (a percentile is
- * within 19% of the truth), over this many doublings (2^28 µs, 4.5 minutes; slower ones count in the last).
+ * at most 25% above the truth), over this many doublings (2^28 µs, 4.5 minutes; slower ones count in the last).
  */
 export const latencyBucketsPerDoubling = 4
 export const latencyDoublings = 28
