@@ -98,6 +98,13 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
     return handles.get(fh)?.volume ?? lookup(path)
   }
 
+  /** truncate(2) and ftruncate(2); a change of size is an event for the log. */
+  async function resize (path: string, volume: Volume, size: number): Promise<void> {
+    const before = volume.size
+    await volume.truncate(size)
+    if (size !== before) log(`resize: ${path.slice(1)} from ${before} to ${size} bytes`)
+  }
+
   return {
     init (cb: (code: number) => void) { cb(0) },
 
@@ -138,7 +145,7 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       const parsed = parse(path)
       if (parsed.type !== 'file') { cb(EPERM); return }
       pool.create(parsed.kind, parsed.name).then(
-        volume => { pool.opened(volume, true); const fh = nextHandle++; handles.set(fh, { volume, writable: true }); cb(0, fh) },
+        volume => { pool.opened(volume, true); const fh = nextHandle++; handles.set(fh, { volume, writable: true }); log(`create: ${path.slice(1)}`); cb(0, fh) },
         fail(cb))
     },
 
@@ -164,13 +171,13 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
     truncate (path: string, size: number, cb: (code: number) => void) {
       let volume: Volume
       try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
-      volume.truncate(size).then(() => cb(0), fail(cb))
+      resize(path, volume, size).then(() => cb(0), fail(cb))
     },
 
     ftruncate (path: string, fh: number, size: number, cb: (code: number) => void) {
       let volume: Volume
       try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
-      volume.truncate(size).then(() => cb(0), fail(cb))
+      resize(path, volume, size).then(() => cb(0), fail(cb))
     },
 
     // fallocate(2), wired by our fuse-native patch. PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE
@@ -207,7 +214,7 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       if (parsed.type !== 'file') { cb(EPERM); return }
       const volume = pool.find(parsed.kind, parsed.name)
       if (volume === undefined) { cb(ENOENT); return }
-      pool.unlink(volume).then(() => cb(0), fail(cb))
+      pool.unlink(volume).then(() => { log(`rm: ${path.slice(1)} (unlinked through the mount)`); cb(0) }, fail(cb))
     },
 
     rename (source: string, target: string, cb: (code: number) => void) {
@@ -216,7 +223,7 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       if (from.type !== 'file' || to.type !== 'file') { cb(from.type === 'file' ? EINVAL : EPERM); return }
       const volume = pool.find(from.kind, from.name)
       if (volume === undefined) { cb(ENOENT); return }
-      pool.move(volume, to.kind, to.name).then(() => cb(0), fail(cb))
+      pool.move(volume, to.kind, to.name).then(() => { log(`rename: ${source.slice(1)} -> ${target.slice(1)}`); cb(0) }, fail(cb))
     },
 
     utimens (path: string, _atime: number, mtime: number, cb: (code: number) => void) {

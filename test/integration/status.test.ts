@@ -2,7 +2,7 @@
  * What the daemon is doing (issue #11), through a real mount: `vdiskfs status --json` has every field with
  * sane values after some I/O, and the last errors; `--prometheus` is the Prometheus text format with the
  * operation counters; daemon.log names backups, clones, restores, rm, sync and gc, one line per event with an
- * ISO time, rotates at a configured size keeping both files 0600, and under -f the log goes to stderr.
+ * ISO time (and creates, resizes, renames and removals through the mount), rotates at a configured size keeping both files 0600, and under -f the log goes to stderr.
  */
 import test from 'ava'
 import { spawn } from 'node:child_process'
@@ -119,6 +119,11 @@ test.serial('daemon.log names each operation, one line per event, and rotates at
   await cliOk('sync', m.mnt)
   await cliOk('rm', m.image('clones', 'test1.img'))
   await cliOk('gc', m.mnt)
+  const scratch = m.image('disks', 'scratch.img')
+  fs.writeFileSync(scratch, '')
+  fs.truncateSync(scratch, 1024 * 1024)
+  fs.renameSync(scratch, m.image('disks', 'scratch2.img'))
+  fs.unlinkSync(m.image('disks', 'scratch2.img'))
   const logFile = path.join(m.pool, 'daemon.log')
   const log = fs.readFileSync(logFile, 'utf8')
   t.regex(log, /backup: disks\/web\.img -> backups\/web-monday\.img/)
@@ -127,6 +132,10 @@ test.serial('daemon.log names each operation, one line per event, and rotates at
   t.regex(log, /sync: sealed \d+ extents/)
   t.regex(log, /rm: clones\/test1\.img/)
   t.regex(log, /gc: freed \d+ map pages/)
+  t.regex(log, /create: disks\/scratch\.img\n/)
+  t.regex(log, /resize: disks\/scratch\.img from 0 to 1048576 bytes\n/)
+  t.regex(log, /rename: disks\/scratch\.img -> disks\/scratch2\.img\n/)
+  t.regex(log, /rm: disks\/scratch2\.img \(unlinked through the mount\)\n/)
   t.false(fs.existsSync(logFile + '.1'), 'not rotated yet')
   // Past 2 KiB: rotated once or more, one older file kept.
   for (let i = 0; i < 16; i++) {
