@@ -3,13 +3,13 @@
 POOL ?= ./pool
 MNT ?= ./mnt
 # libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
-DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux
+DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all deps debs bench-debs s3-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install deps debs bench-debs s3-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -44,6 +44,20 @@ run: deps build
 
 umount:
 	bin/vdiskfs umount "$(MNT)"
+
+# The built tree goes to $(PREFIX)/lib/vdiskfs; the CLI is linked on PATH as $(PREFIX)/bin/vdiskfs and the
+# mount(8) helper as $(SBINDIR)/mount.fuse.vdiskfs, where mount(8) looks for it, so `mount -t fuse.vdiskfs`
+# and /etc/fstab lines work (README, "Mounting at boot"; systemd units in examples/systemd/).
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+install: deps build
+	install -d "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist" "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(SBINDIR)"
+	rm -rf "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/src" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/workers" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/bin" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/node_modules"
+	cp -a dist/src dist/workers "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/"
+	cp -a bin node_modules package.json "$(DESTDIR)$(PREFIX)/lib/vdiskfs/"
+	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/vdiskfs" "$(DESTDIR)$(PREFIX)/bin/vdiskfs"
+	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/mount.fuse.vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
+	@echo "installed: $(PREFIX)/bin/vdiskfs, $(SBINDIR)/mount.fuse.vdiskfs (mount.fuse.vdiskfs --help)"
 
 test: deps s3-debs build
 	node scripts/run-tests.js
