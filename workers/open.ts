@@ -1,12 +1,13 @@
 /**
  * Worker task: read stored chunks from pack files, decompress them and verify each against its
- * BLAKE3-256 before the main thread may serve it. A mismatch is reported, never returned as data.
+ * BLAKE3-256 (which the main thread put in the slot's hash region) before the main thread may serve
+ * it. A mismatch is reported, never returned as data.
  * Pack descriptors are lent by the main thread with each task (src/chunk/pack-descriptors.ts).
  */
 import fs from 'node:fs'
 import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
-import { OpenResult, OpenTask, WorkerConfig, inputOffset, outputOffset } from './protocol'
+import { OpenResult, OpenTask, WorkerConfig, hashBytes, hashOffset, inputOffset, outputOffset } from './protocol'
 
 let context: { config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx } | null = null
 
@@ -27,7 +28,8 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
       } else {
         input.copy(output)
       }
-      if (blake3Digest(output).toString('hex') !== request.hash) return { ok: false, error: 'checksum mismatch' }
+      const expected = slab.subarray(hashOffset(config, request.slot), hashOffset(config, request.slot) + hashBytes)
+      if (!blake3Digest(output).equals(expected)) return { ok: false, error: 'checksum mismatch' }
       return { ok: true }
     } catch (err) {
       return { ok: false, error: (err as Error).message }

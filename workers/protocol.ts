@@ -60,21 +60,19 @@ export interface SealResult { blocks: SealBlockResult[], error?: string }
 
 /**
  * Open: for each request, read a stored chunk from a pack file into the slot's input, decompress it
- * (when compressed) into the slot's output, and check its BLAKE3 against the expected hash.
+ * (when compressed) into the slot's output, and check its BLAKE3 against the expected hash, which the
+ * main thread writes into the slot's hash region before it submits the task (bytes travel in the
+ * slab, not in the message). Error messages name no file: the main thread knows the pack and offset.
  */
 export interface OpenRequest {
   slot: number
   /** A read descriptor of the pack, lent by the main thread for this task (it owns and closes it). */
   fd: number
-  /** The pack's path, for messages. */
-  file: string
   /** Offset of the chunk's payload in the file and its stored length. */
   offset: number
   storedBytes: number
   rawBytes: number
   compressed: boolean
-  /** Expected BLAKE3-256, hex. */
-  hash: string
 }
 export interface OpenTask { requests: OpenRequest[] }
 export interface OpenBlockResult { ok: boolean, error?: string }

@@ -15,11 +15,12 @@ import { FileIo, nodeFileIo } from '../io/file-io'
 import { Catalog, ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
+import { ChunkCache, ChunkCacheStats } from './chunk-cache'
 import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
 import { WorkerPool } from './worker-pool'
 import { quarantineFile, unaccountedRecords } from './pack-scan'
 import { quarantineDir } from '../format/pool-format'
-import { OpenRequest, OpenResult, outputOffset } from '../../workers/protocol'
+import { OpenRequest, OpenResult, hashBytes, hashOffset, outputOffset } from '../../workers/protocol'
 import { PackDescriptor, PackDescriptors } from './pack-descriptors'
 
 
@@ -29,8 +30,8 @@ export interface Damage { chunkId: number, packId: number, offset: number, why: 
 
 export class ChunkStore {
   private readonly cache = new Map<number, ChunkRow>()
-  private readonly opened = new Map<number, Buffer>()
-  private openedBytes = 0
+  /** Verified, decompressed chunks kept for the next partial read of the same chunk. */
+  private readonly opened: ChunkCache
   private readonly pendingByHash = new Map<string, ChunkRow>()
   private readonly unsyncedPacks = new Set<OpenPack>()
   /** Packs that filled up, whose write descriptors closeFullPacks() closes once they are synced. */
@@ -54,13 +55,19 @@ export class ChunkStore {
     this.nextChunkId = catalog.maxChunkId() + 1
     this.nextPackId = catalog.maxPackId() + 1
     this.packFds = new PackDescriptors(dir, packFileName, io)
+    this.opened = new ChunkCache(blockBytes, openedCacheBytesMax)
   }
 
   packFile (packId: number): string { return path.join(this.dir, packFileName(packId)) }
 
-  /** What the open worker needs to read, decompress and verify chunk `row` into slab slot `slot`. */
+  /**
+   * What the open worker needs to read, decompress and verify chunk `row` into slab slot `slot`; the
+   * expected hash goes into the slot itself (the slot is this task's alone until it is released).
+   */
   private openRequest (row: ChunkRow, slot: number, fd: number): OpenRequest {
-    return { slot, fd, file: this.packFile(row.packId), offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed, hash: row.hash.toString('hex') }
+    assert.equal(row.hash.length, hashBytes)
+    row.hash.copy(this.workers.slab, hashOffset(this.workers.config, slot))
+    return { slot, fd, offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed }
   }
 
   /**
@@ -256,19 +263,19 @@ export class ChunkStore {
    * batch could not serve (a chunk moved by compaction); a damaged chunk fails the whole call.
    */
   async readMany (items: Array<{ id: number, offset: number, target: Buffer, what: string }>): Promise<void> {
-    const pending = items.filter(item => {
-      const cached = this.opened.get(item.id)
-      if (cached === undefined) return true
-      cached.copy(item.target, 0, item.offset, item.offset + item.target.length)
-      return false
-    })
+    const pending = items.filter(item => !this.opened.copy(item.id, item.offset, item.target))
+    await this.openMany(pending)
+  }
+
+  /** readMany() of items not in the cache. */
+  private async openMany (pending: Array<{ id: number, offset: number, target: Buffer, what: string }>): Promise<void> {
     if (pending.length === 0) return
-    if (pending.length === 1) { await this.read(pending[0].id, pending[0].offset, pending[0].target, pending[0].what); return }
+    if (pending.length === 1) { await this.openOne(pending[0].id, pending[0].offset, pending[0].target, pending[0].what); return }
     if (pending.length > readBatchBlocks) {
       // A large read (the engine's callers, not FUSE's 128 KiB requests) goes in tasks of a bounded size.
       const groups: Array<typeof pending> = []
       for (let i = 0; i < pending.length; i += readBatchBlocks) groups.push(pending.slice(i, i + readBatchBlocks))
-      await Promise.all(groups.map(async group => await this.readMany(group)))
+      await Promise.all(groups.map(async group => await this.openMany(group)))
       return
     }
     const rows = pending.map(item => this.info(item.id))
@@ -281,20 +288,28 @@ export class ChunkStore {
         if (block?.ok === true) {
           const start = outputOffset(this.workers.config, slots[i])
           this.workers.slab.copy(item.target, 0, start + item.offset, start + item.offset + item.target.length)
-          if (item.target.length < rows[i].rawBytes) this.remember(item.id, this.workers.slab.subarray(start, start + rows[i].rawBytes))
+          if (item.target.length < rows[i].rawBytes) this.opened.remember(item.id, this.workers.slab.subarray(start, start + rows[i].rawBytes))
         } else retry.push(item)
       })
     } finally {
       for (const slot of slots) this.workers.slots.release(slot)
     }
     // One at a time: a moved chunk is found again, a damaged one is reported and fails the read.
-    for (const item of retry) await this.read(item.id, item.offset, item.target, item.what)
+    for (const item of retry) await this.openOne(item.id, item.offset, item.target, item.what)
   }
 
   /** Reads `target.length` bytes at `offset` of chunk `id`, verified. */
   async read (id: number, offset: number, target: Buffer, what: string): Promise<void> {
-    const cached = this.opened.get(id)
-    if (cached !== undefined) { cached.copy(target, 0, offset, offset + target.length); return }
+    if (this.opened.copy(id, offset, target)) return
+    await this.openOne(id, offset, target, what)
+  }
+
+  /**
+   * read() of a chunk not in the cache: one worker task. A partial read keeps the whole verified
+   * chunk in the cache for the reads of its neighbours; a whole-block read (sequential) does not, so a
+   * scan does not push out what random readers use.
+   */
+  private async openOne (id: number, offset: number, target: Buffer, what: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const row = this.info(id)
       const slot = await this.workers.slots.acquire()
@@ -304,7 +319,7 @@ export class ChunkStore {
         if (block?.ok === true) {
           const start = outputOffset(this.workers.config, slot)
           this.workers.slab.copy(target, 0, start + offset, start + offset + target.length)
-          if (target.length < row.rawBytes) this.remember(id, this.workers.slab.subarray(start, start + row.rawBytes))
+          if (target.length < row.rawBytes) this.opened.remember(id, this.workers.slab.subarray(start, start + row.rawBytes))
           return
         }
         const why = block?.error ?? result.error ?? 'unknown worker failure'
@@ -338,27 +353,19 @@ export class ChunkStore {
     return failed
   }
 
-  private remember (id: number, raw: Buffer): void {
-    this.opened.set(id, Buffer.from(raw))
-    this.openedBytes += raw.length
-    while (this.openedBytes > openedCacheBytesMax) {
-      const [oldest, block] = this.opened.entries().next().value as [number, Buffer]
-      this.opened.delete(oldest)
-      this.openedBytes -= block.length
-    }
-  }
+  /** The opened-chunk cache's figures: hits and misses since start, bytes held and its bound. */
+  cacheStats (): ChunkCacheStats { return this.opened.stats() }
 
   /** Forgets cached locations and blocks (after the index was rebuilt under it). */
   forgetCache (): void {
     this.cache.clear()
     this.opened.clear()
-    this.openedBytes = 0
   }
 
   /** Drops chunks no map references (the caller proved it under the maintenance lock). */
   forget (ids: number[]): void {
     this.catalog.transaction(() => { for (const id of ids) this.catalog.deleteChunk(id) })
-    for (const id of ids) { this.cache.delete(id); const b = this.opened.get(id); if (b !== undefined) { this.opened.delete(id); this.openedBytes -= b.length } }
+    for (const id of ids) { this.cache.delete(id); this.opened.forget(id) }
   }
 
   /**
