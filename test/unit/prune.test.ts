@@ -1,0 +1,94 @@
+/**
+ * Prune's selection (src/transfer/prune.ts) on synthetic creation times: PBS's worked examples, and
+ * properties for any backups and rules: the newest of each group is kept, every kept backup names the
+ * rule that kept it, keep-last N alone keeps exactly the N newest, a period rule keeps at most one
+ * backup per period and the newest of it, and no rule keeps more than its N.
+ */
+import test from 'ava'
+import fc from 'fast-check'
+import { PruneCandidate, PruneKeep, PruneRule, isoWeek, periodOf, pruneRules, selectPrune, globPattern } from '../../src/transfer/prune'
+
+const hour = 3600 * 1000
+const day = 24 * hour
+const base = Date.UTC(2026, 0, 5, 0, 30) // a Monday
+
+function candidates (times: number[], group = 'disk web.img'): PruneCandidate[] {
+  return times.map((createdMs, id) => ({ id, name: `b${id}.img`, createdMs, group }))
+}
+
+test('keep-last and keep-daily: PBS order, covered days skipped, the other backups of a kept day removed', t => {
+  // Three backups a day for four days, newest last.
+  const times = []
+  for (let d = 0; d < 4; d++) for (const h of [1, 9, 17]) times.push(base + d * day + h * hour)
+  const decisions = selectPrune(candidates(times), { last: 2, daily: 2 })
+  const kept = decisions.filter(d => d.keep).map(d => `${d.name}:${String(d.rule)}`)
+  // last keeps day 3's 17:00 and 09:00; day 3 is then covered for daily, which keeps days 2 and 1
+  // (their newest backups).
+  t.deepEqual(kept, ['b11.img:last', 'b10.img:last', 'b8.img:daily', 'b5.img:daily'])
+  t.is(decisions.length, 12)
+})
+
+test('weekly uses ISO weeks, monthly and yearly their UTC calendar', t => {
+  t.is(isoWeek(Date.UTC(2021, 0, 3)), '2020-W53')
+  t.is(isoWeek(Date.UTC(2026, 0, 5)), '2026-W02')
+  t.is(isoWeek(Date.UTC(2024, 11, 30)), '2025-W01')
+  const c = { id: 1, name: 'x', createdMs: Date.UTC(2026, 1, 28, 23, 59), group: 'g' }
+  t.is(periodOf('monthly', c), '2026-02')
+  t.is(periodOf('yearly', c), '2026')
+  t.is(periodOf('hourly', c), '2026-02-28T23')
+})
+
+test('groups are pruned on their own', t => {
+  const list = [...candidates([base, base + hour], 'disk a.img'), ...candidates([base + 2 * hour, base + 3 * hour], 'disk b.img').map(c => ({ ...c, id: c.id + 10 }))]
+  const kept = selectPrune(list, { last: 1 }).filter(d => d.keep).map(d => d.id).sort((a, b) => a - b)
+  t.deepEqual(kept, [1, 11])
+})
+
+test('globs match whole names', t => {
+  t.true(globPattern('web-*').test('web-monday.img'))
+  t.false(globPattern('web-*').test('db-web-monday.img'))
+  t.true(globPattern('b?.img').test('b1.img'))
+  t.true(globPattern('b[0-3].img').test('b2.img'))
+  t.false(globPattern('b[!0-3].img').test('b2.img'))
+  t.false(globPattern('a.img').test('aximg'))
+})
+
+const keepArbitrary = fc.record(Object.fromEntries(pruneRules.map(rule => [rule, fc.option(fc.integer({ min: 0, max: 5 }), { nil: undefined })])) as Record<PruneRule, fc.Arbitrary<number | undefined>>)
+  .filter(keep => pruneRules.some(rule => (keep[rule] ?? 0) > 0))
+const timesArbitrary = fc.array(fc.integer({ min: 0, max: 800 * day }).map(offset => base + offset), { minLength: 1, maxLength: 40 })
+
+test('properties: newest kept, rules name themselves, at most N per rule, one per period, newest of its period', t => {
+  fc.assert(fc.property(timesArbitrary, keepArbitrary, fc.boolean(), (times, keep: PruneKeep, twoGroups) => {
+    const list = candidates(times).map(c => ({ ...c, group: twoGroups && c.id % 2 === 1 ? 'odd' : 'even' }))
+    const decisions = selectPrune(list, keep)
+    if (decisions.length !== list.length) return false
+    for (const group of new Set(list.map(c => c.group))) {
+      const members = decisions.filter(d => d.group === group)
+      const newest = members.reduce((a, b) => b.createdMs > a.createdMs || (b.createdMs === a.createdMs && b.id > a.id) ? b : a)
+      if (!newest.keep) return false
+      for (const rule of pruneRules) {
+        const byRule = members.filter(d => d.keep && d.rule === rule)
+        if (byRule.length > (keep[rule] ?? 0)) return false
+        const periods = byRule.map(d => periodOf(rule, d))
+        if (new Set(periods).size !== periods.length) return false
+        // Each is the newest backup of its period among those no earlier rule decided.
+        for (const d of byRule) {
+          const later = members.filter(m => periodOf(rule, m) === periodOf(rule, d) && (m.createdMs > d.createdMs || (m.createdMs === d.createdMs && m.id > d.id)))
+          if (later.some(m => !m.keep || m.rule === rule)) return false
+        }
+      }
+      if (members.some(d => d.keep !== (d.rule !== null))) return false
+    }
+    return true
+  }), { numRuns: 300 })
+  t.pass()
+})
+
+test('keep-last N alone keeps exactly the N newest', t => {
+  fc.assert(fc.property(timesArbitrary, fc.integer({ min: 1, max: 10 }), (times, n) => {
+    const decisions = selectPrune(candidates(times), { last: n })
+    const expected = candidates(times).sort((a, b) => b.createdMs - a.createdMs || b.id - a.id).slice(0, n).map(c => c.id).sort()
+    return JSON.stringify(decisions.filter(d => d.keep).map(d => d.id).sort()) === JSON.stringify(expected)
+  }))
+  t.pass()
+})
