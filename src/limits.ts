@@ -93,6 +93,8 @@ export const operationCountIntervalMs = 5000
 /** The mount's read-ahead (the kernel's default is 128 KiB): sequential reads gain about 1.6x here. */
 export const readAheadKibibytes = 1024
 
+/** `vdiskfs cp` out of the pool reads and writes the image's data ranges in pieces of this size. */
+export const copyOutPieceBytes = 1024 * 1024
 /** FUSE request sizes: libfuse 2 caps max_write at 128 KiB. */
 export const fuseMaxWriteBytes = 128 * 1024
 export const fuseMaxReadBytes = 128 * 1024
