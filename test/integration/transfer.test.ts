@@ -204,3 +204,38 @@ test.serial('SIGKILL of the CLI, then of the daemon, in the middle of an import:
   t.true(await cmp(backup, target.image('backups', 'copy.img')))
   t.deepEqual(await imports(target), [])
 })
+
+test.serial('prune through a mount: dry run lists keep/remove and the rule, then removes; clones keep their blocks; groups and --match; no rule is refused', async t => {
+  const m = await withMount(t)
+  const web = m.image('disks', 'web.img')
+  const db = m.image('disks', 'db.img')
+  await run('truncate', ['-s', '8M', web])
+  await run('truncate', ['-s', '8M', db])
+  for (let i = 1; i <= 4; i++) {
+    writeAt(web, 0, crypto.randomBytes(blockBytes))
+    await cliOk(t, 'backup', web, `web-${i}`)
+  }
+  writeAt(db, 0, crypto.randomBytes(blockBytes))
+  await cliOk(t, 'backup', db, 'db-1')
+  await cliOk(t, 'clone', m.image('backups', 'web-1.img'), 'old')
+  const cloneBefore = fs.readFileSync(m.image('clones', 'old.img'))
+
+  for (const args of [[], ['--keep-last', '0'], ['--keep-daily', 'x']]) {
+    const refused = await vdiskfs('prune', m.mnt, ...args)
+    t.is(refused.code, 2, args.join(' '))
+    t.regex(refused.stderr, /^vdiskfs prune: [^\n]+\n$/)
+  }
+
+  const dry = JSON.parse(await cliOk(t, 'prune', m.mnt, '--keep-last', '2', '--match', 'web-*', '--dry-run', '--json')) as { dryRun: boolean, backups: Array<{ name: string, keep: boolean, rule: string | null, removed: boolean }> }
+  t.true(dry.dryRun)
+  t.deepEqual(dry.backups.map(b => [b.name, b.keep, b.rule, b.removed]), [
+    ['web-4.img', true, 'last', false], ['web-3.img', true, 'last', false], ['web-2.img', false, null, false], ['web-1.img', false, null, false]
+  ])
+  t.is(fs.readdirSync(path.join(m.mnt, 'backups')).length, 5)
+
+  const text = await cliOk(t, 'prune', m.mnt, '--keep-last', '2')
+  t.regex(text, /web-1\.img .* removed/)
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'backups')).sort(), ['db-1.img', 'web-3.img', 'web-4.img'])
+  // The clone of a removed backup reads what it read before.
+  t.true(cloneBefore.equals(fs.readFileSync(m.image('clones', 'old.img'))))
+})
