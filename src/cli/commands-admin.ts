@@ -1,15 +1,18 @@
 /**
  * CLI commands of issue #11: map (the allocation map, as qemu-img map prints it), cp (a volume to a new
- * disk, O(1): what cp --reflink cannot do through FUSE here) and promote (a clone becomes a disk).
+ * disk, O(1): what cp --reflink cannot do through FUSE here; or out of the pool, reading only the data
+ * ranges, since FUSE here cannot answer SEEK_DATA) and promote (a clone becomes a disk).
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { call } from '../control/client'
-import { invalid } from '../errors'
+import { VdiskError, exists, fromSystemError, invalid } from '../errors'
+import { copyOutPieceBytes } from '../limits'
 import { AllocationRange } from '../volume/pool'
 import { checkName } from '../volume/names'
 import { VolumeInfo } from '../volume/volume'
 import { Command, dirOfKind, imagePath, jsonVolume, newImageName, print } from './command'
+import { bytes } from './format'
 
 interface MapResult { size: number, blockBytes: number, backing: { kind: string, name: string } | null, ranges: AllocationRange[] }
 type CopyResult = VolumeInfo & { from: VolumeInfo, elapsedMs: number }
@@ -27,19 +30,64 @@ function humanMap (image: string, mountpoint: string, result: MapResult): string
 }
 
 /**
- * Where `vdiskfs cp` puts its copy: DST is MNT/disks/NAME (in SRC's mount), the MNT/disks directory
- * itself (the copy takes SRC's name), or a plain NAME (disks/NAME.img, as backup and clone name theirs).
+ * Where `vdiskfs cp` puts its copy: a new disk of SRC's pool when DST is MNT/disks/NAME in SRC's mount
+ * or a plain NAME (disks/NAME.img, as backup and clone name theirs); a file anywhere else. A directory
+ * DST takes SRC's name.
  */
-function copyTarget (destination: string, source: { mountpoint: string, name: string }): string {
-  if (!destination.includes('/')) return newImageName(destination)
-  const resolved = path.resolve(destination)
-  let isDirectory = false
-  try { isDirectory = fs.statSync(resolved).isDirectory() } catch {}
-  const target = isDirectory ? { ...imagePath(path.join(resolved, source.name)) } : imagePath(destination)
-  if (target.mountpoint !== source.mountpoint) throw invalid(`${destination} is not in the same vdiskfs mount as the source (${source.mountpoint})`)
-  if (target.kind !== 'disk') throw invalid(`${destination}: a copy is a new disk: give MNT/disks/NAME, MNT/disks, or a plain NAME`)
+function copyTarget (destination: string, source: { mountpoint: string, name: string }): { name: string } | { file: string } {
+  if (!destination.includes('/')) return { name: newImageName(destination) }
+  let resolved = path.resolve(destination)
+  try { if (fs.statSync(resolved).isDirectory()) resolved = path.join(resolved, source.name) } catch {}
+  let target: { mountpoint: string, kind: string, name: string } | null = null
+  try { target = imagePath(resolved) } catch {}
+  if (target === null || target.mountpoint !== source.mountpoint) return { file: resolved }
+  if (target.kind !== 'disk') throw invalid(`${destination}: a copy in the pool is a new disk: give MNT/disks/NAME, MNT/disks, or a plain NAME`)
   checkName(target.name)
-  return target.name
+  return { name: target.name }
+}
+
+/**
+ * Copies the image `sourceFile` (read through the mount) to a new file `destination`, reading and
+ * writing only its data ranges (`ranges`, from map) and leaving holes elsewhere; fsynced before it
+ * returns. A file that exists is not overwritten (EXISTS); a failed copy is removed. Blocks written to
+ * the image while it is copied may or may not be in the copy: copy a backup for a point in time.
+ */
+async function copyOut (sourceFile: string, destination: string, size: number, ranges: AllocationRange[]): Promise<number> {
+  let output: fs.promises.FileHandle
+  try {
+    output = await fs.promises.open(destination, 'wx', 0o600)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw exists(destination)
+    throw fromSystemError(err, `creating ${destination}`)
+  }
+  let copied = 0
+  try {
+    const input = await fs.promises.open(sourceFile, 'r')
+    try {
+      await output.truncate(size)
+      const piece = Buffer.allocUnsafe(copyOutPieceBytes)
+      for (const range of ranges) {
+        if (!range.data) continue
+        for (let at = range.start; at < range.start + range.length;) {
+          const length = Math.min(piece.length, range.start + range.length - at)
+          const { bytesRead } = await input.read(piece, 0, length, at)
+          if (bytesRead !== length) throw new VdiskError('IO', `${sourceFile}: short read at byte ${at} (the image shrank while it was copied?)`)
+          await output.write(piece, 0, length, at)
+          at += length
+          copied += length
+        }
+      }
+      await output.sync()
+    } finally {
+      await input.close()
+    }
+  } catch (err) {
+    await output.close().catch(() => {})
+    await fs.promises.rm(destination, { force: true })
+    throw err instanceof VdiskError ? err : fromSystemError(err, `copying ${sourceFile} to ${destination}`)
+  }
+  await output.close()
+  return copied
 }
 
 export const adminCommands: Record<string, Command> = {
@@ -56,15 +104,26 @@ export const adminCommands: Record<string, Command> = {
 
   cp: {
     usage: 'cp SRC DST [--json]',
-    summary: 'copy any image to a new disk (MNT/disks/NAME, or a plain NAME) in O(1): the two share blocks until either writes (cp --reflink cannot do this through FUSE)',
+    summary: 'copy any image to a new disk (MNT/disks/NAME, or a plain NAME) in O(1): the two share blocks until either writes (cp --reflink cannot do this through FUSE); to a path outside the mount, a sparse copy of the data ranges only',
     spec: { positionals: ['SRC', 'DST'], booleans: { json: ['--json'] } },
     async run ({ positionals: [image, destination], flags }) {
       const source = imagePath(image)
-      const name = copyTarget(destination, source)
+      const target = copyTarget(destination, source)
+      const sourceFile = path.join(source.mountpoint, dirOfKind[source.kind], source.name)
+      if ('file' in target) {
+        const started = Date.now()
+        const map = await call(source.mountpoint, 'map', { targetKind: source.kind, targetName: source.name }) as MapResult
+        const copied = await copyOut(sourceFile, target.file, map.size, map.ranges)
+        const elapsedMs = Date.now() - started
+        print(flags.json === true, { source: sourceFile, target: target.file, size: map.size, copiedBytes: copied, elapsedMs }, () =>
+          `copied ${sourceFile} to ${target.file}: ${bytes(copied)} of data, the rest of its ${bytes(map.size)} left as holes (${(elapsedMs / 1000).toFixed(1)} s)`)
+        return
+      }
+      const name = target.name
       const result = await call(source.mountpoint, 'cp', { sourceKind: source.kind, sourceName: source.name, name }) as CopyResult
       const { from, ...copy } = result
       print(flags.json === true, { ...jsonVolume(copy), from: jsonVolume(from) }, () =>
-        `copied ${path.join(source.mountpoint, dirOfKind[source.kind], source.name)} to ${path.join(source.mountpoint, 'disks', result.name)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+        `copied ${sourceFile} to ${path.join(source.mountpoint, 'disks', result.name)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
   },
 
