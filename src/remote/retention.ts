@@ -33,7 +33,7 @@ export function selectKept<T extends Dated> (items: T[], rules: KeepRules): Arra
   }
   const sorted = [...items].sort((a, b) => b.createdMs - a.createdMs)
   const rule = new Map<T, string>()
-  sorted.slice(0, rules.last ?? 0).forEach(item => rule.set(item, 'keep-last'))
+  sorted.slice(0, rules.last ?? 0).forEach(item => rule.set(item, 'last'))
   for (const [name, key] of Object.entries(periodOf) as Array<[keyof typeof periodOf, (d: Date) => string]>) {
     const count = rules[name] ?? 0
     if (count === 0) continue
@@ -46,7 +46,7 @@ export function selectKept<T extends Dated> (items: T[], rules: KeepRules): Arra
       if (covered.has(period) || chosen.has(period)) continue
       if (chosen.size >= count) break
       chosen.add(period)
-      rule.set(item, `keep-${name}`)
+      rule.set(item, name)
     }
   }
   return sorted.map(item => ({ item, keep: rule.has(item), rule: rule.get(item) ?? null }))

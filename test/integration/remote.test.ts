@@ -1,0 +1,274 @@
+/**
+ * Issue #12's remote store end to end: real mounts (two pools, standing for two hosts), the real CLI, a
+ * real Ceph RGW. Remotes are kept in the pool without credentials; push uploads only what the store lacks
+ * (incremental on the lineage, shared between hosts), pull rebuilds the same bytes; a damaged or missing
+ * chunk is one clear error and no backup; RGW killed mid-push or mid-pull, the same command again
+ * completes; remote gc running while another host's push waits before its manifest spares what it reuses;
+ * remote prune keeps by the keep-rules.
+ */
+import test, { ExecutionContext } from 'ava'
+import { ChildProcess, spawn } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
+import { Rgw, rgwSecretKey, startRgw } from '../helpers/rgw'
+import { chunkKey } from '../../src/remote/remote-format'
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
+const mib = 1024 * 1024
+const bucket = 'vdiskfs-cli-test'
+let rgw: Rgw
+
+test.before(async () => { rgw = await startRgw() })
+test.after.always(async () => { await rgw?.stop() })
+
+async function vd (env: NodeJS.ProcessEnv, ...args: string[]): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await execFileAsync(cli, args, { encoding: 'utf8', env, maxBuffer: 64 * mib })
+    return { code: 0, stdout, stderr }
+  } catch (err) {
+    const e = err as { code?: number, stdout?: string, stderr?: string }
+    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
+  }
+}
+
+/** Runs the CLI with the RGW's credentials and fails the test on a non-zero exit. */
+async function ok (t: ExecutionContext, ...args: string[]): Promise<string> {
+  const result = await vd(rgw.env, ...args)
+  if (result.code !== 0) t.fail(`vdiskfs ${args.join(' ')} failed: ${result.stderr}`)
+  return result.stdout
+}
+
+async function json<T> (t: ExecutionContext, ...args: string[]): Promise<T> {
+  return JSON.parse(await ok(t, ...args, '--json')) as T
+}
+
+/** A disk of `sizeMiB` in `mount` with random MiBs at the given offsets (from a seeded file so hosts can share them). */
+async function disk (mount: TestMount, name: string, sizeMiB: number, chunks: Array<{ atMiB: number, file: string }>): Promise<string> {
+  const image = mount.image('disks', name)
+  await run('truncate', ['-s', `${sizeMiB}M`, image])
+  for (const { atMiB, file } of chunks) await run('dd', [`if=${file}`, `of=${image}`, 'bs=1M', `seek=${atMiB}`, 'conv=notrunc,fsync', 'status=none'])
+  return image
+}
+
+function randomFile (dir: string, name: string, sizeMiB: number): string {
+  const file = path.join(dir, name)
+  const fd = fs.openSync(file, 'w')
+  for (let i = 0; i < sizeMiB; i++) fs.writeSync(fd, Buffer.from(require('node:crypto').randomBytes(mib)))
+  fs.closeSync(fd)
+  return file
+}
+
+interface Pushed { id: string, created: boolean, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null }
+
+async function addRemote (t: ExecutionContext, mount: TestMount, name: string, prefix: string, grace = 3600): Promise<void> {
+  await ok(t, 'remote', 'add', mount.mnt, name, `s3://${bucket}/${prefix}`, '--endpoint', rgw.endpoint, '--grace-period', String(grace))
+}
+
+function scratch (t: ExecutionContext): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-remote-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+// Paused commands still running when a test ends (it failed) are killed by pid.
+const children: ChildProcess[] = []
+test.afterEach.always(() => { for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+
+async function waitFor (file: string, child?: ChildProcess): Promise<void> {
+  for (let waited = 0; waited < 120000; waited += 50) {
+    if (fs.existsSync(file)) return
+    if (child?.exitCode != null) throw new Error(`the command exited (${child.exitCode}) before pausing at ${path.basename(file)}`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  throw new Error(`nothing paused at ${file}`)
+}
+
+/** Starts a CLI command that pauses at `point` (VDISKFS_TEST_REMOTE_PAUSE); resolves with it once paused. */
+async function paused (dir: string, point: string, ...args: string[]): Promise<{ release: () => void, done: Promise<CliResult> }> {
+  const child = spawn(cli, args, { env: { ...rgw.env, VDISKFS_TEST_REMOTE_PAUSE: dir, VDISKFS_TEST_REMOTE_PAUSE_AT: point }, stdio: ['ignore', 'pipe', 'pipe'] })
+  children.push(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', chunk => { stdout += chunk })
+  child.stderr.on('data', chunk => { stderr += chunk })
+  const done = new Promise<CliResult>(resolve => child.on('exit', code => resolve({ code: code ?? 1, stdout, stderr })))
+  await waitFor(path.join(dir, `${point}.paused`), child)
+  return { release: () => fs.writeFileSync(path.join(dir, `${point}.go`), ''), done }
+}
+
+test.serial('push uploads only what the store lacks (incremental on the lineage, shared between hosts), pull rebuilds the same bytes, and the pool keeps the remote without credentials', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const base = randomFile(files, 'base', 16)
+  const change = randomFile(files, 'change', 1)
+  await addRemote(t, a, 'store', 'shared')
+  await addRemote(t, b, 'store', 'shared')
+  const remotesFile = path.join(a.pool, 'remotes.json')
+  t.is(fs.statSync(remotesFile).mode & 0o777, 0o600)
+  const listed = await json<Array<{ name: string, url: string, endpoint: string }>>(t, 'remote', 'list', a.mnt)
+  t.deepEqual(listed.map(r => [r.name, r.url, r.endpoint]), [['store', `s3://${bucket}/shared`, rgw.endpoint]])
+  const grep = await execFileAsync('grep', ['-rlF', rgwSecretKey, a.pool]).then(r => r.stdout, () => '')
+  t.is(grep, '', 'no pool file holds the secret key')
+
+  const image = await disk(a, 'web.img', 32, [{ atMiB: 0, file: base }])
+  await ok(t, 'backup', image, 'b1')
+  const first = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  t.is(first.chunksUploaded, 16 * mib / 65536)
+  t.is(first.since, null)
+  const ls = await json<Array<{ id: string, name: string, source: string, size: number, created: string, host: string }>>(t, 'remote', 'ls', b.mnt, 'store')
+  t.deepEqual(ls.map(e => [e.id, e.name, e.source, e.size, e.host]), [[first.id, 'b1.img', 'disk web.img', 32 * mib, os.hostname()]])
+  t.regex(ls[0].created, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
+  t.is((await ok(t, 'push', a.image('backups', 'b1.img'), 'store')).split('\n')[0], first.id, 'the text output starts with the id')
+
+  await ok(t, 'pull', b.mnt, 'store', first.id, 'copy')
+  await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
+
+  // An incremental push: 1 MiB changed since b1.
+  await run('dd', [`if=${change}`, `of=${image}`, 'bs=1M', 'seek=20', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b2')
+  const second = await json<Pushed>(t, 'push', a.image('backups', 'b2.img'), 'store')
+  t.is(second.since, 'b1.img')
+  t.is(second.bytesUploaded, mib)
+
+  // Another host pushes a similar image: the same 16 MiB plus 2 MiB of its own.
+  const own = randomFile(files, 'own', 2)
+  const other = await disk(b, 'db.img', 32, [{ atMiB: 0, file: base }, { atMiB: 24, file: own }])
+  await ok(t, 'backup', other, 'h1')
+  const hostB = await json<Pushed>(t, 'push', b.image('backups', 'h1.img'), 'store')
+  t.is(hostB.bytesUploaded, 2 * mib)
+  t.is(hostB.chunksReused, 16 * mib / 65536)
+  await ok(t, 'pull', b.mnt, 'store', second.id, 'b2-copy')
+  await run('cmp', [a.image('backups', 'b2.img'), b.image('backups', 'b2-copy.img')])
+  // A pool that holds the backup already (the same identity) refuses a second copy.
+  const twice = await vd(rgw.env, 'pull', a.mnt, 'store', second.id, 'b2-again')
+  t.is(twice.code, 1)
+  t.regex(twice.stderr, /^vdiskfs pull: a volume with the stream's identity [0-9a-f-]{36} \(backup b2.img\) already exists\n$/)
+  await ok(t, 'pull', a.mnt, 'store', hostB.id, 'from-b')
+  await run('cmp', [b.image('backups', 'h1.img'), a.image('backups', 'from-b.img')])
+})
+
+test.serial('a damaged or a missing chunk fails the pull with one line naming the backup and the byte range, makes no backup, and remote verify names it', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  await addRemote(t, a, 'store', 'damage')
+  await addRemote(t, b, 'store', 'damage')
+  const image = await disk(a, 'web.img', 8, [{ atMiB: 2, file: randomFile(files, 'data', 2) }])
+  await ok(t, 'backup', image, 'b1')
+  const { id } = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  const manifest = JSON.parse((await ok(t, 'remote', 'ls', a.mnt, 'store', '--json'))) as Array<{ id: string }>
+  t.is(manifest[0].id, id)
+  // Block 40 (bytes 2621440-2686975) is inside the data: flip the last byte of its chunk object.
+  const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgw.env.AWS_ACCESS_KEY_ID!, secretAccessKey: rgwSecretKey } })
+  t.teardown(() => client.destroy())
+  const { RemoteStore } = await import('../../src/remote/store')
+  process.env.AWS_ACCESS_KEY_ID = rgw.env.AWS_ACCESS_KEY_ID
+  process.env.AWS_SECRET_ACCESS_KEY = rgwSecretKey
+  const store = await RemoteStore.open({ bucket, prefix: 'damage/', endpoint: rgw.endpoint }, 'store')
+  t.teardown(() => store.close())
+  const chunk = (await store.manifest(id)).blocks.find(entry => entry[0] === 40)![1]
+  const object = (await store.s3.get(chunkKey('damage/', chunk)))!
+  object[object.length - 1] ^= 0x01
+  await client.send(new PutObjectCommand({ Bucket: bucket, Key: chunkKey('damage/', chunk), Body: object }))
+
+  const pulled = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'copy')
+  t.is(pulled.code, 1)
+  t.is(pulled.stderr.trim().split('\n').length, 1, pulled.stderr)
+  t.regex(pulled.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk}`))
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+  const verify = await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')
+  t.is(verify.code, 1)
+  t.regex(verify.stdout, new RegExp(`backup ${id} \\(b1.img\\) bytes 2621440-2686975: chunk ${chunk}: `))
+
+  await store.s3.remove(chunkKey('damage/', chunk))
+  const missing = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'copy')
+  t.is(missing.code, 1)
+  t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} is missing from the store\\n$`))
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+})
+
+test.serial('RGW killed in the middle of a push and of a pull: each fails with one line, and the same command again completes', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  await addRemote(t, a, 'store', 'faults')
+  await addRemote(t, b, 'store', 'faults')
+  const image = await disk(a, 'web.img', 64, [{ atMiB: 0, file: randomFile(files, 'data', 40) }])
+  await ok(t, 'backup', image, 'b1')
+
+  const pushPause = fs.mkdtempSync(path.join(files, 'push-'))
+  const push = await paused(pushPause, 'push-batch', 'push', a.image('backups', 'b1.img'), 'store', '--json')
+  await rgw.killRgw()
+  push.release()
+  const failed = await push.done
+  t.is(failed.code, 1)
+  t.is(failed.stderr.trim().split('\n').length, 1, failed.stderr)
+  t.regex(failed.stderr, /^vdiskfs push: remote store: .*(ECONNREFUSED|ECONNRESET|EPIPE)/)
+  await rgw.restartRgw()
+  t.deepEqual(await json<unknown[]>(t, 'remote', 'ls', a.mnt, 'store'), [], 'no half backup is visible')
+  const pushed = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  t.true(pushed.chunksReused >= 256, `the first batch was not sent again (${pushed.chunksReused} reused)`)
+  t.is(pushed.chunksReused + pushed.chunksUploaded, 640)
+
+  const pullPause = fs.mkdtempSync(path.join(files, 'pull-'))
+  const pull = await paused(pullPause, 'pull-batch', 'pull', b.mnt, 'store', pushed.id, 'copy')
+  await rgw.killRgw()
+  pull.release()
+  const pullFailed = await pull.done
+  t.is(pullFailed.code, 1)
+  t.is(pullFailed.stderr.trim().split('\n').length, 1, pullFailed.stderr)
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+  await rgw.restartRgw()
+  await ok(t, 'pull', b.mnt, 'store', pushed.id, 'copy')
+  await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
+})
+
+test.serial('remote prune keeps by the keep-rules; remote gc run while another host waits before its manifest spares the old chunks that push reuses, and frees the rest past the grace period', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const grace = 2
+  await addRemote(t, a, 'store', 'gc', grace)
+  await addRemote(t, b, 'store', 'gc', grace)
+  const old = randomFile(files, 'old', 2)
+  const image = await disk(a, 'web.img', 8, [{ atMiB: 0, file: old }])
+  await ok(t, 'backup', image, 'b1')
+  await run('dd', [`if=${randomFile(files, 'new', 2)}`, `of=${image}`, 'bs=1M', 'seek=0', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b2')
+  const b1 = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  const b2 = await json<Pushed>(t, 'push', a.image('backups', 'b2.img'), 'store')
+  const dry = await json<{ backups: Array<{ id: string, action: string, rule: string | null }> }>(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1', '--dry-run')
+  t.deepEqual(dry.backups.map(e => [e.id, e.action, e.rule]), [[b2.id, 'keep', 'last'], [b1.id, 'remove', null]])
+  t.is((await json<unknown[]>(t, 'remote', 'ls', a.mnt, 'store')).length, 2, '--dry-run removes nothing')
+  const refused = await vd(rgw.env, 'remote', 'prune', a.mnt, 'store')
+  t.is(refused.code, 1)
+  await ok(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1')
+  t.deepEqual((await json<Array<{ id: string }>>(t, 'remote', 'ls', a.mnt, 'store')).map(e => e.id), [b2.id])
+  // b1's chunks are unreferenced now; once past the grace period, gc may free them.
+  await new Promise(resolve => setTimeout(resolve, (grace + 3) * 1000))
+
+  // Host B pushes the very data b1 held, and waits before its manifest while gc runs to its end.
+  const other = await disk(b, 'db.img', 8, [{ atMiB: 0, file: old }])
+  await ok(t, 'backup', other, 'h1')
+  const pause = fs.mkdtempSync(path.join(files, 'pause-'))
+  const push = await paused(pause, 'push-manifest', 'push', b.image('backups', 'h1.img'), 'store', '--json')
+  const gc = await json<{ chunksRemoved: number }>(t, 'remote', 'gc', a.mnt, 'store')
+  t.is(gc.chunksRemoved, 0, 'gc spared the chunks the waiting push reuses')
+  push.release()
+  const pushed = await push.done
+  t.is(pushed.code, 0, pushed.stderr)
+  const h1 = JSON.parse(pushed.stdout) as Pushed
+  t.is(h1.chunksUploaded, 0)
+  await ok(t, 'pull', a.mnt, 'store', h1.id, 'h1-copy')
+  await run('cmp', [b.image('backups', 'h1.img'), a.image('backups', 'h1-copy.img')])
+
+  // With no push in flight, pruning h1 and waiting out the grace period, gc frees its chunks.
+  await ok(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1', '--match', 'b*')
+  const ids = (await json<Array<{ id: string, name: string }>>(t, 'remote', 'ls', a.mnt, 'store'))
+  t.deepEqual(ids.map(e => e.name).sort(), ['b2.img', 'h1.img'], '--match limits prune to the names it matches')
+  t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')).code, 0)
+})
