@@ -11,7 +11,7 @@ import { call } from '../control/client'
 import { Pool } from '../volume/pool'
 import { RemoteDefinition, makeDefinition, readRemotes } from '../remote/remotes'
 import { RemoteStore } from '../remote/store'
-import { KeepRules, globMatcher, keepRuleNames, selectKept } from '../remote/retention'
+import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { isBackupId } from '../remote/remote-format'
 import { pullBackup, pushBackup } from '../remote/transfer-link'
 import { UsageError } from './args'
@@ -46,9 +46,9 @@ export function byteProgress (label: string): { add: (n: number) => void, total:
   }
 }
 
-function keepRules (values: Record<string, string>): KeepRules {
-  const rules: KeepRules = {}
-  for (const name of keepRuleNames) {
+function keepRules (values: Record<string, string>): PruneKeep {
+  const rules: PruneKeep = {}
+  for (const name of pruneRules) {
     const value = values[name]
     if (value === undefined) continue
     if (!/^\d+$/.test(value)) throw new UsageError(`--keep-${name} needs a whole number, not '${value}'`)
@@ -136,13 +136,15 @@ export const remoteCommands: Record<string, Command> = {
     },
     async run ({ positionals: [mnt, name], flags, values }) {
       const rules = keepRules(values)
-      const matches = globMatcher(values.match ?? '*')
+      if (!keepsAnything(rules)) throw new UsageError('give at least one --keep-* rule with a count above 0 (prune never removes every backup)')
+      const matches = globPattern(values.match ?? '*')
       const remote = await remoteOf(mnt, name)
       const result = await withStore(remote, async store => {
-        const backups = (await store.backups()).filter(b => matches(b.name))
-        const selection = selectKept(backups.map(b => ({ ...b, createdMs: Date.parse(b.created) })), rules)
-        for (const s of selection) if (!s.keep && flags.dryRun !== true) await store.removeBackup(s.item.id)
-        return selection.map(s => ({ id: s.item.id, name: s.item.name, created: s.item.created, host: s.item.host, action: s.keep ? 'keep' : 'remove', rule: s.rule }))
+        const backups = (await store.backups()).filter(b => matches.test(b.name))
+        // The same selection as local prune (transfer/prune.ts), grouped by host and source volume.
+        const decisions = selectPrune(backups.map((b, i) => ({ id: i, name: b.name, createdMs: Date.parse(b.created), group: `${b.host} ${b.source}` })), rules)
+        for (const d of decisions) if (!d.keep && flags.dryRun !== true) await store.removeBackup(backups[d.id].id)
+        return decisions.map(d => ({ id: backups[d.id].id, name: d.name, created: backups[d.id].created, host: backups[d.id].host, source: backups[d.id].source, action: d.keep ? 'keep' : 'remove', rule: d.rule }))
       })
       print(flags.json === true, { dryRun: flags.dryRun === true, backups: result }, () => result.length === 0
         ? 'no backups matched'

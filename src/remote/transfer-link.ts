@@ -10,20 +10,10 @@ import { pipeline } from 'node:stream/promises'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
 import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
+import { exportStream, importStream } from '../transfer/client'
 import { Manifest } from './remote-format'
 import { Block, PushHooks, PushResult, RemoteStore } from './store'
 import { testPause } from './test-pause'
-
-/** The two calls of TRANSFER's client (src/transfer/client.ts) push and pull use. */
-interface TransferClient {
-  exportStream: (mountpoint: string, kind: string, name: string, options: { since?: string }) => Readable
-  importStream: (mountpoint: string, name: string, stream: Readable) => Promise<unknown>
-}
-
-function transferClient (): TransferClient {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return require('../transfer/client') as TransferClient
-}
 
 export interface Progress { add: (n: number) => void, total: (n: number) => void }
 
@@ -57,7 +47,7 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
       if (id !== undefined) { base = { name: candidate.name, manifest: await store.manifest(id) }; break }
     }
   }
-  const exported = transferClient().exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
+  const exported = exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
   const decoder = new StreamDecoder()
   const piping = pipeline(exported, decoder).catch(err => { decoder.destroy(err as Error) })
   const items = decoder[Symbol.asyncIterator]() as AsyncIterator<StreamItem>
@@ -103,7 +93,7 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   const encoder = new StreamEncoder(header)
   const feeding = pipeline(Readable.from(blocks()), encoder).catch(err => { encoder.destroy(err as Error) })
   try {
-    await transferClient().importStream(mountpoint, name, encoder)
+    await importStream(mountpoint, name, encoder)
   } catch (err) {
     // The import failed because the remote did: say what the remote did.
     if (sourceError !== null) throw sourceError

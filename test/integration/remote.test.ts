@@ -245,7 +245,7 @@ test.serial('remote prune keeps by the keep-rules; remote gc run while another h
   t.deepEqual(dry.backups.map(e => [e.id, e.action, e.rule]), [[b2.id, 'keep', 'last'], [b1.id, 'remove', null]])
   t.is((await json<unknown[]>(t, 'remote', 'ls', a.mnt, 'store')).length, 2, '--dry-run removes nothing')
   const refused = await vd(rgw.env, 'remote', 'prune', a.mnt, 'store')
-  t.is(refused.code, 1)
+  t.is(refused.code, 2, 'prune without a rule is refused')
   await ok(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1')
   t.deepEqual((await json<Array<{ id: string }>>(t, 'remote', 'ls', a.mnt, 'store')).map(e => e.id), [b2.id])
   // b1's chunks are unreferenced now; once past the grace period, gc may free them.
