@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises'
 import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, fromSystemError, invalid } from '../errors'
 import { call } from '../control/client'
-import { exportStream, importStream, ImportResult } from '../transfer/client'
+import { exportStream, importStream, ImportResult, streamBufferBytes } from '../transfer/client'
 import { pruneRules } from '../transfer/prune'
 import { StreamHeader } from '../transfer/stream'
 import { UsageError } from './args'
@@ -64,6 +64,8 @@ export const transferCommands: Record<string, Command> = {
       if (values.since?.includes('/') === true && imagePath(values.since).mountpoint !== source.mountpoint) throw invalid('--since must name a backup in the same mount')
       const output = values.output ?? '-'
       if (output === '-' && process.stdout.isTTY === true) throw new UsageError('refusing to write a binary stream to a terminal: give -o FILE or redirect the output')
+      // Should the event loop ever run dry before the export ends, Node exits with this status, not 0.
+      process.exitCode = 1
       const progress = blockProgress('export')
       let header: StreamHeader | null = null
       const started = Date.now()
@@ -73,7 +75,7 @@ export const transferCommands: Record<string, Command> = {
       let sink: Writable
       if (partial === null) sink = process.stdout
       else {
-        try { sink = fs.createWriteStream(partial, { flags: 'w', mode: 0o600 }) } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
+        try { sink = fs.createWriteStream(partial, { flags: 'w', mode: 0o600, highWaterMark: streamBufferBytes }) } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
       }
       let streamBytes = 0
       stream.on('data', (chunk: Buffer) => { streamBytes += chunk.length })
@@ -95,6 +97,7 @@ export const transferCommands: Record<string, Command> = {
       const summary = { backup: source.name, uuid: h?.uuid, since: since ?? null, baseUuid: h?.baseUuid ?? null, size: h?.size, blocks: h?.records, streamBytes, elapsedMs: Date.now() - started, output }
       const line = `exported ${source.name}${since !== undefined ? ` since ${since}` : ''}: ${h?.records ?? 0} blocks, ${bytes(streamBytes)} in ${((Date.now() - started) / 1000).toFixed(1)} s`
       // With the stream on stdout, the summary goes to stderr (and only when asked for, or on a terminal).
+      process.exitCode = 0
       if (output === '-') { if (flags.json === true) process.stderr.write(JSON.stringify(summary) + '\n'); else if (process.stderr.isTTY === true) process.stderr.write(line + '\n') } else print(flags.json === true, summary, () => `${line} -> ${output}`)
     }
   },
@@ -112,6 +115,7 @@ export const transferCommands: Record<string, Command> = {
         try { fs.accessSync(file, fs.constants.R_OK) } catch (err) { throw fromSystemError(err, `reading ${file}`) }
         input = fs.createReadStream(file)
       }
+      process.exitCode = 1 // as for export: never 0 unless the import finished
       const progress = blockProgress('import')
       const started = Date.now()
       let result: ImportResult
@@ -121,6 +125,7 @@ export const transferCommands: Record<string, Command> = {
         progress.stop()
       }
       const elapsedMs = Date.now() - started
+      process.exitCode = 0
       print(flags.json === true, { ...result, backup: jsonVolume(result.backup), elapsedMs }, () =>
         `imported ${path.join(mountpoint, 'backups', target)} (${result.blocks} blocks, ${result.newChunks} new chunks, ${result.dedupedBlocks} already here` +
         `${result.resumedBlocks > 0 ? `, ${result.resumedBlocks} from an interrupted import` : ''}) in ${(elapsedMs / 1000).toFixed(1)} s`)

@@ -77,34 +77,47 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
     }
   }
 
-  /** Reads the blocks (runs of neighbours in one read, a few reads ahead) and sends them in order. */
+  /**
+   * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
+   * or not (chunks in one worker task), a few reads ahead.
+   */
   async function sendBlocks (socket: net.Socket, volume: Volume, blocks: Array<{ block: number, entry: number }>): Promise<void> {
     const blockBytes = pool.blockBytes
-    type Run = { first: number, entries: number[] }
-    const runs: Run[] = []
-    for (const { block, entry } of blocks) {
-      const last = runs[runs.length - 1]
-      if (entry !== 0 && last !== undefined && last.entries[0] !== 0 && last.first + last.entries.length === block && last.entries.length < exportReadBlocks) last.entries.push(entry)
-      else runs.push({ first: block, entries: [entry] })
+    type Group = Array<{ block: number, entry: number }>
+    const groups: Group[] = []
+    let group: Group = []
+    for (const changed of blocks) {
+      group.push(changed)
+      if (group.filter(b => b.entry !== 0).length >= exportReadBlocks) { groups.push(group); group = [] }
     }
-    const read = async (run: Run): Promise<Buffer | null> => {
-      if (run.entries[0] === 0) return null
-      const buffer = Buffer.alloc(run.entries.length * blockBytes) // past the size: zeros, as stored
-      await volume.read(buffer, run.first * blockBytes)
+    if (group.length > 0) groups.push(group)
+    const read = async (group: Group): Promise<Buffer> => {
+      const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes, and past the size as stored
+      const chunks = group.map((b, i) => ({ ...b, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) })).filter(b => b.entry !== 0)
+      const sealed = chunks.filter(b => entryKind(b.entry) === entryKindChunk)
+      try {
+        if (sealed.length > 0) await pool.chunks.readMany(sealed.map(b => ({ id: entryChunkId(b.entry), offset: 0, target: b.target, what: `${volume.label} block ${b.block}` })))
+      } catch (err) {
+        // Damage is reported as such; a chunk that moved meanwhile is read again below, through the map.
+        if (err instanceof VdiskError && err.code === 'CORRUPT') throw err
+        await Promise.all(sealed.map(async b => await volume.read(b.target, b.block * blockBytes)))
+      }
+      // Blocks still in delta extents (or anything else) through the volume, which follows the map.
+      await Promise.all(chunks.filter(b => entryKind(b.entry) !== entryKindChunk).map(async b => await volume.read(b.target, b.block * blockBytes)))
       return buffer
     }
-    const pending: Array<Promise<Buffer | null>> = []
+    const pending: Array<Promise<Buffer>> = []
     let next = 0
-    while (next < runs.length && pending.length < exportReadsInFlight) pending.push(read(runs[next++]))
-    for (const run of runs) {
-      const data = await (pending.shift() as Promise<Buffer | null>)
-      if (next < runs.length) pending.push(read(runs[next++]))
-      if (data === null) { await send(socket, frameHead(frameZero, run.first, null)); continue }
-      for (let i = 0; i < run.entries.length; i++) {
-        const entry = run.entries[i]
+    while (next < groups.length && pending.length < exportReadsInFlight) pending.push(read(groups[next++]))
+    for (const group of groups) {
+      const data = await (pending.shift() as Promise<Buffer>)
+      if (next < groups.length) pending.push(read(groups[next++]))
+      for (let i = 0; i < group.length; i++) {
+        const { block, entry } = group[i]
+        if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
         // A chunk's id travels along: the CLI's encoder checks the bytes against it.
         const hash = entryKind(entry) === entryKindChunk ? pool.chunks.info(entryChunkId(entry)).hash : null
-        await send(socket, frameHead(frameData, run.first + i, hash))
+        await send(socket, frameHead(frameData, block, hash))
         await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
       }
     }
@@ -122,23 +135,32 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       return
     }
     let batch: ImportBlock[] = []
+    // One batch is stored while the next one arrives; the reader pulls from the socket (paused until
+    // then), so the CLI waits once a second batch is full and the first is still being stored.
+    let storing: Promise<void> = Promise.resolve()
+    const storeBatch = async (blocks: ImportBlock[]): Promise<void> => {
+      await storing
+      storing = session.store(blocks)
+      storing.catch(() => {})
+    }
     try {
       await send(socket, replyLine({ resumedBlocks: session.counts.resumedBlocks }))
-      // The reader pulls from the socket (paused until then): the CLI waits while a batch is stored.
       const reader = new ByteReader(socket, rest)
       for (;;) {
         const frame = await readFrame(reader, pool.blockBytes)
         if (frame === null) {
           // The CLI went away before the end: what arrived is kept as progress, no backup appears.
-          await session.store(batch)
+          await storeBatch(batch)
+          await storing
           socket.destroy()
           return
         }
         if (frame.kind === frameEnd) break
         batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameData ? frame.hash : null })
-        if (batch.length >= importBatchBlocks) { await session.store(batch); batch = [] }
+        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = [] }
       }
-      await session.store(batch)
+      await storeBatch(batch)
+      await storing
       batch = []
       const started = Date.now()
       const backup = await session.finish()

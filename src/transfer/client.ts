@@ -21,6 +21,12 @@ import { VolumeInfo } from '../volume/volume'
 import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from './stream'
 import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from './wire'
 
+/** How long a failed import waits for the daemon's reason before it reports the connection's failure. */
+const daemonReasonWaitMs = 2000
+
+/** Bytes of stream buffered between the encoder and its reader (so a file or pipe gets large writes). */
+export const streamBufferBytes = 4 * 1024 * 1024
+
 /** What an import made. */
 export interface ImportResult {
   backup: VolumeInfo & { uuid: string }
@@ -49,7 +55,7 @@ export interface ExportOptions {
  * Errors surface as the Readable's 'error'.
  */
 export function exportStream (mountpoint: string, backupKind: VolumeKind, name: string, options: ExportOptions = {}): Readable {
-  const out = new PassThrough()
+  const out = new PassThrough({ highWaterMark: streamBufferBytes })
   let socket: net.Socket | null = null
   out.on('close', () => socket?.destroy())
   void (async () => {
@@ -80,6 +86,24 @@ export interface ImportOptions {
 }
 
 /**
+ * When the daemon closed an import's connection, it said why first (an error reply line): that,
+ * rather than "the connection closed", is the error to show.
+ */
+async function daemonsReason (socket: net.Socket, mountpoint: string, failure: unknown): Promise<unknown> {
+  // The timer must hold the process up (not unref'd): with the input paused and the connection gone,
+  // nothing else does, and Node would exit with status 0 in the middle of a failed import.
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([readReply(socket, Buffer.alloc(0), mountpoint), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(failure), daemonReasonWaitMs) })])
+  } catch (err) {
+    if (err instanceof VdiskError && !/closed the connection/.test(err.message)) return err
+  } finally {
+    clearTimeout(timer)
+  }
+  return failure
+}
+
+/**
  * Imports an export stream as backups/NAME (name as the pool spells it, e.g. web-monday.img). The
  * backup appears only after the whole stream checked; an interrupted import is continued by the next
  * import of the same stream.
@@ -102,13 +126,21 @@ export async function importStream (mountpoint: string, name: string, stream: Re
       }
       if (socket === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
       const { index, data, hash } = item.block
-      await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
-      if (data !== null) await send(socket, data)
+      try {
+        await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
+        if (data !== null) await send(socket, data)
+      } catch (err) {
+        throw await daemonsReason(socket, mountpoint, err)
+      }
       options.onBlock?.(++blocks)
     }
     // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
     if (socket === null) throw new VdiskError('CORRUPT', 'the stream has no header')
-    await send(socket, frameHead(frameEnd, 0, null))
+    try {
+      await send(socket, frameHead(frameEnd, 0, null))
+    } catch (err) {
+      throw await daemonsReason(socket, mountpoint, err)
+    }
     const { result } = await readReply(socket, Buffer.alloc(0), mountpoint)
     return { ...(result as Omit<ImportResult, 'blocks' | 'streamBytes'>), blocks, streamBytes: decoder.bytesRead }
   } finally {

@@ -96,10 +96,17 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
   throw corrupt(`unknown frame kind ${kind} on the control connection`)
 }
 
-/** Writes `bytes`, waiting while the connection's buffer is full (back-pressure). Throws IO once it closed. */
-export async function send (socket: NodeJS.WritableStream & { destroyed: boolean }, bytes: Buffer): Promise<void> {
+/**
+ * Bytes a sender lets queue on a connection before it waits for the peer: a socket's own mark (16 KiB)
+ * is a quarter of a block, so waiting on it would turn every block into a round trip of the event loops.
+ */
+export const sendWindowBytes = 4 * 1024 * 1024
+
+/** Writes `bytes`, waiting while more than sendWindowBytes are queued (back-pressure). Throws IO once it closed. */
+export async function send (socket: NodeJS.WritableStream & { destroyed: boolean, writableLength: number }, bytes: Buffer): Promise<void> {
   if (socket.destroyed) throw new VdiskError('IO', 'the connection closed')
-  if (socket.write(bytes)) return
+  socket.write(bytes)
+  if (socket.writableLength <= sendWindowBytes) return
   await new Promise<void>((resolve, reject) => {
     const done = (err?: Error): void => {
       socket.removeListener('drain', onDrain)
