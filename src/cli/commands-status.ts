@@ -63,6 +63,8 @@ export const statusCommands: Record<string, Command> = {
 function statusText (stats: StatsResult): string {
   const ms = (value: number) => `${value.toFixed(value < 10 ? 2 : 0)} ms`
   const loop = stats.eventLoopDelay
+  const cache = stats.chunkCache
+  const lookups = cache.hits + cache.misses
   const lines = [
     `daemon:      pid ${String(stats.daemon.pid)}, vdiskfs ${String(stats.daemon.version)}, serving ${printable(String(stats.daemon.pool))} at ${printable(String(stats.daemon.mountpoint))}`,
     `started:     ${time(stats.startedMs)} (up ${Math.round(stats.uptimeSeconds)} s)`,
@@ -70,8 +72,8 @@ function statusText (stats: StatsResult): string {
     `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources, ${stats.fuseThreadRecords} fuse thread records`,
     `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}`,
     `unsealed:    ${bytes(stats.unsealedBytes)}`,
-    `chunk cache: ${stats.chunkCache === null ? 'not reported' : `${stats.chunkCache.hits} hits, ${stats.chunkCache.misses} misses` +
-      `${stats.chunkCache.hits + stats.chunkCache.misses > 0 ? ` (${(100 * stats.chunkCache.hits / (stats.chunkCache.hits + stats.chunkCache.misses)).toFixed(1)}% hits)` : ''}, ${bytes(stats.chunkCache.bytes)} held`}`,
+    `chunk cache: ${cache.hits} hits, ${cache.misses} misses${lookups > 0 ? ` (${(100 * cache.hits / lookups).toFixed(1)}% hits)` : ''}, ` +
+      `${bytes(cache.bytes)} of ${bytes(cache.bytesMax)} held`,
     `jobs:        ${stats.jobs.length === 0 ? 'none' : stats.jobs.map(j => j.name + (j.progress === null ? '' : ` ${j.progress.done}/${j.progress.total}`)).join(', ')}`,
     ''
   ]

@@ -51,11 +51,10 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   }
 
   gauge('vdiskfs_unsealed_bytes', 'Bytes in delta extents waiting to be sealed into the chunk store.', stats.unsealedBytes)
-  if (stats.chunkCache !== null) {
-    counter('vdiskfs_chunk_cache_hits_total', 'Chunk reads served from the cache of verified, decompressed chunks.', []).inc(stats.chunkCache.hits)
-    counter('vdiskfs_chunk_cache_misses_total', 'Chunk reads that missed that cache.', []).inc(stats.chunkCache.misses)
-    gauge('vdiskfs_chunk_cache_bytes', 'Bytes the chunk cache holds.', stats.chunkCache.bytes)
-  }
+  counter('vdiskfs_chunk_cache_hits_total', 'Sealed reads served from the cache of verified, decompressed chunks.', []).inc(stats.chunkCache.hits)
+  counter('vdiskfs_chunk_cache_misses_total', 'Sealed reads that had to open (read, decompress, verify) their chunk.', []).inc(stats.chunkCache.misses)
+  gauge('vdiskfs_chunk_cache_bytes', 'Bytes of chunks the cache holds.', stats.chunkCache.bytes)
+  gauge('vdiskfs_chunk_cache_max_bytes', 'The most the chunk cache may hold.', stats.chunkCache.bytesMax)
   const jobs = gauge('vdiskfs_job_running', 'Background jobs in flight (sealing, sync, gc, verify): 1 each.', 0, ['job'])
   const progress = gauge('vdiskfs_job_progress_ratio', 'How far each job in flight is, from 0 to 1, when it says.', 0, ['job'])
   for (const job of stats.jobs) {

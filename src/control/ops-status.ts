@@ -9,10 +9,9 @@ import { statusSpaceStaleMs } from '../limits'
 import { volumeFacts } from '../volume/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
+import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { Handler, HandlerContext } from './server'
 
-/** The chunk cache's figures, when the chunk store keeps them (ChunkStore.cacheStats). */
-export interface CacheStats { hits: number, misses: number, bytes: number, bytesMax?: number }
 
 export interface StatsResult {
   /** What the `status` operation says (pid, pool, mountpoint, version, block size, fuse thread records, RSS). */
@@ -33,7 +32,8 @@ export interface StatsResult {
   /** Bytes in delta extents, waiting to be sealed into the chunk store, as of unsealedAsOfMs. */
   unsealedBytes: number
   unsealedAsOfMs: number
-  chunkCache: CacheStats | null
+  /** The cache of verified, decompressed chunks (sealed reads). */
+  chunkCache: ChunkCacheStats
   jobs: JobReport[]
   lastErrors: LogEntry[]
 }
@@ -54,7 +54,6 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
       // Background sealing runs on the sealer's own timer; a sync shows up as its own job.
       const sealing = sealer.progress
       if (sealing.done < sealing.total && !jobs.some(job => job.name === 'sync')) jobs.push({ name: 'sealing', startedMs: null, progress: { ...sealing } })
-      const chunks = pool.chunks as unknown as { cacheStats?: () => CacheStats }
       return {
         daemon,
         startedMs: metrics.startedMs,
@@ -70,7 +69,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         operations,
         unsealedBytes: unsealed.bytes,
         unsealedAsOfMs: unsealed.atMs,
-        chunkCache: typeof chunks.cacheStats === 'function' ? chunks.cacheStats() : null,
+        chunkCache: pool.chunks.cacheStats(),
         jobs,
         lastErrors: recentErrors()
       }

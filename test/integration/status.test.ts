@@ -47,9 +47,16 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.is(status.operations.write.count, JSON.parse(await cliOk('status', m.mnt, '--json')).operations.write.count, 'status itself writes nothing')
   t.is(status.unsealedBytes, 16 * 65536, 'the 1 MiB written waits to be sealed')
   t.regex(status.unsealedAsOf, iso)
-  if (status.chunkCache !== null) t.true(status.chunkCache.hits >= 0 && status.chunkCache.misses >= 0)
+  t.is(status.chunkCache.hits + status.chunkCache.misses, 0, 'nothing sealed, nothing read from chunks')
+  t.true(status.chunkCache.bytesMax > 0)
   t.deepEqual(status.jobs, [])
   t.deepEqual(status.lastErrors, [])
+  // Sealed, then read past the page cache: the chunk cache counts it.
+  await cliOk('sync', m.mnt)
+  await run('dd', [`if=${disk}`, 'of=/dev/null', 'bs=64k', 'iflag=direct', 'status=none'])
+  await run('dd', [`if=${disk}`, 'of=/dev/null', 'bs=64k', 'iflag=direct', 'status=none'])
+  const cache = JSON.parse(await cliOk('status', m.mnt, '--json')).chunkCache
+  t.true(cache.misses >= 1 && cache.hits + cache.misses >= 32, JSON.stringify(cache))
   // Text for people: one table row per operation.
   const text = await cliOk('status', m.mnt)
   t.regex(text, /event loop:\s+delay p50/)
