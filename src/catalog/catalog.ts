@@ -202,6 +202,7 @@ export class Catalog {
       imports: db.prepare('SELECT key, name, size, block_bytes AS blockBytes, base_uuid AS baseUuid, started_ms AS startedMs, updated_ms AS updatedMs FROM imports ORDER BY started_ms'),
       putImport: db.prepare('INSERT OR REPLACE INTO imports (key, name, size, block_bytes, base_uuid, started_ms, updated_ms) VALUES (@key, @name, @size, @blockBytes, @baseUuid, @startedMs, @updatedMs)'),
       touchImport: db.prepare('UPDATE imports SET updated_ms = ? WHERE key = ?'),
+      hasImport: db.prepare('SELECT 1 FROM imports WHERE key = ?').pluck(),
       deleteImport: db.prepare('DELETE FROM imports WHERE key = ?'),
       importBlocks: db.prepare('SELECT block, chunk_id AS chunkId FROM import_blocks WHERE key = ? ORDER BY block'),
       putImportBlock: db.prepare('INSERT OR REPLACE INTO import_blocks (key, block, chunk_id) VALUES (?, ?, ?)'),
@@ -359,6 +360,9 @@ export class Catalog {
     return out
   }
 
+  /** Whether partial import `key` exists (it goes when its backup is made or it is dropped). */
+  hasImport (key: string): boolean { return this.statements.hasImport.get(key) !== undefined }
+
   putImportBlocks (key: string, blocks: Array<{ block: number, chunkId: number | null }>): void {
     for (const b of blocks) this.statements.putImportBlock.run(key, b.block, b.chunkId)
   }
@@ -515,5 +519,8 @@ function dropAbandonedImports (db: Database.Database, nowMs: number): void {
       db.prepare('DELETE FROM import_blocks WHERE key = ?').run(key)
       db.prepare('DELETE FROM imports WHERE key = ?').run(key)
     }
+    // Blocks of an import that is gone (a second import of the same stream, still storing when the
+    // first one finished) would hold their chunks for ever.
+    db.prepare('DELETE FROM import_blocks WHERE key NOT IN (SELECT key FROM imports)').run()
   })()
 }

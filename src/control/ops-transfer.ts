@@ -127,7 +127,8 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
     let session: ReturnType<typeof pool.imports.begin>
     try {
       const header = args.header as StreamHeader
-      if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string') throw invalid('missing stream header')
+      if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
+        ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
       if (typeof args.name !== 'string') throw invalid('missing name')
       session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs }, args.name)
     } catch (err) {

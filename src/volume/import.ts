@@ -152,6 +152,8 @@ export class ImportSession {
       await this.state.chunks.index()
       const now = Date.now()
       this.state.catalog.transaction(() => {
+        // Another import of the same stream may have finished (and dropped this key) meanwhile.
+        if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
