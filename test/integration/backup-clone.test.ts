@@ -192,9 +192,9 @@ test.serial('--freeze gives a clean filesystem; restore brings a backup back; ba
   t.is(fs.readFileSync(path.join(again, 'a.txt'), 'utf8'), 'frozen content\n')
   t.false(fs.existsSync(path.join(again, 'b.txt')))
   await m.loopUmount(again)
-  // Names: taken, empty, '/', '.', '..', bad characters, too long. Nothing changes.
+  // Names: taken, empty, '/', '.', '..', too long (256 bytes with .img), an option. Nothing changes.
   const before = fs.readdirSync(path.join(m.mnt, 'backups'))
-  for (const name of ['frozen', '', 'a/b', '.', '..', 'bad name', 'é', 'x'.repeat(130), '-lead']) {
+  for (const name of ['frozen', '', 'a/b', '.', '..', 'x'.repeat(252), '-lead']) {
     const result = await vdiskfs('backup', disk, name)
     t.not(result.code, 0, `name '${name}'`)
     t.is(result.stderr.trim().split('\n').length, 1, `one line for '${name}'`)
