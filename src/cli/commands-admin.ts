@@ -13,6 +13,7 @@ import { checkName } from '../volume/names'
 import { VolumeInfo } from '../volume/volume'
 import { Command, dirOfKind, imagePath, jsonVolume, newImageName, print } from './command'
 import { bytes } from './format'
+import { describeHolders, findHolders } from './holders'
 
 interface MapResult { size: number, blockBytes: number, backing: { kind: string, name: string } | null, ranges: AllocationRange[] }
 type CopyResult = VolumeInfo & { from: VolumeInfo, elapsedMs: number }
@@ -135,7 +136,16 @@ export const adminCommands: Record<string, Command> = {
       const source = imagePath(image)
       if (source.kind !== 'clone') throw invalid(`${image} is not a clone (only clones are promoted; vdiskfs cp copies anything to a new disk)`)
       const name = newName === undefined ? source.name : newImageName(newName)
-      const result = await call(source.mountpoint, 'promote', { sourceKind: source.kind, sourceName: source.name, name }) as CopyResult
+      let result: CopyResult
+      try {
+        result = await call(source.mountpoint, 'promote', { sourceKind: source.kind, sourceName: source.name, name }) as CopyResult
+      } catch (err) {
+        // Refused while open: name who holds it, as rm and restore do.
+        if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err
+        const holders = findHolders(path.join(source.mountpoint, 'clones', source.name))
+        if (holders.length === 0) throw err
+        throw new VdiskError('BUSY', `clones/${source.name} is in use by ${describeHolders(holders)}: close it first`)
+      }
       const { from, ...disk } = result
       print(flags.json === true, { ...jsonVolume(disk), from: jsonVolume(from) }, () =>
         `promoted ${path.join(source.mountpoint, 'clones', source.name)} to ${path.join(source.mountpoint, 'disks', result.name)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)

@@ -158,7 +158,7 @@ test.serial('promote: a clone becomes a disk, refused while open; it keeps its d
   for (let i = 0; i < 200 && !fs.readdirSync(`/proc/${String(holder.pid)}/fd`).includes('3'); i++) await new Promise(resolve => setTimeout(resolve, 25))
   const busy = await vdiskfs('promote', vm1)
   t.is(busy.code, 1)
-  t.regex(busy.stderr, /in use/)
+  t.regex(busy.stderr, /clones\/vm1\.img is in use by pid \d+ \(sleep\)/)
   t.true(fs.existsSync(vm1))
   holder.kill('SIGKILL')
   await new Promise(resolve => setTimeout(resolve, 200))
