@@ -55,6 +55,13 @@ test.serial('map: an empty 20 GiB image is one unallocated range; data ranges me
   const text = (await vdiskfs('map', disk)).stdout.trim().split('\n')
   t.deepEqual(text.map(line => line.split(/\s+/).slice(0, 3).join(' ')), ['Offset Length Mapped', '0 0x20000 0', '0x100000 0x10000 0x100000'])
   t.true(text[1].endsWith(disk))
+  // The same shape as qemu-img map's: copied out as a sparse raw file, qemu-img finds the same data ranges.
+  const raw = path.join(m.dir, 'big-copy.img')
+  t.is((await vdiskfs('cp', disk, raw)).code, 0)
+  const qemu = JSON.parse(await run('qemu-img', ['map', '--output=json', '-f', 'raw', raw])) as Range[]
+  const dataOf = (ranges: Range[]) => ranges.filter(r => r.data).map(r => ({ start: r.start, length: r.length, depth: r.depth, present: r.present, zero: r.zero, data: r.data, offset: r.offset }))
+  t.deepEqual(dataOf(await map(disk)), dataOf(qemu))
+  t.deepEqual(Object.keys((await map(disk))[0]), Object.keys(qemu[0]))
   // A clone: what it shares with its backup is depth 1; its own writes depth 0; a hole it punched over
   // its backup's data is a zero of its own.
   t.is((await vdiskfs('backup', disk, 'b')).code, 0)
