@@ -9,7 +9,7 @@ import net from 'node:net'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, invalid, notFound } from '../errors'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
-import { changedBlocks, differingRanges } from '../transfer/diff'
+import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
 import {
@@ -42,13 +42,13 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
   const exportStream: StreamHandler = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
-    let blocks: ReturnType<typeof changedBlocks>['blocks']
+    let changed: ChangedSet
     try {
       volume = volumeOf(args.kind, args.name, 'backup')
       if (volume.kind !== 'backup') throw invalid(`${volume.label} is not a backup: export a backup (take one with vdiskfs backup)`)
       since = args.since === undefined || args.since === null ? null : volumeOf('backup', args.since, 'base backup')
       if (since === volume) throw invalid('--since names the backup being exported')
-      blocks = changedBlocks(volume, since, pool.pageStore, pool.blockBytes).blocks
+      changed = await changedBlockSet(volume, since, pool.pageStore, pool.blockBytes)
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -60,13 +60,13 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
       size: volume.size,
       createdMs: volume.createdMs,
-      records: blocks.length
+      records: changed.count
     }
     // Held open while it is read: rm refuses it (BUSY) meanwhile, so its pages stay.
     pool.opened(volume, false)
     try {
       await send(socket, replyLine(header))
-      await sendBlocks(socket, volume, blocks)
+      await sendBlocks(socket, volume, changed)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
     } catch (err) {
@@ -81,16 +81,25 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
    * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
    * or not (chunks in one worker task), a few reads ahead.
    */
-  async function sendBlocks (socket: net.Socket, volume: Volume, blocks: Array<{ block: number, entry: number }>): Promise<void> {
+  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet): Promise<void> {
     const blockBytes = pool.blockBytes
     type Group = Array<{ block: number, entry: number }>
-    const groups: Group[] = []
-    let group: Group = []
-    for (const changed of blocks) {
-      group.push(changed)
-      if (group.filter(b => b.entry !== 0).length >= exportReadBlocks) { groups.push(group); group = [] }
+    // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
+    // cut: the list of a large export is never held whole.
+    const source = changed.blocks()
+    let sent = 0
+    const nextGroup = (): Group | null => {
+      const group: Group = []
+      let data = 0
+      while (data < exportReadBlocks) {
+        const next = source.next()
+        if (next.done === true) break
+        const entry = volume.map.get(next.value)
+        group.push({ block: next.value, entry })
+        if (entry !== 0) data++
+      }
+      return group.length === 0 ? null : group
     }
-    if (group.length > 0) groups.push(group)
     const read = async (group: Group): Promise<Buffer> => {
       const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes, and past the size as stored
       const chunks = group.map((b, i) => ({ ...b, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) })).filter(b => b.entry !== 0)
@@ -106,12 +115,22 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       await Promise.all(chunks.filter(b => entryKind(b.entry) !== entryKindChunk).map(async b => await volume.read(b.target, b.block * blockBytes)))
       return buffer
     }
-    const pending: Array<Promise<Buffer>> = []
-    let next = 0
-    while (next < groups.length && pending.length < exportReadsInFlight) pending.push(read(groups[next++]))
-    for (const group of groups) {
-      const data = await (pending.shift() as Promise<Buffer>)
-      if (next < groups.length) pending.push(read(groups[next++]))
+    const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
+    const readAhead = (): void => {
+      while (pending.length < exportReadsInFlight) {
+        const group = nextGroup()
+        if (group === null) return
+        const data = read(group)
+        data.catch(() => {}) // awaited in order below; a failure there ends the export
+        pending.push({ group, data })
+      }
+    }
+    readAhead()
+    while (pending.length > 0) {
+      const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
+      const data = await reading
+      readAhead()
+      sent += group.length
       for (let i = 0; i < group.length; i++) {
         const { block, entry } = group[i]
         if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
@@ -121,6 +140,8 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
         await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
       }
     }
+    // The header announced changed.count records; the encoder refuses any other number.
+    if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
   }
 
   const importStream: StreamHandler = async (args, socket, rest) => {

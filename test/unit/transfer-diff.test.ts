@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pageEntries } from '../../src/limits'
-import { changedBlocks, differingRanges } from '../../src/transfer/diff'
+import { changedBlockSet, changedBlocks, differingRanges } from '../../src/transfer/diff'
 import { Pool } from '../../src/volume/pool'
 
 const blockBytes = 4096
@@ -30,6 +30,12 @@ test('pages shared by both backups are not read; the changed blocks are the ones
     const { blocks, pagesRead } = changedBlocks(newer, older, pool.pageStore, blockBytes)
     t.deepEqual(blocks.map(b => b.block), written)
     t.is(pagesRead, 4)
+    // The export's bit set says the same, and a full one every block that is not a hole.
+    const set = await changedBlockSet(newer, older, pool.pageStore, blockBytes)
+    t.is(set.count, written.length)
+    t.deepEqual([...set.blocks()], written)
+    const fullSet = await changedBlockSet(newer, null, pool.pageStore, blockBytes)
+    t.deepEqual([...fullSet.blocks()], changedBlocks(newer, null, pool.pageStore, blockBytes).blocks.map(b => b.block))
     t.is(changedBlocks(newer, newer, pool.pageStore, blockBytes).pagesRead, 0)
     const full = changedBlocks(newer, null, pool.pageStore, blockBytes)
     t.is(full.blocks.length, pages + written.length - 1)
