@@ -204,7 +204,8 @@ export class Catalog {
       touchImport: db.prepare('UPDATE imports SET updated_ms = ? WHERE key = ?'),
       hasImport: db.prepare('SELECT 1 FROM imports WHERE key = ?').pluck(),
       deleteImport: db.prepare('DELETE FROM imports WHERE key = ?'),
-      importBlocks: db.prepare('SELECT block, chunk_id AS chunkId FROM import_blocks WHERE key = ? ORDER BY block'),
+      importBlocks: db.prepare('SELECT block, chunk_id AS chunkId FROM import_blocks WHERE key = ? AND block >= ? AND block <= ? ORDER BY block LIMIT ?'),
+      importBlockCount: db.prepare('SELECT COUNT(*) FROM import_blocks WHERE key = ?').pluck(),
       putImportBlock: db.prepare('INSERT OR REPLACE INTO import_blocks (key, block, chunk_id) VALUES (?, ?, ?)'),
       deleteImportBlocks: db.prepare('DELETE FROM import_blocks WHERE key = ?'),
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
@@ -353,12 +354,17 @@ export class Catalog {
     this.deleted = true
   }
 
-  /** The blocks a partial import stored so far: block -> chunk id (null: a zero block). */
-  importBlocks (key: string): Map<number, number | null> {
+  /**
+   * The blocks a partial import stored so far, block -> chunk id (null: a zero block): those from
+   * `first` to `last`, at most `limit` of them (-1: no limit), in order.
+   */
+  importBlocks (key: string, first = 0, last = Number.MAX_SAFE_INTEGER, limit = -1): Map<number, number | null> {
     const out = new Map<number, number | null>()
-    for (const row of this.statements.importBlocks.all(key) as Array<{ block: number, chunkId: number | null }>) out.set(row.block, row.chunkId)
+    for (const row of this.statements.importBlocks.all(key, first, last, limit) as Array<{ block: number, chunkId: number | null }>) out.set(row.block, row.chunkId)
     return out
   }
+
+  importBlockCount (key: string): number { return this.statements.importBlockCount.get(key) as number }
 
   /** Whether partial import `key` exists (it goes when its backup is made or it is dropped). */
   hasImport (key: string): boolean { return this.statements.hasImport.get(key) !== undefined }

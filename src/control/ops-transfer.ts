@@ -206,7 +206,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       const volume = volumeOf(args.kind, args.name, 'volume')
       return { uuid: pool.catalog.volumeUuid(volume.id) }
     },
-    imports: async () => pool.catalog.imports().map(row => ({ ...row, blocks: pool.catalog.importBlocks(row.key).size })),
+    imports: async () => pool.catalog.imports().map(row => ({ ...row, blocks: pool.catalog.importBlockCount(row.key) })),
     prune: async args => {
       const keep: PruneKeep = {}
       for (const rule of pruneRules) {

@@ -66,12 +66,12 @@ export class Importer {
     this.checkTarget(spec, name)
     const now = Date.now()
     const known = catalog.imports().find(row => row.key === spec.key)
-    const recorded = known !== undefined && known.size === spec.size && known.blockBytes === spec.blockBytes ? catalog.importBlocks(spec.key) : new Map<number, number | null>()
+    const resumable = known !== undefined && known.size === spec.size && known.blockBytes === spec.blockBytes
     catalog.transaction(() => {
-      if (known !== undefined && recorded.size === 0) catalog.deleteImport(spec.key)
+      if (known !== undefined && !resumable) catalog.deleteImport(spec.key)
       catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
     })
-    return new ImportSession(this.state, this.committer, this.exclusive, spec, name, recorded)
+    return new ImportSession(this.state, this.committer, this.exclusive, spec, name)
   }
 
   /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
@@ -92,6 +92,9 @@ export class Importer {
   }
 }
 
+/** Recorded blocks applied to the new map per turn of finish(). */
+export const importFinishTurnBlocks = 4096
+
 export class ImportSession {
   readonly counts: ImportCounts
 
@@ -100,17 +103,15 @@ export class ImportSession {
     private readonly committer: Committer,
     private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>,
     readonly spec: ImportSpec,
-    readonly name: string,
-    /** block -> chunk id (null: zero) of what is recorded so far. */
-    private readonly recorded: Map<number, number | null>
+    readonly name: string
   ) {
-    this.counts = { resumedBlocks: recorded.size, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
+    this.counts = { resumedBlocks: state.catalog.importBlockCount(spec.key), newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
   }
 
-  /** Whether `block` is recorded with this content already (a resumed import skips it). */
-  private alreadyHas (block: ImportBlock): boolean {
-    if (!this.recorded.has(block.index)) return false
-    const chunkId = this.recorded.get(block.index) as number | null
+  /** Whether `block` is recorded (in `recorded`, a batch's range of the rows) with this content already. */
+  private alreadyHas (block: ImportBlock, recorded: Map<number, number | null>): boolean {
+    if (!recorded.has(block.index)) return false
+    const chunkId = recorded.get(block.index) as number | null
     if (chunkId === null || block.hash === null) return chunkId === null && block.hash === null
     try { return this.state.chunks.info(chunkId).hash.equals(block.hash) } catch { return false }
   }
@@ -121,7 +122,10 @@ export class ImportSession {
    * index and free chunks).
    */
   async store (blocks: ImportBlock[]): Promise<void> {
-    const todo = blocks.filter(b => !this.alreadyHas(b))
+    if (blocks.length === 0) return
+    // What a resumed import recorded for this batch's range: one query per batch, not a map of all.
+    const recorded = this.counts.resumedBlocks === 0 ? new Map<number, number | null>() : this.state.catalog.importBlocks(this.spec.key, blocks[0].index, blocks[blocks.length - 1].index)
+    const todo = blocks.filter(b => !this.alreadyHas(b, recorded))
     if (todo.length === 0) return
     await this.exclusive(async () => {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
@@ -157,7 +161,6 @@ export class ImportSession {
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
-      for (const row of rows) this.recorded.set(row.block, row.chunkId)
     })
   }
 
@@ -205,12 +208,17 @@ export class ImportSession {
       const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
       map.rootDirty = true
       map.resize(blocks)
-      let applied = 0
-      for (const [block, chunkId] of state.catalog.importBlocks(this.spec.key)) {
-        if (block >= blocks) throw corrupt(`import ${this.spec.key} recorded block ${block}, past the end`)
-        map.set(block, chunkId === null ? 0 : chunkEntry(chunkId))
-        // A large map is built in turns, so the daemon keeps serving the mount meanwhile.
-        if (++applied % 4096 === 0) await new Promise(resolve => setImmediate(resolve))
+      // The rows in pages of importFinishTurnBlocks, each page one turn: the daemon keeps serving the
+      // mount while a large map is built, and the rows are never all in memory at once.
+      for (let from = 0; ;) {
+        const rows = state.catalog.importBlocks(this.spec.key, from, Number.MAX_SAFE_INTEGER, importFinishTurnBlocks)
+        if (rows.size === 0) break
+        for (const [block, chunkId] of rows) {
+          if (block >= blocks) throw corrupt(`import ${this.spec.key} recorded block ${block}, past the end`)
+          map.set(block, chunkId === null ? 0 : chunkEntry(chunkId))
+          from = block + 1
+        }
+        await new Promise(resolve => setImmediate(resolve))
       }
       const now = Date.now()
       const volume = new Volume(state, state.nextVolumeId++, 'backup', this.name, this.spec.size, this.spec.createdMs, now, null, null, map, null)
