@@ -6,6 +6,9 @@
  * unmounts it from outside (fusermount -u), which JavaScript is not told about: a watcher polls
  * /proc/self/mountinfo. Between fsyncs it commits every commitIntervalMs, like ext4's commit=5.
  *
+ * It logs one line per event (daemon-log.ts: stderr under -f, else daemon.log, rotated) and measures
+ * every FUSE request, the event loop and its background jobs for `vdiskfs status` (metrics.ts).
+ *
  * It spawns no long-lived child: the /dev/fuse descriptor is inherited across exec, and a child
  * holding it would make a killed daemon's mount hang instead of failing.
  */
