@@ -116,7 +116,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     status: () => ({
       pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes, xattrs: options.xattrs === true,
       // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
-      fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss()
+      fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss(),
+      // Cheap (no walk): bench/soak.ts samples it from here every few seconds; vdiskfs status has the rest.
+      eventLoopDelay: metrics.eventLoopReport()
     })
   }), log)
 
