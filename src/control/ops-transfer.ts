@@ -42,29 +42,36 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
   const exportStream: StreamHandler = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
-    let changed: ChangedSet
     try {
       volume = volumeOf(args.kind, args.name, 'backup')
       if (volume.kind !== 'backup') throw invalid(`${volume.label} is not a backup: export a backup (take one with vdiskfs backup)`)
       since = args.since === undefined || args.since === null ? null : volumeOf('backup', args.since, 'base backup')
       if (since === volume) throw invalid('--since names the backup being exported')
-      changed = await changedBlockSet(volume, since, pool.pageStore, pool.blockBytes)
     } catch (err) {
       socket.end(errorLine(err))
       return
     }
-    const header: StreamHeader = {
-      name: volume.name,
-      blockBytes: pool.blockBytes,
-      uuid: pool.catalog.volumeUuid(volume.id),
-      baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
-      size: volume.size,
-      createdMs: volume.createdMs,
-      records: changed.count
-    }
-    // Held open while it is read: rm refuses it (BUSY) meanwhile, so its pages stay.
-    pool.opened(volume, false)
+    // Both held open from here until the end (the comparison runs in turns): rm refuses them (BUSY)
+    // meanwhile, so their pages stay.
+    const held = since === null ? [volume] : [volume, since]
+    for (const v of held) pool.opened(v, false)
     try {
+      let changed: ChangedSet
+      try {
+        changed = await changedBlockSet(volume, since, pool.pageStore, pool.blockBytes)
+      } catch (err) {
+        socket.end(errorLine(err))
+        return
+      }
+      const header: StreamHeader = {
+        name: volume.name,
+        blockBytes: pool.blockBytes,
+        uuid: pool.catalog.volumeUuid(volume.id),
+        baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
+        size: volume.size,
+        createdMs: volume.createdMs,
+        records: changed.count
+      }
       await send(socket, replyLine(header))
       await sendBlocks(socket, volume, changed)
       await send(socket, frameHead(frameEnd, 0, null))
@@ -73,7 +80,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       if (!socket.destroyed) socket.end(errorFrame(err instanceof VdiskError ? err.code : 'IO', (err as Error).message))
       if (!(err instanceof VdiskError && err.message === 'the connection closed')) log(`export of ${volume.label} failed: ${(err as Error).message}`)
     } finally {
-      await pool.released(volume)
+      for (const v of held) await pool.released(v)
     }
   }
 
@@ -156,6 +163,10 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       socket.end(errorLine(err))
       return
     }
+    // The base of an incremental stream is held open until the end: rm refuses it (BUSY) meanwhile.
+    const baseId = session.spec.baseUuid === null ? undefined : pool.catalog.volumeByUuid(session.spec.baseUuid)
+    const base = baseId === undefined ? undefined : pool.byId(baseId)
+    if (base !== undefined) pool.opened(base, false)
     let batch: ImportBlock[] = []
     // One batch is stored while the next one arrives; the reader pulls from the socket (paused until
     // then), so the CLI waits once a second batch is full and the first is still being stored.
@@ -190,6 +201,8 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
     } catch (err) {
       if (!socket.destroyed) socket.end(errorLine(err))
       log(`import of ${session.name} failed: ${(err as Error).message}`)
+    } finally {
+      if (base !== undefined) await pool.released(base)
     }
   }
 
