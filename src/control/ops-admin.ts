@@ -8,7 +8,15 @@ import { invalid, notFound } from '../errors'
 import { Volume } from '../volume/volume'
 import { Handler, HandlerContext } from './server'
 
-export function adminHandlers ({ pool }: HandlerContext): Record<string, Handler> {
+const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+
+/** DIR/NAME for the daemon log, control characters shown as \xHH (a name may hold any but '/' and NUL). */
+function named (volume: { kind: string, name: string }): string {
+  // eslint-disable-next-line no-control-regex
+  return `${dirOfKind[volume.kind]}/${volume.name}`.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+}
+
+export function adminHandlers ({ pool, log }: HandlerContext): Record<string, Handler> {
   /** The visible volume args[KEY + 'Kind'] / args[KEY + 'Name'] names (hidden ones answer to no name). */
   const volumeArg = (args: Record<string, unknown>, key: string): Volume => {
     const kind = args[key + 'Kind']
@@ -34,14 +42,18 @@ export function adminHandlers ({ pool }: HandlerContext): Record<string, Handler
       const started = process.hrtime.bigint()
       const source = volumeArg(args, 'source')
       const copy = await pool.copy(source, nameArg(args))
-      return { ...copy.info(), from: source.info(), elapsedMs: elapsedSince(started) }
+      const elapsedMs = elapsedSince(started)
+      log(`cp: ${named(source)} -> ${named(copy)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...copy.info(), from: source.info(), elapsedMs }
     },
     promote: async args => {
       const started = process.hrtime.bigint()
       const clone = volumeArg(args, 'source')
       const from = clone.info()
       await pool.promote(clone, nameArg(args))
-      return { ...clone.info(), from, elapsedMs: elapsedSince(started) }
+      const elapsedMs = elapsedSince(started)
+      log(`promote: ${named(from)} -> ${named(clone)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...clone.info(), from, elapsedMs }
     }
   }
 }

@@ -115,6 +115,7 @@ test.serial('cp: a copy shares blocks, diverges on write, and outlives its sourc
   await run('cmp', [saved, copy])
   await run('cmp', [saved, m.image('disks', 'plain.img')])
   t.deepEqual(await map(copy), await map(disk))
+  t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /cp: disks\/src\.img -> disks\/copy\.img \(/, 'the daemon log names the copy')
   // Writes to either side do not reach the other.
   writeAt(disk, Buffer.alloc(64 * KiB, 1), 0)
   writeAt(copy, Buffer.alloc(64 * KiB, 2), MiB)
@@ -178,6 +179,7 @@ test.serial('promote: a clone becomes a disk, refused while open; it keeps its d
   t.is(result.code, 0, result.stderr)
   t.is(JSON.parse(result.stdout).kind, 'disk')
   t.is((await vdiskfs('promote', m.image('clones', 'vm2.img'), 'server', '--json')).code, 0)
+  t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /promote: clones\/vm2\.img -> disks\/server\.img \(/, 'the daemon log names the promotion')
   t.false(fs.existsSync(vm1))
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'clones')), [])
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')).sort(), ['golden.img', 'server.img', 'vm1.img'])
