@@ -144,8 +144,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   async function stop (reason: string, unmount: boolean): Promise<void> {
     if (stopping !== null) return await stopping
     stopping = (async () => {
-      log(`stopping: ${reason}`)
       daemonLog.stopping()
+      log(`stopping: ${reason}`)
       metrics.stop()
       clearInterval(commitTimer)
       clearInterval(gcTimer)
