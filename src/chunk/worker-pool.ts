@@ -29,7 +29,10 @@ const threadModule = path.resolve(__dirname, '..', '..', 'workers', 'thread.js')
 export interface WorkerPoolOptions { blockBytes: number, zstdLevel: number, threads?: number }
 
 interface Task { request: WorkerRequest, resolve: (result: SealResult | OpenResult) => void, reject: (err: Error) => void }
-interface Thread { worker: Worker, task: Task | null }
+interface Thread { worker: Worker, task: Task | null, answered: boolean }
+
+/** Threads in a row that may die before answering anything (they cannot start) before the pool gives up. */
+const failedStartsMax = 3
 
 export class WorkerPool {
   readonly config: WorkerConfig
@@ -40,6 +43,9 @@ export class WorkerPool {
   private readonly queue: Task[] = []
   private nextTaskId = 0
   private closed = false
+  private failedStarts = 0
+  /** Why the pool stopped replacing threads that could not start; every task fails with it. */
+  private broken: Error | null = null
 
   constructor (options: WorkerPoolOptions) {
     const regionBytes = Math.ceil((zstd.compressBound(options.blockBytes) + chunkHeaderBytes) / 64) * 64
@@ -70,6 +76,7 @@ export class WorkerPool {
 
   private async run (request: WorkerRequest): Promise<SealResult | OpenResult> {
     if (this.closed) throw new Error('the worker pool is closed')
+    if (this.broken !== null) throw this.broken
     return await new Promise((resolve, reject) => {
       this.queue.push({ request, resolve, reject })
       this.dispatch()
@@ -90,12 +97,13 @@ export class WorkerPool {
   }
 
   private startThread (): Thread {
-    const thread: Thread = { worker: new Worker(threadModule, { workerData: this.config }), task: null }
+    const thread: Thread = { worker: new Worker(threadModule, { workerData: this.config }), task: null, answered: false }
     thread.worker.unref()
     thread.worker.on('message', (reply: WorkerReply) => {
       const task = thread.task
       if (task === null || task.request.id !== reply.id) return // not ours: cannot happen, one task at a time
       thread.task = null
+      thread.answered = true
       thread.worker.unref()
       if (reply.error !== undefined || reply.result === undefined) task.reject(new Error(`worker: ${reply.error ?? 'no result'}`))
       else task.resolve(reply.result)
@@ -114,6 +122,16 @@ export class WorkerPool {
     thread.task = null
     task?.reject(this.closed ? new Error('the worker pool is closed') : why)
     if (this.closed) return
+    // A thread that never answered may be one that cannot start (its module fails to load): replacing
+    // it forever would spin. After a few in a row the pool gives up and fails every task instead.
+    this.failedStarts = thread.answered ? 0 : this.failedStarts + 1
+    if (this.failedStarts >= failedStartsMax) {
+      this.running.splice(at, 1)
+      this.broken = new Error(`worker threads cannot start: ${why.message}`)
+      if (this.running.length === 0) for (const queued of this.queue.splice(0)) queued.reject(this.broken)
+      this.dispatch()
+      return
+    }
     this.running[at] = this.startThread()
     this.dispatch()
   }

@@ -1,7 +1,8 @@
 /**
  * The worker pool's hand-off (src/chunk/worker-pool.ts, workers/thread.ts): more tasks than threads all
  * get their answers, a thread that dies fails the task it held (never leaves it hanging) and is
- * replaced, and close() fails what is queued and what is running.
+ * replaced, threads that cannot start are not replaced forever (tasks fail instead of hanging), and
+ * close() fails what is queued and what is running.
  */
 import test from 'ava'
 import { WorkerPool } from '../../src/chunk/worker-pool'
@@ -56,4 +57,15 @@ test('close fails queued and running tasks, and later ones', async t => {
   }
   t.true(settled.filter(s => s.status === 'rejected').length >= 4)
   await t.throwsAsync(pool.open(empty), { message: /closed/ })
+})
+
+test('threads that die before answering anything are replaced a few times, then tasks fail instead of hanging', async t => {
+  const pool = new WorkerPool({ blockBytes: 4096, zstdLevel: 3, threads: 1 })
+  try {
+    for (let i = 0; i < 3; i++) await threadsOf(pool)[0].worker.terminate()
+    t.is(threadsOf(pool).length, 0, 'no thread is started again')
+    await t.throwsAsync(pool.open(empty), { message: /cannot start/ })
+  } finally {
+    await pool.close()
+  }
 })
