@@ -239,3 +239,24 @@ test.serial('prune through a mount: dry run lists keep/remove and the rule, then
   // The clone of a removed backup reads what it read before.
   t.true(cloneBefore.equals(fs.readFileSync(m.image('clones', 'old.img'))))
 })
+
+test.serial('SIGKILL of the daemon in the middle of an export: one line, exit 1, and neither FILE nor FILE.partial is left', async t => {
+  const source = await withMount(t)
+  const disk = source.image('disks', 'big.img')
+  await run('truncate', ['-s', '256M', disk])
+  writeAt(disk, 0, crypto.randomBytes(192 * 1024 * 1024))
+  await cliOk(t, 'backup', disk, 'big')
+  const file = path.join(source.dir, 'big.vds')
+  const child = spawn(cli, ['export', source.image('backups', 'big.img'), '-o', file], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', chunk => { stderr += chunk })
+  const done = new Promise<number>(resolve => child.on('close', code => resolve(code ?? 1)))
+  // Once part of the stream is written, the daemon goes.
+  for (let i = 0; i < 600 && !(fs.existsSync(`${file}.partial`) && fs.statSync(`${file}.partial`).size > 8 * 1024 * 1024); i++) await new Promise(resolve => setTimeout(resolve, 25))
+  t.true(fs.existsSync(`${file}.partial`), 'the export did not start')
+  await source.kill()
+  t.is(await done, 1)
+  t.regex(stderr, /^vdiskfs export: [^\n]+\n$/)
+  t.false(fs.existsSync(file))
+  t.false(fs.existsSync(`${file}.partial`))
+})
