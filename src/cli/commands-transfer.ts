@@ -74,8 +74,14 @@ export const transferCommands: Record<string, Command> = {
       // A file appears under its name only when complete: written as FILE.partial, then renamed.
       const partial = output === '-' ? null : `${output}.partial`
       let sink: Writable
-      if (partial === null) sink = process.stdout
-      else {
+      if (partial === null) {
+        sink = process.stdout
+        // main.ts ends the process quietly on EPIPE (the reader had what it wanted): for a stream cut
+        // short that is a failure, said in one line first (stderr to a pipe or file is synchronous).
+        process.stdout.prependListener('error', (err: NodeJS.ErrnoException) => {
+          if (err.code === 'EPIPE') process.stderr.write('vdiskfs export: the reader of the stream went away before its end\n')
+        })
+      } else {
         try { sink = fs.createWriteStream(partial, { flags: 'w', mode: 0o600, highWaterMark: streamBufferBytes }) } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
       }
       let streamBytes = 0
