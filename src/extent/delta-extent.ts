@@ -12,6 +12,13 @@
  * extents that were writable may hold sectors written after the last commit whose data and checksum
  * did not both reach the disk: those extents are *suspect*, read unchecked until recoverSuspect() has
  * recomputed their referenced sectors' checksums (their contents are what the volume last wrote).
+ *
+ * Partial slots (format version 3, issue #10): a slot written over part of a sealed block holds only
+ * the sectors written; its base entry names the chunk underneath, and a sector whose checksum entry is
+ * 0 reads from that chunk (read() returns which sectors those are; the volume merges). Base entries are
+ * kept in memory per extent (loaded when the extent is first opened, kept when its descriptor is let
+ * go) so that gc can walk them synchronously. Writes into a partial slot must cover whole sectors: a
+ * partial sector would be completed from the file's zeros instead of the chunk (asserted).
  * Errors: every method that touches the disk throws NO_SPACE or IO (errors.ts); reads throw CORRUPT.
  */
 import assert from 'node:assert/strict'
@@ -20,8 +27,9 @@ import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
 import { corrupt, fromSystemError } from '../errors'
 import {
-  dataStart, extentFormatVersion, extentFormatVersionUnchecked, extentHeaderFields, extentMagic, extentSectorBytes,
-  extentSumBytes, sectorMatches, sectorSum, sectorsPerSlot, slotOffset, sumOffset
+  baseOffset, baseTableBytes, dataStart, decodeBase, encodeBase, extentBaseBytes, extentFormatVersion, extentFormatVersionChecked,
+  extentFormatVersionUnchecked, extentHeaderFields, extentMagic, extentSectorBytes, extentSumBytes, hasBases, sectorMatches, sectorSum,
+  sectorsPerSlot, slotOffset, sumOffset
 } from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
 import { extentFdsMax, extentHeaderBytes, extentSlotsMax } from '../limits'
@@ -53,6 +61,12 @@ export class ExtentStore {
   private readonly pending = new Set<DeltaExtent>()
   /** When each extent was last written or created (since start; others count as idle). */
   private readonly lastWriteMs = new Map<number, number>()
+  /**
+   * Base entries of the partial slots of every version-3 extent opened or created since start: extent
+   * id -> slot -> the chunk entry underneath, or null when the stored entry fails its check. Kept when a
+   * descriptor is let go, dropped when the extent is removed.
+   */
+  private readonly bases = new Map<number, Map<number, number | null>>()
   /** Extents read unchecked until recoverSuspect() (see the file comment). */
   readonly suspect = new Set<number>()
   /** Checksum mismatches found since start (for verify and the log). */
@@ -86,6 +100,7 @@ export class ExtentStore {
     header.writeBigUInt64LE(BigInt(Date.now()), extentHeaderFields.createdMs)
     // A new extent counts as just written: it is not idle, so background sealing leaves it alone.
     this.lastWriteMs.set(id, Date.now())
+    this.bases.set(id, new Map())
     const opening = (async () => {
       let fd: number
       try {
@@ -191,7 +206,7 @@ export class ExtentStore {
     const version = header.readUInt32LE(extentHeaderFields.version)
     const blockBytes = header.readUInt32LE(extentHeaderFields.blockBytes)
     const storedId = Number(header.readBigUInt64LE(extentHeaderFields.extentId))
-    if ((version !== extentFormatVersion && version !== extentFormatVersionUnchecked) || blockBytes !== this.blockBytes || storedId !== id) {
+    if ((version !== extentFormatVersion && version !== extentFormatVersionChecked && version !== extentFormatVersionUnchecked) || blockBytes !== this.blockBytes || storedId !== id) {
       await this.io.close(fd)
       throw corrupt(`delta extent ${id}: header says version ${version}, block size ${blockBytes}, id ${storedId}`)
     }
@@ -202,7 +217,57 @@ export class ExtentStore {
       throw corrupt(`delta extent ${id} is truncated (${size} bytes; its header and checksum table alone take ${start})`)
     }
     const nextSlot = Math.max(0, Math.ceil((size - start) / this.blockBytes))
+    if (!hasBases(version)) this.unversioned.add(id)
+    else if (!this.bases.has(id)) {
+      const table = Buffer.alloc(baseTableBytes())
+      const extent = new DeltaExtent(id, fd, nextSlot, version)
+      try {
+        await this.readRaw(extent, baseOffset(0, this.blockBytes), table)
+      } catch (err) {
+        await this.io.close(fd)
+        throw err
+      }
+      const slots = new Map<number, number | null>()
+      for (let slot = 0; slot < extentSlotsMax; slot++) {
+        const stored = table.subarray(slot * extentBaseBytes, (slot + 1) * extentBaseBytes)
+        if (stored.every(byte => byte === 0)) continue
+        slots.set(slot, decodeBase(stored, id, slot))
+      }
+      this.bases.set(id, slots)
+    }
     return new DeltaExtent(id, fd, nextSlot, version)
+  }
+
+  /** Whether `extent` can hold partial slots (format version 3). */
+  holdsPartialSlots (extent: DeltaExtent): boolean { return hasBases(extent.version) }
+
+  /**
+   * The chunk entry a partial slot was written over; 0 for a whole slot (or an extent without base
+   * table); null when the stored base entry fails its check; undefined when the extent's base table
+   * was never loaded (see loadBases()).
+   */
+  baseOf (extentId: number, slot: number): number | null | undefined {
+    const slots = this.bases.get(extentId)
+    if (slots === undefined) return this.unversioned.has(extentId) ? 0 : undefined
+    const base = slots.get(slot)
+    return base === undefined ? 0 : base
+  }
+
+  /** Extents opened since start that have no base table (format 1 or 2): every slot is whole. */
+  private readonly unversioned = new Set<number>()
+
+  /** Loads the base tables of extents `ids` (opening them), so baseOf() answers for them synchronously. */
+  async loadBases (ids: Iterable<number>): Promise<void> {
+    for (const id of ids) if (!this.bases.has(id) && !this.unversioned.has(id)) await this.get(id)
+  }
+
+  /** The partial slots of extent `id` among `slots`, with their bases (its base table loaded). */
+  partialSlots (id: number, slots: number[]): Map<number, number | null> {
+    const out = new Map<number, number | null>()
+    const table = this.bases.get(id)
+    if (table === undefined) return out
+    for (const slot of slots) { const base = table.get(slot); if (base !== undefined && base !== 0) out.set(slot, base) }
+    return out
   }
 
   /** Where slot `slot` of `extent` starts in its file (for readers outside this store: the sealer). */
@@ -217,12 +282,19 @@ export class ExtentStore {
 
   /**
    * Reads target.length bytes at `offset` within `slot` into `target` (a read may run on into the
-   * following slots), checking every sector it touches. Throws CORRUPT on a mismatch.
+   * following slots, except from a partial slot), checking every sector it touches. Throws CORRUPT on a
+   * mismatch. Returns the sectors of a partial slot that were never written (indexes from the slot's
+   * start; their part of `target` is zeros): they belong to the chunk underneath (baseOf()). A whole
+   * slot returns [].
    */
-  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<void> {
+  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<number[]> {
     const using = await this.use(extent)
     try {
-      if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return }
+      const found = this.baseOf(using.id, slot)
+      const base = found === undefined ? 0 : found
+      if (base === null) this.mismatch(using, slot, 0, 'its base entry fails its check')
+      if (base !== 0) return await this.readPartial(using, slot, offset, target)
+      if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return [] }
       const first = Math.floor(offset / extentSectorBytes)
       const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
       const aligned = offset === first * extentSectorBytes && target.length === (last - first + 1) * extentSectorBytes
@@ -238,9 +310,36 @@ export class ExtentStore {
         if (!sectorMatches(sector, entry)) this.mismatch(using, slot, first + k, entry === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
       }
       if (!aligned) target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
+      return []
     } finally {
       this.release(using)
     }
+  }
+
+  /**
+   * read() of a partial slot: its checksum table says which sectors were written (entry not 0), so it
+   * is read even while the extent is suspect (then the written sectors are not checked).
+   */
+  private async readPartial (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<number[]> {
+    assert.ok(offset >= 0 && offset + target.length <= this.blockBytes, `extent ${extent.id}: a read of partial slot ${slot} runs past it`)
+    const first = Math.floor(offset / extentSectorBytes)
+    const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
+    const bytes = Buffer.alloc((last - first + 1) * extentSectorBytes)
+    const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
+    await Promise.all([
+      this.readRaw(extent, slotOffset(slot, this.blockBytes, extent.version) + first * extentSectorBytes, bytes),
+      this.readRaw(extent, sumOffset(slot, first, this.blockBytes), sums)
+    ])
+    const checked = this.checked(extent)
+    const unwritten: number[] = []
+    for (let k = 0; k <= last - first; k++) {
+      const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
+      const entry = sums.readUInt32LE(k * extentSumBytes)
+      if (entry === 0) { unwritten.push(first + k); sector.fill(0); continue }
+      if (checked && !sectorMatches(sector, entry)) this.mismatch(extent, slot, first + k, 'checksum mismatch')
+    }
+    target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
+    return unwritten
   }
 
   /** Reads slot `slot` of extent `id` whole and checks it; returns what is wrong, or null. */
@@ -282,38 +381,70 @@ export class ExtentStore {
    * sector is completed from what the slot holds, checked). The extent joins the set the next
    * syncPending() makes durable only once the write completed, so an fdatasync that started earlier
    * never counts for it.
+   *
+   * `base` is given for the first write of a newly claimed slot of a version-3 extent: the chunk entry
+   * it is written over (a partial slot; `data` must then cover whole sectors), or 0 for a whole slot.
+   * Its base entry is written with the data (and made durable with it), before any map points at it.
    */
-  async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array): Promise<void> {
+  async write (extent: DeltaExtent, slot: number, offset: number, data: Uint8Array, base?: number): Promise<void> {
     assert.ok(slot >= 0 && slot < extentSlotsMax && offset >= 0 && offset + data.length <= this.blockBytes, `extent ${extent.id}: write outside slot ${slot}`)
+    const table = this.bases.get(extent.id)
+    assert.ok(base === undefined || base === 0 || (table !== undefined && hasBases(extent.version)), `extent ${extent.id} holds no partial slots`)
+    // A damaged base entry (null) counts as partial too: the read that completes a sector then fails.
+    const partial = base !== undefined ? base !== 0 : table !== undefined && table.has(slot)
+    assert.ok(!partial || (offset % extentSectorBytes === 0 && data.length % extentSectorBytes === 0), `extent ${extent.id}: a write into partial slot ${slot} must cover whole sectors`)
+    // The base entry goes with the first write; a slot past the end after a crash may still have a
+    // stale one, which a whole slot overwrites with zeros.
+    let baseWrite: Buffer | null = null
+    if (base !== undefined && table !== undefined && (base !== 0 || table.has(slot))) {
+      baseWrite = base === 0 ? Buffer.alloc(extentBaseBytes) : encodeBase(extent.id, slot, base)
+      if (base === 0) table.delete(slot)
+      else table.set(slot, base)
+    }
     this.lastWriteMs.set(extent.id, Date.now())
     const using = await this.use(extent)
     try {
-      if (using.version === extentFormatVersionUnchecked) {
-        await this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, data)
-        return
-      }
-      const first = Math.floor(offset / extentSectorBytes)
-      const last = Math.floor((offset + data.length - 1) / extentSectorBytes)
-      const start = first * extentSectorBytes
-      const end = (last + 1) * extentSectorBytes
-      let bytes = data
-      if (offset !== start || offset + data.length !== end) {
-        const whole = Buffer.alloc(end - start)
-        if (offset !== start) await this.read(using, slot, start, whole.subarray(0, extentSectorBytes))
-        if (offset + data.length !== end && (last !== first || offset === start)) await this.read(using, slot, end - extentSectorBytes, whole.subarray(whole.length - extentSectorBytes))
-        whole.set(data, offset - start)
-        bytes = whole
-      }
-      const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
-      for (let k = 0; k <= last - first; k++) sums.writeUInt32LE(sectorSum(bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)), k * extentSumBytes)
-      await Promise.all([
-        this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + start, bytes),
-        this.writeRaw(using, sumOffset(slot, first, this.blockBytes), sums)
-      ])
+      const baseWritten = baseWrite === null ? null : this.writeRaw(using, baseOffset(slot, this.blockBytes), baseWrite)
+      // Settled before the finally below, so the extent joins the pending set only once it is written.
+      const fresh = base !== undefined
+      if (baseWritten !== null) await Promise.all([baseWritten, this.writeSectors(using, slot, offset, data, fresh)])
+      else await this.writeSectors(using, slot, offset, data, fresh)
     } finally {
       if (!using.closed) this.pending.add(using)
       this.release(using)
     }
+  }
+
+  /**
+   * The sectors of `data` and their checksums. On the first write (`fresh`) of a newly claimed slot the whole
+   * slot's checksum entries are written, 0 for the sectors not written: after a crash a slot past the
+   * end of the file may carry entries whose bytes never landed, which would fail its next reads.
+   */
+  private async writeSectors (using: DeltaExtent, slot: number, offset: number, data: Uint8Array, fresh: boolean): Promise<void> {
+    if (using.version === extentFormatVersionUnchecked) {
+      await this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, data)
+      return
+    }
+    const first = Math.floor(offset / extentSectorBytes)
+    const last = Math.floor((offset + data.length - 1) / extentSectorBytes)
+    const start = first * extentSectorBytes
+    const end = (last + 1) * extentSectorBytes
+    let bytes = data
+    if (offset !== start || offset + data.length !== end) {
+      // The rest of a sector: zeros in a fresh slot (nothing of it is in the file), else what it holds.
+      const whole = Buffer.alloc(end - start)
+      if (!fresh && offset !== start) await this.read(using, slot, start, whole.subarray(0, extentSectorBytes))
+      if (!fresh && offset + data.length !== end && (last !== first || offset === start)) await this.read(using, slot, end - extentSectorBytes, whole.subarray(whole.length - extentSectorBytes))
+      whole.set(data, offset - start)
+      bytes = whole
+    }
+    const from = fresh ? 0 : first
+    const sums = Buffer.alloc((fresh ? sectorsPerSlot(this.blockBytes) : last - first + 1) * extentSumBytes)
+    for (let k = first; k <= last; k++) sums.writeUInt32LE(sectorSum(bytes.subarray((k - first) * extentSectorBytes, (k - first + 1) * extentSectorBytes)), (k - from) * extentSumBytes)
+    await Promise.all([
+      this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + start, bytes),
+      this.writeRaw(using, sumOffset(slot, from, this.blockBytes), sums)
+    ])
   }
 
   private async writeRaw (extent: DeltaExtent, position: number, data: Uint8Array): Promise<void> {
@@ -345,12 +476,18 @@ export class ExtentStore {
         for (const slot of slots) {
           await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version), bytes)
           await this.readRaw(using, sumOffset(slot, 0, this.blockBytes), sums)
+          const partial = this.baseOf(id, slot) !== 0
           let dirty = false
           for (let k = 0; k < perSlot; k++) {
             const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
             const entry = sums.readUInt32LE(k * extentSumBytes)
             if (sectorMatches(sector, entry)) continue
-            sums.writeUInt32LE(sectorSum(sector), k * extentSumBytes)
+            // In a partial slot, zeros under a checksum are a first write into a sector whose bytes
+            // never landed (a partial slot's unwritten sectors are zeros in the file): the sector goes
+            // back to the chunk underneath, the value it held before, rather than to zeros nobody wrote.
+            // (A write of zeros over a written sector, cut the same way, also reads the chunk's bytes.)
+            const allZero = sectorMatches(sector, 0)
+            sums.writeUInt32LE(partial && allZero ? 0 : sectorSum(sector), k * extentSumBytes)
             dirty = true
             changed++
           }
@@ -399,6 +536,8 @@ export class ExtentStore {
   async remove (id: number): Promise<void> {
     const opening = this.open.get(id)
     this.lastWriteMs.delete(id)
+    this.bases.delete(id)
+    this.unversioned.delete(id)
     if (opening !== undefined) {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined) this.letGo(extent)
@@ -412,6 +551,8 @@ export class ExtentStore {
     this.open.clear()
     this.resolved.clear()
     this.pending.clear()
+    this.bases.clear()
+    this.unversioned.clear()
     for (const opening of all) {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined && !extent.closed) {

@@ -8,9 +8,14 @@
  * A kill at any point leaves either the old slots or the new chunks referenced, both durable; chunks
  * indexed but never referenced are garbage for gc. Reads and writes go on while it runs: the maps
  * change in one synchronous step, and only entries that still name the old slot are repointed.
+ *
+ * A partial slot (issue #10: only the sectors written, over a chunk) is sealed merged: the main thread
+ * reads its sectors (checked) and the chunk underneath (verified) into the slab, and the workers hash
+ * and compress the whole block from there. The new chunk replaces both; the old one stays for gc.
  */
-import { chunkEntry } from '../format/map-format'
-import { sumOffset } from '../format/extent-format'
+import { DeltaExtent } from '../extent/delta-extent'
+import { chunkEntry, entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
+import { extentSectorBytes, sumOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
@@ -109,16 +114,27 @@ export class Sealer {
       const pinned = extent
       const extentFile = pool.extents.file(extentId)
       const workers = pool.workers
-      const batches: number[][] = []
-      for (let i = 0; i < slots.length; i += sealBatchBlocks) batches.push(slots.slice(i, i + sealBatchBlocks))
+      const partial = pool.extents.partialSlots(extentId, slots)
+      const whole = slots.filter(slot => !partial.has(slot))
+      const merged = slots.filter(slot => partial.has(slot))
+      const batches: Array<{ slots: number[], partial: boolean }> = []
+      for (let i = 0; i < whole.length; i += sealBatchBlocks) batches.push({ slots: whole.slice(i, i + sealBatchBlocks), partial: false })
+      for (let i = 0; i < merged.length; i += sealBatchBlocks) batches.push({ slots: merged.slice(i, i + sealBatchBlocks), partial: true })
       // Keep every worker busy: a few batches in flight, bounded by the slab's slots.
       const inFlight = Math.max(2, workers.threads * 2)
       let next = 0
-      const runBatch = async (batch: number[]): Promise<void> => {
+      const runBatch = async ({ slots: batch, partial: merging }: { slots: number[], partial: boolean }): Promise<void> => {
         const slabSlots = await workers.slots.acquireMany(batch.length)
         try {
-          // The worker reads the slots from the extent itself: the main thread only hands out numbers.
-          const result = await workers.seal({ slots: slabSlots, length: blockBytes, source: {
+          if (merging) {
+            for (let i = 0; i < batch.length; i++) {
+              const block = await this.mergedBlock(pinned, batch[i], partial.get(batch[i]) ?? null)
+              const at = inputOffset(workers.config, slabSlots[i])
+              block.copy(workers.slab, at)
+            }
+          }
+          // The worker reads whole slots from the extent itself: the main thread only hands out numbers.
+          const result = merging ? await workers.seal({ slots: slabSlots, length: blockBytes }) : await workers.seal({ slots: slabSlots, length: blockBytes, source: {
               fd: pinned.fd,
               file: extentFile,
               offsets: batch.map(slot => pool.extents.slotPosition(extent, slot)),
@@ -170,5 +186,21 @@ export class Sealer {
     await pool.commit()
     await pool.dropExtent(extentId)
     report.extentsSealed++
+  }
+
+  /**
+   * Partial slot `slot` of `extent` merged with the chunk under it (`base`): its written sectors
+   * checked, the chunk verified. Throws CORRUPT (a damaged sector, base entry or chunk) or IO.
+   */
+  private async mergedBlock (extent: DeltaExtent, slot: number, base: number | null): Promise<Buffer> {
+    const pool = this.pool
+    const block = Buffer.alloc(pool.blockBytes)
+    const unwritten = await pool.extents.read(extent, slot, 0, block)
+    if (unwritten.length === 0) return block
+    if (base === null || entryKind(base) !== entryKindChunk) throw new Error(`delta extent ${extent.id} slot ${slot}: its base entry fails its check`)
+    const under = Buffer.alloc(pool.blockBytes)
+    await pool.chunks.read(entryChunkId(base), 0, under, `delta extent ${extent.id} slot ${slot} (the chunk under its partial slot)`)
+    for (const sector of unwritten) under.copy(block, sector * extentSectorBytes, sector * extentSectorBytes, (sector + 1) * extentSectorBytes)
+    return block
   }
 }

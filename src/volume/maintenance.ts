@@ -54,6 +54,10 @@ export class Maintenance {
    */
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
     return await this.exclusive(async () => {
+      // A partial slot keeps the chunk under it live: the walk below reads the base entries of every
+      // extent from memory, so their tables are loaded first (before the commit: the walk must follow
+      // it synchronously). An extent that cannot be read leaves its bases unknown, and gc frees nothing.
+      for (const { id } of this.state.catalog.extents()) await this.state.extents.loadBases([id]).catch(() => {})
       await this.commit()
       const livePages = new Set<number>()
       const liveExtents = new Set<number>()
@@ -68,8 +72,13 @@ export class Maintenance {
         try {
           volume.map.forEachEntry((block, entry) => {
             const kind = entryKind(entry)
-            if (kind === entryKindDelta) liveExtents.add(entryExtentId(entry))
-            else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
+            if (kind === entryKindDelta) {
+              liveExtents.add(entryExtentId(entry))
+              const base = this.state.extents.baseOf(entryExtentId(entry), entrySlot(entry))
+              if (base === undefined) held ??= `${volume.label} block ${block}: the base table of delta extent ${entryExtentId(entry)} could not be read`
+              else if (base === null) held ??= `${volume.label} block ${block}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
+              else if (base !== 0) liveChunks.add(entryChunkId(base))
+            } else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
             else if (kind === entryKindLost && held === null) held = `${volume.label} block ${block} is lost`
           })
         } catch (err) {

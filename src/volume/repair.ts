@@ -122,6 +122,8 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     const decoded = new Map<number, { row: PageRow, page: DecodedPage }>()
     const referenced = new Set<number>()
     const referencedExtents = new Set<number>()
+    /** Delta entries the maps hold, for the chunks under their partial slots (read once the extents are). */
+    const deltaEntries = new Set<number>()
     for (const volume of pool.list()) {
       // A volume's active extent counts as referenced: its file is where its next writes go.
       if (volume.activeExtentId !== null) referencedExtents.add(volume.activeExtentId)
@@ -133,7 +135,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
         decoded.set(id, { row, page })
         for (const entry of page.entries) {
           if (entryKind(entry) === entryKindChunk) referenced.add(entryChunkId(entry))
-          else if (entryKind(entry) === entryKindDelta) referencedExtents.add(entryExtentId(entry))
+          else if (entryKind(entry) === entryKindDelta) { referencedExtents.add(entryExtentId(entry)); deltaEntries.add(entry) }
         }
       }
     }
@@ -168,6 +170,16 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     for (const volume of pool.list()) {
       for (const id of [...volume.writableExtents]) if (!goodExtents.has(id)) volume.writableExtents.delete(id)
       if (volume.activeExtentId !== null && !goodExtents.has(volume.activeExtentId)) { volume.activeExtentId = null; volume.rowDirty = true }
+    }
+    // A partial slot needs the chunk under it (issue #10): that chunk is referenced too.
+    const baseOf = (entry: number): number | null => {
+      const base = pool.extents.baseOf(entryExtentId(entry), entrySlot(entry))
+      return base === undefined ? 0 : base
+    }
+    for (const entry of deltaEntries) {
+      if (!goodExtents.has(entryExtentId(entry))) continue
+      const base = baseOf(entry)
+      if (base !== null && base !== 0 && entryKind(base) === entryKindChunk) referenced.add(entryChunkId(base))
     }
     // 5. Packs (and packs in quarantine/): rebuild the chunk index from their records. A record the
     //    maps reference is indexed; one nobody references is left as it is, unindexed: the catalog
@@ -272,6 +284,11 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     pool.inspection.forgetChunks(bad)
     report.chunksDropped += bad.length
     const liveChunks = new Set(catalog.chunkIds())
+    /** A partial slot whose base entry is damaged, or whose chunk is gone, cannot be read whole. */
+    const baseIsLive = (entry: number): boolean => {
+      const base = baseOf(entry)
+      return base === 0 || (base !== null && entryKind(base) === entryKindChunk && liveChunks.has(entryChunkId(base)))
+    }
     // 7. Maps: a page that is gone becomes a page of lost entries; in a damaged page, a group of
     //    entries that fails its checksum is taken from another page that provably held the same bytes
     //    (a copy-on-write copy at the same place in another volume), else marked lost; an impossible
@@ -312,7 +329,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
           if (p * pageEntries + i >= blocks && unverified.has(Math.floor(i / pageGroupEntries))) { entries[i] = 0; changed = true; continue }
           const kind = entryKind(entry)
           const gone = unverified.has(Math.floor(i / pageGroupEntries)) || invalid.has(i) || (kind === entryKindDelta
-            ? !(goodExtents.has(entryExtentId(entry)) && entrySlot(entry) < (goodExtents.get(entryExtentId(entry)) as number))
+            ? !(goodExtents.has(entryExtentId(entry)) && entrySlot(entry) < (goodExtents.get(entryExtentId(entry)) as number) && baseIsLive(entry))
             : kind === entryKindChunk && !liveChunks.has(entryChunkId(entry)))
           if (gone && entry !== lostEntry) { entries[i] = lostEntry; changed = true }
           if (gone) report.entriesLost++

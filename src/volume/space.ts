@@ -4,9 +4,12 @@
  * totals. Backups and clones are accounted apart from their base: a block shared by several volumes
  * counts in each one's referenced bytes and in nobody's unique bytes.
  *
+ * A partial slot (issue #10) references two locations: its slot and the chunk under it, which counts
+ * like any other chunk the volume can read.
+ *
  * A report scans every map once (one pass over the pages). It is cached until the pool changes.
  */
-import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
+import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
 import { Page } from '../map/page-store'
 import { Pool } from './pool'
 import { Volume } from './volume'
@@ -65,11 +68,21 @@ export class SpaceAccounting {
     if (this.cached !== null && this.cached.generation === generation) return this.cached
     const size = this.pool.sizeOf
     const volumes = this.pool.list()
+    const extents = this.pool.extents
+    /** Every stored location a volume reads: its map entries, and the chunks under its partial slots. */
+    const locations = (volume: Volume, visit: (entry: number) => void): void => {
+      volume.map.forEachEntry((_block, entry) => {
+        visit(entry)
+        if (entryKind(entry) !== entryKindDelta) return
+        const base = extents.baseOf(entryExtentId(entry), entrySlot(entry))
+        if (base !== undefined && base !== null && base !== 0) visit(base)
+      })
+    }
     // Which volumes reference each stored location (map entry value).
     const owners = new Map<number, number>()
     const shared = -1
     for (const volume of volumes) {
-      volume.map.forEachEntry((_block, entry) => {
+      locations(volume, entry => {
         const owner = owners.get(entry)
         if (owner === undefined) owners.set(entry, volume.id)
         else if (owner !== volume.id) owners.set(entry, shared)
@@ -80,14 +93,15 @@ export class SpaceAccounting {
     let referencedTotal = 0
     for (const volume of volumes) {
       let unique = 0
-      volume.map.forEachEntry((_block, entry) => { if (owners.get(entry) === volume.id) unique += size(entry) })
+      let referenced = 0
+      locations(volume, entry => { referenced += size(entry); if (owners.get(entry) === volume.id) unique += size(entry) })
       let kept: number | null = null
       if (volume.kind === 'backup') {
         const source = volume.sourceId !== null ? this.pool.byId(volume.sourceId) : undefined
         const sourceEntries = new Set<number>()
-        source?.map.forEachEntry((_block, entry) => sourceEntries.add(entry))
+        if (source !== undefined) locations(source, entry => sourceEntries.add(entry))
         let bytes = 0
-        volume.map.forEachEntry((_block, entry) => { if (!sourceEntries.has(entry)) bytes += size(entry) })
+        locations(volume, entry => { if (!sourceEntries.has(entry)) bytes += size(entry) })
         kept = bytes
       }
       const usage: VolumeUsage = {
@@ -95,7 +109,7 @@ export class SpaceAccounting {
         kind: volume.kind,
         name: volume.name,
         logicalBytes: volume.size,
-        referencedBytes: volume.storedBytes,
+        referencedBytes: referenced,
         uniqueBytes: unique,
         keptFromSourceBytes: kept
       }

@@ -82,6 +82,16 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
           else {
             const why = await pool.inspection.checkExtentSlot(extentId, entrySlot(entry))
             if (why !== null) mark(volume, block, why)
+            // A partial slot reads its unwritten sectors from the chunk under it: that chunk is checked
+            // below with the others, and this block named if it is damaged or missing.
+            const base = pool.extents.baseOf(extentId, entrySlot(entry))
+            if (base === null) mark(volume, block, `delta extent ${extentId} slot ${entrySlot(entry)}: its base entry fails its check`)
+            else if (base !== undefined && base !== 0) {
+              const id = entryChunkId(base)
+              let list = users.get(id)
+              if (list === undefined) users.set(id, list = [])
+              list.push({ volume, block })
+            }
           }
         } else if (kind === entryKindChunk) {
           const id = entryChunkId(entry)

@@ -8,10 +8,16 @@
  * for the ones in flight: a backup takes its copy only then, so no write lands in a frozen extent after
  * the backup returns.
  *
+ * Partial slots (issue #10, qcow2's extended L2 idea): the first write of whole 4 KiB sectors into a
+ * block stored as a chunk writes only those sectors, to a new slot whose base is the chunk; a read
+ * merges the sectors written with the chunk underneath. A write of part of a sector reads that sector's
+ * old bytes first, so a partial slot is only ever written in whole sectors.
+ *
  * Errors: read/write/truncate throw READ_ONLY, TOO_BIG, NO_SPACE, IO or CORRUPT (errors.ts).
  */
 import { VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
+import { extentSectorBytes } from '../format/extent-format'
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { discardBlocksPerTurn, readRetriesMax, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
@@ -154,7 +160,8 @@ export class Volume implements VolumeInfo {
     if (kind === entryKindHole) { target.fill(0); return }
     if (kind === entryKindDelta) {
       const extent = await this.context.extents.get(entryExtentId(entry))
-      await this.context.extents.read(extent, entrySlot(entry), offset, target)
+      const unwritten = await this.context.extents.read(extent, entrySlot(entry), offset, target)
+      if (unwritten.length > 0) await this.readUnderneath(block, entry, unwritten, offset, target)
       return
     }
     if (kind === entryKindChunk) {
@@ -163,6 +170,28 @@ export class Volume implements VolumeInfo {
     }
     if (kind === entryKindLost) throw new VdiskError('CORRUPT', `${this.label}: block ${block} was lost (quarantined by vdiskfs repair); write the whole block to replace it`)
     throw new VdiskError('CORRUPT', `${this.label}: block ${block} has an unknown map entry kind ${kind}`)
+  }
+
+  /**
+   * Fills the sectors `unwritten` of partial slot `entry` from the chunk it was written over: the part
+   * of each that lies in [offset, offset + target.length) of the block. Throws CORRUPT when the base is
+   * not a chunk (damage), and what the chunk read throws.
+   */
+  private async readUnderneath (block: number, entry: number, unwritten: number[], offset: number, target: Buffer): Promise<void> {
+    const base = this.context.extents.baseOf(entryExtentId(entry), entrySlot(entry))
+    if (base === null || base === undefined || entryKind(base) !== entryKindChunk) {
+      throw new VdiskError('CORRUPT', `${this.label}: block ${block}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has no sound base entry`)
+    }
+    const end = offset + target.length
+    const from = Math.max(offset, unwritten[0] * extentSectorBytes)
+    const to = Math.min(end, (unwritten[unwritten.length - 1] + 1) * extentSectorBytes)
+    const bytes = Buffer.allocUnsafe(to - from)
+    await this.context.chunks.read(entryChunkId(base), from, bytes, this.describe(block, from, to - from))
+    for (const sector of unwritten) {
+      const start = Math.max(from, sector * extentSectorBytes)
+      const stop = Math.min(to, (sector + 1) * extentSectorBytes)
+      if (start < stop) bytes.copy(target, start - offset, start - from, stop - from)
+    }
   }
 
   /** Writes all of `data` at `position`, growing the volume when it writes past the end. */
@@ -202,6 +231,12 @@ export class Volume implements VolumeInfo {
       // The block is this volume's alone since the last backup: overwrite in place.
       if (whole && zero) { this.map.set(block, 0); return }
       const extent = await extents.get(entryExtentId(entry))
+      if (extents.baseOf(extent.id, entrySlot(entry)) !== 0) {
+        // A partial slot is written in whole sectors: the rest of a sector comes from the merged block.
+        const { start, bytes } = await this.wholeSectors(block, entry, offset, data)
+        await extents.write(extent, entrySlot(entry), start, bytes)
+        return
+      }
       await extents.write(extent, entrySlot(entry), offset, data)
       return
     }
@@ -216,6 +251,13 @@ export class Volume implements VolumeInfo {
       else await this.writeNewSlot(block, 0, data)
       return
     }
+    if (entryKind(entry) === entryKindChunk) {
+      // A first write of part of a sealed block: a partial slot over the chunk, holding only the
+      // sectors written (the chunk is read only for the rest of a sector written in part).
+      const { start, bytes } = await this.wholeSectors(block, entry, offset, data)
+      await this.writeNewSlot(block, start, bytes, entry)
+      return
+    }
     const merged = Buffer.allocUnsafe(blockBytes)
     await this.readBlock(block, 0, merged)
     data.copy(merged, offset)
@@ -223,7 +265,28 @@ export class Volume implements VolumeInfo {
     else await this.writeNewSlot(block, 0, merged)
   }
 
-  private async writeNewSlot (block: number, offset: number, data: Buffer): Promise<void> {
+  /**
+   * `data` at `offset` of the block, widened to whole sectors with the bytes the block holds now
+   * (`entry`, read merged) around it; returns it unchanged when it covers whole sectors.
+   */
+  private async wholeSectors (block: number, entry: number, offset: number, data: Buffer): Promise<{ start: number, bytes: Buffer }> {
+    const start = Math.floor(offset / extentSectorBytes) * extentSectorBytes
+    const end = Math.ceil((offset + data.length) / extentSectorBytes) * extentSectorBytes
+    if (start === offset && end === offset + data.length) return { start, bytes: data }
+    const bytes = Buffer.allocUnsafe(end - start)
+    // Only the first and last sectors are partly written; one read covers both.
+    await this.readEntry(block, entry, start, bytes)
+    data.copy(bytes, offset - start)
+    return { start, bytes }
+  }
+
+  /**
+   * Writes `data` at `offset` of a new slot for `block` and points the map at it. `base` is the chunk
+   * entry the block held, for a partial slot (`data` in whole sectors); 0 for a whole slot, whose
+   * unwritten bytes read as zeros. An extent of an older format cannot hold a partial slot: the block
+   * is then read and written whole.
+   */
+  private async writeNewSlot (block: number, offset: number, data: Buffer, base = 0): Promise<void> {
     this.context.claimSpace(this.context.blockBytes)
     // Several writers may wait for the same active extent; the one that finds it full when it resumes
     // asks again. The check and the slot's claim are one synchronous step: a slot past the extent's
@@ -231,7 +294,15 @@ export class Volume implements VolumeInfo {
     let extent = await this.context.activeExtent(this)
     while (extent.full) extent = await this.context.activeExtent(this)
     const slot = extent.nextSlot++
-    await this.context.extents.write(extent, slot, offset, data)
+    if (base !== 0 && !this.context.extents.holdsPartialSlots(extent)) {
+      const merged = Buffer.allocUnsafe(this.context.blockBytes)
+      await this.readBlock(block, 0, merged)
+      data.copy(merged, offset)
+      offset = 0
+      data = merged
+      base = 0
+    }
+    await this.context.extents.write(extent, slot, offset, data, base)
     this.map.set(block, deltaEntry(extent.id, slot))
   }
 

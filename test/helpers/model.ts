@@ -159,14 +159,17 @@ export class Harness {
   }
 }
 
-/** Runs `ops` on a fresh pool with 4 KiB blocks; returns null when engine and model agree, else why not. */
-export async function runOps (ops: Op[], options: { pageCacheMax?: number } = {}): Promise<string | null> {
-  const blockBytes = 4096
+/**
+ * Runs `ops` on a fresh pool with 4 KiB blocks (or `blockBytes`: blocks of several sectors make first
+ * writes over sealed blocks partial slots); returns null when engine and model agree, else why not.
+ */
+export async function runOps (ops: Op[], options: { pageCacheMax?: number, blockBytes?: number } = {}): Promise<string | null> {
+  const { blockBytes = 4096, ...poolOptions } = options
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-model-'))
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1, ...options })
+  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1, ...poolOptions })
   const harness = new Harness(pool, async () => {
     await harness.pool.close()
-    pool = Pool.open(path.join(dir, 'pool'), { workers: 1, ...options })
+    pool = Pool.open(path.join(dir, 'pool'), { workers: 1, ...poolOptions })
     return pool
   })
   try {

@@ -1,7 +1,8 @@
 /**
  * Property test: random sequences of create, write, truncate, discard, backup, clone, restore, rm, rename,
  * commit, seal, gc and reopen, run on the engine directly, leave every volume equal to the model (one byte
- * array per volume, a backup being a copy). Failing cases shrink; minimal ones are kept in
+ * array per volume, a backup being a copy); also with 16 KiB blocks, where first writes of part of a
+ * sealed block become partial slots (issue #10). Failing cases shrink; minimal ones are kept in
  * engine-regressions.test.ts.
  */
 import test from 'ava'
@@ -64,5 +65,16 @@ test('the engine matches the model with a two-page map cache (eviction on every 
     if (problem !== null) throw new Error(problem)
   }), { numRuns: runs, verbose: 1 })
   t.log(`${runs} random sequences matched the model with a two-page cache`)
+  t.pass()
+})
+
+test('the engine matches the model with 16 KiB blocks (partial slots over sealed blocks)', async t => {
+  const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 60)
+  // Sealing often, so that writes land on chunks: each run seals at least once before its writes.
+  await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), async ops => {
+    const problem = await runOps([{ op: 'write', vol: 0, offset: 0, length: 4 * blockBytes * 4, zero: false, seed: 1 }, { op: 'seal' }, ...ops], { blockBytes: 4 * blockBytes })
+    if (problem !== null) throw new Error(problem)
+  }), { numRuns: runs, verbose: 1 })
+  t.log(`${runs} random sequences matched the model with 16 KiB blocks`)
   t.pass()
 })

@@ -7,6 +7,8 @@
  * every volume acknowledged by the last successful commit, that commit's value or a value written
  * after it; every acknowledged backup exactly. A failed fdatasync must fail every later commit (a
  * retry would "succeed" after Linux dropped the pages) and lose nothing acknowledged before it.
+ * Each workload also runs on a pool of 16 KiB blocks, where a record written over a sealed block is a
+ * partial slot (issue #10): its sectors, checksums and base entry must survive a cut together.
  */
 import test from 'ava'
 import crypto from 'node:crypto'
@@ -17,8 +19,10 @@ import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { FaultFileIo } from '../helpers/fault-io'
 
+/** Bytes of one record: a sector. Pools have blocks of one record, or of four (partial slots). */
 const blockBytes = 4096
 const records = 48
+const partialBlockBytes = 4 * blockBytes
 
 type Op =
   | { op: 'write', disk: number, record: number, count: number, seed: number }
@@ -144,13 +148,15 @@ function tempDir (t: { teardown: (fn: () => void) => void }): string {
 const seeds = Number(process.env.VDISKFS_POWERCUT_SEEDS ?? 3)
 const opsPerRun = 40
 
-for (let seed = 1; seed <= seeds; seed++) {
-  test.serial(`power cut at every sync boundary, workload ${seed}`, async t => {
+/** The power-cut and failed-fdatasync tests of workload `seed` on a pool of `poolBlockBytes` blocks. */
+function cutTests (seed: number, poolBlockBytes: number): void {
+  const blocks = poolBlockBytes === blockBytes ? '' : ', 16 KiB blocks (partial slots)'
+  test.serial(`power cut at every sync boundary, workload ${seed}${blocks}`, async t => {
     const dir = tempDir(t)
     const ops = randomOps(seed, opsPerRun)
     // Count the workload's syncs once.
     const counting = new FaultFileIo()
-    const first = Pool.open(path.join(dir, 'count'), { create: true, blockBytes, workers: 1, io: counting })
+    const first = Pool.open(path.join(dir, 'count'), { create: true, blockBytes: poolBlockBytes, workers: 1, io: counting })
     const clean = await runWorkload(first, ops)
     t.is(clean.error, null)
     await first.close()
@@ -161,7 +167,7 @@ for (let seed = 1; seed <= seeds; seed++) {
       const poolDir = path.join(dir, `cut-${cutAt}`)
       const io = new FaultFileIo()
       io.cutAtSync = cutAt
-      const pool = Pool.open(poolDir, { create: true, blockBytes, workers: 1, io })
+      const pool = Pool.open(poolDir, { create: true, blockBytes: poolBlockBytes, workers: 1, io })
       const { acked, since } = await runWorkload(pool, ops)
       await pool.abandon()
       // Odd cut points keep a random half of the unsynced writes (written back before the cut).
@@ -187,11 +193,11 @@ for (let seed = 1; seed <= seeds; seed++) {
     t.log(`${cuts} power cuts`)
   })
 
-  test.serial(`a failed fdatasync is fatal for later commits and loses nothing acknowledged, workload ${seed}`, async t => {
+  test.serial(`a failed fdatasync is fatal for later commits and loses nothing acknowledged, workload ${seed}${blocks}`, async t => {
     const dir = tempDir(t)
     const ops = randomOps(seed + 1000, opsPerRun)
     const counting = new FaultFileIo()
-    const first = Pool.open(path.join(dir, 'count'), { create: true, blockBytes, workers: 1, io: counting })
+    const first = Pool.open(path.join(dir, 'count'), { create: true, blockBytes: poolBlockBytes, workers: 1, io: counting })
     t.is((await runWorkload(first, ops)).error, null)
     await first.close()
     let fatal = 0
@@ -199,7 +205,7 @@ for (let seed = 1; seed <= seeds; seed++) {
       const poolDir = path.join(dir, `fail-${failAt}`)
       const io = new FaultFileIo()
       io.failSyncAt = failAt
-      const pool = Pool.open(poolDir, { create: true, blockBytes, workers: 1, io })
+      const pool = Pool.open(poolDir, { create: true, blockBytes: poolBlockBytes, workers: 1, io })
       const { acked, since, error } = await runWorkload(pool, [...ops, { op: 'commit' }])
       if (error !== null && /fdatasync of the pool's extents failed/.test((error as Error).message)) {
         // A failed commit sync is fatal: no later commit may claim success.
@@ -220,6 +226,8 @@ for (let seed = 1; seed <= seeds; seed++) {
     t.log(`${counting.syncs} failed syncs, ${fatal} of them in a commit`)
   })
 }
+
+for (let seed = 1; seed <= seeds; seed++) for (const poolBlockBytes of [blockBytes, partialBlockBytes]) cutTests(seed, poolBlockBytes)
 
 test.serial('a power cut that lands a block without its checksum (or the reverse) is recovered, not reported as damage', async t => {
   const dir = tempDir(t)
@@ -246,5 +254,71 @@ test.serial('a power cut that lands a block without its checksum (or the reverse
     } finally {
       await reopened.close()
     }
+  }
+})
+
+test.serial('a power cut that lands a partial slot\'s new sector without its bytes (or the reverse) reads the chunk under it or the new bytes, never zeros', async t => {
+  const dir = tempDir(t)
+  for (const keepNewest of [true, false]) {
+    const poolDir = path.join(dir, `torn-partial-${String(keepNewest)}`)
+    const io = new FaultFileIo()
+    const pool = Pool.open(poolDir, { create: true, blockBytes: partialBlockBytes, workers: 1, io })
+    const disk = await pool.createDisk('d.img')
+    const sealed = crypto.randomBytes(partialBlockBytes)
+    await disk.write(sealed, 0)
+    await new Sealer(pool, () => {}).sealPending(true)
+    const first = crypto.randomBytes(blockBytes)
+    await disk.write(first, 0) // a partial slot over the chunk: sector 0 written
+    await pool.commit()
+    const second = crypto.randomBytes(blockBytes)
+    await disk.write(second, blockBytes) // sector 1, never written before: its bytes, then its checksum, both unsynced
+    await pool.abandon()
+    let undone = 0
+    io.powerCut(() => (undone++ === 0) === keepNewest) // keep exactly one of the two writes
+    const reopened = Pool.open(poolDir, { workers: 1 })
+    try {
+      await reopened.recover()
+      const back = Buffer.alloc(partialBlockBytes)
+      await reopened.get('disk', 'd.img').read(back, 0)
+      t.true(back.subarray(0, blockBytes).equals(first), 'the acknowledged sector')
+      const sector = back.subarray(blockBytes, 2 * blockBytes)
+      t.true(sector.equals(sealed.subarray(blockBytes, 2 * blockBytes)) || sector.equals(second), `keep newest ${String(keepNewest)}: the chunk's sector or the new one`)
+      t.true(back.subarray(2 * blockBytes).equals(sealed.subarray(2 * blockBytes)), 'the sectors never written')
+      t.deepEqual(reopened.extents.damaged, [])
+    } finally {
+      await reopened.close()
+    }
+  }
+})
+
+test.serial('a slot whose checksums landed without its bytes before a power cut is reused cleanly: no stale checksum fails its next first write', async t => {
+  const dir = tempDir(t)
+  const poolDir = path.join(dir, 'stale-sums')
+  const io = new FaultFileIo()
+  const pool = Pool.open(poolDir, { create: true, blockBytes: partialBlockBytes, workers: 1, io })
+  const disk = await pool.createDisk('d.img')
+  const first = crypto.randomBytes(blockBytes)
+  await disk.write(first, 0) // slot 0, sector 0
+  await pool.commit()
+  await disk.write(crypto.randomBytes(blockBytes), partialBlockBytes + 2 * blockBytes) // slot 1, sector 2: never synced
+  await pool.abandon()
+  let undone = 0
+  io.powerCut(() => undone++ === 0) // the newest write (the checksum) reached the disk, the bytes did not
+  const reopened = Pool.open(poolDir, { workers: 1 })
+  try {
+    await reopened.recover()
+    const volume = reopened.get('disk', 'd.img')
+    await volume.truncate(3 * partialBlockBytes) // so that the whole of block 2 is read below
+    const third = crypto.randomBytes(blockBytes)
+    await volume.write(third, 2 * partialBlockBytes) // a first write into the next free slot
+    const back = Buffer.alloc(3 * partialBlockBytes)
+    await volume.read(back, 0)
+    const expected = Buffer.alloc(3 * partialBlockBytes)
+    first.copy(expected, 0)
+    third.copy(expected, 2 * partialBlockBytes)
+    t.true(back.equals(expected))
+    t.deepEqual(reopened.extents.damaged, [])
+  } finally {
+    await reopened.close()
   }
 })
