@@ -227,6 +227,10 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
     },
 
     utimens (path: string, _atime: number, mtime: number, cb: (code: number) => void) {
+      // The directories' times are fixed, as their modes: a change is accepted and ignored, so that
+      // rsync -a into disks/ (it sets the directory's times last) does not fail.
+      const type = parse(path).type
+      if (type !== 'file') { cb(type === 'invalid' ? ENOENT : 0); return }
       try { lookup(path).touch(mtime) } catch (err) { cb(toErrno(err, log)); return }
       cb(0)
     },
