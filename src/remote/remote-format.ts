@@ -31,13 +31,15 @@ export const backupIdHexLength = 32
 
 // Limits of the remote code, with their units last.
 /** S3 requests one command keeps in flight (HEADs, PUTs, GETs). */
-export const remoteRequestsInFlightMax = 16
+export const remoteRequestsInFlightMax = 32
 /** Blocks a push or pull works on at once: the bound on the blocks held in memory (16 MiB at 64 KiB). */
 export const remoteBatchBlocks = 256
 /** The default grace period of a new store (PBS's 24 h 5 min): see docs/REMOTE.md, "Garbage collection". */
 export const remoteGraceSecondsDefault = 24 * 3600 + 300
 /** gc keeps chunks this much younger than its cutoff besides: S3 times have one-second resolution. */
 export const remoteClockMarginMs = 2000
+/** Passes over a slow push's chunks before its manifest (each must finish within grace/2) before it gives up. */
+export const remoteRecheckPassesMax = 3
 /** A manifest bigger than this is refused as damaged (a 4 TiB image at 64 KiB blocks is about 5 GiB of text: far past). */
 export const manifestBytesMax = 1024 * 1024 * 1024
 /** The S3 client's timeouts: a dead server must fail a command, not hang it. */

@@ -32,6 +32,10 @@ export class S3Store {
       // Ceph RGW and most self-hosted stores serve buckets by path, not by virtual host.
       forcePathStyle: location.endpoint !== undefined,
       maxAttempts: 3,
+      // Every object is checked against its BLAKE3 id when read (chunks) or its key (manifests): the
+      // SDK's own CRC32 of every body, both ways, would only cost CPU.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: { connectionTimeout: remoteConnectTimeoutMs, requestTimeout: remoteRequestTimeoutMs }
     })
   }

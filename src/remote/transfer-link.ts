@@ -90,7 +90,8 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
       }
     } catch (err) { sourceError = err; throw err }
   }
-  const encoder = new StreamEncoder(header)
+  // An in-process pipe to the import: compressing it would only be undone a moment later.
+  const encoder = new StreamEncoder(header, { compress: false })
   const feeding = pipeline(Readable.from(blocks()), encoder).catch(err => { encoder.destroy(err as Error) })
   try {
     await importStream(mountpoint, name, encoder)
