@@ -260,3 +260,23 @@ test.serial('SIGKILL of the daemon in the middle of an export: one line, exit 1,
   t.false(fs.existsSync(file))
   t.false(fs.existsSync(`${file}.partial`))
 })
+
+test.serial('a backup keeps its identity through a catalog rebuilt by repair (catalog.log records it)', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'd.img')
+  await run('truncate', ['-s', '4M', disk])
+  writeAt(disk, 0, crypto.randomBytes(blockBytes))
+  await cliOk(t, 'backup', disk, 'b')
+  const uuid = (await call(m.mnt, 'uuid', { kind: 'backup', name: 'b.img' }) as { uuid: string }).uuid
+  t.regex(uuid, /^[0-9a-f-]{36}$/)
+  await m.umount()
+  const catalog = path.join(m.pool, 'catalog.sqlite')
+  for (const f of fs.readdirSync(m.pool)) if (f.startsWith('catalog.sqlite-')) fs.rmSync(path.join(m.pool, f))
+  const fd = fs.openSync(catalog, 'r+')
+  fs.writeSync(fd, Buffer.alloc(100, 0x41), 0, 100, 0)
+  fs.closeSync(fd)
+  const repair = await vdiskfs('repair', m.pool)
+  t.is(repair.code, 0, repair.stderr)
+  await m.mount()
+  t.is((await call(m.mnt, 'uuid', { kind: 'backup', name: 'b.img' }) as { uuid: string }).uuid, uuid)
+})
