@@ -188,3 +188,26 @@ export const statusSpaceStaleMs = 10000
 export const daemonLogBytesMax = 10 * 1024 * 1024
 /** The last error lines of the log that vdiskfs status shows. */
 export const daemonLogErrorsKept = 20
+
+// ---- export and import (issue #12; src/transfer, src/volume/import.ts, src/control/ops-transfer.ts) ----
+
+/** Changed blocks the daemon reads per export read (1 MiB at 64 KiB; chunks in one worker task), and reads in flight. */
+export const exportReadBlocks = 16
+export const exportReadsInFlight = 4
+/** Blocks the daemon stores per import batch: one fdatasync of the packs and one catalog transaction each (16 MiB at 64 KiB). */
+export const importBatchBlocks = 256
+/** Recorded blocks an import's finish applies to the new map per turn of the event loop. */
+export const importFinishTurnBlocks = 4096
+/** An import not continued for this long is dropped when its catalog opens; its chunks become garbage for gc. */
+export const importAbandonedMs = 7 * 24 * 3600 * 1000
+/**
+ * Bytes a sender lets queue on an export or import connection before it waits for the peer: a socket's
+ * own mark (16 KiB) is a quarter of a block, so waiting on it would make every block a round trip.
+ */
+export const sendWindowBytes = 4 * 1024 * 1024
+/** Stream bytes buffered between the export encoder and its file or pipe (large writes). */
+export const streamBufferBytes = 4 * 1024 * 1024
+/** Map pages an export's comparison reads before it lets other work run (a few ms). */
+export const diffPagesPerTurn = 16
+/** How long a failed import waits for the daemon's reason before it reports the connection's failure. */
+export const daemonReasonWaitMs = 2000
