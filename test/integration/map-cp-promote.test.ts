@@ -33,16 +33,20 @@ function writeAt (file: string, bytes: Buffer, position: number): void {
 }
 
 /**
- * vdiskfs rm, tried again while it says the image is in use: the kernel sends RELEASE after close(2)
+ * A vdiskfs command (rm, promote), tried again while it says the image is in use: the kernel sends RELEASE after close(2)
  * returned, and on a loaded machine it can come later than the daemon's 500 ms grace.
  */
-async function rmWhenReleased (image: string): Promise<{ code: number, stderr: string }> {
-  let result = await vdiskfs('rm', image)
+async function whenReleased (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  let result = await vdiskfs(...args)
   for (let tries = 0; tries < 5 && result.code !== 0 && /in use/.test(result.stderr); tries++) {
     await new Promise(resolve => setTimeout(resolve, 1000))
-    result = await vdiskfs('rm', image)
+    result = await vdiskfs(...args)
   }
   return result
+}
+
+async function rmWhenReleased (image: string): Promise<{ code: number, stderr: string }> {
+  return await whenReleased('rm', image)
 }
 
 async function listed (m: TestMount): Promise<Array<{ kind: string, name: string, sourceLabel: string | null }>> {
@@ -191,7 +195,7 @@ test.serial('promote: a clone becomes a disk, refused while open; it keeps its d
   t.is((await vdiskfs('promote', m.image('backups', 'golden-v1.img'))).code, 1)
   t.is((await vdiskfs('promote', vm1, 'golden')).code, 1, 'disks/golden.img exists')
   t.is((await vdiskfs('promote', vm1, 'a', 'b')).code, 2)
-  const result = await vdiskfs('promote', vm1, '--json')
+  const result = await whenReleased('promote', vm1, '--json')
   t.is(result.code, 0, result.stderr)
   t.is(JSON.parse(result.stdout).kind, 'disk')
   t.is((await vdiskfs('promote', m.image('clones', 'vm2.img'), 'server', '--json')).code, 0)
