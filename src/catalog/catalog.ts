@@ -14,7 +14,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
-import { catalogFreeBytesMax, catalogWalBytesMax, catalogWalCheckpointPages } from '../limits'
+import { catalogFreeBytesMax, catalogWalBytesMax, catalogWalCheckpointPages, importAbandonedMs } from '../limits'
 
 export type VolumeKind = 'disk' | 'backup' | 'clone'
 
@@ -63,9 +63,6 @@ export interface ExtentRow { id: number, volumeId: number, createdMs: number }
  * import_blocks tables. An older catalog is migrated at open, one version at a time.
  */
 const catalogSchemaVersion = 3
-
-/** An import not continued for this long is dropped when a catalog opens (its chunks become garbage). */
-export const importAbandonedMs = 7 * 24 * 3600 * 1000
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

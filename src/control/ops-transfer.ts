@@ -12,10 +12,8 @@ import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
-import {
-  ByteReader, errorFrame, exportReadBlocks, exportReadsInFlight, frameData, frameEnd, frameHead, frameZero,
-  importBatchBlocks, readFrame, send
-} from '../transfer/wire'
+import { exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
+import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
 import { Volume } from '../volume/volume'
 import { Handler, HandlerContext, StreamHandler } from './server'

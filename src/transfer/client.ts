@@ -16,16 +16,11 @@ import { PassThrough, Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError } from '../errors'
+import { daemonReasonWaitMs, streamBufferBytes } from '../limits'
 import { openStream, readReply } from '../control/client'
 import { VolumeInfo } from '../volume/volume'
 import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from './stream'
 import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from './wire'
-
-/** How long a failed import waits for the daemon's reason before it reports the connection's failure. */
-const daemonReasonWaitMs = 2000
-
-/** Bytes of stream buffered between the encoder and its reader (so a file or pipe gets large writes). */
-export const streamBufferBytes = 4 * 1024 * 1024
 
 /** What an import made. */
 export interface ImportResult {

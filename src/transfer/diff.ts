@@ -12,7 +12,7 @@
  * Assumes: both volumes are in one pool (their entries name the same extents and chunks), and the maps
  * do not change while it runs (it is synchronous). Errors: CORRUPT when a page fails its checks.
  */
-import { pageEntries } from '../limits'
+import { diffPagesPerTurn, pageEntries } from '../limits'
 import { PageStore } from '../map/page-store'
 import { Volume } from '../volume/volume'
 
@@ -94,9 +94,6 @@ export async function changedBlockSet (newer: Volume, older: Volume | null, page
     }
   }
 }
-
-/** Map pages changedBlockSet compares before it lets other work run (a few ms). */
-export const diffPagesPerTurn = 16
 
 /**
  * The byte ranges that differ between `older` and `newer`: their changed blocks, clipped to the larger

@@ -16,18 +16,13 @@
  * Errors: readFrame throws IO when the connection ends inside a frame, CORRUPT for an unknown kind.
  */
 import { ErrorCode, VdiskError, corrupt } from '../errors'
+import { sendWindowBytes } from '../limits'
 
 export const frameData = 1
 export const frameZero = 2
 export const frameEnd = 3
 export const frameError = 4
 export const frameHeadBytes = 41
-
-/** Blocks the daemon reads per volume read when exporting (1 MiB at 64 KiB), and reads in flight. */
-export const exportReadBlocks = 16
-export const exportReadsInFlight = 4
-/** Blocks the daemon stores per import batch (one fdatasync of the packs and one catalog transaction each). */
-export const importBatchBlocks = 256
 
 export interface Frame { kind: number, index: number, hash: Buffer | null, data: Buffer | null }
 
@@ -95,12 +90,6 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
   }
   throw corrupt(`unknown frame kind ${kind} on the control connection`)
 }
-
-/**
- * Bytes a sender lets queue on a connection before it waits for the peer: a socket's own mark (16 KiB)
- * is a quarter of a block, so waiting on it would turn every block into a round trip of the event loops.
- */
-export const sendWindowBytes = 4 * 1024 * 1024
 
 /** Writes `bytes`, waiting while more than sendWindowBytes are queued (back-pressure). Throws IO once it closed. */
 export async function send (socket: NodeJS.WritableStream & { destroyed: boolean, writableLength: number }, bytes: Buffer): Promise<void> {

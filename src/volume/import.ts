@@ -21,7 +21,7 @@
 import { defaultModeOf } from '../catalog/catalog'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
 import { chunkEntry } from '../format/map-format'
-import { sealBatchBlocks, volumeBytesMax } from '../limits'
+import { importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
 import { Committer } from './commit'
@@ -91,9 +91,6 @@ export class Importer {
     return base
   }
 }
-
-/** Recorded blocks applied to the new map per turn of finish(). */
-export const importFinishTurnBlocks = 4096
 
 export class ImportSession {
   readonly counts: ImportCounts

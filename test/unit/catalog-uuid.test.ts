@@ -8,7 +8,8 @@ import Database from 'better-sqlite3'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { Catalog, VolumeRow, importAbandonedMs } from '../../src/catalog/catalog'
+import { Catalog, VolumeRow } from '../../src/catalog/catalog'
+import { importAbandonedMs } from '../../src/limits'
 
 function tempFile (): string {
   return path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-uuid-')), 'catalog.sqlite')
