@@ -65,8 +65,6 @@ export const commitIntervalMs = 5000
 /** How often the daemon checks that its mount still exists (unmount from outside). */
 export const mountWatchIntervalMs = 1000
 
-/** Name rule for volume files: a letter or digit, then up to 127 letters, digits, '.', '_' or '-'. */
-export const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 /** Longest volume name in bytes (UTF-8): NAME_MAX, what a Linux filesystem accepts (see volume/names.ts). */
 export const volumeNameBytesMax = 255
 
