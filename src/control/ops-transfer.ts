@@ -74,6 +74,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       await sendBlocks(socket, volume, changed)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
+      log(`export: ${volume.label}${since !== null ? ` since ${since.name}` : ''}, ${changed.count} blocks`)
     } catch (err) {
       if (!socket.destroyed) socket.end(errorFrame(err instanceof VdiskError ? err.code : 'IO', (err as Error).message))
       if (!(err instanceof VdiskError && err.message === 'the connection closed')) log(`export of ${volume.label} failed: ${(err as Error).message}`)
@@ -195,6 +196,9 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       batch = []
       const started = Date.now()
       const backup = await session.finish()
+      const c = session.counts
+      log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
+        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import`)
       socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.catalog.volumeUuid(backup.id) }, ...session.counts, finishMs: Date.now() - started }))
     } catch (err) {
       if (!socket.destroyed) socket.end(errorLine(err))
