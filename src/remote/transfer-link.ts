@@ -50,26 +50,34 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   const exported = exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
   const decoder = new StreamDecoder()
   const piping = pipeline(exported, decoder).catch(err => { decoder.destroy(err as Error) })
-  const items = decoder[Symbol.asyncIterator]() as AsyncIterator<StreamItem>
-  const first = await items.next()
-  if (first.done === true || (first.value as StreamItem).kind !== 'header') throw corrupt(`the export stream of backups/${name} has no header`)
-  const header = (first.value as Extract<StreamItem, { kind: 'header' }>).header
-  if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export stream of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
-  options.progress.total(header.records * header.blockBytes)
-  async function * blocks (): AsyncGenerator<Block> {
-    for (let item = await items.next(); item.done !== true; item = await items.next()) {
-      const value = item.value as StreamItem
-      if (value.kind !== 'block') throw corrupt(`the export stream of backups/${name} has a second header`)
-      yield { index: value.block.index, data: value.block.data }
+  try {
+    const items = decoder[Symbol.asyncIterator]() as AsyncIterator<StreamItem>
+    const first = await items.next()
+    if (first.done === true || (first.value as StreamItem).kind !== 'header') throw corrupt(`the export stream of backups/${name} has no header`)
+    const header = (first.value as Extract<StreamItem, { kind: 'header' }>).header
+    if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export stream of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
+    options.progress.total(header.records * header.blockBytes)
+    async function * blocks (): AsyncGenerator<Block> {
+      for (let item = await items.next(); item.done !== true; item = await items.next()) {
+        const value = item.value as StreamItem
+        if (value.kind !== 'block') throw corrupt(`the export stream of backups/${name} has a second header`)
+        yield { index: value.block.index, data: value.block.data }
+      }
     }
+    const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
+    // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
+    // never names blocks of a stream that turned out damaged.
+    const result = await store.push({ identity: header.uuid, name: header.name, source: backup.sourceLabel ?? '', host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
+      blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
+    await piping
+    return { ...result, name, since: base?.name ?? null }
+  } catch (err) {
+    // A failed push must not leave the export running: its socket would keep this process (and the
+    // daemon's read of the backup) alive.
+    exported.destroy()
+    decoder.destroy()
+    throw err
   }
-  const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
-  // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
-  // never names blocks of a stream that turned out damaged.
-  const result = await store.push({ identity: header.uuid, name: header.name, source: backup.sourceLabel ?? '', host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
-    blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
-  await piping
-  return { ...result, name, since: base?.name ?? null }
 }
 
 /**
