@@ -6,7 +6,7 @@ MNT ?= ./mnt
 DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
-S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common
+S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: all install deps debs bench-debs s3-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
