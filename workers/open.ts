@@ -3,7 +3,6 @@
  * BLAKE3-256 (which the main thread put in the slot's hash region) before the main thread may serve
  * it. A mismatch is reported, never returned as data.
  * Pack descriptors are lent by the main thread with each task (src/chunk/pack-descriptors.ts).
- * Runs in a worker thread (workers/thread.ts), or inline for the no-workers baseline.
  */
 import fs from 'node:fs'
 import { blake3Digest } from './hash'
@@ -37,4 +36,10 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
     }
   })
   return { blocks }
+}
+
+export default function (task: OpenTask): OpenResult {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { workerData } = require('piscina') as { workerData: WorkerConfig }
+  return open(task, workerData)
 }

@@ -78,10 +78,6 @@ export interface OpenTask { requests: OpenRequest[] }
 export interface OpenBlockResult { ok: boolean, error?: string }
 export interface OpenResult { blocks: OpenBlockResult[], error?: string }
 
-/** A task as it travels to a worker thread (workers/thread.ts), and the answer that comes back. */
-export type WorkerRequest = { id: number, kind: 'seal', task: SealTask } | { id: number, kind: 'open', task: OpenTask }
-export interface WorkerReply { id: number, result?: SealResult | OpenResult, error?: string }
-
 /** A block is stored raw when compression saves less than 1/8 of it. */
 export function worthCompressing (rawBytes: number, compressedBytes: number): boolean {
   return compressedBytes > 0 && compressedBytes <= rawBytes - rawBytes / 8
