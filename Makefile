@@ -89,8 +89,12 @@ bench-basic: deps build
 
 # The full benchmark (about 22 minutes on 2 cores) and a subset for development (under 5 minutes); both
 # include issue #10's scenario C (a clone of a sealed backup) with its baselines.
-bench: deps bench-debs build
+# Then issue #12's transfers: export/import (bench/transfer.ts) and push/pull against a real Ceph RGW
+# (bench/remote.ts, which starts its own); their tables land in bench/results/{transfer,remote}-latest.md.
+bench: deps bench-debs s3-debs build
 	node dist/bench/run.js
+	node dist/bench/transfer.js | tee bench/results/transfer-latest.md
+	node dist/bench/remote.js | tee bench/results/remote-latest.md
 
 bench-quick: deps bench-debs build
 	node dist/bench/run.js --quick
