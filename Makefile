@@ -93,8 +93,8 @@ bench-basic: deps build
 # (bench/remote.ts, which starts its own); their tables land in bench/results/{transfer,remote}-latest.md.
 bench: deps bench-debs s3-debs build
 	node dist/bench/run.js
-	node dist/bench/transfer.js | tee bench/results/transfer-latest.md
-	node dist/bench/remote.js | tee bench/results/remote-latest.md
+	node dist/bench/transfer.js > bench/results/transfer-latest.md; status=$$?; cat bench/results/transfer-latest.md; exit $$status
+	node dist/bench/remote.js > bench/results/remote-latest.md; status=$$?; cat bench/results/remote-latest.md; exit $$status
 
 bench-quick: deps bench-debs build
 	node dist/bench/run.js --quick
