@@ -40,8 +40,16 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   }
   let base: { name: string, manifest: Manifest } | null = null
   if (!options.full && backup.sourceId !== null) {
-    // The newest older backup of the same lineage (taken from the same volume) that the remote holds.
+    // The newest older backup of the same lineage (taken from the same volume) that the remote holds;
+    // else, when that volume is a clone, the backup it stands on, and so on up (a pulled backup, say).
     const lineage = volumes.filter(v => v.kind === 'backup' && v.sourceId === backup.sourceId && v.createdMs < backup.createdMs).sort((a, b) => b.createdMs - a.createdMs)
+    const byId = (id: number | null): LocalVolume | undefined => volumes.find(v => v.id === id)
+    for (let source = byId(backup.sourceId); source?.kind === 'clone';) {
+      const base = byId(source.sourceId)
+      if (base?.kind !== 'backup' || lineage.includes(base)) break
+      lineage.push(base)
+      source = byId(base.sourceId)
+    }
     for (const candidate of lineage) {
       const id = inRemote.get(await uuidOf(candidate))
       if (id !== undefined) { base = { name: candidate.name, manifest: await store.manifest(id) }; break }

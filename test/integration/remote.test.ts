@@ -126,6 +126,13 @@ test.serial('push uploads only what the store lacks (incremental on the lineage,
 
   await ok(t, 'pull', b.mnt, 'store', first.id, 'copy')
   await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
+  // A backup of a clone of the pulled copy goes incremental on that copy (already in the store).
+  await ok(t, 'clone', b.image('backups', 'copy.img'), 'work')
+  await run('dd', [`if=${randomFile(files, 'change-b', 1)}`, `of=${b.image('clones', 'work.img')}`, 'bs=1M', 'seek=3', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', b.image('clones', 'work.img'), 'w1')
+  const fromClone = await json<Pushed>(t, 'push', b.image('backups', 'w1.img'), 'store')
+  t.is(fromClone.since, 'copy.img')
+  t.is(fromClone.bytesUploaded, mib)
 
   // An incremental push: 1 MiB changed since b1.
   await run('dd', [`if=${change}`, `of=${image}`, 'bs=1M', 'seek=20', 'conv=notrunc,fsync', 'status=none'])
