@@ -1,0 +1,124 @@
+/**
+ * An attacker's pass over the surfaces of issues #11 and #12 (export/import streams, names, the mount
+ * helper, remotes, status), tried for real: root runs the CLI against a pool it mounted, and the
+ * unprivileged user vdiskfs-test (made here with useradd if missing, driven with runuser) prepares
+ * what root then touches. Each test states the attack and what must hold.
+ */
+import test from 'ava'
+import { spawnSync } from 'node:child_process'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { StreamEncoder } from '../../src/transfer/stream'
+import { run, vdiskfs, withMount, TestMount } from '../helpers/mount'
+
+const user = 'vdiskfs-test'
+const blockBytes = 64 * 1024
+
+interface Account { uid: number, gid: number }
+
+/** The unprivileged test user, created once (and left in place: it may have existed before). */
+function ensureUser (): Account {
+  let id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
+  if (id.status !== 0) {
+    const made = spawnSync('useradd', ['-M', '-s', '/usr/sbin/nologin', user], { encoding: 'utf8' })
+    if (made.status !== 0 && made.status !== 9) throw new Error(`useradd failed: ${made.stderr}`)
+    id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
+  }
+  const gid = spawnSync('id', ['-g', user], { encoding: 'utf8' })
+  return { uid: Number(id.stdout.trim()), gid: Number(gid.stdout.trim()) }
+}
+
+/** Runs a command as the test user; throws unless it succeeds. */
+function asUser (command: string, args: string[]): void {
+  const result = spawnSync('runuser', ['-u', user, '--', command, ...args], { encoding: 'utf8', cwd: '/', timeout: 60000 })
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} as ${user}: ${result.stderr}`)
+}
+
+/** A directory the test user owns (0755), in a root-only temporary directory the user can traverse. */
+function userDir (t: { teardown: (f: () => void) => void }, account: Account): { outer: string, dir: string } {
+  const outer = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? os.tmpdir(), 'vdiskfs-attacks-'))
+  t.teardown(() => fs.rmSync(outer, { recursive: true, force: true }))
+  fs.chmodSync(outer, 0o711)
+  const dir = path.join(outer, 'shared')
+  fs.mkdirSync(dir, { mode: 0o755 })
+  fs.chownSync(dir, account.uid, account.gid)
+  return { outer, dir }
+}
+
+async function backupOf (m: TestMount, name: string): Promise<string> {
+  const disk = m.image('disks', `${name}.img`)
+  await run('truncate', ['-s', '1M', disk])
+  const fd = fs.openSync(disk, 'r+')
+  try { fs.writeSync(fd, crypto.randomBytes(blockBytes), 0, blockBytes, 0); fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+  const made = await vdiskfs('backup', disk, `${name}-b`)
+  if (made.code !== 0) throw new Error(`backup: ${made.stderr}`)
+  return m.image('backups', `${name}-b.img`)
+}
+
+// Attack: root exports into a directory another user can write (a shared backup directory; /tmp too
+// where fs.protected_symlinks is 0, as on this machine). The user plants FILE.partial as a symlink to a
+// file of root's: export opened it with O_TRUNC and no O_NOFOLLOW, and wrote the stream through it.
+test.serial('export -o FILE does not follow a symlink another user planted at FILE.partial (root file clobbered)', async t => {
+  const account = ensureUser()
+  const m = await withMount(t)
+  const backup = await backupOf(m, 'clobber')
+  const { outer, dir } = userDir(t, account)
+  const victim = path.join(outer, 'victim.conf')
+  fs.writeFileSync(victim, 'root configuration\n', { mode: 0o600 })
+  const output = path.join(dir, 'out.vds')
+  asUser('ln', ['-s', victim, `${output}.partial`])
+  const result = await vdiskfs('export', backup, '-o', output)
+  t.is(fs.readFileSync(victim, 'utf8'), 'root configuration\n', `export wrote through the planted symlink into ${victim} (exit ${result.code}: ${result.stderr.trim()})`)
+})
+
+// Attack: the user pre-creates FILE.partial as their own 0666 regular file (and may keep it open):
+// export writes the backup's bytes into it and renames it to FILE, which stays the user's and readable.
+test.serial('export -o FILE does not write a backup into a file another user owns at FILE.partial (backup disclosed)', async t => {
+  const account = ensureUser()
+  const m = await withMount(t)
+  const backup = await backupOf(m, 'leak')
+  const { dir } = userDir(t, account)
+  const output = path.join(dir, 'leak.vds')
+  asUser('touch', [`${output}.partial`])
+  asUser('chmod', ['666', `${output}.partial`])
+  const result = await vdiskfs('export', backup, '-o', output)
+  for (const file of [output, `${output}.partial`]) {
+    let stat: fs.Stats
+    try { stat = fs.lstatSync(file) } catch { continue }
+    if (stat.size === 0) continue
+    t.is(stat.uid, 0, `${file} holds the exported stream (${stat.size} bytes) but belongs to uid ${stat.uid} (exit ${result.code}: ${result.stderr.trim()})`)
+    t.is(stat.mode & 0o077, 0, `${file} holds the exported stream with mode ${(stat.mode & 0o777).toString(8)}`)
+  }
+  t.pass()
+})
+
+/** Writes a one-block full stream with the given header fields. */
+async function craftStream (file: string, fields: { createdMs: number, size?: number }): Promise<void> {
+  const encoder = new StreamEncoder({ name: 'hostile', blockBytes, uuid: crypto.randomUUID(), baseUuid: null, size: fields.size ?? blockBytes, createdMs: fields.createdMs, records: 1 })
+  const out = fs.createWriteStream(file)
+  const done = new Promise<void>((resolve, reject) => { out.on('finish', resolve); out.on('error', reject); encoder.on('error', reject) })
+  encoder.pipe(out)
+  encoder.write({ index: 0, data: crypto.randomBytes(blockBytes) })
+  encoder.end()
+  await done
+}
+
+// Attack: a stream (from another host, a remote, anyone) whose header carries a creation time past
+// what a Date can hold (8.64e15 ms) but below 2^53, which the decoder and the daemon accept. The import
+// said "internal error: Invalid time value", yet the backup was made; from then on `vdiskfs ls`
+// (text and --json) and `vdiskfs prune` of the whole pool failed with that internal error.
+test.serial('import of a stream dated past the Date range is refused and leaves ls and prune working', async t => {
+  const m = await withMount(t)
+  const stream = path.join(m.dir, 'far-future.vds')
+  await craftStream(stream, { createdMs: 8.7e15 })
+  const imported = await vdiskfs('import', m.mnt, stream, 'far')
+  t.not(imported.code, 0, 'the import of a stream with an impossible creation time must be refused')
+  t.false(/internal error/.test(imported.stderr), `the refusal names the problem, not an internal error: ${imported.stderr.trim()}`)
+  t.false(fs.existsSync(m.image('backups', 'far.img')), 'no backup appears from a refused stream')
+  const ls = await vdiskfs('ls', m.mnt, '--json')
+  t.is(ls.code, 0, `vdiskfs ls --json after the import: ${ls.stderr.trim()}`)
+  const prune = await vdiskfs('prune', m.mnt, '--keep-last', '5', '--dry-run')
+  t.is(prune.code, 0, `vdiskfs prune --dry-run after the import: ${prune.stderr.trim()}`)
+})
