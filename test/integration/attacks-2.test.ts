@@ -5,13 +5,14 @@
  * what root then touches. Each test states the attack and what must hold.
  */
 import test from 'ava'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { StreamEncoder } from '../../src/transfer/stream'
-import { run, vdiskfs, withMount, TestMount } from '../helpers/mount'
+import { call } from '../../src/control/client'
+import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../../src/transfer/stream'
+import { cli, run, vdiskfs, withMount, TestMount } from '../helpers/mount'
 
 const user = 'vdiskfs-test'
 const blockBytes = 64 * 1024
@@ -122,3 +123,73 @@ test.serial('import of a stream dated past the Date range is refused and leaves 
   const prune = await vdiskfs('prune', m.mnt, '--keep-last', '5', '--dry-run')
   t.is(prune.code, 0, `vdiskfs prune --dry-run after the import: ${prune.stderr.trim()}`)
 })
+
+/** The header of the stream in `bytes`, and a copy of it with `records` changed. */
+async function headerOf (bytes: Buffer): Promise<StreamHeader> {
+  const decoder = new StreamDecoder()
+  return await new Promise((resolve, reject) => {
+    decoder.on('data', (item: StreamItem) => { if (item.kind === 'header') { resolve(item.header); decoder.destroy() } })
+    decoder.on('error', reject)
+    decoder.end(bytes)
+  })
+}
+
+/** The stream of `header` (records replaced) carrying `blocks`, without its trailer: a cut stream. */
+async function cutStream (header: StreamHeader, blocks: Array<{ index: number, data: Buffer }>): Promise<Buffer> {
+  const encoder = new StreamEncoder({ ...header, records: blocks.length })
+  const chunks: Buffer[] = []
+  encoder.on('data', (chunk: Buffer) => chunks.push(chunk))
+  const ended = new Promise(resolve => encoder.on('end', resolve))
+  for (const block of blocks) encoder.write(block)
+  encoder.end()
+  await ended
+  const all = Buffer.concat(chunks)
+  return all.subarray(0, all.length - 48)
+}
+
+/**
+ * Runs `vdiskfs import MNT - NAME` fed `bytes` through a pipe held open `holdMs` before it ends (as a
+ * transfer cut in the middle does): the blocks before the cut reach the daemon as progress.
+ */
+async function cutImport (mnt: string, bytes: Buffer, name: string, holdMs: number): Promise<void> {
+  const child = spawn(cli, ['import', mnt, '-', name], { stdio: ['pipe', 'ignore', 'ignore'] })
+  const exited = new Promise(resolve => child.on('close', resolve))
+  child.stdin.on('error', () => {})
+  child.stdin.write(bytes)
+  await new Promise(resolve => setTimeout(resolve, holdMs))
+  child.stdin.end()
+  await exited
+}
+
+// Attack: an export stream's identity (uuid) is no secret: it is in every stream's header. Whoever
+// feeds the victim a stream (the far end of an ssh pipe, a remote store another host writes to) sends
+// one with the identity of a backup the victim will import later, carrying data at blocks that backup
+// leaves as holes, and cuts it. The import keeps that as progress under the identity's key; the later,
+// genuine and fully checked import of that identity resumes it, and the attacker's block ends up in
+// the backup (cmp differs; verify finds nothing, the chunk is sound). A resumed import must keep only
+// what the stream it finishes with carries.
+test.serial('a cut hostile stream with a backup\'s identity does not put its blocks into the genuine import of that backup', async t => {
+  const source = await withMount(t)
+  const target = await withMount(t)
+  const backup = await backupOf(source, 'genuine') // block 0 data, blocks 1-15 holes
+  const genuine = path.join(source.dir, 'genuine.vds')
+  const exported = await vdiskfs('export', backup, '-o', genuine)
+  t.is(exported.code, 0, exported.stderr)
+  const header = await headerOf(fs.readFileSync(genuine))
+  const hostile = await cutStream(header, [{ index: 5, data: Buffer.alloc(blockBytes, 'ATTACKER') }])
+  let recorded = 0
+  for (let attempt = 1; attempt <= 5 && recorded === 0; attempt++) {
+    await cutImport(target.mnt, hostile, 'bait', 500 * attempt)
+    const imports = await call(target.mnt, 'imports') as Array<{ blocks: number }>
+    recorded = imports.reduce((sum, row) => sum + row.blocks, 0)
+  }
+  t.true(recorded > 0, 'setup: the cut stream\'s block reached the daemon as progress')
+  const imported = await vdiskfs('import', target.mnt, genuine, 'copy')
+  if (imported.code !== 0) { t.pass(`the genuine import was refused: ${imported.stderr.trim()}`); return }
+  const copy = target.image('backups', 'copy.img')
+  t.true(await same(backup, copy), 'the imported backup differs from the exported one: it holds the cut stream\'s block 5')
+})
+
+async function same (a: string, b: string): Promise<boolean> {
+  try { await run('cmp', [a, b]); return true } catch { return false }
+}
