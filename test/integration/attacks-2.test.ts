@@ -193,3 +193,16 @@ test.serial('a cut hostile stream with a backup\'s identity does not put its blo
 async function same (a: string, b: string): Promise<boolean> {
   try { await run('cmp', [a, b]); return true } catch { return false }
 }
+
+// `vdiskfs export B -o /dev/null` (to time an export, or check it reads) wrote /dev/null.partial and
+// renamed it over /dev/null: as root, the machine's /dev/null became a 0600 regular file (it happened
+// on this shared machine today). Shown on a null device node of the test's own, not the real one:
+// export must write into an existing device (or refuse), never replace it.
+test.serial('export -o a device node does not replace the device with a regular file', async t => {
+  const m = await withMount(t)
+  const backup = await backupOf(m, 'devnull')
+  const device = path.join(m.dir, 'null')
+  await run('mknod', ['-m', '666', device, 'c', '1', '3'])
+  const result = await vdiskfs('export', backup, '-o', device)
+  t.true(fs.lstatSync(device).isCharacterDevice(), `export -o ${device} (exit ${result.code}: ${result.stderr.trim()}) replaced the device node with a ${fs.lstatSync(device).isFile() ? 'regular file' : 'something else'}`)
+})
