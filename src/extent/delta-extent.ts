@@ -67,6 +67,8 @@ export class ExtentStore {
    * descriptor is let go, dropped when the extent is removed.
    */
   private readonly bases = new Map<number, Map<number, number | null>>()
+  /** Extents opened since start that have no base table (format 1 or 2): every slot is whole. */
+  private readonly unversioned = new Set<number>()
   /** Extents read unchecked until recoverSuspect() (see the file comment). */
   readonly suspect = new Set<number>()
   /** Checksum mismatches found since start (for verify and the log). */
@@ -252,9 +254,6 @@ export class ExtentStore {
     const base = slots.get(slot)
     return base === undefined ? 0 : base
   }
-
-  /** Extents opened since start that have no base table (format 1 or 2): every slot is whole. */
-  private readonly unversioned = new Set<number>()
 
   /** Loads the base tables of extents `ids` (opening them), so baseOf() answers for them synchronously. */
   async loadBases (ids: Iterable<number>): Promise<void> {
