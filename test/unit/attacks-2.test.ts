@@ -1,0 +1,98 @@
+/**
+ * An attacker's pass over what the remote store and the export stream decoder read (issue #12): a
+ * hostile S3 endpoint (a compromised or impersonated server, or a bucket other hosts can write), and
+ * crafted export stream headers. Each test states the attack and what must hold. The S3 server here
+ * is a few lines of node:http that answer as the attacker wants; no real store is needed.
+ */
+import test from 'ava'
+import crypto from 'node:crypto'
+import http from 'node:http'
+import { AddressInfo } from 'node:net'
+import { RemoteStore } from '../../src/remote/store'
+import { StreamDecoder, StreamEncoder, StreamItem } from '../../src/transfer/stream'
+
+/** A server that answers every GET with a body of `bodyBytes` bytes of 'A', counting what it sent. */
+async function endlessServer (bodyBytes: number): Promise<{ endpoint: string, sent: () => number, close: () => Promise<void> }> {
+  let sent = 0
+  const server = http.createServer((request, response) => {
+    request.resume()
+    if (request.method !== 'GET') { response.writeHead(200, { 'content-length': '0' }); response.end(); return }
+    response.writeHead(200, { 'content-type': 'application/json', 'content-length': String(bodyBytes) })
+    const piece = Buffer.alloc(1024 * 1024, 'A')
+    let left = bodyBytes
+    const pump = (): void => {
+      while (left > 0) {
+        const n = Math.min(left, piece.length)
+        left -= n
+        sent += n
+        if (!response.write(n === piece.length ? piece : piece.subarray(0, n))) { response.once('drain', pump); return }
+      }
+      response.end()
+    }
+    response.on('close', () => { left = 0 })
+    pump()
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    sent: () => sent,
+    close: async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) }
+  }
+}
+
+// Attack: the endpoint answers the store marker (the first object any remote command reads: push,
+// pull, remote ls, verify, prune, gc) with a body of 512 MiB (or 1 TiB). S3Store.get read every
+// body whole into memory (transformToByteArray) before anything looked at its size, so the CLI's
+// memory follows the server's will; the marker is a few hundred bytes, a manifest's length is bounded
+// by manifestBytesMax, a chunk's by its header.
+test('a hostile S3 endpoint cannot make a remote command read an unbounded object into memory', async t => {
+  process.env.AWS_ACCESS_KEY_ID ??= 'test'
+  process.env.AWS_SECRET_ACCESS_KEY ??= 'test'
+  const server = await endlessServer(512 * 1024 * 1024)
+  t.teardown(server.close)
+  const rssBefore = process.memoryUsage().rss
+  const error = await t.throwsAsync(RemoteStore.open({ bucket: 'bucket', prefix: 'p/', endpoint: server.endpoint }, 'hostile'))
+  const grewBy = process.memoryUsage().rss - rssBefore
+  t.true(server.sent() < 64 * 1024 * 1024, `the client read ${Math.round(server.sent() / 1048576)} MiB of a store marker before refusing it (${error?.message.slice(0, 120)}); RSS grew ${Math.round(grewBy / 1048576)} MiB`)
+})
+
+/** Encodes a stream with header `name` (any length: the encoder's check is bypassed by patching). */
+async function streamWithName (nameBytes: number): Promise<Buffer> {
+  const header = { name: 'n', blockBytes: 65536, uuid: crypto.randomUUID(), baseUuid: null, size: 65536, createdMs: Date.now(), records: 0 }
+  const encoder = new StreamEncoder(header)
+  const chunks: Buffer[] = []
+  encoder.on('data', (chunk: Buffer) => chunks.push(chunk))
+  const ended = new Promise(resolve => encoder.on('end', resolve))
+  encoder.end()
+  await ended
+  // Rebuild the header with a long name and a good CRC, and the trailer's checksum over the new bytes.
+  const zlib = await import('node:zlib')
+  const { Blake3Hasher } = await import('@napi-rs/blake-hash')
+  const original = Buffer.concat(chunks)
+  const fixed = Buffer.from(original.subarray(0, 80))
+  const name = Buffer.alloc(nameBytes, 'x')
+  fixed.writeUInt16LE(nameBytes, 10)
+  fixed.writeUInt32LE(zlib.crc32(name, zlib.crc32(fixed.subarray(0, 76))), 76)
+  const body = Buffer.concat([fixed, name])
+  const trailer = Buffer.from(original.subarray(original.length - 48))
+  const hasher = new Blake3Hasher()
+  hasher.update(body)
+  hasher.digestBuffer().copy(trailer, 16)
+  return Buffer.concat([body, trailer])
+}
+
+// The format says a header's name is at most 255 bytes (stream-format.ts headerNameBytesMax, which
+// encodeHeader enforces); the decoder took any length the u16 field gives (up to 65535) as valid.
+test('the stream decoder refuses a header name longer than the format allows', async t => {
+  const bytes = await streamWithName(60000)
+  const decoder = new StreamDecoder()
+  const items: StreamItem[] = []
+  const outcome = await new Promise<Error | null>(resolve => {
+    decoder.on('data', (item: StreamItem) => items.push(item))
+    decoder.on('error', err => resolve(err))
+    decoder.on('end', () => resolve(null))
+    decoder.end(bytes)
+  })
+  t.truthy(outcome, `a header with a 60000-byte name was accepted (name of ${items[0]?.kind === 'header' ? items[0].header.name.length : '?'} characters)`)
+})
