@@ -65,7 +65,7 @@ test: deps s3-debs build
 test-unit: build
 	npx ava 'dist/test/unit/**/*.test.js'
 
-test-integration: deps build
+test-integration: deps s3-debs build
 	npx ava 'dist/test/integration/**/*.test.js'
 
 # The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
