@@ -8,6 +8,7 @@ import test from 'ava'
 import crypto from 'node:crypto'
 import http from 'node:http'
 import { AddressInfo } from 'node:net'
+import { makeDefinition } from '../../src/remote/remotes'
 import { RemoteStore } from '../../src/remote/store'
 import { StreamDecoder, StreamEncoder, StreamItem } from '../../src/transfer/stream'
 
@@ -95,4 +96,15 @@ test('the stream decoder refuses a header name longer than the format allows', a
     decoder.end(bytes)
   })
   t.truthy(outcome, `a header with a 60000-byte name was accepted (name of ${items[0]?.kind === 'header' ? items[0].header.name.length : '?'} characters)`)
+})
+
+// `remote add` keeps credentials out of POOL/remotes.json and `remote list` by refusing an endpoint
+// with user:password; a token in the endpoint's query (a presigned-style X-Amz-Security-Token, or any
+// ?token=) or fragment went in and was stored and printed as given. An S3 endpoint is a scheme, a
+// host, a port and at most a path: no query, no fragment.
+test('remote add refuses an endpoint that carries a query or fragment (credentials would be stored)', t => {
+  for (const endpoint of ['https://s3.example.com/?X-Amz-Security-Token=SECRET', 'http://127.0.0.1:7480/?token=SECRET', 'http://127.0.0.1:7480/#SECRET']) {
+    const error = t.throws(() => makeDefinition('r', 's3://bucket/p', endpoint), undefined, `endpoint ${endpoint} was accepted`)
+    t.false(error?.message.includes('SECRET') ?? false, `the refusal repeats the secret: ${error?.message ?? ''}`)
+  }
 })
