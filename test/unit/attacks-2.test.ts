@@ -108,3 +108,35 @@ test('remote add refuses an endpoint that carries a query or fragment (credentia
     t.false(error?.message.includes('SECRET') ?? false, `the refusal repeats the secret: ${error?.message ?? ''}`)
   }
 })
+
+// Attack: the endpoint answers every listing with IsTruncated and the same continuation token. The
+// listing loop (S3Store.list) followed it for ever: `remote ls`, verify, prune and gc never ended.
+// Here the server gives up after 2000 pages (then says the listing is complete): a client that notices
+// a token coming back, as it must, fails long before.
+test('a hostile S3 endpoint cannot keep a listing going for ever with a repeated continuation token', async t => {
+  process.env.AWS_ACCESS_KEY_ID ??= 'test'
+  process.env.AWS_SECRET_ACCESS_KEY ??= 'test'
+  let pages = 0
+  const marker = JSON.stringify({ format: 'vdiskfs-remote-store', version: 1, graceSeconds: 3600, created: new Date().toISOString() }) + '\n'
+  const server = http.createServer((request, response) => {
+    request.resume()
+    const url = new URL(request.url ?? '/', 'http://x')
+    if (url.searchParams.get('list-type') === '2') {
+      pages++
+      const truncated = pages < 2000
+      response.writeHead(200, { 'content-type': 'application/xml' })
+      response.end(`<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name><Prefix>p/manifests/</Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>${String(truncated)}</IsTruncated>${truncated ? '<NextContinuationToken>same</NextContinuationToken>' : ''}</ListBucketResult>`)
+      return
+    }
+    if (url.pathname.endsWith('vdiskfs-store.json')) { response.writeHead(200, { 'content-length': String(Buffer.byteLength(marker)) }); response.end(marker); return }
+    response.writeHead(404, { 'content-type': 'application/xml' })
+    response.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code></Error>')
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
+  const store = await RemoteStore.open({ bucket: 'bucket', prefix: 'p/', endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }, 'hostile')
+  t.teardown(() => store.close())
+  let outcome = 'completed'
+  try { await store.backups() } catch (err) { outcome = `failed: ${(err as Error).message}` }
+  t.true(pages < 2000 && outcome.startsWith('failed'), `the listing followed the same continuation token ${pages} times and ${outcome}`)
+})
