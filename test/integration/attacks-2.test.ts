@@ -231,3 +231,25 @@ test.serial('mv of an open image to a .fuse_hidden-like name does not lose the i
   await m.mount()
   t.is(readable(), 'important data\n', 'after a remount the image is under neither name')
 })
+
+/** The path of `name` (raw bytes) in directory `dir`, as a Buffer: the kernel passes the bytes as given. */
+function rawPath (dir: string, name: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(dir + '/'), name])
+}
+
+// Names may hold any byte but '/' and NUL (issue #11), but the daemon sees them as JS strings: bytes
+// that are not UTF-8 became U+FFFD, so '\xff.img' and '\xfe.img' (two names to the kernel, to rsync,
+// to a Latin-1 file set) were one image: writing the second overwrote the first, and readdir listed a
+// third name (EF BF BD). Each name must be its own image, or the names be refused (EINVAL), never
+// alias another.
+test.serial('names that are not UTF-8 do not alias one another (writing \\xfe.img overwrote \\xff.img)', async t => {
+  const m = await withMount(t)
+  const disks = path.join(m.mnt, 'disks')
+  const first = rawPath(disks, Buffer.from([0xff, 0x2e, 0x69, 0x6d, 0x67]))
+  const second = rawPath(disks, Buffer.from([0xfe, 0x2e, 0x69, 0x6d, 0x67]))
+  let firstMade = true
+  try { fs.writeFileSync(first, 'first image\n') } catch { firstMade = false }
+  try { fs.writeFileSync(second, 'second image\n') } catch {}
+  if (!firstMade) { t.pass('a name that is not UTF-8 is refused'); return }
+  t.is(fs.readFileSync(first, 'utf8'), 'first image\n', 'writing disks/\\xfe.img changed disks/\\xff.img')
+})
