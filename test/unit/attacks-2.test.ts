@@ -6,7 +6,9 @@
  */
 import test from 'ava'
 import crypto from 'node:crypto'
+import { spawnSync } from 'node:child_process'
 import http from 'node:http'
+import path from 'node:path'
 import { AddressInfo } from 'node:net'
 import { makeDefinition } from '../../src/remote/remotes'
 import { RemoteStore } from '../../src/remote/store'
@@ -139,4 +141,16 @@ test('a hostile S3 endpoint cannot keep a listing going for ever with a repeated
   let outcome = 'completed'
   try { await store.backups() } catch (err) { outcome = `failed: ${(err as Error).message}` }
   t.true(pages < 2000 && outcome.startsWith('failed'), `the listing followed the same continuation token ${pages} times and ${outcome}`)
+})
+
+// `vdiskfs prune --match GLOB` compiles the glob to a backtracking RegExp (transfer/prune.ts
+// globPattern: each '*' becomes '.*') and tests every backup's name with it on the daemon's event loop:
+// '*a*a*a*a*a*a*a*a*b' against a 40-byte name took 4.6 s here, and each further '*a' multiplies that,
+// while FUSE requests wait (the mounted VMs' I/O stalls). A glob match is linear work. Shown in a child
+// process given 10 s of CPU (a linear matcher needs microseconds), so a hang cannot hold the test up.
+test('prune --match globs are matched without catastrophic backtracking', t => {
+  const script = `const { globPattern } = require(${JSON.stringify(path.resolve(__dirname, '../../src/transfer/prune.js'))});` +
+    `console.log(globPattern('${'*a'.repeat(12)}*b').test('${'a'.repeat(60)}'))`
+  const result = spawnSync('bash', ['-c', `ulimit -t 10; exec "${process.execPath}" -e "$0"`, script], { encoding: 'utf8' })
+  t.is(result.stdout.trim(), 'false', `matching one 60-byte name did not finish within 10 s of CPU (signal ${String(result.signal)}, status ${String(result.status)})`)
 })
