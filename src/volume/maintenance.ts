@@ -148,8 +148,9 @@ export class Maintenance {
 
   /**
    * Whether a frozen extent is cold enough to seal in the background: not written for extentIdleMs.
-   * Sealing blocks that are still being rewritten would turn each small write to them into a
-   * read-modify-write of a whole chunk through the workers.
+   * Sealing blocks that are still being rewritten would give each of them a new slot at its next
+   * write (a partial slot over the new chunk since issue #10; before, a read-modify-write of the whole
+   * chunk through the workers) and leave the chunk just made to gc.
    */
   coldEnough (extentId: number): boolean {
     return this.state.extents.idleMs(extentId) >= extentIdleMs
