@@ -205,6 +205,7 @@ export class Catalog {
       importBlockCount: db.prepare('SELECT COUNT(*) FROM import_blocks WHERE key = ?').pluck(),
       putImportBlock: db.prepare('INSERT OR REPLACE INTO import_blocks (key, block, chunk_id) VALUES (?, ?, ?)'),
       deleteImportBlocks: db.prepare('DELETE FROM import_blocks WHERE key = ?'),
+      deleteImportBlockRange: db.prepare('DELETE FROM import_blocks WHERE key = ? AND block >= ? AND block <= ?'),
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
@@ -368,6 +369,14 @@ export class Catalog {
 
   putImportBlocks (key: string, blocks: Array<{ block: number, chunkId: number | null }>): void {
     for (const b of blocks) this.statements.putImportBlock.run(key, b.block, b.chunkId)
+  }
+
+  /**
+   * Forgets what partial import `key` recorded for blocks `first` to `last` (a resumed import drops the
+   * blocks the stream it finishes with does not carry); their chunks become garbage for gc.
+   */
+  deleteImportBlocks (key: string, first: number, last: number): void {
+    if (this.statements.deleteImportBlockRange.run(key, first, last).changes > 0) this.deleted = true
   }
 
   /** Chunks that partial imports hold: live for gc although no map names them yet. */
