@@ -2,7 +2,8 @@
  * Volume names: which names a user may give, and how a volume removed while open is marked hidden.
  *
  * A user's name is what a Linux filesystem accepts in a directory: 1 to 255 bytes (UTF-8), no '/', no
- * NUL, not '.' or '..'. Names starting with '.' are ordinary names (rsync's `.rs.img.XXXXXX` temporary
+ * NUL, not '.' or '..'; and valid UTF-8, since the daemon sees each path decoded (no U+FFFD, see
+ * nameProblem). Names starting with '.' are ordinary names (rsync's `.rs.img.XXXXXX` temporary
  * files, say). A hidden volume's name therefore starts with '/', which no user's name contains: it never
  * collides with one, and it is what the catalog keeps, so a restart after a crash knows to drop it.
  *  - `/removed-ID`: the name `remove` with force gives an open volume (it answers to no name);
@@ -24,6 +25,9 @@ const hiddenMark = '/'
  * is unlinked while open to such a name and unlinks it at the last close.
  */
 const libfuseHiddenName = /^\.fuse_hidden[0-9a-f]{16}$/
+
+/** What a byte that is not UTF-8 becomes once decoded (TextDecoder, napi_create_string_utf8). */
+const replacementCharacter = '\uFFFD'
 
 /** Whether `name` is one libfuse gives a file unlinked while open. */
 export function isLibfuseHiddenName (name: string): boolean {
@@ -50,6 +54,10 @@ export function nameProblem (name: string): string | null {
   if (name === '' || name === '.' || name === '..') return 'a name cannot be empty, \'.\' or \'..\''
   if (name.includes('/')) return 'a name cannot contain \'/\''
   if (name.includes('\0')) return 'a name cannot contain a NUL byte'
+  // fuse-native decodes each path as UTF-8 and turns every byte that is not UTF-8 into U+FFFD, so two
+  // different names would reach the daemon as one: refusing U+FFFD refuses them all (and, alas, the
+  // character itself, which no other name can be told apart from).
+  if (name.includes(replacementCharacter)) return 'a name must be valid UTF-8 (and cannot contain U+FFFD)'
   if (Buffer.byteLength(name, 'utf8') > volumeNameBytesMax) return `a name is at most ${volumeNameBytesMax} bytes`
   return null
 }
