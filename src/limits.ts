@@ -209,3 +209,11 @@ export const streamBufferBytes = 4 * 1024 * 1024
 export const diffPagesPerTurn = 16
 /** How long a failed import waits for the daemon's reason before it reports the connection's failure. */
 export const daemonReasonWaitMs = 2000
+/**
+ * Latest creation time a volume may carry, ms since the epoch: 9999-12-31T23:59:59.999Z, the last
+ * ISO 8601 four-digit year (a Date holds up to 8.64e15 ms; past it a time cannot even be shown). An
+ * imported stream's creation time is checked against it.
+ */
+export const createdMsMax = 253402300799999
+/** Largest JSON body of an error frame on an export connection (a one-line message; a bound on what a peer makes us buffer). */
+export const errorFrameBytesMax = 64 * 1024
