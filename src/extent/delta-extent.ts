@@ -53,6 +53,31 @@ export class DeltaExtent {
   get full (): boolean { return this.nextSlot >= extentSlotsMax }
 }
 
+/**
+ * The base entries of one extent's slots in memory: a typed array allocated at its first partial slot
+ * (8 bytes a slot, 128 KiB an extent at most, whatever the number of partial slots), NaN for an entry
+ * that failed its check. A slot not in it (0) is whole.
+ */
+class BaseTable {
+  private entries: Float64Array | null = null
+
+  /** The chunk entry under slot `slot`; null when its stored entry failed its check; undefined for a whole slot. */
+  get (slot: number): number | null | undefined {
+    const value = this.entries === null ? 0 : this.entries[slot]
+    if (value === 0) return undefined
+    return Number.isNaN(value) ? null : value
+  }
+
+  has (slot: number): boolean { return this.entries !== null && this.entries[slot] !== 0 }
+
+  set (slot: number, base: number | null): void {
+    this.entries ??= new Float64Array(extentSlotsMax)
+    this.entries[slot] = base === null ? Number.NaN : base
+  }
+
+  delete (slot: number): void { if (this.entries !== null) this.entries[slot] = 0 }
+}
+
 export class ExtentStore {
   /** Open extents, least recently used first; bounded by extentFdsMax (see evict()). */
   private readonly open = new Map<number, Promise<DeltaExtent>>()
@@ -66,7 +91,7 @@ export class ExtentStore {
    * id -> slot -> the chunk entry underneath, or null when the stored entry fails its check. Kept when a
    * descriptor is let go, dropped when the extent is removed.
    */
-  private readonly bases = new Map<number, Map<number, number | null>>()
+  private readonly bases = new Map<number, BaseTable>()
   /** Extents opened since start that have no base table (format 1 or 2): every slot is whole. */
   private readonly unversioned = new Set<number>()
   /** Extents read unchecked until recoverSuspect() (see the file comment). */
@@ -102,7 +127,7 @@ export class ExtentStore {
     header.writeBigUInt64LE(BigInt(Date.now()), extentHeaderFields.createdMs)
     // A new extent counts as just written: it is not idle, so background sealing leaves it alone.
     this.lastWriteMs.set(id, Date.now())
-    this.bases.set(id, new Map())
+    this.bases.set(id, new BaseTable())
     const opening = (async () => {
       let fd: number
       try {
@@ -229,7 +254,7 @@ export class ExtentStore {
         await this.io.close(fd)
         throw err
       }
-      const slots = new Map<number, number | null>()
+      const slots = new BaseTable()
       for (let slot = 0; slot < extentSlotsMax; slot++) {
         const stored = table.subarray(slot * extentBaseBytes, (slot + 1) * extentBaseBytes)
         if (stored.every(byte => byte === 0)) continue
