@@ -17,8 +17,18 @@ import { pullBackup, pushBackup } from '../remote/transfer-link'
 import { UsageError } from './args'
 import { bytes, table } from './format'
 import { Command, imagePath, mountpointArg, newImageName, onlineOrOffline, print } from './command'
+import { printable } from './holders'
 
 const json = { json: ['--json'] }
+
+/**
+ * A field of a remote's manifest (name, source, host, creation time) as one table cell: any host that can
+ * write the bucket chose it, so every control character, the newline too, is shown as \xHH (a name
+ * must not add lines or reach the terminal). --json carries it exactly.
+ */
+function cell (text: string): string {
+  return printable(String(text))
+}
 
 /** The pool's definition of remote `name`, from its daemon or, for a pool no daemon serves, its file. */
 async function remoteOf (target: string, name: string): Promise<RemoteDefinition> {
@@ -107,7 +117,7 @@ export const remoteCommands: Record<string, Command> = {
     spec: { positionals: ['MNT', 'REMOTE'], booleans: json },
     async run ({ positionals: [mnt, name], flags }) {
       const backups = await withStore(await remoteOf(mnt, name), async store => await store.backups())
-      print(flags.json === true, backups, () => backups.length === 0 ? `no backups in remote ${name}` : table(['ID', 'NAME', 'SOURCE', 'SIZE', 'CREATED', 'HOST'], backups.map(b => [b.id, b.name, b.source, bytes(b.size), b.created, b.host])))
+      print(flags.json === true, backups, () => backups.length === 0 ? `no backups in remote ${name}` : table(['ID', 'NAME', 'SOURCE', 'SIZE', 'CREATED', 'HOST'], backups.map(b => [b.id, cell(b.name), cell(b.source), bytes(b.size), cell(b.created), cell(b.host)])))
     }
   },
   'remote verify': {
@@ -121,7 +131,7 @@ export const remoteCommands: Record<string, Command> = {
       const report = await withStore(remote, async store => await store.verify((done, total) => { progress.total(total * 1048576); progress.add((done - last) * 1048576); last = done })).finally(() => progress.stop())
       print(flags.json === true, report, () => [
         `${report.backups} backups, ${report.chunks} chunks (${bytes(report.bytes)}) checked: ${report.problems.length === 0 ? 'all good' : `${report.problems.length} problems`}`,
-        ...report.problems.map(p => `  backup ${p.backup} (${p.name}) bytes ${p.start}-${p.start + p.length - 1}: chunk ${p.chunk}: ${p.problem}`)
+        ...report.problems.map(p => `  backup ${p.backup} (${cell(p.name)}) bytes ${p.start}-${p.start + p.length - 1}: chunk ${p.chunk}: ${p.problem}`)
       ].join('\n'))
       if (report.problems.length > 0) process.exitCode = 1
     }
@@ -148,7 +158,7 @@ export const remoteCommands: Record<string, Command> = {
       })
       print(flags.json === true, { dryRun: flags.dryRun === true, backups: result }, () => result.length === 0
         ? 'no backups matched'
-        : table(['ACTION', 'ID', 'NAME', 'CREATED', 'RULE'], result.map(r => [flags.dryRun === true ? `would ${r.action}` : r.action, r.id, r.name, r.created, r.rule ?? '-'])))
+        : table(['ACTION', 'ID', 'NAME', 'CREATED', 'RULE'], result.map(r => [flags.dryRun === true ? `would ${r.action}` : r.action, r.id, cell(r.name), cell(r.created), r.rule ?? '-'])))
     }
   },
   'remote gc': {

@@ -14,7 +14,8 @@
  */
 import { blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
 import { VdiskError, corrupt } from '../errors'
-import { blockBytesMax } from '../limits'
+import { constants as bufferConstants } from 'node:buffer'
+import { blockBytesMax, blockBytesMin, volumeBytesMax } from '../limits'
 
 export const storeMarkerKey = 'vdiskfs-store.json'
 export const storeFormat = 'vdiskfs-remote-store'
@@ -40,8 +41,9 @@ export const remoteGraceSecondsDefault = 24 * 3600 + 300
 export const remoteClockMarginMs = 2000
 /** Passes over a slow push's chunks before its manifest (each must finish within grace/2) before it gives up. */
 export const remoteRecheckPassesMax = 3
-/** A manifest bigger than this is refused as damaged (a 4 TiB image at 64 KiB blocks is about 5 GiB of text: far past). */
-export const manifestBytesMax = 1024 * 1024 * 1024
+/** Pages one listing follows before it fails (1000 keys a page: 10^9 objects), and the longest continuation token. */
+export const remoteListPagesMax = 1_000_000
+export const remoteListTokenBytesMax = 4096
 /** The S3 client's timeouts: a dead server must fail a command, not hang it. */
 export const remoteConnectTimeoutMs = 5000
 export const remoteRequestTimeoutMs = 120000
@@ -63,6 +65,24 @@ export const chunkVersion = 1
 export const chunkEncodingRaw = 0
 export const chunkEncodingZstd = 1
 export const chunkHeaderBytes = 4 + 1 + 1 + 2 + 4 + 32
+
+/*
+ * The largest object of each kind a remote command reads (S3Store.get refuses a longer one from its
+ * Content-Length, or stops reading its body there): what a hostile endpoint can make the CLI hold.
+ */
+/** The store marker: four short fields (about 120 bytes). */
+export const storeMarkerBytesMax = 4096
+/** A chunk: the header, then the largest block raw or zstd's bound for it (ZSTD_COMPRESSBOUND: n + n/256 at 1 MiB). */
+export const chunkObjectBytesMax = chunkHeaderBytes + blockBytesMax + (blockBytesMax >> 8)
+/**
+ * A manifest: its fields (each name at most 255 bytes, 6 bytes of JSON escape each at worst) and one
+ * entry per block of the largest volume at the smallest block size ('[index,"64 hex"],': 86 bytes at
+ * most), but never past the longest string V8 holds (about 512 MiB, about 6 M blocks: a 400 GiB volume
+ * fully written at 64 KiB blocks), which decoding needs.
+ */
+export const manifestFieldsBytesMax = 64 * 1024
+export const manifestEntryBytesMax = 86
+export const manifestBytesMax = Math.min(manifestFieldsBytesMax + manifestEntryBytesMax * (volumeBytesMax / blockBytesMin), bufferConstants.MAX_STRING_LENGTH)
 
 /** The BLAKE3-256 of `data` as 64 hex digits (through the string form: blake-hash's Buffer one leaks, see workers/hash.ts). */
 export function blake3Hex (data: Uint8Array): string {

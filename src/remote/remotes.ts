@@ -7,7 +7,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, corrupt, exists, fromSystemError, invalid, notFound } from '../errors'
-import { RemoteLocation, parseS3Url } from './s3-store'
+import { RemoteLocation, parseS3Url, urlWithoutCredentials } from './s3-store'
 
 export const remotesFile = 'remotes.json'
 export const remotesVersion = 1
@@ -25,10 +25,15 @@ export function makeDefinition (name: string, url: string, endpoint?: string, re
   checkRemoteName(name)
   const { bucket, prefix } = parseS3Url(url)
   if (endpoint !== undefined) {
+    // Never echoed whole: it may carry credentials (userinfo, a token in its query), refused below.
+    const shown = urlWithoutCredentials(endpoint).replace(/[?#].*$/s, '')
     let parsed: URL
-    try { parsed = new URL(endpoint) } catch { throw invalid(`invalid endpoint '${endpoint}': give a URL such as http://127.0.0.1:7480`) }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`invalid endpoint '${endpoint}': http or https only`)
+    try { parsed = new URL(endpoint) } catch { throw invalid(`invalid endpoint '${shown}': give a URL such as http://127.0.0.1:7480`) }
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw invalid(`invalid endpoint '${shown}': http or https only`)
     if (parsed.username !== '' || parsed.password !== '') throw invalid('the endpoint must not carry credentials: use the AWS environment variables or ~/.aws')
+    if (endpoint.includes('?') || endpoint.includes('#')) {
+      throw invalid(`the endpoint ${parsed.origin}${parsed.pathname} must not carry a query or a fragment (a token there would be stored in the pool and printed): give a scheme, a host, a port and at most a path; credentials come from the AWS environment variables or ~/.aws`)
+    }
   }
   if (region !== undefined && !/^[a-z0-9-]{1,64}$/.test(region)) throw invalid(`invalid region '${region}'`)
   const definition: RemoteDefinition = { name, url, bucket, prefix, added: new Date().toISOString() }
@@ -52,7 +57,14 @@ export function readRemotes (poolDir: string): RemoteDefinition[] {
     if (r === null || typeof r !== 'object' || typeof r.name !== 'string' || typeof r.url !== 'string') throw corrupt(`${file}: a damaged remote entry`)
   }
   // Re-derived from what was given, so a hand-edited file is held to the same rules as `remote add`.
-  return parsed.remotes.map(r => ({ ...makeDefinition(r.name, r.url, r.endpoint, r.region), added: String(r.added) }))
+  return parsed.remotes.map(r => {
+    try {
+      return { ...makeDefinition(r.name, r.url, r.endpoint, r.region), added: String(r.added) }
+    } catch (err) {
+      if (!(err instanceof VdiskError)) throw err
+      throw new VdiskError(err.code, `${file}: remote ${r.name}: ${err.message} (edit or remove the entry in the file)`)
+    }
+  })
 }
 
 export function findRemote (poolDir: string, name: string): RemoteDefinition {

@@ -9,8 +9,9 @@ import {
   CopyObjectCommand, CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
   ListObjectsV2Command, PutObjectCommand, S3Client
 } from '@aws-sdk/client-s3'
-import { VdiskError } from '../errors'
-import { remoteConnectTimeoutMs, remoteRequestTimeoutMs } from './remote-format'
+import { Readable } from 'node:stream'
+import { VdiskError, corrupt } from '../errors'
+import { remoteConnectTimeoutMs, remoteListPagesMax, remoteListTokenBytesMax, remoteRequestTimeoutMs } from './remote-format'
 
 // The SDK warns on every run that its releases after early January 2027 need Node 22; ours is pinned
 // (package.json) to a release that supports Node 20, so the warning says nothing to a user.
@@ -71,16 +72,38 @@ export class S3Store {
     }
   }
 
-  /** The object's bytes, or null when it does not exist. */
-  async get (key: string): Promise<Buffer | null> {
+  /**
+   * The object's bytes, or null when it does not exist. An object longer than `maxBytes` (by its
+   * Content-Length, or by what its body turns out to hold) is refused as CORRUPT without reading the
+   * rest: a hostile endpoint cannot make this process hold more than `maxBytes`.
+   */
+  async get (key: string, maxBytes: number): Promise<Buffer | null> {
+    let body: Readable | undefined
     try {
       const reply = await this.client.send(new GetObjectCommand({ Bucket: this.location.bucket, Key: key }))
-      if (reply.Body === undefined) return Buffer.alloc(0)
-      return Buffer.from(await reply.Body.transformToByteArray())
+      body = reply.Body as Readable | undefined
+      if (body === undefined) return Buffer.alloc(0)
+      if (reply.ContentLength !== undefined && reply.ContentLength > maxBytes) throw this.tooLong(key, `${reply.ContentLength} bytes`, maxBytes)
+      const parts: Buffer[] = []
+      let length = 0
+      for await (const part of body) {
+        length += (part as Buffer).length
+        if (length > maxBytes) throw this.tooLong(key, `at least ${length} bytes`, maxBytes)
+        parts.push(part as Buffer)
+      }
+      return Buffer.concat(parts, length)
     } catch (err) {
+      if (err instanceof VdiskError) throw err
       if (statusOf(err) === 404) return null
       throw this.failure(err, `reading ${key}`)
+    } finally {
+      // An unread or half-read body holds its connection (and the server may keep sending): drop it.
+      if (body !== undefined && !body.readableEnded) body.destroy()
     }
+  }
+
+  private tooLong (key: string, length: string, maxBytes: number): VdiskError {
+    return corrupt(`remote ${this.label}: ${key}: ${length}, past the ${maxBytes} bytes such an object can hold`)
   }
 
   /** The object's size and modification time (the server's clock), or null when it does not exist. */
@@ -111,10 +134,15 @@ export class S3Store {
     }
   }
 
-  /** Every object under `prefix`, in key order. */
+  /**
+   * Every object under `prefix`, in key order. A continuation token that comes back (the endpoint would
+   * keep the listing going for ever), a token past remoteListTokenBytesMax or more than
+   * remoteListPagesMax pages fail it (IO).
+   */
   async * list (prefix: string): AsyncGenerator<ObjectInfo> {
+    const seen = new Set<string>()
     let token: string | undefined
-    do {
+    for (let page = 1; ; page++) {
       let reply
       try {
         reply = await this.client.send(new ListObjectsV2Command({ Bucket: this.location.bucket, Prefix: prefix, ContinuationToken: token }))
@@ -122,8 +150,18 @@ export class S3Store {
       for (const object of reply.Contents ?? []) {
         if (object.Key !== undefined) yield { key: object.Key, size: object.Size ?? 0, lastModifiedMs: object.LastModified?.getTime() ?? 0 }
       }
-      token = reply.IsTruncated === true ? reply.NextContinuationToken : undefined
-    } while (token !== undefined)
+      if (reply.IsTruncated !== true) return
+      token = reply.NextContinuationToken
+      const broken = token === undefined || token === ''
+        ? 'a truncated page without a continuation token'
+        : seen.has(token)
+          ? `page ${page} repeats the continuation token of an earlier page`
+          : token.length > remoteListTokenBytesMax
+            ? `a continuation token of ${token.length} characters`
+            : page >= remoteListPagesMax ? `more than ${remoteListPagesMax} pages` : null
+      if (broken !== null) throw new VdiskError('IO', `remote ${this.label}: listing ${prefix}: the endpoint sent ${broken}: the listing would not end`)
+      seen.add(token as string)
+    }
   }
 
   async remove (key: string): Promise<void> {
@@ -157,13 +195,23 @@ function nameOf (err: unknown): string {
   return (err as Error)?.name ?? 'Error'
 }
 
-/** Parses s3://BUCKET[/PREFIX]; the prefix comes back empty or ending in '/'. Errors: INVALID. */
+/**
+ * `url` as it may be printed: without the userinfo (user:password@) a URL may carry, which would be
+ * credentials. Anything that is not a URL comes back as it is.
+ */
+export function urlWithoutCredentials (url: string): string {
+  return url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, '$1')
+}
+
+/** Parses s3://BUCKET[/PREFIX]; the prefix comes back empty or ending in '/'. Errors: INVALID, never naming credentials. */
 export function parseS3Url (url: string): { bucket: string, prefix: string } {
+  const shown = urlWithoutCredentials(url)
   const match = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url)
-  if (match === null) throw new VdiskError('INVALID', `'${url}' is not an S3 URL: give s3://BUCKET or s3://BUCKET/PREFIX`)
+  if (match === null) throw new VdiskError('INVALID', `'${shown}' is not an S3 URL: give s3://BUCKET or s3://BUCKET/PREFIX`)
+  if (match[1].includes('@')) throw new VdiskError('INVALID', `'${shown}': an S3 URL carries no credentials (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws): give s3://BUCKET or s3://BUCKET/PREFIX`)
   const bucket = match[1]
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) throw new VdiskError('INVALID', `'${bucket}' is not a valid bucket name (3 to 63 lower-case letters, digits, dots and hyphens)`)
   const prefix = (match[2] ?? '').replace(/\/+$/, '')
-  if (prefix.split('/').some(part => part === '' || part === '.' || part === '..') && prefix !== '') throw new VdiskError('INVALID', `'${url}': invalid prefix`)
+  if (prefix.split('/').some(part => part === '' || part === '.' || part === '..') && prefix !== '') throw new VdiskError('INVALID', `'${shown}': invalid prefix`)
   return { bucket, prefix: prefix === '' ? '' : prefix + '/' }
 }

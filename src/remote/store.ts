@@ -15,9 +15,9 @@ import * as zstd from 'zstd-napi/binding'
 import { VdiskError, corrupt, invalid, notFound } from '../errors'
 import {
   Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockRange, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
-  chunkKey, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
+  chunkKey, chunkObjectBytesMax, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
   manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteBatchBlocks, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
-  remoteRequestsInFlightMax, storeFormat, storeMarkerKey, storeVersion
+  remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion
 } from './remote-format'
 import { RemoteLocation, S3Store } from './s3-store'
 
@@ -76,7 +76,7 @@ export class RemoteStore {
         const marker: StoreMarker = { format: storeFormat, version: storeVersion, graceSeconds: options.graceSeconds ?? remoteGraceSecondsDefault, created: new Date().toISOString() }
         await s3.putOnce(key, Buffer.from(JSON.stringify(marker) + '\n'))
       }
-      const text = await s3.get(key)
+      const text = await s3.get(key, storeMarkerBytesMax)
       if (text === null) throw notFound(`a vdiskfs store at remote ${label} (s3://${location.bucket}/${location.prefix})`)
       return new RemoteStore(s3, decodeStoreMarker(text.toString('utf8'), `remote ${label}`))
     } catch (err) { s3.destroy(); throw err }
@@ -97,7 +97,7 @@ export class RemoteStore {
 
   /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk only. */
   async readChunk (id: string): Promise<Buffer> {
-    const object = await this.s3.get(chunkKey(this.prefix, id))
+    const object = await this.s3.get(chunkKey(this.prefix, id), chunkObjectBytesMax)
     if (object === null) throw notFound(`chunk ${id}`)
     return this.decodeChunk(id, object)
   }
@@ -225,9 +225,8 @@ export class RemoteStore {
 
   /** The manifest of backup `id`, checked. Errors: NOT_FOUND, CORRUPT. */
   async manifest (id: string): Promise<Manifest> {
-    const bytes = await this.s3.get(manifestKey(this.prefix, id))
+    const bytes = await this.s3.get(manifestKey(this.prefix, id), manifestBytesMax)
     if (bytes === null) throw notFound(`backup ${id} in remote ${this.s3.label}`)
-    if (bytes.length > manifestBytesMax) throw corrupt(`remote backup ${id}: its manifest is ${bytes.length} bytes, past the limit`)
     return decodeManifest(id, bytes)
   }
 

@@ -10,7 +10,7 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import crypto from 'node:crypto'
 import { Rgw, rgwAccessKey, rgwSecretKey, startRgw } from '../helpers/rgw'
 import { BackupMeta, Block, RemoteStore } from '../../src/remote/store'
-import { chunkKey } from '../../src/remote/remote-format'
+import { chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
 import { VdiskError } from '../../src/errors'
 
 const blockBytes = 64 * 1024
@@ -116,7 +116,7 @@ test.serial('a damaged or missing chunk is one error naming the backup and the b
   t.teardown(() => client.destroy())
   // Flip one byte of block 1's chunk (rewritten in place with plain PUT, as a damaged disk would serve it).
   const key1 = chunkKey(store.s3.prefix, manifest.blocks[1][1])
-  const object = await store.s3.get(key1)
+  const object = await store.s3.get(key1, chunkObjectBytesMax)
   object![object!.length - 1] ^= 0xff
   await client.send(new PutObjectCommand({ Bucket: 'vdiskfs-test', Key: key1, Body: object! }))
   const error = await t.throwsAsync(readAll(store, id))

@@ -14,7 +14,7 @@ import path from 'node:path'
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
 import { Rgw, rgwSecretKey, startRgw } from '../helpers/rgw'
-import { chunkKey } from '../../src/remote/remote-format'
+import { chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const mib = 1024 * 1024
@@ -178,7 +178,7 @@ test.serial('a damaged or a missing chunk fails the pull with one line naming th
   const store = await RemoteStore.open({ bucket, prefix: 'damage/', endpoint: rgw.endpoint }, 'store')
   t.teardown(() => store.close())
   const chunk = (await store.manifest(id)).blocks.find(entry => entry[0] === 40)![1]
-  const object = (await store.s3.get(chunkKey('damage/', chunk)))!
+  const object = (await store.s3.get(chunkKey('damage/', chunk), chunkObjectBytesMax))!
   object[object.length - 1] ^= 0x01
   await client.send(new PutObjectCommand({ Bucket: bucket, Key: chunkKey('damage/', chunk), Body: object }))
 
