@@ -83,18 +83,78 @@ export function selectPrune (candidates: PruneCandidate[], keep: PruneKeep): Pru
   return out
 }
 
-/** A shell-style glob (`*`, `?`, `[...]`) as a whole-name regular expression. */
-export function globPattern (glob: string): RegExp {
-  let out = ''
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]
-    if (c === '*') out += '.*'
-    else if (c === '?') out += '.'
-    else if (c === '[') {
-      const end = glob.indexOf(']', i + 2)
-      if (end < 0) out += '\\['
-      else { out += `[${glob.slice(i + 1, end).replace(/^!/, '^').replace(/\\/g, '\\\\')}]`; i = end }
-    } else out += c.replace(/[.+^${}()|\\/]/g, '\\$&')
+/** A compiled glob: `test(name)` says whether the whole name matches. */
+export interface GlobMatcher { test: (name: string) => boolean }
+
+/** One element of a glob: a character, `?` (any one character), a class `[...]`, or `*` (any run). */
+type GlobToken =
+  | { kind: 'char', char: string }
+  | { kind: 'any' }
+  | { kind: 'class', negated: boolean, ranges: Array<[string, string]> }
+  | { kind: 'star' }
+
+function parseGlob (glob: string): GlobToken[] {
+  const chars = Array.from(glob) // by code point: `?` is one character, not one UTF-16 unit
+  const tokens: GlobToken[] = []
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i]
+    if (c === '*') { if (tokens[tokens.length - 1]?.kind !== 'star') tokens.push({ kind: 'star' }); continue }
+    if (c === '?') { tokens.push({ kind: 'any' }); continue }
+    // A class ends at the first ']' after its first character (so '[]a]' holds ']' and 'a'); a '['
+    // without one is a plain character.
+    const end = c === '[' ? chars.indexOf(']', i + 2) : -1
+    if (end < 0) { tokens.push({ kind: 'char', char: c }); continue }
+    let body = chars.slice(i + 1, end)
+    const negated = body[0] === '!' || body[0] === '^'
+    if (negated) body = body.slice(1)
+    const ranges: Array<[string, string]> = []
+    for (let j = 0; j < body.length; j++) {
+      if (body[j + 1] === '-' && j + 2 < body.length) { ranges.push([body[j], body[j + 2]]); j += 2 } else ranges.push([body[j], body[j]])
+    }
+    tokens.push({ kind: 'class', negated, ranges })
+    i = end
   }
-  return new RegExp(`^${out}$`, 's')
+  return tokens
+}
+
+function matchesOne (token: GlobToken, c: string): boolean {
+  switch (token.kind) {
+    case 'char': return token.char === c
+    case 'any': return true
+    case 'class': {
+      const point = c.codePointAt(0) as number
+      const inside = token.ranges.some(([low, high]) => point >= (low.codePointAt(0) as number) && point <= (high.codePointAt(0) as number))
+      return inside !== token.negated
+    }
+    case 'star': return false
+  }
+}
+
+/**
+ * A shell-style glob (`*`, `?`, `[...]`, `[!...]`) matched against whole names. The matcher walks the
+ * name once per `*` restart, keeping only the latest `*` to fall back to: at most (glob length x name
+ * length) steps, never the exponential backtracking a RegExp of '.*'s can take (prune runs it on the
+ * daemon's event loop, with a glob the caller chose).
+ */
+export function globPattern (glob: string): GlobMatcher {
+  const tokens = parseGlob(glob)
+  return {
+    test (name: string): boolean {
+      const chars = Array.from(name)
+      let t = 0
+      let n = 0
+      let starAt = -1 // the token after the latest '*', and the name position it was tried at
+      let starName = 0
+      while (n < chars.length) {
+        if (t < tokens.length && tokens[t].kind === 'star') { starAt = ++t; starName = n; continue }
+        if (t < tokens.length && matchesOne(tokens[t], chars[n])) { t++; n++; continue }
+        // A mismatch: let the latest '*' take one more character, or fail without one.
+        if (starAt < 0) return false
+        t = starAt
+        n = ++starName
+      }
+      while (t < tokens.length && tokens[t].kind === 'star') t++
+      return t === tokens.length
+    }
+  }
 }
