@@ -27,6 +27,7 @@ import zlib from 'node:zlib'
 import { Blake3Hasher, blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { VdiskError, corrupt, invalid } from '../errors'
+import { createdMsMax } from '../limits'
 import {
   hashBytes, headerFields, headerFixedBytes, headerNameBytesMax, recordFields, recordFixedBytes, recordMagic,
   recordTypeRaw, recordTypeZero, recordTypeZstd, streamBlockBytesMax, streamMagic, streamVersion,
@@ -134,12 +135,18 @@ function checkHeaderValues (header: StreamHeader): void {
   if (!Number.isInteger(blockBytes) || blockBytes < 4096 || blockBytes > streamBlockBytesMax || (blockBytes & (blockBytes - 1)) !== 0) throw corrupt(`stream block size ${blockBytes} is not a power of two between 4 KiB and 1 MiB`)
   if (!Number.isSafeInteger(size) || size < 0 || size > streamVolumeBytesMax) throw corrupt(`stream volume size ${size} is out of range`)
   if (!Number.isSafeInteger(records) || records < 0 || records > blocksOf(size, blockBytes)) throw corrupt(`stream says ${records} block records for ${blocksOf(size, blockBytes)} blocks`)
-  if (!Number.isSafeInteger(header.createdMs) || header.createdMs < 0) throw corrupt('stream creation time is out of range')
+  // A Date holds up to 8.64e15 ms; ls, prune and every ISO time would fail on a backup made past it.
+  if (!Number.isSafeInteger(header.createdMs) || header.createdMs < 0 || header.createdMs > createdMsMax) throw corrupt(`stream creation time ${header.createdMs} ms is out of range (after the year 9999)`)
+}
+
+function checkNameBytes (nameBytes: number): void {
+  if (nameBytes > headerNameBytesMax) throw corrupt(`stream header names a ${nameBytes}-byte name, past the format's ${headerNameBytesMax} (damaged)`)
 }
 
 /** Decodes and checks a header's fixed part and name; throws CORRUPT or INVALID. */
 function decodeHeader (bytes: Buffer): StreamHeader {
   const nameBytes = bytes.readUInt16LE(headerFields.nameBytes)
+  checkNameBytes(nameBytes)
   if (headerCrc(bytes, nameBytes) !== bytes.readUInt32LE(headerFields.crc)) throw corrupt('stream header fails its checksum (damaged)')
   if (bytes.readUInt32LE(headerFields.flags) !== 0) throw invalid(`stream header flags ${bytes.readUInt32LE(headerFields.flags)} are not supported by this vdiskfs`)
   const baseUuid = uuidFromBytes(bytes.subarray(headerFields.baseUuid, headerFields.baseUuid + 16))
@@ -342,7 +349,9 @@ export class StreamDecoder extends Transform {
         if (!fixed.subarray(0, streamMagic.length).equals(streamMagic)) throw corrupt('not a vdiskfs export stream (bad magic)')
         const version = fixed.readUInt16LE(headerFields.version)
         if (version !== streamVersion) throw invalid(`stream version ${version} is not supported (this vdiskfs reads version ${streamVersion})`)
-        const total = headerFixedBytes + fixed.readUInt16LE(headerFields.nameBytes)
+        const nameBytes = fixed.readUInt16LE(headerFields.nameBytes)
+        checkNameBytes(nameBytes) // before waiting for them
+        const total = headerFixedBytes + nameBytes
         if (this.queue.length < total) return
         const bytes = this.consume(total)
         this.header = decodeHeader(bytes)
