@@ -8,7 +8,9 @@
  * collides with one, and it is what the catalog keeps, so a restart after a crash knows to drop it.
  *  - `/removed-ID`: the name `remove` with force gives an open volume (it answers to no name);
  *  - `/.fuse_hidden…`: libfuse's hidden name for a file unlinked while open, kept after the '/' so that
- *    libfuse can still reach it by that name (it unlinks it there at the last release).
+ *    libfuse can still reach it by that name. At the last release the volume takes that name as an
+ *    ordinary one, and libfuse then unlinks it there; a user's own mv of an open image to such a name
+ *    (a legal name) looks the same to the daemon, is followed by no unlink, and so keeps the image.
  * Pools written before this rule kept hidden names starting with '.'; such a volume left by a crash
  * now shows up under that name (nothing is dropped on a guess) and can be removed with `vdiskfs rm`.
  *
@@ -47,6 +49,12 @@ export function removedName (id: number): string {
 /** The stored name of a volume libfuse hid under `libfuseName` (a `.fuse_hidden…` name). */
 export function hiddenNameOf (libfuseName: string): string {
   return hiddenMark + libfuseName
+}
+
+/** The `.fuse_hidden…` name a volume stored as `name` was hidden under, or null when libfuse did not hide it. */
+export function libfuseNameOf (name: string): string | null {
+  const libfuseName = name.slice(hiddenMark.length)
+  return isHiddenName(name) && isLibfuseHiddenName(libfuseName) ? libfuseName : null
 }
 
 /** Why `name` is not a name a user may give, or null when it is one. */

@@ -15,7 +15,7 @@ import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
-import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, removedName } from './names'
+import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, libfuseNameOf, removedName } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
 
@@ -133,8 +133,8 @@ export class Namespace {
    * Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2); a replaced
    * volume still open is kept for its handles, as remove with force keeps it). `hide`: the FUSE layer
    * hides a volume unlinked while open under libfuse's hidden name (.fuse_hidden*): an open volume is
-   * then hidden (names.ts) and removed at its last release (`released`); one nobody holds open simply
-   * takes the name, which is an ordinary one.
+   * then hidden (names.ts) until its last release, when it takes the name as an ordinary one for
+   * libfuse to unlink (`released`); one nobody holds open simply takes the name, an ordinary one.
    * Errors: READ_ONLY for a backup, INVALID for a bad name.
    */
   async rename (volume: Volume, newName: string, hide = false): Promise<void> {
@@ -191,12 +191,26 @@ export class Namespace {
     volume.openHandles++
   }
 
-  /** A handle on `volume` was released; the last one of a volume removed while open removes it. */
+  /**
+   * A handle on `volume` was released; the last one of a volume removed while open removes it. One
+   * hidden under a libfuse name is not removed but shown again under that name: libfuse unlinks its
+   * hidden file itself right after the last release (fuse_do_release in libfuse 2.9), while a user's mv
+   * of an open image to such a name, which the daemon cannot tell apart, is followed by no unlink and
+   * must not lose the image. A crash between the two leaves the volume visible under that name (to be
+   * removed with rm), never a lost one.
+   */
   async released (volume: Volume): Promise<void> {
     assert.ok(volume.openHandles > 0, 'release without open')
     volume.openHandles--
     if (volume.openHandles > 0 || !volume.hidden || this.volumes.get(volume.id) !== volume) return
-    this.forget(volume)
+    const libfuseName = libfuseNameOf(volume.name)
+    if (libfuseName !== null && this.named(volume.kind, libfuseName) === undefined) {
+      volume.name = libfuseName
+      volume.rowDirty = true
+      this.changed(volume)
+    } else {
+      this.forget(volume)
+    }
     await this.commit()
   }
 

@@ -44,7 +44,7 @@ test('backups refuse every change through the namespace; clones come only from a
   })
 })
 
-test("only an open volume takes libfuse's hidden name; it is then neither listed nor anyone's source", async t => {
+test("only an open volume takes libfuse's hidden name; it is then neither listed nor anyone's source, and is shown again at its last release, for libfuse to unlink", async t => {
   await withPool(async pool => {
     const disk = await pool.create('disk', 'd.img')
     const hidden = '.fuse_hidden0000000100000002'
@@ -59,7 +59,11 @@ test("only an open volume takes libfuse's hidden name; it is then neither listed
     t.deepEqual(pool.visible('disk'), [])
     t.is(pool.find('disk', hidden), disk)
     t.is(pool.liveSource(backup), undefined)
+    // libfuse unlinks its hidden file right after the last release; a user's mv to such a name is
+    // followed by no unlink, and the image must stay under it.
     await pool.released(disk)
+    t.deepEqual(pool.visible('disk').map(v => v.name), [hidden])
+    await pool.unlink(disk)
     t.is(pool.byId(disk.id), undefined)
   })
 })
