@@ -154,12 +154,14 @@ test.serial('a backup taken during continuous writes holds a prefix of the ackno
   `)
   const { spawn } = await import('node:child_process')
   const child = spawn(process.execPath, [writer, disk])
+  // Listened for from the start: the writer may finish all its records while the backup runs.
+  const exited = new Promise(resolve => child.on('exit', resolve))
   let acknowledged = 0
   child.stdout.on('data', chunk => { const lines = String(chunk).trim().split('\n'); acknowledged = Number(lines[lines.length - 1]) })
   while (acknowledged < 500) await new Promise(resolve => setTimeout(resolve, 5))
   const ackedBefore = acknowledged
   await cliOk(t, 'backup', disk, 'mid')
-  await new Promise(resolve => child.on('exit', resolve))
+  await exited
   const image = fs.readFileSync(m.image('backups', 'mid.img'))
   let last = 0
   for (let i = 1; i <= 4000; i++) {
