@@ -3,6 +3,7 @@
  * process (src/transfer/client.ts): the daemon reads and stores blocks, this process encodes and
  * decodes the export stream, and shows progress on a terminal (nothing otherwise).
  */
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { Readable, Writable } from 'node:stream'
@@ -30,6 +31,55 @@ function blockProgress (label: string): { header: (h: StreamHeader) => void, blo
     block: done => { if (started && done - last >= 64) { bar.update(done); last = done } },
     stop: () => { if (started) bar.stop() }
   }
+}
+
+/**
+ * Where `export -o FILE` writes. FILE must not exist (export never replaces a file, as `cp` out of the
+ * pool does not), unless it is a character device or a pipe of ours or root's (/dev/null, /dev/stdout):
+ * those are written straight into. Otherwise the stream goes to a new file with a random name beside
+ * FILE, created with O_EXCL and mode 0600 (never a file or link someone else planted), and `partial`
+ * names it; publish() gives it FILE's name once complete. Errors: EXISTS, INVALID, IO.
+ */
+function openOutput (output: string): { fd: number, partial: string | null } {
+  let stat: fs.Stats | null = null
+  try { stat = fs.statSync(output) } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `looking at ${output}`) }
+  if (stat !== null) {
+    if (!stat.isCharacterDevice() && !stat.isFIFO()) throw new VdiskError('EXISTS', `${output} exists: export writes a new file and never replaces one (remove it first, or choose another name)`)
+    // A named pipe another user made would hand them the backup's bytes.
+    const me = process.geteuid?.() ?? 0
+    if (stat.isFIFO() && stat.uid !== me && stat.uid !== 0) throw invalid(`${output} is a pipe of another user (uid ${stat.uid}): export does not write a backup into it`)
+    let fd: number
+    try { fd = fs.openSync(output, fs.constants.O_WRONLY | fs.constants.O_NOCTTY) } catch (err) { throw fromSystemError(err, `opening ${output}`) }
+    const opened = fs.fstatSync(fd)
+    if (opened.dev !== stat.dev || opened.ino !== stat.ino) { fs.closeSync(fd); throw new VdiskError('IO', `${output} changed while it was opened`) }
+    return { fd, partial: null }
+  }
+  const partial = path.join(path.dirname(path.resolve(output)), `.${path.basename(output)}.${crypto.randomBytes(6).toString('hex')}.partial`)
+  try { return { fd: fs.openSync(partial, 'wx', 0o600), partial } } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
+}
+
+/**
+ * Gives the complete file `partial` the name `output` without replacing anything there (link, which
+ * fails on an existing name, then unlink), and makes the name durable. A filesystem without hard
+ * links (vfat) gets a rename after a check that the name is free.
+ */
+function publish (partial: string, output: string): void {
+  try {
+    fs.linkSync(partial, output)
+    fs.unlinkSync(partial)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') throw appeared(output)
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw fromSystemError(err, `naming ${output}`)
+    if (fs.existsSync(output)) throw appeared(output)
+    fs.renameSync(partial, output)
+  }
+  const dir = fs.openSync(path.dirname(path.resolve(output)), 'r')
+  try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
+}
+
+function appeared (output: string): VdiskError {
+  return new VdiskError('EXISTS', `${output} appeared during the export: export never replaces a file (the stream was not kept)`)
 }
 
 /** The name of a backup in MNT/backups (BACKUP is an image path, or for --since also a plain name). */
@@ -68,14 +118,16 @@ export const transferCommands: Record<string, Command> = {
       if (output === '-' && process.stdout.isTTY === true) throw new UsageError('refusing to write a binary stream to a terminal: give -o FILE or redirect the output')
       // Should the event loop ever run dry before the export ends, Node exits with this status, not 0.
       process.exitCode = 1
+      // A file appears under its name only when complete (a new file of ours, published with link());
+      // a device or a pipe (/dev/null, /dev/stdout) is written straight into.
+      const target = output === '-' ? null : openOutput(output)
+      const partial = target?.partial ?? null
       const progress = blockProgress('export')
       let header: StreamHeader | null = null
       const started = Date.now()
       const stream = exportStream(source.mountpoint, 'backup', source.name, { since, onHeader: h => { header = h; progress.header(h) }, onBlock: progress.block })
-      // A file appears under its name only when complete: written as FILE.partial, then renamed.
-      const partial = output === '-' ? null : `${output}.partial`
       let sink: Writable
-      if (partial === null) {
+      if (target === null) {
         sink = process.stdout
         // main.ts ends the process quietly on EPIPE (the reader had what it wanted): for a stream cut
         // short that is a failure, said in one line first (stderr to a pipe or file is synchronous).
@@ -83,19 +135,22 @@ export const transferCommands: Record<string, Command> = {
           if (err.code === 'EPIPE') process.stderr.write('vdiskfs export: the reader of the stream went away before its end\n')
         })
       } else {
-        try { sink = fs.createWriteStream(partial, { flags: 'w', mode: 0o600, highWaterMark: streamBufferBytes }) } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
+        sink = fs.createWriteStream('', { fd: target.fd, autoClose: false, highWaterMark: streamBufferBytes })
       }
       let streamBytes = 0
       stream.on('data', (chunk: Buffer) => { streamBytes += chunk.length })
       try {
-        await pipeline(stream, sink, { end: partial !== null })
-        if (partial !== null) {
-          const fd = fs.openSync(partial, 'r')
-          try { fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
-          fs.renameSync(partial, output)
+        await pipeline(stream, sink, { end: target !== null })
+        if (target !== null) {
+          if (partial !== null) fs.fsyncSync(target.fd)
+          fs.closeSync(target.fd)
+          target.fd = -1
+          if (partial !== null) publish(partial, output)
         }
       } catch (err) {
+        if (target !== null && target.fd >= 0) fs.closeSync(target.fd)
         if (partial !== null) fs.rmSync(partial, { force: true })
+        if (err instanceof VdiskError) throw err
         if ((err as NodeJS.ErrnoException).code === 'EPIPE' || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') throw new VdiskError('IO', 'the reader of the stream went away before its end')
         throw err instanceof VdiskError ? err : fromSystemError(err, 'exporting')
       } finally {

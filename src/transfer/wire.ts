@@ -13,10 +13,18 @@
  *   daemon answers the end with a JSON reply line (the backup made, or an error). A connection that
  *   closes without an end frame leaves the import's progress in the pool, and no backup.
  *
- * Errors: readFrame throws IO when the connection ends inside a frame, CORRUPT for an unknown kind.
+ * Errors: readFrame throws IO when the connection ends inside a frame, CORRUPT for an unknown kind or
+ * a malformed error frame (longer than errorFrameBytesMax, or not JSON).
  */
 import { ErrorCode, VdiskError, corrupt } from '../errors'
-import { sendWindowBytes } from '../limits'
+import { errorFrameBytesMax, sendWindowBytes } from '../limits'
+
+/** The codes an error frame may carry (any other becomes IO): a Record, so a new code must be added here. */
+const errorCodeSet: Record<ErrorCode, true> = {
+  NOT_FOUND: true, EXISTS: true, INVALID: true, READ_ONLY: true, NOT_PERMITTED: true, NO_SPACE: true,
+  CORRUPT: true, IO: true, BUSY: true, TOO_BIG: true, CROSS_DEVICE: true, NOT_EMPTY: true
+}
+const errorCodes = new Set<string>(Object.keys(errorCodeSet))
 
 export const frameData = 1
 export const frameZero = 2
@@ -83,10 +91,13 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
   if (kind === frameZero || kind === frameEnd) return { kind, index, hash: null, data: null }
   if (kind === frameError) {
     const length = await reader.read(4)
+    if (length !== null && length.readUInt32LE(0) > errorFrameBytesMax) throw corrupt(`an error frame of ${length.readUInt32LE(0)} bytes on the control connection (at most ${errorFrameBytesMax})`)
     const body = length === null ? null : await reader.read(length.readUInt32LE(0))
     if (body === null) throw new VdiskError('IO', 'the connection ended inside an error frame')
-    const { code, message } = JSON.parse(body.toString('utf8')) as { code: ErrorCode, message: string }
-    throw new VdiskError(code, message)
+    let error: { code?: unknown, message?: unknown }
+    try { error = JSON.parse(body.toString('utf8')) } catch { throw corrupt('a malformed error frame on the control connection') }
+    const code = typeof error?.code === 'string' && errorCodes.has(error.code) ? error.code as ErrorCode : 'IO'
+    throw new VdiskError(code, typeof error?.message === 'string' ? error.message : 'the daemon failed without saying why')
   }
   throw corrupt(`unknown frame kind ${kind} on the control connection`)
 }
