@@ -12,7 +12,7 @@ import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
-import { exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
+import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
 import { Volume } from '../volume/volume'
@@ -156,6 +156,8 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       const header = args.header as StreamHeader
       if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
         ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
+      // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
+      if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
       if (typeof args.name !== 'string') throw invalid('missing name')
       session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs }, args.name)
     } catch (err) {
@@ -176,7 +178,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       storing.catch(() => {})
     }
     try {
-      await send(socket, replyLine({ resumedBlocks: session.counts.resumedBlocks }))
+      await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
       for (;;) {
         const frame = await readFrame(reader, pool.blockBytes)
@@ -204,6 +206,9 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       if (!socket.destroyed) socket.end(errorLine(err))
       log(`import of ${session.name} failed: ${(err as Error).message}`)
     } finally {
+      // The session ends (another import of the stream may begin) only once its last batch is stored.
+      await storing.catch(() => {})
+      session.close()
       if (base !== undefined) await pool.released(base)
     }
   }

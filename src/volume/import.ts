@@ -10,6 +10,14 @@
  * An abandoned import (never continued) is dropped after importAbandonedMs when a catalog opens
  * (catalog.ts), which makes its chunks garbage for gc.
  *
+ * A resumed import keeps only what the stream it finishes with carries. A stream's identity is in
+ * every copy of its header, so the progress under a key may come from another stream that was cut (a
+ * hostile one, carrying data where the genuine backup has holes): blocks arrive in increasing order,
+ * so each batch drops the recorded blocks in the gaps between the indexes it received, a recorded
+ * block whose content differs from the one received is replaced, and finish drops those past the
+ * last index received. One session per key runs at a time (a second is BUSY), so no other stream
+ * records blocks behind this one's back.
+ *
  * Assumes: the caller (the control operation) has checked each block against its BLAKE3 id (the CLI's
  * StreamDecoder does), and calls finish only after the stream's trailer checked. Blocks a batch stores
  * are re-hashed by the workers and must match their id; a block whose id names a chunk the pool
@@ -21,7 +29,7 @@
 import { defaultModeOf } from '../catalog/catalog'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
 import { chunkEntry } from '../format/map-format'
-import { importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
+import { createdMsMax, importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
 import { Committer } from './commit'
@@ -43,7 +51,7 @@ export interface ImportSpec {
 export interface ImportBlock { index: number, data: Buffer | null, hash: Buffer | null }
 
 export interface ImportCounts {
-  /** Blocks recorded before this run (a resumed import). */
+  /** Blocks recorded by an earlier run (a resumed import) that this stream carries as they are: not stored again. */
   resumedBlocks: number
   /** Data blocks stored as new chunks, and those the pool already held. */
   newChunks: number
@@ -52,18 +60,25 @@ export interface ImportCounts {
 }
 
 export class Importer {
+  /** Keys of the sessions running (begun and not closed): one per key. */
+  private readonly running = new Set<string>()
+
   constructor (private readonly state: PoolState, private readonly committer: Committer, private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>) {}
 
   /**
    * Starts or resumes the import of `spec` as backup `name`. Refuses what could never finish: a name or
-   * identity already present, a base this pool lacks, another block size.
+   * identity already present, a base this pool lacks, another block size, a creation time past
+   * createdMsMax (ls and prune could not show it); BUSY while another import of the same stream runs.
+   * The caller must close() the session once it is done with it (after its last store).
    */
   begin (spec: ImportSpec, name: string): ImportSession {
     checkName(name)
     const catalog = this.state.catalog
     if (spec.blockBytes !== this.state.blockBytes) throw invalid(`the stream's block size is ${spec.blockBytes} bytes, this pool's ${this.state.blockBytes}: import it into a pool made with --block-size ${spec.blockBytes}`)
     if (spec.size > volumeBytesMax) throw new VdiskError('TOO_BIG', `the stream's backup is ${spec.size} bytes, past the largest volume size`)
+    if (!Number.isSafeInteger(spec.createdMs) || spec.createdMs < 0 || spec.createdMs > createdMsMax) throw invalid(`the stream's creation time ${spec.createdMs} ms is out of range (after the year 9999)`)
     this.checkTarget(spec, name)
+    if (this.running.has(spec.key)) throw new VdiskError('BUSY', `an import of this stream (identity ${spec.uuid}) is running already`)
     const now = Date.now()
     const known = catalog.imports().find(row => row.key === spec.key)
     const resumable = known !== undefined && known.size === spec.size && known.blockBytes === spec.blockBytes
@@ -71,7 +86,8 @@ export class Importer {
       if (known !== undefined && !resumable) catalog.deleteImport(spec.key)
       catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
     })
-    return new ImportSession(this.state, this.committer, this.exclusive, spec, name)
+    this.running.add(spec.key)
+    return new ImportSession(this.state, this.committer, this.exclusive, spec, name, () => this.running.delete(spec.key))
   }
 
   /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
@@ -93,16 +109,23 @@ export class Importer {
 }
 
 export class ImportSession {
-  readonly counts: ImportCounts
+  readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
+  /** Blocks an earlier run recorded under this key when this session began. */
+  readonly recordedBlocks: number
+  /** The highest block index received so far (-1: none): every later one must be above it. */
+  private lastIndex = -1
+  private readonly blocks: number
 
   constructor (
     private readonly state: PoolState,
     private readonly committer: Committer,
     private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>,
     readonly spec: ImportSpec,
-    readonly name: string
+    readonly name: string,
+    readonly close: () => void
   ) {
-    this.counts = { resumedBlocks: state.catalog.importBlockCount(spec.key), newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
+    this.recordedBlocks = state.catalog.importBlockCount(spec.key)
+    this.blocks = Math.ceil(spec.size / state.blockBytes)
   }
 
   /** Whether `block` is recorded (in `recorded`, a batch's range of the rows) with this content already. */
@@ -114,16 +137,29 @@ export class ImportSession {
   }
 
   /**
-   * Stores a batch of blocks and records them, durably: packs first (fdatasync), then the chunk
-   * index, then the import's rows. Runs alone among maintenance jobs (sealing and gc also store,
-   * index and free chunks).
+   * Stores a batch of blocks (in increasing index order, each above the previous batch's) and records
+   * them, durably: packs first (fdatasync), then the chunk index, then the import's rows, in one
+   * transaction with the removal of what an earlier run recorded in the gaps this stream skipped.
+   * Runs alone among maintenance jobs (sealing and gc also store, index and free chunks).
+   * Errors: CORRUPT for a block out of order or past the end, or whose bytes do not match its id.
    */
   async store (blocks: ImportBlock[]): Promise<void> {
     if (blocks.length === 0) return
-    // What a resumed import recorded for this batch's range: one query per batch, not a map of all.
-    const recorded = this.counts.resumedBlocks === 0 ? new Map<number, number | null>() : this.state.catalog.importBlocks(this.spec.key, blocks[0].index, blocks[blocks.length - 1].index)
+    const first = this.lastIndex + 1
+    for (const block of blocks) {
+      if (!Number.isSafeInteger(block.index) || block.index <= this.lastIndex || block.index >= this.blocks) {
+        throw corrupt(`import ${this.spec.key}: block ${block.index} out of order or past the end (${this.blocks} blocks)`)
+      }
+      this.lastIndex = block.index
+    }
+    // What an earlier run recorded from just past the previous batch to this batch's last block: one
+    // query per batch, not a map of all. Those this batch does not carry are dropped.
+    const recorded = this.recordedBlocks === 0 ? new Map<number, number | null>() : this.state.catalog.importBlocks(this.spec.key, first, this.lastIndex)
+    const carried = new Set(blocks.map(b => b.index))
+    const stale = [...recorded.keys()].filter(index => !carried.has(index))
     const todo = blocks.filter(b => !this.alreadyHas(b, recorded))
-    if (todo.length === 0) return
+    this.counts.resumedBlocks += blocks.length - todo.length
+    if (todo.length === 0 && stale.length === 0) return
     await this.exclusive(async () => {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
       const rows: Array<{ block: number, chunkId: number | null }> = []
@@ -155,6 +191,7 @@ export class ImportSession {
       this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
+        for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
@@ -195,20 +232,23 @@ export class ImportSession {
   /**
    * Makes the backup: the base's map (or an empty one), the recorded blocks applied, the stream's
    * size; then one commit that inserts it with the stream's identity and drops the import's rows.
-   * Call only after the stream's trailer checked.
+   * Call only after the stream's trailer checked and the last batch was stored.
    */
   async finish (): Promise<Volume> {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
-      const blocks = Math.ceil(this.spec.size / state.blockBytes)
+      const blocks = this.blocks
+      // What an earlier run recorded past the last block this stream carried is not this stream's.
+      const last = this.lastIndex
+      if (this.recordedBlocks > 0) state.catalog.transaction(() => state.catalog.deleteImportBlocks(this.spec.key, last + 1, Number.MAX_SAFE_INTEGER))
       const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
       map.rootDirty = true
       map.resize(blocks)
       // The rows in pages of importFinishTurnBlocks, each page one turn: the daemon keeps serving the
       // mount while a large map is built, and the rows are never all in memory at once.
       for (let from = 0; ;) {
-        const rows = state.catalog.importBlocks(this.spec.key, from, Number.MAX_SAFE_INTEGER, importFinishTurnBlocks)
+        const rows = state.catalog.importBlocks(this.spec.key, from, last, importFinishTurnBlocks)
         if (rows.size === 0) break
         for (const [block, chunkId] of rows) {
           if (block >= blocks) throw corrupt(`import ${this.spec.key} recorded block ${block}, past the end`)
