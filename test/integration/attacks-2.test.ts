@@ -10,6 +10,8 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import zlib from 'node:zlib'
+import { Blake3Hasher } from '@napi-rs/blake-hash'
 import { call } from '../../src/control/client'
 import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../../src/transfer/stream'
 import { cli, run, vdiskfs, withMount, TestMount } from '../helpers/mount'
@@ -95,15 +97,27 @@ test.serial('export -o FILE does not write a backup into a file another user own
   t.pass()
 })
 
-/** Writes a one-block full stream with the given header fields. */
+/**
+ * Writes a one-block full stream with the given header fields. The encoder refuses a creation time a
+ * stream may not carry, so the stream is encoded with time 0 and the field patched in afterwards, with
+ * the header's CRC-32 and the trailer's checksum made to match (stream-format.ts offsets).
+ */
 async function craftStream (file: string, fields: { createdMs: number, size?: number }): Promise<void> {
-  const encoder = new StreamEncoder({ name: 'hostile', blockBytes, uuid: crypto.randomUUID(), baseUuid: null, size: fields.size ?? blockBytes, createdMs: fields.createdMs, records: 1 })
-  const out = fs.createWriteStream(file)
-  const done = new Promise<void>((resolve, reject) => { out.on('finish', resolve); out.on('error', reject); encoder.on('error', reject) })
-  encoder.pipe(out)
+  const encoder = new StreamEncoder({ name: 'hostile', blockBytes, uuid: crypto.randomUUID(), baseUuid: null, size: fields.size ?? blockBytes, createdMs: 0, records: 1 })
+  const chunks: Buffer[] = []
+  encoder.on('data', (chunk: Buffer) => chunks.push(chunk))
+  const ended = new Promise((resolve, reject) => { encoder.on('end', resolve); encoder.on('error', reject) })
   encoder.write({ index: 0, data: crypto.randomBytes(blockBytes) })
   encoder.end()
-  await done
+  await ended
+  const bytes = Buffer.concat(chunks)
+  const nameBytes = bytes.readUInt16LE(10)
+  bytes.writeBigUInt64LE(BigInt(fields.createdMs), 56)
+  bytes.writeUInt32LE(zlib.crc32(bytes.subarray(80, 80 + nameBytes), zlib.crc32(bytes.subarray(0, 76))), 76)
+  const hasher = new Blake3Hasher()
+  hasher.update(bytes.subarray(0, bytes.length - 48))
+  hasher.digestBuffer().copy(bytes, bytes.length - 48 + 16)
+  fs.writeFileSync(file, bytes)
 }
 
 // Attack: a stream (from another host, a remote, anyone) whose header carries a creation time past
