@@ -139,16 +139,21 @@ export const transferCommands: Record<string, Command> = {
       }
       let streamBytes = 0
       stream.on('data', (chunk: Buffer) => { streamBytes += chunk.length })
+      // The file's write stream closes its descriptor when destroyed (pipeline destroys it on a
+      // failure, asynchronously): only it closes the descriptor, and a failed export waits for that.
+      const closed = async (): Promise<void> => {
+        if (target === null || sink.closed) return
+        const done = new Promise(resolve => sink.once('close', resolve))
+        sink.destroy()
+        await done
+      }
       try {
         await pipeline(stream, sink, { end: target !== null })
-        if (target !== null) {
-          if (partial !== null) fs.fsyncSync(target.fd)
-          fs.closeSync(target.fd)
-          target.fd = -1
-          if (partial !== null) publish(partial, output)
-        }
+        if (partial !== null) fs.fsyncSync((target as { fd: number }).fd)
+        await closed()
+        if (partial !== null) publish(partial, output)
       } catch (err) {
-        if (target !== null && target.fd >= 0) fs.closeSync(target.fd)
+        await closed()
         if (partial !== null) fs.rmSync(partial, { force: true })
         if (err instanceof VdiskError) throw err
         if ((err as NodeJS.ErrnoException).code === 'EPIPE' || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') throw new VdiskError('IO', 'the reader of the stream went away before its end')

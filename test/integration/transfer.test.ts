@@ -11,7 +11,8 @@ import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { call } from '../../src/control/client'
+import { call, openStream, readReply } from '../../src/control/client'
+import { frameEnd, frameHead, frameZero } from '../../src/transfer/wire'
 import { cli, run, vdiskfs, withMount, TestMount } from '../helpers/mount'
 
 const blockBytes = 64 * 1024
@@ -240,7 +241,7 @@ test.serial('prune through a mount: dry run lists keep/remove and the rule, then
   t.true(cloneBefore.equals(fs.readFileSync(m.image('clones', 'old.img'))))
 })
 
-test.serial('SIGKILL of the daemon in the middle of an export: one line, exit 1, and neither FILE nor FILE.partial is left', async t => {
+test.serial('SIGKILL of the daemon in the middle of an export: one line, exit 1, and neither FILE nor its partial file is left', async t => {
   const source = await withMount(t)
   const disk = source.image('disks', 'big.img')
   await run('truncate', ['-s', '256M', disk])
@@ -251,14 +252,16 @@ test.serial('SIGKILL of the daemon in the middle of an export: one line, exit 1,
   let stderr = ''
   child.stderr.on('data', chunk => { stderr += chunk })
   const done = new Promise<number>(resolve => child.on('close', code => resolve(code ?? 1)))
+  // The stream is written to a new file with a random name beside FILE (.big.vds.RANDOM.partial).
+  const partial = (): string | undefined => fs.readdirSync(source.dir).filter(f => /^\.big\.vds\.[0-9a-f]+\.partial$/.test(f)).map(f => path.join(source.dir, f))[0]
   // Once part of the stream is written, the daemon goes.
-  for (let i = 0; i < 600 && !(fs.existsSync(`${file}.partial`) && fs.statSync(`${file}.partial`).size > 8 * 1024 * 1024); i++) await new Promise(resolve => setTimeout(resolve, 25))
-  t.true(fs.existsSync(`${file}.partial`), 'the export did not start')
+  for (let i = 0; i < 600 && !(partial() !== undefined && fs.statSync(partial() as string).size > 8 * 1024 * 1024); i++) await new Promise(resolve => setTimeout(resolve, 25))
+  t.true(partial() !== undefined, 'the export did not start')
   await source.kill()
   t.is(await done, 1)
   t.regex(stderr, /^vdiskfs export: [^\n]+\n$/)
   t.false(fs.existsSync(file))
-  t.false(fs.existsSync(`${file}.partial`))
+  t.is(partial(), undefined)
 })
 
 test.serial('a backup keeps its identity through a catalog rebuilt by repair (catalog.log records it)', async t => {
@@ -279,4 +282,34 @@ test.serial('a backup keeps its identity through a catalog rebuilt by repair (ca
   t.is(repair.code, 0, repair.stderr)
   await m.mount()
   t.is((await call(m.mnt, 'uuid', { kind: 'backup', name: 'b.img' }) as { uuid: string }).uuid, uuid)
+})
+
+test.serial('the daemon checks what an import connection sends: a creation time past the year 9999, and frames out of order, are refused', async t => {
+  const m = await withMount(t)
+  const header = { name: 'x', blockBytes, uuid: crypto.randomUUID(), baseUuid: null, size: 4 * blockBytes, createdMs: 8.7e15, records: 2 }
+  await t.throwsAsync(openStream(m.mnt, 'importStream', { name: 'far.img', header }), { message: /year 9999/ })
+  const opened = await openStream(m.mnt, 'importStream', { name: 'order.img', header: { ...header, createdMs: Date.now() } })
+  try {
+    opened.socket.write(Buffer.concat([frameHead(frameZero, 2, null), frameHead(frameZero, 1, null), frameHead(frameEnd, 0, null)]))
+    await t.throwsAsync(readReply(opened.socket, opened.rest, m.mnt), { message: /out of order/ })
+  } finally {
+    opened.socket.destroy()
+  }
+  t.false(fs.existsSync(m.image('backups', 'order.img')))
+  t.false(fs.existsSync(m.image('backups', 'far.img')))
+})
+
+test.serial('export -o never replaces an existing file (one line, exit 1, the file unchanged, no partial file left)', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'd.img')
+  await run('truncate', ['-s', '1M', disk])
+  writeAt(disk, 0, crypto.randomBytes(blockBytes))
+  await cliOk(t, 'backup', disk, 'b')
+  const file = path.join(m.dir, 'taken.vds')
+  fs.writeFileSync(file, 'keep me\n')
+  const result = await vdiskfs('export', m.image('backups', 'b.img'), '-o', file)
+  t.is(result.code, 1)
+  t.regex(result.stderr, /^vdiskfs export: [^\n]*exists[^\n]*\n$/)
+  t.is(fs.readFileSync(file, 'utf8'), 'keep me\n')
+  t.deepEqual(fs.readdirSync(m.dir).filter(f => f.endsWith('.partial')), [])
 })
