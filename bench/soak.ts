@@ -373,17 +373,17 @@ function report (runMinutes: number): void {
     `| deleted files held open, most fds / MiB | ${maxOf(rows.map(r => r.deletedFdsMax))} / ${n(maxOf(rows.map(r => r.deletedMiBMax)))} MiB | |`,
     `| threads, max first half / second half | ${summary.threads.firstHalfMax} / ${summary.threads.secondHalfMax} | bounded (≤ first + 8): ${summary.threads.bounded ? 'yes' : 'no'} |`,
     `| FUSE thread records (libuv async handles), max first half / second half | ${recordsA} / ${recordsB} | bounded (≤ first + 8): ${summary.fuseThreadRecords.bounded ? 'yes' : 'no'} |`,
-    `| event-loop p99 | ${loopInStatus ? 'see the rows' : 'not reported (the status reply has no event-loop figure)'} | |`,
+    `| event-loop delay p99 (the daemon's last 10-20 s at each minute's end), median / worst minute | ${loopInStatus ? `${loopStat(rows, 0.5)} / ${loopStat(rows, 1)} ms` : 'not reported (the status reply has no event-loop figure)'} | |`,
     `| control status round trip, p99 | ${n(summary.statusRoundTripMsP99, 1)} ms | |`,
     `| pool directory (du, without deleted files held open), first / max / last minute | ${n(summary.poolMiB.first)} / ${n(summary.poolMiB.max)} / ${n(summary.poolMiB.last)} MiB | |`,
     `| operations | ${Object.entries(summary.opsTotal).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     `| errors | ${Object.keys(summary.errorCounts).length === 0 ? 'none' : Object.entries(summary.errorCounts).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     '', '## Per minute', '',
-    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | FUSE records | status ms max | pool MiB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | FUSE records | status ms max | loop p99 ms | loop max ms | pool MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
   ]
   for (const r of rows) {
-    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.deletedFdsMax} / ${n(r.deletedMiBMax)} | ${r.threadsMax} | ${r.fuseThreadRecordsMax ?? 'n/a'} | ${n(r.statusMsMax, 1)} | ${n(r.poolMiB)} |`)
+    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.deletedFdsMax} / ${n(r.deletedMiBMax)} | ${r.threadsMax} | ${r.fuseThreadRecordsMax ?? 'n/a'} | ${n(r.statusMsMax, 1)} | ${loopOf(r, 'p99Ms')} | ${loopOf(r, 'maxMs')} | ${n(r.poolMiB)} |`)
   }
   if (errors.length > 0) md.push('', '## Errors (first 50)', '', ...errors.map(e => `- ${n(e.t)} s, ${e.what}: ${e.message.replace(/\n/g, ' ')}`))
   md.push('')
@@ -392,6 +392,20 @@ function report (runMinutes: number): void {
   fs.writeFileSync(path.join(dir, 'soak-latest.json'), JSON.stringify(json, null, 2) + '\n')
   fs.writeFileSync(path.join(dir, 'soak-latest.md'), md.join('\n'))
   process.stdout.write(md.join('\n'))
+}
+
+/** A minute's event-loop figure from the status reply's eventLoopDelay, as text. */
+function loopOf (row: { loop: Record<string, unknown> | null }, key: 'p99Ms' | 'maxMs'): string {
+  const delay = row.loop?.eventLoopDelay as Record<string, number> | undefined
+  const value = delay?.[key]
+  return typeof value === 'number' ? value.toFixed(1) : 'n/a'
+}
+
+/** The event-loop p99 of the minutes at quantile q (0.5: median, 1: worst). */
+function loopStat (rows: Array<{ loop: Record<string, unknown> | null }>, q: number): string {
+  const values = rows.map(r => (r.loop?.eventLoopDelay as Record<string, number> | undefined)?.p99Ms).filter((v): v is number => typeof v === 'number').sort((a, b) => a - b)
+  if (values.length === 0) return 'n/a'
+  return values[Math.min(values.length - 1, Math.floor(q * (values.length - 1) + 0.5))].toFixed(1)
 }
 
 // ---- main ----
