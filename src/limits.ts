@@ -60,6 +60,19 @@ export const inUseGraceMs = 500
 /** How often the in-use check looks again for releases during inUseGraceMs. */
 export const inUsePollMs = 10
 
+/**
+ * Inline writes (io/file-io.ts): a write of at most this many bytes is a synchronous pwrite into the
+ * page cache on the event loop, not a libuv thread-pool round trip (whose wake-ups cost more than the
+ * copy on 2 cores). 128 KiB covers a slot write (at most a block) and a pack record of one chunk.
+ */
+export const inlineWriteBytesMax = 128 * 1024
+/**
+ * An inline write that took longer than this means the kernel is throttling writers (dirty-page
+ * limits) or the disk is slow: writes then go through the thread pool for inlineWriteBackoffMs, so
+ * the event loop, which serves every FUSE request, is never held up by the kernel's write throttling.
+ */
+export const inlineWriteSlowMs = 2
+export const inlineWriteBackoffMs = 1000
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000
 /** How often the daemon checks that its mount still exists (unmount from outside). */

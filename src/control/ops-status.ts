@@ -10,6 +10,7 @@ import { volumeFacts } from '../volume/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
+import { InlineWriteStats, inlineWriteStats } from '../io/file-io'
 import { Handler, HandlerContext } from './server'
 
 
@@ -34,6 +35,8 @@ export interface StatsResult {
   unsealedAsOfMs: number
   /** The cache of verified, decompressed chunks (sealed reads). */
   chunkCache: ChunkCacheStats
+  /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
+  writes: InlineWriteStats
   jobs: JobReport[]
   lastErrors: LogEntry[]
 }
@@ -70,6 +73,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         unsealedBytes: unsealed.bytes,
         unsealedAsOfMs: unsealed.atMs,
         chunkCache: pool.chunks.cacheStats(),
+        writes: inlineWriteStats(),
         jobs,
         lastErrors: recentErrors()
       }

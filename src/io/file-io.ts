@@ -11,6 +11,7 @@
  */
 import fs from 'node:fs'
 import { promisify } from 'node:util'
+import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../limits'
 
 export interface FileIo {
   open: (file: string, flags: string, mode?: number) => Promise<number>
@@ -30,6 +31,59 @@ export interface FileIo {
   syncDirectory: (dir: string) => Promise<void>
 }
 
+export interface InlineWriteStats {
+  /** Writes done synchronously on the event loop, through the thread pool, and inline ones found slow. */
+  inline: number
+  pooled: number
+  slow: number
+}
+
+/**
+ * Writes that land in the page cache take microseconds; a libuv thread-pool round trip costs tens of
+ * them in wake-ups (one per slot write, most of the main thread's time under 4 KiB writes: issue #10).
+ * So a small write is done synchronously on the event loop, timed: one that took longer than
+ * inlineWriteSlowMs (the kernel throttling dirty pages, or a slow disk) sends writes back to the
+ * thread pool for inlineWriteBackoffMs. Reads stay asynchronous: a cold read waits for the disk.
+ * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
+ */
+/** When a write goes inline; `now` (ns) is a parameter for tests. */
+export class InlineWritePolicy {
+  /** Before this time (ns) writes go through the thread pool. */
+  private backoffUntil = 0n
+  readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0 }
+
+  constructor (readonly enabled: boolean, private readonly now: () => bigint = process.hrtime.bigint) {}
+
+  /** Whether a write of `length` bytes goes inline now; counts it as pooled when not. */
+  inlineNow (length: number): boolean {
+    const inline = this.enabled && length <= inlineWriteBytesMax && (this.backoffUntil === 0n || this.now() >= this.backoffUntil)
+    if (!inline) this.stats.pooled++
+    return inline
+  }
+
+  /** Runs a synchronous write, timed; a slow one starts the back-off. */
+  run (write: () => number): { bytesWritten: number } {
+    const start = this.now()
+    try {
+      return { bytesWritten: write() }
+    } finally {
+      const end = this.now()
+      this.stats.inline++
+      if (end - start > BigInt(inlineWriteSlowMs) * 1_000_000n) {
+        this.stats.slow++
+        this.backoffUntil = end + BigInt(inlineWriteBackoffMs) * 1_000_000n
+      }
+    }
+  }
+}
+
+const inline = new InlineWritePolicy(process.env.VDISKFS_INLINE_WRITES !== '0')
+
+export function inlineWriteStats (): InlineWriteStats { return { ...inline.stats } }
+
+const writeAsync = promisify(fs.write) as FileIo['write']
+const writevAsync = promisify(fs.writev) as FileIo['writev']
+
 const openAsync = promisify(fs.open)
 const closeAsync = promisify(fs.close)
 const fdatasyncAsync = promisify(fs.fdatasync)
@@ -38,8 +92,15 @@ export const nodeFileIo: FileIo = {
   open: async (file, flags, mode) => await openAsync(file, flags, mode),
   close: async fd => await closeAsync(fd),
   read: promisify(fs.read) as FileIo['read'],
-  write: promisify(fs.write) as FileIo['write'],
-  writev: promisify(fs.writev) as FileIo['writev'],
+  write: async (fd, data, offset, length, position) => {
+    if (!inline.inlineNow(length)) return await writeAsync(fd, data, offset, length, position)
+    return inline.run(() => fs.writeSync(fd, data, offset, length, position))
+  },
+  writev: async (fd, buffers, position) => {
+    const length = buffers.reduce((sum, b) => sum + b.length, 0)
+    if (!inline.inlineNow(length)) return await writevAsync(fd, buffers, position)
+    return inline.run(() => fs.writevSync(fd, buffers, position))
+  },
   fdatasync: async fd => await fdatasyncAsync(fd),
   fstat: async fd => await promisify(fs.fstat)(fd),
   truncate: async (fd, size) => await promisify(fs.ftruncate)(fd, size),

@@ -49,6 +49,9 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.regex(status.unsealedAsOf, iso)
   t.is(status.chunkCache.hits + status.chunkCache.misses, 0, 'nothing sealed, nothing read from chunks')
   t.true(status.chunkCache.bytesMax > 0)
+  // Slot writes of 64 KiB go inline (issue #10), unless one was slow on a busy machine.
+  t.true(status.writes.inline + status.writes.pooled >= 16, JSON.stringify(status.writes))
+  t.true(status.writes.inline >= 1 || status.writes.slow >= 1, JSON.stringify(status.writes))
   t.deepEqual(status.jobs, [])
   t.deepEqual(status.lastErrors, [])
   // Sealed, then read past the page cache: the chunk cache counts it.
@@ -60,6 +63,7 @@ test.serial('status --json: every field, with sane values after some I/O', async
   // Text for people: one table row per operation.
   const text = await cliOk('status', m.mnt)
   t.regex(text, /event loop:\s+delay p50/)
+  t.regex(text, /writes:\s+\d+ inline, \d+ through the thread pool/)
   t.regex(text, /^write\s+\d+\s+0\s/m)
   t.is((await vdiskfs('status', m.mnt, '--json', '--prometheus')).code, 2)
   t.is((await vdiskfs('status', path.join(m.dir, 'nowhere'))).code, 1)

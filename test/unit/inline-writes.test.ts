@@ -1,0 +1,72 @@
+/**
+ * Inline writes (issue #10, io/file-io.ts): small writes go synchronously into the page cache, large
+ * ones through the thread pool; one inline write slower than the limit sends every write to the pool
+ * for the back-off time; the switch turns it off. Then the real nodeFileIo: what it writes is in the
+ * file, inline or not, and a failing write is a rejected promise with the system error, not a throw.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { InlineWritePolicy, inlineWriteStats, nodeFileIo } from '../../src/io/file-io'
+import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../../src/limits'
+
+const ms = (n: number): bigint => BigInt(Math.round(n * 1e6))
+
+test('small writes go inline, large ones through the pool', t => {
+  const policy = new InlineWritePolicy(true, () => 0n)
+  t.true(policy.inlineNow(4096))
+  t.true(policy.inlineNow(inlineWriteBytesMax))
+  t.false(policy.inlineNow(inlineWriteBytesMax + 1))
+  t.is(policy.stats.pooled, 1)
+})
+
+test('a slow inline write sends writes to the pool for the back-off, then they go inline again', t => {
+  let clock = ms(1000)
+  const policy = new InlineWritePolicy(true, () => clock)
+  // A fast one: no back-off.
+  policy.run(() => { clock += ms(inlineWriteSlowMs / 2); return 4096 })
+  t.true(policy.inlineNow(4096))
+  t.is(policy.stats.slow, 0)
+  // A slow one (the kernel throttled it).
+  t.is(policy.run(() => { clock += ms(inlineWriteSlowMs * 3); return 4096 }).bytesWritten, 4096)
+  t.is(policy.stats.slow, 1)
+  t.false(policy.inlineNow(4096))
+  clock += ms(inlineWriteBackoffMs - 1)
+  t.false(policy.inlineNow(4096))
+  clock += ms(2)
+  t.true(policy.inlineNow(4096))
+  t.deepEqual(policy.stats, { inline: 2, pooled: 2, slow: 1 })
+})
+
+test('a failed inline write still counts and starts no back-off when it was quick', t => {
+  const policy = new InlineWritePolicy(true, () => 0n)
+  t.throws(() => policy.run(() => { throw new Error('ENOSPC') }), { message: 'ENOSPC' })
+  t.is(policy.stats.inline, 1)
+  t.true(policy.inlineNow(4096))
+})
+
+test('turned off: every write goes through the pool', t => {
+  const policy = new InlineWritePolicy(false, () => 0n)
+  t.false(policy.inlineNow(1))
+})
+
+test('nodeFileIo: inline and pooled writes land; a bad descriptor is a rejected promise', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-inline-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'f')
+  const fd = await nodeFileIo.open(file, 'w+', 0o600)
+  const before = inlineWriteStats()
+  const small = Buffer.alloc(4096, 1)
+  const large = Buffer.alloc(inlineWriteBytesMax * 2, 2)
+  t.is((await nodeFileIo.write(fd, small, 0, small.length, 0)).bytesWritten, 4096)
+  t.is((await nodeFileIo.writev(fd, [small, small], 4096)).bytesWritten, 8192)
+  t.is((await nodeFileIo.write(fd, large, 0, large.length, 12288)).bytesWritten, large.length)
+  const after = inlineWriteStats()
+  t.true(after.inline - before.inline + after.slow - before.slow >= 1)
+  t.true(after.pooled - before.pooled >= 1, 'the large write went through the pool')
+  await nodeFileIo.close(fd)
+  t.deepEqual(fs.readFileSync(file), Buffer.concat([small, small, small, large]))
+  const pending = nodeFileIo.write(987654, small, 0, small.length, 0)
+  await t.throwsAsync(pending, { code: 'EBADF' })
+})
