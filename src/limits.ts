@@ -73,6 +73,13 @@ export const inlineWriteBytesMax = 128 * 1024
  */
 export const inlineWriteSlowMs = 2
 export const inlineWriteBackoffMs = 1000
+/**
+ * Sector checksums of delta-extent slots kept in memory (extent/sum-cache.ts), so a read of unsealed
+ * data needs one pread, not two: at most this many bytes (16 MiB: the checksums of 16 GiB of slots at
+ * 4 KiB sectors), in pages of sumCachePageSlots slots.
+ */
+export const sumCacheBytesMax = 16 * 1024 * 1024
+export const sumCachePageSlots = 256
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000
 /** How often the daemon checks that its mount still exists (unmount from outside). */

@@ -32,7 +32,8 @@ import {
   sectorsPerSlot, slotOffset, sumOffset
 } from '../format/extent-format'
 import { extentFileName } from '../format/pool-format'
-import { extentFdsMax, extentHeaderBytes, extentSlotsMax } from '../limits'
+import { SumCache } from './sum-cache'
+import { extentFdsMax, extentHeaderBytes, extentSlotsMax, readRetriesMax, sumCachePageSlots } from '../limits'
 
 
 export class DeltaExtent {
@@ -99,6 +100,8 @@ export class ExtentStore {
   /** Checksum mismatches found since start (for verify and the log). */
   readonly damaged: Array<{ extentId: number, slot: number, sector: number, why: string }> = []
   log: (message: string) => void = () => {}
+  /** Checksum entries of recently read or written slots (see sum-cache.ts). */
+  readonly sums: SumCache
 
   /**
    * `writableIds` names the extents some volume may still write (their next free slot lives in
@@ -109,7 +112,9 @@ export class ExtentStore {
     private readonly blockBytes: number,
     private readonly writableIds: () => Set<number> = () => new Set(),
     private readonly io: FileIo = nodeFileIo
-  ) {}
+  ) {
+    this.sums = new SumCache(sectorsPerSlot(blockBytes), Math.ceil(extentSlotsMax / sumCachePageSlots))
+  }
 
   file (id: number): string { return path.join(this.dir, extentFileName(id)) }
 
@@ -309,29 +314,43 @@ export class ExtentStore {
    * following slots, except from a partial slot), checking every sector it touches. Throws CORRUPT on a
    * mismatch. Returns the sectors of a partial slot that were never written (indexes from the slot's
    * start; their part of `target` is zeros): they belong to the chunk underneath (baseOf()). A whole
-   * slot returns [].
+   * slot returns []. The checksums come from memory when known (sum-cache.ts); `sumsFromFile` reads
+   * them from the file (verify). A read that races a write of the same extent and fails its check is
+   * read again (readRetriesMax) before it counts as damage.
    */
-  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<number[]> {
+  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, options: { sumsFromFile?: boolean } = {}): Promise<number[]> {
+    const fromFile = options.sumsFromFile === true
     const using = await this.use(extent)
     try {
       const found = this.baseOf(using.id, slot)
       const base = found === undefined ? 0 : found
       if (base === null) this.mismatch(using, slot, 0, 'its base entry fails its check')
-      if (base !== 0) return await this.readPartial(using, slot, offset, target)
+      if (base !== 0) return await this.readPartial(using, slot, offset, target, fromFile)
       if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return [] }
       const first = Math.floor(offset / extentSectorBytes)
       const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
       const aligned = offset === first * extentSectorBytes && target.length === (last - first + 1) * extentSectorBytes
       const bytes = aligned ? target : Buffer.alloc((last - first + 1) * extentSectorBytes)
-      const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
-      await Promise.all([
-        this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + first * extentSectorBytes, bytes),
-        this.readRaw(using, sumOffset(slot, first, this.blockBytes), sums)
-      ])
-      for (let k = 0; k <= last - first; k++) {
-        const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
-        const entry = sums.readUInt32LE(k * extentSumBytes)
-        if (!sectorMatches(sector, entry)) this.mismatch(using, slot, first + k, entry === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
+      for (let attempt = 0; ; attempt++) {
+        const sequence = this.sums.sequenceOf(using.id)
+        const dataRead = this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + first * extentSectorBytes, bytes)
+        let entries: Uint32Array
+        if (last < sectorsPerSlot(this.blockBytes)) {
+          // Within one slot: its entries from memory, or loaded whole beside the data.
+          const [, slotSums] = await Promise.all([dataRead, this.slotSums(using, slot, fromFile)])
+          entries = slotSums.subarray(first, last + 1)
+        } else {
+          const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
+          await Promise.all([dataRead, this.readRaw(using, sumOffset(slot, first, this.blockBytes), sums)])
+          entries = decodeSums(sums)
+        }
+        let bad = -1
+        for (let k = 0; k <= last - first && bad < 0; k++) if (!sectorMatches(bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes), entries[k])) bad = k
+        if (bad < 0) break
+        // A write of this extent started or ended while the data was read (an O_DIRECT read racing a
+        // write of the same sectors): what was read may be half old, half new. Read again; not damage.
+        if (this.sums.sequenceOf(using.id) !== sequence && attempt < readRetriesMax) continue
+        this.mismatch(using, slot, first + bad, entries[bad] === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
       }
       if (!aligned) target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
       return []
@@ -344,32 +363,57 @@ export class ExtentStore {
    * read() of a partial slot: its checksum table says which sectors were written (entry not 0), so it
    * is read even while the extent is suspect (then the written sectors are not checked).
    */
-  private async readPartial (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array): Promise<number[]> {
+  private async readPartial (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, fromFile: boolean): Promise<number[]> {
     assert.ok(offset >= 0 && offset + target.length <= this.blockBytes, `extent ${extent.id}: a read of partial slot ${slot} runs past it`)
     const first = Math.floor(offset / extentSectorBytes)
     const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
     const bytes = Buffer.alloc((last - first + 1) * extentSectorBytes)
-    const sums = Buffer.alloc((last - first + 1) * extentSumBytes)
-    await Promise.all([
-      this.readRaw(extent, slotOffset(slot, this.blockBytes, extent.version) + first * extentSectorBytes, bytes),
-      this.readRaw(extent, sumOffset(slot, first, this.blockBytes), sums)
-    ])
-    const checked = this.checked(extent)
-    const unwritten: number[] = []
-    for (let k = 0; k <= last - first; k++) {
-      const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
-      const entry = sums.readUInt32LE(k * extentSumBytes)
-      if (entry === 0) { unwritten.push(first + k); sector.fill(0); continue }
-      if (checked && !sectorMatches(sector, entry)) this.mismatch(extent, slot, first + k, 'checksum mismatch')
+    for (let attempt = 0; ; attempt++) {
+      const sequence = this.sums.sequenceOf(extent.id)
+      const [, slotSums] = await Promise.all([
+        this.readRaw(extent, slotOffset(slot, this.blockBytes, extent.version) + first * extentSectorBytes, bytes),
+        this.slotSums(extent, slot, fromFile)
+      ])
+      const checked = this.checked(extent)
+      const unwritten: number[] = []
+      let bad = -1
+      for (let k = 0; k <= last - first && bad < 0; k++) {
+        const sector = bytes.subarray(k * extentSectorBytes, (k + 1) * extentSectorBytes)
+        const entry = slotSums[first + k]
+        if (entry === 0) { unwritten.push(first + k); sector.fill(0); continue }
+        if (checked && !sectorMatches(sector, entry)) bad = k
+      }
+      if (bad >= 0) {
+        // As in read(): a write racing this read is no damage; read again.
+        if (this.sums.sequenceOf(extent.id) !== sequence && attempt < readRetriesMax) continue
+        this.mismatch(extent, slot, first + bad, 'checksum mismatch')
+      }
+      target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
+      return unwritten
     }
-    target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
-    return unwritten
+  }
+
+  /**
+   * The checksum entries of a whole slot (a copy): from memory when known, else read from the file
+   * and remembered (see sum-cache.ts for why that is coherent with writes in flight).
+   */
+  private async slotSums (extent: DeltaExtent, slot: number, fromFile = false): Promise<Uint32Array> {
+    const known = fromFile ? null : this.sums.get(extent.id, slot)
+    if (known !== null) return known.slice()
+    const sequence = this.sums.sequenceOf(extent.id)
+    const perSlot = sectorsPerSlot(this.blockBytes)
+    const raw = Buffer.alloc(perSlot * extentSumBytes)
+    await this.readRaw(extent, sumOffset(slot, 0, this.blockBytes), raw)
+    const entries = decodeSums(raw)
+    this.sums.install(extent.id, slot, entries, sequence)
+    return entries
   }
 
   /** Reads slot `slot` of extent `id` whole and checks it; returns what is wrong, or null. */
   async checkSlot (id: number, slot: number): Promise<string | null> {
     try {
-      await this.read(await this.get(id), slot, 0, Buffer.alloc(this.blockBytes))
+      // Against the checksums in the file, not the ones remembered: verify checks the file.
+      await this.read(await this.get(id), slot, 0, Buffer.alloc(this.blockBytes), { sumsFromFile: true })
       return null
     } catch (err) {
       return (err as Error).message
@@ -465,10 +509,17 @@ export class ExtentStore {
     const from = fresh ? 0 : first
     const sums = Buffer.alloc((fresh ? sectorsPerSlot(this.blockBytes) : last - first + 1) * extentSumBytes)
     for (let k = first; k <= last; k++) sums.writeUInt32LE(sectorSum(bytes.subarray((k - first) * extentSectorBytes, (k - first + 1) * extentSectorBytes)), (k - from) * extentSumBytes)
-    await Promise.all([
-      this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + start, bytes),
-      this.writeRaw(using, sumOffset(slot, from, this.blockBytes), sums)
-    ])
+    const before = this.sums.writeStarted(using.id, slot)
+    let written: { from: number, sums: Uint32Array } | null = null
+    try {
+      await Promise.all([
+        this.writeRaw(using, slotOffset(slot, this.blockBytes, using.version) + start, bytes),
+        this.writeRaw(using, sumOffset(slot, from, this.blockBytes), sums)
+      ])
+      written = { from, sums: decodeSums(sums) }
+    } finally {
+      this.sums.writeEnded(using.id, slot, before, written)
+    }
   }
 
   private async writeRaw (extent: DeltaExtent, position: number, data: Uint8Array): Promise<void> {
@@ -515,13 +566,17 @@ export class ExtentStore {
             dirty = true
             changed++
           }
-          if (dirty) await this.writeRaw(using, sumOffset(slot, 0, this.blockBytes), sums)
+          if (dirty) {
+            this.sums.forget(id)
+            await this.writeRaw(using, sumOffset(slot, 0, this.blockBytes), sums)
+          }
         }
         try { await this.io.fdatasync(using.fd) } catch (err) { throw fromSystemError(err, `syncing extent ${id}`) }
       }
     } finally {
       this.release(using)
     }
+    this.sums.forget(id)
     this.suspect.delete(id)
     return changed
   }
@@ -562,6 +617,7 @@ export class ExtentStore {
     this.lastWriteMs.delete(id)
     this.bases.delete(id)
     this.unversioned.delete(id)
+    this.sums.removed(id)
     if (opening !== undefined) {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined) this.letGo(extent)
@@ -577,6 +633,7 @@ export class ExtentStore {
     this.pending.clear()
     this.bases.clear()
     this.unversioned.clear()
+    this.sums.clear()
     for (const opening of all) {
       const extent = await opening.catch(() => undefined)
       if (extent !== undefined && !extent.closed) {
@@ -585,6 +642,13 @@ export class ExtentStore {
       }
     }
   }
+}
+
+/** Checksum entries as stored (u32 little-endian each). */
+function decodeSums (raw: Buffer): Uint32Array {
+  const entries = new Uint32Array(raw.length / extentSumBytes)
+  for (let k = 0; k < entries.length; k++) entries[k] = raw.readUInt32LE(k * extentSumBytes)
+  return entries
 }
 
 export async function syncDirectory (dir: string): Promise<void> {
