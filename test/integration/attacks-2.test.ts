@@ -15,23 +15,10 @@ import { Blake3Hasher } from '@napi-rs/blake-hash'
 import { call } from '../../src/control/client'
 import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../../src/transfer/stream'
 import { cli, run, vdiskfs, withMount, TestMount } from '../helpers/mount'
+import { Account, ensureUser, testUser } from '../helpers/users'
 
-const user = 'vdiskfs-test'
+const user = testUser
 const blockBytes = 64 * 1024
-
-interface Account { uid: number, gid: number }
-
-/** The unprivileged test user, created once (and left in place: it may have existed before). */
-function ensureUser (): Account {
-  let id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
-  if (id.status !== 0) {
-    const made = spawnSync('useradd', ['-M', '-s', '/usr/sbin/nologin', user], { encoding: 'utf8' })
-    if (made.status !== 0 && made.status !== 9) throw new Error(`useradd failed: ${made.stderr}`)
-    id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
-  }
-  const gid = spawnSync('id', ['-g', user], { encoding: 'utf8' })
-  return { uid: Number(id.stdout.trim()), gid: Number(gid.stdout.trim()) }
-}
 
 /** Runs a command as the test user; throws unless it succeeds. */
 function asUser (command: string, args: string[]): void {

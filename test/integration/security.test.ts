@@ -11,25 +11,11 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { TestMount, cli, isMounted, repoRoot, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import { ensureUser, testUser } from '../helpers/users'
 import { socketPathFor } from '../../src/control/protocol'
 import Database from 'better-sqlite3'
 
-const user = 'vdiskfs-test'
-
-interface Account { uid: number, gid: number }
-
-/** The unprivileged test user, created once (and left in place: it may have existed before). */
-function ensureUser (): Account {
-  let id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
-  if (id.status !== 0) {
-    const made = spawnSync('useradd', ['-M', '-s', '/usr/sbin/nologin', user], { encoding: 'utf8' })
-    // Another test run may have made it meanwhile: useradd's "already exists" is fine.
-    if (made.status !== 0 && made.status !== 9) throw new Error(`useradd failed: ${made.stderr}`)
-    id = spawnSync('id', ['-u', user], { encoding: 'utf8' })
-  }
-  const gid = spawnSync('id', ['-g', user], { encoding: 'utf8' })
-  return { uid: Number(id.stdout.trim()), gid: Number(gid.stdout.trim()) }
-}
+const user = testUser
 
 interface Outcome { code: number, stdout: string, stderr: string }
 

@@ -8,6 +8,7 @@
  * nothing at all (measured with the old code: 0 chunks held, its byte count at the 32 MiB bound).
  */
 import test from 'ava'
+import { flipByte } from '../helpers/damage'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -93,13 +94,7 @@ test.serial('damage in a cached chunk: the cache serves only what was verified, 
     t.true(before.equals(data.subarray(block * blockBytes, block * blockBytes + 4096)))
     const row = pool.chunks.info(id)
     const pack = pool.chunks.packFile(row.packId)
-    const fd = fs.openSync(pack, 'r+')
-    const flipAt = row.offset + 100
-    const byte = Buffer.alloc(1)
-    fs.readSync(fd, byte, 0, 1, flipAt)
-    byte[0] ^= 0x40
-    fs.writeSync(fd, byte, 0, 1, flipAt)
-    fs.closeSync(fd)
+    flipByte(pack, row.offset + 100, 0x40)
     // From the cache: the bytes verified before the damage, never the damaged ones.
     const cached = Buffer.alloc(4096)
     await disk.read(cached, block * blockBytes + 8192)

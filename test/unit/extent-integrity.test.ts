@@ -14,6 +14,7 @@ import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { verifyPool } from '../../src/volume/verify'
 import { extentSlotsMax } from '../../src/limits'
+import { flipByte } from '../helpers/damage'
 
 const blockBytes = 64 * 1024
 
@@ -50,12 +51,7 @@ test.serial('a flipped byte in an extent fails exactly its block, is reported by
   const size = fs.statSync(file).size
   // Block 5 is slot 5: the sixth block-sized piece from the end of the file's slots.
   const at = size - 3 * blockBytes + 12345
-  const fd = fs.openSync(file, 'r+')
-  const byte = Buffer.alloc(1)
-  fs.readSync(fd, byte, 0, 1, at)
-  byte[0] ^= 0x10
-  fs.writeSync(fd, byte, 0, 1, at)
-  fs.closeSync(fd)
+  flipByte(file, at, 0x10)
   const pool = Pool.open(dir, { workers: 1 })
   try {
     for (let block = 0; block < 8; block++) {

@@ -6,6 +6,7 @@
  * (version 2, no base table) still opens and takes such writes whole.
  */
 import test from 'ava'
+import { flipByte } from '../helpers/damage'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -112,13 +113,8 @@ test.serial('a damaged base entry fails its block with CORRUPT, is named by veri
   const entry = pool.get('disk', 'd.img').map.get(1)
   await pool.close()
   const file = path.join(dir, 'extents', `${entryExtentId(entry)}.dx`)
-  const fd = fs.openSync(file, 'r+')
-  const byte = Buffer.alloc(1)
-  const at = baseOffset(entrySlot(entry), blockBytes) + 1
-  fs.readSync(fd, byte, 0, 1, at)
-  byte[0] ^= 0x01 // another chunk id: served unchecked, it would read another block's bytes
-  fs.writeSync(fd, byte, 0, 1, at)
-  fs.closeSync(fd)
+  // Another chunk id: served unchecked, it would read another block's bytes.
+  flipByte(file, baseOffset(entrySlot(entry), blockBytes) + 1)
   pool = Pool.open(dir, { workers: 1 })
   try {
     const out = Buffer.alloc(blockBytes)

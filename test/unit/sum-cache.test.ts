@@ -11,6 +11,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { SumCache } from '../../src/extent/sum-cache'
+import { flipByte } from '../helpers/damage'
 import { Pool } from '../../src/volume/pool'
 import { sumCacheBytesMax, sumCachePageSlots } from '../../src/limits'
 import { dataStart, extentFormatVersion, sumOffset } from '../../src/format/extent-format'
@@ -79,15 +80,6 @@ function tempDir (t: { teardown: (fn: () => void) => void }): string {
   return dir
 }
 
-function flip (file: string, at: number): void {
-  const fd = fs.openSync(file, 'r+')
-  const byte = Buffer.alloc(1)
-  fs.readSync(fd, byte, 0, 1, at)
-  byte[0] ^= 0x01
-  fs.writeSync(fd, byte, 0, 1, at)
-  fs.closeSync(fd)
-}
-
 test.serial('through a pool: reads hit the cache, damage is still caught, verify reads the table from the file', async t => {
   const dir = path.join(tempDir(t), 'pool')
   const pool = Pool.open(dir, { create: true, blockBytes, workers: 1 })
@@ -104,10 +96,10 @@ test.serial('through a pool: reads hit the cache, damage is still caught, verify
   const extentId = Number(names[0].replace('.dx', ''))
   const file = pool.extents.file(extentId)
   // A flipped data byte: caught against the checksum in memory.
-  flip(file, dataStart(extentFormatVersion, blockBytes) + blockBytes + 100)
+  flipByte(file, dataStart(extentFormatVersion, blockBytes) + blockBytes + 100)
   await t.throwsAsync(disk.read(out, blockBytes), { message: /checksum mismatch/ })
   // A flipped checksum entry in the file: the data is sound, so reads serve it; verify reads the file.
-  flip(file, sumOffset(2, 3, blockBytes))
+  flipByte(file, sumOffset(2, 3, blockBytes))
   await disk.read(out, 2 * blockBytes + 3 * 4096)
   t.deepEqual(out, data.subarray(2 * blockBytes + 3 * 4096, 2 * blockBytes + 4 * 4096))
   t.regex(String(await pool.extents.checkSlot(extentId, 2)), /checksum mismatch/)
