@@ -297,6 +297,8 @@ const maxOf = (list: number[]): number => list.length === 0 ? 0 : Math.max(...li
 const mean = (list: number[]): number => list.length === 0 ? 0 : list.reduce((a, b) => a + b, 0) / list.length
 function p99 (list: number[]): number { const s = [...list].sort((a, b) => a - b); return s.length === 0 ? 0 : s[Math.min(s.length - 1, Math.floor(s.length * 0.99))] }
 
+let finalStats: Record<string, unknown> | null = null
+
 function report (runMinutes: number): void {
   const full = [...minuteData.values()].filter(m => m.minute < runMinutes).sort((a, b) => a.minute - b.minute)
   const rows = full.map(m => {
@@ -348,7 +350,9 @@ function report (runMinutes: number): void {
     statusRoundTripMsP99: p99(full.flatMap(m => m.samples.map(s => s.statusMs))),
     poolMiB: { first: rows[0]?.poolMiB ?? 0, max: maxOf(rows.map(r => r.poolMiB)), last: rows.at(-1)?.poolMiB ?? 0 },
     opsTotal: rows.reduce<Record<string, number>>((acc, r) => { for (const [k, v] of Object.entries(r.ops)) acc[k] = (acc[k] ?? 0) + v; return acc }, {}),
-    errorCounts: Object.fromEntries(errorCounts)
+    errorCounts: Object.fromEntries(errorCounts),
+    writes: finalStats?.writes ?? null,
+    chunkCache: finalStats?.chunkCache ?? null
   }
   const date = new Date().toISOString()
   const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${(os.totalmem() / 1024 / MiB).toFixed(0)} GiB, Linux ${os.release()}`
@@ -377,6 +381,8 @@ function report (runMinutes: number): void {
     `| control status round trip, p99 | ${n(summary.statusRoundTripMsP99, 1)} ms | |`,
     `| pool directory (du, without deleted files held open), first / max / last minute | ${n(summary.poolMiB.first)} / ${n(summary.poolMiB.max)} / ${n(summary.poolMiB.last)} MiB | |`,
     `| operations | ${Object.entries(summary.opsTotal).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
+    `| engine writes at the end: inline / through the thread pool / slow inline | ${JSON.stringify(summary.writes)} | |`,
+    `| chunk cache at the end | ${JSON.stringify(summary.chunkCache)} | |`,
     `| errors | ${Object.keys(summary.errorCounts).length === 0 ? 'none' : Object.entries(summary.errorCounts).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     '', '## Per minute', '',
     '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | FUSE records | status ms max | loop p99 ms | loop max ms | pool MiB |',
@@ -458,6 +464,8 @@ async function main (): Promise<void> {
     clearInterval(progress)
   }
   try { process.kill(daemonPid, 0) } catch { throw new Error(`the daemon (pid ${daemonPid}) died during the soak`) }
+  // The daemon's own counters at the end: engine writes inline / through the pool / slow, chunk cache.
+  try { finalStats = await call(mnt, 'stats') as Record<string, unknown> } catch (err) { errors.push({ t: elapsedS(), what: 'stats', message: (err as Error).message }) }
   const runMinutes = Math.min(minutes, Math.floor((Date.now() - started) / 60000))
   report(runMinutes)
 }

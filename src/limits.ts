@@ -68,11 +68,14 @@ export const inUsePollMs = 10
 export const inlineWriteBytesMax = 128 * 1024
 /**
  * An inline write that took longer than this means the kernel is throttling writers (dirty-page
- * limits) or the disk is slow: writes then go through the thread pool for inlineWriteBackoffMs, so
- * the event loop, which serves every FUSE request, is never held up by the kernel's write throttling.
+ * limits) or the disk is slow: writes then go through the thread pool for inlineWriteBackoffMs (doubled
+ * for each slow one in a row), so the event loop, which serves every FUSE request, is held up by the
+ * kernel's write throttling once per back-off at most.
  */
 export const inlineWriteSlowMs = 2
 export const inlineWriteBackoffMs = 1000
+/** The back-off doubles with each slow inline write in a row (the kernel keeps throttling), up to this. */
+export const inlineWriteBackoffMaxMs = 60000
 /**
  * Sector checksums of delta-extent slots kept in memory (extent/sum-cache.ts), so a read of unsealed
  * data needs one pread, not two: at most this many bytes (16 MiB: the checksums of 16 GiB of slots at

@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs'
 import { promisify } from 'node:util'
-import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../limits'
+import { inlineWriteBackoffMaxMs, inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../limits'
 
 export interface FileIo {
   open: (file: string, flags: string, mode?: number) => Promise<number>
@@ -36,6 +36,8 @@ export interface InlineWriteStats {
   inline: number
   pooled: number
   slow: number
+  /** The longest inline write, in milliseconds: the longest the event loop waited for one. */
+  slowestMs: number
 }
 
 /**
@@ -43,14 +45,16 @@ export interface InlineWriteStats {
  * them in wake-ups (one per slot write, most of the main thread's time under 4 KiB writes: issue #10).
  * So a small write is done synchronously on the event loop, timed: one that took longer than
  * inlineWriteSlowMs (the kernel throttling dirty pages, or a slow disk) sends writes back to the
- * thread pool for inlineWriteBackoffMs. Reads stay asynchronous: a cold read waits for the disk.
+ * thread pool for inlineWriteBackoffMs, doubled for each slow one in a row (up to inlineWriteBackoffMaxMs). Reads stay asynchronous: a cold read waits for the disk.
  * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
  */
 /** When a write goes inline; `now` (ns) is a parameter for tests. */
 export class InlineWritePolicy {
   /** Before this time (ns) writes go through the thread pool. */
   private backoffUntil = 0n
-  readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0 }
+  /** Slow inline writes in a row: each doubles the back-off. */
+  private slowInARow = 0
+  readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0, slowestMs: 0 }
 
   constructor (readonly enabled: boolean, private readonly now: () => bigint = process.hrtime.bigint) {}
 
@@ -69,9 +73,15 @@ export class InlineWritePolicy {
     } finally {
       const end = this.now()
       this.stats.inline++
+      const tookMs = Number(end - start) / 1e6
+      if (tookMs > this.stats.slowestMs) this.stats.slowestMs = tookMs
       if (end - start > BigInt(inlineWriteSlowMs) * 1_000_000n) {
         this.stats.slow++
-        this.backoffUntil = end + BigInt(inlineWriteBackoffMs) * 1_000_000n
+        const backoffMs = Math.min(inlineWriteBackoffMaxMs, inlineWriteBackoffMs * 2 ** this.slowInARow)
+        this.slowInARow++
+        this.backoffUntil = end + BigInt(backoffMs) * 1_000_000n
+      } else {
+        this.slowInARow = 0
       }
     }
   }
