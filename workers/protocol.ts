@@ -18,6 +18,8 @@ export interface WorkerConfig {
   /** Bytes of a slot's input and output regions (each); at least compressBound(blockBytes) + record header. */
   regionBytes: number
   zstdLevel: number
+  /** The nice value a worker thread takes when it starts (the sealing workers: background work). */
+  nice?: number
 }
 
 export const hashBytes = 32

@@ -3,6 +3,7 @@
  * Imports only the protocol module and the two native kernels. Also callable on the main thread, for
  * the benchmark's "no workers" baseline only.
  */
+import os from 'node:os'
 import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, sectorMatches, worthCompressing } from './protocol'
@@ -12,6 +13,8 @@ let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = nu
 
 function setup (config: WorkerConfig) {
   if (context === null || context.config.slab !== config.slab) {
+    // Linux: a thread's own nice value (setpriority with pid 0 applies to the calling thread only).
+    if (config.nice !== undefined) { try { os.setPriority(config.nice) } catch {} }
     const cctx = new zstd.CCtx()
     cctx.setParameter(zstd.CParameter.compressionLevel, config.zstdLevel)
     context = { config, slab: Buffer.from(config.slab), cctx }
