@@ -12,7 +12,8 @@ for (const stream of [child.stdout, child.stderr]) {
 }
 child.on('exit', code => {
   const count = re => { const m = re.exec(output); return m === null ? 0 : Number(m[1]) }
-  const passed = count(/(\d+) tests? passed/)
+  // With failures, ava prints no "N tests passed" line: the passed ones are then counted by their marks.
+  const passed = count(/(\d+) tests? passed/) || (output.match(/^\s+✔ /gm) ?? []).length
   const failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/)
   const timedOut = /Timed out while running tests/.test(output) ? 1 : 0
   console.log(`tests: ${passed} passed, ${failed + timedOut} failed`)

@@ -145,31 +145,54 @@ test.serial('deleting a backup keeps its clones intact; space comes back once th
 test.serial('a backup taken during continuous writes holds a prefix of the acknowledged writes', async t => {
   const m = await withMount(t)
   const disk = m.image('disks', 'w.img')
-  await run('truncate', ['-s', '16M', disk])
-  // A writer process stamps record i into 4 KiB slot i, in order, and prints i after each write returns.
+  const records = 65536
+  await run('truncate', ['-s', String((records + 1) * 4096), disk])
+  // A writer process stamps record i into 4 KiB slot i, in order, and after each write returns prints i
+  // and the time (ms since the epoch) the write started; until killed, or done (far more than needed).
   const writer = path.join(m.dir, 'writer.js')
   fs.writeFileSync(writer, `
     const fs = require('fs'); const fd = fs.openSync(process.argv[2], 'r+')
-    for (let i = 1; i <= 4000; i++) { const b = Buffer.alloc(4096, 0); b.write('record ' + i); fs.writeSync(fd, b, 0, 4096, i * 4096); process.stdout.write(i + '\\n') }
+    for (let i = 1; i <= ${records}; i++) {
+      const b = Buffer.alloc(4096, 0); b.write('record ' + i)
+      const started = Date.now(); fs.writeSync(fd, b, 0, 4096, i * 4096); process.stdout.write(i + ' ' + started + '\\n')
+    }
   `)
   const { spawn } = await import('node:child_process')
   const child = spawn(process.execPath, [writer, disk])
-  // Listened for from the start: the writer may finish all its records while the backup runs.
   const exited = new Promise(resolve => child.on('exit', resolve))
   let acknowledged = 0
-  child.stdout.on('data', chunk => { const lines = String(chunk).trim().split('\n'); acknowledged = Number(lines[lines.length - 1]) })
-  while (acknowledged < 500) await new Promise(resolve => setTimeout(resolve, 5))
+  let finished = false
+  const startedMs = new Map<number, number>()
+  let partial = ''
+  child.on('exit', () => { finished = true })
+  child.stdout.on('data', chunk => {
+    const lines = (partial + String(chunk)).split('\n')
+    partial = lines.pop() ?? ''
+    for (const line of lines) { const [i, ms] = line.split(' ').map(Number); startedMs.set(i, ms); acknowledged = i }
+  })
+  const until = async (count: number): Promise<void> => {
+    while (acknowledged < count && !finished) await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  await until(500)
   const ackedBefore = acknowledged
   await cliOk(t, 'backup', disk, 'mid')
+  const returnedMs = Date.now()
+  // Let writes that started well after the backup returned land: none of them may be in it.
+  await until(acknowledged + 300)
+  t.false(finished, `the writer wrote all ${records} records before the test could look`)
+  child.kill('SIGKILL')
   await exited
   const image = fs.readFileSync(m.image('backups', 'mid.img'))
   let last = 0
-  for (let i = 1; i <= 4000; i++) {
-    const text = image.toString('latin1', i * 4096, i * 4096 + 12).replace(/\0.*$/, '')
+  for (let i = 1; i <= records; i++) {
+    const text = image.toString('latin1', i * 4096, i * 4096 + 14).replace(/\0.*$/, '')
     if (text === `record ${i}`) { t.is(last, i - 1, `record ${i} present after a gap`); last = i }
   }
   t.true(last >= ackedBefore, `backup holds ${last} records, ${ackedBefore} were acknowledged before it`)
-  t.true(last < 4000 || ackedBefore === 4000)
+  // 5 ms of slack for the two processes' clocks and the CLI's exit.
+  const later = [...startedMs].find(([, ms]) => ms > returnedMs + 5)
+  t.truthy(later, 'some write started after the backup returned')
+  if (later !== undefined) t.true(last < later[0], `backup holds ${last} records; record ${later[0]} started ${later[1] - returnedMs} ms after it returned`)
 })
 
 test.serial('--freeze gives a clean filesystem; restore brings a backup back; bad names are refused', async t => {
