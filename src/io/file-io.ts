@@ -11,7 +11,7 @@
  */
 import fs from 'node:fs'
 import { promisify } from 'node:util'
-import { inlineWriteBackoffMaxMs, inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../limits'
+import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs, inlineWritesPerTurnMax } from '../limits'
 
 export interface FileIo {
   open: (file: string, flags: string, mode?: number) => Promise<number>
@@ -45,24 +45,27 @@ export interface InlineWriteStats {
  * them in wake-ups (one per slot write, most of the main thread's time under 4 KiB writes: issue #10).
  * So a small write is done synchronously on the event loop, timed: one that took longer than
  * inlineWriteSlowMs (the kernel throttling dirty pages, or a slow disk) sends writes back to the
- * thread pool for inlineWriteBackoffMs, doubled for each slow one in a row (up to inlineWriteBackoffMaxMs). Reads stay asynchronous: a cold read waits for the disk.
+ * thread pool for inlineWriteBackoffMs (fixed: see limits.ts). At most inlineWritesPerTurnMax go inline
+ * in one turn of the event loop: a chain of awaits on inline writes would otherwise never yield. Reads stay asynchronous: a cold read waits for the disk.
  * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
  */
 /** When a write goes inline; `now` (ns) is a parameter for tests. */
 export class InlineWritePolicy {
   /** Before this time (ns) writes go through the thread pool. */
   private backoffUntil = 0n
-  /** Slow inline writes in a row: each doubles the back-off. */
-  private slowInARow = 0
+  /** Inline writes since the event loop last turned (reset by a setImmediate). */
+  private thisTurn = 0
   readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0, slowestMs: 0 }
 
   constructor (readonly enabled: boolean, private readonly now: () => bigint = process.hrtime.bigint) {}
 
   /** Whether a write of `length` bytes goes inline now; counts it as pooled when not. */
   inlineNow (length: number): boolean {
-    const inline = this.enabled && length <= inlineWriteBytesMax && (this.backoffUntil === 0n || this.now() >= this.backoffUntil)
-    if (!inline) this.stats.pooled++
-    return inline
+    const inline = this.enabled && length <= inlineWriteBytesMax && this.thisTurn < inlineWritesPerTurnMax &&
+      (this.backoffUntil === 0n || this.now() >= this.backoffUntil)
+    if (!inline) { this.stats.pooled++; return false }
+    if (this.thisTurn++ === 0) setImmediate(() => { this.thisTurn = 0 })
+    return true
   }
 
   /** Runs a synchronous write, timed; a slow one starts the back-off. */
@@ -77,11 +80,7 @@ export class InlineWritePolicy {
       if (tookMs > this.stats.slowestMs) this.stats.slowestMs = tookMs
       if (end - start > BigInt(inlineWriteSlowMs) * 1_000_000n) {
         this.stats.slow++
-        const backoffMs = Math.min(inlineWriteBackoffMaxMs, inlineWriteBackoffMs * 2 ** this.slowInARow)
-        this.slowInARow++
-        this.backoffUntil = end + BigInt(backoffMs) * 1_000_000n
-      } else {
-        this.slowInARow = 0
+        this.backoffUntil = end + BigInt(inlineWriteBackoffMs) * 1_000_000n
       }
     }
   }

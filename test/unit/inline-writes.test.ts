@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { InlineWritePolicy, inlineWriteStats, nodeFileIo } from '../../src/io/file-io'
-import { inlineWriteBackoffMaxMs, inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs } from '../../src/limits'
+import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs, inlineWritesPerTurnMax } from '../../src/limits'
 
 const ms = (n: number): bigint => BigInt(Math.round(n * 1e6))
 
@@ -39,24 +39,25 @@ test('a slow inline write sends writes to the pool for the back-off, then they g
   t.deepEqual(policy.stats, { inline: 2, pooled: 2, slow: 1, slowestMs: inlineWriteSlowMs * 3 })
 })
 
-test('slow inline writes in a row double the back-off, up to its maximum; a fast one resets it', t => {
+test('slow inline writes in a row keep the back-off at its fixed length: small writes come back to the loop soon after a throttled burst', t => {
   let clock = ms(1000)
   const policy = new InlineWritePolicy(true, () => clock)
   const slow = (): void => { policy.run(() => { clock += ms(inlineWriteSlowMs * 2); return 1 }) }
-  const fast = (): void => { policy.run(() => { clock += ms(inlineWriteSlowMs / 4); return 1 }) }
   /** How long writes go through the pool after the slow write just done (ms, to 1 ms). */
   const backoff = (): number => {
     const from = clock
     while (!policy.inlineNow(1)) clock += ms(1)
     return Number(clock - from) / 1e6
   }
-  slow(); t.is(backoff(), inlineWriteBackoffMs)
-  slow(); t.is(backoff(), 2 * inlineWriteBackoffMs)
-  slow(); t.is(backoff(), 4 * inlineWriteBackoffMs)
-  for (let i = 0; i < 20; i++) slow()
-  t.is(backoff(), inlineWriteBackoffMaxMs)
-  fast()
-  slow(); t.is(backoff(), inlineWriteBackoffMs, 'a fast inline write ended the run of slow ones')
+  for (let i = 0; i < 50; i++) { slow(); t.is(backoff(), inlineWriteBackoffMs) }
+})
+
+test('at most inlineWritesPerTurnMax writes go inline in one turn of the event loop; then the loop turns', async t => {
+  const policy = new InlineWritePolicy(true, () => 0n)
+  for (let i = 0; i < inlineWritesPerTurnMax; i++) t.true(policy.inlineNow(4096))
+  t.false(policy.inlineNow(4096), 'a chain of inline writes yields to the loop')
+  await new Promise(resolve => setImmediate(resolve))
+  t.true(policy.inlineNow(4096))
 })
 
 test('a failed inline write still counts and starts no back-off when it was quick', t => {
