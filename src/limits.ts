@@ -70,9 +70,8 @@ export const inlineWriteBytesMax = 128 * 1024
  * An inline write that took longer than this means the kernel is throttling writers (dirty-page
  * limits) or the disk is slow: writes then go through the thread pool for inlineWriteBackoffMs, so
  * the event loop, which serves every FUSE request, is held up by the kernel's write throttling once a
- * second at most. The back-off stays fixed: doubling it for slow writes in a row kept the small writes
- * after a long sequential one (throttled all along) off the loop for a minute (make bench, 13:30 UTC:
- * A's 4k randwrite 7.8-8.1k IOPS inline against 8.4-9.0k through the pool).
+ * second at most. The back-off stays fixed: doubling it for slow writes in a row (tried) can keep the
+ * small writes after a long throttled sequential one off the loop for up to a minute.
  */
 export const inlineWriteSlowMs = 2
 export const inlineWriteBackoffMs = 1000
