@@ -209,7 +209,10 @@ export class Volume implements VolumeInfo {
         const block = Math.floor(at / blockBytes)
         const offset = at % blockBytes
         const count = Math.min(blockBytes - offset, data.length - done)
-        writes.push(this.locked(block, async () => await this.writeBlock(block, offset, data.subarray(done, done + count))))
+        // The piece is cut now: the closure may run after the loop has moved on (another write holds
+        // the block's lock), and `done` is advanced below in this same iteration's binding.
+        const piece = data.subarray(done, done + count)
+        writes.push(this.locked(block, async () => await this.writeBlock(block, offset, piece)))
         done += count
       }
       await Promise.all(writes)
