@@ -93,6 +93,7 @@ export class Importer {
   /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
   checkTarget (spec: ImportSpec, name: string): Volume | null {
     for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === name) throw exists(`backup ${name}`)
+    if (this.state.reservedNames.has(`backup/${name}`)) throw exists(`backup ${name}`)
     const same = this.state.catalog.volumeByUuid(spec.uuid)
     if (same !== undefined) {
       const volume = this.state.volumes.get(same)
@@ -275,5 +276,7 @@ export class ImportSession {
 
   private checkNameFree (): void {
     for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === this.name) throw exists(`backup ${this.name}`)
+    // A backup waiting for its source's writes to drain holds the name it checked (namespace.ts).
+    if (this.state.reservedNames.has(`backup/${this.name}`)) throw exists(`backup ${this.name}`)
   }
 }

@@ -91,9 +91,31 @@ export class Namespace {
     return volume
   }
 
+  /** Throws INVALID for a bad name, EXISTS when a volume has it or an operation in flight reserved it. */
   private checkNewName (kind: VolumeKind, name: string): void {
     checkName(name)
-    if (this.find(kind, name) !== undefined) throw exists(`${kind} ${name}`)
+    if (this.find(kind, name) !== undefined || this.state.reservedNames.has(`${kind}/${name}`)) throw exists(`${kind} ${name}`)
+  }
+
+  /**
+   * Checks that `name` is free and holds it for `work`, which creates the volume after awaits (pausing
+   * a source, waiting for handles to close): without the hold, a second operation could check the same
+   * name during the await and both would create it (two rows of one name: every later commit fails).
+   */
+  private async withNewName<T> (kind: VolumeKind, name: string, work: () => Promise<T>): Promise<T> {
+    this.checkNewName(kind, name)
+    const key = `${kind}/${name}`
+    this.state.reservedNames.add(key)
+    try {
+      return await work()
+    } finally {
+      this.state.reservedNames.delete(key)
+    }
+  }
+
+  /** Throws NOT_FOUND when `volume` left the namespace (removed, or hidden by rm --force) during an await. */
+  private checkStillHere (volume: Volume): void {
+    if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
   }
 
   private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, counts: { allocatedBlocks: number, storedBytes: number }, source: Volume | null): Volume {
@@ -143,6 +165,7 @@ export class Namespace {
     const hiding = hide && isLibfuseHiddenName(newName) && volume.openHandles > 0
     const stored = hiding ? hiddenNameOf(newName) : newName
     if (stored === volume.name) return
+    if (this.state.reservedNames.has(`${volume.kind}/${stored}`)) throw new VdiskError('BUSY', `${volume.kind} ${stored} is being created by another operation`)
     const target = this.named(volume.kind, stored)
     if (target !== undefined) {
       if (target.openHandles > 0) this.hide(target)
@@ -261,17 +284,19 @@ export class Namespace {
    */
   async backup (source: Volume, name: string): Promise<Volume> {
     if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up a disk or a clone`)
-    this.checkNewName('backup', name)
-    await source.pause()
-    let backup: Volume
-    try {
-      backup = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map, source)
-      // From now on every page of the source is shared: the source copies before it changes one.
-      source.map.epoch = this.state.nextEpoch++
-      this.state.freezeActiveExtent(source)
-    } finally {
-      source.resume()
-    }
+    const backup = await this.withNewName('backup', name, async () => {
+      await source.pause()
+      try {
+        this.checkStillHere(source)
+        const made = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map, source)
+        // From now on every page of the source is shared: the source copies before it changes one.
+        source.map.epoch = this.state.nextEpoch++
+        this.state.freezeActiveExtent(source)
+        return made
+      } finally {
+        source.resume()
+      }
+    })
     await this.commit()
     return backup
   }
@@ -296,21 +321,24 @@ export class Namespace {
    * Errors: EXISTS, INVALID for a bad name.
    */
   async copy (source: Volume, name: string): Promise<Volume> {
-    this.checkNewName('disk', name)
     if (source.kind === 'backup') {
+      this.checkNewName('disk', name)
       const copy = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
       await this.commit()
       return copy
     }
-    await source.pause()
-    let copy: Volume
-    try {
-      copy = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
-      source.map.epoch = this.state.nextEpoch++
-      this.state.freezeActiveExtent(source)
-    } finally {
-      source.resume()
-    }
+    const copy = await this.withNewName('disk', name, async () => {
+      await source.pause()
+      try {
+        this.checkStillHere(source)
+        const made = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
+        source.map.epoch = this.state.nextEpoch++
+        this.state.freezeActiveExtent(source)
+        return made
+      } finally {
+        source.resume()
+      }
+    })
     await this.commit()
     return copy
   }
@@ -325,12 +353,15 @@ export class Namespace {
    */
   async promote (clone: Volume, name: string): Promise<void> {
     if (clone.kind !== 'clone') throw invalid(`${clone.label} is not a clone: only a clone can be promoted to a disk`)
-    this.checkNewName('disk', name)
-    await this.inUse(clone, false)
-    clone.kind = 'disk'
-    clone.name = name
-    clone.rowDirty = true
-    this.changed(clone)
+    await this.withNewName('disk', name, async () => {
+      // inUse waits for releases on their way, then checks the clone is still here.
+      await this.inUse(clone, false)
+      if (clone.kind !== 'clone') throw invalid(`${clone.label} is not a clone any more (promoted meanwhile)`)
+      clone.kind = 'disk'
+      clone.name = name
+      clone.rowDirty = true
+      this.changed(clone)
+    })
     await this.commit()
   }
 
@@ -344,6 +375,9 @@ export class Namespace {
     await this.inUse(target, options.force === true)
     await target.pause()
     try {
+      // Either may have been removed while this waited: a removed backup's blocks are gc's to free.
+      this.checkStillHere(backup)
+      this.checkStillHere(target)
       target.map.root = backup.map.copyRoot()
       target.map.rootDirty = true
       target.map.epoch = this.state.nextEpoch++

@@ -43,6 +43,12 @@ export class PoolState implements VolumeContext {
   private readonly freeSpace: FreeSpace
 
   readonly volumes = new Map<number, Volume>()
+  /**
+   * Names ("kind/name") that an operation checked free and will create after an `await` (a backup
+   * waiting for its source's writes to drain, a copy, a promote, an import finishing): no other
+   * operation may take them meanwhile (namespace.ts, import.ts).
+   */
+  readonly reservedNames = new Set<string>()
   /** Volumes removed since the last commit whose rows the catalog still holds. */
   readonly removed = new Set<number>()
   nextVolumeId: number

@@ -1,0 +1,150 @@
+/**
+ * Namespace operations in flight at once (issue #17, finding 2): a name checked free before an `await`
+ * (a backup or copy waiting for its source's writes to drain, a promote waiting for releases) must not
+ * be taken by another operation meanwhile; a volume removed meanwhile is not backed up, copied or
+ * restored from. After each race the pool still commits and reopens with every name once.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { VdiskError } from '../../src/errors'
+import { Pool } from '../../src/volume/pool'
+import { Volume } from '../../src/volume/volume'
+import { bytesOf } from '../helpers/model'
+
+async function withPool (work: (pool: Pool, reopen: () => Promise<Pool>) => Promise<void>): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-races-'))
+  let pool = Pool.open(path.join(dir, 'pool'), { create: true, workers: 1 })
+  const reopen = async (): Promise<Pool> => {
+    await pool.close()
+    pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
+    return pool
+  }
+  try {
+    await work(pool, reopen)
+  } finally {
+    await pool.close().catch(() => {})
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** Writes in flight on `disk` (so that pause() has to wait for them), started now. */
+function writesInFlight (disk: Volume, count = 16): Promise<void[]> {
+  return Promise.all(Array.from({ length: count }, async (_, i) => await disk.write(bytesOf(i, 3 * 4096 + 100), i * 5 * 4096 + 7)))
+}
+
+function codeOf (result: PromiseSettledResult<unknown>): string {
+  if (result.status === 'fulfilled') return 'ok'
+  return result.reason instanceof VdiskError ? result.reason.code : String(result.reason)
+}
+
+function namesOf (pool: Pool): string[] {
+  return pool.list().map(v => `${v.kind}/${v.name}`).sort()
+}
+
+test('three backups of one name at once, with writes in flight: one is made, the others are refused, and the pool still commits', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(99, 8192), 0)
+    const writes = writesInFlight(disk)
+    const results = await Promise.allSettled([pool.backup(disk, 'same.img'), pool.backup(disk, 'same.img'), pool.backup(disk, 'same.img')])
+    await writes
+    t.deepEqual(results.map(codeOf).sort(), ['EXISTS', 'EXISTS', 'ok'])
+    await disk.write(bytesOf(5, 4096), 0)
+    await t.notThrowsAsync(pool.commit())
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/same.img', 'disk/d.img'])
+  })
+})
+
+test('a copy and a create of one disk name at once: one of them has it, and the pool still commits', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(1, 8192), 0)
+    const writes = writesInFlight(disk)
+    const copying = pool.copy(disk, 'x.img')
+    // The create comes while the copy waits for the source's writes to drain.
+    await new Promise(resolve => setImmediate(resolve))
+    const creating = pool.createDisk('x.img')
+    const results = await Promise.allSettled([copying, creating])
+    await writes
+    t.deepEqual(results.map(codeOf).sort(), ['EXISTS', 'ok'])
+    await t.notThrowsAsync(pool.commit())
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['disk/d.img', 'disk/x.img'])
+  })
+})
+
+test('a rename onto a name a copy is making is refused, not a second volume of that name', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    const other = await pool.createDisk('o.img')
+    const writes = writesInFlight(disk)
+    const copying = pool.copy(disk, 'x.img')
+    await new Promise(resolve => setImmediate(resolve))
+    const renaming = pool.rename(other, 'x.img')
+    const results = await Promise.allSettled([copying, renaming])
+    await writes
+    t.deepEqual(results.map(codeOf), ['ok', 'BUSY'])
+    await t.notThrowsAsync(pool.commit())
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['disk/d.img', 'disk/o.img', 'disk/x.img'])
+  })
+})
+
+test('a backup of a disk removed while the backup waited for its writes is refused (NOT_FOUND)', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    const writes = writesInFlight(disk)
+    const backingUp = pool.backup(disk, 'b.img')
+    await new Promise(resolve => setImmediate(resolve))
+    const removing = pool.remove(disk, { force: true })
+    const results = await Promise.allSettled([backingUp, removing, writes])
+    t.deepEqual(results.slice(0, 2).map(codeOf), ['NOT_FOUND', 'ok'])
+    await t.notThrowsAsync(pool.commit())
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), [])
+  })
+})
+
+test('a restore from a backup removed while the restore waited is refused, and the target keeps its data', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(1, 4096), 0)
+    const backup = await pool.backup(disk, 'b.img')
+    await disk.write(bytesOf(2, 4096), 0)
+    const writes = writesInFlight(disk)
+    const restoring = pool.restore(backup, disk)
+    await new Promise(resolve => setImmediate(resolve))
+    const removing = pool.remove(backup)
+    const results = await Promise.allSettled([restoring, removing, writes])
+    t.deepEqual(results.slice(0, 2).map(codeOf), ['NOT_FOUND', 'ok'])
+    await pool.gc()
+    pool = await reopen()
+    const got = Buffer.alloc(4096)
+    await pool.get('disk', 'd.img').read(got, 0)
+    // Not restored: the second write, then the first of the writes in flight (at byte 7) over it.
+    const expected = bytesOf(2, 4096)
+    bytesOf(0, 3 * 4096 + 100).copy(expected, 7)
+    t.true(got.equals(expected))
+  })
+})
+
+test('a promote waiting for a release and a create of its new name at once: one of them has the name', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    const backup = await pool.backup(disk, 'b.img')
+    const clone = await pool.clone(backup, 'c.img')
+    pool.opened(clone, true)
+    const promoting = pool.promote(clone, 'p.img')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    const creating = pool.createDisk('p.img')
+    setTimeout(() => { void pool.released(clone) }, 50)
+    const results = await Promise.allSettled([promoting, creating])
+    t.deepEqual(results.map(codeOf), ['ok', 'EXISTS'])
+    await t.notThrowsAsync(pool.commit())
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/b.img', 'disk/d.img', 'disk/p.img'])
+  })
+})
