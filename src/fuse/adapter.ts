@@ -191,8 +191,9 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       if ((action === fallocPunchHole && keepSize) || action === fallocZeroRange) {
         volume.discard(offset, length, { grow: !keepSize }).then(() => cb(0), fail(cb))
       } else if (action === 0) {
-        const end = offset + length
-        const grow = !keepSize && end > volume.size ? volume.truncate(end) : Promise.resolve()
+        // extend() compares with the size when it runs: a truncate(end) chosen here could shrink a
+        // volume that a write in flight grew past `end` meanwhile.
+        const grow = keepSize ? Promise.resolve() : volume.extend(offset + length)
         grow.then(() => cb(0), fail(cb))
       } else {
         cb(ENOTSUP)

@@ -201,27 +201,32 @@ export class Volume implements VolumeInfo {
     while (this.gate !== null) await this.gate
     this.inflight++
     try {
-      if (position + data.length > this.size) this.setSize(position + data.length)
-      const blockBytes = this.context.blockBytes
-      const writes: Array<Promise<void>> = []
-      for (let done = 0; done < data.length;) {
-        const at = position + done
-        const block = Math.floor(at / blockBytes)
-        const offset = at % blockBytes
-        const count = Math.min(blockBytes - offset, data.length - done)
-        // The piece is cut now: the closure may run after the loop has moved on (another write holds
-        // the block's lock), and `done` is advanced below in this same iteration's binding.
-        const piece = data.subarray(done, done + count)
-        writes.push(this.locked(block, async () => await this.writeBlock(block, offset, piece)))
-        done += count
-      }
-      await Promise.all(writes)
-      this.mtimeMs = Date.now()
-      this.rowDirty = true
-      this.context.changed(this)
+      await this.writeRange(data, position)
     } finally {
       if (--this.inflight === 0 && this.drained !== null) this.drained()
     }
+  }
+
+  /** write() past the gate: the caller counts itself in flight, or holds the gate (truncate). */
+  private async writeRange (data: Buffer, position: number): Promise<void> {
+    if (position + data.length > this.size) this.setSize(position + data.length)
+    const blockBytes = this.context.blockBytes
+    const writes: Array<Promise<void>> = []
+    for (let done = 0; done < data.length;) {
+      const at = position + done
+      const block = Math.floor(at / blockBytes)
+      const offset = at % blockBytes
+      const count = Math.min(blockBytes - offset, data.length - done)
+      // The piece is cut now: the closure may run after the loop has moved on (another write holds
+      // the block's lock), and `done` is advanced below in this same iteration's binding.
+      const piece = data.subarray(done, done + count)
+      writes.push(this.locked(block, async () => await this.writeBlock(block, offset, piece)))
+      done += count
+    }
+    await Promise.all(writes)
+    this.mtimeMs = Date.now()
+    this.rowDirty = true
+    this.context.changed(this)
   }
 
   private async writeBlock (block: number, offset: number, data: Buffer): Promise<void> {
@@ -309,20 +314,44 @@ export class Volume implements VolumeInfo {
     this.map.set(block, deltaEntry(extent.id, slot))
   }
 
-  /** Sets the size, as truncate(2): bytes past a shrink read as zeros if the volume grows again. */
+  /**
+   * Sets the size, as truncate(2): bytes past a shrink read as zeros if the volume grows again. It
+   * waits for the writes and discards in flight and holds new ones back (the gate a backup closes): a
+   * write that started before it and ended after it would otherwise put a block behind the new end,
+   * to reappear if the volume grows again.
+   */
   async truncate (size: number): Promise<void> {
     if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
-    const blockBytes = this.context.blockBytes
-    if (size < this.size && size % blockBytes !== 0) {
-      const block = Math.floor(size / blockBytes)
-      const offset = size % blockBytes
-      const end = Math.min(blockBytes, this.size - block * blockBytes)
-      if (this.map.get(block) !== 0) await this.write(this.zeros.subarray(0, end - offset), size)
+    await this.pause()
+    try {
+      const blockBytes = this.context.blockBytes
+      if (size < this.size && size % blockBytes !== 0) {
+        const block = Math.floor(size / blockBytes)
+        const offset = size % blockBytes
+        const end = Math.min(blockBytes, this.size - block * blockBytes)
+        if (this.map.get(block) !== 0) await this.writeRange(this.zeros.subarray(0, end - offset), size)
+      }
+      this.setSize(size)
+      this.mtimeMs = Date.now()
+      this.rowDirty = true
+      this.context.changed(this)
+    } finally {
+      this.resume()
     }
+  }
+
+  /**
+   * Grows the size to at least `size` (fallocate without KEEP_SIZE): never shrinks, whatever writes
+   * in flight did to the size meanwhile. Waits at the gate as a write does.
+   */
+  async extend (size: number): Promise<void> {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
+    while (this.gate !== null) await this.gate
+    if (size <= this.size) return
     this.setSize(size)
     this.mtimeMs = Date.now()
-    this.rowDirty = true
     this.context.changed(this)
   }
 

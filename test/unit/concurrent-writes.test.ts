@@ -74,3 +74,38 @@ test('many concurrent overlapping writes: every sector holds the bytes of one of
     t.pass()
   })
 })
+
+test('a truncate while a write past its new size is in flight: the result is one of the two orders, never the write behind the end', async t => {
+  await withPool(4096, async pool => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(1, 3 * 4096), 0)
+    // The backup freezes block 2, so the partial write below reads it first (it is in flight).
+    await pool.backup(disk, 'b.img')
+    const data = bytesOf(2, 100)
+    await Promise.all([disk.write(data, 2 * 4096 + 10), disk.truncate(4096)])
+    const sizeAfter = disk.size
+    await disk.truncate(3 * 4096)
+    const got = Buffer.alloc(3 * 4096)
+    await disk.read(got, 0)
+    const expected = Buffer.alloc(3 * 4096)
+    bytesOf(1, 4096).copy(expected, 0)
+    // Truncate first, then the write (size 2 blocks + 110 bytes); or the write first, cut by the truncate.
+    if (sizeAfter !== 4096) data.copy(expected, 2 * 4096 + 10)
+    t.true([4096, 2 * 4096 + 110].includes(sizeAfter), `size ${sizeAfter}`)
+    t.true(got.equals(expected), `size after the race ${sizeAfter}; first difference at byte ${got.findIndex((b, i) => b !== expected[i])}`)
+  })
+})
+
+test('extend (fallocate without KEEP_SIZE) never shrinks what a write in flight grew', async t => {
+  await withPool(4096, async pool => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(1, 3 * 4096), 0)
+    await pool.backup(disk, 'b.img')
+    const data = bytesOf(2, 5000)
+    await Promise.all([disk.write(data, 2 * 4096 + 10), disk.extend(4096 * 2 + 20)])
+    t.is(disk.size, 2 * 4096 + 10 + 5000)
+    const got = Buffer.alloc(data.length)
+    await disk.read(got, 2 * 4096 + 10)
+    t.true(got.equals(data))
+  })
+})
