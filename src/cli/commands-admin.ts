@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
+import { promisify } from 'node:util'
 import { call } from '../control/client'
 import { VdiskError, exists, fromSystemError, invalid } from '../errors'
 import { copyOutPieceBytes } from '../limits'
@@ -13,6 +14,7 @@ import { checkName } from '../volume/names'
 import { VolumeInfo } from '../volume/volume'
 import { Command, dirOfKind, imagePath, jsonVolume, newImageName, print } from './command'
 import { bytes } from './format'
+import { createPartial, publish } from './new-file'
 import { describeHolders, findHolders } from './holders'
 
 interface MapResult { size: number, blockBytes: number, backing: { kind: string, name: string } | null, ranges: AllocationRange[] }
@@ -49,23 +51,23 @@ function copyTarget (destination: string, source: { mountpoint: string, name: st
 
 /**
  * Copies the image `sourceFile` (read through the mount) to a new file `destination`, reading and
- * writing only its data ranges (`ranges`, from map) and leaving holes elsewhere; fsynced before it
- * returns. A file that exists is not overwritten (EXISTS); a failed copy is removed. Blocks written to
- * the image while it is copied may or may not be in the copy: copy a backup for a point in time.
+ * writing only its data ranges (`ranges`, from map) and leaving holes elsewhere. The copy is written to
+ * a partial file beside `destination` and takes its name only when complete and synced (new-file.ts):
+ * an interrupted copy never leaves a file under that name, so running it again works. A file that
+ * exists is not overwritten (EXISTS). Blocks written to the image while it is copied may or may not be
+ * in the copy: copy a backup for a point in time.
  */
 async function copyOut (sourceFile: string, destination: string, size: number, ranges: AllocationRange[]): Promise<number> {
-  let output: fs.promises.FileHandle
-  try {
-    output = await fs.promises.open(destination, 'wx', 0o600)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw exists(destination)
-    throw fromSystemError(err, `creating ${destination}`)
-  }
+  if (fs.existsSync(destination)) throw exists(destination)
+  const partial = createPartial(destination)
+  const fd = partial.fd
+  let open = true
+  const close = async (): Promise<void> => { if (open) { open = false; await promisify(fs.close)(fd) } }
   let copied = 0
   try {
     const input = await fs.promises.open(sourceFile, 'r')
     try {
-      await output.truncate(size)
+      await promisify(fs.ftruncate)(fd, size)
       const piece = Buffer.allocUnsafe(copyOutPieceBytes)
       for (const range of ranges) {
         if (!range.data) continue
@@ -73,21 +75,25 @@ async function copyOut (sourceFile: string, destination: string, size: number, r
           const length = Math.min(piece.length, range.start + range.length - at)
           const { bytesRead } = await input.read(piece, 0, length, at)
           if (bytesRead !== length) throw new VdiskError('IO', `${sourceFile}: short read at byte ${at} (the image shrank while it was copied?)`)
-          await output.write(piece, 0, length, at)
+          const { bytesWritten } = await promisify(fs.write)(fd, piece, 0, length, at)
+          if (bytesWritten !== length) throw new VdiskError('IO', `${destination}: short write at byte ${at}`)
           at += length
           copied += length
         }
       }
-      await output.sync()
+      await promisify(fs.fsync)(fd)
     } finally {
       await input.close()
     }
+    await close()
+    publish(partial.path, destination, () => new VdiskError('EXISTS', `${destination} appeared during the copy: cp never replaces a file (the copy was not kept)`))
   } catch (err) {
-    await output.close().catch(() => {})
-    await fs.promises.rm(destination, { force: true })
+    await close().catch(() => {})
+    fs.rmSync(partial.path, { force: true })
     throw err instanceof VdiskError ? err : fromSystemError(err, `copying ${sourceFile} to ${destination}`)
+  } finally {
+    partial.forget()
   }
-  await output.close()
   return copied
 }
 

@@ -3,7 +3,6 @@
  * process (src/transfer/client.ts): the daemon reads and stores blocks, this process encodes and
  * decodes the export stream, and shows progress on a terminal (nothing otherwise).
  */
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { Readable, Writable } from 'node:stream'
@@ -17,6 +16,7 @@ import { pruneRules } from '../transfer/prune'
 import { StreamHeader } from '../transfer/stream'
 import { UsageError } from './args'
 import { bytes, table } from './format'
+import { PartialFile, createPartial, publish } from './new-file'
 import { Command, imagePath, jsonVolume, mountpointArg, newImageName, print, time } from './command'
 
 /** A progress bar of blocks on a terminal; nothing when stderr is not one. */
@@ -36,11 +36,10 @@ function blockProgress (label: string): { header: (h: StreamHeader) => void, blo
 /**
  * Where `export -o FILE` writes. FILE must not exist (export never replaces a file, as `cp` out of the
  * pool does not), unless it is a character device or a pipe of ours or root's (/dev/null, /dev/stdout):
- * those are written straight into. Otherwise the stream goes to a new file with a random name beside
- * FILE, created with O_EXCL and mode 0600 (never a file or link someone else planted), and `partial`
- * names it; publish() gives it FILE's name once complete. Errors: EXISTS, INVALID, IO.
+ * those are written straight into. Otherwise the stream goes to a partial file beside FILE (new-file.ts),
+ * which publish() names FILE once complete. Errors: EXISTS, INVALID, IO.
  */
-function openOutput (output: string): { fd: number, partial: string | null } {
+function openOutput (output: string): { fd: number, partial: PartialFile | null } {
   let stat: fs.Stats | null = null
   try { stat = fs.statSync(output) } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fromSystemError(err, `looking at ${output}`) }
   if (stat !== null) {
@@ -54,28 +53,8 @@ function openOutput (output: string): { fd: number, partial: string | null } {
     if (opened.dev !== stat.dev || opened.ino !== stat.ino) { fs.closeSync(fd); throw new VdiskError('IO', `${output} changed while it was opened`) }
     return { fd, partial: null }
   }
-  const partial = path.join(path.dirname(path.resolve(output)), `.${path.basename(output)}.${crypto.randomBytes(6).toString('hex')}.partial`)
-  try { return { fd: fs.openSync(partial, 'wx', 0o600), partial } } catch (err) { throw fromSystemError(err, `creating ${partial}`) }
-}
-
-/**
- * Gives the complete file `partial` the name `output` without replacing anything there (link, which
- * fails on an existing name, then unlink), and makes the name durable. A filesystem without hard
- * links (vfat) gets a rename after a check that the name is free.
- */
-function publish (partial: string, output: string): void {
-  try {
-    fs.linkSync(partial, output)
-    fs.unlinkSync(partial)
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'EEXIST') throw appeared(output)
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw fromSystemError(err, `naming ${output}`)
-    if (fs.existsSync(output)) throw appeared(output)
-    fs.renameSync(partial, output)
-  }
-  const dir = fs.openSync(path.dirname(path.resolve(output)), 'r')
-  try { fs.fsyncSync(dir) } finally { fs.closeSync(dir) }
+  const partial = createPartial(output)
+  return { fd: partial.fd, partial }
 }
 
 function appeared (output: string): VdiskError {
@@ -151,10 +130,10 @@ export const transferCommands: Record<string, Command> = {
         await pipeline(stream, sink, { end: target !== null })
         if (partial !== null) fs.fsyncSync((target as { fd: number }).fd)
         await closed()
-        if (partial !== null) publish(partial, output)
+        if (partial !== null) { publish(partial.path, output, () => appeared(output)); partial.forget() }
       } catch (err) {
         await closed()
-        if (partial !== null) fs.rmSync(partial, { force: true })
+        if (partial !== null) { fs.rmSync(partial.path, { force: true }); partial.forget() }
         if (err instanceof VdiskError) throw err
         if ((err as NodeJS.ErrnoException).code === 'EPIPE' || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') throw new VdiskError('IO', 'the reader of the stream went away before its end')
         throw err instanceof VdiskError ? err : fromSystemError(err, 'exporting')

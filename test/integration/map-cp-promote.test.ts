@@ -264,3 +264,28 @@ test.serial('cp out of the pool copies only the data ranges (a sparse file); cp 
   t.is((await vdiskfs('cp', disk, reflinked)).code, 0)
   await run('cmp', [disk, reflinked])
 })
+
+for (const signal of ['SIGKILL', 'SIGINT'] as const) {
+  test.serial(`cp out of the pool interrupted by ${signal}: no file under the target's name, and the same command then works`, async t => {
+    const m = await withMount(t)
+    const disk = m.image('disks', 'big.img')
+    // 256 MiB of data (a copy takes long enough to be interrupted half-way).
+    await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=1M', 'count=256', 'conv=fsync', 'status=none'])
+    const outside = path.join(m.dir, 'outside')
+    fs.mkdirSync(outside)
+    const target = path.join(outside, 'copy.img')
+    const child = spawn(path.join(__dirname, '..', '..', '..', 'bin', 'vdiskfs'), ['cp', disk, target], { stdio: 'ignore' })
+    const exited = new Promise(resolve => child.once('exit', resolve))
+    const partial = (): string | undefined => fs.readdirSync(outside).find(f => /^\.copy\.img\.[0-9a-f]+\.partial$/.test(f))
+    const copiedBytes = (): number => { const p = partial(); try { return p === undefined ? 0 : fs.statSync(path.join(outside, p)).blocks * 512 } catch { return 0 } }
+    for (let i = 0; i < 800 && copiedBytes() < 16 * MiB; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    t.true(copiedBytes() >= 16 * MiB, 'the copy did not start')
+    child.kill(signal)
+    await exited
+    t.false(fs.existsSync(target), 'nothing under the target name')
+    if (signal === 'SIGINT') t.is(partial(), undefined, 'Ctrl-C removes the partial file')
+    const again = await vdiskfs('cp', disk, target)
+    t.is(again.code, 0, again.stderr)
+    await run('cmp', [disk, target])
+  })
+}
