@@ -203,7 +203,10 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
         `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import`)
       socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.catalog.volumeUuid(backup.id) }, ...session.counts, finishMs: Date.now() - started }))
     } catch (err) {
-      if (!socket.destroyed) socket.end(errorLine(err))
+      // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
+      // to a socket no one reads any more (the reader stopped at the failure), and only the close ends
+      // that wait; it then reads the reason (daemonsReason).
+      if (!socket.destroyed) socket.end(errorLine(err), () => socket.destroy())
       log(`import of ${session.name} failed: ${(err as Error).message}`)
     } finally {
       // The session ends (another import of the stream may begin) only once its last batch is stored.

@@ -81,15 +81,16 @@ export interface ImportOptions {
 }
 
 /**
- * When the daemon closed an import's connection, it said why first (an error reply line): that,
- * rather than "the connection closed", is the error to show.
+ * What the daemon said when an import's connection failed: it says why before it closes (an error
+ * reply line, already on its way in `reply`), and that, rather than "the connection closed", is the
+ * error to show.
  */
-async function daemonsReason (socket: net.Socket, mountpoint: string, failure: unknown): Promise<unknown> {
+async function daemonsReason (reply: Promise<unknown>, failure: unknown): Promise<unknown> {
   // The timer must hold the process up (not unref'd): with the input paused and the connection gone,
   // nothing else does, and Node would exit with status 0 in the middle of a failed import.
   let timer: NodeJS.Timeout | undefined
   try {
-    await Promise.race([readReply(socket, Buffer.alloc(0), mountpoint), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(failure), daemonReasonWaitMs) })])
+    await Promise.race([reply, new Promise((_resolve, reject) => { timer = setTimeout(() => reject(failure), daemonReasonWaitMs) })])
   } catch (err) {
     if (err instanceof VdiskError && !/closed the connection/.test(err.message)) return err
   } finally {
@@ -108,8 +109,20 @@ export async function importStream (mountpoint: string, name: string, stream: Re
   stream.on('error', err => decoder.destroy(err))
   stream.pipe(decoder)
   let socket: net.Socket | null = null
+  // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
+  // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
+  let reply: Promise<{ result: unknown }> | null = null
+  let replied = false
   let header: StreamHeader | null = null
   let blocks = 0
+  const stopped = async (): Promise<VdiskError> => {
+    try {
+      await reply
+    } catch (err) {
+      return err instanceof VdiskError ? err : new VdiskError('IO', (err as Error).message)
+    }
+    return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
+  }
   try {
     for await (const item of decoder as AsyncIterable<StreamItem>) {
       if (item.kind === 'header') {
@@ -117,26 +130,30 @@ export async function importStream (mountpoint: string, name: string, stream: Re
         options.onHeader?.(header)
         const opened = await openStream(mountpoint, 'importStream', { name, header })
         socket = opened.socket
+        reply = readReply(socket, opened.rest, mountpoint)
+        reply.then(() => { replied = true }, () => { replied = true })
         continue
       }
-      if (socket === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
+      if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
+      if (replied) throw await stopped()
       const { index, data, hash } = item.block
       try {
         await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
         if (data !== null) await send(socket, data)
       } catch (err) {
-        throw await daemonsReason(socket, mountpoint, err)
+        throw await daemonsReason(reply, err)
       }
       options.onBlock?.(++blocks)
     }
     // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
-    if (socket === null) throw new VdiskError('CORRUPT', 'the stream has no header')
+    if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'the stream has no header')
+    if (replied) throw await stopped()
     try {
       await send(socket, frameHead(frameEnd, 0, null))
     } catch (err) {
-      throw await daemonsReason(socket, mountpoint, err)
+      throw await daemonsReason(reply, err)
     }
-    const { result } = await readReply(socket, Buffer.alloc(0), mountpoint)
+    const { result } = await reply
     return { ...(result as Omit<ImportResult, 'blocks' | 'streamBytes'>), blocks, streamBytes: decoder.bytesRead }
   } finally {
     socket?.destroy()

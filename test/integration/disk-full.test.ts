@@ -83,3 +83,33 @@ test.serial('the pool filling up part-way through sealing, then rm + gc + sync, 
   const verify = await vdiskfs('verify', m.mnt)
   t.is(verify.code, 0, verify.stdout + verify.stderr)
 })
+
+test.serial('an import into a full pool ends with one line and a non-zero exit, and the pool goes on working', async t => {
+  const source = await mountOnTmpfs(t, 512)
+  const image = source.image('disks', 'src.img')
+  await run('dd', ['if=/dev/urandom', `of=${image}`, 'bs=1M', 'count=160', 'conv=fsync', 'status=none'])
+  t.is((await vdiskfs('backup', image, 'src-b')).code, 0)
+  const stream = path.join(source.dir, 'src.vds')
+  const exported = await vdiskfs('export', source.image('backups', 'src-b.img'), '-o', stream)
+  t.is(exported.code, 0, exported.stderr)
+  const target = await mountOnTmpfs(t, 96)
+  const small = crypto.randomBytes(1024 * 1024)
+  fs.writeFileSync(target.image('disks', 'small.img'), small)
+  // Bounded: before the fix the CLI waited for ever once the daemon stopped reading the stream.
+  const started = Date.now()
+  const imported = spawnSync(path.join(__dirname, '..', '..', '..', 'bin', 'vdiskfs'), ['import', target.mnt, stream, 'big'], { encoding: 'utf8', timeout: 180000 })
+  t.log(`import ended after ${Date.now() - started} ms with status ${String(imported.status)} (signal ${String(imported.signal)})`)
+  t.is(imported.signal, null, 'the import did not end by itself')
+  t.not(imported.status, 0)
+  const lines = imported.stderr.trim().split('\n')
+  t.is(lines.length, 1, imported.stderr)
+  t.regex(lines[0], /full|space/i)
+  t.false(fs.existsSync(target.image('backups', 'big.img')))
+  // The pool still answers (what arrived is kept for a resumed import, so it stays full): what it held
+  // reads back, and it commits.
+  t.true(fs.readFileSync(target.image('disks', 'small.img')).equals(small))
+  const listed = await vdiskfs('ls', target.mnt)
+  t.is(listed.code, 0, listed.stderr)
+  const fd = fs.openSync(target.image('disks', 'small.img'), 'r+')
+  try { fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+})
