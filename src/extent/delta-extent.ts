@@ -170,22 +170,23 @@ export class ExtentStore {
     opening.then(extent => {
       if (this.open.get(id) !== opening) return
       this.resolved.set(id, extent)
-      this.evict()
+      this.evict(id)
     }, () => { if (this.open.get(id) === opening) this.open.delete(id) })
   }
 
   /**
    * Closes the least recently used descriptors past extentFdsMax. Writable extents are kept (their
    * next free slot lives in memory; they are bounded per volume), and so are extents whose writes
-   * wait for an fdatasync.
+   * wait for an fdatasync, and `opened`, the one just opened for a caller that has not used it yet
+   * (with every other descriptor writable, it would be closed before its first read: EBADF).
    */
-  private evict (): void {
+  private evict (opened: number): void {
     if (this.open.size <= extentFdsMax) return
     const writable = this.writableIds()
     for (const id of [...this.open.keys()]) {
       if (this.open.size <= extentFdsMax) break
       const extent = this.resolved.get(id)
-      if (extent === undefined || writable.has(id) || this.pending.has(extent)) continue
+      if (extent === undefined || id === opened || writable.has(id) || this.pending.has(extent) || extent.users > 0) continue
       this.letGo(extent)
     }
   }
@@ -212,7 +213,10 @@ export class ExtentStore {
 
   /** The extent with a descriptor that stays open until release(). */
   private async use (extent: DeltaExtent): Promise<DeltaExtent> {
-    const current = extent.closed ? await this.get(extent.id) : extent
+    // The check and the count are one synchronous step: an extent let go while get() was awaited is
+    // opened again, never used with a descriptor that is closed (or, worse, reused for another file).
+    let current = extent
+    while (current.closed) current = await this.get(current.id)
     current.users++
     return current
   }
