@@ -144,8 +144,10 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
     create (path: string, _mode: number, cb: (code: number, fh?: number) => void) {
       const parsed = parse(path)
       if (parsed.type !== 'file') { cb(EPERM); return }
-      pool.create(parsed.kind, parsed.name).then(
-        volume => { pool.opened(volume, true); const fh = nextHandle++; handles.set(fh, { volume, writable: true }); log(`create: ${path.slice(1)}`); cb(0, fh) },
+      // The handle is counted by create itself, before its commit: an rm during that commit sees the
+      // volume in use instead of removing it under the handle about to be returned.
+      pool.create(parsed.kind, parsed.name, { open: true }).then(
+        volume => { const fh = nextHandle++; handles.set(fh, { volume, writable: true }); log(`create: ${path.slice(1)}`); cb(0, fh) },
         fail(cb))
     },
 

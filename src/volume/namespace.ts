@@ -137,17 +137,26 @@ export class Namespace {
    * Creates an empty volume of `kind` named `name` (creat(2) in a kind's directory). Only disks are
    * made this way: backups come from `backup` (READ_ONLY), clones from `clone` (NOT_PERMITTED).
    */
-  async create (kind: VolumeKind, name: string): Promise<Volume> {
+  async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> {
     if (kind === 'backup') throw readOnly(`backups (take one with 'vdiskfs backup')`)
     if (kind === 'clone') throw notPermitted(`clones come from 'vdiskfs clone'`)
-    return await this.createDisk(name)
+    return await this.createDisk(name, options)
   }
 
-  /** Creates an empty disk; durable on return. */
-  async createDisk (name: string): Promise<Volume> {
+  /**
+   * Creates an empty disk; durable on return. `open`: it is made with a writable handle counted (the
+   * FUSE create), before the commit's await, so an rm meanwhile sees it in use; released on failure.
+   */
+  async createDisk (name: string, options: { open?: boolean } = {}): Promise<Volume> {
     this.checkNewName('disk', name)
     const volume = this.newVolume('disk', name, 0, new Float64Array(0), { allocatedBlocks: 0, storedBytes: 0 }, null)
-    await this.commit()
+    if (options.open === true) volume.openHandles++
+    try {
+      await this.commit()
+    } catch (err) {
+      if (options.open === true) volume.openHandles--
+      throw err
+    }
     return volume
   }
 

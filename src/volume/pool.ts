@@ -103,7 +103,7 @@ export class Pool {
   byId (id: number): Volume | undefined { return this.namespace.byId(id) }
   visible (kind?: VolumeKind): Volume[] { return this.namespace.visible(kind) }
   liveSource (volume: Volume): Volume | undefined { return this.namespace.liveSource(volume) }
-  async create (kind: VolumeKind, name: string): Promise<Volume> { return await this.namespace.create(kind, name) }
+  async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> { return await this.namespace.create(kind, name, options) }
   get (kind: VolumeKind, name: string): Volume { return this.namespace.get(kind, name) }
   async createDisk (name: string): Promise<Volume> { return await this.namespace.createDisk(name) }
   async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.namespace.rename(volume, newName, hide) }

@@ -148,3 +148,20 @@ test('a promote waiting for a release and a create of its new name at once: one 
     t.deepEqual(namesOf(pool), ['backup/b.img', 'disk/d.img', 'disk/p.img'])
   })
 })
+
+test('an rm during the commit of a create through the mount sees the new image in use (its handle is counted first)', async t => {
+  await withPool(async (pool, reopen) => {
+    const creating = pool.create('disk', 'n.img', { open: true })
+    const volume = pool.find('disk', 'n.img') as Volume
+    t.not(volume, undefined)
+    const removing = pool.remove(volume)
+    const results = await Promise.allSettled([creating, removing])
+    t.deepEqual(results.map(codeOf), ['ok', 'BUSY'])
+    await volume.write(bytesOf(1, 4096), 0)
+    await pool.released(volume)
+    pool = await reopen()
+    const got = Buffer.alloc(4096)
+    await pool.get('disk', 'n.img').read(got, 0)
+    t.true(got.equals(bytesOf(1, 4096)))
+  })
+})
