@@ -1,0 +1,47 @@
+// make lint (run first by make test): a few rules aimed at interleaving bugs (issue #17), no preset.
+//  - no-loop-func: a closure made in a loop that reads a loop variable the loop changes afterwards
+//    (a write queued behind a lock read the loop's `done` after the loop had advanced it).
+//  - require-atomic-updates: a variable or property read, then an await/yield, then assigned from the
+//    value read before (check-then-act across an await).
+//  - no-floating-promises / no-misused-promises: a promise nobody awaits or catches (an unhandled
+//    rejection ends the daemon), or one passed where a callback's result is ignored.
+//  - await-thenable / require-await: an await of a non-promise, an async function with no await.
+// TypeScript is linted type-aware through tsconfig.json; the CommonJS scripts in scripts/ and bin/ get
+// the rules that need no types.
+import tseslint from 'typescript-eslint'
+
+const coreRules = {
+  'require-atomic-updates': 'error',
+}
+
+export default tseslint.config(
+  {
+    ignores: ['dist/**', 'node_modules/**', 'bench/work/**', 'pool/**', 'mnt/**', 'docs/**', 'examples/**', 'patches/**'],
+  },
+  {
+    files: ['src/**/*.ts', 'workers/**/*.ts', 'bench/**/*.ts', 'test/**/*.ts'],
+    languageOptions: {
+      parser: tseslint.parser,
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    plugins: { '@typescript-eslint': tseslint.plugin },
+    linterOptions: { reportUnusedDisableDirectives: 'error' },
+    rules: {
+      ...coreRules,
+      '@typescript-eslint/no-loop-func': 'error',
+      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-misused-promises': 'error',
+      '@typescript-eslint/await-thenable': 'error',
+      '@typescript-eslint/require-await': 'error',
+    },
+  },
+  {
+    files: ['scripts/**/*.js', 'bin/vdiskfs', 'bin/mount.fuse.vdiskfs'],
+    languageOptions: { sourceType: 'commonjs', ecmaVersion: 2022 },
+    linterOptions: { reportUnusedDisableDirectives: 'error' },
+    rules: {
+      ...coreRules,
+      'no-loop-func': 'error',
+    },
+  },
+)
