@@ -36,6 +36,7 @@ build: node-modules
 # Issue #17's interleaving rules (eslint.config.mjs; README, "Lint"): a closure in a loop reading a variable
 # the loop changes, check-then-act across an await, promises nobody awaits or catches. Type-aware, ~20 s.
 lint: node-modules
+	node eslint-rules/loop-capture.test.mjs
 	npx eslint --max-warnings 0 .
 
 run: deps build

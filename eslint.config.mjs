@@ -1,6 +1,8 @@
 // make lint (run first by make test): a few rules aimed at interleaving bugs (issue #17), no preset.
-//  - no-loop-func: a closure made in a loop that reads a loop variable the loop changes afterwards
-//    (a write queued behind a lock read the loop's `done` after the loop had advanced it).
+//  - no-loop-func: a closure made in a loop that reads a variable declared outside it that changes.
+//  - vdiskfs/loop-capture-changed (eslint-rules/): a closure made in a loop that reads a `let` of the loop
+//    which the same iteration changes afterwards (a write queued behind a lock read the loop's `done`
+//    after the loop had advanced it); no-loop-func takes those as safe.
 //  - require-atomic-updates: a variable or property read, then an await/yield, then assigned from the
 //    value read before (check-then-act across an await).
 //  - no-floating-promises / no-misused-promises: a promise nobody awaits or catches (an unhandled
@@ -12,9 +14,15 @@
 // TypeScript is linted type-aware through tsconfig.json; the CommonJS scripts in scripts/ and bin/ get
 // the rules that need no types.
 import tseslint from 'typescript-eslint'
+import loopCapture from './eslint-rules/loop-capture.mjs'
+
+// no-loop-func takes every `let` declared in a loop as safe, so it misses issue #17's own bug (the
+// binding is per iteration, but the loop changed it in the same iteration): this local rule covers that.
+const vdiskfs = { rules: { 'loop-capture-changed': loopCapture } }
 
 const coreRules = {
   'require-atomic-updates': 'error',
+  'vdiskfs/loop-capture-changed': 'error',
 }
 
 export default tseslint.config(
@@ -27,7 +35,7 @@ export default tseslint.config(
       parser: tseslint.parser,
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
     },
-    plugins: { '@typescript-eslint': tseslint.plugin },
+    plugins: { '@typescript-eslint': tseslint.plugin, vdiskfs },
     linterOptions: { reportUnusedDisableDirectives: 'error' },
     rules: {
       ...coreRules,
@@ -38,8 +46,16 @@ export default tseslint.config(
     },
   },
   {
+    files: ['eslint-rules/*.mjs'],
+    languageOptions: { sourceType: 'module', ecmaVersion: 2022 },
+    plugins: { vdiskfs },
+    linterOptions: { reportUnusedDisableDirectives: 'error' },
+    rules: { ...coreRules, 'no-loop-func': 'error' },
+  },
+  {
     files: ['scripts/**/*.js', 'bin/vdiskfs', 'bin/mount.fuse.vdiskfs'],
     languageOptions: { sourceType: 'commonjs', ecmaVersion: 2022 },
+    plugins: { vdiskfs },
     linterOptions: { reportUnusedDisableDirectives: 'error' },
     rules: {
       ...coreRules,
