@@ -65,7 +65,8 @@ install: deps build
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/mount.fuse.vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
 	@echo "installed: $(PREFIX)/bin/vdiskfs, $(SBINDIR)/mount.fuse.vdiskfs (mount.fuse.vdiskfs --help)"
 
-test: deps s3-debs build
+# make lint runs first: a violation fails make test before anything is built or run.
+test: deps lint s3-debs build
 	node scripts/run-tests.js
 
 test-unit: build
