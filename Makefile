@@ -37,6 +37,7 @@ build: node-modules
 # the loop changes, check-then-act across an await, promises nobody awaits or catches. Type-aware, ~20 s.
 lint: node-modules
 	node eslint-rules/loop-capture.test.mjs
+	node eslint-rules/check-then-act.test.mjs
 	npx eslint --max-warnings 0 .
 
 run: deps build

@@ -5,6 +5,9 @@
 //    after the loop had advanced it); no-loop-func takes those as safe.
 //  - require-atomic-updates: a variable or property read, then an await/yield, then assigned from the
 //    value read before (check-then-act across an await).
+//  - vdiskfs/map-check-then-act (eslint-rules/): X.has(K) or X.get(K), an await, then X.set/add/delete(K)
+//    without a new look-up: the check-then-act across an await that require-atomic-updates, which sees
+//    only assignments, does not.
 //  - no-floating-promises / no-misused-promises: a promise nobody awaits or catches (an unhandled
 //    rejection ends the daemon), or one passed where a callback's result is ignored.
 //  - await-thenable: an await of something that is not a promise (often a forgotten call or a sync API).
@@ -15,14 +18,16 @@
 // the rules that need no types.
 import tseslint from 'typescript-eslint'
 import loopCapture from './eslint-rules/loop-capture.mjs'
+import checkThenAct from './eslint-rules/check-then-act.mjs'
 
 // no-loop-func takes every `let` declared in a loop as safe, so it misses issue #17's own bug (the
 // binding is per iteration, but the loop changed it in the same iteration): this local rule covers that.
-const vdiskfs = { rules: { 'loop-capture-changed': loopCapture } }
+const vdiskfs = { rules: { 'loop-capture-changed': loopCapture, 'map-check-then-act': checkThenAct } }
 
 const coreRules = {
   'require-atomic-updates': 'error',
   'vdiskfs/loop-capture-changed': 'error',
+  'vdiskfs/map-check-then-act': 'error',
 }
 
 export default tseslint.config(

@@ -75,6 +75,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
               slots = await pool.inspection.extentSlots(extentId)
               report.extents++
             } catch (err) { slots = (err as Error).message }
+            // eslint-disable-next-line vdiskfs/map-check-then-act -- extentSlots is this verify's own cache, filled by this sequential walk; nothing else sets it
             extentSlots.set(extentId, slots)
           }
           if (typeof slots === 'string') mark(volume, block, slots)
