@@ -8,9 +8,10 @@ const ava = path.join(__dirname, '..', 'node_modules', 'ava', 'entrypoints', 'cl
 const child = spawn(process.execPath, [ava, ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } })
 let output = ''
 for (const stream of [child.stdout, child.stderr]) {
+  // eslint-disable-next-line no-loop-func -- both listeners only append to `output`, which is read once, when the child's streams have closed
   stream.on('data', chunk => { output += chunk; (stream === child.stdout ? process.stdout : process.stderr).write(chunk) })
 }
-child.on('exit', code => {
+child.on('close', code => {
   const count = re => { const m = re.exec(output); return m === null ? 0 : Number(m[1]) }
   // With failures, ava prints no "N tests passed" line: the passed ones are then counted by their marks.
   const passed = count(/(\d+) tests? passed/) || (output.match(/^\s+✔ /gm) ?? []).length

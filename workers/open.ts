@@ -39,7 +39,6 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
 }
 
 export default function (task: OpenTask): OpenResult {
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { workerData } = require('piscina') as { workerData: WorkerConfig }
   return open(task, workerData)
 }

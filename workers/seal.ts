@@ -70,7 +70,6 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
 
 // Piscina calls the default export with the task; the config arrives once, as workerData.
 export default function (task: SealTask): SealResult {
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { workerData } = require('piscina') as { workerData: WorkerConfig }
   return seal(task, workerData)
 }

@@ -46,7 +46,6 @@ export function describeHolders (holders: Holder[]): string {
 
 /** `text` with control characters shown as \xHH, safe to print on a terminal. */
 export function printable (text: string): string {
-  // eslint-disable-next-line no-control-regex
   return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
 }
 

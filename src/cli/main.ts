@@ -207,6 +207,7 @@ const coreCommands: Record<string, Command> = {
         result = await callUnlessInUse(target, 'rm', args) as typeof result
       } catch (err) {
         if (flags.force !== true || !(err instanceof VdiskError) || err.code !== 'BUSY') throw err
+        // eslint-disable-next-line require-atomic-updates -- result is a local of this one run, set on whichever path runs; nothing else can assign it
         result = await removeInUse(target, args)
       }
       print(flags.json === true, { removed: jsonVolume(result.removed), stillOpen: result.stillOpen }, () =>

@@ -12,7 +12,6 @@ const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', cl
 
 /** DIR/NAME for the daemon log, control characters shown as \xHH (a name may hold any but '/' and NUL). */
 function named (volume: { kind: string, name: string }): string {
-  // eslint-disable-next-line no-control-regex
   return `${dirOfKind[volume.kind]}/${volume.name}`.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
 }
 

@@ -174,6 +174,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
     let storing: Promise<void> = Promise.resolve()
     const storeBatch = async (blocks: ImportBlock[]): Promise<void> => {
       await storing
+      // eslint-disable-next-line require-atomic-updates -- storeBatch is only called by the one reader loop below, each call awaited, so no other call sets storing between this await and this assignment
       storing = session.store(blocks)
       storing.catch(() => {})
     }

@@ -48,7 +48,6 @@ export class DaemonLog {
    */
   readonly line = (message: string): void => {
     const time = new Date().toISOString()
-    // eslint-disable-next-line no-control-regex
     const text = message.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
     if (errorLine.test(text)) {
       this.errors.push({ time, message: text })

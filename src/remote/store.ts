@@ -147,6 +147,7 @@ export class RemoteStore {
       await inFlight
       if (pending.length === 0) return
       firstCheck ??= performance.now()
+      // eslint-disable-next-line require-atomic-updates -- flush is only called by the one loop below and once after it, each call awaited, so no other call sets inFlight between its await and this assignment
       inFlight = forEachLimited(pending, remoteRequestsInFlightMax, async ({ id, data }) => {
         const state = await this.ensureChunk(id, data)
         if (state === 'uploaded') { result.chunksUploaded++; result.bytesUploaded += data.length } else result.chunksReused++

@@ -110,6 +110,7 @@ export class Sealer {
       if (pool.extents.suspect.has(extentId)) await pool.extents.recoverSuspect(extentId, slots)
       const checked = pool.extents.checked(extent)
       // The workers read through this descriptor; it stays open until the pass is done with it.
+      // eslint-disable-next-line require-atomic-updates -- extent is a local of this call: the pinned one replaces it, and nothing else assigns it
       extent = await pool.extents.pin(extent)
       const pinned = extent
       const extentFile = pool.extents.file(extentId)

@@ -70,6 +70,7 @@ export class Maintenance {
         for (const id of volume.writableExtents) liveExtents.add(id)
         for (const id of volume.map.root) if (id !== 0) livePages.add(id)
         try {
+          // eslint-disable-next-line @typescript-eslint/no-loop-func -- forEachEntry calls it synchronously, within this iteration; it only sets `held` (first reason wins), read after the loop
           volume.map.forEachEntry((block, entry) => {
             const kind = entryKind(entry)
             if (kind === entryKindDelta) {

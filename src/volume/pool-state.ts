@@ -141,7 +141,12 @@ export class PoolState implements VolumeContext {
       volume.writableExtents.delete(id)
       throw err
     }
+    // Nothing changed activeExtentId during create: openActiveExtent runs only inside a write or discard
+    // (inflight counted), and every freeze (freezeActiveExtent, freezeForSealing) runs under
+    // volume.pause(), which waits for those; activeExtents keeps a second open for the volume out.
+    // eslint-disable-next-line require-atomic-updates -- see above: no freeze can run while this write is in flight
     volume.activeExtentId = id
+    // eslint-disable-next-line require-atomic-updates -- as for activeExtentId above
     volume.rowDirty = true
     return extent
   }

@@ -90,10 +90,12 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     fs.rmSync(path.join(dir, `${catalogFile}-shm`), { force: true })
     report.catalogRebuilt = true
     report.notes.push(`the catalog was damaged (${err.message}); it was moved to ${path.basename(damaged)} and rebuilt`)
+    // eslint-disable-next-line require-atomic-updates -- pool is a local of this offline repair, opened again in sequence; nothing else assigns it
     pool = Pool.open(dir)
     salvageCatalog(damaged, pool, report.notes)
     await pool.close()
     fixRoots()
+    // eslint-disable-next-line require-atomic-updates -- pool is a local of this offline repair: closed, then opened again in sequence; nothing else assigns it
     pool = Pool.open(dir)
   }
   // 1b. catalog.log: volumes and map pages the catalog lost come back from the pool's second copy.
@@ -106,6 +108,7 @@ export async function repairPool (dir: string): Promise<RepairReport> {
       const detached = pool.inspection.catalogLogDetached
       await pool.close()
       if (detached) quarantine(path.join(dir, catalogLogFile), `written by another catalog; its ${logState.volumes.size} volumes were restored from it`)
+      // eslint-disable-next-line require-atomic-updates -- pool is a local of this offline repair: closed, then opened again in sequence; nothing else assigns it
       pool = Pool.open(dir)
     }
   }

@@ -75,6 +75,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
               slots = await pool.inspection.extentSlots(extentId)
               report.extents++
             } catch (err) { slots = (err as Error).message }
+            // eslint-disable-next-line vdiskfs/map-check-then-act -- extentSlots is this verify's own cache, filled by this sequential walk; nothing else sets it
             extentSlots.set(extentId, slots)
           }
           if (typeof slots === 'string') mark(volume, block, slots)
@@ -128,6 +129,7 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
     const sorted = [...blocks.entries()].sort((a, b) => a[0] - b[0])
     let start = sorted[0]
     let previous = sorted[0]
+    // eslint-disable-next-line vdiskfs/loop-capture-changed -- flush is only called synchronously below, and must see the run's current start
     const flush = (last: [number, string]) => report.damaged.push({
       volume: volume.name, kind: volume.kind, startByte: start[0] * blockBytes, endByte: Math.min(volume.size, (last[0] + 1) * blockBytes), problem: start[1]
     })

@@ -269,6 +269,7 @@ export class Volume implements VolumeInfo {
     const merged = Buffer.allocUnsafe(blockBytes)
     await this.readBlock(block, 0, merged)
     data.copy(merged, offset)
+    // eslint-disable-next-line vdiskfs/map-check-then-act -- writeBlock runs under this block's lock, and readBlock looked the entry up again; sealing's repoint may swap it meanwhile only for one holding the same bytes
     if (this.zeros.equals(merged)) this.map.set(block, 0)
     else await this.writeNewSlot(block, 0, merged)
   }

@@ -95,8 +95,16 @@ export class FaultFileIo implements FileIo {
       this.undo.delete(file)
       throw ioError('fdatasync')
     }
+    // Only the writes made before the fdatasync started are covered by it: one made while it runs
+    // stays undoable (its undo record was dropped too, before: issue #17's audit).
+    const list = this.undo.get(file)
+    const covered = list?.length ?? 0
     await nodeFileIo.fdatasync(fd)
-    this.undo.delete(file)
+    // A list replaced meanwhile (a failed sync moved it to `lost`, or the file was removed) is not ours.
+    if (list !== undefined && this.undo.get(file) === list) {
+      list.splice(0, covered)
+      if (list.length === 0) this.undo.delete(file)
+    }
   }
 
   async fstat (fd: number): Promise<{ size: number }> {
@@ -123,8 +131,10 @@ export class FaultFileIo implements FileIo {
 
   async syncDirectory (dir: string): Promise<void> {
     if (this.syncFails('directory sync')) throw ioError('directory sync')
+    // Only the files created before the sync started are made durable by it.
+    const covered = [...this.created].filter(file => path.dirname(file) === dir)
     await nodeFileIo.syncDirectory(dir)
-    for (const file of [...this.created]) if (path.dirname(file) === dir) this.created.delete(file)
+    for (const file of covered) this.created.delete(file)
   }
 
   /**

@@ -43,6 +43,7 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
     let pending: Array<[number, number, number]> = [] // [first record, count, generation] since the last fsync
     let alive = true
     const killAfterMs = 30 + random(400)
+    // eslint-disable-next-line @typescript-eslint/no-loop-func -- it only counts into sealsInterrupted, read after the loop; `await killer` ends each iteration, so no two killers overlap
     const killer = (async () => {
       await new Promise(resolve => setTimeout(resolve, killAfterMs))
       if (moment === 'backup') {

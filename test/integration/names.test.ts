@@ -111,7 +111,6 @@ test.serial('the CLI prints names with control characters escaped', async t => {
   for (const args of [['ls', m.mnt], ['du', m.mnt], ['backup', m.image('disks', evil), 'b2']]) {
     const result = await vdiskfs(...args)
     t.is(result.code, 0, args.join(' '))
-    // eslint-disable-next-line no-control-regex
     t.false(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(result.stdout + result.stderr), `${args[0]}: ${JSON.stringify(result.stdout)}`)
     if (args[0] !== 'backup') t.true(result.stdout.includes('evil\\x1b'), `${args[0]} shows the name escaped`)
   }

@@ -65,7 +65,6 @@ test('remote ls prints the names a hostile store\'s manifests carry escaped, one
   t.is(listed.code, 0, listed.stderr)
   const lines = listed.stdout.trimEnd().split('\n')
   t.is(lines.length, 2, `remote ls printed ${lines.length} lines for one backup:\n${listed.stdout}`)
-  // eslint-disable-next-line no-control-regex
   t.false(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(listed.stdout), `remote ls printed control characters: ${JSON.stringify(listed.stdout)}`)
   t.true(lines[1].startsWith(id), lines[1])
   const json = await vd('remote', 'ls', mount.mnt, 'r', '--json')

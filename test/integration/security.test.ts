@@ -294,6 +294,7 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   t.is(unmounted.code, 0, unmounted.stderr)
   t.false(isMounted(mnt))
   t.true(await waitForExit(pid))
+  // eslint-disable-next-line require-atomic-updates -- only the teardown reads pid, and it runs after this test body has returned
   pid = 0
 })
 

@@ -70,6 +70,7 @@ test.serial('first writes over sealed blocks become partial slots that read back
     await write(pool, 'disk', 'd.img', model, blockBytes + 9 * sector + 10, crypto.randomBytes(20))
     t.true((await readAll(pool, 'disk', 'd.img', model.length)).equals(model), 'after in-place writes')
     await pool.close()
+    // eslint-disable-next-line require-atomic-updates -- pool is this test's local, closed then reopened in sequence; the finally below closes whichever is current
     pool = Pool.open(dir, { workers: 1 })
     t.true((await readAll(pool, 'disk', 'd.img', model.length)).equals(model), 'after a reopen')
     await pool.gc(0.99)
