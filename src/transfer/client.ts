@@ -115,6 +115,7 @@ export async function importStream (mountpoint: string, name: string, stream: Re
   let replied = false
   let header: StreamHeader | null = null
   let blocks = 0
+  const watch = (answer: Promise<{ result: unknown }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
   const stopped = async (): Promise<VdiskError> => {
     try {
       await reply
@@ -131,7 +132,7 @@ export async function importStream (mountpoint: string, name: string, stream: Re
         const opened = await openStream(mountpoint, 'importStream', { name, header })
         socket = opened.socket
         reply = readReply(socket, opened.rest, mountpoint)
-        reply.then(() => { replied = true }, () => { replied = true })
+        watch(reply)
         continue
       }
       if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'a block before the stream header')

@@ -18,6 +18,7 @@ async function withPool (work: (pool: Pool, reopen: () => Promise<Pool>) => Prom
   let pool = Pool.open(path.join(dir, 'pool'), { create: true, workers: 1 })
   const reopen = async (): Promise<Pool> => {
     await pool.close()
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool: closed above, reopened in sequence
     pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
     return pool
   }
@@ -144,6 +145,7 @@ test('a promote waiting for a release and a create of its new name at once: one 
     const results = await Promise.allSettled([promoting, creating])
     t.deepEqual(results.map(codeOf), ['ok', 'EXISTS'])
     await t.notThrowsAsync(pool.commit())
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
     pool = await reopen()
     t.deepEqual(namesOf(pool), ['backup/b.img', 'disk/d.img', 'disk/p.img'])
   })
