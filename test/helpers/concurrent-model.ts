@@ -28,6 +28,7 @@
  * steps and at the end, after closing and reopening the pool, every volume must equal the model byte for
  * byte, and verifyPool must be clean.
  */
+import fc from 'fast-check'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -82,7 +83,7 @@ const errCode = (err: unknown): string => err instanceof VdiskError ? err.code :
 const describe = (op: COp): string => JSON.stringify(op)
 
 /** Content ops on one volume, as functions of a sector (and of the size). */
-interface ContentOp {
+export interface ContentOp {
   /** Applies this op to sector `s` whose bytes are `buf` (a copy is returned); null when it does not touch it. */
   touches: (s: number) => boolean
   apply: (s: number, buf: Buffer) => Buffer
@@ -142,6 +143,11 @@ function contentOpOf (r: Resolved, backupData?: Buffer): ContentOp | null {
   }
 }
 
+/** Content operations for callers outside the engine harness (the mount test). */
+export const writeOp = (offset: number, data: Buffer): ContentOp => contentOpOf({ index: 0, op: { op: 'write', vol: 0, offset, length: data.length, zero: false, seed: 0, wait: 0 }, payload: data })!
+export const punchOp = (offset: number, length: number): ContentOp => contentOpOf({ index: 0, op: { op: 'discard', vol: 0, offset, length, grow: false, wait: 0 } })!
+export const truncateOp = (size: number): ContentOp => contentOpOf({ index: 0, op: { op: 'truncate', vol: 0, size, wait: 0 } })!
+
 function sectorOf (data: Buffer, s: number): Buffer {
   const out = Buffer.alloc(sectorBytes)
   if (s * sectorBytes < data.length) data.copy(out, 0, s * sectorBytes, Math.min(data.length, (s + 1) * sectorBytes))
@@ -149,7 +155,7 @@ function sectorOf (data: Buffer, s: number): Buffer {
 }
 
 /** The candidates of one volume over one batch. */
-class Candidates {
+export class Candidates {
   private readonly cache = new Map<number, { final: Buffer[], any: Buffer[] }>()
   readonly finalSizes = new Set<number>()
   readonly anySizes = new Set<number>()
@@ -530,3 +536,75 @@ export async function runSteps (steps: Step[], options: RunOptions & { sealed?: 
     fs.rmSync(dir, { recursive: true, force: true })
   }
 }
+
+// ---- the generators ----
+
+export function opArbitrary (blockBytes: number): fc.Arbitrary<COp> {
+  // Writes gather on the first blocks (so that they overlap, share blocks and sit side by side), and now
+  // and then reach past the end of d0's 16 blocks.
+  const span = 24 * blockBytes
+  const offset = fc.oneof(
+    fc.nat(3 * blockBytes),
+    fc.nat(span / 512).map(s => s * 512),
+    fc.nat(24).map(b => b * blockBytes),
+    fc.nat(span),
+    fc.nat(8).map(b => b * blockBytes - 512 + (b % 2) * 512)
+  ).map(o => Math.max(0, o))
+  const length = fc.oneof(
+    fc.integer({ min: 1, max: 2 * blockBytes + 7 }),
+    fc.integer({ min: 1, max: 16 }).map(s => s * 512),
+    fc.constantFrom(blockBytes, 2 * blockBytes, 512)
+  )
+  const vol = fc.nat(12)
+  const wait = fc.nat(3)
+  const name = fc.nat(2)
+  return fc.oneof(
+    { weight: 12, arbitrary: fc.record({ op: fc.constant('write' as const), vol: fc.oneof(fc.constant(0), vol), offset, length, zero: fc.oneof({ weight: 4, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }), seed: fc.nat(), wait }) },
+    { weight: 5, arbitrary: fc.record({ op: fc.constant('read' as const), vol: fc.oneof(fc.constant(0), vol), offset, length, wait }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('discard' as const), vol, offset, length: fc.oneof(length, fc.constant(4 * blockBytes)), grow: fc.boolean(), wait }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('truncate' as const), vol, size: fc.oneof(fc.nat(span), fc.nat(24).map(b => b * blockBytes)), wait }) },
+    { weight: 4, arbitrary: fc.record({ op: fc.constant('backup' as const), vol, name, wait }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('clone' as const), vol, name, wait }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('copy' as const), vol, name, wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('create' as const), name, wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('restore' as const), vol, target: vol, wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('rm' as const), vol, wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('rename' as const), vol, wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('commit' as const), wait }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant('gc' as const), wait }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant('seal' as const), wait }) }
+  )
+}
+
+/**
+ * A batch built to collide: two or three backups, copies or creates naming one kind/name at once
+ * (issue #17 finding 2: the name was checked before an await and used after it), with other operations
+ * (writes to the source among them) beside them.
+ */
+export function collidingBatch (blockBytes: number): fc.Arbitrary<Step> {
+  const wait = fc.nat(2)
+  const creator = fc.oneof(
+    fc.record({ op: fc.constant('backup' as const), vol: fc.nat(3), name: fc.constant(0), wait }),
+    fc.record({ op: fc.constant('copy' as const), vol: fc.nat(3), name: fc.constant(0), wait }),
+    fc.record({ op: fc.constant('create' as const), name: fc.constant(0), wait })
+  )
+  return fc.record({
+    kind: fc.constantFrom('backup', 'disk'),
+    creators: fc.array(creator, { minLength: 2, maxLength: 3 }),
+    others: fc.array(opArbitrary(blockBytes), { maxLength: 4 })
+  }).map(({ kind, creators, others }) => ({
+    // All the creators of one batch name the same volume: backups/b0.img, or disks/d0.img... no: a
+    // disk name the first step has not taken (d1.img), so that exactly one must win.
+    batch: [...creators.map(c => kind === 'backup' ? { ...c, op: 'backup' as const, vol: 'vol' in c ? c.vol : 0 } : (c.op === 'backup' ? { ...c, op: 'copy' as const, name: 1 } : { ...c, name: 1 })), ...others] as COp[]
+  }))
+}
+
+export function stepsArbitrary (blockBytes: number): fc.Arbitrary<Step[]> {
+  const step: fc.Arbitrary<Step> = fc.oneof(
+    { weight: 8, arbitrary: fc.record({ batch: fc.array(opArbitrary(blockBytes), { minLength: 1, maxLength: 8 }) }) },
+    { weight: 2, arbitrary: collidingBatch(blockBytes) },
+    { weight: 1, arbitrary: fc.constant({ reopen: true as const }) }
+  )
+  return fc.array(step, { minLength: 1, maxLength: 8 })
+}
+
