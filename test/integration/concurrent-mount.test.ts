@@ -12,8 +12,11 @@ import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { promisify } from 'node:util'
 import { Candidates, ContentOp, punchOp, truncateOp, writeOp } from '../helpers/concurrent-model'
 import { CliResult, execFileAsync, run, vdiskfs, withMount } from '../helpers/mount'
+import { call } from '../../src/control/client'
+import { VdiskError } from '../../src/errors'
 
 const seed = process.env.VDISKFS_CONCURRENT_SEED !== undefined ? Number(process.env.VDISKFS_CONCURRENT_SEED) : Date.now() % 1000000
 
@@ -170,24 +173,31 @@ test.serial('writes, reads, punches and truncates at once beside backup, clone, 
   t.log(`${rounds} rounds, ${operations} operations at once in rounds, ${backups.size} backups, ${clones.size} clones`)
 })
 
-/** Writes random pieces of `image` until `stop()` is true; returns how many. */
-async function writer (image: string, stop: () => boolean, random: () => number): Promise<number> {
-  const handle = await fs.promises.open(image, 'r+')
+const writeAsync = promisify(fs.write)
+const fsyncAsync = promisify(fs.fsync)
+
+/**
+ * Writes random pieces of `image` until `stop()` is true; returns how many. Plain descriptors, not
+ * FileHandles: a FileHandle whose close failed (EIO from a broken pool) is closed again by the garbage
+ * collector, which throws out of the test worker.
+ */
+async function writer (image: string, stop: () => boolean, random: () => number, from = 0): Promise<number> {
+  const fd = fs.openSync(image, 'r+')
   let writes = 0
   try {
     while (!stop()) {
       const length = 512 + Math.floor(random() * 64 * 1024)
-      await handle.write(crypto.randomBytes(length), 0, length, Math.floor(random() * (1024 * 1024 - length)))
+      await writeAsync(fd, crypto.randomBytes(length), 0, length, from + Math.floor(random() * (1024 * 1024 - length)))
       writes++
     }
-    await handle.sync()
+    await fsyncAsync(fd)
   } finally {
-    await handle.close()
+    try { fs.closeSync(fd) } catch {}
   }
   return writes
 }
 
-const attempts = 10
+const attempts = 6
 
 test.serial('backups of one name at once while a writer writes: exactly one succeeds, the others fail with one line; sync, fsync, umount, remount and verify are clean', async t => {
   t.timeout(90000)
@@ -197,8 +207,11 @@ test.serial('backups of one name at once while a writer writes: exactly one succ
   let stopped = false
   // Two writers keep writes in flight, so that a backup waits in pause() for them: the window in which
   // a second backup of the same name used to pass the name check too.
-  const writing = Promise.all([writer(image, () => stopped, generator(seed + 1)), writer(image, () => stopped, generator(seed + 3))]).then(counts => counts[0] + counts[1])
-  const handle = await fs.promises.open(image, 'r+')
+  // A writer's failure (EIO once commits fail) is reported by the assertion below, not as an unhandled rejection.
+  let writerError: unknown = null
+  const writing = Promise.all([writer(image, () => stopped, generator(seed + 1)), writer(image, () => stopped, generator(seed + 3))])
+    .then(counts => counts[0] + counts[1], err => { writerError = err; return -1 })
+  const fd = fs.openSync(image, 'r+')
   try {
     for (let attempt = 0; attempt < attempts; attempt++) {
       const name = `same${attempt}`
@@ -209,19 +222,33 @@ test.serial('backups of one name at once while a writer writes: exactly one succ
         t.regex(r.stderr, /already exists/, `${name}: the refusal says the name is taken (${r.stderr.trim()})`)
       }
     }
+    // The CLI processes start tens of milliseconds apart, wider than the race's window (a backup
+    // waiting in pause() for the writes in flight): the same requests sent at once over the daemon's
+    // control socket, as three CLIs started at the same instant would send them.
+    for (let attempt = 0; attempt < attempts; attempt++) {
+      const name = `direct${attempt}`
+      const results = await Promise.allSettled([0, 1, 2].map(async () => await call(m.mnt, 'backup', { sourceKind: 'disk', sourceName: 'x.img', name })))
+      const codes = results.map(r => r.status === 'fulfilled' ? 'ok' : (r.reason instanceof VdiskError ? r.reason.code : String(r.reason)))
+      t.deepEqual(codes.sort(), ['EXISTS', 'EXISTS', 'ok'], `${name}: three backup requests at once (${results.map(r => r.status === 'rejected' ? (r.reason as Error).message : 'ok').join(' | ')})`)
+    }
   } finally {
     stopped = true
   }
-  t.true(await writing > 0, 'the writer wrote meanwhile')
-  const sync = await vdiskfs('sync', m.mnt)
-  t.is(sync.code, 0, `sync after the races: ${sync.stderr}`)
-  await t.notThrowsAsync(async () => await handle.sync(), 'fsync of the image after the races')
-  await handle.close()
+  try {
+    t.true(await writing > 0, `the writers wrote meanwhile, without an error (${String(writerError)})`)
+    const sync = await vdiskfs('sync', m.mnt)
+    t.is(sync.code, 0, `sync after the races: ${sync.stderr}`)
+    await t.notThrowsAsync(async () => await fsyncAsync(fd), 'fsync of the image after the races')
+  } finally {
+    try { fs.closeSync(fd) } catch {}
+  }
   const listed = (await vdiskfs('ls', m.mnt, '--json')).stdout
   const umount = await vdiskfs('umount', m.mnt)
   t.is(umount.code, 0, `umount after the races: ${umount.stderr}`)
   await m.mount()
-  for (let attempt = 0; attempt < attempts; attempt++) t.true(fs.existsSync(m.image('backups', `same${attempt}.img`)), `backup same${attempt} after remount (ls before: ${listed.slice(0, 200)})`)
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    for (const name of [`same${attempt}`, `direct${attempt}`]) t.true(fs.existsSync(m.image('backups', `${name}.img`)), `backup ${name} after remount (ls before: ${listed.slice(0, 200)})`)
+  }
   const verify = await vdiskfs('verify', m.mnt)
   t.is(verify.code, 0, `verify after remount: ${verify.stdout}${verify.stderr}`)
 })
@@ -230,30 +257,38 @@ test.serial('vdiskfs cp to a disk name racing a create of that name through the 
   t.timeout(90000)
   const m = await withMount(t)
   const source = m.image('disks', 'src.img')
-  const sourceData = crypto.randomBytes(256 * 1024)
-  fs.writeFileSync(source, sourceData)
-  // Another disk written meanwhile, so the daemon is busy too.
-  fs.writeFileSync(m.image('disks', 'busy.img'), Buffer.alloc(1024 * 1024))
+  const head = 256 * 1024
+  const sourceData = crypto.randomBytes(head)
+  fs.writeFileSync(source, Buffer.concat([sourceData, Buffer.alloc(1024 * 1024)]))
+  // A writer on the source past its first 256 KiB keeps writes in flight, so that the copy waits in
+  // pause(): the window in which a create of the same name used to get through too. The copy's first
+  // 256 KiB are then exact.
   let stopped = false
-  const writing = writer(m.image('disks', 'busy.img'), () => stopped, generator(seed + 2))
+  let writerError: unknown = null
+  const writing = writer(source, () => stopped, generator(seed + 2), head).catch(err => { writerError = err; return -1 })
   const expected = new Map<string, Buffer>()
+  const create = async (target: string, marker: Buffer): Promise<string> => {
+    try {
+      const h = await fs.promises.open(target, 'wx')
+      await h.write(marker, 0, marker.length, 0)
+      await h.close()
+      return 'created'
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code ?? String(err)
+    }
+  }
   try {
-    for (let attempt = 0; attempt < 8; attempt++) {
+    for (let attempt = 0; attempt < 12; attempt++) {
       const name = `race${attempt}.img`
       const target = m.image('disks', name)
       const marker = Buffer.from(`created through the mount, attempt ${attempt}\n`)
+      // Half through the CLI, half as the CLI's request sent at the same instant as the create.
+      const direct = attempt % 2 === 1
       const [copied, created] = await Promise.all([
-        vdiskfs('cp', source, target),
-        (async () => {
-          try {
-            const h = await fs.promises.open(target, 'wx')
-            await h.write(marker, 0, marker.length, 0)
-            await h.close()
-            return 'created'
-          } catch (err) {
-            return (err as NodeJS.ErrnoException).code ?? String(err)
-          }
-        })()
+        direct
+          ? call(m.mnt, 'cp', { sourceKind: 'disk', sourceName: 'src.img', name }).then(() => ({ code: 0, stdout: '', stderr: '' }), err => ({ code: 1, stdout: '', stderr: `vdiskfs cp: ${(err as Error).message}\n` }))
+          : vdiskfs('cp', source, target),
+        create(target, marker)
       ])
       if (copied.code === 0) {
         t.is(created, 'EEXIST', `${name}: cp won, so the create must fail with EEXIST`)
@@ -261,20 +296,22 @@ test.serial('vdiskfs cp to a disk name racing a create of that name through the 
       } else {
         t.is(created, 'created', `${name}: cp failed (${copied.stderr.trim()}), so the create must have won`)
         oneCleanLine(t, copied, `cp onto ${name}, taken by a create`)
+        t.regex(copied.stderr, /already exists/, `${name}: cp says the name is taken (${copied.stderr.trim()})`)
         expected.set(name, marker)
       }
     }
   } finally {
     stopped = true
   }
-  await writing
+  t.true(await writing > 0, `the writer wrote meanwhile, without an error (${String(writerError)})`)
   const sync = await vdiskfs('sync', m.mnt)
   t.is(sync.code, 0, `sync after the races: ${sync.stderr}`)
-  for (const [name, data] of expected) t.true(fs.readFileSync(m.image('disks', name)).equals(data), `${name} holds the winner's bytes`)
+  const holds = (name: string, data: Buffer): boolean => fs.readFileSync(m.image('disks', name)).subarray(0, data.length).equals(data)
+  for (const [name, data] of expected) t.true(holds(name, data), `${name} holds the winner's bytes`)
   const umount = await vdiskfs('umount', m.mnt)
   t.is(umount.code, 0, `umount after the races: ${umount.stderr}`)
   await m.mount()
-  for (const [name, data] of expected) t.true(fs.readFileSync(m.image('disks', name)).equals(data), `${name} after remount`)
+  for (const [name, data] of expected) t.true(holds(name, data), `${name} after remount`)
   const verify = await vdiskfs('verify', m.mnt)
   t.is(verify.code, 0, `verify after remount: ${verify.stdout}${verify.stderr}`)
 })
