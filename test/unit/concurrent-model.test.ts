@@ -14,8 +14,10 @@ import fc from 'fast-check'
 import { Step, runSteps, stepsArbitrary } from '../helpers/concurrent-model'
 
 const runs = Number(process.env.VDISKFS_CONCURRENT_RUNS ?? 40)
-// A failing case is shrunk for at most this long (each try opens a pool); the run reports what it reached.
-const shrinkLimitMs = (): number => Number(process.env.VDISKFS_CONCURRENT_LIMIT_S ?? Math.max(60, runs * 1.5)) * 1000
+// Each property (its runs, and the shrinking of a failing case: each try opens a pool) stops after this
+// long, VDISKFS_CONCURRENT_LIMIT_S overriding; it then reports the runs done, or the smallest failing case
+// reached. About 0.5 s a run on 2 cores.
+const timeLimitMs = (): number => Number(process.env.VDISKFS_CONCURRENT_LIMIT_S ?? Math.max(60, runs * 1.5)) * 1000
 const seedOf = (offset: number): number => process.env.VDISKFS_CONCURRENT_SEED !== undefined ? Number(process.env.VDISKFS_CONCURRENT_SEED) : (Date.now() ^ (offset * 0x9e3779b1)) | 0
 
 /** One batch per line, without fast-check's object decorations. */
@@ -34,7 +36,7 @@ async function property (t: import('ava').ExecutionContext, blockBytes: number, 
     ops += result.ops
     batches += steps.filter(s => 'batch' in s).length
     if (result.problem !== null) throw new Error(result.problem)
-  }), { numRuns: runs, seed, interruptAfterTimeLimit: shrinkLimitMs(), markInterruptAsFailure: false })
+  }), { numRuns: runs, seed, interruptAfterTimeLimit: timeLimitMs(), markInterruptAsFailure: false })
   const summary = `seed ${seed}: ${details.numRuns} runs${details.interrupted ? ' (stopped at the time limit)' : ''}, ${batches} batches, ${ops} operations (shrinking included), ${((Date.now() - started) / 1000).toFixed(1)} s`
   if (details.failed) {
     const steps = details.counterexample?.[0] ?? []
