@@ -9,7 +9,7 @@ BENCH_PACKAGES := qemu-system-common
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install deps debs bench-debs s3-debs node-modules build lint run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install deps debs bench-debs s3-debs node-modules build lint run umount test test-unit test-integration crash-test fuzz-long concurrent-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -83,6 +83,11 @@ crash-test: deps build
 
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'
+
+# Issue #17: the concurrent model (batches of operations issued at once, per-sector candidates), 1,000
+# runs of each property (make test runs 40); VDISKFS_CONCURRENT_SEED=N replays a seed.
+concurrent-long: deps build
+	VDISKFS_CONCURRENT_RUNS=1000 npx ava --timeout=60m --verbose 'dist/test/unit/concurrent-model.test.js'
 
 bench-debs:
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
