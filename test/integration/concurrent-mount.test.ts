@@ -227,7 +227,7 @@ test.serial('backups of one name at once while a writer writes: exactly one succ
     // control socket, as three CLIs started at the same instant would send them.
     for (let attempt = 0; attempt < attempts; attempt++) {
       const name = `direct${attempt}`
-      const results = await Promise.allSettled([0, 1, 2].map(async () => await call(m.mnt, 'backup', { sourceKind: 'disk', sourceName: 'x.img', name })))
+      const results = await Promise.allSettled([0, 1, 2].map(async () => await call(m.mnt, 'backup', { sourceKind: 'disk', sourceName: 'x.img', name: `${name}.img` })))
       const codes = results.map(r => r.status === 'fulfilled' ? 'ok' : (r.reason instanceof VdiskError ? r.reason.code : String(r.reason)))
       t.deepEqual(codes.sort(), ['EXISTS', 'EXISTS', 'ok'], `${name}: three backup requests at once (${results.map(r => r.status === 'rejected' ? (r.reason as Error).message : 'ok').join(' | ')})`)
     }
