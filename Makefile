@@ -3,13 +3,15 @@
 POOL ?= ./pool
 MNT ?= ./mnt
 # libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
-DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync
+# gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c needs): xfstests' fsx and fsstress, built from
+# third_party/xfstests/ by `make xfstests-tools` (without libaio, liburing or libbtrfsutil).
+DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install deps debs bench-debs s3-debs node-modules build run umount test test-unit test-integration crash-test fuzz-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install deps debs bench-debs s3-debs node-modules build xfstests-tools run umount test test-unit test-integration crash-test fuzz-long fsx-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -32,6 +34,19 @@ deps: debs node-modules
 
 build: node-modules
 	npx tsc -p tsconfig.json
+
+# xfstests' fsx and fsstress (third_party/xfstests/README.md): separate test programs, not linked into vdiskfs,
+# that test/integration/fsx.test.ts and fsstress.test.ts run against a mount.
+XFSTESTS := third_party/xfstests
+XFSTESTS_CFLAGS := -std=gnu11 -funsigned-char -fno-strict-aliasing -Wall -O2 -g -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DXFS -DFALLOCATE -I$(XFSTESTS)/include -I$(XFSTESTS)/src
+XFSTESTS_HEADERS := $(XFSTESTS)/include/config.h $(XFSTESTS)/src/global.h $(XFSTESTS)/src/statx.h
+
+build/xfstests/%: $(XFSTESTS)/ltp/%.c $(XFSTESTS_HEADERS)
+	@test -f /usr/include/xfs/xfs.h && command -v gcc >/dev/null || $(MAKE) --no-print-directory debs
+	@mkdir -p $(@D)
+	gcc $(XFSTESTS_CFLAGS) -o $@ $< -lm
+
+xfstests-tools: build/xfstests/fsx build/xfstests/fsstress
 
 run: deps build
 	@mkdir -p "$(MNT)"
@@ -59,13 +74,13 @@ install: deps build
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/mount.fuse.vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
 	@echo "installed: $(PREFIX)/bin/vdiskfs, $(SBINDIR)/mount.fuse.vdiskfs (mount.fuse.vdiskfs --help)"
 
-test: deps s3-debs build
+test: deps s3-debs build xfstests-tools
 	node scripts/run-tests.js
 
 test-unit: build
 	npx ava 'dist/test/unit/**/*.test.js'
 
-test-integration: deps s3-debs build
+test-integration: deps s3-debs build xfstests-tools
 	npx ava 'dist/test/integration/**/*.test.js'
 
 # The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
@@ -75,6 +90,11 @@ crash-test: deps build
 
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'
+
+# fsx against the mount (fsx.test.ts) with many more operations and more seeds than make test's short runs:
+# on each configuration the fixed seeds and 4 random ones, 100,000 operations each.
+fsx-long: deps build xfstests-tools
+	VDISKFS_FSX_OPS=100000 VDISKFS_FSX_RANDOM_SEEDS=4 npx ava --timeout=120m --verbose 'dist/test/integration/fsx.test.js'
 
 bench-debs:
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -108,4 +128,4 @@ soak-quick: deps build
 	node dist/bench/soak.js --minutes 10
 
 clean:
-	rm -rf dist node_modules/.installed
+	rm -rf dist build node_modules/.installed
