@@ -67,7 +67,7 @@ export interface ChurnStats { syncs: number, backups: number, removed: number, g
  * pausing pauseMs between calls, until stop() is called; stop() resolves to the counts and to every
  * command that failed (non-zero exit), with its output.
  */
-export function startChurn (mnt: string, image: string, prefix: string, options: { pauseMs?: number, keep?: number, sync?: boolean, gc?: boolean, fast?: boolean } = {}): { stop: () => Promise<ChurnStats>, backups: string[] } {
+export function startChurn (mnt: string, image: string, prefix: string, options: { pauseMs?: number, keep?: number, backupEveryMs?: number, sync?: boolean, gc?: boolean, fast?: boolean } = {}): { stop: () => Promise<ChurnStats>, backups: string[] } {
   const pauseMs = options.pauseMs ?? 250
   const keep = options.keep ?? 3
   const stats: ChurnStats = { syncs: 0, backups: 0, removed: 0, gcs: 0, fast: { backups: 0, removed: 0, syncs: 0, gcs: 0 }, failures: [] }
@@ -85,23 +85,39 @@ export function startChurn (mnt: string, image: string, prefix: string, options:
       while (!stopped) { if (check('sync', await vdiskfs('sync', mnt))) stats.syncs++; await pause() }
     })())
   }
-  loops.push((async () => {
-    let n = 0
-    while (!stopped) {
-      const name = `${prefix}-${n++}`
-      if (check(`backup ${image} ${name}`, await vdiskfs('backup', image, name))) {
-        stats.backups++
-        const file = path.join(mnt, 'backups', `${name}.img`)
-        live.push(file)
-        all.push(file)
-        while (live.length > keep) {
-          const old = live.shift() as string
-          if (check(`rm ${old}`, await vdiskfs('rm', old))) stats.removed++
-        }
+  if (options.backupEveryMs !== undefined) {
+    // A `vdiskfs backup` started every backupEveryMs, whether or not the previous one has ended.
+    const every = options.backupEveryMs
+    loops.push((async () => {
+      const pending: Array<Promise<void>> = []
+      for (let n = 0; !stopped; n++) {
+        const name = `${prefix}-${n}`
+        pending.push(vdiskfs('backup', image, name).then(result => {
+          if (check(`backup ${image} ${name}`, result)) { stats.backups++; all.push(path.join(mnt, 'backups', `${name}.img`)) }
+        }))
+        await new Promise(resolve => setTimeout(resolve, every))
       }
-      await pause()
-    }
-  })())
+      await Promise.all(pending)
+    })())
+  } else {
+    loops.push((async () => {
+      let n = 0
+      while (!stopped) {
+        const name = `${prefix}-${n++}`
+        if (check(`backup ${image} ${name}`, await vdiskfs('backup', image, name))) {
+          stats.backups++
+          const file = path.join(mnt, 'backups', `${name}.img`)
+          live.push(file)
+          all.push(file)
+          while (live.length > keep) {
+            const old = live.shift() as string
+            if (check(`rm ${old}`, await vdiskfs('rm', old))) stats.removed++
+          }
+        }
+        await pause()
+      }
+    })())
+  }
   if (options.gc !== false) {
     loops.push((async () => {
       while (!stopped) { if (check('gc', await vdiskfs('gc', mnt))) stats.gcs++; await pause() }
