@@ -11,7 +11,7 @@
  *
  * Flags: third_party/xfstests/README.md. Seeds: fixed ones and VDISKFS_FSX_RANDOM_SEEDS random ones
  * (default 1; VDISKFS_FSX_SEED replaces the random ones with one given seed), each printed with t.log.
- * VDISKFS_FSX_OPS sets the operations per run (make test: 4000; make fsx-long: 100,000).
+ * VDISKFS_FSX_OPS sets the operations per run (make test: 4000; make fsx-long: 50,000, with 3 random seeds).
  * A failing run's .fsxlog, .fsxgood and .fsxops are kept under VDISKFS_TEST_DIR or the temporary
  * directory (the path is logged).
  */
