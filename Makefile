@@ -3,13 +3,15 @@
 POOL ?= ./pool
 MNT ?= ./mnt
 # libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
-DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync
+# gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c needs): xfstests' fsx and fsstress, built from
+# third_party/xfstests/ by `make xfstests-tools` (without libaio, liburing or libbtrfsutil).
+DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install deps debs bench-debs s3-debs node-modules build lint run umount test test-unit test-integration crash-test fuzz-long concurrent-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install deps debs bench-debs s3-debs node-modules build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -40,6 +42,19 @@ lint: node-modules
 	node eslint-rules/check-then-act.test.mjs
 	npx eslint --max-warnings 0 .
 
+# xfstests' fsx and fsstress (third_party/xfstests/README.md): separate test programs, not linked into vdiskfs,
+# that test/integration/fsx.test.ts and fsstress.test.ts run against a mount.
+XFSTESTS := third_party/xfstests
+XFSTESTS_CFLAGS := -std=gnu11 -funsigned-char -fno-strict-aliasing -Wall -O2 -g -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DXFS -DFALLOCATE -I$(XFSTESTS)/include -I$(XFSTESTS)/src
+XFSTESTS_HEADERS := $(XFSTESTS)/include/config.h $(XFSTESTS)/src/global.h $(XFSTESTS)/src/statx.h
+
+build/xfstests/%: $(XFSTESTS)/ltp/%.c $(XFSTESTS_HEADERS)
+	@test -f /usr/include/xfs/xfs.h && command -v gcc >/dev/null || $(MAKE) --no-print-directory debs
+	@mkdir -p $(@D)
+	gcc $(XFSTESTS_CFLAGS) -o $@ $< -lm
+
+xfstests-tools: build/xfstests/fsx build/xfstests/fsstress
+
 run: deps build
 	@mkdir -p "$(MNT)"
 	bin/vdiskfs mount "$(POOL)" "$(MNT)"
@@ -67,13 +82,13 @@ install: deps build
 	@echo "installed: $(PREFIX)/bin/vdiskfs, $(SBINDIR)/mount.fuse.vdiskfs (mount.fuse.vdiskfs --help)"
 
 # make lint runs first: a violation fails make test before anything is built or run.
-test: deps lint s3-debs build
+test: deps lint s3-debs build xfstests-tools
 	node scripts/run-tests.js
 
 test-unit: build
 	npx ava 'dist/test/unit/**/*.test.js'
 
-test-integration: deps s3-debs build
+test-integration: deps s3-debs build xfstests-tools
 	npx ava 'dist/test/integration/**/*.test.js'
 
 # The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
@@ -88,6 +103,11 @@ fuzz-long: deps build
 # runs of each property (make test runs 40); VDISKFS_CONCURRENT_SEED=N replays a seed.
 concurrent-long: deps build
 	VDISKFS_CONCURRENT_RUNS=1000 npx ava --timeout=60m --verbose 'dist/test/unit/concurrent-model.test.js'
+
+# fsx against the mount (fsx.test.ts) with many more operations and more seeds than make test's short runs:
+# on each configuration its fixed seeds and 2 random ones, 30,000 operations each (about 50 minutes on 2 cores).
+fsx-long: deps build xfstests-tools
+	VDISKFS_FSX_OPS=30000 VDISKFS_FSX_RANDOM_SEEDS=2 npx ava --timeout=120m --verbose 'dist/test/integration/fsx.test.js'
 
 bench-debs:
 	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -121,4 +141,4 @@ soak-quick: deps build
 	node dist/bench/soak.js --minutes 10
 
 clean:
-	rm -rf dist node_modules/.installed
+	rm -rf dist build node_modules/.installed
