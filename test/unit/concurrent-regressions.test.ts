@@ -21,6 +21,7 @@ async function withPool (work: (pool: Pool, reopen: () => Promise<Pool>) => Prom
   try {
     await work(pool, async () => {
       await pool.close()
+      // eslint-disable-next-line require-atomic-updates -- the test's own pool: closed above, reopened in sequence
       pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
       return pool
     })
@@ -40,6 +41,7 @@ test('two backups of one name at once: one succeeds, the other fails with EXISTS
     t.deepEqual(results.map(codeOf).sort(), ['EXISTS', 'ok'])
     await t.notThrowsAsync(async () => await pool.commit(), 'the pool commits after the race')
     t.is(pool.list('backup').filter(v => v.name === 'b.img').length, 1)
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened after the race settled
     pool = await reopen()
     t.is(pool.list('backup').filter(v => v.name === 'b.img').length, 1, 'one backup b.img after reopening')
     t.true((await verifyPool(pool)).ok)
@@ -53,6 +55,7 @@ test('a copy and a create of one disk name at once: one succeeds, the other fail
     const results = await Promise.allSettled([pool.copy(disk, 'x.img'), pool.createDisk('x.img')])
     t.deepEqual(results.map(codeOf).sort(), ['EXISTS', 'ok'])
     await t.notThrowsAsync(async () => await pool.commit(), 'the pool commits after the race')
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened after the race settled
     pool = await reopen()
     t.is(pool.list('disk').filter(v => v.name === 'x.img').length, 1, 'one disk x.img after reopening')
   })
