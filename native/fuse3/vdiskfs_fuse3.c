@@ -133,8 +133,10 @@ static void fuse3_init(void *userdata, struct fuse_conn_info *conn) {
   if (s->congestion_threshold > 0) conn->congestion_threshold = s->congestion_threshold;
   unsigned wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_ASYNC_DIO | FUSE_CAP_PARALLEL_DIROPS;
   conn->want |= conn->capable & wanted;
-  /* Off for now: the kernel would own size and mtime and batch writes in its page cache (docs/TRANSPORT.md). */
-  conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+  /* Off for now: the kernel would own size and mtime and batch writes in its page cache (docs/TRANSPORT.md).
+   * ATOMIC_O_TRUNC off: the kernel then truncates with a SETATTR of its own instead of passing O_TRUNC to
+   * OPEN; HANDLE_KILLPRIV off: the kernel clears set-id bits itself, as for the path-based transport. */
+  conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
                   FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS |
                   FUSE_CAP_AUTO_INVAL_DATA);
   s->proto_major = conn->proto_major;

@@ -69,6 +69,10 @@ test.serial('dd in 1 MiB direct writes arrives as 1 MiB requests; cmp equal; the
   const expected = fs.readFileSync(source)
   expected.set(fs.readFileSync(source).subarray(3 * 7777, 103 * 7777), 5 * 7777)
   t.true(fs.readFileSync(m.image('disks', 'dd.img')).equals(expected))
+  // O_TRUNC of an existing image truncates it (the kernel sends its own SETATTR).
+  fs.writeFileSync(m.image('disks', 'dd.img'), 'short')
+  t.is(fs.statSync(m.image('disks', 'dd.img')).size, 5)
+  t.is(fs.readFileSync(m.image('disks', 'dd.img'), 'utf8'), 'short')
   t.regex(fs.readFileSync('/proc/self/mountinfo', 'utf8'), new RegExp(`${m.mnt} .* fuse\\.vdiskfs `))
 })
 
