@@ -403,7 +403,13 @@ static napi_value str_or_null(napi_env env, const char *text) {
 
 static double ms_of(struct timespec ts) { return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6; }
 
-static void free_data(napi_env env, void *data, void *hint) { (void)env; (void)hint; free(data); }
+/* A WRITE's data, given to JavaScript as an external buffer: V8 is told of its size, so that garbage
+ * collection runs as the buffers add up (it cannot see malloc'd memory otherwise). */
+static void free_data(napi_env env, void *data, void *hint) {
+  int64_t ignored;
+  napi_adjust_external_memory(env, -(int64_t)(uintptr_t)hint, &ignored);
+  free(data);
+}
 
 /* Runs on the JavaScript thread for each queued request: calls dispatch(op, handle, ...args). */
 static void call_js(napi_env env, napi_value js_callback, void *context, void *data) {
@@ -466,7 +472,10 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         break;
       case OP_WRITE: {
         napi_value buffer;
-        if (napi_create_external_buffer(env, r->data_len, r->data, free_data, NULL, &buffer) != napi_ok) {
+        int64_t ignored;
+        if (napi_create_external_buffer(env, r->data_len, r->data, free_data, (void *)(uintptr_t)r->data_len, &buffer) == napi_ok) {
+          napi_adjust_external_memory(env, (int64_t)r->data_len, &ignored);
+        } else {
           void *copy;
           napi_create_buffer_copy(env, r->data_len, r->data, &copy, &buffer);
           free(r->data);
