@@ -5,13 +5,15 @@ MNT ?= ./mnt
 # libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
 # gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c needs): xfstests' fsx and fsstress, built from
 # third_party/xfstests/ by `make xfstests-tools` (without libaio, liburing or libbtrfsutil).
-DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
+# libfuse3-dev (with libfuse3-3): our own FUSE 3 addon (native/fuse3, `make native`). Not Debian's fuse3
+# package: it replaces `fuse` (fusermount), see docs/TRANSPORT.md; root mounts need neither helper.
+DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse libfuse3-3 libfuse3-dev qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install deps debs bench-debs s3-debs node-modules build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -30,9 +32,22 @@ node_modules/.installed: package.json package-lock.json patches/fuse-native+2.2.
 
 node-modules: node_modules/.installed
 
+# The FUSE 3 transport's N-API addon (docs/TRANSPORT.md): plain C against libfuse3 and Node's own
+# headers (include/node beside the running node binary: N-API only, so no node-gyp and no download).
+NODE_INCLUDE := $(shell node -p "require('path').resolve(process.execPath, '../../include/node')" 2>/dev/null)
+FUSE3_ADDON := native/fuse3/build/vdiskfs_fuse3.node
+$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c
+	@pkg-config --exists fuse3 2>/dev/null || $(MAKE) --no-print-directory debs
+	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3)
+	mv $@.tmp $@
+
+native: $(FUSE3_ADDON)
+
 deps: debs node-modules
 
-build: node-modules
+build: node-modules native
 	npx tsc -p tsconfig.json
 
 # Issue #17's interleaving rules (eslint.config.mjs; README, "Lint"): a closure in a loop reading a variable
@@ -74,8 +89,10 @@ PREFIX ?= /usr/local
 SBINDIR ?= /sbin
 install: deps build
 	install -d "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist" "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(SBINDIR)"
-	rm -rf "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/src" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/workers" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/bin" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/node_modules"
+	rm -rf "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/src" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/workers" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/bin" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/node_modules" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native"
 	cp -a dist/src dist/workers "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/"
+	install -d "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build"
+	cp -a $(FUSE3_ADDON) "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build/"
 	cp -a bin node_modules package.json "$(DESTDIR)$(PREFIX)/lib/vdiskfs/"
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/vdiskfs" "$(DESTDIR)$(PREFIX)/bin/vdiskfs"
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/mount.fuse.vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
@@ -141,4 +158,4 @@ soak-quick: deps build
 	node dist/bench/soak.js --minutes 10
 
 clean:
-	rm -rf dist build node_modules/.installed
+	rm -rf dist build node_modules/.installed native/fuse3/build

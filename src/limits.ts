@@ -124,6 +124,13 @@ export const copyOutPieceBytes = 1024 * 1024
 /** FUSE request sizes: libfuse 2 caps max_write at 128 KiB. */
 export const fuseMaxWriteBytes = 128 * 1024
 export const fuseMaxReadBytes = 128 * 1024
+/** Our FUSE 3 transport (fuse3-transport.ts): 1 MiB requests (max_write; libfuse 3.14 sets max_pages 256 from it). */
+export const fuse3MaxWriteBytes = 1024 * 1024
+/** Its worker threads (fuse_session_loop_mt): they only read requests and queue them to JavaScript. */
+export const fuse3Threads = 4
+/** copy_file_range on the FUSE 3 transport copies through the volumes in pieces of this size, at most fuse3CopyRequestBytesMax per request. */
+export const fuse3CopyPieceBytes = 1024 * 1024
+export const fuse3CopyRequestBytesMax = 64 * 1024 * 1024
 
 export function assertLimits (blockBytes: number): void {
   assert.ok(Number.isInteger(Math.log2(blockBytes)), 'block size must be a power of two')

@@ -9,7 +9,7 @@ import path from 'node:path'
 import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
 import { call } from '../control/client'
 import { StatusResult } from '../control/protocol'
-import { runDaemon } from '../daemon/daemon'
+import { chooseTransport, runDaemon } from '../daemon/daemon'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
 import { poolHeaderFile } from '../format/pool-format'
@@ -70,10 +70,12 @@ async function callUnlessInUse (target: { mountpoint: string, kind: string, name
 
 const coreCommands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--json]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--transport fuse-native|fuse3] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
+      // Checked here, before a daemon starts: the flag, else VDISKFS_TRANSPORT, else fuse-native.
+      const transport = chooseTransport(values.transport)
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
       const poolDir = path.resolve(pool)
@@ -86,6 +88,7 @@ const coreCommands: Record<string, Command> = {
           // --no-xattrs, the default since xattrs became opt-in, is accepted for old scripts and ignored.
           xattrs: flags.xattrs === true,
           allowOther: flags.allowOther === true,
+          transport,
           logToFile: child,
           onReady: () => {
             if (child) { process.send?.({ ready: true }); process.disconnect?.() } else process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
@@ -104,6 +107,7 @@ const coreCommands: Record<string, Command> = {
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
       if (flags.xattrs === true) args.push('--xattrs')
       if (flags.allowOther === true) args.push('--allow-other')
+      if (values.transport !== undefined) args.push('--transport', transport)
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new VdiskError('IO', `the daemon did not report ready within ${daemonReadyTimeoutMs / 1000} s`)), daemonReadyTimeoutMs)

@@ -19,6 +19,8 @@ import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
 import { createOperations } from '../fuse/adapter'
 import { VdiskFuse } from '../fuse/mount-options'
+import { createLowLevelOperations } from '../fuse/fuse3-ops'
+import { Fuse3Transport } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile } from '../format/pool-format'
@@ -44,8 +46,23 @@ export interface DaemonOptions {
    * image's owner and mode (default_permissions).
    */
   allowOther?: boolean
+  /**
+   * Which FUSE transport serves the mount: 'fuse-native' (libfuse 2, the default) or 'fuse3', our own
+   * addon over libfuse 3's low-level API (fuse/fuse3-transport.ts, docs/TRANSPORT.md).
+   */
+  transport?: Transport
   /** Called once the mount answers. */
   onReady: () => void
+}
+
+export type Transport = 'fuse-native' | 'fuse3'
+export const transports: Transport[] = ['fuse-native', 'fuse3']
+
+/** The transport asked for: the option, else VDISKFS_TRANSPORT, else fuse-native. */
+export function chooseTransport (asked: string | undefined): Transport {
+  const name = asked ?? process.env.VDISKFS_TRANSPORT ?? 'fuse-native'
+  if (!(transports as string[]).includes(name)) throw new VdiskError('INVALID', `unknown transport '${name}' (one of: ${transports.join(', ')})`)
+  return name as Transport
 }
 
 export async function runDaemon (options: DaemonOptions): Promise<void> {
@@ -83,25 +100,32 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
-  const operations = createOperations({ pool, space, log, xattrs: options.xattrs })
+  const transport = chooseTransport(options.transport)
+  const fuse3 = transport === 'fuse3'
+  const operations = fuse3
+    ? createLowLevelOperations({ pool, space, log, xattrs: options.xattrs })
+    : createOperations({ pool, space, log, xattrs: options.xattrs })
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
-  const fuse = new VdiskFuse(mountpoint, operations, {
-    timeout: false,
-    fsname: `vdiskfs:${pool.dir}`.replace(/,/g, '_'),
-    subtype: 'vdiskfs',
-    // The kernel checks permissions against the owner and mode each image keeps in the catalog.
-    defaultPermissions: true,
-    allowOther: options.allowOther === true
-  })
+  const fsname = `vdiskfs:${pool.dir}`.replace(/,/g, '_')
+  let fuse: VdiskFuse | Fuse3Transport
+  try {
+    fuse = fuse3
+      // The kernel checks permissions against the owner and mode each image keeps in the catalog.
+      ? new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log })
+      : new VdiskFuse(mountpoint, operations, { timeout: false, fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true })
+  } catch (err) {
+    await pool.close()
+    throw new VdiskError('INVALID', (err as Error).message, { cause: err })
+  }
   try {
     await new Promise<void>((resolve, reject) => fuse.mount(err => { if (err === null || err === undefined) resolve(); else reject(err) }))
   } catch (err) {
     await pool.close()
     throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
   }
-  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'})`)
+  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'}, transport ${transport})`)
   await tuneReadAhead(mountpoint, log)
 
   let stopping: Promise<void> | null = null
@@ -117,6 +141,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
       pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes, xattrs: options.xattrs === true,
       // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
       fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss(),
+      // fuse3: what INIT negotiated and the request sizes the kernel sent (docs/TRANSPORT.md).
+      transport, fuse3: fuse instanceof Fuse3Transport ? fuse.stats() : undefined,
       // Cheap (no walk): bench/soak.ts samples it from here every few seconds; vdiskfs status has the rest.
       eventLoopDelay: metrics.eventLoopReport()
     })

@@ -1,0 +1,955 @@
+/*
+ * vdiskfs's own FUSE transport: a small N-API addon over libfuse 3's low-level API (docs/TRANSPORT.md).
+ *
+ * Threads. mount() mounts from the JavaScript thread, then starts one loop thread that runs
+ * fuse_session_loop_mt (clone_fd: each worker reads its own /dev/fuse descriptor). A worker turns each
+ * request it reads into a `request` record (copying what it needs: names, a write's data) and queues it
+ * to JavaScript through the session's thread-safe function, then goes back to reading: it never waits
+ * for the answer. JavaScript answers later, on its own thread, through the reply* functions, which call
+ * fuse_reply_* (libfuse allows a reply from any thread). A request reaches JavaScript as an external
+ * (an opaque handle); a reply frees its record, so each request is answered exactly once (the
+ * TypeScript side guards that).
+ *
+ * What needs no engine is answered here: FORGET (inodes are volume ids; nothing is kept per lookup),
+ * and EPERM for mkdir, mknod, symlink, link and rmdir. INIT is negotiated here (fuse3_init).
+ *
+ * Teardown: unmount() detaches the mount (umount2 MNT_DETACH as root; otherwise the caller runs
+ * fusermount); once the kernel drops the connection the workers read ENODEV and the loop ends, and the
+ * loop thread queues a last "exit" record. After it, JavaScript calls destroy(), which joins the thread
+ * and frees the session; replies to requests still in flight are then dropped.
+ */
+#define FUSE_USE_VERSION 312
+#define _GNU_SOURCE
+#include <fuse_lowlevel.h>
+#include <node_api.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Request kinds, as JavaScript sees them (src/fuse/fuse3-transport.ts keeps the same list). */
+enum {
+  OP_EXIT = 0, OP_LOOKUP, OP_GETATTR, OP_SETATTR, OP_READDIR, OP_OPEN, OP_CREATE, OP_READ, OP_WRITE,
+  OP_FLUSH, OP_RELEASE, OP_FSYNC, OP_UNLINK, OP_RENAME, OP_FALLOCATE, OP_STATFS, OP_LSEEK,
+  OP_COPY_FILE_RANGE, OP_GETXATTR, OP_LISTXATTR, OP_SETXATTR, OP_REMOVEXATTR
+};
+
+#define SIZE_BUCKETS 22 /* request sizes by power of two: bucket b counts sizes in (2^(b-1), 2^b], up to 2 MiB */
+
+typedef struct session {
+  napi_threadsafe_function tsfn;
+  struct fuse_session *se;
+  pthread_t thread;
+  int thread_started;
+  int loop_result;
+  int destroyed;
+  char *mountpoint;
+  unsigned max_threads;
+  unsigned max_write_wanted;
+  unsigned max_background;
+  unsigned congestion_threshold;
+  /* What INIT negotiated (written once by the worker that runs INIT, read after). */
+  unsigned proto_major, proto_minor, max_write, max_readahead, capable, want;
+  /* Counters for status and tests, touched by the workers: atomics. */
+  uint64_t requests;
+  uint64_t write_sizes[SIZE_BUCKETS];
+  uint64_t read_sizes[SIZE_BUCKETS];
+  uint64_t max_write_seen;
+  uint64_t read_bytes;
+  uint64_t write_bytes;
+} session;
+
+typedef struct request {
+  session *s;
+  fuse_req_t req;
+  int op;
+  uint64_t ino, ino2;
+  uint64_t fh, fh2;
+  int has_fh;
+  int64_t off, off2;
+  uint64_t size;
+  int64_t i1, i2, i3;
+  char *name, *name2;
+  char *data;
+  size_t data_len;
+  struct stat attr;
+  uid_t uid;
+  gid_t gid;
+  pid_t pid;
+} request;
+
+static unsigned size_bucket(uint64_t size) {
+  unsigned b = 0;
+  while (b < SIZE_BUCKETS - 1 && ((uint64_t)1 << b) < size) b++;
+  return b;
+}
+
+static void queue(request *r) {
+  __atomic_add_fetch(&r->s->requests, 1, __ATOMIC_RELAXED);
+  if (napi_call_threadsafe_function(r->s->tsfn, r, napi_tsfn_blocking) != napi_ok) {
+    /* The function is closing (the session is being torn down). */
+    if (r->req != NULL) fuse_reply_err(r->req, EIO);
+    free(r->name);
+    free(r->name2);
+    free(r->data);
+    free(r);
+  }
+}
+
+static request *new_request(fuse_req_t req, int op, fuse_ino_t ino) {
+  session *s = fuse_req_userdata(req);
+  request *r = calloc(1, sizeof(request));
+  if (r == NULL) { fuse_reply_err(req, ENOMEM); return NULL; }
+  r->s = s;
+  r->req = req;
+  r->op = op;
+  r->ino = ino;
+  const struct fuse_ctx *ctx = fuse_req_ctx(req);
+  r->uid = ctx->uid;
+  r->gid = ctx->gid;
+  r->pid = ctx->pid;
+  return r;
+}
+
+static void set_fh(request *r, struct fuse_file_info *fi) {
+  if (fi != NULL) { r->fh = fi->fh; r->has_fh = 1; }
+}
+
+/* ---- INIT: what the kernel and libfuse offer, what we take ---- */
+
+static void fuse3_init(void *userdata, struct fuse_conn_info *conn) {
+  session *s = userdata;
+  /* 1 MiB requests: libfuse 3.14 derives max_pages (256 with 4 KiB pages) from max_write, and its
+   * receive buffer holds FUSE_MAX_MAX_PAGES pages. */
+  conn->max_write = s->max_write_wanted;
+  conn->max_readahead = conn->max_readahead < s->max_write_wanted ? conn->max_readahead : s->max_write_wanted;
+  if (s->max_background > 0) conn->max_background = s->max_background;
+  if (s->congestion_threshold > 0) conn->congestion_threshold = s->congestion_threshold;
+  unsigned wanted = FUSE_CAP_ASYNC_READ | FUSE_CAP_ASYNC_DIO | FUSE_CAP_PARALLEL_DIROPS;
+  conn->want |= conn->capable & wanted;
+  /* Off for now: the kernel would own size and mtime and batch writes in its page cache (docs/TRANSPORT.md).
+   * ATOMIC_O_TRUNC off: the kernel then truncates with a SETATTR of its own instead of passing O_TRUNC to
+   * OPEN; HANDLE_KILLPRIV off: the kernel clears set-id bits itself, as for the path-based transport. */
+  conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+                  FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS |
+                  FUSE_CAP_AUTO_INVAL_DATA);
+  s->proto_major = conn->proto_major;
+  s->proto_minor = conn->proto_minor;
+  s->max_write = conn->max_write;
+  s->max_readahead = conn->max_readahead;
+  s->capable = conn->capable;
+  s->want = conn->want;
+}
+
+/* ---- low-level operations: each queues a request for JavaScript ---- */
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  request *r = new_request(req, OP_LOOKUP, parent);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  queue(r);
+}
+
+static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  (void)ino; (void)nlookup;
+  fuse_reply_none(req);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets) {
+  (void)count; (void)forgets;
+  fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_GETATTR, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  queue(r);
+}
+
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_SETATTR, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->attr = *attr;
+  r->i1 = to_set;
+  queue(r);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_READDIR, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->size = size;
+  r->off = off;
+  queue(r);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_OPEN, ino);
+  if (r == NULL) return;
+  r->i1 = fi->flags;
+  queue(r);
+}
+
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_CREATE, parent);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  r->i1 = fi->flags;
+  r->i2 = mode;
+  queue(r);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  session *s = fuse_req_userdata(req);
+  __atomic_add_fetch(&s->read_sizes[size_bucket(size)], 1, __ATOMIC_RELAXED);
+  request *r = new_request(req, OP_READ, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->size = size;
+  r->off = off;
+  queue(r);
+}
+
+static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+  session *s = fuse_req_userdata(req);
+  __atomic_add_fetch(&s->write_sizes[size_bucket(size)], 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&s->write_bytes, size, __ATOMIC_RELAXED);
+  uint64_t seen = __atomic_load_n(&s->max_write_seen, __ATOMIC_RELAXED);
+  while (size > seen && !__atomic_compare_exchange_n(&s->max_write_seen, &seen, size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+  request *r = new_request(req, OP_WRITE, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  /* The buffer is libfuse's receive buffer, reused once we return: the data goes to JavaScript in a copy. */
+  r->data = malloc(size > 0 ? size : 1);
+  if (r->data == NULL) { fuse_reply_err(req, ENOMEM); free(r); return; }
+  memcpy(r->data, buf, size);
+  r->data_len = size;
+  r->off = off;
+  queue(r);
+}
+
+static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_FLUSH, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  queue(r);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_RELEASE, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  queue(r);
+}
+
+static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_FSYNC, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->i1 = datasync;
+  queue(r);
+}
+
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  request *r = new_request(req, OP_UNLINK, parent);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  queue(r);
+}
+
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname, unsigned int flags) {
+  request *r = new_request(req, OP_RENAME, parent);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  r->ino2 = newparent;
+  r->name2 = strdup(newname);
+  r->i1 = flags;
+  queue(r);
+}
+
+static void ll_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_FALLOCATE, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->i1 = mode;
+  r->off = offset;
+  r->off2 = length;
+  queue(r);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) {
+  request *r = new_request(req, OP_STATFS, ino);
+  if (r == NULL) return;
+  queue(r);
+}
+
+static void ll_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi) {
+  request *r = new_request(req, OP_LSEEK, ino);
+  if (r == NULL) return;
+  set_fh(r, fi);
+  r->off = off;
+  r->i1 = whence;
+  queue(r);
+}
+
+static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
+                               fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out, size_t len, int flags) {
+  request *r = new_request(req, OP_COPY_FILE_RANGE, ino_in);
+  if (r == NULL) return;
+  set_fh(r, fi_in);
+  r->off = off_in;
+  r->ino2 = ino_out;
+  r->fh2 = fi_out != NULL ? fi_out->fh : 0;
+  r->off2 = off_out;
+  r->size = len;
+  r->i1 = flags;
+  queue(r);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size) {
+  request *r = new_request(req, OP_GETXATTR, ino);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  r->size = size;
+  queue(r);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  request *r = new_request(req, OP_LISTXATTR, ino);
+  if (r == NULL) return;
+  r->size = size;
+  queue(r);
+}
+
+static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags) {
+  (void)value; (void)size;
+  request *r = new_request(req, OP_SETXATTR, ino);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  r->i1 = flags;
+  queue(r);
+}
+
+static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
+  request *r = new_request(req, OP_REMOVEXATTR, ino);
+  if (r == NULL) return;
+  r->name = strdup(name);
+  queue(r);
+}
+
+/* Images are files only: no directories, nodes or links (as the path-based adapter answers). */
+static void ll_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { (void)p; (void)n; (void)m; fuse_reply_err(req, EPERM); }
+static void ll_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t d) { (void)p; (void)n; (void)m; (void)d; fuse_reply_err(req, EPERM); }
+static void ll_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { (void)l; (void)p; (void)n; fuse_reply_err(req, EPERM); }
+static void ll_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t p, const char *n) { (void)i; (void)p; (void)n; fuse_reply_err(req, EPERM); }
+static void ll_rmdir(fuse_req_t req, fuse_ino_t p, const char *n) { (void)p; (void)n; fuse_reply_err(req, EPERM); }
+
+static const struct fuse_lowlevel_ops operations = {
+  .init = fuse3_init,
+  .lookup = ll_lookup,
+  .forget = ll_forget,
+  .forget_multi = ll_forget_multi,
+  .getattr = ll_getattr,
+  .setattr = ll_setattr,
+  .readdir = ll_readdir,
+  .open = ll_open,
+  .create = ll_create,
+  .read = ll_read,
+  .write = ll_write,
+  .flush = ll_flush,
+  .release = ll_release,
+  .fsync = ll_fsync,
+  .unlink = ll_unlink,
+  .rename = ll_rename,
+  .fallocate = ll_fallocate,
+  .statfs = ll_statfs,
+  .lseek = ll_lseek,
+  .copy_file_range = ll_copy_file_range,
+  .getxattr = ll_getxattr,
+  .listxattr = ll_listxattr,
+  .setxattr = ll_setxattr,
+  .removexattr = ll_removexattr,
+  .mkdir = ll_mkdir,
+  .mknod = ll_mknod,
+  .symlink = ll_symlink,
+  .link = ll_link,
+  .rmdir = ll_rmdir,
+};
+
+/* ---- N-API helpers ---- */
+
+#define CHECK(call) do { if ((call) != napi_ok) { napi_throw_error(env, NULL, "vdiskfs_fuse3: " #call " failed"); return NULL; } } while (0)
+
+static napi_value num(napi_env env, double value) {
+  napi_value v;
+  napi_create_double(env, value, &v);
+  return v;
+}
+
+static napi_value str_or_null(napi_env env, const char *text) {
+  napi_value v;
+  if (text == NULL) napi_get_null(env, &v);
+  else napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+static double ms_of(struct timespec ts) { return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6; }
+
+/* A WRITE's data, given to JavaScript as an external buffer: V8 is told of its size, so that garbage
+ * collection runs as the buffers add up (it cannot see malloc'd memory otherwise). */
+static void free_data(napi_env env, void *data, void *hint) {
+  int64_t ignored;
+  napi_adjust_external_memory(env, -(int64_t)(uintptr_t)hint, &ignored);
+  free(data);
+}
+
+/* Runs on the JavaScript thread for each queued request: calls dispatch(op, handle, ...args). */
+static void call_js(napi_env env, napi_value js_callback, void *context, void *data) {
+  (void)context;
+  request *r = data;
+  if (env == NULL) {
+    if (r->req != NULL) fuse_reply_err(r->req, EIO);
+    free(r->name); free(r->name2); free(r->data); free(r);
+    return;
+  }
+  napi_value args[12];
+  size_t argc = 0;
+  napi_value handle;
+  args[argc++] = num(env, r->op);
+  if (r->op == OP_EXIT) {
+    napi_get_null(env, &handle);
+    args[argc++] = handle;
+    args[argc++] = num(env, r->s->loop_result);
+    free(r);
+  } else {
+    napi_create_external(env, r, NULL, NULL, &handle);
+    args[argc++] = handle;
+    args[argc++] = num(env, (double)r->ino);
+    napi_value fh;
+    if (r->has_fh) fh = num(env, (double)r->fh); else napi_get_null(env, &fh);
+    switch (r->op) {
+      case OP_LOOKUP: case OP_UNLINK: case OP_REMOVEXATTR:
+        args[argc++] = str_or_null(env, r->name);
+        break;
+      case OP_GETATTR: case OP_FLUSH: case OP_RELEASE:
+        args[argc++] = fh;
+        break;
+      case OP_SETATTR:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->attr.st_mode);
+        args[argc++] = num(env, r->attr.st_uid);
+        args[argc++] = num(env, r->attr.st_gid);
+        args[argc++] = num(env, (double)r->attr.st_size);
+        args[argc++] = num(env, ms_of(r->attr.st_mtim));
+        break;
+      case OP_READDIR:
+        args[argc++] = num(env, (double)r->size);
+        args[argc++] = num(env, (double)r->off);
+        break;
+      case OP_OPEN:
+        args[argc++] = num(env, (double)r->i1);
+        break;
+      case OP_CREATE:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, (double)r->i2);
+        args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->uid);
+        args[argc++] = num(env, r->gid);
+        break;
+      case OP_READ:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->size);
+        args[argc++] = num(env, (double)r->off);
+        break;
+      case OP_WRITE: {
+        napi_value buffer;
+        int64_t ignored;
+        if (napi_create_external_buffer(env, r->data_len, r->data, free_data, (void *)(uintptr_t)r->data_len, &buffer) == napi_ok) {
+          napi_adjust_external_memory(env, (int64_t)r->data_len, &ignored);
+        } else {
+          void *copy;
+          napi_create_buffer_copy(env, r->data_len, r->data, &copy, &buffer);
+          free(r->data);
+        }
+        r->data = NULL;
+        args[argc++] = fh;
+        args[argc++] = buffer;
+        args[argc++] = num(env, (double)r->off);
+        break;
+      }
+      case OP_FSYNC:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->i1);
+        break;
+      case OP_RENAME:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, (double)r->ino2);
+        args[argc++] = str_or_null(env, r->name2);
+        args[argc++] = num(env, (double)r->i1);
+        break;
+      case OP_FALLOCATE:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, (double)r->off);
+        args[argc++] = num(env, (double)r->off2);
+        break;
+      case OP_STATFS:
+        break;
+      case OP_LSEEK:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->off);
+        args[argc++] = num(env, (double)r->i1);
+        break;
+      case OP_COPY_FILE_RANGE:
+        args[argc++] = fh;
+        args[argc++] = num(env, (double)r->off);
+        args[argc++] = num(env, (double)r->ino2);
+        args[argc++] = num(env, (double)r->fh2);
+        args[argc++] = num(env, (double)r->off2);
+        args[argc++] = num(env, (double)r->size);
+        args[argc++] = num(env, (double)r->i1);
+        break;
+      case OP_GETXATTR:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, (double)r->size);
+        break;
+      case OP_LISTXATTR:
+        args[argc++] = num(env, (double)r->size);
+        break;
+      case OP_SETXATTR:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, (double)r->i1);
+        break;
+    }
+    free(r->name); r->name = NULL;
+    free(r->name2); r->name2 = NULL;
+  }
+  napi_value global, result;
+  napi_get_global(env, &global);
+  napi_status status = napi_call_function(env, global, js_callback, argc, args, &result);
+  if (status == napi_pending_exception) {
+    /* dispatch catches its own errors; an exception here is a bug: let Node report it. */
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    napi_fatal_exception(env, exception);
+  }
+}
+
+/* The request a handle names, or NULL (with an exception thrown) for a bad handle. */
+static request *request_of(napi_env env, napi_value value) {
+  void *pointer = NULL;
+  if (napi_get_value_external(env, value, &pointer) != napi_ok || pointer == NULL) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: not a request handle");
+    return NULL;
+  }
+  return pointer;
+}
+
+/* Frees a request's record after its reply; a reply after the session was destroyed is dropped. */
+static int done(request *r) {
+  int live = !r->s->destroyed;
+  if (!live) { free(r->data); free(r); }
+  return live;
+}
+
+static void finish(request *r) { free(r->data); free(r); }
+
+static double arg_number(napi_env env, napi_value value) {
+  double d = 0;
+  napi_get_value_double(env, value, &d);
+  return d;
+}
+
+static void fill_attr(napi_env env, napi_value *args, struct stat *st) {
+  /* mode, nlink, uid, gid, size, blocks, blksize, mtimeMs */
+  memset(st, 0, sizeof(*st));
+  st->st_mode = (mode_t)arg_number(env, args[0]);
+  st->st_nlink = (nlink_t)arg_number(env, args[1]);
+  st->st_uid = (uid_t)arg_number(env, args[2]);
+  st->st_gid = (gid_t)arg_number(env, args[3]);
+  st->st_size = (off_t)arg_number(env, args[4]);
+  st->st_blocks = (blkcnt_t)arg_number(env, args[5]);
+  st->st_blksize = (blksize_t)arg_number(env, args[6]);
+  double ms = arg_number(env, args[7]);
+  struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6) };
+  if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+  if (ts.tv_nsec > 999999999) ts.tv_nsec = 999999999;
+  st->st_atim = ts;
+  st->st_mtim = ts;
+  st->st_ctim = ts;
+}
+
+#define GET_ARGS(n) \
+  size_t argc = (n); napi_value args[(n) > 0 ? (n) : 1]; \
+  CHECK(napi_get_cb_info(env, info, &argc, args, NULL, NULL)); \
+  if (argc < (n)) { napi_throw_type_error(env, NULL, "vdiskfs_fuse3: missing arguments"); return NULL; }
+
+/* replyErr(handle, errno): errno positive, 0 for success without data. */
+static napi_value reply_err(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  fuse_reply_err(r->req, (int)arg_number(env, args[1]));
+  finish(r);
+  return NULL;
+}
+
+/* replyEntry(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs) */
+static napi_value reply_entry(napi_env env, napi_callback_info info) {
+  GET_ARGS(10);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  e.ino = (fuse_ino_t)arg_number(env, args[1]);
+  fill_attr(env, args + 2, &e.attr);
+  e.attr.st_ino = e.ino;
+  e.generation = 1;
+  e.attr_timeout = 0;
+  e.entry_timeout = 0;
+  fuse_reply_entry(r->req, &e);
+  finish(r);
+  return NULL;
+}
+
+/* replyAttr(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs) */
+static napi_value reply_attr(napi_env env, napi_callback_info info) {
+  GET_ARGS(10);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  struct stat st;
+  fill_attr(env, args + 2, &st);
+  st.st_ino = (ino_t)arg_number(env, args[1]);
+  fuse_reply_attr(r->req, &st, 0);
+  finish(r);
+  return NULL;
+}
+
+/* replyOpen(handle, fh) */
+static napi_value reply_open(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof(fi));
+  fi.fh = (uint64_t)arg_number(env, args[1]);
+  fuse_reply_open(r->req, &fi);
+  finish(r);
+  return NULL;
+}
+
+/* replyCreate(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs, fh) */
+static napi_value reply_create(napi_env env, napi_callback_info info) {
+  GET_ARGS(11);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  struct fuse_entry_param e;
+  memset(&e, 0, sizeof(e));
+  e.ino = (fuse_ino_t)arg_number(env, args[1]);
+  fill_attr(env, args + 2, &e.attr);
+  e.attr.st_ino = e.ino;
+  e.generation = 1;
+  struct fuse_file_info fi;
+  memset(&fi, 0, sizeof(fi));
+  fi.fh = (uint64_t)arg_number(env, args[10]);
+  fuse_reply_create(r->req, &e, &fi);
+  finish(r);
+  return NULL;
+}
+
+/* replyBuf(handle, buffer, length) */
+static napi_value reply_buf(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  void *data = NULL;
+  size_t length = 0;
+  if (napi_get_buffer_info(env, args[1], &data, &length) != napi_ok) { fuse_reply_err(r->req, EIO); finish(r); return NULL; }
+  size_t wanted = (size_t)arg_number(env, args[2]);
+  if (wanted > length) wanted = length;
+  if (r->op == OP_READ) __atomic_add_fetch(&r->s->read_bytes, wanted, __ATOMIC_RELAXED);
+  fuse_reply_buf(r->req, data, wanted);
+  finish(r);
+  return NULL;
+}
+
+/* replyWrite(handle, count) */
+static napi_value reply_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  fuse_reply_write(r->req, (size_t)arg_number(env, args[1]));
+  finish(r);
+  return NULL;
+}
+
+/* replyStatfs(handle, bsize, blocks, bfree, bavail, files, ffree) */
+static napi_value reply_statfs(napi_env env, napi_callback_info info) {
+  GET_ARGS(7);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  struct statvfs st;
+  memset(&st, 0, sizeof(st));
+  st.f_bsize = (unsigned long)arg_number(env, args[1]);
+  st.f_frsize = st.f_bsize;
+  st.f_blocks = (fsblkcnt_t)arg_number(env, args[2]);
+  st.f_bfree = (fsblkcnt_t)arg_number(env, args[3]);
+  st.f_bavail = (fsblkcnt_t)arg_number(env, args[4]);
+  st.f_files = (fsfilcnt_t)arg_number(env, args[5]);
+  st.f_ffree = (fsfilcnt_t)arg_number(env, args[6]);
+  st.f_favail = st.f_ffree;
+  st.f_namemax = 255;
+  fuse_reply_statfs(r->req, &st);
+  finish(r);
+  return NULL;
+}
+
+/* replyLseek(handle, offset) */
+static napi_value reply_lseek(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  fuse_reply_lseek(r->req, (off_t)arg_number(env, args[1]));
+  finish(r);
+  return NULL;
+}
+
+/* replyXattr(handle, size): the size a getxattr/listxattr asked with size 0 needs. */
+static napi_value reply_xattr(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  fuse_reply_xattr(r->req, (size_t)arg_number(env, args[1]));
+  finish(r);
+  return NULL;
+}
+
+/*
+ * replyDir(handle, names[], inos[], modes[]): the whole listing; this answers the part the request's
+ * offset and size ask for (an entry's offset is its index + 1).
+ */
+static napi_value reply_dir(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  request *r = request_of(env, args[0]);
+  if (r == NULL || !done(r)) return NULL;
+  uint32_t count = 0;
+  napi_get_array_length(env, args[1], &count);
+  size_t size = r->size;
+  char *buf = malloc(size > 0 ? size : 1);
+  if (buf == NULL) { fuse_reply_err(r->req, ENOMEM); finish(r); return NULL; }
+  size_t used = 0;
+  char name[1024];
+  for (uint32_t i = (uint32_t)(r->off < 0 ? 0 : r->off); i < count; i++) {
+    napi_value v;
+    size_t len = 0;
+    napi_get_element(env, args[1], i, &v);
+    if (napi_get_value_string_utf8(env, v, name, sizeof(name), &len) != napi_ok) continue;
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    napi_get_element(env, args[2], i, &v);
+    st.st_ino = (ino_t)arg_number(env, v);
+    napi_get_element(env, args[3], i, &v);
+    st.st_mode = (mode_t)arg_number(env, v);
+    size_t need = fuse_add_direntry(r->req, buf + used, size - used, name, &st, (off_t)i + 1);
+    if (need > size - used) break;
+    used += need;
+  }
+  fuse_reply_buf(r->req, buf, used);
+  free(buf);
+  finish(r);
+  return NULL;
+}
+
+/* ---- session lifecycle ---- */
+
+static void *loop_thread(void *arg) {
+  session *s = arg;
+  /* Signals are Node's business: they must not land on libfuse's threads. */
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  struct fuse_loop_config *config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_clone_fd(config, 1);
+  fuse_loop_cfg_set_max_threads(config, s->max_threads);
+  fuse_loop_cfg_set_idle_threads(config, s->max_threads);
+  s->loop_result = fuse_session_loop_mt(s->se, config);
+  fuse_loop_cfg_destroy(config);
+  request *r = calloc(1, sizeof(request));
+  if (r != NULL) {
+    r->s = s;
+    r->op = OP_EXIT;
+    if (napi_call_threadsafe_function(s->tsfn, r, napi_tsfn_blocking) != napi_ok) free(r);
+  }
+  return NULL;
+}
+
+static void session_finalize(napi_env env, void *data, void *hint) {
+  (void)env; (void)data; (void)hint;
+  /* The session record stays: replies to requests still in flight read its 'destroyed' flag. */
+}
+
+/*
+ * mount(mountpoint, options, dispatch, settings) -> session handle. options: the -o string (fsname,
+ * subtype, default_permissions, allow_other...). settings: { maxWrite, maxThreads, maxBackground,
+ * congestionThreshold }. Throws with libfuse's reason on failure.
+ */
+static napi_value mount_session(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  char mountpoint[4096], options[4096];
+  size_t len;
+  CHECK(napi_get_value_string_utf8(env, args[0], mountpoint, sizeof(mountpoint), &len));
+  CHECK(napi_get_value_string_utf8(env, args[1], options, sizeof(options), &len));
+  session *s = calloc(1, sizeof(session));
+  if (s == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  s->max_write_wanted = 1024 * 1024;
+  s->max_threads = 8;
+  napi_value v;
+  bool has;
+  if (napi_has_named_property(env, args[3], "maxWrite", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "maxWrite", &v); s->max_write_wanted = (unsigned)arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "maxThreads", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "maxThreads", &v); s->max_threads = (unsigned)arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "maxBackground", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "maxBackground", &v); s->max_background = (unsigned)arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "congestionThreshold", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "congestionThreshold", &v); s->congestion_threshold = (unsigned)arg_number(env, v); }
+
+  napi_value name;
+  napi_create_string_utf8(env, "vdiskfs-fuse3", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, args[2], NULL, name, 0, 1, NULL, NULL, NULL, call_js, &s->tsfn) != napi_ok) {
+    free(s);
+    napi_throw_error(env, NULL, "vdiskfs_fuse3: could not create the thread-safe function");
+    return NULL;
+  }
+  char *argv[] = { "vdiskfs", "-o", options, NULL };
+  struct fuse_args fargs = FUSE_ARGS_INIT(options[0] != '\0' ? 3 : 1, argv);
+  s->se = fuse_session_new(&fargs, &operations, sizeof(operations), s);
+  if (s->se == NULL) {
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s);
+    napi_throw_error(env, NULL, "fuse_session_new failed (see the line libfuse printed above)");
+    return NULL;
+  }
+  if (fuse_session_mount(s->se, mountpoint) != 0) {
+    fuse_session_destroy(s->se);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s);
+    napi_throw_error(env, NULL, "fuse_session_mount failed (see the line libfuse printed above)");
+    return NULL;
+  }
+  s->mountpoint = strdup(mountpoint);
+  int err = pthread_create(&s->thread, NULL, loop_thread, s);
+  if (err != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, NULL, strerror(err));
+    return NULL;
+  }
+  s->thread_started = 1;
+  napi_value handle;
+  CHECK(napi_create_external(env, s, session_finalize, NULL, &handle));
+  return handle;
+}
+
+static session *session_of(napi_env env, napi_value value) {
+  void *pointer = NULL;
+  if (napi_get_value_external(env, value, &pointer) != napi_ok || pointer == NULL) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: not a session handle");
+    return NULL;
+  }
+  return pointer;
+}
+
+/*
+ * unmount(session) -> 0, or an errno: asks the loop to end and, as root, detaches the mount (lazily,
+ * as libfuse does; the connection ends once nothing uses the mount). Not root: returns EPERM and the
+ * caller runs fusermount3 -uz.
+ */
+static napi_value unmount_session(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = session_of(env, args[0]);
+  if (s == NULL) return NULL;
+  if (s->destroyed) return num(env, 0);
+  fuse_session_exit(s->se);
+  if (geteuid() != 0) return num(env, EPERM);
+  int result = umount2(s->mountpoint, MNT_DETACH) == 0 ? 0 : errno;
+  /* EINVAL: not mounted any more (unmounted from outside). */
+  return num(env, result == EINVAL ? 0 : result);
+}
+
+/* destroy(session): after the exit record: joins the loop thread and frees libfuse's session. */
+static napi_value destroy_session(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = session_of(env, args[0]);
+  if (s == NULL || s->destroyed) return NULL;
+  if (s->thread_started) pthread_join(s->thread, NULL);
+  s->thread_started = 0;
+  fuse_session_unmount(s->se);
+  fuse_session_destroy(s->se);
+  s->se = NULL;
+  s->destroyed = 1;
+  napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+static napi_value number_array(napi_env env, const uint64_t *values, size_t count) {
+  napi_value array;
+  napi_create_array_with_length(env, count, &array);
+  for (size_t i = 0; i < count; i++) napi_set_element(env, array, (uint32_t)i, num(env, (double)__atomic_load_n(&values[i], __ATOMIC_RELAXED)));
+  return array;
+}
+
+/* stats(session): what INIT negotiated and the request counters. */
+static napi_value session_stats(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = session_of(env, args[0]);
+  if (s == NULL) return NULL;
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "protoMajor", num(env, s->proto_major));
+  napi_set_named_property(env, out, "protoMinor", num(env, s->proto_minor));
+  napi_set_named_property(env, out, "maxWrite", num(env, s->max_write));
+  napi_set_named_property(env, out, "maxReadahead", num(env, s->max_readahead));
+  napi_set_named_property(env, out, "capable", num(env, s->capable));
+  napi_set_named_property(env, out, "want", num(env, s->want));
+  napi_set_named_property(env, out, "maxThreads", num(env, s->max_threads));
+  napi_set_named_property(env, out, "requests", num(env, (double)__atomic_load_n(&s->requests, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "writeBytes", num(env, (double)__atomic_load_n(&s->write_bytes, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "readBytes", num(env, (double)__atomic_load_n(&s->read_bytes, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "maxWriteSeen", num(env, (double)__atomic_load_n(&s->max_write_seen, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "writeSizes", number_array(env, s->write_sizes, SIZE_BUCKETS));
+  napi_set_named_property(env, out, "readSizes", number_array(env, s->read_sizes, SIZE_BUCKETS));
+  return out;
+}
+
+static napi_value init_module(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "mount", NULL, mount_session, NULL, NULL, NULL, napi_default, NULL },
+    { "unmount", NULL, unmount_session, NULL, NULL, NULL, napi_default, NULL },
+    { "destroy", NULL, destroy_session, NULL, NULL, NULL, napi_default, NULL },
+    { "stats", NULL, session_stats, NULL, NULL, NULL, napi_default, NULL },
+    { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
+    { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
+    { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },
+    { "replyOpen", NULL, reply_open, NULL, NULL, NULL, napi_default, NULL },
+    { "replyCreate", NULL, reply_create, NULL, NULL, NULL, napi_default, NULL },
+    { "replyBuf", NULL, reply_buf, NULL, NULL, NULL, napi_default, NULL },
+    { "replyWrite", NULL, reply_write, NULL, NULL, NULL, napi_default, NULL },
+    { "replyStatfs", NULL, reply_statfs, NULL, NULL, NULL, napi_default, NULL },
+    { "replyLseek", NULL, reply_lseek, NULL, NULL, NULL, napi_default, NULL },
+    { "replyXattr", NULL, reply_xattr, NULL, NULL, NULL, napi_default, NULL },
+    { "replyDir", NULL, reply_dir, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  return exports;
+}
+
+NAPI_MODULE(vdiskfs_fuse3, init_module)

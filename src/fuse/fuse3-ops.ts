@@ -1,0 +1,401 @@
+/**
+ * The FUSE 3 low-level operations: inode-based requests from our own transport (fuse3-transport.ts)
+ * translated into calls on the pool and its volumes, and typed errors into errno, as adapter.ts does
+ * for fuse-native's path-based callbacks. No business logic lives here.
+ *
+ * Inodes: 1 is the root, 2-4 the directories disks/, backups/, clones/; a volume is its id +
+ * volumeInodeBase. Volume ids are never reused while the daemon runs, so an inode never names two
+ * volumes, and one stays valid across rename and promote (a clone becoming a disk keeps its inode). A
+ * volume removed while open keeps its inode (nlink 0) until its last release. Nothing is kept per
+ * lookup, so FORGET needs no answer from here (the addon answers it).
+ *
+ * Each handler takes the request's arguments and, last, a callback: (0, results...) or (-errno).
+ * DaemonMetrics.measureOperations wraps them like the path-based ones.
+ */
+import { VolumeKind } from '../catalog/catalog'
+import { VdiskError, notPermitted, readOnly } from '../errors'
+import { Pool } from '../volume/pool'
+import { Volume } from '../volume/volume'
+import { AllocationRange } from '../volume/allocation'
+import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
+import { SpaceAccounting } from '../volume/space'
+import { sourceOf } from '../volume/facts'
+import { fuse3CopyPieceBytes, fuse3CopyRequestBytesMax } from '../limits'
+
+export const rootInode = 1
+export const volumeInodeBase = 16
+const dirInodeOf: Record<VolumeKind, number> = { disk: 2, backup: 3, clone: 4 }
+const kindOfInode = new Map<number, VolumeKind>([[2, 'disk'], [3, 'backup'], [4, 'clone']])
+const dirNameOf: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+
+const EEXIST = -17
+const ENXIO = -6
+const EBADF = -9
+const EXDEV = -18
+
+/** setattr's to_set bits (fuse_lowlevel.h). */
+const setMode = 1 << 0
+const setUid = 1 << 1
+const setGid = 1 << 2
+const setSize = 1 << 3
+const setMtime = 1 << 5
+const setMtimeNow = 1 << 8
+/** rename(2) flags. */
+const renameNoReplace = 1
+/** lseek whence. */
+const seekData = 3
+const seekHole = 4
+/** fallocate(2) mode bits (linux/falloc.h). */
+const fallocKeepSize = 0x01
+const fallocPunchHole = 0x02
+const fallocZeroRange = 0x10
+const xattrPrefix = 'user.vdiskfs.'
+const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
+
+export interface Attr { ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number }
+export interface DirEntry { name: string, ino: number, mode: number }
+
+interface Handle { volume: Volume, writable: boolean }
+
+export interface LowLevelOptions {
+  pool: Pool
+  space: SpaceAccounting
+  log: (message: string) => void
+  xattrs?: boolean
+}
+
+type Callback = (code: number, ...results: any[]) => void
+
+export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevelOptions): Record<string, (...args: any[]) => void> {
+  const handles = new Map<number, Handle>()
+  let nextHandle = 1
+  const uid = process.getuid?.() ?? 0
+  const gid = process.getgid?.() ?? 0
+  const mountedMs = Date.now()
+  /** The last allocation map computed per volume, valid while the pool's generation has not moved. */
+  const maps = new Map<number, { generation: number, ranges: AllocationRange[] }>()
+
+  const fail = (cb: Callback) => (err: unknown) => cb(toErrno(err, log))
+
+  function dirAttr (ino: number): Attr {
+    const writable = ino === dirInodeOf.disk
+    return { ino, mode: 0o040000 | (writable ? 0o755 : 0o555), nlink: 2, uid, gid, size: 4096, blocks: 8, blksize: 4096, mtimeMs: mountedMs }
+  }
+
+  function fileAttr (volume: Volume): Attr {
+    return {
+      ino: volume.id + volumeInodeBase,
+      mode: 0o100000 | volume.mode,
+      // A volume removed while open is still served to its holders, but has no name any more.
+      nlink: volume.hidden ? 0 : 1,
+      uid: volume.uid,
+      gid: volume.gid,
+      size: volume.size,
+      blocks: Math.ceil(volume.storedBytes / 512),
+      blksize: pool.blockBytes,
+      mtimeMs: volume.mtimeMs
+    }
+  }
+
+  /** The volume an inode names; NOT_FOUND once it left the pool. */
+  function volumeOf (ino: number): Volume {
+    const volume = ino >= volumeInodeBase ? pool.byId(ino - volumeInodeBase) : undefined
+    if (volume === undefined) throw new VdiskError('NOT_FOUND', `inode ${ino} is not a volume`)
+    return volume
+  }
+
+  function handleOf (fh: number | null): Handle {
+    const handle = fh === null ? undefined : handles.get(fh)
+    if (handle === undefined) throw new VdiskError('INVALID', `no open handle ${String(fh)}`)
+    return handle
+  }
+
+  function attrOf (ino: number): Attr {
+    if (ino === rootInode) return { ...dirAttr(ino), mode: 0o040555 }
+    if (kindOfInode.has(ino)) return dirAttr(ino)
+    return fileAttr(volumeOf(ino))
+  }
+
+  async function resize (volume: Volume, size: number): Promise<void> {
+    const before = volume.size
+    await volume.truncate(size)
+    if (size !== before) log(`resize: ${dirNameOf[volume.kind]}/${volume.name} from ${before} to ${size} bytes`)
+  }
+
+  async function allocation (volume: Volume): Promise<AllocationRange[]> {
+    const cached = maps.get(volume.id)
+    if (cached !== undefined && cached.generation === pool.generation) return cached.ranges
+    const generation = pool.generation
+    const ranges = await pool.allocationMap(volume)
+    maps.clear()
+    maps.set(volume.id, { generation, ranges })
+    return ranges
+  }
+
+  return {
+    lookup (parent: number, name: string, cb: Callback) {
+      if (parent === rootInode) {
+        const kind = (Object.keys(dirNameOf) as VolumeKind[]).find(k => dirNameOf[k] === name)
+        if (kind === undefined) { cb(ENOENT); return }
+        cb(0, dirAttr(dirInodeOf[kind]))
+        return
+      }
+      const kind = kindOfInode.get(parent)
+      if (kind === undefined) { cb(ENOENT); return }
+      const volume = pool.find(kind, name)
+      if (volume === undefined || volume.hidden) { cb(ENOENT); return }
+      cb(0, fileAttr(volume))
+    },
+
+    getattr (ino: number, _fh: number | null, cb: Callback) {
+      try { cb(0, attrOf(ino)) } catch (err) { cb(toErrno(err, log)) }
+    },
+
+    // The kernel has checked who may (default_permissions). Directories' modes, owner and times are
+    // fixed: a change is accepted and ignored, so that cp -a and rsync into the mount work.
+    setattr (ino: number, _fh: number | null, toSet: number, mode: number, newUid: number, newGid: number, size: number, mtimeMs: number, cb: Callback) {
+      if (ino < volumeInodeBase) {
+        if ((toSet & setSize) !== 0) { cb(EISDIR); return }
+        try { cb(0, attrOf(ino)) } catch (err) { cb(toErrno(err, log)) }
+        return
+      }
+      let volume: Volume
+      let commit = false
+      try {
+        volume = volumeOf(ino)
+        if ((toSet & setMode) !== 0) { volume.chmod(mode); commit = true }
+        if ((toSet & (setUid | setGid)) !== 0) {
+          volume.chown((toSet & setUid) !== 0 ? newUid : null, (toSet & setGid) !== 0 ? newGid : null)
+          commit = true
+        }
+        if ((toSet & setMtimeNow) !== 0) volume.touch(Date.now())
+        else if ((toSet & setMtime) !== 0) volume.touch(mtimeMs)
+      } catch (err) { cb(toErrno(err, log)); return }
+      const work = async (): Promise<void> => {
+        if ((toSet & setSize) !== 0) await resize(volume, size)
+        if (commit) await pool.commit()
+      }
+      work().then(() => cb(0, fileAttr(volume)), fail(cb))
+    },
+
+    readdir (ino: number, _size: number, _offset: number, cb: Callback) {
+      if (ino === rootInode) {
+        cb(0, [
+          { name: '.', ino: rootInode, mode: 0o040000 },
+          { name: '..', ino: rootInode, mode: 0o040000 },
+          ...(['disk', 'backup', 'clone'] as VolumeKind[]).map(kind => ({ name: dirNameOf[kind], ino: dirInodeOf[kind], mode: 0o040000 }))
+        ])
+        return
+      }
+      const kind = kindOfInode.get(ino)
+      if (kind === undefined) { cb(ino >= volumeInodeBase ? -20 : ENOENT); return } // ENOTDIR
+      const volumes = pool.visible(kind).sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+      cb(0, [
+        { name: '.', ino, mode: 0o040000 },
+        { name: '..', ino: rootInode, mode: 0o040000 },
+        ...volumes.map(v => ({ name: v.name, ino: v.id + volumeInodeBase, mode: 0o100000 }))
+      ])
+    },
+
+    open (ino: number, flags: number, cb: Callback) {
+      if (ino < volumeInodeBase) { cb(EISDIR); return }
+      let volume: Volume
+      const writable = (flags & 3) !== 0
+      try {
+        volume = volumeOf(ino)
+        pool.opened(volume, writable)
+      } catch (err) { cb(toErrno(err, log)); return }
+      const fh = nextHandle++
+      handles.set(fh, { volume, writable })
+      cb(0, fh)
+    },
+
+    // The new disk belongs to the caller (FUSE 3's request carries who it is); its mode stays the
+    // catalog's default (0600), as on the path-based transport.
+    create (parent: number, name: string, _mode: number, _flags: number, callerUid: number, callerGid: number, cb: Callback) {
+      const kind = kindOfInode.get(parent)
+      if (kind === undefined) { cb(EPERM); return }
+      const work = async (): Promise<Volume> => {
+        // The handle is counted by create itself, before its commit (see Pool.create's open option).
+        const volume = await pool.create(kind, name, { open: true })
+        if (volume.uid !== callerUid || volume.gid !== callerGid) {
+          try {
+            volume.chown(callerUid, callerGid)
+            await pool.commit()
+          } catch (err) {
+            await pool.released(volume).catch(() => {})
+            throw err
+          }
+        }
+        return volume
+      }
+      work().then(volume => {
+        const fh = nextHandle++
+        handles.set(fh, { volume, writable: true })
+        log(`create: ${dirNameOf[kind]}/${name}`)
+        cb(0, fileAttr(volume), fh)
+      }, fail(cb))
+    },
+
+    read (_ino: number, fh: number | null, size: number, offset: number, cb: Callback) {
+      let handle: Handle
+      try { handle = handleOf(fh) } catch (err) { cb(toErrno(err, log)); return }
+      const buffer = Buffer.allocUnsafe(size)
+      handle.volume.read(buffer, offset).then(count => cb(0, buffer, count), fail(cb))
+    },
+
+    write (_ino: number, fh: number | null, data: Buffer, offset: number, cb: Callback) {
+      let handle: Handle
+      try { handle = handleOf(fh) } catch (err) { cb(toErrno(err, log)); return }
+      handle.volume.write(data, offset).then(() => cb(0, data.length), fail(cb))
+    },
+
+    flush (_ino: number, fh: number | null, cb: Callback) {
+      // close(2): commit what this handle wrote, so a closed file survives a crash of the daemon.
+      if (fh === null || handles.get(fh)?.writable !== true) { cb(0); return }
+      pool.commit().then(() => cb(0), fail(cb))
+    },
+
+    release (_ino: number, fh: number | null, cb: Callback) {
+      const handle = fh === null ? undefined : handles.get(fh)
+      if (fh !== null) handles.delete(fh)
+      if (handle === undefined) { cb(0); return }
+      pool.released(handle.volume).then(() => cb(0), err => { log(`release: ${(err as Error).message}`); cb(0) })
+    },
+
+    fsync (_ino: number, _fh: number | null, _datasync: number, cb: Callback) {
+      pool.commit().then(() => cb(0), fail(cb))
+    },
+
+    unlink (parent: number, name: string, cb: Callback) {
+      const kind = kindOfInode.get(parent)
+      if (kind === undefined) { cb(parent === rootInode ? EPERM : ENOENT); return }
+      const volume = pool.find(kind, name)
+      if (volume === undefined || volume.hidden) { cb(ENOENT); return }
+      pool.unlink(volume).then(() => { log(`rm: ${dirNameOf[kind]}/${name} (unlinked through the mount)`); cb(0) }, fail(cb))
+    },
+
+    rename (parent: number, name: string, newParent: number, newName: string, flags: number, cb: Callback) {
+      const from = kindOfInode.get(parent)
+      const to = kindOfInode.get(newParent)
+      if (from === undefined || to === undefined) { cb(from === undefined ? EPERM : EINVAL); return }
+      // RENAME_EXCHANGE and RENAME_WHITEOUT are not offered; NOREPLACE is.
+      if ((flags & ~renameNoReplace) !== 0) { cb(EINVAL); return }
+      const volume = pool.find(from, name)
+      if (volume === undefined || volume.hidden) { cb(ENOENT); return }
+      if ((flags & renameNoReplace) !== 0) {
+        const existing = pool.find(to, newName)
+        if (existing !== undefined && existing !== volume && !existing.hidden) { cb(EEXIST); return }
+      }
+      if (from !== to) { cb(volume.kind === 'backup' || to === 'backup' ? -30 : EXDEV); return } // EROFS
+      pool.move(volume, to, newName).then(() => { log(`rename: ${dirNameOf[from]}/${name} -> ${dirNameOf[to]}/${newName}`); cb(0) }, fail(cb))
+    },
+
+    // PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE discard; plain allocation only grows the size
+    // (nothing is reserved); KEEP_SIZE alone does nothing (adapter.ts has the same rules).
+    fallocate (ino: number, _fh: number | null, mode: number, offset: number, length: number, cb: Callback) {
+      let volume: Volume
+      try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
+      const keepSize = (mode & fallocKeepSize) !== 0
+      const action = mode & ~fallocKeepSize
+      if ((action === fallocPunchHole && keepSize) || action === fallocZeroRange) {
+        volume.discard(offset, length, { grow: !keepSize }).then(() => cb(0), fail(cb))
+      } else if (action === 0) {
+        const grow = keepSize ? Promise.resolve() : volume.extend(offset + length)
+        grow.then(() => cb(0), fail(cb))
+      } else {
+        cb(ENOTSUP)
+      }
+    },
+
+    statfs (_ino: number, cb: Callback) {
+      pool.statfs().then(stat => cb(0, stat), fail(cb))
+    },
+
+    // SEEK_DATA/SEEK_HOLE from the allocation map: data is what holds data (own or the backup's);
+    // holes and zeros written over a backup's data read as zeros and count as holes. Past the end:
+    // ENXIO, as lseek(2) says; the end is a hole.
+    lseek (ino: number, _fh: number | null, offset: number, whence: number, cb: Callback) {
+      let volume: Volume
+      try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
+      if (whence !== seekData && whence !== seekHole) { cb(EINVAL); return }
+      if (offset < 0 || offset >= volume.size) { cb(ENXIO); return }
+      allocation(volume).then(ranges => {
+        const size = volume.size
+        if (offset >= size) { cb(ENXIO); return }
+        for (const range of ranges) {
+          if (range.start + range.length <= offset) continue
+          if (range.data === (whence === seekData)) { cb(0, Math.max(range.start, offset)); return }
+        }
+        if (whence === seekHole) cb(0, size)
+        else cb(ENXIO)
+      }, fail(cb))
+    },
+
+    // A plain copy through the volumes, in bounded pieces; at most fuse3CopyRequestBytesMax per request
+    // (the caller asks again for the rest). Sharing whole blocks (O(1)) needs an engine API: not yet.
+    copy_file_range (_ino: number, fhIn: number | null, offsetIn: number, _inoOut: number, fhOut: number, offsetOut: number, length: number, _flags: number, cb: Callback) {
+      let source: Handle
+      let target: Handle
+      try {
+        source = handleOf(fhIn)
+        target = handleOf(fhOut)
+      } catch (err) { cb(toErrno(err, log)); return }
+      if (!target.writable) { cb(EBADF); return }
+      const work = async (): Promise<number> => {
+        const total = Math.min(length, fuse3CopyRequestBytesMax, Math.max(0, source.volume.size - offsetIn))
+        const piece = Buffer.allocUnsafe(Math.min(fuse3CopyPieceBytes, Math.max(total, 1)))
+        let done = 0
+        while (done < total) {
+          const want = Math.min(piece.length, total - done)
+          const got = await source.volume.read(piece.subarray(0, want), offsetIn + done)
+          if (got <= 0) break
+          await target.volume.write(Buffer.from(piece.subarray(0, got)), offsetOut + done)
+          done += got
+        }
+        return done
+      }
+      work().then(count => cb(0, count), fail(cb))
+    },
+
+    getxattr (ino: number, name: string, _size: number, cb: Callback) {
+      if (xattrs !== true) { cb(ENOSYS); return }
+      if (ino < volumeInodeBase) { cb(ENODATA); return }
+      let volume: Volume
+      try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
+      if (!name.startsWith(xattrPrefix)) { cb(ENODATA); return }
+      const value = xattrValue(volume, name.slice(xattrPrefix.length))
+      if (value === undefined) { cb(ENODATA); return }
+      cb(0, Buffer.from(value))
+    },
+
+    listxattr (ino: number, _size: number, cb: Callback) {
+      if (xattrs !== true) { cb(ENOSYS); return }
+      if (ino < volumeInodeBase) { cb(0, Buffer.alloc(0)); return }
+      try { volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
+      cb(0, Buffer.from(xattrNames.map(n => n + '\0').join('')))
+    },
+
+    setxattr (_ino: number, _name: string, _flags: number, cb: Callback) {
+      if (xattrs !== true) { cb(ENOSYS); return }
+      cb(toErrno(notPermitted('vdiskfs attributes are read-only'), log))
+    },
+
+    removexattr (_ino: number, _name: string, cb: Callback) {
+      if (xattrs !== true) { cb(ENOSYS); return }
+      cb(toErrno(readOnly('vdiskfs attributes'), log))
+    }
+  }
+
+  function xattrValue (volume: Volume, key: string): string | undefined {
+    switch (key) {
+      case 'kind': return volume.kind
+      case 'source': return sourceOf(pool, volume) ?? ''
+      case 'created': return new Date(volume.createdMs).toISOString()
+      case 'size': return String(volume.size)
+      case 'referenced': return String(space.usage(volume).referencedBytes)
+      case 'unique': return String(space.usage(volume).uniqueBytes)
+      default: return undefined
+    }
+  }
+}

@@ -1,0 +1,200 @@
+/**
+ * Our own FUSE transport (issue #18, phase 1): the N-API addon in native/fuse3/ over libfuse 3's
+ * low-level API, with the mount/unmount surface the daemon uses from fuse-native (VdiskFuse).
+ * Selected with `vdiskfs mount --transport fuse3` or VDISKFS_TRANSPORT=fuse3; docs/TRANSPORT.md has
+ * the design (threads, INIT, what is left).
+ *
+ * The addon's threads read requests and queue them here (one thread-safe function per session);
+ * `dispatch` runs the matching handler of fuse3-ops.ts and turns its callback into exactly one
+ * fuse_reply_* through the addon. A handler that throws is a bug: logged, answered EIO.
+ */
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { fuse3MaxWriteBytes, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
+
+/** The addon's request kinds, in its order (native/fuse3/vdiskfs_fuse3.c, OP_*). */
+const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'create', 'read', 'write', 'flush', 'release', 'fsync',
+  'unlink', 'rename', 'fallocate', 'statfs', 'lseek', 'copy_file_range', 'getxattr', 'listxattr', 'setxattr', 'removexattr'] as const
+
+type Handle = object
+type Session = object
+
+interface Fuse3Native {
+  mount: (mountpoint: string, options: string, dispatch: (op: number, request: Handle | null, ...args: any[]) => void, settings: Record<string, number>) => Session
+  unmount: (session: Session) => number
+  destroy: (session: Session) => void
+  stats: (session: Session) => Fuse3Stats
+  replyErr: (request: Handle, errno: number) => void
+  replyEntry: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
+  replyAttr: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
+  replyCreate: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number, fh: number) => void
+  replyOpen: (request: Handle, fh: number) => void
+  replyBuf: (request: Handle, buffer: Buffer, length: number) => void
+  replyWrite: (request: Handle, count: number) => void
+  replyStatfs: (request: Handle, bsize: number, blocks: number, bfree: number, bavail: number, files: number, ffree: number) => void
+  replyLseek: (request: Handle, offset: number) => void
+  replyXattr: (request: Handle, size: number) => void
+  replyDir: (request: Handle, names: string[], inos: number[], modes: number[]) => void
+}
+
+/** What INIT negotiated and what the addon counted (request sizes by power of two: index b is (2^(b-1), 2^b] bytes). */
+export interface Fuse3Stats {
+  protoMajor: number
+  protoMinor: number
+  maxWrite: number
+  maxReadahead: number
+  capable: number
+  want: number
+  maxThreads: number
+  requests: number
+  writeBytes: number
+  readBytes: number
+  maxWriteSeen: number
+  writeSizes: number[]
+  readSizes: number[]
+}
+
+export interface Fuse3Options {
+  fsname: string
+  subtype: string
+  defaultPermissions: boolean
+  allowOther: boolean
+  log: (message: string) => void
+}
+
+/** Where the Makefile builds the addon (make native). */
+export const fuse3AddonPath = path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
+
+let loaded: Fuse3Native | null = null
+export function loadFuse3Native (): Fuse3Native {
+  if (loaded === null) {
+    try {
+      loaded = require(fuse3AddonPath) as Fuse3Native
+    } catch (err) {
+      throw new Error(`the FUSE 3 transport's addon is missing or does not load (${(err as Error).message.split('\n')[0]}): run make native (needs libfuse3-dev)`)
+    }
+  }
+  return loaded
+}
+
+const ERANGE = 34
+const EIO = 5
+const EPERM = 1
+const unmountWaitMs = 3000
+
+type Reply = (code: number, ...results: any[]) => void
+
+export class Fuse3Transport {
+  private session: Session | null = null
+  private ended = false
+  private readonly endWaiters: Array<() => void> = []
+  private readonly native: Fuse3Native
+
+  constructor (readonly mountpoint: string, private readonly operations: Record<string, (...args: any[]) => void>, private readonly options: Fuse3Options) {
+    this.native = loadFuse3Native()
+  }
+
+  /** fuse-native's per-thread records do not exist here. */
+  get threadRecords (): number { return 0 }
+
+  stats (): Fuse3Stats | null {
+    return this.session === null ? null : this.native.stats(this.session)
+  }
+
+  mount (cb: (err: Error | null) => void): void {
+    const mountOptions = [`fsname=${this.options.fsname}`, `subtype=${this.options.subtype}`]
+    if (this.options.defaultPermissions) mountOptions.push('default_permissions')
+    if (this.options.allowOther) mountOptions.push('allow_other')
+    try {
+      this.session = this.native.mount(this.mountpoint, mountOptions.join(','), (op, request, ...args) => this.dispatch(op, request, args), {
+        maxWrite: fuse3MaxWriteBytes,
+        maxThreads: fuse3Threads,
+        maxBackground: fuseBackgroundMax,
+        congestionThreshold: fuseCongestionThreshold
+      })
+    } catch (err) {
+      cb(err as Error)
+      return
+    }
+    cb(null)
+  }
+
+  /**
+   * Detaches the mount and waits (up to unmountWaitMs) for the session loop to end; a mount still in
+   * use (open files, loop devices) ends when they let go, or when the process exits.
+   */
+  unmount (cb: (err: Error | null) => void): void {
+    if (this.session === null || this.ended) { cb(null); return }
+    const result = this.native.unmount(this.session)
+    if (result === EPERM) {
+      // Not root: fusermount3 (setuid) unmounts, as libfuse itself would.
+      const done = spawnSync('fusermount3', ['-uz', this.mountpoint])
+      if (done.error !== undefined || done.status !== 0) spawnSync('fusermount', ['-uz', this.mountpoint])
+    } else if (result !== 0) {
+      this.options.log(`unmount of ${this.mountpoint} failed: errno ${result}`)
+    }
+    const timer = setTimeout(() => cb(null), unmountWaitMs)
+    this.endWaiters.push(() => { clearTimeout(timer); cb(null) })
+  }
+
+  private onEnd (loopResult: number): void {
+    this.ended = true
+    if (loopResult !== 0) this.options.log(`the FUSE session loop ended with ${loopResult}`)
+    if (this.session !== null) this.native.destroy(this.session)
+    for (const waiter of this.endWaiters.splice(0)) waiter()
+  }
+
+  private dispatch (op: number, request: Handle | null, args: any[]): void {
+    const name = opNames[op]
+    if (name === 'exit') { this.onEnd(args[0] as number); return }
+    const native = this.native
+    const handler = name === undefined ? undefined : this.operations[name]
+    if (handler === undefined || request === null) { if (request !== null) native.replyErr(request, 38); return } // ENOSYS
+    let replied = false
+    const reply: Reply = (code, ...results) => {
+      if (replied) { this.options.log(`bug: a second reply to one ${name} request`); return }
+      replied = true
+      try {
+        if (code < 0) { native.replyErr(request, -code); return }
+        this.succeed(name, request, args, results)
+      } catch (err) {
+        this.options.log(`bug: replying to ${name}: ${(err as Error)?.stack ?? String(err)}`)
+      }
+    }
+    try {
+      handler(...args, reply)
+    } catch (err) {
+      this.options.log(`bug: ${name}: ${(err as Error)?.stack ?? String(err)}`)
+      if (!replied) reply(-EIO)
+    }
+  }
+
+  private succeed (name: typeof opNames[number], request: Handle, args: any[], results: any[]): void {
+    const native = this.native
+    switch (name) {
+      case 'lookup': { const a = results[0]; native.replyEntry(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs); return }
+      case 'getattr': case 'setattr': { const a = results[0]; native.replyAttr(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs); return }
+      case 'create': { const a = results[0]; native.replyCreate(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs, results[1]); return }
+      case 'readdir': {
+        const entries = results[0] as Array<{ name: string, ino: number, mode: number }>
+        native.replyDir(request, entries.map(e => e.name), entries.map(e => e.ino), entries.map(e => e.mode))
+        return
+      }
+      case 'open': native.replyOpen(request, results[0]); return
+      case 'read': native.replyBuf(request, results[0], results[1]); return
+      case 'write': case 'copy_file_range': native.replyWrite(request, results[0]); return
+      case 'statfs': { const s = results[0]; native.replyStatfs(request, s.bsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree); return }
+      case 'lseek': native.replyLseek(request, results[0]); return
+      case 'getxattr': case 'listxattr': {
+        // getxattr(ino, name, size) / listxattr(ino, size): size 0 asks how much room the value needs.
+        const value = results[0] as Buffer
+        const size = args[args.length - 1] as number
+        if (size === 0) native.replyXattr(request, value.length)
+        else if (value.length > size) native.replyErr(request, ERANGE)
+        else native.replyBuf(request, value, value.length)
+        return
+      }
+      default: native.replyErr(request, 0)
+    }
+  }
+}
