@@ -128,6 +128,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
     const generation = pool.generation
     const ranges = await pool.allocationMap(volume)
     maps.clear()
+    // eslint-disable-next-line vdiskfs/map-check-then-act -- stored under the generation read before the await: a change meanwhile makes the next look-up miss and compute again
     maps.set(volume.id, { generation, ranges })
     return ranges
   }
