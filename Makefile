@@ -108,7 +108,7 @@ test-unit: build
 test-integration: deps s3-debs build xfstests-tools
 	npx ava 'dist/test/integration/**/*.test.js'
 
-# The long variants of the crash harness and the model test (make test runs 20 kill points, 60 sequences).
+# The long variants of the crash harness and the model test (make test runs 20 kill points, 40 sequences).
 crash-test: deps build
 	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m --verbose 'dist/test/integration/crash.test.js'
 	VDISKFS_POWERCUT_SEEDS=20 npx ava --timeout=40m --verbose 'dist/test/unit/power-cut.test.js'

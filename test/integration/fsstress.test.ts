@@ -7,7 +7,7 @@
  * left uncorrected", exit 4), must pass `e2fsck -fn` (exit 0). The image itself, unmounted cleanly, must
  * pass `e2fsck -fn` as it is.
  *
- * VDISKFS_FSSTRESS_SECONDS sets how long fsstress runs (default 20); VDISKFS_FSSTRESS_SEED the first seed
+ * VDISKFS_FSSTRESS_SECONDS sets how long fsstress runs (default 12); VDISKFS_FSSTRESS_SEED the first seed
  * (default random; every seed is logged).
  */
 import test from 'ava'
@@ -18,7 +18,7 @@ import { execFile } from 'node:child_process'
 import { run, vdiskfs, withMount } from '../helpers/mount'
 import { fsstressBin, requireTools, runProgram, startChurn, tail } from '../helpers/xfstests'
 
-const seconds = Number(process.env.VDISKFS_FSSTRESS_SECONDS ?? 20)
+const seconds = Number(process.env.VDISKFS_FSSTRESS_SECONDS ?? 12)
 const opsPerRun = 3000
 
 async function e2fsck (args: string[], image: string): Promise<{ code: number, output: string }> {

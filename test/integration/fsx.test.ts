@@ -11,7 +11,7 @@
  *
  * Flags: third_party/xfstests/README.md. Seeds: fixed ones and VDISKFS_FSX_RANDOM_SEEDS random ones
  * (default 1; VDISKFS_FSX_SEED replaces the random ones with one given seed), each printed with t.log.
- * VDISKFS_FSX_OPS sets the operations per run (make test: 2000; make fsx-long: 30,000, with 2 random seeds).
+ * VDISKFS_FSX_OPS sets the operations per run (make test: 1200; make fsx-long: 30,000, with 2 random seeds).
  * A failing run's .fsxlog, .fsxgood and .fsxops are kept under VDISKFS_TEST_DIR or the temporary
  * directory (the path is logged).
  */
@@ -25,7 +25,7 @@ import { run, sha256, vdiskfs, withMount } from '../helpers/mount'
 import type { TestMount } from '../helpers/mount'
 import { fsxBin, requireTools, runProgram, startChurn, tail } from '../helpers/xfstests'
 
-const ops = Number(process.env.VDISKFS_FSX_OPS ?? 2000)
+const ops = Number(process.env.VDISKFS_FSX_OPS ?? 1200)
 const randomSeeds = Number(process.env.VDISKFS_FSX_RANDOM_SEEDS ?? 1)
 const givenSeed = process.env.VDISKFS_FSX_SEED
 
