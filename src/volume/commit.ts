@@ -1,5 +1,5 @@
 /**
- * Commit: makes everything written so far durable, in the order DESIGN.md gives. First the extents
+ * Commit: makes everything written so far durable, in the order docs/ARCHITECTURE.md gives. First the extents
  * (fdatasync), then the catalog.log copy, then one SQLite transaction with the map pages and volume
  * rows that point at them: metadata never points at unsynced bytes, and the log always holds at least
  * what the catalog does. Also the records a restart reads: whether the pool closed cleanly and which

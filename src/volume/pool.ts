@@ -7,7 +7,7 @@
  * free-space.ts (claimSpace, statfs), inspection.ts (what verify, repair and space read), pool-header.ts (the header and directory durability), all sharing one
  * PoolState (pool-state.ts).
  *
- * Durability order (DESIGN.md): commit first makes the extents durable (fdatasync), then writes the
+ * Durability order (docs/ARCHITECTURE.md): commit first makes the extents durable (fdatasync), then writes the
  * metadata that points at them in one SQLite transaction. Metadata never points at unsynced bytes.
  *
  * Assumes: one Pool per pool directory at a time, enforced by the catalog's exclusive lock.
