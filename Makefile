@@ -50,12 +50,12 @@ deps: debs node-modules
 build: node-modules native
 	npx tsc -p tsconfig.json
 
-# Issue #17's interleaving rules (eslint.config.mjs; README, "Lint"): a closure in a loop reading a variable
+# Issue #17's interleaving rules (eslint-rules/eslint.config.mjs; README, "Lint"): a closure in a loop reading a variable
 # the loop changes, check-then-act across an await, promises nobody awaits or catches. Type-aware, ~20 s.
 lint: node-modules
 	node eslint-rules/loop-capture.test.mjs
 	node eslint-rules/check-then-act.test.mjs
-	npx eslint --max-warnings 0 .
+	npx eslint --config eslint-rules/eslint.config.mjs --max-warnings 0 .
 
 # xfstests' fsx and fsstress (third_party/xfstests/README.md): separate test programs, not linked into vdiskfs,
 # that test/integration/fsx.test.ts and fsstress.test.ts run against a mount.

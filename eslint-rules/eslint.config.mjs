@@ -17,8 +17,12 @@
 // TypeScript is linted type-aware through tsconfig.json; the CommonJS scripts in scripts/ and bin/ get
 // the rules that need no types.
 import tseslint from 'typescript-eslint'
-import loopCapture from './eslint-rules/loop-capture.mjs'
-import checkThenAct from './eslint-rules/check-then-act.mjs'
+import path from 'node:path'
+import loopCapture from './loop-capture.mjs'
+import checkThenAct from './check-then-act.mjs'
+
+// This file lives beside the rules; the patterns below are the repository's (basePath).
+const root = path.resolve(import.meta.dirname, '..')
 
 // no-loop-func takes every `let` declared in a loop as safe, so it misses issue #17's own bug (the
 // binding is per iteration, but the loop changed it in the same iteration): this local rule covers that.
@@ -38,7 +42,7 @@ export default tseslint.config(
     files: ['src/**/*.ts', 'workers/**/*.ts', 'bench/**/*.ts', 'test/**/*.ts'],
     languageOptions: {
       parser: tseslint.parser,
-      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+      parserOptions: { projectService: true, tsconfigRootDir: root },
     },
     plugins: { '@typescript-eslint': tseslint.plugin, vdiskfs },
     linterOptions: { reportUnusedDisableDirectives: 'error' },
@@ -67,4 +71,4 @@ export default tseslint.config(
       'no-loop-func': 'error',
     },
   },
-)
+).map(config => ({ basePath: root, ...config }))
