@@ -14,15 +14,9 @@ import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
-import { sourceOf } from '../volume/facts'
+import { fallocate, xattrNames, xattrPrefix, xattrValue } from './volume-ops'
 
 const kindOfDir: Record<string, VolumeKind> = { disks: 'disk', backups: 'backup', clones: 'clone' }
-const xattrPrefix = 'user.vdiskfs.'
-/** fallocate(2) mode bits (linux/falloc.h). */
-const fallocKeepSize = 0x01
-const fallocPunchHole = 0x02
-const fallocZeroRange = 0x10
-const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
 
 type Parsed =
   | { type: 'root' }
@@ -182,24 +176,13 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       resize(path, volume, size).then(() => cb(0), fail(cb))
     },
 
-    // fallocate(2), wired by our fuse-native patch. PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE
-    // discard: what fstrim and blkdiscard send through a loop device. Plain allocation only grows the
-    // size: nothing is reserved, so a later write may still get ENOSPC; KEEP_SIZE alone does nothing.
+    // fallocate(2), wired by our fuse-native patch; the modes are volume-ops.ts's.
     fallocate (path: string, mode: number, offset: number, length: number, fh: number, cb: (code: number) => void) {
       let volume: Volume
       try { volume = handleVolume(path, fh) } catch (err) { cb(toErrno(err, log)); return }
-      const keepSize = (mode & fallocKeepSize) !== 0
-      const action = mode & ~fallocKeepSize
-      if ((action === fallocPunchHole && keepSize) || action === fallocZeroRange) {
-        volume.discard(offset, length, { grow: !keepSize }).then(() => cb(0), fail(cb))
-      } else if (action === 0) {
-        // extend() compares with the size when it runs: a truncate(end) chosen here could shrink a
-        // volume that a write in flight grew past `end` meanwhile.
-        const grow = keepSize ? Promise.resolve() : volume.extend(offset + length)
-        grow.then(() => cb(0), fail(cb))
-      } else {
-        cb(ENOTSUP)
-      }
+      const done = fallocate(volume, mode, offset, length)
+      if (done === null) { cb(ENOTSUP); return }
+      done.then(() => cb(0), fail(cb))
     },
 
     fsync (_path: string, _datasync: boolean, _fh: number, cb: (code: number) => void) {
@@ -270,7 +253,7 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
       let volume: Volume
       try { volume = lookup(path) } catch (err) { cb(toErrno(err, log)); return }
       if (!name.startsWith(xattrPrefix)) { cb(ENODATA); return }
-      const value = xattrValue(volume, name.slice(xattrPrefix.length))
+      const value = xattrValue(pool, space, volume, name.slice(xattrPrefix.length))
       if (value === undefined) { cb(ENODATA); return }
       cb(0, Buffer.from(value))
     },
@@ -295,15 +278,4 @@ export function createOperations ({ pool, space, log, xattrs }: AdapterOptions):
     }
   }
 
-  function xattrValue (volume: Volume, key: string): string | undefined {
-    switch (key) {
-      case 'kind': return volume.kind
-      case 'source': return sourceOf(pool, volume) ?? ''
-      case 'created': return new Date(volume.createdMs).toISOString()
-      case 'size': return String(volume.size)
-      case 'referenced': return String(space.usage(volume).referencedBytes)
-      case 'unique': return String(space.usage(volume).uniqueBytes)
-      default: return undefined
-    }
-  }
 }

@@ -19,7 +19,7 @@ import { Volume } from '../volume/volume'
 import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
-import { sourceOf } from '../volume/facts'
+import { fallocate, xattrNames, xattrPrefix, xattrValue } from './volume-ops'
 import { fuse3CopyPieceBytes, fuse3CopyRequestBytesMax } from '../limits'
 
 export const rootInode = 1
@@ -45,12 +45,6 @@ const renameNoReplace = 1
 /** lseek whence. */
 const seekData = 3
 const seekHole = 4
-/** fallocate(2) mode bits (linux/falloc.h). */
-const fallocKeepSize = 0x01
-const fallocPunchHole = 0x02
-const fallocZeroRange = 0x10
-const xattrPrefix = 'user.vdiskfs.'
-const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
 
 export interface Attr { ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number }
 export interface DirEntry { name: string, ino: number, mode: number }
@@ -292,21 +286,13 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       pool.move(volume, to, newName).then(() => { log(`rename: ${dirNameOf[from]}/${name} -> ${dirNameOf[to]}/${newName}`); cb(0) }, fail(cb))
     },
 
-    // PUNCH_HOLE (always with KEEP_SIZE) and ZERO_RANGE discard; plain allocation only grows the size
-    // (nothing is reserved); KEEP_SIZE alone does nothing (adapter.ts has the same rules).
+    // The modes are volume-ops.ts's, as for fuse-native.
     fallocate (ino: number, _fh: number | null, mode: number, offset: number, length: number, cb: Callback) {
       let volume: Volume
       try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
-      const keepSize = (mode & fallocKeepSize) !== 0
-      const action = mode & ~fallocKeepSize
-      if ((action === fallocPunchHole && keepSize) || action === fallocZeroRange) {
-        volume.discard(offset, length, { grow: !keepSize }).then(() => cb(0), fail(cb))
-      } else if (action === 0) {
-        const grow = keepSize ? Promise.resolve() : volume.extend(offset + length)
-        grow.then(() => cb(0), fail(cb))
-      } else {
-        cb(ENOTSUP)
-      }
+      const done = fallocate(volume, mode, offset, length)
+      if (done === null) { cb(ENOTSUP); return }
+      done.then(() => cb(0), fail(cb))
     },
 
     statfs (_ino: number, cb: Callback) {
@@ -365,7 +351,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       let volume: Volume
       try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
       if (!name.startsWith(xattrPrefix)) { cb(ENODATA); return }
-      const value = xattrValue(volume, name.slice(xattrPrefix.length))
+      const value = xattrValue(pool, space, volume, name.slice(xattrPrefix.length))
       if (value === undefined) { cb(ENODATA); return }
       cb(0, Buffer.from(value))
     },
@@ -388,15 +374,4 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
     }
   }
 
-  function xattrValue (volume: Volume, key: string): string | undefined {
-    switch (key) {
-      case 'kind': return volume.kind
-      case 'source': return sourceOf(pool, volume) ?? ''
-      case 'created': return new Date(volume.createdMs).toISOString()
-      case 'size': return String(volume.size)
-      case 'referenced': return String(space.usage(volume).referencedBytes)
-      case 'unique': return String(space.usage(volume).uniqueBytes)
-      default: return undefined
-    }
-  }
 }
