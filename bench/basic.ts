@@ -9,6 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { ddMBps, dropCaches, fioIops } from './measure'
 
 const repoRoot = path.resolve(__dirname, '..', '..')
 const cli = path.join(repoRoot, 'bin', 'vdiskfs')
@@ -21,26 +22,6 @@ interface Figure { median: number, min: number, max: number, unit: string, runs:
 function figure (runs: number[], unit: string): Figure {
   const sorted = [...runs].sort((a, b) => a - b)
   return { median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted[sorted.length - 1], unit, runs }
-}
-
-function dropCaches (): void {
-  execFileSync('sync')
-  try { fs.writeFileSync('/proc/sys/vm/drop_caches', '3') } catch {}
-}
-
-function ddMBps (args: string[]): number {
-  const out = spawnSync('dd', [...args, 'bs=1M', 'status=progress'], { encoding: 'utf8' })
-  if (out.status !== 0) throw new Error(`dd ${args.join(' ')}: ${out.stderr}`)
-  const match = /(\d+) bytes .* copied, ([\d.]+) s/.exec(out.stderr)
-  if (match === null) throw new Error(`cannot parse dd output: ${out.stderr}`)
-  return Number(match[1]) / Number(match[2]) / 1e6
-}
-
-function fioIops (file: string, rw: 'randread' | 'randwrite'): number {
-  const out = execFileSync('fio', ['--name=bench', `--filename=${file}`, `--rw=${rw}`, '--bs=4k', '--ioengine=psync', '--iodepth=1',
-    `--size=${fileBytes}`, '--runtime=8', '--time_based', '--output-format=json'], { encoding: 'utf8' })
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ read: { iops: number }, write: { iops: number } }> }).jobs[0]
-  return rw === 'randread' ? job.read.iops : job.write.iops
 }
 
 function mount (pool: string, mnt: string, env: NodeJS.ProcessEnv = {}): void {
@@ -59,8 +40,8 @@ function measureTarget (file: string): Record<string, number> {
   result.seqWrite = ddMBps([`if=${path.join(workRoot, 'random.bin')}`, `of=${file}`, 'conv=fsync'])
   dropCaches()
   result.seqRead = ddMBps([`if=${file}`, 'of=/dev/null'])
-  result.randRead = fioIops(file, 'randread')
-  result.randWrite = fioIops(file, 'randwrite')
+  result.randRead = fioIops(file, 'randread', fileBytes, 8)
+  result.randWrite = fioIops(file, 'randwrite', fileBytes, 8)
   return result
 }
 

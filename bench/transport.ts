@@ -12,6 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { ddMBps, dropCaches, fioIops } from './measure'
 
 const repoRoot = path.resolve(__dirname, '..', '..')
 const cli = path.join(repoRoot, 'bin', 'vdiskfs')
@@ -23,26 +24,6 @@ const transports = ['fuse-native', 'fuse3']
 const workRoot = fs.mkdtempSync(path.join(process.env.VDISKFS_BENCH_DIR ?? os.tmpdir(), 'vdiskfs-transport-'))
 const fileBytes = 1024 ** 3
 
-function dropCaches (): void {
-  execFileSync('sync')
-  try { fs.writeFileSync('/proc/sys/vm/drop_caches', '3') } catch {}
-}
-
-function ddMBps (args: string[]): number {
-  const out = spawnSync('dd', [...args, 'bs=1M', 'status=progress'], { encoding: 'utf8' })
-  if (out.status !== 0) throw new Error(`dd ${args.join(' ')}: ${out.stderr}`)
-  const match = /(\d+) bytes .* copied, ([\d.]+) s/.exec(out.stderr)
-  if (match === null) throw new Error(`cannot parse dd output: ${out.stderr}`)
-  return Number(match[1]) / Number(match[2]) / 1e6
-}
-
-function fioIops (file: string, rw: 'randread' | 'randwrite', extra: string[] = []): number {
-  const out = execFileSync('fio', ['--name=bench', `--filename=${file}`, `--rw=${rw}`, '--bs=4k', '--ioengine=psync', '--iodepth=1',
-    `--size=${fileBytes}`, `--runtime=${seconds}`, '--time_based', '--output-format=json', ...extra], { encoding: 'utf8' })
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Array<{ read: { iops: number }, write: { iops: number } }> }).jobs[0]
-  return rw === 'randread' ? job.read.iops : job.write.iops
-}
-
 function measure (transport: string, round: number): Record<string, number> {
   const pool = path.join(workRoot, `pool-${transport}-${round}`)
   const mnt = path.join(workRoot, `mnt-${transport}-${round}`)
@@ -52,11 +33,11 @@ function measure (transport: string, round: number): Record<string, number> {
     const result: Record<string, number> = {}
     result.seqWrite = ddMBps([`if=${path.join(workRoot, 'random.bin')}`, `of=${path.join(mnt, 'disks', 'seq.img')}`, 'conv=fsync'])
     const disk = path.join(mnt, 'disks', 'fio.img')
-    result.randWrite = fioIops(disk, 'randwrite')
+    result.randWrite = fioIops(disk, 'randwrite', fileBytes, seconds)
     dropCaches()
-    result.randRead = fioIops(disk, 'randread')
+    result.randRead = fioIops(disk, 'randread', fileBytes, seconds)
     dropCaches()
-    result.randReadDirect16 = fioIops(disk, 'randread', ['--direct=1', '--ioengine=libaio', '--iodepth=16'])
+    result.randReadDirect16 = fioIops(disk, 'randread', fileBytes, seconds, ['--direct=1', '--ioengine=libaio', '--iodepth=16'])
     return result
   } finally {
     execFileSync(cli, ['umount', mnt], { stdio: 'inherit' })
