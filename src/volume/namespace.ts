@@ -293,12 +293,25 @@ export class Namespace {
    */
   async backup (source: Volume, name: string): Promise<Volume> {
     if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up a disk or a clone`)
-    const backup = await this.withNewName('backup', name, async () => {
+    const backup = await this.copyOfWritable(source, 'backup', name, source)
+    await this.commit()
+    return backup
+  }
+
+  /**
+   * A new volume of `kind` named `name` holding what the disk or clone `source` holds (backup, copy):
+   * the source's writes in flight drain first (its gate), then the root is copied, the source takes a
+   * new epoch (every page is shared from now on: it copies before it changes one) and its writable
+   * extents freeze, so it never rewrites in place a slot the new volume reads. `lineage` is what the new
+   * volume stands on (a backup's source; nothing for a copy). The name is held from its check to the
+   * creation, and a source removed while its writes drained is NOT_FOUND.
+   */
+  private async copyOfWritable (source: Volume, kind: VolumeKind, name: string, lineage: Volume | null): Promise<Volume> {
+    return await this.withNewName(kind, name, async () => {
       await source.pause()
       try {
         this.checkStillHere(source)
-        const made = this.newVolume('backup', name, source.size, source.map.copyRoot(), source.map, source)
-        // From now on every page of the source is shared: the source copies before it changes one.
+        const made = this.newVolume(kind, name, source.size, source.map.copyRoot(), source.map, lineage)
         source.map.epoch = this.state.nextEpoch++
         this.state.freezeActiveExtent(source)
         return made
@@ -306,8 +319,6 @@ export class Namespace {
         source.resume()
       }
     })
-    await this.commit()
-    return backup
   }
 
   /** Creates a writable copy-on-write clone standing on a backup. */
@@ -336,18 +347,7 @@ export class Namespace {
       await this.commit()
       return copy
     }
-    const copy = await this.withNewName('disk', name, async () => {
-      await source.pause()
-      try {
-        this.checkStillHere(source)
-        const made = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
-        source.map.epoch = this.state.nextEpoch++
-        this.state.freezeActiveExtent(source)
-        return made
-      } finally {
-        source.resume()
-      }
-    })
+    const copy = await this.copyOfWritable(source, 'disk', name, null)
     await this.commit()
     return copy
   }
