@@ -49,6 +49,11 @@ function copyTarget (destination: string, source: { mountpoint: string, name: st
   return { name: target.name }
 }
 
+const closeFd = promisify(fs.close)
+const ftruncate = promisify(fs.ftruncate)
+const pwrite = promisify(fs.write)
+const fsync = promisify(fs.fsync)
+
 /**
  * Copies the image `sourceFile` (read through the mount) to a new file `destination`, reading and
  * writing only its data ranges (`ranges`, from map) and leaving holes elsewhere. The copy is written to
@@ -62,12 +67,12 @@ async function copyOut (sourceFile: string, destination: string, size: number, r
   const partial = createPartial(destination)
   const fd = partial.fd
   let open = true
-  const close = async (): Promise<void> => { if (open) { open = false; await promisify(fs.close)(fd) } }
+  const close = async (): Promise<void> => { if (open) { open = false; await closeFd(fd) } }
   let copied = 0
   try {
     const input = await fs.promises.open(sourceFile, 'r')
     try {
-      await promisify(fs.ftruncate)(fd, size)
+      await ftruncate(fd, size)
       const piece = Buffer.allocUnsafe(copyOutPieceBytes)
       for (const range of ranges) {
         if (!range.data) continue
@@ -75,13 +80,13 @@ async function copyOut (sourceFile: string, destination: string, size: number, r
           const length = Math.min(piece.length, range.start + range.length - at)
           const { bytesRead } = await input.read(piece, 0, length, at)
           if (bytesRead !== length) throw new VdiskError('IO', `${sourceFile}: short read at byte ${at} (the image shrank while it was copied?)`)
-          const { bytesWritten } = await promisify(fs.write)(fd, piece, 0, length, at)
+          const { bytesWritten } = await pwrite(fd, piece, 0, length, at)
           if (bytesWritten !== length) throw new VdiskError('IO', `${destination}: short write at byte ${at}`)
           at += length
           copied += length
         }
       }
-      await promisify(fs.fsync)(fd)
+      await fsync(fd)
     } finally {
       await input.close()
     }
