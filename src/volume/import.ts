@@ -92,8 +92,9 @@ export class Importer {
 
   /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
   checkTarget (spec: ImportSpec, name: string): Volume | null {
+    // A name held by an operation in flight (a backup waiting for its source) is not refused here:
+    // finish() waits for the holder and decides then.
     for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === name) throw exists(`backup ${name}`)
-    if (this.state.reservedNames.has(`backup/${name}`)) throw exists(`backup ${name}`)
     const same = this.state.catalog.volumeByUuid(spec.uuid)
     if (same !== undefined) {
       const volume = this.state.volumes.get(same)
@@ -236,6 +237,21 @@ export class ImportSession {
    * Call only after the stream's trailer checked and the last batch was stored.
    */
   async finish (): Promise<Volume> {
+    // The name is held from here to the end: a backup of the same name waits for the import (and the
+    // import for a backup holding it first), so neither fails with EXISTS for a name that never existed.
+    const key = `backup/${this.name}`
+    const release = await this.state.whenNameFree(key, () => {
+      this.checkNameFree()
+      return this.state.reserveName(key)
+    })
+    try {
+      return await this.finishHolding()
+    } finally {
+      release()
+    }
+  }
+
+  private async finishHolding (): Promise<Volume> {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
@@ -264,7 +280,7 @@ export class ImportSession {
       volume.gid = process.getgid?.() ?? 0
       volume.mode = defaultModeOf('backup')
       volume.rowDirty = true
-      // The name may have been taken while the map was built.
+      // The name is held (finish), so nothing took it while the map was built; checked all the same.
       this.checkNameFree()
       state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
       state.volumes.set(volume.id, volume)
@@ -276,7 +292,5 @@ export class ImportSession {
 
   private checkNameFree (): void {
     for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === this.name) throw exists(`backup ${this.name}`)
-    // A backup waiting for its source's writes to drain holds the name it checked (namespace.ts).
-    if (this.state.reservedNames.has(`backup/${this.name}`)) throw exists(`backup ${this.name}`)
   }
 }

@@ -91,25 +91,32 @@ export class Namespace {
     return volume
   }
 
-  /** Throws INVALID for a bad name, EXISTS when a volume has it or an operation in flight reserved it. */
-  private checkNewName (kind: VolumeKind, name: string): void {
+  /**
+   * Waits until no operation in flight holds `name` (one creating it after awaits), then throws INVALID
+   * for a bad name or EXISTS when a volume has it, or else returns what `take` returns: `take` runs in
+   * the turn of the check (no await between), and makes the volume or holds the name.
+   */
+  private async withFreeName<T> (kind: VolumeKind, name: string, take: () => T): Promise<T> {
     checkName(name)
-    if (this.find(kind, name) !== undefined || this.state.reservedNames.has(`${kind}/${name}`)) throw exists(`${kind} ${name}`)
+    return await this.state.whenNameFree(`${kind}/${name}`, () => {
+      if (this.find(kind, name) !== undefined) throw exists(`${kind} ${name}`)
+      return take()
+    })
   }
 
   /**
    * Checks that `name` is free and holds it for `work`, which creates the volume after awaits (pausing
    * a source, waiting for handles to close): without the hold, a second operation could check the same
    * name during the await and both would create it (two rows of one name: every later commit fails).
+   * A second creator waits for the hold to end, then gets EXISTS if `work` made the volume and the
+   * name if it failed (a source removed meanwhile): never EXISTS for a name that never existed.
    */
   private async withNewName<T> (kind: VolumeKind, name: string, work: () => Promise<T>): Promise<T> {
-    this.checkNewName(kind, name)
-    const key = `${kind}/${name}`
-    this.state.reservedNames.add(key)
+    const release = await this.withFreeName(kind, name, () => this.state.reserveName(`${kind}/${name}`))
     try {
       return await work()
     } finally {
-      this.state.reservedNames.delete(key)
+      release()
     }
   }
 
@@ -148,9 +155,11 @@ export class Namespace {
    * FUSE create), before the commit's await, so an rm meanwhile sees it in use; released on failure.
    */
   async createDisk (name: string, options: { open?: boolean } = {}): Promise<Volume> {
-    this.checkNewName('disk', name)
-    const volume = this.newVolume('disk', name, 0, new Float64Array(0), { allocatedBlocks: 0, storedBytes: 0 }, null)
-    if (options.open === true) volume.openHandles++
+    const volume = await this.withFreeName('disk', name, () => {
+      const made = this.newVolume('disk', name, 0, new Float64Array(0), { allocatedBlocks: 0, storedBytes: 0 }, null)
+      if (options.open === true) made.openHandles++
+      return made
+    })
     try {
       await this.commit()
     } catch (err) {
@@ -324,8 +333,11 @@ export class Namespace {
   /** Creates a writable copy-on-write clone standing on a backup. */
   async clone (backup: Volume, name: string): Promise<Volume> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
-    this.checkNewName('clone', name)
-    const clone = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
+    // The backup may be removed while the name is waited for: checked in the turn the clone is made.
+    const clone = await this.withFreeName('clone', name, () => {
+      this.checkStillHere(backup)
+      return this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
+    })
     await this.commit()
     return clone
   }
@@ -342,8 +354,10 @@ export class Namespace {
    */
   async copy (source: Volume, name: string): Promise<Volume> {
     if (source.kind === 'backup') {
-      this.checkNewName('disk', name)
-      const copy = this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
+      const copy = await this.withFreeName('disk', name, () => {
+        this.checkStillHere(source)
+        return this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
+      })
       await this.commit()
       return copy
     }

@@ -45,10 +45,34 @@ export class PoolState implements VolumeContext {
   readonly volumes = new Map<number, Volume>()
   /**
    * Names ("kind/name") that an operation checked free and will create after an `await` (a backup
-   * waiting for its source's writes to drain, a copy, a promote, an import finishing): no other
-   * operation may take them meanwhile (namespace.ts, import.ts).
+   * waiting for its source's writes to drain, a copy, a promote, an import finishing), each with a
+   * promise settled when the operation ends: no other operation may take them meanwhile. Another
+   * creator of the name waits for the holder (waitForName) and then decides: EXISTS when the holder
+   * made it, the name otherwise (namespace.ts, import.ts).
    */
-  readonly reservedNames = new Set<string>()
+  readonly reservedNames = new Map<string, Promise<void>>()
+
+  /**
+   * Waits until no operation holds `key` ("kind/name"), then runs `decide` in the same turn as the
+   * last look (no await between): it throws (EXISTS) or takes the name (makes the volume, or holds it
+   * with reserveName). A separate wait-then-check would leave a turn between them, in which a second
+   * waiter could take the name first.
+   */
+  async whenNameFree<T> (key: string, decide: () => T): Promise<T> {
+    for (let held = this.reservedNames.get(key); held !== undefined; held = this.reservedNames.get(key)) await held
+    return decide()
+  }
+
+  /** Holds `key` until the returned release is called (once, when the operation ends either way). */
+  reserveName (key: string): () => void {
+    if (this.reservedNames.has(key)) throw new Error(`name ${key} is held already`)
+    let release = (): void => {}
+    this.reservedNames.set(key, new Promise<void>(resolve => { release = resolve }))
+    return () => {
+      this.reservedNames.delete(key)
+      release()
+    }
+  }
   /** Volumes removed since the last commit whose rows the catalog still holds. */
   readonly removed = new Set<number>()
   nextVolumeId: number

@@ -124,3 +124,38 @@ test('a write in flight on a sealed 16 KiB block and a truncate to 0 at once: th
     t.true(disk.size === 0 || got.equals(data))
   }, 16384)
 })
+
+// Shrunk by the model (seed 1970667031): [backup of a disk being removed as b2, backup of another disk
+// as b2]. The first holds the name while it waits for its source's write in flight, then fails with
+// NOT_FOUND (its source left); the second saw the name held and failed with EXISTS, though no b2 ever
+// existed. A creator that finds its name held waits for the holder and then decides.
+test('two backups of one name, the first of a disk removed while it waits: the first fails with NOT_FOUND, the second takes the name', async t => {
+  await withPool(async (pool, reopen) => {
+    const gone = await pool.createDisk('gone.img')
+    const kept = await pool.createDisk('kept.img')
+    await gone.write(bytesOf(1, 4 * blockBytes), 0)
+    const data = bytesOf(2, 4 * blockBytes)
+    await kept.write(data, 0)
+    const [, first, removed, second] = await Promise.allSettled([gone.write(bytesOf(3, blockBytes), 0), pool.backup(gone, 'b.img'), pool.remove(gone), pool.backup(kept, 'b.img')])
+    t.is(removed.status, 'fulfilled')
+    t.is(codeOf(first), 'NOT_FOUND', 'the backup of the removed disk fails')
+    t.is(codeOf(second), 'ok', 'the backup of the other disk takes the name nobody holds any more')
+    pool = await reopen()
+    const b = pool.get('backup', 'b.img')
+    const got = Buffer.alloc(b.size)
+    await b.read(got, 0)
+    t.true(got.equals(data), 'b.img holds kept.img\'s bytes')
+  })
+})
+
+test('a create of a disk name held by a copy that fails: the create waits and then takes the name', async t => {
+  await withPool(async pool => {
+    const gone = await pool.createDisk('gone.img')
+    await gone.write(bytesOf(1, 4 * blockBytes), 0)
+    const [, copy, removed, created] = await Promise.allSettled([gone.write(bytesOf(3, blockBytes), 0), pool.copy(gone, 'x.img'), pool.remove(gone), pool.createDisk('x.img')])
+    t.is(removed.status, 'fulfilled')
+    t.is(codeOf(copy), 'NOT_FOUND')
+    t.is(codeOf(created), 'ok', 'the create takes the name the failed copy held')
+    t.is(pool.list('disk').filter(v => v.name === 'x.img').length, 1)
+  })
+})
