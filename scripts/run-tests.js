@@ -1,22 +1,49 @@
-// Runs every test (unit, then integration) with ava and ends with one plain summary line,
-// "tests: N passed, N failed", that CI reads. The exit status is ava's.
+// Runs every test with ava and ends with one plain summary line, "tests: N passed, N failed", that CI
+// reads. The unit tests (engine and models, CPU-bound, each in its own temporary directory) run two
+// files at a time on the two cores; the integration tests (each a real mount, loop devices, a Ceph RGW)
+// then run one file at a time. Arguments given are passed to ava and run as one phase instead.
+// The exit status is non-zero when any phase failed.
 'use strict'
 const { spawn } = require('node:child_process')
 const path = require('node:path')
 
 const ava = path.join(__dirname, '..', 'node_modules', 'ava', 'entrypoints', 'cli.mjs')
-const child = spawn(process.execPath, [ava, ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } })
-let output = ''
-for (const stream of [child.stdout, child.stderr]) {
-  // eslint-disable-next-line no-loop-func -- both listeners only append to `output`, which is read once, when the child's streams have closed
-  stream.on('data', chunk => { output += chunk; (stream === child.stdout ? process.stdout : process.stderr).write(chunk) })
+
+/** Runs ava with `args`; resolves to its exit code, and the passed and failed counts it printed. */
+function runAva (args) {
+  return new Promise(resolve => {
+    const child = spawn(process.execPath, [ava, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } })
+    let output = ''
+    const relay = (stream, to) => stream.on('data', chunk => { output += chunk; to.write(chunk) })
+    relay(child.stdout, process.stdout)
+    relay(child.stderr, process.stderr)
+    child.on('close', code => {
+      const count = re => { const m = re.exec(output); return m === null ? 0 : Number(m[1]) }
+      // With failures, ava prints no "N tests passed" line: the passed ones are then counted by their marks.
+      const passed = count(/(\d+) tests? passed/) || (output.match(/^\s+✔ /gm) ?? []).length
+      const failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/) +
+        (/Timed out while running tests/.test(output) ? 1 : 0)
+      resolve({ code: code ?? 1, passed, failed })
+    })
+  })
 }
-child.on('close', code => {
-  const count = re => { const m = re.exec(output); return m === null ? 0 : Number(m[1]) }
-  // With failures, ava prints no "N tests passed" line: the passed ones are then counted by their marks.
-  const passed = count(/(\d+) tests? passed/) || (output.match(/^\s+✔ /gm) ?? []).length
-  const failed = count(/(\d+) tests? failed/) + count(/(\d+) uncaught exceptions?/) + count(/(\d+) unhandled rejections?/)
-  const timedOut = /Timed out while running tests/.test(output) ? 1 : 0
-  console.log(`tests: ${passed} passed, ${failed + timedOut} failed`)
-  process.exit(code === 0 && failed + timedOut === 0 && passed > 0 ? 0 : (code || 1))
-})
+
+async function main () {
+  const given = process.argv.slice(2)
+  const phases = given.length > 0
+    ? [given]
+    : [['--concurrency=2', 'dist/test/unit/**/*.test.js'], ['--concurrency=1', 'dist/test/integration/**/*.test.js']]
+  let passed = 0
+  let failed = 0
+  let code = 0
+  for (const args of phases) {
+    const result = await runAva(args)
+    passed += result.passed
+    failed += result.failed
+    if (result.code !== 0 || result.failed > 0) code = result.code || 1
+  }
+  console.log(`tests: ${passed} passed, ${failed} failed`)
+  process.exit(code === 0 && failed === 0 && passed > 0 ? 0 : (code || 1))
+}
+
+main()

@@ -24,7 +24,7 @@ function random (n: number): number { return Math.floor(Math.random() * n) }
 interface Backup { file: string, ackedAtStart: Uint32Array }
 
 test.serial('every acknowledged write survives SIGKILL of the daemon at random moments', async t => {
-  const points = Number(process.env.VDISKFS_CRASH_POINTS ?? 20)
+  const points = Number(process.env.VDISKFS_CRASH_POINTS ?? 12)
   const m = await withMount(t)
   const disk = m.image('disks', 'crash.img')
   await run('truncate', ['-s', String(diskBytes), disk])

@@ -49,7 +49,7 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
 )
 
 test('the engine matches the model under random operation sequences', async t => {
-  const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 40)
+  const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 30)
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), async ops => {
     const problem = await runOps(ops)
     if (problem !== null) throw new Error(problem)
@@ -59,7 +59,7 @@ test('the engine matches the model under random operation sequences', async t =>
 })
 
 test('the engine matches the model with a two-page map cache (eviction on every step)', async t => {
-  const runs = Math.ceil(Number(process.env.VDISKFS_FUZZ_RUNS ?? 40) / 2)
+  const runs = Math.ceil(Number(process.env.VDISKFS_FUZZ_RUNS ?? 30) / 2)
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), async ops => {
     const problem = await runOps(ops, { pageCacheMax: 2 })
     if (problem !== null) throw new Error(problem)
@@ -88,7 +88,7 @@ const partialOpArbitrary: fc.Arbitrary<Op> = fc.oneof(
 )
 
 test('the engine matches the model with 16 KiB blocks (partial slots over sealed blocks)', async t => {
-  const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 40)
+  const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 30)
   // Each run starts with 16 sealed blocks, so that its first writes land on chunks.
   await fc.assert(fc.asyncProperty(fc.array(partialOpArbitrary, { minLength: 1, maxLength: 30 }), async ops => {
     const problem = await runOps([{ op: 'write', vol: 0, offset: 0, length: 64 * blockBytes, zero: false, seed: 1 }, { op: 'seal' }, ...ops], { blockBytes: 4 * blockBytes })

@@ -145,7 +145,7 @@ function tempDir (t: { teardown: (fn: () => void) => void }): string {
   return dir
 }
 
-const seeds = Number(process.env.VDISKFS_POWERCUT_SEEDS ?? 2)
+const seeds = Number(process.env.VDISKFS_POWERCUT_SEEDS ?? 1)
 const opsPerRun = 40
 
 /** The power-cut and failed-fdatasync tests of workload `seed` on a pool of `poolBlockBytes` blocks. */
