@@ -20,7 +20,6 @@ import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
 import { fallocate, xattrNames, xattrPrefix, xattrValue } from './volume-ops'
-import { fuse3CopyPieceBytes, fuse3CopyRequestBytesMax } from '../limits'
 
 export const rootInode = 1
 export const volumeInodeBase = 16
@@ -319,8 +318,8 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       }, fail(cb))
     },
 
-    // A plain copy through the volumes, in bounded pieces; at most fuse3CopyRequestBytesMax per request
-    // (the caller asks again for the rest). Sharing whole blocks (O(1)) needs an engine API: not yet.
+    // Within the pool: whole blocks shared (O(1) per block, as vdiskfs cp), the rest copied; bounded
+    // per request (the caller asks again for the rest). pool.copyRange (volume/range-copy.ts).
     copy_file_range (_ino: number, fhIn: number | null, offsetIn: number, _inoOut: number, fhOut: number, offsetOut: number, length: number, _flags: number, cb: Callback) {
       let source: Handle
       let target: Handle
@@ -329,20 +328,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
         target = handleOf(fhOut)
       } catch (err) { cb(toErrno(err, log)); return }
       if (!target.writable) { cb(EBADF); return }
-      const work = async (): Promise<number> => {
-        const total = Math.min(length, fuse3CopyRequestBytesMax, Math.max(0, source.volume.size - offsetIn))
-        const piece = Buffer.allocUnsafe(Math.min(fuse3CopyPieceBytes, Math.max(total, 1)))
-        let done = 0
-        while (done < total) {
-          const want = Math.min(piece.length, total - done)
-          const got = await source.volume.read(piece.subarray(0, want), offsetIn + done)
-          if (got <= 0) break
-          await target.volume.write(Buffer.from(piece.subarray(0, got)), offsetOut + done)
-          done += got
-        }
-        return done
-      }
-      work().then(count => cb(0, count), fail(cb))
+      pool.copyRange(source.volume, target.volume, offsetIn, offsetOut, length).then(copied => cb(0, copied.bytes), fail(cb))
     },
 
     getxattr (ino: number, name: string, _size: number, cb: Callback) {

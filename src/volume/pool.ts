@@ -34,6 +34,7 @@ import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
+import { RangeCopy, copyRange } from './range-copy'
 
 export { GcReport } from './maintenance'
 export { AllocationRange } from './allocation'
@@ -117,6 +118,8 @@ export class Pool {
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.restore(backup, target, options) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
+  /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
+  async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> { return await copyRange(this.state, source, target, from, to, length) }
   async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
 
   /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */

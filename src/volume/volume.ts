@@ -15,6 +15,7 @@
  *
  * Errors: read/write/truncate throw READ_ONLY, TOO_BIG, NO_SPACE, IO or CORRUPT (errors.ts).
  */
+import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
 import { extentSectorBytes } from '../format/extent-format'
@@ -353,6 +354,22 @@ export class Volume implements VolumeInfo {
     if (size <= this.size) return
     this.setSize(size)
     this.mtimeMs = Date.now()
+    this.context.changed(this)
+  }
+
+  /**
+   * Sets blocks `first`, `first + 1`, ... to `entries` (another volume's, or this one's from elsewhere:
+   * a range shared by copyRange), growing the size to cover them. Call only while holding this volume's
+   * gate (pause()), with every entry's delta slots frozen (no volume writes them in place any more).
+   */
+  adoptEntries (first: number, entries: readonly number[]): void {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    assert.ok(this.gate !== null, 'adoptEntries without the gate')
+    const end = (first + entries.length) * this.context.blockBytes
+    if (end > this.size) this.setSize(end)
+    for (let i = 0; i < entries.length; i++) this.map.set(first + i, entries[i])
+    this.mtimeMs = Date.now()
+    this.rowDirty = true
     this.context.changed(this)
   }
 
