@@ -79,6 +79,8 @@ export class Committer {
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
+    // Changes from here on go to the next journal file; this commit holds the ones before (journal.ts).
+    const journalSeq = this.state.journal.rotate()
     try {
       try {
         await this.state.extents.syncPending()
@@ -101,6 +103,7 @@ export class Committer {
           else this.state.catalog.updateVolume(row, withRoot)
         }
         this.state.catalog.setMeta('next_epoch', String(nextEpoch))
+        this.state.catalog.setMeta('journal_seq', String(journalSeq))
         if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
       })
     } catch (err) {
@@ -110,6 +113,7 @@ export class Committer {
     }
     this.state.pages.committed(pages)
     this.persistedWritable = writable
+    try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
     await this.state.catalogLog.afterCommit().catch(err => this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))

@@ -19,6 +19,7 @@ import { FileIo, nodeFileIo } from '../io/file-io'
 import { zstdLevelDefault } from '../limits'
 import { PageStore } from '../map/page-store'
 import { FilesystemStat, FreeSpace } from './free-space'
+import { ChangeJournal } from './journal'
 import { Volume, VolumeContext } from './volume'
 
 export interface StateOptions {
@@ -38,6 +39,8 @@ export class PoolState implements VolumeContext {
   readonly pages: PageStore
   /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
   readonly catalogLog: CatalogLog
+  /** Changes since the last commit, for a daemon that dies before the next one (journal.ts). */
+  readonly journal: ChangeJournal
   readonly log: (message: string) => void
   readonly io: FileIo
   private readonly freeSpace: FreeSpace
@@ -109,6 +112,7 @@ export class PoolState implements VolumeContext {
     this.nextExtentId = catalog.maxExtentId() + 1
     this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
     this.extents.log = this.log
+    this.journal = new ChangeJournal(dir, Number(catalog.getMeta('journal_seq') ?? '0'), this.log)
   }
 
   get blockBytes (): number { return this.header.blockBytes }
@@ -157,6 +161,7 @@ export class PoolState implements VolumeContext {
     // The extent is writable from this moment (creating): sealing and gc leave writable extents
     // alone, so none of them can seal or drop it while its file is still being made.
     this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
+    this.journal.extent(id)
     volume.writableExtents.add(id)
     let extent: DeltaExtent
     try {
@@ -177,6 +182,7 @@ export class PoolState implements VolumeContext {
 
   /** Freezes every extent a volume writes in place: later writes go to a new one. */
   freezeActiveExtent (volume: Volume): void {
+    this.journal.freeze(volume.id)
     this.activeExtents.delete(volume.id)
     volume.activeExtentId = null
     volume.writableExtents.clear()
@@ -189,6 +195,7 @@ export class PoolState implements VolumeContext {
     await this.chunks.close()
     await this.workers.close()
     await this.catalogLog.close()
+    this.journal.close()
     this.catalog.close()
   }
 }

@@ -35,6 +35,7 @@ import { HeaderOptions, makeDurableDirectory, readOrCreateHeader } from './pool-
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
 import { RangeCopy, copyRange } from './range-copy'
+import { replayJournal } from './replay'
 
 export { GcReport } from './maintenance'
 export { AllocationRange } from './allocation'
@@ -59,8 +60,15 @@ export class Pool {
     this.maintenance = new Maintenance(this.state, this.committer)
     this.inspection = new Inspection(this.state)
     this.imports = new Importer(this.state, this.committer, async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work))
+    this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
   }
+
+  /**
+   * Changes a daemon made after its last commit and died with (journal.ts), applied when the pool
+   * opened: in memory until the next commit, which the daemon makes at start.
+   */
+  readonly replayedChanges: number
 
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {

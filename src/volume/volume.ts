@@ -25,6 +25,7 @@ import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
 import { isHiddenName } from './names'
+import type { ChangeJournal } from './journal'
 
 /** What a volume needs from its pool: the extents, and a writable extent for new blocks. */
 export interface VolumeContext {
@@ -37,6 +38,8 @@ export interface VolumeContext {
   claimSpace (bytes: number): void
   /** Called after any change, so the pool commits it in time. */
   changed (volume: Volume): void
+  /** Where map entries and sizes changed since the last commit are appended (volume/journal.ts). */
+  readonly journal?: ChangeJournal
 }
 
 /** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
@@ -89,6 +92,8 @@ export class Volume implements VolumeInfo {
     this.activeExtentId = activeExtentId
     if (activeExtentId !== null) this.writableExtents.add(activeExtentId)
     this.zeros = Buffer.alloc(context.blockBytes)
+    const journal = context.journal
+    if (journal !== undefined) map.onSet = (block, entry) => journal.entry(id, block, entry)
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
@@ -373,7 +378,13 @@ export class Volume implements VolumeInfo {
     this.context.changed(this)
   }
 
+  /** The size a change journal's replay gives (volume/journal.ts), before the pool serves anything. */
+  replaySize (size: number): void {
+    this.setSize(size)
+  }
+
   private setSize (size: number): void {
+    this.context.journal?.size(this.id, size)
     this.size = size
     this.map.resize(Math.ceil(size / this.context.blockBytes))
     this.rowDirty = true
