@@ -118,6 +118,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const recovered = await pool.recover()
   if (recovered > 0) log(`start: recomputed the checksums of ${recovered} sectors written after the last commit of an unclean stop`)
+  // What the change journal brought back (Pool.open replayed it) is committed before anything is served.
+  if (pool.replayedChanges > 0) await pool.commit()
   const collected = await pool.gc()
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })

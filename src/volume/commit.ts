@@ -89,12 +89,13 @@ export class Committer {
           this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
             'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
           this.state.log(this.syncFailure.message)
+          this.state.journal.discard()
           throw this.syncFailure
         }
         throw err
       }
       // The log copy first, then the catalog: the log always holds at least what the catalog does.
-      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch) } })
+      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch), journal_seq: String(journalSeq) } })
       this.state.catalog.transaction(() => {
         for (const id of removed) this.state.catalog.deleteVolume(id)
         for (const page of pages) this.state.catalog.putPage(page.id, page.epoch, page.entries)

@@ -19,18 +19,34 @@
  * comes from the file's size, which a power cut may have cut short: a new slot must never land where a
  * replayed entry points).
  *
- * Records (32 bytes, little-endian): u32 kind, u32 CRC-32 of bytes 8..31 and the kind, f64 a, f64 b,
- * f64 c. Kinds: entry (volume, block, map entry), size (volume, bytes), freeze (volume), extent (id:
- * created after the last commit; suspect after a replay).
+ * Only after the death of a process, not of the machine: the journal is never synced, so after a power
+ * cut it may hold an entry whose slot's bytes never reached the disk, and replaying it would replace an
+ * fsynced value with zeros. Each file starts with the kernel's boot id; a file from another boot is not
+ * replayed (the pool starts from its last commit, as it always did after a power cut).
+ *
+ * Records (32 bytes, little-endian): u32 kind, u32 CRC-32 of bytes 8..31 and the kind, then the kind's
+ * fields. Kinds: boot (16 bytes: the boot id; first in every file), entry (f64 volume, f64 block, f64
+ * map entry), size (f64 volume, f64 bytes), freeze (f64 volume), extent (f64 id: created after the last
+ * commit; suspect after a replay).
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
 
 export const journalRecordBytes = 32
-export const enum JournalKind { Entry = 1, Size = 2, Freeze = 3, Extent = 4 }
+export const enum JournalKind { Entry = 1, Size = 2, Freeze = 3, Extent = 4, Boot = 5 }
 
 export interface JournalRecord { kind: JournalKind, a: number, b: number, c: number }
+
+/** The kernel's id of this boot (changes at every restart of the machine), as 16 bytes. */
+export function currentBootId (): Buffer {
+  try {
+    const text = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '')
+    if (/^[0-9a-f]{32}$/.test(text)) return Buffer.from(text, 'hex')
+  } catch {}
+  // No boot id: no file can be proven to come from this boot, so none is ever replayed.
+  return Buffer.alloc(16)
+}
 
 const filePattern = /^journal\.(\d+)$/
 
@@ -46,16 +62,30 @@ function encode (kind: JournalKind, a: number, b: number, c: number): Buffer {
   return record
 }
 
+function encodeBoot (bootId: Buffer): Buffer {
+  const record = Buffer.alloc(journalRecordBytes)
+  record.writeUInt32LE(JournalKind.Boot, 0)
+  bootId.copy(record, 8, 0, 16)
+  record.writeUInt32LE(checkOf(record), 4)
+  return record
+}
+
 function checkOf (record: Buffer): number {
   const covered = Buffer.concat([record.subarray(0, 4), record.subarray(8, journalRecordBytes)])
   return crc32(covered) >>> 0
 }
 
-/** The records of one journal file, up to the first one that is not whole (a power cut's tail). */
-export function readJournal (file: string): JournalRecord[] {
+/**
+ * The records of one journal file, up to the first one that is not whole (a torn tail), or null when
+ * the file was not written in the boot `bootId` (its first record names another, or none).
+ */
+export function readJournal (file: string, bootId: Buffer): JournalRecord[] | null {
   const bytes = fs.readFileSync(file)
+  if (bytes.length < journalRecordBytes) return []
+  const first = bytes.subarray(0, journalRecordBytes)
+  if (first.readUInt32LE(0) !== JournalKind.Boot || first.readUInt32LE(4) !== checkOf(first) || !first.subarray(8, 24).equals(bootId) || bootId.equals(Buffer.alloc(16))) return null
   const records: JournalRecord[] = []
-  for (let at = 0; at + journalRecordBytes <= bytes.length; at += journalRecordBytes) {
+  for (let at = journalRecordBytes; at + journalRecordBytes <= bytes.length; at += journalRecordBytes) {
     const record = bytes.subarray(at, at + journalRecordBytes)
     if (record.readUInt32LE(4) !== checkOf(record)) break
     const kind = record.readUInt32LE(0)
@@ -82,7 +112,7 @@ export class ChangeJournal {
   /** Off while a pool replays its journal (replayed changes are already in the files being read). */
   enabled = true
 
-  constructor (private readonly dir: string, public seq: number, private readonly log: (message: string) => void) {}
+  constructor (private readonly dir: string, public seq: number, private readonly log: (message: string) => void, readonly bootId: Buffer = currentBootId()) {}
 
   entry (volumeId: number, block: number, entry: number): void { this.append(JournalKind.Entry, volumeId, block, entry) }
   size (volumeId: number, bytes: number): void { this.append(JournalKind.Size, volumeId, bytes, 0) }
@@ -113,12 +143,31 @@ export class ChangeJournal {
 
   close (): void { this.closeFile() }
 
+  /**
+   * After a failed fdatasync: the kernel may have dropped the pages the journal's entries point at, so
+   * the journal is deleted and written no more. A daemon taking over then starts from the last good
+   * commit, as a mount after the failure does.
+   */
+  discard (): void {
+    this.closeFile()
+    this.enabled = false
+    this.discarded = true
+    for (const n of this.files) fs.rmSync(path.join(this.dir, journalFileName(n)), { force: true })
+    this.files.clear()
+  }
+
+  /** Set once discard() ran: nothing is journaled any more. */
+  discarded = false
+
   private append (kind: JournalKind, a: number, b: number, c: number): void {
     if (!this.enabled) return
     try {
       if (this.fd === null) {
-        this.fd = fs.openSync(path.join(this.dir, journalFileName(this.seq)), 'a', 0o600)
+        // 'w': a file of this number left by a run that died before its first commit is replaced
+        // (replay read it already, and this run's seq is past every replayed one).
+        this.fd = fs.openSync(path.join(this.dir, journalFileName(this.seq)), 'w', 0o600)
         this.files.add(this.seq)
+        fs.writeSync(this.fd, encodeBoot(this.bootId))
       }
       fs.writeSync(this.fd, encode(kind, a, b, c))
     } catch (err) {

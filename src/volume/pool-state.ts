@@ -30,6 +30,11 @@ export interface StateOptions {
   io?: FileIo
   /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
   pageCacheMax?: number
+  /**
+   * The boot the change journal is written in and replayed from (journal.ts; default the kernel's boot
+   * id). Tests that simulate a power cut open the pool again with another, as the machine's restart would.
+   */
+  bootId?: Buffer
 }
 
 export class PoolState implements VolumeContext {
@@ -112,7 +117,7 @@ export class PoolState implements VolumeContext {
     this.nextExtentId = catalog.maxExtentId() + 1
     this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
     this.extents.log = this.log
-    this.journal = new ChangeJournal(dir, Number(catalog.getMeta('journal_seq') ?? '0'), this.log)
+    this.journal = new ChangeJournal(dir, Number(catalog.getMeta('journal_seq') ?? '0'), this.log, options.bootId)
   }
 
   get blockBytes (): number { return this.header.blockBytes }

@@ -6,6 +6,7 @@
  * The extents created after the last commit become suspect (their checksums are recomputed by
  * recover(), as for the extents that were writable at the last commit).
  *
+ * Only files written in this boot are replayed (journal.ts: the journal is never synced).
  * Records that name a volume or an extent the catalog does not have (a volume removed, an extent whose
  * row a power cut lost) are skipped: the block keeps its committed entry.
  */
@@ -21,12 +22,19 @@ export function replayJournal (state: PoolState): number {
   const extents = new Set(state.catalog.extents().map(e => e.id))
   let applied = 0
   let skipped = 0
+  let otherBoot = false
   journal.enabled = false
   try {
     for (const { seq, file } of files) {
       journal.adopt(seq)
       if (seq < journal.seq) continue // committed already: deleted at the next commit
-      for (const record of readJournal(file)) {
+      const records = readJournal(file, journal.bootId)
+      if (records === null) {
+        if (!otherBoot) state.log('recovery: the change journal was written before the machine restarted: not replayed (it is never synced, so it may point at bytes a power cut lost); the pool starts from its last commit')
+        otherBoot = true
+        continue
+      }
+      for (const record of records) {
         const volume = record.kind === JournalKind.Extent ? undefined : state.volumes.get(record.a)
         if (record.kind === JournalKind.Extent) {
           if (extents.has(record.a)) { state.extents.suspect.add(record.a); applied++ } else skipped++
