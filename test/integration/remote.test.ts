@@ -386,7 +386,11 @@ test.serial('an encrypted remote: key create makes a 0600 key with a fingerprint
   t.is(hostB.bytesUploaded, mib)
   t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'vault')).code, 0)
 
-  // The key file gone: push and pull say so in one line.
+  // The key file replaced by another key, or gone: one line each.
+  fs.copyFileSync(otherKey, copy)
+  const replaced = await vd(rgw.env, 'remote', 'ls', b.mnt, 'vault')
+  t.is(replaced.code, 1)
+  t.regex(replaced.stderr, new RegExp(`^vdiskfs remote ls: remote vault: wrong key: ${copy} has fingerprint [0-9a-f:]{39}, the remote was added with ${fingerprint!}\n$`))
   fs.rmSync(copy)
   const gone = await vd(rgw.env, 'pull', b.mnt, 'vault', hostB.id, 'again')
   t.is(gone.code, 1)
