@@ -32,9 +32,9 @@ test.serial('SIGKILL of the daemon: the holder starts one that takes the mount o
   const m = await withMount(t, '--transport', 'fuse3')
   t.is(m.holderPids().length, 1, 'one holder keeps the mount')
   const image = m.image('disks', 'fio.img')
-  await run('truncate', ['-s', String(64 * MiB), image])
-  const fio = spawn('fio', ['--name=takeover', `--filename=${image}`, '--rw=randwrite', '--bs=4k', `--size=${64 * MiB}`, '--ioengine=libaio', '--direct=1',
-    '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--rate_iops=4000'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  await run('truncate', ['-s', String(32 * MiB), image])
+  const fio = spawn('fio', ['--name=takeover', `--filename=${image}`, '--rw=randwrite', '--bs=4k', `--size=${32 * MiB}`, '--ioengine=libaio', '--direct=1',
+    '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--rate_iops=3000'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   fio.stdout.on('data', chunk => { output += chunk })
   fio.stderr.on('data', chunk => { output += chunk })
@@ -64,18 +64,18 @@ test.serial('SIGKILL of the daemon: the holder starts one that takes the mount o
 test.serial('ext4 on a loop device over an image keeps working across a daemon SIGKILL: files written before and after read back, and e2fsck is clean', async t => {
   const m = await withMount(t, '--transport', 'fuse3')
   const image = m.image('disks', 'fs.img')
-  await run('truncate', ['-s', String(256 * MiB), image])
+  await run('truncate', ['-s', String(128 * MiB), image])
   await run('mkfs.ext4', ['-q', '-F', image])
   const dir = await m.loopMount(image)
-  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'before')}`, 'bs=1M', 'count=16', 'status=none'])
+  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'before')}`, 'bs=1M', 'count=8', 'status=none'])
   await run('sync', [])
   const before = sha256(path.join(dir, 'before'))
   // Writes in flight through the loop device while the daemon dies.
-  const writer = run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'during')}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none'])
+  const writer = run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'during')}`, 'bs=1M', 'count=24', 'oflag=direct', 'status=none'])
   await sleep(300)
   await m.takeoverAfterKill()
   await writer
-  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'after')}`, 'bs=1M', 'count=16', 'conv=fsync', 'status=none'])
+  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'after')}`, 'bs=1M', 'count=8', 'conv=fsync', 'status=none'])
   const during = sha256(path.join(dir, 'during'))
   const after = sha256(path.join(dir, 'after'))
   await run('sync', [])
