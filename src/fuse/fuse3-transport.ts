@@ -167,6 +167,12 @@ export class Fuse3Transport {
     const native = this.native
     const handler = name === undefined ? undefined : this.operations[name]
     if (handler === undefined || request === null) { if (request !== null) native.replyErr(request, 38); return } // ENOSYS
+    // A WRITE's data arrives as a Uint8Array over the addon's external ArrayBuffer: a Buffer view of it,
+    // no copy (the addon frees it when the write is answered).
+    if (name === 'write' && !Buffer.isBuffer(args[2])) {
+      const bytes = args[2] as Uint8Array
+      args[2] = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    }
     let replied = false
     const reply: Reply = (code, ...results) => {
       if (replied) { this.options.log(`bug: a second reply to one ${name} request`); return }
