@@ -2,7 +2,8 @@
  * A FUSE 3 mount outlives its daemon (issue #18; docs/TRANSPORT.md, "A mount that outlives its
  * daemon"): the holder keeps the /dev/fuse descriptor, starts a daemon that takes the mount over when
  * one is killed, and that daemon asks the kernel to resend what the dead one had read. Checked with
- * fio's O_DIRECT writes in flight (16 at a time) and its read-back verification, with ext4 on a loop
+ * fio's O_DIRECT writes in flight (16 at a time) and its read-back verification, with fsx's mapped
+ * reads and writes (its model checks every read) across three kills, with ext4 on a loop
  * device (e2fsck), with a daemon that keeps dying (the holder gives up, nothing is left), and with the
  * clean stops (SIGTERM, vdiskfs umount) that must not start another daemon.
  */
@@ -12,6 +13,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { isMounted, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 import type { TestMount } from '../helpers/mount'
+import { fsxBin, requireTools, runProgram } from '../helpers/xfstests'
 
 const MiB = 1024 * 1024
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
@@ -59,6 +61,23 @@ test.serial('SIGKILL of the daemon: the holder starts one that takes the mount o
   t.true(await waitForExit(third), 'the last daemon stopped')
   for (const pid of holders) t.true(await waitForExit(pid), `holder ${pid} stopped`)
   t.false(isMounted(m.mnt))
+})
+
+test.serial('fsx with mapped reads and writes runs A-OK while the daemon is killed three times and taken over', async t => {
+  if (!requireTools(t)) return
+  const m = await withMount(t, '--transport', 'fuse3')
+  const file = m.image('disks', 'fsx.img')
+  fs.writeFileSync(file, '')
+  const logDir = fs.mkdtempSync(path.join(m.dir, 'fsx-'))
+  const ops = 4000
+  const fsx = runProgram(fsxBin, ['-q', '-C', '-I', '-J', '-B', '-0', '-u', '-a', '-c', '16', '-l', '1m', '-o', '128k', '-N', String(ops), '-S', '21', '-P', logDir, file], 600_000, logDir)
+  for (let i = 0; i < 3; i++) {
+    await sleep(1500)
+    await m.takeoverAfterKill()
+  }
+  const result = await fsx
+  t.true(result.code === 0 && result.output.includes(`All ${ops} operations completed A-OK!`), result.output.slice(-3000))
+  t.is(daemonLog(m).match(/took over the mount/g)?.length, 3)
 })
 
 test.serial('ext4 on a loop device over an image keeps working across a daemon SIGKILL: files written before and after read back, and e2fsck is clean', async t => {
