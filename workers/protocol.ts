@@ -80,7 +80,21 @@ export interface OpenTask { requests: OpenRequest[] }
 export interface OpenBlockResult { ok: boolean, error?: string }
 export interface OpenResult { blocks: OpenBlockResult[], error?: string }
 
-/** A block is stored raw when compression saves less than 1/8 of it. */
+/**
+ * A block is stored raw when compression saves less than 1/8 of it: the one rule for the pool's chunks
+ * (the sealer), export streams and the remote store's chunks.
+ */
 export function worthCompressing (rawBytes: number, compressedBytes: number): boolean {
   return compressedBytes > 0 && compressedBytes <= rawBytes - rawBytes / 8
+}
+
+/** Whether every byte of `data` is zero (8 bytes at a time when aligned): zero blocks are stored as holes. */
+export function isZeroBlock (data: Uint8Array): boolean {
+  if (data.byteOffset % 8 === 0 && data.length % 8 === 0) {
+    const words = new BigUint64Array(data.buffer, data.byteOffset, data.length / 8)
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
+    return true
+  }
+  for (let i = 0; i < data.length; i++) if (data[i] !== 0) return false
+  return true
 }

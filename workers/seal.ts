@@ -6,7 +6,7 @@
 import os from 'node:os'
 import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
-import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, sectorMatches, worthCompressing } from './protocol'
+import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, isZeroBlock, sectorMatches, worthCompressing } from './protocol'
 import { readFully } from './descriptors'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
@@ -22,16 +22,6 @@ function setup (config: WorkerConfig) {
   return context
 }
 
-function isZero (block: Buffer): boolean {
-  // Compare 8 bytes at a time through a BigUint64Array view when aligned.
-  if (block.byteOffset % 8 === 0 && block.length % 8 === 0) {
-    const words = new BigUint64Array(block.buffer, block.byteOffset, block.length / 8)
-    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
-    return true
-  }
-  for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false
-  return true
-}
 
 export function seal (task: SealTask, config: WorkerConfig): SealResult {
   try {
@@ -56,7 +46,7 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
     }
     const blocks = task.slots.map(slot => {
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
-      if (isZero(input)) return { zero: true, compressedBytes: 0 }
+      if (isZeroBlock(input)) return { zero: true, compressedBytes: 0 }
       blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
       const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
       const compressed = cctx.compress2(output, input)

@@ -25,6 +25,7 @@ import {
   remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed
 } from './remote-format'
 import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest } from './crypt'
+import { isZeroBlock, worthCompressing } from '../../workers/protocol'
 import { RemoteLocation, S3Store } from './s3-store'
 
 /** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
@@ -130,8 +131,8 @@ export class RemoteStore {
   private encodePlainChunk (id: string, data: Buffer): Buffer {
     const output = Buffer.allocUnsafe(chunkHeaderBytes + zstd.compressBound(data.length))
     const compressed = this.cctx.compress2(output.subarray(chunkHeaderBytes), data)
-    // Kept raw when compression saves less than an eighth (as the pool's sealer does, roughly).
-    if (compressed >= data.length - (data.length >> 3)) return Buffer.concat([encodeChunkHeader(chunkEncodingRaw, data.length, id), data])
+    // Kept raw when compression saves less than an eighth, as the pool's sealer does.
+    if (!worthCompressing(data.length, compressed)) return Buffer.concat([encodeChunkHeader(chunkEncodingRaw, data.length, id), data])
     encodeChunkHeader(chunkEncodingZstd, data.length, id).copy(output, 0)
     return output.subarray(0, chunkHeaderBytes + compressed)
   }
@@ -214,7 +215,7 @@ export class RemoteStore {
           throw invalid(`block ${block.index} (${block.data?.length ?? 0} bytes) does not fit a volume of ${meta.size} bytes`)
         }
         options.onProgress?.(meta.blockBytes)
-        if (block.data === null || isZero(block.data)) { entries.delete(block.index); continue }
+        if (block.data === null || isZeroBlock(block.data)) { entries.delete(block.index); continue }
         const id = blake3Hex(block.data)
         entries.set(block.index, id)
         if (settled.has(id)) continue
@@ -467,12 +468,3 @@ export async function forEachLimited<T> (items: T[], limit: number, work: (item:
   if (failed !== null) throw failed
 }
 
-function isZero (data: Buffer): boolean {
-  if (data.byteOffset % 8 === 0 && data.length % 8 === 0) {
-    const words = new BigUint64Array(data.buffer, data.byteOffset, data.length / 8)
-    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
-    return true
-  }
-  for (let i = 0; i < data.length; i++) if (data[i] !== 0) return false
-  return true
-}

@@ -28,6 +28,7 @@ import { Blake3Hasher, blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
 import * as zstd from 'zstd-napi/binding'
 import { VdiskError, corrupt, invalid } from '../errors'
 import { createdMsMax } from '../limits'
+import { isZeroBlock, worthCompressing } from '../../workers/protocol'
 import {
   hashBytes, headerFields, headerFixedBytes, headerNameBytesMax, recordFields, recordFixedBytes, recordMagic,
   recordTypeRaw, recordTypeZero, recordTypeZstd, streamBlockBytesMax, streamMagic, streamVersion,
@@ -90,15 +91,6 @@ export function blockHash (data: Uint8Array): Buffer {
   return Buffer.from(blake3UrlSafeBase64(data as Buffer), 'base64url')
 }
 
-function isZero (data: Buffer): boolean {
-  if (data.byteOffset % 8 === 0 && data.length % 8 === 0) {
-    const words = new BigUint64Array(data.buffer, data.byteOffset, data.length / 8)
-    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
-    return true
-  }
-  for (let i = 0; i < data.length; i++) if (data[i] !== 0) return false
-  return true
-}
 
 /** The blocks a volume of `size` bytes has. */
 export function blocksOf (size: number, blockBytes: number): number {
@@ -223,7 +215,7 @@ export class StreamEncoder extends Transform {
     record.writeUInt32LE(blockBytes, recordFields.rawBytes)
     const data = block.data
     if (data !== null && data.length !== blockBytes) throw new VdiskError('INVALID', `stream encoder: block ${block.index} has ${data.length} bytes, not ${blockBytes}`)
-    if (data === null || isZero(data)) {
+    if (data === null || isZeroBlock(data)) {
       if (data !== null && block.hash != null && !block.hash.equals(blockHash(data))) throw corrupt(`block ${block.index} does not match its BLAKE3 id`)
       record.writeUInt8(recordTypeZero, recordFields.type)
       this.send(record)
@@ -238,7 +230,7 @@ export class StreamEncoder extends Transform {
     let type = recordTypeRaw
     if (this.cctx !== null) {
       const length = this.cctx.compress2(this.compressed, data)
-      if (length > 0 && length <= blockBytes - blockBytes / 8) {
+      if (worthCompressing(blockBytes, length)) {
         payload = Buffer.from(this.compressed.subarray(0, length))
         type = recordTypeZstd
       }
