@@ -26,6 +26,7 @@ import {
 } from './remote-format'
 import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest } from './crypt'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
+import { forEachLimited } from '../limited'
 import { RemoteLocation, S3Store } from './s3-store'
 
 /** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
@@ -454,17 +455,4 @@ export class RemoteStore {
   }
 }
 
-/** Runs `work` on every item, `limit` at a time; the first error stops new work and is thrown. */
-export async function forEachLimited<T> (items: T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0
-  let failed: unknown = null
-  const runner = async (): Promise<void> => {
-    while (failed === null && next < items.length) {
-      const item = items[next++]
-      try { await work(item) } catch (err) { failed ??= err }
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, runner))
-  if (failed !== null) throw failed
-}
 

@@ -18,6 +18,7 @@ import { chunkEntry, entryChunkId, entryKind, entryKindChunk } from '../format/m
 import { extentSectorBytes, sumOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
+import { forEachLimited } from '../limited'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
 
 export interface SealReport {
@@ -123,7 +124,6 @@ export class Sealer {
       for (let i = 0; i < merged.length; i += sealBatchBlocks) batches.push({ slots: merged.slice(i, i + sealBatchBlocks), partial: true })
       // Keep every worker busy: a few batches in flight, bounded by the slab's slots.
       const inFlight = Math.max(2, workers.threads * 2)
-      let next = 0
       const runBatch = async ({ slots: batch, partial: merging }: { slots: number[], partial: boolean }): Promise<void> => {
         const slabSlots = await workers.slots.acquireMany(batch.length)
         try {
@@ -168,13 +168,16 @@ export class Sealer {
       // A failure (or a close) stops every lane from taking another batch; the pass then waits for
       // the batches in flight to settle before it indexes or abandons what they stored.
       let stop: unknown = null
-      const lanes = Array.from({ length: Math.min(inFlight, batches.length) }, async () => {
-        while (next < batches.length && stop === null) {
-          if (pool.closing) { stop = new Cancelled(); break }
-          try { await runBatch(batches[next++]) } catch (err) { stop ??= err }
-        }
-      })
-      try { await Promise.all(lanes) } finally { pool.extents.unpin(pinned) }
+      try {
+        await forEachLimited(batches, inFlight, async batch => {
+          if (pool.closing) throw new Cancelled()
+          await runBatch(batch)
+        })
+      } catch (err) {
+        stop = err
+      } finally {
+        pool.extents.unpin(pinned)
+      }
       if (stop !== null) {
         // What was stored is indexed if it can be made durable (harmless garbage for gc), else forgotten.
         await pool.chunks.index().catch(() => {})

@@ -35,6 +35,7 @@ import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/
 import { Committer } from './commit'
 import { checkName } from './names'
 import { PoolState } from './pool-state'
+import { forEachLimited } from '../limited'
 import { Volume } from './volume'
 
 /** What an import needs to know of its stream (a StreamHeader's fields). */
@@ -175,14 +176,11 @@ export class ImportSession {
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
       let failure: unknown = null
-      let next = 0
-      const lanes = Array.from({ length: Math.min(groups.length, Math.max(2, this.state.workers.threads * 2)) }, async () => {
-        while (next < groups.length && failure === null) {
-          const group = groups[next++]
-          try { rows.push(...await this.storeGroup(group)) } catch (err) { failure ??= err }
-        }
-      })
-      await Promise.all(lanes)
+      try {
+        await forEachLimited(groups, Math.max(2, this.state.workers.threads * 2), async group => { rows.push(...await this.storeGroup(group)) })
+      } catch (err) {
+        failure = err
+      }
       if (failure !== null) {
         // What was stored is indexed if it can be made durable (garbage for gc), else forgotten.
         await this.state.chunks.index().catch(() => {})
