@@ -336,7 +336,8 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
       const last = i === list.length - 1
       const branch = parent === null ? '' : (last ? '└─ ' : '├─ ')
       const gone = parent === null && v.sourceId !== null ? ` (from ${v.sourceLabel ?? '?'}, deleted)` : ''
-      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${time(v.createdMs)}${gone}`)
+      const marks = `${v.protected ? '  protected' : ''}${v.note !== null ? `  note: ${v.note}` : ''}`
+      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${time(v.createdMs)}${gone}${marks}`)
       walk(v.id, parent === null ? prefix : prefix + (last ? '   ' : '│  '))
     })
   }

@@ -242,16 +242,25 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       if (!keepsAnything(keep)) throw invalid('no --keep-* rule with a count above 0: prune refuses to remove every backup')
       const match = typeof args.match === 'string' ? globPattern(args.match) : null
       const backups = pool.visible('backup').filter(v => match === null || match.test(v.name))
-      // Grouped by the volume each was taken from (by its label once it is gone; imports together).
-      const decisions = selectPrune(backups.map(v => ({ id: v.id, name: v.name, createdMs: v.createdMs, group: v.sourceId !== null && pool.byId(v.sourceId) !== undefined ? `${pool.byId(v.sourceId)?.label}` : v.sourceLabel ?? '(imported)' })), keep)
+      // Grouped by the identity of the volume each was taken from (kept once it is gone, and carried by
+      // an export stream to the importing host), named by its label; without one (a backup made before
+      // schema 4 whose source was gone, an import of an older stream), by the label alone.
+      const decisions = selectPrune(backups.map(v => {
+        const source = v.sourceId === null ? undefined : pool.byId(v.sourceId)
+        const group = source !== undefined ? source.label : v.sourceLabel ?? '(imported)'
+        return { id: v.id, name: v.name, createdMs: v.createdMs, group, ...(v.sourceUuid !== null ? { groupKey: v.sourceUuid } : {}), protected: v.isProtected }
+      }), keep)
       const results = []
       for (const d of decisions) {
         let error: string | null = null
+        const volume = pool.byId(d.id)
+        // Protected since the decision (removals before it awaited): kept.
+        if (!d.keep && volume?.isProtected === true) { d.keep = true; d.rule = 'protected' }
         if (!d.keep && args.dryRun !== true) {
-          const volume = pool.byId(d.id)
           try { if (volume !== undefined) await pool.remove(volume) } catch (err) { error = (err as Error).message }
         }
-        results.push({ ...d, removed: !d.keep && args.dryRun !== true && error === null, error })
+        const { groupKey: _key, ...shown } = d
+        results.push({ ...shown, removed: !d.keep && args.dryRun !== true && error === null, error })
       }
       return { dryRun: args.dryRun === true, backups: results }
     }

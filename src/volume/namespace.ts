@@ -12,7 +12,7 @@ import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
-import { inUseGraceMs, inUsePollMs } from '../limits'
+import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
 import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, libfuseNameOf, removedName } from './names'
@@ -45,6 +45,9 @@ export class Namespace {
     volume.uid = row.uid
     volume.gid = row.gid
     volume.mode = row.mode
+    volume.isProtected = row.protected === true
+    volume.note = row.note ?? null
+    volume.sourceUuid = row.sourceUuid ?? null
     return volume
   }
 
@@ -134,6 +137,7 @@ export class Namespace {
     volume.uid = source?.uid ?? process.getuid?.() ?? 0
     volume.gid = source?.gid ?? process.getgid?.() ?? 0
     volume.mode = defaultModeOf(kind)
+    volume.sourceUuid = source === null ? null : this.state.catalog.volumeUuid(source.id)
     volume.rowDirty = true
     this.volumes.set(volume.id, volume)
     this.changed(volume)
@@ -221,8 +225,65 @@ export class Namespace {
    * now (its name is free again), readable and writable by its holders, removed at the last release.
    */
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> {
-    if (await this.inUse(volume, options.force === true)) this.hide(volume)
+    this.checkUnprotected(volume)
+    const held = await this.inUse(volume, options.force === true)
+    // Protected while this waited for releases: still refused.
+    this.checkUnprotected(volume)
+    if (held) this.hide(volume)
     else this.forget(volume)
+    await this.commit()
+  }
+
+  /** NOT_PERMITTED for a protected backup: nothing removes it (rm, --force, prune) until it is unprotected. */
+  private checkUnprotected (volume: Volume): void {
+    if (volume.isProtected) throw notPermitted(`${volume.label} is protected: run vdiskfs unprotect on it first`)
+  }
+
+  /**
+   * Protects a backup (`on`) or lifts its protection: prune keeps a protected backup and rm refuses
+   * it, with or without force. Durable on return. Errors: INVALID for a disk or clone.
+   */
+  async protect (volume: Volume, on: boolean): Promise<void> {
+    if (volume.kind !== 'backup') throw invalid(`${volume.label} is a ${volume.kind}: only backups are protected (disks and clones are removed only by whoever removes them)`)
+    this.checkStillHere(volume)
+    if (volume.isProtected === on) return
+    volume.isProtected = on
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /** Sets a volume's note (null or '' clears it). Durable on return. Errors: INVALID for a note too long. */
+  async setNote (volume: Volume, note: string | null): Promise<void> {
+    const text = note === '' ? null : note
+    if (text !== null && Buffer.byteLength(text) > noteBytesMax) throw invalid(`a note holds at most ${noteBytesMax} bytes (this one has ${Buffer.byteLength(text)})`)
+    this.checkStillHere(volume)
+    volume.note = text
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /**
+   * Renames a volume of any kind within its directory (`vdiskfs rename`; zfs rename): a backup too,
+   * which rename(2) through the mount refuses. Never replaces a volume (EXISTS). The new name is held
+   * from its check to the rename, and the volume must not be open (BUSY, after the releases on their
+   * way): libfuse keeps a holder's node under the old name, as for promote. A volume removed, renamed
+   * or promoted while this waited is NOT_FOUND under its old name.
+   */
+  async renameVolume (volume: Volume, newName: string): Promise<void> {
+    const kind = volume.kind
+    const oldName = volume.name
+    checkName(newName)
+    this.checkStillHere(volume)
+    if (newName === oldName) return
+    await this.withNewName(kind, newName, async () => {
+      await this.inUse(volume, false)
+      if (volume.kind !== kind || volume.name !== oldName) throw notFound(`${kind} ${oldName}`)
+      volume.name = newName
+      volume.rowDirty = true
+      this.changed(volume)
+    })
     await this.commit()
   }
 

@@ -118,6 +118,9 @@ export class Pool {
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.restore(backup, target, options) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
+  async protect (volume: Volume, on: boolean): Promise<void> { await this.namespace.protect(volume, on) }
+  async setNote (volume: Volume, note: string | null): Promise<void> { await this.namespace.setNote(volume, note) }
+  async renameVolume (volume: Volume, newName: string): Promise<void> { await this.namespace.renameVolume(volume, newName) }
 
   /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */
   async allocationMap (volume: Volume): Promise<AllocationRange[]> {

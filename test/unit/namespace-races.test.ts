@@ -167,3 +167,64 @@ test('an rm during the commit of a create through the mount sees the new image i
     t.true(got.equals(bytesOf(1, 4096)))
   })
 })
+
+test('a backup protected while rm waits for its last release is not removed (checked after the wait), and stays across a reopen', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(3, 4096), 0)
+    const backup = await pool.backup(disk, 'b.img')
+    pool.opened(backup, false)
+    const removing = pool.remove(backup)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    await pool.protect(backup, true)
+    await pool.released(backup)
+    const results = await Promise.allSettled([removing])
+    t.deepEqual(results.map(codeOf), ['NOT_PERMITTED'])
+    await t.throwsAsync(pool.remove(backup, { force: true }), { message: /protected/ })
+    pool = await reopen()
+    const again = pool.get('backup', 'b.img')
+    t.true(again.isProtected)
+    await pool.protect(again, false)
+    await t.notThrowsAsync(pool.remove(again))
+    t.deepEqual(namesOf(pool), ['disk/d.img'])
+  })
+})
+
+test('rename waiting for a release: a volume removed meanwhile is NOT_FOUND and the name it held is free again', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    pool.opened(disk, true)
+    const renaming = pool.renameVolume(disk, 'n.img')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    // A creator of the held name waits for the rename, then decides.
+    const creating = pool.createDisk('n.img')
+    await pool.remove(disk, { force: true })
+    setTimeout(() => { void pool.released(disk) }, 30)
+    const results = await Promise.allSettled([renaming, creating])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND', 'ok'])
+    await t.notThrowsAsync(pool.commit())
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['disk/n.img'])
+  })
+})
+
+test('two renames onto one name at once (the first waiting for a release): one is made, the other is EXISTS; a backup renames too', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    const backup = await pool.backup(a, 'monday.img')
+    pool.opened(a, true)
+    const first = pool.renameVolume(a, 'x.img')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    const second = pool.renameVolume(b, 'x.img')
+    setTimeout(() => { void pool.released(a) }, 30)
+    const results = await Promise.allSettled([first, second])
+    t.deepEqual(results.map(codeOf), ['ok', 'EXISTS'])
+    await pool.renameVolume(backup, 'web-monday.img')
+    await t.throwsAsync(pool.renameVolume(b, 'x.img'), { code: 'EXISTS' })
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/web-monday.img', 'disk/b.img', 'disk/x.img'])
+  })
+})

@@ -1,0 +1,147 @@
+/**
+ * Backups as admins run them (issue #21), through a real mount: protection against prune and rm (with
+ * and without --force, while open too), notes shown by ls and info, rename of any kind of volume
+ * through the CLI (rename(2) of a backup through the mount stays refused), and all of it kept across a
+ * remount.
+ */
+import test from 'ava'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import { sha256, vdiskfs, withMount } from '../helpers/mount'
+
+async function cliOk (t: { is: (a: unknown, b: unknown, m?: string) => void }, ...args: string[]): Promise<string> {
+  const result = await vdiskfs(...args)
+  t.is(result.code, 0, `vdiskfs ${args.join(' ')}: ${result.stderr}`)
+  return result.stdout
+}
+
+interface Listed { kind: string, name: string, protected: boolean, note: string | null }
+
+async function listed (mnt: string): Promise<Listed[]> {
+  const result = await vdiskfs('ls', mnt, '--json')
+  if (result.code !== 0) throw new Error(`ls: ${result.stderr}`)
+  return JSON.parse(result.stdout) as Listed[]
+}
+
+function writeAt (file: string, offset: number, data: Buffer): void {
+  const fd = fs.openSync(file, 'r+')
+  try { fs.writeSync(fd, data, 0, data.length, offset); fs.fsyncSync(fd) } finally { fs.closeSync(fd) }
+}
+
+test.serial('protect: prune keeps a protected backup, rm refuses it with and without --force (open or not) until unprotect; notes in ls and info; kept across a remount', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'web.img')
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, 4 * 1024 * 1024)
+  for (const name of ['mon', 'tue', 'wed']) {
+    writeAt(disk, 0, crypto.randomBytes(65536))
+    await cliOk(t, 'backup', disk, name)
+  }
+  const mon = m.image('backups', 'mon.img')
+  const protectedJson = JSON.parse(await cliOk(t, 'protect', mon, '--json')) as Listed
+  t.true(protectedJson.protected)
+  // protect is for backups.
+  const onDisk = await vdiskfs('protect', disk)
+  t.is(onDisk.code, 1)
+  t.regex(onDisk.stderr, /not a backup/)
+
+  // rm refuses it, with and without --force, and while it is held open.
+  for (const extra of [[], ['--force']]) {
+    const refused = await vdiskfs('rm', mon, ...extra)
+    t.is(refused.code, 1, `rm ${extra.join(' ')}`)
+    t.regex(refused.stderr, /^vdiskfs rm: backup mon\.img is protected: run vdiskfs unprotect on it first\n$/)
+  }
+  const fd = fs.openSync(mon, 'r')
+  try {
+    const refused = await vdiskfs('rm', mon, '--force')
+    t.is(refused.code, 1)
+    t.regex(refused.stderr, /protected/)
+  } finally { fs.closeSync(fd) }
+  t.true(fs.existsSync(mon))
+
+  // prune keeps it, and it takes no rule's place: keep-last 1 keeps wed, removes tue.
+  const pruned = JSON.parse(await cliOk(t, 'prune', m.mnt, '--keep-last', '1', '--json')) as { backups: Array<{ name: string, keep: boolean, rule: string | null, removed: boolean }> }
+  t.deepEqual(pruned.backups.map(b => `${b.name}:${b.keep ? String(b.rule) : b.removed ? 'removed' : 'failed'}`).sort(), ['mon.img:protected', 'tue.img:removed', 'wed.img:last'])
+  const text = await cliOk(t, 'prune', m.mnt, '--keep-last', '1', '--dry-run')
+  t.regex(text, /mon\.img .* keep +protected/)
+
+  // Notes: set, shown by ls and info (text and --json), cleared by ''.
+  await cliOk(t, 'note', m.image('backups', 'wed.img'), 'before the upgrade to 12.4')
+  await cliOk(t, 'note', disk, 'the web server')
+  const notes = Object.fromEntries((await listed(m.mnt)).map(v => [`${v.kind}/${v.name}`, v.note]))
+  t.deepEqual(notes, { 'disk/web.img': 'the web server', 'backup/mon.img': null, 'backup/wed.img': 'before the upgrade to 12.4' })
+  t.regex(await cliOk(t, 'ls', m.mnt), /backups\/wed\.img .* note: before the upgrade to 12\.4/)
+  t.regex(await cliOk(t, 'ls', m.mnt), /backups\/mon\.img .* protected/)
+  const info = JSON.parse(await cliOk(t, 'info', m.image('backups', 'wed.img'), '--json')) as { note: string | null, protected: boolean }
+  t.is(info.note, 'before the upgrade to 12.4')
+  t.false(info.protected)
+  t.regex(await cliOk(t, 'info', mon), /protected: +yes/)
+  t.regex(await cliOk(t, 'info', m.image('backups', 'wed.img')), /note: +before the upgrade to 12\.4/)
+  const tooLong = await vdiskfs('note', disk, 'x'.repeat(5000))
+  t.is(tooLong.code, 1)
+  t.regex(tooLong.stderr, /at most 4096 bytes/)
+  await cliOk(t, 'note', disk, '')
+
+  // Across a remount: protection and notes stay.
+  await m.umount()
+  await m.mount()
+  const after = Object.fromEntries((await listed(m.mnt)).map(v => [`${v.kind}/${v.name}`, [v.protected, v.note]]))
+  t.deepEqual(after, { 'disk/web.img': [false, null], 'backup/mon.img': [true, null], 'backup/wed.img': [false, 'before the upgrade to 12.4'] })
+  t.is((await vdiskfs('rm', mon, '--force')).code, 1)
+
+  // Unprotected, it goes.
+  await cliOk(t, 'unprotect', mon)
+  await cliOk(t, 'rm', mon)
+  t.false(fs.existsSync(mon))
+  const log = fs.readFileSync(`${m.pool}/daemon.log`, 'utf8')
+  t.regex(log, /protect: backups\/mon\.img/)
+  t.regex(log, /unprotect: backups\/mon\.img/)
+})
+
+test.serial('rename: a backup, a disk and a clone through the CLI, content and lineage kept; EXISTS for a taken name, BUSY while open; mv of a backup through the mount stays EROFS', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'vm1.img')
+  fs.writeFileSync(disk, crypto.randomBytes(256 * 1024))
+  await cliOk(t, 'backup', disk, 'monday')
+  await cliOk(t, 'backup', disk, 'tuesday')
+  const monday = m.image('backups', 'monday.img')
+  const sum = sha256(monday)
+
+  // A backup: the CLI renames it; rename(2) through the mount does not.
+  t.throws(() => fs.renameSync(monday, m.image('backups', 'x.img')), { code: 'EROFS' })
+  const renamed = JSON.parse(await cliOk(t, 'rename', monday, 'vm1-monday', '--json')) as { name: string, from: { name: string } }
+  t.is(renamed.name, 'vm1-monday.img')
+  t.is(renamed.from.name, 'monday.img')
+  t.false(fs.existsSync(monday))
+  t.is(sha256(m.image('backups', 'vm1-monday.img')), sum)
+
+  // Never replaces: EXISTS, nothing changed.
+  const taken = await vdiskfs('rename', m.image('backups', 'tuesday.img'), 'vm1-monday')
+  t.is(taken.code, 1)
+  t.regex(taken.stderr, /already exists/)
+  t.true(fs.existsSync(m.image('backups', 'tuesday.img')))
+
+  // A clone of the renamed backup; then the clone and the disk are renamed. Lineage follows ids.
+  await cliOk(t, 'clone', m.image('backups', 'vm1-monday.img'), 'test')
+  await cliOk(t, 'rename', m.image('clones', 'test.img'), 'test2')
+  await cliOk(t, 'rename', disk, 'vm1-root')
+  t.is(sha256(m.image('clones', 'test2.img')), sum)
+  const info = JSON.parse(await cliOk(t, 'info', m.image('clones', 'test2.img'), '--json')) as { source: string }
+  t.is(info.source, 'backups/vm1-monday.img')
+  const backupInfo = JSON.parse(await cliOk(t, 'info', m.image('backups', 'tuesday.img'), '--json')) as { source: string }
+  t.is(backupInfo.source, 'disks/vm1-root.img')
+
+  // Open: BUSY, naming the holder.
+  const fd = fs.openSync(m.image('disks', 'vm1-root.img'), 'r')
+  try {
+    const busy = await vdiskfs('rename', m.image('disks', 'vm1-root.img'), 'other')
+    t.is(busy.code, 1)
+    t.regex(busy.stderr, /in use by pid \d+/)
+  } finally { fs.closeSync(fd) }
+
+  // Kept across a remount.
+  await m.umount()
+  await m.mount()
+  t.deepEqual((await listed(m.mnt)).map(v => `${v.kind}/${v.name}`).sort(), ['backup/tuesday.img', 'backup/vm1-monday.img', 'clone/test2.img', 'disk/vm1-root.img'])
+  t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /rename: backups\/monday\.img -> backups\/vm1-monday\.img/)
+})
