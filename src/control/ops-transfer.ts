@@ -12,6 +12,7 @@ import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
+import { headerSourceLabelBytesMax } from '../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
@@ -29,7 +30,14 @@ function streamOnly (stream: StreamHandler): Handler {
   return Object.assign(async () => { throw invalid('this operation carries a stream: use vdiskfs export or import') }, { stream })
 }
 
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
 export function transferHandlers ({ pool, log }: HandlerContext): Record<string, Handler> {
+  /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
+  const sourceLabelOf = (volume: Volume): string => {
+    const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
+    return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
+  }
   const volumeOf = (kind: unknown, name: unknown, what: string): Volume => {
     if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${what}`)
     const volume = pool.get(kind as VolumeKind, name)
@@ -68,7 +76,9 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
         baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
         size: volume.size,
         createdMs: volume.createdMs,
-        records: changed.count
+        records: changed.count,
+        // Its source's identity travels along: the importing host groups it with that source's backups.
+        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(volume) }
       }
       await send(socket, replyLine(header))
       await sendBlocks(socket, volume, changed)
@@ -159,7 +169,10 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
       if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
       if (typeof args.name !== 'string') throw invalid('missing name')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs }, args.name)
+      const source = header.source ?? null
+      if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
+        typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name)
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -246,8 +259,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       // an export stream to the importing host), named by its label; without one (a backup made before
       // schema 4 whose source was gone, an import of an older stream), by the label alone.
       const decisions = selectPrune(backups.map(v => {
-        const source = v.sourceId === null ? undefined : pool.byId(v.sourceId)
-        const group = source !== undefined ? source.label : v.sourceLabel ?? '(imported)'
+        const group = sourceLabelOf(v)
         return { id: v.id, name: v.name, createdMs: v.createdMs, group, ...(v.sourceUuid !== null ? { groupKey: v.sourceUuid } : {}), protected: v.isProtected }
       }), keep)
       const results = []

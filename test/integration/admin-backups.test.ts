@@ -145,3 +145,36 @@ test.serial('rename: a backup, a disk and a clone through the CLI, content and l
   t.deepEqual((await listed(m.mnt)).map(v => `${v.kind}/${v.name}`).sort(), ['backup/tuesday.img', 'backup/vm1-monday.img', 'clone/test2.img', 'disk/vm1-root.img'])
   t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /rename: backups\/monday\.img -> backups\/vm1-monday\.img/)
 })
+
+test.serial('prune per source on a host that only receives imports: backups of two disks, exported and imported, group by their source identity there as here', async t => {
+  const sender = await withMount(t)
+  const receiver = await withMount(t)
+  const streams = fs.mkdtempSync(`${sender.dir}/streams-`)
+  const disks = ['vm1', 'vm2'].map(name => sender.image('disks', `${name}.img`))
+  for (const disk of disks) { fs.writeFileSync(disk, ''); fs.truncateSync(disk, 1024 * 1024) }
+  // Interleaved in time: vm1-1, vm2-1, vm1-2, vm2-2; each exported whole and imported.
+  for (const i of [1, 2]) {
+    for (const [d, disk] of disks.entries()) {
+      writeAt(disk, 0, crypto.randomBytes(65536))
+      const name = `vm${d + 1}-${i}`
+      await cliOk(t, 'backup', disk, name)
+      const file = `${streams}/${name}.vdstream`
+      await cliOk(t, 'export', sender.image('backups', `${name}.img`), '-o', file)
+      await cliOk(t, 'import', receiver.mnt, file, name)
+    }
+  }
+  type Decisions = { backups: Array<{ name: string, group: string, keep: boolean, rule: string | null }> }
+  const decide = async (mnt: string): Promise<string[]> => {
+    const result = JSON.parse(await cliOk(t, 'prune', mnt, '--keep-last', '1', '--dry-run', '--json')) as Decisions
+    return result.backups.map(b => `${b.name}:${b.group}:${b.keep ? 'keep' : 'remove'}`).sort()
+  }
+  const expected = ['vm1-1.img:disk vm1.img:remove', 'vm1-2.img:disk vm1.img:keep', 'vm2-1.img:disk vm2.img:remove', 'vm2-2.img:disk vm2.img:keep']
+  t.deepEqual(await decide(sender.mnt), expected)
+  t.deepEqual(await decide(receiver.mnt), expected)
+  // The receiving host prunes for real: one backup per source is left.
+  await cliOk(t, 'prune', receiver.mnt, '--keep-last', '1')
+  t.deepEqual(fs.readdirSync(`${receiver.mnt}/backups`).sort(), ['vm1-2.img', 'vm2-2.img'])
+  // Renaming the source on the sender does not split its group (it is told apart by identity).
+  await cliOk(t, 'rename', disks[0], 'vm1-root')
+  t.deepEqual((await decide(sender.mnt)).filter(line => line.startsWith('vm1')), ['vm1-1.img:disk vm1-root.img:remove', 'vm1-2.img:disk vm1-root.img:keep'])
+})
