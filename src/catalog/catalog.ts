@@ -56,6 +56,8 @@ export interface VolumeRow {
    * host, as the stream carries it. Prune groups backups by it. Null when unknown (schema 4).
    */
   sourceUuid?: string | null
+  /** Backups: the consistency group it was taken in (`vdiskfs backup IMAGE... --group NAME`), or null (schema 4). */
+  groupName?: string | null
 }
 
 /** A partial import (src/volume/import.ts): kept under the stream's key until the backup appears. */
@@ -70,7 +72,7 @@ export interface ExtentRow { id: number, volumeId: number, createdMs: number }
 
 /**
  * 2 added volumes.owner_uid, owner_gid and mode; 3 added volumes.uuid and the imports and
- * import_blocks tables; 4 added volumes.protected, note and source_uuid. An older catalog is migrated
+ * import_blocks tables; 4 added volumes.protected, note, source_uuid and group_name. An older catalog is migrated
  * at open, one version at a time.
  */
 const catalogSchemaVersion = 4
@@ -98,6 +100,7 @@ CREATE TABLE IF NOT EXISTS volumes (
   protected INTEGER,
   note TEXT,
   source_uuid TEXT,
+  group_name TEXT,
   UNIQUE (kind, name)
 );
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
@@ -210,8 +213,8 @@ export class Catalog {
     const db = this.db
     return {
       volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
-      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid)
-        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid, @protected, @note, @sourceUuid)`),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid, group_name)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid, @protected, @note, @sourceUuid, @groupName)`),
       volumeUuid: db.prepare('SELECT uuid FROM volumes WHERE id = ?').pluck(),
       volumeByUuid: db.prepare('SELECT id FROM volumes WHERE uuid = ?').pluck(),
       imports: db.prepare('SELECT key, name, size, block_bytes AS blockBytes, base_uuid AS baseUuid, started_ms AS startedMs, updated_ms AS updatedMs FROM imports ORDER BY started_ms'),
@@ -309,7 +312,8 @@ export class Catalog {
       ...(typeof row.uuid === 'string' ? { uuid: row.uuid } : {}),
       protected: row.protected === 1,
       note: typeof row.note === 'string' ? row.note : null,
-      sourceUuid: typeof row.source_uuid === 'string' ? row.source_uuid : null
+      sourceUuid: typeof row.source_uuid === 'string' ? row.source_uuid : null,
+      groupName: typeof row.group_name === 'string' ? row.group_name : null
     }))
   }
 
@@ -355,7 +359,7 @@ export class Catalog {
 
   insertVolume (row: VolumeRow): void {
     const pending = this.pendingUuids.get(row.id)
-    this.statements.insertVolume.run({ ...schema4Fields(row), sourceUuid: row.sourceUuid ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
+    this.statements.insertVolume.run({ ...schema4Fields(row), sourceUuid: row.sourceUuid ?? null, groupName: row.groupName ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
     // In the insert's transaction: rolled back with it. The pending entry stays until the process
     // ends (a commit that fails is retried with the same identity); ids are never reused meanwhile.
     if (pending?.importKey !== undefined) this.deleteImport(pending.importKey)
@@ -404,10 +408,10 @@ export class Catalog {
   heldChunkIds (): number[] { return this.statements.heldChunkIds.all() as number[] }
   updateVolume (row: VolumeRow, withRoot: boolean): void {
     if (withRoot) {
-      const { createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, ...rest } = schema4Fields(row)
+      const { createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolume.run(rest)
     } else {
-      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, ...rest } = schema4Fields(row)
+      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolumeNoRoot.run(rest)
     }
   }
@@ -555,7 +559,7 @@ function migrateFrom2 (db: Database.Database): void {
 }
 
 /**
- * Schema 3 -> 4: volumes get protected (0: none is), note (null) and source_uuid: the identity of the
+ * Schema 3 -> 4: volumes get protected (0: none is), note (null), group_name (null) and source_uuid: the identity of the
  * volume each was made from while that volume is still here (null otherwise: an imported backup, or one
  * whose source was removed, keeps grouping by its source's label). One transaction.
  */
@@ -565,6 +569,7 @@ function migrateFrom3 (db: Database.Database): void {
     if (!columns.has('protected')) db.exec('ALTER TABLE volumes ADD COLUMN protected INTEGER')
     if (!columns.has('note')) db.exec('ALTER TABLE volumes ADD COLUMN note TEXT')
     if (!columns.has('source_uuid')) db.exec('ALTER TABLE volumes ADD COLUMN source_uuid TEXT')
+    if (!columns.has('group_name')) db.exec('ALTER TABLE volumes ADD COLUMN group_name TEXT')
     db.exec('UPDATE volumes SET protected = 0 WHERE protected IS NULL')
     db.exec('UPDATE volumes SET source_uuid = (SELECT s.uuid FROM volumes s WHERE s.id = volumes.source_id) WHERE source_uuid IS NULL AND source_id IS NOT NULL')
     db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')

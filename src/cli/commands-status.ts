@@ -58,6 +58,7 @@ export const statusCommands: Record<string, Command> = {
           ['owner', `${facts.uid}:${facts.gid} mode ${json.mode}`],
           ['open handles', String(facts.openHandles)],
           ...(facts.kind === 'backup' ? [['protected', facts.protected ? 'yes' : 'no'] as [string, string]] : []),
+          ...(facts.group === null ? [] : [['group', printable(facts.group)] as [string, string]]),
           ...(facts.note === null ? [] : [['note', printable(facts.note)] as [string, string]])
         ]
         return rows.map(([key, value]) => `${(key + ':').padEnd(18)}${value}`).join('\n')

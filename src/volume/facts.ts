@@ -40,6 +40,8 @@ export interface VolumeFacts {
   protected: boolean
   /** The admin's note (vdiskfs note), or null. */
   note: string | null
+  /** Backups: the consistency group it was taken in (vdiskfs backup --group), or null. */
+  group: string | null
 }
 
 /** Where a volume came from, as a path inside the mount, or null for a disk made from nothing. */
@@ -75,6 +77,7 @@ export function volumeFacts (pool: Pool, space: SpaceAccounting, volume: Volume)
     mode: volume.mode,
     openHandles: volume.openHandles,
     protected: volume.isProtected,
-    note: volume.note
+    note: volume.note,
+    group: volume.groupName
   }
 }

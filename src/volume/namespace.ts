@@ -48,6 +48,7 @@ export class Namespace {
     volume.isProtected = row.protected === true
     volume.note = row.note ?? null
     volume.sourceUuid = row.sourceUuid ?? null
+    volume.groupName = row.groupName ?? null
     return volume
   }
 
@@ -389,6 +390,136 @@ export class Namespace {
         source.resume()
       }
     })
+  }
+
+  /**
+   * One atomic backup of several disks or clones (a consistency group: a VM's disks): backup
+   * `names[i]` of `sources[i]`, each marked with `group`. Every name and the group's name are held from
+   * their check to the creation (taken in sorted order, so two group backups never wait for each other
+   * in a circle); every source's writes are paused (in id order, for the same reason) and, once all of
+   * them drained, all roots are copied in one synchronous step and committed in one commit. So the
+   * group is one instant's state of all its disks: a write acknowledged before the call is in it, none
+   * issued after, and no write is in it whose predecessor on another disk (acknowledged before it was
+   * issued) is not. A source removed while this waited is NOT_FOUND, and then no backup is made.
+   * Errors: INVALID (a backup among the sources, a source twice, names and sources not one for one),
+   * EXISTS (a name, or a group of that name), NOT_FOUND, and what commit throws.
+   */
+  async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> {
+    if (sources.length === 0 || sources.length !== names.length) throw invalid('a group backup needs one name per image')
+    for (const source of sources) if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up disks and clones`)
+    if (new Set(sources.map(s => s.id)).size !== sources.length) throw invalid('an image is named twice in the group')
+    if (new Set(names).size !== names.length) throw invalid('two backups of the group would have one name')
+    checkName(group)
+    for (const name of names) checkName(name)
+    const releases: Array<() => void> = []
+    try {
+      releases.push(await this.state.whenNameFree(`group/${group}`, () => {
+        if (this.list('backup').some(v => v.groupName === group && !v.hidden)) throw exists(`backup group ${group}`)
+        return this.state.reserveName(`group/${group}`)
+      }))
+      for (const name of [...names].sort()) releases.push(await this.withFreeName('backup', name, () => this.state.reserveName(`backup/${name}`)))
+      const made = await this.pausedTogether(sources, () => {
+        for (const source of sources) this.checkStillHere(source)
+        const backups = sources.map((source, i) => {
+          const backup = this.newVolume('backup', names[i], source.size, source.map.copyRoot(), source.map, source)
+          backup.groupName = group
+          return backup
+        })
+        for (const source of sources) {
+          source.map.epoch = this.state.nextEpoch++
+          this.state.freezeActiveExtent(source)
+        }
+        return backups
+      })
+      await this.commit()
+      return made
+    } finally {
+      for (const release of releases) release()
+    }
+  }
+
+  /**
+   * Runs `step` (synchronous) with every volume of `volumes` paused: their gates closed and their writes
+   * in flight drained, paused in id order (two callers never wait for each other in a circle); all
+   * resumed afterwards, whatever happens.
+   */
+  private async pausedTogether<T> (volumes: Volume[], step: () => T): Promise<T> {
+    const paused: Volume[] = []
+    try {
+      for (const volume of [...volumes].sort((a, b) => a.id - b.id)) {
+        await volume.pause()
+        paused.push(volume)
+      }
+      return step()
+    } finally {
+      for (const volume of paused) volume.resume()
+    }
+  }
+
+  /** The backups of consistency group `group`, in id order (NOT_FOUND when there are none). */
+  groupMembers (group: string): Volume[] {
+    const members = this.visible('backup').filter(v => v.groupName === group).sort((a, b) => a.id - b.id)
+    if (members.length === 0) throw notFound(`backup group ${group}`)
+    return members
+  }
+
+  /**
+   * Restores every disk or clone a group's backups were taken from to its backup, in one step (all
+   * targets paused together, one commit): the VM's disks go back to one instant together. Refused
+   * (BUSY) while any target is open unless `force`; NOT_FOUND when a member's source is gone (then
+   * nothing is restored: restore that member with `restore` to another image).
+   */
+  async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> {
+    const members = this.groupMembers(group)
+    const pairs = members.map(backup => {
+      const target = this.liveSource(backup)
+      if (target === undefined || target.kind === 'backup') throw notFound(`the image backup ${backup.name} of group ${group} was taken from (${backup.sourceLabel ?? '?'})`)
+      return { backup, target }
+    })
+    for (const { target } of pairs) await this.inUse(target, options.force === true)
+    await this.pausedTogether(pairs.map(p => p.target), () => {
+      // Any of them may have been removed, or opened, while this waited.
+      for (const { backup, target } of pairs) { this.checkStillHere(backup); this.checkStillHere(target) }
+      if (options.force !== true) {
+        const open = pairs.find(p => p.target.openHandles > 0)
+        if (open !== undefined) throw new VdiskError('BUSY', `${open.target.label} is in use: close it first, or use --force`)
+      }
+      for (const { backup, target } of pairs) {
+        target.map.root = backup.map.copyRoot()
+        target.map.rootDirty = true
+        target.map.epoch = this.state.nextEpoch++
+        target.map.allocatedBlocks = backup.map.allocatedBlocks
+        target.map.storedBytes = backup.map.storedBytes
+        target.size = backup.size
+        target.mtimeMs = Date.now()
+        target.rowDirty = true
+        this.state.freezeActiveExtent(target)
+        this.changed(target)
+      }
+    })
+    await this.commit()
+    return pairs
+  }
+
+  /**
+   * Clones every backup of a group (`names[i]` for the i-th of groupMembers(group)), in one commit:
+   * each name held from its check to the creation. Errors: EXISTS, INVALID, NOT_FOUND.
+   */
+  async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> {
+    const members = this.groupMembers(group)
+    const wanted = members.map(names)
+    if (new Set(wanted).size !== wanted.length) throw invalid('two clones of the group would have one name')
+    for (const name of wanted) checkName(name)
+    const releases: Array<() => void> = []
+    try {
+      for (const name of [...wanted].sort()) releases.push(await this.withFreeName('clone', name, () => this.state.reserveName(`clone/${name}`)))
+      for (const backup of members) this.checkStillHere(backup)
+      const clones = members.map((backup, i) => this.newVolume('clone', wanted[i], backup.size, backup.map.copyRoot(), backup.map, backup))
+      await this.commit()
+      return clones
+    } finally {
+      for (const release of releases) release()
+    }
   }
 
   /** Creates a writable copy-on-write clone standing on a backup. */

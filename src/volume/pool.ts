@@ -118,6 +118,10 @@ export class Pool {
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.restore(backup, target, options) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
+  async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> { return await this.namespace.backupGroup(sources, names, group) }
+  groupMembers (group: string): Volume[] { return this.namespace.groupMembers(group) }
+  async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> { return await this.namespace.restoreGroup(group, options) }
+  async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> { return await this.namespace.cloneGroup(group, names) }
   async protect (volume: Volume, on: boolean): Promise<void> { await this.namespace.protect(volume, on) }
   async setNote (volume: Volume, note: string | null): Promise<void> { await this.namespace.setNote(volume, note) }
   async renameVolume (volume: Volume, newName: string): Promise<void> { await this.namespace.renameVolume(volume, newName) }

@@ -2,11 +2,14 @@
  * Backups as admins run them (issue #21), through a real mount: protection against prune and rm (with
  * and without --force, while open too), notes shown by ls and info, rename of any kind of volume
  * through the CLI (rename(2) of a backup through the mount stays refused), and all of it kept across a
- * remount.
+ * remount; prune per source on a host that receives imports; consistency groups (one atomic backup of
+ * several disks under writers on every disk, restore and clone of the group).
  */
 import test from 'ava'
+import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
+import path from 'node:path'
 import { sha256, vdiskfs, withMount } from '../helpers/mount'
 
 async function cliOk (t: { is: (a: unknown, b: unknown, m?: string) => void }, ...args: string[]): Promise<string> {
@@ -177,4 +180,104 @@ test.serial('prune per source on a host that only receives imports: backups of t
   // Renaming the source on the sender does not split its group (it is told apart by identity).
   await cliOk(t, 'rename', disks[0], 'vm1-root')
   t.deepEqual((await decide(sender.mnt)).filter(line => line.startsWith('vm1')), ['vm1-1.img:disk vm1-root.img:remove', 'vm1-2.img:disk vm1-root.img:keep'])
+})
+
+/**
+ * Writers on every disk, one worker thread each, sharing a global sequence: each write (one 4 KiB slot,
+ * the disk's next) takes the next number and records with it the watermark: the highest number up to
+ * which every write had returned when this one was issued. The main thread prints the count of
+ * numbers taken every 20 ms.
+ */
+const groupWriter = `
+const { Worker, isMainThread, workerData } = require('node:worker_threads')
+const fs = require('node:fs')
+const max = 1 << 20
+if (isMainThread) {
+  const shared = new SharedArrayBuffer(4 * (max + 2))
+  const state = new Int32Array(shared)
+  for (const file of process.argv.slice(2)) new Worker(__filename, { workerData: { file, shared } })
+  setInterval(() => process.stdout.write(Atomics.load(state, 0) + '\\n'), 20)
+} else {
+  const state = new Int32Array(workerData.shared)
+  const fd = fs.openSync(workerData.file, 'r+')
+  const slots = fs.fstatSync(fd).size / 4096
+  let watermark = 0
+  for (let slot = 0; slot < slots; slot++) {
+    while (Atomics.load(state, 2 + watermark + 1) === 1) watermark++
+    const seq = Atomics.add(state, 0, 1) + 1
+    if (seq >= max) break
+    const block = Buffer.alloc(4096)
+    block.write('seq ' + seq + ' after ' + watermark + '\\n')
+    fs.writeSync(fd, block, 0, 4096, slot * 4096)
+    Atomics.store(state, 2 + seq, 1)
+  }
+}
+`
+
+/** seq -> watermark of every record in `file`. */
+function records (file: string, into = new Map<number, number>()): Map<number, number> {
+  const data = fs.readFileSync(file)
+  for (let at = 0; at < data.length; at += 4096) {
+    const match = /^seq (\d+) after (\d+)\n/.exec(data.subarray(at, at + 64).toString('latin1'))
+    if (match !== null) into.set(Number(match[1]), Number(match[2]))
+  }
+  return into
+}
+
+test.serial('a group backup under writers on every disk is one instant of all of them (the sequence numbers in it are a prefix-closed cut); --json; restore and clone of the whole group', async t => {
+  const m = await withMount(t)
+  const names = ['root', 'data', 'log']
+  const disks = names.map(n => m.image('disks', `${n}.img`))
+  for (const disk of disks) { fs.writeFileSync(disk, ''); fs.truncateSync(disk, 16 * 1024 * 1024) }
+  const writerFile = path.join(m.dir, 'group-writer.js')
+  fs.writeFileSync(writerFile, groupWriter)
+  const child = spawn(process.execPath, [writerFile, ...disks], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise(resolve => child.on('exit', resolve))
+  t.teardown(() => { child.kill('SIGKILL') })
+  let taken = 0
+  child.stdout.on('data', (chunk: Buffer) => { const last = chunk.toString().trim().split('\n').pop(); if (last !== undefined && last !== '') taken = Number(last) })
+  const waitFor = async (count: number): Promise<void> => {
+    for (let i = 0; i < 3000 && taken < count; i++) await new Promise(resolve => setTimeout(resolve, 10))
+    t.true(taken >= count, `the writers reached ${taken} writes, not ${count}`)
+  }
+  await waitFor(600)
+  const made = JSON.parse(await cliOk(t, 'backup', ...disks, '--group', 'vm1-mon', '--json')) as Array<{ image: string, backup: string }>
+  const atBackup = taken
+  await waitFor(atBackup + 600)
+  child.kill('SIGKILL')
+  await exited
+  t.deepEqual(made, disks.map((disk, i) => ({ image: disk, backup: m.image('backups', `vm1-mon-${names[i]}.img`) })))
+
+  // The cut: every write in the group's backups has all writes up to its watermark in them too.
+  const present = new Map<number, number>()
+  for (const { backup } of made) {
+    const before = present.size
+    records(backup, present)
+    t.true(present.size > before, `${backup} holds writes`)
+  }
+  let firstMissing = 1
+  while (present.has(firstMissing)) firstMissing++
+  const violations = [...present].filter(([, watermark]) => watermark >= firstMissing)
+  t.deepEqual(violations.slice(0, 5), [], `writes in the group whose predecessors (up to ${firstMissing}, missing) are not`)
+  // The writers went on after it: the disks hold more than the backups.
+  const all = new Map<number, number>()
+  for (const disk of disks) records(disk, all)
+  t.true(all.size > present.size)
+
+  // A second group of that name: EXISTS, nothing made.
+  const again = await vdiskfs('backup', disks[0], '--group', 'vm1-mon')
+  t.is(again.code, 1)
+  t.regex(again.stderr, /already exists/)
+  t.is(fs.readdirSync(path.join(m.mnt, 'backups')).length, 3)
+  const info = JSON.parse(await cliOk(t, 'info', made[0].backup, '--json')) as { group: string | null }
+  t.is(info.group, 'vm1-mon')
+
+  // Restore of the whole group: every disk back to its backup; a clone of each.
+  const sums = made.map(({ backup }) => sha256(backup))
+  await cliOk(t, 'restore', '--group', 'vm1-mon', m.mnt)
+  t.deepEqual(disks.map(sha256), sums)
+  const clones = JSON.parse(await cliOk(t, 'clone', '--group', 'vm1-mon', m.mnt, 'test', '--json')) as Array<{ clone: string }>
+  t.deepEqual(clones.map(c => c.clone), names.map(n => m.image('clones', `test-${n}.img`)))
+  t.deepEqual(clones.map(c => sha256(c.clone)), sums)
+  t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /backup group vm1-mon: disks\/root\.img -> backups\/vm1-mon-root\.img/)
 })

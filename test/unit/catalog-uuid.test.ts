@@ -77,7 +77,7 @@ test('a schema 3 catalog is migrated to 4: nothing protected, no notes, each vol
   catalog.close()
   // Back to what schema 3 had.
   const db = new Database(file)
-  db.exec('ALTER TABLE volumes DROP COLUMN protected; ALTER TABLE volumes DROP COLUMN note; ALTER TABLE volumes DROP COLUMN source_uuid')
+  db.exec('ALTER TABLE volumes DROP COLUMN protected; ALTER TABLE volumes DROP COLUMN note; ALTER TABLE volumes DROP COLUMN source_uuid; ALTER TABLE volumes DROP COLUMN group_name')
   db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('3', 'schema_version')
   db.close()
   const reopened = Catalog.open(file, false)

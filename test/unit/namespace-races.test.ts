@@ -228,3 +228,39 @@ test('two renames onto one name at once (the first waiting for a release): one i
     t.deepEqual(namesOf(pool), ['backup/web-monday.img', 'disk/b.img', 'disk/x.img'])
   })
 })
+
+test('a group backup whose source is removed while its writes drain is NOT_FOUND: no backup of the group is made and its names are free again', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    await b.write(bytesOf(1, 4096), 0)
+    const writes = writesInFlight(b)
+    const group = pool.backupGroup([a, b], ['g-a.img', 'g-b.img'], 'g')
+    const removing = pool.remove(b, { force: true })
+    const results = await Promise.allSettled([group, removing, writes])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND', 'ok', 'ok'])
+    t.deepEqual(namesOf(pool), ['disk/a.img'])
+    await t.notThrowsAsync(pool.backupGroup([a], ['g-a.img'], 'g'))
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/g-a.img', 'disk/a.img'])
+    t.is(pool.get('backup', 'g-a.img').groupName, 'g')
+  })
+})
+
+test('two group backups of the same disks in opposite orders at once both finish (names and pauses are taken in one order), and a third of a group name in use is EXISTS', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    const writes = [writesInFlight(a), writesInFlight(b)]
+    const results = await Promise.allSettled([
+      pool.backupGroup([a, b], ['x-a.img', 'x-b.img'], 'x'),
+      pool.backupGroup([b, a], ['y-b.img', 'y-a.img'], 'y'),
+      pool.backupGroup([b], ['z-b.img'], 'x'),
+      ...writes
+    ])
+    t.deepEqual(results.map(codeOf), ['ok', 'ok', 'EXISTS', 'ok', 'ok'])
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/x-a.img', 'backup/x-b.img', 'backup/y-a.img', 'backup/y-b.img', 'disk/a.img', 'disk/b.img'])
+    t.deepEqual(pool.groupMembers('y').map(v => v.name), ['y-b.img', 'y-a.img'])
+  })
+})
