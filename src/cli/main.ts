@@ -7,8 +7,8 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
-import { call } from '../control/client'
-import { StatusResult } from '../control/protocol'
+import { call, isDeadMount } from '../control/client'
+import { StatusResult, socketPathsFor } from '../control/protocol'
 import { chooseTransport, runDaemon } from '../daemon/daemon'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
@@ -131,7 +131,16 @@ const coreCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
-      const status = await call(mountpoint, 'status') as StatusResult
+      let status: StatusResult
+      try {
+        status = await call(mountpoint, 'status') as StatusResult
+      } catch (err) {
+        if (!(err instanceof VdiskError) || err.code !== 'NOT_FOUND' || !isDeadMount(mountpoint)) throw err
+        cleanDeadMount(mountpoint)
+        print(flags.json === true, { unmounted: mountpoint, pid: null, daemonWasGone: true }, () =>
+          `unmounted ${mountpoint}, whose daemon was gone (killed?): what it had committed is kept; mount the pool again to use it`)
+        return
+      }
       await call(mountpoint, 'commit')
       const result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
       if (result.status !== 0) {
@@ -369,6 +378,21 @@ async function backupGroup (images: string[], group: string, freeze: string[], j
   })
   const made = result.backups.map((b, i) => ({ image: path.join(mountpoint, dirOfKind[sources[i].kind], sources[i].name), backup: path.join(mountpoint, 'backups', b.name) }))
   print(json, made, () => made.map(m => `backup ${m.backup} of ${m.image}`).join('\n') + `\n(group ${groupName}: one instant, ${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+}
+
+/**
+ * Unmounts a mount whose daemon is gone (ENOTCONN): fusermount -u, or lazily (-uz) when something still
+ * holds it (a loop device, an open file: they get errors until they let go), then removes the control
+ * socket the daemon left behind.
+ */
+function cleanDeadMount (mountpoint: string): void {
+  let result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
+  if (result.status !== 0) result = spawnSync('fusermount', ['-uz', mountpoint], { encoding: 'utf8' })
+  if (result.status !== 0) {
+    const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
+    throw new VdiskError('IO', `the daemon of ${mountpoint} is gone, and fusermount -uz ${mountpoint} failed: ${reason}`)
+  }
+  for (const socket of socketPathsFor(mountpoint)) fs.rmSync(socket, { force: true })
 }
 
 function fsfreeze (flag: '-f' | '-u', mountpoint: string): void {

@@ -156,6 +156,9 @@ function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerCon
   }
 }
 
+/** Control operations that change nothing: their refusals are not logged. */
+const quietOperations = new Set(['status', 'stats', 'progress', 'ls', 'du', 'info', 'map', 'diff', 'uuid', 'imports', 'jobs'])
+
 export function startControlServer (socketPath: string, handlers: Record<Operation, Handler>, log: (message: string) => void): net.Server {
   // Only the pool's owner may reach the socket (protocol.ts): a 0700 directory of ours, a 0600 socket.
   checkControlDir(path.dirname(socketPath), true)
@@ -213,7 +216,12 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     try {
       return { id: request.id, ok: true, result: await handler(request.args ?? {}) }
     } catch (err) {
-      if (err instanceof VdiskError) return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+      if (err instanceof VdiskError) {
+        // Refusals of what changes the pool are logged (busy, read-only, protected, exists ...); the
+        // read-only queries' failures are the caller's business alone.
+        if (!quietOperations.has(request.op)) log(`${request.op} refused (${err.code}): ${err.message}`)
+        return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+      }
       log(`bug in control ${request.op}: ${(err as Error)?.stack ?? String(err)}`)
       return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
     }

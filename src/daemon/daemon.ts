@@ -92,6 +92,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
+  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed): what it committed is kept, extents it was writing are checked')
   const dropped = await pool.dropHidden()
   if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const recovered = await pool.recover()

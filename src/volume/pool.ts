@@ -136,6 +136,8 @@ export class Pool {
 
   /** Makes every change made before the call durable (commit.ts). */
   async commit (): Promise<void> { await this.committer.commit() }
+  /** Whether the last run of this pool stopped without closing it (killed, or a crash): found at open. */
+  get uncleanStopFound (): boolean { return this.committer.uncleanStopFound }
 
   // ---- maintenance (maintenance.ts) ----
 

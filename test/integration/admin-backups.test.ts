@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { sha256, vdiskfs, withMount } from '../helpers/mount'
+import { isMounted, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 
 async function cliOk (t: { is: (a: unknown, b: unknown, m?: string) => void }, ...args: string[]): Promise<string> {
   const result = await vdiskfs(...args)
@@ -280,4 +280,37 @@ test.serial('a group backup under writers on every disk is one instant of all of
   t.deepEqual(clones.map(c => c.clone), names.map(n => m.image('clones', `test-${n}.img`)))
   t.deepEqual(clones.map(c => sha256(c.clone)), sums)
   t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /backup group vm1-mon: disks\/root\.img -> backups\/vm1-mon-root\.img/)
+})
+
+test.serial('a mount whose daemon was killed: status and ls say what happened and what to do, umount cleans it up, and the next daemon logs the unclean stop; refusals are logged', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'd.img')
+  fs.writeFileSync(disk, crypto.randomBytes(65536))
+  await cliOk(t, 'backup', disk, 'keep')
+  await cliOk(t, 'protect', m.image('backups', 'keep.img'))
+  t.is((await vdiskfs('rm', m.image('backups', 'keep.img'))).code, 1)
+  process.kill(m.pid, 'SIGKILL')
+  t.true(await waitForExit(m.pid))
+  t.true(isMounted(m.mnt), 'the kernel still lists the dead mount')
+  for (const args of [['status', m.mnt], ['ls', m.mnt], ['info', disk]]) {
+    const result = await vdiskfs(...args)
+    t.is(result.code, 1, args[0])
+    t.is(result.stderr, `vdiskfs ${args[0]}: the daemon of ${m.mnt} is gone (killed?) and its mount is left dead (ENOTCONN): ` +
+      `run vdiskfs umount ${m.mnt} (or fusermount -uz ${m.mnt}) and mount the pool again (what was committed is kept)\n`)
+  }
+  const umount = await vdiskfs('umount', m.mnt, '--json')
+  t.is(umount.code, 0, umount.stderr)
+  t.like(JSON.parse(umount.stdout), { unmounted: m.mnt, daemonWasGone: true })
+  t.false(isMounted(m.mnt))
+  // Nothing is mounted now: the plain answer again.
+  t.regex((await vdiskfs('status', m.mnt)).stderr, /is not a mounted vdiskfs pool/)
+  await m.mount()
+  t.is(sha256(disk), sha256(m.image('backups', 'keep.img')))
+  const log = fs.readFileSync(`${m.pool}/daemon.log`, 'utf8')
+  t.regex(log, /rm refused \(NOT_PERMITTED\): backup keep\.img is protected/)
+  t.regex(log, /start: the last run of this pool did not stop cleanly \(its daemon was killed, or the host crashed\)/)
+  // A clean stop is not reported as unclean.
+  await m.umount()
+  await m.mount()
+  t.is(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8').match(/did not stop cleanly/g)?.length, 1)
 })
