@@ -427,14 +427,31 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
 
 const commands: Record<string, Command> = { ...coreCommands, ...adminCommands, ...statusCommands, ...transferCommands, ...remoteCommands }
 
+/**
+ * `text` cut into lines of at most `width` characters at spaces (a longer word stays whole): the first
+ * after `indent`, the others after `next`.
+ */
+function wrap (text: string, width: number, indent: string, next = indent): string[] {
+  const lines: string[] = []
+  let line = ''
+  const lead = (): string => lines.length === 0 ? indent : next
+  for (const word of text.split(' ')) {
+    if (line !== '' && lead().length + line.length + 1 + word.length > width) { lines.push(lead() + line); line = word } else line = line === '' ? word : `${line} ${word}`
+  }
+  if (line !== '') lines.push(lead() + line)
+  return lines
+}
+
+/** Help lines stay within this many characters (a terminal's usual width). */
+const helpWidth = 100
+
 function help (): string {
-  const width = Math.max(...Object.values(commands).map(c => c.usage.length))
   return [
     `vdiskfs ${version}: instant, space-efficient virtual disks as image files`,
     '',
     'usage: vdiskfs COMMAND [ARGS]   (vdiskfs COMMAND --help for one command)',
     '',
-    ...Object.values(commands).map(c => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    ...Object.values(commands).flatMap(c => [...wrap(c.usage, helpWidth, '  ', '      '), ...wrap(c.summary, helpWidth, '      ')]),
     '',
     'IMAGE is MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME.'
   ].join('\n')
@@ -459,7 +476,7 @@ export async function main (argv: string[]): Promise<number> {
   process.umask(0o077)
   try {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
-    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${command.summary}\n`); return 0 }
+    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${wrap(command.summary, helpWidth, '').join('\n')}\n`); return 0 }
     await command.run(parseArgs(rest, command.spec))
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {

@@ -32,7 +32,7 @@ function streamOnly (stream: StreamHandler): Handler {
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-export function transferHandlers ({ pool, log }: HandlerContext): Record<string, Handler> {
+export function transferHandlers ({ pool, log, metrics }: HandlerContext): Record<string, Handler> {
   /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
   const sourceLabelOf = (volume: Volume): string => {
     const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
@@ -81,7 +81,9 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
         source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(volume) }
       }
       await send(socket, replyLine(header))
-      await sendBlocks(socket, volume, changed)
+      // A job while it sends (vdiskfs status lists it, with its progress in blocks).
+      const progress = { done: 0, total: changed.count }
+      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(socket, volume, changed, progress), () => progress)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
       log(`export: ${volume.label}${since !== null ? ` since ${since.name}` : ''}, ${changed.count} blocks`)
@@ -97,7 +99,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
    * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
    * or not (chunks in one worker task), a few reads ahead.
    */
-  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet): Promise<void> {
+  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
     const blockBytes = pool.blockBytes
     type Group = Array<{ block: number, entry: number }>
     // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
@@ -147,6 +149,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       const data = await reading
       readAhead()
       sent += group.length
+      progress.done = sent
       for (let i = 0; i < group.length; i++) {
         const { block, entry } = group[i]
         if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }

@@ -31,7 +31,7 @@ import { Importer } from './import'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
-import { HeaderOptions, makeDurableDirectory, readOrCreateHeader } from './pool-header'
+import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
 
@@ -63,6 +63,8 @@ export class Pool {
 
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {
+    // Refused before anything is made: a bad --block-size must not leave an empty pool directory behind.
+    if (options.blockBytes !== undefined) assertLimitsUserFacing(options.blockBytes)
     dir = claimPoolDirectory(path.resolve(dir), options.create === true)
     const header = readOrCreateHeader(dir, options)
     securePoolDirectory(dir)

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { isMounted, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import { cli, isMounted, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 
 async function cliOk (t: { is: (a: unknown, b: unknown, m?: string) => void }, ...args: string[]): Promise<string> {
   const result = await vdiskfs(...args)
@@ -313,4 +313,42 @@ test.serial('a mount whose daemon was killed: status and ls say what happened an
   await m.umount()
   await m.mount()
   t.is(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8').match(/did not stop cleanly/g)?.length, 1)
+})
+
+test.serial('small items: a running export is a job in status; a refused --block-size leaves no pool directory; help lines fit 100 columns', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'big.img')
+  fs.writeFileSync(disk, crypto.randomBytes(24 * 1024 * 1024))
+  await cliOk(t, 'backup', disk, 'big')
+  // An export into a pipe nobody reads yet: it waits, and status shows it as a job with its progress.
+  const child = spawn(cli, ['export', m.image('backups', 'big.img'), '-o', '-'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  child.stdout.pause()
+  let jobs: Array<{ name: string, progress: { done: number, total: number } | null }> = []
+  for (let i = 0; i < 200 && !jobs.some(j => j.name === 'export big.img'); i++) {
+    await new Promise(resolve => setTimeout(resolve, 50))
+    jobs = (JSON.parse(await cliOk(t, 'status', m.mnt, '--json')) as { jobs: typeof jobs }).jobs
+  }
+  const job = jobs.find(j => j.name === 'export big.img')
+  t.truthy(job, JSON.stringify(jobs))
+  t.is(job?.progress?.total, 24 * 1024 * 1024 / 65536)
+  t.regex(await cliOk(t, 'status', m.mnt), /export big\.img/)
+  let streamBytes = 0
+  child.stdout.on('data', (chunk: Buffer) => { streamBytes += chunk.length })
+  child.stdout.resume()
+  t.is(await new Promise(resolve => child.on('exit', resolve)), 0)
+  t.true(streamBytes > 24 * 1024 * 1024)
+  t.false((JSON.parse(await cliOk(t, 'status', m.mnt, '--json')) as { jobs: typeof jobs }).jobs.some(j => j.name.startsWith('export')))
+
+  const pool = path.join(m.dir, 'bad-pool')
+  fs.mkdirSync(path.join(m.dir, 'bad-mnt'))
+  const refused = await vdiskfs('mount', pool, path.join(m.dir, 'bad-mnt'), '--block-size', '3k')
+  t.is(refused.code, 1)
+  t.is(refused.stderr, 'vdiskfs mount: invalid block size 3072: use a power of two from 4K to 1M\n')
+  t.false(fs.existsSync(pool), 'no pool directory was made')
+
+  const help = await vdiskfs('--help')
+  t.is(help.code, 0)
+  const widest = Math.max(...help.stdout.split('\n').map(line => line.length))
+  t.true(widest <= 100, `a help line of ${widest} characters`)
 })
