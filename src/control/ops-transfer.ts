@@ -257,25 +257,49 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       }
       if (!keepsAnything(keep)) throw invalid('no --keep-* rule with a count above 0: prune refuses to remove every backup')
       const match = typeof args.match === 'string' ? globPattern(args.match) : null
-      const backups = pool.visible('backup').filter(v => match === null || match.test(v.name))
+      // A consistency group is one unit (its backups are one instant of several disks): one candidate,
+      // kept or removed whole, grouped with the other groups of the same sources. --match takes a
+      // group when it matches any of its backups.
+      const units = new Map<string, Volume[]>()
+      for (const v of pool.visible('backup')) {
+        const key = v.groupName !== null ? `group ${v.groupName}` : `volume ${v.id}`
+        const unit = units.get(key)
+        if (unit === undefined) units.set(key, [v])
+        else unit.push(v)
+      }
+      const chosen = [...units.values()].filter(members => match === null || members.some(v => match.test(v.name)))
       // Grouped by the identity of the volume each was taken from (kept once it is gone, and carried by
       // an export stream to the importing host), named by its label; without one (a backup made before
       // schema 4 whose source was gone, an import of an older stream), by the label alone.
-      const decisions = selectPrune(backups.map(v => {
-        const group = sourceLabelOf(v)
-        return { id: v.id, name: v.name, createdMs: v.createdMs, group, ...(v.sourceUuid !== null ? { groupKey: v.sourceUuid } : {}), protected: v.isProtected }
+      const decisions = selectPrune(chosen.map(members => {
+        const sources = members.map(v => ({ label: sourceLabelOf(v), key: v.sourceUuid ?? sourceLabelOf(v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+        const first = members.reduce((a, b) => a.id < b.id ? a : b)
+        return {
+          id: first.id,
+          name: first.groupName ?? first.name,
+          createdMs: Math.max(...members.map(v => v.createdMs)),
+          group: sources.map(s => s.label).join(' + '),
+          ...(members.length > 1 || first.sourceUuid !== null ? { groupKey: sources.map(s => s.key).join(' + ') } : {}),
+          protected: members.some(v => v.isProtected)
+        }
       }), keep)
+      const unitOf = new Map(chosen.map(members => [members.reduce((a, b) => a.id < b.id ? a : b).id, members]))
       const results = []
       for (const d of decisions) {
-        let error: string | null = null
-        const volume = pool.byId(d.id)
-        // Protected since the decision (removals before it awaited): kept.
-        if (!d.keep && volume?.isProtected === true) { d.keep = true; d.rule = 'protected' }
-        if (!d.keep && args.dryRun !== true) {
-          try { if (volume !== undefined) await pool.remove(volume) } catch (err) { error = (err as Error).message }
+        const members = (unitOf.get(d.id) ?? []).filter(v => pool.byId(v.id) === v)
+        // Protected since the decision (removals before it awaited): kept, the whole group.
+        if (!d.keep && members.some(v => v.isProtected)) { d.keep = true; d.rule = 'protected' }
+        // A group with a member open is kept whole rather than cut in part.
+        const open = members.find(v => v.openHandles > 0)
+        for (const volume of members) {
+          let error: string | null = null
+          if (!d.keep && args.dryRun !== true) {
+            if (open !== undefined) error = `${open.label} is in use: its group ${volume.groupName ?? ''} is kept whole`
+            else try { await pool.remove(volume) } catch (err) { error = (err as Error).message }
+          }
+          const { groupKey: _key, id: _id, name: _name, ...shown } = d
+          results.push({ ...shown, id: volume.id, name: volume.name, createdMs: volume.createdMs, backupGroup: volume.groupName, removed: !d.keep && args.dryRun !== true && error === null, error })
         }
-        const { groupKey: _key, ...shown } = d
-        results.push({ ...shown, removed: !d.keep && args.dryRun !== true && error === null, error })
       }
       return { dryRun: args.dryRun === true, backups: results }
     }

@@ -280,6 +280,19 @@ test.serial('a group backup under writers on every disk is one instant of all of
   t.deepEqual(clones.map(c => c.clone), names.map(n => m.image('clones', `test-${n}.img`)))
   t.deepEqual(clones.map(c => sha256(c.clone)), sums)
   t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /backup group vm1-mon: disks\/root\.img -> backups\/vm1-mon-root\.img/)
+
+  // Prune treats a group as one unit: a second group of the same disks, keep-last 1 removes the
+  // first group whole, and a lone backup of one of the disks is a source of its own.
+  await cliOk(t, 'backup', ...disks, '--group', 'vm1-tue')
+  await cliOk(t, 'backup', disks[0], 'root-only')
+  const pruned = JSON.parse(await cliOk(t, 'prune', m.mnt, '--keep-last', '1', '--json')) as { backups: Array<{ name: string, backupGroup: string | null, keep: boolean, removed: boolean }> }
+  t.deepEqual(pruned.backups.map(b => `${b.name}:${String(b.backupGroup)}:${b.keep ? 'keep' : b.removed ? 'removed' : 'failed'}`).sort(), [
+    'root-only.img:null:keep',
+    ...names.map(n => `vm1-mon-${n}.img:vm1-mon:removed`),
+    ...names.map(n => `vm1-tue-${n}.img:vm1-tue:keep`)
+  ].sort())
+  // The clones of the removed group keep what they read.
+  t.deepEqual(clones.map(c => sha256(c.clone)), sums)
 })
 
 test.serial('a mount whose daemon was killed: status and ls say what happened and what to do, umount cleans it up, and the next daemon logs the unclean stop; refusals are logged', async t => {
