@@ -109,7 +109,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
-  const fsname = `vdiskfs:${pool.dir}`.replace(/,/g, '_')
+  // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
+  // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
+  const fsname = pool.dir.replace(/,/g, '_')
   let fuse: VdiskFuse | Fuse3Transport
   try {
     fuse = fuse3
