@@ -124,6 +124,15 @@ export class Namespace {
     }
   }
 
+  /**
+   * Logs an operation through the mount that the volume layer refuses (read-only backups, moves across
+   * kinds), as the README promises, and returns the error to throw. The control socket logs its own.
+   */
+  private refused (what: string, err: VdiskError): VdiskError {
+    this.state.log(`refused: ${what} (${err.code}): ${err.message}`)
+    return err
+  }
+
   /** Throws NOT_FOUND when `volume` left the namespace (removed, or hidden by rm --force) during an await. */
   private checkStillHere (volume: Volume): void {
     if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
@@ -150,8 +159,8 @@ export class Namespace {
    * made this way: backups come from `backup` (READ_ONLY), clones from `clone` (NOT_PERMITTED).
    */
   async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> {
-    if (kind === 'backup') throw readOnly(`backups (take one with 'vdiskfs backup')`)
-    if (kind === 'clone') throw notPermitted(`clones come from 'vdiskfs clone'`)
+    if (kind === 'backup') throw this.refused(`create backups/${name}`, readOnly(`backups (take one with 'vdiskfs backup')`))
+    if (kind === 'clone') throw this.refused(`create clones/${name}`, notPermitted(`clones come from 'vdiskfs clone'`))
     return await this.createDisk(name, options)
   }
 
@@ -206,8 +215,8 @@ export class Namespace {
    * (see rename).
    */
   async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> {
-    if (volume.kind === 'backup' || kind === 'backup') throw readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`)
-    if (volume.kind !== kind) throw new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`)
+    if (volume.kind === 'backup' || kind === 'backup') throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`))
+    if (volume.kind !== kind) throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`))
     await this.rename(volume, name, isLibfuseHiddenName(name))
   }
 
@@ -216,7 +225,7 @@ export class Namespace {
    * last release). Backups are removed only by `vdiskfs rm` (READ_ONLY).
    */
   async unlink (volume: Volume): Promise<void> {
-    if (volume.kind === 'backup') throw readOnly(`backup ${volume.name} (remove it with 'vdiskfs rm')`)
+    if (volume.kind === 'backup') throw this.refused(`unlink of ${volume.label}`, readOnly(`backup ${volume.name} (remove it with 'vdiskfs rm')`))
     await this.remove(volume, { force: true })
   }
 
@@ -290,7 +299,7 @@ export class Namespace {
 
   /** A handle on `volume` was opened (the FUSE adapter's open and create). READ_ONLY: a writable handle on a backup. */
   opened (volume: Volume, writable: boolean): void {
-    if (writable && volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
+    if (writable && volume.kind === 'backup') throw this.refused(`open for writing of ${volume.label}`, readOnly(`backup ${volume.name}`))
     volume.openHandles++
   }
 

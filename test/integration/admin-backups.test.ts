@@ -146,7 +146,11 @@ test.serial('rename: a backup, a disk and a clone through the CLI, content and l
   await m.umount()
   await m.mount()
   t.deepEqual((await listed(m.mnt)).map(v => `${v.kind}/${v.name}`).sort(), ['backup/tuesday.img', 'backup/vm1-monday.img', 'clone/test2.img', 'disk/vm1-root.img'])
-  t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /rename: backups\/monday\.img -> backups\/vm1-monday\.img/)
+  const log = fs.readFileSync(`${m.pool}/daemon.log`, 'utf8')
+  t.regex(log, /rename: backups\/monday\.img -> backups\/vm1-monday\.img/)
+  // Refusals through the mount are logged too.
+  t.regex(log, /refused: rename of backup monday\.img to backup x\.img \(READ_ONLY\)/)
+  t.regex(log, /rename refused \(EXISTS\): backup vm1-monday\.img already exists/)
 })
 
 test.serial('prune per source on a host that only receives imports: backups of two disks, exported and imported, group by their source identity there as here', async t => {
