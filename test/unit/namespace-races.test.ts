@@ -264,3 +264,37 @@ test('two group backups of the same disks in opposite orders at once both finish
     t.deepEqual(pool.groupMembers('y').map(v => v.name), ['y-b.img', 'y-a.img'])
   })
 })
+
+test('a group restore refuses (nothing restored) when one target is open, or was removed while it waited for a release; forced, it restores them all in one step', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    await a.write(bytesOf(1, 4096), 0)
+    await b.write(bytesOf(2, 4096), 0)
+    await pool.backupGroup([a, b], ['g-a.img', 'g-b.img'], 'g')
+    await a.write(bytesOf(3, 4096), 0)
+    await b.write(bytesOf(4, 4096), 0)
+    const read = async (v: Volume): Promise<Buffer> => { const out = Buffer.alloc(4096); await v.read(out, 0); return out }
+    pool.opened(b, true)
+    await t.throwsAsync(pool.restoreGroup('g'), { code: 'BUSY' })
+    t.true((await read(a)).equals(bytesOf(3, 4096)), 'a untouched')
+    // Removed while the restore waits for a's release: NOT_FOUND, nothing restored.
+    const c = await pool.createDisk('c.img')
+    await pool.backupGroup([a, c], ['h-a.img', 'h-c.img'], 'h')
+    pool.opened(a, true)
+    const restoring = pool.restoreGroup('h')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    await pool.remove(c, { force: true })
+    setTimeout(() => { void pool.released(a) }, 30)
+    const results = await Promise.allSettled([restoring])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND'])
+    t.true((await read(a)).equals(bytesOf(3, 4096)), 'a untouched')
+    await t.notThrowsAsync(pool.restoreGroup('g', { force: true }))
+    t.true((await read(a)).equals(bytesOf(1, 4096)))
+    t.true((await read(b)).equals(bytesOf(2, 4096)))
+    await pool.released(b)
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.true((await read(pool.get('disk', 'b.img'))).equals(bytesOf(2, 4096)))
+  })
+})
