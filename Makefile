@@ -43,7 +43,14 @@ $(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c
 	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3)
 	mv $@.tmp $@
 
-native: $(FUSE3_ADDON)
+# The holder keeps a FUSE 3 mount's /dev/fuse descriptor across a daemon's death (docs/TRANSPORT.md).
+FUSE3_HOLDER := native/fuse3/build/vdiskfs-holder
+$(FUSE3_HOLDER): native/fuse3/vdiskfs_holder.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra $< -o $@.tmp
+	mv $@.tmp $@
+
+native: $(FUSE3_ADDON) $(FUSE3_HOLDER)
 
 deps: debs node-modules
 
@@ -92,7 +99,7 @@ install: deps build
 	rm -rf "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/src" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/workers" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/bin" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/node_modules" "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native"
 	cp -a dist/src dist/workers "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/"
 	install -d "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build"
-	cp -a $(FUSE3_ADDON) "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build/"
+	cp -a $(FUSE3_ADDON) $(FUSE3_HOLDER) "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build/"
 	cp -a bin node_modules package.json package-lock.json "$(DESTDIR)$(PREFIX)/lib/vdiskfs/"
 # Only what runs: the devDependencies (typescript, eslint, ava ...: half of node_modules) go, offline.
 	cd "$(DESTDIR)$(PREFIX)/lib/vdiskfs" && npm prune --omit=dev --offline --no-audit --no-fund </dev/null

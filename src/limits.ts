@@ -130,9 +130,16 @@ export const fuseMaxReadBytes = 128 * 1024
 export const fuse3MaxWriteBytes = 1024 * 1024
 /** Its worker threads (fuse_session_loop_mt): they only read requests and queue them to JavaScript. */
 export const fuse3Threads = 4
-/** copy_file_range on the FUSE 3 transport copies through the volumes in pieces of this size, at most fuse3CopyRequestBytesMax per request. */
-export const fuse3CopyPieceBytes = 1024 * 1024
-export const fuse3CopyRequestBytesMax = 64 * 1024 * 1024
+/**
+ * copyRange (copy_file_range on the FUSE 3 transport): what it cannot share (the partial blocks at the
+ * ends; everything when the two offsets differ within a block) it copies through the volumes in pieces
+ * of copyPieceBytes, at most copyBytesMax per call; whole blocks it shares, at most copySharedBlocksMax
+ * per call (one synchronous map update each: 16,384 blocks take a few milliseconds). The caller asks
+ * again for the rest, as copy_file_range(2) allows.
+ */
+export const copyPieceBytes = 1024 * 1024
+export const copyBytesMax = 64 * 1024 * 1024
+export const copySharedBlocksMax = 16384
 
 export function assertLimits (blockBytes: number): void {
   assert.ok(Number.isInteger(Math.log2(blockBytes)), 'block size must be a power of two')

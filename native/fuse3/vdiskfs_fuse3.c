@@ -21,6 +21,7 @@
 #define FUSE_USE_VERSION 312
 #define _GNU_SOURCE
 #include <fuse_lowlevel.h>
+#include <linux/fuse.h>
 #include <node_api.h>
 #include <errno.h>
 #include <pthread.h>
@@ -54,6 +55,10 @@ typedef struct session {
   unsigned max_write_wanted;
   unsigned max_background;
   unsigned congestion_threshold;
+  /* 0: each worker reads its own cloned /dev/fuse descriptor. Off when a holder keeps the descriptor for
+   * a takeover: requests a worker has read must stay on the one open file the holder shares, so the
+   * kernel can resend them to the next daemon (a cloned descriptor's requests end with its close). */
+  int clone_fd;
   /* What INIT negotiated (written once by the worker that runs INIT, read after). */
   unsigned proto_major, proto_minor, max_write, max_readahead, capable, want;
   /* Counters for status and tests, touched by the workers: atomics. */
@@ -63,6 +68,8 @@ typedef struct session {
   uint64_t max_write_seen;
   uint64_t read_bytes;
   uint64_t write_bytes;
+  /* A takeover's FUSE_NOTIFY_RESEND: 0, or the errno its write got (-1: no takeover). */
+  int resend_result;
 } session;
 
 typedef struct request {
@@ -778,7 +785,7 @@ static void *loop_thread(void *arg) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
   struct fuse_loop_config *config = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_clone_fd(config, 1);
+  fuse_loop_cfg_set_clone_fd(config, s->clone_fd);
   fuse_loop_cfg_set_max_threads(config, s->max_threads);
   fuse_loop_cfg_set_idle_threads(config, s->max_threads);
   s->loop_result = fuse_session_loop_mt(s->se, config);
@@ -798,6 +805,45 @@ static void session_finalize(napi_env env, void *data, void *hint) {
 }
 
 /*
+ * A takeover (docs/TRANSPORT.md, "A mount that outlives its daemon"): the /dev/fuse descriptor comes
+ * from the holder, on a connection the kernel initialised with the daemon that died. The kernel sends
+ * no second INIT, and libfuse answers every request before INIT with EIO, so libfuse is given an INIT
+ * of our making with what the kernel negotiated (the protocol minor the first daemon saw, the
+ * capabilities it took). libfuse's reply to it names a request the kernel does not know: the write gets
+ * ENOENT, which libfuse ignores, and the kernel's side is unchanged.
+ */
+#define VDISKFS_FUSE_NOTIFY_RESEND 7
+#define VDISKFS_TAKEOVER_UNIQUE 0x7ffffffffffffff1ULL
+static void take_over(session *s, unsigned proto_minor) {
+  struct {
+    struct fuse_in_header h;
+    struct fuse_init_in init;
+  } msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.h.len = sizeof(msg);
+  msg.h.opcode = FUSE_INIT;
+  msg.h.unique = VDISKFS_TAKEOVER_UNIQUE;
+  msg.init.major = FUSE_KERNEL_VERSION;
+  msg.init.minor = proto_minor != 0 ? proto_minor : FUSE_KERNEL_MINOR_VERSION;
+  msg.init.max_readahead = s->max_write_wanted;
+  msg.init.flags = FUSE_ASYNC_READ | FUSE_POSIX_LOCKS | FUSE_ATOMIC_O_TRUNC | FUSE_EXPORT_SUPPORT | FUSE_BIG_WRITES |
+    FUSE_DONT_MASK | FUSE_FLOCK_LOCKS | FUSE_AUTO_INVAL_DATA | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS |
+    FUSE_HANDLE_KILLPRIV | FUSE_MAX_PAGES;
+  struct fuse_buf buf = { .size = sizeof(msg), .mem = &msg };
+  fuse_session_process_buf(s->se, &buf);
+}
+
+/* FUSE_NOTIFY_RESEND: a notification with no body. Returns 0 or the errno of its write. */
+static int notify_resend(session *s) {
+  struct fuse_out_header out = { .len = sizeof(struct fuse_out_header), .error = VDISKFS_FUSE_NOTIFY_RESEND, .unique = 0 };
+  ssize_t n = write(fuse_session_fd(s->se), &out, sizeof(out));
+  return n == (ssize_t)sizeof(out) ? 0 : errno;
+}
+
+/* fd(session) -> the session's /dev/fuse descriptor (for the holder). */
+static napi_value session_fd(napi_env env, napi_callback_info info);
+
+/*
  * mount(mountpoint, options, dispatch, settings) -> session handle. options: the -o string (fsname,
  * subtype, default_permissions, allow_other...). settings: { maxWrite, maxThreads, maxBackground,
  * congestionThreshold }. Throws with libfuse's reason on failure.
@@ -810,6 +856,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   CHECK(napi_get_value_string_utf8(env, args[1], options, sizeof(options), &len));
   session *s = calloc(1, sizeof(session));
   if (s == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  s->resend_result = -1;
   s->max_write_wanted = 1024 * 1024;
   s->max_threads = 8;
   napi_value v;
@@ -818,6 +865,13 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   if (napi_has_named_property(env, args[3], "maxThreads", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "maxThreads", &v); s->max_threads = (unsigned)arg_number(env, v); }
   if (napi_has_named_property(env, args[3], "maxBackground", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "maxBackground", &v); s->max_background = (unsigned)arg_number(env, v); }
   if (napi_has_named_property(env, args[3], "congestionThreshold", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "congestionThreshold", &v); s->congestion_threshold = (unsigned)arg_number(env, v); }
+  int takeover_fd = -1;
+  unsigned takeover_minor = 0;
+  s->clone_fd = 1;
+  if (napi_has_named_property(env, args[3], "cloneFd", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "cloneFd", &v); s->clone_fd = (int)arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "takeoverFd", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "takeoverFd", &v); takeover_fd = (int)arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "protoMinor", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "protoMinor", &v); takeover_minor = (unsigned)arg_number(env, v); }
+  if (takeover_fd >= 0) s->clone_fd = 0;
 
   napi_value name;
   napi_create_string_utf8(env, "vdiskfs-fuse3", NAPI_AUTO_LENGTH, &name);
@@ -835,7 +889,9 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "fuse_session_new failed (see the line libfuse printed above)");
     return NULL;
   }
-  if (fuse_session_mount(s->se, mountpoint) != 0) {
+  char fd_path[64];
+  if (takeover_fd >= 0) snprintf(fd_path, sizeof(fd_path), "/dev/fd/%d", takeover_fd);
+  if (fuse_session_mount(s->se, takeover_fd >= 0 ? fd_path : mountpoint) != 0) {
     fuse_session_destroy(s->se);
     napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
     free(s);
@@ -843,6 +899,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
     return NULL;
   }
   s->mountpoint = strdup(mountpoint);
+  if (takeover_fd >= 0) take_over(s, takeover_minor);
   int err = pthread_create(&s->thread, NULL, loop_thread, s);
   if (err != 0) {
     fuse_session_unmount(s->se);
@@ -854,6 +911,8 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
     return NULL;
   }
   s->thread_started = 1;
+  /* The requests the dead daemon had read and not answered go back to the queue (kernel 6.9+). */
+  if (takeover_fd >= 0) s->resend_result = notify_resend(s);
   napi_value handle;
   CHECK(napi_create_external(env, s, session_finalize, NULL, &handle));
   return handle;
@@ -866,6 +925,13 @@ static session *session_of(napi_env env, napi_value value) {
     return NULL;
   }
   return pointer;
+}
+
+static napi_value session_fd(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = session_of(env, args[0]);
+  if (s == NULL) return NULL;
+  return num(env, s->destroyed || s->se == NULL ? -1 : fuse_session_fd(s->se));
 }
 
 /*
@@ -926,6 +992,8 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "readBytes", num(env, (double)__atomic_load_n(&s->read_bytes, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "maxWriteSeen", num(env, (double)__atomic_load_n(&s->max_write_seen, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "writeSizes", number_array(env, s->write_sizes, SIZE_BUCKETS));
+  napi_set_named_property(env, out, "resendResult", num(env, s->resend_result));
+  napi_set_named_property(env, out, "cloneFd", num(env, s->clone_fd));
   napi_set_named_property(env, out, "readSizes", number_array(env, s->read_sizes, SIZE_BUCKETS));
   return out;
 }
@@ -936,6 +1004,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "unmount", NULL, unmount_session, NULL, NULL, NULL, napi_default, NULL },
     { "destroy", NULL, destroy_session, NULL, NULL, NULL, napi_default, NULL },
     { "stats", NULL, session_stats, NULL, NULL, NULL, napi_default, NULL },
+    { "fd", NULL, session_fd, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },

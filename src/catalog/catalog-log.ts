@@ -196,7 +196,7 @@ export class CatalogLog {
     }
     try {
       await write(header(logId))
-      await write(encodeBatch({ removed: [], pages: [], rows: this.catalog.volumes().map(row => ({ row, withRoot: true })), meta: { next_epoch: this.catalog.getMeta('next_epoch') ?? '1' } }))
+      await write(encodeBatch({ removed: [], pages: [], rows: this.catalog.volumes().map(row => ({ row, withRoot: true })), meta: { next_epoch: this.catalog.getMeta('next_epoch') ?? '1', journal_seq: this.catalog.getMeta('journal_seq') ?? '0' } }))
       const ids = this.catalog.pageIds()
       for (let i = 0; i < ids.length; i += logSnapshotBatchPages) {
         const pages = []

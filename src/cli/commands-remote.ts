@@ -13,6 +13,7 @@ import { RemoteDefinition, makeDefinition, readRemotes } from '../remote/remotes
 import { RemoteStore } from '../remote/store'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { isBackupId } from '../remote/remote-format'
+import { RemoteKey, createKeyFile, readKeyFile } from '../remote/crypt'
 import { pullBackup, pushBackup } from '../remote/transfer-link'
 import { UsageError } from './args'
 import { bytes, table } from './format'
@@ -38,8 +39,18 @@ async function remoteOf (target: string, name: string): Promise<RemoteDefinition
   return remote
 }
 
+/** The key of an encrypted remote (read from its key file, which must still be the key it was added with), or null. */
+function keyOf (remote: RemoteDefinition): RemoteKey | null {
+  if (remote.keyFile === undefined) return null
+  const key = readKeyFile(remote.keyFile)
+  if (key.fingerprint !== remote.keyFingerprint) {
+    throw new VdiskError('NOT_PERMITTED', `remote ${remote.name}: wrong key: ${remote.keyFile} has fingerprint ${key.fingerprint}, the remote was added with ${remote.keyFingerprint ?? '?'}`)
+  }
+  return key
+}
+
 async function withStore<T> (remote: RemoteDefinition, work: (store: RemoteStore) => Promise<T>): Promise<T> {
-  const store = await RemoteStore.open(remote, remote.name)
+  const store = await RemoteStore.open(remote, remote.name, { key: keyOf(remote) })
   try { return await work(store) } finally { store.close() }
 }
 
@@ -68,6 +79,7 @@ function keepRules (values: Record<string, string>): PruneKeep {
 }
 
 const remoteSubcommands = ['add', 'list', 'remove', 'ls', 'verify', 'prune', 'gc']
+const keySubcommands = ['create', 'fingerprint']
 
 export const remoteCommands: Record<string, Command> = {
   remote: {
@@ -78,19 +90,51 @@ export const remoteCommands: Record<string, Command> = {
       throw new UsageError(`unknown subcommand '${sub}': use one of ${remoteSubcommands.map(s => `remote ${s}`).join(', ')}`)
     }
   },
+  key: {
+    usage: 'key SUBCOMMAND ...',
+    summary: `keys of encrypted remotes: key ${keySubcommands.join('|')} (below)`,
+    spec: { positionals: ['SUBCOMMAND'] },
+    async run ({ positionals: [sub] }) {
+      throw new UsageError(`unknown subcommand '${sub}': use one of ${keySubcommands.map(s => `key ${s}`).join(', ')}`)
+    }
+  },
+  'key create': {
+    usage: 'key create FILE [--json]',
+    summary: 'make a new key for an encrypted remote in FILE (mode 0600, never over an existing file); prints its fingerprint',
+    spec: { positionals: ['FILE'], booleans: json },
+    async run ({ positionals: [file], flags }) {
+      const key = createKeyFile(file)
+      print(flags.json === true, { file: key.file, fingerprint: key.fingerprint }, () => [
+        `created key ${key.file ?? file} (fingerprint ${key.fingerprint})`,
+        'Keep a copy of this file somewhere safe, away from the store and from this host: without it, nothing in a store',
+        'encrypted with it can be read back. Every host that pushes to or pulls from the store needs a copy (mode 0600).'
+      ].join('\n'))
+    }
+  },
+  'key fingerprint': {
+    usage: 'key fingerprint FILE [--json]',
+    summary: "a key file's fingerprint (what remote list and an encrypted store's errors show)",
+    spec: { positionals: ['FILE'], booleans: json },
+    async run ({ positionals: [file], flags }) {
+      const key = readKeyFile(file)
+      print(flags.json === true, { file: key.file, fingerprint: key.fingerprint }, () => key.fingerprint)
+    }
+  },
   'remote add': {
-    usage: 'remote add MNT NAME s3://BUCKET[/PREFIX] [--endpoint URL] [--region R] [--grace-period SECONDS] [--json]',
-    summary: 'add a remote dedup store on S3 to the pool (bucket and store created if missing; credentials from the AWS environment)',
-    spec: { positionals: ['MNT', 'NAME', 'URL'], booleans: json, values: { endpoint: ['--endpoint'], region: ['--region'], grace: ['--grace-period'] } },
+    usage: 'remote add MNT NAME s3://BUCKET[/PREFIX] [--endpoint URL] [--region R] [--key FILE] [--grace-period SECONDS] [--json]',
+    summary: 'add a remote dedup store on S3 to the pool (bucket and store created if missing; credentials from the AWS environment); with --key, encrypted on this host with that key (vdiskfs key create)',
+    spec: { positionals: ['MNT', 'NAME', 'URL'], booleans: json, values: { endpoint: ['--endpoint'], region: ['--region'], grace: ['--grace-period'], key: ['--key'] } },
     async run ({ positionals: [mnt, name, url], flags, values }) {
-      const definition = makeDefinition(name, url, values.endpoint, values.region)
+      const key = values.key === undefined ? null : readKeyFile(values.key)
+      const definition = makeDefinition(name, url, values.endpoint, values.region, key === null ? undefined : { file: key.file ?? values.key!, fingerprint: key.fingerprint })
       if (values.grace !== undefined && !/^[1-9]\d*$/.test(values.grace)) throw new UsageError(`--grace-period needs a number of seconds, not '${values.grace}'`)
-      // The store first: a remote that cannot be reached is not added.
-      const store = await RemoteStore.open(definition, name, { create: true, graceSeconds: values.grace === undefined ? undefined : Number(values.grace) })
+      // The store first: a remote that cannot be reached, or whose key this is not, is not added.
+      const store = await RemoteStore.open(definition, name, { create: true, graceSeconds: values.grace === undefined ? undefined : Number(values.grace), key })
       const graceSeconds = store.marker.graceSeconds
       store.close()
-      const added = await call(mountpointArg(mnt), 'remoteAdd', { name, url, endpoint: values.endpoint, region: values.region }) as RemoteDefinition
-      print(flags.json === true, { ...added, graceSeconds }, () => `added remote ${name}: ${url}${added.endpoint === undefined ? '' : ` at ${added.endpoint}`} (gc grace period ${graceSeconds} s)`)
+      const added = await call(mountpointArg(mnt), 'remoteAdd', { name, url, endpoint: values.endpoint, region: values.region, keyFile: definition.keyFile, keyFingerprint: definition.keyFingerprint }) as RemoteDefinition
+      print(flags.json === true, { ...added, encrypted: key !== null, graceSeconds }, () => `added remote ${name}: ${url}${added.endpoint === undefined ? '' : ` at ${added.endpoint}`} (gc grace period ${graceSeconds} s)` +
+        (key === null ? '' : `, encrypted with key ${definition.keyFile ?? ''} (fingerprint ${key.fingerprint})`))
     }
   },
   'remote list': {
@@ -99,7 +143,7 @@ export const remoteCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: json },
     async run ({ positionals: [mnt], flags }) {
       const remotes = await onlineOrOffline(mnt, 'remotes', async mountpoint => await call(mountpoint, 'remoteList') as RemoteDefinition[], async (pool: Pool) => readRemotes(pool.dir))
-      print(flags.json === true, remotes, () => remotes.length === 0 ? 'no remotes' : table(['NAME', 'URL', 'ENDPOINT', 'ADDED'], remotes.map(r => [r.name, r.url, r.endpoint ?? '-', r.added])))
+      print(flags.json === true, remotes, () => remotes.length === 0 ? 'no remotes' : table(['NAME', 'URL', 'ENDPOINT', 'KEY', 'ADDED'], remotes.map(r => [r.name, r.url, r.endpoint ?? '-', r.keyFingerprint ?? '-', r.added])))
     }
   },
   'remote remove': {
@@ -122,7 +166,7 @@ export const remoteCommands: Record<string, Command> = {
   },
   'remote verify': {
     usage: 'remote verify MNT REMOTE [--json]',
-    summary: 'read every chunk of every backup in a remote and check it against its id',
+    summary: 'read every chunk of every backup in a remote and check it against its id (in an encrypted remote: authenticate it, without decompressing)',
     spec: { positionals: ['MNT', 'REMOTE'], booleans: json },
     async run ({ positionals: [mnt, name], flags }) {
       const remote = await remoteOf(mnt, name)

@@ -72,7 +72,7 @@ const coreCommands: Record<string, Command> = {
   mount: {
     usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--transport fuse-native|fuse3] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'], takeoverFd: ['--takeover-fd'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       // Checked here, before a daemon starts: the flag, else VDISKFS_TRANSPORT, else fuse-native.
       const transport = chooseTransport(values.transport)
@@ -81,6 +81,9 @@ const coreCommands: Record<string, Command> = {
       const poolDir = path.resolve(pool)
       if (flags.foreground === true) {
         const child = flags.child === true && process.send !== undefined
+        // Internal: the holder of a FUSE 3 mount starts a daemon with the mount's descriptor (docs/TRANSPORT.md).
+        const takeoverFd = values.takeoverFd === undefined ? undefined : Number(values.takeoverFd)
+        if (takeoverFd !== undefined && !(Number.isInteger(takeoverFd) && takeoverFd >= 0)) throw new VdiskError('INVALID', `--takeover-fd ${String(values.takeoverFd)}: not a descriptor number`)
         await runDaemon({
           pool: poolDir,
           mountpoint,
@@ -89,9 +92,10 @@ const coreCommands: Record<string, Command> = {
           xattrs: flags.xattrs === true,
           allowOther: flags.allowOther === true,
           transport,
-          logToFile: child,
+          takeoverFd,
+          logToFile: child || takeoverFd !== undefined,
           onReady: () => {
-            if (child) { process.send?.({ ready: true }); process.disconnect?.() } else process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
+            if (child) { process.send?.({ ready: true }); process.disconnect?.() } else if (takeoverFd === undefined) process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
           }
         }).catch(async err => {
           if (child) {

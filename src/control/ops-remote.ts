@@ -16,9 +16,12 @@ export function remoteHandlers ({ pool, log }: HandlerContext): Record<string, H
   }
   return {
     remoteAdd: async args => {
-      const definition = makeDefinition(text(args, 'name')!, text(args, 'url')!, text(args, 'endpoint', false), text(args, 'region', false))
+      const keyFile = text(args, 'keyFile', false)
+      const key = keyFile === undefined ? undefined : { file: keyFile, fingerprint: text(args, 'keyFingerprint')! }
+      const definition = makeDefinition(text(args, 'name')!, text(args, 'url')!, text(args, 'endpoint', false), text(args, 'region', false), key)
       addRemote(pool.dir, definition)
-      log(`remote ${definition.name} added: ${definition.url}${definition.endpoint === undefined ? '' : ` at ${definition.endpoint}`}`)
+      // The key's fingerprint only: the daemon never sees the key.
+      log(`remote ${definition.name} added: ${definition.url}${definition.endpoint === undefined ? '' : ` at ${definition.endpoint}`}${key === undefined ? '' : ` (encrypted, key fingerprint ${key.fingerprint})`}`)
       return definition
     },
     remoteRemove: async args => {

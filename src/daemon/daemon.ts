@@ -12,6 +12,7 @@
  * It spawns no long-lived child: the /dev/fuse descriptor is inherited across exec, and a child
  * holding it would make a killed daemon's mount hang instead of failing.
  */
+import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
@@ -20,10 +21,10 @@ import { SpaceAccounting } from '../volume/space'
 import { createOperations } from '../fuse/adapter'
 import { VdiskFuse } from '../fuse/mount-options'
 import { createLowLevelOperations } from '../fuse/fuse3-ops'
-import { Fuse3Transport } from '../fuse/fuse3-transport'
+import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
-import { daemonLogFile, daemonPidFile } from '../format/pool-format'
+import { daemonLogFile, daemonPidFile, fuseHandlesFile } from '../format/pool-format'
 import { checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
 import { mounts } from './mountinfo'
 import { VdiskError, corrupt } from '../errors'
@@ -51,6 +52,12 @@ export interface DaemonOptions {
    * addon over libfuse 3's low-level API (fuse/fuse3-transport.ts, docs/TRANSPORT.md).
    */
   transport?: Transport
+  /**
+   * Take over a FUSE 3 mount whose daemon died: its /dev/fuse descriptor, passed by the holder
+   * (native/fuse3/vdiskfs_holder.c) as this fd. The mount is there already, so the mountpoint is not
+   * checked nor touched (a call on it would wait for this very daemon).
+   */
+  takeoverFd?: number
   /** Called once the mount answers. */
   onReady: () => void
 }
@@ -68,15 +75,20 @@ export function chooseTransport (asked: string | undefined): Transport {
 export async function runDaemon (options: DaemonOptions): Promise<void> {
   // The real path: the kernel mounts there, and the unmount watcher and the control socket's name
   // must agree with it (a symbolic link in /tmp would otherwise leave a dead mount behind).
+  // A takeover's mountpoint is the real path the first daemon resolved (and a look at it now would wait
+  // for this daemon, which does not serve yet).
+  const takeover = options.takeoverFd !== undefined
   let mountpoint = path.resolve(options.mountpoint)
-  try { mountpoint = fs.realpathSync(mountpoint) } catch {}
+  if (!takeover) try { mountpoint = fs.realpathSync(mountpoint) } catch {}
   // Everything the daemon creates in the pool (catalog, WAL, extents, packs, log, pid) is its owner's
   // alone, whatever umask it was started with; Pool.open tightens the directory itself.
   process.umask(0o077)
   checkFuseAvailable()
-  checkMountpoint(mountpoint)
-  checkPoolApart(options.pool, mountpoint)
-  checkUnprivilegedMount(mountpoint, options.allowOther === true)
+  if (!takeover) {
+    checkMountpoint(mountpoint)
+    checkPoolApart(options.pool, mountpoint)
+    checkUnprivilegedMount(mountpoint, options.allowOther === true)
+  }
   // Before mounting: a control directory we may not use must not leave a mount behind.
   checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
   // stderr until the pool is open; then daemon.log in the background (daemon-log.ts).
@@ -92,20 +104,27 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
-  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed): what it committed is kept, extents it was writing are checked')
+  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
+  const transport = takeover ? 'fuse3' : chooseTransport(options.transport)
+  const fuse3 = transport === 'fuse3'
+  // The FUSE 3 mount outlives this daemon when a holder keeps its descriptor: root only for now (a
+  // user's mount goes through fusermount3, whose descriptor passing is not wired up yet).
+  const holder = fuse3 && (process.getuid?.() ?? 0) === 0 && process.env.VDISKFS_HOLDER !== '0'
+  // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
+  // volume removed while open stays for its holders.
+  const operations = fuse3
+    ? createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
+    : createOperations({ pool, space, log, xattrs: options.xattrs })
   const dropped = await pool.dropHidden()
   if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const recovered = await pool.recover()
   if (recovered > 0) log(`start: recomputed the checksums of ${recovered} sectors written after the last commit of an unclean stop`)
+  // What the change journal brought back (Pool.open replayed it) is committed before anything is served.
+  if (pool.replayedChanges > 0) await pool.commit()
   const collected = await pool.gc()
   if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
-  const transport = chooseTransport(options.transport)
-  const fuse3 = transport === 'fuse3'
-  const operations = fuse3
-    ? createLowLevelOperations({ pool, space, log, xattrs: options.xattrs })
-    : createOperations({ pool, space, log, xattrs: options.xattrs })
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
@@ -116,7 +135,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   try {
     fuse = fuse3
       // The kernel checks permissions against the owner and mode each image keeps in the catalog.
-      ? new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log })
+      ? new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
       : new VdiskFuse(mountpoint, operations, { timeout: false, fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true })
   } catch (err) {
     await pool.close()
@@ -128,8 +147,18 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     await pool.close()
     throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
   }
-  log(`mounted ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'}, transport ${transport})`)
-  await tuneReadAhead(mountpoint, log)
+  log(`${takeover ? 'took over the mount of' : 'mounted'} ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'}, transport ${transport})`)
+  // The holder: the one that started this daemon after a takeover, else a new one.
+  let holderPid: number | null = null
+  if (takeover) {
+    holderPid = process.ppid
+    const resend = fuse instanceof Fuse3Transport ? fuse.stats()?.resendResult : undefined
+    log(`takeover: the daemon before this one stopped without unmounting; the holder (pid ${holderPid}) kept the mount; ` +
+      (resend === 0 ? 'the kernel resends the requests it had not answered' : `FUSE_NOTIFY_RESEND failed (errno ${String(resend)}): requests it had read are lost`))
+  } else {
+    await tuneReadAhead(mountpoint, log)
+    if (holder && fuse instanceof Fuse3Transport) holderPid = startHolder(fuse, pool.dir, mountpoint, options, log)
+  }
 
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
@@ -175,6 +204,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     stopping = (async () => {
       daemonLog.stopping()
       log(`stopping: ${reason}`)
+      // A clean stop: the holder must not start another daemon.
+      if (holderPid !== null) { try { process.kill(holderPid, 'SIGTERM') } catch {} }
       metrics.stop()
       clearInterval(commitTimer)
       clearInterval(gcTimer)
@@ -198,6 +229,36 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   process.on('uncaughtException', err => { log(`bug: ${err?.stack ?? String(err)}`); process.exitCode = 1; void stop('a bug (see the line above)', true) })
   process.on('unhandledRejection', err => { log(`bug: unhandled rejection: ${(err as Error)?.stack ?? String(err)}`) })
   options.onReady()
+}
+
+/**
+ * Starts the holder (native/fuse3/vdiskfs_holder.c): detached, with the mount's /dev/fuse descriptor as
+ * its fd 3 and the command that takes the mount over (this daemon's options, --takeover-fd 3). Its
+ * lines go to daemon.log. Returns its pid, or null when it could not start (logged; the mount then
+ * ends with this daemon, as on fuse-native).
+ */
+function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string, options: DaemonOptions, log: (message: string) => void): number | null {
+  const fd = fuse.fd()
+  if (fd < 0 || !fs.existsSync(fuse3HolderPath)) {
+    log(`no holder: ${fd < 0 ? 'the session has no descriptor' : `${fuse3HolderPath} is missing (make native)`}; the mount ends with this daemon`)
+    return null
+  }
+  const restart = [process.execPath, process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--takeover-fd', '3']
+  if (options.xattrs === true) restart.push('--xattrs')
+  if (options.allowOther === true) restart.push('--allow-other')
+  let logFd: number | 'ignore' = 'ignore'
+  try { logFd = fs.openSync(path.join(poolDir, daemonLogFile), 'a', 0o600) } catch {}
+  try {
+    const child = spawn(fuse3HolderPath, [String(process.pid), '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', logFd, fd] })
+    child.unref()
+    log(`holder started (pid ${String(child.pid)}): the mount outlives this daemon`)
+    return child.pid ?? null
+  } catch (err) {
+    log(`no holder: ${(err as Error).message}; the mount ends with this daemon`)
+    return null
+  } finally {
+    if (typeof logFd === 'number') fs.closeSync(logFd)
+  }
 }
 
 /** Raises the mount's read-ahead (default 128 KiB) to readAheadKibibytes. */

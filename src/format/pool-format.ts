@@ -26,6 +26,12 @@ export const quarantineDir = 'quarantine'
 /** Daemon log and pid, for people. */
 export const daemonLogFile = 'daemon.log'
 export const daemonPidFile = 'daemon.pid'
+/**
+ * The FUSE 3 transport's open file handles while a holder keeps the mount (fuse/fuse3-ops.ts): JSON
+ * [[fh, volumeId, writable], ...], rewritten at each open and release, so that a daemon taking the
+ * mount over knows the handles the kernel still uses.
+ */
+export const fuseHandlesFile = 'fuse-handles.json'
 
 export interface PoolHeader {
   magic: typeof poolMagic

@@ -12,6 +12,7 @@
  * Each handler takes the request's arguments and, last, a callback: (0, results...) or (-errno).
  * DaemonMetrics.measureOperations wraps them like the path-based ones.
  */
+import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
 import { Pool } from '../volume/pool'
@@ -20,7 +21,6 @@ import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
 import { SpaceAccounting } from '../volume/space'
 import { fallocate, xattrNames, xattrPrefix, xattrValue } from './volume-ops'
-import { fuse3CopyPieceBytes, fuse3CopyRequestBytesMax } from '../limits'
 
 export const rootInode = 1
 export const volumeInodeBase = 16
@@ -56,13 +56,54 @@ export interface LowLevelOptions {
   space: SpaceAccounting
   log: (message: string) => void
   xattrs?: boolean
+  /**
+   * Keep the open handles in this file (format/pool-format.ts, fuseHandlesFile) while a holder keeps the
+   * mount, so that a daemon taking it over serves the files the kernel still has open.
+   */
+  handlesFile?: string
+  /** This daemon takes a mount over: restore the handles from handlesFile. */
+  takeover?: boolean
 }
 
 type Callback = (code: number, ...results: any[]) => void
 
-export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevelOptions): Record<string, (...args: any[]) => void> {
+export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFile, takeover }: LowLevelOptions): Record<string, (...args: any[]) => void> {
   const handles = new Map<number, Handle>()
   let nextHandle = 1
+
+  /**
+   * Writes the handles (before the reply that gives the kernel a new one, after a release): a write
+   * and a rename, no fsync, since the file only has to outlive this process, not the machine.
+   */
+  function saveHandles (): void {
+    if (handlesFile === undefined) return
+    const rows = [...handles].map(([fh, h]) => [fh, h.volume.id, h.writable ? 1 : 0])
+    try {
+      fs.writeFileSync(`${handlesFile}.tmp`, JSON.stringify({ next: nextHandle, handles: rows }), { mode: 0o600 })
+      fs.renameSync(`${handlesFile}.tmp`, handlesFile)
+    } catch (err) {
+      log(`could not save the open handles (a takeover would not know them): ${(err as Error).message}`)
+    }
+  }
+
+  if (handlesFile !== undefined && takeover === true) {
+    try {
+      const saved = JSON.parse(fs.readFileSync(handlesFile, 'utf8')) as { next: number, handles: Array<[number, number, number]> }
+      for (const [fh, id, writable] of saved.handles) {
+        const volume = pool.byId(id)
+        if (volume === undefined) { log(`takeover: open handle ${fh} named volume ${id}, which is gone`); continue }
+        pool.opened(volume, writable === 1)
+        handles.set(fh, { volume, writable: writable === 1 })
+        nextHandle = Math.max(nextHandle, fh + 1)
+      }
+      nextHandle = Math.max(nextHandle, saved.next)
+      log(`takeover: ${handles.size} open handles restored`)
+    } catch (err) {
+      log(`takeover: no open handles restored (${(err as Error).message}): files the kernel had open get EBADF`)
+    }
+  } else if (handlesFile !== undefined) {
+    saveHandles()
+  }
   const uid = process.getuid?.() ?? 0
   const gid = process.getgid?.() ?? 0
   const mountedMs = Date.now()
@@ -202,6 +243,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       } catch (err) { cb(toErrno(err, log)); return }
       const fh = nextHandle++
       handles.set(fh, { volume, writable })
+      saveHandles()
       cb(0, fh)
     },
 
@@ -227,6 +269,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       work().then(volume => {
         const fh = nextHandle++
         handles.set(fh, { volume, writable: true })
+        saveHandles()
         log(`create: ${dirNameOf[kind]}/${name}`)
         cb(0, fileAttr(volume), fh)
       }, fail(cb))
@@ -253,7 +296,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
 
     release (_ino: number, fh: number | null, cb: Callback) {
       const handle = fh === null ? undefined : handles.get(fh)
-      if (fh !== null) handles.delete(fh)
+      if (fh !== null && handles.delete(fh)) saveHandles()
       if (handle === undefined) { cb(0); return }
       pool.released(handle.volume).then(() => cb(0), err => { log(`release: ${(err as Error).message}`); cb(0) })
     },
@@ -319,8 +362,8 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
       }, fail(cb))
     },
 
-    // A plain copy through the volumes, in bounded pieces; at most fuse3CopyRequestBytesMax per request
-    // (the caller asks again for the rest). Sharing whole blocks (O(1)) needs an engine API: not yet.
+    // Within the pool: whole blocks shared (O(1) per block, as vdiskfs cp), the rest copied; bounded
+    // per request (the caller asks again for the rest). pool.copyRange (volume/range-copy.ts).
     copy_file_range (_ino: number, fhIn: number | null, offsetIn: number, _inoOut: number, fhOut: number, offsetOut: number, length: number, _flags: number, cb: Callback) {
       let source: Handle
       let target: Handle
@@ -329,20 +372,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs }: LowLevel
         target = handleOf(fhOut)
       } catch (err) { cb(toErrno(err, log)); return }
       if (!target.writable) { cb(EBADF); return }
-      const work = async (): Promise<number> => {
-        const total = Math.min(length, fuse3CopyRequestBytesMax, Math.max(0, source.volume.size - offsetIn))
-        const piece = Buffer.allocUnsafe(Math.min(fuse3CopyPieceBytes, Math.max(total, 1)))
-        let done = 0
-        while (done < total) {
-          const want = Math.min(piece.length, total - done)
-          const got = await source.volume.read(piece.subarray(0, want), offsetIn + done)
-          if (got <= 0) break
-          await target.volume.write(Buffer.from(piece.subarray(0, got)), offsetOut + done)
-          done += got
-        }
-        return done
-      }
-      work().then(count => cb(0, count), fail(cb))
+      pool.copyRange(source.volume, target.volume, offsetIn, offsetOut, length).then(copied => cb(0, copied.bytes), fail(cb))
     },
 
     getxattr (ino: number, name: string, _size: number, cb: Callback) {

@@ -24,6 +24,7 @@ interface Fuse3Native {
   unmount: (session: Session) => number
   destroy: (session: Session) => void
   stats: (session: Session) => Fuse3Stats
+  fd: (session: Session) => number
   replyErr: (request: Handle, errno: number) => void
   replyEntry: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
   replyAttr: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
@@ -52,6 +53,10 @@ export interface Fuse3Stats {
   maxWriteSeen: number
   writeSizes: number[]
   readSizes: number[]
+  /** A takeover's FUSE_NOTIFY_RESEND: 0, or the errno of its write; -1 when this daemon mounted. */
+  resendResult: number
+  /** 1: each worker reads its own cloned descriptor; 0 when a holder shares the descriptor. */
+  cloneFd: number
 }
 
 export interface Fuse3Options {
@@ -60,10 +65,15 @@ export interface Fuse3Options {
   defaultPermissions: boolean
   allowOther: boolean
   log: (message: string) => void
+  /** Take over a mount whose daemon died: its /dev/fuse descriptor (docs/TRANSPORT.md). */
+  takeoverFd?: number
+  /** A holder shares the descriptor: no cloned descriptors, so the kernel keeps what a dead daemon read. */
+  shareFd?: boolean
 }
 
-/** Where the Makefile builds the addon (make native). */
+/** Where the Makefile builds the addon and the holder (make native). */
 export const fuse3AddonPath = path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
+export const fuse3HolderPath = path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs-holder')
 
 let loaded: Fuse3Native | null = null
 export function loadFuse3Native (): Fuse3Native {
@@ -101,6 +111,11 @@ export class Fuse3Transport {
     return this.session === null ? null : this.native.stats(this.session)
   }
 
+  /** The session's /dev/fuse descriptor (-1 when there is none), for the holder. */
+  fd (): number {
+    return this.session === null ? -1 : this.native.fd(this.session)
+  }
+
   mount (cb: (err: Error | null) => void): void {
     const mountOptions = [`fsname=${this.options.fsname}`, `subtype=${this.options.subtype}`]
     if (this.options.defaultPermissions) mountOptions.push('default_permissions')
@@ -110,7 +125,9 @@ export class Fuse3Transport {
         maxWrite: fuse3MaxWriteBytes,
         maxThreads: fuse3Threads,
         maxBackground: fuseBackgroundMax,
-        congestionThreshold: fuseCongestionThreshold
+        congestionThreshold: fuseCongestionThreshold,
+        cloneFd: this.options.shareFd === true || this.options.takeoverFd !== undefined ? 0 : 1,
+        ...(this.options.takeoverFd !== undefined ? { takeoverFd: this.options.takeoverFd } : {})
       })
     } catch (err) {
       cb(err as Error)

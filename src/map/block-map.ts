@@ -25,6 +25,8 @@ export class BlockMap {
    * after a restart (or a gc, which deletes unreferenced pages) they are garbage as before.
    */
   private readonly spares: number[] = []
+  /** Told of every entry set (the change journal, volume/journal.ts); null: nobody listens. */
+  onSet: ((block: number, entry: number) => void) | null = null
 
   constructor (
     private readonly pages: PageStore,
@@ -71,6 +73,7 @@ export class BlockMap {
     if (old === 0) this.allocatedBlocks++
     else if (entry === 0) this.allocatedBlocks--
     this.storedBytes += this.sizeOf(entry) - this.sizeOf(old)
+    if (this.onSet !== null) this.onSet(block, entry)
   }
 
   /** Grows or shrinks the map to `blocks` blocks; blocks past the end become holes. */

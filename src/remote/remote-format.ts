@@ -16,13 +16,18 @@ import { blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
 import { VdiskError, corrupt } from '../errors'
 import { constants as bufferConstants } from 'node:buffer'
 import { blockBytesMax, blockBytesMin, volumeBytesMax } from '../limits'
+import { sealCipherName, sealOverheadBytes } from './crypt'
 
 export const storeMarkerKey = 'vdiskfs-store.json'
 export const storeFormat = 'vdiskfs-remote-store'
 export const storeVersion = 1
+/** The marker of an encrypted store (crypt.ts): version 2, with an `encryption` field. Version 1 stores stay plain. */
+export const storeVersionEncrypted = 2
 export const chunksPrefix = 'chunks/'
 export const manifestsPrefix = 'manifests/'
 export const manifestSuffix = '.json'
+/** An encrypted store's manifests are sealed (crypt.ts), not JSON: another suffix, so neither is taken for the other. */
+export const manifestSuffixSealed = '.enc'
 export const manifestFormat = 'vdiskfs-remote-manifest'
 export const manifestVersion = 1
 
@@ -72,8 +77,11 @@ export const chunkHeaderBytes = 4 + 1 + 1 + 2 + 4 + 32
  */
 /** The store marker: four short fields (about 120 bytes). */
 export const storeMarkerBytesMax = 4096
-/** A chunk: the header, then the largest block raw or zstd's bound for it (ZSTD_COMPRESSBOUND: n + n/256 at 1 MiB). */
-export const chunkObjectBytesMax = chunkHeaderBytes + blockBytesMax + (blockBytesMax >> 8)
+/**
+ * A chunk: the header, then the largest block raw or zstd's bound for it (ZSTD_COMPRESSBOUND: n + n/256 at
+ * 1 MiB), and in an encrypted store the seal's header and tag around it.
+ */
+export const chunkObjectBytesMax = chunkHeaderBytes + blockBytesMax + (blockBytesMax >> 8) + sealOverheadBytes
 /**
  * A manifest: its fields (each name at most 255 bytes, 6 bytes of JSON escape each at worst) and one
  * entry per block of the largest volume at the smallest block size ('[index,"64 hex"],': 86 bytes at
@@ -82,7 +90,7 @@ export const chunkObjectBytesMax = chunkHeaderBytes + blockBytesMax + (blockByte
  */
 export const manifestFieldsBytesMax = 64 * 1024
 export const manifestEntryBytesMax = 86
-export const manifestBytesMax = Math.min(manifestFieldsBytesMax + manifestEntryBytesMax * (volumeBytesMax / blockBytesMin), bufferConstants.MAX_STRING_LENGTH)
+export const manifestBytesMax = Math.min(manifestFieldsBytesMax + manifestEntryBytesMax * (volumeBytesMax / blockBytesMin), bufferConstants.MAX_STRING_LENGTH) + sealOverheadBytes
 
 /** The BLAKE3-256 of `data` as 64 hex digits (through the string form: blake-hash's Buffer one leaks, see workers/hash.ts). */
 export function blake3Hex (data: Uint8Array): string {
@@ -93,8 +101,8 @@ export function chunkKey (prefix: string, id: string): string {
   return `${prefix}${chunksPrefix}${id.slice(0, 2)}/${id}`
 }
 
-export function manifestKey (prefix: string, id: string): string {
-  return `${prefix}${manifestsPrefix}${id}${manifestSuffix}`
+export function manifestKey (prefix: string, id: string, suffix = manifestSuffix): string {
+  return `${prefix}${manifestsPrefix}${id}${suffix}`
 }
 
 /** The chunk id in a chunk key, or null when the key is not a chunk's. */
@@ -105,10 +113,10 @@ export function chunkIdOfKey (prefix: string, key: string): string | null {
 }
 
 /** The backup id in a manifest key, or null when the key is not a manifest's. */
-export function backupIdOfKey (prefix: string, key: string): string | null {
+export function backupIdOfKey (prefix: string, key: string, suffix = manifestSuffix): string | null {
   const rest = key.startsWith(prefix + manifestsPrefix) ? key.slice(prefix.length + manifestsPrefix.length) : ''
-  const match = /^([0-9a-f]{32})\.json$/.exec(rest)
-  return match === null ? null : match[1]
+  const match = /^([0-9a-f]{32})(\.[a-z]+)$/.exec(rest)
+  return match === null || match[2] !== suffix ? null : match[1]
 }
 
 export function isBackupId (text: string): boolean { return /^[0-9a-f]{32}$/.test(text) }
@@ -139,16 +147,25 @@ export function decodeChunkHeader (object: Buffer, what: string): ChunkHeader {
   return { encoding, rawBytes, id: object.subarray(12, 44).toString('hex') }
 }
 
-/** What a store's marker object holds. */
-export interface StoreMarker { format: string, version: number, graceSeconds: number, created: string }
+/**
+ * What a store's marker object holds. An encrypted store's (version 2) names its cipher and its key's
+ * fingerprint (crypt.ts): not a secret, it tells a wrong key from damage.
+ */
+export interface StoreMarker { format: string, version: number, graceSeconds: number, created: string, encryption?: { cipher: string, keyFingerprint: string } }
 
 export function decodeStoreMarker (text: string, what: string): StoreMarker {
   let value: unknown
   try { value = JSON.parse(text) } catch { throw corrupt(`${what}: the store marker is not JSON`) }
   const marker = value as StoreMarker
   if (marker === null || typeof marker !== 'object' || marker.format !== storeFormat) throw corrupt(`${what}: not a vdiskfs store marker`)
-  if (marker.version !== storeVersion) throw new VdiskError('INVALID', `${what}: store version ${String(marker.version)} is not supported (this vdiskfs reads version ${storeVersion})`)
+  if (marker.version !== storeVersion && marker.version !== storeVersionEncrypted) throw new VdiskError('INVALID', `${what}: store version ${String(marker.version)} is not supported (this vdiskfs reads versions ${storeVersion} and ${storeVersionEncrypted})`)
   if (typeof marker.graceSeconds !== 'number' || !(marker.graceSeconds > 0)) throw corrupt(`${what}: the store marker has no valid grace period`)
+  if (marker.version === storeVersionEncrypted) {
+    const e = marker.encryption
+    if (e === null || typeof e !== 'object' || e.cipher !== sealCipherName || typeof e.keyFingerprint !== 'string' || !/^[0-9a-f]{4}(:[0-9a-f]{4}){7}$/.test(e.keyFingerprint)) {
+      throw corrupt(`${what}: the marker of an encrypted store names no valid cipher and key fingerprint`)
+    }
+  } else if (marker.encryption !== undefined) throw corrupt(`${what}: a version ${storeVersion} store marker with an encryption field`)
   return marker
 }
 
@@ -182,9 +199,10 @@ export function encodeManifest (manifest: Manifest): { id: string, bytes: Buffer
  * Decodes a manifest fetched for backup `id` and checks it whole: its bytes against the id, every field,
  * the block list's order and bounds. Errors: CORRUPT naming the backup.
  */
-export function decodeManifest (id: string, bytes: Buffer): Manifest {
+export function decodeManifest (id: string, bytes: Buffer, keyedId?: (bytes: Buffer) => string): Manifest {
   const what = `remote backup ${id}`
-  if (blake3Hex(bytes).slice(0, backupIdHexLength) !== id) throw corrupt(`${what}: its manifest is damaged (its checksum does not match its id)`)
+  // An encrypted store's manifest ids are keyed (crypt.ts: RemoteKey.manifestId), a plain store's its BLAKE3.
+  if ((keyedId === undefined ? blake3Hex(bytes).slice(0, backupIdHexLength) : keyedId(bytes)) !== id) throw corrupt(`${what}: its manifest is damaged (its checksum does not match its id)`)
   let value: unknown
   try { value = JSON.parse(bytes.toString('utf8')) } catch { throw corrupt(`${what}: its manifest is not JSON`) }
   const m = value as Manifest

@@ -2,7 +2,9 @@
  * The remotes a pool knows (`vdiskfs remote add`): name -> where its store is (bucket, prefix, endpoint,
  * region). Kept in POOL/remotes.json, 0600, replaced atomically (a temporary file written, fsynced and
  * renamed over it, then the directory fsynced). Never credentials: those stay in the environment of
- * whoever runs push/pull (the AWS variables and shared config files).
+ * whoever runs push/pull (the AWS variables and shared config files). Never a key either: an encrypted
+ * remote records its key file's path and the key's fingerprint (not a secret), and push and pull read the
+ * key file themselves.
  */
 import fs from 'node:fs'
 import path from 'node:path'
@@ -12,7 +14,14 @@ import { RemoteLocation, parseS3Url, urlWithoutCredentials } from './s3-store'
 export const remotesFile = 'remotes.json'
 export const remotesVersion = 1
 
-export interface RemoteDefinition extends RemoteLocation { name: string, url: string, added: string }
+export interface RemoteDefinition extends RemoteLocation {
+  name: string
+  url: string
+  added: string
+  /** An encrypted remote's key file (an absolute path) and its key's fingerprint (crypt.ts). */
+  keyFile?: string
+  keyFingerprint?: string
+}
 
 interface RemotesFile { version: number, remotes: RemoteDefinition[] }
 
@@ -21,7 +30,7 @@ export function checkRemoteName (name: string): void {
 }
 
 /** Checks what `remote add` was given and makes the definition. Errors: INVALID. */
-export function makeDefinition (name: string, url: string, endpoint?: string, region?: string): RemoteDefinition {
+export function makeDefinition (name: string, url: string, endpoint?: string, region?: string, key?: { file: string, fingerprint: string }): RemoteDefinition {
   checkRemoteName(name)
   const { bucket, prefix } = parseS3Url(url)
   if (endpoint !== undefined) {
@@ -39,6 +48,12 @@ export function makeDefinition (name: string, url: string, endpoint?: string, re
   const definition: RemoteDefinition = { name, url, bucket, prefix, added: new Date().toISOString() }
   if (endpoint !== undefined) definition.endpoint = endpoint
   if (region !== undefined) definition.region = region
+  if (key !== undefined) {
+    if (!path.isAbsolute(key.file) || key.file.includes('\n')) throw invalid('the key file must be given as an absolute path')
+    if (!/^[0-9a-f]{4}(:[0-9a-f]{4}){7}$/.test(key.fingerprint)) throw invalid(`invalid key fingerprint '${key.fingerprint}'`)
+    definition.keyFile = key.file
+    definition.keyFingerprint = key.fingerprint
+  }
   return definition
 }
 
@@ -59,7 +74,8 @@ export function readRemotes (poolDir: string): RemoteDefinition[] {
   // Re-derived from what was given, so a hand-edited file is held to the same rules as `remote add`.
   return parsed.remotes.map(r => {
     try {
-      return { ...makeDefinition(r.name, r.url, r.endpoint, r.region), added: String(r.added) }
+      const key = r.keyFile === undefined && r.keyFingerprint === undefined ? undefined : { file: String(r.keyFile), fingerprint: String(r.keyFingerprint) }
+      return { ...makeDefinition(r.name, r.url, r.endpoint, r.region, key), added: String(r.added) }
     } catch (err) {
       if (!(err instanceof VdiskError)) throw err
       throw new VdiskError(err.code, `${file}: remote ${r.name}: ${err.message} (edit or remove the entry in the file)`)

@@ -10,6 +10,11 @@
  * with a modification time within grace/4 of now, or touched: copied onto itself) and writes its manifest
  * within grace/2 of its first existence check, re-checking every chunk when it took longer. So a chunk a
  * push relies on is either named by a manifest gc lists, or too young for gc to remove.
+ *
+ * An encrypted store (crypt.ts; its marker is version 2) is the same store with three differences: a
+ * chunk's object is named by a keyed hash of its id (RemoteKey.chunkName) and holds the plain chunk object
+ * sealed; a manifest is sealed, named manifests/ID.enc with a keyed id; gc and verify work on object names.
+ * Inside, manifests and chunk headers still carry the plain BLAKE3 ids, checked on every read.
  */
 import * as zstd from 'zstd-napi/binding'
 import { VdiskError, corrupt, invalid, notFound } from '../errors'
@@ -17,8 +22,9 @@ import {
   Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockRange, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
   chunkKey, chunkObjectBytesMax, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
   manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteBatchBlocks, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
-  remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion
+  remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed
 } from './remote-format'
+import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest } from './crypt'
 import { RemoteLocation, S3Store } from './s3-store'
 
 /** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
@@ -55,9 +61,20 @@ export class RemoteStore {
   private readonly cctx = new zstd.CCtx()
   private readonly dctx = new zstd.DCtx()
 
-  private constructor (readonly s3: S3Store, readonly marker: StoreMarker) {
+  private constructor (readonly s3: S3Store, readonly marker: StoreMarker, readonly key: RemoteKey | null) {
     this.cctx.setParameter(zstd.CParameter.compressionLevel, zstdLevel)
   }
+
+  get encrypted (): boolean { return this.key !== null }
+  private get manifestSuffix (): string { return this.key === null ? manifestSuffix : manifestSuffixSealed }
+
+  /** The name of chunk `id`'s object: the id itself, or in an encrypted store its keyed hash. */
+  chunkObjectName (id: string): string { return this.key === null ? id : this.key.chunkName(id) }
+  /** The key of chunk `id`'s object. */
+  chunkObjectKey (id: string): string { return chunkKey(this.prefix, this.chunkObjectName(id)) }
+  manifestObjectKey (id: string): string { return manifestKey(this.prefix, id, this.manifestSuffix) }
+  /** A key without the store's prefix: what a sealed object's associated data binds. */
+  private relative (key: string): string { return key.slice(this.prefix.length) }
 
   get graceMs (): number { return this.marker.graceSeconds * 1000 }
   private get prefix (): string { return this.s3.prefix }
@@ -67,18 +84,36 @@ export class RemoteStore {
    * (a marker another host wrote first wins: its grace period is the store's). Errors: NOT_FOUND when no
    * store is there, CORRUPT for a damaged marker, IO/NOT_PERMITTED from S3.
    */
-  static async open (location: RemoteLocation, label: string, options: { create?: boolean, graceSeconds?: number } = {}): Promise<RemoteStore> {
+  static async open (location: RemoteLocation, label: string, options: { create?: boolean, graceSeconds?: number, key?: RemoteKey | null } = {}): Promise<RemoteStore> {
     const s3 = new S3Store(location, label)
+    const remoteKey = options.key ?? null
     try {
       const key = location.prefix + storeMarkerKey
       if (options.create === true) {
         await s3.ensureBucket()
         const marker: StoreMarker = { format: storeFormat, version: storeVersion, graceSeconds: options.graceSeconds ?? remoteGraceSecondsDefault, created: new Date().toISOString() }
+        if (remoteKey !== null) {
+          marker.version = storeVersionEncrypted
+          marker.encryption = { cipher: sealCipherName, keyFingerprint: remoteKey.fingerprint }
+        }
         await s3.putOnce(key, Buffer.from(JSON.stringify(marker) + '\n'))
       }
       const text = await s3.get(key, storeMarkerBytesMax)
-      if (text === null) throw notFound(`a vdiskfs store at remote ${label} (s3://${location.bucket}/${location.prefix})`)
-      return new RemoteStore(s3, decodeStoreMarker(text.toString('utf8'), `remote ${label}`))
+      const where = `s3://${location.bucket}/${location.prefix}`
+      if (text === null) throw notFound(`a vdiskfs store at remote ${label} (${where})`)
+      const marker = decodeStoreMarker(text.toString('utf8'), `remote ${label}`)
+      // The remote's definition says whether it is encrypted; the marker must agree (a marker replaced by a
+      // plain one must not make this host write plaintext to a store it encrypts).
+      if (marker.encryption !== undefined && remoteKey === null) {
+        throw new VdiskError('NOT_PERMITTED', `remote ${label}: the store at ${where} is encrypted (key fingerprint ${marker.encryption.keyFingerprint}): give its key with --key FILE`)
+      }
+      if (marker.encryption === undefined && remoteKey !== null) {
+        throw new VdiskError('INVALID', `remote ${label}: the store at ${where} is not encrypted: an encrypted remote needs a bucket or prefix of its own`)
+      }
+      if (marker.encryption !== undefined && remoteKey !== null && marker.encryption.keyFingerprint !== remoteKey.fingerprint) {
+        throw new VdiskError('NOT_PERMITTED', `remote ${label}: wrong key: ${remoteKey.file ?? 'the key'} has fingerprint ${remoteKey.fingerprint}, the store at ${where} was made with ${marker.encryption.keyFingerprint}`)
+      }
+      return new RemoteStore(s3, marker, remoteKey)
     } catch (err) { s3.destroy(); throw err }
   }
 
@@ -86,7 +121,13 @@ export class RemoteStore {
 
   // ---- chunks ----
 
+  /** The object stored for chunk `id` holding `data`: the plain chunk object, sealed in an encrypted store. */
   encodeChunk (id: string, data: Buffer): Buffer {
+    const plain = this.encodePlainChunk(id, data)
+    return this.key === null ? plain : this.key.seal(sealKindChunk, this.relative(this.chunkObjectKey(id)), plain)
+  }
+
+  private encodePlainChunk (id: string, data: Buffer): Buffer {
     const output = Buffer.allocUnsafe(chunkHeaderBytes + zstd.compressBound(data.length))
     const compressed = this.cctx.compress2(output.subarray(chunkHeaderBytes), data)
     // Kept raw when compression saves less than an eighth (as the pool's sealer does, roughly).
@@ -97,13 +138,24 @@ export class RemoteStore {
 
   /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk only. */
   async readChunk (id: string): Promise<Buffer> {
-    const object = await this.s3.get(chunkKey(this.prefix, id), chunkObjectBytesMax)
+    const object = await this.s3.get(this.chunkObjectKey(id), chunkObjectBytesMax)
     if (object === null) throw notFound(`chunk ${id}`)
     return this.decodeChunk(id, object)
   }
 
-  decodeChunk (id: string, object: Buffer): Buffer {
-    const what = `chunk ${id}`
+  /** What errors call chunk `id`: its id, and in an encrypted store its object too (the name the store knows). */
+  private chunkWhat (id: string): string {
+    return this.key === null ? `chunk ${id}` : `chunk ${id} (object ${this.relative(this.chunkObjectKey(id))})`
+  }
+
+  /** In an encrypted store, the plain chunk object inside chunk `id`'s object, authenticated; else the object. */
+  private unsealChunk (id: string, object: Buffer): Buffer {
+    return this.key === null ? object : this.key.open(sealKindChunk, this.relative(this.chunkObjectKey(id)), object, this.chunkWhat(id))
+  }
+
+  decodeChunk (id: string, stored: Buffer): Buffer {
+    const what = this.chunkWhat(id)
+    const object = this.unsealChunk(id, stored)
     const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
     let data: Buffer
@@ -198,9 +250,11 @@ export class RemoteStore {
         }
       })
     }
-    const { id, bytes } = encodeManifest(manifest)
+    const encoded = encodeManifest(manifest)
+    const id = this.key === null ? encoded.id : this.key.manifestId(encoded.bytes)
+    const key = this.manifestObjectKey(id)
     result.id = id
-    result.created = await this.s3.putOnce(manifestKey(this.prefix, id), bytes)
+    result.created = await this.s3.putOnce(key, this.key === null ? encoded.bytes : this.key.seal(sealKindManifest, this.relative(key), encoded.bytes))
     return result
   }
 
@@ -209,12 +263,12 @@ export class RemoteStore {
     const state = await this.refreshChunk(id)
     if (state !== 'missing') return state
     // 412 means another push stored the very same chunk meanwhile: as good as ours, and just written.
-    await this.s3.putOnce(chunkKey(this.prefix, id), this.encodeChunk(id, data))
+    await this.s3.putOnce(this.chunkObjectKey(id), this.encodeChunk(id, data))
     return 'uploaded'
   }
 
   private async refreshChunk (id: string): Promise<'present' | 'touched' | 'missing'> {
-    const key = chunkKey(this.prefix, id)
+    const key = this.chunkObjectKey(id)
     const info = await this.s3.head(key)
     if (info === null) return 'missing'
     // Within grace/4 of now (the server's clock against ours: the skew this tolerates) it is recent.
@@ -226,16 +280,20 @@ export class RemoteStore {
 
   /** The manifest of backup `id`, checked. Errors: NOT_FOUND, CORRUPT. */
   async manifest (id: string): Promise<Manifest> {
-    const bytes = await this.s3.get(manifestKey(this.prefix, id), manifestBytesMax)
-    if (bytes === null) throw notFound(`backup ${id} in remote ${this.s3.label}`)
-    return decodeManifest(id, bytes)
+    const key = this.manifestObjectKey(id)
+    const stored = await this.s3.get(key, manifestBytesMax)
+    if (stored === null) throw notFound(`backup ${id} in remote ${this.s3.label}`)
+    if (this.key === null) return decodeManifest(id, stored)
+    const remoteKey = this.key
+    const bytes = remoteKey.open(sealKindManifest, this.relative(key), stored, `remote backup ${id}: its manifest (object ${this.relative(key)})`)
+    return decodeManifest(id, bytes, plaintext => remoteKey.manifestId(plaintext))
   }
 
   /** Every backup in the store, oldest first (by creation time). Damaged manifests are errors (CORRUPT). */
   async backups (): Promise<RemoteBackup[]> {
     const list: RemoteBackup[] = []
     for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
-      const id = backupIdOfKey(this.prefix, object.key)
+      const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
       if (id === null) continue
       const m = await this.manifest(id)
       list.push({ id, name: m.name, source: m.source, identity: m.identity, host: m.host, created: m.created, pushed: new Date(object.lastModifiedMs).toISOString(), size: m.size, blockBytes: m.blockBytes, blocks: m.blocks.length })
@@ -286,17 +344,33 @@ export class RemoteStore {
 
   /** Removes backup `id`'s manifest (its chunks go at the next gc past the grace period). */
   async removeBackup (id: string): Promise<void> {
-    await this.s3.remove(manifestKey(this.prefix, id))
+    await this.s3.remove(this.manifestObjectKey(id))
   }
 
   // ---- verify ----
+
+  /**
+   * Checks chunk `id` as verify does and returns its block's length. A plain store's chunk is decompressed and
+   * hashed against its id. An encrypted store's is authenticated (the GCM tag covers every byte of the
+   * object and its name, so a flipped byte or a swapped object fails) and its inner header must name the
+   * chunk, but it is not decompressed or hashed: what the tag proves, it does not check twice.
+   */
+  async checkChunk (id: string): Promise<number> {
+    if (this.key === null) return (await this.readChunk(id)).length
+    const object = await this.s3.get(this.chunkObjectKey(id), chunkObjectBytesMax)
+    if (object === null) throw notFound(`chunk ${id}`)
+    const what = this.chunkWhat(id)
+    const header = decodeChunkHeader(this.unsealChunk(id, object), what)
+    if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
+    return header.rawBytes
+  }
 
   /** Reads every manifest and every chunk they name, and checks each: what is damaged or missing, and where. */
   async verify (onProgress?: (done: number, total: number) => void): Promise<VerifyReport> {
     const report: VerifyReport = { backups: 0, chunks: 0, bytes: 0, problems: [] }
     const users = new Map<string, Array<{ backup: string, name: string, start: number, length: number }>>()
     for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
-      const id = backupIdOfKey(this.prefix, object.key)
+      const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
       if (id === null) continue
       report.backups++
       let m: Manifest
@@ -316,8 +390,8 @@ export class RemoteStore {
     await forEachLimited(ids, remoteRequestsInFlightMax, async id => {
       let problem: string | null = null
       try {
-        const data = await this.readChunk(id)
-        report.bytes += data.length
+        const length = await this.checkChunk(id)
+        report.bytes += length
       } catch (err) {
         if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
         problem = err.code === 'NOT_FOUND' ? 'missing' : err.message
@@ -349,7 +423,7 @@ export class RemoteStore {
     const referenced = new Set<string>()
     let manifests = 0
     for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
-      const id = backupIdOfKey(this.prefix, object.key)
+      const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
       if (id === null) continue
       manifests++
       let m: Manifest
@@ -357,7 +431,8 @@ export class RemoteStore {
         if (err instanceof VdiskError && err.code === 'NOT_FOUND') continue // removed meanwhile (prune)
         throw new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
       }
-      for (const [, chunk] of m.blocks) referenced.add(chunk)
+      // Object names: in an encrypted store, the keyed hashes of the ids.
+      for (const [, chunk] of m.blocks) referenced.add(this.chunkObjectName(chunk))
     }
     const report: GcReport = { manifests, chunks: 0, chunksRemoved: 0, bytesRemoved: 0, chunksKeptYoung: 0, dryRun: options.dryRun === true }
     const doomed: Array<{ key: string, size: number }> = []

@@ -83,6 +83,8 @@ export class Committer {
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
+    // Changes from here on go to the next journal file; this commit holds the ones before (journal.ts).
+    const journalSeq = this.state.journal.rotate()
     try {
       try {
         await this.state.extents.syncPending()
@@ -91,12 +93,13 @@ export class Committer {
           this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
             'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
           this.state.log(this.syncFailure.message)
+          this.state.journal.discard()
           throw this.syncFailure
         }
         throw err
       }
       // The log copy first, then the catalog: the log always holds at least what the catalog does.
-      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch) } })
+      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch), journal_seq: String(journalSeq) } })
       this.state.catalog.transaction(() => {
         for (const id of removed) this.state.catalog.deleteVolume(id)
         for (const page of pages) this.state.catalog.putPage(page.id, page.epoch, page.entries)
@@ -105,6 +108,7 @@ export class Committer {
           else this.state.catalog.updateVolume(row, withRoot)
         }
         this.state.catalog.setMeta('next_epoch', String(nextEpoch))
+        this.state.catalog.setMeta('journal_seq', String(journalSeq))
         if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
       })
     } catch (err) {
@@ -114,6 +118,7 @@ export class Committer {
     }
     this.state.pages.committed(pages)
     this.persistedWritable = writable
+    try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
     await this.state.catalogLog.afterCommit().catch(err => this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))

@@ -331,7 +331,9 @@ export class Namespace {
    * data is then garbage for gc. Returns their labels.
    */
   async dropHidden (): Promise<string[]> {
-    const hidden = [...this.volumes.values()].filter(v => v.hidden)
+    // Held open only after a takeover (the handles the kernel still uses, restored by the FUSE 3
+    // operations): those go at their last release, as while the daemon ran.
+    const hidden = [...this.volumes.values()].filter(v => v.hidden && v.openHandles === 0)
     for (const volume of hidden) this.forget(volume)
     if (hidden.length > 0) await this.commit()
     return hidden.map(v => v.label)

@@ -19,6 +19,7 @@ import { FileIo, nodeFileIo } from '../io/file-io'
 import { zstdLevelDefault } from '../limits'
 import { PageStore } from '../map/page-store'
 import { FilesystemStat, FreeSpace } from './free-space'
+import { ChangeJournal } from './journal'
 import { Volume, VolumeContext } from './volume'
 
 export interface StateOptions {
@@ -29,6 +30,11 @@ export interface StateOptions {
   io?: FileIo
   /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
   pageCacheMax?: number
+  /**
+   * The boot the change journal is written in and replayed from (journal.ts; default the kernel's boot
+   * id). Tests that simulate a power cut open the pool again with another, as the machine's restart would.
+   */
+  bootId?: Buffer
 }
 
 export class PoolState implements VolumeContext {
@@ -38,6 +44,8 @@ export class PoolState implements VolumeContext {
   readonly pages: PageStore
   /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
   readonly catalogLog: CatalogLog
+  /** Changes since the last commit, for a daemon that dies before the next one (journal.ts). */
+  readonly journal: ChangeJournal
   readonly log: (message: string) => void
   readonly io: FileIo
   private readonly freeSpace: FreeSpace
@@ -109,6 +117,7 @@ export class PoolState implements VolumeContext {
     this.nextExtentId = catalog.maxExtentId() + 1
     this.nextEpoch = Number(catalog.getMeta('next_epoch') ?? '1')
     this.extents.log = this.log
+    this.journal = new ChangeJournal(dir, Number(catalog.getMeta('journal_seq') ?? '0'), this.log, options.bootId)
   }
 
   get blockBytes (): number { return this.header.blockBytes }
@@ -157,6 +166,7 @@ export class PoolState implements VolumeContext {
     // The extent is writable from this moment (creating): sealing and gc leave writable extents
     // alone, so none of them can seal or drop it while its file is still being made.
     this.catalog.insertExtent({ id, volumeId: volume.id, createdMs: Date.now() })
+    this.journal.extent(id)
     volume.writableExtents.add(id)
     let extent: DeltaExtent
     try {
@@ -177,6 +187,7 @@ export class PoolState implements VolumeContext {
 
   /** Freezes every extent a volume writes in place: later writes go to a new one. */
   freezeActiveExtent (volume: Volume): void {
+    this.journal.freeze(volume.id)
     this.activeExtents.delete(volume.id)
     volume.activeExtentId = null
     volume.writableExtents.clear()
@@ -189,6 +200,7 @@ export class PoolState implements VolumeContext {
     await this.chunks.close()
     await this.workers.close()
     await this.catalogLog.close()
+    this.journal.close()
     this.catalog.close()
   }
 }

@@ -34,6 +34,8 @@ import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
+import { RangeCopy, copyRange } from './range-copy'
+import { replayJournal } from './replay'
 
 export { GcReport } from './maintenance'
 export { AllocationRange } from './allocation'
@@ -58,8 +60,15 @@ export class Pool {
     this.maintenance = new Maintenance(this.state, this.committer)
     this.inspection = new Inspection(this.state)
     this.imports = new Importer(this.state, this.committer, async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work))
+    this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
   }
+
+  /**
+   * Changes a daemon made after its last commit and died with (journal.ts), applied when the pool
+   * opened: in memory until the next commit, which the daemon makes at start.
+   */
+  readonly replayedChanges: number
 
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {
@@ -119,6 +128,8 @@ export class Pool {
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.namespace.restore(backup, target, options) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
+  /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
+  async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> { return await copyRange(this.state, source, target, from, to, length) }
   async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
   async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> { return await this.namespace.backupGroup(sources, names, group) }
   groupMembers (group: string): Volume[] { return this.namespace.groupMembers(group) }

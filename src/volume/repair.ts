@@ -21,7 +21,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
-import { catalogFile, catalogLogFile, daemonLogFile, daemonPidFile, extentsDir, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
+import { catalogFile, catalogLogFile, daemonLogFile, daemonPidFile, extentsDir, fuseHandlesFile, packsDir, poolHeaderFile, quarantineDir } from '../format/pool-format'
 import { packFileName } from '../chunk/pack-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
 import { Catalog, PageRow, VolumeRow } from '../catalog/catalog'
@@ -115,9 +115,10 @@ export async function repairPool (dir: string): Promise<RepairReport> {
   try {
     const catalog = pool.catalog
     // 2. Foreign files at the top level.
-    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile])
+    const known = new Set([poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile, fuseHandlesFile])
     for (const name of fs.readdirSync(dir)) {
-      if (!known.has(name) && !name.startsWith(`${catalogFile}.damaged-`) && !name.endsWith('.tmp')) quarantine(path.join(dir, name), 'not a pool file')
+      // Change journal files (journal.ts): the open above replayed them; the next commit deletes them.
+      if (!known.has(name) && !name.startsWith(`${catalogFile}.damaged-`) && !name.endsWith('.tmp') && !/^journal\.\d+$/.test(name)) quarantine(path.join(dir, name), 'not a pool file')
     }
     // 3. The maps, read from their stored bytes: each page checked against its checksums, single
     //    damaged bytes corrected where a checksum proves the original. What they reference decides
@@ -433,6 +434,9 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
     for (const row of have) putPages(row.root)
     const epoch = Number(state.meta.next_epoch ?? '0')
     if (epoch > Number(catalog.getMeta('next_epoch') ?? '1')) catalog.setMeta('next_epoch', String(epoch))
+    // The change journal files older than the last commit the log holds are not replayed (journal.ts).
+    const journalSeq = Number(state.meta.journal_seq ?? '0')
+    if (journalSeq > Number(catalog.getMeta('journal_seq') ?? '0')) catalog.setMeta('journal_seq', String(journalSeq))
   })
   if (restored + pages > 0) notes.push(`restored ${restored} volumes and ${pages} map pages from catalog.log (${state.records} records${state.skippedBytes > 0 ? `, ${state.skippedBytes} damaged bytes skipped` : ''})`)
   return restored

@@ -15,6 +15,7 @@
  *
  * Errors: read/write/truncate throw READ_ONLY, TOO_BIG, NO_SPACE, IO or CORRUPT (errors.ts).
  */
+import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow } from '../catalog/catalog'
 import { VdiskError, readOnly } from '../errors'
 import { extentSectorBytes } from '../format/extent-format'
@@ -24,6 +25,7 @@ import { BlockMap } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
 import { isHiddenName } from './names'
+import type { ChangeJournal } from './journal'
 
 /** What a volume needs from its pool: the extents, and a writable extent for new blocks. */
 export interface VolumeContext {
@@ -36,6 +38,8 @@ export interface VolumeContext {
   claimSpace (bytes: number): void
   /** Called after any change, so the pool commits it in time. */
   changed (volume: Volume): void
+  /** Where map entries and sizes changed since the last commit are appended (volume/journal.ts). */
+  readonly journal?: ChangeJournal
 }
 
 /** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
@@ -97,6 +101,8 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.activeExtentId = activeExtentId
     if (activeExtentId !== null) this.writableExtents.add(activeExtentId)
     this.zeros = Buffer.alloc(context.blockBytes)
+    const journal = context.journal
+    if (journal !== undefined) map.onSet = (block, entry) => journal.entry(id, block, entry)
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
@@ -365,7 +371,29 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.context.changed(this)
   }
 
+  /**
+   * Sets blocks `first`, `first + 1`, ... to `entries` (another volume's, or this one's from elsewhere:
+   * a range shared by copyRange), growing the size to cover them. Call only while holding this volume's
+   * gate (pause()), with every entry's delta slots frozen (no volume writes them in place any more).
+   */
+  adoptEntries (first: number, entries: readonly number[]): void {
+    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    assert.ok(this.gate !== null, 'adoptEntries without the gate')
+    const end = (first + entries.length) * this.context.blockBytes
+    if (end > this.size) this.setSize(end)
+    for (let i = 0; i < entries.length; i++) this.map.set(first + i, entries[i])
+    this.mtimeMs = Date.now()
+    this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  /** The size a change journal's replay gives (volume/journal.ts), before the pool serves anything. */
+  replaySize (size: number): void {
+    this.setSize(size)
+  }
+
   private setSize (size: number): void {
+    this.context.journal?.size(this.id, size)
     this.size = size
     this.map.resize(Math.ceil(size / this.context.blockBytes))
     this.rowDirty = true

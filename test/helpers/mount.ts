@@ -60,11 +60,52 @@ export class TestMount {
     if (!await waitForExit(this.pid)) throw new Error('the daemon did not exit on SIGTERM')
   }
 
-  /** SIGKILL of the daemon, then the dead mount is removed. */
+  /**
+   * SIGKILL of the daemon, then the dead mount is removed. A FUSE 3 mount's holder is killed first: it
+   * would otherwise start a daemon that takes the mount over (takeoverAfterKill tests that).
+   */
   async kill (): Promise<void> {
+    this.killHolders()
     try { process.kill(this.pid, 'SIGKILL') } catch {}
     await waitForExit(this.pid)
     spawnSync('fusermount', ['-uz', this.mnt])
+  }
+
+  /** Pids of the FUSE 3 holders keeping this mount (native/fuse3/vdiskfs_holder.c; its command line names the pool). */
+  holderPids (): number[] {
+    const pids: number[] = []
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      let args: string[]
+      try { args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0') } catch { continue }
+      if (path.basename(args[0] ?? '') === 'vdiskfs-holder' && args.includes(this.pool)) pids.push(Number(entry))
+    }
+    return pids
+  }
+
+  private killHolders (): void {
+    for (const pid of this.holderPids()) { try { process.kill(pid, 'SIGKILL') } catch {} }
+  }
+
+  /**
+   * SIGKILL of the daemon alone, on a FUSE 3 mount with a holder: waits (up to timeoutMs) until the
+   * daemon the holder started has taken the mount over (a new pid in daemon.pid, alive) and returns it.
+   */
+  async takeoverAfterKill (timeoutMs = 60000): Promise<number> {
+    const old = this.pid
+    process.kill(old, 'SIGKILL')
+    await waitForExit(old)
+    for (let waited = 0; waited < timeoutMs; waited += 50) {
+      let pid = 0
+      try { pid = Number(fs.readFileSync(path.join(this.pool, 'daemon.pid'), 'utf8')) } catch {}
+      if (pid !== 0 && pid !== old) {
+        let alive = true
+        try { process.kill(pid, 0) } catch { alive = false }
+        if (alive) { this.pid = pid; return pid }
+      }
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    throw new Error(`no daemon took the mount over within ${timeoutMs} ms`)
   }
 
   /** Loop-mounts an image at a new directory; undone by cleanup. */
@@ -88,9 +129,18 @@ export class TestMount {
       const [device, file] = line.trim().split(/\s+/, 2)
       if (file !== undefined && (file.startsWith(this.mnt + '/') || file.startsWith(this.dir + '/'))) spawnSync('losetup', ['-d', device])
     }
-    if (this.pid !== 0) {
-      try { process.kill(this.pid, 'SIGKILL') } catch {}
-      await waitForExit(this.pid)
+    this.killHolders()
+    // The daemon now serving (after a takeover, not the one this.pid names), if daemon.pid names a live
+    // daemon of this pool (a pid file left by a killed daemon may name a reused pid).
+    let current = 0
+    try {
+      const pid = Number(fs.readFileSync(path.join(this.pool, 'daemon.pid'), 'utf8'))
+      if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(this.pool)) current = pid
+    } catch {}
+    for (const pid of new Set([this.pid, current])) {
+      if (pid === 0 || Number.isNaN(pid)) continue
+      try { process.kill(pid, 'SIGKILL') } catch {}
+      await waitForExit(pid)
     }
     spawnSync('fusermount', ['-uz', this.mnt])
     // A killed daemon leaves its control socket behind: remove it (the daemon's socket of a

@@ -6,7 +6,7 @@
  * `vdiskfs gc` run in loops every few hundred ms, and the same requests go over the control socket
  * every ~50 ms (test/helpers/xfstests.ts). Configurations: a disk on a default pool; a disk on a
  * pool of 16 KiB blocks; a clone of a sealed backup (fsx -k starts from the clone's content); O_DIRECT
- * (-Z) on the 16 KiB pool. After each run the image, quiet, must equal a backup of it; after each
+ * (-Z) on the 16 KiB pool; the FUSE 3 transport on 4 KiB blocks, where copy range shares blocks. After each run the image, quiet, must equal a backup of it; after each
  * configuration `vdiskfs verify` must pass, and after umount and mount every image must be unchanged.
  *
  * Flags: third_party/xfstests/README.md. Seeds: fixed ones and VDISKFS_FSX_RANDOM_SEEDS random ones
@@ -93,7 +93,7 @@ async function verifyAndRemount (t: ExecutionContext, m: TestMount, hashes: Map<
   for (const [file, hash] of hashes) t.is(sha256(file), hash, `${file} after umount and mount`)
 }
 
-async function disks (t: ExecutionContext, label: string, mountArgs: string[], runs: Array<{ seed: number, extra: string[] }>): Promise<void> {
+async function disks (t: ExecutionContext, label: string, mountArgs: string[], runs: Array<{ seed: number, extra: string[] }>, afterRuns?: (m: TestMount) => Promise<void>): Promise<void> {
   if (!requireTools(t)) return
   const m = await withMount(t, ...mountArgs)
   const hashes = new Map<string, string>()
@@ -102,6 +102,7 @@ async function disks (t: ExecutionContext, label: string, mountArgs: string[], r
     fs.writeFileSync(file, '') // there before fsx opens it, for the first backups beside it
     hashes.set(file, await fsx(t, m, { label, file, seed: r.seed, extra: [...r.extra, '-l', '1m', '-o', '128k'] }))
   }
+  if (afterRuns !== undefined) await afterRuns(m)
   await verifyAndRemount(t, m, hashes, mountArgs)
 }
 
@@ -115,6 +116,18 @@ test.serial('fsx with mapped reads and writes on a disk of a pool of 16 KiB bloc
 
 test.serial('fsx with O_DIRECT on a disk of a pool of 16 KiB blocks, beside sync, backup and gc', async t => {
   await disks(t, '16 KiB blocks, O_DIRECT', ['--block-size', '16k'], seeds([5]).map(seed => ({ seed, extra: direct })))
+})
+
+// copy_file_range shares whole blocks on the FUSE 3 transport (fuse-native has none: fsx turns its copy
+// range off there). fsx aligns a copy's source to -r and its target to -w: on 4 KiB blocks with both at
+// 4 KiB, every copy shares its whole blocks (within the file) and copies its tail.
+test.serial('fsx with copy_file_range sharing blocks on the FUSE 3 transport, 4 KiB blocks, mapped, beside sync, backup and gc', async t => {
+  await disks(t, 'FUSE 3, 4 KiB blocks, copy range', ['--transport', 'fuse3', '--block-size', '4k'], seeds([7]).map(seed => ({ seed, extra: ['-r', '4096', '-w', '4096', ...reopen] })), async m => {
+    // fsx turns copy range off by itself when the filesystem refuses it: the daemon must have served some.
+    const status = JSON.parse((await vdiskfs('status', m.mnt, '--json')).stdout) as { operations: Record<string, { count: number, errors: number }> }
+    const copies = status.operations.copy_file_range
+    t.true(copies !== undefined && copies.count > 0 && copies.errors === 0, `copy_file_range requests served: ${JSON.stringify(copies)}`)
+  })
 })
 
 test.serial('fsx -k on a clone of a sealed backup starts from its content; the backup never changes', async t => {

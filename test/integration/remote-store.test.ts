@@ -12,6 +12,7 @@ import { Rgw, rgwAccessKey, rgwSecretKey, startRgw } from '../helpers/rgw'
 import { BackupMeta, Block, RemoteStore } from '../../src/remote/store'
 import { chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
 import { VdiskError } from '../../src/errors'
+import { RemoteKey } from '../../src/remote/crypt'
 
 const blockBytes = 64 * 1024
 let rgw: Rgw
@@ -24,9 +25,12 @@ test.before(async () => {
 })
 test.after.always(async () => { await rgw?.stop() })
 
-async function openStore (graceSeconds = 3600): Promise<RemoteStore> {
-  return await RemoteStore.open({ bucket: 'vdiskfs-test', prefix: `store${++prefixes}/`, endpoint: rgw.endpoint }, 'test', { create: true, graceSeconds })
+async function openStore (graceSeconds = 3600, key: RemoteKey | null = null): Promise<RemoteStore> {
+  return await RemoteStore.open({ bucket: 'vdiskfs-test', prefix: `store${++prefixes}/`, endpoint: rgw.endpoint }, 'test', { create: true, graceSeconds, key })
 }
+
+/** The gc tests run on a plain store and on an encrypted one (issue #22: there gc works on keyed object names). */
+const kinds: Array<[string, () => RemoteKey | null]> = [['', () => null], ['an encrypted store: ', () => RemoteKey.fromBytes(crypto.randomBytes(32))]]
 
 /** A volume as blocks: block i is seeded random bytes from seeds[i], or zeros for null. */
 function volume (seeds: Array<number | null>): { meta: BackupMeta, blocks: Array<{ index: number, data: Buffer }> } {
@@ -134,8 +138,9 @@ test.serial('a damaged or missing chunk is one error naming the backup and the b
   t.regex(missing!.message, new RegExp(`remote backup ${otherId} \\(vol\\): bytes 65536-131071: chunk [0-9a-f]{64} is missing from the store`))
 })
 
-test.serial('gc frees unreferenced chunks only past the grace period, never one a manifest names', async t => {
-  const store = await openStore(2)
+for (const [kind, key] of kinds) {
+test.serial(`${kind}gc frees unreferenced chunks only past the grace period, never one a manifest names`, async t => {
+  const store = await openStore(2, key())
   t.teardown(() => store.close())
   const kept = volume([21, 22])
   const gone = volume([21, 23])
@@ -153,11 +158,11 @@ test.serial('gc frees unreferenced chunks only past the grace period, never one 
   t.deepEqual((await store.verify()).problems, [])
 })
 
-test.serial('gc running while a push waits between its existence checks and its manifest spares the old chunks the push reuses', async t => {
+test.serial(`${kind}gc running while a push waits between its existence checks and its manifest spares the old chunks the push reuses`, async t => {
   // Host A pushed blocks 31..34, then that backup was pruned: its chunks are unreferenced and, once the
   // grace period has passed, old. Host B pushes a volume made of the same blocks; it finds them stored,
   // and gc runs to completion before B writes its manifest.
-  const store = await openStore(2)
+  const store = await openStore(2, key())
   t.teardown(() => store.close())
   const a = volume([31, 32, 33, 34])
   const aId = (await store.push(a.meta, from(a.blocks))).id
@@ -172,3 +177,4 @@ test.serial('gc running while a push waits between its existence checks and its 
   const blocks = await readAll(store, pushed.id)
   t.deepEqual(blocks.map(block => block.data.equals(seeded(31 + block.index))), [true, true, true, true])
 })
+}

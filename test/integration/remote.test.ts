@@ -11,10 +11,11 @@ import { ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import crypto from 'node:crypto'
 import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
 import { Rgw, rgwSecretKey, startRgw } from '../helpers/rgw'
-import { chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
+import { blake3Hex, chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const mib = 1024 * 1024
@@ -278,4 +279,182 @@ test.serial('remote prune keeps by the keep-rules; remote gc run while another h
   const ids = (await json<Array<{ id: string, name: string }>>(t, 'remote', 'ls', a.mnt, 'store'))
   t.deepEqual(ids.map(e => e.name).sort(), ['b2.img', 'h1.img'], '--match limits prune to the names it matches')
   t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')).code, 0)
+})
+
+// ---- issue #22: encrypted stores ----
+
+/** Every object under `prefix` in the bucket, with its bytes (read as a stranger with the S3 credentials would). */
+async function everyObject (client: S3Client, prefix: string): Promise<Array<{ key: string, body: Buffer }>> {
+  const out: Array<{ key: string, body: Buffer }> = []
+  let token: string | undefined
+  do {
+    const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }))
+    for (const object of page.Contents ?? []) {
+      const reply = await client.send(new GetObjectCommand({ Bucket: bucket, Key: object.Key }))
+      out.push({ key: object.Key!, body: Buffer.from(await reply.Body!.transformToByteArray()) })
+    }
+    token = page.IsTruncated === true ? page.NextContinuationToken : undefined
+  } while (token !== undefined)
+  return out
+}
+
+function rawClient (t: ExecutionContext): S3Client {
+  const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgw.env.AWS_ACCESS_KEY_ID!, secretAccessKey: rgwSecretKey } })
+  t.teardown(() => client.destroy())
+  return client
+}
+
+/** A file of `sizeMiB` of random bytes with `marker` written every 4 KiB (incompressible around it, so zstd keeps it literal). */
+function markedFile (dir: string, name: string, sizeMiB: number, marker: string): string {
+  const data = crypto.randomBytes(sizeMiB * mib)
+  for (let offset = 100; offset + marker.length < data.length; offset += 4096) data.write(marker, offset, 'latin1')
+  const file = path.join(dir, name)
+  fs.writeFileSync(file, data)
+  return file
+}
+
+test.serial('an encrypted remote: key create makes a 0600 key with a fingerprint, no object in the bucket holds a plaintext marker or a plain chunk id, a second host with the key pulls and dedups, without it or with another key it is refused with one line', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const keyFile = path.join(files, 'offsite.key')
+  // Under umask 0 the key is still 0600.
+  const created = await execFileAsync('sh', ['-c', 'umask 000; exec "$0" "$@"', cli, 'key', 'create', keyFile], { encoding: 'utf8', env: rgw.env })
+  t.is(fs.statSync(keyFile).mode & 0o777, 0o600)
+  const fingerprint = /fingerprint ([0-9a-f:]{39})/.exec(created.stdout)?.[1]
+  t.truthy(fingerprint, created.stdout)
+  t.regex(created.stdout, /keep a copy/i)
+  t.deepEqual(await json<{ file: string, fingerprint: string }>(t, 'key', 'fingerprint', keyFile), { file: keyFile, fingerprint })
+  t.is((await vd(rgw.env, 'key', 'create', keyFile)).code, 1, 'a key is never overwritten')
+
+  const added = await json<{ encrypted: boolean, keyFingerprint: string, keyFile: string }>(t, 'remote', 'add', a.mnt, 'vault', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint, '--key', keyFile, '--grace-period', '3600')
+  t.deepEqual([added.encrypted, added.keyFingerprint, added.keyFile], [true, fingerprint, keyFile])
+  const remotes = fs.readFileSync(path.join(a.pool, 'remotes.json'), 'utf8')
+  t.false(remotes.includes(JSON.parse(fs.readFileSync(keyFile, 'utf8')).key), 'the pool keeps the key file\'s path, never the key')
+
+  const marker = `PLAINTEXT-MARKER-${crypto.randomBytes(6).toString('hex')}`
+  const base = markedFile(files, 'base', 8, marker)
+  const image = await disk(a, 'web.img', 16, [{ atMiB: 0, file: base }])
+  await ok(t, 'backup', image, `${marker}-b1`)
+  const pushed = await json<Pushed>(t, 'push', a.image('backups', `${marker}-b1.img`), 'vault')
+  t.is(pushed.chunksUploaded, 8 * mib / 65536)
+
+  const objects = await everyObject(rawClient(t), 'sealed/')
+  t.true(objects.length > 8 * mib / 65536, `${objects.length} objects`)
+  const firstBlockId = blake3Hex(fs.readFileSync(base).subarray(0, 65536))
+  for (const { key, body } of objects) {
+    t.false(key.includes(marker), key)
+    t.is(body.indexOf(marker), -1, `${key} holds the marker`)
+    t.is(body.indexOf(Buffer.from(marker, 'latin1').toString('hex')), -1, `${key} holds the marker in hex`)
+    t.false(key.includes(firstBlockId) || body.indexOf(firstBlockId) >= 0 || body.indexOf(Buffer.from(firstBlockId, 'hex')) >= 0, `${key} names the plain chunk id`)
+  }
+  t.true(objects.some(o => /^sealed\/manifests\/[0-9a-f]{32}\.enc$/.test(o.key)))
+  t.false(objects.some(o => o.key.endsWith('.json') && o.key !== 'sealed/vdiskfs-store.json'), 'no plain manifest')
+
+  // Host B: without the key, or with another key, one line and no remote.
+  const noKey = await vd(rgw.env, 'remote', 'add', b.mnt, 'vault', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint)
+  t.is(noKey.code, 1)
+  t.is(noKey.stderr, `vdiskfs remote add: remote vault: the store at s3://${bucket}/sealed/ is encrypted (key fingerprint ${fingerprint!}): give its key with --key FILE\n`)
+  const otherKey = path.join(files, 'other.key')
+  await ok(t, 'key', 'create', otherKey)
+  const wrong = await vd(rgw.env, 'remote', 'add', b.mnt, 'vault', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint, '--key', otherKey)
+  t.is(wrong.code, 1)
+  t.regex(wrong.stderr, new RegExp(`^vdiskfs remote add: remote vault: wrong key: ${otherKey} has fingerprint [0-9a-f:]{39}, the store at s3://${bucket}/sealed/ was made with ${fingerprint!}\\n$`))
+  t.deepEqual(await json<unknown[]>(t, 'remote', 'list', b.mnt), [])
+  // An encrypted remote is never added over a plain store (nor a plain one over an encrypted store, above).
+  await addRemote(t, a, 'plain', 'plain-store')
+  const overPlain = await vd(rgw.env, 'remote', 'add', b.mnt, 'vault', `s3://${bucket}/plain-store`, '--endpoint', rgw.endpoint, '--key', keyFile)
+  t.is(overPlain.code, 1)
+  t.regex(overPlain.stderr, /is not encrypted: an encrypted remote needs a bucket or prefix of its own\n$/)
+  // The check above can fail: the same backup pushed to the plain store leaves the marker in its objects.
+  await ok(t, 'push', a.image('backups', `${marker}-b1.img`), 'plain')
+  const plainObjects = await everyObject(rawClient(t), 'plain-store/')
+  t.true(plainObjects.some(o => o.body.indexOf(marker) >= 0) && plainObjects.some(o => o.key.includes(firstBlockId)), 'a plain store shows the marker and the chunk ids')
+
+  // With a copy of the key: B pulls A's backup, and pushes a similar image sending only its own blocks.
+  const copy = path.join(files, 'copy.key')
+  fs.copyFileSync(keyFile, copy)
+  await ok(t, 'remote', 'add', b.mnt, 'vault', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint, '--key', copy)
+  const ls = await json<Array<{ id: string, name: string }>>(t, 'remote', 'ls', b.mnt, 'vault')
+  t.deepEqual(ls.map(e => [e.id, e.name]), [[pushed.id, `${marker}-b1.img`]])
+  await ok(t, 'pull', b.mnt, 'vault', pushed.id, 'copy')
+  await run('cmp', [a.image('backups', `${marker}-b1.img`), b.image('backups', 'copy.img')])
+  const other = await disk(b, 'db.img', 16, [{ atMiB: 0, file: base }, { atMiB: 12, file: randomFile(files, 'own', 1) }])
+  await ok(t, 'backup', other, 'h1')
+  const hostB = await json<Pushed>(t, 'push', b.image('backups', 'h1.img'), 'vault')
+  t.is(hostB.chunksReused, 8 * mib / 65536, 'B dedups against A\'s chunks')
+  t.is(hostB.bytesUploaded, mib)
+  t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'vault')).code, 0)
+
+  // The key file replaced by another key, or gone: one line each.
+  fs.copyFileSync(otherKey, copy)
+  const replaced = await vd(rgw.env, 'remote', 'ls', b.mnt, 'vault')
+  t.is(replaced.code, 1)
+  t.regex(replaced.stderr, new RegExp(`^vdiskfs remote ls: remote vault: wrong key: ${copy} has fingerprint [0-9a-f:]{39}, the remote was added with ${fingerprint!}\n$`))
+  fs.rmSync(copy)
+  const gone = await vd(rgw.env, 'pull', b.mnt, 'vault', hostB.id, 'again')
+  t.is(gone.code, 1)
+  t.is(gone.stderr, `vdiskfs pull: key file ${copy} does not exist (restore it from your copy: without it the store's backups cannot be read)\n`)
+})
+
+test.serial('an encrypted remote: a flipped byte in a chunk or a manifest, or a chunk copied over another, is refused naming the object; remote verify names it; nothing is imported', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const keyFile = path.join(files, 'k')
+  await ok(t, 'key', 'create', keyFile)
+  for (const mount of [a, b]) await ok(t, 'remote', 'add', mount.mnt, 'vault', `s3://${bucket}/sealed-damage`, '--endpoint', rgw.endpoint, '--key', keyFile)
+  const image = await disk(a, 'web.img', 8, [{ atMiB: 2, file: randomFile(files, 'data', 2) }])
+  await ok(t, 'backup', image, 'b1')
+  const { id } = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'vault')
+  const client = rawClient(t)
+  const objects = await everyObject(client, 'sealed-damage/chunks/')
+  t.is(objects.length, 32)
+  const { RemoteStore } = await import('../../src/remote/store')
+  const { readKeyFile } = await import('../../src/remote/crypt')
+  process.env.AWS_ACCESS_KEY_ID = rgw.env.AWS_ACCESS_KEY_ID
+  process.env.AWS_SECRET_ACCESS_KEY = rgwSecretKey
+  const store = await RemoteStore.open({ bucket, prefix: 'sealed-damage/', endpoint: rgw.endpoint }, 'vault', { key: readKeyFile(keyFile) })
+  t.teardown(() => store.close())
+  // Block 40 (bytes 2621440-2686975) is inside the data.
+  const chunk = (await store.manifest(id)).blocks.find(entry => entry[0] === 40)![1]
+  const key = store.chunkObjectKey(chunk)
+  const original = objects.find(o => o.key === key)!.body
+  const put = async (k: string, body: Buffer): Promise<void> => { await client.send(new PutObjectCommand({ Bucket: bucket, Key: k, Body: body })) }
+
+  const flipped = Buffer.from(original)
+  flipped[Math.floor(flipped.length / 2)] ^= 0x01
+  await put(key, flipped)
+  const object = key.slice('sealed-damage/'.length)
+  const pulled = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
+  t.is(pulled.code, 1)
+  t.is(pulled.stderr, `vdiskfs pull: remote backup ${id} (b1.img): bytes 2621440-2686975: chunk ${chunk} (object ${object}): damaged or not this store's (it fails authentication with the store's key)\n`)
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+  const verify = await vd(rgw.env, 'remote', 'verify', a.mnt, 'vault', '--json')
+  t.is(verify.code, 1)
+  const report = JSON.parse(verify.stdout) as { chunks: number, problems: Array<{ backup: string, start: number, chunk: string, problem: string }> }
+  t.is(report.chunks, 32)
+  t.deepEqual(report.problems.map(p => [p.backup, p.start, p.chunk]), [[id, 2621440, chunk]])
+  t.regex(report.problems[0].problem, new RegExp(`\\(object ${object}\\): damaged`))
+
+  // Another chunk's (valid) object copied under this name: its name is bound in, so it fails too.
+  await put(key, objects.find(o => o.key !== key)!.body)
+  const swapped = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
+  t.is(swapped.code, 1)
+  t.regex(swapped.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} \\(object ${object}\\): damaged or not this store's`))
+  await put(key, original)
+
+  // A flipped byte in the manifest.
+  const manifestKey = `sealed-damage/manifests/${id}.enc`
+  const manifest = (await everyObject(client, manifestKey))[0].body
+  const damaged = Buffer.from(manifest)
+  damaged[damaged.length - 20] ^= 0x80
+  await put(manifestKey, damaged)
+  const bad = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
+  t.is(bad.code, 1)
+  t.is(bad.stderr, `vdiskfs pull: remote backup ${id}: its manifest (object manifests/${id}.enc): damaged or not this store's (it fails authentication with the store's key)\n`)
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+  await put(manifestKey, manifest)
+  await ok(t, 'pull', b.mnt, 'vault', id, 'copy')
+  await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
 })

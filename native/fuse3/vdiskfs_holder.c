@@ -1,0 +1,108 @@
+/*
+ * vdiskfs-holder: keeps a FUSE 3 mount's /dev/fuse descriptor open while its daemon runs, so that the
+ * mount outlives the daemon (docs/TRANSPORT.md, "A mount that outlives its daemon").
+ *
+ *   vdiskfs-holder DAEMON_PID -- COMMAND [ARG...]
+ *
+ * The daemon starts it (detached, its own session) with the descriptor as fd 3, right after mounting.
+ * It waits on two things: the daemon's exit (a pidfd) and the connection's end (poll on the descriptor
+ * reports POLLERR once the kernel has dropped the connection: unmounted). When the daemon is gone and
+ * the connection is not, it starts COMMAND (a new daemon: vdiskfs mount ... --takeover-fd 3) with the
+ * descriptor as fd 3, and watches that one. The kernel keeps every request meanwhile (the holder's
+ * descriptor is the daemon's open file: nothing the dead daemon had read is lost); the new daemon asks
+ * for them again with FUSE_NOTIFY_RESEND.
+ *
+ * It gives up (closes the descriptor: the mount then reports ENOTCONN, as without a holder) after
+ * restartsMax restarts within restartWindowSeconds. SIGTERM (a clean stop: vdiskfs umount, the
+ * daemon's SIGTERM) ends it at once. It holds nothing else: no pool file, no socket.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FUSE_FD 3
+#define restartsMax 5
+#define restartWindowSeconds 60
+
+static volatile sig_atomic_t stop = 0;
+static void on_term(int sig) { (void)sig; stop = 1; }
+
+static int pidfd_of(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+/* 1 when the kernel has dropped the connection (unmounted, aborted). */
+static int connection_gone(void) {
+  struct pollfd p = { .fd = FUSE_FD, .events = 0 };
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0;
+}
+
+static void say(const char *what, long value) {
+  fprintf(stderr, "vdiskfs-holder[%ld]: %s %ld\n", (long)getpid(), what, value);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 4 || strcmp(argv[2], "--") != 0) {
+    fprintf(stderr, "usage: vdiskfs-holder DAEMON_PID -- COMMAND [ARG...] (with /dev/fuse as fd 3)\n");
+    return 2;
+  }
+  if (fcntl(FUSE_FD, F_GETFD) == -1) { fprintf(stderr, "vdiskfs-holder: fd 3 is not open\n"); return 2; }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_term;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  pid_t daemon = (pid_t)atol(argv[1]);
+  int watched = pidfd_of(daemon);
+  time_t restarts[restartsMax];
+  int restartCount = 0;
+  for (;;) {
+    if (stop) return 0;
+    struct pollfd p[2] = { { .fd = watched, .events = POLLIN }, { .fd = FUSE_FD, .events = 0 } };
+    int n = poll(p, 2, 1000); /* a negative fd (no daemon watched) is skipped by poll */
+    if (n < 0 && errno != EINTR) return 1;
+    if (stop) return 0;
+    if (connection_gone()) return 0;
+    int daemonGone = watched < 0 || (n > 0 && (p[0].revents & POLLIN) != 0);
+    /* Reap what is ours (restarted daemons are our children). */
+    while (waitpid(-1, NULL, WNOHANG) > 0) {}
+    if (!daemonGone) continue;
+    if (watched >= 0) close(watched);
+    watched = -1;
+    /* A daemon that stopped because the mount went away: the connection ends within moments. */
+    for (int i = 0; i < 10 && !connection_gone() && !stop; i++) usleep(50000);
+    if (stop || connection_gone()) return 0;
+    time_t now = time(NULL);
+    if (restartCount == restartsMax) {
+      if (now - restarts[0] < restartWindowSeconds) { say("giving up after restarts:", restartsMax); return 1; }
+      memmove(restarts, restarts + 1, sizeof(time_t) * (restartsMax - 1));
+      restartCount--;
+    }
+    restarts[restartCount++] = now;
+    pid_t child = fork();
+    if (child < 0) { say("fork failed, errno", errno); sleep(1); continue; }
+    if (child == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, NULL);
+      signal(SIGTERM, SIG_DFL);
+      signal(SIGINT, SIG_DFL);
+      signal(SIGHUP, SIG_DFL);
+      signal(SIGPIPE, SIG_DFL);
+      execvp(argv[3], argv + 3);
+      _exit(127);
+    }
+    say("started a new daemon, pid", child);
+    watched = pidfd_of(child);
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * A FUSE 3 mount outlives its daemon (issue #18; docs/TRANSPORT.md, "A mount that outlives its
+ * daemon"): the holder keeps the /dev/fuse descriptor, starts a daemon that takes the mount over when
+ * one is killed, and that daemon asks the kernel to resend what the dead one had read. Checked with
+ * fio's O_DIRECT writes in flight (16 at a time) and its read-back verification, with ext4 on a loop
+ * device (e2fsck), with a daemon that keeps dying (the holder gives up, nothing is left), and with the
+ * clean stops (SIGTERM, vdiskfs umount) that must not start another daemon.
+ */
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { isMounted, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import type { TestMount } from '../helpers/mount'
+
+const MiB = 1024 * 1024
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+function daemonLog (m: TestMount): string {
+  return fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8')
+}
+
+async function until (what: string, check: () => boolean, timeoutMs = 20000): Promise<void> {
+  for (let waited = 0; waited < timeoutMs; waited += 50) {
+    if (check()) return
+    await sleep(50)
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms`)
+}
+
+test.serial('SIGKILL of the daemon: the holder starts one that takes the mount over, and fio with 16 O_DIRECT writes in flight goes on and verifies every block', async t => {
+  const m = await withMount(t, '--transport', 'fuse3')
+  t.is(m.holderPids().length, 1, 'one holder keeps the mount')
+  const image = m.image('disks', 'fio.img')
+  await run('truncate', ['-s', String(64 * MiB), image])
+  const fio = spawn('fio', ['--name=takeover', `--filename=${image}`, '--rw=randwrite', '--bs=4k', `--size=${64 * MiB}`, '--ioengine=libaio', '--direct=1',
+    '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--rate_iops=4000'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  fio.stdout.on('data', chunk => { output += chunk })
+  fio.stderr.on('data', chunk => { output += chunk })
+  const exited = new Promise<number | null>(resolve => fio.on('close', code => resolve(code)))
+  const first = m.pid
+  await sleep(1000)
+  const second = await m.takeoverAfterKill()
+  await sleep(1000)
+  const third = await m.takeoverAfterKill()
+  t.log(`daemons: ${first}, then ${second}, then ${third}`)
+  const code = await exited
+  t.is(code, 0, `fio: ${output.slice(0, 3000)}`)
+  t.false(/verify|error/i.test(output.replace(/verify=crc32c|err=\s*0/g, '')), output.slice(-2000))
+  const log = daemonLog(m)
+  t.is(log.match(/took over the mount/g)?.length, 2, 'two takeovers logged')
+  t.is(log.match(/the kernel resends the requests it had not answered/g)?.length, 2, 'FUSE_NOTIFY_RESEND accepted both times')
+  t.is(m.holderPids().length, 1, 'still one holder')
+  // A clean stop after the takeovers: no daemon, no holder, no mount.
+  const holders = m.holderPids()
+  const stopped = await vdiskfs('umount', m.mnt)
+  t.is(stopped.code, 0, stopped.stderr)
+  t.true(await waitForExit(third), 'the last daemon stopped')
+  for (const pid of holders) t.true(await waitForExit(pid), `holder ${pid} stopped`)
+  t.false(isMounted(m.mnt))
+})
+
+test.serial('ext4 on a loop device over an image keeps working across a daemon SIGKILL: files written before and after read back, and e2fsck is clean', async t => {
+  const m = await withMount(t, '--transport', 'fuse3')
+  const image = m.image('disks', 'fs.img')
+  await run('truncate', ['-s', String(256 * MiB), image])
+  await run('mkfs.ext4', ['-q', '-F', image])
+  const dir = await m.loopMount(image)
+  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'before')}`, 'bs=1M', 'count=16', 'status=none'])
+  await run('sync', [])
+  const before = sha256(path.join(dir, 'before'))
+  // Writes in flight through the loop device while the daemon dies.
+  const writer = run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'during')}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none'])
+  await sleep(300)
+  await m.takeoverAfterKill()
+  await writer
+  await run('dd', ['if=/dev/urandom', `of=${path.join(dir, 'after')}`, 'bs=1M', 'count=16', 'conv=fsync', 'status=none'])
+  const during = sha256(path.join(dir, 'during'))
+  const after = sha256(path.join(dir, 'after'))
+  await run('sync', [])
+  await run('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'])
+  t.is(sha256(path.join(dir, 'before')), before)
+  t.is(sha256(path.join(dir, 'during')), during)
+  t.is(sha256(path.join(dir, 'after')), after)
+  await m.loopUmount(dir)
+  await t.notThrowsAsync(run('e2fsck', ['-fn', image]), 'e2fsck is clean')
+  // Through a remount as well.
+  await m.umount()
+  await m.mount('--transport', 'fuse3')
+  const again = await m.loopMount(image, 'loop,ro')
+  t.is(sha256(path.join(again, 'during')), during)
+  t.is(sha256(path.join(again, 'after')), after)
+})
+
+test.serial('a daemon that keeps dying: the holder gives up after 5 restarts within a minute, the mount ends and no process is left', async t => {
+  const m = await withMount(t, '--transport', 'fuse3')
+  const holders = m.holderPids()
+  t.is(holders.length, 1)
+  for (let i = 0; i < 5; i++) await m.takeoverAfterKill()
+  // The sixth death: no seventh daemon.
+  process.kill(m.pid, 'SIGKILL')
+  t.true(await waitForExit(m.pid))
+  t.true(await waitForExit(holders[0]), 'the holder gave up and exited')
+  t.regex(daemonLog(m), /giving up after restarts: 5/)
+  // The connection ended with the last descriptor: the mount answers ENOTCONN at once, nobody waits.
+  await until('ENOTCONN', () => { try { fs.statSync(m.mnt); return false } catch (err) { return (err as NodeJS.ErrnoException).code === 'ENOTCONN' } })
+  const status = await vdiskfs('status', m.mnt)
+  t.not(status.code, 0)
+  t.is(status.stderr.trim().split('\n').length, 1, 'status says so in one line')
+})
+
+test.serial('clean stops start no new daemon: SIGTERM ends the daemon, the holder and the mount', async t => {
+  const m = await withMount(t, '--transport', 'fuse3')
+  const holders = m.holderPids()
+  t.is(holders.length, 1)
+  fs.writeFileSync(m.image('disks', 'x.img'), 'kept')
+  await m.terminate()
+  for (const pid of holders) t.true(await waitForExit(pid), 'the holder stopped')
+  await until('unmounted', () => !isMounted(m.mnt))
+  t.false(/took over/.test(daemonLog(m)))
+  await m.mount('--transport', 'fuse3')
+  t.is(fs.readFileSync(m.image('disks', 'x.img'), 'utf8'), 'kept')
+})
