@@ -13,7 +13,7 @@ BENCH_PACKAGES := qemu-system-common
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
 
 all: build
 
@@ -100,10 +100,18 @@ install: deps build
 	cp -a dist/src dist/workers "$(DESTDIR)$(PREFIX)/lib/vdiskfs/dist/"
 	install -d "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build"
 	cp -a $(FUSE3_ADDON) $(FUSE3_HOLDER) "$(DESTDIR)$(PREFIX)/lib/vdiskfs/native/fuse3/build/"
-	cp -a bin node_modules package.json "$(DESTDIR)$(PREFIX)/lib/vdiskfs/"
+	cp -a bin node_modules package.json package-lock.json "$(DESTDIR)$(PREFIX)/lib/vdiskfs/"
+# Only what runs: the devDependencies (typescript, eslint, ava ...: half of node_modules) go, offline.
+	cd "$(DESTDIR)$(PREFIX)/lib/vdiskfs" && npm prune --omit=dev --offline --no-audit --no-fund </dev/null
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/vdiskfs" "$(DESTDIR)$(PREFIX)/bin/vdiskfs"
 	ln -sfn "$(PREFIX)/lib/vdiskfs/bin/mount.fuse.vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
 	@echo "installed: $(PREFIX)/bin/vdiskfs, $(SBINDIR)/mount.fuse.vdiskfs (mount.fuse.vdiskfs --help)"
+
+# What install made, and nothing else (pools, mounts and /etc/fstab lines are left alone).
+uninstall:
+	rm -f "$(DESTDIR)$(PREFIX)/bin/vdiskfs" "$(DESTDIR)$(SBINDIR)/mount.fuse.vdiskfs"
+	rm -rf "$(DESTDIR)$(PREFIX)/lib/vdiskfs"
+	@echo "removed $(PREFIX)/lib/vdiskfs, $(PREFIX)/bin/vdiskfs and $(SBINDIR)/mount.fuse.vdiskfs"
 
 # make lint runs first: a violation fails make test before anything is built or run.
 test: deps lint s3-debs build xfstests-tools

@@ -57,6 +57,8 @@ export const mapSparePagesMax = 64
  * RELEASE after close(2) or losetup -d has returned) before they call it in use.
  */
 export const inUseGraceMs = 500
+/** The longest note `vdiskfs note` keeps on a volume, in UTF-8 bytes. */
+export const noteBytesMax = 4096
 /** How often the in-use check looks again for releases during inUseGraceMs. */
 export const inUsePollMs = 10
 

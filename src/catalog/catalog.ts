@@ -46,6 +46,18 @@ export interface VolumeRow {
    * fills it in at insert, see volumeUuid) and in logs written before schema 3.
    */
   uuid?: string
+  /** Backups: `vdiskfs protect` set it; prune keeps it and rm refuses it until unprotected (schema 4). */
+  protected?: boolean
+  /** A free text the admin gave (`vdiskfs note`), or null (schema 4). */
+  note?: string | null
+  /**
+   * The identity (uuid) of the volume this one was made from, kept after that volume is gone: a
+   * backup's disk or clone, a clone's backup; for an imported backup, its source's on the exporting
+   * host, as the stream carries it. Prune groups backups by it. Null when unknown (schema 4).
+   */
+  sourceUuid?: string | null
+  /** Backups: the consistency group it was taken in (`vdiskfs backup IMAGE... --group NAME`), or null (schema 4). */
+  groupName?: string | null
 }
 
 /** A partial import (src/volume/import.ts): kept under the stream's key until the backup appears. */
@@ -60,9 +72,10 @@ export interface ExtentRow { id: number, volumeId: number, createdMs: number }
 
 /**
  * 2 added volumes.owner_uid, owner_gid and mode; 3 added volumes.uuid and the imports and
- * import_blocks tables. An older catalog is migrated at open, one version at a time.
+ * import_blocks tables; 4 added volumes.protected, note, source_uuid and group_name. An older catalog is migrated
+ * at open, one version at a time.
  */
-const catalogSchemaVersion = 3
+const catalogSchemaVersion = 4
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,6 +97,10 @@ CREATE TABLE IF NOT EXISTS volumes (
   owner_gid INTEGER,
   mode INTEGER,
   uuid TEXT,
+  protected INTEGER,
+  note TEXT,
+  source_uuid TEXT,
+  group_name TEXT,
   UNIQUE (kind, name)
 );
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
@@ -173,8 +190,12 @@ export class Catalog {
       } else if (Number(version) === 1) {
         migrateFrom1(db, file)
         migrateFrom2(db)
+        migrateFrom3(db)
       } else if (Number(version) === 2) {
         migrateFrom2(db)
+        migrateFrom3(db)
+      } else if (Number(version) === 3) {
+        migrateFrom3(db)
       } else if (Number(version) !== catalogSchemaVersion) {
         throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
       }
@@ -192,8 +213,8 @@ export class Catalog {
     const db = this.db
     return {
       volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
-      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid)
-        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid)`),
+      insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid, group_name)
+        VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid, @protected, @note, @sourceUuid, @groupName)`),
       volumeUuid: db.prepare('SELECT uuid FROM volumes WHERE id = ?').pluck(),
       volumeByUuid: db.prepare('SELECT id FROM volumes WHERE uuid = ?').pluck(),
       imports: db.prepare('SELECT key, name, size, block_bytes AS blockBytes, base_uuid AS baseUuid, started_ms AS startedMs, updated_ms AS updatedMs FROM imports ORDER BY started_ms'),
@@ -209,10 +230,10 @@ export class Catalog {
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
-        owner_uid = @uid, owner_gid = @gid, mode = @mode WHERE id = @id`),
+        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note WHERE id = @id`),
       updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
-        owner_uid = @uid, owner_gid = @gid, mode = @mode WHERE id = @id`),
+        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note WHERE id = @id`),
       deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
       page: db.prepare('SELECT id, epoch, entries FROM pages WHERE id = ?'),
       putPage: db.prepare('INSERT OR REPLACE INTO pages (id, epoch, entries) VALUES (?, ?, ?)'),
@@ -288,7 +309,11 @@ export class Catalog {
       uid: (row.owner_uid as number | null) ?? owner.uid,
       gid: (row.owner_gid as number | null) ?? owner.gid,
       mode: (row.mode as number | null) ?? defaultModeOf(row.kind as VolumeKind),
-      ...(typeof row.uuid === 'string' ? { uuid: row.uuid } : {})
+      ...(typeof row.uuid === 'string' ? { uuid: row.uuid } : {}),
+      protected: row.protected === 1,
+      note: typeof row.note === 'string' ? row.note : null,
+      sourceUuid: typeof row.source_uuid === 'string' ? row.source_uuid : null,
+      groupName: typeof row.group_name === 'string' ? row.group_name : null
     }))
   }
 
@@ -334,7 +359,7 @@ export class Catalog {
 
   insertVolume (row: VolumeRow): void {
     const pending = this.pendingUuids.get(row.id)
-    this.statements.insertVolume.run({ ...row, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
+    this.statements.insertVolume.run({ ...schema4Fields(row), sourceUuid: row.sourceUuid ?? null, groupName: row.groupName ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
     // In the insert's transaction: rolled back with it. The pending entry stays until the process
     // ends (a commit that fails is retried with the same identity); ids are never reused meanwhile.
     if (pending?.importKey !== undefined) this.deleteImport(pending.importKey)
@@ -382,9 +407,11 @@ export class Catalog {
   /** Chunks that partial imports hold: live for gc although no map names them yet. */
   heldChunkIds (): number[] { return this.statements.heldChunkIds.all() as number[] }
   updateVolume (row: VolumeRow, withRoot: boolean): void {
-    if (withRoot) this.statements.updateVolume.run(row)
-    else {
-      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, ...rest } = row
+    if (withRoot) {
+      const { createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
+      this.statements.updateVolume.run(rest)
+    } else {
+      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolumeNoRoot.run(rest)
     }
   }
@@ -489,6 +516,14 @@ export class Catalog {
   setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }
 }
 
+/**
+ * A row's schema 4 fields as SQLite stores them: protected as 0/1 and a missing note as null (rows of
+ * an older catalog.log, replayed by repair, have neither).
+ */
+function schema4Fields (row: VolumeRow): Omit<VolumeRow, 'protected'> & { protected: number, note: string | null } {
+  return { ...row, protected: row.protected === true ? 1 : 0, note: row.note ?? null }
+}
+
 /** The mode of a new volume: private to its owner; backups never writable (the volume layer's rule). */
 export function defaultModeOf (kind: VolumeKind): number {
   return kind === 'backup' ? 0o400 : 0o600
@@ -519,6 +554,24 @@ function migrateFrom2 (db: Database.Database): void {
     if (!columns.has('uuid')) db.exec('ALTER TABLE volumes ADD COLUMN uuid TEXT')
     const give = db.prepare('UPDATE volumes SET uuid = ? WHERE id = ?')
     for (const id of db.prepare('SELECT id FROM volumes WHERE uuid IS NULL').pluck().all() as number[]) give.run(crypto.randomUUID(), id)
+    db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('3', 'schema_version')
+  })()
+}
+
+/**
+ * Schema 3 -> 4: volumes get protected (0: none is), note (null), group_name (null) and source_uuid: the identity of the
+ * volume each was made from while that volume is still here (null otherwise: an imported backup, or one
+ * whose source was removed, keeps grouping by its source's label). One transaction.
+ */
+function migrateFrom3 (db: Database.Database): void {
+  db.transaction(() => {
+    const columns = new Set((db.prepare('PRAGMA table_info(volumes)').all() as Array<{ name: string }>).map(c => c.name))
+    if (!columns.has('protected')) db.exec('ALTER TABLE volumes ADD COLUMN protected INTEGER')
+    if (!columns.has('note')) db.exec('ALTER TABLE volumes ADD COLUMN note TEXT')
+    if (!columns.has('source_uuid')) db.exec('ALTER TABLE volumes ADD COLUMN source_uuid TEXT')
+    if (!columns.has('group_name')) db.exec('ALTER TABLE volumes ADD COLUMN group_name TEXT')
+    db.exec('UPDATE volumes SET protected = 0 WHERE protected IS NULL')
+    db.exec('UPDATE volumes SET source_uuid = (SELECT s.uuid FROM volumes s WHERE s.id = volumes.source_id) WHERE source_uuid IS NULL AND source_id IS NOT NULL')
     db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')
   })()
 }

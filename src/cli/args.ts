@@ -10,14 +10,19 @@ export interface Spec {
   optional?: string[]
   booleans?: Record<string, string[]>
   values?: Record<string, string[]>
+  /** Any number of positionals may follow the required ones (usage shows `...`). */
+  variadic?: boolean
+  /** Keys of `values` that may be given more than once: all of them are in `lists` (the last in `values`). */
+  repeatable?: string[]
 }
 
-export interface Parsed { positionals: string[], flags: Record<string, boolean>, values: Record<string, string> }
+export interface Parsed { positionals: string[], flags: Record<string, boolean>, values: Record<string, string>, lists: Record<string, string[]> }
 
 export function parseArgs (argv: string[], spec: Spec): Parsed {
   const positionals: string[] = []
   const flags: Record<string, boolean> = {}
   const values: Record<string, string> = {}
+  const lists: Record<string, string[]> = {}
   const booleanOf = new Map<string, string>()
   const valueOf = new Map<string, string>()
   for (const [key, names] of Object.entries(spec.booleans ?? {})) for (const name of names) booleanOf.set(name, key)
@@ -34,6 +39,7 @@ export function parseArgs (argv: string[], spec: Spec): Parsed {
         const given = inline ?? argv[++i]
         if (given === undefined) throw new UsageError(`${name} needs a value`)
         values[value] = given
+        lists[value] = [...(lists[value] ?? []), given]
         continue
       }
       throw new UsageError(`unknown option ${arg}`)
@@ -41,12 +47,12 @@ export function parseArgs (argv: string[], spec: Spec): Parsed {
     positionals.push(arg)
   }
   const optional = spec.optional ?? []
-  if (positionals.length < spec.positionals.length || positionals.length > spec.positionals.length + optional.length) {
+  if (positionals.length < spec.positionals.length || (spec.variadic !== true && positionals.length > spec.positionals.length + optional.length)) {
     const expected = optional.length === 0 ? `${spec.positionals.length}` : `${spec.positionals.length} to ${spec.positionals.length + optional.length}`
     const names = [...spec.positionals, ...optional.map(name => `[${name}]`)].join(' ')
     throw new UsageError(`expected ${expected} argument${spec.positionals.length + optional.length === 1 ? '' : 's'} (${names}), got ${positionals.length}`)
   }
-  return { positionals, flags, values }
+  return { positionals, flags, values, lists }
 }
 
 /** Parses sizes like 65536, 64K, 64KiB, 1M. */

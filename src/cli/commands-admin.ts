@@ -102,6 +102,14 @@ async function copyOut (sourceFile: string, destination: string, size: number, r
   return copied
 }
 
+/** protect / unprotect a backup. */
+async function protection (image: string, on: boolean, json: boolean): Promise<void> {
+  const target = imagePath(image)
+  if (target.kind !== 'backup') throw invalid(`${image} is not a backup: only backups are protected`)
+  const result = await call(target.mountpoint, 'protect', { targetKind: target.kind, targetName: target.name, on }) as VolumeInfo
+  print(json, jsonVolume(result), () => `${on ? 'protected' : 'unprotected'} ${image}`)
+}
+
 export const adminCommands: Record<string, Command> = {
   map: {
     usage: 'map IMAGE [--json]',
@@ -136,6 +144,54 @@ export const adminCommands: Record<string, Command> = {
       const { from, ...copy } = result
       print(flags.json === true, { ...jsonVolume(copy), from: jsonVolume(from) }, () =>
         `copied ${sourceFile} to ${path.join(source.mountpoint, 'disks', result.name)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+    }
+  },
+
+  protect: {
+    usage: 'protect BACKUP [--json]',
+    summary: 'protect a backup: prune keeps it and rm refuses it, even with --force, until unprotect',
+    spec: { positionals: ['BACKUP'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [image], flags }) { await protection(image, true, flags.json === true) }
+  },
+
+  unprotect: {
+    usage: 'unprotect BACKUP [--json]',
+    summary: 'lift the protection of a backup (prune and rm may remove it again)',
+    spec: { positionals: ['BACKUP'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [image], flags }) { await protection(image, false, flags.json === true) }
+  },
+
+  note: {
+    usage: 'note IMAGE TEXT [--json]',
+    summary: "set an image's note, shown by ls and info ('' clears it)",
+    spec: { positionals: ['IMAGE', 'TEXT'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [image, text], flags }) {
+      const target = imagePath(image)
+      const result = await call(target.mountpoint, 'note', { targetKind: target.kind, targetName: target.name, note: text }) as VolumeInfo
+      print(flags.json === true, jsonVolume(result), () => result.note === null ? `cleared the note of ${image}` : `noted ${image}: ${result.note}`)
+    }
+  },
+
+  rename: {
+    usage: 'rename IMAGE NEWNAME [--json]',
+    summary: 'rename a disk, backup or clone within its directory (never replaces one; refused while the image is open)',
+    spec: { positionals: ['IMAGE', 'NEWNAME'], booleans: { json: ['--json'] } },
+    async run ({ positionals: [image, newName], flags }) {
+      const source = imagePath(image)
+      const name = newImageName(newName)
+      let result: VolumeInfo & { from: VolumeInfo }
+      try {
+        result = await call(source.mountpoint, 'rename', { targetKind: source.kind, targetName: source.name, name }) as typeof result
+      } catch (err) {
+        // Refused while open: name who holds it, as rm and promote do.
+        if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err
+        const holders = findHolders(path.join(source.mountpoint, dirOfKind[source.kind], source.name))
+        if (holders.length === 0) throw err
+        throw new VdiskError('BUSY', `${dirOfKind[source.kind]}/${source.name} is in use by ${describeHolders(holders)}: close it first`)
+      }
+      const { from, ...renamed } = result
+      print(flags.json === true, { ...jsonVolume(renamed), from: jsonVolume(from) }, () =>
+        `renamed ${path.join(source.mountpoint, dirOfKind[source.kind], source.name)} to ${path.join(source.mountpoint, dirOfKind[renamed.kind], renamed.name)}`)
     }
   },
 

@@ -56,7 +56,10 @@ export const statusCommands: Record<string, Command> = {
           ['unsealed', bytes(facts.unsealedBytes)],
           ...(facts.keptFromSourceBytes === null ? [] : [['kept from source', bytes(facts.keptFromSourceBytes)] as [string, string]]),
           ['owner', `${facts.uid}:${facts.gid} mode ${json.mode}`],
-          ['open handles', String(facts.openHandles)]
+          ['open handles', String(facts.openHandles)],
+          ...(facts.kind === 'backup' ? [['protected', facts.protected ? 'yes' : 'no'] as [string, string]] : []),
+          ...(facts.group === null ? [] : [['group', printable(facts.group)] as [string, string]]),
+          ...(facts.note === null ? [] : [['note', printable(facts.note)] as [string, string]])
         ]
         return rows.map(([key, value]) => `${(key + ':').padEnd(18)}${value}`).join('\n')
       })

@@ -204,7 +204,7 @@ export const transferCommands: Record<string, Command> = {
       if (failed.length > 0) process.exitCode = 1
       print(flags.json === true, { dryRun: result.dryRun, backups: result.backups.map(({ createdMs, ...b }) => ({ ...b, created: time(createdMs) })) }, () => {
         if (result.backups.length === 0) return 'no backups to prune'
-        const rows = result.backups.map(b => [b.name, time(b.createdMs), b.group, b.keep ? 'keep' : result.dryRun ? 'remove' : b.removed ? 'removed' : 'kept (failed)', b.keep ? `keep-${String(b.rule)}` : (b.error ?? '')])
+        const rows = result.backups.map(b => [b.name, time(b.createdMs), b.group, b.keep ? 'keep' : result.dryRun ? 'remove' : b.removed ? 'removed' : 'kept (failed)', b.keep ? (b.rule === 'protected' ? 'protected' : `keep-${String(b.rule)}`) : (b.error ?? '')])
         return table(['BACKUP', 'CREATED', 'SOURCE', 'ACTION', 'WHY'], rows) + (result.dryRun ? '\n\n(dry run: nothing removed)' : '')
       })
     }

@@ -7,8 +7,8 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
-import { call } from '../control/client'
-import { StatusResult } from '../control/protocol'
+import { call, isDeadMount } from '../control/client'
+import { StatusResult, socketPathsFor } from '../control/protocol'
 import { chooseTransport, runDaemon } from '../daemon/daemon'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
@@ -135,7 +135,16 @@ const coreCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
-      const status = await call(mountpoint, 'status') as StatusResult
+      let status: StatusResult
+      try {
+        status = await call(mountpoint, 'status') as StatusResult
+      } catch (err) {
+        if (!(err instanceof VdiskError) || err.code !== 'NOT_FOUND' || !isDeadMount(mountpoint)) throw err
+        cleanDeadMount(mountpoint)
+        print(flags.json === true, { unmounted: mountpoint, pid: null, daemonWasGone: true }, () =>
+          `unmounted ${mountpoint}, whose daemon was gone (killed?): what it had committed is kept; mount the pool again to use it`)
+        return
+      }
       await call(mountpoint, 'commit')
       const result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
       if (result.status !== 0) {
@@ -156,30 +165,37 @@ const coreCommands: Record<string, Command> = {
   },
 
   backup: {
-    usage: 'backup IMAGE NAME [--freeze FSMOUNT] [--json]',
-    summary: 'take an immutable point-in-time backup of a disk or clone as backups/NAME.img',
-    spec: { positionals: ['IMAGE', 'NAME'], booleans: { json: ['--json'] }, values: { freeze: ['--freeze'] } },
-    async run ({ positionals: [image, name], flags, values }) {
+    usage: 'backup IMAGE NAME [--freeze FSMOUNT]... [--json] | backup IMAGE... --group NAME [--freeze FSMOUNT]... [--json]',
+    summary: 'take an immutable point-in-time backup of a disk or clone as backups/NAME.img; with --group, one atomic backup of several images (backups/NAME-IMAGENAME.img)',
+    spec: { positionals: ['IMAGE'], optional: ['NAME'], variadic: true, booleans: { json: ['--json'] }, values: { freeze: ['--freeze'], group: ['--group'] }, repeatable: ['freeze'] },
+    async run ({ positionals, flags, values, lists }) {
+      if (values.group !== undefined) { await backupGroup(positionals, values.group, lists.freeze ?? [], flags.json === true); return }
+      if (positionals.length !== 2) throw new UsageError(`expected 2 arguments (IMAGE NAME), got ${positionals.length} (several images are backed up together with --group NAME)`)
+      const [image, name] = positionals
       const source = imagePath(image)
       const file = newImageName(name)
       if (source.kind === 'backup') throw invalid(`${image} is a backup; back up a disk or a clone`)
-      const freeze = values.freeze
-      if (freeze !== undefined) fsfreeze('-f', freeze)
-      let result: VolumeInfo & { elapsedMs: number }
-      try {
+      let result!: VolumeInfo & { elapsedMs: number }
+      await withFrozen(lists.freeze ?? [], async () => {
         result = await call(source.mountpoint, 'backup', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
-      } finally {
-        if (freeze !== undefined) fsfreeze('-u', freeze)
-      }
+      })
       print(flags.json === true, jsonVolume(result), () => `backup ${path.join(source.mountpoint, 'backups', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
   },
 
   clone: {
-    usage: 'clone BACKUP NAME [--json]',
-    summary: 'create a writable copy-on-write clone of a backup as clones/NAME.img',
-    spec: { positionals: ['BACKUP', 'NAME'], booleans: { json: ['--json'] } },
-    async run ({ positionals: [image, name], flags }) {
+    usage: 'clone BACKUP NAME [--json] | clone --group GROUP MNT PREFIX [--json]',
+    summary: "create a writable copy-on-write clone of a backup as clones/NAME.img; with --group, one of each of a group's backups (clones/PREFIX-IMAGENAME.img)",
+    spec: { positionals: ['BACKUP', 'NAME'], booleans: { json: ['--json'] }, values: { group: ['--group'] } },
+    async run ({ positionals: [image, name], flags, values }) {
+      if (values.group !== undefined) {
+        const mountpoint = mountpointArg(image)
+        if (name === '' || name.includes('/')) throw invalid(`invalid prefix '${name}': give a plain name such as test`)
+        const result = await call(mountpoint, 'cloneGroup', { group: values.group, prefix: name.replace(/\.img$/, '') }) as { clones: VolumeInfo[] }
+        print(flags.json === true, result.clones.map(c => ({ clone: path.join(mountpoint, 'clones', c.name), ...jsonVolume(c) })), () =>
+          result.clones.map(c => `clone ${path.join(mountpoint, 'clones', c.name)}`).join('\n'))
+        return
+      }
       const source = imagePath(image)
       const file = newImageName(name)
       if (source.kind !== 'backup') throw invalid(`${image} is not a backup: clones stand on backups (make one with vdiskfs backup)`)
@@ -189,10 +205,19 @@ const coreCommands: Record<string, Command> = {
   },
 
   restore: {
-    usage: 'restore BACKUP IMAGE [--force] [--json]',
-    summary: "point a disk or clone back at a backup's content (refused while the image is open, unless --force)",
-    spec: { positionals: ['BACKUP', 'IMAGE'], booleans: { force: ['--force'], json: ['--json'] } },
-    async run ({ positionals: [backupImage, image], flags }) {
+    usage: 'restore BACKUP IMAGE [--force] [--json] | restore --group GROUP MNT [--force] [--json]',
+    summary: "point a disk or clone back at a backup's content (refused while the image is open, unless --force); with --group, every image of a group at once",
+    spec: { positionals: ['BACKUP'], optional: ['IMAGE'], booleans: { force: ['--force'], json: ['--json'] }, values: { group: ['--group'] } },
+    async run ({ positionals: [backupImage, image], flags, values }) {
+      if (values.group !== undefined) {
+        if (image !== undefined) throw new UsageError('restore --group GROUP takes the mountpoint alone (MNT)')
+        const mountpoint = mountpointArg(backupImage)
+        const result = await call(mountpoint, 'restoreGroup', { group: values.group, force: flags.force === true }) as { restored: Array<{ restored: VolumeInfo, from: VolumeInfo }> }
+        print(flags.json === true, result.restored.map(r => ({ restored: jsonVolume(r.restored), from: jsonVolume(r.from) })), () =>
+          result.restored.map(r => `restored ${path.join(mountpoint, dirOfKind[r.restored.kind], r.restored.name)} from ${path.join(mountpoint, 'backups', r.from.name)}`).join('\n'))
+        return
+      }
+      if (image === undefined) throw new UsageError('expected 2 arguments (BACKUP IMAGE), got 1')
       const source = imagePath(backupImage)
       const target = imagePath(image)
       if (source.mountpoint !== target.mountpoint) throw invalid('BACKUP and IMAGE must be in the same vdiskfs mount')
@@ -319,6 +344,61 @@ const coreCommands: Record<string, Command> = {
   }
 }
 
+/**
+ * Runs `work` with each filesystem of `mounts` frozen (fsfreeze -f, in order); every one frozen is
+ * thawed afterwards (fsfreeze -u), also when freezing a later one or `work` fails.
+ */
+async function withFrozen (mounts: string[], work: () => Promise<void>): Promise<void> {
+  const frozen: string[] = []
+  let failure: unknown = null
+  try {
+    for (const mount of mounts) { fsfreeze('-f', mount); frozen.push(mount) }
+    await work()
+  } catch (err) {
+    failure = err
+  }
+  const thawFailures: string[] = []
+  for (const mount of frozen.reverse()) { try { fsfreeze('-u', mount) } catch (err) { thawFailures.push((err as Error).message) } }
+  // A filesystem left frozen is reported first: it blocks its writers until thawed by hand.
+  if (thawFailures.length > 0) throw new VdiskError('IO', thawFailures.join('; '))
+  if (failure !== null) throw failure
+}
+
+/**
+ * `vdiskfs backup IMAGE... --group NAME`: one atomic backup of every image (one mount), named
+ * NAME-IMAGENAME (without .img, then .img); --json prints [{"image", "backup"}].
+ */
+async function backupGroup (images: string[], group: string, freeze: string[], json: boolean): Promise<void> {
+  if (images.length === 0) throw new UsageError('give the images of the group: backup IMAGE... --group NAME')
+  const sources = images.map(imagePath)
+  const mountpoint = sources[0].mountpoint
+  if (sources.some(s => s.mountpoint !== mountpoint)) throw invalid('the images of a group must be in one vdiskfs mount')
+  for (const [i, s] of sources.entries()) if (s.kind === 'backup') throw invalid(`${images[i]} is a backup; back up disks and clones`)
+  const groupName = newImageName(group).replace(/\.img$/, '')
+  const names = sources.map(s => newImageName(`${groupName}-${s.name.replace(/\.img$/, '')}`))
+  let result!: { backups: Array<VolumeInfo & { from: VolumeInfo }>, elapsedMs: number }
+  await withFrozen(freeze, async () => {
+    result = await call(mountpoint, 'backupGroup', { sources: sources.map(s => ({ sourceKind: s.kind, sourceName: s.name })), names, group: groupName }) as typeof result
+  })
+  const made = result.backups.map((b, i) => ({ image: path.join(mountpoint, dirOfKind[sources[i].kind], sources[i].name), backup: path.join(mountpoint, 'backups', b.name) }))
+  print(json, made, () => made.map(m => `backup ${m.backup} of ${m.image}`).join('\n') + `\n(group ${groupName}: one instant, ${result.elapsedMs.toFixed(1)} ms in the daemon)`)
+}
+
+/**
+ * Unmounts a mount whose daemon is gone (ENOTCONN): fusermount -u, or lazily (-uz) when something still
+ * holds it (a loop device, an open file: they get errors until they let go), then removes the control
+ * socket the daemon left behind.
+ */
+function cleanDeadMount (mountpoint: string): void {
+  let result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
+  if (result.status !== 0) result = spawnSync('fusermount', ['-uz', mountpoint], { encoding: 'utf8' })
+  if (result.status !== 0) {
+    const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
+    throw new VdiskError('IO', `the daemon of ${mountpoint} is gone, and fusermount -uz ${mountpoint} failed: ${reason}`)
+  }
+  for (const socket of socketPathsFor(mountpoint)) fs.rmSync(socket, { force: true })
+}
+
 function fsfreeze (flag: '-f' | '-u', mountpoint: string): void {
   const result = spawnSync('fsfreeze', [flag, mountpoint], { encoding: 'utf8' })
   if (result.error !== undefined) throw new VdiskError('IO', `fsfreeze is missing: ${result.error.message}`)
@@ -340,7 +420,8 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
       const last = i === list.length - 1
       const branch = parent === null ? '' : (last ? '└─ ' : '├─ ')
       const gone = parent === null && v.sourceId !== null ? ` (from ${v.sourceLabel ?? '?'}, deleted)` : ''
-      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${time(v.createdMs)}${gone}`)
+      const marks = `${v.groupName !== null ? `  group ${v.groupName}` : ''}${v.protected ? '  protected' : ''}${v.note !== null ? `  note: ${v.note}` : ''}`
+      lines.push(`${prefix}${branch}${dirOfKind[v.kind]}/${v.name}  ${v.kind}  ${bytes(v.size)}  stored ${bytes(v.storedBytes)}  created ${time(v.createdMs)}${gone}${marks}`)
       walk(v.id, parent === null ? prefix : prefix + (last ? '   ' : '│  '))
     })
   }
@@ -350,14 +431,31 @@ function lineageTree (volumes: Array<VolumeInfo & { storedBytes: number }>): str
 
 const commands: Record<string, Command> = { ...coreCommands, ...adminCommands, ...statusCommands, ...transferCommands, ...remoteCommands }
 
+/**
+ * `text` cut into lines of at most `width` characters at spaces (a longer word stays whole): the first
+ * after `indent`, the others after `next`.
+ */
+function wrap (text: string, width: number, indent: string, next = indent): string[] {
+  const lines: string[] = []
+  let line = ''
+  const lead = (): string => lines.length === 0 ? indent : next
+  for (const word of text.split(' ')) {
+    if (line !== '' && lead().length + line.length + 1 + word.length > width) { lines.push(lead() + line); line = word } else line = line === '' ? word : `${line} ${word}`
+  }
+  if (line !== '') lines.push(lead() + line)
+  return lines
+}
+
+/** Help lines stay within this many characters (a terminal's usual width). */
+const helpWidth = 100
+
 function help (): string {
-  const width = Math.max(...Object.values(commands).map(c => c.usage.length))
   return [
     `vdiskfs ${version}: instant, space-efficient virtual disks as image files`,
     '',
     'usage: vdiskfs COMMAND [ARGS]   (vdiskfs COMMAND --help for one command)',
     '',
-    ...Object.values(commands).map(c => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    ...Object.values(commands).flatMap(c => [...wrap(c.usage, helpWidth, '  ', '      '), ...wrap(c.summary, helpWidth, '      ')]),
     '',
     'IMAGE is MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME.'
   ].join('\n')
@@ -382,7 +480,7 @@ export async function main (argv: string[]): Promise<number> {
   process.umask(0o077)
   try {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
-    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${command.summary}\n`); return 0 }
+    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${wrap(command.summary, helpWidth, '').join('\n')}\n`); return 0 }
     await command.run(parseArgs(rest, command.spec))
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {

@@ -29,25 +29,33 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   gauge('vdiskfs_active_resources', "Node's active handles and requests (libuv handles JavaScript sees).", stats.activeResources)
   gauge('vdiskfs_fuse_thread_records', "fuse-native's per-thread records, each a libuv async handle the event loop walks.", stats.fuseThreadRecords)
 
-  const loop = gauge('vdiskfs_event_loop_delay_seconds', `Event-loop delay percentiles over the last ${Math.round(stats.windowSeconds)} s or so.`, 0, ['quantile'])
-  loop.set({ quantile: '0.5' }, stats.eventLoopDelay.p50Ms / 1000)
-  loop.set({ quantile: '0.99' }, stats.eventLoopDelay.p99Ms / 1000)
+  // Percentiles without a sum and count to go with them: gauges of their own (a quantile label belongs
+  // to summaries only; promtool check metrics refuses it elsewhere).
+  gauge('vdiskfs_event_loop_delay_p50_seconds', `Event-loop delay, median over the last ${Math.round(stats.windowSeconds)} s or so.`, stats.eventLoopDelay.p50Ms / 1000)
+  gauge('vdiskfs_event_loop_delay_p99_seconds', `Event-loop delay, 99th percentile over the last ${Math.round(stats.windowSeconds)} s or so.`, stats.eventLoopDelay.p99Ms / 1000)
   gauge('vdiskfs_event_loop_delay_max_seconds', 'Longest event-loop delay in the same window.', stats.eventLoopDelay.maxMs / 1000)
 
   const operations = counter('vdiskfs_fuse_operations_total', 'FUSE requests answered since the mount, by operation.', ['operation'])
   const errors = counter('vdiskfs_fuse_operation_errors_total', 'FUSE requests answered with an error, by operation.', ['operation'])
   const time = counter('vdiskfs_fuse_operation_seconds_total', 'Time spent answering FUSE requests, by operation.', ['operation'])
   const rate = gauge('vdiskfs_fuse_operations_per_second', 'FUSE requests per second over the recent window, by operation.', 0, ['operation'])
-  const latency = gauge('vdiskfs_fuse_operation_latency_seconds', 'FUSE request latency percentiles over the recent window, by operation.', 0, ['operation', 'quantile'])
+  // A summary as client libraries export one: quantiles over the recent window, sum and count since the
+  // mount. prom-client's Summary computes its quantiles from observations of its own, so it is written out.
+  const latency: string[] = []
   for (const [operation, report] of Object.entries(stats.operations)) {
     operations.inc({ operation }, report.count)
     errors.inc({ operation }, report.errors)
     time.inc({ operation }, report.totalSeconds)
     rate.set({ operation }, report.perSecond)
     if (report.latency === null) continue
-    latency.set({ operation, quantile: '0.5' }, report.latency.p50Ms / 1000)
-    latency.set({ operation, quantile: '0.9' }, report.latency.p90Ms / 1000)
-    latency.set({ operation, quantile: '0.99' }, report.latency.p99Ms / 1000)
+    const series = (suffix: string, labels: Record<string, string>, value: number): void => {
+      latency.push(`vdiskfs_fuse_operation_latency_seconds${suffix}{${Object.entries({ operation, ...labels, mountpoint: String(stats.daemon.mountpoint) }).map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(',')}} ${value}`)
+    }
+    series('', { quantile: '0.5' }, report.latency.p50Ms / 1000)
+    series('', { quantile: '0.9' }, report.latency.p90Ms / 1000)
+    series('', { quantile: '0.99' }, report.latency.p99Ms / 1000)
+    series('_sum', {}, report.totalSeconds)
+    series('_count', {}, report.count)
   }
 
   gauge('vdiskfs_unsealed_bytes', 'Bytes in delta extents waiting to be sealed into the chunk store.', stats.unsealedBytes)
@@ -68,5 +76,13 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   gauge('vdiskfs_log_recent_errors', 'Error lines among the last ones the daemon kept (vdiskfs status shows them).', stats.lastErrors.length)
   const last = stats.lastErrors[stats.lastErrors.length - 1]
   if (last !== undefined) gauge('vdiskfs_last_error_time_seconds', 'When the daemon last logged an error, in seconds since the epoch.', Date.parse(last.time) / 1000)
-  return await registry.metrics()
+  const text = await registry.metrics()
+  if (latency.length === 0) return text
+  return `${text.endsWith('\n') ? text : text + '\n'}# HELP vdiskfs_fuse_operation_latency_seconds FUSE request latency, by operation: percentiles over the recent window, sum and count since the mount.\n` +
+    `# TYPE vdiskfs_fuse_operation_latency_seconds summary\n${latency.join('\n')}\n`
+}
+
+/** A label value as the text format writes it: backslash, double quote and newline escaped. */
+function escapeLabel (value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
 }

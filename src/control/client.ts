@@ -8,17 +8,39 @@ import net from 'node:net'
 import path from 'node:path'
 import { VdiskError } from '../errors'
 import { Operation, Reply, checkControlDir, socketPathsFor } from './protocol'
+import { mountsSync } from '../daemon/mountinfo'
+
+/**
+ * Whether `mountpoint` is a vdiskfs mount the kernel still lists (findmnt shows it) although no
+ * daemon answers for it: its daemon died (SIGKILL, a crash) and left it dead (ENOTCONN).
+ */
+export function isDeadMount (mountpoint: string): boolean {
+  try {
+    return mountsSync().some(m => m.mountpoint === mountpoint && (m.fstype === 'fuse.vdiskfs' || m.source.startsWith('vdiskfs:')))
+  } catch {
+    return false
+  }
+}
+
+/** No daemon answers for `mountpoint`: says why (a dead mount, or none at all) and what to do. */
+export function noDaemon (mountpoint: string): VdiskError {
+  if (isDeadMount(mountpoint)) {
+    return new VdiskError('NOT_FOUND', `the daemon of ${mountpoint} is gone (killed?) and its mount is left dead (ENOTCONN): ` +
+      `run vdiskfs umount ${mountpoint} (or fusermount -uz ${mountpoint}) and mount the pool again (what was committed is kept)`)
+  }
+  return new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+}
 
 function socketOf (mountpoint: string): string {
   // A control directory somebody else owns could hold a stranger's socket posing as our daemon.
   const socketPath = socketPathsFor(mountpoint).find(file => checkControlDir(path.dirname(file), false) && fs.existsSync(file))
-  if (socketPath === undefined) throw new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+  if (socketPath === undefined) throw noDaemon(mountpoint)
   return socketPath
 }
 
 function connectError (mountpoint: string, err: Error): VdiskError {
   const code = (err as NodeJS.ErrnoException).code
-  if (code === 'ENOENT' || code === 'ECONNREFUSED') return new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
+  if (code === 'ENOENT' || code === 'ECONNREFUSED') return noDaemon(mountpoint)
   if (code === 'EACCES' || code === 'EPERM') return new VdiskError('NOT_PERMITTED', `the vdiskfs daemon of ${mountpoint} answers only the user who mounted it`)
   return new VdiskError('IO', `cannot reach the vdiskfs daemon of ${mountpoint}: ${err.message}`)
 }

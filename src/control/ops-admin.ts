@@ -45,6 +45,27 @@ export function adminHandlers ({ pool, log }: HandlerContext): Record<string, Ha
       log(`cp: ${named(source)} -> ${named(copy)} (${elapsedMs.toFixed(1)} ms)`)
       return { ...copy.info(), from: source.info(), elapsedMs }
     },
+    protect: async args => {
+      const volume = volumeArg(args, 'target')
+      const on = args.on !== false
+      await pool.protect(volume, on)
+      log(`${on ? 'protect' : 'unprotect'}: ${named(volume)}`)
+      return volume.info()
+    },
+    note: async args => {
+      const volume = volumeArg(args, 'target')
+      if (!(args.note === null || typeof args.note === 'string')) throw invalid('missing note')
+      await pool.setNote(volume, args.note)
+      log(`note: ${named(volume)} ${volume.note === null ? '(cleared)' : `(${Buffer.byteLength(volume.note)} bytes)`}`)
+      return volume.info()
+    },
+    rename: async args => {
+      const volume = volumeArg(args, 'target')
+      const from = volume.info()
+      await pool.renameVolume(volume, nameArg(args))
+      log(`rename: ${named(from)} -> ${named(volume)}`)
+      return { ...volume.info(), from }
+    },
     promote: async args => {
       const started = process.hrtime.bigint()
       const clone = volumeArg(args, 'source')

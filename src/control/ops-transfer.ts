@@ -12,6 +12,7 @@ import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
+import { headerSourceLabelBytesMax } from '../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
@@ -29,7 +30,14 @@ function streamOnly (stream: StreamHandler): Handler {
   return Object.assign(async () => { throw invalid('this operation carries a stream: use vdiskfs export or import') }, { stream })
 }
 
-export function transferHandlers ({ pool, log }: HandlerContext): Record<string, Handler> {
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+export function transferHandlers ({ pool, log, metrics }: HandlerContext): Record<string, Handler> {
+  /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
+  const sourceLabelOf = (volume: Volume): string => {
+    const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
+    return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
+  }
   const volumeOf = (kind: unknown, name: unknown, what: string): Volume => {
     if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${what}`)
     const volume = pool.get(kind as VolumeKind, name)
@@ -68,10 +76,14 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
         baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
         size: volume.size,
         createdMs: volume.createdMs,
-        records: changed.count
+        records: changed.count,
+        // Its source's identity travels along: the importing host groups it with that source's backups.
+        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(volume) }
       }
       await send(socket, replyLine(header))
-      await sendBlocks(socket, volume, changed)
+      // A job while it sends (vdiskfs status lists it, with its progress in blocks).
+      const progress = { done: 0, total: changed.count }
+      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(socket, volume, changed, progress), () => progress)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
       log(`export: ${volume.label}${since !== null ? ` since ${since.name}` : ''}, ${changed.count} blocks`)
@@ -87,7 +99,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
    * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
    * or not (chunks in one worker task), a few reads ahead.
    */
-  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet): Promise<void> {
+  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
     const blockBytes = pool.blockBytes
     type Group = Array<{ block: number, entry: number }>
     // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
@@ -137,6 +149,7 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       const data = await reading
       readAhead()
       sent += group.length
+      progress.done = sent
       for (let i = 0; i < group.length; i++) {
         const { block, entry } = group[i]
         if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
@@ -159,7 +172,10 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
       if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
       if (typeof args.name !== 'string') throw invalid('missing name')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs }, args.name)
+      const source = header.source ?? null
+      if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
+        typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name)
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -241,17 +257,49 @@ export function transferHandlers ({ pool, log }: HandlerContext): Record<string,
       }
       if (!keepsAnything(keep)) throw invalid('no --keep-* rule with a count above 0: prune refuses to remove every backup')
       const match = typeof args.match === 'string' ? globPattern(args.match) : null
-      const backups = pool.visible('backup').filter(v => match === null || match.test(v.name))
-      // Grouped by the volume each was taken from (by its label once it is gone; imports together).
-      const decisions = selectPrune(backups.map(v => ({ id: v.id, name: v.name, createdMs: v.createdMs, group: v.sourceId !== null && pool.byId(v.sourceId) !== undefined ? `${pool.byId(v.sourceId)?.label}` : v.sourceLabel ?? '(imported)' })), keep)
+      // A consistency group is one unit (its backups are one instant of several disks): one candidate,
+      // kept or removed whole, grouped with the other groups of the same sources. --match takes a
+      // group when it matches any of its backups.
+      const units = new Map<string, Volume[]>()
+      for (const v of pool.visible('backup')) {
+        const key = v.groupName !== null ? `group ${v.groupName}` : `volume ${v.id}`
+        const unit = units.get(key)
+        if (unit === undefined) units.set(key, [v])
+        else unit.push(v)
+      }
+      const chosen = [...units.values()].filter(members => match === null || members.some(v => match.test(v.name)))
+      // Grouped by the identity of the volume each was taken from (kept once it is gone, and carried by
+      // an export stream to the importing host), named by its label; without one (a backup made before
+      // schema 4 whose source was gone, an import of an older stream), by the label alone.
+      const decisions = selectPrune(chosen.map(members => {
+        const sources = members.map(v => ({ label: sourceLabelOf(v), key: v.sourceUuid ?? sourceLabelOf(v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+        const first = members.reduce((a, b) => a.id < b.id ? a : b)
+        return {
+          id: first.id,
+          name: first.groupName ?? first.name,
+          createdMs: Math.max(...members.map(v => v.createdMs)),
+          group: sources.map(s => s.label).join(' + '),
+          ...(members.length > 1 || first.sourceUuid !== null ? { groupKey: sources.map(s => s.key).join(' + ') } : {}),
+          protected: members.some(v => v.isProtected)
+        }
+      }), keep)
+      const unitOf = new Map(chosen.map(members => [members.reduce((a, b) => a.id < b.id ? a : b).id, members]))
       const results = []
       for (const d of decisions) {
-        let error: string | null = null
-        if (!d.keep && args.dryRun !== true) {
-          const volume = pool.byId(d.id)
-          try { if (volume !== undefined) await pool.remove(volume) } catch (err) { error = (err as Error).message }
+        const members = (unitOf.get(d.id) ?? []).filter(v => pool.byId(v.id) === v)
+        // Protected since the decision (removals before it awaited): kept, the whole group.
+        if (!d.keep && members.some(v => v.isProtected)) { d.keep = true; d.rule = 'protected' }
+        // A group with a member open is kept whole rather than cut in part.
+        const open = members.find(v => v.openHandles > 0)
+        for (const volume of members) {
+          let error: string | null = null
+          if (!d.keep && args.dryRun !== true) {
+            if (open !== undefined) error = `${open.label} is in use: its group ${volume.groupName ?? ''} is kept whole`
+            else try { await pool.remove(volume) } catch (err) { error = (err as Error).message }
+          }
+          const { groupKey: _key, id: _id, name: _name, ...shown } = d
+          results.push({ ...shown, id: volume.id, name: volume.name, createdMs: volume.createdMs, backupGroup: volume.groupName, removed: !d.keep && args.dryRun !== true && error === null, error })
         }
-        results.push({ ...d, removed: !d.keep && args.dryRun !== true && error === null, error })
       }
       return { dryRun: args.dryRun === true, backups: results }
     }

@@ -98,6 +98,31 @@ function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerCon
       log(`backup: ${named(source)} -> ${named(backup)} (${elapsedMs.toFixed(1)} ms)`)
       return { ...backup.info(), elapsedMs }
     },
+    backupGroup: async args => {
+      const started = process.hrtime.bigint()
+      if (!Array.isArray(args.sources) || !Array.isArray(args.names) || typeof args.group !== 'string') throw invalid('missing sources, names or group')
+      const sources = (args.sources as unknown[]).map(s => volumeArg((s ?? {}) as Record<string, unknown>, 'source'))
+      const names = (args.names as unknown[]).map(n => { if (typeof n !== 'string') throw invalid('missing name'); return n })
+      const backups = await pool.backupGroup(sources, names, args.group)
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`backup group ${args.group}: ${sources.map((s, i) => `${named(s)} -> ${named(backups[i])}`).join(', ')} (${elapsedMs.toFixed(1)} ms)`)
+      return { backups: backups.map((b, i) => ({ ...b.info(), from: sources[i].info() })), elapsedMs }
+    },
+    restoreGroup: async args => {
+      if (typeof args.group !== 'string') throw invalid('missing group')
+      const pairs = await pool.restoreGroup(args.group, { force: args.force === true })
+      log(`restore group ${args.group}: ${pairs.map(p => `${named(p.target)} from ${named(p.backup)}`).join(', ')}${args.force === true ? ' (--force)' : ''}`)
+      return { restored: pairs.map(p => ({ restored: p.target.info(), from: p.backup.info() })) }
+    },
+    cloneGroup: async args => {
+      const group = args.group
+      const prefix = args.prefix
+      if (typeof group !== 'string' || typeof prefix !== 'string') throw invalid('missing group or prefix')
+      // PREFIX-<the member's name without its group's prefix>: group vm1-mon's vm1-mon-root.img -> PREFIX-root.img.
+      const clones = await pool.cloneGroup(group, backup => `${prefix}-${backup.name.startsWith(`${group}-`) ? backup.name.slice(group.length + 1) : backup.name}`)
+      log(`clone group ${group}: ${clones.map(c => named(c)).join(', ')}`)
+      return { clones: clones.map(c => c.info()) }
+    },
     clone: async args => {
       const started = process.hrtime.bigint()
       const source = volumeArg(args, 'source')
@@ -130,6 +155,9 @@ function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerCon
     }
   }
 }
+
+/** Control operations that change nothing: their refusals are not logged. */
+const quietOperations = new Set(['status', 'stats', 'progress', 'ls', 'du', 'info', 'map', 'diff', 'uuid', 'imports', 'jobs'])
 
 export function startControlServer (socketPath: string, handlers: Record<Operation, Handler>, log: (message: string) => void): net.Server {
   // Only the pool's owner may reach the socket (protocol.ts): a 0700 directory of ours, a 0600 socket.
@@ -188,7 +216,12 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     try {
       return { id: request.id, ok: true, result: await handler(request.args ?? {}) }
     } catch (err) {
-      if (err instanceof VdiskError) return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+      if (err instanceof VdiskError) {
+        // Refusals of what changes the pool are logged (busy, read-only, protected, exists ...); the
+        // read-only queries' failures are the caller's business alone.
+        if (!quietOperations.has(request.op)) log(`${request.op} refused (${err.code}): ${err.message}`)
+        return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+      }
       log(`bug in control ${request.op}: ${(err as Error)?.stack ?? String(err)}`)
       return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
     }

@@ -104,6 +104,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
+  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
   const transport = takeover ? 'fuse3' : chooseTransport(options.transport)
   const fuse3 = transport === 'fuse3'
   // The FUSE 3 mount outlives this daemon when a holder keeps its descriptor: root only for now (a
@@ -127,7 +128,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
-  const fsname = `vdiskfs:${pool.dir}`.replace(/,/g, '_')
+  // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
+  // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
+  const fsname = pool.dir.replace(/,/g, '_')
   let fuse: VdiskFuse | Fuse3Transport
   try {
     fuse = fuse3

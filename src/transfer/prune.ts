@@ -2,7 +2,9 @@
  * Which backups `vdiskfs prune` keeps: Proxmox Backup Server's retention algorithm (pbs-datastore
  * prune.rs, mark_selections), by creation time in UTC. Pure: no pool, no clock.
  *
- * Backups are grouped (by the volume they were taken from) and each group is pruned on its own.
+ * Backups are grouped (by the volume they were taken from: `groupKey`, else `group`) and each group
+ * is pruned on its own. A protected backup is kept (rule 'protected') and counts for no rule, as in
+ * PBS: it neither takes a period's place nor covers one.
  * In a group, newest first, the rules run in this order: last, hourly, daily, weekly, monthly, yearly.
  * A rule with N keeps the newest backup of each of the N most recent periods (an hour, a UTC day, an
  * ISO week, a month, a year; `last`: each backup is its own period) that no earlier rule already kept
@@ -16,8 +18,13 @@ export const pruneRules = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'year
 export type PruneRule = typeof pruneRules[number]
 export type PruneKeep = Partial<Record<PruneRule, number>>
 
-export interface PruneCandidate { id: number, name: string, createdMs: number, group: string }
-export interface PruneDecision extends PruneCandidate { keep: boolean, rule: PruneRule | null }
+/**
+ * `group`: what the group is called (its source's label); `groupKey`: what it is told apart by when
+ * set (its source's identity: two sources of one label over time, or imports from several hosts, stay
+ * apart); `protected`: kept whatever the rules say.
+ */
+export interface PruneCandidate { id: number, name: string, createdMs: number, group: string, groupKey?: string, protected?: boolean }
+export interface PruneDecision extends PruneCandidate { keep: boolean, rule: PruneRule | 'protected' | null }
 
 /** Whether `keep` asks to keep anything (some rule with N > 0). */
 export function keepsAnything (keep: PruneKeep): boolean {
@@ -54,12 +61,19 @@ export function periodOf (rule: PruneRule, candidate: PruneCandidate): string {
 /** Decides every candidate: kept (and by which rule) or removed. Newest first in the result, by group. */
 export function selectPrune (candidates: PruneCandidate[], keep: PruneKeep): PruneDecision[] {
   const groups = new Map<string, PruneCandidate[]>()
-  for (const c of candidates) groups.set(c.group, [...(groups.get(c.group) ?? []), c])
+  for (const c of candidates) {
+    const key = c.groupKey ?? c.group
+    const list = groups.get(key)
+    if (list === undefined) groups.set(key, [c])
+    else list.push(c)
+  }
   const out: PruneDecision[] = []
   for (const group of [...groups.keys()].sort()) {
     // Newest first; equal times by id, the later one first.
-    const list = (groups.get(group) as PruneCandidate[]).slice().sort((a, b) => b.createdMs - a.createdMs || b.id - a.id)
-    const marks = new Map<number, { keep: boolean, rule: PruneRule | null }>()
+    const all = (groups.get(group) as PruneCandidate[]).slice().sort((a, b) => b.createdMs - a.createdMs || b.id - a.id)
+    const list = all.filter(c => c.protected !== true)
+    const marks = new Map<number, { keep: boolean, rule: PruneRule | 'protected' | null }>()
+    for (const c of all) if (c.protected === true) marks.set(c.id, { keep: true, rule: 'protected' })
     for (const rule of pruneRules) {
       const n = keep[rule] ?? 0
       if (n <= 0) continue
@@ -78,7 +92,7 @@ export function selectPrune (candidates: PruneCandidate[], keep: PruneKeep): Pru
         }
       }
     }
-    for (const c of list) out.push({ ...c, ...(marks.get(c.id)?.keep === true ? marks.get(c.id) as { keep: boolean, rule: PruneRule } : { keep: false, rule: null }) })
+    for (const c of all) out.push({ ...c, ...(marks.get(c.id)?.keep === true ? marks.get(c.id) as { keep: boolean, rule: PruneRule | 'protected' } : { keep: false, rule: null }) })
   }
   return out
 }

@@ -25,14 +25,26 @@ export const streamVersion = 1
  *   48      8     size: the backup's size in bytes
  *   56      8     createdMs: the backup's creation time (ms since the epoch, UTC)
  *   64      8     records: how many block records follow
- *   72      4     flags: 0 (readers refuse any other value)
- *   76      4     CRC-32 of bytes 0-75 followed by the name
+ *   72      4     flags: 0, or headerFlagSource (readers refuse any other bit)
+ *   76      4     CRC-32 of bytes 0-75 followed by the name and the source part
  *   80      N     name
+ *
+ * With headerFlagSource, the source part follows the name: the identity of the volume the backup was
+ * taken from (prune groups by it on the importing host as on the exporting one) and its label.
+ *
+ *   0       16    sourceUuid (RFC 4122 bytes)
+ *   16      2     labelBytes (at most headerNameBytesMax + 10)
+ *   18      L     label, e.g. "disk web.img" (UTF-8)
  */
 export const headerFields = { magic: 0, version: 8, nameBytes: 10, blockBytes: 12, uuid: 16, baseUuid: 32, size: 48, createdMs: 56, records: 64, flags: 72, crc: 76 } as const
 export const headerFixedBytes = 80
 /** Longest name a header carries (a volume name is at most 128 bytes). */
 export const headerNameBytesMax = 255
+/** Flag: the header carries its source part (the source volume's identity and label) after the name. */
+export const headerFlagSource = 1
+/** The source part's fixed bytes (uuid, labelBytes), and the longest label ("disk " + a name). */
+export const headerSourceFixedBytes = 18
+export const headerSourceLabelBytesMax = headerNameBytesMax + 10
 
 /**
  * Block record: a fixed part, then payloadBytes of payload.

@@ -30,7 +30,7 @@ import { VdiskError, corrupt, invalid } from '../errors'
 import { createdMsMax } from '../limits'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
 import {
-  hashBytes, headerFields, headerFixedBytes, headerNameBytesMax, recordFields, recordFixedBytes, recordMagic,
+  hashBytes, headerFields, headerFixedBytes, headerFlagSource, headerNameBytesMax, headerSourceFixedBytes, headerSourceLabelBytesMax, recordFields, recordFixedBytes, recordMagic,
   recordTypeRaw, recordTypeZero, recordTypeZstd, streamBlockBytesMax, streamMagic, streamVersion,
   streamVolumeBytesMax, streamZstdLevel, trailerBytes, trailerFields, trailerMagic
 } from './stream-format'
@@ -51,6 +51,11 @@ export interface StreamHeader {
   createdMs: number
   /** How many block records follow the header. */
   records: number
+  /**
+   * The volume the backup was taken from: its identity and label (`disk web.img`), carried so that the
+   * importing host groups the backup with others of that source (prune); absent or null: unknown.
+   */
+  source?: { uuid: string, label: string } | null
 }
 
 /**
@@ -102,7 +107,8 @@ export function encodeHeader (header: StreamHeader): Buffer {
   const name = Buffer.from(header.name, 'utf8')
   if (name.length > headerNameBytesMax) throw invalid(`name '${header.name}' is too long for a stream header`)
   checkHeaderValues(header)
-  const out = Buffer.alloc(headerFixedBytes + name.length)
+  const sourcePart = encodeSourcePart(header.source ?? null)
+  const out = Buffer.alloc(headerFixedBytes + name.length + sourcePart.length)
   streamMagic.copy(out, headerFields.magic)
   out.writeUInt16LE(streamVersion, headerFields.version)
   out.writeUInt16LE(name.length, headerFields.nameBytes)
@@ -112,14 +118,34 @@ export function encodeHeader (header: StreamHeader): Buffer {
   out.writeBigUInt64LE(BigInt(header.size), headerFields.size)
   out.writeBigUInt64LE(BigInt(header.createdMs), headerFields.createdMs)
   out.writeBigUInt64LE(BigInt(header.records), headerFields.records)
-  out.writeUInt32LE(0, headerFields.flags)
+  out.writeUInt32LE(sourcePart.length > 0 ? headerFlagSource : 0, headerFields.flags)
   name.copy(out, headerFixedBytes)
-  out.writeUInt32LE(headerCrc(out, name.length), headerFields.crc)
+  sourcePart.copy(out, headerFixedBytes + name.length)
+  out.writeUInt32LE(headerCrc(out, out.length - headerFixedBytes), headerFields.crc)
   return out
 }
 
-function headerCrc (bytes: Buffer, nameBytes: number): number {
-  return zlib.crc32(bytes.subarray(headerFixedBytes, headerFixedBytes + nameBytes), zlib.crc32(bytes.subarray(0, headerFields.crc)))
+/** CRC-32 of the fixed part before the CRC, then the `variableBytes` after it (name and source part). */
+function headerCrc (bytes: Buffer, variableBytes: number): number {
+  return zlib.crc32(bytes.subarray(headerFixedBytes, headerFixedBytes + variableBytes), zlib.crc32(bytes.subarray(0, headerFields.crc)))
+}
+
+/** The source part of a header (stream-format.ts), or nothing when the source is unknown. */
+function encodeSourcePart (source: { uuid: string, label: string } | null): Buffer {
+  if (source === null) return Buffer.alloc(0)
+  const label = Buffer.from(source.label, 'utf8')
+  if (label.length > headerSourceLabelBytesMax) throw invalid(`source label '${source.label}' is too long for a stream header`)
+  const out = Buffer.alloc(headerSourceFixedBytes + label.length)
+  uuidToBytes(source.uuid).copy(out, 0)
+  out.writeUInt16LE(label.length, 16)
+  label.copy(out, headerSourceFixedBytes)
+  return out
+}
+
+/** Checks a header's flags (INVALID for a bit this vdiskfs does not read); whether it has a source part. */
+function hasSourcePart (flags: number): boolean {
+  if ((flags & ~headerFlagSource) !== 0) throw invalid(`stream header flags ${flags} are not supported by this vdiskfs`)
+  return (flags & headerFlagSource) !== 0
 }
 
 function checkHeaderValues (header: StreamHeader): void {
@@ -139,8 +165,15 @@ function checkNameBytes (nameBytes: number): void {
 function decodeHeader (bytes: Buffer): StreamHeader {
   const nameBytes = bytes.readUInt16LE(headerFields.nameBytes)
   checkNameBytes(nameBytes)
-  if (headerCrc(bytes, nameBytes) !== bytes.readUInt32LE(headerFields.crc)) throw corrupt('stream header fails its checksum (damaged)')
-  if (bytes.readUInt32LE(headerFields.flags) !== 0) throw invalid(`stream header flags ${bytes.readUInt32LE(headerFields.flags)} are not supported by this vdiskfs`)
+  if (headerCrc(bytes, bytes.length - headerFixedBytes) !== bytes.readUInt32LE(headerFields.crc)) throw corrupt('stream header fails its checksum (damaged)')
+  let source: { uuid: string, label: string } | null = null
+  if (hasSourcePart(bytes.readUInt32LE(headerFields.flags))) {
+    const at = headerFixedBytes + nameBytes
+    source = {
+      uuid: uuidFromBytes(bytes.subarray(at, at + 16)),
+      label: bytes.subarray(at + headerSourceFixedBytes, at + headerSourceFixedBytes + bytes.readUInt16LE(at + 16)).toString('utf8')
+    }
+  }
   const baseUuid = uuidFromBytes(bytes.subarray(headerFields.baseUuid, headerFields.baseUuid + 16))
   const header: StreamHeader = {
     name: bytes.subarray(headerFixedBytes, headerFixedBytes + nameBytes).toString('utf8'),
@@ -149,7 +182,8 @@ function decodeHeader (bytes: Buffer): StreamHeader {
     baseUuid: baseUuid === zeroUuid ? null : baseUuid,
     size: Number(bytes.readBigUInt64LE(headerFields.size)),
     createdMs: Number(bytes.readBigUInt64LE(headerFields.createdMs)),
-    records: Number(bytes.readBigUInt64LE(headerFields.records))
+    records: Number(bytes.readBigUInt64LE(headerFields.records)),
+    ...(source !== null ? { source } : {})
   }
   checkHeaderValues(header)
   return header
@@ -343,7 +377,13 @@ export class StreamDecoder extends Transform {
         if (version !== streamVersion) throw invalid(`stream version ${version} is not supported (this vdiskfs reads version ${streamVersion})`)
         const nameBytes = fixed.readUInt16LE(headerFields.nameBytes)
         checkNameBytes(nameBytes) // before waiting for them
-        const total = headerFixedBytes + nameBytes
+        let total = headerFixedBytes + nameBytes
+        if (hasSourcePart(fixed.readUInt32LE(headerFields.flags))) {
+          if (this.queue.length < total + headerSourceFixedBytes) return
+          const labelBytes = this.queue.peek(total + headerSourceFixedBytes).readUInt16LE(total + 16)
+          if (labelBytes > headerSourceLabelBytesMax) throw corrupt(`stream header names a ${labelBytes}-byte source label, past the format's ${headerSourceLabelBytesMax} (damaged)`)
+          total += headerSourceFixedBytes + labelBytes
+        }
         if (this.queue.length < total) return
         const bytes = this.consume(total)
         this.header = decodeHeader(bytes)

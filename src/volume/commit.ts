@@ -28,6 +28,9 @@ export class Committer {
   /** The writable extent list as last committed (see markOpen). */
   private persistedWritable = '[]'
 
+  /** Set by markOpen: the pool's last run did not close it (its daemon was killed, or the host crashed). */
+  uncleanStopFound = false
+
   constructor (private readonly state: PoolState) {}
 
   /**
@@ -37,6 +40,7 @@ export class Committer {
    * unchecked until recover() recomputes their checksums; the list is kept in the catalog until then.
    */
   markOpen (): void {
+    this.uncleanStopFound = this.state.catalog.getMeta('clean_close') === '0'
     const parse = (key: string): number[] => { try { return JSON.parse(this.state.catalog.getMeta(key) ?? '[]') as number[] } catch { return [] } }
     const suspect = new Set(parse('suspect_extents'))
     if (this.state.catalog.getMeta('clean_close') !== '1') for (const id of parse('writable_extents')) suspect.add(id)

@@ -36,6 +36,12 @@ export interface VolumeFacts {
   mode: number
   /** Handles open on it through the mount (files, loop devices). */
   openHandles: number
+  /** Backups: prune keeps it and rm refuses it until unprotected (vdiskfs protect). */
+  protected: boolean
+  /** The admin's note (vdiskfs note), or null. */
+  note: string | null
+  /** Backups: the consistency group it was taken in (vdiskfs backup --group), or null. */
+  group: string | null
 }
 
 /** Where a volume came from, as a path inside the mount, or null for a disk made from nothing. */
@@ -69,6 +75,9 @@ export function volumeFacts (pool: Pool, space: SpaceAccounting, volume: Volume)
     uid: volume.uid,
     gid: volume.gid,
     mode: volume.mode,
-    openHandles: volume.openHandles
+    openHandles: volume.openHandles,
+    protected: volume.isProtected,
+    note: volume.note,
+    group: volume.groupName
   }
 }

@@ -46,6 +46,8 @@ export interface ImportSpec {
   size: number
   blockBytes: number
   createdMs: number
+  /** The identity and label of the volume the backup was taken from, when the stream carries them. */
+  source?: { uuid: string, label: string } | null
 }
 
 /** One block to import: its index, and its bytes and id, or null for a block that reads as zeros. */
@@ -273,7 +275,8 @@ export class ImportSession {
         await new Promise(resolve => setImmediate(resolve))
       }
       const now = Date.now()
-      const volume = new Volume(state, state.nextVolumeId++, 'backup', this.name, this.spec.size, this.spec.createdMs, now, null, null, map, null)
+      const volume = new Volume(state, state.nextVolumeId++, 'backup', this.name, this.spec.size, this.spec.createdMs, now, null, this.spec.source?.label ?? null, map, null)
+      volume.sourceUuid = this.spec.source?.uuid ?? null
       volume.uid = process.getuid?.() ?? 0
       volume.gid = process.getgid?.() ?? 0
       volume.mode = defaultModeOf('backup')

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
-import { inUseGraceMs, inUsePollMs } from '../limits'
+import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
 import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, libfuseNameOf, removedName } from './names'
@@ -45,6 +45,10 @@ export class Namespace {
     volume.uid = row.uid
     volume.gid = row.gid
     volume.mode = row.mode
+    volume.isProtected = row.protected === true
+    volume.note = row.note ?? null
+    volume.sourceUuid = row.sourceUuid ?? null
+    volume.groupName = row.groupName ?? null
     return volume
   }
 
@@ -120,6 +124,15 @@ export class Namespace {
     }
   }
 
+  /**
+   * Logs an operation through the mount that the volume layer refuses (read-only backups, moves across
+   * kinds), as the README promises, and returns the error to throw. The control socket logs its own.
+   */
+  private refused (what: string, err: VdiskError): VdiskError {
+    this.state.log(`refused: ${what} (${err.code}): ${err.message}`)
+    return err
+  }
+
   /** Throws NOT_FOUND when `volume` left the namespace (removed, or hidden by rm --force) during an await. */
   private checkStillHere (volume: Volume): void {
     if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
@@ -134,6 +147,7 @@ export class Namespace {
     volume.uid = source?.uid ?? process.getuid?.() ?? 0
     volume.gid = source?.gid ?? process.getgid?.() ?? 0
     volume.mode = defaultModeOf(kind)
+    volume.sourceUuid = source === null ? null : this.state.catalog.volumeUuid(source.id)
     volume.rowDirty = true
     this.volumes.set(volume.id, volume)
     this.changed(volume)
@@ -145,8 +159,8 @@ export class Namespace {
    * made this way: backups come from `backup` (READ_ONLY), clones from `clone` (NOT_PERMITTED).
    */
   async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> {
-    if (kind === 'backup') throw readOnly(`backups (take one with 'vdiskfs backup')`)
-    if (kind === 'clone') throw notPermitted(`clones come from 'vdiskfs clone'`)
+    if (kind === 'backup') throw this.refused(`create backups/${name}`, readOnly(`backups (take one with 'vdiskfs backup')`))
+    if (kind === 'clone') throw this.refused(`create clones/${name}`, notPermitted(`clones come from 'vdiskfs clone'`))
     return await this.createDisk(name, options)
   }
 
@@ -201,8 +215,8 @@ export class Namespace {
    * (see rename).
    */
   async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> {
-    if (volume.kind === 'backup' || kind === 'backup') throw readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`)
-    if (volume.kind !== kind) throw new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`)
+    if (volume.kind === 'backup' || kind === 'backup') throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`))
+    if (volume.kind !== kind) throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`))
     await this.rename(volume, name, isLibfuseHiddenName(name))
   }
 
@@ -211,7 +225,7 @@ export class Namespace {
    * last release). Backups are removed only by `vdiskfs rm` (READ_ONLY).
    */
   async unlink (volume: Volume): Promise<void> {
-    if (volume.kind === 'backup') throw readOnly(`backup ${volume.name} (remove it with 'vdiskfs rm')`)
+    if (volume.kind === 'backup') throw this.refused(`unlink of ${volume.label}`, readOnly(`backup ${volume.name} (remove it with 'vdiskfs rm')`))
     await this.remove(volume, { force: true })
   }
 
@@ -221,14 +235,71 @@ export class Namespace {
    * now (its name is free again), readable and writable by its holders, removed at the last release.
    */
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> {
-    if (await this.inUse(volume, options.force === true)) this.hide(volume)
+    this.checkUnprotected(volume)
+    const held = await this.inUse(volume, options.force === true)
+    // Protected while this waited for releases: still refused.
+    this.checkUnprotected(volume)
+    if (held) this.hide(volume)
     else this.forget(volume)
+    await this.commit()
+  }
+
+  /** NOT_PERMITTED for a protected backup: nothing removes it (rm, --force, prune) until it is unprotected. */
+  private checkUnprotected (volume: Volume): void {
+    if (volume.isProtected) throw notPermitted(`${volume.label} is protected: run vdiskfs unprotect on it first`)
+  }
+
+  /**
+   * Protects a backup (`on`) or lifts its protection: prune keeps a protected backup and rm refuses
+   * it, with or without force. Durable on return. Errors: INVALID for a disk or clone.
+   */
+  async protect (volume: Volume, on: boolean): Promise<void> {
+    if (volume.kind !== 'backup') throw invalid(`${volume.label} is a ${volume.kind}: only backups are protected (disks and clones are removed only by whoever removes them)`)
+    this.checkStillHere(volume)
+    if (volume.isProtected === on) return
+    volume.isProtected = on
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /** Sets a volume's note (null or '' clears it). Durable on return. Errors: INVALID for a note too long. */
+  async setNote (volume: Volume, note: string | null): Promise<void> {
+    const text = note === '' ? null : note
+    if (text !== null && Buffer.byteLength(text) > noteBytesMax) throw invalid(`a note holds at most ${noteBytesMax} bytes (this one has ${Buffer.byteLength(text)})`)
+    this.checkStillHere(volume)
+    volume.note = text
+    volume.rowDirty = true
+    this.changed(volume)
+    await this.commit()
+  }
+
+  /**
+   * Renames a volume of any kind within its directory (`vdiskfs rename`; zfs rename): a backup too,
+   * which rename(2) through the mount refuses. Never replaces a volume (EXISTS). The new name is held
+   * from its check to the rename, and the volume must not be open (BUSY, after the releases on their
+   * way): libfuse keeps a holder's node under the old name, as for promote. A volume removed, renamed
+   * or promoted while this waited is NOT_FOUND under its old name.
+   */
+  async renameVolume (volume: Volume, newName: string): Promise<void> {
+    const kind = volume.kind
+    const oldName = volume.name
+    checkName(newName)
+    this.checkStillHere(volume)
+    if (newName === oldName) return
+    await this.withNewName(kind, newName, async () => {
+      await this.inUse(volume, false)
+      if (volume.kind !== kind || volume.name !== oldName) throw notFound(`${kind} ${oldName}`)
+      volume.name = newName
+      volume.rowDirty = true
+      this.changed(volume)
+    })
     await this.commit()
   }
 
   /** A handle on `volume` was opened (the FUSE adapter's open and create). READ_ONLY: a writable handle on a backup. */
   opened (volume: Volume, writable: boolean): void {
-    if (writable && volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
+    if (writable && volume.kind === 'backup') throw this.refused(`open for writing of ${volume.label}`, readOnly(`backup ${volume.name}`))
     volume.openHandles++
   }
 
@@ -330,6 +401,136 @@ export class Namespace {
         source.resume()
       }
     })
+  }
+
+  /**
+   * One atomic backup of several disks or clones (a consistency group: a VM's disks): backup
+   * `names[i]` of `sources[i]`, each marked with `group`. Every name and the group's name are held from
+   * their check to the creation (taken in sorted order, so two group backups never wait for each other
+   * in a circle); every source's writes are paused (in id order, for the same reason) and, once all of
+   * them drained, all roots are copied in one synchronous step and committed in one commit. So the
+   * group is one instant's state of all its disks: a write acknowledged before the call is in it, none
+   * issued after, and no write is in it whose predecessor on another disk (acknowledged before it was
+   * issued) is not. A source removed while this waited is NOT_FOUND, and then no backup is made.
+   * Errors: INVALID (a backup among the sources, a source twice, names and sources not one for one),
+   * EXISTS (a name, or a group of that name), NOT_FOUND, and what commit throws.
+   */
+  async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> {
+    if (sources.length === 0 || sources.length !== names.length) throw invalid('a group backup needs one name per image')
+    for (const source of sources) if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up disks and clones`)
+    if (new Set(sources.map(s => s.id)).size !== sources.length) throw invalid('an image is named twice in the group')
+    if (new Set(names).size !== names.length) throw invalid('two backups of the group would have one name')
+    checkName(group)
+    for (const name of names) checkName(name)
+    const releases: Array<() => void> = []
+    try {
+      releases.push(await this.state.whenNameFree(`group/${group}`, () => {
+        if (this.list('backup').some(v => v.groupName === group && !v.hidden)) throw exists(`backup group ${group}`)
+        return this.state.reserveName(`group/${group}`)
+      }))
+      for (const name of [...names].sort()) releases.push(await this.withFreeName('backup', name, () => this.state.reserveName(`backup/${name}`)))
+      const made = await this.pausedTogether(sources, () => {
+        for (const source of sources) this.checkStillHere(source)
+        const backups = sources.map((source, i) => {
+          const backup = this.newVolume('backup', names[i], source.size, source.map.copyRoot(), source.map, source)
+          backup.groupName = group
+          return backup
+        })
+        for (const source of sources) {
+          source.map.epoch = this.state.nextEpoch++
+          this.state.freezeActiveExtent(source)
+        }
+        return backups
+      })
+      await this.commit()
+      return made
+    } finally {
+      for (const release of releases) release()
+    }
+  }
+
+  /**
+   * Runs `step` (synchronous) with every volume of `volumes` paused: their gates closed and their writes
+   * in flight drained, paused in id order (two callers never wait for each other in a circle); all
+   * resumed afterwards, whatever happens.
+   */
+  private async pausedTogether<T> (volumes: Volume[], step: () => T): Promise<T> {
+    const paused: Volume[] = []
+    try {
+      for (const volume of [...volumes].sort((a, b) => a.id - b.id)) {
+        await volume.pause()
+        paused.push(volume)
+      }
+      return step()
+    } finally {
+      for (const volume of paused) volume.resume()
+    }
+  }
+
+  /** The backups of consistency group `group`, in id order (NOT_FOUND when there are none). */
+  groupMembers (group: string): Volume[] {
+    const members = this.visible('backup').filter(v => v.groupName === group).sort((a, b) => a.id - b.id)
+    if (members.length === 0) throw notFound(`backup group ${group}`)
+    return members
+  }
+
+  /**
+   * Restores every disk or clone a group's backups were taken from to its backup, in one step (all
+   * targets paused together, one commit): the VM's disks go back to one instant together. Refused
+   * (BUSY) while any target is open unless `force`; NOT_FOUND when a member's source is gone (then
+   * nothing is restored: restore that member with `restore` to another image).
+   */
+  async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> {
+    const members = this.groupMembers(group)
+    const pairs = members.map(backup => {
+      const target = this.liveSource(backup)
+      if (target === undefined || target.kind === 'backup') throw notFound(`the image backup ${backup.name} of group ${group} was taken from (${backup.sourceLabel ?? '?'})`)
+      return { backup, target }
+    })
+    for (const { target } of pairs) await this.inUse(target, options.force === true)
+    await this.pausedTogether(pairs.map(p => p.target), () => {
+      // Any of them may have been removed, or opened, while this waited.
+      for (const { backup, target } of pairs) { this.checkStillHere(backup); this.checkStillHere(target) }
+      if (options.force !== true) {
+        const open = pairs.find(p => p.target.openHandles > 0)
+        if (open !== undefined) throw new VdiskError('BUSY', `${open.target.label} is in use: close it first, or use --force`)
+      }
+      for (const { backup, target } of pairs) {
+        target.map.root = backup.map.copyRoot()
+        target.map.rootDirty = true
+        target.map.epoch = this.state.nextEpoch++
+        target.map.allocatedBlocks = backup.map.allocatedBlocks
+        target.map.storedBytes = backup.map.storedBytes
+        target.size = backup.size
+        target.mtimeMs = Date.now()
+        target.rowDirty = true
+        this.state.freezeActiveExtent(target)
+        this.changed(target)
+      }
+    })
+    await this.commit()
+    return pairs
+  }
+
+  /**
+   * Clones every backup of a group (`names[i]` for the i-th of groupMembers(group)), in one commit:
+   * each name held from its check to the creation. Errors: EXISTS, INVALID, NOT_FOUND.
+   */
+  async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> {
+    const members = this.groupMembers(group)
+    const wanted = members.map(names)
+    if (new Set(wanted).size !== wanted.length) throw invalid('two clones of the group would have one name')
+    for (const name of wanted) checkName(name)
+    const releases: Array<() => void> = []
+    try {
+      for (const name of [...wanted].sort()) releases.push(await this.withFreeName('clone', name, () => this.state.reserveName(`clone/${name}`)))
+      for (const backup of members) this.checkStillHere(backup)
+      const clones = members.map((backup, i) => this.newVolume('clone', wanted[i], backup.size, backup.map.copyRoot(), backup.map, backup))
+      await this.commit()
+      return clones
+    } finally {
+      for (const release of releases) release()
+    }
   }
 
   /** Creates a writable copy-on-write clone standing on a backup. */

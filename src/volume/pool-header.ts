@@ -74,7 +74,8 @@ export function readOrCreateHeader (dir: string, options: HeaderOptions): PoolHe
 }
 
 /** Block size checks that a user or a damaged header can fail, as INVALID rather than an assertion. */
-function assertLimitsUserFacing (blockBytes: unknown): void {
+/** INVALID, in one line, for a block size no pool can have. */
+export function assertLimitsUserFacing (blockBytes: unknown): void {
   try {
     if (typeof blockBytes !== 'number') throw new Error('not a number')
     assertLimits(blockBytes)

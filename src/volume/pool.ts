@@ -31,7 +31,7 @@ import { Importer } from './import'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
-import { HeaderOptions, makeDurableDirectory, readOrCreateHeader } from './pool-header'
+import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
 import { RangeCopy, copyRange } from './range-copy'
@@ -72,6 +72,8 @@ export class Pool {
 
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {
+    // Refused before anything is made: a bad --block-size must not leave an empty pool directory behind.
+    if (options.blockBytes !== undefined) assertLimitsUserFacing(options.blockBytes)
     dir = claimPoolDirectory(path.resolve(dir), options.create === true)
     const header = readOrCreateHeader(dir, options)
     securePoolDirectory(dir)
@@ -129,6 +131,13 @@ export class Pool {
   /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
   async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> { return await copyRange(this.state, source, target, from, to, length) }
   async promote (clone: Volume, name: string): Promise<void> { await this.namespace.promote(clone, name) }
+  async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> { return await this.namespace.backupGroup(sources, names, group) }
+  groupMembers (group: string): Volume[] { return this.namespace.groupMembers(group) }
+  async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> { return await this.namespace.restoreGroup(group, options) }
+  async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> { return await this.namespace.cloneGroup(group, names) }
+  async protect (volume: Volume, on: boolean): Promise<void> { await this.namespace.protect(volume, on) }
+  async setNote (volume: Volume, note: string | null): Promise<void> { await this.namespace.setNote(volume, note) }
+  async renameVolume (volume: Volume, newName: string): Promise<void> { await this.namespace.renameVolume(volume, newName) }
 
   /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */
   async allocationMap (volume: Volume): Promise<AllocationRange[]> {
@@ -140,6 +149,8 @@ export class Pool {
 
   /** Makes every change made before the call durable (commit.ts). */
   async commit (): Promise<void> { await this.committer.commit() }
+  /** Whether the last run of this pool stopped without closing it (killed, or a crash): found at open. */
+  get uncleanStopFound (): boolean { return this.committer.uncleanStopFound }
 
   // ---- maintenance (maintenance.ts) ----
 

@@ -43,9 +43,10 @@ export interface VolumeContext {
 }
 
 /** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
-export type VolumeInfo = Pick<VolumeRow, 'id' | 'kind' | 'name' | 'size' | 'createdMs' | 'mtimeMs' | 'sourceId' | 'sourceLabel'>
+export type VolumeInfo = Pick<VolumeRow, 'id' | 'kind' | 'name' | 'size' | 'createdMs' | 'mtimeMs' | 'sourceId' | 'sourceLabel'> &
+  { protected: boolean, note: string | null, sourceUuid: string | null, groupName: string | null }
 
-export class Volume implements VolumeInfo {
+export class Volume implements Omit<VolumeInfo, 'protected'> {
   /** Set when the catalog row is behind (size, name, mtime, map counters, active extent). */
   rowDirty = false
   /** False until the row is first committed. */
@@ -62,6 +63,14 @@ export class Volume implements VolumeInfo {
   uid = 0
   gid = 0
   mode = 0o600
+  /** A backup `vdiskfs protect` set: prune keeps it, rm refuses it (NOT_PERMITTED) until unprotected. */
+  isProtected = false
+  /** The admin's note (`vdiskfs note`), or null. */
+  note: string | null = null
+  /** The identity of the volume this one was made from (see VolumeRow.sourceUuid), or null. */
+  sourceUuid: string | null = null
+  /** Backups: the consistency group it was taken in, or null. */
+  groupName: string | null = null
   activeExtentId: number | null
   /**
    * Extents this volume alone may still write in place: its active one and earlier ones it filled
@@ -450,7 +459,8 @@ export class Volume implements VolumeInfo {
   info (): VolumeInfo {
     return {
       id: this.id, kind: this.kind, name: this.name, size: this.size, createdMs: this.createdMs,
-      mtimeMs: this.mtimeMs, sourceId: this.sourceId, sourceLabel: this.sourceLabel
+      mtimeMs: this.mtimeMs, sourceId: this.sourceId, sourceLabel: this.sourceLabel,
+      protected: this.isProtected, note: this.note, sourceUuid: this.sourceUuid, groupName: this.groupName
     }
   }
 

@@ -91,6 +91,11 @@ test.serial('mount -t fuse.vdiskfs with options, a plain umount, then an fstab l
   // Mounted already: mount says so and fails; the mount stays.
   t.not(mount('-T', fstab, m.mnt).status, 0)
   t.true(isMounted(m.mnt))
+  // mount -a, as at boot a second time: the line is mounted already (the source is the pool's path), nothing to do.
+  const all = mount('-a', '-T', fstab)
+  t.is(all.status, 0, all.stderr)
+  t.is(all.stderr, '')
+  t.true(isMounted(m.mnt))
   await plainUmount(t, m)
 })
 

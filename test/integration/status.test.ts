@@ -113,7 +113,14 @@ test.serial('status --prometheus is the Prometheus text format, with the operati
   t.regex(text, /^# TYPE vdiskfs_fuse_operations_total counter$/m)
   t.regex(text, /^vdiskfs_fuse_operation_latency_seconds\{operation="write",quantile="0.99",mountpoint="[^"]+"\} [0-9.e-]+$/m)
   t.regex(text, /^vdiskfs_resident_memory_bytes\{mountpoint="[^"]+"\} \d+$/m)
-  t.regex(text, /^vdiskfs_event_loop_delay_seconds\{quantile="0.99",mountpoint="[^"]+"\} /m)
+  t.regex(text, /^vdiskfs_event_loop_delay_p99_seconds\{mountpoint="[^"]+"\} /m)
+  // What promtool check metrics asks (checked with promtool 2.42): a quantile label only on a summary,
+  // whose series come with _sum and _count.
+  const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map(m => [m[1], m[2]]))
+  for (const line of text.split('\n').filter(l => /quantile="/.test(l))) t.is(types.get(line.split('{')[0]), 'summary', line)
+  t.is(types.get('vdiskfs_fuse_operation_latency_seconds'), 'summary')
+  t.regex(text, /^vdiskfs_fuse_operation_latency_seconds_count\{operation="write",mountpoint="[^"]+"\} \d+$/m)
+  t.regex(text, /^vdiskfs_fuse_operation_latency_seconds_sum\{operation="write",mountpoint="[^"]+"\} [0-9.e-]+$/m)
   t.regex(text, /^vdiskfs_unsealed_bytes\{mountpoint="[^"]+"\} \d+$/m)
   t.regex(text, /^vdiskfs_open_fds\{mountpoint="[^"]+"\} \d+$/m)
 })

@@ -59,8 +59,35 @@ test('a schema 2 catalog is migrated: every volume gets an identity; abandoned i
   t.is(uuids.length, 2)
   for (const uuid of uuids) t.regex(uuid as string, uuidPattern)
   t.not(uuids[0], uuids[1])
-  t.is(reopened.getMeta('schema_version'), '3')
+  t.is(reopened.getMeta('schema_version'), '4')
   t.deepEqual(reopened.imports().map(i => i.key), ['recent'])
   t.deepEqual(reopened.heldChunkIds(), [])
+  reopened.close()
+})
+
+test('a schema 3 catalog is migrated to 4: nothing protected, no notes, each volume told the identity of its source while that source is here', t => {
+  const file = tempFile()
+  const catalog = Catalog.open(file, true)
+  catalog.transaction(() => {
+    catalog.insertVolume({ ...row(1, 'web.img'), kind: 'disk', mode: 0o600 })
+    catalog.insertVolume({ ...row(2, 'mon.img'), sourceId: 1, sourceLabel: 'disk web.img' })
+    catalog.insertVolume({ ...row(3, 'old.img'), sourceId: 9, sourceLabel: 'disk gone.img' })
+  })
+  const diskUuid = catalog.volumeUuid(1)
+  catalog.close()
+  // Back to what schema 3 had.
+  const db = new Database(file)
+  db.exec('ALTER TABLE volumes DROP COLUMN protected; ALTER TABLE volumes DROP COLUMN note; ALTER TABLE volumes DROP COLUMN source_uuid; ALTER TABLE volumes DROP COLUMN group_name')
+  db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('3', 'schema_version')
+  db.close()
+  const reopened = Catalog.open(file, false)
+  t.is(reopened.getMeta('schema_version'), '4')
+  const rows = reopened.volumes()
+  t.deepEqual(rows.map(v => [v.name, v.protected, v.note, v.sourceUuid]), [['web.img', false, null, null], ['mon.img', false, null, diskUuid], ['old.img', false, null, null]])
+  // The new columns are written and read back.
+  reopened.transaction(() => reopened.updateVolume({ ...rows[1], protected: true, note: 'before the upgrade' }, false))
+  const updated = reopened.volumes()[1]
+  t.true(updated.protected)
+  t.is(updated.note, 'before the upgrade')
   reopened.close()
 })

@@ -167,3 +167,134 @@ test('an rm during the commit of a create through the mount sees the new image i
     t.true(got.equals(bytesOf(1, 4096)))
   })
 })
+
+test('a backup protected while rm waits for its last release is not removed (checked after the wait), and stays across a reopen', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    await disk.write(bytesOf(3, 4096), 0)
+    const backup = await pool.backup(disk, 'b.img')
+    pool.opened(backup, false)
+    const removing = pool.remove(backup)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    await pool.protect(backup, true)
+    await pool.released(backup)
+    const results = await Promise.allSettled([removing])
+    t.deepEqual(results.map(codeOf), ['NOT_PERMITTED'])
+    await t.throwsAsync(pool.remove(backup, { force: true }), { message: /protected/ })
+    pool = await reopen()
+    const again = pool.get('backup', 'b.img')
+    t.true(again.isProtected)
+    await pool.protect(again, false)
+    await t.notThrowsAsync(pool.remove(again))
+    t.deepEqual(namesOf(pool), ['disk/d.img'])
+  })
+})
+
+test('rename waiting for a release: a volume removed meanwhile is NOT_FOUND and the name it held is free again', async t => {
+  await withPool(async (pool, reopen) => {
+    const disk = await pool.createDisk('d.img')
+    pool.opened(disk, true)
+    const renaming = pool.renameVolume(disk, 'n.img')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    // A creator of the held name waits for the rename, then decides.
+    const creating = pool.createDisk('n.img')
+    await pool.remove(disk, { force: true })
+    setTimeout(() => { void pool.released(disk) }, 30)
+    const results = await Promise.allSettled([renaming, creating])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND', 'ok'])
+    await t.notThrowsAsync(pool.commit())
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['disk/n.img'])
+  })
+})
+
+test('two renames onto one name at once (the first waiting for a release): one is made, the other is EXISTS; a backup renames too', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    const backup = await pool.backup(a, 'monday.img')
+    pool.opened(a, true)
+    const first = pool.renameVolume(a, 'x.img')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    const second = pool.renameVolume(b, 'x.img')
+    setTimeout(() => { void pool.released(a) }, 30)
+    const results = await Promise.allSettled([first, second])
+    t.deepEqual(results.map(codeOf), ['ok', 'EXISTS'])
+    await pool.renameVolume(backup, 'web-monday.img')
+    await t.throwsAsync(pool.renameVolume(b, 'x.img'), { code: 'EXISTS' })
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/web-monday.img', 'disk/b.img', 'disk/x.img'])
+  })
+})
+
+test('a group backup whose source is removed while its writes drain is NOT_FOUND: no backup of the group is made and its names are free again', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    await b.write(bytesOf(1, 4096), 0)
+    const writes = writesInFlight(b)
+    const group = pool.backupGroup([a, b], ['g-a.img', 'g-b.img'], 'g')
+    const removing = pool.remove(b, { force: true })
+    const results = await Promise.allSettled([group, removing, writes])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND', 'ok', 'ok'])
+    t.deepEqual(namesOf(pool), ['disk/a.img'])
+    await t.notThrowsAsync(pool.backupGroup([a], ['g-a.img'], 'g'))
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/g-a.img', 'disk/a.img'])
+    t.is(pool.get('backup', 'g-a.img').groupName, 'g')
+  })
+})
+
+test('two group backups of the same disks in opposite orders at once both finish (names and pauses are taken in one order), and a third of a group name in use is EXISTS', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    const writes = [writesInFlight(a), writesInFlight(b)]
+    const results = await Promise.allSettled([
+      pool.backupGroup([a, b], ['x-a.img', 'x-b.img'], 'x'),
+      pool.backupGroup([b, a], ['y-b.img', 'y-a.img'], 'y'),
+      pool.backupGroup([b], ['z-b.img'], 'x'),
+      ...writes
+    ])
+    t.deepEqual(results.map(codeOf), ['ok', 'ok', 'EXISTS', 'ok', 'ok'])
+    pool = await reopen()
+    t.deepEqual(namesOf(pool), ['backup/x-a.img', 'backup/x-b.img', 'backup/y-a.img', 'backup/y-b.img', 'disk/a.img', 'disk/b.img'])
+    t.deepEqual(pool.groupMembers('y').map(v => v.name), ['y-b.img', 'y-a.img'])
+  })
+})
+
+test('a group restore refuses (nothing restored) when one target is open, or was removed while it waited for a release; forced, it restores them all in one step', async t => {
+  await withPool(async (pool, reopen) => {
+    const a = await pool.createDisk('a.img')
+    const b = await pool.createDisk('b.img')
+    await a.write(bytesOf(1, 4096), 0)
+    await b.write(bytesOf(2, 4096), 0)
+    await pool.backupGroup([a, b], ['g-a.img', 'g-b.img'], 'g')
+    await a.write(bytesOf(3, 4096), 0)
+    await b.write(bytesOf(4, 4096), 0)
+    const read = async (v: Volume): Promise<Buffer> => { const out = Buffer.alloc(4096); await v.read(out, 0); return out }
+    pool.opened(b, true)
+    await t.throwsAsync(pool.restoreGroup('g'), { code: 'BUSY' })
+    t.true((await read(a)).equals(bytesOf(3, 4096)), 'a untouched')
+    // Removed while the restore waits for a's release: NOT_FOUND, nothing restored.
+    const c = await pool.createDisk('c.img')
+    await pool.backupGroup([a, c], ['h-a.img', 'h-c.img'], 'h')
+    pool.opened(a, true)
+    const restoring = pool.restoreGroup('h')
+    await new Promise(resolve => setTimeout(resolve, 20))
+    await pool.remove(c, { force: true })
+    setTimeout(() => { void pool.released(a) }, 30)
+    const results = await Promise.allSettled([restoring])
+    t.deepEqual(results.map(codeOf), ['NOT_FOUND'])
+    t.true((await read(a)).equals(bytesOf(3, 4096)), 'a untouched')
+    await t.notThrowsAsync(pool.restoreGroup('g', { force: true }))
+    t.true((await read(a)).equals(bytesOf(1, 4096)))
+    t.true((await read(b)).equals(bytesOf(2, 4096)))
+    await pool.released(b)
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, reopened in sequence after the race settled
+    pool = await reopen()
+    t.true((await read(pool.get('disk', 'b.img'))).equals(bytesOf(2, 4096)))
+  })
+})

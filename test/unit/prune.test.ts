@@ -124,3 +124,20 @@ test('property: the linear glob matcher agrees with the RegExp it replaced', t =
   }), { numRuns: 5000 })
   t.pass()
 })
+
+test('a protected backup is kept (rule protected) and counts for no rule; groups are told apart by groupKey when given', t => {
+  const list: PruneCandidate[] = [
+    { id: 1, name: 'a1', createdMs: base + 1 * hour, group: 'disk web.img', groupKey: 'u-web' },
+    { id: 2, name: 'a2', createdMs: base + 2 * hour, group: 'disk web.img', groupKey: 'u-web', protected: true },
+    { id: 3, name: 'a3', createdMs: base + 3 * hour, group: 'disk web.img', groupKey: 'u-web' },
+    // The same label, another source (the first web.img removed, a new one made): its own group.
+    { id: 4, name: 'b1', createdMs: base + 4 * hour, group: 'disk web.img', groupKey: 'u-web-2' },
+    { id: 5, name: 'b2', createdMs: base + 5 * hour, group: 'disk web.img', groupKey: 'u-web-2' }
+  ]
+  const decisions = selectPrune(list, { last: 1 })
+  const kept = decisions.filter(d => d.keep).map(d => `${d.name}:${String(d.rule)}`).sort()
+  t.deepEqual(kept, ['a2:protected', 'a3:last', 'b2:last'])
+  // The protected backup takes no hourly period's place: keep-hourly 1 still keeps a3, the newest other.
+  const hourly = selectPrune(list.slice(0, 3), { hourly: 1 }).filter(d => d.keep).map(d => `${d.name}:${String(d.rule)}`).sort()
+  t.deepEqual(hourly, ['a2:protected', 'a3:hourly'])
+})

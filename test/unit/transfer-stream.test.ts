@@ -82,3 +82,22 @@ test('the encoder refuses blocks out of order, a wrong count, a hash that does n
   await t.throwsAsync(encode(header(2), [{ index: 3, data: null }]), { message: /announced/ })
   await t.throwsAsync(encode(header(1), [{ index: 0, data: crypto.randomBytes(blockBytes), hash: Buffer.alloc(32, 1) }]), { message: /BLAKE3/ })
 })
+
+test('a header carries its source (identity and label) when it has one; a stream without one still decodes; an unknown flag is refused', async t => {
+  const withSource: StreamHeader = { ...header(5), source: { uuid: crypto.randomUUID(), label: 'disk web.img' } }
+  const bytes = await encode(withSource, sampleBlocks())
+  t.deepEqual((await decode(bytes, 7))[0], { kind: 'header', header: withSource })
+  // Flag 1 set; the header's checksum covers the source part: a flipped byte in the label is CORRUPT.
+  t.is(bytes.readUInt32LE(72), 1)
+  const at = 80 + Buffer.byteLength('web-monday') + 18
+  const damaged = Buffer.from(bytes)
+  damaged[at] ^= 0x20
+  await t.throwsAsync(decode(damaged), { message: /checksum/ })
+  const plain = await encode(header(5), sampleBlocks())
+  t.is(plain.readUInt32LE(72), 0)
+  const decoded = (await decode(plain))[0]
+  t.true(decoded.kind === 'header' && decoded.header.source === undefined)
+  const unknown = Buffer.from(plain)
+  unknown.writeUInt32LE(2, 72)
+  await t.throwsAsync(decode(unknown), { message: /flags 2 are not supported/ })
+})
