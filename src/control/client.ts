@@ -38,6 +38,55 @@ function socketOf (mountpoint: string): string {
   return socketPath
 }
 
+/**
+ * The pid of the holder keeping `mountpoint` (a FUSE 3 mount outliving its daemon: docs/TRANSPORT.md),
+ * found by its command line (vdiskfs-holder DAEMON_PID -- ... mount POOL MNT ...), or null.
+ */
+export function holderOf (mountpoint: string): number | null {
+  let entries: string[]
+  try { entries = fs.readdirSync('/proc') } catch { return null }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue
+    let args: string[]
+    try { args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0') } catch { continue }
+    if (path.basename(args[0] ?? '') === 'vdiskfs-holder' && args.includes(mountpoint)) return Number(entry)
+  }
+  return null
+}
+
+const takeoverWaitMs = 30_000
+const takeoverPollMs = 100
+
+/**
+ * Connects to the daemon of `mountpoint`. While its holder is starting a daemon to take the mount over
+ * (the one before died), waits for it, up to takeoverWaitMs: a command run during a takeover is served
+ * by the new daemon instead of failing.
+ */
+async function connect (mountpoint: string): Promise<net.Socket> {
+  const started = Date.now()
+  for (;;) {
+    let failure: VdiskError
+    try {
+      const socketPath = socketOf(mountpoint)
+      const socket = net.connect(socketPath)
+      await new Promise<void>((resolve, reject) => {
+        socket.once('connect', resolve)
+        socket.once('error', err => { socket.destroy(); reject(connectError(mountpoint, err)) })
+      })
+      return socket
+    } catch (err) {
+      if (!(err instanceof VdiskError) || err.code !== 'NOT_FOUND') throw err
+      failure = err
+    }
+    const holder = holderOf(mountpoint)
+    if (holder === null) throw failure
+    if (Date.now() - started >= takeoverWaitMs) {
+      throw new VdiskError('IO', `the daemon of ${mountpoint} stopped and its holder (pid ${holder}) has not brought up another within ${takeoverWaitMs / 1000} s: see daemon.log in the pool`)
+    }
+    await new Promise(resolve => setTimeout(resolve, takeoverPollMs))
+  }
+}
+
 function connectError (mountpoint: string, err: Error): VdiskError {
   const code = (err as NodeJS.ErrnoException).code
   if (code === 'ENOENT' || code === 'ECONNREFUSED') return noDaemon(mountpoint)
@@ -51,13 +100,8 @@ function connectError (mountpoint: string, err: Error): VdiskError {
  * reply; the caller owns the connection. Throws the daemon's error when the reply is one.
  */
 export async function openStream (mountpoint: string, op: Operation, args: Record<string, unknown>): Promise<{ socket: net.Socket, result: unknown, rest: Buffer }> {
-  const socketPath = socketOf(mountpoint)
-  const socket = net.connect(socketPath)
+  const socket = await connect(mountpoint)
   try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve)
-      socket.once('error', err => reject(connectError(mountpoint, err)))
-    })
     // From here on a failure shows as 'close' to writers and as a rejection to readers: an 'error'
     // without a listener would end the process.
     socket.on('error', () => {})
@@ -105,12 +149,11 @@ export async function readReply (socket: net.Socket, initial: Buffer, mountpoint
 }
 
 export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
-  const socketPath = socketOf(mountpoint)
+  const socket = await connect(mountpoint)
   return await new Promise((resolve, reject) => {
-    const socket = net.connect(socketPath)
     let buffered = ''
     socket.setEncoding('utf8')
-    socket.on('connect', () => socket.write(JSON.stringify({ id: 1, op, args }) + '\n'))
+    socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
     socket.on('data', chunk => {
       buffered += chunk
       const newline = buffered.indexOf('\n')

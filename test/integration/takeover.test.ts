@@ -129,6 +129,18 @@ test.serial('a daemon that keeps dying: the holder gives up after 5 restarts wit
   t.is(status.stderr.trim().split('\n').length, 1, 'status says so in one line')
 })
 
+test.serial('a command run while the holder brings up a new daemon waits for it and is served by it', async t => {
+  const m = await withMount(t, '--transport', 'fuse3')
+  const old = m.pid
+  process.kill(old, 'SIGKILL')
+  t.true(await waitForExit(old))
+  const status = await vdiskfs('status', m.mnt, '--json')
+  t.is(status.code, 0, status.stderr)
+  const pid = (JSON.parse(status.stdout) as { daemon: { pid: number } }).daemon.pid
+  t.not(pid, old, 'the new daemon answered')
+  m.pid = pid
+})
+
 test.serial('clean stops start no new daemon: SIGTERM ends the daemon, the holder and the mount', async t => {
   const m = await withMount(t, '--transport', 'fuse3')
   const holders = m.holderPids()
