@@ -159,6 +159,14 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     await tuneReadAhead(mountpoint, log)
     if (holder && fuse instanceof Fuse3Transport) holderPid = startHolder(fuse, pool.dir, mountpoint, options, log)
   }
+  // Without the journal a takeover would go on without the changes since the last commit: the holder
+  // goes, and a death of this daemon ends the mount instead (ENOTCONN, no silent loss).
+  pool.onJournalFailure(() => {
+    if (holderPid === null) return
+    log(`stopping the holder (pid ${holderPid}): the mount now ends with this daemon`)
+    try { process.kill(holderPid, 'SIGTERM') } catch {}
+    holderPid = null
+  })
 
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)

@@ -111,6 +111,8 @@ export class ChangeJournal {
   private readonly files = new Set<number>()
   /** Off while a pool replays its journal (replayed changes are already in the files being read). */
   enabled = true
+  /** Called once when a record could not be written. */
+  onFailure: (() => void) | null = null
 
   constructor (private readonly dir: string, public seq: number, private readonly log: (message: string) => void, readonly bootId: Buffer = currentBootId()) {}
 
@@ -171,8 +173,13 @@ export class ChangeJournal {
       }
       fs.writeSync(this.fd, encode(kind, a, b, c))
     } catch (err) {
-      // Only a daemon's death between this change and the next commit could lose it: logged, not fatal.
+      // Only a daemon's death between this change and the next commit could lose it. The daemon then
+      // stops its holder (onFailure): a death ends the mount (ENOTCONN, as without a holder) instead of
+      // a takeover that would go on without the changes.
       this.log(`the change journal could not be written (${(err as Error).message}): a daemon killed before the next commit would lose the changes since the last one`)
+      const failed = this.onFailure
+      this.onFailure = null
+      failed?.()
     }
   }
 

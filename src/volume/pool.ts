@@ -70,6 +70,9 @@ export class Pool {
    */
   readonly replayedChanges: number
 
+  /** Called once if the change journal cannot be written (journal.ts): the daemon stops its holder. */
+  onJournalFailure (handler: () => void): void { this.state.journal.onFailure = handler }
+
   /** Opens the pool in `dir`, creating it when asked and the directory is missing or empty. */
   static open (dir: string, options: OpenOptions = {}): Pool {
     // Refused before anything is made: a bad --block-size must not leave an empty pool directory behind.

@@ -14,6 +14,7 @@ import { Volume } from '../../src/volume/volume'
 import { verifyPool } from '../../src/volume/verify'
 import { bytesOf } from '../helpers/model'
 import { FaultFileIo } from '../helpers/fault-io'
+import { ChangeJournal } from '../../src/volume/journal'
 
 const blockBytes = 4096
 
@@ -163,4 +164,15 @@ test('after a failed fdatasync the journal is dropped: a daemon killed then star
   t.is(pool.replayedChanges, 0)
   t.is(pool.get('disk', 'a.img').size, committed.length, 'the last good commit\'s size')
   await pool.close()
+})
+
+test('a journal that cannot be written says so once and calls its failure handler once (the daemon then stops its holder)', t => {
+  const lines: string[] = []
+  const journal = new ChangeJournal(path.join(tempDir(t), 'missing', 'dir'), 0, line => lines.push(line))
+  let failures = 0
+  journal.onFailure = () => { failures++ }
+  journal.entry(1, 2, 3)
+  journal.size(1, 4096)
+  t.is(failures, 1)
+  t.true(lines.length >= 1 && /the change journal could not be written/.test(lines[0]), lines.join('\n'))
 })
