@@ -72,7 +72,7 @@ const coreCommands: Record<string, Command> = {
   mount: {
     usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--transport fuse-native|fuse3] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'], takeoverFd: ['--takeover-fd'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], logStderr: ['--log-stderr'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'], takeoverFd: ['--takeover-fd'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       // Checked here, before a daemon starts: the flag, else VDISKFS_TRANSPORT, else fuse-native.
       const transport = chooseTransport(values.transport)
@@ -93,7 +93,8 @@ const coreCommands: Record<string, Command> = {
           allowOther: flags.allowOther === true,
           transport,
           takeoverFd,
-          logToFile: child || takeoverFd !== undefined,
+          // A takeover logs where the daemon it replaces did (--log-stderr: that one ran with -f).
+          logToFile: child || (takeoverFd !== undefined && flags.logStderr !== true),
           onReady: () => {
             if (child) { process.send?.({ ready: true }); process.disconnect?.() } else if (takeoverFd === undefined) process.stderr.write(`vdiskfs: serving ${poolDir} at ${mountpoint} (Ctrl-C to unmount)\n`)
           }

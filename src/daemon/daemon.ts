@@ -25,7 +25,7 @@ import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile, fuseHandlesFile } from '../format/pool-format'
-import { checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
+import { checkFuse3Helper, checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
 import { mounts } from './mountinfo'
 import { VdiskError, corrupt } from '../errors'
 import { version } from '../version'
@@ -88,6 +88,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     checkMountpoint(mountpoint)
     checkPoolApart(options.pool, mountpoint)
     checkUnprivilegedMount(mountpoint, options.allowOther === true)
+    if (chooseTransport(options.transport) === 'fuse3') checkFuse3Helper()
   }
   // Before mounting: a control directory we may not use must not leave a mount behind.
   checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
@@ -254,8 +255,14 @@ function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string,
   const restart = [process.execPath, process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--takeover-fd', '3']
   if (options.xattrs === true) restart.push('--xattrs')
   if (options.allowOther === true) restart.push('--allow-other')
-  let logFd: number | 'ignore' = 'ignore'
-  try { logFd = fs.openSync(path.join(poolDir, daemonLogFile), 'a', 0o600) } catch {}
+  // The holder and the daemons it starts log where this one does: daemon.log in the background, this
+  // process's stderr in the foreground (-f: a terminal, journald), which the holder inherits.
+  let logFd: number | 'inherit' = 'inherit'
+  if (options.logToFile) {
+    try { logFd = fs.openSync(path.join(poolDir, daemonLogFile), 'a', 0o600) } catch {}
+  } else {
+    restart.push('--log-stderr')
+  }
   try {
     const child = spawn(fuse3HolderPath, [String(process.pid), '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', logFd, fd] })
     child.unref()

@@ -31,6 +31,16 @@ export function checkFuseAvailable (): void {
 }
 
 /**
+ * A non-root mount on the FUSE 3 transport goes through fusermount3, which only Debian's fuse3 package
+ * ships (it replaces the fuse package: docs/TRANSPORT.md). Without it libfuse's reason would go to the
+ * background daemon's discarded stderr; this says it in one line instead.
+ */
+export function checkFuse3Helper (): void {
+  if ((process.getuid?.() ?? 0) === 0) return
+  if (!onPath('fusermount3')) throw invalid('a non-root mount on the FUSE 3 transport needs fusermount3, which is missing: install it with apt-get install fuse3 (it replaces the fuse package), or mount as root, or use --transport fuse-native')
+}
+
+/**
  * What a non-root mount needs beyond root's (fusermount is setuid, but opens /dev/fuse as the caller):
  * /dev/fuse readable and writable, a mountpoint the user may write to, and user_allow_other in
  * /etc/fuse.conf for --allow-other. Each missing piece is one INVALID line saying what to do.

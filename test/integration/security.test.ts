@@ -263,6 +263,15 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
     t.regex(refused.stderr, /\/dev\/fuse/)
     fs.chmodSync(devFuse, 0o666)
   }
+  // The FUSE 3 transport mounts for a user through fusermount3 (Debian's fuse3 package, which replaces
+  // fuse): where it is missing, one line says so, before anything is made.
+  if (spawnSync('sh', ['-c', 'command -v fusermount3']).status !== 0) {
+    const refused = asUser(cli, ['mount', pool, mnt, '--transport', 'fuse3'])
+    t.not(refused.code, 0)
+    t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr)
+    t.regex(refused.stderr, /fusermount3.*apt-get install fuse3/)
+    t.false(fs.existsSync(pool), 'no pool directory was made')
+  }
   const mounted = asUser(cli, ['mount', pool, mnt])
   t.is(mounted.code, 0, `mount as ${user}: ${mounted.stderr}`)
   if (mounted.code !== 0) return
