@@ -495,18 +495,7 @@ export class Namespace {
         const open = pairs.find(p => p.target.openHandles > 0)
         if (open !== undefined) throw new VdiskError('BUSY', `${open.target.label} is in use: close it first, or use --force`)
       }
-      for (const { backup, target } of pairs) {
-        target.map.root = backup.map.copyRoot()
-        target.map.rootDirty = true
-        target.map.epoch = this.state.nextEpoch++
-        target.map.allocatedBlocks = backup.map.allocatedBlocks
-        target.map.storedBytes = backup.map.storedBytes
-        target.size = backup.size
-        target.mtimeMs = Date.now()
-        target.rowDirty = true
-        this.state.freezeActiveExtent(target)
-        this.changed(target)
-      }
+      for (const { backup, target } of pairs) this.pointAt(target, backup)
     })
     await this.commit()
     return pairs
@@ -592,6 +581,23 @@ export class Namespace {
   }
 
   /**
+   * Points `target` at `backup`'s content (restore): a copy of its root under a new epoch, its counters
+   * and size, the target's writable extents frozen. Call with the target paused.
+   */
+  private pointAt (target: Volume, backup: Volume): void {
+    target.map.root = backup.map.copyRoot()
+    target.map.rootDirty = true
+    target.map.epoch = this.state.nextEpoch++
+    target.map.allocatedBlocks = backup.map.allocatedBlocks
+    target.map.storedBytes = backup.map.storedBytes
+    target.size = backup.size
+    target.mtimeMs = Date.now()
+    target.rowDirty = true
+    this.state.freezeActiveExtent(target)
+    this.changed(target)
+  }
+
+  /**
    * Points a disk or clone back at a backup's content (O(1), keeps every backup). Refused (BUSY) while
    * the target is held open, unless `force`: its holder would see its content change underneath.
    */
@@ -604,16 +610,7 @@ export class Namespace {
       // Either may have been removed while this waited: a removed backup's blocks are gc's to free.
       this.checkStillHere(backup)
       this.checkStillHere(target)
-      target.map.root = backup.map.copyRoot()
-      target.map.rootDirty = true
-      target.map.epoch = this.state.nextEpoch++
-      target.map.allocatedBlocks = backup.map.allocatedBlocks
-      target.map.storedBytes = backup.map.storedBytes
-      target.size = backup.size
-      target.mtimeMs = Date.now()
-      target.rowDirty = true
-      this.state.freezeActiveExtent(target)
-      this.changed(target)
+      this.pointAt(target, backup)
     } finally {
       target.resume()
     }
