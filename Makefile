@@ -2,12 +2,12 @@
 # machine as root: Debian packages, npm ci, the build.
 POOL ?= ./pool
 MNT ?= ./mnt
-# libfuse-dev and pkg-config: fuse-native's binding is built from patched source in npm ci (patches/).
-# gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c needs): xfstests' fsx and fsstress, built from
-# third_party/xfstests/ by `make xfstests-tools` (without libaio, liburing or libbtrfsutil).
-# libfuse3-dev (with libfuse3-3): our own FUSE 3 addon (native/fuse3, `make native`). Not Debian's fuse3
-# package: it replaces `fuse` (fusermount), see docs/TRANSPORT.md; root mounts need neither helper.
-DEB_PACKAGES := libfuse2 libfuse-dev pkg-config fuse libfuse3-3 libfuse3-dev qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
+# libfuse3-dev (with libfuse3-3), pkg-config and gcc: our own FUSE 3 addon and holder (native/fuse3, `make
+# native`). fuse3: fusermount3, which non-root mounts go through (it replaces Debian's libfuse 2 `fuse`
+# package, which vdiskfs no longer uses). gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c
+# needs): xfstests' fsx and fsstress, built from third_party/xfstests/ by `make xfstests-tools` (without
+# libaio, liburing or libbtrfsutil).
+DEB_PACKAGES := libfuse3-3 libfuse3-dev fuse3 pkg-config qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
@@ -24,8 +24,7 @@ debs:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; \
 	fi
 
-node_modules/.installed: package.json package-lock.json patches/fuse-native+2.2.6.patch scripts/build-fuse-native.js
-	@pkg-config --exists fuse 2>/dev/null || $(MAKE) --no-print-directory debs
+node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund </dev/null
 	node scripts/check-native.js
 	touch $@
@@ -37,11 +36,12 @@ node-modules: node_modules/.installed
 NODE_INCLUDE := $(shell node -p "require('path').resolve(process.execPath, '../../include/node')" 2>/dev/null)
 FUSE3_ADDON := native/fuse3/build/vdiskfs_fuse3.node
 $(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c
-	@pkg-config --exists fuse3 2>/dev/null || $(MAKE) --no-print-directory debs
+	@pkg-config --exists fuse3 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
 	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
 	@mkdir -p $(@D)
 	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3)
 	mv $@.tmp $@
+	node scripts/check-native.js --fuse3
 
 # The holder keeps a FUSE 3 mount's /dev/fuse descriptor across a daemon's death (docs/TRANSPORT.md).
 FUSE3_HOLDER := native/fuse3/build/vdiskfs-holder

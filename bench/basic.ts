@@ -72,7 +72,7 @@ function main (): void {
       process.stderr.write(`rep ${rep + 1}/${reps} done\n`)
     }
   } finally {
-    spawnSync('fusermount', ['-uz', mnt])
+    spawnSync('fusermount3', ['-uz', mnt])
   }
   const keys: Array<[string, string, string]> = [['seqWrite', 'MB/s', 'dd 1 GiB sequential write, bs=1M, conv=fsync'], ['seqRead', 'MB/s', 'dd 1 GiB sequential read, bs=1M, caches dropped'],
     ['randRead', 'IOPS', 'fio 4k randread, psync, iodepth 1'], ['randWrite', 'IOPS', 'fio 4k randwrite, psync, iodepth 1']]

@@ -1,5 +1,5 @@
 /**
- * The measurements the small benchmarks share (basic.ts, transport.ts): dropping the page cache, dd's
+ * The measurements the small benchmarks share (basic.ts): dropping the page cache, dd's
  * throughput, fio's 4k IOPS.
  */
 import { execFileSync, spawnSync } from 'node:child_process'

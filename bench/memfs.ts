@@ -1,10 +1,10 @@
 /**
- * Target D of the benchmark: the smallest fuse-native filesystem that serves one image file from
- * memory, mounted with the same options as vdiskfs (src/fuse/mount-options.ts). It measures the
+ * Target D of the benchmark on the FUSE 3 transport: the smallest filesystem that serves one image file
+ * from memory through our own addon (src/fuse/fuse3-transport.ts) with vdiskfs's mount options. It is the
  * ceiling of FUSE through Node on this machine: anything vdiskfs loses against it is its own cost.
  * Usage: node dist/bench/memfs.js MNT SIZE_BYTES   (prints "ready", unmounts on SIGTERM)
  */
-import { VdiskFuse } from '../src/fuse/mount-options'
+import { Fuse3Transport } from '../src/fuse/fuse3-transport'
 
 const [mountpoint, sizeText] = process.argv.slice(2)
 let size = Number(sizeText)
@@ -12,6 +12,9 @@ const chunkBytes = 64 * 1024
 const chunks = new Map<number, Buffer>()
 const now = Date.now()
 const ENOENT = -2
+const rootIno = 1
+const fileIno = 2
+type Callback = (code: number, ...results: any[]) => void
 
 function io (buf: Buffer, len: number, pos: number, write: boolean): number {
   const end = write ? pos + len : Math.min(pos + len, size)
@@ -33,27 +36,32 @@ function io (buf: Buffer, len: number, pos: number, write: boolean): number {
   return done
 }
 
-const file = () => ({ mode: 0o100644, size, uid: 0, gid: 0, nlink: 1, mtime: now, atime: now, ctime: now, blksize: chunkBytes, blocks: chunks.size * 128 })
+const dir = () => ({ ino: rootIno, mode: 0o040755, nlink: 2, uid: 0, gid: 0, size: 4096, blocks: 0, blksize: 4096, mtimeMs: now })
+const file = () => ({ ino: fileIno, mode: 0o100644, nlink: 1, uid: 0, gid: 0, size, blocks: chunks.size * 128, blksize: chunkBytes, mtimeMs: now })
 const ops = {
-  getattr (path: string, cb: (code: number, stat?: object) => void) {
-    if (path === '/') cb(0, { mode: 0o040755, size: 4096, uid: 0, gid: 0, nlink: 2, mtime: now, atime: now, ctime: now })
-    else if (path === '/disk.img') cb(0, file())
-    else cb(ENOENT)
+  lookup (parent: number, name: string, cb: Callback) { if (parent === rootIno && name === 'disk.img') cb(0, file()); else cb(ENOENT) },
+  getattr (ino: number, _fh: number | null, cb: Callback) { cb(0, ino === rootIno ? dir() : file()) },
+  setattr (ino: number, _fh: number | null, toSet: number, _mode: number, _uid: number, _gid: number, newSize: number, _mtimeMs: number, cb: Callback) {
+    if (ino === fileIno && (toSet & 8) !== 0) size = newSize
+    cb(0, ino === rootIno ? dir() : file())
   },
-  readdir (_path: string, cb: (code: number, names: string[]) => void) { cb(0, ['.', '..', 'disk.img']) },
-  open (_path: string, _flags: number, cb: (code: number, fh: number) => void) { cb(0, 1) },
-  release (_path: string, _fh: number, cb: (code: number) => void) { cb(0) },
-  read (_path: string, _fh: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) { cb(io(buf, len, pos, false)) },
-  write (_path: string, _fh: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) { cb(io(buf, len, pos, true)) },
-  truncate (_path: string, s: number, cb: (code: number) => void) { size = s; cb(0) },
-  ftruncate (_path: string, _fh: number, s: number, cb: (code: number) => void) { size = s; cb(0) },
-  fsync (_path: string, _d: boolean, _fh: number, cb: (code: number) => void) { cb(0) },
-  flush (_path: string, _fh: number, cb: (code: number) => void) { cb(0) }
+  readdir (_ino: number, _size: number, _offset: number, cb: Callback) {
+    cb(0, [{ name: '.', ino: rootIno, mode: 0o040000 }, { name: '..', ino: rootIno, mode: 0o040000 }, { name: 'disk.img', ino: fileIno, mode: 0o100000 }])
+  },
+  open (_ino: number, _flags: number, cb: Callback) { cb(0, 1) },
+  release (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
+  flush (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
+  fsync (_ino: number, _fh: number | null, _datasync: number, cb: Callback) { cb(0) },
+  read (_ino: number, _fh: number | null, len: number, pos: number, cb: Callback) {
+    const buffer = Buffer.allocUnsafe(len)
+    cb(0, buffer, io(buffer, len, pos, false))
+  },
+  write (_ino: number, _fh: number | null, data: Buffer, pos: number, cb: Callback) { cb(0, io(data, data.length, pos, true)) }
 }
 
-const fuse = new VdiskFuse(mountpoint, ops, { timeout: false, allowOther: true, fsname: 'benchmemfs', subtype: 'benchmemfs' })
+const fuse = new Fuse3Transport(mountpoint, ops, { fsname: 'benchmemfs', subtype: 'benchmemfs', defaultPermissions: true, allowOther: true, log: m => process.stderr.write(`memfs: ${m}\n`) })
 fuse.mount(err => {
-  if (err !== null && err !== undefined) { process.stderr.write(`memfs: ${err.message}\n`); process.exit(1) }
+  if (err !== null) { process.stderr.write(`memfs: ${err.message}\n`); process.exit(1) }
   process.stdout.write('ready\n')
 })
 process.on('SIGTERM', () => fuse.unmount(() => process.exit(0)))

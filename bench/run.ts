@@ -4,7 +4,7 @@
  *   A  a vdiskfs disk, fresh writes (delta extents)
  *   B  the same data after `vdiskfs sync` (sealed: compressed, deduplicated, verified on read)
  *   P  a plain file on the same filesystem (the physical reference; called C before issue #10)
- *   D  bench/memfs: a minimal in-memory fuse-native filesystem with vdiskfs's mount options (the ceiling)
+ *   D  bench/memfs: a minimal in-memory filesystem on our FUSE 3 addon with vdiskfs's mount options (the ceiling)
  *   E  qemu-storage-daemon exporting a qcow2 image over FUSE (the C peer); E2 the same with extended_l2=on
  *   C  issue #10: a clone of a sealed backup of a 1 GiB image holding a tar of /usr, cold cache, against
  *      CD (memfs holding the same bytes), CE (qsd, a qcow2 overlay over a zstd-compressed qcow2 base) and
@@ -31,14 +31,6 @@ const GiB = 1024 * MiB
 const fileBytes = quick ? 256 * MiB : GiB
 const cloneImageBytes = (): number => quick ? 256 * MiB : GiB
 const log = (message: string): void => { process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`) }
-/**
- * The FUSE transports to measure vdiskfs and the in-memory ceiling on (issue #18): the first is the one the
- * tables and bars use; any other is measured beside it under keys prefixed `TRANSPORT:` (A, B, D, C, CD),
- * for the before/after table. VDISKFS_BENCH_TRANSPORTS=fuse3 measures only the first.
- */
-const transports = (process.env.VDISKFS_BENCH_TRANSPORTS ?? 'fuse3,fuse-native').split(',').filter(t => t !== '')
-const primaryTransport = transports[0]
-const keyPrefix = (transport: string): string => transport === primaryTransport ? '' : `${transport}:`
 
 interface Figure { median: number, min: number, max: number, runs: number[] }
 const samples = new Map<string, number[]>()
@@ -106,15 +98,15 @@ const workloads: Array<{ key: string, what: string, unit: string, run: (file: st
 
 // ---- targets ----
 
-function vdiskfsMount (pool: string, mnt: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, transport = primaryTransport): number {
+function vdiskfsMount (pool: string, mnt: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): number {
   fs.mkdirSync(mnt, { recursive: true })
-  sh(cli, ['mount', pool, mnt, ...extra], { env: { ...process.env, VDISKFS_TRANSPORT: transport, ...env } })
+  sh(cli, ['mount', pool, mnt, ...extra], { env: { ...process.env, ...env } })
   return Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
 }
 
 function vdiskfsUmount (mnt: string): void {
   spawnSync(cli, ['umount', mnt])
-  spawnSync('fusermount', ['-uz', mnt])
+  spawnSync('fusermount3', ['-uz', mnt])
 }
 
 function peakRssMiB (pid: number): number {
@@ -130,11 +122,9 @@ async function waitFor (check: () => boolean, what: string, timeoutMs = 20000): 
   throw new Error(`timed out waiting for ${what}`)
 }
 
-/** The in-memory ceiling on a transport: bench/memfs3 (our FUSE 3 addon) or bench/memfs (fuse-native). */
-async function startMemfs (mnt: string, bytes = fileBytes, transport = primaryTransport): Promise<ChildProcess> {
+async function startMemfs (mnt: string, bytes = fileBytes): Promise<ChildProcess> {
   fs.mkdirSync(mnt, { recursive: true })
-  const program = transport === 'fuse3' ? 'memfs3.js' : 'memfs.js'
-  const child = spawn(process.execPath, [path.join(__dirname, program), mnt, String(bytes)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [path.join(__dirname, 'memfs.js'), mnt, String(bytes)], { stdio: ['ignore', 'pipe', 'inherit'] })
   await new Promise<void>((resolve, reject) => {
     child.stdout?.on('data', chunk => { if (String(chunk).includes('ready')) resolve() })
     child.on('exit', code => reject(new Error(`memfs exited with ${String(code)}`)))
@@ -145,7 +135,7 @@ async function startMemfs (mnt: string, bytes = fileBytes, transport = primaryTr
 async function stopChild (child: ChildProcess, mnt: string): Promise<void> {
   child.kill('SIGTERM')
   await new Promise(resolve => { if (child.exitCode !== null) resolve(null); else child.on('exit', resolve) })
-  spawnSync('fusermount', ['-uz', mnt])
+  spawnSync('fusermount3', ['-uz', mnt])
 }
 
 /** qemu-storage-daemon exporting IMAGE (qcow2; a backing file named in its header is opened too). */
@@ -176,16 +166,13 @@ async function throughputTargets (random: string): Promise<void> {
     record('P.seqWrite', seqWrite(plain, random))
     for (const w of workloads) record(`P.${w.key}`, w.run(plain))
     fs.rmSync(plain, { force: true })
-    // D: the in-memory FUSE ceiling, on each transport.
-    for (const transport of transports) {
-      const prefix = keyPrefix(transport)
-      const memfs = await startMemfs(memMnt, fileBytes, transport)
-      try {
-        const file = path.join(memMnt, 'disk.img')
-        record(`${prefix}D.seqWrite`, seqWrite(file, random))
-        for (const w of workloads) record(`${prefix}D.${w.key}`, w.run(file))
-      } finally { await stopChild(memfs, memMnt) }
-    }
+    // D: the in-memory FUSE ceiling.
+    const memfs = await startMemfs(memMnt)
+    try {
+      const file = path.join(memMnt, 'disk.img')
+      record('D.seqWrite', seqWrite(file, random))
+      for (const w of workloads) record(`D.${w.key}`, w.run(file))
+    } finally { await stopChild(memfs, memMnt) }
     // E: qemu-storage-daemon with a qcow2 image; E2: the image made with extended_l2=on.
     for (const [target, options] of [['E', []], ['E2', ['-o', 'extended_l2=on']]] as Array<[string, string[]]>) {
       fs.rmSync(qcow, { force: true })
@@ -197,20 +184,17 @@ async function throughputTargets (random: string): Promise<void> {
       } finally { await stopChild(qsd, exportFile) }
     }
     fs.rmSync(qcow, { force: true })
-    // A, then B: vdiskfs, fresh and sealed, on each transport. A fresh pool each repetition.
-    for (const transport of transports) {
-      const prefix = keyPrefix(transport)
-      fs.rmSync(pool, { recursive: true, force: true })
-      const pid = vdiskfsMount(pool, mnt, [], {}, transport)
-      try {
-        const file = path.join(mnt, 'disks', 'a.img')
-        record(`${prefix}A.seqWrite`, seqWrite(file, random))
-        for (const w of workloads) record(`${prefix}A.${w.key}`, w.run(file))
-        sh(cli, ['sync', mnt])
-        for (const w of workloads.filter(x => !x.writes)) record(`${prefix}B.${w.key}`, w.run(file))
-        record(`${prefix}rss.throughput`, peakRssMiB(pid))
-      } finally { vdiskfsUmount(mnt) }
-    }
+    // A, then B: vdiskfs, fresh and sealed. A fresh pool each repetition.
+    fs.rmSync(pool, { recursive: true, force: true })
+    const pid = vdiskfsMount(pool, mnt)
+    try {
+      const file = path.join(mnt, 'disks', 'a.img')
+      record('A.seqWrite', seqWrite(file, random))
+      for (const w of workloads) record(`A.${w.key}`, w.run(file))
+      sh(cli, ['sync', mnt])
+      for (const w of workloads.filter(x => !x.writes)) record(`B.${w.key}`, w.run(file))
+      record('rss.throughput', peakRssMiB(pid))
+    } finally { vdiskfsUmount(mnt) }
     // A with --xattrs (served xattrs are opt-in since issue #10): what the kernel's security.capability
     // lookup before every write costs.
     fs.rmSync(pool, { recursive: true, force: true })
@@ -273,11 +257,9 @@ async function cloneOfSealed (image: string): Promise<void> {
   const exportFile = path.join(work, 'c.export')
   for (let rep = 0; rep < reps; rep++) {
     log(`clone of a sealed backup, repetition ${rep + 1}/${reps}`)
-    // C: vdiskfs, on each transport.
-    for (const transport of transports) {
-    const prefix = keyPrefix(transport)
+    // C: vdiskfs.
     fs.rmSync(pool, { recursive: true, force: true })
-    vdiskfsMount(pool, mnt, [], {}, transport)
+    vdiskfsMount(pool, mnt)
     try {
       const disk = path.join(mnt, 'disks', 'tar.img')
       dd([`if=${image}`, `of=${disk}`, `count=${bytes / MiB}`, 'conv=fsync'])
@@ -291,12 +273,11 @@ async function cloneOfSealed (image: string): Promise<void> {
         return path.join(mnt, 'clones', `${name}.img`)
       }
       const reader = clone()
-      for (const w of cloneWorkloads) run(`${prefix}C`, w, w.rw === 'randwrite' ? clone() : reader)
+      for (const w of cloneWorkloads) run('C', w, w.rw === 'randwrite' ? clone() : reader)
       const du = JSON.parse(sh(cli, ['du', mnt, '--json'])) as { storedBytes: number }
-      record(`${prefix}C.poolStoredBytes`, du.storedBytes)
+      record('C.poolStoredBytes', du.storedBytes)
     } finally { vdiskfsUmount(mnt) }
     fs.rmSync(pool, { recursive: true, force: true })
-    }
     // CE, CE2: qsd over the compressed base.
     for (const [target, options] of [['CE', []], ['CE2', ['-o', 'extended_l2=on']]] as Array<[string, string[]]>) {
       const fresh = (): void => {
@@ -311,15 +292,13 @@ async function cloneOfSealed (image: string): Promise<void> {
       }
       fs.rmSync(overlay, { force: true })
     }
-    // CD: the in-memory ceiling holding the same bytes, on each transport.
-    for (const transport of transports) {
-      const memfs = await startMemfs(memMnt, bytes, transport)
-      try {
-        const file = path.join(memMnt, 'disk.img')
-        dd([`if=${image}`, `of=${file}`, `count=${bytes / MiB}`, 'conv=notrunc'])
-        for (const w of cloneWorkloads) run(`${keyPrefix(transport)}CD`, w, file)
-      } finally { await stopChild(memfs, memMnt) }
-    }
+    // CD: the in-memory ceiling holding the same bytes.
+    const memfs = await startMemfs(memMnt, bytes)
+    try {
+      const file = path.join(memMnt, 'disk.img')
+      dd([`if=${image}`, `of=${file}`, `count=${bytes / MiB}`, 'conv=notrunc'])
+      for (const w of cloneWorkloads) run('CD', w, file)
+    } finally { await stopChild(memfs, memMnt) }
   }
   fs.rmSync(base, { force: true })
 }
@@ -604,7 +583,7 @@ function report (started: number): void {
     `# vdiskfs benchmark${quick ? ' (quick)' : ''}, ${date}`, '',
     `Machine: ${machine}. ${reps} repetition(s), median (min–max). Files of ${fileBytes / MiB} MiB; fio runs ${fioSeconds} s each.`,
     ...(json.shared === null ? [] : [`Machine shared during this run: ${json.shared}.`, '']),
-    'A: vdiskfs, fresh writes. B: the same after `vdiskfs sync` (sealed). P: plain file (called C before issue #10). D: the in-memory ceiling (bench/memfs3 on FUSE 3, bench/memfs on fuse-native). A, B, C, D and CD on the ' + primaryTransport + ' transport. E: qemu-storage-daemon qcow2 FUSE export; E2: the same image made with `extended_l2=on`.', '',
+    'A: vdiskfs, fresh writes. B: the same after `vdiskfs sync` (sealed). P: plain file (called C before issue #10). D: the in-memory ceiling on the same FUSE 3 addon (bench/memfs). E: qemu-storage-daemon qcow2 FUSE export; E2: the same image made with `extended_l2=on`.', '',
     '| workload | unit | A | B | P | D | E | E2 | A/D | A/best(E,E2) | B/D |', '|---|---|---|---|---|---|---|---|---|---|---|'
   ]
   for (const w of rows) {
@@ -624,28 +603,6 @@ function report (started: number): void {
     const best = Math.max(figure(`CE.${w.key}`)?.median ?? 0, figure(`CE2.${w.key}`)?.median ?? 0)
     const c = figure(`C.${w.key}`)
     md.push(`| ${w.what} | ${w.unit} | ${cell('C')} | ${cell('CE')} | ${cell('CE2')} | ${cell('CD')} | ${c !== null && best > 0 ? (c.median / best).toFixed(2) : 'n/a'} | ${ratio(`C.${w.key}`, `CD.${w.key}`)?.toFixed(2) ?? 'n/a'} |`)
-  }
-  for (const other of transports.slice(1)) {
-    md.push('', `## Transport: ${other} (before) and ${primaryTransport} (after), issue #18`, '',
-      `The same workloads in the same run on each transport: vdiskfs (A fresh, B sealed, C clone of a sealed backup) and the in-memory ceiling (D, CD), with the better of qsd's two (E/E2, CE/CE2) for reference.`, '',
-      `| target | workload | unit | ${other} | ${primaryTransport} | after/before | before/qsd | after/qsd |`, '|---|---|---|---|---|---|---|---|')
-    const scenarioRows: Array<[string, string, Array<{ key: string, what: string, unit: string }>]> = [
-      ['A', 'E', [{ key: 'seqWrite', what: 'dd sequential write, bs=1M, conv=fsync', unit: 'MB/s' }, ...workloads]],
-      ['B', 'E', workloads.filter(w => !w.writes)],
-      ['D', 'E', [{ key: 'seqWrite', what: 'dd sequential write, bs=1M, conv=fsync', unit: 'MB/s' }, ...workloads]],
-      ['C', 'CE', cloneWorkloads],
-      ['CD', 'CE', cloneWorkloads]
-    ]
-    for (const [target, qsd, rowsOf] of scenarioRows) {
-      for (const w of rowsOf) {
-        const before = figure(`${other}:${target}.${w.key}`)
-        const after = figure(`${target}.${w.key}`)
-        if (before === null && after === null) continue
-        const best = Math.max(figure(`${qsd}.${w.key}`)?.median ?? 0, figure(`${qsd}2.${w.key}`)?.median ?? 0)
-        const vs = (f: Figure | null): string => f === null || best === 0 ? 'n/a' : (f.median / best).toFixed(2)
-        md.push(`| ${target} | ${w.what} | ${w.unit} | ${fmt(before)} | ${fmt(after)} | ${before === null || after === null || before.median === 0 ? 'n/a' : (after.median / before.median).toFixed(2)} | ${vs(before)} | ${vs(after)} |`)
-      }
-    }
   }
   md.push('', `Stored: the vdiskfs pool ${((figure('C.poolStoredBytes')?.median ?? 0) / MiB).toFixed(0)} MiB after the runs, the zstd qcow2 base ${((figure('CE.baseBytes')?.median ?? 0) / MiB).toFixed(0)} MiB.`)
   md.push('', '## Issue #10 bars: every workload of A and C ≥ 1.0× the better of E/E2 (goal 1.2×) and ≥ 0.75× D', '',
@@ -700,7 +657,7 @@ async function main (): Promise<void> {
   const started = Date.now()
   for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const mountpoint = line.split(' ')[4]
-    if (mountpoint?.startsWith(work + '/')) spawnSync('fusermount', ['-uz', mountpoint])
+    if (mountpoint?.startsWith(work + '/')) spawnSync('fusermount3', ['-uz', mountpoint])
   }
   fs.rmSync(work, { recursive: true, force: true })
   fs.mkdirSync(work, { recursive: true })
@@ -721,7 +678,7 @@ async function main (): Promise<void> {
   } finally {
     for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
       const mountpoint = line.split(' ')[4]
-      if (mountpoint?.startsWith(work + '/')) { spawnSync('fusermount', ['-uz', mountpoint]); spawnSync('umount', ['-l', mountpoint]) }
+      if (mountpoint?.startsWith(work + '/')) { spawnSync('fusermount3', ['-uz', mountpoint]); spawnSync('umount', ['-l', mountpoint]) }
     }
   }
   report(started)

@@ -266,7 +266,7 @@ function cleanup (): void {
   cleaned = true
   for (const child of children) child.kill('SIGKILL')
   spawnSync(cli, ['umount', mnt], { timeout: 60000 })
-  spawnSync('fusermount', ['-uz', mnt])
+  spawnSync('fusermount3', ['-uz', mnt])
   if (daemonPid !== 0) {
     try {
       process.kill(daemonPid, 0)
@@ -284,7 +284,7 @@ function cleanup (): void {
   }
   for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const mountpoint = line.split(' ')[4]
-    if (mountpoint?.startsWith(work) === true) { spawnSync('fusermount', ['-uz', mountpoint]); spawnSync('umount', ['-l', mountpoint]) }
+    if (mountpoint?.startsWith(work) === true) { spawnSync('fusermount3', ['-uz', mountpoint]); spawnSync('umount', ['-l', mountpoint]) }
   }
   fs.rmSync(work, { recursive: true, force: true })
 }

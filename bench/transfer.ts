@@ -99,7 +99,7 @@ function main (): void {
   } finally {
     for (const mnt of mounts.reverse()) {
       const result = spawnSync(cli, ['umount', mnt], { encoding: 'utf8', timeout: 120000 })
-      if (result.status !== 0) spawnSync('fusermount', ['-uz', mnt])
+      if (result.status !== 0) spawnSync('fusermount3', ['-uz', mnt])
     }
     fs.rmSync(dir, { recursive: true, force: true })
   }

@@ -7,7 +7,7 @@ work=$(mktemp -d /tmp/vdiskfs-example.XXXXXX)
 mkdir -p "$work/mnt" "$work/web"
 cleanup () {
   umount "$work/web" 2>/dev/null || true
-  bin/vdiskfs umount "$work/mnt" 2>/dev/null || fusermount -uz "$work/mnt" 2>/dev/null || true
+  bin/vdiskfs umount "$work/mnt" 2>/dev/null || fusermount3 -uz "$work/mnt" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

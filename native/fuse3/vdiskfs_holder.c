@@ -2,7 +2,7 @@
  * vdiskfs-holder: keeps a FUSE 3 mount's /dev/fuse descriptor open while its daemon runs, so that the
  * mount outlives the daemon (docs/TRANSPORT.md, "A mount that outlives its daemon").
  *
- *   vdiskfs-holder DAEMON_PID -- COMMAND [ARG...]
+ *   vdiskfs-holder DAEMON_PID [--log FILE] -- COMMAND [ARG...]
  *
  * The daemon starts it (detached, its own session) with the descriptor as fd 3, right after mounting.
  * It waits on two things: the daemon's exit (a pidfd) and the connection's end (poll on the descriptor
@@ -15,6 +15,10 @@
  * It gives up (closes the descriptor: the mount then reports ENOTCONN, as without a holder) after
  * restartsMax restarts within restartWindowSeconds. SIGTERM (a clean stop: vdiskfs umount, the
  * daemon's SIGTERM) ends it at once. It holds nothing else: no pool file, no socket.
+ *
+ * With --log FILE (the daemon's daemon.log), each of its lines is appended to FILE opened anew, and each
+ * daemon it starts gets FILE opened anew as its stderr: the daemon rotates daemon.log, and a descriptor
+ * kept from the start would go on writing into the rotated-away file. Without it, lines go to stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,13 +49,32 @@ static int connection_gone(void) {
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0;
 }
 
+static const char *logPath = NULL;
+
+/* FILE opened for appending (created 0600), or -1. */
+static int open_log(void) {
+  return logPath == NULL ? -1 : open(logPath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+}
+
+/* One line, in daemon.log's form (ISO time, then the message) when logging to FILE. */
 static void say(const char *what, long value) {
-  fprintf(stderr, "vdiskfs-holder[%ld]: %s %ld\n", (long)getpid(), what, value);
+  int fd = open_log();
+  if (fd < 0) { fprintf(stderr, "vdiskfs-holder[%ld]: %s %ld\n", (long)getpid(), what, value); return; }
+  char stamp[32];
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+  dprintf(fd, "%s.%03ldZ holder (pid %ld): %s %ld\n", stamp, ts.tv_nsec / 1000000, (long)getpid(), what, value);
+  close(fd);
 }
 
 int main(int argc, char **argv) {
-  if (argc < 4 || strcmp(argv[2], "--") != 0) {
-    fprintf(stderr, "usage: vdiskfs-holder DAEMON_PID -- COMMAND [ARG...] (with /dev/fuse as fd 3)\n");
+  int command = 3;
+  if (argc >= 4 && strcmp(argv[2], "--log") == 0) { logPath = argv[3]; command = 5; }
+  if (argc < command + 1 || strcmp(argv[command - 1], "--") != 0) {
+    fprintf(stderr, "usage: vdiskfs-holder DAEMON_PID [--log FILE] -- COMMAND [ARG...] (with /dev/fuse as fd 3)\n");
     return 2;
   }
   if (fcntl(FUSE_FD, F_GETFD) == -1) { fprintf(stderr, "vdiskfs-holder: fd 3 is not open\n"); return 2; }
@@ -99,7 +122,9 @@ int main(int argc, char **argv) {
       signal(SIGINT, SIG_DFL);
       signal(SIGHUP, SIG_DFL);
       signal(SIGPIPE, SIG_DFL);
-      execvp(argv[3], argv + 3);
+      int log = open_log();
+      if (log > 2) { dup2(log, 2); close(log); }
+      execvp(argv[command], argv + command);
       _exit(127);
     }
     say("started a new daemon, pid", child);

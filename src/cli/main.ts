@@ -9,7 +9,7 @@ import path from 'node:path'
 import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
 import { call, isDeadMount } from '../control/client'
 import { StatusResult, socketPathsFor } from '../control/protocol'
-import { chooseTransport, runDaemon } from '../daemon/daemon'
+import { runDaemon } from '../daemon/daemon'
 import { VerifyReport, verifyPool } from '../volume/verify'
 import { RepairReport, repairPool } from '../volume/repair'
 import { poolHeaderFile } from '../format/pool-format'
@@ -29,12 +29,11 @@ import { remoteCommands } from './commands-remote'
 import { describeHolders, findHolders, printable } from './holders'
 
 /**
- * rm --force of an image held open. A disk or clone is unlinked through the mount, as a plain `rm`:
- * libfuse then hides the open file under a `.fuse_hidden` name of its own (the volume layer removes it
- * at the last release), so a new image made under the old name gets a node, and a kernel inode, of its
- * own. The daemon renaming it behind libfuse's back would leave the old node under the name, and a new
- * image there would share the holder's inode and page cache. A backup (read-only through the mount),
- * or an unlink the kernel refuses (a directory the user may not write), is hidden by the daemon.
+ * rm --force of an image held open. A disk or clone is unlinked through the mount, as a plain `rm`: the
+ * kernel then drops its name for the open file at once (the volume layer keeps the volume for its
+ * holders and removes it at the last release), and a new image made under the old name is a new inode.
+ * A backup (read-only through the mount), or an unlink the kernel refuses (a directory the user may
+ * not write), is hidden by the daemon.
  */
 async function removeInUse (target: { mountpoint: string, kind: string, name: string }, args: Record<string, unknown>): Promise<{ removed: VolumeInfo, stillOpen: boolean }> {
   if (target.kind !== 'backup') {
@@ -70,12 +69,10 @@ async function callUnlessInUse (target: { mountpoint: string, kind: string, name
 
 const coreCommands: Record<string, Command> = {
   mount: {
-    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--transport fuse-native|fuse3] [--json]',
+    usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], logStderr: ['--log-stderr'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], transport: ['--transport'], takeoverFd: ['--takeover-fd'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], logStderr: ['--log-stderr'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], takeoverFd: ['--takeover-fd'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
-      // Checked here, before a daemon starts: the flag, else VDISKFS_TRANSPORT, else fuse-native.
-      const transport = chooseTransport(values.transport)
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
       const poolDir = path.resolve(pool)
@@ -91,7 +88,6 @@ const coreCommands: Record<string, Command> = {
           // --no-xattrs, the default since xattrs became opt-in, is accepted for old scripts and ignored.
           xattrs: flags.xattrs === true,
           allowOther: flags.allowOther === true,
-          transport,
           takeoverFd,
           // A takeover logs where the daemon it replaces did (--log-stderr: that one ran with -f).
           logToFile: child || (takeoverFd !== undefined && flags.logStderr !== true),
@@ -112,7 +108,6 @@ const coreCommands: Record<string, Command> = {
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
       if (flags.xattrs === true) args.push('--xattrs')
       if (flags.allowOther === true) args.push('--allow-other')
-      if (values.transport !== undefined) args.push('--transport', transport)
       const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new VdiskError('IO', `the daemon did not report ready within ${daemonReadyTimeoutMs / 1000} s`)), daemonReadyTimeoutMs)
@@ -147,11 +142,11 @@ const coreCommands: Record<string, Command> = {
         return
       }
       await call(mountpoint, 'commit')
-      const result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
+      const result = spawnSync('fusermount3', ['-u', mountpoint], { encoding: 'utf8' })
       if (result.status !== 0) {
-        const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
+        const reason = (result.error?.message ?? result.stderr ?? '').trim().split('\n').pop() ?? ''
         if (/busy/i.test(reason)) throw new VdiskError('BUSY', `${mountpoint} is busy: close the files and loop devices using it first`)
-        throw new VdiskError('IO', `fusermount -u ${mountpoint} failed: ${reason}`)
+        throw new VdiskError('IO', `fusermount3 -u ${mountpoint} failed: ${reason}`)
       }
       try { process.kill(status.pid, 'SIGTERM') } catch {}
       for (let waited = 0; waited < daemonExitTimeoutMs; waited += daemonExitPollMs) {
@@ -386,16 +381,16 @@ async function backupGroup (images: string[], group: string, freeze: string[], j
 }
 
 /**
- * Unmounts a mount whose daemon is gone (ENOTCONN): fusermount -u, or lazily (-uz) when something still
+ * Unmounts a mount whose daemon is gone (ENOTCONN): fusermount3 -u, or lazily (-uz) when something still
  * holds it (a loop device, an open file: they get errors until they let go), then removes the control
  * socket the daemon left behind.
  */
 function cleanDeadMount (mountpoint: string): void {
-  let result = spawnSync('fusermount', ['-u', mountpoint], { encoding: 'utf8' })
-  if (result.status !== 0) result = spawnSync('fusermount', ['-uz', mountpoint], { encoding: 'utf8' })
+  let result = spawnSync('fusermount3', ['-u', mountpoint], { encoding: 'utf8' })
+  if (result.status !== 0) result = spawnSync('fusermount3', ['-uz', mountpoint], { encoding: 'utf8' })
   if (result.status !== 0) {
-    const reason = (result.stderr ?? '').trim().split('\n').pop() ?? ''
-    throw new VdiskError('IO', `the daemon of ${mountpoint} is gone, and fusermount -uz ${mountpoint} failed: ${reason}`)
+    const reason = (result.error?.message ?? result.stderr ?? '').trim().split('\n').pop() ?? ''
+    throw new VdiskError('IO', `the daemon of ${mountpoint} is gone, and fusermount3 -uz ${mountpoint} failed: ${reason}`)
   }
   for (const socket of socketPathsFor(mountpoint)) fs.rmSync(socket, { force: true })
 }

@@ -27,7 +27,6 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   gauge('vdiskfs_heap_used_bytes', "The daemon's V8 heap in use.", stats.heapUsedBytes)
   gauge('vdiskfs_open_fds', 'File descriptors the daemon holds open.', stats.openFds)
   gauge('vdiskfs_active_resources', "Node's active handles and requests (libuv handles JavaScript sees).", stats.activeResources)
-  gauge('vdiskfs_fuse_thread_records', "fuse-native's per-thread records, each a libuv async handle the event loop walks.", stats.fuseThreadRecords)
 
   // Percentiles without a sum and count to go with them: gauges of their own (a quantile label belongs
   // to summaries only; promtool check metrics refuses it elsewhere).

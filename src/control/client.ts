@@ -26,7 +26,7 @@ export function isDeadMount (mountpoint: string): boolean {
 export function noDaemon (mountpoint: string): VdiskError {
   if (isDeadMount(mountpoint)) {
     return new VdiskError('NOT_FOUND', `the daemon of ${mountpoint} is gone (killed?) and its mount is left dead (ENOTCONN): ` +
-      `run vdiskfs umount ${mountpoint} (or fusermount -uz ${mountpoint}) and mount the pool again (what was committed is kept)`)
+      `run vdiskfs umount ${mountpoint} (or fusermount3 -uz ${mountpoint}) and mount the pool again (what was committed is kept)`)
   }
   return new VdiskError('NOT_FOUND', `${mountpoint} is not a mounted vdiskfs pool`)
 }

@@ -15,7 +15,7 @@ import { Handler, HandlerContext } from './server'
 
 
 export interface StatsResult {
-  /** What the `status` operation says (pid, pool, mountpoint, version, block size, fuse thread records, RSS). */
+  /** What the `status` operation says (pid, pool, mountpoint, version, block size, RSS, the FUSE session's figures). */
   daemon: Record<string, unknown>
   startedMs: number
   uptimeSeconds: number
@@ -24,8 +24,6 @@ export interface StatsResult {
   openFds: number
   /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
   activeResources: number
-  /** fuse-native's per-thread records, one libuv async handle each (not among activeResources). */
-  fuseThreadRecords: number
   eventLoopDelay: EventLoopReport
   /** Rates and latency percentiles cover the last this many seconds. */
   windowSeconds: number
@@ -66,7 +64,6 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         // The directory's own descriptor, open while it is read, is not one of the daemon's.
         openFds: (await fs.promises.readdir('/proc/self/fd')).length - 1,
         activeResources: process.getActiveResourcesInfo().length,
-        fuseThreadRecords: Number(daemon.fuseThreadRecords ?? 0),
         eventLoopDelay: metrics.eventLoopReport(),
         windowSeconds,
         operations,

@@ -3,7 +3,7 @@
  *
  * Lifecycle: open the pool (taking its lock), collect garbage left by a crash, mount, report ready.
  * It stops cleanly (commit, unmount, close) on SIGINT/SIGTERM, on `vdiskfs umount`, and when somebody
- * unmounts it from outside (fusermount -u), which JavaScript is not told about: a watcher polls
+ * unmounts it from outside (fusermount3 -u), which JavaScript is not told about: a watcher polls
  * /proc/self/mountinfo. Between fsyncs it commits every commitIntervalMs, like ext4's commit=5.
  *
  * It logs one line per event (daemon-log.ts: stderr under -f, else daemon.log, rotated) and measures
@@ -18,8 +18,6 @@ import path from 'node:path'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../volume/space'
-import { createOperations } from '../fuse/adapter'
-import { VdiskFuse } from '../fuse/mount-options'
 import { createLowLevelOperations } from '../fuse/fuse3-ops'
 import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
@@ -37,7 +35,7 @@ export interface DaemonOptions {
   pool: string
   mountpoint: string
   blockBytes?: number
-  /** Serve the user.vdiskfs.* xattrs, at the cost of a round trip before every write (see fuse/adapter.ts). */
+  /** Serve the user.vdiskfs.* xattrs, at the cost of a round trip before every write (see fuse/fuse3-ops.ts). */
   xattrs?: boolean
   /** Log to the pool's daemon.log instead of stderr (background mode). */
   logToFile: boolean
@@ -48,11 +46,6 @@ export interface DaemonOptions {
    */
   allowOther?: boolean
   /**
-   * Which FUSE transport serves the mount: 'fuse-native' (libfuse 2, the default) or 'fuse3', our own
-   * addon over libfuse 3's low-level API (fuse/fuse3-transport.ts, docs/TRANSPORT.md).
-   */
-  transport?: Transport
-  /**
    * Take over a FUSE 3 mount whose daemon died: its /dev/fuse descriptor, passed by the holder
    * (native/fuse3/vdiskfs_holder.c) as this fd. The mount is there already, so the mountpoint is not
    * checked nor touched (a call on it would wait for this very daemon).
@@ -60,16 +53,6 @@ export interface DaemonOptions {
   takeoverFd?: number
   /** Called once the mount answers. */
   onReady: () => void
-}
-
-export type Transport = 'fuse-native' | 'fuse3'
-export const transports: Transport[] = ['fuse-native', 'fuse3']
-
-/** The transport asked for: the option, else VDISKFS_TRANSPORT, else fuse-native. */
-export function chooseTransport (asked: string | undefined): Transport {
-  const name = asked ?? process.env.VDISKFS_TRANSPORT ?? 'fuse-native'
-  if (!(transports as string[]).includes(name)) throw new VdiskError('INVALID', `unknown transport '${name}' (one of: ${transports.join(', ')})`)
-  return name as Transport
 }
 
 export async function runDaemon (options: DaemonOptions): Promise<void> {
@@ -88,7 +71,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     checkMountpoint(mountpoint)
     checkPoolApart(options.pool, mountpoint)
     checkUnprivilegedMount(mountpoint, options.allowOther === true)
-    if (chooseTransport(options.transport) === 'fuse3') checkFuse3Helper()
+    checkFuse3Helper()
   }
   // Before mounting: a control directory we may not use must not leave a mount behind.
   checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
@@ -106,16 +89,12 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
   if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
-  const transport = takeover ? 'fuse3' : chooseTransport(options.transport)
-  const fuse3 = transport === 'fuse3'
-  // The FUSE 3 mount outlives this daemon when a holder keeps its descriptor: root only for now (a
-  // user's mount goes through fusermount3, whose descriptor passing is not wired up yet).
-  const holder = fuse3 && (process.getuid?.() ?? 0) === 0 && process.env.VDISKFS_HOLDER !== '0'
+  // The mount outlives this daemon when a holder keeps its descriptor: root only for now (a user's mount
+  // goes through fusermount3, whose descriptor passing is not wired up yet).
+  const holder = (process.getuid?.() ?? 0) === 0 && process.env.VDISKFS_HOLDER !== '0'
   // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
   // volume removed while open stays for its holders.
-  const operations = fuse3
-    ? createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
-    : createOperations({ pool, space, log, xattrs: options.xattrs })
+  const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
   const dropped = await pool.dropHidden()
   if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const recovered = await pool.recover()
@@ -132,12 +111,10 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
   // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
   const fsname = pool.dir.replace(/,/g, '_')
-  let fuse: VdiskFuse | Fuse3Transport
+  let fuse: Fuse3Transport
   try {
-    fuse = fuse3
-      // The kernel checks permissions against the owner and mode each image keeps in the catalog.
-      ? new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
-      : new VdiskFuse(mountpoint, operations, { timeout: false, fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true })
+    // The kernel checks permissions against the owner and mode each image keeps in the catalog.
+    fuse = new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
   } catch (err) {
     await pool.close()
     throw new VdiskError('INVALID', (err as Error).message, { cause: err })
@@ -148,17 +125,17 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     await pool.close()
     throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
   }
-  log(`${takeover ? 'took over the mount of' : 'mounted'} ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'}, transport ${transport})`)
+  log(`${takeover ? 'took over the mount of' : 'mounted'} ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'})`)
   // The holder: the one that started this daemon after a takeover, else a new one.
   let holderPid: number | null = null
   if (takeover) {
     holderPid = process.ppid
-    const resend = fuse instanceof Fuse3Transport ? fuse.stats()?.resendResult : undefined
+    const resend = fuse.stats()?.resendResult
     log(`takeover: the daemon before this one stopped without unmounting; the holder (pid ${holderPid}) kept the mount; ` +
       (resend === 0 ? 'the kernel resends the requests it had not answered' : `FUSE_NOTIFY_RESEND failed (errno ${String(resend)}): requests it had read are lost`))
   } else {
     await tuneReadAhead(mountpoint, log)
-    if (holder && fuse instanceof Fuse3Transport) holderPid = startHolder(fuse, pool.dir, mountpoint, options, log)
+    if (holder) holderPid = startHolder(fuse, pool.dir, mountpoint, options, log)
   }
   // Without the journal a takeover would go on without the changes since the last commit: the holder
   // goes, and a death of this daemon ends the mount instead (ENOTCONN, no silent loss).
@@ -180,10 +157,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     recentErrors: () => daemonLog.errors,
     status: () => ({
       pid: process.pid, pool: pool.dir, mountpoint, version, blockBytes: pool.blockBytes, xattrs: options.xattrs === true,
-      // Bounded with the patched fuse-native (issue #10): each record is a libuv handle the loop walks.
-      fuseThreadRecords: fuse.threadRecords, rssBytes: process.memoryUsage.rss(),
-      // fuse3: what INIT negotiated and the request sizes the kernel sent (docs/TRANSPORT.md).
-      transport, fuse3: fuse instanceof Fuse3Transport ? fuse.stats() : undefined,
+      rssBytes: process.memoryUsage.rss(),
+      // What INIT negotiated and the request sizes the kernel sent (docs/TRANSPORT.md).
+      fuse3: fuse.stats(),
       // Cheap (no walk): bench/soak.ts samples it from here every few seconds; vdiskfs status has the rest.
       eventLoopDelay: metrics.eventLoopReport()
     })
@@ -244,7 +220,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
  * Starts the holder (native/fuse3/vdiskfs_holder.c): detached, with the mount's /dev/fuse descriptor as
  * its fd 3 and the command that takes the mount over (this daemon's options, --takeover-fd 3). Its
  * lines go to daemon.log. Returns its pid, or null when it could not start (logged; the mount then
- * ends with this daemon, as on fuse-native).
+ * ends with this daemon).
  */
 function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string, options: DaemonOptions, log: (message: string) => void): number | null {
   const fd = fuse.fd()
@@ -255,24 +231,19 @@ function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string,
   const restart = [process.execPath, process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--takeover-fd', '3']
   if (options.xattrs === true) restart.push('--xattrs')
   if (options.allowOther === true) restart.push('--allow-other')
-  // The holder and the daemons it starts log where this one does: daemon.log in the background, this
-  // process's stderr in the foreground (-f: a terminal, journald), which the holder inherits.
-  let logFd: number | 'inherit' = 'inherit'
-  if (options.logToFile) {
-    try { logFd = fs.openSync(path.join(poolDir, daemonLogFile), 'a', 0o600) } catch {}
-  } else {
-    restart.push('--log-stderr')
-  }
+  // The holder and the daemons it starts log where this one does: daemon.log in the background (which
+  // the holder opens anew for each line and each daemon, as it is rotated), this process's stderr in the
+  // foreground (-f: a terminal, journald), which the holder inherits.
+  const logArgs = options.logToFile ? ['--log', path.join(poolDir, daemonLogFile)] : []
+  if (!options.logToFile) restart.push('--log-stderr')
   try {
-    const child = spawn(fuse3HolderPath, [String(process.pid), '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', logFd, fd] })
+    const child = spawn(fuse3HolderPath, [String(process.pid), ...logArgs, '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', options.logToFile ? 'ignore' : 'inherit', fd] })
     child.unref()
     log(`holder started (pid ${String(child.pid)}): the mount outlives this daemon`)
     return child.pid ?? null
   } catch (err) {
     log(`no holder: ${(err as Error).message}; the mount ends with this daemon`)
     return null
-  } finally {
-    if (typeof logFd === 'number') fs.closeSync(logFd)
   }
 }
 

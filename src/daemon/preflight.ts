@@ -1,18 +1,13 @@
 /**
  * Checks made before mounting, each failing with one line that says what is wrong or what to install:
- * /dev/fuse, libfuse2 and fusermount, and the mountpoint (missing, not a directory, not empty, already
+ * /dev/fuse, fusermount3 for a non-root mount, and the mountpoint (missing, not a directory, not empty, already
  * mounted, or a dead mount left by a killed daemon).
  */
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, invalid } from '../errors'
 import { mountsSync } from './mountinfo'
-
-const libfuseCandidates = [
-  '/lib/x86_64-linux-gnu/libfuse.so.2', '/usr/lib/x86_64-linux-gnu/libfuse.so.2',
-  '/lib/aarch64-linux-gnu/libfuse.so.2', '/usr/lib/aarch64-linux-gnu/libfuse.so.2',
-  '/lib64/libfuse.so.2', '/usr/lib64/libfuse.so.2', '/usr/lib/libfuse.so.2', '/lib/libfuse.so.2'
-]
+import { loadFuse3Native } from '../fuse/fuse3-transport'
 
 function onPath (program: string): boolean {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
@@ -21,27 +16,25 @@ function onPath (program: string): boolean {
   return false
 }
 
+/** /dev/fuse, and our FUSE 3 addon with the libfuse 3 it links (loaded here, before a pool is made). */
 export function checkFuseAvailable (): void {
   const devFuse = process.env.VDISKFS_DEV_FUSE ?? '/dev/fuse'
   if (!fs.existsSync(devFuse)) throw invalid(`${devFuse} is missing: load the fuse module (modprobe fuse) or give the container access to /dev/fuse`)
-  const libfuse = process.env.VDISKFS_LIBFUSE ?? ''
-  const haveLib = libfuse !== '' ? fs.existsSync(libfuse) : libfuseCandidates.some(file => fs.existsSync(file))
-  if (!haveLib) throw invalid('libfuse2 is missing: install it with apt-get install libfuse2 fuse (or run make run)')
-  if (!onPath('fusermount')) throw invalid('fusermount is missing: install it with apt-get install fuse (or run make run)')
+  try { loadFuse3Native() } catch (err) { throw invalid((err as Error).message) }
 }
 
 /**
- * A non-root mount on the FUSE 3 transport goes through fusermount3, which only Debian's fuse3 package
- * ships (it replaces the fuse package: docs/TRANSPORT.md). Without it libfuse's reason would go to the
- * background daemon's discarded stderr; this says it in one line instead.
+ * A non-root mount goes through fusermount3 (setuid), from Debian's fuse3 package. Without it libfuse's
+ * reason would go to the background daemon's discarded stderr; this says it in one line instead. Root
+ * mounts and unmounts with mount(2) and umount2(2) itself.
  */
 export function checkFuse3Helper (): void {
   if ((process.getuid?.() ?? 0) === 0) return
-  if (!onPath('fusermount3')) throw invalid('a non-root mount on the FUSE 3 transport needs fusermount3, which is missing: install it with apt-get install fuse3 (it replaces the fuse package), or mount as root, or use --transport fuse-native')
+  if (!onPath('fusermount3')) throw invalid('a non-root mount needs fusermount3, which is missing: install it with apt-get install fuse3 (or run make run), or mount as root')
 }
 
 /**
- * What a non-root mount needs beyond root's (fusermount is setuid, but opens /dev/fuse as the caller):
+ * What a non-root mount needs beyond root's (fusermount3 is setuid, but opens /dev/fuse as the caller):
  * /dev/fuse readable and writable, a mountpoint the user may write to, and user_allow_other in
  * /etc/fuse.conf for --allow-other. Each missing piece is one INVALID line saying what to do.
  */
@@ -59,7 +52,7 @@ export function checkUnprivilegedMount (mountpoint: string, allowOther: boolean)
   try {
     fs.accessSync(mountpoint, fs.constants.W_OK)
   } catch {
-    throw invalid(`you (uid ${uid}) may not write to mountpoint ${mountpoint}: fusermount mounts only on a directory you own or may write to`)
+    throw invalid(`you (uid ${uid}) may not write to mountpoint ${mountpoint}: fusermount3 mounts only on a directory you own or may write to`)
   }
   if (allowOther) {
     let conf = ''
@@ -95,7 +88,7 @@ export function checkMountpoint (mountpoint: string): void {
     try { fs.statSync(mountpoint) } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') alive = false
     }
-    if (!alive) throw new VdiskError('BUSY', `${mountpoint} is a dead mount left by a stopped daemon: run fusermount -uz ${mountpoint}`)
+    if (!alive) throw new VdiskError('BUSY', `${mountpoint} is a dead mount left by a stopped daemon: run fusermount3 -uz ${mountpoint}`)
     throw new VdiskError('BUSY', `${mountpoint} is already mounted`)
   }
   let stat: fs.Stats
@@ -104,7 +97,7 @@ export function checkMountpoint (mountpoint: string): void {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT') throw invalid(`mountpoint ${mountpoint} does not exist (mkdir -p ${mountpoint})`)
-    if (code === 'ENOTCONN') throw new VdiskError('BUSY', `${mountpoint} is a dead mount left by a stopped daemon: run fusermount -uz ${mountpoint}`)
+    if (code === 'ENOTCONN') throw new VdiskError('BUSY', `${mountpoint} is a dead mount left by a stopped daemon: run fusermount3 -uz ${mountpoint}`)
     throw invalid(`mountpoint ${mountpoint}: ${(err as Error).message}`)
   }
   if (!stat.isDirectory()) throw invalid(`mountpoint ${mountpoint} is not a directory`)

@@ -1,5 +1,5 @@
 /**
- * Maps vdiskfs error codes to the (negative) errno values fuse-native replies with. An error that is
+ * Maps vdiskfs error codes to the (negative) errno values the FUSE operations reply with. An error that is
  * not a VdiskError is a bug: it becomes EIO and is logged with its stack.
  */
 import { ErrorCode, VdiskError } from '../errors'

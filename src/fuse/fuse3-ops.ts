@@ -1,7 +1,7 @@
 /**
  * The FUSE 3 low-level operations: inode-based requests from our own transport (fuse3-transport.ts)
- * translated into calls on the pool and its volumes, and typed errors into errno, as adapter.ts does
- * for fuse-native's path-based callbacks. No business logic lives here.
+ * translated into calls on the pool and its volumes, and typed errors into errno. No business logic
+ * lives here.
  *
  * Inodes: 1 is the root, 2-4 the directories disks/, backups/, clones/; a volume is its id +
  * volumeInodeBase. Volume ids are never reused while the daemon runs, so an inode never names two
@@ -329,7 +329,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       pool.move(volume, to, newName).then(() => { log(`rename: ${dirNameOf[from]}/${name} -> ${dirNameOf[to]}/${newName}`); cb(0) }, fail(cb))
     },
 
-    // The modes are volume-ops.ts's, as for fuse-native.
+    // The modes are volume-ops.ts's.
     fallocate (ino: number, _fh: number | null, mode: number, offset: number, length: number, cb: Callback) {
       let volume: Volume
       try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }

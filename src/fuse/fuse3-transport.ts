@@ -1,8 +1,7 @@
 /**
- * Our own FUSE transport (issue #18, phase 1): the N-API addon in native/fuse3/ over libfuse 3's
- * low-level API, with the mount/unmount surface the daemon uses from fuse-native (VdiskFuse).
- * Selected with `vdiskfs mount --transport fuse3` or VDISKFS_TRANSPORT=fuse3; docs/TRANSPORT.md has
- * the design (threads, INIT, what is left).
+ * The FUSE transport: our own N-API addon in native/fuse3/ over libfuse 3's low-level API, and the
+ * mount/unmount surface the daemon uses. docs/TRANSPORT.md has the design (threads, INIT, the holder,
+ * what is left).
  *
  * The addon's threads read requests and queue them here (one thread-safe function per session);
  * `dispatch` runs the matching handler of fuse3-ops.ts and turns its callback into exactly one
@@ -71,8 +70,8 @@ export interface Fuse3Options {
   shareFd?: boolean
 }
 
-/** Where the Makefile builds the addon and the holder (make native). */
-export const fuse3AddonPath = path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
+/** Where the Makefile builds the addon and the holder (make native); VDISKFS_FUSE3_ADDON names another (tests). */
+export const fuse3AddonPath = process.env.VDISKFS_FUSE3_ADDON ?? path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
 export const fuse3HolderPath = path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs-holder')
 
 let loaded: Fuse3Native | null = null
@@ -81,7 +80,7 @@ export function loadFuse3Native (): Fuse3Native {
     try {
       loaded = require(fuse3AddonPath) as Fuse3Native
     } catch (err) {
-      throw new Error(`the FUSE 3 transport's addon is missing or does not load (${(err as Error).message.split('\n')[0]}): run make native (needs libfuse3-dev)`)
+      throw new Error(`vdiskfs's FUSE 3 addon is missing or does not load (${(err as Error).message.split('\n')[0]}): install libfuse3-3 and run make native (or make run)`)
     }
   }
   return loaded
@@ -103,9 +102,6 @@ export class Fuse3Transport {
   constructor (readonly mountpoint: string, private readonly operations: Record<string, (...args: any[]) => void>, private readonly options: Fuse3Options) {
     this.native = loadFuse3Native()
   }
-
-  /** fuse-native's per-thread records do not exist here. */
-  get threadRecords (): number { return 0 }
 
   stats (): Fuse3Stats | null {
     return this.session === null ? null : this.native.stats(this.session)
@@ -146,7 +142,7 @@ export class Fuse3Transport {
     if (result === EPERM) {
       // Not root: fusermount3 (setuid) unmounts, as libfuse itself would.
       const done = spawnSync('fusermount3', ['-uz', this.mountpoint])
-      if (done.error !== undefined || done.status !== 0) spawnSync('fusermount', ['-uz', this.mountpoint])
+      if (done.error !== undefined || done.status !== 0) spawnSync('fusermount3', ['-uz', this.mountpoint])
     } else if (result !== 0) {
       this.options.log(`unmount of ${this.mountpoint} failed: errno ${result}`)
     }

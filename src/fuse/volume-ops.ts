@@ -1,7 +1,6 @@
 /**
- * What both FUSE adapters (adapter.ts for fuse-native, fuse3-ops.ts for our FUSE 3 addon) answer the
- * same way: fallocate's modes and the read-only user.vdiskfs.* attributes. Each adapter only
- * translates its transport's arguments and errno.
+ * What the FUSE operations (fuse3-ops.ts) ask of a volume beyond reads and writes: fallocate's modes and
+ * the read-only user.vdiskfs.* attributes, kept apart from the request translation.
  */
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'

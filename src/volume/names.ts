@@ -62,8 +62,8 @@ export function nameProblem (name: string): string | null {
   if (name === '' || name === '.' || name === '..') return 'a name cannot be empty, \'.\' or \'..\''
   if (name.includes('/')) return 'a name cannot contain \'/\''
   if (name.includes('\0')) return 'a name cannot contain a NUL byte'
-  // fuse-native decodes each path as UTF-8 and turns every byte that is not UTF-8 into U+FFFD, so two
-  // different names would reach the daemon as one: refusing U+FFFD refuses them all (and, alas, the
+  // The FUSE addon decodes each name as UTF-8 (napi_create_string_utf8), turning every byte that is not
+  // UTF-8 into U+FFFD, so two different names would reach the daemon as one: refusing U+FFFD refuses them all (and, alas, the
   // character itself, which no other name can be told apart from).
   if (name.includes(replacementCharacter)) return 'a name must be valid UTF-8 (and cannot contain U+FFFD)'
   if (Buffer.byteLength(name, 'utf8') > volumeNameBytesMax) return `a name is at most ${volumeNameBytesMax} bytes`

@@ -1,7 +1,7 @@
 /**
  * Test helper: a real vdiskfs mount served by a separate daemon process, started through the real CLI
  * (`bin/vdiskfs mount`), and torn down without leaks: loop devices detached, the daemon killed by pid,
- * the mount removed with fusermount -uz, the temporary directory deleted.
+ * the mount removed with fusermount3 -uz, the temporary directory deleted.
  */
 import { execFile, execFileSync, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
@@ -68,7 +68,7 @@ export class TestMount {
     this.killHolders()
     try { process.kill(this.pid, 'SIGKILL') } catch {}
     await waitForExit(this.pid)
-    spawnSync('fusermount', ['-uz', this.mnt])
+    spawnSync('fusermount3', ['-uz', this.mnt])
   }
 
   /** Pids of the FUSE 3 holders keeping this mount (native/fuse3/vdiskfs_holder.c; its command line names the pool). */
@@ -142,7 +142,7 @@ export class TestMount {
       try { process.kill(pid, 'SIGKILL') } catch {}
       await waitForExit(pid)
     }
-    spawnSync('fusermount', ['-uz', this.mnt])
+    spawnSync('fusermount3', ['-uz', this.mnt])
     // A killed daemon leaves its control socket behind: remove it (the daemon's socket of a
     // mountpoint is found the way the CLI finds it).
     for (const socket of socketPathsFor(this.mnt)) fs.rmSync(socket, { force: true })

@@ -313,7 +313,7 @@ test.serial('a mount whose daemon was killed: status and ls say what happened an
     const result = await vdiskfs(...args)
     t.is(result.code, 1, args[0])
     t.is(result.stderr, `vdiskfs ${args[0]}: the daemon of ${m.mnt} is gone (killed?) and its mount is left dead (ENOTCONN): ` +
-      `run vdiskfs umount ${m.mnt} (or fusermount -uz ${m.mnt}) and mount the pool again (what was committed is kept)\n`)
+      `run vdiskfs umount ${m.mnt} (or fusermount3 -uz ${m.mnt}) and mount the pool again (what was committed is kept)\n`)
   }
   const umount = await vdiskfs('umount', m.mnt, '--json')
   t.is(umount.code, 0, umount.stderr)

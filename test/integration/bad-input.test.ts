@@ -33,7 +33,7 @@ test.serial('help and version answer for every command', async t => {
   oneCleanLine(t, await vdiskfs('ls', '--bogus', 'x'), 'unknown option')
 })
 
-test.serial('a missing /dev/fuse or libfuse2 is named in one line, with what to do', async t => {
+test.serial('a missing /dev/fuse or FUSE 3 addon is named in one line, with what to do', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-nofuse-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   fs.mkdirSync(path.join(dir, 'mnt'))
@@ -41,9 +41,9 @@ test.serial('a missing /dev/fuse or libfuse2 is named in one line, with what to 
   const noDevice = run({ VDISKFS_DEV_FUSE: path.join(dir, 'no-such-device') })
   oneCleanLine(t, { code: noDevice.status ?? 1, stderr: noDevice.stderr }, 'missing /dev/fuse')
   t.regex(noDevice.stderr, /no-such-device is missing: load the fuse module/)
-  const noLibrary = run({ VDISKFS_LIBFUSE: path.join(dir, 'libfuse.so.2') })
-  oneCleanLine(t, { code: noLibrary.status ?? 1, stderr: noLibrary.stderr }, 'missing libfuse2')
-  t.regex(noLibrary.stderr, /libfuse2 is missing: install it with apt-get install libfuse2 fuse/)
+  const noAddon = run({ VDISKFS_FUSE3_ADDON: path.join(dir, 'vdiskfs_fuse3.node') })
+  oneCleanLine(t, { code: noAddon.status ?? 1, stderr: noAddon.stderr }, 'missing FUSE 3 addon')
+  t.regex(noAddon.stderr, /FUSE 3 addon is missing or does not load .*install libfuse3-3 and run make native/)
   t.false(fs.existsSync(path.join(dir, 'pool')), 'nothing was created')
 })
 

@@ -64,7 +64,7 @@ test.serial('a command writing into a pipe closed early exits quietly', async t 
 test.serial('a pool and its mountpoint that overlap are refused before anything is created', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-overlap-'))
   t.teardown(() => {
-    for (const mnt of [path.join(dir, 'same'), path.join(dir, 'outer'), path.join(dir, 'p', 'mnt'), path.join(dir, 'm')]) spawnSync('fusermount', ['-uz', mnt])
+    for (const mnt of [path.join(dir, 'same'), path.join(dir, 'outer'), path.join(dir, 'p', 'mnt'), path.join(dir, 'm')]) spawnSync('fusermount3', ['-uz', mnt])
     fs.rmSync(dir, { recursive: true, force: true })
   })
   const refused = async (pool: string, mnt: string, what: string): Promise<void> => {

@@ -69,7 +69,7 @@ test.serial('every acknowledged write survives SIGKILL of the daemon at random m
         process.kill(m.pid, 'SIGTERM')
         await waitForExit(m.pid)
         // The writer still holds the image open, so the unmount the daemon asked for could not happen.
-        spawnSync('fusermount', ['-uz', m.mnt])
+        spawnSync('fusermount3', ['-uz', m.mnt])
         await work
       } else if (moment === 'seal') {
         // vdiskfs sync rotates the active extent and seals everything frozen, while writes go on.

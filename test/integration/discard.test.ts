@@ -3,9 +3,9 @@
  * `--zero-range` on an image read back as zeros and lower its referenced bytes (`vdiskfs du`), `fstrim`
  * in a loop-mounted ext4 returns deleted files' space (the loop device punches holes in the image),
  * `blkdiscard` on a loop device and `qemu-io discard` zero and free, plain allocation grows the size
- * without reserving, and a backup taken before a discard keeps its bytes. Each failed before
- * fuse-native's fallocate was wired (patches/fuse-native+2.2.6.patch) and the adapter served it
- * (fallocate(1) got EOPNOTSUPP; qemu-io reported success and kept the data).
+ * without reserving, and a backup taken before a discard keeps its bytes. Each failed
+ * while the transport did not serve fallocate (fallocate(1) got EOPNOTSUPP; qemu-io reported success
+ * and kept the data).
  */
 import test from 'ava'
 import fs from 'node:fs'

@@ -176,10 +176,10 @@ test.serial('data written before a successful fsync survives kill -9 and a fresh
   t.true(fs.readFileSync(disk).equals(data))
 })
 
-test.serial('an unmount from outside (fusermount -u) stops the daemon cleanly', async t => {
+test.serial('an unmount from outside (fusermount3 -u) stops the daemon cleanly', async t => {
   const m = await withMount(t)
   fs.writeFileSync(m.image('disks', 'a.img'), 'hello')
-  await run('fusermount', ['-u', m.mnt])
+  await run('fusermount3', ['-u', m.mnt])
   t.true(await waitForExit(m.pid, 10000))
   const log = fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8')
   t.regex(log, /stopping: unmounted from outside/)

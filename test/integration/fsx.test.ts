@@ -118,11 +118,10 @@ test.serial('fsx with O_DIRECT on a disk of a pool of 16 KiB blocks, beside sync
   await disks(t, '16 KiB blocks, O_DIRECT', ['--block-size', '16k'], seeds([5]).map(seed => ({ seed, extra: direct })))
 })
 
-// copy_file_range shares whole blocks on the FUSE 3 transport (fuse-native has none: fsx turns its copy
-// range off there). fsx aligns a copy's source to -r and its target to -w: on 4 KiB blocks with both at
+// copy_file_range shares whole blocks. fsx aligns a copy's source to -r and its target to -w: on 4 KiB blocks with both at
 // 4 KiB, every copy shares its whole blocks (within the file) and copies its tail.
 test.serial('fsx with copy_file_range sharing blocks on the FUSE 3 transport, 4 KiB blocks, mapped, beside sync, backup and gc', async t => {
-  await disks(t, 'FUSE 3, 4 KiB blocks, copy range', ['--transport', 'fuse3', '--block-size', '4k'], seeds([7]).map(seed => ({ seed, extra: ['-r', '4096', '-w', '4096', ...reopen] })), async m => {
+  await disks(t, 'FUSE 3, 4 KiB blocks, copy range', ['--block-size', '4k'], seeds([7]).map(seed => ({ seed, extra: ['-r', '4096', '-w', '4096', ...reopen] })), async m => {
     // fsx turns copy range off by itself when the filesystem refuses it: the daemon must have served some.
     const status = JSON.parse((await vdiskfs('status', m.mnt, '--json')).stdout) as { operations: Record<string, { count: number, errors: number }> }
     const copies = status.operations.copy_file_range

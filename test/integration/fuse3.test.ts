@@ -1,6 +1,5 @@
 /**
- * Our own FUSE 3 transport (issue #18, phase 1): the same mount served by native/fuse3 over libfuse 3's
- * low-level API (`vdiskfs mount --transport fuse3`). dd and cmp; ext4 on a loop device; a 1 MiB write
+ * Our own FUSE 3 transport: the mount served by native/fuse3 over libfuse 3's low-level API. dd and cmp; ext4 on a loop device; a 1 MiB write
  * arriving as one request (the addon's counters in `vdiskfs status --json`); SEEK_DATA/SEEK_HOLE
  * (qemu-img map in the mount equals qemu-img map of the same bytes copied to ext4; cp reads only the
  * data of a sparse image); copy_file_range sharing whole blocks (cp in the mount uses it); backup, clone, rm and restore through bin/vdiskfs; the
@@ -20,8 +19,7 @@ interface Fuse3Status { maxWrite: number, maxWriteSeen: number, writeSizes: numb
 async function fuse3Status (mnt: string): Promise<Fuse3Status> {
   const result = await vdiskfs('status', mnt, '--json')
   if (result.code !== 0) throw new Error(result.stderr)
-  const status = JSON.parse(result.stdout) as { daemon: { transport: string, fuse3: Fuse3Status } }
-  if (status.daemon.transport !== 'fuse3') throw new Error(`transport is ${status.daemon.transport}`)
+  const status = JSON.parse(result.stdout) as { daemon: { fuse3: Fuse3Status } }
   return status.daemon.fuse3
 }
 
@@ -51,8 +49,8 @@ function writeRanges (file: string, size: number, ranges: Array<[number, number]
   } finally { fs.closeSync(fd) }
 }
 
-test.serial('dd in 1 MiB direct writes arrives as 1 MiB requests; cmp equal; the mount says it is fuse3', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+test.serial('dd in 1 MiB direct writes arrives as 1 MiB requests; cmp equal; status shows what INIT negotiated', async t => {
+  const m = await withMount(t)
   const source = path.join(m.dir, 'source.raw')
   await run('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', 'count=32', 'status=none'])
   const before = await fuse3Status(m.mnt)
@@ -77,7 +75,7 @@ test.serial('dd in 1 MiB direct writes arrives as 1 MiB requests; cmp equal; the
 })
 
 test.serial('mkfs.ext4, loop mount, files, umount: e2fsck clean, and the files survive a remount', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const disk = m.image('disks', 'fs.img')
   await run('truncate', ['-s', '512M', disk])
   await run('mkfs.ext4', ['-q', '-F', disk])
@@ -92,7 +90,7 @@ test.serial('mkfs.ext4, loop mount, files, umount: e2fsck clean, and the files s
   await m.loopUmount(lm)
   await run('e2fsck', ['-fn', disk])
   await m.umount()
-  await m.mount('--transport', 'fuse3')
+  await m.mount()
   const again = await m.loopMount(disk, 'loop,ro')
   for (const [name, sum] of Object.entries(sums)) t.is(crypto.createHash('sha256').update(fs.readFileSync(path.join(again, name))).digest('hex'), sum, name)
   await run('diff', ['-r', '/usr/share/doc/util-linux', path.join(again, 'util-linux')])
@@ -101,7 +99,7 @@ test.serial('mkfs.ext4, loop mount, files, umount: e2fsck clean, and the files s
 })
 
 test.serial('SEEK_DATA/SEEK_HOLE: qemu-img map in the mount equals qemu-img map of the same image copied to ext4', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const disk = m.image('disks', 'sparse.img')
   fs.writeFileSync(disk, '')
   // Whole 64 KiB blocks (the pool's block size): ext4 keeps exactly these ranges too.
@@ -150,7 +148,7 @@ print(out)`])
 })
 
 test.serial('cp of a sparse 1 GiB image with one data range out of the mount reads only the data', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const disk = m.image('disks', 'big.img')
   fs.writeFileSync(disk, '')
   writeRanges(disk, 1024 * MiB, [[700 * MiB, MiB]])
@@ -177,7 +175,7 @@ async function space (mnt: string): Promise<SpaceReport> {
 }
 
 test.serial('copy_file_range inside the mount shares whole blocks (O(1), nothing stored twice) and copies the rest; cp uses it', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const source = m.image('disks', 'from.img')
   fs.writeFileSync(source, '')
   writeRanges(source, 32 * MiB, [[0, 32 * MiB]])
@@ -224,12 +222,12 @@ print(total)`
   t.is((await vdiskfs('sync', m.mnt)).code, 0)
   t.is((await vdiskfs('gc', m.mnt)).code, 0)
   await m.umount()
-  await m.mount('--transport', 'fuse3')
+  await m.mount()
   t.deepEqual(['to.img', 'mid.img', 'odd.img', 'cp.img', 'from.img'].map(name => sha256(m.image('disks', name))), sums)
 })
 
 test.serial('backup, clone, rm, restore and rename through bin/vdiskfs and the mount', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const disk = m.image('disks', 'vm.img')
   fs.writeFileSync(disk, '')
   writeRanges(disk, 64 * MiB, [[0, 4 * MiB], [32 * MiB, MiB]])
@@ -267,7 +265,7 @@ test.serial('backup, clone, rm, restore and rename through bin/vdiskfs and the m
 })
 
 test.serial('a disk created through the mount belongs to the caller (FUSE 3 tells who asks)', async t => {
-  const m = await withMount(t, '--transport', 'fuse3', '--allow-other')
+  const m = await withMount(t, '--allow-other')
   // uid 4321 with CAP_DAC_OVERRIDE, so that it may create in disks/ (the daemon user's, 0755).
   await run('setpriv', ['--reuid=4321', '--regid=4322', '--clear-groups', '--inh-caps=+dac_override', '--ambient-caps=+dac_override', 'truncate', '-s', '1M', m.image('disks', 'theirs.img')])
   const stat = fs.statSync(m.image('disks', 'theirs.img'))
@@ -281,21 +279,14 @@ test.serial('a disk created through the mount belongs to the caller (FUSE 3 tell
   t.like(fs.statSync(m.image('disks', 'mine.img')), { uid: 1000, gid: 1000, mode: 0o100640 })
 })
 
-test.serial('vdiskfs umount and SIGTERM unmount a fuse3 mount and stop the daemon', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+test.serial('vdiskfs umount and SIGTERM unmount the mount and stop the daemon', async t => {
+  const m = await withMount(t)
   fs.writeFileSync(m.image('disks', 'a.img'), 'hello')
   await m.umount()
   t.false(isMounted(m.mnt))
-  // VDISKFS_TRANSPORT picks it too.
-  process.env.VDISKFS_TRANSPORT = 'fuse3'
-  try { await m.mount() } finally { delete process.env.VDISKFS_TRANSPORT }
+  await m.mount()
   t.is((await fuse3Status(m.mnt)).maxWrite, MiB)
   t.is(fs.readFileSync(m.image('disks', 'a.img'), 'utf8'), 'hello')
   await m.terminate()
-  t.false(isMounted(m.mnt))
-  // An unknown transport is refused before a daemon starts.
-  const bad = await vdiskfs('mount', m.pool, m.mnt, '--transport', 'fuse9')
-  t.not(bad.code, 0)
-  t.regex(bad.stderr, /unknown transport 'fuse9'/)
   t.false(isMounted(m.mnt))
 })

@@ -251,7 +251,7 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   t.teardown(async () => {
     fs.chmodSync(devFuse, devFuseMode)
     if (pid !== 0) { try { process.kill(pid, 'SIGKILL') } catch {} await waitForExit(pid) }
-    spawnSync('fusermount', ['-uz', mnt])
+    spawnSync('fusermount3', ['-uz', mnt])
     fs.rmSync(dir, { recursive: true, force: true })
   })
   // Unprivileged FUSE needs read and write access to /dev/fuse (0666 on Debian). Where it is 0600, the
@@ -263,15 +263,16 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
     t.regex(refused.stderr, /\/dev\/fuse/)
     fs.chmodSync(devFuse, 0o666)
   }
-  // The FUSE 3 transport mounts for a user through fusermount3 (Debian's fuse3 package, which replaces
-  // fuse): where it is missing, one line says so, before anything is made.
-  if (spawnSync('sh', ['-c', 'command -v fusermount3']).status !== 0) {
-    const refused = asUser(cli, ['mount', pool, mnt, '--transport', 'fuse3'])
-    t.not(refused.code, 0)
-    t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr)
-    t.regex(refused.stderr, /fusermount3.*apt-get install fuse3/)
-    t.false(fs.existsSync(pool), 'no pool directory was made')
-  }
+  // A user's mount goes through fusermount3 (Debian's fuse3 package): where it is not on PATH (here a
+  // PATH holding only node), one line says so, before anything is made.
+  const nodeOnly = path.join(dir, 'node-only')
+  fs.mkdirSync(nodeOnly, { mode: 0o755 })
+  fs.symlinkSync(process.execPath, path.join(nodeOnly, 'node'))
+  const refused = asUser(cli, ['mount', pool, mnt], { PATH: nodeOnly })
+  t.not(refused.code, 0)
+  t.is(refused.stderr.trim().split('\n').length, 1, refused.stderr)
+  t.regex(refused.stderr, /fusermount3.*apt-get install fuse3/)
+  t.false(fs.existsSync(pool), 'no pool directory was made')
   const mounted = asUser(cli, ['mount', pool, mnt])
   t.is(mounted.code, 0, `mount as ${user}: ${mounted.stderr}`)
   if (mounted.code !== 0) return
@@ -346,7 +347,7 @@ test.serial('a control directory owned by another user is refused', async t => {
 test.serial('a pool directory another user made (or links to) is refused before anything is written in it', async t => {
   ensureUser()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-claim-'))
-  t.teardown(() => { spawnSync('fusermount', ['-uz', path.join(dir, 'mnt')]); fs.rmSync(dir, { recursive: true, force: true }) })
+  t.teardown(() => { spawnSync('fusermount3', ['-uz', path.join(dir, 'mnt')]); fs.rmSync(dir, { recursive: true, force: true }) })
   fs.chmodSync(dir, 0o777)
   fs.mkdirSync(path.join(dir, 'mnt'))
   // The attacker makes the pool directory first, world-writable, and a symbolic link to it.

@@ -31,7 +31,7 @@ async function until (what: string, check: () => boolean, timeoutMs = 20000): Pr
 }
 
 test.serial('SIGKILL of the daemon: the holder starts one that takes the mount over, and fio with 16 O_DIRECT writes in flight goes on and verifies every block', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   t.is(m.holderPids().length, 1, 'one holder keeps the mount')
   const image = m.image('disks', 'fio.img')
   await run('truncate', ['-s', String(32 * MiB), image])
@@ -65,7 +65,7 @@ test.serial('SIGKILL of the daemon: the holder starts one that takes the mount o
 
 test.serial('fsx with mapped reads and writes runs A-OK while the daemon is killed three times and taken over', async t => {
   if (!requireTools(t)) return
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const file = m.image('disks', 'fsx.img')
   fs.writeFileSync(file, '')
   const logDir = fs.mkdtempSync(path.join(m.dir, 'fsx-'))
@@ -81,7 +81,7 @@ test.serial('fsx with mapped reads and writes runs A-OK while the daemon is kill
 })
 
 test.serial('ext4 on a loop device over an image keeps working across a daemon SIGKILL: files written before and after read back, and e2fsck is clean', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const image = m.image('disks', 'fs.img')
   await run('truncate', ['-s', String(128 * MiB), image])
   await run('mkfs.ext4', ['-q', '-F', image])
@@ -106,14 +106,14 @@ test.serial('ext4 on a loop device over an image keeps working across a daemon S
   await t.notThrowsAsync(run('e2fsck', ['-fn', image]), 'e2fsck is clean')
   // Through a remount as well.
   await m.umount()
-  await m.mount('--transport', 'fuse3')
+  await m.mount()
   const again = await m.loopMount(image, 'loop,ro')
   t.is(sha256(path.join(again, 'during')), during)
   t.is(sha256(path.join(again, 'after')), after)
 })
 
 test.serial('a daemon that keeps dying: the holder gives up after 5 restarts within a minute, the mount ends and no process is left', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const holders = m.holderPids()
   t.is(holders.length, 1)
   for (let i = 0; i < 5; i++) await m.takeoverAfterKill()
@@ -130,7 +130,7 @@ test.serial('a daemon that keeps dying: the holder gives up after 5 restarts wit
 })
 
 test.serial('a command run while the holder brings up a new daemon waits for it and is served by it', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const old = m.pid
   process.kill(old, 'SIGKILL')
   t.true(await waitForExit(old))
@@ -142,7 +142,7 @@ test.serial('a command run while the holder brings up a new daemon waits for it 
 })
 
 test.serial('clean stops start no new daemon: SIGTERM ends the daemon, the holder and the mount', async t => {
-  const m = await withMount(t, '--transport', 'fuse3')
+  const m = await withMount(t)
   const holders = m.holderPids()
   t.is(holders.length, 1)
   fs.writeFileSync(m.image('disks', 'x.img'), 'kept')
@@ -150,6 +150,30 @@ test.serial('clean stops start no new daemon: SIGTERM ends the daemon, the holde
   for (const pid of holders) t.true(await waitForExit(pid), 'the holder stopped')
   await until('unmounted', () => !isMounted(m.mnt))
   t.false(/took over/.test(daemonLog(m)))
-  await m.mount('--transport', 'fuse3')
+  await m.mount()
   t.is(fs.readFileSync(m.image('disks', 'x.img'), 'utf8'), 'kept')
+})
+
+test.serial('after daemon.log has been rotated away, the holder and the daemon it starts still log into the current daemon.log', async t => {
+  process.env.VDISKFS_LOG_BYTES_MAX = '1024'
+  t.teardown(() => { delete process.env.VDISKFS_LOG_BYTES_MAX })
+  const m = await withMount(t)
+  const logFile = path.join(m.pool, 'daemon.log')
+  const current = (): string => [logFile + '.1', logFile].map(f => { try { return fs.readFileSync(f, 'utf8') } catch { return '' } }).join('')
+  const started = Date.now()
+  // Twice past 1 KiB: the file the holder was started with, which begins with the mount's line, is gone.
+  t.regex(current(), / mounted \//)
+  // (Each create and unlink through the mount is a line of the log.)
+  for (let i = 0; i < 400 && / mounted \//.test(current()); i++) {
+    fs.writeFileSync(m.image('disks', `scratch-${i}.img`), '')
+    fs.unlinkSync(m.image('disks', `scratch-${i}.img`))
+    await sleep(5)
+  }
+  t.notRegex(current(), / mounted \//, 'rotated twice')
+  t.log(`rotated twice after ${Date.now() - started} ms`)
+  const second = await m.takeoverAfterKill()
+  t.log(`taken over after ${Date.now() - started} ms`)
+  await until('the holder\'s line and the takeover in the current log', () =>
+    new RegExp(`holder \\(pid \\d+\\): started a new daemon, pid ${second}\\n`).test(current()) && /took over the mount of/.test(current()))
+  t.pass()
 })
