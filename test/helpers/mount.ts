@@ -83,7 +83,8 @@ export class TestMount {
     return pids
   }
 
-  private killHolders (): void {
+  /** SIGKILL of this mount's holders: a daemon killed after this leaves a dead mount (ENOTCONN), no takeover. */
+  killHolders (): void {
     for (const pid of this.holderPids()) { try { process.kill(pid, 'SIGKILL') } catch {} }
   }
 

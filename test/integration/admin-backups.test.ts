@@ -306,6 +306,8 @@ test.serial('a mount whose daemon was killed: status and ls say what happened an
   await cliOk(t, 'backup', disk, 'keep')
   await cliOk(t, 'protect', m.image('backups', 'keep.img'))
   t.is((await vdiskfs('rm', m.image('backups', 'keep.img'))).code, 1)
+  // Without its holder, which would otherwise start a daemon that takes the mount over.
+  m.killHolders()
   process.kill(m.pid, 'SIGKILL')
   t.true(await waitForExit(m.pid))
   t.true(isMounted(m.mnt), 'the kernel still lists the dead mount')
