@@ -89,9 +89,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const sealer = new Sealer(pool, log)
   const space = new SpaceAccounting(pool)
   if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
-  // The mount outlives this daemon when a holder keeps its descriptor: root only for now (a user's mount
-  // goes through fusermount3, whose descriptor passing is not wired up yet).
-  const holder = (process.getuid?.() ?? 0) === 0 && process.env.VDISKFS_HOLDER !== '0'
+  // The mount outlives this daemon when a holder keeps its descriptor (a user's mount too: the session's
+  // descriptor is the one fusermount3 passed back). VDISKFS_HOLDER=0 mounts without one.
+  const holder = process.env.VDISKFS_HOLDER !== '0'
   // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
   // volume removed while open stays for its holders.
   const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })

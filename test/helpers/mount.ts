@@ -73,14 +73,7 @@ export class TestMount {
 
   /** Pids of the FUSE 3 holders keeping this mount (native/fuse3/vdiskfs_holder.c; its command line names the pool). */
   holderPids (): number[] {
-    const pids: number[] = []
-    for (const entry of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue
-      let args: string[]
-      try { args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0') } catch { continue }
-      if (path.basename(args[0] ?? '') === 'vdiskfs-holder' && args.includes(this.pool)) pids.push(Number(entry))
-    }
-    return pids
+    return holderPidsOf(this.pool)
   }
 
   /** SIGKILL of this mount's holders: a daemon killed after this leaves a dead mount (ENOTCONN), no takeover. */
@@ -178,4 +171,16 @@ export function sha256 (file: string): string {
 
 export function isMounted (mnt: string): boolean {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(line => line.split(' ')[4] === mnt)
+}
+
+/** Pids of the holders keeping a mount of `pool` (native/fuse3/vdiskfs_holder.c; its command line names the pool). */
+export function holderPidsOf (pool: string): number[] {
+  const pids: number[] = []
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    let args: string[]
+    try { args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0') } catch { continue }
+    if (path.basename(args[0] ?? '') === 'vdiskfs-holder' && args.includes(pool)) pids.push(Number(entry))
+  }
+  return pids
 }

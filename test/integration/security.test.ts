@@ -10,7 +10,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { TestMount, cli, isMounted, repoRoot, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
+import { TestMount, cli, holderPidsOf, isMounted, repoRoot, run, sha256, vdiskfs, waitForExit, withMount } from '../helpers/mount'
 import { ensureUser, testUser } from '../helpers/users'
 import { socketPathFor } from '../../src/control/protocol'
 import Database from 'better-sqlite3'
@@ -238,7 +238,7 @@ test.serial('chmod and chown are kept across a remount, and the kernel uses the 
   t.is(asUser('sha256sum', [backup]).code, 0, 'the 0444 backup is readable by others after the remount')
 })
 
-test.serial('a non-root user mounts a pool of their own and unmounts it', async t => {
+test.serial('a non-root user mounts a pool of their own, whose mount outlives a SIGKILL of its daemon, and unmounts it', async t => {
   const account = ensureUser()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-user-'))
   fs.chownSync(dir, account.uid, account.gid)
@@ -250,6 +250,7 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   const devFuseMode = fs.statSync(devFuse).mode & 0o777
   t.teardown(async () => {
     fs.chmodSync(devFuse, devFuseMode)
+    for (const holder of holderPidsOf(pool)) { try { process.kill(holder, 'SIGKILL') } catch {} }
     if (pid !== 0) { try { process.kill(pid, 'SIGKILL') } catch {} await waitForExit(pid) }
     spawnSync('fusermount3', ['-uz', mnt])
     fs.rmSync(dir, { recursive: true, force: true })
@@ -300,10 +301,31 @@ test.serial('a non-root user mounts a pool of their own and unmounts it', async 
   t.deepEqual(statOf(path.dirname(socket.stdout)), { mode: 0o700, uid: account.uid, gid: account.gid })
   const rootStat = spawnSync('stat', [mnt], { encoding: 'utf8' })
   t.not(rootStat.status, 0, 'without --allow-other not even root reaches a user\'s mount')
+  // The user's mount outlives its daemon too: the holder (the user's own process, holding the descriptor
+  // fusermount3 passed back) starts a daemon that takes the mount over after a SIGKILL.
+  const content = asUser('sha256sum', [path.join(mnt, 'disks', 'u.img')])
+  t.is(content.code, 0, content.stderr)
+  const holders = holderPidsOf(pool)
+  t.is(holders.length, 1, 'a holder keeps the user\'s mount')
+  t.is(fs.statSync(`/proc/${holders[0]}`).uid, account.uid, 'the holder runs as the user')
+  process.kill(pid, 'SIGKILL')
+  t.true(await waitForExit(pid))
+  let next = 0
+  for (let waited = 0; waited < 30000 && (next === 0 || next === pid); waited += 100) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    try { next = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8')) } catch {}
+  }
+  t.not(next, pid, 'a new daemon serves the mount')
+  pid = next
+  const after = asUser('sha256sum', [path.join(mnt, 'disks', 'u.img')])
+  t.is(after.code, 0, `the image reads after the takeover: ${after.stderr}`)
+  t.is(after.stdout, content.stdout)
+  t.is(fs.statSync(`/proc/${pid}`).uid, account.uid, 'the new daemon runs as the user')
   const unmounted = asUser(cli, ['umount', mnt])
   t.is(unmounted.code, 0, unmounted.stderr)
   t.false(isMounted(mnt))
   t.true(await waitForExit(pid))
+  for (const holder of holders) t.true(await waitForExit(holder), 'the holder stopped with the clean unmount')
   // eslint-disable-next-line require-atomic-updates -- only the teardown reads pid, and it runs after this test body has returned
   pid = 0
 })
