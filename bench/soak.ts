@@ -7,9 +7,9 @@
  *   admin lane: `vdiskfs backup`, `vdiskfs sync` (sealing), `vdiskfs clone`, `vdiskfs rm` of the oldest backups
  *               and clones, `vdiskfs gc`, every few seconds.
  * Every 10 s it samples the daemon: VmRSS, open fds (/proc/PID/fd), threads (/proc/PID/task), and the status
- * reply of the control socket (fuseThreadRecords, rssBytes, and event-loop delay if the reply carries it).
+ * reply of the control socket (rssBytes, and event-loop delay if the reply carries it).
  * Reports per minute, then the last window's throughput against the first's (bar ≥ 0.9) and whether RSS,
- * fds, threads and FUSE thread records stayed bounded. Writes bench/results/soak-latest.{json,md}.
+ * fds and threads stayed bounded. Writes bench/results/soak-latest.{json,md}.
  *   node dist/bench/soak.js [--minutes N]      (needs root: it drops no global caches, but mounts FUSE)
  * Mounts, the daemon and the temporary directory are cleaned up on every exit path (SIGINT/SIGTERM too).
  */
@@ -88,7 +88,7 @@ interface Minute {
   samples: Sample[]
   poolBytes?: number
 }
-interface Sample { t: number, vmRssMiB: number, fds: number, deletedFds: number, deletedMiB: number, threads: number, fuseThreadRecords: number | null, statusRssMiB: number | null, loop: Record<string, unknown> | null, statusMs: number }
+interface Sample { t: number, vmRssMiB: number, fds: number, deletedFds: number, deletedMiB: number, threads: number, statusRssMiB: number | null, loop: Record<string, unknown> | null, statusMs: number }
 const minuteData = new Map<number, Minute>()
 function bucket (t = Date.now()): Minute {
   const m = minuteOf(t)
@@ -247,7 +247,6 @@ async function sample (): Promise<void> {
   const loop = loopKeys.length === 0 ? null : Object.fromEntries(loopKeys.map(k => [k, status[k]]))
   bucket(t).samples.push({
     t: Math.round((t - started) / 1000), vmRssMiB, fds, deletedFds, deletedMiB: deletedBytes / MiB, threads, statusMs,
-    fuseThreadRecords: typeof status.fuseThreadRecords === 'number' ? status.fuseThreadRecords : null,
     statusRssMiB: typeof status.rssBytes === 'number' ? status.rssBytes / MiB : null,
     loop
   })
@@ -314,7 +313,6 @@ function report (runMinutes: number): void {
       syncMsMax: maxOf(m.adminMs.sync ?? []), gcMsMax: maxOf(m.adminMs.gc ?? []),
       vmRssMiBMax: maxOf(s.map(x => x.vmRssMiB)), statusRssMiBLast: s.at(-1)?.statusRssMiB ?? null,
       fdsMax: maxOf(s.map(x => x.fds)), deletedFdsMax: maxOf(s.map(x => x.deletedFds)), deletedMiBMax: maxOf(s.map(x => x.deletedMiB)), threadsMax: maxOf(s.map(x => x.threads)),
-      fuseThreadRecordsMax: s.some(x => x.fuseThreadRecords !== null) ? maxOf(s.map(x => x.fuseThreadRecords ?? 0)) : null,
       statusMsMax: maxOf(s.map(x => x.statusMs)),
       loop: s.at(-1)?.loop ?? null,
       poolMiB: (m.poolBytes ?? 0) / MiB
@@ -335,8 +333,6 @@ function report (runMinutes: number): void {
     const b = maxOf(secondHalf.map(r => r[k]))
     return { firstHalfMax: a, secondHalfMax: b, overallMax: Math.max(a, b), bounded: b <= margin(a) }
   }
-  const recordsA = maxOf(firstHalf.map(r => r.fuseThreadRecordsMax ?? 0))
-  const recordsB = maxOf(secondHalf.map(r => r.fuseThreadRecordsMax ?? 0))
   const loopInStatus = rows.some(r => r.loop !== null)
   const summary = {
     windowMinutes: window,
@@ -345,8 +341,7 @@ function report (runMinutes: number): void {
     rss: bound('vmRssMiBMax', x => x * 1.1),
     fds: bound('fdsMax', x => x + 8),
     threads: bound('threadsMax', x => x + 8),
-    fuseThreadRecords: { firstHalfMax: recordsA, secondHalfMax: recordsB, overallMax: Math.max(recordsA, recordsB), bounded: recordsB <= recordsA + 8 },
-    eventLoopP99: loopInStatus ? 'in the status reply: see rows[].loop' : 'not reported: the daemon\'s status reply has no event-loop figure (pid, pool, mountpoint, version, blockBytes, fuseThreadRecords, rssBytes)',
+    eventLoopP99: loopInStatus ? 'in the status reply: see rows[].loop' : 'not reported: the daemon\'s status reply has no event-loop figure (pid, pool, mountpoint, version, blockBytes, rssBytes)',
     statusRoundTripMsP99: p99(full.flatMap(m => m.samples.map(s => s.statusMs))),
     poolMiB: { first: rows[0]?.poolMiB ?? 0, max: maxOf(rows.map(r => r.poolMiB)), last: rows.at(-1)?.poolMiB ?? 0 },
     opsTotal: rows.reduce<Record<string, number>>((acc, r) => { for (const [k, v] of Object.entries(r.ops)) acc[k] = (acc[k] ?? 0) + v; return acc }, {}),
@@ -376,7 +371,6 @@ function report (runMinutes: number): void {
     `| open fds, max first half / second half | ${summary.fds.firstHalfMax} / ${summary.fds.secondHalfMax} | bounded (≤ first + 8): ${summary.fds.bounded ? 'yes' : 'no'} |`,
     `| deleted files held open, most fds / MiB | ${maxOf(rows.map(r => r.deletedFdsMax))} / ${n(maxOf(rows.map(r => r.deletedMiBMax)))} MiB | |`,
     `| threads, max first half / second half | ${summary.threads.firstHalfMax} / ${summary.threads.secondHalfMax} | bounded (≤ first + 8): ${summary.threads.bounded ? 'yes' : 'no'} |`,
-    `| FUSE thread records (libuv async handles), max first half / second half | ${recordsA} / ${recordsB} | bounded (≤ first + 8): ${summary.fuseThreadRecords.bounded ? 'yes' : 'no'} |`,
     `| event-loop delay p99 (the daemon's last 10-20 s at each minute's end), median / worst minute | ${loopInStatus ? `${loopStat(rows, 0.5)} / ${loopStat(rows, 1)} ms` : 'not reported (the status reply has no event-loop figure)'} | |`,
     `| control status round trip, p99 | ${n(summary.statusRoundTripMsP99, 1)} ms | |`,
     `| pool directory (du, without deleted files held open), first / max / last minute | ${n(summary.poolMiB.first)} / ${n(summary.poolMiB.max)} / ${n(summary.poolMiB.last)} MiB | |`,
@@ -385,11 +379,11 @@ function report (runMinutes: number): void {
     `| chunk cache at the end | ${JSON.stringify(summary.chunkCache)} | |`,
     `| errors | ${Object.keys(summary.errorCounts).length === 0 ? 'none' : Object.entries(summary.errorCounts).map(([k, v]) => `${k} ${v}`).join(', ')} | |`,
     '', '## Per minute', '',
-    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | FUSE records | status ms max | loop p99 ms | loop max ms | pool MiB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
+    '| min | MB/s | seq write MB/s | 4k write IOPS | sealed read MB/s | clone read MB/s | clone 4k write IOPS | sync ms max | gc ms max | VmRSS MiB | status rssBytes MiB | fds | deleted fds / MiB | threads | status ms max | loop p99 ms | loop max ms | pool MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|'
   ]
   for (const r of rows) {
-    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.deletedFdsMax} / ${n(r.deletedMiBMax)} | ${r.threadsMax} | ${r.fuseThreadRecordsMax ?? 'n/a'} | ${n(r.statusMsMax, 1)} | ${loopOf(r, 'p99Ms')} | ${loopOf(r, 'maxMs')} | ${n(r.poolMiB)} |`)
+    md.push(`| ${r.minute} | ${n(r.throughputMBps, 1)} | ${n(r.seqWriteMBps)} | ${n(r.randWriteIops)} | ${n(r.sealedReadMBps)} | ${n(r.cloneReadMBps)} | ${n(r.cloneWriteIops)} | ${n(r.syncMsMax)} | ${n(r.gcMsMax)} | ${n(r.vmRssMiBMax)} | ${r.statusRssMiBLast === null ? 'n/a' : n(r.statusRssMiBLast)} | ${r.fdsMax} | ${r.deletedFdsMax} / ${n(r.deletedMiBMax)} | ${r.threadsMax} | ${n(r.statusMsMax, 1)} | ${loopOf(r, 'p99Ms')} | ${loopOf(r, 'maxMs')} | ${n(r.poolMiB)} |`)
   }
   if (errors.length > 0) md.push('', '## Errors (first 50)', '', ...errors.map(e => `- ${n(e.t)} s, ${e.what}: ${e.message.replace(/\n/g, ' ')}`))
   md.push('')
@@ -453,7 +447,7 @@ async function main (): Promise<void> {
     if (m === undefined) return
     const total = Object.values(m.bytes).reduce((a, b) => a + b, 0)
     const s = m.samples.at(-1)
-    log(`minute ${m.minute + 1}: ${(total / 60 / 1e6).toFixed(1)} MB/s, RSS ${s?.vmRssMiB.toFixed(0) ?? '?'} MiB, fds ${s?.fds ?? '?'}, records ${s?.fuseThreadRecords ?? '?'}`)
+    log(`minute ${m.minute + 1}: ${(total / 60 / 1e6).toFixed(1)} MB/s, RSS ${s?.vmRssMiB.toFixed(0) ?? '?'} MiB, fds ${s?.fds ?? '?'}`)
   }, 60000)
   try {
     await sample()
