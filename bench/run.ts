@@ -348,6 +348,37 @@ async function backupLatency (): Promise<void> {
   }
 }
 
+/**
+ * `cp` of an image inside the mount (copy_file_range: whole blocks shared, docs/TRANSPORT.md), then
+ * `sync` of the copy (fsync), against `cp --reflink=never` of the same bytes as a plain file on the bench's
+ * own filesystem (P), which copies the data.
+ */
+async function copyInside (random: string): Promise<void> {
+  const pool = path.join(work, 'pool-cp')
+  const mnt = path.join(work, 'mnt-cp')
+  fs.rmSync(pool, { recursive: true, force: true })
+  vdiskfsMount(pool, mnt)
+  try {
+    const source = path.join(mnt, 'disks', 'src.img')
+    dd([`if=${random}`, `of=${source}`, `count=${fileBytes / MiB}`, 'conv=fsync'])
+    for (let rep = 0; rep < reps; rep++) {
+      const target = path.join(mnt, 'disks', `copy${rep}.img`)
+      record('copy.vdiskfs', timed(() => { sh('cp', [source, target]); sh('sync', [target]) }))
+    }
+    const du = JSON.parse(sh(cli, ['du', mnt, '--json'])) as { storedBytes: number }
+    record('copy.vdiskfsStoredBytes', du.storedBytes)
+  } finally { vdiskfsUmount(mnt) }
+  fs.rmSync(pool, { recursive: true, force: true })
+  const plainSource = path.join(work, 'cp-src.raw')
+  dd([`if=${random}`, `of=${plainSource}`, `count=${fileBytes / MiB}`, 'conv=fsync'])
+  for (let rep = 0; rep < reps; rep++) {
+    const target = path.join(work, 'cp-copy.raw')
+    record('copy.P', timed(() => { sh('cp', ['--reflink=never', plainSource, target]); sh('sync', [target]) }))
+    fs.rmSync(target)
+  }
+  fs.rmSync(plainSource)
+}
+
 /** Sequential read through clones at depth 1, 10 and 50 (vdiskfs), and qcow2 backing chains (E). */
 async function depth (random: string): Promise<void> {
   const bytes = quick ? 128 * MiB : 512 * MiB
@@ -615,6 +646,8 @@ function report (started: number): void {
   md.push('', `${metCount} of ${issue10.length * 2} issue #10 bars met.`)
   md.push('', `4k randwrite on A mounted with --xattrs (the kernel then asks GETXATTR security.capability before every write): ${fmt(figure('Ax.randWrite4k'))} IOPS.`, '')
   md.push(`4k randwrite on A with VDISKFS_INLINE_WRITES=0 (every engine write through the libuv thread pool, as before inline writes): ${fmt(figure('Ap.randWrite4k'))} IOPS.`, '')
+  md.push(`Copy of a ${fileBytes / MiB} MiB image of random data, then sync: \`cp\` inside the mount (copy_file_range shares whole blocks) ${fmt(figure('copy.vdiskfs'), 3)} s, ` +
+    `the pool storing ${((figure('copy.vdiskfsStoredBytes')?.median ?? 0) / MiB).toFixed(0)} MiB after ${reps} copies; \`cp --reflink=never\` of a plain file on the bench's filesystem ${fmt(figure('copy.P'), 3)} s.`, '')
   md.push('| backup / clone latency | 1 GiB | 64 GiB | 1 TiB |', '|---|---|---|---|')
   for (const [label, key] of [['vdiskfs backup (in daemon, ms)', 'backup'], ['vdiskfs clone (in daemon, ms)', 'clone'], ['E: qemu-img create -b (process, ms)', 'E.overlay'], ['E: qemu-img snapshot -c (process, ms)', 'E.snapshot']]) {
     md.push(`| ${label} | ${fmt(figure(`${key}.1G`), 2)} | ${fmt(figure(`${key}.64G`), 2)} | ${fmt(figure(`${key}.1T`), 2)} |`)
@@ -672,6 +705,7 @@ async function main (): Promise<void> {
     await section('throughput (A, B, P, D, E, E2)', async () => await throughputTargets(random))
     await section('clone of a sealed backup (scenario C)', async () => await cloneOfSealed(tarImage))
     await section('backup and clone latency', backupLatency)
+    await section('copy inside the mount', async () => await copyInside(random))
     await section('clone depth', async () => await depth(random))
     await section('sealing', async () => await sealing(usr.image))
     await section('stored ratio', async () => await storedRatio(usr.image, usr.bytes))
