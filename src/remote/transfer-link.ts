@@ -36,7 +36,7 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   if (already !== undefined && !options.full) {
     // Pushed before (by this pool, or pulled from the remote): the store holds it whole already.
     const manifest = await store.manifest(already)
-    return { id: already, created: false, blocks: manifest.blocks.length, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, name, since: null }
+    return { id: already, created: false, blocks: manifest.blocks.length, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, chunkBytesUploaded: 0, objectBytesUploaded: 0, packsUploaded: 0, name, since: null }
   }
   let base: { name: string, manifest: Manifest } | null = null
   if (!options.full && backup.sourceId !== null) {
