@@ -51,8 +51,8 @@ export const remoteRequestsInFlightMax = 32
 export const packTargetBytes = 16 * 1024 * 1024
 /** Packs one push uploads at once (each held in memory until it has landed). */
 export const packUploadsInFlightMax = 4
-/** Blocks a pull fetches at once (64 MiB at 64 KiB), and the longest byte range it asks for in one GET. */
-export const pullBatchBlocks = 1024
+/** Blocks a pull fetches at once (16 MiB at 64 KiB; the next batch is fetched while one is consumed), and the longest byte range it asks for in one GET. */
+export const pullBatchBlocks = 256
 export const pullRangeBytesMax = 4 * 1024 * 1024
 /** Range GETs one pull, verify or gc keeps in flight. */
 export const rangeRequestsInFlightMax = 8
@@ -246,6 +246,12 @@ export interface Manifest {
   identity: string
   name: string
   source: string
+  /**
+   * The source volume's identity (its UUID), when the backup's export stream carried it: a pull gives it to
+   * the import, so that the receiving pool groups (prunes) the backup with the others of that source.
+   * Absent in manifests written before it (their backups pull as of an unknown source).
+   */
+  sourceUuid?: string
   host: string
   created: string
   size: number
@@ -272,6 +278,7 @@ export function decodeManifest (id: string, bytes: Buffer, keyedId?: (bytes: Buf
   if (m === null || typeof m !== 'object' || m.format !== manifestFormat) throw corrupt(`${what}: not a vdiskfs manifest`)
   if (m.version !== manifestVersion) throw new VdiskError('INVALID', `${what}: manifest version ${String(m.version)} is not supported (this vdiskfs reads version ${manifestVersion})`)
   for (const key of ['identity', 'name', 'source', 'host', 'created'] as const) if (typeof m[key] !== 'string') throw corrupt(`${what}: manifest field ${key} missing`)
+  if (m.sourceUuid !== undefined && (typeof m.sourceUuid !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(m.sourceUuid))) throw corrupt(`${what}: invalid source identity`)
   if (!Number.isSafeInteger(m.size) || m.size < 0) throw corrupt(`${what}: invalid size`)
   if (!Number.isSafeInteger(m.blockBytes) || m.blockBytes <= 0 || m.blockBytes > blockBytesMax) throw corrupt(`${what}: invalid block size`)
   if (!Array.isArray(m.blocks)) throw corrupt(`${what}: no block list`)

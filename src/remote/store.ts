@@ -36,7 +36,7 @@ import { RemoteLocation, S3Store } from './s3-store'
 export interface Block { index: number, data: Buffer | null }
 
 /** What a push records about the backup besides its blocks. */
-export interface BackupMeta { identity: string, name: string, source: string, host: string, created: string, size: number, blockBytes: number }
+export interface BackupMeta { identity: string, name: string, source: string, sourceUuid?: string, host: string, created: string, size: number, blockBytes: number }
 
 /** Test hooks: the gc race and network-fault tests pause a push or a pull here. */
 export interface PushHooks { afterBatch?: () => Promise<void>, beforeManifest?: () => Promise<void> }
@@ -96,6 +96,8 @@ export class RemoteStore {
   /** The store's packs and where each chunk object lies in them, as the last loadPacks() found them. */
   private packs: Map<string, PackInfo> | null = null
   private located = new Map<string, PackedChunk>()
+  /** The stored bytes of the chunks read (what a pull needed, against what it downloaded: s3.bytesRead). */
+  chunkBytesRead = 0
 
   private constructor (readonly s3: S3Store, readonly marker: StoreMarker, readonly key: RemoteKey | null) {
     this.cctx.setParameter(zstd.CParameter.compressionLevel, zstdLevel)
@@ -259,6 +261,7 @@ export class RemoteStore {
     }
     const report = (id: string, stored: Buffer | null, what: string): void => {
       if (stored === null) { done(id, { error: notFound(`chunk ${id}`) }); return }
+      this.chunkBytesRead += stored.length
       let result: Fetched
       try {
         result = mode === 'read' ? { stored, data: this.decodeChunk(id, stored, what) } : { stored, length: this.checkChunkObject(id, stored, what) }
@@ -432,8 +435,8 @@ export class RemoteStore {
       throw err
     }
     const manifest: Manifest = {
-      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, source: meta.source, host: meta.host, created: meta.created,
-      size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
+      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, source: meta.source, ...(meta.sourceUuid === undefined ? {} : { sourceUuid: meta.sourceUuid }),
+      host: meta.host, created: meta.created, size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
     }
     await options.hooks?.beforeManifest?.()
     // The manifest must land within grace/2 of the first existence check (see the file comment); a push

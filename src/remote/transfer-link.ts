@@ -75,7 +75,9 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
     const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
     // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
     // never names blocks of a stream that turned out damaged.
-    const result = await store.push({ identity: header.uuid, name: header.name, source: backup.sourceLabel ?? '', host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
+    // The source's identity and label as the export stream carries them (docs/TRANSFER.md): a pull hands them to the import.
+    const source = header.source ?? null
+    const result = await store.push({ identity: header.uuid, name: header.name, source: source?.label ?? backup.sourceLabel ?? '', ...(source === null ? {} : { sourceUuid: source.uuid }), host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
       blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
     await piping
     return { ...result, name, since: base?.name ?? null }
@@ -93,9 +95,13 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
  * is checked against its id before it goes into the stream. Errors: CORRUPT naming the backup and byte
  * range for a damaged or missing chunk, NOT_FOUND, those of the import.
  */
-export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number }> {
+export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number, bytesDownloaded: number, chunkBytesDownloaded: number }> {
+  const bytesReadBefore = store.s3.bytesRead
+  const chunkBytesBefore = store.chunkBytesRead
   const manifest = await store.manifest(id)
-  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length }
+  // The source's identity travels as an import's would: the pool groups the backup with its source's others.
+  const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   progress.total(manifest.blocks.length * manifest.blockBytes)
   let sourceError: unknown = null
   async function * blocks (): AsyncGenerator<{ index: number, data: Buffer, hash: Buffer }> {
@@ -118,5 +124,6 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   }
   await feeding
   if (sourceError !== null) throw sourceError
-  return { id, name, size: manifest.size, blocks: manifest.blocks.length }
+  // Every byte received (manifest, indexes, packs), and the stored size of the chunks in it: what packs cost a pull.
+  return { id, name, size: manifest.size, blocks: manifest.blocks.length, bytesDownloaded: store.s3.bytesRead - bytesReadBefore, chunkBytesDownloaded: store.chunkBytesRead - chunkBytesBefore }
 }

@@ -194,10 +194,12 @@ test.serial('a damaged or a missing chunk fails the pull with one line naming th
   t.is(verify.code, 1)
   t.regex(verify.stdout, new RegExp(`backup ${id} \\(b1.img\\) bytes 2621440-2686975: chunk ${chunk}: chunk ${chunk} \\(pack ${where.key.slice('damage/'.length)} bytes ${where.start}-${where.start + where.length - 1}\\): `))
 
+  // The pack gone: the first block it held (block 32, the first of the data) is the first missing.
   await store.s3.remove(where.key)
+  const first = (await store.manifest(id)).blocks.find(entry => entry[0] === 32)![1]
   const missing = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'copy')
   t.is(missing.code, 1)
-  t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} is missing from the store\\n$`))
+  t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2097152-2162687: chunk ${first} is missing from the store\\n$`))
   t.false(fs.existsSync(b.image('backups', 'copy.img')))
 })
 
@@ -215,7 +217,7 @@ test.serial('RGW killed in the middle of a push and of a pull: each fails with o
   await rgw.killRgw()
   push.release()
   const failed = await push.done
-  t.is(failed.code, 1)
+  t.is(failed.code, 1, failed.stdout + failed.stderr)
   t.is(failed.stderr.trim().split('\n').length, 1, failed.stderr)
   t.regex(failed.stderr, /^vdiskfs push: remote store: .*(ECONNREFUSED|ECONNRESET|EPIPE)/)
   await rgw.restartRgw()
@@ -275,8 +277,7 @@ test.serial('packs: a push killed after its first pack resumes without sending i
   t.is(b2.bytesUploaded, 4 * mib)
   await ok(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1', '--match', 'b*')
   t.deepEqual((await json<Array<{ name: string }>>(t, 'remote', 'ls', a.mnt, 'store')).map(e => e.name).sort(), ['b2.img', 'h1.img'])
-  const young = await json<{ packsRepacked: number, chunksKeptYoung: number }>(t, 'remote', 'gc', a.mnt, 'store')
-  t.is(young.packsRepacked, 0, 'nothing is repacked within the grace period')
+  // (That nothing is repacked within the grace period: remote-store.test.ts.)
   await new Promise(resolve => setTimeout(resolve, (grace + 3) * 1000))
   const gc = await json<{ packs: number, packsRepacked: number, packsWritten: number, chunksRepacked: number, packsRemoved: number, chunksRemoved: number }>(t, 'remote', 'gc', a.mnt, 'store')
   t.deepEqual([gc.packsRepacked, gc.packsWritten, gc.chunksRepacked, gc.packsRemoved, gc.chunksRemoved], [1, 1, 64, 1, 192])
@@ -333,6 +334,37 @@ test.serial('remote prune keeps by the keep-rules; remote gc run while another h
   const ids = (await json<Array<{ id: string, name: string }>>(t, 'remote', 'ls', a.mnt, 'store'))
   t.deepEqual(ids.map(e => e.name).sort(), ['b2.img', 'h1.img'], '--match limits prune to the names it matches')
   t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')).code, 0)
+})
+
+test.serial('a backup pulled from a remote keeps its source identity: on a host that only pulls, prune --keep-last 1 prunes within each source', async t => {
+  const sender = await withMount(t)
+  const receiver = await withMount(t)
+  await addRemote(t, sender, 'store', 'sources')
+  await addRemote(t, receiver, 'store', 'sources')
+  const disks = ['vm1', 'vm2'].map(name => sender.image('disks', `${name}.img`))
+  for (const disk of disks) { fs.writeFileSync(disk, ''); fs.truncateSync(disk, mib) }
+  // Interleaved in time: vm1-1, vm2-1, vm1-2, vm2-2; each pushed and pulled.
+  for (const i of [1, 2]) {
+    for (const [d, disk] of disks.entries()) {
+      const fd = fs.openSync(disk, 'r+')
+      fs.writeSync(fd, crypto.randomBytes(65536), 0, 65536, 0)
+      fs.closeSync(fd)
+      const name = `vm${d + 1}-${i}`
+      await ok(t, 'backup', disk, name)
+      const { id } = await json<Pushed>(t, 'push', sender.image('backups', `${name}.img`), 'store')
+      await ok(t, 'pull', receiver.mnt, 'store', id, name)
+    }
+  }
+  type Decisions = { backups: Array<{ name: string, group: string, keep: boolean }> }
+  const decide = async (mnt: string): Promise<string[]> => {
+    const result = await json<Decisions>(t, 'prune', mnt, '--keep-last', '1', '--dry-run')
+    return result.backups.map(b => `${b.name}:${b.group}:${b.keep ? 'keep' : 'remove'}`).sort()
+  }
+  const expected = ['vm1-1.img:disk vm1.img:remove', 'vm1-2.img:disk vm1.img:keep', 'vm2-1.img:disk vm2.img:remove', 'vm2-2.img:disk vm2.img:keep']
+  t.deepEqual(await decide(sender.mnt), expected)
+  t.deepEqual(await decide(receiver.mnt), expected)
+  await ok(t, 'prune', receiver.mnt, '--keep-last', '1')
+  t.deepEqual(fs.readdirSync(path.join(receiver.mnt, 'backups')).sort(), ['vm1-2.img', 'vm2-2.img'])
 })
 
 // ---- issue #22: encrypted stores ----
