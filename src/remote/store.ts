@@ -33,7 +33,7 @@ import { forEachLimited } from '../limited'
 import { RemoteLocation, S3Store } from './s3-store'
 
 /** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
-export interface Block { index: number, data: Buffer | null }
+export interface Block { index: number, data: Buffer | null, hash?: Buffer | null }
 
 /** What a push records about the backup besides its blocks. */
 export interface BackupMeta { identity: string, name: string, source: string, sourceUuid?: string, host: string, created: string, size: number, blockBytes: number }
@@ -411,6 +411,8 @@ export class RemoteStore {
         options.onProgress?.(meta.blockBytes)
         if (block.data === null || isZeroBlock(block.data)) { entries.delete(block.index); continue }
         const id = blake3Hex(block.data)
+        // The source's own hash of the block, when it gave one, must agree: what it read is what is stored.
+        if (block.hash !== undefined && block.hash !== null && block.hash.toString('hex') !== id) throw corrupt(`block ${block.index}: its bytes do not match the hash its source gave`)
         entries.set(block.index, id)
         if (settled.has(id)) continue
         settled.add(id)
@@ -597,7 +599,7 @@ export class RemoteStore {
    * (stores written before packs) as before. A manifest or an index that cannot be read stops gc before it
    * removes anything: nothing is removed that the whole set of manifests does not prove unreferenced.
    */
-  async gc (options: { dryRun?: boolean } = {}): Promise<GcReport> {
+  async gc (options: { dryRun?: boolean, hooks?: { afterCopy?: () => Promise<void> } } = {}): Promise<GcReport> {
     const dryRun = options.dryRun === true
     // T0 on the server's clock: the modification time of an object written now.
     const clockKey = this.prefix + 'gc-clock'
@@ -670,6 +672,8 @@ export class RemoteStore {
         throw err instanceof VdiskError && err.message.startsWith('gc stopped') ? err : stop(err)
       }
     }
+    // A test hook: a gc cut off here (its copies written, nothing removed) must lose nothing.
+    await options.hooks?.afterCopy?.()
     // Packs without an index: listed after the indexes were, so a push's pack whose index came since is young.
     const orphans: Array<{ key: string, size: number }> = []
     for await (const object of this.s3.list(this.prefix + packsPrefix)) {

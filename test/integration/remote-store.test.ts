@@ -197,6 +197,29 @@ test.serial(`${kind}gc frees unreferenced chunks only past the grace period, nev
   t.deepEqual((await store.verify()).problems, [])
 })
 
+test.serial(`${kind}gc repacks a sparse pack only past the grace period, and a gc cut off after its copies loses nothing: the next one copies nothing again`, async t => {
+  const store = await openStore(2, key())
+  t.teardown(() => store.close())
+  // One pack of 8 blocks: 2 of them are also the second backup's (which uploads nothing), 6 only the first's.
+  const gone = volume([51, 52, 53, 54, 55, 56, 57, 58])
+  const goneId = (await store.push(gone.meta, from(gone.blocks))).id
+  const kept = volume([51, 52])
+  const keptPush = await store.push(kept.meta, from(kept.blocks))
+  t.is(keptPush.chunksUploaded, 0)
+  await store.removeBackup(goneId)
+  const young = await store.gc()
+  t.deepEqual([young.packsRepacked, young.chunksKeptYoung, young.chunksRemoved], [0, 6, 0])
+  await new Promise(resolve => setTimeout(resolve, 5000))
+  await t.throwsAsync(store.gc({ hooks: { afterCopy: async () => { throw new Error('cut') } } }), { message: 'cut' })
+  t.is((await store.loadPacks()).size, 2, 'the copy was written, the sparse pack not yet removed')
+  t.deepEqual((await readAll(store, keptPush.id)).map(b => b.data.equals(seeded(51 + b.index))), [true, true])
+  const again = await store.gc()
+  t.deepEqual([again.packsRepacked, again.chunksRepacked, again.packsWritten, again.packsRemoved, again.chunksRemoved], [1, 0, 0, 1, 6])
+  t.is((await store.loadPacks()).size, 1)
+  t.deepEqual((await readAll(store, keptPush.id)).map(b => b.data.equals(seeded(51 + b.index))), [true, true])
+  t.deepEqual((await store.verify()).problems, [])
+})
+
 test.serial(`${kind}gc running while a push waits between its existence checks and its manifest spares the old chunks the push reuses`, async t => {
   // Host A pushed blocks 31..34, then that backup was pruned: its chunks are unreferenced and, once the
   // grace period has passed, old. Host B pushes a volume made of the same blocks; it finds them stored,
