@@ -1,10 +1,11 @@
 /**
- * Remote store throughput (issue #12), standalone: `node dist/bench/remote.js`. Starts its own Ceph RGW
- * (scripts/ceph-rgw.sh, through test/helpers/rgw.ts), two pools standing for two hosts, and a disk with
- * VDISKFS_BENCH_REMOTE_MIB (default 512) MiB written (half random, half text) across a 20 GiB sparse
- * disk, sealed; then measures
- *   - push of its backup to an empty store (MB/s of the backup's data),
- *   - pull into the second pool (MB/s),
+ * Remote store throughput (issues #12 and #22), standalone: `node dist/bench/remote.js`. Starts its own
+ * Ceph RGW (scripts/ceph-rgw.sh, through test/helpers/rgw.ts), pools standing for hosts, and a disk of
+ * VDISKFS_BENCH_REMOTE_MIB (default 1024) MiB of real data: an ext4 filesystem (mkfs.ext4, loop-mounted)
+ * filled with a copy of /usr until it is full, then copied into the pool (sparse); then measures
+ *   - push of its backup to an empty store (MB/s of the disk's size), the bytes it sent against the
+ *     stored size of the new chunks (issue #22's bar: at most 1.1x),
+ *   - pull into the second pool (MB/s), the bytes it received against the chunks' stored size,
  *   - the second host's push of a similar image (a clone of the pulled backup with 2% of its data blocks
  *     rewritten): bytes it uploads,
  *   - an incremental push on the first host after 1% of the data changed: seconds and bytes uploaded,
@@ -28,12 +29,11 @@ const repoRoot = path.resolve(__dirname, '..', '..')
 const cli = path.join(repoRoot, 'bin', 'vdiskfs')
 const workRoot = process.env.VDISKFS_BENCH_DIR ?? path.join(repoRoot, 'bench', 'work')
 const mib = 1024 * 1024
-const dataBytes = Number(process.env.VDISKFS_BENCH_REMOTE_MIB ?? 512) * mib
-const diskBytes = 20 * 1024 ** 3
+const dataBytes = Number(process.env.VDISKFS_BENCH_REMOTE_MIB ?? 1024) * mib
 const blockBytes = 64 * 1024
-const pieceBytes = 4 * mib
 
-interface Pushed { id: string, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null }
+interface Pushed { id: string, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null, chunkBytesUploaded: number, objectBytesUploaded: number, packsUploaded: number }
+interface Pulled { bytesDownloaded: number, chunkBytesDownloaded: number }
 
 function seconds<T> (work: () => T): [number, T] {
   const started = process.hrtime.bigint()
@@ -41,14 +41,12 @@ function seconds<T> (work: () => T): [number, T] {
   return [Number(process.hrtime.bigint() - started) / 1e9, result]
 }
 
-/** Rewrites `fraction` of the data's blocks (random ones, spread over the pieces) with random bytes. */
-function rewrite (image: string, stride: number, fraction: number): number {
+/** Rewrites `fraction` of the disk's blocks (random ones) with random bytes. */
+function rewrite (image: string, fraction: number): number {
   const fd = fs.openSync(image, 'r+')
   const blocks = Math.round(dataBytes / blockBytes * fraction)
   for (let i = 0; i < blocks; i++) {
-    const piece = crypto.randomInt(dataBytes / pieceBytes)
-    const block = crypto.randomInt(pieceBytes / blockBytes)
-    fs.writeSync(fd, crypto.randomBytes(blockBytes), 0, blockBytes, piece * stride + block * blockBytes)
+    fs.writeSync(fd, crypto.randomBytes(blockBytes), 0, blockBytes, crypto.randomInt(dataBytes / blockBytes) * blockBytes)
   }
   fs.fsyncSync(fd)
   fs.closeSync(fd)
@@ -73,30 +71,34 @@ async function main (): Promise<void> {
       vdiskfs('remote', 'add', mnt, 'bench', 's3://vdiskfs-bench/store', '--endpoint', rgw.endpoint)
     }
     const [a, b, c] = pools.map(p => p.mnt)
+    // Real data: an ext4 holding as much of /usr as fits, built outside the pool, then copied in (sparse).
+    const built = path.join(dir, 'usr.img')
+    const fsMount = path.join(dir, 'usr-mnt')
+    fs.mkdirSync(fsMount)
+    execFileSync('truncate', ['-s', String(dataBytes), built])
+    execFileSync('mkfs.ext4', ['-q', '-F', built])
+    execFileSync('mount', ['-o', 'loop', built, fsMount])
+    try {
+      // cp stops on ENOSPC at the first file that does not fit: what is copied by then is the data.
+      try { execFileSync('cp', ['-a', '/usr/.', fsMount], { stdio: 'ignore' }) } catch {}
+    } finally { execFileSync('umount', [fsMount]) }
     const disk = path.join(a, 'disks', 'bench.img')
-    fs.writeFileSync(disk, '')
-    fs.truncateSync(disk, diskBytes)
-    const fd = fs.openSync(disk, 'r+')
-    const text = Buffer.alloc(pieceBytes, 'vdiskfs remote bench: some text that compresses well enough. ')
-    const pieces = dataBytes / pieceBytes
-    const stride = Math.floor(diskBytes / pieces / blockBytes) * blockBytes
-    for (let i = 0; i < pieces; i++) fs.writeSync(fd, i % 2 === 0 ? crypto.randomBytes(pieceBytes) : text, 0, pieceBytes, i * stride)
-    fs.fsyncSync(fd)
-    fs.closeSync(fd)
+    execFileSync('cp', ['--sparse=always', built, disk])
+    fs.rmSync(built)
     vdiskfs('backup', disk, 'b1')
     vdiskfs('sync', a)
     const [pushSeconds, pushed] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b1.img'), 'bench', '--json')) as Pushed)
-    const [pullSeconds] = seconds(() => vdiskfs('pull', b, 'bench', pushed.id, 'b1'))
+    const [pullSeconds, pulled] = seconds(() => JSON.parse(vdiskfs('pull', b, 'bench', pushed.id, 'b1', '--json')) as Pulled)
 
     // The second host: a clone of what it pulled, 2% of the data rewritten, backed up and pushed.
     vdiskfs('clone', path.join(b, 'backups', 'b1.img'), 'work')
-    const changedB = rewrite(path.join(b, 'clones', 'work.img'), stride, 0.02)
+    const changedB = rewrite(path.join(b, 'clones', 'work.img'), 0.02)
     vdiskfs('backup', path.join(b, 'clones', 'work.img'), 'h1')
     vdiskfs('sync', b)
     const [secondSeconds, second] = seconds(() => JSON.parse(vdiskfs('push', path.join(b, 'backups', 'h1.img'), 'bench', '--json')) as Pushed)
 
     // An incremental push on the first host: 1% of the data changed since b1.
-    const changedA = rewrite(disk, stride, 0.01)
+    const changedA = rewrite(disk, 0.01)
     vdiskfs('backup', disk, 'b2')
     vdiskfs('sync', a)
     const [incrementalSeconds, incremental] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b2.img'), 'bench', '--json')) as Pushed)
@@ -106,7 +108,7 @@ async function main (): Promise<void> {
     vdiskfs('key', 'create', keyFile)
     for (const mnt of [a, c]) vdiskfs('remote', 'add', mnt, 'sealed', 's3://vdiskfs-bench/sealed', '--endpoint', rgw.endpoint, '--key', keyFile)
     const [sealedPushSeconds, sealedPushed] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b1.img'), 'sealed', '--json')) as Pushed)
-    const [sealedPullSeconds] = seconds(() => vdiskfs('pull', c, 'sealed', sealedPushed.id, 'b1'))
+    const [sealedPullSeconds, sealedPulled] = seconds(() => JSON.parse(vdiskfs('pull', c, 'sealed', sealedPushed.id, 'b1', '--json')) as Pulled)
 
     // The baseline: one object of the data's size, one PUT and one GET, through the same SDK.
     const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgwAccessKey, secretAccessKey: rgwSecretKey }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' })
@@ -128,18 +130,30 @@ async function main (): Promise<void> {
       rgwStartSeconds: Number(rgwSeconds.toFixed(1)),
       pushSeconds: Number(pushSeconds.toFixed(2)),
       pushMBps: Number(mbps(dataBytes, pushSeconds)),
-      pushUploadedBytes: pushed.bytesUploaded,
+      pushNewChunkBytes: pushed.chunkBytesUploaded,
+      pushSentBytes: pushed.objectBytesUploaded,
+      pushSentOfNewChunks: Number((pushed.objectBytesUploaded / pushed.chunkBytesUploaded).toFixed(3)),
+      pushPacks: pushed.packsUploaded,
+      pullChunkBytes: pulled.chunkBytesDownloaded,
+      pullReceivedBytes: pulled.bytesDownloaded,
+      pullReceivedOfChunks: Number((pulled.bytesDownloaded / pulled.chunkBytesDownloaded).toFixed(3)),
       pullSeconds: Number(pullSeconds.toFixed(2)),
       pullMBps: Number(mbps(dataBytes, pullSeconds)),
       secondHostChangedBytes: changedB,
       secondHostUploadedBytes: second.bytesUploaded,
+      secondHostNewChunkBytes: second.chunkBytesUploaded,
+      secondHostSentBytes: second.objectBytesUploaded,
       secondHostSeconds: Number(secondSeconds.toFixed(2)),
       incrementalChangedBytes: changedA,
       incrementalUploadedBytes: incremental.bytesUploaded,
+      incrementalNewChunkBytes: incremental.chunkBytesUploaded,
+      incrementalSentBytes: incremental.objectBytesUploaded,
       incrementalSince: incremental.since,
       incrementalSeconds: Number(incrementalSeconds.toFixed(2)),
       encryptedPushMBps: Number(mbps(dataBytes, sealedPushSeconds)),
       encryptedPushSeconds: Number(sealedPushSeconds.toFixed(2)),
+      encryptedPushSentOfNewChunks: Number((sealedPushed.objectBytesUploaded / sealedPushed.chunkBytesUploaded).toFixed(3)),
+      encryptedPullReceivedOfChunks: Number((sealedPulled.bytesDownloaded / sealedPulled.chunkBytesDownloaded).toFixed(3)),
       encryptedPullMBps: Number(mbps(dataBytes, sealedPullSeconds)),
       encryptedPullSeconds: Number(sealedPullSeconds.toFixed(2)),
       baselinePutMBps: Number(mbps(dataBytes, putSeconds)),
@@ -149,16 +163,17 @@ async function main (): Promise<void> {
       encryptedPushOfBaseline: Number((putSeconds / sealedPushSeconds).toFixed(2)),
       encryptedPullOfBaseline: Number((getSeconds / sealedPullSeconds).toFixed(2))
     }
-    console.log(`| remote store (RGW on 127.0.0.1, ${dataBytes / mib} MiB of data in a 20 GiB disk) | figure |`)
+    const mibOf = (n: number): string => (n / mib).toFixed(1)
+    console.log(`| remote store (RGW on 127.0.0.1, a ${dataBytes / mib} MiB disk: ext4 holding a copy of /usr) | figure |`)
     console.log('|---|---|')
-    console.log(`| push to an empty store | ${figures.pushMBps} MB/s (${figures.pushSeconds} s) |`)
-    console.log(`| pull into a second pool | ${figures.pullMBps} MB/s (${figures.pullSeconds} s) |`)
-    console.log(`| second host's push of a similar image (${(changedB / mib).toFixed(1)} MiB of blocks rewritten) | ${(second.bytesUploaded / mib).toFixed(1)} MiB uploaded (${figures.secondHostSeconds} s) |`)
-    console.log(`| incremental push, 1% changed (${(changedA / mib).toFixed(1)} MiB of blocks) | ${(incremental.bytesUploaded / mib).toFixed(1)} MiB uploaded in ${figures.incrementalSeconds} s |`)
+    console.log(`| push to an empty store | ${figures.pushMBps} MB/s (${figures.pushSeconds} s); sent ${mibOf(pushed.objectBytesUploaded)} MiB for ${mibOf(pushed.chunkBytesUploaded)} MiB of new chunks (${figures.pushSentOfNewChunks}x) in ${pushed.packsUploaded} packs |`)
+    console.log(`| pull into a second pool | ${figures.pullMBps} MB/s (${figures.pullSeconds} s); received ${mibOf(pulled.bytesDownloaded)} MiB for ${mibOf(pulled.chunkBytesDownloaded)} MiB of chunks (${figures.pullReceivedOfChunks}x) |`)
+    console.log(`| second host's push of a similar image (${mibOf(changedB)} MiB of blocks rewritten) | ${mibOf(second.bytesUploaded)} MiB of blocks uploaded; sent ${mibOf(second.objectBytesUploaded)} MiB for ${mibOf(second.chunkBytesUploaded)} MiB of new chunks (${figures.secondHostSeconds} s) |`)
+    console.log(`| incremental push, 1% changed (${mibOf(changedA)} MiB of blocks) | ${mibOf(incremental.bytesUploaded)} MiB of blocks uploaded; sent ${mibOf(incremental.objectBytesUploaded)} MiB for ${mibOf(incremental.chunkBytesUploaded)} MiB of new chunks, in ${figures.incrementalSeconds} s |`)
     console.log(`| push to an empty encrypted store | ${figures.encryptedPushMBps} MB/s (${figures.encryptedPushSeconds} s) |`)
     console.log(`| pull from the encrypted store | ${figures.encryptedPullMBps} MB/s (${figures.encryptedPullSeconds} s) |`)
     console.log(`| baseline: one ${dataBytes / mib} MiB object, PUT / GET through the same SDK | ${figures.baselinePutMBps} / ${figures.baselineGetMBps} MB/s |`)
-    console.log(`| push / pull as a fraction of the baseline (issue #22's bar: 0.8) | ${figures.pushOfBaseline} / ${figures.pullOfBaseline} (encrypted: ${figures.encryptedPushOfBaseline} / ${figures.encryptedPullOfBaseline}) |`)
+    console.log(`| push / pull as a fraction of the baseline (issue #22's bar: 0.8; sent/received at most 1.1x the chunks) | ${figures.pushOfBaseline} / ${figures.pullOfBaseline} (encrypted: ${figures.encryptedPushOfBaseline} / ${figures.encryptedPullOfBaseline}) |`)
     console.log(JSON.stringify(figures))
   } finally {
     for (const mnt of mounts.reverse()) { try { execFileSync(cli, ['umount', mnt], { stdio: 'ignore', timeout: 120000 }) } catch {} }

@@ -43,6 +43,7 @@ export const sealMagic = Buffer.from('VDRE', 'latin1')
 export const sealVersion = 1
 export const sealKindChunk = 1
 export const sealKindManifest = 2
+export const sealKindPackIndex = 3
 export const sealCipherAes256Gcm = 1
 export const sealCipherName = 'aes-256-gcm'
 export const sealSaltBytes = 16

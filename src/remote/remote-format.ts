@@ -6,11 +6,14 @@
  *   PREFIX/vdiskfs-store.json        the store's marker: format, version, grace period (written once)
  *   PREFIX/chunks/AB/ABCD...         one chunk: a block's bytes, zstd-compressed, named by the BLAKE3-256 of
  *                                    the uncompressed block (64 hex digits; AB = its first two)
+ *   PREFIX/packs/P                   a pack: many chunk objects one after the other (P: 32 random hex digits)
+ *   PREFIX/indexes/P                 the pack's index: where each of its chunks lies in it (written after the pack)
  *   PREFIX/manifests/ID.json         one backup: its block list (index -> chunk id) and what it was; ID is the
  *                                    first 32 hex digits of the BLAKE3-256 of the manifest's bytes
  *
- * Every object is written once (PUT with If-None-Match: *); a manifest is written last, so a backup is
- * visible only once every chunk it names is stored.
+ * Every object is written once (PUT with If-None-Match: *); a pack's index is written once the pack is
+ * whole, and a manifest last, so a backup is visible only once every chunk it names is stored. Stores
+ * written before packs hold one object per chunk under chunks/: still read, never written any more.
  */
 import { blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
 import { VdiskError, corrupt } from '../errors'
@@ -25,6 +28,12 @@ export const storeVersion = 1
 export const storeVersionEncrypted = 2
 export const chunksPrefix = 'chunks/'
 export const manifestsPrefix = 'manifests/'
+export const packsPrefix = 'packs/'
+export const indexesPrefix = 'indexes/'
+export const packIndexFormat = 'vdiskfs-remote-pack-index'
+export const packIndexVersion = 1
+/** Pack ids: random, 32 hex digits. */
+export const packIdHexLength = 32
 export const manifestSuffix = '.json'
 /** An encrypted store's manifests are sealed (crypt.ts), not JSON: another suffix, so neither is taken for the other. */
 export const manifestSuffixSealed = '.enc'
@@ -38,8 +47,17 @@ export const backupIdHexLength = 32
 // Limits of the remote code, with their units last.
 /** S3 requests one command keeps in flight (HEADs, PUTs, GETs). */
 export const remoteRequestsInFlightMax = 32
-/** Blocks a push or pull works on at once: the bound on the blocks held in memory (16 MiB at 64 KiB). */
-export const remoteBatchBlocks = 256
+/** A push closes a pack once it holds this many bytes (restic's 16 MiB): fewer, larger requests. */
+export const packTargetBytes = 16 * 1024 * 1024
+/** Packs one push uploads at once (each held in memory until it has landed). */
+export const packUploadsInFlightMax = 4
+/** Blocks a pull fetches at once (16 MiB at 64 KiB; the next batch is fetched while one is consumed), and the longest byte range it asks for in one GET. */
+export const pullBatchBlocks = 256
+export const pullRangeBytesMax = 4 * 1024 * 1024
+/** Range GETs one pull, verify or gc keeps in flight. */
+export const rangeRequestsInFlightMax = 8
+/** gc repacks a pack (past the grace period) once more than this fraction of its bytes is no manifest's. */
+export const repackDeadFraction = 0.25
 /** The default grace period of a new store (PBS's 24 h 5 min): see docs/REMOTE.md, "Garbage collection". */
 export const remoteGraceSecondsDefault = 24 * 3600 + 300
 /** gc keeps chunks this much younger than its cutoff besides: S3 times have one-second resolution. */
@@ -92,6 +110,11 @@ export const manifestFieldsBytesMax = 64 * 1024
 export const manifestEntryBytesMax = 86
 export const manifestBytesMax = Math.min(manifestFieldsBytesMax + manifestEntryBytesMax * (volumeBytesMax / blockBytesMin), bufferConstants.MAX_STRING_LENGTH) + sealOverheadBytes
 
+/** A pack: its target, then one more chunk at most (a push closes it after the chunk that crosses the target). */
+export const packBytesMax = packTargetBytes + chunkObjectBytesMax
+/** A pack's index: one entry per chunk ('["64 hex",offset,length],': 90 bytes at most), at least 45 bytes a chunk. */
+export const packIndexBytesMax = manifestFieldsBytesMax + Math.ceil(packBytesMax / 45) * 90 + sealOverheadBytes
+
 /** The BLAKE3-256 of `data` as 64 hex digits (through the string form: blake-hash's Buffer one leaks, see workers/hash.ts). */
 export function blake3Hex (data: Uint8Array): string {
   return Buffer.from(blake3UrlSafeBase64(data as Buffer), 'base64url').toString('hex')
@@ -103,6 +126,46 @@ export function chunkKey (prefix: string, id: string): string {
 
 export function manifestKey (prefix: string, id: string, suffix = manifestSuffix): string {
   return `${prefix}${manifestsPrefix}${id}${suffix}`
+}
+
+export function packKey (prefix: string, pack: string): string { return `${prefix}${packsPrefix}${pack}` }
+export function packIndexKey (prefix: string, pack: string): string { return `${prefix}${indexesPrefix}${pack}` }
+
+/** The pack id in a pack's key (`kind` 'packs/') or its index's ('indexes/'), or null when the key is neither. */
+export function packIdOfKey (prefix: string, key: string, kind: string): string | null {
+  const rest = key.startsWith(prefix + kind) ? key.slice(prefix.length + kind.length) : ''
+  return /^[0-9a-f]{32}$/.test(rest) ? rest : null
+}
+
+/**
+ * A pack's index: the pack's id and length, and for each chunk object in it (in the order they lie) its
+ * object name (the chunk id, or in an encrypted store its keyed name), offset and length.
+ */
+export interface PackIndex { format: string, version: number, pack: string, packBytes: number, chunks: Array<[string, number, number]> }
+
+export function encodePackIndex (pack: string, packBytes: number, chunks: Array<[string, number, number]>): Buffer {
+  const index: PackIndex = { format: packIndexFormat, version: packIndexVersion, pack, packBytes, chunks }
+  return Buffer.from(JSON.stringify(index) + '\n')
+}
+
+/** Decodes and checks pack `pack`'s index: its pack, and entries that tile the pack in order. Errors: CORRUPT naming `what`. */
+export function decodePackIndex (pack: string, bytes: Buffer, what: string): PackIndex {
+  let value: unknown
+  try { value = JSON.parse(bytes.toString('utf8')) } catch { throw corrupt(`${what}: not JSON`) }
+  const index = value as PackIndex
+  if (index === null || typeof index !== 'object' || index.format !== packIndexFormat) throw corrupt(`${what}: not a vdiskfs pack index`)
+  if (index.version !== packIndexVersion) throw new VdiskError('INVALID', `${what}: pack index version ${String(index.version)} is not supported (this vdiskfs reads version ${packIndexVersion})`)
+  if (index.pack !== pack) throw corrupt(`${what}: it indexes pack ${String(index.pack)}`)
+  if (!Number.isSafeInteger(index.packBytes) || index.packBytes <= 0 || index.packBytes > packBytesMax) throw corrupt(`${what}: invalid pack length`)
+  if (!Array.isArray(index.chunks)) throw corrupt(`${what}: no chunk list`)
+  let end = 0
+  for (const entry of index.chunks) {
+    if (!Array.isArray(entry) || entry.length !== 3 || typeof entry[0] !== 'string' || !/^[0-9a-f]{64}$/.test(entry[0]) || entry[1] !== end ||
+      !Number.isSafeInteger(entry[2]) || entry[2] <= 0 || entry[2] > chunkObjectBytesMax) throw corrupt(`${what}: invalid chunk entry ${JSON.stringify(entry)}`)
+    end += entry[2]
+  }
+  if (end !== index.packBytes) throw corrupt(`${what}: its chunks cover ${end} bytes of a pack of ${index.packBytes}`)
+  return index
 }
 
 /** The chunk id in a chunk key, or null when the key is not a chunk's. */
@@ -183,6 +246,12 @@ export interface Manifest {
   identity: string
   name: string
   source: string
+  /**
+   * The source volume's identity (its UUID), when the backup's export stream carried it: a pull gives it to
+   * the import, so that the receiving pool groups (prunes) the backup with the others of that source.
+   * Absent in manifests written before it (their backups pull as of an unknown source).
+   */
+  sourceUuid?: string
   host: string
   created: string
   size: number
@@ -209,6 +278,7 @@ export function decodeManifest (id: string, bytes: Buffer, keyedId?: (bytes: Buf
   if (m === null || typeof m !== 'object' || m.format !== manifestFormat) throw corrupt(`${what}: not a vdiskfs manifest`)
   if (m.version !== manifestVersion) throw new VdiskError('INVALID', `${what}: manifest version ${String(m.version)} is not supported (this vdiskfs reads version ${manifestVersion})`)
   for (const key of ['identity', 'name', 'source', 'host', 'created'] as const) if (typeof m[key] !== 'string') throw corrupt(`${what}: manifest field ${key} missing`)
+  if (m.sourceUuid !== undefined && (typeof m.sourceUuid !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(m.sourceUuid))) throw corrupt(`${what}: invalid source identity`)
   if (!Number.isSafeInteger(m.size) || m.size < 0) throw corrupt(`${what}: invalid size`)
   if (!Number.isSafeInteger(m.blockBytes) || m.blockBytes <= 0 || m.blockBytes > blockBytesMax) throw corrupt(`${what}: invalid block size`)
   if (!Array.isArray(m.blocks)) throw corrupt(`${what}: no block list`)

@@ -24,6 +24,9 @@ export interface ObjectInfo { key: string, size: number, lastModifiedMs: number 
 
 export class S3Store {
   private readonly client: S3Client
+  /** Bytes of object bodies this client has sent (PUTs) and received (GETs): what a push or a pull cost on the wire. */
+  bytesWritten = 0
+  bytesRead = 0
 
   /** `label` names the remote in errors (its name in the pool, or its URL). */
   constructor (readonly location: RemoteLocation, readonly label: string) {
@@ -65,6 +68,7 @@ export class S3Store {
   async putOnce (key: string, body: Buffer): Promise<boolean> {
     try {
       await this.client.send(new PutObjectCommand({ Bucket: this.location.bucket, Key: key, Body: body, IfNoneMatch: '*' }))
+      this.bytesWritten += body.length
       return true
     } catch (err) {
       if (statusOf(err) === 412) return false
@@ -72,18 +76,29 @@ export class S3Store {
     }
   }
 
+  /** Bytes `start` .. `start + length - 1` of the object (a range GET): exactly `length` bytes, or CORRUPT; null when it does not exist. */
+  async getRange (key: string, start: number, length: number): Promise<Buffer | null> {
+    const bytes = await this.get(key, length, { start, length })
+    if (bytes !== null && bytes.length !== length) throw corrupt(`remote ${this.label}: ${key}: bytes ${start}-${start + length - 1}: the endpoint sent ${bytes.length} bytes`)
+    return bytes
+  }
+
   /**
    * The object's bytes, or null when it does not exist. An object longer than `maxBytes` (by its
    * Content-Length, or by what its body turns out to hold) is refused as CORRUPT without reading the
    * rest: a hostile endpoint cannot make this process hold more than `maxBytes`.
    */
-  async get (key: string, maxBytes: number): Promise<Buffer | null> {
+  async get (key: string, maxBytes: number, range?: { start: number, length: number }): Promise<Buffer | null> {
     let body: Readable | undefined
     try {
-      const reply = await this.client.send(new GetObjectCommand({ Bucket: this.location.bucket, Key: key }))
+      const reply = await this.client.send(new GetObjectCommand({ Bucket: this.location.bucket, Key: key, Range: range === undefined ? undefined : `bytes=${range.start}-${range.start + range.length - 1}` }))
       body = reply.Body as Readable | undefined
       if (body === undefined) return Buffer.alloc(0)
       if (reply.ContentLength !== undefined && reply.ContentLength > maxBytes) throw this.tooLong(key, `${reply.ContentLength} bytes`, maxBytes)
+      // A server that ignores the range sends the whole object (200): refused past maxBytes, else short of what was asked.
+      if (range !== undefined && reply.ContentRange !== undefined && !reply.ContentRange.startsWith(`bytes ${range.start}-`)) {
+        throw corrupt(`remote ${this.label}: ${key}: asked for bytes from ${range.start}, the endpoint sent ${reply.ContentRange}`)
+      }
       const parts: Buffer[] = []
       let length = 0
       for await (const part of body) {
@@ -91,10 +106,12 @@ export class S3Store {
         if (length > maxBytes) throw this.tooLong(key, `at least ${length} bytes`, maxBytes)
         parts.push(part as Buffer)
       }
+      this.bytesRead += length
       return Buffer.concat(parts, length)
     } catch (err) {
       if (err instanceof VdiskError) throw err
       if (statusOf(err) === 404) return null
+      if (statusOf(err) === 416) throw corrupt(`remote ${this.label}: ${key}: shorter than bytes ${range?.start ?? 0}-${(range?.start ?? 0) + (range?.length ?? 0) - 1}`)
       throw this.failure(err, `reading ${key}`)
     } finally {
       // An unread or half-read body holds its connection (and the server may keep sending): drop it.

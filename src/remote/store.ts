@@ -21,19 +21,22 @@ import { VdiskError, corrupt, invalid, notFound } from '../errors'
 import {
   Manifest, StoreMarker, backupIdOfKey, blake3Hex, blockRange, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, chunkIdOfKey,
   chunkKey, chunkObjectBytesMax, chunksPrefix, decodeChunkHeader, decodeManifest, decodeStoreMarker, encodeChunkHeader, encodeManifest, manifestBytesMax,
-  manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteBatchBlocks, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
-  remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed
+  manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
+  remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed,
+  PackIndex, decodePackIndex, encodePackIndex, indexesPrefix, packIdOfKey, packIndexBytesMax, packIndexKey, packKey, packTargetBytes, packUploadsInFlightMax,
+  packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength
 } from './remote-format'
-import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest } from './crypt'
+import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest, sealKindPackIndex } from './crypt'
+import crypto from 'node:crypto'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
 import { forEachLimited } from '../limited'
 import { RemoteLocation, S3Store } from './s3-store'
 
 /** One block of a volume: its index and its blockBytes bytes (the last one padded with zeros), or null for zeros. */
-export interface Block { index: number, data: Buffer | null }
+export interface Block { index: number, data: Buffer | null, hash?: Buffer | null }
 
 /** What a push records about the backup besides its blocks. */
-export interface BackupMeta { identity: string, name: string, source: string, host: string, created: string, size: number, blockBytes: number }
+export interface BackupMeta { identity: string, name: string, source: string, sourceUuid?: string, host: string, created: string, size: number, blockBytes: number }
 
 /** Test hooks: the gc race and network-fault tests pause a push or a pull here. */
 export interface PushHooks { afterBatch?: () => Promise<void>, beforeManifest?: () => Promise<void> }
@@ -47,14 +50,42 @@ export interface PushResult {
   bytesUploaded: number
   chunksReused: number
   chunksTouched: number
+  /** The stored size of the chunks uploaded (compressed, sealed), and every byte the push sent (packs, their indexes, the manifest). */
+  chunkBytesUploaded: number
+  objectBytesUploaded: number
+  packsUploaded: number
 }
 
 export interface RemoteBackup { id: string, name: string, source: string, identity: string, host: string, created: string, pushed: string, size: number, blockBytes: number, blocks: number }
 
-export interface GcReport { manifests: number, chunks: number, chunksRemoved: number, bytesRemoved: number, chunksKeptYoung: number, dryRun: boolean }
+export interface GcReport {
+  manifests: number
+  /** Chunks in the store: in packs (each entry of each index) and alone (stores written before packs). */
+  chunks: number
+  chunksRemoved: number
+  bytesRemoved: number
+  chunksKeptYoung: number
+  packs: number
+  packsRemoved: number
+  /** Sparse packs whose live chunks went to new packs (packsWritten of them), and those chunks' bytes. */
+  packsRepacked: number
+  packsWritten: number
+  chunksRepacked: number
+  bytesRepacked: number
+  /** Packs without an index (a push cut off before it) past the grace period. */
+  orphanPacksRemoved: number
+  dryRun: boolean
+}
 
 export interface VerifyProblem { backup: string, name: string, start: number, length: number, chunk: string, problem: string }
-export interface VerifyReport { backups: number, chunks: number, bytes: number, problems: VerifyProblem[] }
+export interface VerifyReport { backups: number, chunks: number, bytes: number, packs: number, problems: VerifyProblem[] }
+
+/** Where a chunk object lies in a pack. */
+interface PackedChunk { pack: string, offset: number, length: number }
+/** A pack the store holds: its index, and the index's modification time (the pack's age, for gc). */
+interface PackInfo { id: string, index: PackIndex, indexModifiedMs: number }
+/** What fetching one chunk gave: its stored object and its block (read) or its block's length (check), or why not. */
+interface Fetched { stored?: Buffer, data?: Buffer, length?: number, error?: VdiskError }
 
 /** zstd level of chunks: level 1 (about 770 MB/s against 600 for level 3 here, at a ratio within 0.01). */
 const zstdLevel = 1
@@ -62,6 +93,11 @@ const zstdLevel = 1
 export class RemoteStore {
   private readonly cctx = new zstd.CCtx()
   private readonly dctx = new zstd.DCtx()
+  /** The store's packs and where each chunk object lies in them, as the last loadPacks() found them. */
+  private packs: Map<string, PackInfo> | null = null
+  private located = new Map<string, PackedChunk>()
+  /** The stored bytes of the chunks read (what a pull needed, against what it downloaded: s3.bytesRead). */
+  chunkBytesRead = 0
 
   private constructor (readonly s3: S3Store, readonly marker: StoreMarker, readonly key: RemoteKey | null) {
     this.cctx.setParameter(zstd.CParameter.compressionLevel, zstdLevel)
@@ -138,26 +174,40 @@ export class RemoteStore {
     return output.subarray(0, chunkHeaderBytes + compressed)
   }
 
-  /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk only. */
+  /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk (and its pack). */
   async readChunk (id: string): Promise<Buffer> {
-    const object = await this.s3.get(this.chunkObjectKey(id), chunkObjectBytesMax)
-    if (object === null) throw notFound(`chunk ${id}`)
-    return this.decodeChunk(id, object)
+    if (this.packs === null) await this.loadPacks()
+    const fetched = new Map<string, Fetched>()
+    await this.fetchChunks([id], 'read', (chunk, result) => { fetched.set(chunk, result) })
+    const result = fetched.get(id)
+    if (result?.error !== undefined) throw result.error
+    return result?.data as Buffer
   }
 
-  /** What errors call chunk `id`: its id, and in an encrypted store its object too (the name the store knows). */
-  private chunkWhat (id: string): string {
-    return this.key === null ? `chunk ${id}` : `chunk ${id} (object ${this.relative(this.chunkObjectKey(id))})`
+  /**
+   * Where chunk `id` is stored, for messages and tests: its pack and byte range there, or its own object
+   * (stores written before packs). Null when the store holds it nowhere (as loadPacks last found it).
+   */
+  chunkLocation (id: string): { key: string, start: number, length: number } | null {
+    const located = this.located.get(this.chunkObjectName(id))
+    if (located !== undefined) return { key: packKey(this.prefix, located.pack), start: located.offset, length: located.length }
+    return null
+  }
+
+  /** What errors call chunk `id`: its id, in an encrypted store its object name too, and the pack and bytes it lies in. */
+  private chunkWhat (id: string, where: PackedChunk | null = null): string {
+    const inPack = where === null ? '' : `pack ${packsPrefix}${where.pack} bytes ${where.offset}-${where.offset + where.length - 1}`
+    if (this.key === null) return where === null ? `chunk ${id}` : `chunk ${id} (${inPack})`
+    return `chunk ${id} (object ${this.relative(this.chunkObjectKey(id))}${where === null ? '' : ` in ${inPack}`})`
   }
 
   /** In an encrypted store, the plain chunk object inside chunk `id`'s object, authenticated; else the object. */
-  private unsealChunk (id: string, object: Buffer): Buffer {
-    return this.key === null ? object : this.key.open(sealKindChunk, this.relative(this.chunkObjectKey(id)), object, this.chunkWhat(id))
+  private unsealChunk (id: string, object: Buffer, what: string): Buffer {
+    return this.key === null ? object : this.key.open(sealKindChunk, this.relative(this.chunkObjectKey(id)), object, what)
   }
 
-  decodeChunk (id: string, stored: Buffer): Buffer {
-    const what = this.chunkWhat(id)
-    const object = this.unsealChunk(id, stored)
+  decodeChunk (id: string, stored: Buffer, what = this.chunkWhat(id)): Buffer {
+    const object = this.unsealChunk(id, stored, what)
     const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
     let data: Buffer
@@ -173,13 +223,165 @@ export class RemoteStore {
     return data
   }
 
+  /**
+   * Checks chunk `id`'s stored object as verify does and returns its block's length. A plain store's chunk
+   * is decompressed and hashed against its id. An encrypted store's is authenticated (the GCM tag covers
+   * every byte of the object and its name, so a flipped byte or a swapped object fails) and its inner
+   * header must name the chunk, but it is not decompressed or hashed: what the tag proves, it does not check twice.
+   */
+  private checkChunkObject (id: string, stored: Buffer, what: string): number {
+    if (this.key === null) return this.decodeChunk(id, stored, what).length
+    const header = decodeChunkHeader(this.unsealChunk(id, stored, what), what)
+    if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
+    return header.rawBytes
+  }
+
+  /**
+   * Fetches chunks `ids` (distinct) and checks each ('read': its block, checked against its id; 'check': as
+   * verify does), reporting each to `done`: a chunk in a pack comes with its neighbours in one range GET (up
+   * to pullRangeBytesMax), one alone (stores written before packs) with a GET of its own. A damaged or
+   * missing chunk is reported (CORRUPT, NOT_FOUND), not thrown; S3 failures are thrown, once every request
+   * under way has ended.
+   */
+  private async fetchChunks (ids: string[], mode: 'read' | 'check', done: (id: string, result: Fetched) => void): Promise<void> {
+    const packed: Array<{ id: string, where: PackedChunk }> = []
+    const alone: string[] = []
+    for (const id of ids) {
+      const where = this.located.get(this.chunkObjectName(id))
+      if (where === undefined) alone.push(id); else packed.push({ id, where })
+    }
+    packed.sort((a, b) => a.where.pack.localeCompare(b.where.pack) || a.where.offset - b.where.offset)
+    const ranges: Array<{ pack: string, start: number, length: number, chunks: typeof packed }> = []
+    for (const chunk of packed) {
+      const last = ranges[ranges.length - 1]
+      if (last !== undefined && last.pack === chunk.where.pack && last.start + last.length === chunk.where.offset && last.length + chunk.where.length <= pullRangeBytesMax) {
+        last.length += chunk.where.length
+        last.chunks.push(chunk)
+      } else ranges.push({ pack: chunk.where.pack, start: chunk.where.offset, length: chunk.where.length, chunks: [chunk] })
+    }
+    const report = (id: string, stored: Buffer | null, what: string): void => {
+      if (stored === null) { done(id, { error: notFound(`chunk ${id}`) }); return }
+      this.chunkBytesRead += stored.length
+      let result: Fetched
+      try {
+        result = mode === 'read' ? { stored, data: this.decodeChunk(id, stored, what) } : { stored, length: this.checkChunkObject(id, stored, what) }
+      } catch (err) {
+        if (!(err instanceof VdiskError)) throw err
+        result = { error: err }
+      }
+      done(id, result)
+    }
+    const settled = await Promise.allSettled([
+      forEachLimited(ranges, rangeRequestsInFlightMax, async range => {
+        let bytes: Buffer | null
+        try { bytes = await this.s3.getRange(packKey(this.prefix, range.pack), range.start, range.length) } catch (err) {
+          if (!(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
+          for (const { id } of range.chunks) done(id, { error: err })
+          return
+        }
+        for (const { id, where } of range.chunks) report(id, bytes === null ? null : bytes.subarray(where.offset - range.start, where.offset - range.start + where.length), this.chunkWhat(id, where))
+      }),
+      forEachLimited(alone, remoteRequestsInFlightMax, async id => {
+        let stored: Buffer | null
+        try { stored = await this.s3.get(this.chunkObjectKey(id), chunkObjectBytesMax) } catch (err) {
+          if (!(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
+          done(id, { error: err })
+          return
+        }
+        report(id, stored, this.chunkWhat(id))
+      })
+    ])
+    for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason
+  }
+
+  // ---- packs ----
+
+  /**
+   * Lists the store's pack indexes and reads them (remoteRequestsInFlightMax at a time): from then on,
+   * chunks are looked up there. A damaged index is an error (CORRUPT naming it), or, with `onDamaged`, left
+   * out and reported to it. An index removed meanwhile (gc) is left out.
+   */
+  async loadPacks (onDamaged?: (id: string, err: VdiskError) => void): Promise<Map<string, PackInfo>> {
+    const listed: Array<{ id: string, modifiedMs: number }> = []
+    for await (const object of this.s3.list(this.prefix + indexesPrefix)) {
+      const id = packIdOfKey(this.prefix, object.key, indexesPrefix)
+      if (id !== null) listed.push({ id, modifiedMs: object.lastModifiedMs })
+    }
+    const packs = new Map<string, PackInfo>()
+    await forEachLimited(listed, remoteRequestsInFlightMax, async ({ id, modifiedMs }) => {
+      let index: PackIndex | null
+      try { index = await this.readPackIndex(id) } catch (err) {
+        if (onDamaged === undefined || !(err instanceof VdiskError) || err.code !== 'CORRUPT') throw err
+        onDamaged(id, err)
+        return
+      }
+      if (index !== null) packs.set(id, { id, index, indexModifiedMs: modifiedMs })
+    })
+    const located = new Map<string, PackedChunk>()
+    for (const id of [...packs.keys()].sort()) {
+      for (const [name, offset, length] of (packs.get(id) as PackInfo).index.chunks) if (!located.has(name)) located.set(name, { pack: id, offset, length })
+    }
+    this.packs = packs
+    this.located = located
+    return packs
+  }
+
+  /** Pack `id`'s index, checked (and in an encrypted store authenticated), or null when it does not exist. Errors: CORRUPT naming it. */
+  private async readPackIndex (id: string): Promise<PackIndex | null> {
+    const key = packIndexKey(this.prefix, id)
+    const stored = await this.s3.get(key, packIndexBytesMax)
+    if (stored === null) return null
+    const what = `remote ${this.s3.label}: pack index ${this.relative(key)}`
+    const bytes = this.key === null ? stored : this.key.open(sealKindPackIndex, this.relative(key), stored, what)
+    return decodePackIndex(id, bytes, what)
+  }
+
+  /**
+   * Stores one pack: the pack object first, then its index, so that a pack is found (and its chunks relied
+   * on) only once it is whole. Returns its id; its chunks are looked up there from then on.
+   */
+  private async writePack (body: Buffer, chunks: Array<[string, number, number]>): Promise<string> {
+    const id = crypto.randomBytes(packIdHexLength / 2).toString('hex')
+    if (!await this.s3.putOnce(packKey(this.prefix, id), body)) throw new VdiskError('IO', `remote ${this.s3.label}: pack ${id} exists already (a random id drawn twice?)`)
+    const key = packIndexKey(this.prefix, id)
+    const index = encodePackIndex(id, body.length, chunks)
+    await this.s3.putOnce(key, this.key === null ? index : this.key.seal(sealKindPackIndex, this.relative(key), index))
+    const info: PackInfo = { id, index: decodePackIndex(id, index, id), indexModifiedMs: Date.now() }
+    this.packs?.set(id, info)
+    for (const [name, offset, length] of chunks) if (!this.located.has(name)) this.located.set(name, { pack: id, offset, length })
+    return id
+  }
+
+  /**
+   * Chunk object `name` is in a pack this store found: makes sure gc spares that pack for as long as a
+   * push may rely on it (its index recent: modified within grace/4 of now, else touched, once per push
+   * and index through `touches`). False when the store does not hold it (or its index vanished meanwhile).
+   */
+  private async relyOn (name: string, touches: Map<string, Promise<boolean>>): Promise<'present' | 'touched' | 'missing'> {
+    const where = this.located.get(name)
+    const pack = where === undefined ? undefined : this.packs?.get(where.pack)
+    if (pack === undefined) return 'missing'
+    if (pack.indexModifiedMs >= Date.now() - this.graceMs / 4) return 'present'
+    const key = packIndexKey(this.prefix, pack.id)
+    let touching = touches.get(key)
+    if (touching === undefined) {
+      touching = this.s3.touch(key)
+      touches.set(key, touching)
+    }
+    if (await touching) return 'touched'
+    // Gone (gc removed it meanwhile): none of its chunks can be relied on.
+    for (const [chunk] of pack.index.chunks) if (this.located.get(chunk)?.pack === pack.id) this.located.delete(chunk)
+    return 'missing'
+  }
+
   // ---- push ----
 
   /**
    * Stores a backup: every block of `blocks` (increasing indexes; all-zero blocks are left out), on top of
    * `base` when given (an incremental push: the blocks of `base` that `blocks` does not replace are kept).
-   * Uploads only the chunks the store lacks, then the manifest. Interrupted anywhere, it leaves no manifest,
-   * and the next push re-uploads nothing that arrived. Errors: IO/NOT_PERMITTED from S3, CORRUPT when a
+   * Uploads only the chunks the store's packs lack, in new packs (packUploadsInFlightMax at once, each pack
+   * before its index), then the manifest. Interrupted anywhere, it leaves no manifest, and the next push
+   * re-uploads nothing in a pack whose index arrived. Errors: IO/NOT_PERMITTED from S3, CORRUPT when a
    * chunk vanished under a push that outlived half the grace period.
    */
   async push (meta: BackupMeta, blocks: AsyncIterable<Block>, options: { base?: Manifest, hooks?: PushHooks, onProgress?: (bytes: number) => void } = {}): Promise<PushResult> {
@@ -189,27 +391,18 @@ export class RemoteStore {
       const blockCount = Math.ceil(meta.size / meta.blockBytes)
       for (const [index, id] of options.base.blocks) if (index < blockCount) entries.set(index, id)
     }
-    const result: PushResult = { id: '', created: false, blocks: 0, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0 }
+    const result: PushResult = { id: '', created: false, blocks: 0, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, chunkBytesUploaded: 0, objectBytesUploaded: 0, packsUploaded: 0 }
+    const bytesWrittenBefore = this.s3.bytesWritten
     const settled = new Set<string>()
-    let firstCheck: number | null = null
-    let batch: Array<{ id: string, data: Buffer }> = []
-    // One batch is checked and uploaded while the next is read from the source: two batches in memory.
-    let inFlight: Promise<void> = Promise.resolve()
-    const flush = async (): Promise<void> => {
-      const pending = batch
-      batch = []
-      await inFlight
-      if (pending.length === 0) return
-      firstCheck ??= performance.now()
-      // eslint-disable-next-line require-atomic-updates -- flush is only called by the one loop below and once after it, each call awaited, so no other call sets inFlight between its await and this assignment
-      inFlight = forEachLimited(pending, remoteRequestsInFlightMax, async ({ id, data }) => {
-        const state = await this.ensureChunk(id, data)
-        if (state === 'uploaded') { result.chunksUploaded++; result.bytesUploaded += data.length } else result.chunksReused++
-        if (state === 'touched') result.chunksTouched++
-      }).then(async () => await options.hooks?.afterBatch?.())
-      // Its failure surfaces at the next flush; until then nobody awaits it.
-      inFlight.catch(() => {})
-    }
+    // The first existence check: the listing of the packs' indexes.
+    let firstCheck = performance.now()
+    await this.loadPacks()
+    const touches = new Map<string, Promise<boolean>>()
+    const writer = new PackWriter(async (body, chunks) => {
+      await this.writePack(body, chunks)
+      result.packsUploaded++
+      await options.hooks?.afterBatch?.()
+    })
     try {
       for await (const block of blocks) {
         if (block.index < 0 || block.index * meta.blockBytes >= meta.size || (block.data !== null && block.data.length !== meta.blockBytes)) {
@@ -218,36 +411,49 @@ export class RemoteStore {
         options.onProgress?.(meta.blockBytes)
         if (block.data === null || isZeroBlock(block.data)) { entries.delete(block.index); continue }
         const id = blake3Hex(block.data)
+        // The source's own hash of the block, when it gave one, must agree: what it read is what is stored.
+        if (block.hash !== undefined && block.hash !== null && block.hash.toString('hex') !== id) throw corrupt(`block ${block.index}: its bytes do not match the hash its source gave`)
         entries.set(block.index, id)
         if (settled.has(id)) continue
         settled.add(id)
-        batch.push({ id, data: block.data })
-        if (batch.length >= remoteBatchBlocks) await flush()
+        const name = this.chunkObjectName(id)
+        const state = await this.relyOn(name, touches)
+        if (state !== 'missing') {
+          result.chunksReused++
+          if (state === 'touched') result.chunksTouched++
+          continue
+        }
+        const object = this.encodeChunk(id, block.data)
+        result.chunksUploaded++
+        result.bytesUploaded += block.data.length
+        result.chunkBytesUploaded += object.length
+        await writer.add(name, object)
       }
+      await writer.finish()
     } catch (err) {
-      // The source failed: let the uploads under way finish (or fail) before saying so, so that nothing
-      // of this push is still writing once it has returned.
-      await inFlight.catch(() => {})
+      // The source or an upload failed: let the uploads under way finish (or fail) before saying so, so
+      // that nothing of this push is still writing once it has returned.
+      await writer.abandon()
       throw err
     }
-    await flush()
-    await inFlight
     const manifest: Manifest = {
-      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, source: meta.source, host: meta.host, created: meta.created,
-      size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
+      format: manifestFormat, version: manifestVersion, identity: meta.identity, name: meta.name, source: meta.source, ...(meta.sourceUuid === undefined ? {} : { sourceUuid: meta.sourceUuid }),
+      host: meta.host, created: meta.created, size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
     }
-    result.blocks = manifest.blocks.length
     await options.hooks?.beforeManifest?.()
     // The manifest must land within grace/2 of the first existence check (see the file comment); a push
-    // slower than that checks every chunk again (touching the old ones) and starts the clock over.
-    for (let pass = 1; firstCheck !== null && performance.now() - firstCheck > this.graceMs / 2; pass++) {
+    // slower than that checks every chunk again (touching the old packs' indexes) and starts the clock over.
+    for (let pass = 1; performance.now() - firstCheck > this.graceMs / 2; pass++) {
       if (pass > remoteRecheckPassesMax) {
         throw new VdiskError('IO', `remote ${this.s3.label}: checking the chunks of this push takes longer than half the store's grace period (${this.marker.graceSeconds} s): the store needs a longer one`)
       }
       firstCheck = performance.now()
+      touches.clear()
+      await this.loadPacks()
       const ids = [...new Set(manifest.blocks.map(entry => entry[1]))]
       await forEachLimited(ids, remoteRequestsInFlightMax, async id => {
-        if (await this.refreshChunk(id) === 'missing') {
+        const state = await this.relyOn(this.chunkObjectName(id), touches)
+        if (state === 'missing' && await this.refreshLoneChunk(id) === 'missing') {
           throw corrupt(`remote ${this.s3.label}: chunk ${id} vanished during the push (it outlived half the store's grace period while gc ran): run the push again`)
         }
       })
@@ -255,21 +461,12 @@ export class RemoteStore {
     const encoded = encodeManifest(manifest)
     const id = this.key === null ? encoded.id : this.key.manifestId(encoded.bytes)
     const key = this.manifestObjectKey(id)
-    result.id = id
-    result.created = await this.s3.putOnce(key, this.key === null ? encoded.bytes : this.key.seal(sealKindManifest, this.relative(key), encoded.bytes))
-    return result
+    const created = await this.s3.putOnce(key, this.key === null ? encoded.bytes : this.key.seal(sealKindManifest, this.relative(key), encoded.bytes))
+    return { ...result, id, created, blocks: manifest.blocks.length, objectBytesUploaded: this.s3.bytesWritten - bytesWrittenBefore }
   }
 
-  /** Makes sure chunk `id` is stored and recent enough for gc to spare it (see the file comment). */
-  private async ensureChunk (id: string, data: Buffer): Promise<'uploaded' | 'present' | 'touched'> {
-    const state = await this.refreshChunk(id)
-    if (state !== 'missing') return state
-    // 412 means another push stored the very same chunk meanwhile: as good as ours, and just written.
-    await this.s3.putOnce(this.chunkObjectKey(id), this.encodeChunk(id, data))
-    return 'uploaded'
-  }
-
-  private async refreshChunk (id: string): Promise<'present' | 'touched' | 'missing'> {
+  /** A chunk stored alone (stores written before packs; a base manifest may name one): made recent as a pack's index is. */
+  private async refreshLoneChunk (id: string): Promise<'present' | 'touched' | 'missing'> {
     const key = this.chunkObjectKey(id)
     const info = await this.s3.head(key)
     if (info === null) return 'missing'
@@ -305,21 +502,22 @@ export class RemoteStore {
 
   /**
    * The blocks of backup `manifest` (non-zero ones, increasing index), each checked against its id, fetched
-   * `remoteRequestsInFlightMax` at a time and `remoteBatchBlocks` ahead at most. Errors: CORRUPT naming the
-   * backup and the byte range for a damaged or missing chunk; IO from S3.
+   * pullBatchBlocks at a time (the next batch while this one is consumed), each batch's chunks by range
+   * GETs of their packs. Errors: CORRUPT naming the backup and the byte range for a damaged or missing
+   * chunk; IO from S3.
    */
   async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
-    // The next batch is fetched while this one is consumed: two batches in memory.
+    if (this.packs === null) await this.loadPacks()
     const fetch = (start: number): Promise<Buffer[]> => {
-      const fetching = this.fetchBatch(id, manifest, manifest.blocks.slice(start, start + remoteBatchBlocks))
+      const fetching = this.fetchBatch(id, manifest, manifest.blocks.slice(start, start + pullBatchBlocks))
       fetching.catch(() => {}) // awaited below; a consumer that stops early never sees it
       return fetching
     }
     let next = manifest.blocks.length > 0 ? fetch(0) : null
-    for (let start = 0; next !== null; start += remoteBatchBlocks) {
+    for (let start = 0; next !== null; start += pullBatchBlocks) {
       const data = await next
-      next = start + remoteBatchBlocks < manifest.blocks.length ? fetch(start + remoteBatchBlocks) : null
-      const entries = manifest.blocks.slice(start, start + remoteBatchBlocks)
+      next = start + pullBatchBlocks < manifest.blocks.length ? fetch(start + pullBatchBlocks) : null
+      const entries = manifest.blocks.slice(start, start + pullBatchBlocks)
       for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], data: data[i], id: entries[i][1] }
       await hooks.afterBatch?.()
     }
@@ -327,21 +525,22 @@ export class RemoteStore {
 
   /** The blocks of `entries` of backup `id`, each checked (errors as blocks() says). */
   private async fetchBatch (id: string, manifest: Manifest, entries: Array<[number, string]>): Promise<Buffer[]> {
-    const data = new Array<Buffer>(entries.length)
-    await forEachLimited(entries.map((entry, i) => ({ entry, i })), remoteRequestsInFlightMax, async ({ entry: [index, chunk], i }) => {
-      try {
-        data[i] = await this.readChunk(chunk)
-      } catch (err) {
-        if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
+    const fetched = new Map<string, Fetched>()
+    for (const [, chunk] of entries) fetched.set(chunk, {})
+    await this.fetchChunks([...fetched.keys()], 'read', (chunk, result) => { fetched.set(chunk, result) })
+    return entries.map(([index, chunk]) => {
+      const result = fetched.get(chunk) as Fetched
+      if (result.error !== undefined) {
         const { start, length } = blockRange(manifest.size, manifest.blockBytes, index)
-        const why = err.code === 'NOT_FOUND' ? `chunk ${chunk} is missing from the store` : err.message
+        const why = result.error.code === 'NOT_FOUND' ? `chunk ${chunk} is missing from the store` : result.error.message
         throw corrupt(`remote backup ${id} (${manifest.name}): bytes ${start}-${start + length - 1}: ${why}`)
       }
-      if (data[i].length !== manifest.blockBytes) {
-        throw corrupt(`remote backup ${id} (${manifest.name}): block ${index}: chunk ${chunk} holds ${data[i].length} bytes, not the block's length`)
+      const data = result.data as Buffer
+      if (data.length !== manifest.blockBytes) {
+        throw corrupt(`remote backup ${id} (${manifest.name}): block ${index}: chunk ${chunk} holds ${data.length} bytes, not the block's length`)
       }
+      return data
     })
-    return data
   }
 
   /** Removes backup `id`'s manifest (its chunks go at the next gc past the grace period). */
@@ -352,24 +551,12 @@ export class RemoteStore {
   // ---- verify ----
 
   /**
-   * Checks chunk `id` as verify does and returns its block's length. A plain store's chunk is decompressed and
-   * hashed against its id. An encrypted store's is authenticated (the GCM tag covers every byte of the
-   * object and its name, so a flipped byte or a swapped object fails) and its inner header must name the
-   * chunk, but it is not decompressed or hashed: what the tag proves, it does not check twice.
+   * Reads every manifest, every pack index, and every chunk the manifests name (by range GETs of their
+   * packs), and checks each: what is damaged or missing, and where (a damaged index is a problem of its
+   * own, and the chunks only it located are then missing).
    */
-  async checkChunk (id: string): Promise<number> {
-    if (this.key === null) return (await this.readChunk(id)).length
-    const object = await this.s3.get(this.chunkObjectKey(id), chunkObjectBytesMax)
-    if (object === null) throw notFound(`chunk ${id}`)
-    const what = this.chunkWhat(id)
-    const header = decodeChunkHeader(this.unsealChunk(id, object), what)
-    if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
-    return header.rawBytes
-  }
-
-  /** Reads every manifest and every chunk they name, and checks each: what is damaged or missing, and where. */
   async verify (onProgress?: (done: number, total: number) => void): Promise<VerifyReport> {
-    const report: VerifyReport = { backups: 0, chunks: 0, bytes: 0, problems: [] }
+    const report: VerifyReport = { backups: 0, chunks: 0, bytes: 0, packs: 0, problems: [] }
     const users = new Map<string, Array<{ backup: string, name: string, start: number, length: number }>>()
     for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
       const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
@@ -387,34 +574,33 @@ export class RemoteStore {
         users.set(chunk, list)
       }
     }
+    const packs = (await this.loadPacks((_, err) => { report.problems.push({ backup: '', name: '', start: 0, length: 0, chunk: '', problem: err.message }) })).size
     const ids = [...users.keys()]
-    let done = 0
-    await forEachLimited(ids, remoteRequestsInFlightMax, async id => {
-      let problem: string | null = null
-      try {
-        const length = await this.checkChunk(id)
-        report.bytes += length
-      } catch (err) {
-        if (!(err instanceof VdiskError) || (err.code !== 'NOT_FOUND' && err.code !== 'CORRUPT')) throw err
-        problem = err.code === 'NOT_FOUND' ? 'missing' : err.message
-      }
+    const check = (id: string, result: Fetched): void => {
       report.chunks++
-      onProgress?.(++done, ids.length)
-      if (problem === null) return
+      onProgress?.(report.chunks, ids.length)
+      if (result.error === undefined) { report.bytes += result.length as number; return }
+      const problem = result.error.code === 'NOT_FOUND' ? 'missing' : result.error.message
       for (const use of users.get(id) ?? []) report.problems.push({ ...use, chunk: id, problem })
-    })
+    }
+    for (let start = 0; start < ids.length; start += pullBatchBlocks) await this.fetchChunks(ids.slice(start, start + pullBatchBlocks), 'check', check)
     report.problems.sort((a, b) => a.backup.localeCompare(b.backup) || a.start - b.start)
-    return report
+    return { ...report, packs }
   }
 
   // ---- gc ----
 
   /**
-   * Removes the chunks no manifest names that are older than the grace period (see the file comment and
-   * docs/REMOTE.md). A manifest that cannot be read stops gc before it removes anything: nothing is
-   * removed that the whole set of manifests does not prove unreferenced.
+   * Frees what no manifest names, past the grace period (see the file comment and docs/REMOTE.md,
+   * "Garbage collection" and "Repacking", which gives the order of the steps and why a crash anywhere
+   * loses nothing): a pack none of whose chunks is named is removed (its index, then the pack); a sparse
+   * pack has its named chunks copied into new packs (each pack, then its index) and is removed only once
+   * every new index is written; a pack without an index (a push cut off) is removed; chunks stored alone
+   * (stores written before packs) as before. A manifest or an index that cannot be read stops gc before it
+   * removes anything: nothing is removed that the whole set of manifests does not prove unreferenced.
    */
-  async gc (options: { dryRun?: boolean } = {}): Promise<GcReport> {
+  async gc (options: { dryRun?: boolean, hooks?: { afterCopy?: () => Promise<void> } } = {}): Promise<GcReport> {
+    const dryRun = options.dryRun === true
     // T0 on the server's clock: the modification time of an object written now.
     const clockKey = this.prefix + 'gc-clock'
     await this.s3.remove(clockKey)
@@ -422,7 +608,9 @@ export class RemoteStore {
     const clock = await this.s3.head(clockKey)
     if (clock === null) throw new VdiskError('IO', `remote ${this.s3.label}: the gc clock object vanished`)
     const cutoffMs = clock.lastModifiedMs - this.graceMs - remoteClockMarginMs
-    const referenced = new Set<string>()
+    const stop = (err: unknown): VdiskError => new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
+    // Object name -> chunk id (in an encrypted store the names are keyed hashes of the ids).
+    const referenced = new Map<string, string>()
     let manifests = 0
     for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
       const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
@@ -431,28 +619,147 @@ export class RemoteStore {
       let m: Manifest
       try { m = await this.manifest(id) } catch (err) {
         if (err instanceof VdiskError && err.code === 'NOT_FOUND') continue // removed meanwhile (prune)
-        throw new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
+        throw stop(err)
       }
-      // Object names: in an encrypted store, the keyed hashes of the ids.
-      for (const [, chunk] of m.blocks) referenced.add(this.chunkObjectName(chunk))
+      for (const [, chunk] of m.blocks) referenced.set(this.chunkObjectName(chunk), chunk)
     }
-    const report: GcReport = { manifests, chunks: 0, chunksRemoved: 0, bytesRemoved: 0, chunksKeptYoung: 0, dryRun: options.dryRun === true }
-    const doomed: Array<{ key: string, size: number }> = []
+    const report: GcReport = { manifests, chunks: 0, chunksRemoved: 0, bytesRemoved: 0, chunksKeptYoung: 0, packs: 0, packsRemoved: 0, packsRepacked: 0, packsWritten: 0, chunksRepacked: 0, bytesRepacked: 0, orphanPacksRemoved: 0, dryRun }
+    let packs: Map<string, PackInfo>
+    try { packs = await this.loadPacks() } catch (err) { throw stop(err) }
+    report.packs = packs.size
+    const doomed: PackInfo[] = []
+    const sparse: PackInfo[] = []
+    const staying = new Set<string>()
+    for (const pack of packs.values()) {
+      const dead = pack.index.chunks.filter(([name]) => !referenced.has(name))
+      report.chunks += pack.index.chunks.length
+      const deadBytes = dead.reduce((sum, [, , length]) => sum + length, 0)
+      if (dead.length > 0 && pack.indexModifiedMs >= cutoffMs) report.chunksKeptYoung += dead.length
+      if (dead.length === 0 || pack.indexModifiedMs >= cutoffMs || (dead.length < pack.index.chunks.length && deadBytes <= pack.index.packBytes * repackDeadFraction)) {
+        staying.add(pack.id)
+        continue
+      }
+      report.chunksRemoved += dead.length
+      report.bytesRemoved += deadBytes
+      if (dead.length === pack.index.chunks.length) doomed.push(pack); else sparse.push(pack)
+    }
+    // The named chunks of the sparse packs that no staying pack holds too (once each).
+    const inStaying = new Set<string>()
+    for (const id of staying) for (const [name] of (packs.get(id) as PackInfo).index.chunks) inStaying.add(name)
+    const toCopy = new Map<string, string>()
+    for (const pack of sparse) for (const [name] of pack.index.chunks) if (referenced.has(name) && !inStaying.has(name)) toCopy.set(name, referenced.get(name) as string)
+    report.packsRepacked = sparse.length
+    report.chunksRepacked = toCopy.size
+    if (!dryRun && toCopy.size > 0) {
+      // Copy first: every new pack and its index are written before any old pack goes.
+      const writer = new PackWriter(async (body, chunks) => { await this.writePack(body, chunks); report.packsWritten++ })
+      const ids = [...toCopy.values()]
+      try {
+        for (let start = 0; start < ids.length; start += pullBatchBlocks) {
+          const fetched: Array<{ id: string, stored: Buffer }> = []
+          await this.fetchChunks(ids.slice(start, start + pullBatchBlocks), 'check', (id, result) => {
+            if (result.error !== undefined) throw stop(result.error)
+            fetched.push({ id, stored: result.stored as Buffer })
+          })
+          for (const { id, stored } of fetched) {
+            report.bytesRepacked += stored.length
+            await writer.add(this.chunkObjectName(id), stored)
+          }
+        }
+        await writer.finish()
+      } catch (err) {
+        await writer.abandon()
+        throw err instanceof VdiskError && err.message.startsWith('gc stopped') ? err : stop(err)
+      }
+    }
+    // A test hook: a gc cut off here (its copies written, nothing removed) must lose nothing.
+    await options.hooks?.afterCopy?.()
+    // Packs without an index: listed after the indexes were, so a push's pack whose index came since is young.
+    const orphans: Array<{ key: string, size: number }> = []
+    for await (const object of this.s3.list(this.prefix + packsPrefix)) {
+      const id = packIdOfKey(this.prefix, object.key, packsPrefix)
+      if (id === null || packs.has(id) || this.packs?.has(id) === true || object.lastModifiedMs >= cutoffMs) continue
+      orphans.push(object)
+    }
+    if (!dryRun) {
+      await forEachLimited([...doomed, ...sparse], remoteRequestsInFlightMax, async pack => {
+        // The index first: without it the pack is no one's, and a gc cut off here removes it as an orphan.
+        await this.s3.remove(packIndexKey(this.prefix, pack.id))
+        await this.s3.remove(packKey(this.prefix, pack.id))
+      })
+      await forEachLimited(orphans, remoteRequestsInFlightMax, async object => { await this.s3.remove(object.key) })
+    }
+    for (const object of orphans) report.bytesRemoved += object.size
+    // Chunks stored alone (stores written before packs).
+    const lone: Array<{ key: string, size: number }> = []
     for await (const object of this.s3.list(this.prefix + chunksPrefix)) {
       const id = chunkIdOfKey(this.prefix, object.key)
       if (id === null) continue
       report.chunks++
-      if (referenced.has(id)) continue
-      if (object.lastModifiedMs >= cutoffMs) { report.chunksKeptYoung++; continue }
-      doomed.push(object)
+      // Named by a manifest, it stays, unless a staying pack holds it too (readers look in packs first).
+      if (referenced.has(id) && !inStaying.has(id)) continue
+      if (object.lastModifiedMs >= cutoffMs) { if (!referenced.has(id)) report.chunksKeptYoung++; continue }
+      lone.push(object)
     }
-    await forEachLimited(doomed, remoteRequestsInFlightMax, async object => {
-      if (options.dryRun !== true) await this.s3.remove(object.key)
+    await forEachLimited(lone, remoteRequestsInFlightMax, async object => {
+      if (!dryRun) await this.s3.remove(object.key)
       report.chunksRemoved++
       report.bytesRemoved += object.size
     })
-    return report
+    return { ...report, packsRemoved: doomed.length + sparse.length, orphanPacksRemoved: orphans.length }
   }
 }
 
+/**
+ * Gathers chunk objects into packs of packTargetBytes and hands each full one to `write`, up to
+ * packUploadsInFlightMax at once (each held in memory until written). The first failure is thrown by the
+ * next add() or by finish(); abandon() waits for every write under way.
+ */
+class PackWriter {
+  private parts: Buffer[] = []
+  private chunks: Array<[string, number, number]> = []
+  private bytes = 0
+  private readonly writing = new Set<Promise<void>>()
+  private failure: { err: unknown } | null = null
 
+  constructor (private readonly write: (body: Buffer, chunks: Array<[string, number, number]>) => Promise<void>) {}
+
+  async add (name: string, object: Buffer): Promise<void> {
+    this.parts.push(object)
+    this.chunks.push([name, this.bytes, object.length])
+    this.bytes += object.length
+    if (this.bytes >= packTargetBytes) await this.close()
+  }
+
+  /** Starts writing the pack gathered so far (after waiting for a free slot). */
+  private throwIfFailed (): void {
+    if (this.failure !== null) throw this.failure.err
+  }
+
+  private async close (): Promise<void> {
+    this.throwIfFailed()
+    if (this.chunks.length === 0) return
+    const body = Buffer.concat(this.parts, this.bytes)
+    const chunks = this.chunks
+    this.parts = []
+    this.chunks = []
+    this.bytes = 0
+    while (this.writing.size >= packUploadsInFlightMax) await Promise.race(this.writing)
+    this.throwIfFailed()
+    const writing: Promise<void> = this.write(body, chunks)
+      .catch(err => { this.failure ??= { err } })
+      .finally(() => { this.writing.delete(writing) })
+    this.writing.add(writing)
+  }
+
+  /** Writes the last pack and waits for every write: throws the first failure. */
+  async finish (): Promise<void> {
+    await this.close()
+    await Promise.all([...this.writing])
+    this.throwIfFailed()
+  }
+
+  async abandon (): Promise<void> {
+    await Promise.all([...this.writing])
+  }
+}

@@ -1,7 +1,8 @@
 /**
  * Push and pull: the remote store on one side, a mounted pool's export and import streams on the other
- * (src/transfer, the stream format of docs/FORMAT.md). A push decodes the export stream of a backup (full,
- * or since the newest backup of its lineage already in the remote) and stores its blocks; a pull reads a
+ * (src/transfer, the stream format of docs/FORMAT.md). A push takes the blocks of a backup's export (full,
+ * or since the newest backup of its lineage already in the remote) as the daemon sends them, without
+ * encoding them into a stream, and stores them; a pull reads a
  * backup's chunks, each checked against its id, encodes them as a full stream and imports it, so the pool
  * makes the backup appear in one step or not at all.
  */
@@ -9,10 +10,10 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
-import { StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
-import { exportStream, importStream } from '../transfer/client'
+import { StreamEncoder, StreamHeader } from '../transfer/stream'
+import { exportBlocks, importStream } from '../transfer/client'
 import { Manifest } from './remote-format'
-import { Block, PushHooks, PushResult, RemoteStore } from './store'
+import { PushHooks, PushResult, RemoteStore } from './store'
 import { testPause } from './test-pause'
 
 export interface Progress { add: (n: number) => void, total: (n: number) => void }
@@ -36,7 +37,7 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
   if (already !== undefined && !options.full) {
     // Pushed before (by this pool, or pulled from the remote): the store holds it whole already.
     const manifest = await store.manifest(already)
-    return { id: already, created: false, blocks: manifest.blocks.length, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, name, since: null }
+    return { id: already, created: false, blocks: manifest.blocks.length, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, chunkBytesUploaded: 0, objectBytesUploaded: 0, packsUploaded: 0, name, since: null }
   }
   let base: { name: string, manifest: Manifest } | null = null
   if (!options.full && backup.sourceId !== null) {
@@ -55,36 +56,23 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
       if (id !== undefined) { base = { name: candidate.name, manifest: await store.manifest(id) }; break }
     }
   }
-  const exported = exportStream(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
-  const decoder = new StreamDecoder()
-  const piping = pipeline(exported, decoder).catch(err => { decoder.destroy(err as Error) })
+  // The daemon's blocks straight into the store: no stream encoded and decoded in between.
+  const { header, blocks } = await exportBlocks(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
   try {
-    const items = decoder[Symbol.asyncIterator]() as AsyncIterator<StreamItem>
-    const first = await items.next()
-    if (first.done === true || (first.value as StreamItem).kind !== 'header') throw corrupt(`the export stream of backups/${name} has no header`)
-    const header = (first.value as Extract<StreamItem, { kind: 'header' }>).header
-    if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export stream of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
+    if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
     options.progress.total(header.records * header.blockBytes)
-    async function * blocks (): AsyncGenerator<Block> {
-      for (let item = await items.next(); item.done !== true; item = await items.next()) {
-        const value = item.value as StreamItem
-        if (value.kind !== 'block') throw corrupt(`the export stream of backups/${name} has a second header`)
-        yield { index: value.block.index, data: value.block.data }
-      }
-    }
     const hooks: PushHooks = { afterBatch: async () => await testPause('push-batch'), beforeManifest: async () => await testPause('push-manifest') }
-    // The decoder ends only once the trailer checks out, so the manifest (written after the last block)
-    // never names blocks of a stream that turned out damaged.
-    const result = await store.push({ identity: header.uuid, name: header.name, source: backup.sourceLabel ?? '', host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
-      blocks(), { base: base?.manifest, hooks, onProgress: options.progress.add })
-    await piping
+    // The blocks end only after the daemon's end frame and the count its header announced, so the
+    // manifest (written after the last block) never names blocks of an export that failed.
+    // The source's identity and label as the export carries them (docs/TRANSFER.md): a pull hands them to the import.
+    const source = header.source ?? null
+    const result = await store.push({ identity: header.uuid, name: header.name, source: source?.label ?? backup.sourceLabel ?? '', ...(source === null ? {} : { sourceUuid: source.uuid }), host: options.host, created: new Date(header.createdMs).toISOString(), size: header.size, blockBytes: header.blockBytes },
+      blocks, { base: base?.manifest, hooks, onProgress: options.progress.add })
     return { ...result, name, since: base?.name ?? null }
-  } catch (err) {
+  } finally {
     // A failed push must not leave the export running: its socket would keep this process (and the
     // daemon's read of the backup) alive.
-    exported.destroy()
-    decoder.destroy()
-    throw err
+    await blocks.return(undefined)
   }
 }
 
@@ -93,9 +81,13 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
  * is checked against its id before it goes into the stream. Errors: CORRUPT naming the backup and byte
  * range for a damaged or missing chunk, NOT_FOUND, those of the import.
  */
-export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number }> {
+export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number, bytesDownloaded: number, chunkBytesDownloaded: number }> {
+  const bytesReadBefore = store.s3.bytesRead
+  const chunkBytesBefore = store.chunkBytesRead
   const manifest = await store.manifest(id)
-  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length }
+  // The source's identity travels as an import's would: the pool groups the backup with its source's others.
+  const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   progress.total(manifest.blocks.length * manifest.blockBytes)
   let sourceError: unknown = null
   async function * blocks (): AsyncGenerator<{ index: number, data: Buffer, hash: Buffer }> {
@@ -118,5 +110,6 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   }
   await feeding
   if (sourceError !== null) throw sourceError
-  return { id, name, size: manifest.size, blocks: manifest.blocks.length }
+  // Every byte received (manifest, indexes, packs), and the stored size of the chunks in it: what packs cost a pull.
+  return { id, name, size: manifest.size, blocks: manifest.blocks.length, bytesDownloaded: store.s3.bytesRead - bytesReadBefore, chunkBytesDownloaded: store.chunkBytesRead - chunkBytesBefore }
 }

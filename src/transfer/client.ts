@@ -75,6 +75,33 @@ export function exportStream (mountpoint: string, backupKind: VolumeKind, name: 
   return out
 }
 
+/**
+ * The export of backup `name` as the daemon sends it: its header and its blocks, not encoded into a stream
+ * (a push consumes them in this process: encoding, compressing and decoding them again would only cost
+ * CPU). Every block record the header announces comes, then the daemon's end frame; a block whose hash the
+ * daemon gave is the caller's to check. The connection closes when `blocks` ends or is returned early.
+ */
+export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, name: string, options: { since?: string } = {}): Promise<{ header: StreamHeader, blocks: AsyncGenerator<StreamBlock> }> {
+  const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
+  const header = opened.result as StreamHeader
+  const reader = new ByteReader(opened.socket, opened.rest)
+  async function * blocks (): AsyncGenerator<StreamBlock> {
+    try {
+      for (let done = 0; ; done++) {
+        const frame = await readFrame(reader, header.blockBytes)
+        if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection before the export's end`)
+        if (frame.kind === frameEnd) {
+          if (done !== header.records) throw new VdiskError('CORRUPT', `the export of ${name} ended after ${done} of the ${header.records} blocks its header announced`)
+          return
+        }
+        if (done >= header.records) throw new VdiskError('CORRUPT', `the export of ${name} sent more than the ${header.records} blocks its header announced`)
+        yield { index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.hash }
+      }
+    } finally { opened.socket.destroy() }
+  }
+  return { header, blocks: blocks() }
+}
+
 export interface ImportOptions {
   onHeader?: (header: StreamHeader) => void
   onBlock?: (done: number) => void

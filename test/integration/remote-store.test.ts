@@ -10,7 +10,6 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import crypto from 'node:crypto'
 import { Rgw, rgwAccessKey, rgwSecretKey, startRgw } from '../helpers/rgw'
 import { BackupMeta, Block, RemoteStore } from '../../src/remote/store'
-import { chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
 import { VdiskError } from '../../src/errors'
 import { RemoteKey } from '../../src/remote/crypt'
 
@@ -94,49 +93,89 @@ test.serial('an incremental push on top of a base keeps the base blocks it does 
   t.true(blocks[2].data.equals(seeded(3)))
 })
 
-test.serial('an interrupted push leaves no backup, and the next push uploads only what had not arrived', async t => {
+test.serial('an interrupted push leaves no backup, and the next push uploads only what had not arrived in a whole pack', async t => {
   const store = await openStore()
   t.teardown(() => store.close())
-  const { meta, blocks } = volume(Array.from({ length: 600 }, (_, i) => i + 1000))
+  // Random blocks: incompressible, so 256 of them fill a 16 MiB pack.
+  const blocks = Array.from({ length: 700 }, (_, index) => ({ index, data: crypto.randomBytes(blockBytes) }))
+  const meta = { ...volume([]).meta, identity: 'cut', size: 700 * blockBytes }
   async function * cut (): AsyncGenerator<Block> {
-    for (const block of blocks) { if (block.index === 400) throw new Error('cut'); yield block }
+    for (const block of blocks) { if (block.index === 600) throw new Error('cut'); yield block }
   }
   await t.throwsAsync(store.push(meta, cut()), { message: 'cut' })
   t.deepEqual(await store.backups(), [])
   const resumed = await store.push(meta, from(blocks))
-  // The first batch (256 blocks) had been stored before the cut.
-  t.true(resumed.chunksUploaded <= 600 - 256)
-  t.is(resumed.chunksReused + resumed.chunksUploaded, 600)
-  t.is((await readAll(store, resumed.id)).length, 600)
+  // Two packs (512 blocks) were whole, with their indexes, before the cut: not sent again.
+  t.is(resumed.chunksReused, 512)
+  t.is(resumed.chunksUploaded, 700 - 512)
+  t.is(resumed.packsUploaded, 1)
+  const read = await readAll(store, resumed.id)
+  t.true(read.every((block, i) => block.index === i && block.data.equals(blocks[i].data)))
 })
 
-test.serial('a damaged or missing chunk is one error naming the backup and the byte range, and verify reports both', async t => {
-  const store = await openStore()
+/** Flips bit 0 of byte `at` of chunk `chunk`'s object where the store keeps it (in its pack), as a damaged disk would serve it. */
+async function damage (store: RemoteStore, chunk: string, at: (length: number) => number): Promise<string> {
+  await store.loadPacks()
+  const where = store.chunkLocation(chunk)!
+  const client = s3()
+  try {
+    const pack = (await store.s3.get(where.key, 64 * 1024 * 1024))!
+    pack[where.start + at(where.length)] ^= 0x01
+    await client.send(new PutObjectCommand({ Bucket: 'vdiskfs-test', Key: where.key, Body: pack }))
+  } finally { client.destroy() }
+  return where.key.slice(store.s3.prefix.length)
+}
+
+for (const [kind, key] of kinds) {
+test.serial(`${kind}a flipped byte in a pack or a pack gone is one error naming the backup, the byte range, the chunk and its pack, and verify reports each`, async t => {
+  const store = await openStore(3600, key())
   t.teardown(() => store.close())
   const { meta, blocks } = volume([11, 12, 13])
   const { id } = await store.push(meta, from(blocks))
   const manifest = await store.manifest(id)
-  const client = s3()
-  t.teardown(() => client.destroy())
-  // Flip one byte of block 1's chunk (rewritten in place with plain PUT, as a damaged disk would serve it).
-  const key1 = chunkKey(store.s3.prefix, manifest.blocks[1][1])
-  const object = await store.s3.get(key1, chunkObjectBytesMax)
-  object![object!.length - 1] ^= 0xff
-  await client.send(new PutObjectCommand({ Bucket: 'vdiskfs-test', Key: key1, Body: object! }))
+  const chunk = manifest.blocks[1][1]
+  const pack = await damage(store, chunk, length => length - 1)
   const error = await t.throwsAsync(readAll(store, id))
   t.true(error instanceof VdiskError && error.code === 'CORRUPT')
-  t.regex(error!.message, new RegExp(`remote backup ${id} \\(vol\\): bytes 65536-131071: chunk ${manifest.blocks[1][1]}`))
-  await store.s3.remove(chunkKey(store.s3.prefix, manifest.blocks[2][1]))
+  t.regex(error!.message, new RegExp(`^remote backup ${id} \\(vol\\): bytes 65536-131071: chunk ${chunk} \\(.*${pack} bytes \\d+-\\d+\\)`))
   const report = await store.verify()
-  t.is(report.problems.length, 2)
-  t.deepEqual(report.problems.map(p => [p.backup, p.start, p.length]), [[id, 65536, 65536], [id, 131072, 65536]])
-  t.is(report.problems[1].problem, 'missing')
-  const other = volume([14, 15])
-  const otherId = (await store.push(other.meta, from(other.blocks))).id
-  await store.s3.remove(chunkKey(store.s3.prefix, (await store.manifest(otherId)).blocks[1][1]))
-  const missing = await t.throwsAsync(readAll(store, otherId))
-  t.regex(missing!.message, new RegExp(`remote backup ${otherId} \\(vol\\): bytes 65536-131071: chunk [0-9a-f]{64} is missing from the store`))
+  t.is(report.packs, 1)
+  t.deepEqual(report.problems.map(p => [p.backup, p.start, p.length, p.chunk]), [[id, 65536, 65536, chunk]])
+  t.regex(report.problems[0].problem, new RegExp(pack))
+  await store.s3.remove(store.s3.prefix + pack)
+  const missing = await t.throwsAsync(readAll(store, id))
+  t.regex(missing!.message, new RegExp(`remote backup ${id} \\(vol\\): bytes 0-65535: chunk ${manifest.blocks[0][1]} is missing from the store`))
+  t.deepEqual((await store.verify()).problems.map(p => [p.start, p.problem]), [[0, 'missing'], [65536, 'missing'], [131072, 'missing']])
 })
+
+test.serial(`${kind}a store written before packs (one object per chunk) still reads, verifies and collects`, async t => {
+  const store = await openStore(2, key())
+  t.teardown(() => store.close())
+  const old = volume([41, 42, 43])
+  const { id } = await store.push(old.meta, from(old.blocks))
+  // Rewritten as the old layout: each chunk object alone under chunks/ (the same bytes a pack holds), no packs.
+  await store.loadPacks()
+  const manifest = await store.manifest(id)
+  for (const [, chunk] of manifest.blocks) {
+    const where = store.chunkLocation(chunk)!
+    await store.s3.putOnce(store.chunkObjectKey(chunk), (await store.s3.getRange(where.key, where.start, where.length))!)
+  }
+  for await (const object of store.s3.list(store.s3.prefix + 'packs/')) await store.s3.remove(object.key)
+  for await (const object of store.s3.list(store.s3.prefix + 'indexes/')) await store.s3.remove(object.key)
+  await store.loadPacks()
+  t.deepEqual((await readAll(store, id)).map(b => b.data.equals(seeded(41 + b.index))), [true, true, true])
+  t.deepEqual((await store.verify()).problems, [])
+  // A second backup shares two blocks: they go into a pack (a push relies on packs only).
+  const next = volume([41, 42, 44])
+  const pushed = await store.push(next.meta, from(next.blocks))
+  t.is(pushed.chunksUploaded, 3)
+  await store.removeBackup(id)
+  await new Promise(resolve => setTimeout(resolve, 5000))
+  const gc = await store.gc()
+  t.is(gc.chunksRemoved, 3, 'the old chunk objects no manifest names any more')
+  t.deepEqual((await readAll(store, pushed.id)).map(b => b.data.equals(seeded(b.index === 2 ? 44 : 41 + b.index))), [true, true, true])
+})
+}
 
 for (const [kind, key] of kinds) {
 test.serial(`${kind}gc frees unreferenced chunks only past the grace period, never one a manifest names`, async t => {
@@ -155,6 +194,29 @@ test.serial(`${kind}gc frees unreferenced chunks only past the grace period, nev
   t.is(old.chunksRemoved, 1)
   t.is(old.chunks, 3)
   t.is((await readAll(store, keptId)).length, 2)
+  t.deepEqual((await store.verify()).problems, [])
+})
+
+test.serial(`${kind}gc repacks a sparse pack only past the grace period, and a gc cut off after its copies loses nothing: the next one copies nothing again`, async t => {
+  const store = await openStore(2, key())
+  t.teardown(() => store.close())
+  // One pack of 8 blocks: 2 of them are also the second backup's (which uploads nothing), 6 only the first's.
+  const gone = volume([51, 52, 53, 54, 55, 56, 57, 58])
+  const goneId = (await store.push(gone.meta, from(gone.blocks))).id
+  const kept = volume([51, 52])
+  const keptPush = await store.push(kept.meta, from(kept.blocks))
+  t.is(keptPush.chunksUploaded, 0)
+  await store.removeBackup(goneId)
+  const young = await store.gc()
+  t.deepEqual([young.packsRepacked, young.chunksKeptYoung, young.chunksRemoved], [0, 6, 0])
+  await new Promise(resolve => setTimeout(resolve, 5000))
+  await t.throwsAsync(store.gc({ hooks: { afterCopy: async () => { throw new Error('cut') } } }), { message: 'cut' })
+  t.is((await store.loadPacks()).size, 2, 'the copy was written, the sparse pack not yet removed')
+  t.deepEqual((await readAll(store, keptPush.id)).map(b => b.data.equals(seeded(51 + b.index))), [true, true])
+  const again = await store.gc()
+  t.deepEqual([again.packsRepacked, again.chunksRepacked, again.packsWritten, again.packsRemoved, again.chunksRemoved], [1, 0, 0, 1, 6])
+  t.is((await store.loadPacks()).size, 1)
+  t.deepEqual((await readAll(store, keptPush.id)).map(b => b.data.equals(seeded(51 + b.index))), [true, true])
   t.deepEqual((await store.verify()).problems, [])
 })
 

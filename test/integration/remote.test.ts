@@ -15,7 +15,7 @@ import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } fr
 import crypto from 'node:crypto'
 import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
 import { Rgw, rgwSecretKey, startRgw } from '../helpers/rgw'
-import { blake3Hex, chunkKey, chunkObjectBytesMax } from '../../src/remote/remote-format'
+import { blake3Hex } from '../../src/remote/remote-format'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const mib = 1024 * 1024
@@ -179,9 +179,11 @@ test.serial('a damaged or a missing chunk fails the pull with one line naming th
   const store = await RemoteStore.open({ bucket, prefix: 'damage/', endpoint: rgw.endpoint }, 'store')
   t.teardown(() => store.close())
   const chunk = (await store.manifest(id)).blocks.find(entry => entry[0] === 40)![1]
-  const object = (await store.s3.get(chunkKey('damage/', chunk), chunkObjectBytesMax))!
-  object[object.length - 1] ^= 0x01
-  await client.send(new PutObjectCommand({ Bucket: bucket, Key: chunkKey('damage/', chunk), Body: object }))
+  await store.loadPacks()
+  const where = store.chunkLocation(chunk)!
+  const pack = (await store.s3.get(where.key, 64 * mib))!
+  pack[where.start + where.length - 1] ^= 0x01
+  await client.send(new PutObjectCommand({ Bucket: bucket, Key: where.key, Body: pack }))
 
   const pulled = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'copy')
   t.is(pulled.code, 1)
@@ -190,12 +192,14 @@ test.serial('a damaged or a missing chunk fails the pull with one line naming th
   t.false(fs.existsSync(b.image('backups', 'copy.img')))
   const verify = await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')
   t.is(verify.code, 1)
-  t.regex(verify.stdout, new RegExp(`backup ${id} \\(b1.img\\) bytes 2621440-2686975: chunk ${chunk}: `))
+  t.regex(verify.stdout, new RegExp(`backup ${id} \\(b1.img\\) bytes 2621440-2686975: chunk ${chunk}: chunk ${chunk} \\(pack ${where.key.slice('damage/'.length)} bytes ${where.start}-${where.start + where.length - 1}\\): `))
 
-  await store.s3.remove(chunkKey('damage/', chunk))
+  // The pack gone: the first block it held (block 32, the first of the data) is the first missing.
+  await store.s3.remove(where.key)
+  const first = (await store.manifest(id)).blocks.find(entry => entry[0] === 32)![1]
   const missing = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'copy')
   t.is(missing.code, 1)
-  t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} is missing from the store\\n$`))
+  t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2097152-2162687: chunk ${first} is missing from the store\\n$`))
   t.false(fs.existsSync(b.image('backups', 'copy.img')))
 })
 
@@ -213,7 +217,7 @@ test.serial('RGW killed in the middle of a push and of a pull: each fails with o
   await rgw.killRgw()
   push.release()
   const failed = await push.done
-  t.is(failed.code, 1)
+  t.is(failed.code, 1, failed.stdout + failed.stderr)
   t.is(failed.stderr.trim().split('\n').length, 1, failed.stderr)
   t.regex(failed.stderr, /^vdiskfs push: remote store: .*(ECONNREFUSED|ECONNRESET|EPIPE)/)
   await rgw.restartRgw()
@@ -233,6 +237,57 @@ test.serial('RGW killed in the middle of a push and of a pull: each fails with o
   await rgw.restartRgw()
   await ok(t, 'pull', b.mnt, 'store', pushed.id, 'copy')
   await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
+})
+
+test.serial('packs: a push killed after its first pack resumes without sending it again, a second host dedups against the packs, and gc repacks what prune left sparse with every remaining backup pulling back equal', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const grace = 2
+  await addRemote(t, a, 'store', 'packs', grace)
+  await addRemote(t, b, 'store', 'packs', grace)
+  // 512 random blocks: two packs of 256 (random blocks do not compress: 256 fill 16 MiB).
+  const shared = randomFile(files, 'shared', 20)
+  const image = await disk(a, 'web.img', 64, [{ atMiB: 0, file: shared }, { atMiB: 20, file: randomFile(files, 'gone', 12) }])
+  await ok(t, 'backup', image, 'b1')
+
+  // Killed (SIGKILL) once its first pack and that pack's index have landed.
+  const pause = fs.mkdtempSync(path.join(files, 'pause-'))
+  const push = await paused(pause, 'push-batch', 'push', a.image('backups', 'b1.img'), 'store', '--json')
+  children[children.length - 1].kill('SIGKILL')
+  t.not((await push.done).code, 0)
+  t.deepEqual(await json<unknown[]>(t, 'remote', 'ls', a.mnt, 'store'), [], 'no half backup is visible')
+  const b1 = await json<Pushed & { packsUploaded: number }>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  t.true(b1.chunksReused >= 256, `the first pack was not sent again (${b1.chunksReused} reused)`)
+  t.is(b1.chunksReused + b1.chunksUploaded, 512)
+
+  // Another host with the same 20 MiB and 2 MiB of its own sends only its own.
+  const h1Image = await disk(b, 'db.img', 64, [{ atMiB: 0, file: shared }, { atMiB: 30, file: randomFile(files, 'own', 2) }])
+  await ok(t, 'backup', h1Image, 'h1')
+  const h1 = await json<Pushed>(t, 'push', b.image('backups', 'h1.img'), 'store')
+  t.is(h1.chunksReused, 320)
+  t.is(h1.bytesUploaded, 2 * mib)
+
+  // b2: the last 12 MiB of b1 replaced by 4 MiB of new data and zeros. Once b1 is pruned, its second pack
+  // (64 blocks still named, 192 not) is sparse.
+  await run('dd', [`if=${randomFile(files, 'fresh', 4)}`, `of=${image}`, 'bs=1M', 'seek=20', 'conv=notrunc,fsync', 'status=none'])
+  await run('dd', ['if=/dev/zero', `of=${image}`, 'bs=1M', 'seek=24', 'count=8', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b2')
+  const b2 = await json<Pushed>(t, 'push', a.image('backups', 'b2.img'), 'store')
+  t.is(b2.bytesUploaded, 4 * mib)
+  await ok(t, 'remote', 'prune', a.mnt, 'store', '--keep-last', '1', '--match', 'b*')
+  t.deepEqual((await json<Array<{ name: string }>>(t, 'remote', 'ls', a.mnt, 'store')).map(e => e.name).sort(), ['b2.img', 'h1.img'])
+  // (That nothing is repacked within the grace period: remote-store.test.ts.)
+  await new Promise(resolve => setTimeout(resolve, (grace + 3) * 1000))
+  const gc = await json<{ packs: number, packsRepacked: number, packsWritten: number, chunksRepacked: number, packsRemoved: number, chunksRemoved: number }>(t, 'remote', 'gc', a.mnt, 'store')
+  t.deepEqual([gc.packsRepacked, gc.packsWritten, gc.chunksRepacked, gc.packsRemoved, gc.chunksRemoved], [1, 1, 64, 1, 192])
+  await ok(t, 'pull', b.mnt, 'store', b2.id, 'b2-copy')
+  await run('cmp', [a.image('backups', 'b2.img'), b.image('backups', 'b2-copy.img')])
+  await ok(t, 'pull', a.mnt, 'store', h1.id, 'h1-copy')
+  await run('cmp', [b.image('backups', 'h1.img'), a.image('backups', 'h1-copy.img')])
+  t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')).code, 0)
+  const again = await json<{ packsRepacked: number, chunksRemoved: number }>(t, 'remote', 'gc', a.mnt, 'store')
+  t.deepEqual([again.packsRepacked, again.chunksRemoved], [0, 0])
 })
 
 test.serial('remote prune keeps by the keep-rules; remote gc run while another host waits before its manifest spares the old chunks that push reuses, and frees the rest past the grace period', async t => {
@@ -279,6 +334,37 @@ test.serial('remote prune keeps by the keep-rules; remote gc run while another h
   const ids = (await json<Array<{ id: string, name: string }>>(t, 'remote', 'ls', a.mnt, 'store'))
   t.deepEqual(ids.map(e => e.name).sort(), ['b2.img', 'h1.img'], '--match limits prune to the names it matches')
   t.is((await vd(rgw.env, 'remote', 'verify', a.mnt, 'store')).code, 0)
+})
+
+test.serial('a backup pulled from a remote keeps its source identity: on a host that only pulls, prune --keep-last 1 prunes within each source', async t => {
+  const sender = await withMount(t)
+  const receiver = await withMount(t)
+  await addRemote(t, sender, 'store', 'sources')
+  await addRemote(t, receiver, 'store', 'sources')
+  const disks = ['vm1', 'vm2'].map(name => sender.image('disks', `${name}.img`))
+  for (const disk of disks) { fs.writeFileSync(disk, ''); fs.truncateSync(disk, mib) }
+  // Interleaved in time: vm1-1, vm2-1, vm1-2, vm2-2; each pushed and pulled.
+  for (const i of [1, 2]) {
+    for (const [d, disk] of disks.entries()) {
+      const fd = fs.openSync(disk, 'r+')
+      fs.writeSync(fd, crypto.randomBytes(65536), 0, 65536, 0)
+      fs.closeSync(fd)
+      const name = `vm${d + 1}-${i}`
+      await ok(t, 'backup', disk, name)
+      const { id } = await json<Pushed>(t, 'push', sender.image('backups', `${name}.img`), 'store')
+      await ok(t, 'pull', receiver.mnt, 'store', id, name)
+    }
+  }
+  type Decisions = { backups: Array<{ name: string, group: string, keep: boolean }> }
+  const decide = async (mnt: string): Promise<string[]> => {
+    const result = await json<Decisions>(t, 'prune', mnt, '--keep-last', '1', '--dry-run')
+    return result.backups.map(b => `${b.name}:${b.group}:${b.keep ? 'keep' : 'remove'}`).sort()
+  }
+  const expected = ['vm1-1.img:disk vm1.img:remove', 'vm1-2.img:disk vm1.img:keep', 'vm2-1.img:disk vm2.img:remove', 'vm2-2.img:disk vm2.img:keep']
+  t.deepEqual(await decide(sender.mnt), expected)
+  t.deepEqual(await decide(receiver.mnt), expected)
+  await ok(t, 'prune', receiver.mnt, '--keep-last', '1')
+  t.deepEqual(fs.readdirSync(path.join(receiver.mnt, 'backups')).sort(), ['vm1-2.img', 'vm2-2.img'])
 })
 
 // ---- issue #22: encrypted stores ----
@@ -340,7 +426,7 @@ test.serial('an encrypted remote: key create makes a 0600 key with a fingerprint
   t.is(pushed.chunksUploaded, 8 * mib / 65536)
 
   const objects = await everyObject(rawClient(t), 'sealed/')
-  t.true(objects.length > 8 * mib / 65536, `${objects.length} objects`)
+  t.true(objects.some(o => /^sealed\/packs\/[0-9a-f]{32}$/.test(o.key)) && objects.some(o => /^sealed\/indexes\/[0-9a-f]{32}$/.test(o.key)), 'the chunks are in packs, each with its index')
   const firstBlockId = blake3Hex(fs.readFileSync(base).subarray(0, 65536))
   for (const { key, body } of objects) {
     t.false(key.includes(marker), key)
@@ -369,7 +455,7 @@ test.serial('an encrypted remote: key create makes a 0600 key with a fingerprint
   // The check above can fail: the same backup pushed to the plain store leaves the marker in its objects.
   await ok(t, 'push', a.image('backups', `${marker}-b1.img`), 'plain')
   const plainObjects = await everyObject(rawClient(t), 'plain-store/')
-  t.true(plainObjects.some(o => o.body.indexOf(marker) >= 0) && plainObjects.some(o => o.key.includes(firstBlockId)), 'a plain store shows the marker and the chunk ids')
+  t.true(plainObjects.some(o => o.body.indexOf(marker) >= 0) && plainObjects.some(o => o.body.indexOf(firstBlockId) >= 0), 'a plain store shows the marker and the chunk ids')
 
   // With a copy of the key: B pulls A's backup, and pushes a similar image sending only its own blocks.
   const copy = path.join(files, 'copy.key')
@@ -408,41 +494,58 @@ test.serial('an encrypted remote: a flipped byte in a chunk or a manifest, or a 
   await ok(t, 'backup', image, 'b1')
   const { id } = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'vault')
   const client = rawClient(t)
-  const objects = await everyObject(client, 'sealed-damage/chunks/')
-  t.is(objects.length, 32)
   const { RemoteStore } = await import('../../src/remote/store')
   const { readKeyFile } = await import('../../src/remote/crypt')
   process.env.AWS_ACCESS_KEY_ID = rgw.env.AWS_ACCESS_KEY_ID
   process.env.AWS_SECRET_ACCESS_KEY = rgwSecretKey
   const store = await RemoteStore.open({ bucket, prefix: 'sealed-damage/', endpoint: rgw.endpoint }, 'vault', { key: readKeyFile(keyFile) })
   t.teardown(() => store.close())
+  t.is((await store.loadPacks()).size, 1)
   // Block 40 (bytes 2621440-2686975) is inside the data.
-  const chunk = (await store.manifest(id)).blocks.find(entry => entry[0] === 40)![1]
-  const key = store.chunkObjectKey(chunk)
-  const original = objects.find(o => o.key === key)!.body
+  const blocks = (await store.manifest(id)).blocks
+  const chunk = blocks.find(entry => entry[0] === 40)![1]
+  const where = store.chunkLocation(chunk)!
+  const original = (await everyObject(client, where.key))[0].body
   const put = async (k: string, body: Buffer): Promise<void> => { await client.send(new PutObjectCommand({ Bucket: bucket, Key: k, Body: body })) }
 
   const flipped = Buffer.from(original)
-  flipped[Math.floor(flipped.length / 2)] ^= 0x01
-  await put(key, flipped)
-  const object = key.slice('sealed-damage/'.length)
+  flipped[where.start + Math.floor(where.length / 2)] ^= 0x01
+  await put(where.key, flipped)
+  const object = store.chunkObjectKey(chunk).slice('sealed-damage/'.length)
+  const inPack = `${where.key.slice('sealed-damage/'.length)} bytes ${where.start}-${where.start + where.length - 1}`
   const pulled = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
   t.is(pulled.code, 1)
-  t.is(pulled.stderr, `vdiskfs pull: remote backup ${id} (b1.img): bytes 2621440-2686975: chunk ${chunk} (object ${object}): damaged or not this store's (it fails authentication with the store's key)\n`)
+  t.is(pulled.stderr, `vdiskfs pull: remote backup ${id} (b1.img): bytes 2621440-2686975: chunk ${chunk} (object ${object} in pack ${inPack}): damaged or not this store's (it fails authentication with the store's key)\n`)
   t.false(fs.existsSync(b.image('backups', 'copy.img')))
   const verify = await vd(rgw.env, 'remote', 'verify', a.mnt, 'vault', '--json')
   t.is(verify.code, 1)
   const report = JSON.parse(verify.stdout) as { chunks: number, problems: Array<{ backup: string, start: number, chunk: string, problem: string }> }
   t.is(report.chunks, 32)
   t.deepEqual(report.problems.map(p => [p.backup, p.start, p.chunk]), [[id, 2621440, chunk]])
-  t.regex(report.problems[0].problem, new RegExp(`\\(object ${object}\\): damaged`))
+  t.regex(report.problems[0].problem, new RegExp(`\\(object ${object} in pack ${inPack}\\): damaged`))
 
-  // Another chunk's (valid) object copied under this name: its name is bound in, so it fails too.
-  await put(key, objects.find(o => o.key !== key)!.body)
+  // Another chunk's (valid) sealed object copied over this one's bytes in the pack (random blocks: the same length): its name is bound in, so it fails too.
+  const another = store.chunkLocation(blocks.find(entry => entry[0] === 41)![1])!
+  t.is(another.length, where.length)
+  const swappedPack = Buffer.from(original)
+  original.copy(swappedPack, where.start, another.start, another.start + another.length)
+  await put(where.key, swappedPack)
   const swapped = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
   t.is(swapped.code, 1)
-  t.regex(swapped.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} \\(object ${object}\\): damaged or not this store's`))
-  await put(key, original)
+  t.regex(swapped.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} \\(object ${object} in pack .*\\): damaged or not this store's`))
+  await put(where.key, original)
+
+  // A flipped byte in the pack's index (sealed too).
+  const indexKey = `sealed-damage/indexes/${where.key.slice('sealed-damage/packs/'.length)}`
+  const index = (await everyObject(client, indexKey))[0].body
+  const badIndex = Buffer.from(index)
+  badIndex[badIndex.length - 20] ^= 0x04
+  await put(indexKey, badIndex)
+  const noIndex = await vd(rgw.env, 'pull', b.mnt, 'vault', id, 'copy')
+  t.is(noIndex.code, 1)
+  t.is(noIndex.stderr, `vdiskfs pull: remote vault: pack index ${indexKey.slice('sealed-damage/'.length)}: damaged or not this store's (it fails authentication with the store's key)\n`)
+  t.false(fs.existsSync(b.image('backups', 'copy.img')))
+  await put(indexKey, index)
 
   // A flipped byte in the manifest.
   const manifestKey = `sealed-damage/manifests/${id}.enc`

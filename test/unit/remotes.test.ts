@@ -9,7 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { addRemote, findRemote, makeDefinition, readRemotes, remotesFile, removeRemote } from '../../src/remote/remotes'
 import { parseS3Url } from '../../src/remote/s3-store'
-import { blake3Hex, chunkIdOfKey, chunkKey, decodeChunkHeader, decodeManifest, encodeChunkHeader, encodeManifest, manifestFormat, manifestVersion } from '../../src/remote/remote-format'
+import { blake3Hex, chunkIdOfKey, chunkKey, decodeChunkHeader, decodeManifest, decodePackIndex, encodeChunkHeader, encodeManifest, encodePackIndex, manifestFormat, manifestVersion, packIdOfKey } from '../../src/remote/remote-format'
 import { VdiskError } from '../../src/errors'
 
 function poolDir (t: { teardown: (f: () => void) => void }): string {
@@ -72,4 +72,29 @@ test('chunk headers and manifests refuse what is damaged', t => {
   t.throws(() => decodeManifest(manifestId, flipped), { message: /damaged/ })
   const outOfRange = encodeManifest({ format: manifestFormat, version: manifestVersion, identity: 'u', name: 'b', source: 's', host: 'h', created: 'c', size: 65536, blockBytes: 65536, blocks: [[1, id]] })
   t.throws(() => decodeManifest(outOfRange.id, outOfRange.bytes), { message: /invalid block list entry/ })
+})
+
+test('pack indexes refuse what does not tile their pack, and manifests a malformed source identity', t => {
+  const pack = 'ab'.repeat(16)
+  const name = (c: string): string => c.repeat(64)
+  const good = encodePackIndex(pack, 300, [[name('a'), 0, 100], [name('b'), 100, 200]])
+  t.deepEqual(decodePackIndex(pack, good, 'index').chunks.map(c => c[1]), [0, 100])
+  const bad = (chunks: Array<[string, number, number]>, bytes = 300, id = pack): void => {
+    t.throws(() => decodePackIndex(pack, encodePackIndex(id, bytes, chunks), 'index'), { instanceOf: VdiskError, message: /^index: / })
+  }
+  bad([[name('a'), 0, 100], [name('b'), 150, 150]]) // a gap
+  bad([[name('a'), 0, 100], [name('b'), 50, 250]]) // an overlap
+  bad([[name('a'), 0, 100], [name('b'), 100, 100]]) // short of the pack
+  bad([[name('a'), 0, 300]], 300, 'cd'.repeat(16)) // another pack's
+  bad([['A'.repeat(64), 0, 300]]) // not a name
+  bad([[name('a'), 0, 300]], 64 * 1024 * 1024) // past a pack's length
+  t.throws(() => decodePackIndex(pack, Buffer.from('{"format":"x"}'), 'index'), { message: /not a vdiskfs pack index/ })
+  t.is(packIdOfKey('p/', `p/packs/${pack}`, 'packs/'), pack)
+  t.is(packIdOfKey('p/', `p/indexes/${pack}`, 'packs/'), null)
+  t.is(packIdOfKey('p/', `p/packs/${pack}x`, 'packs/'), null)
+  const manifest = { format: manifestFormat, version: manifestVersion, identity: 'i', name: 'n', source: 's', host: 'h', created: 'c', size: 0, blockBytes: 65536, blocks: [] }
+  const withSource = encodeManifest({ ...manifest, sourceUuid: '0b6e8a52-7f3c-4d2e-9a1b-2c3d4e5f6a7b' })
+  t.is(decodeManifest(withSource.id, withSource.bytes).sourceUuid, '0b6e8a52-7f3c-4d2e-9a1b-2c3d4e5f6a7b')
+  const malformed = encodeManifest({ ...manifest, sourceUuid: 'not a uuid' })
+  t.throws(() => decodeManifest(malformed.id, malformed.bytes), { message: /invalid source identity/ })
 })
