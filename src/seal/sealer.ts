@@ -18,8 +18,7 @@ import { chunkEntry, entryChunkId, entryKind, entryKindChunk } from '../format/m
 import { extentSectorBytes, sumOffset } from '../format/extent-format'
 import { sealBatchBlocks, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
-import { forEachLimited } from '../limited'
-import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
+import { IngestInput } from '../chunk/ingest'
 
 export interface SealReport {
   extentsSealed: number
@@ -115,75 +114,49 @@ export class Sealer {
       extent = await pool.extents.pin(extent)
       const pinned = extent
       const extentFile = pool.extents.file(extentId)
-      const workers = pool.workers
+      const ingest = pool.ingest
       const partial = pool.extents.partialSlots(extentId, slots)
       const whole = slots.filter(slot => !partial.has(slot))
       const merged = slots.filter(slot => partial.has(slot))
       const batches: Array<{ slots: number[], partial: boolean }> = []
       for (let i = 0; i < whole.length; i += sealBatchBlocks) batches.push({ slots: whole.slice(i, i + sealBatchBlocks), partial: false })
       for (let i = 0; i < merged.length; i += sealBatchBlocks) batches.push({ slots: merged.slice(i, i + sealBatchBlocks), partial: true })
-      // Keep every worker busy: a few batches in flight, bounded by the slab's slots.
-      const inFlight = Math.max(2, workers.threads * 2)
       const runBatch = async ({ slots: batch, partial: merging }: { slots: number[], partial: boolean }): Promise<void> => {
-        const slabSlots = await workers.slots.acquireMany(batch.length)
-        try {
-          if (merging) {
-            for (let i = 0; i < batch.length; i++) {
-              const block = await this.mergedBlock(pinned, batch[i], partial.get(batch[i]) ?? null)
-              const at = inputOffset(workers.config, slabSlots[i])
-              block.copy(workers.slab, at)
+        // The worker reads whole slots from the extent itself: the main thread only hands out numbers.
+        // A partial slot is merged with the chunk under it on the main thread, into the slab.
+        const input: IngestInput = merging
+          ? { count: batch.length, fill: async (i, region) => { (await this.mergedBlock(pinned, batch[i], partial.get(batch[i]) ?? null)).copy(region) } }
+          : {
+              count: batch.length,
+              source: {
+                fd: pinned.fd,
+                file: extentFile,
+                offsets: batch.map(slot => pool.extents.slotPosition(extent, slot)),
+                // The worker checks every sector against the extent's table before it hashes the block.
+                sums: checked ? batch.map(slot => sumOffset(slot, 0, blockBytes)) : undefined
+              }
             }
-          }
-          // The worker reads whole slots from the extent itself: the main thread only hands out numbers.
-          const result = merging ? await workers.seal({ slots: slabSlots, length: blockBytes }) : await workers.seal({ slots: slabSlots, length: blockBytes, source: {
-              fd: pinned.fd,
-              file: extentFile,
-              offsets: batch.map(slot => pool.extents.slotPosition(extent, slot)),
-              // The worker checks every sector against the extent's table before it hashes the block.
-              sums: checked ? batch.map(slot => sumOffset(slot, 0, blockBytes)) : undefined
-            }
-          })
-          if (result.error !== undefined) throw new Error(`seal worker: ${result.error}`)
-          for (let i = 0; i < batch.length; i++) {
-            const outcome = result.blocks[i]
-            report.blocksSealed++
-            report.rawBytes += blockBytes
-            if (outcome.zero) { mapping.set(batch[i], 0); report.zeroBlocks++; continue }
-            const hashAt = hashOffset(workers.config, slabSlots[i])
-            const hash = Buffer.from(workers.slab.subarray(hashAt, hashAt + hashBytes))
-            const payload = outcome.compressedBytes > 0
-              ? workers.slab.subarray(outputOffset(workers.config, slabSlots[i]), outputOffset(workers.config, slabSlots[i]) + outcome.compressedBytes)
-              : workers.slab.subarray(inputOffset(workers.config, slabSlots[i]), inputOffset(workers.config, slabSlots[i]) + blockBytes)
-            pool.claimSpace(payload.length)
-            const { row, isNew } = await pool.chunks.store(hash, payload, blockBytes, outcome.compressedBytes > 0)
-            mapping.set(batch[i], chunkEntry(row.id))
-            if (!isNew) { report.dedupedBlocks++; continue }
-            report.newChunks++
-            report.storedBytes += row.storedBytes
-          }
-        } finally {
-          for (const s of slabSlots) workers.slots.release(s)
-        }
+        const outcomes = await ingest.batch(input, 'seal worker')
+        outcomes.forEach((outcome, i) => {
+          report.blocksSealed++
+          report.rawBytes += blockBytes
+          if (outcome.zero) { mapping.set(batch[i], 0); report.zeroBlocks++; return }
+          mapping.set(batch[i], chunkEntry(outcome.chunkId))
+          if (!outcome.isNew) { report.dedupedBlocks++; return }
+          report.newChunks++
+          report.storedBytes += outcome.storedBytes
+        })
       }
       // A failure (or a close) stops every lane from taking another batch; the pass then waits for
-      // the batches in flight to settle before it indexes or abandons what they stored.
-      let stop: unknown = null
+      // the batches in flight to settle; what they stored is indexed (or, on a failure, abandoned).
       try {
-        await forEachLimited(batches, inFlight, async batch => {
+        await ingest.run(batches, async batch => {
           if (pool.closing) throw new Cancelled()
           await runBatch(batch)
         })
-      } catch (err) {
-        stop = err
       } finally {
         pool.extents.unpin(pinned)
       }
-      if (stop !== null) {
-        // What was stored is indexed if it can be made durable (harmless garbage for gc), else forgotten.
-        await pool.chunks.index().catch(() => {})
-        throw stop
-      }
-      await pool.chunks.index()
       if (pool.closing) throw new Cancelled()
       pool.repoint(extentId, mapping)
     }

@@ -19,6 +19,7 @@ import { Catalog, VolumeKind } from '../catalog/catalog'
 import { CatalogLog } from '../catalog/catalog-log'
 import { ChunkStore } from '../chunk/chunk-store'
 import { WorkerPool } from '../chunk/worker-pool'
+import { Ingest } from '../chunk/ingest'
 import { ExtentStore } from '../extent/delta-extent'
 import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-format'
 import { assertLimits, packLiveFractionMin } from '../limits'
@@ -97,6 +98,8 @@ export class Pool {
   get extents (): ExtentStore { return this.state.extents }
   get chunks (): ChunkStore { return this.state.chunks }
   get workers (): WorkerPool { return this.state.workers }
+  /** The one way blocks become chunks (chunk/ingest.ts). */
+  get ingest (): Ingest { return this.state.ingest }
   get pageStore (): PageStore { return this.state.pages }
   /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
   get catalogLog (): CatalogLog { return this.state.catalogLog }
