@@ -32,6 +32,7 @@ import {
 } from '../format/map-format'
 import { pageBytes, pageEntries, verifyBatchChunks } from '../limits'
 import { VdiskError } from '../errors'
+import { underSlot } from './references'
 import { Pool } from './pool'
 import { BlockMap } from '../map/block-map'
 import { VerifyReport, extentOwner, verifyPool } from './verify'
@@ -176,14 +177,10 @@ export async function repairPool (dir: string): Promise<RepairReport> {
       if (volume.activeExtentId !== null && !goodExtents.has(volume.activeExtentId)) { volume.activeExtentId = null; volume.rowDirty = true }
     }
     // A partial slot needs the chunk under it (issue #10): that chunk is referenced too.
-    const baseOf = (entry: number): number | null => {
-      const base = pool.extents.baseOf(entryExtentId(entry), entrySlot(entry))
-      return base === undefined ? 0 : base
-    }
     for (const entry of deltaEntries) {
       if (!goodExtents.has(entryExtentId(entry))) continue
-      const base = baseOf(entry)
-      if (base !== null && base !== 0 && entryKind(base) === entryKindChunk) referenced.add(entryChunkId(base))
+      const under = underSlot(pool.extents, entry)
+      if (under.kind === 'chunk') referenced.add(under.chunkId)
     }
     // 5. Packs (and packs in quarantine/): rebuild the chunk index from their records. A record the
     //    maps reference is indexed; one nobody references is left as it is, unindexed: the catalog
@@ -290,8 +287,9 @@ export async function repairPool (dir: string): Promise<RepairReport> {
     const liveChunks = new Set(catalog.chunkIds())
     /** A partial slot whose base entry is damaged, or whose chunk is gone, cannot be read whole. */
     const baseIsLive = (entry: number): boolean => {
-      const base = baseOf(entry)
-      return base === 0 || (base !== null && entryKind(base) === entryKindChunk && liveChunks.has(entryChunkId(base)))
+      // A base table that was not loaded reads as a whole slot here (repair's reading since issue #10).
+      const under = underSlot(pool.extents, entry)
+      return under.kind === 'whole' || under.kind === 'unloaded' || (under.kind === 'chunk' && liveChunks.has(under.chunkId))
     }
     // 7. Maps: a page that is gone becomes a page of lost entries; in a damaged page, a group of
     //    entries that fails its checksum is taken from another page that provably held the same bytes

@@ -9,7 +9,8 @@
  *
  * A report scans every map once (one pass over the pages). It is cached until the pool changes.
  */
-import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../format/map-format'
+import { chunkEntry, entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
+import { forEachReference } from './references'
 import { Page } from '../map/page-store'
 import { Pool } from './pool'
 import { Volume } from './volume'
@@ -67,15 +68,13 @@ export class SpaceAccounting {
     const generation = this.pool.generation
     if (this.cached !== null && this.cached.generation === generation) return this.cached
     const size = this.pool.sizeOf
-    const volumes = this.pool.list()
     const extents = this.pool.extents
+    const volumes = this.pool.list()
     /** Every stored location a volume reads: its map entries, and the chunks under its partial slots. */
     const locations = (volume: Volume, visit: (entry: number) => void): void => {
-      volume.map.forEachEntry((_block, entry) => {
+      forEachReference(volume.map, extents, (_block, entry, under) => {
         visit(entry)
-        if (entryKind(entry) !== entryKindDelta) return
-        const base = extents.baseOf(entryExtentId(entry), entrySlot(entry))
-        if (base !== undefined && base !== null && base !== 0) visit(base)
+        if (under?.kind === 'chunk') visit(chunkEntry(under.chunkId))
       })
     }
     // Which volumes reference each stored location (map entry value).

@@ -12,6 +12,7 @@ import { scanPack } from '../chunk/pack-scan'
 import { catalogLogFile, extentsDir, packsDir, quarantineDir } from '../format/pool-format'
 import { replayCatalogLog } from '../catalog/catalog-log'
 import { extentHeaderFields, extentMagic } from '../format/extent-format'
+import { underSlot } from './references'
 import { Pool } from './pool'
 import { Volume } from './volume'
 
@@ -85,12 +86,11 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
             if (why !== null) mark(volume, block, why)
             // A partial slot reads its unwritten sectors from the chunk under it: that chunk is checked
             // below with the others, and this block named if it is damaged or missing.
-            const base = pool.extents.baseOf(extentId, entrySlot(entry))
-            if (base === null) mark(volume, block, `delta extent ${extentId} slot ${entrySlot(entry)}: its base entry fails its check`)
-            else if (base !== undefined && base !== 0) {
-              const id = entryChunkId(base)
-              let list = users.get(id)
-              if (list === undefined) users.set(id, list = [])
+            const under = underSlot(pool.extents, entry)
+            if (under.kind === 'damaged') mark(volume, block, `delta extent ${extentId} slot ${entrySlot(entry)}: its base entry fails its check`)
+            else if (under.kind === 'chunk') {
+              let list = users.get(under.chunkId)
+              if (list === undefined) users.set(under.chunkId, list = [])
               list.push({ volume, block })
             }
           }
