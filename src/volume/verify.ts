@@ -9,7 +9,7 @@ import { pageEntries, verifyBatchChunks } from '../limits'
 import fs from 'node:fs'
 import path from 'node:path'
 import { scanPack } from '../chunk/pack-scan'
-import { catalogLogFile, extentsDir, packsDir, quarantineDir } from '../format/pool-format'
+import { catalogLogFile, extentIdOfFile, extentsDir, packIdOfFile, packsDir, quarantineDir, quarantinedKind } from '../format/pool-format'
 import { replayCatalogLog } from '../catalog/catalog-log'
 import { extentHeaderFields, extentMagic } from '../format/extent-format'
 import { underSlot } from './references'
@@ -175,10 +175,10 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
   const files: Array<{ file: string, registered: boolean, quarantined: boolean }> = []
   const list = (dir: string) => { try { return fs.readdirSync(path.join(pool.dir, dir)) } catch { return [] } }
   for (const name of list(packsDir)) {
-    const id = /^(\d+)\.pack$/.exec(name)
-    if (id !== null) files.push({ file: path.join(pool.dir, packsDir, name), registered: registered.has(Number(id[1])), quarantined: false })
+    const id = packIdOfFile(name)
+    if (id !== null) files.push({ file: path.join(pool.dir, packsDir, name), registered: registered.has(id), quarantined: false })
   }
-  for (const name of list(quarantineDir)) if (name.endsWith('.pack')) files.push({ file: path.join(pool.dir, quarantineDir, name), registered: false, quarantined: true })
+  for (const name of list(quarantineDir)) if (quarantinedKind(name) === 'pack') files.push({ file: path.join(pool.dir, quarantineDir, name), registered: false, quarantined: true })
   let records = 0
   let inQuarantine = 0
   const packs = new Set<string>()
@@ -186,7 +186,7 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
     let scan
     try { scan = await scanPack(file) } catch (err) { report.problems.push(`${path.relative(pool.dir, file)}: ${(err as Error).message}`); continue }
     if (scan.packId === null) { report.problems.push(`${path.relative(pool.dir, file)}: ${scan.stopped ?? 'unreadable'}`); continue }
-    const known = registered && scan.packId === Number(/^(\d+)\.pack$/.exec(path.basename(file))?.[1])
+    const known = registered && scan.packId === packIdOfFile(path.basename(file))
     for (const record of scan.records) {
       if (pool.inspection.recordFate(record, known, high) !== 'unaccounted') continue
       records++
@@ -203,12 +203,12 @@ async function checkPoolFiles (pool: Pool, report: VerifyReport): Promise<void> 
   // sealing delete the row, then the file); one whose writer the catalog does not know is damage.
   const volumes = new Set(pool.inspection.committedVolumeIds())
   const strays = list(extentsDir).filter(name => {
-    const id = /^(\d+)\.dx$/.exec(name)
-    if (id === null || extents.has(Number(id[1]))) return false
+    const id = extentIdOfFile(name)
+    if (id === null || extents.has(id)) return false
     const owner = extentOwner(path.join(pool.dir, extentsDir, name))
     return owner === null || !volumes.has(owner)
   })
-  const quarantinedExtents = list(quarantineDir).filter(name => name.endsWith('.dx'))
+  const quarantinedExtents = list(quarantineDir).filter(name => quarantinedKind(name) === 'extent')
   await checkCatalogLog(pool, report)
   if (strays.length + quarantinedExtents.length > 0) {
     report.problems.push(`${strays.length + quarantinedExtents.length} delta extent files the catalog does not know (${[...strays.map(n => `${extentsDir}/${n}`), ...quarantinedExtents.map(n => `${quarantineDir}/${n}`)].slice(0, 4).join(', ')})`)
