@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { invalid, notFound } from '../errors'
 import { statusSpaceStaleMs } from '../limits'
-import { volumeFacts } from '../volume/facts'
+import { volumeFacts } from '../inspect/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
@@ -72,7 +72,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         operations,
         unsealedBytes: unsealed.bytes,
         unsealedAsOfMs: unsealed.atMs,
-        chunkCache: pool.chunks.cacheStats(),
+        chunkCache: pool.chunkCacheStats(),
         writes: inlineWriteStats(),
         jobs,
         lastErrors: recentErrors()

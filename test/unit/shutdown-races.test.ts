@@ -14,6 +14,7 @@ import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { FileIo, nodeFileIo } from '../../src/io/file-io'
 import { extentFdsMax, workerQueueMax } from '../../src/limits'
+import { storesOf } from '../helpers/stores'
 
 /** The pool's filesystem filling up: a write to a pack fails with ENOSPC once packBytesMax bytes went to packs. */
 class FillingIo implements FileIo {
@@ -80,7 +81,7 @@ test.serial('close while a seal pass is writing packs keeps every committed byte
   const sealer = new Sealer(pool, () => {})
   const sealing = sealer.sealPending(true).catch(err => err)
   // Let the pass get going (packs are being written), then close under it.
-  while (sealer.progress.total === 0 || pool.chunks.pendingCount() < 50) await new Promise(resolve => setImmediate(resolve))
+  while (sealer.progress.total === 0 || storesOf(pool).chunks.pendingCount() < 50) await new Promise(resolve => setImmediate(resolve))
   await pool.close()
   await sealing
   pool = Pool.open(dir, { workers: 1 })
@@ -187,7 +188,7 @@ test.serial('extent descriptors stay bounded however many extents are read', asy
     for (let round = 0; round < 2; round++) {
       for (let i = 0; i < count; i++) t.true((await readAll(pool, 'backup', `b${i}.img`, blockBytes)).equals(datas[i]))
     }
-    t.true(pool.extents.openCount <= extentFdsMax, `${pool.extents.openCount} extent descriptors open`)
+    t.true(storesOf(pool).extents.openCount <= extentFdsMax, `${storesOf(pool).extents.openCount} extent descriptors open`)
   } finally {
     await pool.close()
   }
