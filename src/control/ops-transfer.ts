@@ -6,8 +6,7 @@
  * back-pressure in both directions.
  */
 import net from 'node:net'
-import { VolumeKind } from '../catalog/catalog'
-import { VdiskError, invalid, notFound } from '../errors'
+import { VdiskError, invalid } from '../errors'
 import { ChangedSet } from '../map/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
@@ -16,7 +15,7 @@ import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks 
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
 import { Volume } from '../volume/volume'
-import { Handler, HandlerContext, StreamHandler } from './server'
+import { Handler, HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
 
 function replyLine (result: unknown): Buffer { return Buffer.from(JSON.stringify({ id: 1, ok: true, result }) + '\n') }
 function errorLine (err: unknown): Buffer {
@@ -31,26 +30,20 @@ function streamOnly (stream: StreamHandler): Handler {
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-export function transferHandlers ({ pool, log, metrics }: HandlerContext): Record<string, Handler> {
+export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
   /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
   const sourceLabelOf = (volume: Volume): string => {
     const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
     return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
-  }
-  const volumeOf = (kind: unknown, name: unknown, what: string): Volume => {
-    if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${what}`)
-    const volume = pool.get(kind as VolumeKind, name)
-    if (volume.hidden) throw notFound(`${kind} ${name}`)
-    return volume
   }
 
   const exportStream: StreamHandler = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
     try {
-      volume = volumeOf(args.kind, args.name, 'backup')
+      volume = volumeArg(pool, 'exportStream', args, 'backup')
       if (volume.kind !== 'backup') throw invalid(`${volume.label} is not a backup: export a backup (take one with vdiskfs backup)`)
-      since = args.since === undefined || args.since === null ? null : volumeOf('backup', args.since, 'base backup')
+      since = args.since === undefined || args.since === null ? null : volumeArg(pool, 'exportStream', { kind: 'backup', name: args.since }, 'backup')
       if (since === volume) throw invalid('--since names the backup being exported')
     } catch (err) {
       socket.end(errorLine(err))
@@ -160,11 +153,10 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
         ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
       if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
-      if (typeof args.name !== 'string') throw invalid('missing name')
       const source = header.source ?? null
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name)
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name as string)
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -226,13 +218,13 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
     exportStream: streamOnly(exportStream),
     importStream: streamOnly(importStream),
     diff: async args => {
-      const older = volumeOf(args.olderKind, args.olderName, 'OLD')
-      const newer = volumeOf(args.newerKind, args.newerName, 'NEW')
+      const older = volumeArg(pool, 'diff', args, 'older')
+      const newer = volumeArg(pool, 'diff', args, 'newer')
       const { ranges, pagesRead } = pool.differingRanges(older, newer)
       return { ranges, pagesRead, blockBytes: pool.blockBytes, oldSize: older.size, newSize: newer.size }
     },
     uuid: async args => {
-      const volume = volumeOf(args.kind, args.name, 'volume')
+      const volume = volumeArg(pool, 'uuid', args, 'image')
       return { uuid: pool.volumeUuid(volume) }
     },
     imports: async () => pool.importsInProgress(),
@@ -292,5 +284,5 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       }
       return { dryRun: args.dryRun === true, backups: results }
     }
-  }
+  } satisfies Handlers
 }

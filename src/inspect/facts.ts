@@ -8,8 +8,8 @@ import { entryKind, entryKindDelta } from '../format/map-format'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from './space'
 import { Volume } from '../volume/volume'
+import { dirOfKind } from '../volume/names'
 
-const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
 
 export interface VolumeFacts {
   kind: VolumeKind
