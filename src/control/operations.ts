@@ -64,7 +64,7 @@ export const operations = {
   // remotes
   remoteAdd: { args: { name: 'string', url: 'string', endpoint: 'string?', region: 'string?', keyFile: 'string?', keyFingerprint: 'string?' } },
   remoteRemove: { args: { name: 'string' } },
-  remoteList: { args: {}, quiet: true }
+  remoteList: { args: {} }
 } satisfies Record<string, OperationSpec>
 
 export type Operation = keyof typeof operations
