@@ -17,10 +17,10 @@ import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
 import { ChunkCache, ChunkCacheStats } from './chunk-cache'
 import { chunkFlagCompressed, chunkHeaderBytes, chunkHeaderFields, chunkMagic, packFileName, packFormatVersion, packHeaderBytes, packMagic } from './pack-format'
-import { WorkerPool } from './worker-pool'
+import { LeasedOpen, SlabLease, WorkerPool } from './worker-pool'
 import { quarantineFile, unaccountedRecords } from './pack-scan'
 import { quarantineDir } from '../format/pool-format'
-import { OpenRequest, OpenResult, hashBytes, hashOffset, outputOffset } from '../../workers/protocol'
+import { OpenResult } from '../../workers/protocol'
 import { PackDescriptor, PackDescriptors } from './pack-descriptors'
 
 
@@ -61,21 +61,11 @@ export class ChunkStore {
   packFile (packId: number): string { return path.join(this.dir, packFileName(packId)) }
 
   /**
-   * What the open worker needs to read, decompress and verify chunk `row` into slab slot `slot`; the
-   * expected hash goes into the slot itself (the slot is this task's alone until it is released).
+   * Opens chunks `rows` into the slots of `lease` (the i-th into its i-th) in one worker task, lending
+   * the task the packs' descriptors for its duration. A pack that cannot be opened because it is gone
+   * (moved or deleted by compaction) answers `missing` for its chunks, which the callers look up again.
    */
-  private openRequest (row: ChunkRow, slot: number, fd: number): OpenRequest {
-    assert.equal(row.hash.length, hashBytes)
-    row.hash.copy(this.workers.slab, hashOffset(this.workers.config, slot))
-    return { slot, fd, offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed }
-  }
-
-  /**
-   * Opens chunks `rows` into slab slots `slots` in one worker task, lending the task the packs'
-   * descriptors for its duration. A pack that cannot be opened because it is gone (moved or deleted by
-   * compaction) answers `missing` for its chunks, which the callers look up again.
-   */
-  private async openChunks (rows: ChunkRow[], slots: number[]): Promise<OpenResult> {
+  private async openChunks (rows: ChunkRow[], lease: SlabLease): Promise<OpenResult> {
     const pinned = new Map<number, PackDescriptor | string>()
     for (const row of rows) {
       if (pinned.has(row.packId)) continue
@@ -87,17 +77,17 @@ export class ChunkStore {
       }
     }
     try {
-      const requests: OpenRequest[] = []
+      const requests: LeasedOpen[] = []
       const positions: number[] = []
       rows.forEach((row, i) => {
         const pack = pinned.get(row.packId)
         if (typeof pack === 'string') return
         positions.push(i)
-        requests.push(this.openRequest(row, slots[i], (pack as PackDescriptor).fd))
+        requests.push({ at: i, hash: row.hash, fd: (pack as PackDescriptor).fd, offset: row.offset, storedBytes: row.storedBytes, rawBytes: row.rawBytes, compressed: row.compressed })
       })
       const blocks: OpenResult['blocks'] = rows.map(row => ({ ok: false, error: pinned.get(row.packId) as string }))
       if (requests.length === 0) return { blocks }
-      const result = await this.workers.open({ requests })
+      const result = await lease.open(requests)
       positions.forEach((at, i) => { blocks[at] = result.blocks[i] ?? { ok: false, error: result.error ?? 'unknown worker failure' } })
       return { blocks, error: result.error }
     } finally {
@@ -281,21 +271,15 @@ export class ChunkStore {
       return
     }
     const rows = pending.map(item => this.info(item.id))
-    const slots = await this.workers.slots.acquireMany(pending.length)
     const retry: typeof pending = []
-    try {
-      const result = await this.openChunks(rows, slots)
+    await this.workers.lease(pending.length, async lease => {
+      const result = await this.openChunks(rows, lease)
       pending.forEach((item, i) => {
         const block = result.blocks[i]
-        if (block?.ok === true) {
-          const start = outputOffset(this.workers.config, slots[i])
-          this.workers.slab.copy(item.target, 0, start + item.offset, start + item.offset + item.target.length)
-          if (item.target.length < rows[i].rawBytes) this.opened.remember(item.id, this.workers.slab.subarray(start, start + rows[i].rawBytes))
-        } else retry.push(item)
+        if (block?.ok === true) this.take(item.id, lease.output(i, rows[i].rawBytes), item.offset, item.target)
+        else retry.push(item)
       })
-    } finally {
-      for (const slot of slots) this.workers.slots.release(slot)
-    }
+    })
     // One at a time: a moved chunk is found again, a damaged one is reported and fails the read.
     for (const item of retry) await this.openOne(item.id, item.offset, item.target, item.what)
   }
@@ -314,25 +298,27 @@ export class ChunkStore {
   private async openOne (id: number, offset: number, target: Buffer, what: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const row = this.info(id)
-      const slot = await this.workers.slots.acquire()
-      try {
-        const result = await this.openChunks([row], [slot])
+      const why = await this.workers.lease(1, async lease => {
+        const result = await this.openChunks([row], lease)
         const block = result.blocks[0]
-        if (block?.ok === true) {
-          const start = outputOffset(this.workers.config, slot)
-          this.workers.slab.copy(target, 0, start + offset, start + offset + target.length)
-          if (target.length < row.rawBytes) this.opened.remember(id, this.workers.slab.subarray(start, start + row.rawBytes))
-          return
-        }
-        const why = block?.error ?? result.error ?? 'unknown worker failure'
-        if (why === 'missing' && attempt === 0) { this.cache.delete(id); continue } // moved by compaction
-        this.damaged.push({ chunkId: id, packId: row.packId, offset: row.offset, why })
-        this.log(`corruption: chunk ${id} (pack ${row.packId}, offset ${row.offset}) ${why}; ${what} fails with EIO`)
-        throw new VdiskError('CORRUPT', `chunk ${id} of ${what}: ${why}`)
-      } finally {
-        this.workers.slots.release(slot)
-      }
+        if (block?.ok === true) { this.take(id, lease.output(0, row.rawBytes), offset, target); return null }
+        return block?.error ?? result.error ?? 'unknown worker failure'
+      })
+      if (why === null) return
+      if (why === 'missing' && attempt === 0) { this.cache.delete(id); continue } // moved by compaction
+      this.damaged.push({ chunkId: id, packId: row.packId, offset: row.offset, why })
+      this.log(`corruption: chunk ${id} (pack ${row.packId}, offset ${row.offset}) ${why}; ${what} fails with EIO`)
+      throw new VdiskError('CORRUPT', `chunk ${id} of ${what}: ${why}`)
     }
+  }
+
+  /**
+   * Copies `target.length` bytes at `offset` of an opened chunk (`raw`, a view of the slab) into
+   * `target`; a partial read keeps the whole chunk in the cache for the reads of its neighbours.
+   */
+  private take (id: number, raw: Buffer, offset: number, target: Buffer): void {
+    raw.copy(target, 0, offset, offset + target.length)
+    if (target.length < raw.length) this.opened.remember(id, raw)
   }
 
   /** Reads and verifies chunks (one worker task); returns the ones that failed, with why. */
@@ -342,16 +328,13 @@ export class ChunkStore {
     for (const id of ids) {
       try { rows.push(this.info(id)) } catch (err) { failed.set(id, (err as Error).message) }
     }
-    const slots = await this.workers.slots.acquireMany(rows.length)
-    try {
-      const result = await this.openChunks(rows, slots)
+    await this.workers.lease(rows.length, async lease => {
+      const result = await this.openChunks(rows, lease)
       rows.forEach((row, i) => {
         const block = result.blocks[i]
         if (block?.ok !== true) failed.set(row.id, `pack ${row.packId} offset ${row.offset}: ${block?.error ?? result.error ?? 'unknown worker failure'}`)
       })
-    } finally {
-      for (const slot of slots) this.workers.slots.release(slot)
-    }
+    })
     return failed
   }
 

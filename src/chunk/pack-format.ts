@@ -32,6 +32,4 @@ export const chunkHeaderBytes = 56
 export const chunkHeaderFields = { magic: 0, flags: 4, rawBytes: 8, storedBytes: 12, hash: 16, id: 48 } as const
 export const chunkFlagCompressed = 1
 
-export function packFileName (packId: number): string {
-  return `${packId}.pack`
-}
+export { packFileName } from '../format/pool-format'

@@ -3,12 +3,17 @@
  * one running workers/seal.js (background work: its threads niced, sealWorkerNice) and one running
  * workers/open.js (reads, which so never wait behind a seal batch). With `threads: 0` (benchmark
  * baseline only) the same task functions run inline on the main thread.
+ *
+ * The slab stays this file's own: a caller takes a lease of some slots (lease()), sees their regions as
+ * buffers, runs tasks on them by position, and the slots come back when its work settles. No caller
+ * computes an offset or hands out a slot number.
  */
+import assert from 'node:assert/strict'
 import os from 'node:os'
 import path from 'node:path'
 import Piscina from 'piscina'
 import * as zstd from 'zstd-napi/binding'
-import { OpenResult, OpenTask, SealResult, SealTask, WorkerConfig, slotBytes } from '../../workers/protocol'
+import { OpenRequest, OpenResult, OpenTask, SealResult, SealTask, WorkerConfig, hashBytes, hashOffset, inputOffset, outputOffset, slotBytes } from '../../workers/protocol'
 import { seal as sealInline } from '../../workers/seal'
 import { open as openInline } from '../../workers/open'
 import { SlotAllocator } from './slab'
@@ -21,10 +26,61 @@ const openTask = path.resolve(__dirname, '..', '..', 'workers', 'open.js')
 
 export interface WorkerPoolOptions { blockBytes: number, zstdLevel: number, threads?: number }
 
+interface TaskRunner {
+  seal: (task: SealTask) => Promise<SealResult>
+  open: (task: OpenTask) => Promise<OpenResult>
+}
+
+/** A request of SlabLease.open(): the chunk to open into the lease's slot `at`, and the hash it must have. */
+export interface LeasedOpen extends Omit<OpenRequest, 'slot'> { at: number, hash: Buffer }
+
+/**
+ * Some slots of the slab, held by one caller until the work given to WorkerPool.lease() settles: the
+ * buffers it hands out are views of the slab, valid only until then.
+ */
+export class SlabLease {
+  constructor (private readonly tasks: TaskRunner, private readonly config: WorkerConfig, private readonly slab: Buffer, private readonly slots: number[]) {}
+
+  get count (): number { return this.slots.length }
+  /** The input region of the lease's slot `at` (a raw block to seal; a stored record once opened). */
+  input (at: number, length: number): Buffer {
+    const start = inputOffset(this.config, this.slots[at])
+    return this.slab.subarray(start, start + length)
+  }
+
+  /** The output region of slot `at` (the compressed block after a seal; the raw block after an open). */
+  output (at: number, length: number): Buffer {
+    const start = outputOffset(this.config, this.slots[at])
+    return this.slab.subarray(start, start + length)
+  }
+
+  /** A copy of slot `at`'s hash (written by a seal task). */
+  hash (at: number): Buffer {
+    const start = hashOffset(this.config, this.slots[at])
+    return Buffer.from(this.slab.subarray(start, start + hashBytes))
+  }
+
+  /** Seals the blocks in this lease's slots, in order (see SealTask; `source` reads them from a file first). */
+  async seal (length: number, source?: SealTask['source']): Promise<SealResult> {
+    return await this.tasks.seal(source === undefined ? { slots: this.slots, length } : { slots: this.slots, length, source })
+  }
+
+  /** Opens chunks into this lease's slots (see OpenTask); the expected hashes go into the slots first. */
+  async open (requests: LeasedOpen[]): Promise<OpenResult> {
+    return await this.tasks.open({
+      requests: requests.map(({ at, hash, ...request }) => {
+        assert.equal(hash.length, hashBytes)
+        hash.copy(this.slab, hashOffset(this.config, this.slots[at]))
+        return { ...request, slot: this.slots[at] }
+      })
+    })
+  }
+}
+
 export class WorkerPool {
-  readonly config: WorkerConfig
-  readonly slab: Buffer
-  readonly slots: SlotAllocator
+  private readonly config: WorkerConfig
+  private readonly slab: Buffer
+  private readonly slots: SlotAllocator
   /** Sealing (and import) tasks: threads at sealWorkerNice. */
   private readonly sealPool: Piscina | null
   /** Reads of chunks (FUSE reads, verify, export, push): threads at the daemon's priority, never queued behind a seal batch. */
@@ -46,14 +102,29 @@ export class WorkerPool {
     this.readPool = pool(openTask, config)
   }
 
-  async seal (task: SealTask): Promise<SealResult> {
-    if (this.sealPool === null) return sealInline(task, this.config)
-    return await this.sealPool.run(task, { filename: sealTask }) as SealResult
+  /**
+   * Runs `work` with `count` slots of the slab (waiting in line for them: the slab bounds the memory in
+   * flight), and takes them back when it settles.
+   */
+  async lease<T> (count: number, work: (lease: SlabLease) => Promise<T>): Promise<T> {
+    const slots = await this.slots.acquireMany(count)
+    try {
+      return await work(new SlabLease(this.tasks, this.config, this.slab, slots))
+    } finally {
+      for (const slot of slots) this.slots.release(slot)
+    }
   }
 
-  async open (task: OpenTask): Promise<OpenResult> {
-    if (this.readPool === null) return openInline(task, this.config)
-    return await this.readPool.run(task, { filename: openTask }) as OpenResult
+  /** The tasks, by slot number: for the leases only. */
+  private readonly tasks: TaskRunner = {
+    seal: async (task: SealTask): Promise<SealResult> => {
+      if (this.sealPool === null) return sealInline(task, this.config)
+      return await this.sealPool.run(task, { filename: sealTask }) as SealResult
+    },
+    open: async (task: OpenTask): Promise<OpenResult> => {
+      if (this.readPool === null) return openInline(task, this.config)
+      return await this.readPool.run(task, { filename: openTask }) as OpenResult
+    }
   }
 
   async close (): Promise<void> {

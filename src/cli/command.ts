@@ -13,11 +13,13 @@ import { poolHeaderFile } from '../format/pool-format'
 import { progressIntervalMs } from '../limits'
 import { Parsed, Spec } from './args'
 import { printableLines } from './holders'
+import { dirOfKind as kindDirs } from '../volume/names'
 
 export interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
 
 export const kindOfDir: Record<string, string> = { disks: 'disk', backups: 'backup', clones: 'clone' }
-export const dirOfKind: Record<string, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
+/** The mount's folder of each kind (volume/names.ts), indexed by the kind strings the CLI parses. */
+export const dirOfKind: Record<string, string> = kindDirs
 
 /** Splits MNT/KIND/NAME into its parts. */
 export function imagePath (image: string): { mountpoint: string, kind: string, name: string } {

@@ -7,6 +7,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { VdiskError } from '../errors'
+import { checkArgs } from './operations'
 import { Operation, Reply, checkControlDir, socketPathsFor } from './protocol'
 import { mountsSync } from '../daemon/mountinfo'
 
@@ -100,6 +101,7 @@ function connectError (mountpoint: string, err: Error): VdiskError {
  * reply; the caller owns the connection. Throws the daemon's error when the reply is one.
  */
 export async function openStream (mountpoint: string, op: Operation, args: Record<string, unknown>): Promise<{ socket: net.Socket, result: unknown, rest: Buffer }> {
+  checkArgs(op, args)
   const socket = await connect(mountpoint)
   try {
     // From here on a failure shows as 'close' to writers and as a rejection to readers: an 'error'
@@ -148,7 +150,12 @@ export async function readReply (socket: net.Socket, initial: Buffer, mountpoint
   return { result: reply.result, rest: line.rest }
 }
 
+/**
+ * Sends one request and returns its result; throws the daemon's error. The arguments are checked
+ * against the table of operations (operations.ts) before anything is sent, as the daemon checks them.
+ */
 export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
+  checkArgs(op, args)
   const socket = await connect(mountpoint)
   return await new Promise((resolve, reject) => {
     let buffered = ''

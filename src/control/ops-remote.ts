@@ -5,31 +5,29 @@
  */
 import { invalid } from '../errors'
 import { addRemote, makeDefinition, readRemotes, removeRemote } from '../remote/remotes'
-import { Handler, HandlerContext } from './server'
+import { HandlerContext, Handlers } from './handler'
 
-export function remoteHandlers ({ pool, log }: HandlerContext): Record<string, Handler> {
-  const text = (args: Record<string, unknown>, key: string, required = true): string | undefined => {
-    const value = args[key]
-    if (value === undefined && !required) return undefined
-    if (typeof value !== 'string') throw invalid(`missing ${key}`)
-    return value
-  }
+export function remoteHandlers ({ pool, log }: HandlerContext) {
+  // The arguments' types were checked against operations.ts by the server.
+  const text = (args: Record<string, unknown>, key: string): string | undefined => args[key] as string | undefined
   return {
     remoteAdd: async args => {
-      const keyFile = text(args, 'keyFile', false)
-      const key = keyFile === undefined ? undefined : { file: keyFile, fingerprint: text(args, 'keyFingerprint')! }
-      const definition = makeDefinition(text(args, 'name')!, text(args, 'url')!, text(args, 'endpoint', false), text(args, 'region', false), key)
+      const keyFile = text(args, 'keyFile')
+      const fingerprint = text(args, 'keyFingerprint')
+      if (keyFile !== undefined && fingerprint === undefined) throw invalid('missing keyFingerprint')
+      const key = keyFile === undefined ? undefined : { file: keyFile, fingerprint: fingerprint as string }
+      const definition = makeDefinition(args.name as string, args.url as string, text(args, 'endpoint'), text(args, 'region'), key)
       addRemote(pool.dir, definition)
       // The key's fingerprint only: the daemon never sees the key.
       log(`remote ${definition.name} added: ${definition.url}${definition.endpoint === undefined ? '' : ` at ${definition.endpoint}`}${key === undefined ? '' : ` (encrypted, key fingerprint ${key.fingerprint})`}`)
       return definition
     },
     remoteRemove: async args => {
-      const name = text(args, 'name')!
+      const name = args.name as string
       removeRemote(pool.dir, name)
       log(`remote ${name} removed`)
       return { removed: name }
     },
     remoteList: async () => readRemotes(pool.dir)
-  }
+  } satisfies Handlers
 }

@@ -3,15 +3,13 @@
  * [--json|--prometheus]`) and what an image is (info, for `vdiskfs info`).
  */
 import fs from 'node:fs'
-import { VolumeKind } from '../catalog/catalog'
-import { invalid, notFound } from '../errors'
 import { statusSpaceStaleMs } from '../limits'
-import { volumeFacts } from '../volume/facts'
+import { volumeFacts } from '../inspect/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { InlineWriteStats, inlineWriteStats } from '../io/file-io'
-import { Handler, HandlerContext } from './server'
+import { HandlerContext, Handlers, volumeArg } from './handler'
 
 
 export interface StatsResult {
@@ -39,7 +37,7 @@ export interface StatsResult {
   lastErrors: LogEntry[]
 }
 
-export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext): Record<string, Handler> {
+export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext) {
   // The space report walks every map: a scraper asking every few seconds reuses it for statusSpaceStaleMs.
   let unsealed = { atMs: 0, generation: -1, bytes: 0 }
   return {
@@ -69,7 +67,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         operations,
         unsealedBytes: unsealed.bytes,
         unsealedAsOfMs: unsealed.atMs,
-        chunkCache: pool.chunks.cacheStats(),
+        chunkCache: pool.chunkCacheStats(),
         writes: inlineWriteStats(),
         jobs,
         lastErrors: recentErrors()
@@ -77,14 +75,10 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
     },
 
     info: async args => {
-      const { kind, name } = args
-      if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid('missing image')
-      const volume = pool.get(kind as VolumeKind, name)
-      // Volumes removed while open (hidden) are not in the namespace.
-      if (volume.hidden) throw notFound(`${kind} ${name}`)
+      const volume = volumeArg(pool, 'info', args, 'image')
       // Fresh figures, as `vdiskfs du` gives (the xattrs may serve them up to spaceUsageStaleMs old).
       space.report()
       return volumeFacts(pool, space, volume)
     }
-  }
+  } satisfies Handlers
 }

@@ -6,10 +6,8 @@
  * back-pressure in both directions.
  */
 import net from 'node:net'
-import { VolumeKind } from '../catalog/catalog'
-import { VdiskError, invalid, notFound } from '../errors'
-import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
-import { ChangedSet, changedBlockSet, differingRanges } from '../transfer/diff'
+import { VdiskError, invalid } from '../errors'
+import { ChangedSet } from '../map/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { StreamHeader, streamKey } from '../transfer/stream'
 import { headerSourceLabelBytesMax } from '../transfer/stream-format'
@@ -17,7 +15,7 @@ import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks 
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
 import { Volume } from '../volume/volume'
-import { Handler, HandlerContext, StreamHandler } from './server'
+import { Handler, HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
 
 function replyLine (result: unknown): Buffer { return Buffer.from(JSON.stringify({ id: 1, ok: true, result }) + '\n') }
 function errorLine (err: unknown): Buffer {
@@ -32,26 +30,20 @@ function streamOnly (stream: StreamHandler): Handler {
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-export function transferHandlers ({ pool, log, metrics }: HandlerContext): Record<string, Handler> {
+export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
   /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
   const sourceLabelOf = (volume: Volume): string => {
     const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
     return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
-  }
-  const volumeOf = (kind: unknown, name: unknown, what: string): Volume => {
-    if (typeof kind !== 'string' || typeof name !== 'string' || !['disk', 'backup', 'clone'].includes(kind)) throw invalid(`missing ${what}`)
-    const volume = pool.get(kind as VolumeKind, name)
-    if (volume.hidden) throw notFound(`${kind} ${name}`)
-    return volume
   }
 
   const exportStream: StreamHandler = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
     try {
-      volume = volumeOf(args.kind, args.name, 'backup')
+      volume = volumeArg(pool, 'exportStream', args, 'backup')
       if (volume.kind !== 'backup') throw invalid(`${volume.label} is not a backup: export a backup (take one with vdiskfs backup)`)
-      since = args.since === undefined || args.since === null ? null : volumeOf('backup', args.since, 'base backup')
+      since = args.since === undefined || args.since === null ? null : volumeArg(pool, 'exportStream', { kind: 'backup', name: args.since }, 'backup')
       if (since === volume) throw invalid('--since names the backup being exported')
     } catch (err) {
       socket.end(errorLine(err))
@@ -64,7 +56,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
     try {
       let changed: ChangedSet
       try {
-        changed = await changedBlockSet(volume, since, pool.pageStore, pool.blockBytes)
+        changed = await pool.changedBlocks(volume, since)
       } catch (err) {
         socket.end(errorLine(err))
         return
@@ -72,8 +64,8 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       const header: StreamHeader = {
         name: volume.name,
         blockBytes: pool.blockBytes,
-        uuid: pool.catalog.volumeUuid(volume.id),
-        baseUuid: since === null ? null : pool.catalog.volumeUuid(since.id),
+        uuid: pool.volumeUuid(volume),
+        baseUuid: since === null ? null : pool.volumeUuid(since),
         size: volume.size,
         createdMs: volume.createdMs,
         records: changed.count,
@@ -119,18 +111,8 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       return group.length === 0 ? null : group
     }
     const read = async (group: Group): Promise<Buffer> => {
-      const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes, and past the size as stored
-      const chunks = group.map((b, i) => ({ ...b, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) })).filter(b => b.entry !== 0)
-      const sealed = chunks.filter(b => entryKind(b.entry) === entryKindChunk)
-      try {
-        if (sealed.length > 0) await pool.chunks.readMany(sealed.map(b => ({ id: entryChunkId(b.entry), offset: 0, target: b.target, what: `${volume.label} block ${b.block}` })))
-      } catch (err) {
-        // Damage is reported as such; a chunk that moved meanwhile is read again below, through the map.
-        if (err instanceof VdiskError && err.code === 'CORRUPT') throw err
-        await Promise.all(sealed.map(async b => await volume.read(b.target, b.block * blockBytes)))
-      }
-      // Blocks still in delta extents (or anything else) through the volume, which follows the map.
-      await Promise.all(chunks.filter(b => entryKind(b.entry) !== entryKindChunk).map(async b => await volume.read(b.target, b.block * blockBytes)))
+      const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
+      await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
       return buffer
     }
     const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
@@ -154,7 +136,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
         const { block, entry } = group[i]
         if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
         // A chunk's id travels along: the CLI's encoder checks the bytes against it.
-        const hash = entryKind(entry) === entryKindChunk ? pool.chunks.info(entryChunkId(entry)).hash : null
+        const hash = pool.chunkHash(entry)
         await send(socket, frameHead(frameData, block, hash))
         await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
       }
@@ -171,17 +153,16 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
         ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
       if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
-      if (typeof args.name !== 'string') throw invalid('missing name')
       const source = header.source ?? null
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name)
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name as string)
     } catch (err) {
       socket.end(errorLine(err))
       return
     }
     // The base of an incremental stream is held open until the end: rm refuses it (BUSY) meanwhile.
-    const baseId = session.spec.baseUuid === null ? undefined : pool.catalog.volumeByUuid(session.spec.baseUuid)
+    const baseId = session.spec.baseUuid === null ? undefined : pool.volumeIdByUuid(session.spec.baseUuid)
     const base = baseId === undefined ? undefined : pool.byId(baseId)
     if (base !== undefined) pool.opened(base, false)
     let batch: ImportBlock[] = []
@@ -218,7 +199,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       const c = session.counts
       log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
         `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import`)
-      socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.catalog.volumeUuid(backup.id) }, ...session.counts, finishMs: Date.now() - started }))
+      socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
       // to a socket no one reads any more (the reader stopped at the failure), and only the close ends
@@ -237,16 +218,16 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
     exportStream: streamOnly(exportStream),
     importStream: streamOnly(importStream),
     diff: async args => {
-      const older = volumeOf(args.olderKind, args.olderName, 'OLD')
-      const newer = volumeOf(args.newerKind, args.newerName, 'NEW')
-      const { ranges, pagesRead } = differingRanges(older, newer, pool.pageStore, pool.blockBytes)
+      const older = volumeArg(pool, 'diff', args, 'older')
+      const newer = volumeArg(pool, 'diff', args, 'newer')
+      const { ranges, pagesRead } = pool.differingRanges(older, newer)
       return { ranges, pagesRead, blockBytes: pool.blockBytes, oldSize: older.size, newSize: newer.size }
     },
     uuid: async args => {
-      const volume = volumeOf(args.kind, args.name, 'volume')
-      return { uuid: pool.catalog.volumeUuid(volume.id) }
+      const volume = volumeArg(pool, 'uuid', args, 'image')
+      return { uuid: pool.volumeUuid(volume) }
     },
-    imports: async () => pool.catalog.imports().map(row => ({ ...row, blocks: pool.catalog.importBlockCount(row.key) })),
+    imports: async () => pool.importsInProgress(),
     prune: async args => {
       const keep: PruneKeep = {}
       for (const rule of pruneRules) {
@@ -303,5 +284,5 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext): Recor
       }
       return { dryRun: args.dryRun === true, backups: results }
     }
-  }
+  } satisfies Handlers
 }

@@ -14,6 +14,9 @@ import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { ErrorCode, VdiskError } from '../errors'
+import { Operation } from './operations'
+
+export { Operation } from './operations'
 
 /**
  * Where this user's daemons put their sockets: VDISKFS_RUN_DIR when set; /run/vdiskfs for root;
@@ -57,9 +60,6 @@ export function checkControlDir (dir: string, create: boolean): boolean {
   if ((stat.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700)
   return true
 }
-
-/** An operation's name: the core ones in server.ts, the rest in the ops-*.ts modules it merges. */
-export type Operation = string
 
 export interface Request { id: number, op: Operation, args: Record<string, unknown> }
 export type Reply =

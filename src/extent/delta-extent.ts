@@ -22,7 +22,6 @@
  * Errors: every method that touches the disk throws NO_SPACE or IO (errors.ts); reads throw CORRUPT.
  */
 import assert from 'node:assert/strict'
-import fs from 'node:fs'
 import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
 import { corrupt, fromSystemError } from '../errors'
@@ -655,8 +654,4 @@ function decodeSums (raw: Buffer): Uint32Array {
   const entries = new Uint32Array(raw.length / extentSumBytes)
   for (let k = 0; k < entries.length; k++) entries[k] = raw.readUInt32LE(k * extentSumBytes)
   return entries
-}
-
-export async function syncDirectory (dir: string): Promise<void> {
-  await nodeFileIo.syncDirectory(dir)
 }

@@ -43,6 +43,50 @@ export interface PoolHeader {
   poolId: string
 }
 
+// ---- file names: each formatter beside its parser (repair and verify recognise pool files here) ----
+
 export function extentFileName (extentId: number): string {
   return `${extentId}.dx`
+}
+/** The extent id a name in extents/ stands for; null when it is not an extent file's name. */
+export function extentIdOfFile (name: string): number | null {
+  const match = /^(\d+)\.dx$/.exec(name)
+  return match === null ? null : Number(match[1])
+}
+
+export function packFileName (packId: number): string {
+  return `${packId}.pack`
+}
+/** The pack id a name in packs/ stands for; null when it is not a pack file's name. */
+export function packIdOfFile (name: string): number | null {
+  const match = /^(\d+)\.pack$/.exec(name)
+  return match === null ? null : Number(match[1])
+}
+
+/** The change journal's files (volume/journal.ts), in the pool directory. */
+export function journalFileName (seq: number): string { return `journal.${seq}` }
+/** The sequence number a journal file's name stands for; null when it is not one. */
+export function journalSeqOfFile (name: string): number | null {
+  const match = /^journal\.(\d+)$/.exec(name)
+  return match === null ? null : Number(match[1])
+}
+
+/** Where a damaged catalog is moved aside by repair: `catalog.sqlite.damaged-<ms>`. */
+export function damagedCatalogFileName (nowMs: number): string { return `${catalogFile}.damaged-${nowMs}` }
+
+/** A file moved to quarantine/ at `nowMs`: `<ms>-<name>`. */
+export function quarantineFileName (nowMs: number, name: string): string { return `${nowMs}-${name}` }
+/** Whether a name in quarantine/ is a pack (`<ms>-<id>.pack`) or an extent (`<ms>-<id>.dx`) set aside. */
+export function quarantinedKind (name: string): 'pack' | 'extent' | null {
+  return name.endsWith('.pack') ? 'pack' : name.endsWith('.dx') ? 'extent' : null
+}
+
+/**
+ * Whether a name at the top of the pool directory is one the pool writes: the header, the catalog (and
+ * its SQLite files, a damaged one set aside), the log, the folders, the daemon's files, the change
+ * journal, and a `.tmp` file of an atomic rewrite in progress.
+ */
+export function isPoolFile (name: string): boolean {
+  const known = [poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile, fuseHandlesFile]
+  return known.includes(name) || name.startsWith(`${catalogFile}.damaged-`) || name.endsWith('.tmp') || journalSeqOfFile(name) !== null
 }

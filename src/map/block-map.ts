@@ -32,13 +32,63 @@ export class BlockMap {
     private readonly pages: PageStore,
     root: Float64Array,
     public epoch: number,
-    /** Blocks that are not holes. */
-    public allocatedBlocks: number,
-    /** Stored bytes of the blocks it can read (delta slots count a whole block; chunks their stored length). */
-    public storedBytes: number,
+    allocatedBlocks: number,
+    storedBytes: number,
     private readonly sizeOf: EntrySize
   ) {
     this.root = root
+    this.allocated = allocatedBlocks
+    this.stored = storedBytes
+  }
+
+  // The counters change only with the entries, in this class: set(), resize(), repointCounts(),
+  // pointAt() and recount() keep them right; nothing outside writes them.
+  private allocated: number
+  private stored: number
+  /** Blocks that are not holes. */
+  get allocatedBlocks (): number { return this.allocated }
+  /** Stored bytes of the blocks it can read (delta slots count a whole block; chunks their stored length). */
+  get storedBytes (): number { return this.stored }
+
+  /** Counts every entry again from the pages (after repair rewrote them). */
+  recount (): void {
+    let allocated = 0
+    let stored = 0
+    this.forEachEntry((_block, entry) => { allocated++; stored += this.sizeOf(entry) })
+    this.allocated = allocated
+    this.stored = stored
+  }
+
+  /**
+   * Makes this map read what `source` reads (a restore): a copy of its root, its counters, and the new
+   * `epoch` (so that its next writes copy the shared pages).
+   */
+  pointAt (source: BlockMap, epoch: number): void {
+    this.root = source.copyRoot()
+    this.rootDirty = true
+    this.epoch = epoch
+    this.allocated = source.allocated
+    this.stored = source.stored
+  }
+
+  /**
+   * Counts, as if set, the change of every entry that `next` gives a new value for (undefined: kept),
+   * and adds the pages that hold them to `pages`. The caller then rewrites each page once: a page
+   * shared by several maps (a backup's, read by its clones) changes every one of them, and each counts
+   * it here (maintenance.ts repoint).
+   */
+  repointCounts (next: (entry: number) => number | undefined, pages: Set<Page>): void {
+    this.forEachPage(page => {
+      const entries = page.entries
+      for (let i = 0; i < entries.length; i++) {
+        if (entries[i] === 0) continue
+        const to = next(entries[i])
+        if (to === undefined) continue
+        if (to === 0) this.allocated--
+        this.stored += this.sizeOf(to) - this.sizeOf(entries[i])
+        pages.add(page)
+      }
+    })
   }
 
   static pagesFor (blocks: number): number {
@@ -70,9 +120,9 @@ export class BlockMap {
     }
     page.entries[index] = entry
     this.pages.markDirty(page)
-    if (old === 0) this.allocatedBlocks++
-    else if (entry === 0) this.allocatedBlocks--
-    this.storedBytes += this.sizeOf(entry) - this.sizeOf(old)
+    if (old === 0) this.allocated++
+    else if (entry === 0) this.allocated--
+    this.stored += this.sizeOf(entry) - this.sizeOf(old)
     if (this.onSet !== null) this.onSet(block, entry)
   }
 
@@ -85,7 +135,7 @@ export class BlockMap {
         const page = this.pages.get(this.root[p])
         const entries = page.entries
         for (let i = 0; i < entries.length; i++) {
-          if (entries[i] !== 0) { this.allocatedBlocks--; this.storedBytes -= this.sizeOf(entries[i]) }
+          if (entries[i] !== 0) { this.allocated--; this.stored -= this.sizeOf(entries[i]) }
         }
         // Only this map reads a page of its epoch (a backup or clone takes a new one), so once out of
         // the root nothing reads it: it can be reused, rewritten in the commit that writes the new root.

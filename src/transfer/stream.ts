@@ -21,7 +21,6 @@
  * Assumes: blocks are whole (blockBytes bytes; the last block of a volume whose size is not a
  * multiple of the block size is padded with zeros, as the pool stores it).
  */
-import crypto from 'node:crypto'
 import { Transform, TransformCallback } from 'node:stream'
 import zlib from 'node:zlib'
 import { Blake3Hasher, blake3UrlSafeBase64 } from '@napi-rs/blake-hash'
@@ -462,9 +461,4 @@ export class StreamDecoder extends Transform {
     if (!blockHash(data).equals(hash)) throw corrupt(`block ${index} of the stream does not match its BLAKE3 id (damaged)`)
     return { index, data, hash }
   }
-}
-
-/** A new random volume identity. */
-export function newUuid (): string {
-  return crypto.randomUUID()
 }

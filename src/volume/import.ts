@@ -31,11 +31,9 @@ import { VdiskError, corrupt, exists, invalid } from '../errors'
 import { chunkEntry } from '../format/map-format'
 import { createdMsMax, importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
-import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
 import { Committer } from './commit'
 import { checkName } from './names'
 import { PoolState } from './pool-state'
-import { forEachLimited } from '../limited'
 import { Volume } from './volume'
 
 /** What an import needs to know of its stream (a StreamHeader's fields). */
@@ -177,18 +175,7 @@ export class ImportSession {
       }
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
-      let failure: unknown = null
-      try {
-        await forEachLimited(groups, Math.max(2, this.state.workers.threads * 2), async group => { rows.push(...await this.storeGroup(group)) })
-      } catch (err) {
-        failure = err
-      }
-      if (failure !== null) {
-        // What was stored is indexed if it can be made durable (garbage for gc), else forgotten.
-        await this.state.chunks.index().catch(() => {})
-        throw failure
-      }
-      await this.state.chunks.index()
+      await this.state.ingest.run(groups, async group => { rows.push(...await this.storeGroup(group)) })
       const now = Date.now()
       this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
@@ -202,33 +189,16 @@ export class ImportSession {
 
   /** Hashes and compresses a group in the workers, checks each id, and stores the chunks. */
   private async storeGroup (group: ImportBlock[]): Promise<Array<{ block: number, chunkId: number | null }>> {
-    const workers = this.state.workers
-    const blockBytes = this.state.blockBytes
-    const slots = await workers.slots.acquireMany(group.length)
-    try {
-      group.forEach((block, i) => (block.data as Buffer).copy(workers.slab, inputOffset(workers.config, slots[i]), 0, blockBytes))
-      const result = await workers.seal({ slots, length: blockBytes })
-      if (result.error !== undefined) throw new VdiskError('IO', `import worker: ${result.error}`)
-      const rows: Array<{ block: number, chunkId: number | null }> = []
-      for (let i = 0; i < group.length; i++) {
-        const outcome = result.blocks[i]
-        if (outcome.zero) { rows.push({ block: group[i].index, chunkId: null }); this.counts.zeroBlocks++; continue }
-        const hashAt = hashOffset(workers.config, slots[i])
-        const hash = Buffer.from(workers.slab.subarray(hashAt, hashAt + hashBytes))
-        if (!hash.equals(group[i].hash as Buffer)) throw corrupt(`block ${group[i].index} of the stream does not match its BLAKE3 id`)
-        const payload = outcome.compressedBytes > 0
-          ? workers.slab.subarray(outputOffset(workers.config, slots[i]), outputOffset(workers.config, slots[i]) + outcome.compressedBytes)
-          : workers.slab.subarray(inputOffset(workers.config, slots[i]), inputOffset(workers.config, slots[i]) + blockBytes)
-        this.state.claimSpace(payload.length)
-        const { row, isNew } = await this.state.chunks.store(hash, payload, blockBytes, outcome.compressedBytes > 0)
-        if (isNew) this.counts.newChunks++
-        else this.counts.dedupedBlocks++
-        rows.push({ block: group[i].index, chunkId: row.id })
-      }
-      return rows
-    } finally {
-      for (const slot of slots) workers.slots.release(slot)
-    }
+    const outcomes = await this.state.ingest.batch(
+      { count: group.length, fill: (i, region) => { (group[i].data as Buffer).copy(region, 0, 0, region.length) } },
+      'import worker',
+      (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(`block ${group[i].index} of the stream does not match its BLAKE3 id`) })
+    return outcomes.map((outcome, i) => {
+      if (outcome.zero) { this.counts.zeroBlocks++; return { block: group[i].index, chunkId: null } }
+      if (outcome.isNew) this.counts.newChunks++
+      else this.counts.dedupedBlocks++
+      return { block: group[i].index, chunkId: outcome.chunkId }
+    })
   }
 
   /**

@@ -9,7 +9,10 @@
  * repair runs offline under the pool lock. Errors: what the stores throw (CORRUPT, IO).
  */
 import { PackRecord, RecordFate, recordFate } from '../chunk/pack-scan'
+import { Catalog } from '../catalog/catalog'
+import { BlockMap } from '../map/block-map'
 import { Page } from '../map/page-store'
+import { Under, forEachReference, underSlot } from './references'
 import { PoolState } from './pool-state'
 
 export class Inspection {
@@ -38,6 +41,15 @@ export class Inspection {
 
   // ---- map pages, extents, chunks ----
 
+  /** What lies under a delta entry's slot (references.ts). */
+  underSlot (entry: number): Under { return underSlot(this.state.extents, entry) }
+  /** Every non-hole entry of `map`, with what lies under it when it is a delta entry (references.ts). */
+  forEachReference (map: BlockMap, visit: (block: number, entry: number, under: Under | null) => void): void { forEachReference(map, this.state.extents, visit) }
+  /** Stored bytes of a map entry: a block for a delta slot, the chunk's stored size, 0 otherwise. */
+  get sizeOf (): (entry: number) => number { return this.state.sizeOf }
+  /** Counts changes, so that derived reports (space accounting) know when to recompute. */
+  get generation (): number { return this.state.generation }
+
   /** A map page's entries; throws CORRUPT when its stored bytes fail their checksums. */
   pageEntries (id: number): Float64Array { return this.state.pages.get(id).entries }
   /** Slots written in a delta extent; throws when its file or header is damaged or missing. */
@@ -50,6 +62,12 @@ export class Inspection {
   chunkRawBytes (id: number): number { return this.state.chunks.info(id).rawBytes }
 
   // ---- repair (offline) ----
+
+  /**
+   * The catalog itself, for repair alone: it rebuilds rows (chunk index, extents, packs, map pages)
+   * offline, under the pool lock, with no daemon running. Nothing online uses it.
+   */
+  get offlineCatalog (): Catalog { return this.state.catalog }
 
   /** Forgets cached chunk positions: repair rebuilt the index under them. */
   forgetChunkCache (): void { this.state.chunks.forgetCache() }

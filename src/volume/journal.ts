@@ -32,6 +32,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
+import { journalFileName, journalSeqOfFile } from '../format/pool-format'
 
 export const journalRecordBytes = 32
 export const enum JournalKind { Entry = 1, Size = 2, Freeze = 3, Extent = 4, Boot = 5 }
@@ -47,10 +48,6 @@ export function currentBootId (): Buffer {
   // No boot id: no file can be proven to come from this boot, so none is ever replayed.
   return Buffer.alloc(16)
 }
-
-const filePattern = /^journal\.(\d+)$/
-
-export function journalFileName (seq: number): string { return `journal.${seq}` }
 
 function encode (kind: JournalKind, a: number, b: number, c: number): Buffer {
   const record = Buffer.alloc(journalRecordBytes)
@@ -99,8 +96,8 @@ export function readJournal (file: string, bootId: Buffer): JournalRecord[] | nu
 export function journalFiles (dir: string): Array<{ seq: number, file: string }> {
   const found: Array<{ seq: number, file: string }> = []
   for (const name of fs.readdirSync(dir)) {
-    const match = filePattern.exec(name)
-    if (match !== null) found.push({ seq: Number(match[1]), file: path.join(dir, name) })
+    const seq = journalSeqOfFile(name)
+    if (seq !== null) found.push({ seq, file: path.join(dir, name) })
   }
   return found.sort((x, y) => x.seq - y.seq)
 }

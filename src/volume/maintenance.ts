@@ -13,6 +13,7 @@ import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta,
 import { extentsDir } from '../format/pool-format'
 import { VdiskError } from '../errors'
 import { extentIdleMs, packLiveFractionMin, writableExtentsMax } from '../limits'
+import { forEachReference } from './references'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
 import { PoolState } from './pool-state'
@@ -70,15 +71,15 @@ export class Maintenance {
         for (const id of volume.writableExtents) liveExtents.add(id)
         for (const id of volume.map.root) if (id !== 0) livePages.add(id)
         try {
-          // eslint-disable-next-line @typescript-eslint/no-loop-func -- forEachEntry calls it synchronously, within this iteration; it only sets `held` (first reason wins), read after the loop
-          volume.map.forEachEntry((block, entry) => {
+          // eslint-disable-next-line @typescript-eslint/no-loop-func -- forEachReference calls it synchronously, within this iteration; it only sets `held` (first reason wins), read after the loop
+          forEachReference(volume.map, this.state.extents, (block, entry, under) => {
             const kind = entryKind(entry)
             if (kind === entryKindDelta) {
               liveExtents.add(entryExtentId(entry))
-              const base = this.state.extents.baseOf(entryExtentId(entry), entrySlot(entry))
-              if (base === undefined) held ??= `${volume.label} block ${block}: the base table of delta extent ${entryExtentId(entry)} could not be read`
-              else if (base === null) held ??= `${volume.label} block ${block}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
-              else if (base !== 0) liveChunks.add(entryChunkId(base))
+              const where = `${volume.label} block ${block}`
+              if (under?.kind === 'unloaded') held ??= `${where}: the base table of delta extent ${entryExtentId(entry)} could not be read`
+              else if (under?.kind === 'damaged') held ??= `${where}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
+              else if (under?.kind === 'chunk') liveChunks.add(under.chunkId)
             } else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
             else if (kind === entryKindLost && held === null) held = `${volume.label} block ${block} is lost`
           })
@@ -179,19 +180,11 @@ export class Maintenance {
    */
   repoint (extentId: number, mapping: Map<number, number>): void {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
+    const next = (entry: number): number | undefined => matches(entry) ? mapping.get(entrySlot(entry)) : undefined
     // First every volume's counters (a shared page counts for each volume that reads it) ...
     const pages = new Set<Page>()
     for (const volume of this.volumes.values()) {
-      volume.map.forEachPage(page => {
-        const entries = page.entries
-        for (let i = 0; i < entries.length; i++) {
-          if (!matches(entries[i])) continue
-          const next = mapping.get(entrySlot(entries[i])) as number
-          if (next === 0) volume.map.allocatedBlocks--
-          volume.map.storedBytes += this.state.sizeOf(next) - this.state.header.blockBytes
-          pages.add(page)
-        }
-      })
+      volume.map.repointCounts(next, pages)
       volume.rowDirty = true
     }
     // ... then each page once.
@@ -207,11 +200,7 @@ export class Maintenance {
   /** Recounts every volume's allocated blocks and stored bytes from its map (after repair). */
   recount (): void {
     for (const volume of this.volumes.values()) {
-      let allocated = 0
-      let stored = 0
-      volume.map.forEachEntry((_block, entry) => { allocated++; stored += this.state.sizeOf(entry) })
-      volume.map.allocatedBlocks = allocated
-      volume.map.storedBytes = stored
+      volume.map.recount()
       volume.rowDirty = true
     }
     this.state.changedSinceCommit = true

@@ -16,6 +16,7 @@
  *
  * Assumes: nothing; pure functions over strings.
  */
+import { VolumeKind } from '../catalog/catalog'
 import { invalid } from '../errors'
 import { volumeNameBytesMax } from '../limits'
 
@@ -75,3 +76,6 @@ export function checkName (name: string): void {
   const problem = nameProblem(name)
   if (problem !== null) throw invalid(`invalid name '${name}': ${problem}`)
 }
+
+/** The folder of the mount each kind of volume appears in: disks/, backups/, clones/. */
+export const dirOfKind: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }

@@ -585,11 +585,7 @@ export class Namespace {
    * and size, the target's writable extents frozen. Call with the target paused.
    */
   private pointAt (target: Volume, backup: Volume): void {
-    target.map.root = backup.map.copyRoot()
-    target.map.rootDirty = true
-    target.map.epoch = this.state.nextEpoch++
-    target.map.allocatedBlocks = backup.map.allocatedBlocks
-    target.map.storedBytes = backup.map.storedBytes
+    target.map.pointAt(backup.map, this.state.nextEpoch++)
     target.size = backup.size
     target.mtimeMs = Date.now()
     target.rowDirty = true

@@ -11,6 +11,7 @@ import path from 'node:path'
 import { Catalog } from '../catalog/catalog'
 import { CatalogLog } from '../catalog/catalog-log'
 import { ChunkStore } from '../chunk/chunk-store'
+import { Ingest } from '../chunk/ingest'
 import { WorkerPool } from '../chunk/worker-pool'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
@@ -41,6 +42,8 @@ export class PoolState implements VolumeContext {
   readonly extents: ExtentStore
   readonly chunks: ChunkStore
   readonly workers: WorkerPool
+  /** The one way blocks become chunks (sealing, import). */
+  readonly ingest: Ingest
   readonly pages: PageStore
   /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
   readonly catalogLog: CatalogLog
@@ -110,6 +113,7 @@ export class PoolState implements VolumeContext {
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
+    this.ingest = new Ingest(this.workers, this.chunks, header.blockBytes, bytes => this.claimSpace(bytes))
     this.pages = new PageStore(catalog, options.pageCacheMax)
     this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
     if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)

@@ -15,14 +15,12 @@
  * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
  */
 import path from 'node:path'
-import { Catalog, VolumeKind } from '../catalog/catalog'
-import { CatalogLog } from '../catalog/catalog-log'
-import { ChunkStore } from '../chunk/chunk-store'
-import { WorkerPool } from '../chunk/worker-pool'
-import { ExtentStore } from '../extent/delta-extent'
+import { Catalog, ImportRow, VolumeKind } from '../catalog/catalog'
+import { ChunkCacheStats } from '../chunk/chunk-cache'
+import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
+import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
 import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-format'
 import { assertLimits, packLiveFractionMin } from '../limits'
-import { PageStore } from '../map/page-store'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
@@ -36,6 +34,7 @@ import { PoolState, StateOptions } from './pool-state'
 import { Volume } from './volume'
 import { RangeCopy, copyRange } from './range-copy'
 import { replayJournal } from './replay'
+import { ExtentSealing, SealReport } from './seal-extent'
 
 export { GcReport } from './maintenance'
 export { AllocationRange } from './allocation'
@@ -48,17 +47,19 @@ export class Pool {
   private readonly committer: Committer
   private readonly namespace: Namespace
   private readonly maintenance: Maintenance
+  private readonly sealing: ExtentSealing
   /** What verify, repair and space accounting read and check (inspection.ts). */
   readonly inspection: Inspection
   /** Backups made from export streams, atomically and resumably (import.ts). */
   readonly imports: Importer
 
-  private constructor (readonly dir: string, readonly header: PoolHeader, readonly catalog: Catalog, options: OpenOptions) {
+  private constructor (readonly dir: string, readonly header: PoolHeader, catalog: Catalog, options: OpenOptions) {
     this.state = new PoolState(dir, header, catalog, options)
     this.committer = new Committer(this.state)
     this.namespace = new Namespace(this.state, this.committer)
     this.maintenance = new Maintenance(this.state, this.committer)
     this.inspection = new Inspection(this.state)
+    this.sealing = new ExtentSealing(this.state, this.committer, this.maintenance)
     this.imports = new Importer(this.state, this.committer, async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work))
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
@@ -92,19 +93,15 @@ export class Pool {
     }
   }
 
-  // ---- the stores (the layers below the volumes) ----
+  // The stores (extents, chunks, workers, map pages, the catalog and its log) are this pool's own:
+  // nothing outside volume/ reaches them. The tools over a pool read them through `inspection`.
 
-  get extents (): ExtentStore { return this.state.extents }
-  get chunks (): ChunkStore { return this.state.chunks }
-  get workers (): WorkerPool { return this.state.workers }
-  get pageStore (): PageStore { return this.state.pages }
-  /** The second copy of volumes and map pages that repair rebuilds a lost catalog from. */
-  get catalogLog (): CatalogLog { return this.state.catalogLog }
+  /**
+   * Whether catalog.log was written by another catalog (left for repair). A narrow view kept for the
+   * daemon's start-up check; `inspection.catalogLogDetached` says the same.
+   */
+  get catalogLog (): { readonly detached: boolean } { return { detached: this.state.catalogLog.detached } }
   get blockBytes (): number { return this.header.blockBytes }
-  /** Stored bytes of a map entry: a block for a delta slot, the chunk's stored size, 0 otherwise. */
-  get sizeOf (): (entry: number) => number { return this.state.sizeOf }
-
-  claimSpace (bytes: number): void { this.state.claimSpace(bytes) }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   get generation (): number { return this.state.generation }
@@ -164,10 +161,26 @@ export class Pool {
   frozenExtents (): number[] { return this.maintenance.frozenExtents() }
   async freezeForSealing (all: boolean): Promise<void> { await this.maintenance.freezeForSealing(all) }
   coldEnough (extentId: number): boolean { return this.maintenance.coldEnough(extentId) }
-  referencedSlots (extentId: number): number[] { return this.maintenance.referencedSlots(extentId) }
-  repoint (extentId: number, mapping: Map<number, number>): void { this.maintenance.repoint(extentId, mapping) }
+  /** Seals one frozen extent (seal-extent.ts); call inside exclusive(). */
+  async sealExtent (extentId: number, report: SealReport): Promise<void> { await this.sealing.sealExtent(extentId, report) }
   recount (): void { this.maintenance.recount() }
-  async dropExtent (extentId: number): Promise<void> { await this.maintenance.dropExtent(extentId) }
+
+  // ---- what the control operations read (export, diff, status) ----
+
+  /** The volume's identity (a UUID), as the catalog holds it. */
+  volumeUuid (volume: Volume): string { return this.state.catalog.volumeUuid(volume.id) }
+  /** The id of the volume with identity `uuid`, if the pool has it. */
+  volumeIdByUuid (uuid: string): number | undefined { return this.state.catalog.volumeByUuid(uuid) }
+  /** Imports in progress, with how many blocks each has recorded. */
+  importsInProgress (): Array<ImportRow & { blocks: number }> { return this.state.catalog.imports().map(row => ({ ...row, blocks: this.state.catalog.importBlockCount(row.key) })) }
+  /** The blocks of `volume` that differ from `since` (all its blocks when null), computed in turns (map/diff.ts). */
+  async changedBlocks (volume: Volume, since: Volume | null): Promise<ChangedSet> { return await changedBlockSet(volume, since, this.state.pages, this.blockBytes) }
+  /** The byte ranges where two volumes differ (map/diff.ts). */
+  differingRanges (older: Volume, newer: Volume): ReturnType<typeof differingRanges> { return differingRanges(older, newer, this.state.pages, this.blockBytes) }
+  /** The BLAKE3 id of the chunk a map entry names; null for any other entry. */
+  chunkHash (entry: number): Buffer | null { return entryKind(entry) === entryKindChunk ? this.state.chunks.info(entryChunkId(entry)).hash : null }
+  /** The opened-chunk cache's figures. */
+  chunkCacheStats (): ChunkCacheStats { return this.state.chunks.cacheStats() }
 
   // ---- lifecycle ----
 

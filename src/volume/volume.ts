@@ -133,19 +133,37 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
       else reads.push(this.readBlock(block, offset, piece))
       done += count
     }
-    if (chunked.length > 0) {
-      reads.push((async () => {
-        let failure: unknown = null
-        try { await this.context.chunks.readMany(chunked) } catch (err) { failure = err }
-        // A block that moved meanwhile is read again from where it is now.
-        const moved = chunked.filter(c => this.map.get(c.block) !== c.entry)
-        if (failure !== null && moved.length === 0) throw failure
-        await Promise.all(moved.map(async c => await this.readBlock(c.block, c.offset, c.target)))
-        if (failure !== null && moved.length < chunked.length) throw failure
-      })())
-    }
+    if (chunked.length > 0) reads.push(this.readChunks(chunked))
     await Promise.all(reads)
     return length
+  }
+
+  /**
+   * Reads whole blocks, neighbours or not (an export's), into their targets: those stored as chunks
+   * in one worker task as read() does, the others through read() (so the end of the last block past
+   * the size stays as the caller left it).
+   */
+  async readBlocks (blocks: Array<{ block: number, target: Buffer }>): Promise<void> {
+    const blockBytes = this.context.blockBytes
+    const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
+    const reads: Array<Promise<unknown>> = []
+    for (const { block, target } of blocks) {
+      const entry = this.map.get(block)
+      if (entryKind(entry) === entryKindChunk) chunked.push({ block, entry, id: entryChunkId(entry), offset: 0, target, what: `${this.label} block ${block}` })
+      else reads.push(this.read(target, block * blockBytes))
+    }
+    if (chunked.length > 0) reads.push(this.readChunks(chunked))
+    await Promise.all(reads)
+  }
+
+  /** Reads pieces of blocks stored as chunks in one worker task; a block that moved meanwhile is read again from where it is now. */
+  private async readChunks (chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }>): Promise<void> {
+    let failure: unknown = null
+    try { await this.context.chunks.readMany(chunked) } catch (err) { failure = err }
+    const moved = chunked.filter(c => this.map.get(c.block) !== c.entry)
+    if (failure !== null && moved.length === 0) throw failure
+    await Promise.all(moved.map(async c => await this.readBlock(c.block, c.offset, c.target)))
+    if (failure !== null && moved.length < chunked.length) throw failure
   }
 
   private describe (block: number, offset: number, length: number): string {

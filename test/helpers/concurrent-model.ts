@@ -36,7 +36,7 @@ import { VdiskError } from '../../src/errors'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { bytesOf } from './model'
 
 export const sectorBytes = 512

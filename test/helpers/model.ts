@@ -10,6 +10,7 @@ import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
+import { storesOf } from './stores'
 
 export interface ModelVolume { kind: 'disk' | 'backup' | 'clone', name: string, data: Buffer }
 
@@ -144,7 +145,7 @@ export class Harness {
       if (volume.size !== v.data.length) return `${v.kind} ${v.name}: size ${volume.size} != ${v.data.length}`
       let allocated = 0
       let stored = 0
-      volume.map.forEachEntry((_block, entry) => { allocated++; stored += this.pool.sizeOf(entry) })
+      volume.map.forEachEntry((_block, entry) => { allocated++; stored += storesOf(this.pool).sizeOf(entry) })
       if (allocated !== volume.map.allocatedBlocks) return `${v.kind} ${v.name}: allocatedBlocks ${volume.map.allocatedBlocks}, counted ${allocated}`
       if (stored !== volume.map.storedBytes) return `${v.kind} ${v.name}: storedBytes ${volume.map.storedBytes}, counted ${stored}`
       const got = Buffer.alloc(v.data.length)

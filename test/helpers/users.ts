@@ -1,5 +1,5 @@
 /**
- * The unprivileged user the security tests attack as (security.test.ts, attacks-2.test.ts).
+ * The unprivileged user the security tests attack as (security.test.ts, hostile-users-and-streams.test.ts).
  */
 import { spawnSync } from 'node:child_process'
 

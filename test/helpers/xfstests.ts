@@ -13,6 +13,7 @@ import path from 'node:path'
 import type { ExecutionContext } from 'ava'
 import { call } from '../../src/control/client'
 import { repoRoot, vdiskfs, waitForExit } from './mount'
+import { Operation } from '../../src/control/operations'
 
 export const fsxBin = path.join(repoRoot, 'build', 'xfstests', 'fsx')
 export const fsstressBin = path.join(repoRoot, 'build', 'xfstests', 'fsstress')
@@ -127,7 +128,7 @@ export function startChurn (mnt: string, image: string, prefix: string, options:
     const kind = ({ disks: 'disk', clones: 'clone' } as Record<string, string>)[path.basename(path.dirname(image))]
     const sourceName = path.basename(image)
     const fastLive: string[] = []
-    const request = async (what: string, op: string, args: Record<string, unknown> = {}): Promise<boolean> => {
+    const request = async (what: string, op: Operation, args: Record<string, unknown> = {}): Promise<boolean> => {
       try { await call(mnt, op, args); return true } catch (err) { stats.failures.push(`${what} (control socket): ${String(err)}`); return false }
     }
     loops.push((async () => {

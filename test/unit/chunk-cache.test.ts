@@ -19,6 +19,7 @@ import { Sealer } from '../../src/seal/sealer'
 import { ChunkCache } from '../../src/chunk/chunk-cache'
 import { entryChunkId } from '../../src/format/map-format'
 import { openedCacheBytesMax } from '../../src/limits'
+import { storesOf } from '../helpers/stores'
 
 const blockBytes = 64 * 1024
 
@@ -75,7 +76,7 @@ test.serial('concurrent partial reads of the same chunks keep the cache under it
       await disk.read(c, block * blockBytes + 4096)
       if (!c.equals(data.subarray(block * blockBytes + 4096, block * blockBytes + 8192))) t.fail(`block ${block} reads back wrong`)
     }
-    const stats = pool.chunks.cacheStats()
+    const stats = storesOf(pool).chunks.cacheStats()
     t.true(stats.bytes <= openedCacheBytesMax, `${stats.bytes} bytes held`)
     t.is(stats.entries, openedCacheBytesMax / blockBytes, 'the cache is full, not shrunk')
     t.true(stats.hits >= openedCacheBytesMax / blockBytes, `${stats.hits} hits`)
@@ -92,18 +93,18 @@ test.serial('damage in a cached chunk: the cache serves only what was verified, 
     const before = Buffer.alloc(4096)
     await disk.read(before, block * blockBytes) // a partial read: the chunk is now cached
     t.true(before.equals(data.subarray(block * blockBytes, block * blockBytes + 4096)))
-    const row = pool.chunks.info(id)
-    const pack = pool.chunks.packFile(row.packId)
+    const row = storesOf(pool).chunks.info(id)
+    const pack = storesOf(pool).chunks.packFile(row.packId)
     flipByte(pack, row.offset + 100, 0x40)
     // From the cache: the bytes verified before the damage, never the damaged ones.
     const cached = Buffer.alloc(4096)
     await disk.read(cached, block * blockBytes + 8192)
     t.true(cached.equals(data.subarray(block * blockBytes + 8192, block * blockBytes + 12288)))
     // verify reads the pack, not the cache.
-    const failed = await pool.chunks.check([id])
+    const failed = await storesOf(pool).chunks.check([id])
     t.regex(failed.get(id) ?? '', /checksum mismatch/)
     // Out of the cache, the next read opens the chunk again and fails with CORRUPT.
-    pool.chunks.forgetCache()
+    storesOf(pool).chunks.forgetCache()
     const after = Buffer.alloc(4096)
     await t.throwsAsync(async () => await disk.read(after, block * blockBytes), { message: /checksum mismatch/ })
     t.true(after.equals(Buffer.alloc(4096)), 'no byte of the damaged chunk reached the reader')
@@ -123,18 +124,18 @@ test.serial('a cached chunk that compaction moves reads back the same from the c
     const id = chunkOf(disk, keep)
     const piece = Buffer.alloc(4096)
     await disk.read(piece, keep * blockBytes) // cached
-    const packBefore = pool.chunks.info(id).packId
+    const packBefore = storesOf(pool).chunks.info(id).packId
     // Every other block rewritten as zeros: their chunks die and the pack falls below any live fraction.
     for (let block = 0; block < 16; block++) if (block !== keep) await disk.write(Buffer.alloc(blockBytes), block * blockBytes)
     await new Sealer(pool, () => {}).sealPending(true)
     const report = await pool.gc(1)
     t.true(report.packsFreed >= 1, 'the old pack was compacted away')
-    t.not(pool.chunks.info(id).packId, packBefore, 'the chunk moved')
+    t.not(storesOf(pool).chunks.info(id).packId, packBefore, 'the chunk moved')
     const expected = data.subarray(keep * blockBytes, (keep + 1) * blockBytes)
     const fromCache = Buffer.alloc(4096)
     await disk.read(fromCache, keep * blockBytes + 61440)
     t.true(fromCache.equals(expected.subarray(61440)))
-    pool.chunks.forgetCache()
+    storesOf(pool).chunks.forgetCache()
     const fromPack = Buffer.alloc(8192)
     await disk.read(fromPack, keep * blockBytes + 4096)
     t.true(fromPack.equals(expected.subarray(4096, 12288)))

@@ -10,7 +10,7 @@ import path from 'node:path'
 import { VdiskError } from '../../src/errors'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { bytesOf } from '../helpers/model'
 
 const blockBytes = 4096

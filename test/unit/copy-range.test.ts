@@ -11,7 +11,7 @@ import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { Volume } from '../../src/volume/volume'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { bytesOf } from '../helpers/model'
 
 async function withPool (blockBytes: number, work: (pool: Pool, reopen: () => Promise<Pool>) => Promise<void>): Promise<void> {

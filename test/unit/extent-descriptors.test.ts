@@ -10,6 +10,7 @@ import path from 'node:path'
 import { extentFdsMax } from '../../src/limits'
 import { Pool } from '../../src/volume/pool'
 import { bytesOf } from '../helpers/model'
+import { storesOf } from '../helpers/stores'
 
 test('reads of a frozen extent work while more writable extents than the descriptor cache holds are open', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fds-'))
@@ -25,13 +26,13 @@ test('reads of a frozen extent work while more writable extents than the descrip
     pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
     // Every disk writes its active extent again: that many writable descriptors are open.
     for (let i = 0; i < count; i++) await pool.get('disk', `d${i}.img`).write(bytesOf(200 + i, 512), 512)
-    t.true(pool.extents.openCount > extentFdsMax)
+    t.true(storesOf(pool).extents.openCount > extentFdsMax)
     const got = Buffer.alloc(4096)
     await pool.get('backup', 'b.img').read(got, 0)
     t.true(got.equals(bytesOf(1, 4096)))
     // And through verify's path (checksums from the file).
-    for (const { id } of pool.catalog.extents()) {
-      const problem = await pool.extents.checkSlot(id, 0)
+    for (const { id } of storesOf(pool).catalog.extents()) {
+      const problem = await storesOf(pool).extents.checkSlot(id, 0)
       t.is(problem, null, `extent ${id}`)
     }
   } finally {

@@ -12,7 +12,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { extentSlotsMax } from '../../src/limits'
 import { flipByte } from '../helpers/damage'
 

@@ -13,10 +13,11 @@ import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot } from '../../src/format/map-format'
 import { baseOffset, baseTableBytes, tableBytes } from '../../src/format/extent-format'
 import { extentHeaderBytes } from '../../src/limits'
+import { storesOf } from '../helpers/stores'
 
 const blockBytes = 64 * 1024
 const sector = 4096
@@ -59,7 +60,7 @@ test.serial('first writes over sealed blocks become partial slots that read back
     for (const block of [1, 2, 3, 4]) {
       const entry = disk().map.get(block)
       t.is(entryKind(entry), entryKindDelta, `block ${block} is in a slot`)
-      t.not(pool.extents.baseOf(entryExtentId(entry), entrySlot(entry)), 0, `block ${block} is a partial slot`)
+      t.not(storesOf(pool).extents.baseOf(entryExtentId(entry), entrySlot(entry)), 0, `block ${block} is a partial slot`)
     }
     t.true((await readAll(pool, 'disk', 'd.img', model.length)).equals(model), 'merged reads')
     // The chunks under the partial slots are named by no map entry: gc must keep them.
@@ -157,7 +158,7 @@ test.serial('an extent of format version 2 (no base table) still opens and takes
     await write(pool, 'disk', 'd.img', model, blockBytes + 3 * sector, crypto.randomBytes(sector))
     const entry = pool.get('disk', 'd.img').map.get(1)
     t.is(entryExtentId(entry), active, 'written to the version 2 extent')
-    t.is(pool.extents.baseOf(active, entrySlot(entry)), 0, 'as a whole slot')
+    t.is(storesOf(pool).extents.baseOf(active, entrySlot(entry)), 0, 'as a whole slot')
     t.true((await readAll(pool, 'disk', 'd.img', model.length)).equals(model))
     await seal(pool)
     t.true((await readAll(pool, 'disk', 'd.img', model.length)).equals(model), 'after sealing')

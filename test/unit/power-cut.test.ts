@@ -18,6 +18,7 @@ import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
 import { FaultFileIo } from '../helpers/fault-io'
+import { storesOf } from '../helpers/stores'
 
 /** Bytes of one record: a sector. Pools have blocks of one record, or of four (partial slots). */
 const blockBytes = 4096
@@ -255,7 +256,7 @@ test.serial('a power cut that lands a block without its checksum (or the reverse
       const back = Buffer.alloc(blockBytes)
       await reopened.get('disk', 'd.img').read(back, 0)
       t.true(back.equals(acknowledged) || back.equals(overwritten), 'the acknowledged block or its overwrite')
-      t.deepEqual(reopened.extents.damaged, [])
+      t.deepEqual(storesOf(reopened).extents.damaged, [])
     } finally {
       await reopened.close()
     }
@@ -289,7 +290,7 @@ test.serial('a power cut that lands a partial slot\'s new sector without its byt
       const sector = back.subarray(blockBytes, 2 * blockBytes)
       t.true(sector.equals(sealed.subarray(blockBytes, 2 * blockBytes)) || sector.equals(second), `keep newest ${String(keepNewest)}: the chunk's sector or the new one`)
       t.true(back.subarray(2 * blockBytes).equals(sealed.subarray(2 * blockBytes)), 'the sectors never written')
-      t.deepEqual(reopened.extents.damaged, [])
+      t.deepEqual(storesOf(reopened).extents.damaged, [])
     } finally {
       await reopened.close()
     }
@@ -322,7 +323,7 @@ test.serial('a slot whose checksums landed without its bytes before a power cut 
     first.copy(expected, 0)
     third.copy(expected, 2 * partialBlockBytes)
     t.true(back.equals(expected))
-    t.deepEqual(reopened.extents.damaged, [])
+    t.deepEqual(storesOf(reopened).extents.damaged, [])
   } finally {
     await reopened.close()
   }

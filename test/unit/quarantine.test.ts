@@ -10,7 +10,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
-import { verifyPool } from '../../src/volume/verify'
+import { verifyPool } from '../../src/inspect/verify'
 import { FileIo, nodeFileIo } from '../../src/io/file-io'
 
 test.serial('chunks a failed seal pass abandoned are deleted by compaction, not quarantined or reported', async t => {

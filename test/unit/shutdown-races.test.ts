@@ -12,8 +12,51 @@ import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Sealer } from '../../src/seal/sealer'
-import { VdiskError } from '../../src/errors'
+import { FileIo, nodeFileIo } from '../../src/io/file-io'
 import { extentFdsMax, workerQueueMax } from '../../src/limits'
+import { storesOf } from '../helpers/stores'
+
+/** The pool's filesystem filling up: a write to a pack fails with ENOSPC once packBytesMax bytes went to packs. */
+class FillingIo implements FileIo {
+  packBytes = 0
+  filled = false
+  private readonly packs = new Set<number>()
+  constructor (public packBytesMax: number) {}
+  open = async (file: string, flags: string, mode?: number): Promise<number> => {
+    const fd = await nodeFileIo.open(file, flags, mode)
+    if (file.endsWith('.pack')) this.packs.add(fd)
+    else this.packs.delete(fd)
+    return fd
+  }
+
+  private take (fd: number, bytes: number): void {
+    if (!this.packs.has(fd)) return
+    if (this.packBytes + bytes > this.packBytesMax) {
+      this.filled = true
+      throw Object.assign(new Error('ENOSPC: no space left on device, write (test)'), { code: 'ENOSPC' })
+    }
+    this.packBytes += bytes
+  }
+
+  write = async (fd: number, data: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> => {
+    this.take(fd, length)
+    return await nodeFileIo.write(fd, data, offset, length, position)
+  }
+
+  writev = async (fd: number, buffers: Uint8Array[], position: number): Promise<{ bytesWritten: number }> => {
+    this.take(fd, buffers.reduce((sum, b) => sum + b.length, 0))
+    return await nodeFileIo.writev(fd, buffers, position)
+  }
+
+  close = nodeFileIo.close
+  read = nodeFileIo.read
+  fdatasync = nodeFileIo.fdatasync
+  fstat = nodeFileIo.fstat
+  truncate = nodeFileIo.truncate
+  sizeOf = nodeFileIo.sizeOf
+  remove = nodeFileIo.remove
+  syncDirectory = nodeFileIo.syncDirectory
+}
 
 function tempPool (t: { teardown: (fn: () => void) => void }): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-races-'))
@@ -38,7 +81,7 @@ test.serial('close while a seal pass is writing packs keeps every committed byte
   const sealer = new Sealer(pool, () => {})
   const sealing = sealer.sealPending(true).catch(err => err)
   // Let the pass get going (packs are being written), then close under it.
-  while (sealer.progress.total === 0 || pool.chunks.pendingCount() < 50) await new Promise(resolve => setImmediate(resolve))
+  while (sealer.progress.total === 0 || storesOf(pool).chunks.pendingCount() < 50) await new Promise(resolve => setImmediate(resolve))
   await pool.close()
   await sealing
   pool = Pool.open(dir, { workers: 1 })
@@ -55,22 +98,18 @@ test.serial('close while a seal pass is writing packs keeps every committed byte
 test.serial('the disk filling up part-way through sealing, then rm + gc + seal, loses nothing', async t => {
   const dir = tempPool(t)
   const blockBytes = 4096
-  let pool = Pool.open(dir, { create: true, blockBytes, workers: 1 })
+  // The filesystem fills after 700 blocks' worth of packs: the rest of the pass fails with ENOSPC.
+  const io = new FillingIo(700 * blockBytes)
+  let pool = Pool.open(dir, { create: true, blockBytes, workers: 1, io })
   const keep = crypto.randomBytes(600 * blockBytes)
   const other = crypto.randomBytes(900 * blockBytes)
   await (await pool.createDisk('keep.img')).write(keep, 0)
   await (await pool.createDisk('other.img')).write(other, 0)
   await pool.commit()
-  // The filesystem fills after 700 blocks of the pass: the rest of the pass fails with ENOSPC.
-  const claim = pool.claimSpace.bind(pool)
-  let claimed = 0
-  pool.claimSpace = (bytes: number) => {
-    if (++claimed > 700) throw new VdiskError('NO_SPACE', 'test: the pool filesystem is full')
-    claim(bytes)
-  }
   const failed = await new Sealer(pool, () => {}).sealPending(true)
+  t.true(io.filled, 'the filesystem filled')
   t.true(failed.failed.length > 0, 'the pass reports the failure')
-  pool.claimSpace = claim
+  io.packBytesMax = Infinity
   await pool.remove(pool.get('disk', 'other.img'))
   await pool.gc(0.99)
   await new Sealer(pool, () => {}).sealPending(true)
@@ -149,7 +188,7 @@ test.serial('extent descriptors stay bounded however many extents are read', asy
     for (let round = 0; round < 2; round++) {
       for (let i = 0; i < count; i++) t.true((await readAll(pool, 'backup', `b${i}.img`, blockBytes)).equals(datas[i]))
     }
-    t.true(pool.extents.openCount <= extentFdsMax, `${pool.extents.openCount} extent descriptors open`)
+    t.true(storesOf(pool).extents.openCount <= extentFdsMax, `${storesOf(pool).extents.openCount} extent descriptors open`)
   } finally {
     await pool.close()
   }

@@ -15,6 +15,7 @@ import { flipByte } from '../helpers/damage'
 import { Pool } from '../../src/volume/pool'
 import { sumCacheBytesMax, sumCachePageSlots } from '../../src/limits'
 import { dataStart, extentFormatVersion, sumOffset } from '../../src/format/extent-format'
+import { storesOf } from '../helpers/stores'
 
 const perSlot = 16
 const blockBytes = 64 * 1024
@@ -88,13 +89,13 @@ test.serial('through a pool: reads hit the cache, damage is still caught, verify
   const data = crypto.randomBytes(4 * blockBytes)
   await disk.write(data, 0)
   const out = Buffer.alloc(4096)
-  const hits = pool.extents.sums.stats.hits
+  const hits = storesOf(pool).extents.sums.stats.hits
   for (let i = 0; i < 4; i++) { await disk.read(out, 8192); t.deepEqual(out, data.subarray(8192, 12288)) }
-  t.true(pool.extents.sums.stats.hits - hits >= 4, 'the written slot\'s checksums are known: no checksum read')
+  t.true(storesOf(pool).extents.sums.stats.hits - hits >= 4, 'the written slot\'s checksums are known: no checksum read')
   const names = fs.readdirSync(path.join(dir, 'extents')).filter(n => n.endsWith('.dx'))
   t.is(names.length, 1)
   const extentId = Number(names[0].replace('.dx', ''))
-  const file = pool.extents.file(extentId)
+  const file = storesOf(pool).extents.file(extentId)
   // A flipped data byte: caught against the checksum in memory.
   flipByte(file, dataStart(extentFormatVersion, blockBytes) + blockBytes + 100)
   await t.throwsAsync(disk.read(out, blockBytes), { message: /checksum mismatch/ })
@@ -102,7 +103,7 @@ test.serial('through a pool: reads hit the cache, damage is still caught, verify
   flipByte(file, sumOffset(2, 3, blockBytes))
   await disk.read(out, 2 * blockBytes + 3 * 4096)
   t.deepEqual(out, data.subarray(2 * blockBytes + 3 * 4096, 2 * blockBytes + 4 * 4096))
-  t.regex(String(await pool.extents.checkSlot(extentId, 2)), /checksum mismatch/)
+  t.regex(String(await storesOf(pool).extents.checkSlot(extentId, 2)), /checksum mismatch/)
 })
 
 test.serial('reads racing writes of the same sectors never count as damage', async t => {
@@ -118,5 +119,5 @@ test.serial('reads racing writes of the same sectors never count as damage', asy
     const write = disk.write(fresh, 4096)
     await Promise.all([read, write])
   }
-  t.deepEqual(pool.extents.damaged, [])
+  t.deepEqual(storesOf(pool).extents.damaged, [])
 })

@@ -9,8 +9,9 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { pageEntries } from '../../src/limits'
-import { changedBlockSet, changedBlocks, differingRanges } from '../../src/transfer/diff'
+import { changedBlockSet, changedBlocks, differingRanges } from '../../src/map/diff'
 import { Pool } from '../../src/volume/pool'
+import { storesOf } from '../helpers/stores'
 
 const blockBytes = 4096
 
@@ -27,19 +28,19 @@ test('pages shared by both backups are not read; the changed blocks are the ones
     const written = [3 * pageEntries + 7, 3 * pageEntries + 8, 6 * pageEntries]
     for (const block of written) await disk.write(crypto.randomBytes(blockBytes), block * blockBytes)
     const newer = await pool.backup(disk, 'b2.img')
-    const { blocks, pagesRead } = changedBlocks(newer, older, pool.pageStore, blockBytes)
+    const { blocks, pagesRead } = changedBlocks(newer, older, storesOf(pool).pages, blockBytes)
     t.deepEqual(blocks.map(b => b.block), written)
     t.is(pagesRead, 4)
     // The export's bit set says the same, and a full one every block that is not a hole.
-    const set = await changedBlockSet(newer, older, pool.pageStore, blockBytes)
+    const set = await changedBlockSet(newer, older, storesOf(pool).pages, blockBytes)
     t.is(set.count, written.length)
     t.deepEqual([...set.blocks()], written)
-    const fullSet = await changedBlockSet(newer, null, pool.pageStore, blockBytes)
-    t.deepEqual([...fullSet.blocks()], changedBlocks(newer, null, pool.pageStore, blockBytes).blocks.map(b => b.block))
-    t.is(changedBlocks(newer, newer, pool.pageStore, blockBytes).pagesRead, 0)
-    const full = changedBlocks(newer, null, pool.pageStore, blockBytes)
+    const fullSet = await changedBlockSet(newer, null, storesOf(pool).pages, blockBytes)
+    t.deepEqual([...fullSet.blocks()], changedBlocks(newer, null, storesOf(pool).pages, blockBytes).blocks.map(b => b.block))
+    t.is(changedBlocks(newer, newer, storesOf(pool).pages, blockBytes).pagesRead, 0)
+    const full = changedBlocks(newer, null, storesOf(pool).pages, blockBytes)
     t.is(full.blocks.length, pages + written.length - 1)
-    t.deepEqual(differingRanges(older, newer, pool.pageStore, blockBytes).ranges, [
+    t.deepEqual(differingRanges(older, newer, storesOf(pool).pages, blockBytes).ranges, [
       { start: written[0] * blockBytes, length: 2 * blockBytes },
       { start: written[2] * blockBytes, length: blockBytes }
     ])

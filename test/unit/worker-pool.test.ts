@@ -3,17 +3,15 @@
  * their answers, and a failure inside a task comes back in its result.
  */
 import test from 'ava'
-import { WorkerPool } from '../../src/chunk/worker-pool'
-import { OpenTask } from '../../workers/protocol'
+import { LeasedOpen, WorkerPool } from '../../src/chunk/worker-pool'
 
-const empty: OpenTask = { requests: [] }
 // A descriptor no process has: the open task reports the failure in its result, per request.
-const badRead: OpenTask = { requests: [{ slot: 0, fd: 1_000_000, offset: 0, storedBytes: 16, rawBytes: 16, compressed: false }] }
+const badRead: LeasedOpen = { at: 0, hash: Buffer.alloc(32), fd: 1_000_000, offset: 0, storedBytes: 16, rawBytes: 16, compressed: false }
 
 test('more tasks than threads: every one is answered, failures inside a task come back in its result', async t => {
   const pool = new WorkerPool({ blockBytes: 4096, zstdLevel: 3, threads: 2 })
   try {
-    const results = await Promise.all(Array.from({ length: 50 }, async (_, i) => await pool.open(i % 2 === 0 ? empty : badRead)))
+    const results = await Promise.all(Array.from({ length: 50 }, async (_, i) => await pool.lease(1, async lease => await lease.open(i % 2 === 0 ? [] : [badRead]))))
     t.is(results.length, 50)
     results.forEach((result, i) => {
       if (i % 2 === 0) t.deepEqual(result.blocks, [])

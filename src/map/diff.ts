@@ -13,8 +13,10 @@
  * do not change while it runs (it is synchronous). Errors: CORRUPT when a page fails its checks.
  */
 import { diffPagesPerTurn, pageEntries } from '../limits'
-import { PageStore } from '../map/page-store'
-import { Volume } from '../volume/volume'
+import { PageStore } from './page-store'
+
+/** What the comparisons read of a volume: its size and its map's root. */
+export interface Mapped { readonly size: number, readonly map: { readonly root: Float64Array } }
 
 /** A block of `newer` that differs from `older`, with its entry in `newer` (0: a hole). */
 export interface ChangedBlock { block: number, entry: number }
@@ -28,7 +30,7 @@ const holes = new Float64Array(pageEntries)
  * The blocks below `newer`'s size whose entries differ from `older`'s (every non-hole block when
  * `older` is null), in increasing order, and how many pages were compared.
  */
-export function changedBlocks (newer: Volume, older: Volume | null, pages: PageStore, blockBytes: number): { blocks: ChangedBlock[], pagesRead: number } {
+export function changedBlocks (newer: Mapped, older: Mapped | null, pages: PageStore, blockBytes: number): { blocks: ChangedBlock[], pagesRead: number } {
   const blocks: ChangedBlock[] = []
   const total = Math.ceil(newer.size / blockBytes)
   const newRoot = newer.map.root
@@ -61,7 +63,7 @@ export interface ChangedSet {
  * turns may repoint entries (a delta slot becomes the chunk it was sealed into) on both sides at once:
  * a block compared across that moment is at worst reported changed with equal bytes.
  */
-export async function changedBlockSet (newer: Volume, older: Volume | null, pages: PageStore, blockBytes: number): Promise<ChangedSet> {
+export async function changedBlockSet (newer: Mapped, older: Mapped | null, pages: PageStore, blockBytes: number): Promise<ChangedSet> {
   const total = Math.ceil(newer.size / blockBytes)
   const bits = new Map<number, Uint8Array>()
   let count = 0
@@ -99,7 +101,7 @@ export async function changedBlockSet (newer: Volume, older: Volume | null, page
  * The byte ranges that differ between `older` and `newer`: their changed blocks, clipped to the larger
  * size, and the span between the two sizes when they differ; adjacent ranges merged.
  */
-export function differingRanges (older: Volume, newer: Volume, pages: PageStore, blockBytes: number): { ranges: ByteRange[], pagesRead: number } {
+export function differingRanges (older: Mapped, newer: Mapped, pages: PageStore, blockBytes: number): { ranges: ByteRange[], pagesRead: number } {
   const { blocks, pagesRead } = changedBlocks(newer, older, pages, blockBytes)
   const ranges: ByteRange[] = []
   const larger = Math.max(older.size, newer.size)

@@ -1,0 +1,104 @@
+/**
+ * The core control operations: status, commit, sync, verify, ls, du, gc and the namespace's (backup,
+ * clone, restore, rm and the group forms). Like the other ops-*.ts modules they only translate: the
+ * work is in the volume layer; the arguments were checked against operations.ts by the server.
+ */
+import { invalid } from '../errors'
+import { packLiveFractionExplicit } from '../limits'
+import { Progress, verifyPool } from '../inspect/verify'
+import { Volume } from '../volume/volume'
+import { Handlers, HandlerContext, named, volumeArg, volumeAt } from './handler'
+import { Operation, operations } from './operations'
+
+export function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerContext) {
+  // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
+  let verifying: Progress | null = null
+  const find = (op: Operation, args: Record<string, unknown>, key: string): Volume => volumeArg(pool, op, args, key)
+  return {
+    status: async () => status(),
+    commit: async () => { await pool.commit(); return {} },
+    sync: async () => await metrics.job('sync', async () => {
+      const started = Date.now()
+      await pool.commit()
+      const sealed = await sealer.sealPending(true)
+      log(`sync: sealed ${sealed.extentsSealed} extents (${sealed.blocksSealed} blocks, ${sealed.rawBytes} -> ${sealed.storedBytes} bytes)` +
+        `${sealed.failed.length > 0 ? `, ${sealed.failed.length} failed` : ''} in ${Date.now() - started} ms`)
+      return { ...sealed, elapsedMs: Date.now() - started }
+    }, () => sealer.progress),
+    progress: async () => verifying ?? sealer.progress,
+    verify: async () => {
+      const progress: Progress = { done: 0, total: 0 }
+      verifying = progress
+      try {
+        const report = await metrics.job('verify', async () => await pool.exclusive(async () => await verifyPool(pool, progress)), () => progress)
+        log(`verify: ${report.ok ? 'no damage' : `DAMAGE: ${report.problems.length} pool problems, ${report.damaged.length} damaged ranges`} ` +
+          `(${report.volumes} volumes, ${report.blocks} blocks, ${report.chunks} chunks)`)
+        return report
+      } finally { verifying = null }
+    },
+    ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
+    du: async () => space.report(),
+    backup: async args => {
+      const started = process.hrtime.bigint()
+      const source = find('backup', args, 'source')
+      const backup = await pool.backup(source, args.name as string)
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`backup: ${named(source)} -> ${named(backup)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...backup.info(), elapsedMs }
+    },
+    backupGroup: async args => {
+      const started = process.hrtime.bigint()
+      const group = args.group as string
+      const sources = (args.sources as unknown[]).map(s => volumeAt(pool, (s ?? {}) as Record<string, unknown>, operations.backup.args.source))
+      const names = (args.names as unknown[]).map(n => { if (typeof n !== 'string') throw invalid('missing name'); return n })
+      const backups = await pool.backupGroup(sources, names, group)
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`backup group ${group}: ${sources.map((s, i) => `${named(s)} -> ${named(backups[i])}`).join(', ')} (${elapsedMs.toFixed(1)} ms)`)
+      return { backups: backups.map((b, i) => ({ ...b.info(), from: sources[i].info() })), elapsedMs }
+    },
+    restoreGroup: async args => {
+      const group = args.group as string
+      const pairs = await pool.restoreGroup(group, { force: args.force === true })
+      log(`restore group ${group}: ${pairs.map(p => `${named(p.target)} from ${named(p.backup)}`).join(', ')}${args.force === true ? ' (--force)' : ''}`)
+      return { restored: pairs.map(p => ({ restored: p.target.info(), from: p.backup.info() })) }
+    },
+    cloneGroup: async args => {
+      const group = args.group as string
+      const prefix = args.prefix as string
+      // PREFIX-<the member's name without its group's prefix>: group vm1-mon's vm1-mon-root.img -> PREFIX-root.img.
+      const clones = await pool.cloneGroup(group, backup => `${prefix}-${backup.name.startsWith(`${group}-`) ? backup.name.slice(group.length + 1) : backup.name}`)
+      log(`clone group ${group}: ${clones.map(c => named(c)).join(', ')}`)
+      return { clones: clones.map(c => c.info()) }
+    },
+    clone: async args => {
+      const started = process.hrtime.bigint()
+      const source = find('clone', args, 'source')
+      const clone = await pool.clone(source, args.name as string)
+      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      log(`clone: ${named(source)} -> ${named(clone)} (${elapsedMs.toFixed(1)} ms)`)
+      return { ...clone.info(), elapsedMs }
+    },
+    restore: async args => {
+      const source = find('restore', args, 'source')
+      const target = find('restore', args, 'target')
+      await pool.restore(source, target, { force: args.force === true })
+      log(`restore: ${named(target)} from ${named(source)}${args.force === true ? ' (--force)' : ''}`)
+      return { restored: target.info(), from: source.info() }
+    },
+    rm: async args => {
+      const target = find('rm', args, 'target')
+      const removed = target.info()
+      await pool.remove(target, { force: args.force === true })
+      // Removed while open (--force): its holders keep it until they close it.
+      const stillOpen = target.openHandles > 0
+      log(`rm: ${named(removed)}${stillOpen ? ' (still open: removed at its last close)' : ''}`)
+      return { removed, stillOpen }
+    },
+    gc: async () => {
+      const report = await metrics.job('gc', async () => await pool.gc(packLiveFractionExplicit))
+      log(`gc: freed ${report.pagesFreed} map pages, ${report.extentsFreed} extents, ${report.chunksFreed} chunks, ${report.packsFreed} packs (${report.packBytesFreed} bytes)` +
+        `${report.held !== undefined ? `; held: ${report.held}` : ''}`)
+      return report
+    }
+  } satisfies Handlers
+}
