@@ -17,7 +17,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
-import { SpaceAccounting } from '../volume/space'
+import { SpaceAccounting } from '../inspect/space'
 import { createLowLevelOperations } from '../fuse/fuse3-ops'
 import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
@@ -79,7 +79,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const daemonLog = new DaemonLog()
   const log = daemonLog.line
   const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
-  if (pool.catalogLog.detached) {
+  if (pool.inspection.catalogLogDetached) {
     // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
     // catalog.log holds, and make the loss permanent.
     await pool.close()

@@ -19,14 +19,14 @@ import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
 import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
-import { SpaceAccounting } from '../volume/space'
+import { SpaceAccounting } from '../inspect/space'
 import { fallocate, xattrNames, xattrPrefix, xattrValue } from './volume-ops'
+import { dirOfKind } from '../volume/names'
 
 export const rootInode = 1
 export const volumeInodeBase = 16
 const dirInodeOf: Record<VolumeKind, number> = { disk: 2, backup: 3, clone: 4 }
 const kindOfInode = new Map<number, VolumeKind>([[2, 'disk'], [3, 'backup'], [4, 'clone']])
-const dirNameOf: Record<VolumeKind, string> = { disk: 'disks', backup: 'backups', clone: 'clones' }
 
 const EEXIST = -17
 const ENXIO = -6
@@ -154,7 +154,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   async function resize (volume: Volume, size: number): Promise<void> {
     const before = volume.size
     await volume.truncate(size)
-    if (size !== before) log(`resize: ${dirNameOf[volume.kind]}/${volume.name} from ${before} to ${size} bytes`)
+    if (size !== before) log(`resize: ${dirOfKind[volume.kind]}/${volume.name} from ${before} to ${size} bytes`)
   }
 
   async function allocation (volume: Volume): Promise<AllocationRange[]> {
@@ -171,7 +171,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   return {
     lookup (parent: number, name: string, cb: Callback) {
       if (parent === rootInode) {
-        const kind = (Object.keys(dirNameOf) as VolumeKind[]).find(k => dirNameOf[k] === name)
+        const kind = (Object.keys(dirOfKind) as VolumeKind[]).find(k => dirOfKind[k] === name)
         if (kind === undefined) { cb(ENOENT); return }
         cb(0, dirAttr(dirInodeOf[kind]))
         return
@@ -219,7 +219,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
         cb(0, [
           { name: '.', ino: rootInode, mode: 0o040000 },
           { name: '..', ino: rootInode, mode: 0o040000 },
-          ...(['disk', 'backup', 'clone'] as VolumeKind[]).map(kind => ({ name: dirNameOf[kind], ino: dirInodeOf[kind], mode: 0o040000 }))
+          ...(['disk', 'backup', 'clone'] as VolumeKind[]).map(kind => ({ name: dirOfKind[kind], ino: dirInodeOf[kind], mode: 0o040000 }))
         ])
         return
       }
@@ -270,7 +270,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
         const fh = nextHandle++
         handles.set(fh, { volume, writable: true })
         saveHandles()
-        log(`create: ${dirNameOf[kind]}/${name}`)
+        log(`create: ${dirOfKind[kind]}/${name}`)
         cb(0, fileAttr(volume), fh)
       }, fail(cb))
     },
@@ -310,7 +310,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       if (kind === undefined) { cb(parent === rootInode ? EPERM : ENOENT); return }
       const volume = pool.find(kind, name)
       if (volume === undefined || volume.hidden) { cb(ENOENT); return }
-      pool.unlink(volume).then(() => { log(`rm: ${dirNameOf[kind]}/${name} (unlinked through the mount)`); cb(0) }, fail(cb))
+      pool.unlink(volume).then(() => { log(`rm: ${dirOfKind[kind]}/${name} (unlinked through the mount)`); cb(0) }, fail(cb))
     },
 
     rename (parent: number, name: string, newParent: number, newName: string, flags: number, cb: Callback) {
@@ -326,7 +326,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
         if (existing !== undefined && existing !== volume && !existing.hidden) { cb(EEXIST); return }
       }
       if (from !== to) { cb(volume.kind === 'backup' || to === 'backup' ? -30 : EXDEV); return } // EROFS
-      pool.move(volume, to, newName).then(() => { log(`rename: ${dirNameOf[from]}/${name} -> ${dirNameOf[to]}/${newName}`); cb(0) }, fail(cb))
+      pool.move(volume, to, newName).then(() => { log(`rename: ${dirOfKind[from]}/${name} -> ${dirOfKind[to]}/${newName}`); cb(0) }, fail(cb))
     },
 
     // The modes are volume-ops.ts's.

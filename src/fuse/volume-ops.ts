@@ -4,8 +4,8 @@
  */
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
-import { SpaceAccounting } from '../volume/space'
-import { sourceOf } from '../volume/facts'
+import { SpaceAccounting } from '../inspect/space'
+import { sourceOf } from '../inspect/facts'
 
 /** fallocate(2) mode bits (linux/falloc.h). */
 const fallocKeepSize = 0x01

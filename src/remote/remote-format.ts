@@ -40,8 +40,7 @@ export const manifestSuffixSealed = '.enc'
 export const manifestFormat = 'vdiskfs-remote-manifest'
 export const manifestVersion = 1
 
-/** Chunk ids: BLAKE3-256, 64 hex digits. Backup ids: the first 32 hex digits of their manifest's BLAKE3-256. */
-export const chunkIdHexLength = 64
+/** Backup ids: the first 32 hex digits of their manifest's BLAKE3-256. */
 export const backupIdHexLength = 32
 
 // Limits of the remote code, with their units last.

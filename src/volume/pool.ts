@@ -96,11 +96,6 @@ export class Pool {
   // The stores (extents, chunks, workers, map pages, the catalog and its log) are this pool's own:
   // nothing outside volume/ reaches them. The tools over a pool read them through `inspection`.
 
-  /**
-   * Whether catalog.log was written by another catalog (left for repair). A narrow view kept for the
-   * daemon's start-up check; `inspection.catalogLogDetached` says the same.
-   */
-  get catalogLog (): { readonly detached: boolean } { return { detached: this.state.catalogLog.detached } }
   get blockBytes (): number { return this.header.blockBytes }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
