@@ -12,7 +12,7 @@ import path from 'node:path'
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
 import { extentsDir } from '../format/pool-format'
 import { VdiskError } from '../errors'
-import { extentIdleMs, packLiveFractionMin, writableExtentsMax } from '../limits'
+import { extentIdleMs, packLiveFractionMin, pageEntries, writableExtentsMax } from '../limits'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
 import { PoolState } from './pool-state'
@@ -68,22 +68,33 @@ export class Maintenance {
       let held: string | null = null
       for (const volume of this.volumes.values()) {
         for (const id of volume.writableExtents) liveExtents.add(id)
-        for (const id of volume.map.root) if (id !== 0) livePages.add(id)
-        try {
-          // eslint-disable-next-line @typescript-eslint/no-loop-func -- forEachEntry calls it synchronously, within this iteration; it only sets `held` (first reason wins), read after the loop
-          volume.map.forEachEntry((block, entry) => {
+        const root = volume.map.root
+        for (let p = 0; p < root.length; p++) {
+          // A page several volumes read (a disk and its backups, a chain of clones) is walked once: what
+          // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
+          const id = root[p]
+          if (id === 0 || livePages.has(id)) continue
+          livePages.add(id)
+          let entries: Float64Array
+          try {
+            entries = this.state.pages.get(id).entries
+          } catch (err) {
+            held ??= `${volume.label}: ${(err as Error).message}`
+            continue
+          }
+          for (let i = 0; i < entries.length; i++) {
+            const entry = entries[i]
+            if (entry === 0) continue
             const kind = entryKind(entry)
             if (kind === entryKindDelta) {
               liveExtents.add(entryExtentId(entry))
               const base = this.state.extents.baseOf(entryExtentId(entry), entrySlot(entry))
-              if (base === undefined) held ??= `${volume.label} block ${block}: the base table of delta extent ${entryExtentId(entry)} could not be read`
-              else if (base === null) held ??= `${volume.label} block ${block}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
+              if (base === undefined) held ??= `${volume.label} block ${p * pageEntries + i}: the base table of delta extent ${entryExtentId(entry)} could not be read`
+              else if (base === null) held ??= `${volume.label} block ${p * pageEntries + i}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
               else if (base !== 0) liveChunks.add(entryChunkId(base))
             } else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
-            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${block} is lost`
-          })
-        } catch (err) {
-          held ??= `${volume.label}: ${(err as Error).message}`
+            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${p * pageEntries + i} is lost`
+          }
         }
       }
       // Chunks an unfinished import stored (catalog table import_blocks) are live until it completes or is dropped.
@@ -160,42 +171,73 @@ export class Maintenance {
   /** Slots of `extentId` that some volume's map still references. */
   referencedSlots (extentId: number): number[] {
     const slots = new Set<number>()
-    for (const volume of this.volumes.values()) {
-      volume.map.forEachPage(page => {
-        const entries = page.entries
-        for (let i = 0; i < entries.length; i++) {
-          const entry = entries[i]
-          if (entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId) slots.add(entrySlot(entry))
-        }
-      })
-    }
+    this.forEachDistinctPage(page => {
+      const entries = page.entries
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]
+        if (entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId) slots.add(entrySlot(entry))
+      }
+    })
     return [...slots].sort((a, b) => a - b)
+  }
+
+  /**
+   * Calls `visit` once for each map page some volume's root names: a page shared by a disk and its
+   * backups (or along a chain of clones) is one page, walked once however many volumes read it, so a
+   * walk costs the pool's distinct pages and not volumes times pages (issue #21: 10,000 backups of one
+   * disk share most of their pages).
+   */
+  private forEachDistinctPage (visit: (page: Page) => void): void {
+    const seen = new Set<number>()
+    for (const volume of this.volumes.values()) {
+      for (const id of volume.map.root) {
+        if (id === 0 || seen.has(id)) continue
+        seen.add(id)
+        visit(this.state.pages.get(id))
+      }
+    }
   }
 
   /**
    * Repoints every map entry that still names a slot of `extentId` at its new home (`mapping`: slot ->
    * entry). Pages are changed in place, shared ones included: their content does not change, only
-   * where it lives. Synchronous, so no write interleaves; the caller commits.
+   * where it lives. Synchronous, so no write interleaves; the caller commits. Each distinct page is
+   * walked once; a volume's counters (and its catalog row) change only when its root names a page that
+   * held such an entry (a shared page counts for each volume that reads it).
    */
   repoint (extentId: number, mapping: Map<number, number>): void {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
-    // First every volume's counters (a shared page counts for each volume that reads it) ...
-    const pages = new Set<Page>()
+    // First what each page's repointing changes in the counters of a volume that reads it ...
+    const changes = new Map<number, { page: Page, freed: number, stored: number }>()
+    this.forEachDistinctPage(page => {
+      const entries = page.entries
+      let freed = 0
+      let stored = 0
+      let found = false
+      for (let i = 0; i < entries.length; i++) {
+        if (!matches(entries[i])) continue
+        const next = mapping.get(entrySlot(entries[i])) as number
+        found = true
+        if (next === 0) freed++
+        stored += this.state.sizeOf(next) - this.state.header.blockBytes
+      }
+      if (found) changes.set(page.id, { page, freed, stored })
+    })
+    if (changes.size === 0) return
+    // ... then every volume reading such a page ...
     for (const volume of this.volumes.values()) {
-      volume.map.forEachPage(page => {
-        const entries = page.entries
-        for (let i = 0; i < entries.length; i++) {
-          if (!matches(entries[i])) continue
-          const next = mapping.get(entrySlot(entries[i])) as number
-          if (next === 0) volume.map.allocatedBlocks--
-          volume.map.storedBytes += this.state.sizeOf(next) - this.state.header.blockBytes
-          pages.add(page)
-        }
-      })
-      volume.rowDirty = true
+      let reads = false
+      for (const id of volume.map.root) {
+        const change = id === 0 ? undefined : changes.get(id)
+        if (change === undefined) continue
+        reads = true
+        volume.map.allocatedBlocks -= change.freed
+        volume.map.storedBytes += change.stored
+      }
+      if (reads) volume.rowDirty = true
     }
     // ... then each page once.
-    for (const page of pages) {
+    for (const { page } of changes.values()) {
       const entries = page.entries
       for (let i = 0; i < entries.length; i++) if (matches(entries[i])) entries[i] = mapping.get(entrySlot(entries[i])) as number
       this.state.pages.markDirty(page)

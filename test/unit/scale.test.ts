@@ -1,0 +1,96 @@
+/**
+ * Issue #21's scale, as counts rather than times (bench/scale.ts has the times): what the catalog is
+ * given to write per backup and per sealed extent must follow what changed, not how many volumes the
+ * pool holds. Counted in catalog.log, which every commit appends to with the rows and pages it is about
+ * to write (docs/FORMAT.md), on the engine directly.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Pool } from '../../src/volume/pool'
+import { Sealer } from '../../src/seal/sealer'
+import { catalogLogHeaderBytes, logRecordHeaderBytes, logRecordMagic, logRecordPage, logRecordVolume } from '../../src/catalog/catalog-log'
+import { catalogLogFile } from '../../src/format/pool-format'
+import { pageEntries } from '../../src/limits'
+
+const blockBytes = 4096
+
+/** Volume rows and map pages in catalog.log from byte `from` on, and where the log ends. */
+function logRecords (dir: string, from = catalogLogHeaderBytes): { volumes: number, pages: number, end: number } {
+  const log = fs.readFileSync(path.join(dir, catalogLogFile))
+  let volumes = 0
+  let pages = 0
+  let at = from
+  while (at + logRecordHeaderBytes <= log.length && log.readUInt32LE(at) === logRecordMagic) {
+    const type = log.readUInt16LE(at + 4)
+    if (type === logRecordVolume) volumes++
+    else if (type === logRecordPage) pages++
+    at += logRecordHeaderBytes + log.readUInt32LE(at + 8)
+  }
+  return { volumes, pages, end: at }
+}
+
+function tempPool (t: { teardown: (f: () => void) => void }): string {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-scale-')), 'pool')
+  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
+  return dir
+}
+
+test.serial('each backup writes the map pages its writes changed and two volume rows, however many backups came before', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(64 * pageEntries * blockBytes) // 64 map pages of address space
+    for (let i = 0; i < 40; i++) {
+      // Three pages changed: blocks in pages i % 64, (i + 7) % 64, (i + 30) % 64.
+      for (const page of [i % 64, (i + 7) % 64, (i + 30) % 64]) await disk.write(Buffer.alloc(blockBytes, i + 1), (page * pageEntries + i) * blockBytes)
+      await pool.commit()
+      const before = logRecords(dir)
+      await pool.backup(disk, `b${i}.img`)
+      const written = logRecords(dir, before.end)
+      t.is(written.pages, 0, `backup ${i}: the pages were committed before it; a backup shares them`)
+      t.is(written.volumes, 2, `backup ${i}: the new backup's row and its source's (a new epoch)`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
+
+test.serial('a sealed extent rewrites the rows of the volumes that read it, not every row of the pool', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(8 * pageEntries * blockBytes)
+    for (let i = 0; i < 30; i++) {
+      await disk.write(Buffer.alloc(blockBytes, i + 1), i * blockBytes)
+      await pool.backup(disk, `b${i}.img`)
+    }
+    const sealer = new Sealer(pool, () => {})
+    await sealer.sealPending(true)
+    await pool.commit()
+    // New blocks in the disk alone (in a page of its own: no backup reads it).
+    await disk.write(Buffer.alloc(4 * blockBytes, 0x5a), 5 * pageEntries * blockBytes)
+    await pool.commit()
+    const before = logRecords(dir)
+    const report = await sealer.sealPending(true)
+    t.is(report.blocksSealed, 4)
+    await pool.commit()
+    const written = logRecords(dir, before.end)
+    t.is(written.volumes, 1, 'only the disk reads the sealed extent')
+    t.is(written.pages, 1, 'one page repointed')
+    const back = Buffer.alloc(4 * blockBytes)
+    await disk.read(back, 5 * pageEntries * blockBytes)
+    t.true(back.equals(Buffer.alloc(4 * blockBytes, 0x5a)))
+    for (let i = 0; i < 30; i++) {
+      const b = pool.get('backup', `b${i}.img`)
+      const block = Buffer.alloc(blockBytes)
+      await b.read(block, i * blockBytes)
+      t.true(block.equals(Buffer.alloc(blockBytes, i + 1)), `backup ${i} reads its block`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
