@@ -171,7 +171,7 @@ export class Maintenance {
   /** Slots of `extentId` that some volume's map still references. */
   referencedSlots (extentId: number): number[] {
     const slots = new Set<number>()
-    this.forEachDistinctPage(page => {
+    this.forEachDistinctPage(extentId, page => {
       const entries = page.entries
       for (let i = 0; i < entries.length; i++) {
         const entry = entries[i]
@@ -185,15 +185,16 @@ export class Maintenance {
    * Calls `visit` once for each map page some volume's root names: a page shared by a disk and its
    * backups (or along a chain of clones) is one page, walked once however many volumes read it, so a
    * walk costs the pool's distinct pages and not volumes times pages (issue #21: 10,000 backups of one
-   * disk share most of their pages).
+   * disk share most of their pages). Only the pages that name delta extent `extentId` are visited; which
+   * those are, the page store remembers per page until the page changes (PageStore.namesExtent).
    */
-  private forEachDistinctPage (visit: (page: Page) => void): void {
+  private forEachDistinctPage (extentId: number, visit: (page: Page) => void): void {
     const seen = new Set<number>()
     for (const volume of this.volumes.values()) {
       for (const id of volume.map.root) {
         if (id === 0 || seen.has(id)) continue
         seen.add(id)
-        visit(this.state.pages.get(id))
+        if (this.state.pages.namesExtent(id, extentId)) visit(this.state.pages.get(id))
       }
     }
   }
@@ -209,7 +210,7 @@ export class Maintenance {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
     // First what each page's repointing changes in the counters of a volume that reads it ...
     const changes = new Map<number, { page: Page, freed: number, stored: number }>()
-    this.forEachDistinctPage(page => {
+    this.forEachDistinctPage(extentId, page => {
       const entries = page.entries
       let freed = 0
       let stored = 0

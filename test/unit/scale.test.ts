@@ -94,3 +94,38 @@ test.serial('a sealed extent rewrites the rows of the volumes that read it, not 
     await pool.close()
   }
 })
+
+test.serial('sealing an extent loads from the catalog only the map pages that name it, not every page of every backup', async t => {
+  const dir = tempPool(t)
+  // A cache of 4 pages: every page the walk needs beyond that is a load from the catalog.
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0, pageCacheMax: 4 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(64 * pageEntries * blockBytes)
+    // 40 backups, each after a block written in a page of its own: 40 pages, each read by some backups.
+    for (let i = 0; i < 40; i++) {
+      await disk.write(Buffer.alloc(blockBytes, i + 1), (i * pageEntries + i) * blockBytes)
+      await pool.backup(disk, `b${i}.img`)
+    }
+    const sealer = new Sealer(pool, () => {})
+    await sealer.sealPending(true)
+    await pool.commit()
+    // One more extent: a block in page 50, which no backup reads.
+    await disk.write(Buffer.alloc(blockBytes, 0x77), (50 * pageEntries + 3) * blockBytes)
+    await pool.commit()
+    const loadsBefore = pool.pageStore.loads
+    const report = await sealer.sealPending(true)
+    t.is(report.blocksSealed, 1)
+    const loads = pool.pageStore.loads - loadsBefore
+    t.true(loads <= 2, `pages loaded from the catalog to seal one block in one page: ${loads}`)
+    const back = Buffer.alloc(blockBytes)
+    await disk.read(back, (50 * pageEntries + 3) * blockBytes)
+    t.true(back.equals(Buffer.alloc(blockBytes, 0x77)))
+    for (let i = 0; i < 40; i++) {
+      await pool.get('backup', `b${i}.img`).read(back, (i * pageEntries + i) * blockBytes)
+      t.true(back.equals(Buffer.alloc(blockBytes, i + 1)), `backup ${i} reads its block`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
