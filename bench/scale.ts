@@ -293,8 +293,8 @@ async function main (): Promise<void> {
   const loadStart = os.loadavg()
   try {
     const results: Record<string, unknown> = { loadStart }
-    results.chain = await scenarioChain(dir)
     results.backups = await scenarioBackups(dir)
+    results.chain = await scenarioChain(dir)
     results.loadEnd = os.loadavg()
     const out = path.join(repoRoot, 'bench', 'results')
     fs.mkdirSync(out, { recursive: true })

@@ -33,6 +33,8 @@ export class PageStore {
   private nextPageId: number
   /** Pages read from the catalog (cache misses) since the pool opened: what a walk over the maps costs. */
   loads = 0
+  /** Map pages written by commits since the pool opened: what the catalog grows by. */
+  written = 0
   /**
    * Per page id, the delta extents its entries name, kept past the page's eviction: a stored page
    * changes only through markDirty (which forgets its summary) and gc's drop, so sealing an extent
@@ -114,6 +116,7 @@ export class PageStore {
 
   /** After the transaction holding `copies` committed: pages not changed since are clean. */
   committed (copies: PageCopy[]): void {
+    this.written += copies.length
     for (const copy of copies) {
       if (copy.page.version !== copy.version || !copy.page.dirty) continue
       copy.page.dirty = false

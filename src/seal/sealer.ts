@@ -16,7 +16,7 @@
 import { DeltaExtent } from '../extent/delta-extent'
 import { chunkEntry, entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { extentSectorBytes, sumOffset } from '../format/extent-format'
-import { sealBatchBlocks, sealIntervalMs } from '../limits'
+import { sealBatchBlocks, sealCommitExtents, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { forEachLimited } from '../limited'
 import { hashBytes, hashOffset, inputOffset, outputOffset } from '../../workers/protocol'
@@ -75,10 +75,24 @@ export class Sealer {
       await this.pool.freezeForSealing(all)
       const extents = this.pool.frozenExtents().filter(id => all || (!this.failing.has(id) && this.pool.coldEnough(id)))
       this.progress = { done: 0, total: extents.length }
+      // Extents repointed and waiting for the commit after which no map names them: one commit for up
+      // to sealCommitExtents of them, so a map page that names several (a page copied by backups and
+      // clones carries its entries into every copy) is written once per commit, not once per extent.
+      const repointed: number[] = []
+      const settle = async (): Promise<void> => {
+        if (repointed.length === 0) return
+        await this.pool.commit()
+        for (const id of repointed.splice(0)) {
+          await this.pool.dropExtent(id)
+          report.extentsSealed++
+        }
+      }
       for (const extentId of extents) {
         if (this.pool.closing) break
         try {
           await this.sealExtent(extentId, report)
+          repointed.push(extentId)
+          if (repointed.length >= sealCommitExtents) await settle()
           this.failing.delete(extentId)
         } catch (err) {
           if (err instanceof Cancelled) break
@@ -89,6 +103,15 @@ export class Sealer {
           report.failed.push(`extent ${extentId}: ${(err as Error).message}`)
         }
         this.progress.done++
+      }
+      // A closing pool's last commit takes the repointed maps; their extents, unreferenced, go at the next pass.
+      if (!this.pool.closing) {
+        try {
+          await settle()
+        } catch (err) {
+          this.log(`sealing: the commit after ${repointed.length} extents failed: ${(err as Error).message}`)
+          report.failed.push(`commit: ${(err as Error).message}`)
+        }
       }
       if (report.extentsSealed > 0) {
         this.log(`sealed ${report.extentsSealed} extents: ${report.blocksSealed} blocks, ${report.zeroBlocks} zero, ${report.dedupedBlocks} deduplicated, ` +
@@ -187,9 +210,6 @@ export class Sealer {
       if (pool.closing) throw new Cancelled()
       pool.repoint(extentId, mapping)
     }
-    await pool.commit()
-    await pool.dropExtent(extentId)
-    report.extentsSealed++
   }
 
   /**
