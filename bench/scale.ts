@@ -119,7 +119,10 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       const part = wall.slice(from, from + tenth)
       deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: Math.max(...part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
     }
-    const status = JSON.parse(vdiskfs('status', mnt, '--json')) as { rssBytes?: number, memory?: { rss?: number } }
+    // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
+    // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
+    const daemonPid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
+    const rssKib = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemonPid}/status`, 'utf8'))?.[1] ?? NaN)
     const lsMs = msOf(() => vdiskfs('ls', mnt, '--json'))
     const lsKernelMs = msOf(() => { fs.readdirSync(path.join(mnt, 'backups')).slice(0, 1) })
     const statAllMs = msOf(() => { for (const name of fs.readdirSync(path.join(mnt, 'backups'))) fs.statSync(path.join(mnt, 'backups', name)) })
@@ -165,7 +168,7 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       rootBytesPerBackup: facts.rootBytes / facts.volumes,
       catalogBytesPerBackup: facts.catalogBytes / backups,
       logBytesPerBackup: facts.logBytes / backups,
-      daemonRssBytes: status.rssBytes ?? status.memory?.rss ?? null,
+      daemonRssBytes: Number.isNaN(rssKib) ? null : rssKib * 1024,
       lsMs,
       readdirMs: lsKernelMs,
       statAllMs,
