@@ -13,7 +13,7 @@ BENCH_PACKAGES := qemu-system-common
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-quick soak soak-quick clean
+.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-scale bench-quick soak soak-quick clean
 
 all: build
 
@@ -160,6 +160,12 @@ bench: deps bench-debs s3-debs build
 	node dist/bench/run.js
 	node dist/bench/transfer.js > bench/results/transfer-latest.md; status=$$?; cat bench/results/transfer-latest.md; exit $$status
 	node dist/bench/remote.js > bench/results/remote-latest.md; status=$$?; cat bench/results/remote-latest.md; exit $$status
+	node dist/bench/scale.js
+
+# Issue #21's scale: 10,000 backups of a 1 TiB sparse disk and a chain of 1,000 clones (bench/scale.ts;
+# VDISKFS_BENCH_SCALE_BACKUPS and VDISKFS_BENCH_SCALE_CHAIN make it smaller); bench/results/scale-latest.{json,md}.
+bench-scale: deps build
+	node dist/bench/scale.js
 
 bench-quick: deps bench-debs build
 	node dist/bench/run.js --quick

@@ -167,6 +167,8 @@ export const workerQueueMax = slabSlots
  */
 export const sealWorkerNice = 10
 export const sealBatchBlocks = 16
+/** Extents a sealing pass repoints before the commit that lets it drop them (one commit writes a shared map page once for all of them). */
+export const sealCommitExtents = 64
 /** Blocks per open (read) task at most; FUSE reads of 128 KiB need 2 or 3. */
 export const readBatchBlocks = 16
 /** Pack files are rotated past this size. */

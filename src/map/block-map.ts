@@ -41,8 +41,8 @@ export class BlockMap {
     this.stored = storedBytes
   }
 
-  // The counters change only with the entries, in this class: set(), resize(), repointCounts(),
-  // pointAt() and recount() keep them right; nothing outside writes them.
+  // The counters change only with the entries, in this class: set(), resize(),
+  // countPageChanges(), pointAt() and recount() keep them right; nothing outside writes them.
   private allocated: number
   private stored: number
   /** Blocks that are not holes. */
@@ -72,23 +72,21 @@ export class BlockMap {
   }
 
   /**
-   * Counts, as if set, the change of every entry that `next` gives a new value for (undefined: kept),
-   * and adds the pages that hold them to `pages`. The caller then rewrites each page once: a page
-   * shared by several maps (a backup's, read by its clones) changes every one of them, and each counts
-   * it here (maintenance.ts repoint).
+   * Counts, for every page of this map's root that `changes` names (page id -> how many of its entries
+   * became holes, and how their stored bytes changed), that change: the caller repoints each such page
+   * once, and a page shared by several maps changes each of them (maintenance.ts repoint). Returns
+   * whether any of this map's pages was among them.
    */
-  repointCounts (next: (entry: number) => number | undefined, pages: Set<Page>): void {
-    this.forEachPage(page => {
-      const entries = page.entries
-      for (let i = 0; i < entries.length; i++) {
-        if (entries[i] === 0) continue
-        const to = next(entries[i])
-        if (to === undefined) continue
-        if (to === 0) this.allocated--
-        this.stored += this.sizeOf(to) - this.sizeOf(entries[i])
-        pages.add(page)
-      }
-    })
+  countPageChanges (changes: Map<number, { freed: number, stored: number }>): boolean {
+    let reads = false
+    for (const id of this.root) {
+      const change = id === 0 ? undefined : changes.get(id)
+      if (change === undefined) continue
+      reads = true
+      this.allocated -= change.freed
+      this.stored += change.stored
+    }
+    return reads
   }
 
   static pagesFor (blocks: number): number {

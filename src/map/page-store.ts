@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict'
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
-import { decodePage, describePageDamage, encodePage, pageIsSound } from '../format/map-format'
+import { decodePage, describePageDamage, encodePage, entryExtentId, entryKind, entryKindDelta, pageIsSound } from '../format/map-format'
 import { pageCacheMax, pageEntries } from '../limits'
 
 export class Page {
@@ -31,6 +31,16 @@ export class PageStore {
   private readonly cache = new Map<number, Page>()
   private readonly dirtyPages = new Set<Page>()
   private nextPageId: number
+  /** Pages read from the catalog (cache misses) since the pool opened: what a walk over the maps costs. */
+  loads = 0
+  /** Map pages written by commits since the pool opened: what the catalog grows by. */
+  written = 0
+  /**
+   * Per page id, the delta extents its entries name, kept past the page's eviction: a stored page
+   * changes only through markDirty (which forgets its summary) and gc's drop, so sealing an extent
+   * finds the pages that name it without loading every page of every backup again (issue #21).
+   */
+  private readonly deltaExtents = new Map<number, Set<number>>()
 
   /** `cacheMax`: clean pages kept (tests make it tiny, so eviction happens all the time). */
   constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax) {
@@ -41,6 +51,7 @@ export class PageStore {
     const cached = this.cache.get(id)
     if (cached !== undefined) return cached
     const row = this.catalog.page(id)
+    this.loads++
     if (row === undefined) throw corrupt(`map page ${id} is missing from the catalog`)
     // A damaged page is never served, not even in part: its blocks fail with EIO until repair
     // (which can prove most damaged entries from the checksums) rewrites it.
@@ -61,9 +72,28 @@ export class PageStore {
     return page
   }
 
+  /**
+   * Whether page `id` holds an entry naming delta extent `extentId` (map-format.ts's kind 1). Loads the
+   * page once per change; throws what get() throws.
+   */
+  namesExtent (id: number, extentId: number): boolean {
+    let extents = this.deltaExtents.get(id)
+    if (extents === undefined) {
+      extents = new Set<number>()
+      const entries = this.get(id).entries
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]
+        if (entry !== 0 && entryKind(entry) === entryKindDelta) extents.add(entryExtentId(entry))
+      }
+      this.deltaExtents.set(id, extents)
+    }
+    return extents.has(extentId)
+  }
+
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++
+    this.deltaExtents.delete(page.id)
     // A caller may hold a page across other lookups that evicted it (repoint walks every page): a
     // clean page equals its catalog row, so the changed object takes the cache slot back from any
     // copy loaded meanwhile, and no later lookup reads the stale row.
@@ -86,6 +116,7 @@ export class PageStore {
 
   /** After the transaction holding `copies` committed: pages not changed since are clean. */
   committed (copies: PageCopy[]): void {
+    this.written += copies.length
     for (const copy of copies) {
       if (copy.page.version !== copy.version || !copy.page.dirty) continue
       copy.page.dirty = false
@@ -96,6 +127,7 @@ export class PageStore {
 
   /** Forgets a page that garbage collection deleted. */
   drop (id: number): void {
+    this.deltaExtents.delete(id)
     const page = this.cache.get(id)
     if (page !== undefined && page.dirty) { page.dirty = false; this.dirtyPages.delete(page) }
     this.cache.delete(id)

@@ -1,10 +1,13 @@
 /**
  * Sealing: moves blocks from delta extents into the chunk store, in the background. A pass freezes
  * the active extents that are idle or big (or every one with data, for `vdiskfs sync`) and seals each
- * frozen extent through the pool (volume/seal-extent.ts does the work on one extent: ingest, repoint,
- * commit, drop). An extent that fails is skipped by the background passes until an explicit sync.
+ * frozen extent through the pool (volume/seal-extent.ts does the work on one extent: ingest and
+ * repoint). One commit then settles up to sealCommitExtents repointed extents, after which they are
+ * dropped: a map page naming several of them (backups and clones copy pages with their entries) is
+ * written once per commit, not once per extent. An extent that fails is skipped by the background
+ * passes until an explicit sync.
  */
-import { sealIntervalMs } from '../limits'
+import { sealCommitExtents, sealIntervalMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { SealCancelled, SealReport, emptyReport } from '../volume/seal-extent'
 
@@ -43,10 +46,18 @@ export class Sealer {
       await this.pool.freezeForSealing(all)
       const extents = this.pool.frozenExtents().filter(id => all || (!this.failing.has(id) && this.pool.coldEnough(id)))
       this.progress = { done: 0, total: extents.length }
+      // Extents repointed and waiting for the commit after which no map names them.
+      const repointed: number[] = []
+      const settle = async (): Promise<void> => {
+        if (repointed.length === 0) return
+        await this.pool.settleSealed(repointed.splice(0), report)
+      }
       for (const extentId of extents) {
         if (this.pool.closing) break
         try {
           await this.pool.sealExtent(extentId, report)
+          repointed.push(extentId)
+          if (repointed.length >= sealCommitExtents) await settle()
           this.failing.delete(extentId)
         } catch (err) {
           if (err instanceof SealCancelled) break
@@ -57,6 +68,16 @@ export class Sealer {
           report.failed.push(`extent ${extentId}: ${(err as Error).message}`)
         }
         this.progress.done++
+      }
+      // A closing pool's last commit takes the repointed maps; their extents, then unreferenced, go at
+      // the next gc.
+      if (!this.pool.closing) {
+        try {
+          await settle()
+        } catch (err) {
+          this.log(`sealing: the commit after ${repointed.length} repointed extents failed: ${(err as Error).message}`)
+          report.failed.push(`commit: ${(err as Error).message}`)
+        }
       }
       if (report.extentsSealed > 0) {
         this.log(`sealed ${report.extentsSealed} extents: ${report.blocksSealed} blocks, ${report.zeroBlocks} zero, ${report.dedupedBlocks} deduplicated, ` +

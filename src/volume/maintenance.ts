@@ -12,8 +12,8 @@ import path from 'node:path'
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
 import { extentsDir } from '../format/pool-format'
 import { VdiskError } from '../errors'
-import { extentIdleMs, packLiveFractionMin, writableExtentsMax } from '../limits'
-import { forEachReference } from './references'
+import { extentIdleMs, packLiveFractionMin, pageEntries, writableExtentsMax } from '../limits'
+import { underSlot } from './references'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
 import { PoolState } from './pool-state'
@@ -69,22 +69,34 @@ export class Maintenance {
       let held: string | null = null
       for (const volume of this.volumes.values()) {
         for (const id of volume.writableExtents) liveExtents.add(id)
-        for (const id of volume.map.root) if (id !== 0) livePages.add(id)
-        try {
-          // eslint-disable-next-line @typescript-eslint/no-loop-func -- forEachReference calls it synchronously, within this iteration; it only sets `held` (first reason wins), read after the loop
-          forEachReference(volume.map, this.state.extents, (block, entry, under) => {
+        const root = volume.map.root
+        for (let p = 0; p < root.length; p++) {
+          // A page several volumes read (a disk and its backups, a chain of clones) is walked once: what
+          // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
+          const id = root[p]
+          if (id === 0 || livePages.has(id)) continue
+          livePages.add(id)
+          let entries: Float64Array
+          try {
+            entries = this.state.pages.get(id).entries
+          } catch (err) {
+            held ??= `${volume.label}: ${(err as Error).message}`
+            continue
+          }
+          for (let i = 0; i < entries.length; i++) {
+            const entry = entries[i]
+            if (entry === 0) continue
             const kind = entryKind(entry)
             if (kind === entryKindDelta) {
               liveExtents.add(entryExtentId(entry))
-              const where = `${volume.label} block ${block}`
-              if (under?.kind === 'unloaded') held ??= `${where}: the base table of delta extent ${entryExtentId(entry)} could not be read`
-              else if (under?.kind === 'damaged') held ??= `${where}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
-              else if (under?.kind === 'chunk') liveChunks.add(under.chunkId)
+              const where = `${volume.label} block ${p * pageEntries + i}`
+              const under = underSlot(this.state.extents, entry)
+              if (under.kind === 'unloaded') held ??= `${where}: the base table of delta extent ${entryExtentId(entry)} could not be read`
+              else if (under.kind === 'damaged') held ??= `${where}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
+              else if (under.kind === 'chunk') liveChunks.add(under.chunkId)
             } else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
-            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${block} is lost`
-          })
-        } catch (err) {
-          held ??= `${volume.label}: ${(err as Error).message}`
+            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${p * pageEntries + i} is lost`
+          }
         }
       }
       // Chunks an unfinished import stored (catalog table import_blocks) are live until it completes or is dropped.
@@ -161,31 +173,64 @@ export class Maintenance {
   /** Slots of `extentId` that some volume's map still references. */
   referencedSlots (extentId: number): number[] {
     const slots = new Set<number>()
-    for (const volume of this.volumes.values()) {
-      volume.map.forEachPage(page => {
-        const entries = page.entries
-        for (let i = 0; i < entries.length; i++) {
-          const entry = entries[i]
-          if (entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId) slots.add(entrySlot(entry))
-        }
-      })
-    }
+    this.forEachDistinctPage(extentId, page => {
+      const entries = page.entries
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]
+        if (entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId) slots.add(entrySlot(entry))
+      }
+    })
     return [...slots].sort((a, b) => a - b)
+  }
+
+  /**
+   * Calls `visit` once for each map page some volume's root names: a page shared by a disk and its
+   * backups (or along a chain of clones) is one page, walked once however many volumes read it, so a
+   * walk costs the pool's distinct pages and not volumes times pages (issue #21: 10,000 backups of one
+   * disk share most of their pages). Only the pages that name delta extent `extentId` are visited; which
+   * those are, the page store remembers per page until the page changes (PageStore.namesExtent).
+   */
+  private forEachDistinctPage (extentId: number, visit: (page: Page) => void): void {
+    const seen = new Set<number>()
+    for (const volume of this.volumes.values()) {
+      for (const id of volume.map.root) {
+        if (id === 0 || seen.has(id)) continue
+        seen.add(id)
+        if (this.state.pages.namesExtent(id, extentId)) visit(this.state.pages.get(id))
+      }
+    }
   }
 
   /**
    * Repoints every map entry that still names a slot of `extentId` at its new home (`mapping`: slot ->
    * entry). Pages are changed in place, shared ones included: their content does not change, only
-   * where it lives. Synchronous, so no write interleaves; the caller commits.
+   * where it lives. Synchronous, so no write interleaves; the caller commits. Each distinct page is
+   * walked once; a volume's counters (and its catalog row) change only when its root names a page that
+   * held such an entry (a shared page counts for each volume that reads it).
    */
   repoint (extentId: number, mapping: Map<number, number>): void {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
-    const next = (entry: number): number | undefined => matches(entry) ? mapping.get(entrySlot(entry)) : undefined
-    // First every volume's counters (a shared page counts for each volume that reads it) ...
-    const pages = new Set<Page>()
+    // First what each page's repointing changes in the counters of a volume that reads it ...
+    const changes = new Map<number, { freed: number, stored: number }>()
+    const pages: Page[] = []
+    this.forEachDistinctPage(extentId, page => {
+      const entries = page.entries
+      let freed = 0
+      let stored = 0
+      let found = false
+      for (let i = 0; i < entries.length; i++) {
+        if (!matches(entries[i])) continue
+        const next = mapping.get(entrySlot(entries[i])) as number
+        found = true
+        if (next === 0) freed++
+        stored += this.state.sizeOf(next) - this.state.sizeOf(entries[i])
+      }
+      if (found) { changes.set(page.id, { freed, stored }); pages.push(page) }
+    })
+    if (changes.size === 0) return
+    // ... then every volume reading such a page (a shared page counts for each) ...
     for (const volume of this.volumes.values()) {
-      volume.map.repointCounts(next, pages)
-      volume.rowDirty = true
+      if (volume.map.countPageChanges(changes)) volume.rowDirty = true
     }
     // ... then each page once.
     for (const page of pages) {

@@ -156,8 +156,10 @@ export class Pool {
   frozenExtents (): number[] { return this.maintenance.frozenExtents() }
   async freezeForSealing (all: boolean): Promise<void> { await this.maintenance.freezeForSealing(all) }
   coldEnough (extentId: number): boolean { return this.maintenance.coldEnough(extentId) }
-  /** Seals one frozen extent (seal-extent.ts); call inside exclusive(). */
+  /** Seals one frozen extent into chunks and repoints the maps (seal-extent.ts); call inside exclusive(), then settleSealed. */
   async sealExtent (extentId: number, report: SealReport): Promise<void> { await this.sealing.sealExtent(extentId, report) }
+  /** Commits what sealExtent repointed and drops those extents; inside the same exclusive(). */
+  async settleSealed (extentIds: number[], report: SealReport): Promise<void> { await this.sealing.settle(extentIds, report) }
   recount (): void { this.maintenance.recount() }
 
   // ---- what the control operations read (export, diff, status) ----

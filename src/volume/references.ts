@@ -1,8 +1,10 @@
 /**
  * What a volume references, read in one place (issue #19): a chunk entry keeps its chunk alive; a delta
  * entry keeps its extent alive and, when its slot is partial (issue #10: only the sectors written, over
- * a chunk), the chunk under it too, which supplies the sectors the slot lacks. gc (maintenance.ts),
- * verify, space and repair walk the maps through here, so that a new kind of reference is added once.
+ * a chunk), the chunk under it too, which supplies the sectors the slot lacks. verify, space and repair
+ * walk the maps through here; gc (maintenance.ts) walks each distinct map page once (backups and clones
+ * share pages) and reads what lies under a slot through underSlot() too, so that a new kind of
+ * reference is added once.
  *
  * The extent store answers a slot's base as 0 (a whole slot, or an extent without base table), null
  * (the stored base entry fails its check) or undefined (the extent's base table was never loaded):

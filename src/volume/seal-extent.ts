@@ -1,7 +1,8 @@
 /**
  * Sealing one extent, inside the engine (its stores stay the pool's own): read the slots some map
  * still references, have the workers zero-check, hash and compress them in batches through the ingest
- * (chunk/ingest.ts), repoint the maps, commit, and only then delete the extent. The sealer
+ * (chunk/ingest.ts), repoint the maps; `settle` then commits a batch of them and only then deletes
+ * their extents. The sealer
  * (src/seal/sealer.ts) decides when and which extents; this file does the work on one.
  *
  * A kill at any point leaves either the old slots or the new chunks referenced, both durable; chunks
@@ -47,8 +48,8 @@ export class ExtentSealing {
 
   /**
    * Seals extent `extentId` (frozen, and sealed by nobody else: the caller holds the maintenance
-   * lock): its referenced slots become chunks, the maps are repointed, committed, and the extent is
-   * dropped. Adds what it did to `report`. Throws SealCancelled when the pool starts closing (the
+   * lock): its referenced slots become chunks and the maps are repointed (in memory; `settle` commits
+   * and drops it). Adds what it did to `report`. Throws SealCancelled when the pool starts closing (the
    * extent untouched), or why the extent could not be sealed (its data stays where it is).
    */
   async sealExtent (extentId: number, report: SealReport): Promise<void> {
@@ -113,9 +114,20 @@ export class ExtentSealing {
       if (state.lifecycle !== 'open') throw new SealCancelled()
       this.maintenance.repoint(extentId, mapping)
     }
+  }
+
+  /**
+   * Commits the maps that `sealExtent` repointed away from `extentIds`, then drops those extents (no
+   * committed map names them any more) and counts them sealed in `report`. One commit for many
+   * extents writes a map page naming several of them once.
+   */
+  async settle (extentIds: number[], report: SealReport): Promise<void> {
+    if (extentIds.length === 0) return
     await this.committer.commit()
-    await this.maintenance.dropExtent(extentId)
-    report.extentsSealed++
+    for (const id of extentIds) {
+      await this.maintenance.dropExtent(id)
+      report.extentsSealed++
+    }
   }
 
   /**

@@ -40,6 +40,8 @@ export interface VolumeContext {
   changed (volume: Volume): void
   /** Where map entries and sizes changed since the last commit are appended (volume/journal.ts). */
   readonly journal?: ChangeJournal
+  /** The daemon's log: refused operations are logged there (the README promises it). */
+  readonly log?: (message: string) => void
 }
 
 /** What a volume says of itself to the CLI (ls, backup, clone, rm): its catalog row without the map and owner. */
@@ -106,6 +108,12 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
+
+  /** Logs an operation on this volume that it refuses (a backup's size, times, mode), and returns the error to throw. */
+  private refused (what: string, err: VdiskError): VdiskError {
+    this.context.log?.(`refused: ${what} of ${this.label} (${err.code}): ${err.message}`)
+    return err
+  }
   /**
    * Removed while open (rm --force, or unlinked through the mount): out of the namespace, kept for its
    * open handles, removed at their last release. Its hidden name (names.ts: a leading '/', which no
@@ -355,7 +363,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * to reappear if the volume grows again.
    */
   async truncate (size: number): Promise<void> {
-    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (this.kind === 'backup') throw this.refused(`truncate to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
     await this.pause()
     try {
@@ -380,7 +388,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * in flight did to the size meanwhile. Waits at the gate as a write does.
    */
   async extend (size: number): Promise<void> {
-    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (this.kind === 'backup') throw this.refused(`extend to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
     while (this.gate !== null) await this.gate
     if (size <= this.size) return
@@ -419,7 +427,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
 
   /** Sets the modification time (utimens). */
   touch (mtimeMs: number): void {
-    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (this.kind === 'backup') throw this.refused('change of the modification time', readOnly(`backup ${this.name}`))
     this.mtimeMs = mtimeMs
     this.rowDirty = true
     this.context.changed(this)
@@ -431,7 +439,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    */
   chmod (mode: number): void {
     const bits = mode & 0o7777
-    if (this.kind === 'backup' && (bits & 0o222) !== 0) throw readOnly(`backup ${this.name} (it cannot be given write permission)`)
+    if (this.kind === 'backup' && (bits & 0o222) !== 0) throw this.refused(`chmod ${bits.toString(8)}`, readOnly(`backup ${this.name} (it cannot be given write permission)`))
     this.mode = bits
     this.rowDirty = true
     this.context.changed(this)
@@ -492,7 +500,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * Errors: READ_ONLY for a backup, TOO_BIG, and what write() throws for the partial blocks.
    */
   async discard (offset: number, length: number, options: { grow?: boolean } = {}): Promise<void> {
-    if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
+    if (this.kind === 'backup') throw this.refused('discard', readOnly(`backup ${this.name}`))
     const end = offset + length
     if (end > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: discards past the largest volume size`)
     if (length <= 0) return

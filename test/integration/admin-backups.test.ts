@@ -371,3 +371,21 @@ test.serial('small items: a running export is a job in status; a refused --block
   const widest = Math.max(...help.stdout.split('\n').map(line => line.length))
   t.true(widest <= 100, `a help line of ${widest} characters`)
 })
+
+test.serial('operations a backup refuses through the mount (truncate, chmod +w, a new mtime) fail with EROFS and are logged with their reason', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'db.img')
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, 1024 * 1024)
+  await cliOk(t, 'backup', disk, 'fri')
+  const backup = m.image('backups', 'fri.img')
+  t.throws(() => fs.truncateSync(backup, 4096), { code: 'EROFS' })
+  t.throws(() => fs.chmodSync(backup, 0o644), { code: 'EROFS' })
+  t.throws(() => fs.utimesSync(backup, new Date(), new Date(1000)), { code: 'EROFS' })
+  t.is(fs.statSync(backup).size, 1024 * 1024)
+  const log = fs.readFileSync(`${m.pool}/daemon.log`, 'utf8')
+  // truncate(2) reaches the daemon as a setattr (FUSE 3) or, on fuse-native, as an open for writing first.
+  t.regex(log, /refused: (truncate to 4096 bytes|open for writing) of backup fri\.img \(READ_ONLY\)/)
+  t.regex(log, /refused: chmod 644 of backup fri\.img \(READ_ONLY\)/)
+  t.regex(log, /refused: change of the modification time of backup fri\.img \(READ_ONLY\)/)
+})

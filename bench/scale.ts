@@ -1,0 +1,313 @@
+/**
+ * make bench-scale (and part of make bench): issue #21's scale figures, as ratios within one run.
+ *
+ * A. Many backups of one big sparse disk: a 1 TiB disk; before each backup VDISKFS_BENCH_SCALE_MIB
+ *    (default 4) MiB are rewritten as 1 MiB writes at random places (compressible blocks, each unique);
+ *    then VDISKFS_BENCH_SCALE_BACKUPS (default 10,000) backups, each asked of the daemon over its control
+ *    socket (the CLI's process start would hide the daemon's time). Reported: the backup time per tenth
+ *    of the run against the first tenth (issue: within 2x), the map pages and root bytes the catalog
+ *    holds per backup (against the pages the writes touched), `vdiskfs ls` and mount times, prune of
+ *    half the backups and of ten, each followed by gc (time per backup freed).
+ * B. A chain of VDISKFS_BENCH_SCALE_CHAIN (default 1,000) clones: clone of a backup of a clone ..., each
+ *    clone rewriting one block; 256 MiB read (dd, caches dropped) at depth 1 and at the end (issue: the
+ *    end reads at >= 0.95x of depth 1), alternated, VDISKFS_BENCH_REPS (default 3) times.
+ * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end.
+ */
+import { execFileSync, spawnSync } from 'node:child_process'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import { call } from '../src/control/client'
+import { ddMBps, dropCaches } from './measure'
+
+const repoRoot = path.resolve(__dirname, '..', '..')
+const cli = path.join(repoRoot, 'bin', 'vdiskfs')
+const workRoot = process.env.VDISKFS_BENCH_DIR ?? path.join(repoRoot, 'bench', 'work')
+const backups = Number(process.env.VDISKFS_BENCH_SCALE_BACKUPS ?? 10000)
+const chainDepth = Number(process.env.VDISKFS_BENCH_SCALE_CHAIN ?? 1000)
+const changedMiB = Number(process.env.VDISKFS_BENCH_SCALE_MIB ?? 4)
+const reps = Number(process.env.VDISKFS_BENCH_REPS ?? 3)
+const diskBytes = 1024 ** 4
+const MiB = 1024 ** 2
+const blockBytes = 64 * 1024
+const readBytes = 256 * MiB
+
+function vdiskfs (...args: string[]): string {
+  return execFileSync(cli, args, { encoding: 'utf8', maxBuffer: 256 * MiB })
+}
+
+function msOf (work: () => void): number {
+  const started = process.hrtime.bigint()
+  work()
+  return Number(process.hrtime.bigint() - started) / 1e6
+}
+
+async function msOfAsync (work: () => Promise<unknown>): Promise<number> {
+  const started = process.hrtime.bigint()
+  await work()
+  return Number(process.hrtime.bigint() - started) / 1e6
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
+}
+
+function percentile (values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+}
+
+/** One MiB of compressible blocks, each unique (its first bytes say which write and block it is). */
+function payload (write: number): Buffer {
+  const buffer = Buffer.alloc(MiB, `vdiskfs scale bench ${write} `)
+  for (let b = 0; b < MiB / blockBytes; b++) buffer.write(`write ${write} block ${b} ${crypto.randomUUID()}`, b * blockBytes)
+  return buffer
+}
+
+function catalogFacts (pool: string): { pages: number, volumes: number, rootBytes: number, catalogBytes: number, logBytes: number } {
+  const db = new Database(path.join(pool, 'catalog.sqlite'), { readonly: true })
+  try {
+    const pages = (db.prepare('SELECT count(*) AS n FROM pages').get() as { n: number }).n
+    const volumes = db.prepare('SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
+    const size = (file: string): number => { try { return fs.statSync(path.join(pool, file)).size } catch { return 0 } }
+    return { pages, volumes: volumes.n, rootBytes: volumes.bytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
+  } finally { db.close() }
+}
+
+interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number }
+
+async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
+  const pool = path.join(dir, 'pool-a')
+  const mnt = path.join(dir, 'mnt-a')
+  fs.mkdirSync(mnt, { recursive: true })
+  vdiskfs('mount', pool, mnt)
+  let mounted = true
+  try {
+    const disk = path.join(mnt, 'disks', 'big.img')
+    fs.writeFileSync(disk, '')
+    fs.truncateSync(disk, diskBytes)
+    const fd = fs.openSync(disk, 'r+')
+    const touchedPages = new Set<number>()
+    const pagesTouchedPer: number[] = []
+    const wall: number[] = []
+    const daemon: number[] = []
+    let random = 0x2545f491
+    const next = (): number => { random ^= random << 13; random ^= random >>> 17; random ^= random << 5; return (random >>> 0) / 2 ** 32 }
+    try {
+      for (let i = 0; i < backups; i++) {
+        const pagesNow = new Set<number>()
+        for (let w = 0; w < changedMiB; w++) {
+          const offset = Math.floor(next() * (diskBytes / MiB)) * MiB
+          fs.writeSync(fd, payload(i * changedMiB + w), 0, MiB, offset)
+          pagesNow.add(Math.floor(offset / blockBytes / 4096))
+        }
+        for (const p of pagesNow) touchedPages.add(p)
+        pagesTouchedPer.push(pagesNow.size)
+        const started = process.hrtime.bigint()
+        const reply = await call(mnt, 'backup', { sourceKind: 'disk', sourceName: 'big.img', name: `b${i}.img` }) as { elapsedMs: number }
+        wall.push(Number(process.hrtime.bigint() - started) / 1e6)
+        daemon.push(reply.elapsedMs)
+        if ((i + 1) % Math.max(1, Math.floor(backups / 20)) === 0) process.stderr.write(`scale: ${i + 1}/${backups} backups, last ${wall[i].toFixed(1)} ms\n`)
+      }
+    } finally { fs.closeSync(fd) }
+    const deciles: Decile[] = []
+    const tenth = Math.max(1, Math.floor(backups / 10))
+    for (let from = 0; from < backups; from += tenth) {
+      const part = wall.slice(from, from + tenth)
+      deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: Math.max(...part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
+    }
+    // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
+    // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
+    const daemonPid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
+    const rssKib = Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${daemonPid}/status`, 'utf8'))?.[1] ?? NaN)
+    const lsMs = msOf(() => vdiskfs('ls', mnt, '--json'))
+    const lsKernelMs = msOf(() => { fs.readdirSync(path.join(mnt, 'backups')).slice(0, 1) })
+    const statAllMs = msOf(() => { for (const name of fs.readdirSync(path.join(mnt, 'backups'))) fs.statSync(path.join(mnt, 'backups', name)) })
+    const umountMs = msOf(() => vdiskfs('umount', mnt))
+    mounted = false
+    const facts = catalogFacts(pool)
+    const mountMs = msOf(() => vdiskfs('mount', pool, mnt))
+    mounted = true
+    const firstLsMs = msOf(() => vdiskfs('ls', mnt, '--json'))
+    // Prune half, gc; then ten more, gc: time per backup freed.
+    const prune = (keep: number): { ms: number, removed: number } => {
+      let out = ''
+      const ms = msOf(() => { out = vdiskfs('prune', mnt, '--keep-last', String(keep), '--json') })
+      const removed = (JSON.parse(out) as { backups: Array<{ removed: boolean }> }).backups.filter(b => b.removed).length
+      return { ms, removed }
+    }
+    const gc = (): { ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number } => {
+      let out = ''
+      const ms = msOf(() => { out = vdiskfs('gc', mnt, '--json') })
+      return { ms, ...(JSON.parse(out) as { pagesFreed: number, extentsFreed: number, chunksFreed: number }) }
+    }
+    const syncMs = msOf(() => vdiskfs('sync', mnt))
+    const gcBefore = gc()
+    const pruneHalf = prune(Math.ceil(backups / 2))
+    const gcHalf = gc()
+    const pruneTen = prune(Math.max(1, Math.ceil(backups / 2) - 10))
+    const gcTen = gc()
+    vdiskfs('umount', mnt)
+    mounted = false
+    const afterPrune = catalogFacts(pool)
+    return {
+      backups,
+      changedMiB,
+      backupMs: { first: wall[0], median: median(wall), p99: percentile(wall, 0.99), max: Math.max(...wall) },
+      daemonBackupMs: { first: daemon[0], median: median(daemon), max: Math.max(...daemon) },
+      deciles,
+      lastTenthOverFirst: deciles[deciles.length - 1].medianMs / deciles[0].medianMs,
+      worstTenthOverFirst: Math.max(...deciles.map(d => d.medianMs)) / deciles[0].medianMs,
+      pagesTouchedPerBackup: pagesTouchedPer.reduce((a, b) => a + b, 0) / backups,
+      distinctPagesTouched: touchedPages.size,
+      catalog: facts,
+      pagesPerBackup: facts.pages / backups,
+      rootBytesPerBackup: facts.rootBytes / facts.volumes,
+      catalogBytesPerBackup: facts.catalogBytes / backups,
+      logBytesPerBackup: facts.logBytes / backups,
+      daemonRssBytes: Number.isNaN(rssKib) ? null : rssKib * 1024,
+      lsMs,
+      readdirMs: lsKernelMs,
+      statAllMs,
+      umountMs,
+      mountMs,
+      firstLsAfterMountMs: firstLsMs,
+      syncMs,
+      gcBefore,
+      pruneHalf,
+      gcHalf,
+      pruneTen,
+      gcTen,
+      afterPrune
+    }
+  } finally {
+    if (mounted) spawnSync(cli, ['umount', mnt], { stdio: 'inherit' })
+  }
+}
+
+async function scenarioChain (dir: string): Promise<Record<string, unknown>> {
+  const pool = path.join(dir, 'pool-b')
+  const mnt = path.join(dir, 'mnt-b')
+  fs.mkdirSync(mnt, { recursive: true })
+  vdiskfs('mount', pool, mnt)
+  try {
+    const disk = path.join(mnt, 'disks', 'base.img')
+    fs.writeFileSync(disk, '')
+    fs.truncateSync(disk, 4 * 1024 ** 3)
+    const fd = fs.openSync(disk, 'r+')
+    try { for (let off = 0; off < readBytes; off += MiB) fs.writeSync(fd, crypto.randomBytes(MiB), 0, MiB, off) } finally { fs.closeSync(fd) }
+    vdiskfs('sync', mnt)
+    let source = { sourceKind: 'disk', sourceName: 'base.img' }
+    const depthMs: number[] = []
+    const clonePath = (depth: number): string => path.join(mnt, 'clones', `c${depth}.img`)
+    for (let depth = 1; depth <= chainDepth; depth++) {
+      const started = process.hrtime.bigint()
+      await call(mnt, 'backup', { ...source, name: `chain${depth}.img` })
+      await call(mnt, 'clone', { sourceKind: 'backup', sourceName: `chain${depth}.img`, name: `c${depth}.img` })
+      depthMs.push(Number(process.hrtime.bigint() - started) / 1e6)
+      // Each clone rewrites one block (beyond the read range), so every level has a page of its own.
+      const cfd = fs.openSync(clonePath(depth), 'r+')
+      try { fs.writeSync(cfd, Buffer.alloc(blockBytes, depth % 251), 0, blockBytes, readBytes + (depth % 1024) * blockBytes) } finally { fs.closeSync(cfd) }
+      source = { sourceKind: 'clone', sourceName: `c${depth}.img` }
+      if (depth % Math.max(1, Math.floor(chainDepth / 10)) === 0) process.stderr.write(`scale: chain depth ${depth}/${chainDepth}\n`)
+    }
+    vdiskfs('sync', mnt)
+    const read = (file: string): number => { dropCaches(); return ddMBps([`if=${file}`, 'of=/dev/null', `count=${readBytes / MiB}`]) }
+    const shallow: number[] = []
+    const deep: number[] = []
+    for (let rep = 0; rep < reps; rep++) {
+      shallow.push(read(clonePath(1)))
+      deep.push(read(clonePath(chainDepth)))
+    }
+    const same = execFileSync('cmp', ['-n', String(readBytes), clonePath(1), clonePath(chainDepth)], { encoding: 'utf8' }) === ''
+    return {
+      depth: chainDepth,
+      backupPlusCloneMs: { first: depthMs[0], median: median(depthMs), last: depthMs[depthMs.length - 1], max: Math.max(...depthMs) },
+      readDepth1MBps: median(shallow),
+      readDeepMBps: median(deep),
+      deepOverShallow: median(deep) / median(shallow),
+      runs: { shallow, deep },
+      sameBytes: same
+    }
+  } finally {
+    spawnSync(cli, ['umount', mnt], { stdio: 'inherit' })
+  }
+}
+
+function table (results: Record<string, any>): string {
+  const a = results.backups
+  const b = results.chain
+  const f = (n: number, digits = 1): string => n.toFixed(digits)
+  const lines = [
+    '# Scale (issue #21)',
+    '',
+    `${os.cpus().length} cores; load average at start ${results.loadStart.map((n: number) => n.toFixed(2)).join(' ')}, at end ${results.loadEnd.map((n: number) => n.toFixed(2)).join(' ')}. ` +
+      'Ratios are within this run; the machine is shared, so absolute times are noisy.',
+    '',
+    `## A. ${a.backups} backups of one 1 TiB sparse disk, ${a.changedMiB} MiB rewritten (1 MiB writes at random places) before each`,
+    '',
+    '| backups | median ms | p99 ms | max ms | daemon median ms | median / first tenth |',
+    '|---|---|---|---|---|---|',
+    ...a.deciles.map((d: Decile) => `| ${d.from + 1}-${d.to} | ${f(d.medianMs)} | ${f(d.p99Ms)} | ${f(d.maxMs)} | ${f(d.daemonMedianMs)} | ${f(d.medianMs / a.deciles[0].medianMs, 2)} |`),
+    '',
+    '| figure | value |',
+    '|---|---|',
+    `| first backup (control call, ms) | ${f(a.backupMs.first)} |`,
+    `| worst tenth's median / first tenth's | ${f(a.worstTenthOverFirst, 2)} (issue: <= 2) |`,
+    `| map pages the writes touched per backup | ${f(a.pagesTouchedPerBackup, 2)} |`,
+    `| map pages in the catalog per backup | ${f(a.pagesPerBackup, 2)} |`,
+    `| map root bytes per volume | ${f(a.rootBytesPerBackup, 0)} |`,
+    `| catalog.sqlite (+ WAL) bytes per backup | ${f(a.catalogBytesPerBackup, 0)} |`,
+    `| catalog.log bytes per backup | ${f(a.logBytesPerBackup, 0)} |`,
+    `| daemon RSS after the backups (MiB) | ${a.daemonRssBytes === null ? '?' : f(a.daemonRssBytes / MiB, 0)} |`,
+    `| vdiskfs ls --json (ms) | ${f(a.lsMs)} |`,
+    `| stat of every backup through the mount (ms) | ${f(a.statAllMs)} |`,
+    `| umount (ms) | ${f(a.umountMs)} |`,
+    `| mount (ms) | ${f(a.mountMs)} |`,
+    `| first ls after mount (ms) | ${f(a.firstLsAfterMountMs)} |`,
+    `| sync (seal what is left, ms) | ${f(a.syncMs)} |`,
+    `| gc before any prune (ms; pages freed) | ${f(a.gcBefore.ms)}; ${a.gcBefore.pagesFreed} |`,
+    `| prune of ${a.pruneHalf.removed} backups (ms; per backup) | ${f(a.pruneHalf.ms)}; ${f(a.pruneHalf.ms / Math.max(1, a.pruneHalf.removed), 2)} |`,
+    `| gc after it (ms; pages, extents, chunks freed) | ${f(a.gcHalf.ms)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed} |`,
+    `| prune of ${a.pruneTen.removed} backups (ms; per backup) | ${f(a.pruneTen.ms)}; ${f(a.pruneTen.ms / Math.max(1, a.pruneTen.removed), 2)} |`,
+    `| gc after it (ms; pages, extents, chunks freed) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed} |`,
+    '',
+    `## B. A chain of ${b.depth} clones (clone of a backup of a clone ...)`,
+    '',
+    '| figure | value |',
+    '|---|---|',
+    `| backup + clone at depth 1 (ms) | ${f(b.backupPlusCloneMs.first)} |`,
+    `| backup + clone, median / last (ms) | ${f(b.backupPlusCloneMs.median)} / ${f(b.backupPlusCloneMs.last)} |`,
+    `| 256 MiB read at depth 1 (MB/s, median of ${reps}) | ${f(b.readDepth1MBps)} |`,
+    `| 256 MiB read at depth ${b.depth} (MB/s, median of ${reps}) | ${f(b.readDeepMBps)} |`,
+    `| depth ${b.depth} / depth 1 | ${f(b.deepOverShallow, 2)} (issue: >= 0.95) |`,
+    `| the two read the same bytes | ${b.sameBytes ? 'yes' : 'NO'} |`,
+    ''
+  ]
+  return lines.join('\n')
+}
+
+async function main (): Promise<void> {
+  fs.mkdirSync(workRoot, { recursive: true })
+  const dir = fs.mkdtempSync(path.join(workRoot, 'scale-'))
+  const loadStart = os.loadavg()
+  try {
+    const results: Record<string, unknown> = { loadStart }
+    results.backups = await scenarioBackups(dir)
+    results.chain = await scenarioChain(dir)
+    results.loadEnd = os.loadavg()
+    const out = path.join(repoRoot, 'bench', 'results')
+    fs.mkdirSync(out, { recursive: true })
+    fs.writeFileSync(path.join(out, 'scale-latest.json'), JSON.stringify(results, null, 2) + '\n')
+    const md = table(results)
+    fs.writeFileSync(path.join(out, 'scale-latest.md'), md)
+    process.stdout.write(md)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch(err => { process.stderr.write(`${(err as Error).stack ?? String(err)}\n`); process.exitCode = 1 })

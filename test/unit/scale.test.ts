@@ -1,0 +1,172 @@
+/**
+ * Issue #21's scale, as counts rather than times (bench/scale.ts has the times): what the catalog is
+ * given to write per backup and per sealed extent must follow what changed, not how many volumes the
+ * pool holds. Counted in catalog.log, which every commit appends to with the rows and pages it is about
+ * to write (docs/FORMAT.md), on the engine directly.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Pool } from '../../src/volume/pool'
+import { storesOf } from '../helpers/stores'
+import { Sealer } from '../../src/seal/sealer'
+import { catalogLogHeaderBytes, logRecordHeaderBytes, logRecordMagic, logRecordPage, logRecordVolume } from '../../src/catalog/catalog-log'
+import { catalogLogFile } from '../../src/format/pool-format'
+import { pageEntries } from '../../src/limits'
+
+const blockBytes = 4096
+
+/** Volume rows and map pages in catalog.log from byte `from` on, and where the log ends. */
+function logRecords (dir: string, from = catalogLogHeaderBytes): { volumes: number, pages: number, end: number } {
+  const log = fs.readFileSync(path.join(dir, catalogLogFile))
+  // A commit may rewrite the log as a snapshot (past twice its last one): then counting from `from` is wrong.
+  if (log.length < from) throw new Error('catalog.log was rewritten as a snapshot meanwhile')
+  let volumes = 0
+  let pages = 0
+  let at = from
+  while (at + logRecordHeaderBytes <= log.length && log.readUInt32LE(at) === logRecordMagic) {
+    const type = log.readUInt16LE(at + 4)
+    if (type === logRecordVolume) volumes++
+    else if (type === logRecordPage) pages++
+    at += logRecordHeaderBytes + log.readUInt32LE(at + 8)
+  }
+  return { volumes, pages, end: at }
+}
+
+function tempPool (t: { teardown: (f: () => void) => void }): string {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-scale-')), 'pool')
+  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
+  return dir
+}
+
+test.serial('each backup writes the map pages its writes changed and two volume rows, however many backups came before', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(64 * pageEntries * blockBytes) // 64 map pages of address space
+    for (let i = 0; i < 40; i++) {
+      // Three pages changed: blocks in pages i % 64, (i + 7) % 64, (i + 30) % 64.
+      for (const page of [i % 64, (i + 7) % 64, (i + 30) % 64]) await disk.write(Buffer.alloc(blockBytes, i + 1), (page * pageEntries + i) * blockBytes)
+      await pool.commit()
+      const before = logRecords(dir)
+      await pool.backup(disk, `b${i}.img`)
+      const written = logRecords(dir, before.end)
+      t.is(written.pages, 0, `backup ${i}: the pages were committed before it; a backup shares them`)
+      t.is(written.volumes, 2, `backup ${i}: the new backup's row and its source's (a new epoch)`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
+
+test.serial('a sealed extent rewrites the rows of the volumes that read it, not every row of the pool', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(8 * pageEntries * blockBytes)
+    for (let i = 0; i < 30; i++) {
+      await disk.write(Buffer.alloc(blockBytes, i + 1), i * blockBytes)
+      await pool.backup(disk, `b${i}.img`)
+    }
+    const sealer = new Sealer(pool, () => {})
+    await sealer.sealPending(true)
+    await pool.commit()
+    // New blocks in the disk alone (in a page of its own: no backup reads it).
+    await disk.write(Buffer.alloc(4 * blockBytes, 0x5a), 5 * pageEntries * blockBytes)
+    await pool.commit()
+    const before = logRecords(dir)
+    const report = await sealer.sealPending(true)
+    t.is(report.blocksSealed, 4)
+    await pool.commit()
+    const written = logRecords(dir, before.end)
+    t.is(written.volumes, 1, 'only the disk reads the sealed extent')
+    t.is(written.pages, 1, 'one page repointed')
+    const back = Buffer.alloc(4 * blockBytes)
+    await disk.read(back, 5 * pageEntries * blockBytes)
+    t.true(back.equals(Buffer.alloc(4 * blockBytes, 0x5a)))
+    for (let i = 0; i < 30; i++) {
+      const b = pool.get('backup', `b${i}.img`)
+      const block = Buffer.alloc(blockBytes)
+      await b.read(block, i * blockBytes)
+      t.true(block.equals(Buffer.alloc(blockBytes, i + 1)), `backup ${i} reads its block`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
+
+test.serial('sealing an extent loads from the catalog only the map pages that name it, not every page of every backup', async t => {
+  const dir = tempPool(t)
+  // A cache of 4 pages: every page the walk needs beyond that is a load from the catalog.
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0, pageCacheMax: 4 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(64 * pageEntries * blockBytes)
+    // 40 backups, each after a block written in a page of its own: 40 pages, each read by some backups.
+    for (let i = 0; i < 40; i++) {
+      await disk.write(Buffer.alloc(blockBytes, i + 1), (i * pageEntries + i) * blockBytes)
+      await pool.backup(disk, `b${i}.img`)
+    }
+    const sealer = new Sealer(pool, () => {})
+    await sealer.sealPending(true)
+    await pool.commit()
+    // One more extent: a block in page 50, which no backup reads.
+    await disk.write(Buffer.alloc(blockBytes, 0x77), (50 * pageEntries + 3) * blockBytes)
+    await pool.commit()
+    const loadsBefore = storesOf(pool).pages.loads
+    const report = await sealer.sealPending(true)
+    t.is(report.blocksSealed, 1)
+    const loads = storesOf(pool).pages.loads - loadsBefore
+    t.true(loads <= 2, `pages loaded from the catalog to seal one block in one page: ${loads}`)
+    const back = Buffer.alloc(blockBytes)
+    await disk.read(back, (50 * pageEntries + 3) * blockBytes)
+    t.true(back.equals(Buffer.alloc(blockBytes, 0x77)))
+    for (let i = 0; i < 40; i++) {
+      await pool.get('backup', `b${i}.img`).read(back, (i * pageEntries + i) * blockBytes)
+      t.true(back.equals(Buffer.alloc(blockBytes, i + 1)), `backup ${i} reads its block`)
+    }
+  } finally {
+    await pool.close()
+  }
+})
+
+test.serial('a sealing pass writes each map page once, however many of the extents it seals the page names (a chain of clones copies its pages)', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(4 * pageEntries * blockBytes)
+    await disk.write(Buffer.alloc(blockBytes, 0xee), 0)
+    // Clone of a backup of a clone ..., each clone writing one block of page 0: clone k's copy of page
+    // 0 names the extents of clones 1..k, so the extent of clone 1 is named by 20 pages.
+    let source = disk
+    const depth = 20
+    for (let k = 1; k <= depth; k++) {
+      const backup = await pool.backup(source, `chain${k}.img`)
+      const clone = await pool.clone(backup, `c${k}.img`)
+      await clone.write(Buffer.alloc(blockBytes, k), k * blockBytes)
+      source = clone
+    }
+    await pool.commit()
+    const before = storesOf(pool).pages.written
+    const report = await new Sealer(pool, () => {}).sealPending(true)
+    t.is(report.blocksSealed, depth + 1)
+    await pool.commit()
+    const written = storesOf(pool).pages.written - before
+    // Pages naming a sealed extent: page 0 of the disk and of each clone, written once each.
+    t.true(written <= depth + 1, `map pages written by the pass: ${written}`)
+    for (let k = 1; k <= depth; k++) {
+      const clone = pool.get('clone', `c${k}.img`)
+      const back = Buffer.alloc(blockBytes)
+      for (let j = 0; j <= depth; j++) {
+        await clone.read(back, j * blockBytes)
+        t.true(back.equals(j === 0 ? Buffer.alloc(blockBytes, 0xee) : j <= k ? Buffer.alloc(blockBytes, j) : Buffer.alloc(blockBytes)), `clone ${k} block ${j}`)
+      }
+    }
+  } finally {
+    await pool.close()
+  }
+})
