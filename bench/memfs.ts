@@ -10,6 +10,7 @@ const [mountpoint, sizeText] = process.argv.slice(2)
 let size = Number(sizeText)
 const chunkBytes = 64 * 1024
 const chunks = new Map<number, Buffer>()
+const spare = Buffer.allocUnsafe(4 << 20)
 const now = Date.now()
 const ENOENT = -2
 const rootIno = 1
@@ -52,8 +53,9 @@ const ops = {
   release (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
   flush (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
   fsync (_ino: number, _fh: number | null, _datasync: number, cb: Callback) { cb(0) },
+  // One buffer serves every read: the reply copies it into the kernel before cb returns.
   read (_ino: number, _fh: number | null, len: number, pos: number, cb: Callback) {
-    const buffer = Buffer.allocUnsafe(len)
+    const buffer = len <= spare.length ? spare.subarray(0, len) : Buffer.allocUnsafe(len)
     cb(0, buffer, io(buffer, len, pos, false))
   },
   write (_ino: number, _fh: number | null, data: Buffer, pos: number, cb: Callback) { cb(0, io(data, data.length, pos, true)) }

@@ -67,8 +67,40 @@ export interface LowLevelOptions {
 
 type Callback = (code: number, ...results: any[]) => void
 
+/**
+ * Buffers for READ replies, reused. fuse_reply_buf has copied a reply into the kernel when replyBuf
+ * returns, so the buffer of a read that succeeded is free again once it is answered. A new Buffer for
+ * every READ (1 MiB ones for a sequential reader) cost more than the read itself: the in-memory
+ * ceiling read 640 MB/s so and 2.2 GB/s with one reused buffer (docs/TRANSPORT.md, "Measurements").
+ * A read that failed does not give its buffer back: part of the engine's read may still be writing
+ * into it (Promise.all rejects at the first failure); the garbage collector frees it.
+ */
+export class ReadBuffers {
+  private readonly free = new Map<number, Buffer[]>()
+
+  constructor (private readonly perSize = 16, private readonly largest = 1 << 20) {}
+
+  /** A buffer of `size` bytes (a view of a pooled one, which `give` takes back) and the pooled buffer. */
+  take (size: number): { view: Buffer, whole: Buffer } {
+    let capacity = 4096
+    while (capacity < size) capacity *= 2
+    if (capacity > this.largest) { const whole = Buffer.allocUnsafe(size); return { view: whole, whole } }
+    const whole = this.free.get(capacity)?.pop() ?? Buffer.allocUnsafe(capacity)
+    return { view: whole.subarray(0, size), whole }
+  }
+
+  /** Takes back a buffer `take` gave, once nothing reads or writes it any more. */
+  give (whole: Buffer): void {
+    if (whole.length > this.largest || (whole.length & (whole.length - 1)) !== 0 || whole.length < 4096) return
+    const list = this.free.get(whole.length) ?? []
+    if (list.length < this.perSize) list.push(whole)
+    this.free.set(whole.length, list)
+  }
+}
+
 export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFile, takeover }: LowLevelOptions): Record<string, (...args: any[]) => void> {
   const handles = new Map<number, Handle>()
+  const readBuffers = new ReadBuffers()
   let nextHandle = 1
 
   /**
@@ -278,8 +310,9 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
     read (_ino: number, fh: number | null, size: number, offset: number, cb: Callback) {
       let handle: Handle
       try { handle = handleOf(fh) } catch (err) { cb(toErrno(err, log)); return }
-      const buffer = Buffer.allocUnsafe(size)
-      handle.volume.read(buffer, offset).then(count => cb(0, buffer, count), fail(cb))
+      const { view, whole } = readBuffers.take(size)
+      // cb replies at once (the kernel has the bytes when it returns): only then is the buffer free.
+      handle.volume.read(view, offset).then(count => { cb(0, view, count); readBuffers.give(whole) }, fail(cb))
     },
 
     write (_ino: number, fh: number | null, data: Buffer, offset: number, cb: Callback) {
