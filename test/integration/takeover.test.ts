@@ -36,7 +36,7 @@ test.serial('SIGKILL of the daemon: the holder starts one that takes the mount o
   const image = m.image('disks', 'fio.img')
   await run('truncate', ['-s', String(32 * MiB), image])
   const fio = spawn('fio', ['--name=takeover', `--filename=${image}`, '--rw=randwrite', '--bs=4k', `--size=${32 * MiB}`, '--ioengine=libaio', '--direct=1',
-    '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--rate_iops=3000'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--rate_iops=3000'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   fio.stdout.on('data', chunk => { output += chunk })
   fio.stderr.on('data', chunk => { output += chunk })
