@@ -131,6 +131,18 @@ export const fuse3MaxWriteBytes = 1024 * 1024
 /** Its worker threads (fuse_session_loop_mt): they only read requests and queue them to JavaScript. */
 export const fuse3Threads = 4
 /**
+ * How long the kernel may keep a name (entry) and a volume's attributes (seconds), and whether an open
+ * keeps the pages cached before it (keep_cache). Safe because the daemon invalidates what changes behind
+ * the kernel's back (Pool.onChange: rename, rm, promote, restore); names not found are never cached (a
+ * new backup or clone shows at once). Attributes the engine changes by itself (st_blocks after sealing)
+ * lag by at most fuse3AttrTimeoutSeconds. docs/TRANSPORT.md, "Caching".
+ */
+export const fuse3EntryTimeoutSeconds = 1
+export const fuse3AttrTimeoutSeconds = 1
+export const fuse3KeepCache = true
+/** The longest a CLI command waits for the kernel to take an invalidation (it can wait on page locks). */
+export const fuse3NotifyWaitMs = 5000
+/**
  * copyRange (copy_file_range on the FUSE 3 transport): what it cannot share (the partial blocks at the
  * ends; everything when the two offsets differ within a block) it copies through the volumes in pieces
  * of copyPieceBytes, at most copyBytesMax per call; whole blocks it shares, at most copySharedBlocksMax

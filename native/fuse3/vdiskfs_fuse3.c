@@ -70,6 +70,11 @@ typedef struct session {
   uint64_t write_bytes;
   /* A takeover's FUSE_NOTIFY_RESEND: 0, or the errno its write got (-1: no takeover). */
   int resend_result;
+  /* How long the kernel may keep names and attributes (seconds), and whether an open keeps the file's
+   * pages: safe because every change the kernel does not make itself is invalidated (notify below). */
+  double entry_timeout, attr_timeout;
+  int keep_cache;
+  uint64_t notifications;
 } session;
 
 typedef struct request {
@@ -628,9 +633,13 @@ static napi_value reply_err(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* replyEntry(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs) */
+/*
+ * replyEntry(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs, generation). The
+ * generation tells a volume from an earlier one with the same id (a restarted daemon may give a removed
+ * volume's id again): the kernel then drops the inode it had, and with it the old volume's pages.
+ */
 static napi_value reply_entry(napi_env env, napi_callback_info info) {
-  GET_ARGS(10);
+  GET_ARGS(11);
   request *r = request_of(env, args[0]);
   if (r == NULL || !done(r)) return NULL;
   struct fuse_entry_param e;
@@ -638,9 +647,9 @@ static napi_value reply_entry(napi_env env, napi_callback_info info) {
   e.ino = (fuse_ino_t)arg_number(env, args[1]);
   fill_attr(env, args + 2, &e.attr);
   e.attr.st_ino = e.ino;
-  e.generation = 1;
-  e.attr_timeout = 0;
-  e.entry_timeout = 0;
+  e.generation = (uint64_t)arg_number(env, args[10]);
+  e.attr_timeout = r->s->attr_timeout;
+  e.entry_timeout = r->s->entry_timeout;
   fuse_reply_entry(r->req, &e);
   finish(r);
   return NULL;
@@ -654,7 +663,7 @@ static napi_value reply_attr(napi_env env, napi_callback_info info) {
   struct stat st;
   fill_attr(env, args + 2, &st);
   st.st_ino = (ino_t)arg_number(env, args[1]);
-  fuse_reply_attr(r->req, &st, 0);
+  fuse_reply_attr(r->req, &st, r->s->attr_timeout);
   finish(r);
   return NULL;
 }
@@ -667,14 +676,15 @@ static napi_value reply_open(napi_env env, napi_callback_info info) {
   struct fuse_file_info fi;
   memset(&fi, 0, sizeof(fi));
   fi.fh = (uint64_t)arg_number(env, args[1]);
+  fi.keep_cache = r->s->keep_cache ? 1 : 0;
   fuse_reply_open(r->req, &fi);
   finish(r);
   return NULL;
 }
 
-/* replyCreate(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs, fh) */
+/* replyCreate(handle, ino, mode, nlink, uid, gid, size, blocks, blksize, mtimeMs, fh, generation) */
 static napi_value reply_create(napi_env env, napi_callback_info info) {
-  GET_ARGS(11);
+  GET_ARGS(12);
   request *r = request_of(env, args[0]);
   if (r == NULL || !done(r)) return NULL;
   struct fuse_entry_param e;
@@ -682,10 +692,13 @@ static napi_value reply_create(napi_env env, napi_callback_info info) {
   e.ino = (fuse_ino_t)arg_number(env, args[1]);
   fill_attr(env, args + 2, &e.attr);
   e.attr.st_ino = e.ino;
-  e.generation = 1;
+  e.generation = (uint64_t)arg_number(env, args[11]);
+  e.attr_timeout = r->s->attr_timeout;
+  e.entry_timeout = r->s->entry_timeout;
   struct fuse_file_info fi;
   memset(&fi, 0, sizeof(fi));
   fi.fh = (uint64_t)arg_number(env, args[10]);
+  fi.keep_cache = r->s->keep_cache ? 1 : 0;
   fuse_reply_create(r->req, &e, &fi);
   finish(r);
   return NULL;
@@ -860,6 +873,77 @@ static int notify_resend(session *s) {
   return n == (ssize_t)sizeof(out) ? 0 : errno;
 }
 
+/*
+ * notify(session, kind, ino, offset, length, name) -> Promise<errno>: tells the kernel to drop what it
+ * cached of a change it did not make itself (a restore, a rename or rm from bin/vdiskfs).
+ * kind 0: fuse_lowlevel_notify_inval_inode(ino, offset, length): offset < 0 drops attributes only,
+ * length 0 means to the end. kind 1: fuse_lowlevel_notify_inval_entry(parent ino, name).
+ * The write to /dev/fuse can wait in the kernel: for the lock of a page a READ is filling (which the
+ * engine answers on the JavaScript thread) or of a directory a request holds. So it runs on a libuv
+ * pool thread, never on the JavaScript thread; the caller keeps one in flight at a time, and destroys
+ * the session only once none is (after the loop ended, the kernel refuses them at once).
+ */
+typedef struct notify_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  session *s;
+  int kind;
+  uint64_t ino;
+  int64_t off, len;
+  char *name;
+  int result;
+} notify_job;
+
+static void notify_execute(napi_env env, void *data) {
+  (void)env;
+  notify_job *job = data;
+  session *s = job->s;
+  if (s->destroyed || s->se == NULL) { job->result = ENOTCONN; return; }
+  int rc = job->kind == 0
+    ? fuse_lowlevel_notify_inval_inode(s->se, (fuse_ino_t)job->ino, (off_t)job->off, (off_t)job->len)
+    : fuse_lowlevel_notify_inval_entry(s->se, (fuse_ino_t)job->ino, job->name, strlen(job->name));
+  job->result = rc < 0 ? -rc : rc;
+  __atomic_add_fetch(&s->notifications, 1, __ATOMIC_RELAXED);
+}
+
+static void notify_complete(napi_env env, napi_status status, void *data) {
+  notify_job *job = data;
+  napi_resolve_deferred(env, job->deferred, num(env, status == napi_ok ? job->result : EIO));
+  napi_delete_async_work(env, job->work);
+  free(job->name);
+  free(job);
+}
+
+static session *session_of(napi_env env, napi_value value);
+
+static napi_value notify_session(napi_env env, napi_callback_info info) {
+  GET_ARGS(6);
+  session *s = session_of(env, args[0]);
+  if (s == NULL) return NULL;
+  notify_job *job = calloc(1, sizeof(notify_job));
+  if (job == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  job->s = s;
+  job->kind = (int)arg_number(env, args[1]);
+  job->ino = (uint64_t)arg_number(env, args[2]);
+  job->off = (int64_t)arg_number(env, args[3]);
+  job->len = (int64_t)arg_number(env, args[4]);
+  napi_valuetype type;
+  napi_typeof(env, args[5], &type);
+  if (type == napi_string) {
+    size_t len = 0;
+    napi_get_value_string_utf8(env, args[5], NULL, 0, &len);
+    job->name = malloc(len + 1);
+    if (job->name != NULL) napi_get_value_string_utf8(env, args[5], job->name, len + 1, &len);
+  }
+  if (job->kind == 1 && job->name == NULL) { free(job); napi_throw_type_error(env, NULL, "vdiskfs_fuse3: notify of an entry needs its name"); return NULL; }
+  napi_value promise, resource;
+  CHECK(napi_create_promise(env, &job->deferred, &promise));
+  napi_create_string_utf8(env, "vdiskfs-fuse3-notify", NAPI_AUTO_LENGTH, &resource);
+  CHECK(napi_create_async_work(env, NULL, resource, notify_execute, notify_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return promise;
+}
+
 /* fd(session) -> the session's /dev/fuse descriptor (for the holder). */
 static napi_value session_fd(napi_env env, napi_callback_info info);
 
@@ -892,6 +976,9 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   if (napi_has_named_property(env, args[3], "takeoverFd", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "takeoverFd", &v); takeover_fd = (int)arg_number(env, v); }
   if (napi_has_named_property(env, args[3], "protoMinor", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "protoMinor", &v); takeover_minor = (unsigned)arg_number(env, v); }
   if (takeover_fd >= 0) s->clone_fd = 0;
+  if (napi_has_named_property(env, args[3], "entryTimeout", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "entryTimeout", &v); s->entry_timeout = arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "attrTimeout", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "attrTimeout", &v); s->attr_timeout = arg_number(env, v); }
+  if (napi_has_named_property(env, args[3], "keepCache", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "keepCache", &v); s->keep_cache = arg_number(env, v) != 0; }
 
   napi_value name;
   napi_create_string_utf8(env, "vdiskfs-fuse3", NAPI_AUTO_LENGTH, &name);
@@ -1014,6 +1101,10 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "writeSizes", number_array(env, s->write_sizes, SIZE_BUCKETS));
   napi_set_named_property(env, out, "resendResult", num(env, s->resend_result));
   napi_set_named_property(env, out, "cloneFd", num(env, s->clone_fd));
+  napi_set_named_property(env, out, "notifications", num(env, (double)__atomic_load_n(&s->notifications, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "entryTimeout", num(env, s->entry_timeout));
+  napi_set_named_property(env, out, "attrTimeout", num(env, s->attr_timeout));
+  napi_set_named_property(env, out, "keepCache", num(env, s->keep_cache));
   napi_set_named_property(env, out, "readSizes", number_array(env, s->read_sizes, SIZE_BUCKETS));
   return out;
 }
@@ -1025,6 +1116,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "destroy", NULL, destroy_session, NULL, NULL, NULL, napi_default, NULL },
     { "stats", NULL, session_stats, NULL, NULL, NULL, napi_default, NULL },
     { "fd", NULL, session_fd, NULL, NULL, NULL, napi_default, NULL },
+    { "notify", NULL, notify_session, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },

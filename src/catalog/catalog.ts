@@ -240,7 +240,7 @@ export class Catalog {
       pageIds: db.prepare('SELECT id FROM pages').pluck(),
       deletePage: db.prepare('DELETE FROM pages WHERE id = ?'),
       maxPageId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM pages').pluck(),
-      maxVolumeId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM volumes').pluck(),
+      maxVolumeId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM volumes), 0), COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'volume_id_high'), 0))`).pluck(),
       maxExtentId: db.prepare('SELECT COALESCE(MAX(id), 0) FROM extents').pluck(),
       extents: db.prepare('SELECT id, volume_id AS volumeId, created_ms AS createdMs FROM extents ORDER BY id'),
       insertExtent: db.prepare('INSERT INTO extents (id, volume_id, created_ms) VALUES (?, ?, ?)'),
@@ -416,7 +416,16 @@ export class Catalog {
     }
   }
 
-  deleteVolume (id: number): void { this.statements.deleteVolume.run(id); this.deleted = true }
+  /**
+   * Removes a volume's row and keeps its id as the high-water mark of volume ids: an id is an inode
+   * number for the kernel (src/fuse/fuse3-ops.ts), which may still know it after a takeover, so no
+   * later volume gets it, in this process or the next.
+   */
+  deleteVolume (id: number): void {
+    this.statements.deleteVolume.run(id)
+    this.raiseIdHigh('volume_id_high', id)
+    this.deleted = true
+  }
 
   page (id: number): PageRow | undefined { return this.statements.page.get(id) as PageRow | undefined }
   putPage (id: number, epoch: number, entries: Buffer): void { this.statements.putPage.run(id, epoch, entries) }
@@ -447,7 +456,7 @@ export class Catalog {
    * above the mark is known never to have been indexed (a seal that did not finish).
    */
   private chunkIdHigh = -1
-  raiseIdHigh (key: 'chunk_id_high' | 'pack_id_high', id: number): void {
+  raiseIdHigh (key: 'chunk_id_high' | 'pack_id_high' | 'volume_id_high', id: number): void {
     if (key === 'chunk_id_high') {
       if (this.chunkIdHigh < 0) this.chunkIdHigh = Number(this.getMeta(key) ?? '0')
       if (id <= this.chunkIdHigh) return

@@ -18,7 +18,7 @@ import path from 'node:path'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
-import { createLowLevelOperations } from '../fuse/fuse3-ops'
+import { createLowLevelOperations, invalidationsOf } from '../fuse/fuse3-ops'
 import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from '../control/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
@@ -146,9 +146,12 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
     holderPid = null
   })
 
+  // What changes behind the kernel's back (rename, rm, promote, restore) is dropped from its caches,
+  // and a control command that changed something replies once the kernel took it.
+  pool.onChange(change => fuse.invalidate(invalidationsOf(change)))
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
-  const server = startControlServer(socketPath, controlHandlers({
+  const server = startControlServer(socketPath, afterInvalidation(fuse, controlHandlers({
     pool,
     space,
     sealer,
@@ -163,7 +166,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
       // Cheap (no walk): bench/soak.ts samples it from here every few seconds; vdiskfs status has the rest.
       eventLoopDelay: metrics.eventLoopReport()
     })
-  }), log)
+  })), log)
 
   sealer.start()
   let collectedGeneration = pool.generation
@@ -214,6 +217,18 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   process.on('uncaughtException', err => { log(`bug: ${err?.stack ?? String(err)}`); process.exitCode = 1; void stop('a bug (see the line above)', true) })
   process.on('unhandledRejection', err => { log(`bug: unhandled rejection: ${(err as Error)?.stack ?? String(err)}`) })
   options.onReady()
+}
+
+/** The control handlers, each replying once the kernel has taken the invalidations its change asked for. */
+function afterInvalidation<T extends Record<string, ((args: Record<string, unknown>) => Promise<unknown>) & { stream?: unknown }>> (fuse: Fuse3Transport, handlers: T): T {
+  const wrapped: Record<string, unknown> = {}
+  for (const [op, handler] of Object.entries(handlers)) {
+    if (handler.stream !== undefined) { wrapped[op] = handler; continue }
+    wrapped[op] = async (args: Record<string, unknown>) => {
+      try { return await handler(args) } finally { await fuse.invalidated() }
+    }
+  }
+  return wrapped as T
 }
 
 /**

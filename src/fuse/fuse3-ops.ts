@@ -15,7 +15,7 @@
 import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
-import { Pool } from '../volume/pool'
+import { Pool, VolumeChange } from '../volume/pool'
 import { Volume } from '../volume/volume'
 import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
@@ -45,6 +45,15 @@ const renameNoReplace = 1
 /** lseek whence. */
 const seekData = 3
 const seekHole = 4
+
+/**
+ * What the kernel must forget after a change it did not make itself (Pool.onChange): the names the
+ * volume had and has, and its attributes (nlink, size), or its pages too when its bytes changed.
+ */
+export function invalidationsOf (change: VolumeChange): Array<{ ino: number, data: boolean } | { parent: number, name: string }> {
+  const names = new Map(change.names.map(n => [`${n.kind}/${n.name}`, { parent: dirInodeOf[n.kind], name: n.name }]))
+  return [...names.values(), { ino: change.volume.id + volumeInodeBase, data: change.data }]
+}
 
 export interface Attr { ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number }
 export interface DirEntry { name: string, ino: number, mode: number }

@@ -9,7 +9,7 @@
  */
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
-import { fuse3MaxWriteBytes, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
+import { fuse3AttrTimeoutSeconds, fuse3EntryTimeoutSeconds, fuse3KeepCache, fuse3MaxWriteBytes, fuse3NotifyWaitMs, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
 
 /** The addon's request kinds, in its order (native/fuse3/vdiskfs_fuse3.c, OP_*). */
 const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'create', 'read', 'write', 'flush', 'release', 'fsync',
@@ -24,10 +24,12 @@ interface Fuse3Native {
   destroy: (session: Session) => void
   stats: (session: Session) => Fuse3Stats
   fd: (session: Session) => number
+  /** kind 0: drop an inode's attributes (offset < 0) or pages from offset (length 0: to the end); kind 1: drop a name. Resolves to an errno. */
+  notify: (session: Session, kind: 0 | 1, ino: number, offset: number, length: number, name: string | null) => Promise<number>
   replyErr: (request: Handle, errno: number) => void
-  replyEntry: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
+  replyEntry: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number, generation: number) => void
   replyAttr: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number) => void
-  replyCreate: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number, fh: number) => void
+  replyCreate: (request: Handle, ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number, fh: number, generation: number) => void
   replyOpen: (request: Handle, fh: number) => void
   replyBuf: (request: Handle, buffer: Buffer, length: number) => void
   replyWrite: (request: Handle, count: number) => void
@@ -56,7 +58,21 @@ export interface Fuse3Stats {
   resendResult: number
   /** 1: each worker reads its own cloned descriptor; 0 when a holder shares the descriptor. */
   cloneFd: number
+  /** Invalidations sent to the kernel (rename, rm, promote, restore). */
+  notifications: number
+  entryTimeout: number
+  attrTimeout: number
+  keepCache: number
 }
+
+/** What the kernel must forget: a volume's pages and attributes (data) or attributes alone, or a name in a directory. */
+export type Invalidation = { ino: number, data: boolean } | { parent: number, name: string }
+
+/**
+ * Inode generations: volume ids are never given twice in a pool's life (catalog.ts deleteVolume), so
+ * one generation for all tells the kernel an inode it knows is still the volume it was.
+ */
+const generation = 1
 
 export interface Fuse3Options {
   fsname: string
@@ -87,6 +103,7 @@ export function loadFuse3Native (): Fuse3Native {
 }
 
 const ERANGE = 34
+const ENOENT = 2
 const EIO = 5
 const EPERM = 1
 const unmountWaitMs = 3000
@@ -96,6 +113,9 @@ type Reply = (code: number, ...results: any[]) => void
 export class Fuse3Transport {
   private session: Session | null = null
   private ended = false
+  /** The invalidations not yet taken by the kernel, sent one at a time (see invalidate). */
+  private notifying: Promise<void> = Promise.resolve()
+  private notifyPending = 0
   private readonly endWaiters: Array<() => void> = []
   private readonly native: Fuse3Native
 
@@ -123,6 +143,9 @@ export class Fuse3Transport {
         maxBackground: fuseBackgroundMax,
         congestionThreshold: fuseCongestionThreshold,
         cloneFd: this.options.shareFd === true || this.options.takeoverFd !== undefined ? 0 : 1,
+        entryTimeout: fuse3EntryTimeoutSeconds,
+        attrTimeout: fuse3AttrTimeoutSeconds,
+        keepCache: fuse3KeepCache ? 1 : 0,
         ...(this.options.takeoverFd !== undefined ? { takeoverFd: this.options.takeoverFd } : {})
       })
     } catch (err) {
@@ -150,11 +173,49 @@ export class Fuse3Transport {
     this.endWaiters.push(() => { clearTimeout(timer); cb(null) })
   }
 
+  /**
+   * Has the kernel drop what it cached of `items` (changes it did not make itself). Sent in order, one
+   * at a time, off the JavaScript thread (the kernel's side can wait for a READ that this thread
+   * answers). An errno is logged, except ENOENT: the kernel did not know the inode or name.
+   */
+  invalidate (items: Invalidation[]): void {
+    if (this.session === null || this.ended || items.length === 0) return
+    const session = this.session
+    this.notifyPending++
+    this.notifying = this.notifying.then(async () => {
+      for (const item of items) {
+        if (this.ended) break
+        const result = 'name' in item
+          ? await this.native.notify(session, 1, item.parent, 0, 0, item.name)
+          : await this.native.notify(session, 0, item.ino, item.data ? 0 : -1, 0, null)
+        if (result !== 0 && result !== ENOENT && !this.ended) this.options.log(`the kernel refused an invalidation (${JSON.stringify(item)}): errno ${result}`)
+      }
+    }).catch(err => this.options.log(`invalidation failed: ${(err as Error).message}`)).finally(() => { this.notifyPending-- })
+  }
+
+  /**
+   * Resolves once the invalidations asked so far are taken, or after fuse3NotifyWaitMs (logged): a
+   * CLI command that changed names or bytes replies after this, so that what it changed shows at once.
+   */
+  async invalidated (): Promise<void> {
+    if (this.notifyPending === 0) return
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), fuse3NotifyWaitMs) })
+    try {
+      if (await Promise.race([this.notifying.then(() => false), late])) this.options.log(`the kernel has not taken an invalidation after ${fuse3NotifyWaitMs} ms; replying anyway`)
+    } finally { clearTimeout(timer) }
+  }
+
   private onEnd (loopResult: number): void {
     this.ended = true
     if (loopResult !== 0) this.options.log(`the FUSE session loop ended with ${loopResult}`)
-    if (this.session !== null) this.native.destroy(this.session)
-    for (const waiter of this.endWaiters.splice(0)) waiter()
+    // An invalidation still running uses the session: destroy it once none is (with the connection
+    // gone the kernel refuses them at once).
+    const session = this.session
+    void this.notifying.finally(() => {
+      if (session !== null) this.native.destroy(session)
+      for (const waiter of this.endWaiters.splice(0)) waiter()
+    })
   }
 
   private dispatch (op: number, request: Handle | null, args: any[]): void {
@@ -191,9 +252,9 @@ export class Fuse3Transport {
   private succeed (name: typeof opNames[number], request: Handle, args: any[], results: any[]): void {
     const native = this.native
     switch (name) {
-      case 'lookup': { const a = results[0]; native.replyEntry(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs); return }
+      case 'lookup': { const a = results[0]; native.replyEntry(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs, generation); return }
       case 'getattr': case 'setattr': { const a = results[0]; native.replyAttr(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs); return }
-      case 'create': { const a = results[0]; native.replyCreate(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs, results[1]); return }
+      case 'create': { const a = results[0]; native.replyCreate(request, a.ino, a.mode, a.nlink, a.uid, a.gid, a.size, a.blocks, a.blksize, a.mtimeMs, results[1], generation); return }
       case 'readdir': {
         const entries = results[0] as Array<{ name: string, ino: number, mode: number }>
         native.replyDir(request, entries.map(e => e.name), entries.map(e => e.ino), entries.map(e => e.mode))

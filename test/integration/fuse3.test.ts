@@ -264,6 +264,55 @@ test.serial('backup, clone, rm, restore and rename through bin/vdiskfs and the m
   t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')), [])
 })
 
+test.serial('the kernel\'s caches follow what the CLI changes: restore --force under an open file, rename, rm, promote; pages kept across opens', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'vm.img')
+  fs.writeFileSync(disk, '')
+  const a = crypto.randomBytes(4 * MiB)
+  const b = crypto.randomBytes(4 * MiB)
+  fs.writeFileSync(disk, a)
+  t.is((await vdiskfs('backup', disk, 'b1')).code, 0)
+  fs.writeFileSync(disk, b)
+  // An open file whose pages the kernel holds (b), restored from b1 (a) behind its back: the next
+  // read through the same descriptor sees a.
+  const fd = fs.openSync(disk, 'r')
+  try {
+    const seen = Buffer.alloc(4 * MiB)
+    fs.readSync(fd, seen, 0, seen.length, 0)
+    t.true(seen.equals(b))
+    t.is((await vdiskfs('restore', m.image('backups', 'b1.img'), disk, '--force')).code, 0)
+    fs.readSync(fd, seen, 0, seen.length, 0)
+    t.true(seen.equals(a), 'a read after restore --force returns the restored bytes, not the pages cached before')
+    t.is(fs.fstatSync(fd).size, 4 * MiB)
+  } finally { fs.closeSync(fd) }
+  t.true(fs.readFileSync(disk).equals(a))
+  // Pages stay cached across opens (keep_cache): reading the image again after a close and a
+  // re-open reads nothing from the daemon.
+  const before = await fuse3Status(m.mnt)
+  t.true(fs.readFileSync(disk).equals(a))
+  t.is((await fuse3Status(m.mnt)).readBytes, before.readBytes)
+  // Names the kernel has looked up (and may cache) follow renames, removals and promotions made
+  // with bin/vdiskfs at once.
+  t.is((await vdiskfs('clone', m.image('backups', 'b1.img'), 'c1')).code, 0)
+  t.is((await vdiskfs('clone', m.image('backups', 'b1.img'), 'c2')).code, 0)
+  for (const name of ['disks/vm.img', 'clones/c1.img', 'clones/c2.img', 'disks/vm-new.img', 'disks/c2.img']) {
+    try { fs.statSync(path.join(m.mnt, name)) } catch {}
+  }
+  const ino = fs.statSync(disk).ino
+  t.is((await vdiskfs('rename', disk, 'vm-new')).code, 0)
+  t.false(fs.existsSync(disk))
+  t.is(fs.statSync(m.image('disks', 'vm-new.img')).ino, ino)
+  t.is((await vdiskfs('rm', m.image('clones', 'c1.img'))).code, 0)
+  t.false(fs.existsSync(m.image('clones', 'c1.img')))
+  t.is((await vdiskfs('promote', m.image('clones', 'c2.img'))).code, 0)
+  t.false(fs.existsSync(m.image('clones', 'c2.img')))
+  t.true(fs.readFileSync(m.image('disks', 'c2.img')).equals(a))
+  // A name removed and made again names the new volume, with the new volume's bytes.
+  t.is((await vdiskfs('rm', m.image('disks', 'vm-new.img'))).code, 0)
+  fs.writeFileSync(m.image('disks', 'vm-new.img'), b)
+  t.true(fs.readFileSync(m.image('disks', 'vm-new.img')).equals(b))
+})
+
 test.serial('a disk created through the mount belongs to the caller (FUSE 3 tells who asks)', async t => {
   const m = await withMount(t, '--allow-other')
   // uid 4321 with CAP_DAC_OVERRIDE, so that it may create in disks/ (the daemon user's, 0755).

@@ -91,3 +91,15 @@ test('a schema 3 catalog is migrated to 4: nothing protected, no notes, each vol
   t.is(updated.note, 'before the upgrade')
   reopened.close()
 })
+
+test('a removed volume\'s id is never given again, not even by a catalog opened anew (the kernel may still know its inode)', t => {
+  const file = tempFile()
+  const catalog = Catalog.open(file, true)
+  catalog.transaction(() => { catalog.insertVolume(row(1, 'a.img')); catalog.insertVolume(row(2, 'b.img')) })
+  catalog.transaction(() => catalog.deleteVolume(2))
+  t.is(catalog.maxVolumeId(), 2)
+  catalog.close()
+  const again = Catalog.open(file, false)
+  t.is(again.maxVolumeId(), 2)
+  again.close()
+})
