@@ -42,7 +42,7 @@ export { checkName } from './names'
 
 export interface OpenOptions extends HeaderOptions, StateOptions {}
 
-/** A change Pool.onChange reports: the names the volume had and has, and whether its bytes (and size) changed. */
+/** A change Pool.onChange reports: the names the volume no longer has, and whether its bytes (and size) changed. */
 export interface VolumeChange {
   volume: Volume
   names: Array<{ kind: VolumeKind, name: string }>
@@ -119,36 +119,35 @@ export class Pool {
   async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> { return await this.namespace.create(kind, name, options) }
   get (kind: VolumeKind, name: string): Volume { return this.namespace.get(kind, name) }
   async createDisk (name: string): Promise<Volume> { return await this.namespace.createDisk(name) }
-  async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.changing(volume, false, async () => await this.namespace.rename(volume, newName, hide)) }
-  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, false, async () => await this.namespace.move(volume, kind, name)) }
-  async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(volume, false, async () => await this.namespace.remove(volume, options)) }
-  async unlink (volume: Volume): Promise<void> { await this.changing(volume, false, async () => await this.namespace.unlink(volume)) }
+  async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName, hide)) }
+  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.move(volume, kind, name)) }
+  async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.remove(volume, options)) }
+  async unlink (volume: Volume): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.unlink(volume)) }
   opened (volume: Volume, writable: boolean): void { this.namespace.opened(volume, writable) }
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
   async backup (source: Volume, name: string): Promise<Volume> { return await this.namespace.backup(source, name) }
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
-  async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, true, async () => await this.namespace.restore(backup, target, options)) }
+  async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, 'data', async () => await this.namespace.restore(backup, target, options)) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
   async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> { return await copyRange(this.state, source, target, from, to, length) }
-  async promote (clone: Volume, name: string): Promise<void> { await this.changing(clone, false, async () => await this.namespace.promote(clone, name)) }
+  async promote (clone: Volume, name: string): Promise<void> { await this.changing(clone, 'name', async () => await this.namespace.promote(clone, name)) }
   async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> { return await this.namespace.backupGroup(sources, names, group) }
   groupMembers (group: string): Volume[] { return this.namespace.groupMembers(group) }
   async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> {
-    // Every member's target may change, also when the group's restore fails part-way.
+    // Every member's target may have changed, also when the group's restore failed part-way.
     const targets = this.namespace.groupMembers(group).map(backup => this.liveSource(backup)).filter((v): v is Volume => v !== undefined)
-    const before = targets.map(volume => ({ kind: volume.kind, name: volume.name }))
     try {
       return await this.namespace.restoreGroup(group, options)
     } finally {
-      for (const [i, volume] of targets.entries()) this.changed({ volume, names: [before[i]], data: true })
+      for (const volume of targets) this.changed({ volume, names: [], data: true })
     }
   }
   async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> { return await this.namespace.cloneGroup(group, names) }
   async protect (volume: Volume, on: boolean): Promise<void> { await this.namespace.protect(volume, on) }
   async setNote (volume: Volume, note: string | null): Promise<void> { await this.namespace.setNote(volume, note) }
-  async renameVolume (volume: Volume, newName: string): Promise<void> { await this.changing(volume, false, async () => await this.namespace.renameVolume(volume, newName)) }
+  async renameVolume (volume: Volume, newName: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.renameVolume(volume, newName)) }
 
   private readonly changeListeners: Array<(change: VolumeChange) => void> = []
 
@@ -163,12 +162,21 @@ export class Pool {
     for (const listener of this.changeListeners) listener(change)
   }
 
-  private async changing (volume: Volume, data: boolean, work: () => Promise<void>): Promise<void> {
+  /**
+   * Runs `work`, a change of `volume`'s name ('name'), of its existence ('gone': removed, or hidden
+   * while open) or of its bytes ('data'), and reports it. Only a name that changed is reported: the
+   * kernel forgetting a name still valid would show an open descriptor's path as deleted. A change
+   * that failed reports its bytes alone (a failed commit may follow a change made in memory).
+   */
+  private async changing (volume: Volume, what: 'name' | 'gone' | 'data', work: () => Promise<void>): Promise<void> {
     const before = { kind: volume.kind, name: volume.name }
+    let done = false
     try {
       await work()
+      done = true
     } finally {
-      this.changed({ volume, names: [before, { kind: volume.kind, name: volume.name }], data })
+      const renamed = what === 'gone' || before.kind !== volume.kind || before.name !== volume.name
+      this.changed({ volume, names: done && renamed ? [before] : [], data: what === 'data' })
     }
   }
 

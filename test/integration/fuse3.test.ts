@@ -283,6 +283,9 @@ test.serial('the kernel\'s caches follow what the CLI changes: restore --force u
     t.is((await vdiskfs('restore', m.image('backups', 'b1.img'), disk, '--force')).code, 0)
     fs.readSync(fd, seen, 0, seen.length, 0)
     t.true(seen.equals(a), 'a read after restore --force returns the restored bytes, not the pages cached before')
+    // The name stays valid for the kernel: the descriptor still shows the image's path (not "(deleted)"),
+    // which is how vdiskfs names who holds an image.
+    t.is(fs.readlinkSync(`/proc/self/fd/${fd}`), disk)
     t.is(fs.fstatSync(fd).size, 4 * MiB)
   } finally { fs.closeSync(fd) }
   t.true(fs.readFileSync(disk).equals(a))
