@@ -290,10 +290,16 @@ test.serial('the kernel\'s caches follow what the CLI changes: restore --force u
   } finally { fs.closeSync(fd) }
   t.true(fs.readFileSync(disk).equals(a))
   // Pages stay cached across opens (keep_cache): reading the image again after a close and a
-  // re-open reads nothing from the daemon.
-  const before = await fuse3Status(m.mnt)
-  t.true(fs.readFileSync(disk).equals(a))
-  t.is((await fuse3Status(m.mnt)).readBytes, before.readBytes)
+  // re-open reads nothing from the daemon. Other tests drop the machine's caches now and then (echo 3
+  // > drop_caches), so one of three tries is enough; without keep_cache every open drops the pages.
+  const readsFromDaemon: number[] = []
+  for (let i = 0; i < 3 && !readsFromDaemon.includes(0); i++) {
+    t.true(fs.readFileSync(disk).equals(a))
+    const before = await fuse3Status(m.mnt)
+    t.true(fs.readFileSync(disk).equals(a))
+    readsFromDaemon.push((await fuse3Status(m.mnt)).readBytes - before.readBytes)
+  }
+  t.true(readsFromDaemon.includes(0), `bytes read from the daemon on re-reading: ${readsFromDaemon.join(', ')}`)
   // Names the kernel has looked up (and may cache) follow renames, removals and promotions made
   // with bin/vdiskfs at once.
   t.is((await vdiskfs('clone', m.image('backups', 'b1.img'), 'c1')).code, 0)
