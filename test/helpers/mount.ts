@@ -145,6 +145,21 @@ export class TestMount {
   }
 }
 
+/**
+ * The daemon log of `pool` once every pattern matches it, waiting up to `timeoutMs`: the daemon appends
+ * its lines asynchronously (src/daemon/daemon-log.ts), so a line can land just after the reply it
+ * explains. Returns the log as it is then (the caller's t.regex shows what is missing).
+ */
+export async function logMatching (pool: string, patterns: RegExp[], timeoutMs = 10000): Promise<string> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    let log = ''
+    try { log = fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8') } catch {}
+    if (patterns.every(p => p.test(log)) || Date.now() > deadline) return log
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
 export async function waitForExit (pid: number, timeoutMs = 20000): Promise<boolean> {
   for (let waited = 0; waited < timeoutMs; waited += 25) {
     try { process.kill(pid, 0) } catch { return true }
