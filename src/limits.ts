@@ -68,6 +68,8 @@ export const inUsePollMs = 10
  * copy on 2 cores). 128 KiB covers a slot write (at most a block) and a pack record of one chunk.
  */
 export const inlineWriteBytesMax = 128 * 1024
+/** Reads of at most this many bytes go inline when the page cache holds them all (io/file-io.ts). */
+export const inlineReadBytesMax = 128 * 1024
 /**
  * An inline write that took longer than this means the kernel is throttling writers (dirty-page
  * limits) or the disk is slow: writes then go through the thread pool for inlineWriteBackoffMs, so

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* Request kinds, as JavaScript sees them (src/fuse/fuse3-transport.ts keeps the same list). */
@@ -1109,6 +1110,35 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * preadNowait(fd, target, offset, length, position) -> bytes read (0 at the end of the file), or -errno:
+ * -EAGAIN when the bytes are not all in the page cache (preadv2 with RWF_NOWAIT, which never waits for
+ * the disk). The engine reads its extents so on the JavaScript thread, synchronously, when they are
+ * cached: a microsecond or two, against a libuv pool round trip of tens (src/io/file-io.ts). Not a FUSE
+ * call: it lives in this addon because the addon is vdiskfs's one native module.
+ */
+static napi_value pread_nowait(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int32_t fd = 0;
+  napi_get_value_int32(env, args[0], &fd);
+  napi_typedarray_type type;
+  size_t count = 0, byte_offset = 0;
+  void *data = NULL;
+  napi_value arraybuffer;
+  if (napi_get_typedarray_info(env, args[1], &type, &count, &data, &arraybuffer, &byte_offset) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: preadNowait needs a Uint8Array");
+    return NULL;
+  }
+  double offset = arg_number(env, args[2]), length = arg_number(env, args[3]), position = arg_number(env, args[4]);
+  if (offset < 0 || length < 0 || offset + length > (double)count || position < 0) {
+    napi_throw_range_error(env, NULL, "vdiskfs_fuse3: preadNowait out of range");
+    return NULL;
+  }
+  struct iovec iov = { .iov_base = (char *)data + (size_t)offset, .iov_len = (size_t)length };
+  ssize_t n = preadv2(fd, &iov, 1, (off_t)position, RWF_NOWAIT);
+  return num(env, n >= 0 ? (double)n : -(double)errno);
+}
+
 static napi_value init_module(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "mount", NULL, mount_session, NULL, NULL, NULL, napi_default, NULL },
@@ -1117,6 +1147,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "stats", NULL, session_stats, NULL, NULL, NULL, napi_default, NULL },
     { "fd", NULL, session_fd, NULL, NULL, NULL, napi_default, NULL },
     { "notify", NULL, notify_session, NULL, NULL, NULL, napi_default, NULL },
+    { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },

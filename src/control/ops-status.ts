@@ -8,7 +8,7 @@ import { volumeFacts } from '../inspect/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
-import { InlineWriteStats, inlineWriteStats } from '../io/file-io'
+import { InlineWriteStats, inlineReadStats, inlineWriteStats } from '../io/file-io'
 import { HandlerContext, Handlers, volumeArg } from './handler'
 
 
@@ -33,6 +33,8 @@ export interface StatsResult {
   chunkCache: ChunkCacheStats
   /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
   writes: InlineWriteStats
+  /** Engine reads served inline (every byte in the page cache: preadv2 RWF_NOWAIT) or through the thread pool. */
+  reads: InlineWriteStats
   jobs: JobReport[]
   lastErrors: LogEntry[]
 }
@@ -69,6 +71,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         unsealedAsOfMs: unsealed.atMs,
         chunkCache: pool.chunkCacheStats(),
         writes: inlineWriteStats(),
+        reads: inlineReadStats(),
         jobs,
         lastErrors: recentErrors()
       }

@@ -10,8 +10,10 @@
  * Errors: the node:fs errors, unchanged (callers turn them into VdiskErrors).
  */
 import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { promisify } from 'node:util'
-import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs, inlineWritesPerTurnMax } from '../limits'
+import { inlineReadBytesMax, inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs, inlineWritesPerTurnMax } from '../limits'
 
 export interface FileIo {
   open: (file: string, flags: string, mode?: number) => Promise<number>
@@ -46,8 +48,12 @@ export interface InlineWriteStats {
  * So a small write is done synchronously on the event loop, timed: one that took longer than
  * inlineWriteSlowMs (the kernel throttling dirty pages, or a slow disk) sends writes back to the
  * thread pool for inlineWriteBackoffMs (fixed: see limits.ts). At most inlineWritesPerTurnMax go inline
- * in one turn of the event loop: a chain of awaits on inline writes would otherwise never yield. Reads stay asynchronous: a cold read waits for the disk.
+ * in one turn of the event loop: a chain of awaits on inline writes would otherwise never yield.
  * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
+ *
+ * Reads go inline too, under a policy of their own, but only when every byte is in the page cache:
+ * preadv2 with RWF_NOWAIT (the addon's preadNowait) never waits for the disk, and answers EAGAIN
+ * instead; the read then goes through the thread pool. VDISKFS_INLINE_READS=0 turns this off.
  */
 /** When a write goes inline; `now` (ns) is a parameter for tests. */
 export class InlineWritePolicy {
@@ -87,8 +93,51 @@ export class InlineWritePolicy {
 }
 
 const inline = new InlineWritePolicy(process.env.VDISKFS_INLINE_WRITES !== '0')
+const inlineReads = new InlineWritePolicy(process.env.VDISKFS_INLINE_READS !== '0')
 
 export function inlineWriteStats (): InlineWriteStats { return { ...inline.stats } }
+export function inlineReadStats (): InlineWriteStats { return { ...inlineReads.stats } }
+
+const EAGAIN = 11
+type PreadNowait = (fd: number, target: Uint8Array, offset: number, length: number, position: number) => number
+let preadNowait: PreadNowait | null | undefined
+/** The addon's preadNowait (native/fuse3/vdiskfs_fuse3.c), or null where it does not load (then reads go through the pool). */
+function nowaitReader (): PreadNowait | null {
+  if (preadNowait === undefined) {
+    try {
+      const addon = process.env.VDISKFS_FUSE3_ADDON ?? path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
+      preadNowait = (require(addon) as { preadNowait?: PreadNowait }).preadNowait ?? null
+    } catch { preadNowait = null }
+  }
+  return preadNowait
+}
+
+/** A system error as node:fs makes them (code, errno, syscall), for a failed inline read. */
+function systemError (errno: number): NodeJS.ErrnoException {
+  const code = Object.entries(os.constants.errno).find(([, n]) => n === errno)?.[0] ?? 'EIO'
+  const err: NodeJS.ErrnoException = new Error(`${code}: ${code === 'EIO' ? 'i/o error' : 'error'}, read`)
+  err.code = code
+  err.errno = -errno
+  err.syscall = 'read'
+  return err
+}
+
+const readAsync = promisify(fs.read) as FileIo['read']
+
+async function read (fd: number, target: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
+  const nowait = length <= inlineReadBytesMax ? nowaitReader() : null
+  if (nowait === null || !inlineReads.inlineNow(length)) return await readAsync(fd, target, offset, length, position)
+  let result = 0
+  inlineReads.run(() => { result = nowait(fd, target, offset, length, position); return result })
+  if (result >= 0) return { bytesRead: result }
+  // EAGAIN: not all in the page cache; EOPNOTSUPP and the like: a file system without RWF_NOWAIT.
+  if (result === -EAGAIN || result === -os.constants.errno.EOPNOTSUPP || result === -os.constants.errno.EINVAL) {
+    inlineReads.stats.inline--
+    inlineReads.stats.pooled++
+    return await readAsync(fd, target, offset, length, position)
+  }
+  throw systemError(-result)
+}
 
 const writeAsync = promisify(fs.write) as FileIo['write']
 const writevAsync = promisify(fs.writev) as FileIo['writev']
@@ -100,7 +149,7 @@ const fdatasyncAsync = promisify(fs.fdatasync)
 export const nodeFileIo: FileIo = {
   open: async (file, flags, mode) => await openAsync(file, flags, mode),
   close: async fd => await closeAsync(fd),
-  read: promisify(fs.read) as FileIo['read'],
+  read,
   write: async (fd, data, offset, length, position) => {
     if (!inline.inlineNow(length)) return await writeAsync(fd, data, offset, length, position)
     return inline.run(() => fs.writeSync(fd, data, offset, length, position))

@@ -2,13 +2,15 @@
  * Inline writes (issue #10, io/file-io.ts): small writes go synchronously into the page cache, large
  * ones through the thread pool; one inline write slower than the limit sends every write to the pool
  * for the back-off time; the switch turns it off. Then the real nodeFileIo: what it writes is in the
- * file, inline or not, and a failing write is a rejected promise with the system error, not a throw.
+ * file, inline or not, and a failing write is a rejected promise with the system error, not a throw;
+ * cached reads inline, uncached ones through the pool.
  */
 import test from 'ava'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { InlineWritePolicy, inlineWriteStats, nodeFileIo } from '../../src/io/file-io'
+import { InlineWritePolicy, inlineReadStats, inlineWriteStats, nodeFileIo } from '../../src/io/file-io'
 import { inlineWriteBackoffMs, inlineWriteBytesMax, inlineWriteSlowMs, inlineWritesPerTurnMax } from '../../src/limits'
 
 const ms = (n: number): bigint => BigInt(Math.round(n * 1e6))
@@ -90,4 +92,34 @@ test('nodeFileIo: inline and pooled writes land; a bad descriptor is a rejected 
   t.deepEqual(fs.readFileSync(file), Buffer.concat([small, small, small, large]))
   const pending = nodeFileIo.write(987654, small, 0, small.length, 0)
   await t.throwsAsync(pending, { code: 'EBADF' })
+})
+
+test('nodeFileIo: a read of cached bytes is served inline (preadv2 RWF_NOWAIT), one of bytes not cached through the pool; both read what is there', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-inline-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'f')
+  const content = crypto.randomBytes(1 << 20)
+  fs.writeFileSync(file, content)
+  const sync = fs.openSync(file, 'r+')
+  fs.fsyncSync(sync)
+  fs.closeSync(sync)
+  const fd = await nodeFileIo.open(file, 'r')
+  try {
+    const target = Buffer.alloc(8192)
+    const before = inlineReadStats()
+    t.is((await nodeFileIo.read(fd, target, 0, 4096, 65536)).bytesRead, 4096)
+    t.true(target.subarray(0, 4096).equals(content.subarray(65536, 65536 + 4096)))
+    t.is(inlineReadStats().inline - before.inline, 1, 'a cached read went inline')
+    // Past the end: what is there, then 0.
+    t.is((await nodeFileIo.read(fd, target, 0, 8192, content.length - 4096)).bytesRead, 4096)
+    t.is((await nodeFileIo.read(fd, target, 0, 8192, content.length)).bytesRead, 0)
+    // Not cached (the clean page cache dropped): the pool reads it, and the bytes are right.
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '1')
+    const cold = inlineReadStats()
+    t.is((await nodeFileIo.read(fd, target, 0, 8192, 500000)).bytesRead, 8192)
+    t.true(target.equals(content.subarray(500000, 508192)))
+    const after = inlineReadStats()
+    t.true(after.pooled - cold.pooled >= 1, 'an uncached read went through the pool')
+    await t.throwsAsync(nodeFileIo.read(987654, target, 0, 4096, 0), { code: 'EBADF' })
+  } finally { await nodeFileIo.close(fd) }
 })
