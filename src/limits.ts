@@ -102,6 +102,8 @@ export const volumeNameBytesMax = 255
 export const verifyBatchChunks = 8
 /** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */
 export const logSnapshotBatchPages = 256
+/** A commit appends its catalog.log records in writes of about this many bytes (not all in one buffer). */
+export const catalogLogWriteBytes = 1024 * 1024
 /** A read retries this many times when sealing moved its block while the read was on its way. */
 export const readRetriesMax = 3
 /** Largest control request (one JSON line) the daemon buffers before it drops the connection. */
