@@ -104,6 +104,8 @@ export const volumeNameBytesMax = 255
 export const verifyBatchChunks = 8
 /** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */
 export const logSnapshotBatchPages = 256
+/** A commit appends its catalog.log records in writes of about this many bytes (not all in one buffer). */
+export const catalogLogWriteBytes = 1024 * 1024
 /** A read retries this many times when sealing moved its block while the read was on its way. */
 export const readRetriesMax = 3
 /** Largest control request (one JSON line) the daemon buffers before it drops the connection. */
@@ -227,10 +229,12 @@ export const discardBlocksPerTurn = 65536
  */
 export const allocationPagesPerTurn = 64
 /**
- * The space figures an image's xattrs show may be this old: computing them walks every map of the
- * pool on the main thread, and any reader of one image could otherwise ask for it after every write.
+ * The space figures an image's xattrs show may be this old: computing them walks every distinct map
+ * page of the pool, and any reader of one image could otherwise ask for it after every write.
  */
 export const spaceUsageStaleMs = 2000
+/** The space accounting's walk yields to the event loop after this much work (inspect/space.ts). */
+export const spaceSliceMs = 5
 
 // ---- what the daemon is doing (vdiskfs status, daemon.log; daemon/metrics.ts, daemon/daemon-log.ts) ----
 
@@ -247,8 +251,6 @@ export const eventLoopSampleMs = 10
  */
 export const latencyBucketsPerDoubling = 4
 export const latencyDoublings = 28
-/** The bytes waiting to be sealed that vdiskfs status shows may be this old (computing them walks every map). */
-export const statusSpaceStaleMs = 10000
 /** The background daemon's log is rotated (daemon.log -> daemon.log.1, one old file kept) past this size. */
 export const daemonLogBytesMax = 10 * 1024 * 1024
 /** The last error lines of the log that vdiskfs status shows. */

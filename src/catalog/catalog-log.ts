@@ -23,7 +23,7 @@ import path from 'node:path'
 import zlib from 'node:zlib'
 import { Catalog, VolumeRow } from './catalog'
 import { FileIo } from '../io/file-io'
-import { catalogLogBytesMin, logSnapshotBatchPages } from '../limits'
+import { catalogLogBytesMin, catalogLogWriteBytes, logSnapshotBatchPages } from '../limits'
 
 export const catalogLogMagic = Buffer.from('VDCATLOG')
 export const catalogLogVersion = 1
@@ -56,19 +56,30 @@ function recordCrc (bytes: Buffer, length: number, at = 0): number {
   return zlib.crc32(bytes.subarray(at + logRecordHeaderBytes, at + logRecordHeaderBytes + length), zlib.crc32(bytes.subarray(at + 4, at + 12)))
 }
 
+/** A page's record, built in one buffer (no copy of the payload first). */
+function pageRecord (page: { id: number, epoch: number, entries: Buffer }): Buffer {
+  const length = 16 + page.entries.length
+  const out = Buffer.alloc(logRecordHeaderBytes + length)
+  out.writeUInt32LE(logRecordMagic, 0)
+  out.writeUInt16LE(logRecordPage, 4)
+  out.writeUInt32LE(length, 8)
+  out.writeBigUInt64LE(BigInt(page.id), logRecordHeaderBytes)
+  out.writeBigUInt64LE(BigInt(page.epoch), logRecordHeaderBytes + 8)
+  page.entries.copy(out, logRecordHeaderBytes + 16)
+  out.writeUInt32LE(recordCrc(out, length), 12)
+  return out
+}
+
+/** A batch's records, one at a time, in the order replay expects: removals, pages, volume rows, meta. */
+function * batchRecords (batch: LogBatch): Generator<Buffer> {
+  for (const id of batch.removed) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(id)); yield record(logRecordRemoved, b) }
+  for (const page of batch.pages) yield pageRecord(page)
+  for (const { row, withRoot } of batch.rows) yield record(logRecordVolume, Buffer.from(JSON.stringify({ ...row, root: withRoot ? row.root.toString('base64') : null })))
+  if (Object.keys(batch.meta).length > 0) yield record(logRecordMeta, Buffer.from(JSON.stringify(batch.meta)))
+}
+
 function encodeBatch (batch: LogBatch): Buffer {
-  const parts: Buffer[] = []
-  for (const id of batch.removed) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(id)); parts.push(record(logRecordRemoved, b)) }
-  for (const page of batch.pages) {
-    const b = Buffer.alloc(16 + page.entries.length)
-    b.writeBigUInt64LE(BigInt(page.id), 0)
-    b.writeBigUInt64LE(BigInt(page.epoch), 8)
-    page.entries.copy(b, 16)
-    parts.push(record(logRecordPage, b))
-  }
-  for (const { row, withRoot } of batch.rows) parts.push(record(logRecordVolume, Buffer.from(JSON.stringify({ ...row, root: withRoot ? row.root.toString('base64') : null }))))
-  if (Object.keys(batch.meta).length > 0) parts.push(record(logRecordMeta, Buffer.from(JSON.stringify(batch.meta))))
-  return Buffer.concat(parts)
+  return Buffer.concat([...batchRecords(batch)])
 }
 
 function header (logId: string): Buffer {
@@ -170,11 +181,30 @@ export class CatalogLog {
     const fd = await this.descriptor()
     // Each row with its identity (schema 3), which commit's rows leave to the catalog.
     const rows = batch.rows.map(({ row, withRoot }) => ({ row: row.uuid !== undefined ? row : { ...row, uuid: this.catalog.volumeUuid(row.id) }, withRoot }))
-    const bytes = encodeBatch({ ...batch, rows })
-    const { bytesWritten } = await this.io.write(fd, bytes, 0, bytes.length, this.end)
-    if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(this.file)}`)
+    // Written in pieces of about catalogLogWriteBytes, not as one buffer: a commit after writes all
+    // over a 1 TiB disk carries 4,096 pages (138 MB), which the commit already holds encoded once for
+    // SQLite. The fdatasync after the last piece is what makes the batch durable, as it was for one
+    // write (a write of any size may be torn by a power cut; replay skips a torn record by its CRC).
+    let at = this.end
+    let pieces: Buffer[] = []
+    let pieceBytes = 0
+    const flush = async (): Promise<void> => {
+      if (pieces.length === 0) return
+      const bytes = pieces.length === 1 ? pieces[0] : Buffer.concat(pieces, pieceBytes)
+      pieces = []
+      pieceBytes = 0
+      const { bytesWritten } = await this.io.write(fd, bytes, 0, bytes.length, at)
+      if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(this.file)}`)
+      at += bytes.length
+    }
+    for (const part of batchRecords({ ...batch, rows })) {
+      pieces.push(part)
+      pieceBytes += part.length
+      if (pieceBytes >= catalogLogWriteBytes) await flush()
+    }
+    await flush()
     await this.io.fdatasync(fd)
-    this.end += bytes.length
+    this.end = at
   }
 
   /** After a commit: rewrites the log as a snapshot when it has none yet or has grown past its bound. */

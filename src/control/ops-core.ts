@@ -37,7 +37,7 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
       } finally { verifying = null }
     },
     ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
-    du: async () => space.report(),
+    du: async () => await space.report(),
     backup: async args => {
       const started = process.hrtime.bigint()
       const source = find('backup', args, 'source')

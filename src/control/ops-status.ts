@@ -3,7 +3,6 @@
  * [--json|--prometheus]`) and what an image is (info, for `vdiskfs info`).
  */
 import fs from 'node:fs'
-import { statusSpaceStaleMs } from '../limits'
 import { volumeFacts } from '../inspect/facts'
 import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
 import { LogEntry } from '../daemon/daemon-log'
@@ -26,7 +25,10 @@ export interface StatsResult {
   /** Rates and latency percentiles cover the last this many seconds. */
   windowSeconds: number
   operations: Record<string, OperationReport>
-  /** Bytes in delta extents, waiting to be sealed into the chunk store, as of unsealedAsOfMs. */
+  /**
+   * Bytes in delta extents, waiting to be sealed into the chunk store (slots written and not yet sealed
+   * or freed: counted from the extents, not the maps), as of unsealedAsOfMs.
+   */
   unsealedBytes: number
   unsealedAsOfMs: number
   /** The cache of verified, decompressed chunks (sealed reads). */
@@ -40,14 +42,12 @@ export interface StatsResult {
 }
 
 export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext) {
-  // The space report walks every map: a scraper asking every few seconds reuses it for statusSpaceStaleMs.
-  let unsealed = { atMs: 0, generation: -1, bytes: 0 }
   return {
     stats: async (): Promise<StatsResult> => {
+      // Cheap figures only: nothing here walks the maps (issue #21; du and info do, in slices).
+      const unsealedAsOfMs = Date.now()
+      const unsealedBytes = await pool.inspection.extentBytes()
       const nowMs = Date.now()
-      if (unsealed.generation !== pool.generation && nowMs - unsealed.atMs >= statusSpaceStaleMs) {
-        unsealed = { atMs: nowMs, generation: pool.generation, bytes: space.report().unsealedBytes }
-      }
       const daemon = status() as Record<string, unknown>
       const memory = process.memoryUsage()
       const { windowSeconds, operations } = metrics.operationReport()
@@ -67,8 +67,8 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         eventLoopDelay: metrics.eventLoopReport(),
         windowSeconds,
         operations,
-        unsealedBytes: unsealed.bytes,
-        unsealedAsOfMs: unsealed.atMs,
+        unsealedBytes,
+        unsealedAsOfMs,
         chunkCache: pool.chunkCacheStats(),
         writes: inlineWriteStats(),
         reads: inlineReadStats(),
@@ -80,8 +80,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
     info: async args => {
       const volume = volumeArg(pool, 'info', args, 'image')
       // Fresh figures, as `vdiskfs du` gives (the xattrs may serve them up to spaceUsageStaleMs old).
-      space.report()
-      return volumeFacts(pool, space, volume)
+      return volumeFacts(pool, await space.volume(volume), volume)
     }
   } satisfies Handlers
 }

@@ -101,8 +101,14 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   if (recovered > 0) log(`start: recomputed the checksums of ${recovered} sectors written after the last commit of an unclean stop`)
   // What the change journal brought back (Pool.open replayed it) is committed before anything is served.
   if (pool.replayedChanges > 0) await pool.commit()
-  const collected = await pool.gc()
-  if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
+  // After an unclean stop, what the last run left half done (pages of a commit nobody points at,
+  // extents sealed but not dropped) is freed before serving. After a clean one, the gc walk (every
+  // distinct map page: seconds with thousands of backups) is not run before serving: what is left to
+  // free is only space, and the background gc takes it once gcIntervalMs have passed (issue #21).
+  if (pool.uncleanStopFound) {
+    const collected = await pool.gc()
+    if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
+  }
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
 
   const metrics = new DaemonMetrics()
@@ -169,7 +175,8 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   })), log)
 
   sealer.start()
-  let collectedGeneration = pool.generation
+  // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one.
+  let collectedGeneration = pool.uncleanStopFound ? pool.generation : -1
   const gcTimer = setInterval(() => {
     if (pool.generation === collectedGeneration) return
     collectedGeneration = pool.generation

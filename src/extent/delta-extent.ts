@@ -274,6 +274,31 @@ export class ExtentStore {
     return new DeltaExtent(id, fd, nextSlot, version)
   }
 
+  /**
+   * Slots written in extent `id` (what sealing or gc is still to deal with): from memory when it is open,
+   * else from its header and size; 0 when it is gone (removed meanwhile). Throws IO.
+   */
+  async slotsWritten (id: number): Promise<number> {
+    const open = this.resolved.get(id)
+    if (open !== undefined) return open.nextSlot
+    let fd: number
+    try {
+      fd = await this.io.open(this.file(id), 'r')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
+      throw fromSystemError(err, `opening extent ${id}`)
+    }
+    try {
+      const header = Buffer.alloc(64)
+      const { bytesRead } = await this.io.read(fd, header, 0, header.length, 0)
+      if (bytesRead < 40 || !header.subarray(0, 8).equals(extentMagic)) return 0
+      const { size } = await this.io.fstat(fd)
+      return Math.max(0, Math.ceil((size - dataStart(header.readUInt32LE(extentHeaderFields.version), this.blockBytes)) / this.blockBytes))
+    } finally {
+      await this.io.close(fd)
+    }
+  }
+
   /** Whether `extent` can hold partial slots (format version 3). */
   holdsPartialSlots (extent: DeltaExtent): boolean { return hasBases(extent.version) }
 

@@ -423,9 +423,10 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       let volume: Volume
       try { volume = volumeOf(ino) } catch (err) { cb(toErrno(err, log)); return }
       if (!name.startsWith(xattrPrefix)) { cb(ENODATA); return }
-      const value = xattrValue(pool, space, volume, name.slice(xattrPrefix.length))
-      if (value === undefined) { cb(ENODATA); return }
-      cb(0, Buffer.from(value))
+      xattrValue(pool, space, volume, name.slice(xattrPrefix.length)).then(value => {
+        if (value === undefined) cb(ENODATA)
+        else cb(0, Buffer.from(value))
+      }, fail(cb))
     },
 
     listxattr (ino: number, _size: number, cb: Callback) {

@@ -31,15 +31,19 @@ export function fallocate (volume: Volume, mode: number, offset: number, length:
 export const xattrPrefix = 'user.vdiskfs.'
 export const xattrNames = ['kind', 'source', 'created', 'size', 'referenced', 'unique'].map(n => xattrPrefix + n)
 
-/** The value of attribute user.vdiskfs.KEY (`key` without the prefix), or undefined when there is none. */
-export function xattrValue (pool: Pool, space: SpaceAccounting, volume: Volume, key: string): string | undefined {
+/**
+ * The value of attribute user.vdiskfs.KEY (`key` without the prefix), or undefined when there is none.
+ * The space figures may be up to spaceUsageStaleMs old, and wait for a walk of the pool's map pages
+ * when they are older (inspect/space.ts: it yields to the event loop, so other requests go on).
+ */
+export async function xattrValue (pool: Pool, space: SpaceAccounting, volume: Volume, key: string): Promise<string | undefined> {
   switch (key) {
     case 'kind': return volume.kind
     case 'source': return sourceOf(pool, volume) ?? ''
     case 'created': return new Date(volume.createdMs).toISOString()
     case 'size': return String(volume.size)
-    case 'referenced': return String(space.usage(volume).referencedBytes)
-    case 'unique': return String(space.usage(volume).uniqueBytes)
+    case 'referenced': return String((await space.volume(volume, false)).usage.referencedBytes)
+    case 'unique': return String((await space.volume(volume, false)).usage.uniqueBytes)
     default: return undefined
   }
 }

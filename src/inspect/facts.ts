@@ -4,9 +4,8 @@
  * its volumes and the space accounting.
  */
 import { VolumeKind } from '../catalog/catalog'
-import { entryKind, entryKindDelta } from '../format/map-format'
 import { Pool } from '../volume/pool'
-import { SpaceAccounting } from './space'
+import { VolumeSpace } from './space'
 import { Volume } from '../volume/volume'
 import { dirOfKind } from '../volume/names'
 
@@ -51,15 +50,9 @@ export function sourceOf (pool: Pool, volume: Volume): string | null {
   return source === undefined ? `${volume.sourceLabel ?? ''} (deleted)` : `${dirOfKind[source.kind]}/${source.name}`
 }
 
-/**
- * The facts of one volume. Space figures come from `space.usage`, which may be up to spaceUsageStaleMs
- * old unless the caller refreshed them (`space.report()`); unsealedBytes walks this volume's map.
- */
-export function volumeFacts (pool: Pool, space: SpaceAccounting, volume: Volume): VolumeFacts {
-  const usage = space.usage(volume)
-  let unsealedBytes = 0
-  const sizeOf = pool.inspection.sizeOf
-  volume.map.forEachEntry((_block, entry) => { if (entryKind(entry) === entryKindDelta) unsealedBytes += sizeOf(entry) })
+/** The facts of one volume, with its space figures from the space accounting (SpaceAccounting.volume). */
+export function volumeFacts (pool: Pool, space: VolumeSpace, volume: Volume): VolumeFacts {
+  const { usage, unsealedBytes } = space
   return {
     kind: volume.kind,
     name: volume.name,

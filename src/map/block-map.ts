@@ -19,6 +19,8 @@ export class BlockMap {
   root: Float64Array
   /** Set when root changed since the last commit. */
   rootDirty = false
+  /** Set while a reader holds the root array as it was (shareRoot): the next change copies it first. */
+  private rootShared = false
   /**
    * Ids of this map's own pages (its epoch) that a shrink dropped, for reuse by the next page it needs,
    * so that truncate-then-write cycles rewrite a page instead of adding one per cycle. Not committed:
@@ -65,6 +67,7 @@ export class BlockMap {
    */
   pointAt (source: BlockMap, epoch: number): void {
     this.root = source.copyRoot()
+    this.rootShared = false
     this.rootDirty = true
     this.epoch = epoch
     this.allocated = source.allocated
@@ -140,11 +143,13 @@ export class BlockMap {
         if (page.epoch === this.epoch && this.spares.length < mapSparePagesMax) this.spares.push(page.id)
       }
       this.root = this.root.slice(0, pageCount)
+      this.rootShared = false
       this.rootDirty = true
     } else if (pageCount > this.root.length) {
       const grown = new Float64Array(pageCount)
       grown.set(this.root)
       this.root = grown
+      this.rootShared = false
       this.rootDirty = true
     }
     // Clear the tail of the last page.
@@ -155,6 +160,16 @@ export class BlockMap {
         if (entries[i] !== 0) this.set(lastPage * pageEntries + i, 0)
       }
     }
+  }
+
+  /**
+   * The root as it is now, for a reader that walks it across awaits (the space accounting): O(1), and
+   * the array it returns never changes, because this map copies its root before its next change to it
+   * (copy-on-write of the root itself: only maps that change during the walk pay a copy).
+   */
+  shareRoot (): Float64Array {
+    this.rootShared = true
+    return this.root
   }
 
   /** A copy of the root for a backup or clone; the caller gives this map a new epoch. */
@@ -190,6 +205,10 @@ export class BlockMap {
   }
 
   private setRoot (pageIndex: number, pageId: number): void {
+    if (this.rootShared) {
+      this.root = this.root.slice()
+      this.rootShared = false
+    }
     this.root[pageIndex] = pageId
     this.rootDirty = true
   }

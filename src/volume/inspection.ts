@@ -56,6 +56,15 @@ export class Inspection {
   async extentSlots (id: number): Promise<number> { return (await this.state.extents.get(id)).nextSlot }
   /** Why a delta extent slot fails its checksum, or null. */
   async checkExtentSlot (id: number, slot: number): Promise<string | null> { return await this.state.extents.checkSlot(id, slot) }
+  /**
+   * Bytes in the delta extents the catalog holds (slots written, not yet sealed into chunks or freed):
+   * one catalog query and a look at each extent (in memory when open), nothing in the maps.
+   */
+  async extentBytes (): Promise<number> {
+    let slots = 0
+    for (const { id } of this.state.catalog.extents()) slots += await this.state.extents.slotsWritten(id)
+    return slots * this.state.blockBytes
+  }
   /** Reads chunks and checks their hashes: the damaged ones, with why. */
   async checkChunks (ids: number[]): Promise<Map<number, string>> { return await this.state.chunks.check(ids) }
   /** A chunk's size before compression. */
