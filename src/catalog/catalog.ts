@@ -259,7 +259,6 @@ export class Catalog {
       lazyChunkCounts: db.prepare('SELECT uuid, COUNT(*) AS n FROM lazy_chunks GROUP BY uuid'),
       lazyPullsOfChunk: db.prepare('SELECT uuid FROM lazy_chunks WHERE chunk_id = ?').pluck(),
       deleteLazyChunk: db.prepare('DELETE FROM lazy_chunks WHERE chunk_id = ?'),
-      lazyChunkIds: db.prepare('SELECT c.id FROM lazy_chunks l JOIN chunks c ON c.id = l.chunk_id WHERE l.uuid = ? AND c.pack_id = 0 AND c.id > ? ORDER BY c.id LIMIT ?').pluck(),
       presentLazyChunks: db.prepare('SELECT l.chunk_id FROM lazy_chunks l LEFT JOIN chunks c ON c.id = l.chunk_id WHERE c.id IS NULL OR c.pack_id != 0').pluck(),
       absentChunkCount: db.prepare('SELECT COUNT(*) FROM chunks WHERE pack_id = 0').pluck(),
       fillChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ?, stored_bytes = ?, raw_bytes = ?, compressed = ? WHERE id = ? AND pack_id = 0'),
@@ -494,8 +493,6 @@ export class Catalog {
   lazyPullsOfChunk (id: number): string[] { return this.statements.lazyPullsOfChunk.all(id) as string[] }
   /** Takes chunk `id` off every lazy pull's list (it is here now, or gone). */
   deleteLazyChunk (id: number): void { this.statements.deleteLazyChunk.run(id) }
-  /** Up to `limit` ids of pull `uuid`'s chunks still absent, above `after`, in order. */
-  lazyChunkIds (uuid: string, after: number, limit: number): number[] { return this.statements.lazyChunkIds.all(uuid, after, limit) as number[] }
   /** Listed chunks that are here (or gone) already: a daemon killed between a fill and its list's update. */
   presentLazyChunks (): number[] { return this.statements.presentLazyChunks.all() as number[] }
 

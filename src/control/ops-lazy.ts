@@ -26,7 +26,10 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
   }
 
   /** The pulls in progress, with their backup's name (for status and the CLI). */
-  const pulls = () => pool.lazy.progress().map(p => ({ ...p, backup: labelOf(p.uuid) }))
+  const pulls = () => {
+    pool.lazy.dropRemoved()
+    return pool.lazy.progress().map(p => ({ ...p, backup: labelOf(p.uuid) }))
+  }
 
   const hydrateStream: StreamHandler = async (args, socket, rest) => {
     const uuid = args.uuid as string
@@ -87,8 +90,10 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
     lazyMissing: async args => {
       const hashes = args.hashes as unknown[]
       if (hashes.length > lazyMissingHashesMax || !hashes.every(h => typeof h === 'string' && hashPattern.test(h))) throw invalid(`hashes: up to ${lazyMissingHashesMax} BLAKE3 ids in hex`)
-      if (pool.lazy.get(args.uuid as string) === undefined) return { inProgress: false, missing: [] }
-      return { inProgress: true, missing: pool.lazy.missingHashes(args.uuid as string, hashes as string[]) }
+      const uuid = args.uuid as string
+      pool.lazy.dropRemoved()
+      if (pool.lazy.get(uuid) === undefined) return { inProgress: false, missing: [] }
+      return { inProgress: true, missing: pool.lazy.missingHashes(uuid, hashes as string[]) }
     },
     lazyPulls: async () => pulls()
   } satisfies Handlers

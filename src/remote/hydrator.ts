@@ -64,10 +64,13 @@ export async function lazyPulls (mountpoint: string): Promise<LazyPullInfo[]> {
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
-/** Whether `err` may pass by itself (S3 or the daemon away): retried; anything else is final. */
+/**
+ * Whether `err` may pass by itself: retried. S3 or the daemon away (IO; NOT_FOUND: no daemon serves the
+ * mountpoint, while it is mounted again). Another hydrator connected (BUSY) and anything else are final.
+ */
 function transient (err: unknown): boolean {
   if (!(err instanceof VdiskError)) return true
-  return err.code === 'IO' || err.code === 'BUSY'
+  return err.code === 'IO' || err.code === 'NOT_FOUND'
 }
 
 export interface HydrateOptions {
@@ -127,6 +130,8 @@ export async function hydrate (store: RemoteStore, mountpoint: string, id: strin
  */
 async function runSession (store: RemoteStore, mountpoint: string, uuid: string, order: string[], byName: Map<string, string>, from: number,
   log: (line: string) => void, progress: (n: number) => void, at: (cursor: number) => void): Promise<'done' | 'again' | 'stuck'> {
+  // Done already (whole, or its backup removed): nothing to connect for.
+  if (!(await lazyPulls(mountpoint)).some(p => p.uuid === uuid)) return 'done'
   const opened = await openStream(mountpoint, 'hydrateStream', { uuid })
   log(`hydrate: connected to the daemon of ${mountpoint}, walking from chunk ${from}`)
   const socket: net.Socket = opened.socket

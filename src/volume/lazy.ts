@@ -107,7 +107,7 @@ export class LazyPulls {
     return () => { if (this.sessions.get(uuid) === session) this.sessions.delete(uuid) }
   }
 
-  /** Up to `limit` of pull `uuid`'s chunks still absent, as hashes in hex (a resumed hydrator's to-do list). */
+  /** Those of `hashes` (hex) whose chunk is still absent: what a hydrator's walk sends. */
   missingHashes (uuid: string, hashes: string[]): string[] {
     const out: string[] = []
     for (const hex of hashes) {
@@ -176,11 +176,17 @@ export class LazyPulls {
     this.log(`lazy pull: ${this.labelOf(uuid) ?? uuid} is whole (every block here): an ordinary local backup now`)
   }
 
-  /** Pull `uuid`'s backup was removed before it was whole: it is dropped (its absent chunks are garbage for gc). */
-  forget (uuid: string): void {
-    if (!this.pulls.has(uuid)) return
-    this.catalog.transaction(() => this.catalog.deleteLazyPull(uuid))
-    this.pulls.delete(uuid)
-    this.missing.delete(uuid)
+  /**
+   * Ends the pulls whose backup was removed before it was whole (rm): their rows go, and their absent
+   * chunks, named by no map now, are garbage for gc. (A pull is in `pulls` only once its backup exists.)
+   */
+  dropRemoved (): void {
+    for (const uuid of [...this.pulls.keys()]) {
+      if (this.catalog.volumeByUuid(uuid) !== undefined) continue
+      this.catalog.transaction(() => this.catalog.deleteLazyPull(uuid))
+      this.pulls.delete(uuid)
+      this.missing.delete(uuid)
+      this.log(`lazy pull: the backup with identity ${uuid} was removed before it was whole: its pull ends`)
+    }
   }
 }
