@@ -104,7 +104,8 @@ export async function hydrate (store: RemoteStore, mountpoint: string, id: strin
         const seen = new Set<string>()
         for (const [, chunk] of manifest.blocks) if (!seen.has(chunk)) { seen.add(chunk); order.push(chunk) }
         byName = new Map(order.map(chunk => [store.chunkObjectName(chunk), chunk]))
-        log(`hydrate: remote backup ${id} read (${order.length} chunks) after ${(performance.now() - started).toFixed(0)} ms`)
+        const touched = await store.keepChunks(order)
+        log(`hydrate: remote backup ${id} read (${order.length} chunks; ${touched} old pack indexes touched, so that gc spares them) after ${(performance.now() - started).toFixed(0)} ms`)
       }
       const session = await runSession(store, mountpoint, uuid, order, byName, state.cursor, log, progress, at)
       if (session === 'done') {

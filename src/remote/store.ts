@@ -185,6 +185,18 @@ export class RemoteStore {
   }
 
   /**
+   * For a lazy pull's hydrator: makes the packs holding chunks `ids` recent as a push does (an index older
+   * than grace/4 is touched, once each), so that gc spares them for a grace period from now even if the
+   * backup's manifest is pruned meanwhile. Returns how many indexes it touched.
+   */
+  async keepChunks (ids: string[]): Promise<number> {
+    if (this.packs === null) await this.loadPacks()
+    const touches = new Map<string, Promise<boolean>>()
+    for (const id of ids) await this.relyOn(this.chunkObjectName(id), touches)
+    return touches.size
+  }
+
+  /**
    * For a lazy pull's hydrator (hydrator.ts): chunks `ids` (distinct) fetched by range GETs of their packs
    * (neighbours in one range) and each checked against its id, as a pull does: each one's block, or the
    * error (CORRUPT, NOT_FOUND) that stops it. S3 failures are thrown.
