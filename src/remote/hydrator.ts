@@ -64,6 +64,18 @@ export async function lazyPulls (mountpoint: string): Promise<LazyPullInfo[]> {
 
 const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
 
+/** Waits until lazy pull `uuid` is in progress in the pool mounted at `mountpoint` (its backup made), at most `ms`. */
+async function appeared (mountpoint: string, uuid: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      if ((await lazyPulls(mountpoint)).some(p => p.uuid === uuid)) return
+    } catch {}
+    if (Date.now() > deadline) throw new VdiskError('INVALID', `no lazy pull of the backup with identity ${uuid} appeared in ${mountpoint} within ${ms / 1000} s`)
+    await sleep(100)
+  }
+}
+
 /**
  * Whether `err` may pass by itself: retried. S3 or the daemon away (IO; NOT_FOUND: no daemon serves the
  * mountpoint, while it is mounted again). Another hydrator connected (BUSY) and anything else are final.
@@ -76,6 +88,8 @@ function transient (err: unknown): boolean {
 export interface HydrateOptions {
   retryMs?: number
   log?: (line: string) => void
+  /** Started with the pull, before its backup exists: wait up to this long for the pull to appear. */
+  awaitMs?: number
 }
 
 /**
@@ -88,6 +102,7 @@ export async function hydrate (store: RemoteStore, mountpoint: string, id: strin
   const log = options.log ?? (() => {})
   const started = performance.now()
   let manifest: Manifest | null = null
+  let ready = false
   // Chunks in manifest order (distinct), and object name -> chunk id, for prefetching.
   const order: string[] = []
   let byName = new Map<string, string>()
@@ -98,13 +113,16 @@ export async function hydrate (store: RemoteStore, mountpoint: string, id: strin
   const at = (cursor: number): void => { state.cursor = cursor }
   for (;;) {
     try {
-      if (manifest === null) {
+      if (!ready) {
         manifest = await store.manifest(id)
         await store.loadPacks()
         const seen = new Set<string>()
+        order.length = 0
         for (const [, chunk] of manifest.blocks) if (!seen.has(chunk)) { seen.add(chunk); order.push(chunk) }
         byName = new Map(order.map(chunk => [store.chunkObjectName(chunk), chunk]))
         const touched = await store.keepChunks(order)
+        if ((options.awaitMs ?? 0) > 0) await appeared(mountpoint, uuid, options.awaitMs as number)
+        ready = true
         log(`hydrate: remote backup ${id} read (${order.length} chunks; ${touched} old pack indexes touched, so that gc spares them) after ${(performance.now() - started).toFixed(0)} ms`)
       }
       const session = await runSession(store, mountpoint, uuid, order, byName, state.cursor, log, progress, at)
