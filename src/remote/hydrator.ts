@@ -26,6 +26,9 @@ import { testPause } from './test-pause'
 /** How long hydrate() keeps retrying without progress, by default, and how long it waits between tries. */
 export const hydrateRetryMsDefault = 10 * 60 * 1000
 const retryDelayMs = 1000
+/** Blocks the background walk sends between flushes (the daemon stores a group at a time), and prefetched ones. */
+const walkGroupBlocks = 32
+const wantGroupBlocks = 16
 
 export interface LazyPullResult { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
 
@@ -156,6 +159,8 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
   const socket: net.Socket = opened.socket
   const blockBytes = (opened.result as { blockBytes: number }).blockBytes
   const failed = new Set<string>()
+  /** Chunks this session sent (a daemon killed before it stored them is a new session's business). */
+  const sentChunks = new Set<string>()
   let sentThisPass = 0
   let closed: unknown = null
   // Wakes serveWants when a want comes or the session ends (an object: set inside closures).
@@ -176,27 +181,53 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
   const check = (): void => { if (closed !== null) throw closed }
 
   /** Fetches `ids` and sends those that checked, then a flush; counts the ones that failed. */
-  const fetchAndSend = async (ids: string[]): Promise<void> => {
+  /**
+   * Fetches `ids` and sends those that checked in groups of `group` blocks, each followed by a flush (the
+   * daemon stores a group at its flush: a small group is stored, and its readers woken, soon). Those of
+   * `first` go first, in a group of their own; before each other group, `yieldTo` may hold it back.
+   * Counts the ones that failed.
+   */
+  const fetchAndSend = async (ids: string[], group: number, first: Set<string> = new Set(), yieldTo?: () => Promise<void>): Promise<void> => {
     if (ids.length === 0) return
     const blocks = await store.fetchBlocks(ids)
     check()
-    let n = 0
+    const good: Array<[string, Buffer]> = []
     for (const [chunk, block] of blocks) {
-      if (block instanceof VdiskError) {
-        if (!failed.has(chunk)) log(`hydrate: chunk ${chunk}: ${block.message}`)
-        failed.add(chunk)
-        continue
-      }
-      await send(socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
-      n++
+      if (!(block instanceof VdiskError)) { good.push([chunk, block]); continue }
+      if (!failed.has(chunk)) log(`hydrate: chunk ${chunk}: ${block.message}`)
+      failed.add(chunk)
     }
-    await send(socket, frameHead(frameFlush, 0, null))
-    sentThisPass += n
-    progress(n)
+    const groups: Array<Array<[string, Buffer]>> = []
+    const head = good.filter(([chunk]) => first.has(chunk))
+    if (head.length > 0) groups.push(head)
+    const rest = good.filter(([chunk]) => !first.has(chunk))
+    for (let i = 0; i < rest.length; i += group) groups.push(rest.slice(i, i + group))
+    for (const [g, blocks] of groups.entries()) {
+      if (g > 0 || head.length === 0) await yieldTo?.()
+      for (const [chunk, block] of blocks) {
+        await send(socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
+        sentChunks.add(chunk)
+      }
+      await send(socket, frameHead(frameFlush, 0, null))
+      sentThisPass += blocks.length
+      progress(blocks.length)
+    }
   }
 
-  // Wants first: each chunk a reader waits for, with what follows it in its pack.
+  // While wants are being served, the background walk waits between its groups: a reader's blocks do not
+  // queue behind 16 MiB of the walk's in the daemon.
+  let serving: Promise<void> | null = null
   let stop = false
+  const afterWants = async (): Promise<void> => {
+    // Bounded by the wants: each is served or fails (then the session ends: check() throws).
+    while ((urgent.length > 0 || busy.wants) && !stop) {
+      check()
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+  }
+  const busy = { wants: false }
+
+  // Wants first: each chunk a reader waits for, with what follows it in its pack.
   const serveWants = async (): Promise<void> => {
     while (!stop) {
       check()
@@ -205,21 +236,24 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
       const ids = new Set<string>()
       for (const chunk of asked) {
         ids.add(chunk)
-        for (const next of store.following(chunk, pullRangeBytesMax, byName)) ids.add(next)
+        // What this session sent already is on its way to the daemon: not fetched again as a prefetch.
+        for (const next of store.following(chunk, pullRangeBytesMax, byName)) if (!sentChunks.has(next)) ids.add(next)
       }
+      busy.wants = true
       try {
-        await fetchAndSend([...ids])
+        await fetchAndSend([...ids], wantGroupBlocks, new Set(asked))
       } catch (err) {
         // The store away (or slow): the readers wait (bounded by the daemon), and the wants are asked again.
         check()
         if (!transient(err)) throw err
         log(`hydrate: fetching what a reader waits for: ${(err as Error).message}; trying again in ${retryDelayMs / 1000} s`)
         urgent.push(...asked)
+        busy.wants = false
         await sleep(retryDelayMs)
-      }
+      } finally { busy.wants = false }
     }
   }
-  const serving = serveWants()
+  serving = serveWants()
   // A failure there (the connection gone, a final error) ends the session at the walk's next check.
   serving.catch(err => { closed ??= err })
   try {
@@ -230,7 +264,8 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
       const answer = await call(mountpoint, 'lazyMissing', { uuid, hashes }) as { inProgress: boolean, missing: string[] }
       if (!answer.inProgress) return 'done'
       missingSeen += answer.missing.length
-      await fetchAndSend(answer.missing)
+      // Chunks the wants sent in this session are on their way: a later pass finds any the daemon lacks.
+      await fetchAndSend(answer.missing.filter(chunk => !sentChunks.has(chunk)), walkGroupBlocks, new Set(), afterWants)
       at(start + pullBatchBlocks)
       await testPause('hydrate-batch')
     }
