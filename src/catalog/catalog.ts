@@ -257,6 +257,7 @@ export class Catalog {
       deleteLazyChunksOf: db.prepare('DELETE FROM lazy_chunks WHERE uuid = ?'),
       putLazyChunk: db.prepare('INSERT OR IGNORE INTO lazy_chunks (uuid, chunk_id) VALUES (?, ?)'),
       lazyChunkCounts: db.prepare('SELECT uuid, COUNT(*) AS n FROM lazy_chunks GROUP BY uuid'),
+      lazyChunkCount: db.prepare('SELECT COUNT(*) FROM lazy_chunks WHERE uuid = ?').pluck(),
       lazyPullsOfChunk: db.prepare('SELECT uuid FROM lazy_chunks WHERE chunk_id = ?').pluck(),
       deleteLazyChunk: db.prepare('DELETE FROM lazy_chunks WHERE chunk_id = ?'),
       presentLazyChunks: db.prepare('SELECT l.chunk_id FROM lazy_chunks l LEFT JOIN chunks c ON c.id = l.chunk_id WHERE c.id IS NULL OR c.pack_id != 0').pluck(),
@@ -489,6 +490,8 @@ export class Catalog {
   lazyChunkCounts (): Map<string, number> {
     return new Map((this.statements.lazyChunkCounts.all() as Array<{ uuid: string, n: number }>).map(r => [r.uuid, r.n]))
   }
+  /** How many chunks pull `uuid` lists (a range of the primary key: no other pull's rows are read). */
+  lazyChunkCount (uuid: string): number { return this.statements.lazyChunkCount.get(uuid) as number }
   /** The lazy pulls that list chunk `id`. */
   lazyPullsOfChunk (id: number): string[] { return this.statements.lazyPullsOfChunk.all(id) as string[] }
   /** Takes chunk `id` off every lazy pull's list (it is here now, or gone). */

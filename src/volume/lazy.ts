@@ -80,7 +80,7 @@ export class LazyPulls {
   started (uuid: string): void {
     const row = this.catalog.lazyPulls().find(r => r.uuid === uuid)
     if (row === undefined) return
-    const missing = this.catalog.lazyChunkCounts().get(uuid) ?? 0
+    const missing = this.catalog.lazyChunkCount(uuid)
     const withTotal = { ...row, chunks: missing }
     this.catalog.transaction(() => this.catalog.putLazyPull(withTotal))
     this.pulls.set(uuid, withTotal)
