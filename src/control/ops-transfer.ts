@@ -161,6 +161,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
       if (lazy && header.baseUuid !== null) throw invalid('a lazy pull is of a whole backup, not on a base')
+      if (lazy && (!/^[0-9a-f]{32}$/.test(args.manifest as string) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(args.remote as string))) throw invalid('malformed remote or backup id of a lazy pull')
       session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source, lazy }, args.name as string)
       if (lazy) {
         try {
