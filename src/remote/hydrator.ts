@@ -29,6 +29,8 @@ const retryDelayMs = 1000
 /** Blocks the background walk sends between flushes (the daemon stores a group at a time), and prefetched ones. */
 const walkGroupBlocks = 32
 const wantGroupBlocks = 16
+/** How many chunk ids a session remembers having sent (to skip fetching them again). */
+const sentChunksMax = 65536
 
 export interface LazyPullResult { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
 
@@ -206,6 +208,8 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
       if (g > 0 || head.length === 0) await yieldTo?.()
       for (const [chunk, block] of blocks) {
         await send(socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
+        // Only the recent ones matter (a duplicate costs a fetch, nothing else): the set stays bounded.
+        if (sentChunks.size >= sentChunksMax) sentChunks.clear()
         sentChunks.add(chunk)
       }
       await send(socket, frameHead(frameFlush, 0, null))
