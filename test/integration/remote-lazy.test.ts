@@ -63,8 +63,11 @@ function randomFile (dir: string, name: string, sizeMiB: number): string {
 
 /** Hydrators the tests started (their pids from pull --json): killed by pid when a test ends. */
 const hydrators: number[] = []
+/** Their logs (CONTROL_DIR/hydrate-UUID.log): removed when a test ends. */
+const hydratorLogs: string[] = []
 test.afterEach.always(async () => {
   for (const pid of hydrators.splice(0)) { try { process.kill(pid, 'SIGKILL') } catch {} await waitForExit(pid) }
+  for (const log of hydratorLogs.splice(0)) fs.rmSync(log, { force: true })
 })
 const children: ChildProcess[] = []
 test.afterEach.always(() => { for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
@@ -100,6 +103,7 @@ async function lazyPaused (t: ExecutionContext, b: TestMount, id: string, name: 
   if (result.code !== 0) t.fail(`pull --lazy failed: ${result.stderr}`)
   const pulled = JSON.parse(result.stdout) as Pulled
   if (pulled.hydratorPid !== null) hydrators.push(pulled.hydratorPid)
+  if (pulled.hydratorLog !== null) hydratorLogs.push(pulled.hydratorLog)
   return { pulled, pause, ms }
 }
 
@@ -227,6 +231,7 @@ test.serial('SIGKILL of the daemon mid-hydration: after a remount the hydrator r
   t.like((await hydrating(t, c))[0], { backup: 'copy.img', hydrator: false })
   const resumed = await json<Pulled>(t, 'pull', c.mnt, 'store', id, 'copy', '--lazy', '--resume')
   if (resumed.hydratorPid !== null) hydrators.push(resumed.hydratorPid)
+  if (resumed.hydratorLog !== null) hydratorLogs.push(resumed.hydratorLog)
   t.true(resumed.missing > 0 && resumed.missing <= 256, `resumed with ${resumed.missing} to fetch: what was stored before the kills stays`)
   await whole(t, c)
   await run('cmp', [source, c.image('backups', 'copy.img')])
