@@ -263,6 +263,8 @@ export const exportReadBlocks = 16
 export const exportReadsInFlight = 4
 /** Blocks the daemon stores per import batch: one fdatasync of the packs and one catalog transaction each (16 MiB at 64 KiB). */
 export const importBatchBlocks = 256
+/** The most chunk ids one lazyMissing request may ask about (a hydrator asks a batch of a manifest at a time). */
+export const lazyMissingHashesMax = 4096
 /** Recorded blocks an import's finish applies to the new map per turn of the event loop. */
 export const importFinishTurnBlocks = 4096
 /** An import not continued for this long is dropped when its catalog opens; its chunks become garbage for gc. */

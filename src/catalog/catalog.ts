@@ -65,6 +65,16 @@ export interface ImportRow { key: string, name: string, size: number, blockBytes
 
 export interface ChunkRow { id: number, hash: Buffer, packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean }
 
+/**
+ * A chunk row with pack id 0 (no pack has id 0) is absent: a lazy pull (volume/lazy.ts) named it, its
+ * bytes are still in the remote store. It has its hash and raw size, no place; the first store of a
+ * block with its hash (the hydrator's, or any seal or import's) fills it in under the same id.
+ */
+export const absentPackId = 0
+
+/** A lazy pull (volume/lazy.ts): the backup it makes (its uuid), where its chunks come from, how many it lacked. */
+export interface LazyPullRow { uuid: string, importKey: string, remote: string, manifest: string, chunks: number, startedMs: number }
+
 export interface PageRow { id: number, epoch: number, entries: Buffer }
 
 /** A delta extent on disk. It is active while a volume's active_extent names it, frozen after. */
@@ -137,6 +147,20 @@ CREATE TABLE IF NOT EXISTS import_blocks (
   chunk_id INTEGER,
   PRIMARY KEY (key, block)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lazy_pulls (
+  uuid TEXT PRIMARY KEY,
+  import_key TEXT NOT NULL,
+  remote TEXT NOT NULL,
+  manifest TEXT NOT NULL,
+  chunks INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lazy_chunks (
+  uuid TEXT NOT NULL,
+  chunk_id INTEGER NOT NULL,
+  PRIMARY KEY (uuid, chunk_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lazy_chunks_by_chunk ON lazy_chunks (chunk_id);
 `
 
 /** After the migrations (the column exists only from schema 3 on). */
@@ -227,6 +251,18 @@ export class Catalog {
       putImportBlock: db.prepare('INSERT OR REPLACE INTO import_blocks (key, block, chunk_id) VALUES (?, ?, ?)'),
       deleteImportBlocks: db.prepare('DELETE FROM import_blocks WHERE key = ?'),
       deleteImportBlockRange: db.prepare('DELETE FROM import_blocks WHERE key = ? AND block >= ? AND block <= ?'),
+      lazyPulls: db.prepare('SELECT uuid, import_key AS importKey, remote, manifest, chunks, started_ms AS startedMs FROM lazy_pulls ORDER BY started_ms'),
+      putLazyPull: db.prepare('INSERT OR REPLACE INTO lazy_pulls (uuid, import_key, remote, manifest, chunks, started_ms) VALUES (@uuid, @importKey, @remote, @manifest, @chunks, @startedMs)'),
+      deleteLazyPull: db.prepare('DELETE FROM lazy_pulls WHERE uuid = ?'),
+      deleteLazyChunksOf: db.prepare('DELETE FROM lazy_chunks WHERE uuid = ?'),
+      putLazyChunk: db.prepare('INSERT OR IGNORE INTO lazy_chunks (uuid, chunk_id) VALUES (?, ?)'),
+      lazyChunkCounts: db.prepare('SELECT uuid, COUNT(*) AS n FROM lazy_chunks GROUP BY uuid'),
+      lazyChunkCount: db.prepare('SELECT COUNT(*) FROM lazy_chunks WHERE uuid = ?').pluck(),
+      lazyPullsOfChunk: db.prepare('SELECT uuid FROM lazy_chunks WHERE chunk_id = ?').pluck(),
+      deleteLazyChunk: db.prepare('DELETE FROM lazy_chunks WHERE chunk_id = ?'),
+      presentLazyChunks: db.prepare('SELECT l.chunk_id FROM lazy_chunks l LEFT JOIN chunks c ON c.id = l.chunk_id WHERE c.id IS NULL OR c.pack_id != 0').pluck(),
+      absentChunkCount: db.prepare('SELECT COUNT(*) FROM chunks WHERE pack_id = 0').pluck(),
+      fillChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ?, stored_bytes = ?, raw_bytes = ?, compressed = ? WHERE id = ? AND pack_id = 0'),
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
@@ -445,6 +481,33 @@ export class Catalog {
   }
 
   chunkByHash (hash: Buffer): number | undefined { return this.statements.chunkByHash.get(hash) as number | undefined }
+
+  /** Gives absent chunk `row.id` (pack id 0) the place `row` says; false when it was not absent. */
+  fillChunk (row: ChunkRow): boolean {
+    return this.statements.fillChunk.run(row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0, row.id).changes > 0
+  }
+
+  absentChunkCount (): number { return this.statements.absentChunkCount.get() as number }
+
+  // ---- lazy pulls (src/volume/lazy.ts) ----
+
+  lazyPulls (): LazyPullRow[] { return this.statements.lazyPulls.all() as LazyPullRow[] }
+  putLazyPull (row: LazyPullRow): void { this.statements.putLazyPull.run(row) }
+  deleteLazyPull (uuid: string): void { this.statements.deleteLazyChunksOf.run(uuid); this.statements.deleteLazyPull.run(uuid); this.deleted = true }
+  putLazyChunk (uuid: string, chunkId: number): void { this.statements.putLazyChunk.run(uuid, chunkId) }
+  /** Per lazy pull, how many of its chunks are still listed (absent, or filled and not yet taken off the list). */
+  lazyChunkCounts (): Map<string, number> {
+    return new Map((this.statements.lazyChunkCounts.all() as Array<{ uuid: string, n: number }>).map(r => [r.uuid, r.n]))
+  }
+  /** How many chunks pull `uuid` lists (a range of the primary key: no other pull's rows are read). */
+  lazyChunkCount (uuid: string): number { return this.statements.lazyChunkCount.get(uuid) as number }
+  /** The lazy pulls that list chunk `id`. */
+  lazyPullsOfChunk (id: number): string[] { return this.statements.lazyPullsOfChunk.all(id) as string[] }
+  /** Takes chunk `id` off every lazy pull's list (it is here now, or gone). */
+  deleteLazyChunk (id: number): void { this.statements.deleteLazyChunk.run(id) }
+  /** Listed chunks that are here (or gone) already: a daemon killed between a fill and its list's update. */
+  presentLazyChunks (): number[] { return this.statements.presentLazyChunks.all() as number[] }
+
   insertChunk (row: ChunkRow): void {
     this.statements.insertChunk.run(row.id, row.hash, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0)
     if (row.id > this.chunkIdHigh) this.raiseIdHigh('chunk_id_high', row.id)

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
-import { Catalog, ChunkRow } from '../catalog/catalog'
+import { Catalog, ChunkRow, absentPackId } from '../catalog/catalog'
 import { VdiskError, corrupt, fromSystemError } from '../errors'
 import { chunkCacheMax, openedCacheBytesMax, packBytesMax, readBatchBlocks } from '../limits'
 import { ChunkCache, ChunkCacheStats } from './chunk-cache'
@@ -28,11 +28,25 @@ interface OpenPack { id: number, fd: number, bytes: number }
 
 export interface Damage { chunkId: number, packId: number, offset: number, why: string }
 
+/**
+ * What the chunk store asks about absent chunks (a lazy pull's, still in the remote store; catalog.ts
+ * absentPackId): a read waits in wait() until the chunk is filled (resolves) or the bound passes (throws
+ * IO); filled() hears of every absent chunk index() filled. volume/lazy.ts answers.
+ */
+export interface AbsentChunks {
+  wait (id: number, what: string): Promise<void>
+  filled (ids: number[]): void
+}
+
 export class ChunkStore {
   private readonly cache = new Map<number, ChunkRow>()
   /** Verified, decompressed chunks kept for the next partial read of the same chunk. */
   private readonly opened: ChunkCache
   private readonly pendingByHash = new Map<string, ChunkRow>()
+  /** Ids of the rows in pendingByHash that fill an absent chunk (index() updates their row, not inserts it). */
+  private readonly filling = new Set<number>()
+  /** Who absent chunks are waited for and reported to (volume/lazy.ts); null: a read of one fails. */
+  absent: AbsentChunks | null = null
   private readonly unsyncedPacks = new Set<OpenPack>()
   /** Packs that filled up, whose write descriptors closeFullPacks() closes once they are synced. */
   private readonly fullPacks = new Set<OpenPack>()
@@ -121,9 +135,13 @@ export class ChunkStore {
     const pending = this.pendingByHash.get(key)
     if (pending !== undefined) return { row: pending, isNew: false }
     const indexed = this.catalog.chunkByHash(hash)
-    if (indexed !== undefined) return { row: this.info(indexed), isNew: false }
-    const row: ChunkRow = { id: this.nextChunkId++, hash: Buffer.from(hash), packId: 0, offset: 0, storedBytes: payload.length, rawBytes, compressed }
+    // An absent chunk (a lazy pull's) with this hash is filled in under its own id: whoever stores the
+    // block first (the hydrator, a seal, an import) brings its bytes.
+    const absent = indexed !== undefined && this.info(indexed).packId === absentPackId
+    if (indexed !== undefined && !absent) return { row: this.info(indexed), isNew: false }
+    const row: ChunkRow = { id: absent ? indexed : this.nextChunkId++, hash: Buffer.from(hash), packId: 0, offset: 0, storedBytes: payload.length, rawBytes, compressed }
     this.pendingByHash.set(key, row)
+    if (absent) this.filling.add(row.id)
     const header = Buffer.alloc(chunkHeaderBytes)
     header.writeUInt32LE(chunkMagic, chunkHeaderFields.magic)
     header.writeUInt32LE(compressed ? chunkFlagCompressed : 0, chunkHeaderFields.flags)
@@ -143,6 +161,7 @@ export class ChunkStore {
     } catch (err) {
       // eslint-disable-next-line vdiskfs/map-check-then-act -- the entry is this call's reservation (set above, before any await): another store of the key returns on it, and index()/abandon(), which also drop entries, run only between stores (sealer and import store under pool.exclusive)
       this.pendingByHash.delete(key)
+      this.filling.delete(row.id)
       throw fromSystemError(err, `writing pack ${row.packId}`)
     }
     return { row, isNew: true }
@@ -163,14 +182,25 @@ export class ChunkStore {
         await this.retire(packs.filter((_pack, i) => synced[i].status === 'rejected'))
         throw fromSystemError((synced[failed] as PromiseRejectedResult).reason, `syncing pack ${packs[failed].id}`)
       }
-      this.catalog.transaction(() => { for (const row of rows) this.catalog.insertChunk(row) })
+      this.catalog.transaction(() => {
+        for (const row of rows) {
+          if (!this.filling.has(row.id)) this.catalog.insertChunk(row)
+          else if (!this.catalog.fillChunk(row)) throw new VdiskError('IO', `absent chunk ${row.id} was filled or removed meanwhile`)
+        }
+      })
     } catch (err) {
       this.abandon()
       throw fromSystemError(err, 'indexing chunks')
     }
     this.unsyncedPacks.clear()
     this.closeFullPacks()
-    for (const row of rows) { this.pendingByHash.delete(row.hash.toString('hex')); this.cache.set(row.id, row) }
+    const filled: number[] = []
+    for (const row of rows) {
+      this.pendingByHash.delete(row.hash.toString('hex'))
+      this.cache.set(row.id, row)
+      if (this.filling.delete(row.id)) filled.push(row.id)
+    }
+    if (filled.length > 0) this.absent?.filled(filled)
     return rows.length
   }
 
@@ -198,8 +228,32 @@ export class ChunkStore {
     // the catalog cannot take it either, the pack is only quarantined.
     try { this.catalog.retireUnindexed([...this.pendingByHash.values()].filter(row => row.packId !== 0)) } catch {}
     this.pendingByHash.clear()
+    this.filling.clear()
     this.unsyncedPacks.clear()
     this.closeFullPacks()
+  }
+
+  /**
+   * A new absent chunk for `hash` (a lazy pull's block the pool lacks): its row, with a fresh id, for
+   * the caller to insert in its own transaction (import.ts). Call only under pool.exclusive, with no
+   * store of the same hash pending.
+   */
+  newAbsent (hash: Buffer, rawBytes: number): ChunkRow {
+    return { id: this.nextChunkId++, hash: Buffer.from(hash), packId: absentPackId, offset: 0, storedBytes: 0, rawBytes, compressed: false }
+  }
+
+  /** Whether chunk `id` is absent (named by a lazy pull, not here yet). */
+  isAbsent (id: number): boolean { return this.info(id).packId === absentPackId }
+
+  /**
+   * Waits until chunk `id` is here when it is absent (volume/lazy.ts bounds the wait: IO after it).
+   * The check and the wait's registration are one synchronous step, so a fill cannot slip between.
+   */
+  private async present (id: number, what: string): Promise<void> {
+    while (this.info(id).packId === absentPackId) {
+      if (this.absent === null) throw new VdiskError('IO', `chunk ${id} of ${what} is not here yet (a lazy pull's) and nothing fetches it`)
+      await this.absent.wait(id, what)
+    }
   }
 
   /** Stops appending to `packs` (an fdatasync of theirs failed: their unsynced bytes are suspect). */
@@ -255,6 +309,8 @@ export class ChunkStore {
    * batch could not serve (a chunk moved by compaction); a damaged chunk fails the whole call.
    */
   async readMany (items: Array<{ id: number, offset: number, target: Buffer, what: string }>): Promise<void> {
+    const absent = items.filter(item => this.info(item.id).packId === absentPackId)
+    if (absent.length > 0) await Promise.all(absent.map(async item => await this.present(item.id, item.what)))
     const pending = items.filter(item => !this.opened.copy(item.id, item.offset, item.target))
     await this.openMany(pending)
   }
@@ -297,6 +353,7 @@ export class ChunkStore {
    */
   private async openOne (id: number, offset: number, target: Buffer, what: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
+      await this.present(id, what)
       const row = this.info(id)
       const why = await this.workers.lease(1, async lease => {
         const result = await this.openChunks([row], lease)
@@ -321,12 +378,17 @@ export class ChunkStore {
     if (target.length < raw.length) this.opened.remember(id, raw)
   }
 
-  /** Reads and verifies chunks (one worker task); returns the ones that failed, with why. */
+  /**
+   * Reads and verifies chunks (one worker task); returns the ones that failed, with why. An absent
+   * chunk (a lazy pull's, not here yet) has no bytes to check: it is left out, neither good nor failed.
+   */
   async check (ids: number[]): Promise<Map<number, string>> {
     const failed = new Map<number, string>()
     const rows: ChunkRow[] = []
     for (const id of ids) {
-      try { rows.push(this.info(id)) } catch (err) { failed.set(id, (err as Error).message) }
+      let row: ChunkRow
+      try { row = this.info(id) } catch (err) { failed.set(id, (err as Error).message); continue }
+      if (row.packId !== absentPackId) rows.push(row)
     }
     await this.workers.lease(rows.length, async lease => {
       const result = await this.openChunks(rows, lease)

@@ -15,6 +15,11 @@ import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '
 import { isBackupId } from '../remote/remote-format'
 import { RemoteKey, createKeyFile, readKeyFile } from '../remote/crypt'
 import { pullBackup, pushBackup } from '../remote/transfer-link'
+import { LazyPullResult, createLazyBackup, hydrate, lazyPulls } from '../remote/hydrator'
+import { controlDir } from '../control/protocol'
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
 import { UsageError } from './args'
 import { bytes, table } from './format'
 import { Command, imagePath, mountpointArg, newImageName, onlineOrOffline, print } from './command'
@@ -229,17 +234,95 @@ export const remoteCommands: Record<string, Command> = {
     }
   },
   pull: {
-    usage: 'pull MNT REMOTE ID NAME [--json]',
-    summary: 'download backup ID of a remote, every chunk checked, as MNT/backups/NAME.img',
-    spec: { positionals: ['MNT', 'REMOTE', 'ID', 'NAME'], booleans: json },
+    usage: 'pull MNT REMOTE ID NAME [--lazy [--resume] [--foreground]] [--json]',
+    summary: 'download backup ID of a remote, every chunk checked, as MNT/backups/NAME.img; with --lazy, the backup is there at once and a hydrator process fills it in (--resume: start the hydrator again; --foreground: hydrate in this process until done)',
+    spec: { positionals: ['MNT', 'REMOTE', 'ID', 'NAME'], booleans: { ...json, lazy: ['--lazy'], resume: ['--resume'], foreground: ['--foreground'] } },
     async run ({ positionals: [mnt, name, id, backupName], flags }) {
       if (!isBackupId(id)) throw invalid(`'${id}' is not a remote backup id (32 hex digits; see vdiskfs remote ls)`)
       const file = newImageName(backupName)
       const mountpoint = mountpointArg(mnt)
       const remote = await remoteOf(mountpoint, name)
+      if (flags.lazy === true) { await lazyPull(remote, mountpoint, id, file, { resume: flags.resume === true, foreground: flags.foreground === true, json: flags.json === true }); return }
+      if (flags.resume === true || flags.foreground === true) throw new UsageError('--resume and --foreground go with --lazy')
       const progress = byteProgress(`pull ${id.slice(0, 8)}`)
       const result = await withStore(remote, async store => await pullBackup(store, mountpoint, id, file, progress)).finally(() => progress.stop())
       print(flags.json === true, result, () => `pulled ${id} from ${name} as backups/${file} (${bytes(result.size)})`)
     }
   }
 }
+
+/**
+ * `pull --lazy`: makes the backup at once (unless --resume: it exists), then fills it in, in a detached
+ * hydrator process (this command run again with --resume --foreground; its output goes to
+ * CONTROL_DIR/hydrate-UUID.log) or, with --foreground, here until it is whole. A new pull starts its
+ * hydrator first, told to wait for the backup (VDISKFS_HYDRATE_AWAIT_MS): its own start (Node, the AWS
+ * SDK, the manifest and the pack indexes) overlaps the backup's making, and the first reads wait less.
+ */
+async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: string, file: string, options: { resume: boolean, foreground: boolean, json: boolean }): Promise<void> {
+  const log = (line: string): void => { process.stderr.write(`${new Date().toISOString()} ${line}\n`) }
+  const awaitMs = Number(process.env.VDISKFS_HYDRATE_AWAIT_MS ?? '0')
+  if (options.resume && options.foreground && Number.isSafeInteger(awaitMs) && awaitMs > 0) {
+    // A hydrator started before its backup exists: the backup's identity is the manifest's.
+    const result = await withStore(remote, async store => await hydrate(store, mountpoint, id, (await store.manifest(id)).identity, { log, awaitMs }))
+    print(options.json, { id, name: file, hydrated: true, chunksSent: result.sent }, () => `backups/${file} is whole (${result.sent} chunks fetched)`)
+    return
+  }
+  let uuid: string
+  let made: LazyPullResult | null = null
+  // The hydrator a new pull starts before it makes the backup (set inside the store's callback).
+  const started: { early: { pid: number | null, log: string } | null } = { early: null }
+  if (!options.resume) {
+    made = await withStore(remote, async store => {
+      const identity = (await store.manifest(id)).identity
+      if (!options.foreground) started.early = startHydrator(remote, mountpoint, id, file, identity, true)
+      try {
+        return await createLazyBackup(store, remote.name, mountpoint, id, file)
+      } catch (err) {
+        // The hydrator this command started waits for a backup that will not come: it goes (by its pid).
+        const pid = started.early?.pid
+        if (pid != null) { try { process.kill(pid, 'SIGKILL') } catch {} }
+        throw err
+      }
+    })
+    uuid = made.uuid
+  } else {
+    const volumes = await call(mountpoint, 'ls') as Array<{ kind: string, name: string }>
+    if (!volumes.some(v => v.kind === 'backup' && v.name === file)) throw new VdiskError('NOT_FOUND', `backups/${file} does not exist: pull --lazy without --resume makes it`)
+    uuid = (await call(mountpoint, 'uuid', { kind: 'backup', name: file }) as { uuid: string }).uuid
+  }
+  const pending = (await lazyPulls(mountpoint)).find(p => p.uuid === uuid)
+  const earlyPid = started.early?.pid
+  if (pending === undefined && earlyPid != null) { try { process.kill(earlyPid, 'SIGKILL') } catch {} started.early = null }
+  if (pending !== undefined && pending.manifest !== id) throw invalid(`backups/${file} is being pulled from backup ${pending.manifest}, not ${id}`)
+  if (pending !== undefined && pending.remote !== remote.name) throw invalid(`backups/${file} is being pulled from remote ${pending.remote}, not ${remote.name}`)
+  if (options.foreground) {
+    const result = pending === undefined ? { sent: 0 } : await withStore(remote, async store => await hydrate(store, mountpoint, id, uuid, { log }))
+    print(options.json, { ...(made ?? {}), id, name: file, uuid, hydrated: true, chunksSent: result.sent }, () => `backups/${file} is whole (${result.sent} chunks fetched)`)
+    return
+  }
+  if (pending !== undefined && pending.hydrator && started.early === null) throw new VdiskError('BUSY', `a hydrator is running already for backups/${file} (vdiskfs status)`)
+  const hydrator = started.early ?? (pending === undefined ? null : startHydrator(remote, mountpoint, id, file, uuid, false))
+  const result = { ...(made ?? {}), id, name: file, uuid, hydratorPid: hydrator?.pid ?? null, hydratorLog: hydrator?.log ?? null, missing: pending?.missing ?? 0, chunks: pending?.chunks ?? 0 }
+  print(options.json, result, () => pending === undefined
+    ? `backups/${file} is whole already`
+    : `${made === null ? 'resumed' : `pulled ${id} from ${remote.name} lazily as backups/${file} (${bytes(made.size)})`}: ${pending.missing} of ${pending.chunks} chunks to fetch, by hydrator pid ${String(hydrator?.pid)} (log ${hydrator?.log ?? ''}); vdiskfs status shows its progress`)
+}
+
+/**
+ * The hydrator: this command again with --resume --foreground, detached, its output appended to
+ * CONTROL_DIR/hydrate-UUID.log. It holds the credentials and key; the daemon never does. With `await`,
+ * it waits (up to 2 minutes) for the backup this command is making.
+ */
+function startHydrator (remote: RemoteDefinition, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string } {
+  const log = path.join(controlDir(), `hydrate-${uuid}.log`)
+  const out = fs.openSync(log, 'a', 0o600)
+  try {
+    const env = { ...process.env, VDISKFS_HYDRATE_AWAIT_MS: wait ? String(hydratorAwaitMs) : '0' }
+    const child = spawn(process.execPath, [process.argv[1], 'pull', mountpoint, remote.name, id, file.replace(/\.img$/, ''), '--lazy', '--resume', '--foreground'], { detached: true, stdio: ['ignore', out, out], env })
+    child.unref()
+    return { pid: child.pid ?? null, log }
+  } finally { fs.closeSync(out) }
+}
+
+/** How long a hydrator started with a new pull waits for its backup to appear. */
+const hydratorAwaitMs = 120_000

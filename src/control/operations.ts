@@ -60,6 +60,11 @@ export const operations = {
   diff: { args: { older: volume('older', 'OLD'), newer: volume('newer', 'NEW') }, quiet: true },
   uuid: { args: { image: volume('', 'volume') }, quiet: true },
   imports: { args: {}, quiet: true },
+  // lazy pulls (volume/lazy.ts): the backup made at once, its blocks sent later by a hydrator
+  lazyPullStream: { args: { header: 'object', name: 'string', remote: 'string', manifest: 'string' }, stream: true },
+  hydrateStream: { args: { uuid: 'string' }, stream: true },
+  lazyMissing: { args: { uuid: 'string', hashes: 'list' }, quiet: true },
+  lazyPulls: { args: {}, quiet: true },
   prune: { args: { ...keepRules, match: 'string?', dryRun: 'boolean?' } },
   // remotes
   remoteAdd: { args: { name: 'string', url: 'string', endpoint: 'string?', region: 'string?', keyFile: 'string?', keyFingerprint: 'string?' } },

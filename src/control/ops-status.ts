@@ -38,6 +38,8 @@ export interface StatsResult {
   /** Engine reads served inline (every byte in the page cache: preadv2 RWF_NOWAIT) or through the thread pool. */
   reads: InlineWriteStats
   jobs: JobReport[]
+  /** Lazy pulls in progress: the backup, its remote and id there, chunks it lacked and how many are here now, whether a hydrator is connected. */
+  hydrating: Array<{ backup: string | null, remote: string, id: string, chunks: number, chunksHere: number, hydrator: boolean }>
   lastErrors: LogEntry[]
 }
 
@@ -55,6 +57,13 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
       // Background sealing runs on the sealer's own timer; a sync shows up as its own job.
       const sealing = sealer.progress
       if (sealing.done < sealing.total && !jobs.some(job => job.name === 'sync')) jobs.push({ name: 'sealing', startedMs: null, progress: { ...sealing } })
+      // Lazy pulls filling in (volume/lazy.ts): chunks here of those the pull lacked.
+      const hydrating = pool.lazy.progress().map(p => {
+        const id = pool.volumeIdByUuid(p.uuid)
+        const volume = id === undefined ? undefined : pool.byId(id)
+        return { backup: volume === undefined ? null : volume.name, remote: p.remote, id: p.manifest, chunks: p.chunks, chunksHere: p.chunks - p.missing, hydrator: p.hydrator }
+      })
+      for (const h of hydrating) jobs.push({ name: `hydrating backups/${h.backup ?? '?'} from ${h.remote}${h.hydrator ? '' : ' (no hydrator)'}`, startedMs: null, progress: { done: h.chunksHere, total: h.chunks } })
       return {
         daemon,
         startedMs: metrics.startedMs,
@@ -73,6 +82,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         writes: inlineWriteStats(),
         reads: inlineReadStats(),
         jobs,
+        hydrating,
         lastErrors: recentErrors()
       }
     },

@@ -12,7 +12,7 @@ import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '
 import { StreamHeader, streamKey } from '../transfer/stream'
 import { headerSourceLabelBytesMax } from '../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
-import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
+import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, readFrame, send } from '../transfer/wire'
 import { ImportBlock } from '../volume/import'
 import { Volume } from '../volume/volume'
 import { Handler, HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
@@ -145,7 +145,11 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
     if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
   }
 
-  const importStream: StreamHandler = async (args, socket, rest) => {
+  /**
+   * An import (lazy false), or a lazy pull's (volume/lazy.ts): the same stream with ref frames for the
+   * blocks still in the remote store `args.remote` (backup `args.manifest` there).
+   */
+  const importInto = (lazy: boolean): StreamHandler => async (args, socket, rest) => {
     let session: ReturnType<typeof pool.imports.begin>
     try {
       const header = args.header as StreamHeader
@@ -156,7 +160,14 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       const source = header.source ?? null
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name as string)
+      if (lazy && header.baseUuid !== null) throw invalid('a lazy pull is of a whole backup, not on a base')
+      if (lazy && (!/^[0-9a-f]{32}$/.test(args.manifest as string) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(args.remote as string))) throw invalid('malformed remote or backup id of a lazy pull')
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source, lazy }, args.name as string)
+      if (lazy) {
+        try {
+          pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote: args.remote as string, manifest: args.manifest as string, chunks: 0, startedMs: Date.now() })
+        } catch (err) { session.close(); throw err }
+      }
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -188,7 +199,9 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
           return
         }
         if (frame.kind === frameEnd) break
-        batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameData ? frame.hash : null })
+        if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
+        if (frame.kind !== frameData && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
+        batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash })
         if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = [] }
       }
       await storeBatch(batch)
@@ -196,9 +209,10 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       batch = []
       const started = Date.now()
       const backup = await session.finish()
+      if (lazy) pool.lazy.started(session.spec.uuid)
       const c = session.counts
       log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
-        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import`)
+        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${args.remote as string} (lazy pull)` : ''}`)
       socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
@@ -216,7 +230,8 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
 
   return {
     exportStream: streamOnly(exportStream),
-    importStream: streamOnly(importStream),
+    importStream: streamOnly(importInto(false)),
+    lazyPullStream: streamOnly(importInto(true)),
     diff: async args => {
       const older = volumeArg(pool, 'diff', args, 'older')
       const newer = volumeArg(pool, 'diff', args, 'newer')

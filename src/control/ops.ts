@@ -6,11 +6,12 @@ import { Handler, HandlerContext } from './handler'
 import { Operation } from './operations'
 import { adminHandlers } from './ops-admin'
 import { coreHandlers } from './ops-core'
+import { lazyHandlers } from './ops-lazy'
 import { remoteHandlers } from './ops-remote'
 import { statusHandlers } from './ops-status'
 import { transferHandlers } from './ops-transfer'
 
 export function controlHandlers (context: HandlerContext): Record<Operation, Handler> {
-  const all: Record<Operation, Handler> = { ...coreHandlers(context), ...adminHandlers(context), ...statusHandlers(context), ...transferHandlers(context), ...remoteHandlers(context) }
+  const all: Record<Operation, Handler> = { ...coreHandlers(context), ...adminHandlers(context), ...statusHandlers(context), ...transferHandlers(context), ...remoteHandlers(context), ...lazyHandlers(context) }
   return all
 }

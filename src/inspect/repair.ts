@@ -25,7 +25,7 @@ import {
   catalogFile, catalogLogFile, damagedCatalogFileName, extentIdOfFile, extentsDir, isPoolFile, packFileName, packIdOfFile, packsDir, poolHeaderFile, quarantineDir, quarantineFileName, quarantinedKind
 } from '../format/pool-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
-import { Catalog, PageRow, VolumeRow } from '../catalog/catalog'
+import { Catalog, PageRow, VolumeRow, absentPackId } from '../catalog/catalog'
 import { LogState, replayCatalogLog } from '../catalog/catalog-log'
 import {
   DecodedPage, decodePage, decodeRoot, describePageDamage, encodePage, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
@@ -340,13 +340,16 @@ async function reindexChunks (run: RepairRun, pool: Pool, maps: StoredMaps): Pro
     for (const [id, found] of scanned) {
       const row = indexed.has(id) ? catalog.chunk(id) : undefined
       if (row !== undefined && row.packId === found.packId && row.offset === found.offset) continue
-      if (row !== undefined) catalog.moveChunk(id, found.packId, found.offset)
+      // An absent chunk (a lazy pull's) whose bytes a pack holds (filled, and the catalog lost the fill): filled now.
+      if (row !== undefined && row.packId === absentPackId) catalog.fillChunk({ id, ...found })
+      else if (row !== undefined) catalog.moveChunk(id, found.packId, found.offset)
       else if (catalog.chunkByHash(found.hash) === undefined) catalog.insertChunk({ id, ...found })
       else continue
       run.report.chunksReindexed++
     }
     for (const id of indexed) {
-      if (!scanned.has(id)) { catalog.deleteChunk(id); run.report.chunksDropped++; run.report.notes.push(`chunk ${id}: its record is gone from the packs`) }
+      // An absent chunk has no record anywhere yet: it stays (its lazy pull fills it in).
+      if (!scanned.has(id) && catalog.chunk(id)?.packId !== absentPackId) { catalog.deleteChunk(id); run.report.chunksDropped++; run.report.notes.push(`chunk ${id}: its record is gone from the packs`) }
     }
     // After a catalog lost rows, every id found in a pack counts as handed out: none is issued
     // again, and the records nobody references stay "unaccounted for" (verify reports them).

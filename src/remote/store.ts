@@ -185,6 +185,49 @@ export class RemoteStore {
   }
 
   /**
+   * For a lazy pull's hydrator: makes the packs holding chunks `ids` recent as a push does (an index older
+   * than grace/4 is touched, once each), so that gc spares them for a grace period from now even if the
+   * backup's manifest is pruned meanwhile. Returns how many indexes it touched.
+   */
+  async keepChunks (ids: string[]): Promise<number> {
+    if (this.packs === null) await this.loadPacks()
+    const touches = new Map<string, Promise<boolean>>()
+    for (const id of ids) await this.relyOn(this.chunkObjectName(id), touches)
+    return touches.size
+  }
+
+  /**
+   * For a lazy pull's hydrator (hydrator.ts): chunks `ids` (distinct) fetched by range GETs of their packs
+   * (neighbours in one range) and each checked against its id, as a pull does: each one's block, or the
+   * error (CORRUPT, NOT_FOUND) that stops it. S3 failures are thrown.
+   */
+  async fetchBlocks (ids: string[]): Promise<Map<string, Buffer | VdiskError>> {
+    if (this.packs === null) await this.loadPacks()
+    const out = new Map<string, Buffer | VdiskError>()
+    await this.fetchChunks(ids, 'read', (chunk, result) => { out.set(chunk, result.error ?? result.data as Buffer) })
+    return out
+  }
+
+  /**
+   * The chunks that lie after chunk `id` in its pack, within `bytes` of its start, among `wanted` (object
+   * name -> chunk id): what a read of `id` prefetches (a full push lays a backup's new chunks in block
+   * order). Empty for a chunk stored alone or unknown.
+   */
+  following (id: string, bytes: number, wanted: Map<string, string>): string[] {
+    const where = this.located.get(this.chunkObjectName(id))
+    const pack = where === undefined ? undefined : this.packs?.get(where.pack)
+    if (where === undefined || pack === undefined) return []
+    const out: string[] = []
+    for (const [name, offset, length] of pack.index.chunks) {
+      if (offset <= where.offset) continue
+      if (offset + length > where.offset + bytes) break
+      const chunk = wanted.get(name)
+      if (chunk !== undefined) out.push(chunk)
+    }
+    return out
+  }
+
+  /**
    * Where chunk `id` is stored, for messages and tests: its pack and byte range there, or its own object
    * (stores written before packs). Null when the store holds it nowhere (as loadPacks last found it).
    */

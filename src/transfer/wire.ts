@@ -12,6 +12,12 @@
  *   import (CLI -> daemon): data | zero ... then end, sent only once the stream's trailer checked; the
  *   daemon answers the end with a JSON reply line (the backup made, or an error). A connection that
  *   closes without an end frame leaves the import's progress in the pool, and no backup.
+ *   lazy pull (CLI -> daemon, volume/lazy.ts): as import, with ref frames (a block's id, no bytes: the
+ *   block is in the remote store) in place of data frames.
+ *   hydrate (both ways): the hydrator sends data frames (a block of a lazy pull, any index), flush
+ *   (store what came: the daemon stores a batch at a flush or every importBatchBlocks blocks) and at
+ *   last end; the daemon sends want frames (the id of a chunk a reader waits for), and answers end
+ *   with end.
  *
  * Errors: readFrame throws IO when the connection ends inside a frame, CORRUPT for an unknown kind or
  * a malformed error frame (longer than errorFrameBytesMax, or not JSON).
@@ -30,6 +36,9 @@ export const frameData = 1
 export const frameZero = 2
 export const frameEnd = 3
 export const frameError = 4
+export const frameRef = 5
+export const frameWant = 6
+export const frameFlush = 7
 export const frameHeadBytes = 41
 
 export interface Frame { kind: number, index: number, hash: Buffer | null, data: Buffer | null }
@@ -88,7 +97,11 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
     return { kind, index, hash, data: Buffer.from(data) }
   }
-  if (kind === frameZero || kind === frameEnd) return { kind, index, hash: null, data: null }
+  if (kind === frameZero || kind === frameEnd || kind === frameFlush) return { kind, index, hash: null, data: null }
+  if (kind === frameRef || kind === frameWant) {
+    if (hash === null) throw corrupt(`a ${kind === frameRef ? 'ref' : 'want'} frame without an id on the control connection`)
+    return { kind, index, hash, data: null }
+  }
   if (kind === frameError) {
     const length = await reader.read(4)
     if (length !== null && length.readUInt32LE(0) > errorFrameBytesMax) throw corrupt(`an error frame of ${length.readUInt32LE(0)} bytes on the control connection (at most ${errorFrameBytesMax})`)

@@ -26,7 +26,7 @@
  * stream), INVALID (block size or size the pool cannot take), CORRUPT (a block whose bytes do not match
  * its id), NO_SPACE, IO.
  */
-import { defaultModeOf } from '../catalog/catalog'
+import { ChunkRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
 import { chunkEntry } from '../format/map-format'
 import { createdMsMax, importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
@@ -46,9 +46,17 @@ export interface ImportSpec {
   createdMs: number
   /** The identity and label of the volume the backup was taken from, when the stream carries them. */
   source?: { uuid: string, label: string } | null
+  /**
+   * A lazy pull's import (lazy.ts): its blocks may come as references (data null, hash set), whose
+   * chunks the pool lacks become absent chunks listed for the pull under `uuid`.
+   */
+  lazy?: boolean
 }
 
-/** One block to import: its index, and its bytes and id, or null for a block that reads as zeros. */
+/**
+ * One block to import: its index, and its bytes and id, or null for a block that reads as zeros; in a
+ * lazy pull's import, a reference: no bytes, its id (the block fills in later).
+ */
 export interface ImportBlock { index: number, data: Buffer | null, hash: Buffer | null }
 
 export interface ImportCounts {
@@ -58,6 +66,8 @@ export interface ImportCounts {
   newChunks: number
   dedupedBlocks: number
   zeroBlocks: number
+  /** A lazy pull's blocks whose chunks are not here yet (absent chunks made for them). */
+  absentBlocks: number
 }
 
 export class Importer {
@@ -112,7 +122,7 @@ export class Importer {
 }
 
 export class ImportSession {
-  readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0 }
+  readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0, absentBlocks: 0 }
   /** Blocks an earlier run recorded under this key when this session began. */
   readonly recordedBlocks: number
   /** The highest block index received so far (-1: none): every later one must be above it. */
@@ -167,10 +177,29 @@ export class ImportSession {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
       const rows: Array<{ block: number, chunkId: number | null }> = []
       const fresh: ImportBlock[] = []
+      // A lazy pull's references to chunks the pool lacks: absent chunks, inserted with the rows below.
+      const absent = new Map<string, ChunkRow>()
+      const listed = new Set<number>()
       for (const block of todo) {
-        if (block.data === null || block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
+        if (block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
+        if (block.data === null && this.spec.lazy !== true) throw corrupt(`import ${this.spec.key}: block ${block.index} has no bytes`)
         const indexed = this.state.catalog.chunkByHash(block.hash)
-        if (indexed !== undefined) { rows.push({ block: block.index, chunkId: indexed }); this.counts.dedupedBlocks++; continue }
+        // An absent chunk is no copy of a block: bytes that come fill it (fresh, through the chunk store).
+        const absentHere = indexed !== undefined && this.state.chunks.isAbsent(indexed)
+        if (indexed !== undefined && (!absentHere || block.data === null)) {
+          rows.push({ block: block.index, chunkId: indexed })
+          if (absentHere) listed.add(indexed); else this.counts.dedupedBlocks++
+          continue
+        }
+        if (block.data === null) {
+          const key = block.hash.toString('hex')
+          let row = absent.get(key)
+          if (row === undefined) absent.set(key, row = this.state.chunks.newAbsent(block.hash, this.state.blockBytes))
+          rows.push({ block: block.index, chunkId: row.id })
+          listed.add(row.id)
+          this.counts.absentBlocks++
+          continue
+        }
         fresh.push(block)
       }
       const groups: ImportBlock[][] = []
@@ -181,6 +210,8 @@ export class ImportSession {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
+        for (const row of absent.values()) this.state.catalog.insertChunk(row)
+        for (const id of listed) this.state.catalog.putLazyChunk(this.spec.uuid, id)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })

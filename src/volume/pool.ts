@@ -16,16 +16,18 @@
  */
 import path from 'node:path'
 import { Catalog, ImportRow, VolumeKind } from '../catalog/catalog'
+import { VdiskError, corrupt } from '../errors'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
 import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-format'
-import { assertLimits, packLiveFractionMin } from '../limits'
+import { assertLimits, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
 import { Importer } from './import'
+import { LazyPulls } from './lazy'
 import { GcReport, Maintenance } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
@@ -59,6 +61,8 @@ export class Pool {
   readonly inspection: Inspection
   /** Backups made from export streams, atomically and resumably (import.ts). */
   readonly imports: Importer
+  /** Backups pulled lazily from a remote store, filling in behind their readers (lazy.ts). */
+  readonly lazy: LazyPulls
 
   private constructor (readonly dir: string, readonly header: PoolHeader, catalog: Catalog, options: OpenOptions) {
     this.state = new PoolState(dir, header, catalog, options)
@@ -68,6 +72,13 @@ export class Pool {
     this.inspection = new Inspection(this.state)
     this.sealing = new ExtentSealing(this.state, this.committer, this.maintenance)
     this.imports = new Importer(this.state, this.committer, async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work))
+    this.lazy = new LazyPulls(this.state.catalog, this.state.chunks, this.state.log, uuid => {
+      const id = this.state.catalog.volumeByUuid(uuid)
+      const volume = id === undefined ? undefined : this.state.volumes.get(id)
+      return volume === undefined ? null : volume.label
+    })
+    this.lazy.open()
+    this.state.chunks.absent = this.lazy
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
   }
@@ -196,6 +207,34 @@ export class Pool {
   // ---- maintenance (maintenance.ts) ----
 
   async exclusive<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.exclusive(work) }
+
+  /**
+   * A hydrator's blocks for lazy pulls (lazy.ts): those whose chunk is absent are hashed in the workers,
+   * checked against the id they came with (CORRUPT otherwise, nothing of that block stored), and fill
+   * their chunk, durably (chunk-store.ts index), which wakes the readers waiting for it. The others
+   * (here already, or named by no pull) are ignored. Returns how many filled.
+   */
+  async hydrate (blocks: Array<{ data: Buffer, hash: Buffer }>): Promise<number> {
+    return await this.maintenance.exclusive(async () => {
+      if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+      const chunks = this.state.chunks
+      const seen = new Set<string>()
+      const wanted = blocks.filter(b => {
+        const key = b.hash.toString('hex')
+        if (seen.has(key) || b.data.length !== this.blockBytes) return false
+        seen.add(key)
+        const id = this.state.catalog.chunkByHash(b.hash)
+        return id !== undefined && chunks.isAbsent(id)
+      })
+      const groups: Array<typeof wanted> = []
+      for (let i = 0; i < wanted.length; i += sealBatchBlocks) groups.push(wanted.slice(i, i + sealBatchBlocks))
+      await this.state.ingest.run(groups, async group => {
+        await this.state.ingest.batch({ count: group.length, fill: (i, region) => { group[i].data.copy(region, 0, 0, region.length) } }, 'hydrate worker',
+          (i, hash) => { if (!hash.equals(group[i].hash)) throw corrupt(`a hydrator's block for chunk ${group[i].hash.toString('hex')} does not match that id`) })
+      })
+      return wanted.length
+    })
+  }
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin) }
   async recover (): Promise<number> { return await this.maintenance.recover() }
   writableExtentIds (): Set<number> { return this.state.writableExtentIds() }

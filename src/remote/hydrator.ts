@@ -1,0 +1,293 @@
+/**
+ * Lazy pulls, the CLI's side (issue #22; the daemon's is volume/lazy.ts, the reasons docs/REMOTE.md "Lazy
+ * pull"). createLazyBackup() makes backups/NAME at once: the manifest's blocks go to the daemon as
+ * references (their ids, no bytes), through the import's machinery (atomic, resumable); the chunks the
+ * pool lacks become absent chunks. hydrate() then fills them in: it holds the store's credentials and
+ * key (the daemon never does), connects to the daemon (hydrateStream), fetches at once each chunk a
+ * reader waits for (and what follows it in its pack, up to pullRangeBytesMax: the next blocks, for a
+ * full push), and walks the manifest in order in the background, asking the daemon which chunks are
+ * still missing (lazyMissing) and sending those. Every chunk is checked against its id here (as a pull
+ * does) and again by the daemon before it is stored.
+ *
+ * Faults: an S3 error or a daemon gone (killed, restarting) is retried every retryDelayMs until
+ * retryMs passed without progress, then hydrate() fails (the pull stays in progress: `pull --lazy
+ * --resume` starts again). A chunk the store has damaged or lacks is logged and left absent (reads of
+ * it fail with EIO); the walk goes on.
+ */
+import net from 'node:net'
+import { VdiskError } from '../errors'
+import { call, openStream, readReply } from '../control/client'
+import { StreamHeader } from '../transfer/stream'
+import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, readFrame, send } from '../transfer/wire'
+import { Manifest, pullBatchBlocks, pullRangeBytesMax } from './remote-format'
+import { RemoteStore } from './store'
+import { testPause } from './test-pause'
+
+/** How long hydrate() keeps retrying without progress, by default, and how long it waits between tries. */
+export const hydrateRetryMsDefault = 10 * 60 * 1000
+const retryDelayMs = 1000
+/** Blocks the background walk sends between flushes (the daemon stores a group at a time), and prefetched ones. */
+const walkGroupBlocks = 32
+const wantGroupBlocks = 16
+/** How many chunk ids a session remembers having sent (to skip fetching them again). */
+const sentChunksMax = 65536
+
+export interface LazyPullResult { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
+
+/** A lazy pull in progress, as the daemon reports it (lazyPulls). */
+export interface LazyPullInfo { uuid: string, backup: string, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean }
+
+/**
+ * Makes backups/NAME from backup `id` of the store at once, its blocks references to the store's chunks
+ * (remote `remote` of the pool). Errors: those of the store (NOT_FOUND, CORRUPT for the manifest) and of
+ * the import (EXISTS ...).
+ */
+export async function createLazyBackup (store: RemoteStore, remote: string, mountpoint: string, id: string, name: string): Promise<LazyPullResult> {
+  const manifest = await store.manifest(id)
+  const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
+  const opened = await openStream(mountpoint, 'lazyPullStream', { header, name, remote, manifest: id })
+  const socket = opened.socket
+  try {
+    // The daemon's last line: read from now on (it may come early, with the reason it stopped).
+    const reply = readReply(socket, opened.rest, mountpoint)
+    reply.catch(() => {})
+    for (const [index, chunk] of manifest.blocks) await send(socket, frameHead(frameRef, index, Buffer.from(chunk, 'hex')))
+    await send(socket, frameHead(frameEnd, 0, null))
+    const { result } = await reply
+    const r = result as { backup: { uuid: string }, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
+    return { id, name, uuid: r.backup.uuid, size: manifest.size, blocks: manifest.blocks.length, absentBlocks: r.absentBlocks, dedupedBlocks: r.dedupedBlocks, resumedBlocks: r.resumedBlocks }
+  } finally {
+    socket.destroy()
+  }
+}
+
+/** The lazy pulls in progress in the pool mounted at `mountpoint`. */
+export async function lazyPulls (mountpoint: string): Promise<LazyPullInfo[]> {
+  return await call(mountpoint, 'lazyPulls') as LazyPullInfo[]
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+
+/** Waits until lazy pull `uuid` is in progress in the pool mounted at `mountpoint` (its backup made), at most `ms`. */
+async function appeared (mountpoint: string, uuid: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      if ((await lazyPulls(mountpoint)).some(p => p.uuid === uuid)) return
+    } catch {}
+    if (Date.now() > deadline) throw new VdiskError('INVALID', `no lazy pull of the backup with identity ${uuid} appeared in ${mountpoint} within ${ms / 1000} s`)
+    await sleep(100)
+  }
+}
+
+/**
+ * Whether `err` may pass by itself: retried. S3 or the daemon away (IO; NOT_FOUND: no daemon serves the
+ * mountpoint, while it is mounted again). Another hydrator connected (BUSY) and anything else are final.
+ */
+function transient (err: unknown): boolean {
+  if (!(err instanceof VdiskError)) return true
+  return err.code === 'IO' || err.code === 'NOT_FOUND'
+}
+
+export interface HydrateOptions {
+  retryMs?: number
+  log?: (line: string) => void
+  /** Started with the pull, before its backup exists: wait up to this long for the pull to appear. */
+  awaitMs?: number
+}
+
+/**
+ * Fills in lazy pull `uuid` (backup `id` of the store) in the pool mounted at `mountpoint` until nothing
+ * is missing. Returns how many chunks it sent. Errors: BUSY (another hydrator is connected), the last
+ * transient error once retryMs passed without progress, and final errors of the store or the daemon.
+ */
+export async function hydrate (store: RemoteStore, mountpoint: string, id: string, uuid: string, options: HydrateOptions = {}): Promise<{ sent: number }> {
+  const retryMs = options.retryMs ?? hydrateRetryMsDefault
+  const log = options.log ?? (() => {})
+  const started = performance.now()
+  let manifest: Manifest | null = null
+  let ready = false
+  // Chunks in manifest order (distinct), and object name -> chunk id, for prefetching.
+  const order: string[] = []
+  let byName = new Map<string, string>()
+  // What the sessions report: chunks sent, where the walk is (a new session goes on from there), and
+  // when the last chunk was sent (retries give up retryMs after it).
+  const state = { sent: 0, cursor: 0, lastProgress: Date.now() }
+  const progress = (n: number): void => { state.sent += n; if (n > 0) state.lastProgress = Date.now() }
+  const at = (cursor: number): void => { state.cursor = cursor }
+  for (;;) {
+    try {
+      if (!ready) {
+        manifest = await store.manifest(id)
+        await store.loadPacks()
+        const seen = new Set<string>()
+        order.length = 0
+        for (const [, chunk] of manifest.blocks) if (!seen.has(chunk)) { seen.add(chunk); order.push(chunk) }
+        byName = new Map(order.map(chunk => [store.chunkObjectName(chunk), chunk]))
+        const touched = await store.keepChunks(order)
+        if ((options.awaitMs ?? 0) > 0) await appeared(mountpoint, uuid, options.awaitMs as number)
+        ready = true
+        log(`hydrate: remote backup ${id} read (${order.length} chunks; ${touched} old pack indexes touched, so that gc spares them) after ${(performance.now() - started).toFixed(0)} ms`)
+      }
+      const session = await runSession(store, mountpoint, uuid, order, byName, state.cursor, log, progress, at)
+      if (session === 'done') {
+        log(`hydrate: ${state.sent} chunks sent in ${((performance.now() - started) / 1000).toFixed(1)} s: the backup is whole`)
+        return { sent: state.sent }
+      }
+      // A pass ended with chunks still missing (sent to a daemon killed before it stored them, or damaged
+      // in the store): the next pass walks from the start, asking which.
+      at(0)
+      if (session === 'stuck') throw new VdiskError('CORRUPT', `remote backup ${id}: some of its chunks cannot be fetched (damaged or missing in the store; see the log): their blocks read as EIO`)
+    } catch (err) {
+      if (!transient(err) || Date.now() - state.lastProgress > retryMs) throw err
+      log(`hydrate: ${(err as Error).message}; trying again in ${retryDelayMs / 1000} s`)
+      await sleep(retryDelayMs)
+    }
+  }
+}
+
+/**
+ * One connection to the daemon: serves its wants and walks the chunks from `from`. Returns 'done' when
+ * the pull is whole, 'again' when the walk ended with chunks missing that this pass did not see fail,
+ * 'stuck' when only chunks that failed are missing. Throws what the connection or the store throws.
+ */
+async function runSession (store: RemoteStore, mountpoint: string, uuid: string, order: string[], byName: Map<string, string>, from: number,
+  log: (line: string) => void, progress: (n: number) => void, at: (cursor: number) => void): Promise<'done' | 'again' | 'stuck'> {
+  // Done already (whole, or its backup removed): nothing to connect for.
+  if (!(await lazyPulls(mountpoint)).some(p => p.uuid === uuid)) return 'done'
+  const opened = await openStream(mountpoint, 'hydrateStream', { uuid })
+  log(`hydrate: connected to the daemon of ${mountpoint}, walking from chunk ${from}`)
+  const socket: net.Socket = opened.socket
+  const blockBytes = (opened.result as { blockBytes: number }).blockBytes
+  const failed = new Set<string>()
+  /** Chunks this session sent (a daemon killed before it stored them is a new session's business). */
+  const sentChunks = new Set<string>()
+  let sentThisPass = 0
+  let closed: unknown = null
+  // Wakes serveWants when a want comes or the session ends (an object: set inside closures).
+  const waker: { wake: (() => void) | null } = { wake: null }
+  const urgent: string[] = []
+  const ended = new Promise<void>((resolve, reject) => {
+    const reader = new ByteReader(socket, opened.rest)
+    void (async () => {
+      for (;;) {
+        const frame = await readFrame(reader, blockBytes)
+        if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the hydrator's connection`)
+        if (frame.kind === frameEnd) return
+        if (frame.kind === frameWant && frame.hash !== null) { urgent.push(frame.hash.toString('hex')); waker.wake?.() }
+      }
+    })().then(resolve, err => { closed = err; waker.wake?.(); reject(err) })
+  })
+  ended.catch(() => {})
+  const check = (): void => { if (closed !== null) throw closed }
+
+  /** Fetches `ids` and sends those that checked, then a flush; counts the ones that failed. */
+  /**
+   * Fetches `ids` and sends those that checked in groups of `group` blocks, each followed by a flush (the
+   * daemon stores a group at its flush: a small group is stored, and its readers woken, soon). Those of
+   * `first` go first, in a group of their own; before each other group, `yieldTo` may hold it back.
+   * Counts the ones that failed.
+   */
+  const fetchAndSend = async (ids: string[], group: number, first: Set<string> = new Set(), yieldTo?: () => Promise<void>): Promise<void> => {
+    if (ids.length === 0) return
+    const blocks = await store.fetchBlocks(ids)
+    check()
+    const good: Array<[string, Buffer]> = []
+    for (const [chunk, block] of blocks) {
+      if (!(block instanceof VdiskError)) { good.push([chunk, block]); continue }
+      if (!failed.has(chunk)) log(`hydrate: chunk ${chunk}: ${block.message}`)
+      failed.add(chunk)
+    }
+    const groups: Array<Array<[string, Buffer]>> = []
+    const head = good.filter(([chunk]) => first.has(chunk))
+    if (head.length > 0) groups.push(head)
+    const rest = good.filter(([chunk]) => !first.has(chunk))
+    for (let i = 0; i < rest.length; i += group) groups.push(rest.slice(i, i + group))
+    for (const [g, blocks] of groups.entries()) {
+      if (g > 0 || head.length === 0) await yieldTo?.()
+      for (const [chunk, block] of blocks) {
+        await send(socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
+        // Only the recent ones matter (a duplicate costs a fetch, nothing else): the set stays bounded.
+        if (sentChunks.size >= sentChunksMax) sentChunks.clear()
+        sentChunks.add(chunk)
+      }
+      await send(socket, frameHead(frameFlush, 0, null))
+      sentThisPass += blocks.length
+      progress(blocks.length)
+    }
+  }
+
+  // While wants are being served, the background walk waits between its groups: a reader's blocks do not
+  // queue behind 16 MiB of the walk's in the daemon.
+  let serving: Promise<void> | null = null
+  let stop = false
+  const afterWants = async (): Promise<void> => {
+    // Bounded by the wants: each is served or fails (then the session ends: check() throws).
+    while ((urgent.length > 0 || busy.wants) && !stop) {
+      check()
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+  }
+  const busy = { wants: false }
+
+  // Wants first: each chunk a reader waits for, with what follows it in its pack.
+  const serveWants = async (): Promise<void> => {
+    while (!stop) {
+      check()
+      if (urgent.length === 0) { await new Promise<void>(resolve => { waker.wake = resolve }); waker.wake = null; continue }
+      const asked = urgent.splice(0)
+      const ids = new Set<string>()
+      for (const chunk of asked) {
+        ids.add(chunk)
+        // What this session sent already is on its way to the daemon: not fetched again as a prefetch.
+        for (const next of store.following(chunk, pullRangeBytesMax, byName)) if (!sentChunks.has(next)) ids.add(next)
+      }
+      busy.wants = true
+      try {
+        await fetchAndSend([...ids], wantGroupBlocks, new Set(asked))
+      } catch (err) {
+        // The store away (or slow): the readers wait (bounded by the daemon), and the wants are asked again.
+        check()
+        if (!transient(err)) throw err
+        log(`hydrate: fetching what a reader waits for: ${(err as Error).message}; trying again in ${retryDelayMs / 1000} s`)
+        urgent.push(...asked)
+        busy.wants = false
+        await sleep(retryDelayMs)
+      } finally { busy.wants = false }
+    }
+  }
+  serving = serveWants()
+  // A failure there (the connection gone, a final error) ends the session at the walk's next check.
+  serving.catch(err => { closed ??= err })
+  try {
+    let missingSeen = 0
+    for (let start = from; start < order.length; start += pullBatchBlocks) {
+      check()
+      const hashes = order.slice(start, start + pullBatchBlocks)
+      const answer = await call(mountpoint, 'lazyMissing', { uuid, hashes }) as { inProgress: boolean, missing: string[] }
+      if (!answer.inProgress) return 'done'
+      missingSeen += answer.missing.length
+      // Chunks the wants sent in this session are on their way: a later pass finds any the daemon lacks.
+      await fetchAndSend(answer.missing.filter(chunk => !sentChunks.has(chunk)), walkGroupBlocks, new Set(), afterWants)
+      at(start + pullBatchBlocks)
+      await testPause('hydrate-batch')
+    }
+    // The walk is over: wants may still come (a chunk sent to a daemon that did not store it) until the end.
+    stop = true
+    waker.wake?.()
+    await serving
+    await send(socket, frameHead(frameEnd, 0, null))
+    await ended
+    const left = (await lazyPulls(mountpoint)).find(p => p.uuid === uuid)
+    if (left === undefined) return 'done'
+    if (sentThisPass > 0) return 'again'
+    if (failed.size > 0) return 'stuck'
+    throw new VdiskError('CORRUPT', `the pool lists ${left.missing} chunks missing for ${left.backup} that the remote backup does not name (${missingSeen} asked for)`)
+  } finally {
+    stop = true
+    waker.wake?.()
+    socket.destroy()
+    await serving.catch(() => {})
+  }
+}

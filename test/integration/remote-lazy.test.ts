@@ -1,0 +1,261 @@
+/**
+ * Issue #22's instant restore: `vdiskfs pull MNT REMOTE ID NAME --lazy` on real mounts and a real Ceph RGW.
+ * The backup is there at once and reads fetch what is not here yet (with the rest of its pack range), a
+ * clone of it is writable, a hydrator process fills the rest in (its background walk paused by the test
+ * hook VDISKFS_TEST_REMOTE_PAUSE at hydrate-batch, so reads are known to be fetched on demand), status
+ * shows the progress, and it ends an ordinary backup equal to its source. SIGKILL of the daemon
+ * mid-hydration then a remount, and RGW killed mid-hydration (reads of missing blocks fail with EIO after
+ * the bound, VDISKFS_LAZY_WAIT_MS, set short here), both end whole and equal.
+ */
+import test, { ExecutionContext } from 'ava'
+import { ChildProcess, spawn } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import crypto from 'node:crypto'
+import { CliResult, TestMount, cli, execFileAsync, run, waitForExit, withMount } from '../helpers/mount'
+import { Rgw, startRgw } from '../helpers/rgw'
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
+// The daemons this file mounts bound a read of a block not here yet to this many ms (30 s by default).
+const waitMs = 6000
+process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
+const mib = 1024 * 1024
+const bucket = 'vdiskfs-lazy-test'
+let rgw: Rgw
+
+test.before(async () => { rgw = await startRgw() })
+test.after.always(async () => { await rgw?.stop() })
+
+async function vd (env: NodeJS.ProcessEnv, ...args: string[]): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await execFileAsync(cli, args, { encoding: 'utf8', env, maxBuffer: 64 * mib })
+    return { code: 0, stdout, stderr }
+  } catch (err) {
+    const e = err as { code?: number, stdout?: string, stderr?: string }
+    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
+  }
+}
+
+async function ok (t: ExecutionContext, ...args: string[]): Promise<string> {
+  const result = await vd(rgw.env, ...args)
+  if (result.code !== 0) t.fail(`vdiskfs ${args.join(' ')} failed: ${result.stderr}`)
+  return result.stdout
+}
+
+async function json<T> (t: ExecutionContext, ...args: string[]): Promise<T> {
+  return JSON.parse(await ok(t, ...args, '--json')) as T
+}
+
+function scratch (t: ExecutionContext): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+function randomFile (dir: string, name: string, sizeMiB: number): string {
+  const file = path.join(dir, name)
+  const fd = fs.openSync(file, 'w')
+  for (let i = 0; i < sizeMiB; i++) fs.writeSync(fd, crypto.randomBytes(mib))
+  fs.closeSync(fd)
+  return file
+}
+
+/** Hydrators the tests started (their pids from pull --json): killed by pid when a test ends. */
+const hydrators: number[] = []
+/** Their logs (CONTROL_DIR/hydrate-UUID.log): removed when a test ends. */
+const hydratorLogs: string[] = []
+test.afterEach.always(async () => {
+  for (const pid of hydrators.splice(0)) { try { process.kill(pid, 'SIGKILL') } catch {} await waitForExit(pid) }
+  for (const log of hydratorLogs.splice(0)) fs.rmSync(log, { force: true })
+})
+const children: ChildProcess[] = []
+test.afterEach.always(() => { for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+
+interface Pulled { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, hydratorPid: number | null, hydratorLog: string | null, missing: number, chunks: number }
+interface Hydrating { backup: string | null, remote: string, id: string, chunks: number, chunksHere: number, hydrator: boolean }
+
+/**
+ * Pool a: a 64 MiB disk with 24 MiB of random data at 0 and 8 at 40 MiB, backed up and pushed. Pool b: the
+ * same remote. Returns the pushed id and the source backup's image.
+ */
+async function pushed (t: ExecutionContext, prefix: string): Promise<{ a: TestMount, b: TestMount, id: string, source: string, files: string }> {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  for (const m of [a, b]) await ok(t, 'remote', 'add', m.mnt, 'store', `s3://${bucket}/${prefix}`, '--endpoint', rgw.endpoint, '--grace-period', '3600')
+  const image = a.image('disks', 'web.img')
+  await run('truncate', ['-s', '64M', image])
+  await run('dd', [`if=${randomFile(files, 'low', 24)}`, `of=${image}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'])
+  await run('dd', [`if=${randomFile(files, 'high', 8)}`, `of=${image}`, 'bs=1M', 'seek=40', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b1')
+  const { id } = await json<{ id: string }>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  return { a, b, id, source: a.image('backups', 'b1.img'), files }
+}
+
+/** `pull --lazy` with the hydrator's background walk paused after its first batch (256 chunks: 16 MiB). */
+async function lazyPaused (t: ExecutionContext, b: TestMount, id: string, name: string, files: string): Promise<{ pulled: Pulled, pause: string, ms: number }> {
+  const pause = fs.mkdtempSync(path.join(files, 'pause-'))
+  const env = { ...rgw.env, VDISKFS_TEST_REMOTE_PAUSE: pause, VDISKFS_TEST_REMOTE_PAUSE_AT: 'hydrate-batch' }
+  const started = performance.now()
+  const result = await vd(env, 'pull', b.mnt, 'store', id, name, '--lazy', '--json')
+  const ms = performance.now() - started
+  if (result.code !== 0) t.fail(`pull --lazy failed: ${result.stderr}`)
+  const pulled = JSON.parse(result.stdout) as Pulled
+  if (pulled.hydratorPid !== null) hydrators.push(pulled.hydratorPid)
+  if (pulled.hydratorLog !== null) hydratorLogs.push(pulled.hydratorLog)
+  return { pulled, pause, ms }
+}
+
+async function waitForFile (file: string, what: string, timeoutMs = 120000): Promise<void> {
+  for (let waited = 0; waited < timeoutMs; waited += 100) {
+    if (fs.existsSync(file)) return
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  throw new Error(`${what}: ${file} did not appear within ${timeoutMs} ms`)
+}
+
+async function hydrating (t: ExecutionContext, m: TestMount): Promise<Hydrating[]> {
+  return (await json<{ hydrating: Hydrating[] }>(t, 'status', m.mnt)).hydrating
+}
+
+/** Waits until no lazy pull is in progress in `m` (status shows none). */
+async function whole (t: ExecutionContext, m: TestMount, timeoutMs = 240000): Promise<void> {
+  let last: Hydrating[] = []
+  for (let waited = 0; waited < timeoutMs; waited += 500) {
+    last = await hydrating(t, m)
+    if (last.length === 0) return
+    await new Promise(resolve => setTimeout(resolve, 500))
+  }
+  throw new Error(`still hydrating after ${timeoutMs} ms: ${JSON.stringify(last)}`)
+}
+
+/** Waits until at least `chunks` chunks of the lazy pull in `m` are stored (the hydrator's first batch, before its pause). */
+async function stored (t: ExecutionContext, m: TestMount, chunks: number, timeoutMs = 120000): Promise<number> {
+  let here = 0
+  for (let waited = 0; waited < timeoutMs; waited += 200) {
+    here = (await hydrating(t, m))[0]?.chunksHere ?? 0
+    if (here >= chunks) return here
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+  throw new Error(`only ${here} chunks stored after ${timeoutMs} ms`)
+}
+
+/** `length` bytes at `offset` of `file`, read through the mount. */
+function readAt (file: string, offset: number, length: number): Buffer {
+  const fd = fs.openSync(file, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    const n = fs.readSync(fd, buffer, 0, length, offset)
+    return buffer.subarray(0, n)
+  } finally { fs.closeSync(fd) }
+}
+
+test.serial('pull --lazy: the backup is there at once, a read fetches what is not here, a clone of it is writable, status shows the progress, and it ends an ordinary backup equal to its source', async t => {
+  const { a, b, id, source, files } = await pushed(t, 'lazy')
+  const { pulled, pause, ms } = await lazyPaused(t, b, id, 'copy', files)
+  const copy = b.image('backups', 'copy.img')
+  const readStarted = performance.now()
+  t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB')
+  t.log(`pull --lazy returned in ${ms.toFixed(0)} ms; its first MiB read ${(performance.now() - readStarted).toFixed(0)} ms later (load average ${os.loadavg()[0].toFixed(1)})`)
+  t.is(pulled.blocks, 512)
+  t.is(pulled.absentBlocks, 512)
+  t.is(pulled.chunks, 512)
+  t.true(pulled.hydratorPid !== null)
+  await waitForFile(path.join(pause, 'hydrate-batch.paused'), 'the hydrator paused after its first batch')
+
+  // The background walk is paused after its first 256 chunks: a block at 44 MiB is fetched because it is read.
+  const shown = await hydrating(t, b)
+  t.is(shown.length, 1)
+  t.like(shown[0], { backup: 'copy.img', remote: 'store', id, chunks: 512, hydrator: true })
+  t.true(shown[0].chunksHere < 512, `not whole while paused (${shown[0].chunksHere} here)`)
+  const text = await ok(t, 'status', b.mnt)
+  t.regex(text, /hydrating backups\/copy\.img from store \d+\/512/)
+  t.deepEqual(readAt(copy, 44 * mib + 4096, 200000), readAt(source, 44 * mib + 4096, 200000), 'a block far past the walk, fetched on demand')
+  t.true((await hydrating(t, b))[0].chunksHere < 512)
+
+  // A clone of it at once: writable, its own blocks over the backup's; the rest reads through.
+  await ok(t, 'clone', copy, 'vm')
+  const clone = b.image('clones', 'vm.img')
+  const patch = crypto.randomBytes(mib)
+  const fd = fs.openSync(clone, 'r+')
+  fs.writeSync(fd, patch, 0, patch.length, 46 * mib + 512)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  t.deepEqual(readAt(clone, 46 * mib + 512, mib), patch)
+  t.deepEqual(readAt(clone, 40 * mib, 6 * mib), readAt(source, 40 * mib, 6 * mib))
+  t.deepEqual(readAt(copy, 46 * mib, 2 * mib), readAt(source, 46 * mib, 2 * mib), 'the backup under the clone is unchanged')
+
+  fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+  await whole(t, b)
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000), 'the hydrator exits once the backup is whole')
+  await run('cmp', [source, copy])
+  const log = fs.readFileSync(path.join(b.pool, 'daemon.log'), 'utf8')
+  t.regex(log, /lazy pull: backup copy\.img is whole/)
+  // An ordinary local backup now: it verifies, and pushes back as the same backup.
+  await ok(t, 'verify', b.mnt)
+  const again = await json<{ id: string, created: boolean }>(t, 'push', copy, 'store')
+  t.is(again.id, id)
+  t.false(again.created)
+  void a
+})
+
+test.serial('SIGKILL of the daemon mid-hydration: after a remount the hydrator resumes, and a killed hydrator is started again by pull --lazy --resume; both end equal to the source', async t => {
+  const { b, id, source, files } = await pushed(t, 'killed')
+  const { pulled, pause } = await lazyPaused(t, b, id, 'copy', files)
+  await waitForFile(path.join(pause, 'hydrate-batch.paused'), 'the hydrator paused')
+  // The first batch, flushed before the pause, is stored (the daemon acknowledges nothing: status tells).
+  const before = await stored(t, b, 256)
+  await b.kill()
+  await b.mount()
+  const after = await hydrating(t, b)
+  t.is(after.length, 1, 'still in progress after the remount')
+  t.true(after[0].chunksHere >= before, `nothing stored before the kill was lost (${after[0].chunksHere} of ${before})`)
+  fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+  // The same hydrator reconnects to the new daemon.
+  await whole(t, b)
+  await run('cmp', [source, b.image('backups', 'copy.img')])
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000))
+
+  // Both killed (in a third pool: a pool holds a backup's identity once): the backup waits for a
+  // hydrator; pull --lazy --resume starts one.
+  const c = await withMount(t)
+  await ok(t, 'remote', 'add', c.mnt, 'store', `s3://${bucket}/killed`, '--endpoint', rgw.endpoint)
+  const second = await lazyPaused(t, c, id, 'copy', files)
+  await waitForFile(path.join(second.pause, 'hydrate-batch.paused'), 'the second hydrator paused')
+  await stored(t, c, 256)
+  process.kill(second.pulled.hydratorPid as number, 'SIGKILL')
+  await waitForExit(second.pulled.hydratorPid as number)
+  await c.kill()
+  await c.mount()
+  t.like((await hydrating(t, c))[0], { backup: 'copy.img', hydrator: false })
+  const resumed = await json<Pulled>(t, 'pull', c.mnt, 'store', id, 'copy', '--lazy', '--resume')
+  if (resumed.hydratorPid !== null) hydrators.push(resumed.hydratorPid)
+  if (resumed.hydratorLog !== null) hydratorLogs.push(resumed.hydratorLog)
+  t.true(resumed.missing > 0 && resumed.missing <= 256, `resumed with ${resumed.missing} to fetch: what was stored before the kills stays`)
+  await whole(t, c)
+  await run('cmp', [source, c.image('backups', 'copy.img')])
+})
+
+test.serial('RGW killed mid-hydration: a read of a block not here fails with EIO after the bound, naming the remote in the daemon log; once RGW is back the hydration completes', async t => {
+  const { b, id, source, files } = await pushed(t, 'rgw')
+  const { pulled, pause } = await lazyPaused(t, b, id, 'copy', files)
+  const copy = b.image('backups', 'copy.img')
+  await waitForFile(path.join(pause, 'hydrate-batch.paused'), 'the hydrator paused')
+  await rgw.killRgw()
+  try {
+    fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+    const started = performance.now()
+    const err = t.throws(() => readAt(copy, 44 * mib, 65536)) as NodeJS.ErrnoException
+    t.is(err.code, 'EIO')
+    t.log(`the read failed after ${(performance.now() - started).toFixed(0)} ms (bound ${waitMs} ms; load average ${os.loadavg()[0].toFixed(1)})`)
+    const log = fs.readFileSync(path.join(b.pool, 'daemon.log'), 'utf8')
+    t.regex(log, /lazy pull: backup copy\.img block 704 .*not fetched from remote store \(backup [0-9a-f]{32}, .*\) within 6 s; the read fails with EIO/)
+    t.true((await hydrating(t, b))[0].chunksHere < 512)
+  } finally {
+    await rgw.restartRgw()
+  }
+  await whole(t, b)
+  await run('cmp', [source, copy])
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000))
+})
