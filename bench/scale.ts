@@ -200,7 +200,7 @@ async function scenarioChain (dir: string): Promise<Record<string, unknown>> {
     const fd = fs.openSync(disk, 'r+')
     try { for (let off = 0; off < readBytes; off += MiB) fs.writeSync(fd, crypto.randomBytes(MiB), 0, MiB, off) } finally { fs.closeSync(fd) }
     vdiskfs('sync', mnt)
-    let source = { sourceKind: 'disk', sourceName: 'base.img' }
+    let source: { sourceKind: 'disk' | 'clone', sourceName: string } = { sourceKind: 'disk', sourceName: 'base.img' }
     const depthMs: number[] = []
     const clonePath = (depth: number): string => path.join(mnt, 'clones', `c${depth}.img`)
     for (let depth = 1; depth <= chainDepth; depth++) {

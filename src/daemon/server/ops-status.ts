@@ -3,39 +3,12 @@
  * [--json|--prometheus]`) and what an image is (info, for `vdiskfs info`).
  */
 import fs from 'node:fs'
-import { statusSpaceStaleMs } from '../limits'
-import { volumeFacts } from '../inspect/facts'
-import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
-import { LogEntry } from '../daemon/daemon-log'
-import { ChunkCacheStats } from '../chunk/chunk-cache'
-import { InlineWriteStats, inlineWriteStats } from '../io/file-io'
+import { statusSpaceStaleMs } from '../../limits'
+import { volumeFacts } from '../../inspect/facts'
+import { inlineWriteStats } from '../../io/file-io'
+import { StatsResult } from '../../control/results'
 import { HandlerContext, Handlers, volumeArg } from './handler'
 
-
-export interface StatsResult {
-  /** What the `status` operation says (pid, pool, mountpoint, version, block size, RSS, the FUSE session's figures). */
-  daemon: Record<string, unknown>
-  startedMs: number
-  uptimeSeconds: number
-  rssBytes: number
-  heapUsedBytes: number
-  openFds: number
-  /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
-  activeResources: number
-  eventLoopDelay: EventLoopReport
-  /** Rates and latency percentiles cover the last this many seconds. */
-  windowSeconds: number
-  operations: Record<string, OperationReport>
-  /** Bytes in delta extents, waiting to be sealed into the chunk store, as of unsealedAsOfMs. */
-  unsealedBytes: number
-  unsealedAsOfMs: number
-  /** The cache of verified, decompressed chunks (sealed reads). */
-  chunkCache: ChunkCacheStats
-  /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
-  writes: InlineWriteStats
-  jobs: JobReport[]
-  lastErrors: LogEntry[]
-}
 
 export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext) {
   // The space report walks every map: a scraper asking every few seconds reuses it for statusSpaceStaleMs.
@@ -46,7 +19,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
       if (unsealed.generation !== pool.generation && nowMs - unsealed.atMs >= statusSpaceStaleMs) {
         unsealed = { atMs: nowMs, generation: pool.generation, bytes: space.report().unsealedBytes }
       }
-      const daemon = status() as Record<string, unknown>
+      const daemon = status()
       const memory = process.memoryUsage()
       const { windowSeconds, operations } = metrics.operationReport()
       const jobs = metrics.runningJobs()

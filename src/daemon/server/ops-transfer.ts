@@ -6,26 +6,21 @@
  * back-pressure in both directions.
  */
 import net from 'node:net'
-import { VdiskError, invalid } from '../errors'
-import { ChangedSet } from '../map/diff'
-import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
-import { StreamHeader, streamKey } from '../transfer/stream'
-import { headerSourceLabelBytesMax } from '../transfer/stream-format'
-import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
-import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
-import { ImportBlock } from '../volume/import'
-import { Volume } from '../volume/volume'
-import { Handler, HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
+import { VdiskError, invalid } from '../../errors'
+import { ChangedSet } from '../../map/diff'
+import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../../transfer/prune'
+import { StreamHeader, streamKey } from '../../transfer/stream'
+import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
+import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../../limits'
+import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../../transfer/wire'
+import { ImportBlock } from '../../volume/import'
+import { Volume } from '../../volume/volume'
+import { HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
 
 function replyLine (result: unknown): Buffer { return Buffer.from(JSON.stringify({ id: 1, ok: true, result }) + '\n') }
 function errorLine (err: unknown): Buffer {
   const error = err instanceof VdiskError ? { code: err.code, message: err.message } : { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` }
   return Buffer.from(JSON.stringify({ id: 1, ok: false, error }) + '\n')
-}
-
-/** A Handler that only runs in stream mode (a plain request is refused). */
-function streamOnly (stream: StreamHandler): Handler {
-  return Object.assign(async () => { throw invalid('this operation carries a stream: use vdiskfs export or import') }, { stream })
 }
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
@@ -37,7 +32,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
     return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
   }
 
-  const exportStream: StreamHandler = async (args, socket) => {
+  const exportStream: StreamHandler<'exportStream'> = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
     try {
@@ -145,10 +140,10 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
     if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
   }
 
-  const importStream: StreamHandler = async (args, socket, rest) => {
+  const importStream: StreamHandler<'importStream'> = async (args, socket, rest) => {
     let session: ReturnType<typeof pool.imports.begin>
     try {
-      const header = args.header as StreamHeader
+      const header = args.header
       if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
         ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
@@ -156,7 +151,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       const source = header.source ?? null
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name as string)
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source }, args.name)
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -215,8 +210,8 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
   }
 
   return {
-    exportStream: streamOnly(exportStream),
-    importStream: streamOnly(importStream),
+    exportStream,
+    importStream,
     diff: async args => {
       const older = volumeArg(pool, 'diff', args, 'older')
       const newer = volumeArg(pool, 'diff', args, 'newer')

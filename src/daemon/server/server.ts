@@ -1,22 +1,44 @@
 /**
  * The daemon side of the control socket, and only its bytes: reads request lines, checks each against
- * the table of operations (operations.ts), calls the handler, writes the reply line; hands the socket
- * to a stream handler (export, import) after its request line. What the operations do is in the
- * ops-*.ts modules (collected by ops.ts), and the work in the volume layer.
+ * the table of operations (src/control/operations.ts), calls the handler, writes the reply line; hands
+ * the socket to a stream handler (export, import) after its request line. What the operations do is in
+ * the ops-*.ts modules (collected by ops.ts), and the work in the volume layer.
  */
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { VdiskError } from '../errors'
-import { controlRequestBytesMax } from '../limits'
-import { Handler, StreamHandler } from './handler'
-import { Operation, OperationSpec, checkArgs, isOperation, operations } from './operations'
-import { Reply, Request, checkControlDir } from './protocol'
+import { VdiskError, invalid } from '../../errors'
+import { controlRequestBytesMax } from '../../limits'
+import { Handler, HandlerTable, StreamHandler } from './handler'
+import { Operation, OperationSpec, ResultOf, StreamOperation, checkArgs, isOperation, operations } from '../../control/operations'
+import { Reply, Request, checkControlDir } from '../../control/protocol'
 
 // The daemon (src/daemon/daemon.ts) takes both from here.
 export { controlHandlers } from './ops'
 
-export function startControlServer (socketPath: string, handlers: Record<Operation, Handler>, log: (message: string) => void): net.Server {
+function isStreamOperation (op: Operation): op is StreamOperation { return (operations[op] as OperationSpec).stream === true }
+
+/**
+ * The handler of `op`, typed for `op`: HandlerTable gives each operation's handler its own types, but
+ * TypeScript cannot follow that for an operation known only at run time, so this is the one cast.
+ */
+function handlerOf<Op extends Operation> (handlers: HandlerTable, op: Op): Op extends StreamOperation ? StreamHandler<Op> : Handler<Op> {
+  return handlers[op] as Op extends StreamOperation ? StreamHandler<Op> : Handler<Op>
+}
+
+/** Runs the handler of plain operation `op` on a request's arguments, once they check against the table. */
+async function run<Op extends Exclude<Operation, StreamOperation>> (handlers: HandlerTable, op: Op, args: Record<string, unknown>): Promise<ResultOf<Op>> {
+  const handler = handlerOf(handlers, op) as Handler<Op>
+  return await handler(checkArgs(op, args))
+}
+
+/** Hands the connection to the handler of stream operation `op`, once the request's arguments check against the table. */
+async function runStream<Op extends StreamOperation> (handlers: HandlerTable, op: Op, args: Record<string, unknown>, socket: net.Socket, rest: Buffer): Promise<void> {
+  const handler = handlerOf(handlers, op) as StreamHandler<Op>
+  await handler(checkArgs(op, args), socket, rest)
+}
+
+export function startControlServer (socketPath: string, handlers: HandlerTable, log: (message: string) => void): net.Server {
   // Only the pool's owner may reach the socket (protocol.ts): a 0700 directory of ours, a 0600 socket.
   checkControlDir(path.dirname(socketPath), true)
   fs.rmSync(socketPath, { force: true })
@@ -41,7 +63,7 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
             socket.end(JSON.stringify({ id: stream.id, ok: false, error }) + '\n')
             return
           }
-          stream.handler(stream.args, socket, buffered).catch(err => {
+          runStream(handlers, stream.op, stream.args, socket, buffered).catch(err => {
             log(`bug in control ${stream.op}: ${(err as Error)?.stack ?? String(err)}`)
             socket.destroy()
           })
@@ -54,13 +76,12 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     socket.on('data', onData)
   })
   /** The stream handler a request line asks for, or null (then answer() replies to it). */
-  function streamRequest (line: string): { id: number, op: Operation, handler: StreamHandler, args: Record<string, unknown> } | null {
+  function streamRequest (line: string): { id: number, op: StreamOperation, args: Record<string, unknown> } | null {
     let request: Request
     try { request = JSON.parse(line) as Request } catch { return null }
-    if (request === null || typeof request !== 'object' || !isOperation(request.op)) return null
-    const handler = handlers[request.op].stream
-    if (handler === undefined || request.args === null || typeof request.args !== 'object' || Array.isArray(request.args)) return null
-    return { id: request.id, op: request.op, handler, args: request.args }
+    if (request === null || typeof request !== 'object' || !isOperation(request.op) || !isStreamOperation(request.op)) return null
+    if (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args)) return null
+    return { id: request.id, op: request.op, args: request.args }
   }
   async function answer (line: string): Promise<Reply> {
     let request: Request
@@ -77,11 +98,10 @@ export function startControlServer (socketPath: string, handlers: Record<Operati
     }
     const op = request.op
     if (!isOperation(op)) return { id: request.id, ok: false, error: { code: 'INVALID', message: `unknown operation ${String(op)}` } }
-    const handler = handlers[op]
     try {
-      const args = request.args ?? {}
-      checkArgs(op, args)
-      return { id: request.id, ok: true, result: await handler(args) }
+      // A stream operation's request line that is not one (its arguments malformed) gets here too.
+      if (isStreamOperation(op)) throw invalid('this operation carries a stream: use vdiskfs export or import')
+      return { id: request.id, ok: true, result: await run(handlers, op, request.args ?? {}) }
     } catch (err) {
       if (err instanceof VdiskError) {
         // Refusals of what changes the pool are logged (busy, read-only, protected, exists ...); the
