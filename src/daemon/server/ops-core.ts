@@ -8,6 +8,7 @@ import { Progress, verifyPool } from '../../inspect/verify'
 import { Handlers, HandlerContext, named, volumeArg, volumeAt } from './handler'
 import { operations } from '../../control/operations'
 
+// long: a table of handlers, one short entry per operation
 export function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerContext) {
   // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
   let verifying: Progress | null = null

@@ -14,6 +14,7 @@ import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../../transfer/wire'
 import { ImportBlock } from '../../volume/import'
+import { Pool } from '../../volume/pool'
 import { Volume } from '../../volume/volume'
 import { HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
 
@@ -25,13 +26,17 @@ function errorLine (err: unknown): Buffer {
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
-  /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
-  const sourceLabelOf = (volume: Volume): string => {
-    const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
-    return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
-  }
+/** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
+function sourceLabelOf (pool: Pool, volume: Volume): string {
+  const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
+  return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
+}
 
+/**
+ * exportStream: a backup's blocks (all, or those that differ from an older backup) sent to the CLI after a
+ * header, as frames (transfer/wire.ts); both backups held open meanwhile.
+ */
+function exportHandler ({ pool, log, metrics }: HandlerContext): StreamHandler<'exportStream'> {
   const exportStream: StreamHandler<'exportStream'> = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
@@ -65,12 +70,12 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
         createdMs: volume.createdMs,
         records: changed.count,
         // Its source's identity travels along: the importing host groups it with that source's backups.
-        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(volume) }
+        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(pool, volume) }
       }
       await send(socket, replyLine(header))
       // A job while it sends (vdiskfs status lists it, with its progress in blocks).
       const progress = { done: 0, total: changed.count }
-      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(socket, volume, changed, progress), () => progress)
+      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(pool, socket, volume, changed, progress), () => progress)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
       log(`export: ${volume.label}${since !== null ? ` since ${since.name}` : ''}, ${changed.count} blocks`)
@@ -81,65 +86,72 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       for (const v of held) await pool.released(v)
     }
   }
+  return exportStream
+}
 
-  /**
-   * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
-   * or not (chunks in one worker task), a few reads ahead.
-   */
-  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
-    const blockBytes = pool.blockBytes
-    type Group = Array<{ block: number, entry: number }>
-    // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
-    // cut: the list of a large export is never held whole.
-    const source = changed.blocks()
-    let sent = 0
-    const nextGroup = (): Group | null => {
-      const group: Group = []
-      let data = 0
-      while (data < exportReadBlocks) {
-        const next = source.next()
-        if (next.done === true) break
-        const entry = volume.map.get(next.value)
-        group.push({ block: next.value, entry })
-        if (entry !== 0) data++
-      }
-      return group.length === 0 ? null : group
+/**
+ * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
+ * or not (chunks in one worker task), a few reads ahead.
+ */
+async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
+  const blockBytes = pool.blockBytes
+  type Group = Array<{ block: number, entry: number }>
+  // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
+  // cut: the list of a large export is never held whole.
+  const source = changed.blocks()
+  let sent = 0
+  const nextGroup = (): Group | null => {
+    const group: Group = []
+    let data = 0
+    while (data < exportReadBlocks) {
+      const next = source.next()
+      if (next.done === true) break
+      const entry = volume.map.get(next.value)
+      group.push({ block: next.value, entry })
+      if (entry !== 0) data++
     }
-    const read = async (group: Group): Promise<Buffer> => {
-      const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
-      await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
-      return buffer
-    }
-    const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
-    const readAhead = (): void => {
-      while (pending.length < exportReadsInFlight) {
-        const group = nextGroup()
-        if (group === null) return
-        const data = read(group)
-        data.catch(() => {}) // awaited in order below; a failure there ends the export
-        pending.push({ group, data })
-      }
-    }
-    readAhead()
-    while (pending.length > 0) {
-      const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
-      const data = await reading
-      readAhead()
-      sent += group.length
-      progress.done = sent
-      for (let i = 0; i < group.length; i++) {
-        const { block, entry } = group[i]
-        if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
-        // A chunk's id travels along: the CLI's encoder checks the bytes against it.
-        const hash = pool.chunkHash(entry)
-        await send(socket, frameHead(frameData, block, hash))
-        await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
-      }
-    }
-    // The header announced changed.count records; the encoder refuses any other number.
-    if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
+    return group.length === 0 ? null : group
   }
+  const read = async (group: Group): Promise<Buffer> => {
+    const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
+    await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
+    return buffer
+  }
+  const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
+  const readAhead = (): void => {
+    while (pending.length < exportReadsInFlight) {
+      const group = nextGroup()
+      if (group === null) return
+      const data = read(group)
+      data.catch(() => {}) // awaited in order below; a failure there ends the export
+      pending.push({ group, data })
+    }
+  }
+  readAhead()
+  while (pending.length > 0) {
+    const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
+    const data = await reading
+    readAhead()
+    sent += group.length
+    progress.done = sent
+    for (let i = 0; i < group.length; i++) {
+      const { block, entry } = group[i]
+      if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
+      // A chunk's id travels along: the CLI's encoder checks the bytes against it.
+      const hash = pool.chunkHash(entry)
+      await send(socket, frameHead(frameData, block, hash))
+      await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
+    }
+  }
+  // The header announced changed.count records; the encoder refuses any other number.
+  if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
+}
 
+/**
+ * importStream: a stream's blocks received as frames and stored in batches (one stored while the next
+ * arrives); the backup appears at the end frame, and an interrupted import is resumed by the next.
+ */
+function importHandler ({ pool, log }: HandlerContext): StreamHandler<'importStream'> {
   const importStream: StreamHandler<'importStream'> = async (args, socket, rest) => {
     let session: ReturnType<typeof pool.imports.begin>
     try {
@@ -208,10 +220,15 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       if (base !== undefined) await pool.released(base)
     }
   }
+  return importStream
+}
+
+export function transferHandlers (context: HandlerContext) {
+  const { pool } = context
 
   return {
-    exportStream,
-    importStream,
+    exportStream: exportHandler(context),
+    importStream: importHandler(context),
     diff: async args => {
       const older = volumeArg(pool, 'diff', args, 'older')
       const newer = volumeArg(pool, 'diff', args, 'newer')
@@ -248,7 +265,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       // an export stream to the importing host), named by its label; without one (a backup made before
       // schema 4 whose source was gone, an import of an older stream), by the label alone.
       const decisions = selectPrune(chosen.map(members => {
-        const sources = members.map(v => ({ label: sourceLabelOf(v), key: v.sourceUuid ?? sourceLabelOf(v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+        const sources = members.map(v => ({ label: sourceLabelOf(pool, v), key: v.sourceUuid ?? sourceLabelOf(pool, v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
         const first = members.reduce((a, b) => a.id < b.id ? a : b)
         return {
           id: first.id,

@@ -38,6 +38,46 @@ async function runStream<Op extends StreamOperation> (handlers: HandlerTable, op
   await handler(checkArgs(op, args), socket, rest)
 }
 
+/** The stream operation a request line asks for, with its arguments, or null (then answer() replies to it). */
+function streamRequest (line: string): { id: number, op: StreamOperation, args: Record<string, unknown> } | null {
+  let request: Request
+  try { request = JSON.parse(line) as Request } catch { return null }
+  if (request === null || typeof request !== 'object' || !isOperation(request.op) || !isStreamOperation(request.op)) return null
+  if (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args)) return null
+  return { id: request.id, op: request.op, args: request.args }
+}
+/** The reply to one plain request line: the handler's result, or the error that refused it (logged unless the operation is quiet). */
+async function answer (handlers: HandlerTable, log: (message: string) => void, line: string): Promise<Reply> {
+  let request: Request
+  try {
+    request = JSON.parse(line) as Request
+  } catch {
+    return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
+  }
+  if (request === null || typeof request !== 'object' || Array.isArray(request) || typeof request.op !== 'string') {
+    return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
+  }
+  if (request.args !== undefined && (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args))) {
+    return { id: request.id, ok: false, error: { code: 'INVALID', message: 'malformed control request arguments' } }
+  }
+  const op = request.op
+  if (!isOperation(op)) return { id: request.id, ok: false, error: { code: 'INVALID', message: `unknown operation ${String(op)}` } }
+  try {
+    // A stream operation's request line that is not one (its arguments malformed) gets here too.
+    if (isStreamOperation(op)) throw invalid('this operation carries a stream: use vdiskfs export or import')
+    return { id: request.id, ok: true, result: await run(handlers, op, request.args ?? {}) }
+  } catch (err) {
+    if (err instanceof VdiskError) {
+      // Refusals of what changes the pool are logged (busy, read-only, protected, exists ...); the
+      // read-only queries' failures are the caller's business alone.
+      if ((operations[op] as OperationSpec).quiet !== true) log(`${op} refused (${err.code}): ${err.message}`)
+      return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
+    }
+    log(`bug in control ${op}: ${(err as Error)?.stack ?? String(err)}`)
+    return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
+  }
+}
+
 export function startControlServer (socketPath: string, handlers: HandlerTable, log: (message: string) => void): net.Server {
   // Only the pool's owner may reach the socket (protocol.ts): a 0700 directory of ours, a 0600 socket.
   checkControlDir(path.dirname(socketPath), true)
@@ -69,50 +109,12 @@ export function startControlServer (socketPath: string, handlers: HandlerTable, 
           })
           return
         }
-        void answer(line).then(reply => { if (!socket.destroyed) socket.write(JSON.stringify(reply) + '\n') })
+        void answer(handlers, log, line).then(reply => { if (!socket.destroyed) socket.write(JSON.stringify(reply) + '\n') })
       }
       if (buffered.length > controlRequestBytesMax) socket.destroy()
     }
     socket.on('data', onData)
   })
-  /** The stream handler a request line asks for, or null (then answer() replies to it). */
-  function streamRequest (line: string): { id: number, op: StreamOperation, args: Record<string, unknown> } | null {
-    let request: Request
-    try { request = JSON.parse(line) as Request } catch { return null }
-    if (request === null || typeof request !== 'object' || !isOperation(request.op) || !isStreamOperation(request.op)) return null
-    if (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args)) return null
-    return { id: request.id, op: request.op, args: request.args }
-  }
-  async function answer (line: string): Promise<Reply> {
-    let request: Request
-    try {
-      request = JSON.parse(line) as Request
-    } catch {
-      return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
-    }
-    if (request === null || typeof request !== 'object' || Array.isArray(request) || typeof request.op !== 'string') {
-      return { id: 0, ok: false, error: { code: 'INVALID', message: 'malformed control request' } }
-    }
-    if (request.args !== undefined && (request.args === null || typeof request.args !== 'object' || Array.isArray(request.args))) {
-      return { id: request.id, ok: false, error: { code: 'INVALID', message: 'malformed control request arguments' } }
-    }
-    const op = request.op
-    if (!isOperation(op)) return { id: request.id, ok: false, error: { code: 'INVALID', message: `unknown operation ${String(op)}` } }
-    try {
-      // A stream operation's request line that is not one (its arguments malformed) gets here too.
-      if (isStreamOperation(op)) throw invalid('this operation carries a stream: use vdiskfs export or import')
-      return { id: request.id, ok: true, result: await run(handlers, op, request.args ?? {}) }
-    } catch (err) {
-      if (err instanceof VdiskError) {
-        // Refusals of what changes the pool are logged (busy, read-only, protected, exists ...); the
-        // read-only queries' failures are the caller's business alone.
-        if ((operations[op] as OperationSpec).quiet !== true) log(`${op} refused (${err.code}): ${err.message}`)
-        return { id: request.id, ok: false, error: { code: err.code, message: err.message } }
-      }
-      log(`bug in control ${op}: ${(err as Error)?.stack ?? String(err)}`)
-      return { id: request.id, ok: false, error: { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` } }
-    }
-  }
   // bind(2) runs inside listen() for a Unix socket and creates the file with 0777 & ~umask: create it
   // 0600 from the start, and chmod it too in case the bind happened later than that.
   const umask = process.umask(0o177)
