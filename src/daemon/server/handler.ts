@@ -64,6 +64,9 @@ export function volumeAt (pool: Pool, request: object, arg: VolumeArg): Volume {
   return volume
 }
 
+/** Milliseconds since `started` (process.hrtime.bigint()), for replies and log lines. */
+export function elapsedSince (started: bigint): number { return Number(process.hrtime.bigint() - started) / 1e6 }
+
 /** DIR/NAME of a volume for the daemon log, control characters shown as \xHH (a name may hold any but '/' and NUL). */
 export function named (volume: { kind: VolumeKind, name: string }): string {
   return `${dirOfKind[volume.kind]}/${volume.name}`.replace(/[\u0000-\u001f\u007f-\u009f]/g, c => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)

@@ -3,10 +3,9 @@
  * and promote (a clone becomes a disk, O(1)). Like server.ts they only translate: the work is in the
  * volume layer (namespace.ts, allocation.ts).
  */
-import { HandlerContext, Handlers, named, volumeArg } from './handler'
+import { HandlerContext, Handlers, elapsedSince, named, volumeArg } from './handler'
 
 export function adminHandlers ({ pool, log }: HandlerContext) {
-  const elapsedSince = (started: bigint): number => Number(process.hrtime.bigint() - started) / 1e6
   return {
     map: async args => {
       const volume = volumeArg(pool, 'map', args, 'target')

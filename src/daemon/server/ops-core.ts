@@ -5,13 +5,22 @@
  */
 import { packLiveFractionExplicit } from '../../limits'
 import { Progress, verifyPool } from '../../inspect/verify'
-import { Handlers, HandlerContext, named, volumeArg, volumeAt } from './handler'
+import { Handlers, HandlerContext, elapsedSince, named, volumeArg, volumeAt } from './handler'
+import { Volume, VolumeInfo } from '../../volume/volume'
 import { operations } from '../../control/operations'
 
 // long: a table of handlers, one short entry per operation
 export function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerContext) {
   // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
   let verifying: Progress | null = null
+  /** A backup or clone: the new volume made from `source`, timed and logged. */
+  const madeFrom = async (what: string, source: Volume, make: (source: Volume) => Promise<Volume>): Promise<VolumeInfo & { elapsedMs: number }> => {
+    const started = process.hrtime.bigint()
+    const made = await make(source)
+    const elapsedMs = elapsedSince(started)
+    log(`${what}: ${named(source)} -> ${named(made)} (${elapsedMs.toFixed(1)} ms)`)
+    return { ...made.info(), elapsedMs }
+  }
   return {
     status: async () => status(),
     commit: async () => { await pool.commit(); return {} },
@@ -36,20 +45,13 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
     },
     ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
     du: async () => space.report(),
-    backup: async args => {
-      const started = process.hrtime.bigint()
-      const source = volumeArg(pool, 'backup', args, 'source')
-      const backup = await pool.backup(source, args.name)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
-      log(`backup: ${named(source)} -> ${named(backup)} (${elapsedMs.toFixed(1)} ms)`)
-      return { ...backup.info(), elapsedMs }
-    },
+    backup: async args => await madeFrom('backup', volumeArg(pool, 'backup', args, 'source'), async source => await pool.backup(source, args.name)),
     backupGroup: async args => {
       const started = process.hrtime.bigint()
       const group = args.group
       const sources = args.sources.map(s => volumeAt(pool, s, operations.backup.args.source))
       const backups = await pool.backupGroup(sources, args.names, group)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      const elapsedMs = elapsedSince(started)
       log(`backup group ${group}: ${sources.map((s, i) => `${named(s)} -> ${named(backups[i])}`).join(', ')} (${elapsedMs.toFixed(1)} ms)`)
       return { backups: backups.map((b, i) => ({ ...b.info(), from: sources[i].info() })), elapsedMs }
     },
@@ -67,14 +69,7 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
       log(`clone group ${group}: ${clones.map(c => named(c)).join(', ')}`)
       return { clones: clones.map(c => c.info()) }
     },
-    clone: async args => {
-      const started = process.hrtime.bigint()
-      const source = volumeArg(pool, 'clone', args, 'source')
-      const clone = await pool.clone(source, args.name)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
-      log(`clone: ${named(source)} -> ${named(clone)} (${elapsedMs.toFixed(1)} ms)`)
-      return { ...clone.info(), elapsedMs }
-    },
+    clone: async args => await madeFrom('clone', volumeArg(pool, 'clone', args, 'source'), async source => await pool.clone(source, args.name)),
     restore: async args => {
       const source = volumeArg(pool, 'restore', args, 'source')
       const target = volumeArg(pool, 'restore', args, 'target')
