@@ -7,6 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { call } from '../control/client'
+import { CopyResult, MapResult } from '../control/results'
 import { VdiskError, exists, fromSystemError, invalid } from '../errors'
 import { copyOutPieceBytes } from '../limits'
 import { AllocationRange } from '../volume/pool'
@@ -17,8 +18,6 @@ import { bytes } from './format'
 import { createPartial, publish } from './new-file'
 import { describeHolders, findHolders } from './holders'
 
-interface MapResult { size: number, blockBytes: number, backing: { kind: string, name: string } | null, ranges: AllocationRange[] }
-type CopyResult = VolumeInfo & { from: VolumeInfo, elapsedMs: number }
 
 /** qemu-img map's human format: one line per data range, offsets in hex ("%#-16x"). */
 function humanMap (image: string, mountpoint: string, result: MapResult): string {

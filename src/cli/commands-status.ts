@@ -1,7 +1,6 @@
 /** CLI commands of issue #11: what the daemon is doing (status, --prometheus) and what an image is (info). */
 import { call } from '../control/client'
 import { StatsResult } from '../control/results'
-import { VolumeFacts } from '../inspect/facts'
 import { UsageError } from './args'
 import { bytes, table } from './format'
 import { Command, imagePath, mountpointArg, print, time } from './command'

@@ -1,6 +1,6 @@
 /**
  * CLI commands of issue #12: diff, export, import, prune. Export and import stream through this
- * process (src/transfer/client.ts): the daemon reads and stores blocks, this process encodes and
+ * process (src/cli/transfer-client.ts): the daemon reads and stores blocks, this process encodes and
  * decodes the export stream, and shows progress on a terminal (nothing otherwise).
  */
 import fs from 'node:fs'

@@ -11,7 +11,7 @@
  */
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { eventLoopSampleMs, latencyBucketsPerDoubling, latencyDoublings, statusWindowMs } from '../limits'
-import type { EventLoopReport, JobReport, LatencySummary, OperationReport, Progress } from '../control/results'
+import type { EventLoopReport, JobReport, OperationReport, Progress } from '../control/results'
 
 const bucketCount = latencyBucketsPerDoubling * latencyDoublings
 const subBucketShift = Math.log2(latencyBucketsPerDoubling)
