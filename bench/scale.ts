@@ -78,24 +78,31 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
 }
 
 /**
- * Asks the daemon for `op` over its control socket while this process keeps stat(2)ing `file` through
- * the mount (every stat is a FUSE GETATTR the daemon's event loop answers: attributes are not cached):
- * how long the operation took and the worst wait of a stat meanwhile. A walk that holds the event loop
- * shows as a stat that waits as long as the walk.
+ * Asks the daemon for `op` over its control socket while this process keeps reading 4 KiB of `file`
+ * through the mount with O_DIRECT (every read is a FUSE READ the daemon's event loop answers; the
+ * kernel caches attributes and pages, so a stat or a buffered read would not reach it): how long the
+ * operation took and the worst wait of a read meanwhile ("stat" in the results' names). A walk that
+ * holds the event loop shows as a read that waits as long as the walk.
  */
 async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'info', args: Record<string, unknown> = {}): Promise<{ ms: number, stats: number, statMaxMs: number, statP99Ms: number }> {
   let done = false
   const waits: number[] = []
+  const probe = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT)
+  const page = Buffer.alloc(4096)
   const statting = (async () => {
-    while (!done) {
-      const started = process.hrtime.bigint()
-      await fs.promises.stat(file)
-      waits.push(Number(process.hrtime.bigint() - started) / 1e6)
-    }
+    try {
+      while (!done) {
+        const started = process.hrtime.bigint()
+        await probe.read(page, 0, page.length, 0)
+        waits.push(Number(process.hrtime.bigint() - started) / 1e6)
+      }
+    } finally { await probe.close() }
   })()
   const started = process.hrtime.bigint()
   try {
-    await call(mnt, op, args)
+    if (op === 'stats') await call(mnt, 'stats', {})
+    else if (op === 'du') await call(mnt, 'du', {})
+    else await call(mnt, 'info', args as { kind: 'disk' | 'backup' | 'clone', name: string })
   } finally { done = true }
   const ms = Number(process.hrtime.bigint() - started) / 1e6
   await statting
@@ -235,7 +242,7 @@ async function scenarioChain (dir: string): Promise<Record<string, unknown>> {
     const fd = fs.openSync(disk, 'r+')
     try { for (let off = 0; off < readBytes; off += MiB) fs.writeSync(fd, crypto.randomBytes(MiB), 0, MiB, off) } finally { fs.closeSync(fd) }
     vdiskfs('sync', mnt)
-    let source = { sourceKind: 'disk', sourceName: 'base.img' }
+    let source: { sourceKind: 'disk' | 'clone', sourceName: string } = { sourceKind: 'disk', sourceName: 'base.img' }
     const depthMs: number[] = []
     const clonePath = (depth: number): string => path.join(mnt, 'clones', `c${depth}.img`)
     for (let depth = 1; depth <= chainDepth; depth++) {

@@ -459,7 +459,7 @@ async function main (): Promise<void> {
   }
   try { process.kill(daemonPid, 0) } catch { throw new Error(`the daemon (pid ${daemonPid}) died during the soak`) }
   // The daemon's own counters at the end: engine writes inline / through the pool / slow, chunk cache.
-  try { finalStats = await call(mnt, 'stats') as Record<string, unknown> } catch (err) { errors.push({ t: elapsedS(), what: 'stats', message: (err as Error).message }) }
+  try { finalStats = { ...await call(mnt, 'stats') } } catch (err) { errors.push({ t: elapsedS(), what: 'stats', message: (err as Error).message }) }
   const runMinutes = Math.min(minutes, Math.floor((Date.now() - started) / 60000))
   report(runMinutes)
 }

@@ -256,7 +256,7 @@ export const daemonLogBytesMax = 10 * 1024 * 1024
 /** The last error lines of the log that vdiskfs status shows. */
 export const daemonLogErrorsKept = 20
 
-// ---- export and import (issue #12; src/transfer, src/volume/import.ts, src/control/ops-transfer.ts) ----
+// ---- export and import (issue #12; src/transfer, src/volume/import.ts, src/daemon/server/ops-transfer.ts) ----
 
 /** Changed blocks the daemon reads per export read (1 MiB at 64 KiB; chunks in one worker task), and reads in flight. */
 export const exportReadBlocks = 16

@@ -438,7 +438,9 @@ export class ChunkStore {
         try {
           for (const row of this.catalog.chunksInPack(usage.id)) {
             const record = Buffer.alloc(chunkHeaderBytes + row.storedBytes)
-            await this.io.read(fd, record, 0, record.length, row.offset - chunkHeaderBytes)
+            const { bytesRead } = await this.io.read(fd, record, 0, record.length, row.offset - chunkHeaderBytes)
+            // A record cut short (the pack file shorter than its index says) is never copied as zeros.
+            if (bytesRead !== record.length) throw corrupt(`pack ${usage.id}: chunk ${row.id}'s record at ${row.offset - chunkHeaderBytes} is cut short (${bytesRead} of ${record.length} bytes)`)
             const pack = await this.writablePack(record.length)
             const start = pack.bytes
             pack.bytes += record.length

@@ -14,15 +14,19 @@ import { progressIntervalMs } from '../limits'
 import { Parsed, Spec } from './args'
 import { printableLines } from './holders'
 import { dirOfKind as kindDirs } from '../volume/names'
+import type { VolumeKind } from '../catalog/catalog'
 
 export interface Command { usage: string, summary: string, spec: Spec, run: (args: Parsed) => Promise<void> }
 
-export const kindOfDir: Record<string, string> = { disks: 'disk', backups: 'backup', clones: 'clone' }
+export const kindOfDir: Record<string, VolumeKind | undefined> = { disks: 'disk', backups: 'backup', clones: 'clone' }
 /** The mount's folder of each kind (volume/names.ts), indexed by the kind strings the CLI parses. */
 export const dirOfKind: Record<string, string> = kindDirs
 
+/** An image in a mount: MNT/KIND/NAME's parts. */
+export interface ImageTarget { mountpoint: string, kind: VolumeKind, name: string }
+
 /** Splits MNT/KIND/NAME into its parts. */
-export function imagePath (image: string): { mountpoint: string, kind: string, name: string } {
+export function imagePath (image: string): ImageTarget {
   const absolute = path.resolve(image)
   const kind = kindOfDir[path.basename(path.dirname(absolute))]
   if (kind === undefined) throw invalid(`${image} is not an image in a vdiskfs mount (expected MNT/disks/NAME, MNT/backups/NAME or MNT/clones/NAME)`)
@@ -86,7 +90,7 @@ export async function withProgress<T> (mountpoint: string, label: string, work: 
   let started = false
   const timer = setInterval(() => {
     call(mountpoint, 'progress').then(p => {
-      const { done, total } = p as { done: number, total: number }
+      const { done, total } = p
       if (!started) { bar.start(Math.max(total, 1), done); started = true } else { bar.setTotal(Math.max(total, 1)); bar.update(done) }
     }, () => {})
   }, progressIntervalMs)

@@ -7,6 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { call } from '../control/client'
+import { CopyResult, MapResult } from '../control/results'
 import { VdiskError, exists, fromSystemError, invalid } from '../errors'
 import { copyOutPieceBytes } from '../limits'
 import { AllocationRange } from '../volume/pool'
@@ -17,8 +18,6 @@ import { bytes } from './format'
 import { createPartial, publish } from './new-file'
 import { describeHolders, findHolders } from './holders'
 
-interface MapResult { size: number, blockBytes: number, backing: { kind: string, name: string } | null, ranges: AllocationRange[] }
-type CopyResult = VolumeInfo & { from: VolumeInfo, elapsedMs: number }
 
 /** qemu-img map's human format: one line per data range, offsets in hex ("%#-16x"). */
 function humanMap (image: string, mountpoint: string, result: MapResult): string {
@@ -106,7 +105,7 @@ async function copyOut (sourceFile: string, destination: string, size: number, r
 async function protection (image: string, on: boolean, json: boolean): Promise<void> {
   const target = imagePath(image)
   if (target.kind !== 'backup') throw invalid(`${image} is not a backup: only backups are protected`)
-  const result = await call(target.mountpoint, 'protect', { targetKind: target.kind, targetName: target.name, on }) as VolumeInfo
+  const result = await call(target.mountpoint, 'protect', { targetKind: target.kind, targetName: target.name, on })
   print(json, jsonVolume(result), () => `${on ? 'protected' : 'unprotected'} ${image}`)
 }
 
@@ -117,7 +116,7 @@ export const adminCommands: Record<string, Command> = {
     spec: { positionals: ['IMAGE'], booleans: { json: ['--json'] } },
     async run ({ positionals: [image], flags }) {
       const target = imagePath(image)
-      const result = await call(target.mountpoint, 'map', { targetKind: target.kind, targetName: target.name }) as MapResult
+      const result = await call(target.mountpoint, 'map', { targetKind: target.kind, targetName: target.name })
       print(flags.json === true, result.ranges, () => humanMap(path.join(target.mountpoint, dirOfKind[target.kind], target.name), target.mountpoint, result))
     }
   },
@@ -132,7 +131,7 @@ export const adminCommands: Record<string, Command> = {
       const sourceFile = path.join(source.mountpoint, dirOfKind[source.kind], source.name)
       if ('file' in target) {
         const started = Date.now()
-        const map = await call(source.mountpoint, 'map', { targetKind: source.kind, targetName: source.name }) as MapResult
+        const map = await call(source.mountpoint, 'map', { targetKind: source.kind, targetName: source.name })
         const copied = await copyOut(sourceFile, target.file, map.size, map.ranges)
         const elapsedMs = Date.now() - started
         print(flags.json === true, { source: sourceFile, target: target.file, size: map.size, copiedBytes: copied, elapsedMs }, () =>
@@ -140,7 +139,7 @@ export const adminCommands: Record<string, Command> = {
         return
       }
       const name = target.name
-      const result = await call(source.mountpoint, 'cp', { sourceKind: source.kind, sourceName: source.name, name }) as CopyResult
+      const result = await call(source.mountpoint, 'cp', { sourceKind: source.kind, sourceName: source.name, name })
       const { from, ...copy } = result
       print(flags.json === true, { ...jsonVolume(copy), from: jsonVolume(from) }, () =>
         `copied ${sourceFile} to ${path.join(source.mountpoint, 'disks', result.name)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
@@ -167,7 +166,7 @@ export const adminCommands: Record<string, Command> = {
     spec: { positionals: ['IMAGE', 'TEXT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [image, text], flags }) {
       const target = imagePath(image)
-      const result = await call(target.mountpoint, 'note', { targetKind: target.kind, targetName: target.name, note: text }) as VolumeInfo
+      const result = await call(target.mountpoint, 'note', { targetKind: target.kind, targetName: target.name, note: text })
       print(flags.json === true, jsonVolume(result), () => result.note === null ? `cleared the note of ${image}` : `noted ${image}: ${result.note}`)
     }
   },
@@ -181,7 +180,7 @@ export const adminCommands: Record<string, Command> = {
       const name = newImageName(newName)
       let result: VolumeInfo & { from: VolumeInfo }
       try {
-        result = await call(source.mountpoint, 'rename', { targetKind: source.kind, targetName: source.name, name }) as typeof result
+        result = await call(source.mountpoint, 'rename', { targetKind: source.kind, targetName: source.name, name })
       } catch (err) {
         // Refused while open: name who holds it, as rm and promote do.
         if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err
@@ -205,7 +204,7 @@ export const adminCommands: Record<string, Command> = {
       const name = newName === undefined ? source.name : newImageName(newName)
       let result: CopyResult
       try {
-        result = await call(source.mountpoint, 'promote', { sourceKind: source.kind, sourceName: source.name, name }) as CopyResult
+        result = await call(source.mountpoint, 'promote', { sourceKind: source.kind, sourceName: source.name, name })
       } catch (err) {
         // Refused while open: name who holds it, as rm and restore do.
         if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err

@@ -14,8 +14,8 @@ import { RemoteStore } from '../remote/store'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
 import { isBackupId } from '../remote/remote-format'
 import { RemoteKey, createKeyFile, readKeyFile } from '../remote/crypt'
-import { pullBackup, pushBackup } from '../remote/transfer-link'
-import { LazyPullResult, createLazyBackup, hydrate, lazyPulls } from '../remote/hydrator'
+import { pullBackup, pushBackup } from './transfer-link'
+import { LazyPullResult, createLazyBackup, hydrate, lazyPulls } from './hydrator'
 import { controlDir } from '../control/protocol'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
@@ -38,7 +38,7 @@ function cell (text: string): string {
 
 /** The pool's definition of remote `name`, from its daemon or, for a pool no daemon serves, its file. */
 async function remoteOf (target: string, name: string): Promise<RemoteDefinition> {
-  const remotes = await onlineOrOffline(target, 'remotes', async mountpoint => await call(mountpoint, 'remoteList') as RemoteDefinition[], async (pool: Pool) => readRemotes(pool.dir))
+  const remotes = await onlineOrOffline(target, 'remotes', async mountpoint => await call(mountpoint, 'remoteList'), async (pool: Pool) => readRemotes(pool.dir))
   const remote = remotes.find(r => r.name === name)
   if (remote === undefined) throw new VdiskError('NOT_FOUND', `remote ${name} does not exist in ${target} (see vdiskfs remote list)`)
   return remote
@@ -137,7 +137,7 @@ export const remoteCommands: Record<string, Command> = {
       const store = await RemoteStore.open(definition, name, { create: true, graceSeconds: values.grace === undefined ? undefined : Number(values.grace), key })
       const graceSeconds = store.marker.graceSeconds
       store.close()
-      const added = await call(mountpointArg(mnt), 'remoteAdd', { name, url, endpoint: values.endpoint, region: values.region, keyFile: definition.keyFile, keyFingerprint: definition.keyFingerprint }) as RemoteDefinition
+      const added = await call(mountpointArg(mnt), 'remoteAdd', { name, url, endpoint: values.endpoint, region: values.region, keyFile: definition.keyFile, keyFingerprint: definition.keyFingerprint })
       print(flags.json === true, { ...added, encrypted: key !== null, graceSeconds }, () => `added remote ${name}: ${url}${added.endpoint === undefined ? '' : ` at ${added.endpoint}`} (gc grace period ${graceSeconds} s)` +
         (key === null ? '' : `, encrypted with key ${definition.keyFile ?? ''} (fingerprint ${key.fingerprint})`))
     }
@@ -147,7 +147,7 @@ export const remoteCommands: Record<string, Command> = {
     summary: "the pool's remotes",
     spec: { positionals: ['MNT'], booleans: json },
     async run ({ positionals: [mnt], flags }) {
-      const remotes = await onlineOrOffline(mnt, 'remotes', async mountpoint => await call(mountpoint, 'remoteList') as RemoteDefinition[], async (pool: Pool) => readRemotes(pool.dir))
+      const remotes = await onlineOrOffline(mnt, 'remotes', async mountpoint => await call(mountpoint, 'remoteList'), async (pool: Pool) => readRemotes(pool.dir))
       print(flags.json === true, remotes, () => remotes.length === 0 ? 'no remotes' : table(['NAME', 'URL', 'ENDPOINT', 'KEY', 'ADDED'], remotes.map(r => [r.name, r.url, r.endpoint ?? '-', r.keyFingerprint ?? '-', r.added])))
     }
   },

@@ -1,7 +1,6 @@
 /** CLI commands of issue #11: what the daemon is doing (status, --prometheus) and what an image is (info). */
 import { call } from '../control/client'
-import { StatsResult } from '../control/ops-status'
-import { VolumeFacts } from '../inspect/facts'
+import { StatsResult } from '../control/results'
 import { UsageError } from './args'
 import { bytes, table } from './format'
 import { Command, imagePath, mountpointArg, print, time } from './command'
@@ -14,7 +13,7 @@ export const statusCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'], prometheus: ['--prometheus'] } },
     async run ({ positionals: [mnt], flags }) {
       if (flags.json === true && flags.prometheus === true) throw new UsageError('--json and --prometheus exclude each other')
-      const stats = await call(mountpointArg(mnt), 'stats') as StatsResult
+      const stats = await call(mountpointArg(mnt), 'stats')
       if (flags.prometheus === true) {
         // Loaded here only: prom-client takes a noticeable part of a second to load, and no other command needs it.
         const { prometheusText } = await import('./status-prometheus')
@@ -39,7 +38,7 @@ export const statusCommands: Record<string, Command> = {
     spec: { positionals: ['IMAGE'], booleans: { json: ['--json'] } },
     async run ({ positionals: [image], flags }) {
       const target = imagePath(image)
-      const facts = await call(target.mountpoint, 'info', { kind: target.kind, name: target.name }) as VolumeFacts
+      const facts = await call(target.mountpoint, 'info', { kind: target.kind, name: target.name })
       const { createdMs, mtimeMs, mode, ...rest } = facts
       const json = { ...rest, created: time(createdMs), modified: time(mtimeMs), mode: mode.toString(8).padStart(4, '0') }
       print(flags.json === true, json, () => {

@@ -1,6 +1,6 @@
 /**
  * CLI commands of issue #12: diff, export, import, prune. Export and import stream through this
- * process (src/transfer/client.ts): the daemon reads and stores blocks, this process encodes and
+ * process (src/cli/transfer-client.ts): the daemon reads and stores blocks, this process encodes and
  * decodes the export stream, and shows progress on a terminal (nothing otherwise).
  */
 import fs from 'node:fs'
@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises'
 import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, fromSystemError, invalid } from '../errors'
 import { call } from '../control/client'
-import { exportStream, importStream, ImportResult } from '../transfer/client'
+import { exportStream, importStream, ImportResult } from './transfer-client'
 import { streamBufferBytes } from '../limits'
 import { pruneRules } from '../transfer/prune'
 import { StreamHeader } from '../transfer/stream'
@@ -75,7 +75,7 @@ export const transferCommands: Record<string, Command> = {
       const older = imagePath(oldImage)
       const newer = imagePath(newImage)
       if (older.mountpoint !== newer.mountpoint) throw invalid('OLD and NEW must be in the same vdiskfs mount')
-      const result = await call(older.mountpoint, 'diff', { olderKind: older.kind, olderName: older.name, newerKind: newer.kind, newerName: newer.name }) as { ranges: Array<{ start: number, length: number }> }
+      const result = await call(older.mountpoint, 'diff', { olderKind: older.kind, olderName: older.name, newerKind: newer.kind, newerName: newer.name })
       print(flags.json === true, result.ranges, () => {
         if (result.ranges.length === 0) return 'no differences'
         const total = result.ranges.reduce((sum, r) => sum + r.length, 0)
@@ -199,7 +199,7 @@ export const transferCommands: Record<string, Command> = {
         throw new UsageError('give at least one --keep-* rule with a count above 0 (prune never removes every backup)')
       }
       if (values.match !== undefined) args.match = values.match
-      const result = await call(mountpointArg(mnt), 'prune', args) as { dryRun: boolean, backups: Array<{ name: string, createdMs: number, group: string, keep: boolean, rule: string | null, removed: boolean, error: string | null }> }
+      const result = await call(mountpointArg(mnt), 'prune', args)
       const failed = result.backups.filter(b => b.error !== null)
       if (failed.length > 0) process.exitCode = 1
       print(flags.json === true, { dryRun: result.dryRun, backups: result.backups.map(({ createdMs, ...b }) => ({ ...b, created: time(createdMs) })) }, () => {

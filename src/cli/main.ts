@@ -8,20 +8,19 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, fromSystemError, invalid, notFound } from '../errors'
 import { call, isDeadMount } from '../control/client'
-import { StatusResult, socketPathsFor } from '../control/protocol'
+import { socketPathsFor } from '../control/protocol'
+import { ArgsOf, ResultOf } from '../control/operations'
+import { StatusResult } from '../control/results'
 import { runDaemon } from '../daemon/daemon'
-import { VerifyReport, verifyPool } from '../inspect/verify'
+import { verifyPool } from '../inspect/verify'
 import { RepairReport, repairPool } from '../inspect/repair'
 import { poolHeaderFile } from '../format/pool-format'
 import { daemonExitPollMs, daemonExitTimeoutMs, daemonReadyTimeoutMs } from '../limits'
 import { VolumeInfo } from '../volume/volume'
-import { SpaceReport } from '../inspect/space'
 import { version } from '../version'
-import { SealReport } from '../seal/sealer'
-import { GcReport } from '../volume/pool'
 import { UsageError, parseArgs, parseSize } from './args'
 import { bytes, table } from './format'
-import { Command, dirOfKind, imagePath, jsonVolume, mountpointArg, newImageName, onlineOrOffline, print, time, withProgress } from './command'
+import { Command, ImageTarget, dirOfKind, imagePath, jsonVolume, mountpointArg, newImageName, onlineOrOffline, print, time, withProgress } from './command'
 import { adminCommands } from './commands-admin'
 import { statusCommands } from './commands-status'
 import { transferCommands } from './commands-transfer'
@@ -35,9 +34,9 @@ import { describeHolders, findHolders, printable } from './holders'
  * A backup (read-only through the mount), or an unlink the kernel refuses (a directory the user may
  * not write), is hidden by the daemon.
  */
-async function removeInUse (target: { mountpoint: string, kind: string, name: string }, args: Record<string, unknown>): Promise<{ removed: VolumeInfo, stillOpen: boolean }> {
+async function removeInUse (target: ImageTarget, args: ArgsOf<'rm'>): Promise<ResultOf<'rm'>> {
   if (target.kind !== 'backup') {
-    const volumes = await call(target.mountpoint, 'ls') as VolumeInfo[]
+    const volumes = await call(target.mountpoint, 'ls')
     const removed = volumes.find(v => v.kind === target.kind && v.name === target.name)
     if (removed === undefined) throw notFound(`${target.kind} ${target.name}`)
     try {
@@ -48,16 +47,16 @@ async function removeInUse (target: { mountpoint: string, kind: string, name: st
       if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS') throw fromSystemError(err, `removing ${target.name}`)
     }
   }
-  return await call(target.mountpoint, 'rm', { ...args, force: true }) as { removed: VolumeInfo, stillOpen: boolean }
+  return await call(target.mountpoint, 'rm', { ...args, force: true })
 }
 
 /**
- * Calls rm or restore; when the daemon refuses an image in use, names who holds it (loop devices and
+ * Runs `request` (an rm or a restore of `target`); when the daemon refuses an image in use, names who holds it (loop devices and
  * processes, found here from /sys and /proc) in the one line it prints.
  */
-async function callUnlessInUse (target: { mountpoint: string, kind: string, name: string }, op: 'rm' | 'restore', args: Record<string, unknown>): Promise<unknown> {
+async function callUnlessInUse<T> (target: ImageTarget, request: () => Promise<T>): Promise<T> {
   try {
-    return await call(target.mountpoint, op, args)
+    return await request()
   } catch (err) {
     if (!(err instanceof VdiskError) || err.code !== 'BUSY') throw err
     const relative = `${dirOfKind[target.kind]}/${target.name}`
@@ -133,7 +132,7 @@ const coreCommands: Record<string, Command> = {
       const mountpoint = mountpointArg(mnt)
       let status: StatusResult
       try {
-        status = await call(mountpoint, 'status') as StatusResult
+        status = await call(mountpoint, 'status')
       } catch (err) {
         if (!(err instanceof VdiskError) || err.code !== 'NOT_FOUND' || !isDeadMount(mountpoint)) throw err
         cleanDeadMount(mountpoint)
@@ -173,7 +172,7 @@ const coreCommands: Record<string, Command> = {
       if (source.kind === 'backup') throw invalid(`${image} is a backup; back up a disk or a clone`)
       let result!: VolumeInfo & { elapsedMs: number }
       await withFrozen(lists.freeze ?? [], async () => {
-        result = await call(source.mountpoint, 'backup', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
+        result = await call(source.mountpoint, 'backup', { sourceKind: source.kind, sourceName: source.name, name: file })
       })
       print(flags.json === true, jsonVolume(result), () => `backup ${path.join(source.mountpoint, 'backups', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
@@ -187,7 +186,7 @@ const coreCommands: Record<string, Command> = {
       if (values.group !== undefined) {
         const mountpoint = mountpointArg(image)
         if (name === '' || name.includes('/')) throw invalid(`invalid prefix '${name}': give a plain name such as test`)
-        const result = await call(mountpoint, 'cloneGroup', { group: values.group, prefix: name.replace(/\.img$/, '') }) as { clones: VolumeInfo[] }
+        const result = await call(mountpoint, 'cloneGroup', { group: values.group, prefix: name.replace(/\.img$/, '') })
         print(flags.json === true, result.clones.map(c => ({ clone: path.join(mountpoint, 'clones', c.name), ...jsonVolume(c) })), () =>
           result.clones.map(c => `clone ${path.join(mountpoint, 'clones', c.name)}`).join('\n'))
         return
@@ -195,7 +194,7 @@ const coreCommands: Record<string, Command> = {
       const source = imagePath(image)
       const file = newImageName(name)
       if (source.kind !== 'backup') throw invalid(`${image} is not a backup: clones stand on backups (make one with vdiskfs backup)`)
-      const result = await call(source.mountpoint, 'clone', { sourceKind: source.kind, sourceName: source.name, name: file }) as VolumeInfo & { elapsedMs: number }
+      const result = await call(source.mountpoint, 'clone', { sourceKind: source.kind, sourceName: source.name, name: file })
       print(flags.json === true, jsonVolume(result), () => `clone ${path.join(source.mountpoint, 'clones', file)} (${result.elapsedMs.toFixed(1)} ms in the daemon)`)
     }
   },
@@ -208,7 +207,7 @@ const coreCommands: Record<string, Command> = {
       if (values.group !== undefined) {
         if (image !== undefined) throw new UsageError('restore --group GROUP takes the mountpoint alone (MNT)')
         const mountpoint = mountpointArg(backupImage)
-        const result = await call(mountpoint, 'restoreGroup', { group: values.group, force: flags.force === true }) as { restored: Array<{ restored: VolumeInfo, from: VolumeInfo }> }
+        const result = await call(mountpoint, 'restoreGroup', { group: values.group, force: flags.force === true })
         print(flags.json === true, result.restored.map(r => ({ restored: jsonVolume(r.restored), from: jsonVolume(r.from) })), () =>
           result.restored.map(r => `restored ${path.join(mountpoint, dirOfKind[r.restored.kind], r.restored.name)} from ${path.join(mountpoint, 'backups', r.from.name)}`).join('\n'))
         return
@@ -219,7 +218,7 @@ const coreCommands: Record<string, Command> = {
       if (source.mountpoint !== target.mountpoint) throw invalid('BACKUP and IMAGE must be in the same vdiskfs mount')
       if (source.kind !== 'backup') throw invalid(`${backupImage} is not a backup`)
       if (target.kind === 'backup') throw invalid(`${image} is a backup, and backups are immutable`)
-      const result = await callUnlessInUse(target, 'restore', { sourceKind: source.kind, sourceName: source.name, targetKind: target.kind, targetName: target.name, force: flags.force === true }) as { restored: VolumeInfo, from: VolumeInfo }
+      const result = await callUnlessInUse(target, async () => await call(target.mountpoint, 'restore', { sourceKind: source.kind, sourceName: source.name, targetKind: target.kind, targetName: target.name, force: flags.force === true }))
       print(flags.json === true, { restored: jsonVolume(result.restored), from: jsonVolume(result.from) }, () => `restored ${image} from ${backupImage}`)
     }
   },
@@ -231,12 +230,11 @@ const coreCommands: Record<string, Command> = {
     async run ({ positionals: [image], flags }) {
       const target = imagePath(image)
       const args = { targetKind: target.kind, targetName: target.name }
-      let result: { removed: VolumeInfo, stillOpen: boolean }
+      let result: ResultOf<'rm'>
       try {
-        result = await callUnlessInUse(target, 'rm', args) as typeof result
+        result = await callUnlessInUse(target, async () => await call(target.mountpoint, 'rm', args))
       } catch (err) {
         if (flags.force !== true || !(err instanceof VdiskError) || err.code !== 'BUSY') throw err
-        // eslint-disable-next-line require-atomic-updates -- result is a local of this one run, set on whichever path runs; nothing else can assign it
         result = await removeInUse(target, args)
       }
       print(flags.json === true, { removed: jsonVolume(result.removed), stillOpen: result.stillOpen }, () =>
@@ -249,7 +247,7 @@ const coreCommands: Record<string, Command> = {
     summary: 'list volumes: kind, size, creation time and lineage',
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
-      const volumes = await call(mountpointArg(mnt), 'ls') as Array<VolumeInfo & { storedBytes: number }>
+      const volumes = await call(mountpointArg(mnt), 'ls')
       print(flags.json === true, volumes.map(jsonVolume), () => lineageTree(volumes))
     }
   },
@@ -259,7 +257,7 @@ const coreCommands: Record<string, Command> = {
     summary: 'space per volume (logical, referenced, unique) and for the pool',
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
-      const report = await call(mountpointArg(mnt), 'du') as SpaceReport
+      const report = await call(mountpointArg(mnt), 'du')
       print(flags.json === true, report, () => {
         const rows = report.volumes.map(v => [`${dirOfKind[v.kind]}/${v.name}`, bytes(v.logicalBytes), bytes(v.referencedBytes), bytes(v.uniqueBytes), v.keptFromSourceBytes === null ? '-' : bytes(v.keptFromSourceBytes)])
         return table(['VOLUME', 'LOGICAL', 'REFERENCED', 'UNIQUE', 'KEPT-FROM-SOURCE'], rows) +
@@ -275,7 +273,7 @@ const coreCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
-      const result = await withProgress(mountpoint, 'sealing', call(mountpoint, 'sync')) as SealReport & { elapsedMs: number }
+      const result = await withProgress(mountpoint, 'sealing', call(mountpoint, 'sync'))
       print(flags.json === true, result, () => `sealed ${result.extentsSealed} extents in ${(result.elapsedMs / 1000).toFixed(1)} s: ${result.blocksSealed} blocks ` +
         `(${result.zeroBlocks} zero, ${result.dedupedBlocks} deduplicated, ${result.newChunks} new chunks), ${bytes(result.rawBytes)} -> ${bytes(result.storedBytes)} stored` +
         result.failed.map(f => `\n  could not seal ${f}`).join(''))
@@ -288,7 +286,7 @@ const coreCommands: Record<string, Command> = {
     summary: 'check the catalog, every map, extent and chunk hash; name damaged volumes and ranges',
     spec: { positionals: ['MNT|POOL'], booleans: { json: ['--json'] } },
     async run ({ positionals: [target], flags }) {
-      const report = await onlineOrOffline(target, 'verifying', async mountpoint => await call(mountpoint, 'verify') as VerifyReport, async pool => await verifyPool(pool))
+      const report = await onlineOrOffline(target, 'verifying', async mountpoint => await call(mountpoint, 'verify'), async pool => await verifyPool(pool))
       print(flags.json === true, report, () => {
         const lines = [`checked ${report.volumes} volumes, ${report.pages} map pages, ${report.blocks} blocks, ${report.extents} extents, ${report.chunks} chunks: ${report.ok ? 'no damage' : 'DAMAGE FOUND'}`]
         for (const problem of report.problems) lines.push(`  pool: ${problem}`)
@@ -331,7 +329,7 @@ const coreCommands: Record<string, Command> = {
     spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
-      const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc')) as GcReport
+      const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc'))
       print(flags.json === true, result, () => result.held !== undefined
         ? `freed no map pages, extents or chunks: ${result.held}, and while the catalog is damaged gc cannot prove anything unreferenced (vdiskfs verify; rewrite or remove what was lost); ` +
           `${result.packsFreed} packs (${bytes(result.packBytesFreed)}) freed by compaction`
@@ -372,9 +370,9 @@ async function backupGroup (images: string[], group: string, freeze: string[], j
   for (const [i, s] of sources.entries()) if (s.kind === 'backup') throw invalid(`${images[i]} is a backup; back up disks and clones`)
   const groupName = newImageName(group).replace(/\.img$/, '')
   const names = sources.map(s => newImageName(`${groupName}-${s.name.replace(/\.img$/, '')}`))
-  let result!: { backups: Array<VolumeInfo & { from: VolumeInfo }>, elapsedMs: number }
+  let result!: ResultOf<'backupGroup'>
   await withFrozen(freeze, async () => {
-    result = await call(mountpoint, 'backupGroup', { sources: sources.map(s => ({ sourceKind: s.kind, sourceName: s.name })), names, group: groupName }) as typeof result
+    result = await call(mountpoint, 'backupGroup', { sources: sources.map(s => ({ sourceKind: s.kind, sourceName: s.name })), names, group: groupName })
   })
   const made = result.backups.map((b, i) => ({ image: path.join(mountpoint, dirOfKind[sources[i].kind], sources[i].name), backup: path.join(mountpoint, 'backups', b.name) }))
   print(json, made, () => made.map(m => `backup ${m.backup} of ${m.image}`).join('\n') + `\n(group ${groupName}: one instant, ${result.elapsedMs.toFixed(1)} ms in the daemon)`)

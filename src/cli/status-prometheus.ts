@@ -6,7 +6,7 @@
  * timestamps (the collector's convention).
  */
 import { Counter, Gauge, Registry } from 'prom-client'
-import type { StatsResult } from '../control/ops-status'
+import type { StatsResult } from '../control/results'
 
 export async function prometheusText (stats: StatsResult): Promise<string> {
   const registry = new Registry()

@@ -7,9 +7,20 @@ import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { VdiskError } from '../errors'
-import { checkArgs } from './operations'
-import { Operation, Reply, checkControlDir, socketPathsFor } from './protocol'
-import { mountsSync } from '../daemon/mountinfo'
+import { ArgsOf, FinalOf, Operation, ResultOf, StreamOperation, checkArgs } from './operations'
+import { Reply, checkControlDir, socketPathsFor } from './protocol'
+import { mountsSync } from '../io/mountinfo'
+
+/** Whether T is a union of several types. */
+type IsUnion<T, All = T> = T extends unknown ? ([All] extends [T] ? false : true) : never
+/**
+ * One operation of the table, not a union of several: the arguments of a union would be checked only
+ * loosely (an object of any keys passes as the all-optional arguments of prune), so call() refuses it.
+ */
+type One<Op extends Operation> = true extends IsUnion<Op> ? never : Op
+
+/** The arguments of `op`: none to give when it takes none (or only optional ones). */
+type ArgsParam<Op extends Operation> = Op extends Operation ? Record<string, never> extends ArgsOf<Op> ? [args?: ArgsOf<Op>] : [args: ArgsOf<Op>] : never
 
 /**
  * Whether `mountpoint` is a vdiskfs mount the kernel still lists (findmnt shows it) although no
@@ -100,7 +111,7 @@ function connectError (mountpoint: string, err: Error): VdiskError {
  * reply line. Returns the connection, paused, the reply's result and the bytes that followed the
  * reply; the caller owns the connection. Throws the daemon's error when the reply is one.
  */
-export async function openStream (mountpoint: string, op: Operation, args: Record<string, unknown>): Promise<{ socket: net.Socket, result: unknown, rest: Buffer }> {
+export async function openStream<Op extends StreamOperation> (mountpoint: string, op: One<Op>, args: ArgsOf<Op>): Promise<{ socket: net.Socket, result: ResultOf<Op>, rest: Buffer }> {
   checkArgs(op, args)
   const socket = await connect(mountpoint)
   try {
@@ -108,8 +119,8 @@ export async function openStream (mountpoint: string, op: Operation, args: Recor
     // without a listener would end the process.
     socket.on('error', () => {})
     socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
-    const { result, rest } = await readReply(socket, Buffer.alloc(0), mountpoint)
-    return { socket, result, rest }
+    const { result, rest } = await readLine(socket, Buffer.alloc(0), mountpoint)
+    return { socket, result: result as ResultOf<Op>, rest }
   } catch (err) {
     socket.destroy()
     throw err
@@ -117,10 +128,17 @@ export async function openStream (mountpoint: string, op: Operation, args: Recor
 }
 
 /**
- * Reads one JSON reply line from a stream-mode connection (after `initial`, bytes already read);
- * leaves the connection paused. Returns the result and the bytes after the line; throws the daemon's error.
+ * Reads the reply line that ends stream operation `op` (importStream's, after its blocks) from its
+ * connection (after `initial`, bytes already read); leaves the connection paused. Returns the result
+ * and the bytes after the line; throws the daemon's error.
  */
-export async function readReply (socket: net.Socket, initial: Buffer, mountpoint: string): Promise<{ result: unknown, rest: Buffer }> {
+export async function readReply<Op extends StreamOperation> (op: Op, socket: net.Socket, initial: Buffer, mountpoint: string): Promise<{ result: FinalOf<Op>, rest: Buffer }> {
+  const { result, rest } = await readLine(socket, initial, mountpoint)
+  return { result: result as FinalOf<Op>, rest }
+}
+
+/** Reads one JSON reply line from a stream-mode connection; leaves the connection paused. */
+async function readLine (socket: net.Socket, initial: Buffer, mountpoint: string): Promise<{ result: unknown, rest: Buffer }> {
   const line = await new Promise<{ line: string, rest: Buffer }>((resolve, reject) => {
     let buffered = initial
     const finish = (err: Error | null, value?: { line: string, rest: Buffer }): void => {
@@ -151,23 +169,24 @@ export async function readReply (socket: net.Socket, initial: Buffer, mountpoint
 }
 
 /**
- * Sends one request and returns its result; throws the daemon's error. The arguments are checked
- * against the table of operations (operations.ts) before anything is sent, as the daemon checks them.
+ * Sends one request and returns its result; throws the daemon's error. The arguments' and the result's
+ * types are the table's (operations.ts); the arguments are also checked against it before anything is
+ * sent, as the daemon checks them.
  */
-export async function call (mountpoint: string, op: Operation, args: Record<string, unknown> = {}): Promise<unknown> {
-  checkArgs(op, args)
+export async function call<Op extends Operation> (mountpoint: string, op: One<Op>, ...[args]: ArgsParam<Op>): Promise<ResultOf<Op>> {
+  checkArgs(op, args ?? {})
   const socket = await connect(mountpoint)
   return await new Promise((resolve, reject) => {
     let buffered = ''
     socket.setEncoding('utf8')
-    socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
+    socket.write(JSON.stringify({ id: 1, op, args: args ?? {} }) + '\n')
     socket.on('data', chunk => {
       buffered += chunk
       const newline = buffered.indexOf('\n')
       if (newline < 0) return
       socket.end()
       const reply = JSON.parse(buffered.slice(0, newline)) as Reply
-      if (reply.ok) resolve(reply.result)
+      if (reply.ok) resolve(reply.result as ResultOf<Op>)
       else reject(new VdiskError(reply.error.code, reply.error.message))
     })
     socket.on('error', err => reject(connectError(mountpoint, err)))

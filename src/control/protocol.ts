@@ -16,8 +16,6 @@ import path from 'node:path'
 import { ErrorCode, VdiskError } from '../errors'
 import { Operation } from './operations'
 
-export { Operation } from './operations'
-
 /**
  * Where this user's daemons put their sockets: VDISKFS_RUN_DIR when set; /run/vdiskfs for root;
  * $XDG_RUNTIME_DIR/vdiskfs (a per-user 0700 tmpfs) or else /tmp/vdiskfs-UID for everybody else, since
@@ -76,5 +74,3 @@ export function socketPathsFor (mountpoint: string): string[] {
   const key = createHash('sha256').update(path.resolve(mountpoint)).digest('hex').slice(0, 20)
   return controlDirs().map(dir => path.join(dir, `${key}.sock`))
 }
-
-export interface StatusResult { pid: number, pool: string, mountpoint: string, version: string, blockBytes: number }

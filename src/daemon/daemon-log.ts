@@ -10,11 +10,11 @@
  */
 import fs from 'node:fs'
 import { daemonLogBytesMax, daemonLogErrorsKept } from '../limits'
+import type { LogEntry } from '../control/results'
 
 /** Lines of the other layers that report a failure: they say so in these words (see the log calls). */
 const errorLine = /^(error|bug|corruption)\b|fail|cannot|could not|frees nothing|damage/i
 
-export interface LogEntry { time: string, message: string }
 
 export class DaemonLog {
   /** The last error lines, oldest first. */

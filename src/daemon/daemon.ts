@@ -20,16 +20,18 @@ import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
 import { createLowLevelOperations, invalidationsOf } from '../fuse/fuse3-ops'
 import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
-import { controlHandlers, startControlServer } from '../control/server'
+import { controlHandlers, startControlServer } from './server/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile, fuseHandlesFile } from '../format/pool-format'
 import { checkFuse3Helper, checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
-import { mounts } from './mountinfo'
+import { mounts } from '../io/mountinfo'
 import { VdiskError, corrupt } from '../errors'
 import { version } from '../version'
 import { Sealer } from '../seal/sealer'
 import { DaemonLog } from './daemon-log'
 import { DaemonMetrics } from './metrics'
+import { HandlerTable } from './server/handler'
+import { Operation, OperationSpec, operations as controlOperations } from '../control/operations'
 
 export interface DaemonOptions {
   pool: string
@@ -55,102 +57,25 @@ export interface DaemonOptions {
   onReady: () => void
 }
 
+/**
+ * Serves a pool at a mountpoint until it is unmounted or told to stop, in steps: the checks before
+ * anything is made (preflight), the pool opened and brought to a clean state (openForServing), the
+ * mount made or taken over with its holder (mount), the control socket (startControlServer) and the
+ * background work (startBackground); stop() undoes them in order.
+ */
+type LowLevelOperations = ReturnType<typeof createLowLevelOperations>
+
 export async function runDaemon (options: DaemonOptions): Promise<void> {
-  // The real path: the kernel mounts there, and the unmount watcher and the control socket's name
-  // must agree with it (a symbolic link in /tmp would otherwise leave a dead mount behind).
-  // A takeover's mountpoint is the real path the first daemon resolved (and a look at it now would wait
-  // for this daemon, which does not serve yet).
-  const takeover = options.takeoverFd !== undefined
-  let mountpoint = path.resolve(options.mountpoint)
-  if (!takeover) try { mountpoint = fs.realpathSync(mountpoint) } catch {}
-  // Everything the daemon creates in the pool (catalog, WAL, extents, packs, log, pid) is its owner's
-  // alone, whatever umask it was started with; Pool.open tightens the directory itself.
-  process.umask(0o077)
-  checkFuseAvailable()
-  if (!takeover) {
-    checkMountpoint(mountpoint)
-    checkPoolApart(options.pool, mountpoint)
-    checkUnprivilegedMount(mountpoint, options.allowOther === true)
-    checkFuse3Helper()
-  }
-  // Before mounting: a control directory we may not use must not leave a mount behind.
-  checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
+  const { mountpoint, takeover } = preflight(options)
   // stderr until the pool is open; then daemon.log in the background (daemon-log.ts).
   const daemonLog = new DaemonLog()
   const log = daemonLog.line
-  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
-  if (pool.inspection.catalogLogDetached) {
-    // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
-    // catalog.log holds, and make the loss permanent.
-    await pool.close()
-    throw corrupt(`${pool.dir}: the catalog does not match catalog.log (it was truncated, rebuilt or replaced): run vdiskfs repair on the pool, which restores what the log holds`)
-  }
-  if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
+  const { pool, space, operations, holder } = await openForServing(options, takeover, daemonLog)
   const sealer = new Sealer(pool, log)
-  const space = new SpaceAccounting(pool)
-  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
-  // The mount outlives this daemon when a holder keeps its descriptor (a user's mount too: the session's
-  // descriptor is the one fusermount3 passed back). VDISKFS_HOLDER=0 mounts without one.
-  const holder = process.env.VDISKFS_HOLDER !== '0'
-  // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
-  // volume removed while open stays for its holders.
-  const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
-  const dropped = await pool.dropHidden()
-  if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
-  const recovered = await pool.recover()
-  if (recovered > 0) log(`start: recomputed the checksums of ${recovered} sectors written after the last commit of an unclean stop`)
-  // What the change journal brought back (Pool.open replayed it) is committed before anything is served.
-  if (pool.replayedChanges > 0) await pool.commit()
-  // After an unclean stop, what the last run left half done (pages of a commit nobody points at,
-  // extents sealed but not dropped) is freed before serving. After a clean one, the gc walk (every
-  // distinct map page: seconds with thousands of backups) is not run before serving: what is left to
-  // free is only space, and the background gc takes it once gcIntervalMs have passed (issue #21).
-  if (pool.uncleanStopFound) {
-    const collected = await pool.gc()
-    if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
-  }
-  fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
-
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
-  // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
-  // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
-  const fsname = pool.dir.replace(/,/g, '_')
-  let fuse: Fuse3Transport
-  try {
-    // The kernel checks permissions against the owner and mode each image keeps in the catalog.
-    fuse = new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
-  } catch (err) {
-    await pool.close()
-    throw new VdiskError('INVALID', (err as Error).message, { cause: err })
-  }
-  try {
-    await new Promise<void>((resolve, reject) => fuse.mount(err => { if (err === null || err === undefined) resolve(); else reject(err) }))
-  } catch (err) {
-    await pool.close()
-    throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
-  }
-  log(`${takeover ? 'took over the mount of' : 'mounted'} ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'})`)
-  // The holder: the one that started this daemon after a takeover, else a new one.
-  let holderPid: number | null = null
-  if (takeover) {
-    holderPid = process.ppid
-    const resend = fuse.stats()?.resendResult
-    log(`takeover: the daemon before this one stopped without unmounting; the holder (pid ${holderPid}) kept the mount; ` +
-      (resend === 0 ? 'the kernel resends the requests it had not answered' : `FUSE_NOTIFY_RESEND failed (errno ${String(resend)}): requests it had read are lost`))
-  } else {
-    await tuneReadAhead(mountpoint, log)
-    if (holder) holderPid = startHolder(fuse, pool.dir, mountpoint, options, log)
-  }
-  // Without the journal a takeover would go on without the changes since the last commit: the holder
-  // goes, and a death of this daemon ends the mount instead (ENOTCONN, no silent loss).
-  pool.onJournalFailure(() => {
-    if (holderPid === null) return
-    log(`stopping the holder (pid ${holderPid}): the mount now ends with this daemon`)
-    try { process.kill(holderPid, 'SIGTERM') } catch {}
-    holderPid = null
-  })
+  const { fuse, holderPid } = await mount(options, mountpoint, takeover, holder, pool, operations, log)
 
   // What changes behind the kernel's back (rename, rm, promote, restore) is dropped from its caches,
   // and a control command that changed something replies once the kernel took it.
@@ -175,19 +100,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   })), log)
 
   sealer.start()
-  // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one.
-  let collectedGeneration = pool.uncleanStopFound ? pool.generation : -1
-  const gcTimer = setInterval(() => {
-    if (pool.generation === collectedGeneration) return
-    collectedGeneration = pool.generation
-    metrics.job('gc', async () => await pool.gc()).then(report => {
-      if (report.chunksFreed + report.extentsFreed + report.pagesFreed > 0) log(`background gc: ${JSON.stringify(report)}`)
-    }, err => log(`background gc failed: ${(err as Error).message}`))
-  }, gcIntervalMs)
-  const commitTimer = setInterval(() => {
-    if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
-  }, commitIntervalMs)
-
+  const timers = startBackground(pool, metrics, log)
   const watchTimer = setInterval(() => {
     mounts().then(list => {
       if (!list.some(m => m.mountpoint === mountpoint)) void stop('unmounted from outside', false)
@@ -200,10 +113,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
       daemonLog.stopping()
       log(`stopping: ${reason}`)
       // A clean stop: the holder must not start another daemon.
-      if (holderPid !== null) { try { process.kill(holderPid, 'SIGTERM') } catch {} }
+      if (holderPid.pid !== null) { try { process.kill(holderPid.pid, 'SIGTERM') } catch {} }
       metrics.stop()
-      clearInterval(commitTimer)
-      clearInterval(gcTimer)
+      for (const timer of timers) clearInterval(timer)
       sealer.stop()
       clearInterval(watchTimer)
       server.close()
@@ -226,16 +138,147 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   options.onReady()
 }
 
-/** The control handlers, each replying once the kernel has taken the invalidations its change asked for. */
-function afterInvalidation<T extends Record<string, ((args: Record<string, unknown>) => Promise<unknown>) & { stream?: unknown }>> (fuse: Fuse3Transport, handlers: T): T {
+/** The checks made before anything is created or mounted; returns the mountpoint to use. */
+function preflight (options: DaemonOptions): { mountpoint: string, takeover: boolean } {
+  // The real path: the kernel mounts there, and the unmount watcher and the control socket's name
+  // must agree with it (a symbolic link in /tmp would otherwise leave a dead mount behind).
+  // A takeover's mountpoint is the real path the first daemon resolved (and a look at it now would wait
+  // for this daemon, which does not serve yet).
+  const takeover = options.takeoverFd !== undefined
+  let mountpoint = path.resolve(options.mountpoint)
+  if (!takeover) try { mountpoint = fs.realpathSync(mountpoint) } catch {}
+  // Everything the daemon creates in the pool (catalog, WAL, extents, packs, log, pid) is its owner's
+  // alone, whatever umask it was started with; Pool.open tightens the directory itself.
+  process.umask(0o077)
+  checkFuseAvailable()
+  if (!takeover) {
+    checkMountpoint(mountpoint)
+    checkPoolApart(options.pool, mountpoint)
+    checkUnprivilegedMount(mountpoint, options.allowOther === true)
+    checkFuse3Helper()
+  }
+  // Before mounting: a control directory we may not use must not leave a mount behind.
+  checkControlDir(path.dirname(socketPathFor(mountpoint)), true)
+  return { mountpoint, takeover }
+}
+
+
+/** The control handlers, each replying once the kernel has taken the invalidations its change asked for (stream operations as they are). */
+function afterInvalidation (fuse: Fuse3Transport, handlers: HandlerTable): HandlerTable {
   const wrapped: Record<string, unknown> = {}
   for (const [op, handler] of Object.entries(handlers)) {
-    if (handler.stream !== undefined) { wrapped[op] = handler; continue }
-    wrapped[op] = async (args: Record<string, unknown>) => {
-      try { return await handler(args) } finally { await fuse.invalidated() }
+    if ((controlOperations[op as Operation] as OperationSpec).stream === true) { wrapped[op] = handler; continue }
+    const plain = handler as (args: unknown) => Promise<unknown>
+    wrapped[op] = async (args: unknown) => {
+      try { return await plain(args) } finally { await fuse.invalidated() }
     }
   }
-  return wrapped as T
+  return wrapped as HandlerTable
+}
+
+/**
+ * Opens the pool and brings it to a state fit to serve: a catalog that does not match catalog.log is
+ * refused; volumes removed while open before a crash dropped, suspect sectors' checksums recomputed,
+ * the replayed change journal committed, what an earlier run left collected. The FUSE operations are
+ * made before that (after a takeover they restore the handles the kernel still uses, and a volume
+ * removed while open stays for its holders).
+ */
+async function openForServing (options: DaemonOptions, takeover: boolean, daemonLog: DaemonLog): Promise<{ pool: Pool, space: SpaceAccounting, operations: LowLevelOperations, holder: boolean }> {
+  const log = daemonLog.line
+  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
+  if (pool.inspection.catalogLogDetached) {
+    // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
+    // catalog.log holds, and make the loss permanent.
+    await pool.close()
+    throw corrupt(`${pool.dir}: the catalog does not match catalog.log (it was truncated, rebuilt or replaced): run vdiskfs repair on the pool, which restores what the log holds`)
+  }
+  if (options.logToFile) daemonLog.toFile(path.join(pool.dir, daemonLogFile))
+  const space = new SpaceAccounting(pool)
+  if (pool.uncleanStopFound) log('start: the last run of this pool did not stop cleanly (its daemon was killed, or the host crashed)')
+  // The mount outlives this daemon when a holder keeps its descriptor (a user's mount too: the session's
+  // descriptor is the one fusermount3 passed back). VDISKFS_HOLDER=0 mounts without one.
+  const holder = process.env.VDISKFS_HOLDER !== '0'
+  // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
+  // volume removed while open stays for its holders.
+  const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
+  const dropped = await pool.dropHidden()
+  if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
+  const recovered = await pool.recover()
+  if (recovered > 0) log(`start: recomputed the checksums of ${recovered} sectors written after the last commit of an unclean stop`)
+  // What the change journal brought back (Pool.open replayed it) is committed before anything is served.
+  if (pool.replayedChanges > 0) await pool.commit()
+  // After an unclean stop, what the last run left half done (pages of a commit nobody points at,
+  // extents sealed but not dropped) is freed before serving. After a clean one, the gc walk (every
+  // distinct map page: seconds with thousands of backups) is not run before serving: what is left to
+  // free is only space, and the background gc takes it once gcIntervalMs have passed (issue #21).
+  if (pool.uncleanStopFound) {
+    const collected = await pool.gc()
+    if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
+  }
+  fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
+  return { pool, space, operations, holder }
+}
+
+/**
+ * Mounts the pool (or takes the mount over) and starts its holder; closes the pool when the mount
+ * fails. Returns the transport and the holder's pid (null: none, or stopped once the change journal
+ * failed: a takeover would then lose the changes since the last commit, so a death of this daemon
+ * ends the mount instead, with ENOTCONN, no silent loss).
+ */
+async function mount (options: DaemonOptions, mountpoint: string, takeover: boolean, holder: boolean, pool: Pool, operations: LowLevelOperations, log: (message: string) => void): Promise<{ fuse: Fuse3Transport, holderPid: { pid: number | null } }> {
+  // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
+  // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
+  const fsname = pool.dir.replace(/,/g, '_')
+  let fuse: Fuse3Transport
+  try {
+    // The kernel checks permissions against the owner and mode each image keeps in the catalog.
+    fuse = new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
+  } catch (err) {
+    await pool.close()
+    throw new VdiskError('INVALID', (err as Error).message, { cause: err })
+  }
+  try {
+    await new Promise<void>((resolve, reject) => fuse.mount(err => { if (err === null || err === undefined) resolve(); else reject(err) }))
+  } catch (err) {
+    await pool.close()
+    throw new VdiskError('IO', `mounting ${mountpoint} failed: ${(err as Error).message}`, { cause: err })
+  }
+  log(`${takeover ? 'took over the mount of' : 'mounted'} ${pool.dir} at ${mountpoint} (pid ${process.pid}, block size ${pool.blockBytes}, xattrs ${options.xattrs === true ? 'on' : 'off'})`)
+  // The holder: the one that started this daemon after a takeover, else a new one.
+  const holderPid: { pid: number | null } = { pid: null }
+  if (takeover) {
+    holderPid.pid = process.ppid
+    const resend = fuse.stats()?.resendResult
+    log(`takeover: the daemon before this one stopped without unmounting; the holder (pid ${holderPid.pid}) kept the mount; ` +
+      (resend === 0 ? 'the kernel resends the requests it had not answered' : `FUSE_NOTIFY_RESEND failed (errno ${String(resend)}): requests it had read are lost`))
+  } else {
+    await tuneReadAhead(mountpoint, log)
+    if (holder) holderPid.pid = startHolder(fuse, pool.dir, mountpoint, options, log)
+  }
+  pool.onJournalFailure(() => {
+    if (holderPid.pid === null) return
+    log(`stopping the holder (pid ${holderPid.pid}): the mount now ends with this daemon`)
+    try { process.kill(holderPid.pid, 'SIGTERM') } catch {}
+    holderPid.pid = null
+  })
+  return { fuse, holderPid }
+}
+
+/** The background work besides sealing: gc after changes, and a commit every commitIntervalMs. Returns the timers. */
+function startBackground (pool: Pool, metrics: DaemonMetrics, log: (message: string) => void): NodeJS.Timeout[] {
+  // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one.
+  let collectedGeneration = pool.uncleanStopFound ? pool.generation : -1
+  const gcTimer = setInterval(() => {
+    if (pool.generation === collectedGeneration) return
+    collectedGeneration = pool.generation
+    metrics.job('gc', async () => await pool.gc()).then(report => {
+      if (report.chunksFreed + report.extentsFreed + report.pagesFreed > 0) log(`background gc: ${JSON.stringify(report)}`)
+    }, err => log(`background gc failed: ${(err as Error).message}`))
+  }, gcIntervalMs)
+  const commitTimer = setInterval(() => {
+    if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
+  }, commitIntervalMs)
+  return [commitTimer, gcTimer]
 }
 
 /**

@@ -11,6 +11,7 @@
  */
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { eventLoopSampleMs, latencyBucketsPerDoubling, latencyDoublings, statusWindowMs } from '../limits'
+import type { EventLoopReport, JobReport, OperationReport, Progress } from '../control/results'
 
 const bucketCount = latencyBucketsPerDoubling * latencyDoublings
 const subBucketShift = Math.log2(latencyBucketsPerDoubling)
@@ -50,26 +51,7 @@ class OperationCounters {
   }
 }
 
-export interface LatencySummary { p50Ms: number, p90Ms: number, p99Ms: number }
-
-export interface OperationReport {
-  /** Since the mount. */
-  count: number
-  errors: number
-  totalSeconds: number
-  /** Over the recent window. */
-  perSecond: number
-  /** Over the recent window; null when none arrived in it. */
-  latency: LatencySummary | null
-}
-
-export interface EventLoopReport { p50Ms: number, p99Ms: number, maxMs: number }
-
-export interface Progress { done: number, total: number }
-
 interface Job { name: string, startedMs: number, progress?: () => Progress }
-
-export interface JobReport { name: string, startedMs: number | null, progress: Progress | null }
 
 function percentile (buckets: Float64Array, total: number, fraction: number): number {
   const wanted = Math.ceil(total * fraction)

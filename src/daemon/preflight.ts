@@ -6,7 +6,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, invalid } from '../errors'
-import { mountsSync } from './mountinfo'
+import { mountsSync } from '../io/mountinfo'
 import { loadFuse3Native } from '../fuse/fuse3-transport'
 
 function onPath (program: string): boolean {

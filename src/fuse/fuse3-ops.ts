@@ -107,6 +107,7 @@ export class ReadBuffers {
   }
 }
 
+// long: the table of FUSE low-level operations, one short entry per request type, over the handles they share
 export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFile, takeover }: LowLevelOptions): Record<string, (...args: any[]) => void> {
   const handles = new Map<number, Handle>()
   const readBuffers = new ReadBuffers()

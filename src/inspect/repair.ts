@@ -267,13 +267,49 @@ async function checkExtents (run: RepairRun, pool: Pool, maps: StoredMaps): Prom
  */
 async function reindexChunks (run: RepairRun, pool: Pool, maps: StoredMaps): Promise<void> {
   const catalog = pool.inspection.offlineCatalog
+  const knownPacks = new Set(catalog.packUsage().map(p => p.id))
+  const packs = await scanPackFiles(run, catalog, knownPacks)
+  const chosen = chooseRecords(run, catalog, maps, packs.scans)
+  restoreQuarantinedPacks(run, catalog, knownPacks, chosen)
+  catalog.transaction(() => {
+    for (const [id, found] of chosen.scanned) {
+      const row = chosen.indexed.has(id) ? catalog.chunk(id) : undefined
+      if (row !== undefined && row.packId === found.packId && row.offset === found.offset) continue
+      // An absent chunk (a lazy pull's) whose bytes a pack holds (filled, and the catalog lost the fill): filled now.
+      if (row !== undefined && row.packId === absentPackId) catalog.fillChunk({ id, ...found })
+      else if (row !== undefined) catalog.moveChunk(id, found.packId, found.offset)
+      else if (catalog.chunkByHash(found.hash) === undefined) catalog.insertChunk({ id, ...found })
+      else continue
+      run.report.chunksReindexed++
+    }
+    for (const id of chosen.indexed) {
+      // An absent chunk has no record anywhere yet: it stays (its lazy pull fills it in).
+      if (!chosen.scanned.has(id) && catalog.chunk(id)?.packId !== absentPackId) { catalog.deleteChunk(id); run.report.chunksDropped++; run.report.notes.push(`chunk ${id}: its record is gone from the packs`) }
+    }
+    // After a catalog lost rows, every id found in a pack counts as handed out: none is issued
+    // again, and the records nobody references stay "unaccounted for" (verify reports them).
+    if (run.report.catalogRebuilt || packs.catalogLostRows) catalog.raiseIdHigh('chunk_id_high', chosen.highestRecord)
+  })
+  if (chosen.orphans > 0) {
+    run.report.orphanRecords = chosen.orphans
+    run.report.notes.push(`${chosen.orphans} chunk records in ${chosen.orphanPacks.size} pack${chosen.orphanPacks.size === 1 ? '' : 's'} (${[...chosen.orphanPacks].slice(0, 4).join(', ')}) belong to no volume the catalog knows: ` +
+      'kept, unindexed; gc moves such packs to quarantine/ and never deletes them')
+  }
+}
+
+type OfflineCatalog = Pool['inspection']['offlineCatalog']
+interface ScannedPack { file: string, scan: PackScan, quarantined: boolean }
+interface FoundRecord { packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean, hash: Buffer }
+
+/**
+ * Step 5a: every pack in packs/ scanned (a file that is not one, or whose header does not match its
+ * name, quarantined; a pack the catalog lost re-registered), then the packs in quarantine/.
+ */
+async function scanPackFiles (run: RepairRun, catalog: OfflineCatalog, knownPacks: Set<number>): Promise<{ scans: ScannedPack[], catalogLostRows: boolean }> {
   const packDir = path.join(run.dir, packsDir)
   const quarantineFull = path.join(run.dir, quarantineDir)
-  const knownPacks = new Set(catalog.packUsage().map(p => p.id))
-  let catalogLostRows = run.report.catalogRebuilt
-  let highestRecord = 0
-  const scanned = new Map<number, { packId: number, offset: number, storedBytes: number, rawBytes: number, compressed: boolean, hash: Buffer }>()
-  const scans: Array<{ file: string, scan: PackScan, quarantined: boolean }> = []
+  let catalogLostRows = false
+  const scans: ScannedPack[] = []
   for (const name of fs.readdirSync(packDir)) {
     const named = packIdOfFile(name)
     if (named === null) { run.quarantine(path.join(packDir, name), 'not a pack file'); continue }
@@ -297,16 +333,35 @@ async function reindexChunks (run: RepairRun, pool: Pool, maps: StoredMaps): Pro
       } catch {}
     }
   }
-  const indexed = new Set(catalog.chunkIds())
-  let orphans = 0
-  const orphanPacks = new Set<string>()
-  const restore: Array<{ file: string, packId: number }> = []
+  return { scans, catalogLostRows }
+}
+
+/** What step 5b chose from the scanned packs. */
+interface ChosenRecords {
+  /** The chunk ids the index held before. */
+  indexed: Set<number>
+  /** The record to index for each chunk id. */
+  scanned: Map<number, FoundRecord>
+  /** Quarantined packs holding records the maps need. */
+  restore: Array<{ file: string, packId: number }>
+  orphans: number
+  orphanPacks: Set<string>
+  highestRecord: number
+}
+
+/**
+ * Step 5b: the record to index for each chunk: the indexed one where it still stands (over a stale copy
+ * elsewhere), else one the maps reference; the records nobody references counted as orphans.
+ */
+function chooseRecords (run: RepairRun, catalog: OfflineCatalog, maps: StoredMaps, scans: ScannedPack[]): ChosenRecords {
+  const chosen: ChosenRecords = { indexed: new Set(catalog.chunkIds()), scanned: new Map(), restore: [], orphans: 0, orphanPacks: new Set(), highestRecord: 0 }
+  const { indexed, scanned } = chosen
   for (const { file, scan, quarantined } of scans) {
     const packId = scan.packId as number
     let needed = false
     for (const record of scan.records) {
       if (record.offset + record.storedBytes > scan.bytes) continue // cut short
-      highestRecord = Math.max(highestRecord, record.id)
+      chosen.highestRecord = Math.max(chosen.highestRecord, record.id)
       const row = indexed.has(record.id) ? catalog.chunk(record.id) : undefined
       const found = { packId, offset: record.offset, storedBytes: record.storedBytes, rawBytes: record.rawBytes, compressed: record.compressed, hash: record.hash }
       if (row !== undefined) {
@@ -315,50 +370,34 @@ async function reindexChunks (run: RepairRun, pool: Pool, maps: StoredMaps): Pro
         continue
       }
       if (!maps.referenced.has(record.id) || scanned.has(record.id) || catalog.isRetired(record.id)) {
-        if (!maps.referenced.has(record.id) && !catalog.isRetired(record.id)) { orphans++; orphanPacks.add(path.relative(run.dir, file)) }
+        if (!maps.referenced.has(record.id) && !catalog.isRetired(record.id)) { chosen.orphans++; chosen.orphanPacks.add(path.relative(run.dir, file)) }
         continue
       }
       scanned.set(record.id, found)
       if (quarantined) needed = true
     }
-    if (needed) restore.push({ file, packId })
+    if (needed) chosen.restore.push({ file, packId })
   }
-  // Quarantined packs that hold records the maps need go back to packs/ under their own id.
-  for (const { file, packId } of restore) {
+  return chosen
+}
+
+/**
+ * Step 5c: quarantined packs that hold records the maps need go back to packs/ under their own id; one
+ * whose place is taken stays, and its records are not indexed.
+ */
+function restoreQuarantinedPacks (run: RepairRun, catalog: OfflineCatalog, knownPacks: Set<number>, chosen: ChosenRecords): void {
+  const packDir = path.join(run.dir, packsDir)
+  for (const { file, packId } of chosen.restore) {
     const target = path.join(packDir, packFileName(packId))
     if (fs.existsSync(target)) {
       run.report.notes.push(`${path.relative(run.dir, file)} holds chunks the maps need, but ${path.relative(run.dir, target)} exists; left in quarantine`)
-      for (const [id, found] of scanned) if (found.packId === packId && !indexed.has(id)) scanned.delete(id)
+      for (const [id, found] of chosen.scanned) if (found.packId === packId && !chosen.indexed.has(id)) chosen.scanned.delete(id)
       continue
     }
     fs.renameSync(file, target)
     fs.chmodSync(target, 0o600)
     if (!knownPacks.has(packId)) { catalog.insertPack(packId, Date.now()); knownPacks.add(packId) }
     run.report.notes.push(`${path.relative(run.dir, file)} holds chunks the maps need; moved back to ${path.relative(run.dir, target)}`)
-  }
-  catalog.transaction(() => {
-    for (const [id, found] of scanned) {
-      const row = indexed.has(id) ? catalog.chunk(id) : undefined
-      if (row !== undefined && row.packId === found.packId && row.offset === found.offset) continue
-      // An absent chunk (a lazy pull's) whose bytes a pack holds (filled, and the catalog lost the fill): filled now.
-      if (row !== undefined && row.packId === absentPackId) catalog.fillChunk({ id, ...found })
-      else if (row !== undefined) catalog.moveChunk(id, found.packId, found.offset)
-      else if (catalog.chunkByHash(found.hash) === undefined) catalog.insertChunk({ id, ...found })
-      else continue
-      run.report.chunksReindexed++
-    }
-    for (const id of indexed) {
-      // An absent chunk has no record anywhere yet: it stays (its lazy pull fills it in).
-      if (!scanned.has(id) && catalog.chunk(id)?.packId !== absentPackId) { catalog.deleteChunk(id); run.report.chunksDropped++; run.report.notes.push(`chunk ${id}: its record is gone from the packs`) }
-    }
-    // After a catalog lost rows, every id found in a pack counts as handed out: none is issued
-    // again, and the records nobody references stay "unaccounted for" (verify reports them).
-    if (catalogLostRows) catalog.raiseIdHigh('chunk_id_high', highestRecord)
-  })
-  if (orphans > 0) {
-    run.report.orphanRecords = orphans
-    run.report.notes.push(`${orphans} chunk records in ${orphanPacks.size} pack${orphanPacks.size === 1 ? '' : 's'} (${[...orphanPacks].slice(0, 4).join(', ')}) belong to no volume the catalog knows: ` +
-      'kept, unindexed; gc moves such packs to quarantine/ and never deletes them')
   }
 }
 

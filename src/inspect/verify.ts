@@ -34,83 +34,136 @@ export interface Progress { done: number, total: number }
 export async function verifyPool (pool: Pool, progress: Progress = { done: 0, total: 0 }): Promise<VerifyReport> {
   const report: VerifyReport = { ok: true, volumes: 0, pages: 0, blocks: 0, extents: 0, chunks: 0, problems: [], damaged: [] }
   for (const problem of pool.inspection.catalogProblems()) report.problems.push(`catalog: ${problem}`)
-  const blockBytes = pool.blockBytes
-  // block references per chunk, for naming the volumes a damaged chunk hurts.
-  const users = new Map<number, Array<{ volume: Volume, block: number }>>()
-  const bad = new Map<Volume, Map<number, string>>()
-  const mark = (volume: Volume, block: number, problem: string) => {
-    let blocks = bad.get(volume)
-    if (blocks === undefined) bad.set(volume, blocks = new Map())
-    if (!blocks.has(block)) blocks.set(block, problem)
-  }
-  const extentSlots = new Map<number, number | string>()
+  const walk: MapWalk = { pool, report, damage: new DamagedBlocks(), users: new Map(), extentSlots: new Map() }
   const volumes = pool.list()
   const chunkIds = pool.inspection.chunkIds()
   progress.total = volumes.length + chunkIds.length
   for (const volume of volumes) {
-    report.volumes++
-    const root = volume.map.root
-    for (let p = 0; p < root.length; p++) {
-      if (root[p] === 0) continue
-      let entries: Float64Array
-      try {
-        entries = pool.inspection.pageEntries(root[p])
-        report.pages++
-      } catch (err) {
-        const first = p * pageEntries
-        for (let b = first; b < Math.min(first + pageEntries, Math.ceil(volume.size / blockBytes)); b++) mark(volume, b, (err as Error).message)
-        continue
-      }
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]
-        if (entry === 0) continue
-        const block = p * pageEntries + i
-        report.blocks++
-        const kind = entryKind(entry)
-        if (kind === entryKindDelta) {
-          const extentId = entryExtentId(entry)
-          let slots = extentSlots.get(extentId)
-          if (slots === undefined) {
-            try {
-              slots = await pool.inspection.extentSlots(extentId)
-              report.extents++
-            } catch (err) { slots = (err as Error).message }
-            // eslint-disable-next-line vdiskfs/map-check-then-act -- extentSlots is this verify's own cache, filled by this sequential walk; nothing else sets it
-            extentSlots.set(extentId, slots)
-          }
-          if (typeof slots === 'string') mark(volume, block, slots)
-          else if (entrySlot(entry) >= slots) mark(volume, block, `delta extent ${extentId} is shorter than slot ${entrySlot(entry)}`)
-          else {
-            const why = await pool.inspection.checkExtentSlot(extentId, entrySlot(entry))
-            if (why !== null) mark(volume, block, why)
-            // A partial slot reads its unwritten sectors from the chunk under it: that chunk is checked
-            // below with the others, and this block named if it is damaged or missing.
-            const under = pool.inspection.underSlot(entry)
-            if (under.kind === 'damaged') mark(volume, block, `delta extent ${extentId} slot ${entrySlot(entry)}: its base entry fails its check`)
-            else if (under.kind === 'chunk') {
-              let list = users.get(under.chunkId)
-              if (list === undefined) users.set(under.chunkId, list = [])
-              list.push({ volume, block })
-            }
-          }
-        } else if (kind === entryKindChunk) {
-          const id = entryChunkId(entry)
-          let list = users.get(id)
-          if (list === undefined) users.set(id, list = [])
-          list.push({ volume, block })
-        } else if (kind === entryKindLost) {
-          mark(volume, block, 'lost (quarantined by repair)')
-        } else if (kind !== entryKindHole) {
-          mark(volume, block, `unknown map entry kind ${kind}`)
-        }
-      }
-    }
+    await checkMap(walk, volume)
     progress.done++
   }
-  // Every chunk in the index, referenced or not, read and checked against its hash.
+  await checkChunks(walk, chunkIds, progress)
+  report.damaged.push(...walk.damage.ranges(pool.blockBytes))
+  await checkPoolFiles(pool, report)
+  report.ok = report.problems.length === 0 && report.damaged.length === 0
+  return report
+}
+
+/** The damaged blocks found, per volume, each with the first problem found for it. */
+class DamagedBlocks {
+  private readonly bad = new Map<Volume, Map<number, string>>()
+
+  mark (volume: Volume, block: number, problem: string): void {
+    let blocks = this.bad.get(volume)
+    if (blocks === undefined) this.bad.set(volume, blocks = new Map())
+    if (!blocks.has(block)) blocks.set(block, problem)
+  }
+
+  /** Each volume's damaged blocks as byte ranges: neighbours with the same problem make one range. */
+  ranges (blockBytes: number): DamagedRange[] {
+    const ranges: DamagedRange[] = []
+    for (const [volume, blocks] of this.bad) {
+      const sorted = [...blocks.entries()].sort((a, b) => a[0] - b[0])
+      let start = sorted[0]
+      let previous = sorted[0]
+      // eslint-disable-next-line vdiskfs/loop-capture-changed -- flush is only called synchronously below, and must see the run's current start
+      const flush = (last: [number, string]) => ranges.push({
+        volume: volume.name, kind: volume.kind, startByte: start[0] * blockBytes, endByte: Math.min(volume.size, (last[0] + 1) * blockBytes), problem: start[1]
+      })
+      for (const current of sorted.slice(1)) {
+        if (current[0] === previous[0] + 1 && current[1] === previous[1]) { previous = current; continue }
+        flush(previous)
+        start = current
+        previous = current
+      }
+      flush(previous)
+    }
+    return ranges
+  }
+}
+
+/** What the walk of the maps found and keeps as it goes. */
+interface MapWalk {
+  pool: Pool
+  report: VerifyReport
+  damage: DamagedBlocks
+  /** The blocks that read each chunk, to name the volumes a damaged chunk hurts. */
+  users: Map<number, Array<{ volume: Volume, block: number }>>
+  /** Each delta extent's slot count once loaded, or why it could not be. */
+  extentSlots: Map<number, number | string>
+}
+
+function addUser (walk: MapWalk, chunkId: number, volume: Volume, block: number): void {
+  let list = walk.users.get(chunkId)
+  if (list === undefined) walk.users.set(chunkId, list = [])
+  list.push({ volume, block })
+}
+
+/** Every map page of `volume` read and checked, and every entry in them (checkEntry). */
+async function checkMap (walk: MapWalk, volume: Volume): Promise<void> {
+  const { pool, report } = walk
+  report.volumes++
+  const root = volume.map.root
+  for (let p = 0; p < root.length; p++) {
+    if (root[p] === 0) continue
+    let entries: Float64Array
+    try {
+      entries = pool.inspection.pageEntries(root[p])
+      report.pages++
+    } catch (err) {
+      const first = p * pageEntries
+      for (let b = first; b < Math.min(first + pageEntries, Math.ceil(volume.size / pool.blockBytes)); b++) walk.damage.mark(volume, b, (err as Error).message)
+      continue
+    }
+    for (let i = 0; i < entries.length; i++) {
+      if (entries[i] === 0) continue
+      report.blocks++
+      await checkEntry(walk, volume, p * pageEntries + i, entries[i])
+    }
+  }
+}
+
+/** One map entry: a delta entry's slot checked in its extent, a chunk entry noted for checkChunks, a lost or unknown one marked. */
+async function checkEntry (walk: MapWalk, volume: Volume, block: number, entry: number): Promise<void> {
+  const kind = entryKind(entry)
+  if (kind === entryKindDelta) await checkDeltaEntry(walk, volume, block, entry)
+  else if (kind === entryKindChunk) addUser(walk, entryChunkId(entry), volume, block)
+  else if (kind === entryKindLost) walk.damage.mark(volume, block, 'lost (quarantined by repair)')
+  else if (kind !== entryKindHole) walk.damage.mark(volume, block, `unknown map entry kind ${kind}`)
+}
+
+async function checkDeltaEntry (walk: MapWalk, volume: Volume, block: number, entry: number): Promise<void> {
+  const { pool, damage } = walk
+  const extentId = entryExtentId(entry)
+  let slots = walk.extentSlots.get(extentId)
+  if (slots === undefined) {
+    try {
+      slots = await pool.inspection.extentSlots(extentId)
+      walk.report.extents++
+    } catch (err) { slots = (err as Error).message }
+    // eslint-disable-next-line vdiskfs/map-check-then-act -- extentSlots is this verify's own cache, filled by this sequential walk; nothing else sets it
+    walk.extentSlots.set(extentId, slots)
+  }
+  if (typeof slots === 'string') { damage.mark(volume, block, slots); return }
+  if (entrySlot(entry) >= slots) { damage.mark(volume, block, `delta extent ${extentId} is shorter than slot ${entrySlot(entry)}`); return }
+  const why = await pool.inspection.checkExtentSlot(extentId, entrySlot(entry))
+  if (why !== null) damage.mark(volume, block, why)
+  // A partial slot reads its unwritten sectors from the chunk under it: that chunk is checked
+  // with the others (checkChunks), and this block named if it is damaged or missing.
+  const under = pool.inspection.underSlot(entry)
+  if (under.kind === 'damaged') damage.mark(volume, block, `delta extent ${extentId} slot ${entrySlot(entry)}: its base entry fails its check`)
+  else if (under.kind === 'chunk') addUser(walk, under.chunkId, volume, block)
+}
+
+/**
+ * Every chunk in the index, referenced or not, read and checked against its hash; the blocks that
+ * read a damaged chunk, or one missing from the index, are marked.
+ */
+async function checkChunks (walk: MapWalk, chunkIds: number[], progress: Progress): Promise<void> {
+  const { pool, report, damage, users } = walk
   const indexed = new Set(chunkIds)
   for (const [id, list] of users) {
-    if (!indexed.has(id)) for (const { volume, block } of list) mark(volume, block, `chunk ${id} is missing from the index`)
+    if (!indexed.has(id)) for (const { volume, block } of list) damage.mark(volume, block, `chunk ${id} is missing from the index`)
   }
   const damagedChunks = new Map<number, string>()
   for (let i = 0; i < chunkIds.length; i += verifyBatchChunks) {
@@ -122,27 +175,8 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
   for (const [id, why] of damagedChunks) {
     const list = users.get(id)
     if (list === undefined) report.problems.push(`chunk ${id} (unreferenced): ${why}`)
-    else for (const { volume, block } of list) mark(volume, block, `chunk ${id}: ${why}`)
+    else for (const { volume, block } of list) damage.mark(volume, block, `chunk ${id}: ${why}`)
   }
-  for (const [volume, blocks] of bad) {
-    const sorted = [...blocks.entries()].sort((a, b) => a[0] - b[0])
-    let start = sorted[0]
-    let previous = sorted[0]
-    // eslint-disable-next-line vdiskfs/loop-capture-changed -- flush is only called synchronously below, and must see the run's current start
-    const flush = (last: [number, string]) => report.damaged.push({
-      volume: volume.name, kind: volume.kind, startByte: start[0] * blockBytes, endByte: Math.min(volume.size, (last[0] + 1) * blockBytes), problem: start[1]
-    })
-    for (const current of sorted.slice(1)) {
-      if (current[0] === previous[0] + 1 && current[1] === previous[1]) { previous = current; continue }
-      flush(previous)
-      start = current
-      previous = current
-    }
-    flush(previous)
-  }
-  await checkPoolFiles(pool, report)
-  report.ok = report.problems.length === 0 && report.damaged.length === 0
-  return report
 }
 
 /** catalog.log against the catalog: a log this catalog does not name, or volumes it holds that the catalog lost. */

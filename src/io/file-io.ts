@@ -129,7 +129,14 @@ async function read (fd: number, target: Uint8Array, offset: number, length: num
   if (nowait === null || !inlineReads.inlineNow(length)) return await readAsync(fd, target, offset, length, position)
   let result = 0
   inlineReads.run(() => { result = nowait(fd, target, offset, length, position); return result })
-  if (result >= 0) return { bytesRead: result }
+  // A whole read, or 0 at the end of the file. A short one means the page cache held only the start:
+  // the rest through the pool, so that a short read still means the end of the file, as pread's does
+  // (callers other than readRaw take it so; a chunk read short was reported as damage).
+  if (result === length || result === 0) return { bytesRead: result }
+  if (result > 0) {
+    const { bytesRead } = await readAsync(fd, target, offset + result, length - result, position + result)
+    return { bytesRead: result + bytesRead }
+  }
   // EAGAIN: not all in the page cache; EOPNOTSUPP and the like: a file system without RWF_NOWAIT.
   if (result === -EAGAIN || result === -os.constants.errno.EOPNOTSUPP || result === -os.constants.errno.EINVAL) {
     inlineReads.stats.inline--

@@ -1,6 +1,6 @@
 /**
  * The raw frames export and import exchange with the daemon over the control socket's stream mode
- * (src/control/server.ts): not the export stream itself (stream.ts), which the CLI process encodes and
+ * (src/daemon/server/server.ts): not the export stream itself (stream.ts), which the CLI process encodes and
  * decodes, so the daemon's event loop only moves blocks (hashing for the stream's ids, zstd and the
  * stream checksum run in the CLI; hashing and compression of stored chunks in the daemon's workers).
  *

@@ -13,7 +13,6 @@ import path from 'node:path'
 import type { ExecutionContext } from 'ava'
 import { call } from '../../src/control/client'
 import { repoRoot, vdiskfs, waitForExit } from './mount'
-import { Operation } from '../../src/control/operations'
 
 export const fsxBin = path.join(repoRoot, 'build', 'xfstests', 'fsx')
 export const fsstressBin = path.join(repoRoot, 'build', 'xfstests', 'fsstress')
@@ -125,25 +124,25 @@ export function startChurn (mnt: string, image: string, prefix: string, options:
     })())
   }
   if (options.fast !== false) {
-    const kind = ({ disks: 'disk', clones: 'clone' } as Record<string, string>)[path.basename(path.dirname(image))]
+    const kind = ({ disks: 'disk', clones: 'clone' } as Record<string, 'disk' | 'clone'>)[path.basename(path.dirname(image))]
     const sourceName = path.basename(image)
     const fastLive: string[] = []
-    const request = async (what: string, op: Operation, args: Record<string, unknown> = {}): Promise<boolean> => {
-      try { await call(mnt, op, args); return true } catch (err) { stats.failures.push(`${what} (control socket): ${String(err)}`); return false }
+    const request = async (what: string, sent: () => Promise<unknown>): Promise<boolean> => {
+      try { await sent(); return true } catch (err) { stats.failures.push(`${what} (control socket): ${String(err)}`); return false }
     }
     loops.push((async () => {
       for (let n = 0; !stopped; n++) {
         const name = `${prefix}-fast-${n}.img`
-        if (await request(`backup ${sourceName} ${name}`, 'backup', { sourceKind: kind, sourceName, name })) {
+        if (await request(`backup ${sourceName} ${name}`, async () => await call(mnt, 'backup', { sourceKind: kind, sourceName, name }))) {
           stats.fast.backups++
           fastLive.push(name)
           while (fastLive.length > keep) {
             const old = fastLive.shift() as string
-            if (await request(`rm ${old}`, 'rm', { targetKind: 'backup', targetName: old })) stats.fast.removed++
+            if (await request(`rm ${old}`, async () => await call(mnt, 'rm', { targetKind: 'backup', targetName: old }))) stats.fast.removed++
           }
         }
-        if (n % 3 === 1 && await request('sync', 'sync')) stats.fast.syncs++
-        if (n % 5 === 2 && await request('gc', 'gc')) stats.fast.gcs++
+        if (n % 3 === 1 && await request('sync', async () => await call(mnt, 'sync'))) stats.fast.syncs++
+        if (n % 5 === 2 && await request('gc', async () => await call(mnt, 'gc'))) stats.fast.gcs++
         await new Promise(resolve => setTimeout(resolve, 50))
       }
     })())

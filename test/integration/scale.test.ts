@@ -91,7 +91,7 @@ test.serial('a chain of 100 clones (clone of a backup of a clone ...) reads righ
   fs.truncateSync(base, diskBytes)
   writeBlock(base, 0, blockOf(0))
   const depth = 100
-  let source = { sourceKind: 'disk', sourceName: 'base.img' }
+  let source: { sourceKind: 'disk' | 'clone', sourceName: string } = { sourceKind: 'disk', sourceName: 'base.img' }
   for (let d = 1; d <= depth; d++) {
     await call(m.mnt, 'backup', { ...source, name: `chain${d}.img` })
     await call(m.mnt, 'clone', { sourceKind: 'backup', sourceName: `chain${d}.img`, name: `c${d}.img` })

@@ -291,7 +291,7 @@ test.serial('the daemon checks what an import connection sends: a creation time 
   const opened = await openStream(m.mnt, 'importStream', { name: 'order.img', header: { ...header, createdMs: Date.now() } })
   try {
     opened.socket.write(Buffer.concat([frameHead(frameZero, 2, null), frameHead(frameZero, 1, null), frameHead(frameEnd, 0, null)]))
-    await t.throwsAsync(readReply(opened.socket, opened.rest, m.mnt), { message: /out of order/ })
+    await t.throwsAsync(readReply('importStream', opened.socket, opened.rest, m.mnt), { message: /out of order/ })
   } finally {
     opened.socket.destroy()
   }

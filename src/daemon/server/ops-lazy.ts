@@ -4,9 +4,9 @@
  * chunks readers wait for), which of a list of chunks a pull still lacks (lazyMissing), and the pulls in
  * progress (lazyPulls, also in `vdiskfs status`).
  */
-import { VdiskError, invalid } from '../errors'
-import { importBatchBlocks, lazyMissingHashesMax } from '../limits'
-import { ByteReader, errorFrame, frameData, frameEnd, frameFlush, frameHead, frameWant, readFrame, send } from '../transfer/wire'
+import { VdiskError, invalid } from '../../errors'
+import { importBatchBlocks, lazyMissingHashesMax } from '../../limits'
+import { ByteReader, errorFrame, frameData, frameEnd, frameFlush, frameHead, frameWant, readFrame, send } from '../../transfer/wire'
 import { HandlerContext, Handlers, StreamHandler, named } from './handler'
 
 function replyLine (result: unknown): Buffer { return Buffer.from(JSON.stringify({ id: 1, ok: true, result }) + '\n') }
@@ -31,8 +31,8 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
     return pool.lazy.progress().map(p => ({ ...p, backup: labelOf(p.uuid) }))
   }
 
-  const hydrateStream: StreamHandler = async (args, socket, rest) => {
-    const uuid = args.uuid as string
+  const hydrateStream: StreamHandler<'hydrateStream'> = async (args, socket, rest) => {
+    const uuid = args.uuid
     let detach: () => void
     // Wants wait for the reply line (attach() tells of the readers waiting already, before it is sent).
     let early: Buffer[] | null = []
@@ -86,14 +86,14 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
   }
 
   return {
-    hydrateStream: Object.assign(async () => { throw invalid('this operation carries a stream: use vdiskfs pull --lazy') }, { stream: hydrateStream }),
+    hydrateStream,
     lazyMissing: async args => {
-      const hashes = args.hashes as unknown[]
-      if (hashes.length > lazyMissingHashesMax || !hashes.every(h => typeof h === 'string' && hashPattern.test(h))) throw invalid(`hashes: up to ${lazyMissingHashesMax} BLAKE3 ids in hex`)
-      const uuid = args.uuid as string
+      const hashes = args.hashes
+      if (hashes.length > lazyMissingHashesMax || !hashes.every(h => hashPattern.test(h))) throw invalid(`hashes: up to ${lazyMissingHashesMax} BLAKE3 ids in hex`)
+      const uuid = args.uuid
       pool.lazy.dropRemoved()
       if (pool.lazy.get(uuid) === undefined) return { inProgress: false, missing: [] }
-      return { inProgress: true, missing: pool.lazy.missingHashes(uuid, hashes as string[]) }
+      return { inProgress: true, missing: pool.lazy.missingHashes(uuid, hashes) }
     },
     lazyPulls: async () => pulls()
   } satisfies Handlers

@@ -3,45 +3,11 @@
  * [--json|--prometheus]`) and what an image is (info, for `vdiskfs info`).
  */
 import fs from 'node:fs'
-import { volumeFacts } from '../inspect/facts'
-import { EventLoopReport, JobReport, OperationReport } from '../daemon/metrics'
-import { LogEntry } from '../daemon/daemon-log'
-import { ChunkCacheStats } from '../chunk/chunk-cache'
-import { InlineWriteStats, inlineReadStats, inlineWriteStats } from '../io/file-io'
+import { volumeFacts } from '../../inspect/facts'
+import { inlineReadStats, inlineWriteStats } from '../../io/file-io'
+import { StatsResult } from '../../control/results'
 import { HandlerContext, Handlers, volumeArg } from './handler'
 
-
-export interface StatsResult {
-  /** What the `status` operation says (pid, pool, mountpoint, version, block size, RSS, the FUSE session's figures). */
-  daemon: Record<string, unknown>
-  startedMs: number
-  uptimeSeconds: number
-  rssBytes: number
-  heapUsedBytes: number
-  openFds: number
-  /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
-  activeResources: number
-  eventLoopDelay: EventLoopReport
-  /** Rates and latency percentiles cover the last this many seconds. */
-  windowSeconds: number
-  operations: Record<string, OperationReport>
-  /**
-   * Bytes in delta extents, waiting to be sealed into the chunk store (slots written and not yet sealed
-   * or freed: counted from the extents, not the maps), as of unsealedAsOfMs.
-   */
-  unsealedBytes: number
-  unsealedAsOfMs: number
-  /** The cache of verified, decompressed chunks (sealed reads). */
-  chunkCache: ChunkCacheStats
-  /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
-  writes: InlineWriteStats
-  /** Engine reads served inline (every byte in the page cache: preadv2 RWF_NOWAIT) or through the thread pool. */
-  reads: InlineWriteStats
-  jobs: JobReport[]
-  /** Lazy pulls in progress: the backup, its remote and id there, chunks it lacked and how many are here now, whether a hydrator is connected. */
-  hydrating: Array<{ backup: string | null, remote: string, id: string, chunks: number, chunksHere: number, hydrator: boolean }>
-  lastErrors: LogEntry[]
-}
 
 export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext) {
   return {
@@ -50,7 +16,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
       const unsealedAsOfMs = Date.now()
       const unsealedBytes = await pool.inspection.extentBytes()
       const nowMs = Date.now()
-      const daemon = status() as Record<string, unknown>
+      const daemon = status()
       const memory = process.memoryUsage()
       const { windowSeconds, operations } = metrics.operationReport()
       const jobs = metrics.runningJobs()

@@ -19,9 +19,9 @@ import { VdiskError } from '../errors'
 import { call, openStream, readReply } from '../control/client'
 import { StreamHeader } from '../transfer/stream'
 import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, readFrame, send } from '../transfer/wire'
-import { Manifest, pullBatchBlocks, pullRangeBytesMax } from './remote-format'
-import { RemoteStore } from './store'
-import { testPause } from './test-pause'
+import { Manifest, pullBatchBlocks, pullRangeBytesMax } from '../remote/remote-format'
+import { RemoteStore } from '../remote/store'
+import { testPause } from '../remote/test-pause'
 
 /** How long hydrate() keeps retrying without progress, by default, and how long it waits between tries. */
 export const hydrateRetryMsDefault = 10 * 60 * 1000
@@ -50,7 +50,7 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
   const socket = opened.socket
   try {
     // The daemon's last line: read from now on (it may come early, with the reason it stopped).
-    const reply = readReply(socket, opened.rest, mountpoint)
+    const reply = readReply('lazyPullStream', socket, opened.rest, mountpoint)
     reply.catch(() => {})
     for (const [index, chunk] of manifest.blocks) await send(socket, frameHead(frameRef, index, Buffer.from(chunk, 'hex')))
     await send(socket, frameHead(frameEnd, 0, null))

@@ -18,18 +18,12 @@ import { VolumeKind } from '../catalog/catalog'
 import { VdiskError } from '../errors'
 import { daemonReasonWaitMs, streamBufferBytes } from '../limits'
 import { openStream, readReply } from '../control/client'
-import { VolumeInfo } from '../volume/volume'
-import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from './stream'
-import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from './wire'
+import { ImportFinish } from '../control/results'
+import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
+import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 
-/** What an import made. */
-export interface ImportResult {
-  backup: VolumeInfo & { uuid: string }
-  /** Blocks an earlier, interrupted import of the same stream had stored (not stored again). */
-  resumedBlocks: number
-  newChunks: number
-  dedupedBlocks: number
-  zeroBlocks: number
+/** What an import made: the daemon's last reply, and what this side counted. */
+export type ImportResult = ImportFinish & {
   /** Blocks the stream carried. */
   blocks: number
   /** Bytes of the stream read. */
@@ -56,7 +50,7 @@ export function exportStream (mountpoint: string, backupKind: VolumeKind, name: 
   void (async () => {
     const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
     socket = opened.socket
-    const header = opened.result as StreamHeader
+    const header = opened.result
     options.onHeader?.(header)
     const reader = new ByteReader(opened.socket, opened.rest)
     let done = 0
@@ -83,7 +77,7 @@ export function exportStream (mountpoint: string, backupKind: VolumeKind, name: 
  */
 export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, name: string, options: { since?: string } = {}): Promise<{ header: StreamHeader, blocks: AsyncGenerator<StreamBlock> }> {
   const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
-  const header = opened.result as StreamHeader
+  const header = opened.result
   const reader = new ByteReader(opened.socket, opened.rest)
   async function * blocks (): AsyncGenerator<StreamBlock> {
     try {
@@ -138,11 +132,11 @@ export async function importStream (mountpoint: string, name: string, stream: Re
   let socket: net.Socket | null = null
   // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
   // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
-  let reply: Promise<{ result: unknown }> | null = null
+  let reply: Promise<{ result: ImportFinish }> | null = null
   let replied = false
   let header: StreamHeader | null = null
   let blocks = 0
-  const watch = (answer: Promise<{ result: unknown }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
+  const watch = (answer: Promise<{ result: ImportFinish }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
   const stopped = async (): Promise<VdiskError> => {
     try {
       await reply
@@ -158,7 +152,7 @@ export async function importStream (mountpoint: string, name: string, stream: Re
         options.onHeader?.(header)
         const opened = await openStream(mountpoint, 'importStream', { name, header })
         socket = opened.socket
-        reply = readReply(socket, opened.rest, mountpoint)
+        reply = readReply('importStream', socket, opened.rest, mountpoint)
         watch(reply)
         continue
       }
@@ -182,7 +176,7 @@ export async function importStream (mountpoint: string, name: string, stream: Re
       throw await daemonsReason(reply, err)
     }
     const { result } = await reply
-    return { ...(result as Omit<ImportResult, 'blocks' | 'streamBytes'>), blocks, streamBytes: decoder.bytesRead }
+    return { ...result, blocks, streamBytes: decoder.bytesRead }
   } finally {
     socket?.destroy()
     stream.unpipe(decoder)

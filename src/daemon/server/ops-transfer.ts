@@ -6,16 +6,17 @@
  * back-pressure in both directions.
  */
 import net from 'node:net'
-import { VdiskError, invalid } from '../errors'
-import { ChangedSet } from '../map/diff'
-import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
-import { StreamHeader, streamKey } from '../transfer/stream'
-import { headerSourceLabelBytesMax } from '../transfer/stream-format'
-import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../limits'
-import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, readFrame, send } from '../transfer/wire'
-import { ImportBlock } from '../volume/import'
-import { Volume } from '../volume/volume'
-import { Handler, HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
+import { VdiskError, invalid } from '../../errors'
+import { ChangedSet } from '../../map/diff'
+import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../../transfer/prune'
+import { StreamHeader, streamKey } from '../../transfer/stream'
+import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
+import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../../limits'
+import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, readFrame, send } from '../../transfer/wire'
+import { ImportBlock } from '../../volume/import'
+import { Pool } from '../../volume/pool'
+import { Volume } from '../../volume/volume'
+import { HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
 
 function replyLine (result: unknown): Buffer { return Buffer.from(JSON.stringify({ id: 1, ok: true, result }) + '\n') }
 function errorLine (err: unknown): Buffer {
@@ -23,21 +24,20 @@ function errorLine (err: unknown): Buffer {
   return Buffer.from(JSON.stringify({ id: 1, ok: false, error }) + '\n')
 }
 
-/** A Handler that only runs in stream mode (a plain request is refused). */
-function streamOnly (stream: StreamHandler): Handler {
-  return Object.assign(async () => { throw invalid('this operation carries a stream: use vdiskfs export or import') }, { stream })
-}
-
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
-  /** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
-  const sourceLabelOf = (volume: Volume): string => {
-    const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
-    return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
-  }
+/** What a backup's source is called: the live volume's label, else the one it had (or was imported with). */
+function sourceLabelOf (pool: Pool, volume: Volume): string {
+  const source = volume.sourceId === null ? undefined : pool.byId(volume.sourceId)
+  return source !== undefined && !source.hidden ? source.label : volume.sourceLabel ?? '(imported)'
+}
 
-  const exportStream: StreamHandler = async (args, socket) => {
+/**
+ * exportStream: a backup's blocks (all, or those that differ from an older backup) sent to the CLI after a
+ * header, as frames (transfer/wire.ts); both backups held open meanwhile.
+ */
+function exportHandler ({ pool, log, metrics }: HandlerContext): StreamHandler<'exportStream'> {
+  const exportStream: StreamHandler<'exportStream'> = async (args, socket) => {
     let volume: Volume
     let since: Volume | null
     try {
@@ -70,12 +70,12 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
         createdMs: volume.createdMs,
         records: changed.count,
         // Its source's identity travels along: the importing host groups it with that source's backups.
-        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(volume) }
+        source: volume.sourceUuid === null ? null : { uuid: volume.sourceUuid, label: sourceLabelOf(pool, volume) }
       }
       await send(socket, replyLine(header))
       // A job while it sends (vdiskfs status lists it, with its progress in blocks).
       const progress = { done: 0, total: changed.count }
-      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(socket, volume, changed, progress), () => progress)
+      await metrics.job(`export ${volume.name}`, async () => await sendBlocks(pool, socket, volume, changed, progress), () => progress)
       await send(socket, frameHead(frameEnd, 0, null))
       socket.end()
       log(`export: ${volume.label}${since !== null ? ` since ${since.name}` : ''}, ${changed.count} blocks`)
@@ -86,73 +86,81 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       for (const v of held) await pool.released(v)
     }
   }
+  return exportStream
+}
 
-  /**
-   * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
-   * or not (chunks in one worker task), a few reads ahead.
-   */
-  async function sendBlocks (socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
-    const blockBytes = pool.blockBytes
-    type Group = Array<{ block: number, entry: number }>
-    // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
-    // cut: the list of a large export is never held whole.
-    const source = changed.blocks()
-    let sent = 0
-    const nextGroup = (): Group | null => {
-      const group: Group = []
-      let data = 0
-      while (data < exportReadBlocks) {
-        const next = source.next()
-        if (next.done === true) break
-        const entry = volume.map.get(next.value)
-        group.push({ block: next.value, entry })
-        if (entry !== 0) data++
-      }
-      return group.length === 0 ? null : group
+/**
+ * Reads the blocks and sends them in order: up to exportReadBlocks data blocks per read, neighbours
+ * or not (chunks in one worker task), a few reads ahead.
+ */
+async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, changed: ChangedSet, progress: { done: number }): Promise<void> {
+  const blockBytes = pool.blockBytes
+  type Group = Array<{ block: number, entry: number }>
+  // Groups are cut as they are needed (a few ahead), each entry taken from the map when its group is
+  // cut: the list of a large export is never held whole.
+  const source = changed.blocks()
+  let sent = 0
+  const nextGroup = (): Group | null => {
+    const group: Group = []
+    let data = 0
+    while (data < exportReadBlocks) {
+      const next = source.next()
+      if (next.done === true) break
+      const entry = volume.map.get(next.value)
+      group.push({ block: next.value, entry })
+      if (entry !== 0) data++
     }
-    const read = async (group: Group): Promise<Buffer> => {
-      const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
-      await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
-      return buffer
-    }
-    const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
-    const readAhead = (): void => {
-      while (pending.length < exportReadsInFlight) {
-        const group = nextGroup()
-        if (group === null) return
-        const data = read(group)
-        data.catch(() => {}) // awaited in order below; a failure there ends the export
-        pending.push({ group, data })
-      }
-    }
-    readAhead()
-    while (pending.length > 0) {
-      const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
-      const data = await reading
-      readAhead()
-      sent += group.length
-      progress.done = sent
-      for (let i = 0; i < group.length; i++) {
-        const { block, entry } = group[i]
-        if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
-        // A chunk's id travels along: the CLI's encoder checks the bytes against it.
-        const hash = pool.chunkHash(entry)
-        await send(socket, frameHead(frameData, block, hash))
-        await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
-      }
-    }
-    // The header announced changed.count records; the encoder refuses any other number.
-    if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
+    return group.length === 0 ? null : group
   }
+  const read = async (group: Group): Promise<Buffer> => {
+    const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
+    await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
+    return buffer
+  }
+  const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
+  const readAhead = (): void => {
+    while (pending.length < exportReadsInFlight) {
+      const group = nextGroup()
+      if (group === null) return
+      const data = read(group)
+      data.catch(() => {}) // awaited in order below; a failure there ends the export
+      pending.push({ group, data })
+    }
+  }
+  readAhead()
+  while (pending.length > 0) {
+    const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
+    const data = await reading
+    readAhead()
+    sent += group.length
+    progress.done = sent
+    for (let i = 0; i < group.length; i++) {
+      const { block, entry } = group[i]
+      if (entry === 0) { await send(socket, frameHead(frameZero, block, null)); continue }
+      // A chunk's id travels along: the CLI's encoder checks the bytes against it.
+      const hash = pool.chunkHash(entry)
+      await send(socket, frameHead(frameData, block, hash))
+      await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
+    }
+  }
+  // The header announced changed.count records; the encoder refuses any other number.
+  if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
+}
 
-  /**
-   * An import (lazy false), or a lazy pull's (volume/lazy.ts): the same stream with ref frames for the
-   * blocks still in the remote store `args.remote` (backup `args.manifest` there).
-   */
-  const importInto = (lazy: boolean): StreamHandler => async (args, socket, rest) => {
+/**
+ * importStream: a stream's blocks received as frames and stored in batches (one stored while the next
+ * arrives); the backup appears at the end frame, and an interrupted import is resumed by the next.
+ * lazyPullStream (volume/lazy.ts) is the same stream with ref frames for the blocks still in the remote
+ * store `args.remote` (backup `args.manifest` there).
+ */
+function importHandler<Op extends 'importStream' | 'lazyPullStream'> ({ pool, log }: HandlerContext, op: Op): StreamHandler<Op> {
+  const lazy = op === 'lazyPullStream'
+  const importStream: StreamHandler<Op> = async (args, socket, rest) => {
+    const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
+    const manifest = lazy ? (args as { manifest?: string }).manifest ?? '' : ''
     let session: ReturnType<typeof pool.imports.begin>
     try {
-      const header = args.header as StreamHeader
+      const header = args.header
       if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
         ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
       // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
@@ -161,11 +169,11 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
         typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
       if (lazy && header.baseUuid !== null) throw invalid('a lazy pull is of a whole backup, not on a base')
-      if (lazy && (!/^[0-9a-f]{32}$/.test(args.manifest as string) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(args.remote as string))) throw invalid('malformed remote or backup id of a lazy pull')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source, lazy }, args.name as string)
+      if (lazy && (!/^[0-9a-f]{32}$/.test(manifest) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(remote))) throw invalid('malformed remote or backup id of a lazy pull')
+      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source, lazy }, args.name)
       if (lazy) {
         try {
-          pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote: args.remote as string, manifest: args.manifest as string, chunks: 0, startedMs: Date.now() })
+          pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote, manifest, chunks: 0, startedMs: Date.now() })
         } catch (err) { session.close(); throw err }
       }
     } catch (err) {
@@ -212,7 +220,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       if (lazy) pool.lazy.started(session.spec.uuid)
       const c = session.counts
       log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
-        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${args.remote as string} (lazy pull)` : ''}`)
+        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${remote} (lazy pull)` : ''}`)
       socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
@@ -227,11 +235,16 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       if (base !== undefined) await pool.released(base)
     }
   }
+  return importStream
+}
+
+export function transferHandlers (context: HandlerContext) {
+  const { pool } = context
 
   return {
-    exportStream: streamOnly(exportStream),
-    importStream: streamOnly(importInto(false)),
-    lazyPullStream: streamOnly(importInto(true)),
+    exportStream: exportHandler(context),
+    importStream: importHandler(context, 'importStream'),
+    lazyPullStream: importHandler(context, 'lazyPullStream'),
     diff: async args => {
       const older = volumeArg(pool, 'diff', args, 'older')
       const newer = volumeArg(pool, 'diff', args, 'newer')
@@ -268,7 +281,7 @@ export function transferHandlers ({ pool, log, metrics }: HandlerContext) {
       // an export stream to the importing host), named by its label; without one (a backup made before
       // schema 4 whose source was gone, an import of an older stream), by the label alone.
       const decisions = selectPrune(chosen.map(members => {
-        const sources = members.map(v => ({ label: sourceLabelOf(v), key: v.sourceUuid ?? sourceLabelOf(v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+        const sources = members.map(v => ({ label: sourceLabelOf(pool, v), key: v.sourceUuid ?? sourceLabelOf(pool, v) })).sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
         const first = members.reduce((a, b) => a.id < b.id ? a : b)
         return {
           id: first.id,

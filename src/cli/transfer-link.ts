@@ -10,15 +10,16 @@ import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
+import { ResultOf } from '../control/operations'
 import { StreamEncoder, StreamHeader } from '../transfer/stream'
-import { exportBlocks, importStream } from '../transfer/client'
-import { Manifest } from './remote-format'
-import { PushHooks, PushResult, RemoteStore } from './store'
-import { testPause } from './test-pause'
+import { exportBlocks, importStream } from './transfer-client'
+import { Manifest } from '../remote/remote-format'
+import { PushHooks, PushResult, RemoteStore } from '../remote/store'
+import { testPause } from '../remote/test-pause'
 
 export interface Progress { add: (n: number) => void, total: (n: number) => void }
 
-interface LocalVolume { id: number, kind: string, name: string, createdMs: number, sourceId: number | null, sourceLabel: string | null }
+type LocalVolume = ResultOf<'ls'>[number]
 
 export interface PushReport extends PushResult { name: string, since: string | null }
 
@@ -28,10 +29,10 @@ export interface PushReport extends PushResult { name: string, since: string | n
  * the store, the export, and NOT_FOUND for a backup that does not exist.
  */
 export async function pushBackup (store: RemoteStore, mountpoint: string, name: string, options: { host: string, full: boolean, progress: Progress }): Promise<PushReport> {
-  const volumes = await call(mountpoint, 'ls') as LocalVolume[]
+  const volumes = await call(mountpoint, 'ls')
   const backup = volumes.find(v => v.kind === 'backup' && v.name === name)
   if (backup === undefined) throw new VdiskError('NOT_FOUND', `backups/${name} does not exist`)
-  const uuidOf = async (volume: LocalVolume): Promise<string> => ((await call(mountpoint, 'uuid', { kind: volume.kind, name: volume.name })) as { uuid: string }).uuid
+  const uuidOf = async (volume: LocalVolume): Promise<string> => (await call(mountpoint, 'uuid', { kind: volume.kind, name: volume.name })).uuid
   const inRemote = new Map((await store.backups()).map(b => [b.identity, b.id]))
   const already = inRemote.get(await uuidOf(backup))
   if (already !== undefined && !options.full) {

@@ -3,17 +3,24 @@
  * clone, restore, rm and the group forms). Like the other ops-*.ts modules they only translate: the
  * work is in the volume layer; the arguments were checked against operations.ts by the server.
  */
-import { invalid } from '../errors'
-import { packLiveFractionExplicit } from '../limits'
-import { Progress, verifyPool } from '../inspect/verify'
-import { Volume } from '../volume/volume'
-import { Handlers, HandlerContext, named, volumeArg, volumeAt } from './handler'
-import { Operation, operations } from './operations'
+import { packLiveFractionExplicit } from '../../limits'
+import { Progress, verifyPool } from '../../inspect/verify'
+import { Handlers, HandlerContext, elapsedSince, named, volumeArg, volumeAt } from './handler'
+import { Volume, VolumeInfo } from '../../volume/volume'
+import { operations } from '../../control/operations'
 
+// long: a table of handlers, one short entry per operation
 export function coreHandlers ({ pool, space, sealer, status, log, metrics }: HandlerContext) {
   // Progress of the long job in flight (verify), for the CLI's progress bar; sealing keeps its own.
   let verifying: Progress | null = null
-  const find = (op: Operation, args: Record<string, unknown>, key: string): Volume => volumeArg(pool, op, args, key)
+  /** A backup or clone: the new volume made from `source`, timed and logged. */
+  const madeFrom = async (what: string, source: Volume, make: (source: Volume) => Promise<Volume>): Promise<VolumeInfo & { elapsedMs: number }> => {
+    const started = process.hrtime.bigint()
+    const made = await make(source)
+    const elapsedMs = elapsedSince(started)
+    log(`${what}: ${named(source)} -> ${named(made)} (${elapsedMs.toFixed(1)} ms)`)
+    return { ...made.info(), elapsedMs }
+  }
   return {
     status: async () => status(),
     commit: async () => { await pool.commit(); return {} },
@@ -37,56 +44,41 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
       } finally { verifying = null }
     },
     ls: async () => pool.visible().map(v => ({ ...v.info(), storedBytes: v.storedBytes })),
-    du: async () => await space.report(),
-    backup: async args => {
-      const started = process.hrtime.bigint()
-      const source = find('backup', args, 'source')
-      const backup = await pool.backup(source, args.name as string)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
-      log(`backup: ${named(source)} -> ${named(backup)} (${elapsedMs.toFixed(1)} ms)`)
-      return { ...backup.info(), elapsedMs }
-    },
+    du: async () => space.report(),
+    backup: async args => await madeFrom('backup', volumeArg(pool, 'backup', args, 'source'), async source => await pool.backup(source, args.name)),
     backupGroup: async args => {
       const started = process.hrtime.bigint()
-      const group = args.group as string
-      const sources = (args.sources as unknown[]).map(s => volumeAt(pool, (s ?? {}) as Record<string, unknown>, operations.backup.args.source))
-      const names = (args.names as unknown[]).map(n => { if (typeof n !== 'string') throw invalid('missing name'); return n })
-      const backups = await pool.backupGroup(sources, names, group)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
+      const group = args.group
+      const sources = args.sources.map(s => volumeAt(pool, s, operations.backup.args.source))
+      const backups = await pool.backupGroup(sources, args.names, group)
+      const elapsedMs = elapsedSince(started)
       log(`backup group ${group}: ${sources.map((s, i) => `${named(s)} -> ${named(backups[i])}`).join(', ')} (${elapsedMs.toFixed(1)} ms)`)
       return { backups: backups.map((b, i) => ({ ...b.info(), from: sources[i].info() })), elapsedMs }
     },
     restoreGroup: async args => {
-      const group = args.group as string
+      const group = args.group
       const pairs = await pool.restoreGroup(group, { force: args.force === true })
       log(`restore group ${group}: ${pairs.map(p => `${named(p.target)} from ${named(p.backup)}`).join(', ')}${args.force === true ? ' (--force)' : ''}`)
       return { restored: pairs.map(p => ({ restored: p.target.info(), from: p.backup.info() })) }
     },
     cloneGroup: async args => {
-      const group = args.group as string
-      const prefix = args.prefix as string
+      const group = args.group
+      const prefix = args.prefix
       // PREFIX-<the member's name without its group's prefix>: group vm1-mon's vm1-mon-root.img -> PREFIX-root.img.
       const clones = await pool.cloneGroup(group, backup => `${prefix}-${backup.name.startsWith(`${group}-`) ? backup.name.slice(group.length + 1) : backup.name}`)
       log(`clone group ${group}: ${clones.map(c => named(c)).join(', ')}`)
       return { clones: clones.map(c => c.info()) }
     },
-    clone: async args => {
-      const started = process.hrtime.bigint()
-      const source = find('clone', args, 'source')
-      const clone = await pool.clone(source, args.name as string)
-      const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6
-      log(`clone: ${named(source)} -> ${named(clone)} (${elapsedMs.toFixed(1)} ms)`)
-      return { ...clone.info(), elapsedMs }
-    },
+    clone: async args => await madeFrom('clone', volumeArg(pool, 'clone', args, 'source'), async source => await pool.clone(source, args.name)),
     restore: async args => {
-      const source = find('restore', args, 'source')
-      const target = find('restore', args, 'target')
+      const source = volumeArg(pool, 'restore', args, 'source')
+      const target = volumeArg(pool, 'restore', args, 'target')
       await pool.restore(source, target, { force: args.force === true })
       log(`restore: ${named(target)} from ${named(source)}${args.force === true ? ' (--force)' : ''}`)
       return { restored: target.info(), from: source.info() }
     },
     rm: async args => {
-      const target = find('rm', args, 'target')
+      const target = volumeArg(pool, 'rm', args, 'target')
       const removed = target.info()
       await pool.remove(target, { force: args.force === true })
       // Removed while open (--force): its holders keep it until they close it.
