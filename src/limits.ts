@@ -139,11 +139,13 @@ export const fuse3Threads = 4
  * keeps the pages cached before it (keep_cache). Safe because the daemon invalidates what changes behind
  * the kernel's back (Pool.onChange: rename, rm, promote, restore); names not found are never cached (a
  * new backup or clone shows at once). Attributes the engine changes by itself (st_blocks after sealing)
- * lag by at most fuse3AttrTimeoutSeconds. docs/TRANSPORT.md, "Caching".
+ * lag by at most fuse3AttrTimeoutSeconds. keep_cache is off: with it on, the concurrent model test
+ * through the mount failed once (a read returned a sector holding none of its possible contents), which
+ * is not explained yet. docs/TRANSPORT.md, "Caching".
  */
 export const fuse3EntryTimeoutSeconds = 1
 export const fuse3AttrTimeoutSeconds = 1
-export const fuse3KeepCache = true
+export const fuse3KeepCache = false
 /** The longest a CLI command waits for the kernel to take an invalidation (it can wait on page locks). */
 export const fuse3NotifyWaitMs = 5000
 /**

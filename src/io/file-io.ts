@@ -51,9 +51,11 @@ export interface InlineWriteStats {
  * in one turn of the event loop: a chain of awaits on inline writes would otherwise never yield.
  * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
  *
- * Reads go inline too, under a policy of their own, but only when every byte is in the page cache:
- * preadv2 with RWF_NOWAIT (the addon's preadNowait) never waits for the disk, and answers EAGAIN
- * instead; the read then goes through the thread pool. VDISKFS_INLINE_READS=0 turns this off.
+ * Reads can go inline too (VDISKFS_INLINE_READS=1 in the daemon's environment; off by default), under a
+ * policy of their own, but only when every byte is in the page cache: preadv2 with RWF_NOWAIT (the
+ * addon's preadNowait) never waits for the disk, and answers EAGAIN instead; the read then goes through
+ * the thread pool. Off by default until a failure of the concurrent model test through the mount, seen
+ * once with them (and keep_cache) on, is explained (docs/PERFORMANCE.md).
  */
 /** When a write goes inline; `now` (ns) is a parameter for tests. */
 export class InlineWritePolicy {
@@ -93,7 +95,7 @@ export class InlineWritePolicy {
 }
 
 const inline = new InlineWritePolicy(process.env.VDISKFS_INLINE_WRITES !== '0')
-const inlineReads = new InlineWritePolicy(process.env.VDISKFS_INLINE_READS !== '0')
+const inlineReads = new InlineWritePolicy(true)
 
 export function inlineWriteStats (): InlineWriteStats { return { ...inline.stats } }
 export function inlineReadStats (): InlineWriteStats { return { ...inlineReads.stats } }
@@ -125,7 +127,7 @@ function systemError (errno: number): NodeJS.ErrnoException {
 const readAsync = promisify(fs.read) as FileIo['read']
 
 async function read (fd: number, target: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
-  const nowait = length <= inlineReadBytesMax ? nowaitReader() : null
+  const nowait = process.env.VDISKFS_INLINE_READS === '1' && length <= inlineReadBytesMax ? nowaitReader() : null
   if (nowait === null || !inlineReads.inlineNow(length)) return await readAsync(fd, target, offset, length, position)
   let result = 0
   inlineReads.run(() => { result = nowait(fd, target, offset, length, position); return result })

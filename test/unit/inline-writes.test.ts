@@ -96,7 +96,9 @@ test('nodeFileIo: inline and pooled writes land; a bad descriptor is a rejected 
 
 test('nodeFileIo: a read of cached bytes is served inline (preadv2 RWF_NOWAIT), one of bytes not cached through the pool; both read what is there', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-inline-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const was = process.env.VDISKFS_INLINE_READS
+  process.env.VDISKFS_INLINE_READS = '1'
+  t.teardown(() => { fs.rmSync(dir, { recursive: true, force: true }); if (was === undefined) delete process.env.VDISKFS_INLINE_READS; else process.env.VDISKFS_INLINE_READS = was })
   const file = path.join(dir, 'f')
   const content = crypto.randomBytes(1 << 20)
   fs.writeFileSync(file, content)
