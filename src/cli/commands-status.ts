@@ -81,6 +81,7 @@ function statusText (stats: StatsResult): string {
     `chunk cache: ${cache.hits} hits, ${cache.misses} misses${lookups > 0 ? ` (${(100 * cache.hits / lookups).toFixed(1)}% hits)` : ''}, ` +
       `${bytes(cache.bytes)} of ${bytes(cache.bytesMax)} held`,
     `writes:      ${stats.writes.inline} inline, ${stats.writes.pooled} through the thread pool, ${stats.writes.slow} slow inline (each sends writes to the pool for a while), slowest ${ms(stats.writes.slowestMs)}`,
+    `reads:       ${stats.reads.inline} inline (all in the page cache), ${stats.reads.pooled} through the thread pool (${stats.reads.missed} of them tried inline first), slowest inline ${ms(stats.reads.slowestMs)}`,
     `jobs:        ${stats.jobs.length === 0 ? 'none' : stats.jobs.map(j => j.name + (j.progress === null ? '' : ` ${j.progress.done}/${j.progress.total}`)).join(', ')}`,
     ''
   ]

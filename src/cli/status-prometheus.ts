@@ -66,6 +66,9 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   counter('vdiskfs_writes_pooled_total', 'Engine writes done through the libuv thread pool (large ones, or after a slow inline write).', []).inc(stats.writes.pooled)
   counter('vdiskfs_writes_inline_slow_total', 'Inline writes slower than the limit, each sending writes to the thread pool for a while.', []).inc(stats.writes.slow)
   gauge('vdiskfs_writes_inline_slowest_seconds', 'The longest inline write since start: the longest the event loop waited for one.', stats.writes.slowestMs / 1000)
+  counter('vdiskfs_reads_inline_total', 'Engine reads served synchronously on the event loop (every byte in the page cache: preadv2 RWF_NOWAIT).', []).inc(stats.reads.inline)
+  counter('vdiskfs_reads_pooled_total', 'Engine reads done through the libuv thread pool.', []).inc(stats.reads.pooled)
+  counter('vdiskfs_reads_inline_missed_total', 'Engine reads tried inline that the page cache could not serve whole (then pooled).', []).inc(stats.reads.missed)
   const jobs = gauge('vdiskfs_job_running', 'Background jobs in flight (sealing, sync, gc, verify): 1 each.', 0, ['job'])
   const progress = gauge('vdiskfs_job_progress_ratio', 'How far each job in flight is, from 0 to 1, when it says.', 0, ['job'])
   for (const job of stats.jobs) {

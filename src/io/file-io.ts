@@ -38,6 +38,8 @@ export interface InlineWriteStats {
   inline: number
   pooled: number
   slow: number
+  /** Reads tried inline that the page cache could not serve whole (then pooled too; 0 for writes). */
+  missed: number
   /** The longest inline write, in milliseconds: the longest the event loop waited for one. */
   slowestMs: number
 }
@@ -51,11 +53,10 @@ export interface InlineWriteStats {
  * in one turn of the event loop: a chain of awaits on inline writes would otherwise never yield.
  * VDISKFS_INLINE_WRITES=0 in the daemon's environment turns this off (for measuring).
  *
- * Reads can go inline too (VDISKFS_INLINE_READS=1 in the daemon's environment; off by default), under a
- * policy of their own, but only when every byte is in the page cache: preadv2 with RWF_NOWAIT (the
- * addon's preadNowait) never waits for the disk, and answers EAGAIN instead; the read then goes through
- * the thread pool. Off by default until a failure of the concurrent model test through the mount, seen
- * once with them (and keep_cache) on, is explained (docs/PERFORMANCE.md).
+ * Reads go inline too, under a policy of their own, but only when every byte is in the page cache:
+ * preadv2 with RWF_NOWAIT (the addon's preadNowait) never waits for the disk, and answers EAGAIN
+ * instead; the read then goes through the thread pool (counted as missed and pooled).
+ * VDISKFS_INLINE_READS=0 turns them off.
  */
 /** When a write goes inline; `now` (ns) is a parameter for tests. */
 export class InlineWritePolicy {
@@ -63,7 +64,7 @@ export class InlineWritePolicy {
   private backoffUntil = 0n
   /** Inline writes since the event loop last turned (reset by a setImmediate). */
   private thisTurn = 0
-  readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0, slowestMs: 0 }
+  readonly stats: InlineWriteStats = { inline: 0, pooled: 0, slow: 0, slowestMs: 0, missed: 0 }
 
   constructor (readonly enabled: boolean, private readonly now: () => bigint = process.hrtime.bigint) {}
 
@@ -76,14 +77,25 @@ export class InlineWritePolicy {
     return true
   }
 
-  /** Runs a synchronous write, timed; a slow one starts the back-off. */
-  run (write: () => number): { bytesWritten: number } {
+  /**
+   * Runs a synchronous write (or read), timed; a slow one starts the back-off. `served` tells whether
+   * its result was served inline; one that was not counts as missed and pooled (its caller goes to the
+   * pool), not as inline.
+   */
+  run (write: () => number, served: (result: number) => boolean = () => true): { bytesWritten: number } {
     const start = this.now()
+    let result: number | undefined
     try {
-      return { bytesWritten: write() }
+      result = write()
+      return { bytesWritten: result }
     } finally {
       const end = this.now()
-      this.stats.inline++
+      if (result !== undefined && !served(result)) {
+        this.stats.missed++
+        this.stats.pooled++
+      } else {
+        this.stats.inline++
+      }
       const tookMs = Number(end - start) / 1e6
       if (tookMs > this.stats.slowestMs) this.stats.slowestMs = tookMs
       if (end - start > BigInt(inlineWriteSlowMs) * 1_000_000n) {
@@ -95,7 +107,7 @@ export class InlineWritePolicy {
 }
 
 const inline = new InlineWritePolicy(process.env.VDISKFS_INLINE_WRITES !== '0')
-const inlineReads = new InlineWritePolicy(true)
+const inlineReads = new InlineWritePolicy(process.env.VDISKFS_INLINE_READS !== '0')
 
 export function inlineWriteStats (): InlineWriteStats { return { ...inline.stats } }
 export function inlineReadStats (): InlineWriteStats { return { ...inlineReads.stats } }
@@ -127,10 +139,9 @@ function systemError (errno: number): NodeJS.ErrnoException {
 const readAsync = promisify(fs.read) as FileIo['read']
 
 async function read (fd: number, target: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
-  const nowait = process.env.VDISKFS_INLINE_READS === '1' && length <= inlineReadBytesMax ? nowaitReader() : null
+  const nowait = length <= inlineReadBytesMax ? nowaitReader() : null
   if (nowait === null || !inlineReads.inlineNow(length)) return await readAsync(fd, target, offset, length, position)
-  let result = 0
-  inlineReads.run(() => { result = nowait(fd, target, offset, length, position); return result })
+  const result = inlineReads.run(() => nowait(fd, target, offset, length, position), n => !notServed(n)).bytesWritten
   // A whole read, or 0 at the end of the file. A short one means the page cache held only the start:
   // the rest through the pool, so that a short read still means the end of the file, as pread's does
   // (callers other than readRaw take it so; a chunk read short was reported as damage).
@@ -140,12 +151,13 @@ async function read (fd: number, target: Uint8Array, offset: number, length: num
     return { bytesRead: result + bytesRead }
   }
   // EAGAIN: not all in the page cache; EOPNOTSUPP and the like: a file system without RWF_NOWAIT.
-  if (result === -EAGAIN || result === -os.constants.errno.EOPNOTSUPP || result === -os.constants.errno.EINVAL) {
-    inlineReads.stats.inline--
-    inlineReads.stats.pooled++
-    return await readAsync(fd, target, offset, length, position)
-  }
+  if (notServed(result)) return await readAsync(fd, target, offset, length, position)
   throw systemError(-result)
+}
+
+/** An inline read's result that sends it to the pool: EAGAIN (not all in the page cache); EOPNOTSUPP and the like (a file system without RWF_NOWAIT). */
+function notServed (result: number): boolean {
+  return result === -EAGAIN || result === -os.constants.errno.EOPNOTSUPP || result === -os.constants.errno.EINVAL
 }
 
 const writeAsync = promisify(fs.write) as FileIo['write']

@@ -202,14 +202,24 @@ export class Candidates {
   /**
    * Whether `got` (bytes at `position`, of a volume of `size` bytes where past the end the caller has
    * no bytes) is, per sector, among the candidates (final or any). Returns why not, or null.
+   *
+   * 'anyByte' is the weaker rule of a buffered read through the page cache during the batch: each byte
+   * holds its value in one of the sector's candidates, not necessarily all from the same one. Linux
+   * copies a page to a reader without a lock against a writer copying into it, so such a read can
+   * return a sector half old and half new; ext4 and tmpfs do the same (docs/TRANSPORT.md, "Caching").
    */
-  check (got: Buffer, position: number, which: 'final' | 'any'): string | null {
+  check (got: Buffer, position: number, which: 'final' | 'any' | 'anyByte'): string | null {
     const end = position + got.length
     for (let s = Math.floor(position / sectorBytes); s * sectorBytes < end; s++) {
       const from = Math.max(position, s * sectorBytes)
       const to = Math.min(end, (s + 1) * sectorBytes)
       const piece = got.subarray(from - position, to - position)
-      const candidates = this.sector(s)[which]
+      const candidates = this.sector(s)[which === 'anyByte' ? 'any' : which]
+      if (which === 'anyByte') {
+        const at = piece.findIndex((byte, i) => !candidates.some(c => c[from - s * sectorBytes + i] === byte))
+        if (at >= 0) return `byte ${from + at} (sector ${s}) holds ${piece[at]}, a value none of its sector's ${candidates.length} possible contents during the batch has there`
+        continue
+      }
       if (!candidates.some(c => c.subarray(from - s * sectorBytes, to - s * sectorBytes).equals(piece))) {
         return `sector ${s} (bytes ${from}-${to - 1}) holds none of its ${candidates.length} ${which === 'final' ? 'possible final contents' : 'possible contents during the batch'}` +
           ` (got ${piece.subarray(0, 8).toString('hex')}..., before the batch ${sectorOf(this.before, s).subarray(from - s * sectorBytes, from - s * sectorBytes + 8).toString('hex')}...)`

@@ -68,7 +68,7 @@ test.serial('writes, reads, punches and truncates at once beside backup, clone, 
   for (let round = 0; round < rounds; round++) {
     const tasks: Array<() => Promise<string | null>> = []
     const opsOf = new Map<string, ContentOp[]>(disks.map(d => [d, []]))
-    const reads: Array<{ disk: string, offset: number, got: () => Buffer }> = []
+    const reads: Array<{ disk: string, offset: number, rule: 'any' | 'anyByte', got: () => Buffer }> = []
     const handles = new Map<string, fs.promises.FileHandle>()
     for (const disk of disks) handles.set(disk, await fs.promises.open(m.image('disks', disk), 'r+'))
     const where = (what: string): string => `round ${round}: ${what}`
@@ -102,13 +102,25 @@ test.serial('writes, reads, punches and truncates at once beside backup, clone, 
         opsOf.get(disk)!.push(truncateOp(newSize))
         tasks.push(async () => { await handle.truncate(newSize); return null })
       }
+      // Buffered reads (the page cache's copy: each byte from some moment, docs/TRANSPORT.md "Caching")
+      // and a direct read (what the daemon served: each sector from some moment).
       for (let i = 0; i < 2; i++) {
         const offset = int(48 * 1024)
         const buf = Buffer.alloc(1 + int(16 * 1024))
         let n = 0
         // eslint-disable-next-line vdiskfs/loop-capture-changed -- meant: got() is called after the task below has set n to the bytes read
-        reads.push({ disk, offset, got: () => buf.subarray(0, n) })
+        reads.push({ disk, offset, rule: 'anyByte', got: () => buf.subarray(0, n) })
         tasks.push(async () => { n = (await handle.read(buf, 0, buf.length, offset)).bytesRead; return null })
+      }
+      {
+        const offset = int(48 * 1024)
+        const length = 1 + int(16 * 1024)
+        let direct = Buffer.alloc(0)
+        reads.push({ disk, offset, rule: 'any', got: () => direct })
+        tasks.push(async () => {
+          direct = (await execFileAsync('dd', [`if=${image}`, 'iflag=direct,skip_bytes,count_bytes', `skip=${offset}`, `bs=${length}`, `count=${length}`, 'status=none'], { encoding: 'buffer', maxBuffer: 1 << 20 })).stdout
+          return null
+        })
       }
     }
     // Beside them: a backup of each disk, a clone of an earlier backup, sync and gc.
@@ -139,8 +151,8 @@ test.serial('writes, reads, punches and truncates at once beside backup, clone, 
     for (const r of reads) {
       const c = candidates.get(r.disk)!
       const got = r.got()
-      const problem = c.check(got, r.offset, 'any')
-      t.is(problem, null, where(`a read of ${got.length} bytes at ${r.offset} of ${r.disk}`))
+      const problem = c.check(got, r.offset, r.rule)
+      t.is(problem, null, where(`a ${r.rule === 'any' ? 'direct' : 'buffered'} read of ${got.length} bytes at ${r.offset} of ${r.disk} (seed ${seed})`))
     }
     for (const disk of disks) {
       const c = candidates.get(disk)!

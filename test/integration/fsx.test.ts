@@ -39,9 +39,9 @@ function seeds (fixed: number[]): number[] {
 const common = ['-C', '-I', '-J', '-B', '-0', '-u', '-a']
 /**
  * Buffered and mapped runs (all but seeds 1 and 3, which keep fsx's defaults) close and reopen the file
- * at 1 in 16 operations: the kernel serves reads of an open file from its page cache and drops that
- * cache at each open (vdiskfs sets no keep_cache), so the reads after a reopen check what the daemon
- * holds, not what the kernel kept.
+ * at 1 in 16 operations: the kernel serves reads from its page cache, which vdiskfs keeps across opens
+ * (keep_cache), and fsx's close-open drops every clean page (it writes /proc/sys/vm/drop_caches, as
+ * root), so the reads after a reopen check what the daemon holds, not what the kernel kept.
  */
 const reopen = ['-c', '16']
 /** O_DIRECT: every read goes to the daemon; no mapped reads or writes; 4 KiB-aligned I/O. */

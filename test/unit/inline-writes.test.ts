@@ -38,7 +38,7 @@ test('a slow inline write sends writes to the pool for the back-off, then they g
   t.false(policy.inlineNow(4096))
   clock += ms(2)
   t.true(policy.inlineNow(4096))
-  t.deepEqual(policy.stats, { inline: 2, pooled: 2, slow: 1, slowestMs: inlineWriteSlowMs * 3 })
+  t.deepEqual(policy.stats, { inline: 2, pooled: 2, slow: 1, slowestMs: inlineWriteSlowMs * 3, missed: 0 })
 })
 
 test('slow inline writes in a row keep the back-off at its fixed length: small writes come back to the loop soon after a throttled burst', t => {
@@ -96,9 +96,7 @@ test('nodeFileIo: inline and pooled writes land; a bad descriptor is a rejected 
 
 test('nodeFileIo: a read of cached bytes is served inline (preadv2 RWF_NOWAIT), one of bytes not cached through the pool; both read what is there', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-inline-'))
-  const was = process.env.VDISKFS_INLINE_READS
-  process.env.VDISKFS_INLINE_READS = '1'
-  t.teardown(() => { fs.rmSync(dir, { recursive: true, force: true }); if (was === undefined) delete process.env.VDISKFS_INLINE_READS; else process.env.VDISKFS_INLINE_READS = was })
+  t.teardown(() => { fs.rmSync(dir, { recursive: true, force: true }) })
   const file = path.join(dir, 'f')
   const content = crypto.randomBytes(1 << 20)
   fs.writeFileSync(file, content)
@@ -122,6 +120,8 @@ test('nodeFileIo: a read of cached bytes is served inline (preadv2 RWF_NOWAIT), 
     t.true(target.equals(content.subarray(500000, 508192)))
     const after = inlineReadStats()
     t.true(after.pooled - cold.pooled >= 1, 'an uncached read went through the pool')
+    t.true(after.missed - cold.missed >= 1, 'counted as tried inline and missed')
+    t.is(after.inline - cold.inline, 0, 'and not as inline')
     // Partly cached (the first page read again, the next one not): still the whole range, as pread gives
     // it; callers take a short read for the end of the file.
     fs.writeFileSync('/proc/sys/vm/drop_caches', '1')
