@@ -116,6 +116,7 @@ test.serial('writes, reads, punches and truncates at once beside backup, clone, 
         const offset = int(48 * 1024)
         const length = 1 + int(16 * 1024)
         let direct = Buffer.alloc(0)
+        // eslint-disable-next-line vdiskfs/loop-capture-changed -- meant: got() is called after the task below has set direct to the bytes read
         reads.push({ disk, offset, rule: 'any', got: () => direct })
         tasks.push(async () => {
           direct = (await execFileAsync('dd', [`if=${image}`, 'iflag=direct,skip_bytes,count_bytes', `skip=${offset}`, `bs=${length}`, `count=${length}`, 'status=none'], { encoding: 'buffer', maxBuffer: 1 << 20 })).stdout
