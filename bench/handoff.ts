@@ -27,7 +27,7 @@ interface HandoffAddon {
   aReply: (handle: unknown, data: Buffer, length: number) => void
   ringInit: (shared: Uint8Array, drain: () => void) => void
   ringWake: (producer: number) => void
-  threadCpuUs: () => number
+  threadCpuUs: () => [number, number]
   probeNotify: (word: Int32Array) => void
   probeResult: () => number
 }
@@ -51,7 +51,7 @@ type Mechanism = 'tsfn' | 'ring' | 'ring + reply call'
 const mechanisms: Mechanism[] = ['tsfn', 'ring', 'ring + reply call']
 const configs = [{ threads: 1, depth: 1 }, { threads: 4, depth: 1 }, { threads: 1, depth: 16 }, { threads: 4, depth: 16 }]
 
-interface Run { requestsPerSecond: number, medianUs: number, p99Us: number, jsCpuUsPerRequest: number, processCpuUsPerRequest: number, recordsPerWake: number | null, mismatches: number }
+interface Run { requestsPerSecond: number, medianUs: number, p99Us: number, jsCpuUsPerRequest: number, jsUserUsPerRequest: number, jsSystemUsPerRequest: number, processCpuUsPerRequest: number, recordsPerWake: number | null, mismatches: number }
 
 function argument (name: string, fallback: number): number {
   const at = process.argv.indexOf(name)
@@ -65,7 +65,7 @@ const uptime = (): string => { try { return execFileSync('uptime', { encoding: '
 async function main (): Promise<void> {
   if (!fs.existsSync(addonPath)) throw new Error(`${addonPath} is missing: make bench-handoff builds it`)
   const addon = require(addonPath) as HandoffAddon
-  const seconds = argument('--seconds', 1.5)
+  const seconds = argument('--seconds', 2)
   const reps = argument('--reps', 3)
 
   // Can Atomics.notify wake a native thread in FUTEX_WAIT on a SharedArrayBuffer's word? (V8 keeps its
@@ -144,7 +144,8 @@ async function main (): Promise<void> {
     drains = 0
     drained = 0
     perReply = mechanism === 'ring + reply call'
-    let jsUs = 0
+    let jsUser = 0
+    let jsSystem = 0
     let processUs = 0
     let elapsed = 0
     const done = new Promise<void>(resolve => {
@@ -153,7 +154,9 @@ async function main (): Promise<void> {
       const start = process.hrtime.bigint()
       addon.start(mechanism === 'tsfn' ? 0 : 1, threads, depth, dispatch, () => {
         elapsed = Number(process.hrtime.bigint() - start) / 1e9
-        jsUs = addon.threadCpuUs() - jsCpu
+        const [user, system] = addon.threadCpuUs()
+        jsUser = user - jsCpu[0]
+        jsSystem = system - jsCpu[1]
         const used = process.cpuUsage(processCpu)
         processUs = used.user + used.system
         resolve()
@@ -169,7 +172,9 @@ async function main (): Promise<void> {
       requestsPerSecond: result.requests / elapsed,
       medianUs: at(0.5),
       p99Us: at(0.99),
-      jsCpuUsPerRequest: jsUs / result.requests,
+      jsCpuUsPerRequest: (jsUser + jsSystem) / result.requests,
+      jsUserUsPerRequest: jsUser / result.requests,
+      jsSystemUsPerRequest: jsSystem / result.requests,
       processCpuUsPerRequest: processUs / result.requests,
       recordsPerWake: mechanism === 'tsfn' ? null : drained / Math.max(1, drains),
       mismatches: result.mismatches,
@@ -206,6 +211,8 @@ async function main (): Promise<void> {
         medianUs: pick(r => r.medianUs),
         p99Us: pick(r => r.p99Us),
         jsCpuUsPerRequest: pick(r => r.jsCpuUsPerRequest),
+        jsUserUsPerRequest: pick(r => r.jsUserUsPerRequest),
+        jsSystemUsPerRequest: pick(r => r.jsSystemUsPerRequest),
         processCpuUsPerRequest: pick(r => r.processCpuUsPerRequest),
         recordsPerWake: m === 'tsfn' ? null : pick(r => r.recordsPerWake ?? 0),
         mismatches: rs.reduce((sum, r) => sum + r.mismatches, 0),
@@ -222,13 +229,13 @@ async function main (): Promise<void> {
     `Load before: \`${loadBefore}\``, `Load after: \`${loadAfter}\``, '',
     'Each request is a 4 KiB READ record (op, 64-bit handle, offset, length) from a native producer thread; its reply carries 4 KiB (bench/handoff/handoff.c).',
     'Latency is the round trip seen by the producer. "JS CPU" is the JavaScript thread\'s CPU time (getrusage RUSAGE_THREAD) per request; "process CPU" includes the producers.', '',
-    '| threads x in flight | mechanism | requests/s | vs tsfn | median µs | p99 µs | JS CPU µs/req | vs tsfn | process CPU µs/req | records per drain |',
+    '| threads x in flight | mechanism | requests/s | vs tsfn | median µs | p99 µs | JS CPU µs/req (user + sys) | vs tsfn | process CPU µs/req | records per drain |',
     '|---|---|---|---|---|---|---|---|---|---|',
   ]
   for (const f of figures) {
     const base = figures.find(g => g.mechanism === 'tsfn' && g.threads === f.threads && g.depth === f.depth)
     const ratio = (a: number, b: number | undefined): string => b === undefined || f.mechanism === 'tsfn' ? '' : `${(a / b).toFixed(2)}x`
-    lines.push(`| ${f.threads} x ${f.depth} | ${f.mechanism} | ${Math.round(f.requestsPerSecond).toLocaleString('en-US')} | ${ratio(f.requestsPerSecond, base?.requestsPerSecond)} | ${f.medianUs.toFixed(1)} | ${f.p99Us.toFixed(1)} | ${f.jsCpuUsPerRequest.toFixed(2)} | ${ratio(f.jsCpuUsPerRequest, base?.jsCpuUsPerRequest)} | ${f.processCpuUsPerRequest.toFixed(2)} | ${f.recordsPerWake === null ? '' : f.recordsPerWake.toFixed(1)} |`)
+    lines.push(`| ${f.threads} x ${f.depth} | ${f.mechanism} | ${Math.round(f.requestsPerSecond).toLocaleString('en-US')} | ${ratio(f.requestsPerSecond, base?.requestsPerSecond)} | ${f.medianUs.toFixed(1)} | ${f.p99Us.toFixed(1)} | ${f.jsCpuUsPerRequest.toFixed(2)} (${f.jsUserUsPerRequest.toFixed(2)} + ${f.jsSystemUsPerRequest.toFixed(2)}) | ${ratio(f.jsCpuUsPerRequest, base?.jsCpuUsPerRequest)} | ${f.processCpuUsPerRequest.toFixed(2)} | ${f.recordsPerWake === null ? '' : f.recordsPerWake.toFixed(1)} |`)
   }
   lines.push('', `Replies checked: ${mismatches === 0 ? 'every reply echoed its request\'s offset' : `${mismatches} replies did not echo their request's offset`}.`)
   lines.push(`Atomics.notify on the word a native thread waits on with FUTEX_WAIT: ${notifyReachesFutex ? 'wakes it' : 'does not wake it (V8 keeps its own waiters), so the ring\'s replies wake producers through the addon'}.`, '')

@@ -381,14 +381,17 @@ static napi_value finish(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* threadCpuUs(): this thread's CPU time (user + system), in µs. */
+/* threadCpuUs(): this thread's CPU time in µs, [user, system]. */
 static napi_value thread_cpu_us(napi_env env, napi_callback_info info) {
   struct rusage ru;
   getrusage(RUSAGE_THREAD, &ru);
-  double us = (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec;
-  napi_value v;
-  CHECK(napi_create_double(env, us, &v));
-  return v;
+  napi_value array, user, sys;
+  CHECK(napi_create_array_with_length(env, 2, &array));
+  CHECK(napi_create_double(env, (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec, &user));
+  CHECK(napi_create_double(env, (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec, &sys));
+  CHECK(napi_set_element(env, array, 0, user));
+  CHECK(napi_set_element(env, array, 1, sys));
+  return array;
 }
 
 /* probeNotify(int32ArrayOverSharedBuffer): a thread waits (FUTEX_WAIT, 500 ms) on element 0; probeResult()
