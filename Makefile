@@ -13,7 +13,7 @@ BENCH_PACKAGES := qemu-system-common
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-scale bench-quick soak soak-quick clean
+.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-handoff bench-scale bench-quick soak soak-quick clean
 
 all: build
 
@@ -51,6 +51,15 @@ $(FUSE3_HOLDER): native/fuse3/vdiskfs_holder.c
 	mv $@.tmp $@
 
 native: $(FUSE3_ADDON) $(FUSE3_HOLDER)
+
+# Issue #18's hand-off benchmark (bench/handoff.ts, docs/TRANSPORT.md "A thread-safe function, not a shared
+# ring"): a standalone addon, not the transport, built like it (Node's headers, no node-gyp; no libfuse).
+HANDOFF_ADDON := bench/handoff/build/handoff.node
+$(HANDOFF_ADDON): bench/handoff/handoff.c
+	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h)"; exit 1; }
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $< -o $@.tmp
+	mv $@.tmp $@
 
 deps: debs node-modules
 
@@ -158,11 +167,17 @@ bench-basic: deps build
 # include issue #10's scenario C (a clone of a sealed backup) with its baselines.
 # Then issue #12's transfers: export/import (bench/transfer.ts) and push/pull against a real Ceph RGW
 # (bench/remote.ts, which starts its own); their tables land in bench/results/{transfer,remote}-latest.md.
-bench: deps bench-debs s3-debs build
+bench: deps bench-debs s3-debs build $(HANDOFF_ADDON)
 	node dist/bench/run.js
 	node dist/bench/transfer.js > bench/results/transfer-latest.md; status=$$?; cat bench/results/transfer-latest.md; exit $$status
 	node dist/bench/remote.js > bench/results/remote-latest.md; status=$$?; cat bench/results/remote-latest.md; exit $$status
 	node dist/bench/scale.js
+	node dist/bench/handoff.js
+
+# Issue #18: a thread-safe function against a shared ring for the native-to-JavaScript hand-off (about
+# 2 minutes); bench/results/handoff-latest.{json,md}.
+bench-handoff: build $(HANDOFF_ADDON)
+	node dist/bench/handoff.js
 
 # Issue #21's scale: 10,000 backups of a 1 TiB sparse disk and a chain of 1,000 clones (bench/scale.ts;
 # VDISKFS_BENCH_SCALE_BACKUPS and VDISKFS_BENCH_SCALE_CHAIN make it smaller); bench/results/scale-latest.{json,md}.
@@ -181,4 +196,4 @@ soak-quick: deps build
 	node dist/bench/soak.js --minutes 10
 
 clean:
-	rm -rf dist build node_modules/.installed native/fuse3/build
+	rm -rf dist build node_modules/.installed native/fuse3/build bench/handoff/build
