@@ -76,6 +76,8 @@ typedef struct session {
   double entry_timeout, attr_timeout;
   int keep_cache;
   uint64_t notifications;
+  /* Requests the kernel resent after a takeover (FUSE_UNIQUE_RESEND in their unique). */
+  uint64_t resent;
 } session;
 
 typedef struct request {
@@ -98,7 +100,31 @@ typedef struct request {
   uid_t uid;
   gid_t gid;
   pid_t pid;
+  /* The kernel resent it after a takeover: the dead daemon may have done it already (FUSE_UNIQUE_RESEND). */
+  int resent;
 } request;
+
+/*
+ * The unique of the request this worker thread read last: libfuse 3.14's fuse_req_t keeps it private,
+ * so the session reads /dev/fuse through a custom read (io_read) that notes it, and the handler of that
+ * request, which runs on the same thread right after the read, takes its FUSE_UNIQUE_RESEND bit.
+ */
+static __thread uint64_t current_unique;
+#define VDISKFS_UNIQUE_RESEND (1ULL << 63) /* FUSE_UNIQUE_RESEND, kernel 6.9+ */
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
+  (void)userdata;
+  ssize_t n = read(fd, buf, len);
+  current_unique = n >= (ssize_t)sizeof(struct fuse_in_header) ? ((struct fuse_in_header *)buf)->unique : 0;
+  return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+  (void)userdata;
+  return writev(fd, iov, count);
+}
+
+static const struct fuse_custom_io custom_io = { .writev = io_writev, .read = io_read };
 
 static unsigned size_bucket(uint64_t size) {
   unsigned b = 0;
@@ -130,6 +156,10 @@ static request *new_request(fuse_req_t req, int op, fuse_ino_t ino) {
   r->uid = ctx->uid;
   r->gid = ctx->gid;
   r->pid = ctx->pid;
+  if ((current_unique & VDISKFS_UNIQUE_RESEND) != 0) {
+    r->resent = 1;
+    __atomic_add_fetch(&s->resent, 1, __ATOMIC_RELAXED);
+  }
   return r;
 }
 
@@ -465,8 +495,12 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
     napi_value fh;
     if (r->has_fh) fh = num(env, (double)r->fh); else napi_get_null(env, &fh);
     switch (r->op) {
-      case OP_LOOKUP: case OP_UNLINK: case OP_REMOVEXATTR:
+      case OP_LOOKUP: case OP_REMOVEXATTR:
         args[argc++] = str_or_null(env, r->name);
+        break;
+      case OP_UNLINK:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_GETATTR: case OP_FLUSH: case OP_RELEASE:
         args[argc++] = fh;
@@ -486,6 +520,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         break;
       case OP_OPEN:
         args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_CREATE:
         args[argc++] = str_or_null(env, r->name);
@@ -493,6 +528,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         args[argc++] = num(env, (double)r->i1);
         args[argc++] = num(env, r->uid);
         args[argc++] = num(env, r->gid);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_READ:
         args[argc++] = fh;
@@ -524,6 +560,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         args[argc++] = num(env, (double)r->ino2);
         args[argc++] = str_or_null(env, r->name2);
         args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_FALLOCATE:
         args[argc++] = fh;
@@ -1007,6 +1044,16 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
     return NULL;
   }
   s->mountpoint = strdup(mountpoint);
+  /* The same descriptor, read through io_read (the resend bit of each request). */
+  if (fuse_session_custom_io(s->se, &custom_io, fuse_session_fd(s->se)) != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, NULL, "fuse_session_custom_io failed (see the line libfuse printed above)");
+    return NULL;
+  }
   if (takeover_fd >= 0) take_over(s, takeover_minor);
   int err = pthread_create(&s->thread, NULL, loop_thread, s);
   if (err != 0) {
@@ -1103,6 +1150,7 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "resendResult", num(env, s->resend_result));
   napi_set_named_property(env, out, "cloneFd", num(env, s->clone_fd));
   napi_set_named_property(env, out, "notifications", num(env, (double)__atomic_load_n(&s->notifications, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "resent", num(env, (double)__atomic_load_n(&s->resent, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "entryTimeout", num(env, s->entry_timeout));
   napi_set_named_property(env, out, "attrTimeout", num(env, s->attr_timeout));
   napi_set_named_property(env, out, "keepCache", num(env, s->keep_cache));

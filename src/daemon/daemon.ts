@@ -78,8 +78,11 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const { fuse, holderPid } = await mount(options, mountpoint, takeover, holder, pool, operations, log)
 
   // What changes behind the kernel's back (rename, rm, promote, restore) is dropped from its caches,
-  // and a control command that changed something replies once the kernel took it.
-  pool.onChange(change => fuse.invalidate(invalidationsOf(change)))
+  // and a control command that changed something replies once the kernel took it. Not what the kernel
+  // asked for itself: its caches follow, and a notification about a name waits for the directory's lock,
+  // which the rename or unlink holds until its reply (a daemon killed in between would leave that
+  // notifying thread stuck in the kernel, and the process never fully gone: docs/TRANSPORT.md).
+  pool.onChange(change => { if (!change.byKernel) fuse.invalidate(invalidationsOf(change)) })
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
   const server = startControlServer(socketPath, afterInvalidation(fuse, controlHandlers({

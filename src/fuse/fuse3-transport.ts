@@ -7,9 +7,22 @@
  * `dispatch` runs the matching handler of fuse3-ops.ts and turns its callback into exactly one
  * fuse_reply_* through the addon. A handler that throws is a bug: logged, answered EIO.
  */
+import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { fuse3AttrTimeoutSeconds, fuse3EntryTimeoutSeconds, fuse3KeepCache, fuse3MaxWriteBytes, fuse3NotifyWaitMs, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
+
+/**
+ * Test hook (test/integration/takeover.test.ts): with VDISKFS_TEST_DIE_BEFORE_REPLY=DIR in the daemon's
+ * environment, a request of kind K that succeeds while the file DIR/K exists removes it and kills the
+ * daemon before its reply: done, and not answered, for the next daemon to be resent.
+ */
+const dieBeforeReply = process.env.VDISKFS_TEST_DIE_BEFORE_REPLY !== undefined && process.env.VDISKFS_TEST_DIE_BEFORE_REPLY !== ''
+  ? (name: string): void => {
+      try { fs.unlinkSync(path.join(process.env.VDISKFS_TEST_DIE_BEFORE_REPLY ?? '', name)) } catch { return }
+      process.kill(process.pid, 'SIGKILL')
+    }
+  : undefined
 
 /** The addon's request kinds, in its order (native/fuse3/vdiskfs_fuse3.c, OP_*). */
 const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'create', 'read', 'write', 'flush', 'release', 'fsync',
@@ -60,6 +73,8 @@ export interface Fuse3Stats {
   cloneFd: number
   /** Invalidations sent to the kernel (rename, rm, promote, restore). */
   notifications: number
+  /** Requests the kernel resent to this daemon after a takeover (FUSE_UNIQUE_RESEND). */
+  resent: number
   entryTimeout: number
   attrTimeout: number
   keepCache: number
@@ -236,6 +251,7 @@ export class Fuse3Transport {
       replied = true
       try {
         if (code < 0) { native.replyErr(request, -code); return }
+        if (dieBeforeReply !== undefined) dieBeforeReply(name)
         this.succeed(name, request, args, results)
       } catch (err) {
         this.options.log(`bug: replying to ${name}: ${(err as Error)?.stack ?? String(err)}`)
