@@ -135,7 +135,7 @@ export class Pool {
   async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> { return await this.namespace.create(kind, name, options) }
   get (kind: VolumeKind, name: string): Volume { return this.namespace.get(kind, name) }
   async createDisk (name: string): Promise<Volume> { return await this.namespace.createDisk(name) }
-  async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName, hide)) }
+  async rename (volume: Volume, newName: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName)) }
   /** rename(2) through the mount (the kernel's request). */
   async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.move(volume, kind, name), true) }
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.remove(volume, options)) }
