@@ -153,6 +153,39 @@ test.serial('requests the dead daemon had done and not answered are resent to th
   t.is(verify.code, 0, verify.stdout + verify.stderr)
 })
 
+test.serial('a daemon killed while the kernel holds its notification (a CLI rename waiting for the directory a create in flight holds) dies whole: the next one answers the create, and the rename shows', async t => {
+  const hooks = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? '/tmp', 'vdiskfs-die-'))
+  t.teardown(() => fs.rmSync(hooks, { recursive: true, force: true }))
+  process.env.VDISKFS_TEST_DIE_BEFORE_REPLY = hooks
+  let m: TestMount
+  try { m = await withMount(t) } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+  fs.writeFileSync(m.image('disks', 'x.img'), 'x')
+  // The create is done and its reply held back 2 s, then the daemon dies: meanwhile the kernel holds
+  // disks/ for the create, and the rename's notification about disks/x.img waits for it.
+  fs.writeFileSync(path.join(hooks, 'create'), '2000')
+  const old = m.pid
+  const taken = m.takenOverFrom(old)
+  let created = false
+  const creating = fs.promises.writeFile(m.image('disks', 'new.img'), 'new').then(() => { created = true })
+  await sleep(500)
+  const renaming = vdiskfs('rename', m.image('disks', 'x.img'), 'y.img')
+  const done = await Promise.race([creating.then(() => true), sleep(60000).then(() => false)])
+  if (!done) {
+    // Before the notifier: the dead daemon's notifying thread stayed in the kernel, so it never fully
+    // exited and no daemon took over. End the connection so that nothing stays hung.
+    const minor = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find(line => line.split(' ')[4] === m.mnt)?.split(' ')[2]?.split(':')[1]
+    try { fs.writeFileSync(`/sys/fs/fuse/connections/${String(minor)}/abort`, '1') } catch {}
+  }
+  t.true(done && created, 'the create returned within 60 s of the daemon\'s death')
+  t.not(await taken, old, 'a new daemon took the mount over')
+  await renaming
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')).sort(), ['new.img', 'y.img'])
+  t.is(fs.readFileSync(m.image('disks', 'new.img'), 'utf8'), 'new')
+  t.is(fs.readFileSync(m.image('disks', 'y.img'), 'utf8'), 'x')
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+})
+
 test.serial('a daemon that keeps dying: the holder gives up after 5 restarts within a minute, the mount ends and no process is left', async t => {
   const m = await withMount(t)
   const holders = m.holderPids()
