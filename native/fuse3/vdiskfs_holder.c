@@ -76,14 +76,20 @@ static void notifier(int sock) {
   }
 }
 
-/* Forks a notifier on `sock` (closed here afterwards); its pid, or -1. */
+/*
+ * Forks a notifier on `sock` (closed here afterwards); its pid, or -1. It runs this program again as
+ * `vdiskfs-notifier --notifier` (the socket as its fd 4), so that its command line is not a holder's
+ * (the CLI and the tests find holders by theirs).
+ */
 static pid_t start_notifier(int sock) {
   pid_t pid = fork();
   if (pid == 0) {
-    for (int fd = 0; fd < 1024; fd++) if (fd != FUSE_FD && fd != sock && fd > 2) close(fd);
-    notifier(sock);
+    if (sock != NOTIFY_FD) { dup2(sock, NOTIFY_FD); close(sock); } else fcntl(NOTIFY_FD, F_SETFD, 0);
+    for (int fd = 5; fd < 1024; fd++) close(fd);
+    execl("/proc/self/exe", "vdiskfs-notifier", "--notifier", (char *)NULL);
+    notifier(NOTIFY_FD); /* exec failed: serve from this copy of the holder */
   }
-  close(sock);
+  if (sock != NOTIFY_FD) close(sock); else close(NOTIFY_FD);
   return pid;
 }
 
@@ -107,6 +113,7 @@ static void say(const char *what, long value) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--notifier") == 0) notifier(NOTIFY_FD);
   int command = 3;
   if (argc >= 4 && strcmp(argv[2], "--log") == 0) { logPath = argv[3]; command = 5; }
   if (argc < command + 1 || strcmp(argv[command - 1], "--") != 0) {
