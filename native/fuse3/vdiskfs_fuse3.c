@@ -24,6 +24,7 @@
 #include <linux/fuse.h>
 #include <node_api.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -31,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -76,6 +78,11 @@ typedef struct session {
   double entry_timeout, attr_timeout;
   int keep_cache;
   uint64_t notifications;
+  /* Requests the kernel resent after a takeover (FUSE_UNIQUE_RESEND in their unique). */
+  uint64_t resent;
+  /* The socket to the holder's notifier (-1: none, notifications are written here): io_writev. */
+  int notify_fd;
+  pthread_mutex_t notify_lock;
 } session;
 
 typedef struct request {
@@ -98,7 +105,64 @@ typedef struct request {
   uid_t uid;
   gid_t gid;
   pid_t pid;
+  /* The kernel resent it after a takeover: the dead daemon may have done it already (FUSE_UNIQUE_RESEND). */
+  int resent;
 } request;
+
+/*
+ * The unique of the request this worker thread read last: libfuse 3.14's fuse_req_t keeps it private,
+ * so the session reads /dev/fuse through a custom read (io_read) that notes it, and the handler of that
+ * request, which runs on the same thread right after the read, takes its FUSE_UNIQUE_RESEND bit.
+ */
+static __thread uint64_t current_unique;
+#define VDISKFS_UNIQUE_RESEND (1ULL << 63) /* FUSE_UNIQUE_RESEND, kernel 6.9+ */
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata) {
+  (void)userdata;
+  ssize_t n = read(fd, buf, len);
+  current_unique = n >= (ssize_t)sizeof(struct fuse_in_header) ? ((struct fuse_in_header *)buf)->unique : 0;
+  return n;
+}
+
+/*
+ * A notification (unique 0) handed to the holder's notifier (native/fuse3/vdiskfs_holder.c), which
+ * writes it to /dev/fuse and answers with the errno: the wait in the kernel (for a lock a request this
+ * daemon has not answered may hold) is then the notifier's, and a daemon killed meanwhile dies whole.
+ * Returns what writev would, or -2 when the notifier is gone (the caller then writes it itself).
+ */
+static ssize_t notify_via_holder(session *s, int nfd, struct iovec *iov, int count) {
+  char buf[65536];
+  size_t len = 0;
+  for (int i = 0; i < count; i++) {
+    if (len + iov[i].iov_len > sizeof(buf)) return -2;
+    memcpy(buf + len, iov[i].iov_base, iov[i].iov_len);
+    len += iov[i].iov_len;
+  }
+  pthread_mutex_lock(&s->notify_lock);
+  int err = 0;
+  ssize_t got = -1;
+  if (send(nfd, buf, len, MSG_NOSIGNAL) == (ssize_t)len) {
+    do { got = recv(nfd, &err, sizeof(err), 0); } while (got < 0 && errno == EINTR);
+  }
+  pthread_mutex_unlock(&s->notify_lock);
+  if (got != (ssize_t)sizeof(err)) return -2;
+  if (err != 0) { errno = err; return -1; }
+  return (ssize_t)len;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata) {
+  session *s = userdata;
+  if (s != NULL && count > 0 && iov[0].iov_len >= sizeof(struct fuse_out_header) && ((struct fuse_out_header *)iov[0].iov_base)->unique == 0) {
+    int nfd = __atomic_load_n(&s->notify_fd, __ATOMIC_ACQUIRE);
+    if (nfd >= 0) {
+      ssize_t n = notify_via_holder(s, nfd, iov, count);
+      if (n != -2) return n;
+    }
+  }
+  return writev(fd, iov, count);
+}
+
+static const struct fuse_custom_io custom_io = { .writev = io_writev, .read = io_read };
 
 static unsigned size_bucket(uint64_t size) {
   unsigned b = 0;
@@ -130,6 +194,10 @@ static request *new_request(fuse_req_t req, int op, fuse_ino_t ino) {
   r->uid = ctx->uid;
   r->gid = ctx->gid;
   r->pid = ctx->pid;
+  if ((current_unique & VDISKFS_UNIQUE_RESEND) != 0) {
+    r->resent = 1;
+    __atomic_add_fetch(&s->resent, 1, __ATOMIC_RELAXED);
+  }
   return r;
 }
 
@@ -465,8 +533,12 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
     napi_value fh;
     if (r->has_fh) fh = num(env, (double)r->fh); else napi_get_null(env, &fh);
     switch (r->op) {
-      case OP_LOOKUP: case OP_UNLINK: case OP_REMOVEXATTR:
+      case OP_LOOKUP: case OP_REMOVEXATTR:
         args[argc++] = str_or_null(env, r->name);
+        break;
+      case OP_UNLINK:
+        args[argc++] = str_or_null(env, r->name);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_GETATTR: case OP_FLUSH: case OP_RELEASE:
         args[argc++] = fh;
@@ -486,6 +558,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         break;
       case OP_OPEN:
         args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_CREATE:
         args[argc++] = str_or_null(env, r->name);
@@ -493,6 +566,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         args[argc++] = num(env, (double)r->i1);
         args[argc++] = num(env, r->uid);
         args[argc++] = num(env, r->gid);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_READ:
         args[argc++] = fh;
@@ -524,6 +598,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         args[argc++] = num(env, (double)r->ino2);
         args[argc++] = str_or_null(env, r->name2);
         args[argc++] = num(env, (double)r->i1);
+        args[argc++] = num(env, r->resent);
         break;
       case OP_FALLOCATE:
         args[argc++] = fh;
@@ -962,6 +1037,8 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   session *s = calloc(1, sizeof(session));
   if (s == NULL) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
   s->resend_result = -1;
+  s->notify_fd = -1;
+  pthread_mutex_init(&s->notify_lock, NULL);
   s->max_write_wanted = 1024 * 1024;
   s->max_threads = 8;
   napi_value v;
@@ -980,6 +1057,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   if (napi_has_named_property(env, args[3], "entryTimeout", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "entryTimeout", &v); s->entry_timeout = arg_number(env, v); }
   if (napi_has_named_property(env, args[3], "attrTimeout", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "attrTimeout", &v); s->attr_timeout = arg_number(env, v); }
   if (napi_has_named_property(env, args[3], "keepCache", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "keepCache", &v); s->keep_cache = arg_number(env, v) != 0; }
+  if (napi_has_named_property(env, args[3], "notifyFd", &has) == napi_ok && has) { napi_get_named_property(env, args[3], "notifyFd", &v); s->notify_fd = (int)arg_number(env, v); if (s->notify_fd >= 0) fcntl(s->notify_fd, F_SETFD, FD_CLOEXEC); }
 
   napi_value name;
   napi_create_string_utf8(env, "vdiskfs-fuse3", NAPI_AUTO_LENGTH, &name);
@@ -1007,6 +1085,16 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
     return NULL;
   }
   s->mountpoint = strdup(mountpoint);
+  /* The same descriptor, read through io_read (the resend bit of each request). */
+  if (fuse_session_custom_io(s->se, &custom_io, fuse_session_fd(s->se)) != 0) {
+    fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
+    free(s->mountpoint);
+    free(s);
+    napi_throw_error(env, NULL, "fuse_session_custom_io failed (see the line libfuse printed above)");
+    return NULL;
+  }
   if (takeover_fd >= 0) take_over(s, takeover_minor);
   int err = pthread_create(&s->thread, NULL, loop_thread, s);
   if (err != 0) {
@@ -1043,6 +1131,25 @@ static napi_value session_fd(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * notifier(session) -> [daemon end, holder end]: a new SOCK_SEQPACKET pair (both close-on-exec; the
+ * holder's end goes to it as its fd 4, then is closed here); notifications go to the holder's notifier
+ * through the daemon's end from then on (io_writev). Throws when the pair cannot be made.
+ */
+static napi_value session_notifier(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = session_of(env, args[0]);
+  if (s == NULL) return NULL;
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) { napi_throw_error(env, NULL, strerror(errno)); return NULL; }
+  __atomic_store_n(&s->notify_fd, pair[0], __ATOMIC_RELEASE);
+  napi_value out;
+  napi_create_array_with_length(env, 2, &out);
+  napi_set_element(env, out, 0, num(env, pair[0]));
+  napi_set_element(env, out, 1, num(env, pair[1]));
+  return out;
+}
+
+/*
  * unmount(session) -> 0, or an errno: asks the loop to end and, as root, detaches the mount (lazily,
  * as libfuse does; the connection ends once nothing uses the mount). Not root: returns EPERM and the
  * caller runs fusermount3 -uz.
@@ -1070,6 +1177,8 @@ static napi_value destroy_session(napi_env env, napi_callback_info info) {
   fuse_session_destroy(s->se);
   s->se = NULL;
   s->destroyed = 1;
+  int nfd = __atomic_exchange_n(&s->notify_fd, -1, __ATOMIC_ACQ_REL);
+  if (nfd >= 0) close(nfd);
   napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
   return NULL;
 }
@@ -1103,6 +1212,7 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "resendResult", num(env, s->resend_result));
   napi_set_named_property(env, out, "cloneFd", num(env, s->clone_fd));
   napi_set_named_property(env, out, "notifications", num(env, (double)__atomic_load_n(&s->notifications, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "resent", num(env, (double)__atomic_load_n(&s->resent, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "entryTimeout", num(env, s->entry_timeout));
   napi_set_named_property(env, out, "attrTimeout", num(env, s->attr_timeout));
   napi_set_named_property(env, out, "keepCache", num(env, s->keep_cache));
@@ -1146,6 +1256,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "destroy", NULL, destroy_session, NULL, NULL, NULL, napi_default, NULL },
     { "stats", NULL, session_stats, NULL, NULL, NULL, napi_default, NULL },
     { "fd", NULL, session_fd, NULL, NULL, NULL, napi_default, NULL },
+    { "notifier", NULL, session_notifier, NULL, NULL, NULL, napi_default, NULL },
     { "notify", NULL, notify_session, NULL, NULL, NULL, napi_default, NULL },
     { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },

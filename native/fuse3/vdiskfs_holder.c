@@ -16,6 +16,16 @@
  * restartsMax restarts within restartWindowSeconds. SIGTERM (a clean stop: vdiskfs umount, the
  * daemon's SIGTERM) ends it at once. It holds nothing else: no pool file, no socket.
  *
+ * Notifications. The daemon gives it a socket as fd 4 (SOCK_SEQPACKET): the holder forks a notifier
+ * for it, a process that writes each message it receives (a notification: fuse_out_header with unique 0)
+ * to /dev/fuse and answers with the errno of that write (0: taken). A notification can wait in the kernel
+ * for a lock that a request the daemon has not answered holds; written by the daemon itself, a daemon
+ * killed meanwhile would never fully exit (that thread stays in the kernel, the process keeps its files
+ * and the catalog's lock) and the request would never be answered. Written by the notifier, the daemon
+ * dies whole, the next daemon answers the request, and the notifier's write then completes; it exits
+ * when its daemon's end of the socket is closed. Each daemon the holder starts gets a new socket (its
+ * fd 4) and a notifier of its own.
+ *
  * With --log FILE (the daemon's daemon.log), each of its lines is appended to FILE opened anew, and each
  * daemon it starts gets FILE opened anew as its stderr: the daemon rotates daemon.log, and a descriptor
  * kept from the start would go on writing into the rotated-away file. Without it, lines go to stderr.
@@ -28,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -35,6 +46,7 @@
 #include <unistd.h>
 
 #define FUSE_FD 3
+#define NOTIFY_FD 4
 #define restartsMax 5
 #define restartWindowSeconds 60
 
@@ -50,6 +62,36 @@ static int connection_gone(void) {
 }
 
 static const char *logPath = NULL;
+
+/* The notifier: writes each notification `sock` brings to /dev/fuse, answers with its errno. Never returns. */
+static void notifier(int sock) {
+  static char buf[65536];
+  for (;;) {
+    ssize_t n = recv(sock, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) _exit(0);
+    ssize_t w = write(FUSE_FD, buf, (size_t)n);
+    int err = w == n ? 0 : (w < 0 ? errno : EIO);
+    if (send(sock, &err, sizeof(err), MSG_NOSIGNAL) < 0) _exit(0);
+  }
+}
+
+/*
+ * Forks a notifier on `sock` (closed here afterwards); its pid, or -1. It runs this program again as
+ * `vdiskfs-notifier --notifier` (the socket as its fd 4), so that its command line is not a holder's
+ * (the CLI and the tests find holders by theirs).
+ */
+static pid_t start_notifier(int sock) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (sock != NOTIFY_FD) { dup2(sock, NOTIFY_FD); close(sock); } else fcntl(NOTIFY_FD, F_SETFD, 0);
+    for (int fd = 5; fd < 1024; fd++) close(fd);
+    execl("/proc/self/exe", "vdiskfs-notifier", "--notifier", (char *)NULL);
+    notifier(NOTIFY_FD); /* exec failed: serve from this copy of the holder */
+  }
+  if (sock != NOTIFY_FD) close(sock); else close(NOTIFY_FD);
+  return pid;
+}
 
 /* FILE opened for appending (created 0600), or -1. */
 static int open_log(void) {
@@ -71,6 +113,7 @@ static void say(const char *what, long value) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--notifier") == 0) notifier(NOTIFY_FD);
   int command = 3;
   if (argc >= 4 && strcmp(argv[2], "--log") == 0) { logPath = argv[3]; command = 5; }
   if (argc < command + 1 || strcmp(argv[command - 1], "--") != 0) {
@@ -85,6 +128,8 @@ int main(int argc, char **argv) {
   sigaction(SIGINT, &sa, NULL);
   signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
+  /* The first daemon's notification socket: its notifier. */
+  if (fcntl(NOTIFY_FD, F_GETFD) != -1) start_notifier(NOTIFY_FD);
   pid_t daemon = (pid_t)atol(argv[1]);
   int watched = pidfd_of(daemon);
   time_t restarts[restartsMax];
@@ -112,9 +157,15 @@ int main(int argc, char **argv) {
       restartCount--;
     }
     restarts[restartCount++] = now;
+    int pair[2] = { -1, -1 };
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) say("no notification socket for the new daemon, errno", errno);
     pid_t child = fork();
-    if (child < 0) { say("fork failed, errno", errno); sleep(1); continue; }
+    if (child < 0) { say("fork failed, errno", errno); if (pair[0] >= 0) { close(pair[0]); close(pair[1]); } sleep(1); continue; }
     if (child == 0) {
+      /* The daemon's end as its fd 4 (without close-on-exec); without one, it writes notifications itself. */
+      if (pair[1] == NOTIFY_FD) fcntl(NOTIFY_FD, F_SETFD, 0);
+      else if (pair[1] >= 0) dup2(pair[1], NOTIFY_FD);
+      else close(NOTIFY_FD);
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, NULL);
@@ -127,6 +178,7 @@ int main(int argc, char **argv) {
       execvp(argv[command], argv + command);
       _exit(127);
     }
+    if (pair[0] >= 0) { close(pair[1]); start_notifier(pair[0]); }
     say("started a new daemon, pid", child);
     watched = pidfd_of(child);
   }

@@ -70,7 +70,7 @@ const coreCommands: Record<string, Command> = {
   mount: {
     usage: 'mount POOL MNT [-f|--foreground] [--block-size SIZE] [--xattrs] [--allow-other] [--json]',
     summary: 'serve the pool in POOL (created if missing) at MNT',
-    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], logStderr: ['--log-stderr'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], takeoverFd: ['--takeover-fd'] } },
+    spec: { positionals: ['POOL', 'MNT'], booleans: { foreground: ['-f', '--foreground'], child: ['--background-child'], logStderr: ['--log-stderr'], xattrs: ['--xattrs'], noXattrs: ['--no-xattrs'], allowOther: ['--allow-other'], json: ['--json'] }, values: { blockSize: ['--block-size'], takeoverFd: ['--takeover-fd'], notifyFd: ['--notify-fd'] } },
     async run ({ positionals: [pool, mnt], flags, values }) {
       const blockBytes = values.blockSize === undefined ? undefined : parseSize(values.blockSize)
       const mountpoint = path.resolve(mnt)
@@ -80,6 +80,10 @@ const coreCommands: Record<string, Command> = {
         // Internal: the holder of a FUSE 3 mount starts a daemon with the mount's descriptor (docs/TRANSPORT.md).
         const takeoverFd = values.takeoverFd === undefined ? undefined : Number(values.takeoverFd)
         if (takeoverFd !== undefined && !(Number.isInteger(takeoverFd) && takeoverFd >= 0)) throw new VdiskError('INVALID', `--takeover-fd ${String(values.takeoverFd)}: not a descriptor number`)
+        // Internal too: the socket to the notifier the holder forked for this daemon, when it has one.
+        const notifyFd = values.notifyFd === undefined ? undefined : Number(values.notifyFd)
+        let notifier: number | undefined
+        if (notifyFd !== undefined && Number.isInteger(notifyFd) && notifyFd >= 0) { try { if (fs.fstatSync(notifyFd).isSocket()) notifier = notifyFd } catch {} }
         await runDaemon({
           pool: poolDir,
           mountpoint,
@@ -88,6 +92,7 @@ const coreCommands: Record<string, Command> = {
           xattrs: flags.xattrs === true,
           allowOther: flags.allowOther === true,
           takeoverFd,
+          notifyFd: notifier,
           // A takeover logs where the daemon it replaces did (--log-stderr: that one ran with -f).
           logToFile: child || (takeoverFd !== undefined && flags.logStderr !== true),
           onReady: () => {

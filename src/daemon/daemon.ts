@@ -53,6 +53,8 @@ export interface DaemonOptions {
    * checked nor touched (a call on it would wait for this very daemon).
    */
   takeoverFd?: number
+  /** With takeoverFd: the socket to the notifier the holder forked for this daemon (docs/TRANSPORT.md). */
+  notifyFd?: number
   /** Called once the mount answers. */
   onReady: () => void
 }
@@ -78,8 +80,11 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   const { fuse, holderPid } = await mount(options, mountpoint, takeover, holder, pool, operations, log)
 
   // What changes behind the kernel's back (rename, rm, promote, restore) is dropped from its caches,
-  // and a control command that changed something replies once the kernel took it.
-  pool.onChange(change => fuse.invalidate(invalidationsOf(change)))
+  // and a control command that changed something replies once the kernel took it. Not what the kernel
+  // asked for itself: its caches follow, and a notification about a name waits for the directory's lock,
+  // which the rename or unlink holds until its reply (a daemon killed in between would leave that
+  // notifying thread stuck in the kernel, and the process never fully gone: docs/TRANSPORT.md).
+  pool.onChange(change => { if (!change.byKernel) fuse.invalidate(invalidationsOf(change)) })
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
   const server = startControlServer(socketPath, afterInvalidation(fuse, controlHandlers({
@@ -232,7 +237,7 @@ async function mount (options: DaemonOptions, mountpoint: string, takeover: bool
   let fuse: Fuse3Transport
   try {
     // The kernel checks permissions against the owner and mode each image keeps in the catalog.
-    fuse = new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, shareFd: holder })
+    fuse = new Fuse3Transport(mountpoint, operations, { fsname, subtype: 'vdiskfs', defaultPermissions: true, allowOther: options.allowOther === true, log, takeoverFd: options.takeoverFd, notifyFd: options.notifyFd, shareFd: holder })
   } catch (err) {
     await pool.close()
     throw new VdiskError('INVALID', (err as Error).message, { cause: err })
@@ -293,7 +298,7 @@ function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string,
     log(`no holder: ${fd < 0 ? 'the session has no descriptor' : `${fuse3HolderPath} is missing (make native)`}; the mount ends with this daemon`)
     return null
   }
-  const restart = [process.execPath, process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--takeover-fd', '3']
+  const restart = [process.execPath, process.argv[1], 'mount', poolDir, mountpoint, '--foreground', '--takeover-fd', '3', '--notify-fd', '4']
   if (options.xattrs === true) restart.push('--xattrs')
   if (options.allowOther === true) restart.push('--allow-other')
   // The holder and the daemons it starts log where this one does: daemon.log in the background (which
@@ -302,7 +307,15 @@ function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string,
   const logArgs = options.logToFile ? ['--log', path.join(poolDir, daemonLogFile)] : []
   if (!options.logToFile) restart.push('--log-stderr')
   try {
-    const child = spawn(fuse3HolderPath, [String(process.pid), ...logArgs, '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', options.logToFile ? 'ignore' : 'inherit', fd] })
+    // Its fd 4: the socket to the notifier it forks, which writes this daemon's notifications from now on.
+    let pair: [number, number] | null = null
+    try { pair = fuse.notifier() } catch (err) { log(`no notifier: ${(err as Error).message}; this daemon writes its notifications itself`) }
+    let child: ReturnType<typeof spawn>
+    try {
+      child = spawn(fuse3HolderPath, [String(process.pid), ...logArgs, '--', ...restart], { detached: true, stdio: ['ignore', 'ignore', options.logToFile ? 'ignore' : 'inherit', fd, ...(pair !== null ? [pair[1]] : [])] })
+    } finally {
+      if (pair !== null) fs.closeSync(pair[1])
+    }
     child.unref()
     log(`holder started (pid ${String(child.pid)}): the mount outlives this daemon`)
     return child.pid ?? null

@@ -58,7 +58,12 @@ export function invalidationsOf (change: VolumeChange): Array<{ ino: number, dat
 export interface Attr { ino: number, mode: number, nlink: number, uid: number, gid: number, size: number, blocks: number, blksize: number, mtimeMs: number }
 export interface DirEntry { name: string, ino: number, mode: number }
 
-interface Handle { volume: Volume, writable: boolean }
+/**
+ * An open file. `pending` from its making until its reply has reached the kernel: a daemon killed in
+ * between leaves it in the handles file, and the kernel resends the OPEN or CREATE to the next daemon,
+ * which gives it this handle instead of a second one (adopt, below).
+ */
+interface Handle { volume: Volume, writable: boolean, pending?: boolean }
 
 export interface LowLevelOptions {
   pool: Pool
@@ -119,7 +124,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
    */
   function saveHandles (): void {
     if (handlesFile === undefined) return
-    const rows = [...handles].map(([fh, h]) => [fh, h.volume.id, h.writable ? 1 : 0])
+    const rows = [...handles].map(([fh, h]) => [fh, h.volume.id, h.writable ? 1 : 0, h.pending === true ? 1 : 0])
     try {
       fs.writeFileSync(`${handlesFile}.tmp`, JSON.stringify({ next: nextHandle, handles: rows }), { mode: 0o600 })
       fs.renameSync(`${handlesFile}.tmp`, handlesFile)
@@ -130,12 +135,12 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
 
   if (handlesFile !== undefined && takeover === true) {
     try {
-      const saved = JSON.parse(fs.readFileSync(handlesFile, 'utf8')) as { next: number, handles: Array<[number, number, number]> }
-      for (const [fh, id, writable] of saved.handles) {
+      const saved = JSON.parse(fs.readFileSync(handlesFile, 'utf8')) as { next: number, handles: Array<[number, number, number, number?]> }
+      for (const [fh, id, writable, pending] of saved.handles) {
         const volume = pool.byId(id)
         if (volume === undefined) { log(`takeover: open handle ${fh} named volume ${id}, which is gone`); continue }
         pool.opened(volume, writable === 1)
-        handles.set(fh, { volume, writable: writable === 1 })
+        handles.set(fh, { volume, writable: writable === 1, pending: pending === 1 })
         nextHandle = Math.max(nextHandle, fh + 1)
       }
       nextHandle = Math.max(nextHandle, saved.next)
@@ -153,6 +158,30 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   const maps = new Map<number, { generation: number, ranges: AllocationRange[] }>()
 
   const fail = (cb: Callback) => (err: unknown) => cb(toErrno(err, log))
+
+  /**
+   * For a resent OPEN or CREATE: the handle the dead daemon made for it and never told the kernel of
+   * (pending in the handles file it left, counted open at the takeover), if there is one.
+   */
+  function adopt (volume: Volume, writable: boolean): number | undefined {
+    const fh = [...handles].find(([, h]) => h.pending === true && h.volume === volume && h.writable === writable)?.[0]
+    if (fh !== undefined) log(`takeover: a resent request takes handle ${fh}, which the daemon before made and did not answer`)
+    return fh
+  }
+
+  /** A new handle of `volume` (which the caller has counted open), pending until answered(fh). */
+  function register (volume: Volume, writable: boolean): number {
+    const fh = nextHandle++
+    handles.set(fh, { volume, writable, pending: true })
+    saveHandles()
+    return fh
+  }
+
+  /** The reply giving `fh` to the kernel has been written (the next save of the handles says so). */
+  function answered (fh: number): void {
+    const handle = handles.get(fh)
+    if (handle !== undefined) handle.pending = false
+  }
 
   function dirAttr (ino: number): Attr {
     const writable = ino === dirInodeOf.disk
@@ -275,45 +304,58 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       ])
     },
 
-    open (ino: number, flags: number, cb: Callback) {
+    open (ino: number, flags: number, resent: number, cb: Callback) {
       if (ino < volumeInodeBase) { cb(EISDIR); return }
-      let volume: Volume
       const writable = (flags & 3) !== 0
+      let fh: number | undefined
       try {
-        volume = volumeOf(ino)
-        pool.opened(volume, writable)
+        const volume = volumeOf(ino)
+        fh = resent === 1 ? adopt(volume, writable) : undefined
+        if (fh === undefined) {
+          pool.opened(volume, writable)
+          fh = register(volume, writable)
+        }
       } catch (err) { cb(toErrno(err, log)); return }
-      const fh = nextHandle++
-      handles.set(fh, { volume, writable })
-      saveHandles()
       cb(0, fh)
+      answered(fh)
     },
 
     // The new disk belongs to the caller (FUSE 3's request carries who it is); its mode stays the
     // catalog's default (0600), as on the path-based transport.
-    create (parent: number, name: string, _mode: number, _flags: number, callerUid: number, callerGid: number, cb: Callback) {
+    // A resent CREATE (after a takeover) that finds its name taken: the dead daemon made it (the kernel
+    // creates under the directory's lock, after a lookup found no such name, and nothing else changed
+    // names while no daemon ran), so it opens that volume, as the dead daemon's reply would have.
+    create (parent: number, name: string, _mode: number, _flags: number, callerUid: number, callerGid: number, resent: number, cb: Callback) {
       const kind = kindOfInode.get(parent)
       if (kind === undefined) { cb(EPERM); return }
-      const work = async (): Promise<Volume> => {
+      const work = async (): Promise<{ volume: Volume, adopted: number | undefined }> => {
+        const found = resent === 1 ? pool.find(kind, name) : undefined
+        const made = found !== undefined && !found.hidden ? found : undefined
+        let adopted: number | undefined
+        if (made !== undefined) {
+          log(`create: ${dirOfKind[kind]}/${name} was made by the daemon before the takeover: the resent request opens it`)
+          adopted = adopt(made, true)
+          if (adopted === undefined) pool.opened(made, true)
+        }
         // The handle is counted by create itself, before its commit (see Pool.create's open option).
-        const volume = await pool.create(kind, name, { open: true })
+        const volume = made ?? await pool.create(kind, name, { open: true })
         if (volume.uid !== callerUid || volume.gid !== callerGid) {
           try {
             volume.chown(callerUid, callerGid)
             await pool.commit()
           } catch (err) {
+            if (adopted !== undefined && handles.delete(adopted)) saveHandles()
             await pool.released(volume).catch(() => {})
             throw err
           }
         }
-        return volume
+        return { volume, adopted }
       }
-      work().then(volume => {
-        const fh = nextHandle++
-        handles.set(fh, { volume, writable: true })
-        saveHandles()
+      work().then(({ volume, adopted }) => {
         log(`create: ${dirOfKind[kind]}/${name}`)
+        const fh = adopted ?? register(volume, true)
         cb(0, fileAttr(volume), fh)
+        answered(fh)
       }, fail(cb))
     },
 
@@ -348,22 +390,34 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       pool.commit().then(() => cb(0), fail(cb))
     },
 
-    unlink (parent: number, name: string, cb: Callback) {
+    // A resent UNLINK (after a takeover) of a name that is gone: the dead daemon removed it.
+    unlink (parent: number, name: string, resent: number, cb: Callback) {
       const kind = kindOfInode.get(parent)
       if (kind === undefined) { cb(parent === rootInode ? EPERM : ENOENT); return }
       const volume = pool.find(kind, name)
-      if (volume === undefined || volume.hidden) { cb(ENOENT); return }
+      if (volume === undefined || volume.hidden) {
+        if (resent === 1) log(`rm: ${dirOfKind[kind]}/${name} was removed by the daemon before the takeover: the resent request succeeds`)
+        cb(resent === 1 ? 0 : ENOENT)
+        return
+      }
       pool.unlink(volume).then(() => { log(`rm: ${dirOfKind[kind]}/${name} (unlinked through the mount)`); cb(0) }, fail(cb))
     },
 
-    rename (parent: number, name: string, newParent: number, newName: string, flags: number, cb: Callback) {
+    // A resent RENAME (after a takeover) whose source is gone and target there: the dead daemon did it.
+    rename (parent: number, name: string, newParent: number, newName: string, flags: number, resent: number, cb: Callback) {
       const from = kindOfInode.get(parent)
       const to = kindOfInode.get(newParent)
       if (from === undefined || to === undefined) { cb(from === undefined ? EPERM : EINVAL); return }
       // RENAME_EXCHANGE and RENAME_WHITEOUT are not offered; NOREPLACE is.
       if ((flags & ~renameNoReplace) !== 0) { cb(EINVAL); return }
       const volume = pool.find(from, name)
-      if (volume === undefined || volume.hidden) { cb(ENOENT); return }
+      if (volume === undefined || volume.hidden) {
+        const target = pool.find(to, newName)
+        const done = resent === 1 && target !== undefined && !target.hidden
+        if (done) log(`rename: ${dirOfKind[from]}/${name} -> ${dirOfKind[to]}/${newName} was done by the daemon before the takeover: the resent request succeeds`)
+        cb(done ? 0 : ENOENT)
+        return
+      }
       if ((flags & renameNoReplace) !== 0) {
         const existing = pool.find(to, newName)
         if (existing !== undefined && existing !== volume && !existing.hidden) { cb(EEXIST); return }

@@ -7,9 +7,31 @@
  * `dispatch` runs the matching handler of fuse3-ops.ts and turns its callback into exactly one
  * fuse_reply_* through the addon. A handler that throws is a bug: logged, answered EIO.
  */
+import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { fuse3AttrTimeoutSeconds, fuse3EntryTimeoutSeconds, fuse3KeepCache, fuse3MaxWriteBytes, fuse3NotifyWaitMs, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
+
+/**
+ * Test hook (test/integration/takeover.test.ts): with VDISKFS_TEST_DIE_BEFORE_REPLY=DIR in the daemon's
+ * environment, a request of kind K that succeeds while the file DIR/K exists removes it and kills the
+ * daemon before its reply: done, and not answered, for the next daemon to be resent. When the file
+ * holds a number, the daemon dies that many milliseconds later, the reply never sent. Returns whether
+ * the reply is to be held back.
+ */
+const dieBeforeReply = process.env.VDISKFS_TEST_DIE_BEFORE_REPLY !== undefined && process.env.VDISKFS_TEST_DIE_BEFORE_REPLY !== ''
+  ? (name: string): boolean => {
+      const file = path.join(process.env.VDISKFS_TEST_DIE_BEFORE_REPLY ?? '', name)
+      let delayMs = 0
+      try {
+        delayMs = Number(fs.readFileSync(file, 'utf8')) || 0
+        fs.unlinkSync(file)
+      } catch { return false }
+      if (delayMs > 0) setTimeout(() => process.kill(process.pid, 'SIGKILL'), delayMs)
+      else process.kill(process.pid, 'SIGKILL')
+      return true
+    }
+  : undefined
 
 /** The addon's request kinds, in its order (native/fuse3/vdiskfs_fuse3.c, OP_*). */
 const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'create', 'read', 'write', 'flush', 'release', 'fsync',
@@ -24,6 +46,7 @@ interface Fuse3Native {
   destroy: (session: Session) => void
   stats: (session: Session) => Fuse3Stats
   fd: (session: Session) => number
+  notifier: (session: Session) => [number, number]
   /** kind 0: drop an inode's attributes (offset < 0) or pages from offset (length 0: to the end); kind 1: drop a name. Resolves to an errno. */
   notify: (session: Session, kind: 0 | 1, ino: number, offset: number, length: number, name: string | null) => Promise<number>
   replyErr: (request: Handle, errno: number) => void
@@ -60,6 +83,8 @@ export interface Fuse3Stats {
   cloneFd: number
   /** Invalidations sent to the kernel (rename, rm, promote, restore). */
   notifications: number
+  /** Requests the kernel resent to this daemon after a takeover (FUSE_UNIQUE_RESEND). */
+  resent: number
   entryTimeout: number
   attrTimeout: number
   keepCache: number
@@ -84,6 +109,8 @@ export interface Fuse3Options {
   takeoverFd?: number
   /** A holder shares the descriptor: no cloned descriptors, so the kernel keeps what a dead daemon read. */
   shareFd?: boolean
+  /** After a takeover: the socket to the holder's notifier for this daemon (its fd 4), which writes the notifications. */
+  notifyFd?: number
 }
 
 /** Where the Makefile builds the addon and the holder (make native); VDISKFS_FUSE3_ADDON names another (tests). */
@@ -132,6 +159,15 @@ export class Fuse3Transport {
     return this.session === null ? -1 : this.native.fd(this.session)
   }
 
+  /**
+   * A socket pair for the holder's notifier (native/fuse3/vdiskfs_holder.c): from now on notifications
+   * go through the first end to the process the holder forks on the second, which the caller passes to
+   * the holder as its fd 4 and then closes. docs/TRANSPORT.md, "A mount that outlives its daemon".
+   */
+  notifier (): [number, number] | null {
+    return this.session === null ? null : this.native.notifier(this.session)
+  }
+
   mount (cb: (err: Error | null) => void): void {
     const mountOptions = [`fsname=${this.options.fsname}`, `subtype=${this.options.subtype}`]
     if (this.options.defaultPermissions) mountOptions.push('default_permissions')
@@ -146,7 +182,8 @@ export class Fuse3Transport {
         entryTimeout: fuse3EntryTimeoutSeconds,
         attrTimeout: fuse3AttrTimeoutSeconds,
         keepCache: fuse3KeepCache ? 1 : 0,
-        ...(this.options.takeoverFd !== undefined ? { takeoverFd: this.options.takeoverFd } : {})
+        ...(this.options.takeoverFd !== undefined ? { takeoverFd: this.options.takeoverFd } : {}),
+        ...(this.options.notifyFd !== undefined ? { notifyFd: this.options.notifyFd } : {})
       })
     } catch (err) {
       cb(err as Error)
@@ -236,6 +273,7 @@ export class Fuse3Transport {
       replied = true
       try {
         if (code < 0) { native.replyErr(request, -code); return }
+        if (dieBeforeReply !== undefined && dieBeforeReply(name)) return
         this.succeed(name, request, args, results)
       } catch (err) {
         this.options.log(`bug: replying to ${name}: ${(err as Error)?.stack ?? String(err)}`)

@@ -7,10 +7,9 @@
  * files, say). A hidden volume's name therefore starts with '/', which no user's name contains: it never
  * collides with one, and it is what the catalog keeps, so a restart after a crash knows to drop it.
  *  - `/removed-ID`: the name `remove` with force gives an open volume (it answers to no name);
- *  - `/.fuse_hidden…`: libfuse's hidden name for a file unlinked while open, kept after the '/' so that
- *    libfuse can still reach it by that name. At the last release the volume takes that name as an
- *    ordinary one, and libfuse then unlinks it there; a user's own mv of an open image to such a name
- *    (a legal name) looks the same to the daemon, is followed by no unlink, and so keeps the image.
+ *  - `/.fuse_hidden…`: libfuse 2's hidden name for a file unlinked while open (the transport before
+ *    FUSE 3 renamed such a file to `.fuse_hidden…`). No longer made: a pool that still holds one shows
+ *    it again under that name at the next start (Namespace.dropHidden).
  * Pools written before this rule kept hidden names starting with '.'; such a volume left by a crash
  * now shows up under that name (nothing is dropped on a guess) and can be removed with `vdiskfs rm`.
  *
@@ -32,8 +31,8 @@ const libfuseHiddenName = /^\.fuse_hidden[0-9a-f]{16}$/
 /** What a byte that is not UTF-8 becomes once decoded (TextDecoder, napi_create_string_utf8). */
 const replacementCharacter = '\uFFFD'
 
-/** Whether `name` is one libfuse gives a file unlinked while open. */
-export function isLibfuseHiddenName (name: string): boolean {
+/** Whether `name` is one libfuse 2 gave a file unlinked while open. */
+function isLibfuseHiddenName (name: string): boolean {
   return libfuseHiddenName.test(name)
 }
 
@@ -45,11 +44,6 @@ export function isHiddenName (name: string): boolean {
 /** The hidden name `remove` with force gives open volume `id`. */
 export function removedName (id: number): string {
   return `${hiddenMark}removed-${id}`
-}
-
-/** The stored name of a volume libfuse hid under `libfuseName` (a `.fuse_hidden…` name). */
-export function hiddenNameOf (libfuseName: string): string {
-  return hiddenMark + libfuseName
 }
 
 /** The `.fuse_hidden…` name a volume stored as `name` was hidden under, or null when libfuse did not hide it. */

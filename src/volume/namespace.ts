@@ -15,7 +15,7 @@ import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
-import { checkName, hiddenNameOf, isHiddenName, isLibfuseHiddenName, libfuseNameOf, removedName } from './names'
+import { checkName, isHiddenName, libfuseNameOf, removedName } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
 
@@ -56,16 +56,9 @@ export class Namespace {
     return [...this.volumes.values()].filter(v => kind === undefined || v.kind === kind)
   }
 
-  /**
-   * The volume named `name`. One the pool hid itself (remove with force) answers to no name; one libfuse
-   * hid answers to the `.fuse_hidden…` name libfuse gave it, as libfuse expects.
-   */
+  /** The volume named `name`. One hidden (removed while open) answers to no name. */
   find (kind: VolumeKind, name: string): Volume | undefined {
     if (isHiddenName(name)) return undefined
-    if (isLibfuseHiddenName(name)) {
-      const hidden = this.named(kind, hiddenNameOf(name))
-      if (hidden !== undefined) return hidden
-    }
     return this.named(kind, name)
   }
 
@@ -185,17 +178,13 @@ export class Namespace {
 
   /**
    * Renames a disk or clone within its kind, replacing `newName` if it exists (as rename(2); a replaced
-   * volume still open is kept for its handles, as remove with force keeps it). `hide`: the FUSE layer
-   * hides a volume unlinked while open under libfuse's hidden name (.fuse_hidden*): an open volume is
-   * then hidden (names.ts) until its last release, when it takes the name as an ordinary one for
-   * libfuse to unlink (`released`); one nobody holds open simply takes the name, an ordinary one.
+   * volume still open is kept for its handles, as remove with force keeps it).
    * Errors: READ_ONLY for a backup, INVALID for a bad name.
    */
-  async rename (volume: Volume, newName: string, hide = false): Promise<void> {
+  async rename (volume: Volume, newName: string): Promise<void> {
     if (volume.kind === 'backup') throw readOnly(`backup ${volume.name}`)
     checkName(newName)
-    const hiding = hide && isLibfuseHiddenName(newName) && volume.openHandles > 0
-    const stored = hiding ? hiddenNameOf(newName) : newName
+    const stored = newName
     if (stored === volume.name) return
     if (this.state.reservedNames.has(`${volume.kind}/${stored}`)) throw new VdiskError('BUSY', `${volume.kind} ${stored} is being created by another operation`)
     const target = this.named(volume.kind, stored)
@@ -211,13 +200,13 @@ export class Namespace {
 
   /**
    * rename(2) of a volume to `name` in the directory of `kind`. Backups neither move nor are replaced
-   * (READ_ONLY); a volume does not change kind (CROSS_DEVICE). A libfuse hidden name hides the volume
-   * (see rename).
+   * (READ_ONLY); a volume does not change kind (CROSS_DEVICE). Every name is an ordinary one: FUSE 3's
+   * low-level API renames no file unlinked while open (libfuse 2's `.fuse_hidden…` names are gone).
    */
   async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> {
     if (volume.kind === 'backup' || kind === 'backup') throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, readOnly(`backup ${volume.kind === 'backup' ? volume.name : name}`))
     if (volume.kind !== kind) throw this.refused(`rename of ${volume.label} to ${kind} ${name}`, new VdiskError('CROSS_DEVICE', `${volume.label} cannot become a ${kind}`))
-    await this.rename(volume, name, isLibfuseHiddenName(name))
+    await this.rename(volume, name)
   }
 
   /**
@@ -303,40 +292,40 @@ export class Namespace {
     volume.openHandles++
   }
 
-  /**
-   * A handle on `volume` was released; the last one of a volume removed while open removes it. One
-   * hidden under a libfuse name is not removed but shown again under that name: libfuse unlinks its
-   * hidden file itself right after the last release (fuse_do_release in libfuse 2.9), while a user's mv
-   * of an open image to such a name, which the daemon cannot tell apart, is followed by no unlink and
-   * must not lose the image. A crash between the two leaves the volume visible under that name (to be
-   * removed with rm), never a lost one.
-   */
+  /** A handle on `volume` was released; the last one of a volume removed while open removes it. */
   async released (volume: Volume): Promise<void> {
     assert.ok(volume.openHandles > 0, 'release without open')
     volume.openHandles--
     if (volume.openHandles > 0 || !volume.hidden || this.volumes.get(volume.id) !== volume) return
-    const libfuseName = libfuseNameOf(volume.name)
-    if (libfuseName !== null && this.named(volume.kind, libfuseName) === undefined) {
-      volume.name = libfuseName
-      volume.rowDirty = true
-      this.changed(volume)
-    } else {
-      this.forget(volume)
-    }
+    this.forget(volume)
     await this.commit()
   }
 
   /**
    * Drops the volumes a crash left hidden (removed while open: no handle survives a restart); their
-   * data is then garbage for gc. Returns their labels.
+   * data is then garbage for gc. Returns their labels. A volume libfuse 2 hid under a `.fuse_hidden…`
+   * name (pools served by that transport) is shown again under that name instead, as libfuse's own
+   * unlink of it or a user's mv of an open image to such a name cannot be told apart: nothing is dropped
+   * on a guess (`vdiskfs rm` removes it); dropped only when that name is taken meanwhile.
    */
   async dropHidden (): Promise<string[]> {
     // Held open only after a takeover (the handles the kernel still uses, restored by the FUSE 3
     // operations): those go at their last release, as while the daemon ran.
     const hidden = [...this.volumes.values()].filter(v => v.hidden && v.openHandles === 0)
-    for (const volume of hidden) this.forget(volume)
+    const dropped: string[] = []
+    for (const volume of hidden) {
+      const libfuseName = libfuseNameOf(volume.name)
+      if (libfuseName !== null && this.named(volume.kind, libfuseName) === undefined) {
+        volume.name = libfuseName
+        volume.rowDirty = true
+        this.changed(volume)
+      } else {
+        dropped.push(volume.label)
+        this.forget(volume)
+      }
+    }
     if (hidden.length > 0) await this.commit()
-    return hidden.map(v => v.label)
+    return dropped
   }
 
   /**

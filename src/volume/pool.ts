@@ -44,11 +44,16 @@ export { checkName } from './names'
 
 export interface OpenOptions extends HeaderOptions, StateOptions {}
 
-/** A change Pool.onChange reports: the names the volume no longer has, and whether its bytes (and size) changed. */
+/**
+ * A change Pool.onChange reports: the names the volume no longer has, whether its bytes (and size)
+ * changed, and whether the kernel asked for it (a rename or unlink through the mount: the kernel keeps
+ * its own caches right, and must not be told, see Pool.onChange).
+ */
 export interface VolumeChange {
   volume: Volume
   names: Array<{ kind: VolumeKind, name: string }>
   data: boolean
+  byKernel: boolean
 }
 
 export class Pool {
@@ -130,10 +135,12 @@ export class Pool {
   async create (kind: VolumeKind, name: string, options: { open?: boolean } = {}): Promise<Volume> { return await this.namespace.create(kind, name, options) }
   get (kind: VolumeKind, name: string): Volume { return this.namespace.get(kind, name) }
   async createDisk (name: string): Promise<Volume> { return await this.namespace.createDisk(name) }
-  async rename (volume: Volume, newName: string, hide = false): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName, hide)) }
-  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.move(volume, kind, name)) }
+  async rename (volume: Volume, newName: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName)) }
+  /** rename(2) through the mount (the kernel's request). */
+  async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.move(volume, kind, name), true) }
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.remove(volume, options)) }
-  async unlink (volume: Volume): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.unlink(volume)) }
+  /** unlink(2) through the mount (the kernel's request). */
+  async unlink (volume: Volume): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.unlink(volume), true) }
   opened (volume: Volume, writable: boolean): void { this.namespace.opened(volume, writable) }
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
@@ -152,7 +159,7 @@ export class Pool {
     try {
       return await this.namespace.restoreGroup(group, options)
     } finally {
-      for (const volume of targets) this.changed({ volume, names: [], data: true })
+      for (const volume of targets) this.changed({ volume, names: [], data: true, byKernel: false })
     }
   }
   async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> { return await this.namespace.cloneGroup(group, names) }
@@ -179,7 +186,7 @@ export class Pool {
    * kernel forgetting a name still valid would show an open descriptor's path as deleted. A change
    * that failed reports its bytes alone (a failed commit may follow a change made in memory).
    */
-  private async changing (volume: Volume, what: 'name' | 'gone' | 'data', work: () => Promise<void>): Promise<void> {
+  private async changing (volume: Volume, what: 'name' | 'gone' | 'data', work: () => Promise<void>, byKernel = false): Promise<void> {
     const before = { kind: volume.kind, name: volume.name }
     let done = false
     try {
@@ -187,7 +194,7 @@ export class Pool {
       done = true
     } finally {
       const renamed = what === 'gone' || before.kind !== volume.kind || before.name !== volume.name
-      this.changed({ volume, names: done && renamed ? [before] : [], data: what === 'data' })
+      this.changed({ volume, names: done && renamed ? [before] : [], data: what === 'data', byKernel })
     }
   }
 

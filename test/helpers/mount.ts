@@ -88,6 +88,11 @@ export class TestMount {
   async takeoverAfterKill (timeoutMs = 60000): Promise<number> {
     const old = this.pid
     process.kill(old, 'SIGKILL')
+    return await this.takenOverFrom(old, timeoutMs)
+  }
+
+  /** Waits (up to timeoutMs) until daemon `old` has died and one the holder started has taken the mount over; returns its pid. */
+  async takenOverFrom (old: number, timeoutMs = 60000): Promise<number> {
     await waitForExit(old)
     for (let waited = 0; waited < timeoutMs; waited += 50) {
       let pid = 0

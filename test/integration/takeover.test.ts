@@ -112,6 +112,80 @@ test.serial('ext4 on a loop device over an image keeps working across a daemon S
   t.is(sha256(path.join(again, 'after')), after)
 })
 
+test.serial('requests the dead daemon had done and not answered are resent to the next one and succeed as done: create, rename, unlink, open, with no handle left open', async t => {
+  const hooks = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? '/tmp', 'vdiskfs-die-'))
+  t.teardown(() => fs.rmSync(hooks, { recursive: true, force: true }))
+  // The daemon, and each one its holder starts, dies before replying to a request of kind K that
+  // succeeded while hooks/K exists (it removes the file first: once).
+  process.env.VDISKFS_TEST_DIE_BEFORE_REPLY = hooks
+  let m: TestMount
+  try { m = await withMount(t) } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+  const resentDone = async (kind: string, work: () => Promise<void>): Promise<void> => {
+    fs.writeFileSync(path.join(hooks, kind), '')
+    const old = m.pid
+    const taken = m.takenOverFrom(old)
+    await work()
+    t.not(await taken, old, `${kind}: a new daemon answered`)
+    t.false(fs.existsSync(path.join(hooks, kind)), `${kind}: the daemon before died at it`)
+  }
+  const a = m.image('disks', 'a.img')
+  const b = m.image('disks', 'b.img')
+  await resentDone('create', async () => { await fs.promises.writeFile(a, 'made once') })
+  t.is(fs.readFileSync(a, 'utf8'), 'made once')
+  await resentDone('rename', async () => { await fs.promises.rename(a, b) })
+  t.false(fs.existsSync(a))
+  t.is(fs.readFileSync(b, 'utf8'), 'made once')
+  await resentDone('open', async () => { t.is(await fs.promises.readFile(b, 'utf8'), 'made once') })
+  // Neither the create's nor the open's handle is left open: rm without --force takes the image.
+  const rm = await vdiskfs('rm', b)
+  t.is(rm.code, 0, `rm: ${rm.stderr}`)
+  fs.writeFileSync(a, 'again')
+  await resentDone('unlink', async () => { await fs.promises.unlink(a) })
+  t.false(fs.existsSync(a))
+  const log = daemonLog(m)
+  t.regex(log, /disks\/a\.img was made by the daemon before the takeover: the resent request opens it/)
+  t.regex(log, /disks\/a\.img -> disks\/b\.img was done by the daemon before the takeover/)
+  t.regex(log, /disks\/a\.img was removed by the daemon before the takeover/)
+  t.regex(log, /a resent request takes handle \d+/)
+  const status = JSON.parse((await vdiskfs('status', m.mnt, '--json')).stdout) as { daemon: { fuse3: { resent: number } } }
+  t.true(status.daemon.fuse3.resent >= 1, `this daemon was resent the unlink (${JSON.stringify(status.daemon.fuse3)})`)
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+})
+
+test.serial('a daemon killed while the kernel holds its notification (a CLI rename waiting for the directory a create in flight holds) dies whole: the next one answers the create, and the rename shows', async t => {
+  const hooks = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? '/tmp', 'vdiskfs-die-'))
+  t.teardown(() => fs.rmSync(hooks, { recursive: true, force: true }))
+  process.env.VDISKFS_TEST_DIE_BEFORE_REPLY = hooks
+  let m: TestMount
+  try { m = await withMount(t) } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+  fs.writeFileSync(m.image('disks', 'x.img'), 'x')
+  // The create is done and its reply held back 2 s, then the daemon dies: meanwhile the kernel holds
+  // disks/ for the create, and the rename's notification about disks/x.img waits for it.
+  fs.writeFileSync(path.join(hooks, 'create'), '2000')
+  const old = m.pid
+  const taken = m.takenOverFrom(old)
+  let created = false
+  const creating = fs.promises.writeFile(m.image('disks', 'new.img'), 'new').then(() => { created = true })
+  await sleep(500)
+  const renaming = vdiskfs('rename', m.image('disks', 'x.img'), 'y.img')
+  const done = await Promise.race([creating.then(() => true), sleep(60000).then(() => false)])
+  if (!done) {
+    // Before the notifier: the dead daemon's notifying thread stayed in the kernel, so it never fully
+    // exited and no daemon took over. End the connection so that nothing stays hung.
+    const minor = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find(line => line.split(' ')[4] === m.mnt)?.split(' ')[2]?.split(':')[1]
+    try { fs.writeFileSync(`/sys/fs/fuse/connections/${String(minor)}/abort`, '1') } catch {}
+  }
+  t.true(done && created, 'the create returned within 60 s of the daemon\'s death')
+  t.not(await taken, old, 'a new daemon took the mount over')
+  await renaming
+  t.deepEqual(fs.readdirSync(path.join(m.mnt, 'disks')).sort(), ['new.img', 'y.img'])
+  t.is(fs.readFileSync(m.image('disks', 'new.img'), 'utf8'), 'new')
+  t.is(fs.readFileSync(m.image('disks', 'y.img'), 'utf8'), 'x')
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+})
+
 test.serial('a daemon that keeps dying: the holder gives up after 5 restarts within a minute, the mount ends and no process is left', async t => {
   const m = await withMount(t)
   const holders = m.holderPids()

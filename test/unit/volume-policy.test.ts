@@ -44,26 +44,38 @@ test('backups refuse every change through the namespace; clones come only from a
   })
 })
 
-test("only an open volume takes libfuse's hidden name; it is then neither listed nor anyone's source, and is shown again at its last release, for libfuse to unlink", async t => {
-  await withPool(async pool => {
-    const disk = await pool.create('disk', 'd.img')
-    const hidden = '.fuse_hidden0000000100000002'
-    // Closed, it simply takes the name, an ordinary one.
-    await pool.move(disk, 'disk', hidden)
-    t.deepEqual(pool.visible('disk').map(v => v.name), [hidden])
-    await pool.move(disk, 'disk', 'd.img')
-    const backup = await pool.backup(disk, 'b.img')
-    t.is(pool.liveSource(backup), disk)
-    pool.opened(disk, true)
-    await pool.move(disk, 'disk', hidden)
-    t.deepEqual(pool.visible('disk'), [])
-    t.is(pool.find('disk', hidden), disk)
-    t.is(pool.liveSource(backup), undefined)
-    // libfuse unlinks its hidden file right after the last release; a user's mv to such a name is
-    // followed by no unlink, and the image must stay under it.
-    await pool.released(disk)
-    t.deepEqual(pool.visible('disk').map(v => v.name), [hidden])
-    await pool.unlink(disk)
-    t.is(pool.byId(disk.id), undefined)
-  })
+test("a .fuse_hidden name is an ordinary one, open or not; a volume libfuse 2 hid is shown again under its name at the next start, not dropped", async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-policy-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const hidden = '.fuse_hidden0000000100000002'
+  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes: 4096, workers: 0 })
+  const disk = await pool.create('disk', 'd.img')
+  const backup = await pool.backup(disk, 'b.img')
+  pool.opened(disk, true)
+  await pool.move(disk, 'disk', hidden)
+  t.deepEqual(pool.visible('disk').map(v => v.name), [hidden], 'listed while open')
+  t.is(pool.find('disk', hidden), disk)
+  t.is(pool.liveSource(backup), disk)
+  await pool.released(disk)
+  t.deepEqual(pool.visible('disk').map(v => v.name), [hidden], 'and after')
+  // A pool the libfuse 2 transport left with a volume hidden under such a name (stored as '/' + name),
+  // and a second one whose name is taken meanwhile.
+  const other = await pool.create('disk', 'e.img')
+  await pool.move(disk, 'disk', 'd.img')
+  disk.name = `/${hidden}`
+  disk.rowDirty = true
+  other.name = '/.fuse_hidden0000000300000004'
+  other.rowDirty = true
+  const taken = await pool.create('disk', '.fuse_hidden0000000300000004')
+  await pool.commit()
+  await pool.close()
+  pool = Pool.open(path.join(dir, 'pool'), { blockBytes: 4096, workers: 0 })
+  try {
+    const dropped = await pool.dropHidden()
+    t.is(dropped.length, 1, `only the one whose name was taken meanwhile is dropped (${dropped.join(', ')})`)
+    t.deepEqual(pool.visible('disk').map(v => v.name).sort(), [hidden, '.fuse_hidden0000000300000004'])
+    t.is(pool.find('disk', hidden)?.id, disk.id, 'shown again under its name')
+    t.is(pool.find('disk', '.fuse_hidden0000000300000004')?.id, taken.id)
+    t.is(pool.byId(other.id), undefined)
+  } finally { await pool.close() }
 })
