@@ -7,7 +7,7 @@
  * device (e2fsck), with a daemon that keeps dying (the holder gives up, nothing is left), and with the
  * clean stops (SIGTERM, vdiskfs umount) that must not start another daemon.
  */
-import test from 'ava'
+import test, { ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -112,14 +112,20 @@ test.serial('ext4 on a loop device over an image keeps working across a daemon S
   t.is(sha256(path.join(again, 'after')), after)
 })
 
-test.serial('requests the dead daemon had done and not answered are resent to the next one and succeed as done: create, rename, unlink, open, with no handle left open', async t => {
+/**
+ * A mount whose daemon, and each one its holder starts, dies before replying to a request of kind K
+ * that succeeded while hooks/K exists (removing the file: once; a number in it delays the death by that
+ * many ms, the reply held back): VDISKFS_TEST_DIE_BEFORE_REPLY.
+ */
+async function mountWithDeathHooks (t: ExecutionContext): Promise<{ m: TestMount, hooks: string }> {
   const hooks = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? '/tmp', 'vdiskfs-die-'))
   t.teardown(() => fs.rmSync(hooks, { recursive: true, force: true }))
-  // The daemon, and each one its holder starts, dies before replying to a request of kind K that
-  // succeeded while hooks/K exists (it removes the file first: once).
   process.env.VDISKFS_TEST_DIE_BEFORE_REPLY = hooks
-  let m: TestMount
-  try { m = await withMount(t) } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+  try { return { m: await withMount(t), hooks } } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+}
+
+test.serial('requests the dead daemon had done and not answered are resent to the next one and succeed as done: create, rename, unlink, open, with no handle left open', async t => {
+  const { m, hooks } = await mountWithDeathHooks(t)
   const resentDone = async (kind: string, work: () => Promise<void>): Promise<void> => {
     fs.writeFileSync(path.join(hooks, kind), '')
     const old = m.pid
@@ -154,11 +160,7 @@ test.serial('requests the dead daemon had done and not answered are resent to th
 })
 
 test.serial('a daemon killed while the kernel holds its notification (a CLI rename waiting for the directory a create in flight holds) dies whole: the next one answers the create, and the rename shows', async t => {
-  const hooks = fs.mkdtempSync(path.join(process.env.VDISKFS_TEST_DIR ?? '/tmp', 'vdiskfs-die-'))
-  t.teardown(() => fs.rmSync(hooks, { recursive: true, force: true }))
-  process.env.VDISKFS_TEST_DIE_BEFORE_REPLY = hooks
-  let m: TestMount
-  try { m = await withMount(t) } finally { delete process.env.VDISKFS_TEST_DIE_BEFORE_REPLY }
+  const { m, hooks } = await mountWithDeathHooks(t)
   fs.writeFileSync(m.image('disks', 'x.img'), 'x')
   // The create is done and its reply held back 2 s, then the daemon dies: meanwhile the kernel holds
   // disks/ for the create, and the rename's notification about disks/x.img waits for it.
