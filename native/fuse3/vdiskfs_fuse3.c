@@ -107,6 +107,8 @@ typedef struct request {
   pid_t pid;
   /* The kernel resent it after a takeover: the dead daemon may have done it already (FUSE_UNIQUE_RESEND). */
   int resent;
+  /* Its unique without that bit: the same when resent (an OPEN's or CREATE's handle is saved with it). */
+  uint64_t unique;
 } request;
 
 /*
@@ -194,6 +196,7 @@ static request *new_request(fuse_req_t req, int op, fuse_ino_t ino) {
   r->uid = ctx->uid;
   r->gid = ctx->gid;
   r->pid = ctx->pid;
+  r->unique = current_unique & ~VDISKFS_UNIQUE_RESEND;
   if ((current_unique & VDISKFS_UNIQUE_RESEND) != 0) {
     r->resent = 1;
     __atomic_add_fetch(&s->resent, 1, __ATOMIC_RELAXED);
@@ -559,6 +562,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
       case OP_OPEN:
         args[argc++] = num(env, (double)r->i1);
         args[argc++] = num(env, r->resent);
+        args[argc++] = num(env, (double)r->unique);
         break;
       case OP_CREATE:
         args[argc++] = str_or_null(env, r->name);
@@ -567,6 +571,7 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
         args[argc++] = num(env, r->uid);
         args[argc++] = num(env, r->gid);
         args[argc++] = num(env, r->resent);
+        args[argc++] = num(env, (double)r->unique);
         break;
       case OP_READ:
         args[argc++] = fh;

@@ -59,11 +59,12 @@ export interface Attr { ino: number, mode: number, nlink: number, uid: number, g
 export interface DirEntry { name: string, ino: number, mode: number }
 
 /**
- * An open file. `pending` from its making until its reply has reached the kernel: a daemon killed in
- * between leaves it in the handles file, and the kernel resends the OPEN or CREATE to the next daemon,
- * which gives it this handle instead of a second one (adopt, below).
+ * An open file. `unique`: the OPEN or CREATE that made it (the kernel's request id), kept from its
+ * making until its reply has been written: a daemon killed in between leaves it in the handles file, and
+ * the kernel resends that request (same id) to the next daemon, which gives it this handle instead of a
+ * second one (adopt, below).
  */
-interface Handle { volume: Volume, writable: boolean, pending?: boolean }
+interface Handle { volume: Volume, writable: boolean, unique?: number }
 
 export interface LowLevelOptions {
   pool: Pool
@@ -124,7 +125,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
    */
   function saveHandles (): void {
     if (handlesFile === undefined) return
-    const rows = [...handles].map(([fh, h]) => [fh, h.volume.id, h.writable ? 1 : 0, h.pending === true ? 1 : 0])
+    const rows = [...handles].map(([fh, h]) => [fh, h.volume.id, h.writable ? 1 : 0, h.unique ?? 0])
     try {
       fs.writeFileSync(`${handlesFile}.tmp`, JSON.stringify({ next: nextHandle, handles: rows }), { mode: 0o600 })
       fs.renameSync(`${handlesFile}.tmp`, handlesFile)
@@ -136,11 +137,11 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   if (handlesFile !== undefined && takeover === true) {
     try {
       const saved = JSON.parse(fs.readFileSync(handlesFile, 'utf8')) as { next: number, handles: Array<[number, number, number, number?]> }
-      for (const [fh, id, writable, pending] of saved.handles) {
+      for (const [fh, id, writable, unique] of saved.handles) {
         const volume = pool.byId(id)
         if (volume === undefined) { log(`takeover: open handle ${fh} named volume ${id}, which is gone`); continue }
         pool.opened(volume, writable === 1)
-        handles.set(fh, { volume, writable: writable === 1, pending: pending === 1 })
+        handles.set(fh, { volume, writable: writable === 1, ...(unique !== undefined && unique !== 0 ? { unique } : {}) })
         nextHandle = Math.max(nextHandle, fh + 1)
       }
       nextHandle = Math.max(nextHandle, saved.next)
@@ -160,27 +161,27 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   const fail = (cb: Callback) => (err: unknown) => cb(toErrno(err, log))
 
   /**
-   * For a resent OPEN or CREATE: the handle the dead daemon made for it and never told the kernel of
-   * (pending in the handles file it left, counted open at the takeover), if there is one.
+   * For a resent OPEN or CREATE (request `unique`): the handle the dead daemon made for that very
+   * request and never told the kernel of (saved with its id, counted open at the takeover), if any.
    */
-  function adopt (volume: Volume, writable: boolean): number | undefined {
-    const fh = [...handles].find(([, h]) => h.pending === true && h.volume === volume && h.writable === writable)?.[0]
-    if (fh !== undefined) log(`takeover: a resent request takes handle ${fh}, which the daemon before made and did not answer`)
+  function adopt (volume: Volume, writable: boolean, unique: number): number | undefined {
+    const fh = [...handles].find(([, h]) => h.unique === unique && h.volume === volume && h.writable === writable)?.[0]
+    if (fh !== undefined) log(`takeover: a resent request takes handle ${fh}, which the daemon before made for it and did not answer`)
     return fh
   }
 
-  /** A new handle of `volume` (which the caller has counted open), pending until answered(fh). */
-  function register (volume: Volume, writable: boolean): number {
+  /** A new handle of `volume` (which the caller has counted open) for request `unique`, saved with it until answered(fh). */
+  function register (volume: Volume, writable: boolean, unique: number): number {
     const fh = nextHandle++
-    handles.set(fh, { volume, writable, pending: true })
+    handles.set(fh, { volume, writable, unique })
     saveHandles()
     return fh
   }
 
-  /** The reply giving `fh` to the kernel has been written (the next save of the handles says so). */
+  /** The reply giving `fh` to the kernel has been written: no resend can name it (the next save drops the id). */
   function answered (fh: number): void {
     const handle = handles.get(fh)
-    if (handle !== undefined) handle.pending = false
+    if (handle !== undefined) delete handle.unique
   }
 
   function dirAttr (ino: number): Attr {
@@ -304,16 +305,16 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       ])
     },
 
-    open (ino: number, flags: number, resent: number, cb: Callback) {
+    open (ino: number, flags: number, resent: number, unique: number, cb: Callback) {
       if (ino < volumeInodeBase) { cb(EISDIR); return }
       const writable = (flags & 3) !== 0
       let fh: number | undefined
       try {
         const volume = volumeOf(ino)
-        fh = resent === 1 ? adopt(volume, writable) : undefined
+        fh = resent === 1 ? adopt(volume, writable, unique) : undefined
         if (fh === undefined) {
           pool.opened(volume, writable)
-          fh = register(volume, writable)
+          fh = register(volume, writable, unique)
         }
       } catch (err) { cb(toErrno(err, log)); return }
       cb(0, fh)
@@ -325,7 +326,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
     // A resent CREATE (after a takeover) that finds its name taken: the dead daemon made it (the kernel
     // creates under the directory's lock, after a lookup found no such name, and nothing else changed
     // names while no daemon ran), so it opens that volume, as the dead daemon's reply would have.
-    create (parent: number, name: string, _mode: number, _flags: number, callerUid: number, callerGid: number, resent: number, cb: Callback) {
+    create (parent: number, name: string, _mode: number, _flags: number, callerUid: number, callerGid: number, resent: number, unique: number, cb: Callback) {
       const kind = kindOfInode.get(parent)
       if (kind === undefined) { cb(EPERM); return }
       const work = async (): Promise<{ volume: Volume, adopted: number | undefined }> => {
@@ -334,7 +335,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
         let adopted: number | undefined
         if (made !== undefined) {
           log(`create: ${dirOfKind[kind]}/${name} was made by the daemon before the takeover: the resent request opens it`)
-          adopted = adopt(made, true)
+          adopted = adopt(made, true, unique)
           if (adopted === undefined) pool.opened(made, true)
         }
         // The handle is counted by create itself, before its commit (see Pool.create's open option).
@@ -353,7 +354,7 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       }
       work().then(({ volume, adopted }) => {
         log(`create: ${dirOfKind[kind]}/${name}`)
-        const fh = adopted ?? register(volume, true)
+        const fh = adopted ?? register(volume, true, unique)
         cb(0, fileAttr(volume), fh)
         answered(fh)
       }, fail(cb))
