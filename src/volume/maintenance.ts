@@ -28,8 +28,19 @@ export interface GcReport {
   held?: string
 }
 
+/** Test seams of gc's mark (Pool.gcSeams). */
+export interface MarkSeams {
+  /** The mark yields after a slice of this many ms (gcSliceMs by default; 0: after every page walked). */
+  sliceMs?: number
+  /** Run at each yield, with the pages walked so far; the mark waits for it. */
+  onYield?: (pagesWalked: number) => Promise<void> | void
+}
+
 export class Maintenance {
   private running: Promise<unknown> = Promise.resolve()
+  /** True while gc's mark is under way. */
+  marking = false
+  seams: MarkSeams = {}
 
   constructor (private readonly state: PoolState, private readonly committer: Committer) {}
 

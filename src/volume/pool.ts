@@ -28,7 +28,7 @@ import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
-import { GcReport, Maintenance } from './maintenance'
+import { GcReport, Maintenance, MarkSeams } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
@@ -236,6 +236,10 @@ export class Pool {
     })
   }
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin) }
+  /** Whether gc's mark is under way (between its snapshot and its sweep). */
+  get gcMarking (): boolean { return this.maintenance.marking }
+  /** Test seam: gc's mark slice length (0: a yield after every page) and a step run at each yield. */
+  gcSeams (seams: MarkSeams): void { this.maintenance.seams = seams }
   async recover (): Promise<number> { return await this.maintenance.recover() }
   writableExtentIds (): Set<number> { return this.state.writableExtentIds() }
   frozenExtents (): number[] { return this.maintenance.frozenExtents() }

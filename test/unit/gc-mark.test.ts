@@ -1,0 +1,144 @@
+/**
+ * gc's mark runs in slices that yield to the event loop (issue #21: 7-19 s of a held event loop at 300
+ * backups of a 1 TiB disk). Requests are served between slices, and what the maps start or stop
+ * referencing meanwhile never costs a referenced chunk, page or extent (docs/CONCURRENCY.md, "gc's
+ * mark"). The mark's test seam (Pool.gcSeams) yields after every page and runs the test's steps at a
+ * chosen yield, so each interleaving is forced, not timed.
+ */
+import test from 'ava'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { Pool } from '../../src/volume/pool'
+import { Sealer } from '../../src/seal/sealer'
+import { Volume } from '../../src/volume/volume'
+import { verifyPool } from '../../src/inspect/verify'
+import { pageEntries } from '../../src/limits'
+import { bytesOf } from '../helpers/model'
+
+const blockBytes = 4096
+
+async function withPool (work: (pool: Pool) => Promise<void>): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-gcmark-'))
+  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
+  try {
+    await work(pool)
+  } finally {
+    await pool.close().catch(() => {})
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+async function blockOf (volume: Volume, block: number): Promise<Buffer> {
+  const out = Buffer.alloc(blockBytes)
+  await volume.read(out, block * blockBytes)
+  return out
+}
+
+/** Turns of the event loop until `done()`, at most `turns`; whether it came true. */
+async function until (done: () => boolean, turns = 10_000): Promise<boolean> {
+  for (let i = 0; i < turns && !done(); i++) await new Promise(resolve => setImmediate(resolve))
+  return done()
+}
+
+test('reads are served while gc marks: the mark yields between pages', async t => {
+  await withPool(async pool => {
+    const disk = await pool.createDisk('d.img')
+    // One block in each of 8 map pages, sealed into chunks, and three backups sharing the pages.
+    for (let p = 0; p < 8; p++) await disk.write(bytesOf(p, blockBytes), p * pageEntries * blockBytes)
+    await new Sealer(pool, () => {}).sealPending(true)
+    for (let b = 0; b < 3; b++) await pool.backup(disk, `b${b}.img`)
+    let yields = 0
+    let release = (): void => {}
+    const held = new Promise<void>(resolve => { release = resolve })
+    pool.gcSeams({ sliceMs: 0, onYield: async walked => { yields++; if (walked === 2) await held } })
+    const gc = pool.gc()
+    t.true(await until(() => pool.gcMarking && yields >= 2), 'the mark reached its second yield')
+    // The mark is under way (two pages walked): reads, a write and a backup are served meanwhile.
+    t.true((await blockOf(disk, 5 * pageEntries)).equals(bytesOf(5, blockBytes)))
+    await disk.write(bytesOf(100, blockBytes), 6 * pageEntries * blockBytes)
+    await pool.backup(disk, 'during.img')
+    t.true(pool.gcMarking, 'all of them while the mark was still in progress')
+    release()
+    await gc
+    t.true(yields >= 8, `the mark yielded after each page (${yields} yields)`)
+    t.true((await blockOf(pool.get('backup', 'during.img'), 6 * pageEntries)).equals(bytesOf(100, blockBytes)))
+    t.true((await verifyPool(pool)).ok)
+  })
+})
+
+test('a backup made during the mark keeps its chunks, though the reference moved into a page already walked', async t => {
+  await withPool(async pool => {
+    const disk = await pool.createDisk('d.img')
+    const moved = 1 * pageEntries + 5 // in page 1, walked after page 0
+    await disk.write(bytesOf(1, blockBytes), 10 * blockBytes) // page 0
+    await disk.write(bytesOf(2, blockBytes), moved * blockBytes)
+    await new Sealer(pool, () => {}).sealPending(true)
+    let ran = false
+    pool.gcSeams({
+      sliceMs: 0,
+      onYield: async walked => {
+        if (walked !== 1 || ran) return
+        ran = true
+        // Page 0 was walked, page 1 not yet. The chunk of block `moved` is copied into page 0 (in place:
+        // the disk's own page), its entry in page 1 overwritten in place, a backup takes both pages,
+        // and the disk moves on: the chunk is referenced only by the backup's page 0, walked before.
+        await pool.copyRange(disk, disk, moved * blockBytes, 20 * blockBytes, blockBytes)
+        await disk.write(bytesOf(3, blockBytes), moved * blockBytes)
+        await pool.backup(disk, 'during.img')
+        await disk.write(bytesOf(4, blockBytes), 20 * blockBytes)
+      }
+    })
+    await pool.gc(0.99)
+    t.true(ran, 'the steps ran during the mark')
+    const backup = pool.get('backup', 'during.img')
+    t.true((await blockOf(backup, 20)).equals(bytesOf(2, blockBytes)), 'the backup reads the moved chunk')
+    t.true((await blockOf(backup, moved)).equals(bytesOf(3, blockBytes)))
+    t.true((await blockOf(disk, 20)).equals(bytesOf(4, blockBytes)))
+    pool.gcSeams({})
+    await new Sealer(pool, () => {}).sealPending(true)
+    await pool.gc(0.99)
+    t.true((await blockOf(backup, 20)).equals(bytesOf(2, blockBytes)), 'and after a second gc')
+    t.true((await verifyPool(pool)).ok)
+  })
+})
+
+test('rm, restore, truncate and a seal pass waiting during the mark: nothing referenced is freed, the garbage goes next time', async t => {
+  await withPool(async pool => {
+    const disk = await pool.createDisk('d.img')
+    const other = await pool.createDisk('e.img')
+    for (let p = 0; p < 4; p++) await disk.write(bytesOf(10 + p, blockBytes), p * pageEntries * blockBytes)
+    await other.write(bytesOf(20, blockBytes), 3 * pageEntries * blockBytes)
+    await new Sealer(pool, () => {}).sealPending(true)
+    const first = await pool.backup(disk, 'first.img')
+    let ran = false
+    let sealed: Promise<unknown> = Promise.resolve()
+    pool.gcSeams({
+      sliceMs: 0,
+      onYield: async walked => {
+        if (walked !== 1 || ran) return
+        ran = true
+        // The disk shrinks (its pages 2 and 3 become spares), grows and writes: a spare page is reused
+        // in place. Another disk is restored from the first backup and the backup removed; a seal pass
+        // queues behind gc (it waits for the maintenance lock).
+        await disk.truncate(1 * pageEntries * blockBytes)
+        await disk.truncate(4 * pageEntries * blockBytes)
+        await disk.write(bytesOf(30, blockBytes), 3 * pageEntries * blockBytes + blockBytes)
+        await pool.restore(first, other)
+        await pool.remove(first)
+        sealed = new Sealer(pool, () => {}).sealPending(true)
+      }
+    })
+    await pool.gc(0.99)
+    await sealed
+    t.true(ran)
+    t.true((await blockOf(disk, 3 * pageEntries + 1)).equals(bytesOf(30, blockBytes)))
+    t.true((await blockOf(disk, 3 * pageEntries)).equals(Buffer.alloc(blockBytes)))
+    for (let p = 0; p < 4; p++) t.true((await blockOf(other, p * pageEntries)).equals(bytesOf(10 + p, blockBytes)), `restored page ${p}`)
+    pool.gcSeams({})
+    const second = await pool.gc(0.99)
+    t.true(second.pagesFreed > 0, 'the pages that became garbage during the first mark are freed by the next gc')
+    for (let p = 0; p < 4; p++) t.true((await blockOf(other, p * pageEntries)).equals(bytesOf(10 + p, blockBytes)))
+    t.true((await verifyPool(pool)).ok)
+  })
+})
