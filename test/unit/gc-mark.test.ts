@@ -103,7 +103,7 @@ test('a backup made during the mark keeps its chunks, though the reference moved
   })
 })
 
-test('rm, restore, truncate and a seal pass waiting during the mark: nothing referenced is freed, the garbage goes next time', async t => {
+test('rm, restore, a shrunk page reused and a seal pass waiting during the mark: nothing referenced is freed, the garbage goes next time', async t => {
   await withPool(async pool => {
     const disk = await pool.createDisk('d.img')
     const other = await pool.createDisk('e.img')
@@ -111,6 +111,12 @@ test('rm, restore, truncate and a seal pass waiting during the mark: nothing ref
     await other.write(bytesOf(20, blockBytes), 3 * pageEntries * blockBytes)
     await new Sealer(pool, () => {}).sealPending(true)
     const first = await pool.backup(disk, 'first.img')
+    // The disk's pages 2 and 3 become its own again (copied by these writes), then a shrink drops them
+    // from its root before gc begins: they are spares, referenced by no root, which a later write reuses.
+    await disk.write(bytesOf(40, blockBytes), 2 * pageEntries * blockBytes)
+    await disk.write(bytesOf(41, blockBytes), 3 * pageEntries * blockBytes)
+    await disk.truncate(2 * pageEntries * blockBytes)
+    await pool.commit()
     let ran = false
     let sealed: Promise<unknown> = Promise.resolve()
     pool.gcSeams({
@@ -118,10 +124,9 @@ test('rm, restore, truncate and a seal pass waiting during the mark: nothing ref
       onYield: async walked => {
         if (walked !== 1 || ran) return
         ran = true
-        // The disk shrinks (its pages 2 and 3 become spares), grows and writes: a spare page is reused
-        // in place. Another disk is restored from the first backup and the backup removed; a seal pass
+        // The disk grows and writes into its page 3 (a spare page reused, in place), another disk is
+        // restored from the first backup and the backup removed (each commits), and a seal pass
         // queues behind gc (it waits for the maintenance lock).
-        await disk.truncate(1 * pageEntries * blockBytes)
         await disk.truncate(4 * pageEntries * blockBytes)
         await disk.write(bytesOf(30, blockBytes), 3 * pageEntries * blockBytes + blockBytes)
         await pool.restore(first, other)
@@ -138,6 +143,8 @@ test('rm, restore, truncate and a seal pass waiting during the mark: nothing ref
     pool.gcSeams({})
     const second = await pool.gc(0.99)
     t.true(second.pagesFreed > 0, 'the pages that became garbage during the first mark are freed by the next gc')
+    await pool.commit()
+    t.true((await blockOf(disk, 3 * pageEntries + 1)).equals(bytesOf(30, blockBytes)))
     for (let p = 0; p < 4; p++) t.true((await blockOf(other, p * pageEntries)).equals(bytesOf(10 + p, blockBytes)))
     t.true((await verifyPool(pool)).ok)
   })
