@@ -83,22 +83,31 @@ export class GcMark {
     const sliceMs = this.seams.sliceMs ?? gcSliceMs
     try {
       let since = performance.now()
+      const livePages = this.result.livePages
       for (const { label, root } of this.roots) {
         for (let p = 0; p < root.length; p++) {
           // A page several volumes read (a disk and its backups, a chain of clones) is walked once: what
           // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
-          if (!this.walkPage(root[p], i => `${label} block ${p * pageEntries + i}`)) continue
-          if (performance.now() - since < sliceMs) continue
-          await nextTurn()
-          if (this.seams.onYield !== undefined) await this.seams.onYield(this.walked)
-          if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
-          since = performance.now()
+          const id = root[p]
+          if (id === 0 || livePages.has(id)) continue
+          this.walkPage(id, i => `${label} block ${p * pageEntries + i}`)
+          if (performance.now() - since >= sliceMs) since = await this.yieldTurn()
         }
+        // Roots whose pages were all walked already (a backup's, mostly) cost a look-up per page id.
+        if (performance.now() - since >= sliceMs) since = await this.yieldTurn()
       }
       return this.result
     } finally {
       this.state.pages.beforeChange = null
     }
+  }
+
+  /** Lets the event loop run; BUSY when the pool started closing meanwhile. Returns when the next slice starts. */
+  private async yieldTurn (): Promise<number> {
+    await nextTurn()
+    if (this.seams.onYield !== undefined) await this.seams.onYield(this.walked)
+    if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+    return performance.now()
   }
 
   /**
