@@ -12,7 +12,8 @@ import path from 'node:path'
 import { entryExtentId, entryKind, entryKindDelta, entrySlot } from '../format/map-format'
 import { extentsDir } from '../format/pool-format'
 import { VdiskError } from '../errors'
-import { extentIdleMs, packLiveFractionMin, writableExtentsMax } from '../limits'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { extentIdleMs, gcSliceMs, packLiveFractionMin, writableExtentsMax } from '../limits'
 import { GcMark, MarkResult, MarkSeams } from './gc-mark'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
@@ -149,6 +150,35 @@ export class Maintenance {
    */
   coldEnough (extentId: number): boolean {
     return this.state.extents.idleMs(extentId) >= extentIdleMs
+  }
+
+  /**
+   * Learns, for every distinct page the roots name, which delta extents it names (PageStore.namesExtent),
+   * in slices that yield to the event loop, before a seal pass: its walks (referencedSlots, repoint,
+   * each one synchronous step) then find that known instead of loading every page in one step, which the
+   * first pass in a process did (1.5 s held at 1,000 backups of 1 TiB). A cache only: a page changed
+   * meanwhile is learnt again when asked; a damaged page is left to the seal's own walk.
+   */
+  async learnExtentNames (): Promise<void> {
+    const seen = new Set<number>()
+    let since = performance.now()
+    for (const volume of [...this.volumes.values()]) {
+      const root = volume.map.root
+      for (let p = 0; p < root.length; p++) {
+        const id = root[p]
+        if (id === 0 || seen.has(id)) continue
+        seen.add(id)
+        try { this.state.pages.namesExtent(id, 0) } catch {}
+        if (seen.size % 64 !== 0 || performance.now() - since < gcSliceMs) continue
+        await nextTurn()
+        if (this.state.lifecycle !== 'open') return
+        since = performance.now()
+      }
+      if (performance.now() - since < gcSliceMs) continue
+      await nextTurn()
+      if (this.state.lifecycle !== 'open') return
+      since = performance.now()
+    }
   }
 
   /** Slots of `extentId` that some volume's map still references. */

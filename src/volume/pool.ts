@@ -245,6 +245,8 @@ export class Pool {
   frozenExtents (): number[] { return this.maintenance.frozenExtents() }
   async freezeForSealing (all: boolean): Promise<void> { await this.maintenance.freezeForSealing(all) }
   coldEnough (extentId: number): boolean { return this.maintenance.coldEnough(extentId) }
+  /** Before a seal pass, inside exclusive(): which extents each map page names, learnt in slices (maintenance.ts). */
+  async learnExtentNames (): Promise<void> { await this.maintenance.learnExtentNames() }
   /** Seals one frozen extent into chunks and repoints the maps (seal-extent.ts); call inside exclusive(), then settleSealed. */
   async sealExtent (extentId: number, report: SealReport): Promise<void> { await this.sealing.sealExtent(extentId, report) }
   /** Commits what sealExtent repointed and drops those extents; inside the same exclusive(). */
