@@ -184,6 +184,7 @@ test.serial('a reopened pool learns which extents its pages name before a seal p
     await new Sealer(pool, () => {}).sealPending(true)
     await pool.close()
     // A new process knows nothing of its pages: one block to seal in page 50.
+    // eslint-disable-next-line require-atomic-updates -- the test's own pool, closed just above; nothing else uses it
     pool = Pool.open(dir, { blockBytes, workers: 0, pageCacheMax: 4 })
     await pool.get('disk', 'd.img').write(Buffer.alloc(blockBytes, 0x77), (50 * pageEntries + 3) * blockBytes)
     await pool.commit()
