@@ -149,3 +149,88 @@ test('rm, restore, a shrunk page reused and a seal pass waiting during the mark:
     t.true((await verifyPool(pool)).ok)
   })
 })
+
+test('random writes, copies, backups, truncates, removals and restores while gc marks in a loop (a yield after every page) and seal passes run: every volume reads as its model', async t => {
+  const seed = Number(process.env.VDISKFS_GCMARK_SEED ?? Date.now() % 1000000)
+  t.log(`seed ${seed} (VDISKFS_GCMARK_SEED replays it)`)
+  let x = seed >>> 0 || 1
+  const random = (n: number): number => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x % n }
+  await withPool(async pool => {
+    interface Model { size: number, blocks: Map<number, Buffer> }
+    const models = new Map<Volume, Model>()
+    const candidates: number[] = []
+    for (let p = 0; p < 4; p++) for (let k = 0; k < 6; k++) candidates.push(p * pageEntries + k * 7)
+    const disks = [await pool.createDisk('a.img'), await pool.createDisk('b.img')]
+    for (const disk of disks) models.set(disk, { size: 0, blocks: new Map() })
+    const backups: Volume[] = []
+    pool.gcSeams({ sliceMs: 0 })
+    let stop = false
+    let marks = 0
+    const background = (async () => {
+      while (!stop) {
+        await pool.gc(0.99)
+        marks++
+        if (marks % 3 === 0) await new Sealer(pool, () => {}).sealPending(true)
+      }
+    })()
+    const copyModel = (m: Model): Model => ({ size: m.size, blocks: new Map(m.blocks) })
+    for (let step = 0; step < 160; step++) {
+      const disk = disks[random(2)]
+      const model = models.get(disk) as Model
+      const choice = random(12)
+      if (choice < 4) {
+        const block = candidates[random(candidates.length)]
+        const data = bytesOf(seed * 1000 + step, blockBytes)
+        await disk.write(data, block * blockBytes)
+        model.blocks.set(block, data)
+        model.size = Math.max(model.size, (block + 1) * blockBytes)
+      } else if (choice < 7) {
+        const sources = [...disks, ...backups]
+        const source = sources[random(sources.length)]
+        const from = candidates[random(candidates.length)]
+        const to = candidates[random(candidates.length)]
+        if (source === disk && from === to) continue
+        const sourceModel = models.get(source) as Model
+        const copied = await pool.copyRange(source, disk, from * blockBytes, to * blockBytes, blockBytes)
+        if (copied.bytes > 0) {
+          const data = sourceModel.blocks.get(from)
+          if (data === undefined) model.blocks.delete(to); else model.blocks.set(to, data)
+          model.size = Math.max(model.size, (to + 1) * blockBytes)
+        }
+      } else if (choice < 9) {
+        const backup = await pool.backup(disk, `s${step}.img`)
+        backups.push(backup)
+        models.set(backup, copyModel(model))
+      } else if (choice === 9) {
+        const size = (1 + random(4)) * pageEntries * blockBytes
+        await disk.truncate(size)
+        for (const block of [...model.blocks.keys()]) if (block * blockBytes >= size) model.blocks.delete(block)
+        model.size = size
+      } else if (choice === 10 && backups.length > 0) {
+        const [backup] = backups.splice(random(backups.length), 1)
+        await pool.remove(backup)
+        models.delete(backup)
+      } else if (backups.length > 0) {
+        const backup = backups[random(backups.length)]
+        await pool.restore(backup, disk)
+        models.set(disk, copyModel(models.get(backup) as Model))
+      }
+    }
+    stop = true
+    await background
+    t.true(marks > 0)
+    for (const [volume, model] of models) {
+      t.is(volume.size, model.size, `${volume.label}: size`)
+      for (const block of candidates) {
+        if (block * blockBytes >= model.size) continue
+        t.true((await blockOf(volume, block)).equals(model.blocks.get(block) ?? Buffer.alloc(blockBytes)), `${volume.label} block ${block}`)
+      }
+    }
+    pool.gcSeams({})
+    await pool.gc(0.99)
+    for (const [volume, model] of models) {
+      for (const block of candidates) if (block * blockBytes < model.size) t.true((await blockOf(volume, block)).equals(model.blocks.get(block) ?? Buffer.alloc(blockBytes)), `after a last gc: ${volume.label} block ${block}`)
+    }
+    t.true((await verifyPool(pool)).ok)
+  })
+})
