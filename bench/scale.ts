@@ -55,6 +55,13 @@ function median (values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]
 }
 
+/** The largest value (0 for none): Math.max(...values) overflows the stack past about 100,000 values. */
+function maxOf (values: number[]): number {
+  let max = 0
+  for (const value of values) if (value > max) max = value
+  return max
+}
+
 function percentile (values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
@@ -84,7 +91,7 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
  * operation took and the worst wait of a read meanwhile ("stat" in the results' names). A walk that
  * holds the event loop shows as a read that waits as long as the walk.
  */
-async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'info', args: Record<string, unknown> = {}): Promise<{ ms: number, stats: number, statMaxMs: number, statP99Ms: number }> {
+async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'info' | 'gc', args: Record<string, unknown> = {}): Promise<{ ms: number, stats: number, statMaxMs: number, statP99Ms: number, result: unknown }> {
   let done = false
   const waits: number[] = []
   const probe = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT)
@@ -99,14 +106,16 @@ async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'in
     } finally { await probe.close() }
   })()
   const started = process.hrtime.bigint()
+  let result: unknown
   try {
-    if (op === 'stats') await call(mnt, 'stats', {})
-    else if (op === 'du') await call(mnt, 'du', {})
-    else await call(mnt, 'info', args as { kind: 'disk' | 'backup' | 'clone', name: string })
+    if (op === 'stats') result = await call(mnt, 'stats', {})
+    else if (op === 'du') result = await call(mnt, 'du', {})
+    else if (op === 'gc') result = await call(mnt, 'gc', {})
+    else result = await call(mnt, 'info', args as { kind: 'disk' | 'backup' | 'clone', name: string })
   } finally { done = true }
   const ms = Number(process.hrtime.bigint() - started) / 1e6
   await statting
-  return { ms, stats: waits.length, statMaxMs: Math.max(0, ...waits), statP99Ms: percentile(waits, 0.99) }
+  return { ms, stats: waits.length, statMaxMs: maxOf(waits), statP99Ms: percentile(waits, 0.99), result }
 }
 
 interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number }
@@ -149,7 +158,7 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     const tenth = Math.max(1, Math.floor(backups / 10))
     for (let from = 0; from < backups; from += tenth) {
       const part = wall.slice(from, from + tenth)
-      deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: Math.max(...part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
+      deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: maxOf(part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
     }
     // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
     // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
@@ -158,11 +167,13 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     // status, du and info of the disk, each while stats go through the mount (issue #21: the space
     // accounting behind them held the event loop: minutes at 1,000 backups of this disk).
     process.stderr.write('scale: status, du, info while stat(2)s go through the mount\n')
+    const waits = (served: Awaited<ReturnType<typeof whileServing>>): { ms: number, stats: number, statMaxMs: number, statP99Ms: number } =>
+      ({ ms: served.ms, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms })
     const space = {
-      status: await whileServing(mnt, disk, 'stats'),
-      du: await whileServing(mnt, disk, 'du'),
-      info: await whileServing(mnt, disk, 'info', { kind: 'disk', name: 'big.img' }),
-      statusAfterDu: await whileServing(mnt, disk, 'stats')
+      status: waits(await whileServing(mnt, disk, 'stats')),
+      du: waits(await whileServing(mnt, disk, 'du')),
+      info: waits(await whileServing(mnt, disk, 'info', { kind: 'disk', name: 'big.img' })),
+      statusAfterDu: waits(await whileServing(mnt, disk, 'stats'))
     }
     const lsMs = msOf(() => vdiskfs('ls', mnt, '--json'))
     const lsKernelMs = msOf(() => { fs.readdirSync(path.join(mnt, 'backups')).slice(0, 1) })
@@ -180,25 +191,27 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       const removed = (JSON.parse(out) as { backups: Array<{ removed: boolean }> }).backups.filter(b => b.removed).length
       return { ms, removed }
     }
-    const gc = (): { ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number } => {
-      let out = ''
-      const ms = msOf(() => { out = vdiskfs('gc', mnt, '--json') })
-      return { ms, ...(JSON.parse(out) as { pagesFreed: number, extentsFreed: number, chunksFreed: number }) }
+    // Each gc over the control socket while O_DIRECT reads go through the mount (issue #21: gc's mark
+    // held the event loop for seconds at 300 backups).
+    const gc = async (): Promise<{ ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number, stats: number, statMaxMs: number, statP99Ms: number }> => {
+      const served = await whileServing(mnt, disk, 'gc')
+      const report = served.result as { pagesFreed: number, extentsFreed: number, chunksFreed: number }
+      return { ms: served.ms, pagesFreed: report.pagesFreed, extentsFreed: report.extentsFreed, chunksFreed: report.chunksFreed, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms }
     }
     const syncMs = msOf(() => vdiskfs('sync', mnt))
-    const gcBefore = gc()
+    const gcBefore = await gc()
     const pruneHalf = prune(Math.ceil(backups / 2))
-    const gcHalf = gc()
+    const gcHalf = await gc()
     const pruneTen = prune(Math.max(1, Math.ceil(backups / 2) - 10))
-    const gcTen = gc()
+    const gcTen = await gc()
     vdiskfs('umount', mnt)
     mounted = false
     const afterPrune = catalogFacts(pool)
     return {
       backups,
       changedMiB,
-      backupMs: { first: wall[0], median: median(wall), p99: percentile(wall, 0.99), max: Math.max(...wall) },
-      daemonBackupMs: { first: daemon[0], median: median(daemon), max: Math.max(...daemon) },
+      backupMs: { first: wall[0], median: median(wall), p99: percentile(wall, 0.99), max: maxOf(wall) },
+      daemonBackupMs: { first: daemon[0], median: median(daemon), max: maxOf(daemon) },
       deciles,
       lastTenthOverFirst: deciles[deciles.length - 1].medianMs / deciles[0].medianMs,
       worstTenthOverFirst: Math.max(...deciles.map(d => d.medianMs)) / deciles[0].medianMs,
@@ -316,11 +329,11 @@ function table (results: Record<string, any>): string {
     `| mount (ms) | ${f(a.mountMs)} |`,
     `| first ls after mount (ms) | ${f(a.firstLsAfterMountMs)} |`,
     `| sync (seal what is left, ms) | ${f(a.syncMs)} |`,
-    `| gc before any prune (ms; pages freed) | ${f(a.gcBefore.ms)}; ${a.gcBefore.pagesFreed} |`,
+    `| gc before any prune (ms; pages freed; reads through the mount meanwhile: count, p99 / max wait ms) | ${f(a.gcBefore.ms)}; ${a.gcBefore.pagesFreed}; ${a.gcBefore.stats}, ${f(a.gcBefore.statP99Ms)} / ${f(a.gcBefore.statMaxMs)} |`,
     `| prune of ${a.pruneHalf.removed} backups (ms; per backup) | ${f(a.pruneHalf.ms)}; ${f(a.pruneHalf.ms / Math.max(1, a.pruneHalf.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed) | ${f(a.gcHalf.ms)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcHalf.ms)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed}; ${a.gcHalf.stats}, ${f(a.gcHalf.statP99Ms)} / ${f(a.gcHalf.statMaxMs)} |`,
     `| prune of ${a.pruneTen.removed} backups (ms; per backup) | ${f(a.pruneTen.ms)}; ${f(a.pruneTen.ms / Math.max(1, a.pruneTen.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
     ''
   ]
   if (b === undefined) return lines.join('\n')

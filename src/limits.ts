@@ -233,6 +233,8 @@ export const allocationPagesPerTurn = 64
 export const spaceUsageStaleMs = 2000
 /** The space accounting's walk yields to the event loop after this much work (inspect/space.ts). */
 export const spaceSliceMs = 5
+/** gc's mark yields to the event loop after this much work (volume/gc-mark.ts). */
+export const gcSliceMs = 5
 
 // ---- what the daemon is doing (vdiskfs status, daemon.log; daemon/metrics.ts, daemon/daemon-log.ts) ----
 

@@ -10,7 +10,8 @@ import { pipeline } from 'node:stream/promises'
 import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, fromSystemError, invalid } from '../errors'
 import { call } from '../control/client'
-import { exportStream, importStream, ImportResult } from './transfer-client'
+import { exportStream, importStageStream, importStream, ImportResult } from './transfer-client'
+import { GroupStreamReader, groupStream } from '../transfer/group-stream'
 import { streamBufferBytes } from '../limits'
 import { pruneRules } from '../transfer/prune'
 import { StreamHeader } from '../transfer/stream'
@@ -66,6 +67,42 @@ function backupName (arg: string): string {
   return arg.includes('/') ? imagePath(arg).name : newImageName(arg)
 }
 
+/**
+ * `import --group GROUP MNT FILE|-`: every member's stream staged in turn (received whole and checked,
+ * no backup yet; resumed when run again), then the whole group made in one step. A member named
+ * OLDGROUP-IMAGENAME.img on the exporting host becomes GROUP-IMAGENAME.img here.
+ */
+async function importGroup (mountpoint: string, file: string, group: string, json: boolean): Promise<void> {
+  if (group === '' || group.includes('/')) throw invalid(`invalid group name '${group}'`)
+  let input: Readable
+  if (file === '-') input = process.stdin
+  else {
+    try { fs.accessSync(file, fs.constants.R_OK) } catch (err) { throw fromSystemError(err, `reading ${file}`) }
+    input = fs.createReadStream(file)
+  }
+  process.exitCode = 1
+  const started = Date.now()
+  const reader = new GroupStreamReader(input)
+  try {
+    const header = await reader.readHeader()
+    const keys: string[] = []
+    let blocks = 0
+    for (const member of header.members) {
+      const rest = member.name.startsWith(`${header.group}-`) ? member.name.slice(header.group.length + 1) : member.name
+      const staged = await importStageStream(mountpoint, newImageName(`${group}-${rest}`), reader.member())
+      keys.push(staged.staged.key)
+      blocks += staged.blocks
+    }
+    await reader.end()
+    const result = await call(mountpoint, 'importGroupFinish', { group, keys })
+    process.exitCode = 0
+    print(json, result.backups.map(b => ({ backup: path.join(mountpoint, 'backups', b.name), ...jsonVolume(b), uuid: b.uuid })), () =>
+      `imported group ${group}: ${result.backups.map(b => path.join(mountpoint, 'backups', b.name)).join(', ')} (${blocks} blocks) in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  } finally {
+    if (input !== process.stdin) input.destroy()
+  }
+}
+
 export const transferCommands: Record<string, Command> = {
   diff: {
     usage: 'diff OLD NEW [--json]',
@@ -85,11 +122,16 @@ export const transferCommands: Record<string, Command> = {
   },
 
   export: {
-    usage: 'export BACKUP [--since OLDER_BACKUP] [-o FILE|-] [--json]',
-    summary: 'write a backup as a self-describing stream (docs/FORMAT.md), whole or the blocks changed since an older backup',
-    spec: { positionals: ['BACKUP'], booleans: { json: ['--json'] }, values: { since: ['--since'], output: ['-o', '--output'] } },
+    usage: 'export BACKUP [--since OLDER_BACKUP] [-o FILE|-] [--json] | export --group GROUP MNT [-o FILE|-] [--json]',
+    summary: 'write a backup as a self-describing stream (docs/FORMAT.md), whole or the blocks changed since an older backup; with --group, every backup of a consistency group as one stream',
+    spec: { positionals: ['BACKUP'], booleans: { json: ['--json'] }, values: { since: ['--since'], output: ['-o', '--output'], group: ['--group'] } },
     async run ({ positionals: [image], flags, values }) {
-      const source = imagePath(image)
+      const group = values.group
+      if (group !== undefined && values.since !== undefined) throw new UsageError('export --group writes whole backups: --since is not taken with it')
+      // The group's backups, in the order they were made (one id each), from the daemon's list.
+      const members = group === undefined ? null : (await call(mountpointArg(image), 'ls', {})).filter(v => v.kind === 'backup' && v.groupName === group).sort((a, b) => a.id - b.id)
+      if (members !== null && members.length === 0) throw new VdiskError('NOT_FOUND', `no backup group ${String(group)} in ${image}`)
+      const source = members === null ? imagePath(image) : { mountpoint: mountpointArg(image), kind: 'backup' as const, name: members.map(m => m.name).join(', ') }
       if (source.kind !== 'backup') throw invalid(`${image} is not a backup: export a backup (take one with vdiskfs backup)`)
       const since = values.since === undefined ? undefined : backupName(values.since)
       if (values.since?.includes('/') === true && imagePath(values.since).mountpoint !== source.mountpoint) throw invalid('--since must name a backup in the same mount')
@@ -104,7 +146,9 @@ export const transferCommands: Record<string, Command> = {
       const progress = blockProgress('export')
       let header: StreamHeader | null = null
       const started = Date.now()
-      const stream = exportStream(source.mountpoint, 'backup', source.name, { since, onHeader: h => { header = h; progress.header(h) }, onBlock: progress.block })
+      const stream = members === null
+        ? exportStream(source.mountpoint, 'backup', source.name, { since, onHeader: h => { header = h; progress.header(h) }, onBlock: progress.block })
+        : groupStream({ version: 1, group: group as string, members: members.map(m => ({ name: m.name })) }, i => exportStream(source.mountpoint, 'backup', members[i].name))
       let sink: Writable
       if (target === null) {
         sink = process.stdout
@@ -141,8 +185,12 @@ export const transferCommands: Record<string, Command> = {
         progress.stop()
       }
       const h = header as StreamHeader | null
-      const summary = { backup: source.name, uuid: h?.uuid, since: since ?? null, baseUuid: h?.baseUuid ?? null, size: h?.size, blocks: h?.records, streamBytes, elapsedMs: Date.now() - started, output }
-      const line = `exported ${source.name}${since !== undefined ? ` since ${since}` : ''}: ${h?.records ?? 0} blocks, ${bytes(streamBytes)} in ${((Date.now() - started) / 1000).toFixed(1)} s`
+      const summary = members === null
+        ? { backup: source.name, uuid: h?.uuid, since: since ?? null, baseUuid: h?.baseUuid ?? null, size: h?.size, blocks: h?.records, streamBytes, elapsedMs: Date.now() - started, output }
+        : { group, backups: members.map(m => m.name), streamBytes, elapsedMs: Date.now() - started, output }
+      const line = members === null
+        ? `exported ${source.name}${since !== undefined ? ` since ${since}` : ''}: ${h?.records ?? 0} blocks, ${bytes(streamBytes)} in ${((Date.now() - started) / 1000).toFixed(1)} s`
+        : `exported group ${String(group)} (${source.name}): ${bytes(streamBytes)} in ${((Date.now() - started) / 1000).toFixed(1)} s`
       // With the stream on stdout, the summary goes to stderr (and only when asked for, or on a terminal).
       process.exitCode = 0
       if (output === '-') { if (flags.json === true) process.stderr.write(JSON.stringify(summary) + '\n'); else if (process.stderr.isTTY === true) process.stderr.write(line + '\n') } else print(flags.json === true, summary, () => `${line} -> ${output}`)
@@ -150,11 +198,17 @@ export const transferCommands: Record<string, Command> = {
   },
 
   import: {
-    usage: 'import MNT FILE|- NAME [--json]',
-    summary: 'create backups/NAME.img from an export stream (an incremental one needs its base backup here); atomic, and resumed when repeated after an interruption',
-    spec: { positionals: ['MNT', 'FILE', 'NAME'], booleans: { json: ['--json'] } },
-    async run ({ positionals: [mnt, file, name], flags }) {
+    usage: 'import MNT FILE|- NAME [--json] | import --group GROUP MNT FILE|- [--json]',
+    summary: 'create backups/NAME.img from an export stream (an incremental one needs its base backup here); atomic, and resumed when repeated after an interruption; with --group, a group stream as consistency group GROUP',
+    spec: { positionals: ['MNT', 'FILE'], optional: ['NAME'], booleans: { json: ['--json'] }, values: { group: ['--group'] } },
+    async run ({ positionals: [mnt, file, name], flags, values }) {
       const mountpoint = mountpointArg(mnt)
+      if (values.group !== undefined) {
+        if (name !== undefined) throw new UsageError('import --group GROUP takes MNT and FILE|- alone (the backups are named GROUP-IMAGENAME.img)')
+        await importGroup(mountpoint, file, values.group, flags.json === true)
+        return
+      }
+      if (name === undefined) throw new UsageError('expected 3 arguments (MNT FILE|- NAME), got 2')
       const target = newImageName(name)
       let input: Readable
       if (file === '-') input = process.stdin

@@ -18,7 +18,7 @@ import { VolumeKind } from '../catalog/catalog'
 import { VdiskError } from '../errors'
 import { daemonReasonWaitMs, streamBufferBytes } from '../limits'
 import { openStream, readReply } from '../control/client'
-import { ImportFinish } from '../control/results'
+import { ImportFinish, ImportStaged } from '../control/results'
 import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
 import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
 
@@ -126,17 +126,29 @@ async function daemonsReason (reply: Promise<unknown>, failure: unknown): Promis
  * import of the same stream.
  */
 export async function importStream (mountpoint: string, name: string, stream: Readable, options: ImportOptions = {}): Promise<ImportResult> {
+  return await importVia('importStream', mountpoint, name, stream, options) as ImportResult
+}
+
+/**
+ * A group import's member (`vdiskfs import --group`): the stream received whole and checked, and staged
+ * under its key; no backup appears until importGroupFinish makes the whole group.
+ */
+export async function importStageStream (mountpoint: string, name: string, stream: Readable, options: ImportOptions = {}): Promise<ImportStaged & { blocks: number, streamBytes: number }> {
+  return await importVia('importStageStream', mountpoint, name, stream, options) as ImportStaged & { blocks: number, streamBytes: number }
+}
+
+async function importVia (op: 'importStream' | 'importStageStream', mountpoint: string, name: string, stream: Readable, options: ImportOptions): Promise<(ImportFinish | ImportStaged) & { blocks: number, streamBytes: number }> {
   const decoder = new StreamDecoder()
   stream.on('error', err => decoder.destroy(err))
   stream.pipe(decoder)
   let socket: net.Socket | null = null
   // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
   // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
-  let reply: Promise<{ result: ImportFinish }> | null = null
+  let reply: Promise<{ result: ImportFinish | ImportStaged }> | null = null
   let replied = false
   let header: StreamHeader | null = null
   let blocks = 0
-  const watch = (answer: Promise<{ result: ImportFinish }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
+  const watch = (answer: Promise<{ result: ImportFinish | ImportStaged }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
   const stopped = async (): Promise<VdiskError> => {
     try {
       await reply
@@ -150,9 +162,9 @@ export async function importStream (mountpoint: string, name: string, stream: Re
       if (item.kind === 'header') {
         header = item.header
         options.onHeader?.(header)
-        const opened = await openStream(mountpoint, 'importStream', { name, header })
+        const opened = op === 'importStream' ? await openStream(mountpoint, 'importStream', { name, header }) : await openStream(mountpoint, 'importStageStream', { name, header })
         socket = opened.socket
-        reply = readReply('importStream', socket, opened.rest, mountpoint)
+        reply = op === 'importStream' ? readReply('importStream', socket, opened.rest, mountpoint) : readReply('importStageStream', socket, opened.rest, mountpoint)
         watch(reply)
         continue
       }

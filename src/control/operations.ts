@@ -23,7 +23,7 @@ import type { GcReport } from '../volume/maintenance'
 import type { LazyPullProgress } from '../volume/lazy'
 import type { SealReport } from '../volume/seal-extent'
 import type { VolumeInfo } from '../volume/volume'
-import type { CopyResult, Elapsed, ImportFinish, MapResult, Progress, PruneRow, StatsResult, StatusResult } from './results'
+import type { CopyResult, Elapsed, ImportFinish, ImportStaged, MapResult, Progress, PruneRow, StatsResult, StatusResult } from './results'
 
 /** An argument: how a value is checked; T is the type a value that passes has, `optional` whether it may be absent. */
 export interface Arg<T = unknown, O extends boolean = boolean> {
@@ -103,6 +103,9 @@ export const operations = {
   // transfer (docs/TRANSFER.md): the stream operations' result is their first reply line
   exportStream: { args: { backup: volume('', 'backup'), since: optional(nullable(string)) }, result: returns<StreamHeader>(), stream: true },
   importStream: { args: { header: object<StreamHeader>(), name: string }, result: returns<{ resumedBlocks: number }>(), final: returns<ImportFinish>(), stream: true },
+  // a group import: each member's stream staged (received whole, no backup yet), then all made at once
+  importStageStream: { args: { header: object<StreamHeader>(), name: string }, result: returns<{ resumedBlocks: number }>(), final: returns<ImportStaged>(), stream: true },
+  importGroupFinish: { args: { group: string, keys: listOf(string) }, result: returns<{ backups: Array<VolumeInfo & { uuid: string }> }>() },
   diff: { args: { older: volume('older', 'OLD'), newer: volume('newer', 'NEW') }, result: returns<{ ranges: ByteRange[], pagesRead: number, blockBytes: number, oldSize: number, newSize: number }>(), quiet: true },
   uuid: { args: { image: volume('', 'volume') }, result: returns<{ uuid: string }>(), quiet: true },
   imports: { args: {}, result: returns<Array<ImportRow & { blocks: number }>>(), quiet: true },

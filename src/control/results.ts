@@ -82,3 +82,5 @@ export type PruneRow = Omit<PruneDecision, 'groupKey' | 'id' | 'name'> & { id: n
 
 /** `importStream`'s last reply: the backup it made and what it stored. */
 export type ImportFinish = ImportCounts & { backup: VolumeInfo & { uuid: string }, finishMs: number }
+/** A group member's stream received whole and staged under its key (importStageStream), no backup made yet. */
+export type ImportStaged = ImportCounts & { staged: { key: string, name: string } }

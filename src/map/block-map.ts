@@ -118,7 +118,7 @@ export class BlockMap {
     } else if (page.epoch !== this.epoch) {
       page = this.pages.create(this.epoch, page.entries)
       this.setRoot(pageIndex, page.id)
-    }
+    } else this.pages.willChange(page)
     page.entries[index] = entry
     this.pages.markDirty(page)
     if (old === 0) this.allocated++
@@ -198,6 +198,7 @@ export class BlockMap {
       let page: Page
       try { page = this.pages.get(id) } catch { continue } // gc deleted it meanwhile
       if (page.epoch !== this.epoch) continue // a backup since: no longer this map's alone
+      this.pages.willChange(page)
       page.entries.fill(0)
       return page
     }

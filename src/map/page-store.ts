@@ -90,6 +90,18 @@ export class PageStore {
     return extents.has(extentId)
   }
 
+  /**
+   * Told of a page about to be changed in place (its entries), before the change: gc's mark
+   * (maintenance.ts) walks it first, so it sees every page as it was when the mark began. Null while
+   * no mark runs.
+   */
+  beforeChange: ((page: Page) => void) | null = null
+
+  /** Call before changing an existing page's entries in place (not for a page just created). */
+  willChange (page: Page): void {
+    if (this.beforeChange !== null) this.beforeChange(page)
+  }
+
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++

@@ -46,6 +46,7 @@ export class Sealer {
       await this.pool.freezeForSealing(all)
       const extents = this.pool.frozenExtents().filter(id => all || (!this.failing.has(id) && this.pool.coldEnough(id)))
       this.progress = { done: 0, total: extents.length }
+      if (extents.length > 0) await this.pool.learnExtentNames()
       // Extents repointed and waiting for the commit after which no map names them.
       const repointed: number[] = []
       const settle = async (): Promise<void> => {

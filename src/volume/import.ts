@@ -7,6 +7,10 @@
  * import's progress in the same transaction. A kill at any point before leaves no backup and keeps
  * the progress; the same stream imported again skips what was stored.
  *
+ * A consistency group's import (`vdiskfs import --group`) stages each member instead of finishing it
+ * (ImportSession.stage: received whole, its rows kept) and makes them all at once (Importer.finishGroup:
+ * one commit, every name and the group's name held); staging is in memory only.
+ *
  * An abandoned import (never continued) is dropped after importAbandonedMs when a catalog opens
  * (catalog.ts), which makes its chunks garbage for gc.
  *
@@ -70,9 +74,18 @@ export interface ImportCounts {
   absentBlocks: number
 }
 
+/** An import whose stream was received whole and checked, waiting to be made visible with its group (stage). */
+interface StagedImport { spec: ImportSpec, name: string, lastIndex: number }
+
 export class Importer {
   /** Keys of the sessions running (begun and not closed): one per key. */
   private readonly running = new Set<string>()
+  /**
+   * Imports staged for a group (ImportSession.stage), by key: received whole, their rows recorded, no
+   * backup made yet. In memory only: after a restart the group's import runs again (it resumes: every
+   * block recorded is skipped) and stages them anew.
+   */
+  private readonly staged = new Map<string, StagedImport>()
 
   constructor (private readonly state: PoolState, private readonly committer: Committer, private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>) {}
 
@@ -98,7 +111,64 @@ export class Importer {
       catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
     })
     this.running.add(spec.key)
-    return new ImportSession(this.state, this.committer, this.exclusive, spec, name, () => this.running.delete(spec.key))
+    this.staged.delete(spec.key)
+    return new ImportSession(this.state, this.committer, this.exclusive, spec, name, () => this.running.delete(spec.key), staged => this.staged.set(spec.key, staged))
+  }
+
+  /**
+   * Makes the staged imports `keys` visible as one consistency group `group`, atomically: every name
+   * and the group's name held (sorted order, as a group backup takes them), all maps built, then every
+   * backup inserted in one synchronous step and one commit (which drops the imports' rows). Refused,
+   * nothing made, when a key is not staged (NOT_FOUND: import the group again), a name, an identity or
+   * the group exists (EXISTS), or a base is missing (NOT_FOUND).
+   */
+  async finishGroup (group: string, keys: string[]): Promise<Volume[]> {
+    checkName(group)
+    if (keys.length === 0 || new Set(keys).size !== keys.length) throw invalid('a group import needs its members, each once')
+    const members = keys.map(key => {
+      const staged = this.staged.get(key)
+      if (staged === undefined || this.running.has(key)) throw new VdiskError('NOT_FOUND', `no staged import ${key} (its stream was not received whole, or the daemon restarted): import the group again`)
+      return staged
+    })
+    if (new Set(members.map(m => m.name)).size !== members.length) throw invalid('two backups of the group would have one name')
+    const groupTaken = (): void => {
+      for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.groupName === group && !volume.hidden) throw exists(`backup group ${group}`)
+    }
+    const releases: Array<() => void> = []
+    try {
+      releases.push(await this.state.whenNameFree(`group/${group}`, () => { groupTaken(); return this.state.reserveName(`group/${group}`) }))
+      for (const name of members.map(m => m.name).sort()) {
+        releases.push(await this.state.whenNameFree(`backup/${name}`, () => {
+          for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === name) throw exists(`backup ${name}`)
+          return this.state.reserveName(`backup/${name}`)
+        }))
+      }
+      return await this.exclusive(async () => {
+        const maps: BlockMap[] = []
+        for (const member of members) {
+          const base = this.checkTarget(member.spec, member.name)
+          maps.push(await buildImportMap(this.state, member.spec, member.lastIndex, base))
+        }
+        // The names and the group are held; checked again with the identities and bases, in the step
+        // that makes every backup.
+        groupTaken()
+        for (const member of members) this.checkTarget(member.spec, member.name)
+        const now = Date.now()
+        const made = members.map((member, i) => {
+          const volume = importedBackup(this.state, member.spec, member.name, maps[i], now)
+          volume.groupName = group
+          this.state.catalog.expectVolume(volume.id, member.spec.uuid, member.spec.key)
+          this.state.volumes.set(volume.id, volume)
+          this.state.changed(volume)
+          return volume
+        })
+        for (const key of keys) this.staged.delete(key)
+        await this.committer.commit()
+        return made
+      })
+    } finally {
+      for (const release of releases.reverse()) release()
+    }
   }
 
   /** Checks that backup `name` and identity spec.uuid are free and the base is here. */
@@ -135,7 +205,8 @@ export class ImportSession {
     private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>,
     readonly spec: ImportSpec,
     readonly name: string,
-    readonly close: () => void
+    readonly close: () => void,
+    private readonly onStaged: (staged: StagedImport) => void
   ) {
     this.recordedBlocks = state.catalog.importBlockCount(spec.key)
     this.blocks = Math.ceil(spec.size / state.blockBytes)
@@ -256,32 +327,8 @@ export class ImportSession {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
-      const blocks = this.blocks
-      // What an earlier run recorded past the last block this stream carried is not this stream's.
-      const last = this.lastIndex
-      if (this.recordedBlocks > 0) state.catalog.transaction(() => state.catalog.deleteImportBlocks(this.spec.key, last + 1, Number.MAX_SAFE_INTEGER))
-      const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
-      map.rootDirty = true
-      map.resize(blocks)
-      // The rows in pages of importFinishTurnBlocks, each page one turn: the daemon keeps serving the
-      // mount while a large map is built, and the rows are never all in memory at once.
-      for (let from = 0; ;) {
-        const rows = state.catalog.importBlocks(this.spec.key, from, last, importFinishTurnBlocks)
-        if (rows.size === 0) break
-        for (const [block, chunkId] of rows) {
-          if (block >= blocks) throw corrupt(`import ${this.spec.key} recorded block ${block}, past the end`)
-          map.set(block, chunkId === null ? 0 : chunkEntry(chunkId))
-          from = block + 1
-        }
-        await new Promise(resolve => setImmediate(resolve))
-      }
-      const now = Date.now()
-      const volume = new Volume(state, state.nextVolumeId++, 'backup', this.name, this.spec.size, this.spec.createdMs, now, null, this.spec.source?.label ?? null, map, null)
-      volume.sourceUuid = this.spec.source?.uuid ?? null
-      volume.uid = process.getuid?.() ?? 0
-      volume.gid = process.getgid?.() ?? 0
-      volume.mode = defaultModeOf('backup')
-      volume.rowDirty = true
+      const map = await buildImportMap(state, this.spec, this.lastIndex, base)
+      const volume = importedBackup(state, this.spec, this.name, map, Date.now())
       // The name is held (finish), so nothing took it while the map was built; checked all the same.
       this.checkNameFree()
       state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
@@ -292,7 +339,59 @@ export class ImportSession {
     })
   }
 
+  /**
+   * For a group import (Importer.finishGroup): the stream was received whole and checked; its rows past
+   * the last block it carried are dropped, and the import waits, recorded, for its group's finish.
+   * Call only after the stream's trailer checked and the last batch was stored.
+   */
+  async stage (): Promise<void> {
+    await this.exclusive(async () => {
+      const state = this.state
+      new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
+      const last = this.lastIndex
+      if (this.recordedBlocks > 0) state.catalog.transaction(() => state.catalog.deleteImportBlocks(this.spec.key, last + 1, Number.MAX_SAFE_INTEGER))
+      this.onStaged({ spec: this.spec, name: this.name, lastIndex: last })
+    })
+  }
+
   private checkNameFree (): void {
     for (const volume of this.state.volumes.values()) if (volume.kind === 'backup' && volume.name === this.name) throw exists(`backup ${this.name}`)
   }
+}
+
+/**
+ * The map of an import's backup: the base's map (or an empty one), the recorded blocks up to
+ * `lastIndex` applied, the stream's size. What an earlier run recorded past `lastIndex` is not this
+ * stream's and is dropped first. The rows are read in pages of importFinishTurnBlocks, each page one
+ * turn: the daemon keeps serving the mount while a large map is built, and the rows are never all in
+ * memory at once. Call under the maintenance lock.
+ */
+async function buildImportMap (state: PoolState, spec: ImportSpec, lastIndex: number, base: Volume | null): Promise<BlockMap> {
+  const blocks = Math.ceil(spec.size / state.blockBytes)
+  state.catalog.transaction(() => state.catalog.deleteImportBlocks(spec.key, lastIndex + 1, Number.MAX_SAFE_INTEGER))
+  const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
+  map.rootDirty = true
+  map.resize(blocks)
+  for (let from = 0; ;) {
+    const rows = state.catalog.importBlocks(spec.key, from, lastIndex, importFinishTurnBlocks)
+    if (rows.size === 0) break
+    for (const [block, chunkId] of rows) {
+      if (block >= blocks) throw corrupt(`import ${spec.key} recorded block ${block}, past the end`)
+      map.set(block, chunkId === null ? 0 : chunkEntry(chunkId))
+      from = block + 1
+    }
+    await new Promise(resolve => setImmediate(resolve))
+  }
+  return map
+}
+
+/** The backup an import makes, not yet in the pool: the caller inserts it (and its identity) and commits. */
+function importedBackup (state: PoolState, spec: ImportSpec, name: string, map: BlockMap, nowMs: number): Volume {
+  const volume = new Volume(state, state.nextVolumeId++, 'backup', name, spec.size, spec.createdMs, nowMs, null, spec.source?.label ?? null, map, null)
+  volume.sourceUuid = spec.source?.uuid ?? null
+  volume.uid = process.getuid?.() ?? 0
+  volume.gid = process.getgid?.() ?? 0
+  volume.mode = defaultModeOf('backup')
+  volume.rowDirty = true
+  return volume
 }

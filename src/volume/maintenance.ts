@@ -4,19 +4,22 @@
  * still referenced, repointing map entries at sealed chunks, dropping a sealed extent), recounting
  * after repair, and recovering suspect extents after an unclean stop.
  *
- * Assumes: what is live is decided synchronously right after a commit, so no map changes while it is
- * decided, and deletions follow the commit that made their targets garbage. Writable extents are never
- * sealed or freed. Errors: BUSY once the pool is closing; what commit and the stores throw.
+ * Assumes: gc's mark begins synchronously right after a commit and sees the maps as they were then
+ * (gc-mark.ts); deletions follow the commit that made their targets garbage. Writable extents are
+ * never sealed or freed. Errors: BUSY once the pool is closing; what commit and the stores throw.
  */
 import path from 'node:path'
-import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
+import { entryExtentId, entryKind, entryKindDelta, entrySlot } from '../format/map-format'
 import { extentsDir } from '../format/pool-format'
 import { VdiskError } from '../errors'
-import { extentIdleMs, packLiveFractionMin, pageEntries, writableExtentsMax } from '../limits'
-import { underSlot } from './references'
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { extentIdleMs, gcSliceMs, packLiveFractionMin, writableExtentsMax } from '../limits'
+import { GcMark, MarkResult, MarkSeams } from './gc-mark'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
 import { PoolState } from './pool-state'
+
+export { MarkSeams } from './gc-mark'
 
 export interface GcReport {
   pagesFreed: number
@@ -30,6 +33,9 @@ export interface GcReport {
 
 export class Maintenance {
   private running: Promise<unknown> = Promise.resolve()
+  /** True while gc's mark is under way. */
+  marking = false
+  seams: MarkSeams = {}
 
   constructor (private readonly state: PoolState, private readonly committer: Committer) {}
 
@@ -50,69 +56,45 @@ export class Maintenance {
 
   /**
    * Frees map pages, delta extents and chunks that no volume references, and compacts packs whose
-   * live fraction is low. What is live is decided synchronously after a commit, so no map can change
-   * while it is decided; deletions follow the commit that made them garbage.
+   * live fraction is low. The mark (gc-mark.ts) starts synchronously after a commit and walks the maps
+   * in slices that yield to the event loop: what it can free existed when it began and was referenced
+   * by nothing then, nor since (docs/CONCURRENCY.md, "gc's mark"). Deletions follow that commit.
    */
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
     return await this.exclusive(async () => {
-      // A partial slot keeps the chunk under it live: the walk below reads the base entries of every
-      // extent from memory, so their tables are loaded first (before the commit: the walk must follow
-      // it synchronously). An extent that cannot be read leaves its bases unknown, and gc frees nothing.
+      // A partial slot keeps the chunk under it live: the mark reads the base entries of every extent
+      // from memory, so their tables are loaded first. An extent that cannot be read leaves its bases
+      // unknown, and gc frees nothing.
       for (const { id } of this.state.catalog.extents()) await this.state.extents.loadBases([id]).catch(() => {})
       await this.commit()
-      const livePages = new Set<number>()
-      const liveExtents = new Set<number>()
-      const liveChunks = new Set<number>()
+      const mark = new GcMark(this.state, this.seams)
+      this.marking = true
+      let found: MarkResult
+      try {
+        found = await mark.run()
+      } finally {
+        this.marking = false
+      }
+      // From here to the deletions below, one synchronous step: nothing changes the maps meanwhile.
+      const { livePages, liveExtents, liveChunks } = found
       // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
       // could not find or prove), an unreadable page, or a reference to a chunk or extent the catalog
       // lacks means the maps are not the whole truth: then gc frees nothing (issue #9, item 6).
-      let held: string | null = null
-      for (const volume of this.volumes.values()) {
-        for (const id of volume.writableExtents) liveExtents.add(id)
-        const root = volume.map.root
-        for (let p = 0; p < root.length; p++) {
-          // A page several volumes read (a disk and its backups, a chain of clones) is walked once: what
-          // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
-          const id = root[p]
-          if (id === 0 || livePages.has(id)) continue
-          livePages.add(id)
-          let entries: Float64Array
-          try {
-            entries = this.state.pages.get(id).entries
-          } catch (err) {
-            held ??= `${volume.label}: ${(err as Error).message}`
-            continue
-          }
-          for (let i = 0; i < entries.length; i++) {
-            const entry = entries[i]
-            if (entry === 0) continue
-            const kind = entryKind(entry)
-            if (kind === entryKindDelta) {
-              liveExtents.add(entryExtentId(entry))
-              const where = `${volume.label} block ${p * pageEntries + i}`
-              const under = underSlot(this.state.extents, entry)
-              if (under.kind === 'unloaded') held ??= `${where}: the base table of delta extent ${entryExtentId(entry)} could not be read`
-              else if (under.kind === 'damaged') held ??= `${where}: delta extent ${entryExtentId(entry)} slot ${entrySlot(entry)} has a damaged base entry`
-              else if (under.kind === 'chunk') liveChunks.add(under.chunkId)
-            } else if (kind === entryKindChunk) liveChunks.add(entryChunkId(entry))
-            else if (kind === entryKindLost && held === null) held = `${volume.label} block ${p * pageEntries + i} is lost`
-          }
-        }
-      }
-      // Chunks an unfinished import stored (catalog table import_blocks) are live until it completes or is dropped.
-      for (const id of this.state.catalog.heldChunkIds()) liveChunks.add(id)
-      const indexed = this.state.catalog.chunkIds()
+      let held = found.held
       if (held === null) {
-        const known = new Set(indexed)
+        const known = new Set(found.chunkIds)
         for (const id of liveChunks) if (!known.has(id)) { held = `chunk ${id} is referenced but missing from the index`; break }
       }
       if (held === null) {
-        const known = new Set(this.state.catalog.extents().map(e => e.id))
-        for (const id of liveExtents) if (!known.has(id) && id < this.state.nextExtentId) { held = `delta extent ${id} is referenced but missing from the catalog`; break }
+        const known = new Set(found.extentIds)
+        for (const id of liveExtents) if (!known.has(id) && id < found.nextExtentId) { held = `delta extent ${id} is referenced but missing from the catalog`; break }
       }
-      const deadPages = held !== null ? [] : this.state.catalog.pageIds().filter(id => !livePages.has(id) && !this.state.pages.isDirty(id))
-      const deadExtents = held !== null ? [] : this.state.catalog.extents().map(e => e.id).filter(id => !liveExtents.has(id) && id < this.state.nextExtentId)
-      const deadChunks = held !== null ? [] : indexed.filter(id => !liveChunks.has(id))
+      // Only what existed when the mark began can be dead (a page or extent made since is not in these
+      // lists); an extent is gone from the catalog only by gc or sealing, which wait for this lock.
+      const extentsNow = new Set(this.state.catalog.extents().map(e => e.id))
+      const deadPages = held !== null ? [] : found.pageIds.filter(id => !livePages.has(id) && !this.state.pages.isDirty(id))
+      const deadExtents = held !== null ? [] : found.extentIds.filter(id => !liveExtents.has(id) && id < found.nextExtentId && extentsNow.has(id))
+      const deadChunks = held !== null ? [] : found.chunkIds.filter(id => !liveChunks.has(id))
       if (held !== null) this.state.log(`gc frees nothing while the catalog is damaged: ${held} (vdiskfs verify, vdiskfs repair)`)
       this.state.catalog.transaction(() => {
         for (const id of deadPages) this.state.catalog.deletePage(id)
@@ -168,6 +150,35 @@ export class Maintenance {
    */
   coldEnough (extentId: number): boolean {
     return this.state.extents.idleMs(extentId) >= extentIdleMs
+  }
+
+  /**
+   * Learns, for every distinct page the roots name, which delta extents it names (PageStore.namesExtent),
+   * in slices that yield to the event loop, before a seal pass: its walks (referencedSlots, repoint,
+   * each one synchronous step) then find that known instead of loading every page in one step, which the
+   * first pass in a process did (1.5 s held at 1,000 backups of 1 TiB). A cache only: a page changed
+   * meanwhile is learnt again when asked; a damaged page is left to the seal's own walk.
+   */
+  async learnExtentNames (): Promise<void> {
+    const seen = new Set<number>()
+    let since = performance.now()
+    for (const volume of [...this.volumes.values()]) {
+      const root = volume.map.root
+      for (let p = 0; p < root.length; p++) {
+        const id = root[p]
+        if (id === 0 || seen.has(id)) continue
+        seen.add(id)
+        try { this.state.pages.namesExtent(id, 0) } catch {}
+        if (seen.size % 64 !== 0 || performance.now() - since < gcSliceMs) continue
+        await nextTurn()
+        if (this.state.lifecycle !== 'open') return
+        since = performance.now()
+      }
+      if (performance.now() - since < gcSliceMs) continue
+      await nextTurn()
+      if (this.state.lifecycle !== 'open') return
+      since = performance.now()
+    }
   }
 
   /** Slots of `extentId` that some volume's map still references. */
@@ -234,6 +245,7 @@ export class Maintenance {
     }
     // ... then each page once.
     for (const page of pages) {
+      this.state.pages.willChange(page)
       const entries = page.entries
       for (let i = 0; i < entries.length; i++) if (matches(entries[i])) entries[i] = mapping.get(entrySlot(entries[i])) as number
       this.state.pages.markDirty(page)

@@ -28,7 +28,7 @@ import { FilesystemStat } from './free-space'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
-import { GcReport, Maintenance } from './maintenance'
+import { GcReport, Maintenance, MarkSeams } from './maintenance'
 import { Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
@@ -243,11 +243,17 @@ export class Pool {
     })
   }
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin) }
+  /** Whether gc's mark is under way (between its snapshot and its sweep). */
+  get gcMarking (): boolean { return this.maintenance.marking }
+  /** Test seam: gc's mark slice length (0: a yield after every page) and a step run at each yield. */
+  gcSeams (seams: MarkSeams): void { this.maintenance.seams = seams }
   async recover (): Promise<number> { return await this.maintenance.recover() }
   writableExtentIds (): Set<number> { return this.state.writableExtentIds() }
   frozenExtents (): number[] { return this.maintenance.frozenExtents() }
   async freezeForSealing (all: boolean): Promise<void> { await this.maintenance.freezeForSealing(all) }
   coldEnough (extentId: number): boolean { return this.maintenance.coldEnough(extentId) }
+  /** Before a seal pass, inside exclusive(): which extents each map page names, learnt in slices (maintenance.ts). */
+  async learnExtentNames (): Promise<void> { await this.maintenance.learnExtentNames() }
   /** Seals one frozen extent into chunks and repoints the maps (seal-extent.ts); call inside exclusive(), then settleSealed. */
   async sealExtent (extentId: number, report: SealReport): Promise<void> { await this.sealing.sealExtent(extentId, report) }
   /** Commits what sealExtent repointed and drops those extents; inside the same exclusive(). */

@@ -153,8 +153,10 @@ async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, chang
  * lazyPullStream (volume/lazy.ts) is the same stream with ref frames for the blocks still in the remote
  * store `args.remote` (backup `args.manifest` there).
  */
-function importHandler<Op extends 'importStream' | 'lazyPullStream'> ({ pool, log }: HandlerContext, op: Op): StreamHandler<Op> {
+function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPullStream'> ({ pool, log }: HandlerContext, op: Op): StreamHandler<Op> {
   const lazy = op === 'lazyPullStream'
+  // A group import's member (importGroupFinish makes the group): received whole and staged, no backup yet.
+  const stageOnly = op === 'importStageStream'
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
     const manifest = lazy ? (args as { manifest?: string }).manifest ?? '' : ''
@@ -215,6 +217,12 @@ function importHandler<Op extends 'importStream' | 'lazyPullStream'> ({ pool, lo
       await storeBatch(batch)
       await storing
       batch = []
+      if (stageOnly) {
+        await session.stage()
+        log(`import: staged ${session.name} (identity ${session.spec.uuid}) for its group`)
+        socket.end(replyLine({ staged: { key: session.spec.key, name: session.name }, ...session.counts }))
+        return
+      }
       const started = Date.now()
       const backup = await session.finish()
       if (lazy) pool.lazy.started(session.spec.uuid)
@@ -244,6 +252,12 @@ export function transferHandlers (context: HandlerContext) {
   return {
     exportStream: exportHandler(context),
     importStream: importHandler(context, 'importStream'),
+    importStageStream: importHandler(context, 'importStageStream'),
+    importGroupFinish: async args => {
+      const backups = await pool.imports.finishGroup(args.group, args.keys)
+      context.log(`import: group ${args.group}: ${backups.map(b => b.name).join(', ')}`)
+      return { backups: backups.map(b => ({ ...b.info(), uuid: pool.volumeUuid(b) })) }
+    },
     lazyPullStream: importHandler(context, 'lazyPullStream'),
     diff: async args => {
       const older = volumeArg(pool, 'diff', args, 'older')
