@@ -35,7 +35,7 @@ const sentChunksMax = 65536
 export interface LazyPullResult { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
 
 /** A lazy pull in progress, as the daemon reports it (lazyPulls). */
-export interface LazyPullInfo { uuid: string, backup: string, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean }
+export interface LazyPullInfo { uuid: string, backup: string, name: string | null, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean }
 
 /**
  * Makes backups/NAME from backup `id` of the store at once, its blocks references to the store's chunks
