@@ -129,46 +129,66 @@ export async function importStream (mountpoint: string, name: string, stream: Re
   const decoder = new StreamDecoder()
   stream.on('error', err => decoder.destroy(err))
   stream.pipe(decoder)
-  let socket: net.Socket | null = null
-  // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
-  // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
-  let reply: Promise<{ result: ImportFinish }> | null = null
-  let replied = false
-  let header: StreamHeader | null = null
-  let blocks = 0
-  const watch = (answer: Promise<{ result: ImportFinish }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
-  const stopped = async (): Promise<VdiskError> => {
-    try {
-      await reply
-    } catch (err) {
-      return err instanceof VdiskError ? err : new VdiskError('IO', (err as Error).message)
-    }
-    return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
-  }
   try {
-    for await (const item of decoder as AsyncIterable<StreamItem>) {
-      if (item.kind === 'header') {
-        header = item.header
-        options.onHeader?.(header)
-        const opened = await openStream(mountpoint, 'importStream', { name, header })
-        socket = opened.socket
-        reply = readReply('importStream', socket, opened.rest, mountpoint)
-        watch(reply)
-        continue
+    const items = (decoder as AsyncIterable<StreamItem>)[Symbol.asyncIterator]()
+    const first = await items.next()
+    if (first.done === true) throw new VdiskError('CORRUPT', 'the stream has no header')
+    if (first.value.kind !== 'header') throw new VdiskError('CORRUPT', 'a block before the stream header')
+    const header = first.value.header
+    options.onHeader?.(header)
+    async function * blocks (): AsyncGenerator<StreamBlock> {
+      for (;;) {
+        const next = await items.next()
+        // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
+        if (next.done === true) return
+        if (next.value.kind !== 'block') throw new VdiskError('CORRUPT', 'a second stream header')
+        yield next.value.block
       }
-      if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
-      if (replied) throw await stopped()
-      const { index, data, hash } = item.block
+    }
+    const result = await importBlocks(mountpoint, name, header, blocks(), options)
+    return { ...result, streamBytes: decoder.bytesRead }
+  } finally {
+    stream.unpipe(decoder)
+    if (!stream.destroyed && stream !== process.stdin) stream.destroy()
+  }
+}
+
+/**
+ * Imports `blocks` as backups/NAME: the header, then each block as a frame to the daemon (as
+ * exportBlocks takes a backup's), with no export stream encoded and decoded in between (a pull's blocks,
+ * each checked against its id already; the daemon hashes every block again before it stores it). The
+ * end frame goes only once `blocks` ended without an error, so the backup appears only then; an
+ * interrupted import is continued by the next import with the same header. streamBytes: 0.
+ */
+export async function importBlocks (mountpoint: string, name: string, header: StreamHeader, blocks: AsyncIterable<StreamBlock>, options: ImportOptions = {}): Promise<ImportResult> {
+  let socket: net.Socket | null = null
+  let done = 0
+  try {
+    const opened = await openStream(mountpoint, 'importStream', { name, header })
+    socket = opened.socket
+    // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
+    // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
+    const reply: Promise<{ result: ImportFinish }> = readReply('importStream', socket, opened.rest, mountpoint)
+    let replied = false
+    reply.then(() => { replied = true }, () => { replied = true })
+    const stopped = async (): Promise<VdiskError> => {
       try {
-        await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
+        await reply
+      } catch (err) {
+        return err instanceof VdiskError ? err : new VdiskError('IO', (err as Error).message)
+      }
+      return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
+    }
+    for await (const { index, data, hash } of blocks) {
+      if (replied) throw await stopped()
+      try {
+        await send(socket, frameHead(data === null ? frameZero : frameData, index, hash ?? null))
         if (data !== null) await send(socket, data)
       } catch (err) {
         throw await daemonsReason(reply, err)
       }
-      options.onBlock?.(++blocks)
+      options.onBlock?.(++done)
     }
-    // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
-    if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'the stream has no header')
     if (replied) throw await stopped()
     try {
       await send(socket, frameHead(frameEnd, 0, null))
@@ -176,10 +196,8 @@ export async function importStream (mountpoint: string, name: string, stream: Re
       throw await daemonsReason(reply, err)
     }
     const { result } = await reply
-    return { ...result, blocks, streamBytes: decoder.bytesRead }
+    return { ...result, blocks: done, streamBytes: 0 }
   } finally {
     socket?.destroy()
-    stream.unpipe(decoder)
-    if (!stream.destroyed && stream !== process.stdin) stream.destroy()
   }
 }
