@@ -13,6 +13,13 @@
  * that does not name this log (truncated, rebuilt, replaced) never writes to it, so the copy repair
  * needs is never overwritten by the catalog that lost the rows; verify reports the mismatch.
  *
+ * Lazy pulls (volume/lazy.ts) are kept too: each import batch of a lazy pull appends, before its
+ * transaction, a record of the pull's row and the absent chunks it lists (id, BLAKE3, size), and a
+ * snapshot holds every pull in progress with its absent chunks. A catalog rebuilt from the log then keeps
+ * the pull resumable: repair puts back the absent chunks the maps name (it fills those a pack holds) and
+ * the pull's row and list (docs/REMOTE.md, "Repair and verify"). A record of a pull that has ended since
+ * is harmless: its chunks are in packs, so nothing stays absent, and the pull ends again at the next open.
+ *
  * Reading (replay) never throws on damage: a record that fails its checksum is skipped and reading
  * resumes at the next record that passes (a torn tail is the common case).
  * Errors: append() and snapshot() throw the node:fs errors.
@@ -21,7 +28,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import zlib from 'node:zlib'
-import { Catalog, VolumeRow } from './catalog'
+import { AbsentChunk, Catalog, LazyPullRow, VolumeRow } from './catalog'
 import { FileIo } from '../io/file-io'
 import { catalogLogBytesMin, catalogLogWriteBytes, logSnapshotBatchPages } from '../limits'
 
@@ -34,6 +41,13 @@ export const logRecordVolume = 1
 export const logRecordPage = 2
 export const logRecordRemoved = 3
 export const logRecordMeta = 4
+export const logRecordLazy = 5
+/** A lazy record's chunk: id (8 bytes), BLAKE3 (32), size (4); at most lazyRecordChunksMax of them per record. */
+const lazyChunkBytes = 44
+const lazyRecordChunksMax = 65536
+
+/** A lazy pull as the log keeps it: its row and absent chunks it lists (some of them, in one record). */
+export interface LazyLogEntry { pull: LazyPullRow, absent: AbsentChunk[] }
 
 export interface LogBatch {
   removed: number[]
@@ -68,6 +82,25 @@ function pageRecord (page: { id: number, epoch: number, entries: Buffer }): Buff
   page.entries.copy(out, logRecordHeaderBytes + 16)
   out.writeUInt32LE(recordCrc(out, length), 12)
   return out
+}
+
+/** A lazy pull's records: a JSON length (4 bytes), the row's JSON, then its chunks, lazyRecordChunksMax at most each. */
+function * lazyRecords (entry: LazyLogEntry): Generator<Buffer> {
+  const json = Buffer.from(JSON.stringify(entry.pull))
+  for (let i = 0; i === 0 || i < entry.absent.length; i += lazyRecordChunksMax) {
+    const chunks = entry.absent.slice(i, i + lazyRecordChunksMax)
+    const payload = Buffer.alloc(4 + json.length + chunks.length * lazyChunkBytes)
+    payload.writeUInt32LE(json.length, 0)
+    json.copy(payload, 4)
+    let at = 4 + json.length
+    for (const chunk of chunks) {
+      payload.writeBigUInt64LE(BigInt(chunk.id), at)
+      chunk.hash.copy(payload, at + 8, 0, 32)
+      payload.writeUInt32LE(chunk.rawBytes, at + 40)
+      at += lazyChunkBytes
+    }
+    yield record(logRecordLazy, payload)
+  }
 }
 
 /** A batch's records, one at a time, in the order replay expects: removals, pages, volume rows, meta. */
@@ -108,6 +141,8 @@ export interface LogState {
   volumes: Map<number, VolumeRow>
   pages: Map<number, { epoch: number, entries: Buffer }>
   meta: Record<string, string>
+  /** Lazy pulls by their backup's uuid: the last row logged, and every absent chunk logged for it. */
+  lazy: Map<string, { pull: LazyPullRow, absent: Map<number, AbsentChunk> }>
   records: number
   /** Bytes skipped because they failed their checksum (a torn tail, damage). */
   skippedBytes: number
@@ -117,7 +152,7 @@ export async function replayCatalogLog (file: string): Promise<LogState | null> 
   let bytes: Buffer
   try { bytes = await fs.promises.readFile(file) } catch { return null }
   if (bytes.length < catalogLogHeaderBytes || !bytes.subarray(0, 8).equals(catalogLogMagic)) return null
-  const state: LogState = { logId: bytes.subarray(16, 32).toString('hex'), volumes: new Map(), pages: new Map(), meta: {}, records: 0, skippedBytes: 0 }
+  const state: LogState = { logId: bytes.subarray(16, 32).toString('hex'), volumes: new Map(), pages: new Map(), meta: {}, lazy: new Map(), records: 0, skippedBytes: 0 }
   const magic = Buffer.alloc(4)
   magic.writeUInt32LE(logRecordMagic)
   let at = catalogLogHeaderBytes
@@ -150,6 +185,22 @@ function apply (state: LogState, type: number, payload: Buffer): void {
     if (root === undefined) return // a row update before any row with its root: nothing to rebuild from
     state.volumes.set(json.id, { ...previous, ...json, root } as VolumeRow)
   } else if (type === logRecordMeta) Object.assign(state.meta, JSON.parse(payload.toString('utf8')))
+  else if (type === logRecordLazy) applyLazy(state, payload)
+}
+
+function applyLazy (state: LogState, payload: Buffer): void {
+  const jsonBytes = payload.readUInt32LE(0)
+  const count = (payload.length - 4 - jsonBytes) / lazyChunkBytes
+  if (!Number.isInteger(count) || count < 0) throw new Error('a lazy record of a wrong length')
+  const pull = JSON.parse(payload.subarray(4, 4 + jsonBytes).toString('utf8')) as LazyPullRow
+  if (typeof pull.uuid !== 'string') throw new Error('a lazy record without its pull')
+  const known = state.lazy.get(pull.uuid)
+  const absent = known?.absent ?? new Map<number, AbsentChunk>()
+  state.lazy.set(pull.uuid, { pull, absent })
+  for (let at = 4 + jsonBytes; at < payload.length; at += lazyChunkBytes) {
+    const id = Number(payload.readBigUInt64LE(at))
+    absent.set(id, { id, hash: Buffer.from(payload.subarray(at + 8, at + 40)), rawBytes: payload.readUInt32LE(at + 40) })
+  }
 }
 
 export class CatalogLog {
@@ -175,12 +226,36 @@ export class CatalogLog {
     return new CatalogLog(file, catalog, io, onDisk !== named, false)
   }
 
+  /** Appends, snapshots and lazy records one at a time: each writes at the end the one before it left. */
+  private queue: Promise<unknown> = Promise.resolve()
+  private async serial<T> (work: () => Promise<T>): Promise<T> {
+    const done = this.queue.then(work, work)
+    this.queue = done.catch(() => {})
+    return await done
+  }
+
   /** Appends a commit's records and makes them durable; before the commit's SQLite transaction. */
   async append (batch: LogBatch): Promise<void> {
-    if (this.detached || this.needsSnapshot) return
-    const fd = await this.descriptor()
+    await this.serial(async () => await this.appendRecords(this.recordsOf(batch)))
+  }
+
+  /**
+   * Appends a lazy pull's row and the absent chunks one of its import batches lists, and makes them
+   * durable; before that batch's transaction (import.ts).
+   */
+  async appendLazy (entry: LazyLogEntry): Promise<void> {
+    await this.serial(async () => await this.appendRecords(lazyRecords(entry)))
+  }
+
+  private * recordsOf (batch: LogBatch): Generator<Buffer> {
     // Each row with its identity (schema 3), which commit's rows leave to the catalog.
     const rows = batch.rows.map(({ row, withRoot }) => ({ row: row.uuid !== undefined ? row : { ...row, uuid: this.catalog.volumeUuid(row.id) }, withRoot }))
+    yield * batchRecords({ ...batch, rows })
+  }
+
+  private async appendRecords (records: Iterable<Buffer>): Promise<void> {
+    if (this.detached || this.needsSnapshot) return
+    const fd = await this.descriptor()
     // Written in pieces of about catalogLogWriteBytes, not as one buffer: a commit after writes all
     // over a 1 TiB disk carries 4,096 pages (138 MB), which the commit already holds encoded once for
     // SQLite. The fdatasync after the last piece is what makes the batch durable, as it was for one
@@ -197,7 +272,7 @@ export class CatalogLog {
       if (bytesWritten !== bytes.length) throw new Error(`short write to ${path.basename(this.file)}`)
       at += bytes.length
     }
-    for (const part of batchRecords({ ...batch, rows })) {
+    for (const part of records) {
       pieces.push(part)
       pieceBytes += part.length
       if (pieceBytes >= catalogLogWriteBytes) await flush()
@@ -213,8 +288,12 @@ export class CatalogLog {
     if (this.needsSnapshot || this.end > Math.max(catalogLogBytesMin, 2 * this.snapshotBytes)) await this.snapshot()
   }
 
-  /** Writes the catalog's volumes, pages and epoch counter to a new log and renames it over the old. */
+  /** Writes the catalog's volumes, pages, epoch counter and lazy pulls to a new log and renames it over the old. */
   async snapshot (): Promise<void> {
+    await this.serial(async () => await this.writeSnapshot())
+  }
+
+  private async writeSnapshot (): Promise<void> {
     const logId = this.catalog.getMeta('log_id') ?? crypto.randomBytes(16).toString('hex')
     const temporary = `${this.file}.tmp`
     const fd = await this.io.open(temporary, 'w', 0o600)
@@ -232,6 +311,16 @@ export class CatalogLog {
         const pages = []
         for (const id of ids.slice(i, i + logSnapshotBatchPages)) { const row = this.catalog.page(id); if (row !== undefined) pages.push(row) }
         await write(encodeBatch({ removed: [], pages, rows: [], meta: {} }))
+      }
+      for (const pull of this.catalog.lazyPulls()) {
+        // In pieces of a record each, read by id (no statement stays open across the writes).
+        for (let after = 0, first = true; ; first = false) {
+          const absent = this.catalog.lazyAbsentAfter(pull.uuid, after, lazyRecordChunksMax)
+          if (absent.length === 0 && !first) break
+          for (const part of lazyRecords({ pull, absent })) await write(part)
+          if (absent.length < lazyRecordChunksMax) break
+          after = absent[absent.length - 1].id
+        }
       }
       await this.io.fdatasync(fd)
     } finally { await this.io.close(fd) }

@@ -75,6 +75,9 @@ export const absentPackId = 0
 /** A lazy pull (volume/lazy.ts): the backup it makes (its uuid), where its chunks come from, how many it lacked. */
 export interface LazyPullRow { uuid: string, importKey: string, remote: string, manifest: string, chunks: number, startedMs: number }
 
+/** An absent chunk as catalog.log keeps it (catalog-log.ts): its id, the block's BLAKE3 and size. */
+export interface AbsentChunk { id: number, hash: Buffer, rawBytes: number }
+
 export interface PageRow { id: number, epoch: number, entries: Buffer }
 
 /** A delta extent on disk. It is active while a volume's active_extent names it, frozen after. */
@@ -262,6 +265,7 @@ export class Catalog {
       deleteLazyChunk: db.prepare('DELETE FROM lazy_chunks WHERE chunk_id = ?'),
       presentLazyChunks: db.prepare('SELECT l.chunk_id FROM lazy_chunks l LEFT JOIN chunks c ON c.id = l.chunk_id WHERE c.id IS NULL OR c.pack_id != 0').pluck(),
       absentChunkCount: db.prepare('SELECT COUNT(*) FROM chunks WHERE pack_id = 0').pluck(),
+      lazyAbsentAfter: db.prepare('SELECT c.id AS id, c.hash AS hash, c.raw_bytes AS rawBytes FROM lazy_chunks l JOIN chunks c ON c.id = l.chunk_id WHERE l.uuid = ? AND l.chunk_id > ? AND c.pack_id = 0 ORDER BY l.chunk_id LIMIT ?'),
       fillChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ?, stored_bytes = ?, raw_bytes = ?, compressed = ? WHERE id = ? AND pack_id = 0'),
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
@@ -505,6 +509,10 @@ export class Catalog {
   lazyPullsOfChunk (id: number): string[] { return this.statements.lazyPullsOfChunk.all(id) as string[] }
   /** Takes chunk `id` off every lazy pull's list (it is here now, or gone). */
   deleteLazyChunk (id: number): void { this.statements.deleteLazyChunk.run(id) }
+  /** Up to `limit` chunks pull `uuid` lists that are absent, with ids above `after`, in id order (catalog.log's snapshot). */
+  lazyAbsentAfter (uuid: string, after: number, limit: number): AbsentChunk[] {
+    return this.statements.lazyAbsentAfter.all(uuid, after, limit) as AbsentChunk[]
+  }
   /** Listed chunks that are here (or gone) already: a daemon killed between a fill and its list's update. */
   presentLazyChunks (): number[] { return this.statements.presentLazyChunks.all() as number[] }
 

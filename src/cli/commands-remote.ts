@@ -274,7 +274,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   if (!options.resume) {
     made = await withStore(remote, async store => {
       const identity = (await store.manifest(id)).identity
-      if (!options.foreground) started.early = startHydrator(remote, mountpoint, id, file, identity, true)
+      if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, identity, true)
       try {
         return await createLazyBackup(store, remote.name, mountpoint, id, file)
       } catch (err) {
@@ -301,7 +301,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
     return
   }
   if (pending !== undefined && pending.hydrator && started.early === null) throw new VdiskError('BUSY', `a hydrator is running already for backups/${file} (vdiskfs status)`)
-  const hydrator = started.early ?? (pending === undefined ? null : startHydrator(remote, mountpoint, id, file, uuid, false))
+  const hydrator = started.early ?? (pending === undefined ? null : startHydrator(remote.name, mountpoint, id, file, uuid, false))
   const result = { ...(made ?? {}), id, name: file, uuid, hydratorPid: hydrator?.pid ?? null, hydratorLog: hydrator?.log ?? null, missing: pending?.missing ?? 0, chunks: pending?.chunks ?? 0 }
   print(options.json, result, () => pending === undefined
     ? `backups/${file} is whole already`
@@ -313,15 +313,34 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
  * CONTROL_DIR/hydrate-UUID.log. It holds the credentials and key; the daemon never does. With `await`,
  * it waits (up to 2 minutes) for the backup this command is making.
  */
-function startHydrator (remote: RemoteDefinition, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string } {
+function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string } {
   const log = path.join(controlDir(), `hydrate-${uuid}.log`)
   const out = fs.openSync(log, 'a', 0o600)
   try {
     const env = { ...process.env, VDISKFS_HYDRATE_AWAIT_MS: wait ? String(hydratorAwaitMs) : '0' }
-    const child = spawn(process.execPath, [process.argv[1], 'pull', mountpoint, remote.name, id, file.replace(/\.img$/, ''), '--lazy', '--resume', '--foreground'], { detached: true, stdio: ['ignore', out, out], env })
+    const child = spawn(process.execPath, [process.argv[1], 'pull', mountpoint, remote, id, file.replace(/\.img$/, ''), '--lazy', '--resume', '--foreground'], { detached: true, stdio: ['ignore', out, out], env })
     child.unref()
     return { pid: child.pid ?? null, log }
   } finally { fs.closeSync(out) }
+}
+
+/** A hydrator `vdiskfs mount` started: the pull's backup (backups/NAME), its remote, the process and its log. */
+export interface ResumedHydrator { backup: string, remote: string, pid: number | null, log: string }
+
+/**
+ * `vdiskfs mount`, once the mount is ready: starts a hydrator (as `pull --lazy --resume` does) for each
+ * lazy pull in progress that has none connected, so hydration resumes at every mount by itself (the
+ * reasons: docs/REMOTE.md, "Who fetches"). Not the daemon's job: a child of the daemon would inherit its
+ * /dev/fuse descriptor, and the daemon holds no credentials. A hydrator that finds another connected (one
+ * that outlived the daemon and reconnected first) exits with BUSY: at most one fetches.
+ */
+export async function resumeHydrators (mountpoint: string): Promise<ResumedHydrator[]> {
+  const started: ResumedHydrator[] = []
+  for (const pull of await lazyPulls(mountpoint)) {
+    if (pull.hydrator || pull.name === null) continue
+    started.push({ backup: pull.name, remote: pull.remote, ...startHydrator(pull.remote, mountpoint, pull.manifest, pull.name, pull.uuid, false) })
+  }
+  return started
 }
 
 /** How long a hydrator started with a new pull waits for its backup to appear. */

@@ -35,7 +35,7 @@ const sentChunksMax = 65536
 export interface LazyPullResult { id: string, name: string, uuid: string, size: number, blocks: number, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
 
 /** A lazy pull in progress, as the daemon reports it (lazyPulls). */
-export interface LazyPullInfo { uuid: string, backup: string, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean }
+export interface LazyPullInfo { uuid: string, backup: string, name: string | null, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean }
 
 /**
  * Makes backups/NAME from backup `id` of the store at once, its blocks references to the store's chunks
@@ -46,13 +46,23 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
   const manifest = await store.manifest(id)
   const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
   const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
+  // The image's head comes with the backup (a VM boots from it, and its first read need not wait for a
+  // hydrator): fetched while the daemon opens the import.
+  const head = fetchHead(store, manifest)
+  head.catch(() => {})
   const opened = await openStream(mountpoint, 'lazyPullStream', { header, name, remote, manifest: id })
   const socket = opened.socket
   try {
     // The daemon's last line: read from now on (it may come early, with the reason it stopped).
     const reply = readReply('lazyPullStream', socket, opened.rest, mountpoint)
     reply.catch(() => {})
-    for (const [index, chunk] of manifest.blocks) await send(socket, frameHead(frameRef, index, Buffer.from(chunk, 'hex')))
+    // Every block of a head chunk goes with its bytes, not only the head's: a chunk is never both
+    // absent and stored in one import batch.
+    const bytes = await head
+    for (const [index, chunk] of manifest.blocks) {
+      const data = bytes.get(chunk)
+      await send(socket, data === undefined ? frameHead(frameRef, index, Buffer.from(chunk, 'hex')) : Buffer.concat([frameHead(frameData, index, Buffer.from(chunk, 'hex')), data]))
+    }
     await send(socket, frameHead(frameEnd, 0, null))
     const { result } = await reply
     const r = result as { backup: { uuid: string }, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
@@ -60,6 +70,24 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
   } finally {
     socket.destroy()
   }
+}
+
+/** How much of the image's start `pull --lazy` fetches before the backup exists (lazyHeadBytes of the image). */
+export const lazyHeadBytes = 4 * 1024 * 1024
+
+/**
+ * The blocks of the first lazyHeadBytes of the image, by chunk id, each checked against its id. A chunk
+ * that cannot be fetched (damaged, missing) is left out: it stays absent, for the hydrator (which logs it).
+ */
+async function fetchHead (store: RemoteStore, manifest: Manifest): Promise<Map<string, Buffer>> {
+  const ids = [...new Set(manifest.blocks.filter(([index]) => index * manifest.blockBytes < lazyHeadBytes).map(([, chunk]) => chunk))]
+  const out = new Map<string, Buffer>()
+  if (ids.length === 0) return out
+  let blocks: Map<string, Buffer | VdiskError>
+  // The store failing now is the hydrator's to retry: the head stays absent, as the rest.
+  try { blocks = await store.fetchBlocks(ids) } catch { return out }
+  for (const [chunk, block] of blocks) if (!(block instanceof VdiskError)) out.set(chunk, block)
+  return out
 }
 
 /** The lazy pulls in progress in the pool mounted at `mountpoint`. */

@@ -24,7 +24,7 @@ import { Command, ImageTarget, dirOfKind, imagePath, jsonVolume, mountpointArg, 
 import { adminCommands } from './commands-admin'
 import { statusCommands } from './commands-status'
 import { transferCommands } from './commands-transfer'
-import { remoteCommands } from './commands-remote'
+import { ResumedHydrator, remoteCommands, resumeHydrators } from './commands-remote'
 import { describeHolders, findHolders, printable } from './holders'
 
 /**
@@ -125,7 +125,12 @@ const coreCommands: Record<string, Command> = {
       child.removeAllListeners('exit')
       if (child.connected) child.disconnect()
       child.unref()
-      print(flags.json === true, { pool: poolDir, mountpoint, pid: child.pid }, () => `mounted ${poolDir} at ${mountpoint} (daemon pid ${String(child.pid)})`)
+      // Lazy pulls in progress resume: a hydrator for each that has none (docs/REMOTE.md, "Who fetches").
+      // The mount is made either way; a failure to start them is one line, and `pull --lazy --resume` is the way.
+      let hydrators: ResumedHydrator[] = []
+      try { hydrators = await resumeHydrators(mountpoint) } catch (err) { process.stderr.write(`vdiskfs: mounted, but the lazy pulls in progress were not resumed (${(err as Error).message}): run vdiskfs pull ... --lazy --resume\n`) }
+      print(flags.json === true, { pool: poolDir, mountpoint, pid: child.pid, hydrators }, () => [`mounted ${poolDir} at ${mountpoint} (daemon pid ${String(child.pid)})`,
+        ...hydrators.map(h => `resumed the lazy pull of backups/${printable(h.backup)} from ${printable(h.remote)}: hydrator pid ${String(h.pid)} (log ${h.log})`)].join('\n'))
     }
   },
 

@@ -141,57 +141,81 @@ async function importVia (op: 'importStream' | 'importStageStream', mountpoint: 
   const decoder = new StreamDecoder()
   stream.on('error', err => decoder.destroy(err))
   stream.pipe(decoder)
-  let socket: net.Socket | null = null
-  // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
-  // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
-  let reply: Promise<{ result: ImportFinish | ImportStaged }> | null = null
-  let replied = false
-  let header: StreamHeader | null = null
-  let blocks = 0
-  const watch = (answer: Promise<{ result: ImportFinish | ImportStaged }>): void => { answer.then(() => { replied = true }, () => { replied = true }) }
-  const stopped = async (): Promise<VdiskError> => {
-    try {
-      await reply
-    } catch (err) {
-      return err instanceof VdiskError ? err : new VdiskError('IO', (err as Error).message)
-    }
-    return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
-  }
   try {
-    for await (const item of decoder as AsyncIterable<StreamItem>) {
-      if (item.kind === 'header') {
-        header = item.header
-        options.onHeader?.(header)
-        const opened = op === 'importStream' ? await openStream(mountpoint, 'importStream', { name, header }) : await openStream(mountpoint, 'importStageStream', { name, header })
-        socket = opened.socket
-        reply = op === 'importStream' ? readReply('importStream', socket, opened.rest, mountpoint) : readReply('importStageStream', socket, opened.rest, mountpoint)
-        watch(reply)
-        continue
+    const items = (decoder as AsyncIterable<StreamItem>)[Symbol.asyncIterator]()
+    const first = await items.next()
+    if (first.done === true) throw new VdiskError('CORRUPT', 'the stream has no header')
+    if (first.value.kind !== 'header') throw new VdiskError('CORRUPT', 'a block before the stream header')
+    const header = first.value.header
+    options.onHeader?.(header)
+    async function * blocks (): AsyncGenerator<StreamBlock> {
+      for (;;) {
+        const next = await items.next()
+        // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
+        if (next.done === true) return
+        if (next.value.kind !== 'block') throw new VdiskError('CORRUPT', 'a second stream header')
+        yield next.value.block
       }
-      if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'a block before the stream header')
-      if (replied) throw await stopped()
-      const { index, data, hash } = item.block
+    }
+    const result = await blocksVia(op, mountpoint, name, header, blocks(), options)
+    return { ...result, streamBytes: decoder.bytesRead }
+  } finally {
+    stream.unpipe(decoder)
+    if (!stream.destroyed && stream !== process.stdin) stream.destroy()
+  }
+}
+
+/**
+ * Imports `blocks` as backups/NAME: the header, then each block as a frame to the daemon (as
+ * exportBlocks takes a backup's), with no export stream encoded and decoded in between (a pull's blocks,
+ * each checked against its id already; the daemon hashes every block again before it stores it). The
+ * end frame goes only once `blocks` ended without an error, so the backup appears only then; an
+ * interrupted import is continued by the next import with the same header. streamBytes: 0.
+ */
+export async function importBlocks (mountpoint: string, name: string, header: StreamHeader, blocks: AsyncIterable<StreamBlock>, options: ImportOptions = {}): Promise<ImportResult> {
+  return await blocksVia('importStream', mountpoint, name, header, blocks, options) as ImportResult
+}
+
+/** The frames of an import (importStream) or a group member's staging (importStageStream). */
+async function blocksVia (op: 'importStream' | 'importStageStream', mountpoint: string, name: string, header: StreamHeader, blocks: AsyncIterable<StreamBlock>, options: ImportOptions): Promise<(ImportFinish | ImportStaged) & { blocks: number, streamBytes: number }> {
+  let socket: net.Socket | null = null
+  let done = 0
+  try {
+    const opened = op === 'importStream' ? await openStream(mountpoint, 'importStream', { name, header }) : await openStream(mountpoint, 'importStageStream', { name, header })
+    const connection = opened.socket
+    socket = connection
+    // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
+    // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
+    const reply: Promise<{ result: ImportFinish | ImportStaged }> = op === 'importStream' ? readReply('importStream', connection, opened.rest, mountpoint) : readReply('importStageStream', connection, opened.rest, mountpoint)
+    let replied = false
+    reply.then(() => { replied = true }, () => { replied = true })
+    const stopped = async (): Promise<VdiskError> => {
       try {
-        await send(socket, frameHead(data === null ? frameZero : frameData, index, hash))
-        if (data !== null) await send(socket, data)
+        await reply
+      } catch (err) {
+        return err instanceof VdiskError ? err : new VdiskError('IO', (err as Error).message)
+      }
+      return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
+    }
+    for await (const { index, data, hash } of blocks) {
+      if (replied) throw await stopped()
+      try {
+        await send(connection, frameHead(data === null ? frameZero : frameData, index, hash ?? null))
+        if (data !== null) await send(connection, data)
       } catch (err) {
         throw await daemonsReason(reply, err)
       }
-      options.onBlock?.(++blocks)
+      options.onBlock?.(++done)
     }
-    // The decoder ended: the trailer's count and checksum matched. Only now may the backup appear.
-    if (socket === null || reply === null) throw new VdiskError('CORRUPT', 'the stream has no header')
     if (replied) throw await stopped()
     try {
-      await send(socket, frameHead(frameEnd, 0, null))
+      await send(connection, frameHead(frameEnd, 0, null))
     } catch (err) {
       throw await daemonsReason(reply, err)
     }
     const { result } = await reply
-    return { ...result, blocks, streamBytes: decoder.bytesRead }
+    return { ...result, blocks: done, streamBytes: 0 }
   } finally {
     socket?.destroy()
-    stream.unpipe(decoder)
-    if (!stream.destroyed && stream !== process.stdin) stream.destroy()
   }
 }

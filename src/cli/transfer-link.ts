@@ -3,16 +3,14 @@
  * (src/transfer, the stream format of docs/FORMAT.md). A push takes the blocks of a backup's export (full,
  * or since the newest backup of its lineage already in the remote) as the daemon sends them, without
  * encoding them into a stream, and stores them; a pull reads a
- * backup's chunks, each checked against its id, encodes them as a full stream and imports it, so the pool
- * makes the backup appear in one step or not at all.
+ * backup's chunks, each checked against its id, and hands them to the daemon's import as frames (no stream
+ * encoded and decoded in between), so the pool makes the backup appear in one step or not at all.
  */
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
 import { ResultOf } from '../control/operations'
-import { StreamEncoder, StreamHeader } from '../transfer/stream'
-import { exportBlocks, importStream } from './transfer-client'
+import { StreamHeader } from '../transfer/stream'
+import { exportBlocks, importBlocks } from './transfer-client'
 import { Manifest } from '../remote/remote-format'
 import { PushHooks, PushResult, RemoteStore } from '../remote/store'
 import { testPause } from '../remote/test-pause'
@@ -99,17 +97,15 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
       }
     } catch (err) { sourceError = err; throw err }
   }
-  // An in-process pipe to the import: compressing it would only be undone a moment later.
-  const encoder = new StreamEncoder(header, { compress: false })
-  const feeding = pipeline(Readable.from(blocks()), encoder).catch(err => { encoder.destroy(err as Error) })
+  // The blocks straight to the daemon's import as frames: no export stream encoded and decoded again in
+  // this process (each block was checked against its id; the daemon hashes it again).
   try {
-    await importStream(mountpoint, name, encoder)
+    await importBlocks(mountpoint, name, header, blocks())
   } catch (err) {
     // The import failed because the remote did: say what the remote did.
     if (sourceError !== null) throw sourceError
     throw err
   }
-  await feeding
   if (sourceError !== null) throw sourceError
   // Every byte received (manifest, indexes, packs), and the stored size of the chunks in it: what packs cost a pull.
   return { id, name, size: manifest.size, blocks: manifest.blocks.length, bytesDownloaded: store.s3.bytesRead - bytesReadBefore, chunkBytesDownloaded: store.chunkBytesRead - chunkBytesBefore }

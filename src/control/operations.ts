@@ -113,7 +113,7 @@ export const operations = {
   lazyPullStream: { args: { header: object<StreamHeader>(), name: string, remote: string, manifest: string }, result: returns<{ resumedBlocks: number }>(), final: returns<ImportFinish>(), stream: true },
   hydrateStream: { args: { uuid: string }, result: returns<{ blockBytes: number, remote?: string, manifest?: string, backup: string }>(), stream: true },
   lazyMissing: { args: { uuid: string, hashes: listOf(string) }, result: returns<{ inProgress: boolean, missing: string[] }>(), quiet: true },
-  lazyPulls: { args: {}, result: returns<Array<LazyPullProgress & { backup: string }>>(), quiet: true },
+  lazyPulls: { args: {}, result: returns<Array<LazyPullProgress & { backup: string, name: string | null }>>(), quiet: true },
   prune: { args: { ...keepRules, match: optional(string), dryRun: optional(boolean) }, result: returns<{ dryRun: boolean, backups: PruneRow[] }>() },
   // remotes (docs/REMOTE.md)
   remoteAdd: { args: { name: string, url: string, endpoint: optional(string), region: optional(string), keyFile: optional(string), keyFingerprint: optional(string) }, result: returns<RemoteDefinition>() },

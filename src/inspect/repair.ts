@@ -156,7 +156,8 @@ async function restoreCatalogLog (run: RepairRun, pool: Pool): Promise<Pool> {
   if (logState === null) return pool
   const restored = restoreFromLog(pool.inspection.offlineCatalog, logState, run.report.notes)
   run.report.volumesRestored = restored
-  if (restored === 0 && !pool.inspection.catalogLogDetached) return pool
+  const pulls = restoreLazyPulls(pool.inspection.offlineCatalog, logState, run.report.notes)
+  if (restored + pulls === 0 && !pool.inspection.catalogLogDetached) return pool
   const detached = pool.inspection.catalogLogDetached
   await pool.close()
   if (detached) run.quarantine(path.join(run.dir, catalogLogFile), `written by another catalog; its ${logState.volumes.size} volumes were restored from it`)
@@ -523,6 +524,41 @@ function copyOfGroup (pool: Pool, damaged: PageRow, g: number, p: number, logPag
     return { id, entries: copy.entries }
   }
   return null
+}
+
+/**
+ * Puts back the lazy pulls catalog.log knows whose backup the catalog has (restored from the log, or its
+ * own): each absent chunk the log lists that the catalog lacks (by id and by hash) comes back absent, and
+ * the pull's row and list come back when the catalog has no row for it and some chunk of it is absent.
+ * Step 5 then fills those a pack holds, and the next open takes them off the list (or ends the pull):
+ * what a rebuilt catalog lost stays resumable, never lost. Returns how many pulls came back.
+ */
+function restoreLazyPulls (catalog: Catalog, state: LogState, notes: string[]): number {
+  let restored = 0
+  let chunks = 0
+  catalog.transaction(() => {
+    const have = new Set(catalog.lazyPulls().map(row => row.uuid))
+    for (const [uuid, { pull, absent }] of state.lazy) {
+      if (catalog.volumeByUuid(uuid) === undefined) continue
+      const listed: number[] = []
+      for (const chunk of absent.values()) {
+        const row = catalog.chunk(chunk.id)
+        if (row === undefined && catalog.chunkByHash(chunk.hash) === undefined) {
+          catalog.insertChunk({ id: chunk.id, hash: chunk.hash, packId: absentPackId, offset: 0, storedBytes: 0, rawBytes: chunk.rawBytes, compressed: false })
+          chunks++
+          listed.push(chunk.id)
+        } else if (row !== undefined && row.packId === absentPackId && row.hash.equals(chunk.hash)) listed.push(chunk.id)
+      }
+      if (!have.has(uuid)) {
+        if (listed.length === 0) continue
+        catalog.putLazyPull({ ...pull, chunks: Math.max(pull.chunks, absent.size) })
+        restored++
+      }
+      for (const id of listed) catalog.putLazyChunk(uuid, id)
+    }
+  })
+  if (restored + chunks > 0) notes.push(`restored ${restored} lazy pulls in progress and ${chunks} absent chunks from catalog.log (their blocks are fetched by the pull, not lost)`)
+  return restored + chunks
 }
 
 /**

@@ -165,13 +165,25 @@ export class RemoteStore {
     return this.key === null ? plain : this.key.seal(sealKindChunk, this.relative(this.chunkObjectKey(id)), plain)
   }
 
+  /** Where encodePlainChunk compresses (zstd's bound for a block): one buffer, not one per chunk. */
+  private scratch = Buffer.alloc(0)
+
+  /**
+   * The chunk object, in a buffer of exactly its size: compressed into this.scratch first, then copied
+   * out (not a buffer of zstd's bound per chunk, kept as a view until its pack is written: garbage a
+   * push made for every block).
+   */
   private encodePlainChunk (id: string, data: Buffer): Buffer {
-    const output = Buffer.allocUnsafe(chunkHeaderBytes + zstd.compressBound(data.length))
-    const compressed = this.cctx.compress2(output.subarray(chunkHeaderBytes), data)
+    const bound = zstd.compressBound(data.length)
+    if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafe(bound)
+    const compressed = this.cctx.compress2(this.scratch, data)
     // Kept raw when compression saves less than an eighth, as the pool's sealer does.
-    if (!worthCompressing(data.length, compressed)) return Buffer.concat([encodeChunkHeader(chunkEncodingRaw, data.length, id), data])
-    encodeChunkHeader(chunkEncodingZstd, data.length, id).copy(output, 0)
-    return output.subarray(0, chunkHeaderBytes + compressed)
+    const raw = !worthCompressing(data.length, compressed)
+    const payload = raw ? data : this.scratch.subarray(0, compressed)
+    const object = Buffer.allocUnsafe(chunkHeaderBytes + payload.length)
+    encodeChunkHeader(raw ? chunkEncodingRaw : chunkEncodingZstd, data.length, id).copy(object, 0)
+    payload.copy(object, chunkHeaderBytes)
+    return object
   }
 
   /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk (and its pack). */
@@ -644,86 +656,23 @@ export class RemoteStore {
    */
   async gc (options: { dryRun?: boolean, hooks?: { afterCopy?: () => Promise<void> } } = {}): Promise<GcReport> {
     const dryRun = options.dryRun === true
-    // T0 on the server's clock: the modification time of an object written now.
-    const clockKey = this.prefix + 'gc-clock'
-    await this.s3.remove(clockKey)
-    await this.s3.putOnce(clockKey, Buffer.from(new Date().toISOString() + '\n'))
-    const clock = await this.s3.head(clockKey)
-    if (clock === null) throw new VdiskError('IO', `remote ${this.s3.label}: the gc clock object vanished`)
-    const cutoffMs = clock.lastModifiedMs - this.graceMs - remoteClockMarginMs
-    const stop = (err: unknown): VdiskError => new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
-    // Object name -> chunk id (in an encrypted store the names are keyed hashes of the ids).
-    const referenced = new Map<string, string>()
-    let manifests = 0
-    for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
-      const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
-      if (id === null) continue
-      manifests++
-      let m: Manifest
-      try { m = await this.manifest(id) } catch (err) {
-        if (err instanceof VdiskError && err.code === 'NOT_FOUND') continue // removed meanwhile (prune)
-        throw stop(err)
-      }
-      for (const [, chunk] of m.blocks) referenced.set(this.chunkObjectName(chunk), chunk)
-    }
+    const cutoffMs = await this.gcCutoff()
+    const { referenced, manifests } = await this.gcReferenced()
     const report: GcReport = { manifests, chunks: 0, chunksRemoved: 0, bytesRemoved: 0, chunksKeptYoung: 0, packs: 0, packsRemoved: 0, packsRepacked: 0, packsWritten: 0, chunksRepacked: 0, bytesRepacked: 0, orphanPacksRemoved: 0, dryRun }
     let packs: Map<string, PackInfo>
-    try { packs = await this.loadPacks() } catch (err) { throw stop(err) }
+    try { packs = await this.loadPacks() } catch (err) { throw gcStopped(err) }
     report.packs = packs.size
-    const doomed: PackInfo[] = []
-    const sparse: PackInfo[] = []
-    const staying = new Set<string>()
-    for (const pack of packs.values()) {
-      const dead = pack.index.chunks.filter(([name]) => !referenced.has(name))
-      report.chunks += pack.index.chunks.length
-      const deadBytes = dead.reduce((sum, [, , length]) => sum + length, 0)
-      if (dead.length > 0 && pack.indexModifiedMs >= cutoffMs) report.chunksKeptYoung += dead.length
-      if (dead.length === 0 || pack.indexModifiedMs >= cutoffMs || (dead.length < pack.index.chunks.length && deadBytes <= pack.index.packBytes * repackDeadFraction)) {
-        staying.add(pack.id)
-        continue
-      }
-      report.chunksRemoved += dead.length
-      report.bytesRemoved += deadBytes
-      if (dead.length === pack.index.chunks.length) doomed.push(pack); else sparse.push(pack)
-    }
+    const { doomed, sparse, inStaying } = sortPacks(packs, referenced, cutoffMs, report)
     // The named chunks of the sparse packs that no staying pack holds too (once each).
-    const inStaying = new Set<string>()
-    for (const id of staying) for (const [name] of (packs.get(id) as PackInfo).index.chunks) inStaying.add(name)
     const toCopy = new Map<string, string>()
     for (const pack of sparse) for (const [name] of pack.index.chunks) if (referenced.has(name) && !inStaying.has(name)) toCopy.set(name, referenced.get(name) as string)
     report.packsRepacked = sparse.length
     report.chunksRepacked = toCopy.size
-    if (!dryRun && toCopy.size > 0) {
-      // Copy first: every new pack and its index are written before any old pack goes.
-      const writer = new PackWriter(async (body, chunks) => { await this.writePack(body, chunks); report.packsWritten++ })
-      const ids = [...toCopy.values()]
-      try {
-        for (let start = 0; start < ids.length; start += pullBatchBlocks) {
-          const fetched: Array<{ id: string, stored: Buffer }> = []
-          await this.fetchChunks(ids.slice(start, start + pullBatchBlocks), 'check', (id, result) => {
-            if (result.error !== undefined) throw stop(result.error)
-            fetched.push({ id, stored: result.stored as Buffer })
-          })
-          for (const { id, stored } of fetched) {
-            report.bytesRepacked += stored.length
-            await writer.add(this.chunkObjectName(id), stored)
-          }
-        }
-        await writer.finish()
-      } catch (err) {
-        await writer.abandon()
-        throw err instanceof VdiskError && err.message.startsWith('gc stopped') ? err : stop(err)
-      }
-    }
+    // Copy first: every new pack and its index are written before any old pack goes.
+    if (!dryRun && toCopy.size > 0) await this.gcCopy([...toCopy.values()], report)
     // A test hook: a gc cut off here (its copies written, nothing removed) must lose nothing.
     await options.hooks?.afterCopy?.()
-    // Packs without an index: listed after the indexes were, so a push's pack whose index came since is young.
-    const orphans: Array<{ key: string, size: number }> = []
-    for await (const object of this.s3.list(this.prefix + packsPrefix)) {
-      const id = packIdOfKey(this.prefix, object.key, packsPrefix)
-      if (id === null || packs.has(id) || this.packs?.has(id) === true || object.lastModifiedMs >= cutoffMs) continue
-      orphans.push(object)
-    }
+    const orphans = await this.gcOrphanPacks(packs, cutoffMs)
     if (!dryRun) {
       await forEachLimited([...doomed, ...sparse], remoteRequestsInFlightMax, async pack => {
         // The index first: without it the pack is no one's, and a gc cut off here removes it as an orphan.
@@ -733,7 +682,73 @@ export class RemoteStore {
       await forEachLimited(orphans, remoteRequestsInFlightMax, async object => { await this.s3.remove(object.key) })
     }
     for (const object of orphans) report.bytesRemoved += object.size
-    // Chunks stored alone (stores written before packs).
+    await this.gcLoneChunks(referenced, inStaying, cutoffMs, dryRun, report)
+    return { ...report, packsRemoved: doomed.length + sparse.length, orphanPacksRemoved: orphans.length }
+  }
+
+  /** gc's T0 on the server's clock (the modification time of an object written now), less the grace period and the clocks' margin. */
+  private async gcCutoff (): Promise<number> {
+    const clockKey = this.prefix + 'gc-clock'
+    await this.s3.remove(clockKey)
+    await this.s3.putOnce(clockKey, Buffer.from(new Date().toISOString() + '\n'))
+    const clock = await this.s3.head(clockKey)
+    if (clock === null) throw new VdiskError('IO', `remote ${this.s3.label}: the gc clock object vanished`)
+    return clock.lastModifiedMs - this.graceMs - remoteClockMarginMs
+  }
+
+  /** Every chunk a manifest names, object name -> chunk id (in an encrypted store the names are keyed hashes of the ids), and how many manifests. */
+  private async gcReferenced (): Promise<{ referenced: Map<string, string>, manifests: number }> {
+    const referenced = new Map<string, string>()
+    let manifests = 0
+    for await (const object of this.s3.list(this.prefix + manifestsPrefix)) {
+      const id = backupIdOfKey(this.prefix, object.key, this.manifestSuffix)
+      if (id === null) continue
+      manifests++
+      let m: Manifest
+      try { m = await this.manifest(id) } catch (err) {
+        if (err instanceof VdiskError && err.code === 'NOT_FOUND') continue // removed meanwhile (prune)
+        throw gcStopped(err)
+      }
+      for (const [, chunk] of m.blocks) referenced.set(this.chunkObjectName(chunk), chunk)
+    }
+    return { referenced, manifests }
+  }
+
+  /** Reads and checks chunks `ids` and writes them into new packs (each pack, then its index). Any failure stops gc. */
+  private async gcCopy (ids: string[], report: GcReport): Promise<void> {
+    const writer = new PackWriter(async (body, chunks) => { await this.writePack(body, chunks); report.packsWritten++ })
+    try {
+      for (let start = 0; start < ids.length; start += pullBatchBlocks) {
+        const fetched: Array<{ id: string, stored: Buffer }> = []
+        await this.fetchChunks(ids.slice(start, start + pullBatchBlocks), 'check', (id, result) => {
+          if (result.error !== undefined) throw gcStopped(result.error)
+          fetched.push({ id, stored: result.stored as Buffer })
+        })
+        for (const { id, stored } of fetched) {
+          report.bytesRepacked += stored.length
+          await writer.add(this.chunkObjectName(id), stored)
+        }
+      }
+      await writer.finish()
+    } catch (err) {
+      await writer.abandon()
+      throw err instanceof VdiskError && err.message.startsWith('gc stopped') ? err : gcStopped(err)
+    }
+  }
+
+  /** Packs without an index, older than the cutoff: listed after the indexes were, so a push's pack whose index came since is young. */
+  private async gcOrphanPacks (packs: Map<string, PackInfo>, cutoffMs: number): Promise<Array<{ key: string, size: number }>> {
+    const orphans: Array<{ key: string, size: number }> = []
+    for await (const object of this.s3.list(this.prefix + packsPrefix)) {
+      const id = packIdOfKey(this.prefix, object.key, packsPrefix)
+      if (id === null || packs.has(id) || this.packs?.has(id) === true || object.lastModifiedMs >= cutoffMs) continue
+      orphans.push(object)
+    }
+    return orphans
+  }
+
+  /** Chunks stored alone (stores written before packs): removed when no manifest names them, or a staying pack holds them too, and older than the cutoff. */
+  private async gcLoneChunks (referenced: Map<string, string>, inStaying: Set<string>, cutoffMs: number, dryRun: boolean, report: GcReport): Promise<void> {
     const lone: Array<{ key: string, size: number }> = []
     for await (const object of this.s3.list(this.prefix + chunksPrefix)) {
       const id = chunkIdOfKey(this.prefix, object.key)
@@ -749,8 +764,38 @@ export class RemoteStore {
       report.chunksRemoved++
       report.bytesRemoved += object.size
     })
-    return { ...report, packsRemoved: doomed.length + sparse.length, orphanPacksRemoved: orphans.length }
   }
+}
+
+/** An error that stops gc before it removes anything, saying so. */
+function gcStopped (err: unknown): VdiskError {
+  return new VdiskError(err instanceof VdiskError ? err.code : 'IO', `gc stopped before removing anything: ${(err as Error).message}`)
+}
+
+/**
+ * gc's sorting of the packs whose index is older than the cutoff: none of its chunks named (doomed), more
+ * than repackDeadFraction of its bytes in chunks no manifest names (sparse: its named chunks are copied
+ * first), or staying, as every pack with a younger index does. Counts chunks, removed and kept young in
+ * `report`. inStaying: the chunk objects the staying packs hold.
+ */
+function sortPacks (packs: Map<string, PackInfo>, referenced: Map<string, string>, cutoffMs: number, report: GcReport): { doomed: PackInfo[], sparse: PackInfo[], inStaying: Set<string> } {
+  const doomed: PackInfo[] = []
+  const sparse: PackInfo[] = []
+  const inStaying = new Set<string>()
+  for (const pack of packs.values()) {
+    const dead = pack.index.chunks.filter(([name]) => !referenced.has(name))
+    report.chunks += pack.index.chunks.length
+    const deadBytes = dead.reduce((sum, [, , length]) => sum + length, 0)
+    if (dead.length > 0 && pack.indexModifiedMs >= cutoffMs) report.chunksKeptYoung += dead.length
+    if (dead.length === 0 || pack.indexModifiedMs >= cutoffMs || (dead.length < pack.index.chunks.length && deadBytes <= pack.index.packBytes * repackDeadFraction)) {
+      for (const [name] of pack.index.chunks) inStaying.add(name)
+      continue
+    }
+    report.chunksRemoved += dead.length
+    report.bytesRemoved += deadBytes
+    if (dead.length === pack.index.chunks.length) doomed.push(pack); else sparse.push(pack)
+  }
+  return { doomed, sparse, inStaying }
 }
 
 /**

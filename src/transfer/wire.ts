@@ -58,28 +58,49 @@ export function errorFrame (code: ErrorCode, message: string): Buffer {
   return Buffer.concat([frameHead(frameError, 0, null), length, body])
 }
 
-/** Reads exact byte counts from a connection's chunks (an async iterator), after the bytes already read. */
+/**
+ * Reads exact byte counts from a connection's chunks (an async iterator), after the bytes already read.
+ * The chunks are kept as they came (a list), not merged as they arrive: a read within one chunk is a view
+ * of it, one across chunks is copied once.
+ */
 export class ByteReader {
-  private buffered: Buffer
+  private parts: Buffer[] = []
+  private length = 0
   private readonly chunks: AsyncIterator<Buffer>
 
   constructor (source: AsyncIterable<Buffer>, rest: Buffer) {
-    this.buffered = rest
+    if (rest.length > 0) { this.parts.push(rest); this.length = rest.length }
     this.chunks = source[Symbol.asyncIterator]()
   }
 
-  /** `n` bytes, or null at a clean end (no byte of them arrived). */
-  async read (n: number): Promise<Buffer | null> {
-    while (this.buffered.length < n) {
+  /**
+   * `n` bytes, or null at a clean end (no byte of them arrived). `own`: always a buffer of their own (a
+   * copy), never a view into a chunk of the connection that holds other bytes too.
+   */
+  async read (n: number, own = false): Promise<Buffer | null> {
+    while (this.length < n) {
       const next = await this.chunks.next()
       if (next.done === true) {
-        if (this.buffered.length === 0) return null
-        throw new VdiskError('IO', `the connection ended inside a frame (${this.buffered.length} of ${n} bytes)`)
+        if (this.length === 0) return null
+        throw new VdiskError('IO', `the connection ended inside a frame (${this.length} of ${n} bytes)`)
       }
-      this.buffered = this.buffered.length === 0 ? next.value : Buffer.concat([this.buffered, next.value])
+      if (next.value.length > 0) { this.parts.push(next.value); this.length += next.value.length }
     }
-    const out = this.buffered.subarray(0, n)
-    this.buffered = this.buffered.subarray(n)
+    this.length -= n
+    const first = this.parts[0]
+    if (first !== undefined && first.length >= n) {
+      const view = first.subarray(0, n)
+      if (first.length === n) this.parts.shift(); else this.parts[0] = first.subarray(n)
+      return own ? Buffer.from(view) : view
+    }
+    const out = Buffer.allocUnsafe(n)
+    for (let at = 0; at < n;) {
+      const part = this.parts[0]
+      const take = Math.min(part.length, n - at)
+      part.copy(out, at, 0, take)
+      at += take
+      if (take === part.length) this.parts.shift(); else this.parts[0] = part.subarray(take)
+    }
     return out
   }
 }
@@ -93,9 +114,9 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
   const hashBytes = head.subarray(9, 41)
   const hash = hashBytes.equals(Buffer.alloc(32)) ? null : Buffer.from(hashBytes)
   if (kind === frameData) {
-    const data = await reader.read(blockBytes)
+    const data = await reader.read(blockBytes, true)
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
-    return { kind, index, hash, data: Buffer.from(data) }
+    return { kind, index, hash, data }
   }
   if (kind === frameZero || kind === frameEnd || kind === frameFlush) return { kind, index, hash: null, data: null }
   if (kind === frameRef || kind === frameWant) {

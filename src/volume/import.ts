@@ -276,6 +276,15 @@ export class ImportSession {
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
       await this.state.ingest.run(groups, async group => { rows.push(...await this.storeGroup(group)) })
+      // The pull and the absent chunks it lists go to catalog.log first (as a commit's rows do): a catalog
+      // rebuilt from the log keeps the pull resumable (catalog-log.ts). A chunk filled meanwhile is listed
+      // as absent there, harmlessly: repair finds it in its pack.
+      const pull = listed.size === 0 ? undefined : this.state.catalog.lazyPulls().find(row => row.uuid === this.spec.uuid)
+      if (pull !== undefined) {
+        const made = new Map([...absent.values()].map(row => [row.id, row]))
+        const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
+        await this.state.catalogLog.appendLazy({ pull, absent: logged })
+      }
       const now = Date.now()
       this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.

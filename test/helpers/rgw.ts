@@ -3,15 +3,19 @@
  * BlueStore OSD on a sparse file), started in a temporary directory on free ports, with auth "none" inside
  * the cluster and one S3 user whose keys the tests pass through the standard AWS environment variables. It
  * always stops: the daemons by their pids (the script's stop, then SIGKILL of whatever is left), the
- * directory removed. RGW alone can be killed and restarted (the network-fault tests).
+ * directory removed. RGW alone can be killed and restarted (the network-fault tests). Also what the
+ * remote tests share: the CLI run with the server's credentials (rgwCli), scratch directories and files
+ * of random data.
  */
 import { execFile, spawn } from 'node:child_process'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { repoRoot, waitForExit } from './mount'
+import type { ExecutionContext } from 'ava'
+import { CliResult, cli, execFileAsync as execCli, repoRoot, waitForExit } from './mount'
 
 const execFileAsync = promisify(execFile)
 const script = path.join(repoRoot, 'scripts', 'ceph-rgw.sh')
@@ -109,4 +113,45 @@ export async function startRgw (): Promise<Rgw> {
   const stop = rgw.stop.bind(rgw)
   rgw.stop = async () => { await stop(); fs.rmSync(dir, { recursive: true, force: true }) }
   return rgw
+}
+
+/** The CLI with an RGW's credentials: vd (any exit status, a given environment), ok (fails the test on a non-zero exit; stdout), json (with --json, parsed). */
+export function rgwCli (server: () => Rgw): {
+  vd: (env: NodeJS.ProcessEnv, ...args: string[]) => Promise<CliResult>
+  ok: (t: ExecutionContext, ...args: string[]) => Promise<string>
+  json: <T>(t: ExecutionContext, ...args: string[]) => Promise<T>
+} {
+  const vd = async (env: NodeJS.ProcessEnv, ...args: string[]): Promise<CliResult> => {
+    try {
+      const { stdout, stderr } = await execCli(cli, args, { encoding: 'utf8', env, maxBuffer: 64 * 1024 * 1024 })
+      return { code: 0, stdout, stderr }
+    } catch (err) {
+      const e = err as { code?: number, stdout?: string, stderr?: string }
+      return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
+    }
+  }
+  const ok = async (t: ExecutionContext, ...args: string[]): Promise<string> => {
+    const result = await vd(server().env, ...args)
+    if (result.code !== 0) t.fail(`vdiskfs ${args.join(' ')} failed: ${result.stderr}`)
+    return result.stdout
+  }
+  const json = async <T>(t: ExecutionContext, ...args: string[]): Promise<T> => JSON.parse(await ok(t, ...args, '--json')) as T
+  return { vd, ok, json }
+}
+
+/** A temporary directory removed when the test ends. */
+export function scratch (t: ExecutionContext, prefix = 'vdiskfs-remote-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** `dir/name`: `sizeMiB` MiB of random bytes (a file, so that pools and hosts can share them). */
+export function randomFile (dir: string, name: string, sizeMiB: number): string {
+  const file = path.join(dir, name)
+  const fd = fs.openSync(file, 'w')
+  try {
+    for (let i = 0; i < sizeMiB; i++) fs.writeSync(fd, crypto.randomBytes(1024 * 1024))
+  } finally { fs.closeSync(fd) }
+  return file
 }

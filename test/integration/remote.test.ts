@@ -14,37 +14,18 @@ import path from 'node:path'
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import crypto from 'node:crypto'
 import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
-import { Rgw, rgwSecretKey, startRgw } from '../helpers/rgw'
+import { Rgw, rgwSecretKey, startRgw, randomFile, rgwCli, scratch as scratchDir } from '../helpers/rgw'
 import { blake3Hex } from '../../src/remote/remote-format'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const mib = 1024 * 1024
 const bucket = 'vdiskfs-cli-test'
 let rgw: Rgw
+const { vd, ok, json } = rgwCli(() => rgw)
+const scratch = (t: ExecutionContext): string => scratchDir(t, 'vdiskfs-remote-')
 
 test.before(async () => { rgw = await startRgw() })
 test.after.always(async () => { await rgw?.stop() })
-
-async function vd (env: NodeJS.ProcessEnv, ...args: string[]): Promise<CliResult> {
-  try {
-    const { stdout, stderr } = await execFileAsync(cli, args, { encoding: 'utf8', env, maxBuffer: 64 * mib })
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code?: number, stdout?: string, stderr?: string }
-    return { code: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' }
-  }
-}
-
-/** Runs the CLI with the RGW's credentials and fails the test on a non-zero exit. */
-async function ok (t: ExecutionContext, ...args: string[]): Promise<string> {
-  const result = await vd(rgw.env, ...args)
-  if (result.code !== 0) t.fail(`vdiskfs ${args.join(' ')} failed: ${result.stderr}`)
-  return result.stdout
-}
-
-async function json<T> (t: ExecutionContext, ...args: string[]): Promise<T> {
-  return JSON.parse(await ok(t, ...args, '--json')) as T
-}
 
 /** A disk of `sizeMiB` in `mount` with random MiBs at the given offsets (from a seeded file so hosts can share them). */
 async function disk (mount: TestMount, name: string, sizeMiB: number, chunks: Array<{ atMiB: number, file: string }>): Promise<string> {
@@ -54,24 +35,10 @@ async function disk (mount: TestMount, name: string, sizeMiB: number, chunks: Ar
   return image
 }
 
-function randomFile (dir: string, name: string, sizeMiB: number): string {
-  const file = path.join(dir, name)
-  const fd = fs.openSync(file, 'w')
-  for (let i = 0; i < sizeMiB; i++) fs.writeSync(fd, Buffer.from(require('node:crypto').randomBytes(mib)))
-  fs.closeSync(fd)
-  return file
-}
-
 interface Pushed { id: string, created: boolean, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null }
 
 async function addRemote (t: ExecutionContext, mount: TestMount, name: string, prefix: string, grace = 3600): Promise<void> {
   await ok(t, 'remote', 'add', mount.mnt, name, `s3://${bucket}/${prefix}`, '--endpoint', rgw.endpoint, '--grace-period', String(grace))
-}
-
-function scratch (t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-remote-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
 }
 
 // Paused commands still running when a test ends (it failed) are killed by pid.

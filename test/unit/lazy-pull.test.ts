@@ -3,7 +3,8 @@
  * from references, reads of its blocks waiting until a hydrator's blocks fill them (never a wrong byte:
  * bytes that do not match the id are refused and the read still waits), a bounded wait ending in IO that
  * names the remote, a clone written over absent blocks, a seal of the same bytes filling an absent chunk,
- * and the progress kept across a close and a reopen.
+ * and the progress kept across a close and a reopen, and across a catalog lost and rebuilt by repair from
+ * catalog.log and the packs.
  */
 import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
@@ -14,6 +15,8 @@ import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
 import { blake3Hex } from '../../src/remote/remote-format'
+import { catalogFile } from '../../src/format/pool-format'
+import { repairPool } from '../../src/inspect/repair'
 
 const waitMs = 1500
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
@@ -26,12 +29,18 @@ async function lazyBackup (t: ExecutionContext): Promise<Fixture> {
   const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-')), 'pool')
   t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
   const pool = Pool.open(dir, { create: true, blockBytes: bs, workers: 1 })
+  const { uuid, data } = await lazyImport(t, pool, 'b.img')
+  return { dir, pool, backup: pool.get('backup', 'b.img'), uuid, data }
+}
+
+/** backups/NAME in `pool`, 8 blocks pulled lazily as lazyBackup's. */
+async function lazyImport (t: ExecutionContext, pool: Pool, name: string): Promise<{ uuid: string, data: Buffer[] }> {
   const data = Array.from({ length: 8 }, () => crypto.randomBytes(bs))
   data[5] = data[2]
   data[6] = Buffer.alloc(bs)
   const uuid = crypto.randomUUID()
   const key = `${uuid}:full`
-  const session = pool.imports.begin({ key, uuid, baseUuid: null, size: 8 * bs, blockBytes: bs, createdMs: Date.now(), source: null, lazy: true }, 'b.img')
+  const session = pool.imports.begin({ key, uuid, baseUuid: null, size: 8 * bs, blockBytes: bs, createdMs: Date.now(), source: null, lazy: true }, name)
   pool.lazy.begin({ uuid, importKey: key, remote: 'offsite', manifest: 'ab'.repeat(16), chunks: 0, startedMs: Date.now() })
   try {
     await session.store(data.flatMap((block, index) => index === 6 ? [] : [{ index, data: null, hash: Buffer.from(blake3Hex(block), 'hex') }]))
@@ -39,7 +48,7 @@ async function lazyBackup (t: ExecutionContext): Promise<Fixture> {
     await session.finish()
   } finally { session.close() }
   pool.lazy.started(uuid)
-  return { dir, pool, backup: pool.get('backup', 'b.img'), uuid, data }
+  return { uuid, data }
 }
 
 const hash = (block: Buffer): Buffer => Buffer.from(blake3Hex(block), 'hex')
@@ -118,5 +127,37 @@ test('a seal of a disk holding the same bytes fills the absent chunk; the pull c
     const report = await reopened.gc()
     t.is(report.held, undefined)
     for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(b, i), data[i], `block ${i} after gc`)
+  } finally { await (reopened ?? pool).close() }
+})
+
+test('a catalog lost mid-pull and rebuilt by repair from catalog.log keeps the pull: its fills stay, what is missing is still missing (not lost), and it completes', async t => {
+  // The first pull's chunks reach catalog.log in its first snapshot (the pool's first commit), the
+  // second's in a record its import appends.
+  const { dir, pool, uuid, data } = await lazyBackup(t)
+  let reopened: Pool | null = null
+  try {
+    const second = await lazyImport(t, pool, 'second.img')
+    await pool.hydrate([{ data: data[1], hash: hash(data[1]) }, { data: second.data[0], hash: hash(second.data[0]) }])
+    await pool.close()
+    for (const suffix of ['', '-wal', '-shm']) fs.rmSync(path.join(dir, catalogFile + suffix), { force: true })
+    const report = await repairPool(dir)
+    t.true(report.volumesRestored >= 1, 'the backup came back from catalog.log')
+    t.is(report.entriesLost, 0, 'no block of the pull is lost')
+    t.deepEqual(report.after.damaged, [])
+    reopened = Pool.open(dir, { blockBytes: bs, workers: 1 })
+    const b = reopened.get('backup', 'b.img')
+    const progress = new Map(reopened.lazy.progress().map(p => [p.uuid, p]))
+    t.like(progress.get(uuid), { remote: 'offsite', manifest: 'ab'.repeat(16), chunks: 6, missing: 5 })
+    t.like(progress.get(second.uuid), { chunks: 6, missing: 5 })
+    t.deepEqual(await readBlock(b, 1), data[1], 'the fill before the loss, found in its pack')
+    t.deepEqual(await readBlock(b, 6), data[6])
+    const s = reopened.get('backup', 'second.img')
+    t.deepEqual(await readBlock(s, 0), second.data[0])
+    await t.throwsAsync(readBlock(s, 3), { code: 'IO' }, 'not here yet: the read waits for a hydrator, then IO')
+    await reopened.hydrate([0, 2, 3, 4, 7].map(i => ({ data: data[i], hash: hash(data[i]) })))
+    await reopened.hydrate([1, 2, 3, 4, 7].map(i => ({ data: second.data[i], hash: hash(second.data[i]) })))
+    t.deepEqual(reopened.lazy.progress(), [], 'whole')
+    for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(b, i), data[i], `block ${i}`)
+    for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(s, i), second.data[i], `second.img block ${i}`)
   } finally { await (reopened ?? pool).close() }
 })

@@ -25,10 +25,16 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
     return volume === undefined ? `(identity ${uuid})` : named(volume)
   }
 
+  /** A pull's backup's own name (backups/NAME), null when it is gone. */
+  const nameOf = (uuid: string): string | null => {
+    const id = pool.volumeIdByUuid(uuid)
+    return id === undefined ? null : pool.byId(id)?.name ?? null
+  }
+
   /** The pulls in progress, with their backup's name (for status and the CLI). */
   const pulls = () => {
     pool.lazy.dropRemoved()
-    return pool.lazy.progress().map(p => ({ ...p, backup: labelOf(p.uuid) }))
+    return pool.lazy.progress().map(p => ({ ...p, backup: labelOf(p.uuid), name: nameOf(p.uuid) }))
   }
 
   const hydrateStream: StreamHandler<'hydrateStream'> = async (args, socket, rest) => {
