@@ -522,16 +522,25 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
         await zeroPart(offset, stop)
       } else {
         const work: Array<Promise<void>> = []
-        if (offset < first * blockBytes) work.push(zeroPart(offset, first * blockBytes))
-        if (last * blockBytes < stop) work.push(zeroPart(last * blockBytes, stop))
-        for (let turn = first; turn < last; turn += discardBlocksPerTurn) {
-          if (turn > first) await new Promise(resolve => setImmediate(resolve))
-          for (let block = turn; block < Math.min(last, turn + discardBlocksPerTurn); block++) {
-            if (this.map.get(block) === 0) continue
-            work.push(this.locked(block, async () => { this.map.set(block, 0) }))
+        // Whatever was started is awaited, also when the walk below throws (the volume removed and its
+        // pages freed meanwhile): a rejection left without a handler would end the daemon.
+        let walkFailure: { err: unknown } | null = null
+        try {
+          if (offset < first * blockBytes) work.push(zeroPart(offset, first * blockBytes))
+          if (last * blockBytes < stop) work.push(zeroPart(last * blockBytes, stop))
+          for (let turn = first; turn < last; turn += discardBlocksPerTurn) {
+            if (turn > first) await new Promise(resolve => setImmediate(resolve))
+            for (let block = turn; block < Math.min(last, turn + discardBlocksPerTurn); block++) {
+              if (this.map.get(block) === 0) continue
+              work.push(this.locked(block, async () => { this.map.set(block, 0) }))
+            }
           }
+        } catch (err) {
+          walkFailure = { err }
         }
-        await Promise.all(work)
+        const results = await Promise.allSettled(work)
+        if (walkFailure !== null) throw walkFailure.err
+        for (const result of results) if (result.status === 'rejected') throw result.reason
       }
       this.mtimeMs = Date.now()
       this.rowDirty = true
