@@ -7,7 +7,7 @@ MNT ?= ./mnt
 # package, which vdiskfs no longer uses). gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c
 # needs): xfstests' fsx and fsstress, built from third_party/xfstests/ by `make xfstests-tools` (without
 # libaio, liburing or libbtrfsutil).
-DEB_PACKAGES := libfuse3-3 libfuse3-dev fuse3 pkg-config qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
+DEB_PACKAGES := libfuse3-3 libfuse3-dev fuse3 pkg-config zlib1g-dev qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
@@ -36,10 +36,10 @@ node-modules: node_modules/.installed
 NODE_INCLUDE := $(shell node -p "require('path').resolve(process.execPath, '../../include/node')" 2>/dev/null)
 FUSE3_ADDON := native/fuse3/build/vdiskfs_fuse3.node
 $(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c
-	@pkg-config --exists fuse3 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
+	@pkg-config --exists fuse3 zlib 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
 	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
 	@mkdir -p $(@D)
-	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3)
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3) -lz
 	mv $@.tmp $@
 	node scripts/check-native.js --fuse3
 

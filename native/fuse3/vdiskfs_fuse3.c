@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <endian.h>
 
 /* Request kinds, as JavaScript sees them (src/fuse/fuse3-transport.ts keeps the same list). */
 enum {
@@ -45,6 +46,187 @@ enum {
 };
 
 #define SIZE_BUCKETS 22 /* request sizes by power of two: bucket b counts sizes in (2^(b-1), 2^b], up to 2 MiB */
+
+/* ---- the fast path: READs served in these threads (docs/FASTPATH.md) ---- */
+
+/*
+ * The engine publishes, per volume it has read (inode = volume id), one word per block: what a READ of
+ * it may do here without the engine. Kind in bits 0-7 (FAST_DELTA: a whole slot of a checked delta
+ * extent, FAST_HOLE: zeros), the slot in bits 8-31, the extent id in bits 32-63; 0 asks the engine.
+ * Only the JavaScript thread writes words (fast_publish, fast_clear*): it clears a block's word in the
+ * same synchronous step as the map change that moves the block (BlockMap.watch), before the change's
+ * reply, so a READ that arrives after a WRITE's reply never loads the word the WRITE replaced. Slots
+ * are never reused and sealing never changes a slot's bytes; an extent's descriptor here is our own
+ * (dup) and stays open while a reader uses it, so a word naming an extent that was sealed and removed
+ * still reads the bytes the block held, and a word naming an extent no longer registered hands the
+ * request to the engine. Every sector read is checked against the extent's checksum table, as the
+ * engine checks it: a mismatch (a write in place racing the read, or damage) hands the request to the
+ * engine, which reads again or reports the damage (EIO). Nothing here ever answers an error.
+ */
+#include <zlib.h>
+#define FAST_PAGE_BITS 12
+#define FAST_PAGE (1u << FAST_PAGE_BITS)
+#define FAST_MID (1u << 12)
+#define FAST_TOP (1u << 12)
+#define FAST_BLOCKS_MAX ((uint64_t)FAST_PAGE * FAST_MID * FAST_TOP)
+#define FAST_DEAD (1ULL << 62)
+#define FAST_BUCKETS 1024
+#define FAST_SECTOR 4096u
+#define FAST_READ_MAX (1024u * 1024u)
+#define FAST_EXTENTS_MAX 1024
+enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2 };
+
+typedef struct fast_extent {
+  struct fast_extent *next;
+  uint64_t id;
+  int fd;
+  uint64_t data_start; /* where slot 0 starts */
+  uint64_t sums_start; /* where the checksum entry of slot 0's sector 0 is */
+  uint64_t refs;       /* readers using it, | FAST_DEAD once unregistered: the last one out closes it */
+} fast_extent;
+
+typedef struct fast_volume {
+  struct fast_volume *next;
+  uint64_t ino;
+  uint64_t size;
+  uint64_t refs;
+  uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_PAGE words) */
+} fast_volume;
+
+typedef struct fast_state {
+  pthread_rwlock_t lock; /* the two tables' chains: held only to look up or link, never across I/O */
+  fast_volume *volumes[FAST_BUCKETS];
+  fast_extent *extents[FAST_BUCKETS];
+  unsigned extent_count;
+  unsigned block_bytes;
+  uint64_t served, handed, bytes, mismatches;
+} fast_state;
+
+static void fast_volume_free(fast_volume *v) {
+  for (unsigned t = 0; t < FAST_TOP; t++) {
+    uint64_t **mid = v->top[t];
+    if (mid == NULL) continue;
+    for (unsigned m = 0; m < FAST_MID; m++) free(mid[m]);
+    free(mid);
+  }
+  free(v);
+}
+
+static void fast_extent_free(fast_extent *e) {
+  close(e->fd);
+  free(e);
+}
+
+static fast_volume *fast_volume_get(fast_state *f, uint64_t ino) {
+  pthread_rwlock_rdlock(&f->lock);
+  fast_volume *v = f->volumes[ino % FAST_BUCKETS];
+  while (v != NULL && v->ino != ino) v = v->next;
+  if (v != NULL) __atomic_add_fetch(&v->refs, 1, __ATOMIC_SEQ_CST);
+  pthread_rwlock_unlock(&f->lock);
+  return v;
+}
+
+static void fast_volume_put(fast_volume *v) {
+  if (__atomic_sub_fetch(&v->refs, 1, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_volume_free(v);
+}
+
+static fast_extent *fast_extent_get(fast_state *f, uint64_t id) {
+  pthread_rwlock_rdlock(&f->lock);
+  fast_extent *e = f->extents[id % FAST_BUCKETS];
+  while (e != NULL && e->id != id) e = e->next;
+  if (e != NULL) __atomic_add_fetch(&e->refs, 1, __ATOMIC_SEQ_CST);
+  pthread_rwlock_unlock(&f->lock);
+  return e;
+}
+
+static void fast_extent_put(fast_extent *e) {
+  if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_extent_free(e);
+}
+
+static uint64_t fast_word(fast_volume *v, uint64_t block) {
+  if (block >= FAST_BLOCKS_MAX) return 0;
+  uint64_t **mid = __atomic_load_n(&v->top[block >> 24], __ATOMIC_ACQUIRE);
+  if (mid == NULL) return 0;
+  uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
+  if (page == NULL) return 0;
+  return __atomic_load_n(&page[block & (FAST_PAGE - 1)], __ATOMIC_SEQ_CST);
+}
+
+/* The buffers a worker thread reads into (freed when the thread ends). */
+typedef struct fast_buffers { char *out; char *scratch; uint32_t sums[FAST_READ_MAX / FAST_SECTOR + 2]; } fast_buffers;
+static pthread_key_t fast_key;
+static pthread_once_t fast_key_once = PTHREAD_ONCE_INIT;
+static void fast_buffers_free(void *p) {
+  fast_buffers *b = p;
+  free(b->out);
+  free(b->scratch);
+  free(b);
+}
+static void fast_key_make(void) { pthread_key_create(&fast_key, fast_buffers_free); }
+static fast_buffers *fast_buffers_get(void) {
+  pthread_once(&fast_key_once, fast_key_make);
+  fast_buffers *b = pthread_getspecific(fast_key);
+  if (b != NULL) return b;
+  b = calloc(1, sizeof(fast_buffers));
+  if (b == NULL) return NULL;
+  b->out = malloc(FAST_READ_MAX);
+  b->scratch = malloc(FAST_READ_MAX + 2 * FAST_SECTOR);
+  if (b->out == NULL || b->scratch == NULL) { fast_buffers_free(b); return NULL; }
+  pthread_setspecific(fast_key, b);
+  return b;
+}
+
+/* pread of all `length` bytes; what lies past the end of the file reads as zeros. 0, or -1. */
+static int fast_pread(int fd, char *target, size_t length, uint64_t position) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = pread(fd, target + done, length - done, (off_t)(position + done));
+    if (n < 0) { if (errno == EINTR) continue; return -1; }
+    if (n == 0) { memset(target + done, 0, length - done); break; }
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+/* The checksum a written sector stores (format/extent-format.ts sectorSum): CRC-32, never 0. */
+static int fast_sector_matches(const unsigned char *sector, uint32_t entry) {
+  if (entry == 0) {
+    for (unsigned i = 0; i < FAST_SECTOR; i += 8) { uint64_t w; memcpy(&w, sector + i, 8); if (w != 0) return 0; }
+    return 1;
+  }
+  uint32_t sum = (uint32_t)crc32(0L, sector, FAST_SECTOR);
+  if (sum == 0) sum = 0xffffffffu;
+  return sum == entry;
+}
+
+/*
+ * Reads `count` bytes at `offset` within slot `slot` of extent `id` (running on into the next slots,
+ * which the caller checked are the same blocks' slots in order) into `target`, checking every sector
+ * touched. Returns 1, or 0 to hand the request to the engine.
+ */
+static int fast_read_run(fast_state *f, fast_buffers *b, uint64_t id, uint64_t slot, uint64_t offset, size_t count, char *target) {
+  fast_extent *e = fast_extent_get(f, id);
+  if (e == NULL) return 0;
+  int ok = 0;
+  uint64_t first = offset / FAST_SECTOR, last = (offset + count - 1) / FAST_SECTOR, sectors = last - first + 1;
+  int aligned = offset % FAST_SECTOR == 0 && count % FAST_SECTOR == 0;
+  char *bytes = aligned ? target : b->scratch;
+  uint64_t spp = f->block_bytes / FAST_SECTOR;
+  if (fast_pread(e->fd, bytes, sectors * FAST_SECTOR, e->data_start + slot * f->block_bytes + first * FAST_SECTOR) != 0) goto out;
+  if (fast_pread(e->fd, (char *)b->sums, sectors * 4, e->sums_start + (slot * spp + first) * 4) != 0) goto out;
+  for (uint64_t k = 0; k < sectors; k++) {
+    if (!fast_sector_matches((const unsigned char *)bytes + k * FAST_SECTOR, le32toh(b->sums[k]))) {
+      __atomic_add_fetch(&f->mismatches, 1, __ATOMIC_RELAXED);
+      goto out;
+    }
+  }
+  if (!aligned) memcpy(target, bytes + (offset - first * FAST_SECTOR), count);
+  ok = 1;
+out:
+  fast_extent_put(e);
+  return ok;
+}
+
 
 typedef struct session {
   napi_threadsafe_function tsfn;
@@ -83,6 +265,9 @@ typedef struct session {
   /* The socket to the holder's notifier (-1: none, notifications are written here): io_writev. */
   int notify_fd;
   pthread_mutex_t notify_lock;
+  /* The fast path (READs served in the workers): on once JavaScript configured it. */
+  int fast_on;
+  fast_state fast;
 } session;
 
 typedef struct request {
@@ -204,6 +389,47 @@ static request *new_request(fuse_req_t req, int op, fuse_ino_t ino) {
   return r;
 }
 
+/* ---- the fast path's READ (see "the fast path" above) ---- */
+
+static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_t off) {
+  fast_state *f = &s->fast;
+  if (!__atomic_load_n(&s->fast_on, __ATOMIC_RELAXED) || off < 0 || size > FAST_READ_MAX) return 0;
+  fast_volume *v = fast_volume_get(f, ino);
+  if (v == NULL) return 0;
+  int served = 0;
+  fast_buffers *b = fast_buffers_get();
+  uint64_t bb = f->block_bytes;
+  if (b == NULL || bb == 0) goto out;
+  uint64_t vsize = __atomic_load_n(&v->size, __ATOMIC_SEQ_CST);
+  uint64_t length = (uint64_t)off >= vsize ? 0 : (vsize - (uint64_t)off < size ? vsize - (uint64_t)off : size);
+  uint64_t done = 0;
+  while (done < length) {
+    uint64_t at = (uint64_t)off + done, block = at / bb, offset = at % bb;
+    uint64_t count = bb - offset < length - done ? bb - offset : length - done;
+    uint64_t word = fast_word(v, block);
+    unsigned kind = (unsigned)(word & 0xff);
+    if (kind == FAST_HOLE) { memset(b->out + done, 0, count); done += count; continue; }
+    if (kind != FAST_DELTA) goto out;
+    /* The blocks that follow in the next slots of the same extent: one read. */
+    uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
+    while (done + run < length) {
+      uint64_t next = fast_word(v, block + (run + offset) / bb);
+      if ((next & 0xff) != FAST_DELTA || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
+      run += bb < length - done - run ? bb : length - done - run;
+    }
+    if (!fast_read_run(f, b, id, slot, offset, run, b->out + done)) goto out;
+    done += run;
+  }
+  fuse_reply_buf(req, b->out, length);
+  __atomic_add_fetch(&s->read_bytes, length, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&f->bytes, length, __ATOMIC_RELAXED);
+  served = 1;
+out:
+  fast_volume_put(v);
+  __atomic_add_fetch(served ? &f->served : &f->handed, 1, __ATOMIC_RELAXED);
+  return served;
+}
+
 static void set_fh(request *r, struct fuse_file_info *fi) {
   if (fi != NULL) { r->fh = fi->fh; r->has_fh = 1; }
 }
@@ -297,6 +523,7 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   session *s = fuse_req_userdata(req);
   __atomic_add_fetch(&s->read_sizes[size_bucket(size)], 1, __ATOMIC_RELAXED);
+  if (fast_read(s, req, ino, size, off)) return;
   request *r = new_request(req, OP_READ, ino);
   if (r == NULL) return;
   set_fh(r, fi);
@@ -1044,6 +1271,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   s->resend_result = -1;
   s->notify_fd = -1;
   pthread_mutex_init(&s->notify_lock, NULL);
+  pthread_rwlock_init(&s->fast.lock, NULL);
   s->max_write_wanted = 1024 * 1024;
   s->max_threads = 8;
   napi_value v;
@@ -1172,6 +1400,204 @@ static napi_value unmount_session(napi_env env, napi_callback_info info) {
 }
 
 /* destroy(session): after the exit record: joins the loop thread and frees libfuse's session. */
+/* ---- the fast path's tables, written from JavaScript (src/fuse/fast-reads.ts) ---- */
+
+/* Takes the volume's record (made when missing) with the table lock held for writing. */
+static fast_volume *fast_volume_make(fast_state *f, uint64_t ino) {
+  fast_volume *v = f->volumes[ino % FAST_BUCKETS];
+  while (v != NULL && v->ino != ino) v = v->next;
+  if (v != NULL) return v;
+  v = calloc(1, sizeof(fast_volume));
+  if (v == NULL) return NULL;
+  v->ino = ino;
+  v->next = f->volumes[ino % FAST_BUCKETS];
+  __atomic_store_n(&f->volumes[ino % FAST_BUCKETS], v, __ATOMIC_RELEASE);
+  return v;
+}
+
+/* The record of `ino` as the JavaScript thread sees it (only it adds or removes records: no reference needed). */
+static fast_volume *fast_volume_find(fast_state *f, uint64_t ino) {
+  fast_volume *v = f->volumes[ino % FAST_BUCKETS];
+  while (v != NULL && v->ino != ino) v = v->next;
+  return v;
+}
+
+static uint64_t *fast_page(fast_volume *v, uint64_t block, int make) {
+  if (block >= FAST_BLOCKS_MAX) return NULL;
+  uint64_t **mid = v->top[block >> 24];
+  if (mid == NULL) {
+    if (!make) return NULL;
+    mid = calloc(FAST_MID, sizeof(uint64_t *));
+    if (mid == NULL) return NULL;
+    __atomic_store_n(&v->top[block >> 24], mid, __ATOMIC_RELEASE);
+  }
+  uint64_t *page = mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)];
+  if (page == NULL) {
+    if (!make) return NULL;
+    page = calloc(FAST_PAGE, sizeof(uint64_t));
+    if (page == NULL) return NULL;
+    __atomic_store_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], page, __ATOMIC_RELEASE);
+  }
+  return page;
+}
+
+static session *live_session(napi_env env, napi_value value) {
+  session *s = session_of(env, value);
+  return s == NULL || s->destroyed ? NULL : s;
+}
+
+/* fastConfigure(session, blockBytes, on) */
+static napi_value fast_configure(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  s->fast.block_bytes = (unsigned)arg_number(env, args[1]);
+  __atomic_store_n(&s->fast_on, arg_number(env, args[2]) != 0, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+/* fastSize(session, ino, size): makes the volume's record when missing. */
+static napi_value fast_size(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  pthread_rwlock_wrlock(&s->fast.lock);
+  fast_volume *v = fast_volume_make(&s->fast, (uint64_t)arg_number(env, args[1]));
+  pthread_rwlock_unlock(&s->fast.lock);
+  if (v != NULL) __atomic_store_n(&v->size, (uint64_t)arg_number(env, args[2]), __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+/* fastPublish(session, ino, firstBlock, words: Uint32Array of [low, high] pairs) -> whether it was taken. */
+static napi_value fast_publish(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  napi_value result;
+  napi_get_boolean(env, false, &result);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return result;
+  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v == NULL) return result;
+  uint64_t first = (uint64_t)arg_number(env, args[2]);
+  napi_typedarray_type type;
+  size_t count = 0, byte_offset = 0;
+  void *data = NULL;
+  napi_value arraybuffer;
+  if (napi_get_typedarray_info(env, args[3], &type, &count, &data, &arraybuffer, &byte_offset) != napi_ok || type != napi_uint32_array) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: fastPublish needs a Uint32Array");
+    return NULL;
+  }
+  const uint32_t *pairs = data;
+  for (size_t i = 0; i + 1 < count; i += 2) {
+    uint64_t block = first + i / 2;
+    uint64_t word = (uint64_t)pairs[i] | ((uint64_t)pairs[i + 1] << 32);
+    uint64_t *page = fast_page(v, block, word != 0);
+    if (page == NULL) { if (word != 0) return result; continue; }
+    __atomic_store_n(&page[block & (FAST_PAGE - 1)], word, __ATOMIC_SEQ_CST);
+  }
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+/* fastClear(session, ino, block, count): the words of blocks [block, block + count) ask the engine again (count < 0: to the end). */
+static napi_value fast_clear(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v == NULL) return NULL;
+  double from = arg_number(env, args[2]), n = arg_number(env, args[3]);
+  uint64_t first = from < 0 ? 0 : (uint64_t)from;
+  uint64_t end = n < 0 ? FAST_BLOCKS_MAX : first + (uint64_t)n;
+  if (end > FAST_BLOCKS_MAX) end = FAST_BLOCKS_MAX;
+  for (uint64_t block = first; block < end;) {
+    uint64_t *page = fast_page(v, block, 0);
+    uint64_t page_end = (block | (FAST_PAGE - 1)) + 1;
+    if (page_end > end) page_end = end;
+    if (page == NULL) {
+      /* Skip the whole mid table when it is missing. */
+      if (v->top[block >> 24] == NULL) block = ((block >> 24) + 1) << 24;
+      else block = page_end;
+      continue;
+    }
+    for (; block < page_end; block++) __atomic_store_n(&page[block & (FAST_PAGE - 1)], 0, __ATOMIC_SEQ_CST);
+  }
+  return NULL;
+}
+
+/* fastDrop(session, ino): forgets the volume (removed, or closed for good); readers using it finish first. */
+static napi_value fast_drop(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  uint64_t ino = (uint64_t)arg_number(env, args[1]);
+  pthread_rwlock_wrlock(&s->fast.lock);
+  fast_volume **at = &s->fast.volumes[ino % FAST_BUCKETS];
+  while (*at != NULL && (*at)->ino != ino) at = &(*at)->next;
+  fast_volume *v = *at;
+  if (v != NULL) *at = v->next;
+  pthread_rwlock_unlock(&s->fast.lock);
+  if (v != NULL && __atomic_or_fetch(&v->refs, FAST_DEAD, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_volume_free(v);
+  return NULL;
+}
+
+/* fastExtent(session, id, fd, dataStart, sumsStart) -> whether the extent is registered (its descriptor dup'd). */
+static napi_value fast_extent_add(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  napi_value result;
+  napi_get_boolean(env, false, &result);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return result;
+  fast_state *f = &s->fast;
+  uint64_t id = (uint64_t)arg_number(env, args[1]);
+  fast_extent *e = f->extents[id % FAST_BUCKETS];
+  while (e != NULL && e->id != id) e = e->next;
+  if (e != NULL) { napi_get_boolean(env, true, &result); return result; }
+  if (f->extent_count >= FAST_EXTENTS_MAX) return result;
+  int fd = fcntl((int)arg_number(env, args[2]), F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) return result;
+  e = calloc(1, sizeof(fast_extent));
+  if (e == NULL) { close(fd); return result; }
+  e->id = id;
+  e->fd = fd;
+  e->data_start = (uint64_t)arg_number(env, args[3]);
+  e->sums_start = (uint64_t)arg_number(env, args[4]);
+  pthread_rwlock_wrlock(&f->lock);
+  e->next = f->extents[id % FAST_BUCKETS];
+  f->extents[id % FAST_BUCKETS] = e;
+  f->extent_count++;
+  pthread_rwlock_unlock(&f->lock);
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+/* fastExtentDrop(session, id): the extent is being removed; its descriptor closes once no reader uses it. */
+static napi_value fast_extent_drop(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  fast_state *f = &s->fast;
+  uint64_t id = (uint64_t)arg_number(env, args[1]);
+  pthread_rwlock_wrlock(&f->lock);
+  fast_extent **at = &f->extents[id % FAST_BUCKETS];
+  while (*at != NULL && (*at)->id != id) at = &(*at)->next;
+  fast_extent *e = *at;
+  if (e != NULL) { *at = e->next; f->extent_count--; }
+  pthread_rwlock_unlock(&f->lock);
+  if (e != NULL && __atomic_or_fetch(&e->refs, FAST_DEAD, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_extent_free(e);
+  return NULL;
+}
+
+/* After the session loop ended (destroy): no reader is left; frees both tables. */
+static void fast_free_all(fast_state *f) {
+  for (unsigned i = 0; i < FAST_BUCKETS; i++) {
+    for (fast_volume *v = f->volumes[i], *next; v != NULL; v = next) { next = v->next; fast_volume_free(v); }
+    for (fast_extent *e = f->extents[i], *next; e != NULL; e = next) { next = e->next; fast_extent_free(e); }
+    f->volumes[i] = NULL;
+    f->extents[i] = NULL;
+  }
+  f->extent_count = 0;
+}
+
 static napi_value destroy_session(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   session *s = session_of(env, args[0]);
@@ -1182,6 +1608,10 @@ static napi_value destroy_session(napi_env env, napi_callback_info info) {
   fuse_session_destroy(s->se);
   s->se = NULL;
   s->destroyed = 1;
+  /* The workers have ended: nobody reads the fast path's tables any more. */
+  pthread_rwlock_wrlock(&s->fast.lock);
+  fast_free_all(&s->fast);
+  pthread_rwlock_unlock(&s->fast.lock);
   int nfd = __atomic_exchange_n(&s->notify_fd, -1, __ATOMIC_ACQ_REL);
   if (nfd >= 0) close(nfd);
   napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
@@ -1222,6 +1652,12 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "attrTimeout", num(env, s->attr_timeout));
   napi_set_named_property(env, out, "keepCache", num(env, s->keep_cache));
   napi_set_named_property(env, out, "readSizes", number_array(env, s->read_sizes, SIZE_BUCKETS));
+  napi_set_named_property(env, out, "fastOn", num(env, __atomic_load_n(&s->fast_on, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastServed", num(env, (double)__atomic_load_n(&s->fast.served, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastHanded", num(env, (double)__atomic_load_n(&s->fast.handed, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastBytes", num(env, (double)__atomic_load_n(&s->fast.bytes, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastMismatches", num(env, (double)__atomic_load_n(&s->fast.mismatches, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastExtents", num(env, s->fast.extent_count));
   return out;
 }
 
@@ -1264,6 +1700,13 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "notifier", NULL, session_notifier, NULL, NULL, NULL, napi_default, NULL },
     { "notify", NULL, notify_session, NULL, NULL, NULL, napi_default, NULL },
     { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
+    { "fastConfigure", NULL, fast_configure, NULL, NULL, NULL, napi_default, NULL },
+    { "fastSize", NULL, fast_size, NULL, NULL, NULL, napi_default, NULL },
+    { "fastPublish", NULL, fast_publish, NULL, NULL, NULL, napi_default, NULL },
+    { "fastClear", NULL, fast_clear, NULL, NULL, NULL, napi_default, NULL },
+    { "fastDrop", NULL, fast_drop, NULL, NULL, NULL, napi_default, NULL },
+    { "fastExtent", NULL, fast_extent_add, NULL, NULL, NULL, napi_default, NULL },
+    { "fastExtentDrop", NULL, fast_extent_drop, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },

@@ -18,7 +18,8 @@ import path from 'node:path'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
-import { createLowLevelOperations, invalidationsOf } from '../fuse/fuse3-ops'
+import { createLowLevelOperations, invalidationsOf, volumeInodeBase } from '../fuse/fuse3-ops'
+import { FastReads } from '../fuse/fast-reads'
 import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from './server/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
@@ -72,7 +73,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   // stderr until the pool is open; then daemon.log in the background (daemon-log.ts).
   const daemonLog = new DaemonLog()
   const log = daemonLog.line
-  const { pool, space, operations, holder } = await openForServing(options, takeover, daemonLog)
+  const { pool, space, operations, holder, fast } = await openForServing(options, takeover, daemonLog)
   const sealer = new Sealer(pool, log)
   const metrics = new DaemonMetrics()
   metrics.measureOperations(operations)
@@ -85,6 +86,9 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   // which the rename or unlink holds until its reply (a daemon killed in between would leave that
   // notifying thread stuck in the kernel, and the process never fully gone: docs/TRANSPORT.md).
   pool.onChange(change => { if (!change.byKernel) fuse.invalidate(invalidationsOf(change)) })
+  // READs served in the addon's threads (docs/FASTPATH.md); a volume removed is forgotten there.
+  fuse.serveFastReads(fast)
+  pool.onChange(change => { if (pool.byId(change.volume.id) !== change.volume) fast.forget(change.volume) })
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
   const server = startControlServer(socketPath, afterInvalidation(fuse, controlHandlers({
@@ -188,7 +192,7 @@ function afterInvalidation (fuse: Fuse3Transport, handlers: HandlerTable): Handl
  * made before that (after a takeover they restore the handles the kernel still uses, and a volume
  * removed while open stays for its holders).
  */
-async function openForServing (options: DaemonOptions, takeover: boolean, daemonLog: DaemonLog): Promise<{ pool: Pool, space: SpaceAccounting, operations: LowLevelOperations, holder: boolean }> {
+async function openForServing (options: DaemonOptions, takeover: boolean, daemonLog: DaemonLog): Promise<{ pool: Pool, space: SpaceAccounting, operations: LowLevelOperations, holder: boolean, fast: FastReads }> {
   const log = daemonLog.line
   const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
   if (pool.inspection.catalogLogDetached) {
@@ -205,7 +209,8 @@ async function openForServing (options: DaemonOptions, takeover: boolean, daemon
   const holder = process.env.VDISKFS_HOLDER !== '0'
   // Before dropHidden: after a takeover the operations restore the handles the kernel still uses, and a
   // volume removed while open stays for its holders.
-  const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover })
+  const fast = new FastReads(pool.fastReadSource(), volume => volume.id + volumeInodeBase)
+  const operations = createLowLevelOperations({ pool, space, log, xattrs: options.xattrs, handlesFile: holder ? path.join(pool.dir, fuseHandlesFile) : undefined, takeover, fast })
   const dropped = await pool.dropHidden()
   if (dropped.length > 0) log(`start: dropped ${dropped.length} volumes removed while open before a crash (${dropped.join(', ')})`)
   const recovered = await pool.recover()
@@ -221,7 +226,7 @@ async function openForServing (options: DaemonOptions, takeover: boolean, daemon
     if (collected.pagesFreed + collected.extentsFreed > 0) log(`start: freed ${collected.pagesFreed} map pages and ${collected.extentsFreed} extents left by an earlier run`)
   }
   fs.writeFileSync(path.join(pool.dir, daemonPidFile), `${process.pid}\n`, { mode: 0o600 })
-  return { pool, space, operations, holder }
+  return { pool, space, operations, holder, fast }
 }
 
 /**

@@ -101,6 +101,8 @@ export class ExtentStore {
   log: (message: string) => void = () => {}
   /** Checksum entries of recently read or written slots (see sum-cache.ts). */
   readonly sums: SumCache
+  /** Told, synchronously, that extent `id` is about to be removed (the FUSE fast path lets go of its descriptor). */
+  onRemove: ((id: number) => void) | null = null
 
   /**
    * `writableIds` names the extents some volume may still write (their next free slot lives in
@@ -332,6 +334,21 @@ export class ExtentStore {
   slotPosition (extent: DeltaExtent, slot: number): number {
     return slotOffset(slot, this.blockBytes, extent.version)
   }
+
+  /**
+   * What the FUSE fast path needs to read whole slots of extent `id` itself (docs/FASTPATH.md): its
+   * descriptor now, which the caller duplicates at once, and where slot 0 and its checksum entries
+   * start. Undefined when the extent is not open now, is not checked (format 1, or suspect), or this
+   * store's I/O is not the system's (a test's fault-injecting layer).
+   */
+  fastReadable (id: number): { fd: number, dataStart: number, sumsStart: number } | undefined {
+    const extent = this.resolved.get(id)
+    if (extent === undefined || extent.closed || this.io !== nodeFileIo || !this.checked(extent)) return undefined
+    return { fd: extent.fd, dataStart: slotOffset(0, this.blockBytes, extent.version), sumsStart: sumOffset(0, 0, this.blockBytes) }
+  }
+
+  /** Whether slot `slot` of extent `id` is known to be whole (not a partial slot over a chunk). */
+  wholeSlot (id: number, slot: number): boolean { return this.baseOf(id, slot) === 0 }
 
   /** Whether reads and sealing of `extent` check its sector checksums. */
   checked (extent: DeltaExtent): boolean {
@@ -643,6 +660,7 @@ export class ExtentStore {
    * the volume, seeing the block's map entry changed, reads again.
    */
   async remove (id: number): Promise<void> {
+    this.onRemove?.(id)
     const opening = this.open.get(id)
     this.lastWriteMs.delete(id)
     this.bases.delete(id)

@@ -16,6 +16,7 @@ import fs from 'node:fs'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError, notPermitted, readOnly } from '../errors'
 import { Pool, VolumeChange } from '../volume/pool'
+import type { FastReads } from './fast-reads'
 import { Volume } from '../volume/volume'
 import { AllocationRange } from '../volume/allocation'
 import { EINVAL, EISDIR, ENODATA, ENOENT, ENOSYS, ENOTSUP, EPERM, toErrno } from './errno'
@@ -78,6 +79,8 @@ export interface LowLevelOptions {
   handlesFile?: string
   /** This daemon takes a mount over: restore the handles from handlesFile. */
   takeover?: boolean
+  /** The fast path's publisher: told of every READ the engine answered (fast-reads.ts). */
+  fast?: FastReads
 }
 
 type Callback = (code: number, ...results: any[]) => void
@@ -114,7 +117,7 @@ export class ReadBuffers {
 }
 
 // long: the table of FUSE low-level operations, one short entry per request type, over the handles they share
-export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFile, takeover }: LowLevelOptions): Record<string, (...args: any[]) => void> {
+export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFile, takeover, fast }: LowLevelOptions): Record<string, (...args: any[]) => void> {
   const handles = new Map<number, Handle>()
   const readBuffers = new ReadBuffers()
   let nextHandle = 1
@@ -365,7 +368,12 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       try { handle = handleOf(fh) } catch (err) { cb(toErrno(err, log)); return }
       const { view, whole } = readBuffers.take(size)
       // cb replies at once (the kernel has the bytes when it returns): only then is the buffer free.
-      handle.volume.read(view, offset).then(count => { cb(0, view, count); readBuffers.give(whole) }, fail(cb))
+      const volume = handle.volume
+      volume.read(view, offset).then(count => {
+        cb(0, view, count)
+        readBuffers.give(whole)
+        fast?.learn(volume, offset, count)
+      }, fail(cb))
     },
 
     write (_ino: number, fh: number | null, data: Buffer, offset: number, cb: Callback) {

@@ -10,6 +10,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
+import type { FastReadNative, FastReads } from './fast-reads'
 import { fuse3AttrTimeoutSeconds, fuse3EntryTimeoutSeconds, fuse3KeepCache, fuse3MaxWriteBytes, fuse3NotifyWaitMs, fuse3Threads, fuseBackgroundMax, fuseCongestionThreshold } from '../limits'
 
 /**
@@ -40,7 +41,7 @@ const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'cre
 type Handle = object
 type Session = object
 
-interface Fuse3Native {
+interface Fuse3Native extends FastReadNative {
   mount: (mountpoint: string, options: string, dispatch: (op: number, request: Handle | null, ...args: any[]) => void, settings: Record<string, number>) => Session
   unmount: (session: Session) => number
   destroy: (session: Session) => void
@@ -88,6 +89,13 @@ export interface Fuse3Stats {
   entryTimeout: number
   attrTimeout: number
   keepCache: number
+  /** The fast path (docs/FASTPATH.md): on (1) or off, READs it answered, handed to the engine, bytes, checksum mismatches it handed over, extents it holds. */
+  fastOn: number
+  fastServed: number
+  fastHanded: number
+  fastBytes: number
+  fastMismatches: number
+  fastExtents: number
 }
 
 /** What the kernel must forget: a volume's pages and attributes (data) or attributes alone, or a name in a directory. */
@@ -152,6 +160,11 @@ export class Fuse3Transport {
 
   stats (): Fuse3Stats | null {
     return this.session === null ? null : this.native.stats(this.session)
+  }
+
+  /** Lets the addon's threads serve the READs `fast` publishes (docs/FASTPATH.md); call once mounted. */
+  serveFastReads (fast: FastReads): void {
+    if (this.session !== null) fast.attach(this.native, this.session)
   }
 
   /** The session's /dev/fuse descriptor (-1 when there is none), for the holder. */

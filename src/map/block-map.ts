@@ -29,6 +29,13 @@ export class BlockMap {
   private readonly spares: number[] = []
   /** Told of every entry set (the change journal, volume/journal.ts); null: nobody listens. */
   onSet: ((block: number, entry: number) => void) | null = null
+  /**
+   * Told synchronously of every change to what a block reads, before anything else runs (the FUSE
+   * fast path, fuse/fast-reads.ts, which stops serving those blocks itself): one entry set, or every
+   * block from `from` on (a resize, or a restore: 0). Sealing's repoint is not told: it gives blocks an
+   * entry that reads the same bytes (docs/FASTPATH.md).
+   */
+  watch: { changed: (block: number) => void, changedFrom: (from: number) => void } | null = null
 
   constructor (
     private readonly pages: PageStore,
@@ -72,6 +79,7 @@ export class BlockMap {
     this.epoch = epoch
     this.allocated = source.allocated
     this.stored = source.stored
+    if (this.watch !== null) this.watch.changedFrom(0)
   }
 
   /**
@@ -124,11 +132,13 @@ export class BlockMap {
     if (old === 0) this.allocated++
     else if (entry === 0) this.allocated--
     this.stored += this.sizeOf(entry) - this.sizeOf(old)
+    if (this.watch !== null) this.watch.changed(block)
     if (this.onSet !== null) this.onSet(block, entry)
   }
 
   /** Grows or shrinks the map to `blocks` blocks; blocks past the end become holes. */
   resize (blocks: number): void {
+    if (this.watch !== null) this.watch.changedFrom(blocks)
     const pageCount = BlockMap.pagesFor(blocks)
     if (pageCount < this.root.length) {
       for (let p = pageCount; p < this.root.length; p++) {

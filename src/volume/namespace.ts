@@ -574,8 +574,9 @@ export class Namespace {
    * and size, the target's writable extents frozen. Call with the target paused.
    */
   private pointAt (target: Volume, backup: Volume): void {
-    target.map.pointAt(backup.map, this.state.nextEpoch++)
+    // The size first: the map's watchers (the FUSE fast path) read it when told of the new entries.
     target.size = backup.size
+    target.map.pointAt(backup.map, this.state.nextEpoch++)
     target.mtimeMs = Date.now()
     target.rowDirty = true
     this.state.freezeActiveExtent(target)

@@ -49,6 +49,17 @@ export interface OpenOptions extends HeaderOptions, StateOptions {}
  * changed, and whether the kernel asked for it (a rename or unlink through the mount: the kernel keeps
  * its own caches right, and must not be told, see Pool.onChange).
  */
+/** What the FUSE fast path needs of the pool's extents (Pool.fastReadSource). */
+export interface FastReadSource {
+  readonly blockBytes: number
+  /** The extent's descriptor now (duplicate it at once), where slot 0 and its checksums start; undefined when it cannot be read so. */
+  extent: (id: number) => { fd: number, dataStart: number, sumsStart: number } | undefined
+  /** Whether the slot is known to be whole (not a partial slot over a chunk). */
+  wholeSlot: (id: number, slot: number) => boolean
+  /** Calls `listener` synchronously before an extent is removed. */
+  onExtentRemoved: (listener: (id: number) => void) => void
+}
+
 export interface VolumeChange {
   volume: Volume
   names: Array<{ kind: VolumeKind, name: string }>
@@ -120,6 +131,20 @@ export class Pool {
   // nothing outside volume/ reaches them. The tools over a pool read them through `inspection`.
 
   get blockBytes (): number { return this.header.blockBytes }
+
+  /** What the FUSE fast path reads extents through (fuse/fast-reads.ts, docs/FASTPATH.md). */
+  fastReadSource (): FastReadSource {
+    const extents = this.state.extents
+    return {
+      blockBytes: this.header.blockBytes,
+      extent: id => extents.fastReadable(id),
+      wholeSlot: (id, slot) => extents.wholeSlot(id, slot),
+      onExtentRemoved: listener => {
+        const before = extents.onRemove
+        extents.onRemove = id => { before?.(id); listener(id) }
+      }
+    }
+  }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   get generation (): number { return this.state.generation }

@@ -1,0 +1,174 @@
+/**
+ * The engine's side of the FUSE fast path (docs/FASTPATH.md): READs of blocks that are holes or whole
+ * slots of checked delta extents are served by the addon's worker threads themselves
+ * (native/fuse3/vdiskfs_fuse3.c, "the fast path"), without the event loop. This publishes, per volume,
+ * what they may serve: one word per block, learnt from the reads the engine serves (a READ the addon
+ * handed over publishes the map page it touched, so the next READs there stay in the addon), and
+ * cleared in the same synchronous step as every map change that moves a block (BlockMap.watch), before
+ * the change is answered. A word names an extent by id; the addon reads it through a descriptor of its
+ * own (registered here, dropped when the extent is removed), checks every sector against the extent's
+ * checksum table, and hands the request back to the engine on anything unexpected.
+ *
+ * What a word can never do, and why (the argument in full is in docs/FASTPATH.md):
+ * - name bytes a later write replaced: the write's map change clears the word before its reply;
+ * - name bytes that were moved or freed: slots are never reused, sealing's repoint keeps the bytes, and
+ *   an extent removed is dropped from the addon (its words then hand requests back), while a read in
+ *   flight keeps its descriptor open;
+ * - return a torn or damaged sector: the checksums fail and the engine reads (and reports) instead.
+ */
+import { entryExtentId, entryKind, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { pageEntries } from '../limits'
+import type { FastReadSource } from '../volume/pool'
+import type { Volume } from '../volume/volume'
+
+/** The addon's fast path functions (one session). */
+export interface FastReadNative {
+  fastConfigure: (session: object, blockBytes: number, on: number) => void
+  fastSize: (session: object, ino: number, size: number) => void
+  fastPublish: (session: object, ino: number, firstBlock: number, words: Uint32Array) => boolean
+  fastClear: (session: object, ino: number, block: number, count: number) => void
+  fastDrop: (session: object, ino: number) => void
+  fastExtent: (session: object, id: number, fd: number, dataStart: number, sumsStart: number) => boolean
+  fastExtentDrop: (session: object, id: number) => void
+}
+
+/** Word kinds (the addon's FAST_*). */
+const fastDelta = 1
+const fastHole = 2
+
+interface Known {
+  volume: Volume
+  ino: number
+  /** Map pages (pageEntries blocks each) published whole since their words were last cleared wholesale. */
+  pages: Set<number>
+}
+
+/** Whether the fast path is on: VDISKFS_FAST_READS=0 turns it off (every READ to the engine). */
+export const fastReadsEnabled = process.env.VDISKFS_FAST_READS !== '0'
+
+export class FastReads {
+  private native: FastReadNative | null = null
+  private session: object | null = null
+  private readonly volumes = new Map<number, Known>()
+  /** Extents the addon holds a descriptor of. */
+  private readonly extents = new Set<number>()
+  private readonly words = new Uint32Array(pageEntries * 2)
+
+  constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
+    source.onExtentRemoved(id => this.extentRemoved(id))
+  }
+
+  /** Starts publishing to a mounted session (nothing is published before). */
+  attach (native: FastReadNative, session: object): void {
+    if (!fastReadsEnabled) return
+    this.native = native
+    this.session = session
+    native.fastConfigure(session, this.source.blockBytes, 1)
+  }
+
+  /** The session ended: nothing more is published. */
+  detach (): void {
+    this.native = null
+    this.session = null
+    for (const known of this.volumes.values()) known.volume.map.watch = null
+    this.volumes.clear()
+    this.extents.clear()
+  }
+
+  /**
+   * After the engine answered a READ of `length` bytes at `offset` of `volume`: publishes what the
+   * addon may serve of the blocks it touched (their whole map page the first time).
+   */
+  learn (volume: Volume, offset: number, length: number): void {
+    if (this.native === null || this.session === null || length <= 0) return
+    const known = this.known(volume)
+    if (known === null) return
+    const blockBytes = this.source.blockBytes
+    const first = Math.floor(offset / blockBytes)
+    const last = Math.min(Math.floor((offset + length - 1) / blockBytes), Math.ceil(volume.size / blockBytes) - 1)
+    for (let page = Math.floor(first / pageEntries); page <= Math.floor(last / pageEntries); page++) {
+      if (known.pages.has(page)) {
+        const from = Math.max(first, page * pageEntries)
+        const to = Math.min(last, page * pageEntries + pageEntries - 1)
+        this.publish(known, from, to - from + 1)
+      } else {
+        const count = Math.min(pageEntries, Math.ceil(volume.size / blockBytes) - page * pageEntries)
+        if (count > 0 && this.publish(known, page * pageEntries, count)) known.pages.add(page)
+      }
+    }
+  }
+
+  /** A volume removed (or its identity ended): the addon forgets it. */
+  forget (volume: Volume): void {
+    const known = this.volumes.get(volume.id)
+    if (known === undefined || known.volume !== volume) return
+    this.volumes.delete(volume.id)
+    volume.map.watch = null
+    if (this.native !== null && this.session !== null) this.native.fastDrop(this.session, known.ino)
+  }
+
+  private known (volume: Volume): Known | null {
+    const native = this.native as FastReadNative
+    const session = this.session as object
+    const found = this.volumes.get(volume.id)
+    if (found !== undefined && found.volume === volume) return found
+    if (found !== undefined) this.forget(found.volume)
+    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set() }
+    native.fastSize(session, known.ino, volume.size)
+    volume.map.watch = {
+      changed: block => {
+        if (known.pages.has(Math.floor(block / pageEntries))) native.fastClear(session, known.ino, block, 1)
+      },
+      changedFrom: from => {
+        // The size first: a READ past the old end must not be answered from the old size.
+        native.fastSize(session, known.ino, volume.size)
+        native.fastClear(session, known.ino, from, -1)
+        const whole = Math.ceil(from / pageEntries)
+        for (const page of known.pages) if (page >= whole || from === 0) known.pages.delete(page)
+      }
+    }
+    this.volumes.set(volume.id, known)
+    return known
+  }
+
+  /** Publishes the words of `count` blocks from `first`; false when the addon could not take them. */
+  private publish (known: Known, first: number, count: number): boolean {
+    const native = this.native as FastReadNative
+    const session = this.session as object
+    const words = this.words.subarray(0, count * 2)
+    const map = known.volume.map
+    for (let i = 0; i < count; i++) {
+      const entry = map.get(first + i)
+      let low = 0
+      let high = 0
+      const kind = entryKind(entry)
+      if (kind === entryKindHole) low = fastHole
+      else if (kind === entryKindDelta) {
+        const id = entryExtentId(entry)
+        const slot = entrySlot(entry)
+        if (this.extentReady(id) && this.source.wholeSlot(id, slot)) {
+          low = ((slot << 8) | fastDelta) >>> 0
+          high = id
+        }
+      }
+      words[2 * i] = low
+      words[2 * i + 1] = high
+    }
+    return native.fastPublish(session, known.ino, first, words)
+  }
+
+  /** Whether the addon holds a descriptor of extent `id` (registered now if it can be). */
+  private extentReady (id: number): boolean {
+    if (this.extents.has(id)) return true
+    const extent = this.source.extent(id)
+    if (extent === undefined || this.native === null || this.session === null) return false
+    if (!this.native.fastExtent(this.session, id, extent.fd, extent.dataStart, extent.sumsStart)) return false
+    this.extents.add(id)
+    return true
+  }
+
+  private extentRemoved (id: number): void {
+    if (!this.extents.delete(id)) return
+    if (this.native !== null && this.session !== null) this.native.fastExtentDrop(this.session, id)
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Issue #20's fast path (docs/FASTPATH.md): READs of whole delta slots and holes answered by the addon's
+ * threads. Every read here is a direct read (dd iflag=direct: the daemon serves it, not the kernel's page
+ * cache), compared with a model of the image after each change the engine makes under the published
+ * words: overwrites in place, new slots after a backup froze the extent, a shrink and a grow, a restore,
+ * sealing and gc removing the extents the words named. The addon's counters show it served them. And
+ * damage that appears after a block was published is still EIO plus a report, never the damaged bytes.
+ */
+import test from 'ava'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { run, vdiskfs, withMount } from '../helpers/mount'
+import { slotOffset } from '../../src/format/extent-format'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+interface FastStats { fastOn: number, fastServed: number, fastHanded: number, fastMismatches: number, fastExtents: number }
+
+async function fastStats (mnt: string): Promise<FastStats> {
+  const result = await vdiskfs('status', mnt, '--json')
+  if (result.code !== 0) throw new Error(result.stderr)
+  return (JSON.parse(result.stdout) as { daemon: { fuse3: FastStats } }).daemon.fuse3
+}
+
+/** `length` bytes at `offset` of `file` read with O_DIRECT in 4 KiB requests (offset and length whole 4 KiB). */
+async function readDirect (file: string, offset: number, length: number, scratch: string): Promise<Buffer> {
+  await run('dd', [`if=${file}`, `of=${scratch}`, 'bs=4k', `skip=${offset / 4096}`, `count=${length / 4096}`, 'iflag=direct', 'status=none'])
+  return fs.readFileSync(scratch)
+}
+
+/** Writes `data` at `offset` of `file` and of `model`, fsynced. */
+function writeBoth (file: string, model: Buffer, offset: number, data: Buffer): void {
+  const fd = fs.openSync(file, 'r+')
+  try {
+    fs.writeSync(fd, data, 0, data.length, offset)
+    fs.fsyncSync(fd)
+  } finally { fs.closeSync(fd) }
+  data.copy(model, offset)
+}
+
+test.serial('the addon answers READs of delta slots and holes, and sees every change the engine makes', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'fast.img')
+  const scratch = path.join(m.dir, 'read.bin')
+  const size = 8 * MiB
+  const model = Buffer.alloc(size)
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, size)
+  writeBoth(disk, model, 0, crypto.randomBytes(4 * MiB))
+  const check = async (what: string): Promise<void> => {
+    const got = await readDirect(disk, 0, size, scratch)
+    t.is(got.length, model.length, `${what}: length`)
+    t.true(got.equals(model), `${what}: the image reads as the model`)
+    // A second pass: the first taught the addon the blocks the engine served.
+    t.true((await readDirect(disk, 0, size, scratch)).equals(model), `${what}: again`)
+  }
+  await check('written')
+  const first = await fastStats(m.mnt)
+  t.is(first.fastOn, 1)
+  t.true(first.fastServed > 0, 'the addon served reads itself')
+
+  // Overwrites in place (the extent is still writable): aligned, odd offsets, across blocks.
+  writeBoth(disk, model, 64 * KiB, crypto.randomBytes(4 * KiB))
+  writeBoth(disk, model, 100_000, crypto.randomBytes(70_000))
+  writeBoth(disk, model, 6 * MiB + 123, crypto.randomBytes(300)) // into a hole: a new slot
+  await check('overwritten')
+
+  // A backup freezes the extent: the next writes take new slots, the words must follow them.
+  t.is((await vdiskfs('backup', disk, 'fast-b1')).code, 0)
+  const backupModel = Buffer.from(model)
+  writeBoth(disk, model, 0, crypto.randomBytes(256 * KiB))
+  writeBoth(disk, model, 3 * MiB - 5, crypto.randomBytes(10))
+  await check('after a backup')
+
+  // A shrink, then a grow: what was cut reads as zeros.
+  fs.truncateSync(disk, 1 * MiB + 512)
+  fs.truncateSync(disk, size)
+  model.fill(0, 1 * MiB + 512)
+  await check('shrunk and grown')
+
+  // Restore: every block reads the backup's bytes again.
+  const restored = await vdiskfs('restore', m.image('backups', 'fast-b1.img'), disk)
+  t.is(restored.code, 0, restored.stderr)
+  backupModel.copy(model)
+  await check('restored')
+
+  // Sealing repoints the blocks to chunks and gc removes the extents the words named.
+  writeBoth(disk, model, 2 * MiB, crypto.randomBytes(128 * KiB))
+  await check('before sealing')
+  t.is((await vdiskfs('sync', m.mnt)).code, 0)
+  t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  await check('sealed and collected')
+  writeBoth(disk, model, 2 * MiB + 4096, crypto.randomBytes(8 * KiB))
+  await check('written after sealing')
+
+  // A volume removed and one made under the same name: nothing of the old one is served.
+  t.is((await vdiskfs('rm', disk)).code, 0)
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, size)
+  model.fill(0)
+  writeBoth(disk, model, 1 * MiB, crypto.randomBytes(64 * KiB))
+  await check('a new volume under the old name')
+
+  const last = await fastStats(m.mnt)
+  t.true(last.fastServed > first.fastServed, 'served more of them')
+  t.is(last.fastMismatches, 0)
+})
+
+test.serial('damage found by the addon after a block was published is EIO and a report, never the bytes', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'damage.img')
+  const scratch = path.join(m.dir, 'read.bin')
+  const data = crypto.randomBytes(64 * KiB)
+  fs.writeFileSync(disk, data)
+  const fd = fs.openSync(disk, 'r+')
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  // Twice: the engine answers the first read and publishes the block, the addon the second.
+  t.true((await readDirect(disk, 0, 64 * KiB, scratch)).equals(data))
+  const before = await fastStats(m.mnt)
+  t.true((await readDirect(disk, 0, 64 * KiB, scratch)).equals(data))
+  const published = await fastStats(m.mnt)
+  t.is(published.fastServed - before.fastServed, 16, 'the addon served the second read (16 requests of 4 KiB)')
+  // One bit flipped in the extent's slot 0, behind the daemon's back (its descriptors see it at once).
+  const extents = fs.readdirSync(path.join(m.pool, 'extents')).filter(f => f.endsWith('.dx'))
+  t.is(extents.length, 1)
+  const file = path.join(m.pool, 'extents', extents[0])
+  const at = slotOffset(0, 64 * KiB) + 5000
+  const efd = fs.openSync(file, 'r+')
+  const byte = Buffer.alloc(1)
+  fs.readSync(efd, byte, 0, 1, at)
+  byte[0] ^= 0x10
+  fs.writeSync(efd, byte, 0, 1, at)
+  fs.closeSync(efd)
+  // The sector holding it fails; the others still read.
+  await t.throwsAsync(readDirect(disk, 4096, 4096, scratch), { message: /Input\/output error/ })
+  t.true((await readDirect(disk, 8192, 8192, scratch)).equals(data.subarray(8192, 16384)))
+  const after = await fastStats(m.mnt)
+  t.true(after.fastMismatches > published.fastMismatches, 'the addon met the damage and handed the read over')
+  t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /corruption: delta extent \d+ slot 0 sector 1: checksum mismatch/)
+})
