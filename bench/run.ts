@@ -98,6 +98,20 @@ const workloads: Array<{ key: string, what: string, unit: string, run: (file: st
 
 // ---- targets ----
 
+/** The fast path's counters (issue #20) and the READs the kernel sent, from `vdiskfs status --json`. */
+function fastCounters (mnt: string): { served: number, reads: number } {
+  const out = spawnSync(cli, ['status', mnt, '--json'], { encoding: 'utf8' })
+  if (out.status !== 0) return { served: 0, reads: 0 }
+  const f = (JSON.parse(out.stdout) as { daemon: { fuse3: { fastServed?: number, readSizes?: number[] } } }).daemon.fuse3
+  return { served: f.fastServed ?? 0, reads: (f.readSizes ?? []).reduce((a, b) => a + b, 0) }
+}
+
+/** The share of READs (percent) the addon answered itself between two samples. */
+function fastShare (before: { served: number, reads: number }, after: { served: number, reads: number }): number {
+  const reads = after.reads - before.reads
+  return reads > 0 ? 100 * (after.served - before.served) / reads : 0
+}
+
 function vdiskfsMount (pool: string, mnt: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): number {
   fs.mkdirSync(mnt, { recursive: true })
   sh(cli, ['mount', pool, mnt, ...extra], { env: { ...process.env, ...env } })
@@ -190,9 +204,17 @@ async function throughputTargets (random: string): Promise<void> {
     try {
       const file = path.join(mnt, 'disks', 'a.img')
       record('A.seqWrite', seqWrite(file, random))
-      for (const w of workloads) record(`A.${w.key}`, w.run(file))
+      for (const w of workloads) {
+        const before = fastCounters(mnt)
+        record(`A.${w.key}`, w.run(file))
+        if (!w.writes) record(`A.fastShare.${w.key}`, fastShare(before, fastCounters(mnt)))
+      }
       sh(cli, ['sync', mnt])
-      for (const w of workloads.filter(x => !x.writes)) record(`B.${w.key}`, w.run(file))
+      for (const w of workloads.filter(x => !x.writes)) {
+        const before = fastCounters(mnt)
+        record(`B.${w.key}`, w.run(file))
+        record(`B.fastShare.${w.key}`, fastShare(before, fastCounters(mnt)))
+      }
       record('rss.throughput', peakRssMiB(pid))
     } finally { vdiskfsUmount(mnt) }
     // A with --xattrs (served xattrs are opt-in since issue #10): what the kernel's security.capability
@@ -203,6 +225,15 @@ async function throughputTargets (random: string): Promise<void> {
       const file = path.join(mnt, 'disks', 'a.img')
       seqWrite(file, random)
       record('Ax.randWrite4k', fio(file, 'randwrite', '4k', 1))
+    } finally { vdiskfsUmount(mnt) }
+    // A with the fast path off (issue #20): every READ through the engine, as before it.
+    fs.rmSync(pool, { recursive: true, force: true })
+    vdiskfsMount(pool, mnt, [], { VDISKFS_FAST_READS: '0' })
+    try {
+      const file = path.join(mnt, 'disks', 'a.img')
+      seqWrite(file, random)
+      record('Af.randRead4k', fio(file, 'randread', '4k', 1))
+      record('Af.randRead4kJobs4', fio(file, 'randread', '4k', 4))
     } finally { vdiskfsUmount(mnt) }
     // A with every engine write through the libuv thread pool, as before inline writes (issue #10).
     fs.rmSync(pool, { recursive: true, force: true })
@@ -645,6 +676,10 @@ function report (started: number): void {
   const metCount = issue10.filter(b => b.bestMet === true).length + issue10.filter(b => b.ceilingMet === true).length
   md.push('', `${metCount} of ${issue10.length * 2} issue #10 bars met.`)
   md.push('', `4k randwrite on A mounted with --xattrs (the kernel then asks GETXATTR security.capability before every write): ${fmt(figure('Ax.randWrite4k'))} IOPS.`, '')
+  md.push('READs the addon answered itself (the fast path, issue #20; docs/FASTPATH.md), percent of the READ requests each workload sent:', '',
+    '| workload | A (fresh) | B (sealed) |', '|---|---|---|')
+  for (const w of workloads.filter(x => !x.writes)) md.push(`| ${w.what} | ${fmt(figure(`A.fastShare.${w.key}`), 1)} | ${fmt(figure(`B.fastShare.${w.key}`), 1)} |`)
+  md.push('', `4k randread on A with VDISKFS_FAST_READS=0 (every READ through the engine, as before the fast path): 1 job ${fmt(figure('Af.randRead4k'))} IOPS, 4 jobs ${fmt(figure('Af.randRead4kJobs4'))} IOPS.`, '')
   md.push(`4k randwrite on A with VDISKFS_INLINE_WRITES=0 (every engine write through the libuv thread pool, as before inline writes): ${fmt(figure('Ap.randWrite4k'))} IOPS.`, '')
   md.push(`Copy of a ${fileBytes / MiB} MiB image of random data, then sync: \`cp\` inside the mount (copy_file_range shares whole blocks) ${fmt(figure('copy.vdiskfs'), 3)} s, ` +
     `the pool storing ${((figure('copy.vdiskfsStoredBytes')?.median ?? 0) / MiB).toFixed(0)} MiB after ${reps} copies; \`cp --reflink=never\` of a plain file on the bench's filesystem ${fmt(figure('copy.P'), 3)} s.`, '')

@@ -401,7 +401,9 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
   uint64_t bb = f->block_bytes;
   if (b == NULL || bb == 0) goto out;
   uint64_t vsize = __atomic_load_n(&v->size, __ATOMIC_SEQ_CST);
-  uint64_t length = (uint64_t)off >= vsize ? 0 : (vsize - (uint64_t)off < size ? vsize - (uint64_t)off : size);
+  /* At or past the end: the engine answers (no READ is answered here from a size alone). */
+  if ((uint64_t)off >= vsize || size == 0) goto out;
+  uint64_t length = vsize - (uint64_t)off < size ? vsize - (uint64_t)off : size;
   uint64_t done = 0;
   while (done < length) {
     uint64_t at = (uint64_t)off + done, block = at / bb, offset = at % bb;
