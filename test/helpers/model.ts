@@ -3,6 +3,7 @@
  * interpreter that applies one generated operation to both the engine (a Pool opened directly) and the
  * model, used by the property tests and by their kept regression cases.
  */
+import fc from 'fast-check'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -188,4 +189,66 @@ export async function runOps (ops: Op[], options: { pageCacheMax?: number, block
     fs.rmSync(dir, { recursive: true, force: true })
   }
 }
+
+
+// ---- generators (the property tests') ----
+
+const modelBlockBytes = 4096 // as runOps opens the pool
+// 4096 entries per map page at 4 KiB blocks: a page covers 16 MiB, so offsets up to 40 MiB span pages.
+const spanBytes = 40 * 1024 * 1024
+
+/** Random operations over up to 21 volumes (4 KiB blocks; offsets up to 40 MiB span map pages). */
+export const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 2, arbitrary: fc.constant({ op: 'create' as const }) },
+  {
+    weight: 10,
+    arbitrary: fc.record({
+      op: fc.constant('write' as const),
+      vol: fc.nat(20),
+      offset: fc.oneof(fc.nat(3 * modelBlockBytes), fc.nat(spanBytes), fc.integer({ min: 16 * 1024 * 1024 - 2 * modelBlockBytes, max: 16 * 1024 * 1024 + modelBlockBytes })),
+      length: fc.oneof(fc.integer({ min: 1, max: 2 * modelBlockBytes + 7 }), fc.constantFrom(modelBlockBytes, 4 * modelBlockBytes)),
+      zero: fc.boolean(),
+      seed: fc.nat()
+    })
+  },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('truncate' as const), vol: fc.nat(20), size: fc.oneof(fc.nat(3 * modelBlockBytes), fc.nat(spanBytes)) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('discard' as const),
+      vol: fc.nat(20),
+      offset: fc.oneof(fc.nat(3 * modelBlockBytes), fc.nat(spanBytes)),
+      length: fc.oneof(fc.integer({ min: 1, max: 3 * modelBlockBytes + 7 }), fc.constantFrom(modelBlockBytes, 4 * modelBlockBytes)),
+      grow: fc.boolean()
+    })
+  },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('backup' as const), vol: fc.nat(20) }) },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant('clone' as const), vol: fc.nat(20) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('restore' as const), vol: fc.nat(20), target: fc.nat(20) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('rm' as const), vol: fc.nat(20) }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('rename' as const), vol: fc.nat(20) }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'commit' as const }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'gc' as const }) },
+  { weight: 2, arbitrary: fc.constant({ op: 'seal' as const }) },
+  { weight: 2, arbitrary: fc.constant({ op: 'reopen' as const }) }
+)
+
+// With 16 KiB blocks: the same operations, plus writes (sector-aligned or not) and seal passes
+// concentrated on the first 16 blocks, so that writes often land on sealed blocks (partial slots),
+// on partial slots again, and on partial slots frozen by a backup.
+export const partialOpArbitrary: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 3, arbitrary: opArbitrary },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      op: fc.constant('write' as const),
+      vol: fc.nat(20),
+      offset: fc.oneof(fc.nat(64 * modelBlockBytes), fc.nat(16).map(sector => sector * modelBlockBytes)),
+      length: fc.oneof(fc.integer({ min: 1, max: 2 * modelBlockBytes + 7 }), fc.constantFrom(modelBlockBytes, 2 * modelBlockBytes)),
+      zero: fc.boolean(),
+      seed: fc.nat()
+    })
+  },
+  { weight: 1, arbitrary: fc.constant({ op: 'seal' as const }) }
+)
 
