@@ -66,6 +66,13 @@ export const statusCommands: Record<string, Command> = {
   }
 }
 
+/** The fast path's counters (docs/FASTPATH.md), from what the FUSE addon counted: a line, or none when it is off. */
+function fastPathLines (stats: StatsResult): string[] {
+  const fuse3 = stats.daemon.fuse3 as { fastOn?: number, fastServed?: number, fastHanded?: number, fastMismatches?: number } | null | undefined
+  if (fuse3 === null || fuse3 === undefined || fuse3.fastOn !== 1) return []
+  return [`fast path:   ${fuse3.fastServed ?? 0} READs answered in the addon's threads, ${fuse3.fastHanded ?? 0} handed to the engine (${fuse3.fastMismatches ?? 0} of them on a checksum mismatch)`]
+}
+
 function statusText (stats: StatsResult): string {
   const ms = (value: number) => `${value.toFixed(value < 10 ? 2 : 0)} ms`
   const loop = stats.eventLoopDelay
@@ -82,6 +89,7 @@ function statusText (stats: StatsResult): string {
       `${bytes(cache.bytes)} of ${bytes(cache.bytesMax)} held`,
     `writes:      ${stats.writes.inline} inline, ${stats.writes.pooled} through the thread pool, ${stats.writes.slow} slow inline (each sends writes to the pool for a while), slowest ${ms(stats.writes.slowestMs)}`,
     `reads:       ${stats.reads.inline} inline (all in the page cache), ${stats.reads.pooled} through the thread pool (${stats.reads.missed} of them tried inline first), slowest inline ${ms(stats.reads.slowestMs)}`,
+    ...fastPathLines(stats),
     `jobs:        ${stats.jobs.length === 0 ? 'none' : stats.jobs.map(j => j.name + (j.progress === null ? '' : ` ${j.progress.done}/${j.progress.total}`)).join(', ')}`,
     ''
   ]

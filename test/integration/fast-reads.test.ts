@@ -106,6 +106,12 @@ test.serial('the addon answers READs of delta slots and holes, and sees every ch
   const last = await fastStats(m.mnt)
   t.true(last.fastServed > first.fastServed, 'served more of them')
   t.is(last.fastMismatches, 0)
+  // What an admin sees: a line in status, counters for Prometheus.
+  t.regex((await vdiskfs('status', m.mnt)).stdout, /^fast path: +\d+ READs answered in the addon's threads, \d+ handed to the engine/m)
+  const metrics = (await vdiskfs('status', m.mnt, '--prometheus')).stdout
+  const served = /^vdiskfs_fast_reads_total(?:\{[^}]*\})? (\d+)$/m.exec(metrics)
+  t.truthy(served, 'vdiskfs_fast_reads_total is exported')
+  t.true(Number(served?.[1]) >= last.fastServed)
 })
 
 test.serial('damage found by the addon after a block was published is EIO and a report, never the bytes', async t => {
