@@ -215,14 +215,18 @@ export class Maintenance {
    * Once the page store's index is complete (learnExtentNames), those are its pages naming the extent
    * that some volume reads: one look-up per volume at the page's root index, no walk of any root
    * (issue #21: the walks over every volume's root per extent made a backup's time grow with the
-   * number of backups). Before that (the first seal pass of a process runs learnExtentNames first;
-   * recovery at start does not), every volume's root is walked, each distinct page once.
+   * number of backups), unless one walk costs less (lookUpCheaper). Before that (the first seal pass
+   * of a process runs learnExtentNames first; recovery at start does not), every volume's root is
+   * walked, each distinct page once.
    */
   private forEachDistinctPage (extentId: number, visit: (page: Page) => void): void {
     const pages = this.state.pages
     if (pages.indexComplete) {
-      for (const id of pages.pagesNaming(extentId)) if (this.isRead(id)) visit(pages.get(id))
-      return
+      const naming = pages.pagesNaming(extentId)
+      if (this.lookUpCheaper(naming.length)) {
+        for (const id of naming) if (this.isRead(id)) visit(pages.get(id))
+        return
+      }
     }
     const seen = new Set<number>()
     for (const volume of this.volumes.values()) {
@@ -233,6 +237,26 @@ export class Maintenance {
         if (pages.namesExtent(id, extentId)) visit(pages.get(id))
       }
     }
+  }
+
+  /**
+   * Test seam: look-ups are taken when pages x volumes <= this x the roots' entries (Infinity: always,
+   * once the index is complete).
+   */
+  lookUpRatio = 1
+
+  /**
+   * Whether looking `count` pages up at their root index (up to one root entry per volume each) costs
+   * less than one walk of every root: with many volumes of a big disk and few pages (backups of a
+   * 1 TiB disk, 4,096 entries per root) the look-ups; with small roots and many pages naming the
+   * extent (a chain of clones of a small disk: each copy of a page keeps the entries of the levels
+   * above it) the walk. Either finds the same pages.
+   */
+  private lookUpCheaper (count: number): boolean {
+    if (!this.state.pages.indexComplete) return false
+    let entries = 0
+    for (const volume of this.volumes.values()) entries += volume.map.root.length
+    return count * this.volumes.size <= this.lookUpRatio * entries
   }
 
   /** Whether some volume's root names page `id` (its index unknown: taken as read). */
@@ -292,8 +316,9 @@ export class Maintenance {
   private countPageChanges (changes: Map<number, { freed: number, stored: number }>): void {
     const pages = this.state.pages
     const unplaced = new Map<number, { freed: number, stored: number }>()
+    const lookUp = this.lookUpCheaper(changes.size)
     for (const [id, change] of changes) {
-      const slot = pages.indexComplete ? pages.slotOf(id) : undefined
+      const slot = lookUp ? pages.slotOf(id) : undefined
       if (slot === undefined) { unplaced.set(id, change); continue }
       for (const volume of this.volumes.values()) {
         pages.rootEntriesRead++

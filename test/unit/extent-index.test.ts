@@ -18,11 +18,12 @@ import { storesOf } from '../helpers/stores'
 
 const blockBytes = 4096
 
-interface Walks { referencedSlots: (extentId: number) => number[] }
+interface Walks { referencedSlots: (extentId: number) => number[], lookUpRatio: number }
 
 function slotsBothWays (pool: Pool, extentId: number): { indexed: number[], walked: number[] } {
   const maintenance = (pool as unknown as { maintenance: Walks }).maintenance
   const pages = storesOf(pool).pages
+  maintenance.lookUpRatio = Number.POSITIVE_INFINITY // the index's look-ups, however many pages
   const indexed = maintenance.referencedSlots(extentId)
   pages.indexComplete = false
   try { return { indexed, walked: maintenance.referencedSlots(extentId) } } finally { pages.indexComplete = true }
