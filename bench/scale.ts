@@ -11,6 +11,7 @@
  * B. A chain of VDISKFS_BENCH_SCALE_CHAIN (default 1,000) clones: clone of a backup of a clone ..., each
  *    clone rewriting one block; 256 MiB read (dd, caches dropped) at depth 1 and at the end (issue: the
  *    end reads at >= 0.95x of depth 1), alternated, VDISKFS_BENCH_REPS (default 3) times.
+ * VDISKFS_BENCH_SCALE_BACKUPS=0 runs B alone, VDISKFS_BENCH_SCALE_CHAIN=0 A alone.
  * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
@@ -301,7 +302,9 @@ function table (results: Record<string, any>): string {
     '',
     `${os.cpus().length} cores; load average at start ${results.loadStart.map((n: number) => n.toFixed(2)).join(' ')}, at end ${results.loadEnd.map((n: number) => n.toFixed(2)).join(' ')}. ` +
       'Ratios are within this run; the machine is shared, so absolute times are noisy.',
-    '',
+    ''
+  ]
+  if (a !== undefined) lines.push(
     `## A. ${a.backups} backups of one 1 TiB sparse disk, ${a.changedMiB} MiB rewritten (1 MiB writes at random places) before each`,
     '',
     '| backups | median ms | p99 ms | max ms | daemon median ms | median / first tenth |',
@@ -335,7 +338,7 @@ function table (results: Record<string, any>): string {
     `| prune of ${a.pruneTen.removed} backups (ms; per backup) | ${f(a.pruneTen.ms)}; ${f(a.pruneTen.ms / Math.max(1, a.pruneTen.removed), 2)} |`,
     `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
     ''
-  ]
+  )
   if (b === undefined) return lines.join('\n')
   lines.push(
     `## B. A chain of ${b.depth} clones (clone of a backup of a clone ...)`,
@@ -359,7 +362,7 @@ async function main (): Promise<void> {
   const loadStart = os.loadavg()
   try {
     const results: Record<string, unknown> = { loadStart }
-    results.backups = await scenarioBackups(dir)
+    if (backups > 0) results.backups = await scenarioBackups(dir)
     if (chainDepth > 0) results.chain = await scenarioChain(dir)
     results.loadEnd = os.loadavg()
     const out = path.join(repoRoot, 'bench', 'results')

@@ -15,6 +15,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { GcSchedule } from './gc-schedule'
 import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
@@ -276,14 +277,15 @@ async function mount (options: DaemonOptions, mountpoint: string, takeover: bool
 
 /** The background work besides sealing: gc after changes, and a commit every commitIntervalMs. Returns the timers. */
 function startBackground (pool: Pool, metrics: DaemonMetrics, log: (message: string) => void): NodeJS.Timeout[] {
-  // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one.
-  let collectedGeneration = pool.uncleanStopFound ? pool.generation : -1
+  // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one;
+  // then one at a time, resting after each (gc-schedule.ts).
+  const schedule = new GcSchedule(pool.uncleanStopFound ? pool.generation : -1)
   const gcTimer = setInterval(() => {
-    if (pool.generation === collectedGeneration) return
-    collectedGeneration = pool.generation
+    const startedMs = Date.now()
+    if (!schedule.start(startedMs, pool.generation)) return
     metrics.job('gc', async () => await pool.gc()).then(report => {
       if (report.chunksFreed + report.extentsFreed + report.pagesFreed > 0) log(`background gc: ${JSON.stringify(report)}`)
-    }, err => log(`background gc failed: ${(err as Error).message}`))
+    }, err => log(`background gc failed: ${(err as Error).message}`)).finally(() => schedule.ended(startedMs, Date.now()))
   }, gcIntervalMs)
   const commitTimer = setInterval(() => {
     if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))

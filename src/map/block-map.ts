@@ -51,7 +51,8 @@ export class BlockMap {
   }
 
   // The counters change only with the entries, in this class: set(), resize(),
-  // countPageChanges(), pointAt() and recount() keep them right; nothing outside writes them.
+  // countPageChanges(), countPageChange(), pointAt() and recount() keep them right; nothing outside
+  // writes them.
   private allocated: number
   private stored: number
   /** Blocks that are not holes. */
@@ -187,6 +188,18 @@ export class BlockMap {
     return this.root.slice()
   }
 
+  /**
+   * Counts `change` (how many of its entries became holes, and how its stored bytes changed) when this
+   * map reads page `id`, which sits at root index `slot` (PageStore.slotOf): one look-up. Returns
+   * whether it did.
+   */
+  countPageChange (slot: number, id: number, change: { freed: number, stored: number }): boolean {
+    if (slot >= this.root.length || this.root[slot] !== id) return false
+    this.allocated -= change.freed
+    this.stored += change.stored
+    return true
+  }
+
   /** Calls `visit` for every non-hole entry. */
   forEachEntry (visit: (block: number, entry: number) => void): void {
     for (let p = 0; p < this.root.length; p++) {
@@ -222,5 +235,6 @@ export class BlockMap {
     }
     this.root[pageIndex] = pageId
     this.rootDirty = true
+    this.pages.placed(pageId, pageIndex)
   }
 }

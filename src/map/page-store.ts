@@ -16,6 +16,9 @@ import { corrupt } from '../errors'
 import { decodePage, describePageDamage, encodePage, entryExtentId, entryKind, entryKindDelta, pageIsSound } from '../format/map-format'
 import { pageCacheMax, pageEntries } from '../limits'
 
+/** What a page that names no delta extent has learnt (one shared, never changed). */
+const noExtents: ReadonlySet<number> = new Set<number>()
+
 export class Page {
   /** Set when the page changed since the last commit that wrote it. */
   dirty = false
@@ -36,11 +39,35 @@ export class PageStore {
   /** Map pages written by commits since the pool opened: what the catalog grows by. */
   written = 0
   /**
-   * Per page id, the delta extents its entries name, kept past the page's eviction: a stored page
-   * changes only through markDirty (which forgets its summary) and gc's drop, so sealing an extent
-   * finds the pages that name it without loading every page of every backup again (issue #21).
+   * Root entries (page ids in volumes' roots) read by sealing's walks since the pool opened: what
+   * finding the pages that name an extent, and the volumes that read them, costs (issue #21).
    */
-  private readonly deltaExtents = new Map<number, Set<number>>()
+  rootEntriesRead = 0
+  /**
+   * Per page id, the delta extents its entries name ("learnt"), kept past the page's eviction: a
+   * stored page changes only through markDirty (which forgets what was learnt and queues the page in
+   * `unlearnt`) and gc's drop, so sealing an extent finds the pages that name it without loading every
+   * page of every backup again (issue #21).
+   */
+  private readonly deltaExtents = new Map<number, ReadonlySet<number>>()
+  /** The reverse of deltaExtents: per delta extent, the learnt pages that name it. */
+  private readonly pagesOfExtent = new Map<number, Set<number>>()
+  /** Pages changed (or made) since they were last learnt: learnt before the index is asked. */
+  private readonly unlearnt = new Set<number>()
+  /**
+   * Per page id, its place in the roots that name it (the root index): a page sits at one index in
+   * every root that names it (roots are copied whole; a page is put in a root only by its own map's
+   * setRoot, at the index it maps, and a spare moves only while its map alone reads it). So whether a
+   * volume reads the page is one look-up in its root, not a walk of it.
+   */
+  private readonly slots = new Map<number, number>()
+  /**
+   * Set (by Maintenance.learnExtentNames) once every page some root named at one instant was learnt
+   * with its slot: from then on every page a root names is learnt or in `unlearnt`, and has its slot,
+   * so `pagesNaming` is complete. Until then sealing walks the roots (the first pass in a process,
+   * and recovery at start). Cleared by `forgetLearnt` (after repair rewrote pages behind the store).
+   */
+  indexComplete = false
 
   /** `cacheMax`: clean pages kept (tests make it tiny, so eviction happens all the time). */
   constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax) {
@@ -77,17 +104,82 @@ export class PageStore {
    * page once per change; throws what get() throws.
    */
   namesExtent (id: number, extentId: number): boolean {
-    let extents = this.deltaExtents.get(id)
-    if (extents === undefined) {
-      extents = new Set<number>()
-      const entries = this.get(id).entries
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]
-        if (entry !== 0 && entryKind(entry) === entryKindDelta) extents.add(entryExtentId(entry))
-      }
-      this.deltaExtents.set(id, extents)
+    return this.learn(id).has(extentId)
+  }
+
+  /** Which delta extents page `id` names: learnt once per change of the page (loads it if evicted). */
+  private learn (id: number): ReadonlySet<number> {
+    const known = this.deltaExtents.get(id)
+    if (known !== undefined) return known
+    let extents: Set<number> | null = null
+    const entries = this.get(id).entries
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i]
+      if (entry !== 0 && entryKind(entry) === entryKindDelta) (extents ??= new Set<number>()).add(entryExtentId(entry))
     }
-    return extents.has(extentId)
+    const learnt = extents ?? noExtents
+    this.deltaExtents.set(id, learnt)
+    this.unlearnt.delete(id)
+    for (const extentId of learnt) {
+      let pages = this.pagesOfExtent.get(extentId)
+      if (pages === undefined) this.pagesOfExtent.set(extentId, pages = new Set<number>())
+      pages.add(id)
+    }
+    return learnt
+  }
+
+  /** Forgets what was learnt of page `id` (it changed, or is gone). */
+  private unlearn (id: number): void {
+    const learnt = this.deltaExtents.get(id)
+    if (learnt === undefined) return
+    this.deltaExtents.delete(id)
+    for (const extentId of learnt) {
+      const pages = this.pagesOfExtent.get(extentId)
+      if (pages === undefined) continue
+      pages.delete(id)
+      if (pages.size === 0) this.pagesOfExtent.delete(extentId)
+    }
+  }
+
+  /**
+   * Every page that names delta extent `extentId` (live ones and garbage not collected yet), once
+   * `indexComplete`: the pages changed since they were learnt are learnt first, in this step. Throws
+   * what get() throws for such a page (it stays unlearnt, and is asked again next time).
+   */
+  pagesNaming (extentId: number): number[] {
+    assert.ok(this.indexComplete, 'the extent index is not complete yet')
+    for (const id of [...this.unlearnt]) this.learn(id)
+    return [...(this.pagesOfExtent.get(extentId) ?? [])]
+  }
+
+  /** Pages changed since they were learnt (to learn them in slices before a seal pass). */
+  unlearntPages (): number[] { return [...this.unlearnt] }
+
+  /** Marks page `id` as not learnt (a page that could not be read while learning: asked again). */
+  learnLater (id: number): void {
+    this.unlearn(id)
+    this.unlearnt.add(id)
+  }
+
+  /** Learns page `id` unless it is known already (to learn in slices); throws what get() throws. */
+  learnPage (id: number): void { this.learn(id) }
+
+  /** Records that page `id` is at root index `slot` (BlockMap.setRoot; `ifUnknown`: the learning walk). */
+  placed (id: number, slot: number, ifUnknown = false): void {
+    if (ifUnknown && this.slots.has(id)) return
+    this.slots.set(id, slot)
+  }
+
+  /** The root index of page `id`, or undefined when not known (see `slots`). */
+  slotOf (id: number): number | undefined { return this.slots.get(id) }
+
+  /** Forgets everything learnt (repair rewrote pages and roots without telling the store). */
+  forgetLearnt (): void {
+    this.indexComplete = false
+    this.deltaExtents.clear()
+    this.pagesOfExtent.clear()
+    this.unlearnt.clear()
+    this.slots.clear()
   }
 
   /**
@@ -105,7 +197,8 @@ export class PageStore {
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++
-    this.deltaExtents.delete(page.id)
+    this.unlearn(page.id)
+    this.unlearnt.add(page.id)
     // A caller may hold a page across other lookups that evicted it (repoint walks every page): a
     // clean page equals its catalog row, so the changed object takes the cache slot back from any
     // copy loaded meanwhile, and no later lookup reads the stale row.
@@ -139,7 +232,9 @@ export class PageStore {
 
   /** Forgets a page that garbage collection deleted. */
   drop (id: number): void {
-    this.deltaExtents.delete(id)
+    this.unlearn(id)
+    this.unlearnt.delete(id)
+    this.slots.delete(id)
     const page = this.cache.get(id)
     if (page !== undefined && page.dirty) { page.dirty = false; this.dirtyPages.delete(page) }
     this.cache.delete(id)

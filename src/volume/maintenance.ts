@@ -153,31 +153,47 @@ export class Maintenance {
   }
 
   /**
-   * Learns, for every distinct page the roots name, which delta extents it names (PageStore.namesExtent),
-   * in slices that yield to the event loop, before a seal pass: its walks (referencedSlots, repoint,
-   * each one synchronous step) then find that known instead of loading every page in one step, which the
-   * first pass in a process did (1.5 s held at 1,000 backups of 1 TiB). A cache only: a page changed
-   * meanwhile is learnt again when asked; a damaged page is left to the seal's own walk.
+   * Learns, before a seal pass, which delta extents each map page names (PageStore.namesExtent), in
+   * slices that yield to the event loop: sealing's walks (referencedSlots, repoint, each one
+   * synchronous step) then find that known instead of loading pages in one step. The first call in a
+   * process learns every distinct page the roots name at its start (roots shared, so the arrays walked
+   * never change), with each page's root index, and then marks the page store's index complete: every
+   * page a root names later was named at that start (roots are copied from roots) or entered a root
+   * through its map's setRoot (made or changed since, so queued unlearnt, its index recorded). Each
+   * later call learns only the pages changed since (issue #21: the walk over every root cost N x S /
+   * 256 MiB steps per pass). A page that cannot be read stays unlearnt: the seal's own look-up then
+   * throws for it, and the extent is not sealed.
    */
   async learnExtentNames (): Promise<void> {
-    const seen = new Set<number>()
+    const pages = this.state.pages
     let since = performance.now()
-    for (const volume of [...this.volumes.values()]) {
-      const root = volume.map.root
-      for (let p = 0; p < root.length; p++) {
-        const id = root[p]
-        if (id === 0 || seen.has(id)) continue
-        seen.add(id)
-        try { this.state.pages.namesExtent(id, 0) } catch {}
-        if (seen.size % 64 !== 0 || performance.now() - since < gcSliceMs) continue
-        await nextTurn()
-        if (this.state.lifecycle !== 'open') return
-        since = performance.now()
-      }
-      if (performance.now() - since < gcSliceMs) continue
+    let done = 0
+    const slice = async (): Promise<boolean> => {
+      if (++done % 64 !== 0 || performance.now() - since < gcSliceMs) return true
       await nextTurn()
-      if (this.state.lifecycle !== 'open') return
+      // eslint-disable-next-line require-atomic-updates -- since is this call's own clock, read and set only by its one loop, a slice at a time
       since = performance.now()
+      return this.state.lifecycle === 'open'
+    }
+    if (!pages.indexComplete) {
+      const roots = [...this.volumes.values()].map(volume => volume.map.shareRoot())
+      const seen = new Set<number>()
+      for (const root of roots) {
+        pages.rootEntriesRead += root.length
+        for (let p = 0; p < root.length; p++) {
+          const id = root[p]
+          if (id === 0 || seen.has(id)) continue
+          seen.add(id)
+          pages.placed(id, p, true)
+          try { pages.learnPage(id) } catch { pages.learnLater(id) }
+          if (!await slice()) return
+        }
+      }
+      pages.indexComplete = true
+    }
+    for (const id of pages.unlearntPages()) {
+      try { pages.learnPage(id) } catch { pages.learnLater(id) }
+      if (!await slice()) return
     }
   }
 
@@ -195,21 +211,64 @@ export class Maintenance {
   }
 
   /**
-   * Calls `visit` once for each map page some volume's root names: a page shared by a disk and its
-   * backups (or along a chain of clones) is one page, walked once however many volumes read it, so a
-   * walk costs the pool's distinct pages and not volumes times pages (issue #21: 10,000 backups of one
-   * disk share most of their pages). Only the pages that name delta extent `extentId` are visited; which
-   * those are, the page store remembers per page until the page changes (PageStore.namesExtent).
+   * Calls `visit` once for each map page some volume's root names that names delta extent `extentId`.
+   * Once the page store's index is complete (learnExtentNames), those are its pages naming the extent
+   * that some volume reads: one look-up per volume at the page's root index, no walk of any root
+   * (issue #21: the walks over every volume's root per extent made a backup's time grow with the
+   * number of backups), unless one walk costs less (lookUpCheaper). Before that (the first seal pass
+   * of a process runs learnExtentNames first; recovery at start does not), every volume's root is
+   * walked, each distinct page once.
    */
   private forEachDistinctPage (extentId: number, visit: (page: Page) => void): void {
+    const pages = this.state.pages
+    if (pages.indexComplete) {
+      const naming = pages.pagesNaming(extentId)
+      if (this.lookUpCheaper(naming.length)) {
+        for (const id of naming) if (this.isRead(id)) visit(pages.get(id))
+        return
+      }
+    }
     const seen = new Set<number>()
     for (const volume of this.volumes.values()) {
+      pages.rootEntriesRead += volume.map.root.length
       for (const id of volume.map.root) {
         if (id === 0 || seen.has(id)) continue
         seen.add(id)
-        if (this.state.pages.namesExtent(id, extentId)) visit(this.state.pages.get(id))
+        if (pages.namesExtent(id, extentId)) visit(pages.get(id))
       }
     }
+  }
+
+  /**
+   * Test seam: look-ups are taken when pages x volumes <= this x the roots' entries (Infinity: always,
+   * once the index is complete).
+   */
+  lookUpRatio = 1
+
+  /**
+   * Whether looking `count` pages up at their root index (up to one root entry per volume each) costs
+   * less than one walk of every root: with many volumes of a big disk and few pages (backups of a
+   * 1 TiB disk, 4,096 entries per root) the look-ups; with small roots and many pages naming the
+   * extent (a chain of clones of a small disk: each copy of a page keeps the entries of the levels
+   * above it) the walk. Either finds the same pages.
+   */
+  private lookUpCheaper (count: number): boolean {
+    if (!this.state.pages.indexComplete) return false
+    let entries = 0
+    for (const volume of this.volumes.values()) entries += volume.map.root.length
+    return count * this.volumes.size <= this.lookUpRatio * entries
+  }
+
+  /** Whether some volume's root names page `id` (its index unknown: taken as read). */
+  private isRead (id: number): boolean {
+    const slot = this.state.pages.slotOf(id)
+    if (slot === undefined) return true
+    for (const volume of this.volumes.values()) {
+      this.state.pages.rootEntriesRead++
+      const root = volume.map.root
+      if (slot < root.length && root[slot] === id) return true
+    }
+    return false
   }
 
   /**
@@ -217,7 +276,8 @@ export class Maintenance {
    * entry). Pages are changed in place, shared ones included: their content does not change, only
    * where it lives. Synchronous, so no write interleaves; the caller commits. Each distinct page is
    * walked once; a volume's counters (and its catalog row) change only when its root names a page that
-   * held such an entry (a shared page counts for each volume that reads it).
+   * held such an entry (a shared page counts for each volume that reads it): one look-up per volume at
+   * the page's root index once the index is complete, a walk of every root before.
    */
   repoint (extentId: number, mapping: Map<number, number>): void {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
@@ -240,9 +300,7 @@ export class Maintenance {
     })
     if (changes.size === 0) return
     // ... then every volume reading such a page (a shared page counts for each) ...
-    for (const volume of this.volumes.values()) {
-      if (volume.map.countPageChanges(changes)) volume.rowDirty = true
-    }
+    this.countPageChanges(changes)
     // ... then each page once.
     for (const page of pages) {
       this.state.pages.willChange(page)
@@ -254,8 +312,30 @@ export class Maintenance {
     this.state.generation++
   }
 
+  /** Counts each page's change in every volume that reads it; marks their rows dirty. */
+  private countPageChanges (changes: Map<number, { freed: number, stored: number }>): void {
+    const pages = this.state.pages
+    const unplaced = new Map<number, { freed: number, stored: number }>()
+    const lookUp = this.lookUpCheaper(changes.size)
+    for (const [id, change] of changes) {
+      const slot = lookUp ? pages.slotOf(id) : undefined
+      if (slot === undefined) { unplaced.set(id, change); continue }
+      for (const volume of this.volumes.values()) {
+        pages.rootEntriesRead++
+        if (volume.map.countPageChange(slot, id, change)) volume.rowDirty = true
+      }
+    }
+    if (unplaced.size === 0) return
+    for (const volume of this.volumes.values()) {
+      pages.rootEntriesRead += volume.map.root.length
+      if (volume.map.countPageChanges(unplaced)) volume.rowDirty = true
+    }
+  }
+
   /** Recounts every volume's allocated blocks and stored bytes from its map (after repair). */
   recount (): void {
+    // Repair rewrote pages and roots behind the page store: what it learnt of them is relearnt.
+    this.state.pages.forgetLearnt()
     for (const volume of this.volumes.values()) {
       volume.map.recount()
       volume.rowDirty = true

@@ -204,3 +204,44 @@ test.serial('a reopened pool learns which extents its pages name before a seal p
     await pool.close()
   }
 })
+
+test.serial('sealing an extent reads at most three root entries per volume for each page it names (whether the volume reads it, at the page\'s root index), not every volume\'s whole root, and a later pass walks no root', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0, pageCacheMax: 8 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(64 * pageEntries * blockBytes)
+    // 60 backups, each after a block written in one of 60 pages: dense roots of up to 60 page ids.
+    for (let i = 0; i < 60; i++) {
+      await disk.write(Buffer.alloc(blockBytes, i + 1), (i * pageEntries + i) * blockBytes)
+      await pool.backup(disk, `b${i}.img`)
+    }
+    const sealer = new Sealer(pool, () => {})
+    await sealer.sealPending(true)
+    // One block in page 62 (no backup read it before), then a backup: the page is the disk's and the
+    // new backup's, and sealing its extent changes both volumes' stored bytes.
+    await disk.write(Buffer.alloc(blockBytes, 0x42), (62 * pageEntries + 7) * blockBytes)
+    const last = await pool.backup(disk, 'last.img')
+    await pool.commit()
+    const stores = storesOf(pool)
+    const volumes = pool.list().length
+    const before = stores.pages.rootEntriesRead
+    const report = await sealer.sealPending(true)
+    t.is(report.blocksSealed, 1)
+    const read = stores.pages.rootEntriesRead - before
+    // Before the index (issue #21): 15,872, four walks of every root (learning, the slots, repoint, the counters).
+    t.true(read <= 3 * volumes, `root entries read to seal one block in one page, ${volumes} volumes: ${read}`)
+    // The counters of both readers followed the repoint, and no other volume's did.
+    for (const volume of pool.list()) {
+      let stored = 0
+      volume.map.forEachEntry((_block, entry) => { stored += stores.sizeOf(entry) })
+      t.is(volume.storedBytes, stored, `${volume.label}: stored bytes after the seal`)
+    }
+    t.true(disk.storedBytes < 61 * blockBytes && last.storedBytes === disk.storedBytes)
+    const back = Buffer.alloc(blockBytes)
+    await last.read(back, (62 * pageEntries + 7) * blockBytes)
+    t.true(back.equals(Buffer.alloc(blockBytes, 0x42)))
+  } finally {
+    await pool.close()
+  }
+})
