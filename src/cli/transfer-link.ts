@@ -56,7 +56,9 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
     }
   }
   // The daemon's blocks straight into the store: no stream encoded and decoded in between.
-  const { header, blocks } = await exportBlocks(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
+  // store.push is done with each block (hashed, compressed into its pack) before it asks for the next:
+  // the blocks need no buffer of their own (docs/REMOTE.md, "Figures").
+  const { header, blocks } = await exportBlocks(mountpoint, 'backup', name, { ...(base === null ? {} : { since: base.name }), reuse: true })
   try {
     if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
     options.progress.total(header.records * header.blockBytes)
