@@ -203,11 +203,19 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
       storing = session.store(blocks)
       storing.catch(() => {})
     }
+    // Two batches' worth of block buffers, taken in turns: a block's bytes are copied from the socket into
+    // its place in the batch's (or kept as a view of the socket's chunk), not into a buffer of their own
+    // each, which made V8 collect the whole heap every few dozen MiB of an import. The batch that last used
+    // one was stored before this one fills it (storeBatch waits for the store before the one it starts),
+    // and the store copies the bytes into the workers' slab.
+    const batchBuffers = [Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes), Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes)]
+    let turn = 0
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
       for (;;) {
-        const frame = await readFrame(reader, pool.blockBytes)
+        const slot = batchBuffers[turn].subarray(batch.length * pool.blockBytes, (batch.length + 1) * pool.blockBytes)
+        const frame = await readFrame(reader, pool.blockBytes, slot)
         if (frame === null) {
           // The CLI went away before the end: what arrived is kept as progress, no backup appears.
           await storeBatch(batch)
@@ -219,7 +227,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
         batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash })
-        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = [] }
+        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = []; turn = 1 - turn }
       }
       await storeBatch(batch)
       await storing
