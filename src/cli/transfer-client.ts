@@ -101,6 +101,8 @@ export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, 
 export interface ImportOptions {
   onHeader?: (header: StreamHeader) => void
   onBlock?: (done: number) => void
+  /** The connection the blocks go to, once open (importBlocks): to learn when what was sent is written. */
+  onConnection?: (socket: net.Socket) => void
 }
 
 /**
@@ -186,6 +188,7 @@ async function blocksVia (op: 'importStream' | 'importStageStream', mountpoint: 
     const opened = op === 'importStream' ? await openStream(mountpoint, 'importStream', { name, header }) : await openStream(mountpoint, 'importStageStream', { name, header })
     const connection = opened.socket
     socket = connection
+    options.onConnection?.(connection)
     // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
     // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
     const reply: Promise<{ result: ImportFinish | ImportStaged }> = op === 'importStream' ? readReply('importStream', connection, opened.rest, mountpoint) : readReply('importStageStream', connection, opened.rest, mountpoint)

@@ -275,7 +275,8 @@ export class RemoteStore {
     return this.key === null ? object : this.key.open(sealKindChunk, this.relative(this.chunkObjectKey(id)), object, what)
   }
 
-  decodeChunk (id: string, stored: Buffer, what = this.chunkWhat(id)): Buffer {
+  /** Chunk `id`'s block from its stored object, checked against its id; decompressed into `into` when it has room. */
+  decodeChunk (id: string, stored: Buffer, what = this.chunkWhat(id), into?: Buffer): Buffer {
     const object = this.unsealChunk(id, stored, what)
     const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
@@ -283,7 +284,7 @@ export class RemoteStore {
     if (header.encoding === chunkEncodingRaw) {
       data = object.subarray(chunkHeaderBytes)
     } else {
-      data = Buffer.allocUnsafe(header.rawBytes)
+      data = into !== undefined && into.length >= header.rawBytes ? into.subarray(0, header.rawBytes) : Buffer.allocUnsafe(header.rawBytes)
       let length: number
       try { length = this.dctx.decompress(data, object.subarray(chunkHeaderBytes)) } catch (err) { throw corrupt(`${what}: does not decompress (${(err as Error).message})`) }
       if (length !== header.rawBytes) throw corrupt(`${what}: decompresses to ${length} bytes, expected ${header.rawBytes}`)
@@ -312,7 +313,7 @@ export class RemoteStore {
    * missing chunk is reported (CORRUPT, NOT_FOUND), not thrown; S3 failures are thrown, once every request
    * under way has ended.
    */
-  private async fetchChunks (ids: string[], mode: 'read' | 'check', done: (id: string, result: Fetched) => void): Promise<void> {
+  private async fetchChunks (ids: string[], mode: 'read' | 'check', done: (id: string, result: Fetched) => void, into?: () => Buffer): Promise<void> {
     const packed: Array<{ id: string, where: PackedChunk }> = []
     const alone: string[] = []
     for (const id of ids) {
@@ -333,7 +334,7 @@ export class RemoteStore {
       this.chunkBytesRead += stored.length
       let result: Fetched
       try {
-        result = mode === 'read' ? { stored, data: this.decodeChunk(id, stored, what) } : { stored, length: this.checkChunkObject(id, stored, what) }
+        result = mode === 'read' ? { stored, data: this.decodeChunk(id, stored, what, into?.()) } : { stored, length: this.checkChunkObject(id, stored, what) }
       } catch (err) {
         if (!(err instanceof VdiskError)) throw err
         result = { error: err }
@@ -575,17 +576,33 @@ export class RemoteStore {
    * GETs of their packs. Errors: CORRUPT naming the backup and the byte range for a damaged or missing
    * chunk; IO from S3.
    */
-  async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
+  async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void>, released?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
     if (this.packs === null) await this.loadPacks()
-    const fetch = (start: number): Promise<Buffer[]> => {
-      const fetching = this.fetchBatch(id, manifest, manifest.blocks.slice(start, start + pullBatchBlocks))
+    // hooks.released (resolves once the consumer holds none of the blocks yielded so far): the batches
+    // are decompressed into three buffers taken in turns, not into a buffer per block (which made V8
+    // collect the whole heap every few dozen MiB of a pull). The one a batch takes was last used by the
+    // batch before the one being yielded, which the consumer has had whole.
+    const turns = hooks.released === undefined ? null : [0, 1, 2].map(() => ({ buffer: Buffer.allocUnsafe(pullBatchBlocks * manifest.blockBytes), used: 0 }))
+    let turn = 0
+    const fetch = async (start: number): Promise<Buffer[]> => {
+      let into: (() => Buffer) | undefined
+      if (turns !== null) {
+        await (hooks.released as () => Promise<void>)()
+        const target = turns[turn++ % turns.length]
+        target.used = 0
+        into = () => target.used < pullBatchBlocks ? target.buffer.subarray(target.used * manifest.blockBytes, ++target.used * manifest.blockBytes) : Buffer.allocUnsafe(manifest.blockBytes)
+      }
+      return await this.fetchBatch(id, manifest, manifest.blocks.slice(start, start + pullBatchBlocks), into)
+    }
+    const fetchAhead = (start: number): Promise<Buffer[]> => {
+      const fetching = fetch(start)
       fetching.catch(() => {}) // awaited below; a consumer that stops early never sees it
       return fetching
     }
-    let next = manifest.blocks.length > 0 ? fetch(0) : null
+    let next = manifest.blocks.length > 0 ? fetchAhead(0) : null
     for (let start = 0; next !== null; start += pullBatchBlocks) {
       const data = await next
-      next = start + pullBatchBlocks < manifest.blocks.length ? fetch(start + pullBatchBlocks) : null
+      next = start + pullBatchBlocks < manifest.blocks.length ? fetchAhead(start + pullBatchBlocks) : null
       const entries = manifest.blocks.slice(start, start + pullBatchBlocks)
       for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], data: data[i], id: entries[i][1] }
       await hooks.afterBatch?.()
@@ -593,10 +610,10 @@ export class RemoteStore {
   }
 
   /** The blocks of `entries` of backup `id`, each checked (errors as blocks() says). */
-  private async fetchBatch (id: string, manifest: Manifest, entries: Array<[number, string]>): Promise<Buffer[]> {
+  private async fetchBatch (id: string, manifest: Manifest, entries: Array<[number, string]>, into?: () => Buffer): Promise<Buffer[]> {
     const fetched = new Map<string, Fetched>()
     for (const [, chunk] of entries) fetched.set(chunk, {})
-    await this.fetchChunks([...fetched.keys()], 'read', (chunk, result) => { fetched.set(chunk, result) })
+    await this.fetchChunks([...fetched.keys()], 'read', (chunk, result) => { fetched.set(chunk, result) }, into)
     return entries.map(([index, chunk]) => {
       const result = fetched.get(chunk) as Fetched
       if (result.error !== undefined) {
