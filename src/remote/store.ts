@@ -578,16 +578,22 @@ export class RemoteStore {
    */
   async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void>, released?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
     if (this.packs === null) await this.loadPacks()
-    // hooks.released (resolves once the consumer holds none of the blocks yielded so far): the batches
-    // are decompressed into three buffers taken in turns, not into a buffer per block (which made V8
-    // collect the whole heap every few dozen MiB of a pull). The one a batch takes was last used by the
-    // batch before the one being yielded, which the consumer has had whole.
+    // hooks.released (resolves once the consumer holds none of the blocks yielded before it was called):
+    // the batches are decompressed into three buffers taken in turns, not into a buffer per block (which
+    // made V8 collect the whole heap every few dozen MiB of a pull). Batch m is fetched while batch m - 1
+    // is being yielded and takes the buffer of batch m - 3: it waits for the released() called when batch
+    // m - 1 was fetched, after batch m - 3 was yielded whole (called then, it has long resolved; called
+    // now, it would wait for the consumer to take all of batch m - 2 and hold back the fetch).
     const turns = hooks.released === undefined ? null : [0, 1, 2].map(() => ({ buffer: Buffer.allocUnsafe(pullBatchBlocks * manifest.blockBytes), used: 0 }))
     let turn = 0
+    let releasedBefore: Promise<void> = Promise.resolve()
     const fetch = async (start: number): Promise<Buffer[]> => {
       let into: (() => Buffer) | undefined
       if (turns !== null) {
-        await (hooks.released as () => Promise<void>)()
+        const wait = releasedBefore
+        releasedBefore = (hooks.released as () => Promise<void>)()
+        releasedBefore.catch(() => {}) // awaited by the next fetch
+        await wait
         const target = turns[turn++ % turns.length]
         target.used = 0
         into = () => target.used < pullBatchBlocks ? target.buffer.subarray(target.used * manifest.blockBytes, ++target.used * manifest.blockBytes) : Buffer.allocUnsafe(manifest.blockBytes)
