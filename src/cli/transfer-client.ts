@@ -75,14 +75,16 @@ export function exportStream (mountpoint: string, backupKind: VolumeKind, name: 
  * CPU). Every block record the header announces comes, then the daemon's end frame; a block whose hash the
  * daemon gave is the caller's to check. The connection closes when `blocks` ends or is returned early.
  */
-export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, name: string, options: { since?: string } = {}): Promise<{ header: StreamHeader, blocks: AsyncGenerator<StreamBlock> }> {
+export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, name: string, options: { since?: string, reuse?: boolean } = {}): Promise<{ header: StreamHeader, blocks: AsyncGenerator<StreamBlock> }> {
   const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
   const header = opened.result
   const reader = new ByteReader(opened.socket, opened.rest)
+  // reuse: a block's bytes are valid only until the next block is asked for (no buffer of their own each).
+  const scratch = options.reuse === true ? Buffer.allocUnsafe(header.blockBytes) : undefined
   async function * blocks (): AsyncGenerator<StreamBlock> {
     try {
       for (let done = 0; ; done++) {
-        const frame = await readFrame(reader, header.blockBytes)
+        const frame = await readFrame(reader, header.blockBytes, scratch)
         if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection before the export's end`)
         if (frame.kind === frameEnd) {
           if (done !== header.records) throw new VdiskError('CORRUPT', `the export of ${name} ended after ${done} of the ${header.records} blocks its header announced`)
@@ -99,6 +101,8 @@ export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, 
 export interface ImportOptions {
   onHeader?: (header: StreamHeader) => void
   onBlock?: (done: number) => void
+  /** The connection the blocks go to, once open (importBlocks): to learn when what was sent is written. */
+  onConnection?: (socket: net.Socket) => void
 }
 
 /**
@@ -184,6 +188,7 @@ async function blocksVia (op: 'importStream' | 'importStageStream', mountpoint: 
     const opened = op === 'importStream' ? await openStream(mountpoint, 'importStream', { name, header }) : await openStream(mountpoint, 'importStageStream', { name, header })
     const connection = opened.socket
     socket = connection
+    options.onConnection?.(connection)
     // The daemon's final line, read from the moment the stream starts: it answers only at the end, or
     // early with the reason it stopped (a full pool, a bad frame), and then stops reading the stream.
     const reply: Promise<{ result: ImportFinish | ImportStaged }> = op === 'importStream' ? readReply('importStream', connection, opened.rest, mountpoint) : readReply('importStageStream', connection, opened.rest, mountpoint)

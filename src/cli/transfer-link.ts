@@ -6,6 +6,7 @@
  * backup's chunks, each checked against its id, and hands them to the daemon's import as frames (no stream
  * encoded and decoded in between), so the pool makes the backup appear in one step or not at all.
  */
+import type net from 'node:net'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
 import { ResultOf } from '../control/operations'
@@ -56,7 +57,9 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
     }
   }
   // The daemon's blocks straight into the store: no stream encoded and decoded in between.
-  const { header, blocks } = await exportBlocks(mountpoint, 'backup', name, base === null ? {} : { since: base.name })
+  // store.push is done with each block (hashed, compressed into its pack) before it asks for the next:
+  // the blocks need no buffer of their own (docs/REMOTE.md, "Figures").
+  const { header, blocks } = await exportBlocks(mountpoint, 'backup', name, { ...(base === null ? {} : { since: base.name }), reuse: true })
   try {
     if (base !== null && header.baseUuid !== base.manifest.identity) throw corrupt(`the export of backups/${name} is based on ${header.baseUuid ?? 'nothing'}, not on ${base.manifest.identity}`)
     options.progress.total(header.records * header.blockBytes)
@@ -89,9 +92,17 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   progress.total(manifest.blocks.length * manifest.blockBytes)
   let sourceError: unknown = null
+  // What was handed to the import's connection is written (or never will be): the store may then decompress
+  // other blocks into the buffers those were in (a write of nothing calls back after the writes before it).
+  let connection: net.Socket | null = null
+  const released = async (): Promise<void> => {
+    const socket = connection
+    if (socket === null || socket.destroyed || socket.writableEnded) return
+    await new Promise<void>(resolve => { socket.write(Buffer.alloc(0), () => resolve()) })
+  }
   async function * blocks (): AsyncGenerator<{ index: number, data: Buffer, hash: Buffer }> {
     try {
-      for await (const block of store.blocks(id, manifest, { afterBatch: async () => await testPause('pull-batch') })) {
+      for await (const block of store.blocks(id, manifest, { afterBatch: async () => await testPause('pull-batch'), released })) {
         progress.add(block.data.length)
         yield { index: block.index, data: block.data, hash: Buffer.from(block.id, 'hex') }
       }
@@ -100,7 +111,7 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   // The blocks straight to the daemon's import as frames: no export stream encoded and decoded again in
   // this process (each block was checked against its id; the daemon hashes it again).
   try {
-    await importBlocks(mountpoint, name, header, blocks())
+    await importBlocks(mountpoint, name, header, blocks(), { onConnection: socket => { connection = socket } })
   } catch (err) {
     // The import failed because the remote did: say what the remote did.
     if (sourceError !== null) throw sourceError

@@ -75,9 +75,11 @@ export class ByteReader {
 
   /**
    * `n` bytes, or null at a clean end (no byte of them arrived). `own`: always a buffer of their own (a
-   * copy), never a view into a chunk of the connection that holds other bytes too.
+   * copy), never a view into a chunk of the connection that holds other bytes too. `into` (n bytes at
+   * least): bytes across chunks are copied there rather than into a new buffer, so the result is valid
+   * only until `into` is used again (`own` is then ignored).
    */
-  async read (n: number, own = false): Promise<Buffer | null> {
+  async read (n: number, own = false, into?: Buffer): Promise<Buffer | null> {
     while (this.length < n) {
       const next = await this.chunks.next()
       if (next.done === true) {
@@ -91,9 +93,9 @@ export class ByteReader {
     if (first !== undefined && first.length >= n) {
       const view = first.subarray(0, n)
       if (first.length === n) this.parts.shift(); else this.parts[0] = first.subarray(n)
-      return own ? Buffer.from(view) : view
+      return own && into === undefined ? Buffer.from(view) : view
     }
-    const out = Buffer.allocUnsafe(n)
+    const out = into === undefined ? Buffer.allocUnsafe(n) : into.subarray(0, n)
     for (let at = 0; at < n;) {
       const part = this.parts[0]
       const take = Math.min(part.length, n - at)
@@ -105,8 +107,13 @@ export class ByteReader {
   }
 }
 
-/** The next frame, or null at a clean end of the connection. Throws the daemon's error for an error frame. */
-export async function readFrame (reader: ByteReader, blockBytes: number): Promise<Frame | null> {
+/**
+ * The next frame, or null at a clean end of the connection. Throws the daemon's error for an error frame.
+ * `scratch` (blockBytes at least): a data frame's bytes are then a view valid only until the next
+ * readFrame with the same scratch (into the connection's chunk, or copied into scratch), not a copy of
+ * their own: for a reader that is done with each block before it asks for the next.
+ */
+export async function readFrame (reader: ByteReader, blockBytes: number, scratch?: Buffer): Promise<Frame | null> {
   const head = await reader.read(frameHeadBytes)
   if (head === null) return null
   const kind = head.readUInt8(0)
@@ -114,7 +121,7 @@ export async function readFrame (reader: ByteReader, blockBytes: number): Promis
   const hashBytes = head.subarray(9, 41)
   const hash = hashBytes.equals(Buffer.alloc(32)) ? null : Buffer.from(hashBytes)
   if (kind === frameData) {
-    const data = await reader.read(blockBytes, true)
+    const data = await reader.read(blockBytes, true, scratch)
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
     return { kind, index, hash, data }
   }

@@ -296,11 +296,24 @@ test.serial('hydration resumes at the next mount by itself: after SIGKILL of the
   t.true((await hydrating(t, b))[0].chunksHere >= before, 'what was stored before the kill stays')
 
   // A clean umount with no hydrator left (killed): the next vdiskfs mount starts one, which ends the pull.
+  // It too pauses after its first batch until the test has seen it connected: unpaused, it fetched the
+  // 16 MiB left and exited 1.1 to 3.9 s after connecting here, about as long as one `vdiskfs status` takes
+  // under load, so the wait below could see it neither before it connected nor after, and failed (issue #22).
   process.kill(second, 'SIGKILL')
   await waitForExit(second)
   await b.umount()
-  await b.mount()
+  const pause3 = fs.mkdtempSync(path.join(files, 'pause-'))
+  process.env.VDISKFS_TEST_REMOTE_PAUSE = pause3
+  process.env.VDISKFS_TEST_REMOTE_PAUSE_AT = 'hydrate-batch'
+  try {
+    await b.mount()
+  } finally {
+    delete process.env.VDISKFS_TEST_REMOTE_PAUSE
+    delete process.env.VDISKFS_TEST_REMOTE_PAUSE_AT
+  }
   const third = await oneHydrator(t, b)
+  await waitForFile(path.join(pause3, 'hydrate-batch.paused'), 'the hydrator this vdiskfs mount started paused')
+  fs.writeFileSync(path.join(pause3, 'hydrate-batch.go'), '')
   await whole(t, b)
   t.true(await waitForExit(third, 60000), 'the hydrator exits once the backup is whole')
   await run('cmp', [source, b.image('backups', 'copy.img')])

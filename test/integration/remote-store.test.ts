@@ -57,6 +57,46 @@ function s3 (): S3Client {
   return new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true })
 }
 
+test.serial('a push of more packs than it uploads at once fills buffers it used before (its blocks handed in one buffer rewritten each time, as the export gives them), and a pull through its reused batch buffers reads back every block', async t => {
+  const store = await openStore()
+  t.teardown(() => store.close())
+  // Block i: random bytes (odd i: stored raw), or half random and half zeros (even i: stored compressed, so
+  // a pull decompresses it into its batch buffers). About 340 to a 16 MiB pack: 7 packs or more, so the
+  // last ones fill the buffers of packs written before.
+  const count = 2600
+  const key = crypto.randomBytes(32)
+  const blockOf = (i: number): Buffer => {
+    const iv = Buffer.alloc(16)
+    iv.writeUInt32BE(i, 0)
+    const data = Buffer.alloc(blockBytes)
+    crypto.createCipheriv('aes-256-ctr', key, iv).update(Buffer.alloc(i % 2 === 1 ? blockBytes : blockBytes / 2)).copy(data)
+    return data
+  }
+  const meta: BackupMeta = { identity: `test-reuse-${crypto.randomUUID()}`, name: 'big', source: 'disk big', host: 'host-a', created: new Date().toISOString(), size: count * blockBytes, blockBytes }
+  async function * reused (): AsyncGenerator<Block> {
+    const scratch = Buffer.alloc(blockBytes)
+    for (let index = 0; index < count; index++) { blockOf(index).copy(scratch); yield { index, data: scratch } }
+  }
+  const pushed = await store.push(meta, reused())
+  t.true(pushed.packsUploaded >= 7, `${pushed.packsUploaded} packs`)
+  t.is(pushed.chunksUploaded, count)
+  // The blocks are kept until the store says it is about to use buffers again (released: the consumer must
+  // hold none of the blocks yielded so far), and compared only then: as late as the store lets them live.
+  let next = 0
+  let released = 0
+  const held: Array<{ index: number, data: Buffer }> = []
+  const check = (): void => {
+    for (const block of held.splice(0)) if (!block.data.equals(blockOf(block.index))) t.fail(`block ${block.index} reads back other bytes`)
+  }
+  for await (const block of store.blocks(pushed.id, await store.manifest(pushed.id), { released: async () => { released++; check() } })) {
+    t.is(block.index, next++)
+    held.push(block)
+  }
+  check()
+  t.is(next, count)
+  t.true(released >= 7, 'the batches were decompressed into buffers taken in turns')
+})
+
 test.serial('a push stores every block, a second push of a similar volume uploads only what differs, the same push twice is one backup', async t => {
   const store = await openStore()
   t.teardown(() => store.close())

@@ -49,3 +49,24 @@ test('frames read back as they were sent, each data block a buffer of its own', 
   t.like(await readFrame(reader, blockBytes), { kind: frameEnd })
   t.is(await readFrame(reader, blockBytes), null)
 })
+
+test('frames read with a scratch buffer: each block right until the next read, copied into the scratch only when it lies across chunks, never into a buffer of its own', async t => {
+  const blockBytes = 65536
+  const blocks = Array.from({ length: 30 }, () => crypto.randomBytes(blockBytes))
+  const wire = Buffer.concat([...blocks.flatMap((block, i) => [frameHead(frameData, i, null), block]), frameHead(frameEnd, 0, null)])
+  // Chunks cut so that some blocks lie within one and others across several.
+  const reader = new ByteReader(chunksOf(wire, Array.from({ length: 200 }, (_, i) => i % 3 === 0 ? 3 * blockBytes : crypto.randomInt(1, 40000))), Buffer.alloc(0))
+  const scratch = Buffer.alloc(blockBytes)
+  let copied = 0
+  let viewed = 0
+  for (let i = 0; i < blocks.length; i++) {
+    const frame = await readFrame(reader, blockBytes, scratch)
+    t.like(frame, { kind: frameData, index: i })
+    t.true(frame?.data?.equals(blocks[i]), `block ${i}`)
+    if (frame?.data?.buffer === scratch.buffer) copied++
+    else if (frame?.data?.buffer === wire.buffer) viewed++
+    else t.fail(`block ${i}: a buffer of its own`)
+  }
+  t.true(copied > 0 && viewed > 0, `${copied} copied into the scratch, ${viewed} views of the connection's chunks`)
+  t.like(await readFrame(reader, blockBytes, scratch), { kind: frameEnd })
+})

@@ -112,12 +112,17 @@ async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, chang
     }
     return group.length === 0 ? null : group
   }
-  const read = async (group: Group): Promise<Buffer> => {
-    const buffer = Buffer.alloc(group.length * blockBytes) // zeros for holes
-    await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(i * blockBytes, (i + 1) * blockBytes) }]))
-    return buffer
+  // The read buffers (exportReadBlocks blocks each; a hole takes none) are used again once the socket has
+  // taken their bytes: a buffer per read made V8 collect the whole heap every few dozen MiB of an export.
+  const free: Buffer[] = []
+  const read = async (group: Group): Promise<{ buffer: Buffer, slots: number[] }> => {
+    const buffer = free.pop()?.fill(0) ?? Buffer.alloc(exportReadBlocks * blockBytes)
+    let next = 0
+    const slots = group.map(b => b.entry === 0 ? -1 : next++)
+    await volume.readBlocks(group.flatMap((b, i) => b.entry === 0 ? [] : [{ block: b.block, target: buffer.subarray(slots[i] * blockBytes, (slots[i] + 1) * blockBytes) }]))
+    return { buffer, slots }
   }
-  const pending: Array<{ group: Group, data: Promise<Buffer> }> = []
+  const pending: Array<{ group: Group, data: Promise<{ buffer: Buffer, slots: number[] }> }> = []
   const readAhead = (): void => {
     while (pending.length < exportReadsInFlight) {
       const group = nextGroup()
@@ -129,8 +134,8 @@ async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, chang
   }
   readAhead()
   while (pending.length > 0) {
-    const { group, data: reading } = pending.shift() as { group: Group, data: Promise<Buffer> }
-    const data = await reading
+    const { group, data: reading } = pending.shift() as { group: Group, data: Promise<{ buffer: Buffer, slots: number[] }> }
+    const { buffer: data, slots } = await reading
     readAhead()
     sent += group.length
     progress.done = sent
@@ -140,8 +145,10 @@ async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, chang
       // A chunk's id travels along: the CLI's encoder checks the bytes against it.
       const hash = pool.chunkHash(entry)
       await send(socket, frameHead(frameData, block, hash))
-      await send(socket, data.subarray(i * blockBytes, (i + 1) * blockBytes))
+      await send(socket, data.subarray(slots[i] * blockBytes, (slots[i] + 1) * blockBytes))
     }
+    // Its callback comes once the writes before it are done: the socket holds no view of the buffer then.
+    socket.write(Buffer.alloc(0), err => { if (err === undefined || err === null) free.push(data) })
   }
   // The header announced changed.count records; the encoder refuses any other number.
   if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
@@ -196,11 +203,19 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
       storing = session.store(blocks)
       storing.catch(() => {})
     }
+    // Two batches' worth of block buffers, taken in turns: a block's bytes are copied from the socket into
+    // its place in the batch's (or kept as a view of the socket's chunk), not into a buffer of their own
+    // each, which made V8 collect the whole heap every few dozen MiB of an import. The batch that last used
+    // one was stored before this one fills it (storeBatch waits for the store before the one it starts),
+    // and the store copies the bytes into the workers' slab.
+    const batchBuffers = [Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes), Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes)]
+    let turn = 0
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
       for (;;) {
-        const frame = await readFrame(reader, pool.blockBytes)
+        const slot = batchBuffers[turn].subarray(batch.length * pool.blockBytes, (batch.length + 1) * pool.blockBytes)
+        const frame = await readFrame(reader, pool.blockBytes, slot)
         if (frame === null) {
           // The CLI went away before the end: what arrived is kept as progress, no backup appears.
           await storeBatch(batch)
@@ -212,7 +227,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
         batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash })
-        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = [] }
+        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = []; turn = 1 - turn }
       }
       await storeBatch(batch)
       await storing
