@@ -66,15 +66,6 @@ export class FastReads {
     native.fastConfigure(session, this.source.blockBytes, 1)
   }
 
-  /** The session ended: nothing more is published. */
-  detach (): void {
-    this.native = null
-    this.session = null
-    for (const known of this.volumes.values()) known.volume.map.watch = null
-    this.volumes.clear()
-    this.extents.clear()
-  }
-
   /**
    * After the engine answered a READ of `length` bytes at `offset` of `volume`: publishes what the
    * addon may serve of the blocks it touched (their whole map page the first time).
