@@ -49,7 +49,7 @@ const ops = {
   readdir (_ino: number, _size: number, _offset: number, cb: Callback) {
     cb(0, [{ name: '.', ino: rootIno, mode: 0o040000 }, { name: '..', ino: rootIno, mode: 0o040000 }, { name: 'disk.img', ino: fileIno, mode: 0o100000 }])
   },
-  open (_ino: number, _flags: number, cb: Callback) { cb(0, 1) },
+  open (_ino: number, _flags: number, _resent: number, _unique: number, cb: Callback) { cb(0, 1) },
   release (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
   flush (_ino: number, _fh: number | null, cb: Callback) { cb(0) },
   fsync (_ino: number, _fh: number | null, _datasync: number, cb: Callback) { cb(0) },

@@ -711,7 +711,11 @@ function report (started: number): void {
 }
 
 const failures: Array<{ section: string, error: string }> = []
+// VDISKFS_BENCH_ONLY=throughput,clone runs only the sections whose names start with one of those words
+// (for measuring one change; `make bench` runs them all).
+const only = (process.env.VDISKFS_BENCH_ONLY ?? '').split(',').map(s => s.trim()).filter(s => s !== '')
 async function section (name: string, run: () => Promise<void>): Promise<void> {
+  if (only.length > 0 && !only.some(word => name.startsWith(word))) return
   log(name)
   try { await run() } catch (err) {
     const e = err as Error & { stderr?: string }

@@ -74,7 +74,11 @@ enum {
 #define FAST_SECTOR 4096u
 #define FAST_READ_MAX (1024u * 1024u)
 #define FAST_EXTENTS_MAX 1024
-enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2 };
+/* FAST_WRITABLE: as FAST_DELTA, and a WRITE of whole sectors within the block may overwrite the slot
+ * here (the slot is in one of the volume's writable extents; see "WRITEs" below). */
+enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3 };
+#define FAST_THREADS_MAX 64
+#define FAST_STRIPES 256
 
 typedef struct fast_extent {
   struct fast_extent *next;
@@ -83,6 +87,9 @@ typedef struct fast_extent {
   uint64_t data_start; /* where slot 0 starts */
   uint64_t sums_start; /* where the checksum entry of slot 0's sector 0 is */
   uint64_t refs;       /* readers using it, | FAST_DEAD once unregistered: the last one out closes it */
+  uint64_t dirty;      /* 1 once a native WRITE changed it: the next commit fdatasyncs it (fastTakeDirty) */
+  uint64_t seq;        /* bumped before and after each native WRITE's pwrites: a read that saw it move may have raced one */
+  uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
 } fast_extent;
 
 typedef struct fast_volume {
@@ -90,6 +97,7 @@ typedef struct fast_volume {
   uint64_t ino;
   uint64_t size;
   uint64_t refs;
+  uint64_t writes;     /* native WRITEs served (the engine takes it as a change of mtime) */
   uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_PAGE words) */
 } fast_volume;
 
@@ -100,6 +108,14 @@ typedef struct fast_state {
   unsigned extent_count;
   unsigned block_bytes;
   uint64_t served, handed, bytes, mismatches;
+  /* WRITEs: on once JavaScript says so (fastWrites); per worker thread an epoch, odd while the thread
+   * is inside a native WRITE (the engine's quiesce waits for each odd one to move); stripes serialize
+   * native WRITEs of one block. */
+  int writes_on;
+  unsigned threads;
+  uint64_t epochs[FAST_THREADS_MAX];
+  pthread_mutex_t stripes[FAST_STRIPES];
+  uint64_t written, write_handed, write_bytes;
 } fast_state;
 
 static void fast_volume_free(fast_volume *v) {
@@ -411,12 +427,13 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     uint64_t word = fast_word(v, block);
     unsigned kind = (unsigned)(word & 0xff);
     if (kind == FAST_HOLE) { memset(b->out + done, 0, count); done += count; continue; }
-    if (kind != FAST_DELTA) goto out;
+    if (kind != FAST_DELTA && kind != FAST_WRITABLE) goto out;
     /* The blocks that follow in the next slots of the same extent: one read. */
     uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
     while (done + run < length) {
       uint64_t next = fast_word(v, block + (run + offset) / bb);
-      if ((next & 0xff) != FAST_DELTA || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
+      unsigned next_kind = (unsigned)(next & 0xff);
+      if ((next_kind != FAST_DELTA && next_kind != FAST_WRITABLE) || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
       run += bb < length - done - run ? bb : length - done - run;
     }
     if (!fast_read_run(f, b, id, slot, offset, run, b->out + done)) goto out;
@@ -429,6 +446,108 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
 out:
   fast_volume_put(v);
   __atomic_add_fetch(served ? &f->served : &f->handed, 1, __ATOMIC_RELAXED);
+  return served;
+}
+
+/* ---- the fast path's WRITE ----
+ *
+ * A WRITE of whole sectors within one block whose word is FAST_WRITABLE, inside the published size,
+ * and not a whole block of zeros (the engine makes that a hole), is written here: the sectors with
+ * pwrite into the slot, their CRC-32s into the extent's checksum table, as the engine's writeSectors
+ * does, under the block's stripe lock (native writers of one block one at a time). Anything else, and
+ * any failure, goes to the engine, which writes (or fails) the whole request again.
+ *
+ * Exclusion from the engine (docs/FASTPATH.md, "Writes"): the thread's epoch is made odd (a seq_cst
+ * read-modify-write) before the word is loaded (seq_cst) and even after the last pwrite. The engine,
+ * before anything that must not overlap a native write (an in-place write of the block, a freeze of
+ * the extent by a backup or sealing, a truncate), stores the word without its writable kind (seq_cst),
+ * then snapshots the odd epochs and waits until each has moved: a writer either loaded the word after
+ * the store (and went to the engine) or is one of those waited for.
+ */
+/* This worker's epoch slot in its session (-1: more workers than slots; they hand WRITEs to the engine). */
+static __thread session *fast_thread_session;
+static __thread int fast_thread_slot = -1;
+static int fast_thread_index(session *s) {
+  if (fast_thread_session != s) {
+    unsigned n = __atomic_fetch_add(&s->fast.threads, 1, __ATOMIC_SEQ_CST);
+    fast_thread_slot = n < FAST_THREADS_MAX ? (int)n : -1;
+    fast_thread_session = s;
+  }
+  return fast_thread_slot;
+}
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int fast_pwrite(int fd, const char *data, size_t length, uint64_t position) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = pwrite(fd, data + done, length - done, (off_t)(position + done));
+    if (n < 0) { if (errno == EINTR) continue; return -1; }
+    if (n == 0) return -1;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static int fast_all_zero(const char *data, size_t length) {
+  for (size_t i = 0; i < length; i += 8) { uint64_t w; memcpy(&w, data + i, 8); if (w != 0) return 0; }
+  return 1;
+}
+
+static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf, size_t size, off_t off) {
+  fast_state *f = &s->fast;
+  if (!__atomic_load_n(&s->fast_on, __ATOMIC_RELAXED) || !__atomic_load_n(&f->writes_on, __ATOMIC_RELAXED)) return 0;
+  uint64_t bb = f->block_bytes;
+  if (bb == 0 || off < 0 || size == 0 || size > FAST_READ_MAX || size % FAST_SECTOR != 0 || (uint64_t)off % FAST_SECTOR != 0) return 0;
+  uint64_t block = (uint64_t)off / bb, offset = (uint64_t)off % bb;
+  if (offset + size > bb) return 0;
+  int t = fast_thread_index(s);
+  if (t < 0) return 0;
+  uint64_t *epoch = &f->epochs[t];
+  __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* odd */
+  int served = 0;
+  fast_extent *e = NULL;
+  fast_volume *v = fast_volume_get(f, ino);
+  if (v == NULL) goto out;
+  if ((uint64_t)off + size > __atomic_load_n(&v->size, __ATOMIC_SEQ_CST)) goto out;
+  uint64_t word = fast_word(v, block);
+  if ((word & 0xff) != FAST_WRITABLE) goto out;
+  if (size == bb && fast_all_zero(buf, size)) goto out;
+  uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff;
+  e = fast_extent_get(f, id);
+  if (e == NULL) goto out;
+  uint64_t first = offset / FAST_SECTOR, sectors = size / FAST_SECTOR, spp = bb / FAST_SECTOR;
+  uint32_t sums[FAST_READ_MAX / FAST_SECTOR];
+  for (uint64_t k = 0; k < sectors; k++) {
+    uint32_t sum = (uint32_t)crc32(0L, (const unsigned char *)buf + k * FAST_SECTOR, FAST_SECTOR);
+    sums[k] = htole32(sum == 0 ? 0xffffffffu : sum);
+  }
+  pthread_mutex_t *stripe = &f->stripes[(ino * 1000003u + block) % FAST_STRIPES];
+  pthread_mutex_lock(stripe);
+  __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
+  int ok = fast_pwrite(e->fd, buf, size, e->data_start + slot * bb + offset) == 0 &&
+           fast_pwrite(e->fd, (const char *)sums, sectors * 4, e->sums_start + (slot * spp + first) * 4) == 0;
+  /* Even a failed pwrite may have changed bytes: the next commit syncs the extent either way. */
+  __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&e->last_write_ms, now_ms(), __ATOMIC_RELAXED);
+  __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
+  if (ok) __atomic_add_fetch(&v->writes, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(stripe);
+  served = ok;
+out:
+  if (e != NULL) fast_extent_put(e);
+  if (v != NULL) fast_volume_put(v);
+  __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* even: after the last pwrite, before the reply */
+  if (served) {
+    fuse_reply_write(req, size);
+    __atomic_add_fetch(&f->written, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&f->write_bytes, size, __ATOMIC_RELAXED);
+  } else {
+    __atomic_add_fetch(&f->write_handed, 1, __ATOMIC_RELAXED);
+  }
   return served;
 }
 
@@ -540,6 +659,7 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   __atomic_add_fetch(&s->write_bytes, size, __ATOMIC_RELAXED);
   uint64_t seen = __atomic_load_n(&s->max_write_seen, __ATOMIC_RELAXED);
   while (size > seen && !__atomic_compare_exchange_n(&s->max_write_seen, &seen, size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+  if (fast_write(s, req, ino, buf, size, off)) return;
   request *r = new_request(req, OP_WRITE, ino);
   if (r == NULL) return;
   set_fh(r, fi);
@@ -1274,6 +1394,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   s->notify_fd = -1;
   pthread_mutex_init(&s->notify_lock, NULL);
   pthread_rwlock_init(&s->fast.lock, NULL);
+  for (unsigned i = 0; i < FAST_STRIPES; i++) pthread_mutex_init(&s->fast.stripes[i], NULL);
   s->max_write_wanted = 1024 * 1024;
   s->max_threads = 8;
   napi_value v;
@@ -1526,6 +1647,142 @@ static napi_value fast_clear(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* fastWrites(session, on): native WRITEs on or off (off: every WRITE to the engine). */
+static napi_value fast_writes(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  __atomic_store_n(&s->fast.writes_on, arg_number(env, args[1]) != 0, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+/* fastFreeze(session, ino, block, count): words of [block, block + count) (count < 0: to the end) that
+ * were FAST_WRITABLE become FAST_DELTA (reads stay here, WRITEs go to the engine). */
+static napi_value fast_freeze(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v == NULL) return NULL;
+  double from = arg_number(env, args[2]), n = arg_number(env, args[3]);
+  uint64_t first = from < 0 ? 0 : (uint64_t)from;
+  uint64_t end = n < 0 ? FAST_BLOCKS_MAX : first + (uint64_t)n;
+  if (end > FAST_BLOCKS_MAX) end = FAST_BLOCKS_MAX;
+  for (uint64_t block = first; block < end;) {
+    uint64_t *page = fast_page(v, block, 0);
+    uint64_t page_end = (block | (FAST_PAGE - 1)) + 1;
+    if (page_end > end) page_end = end;
+    if (page == NULL) {
+      if (v->top[block >> 24] == NULL) block = ((block >> 24) + 1) << 24;
+      else block = page_end;
+      continue;
+    }
+    for (; block < page_end; block++) {
+      uint64_t *at = &page[block & (FAST_PAGE - 1)];
+      uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+      if ((word & 0xff) == FAST_WRITABLE) __atomic_store_n(at, (word & ~0xffull) | FAST_DELTA, __ATOMIC_SEQ_CST);
+    }
+  }
+  return NULL;
+}
+
+/* fastOdd(session) -> Float64Array of [slot, epoch] pairs: the workers inside a native WRITE now. */
+static napi_value fast_odd(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = live_session(env, args[0]);
+  double pairs[2 * FAST_THREADS_MAX];
+  size_t n = 0;
+  if (s != NULL) {
+    unsigned threads = __atomic_load_n(&s->fast.threads, __ATOMIC_SEQ_CST);
+    if (threads > FAST_THREADS_MAX) threads = FAST_THREADS_MAX;
+    for (unsigned i = 0; i < threads; i++) {
+      uint64_t e = __atomic_load_n(&s->fast.epochs[i], __ATOMIC_SEQ_CST);
+      if (e & 1) { pairs[n++] = i; pairs[n++] = (double)e; }
+    }
+  }
+  napi_value buffer, array;
+  void *data = NULL;
+  napi_create_arraybuffer(env, n * sizeof(double), &data, &buffer);
+  if (n > 0) memcpy(data, pairs, n * sizeof(double));
+  napi_create_typedarray(env, napi_float64_array, n, buffer, 0, &array);
+  return array;
+}
+
+/* fastMoved(session, pairs) -> whether every worker of fastOdd's snapshot has left that native WRITE. */
+static napi_value fast_moved(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  napi_value result;
+  session *s = live_session(env, args[0]);
+  napi_typedarray_type type;
+  size_t count = 0, byte_offset = 0;
+  void *data = NULL;
+  napi_value arraybuffer;
+  int moved = 1;
+  if (s != NULL && napi_get_typedarray_info(env, args[1], &type, &count, &data, &arraybuffer, &byte_offset) == napi_ok && type == napi_float64_array) {
+    const double *pairs = data;
+    for (size_t i = 0; i + 1 < count && moved; i += 2) {
+      unsigned slot = (unsigned)pairs[i];
+      if (slot < FAST_THREADS_MAX && (double)__atomic_load_n(&s->fast.epochs[slot], __ATOMIC_SEQ_CST) == pairs[i + 1]) moved = 0;
+    }
+  }
+  napi_get_boolean(env, moved, &result);
+  return result;
+}
+
+/* fastExtentSeq(session, id) -> the extent's native write sequence (-1: not registered). */
+static napi_value fast_extent_seq(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return num(env, -1);
+  fast_extent *e = fast_extent_get(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (e == NULL) return num(env, -1);
+  double seq = (double)__atomic_load_n(&e->seq, __ATOMIC_SEQ_CST);
+  fast_extent_put(e);
+  return num(env, seq);
+}
+
+/* fastExtentLastWrite(session, id) -> ms since the epoch of its last native WRITE (0: none). */
+static napi_value fast_extent_last_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return num(env, 0);
+  fast_extent *e = fast_extent_get(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (e == NULL) return num(env, 0);
+  double ms = (double)__atomic_load_n(&e->last_write_ms, __ATOMIC_RELAXED);
+  fast_extent_put(e);
+  return num(env, ms);
+}
+
+/* fastTakeDirty(session, take) -> ids of the extents native WRITEs changed since the last take (take 0: only look). */
+static napi_value fast_take_dirty(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  napi_value array;
+  napi_create_array(env, &array);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return array;
+  int take = arg_number(env, args[1]) != 0;
+  uint32_t n = 0;
+  pthread_rwlock_rdlock(&s->fast.lock);
+  for (unsigned i = 0; i < FAST_BUCKETS; i++) {
+    for (fast_extent *e = s->fast.extents[i]; e != NULL; e = e->next) {
+      if ((take ? __atomic_exchange_n(&e->dirty, 0, __ATOMIC_SEQ_CST) : __atomic_load_n(&e->dirty, __ATOMIC_SEQ_CST)) != 0) {
+        napi_set_element(env, array, n++, num(env, (double)e->id));
+      }
+    }
+  }
+  pthread_rwlock_unlock(&s->fast.lock);
+  return array;
+}
+
+/* fastVolumeWrites(session, ino) -> native WRITEs served to the volume so far (0 when unknown). */
+static napi_value fast_volume_writes(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return num(env, 0);
+  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  return num(env, v == NULL ? 0 : (double)__atomic_load_n(&v->writes, __ATOMIC_SEQ_CST));
+}
+
 /* fastDrop(session, ino): forgets the volume (removed, or closed for good); readers using it finish first. */
 static napi_value fast_drop(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
@@ -1660,6 +1917,10 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastBytes", num(env, (double)__atomic_load_n(&s->fast.bytes, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastMismatches", num(env, (double)__atomic_load_n(&s->fast.mismatches, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastExtents", num(env, s->fast.extent_count));
+  napi_set_named_property(env, out, "fastWritesOn", num(env, __atomic_load_n(&s->fast.writes_on, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastWritten", num(env, (double)__atomic_load_n(&s->fast.written, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastWriteBytes", num(env, (double)__atomic_load_n(&s->fast.write_bytes, __ATOMIC_RELAXED)));
   return out;
 }
 
@@ -1709,6 +1970,14 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "fastDrop", NULL, fast_drop, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtent", NULL, fast_extent_add, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentDrop", NULL, fast_extent_drop, NULL, NULL, NULL, napi_default, NULL },
+    { "fastWrites", NULL, fast_writes, NULL, NULL, NULL, napi_default, NULL },
+    { "fastFreeze", NULL, fast_freeze, NULL, NULL, NULL, napi_default, NULL },
+    { "fastOdd", NULL, fast_odd, NULL, NULL, NULL, napi_default, NULL },
+    { "fastMoved", NULL, fast_moved, NULL, NULL, NULL, napi_default, NULL },
+    { "fastExtentSeq", NULL, fast_extent_seq, NULL, NULL, NULL, napi_default, NULL },
+    { "fastExtentLastWrite", NULL, fast_extent_last_write, NULL, NULL, NULL, napi_default, NULL },
+    { "fastTakeDirty", NULL, fast_take_dirty, NULL, NULL, NULL, napi_default, NULL },
+    { "fastVolumeWrites", NULL, fast_volume_writes, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },
     { "replyAttr", NULL, reply_attr, NULL, NULL, NULL, napi_default, NULL },

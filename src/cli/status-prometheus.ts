@@ -69,9 +69,11 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   counter('vdiskfs_reads_inline_total', 'Engine reads served synchronously on the event loop (every byte in the page cache: preadv2 RWF_NOWAIT).', []).inc(stats.reads.inline)
   counter('vdiskfs_reads_pooled_total', 'Engine reads done through the libuv thread pool.', []).inc(stats.reads.pooled)
   counter('vdiskfs_reads_inline_missed_total', 'Engine reads tried inline that the page cache could not serve whole (then pooled).', []).inc(stats.reads.missed)
-  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number } | null | undefined
+  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritten?: number, fastWriteHanded?: number } | null | undefined
   counter('vdiskfs_fast_reads_total', 'READs answered in the FUSE addon\'s threads without the engine (the fast path: holes and delta slots).', []).inc(fuse3?.fastServed ?? 0)
   counter('vdiskfs_fast_reads_handed_total', 'READs the fast path handed to the engine (a block it may not serve, an extent it no longer holds, a checksum mismatch).', []).inc(fuse3?.fastHanded ?? 0)
+  counter('vdiskfs_fast_writes_total', 'WRITEs overwritten in the FUSE addon\'s threads without the engine (the fast path: whole sectors of slots the volume owns).', []).inc(fuse3?.fastWritten ?? 0)
+  counter('vdiskfs_fast_writes_handed_total', 'WRITEs the fast path handed to the engine (not whole sectors of one block it may overwrite).', []).inc(fuse3?.fastWriteHanded ?? 0)
   counter('vdiskfs_fast_reads_mismatch_total', 'READs the fast path handed to the engine on a checksum mismatch (a write racing it, or damage the engine then reports).', []).inc(fuse3?.fastMismatches ?? 0)
   const jobs = gauge('vdiskfs_job_running', 'Background jobs in flight (sealing, sync, gc, verify): 1 each.', 0, ['job'])
   const progress = gauge('vdiskfs_job_progress_ratio', 'How far each job in flight is, from 0 to 1, when it says.', 0, ['job'])

@@ -110,7 +110,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   })), log)
 
   sealer.start()
-  const timers = startBackground(pool, metrics, log)
+  const timers = startBackground(pool, metrics, fast, log)
   const watchTimer = setInterval(() => {
     mounts().then(list => {
       if (!list.some(m => m.mountpoint === mountpoint)) void stop('unmounted from outside', false)
@@ -276,7 +276,7 @@ async function mount (options: DaemonOptions, mountpoint: string, takeover: bool
 }
 
 /** The background work besides sealing: gc after changes, and a commit every commitIntervalMs. Returns the timers. */
-function startBackground (pool: Pool, metrics: DaemonMetrics, log: (message: string) => void): NodeJS.Timeout[] {
+function startBackground (pool: Pool, metrics: DaemonMetrics, fast: FastReads, log: (message: string) => void): NodeJS.Timeout[] {
   // The first background gc comes gcIntervalMs after start, changed or not, when start did not run one;
   // then one at a time, resting after each (gc-schedule.ts).
   const schedule = new GcSchedule(pool.uncleanStopFound ? pool.generation : -1)
@@ -288,6 +288,8 @@ function startBackground (pool: Pool, metrics: DaemonMetrics, log: (message: str
     }, err => log(`background gc failed: ${(err as Error).message}`)).finally(() => schedule.ended(startedMs, Date.now()))
   }, gcIntervalMs)
   const commitTimer = setInterval(() => {
+    // Volumes the fast path wrote natively: their mtime and row (their extents count as changes already).
+    fast.collectWrites()
     if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
   }, commitIntervalMs)
   return [commitTimer, gcTimer]

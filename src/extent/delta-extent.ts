@@ -78,6 +78,21 @@ class BaseTable {
   delete (slot: number): void { if (this.entries !== null) this.entries[slot] = 0 }
 }
 
+/**
+ * What the FUSE fast path's WRITEs, done by the addon's threads (docs/FASTPATH.md, "Writes"), tell the
+ * extent store: they change slots and checksum entries of writable extents behind it.
+ */
+export interface NativeWrites {
+  /** Whether native WRITEs may have written the extent since start (its checksums then change behind the cache). */
+  touched: (id: number) => boolean
+  /** The extent's native write sequence (moves before and after each): a read that saw it move may have raced one. */
+  seq: (id: number) => number
+  /** Extents natively written since the last take (`take`), or whether any is (`take` false: ids, not taken). */
+  dirty: (take: boolean) => number[]
+  /** When the extent was last written natively (ms since the epoch), 0 when never. */
+  lastWriteMs: (id: number) => number
+}
+
 export class ExtentStore {
   /** Open extents, least recently used first; bounded by extentFdsMax (see evict()). */
   private readonly open = new Map<number, Promise<DeltaExtent>>()
@@ -103,6 +118,8 @@ export class ExtentStore {
   readonly sums: SumCache
   /** Told, synchronously, that extent `id` is about to be removed (the FUSE fast path lets go of its descriptor). */
   onRemove: ((id: number) => void) | null = null
+  /** The fast path's native WRITEs (null: none; every write is this store's own). */
+  native: NativeWrites | null = null
 
   /**
    * `writableIds` names the extents some volume may still write (their next free slot lives in
@@ -365,13 +382,12 @@ export class ExtentStore {
    * read again (readRetriesMax) before it counts as damage.
    */
   async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, options: { sumsFromFile?: boolean } = {}): Promise<number[]> {
-    const fromFile = options.sumsFromFile === true
     const using = await this.use(extent)
     try {
       const found = this.baseOf(using.id, slot)
       const base = found === undefined ? 0 : found
       if (base === null) this.mismatch(using, slot, 0, 'its base entry fails its check')
-      if (base !== 0) return await this.readPartial(using, slot, offset, target, fromFile)
+      if (base !== 0) return await this.readPartial(using, slot, offset, target, options.sumsFromFile === true || this.nativeOf(using.id) !== null)
       if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return [] }
       const first = Math.floor(offset / extentSectorBytes)
       const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
@@ -379,6 +395,10 @@ export class ExtentStore {
       const bytes = aligned ? target : Buffer.alloc((last - first + 1) * extentSectorBytes)
       for (let attempt = 0; ; attempt++) {
         const sequence = this.sums.sequenceOf(using.id)
+        // Native WRITEs change an extent's checksum entries behind the cache: they are read from the file.
+        const native = this.nativeOf(using.id)
+        const nativeSequence = native?.seq(using.id) ?? 0
+        const fromFile = options.sumsFromFile === true || native !== null
         const dataRead = this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + first * extentSectorBytes, bytes)
         let entries: Uint32Array
         if (last < sectorsPerSlot(this.blockBytes)) {
@@ -395,7 +415,10 @@ export class ExtentStore {
         if (bad < 0) break
         // A write of this extent started or ended while the data was read (an O_DIRECT read racing a
         // write of the same sectors): what was read may be half old, half new. Read again; not damage.
-        if (this.sums.sequenceOf(using.id) !== sequence && attempt < readRetriesMax) continue
+        // So may a native WRITE (its sequence moved, or the extent became writable natively meanwhile).
+        const nativeNow = this.nativeOf(using.id)
+        const raced = this.sums.sequenceOf(using.id) !== sequence || (nativeNow !== null && (native === null || nativeNow.seq(using.id) !== nativeSequence))
+        if (raced && attempt < readRetriesMax) continue
         this.mismatch(using, slot, first + bad, entries[bad] === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
       }
       if (!aligned) target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
@@ -630,9 +653,17 @@ export class ExtentStore {
 
   /** Milliseconds since the extent was last written (Infinity when not since start). */
   idleMs (id: number): number {
-    const last = this.lastWriteMs.get(id)
-    return last === undefined ? Number.POSITIVE_INFINITY : Date.now() - last
+    const last = Math.max(this.lastWriteMs.get(id) ?? 0, this.native?.lastWriteMs(id) ?? 0)
+    return last === 0 ? Number.POSITIVE_INFINITY : Date.now() - last
   }
+
+  /** The native writers when they may have written extent `id`, else null. */
+  private nativeOf (id: number): NativeWrites | null {
+    return this.native !== null && this.native.touched(id) ? this.native : null
+  }
+
+  /** Whether native WRITEs changed an extent since the last syncPending(). */
+  get nativeDirty (): boolean { return this.native !== null && this.native.dirty(false).length > 0 }
 
   /**
    * Makes every write that completed before this call durable. A write still in flight joins the
@@ -641,6 +672,13 @@ export class ExtentStore {
    * the kernel dropped the dirty pages).
    */
   async syncPending (): Promise<void> {
+    // The extents native WRITEs changed: taken before the syncs, so a WRITE answered before this call
+    // (its flag set before its reply) is in them; one after it marks the extent for the next call.
+    for (const id of this.native?.dirty(true) ?? []) {
+      // A frozen extent may have been let go since: opened again (its pages are the file's).
+      const extent = this.resolved.get(id) ?? await this.get(id).catch(() => undefined)
+      if (extent !== undefined && !extent.closed) this.pending.add(extent)
+    }
     const extents = [...this.pending]
     this.pending.clear()
     const results = await Promise.allSettled(extents.map(async extent => {

@@ -30,21 +30,34 @@ export interface FastReadNative {
   fastDrop: (session: object, ino: number) => void
   fastExtent: (session: object, id: number, fd: number, dataStart: number, sumsStart: number) => boolean
   fastExtentDrop: (session: object, id: number) => void
+  fastWrites: (session: object, on: number) => void
+  fastFreeze: (session: object, ino: number, block: number, count: number) => void
+  fastOdd: (session: object) => Float64Array
+  fastMoved: (session: object, odd: Float64Array) => boolean
+  fastExtentSeq: (session: object, id: number) => number
+  fastExtentLastWrite: (session: object, id: number) => number
+  fastTakeDirty: (session: object, take: number) => number[]
+  fastVolumeWrites: (session: object, ino: number) => number
 }
 
 /** Word kinds (the addon's FAST_*). */
 const fastDelta = 1
 const fastHole = 2
+const fastWritable = 3
 
 interface Known {
   volume: Volume
   ino: number
   /** Map pages (pageEntries blocks each) published whole since their words were last cleared wholesale. */
   pages: Set<number>
+  /** The addon's count of native WRITEs to the volume when last collected (collectWrites). */
+  writes: number
 }
 
 /** Whether the fast path is on: VDISKFS_FAST_READS=0 turns it off (every READ to the engine). */
 export const fastReadsEnabled = process.env.VDISKFS_FAST_READS !== '0'
+/** Whether the addon overwrites slots itself (docs/FASTPATH.md, "Writes"): VDISKFS_FAST_WRITES=0 turns it off. */
+export const fastWritesEnabled = fastReadsEnabled && process.env.VDISKFS_FAST_WRITES !== '0'
 
 export class FastReads {
   private native: FastReadNative | null = null
@@ -53,6 +66,8 @@ export class FastReads {
   /** Extents the addon holds a descriptor of. */
   private readonly extents = new Set<number>()
   private readonly words = new Uint32Array(pageEntries * 2)
+  /** Extents some word has named writable since start: native WRITEs may change them behind the engine. */
+  private readonly touched = new Set<number>()
 
   constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
     source.onExtentRemoved(id => this.extentRemoved(id))
@@ -64,6 +79,60 @@ export class FastReads {
     this.native = native
     this.session = session
     native.fastConfigure(session, this.source.blockBytes, 1)
+    if (!fastWritesEnabled) return
+    native.fastWrites(session, 1)
+    this.source.nativeWrites({
+      touched: id => this.touched.has(id),
+      seq: id => native.fastExtentSeq(session, id),
+      dirty: take => native.fastTakeDirty(session, take ? 1 : 0),
+      lastWriteMs: id => this.touched.has(id) ? native.fastExtentLastWrite(session, id) : 0
+    })
+  }
+
+  /**
+   * Waits until no native WRITE that may have loaded a word before this call is in flight: each
+   * worker inside one now has left it (docs/FASTPATH.md, "Writes"). Its callers first take away the
+   * writable kind of the words concerned, so later WRITEs of those blocks come to the engine.
+   */
+  async quiesce (): Promise<void> {
+    if (this.native === null || this.session === null) return
+    const native = this.native
+    const session = this.session
+    const odd = native.fastOdd(session)
+    // A native WRITE is two pwrites: a few turns of the loop at most, then a millisecond at a time.
+    for (let turn = 0; odd.length > 0 && !native.fastMoved(session, odd); turn++) {
+      await new Promise<void>(resolve => { if (turn < 8) setImmediate(resolve); else setTimeout(resolve, 1) })
+    }
+  }
+
+  /** Native WRITEs of the block after the last ones in flight: until it is published writable again. */
+  private async exclude (known: Known, block: number): Promise<void> {
+    if (this.native === null || this.session === null) return
+    this.native.fastFreeze(this.session, known.ino, block, 1)
+    await this.quiesce()
+  }
+
+  /** No native WRITE of the volume in flight, and none until it is published writable again. */
+  private async pauseWrites (known: Known): Promise<void> {
+    if (this.native === null || this.session === null) return
+    this.native.fastFreeze(this.session, known.ino, 0, -1)
+    await this.quiesce()
+  }
+
+  /**
+   * Volumes natively written since the last call get their mtime and a row to commit (the engine's
+   * writes do this themselves). The daemon calls it before its periodic commit and its status.
+   */
+  collectWrites (): void {
+    if (this.native === null || this.session === null) return
+    for (const known of this.volumes.values()) {
+      const writes = this.native.fastVolumeWrites(this.session, known.ino)
+      if (writes === known.writes) continue
+      known.writes = writes
+      known.volume.mtimeMs = Date.now()
+      known.volume.rowDirty = true
+      this.source.changed(known.volume)
+    }
   }
 
   /**
@@ -95,6 +164,7 @@ export class FastReads {
     if (known === undefined || known.volume !== volume) return
     this.volumes.delete(volume.id)
     volume.map.watch = null
+    volume.nativeWrites = null
     if (this.native !== null && this.session !== null) this.native.fastDrop(this.session, known.ino)
   }
 
@@ -104,8 +174,15 @@ export class FastReads {
     const found = this.volumes.get(volume.id)
     if (found !== undefined && found.volume === volume) return found
     if (found !== undefined) this.forget(found.volume)
-    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set() }
+    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set(), writes: 0 }
     native.fastSize(session, known.ino, volume.size)
+    known.writes = native.fastVolumeWrites(session, known.ino)
+    if (fastWritesEnabled && volume.kind !== 'backup') {
+      volume.nativeWrites = {
+        exclude: async block => await this.exclude(known, block),
+        pause: async () => await this.pauseWrites(known)
+      }
+    }
     volume.map.watch = {
       changed: block => {
         if (known.pages.has(Math.floor(block / pageEntries))) native.fastClear(session, known.ino, block, 1)
@@ -138,7 +215,15 @@ export class FastReads {
         const id = entryExtentId(entry)
         const slot = entrySlot(entry)
         if (this.extentReady(id) && this.source.wholeSlot(id, slot)) {
-          low = ((slot << 8) | fastDelta) >>> 0
+          // Writable too while the slot is in one of the volume's writable extents, the volume is not
+          // paused (a freeze may be on its way) and no engine write of the block is in flight.
+          const volume = known.volume
+          const writable = volume.nativeWrites !== null && volume.writableExtents.has(id) && !volume.paused && !volume.blockBusy(first + i)
+          if (writable && !this.touched.has(id)) {
+            this.touched.add(id)
+            this.source.forgetSums(id)
+          }
+          low = ((slot << 8) | (writable ? fastWritable : fastDelta)) >>> 0
           high = id
         }
       }
@@ -159,6 +244,7 @@ export class FastReads {
   }
 
   private extentRemoved (id: number): void {
+    this.touched.delete(id)
     if (!this.extents.delete(id)) return
     if (this.native !== null && this.session !== null) this.native.fastExtentDrop(this.session, id)
   }

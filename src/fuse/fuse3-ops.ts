@@ -379,7 +379,14 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
     write (_ino: number, fh: number | null, data: Buffer, offset: number, cb: Callback) {
       let handle: Handle
       try { handle = handleOf(fh) } catch (err) { cb(toErrno(err, log)); return }
-      handle.volume.write(data, offset).then(() => cb(0, data.length), fail(cb))
+      const volume = handle.volume
+      // Taken now: the reply detaches the data's buffer (its length reads 0 afterwards).
+      const length = data.length
+      volume.write(data, offset).then(() => {
+        cb(0, length)
+        // The blocks written may now be overwritten in the addon's threads (the fast path's WRITEs).
+        fast?.learn(volume, offset, length)
+      }, fail(cb))
     },
 
     flush (_ino: number, fh: number | null, cb: Callback) {

@@ -93,6 +93,11 @@ export interface Fuse3Stats {
   fastOn: number
   fastServed: number
   fastHanded: number
+  /** Native WRITEs on (1); WRITEs overwritten in the addon's threads, handed to the engine, bytes. */
+  fastWritesOn: number
+  fastWritten: number
+  fastWriteHanded: number
+  fastWriteBytes: number
   fastBytes: number
   fastMismatches: number
   fastExtents: number

@@ -25,6 +25,7 @@ import { assertLimits, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
+import type { NativeWrites } from '../extent/delta-extent'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
@@ -58,6 +59,12 @@ export interface FastReadSource {
   wholeSlot: (id: number, slot: number) => boolean
   /** Calls `listener` synchronously before an extent is removed. */
   onExtentRemoved: (listener: (id: number) => void) => void
+  /** Tells the extent store of the fast path's native WRITEs (docs/FASTPATH.md, "Writes"). */
+  nativeWrites: (writes: NativeWrites) => void
+  /** Drops the checksum entries the engine remembers of an extent (native WRITEs will change them). */
+  forgetSums: (id: number) => void
+  /** Records a change of the volume (its row) for the next commit. */
+  changed: (volume: Volume) => void
 }
 
 export interface VolumeChange {
@@ -142,13 +149,16 @@ export class Pool {
       onExtentRemoved: listener => {
         const before = extents.onRemove
         extents.onRemove = id => { before?.(id); listener(id) }
-      }
+      },
+      nativeWrites: writes => { extents.native = writes },
+      forgetSums: id => extents.sums.forget(id),
+      changed: volume => this.state.changed(volume)
     }
   }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   get generation (): number { return this.state.generation }
-  get hasUncommittedChanges (): boolean { return this.state.changedSinceCommit || this.state.pages.dirtyCount > 0 }
+  get hasUncommittedChanges (): boolean { return this.state.changedSinceCommit || this.state.pages.dirtyCount > 0 || this.state.extents.nativeDirty }
 
   // ---- namespace (namespace.ts) ----
 

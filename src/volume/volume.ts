@@ -86,6 +86,12 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   private openGate: (() => void) | null = null
   private readonly blockLocks = new Map<number, Promise<void>>()
   private readonly zeros: Buffer
+  /**
+   * The FUSE fast path's WRITEs of this volume (src/fuse/fast-reads.ts): `exclude(block)` ends native
+   * WRITEs of the block until it is published writable again (waiting for those in flight), `pause()`
+   * does that for every block. Null: no native writer.
+   */
+  nativeWrites: { exclude: (block: number) => Promise<void>, pause: () => Promise<void> } | null = null
 
   constructor (
     private readonly context: VolumeContext,
@@ -108,6 +114,10 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   }
 
   get label (): string { return `${this.kind} ${this.name}` }
+  /** Whether pause() holds the volume (its writable extents may be about to freeze). */
+  get paused (): boolean { return this.gate !== null }
+  /** Whether an engine write or discard of the block is in flight. */
+  blockBusy (block: number): boolean { return this.blockLocks.has(block) }
 
   /** Logs an operation on this volume that it refuses (a backup's size, times, mode), and returns the error to throw. */
   private refused (what: string, err: VdiskError): VdiskError {
@@ -279,6 +289,10 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (entryKind(entry) === entryKindDelta && this.writableExtents.has(entryExtentId(entry))) {
       // The block is this volume's alone since the last backup: overwrite in place.
       if (whole && zero) { this.map.set(block, 0); return }
+      // No native WRITE of the block from here until this one is done (the block's lock keeps it from
+      // being published writable meanwhile): the checksums assume one writer per sector. The entry
+      // stays: every change of it takes this block's lock, or pauses the volume, which waits for this.
+      if (this.nativeWrites !== null) await this.nativeWrites.exclude(block)
       const extent = await extents.get(entryExtentId(entry))
       if (extents.baseOf(extent.id, entrySlot(entry)) !== 0) {
         // A partial slot is written in whole sectors: the rest of a sector comes from the merged block.
@@ -459,6 +473,9 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.gate = new Promise(resolve => { this.openGate = resolve })
     if (this.inflight > 0) await new Promise<void>(resolve => { this.drained = resolve })
     this.drained = null
+    // And the fast path's WRITEs: none in flight, none until resume() (nothing is published writable
+    // while the gate is closed).
+    if (this.nativeWrites !== null) await this.nativeWrites.pause()
   }
 
   resume (): void {

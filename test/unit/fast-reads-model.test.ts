@@ -26,7 +26,10 @@ class FakeAddon implements FastReadNative {
   blockBytes = 0
   served = 0
   readonly volumes = new Map<number, { size: number, words: Map<number, bigint> }>()
-  readonly extents = new Map<number, { fd: number, dataStart: number, sumsStart: number }>()
+  readonly extents = new Map<number, { fd: number, dataStart: number, sumsStart: number, dirty: boolean, seq: number, lastWriteMs: number }>()
+  writesOn = false
+  written = 0
+  readonly volumeWrites = new Map<number, number>()
 
   fastConfigure (_s: object, blockBytes: number): void { this.blockBytes = blockBytes }
   fastSize (_s: object, ino: number, size: number): void {
@@ -58,7 +61,7 @@ class FakeAddon implements FastReadNative {
   fastExtent (_s: object, id: number, fd: number, dataStart: number, sumsStart: number): boolean {
     if (this.extents.has(id)) return true
     // A descriptor of its own, as the addon's dup: the engine may close its own meanwhile.
-    this.extents.set(id, { fd: fs.openSync(`/proc/self/fd/${fd}`, 'r'), dataStart, sumsStart })
+    this.extents.set(id, { fd: fs.openSync(`/proc/self/fd/${fd}`, 'r+'), dataStart, sumsStart, dirty: false, seq: 0, lastWriteMs: 0 })
     return true
   }
 
@@ -67,6 +70,59 @@ class FakeAddon implements FastReadNative {
     if (e === undefined) return
     fs.closeSync(e.fd)
     this.extents.delete(id)
+  }
+
+  fastWrites (_s: object, on: number): void { this.writesOn = on !== 0 }
+  fastFreeze (_s: object, ino: number, block: number, count: number): void {
+    const v = this.volumes.get(ino)
+    if (v === undefined) return
+    for (const [b, word] of v.words) {
+      if (b >= block && (count < 0 || b < block + count) && (word & 0xffn) === 3n) v.words.set(b, (word & ~0xffn) | 1n)
+    }
+  }
+
+  // One thread, whose WRITEs end before the engine runs again: never inside one when asked.
+  fastOdd (_s: object): Float64Array { return new Float64Array(0) }
+  fastMoved (_s: object, _odd: Float64Array): boolean { return true }
+  fastExtentSeq (_s: object, id: number): number { return this.extents.get(id)?.seq ?? -1 }
+  fastExtentLastWrite (_s: object, id: number): number { return this.extents.get(id)?.lastWriteMs ?? 0 }
+  fastTakeDirty (_s: object, take: number): number[] {
+    const ids = [...this.extents].filter(([, e]) => e.dirty).map(([id]) => id)
+    if (take !== 0) for (const id of ids) (this.extents.get(id) as { dirty: boolean }).dirty = false
+    return ids
+  }
+
+  fastVolumeWrites (_s: object, ino: number): number { return this.volumeWrites.get(ino) ?? 0 }
+
+  /** fast_write: whether the addon overwrote `data` at `offset` itself (false: it hands the WRITE to the engine). */
+  write (ino: number, offset: number, data: Buffer): boolean {
+    const v = this.volumes.get(ino)
+    const bb = this.blockBytes
+    if (!this.writesOn || v === undefined || bb === 0 || data.length === 0 || data.length % sector !== 0 || offset % sector !== 0) return false
+    const block = Math.floor(offset / bb)
+    const within = offset % bb
+    if (within + data.length > bb || offset + data.length > v.size) return false
+    const word = v.words.get(block) ?? 0n
+    if ((word & 0xffn) !== 3n) return false
+    if (data.length === bb && data.every(b => b === 0)) return false
+    const id = Number(word >> 32n)
+    const slot = Number((word >> 8n) & 0xffffffn)
+    const e = this.extents.get(id)
+    if (e === undefined) return false
+    const sums = Buffer.alloc(data.length / sector * 4)
+    for (let k = 0; k < data.length / sector; k++) {
+      const sum = crc32(data.subarray(k * sector, (k + 1) * sector)) >>> 0
+      sums.writeUInt32LE(sum === 0 ? 0xffffffff : sum, k * 4)
+    }
+    e.seq++
+    fs.writeSync(e.fd, data, 0, data.length, e.dataStart + slot * bb + within)
+    fs.writeSync(e.fd, sums, 0, sums.length, e.sumsStart + (slot * (bb / sector) + within / sector) * 4)
+    e.dirty = true
+    e.lastWriteMs = Date.now()
+    e.seq++
+    this.volumeWrites.set(ino, (this.volumeWrites.get(ino) ?? 0) + 1)
+    this.written++
+    return true
   }
 
   close (): void {
@@ -90,13 +146,13 @@ class FakeAddon implements FastReadNative {
       const word = v.words.get(block) ?? 0n
       const kind = Number(word & 0xffn)
       if (kind === 2) { out.fill(0, done, done + count); done += count; continue }
-      if (kind !== 1) return null
+      if (kind !== 1 && kind !== 3) return null
       const id = Number(word >> 32n)
       const slot = Number((word >> 8n) & 0xffffffn)
       let run = count
       while (done + run < length) {
         const next = v.words.get(block + Math.floor((run + within) / bb)) ?? 0n
-        if ((next & 0xffn) !== 1n || Number(next >> 32n) !== id || Number((next >> 8n) & 0xffffffn) !== slot + Math.floor((run + within) / bb)) break
+        if (((next & 0xffn) !== 1n && (next & 0xffn) !== 3n) || Number(next >> 32n) !== id || Number((next >> 8n) & 0xffffffn) !== slot + Math.floor((run + within) / bb)) break
         run += Math.min(bb, length - done - run)
       }
       if (!this.readRun(id, slot, within, run, out.subarray(done, done + run))) return null

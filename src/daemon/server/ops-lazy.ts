@@ -18,6 +18,7 @@ function errorLine (err: unknown): Buffer {
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const hashPattern = /^[0-9a-f]{64}$/
 
+// long: a table of handlers, one short entry per operation
 export function lazyHandlers ({ pool, log }: HandlerContext) {
   const labelOf = (uuid: string): string => {
     const id = pool.volumeIdByUuid(uuid)

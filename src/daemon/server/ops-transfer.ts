@@ -154,6 +154,51 @@ async function sendBlocks (pool: Pool, socket: net.Socket, volume: Volume, chang
   if (sent !== changed.count) throw new VdiskError('IO', `export sent ${sent} blocks, ${changed.count} announced`)
 }
 
+/** The stream header of an import or lazy pull, checked field by field (INVALID names the first wrong one). */
+function checkedHeader (header: any, lazy: boolean, remote: string, manifest: string): StreamHeader {
+  if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
+    ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
+  // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
+  if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
+  const source = header.source ?? null
+  if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
+    typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
+  if (lazy && header.baseUuid !== null) throw invalid('a lazy pull is of a whole backup, not on a base')
+  if (lazy && (!/^[0-9a-f]{32}$/.test(manifest) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(remote))) throw invalid('malformed remote or backup id of a lazy pull')
+  return header as StreamHeader
+}
+
+type ImportSession = ReturnType<Pool['imports']['begin']>
+
+/** An import's (or lazy pull's) session, from the request's checked header; a lazy pull also records its remote. */
+function beginImport (pool: Pool, args: { header: unknown, name: string }, lazy: boolean, remote: string, manifest: string): ImportSession {
+  const header = checkedHeader(args.header, lazy, remote, manifest)
+  const session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source: header.source ?? null, lazy }, args.name)
+  if (lazy) {
+    try {
+      pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote, manifest, chunks: 0, startedMs: Date.now() })
+    } catch (err) { session.close(); throw err }
+  }
+  return session
+}
+
+/** The end of a received stream: the member staged for its group, or the backup made (and a lazy pull's hydration started); the reply. */
+async function finishImport (pool: Pool, log: (line: string) => void, session: ImportSession, socket: net.Socket, stageOnly: boolean, lazy: boolean, remote: string): Promise<void> {
+  if (stageOnly) {
+    await session.stage()
+    log(`import: staged ${session.name} (identity ${session.spec.uuid}) for its group`)
+    socket.end(replyLine({ staged: { key: session.spec.key, name: session.name }, ...session.counts }))
+    return
+  }
+  const started = Date.now()
+  const backup = await session.finish()
+  if (lazy) pool.lazy.started(session.spec.uuid)
+  const c = session.counts
+  log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
+    `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${remote} (lazy pull)` : ''}`)
+  socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
+}
+
 /**
  * importStream: a stream's blocks received as frames and stored in batches (one stored while the next
  * arrives); the backup appears at the end frame, and an interrupted import is resumed by the next.
@@ -166,25 +211,9 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   const stageOnly = op === 'importStageStream'
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
-    const manifest = lazy ? (args as { manifest?: string }).manifest ?? '' : ''
-    let session: ReturnType<typeof pool.imports.begin>
+    let session: ImportSession
     try {
-      const header = args.header
-      if (header === null || typeof header !== 'object' || typeof header.uuid !== 'string' || !(header.baseUuid === null || typeof header.baseUuid === 'string') ||
-        ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
-      // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
-      if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
-      const source = header.source ?? null
-      if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
-        typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
-      if (lazy && header.baseUuid !== null) throw invalid('a lazy pull is of a whole backup, not on a base')
-      if (lazy && (!/^[0-9a-f]{32}$/.test(manifest) || !/^[^\u0000-\u001f\u007f]{1,200}$/.test(remote))) throw invalid('malformed remote or backup id of a lazy pull')
-      session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source, lazy }, args.name)
-      if (lazy) {
-        try {
-          pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote, manifest, chunks: 0, startedMs: Date.now() })
-        } catch (err) { session.close(); throw err }
-      }
+      session = beginImport(pool, args as { header: unknown, name: string }, lazy, remote, lazy ? (args as { manifest?: string }).manifest ?? '' : '')
     } catch (err) {
       socket.end(errorLine(err))
       return
@@ -232,19 +261,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
       await storeBatch(batch)
       await storing
       batch = []
-      if (stageOnly) {
-        await session.stage()
-        log(`import: staged ${session.name} (identity ${session.spec.uuid}) for its group`)
-        socket.end(replyLine({ staged: { key: session.spec.key, name: session.name }, ...session.counts }))
-        return
-      }
-      const started = Date.now()
-      const backup = await session.finish()
-      if (lazy) pool.lazy.started(session.spec.uuid)
-      const c = session.counts
-      log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
-        `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${remote} (lazy pull)` : ''}`)
-      socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
+      await finishImport(pool, log, session, socket, stageOnly, lazy, remote)
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
       // to a socket no one reads any more (the reader stopped at the failure), and only the close ends
@@ -261,6 +278,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   return importStream
 }
 
+// long: a table of handlers, one short entry per operation
 export function transferHandlers (context: HandlerContext) {
   const { pool } = context
 
