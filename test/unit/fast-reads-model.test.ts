@@ -190,11 +190,12 @@ function numbers (seed: number): () => number {
   return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x }
 }
 
-async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number }> {
+async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastmodel-'))
   const open = (create: boolean): Pool => Pool.open(path.join(dir, 'pool'), { create, blockBytes, workers: 1 })
   let addon = new FakeAddon()
   let served = 0
+  let written = 0
   const attach = (pool: Pool): FastReads => {
     const fast = new FastReads(pool.fastReadSource(), v => v.id + 16)
     fast.attach(addon, session)
@@ -213,10 +214,38 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
       await harness.apply(op)
       if (harness.pool !== pool) {
         served += addon.served
+        written += addon.written
         addon.close()
         addon = new FakeAddon()
         pool = harness.pool
         fast = attach(pool)
+      }
+      // WRITEs the addon would overwrite itself (whole sectors within a block), with the words as the
+      // operation left them: the model follows them. A word left writable on a slot the volume no
+      // longer owns alone (a backup's, sealing's) changes what another volume reads, checked below.
+      for (const v of harness.model.values()) {
+        const ino = pool.get(v.kind, v.name).id + 16
+        for (let i = 0; i < 4 && v.kind !== 'backup' && v.data.length >= sector; i++) {
+          // Half of them at a block the addon may overwrite, if any (most blocks of a sparse volume are holes).
+          const writable = [...addon.volumes.get(ino)?.words ?? []].filter(([, word]) => (word & 0xffn) === 3n).map(([b]) => b)
+          const offset = writable.length > 0 && i % 2 === 0
+            ? writable[next() % writable.length] * blockBytes + sector * (next() % (blockBytes / sector))
+            : (next() % Math.floor(v.data.length / sector)) * sector
+          if (offset + sector > v.data.length) continue
+          const room = Math.min(blockBytes - offset % blockBytes, v.data.length - offset)
+          const length = sector * (1 + next() % Math.max(1, Math.floor(room / sector)))
+          if (length > room) continue
+          const data = Buffer.alloc(length, 1 + next() % 255)
+          data.writeUInt32LE(next(), 0)
+          if (addon.write(ino, offset, data)) data.copy(v.data, offset)
+        }
+      }
+      // Backups whole, through the engine: nothing written since may show in them.
+      for (const v of harness.model.values()) {
+        if (v.kind !== 'backup' || v.data.length === 0) continue
+        const whole = Buffer.alloc(v.data.length)
+        const count = await pool.get(v.kind, v.name).read(whole, 0)
+        if (count !== v.data.length || !whole.equals(v.data)) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} no longer holds what it did when it was made`, served, written }
       }
       for (const v of harness.model.values()) {
         const volume = pool.get(v.kind, v.name)
@@ -228,18 +257,22 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const got = addon.read(ino, offset, size)
           if (got === null) continue
           const want = v.data.subarray(offset, Math.min(v.data.length, offset + size))
-          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served }
+          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written }
         }
-        // Reads the engine serves (and the publishing that follows each).
+        // Reads the engine serves (and the publishing that follows each), against the model too: native
+        // WRITEs change slots and checksum entries behind the engine.
         for (let i = 0; i < 3 && v.data.length > 0; i++) {
           const offset = next() % v.data.length
           const target = Buffer.alloc(Math.min(v.data.length - offset, 1 + next() % (2 * blockBytes)))
           const count = await volume.read(target, offset)
+          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written }
           fast.learn(volume, offset, count)
         }
+        // Half the time the whole volume is published (as reads all over it would).
+        if (v.kind !== 'backup' && next() % 2 === 0) fast.learn(volume, 0, volume.size)
       }
     }
-    return { problem: null, served: served + addon.served }
+    return { problem: null, served: served + addon.served, written: written + addon.written }
   } finally {
     addon.close()
     await harness.pool.close().catch(() => {})
@@ -250,24 +283,30 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
 test('every READ the addon would answer holds what the engine holds, through random operation sequences', async t => {
   const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 30)
   let served = 0
+  let written = 0
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads(ops, 4096, seed)
     served += result.served
+    written += result.written
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
-  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model`)
+  t.true(written > 0, 'the addon overwrote slots')
+  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model, and overwrote ${written} times`)
 })
 
 test('the same with 16 KiB blocks (partial slots over sealed blocks, which the addon never answers)', async t => {
   // Fewer by default (make test's time); make fuzz-long runs 1,000 of each.
   const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 15)
   let served = 0
+  let written = 0
   await fc.assert(fc.asyncProperty(fc.array(partialOpArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads([{ op: 'write', vol: 0, offset: 0, length: 64 * 4096, zero: false, seed: 1 }, { op: 'seal' }, ...ops], 16384, seed)
     served += result.served
+    written += result.written
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
-  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model`)
+  t.true(written > 0, 'the addon overwrote slots')
+  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model, and overwrote ${written} times`)
 })
