@@ -87,8 +87,19 @@ export class TestMount {
    */
   async takeoverAfterKill (timeoutMs = 60000): Promise<number> {
     const old = this.pid
+    const takeovers = (): number => {
+      try { return fs.readFileSync(path.join(this.pool, 'daemon.log'), 'utf8').match(/took over the mount/g)?.length ?? 0 } catch { return 0 }
+    }
+    const before = takeovers()
     process.kill(old, 'SIGKILL')
-    return await this.takenOverFrom(old, timeoutMs)
+    const pid = await this.takenOverFrom(old, timeoutMs)
+    // Serving, not only started: a daemon killed again before it took the mount over (a loaded machine)
+    // is not the takeover the caller asked for.
+    for (let waited = 0; takeovers() === before; waited += 50) {
+      if (waited >= timeoutMs) throw new Error(`daemon ${pid} did not take the mount over within ${timeoutMs} ms`)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    return pid
   }
 
   /** Waits (up to timeoutMs) until daemon `old` has died and one the holder started has taken the mount over; returns its pid. */

@@ -10,9 +10,12 @@ import test from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { run, vdiskfs, withMount } from '../helpers/mount'
 import { slotOffset } from '../../src/format/extent-format'
 
+const execFileAsync = promisify(execFile)
 const KiB = 1024
 const MiB = 1024 * KiB
 
@@ -146,4 +149,51 @@ test.serial('damage found by the addon after a block was published is EIO and a 
   const after = await fastStats(m.mnt)
   t.true(after.fastMismatches > published.fastMismatches, 'the addon met the damage and handed the read over')
   t.regex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /corruption: delta extent \d+ slot 0 sector 1: checksum mismatch/)
+})
+
+async function sha256 (file: string): Promise<string> {
+  return crypto.createHash('sha256').update(await fs.promises.readFile(file)).digest('hex')
+}
+
+test.serial('native overwrites: fio verifies every block while backups, sealing and gc run beside it, and no backup changes after it was taken', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'writes.img')
+  const size = 32 * MiB
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, size)
+  // The engine writes every block first (new slots) and publishes them: fio's overwrites are native.
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=1M', `count=${size / MiB}`, 'conv=notrunc,fsync', 'status=none'])
+  const before = await fastStats(m.mnt) as FastStats & { fastWritten: number, fastWriteHanded: number }
+  // fio writes every 4 KiB block of the image twice over in random order, each with a checksum of its
+  // own, then reads them all back and checks them (direct I/O: every request reaches the daemon).
+  const fio = execFileAsync('fio', ['--name=overwrite', `--filename=${disk}`, '--rw=randwrite', '--bs=4k', `--size=${size}`, '--direct=1',
+    '--ioengine=psync', '--numjobs=1', '--loops=2', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--randrepeat=0'])
+  let fioDone = false
+  void fio.then(() => { fioDone = true }, () => { fioDone = true })
+  const backups: Array<{ name: string, hash: string }> = []
+  for (let i = 0; !fioDone && i < 40; i++) {
+    const name = `w${i}`
+    t.is((await vdiskfs('backup', disk, name)).code, 0)
+    backups.push({ name, hash: await sha256(m.image('backups', `${name}.img`)) })
+    if (i % 3 === 2) t.is((await vdiskfs('sync', m.mnt)).code, 0)
+    if (i % 5 === 4) t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  }
+  const result = await fio.then(r => ({ ok: true, out: r.stdout + r.stderr }), (err: Error & { stdout?: string, stderr?: string }) => ({ ok: false, out: `${err.message} ${err.stdout ?? ''} ${err.stderr ?? ''}` }))
+  t.true(result.ok, `fio verify: ${result.out}`)
+  t.true(backups.length > 0, 'backups were taken while fio wrote')
+  for (const b of backups) t.is(await sha256(m.image('backups', `${b.name}.img`)), b.hash, `backup ${b.name} holds what it held when it was taken`)
+  const after = await fastStats(m.mnt) as FastStats & { fastWritten: number, fastWriteHanded: number }
+  t.true(after.fastWritten > before.fastWritten, 'the addon overwrote slots itself')
+  t.true(after.fastWriteHanded > before.fastWriteHanded, 'writes after each backup went to the engine (copy-on-write)')
+  t.regex((await vdiskfs('status', m.mnt)).stdout, /WRITEs overwritten in the addon's threads/)
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+  // What fsync made durable is what the next mount reads.
+  const fd = fs.openSync(disk, 'r+')
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  const hash = await sha256(disk)
+  await m.umount()
+  await m.mount()
+  t.is(await sha256(disk), hash, 'the image after umount and mount')
 })
