@@ -273,6 +273,8 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   const started: { early: { pid: number | null, log: string } | null } = { early: null }
   if (!options.resume) {
     made = await withStore(remote, async store => {
+      // The pack indexes (for the head's chunks) load while the manifest comes.
+      store.preloadPacks()
       const manifest = await store.manifest(id)
       if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, manifest.identity, true)
       try {
