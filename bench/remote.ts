@@ -100,7 +100,7 @@ async function main (): Promise<void> {
   const rgwPid = (name: string): number => Number(fs.readFileSync(path.join(rgw.dir, `${name}.pid`), 'utf8'))
   /** The command run under /usr/bin/time, with the CPU it and the daemon of `mnt`, RGW and the OSD used meanwhile. */
   const measured = (mnt: string, ...args: string[]): [string, CpuSplit] => {
-    const daemon = (JSON.parse(vdiskfs('status', mnt, '--json')) as { pid: number }).pid
+    const daemon = (JSON.parse(vdiskfs('status', mnt, '--json')) as { daemon: { pid: number } }).daemon.pid
     const pids = { daemon, rgw: rgwPid('rgw'), osd: rgwPid('osd') }
     const before = { daemon: cpuOf(pids.daemon), rgw: cpuOf(pids.rgw), osd: cpuOf(pids.osd) }
     const timeFile = path.join(dir, 'time.out')
