@@ -16,7 +16,8 @@
  *   - the baseline of issue #22's speed bar: one object of the same size PUT and then GET through the same
  *     SDK (@aws-sdk/client-s3, one request each) to the same RGW, and push and pull as a fraction of it.
  * Prints a markdown table and one JSON line; tears everything down (mounts, daemons, RGW) at the end.
- * VDISKFS_BENCH_REMOTE_QUICK=1 leaves out the second host, the incremental push and the encrypted store.
+ * VDISKFS_BENCH_REMOTE_QUICK=1 leaves out the second host, the incremental push and the encrypted store;
+ * VDISKFS_BENCH_REMOTE_PERF=DIR records the push and the pull with perf (DIR/push-cli.data, push-daemon.data ...).
  */
 import { execFileSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -36,6 +37,8 @@ const mib = 1024 * 1024
 const dataBytes = Number(process.env.VDISKFS_BENCH_REMOTE_MIB ?? 1024) * mib
 const blockBytes = 64 * 1024
 const quick = process.env.VDISKFS_BENCH_REMOTE_QUICK === '1'
+/** VDISKFS_BENCH_REMOTE_PERF=DIR: perf record of the push and the pull (their CLI and daemon) into DIR. */
+const perfDir = process.env.VDISKFS_BENCH_REMOTE_PERF
 
 interface Pushed { id: string, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null, chunkBytesUploaded: number, objectBytesUploaded: number, packsUploaded: number }
 interface Pulled { bytesDownloaded: number, chunkBytesDownloaded: number }
@@ -104,7 +107,17 @@ async function main (): Promise<void> {
     const pids = { daemon, rgw: rgwPid('rgw'), osd: rgwPid('osd') }
     const before = { daemon: cpuOf(pids.daemon), rgw: cpuOf(pids.rgw), osd: cpuOf(pids.osd) }
     const timeFile = path.join(dir, 'time.out')
-    const out = execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, cli, ...args], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+    const timed = ['/usr/bin/time', '-f', '%U %S', '-o', timeFile]
+    let out: string
+    if (perfDir === undefined) out = execFileSync(timed[0], [...timed.slice(1), cli, ...args], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+    else {
+      // Profiling (not for the figures): perf records the daemon by its pid and the CLI from its start.
+      const name = path.join(perfDir, args[0])
+      const quote = (word: string): string => `'${word.replace(/'/g, "'\\''")}'`
+      const script = `perf record -q -F 199 -g -p ${daemon} -o ${quote(name + '-daemon.data')} & P=$!; sleep 1; ` +
+        `${[...timed, 'perf', 'record', '-q', '-F', '199', '-g', '-o', name + '-cli.data', '--', process.execPath, '--perf-basic-prof', cli, ...args].map(quote).join(' ')}; S=$?; kill -INT $P; wait $P; exit $S`
+      out = execFileSync('sh', ['-c', script], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+    }
     const [user, system] = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()?.split(' ').map(Number) ?? [0, 0]
     const round = (n: number): number => Number(n.toFixed(2))
     return [out, { cli: round(user + system), daemon: round(cpuOf(pids.daemon) - before.daemon), rgw: round(cpuOf(pids.rgw) - before.rgw), osd: round(cpuOf(pids.osd) - before.osd) }]
