@@ -170,7 +170,19 @@ export class RemoteStore {
    * its length. A plain store's is compressed straight into `target`, with no buffer of its own.
    */
   private encodeChunkInto (target: Buffer, id: string, data: Buffer): number {
-    if (this.key !== null) return this.encodeChunk(id, data).copy(target)
+    if (this.key === null) return this.encodePlainChunkInto(target, id, data)
+    // Encrypted: the plain chunk object in one buffer used again for every chunk, sealed straight into
+    // the pack (not a buffer of its own, then a sealed copy, then a copy into the pack).
+    if (this.plainScratch.length < chunkObjectBytesMax) this.plainScratch = Buffer.allocUnsafe(chunkObjectBytesMax)
+    const length = this.encodePlainChunkInto(this.plainScratch, id, data)
+    return this.key.sealInto(target, sealKindChunk, this.relative(this.chunkObjectKey(id)), this.plainScratch.subarray(0, length))
+  }
+
+  /** Where an encrypted push builds each plain chunk object before sealing it. */
+  private plainScratch = Buffer.alloc(0)
+
+  /** The plain chunk object, compressed straight into `target` (room for chunkObjectBytesMax): its length. */
+  private encodePlainChunkInto (target: Buffer, id: string, data: Buffer): number {
     const compressed = this.cctx.compress2(target.subarray(chunkHeaderBytes, chunkHeaderBytes + zstd.compressBound(data.length)), data)
     // Kept raw when compression saves less than an eighth, as the pool's sealer does.
     const raw = !worthCompressing(data.length, compressed)
