@@ -10,9 +10,14 @@
  *     rewritten): bytes it uploads,
  *   - an incremental push on the first host after 1% of the data changed: seconds and bytes uploaded,
  *   - the same push and pull to an encrypted store (issue #22: `remote add --key`),
+ *   - a lazy pull (issue #22's instant restore) into a fourth pool: when `pull --lazy` returns, and when the
+ *     first MiB of the image reads (open, read, close, from the start of the command), then a MiB in the
+ *     middle of the image (its chunks fetched on demand by the hydrator); the hydrator is then killed by its pid,
  *   - the baseline of issue #22's speed bar: one object of the same size PUT and then GET through the same
  *     SDK (@aws-sdk/client-s3, one request each) to the same RGW, and push and pull as a fraction of it.
  * Prints a markdown table and one JSON line; tears everything down (mounts, daemons, RGW) at the end.
+ * VDISKFS_BENCH_REMOTE_QUICK=1 leaves out the second host, the incremental push and the encrypted store;
+ * VDISKFS_BENCH_REMOTE_PERF=DIR records the push and the pull with perf (DIR/push-cli.data, push-daemon.data ...).
  */
 import { execFileSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -31,9 +36,43 @@ const workRoot = process.env.VDISKFS_BENCH_DIR ?? path.join(repoRoot, 'bench', '
 const mib = 1024 * 1024
 const dataBytes = Number(process.env.VDISKFS_BENCH_REMOTE_MIB ?? 1024) * mib
 const blockBytes = 64 * 1024
+const quick = process.env.VDISKFS_BENCH_REMOTE_QUICK === '1'
+/** VDISKFS_BENCH_REMOTE_PERF=DIR: perf record of the push and the pull (their CLI and daemon) into DIR. */
+const perfDir = process.env.VDISKFS_BENCH_REMOTE_PERF
 
 interface Pushed { id: string, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null, chunkBytesUploaded: number, objectBytesUploaded: number, packsUploaded: number }
 interface Pulled { bytesDownloaded: number, chunkBytesDownloaded: number }
+interface LazyPulled { hydratorPid: number | null }
+
+/** Seconds to open `file`, read `bytes` at `offset` and close it. */
+function readSeconds (file: string, offset: number, bytes: number): number {
+  const started = process.hrtime.bigint()
+  const fd = fs.openSync(file, 'r')
+  try {
+    const buffer = Buffer.alloc(bytes)
+    for (let done = 0; done < bytes;) {
+      const n = fs.readSync(fd, buffer, done, bytes - done, offset + done)
+      if (n === 0) break
+      done += n
+    }
+  } finally { fs.closeSync(fd) }
+  return Number(process.hrtime.bigint() - started) / 1e9
+}
+
+/** CPU seconds (user + system, every thread) process `pid` has used so far; 0 when it is gone. */
+function cpuOf (pid: number): number {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')
+    // After the command's name: state is field 3, utime and stime fields 14 and 15 (clock ticks of 1/100 s).
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch { return 0 }
+}
+
+/** Where the CPU of one push or pull went: the CLI (from /usr/bin/time), the daemon, RGW and its OSD. */
+interface CpuSplit { cli: number, daemon: number, rgw: number, osd: number }
+
+/** The load average now (1 minute), for the table: these figures move with it. */
+function load (): number { return Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]) }
 
 function seconds<T> (work: () => T): [number, T] {
   const started = process.hrtime.bigint()
@@ -61,16 +100,39 @@ async function main (): Promise<void> {
   const rgw = await startRgw()
   const rgwSeconds = Number(process.hrtime.bigint() - rgwStarted) / 1e9
   const vdiskfs = (...args: string[]): string => execFileSync(cli, args, { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+  const rgwPid = (name: string): number => Number(fs.readFileSync(path.join(rgw.dir, `${name}.pid`), 'utf8'))
+  /** The command run under /usr/bin/time, with the CPU it and the daemon of `mnt`, RGW and the OSD used meanwhile. */
+  const measured = (mnt: string, ...args: string[]): [string, CpuSplit] => {
+    const daemon = (JSON.parse(vdiskfs('status', mnt, '--json')) as { daemon: { pid: number } }).daemon.pid
+    const pids = { daemon, rgw: rgwPid('rgw'), osd: rgwPid('osd') }
+    const before = { daemon: cpuOf(pids.daemon), rgw: cpuOf(pids.rgw), osd: cpuOf(pids.osd) }
+    const timeFile = path.join(dir, 'time.out')
+    const timed = ['/usr/bin/time', '-f', '%U %S', '-o', timeFile]
+    let out: string
+    if (perfDir === undefined) out = execFileSync(timed[0], [...timed.slice(1), cli, ...args], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+    else {
+      // Profiling (not for the figures): perf records the daemon by its pid and the CLI from its start.
+      const name = path.join(perfDir, args[0])
+      const quote = (word: string): string => `'${word.replace(/'/g, "'\\''")}'`
+      const script = `perf record -q -F 199 -g -p ${daemon} -o ${quote(name + '-daemon.data')} & P=$!; sleep 1; ` +
+        `${[...timed, 'perf', 'record', '-q', '-F', '199', '-g', '-o', name + '-cli.data', '--', process.execPath, '--perf-basic-prof', cli, ...args].map(quote).join(' ')}; S=$?; kill -INT $P; wait $P; exit $S`
+      out = execFileSync('sh', ['-c', script], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+    }
+    const [user, system] = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()?.split(' ').map(Number) ?? [0, 0]
+    const round = (n: number): number => Number(n.toFixed(2))
+    return [out, { cli: round(user + system), daemon: round(cpuOf(pids.daemon) - before.daemon), rgw: round(cpuOf(pids.rgw) - before.rgw), osd: round(cpuOf(pids.osd) - before.osd) }]
+  }
   try {
     // host-c pulls from the encrypted store (a pool refuses a second copy of a backup it holds).
-    const pools = ['host-a', 'host-b', 'host-c'].map(name => ({ pool: path.join(dir, `${name}-pool`), mnt: path.join(dir, `${name}-mnt`) }))
+    // host-d pulls lazily.
+    const pools = ['host-a', 'host-b', 'host-c', 'host-d'].map(name => ({ pool: path.join(dir, `${name}-pool`), mnt: path.join(dir, `${name}-mnt`) }))
     for (const { pool, mnt } of pools) {
       fs.mkdirSync(mnt, { recursive: true })
       vdiskfs('mount', pool, mnt)
       mounts.push(mnt)
       vdiskfs('remote', 'add', mnt, 'bench', 's3://vdiskfs-bench/store', '--endpoint', rgw.endpoint)
     }
-    const [a, b, c] = pools.map(p => p.mnt)
+    const [a, b, c, d] = pools.map(p => p.mnt)
     // Real data: an ext4 holding as much of /usr as fits, built outside the pool, then copied in (sparse).
     const built = path.join(dir, 'usr.img')
     const fsMount = path.join(dir, 'usr-mnt')
@@ -87,29 +149,57 @@ async function main (): Promise<void> {
     fs.rmSync(built)
     vdiskfs('backup', disk, 'b1')
     vdiskfs('sync', a)
-    const [pushSeconds, pushed] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b1.img'), 'bench', '--json')) as Pushed)
-    const [pullSeconds, pulled] = seconds(() => JSON.parse(vdiskfs('pull', b, 'bench', pushed.id, 'b1', '--json')) as Pulled)
+    const loadBefore = load()
+    const [pushSeconds, [pushOut, pushCpu]] = seconds(() => measured(a, 'push', path.join(a, 'backups', 'b1.img'), 'bench', '--json'))
+    const pushed = JSON.parse(pushOut) as Pushed
+    const [pullSeconds, [pullOut, pullCpu]] = seconds(() => measured(b, 'pull', b, 'bench', pushed.id, 'b1', '--json'))
+    const pulled = JSON.parse(pullOut) as Pulled
+    const loadAfterPull = load()
 
-    // The second host: a clone of what it pulled, 2% of the data rewritten, backed up and pushed.
-    vdiskfs('clone', path.join(b, 'backups', 'b1.img'), 'work')
-    const changedB = rewrite(path.join(b, 'clones', 'work.img'), 0.02)
-    vdiskfs('backup', path.join(b, 'clones', 'work.img'), 'h1')
-    vdiskfs('sync', b)
-    const [secondSeconds, second] = seconds(() => JSON.parse(vdiskfs('push', path.join(b, 'backups', 'h1.img'), 'bench', '--json')) as Pushed)
+    // A lazy pull: the command, then the first MiB (it comes with the backup), then a MiB in the middle
+    // (fetched on demand); the hydrator is killed by its pid once both are read.
+    const lazyStarted = process.hrtime.bigint()
+    const lazy = JSON.parse(vdiskfs('pull', d, 'bench', pushed.id, 'lazy', '--lazy', '--json')) as LazyPulled
+    const lazyCommandSeconds = Number(process.hrtime.bigint() - lazyStarted) / 1e9
+    const lazyImage = path.join(d, 'backups', 'lazy.img')
+    const lazyFirstMiBSeconds = readSeconds(lazyImage, 0, mib)
+    const lazyFirstMiBFromCommand = Number(process.hrtime.bigint() - lazyStarted) / 1e9
+    const lazyMiddleMiBSeconds = readSeconds(lazyImage, Math.floor(dataBytes / 2 / mib) * mib + 5 * mib, mib)
+    if (lazy.hydratorPid !== null) { try { process.kill(lazy.hydratorPid, 'SIGKILL') } catch {} }
 
-    // An incremental push on the first host: 1% of the data changed since b1.
-    const changedA = rewrite(disk, 0.01)
-    vdiskfs('backup', disk, 'b2')
-    vdiskfs('sync', a)
-    const [incrementalSeconds, incremental] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b2.img'), 'bench', '--json')) as Pushed)
+    let changedB = 0
+    let secondSeconds = 0
+    let second: Pushed = pushed
+    let changedA = 0
+    let incrementalSeconds = 0
+    let incremental: Pushed = pushed
+    let sealedPushSeconds = 0
+    let sealedPullSeconds = 0
+    let sealedPushed: Pushed = pushed
+    let sealedPulled: Pulled = pulled
+    if (!quick) {
+      // The second host: a clone of what it pulled, 2% of the data rewritten, backed up and pushed.
+      vdiskfs('clone', path.join(b, 'backups', 'b1.img'), 'work')
+      changedB = rewrite(path.join(b, 'clones', 'work.img'), 0.02)
+      vdiskfs('backup', path.join(b, 'clones', 'work.img'), 'h1')
+      vdiskfs('sync', b)
+      ;[secondSeconds, second] = seconds(() => JSON.parse(vdiskfs('push', path.join(b, 'backups', 'h1.img'), 'bench', '--json')) as Pushed)
 
-    // The same backup to an encrypted store, pushed and pulled (into a third pool).
-    const keyFile = path.join(dir, 'bench.key')
-    vdiskfs('key', 'create', keyFile)
-    for (const mnt of [a, c]) vdiskfs('remote', 'add', mnt, 'sealed', 's3://vdiskfs-bench/sealed', '--endpoint', rgw.endpoint, '--key', keyFile)
-    const [sealedPushSeconds, sealedPushed] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b1.img'), 'sealed', '--json')) as Pushed)
-    const [sealedPullSeconds, sealedPulled] = seconds(() => JSON.parse(vdiskfs('pull', c, 'sealed', sealedPushed.id, 'b1', '--json')) as Pulled)
+      // An incremental push on the first host: 1% of the data changed since b1.
+      changedA = rewrite(disk, 0.01)
+      vdiskfs('backup', disk, 'b2')
+      vdiskfs('sync', a)
+      ;[incrementalSeconds, incremental] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b2.img'), 'bench', '--json')) as Pushed)
 
+      // The same backup to an encrypted store, pushed and pulled (into a third pool).
+      const keyFile = path.join(dir, 'bench.key')
+      vdiskfs('key', 'create', keyFile)
+      for (const mnt of [a, c]) vdiskfs('remote', 'add', mnt, 'sealed', 's3://vdiskfs-bench/sealed', '--endpoint', rgw.endpoint, '--key', keyFile)
+      ;[sealedPushSeconds, sealedPushed] = seconds(() => JSON.parse(vdiskfs('push', path.join(a, 'backups', 'b1.img'), 'sealed', '--json')) as Pushed)
+      ;[sealedPullSeconds, sealedPulled] = seconds(() => JSON.parse(vdiskfs('pull', c, 'sealed', sealedPushed.id, 'b1', '--json')) as Pulled)
+    }
+
+    const baselineLoad = load()
     // The baseline: one object of the data's size, one PUT and one GET, through the same SDK.
     const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgwAccessKey, secretAccessKey: rgwSecretKey }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' })
     const body = crypto.randomBytes(dataBytes)
@@ -127,6 +217,9 @@ async function main (): Promise<void> {
     const mbps = (bytes: number, s: number): string => (bytes / 1e6 / s).toFixed(1)
     const figures = {
       dataMiB: dataBytes / mib,
+      loadBeforePush: loadBefore,
+      loadAfterPull,
+      loadAtBaseline: baselineLoad,
       rgwStartSeconds: Number(rgwSeconds.toFixed(1)),
       pushSeconds: Number(pushSeconds.toFixed(2)),
       pushMBps: Number(mbps(dataBytes, pushSeconds)),
@@ -161,7 +254,13 @@ async function main (): Promise<void> {
       pushOfBaseline: Number((putSeconds / pushSeconds).toFixed(2)),
       pullOfBaseline: Number((getSeconds / pullSeconds).toFixed(2)),
       encryptedPushOfBaseline: Number((putSeconds / sealedPushSeconds).toFixed(2)),
-      encryptedPullOfBaseline: Number((getSeconds / sealedPullSeconds).toFixed(2))
+      encryptedPullOfBaseline: Number((getSeconds / sealedPullSeconds).toFixed(2)),
+      pushCpu,
+      pullCpu,
+      lazyCommandSeconds: Number(lazyCommandSeconds.toFixed(2)),
+      lazyFirstMiBSeconds: Number(lazyFirstMiBSeconds.toFixed(2)),
+      lazyFirstMiBFromCommandSeconds: Number(lazyFirstMiBFromCommand.toFixed(2)),
+      lazyMiddleMiBSeconds: Number(lazyMiddleMiBSeconds.toFixed(2))
     }
     const mibOf = (n: number): string => (n / mib).toFixed(1)
     console.log(`| remote store (RGW on 127.0.0.1, a ${dataBytes / mib} MiB disk: ext4 holding a copy of /usr) | figure |`)
@@ -172,7 +271,11 @@ async function main (): Promise<void> {
     console.log(`| incremental push, 1% changed (${mibOf(changedA)} MiB of blocks) | ${mibOf(incremental.bytesUploaded)} MiB of blocks uploaded; sent ${mibOf(incremental.objectBytesUploaded)} MiB for ${mibOf(incremental.chunkBytesUploaded)} MiB of new chunks, in ${figures.incrementalSeconds} s |`)
     console.log(`| push to an empty encrypted store | ${figures.encryptedPushMBps} MB/s (${figures.encryptedPushSeconds} s) |`)
     console.log(`| pull from the encrypted store | ${figures.encryptedPullMBps} MB/s (${figures.encryptedPullSeconds} s) |`)
+    const split = (c: CpuSplit): string => `CLI ${c.cli} s, daemon ${c.daemon} s, RGW ${c.rgw} s, OSD ${c.osd} s`
+    console.log(`| CPU of the push / of the pull (user + system) | ${split(pushCpu)} / ${split(pullCpu)} |`)
+    console.log(`| lazy pull: the command returns / the first MiB read / from the command to the first MiB / a MiB in the middle (fetched on demand) | ${figures.lazyCommandSeconds} s / ${figures.lazyFirstMiBSeconds} s / ${figures.lazyFirstMiBFromCommandSeconds} s / ${figures.lazyMiddleMiBSeconds} s |`)
     console.log(`| baseline: one ${dataBytes / mib} MiB object, PUT / GET through the same SDK | ${figures.baselinePutMBps} / ${figures.baselineGetMBps} MB/s |`)
+    console.log(`| load average (1 min) before the push / after the pull / at the baseline | ${loadBefore} / ${loadAfterPull} / ${baselineLoad} |`)
     console.log(`| push / pull as a fraction of the baseline (issue #22's bar: 0.8; sent/received at most 1.1x the chunks) | ${figures.pushOfBaseline} / ${figures.pullOfBaseline} (encrypted: ${figures.encryptedPushOfBaseline} / ${figures.encryptedPullOfBaseline}) |`)
     console.log(JSON.stringify(figures))
   } finally {

@@ -269,6 +269,12 @@ export const exportReadBlocks = 16
 export const exportReadsInFlight = 4
 /** Blocks the daemon stores per import batch: one fdatasync of the packs and one catalog transaction each (16 MiB at 64 KiB). */
 export const importBatchBlocks = 256
+/**
+ * Frames per import batch, those without bytes (zero blocks, a lazy pull's references) counted too: a
+ * batch of references costs its catalog.log fdatasync and transaction and little else, so a lazy pull of
+ * a 1 GiB image stores its 16,384 references in 4 batches, not 64.
+ */
+export const importBatchFrames = 4096
 /** The most chunk ids one lazyMissing request may ask about (a hydrator asks a batch of a manifest at a time). */
 export const lazyMissingHashesMax = 4096
 /** Recorded blocks an import's finish applies to the new map per turn of the event loop. */

@@ -273,10 +273,12 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   const started: { early: { pid: number | null, log: string } | null } = { early: null }
   if (!options.resume) {
     made = await withStore(remote, async store => {
-      const identity = (await store.manifest(id)).identity
-      if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, identity, true)
+      // The pack indexes (for the head's chunks) load while the manifest comes.
+      store.preloadPacks()
+      const manifest = await store.manifest(id)
+      if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, manifest.identity, true)
       try {
-        return await createLazyBackup(store, remote.name, mountpoint, id, file)
+        return await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
       } catch (err) {
         // The hydrator this command started waits for a backup that will not come: it goes (by its pid).
         const pid = started.early?.pid

@@ -42,8 +42,9 @@ export interface LazyPullInfo { uuid: string, backup: string, name: string | nul
  * (remote `remote` of the pool). Errors: those of the store (NOT_FOUND, CORRUPT for the manifest) and of
  * the import (EXISTS ...).
  */
-export async function createLazyBackup (store: RemoteStore, remote: string, mountpoint: string, id: string, name: string): Promise<LazyPullResult> {
-  const manifest = await store.manifest(id)
+export async function createLazyBackup (store: RemoteStore, remote: string, mountpoint: string, id: string, name: string, known?: Manifest): Promise<LazyPullResult> {
+  // The caller's copy of the manifest when it read it (a 1 GiB image's is about 1 MiB of JSON, checked against its id).
+  const manifest = known ?? await store.manifest(id)
   const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
   const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   // The image's head comes with the backup (a VM boots from it, and its first read need not wait for a
@@ -59,11 +60,15 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
     // Every block of a head chunk goes with its bytes, not only the head's: a chunk is never both
     // absent and stored in one import batch.
     const bytes = await head
+    // The ref frames go in writes of about refWriteBytes, not one write per block.
+    let refs: Buffer[] = []
     for (const [index, chunk] of manifest.blocks) {
       const data = bytes.get(chunk)
-      await send(socket, data === undefined ? frameHead(frameRef, index, Buffer.from(chunk, 'hex')) : Buffer.concat([frameHead(frameData, index, Buffer.from(chunk, 'hex')), data]))
+      refs.push(data === undefined ? frameHead(frameRef, index, Buffer.from(chunk, 'hex')) : Buffer.concat([frameHead(frameData, index, Buffer.from(chunk, 'hex')), data]))
+      if (data !== undefined || refs.length >= refWriteFrames) { await send(socket, Buffer.concat(refs)); refs = [] }
     }
-    await send(socket, frameHead(frameEnd, 0, null))
+    refs.push(frameHead(frameEnd, 0, null))
+    await send(socket, Buffer.concat(refs))
     const { result } = await reply
     const r = result as { backup: { uuid: string }, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
     return { id, name, uuid: r.backup.uuid, size: manifest.size, blocks: manifest.blocks.length, absentBlocks: r.absentBlocks, dedupedBlocks: r.dedupedBlocks, resumedBlocks: r.resumedBlocks }
@@ -71,6 +76,9 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
     socket.destroy()
   }
 }
+
+/** Ref frames (of 41 bytes) per write of createLazyBackup. */
+const refWriteFrames = 1024
 
 /** How much of the image's start `pull --lazy` fetches before the backup exists (lazyHeadBytes of the image). */
 export const lazyHeadBytes = 4 * 1024 * 1024
@@ -175,57 +183,86 @@ export async function hydrate (store: RemoteStore, mountpoint: string, id: strin
   }
 }
 
+type Outcome = 'done' | 'again' | 'stuck'
+
 /**
  * One connection to the daemon: serves its wants and walks the chunks from `from`. Returns 'done' when
  * the pull is whole, 'again' when the walk ended with chunks missing that this pass did not see fail,
  * 'stuck' when only chunks that failed are missing. Throws what the connection or the store throws.
  */
 async function runSession (store: RemoteStore, mountpoint: string, uuid: string, order: string[], byName: Map<string, string>, from: number,
-  log: (line: string) => void, progress: (n: number) => void, at: (cursor: number) => void): Promise<'done' | 'again' | 'stuck'> {
+  log: (line: string) => void, progress: (n: number) => void, at: (cursor: number) => void): Promise<Outcome> {
   // Done already (whole, or its backup removed): nothing to connect for.
   if (!(await lazyPulls(mountpoint)).some(p => p.uuid === uuid)) return 'done'
   const opened = await openStream(mountpoint, 'hydrateStream', { uuid })
   log(`hydrate: connected to the daemon of ${mountpoint}, walking from chunk ${from}`)
-  const socket: net.Socket = opened.socket
-  const blockBytes = (opened.result as { blockBytes: number }).blockBytes
-  const failed = new Set<string>()
+  const session = new HydrateSession(store, mountpoint, uuid, opened.socket, byName, log, progress)
+  session.readFrames(opened.rest, (opened.result as { blockBytes: number }).blockBytes)
+  session.startServingWants()
+  try {
+    const walked = await session.walk(order, from, at)
+    return walked === 'done' ? 'done' : await session.finish(walked.missingSeen)
+  } finally {
+    await session.close()
+  }
+}
+
+/**
+ * A hydrator's connection to the daemon, in named steps: readFrames (the daemon's wants, and its end),
+ * serveWants (each wanted chunk fetched at once, with what follows it in its pack), walk (the manifest's
+ * chunks in order, those still missing fetched and sent, holding back while wants are served), finish
+ * (the end frame, and what the pool still lacks), close.
+ */
+class HydrateSession {
+  private readonly failed = new Set<string>()
   /** Chunks this session sent (a daemon killed before it stored them is a new session's business). */
-  const sentChunks = new Set<string>()
-  let sentThisPass = 0
-  let closed: unknown = null
-  // Wakes serveWants when a want comes or the session ends (an object: set inside closures).
-  const waker: { wake: (() => void) | null } = { wake: null }
-  const urgent: string[] = []
-  const ended = new Promise<void>((resolve, reject) => {
-    const reader = new ByteReader(socket, opened.rest)
-    void (async () => {
+  private readonly sentChunks = new Set<string>()
+  private sentThisPass = 0
+  /** Why the session ended early (the connection gone, a final error): thrown at the next check(). */
+  private closed: unknown = null
+  /** Wakes serveWants when a want comes or the session ends. */
+  private wake: (() => void) | null = null
+  /** Chunks readers wait for, not yet being fetched. */
+  private readonly urgent: string[] = []
+  private servingWants = false
+  private stopped = false
+  private ended: Promise<void> = Promise.resolve()
+  private serving: Promise<void> = Promise.resolve()
+
+  constructor (private readonly store: RemoteStore, private readonly mountpoint: string, private readonly uuid: string, private readonly socket: net.Socket,
+    private readonly byName: Map<string, string>, private readonly log: (line: string) => void, private readonly progress: (n: number) => void) {}
+
+  private check (): void { if (this.closed !== null) throw this.closed }
+
+  /** Reads the daemon's frames until its end frame: each want is queued for serveWants. */
+  readFrames (rest: Buffer, blockBytes: number): void {
+    const reader = new ByteReader(this.socket, rest)
+    this.ended = (async () => {
       for (;;) {
         const frame = await readFrame(reader, blockBytes)
-        if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the hydrator's connection`)
+        if (frame === null) throw new VdiskError('IO', `the vdiskfs daemon of ${this.mountpoint} closed the hydrator's connection`)
         if (frame.kind === frameEnd) return
-        if (frame.kind === frameWant && frame.hash !== null) { urgent.push(frame.hash.toString('hex')); waker.wake?.() }
+        if (frame.kind === frameWant && frame.hash !== null) { this.urgent.push(frame.hash.toString('hex')); this.wake?.() }
       }
-    })().then(resolve, err => { closed = err; waker.wake?.(); reject(err) })
-  })
-  ended.catch(() => {})
-  const check = (): void => { if (closed !== null) throw closed }
+    })()
+    this.ended.catch(err => { this.closed ??= err; this.wake?.() })
+  }
 
-  /** Fetches `ids` and sends those that checked, then a flush; counts the ones that failed. */
   /**
    * Fetches `ids` and sends those that checked in groups of `group` blocks, each followed by a flush (the
    * daemon stores a group at its flush: a small group is stored, and its readers woken, soon). Those of
    * `first` go first, in a group of their own; before each other group, `yieldTo` may hold it back.
    * Counts the ones that failed.
    */
-  const fetchAndSend = async (ids: string[], group: number, first: Set<string> = new Set(), yieldTo?: () => Promise<void>): Promise<void> => {
+  private async fetchAndSend (ids: string[], group: number, first: Set<string> = new Set(), yieldTo?: () => Promise<void>): Promise<void> {
     if (ids.length === 0) return
-    const blocks = await store.fetchBlocks(ids)
-    check()
+    const blocks = await this.store.fetchBlocks(ids)
+    this.check()
     const good: Array<[string, Buffer]> = []
     for (const [chunk, block] of blocks) {
       if (!(block instanceof VdiskError)) { good.push([chunk, block]); continue }
-      if (!failed.has(chunk)) log(`hydrate: chunk ${chunk}: ${block.message}`)
-      failed.add(chunk)
+      if (!this.failed.has(chunk)) this.log(`hydrate: chunk ${chunk}: ${block.message}`)
+      this.failed.add(chunk)
     }
     const groups: Array<Array<[string, Buffer]>> = []
     const head = good.filter(([chunk]) => first.has(chunk))
@@ -234,88 +271,109 @@ async function runSession (store: RemoteStore, mountpoint: string, uuid: string,
     for (let i = 0; i < rest.length; i += group) groups.push(rest.slice(i, i + group))
     for (const [g, blocks] of groups.entries()) {
       if (g > 0 || head.length === 0) await yieldTo?.()
-      for (const [chunk, block] of blocks) {
-        await send(socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
-        // Only the recent ones matter (a duplicate costs a fetch, nothing else): the set stays bounded.
-        if (sentChunks.size >= sentChunksMax) sentChunks.clear()
-        sentChunks.add(chunk)
-      }
-      await send(socket, frameHead(frameFlush, 0, null))
-      sentThisPass += blocks.length
-      progress(blocks.length)
+      await this.sendGroup(blocks)
     }
   }
 
-  // While wants are being served, the background walk waits between its groups: a reader's blocks do not
-  // queue behind 16 MiB of the walk's in the daemon.
-  let serving: Promise<void> | null = null
-  let stop = false
-  const afterWants = async (): Promise<void> => {
-    // Bounded by the wants: each is served or fails (then the session ends: check() throws).
-    while ((urgent.length > 0 || busy.wants) && !stop) {
-      check()
-      await new Promise(resolve => setTimeout(resolve, 10))
+  /** Sends `blocks` as data frames, then a flush: the daemon stores them and wakes their readers. */
+  private async sendGroup (blocks: Array<[string, Buffer]>): Promise<void> {
+    for (const [chunk, block] of blocks) {
+      await send(this.socket, Buffer.concat([frameHead(frameData, 0, Buffer.from(chunk, 'hex')), block]))
+      // Only the recent ones matter (a duplicate costs a fetch, nothing else): the set stays bounded.
+      if (this.sentChunks.size >= sentChunksMax) this.sentChunks.clear()
+      this.sentChunks.add(chunk)
     }
+    await send(this.socket, frameHead(frameFlush, 0, null))
+    this.sentThisPass += blocks.length
+    this.progress(blocks.length)
   }
-  const busy = { wants: false }
 
-  // Wants first: each chunk a reader waits for, with what follows it in its pack.
-  const serveWants = async (): Promise<void> => {
-    while (!stop) {
-      check()
-      if (urgent.length === 0) { await new Promise<void>(resolve => { waker.wake = resolve }); waker.wake = null; continue }
-      const asked = urgent.splice(0)
-      const ids = new Set<string>()
-      for (const chunk of asked) {
-        ids.add(chunk)
-        // What this session sent already is on its way to the daemon: not fetched again as a prefetch.
-        for (const next of store.following(chunk, pullRangeBytesMax, byName)) if (!sentChunks.has(next)) ids.add(next)
-      }
-      busy.wants = true
-      try {
-        await fetchAndSend([...ids], wantGroupBlocks, new Set(asked))
-      } catch (err) {
-        // The store away (or slow): the readers wait (bounded by the daemon), and the wants are asked again.
-        check()
-        if (!transient(err)) throw err
-        log(`hydrate: fetching what a reader waits for: ${(err as Error).message}; trying again in ${retryDelayMs / 1000} s`)
-        urgent.push(...asked)
-        busy.wants = false
-        await sleep(retryDelayMs)
-      } finally { busy.wants = false }
+  /**
+   * While wants are being served, the background walk waits between its groups: a reader's blocks do not
+   * queue behind 16 MiB of the walk's in the daemon. Bounded by the wants: each is served or fails (then
+   * the session ends: check() throws).
+   */
+  private async afterWants (): Promise<void> {
+    while ((this.urgent.length > 0 || this.servingWants) && !this.stopped) {
+      this.check()
+      await sleep(10)
     }
   }
-  serving = serveWants()
-  // A failure there (the connection gone, a final error) ends the session at the walk's next check.
-  serving.catch(err => { closed ??= err })
-  try {
+
+  /** Serves the wants until the session stops; a failure there ends the session at the walk's next check. */
+  startServingWants (): void {
+    this.serving = (async () => {
+      while (!this.stopped) {
+        this.check()
+        if (this.urgent.length === 0) { await new Promise<void>(resolve => { this.wake = resolve }); this.wake = null; continue }
+        await this.serveWants(this.urgent.splice(0))
+      }
+    })()
+    this.serving.catch(err => { this.closed ??= err })
+  }
+
+  /** Each chunk of `asked` with what follows it in its pack; the store away: asked again after a pause. */
+  private async serveWants (asked: string[]): Promise<void> {
+    const ids = new Set<string>()
+    for (const chunk of asked) {
+      ids.add(chunk)
+      // What this session sent already is on its way to the daemon: not fetched again as a prefetch.
+      for (const next of this.store.following(chunk, pullRangeBytesMax, this.byName)) if (!this.sentChunks.has(next)) ids.add(next)
+    }
+    this.servingWants = true
+    try {
+      await this.fetchAndSend([...ids], wantGroupBlocks, new Set(asked))
+    } catch (err) {
+      // The store away (or slow): the readers wait (bounded by the daemon), and the wants are asked again.
+      this.check()
+      if (!transient(err)) throw err
+      this.log(`hydrate: fetching what a reader waits for: ${(err as Error).message}; trying again in ${retryDelayMs / 1000} s`)
+      this.urgent.push(...asked)
+      this.servingWants = false
+      await sleep(retryDelayMs)
+    } finally { this.servingWants = false }
+  }
+
+  /**
+   * The background walk: the chunks of `order` from `from`, pullBatchBlocks at a time, asking the daemon
+   * which are still missing and sending those. 'done' when the daemon says the pull is over.
+   */
+  async walk (order: string[], from: number, at: (cursor: number) => void): Promise<'done' | { missingSeen: number }> {
     let missingSeen = 0
     for (let start = from; start < order.length; start += pullBatchBlocks) {
-      check()
+      this.check()
       const hashes = order.slice(start, start + pullBatchBlocks)
-      const answer = await call(mountpoint, 'lazyMissing', { uuid, hashes }) as { inProgress: boolean, missing: string[] }
+      const answer = await call(this.mountpoint, 'lazyMissing', { uuid: this.uuid, hashes }) as { inProgress: boolean, missing: string[] }
       if (!answer.inProgress) return 'done'
       missingSeen += answer.missing.length
       // Chunks the wants sent in this session are on their way: a later pass finds any the daemon lacks.
-      await fetchAndSend(answer.missing.filter(chunk => !sentChunks.has(chunk)), walkGroupBlocks, new Set(), afterWants)
+      await this.fetchAndSend(answer.missing.filter(chunk => !this.sentChunks.has(chunk)), walkGroupBlocks, new Set(), async () => await this.afterWants())
       at(start + pullBatchBlocks)
       await testPause('hydrate-batch')
     }
-    // The walk is over: wants may still come (a chunk sent to a daemon that did not store it) until the end.
-    stop = true
-    waker.wake?.()
-    await serving
-    await send(socket, frameHead(frameEnd, 0, null))
-    await ended
-    const left = (await lazyPulls(mountpoint)).find(p => p.uuid === uuid)
+    return { missingSeen }
+  }
+
+  /** The walk is over: the wants served to the end, the end frame, and what the pool still lacks. */
+  async finish (missingSeen: number): Promise<Outcome> {
+    // Wants may still come (a chunk sent to a daemon that did not store it) until the end.
+    this.stopped = true
+    this.wake?.()
+    await this.serving
+    this.check()
+    await send(this.socket, frameHead(frameEnd, 0, null))
+    await this.ended
+    const left = (await lazyPulls(this.mountpoint)).find(p => p.uuid === this.uuid)
     if (left === undefined) return 'done'
-    if (sentThisPass > 0) return 'again'
-    if (failed.size > 0) return 'stuck'
+    if (this.sentThisPass > 0) return 'again'
+    if (this.failed.size > 0) return 'stuck'
     throw new VdiskError('CORRUPT', `the pool lists ${left.missing} chunks missing for ${left.backup} that the remote backup does not name (${missingSeen} asked for)`)
-  } finally {
-    stop = true
-    waker.wake?.()
-    socket.destroy()
-    await serving.catch(() => {})
+  }
+
+  async close (): Promise<void> {
+    this.stopped = true
+    this.wake?.()
+    this.socket.destroy()
+    await this.serving.catch(() => {})
   }
 }

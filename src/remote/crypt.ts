@@ -75,17 +75,30 @@ export class RemoteKey {
 
   /** Seals `plaintext` as an object of `kind` stored under `name` (below the store's prefix). */
   seal (kind: number, name: string, plaintext: Buffer): Buffer {
-    const header = Buffer.alloc(sealHeaderBytes)
+    const sealed = Buffer.allocUnsafe(plaintext.length + sealOverheadBytes)
+    return sealed.subarray(0, this.sealInto(sealed, kind, name, plaintext))
+  }
+
+  /**
+   * seal() written at the start of `target` (room for the plaintext and sealOverheadBytes), not into a
+   * buffer of its own (a push seals each chunk straight into its pack): the same bytes. Returns their length.
+   */
+  sealInto (target: Buffer, kind: number, name: string, plaintext: Buffer): number {
+    if (target.length < plaintext.length + sealOverheadBytes) throw new RangeError('sealInto: the target is too small')
+    const header = target.subarray(0, sealHeaderBytes)
     sealMagic.copy(header, 0)
     header.writeUInt8(sealVersion, 4)
     header.writeUInt8(kind, 5)
     header.writeUInt8(sealCipherAes256Gcm, 6)
+    header.writeUInt8(0, 7)
     crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
     const cipher = crypto.createCipheriv(sealCipherName, this.objectKey(header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
     cipher.setAAD(associatedData(header, name))
-    const body = cipher.update(plaintext)
-    const rest = cipher.final()
-    return Buffer.concat([header, body, rest, cipher.getAuthTag()])
+    let at = sealHeaderBytes
+    at += cipher.update(plaintext).copy(target, at)
+    at += cipher.final().copy(target, at)
+    at += cipher.getAuthTag().copy(target, at)
+    return at
   }
 
   /**
@@ -99,7 +112,9 @@ export class RemoteKey {
     decipher.setAuthTag(object.subarray(object.length - sealTagBytes))
     const body = decipher.update(object.subarray(sealHeaderBytes, object.length - sealTagBytes))
     try {
-      return Buffer.concat([body, decipher.final()])
+      // GCM holds nothing back: final() checks the tag and gives no bytes (the body needs no copy then).
+      const rest = decipher.final()
+      return rest.length === 0 ? body : Buffer.concat([body, rest])
     } catch {
       throw corrupt(`${what}: damaged or not this store's (it fails authentication with the store's key)`)
     }

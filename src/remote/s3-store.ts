@@ -5,17 +5,28 @@
  * never from the pool, and are never printed. Every S3 or network failure becomes one VdiskError naming
  * the remote: IO for the network and the server, NOT_PERMITTED for refused credentials.
  */
-import {
-  CopyObjectCommand, CreateBucketCommand, DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand,
-  ListObjectsV2Command, PutObjectCommand, S3Client
-} from '@aws-sdk/client-s3'
+import type * as S3Sdk from '@aws-sdk/client-s3'
+import type { S3Client } from '@aws-sdk/client-s3'
 import { Readable } from 'node:stream'
 import { VdiskError, corrupt } from '../errors'
 import { remoteConnectTimeoutMs, remoteListPagesMax, remoteListTokenBytesMax, remoteRequestTimeoutMs } from './remote-format'
 
-// The SDK warns on every run that its releases after early January 2027 need Node 22; ours is pinned
-// (package.json) to a release that supports Node 20, so the warning says nothing to a user.
-process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
+let loadedSdk: typeof S3Sdk | null = null
+
+/**
+ * The AWS SDK, loaded on first use: only the commands that talk to S3 pay for it (about 0.4 s of a CLI
+ * start on an idle machine, over a second under load; every other command, and the daemon, which
+ * imports this module for remotes.json's URLs, never loads it). Tested: test/unit/sdk-lazy.test.ts.
+ */
+export function sdk (): typeof S3Sdk {
+  if (loadedSdk === null) {
+    // The SDK warns on every run that its releases after early January 2027 need Node 22; ours is pinned
+    // (package.json) to a release that supports Node 20, so the warning says nothing to a user.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
+    loadedSdk = require('@aws-sdk/client-s3') as typeof S3Sdk
+  }
+  return loadedSdk
+}
 
 /** Where a remote's store is: what `vdiskfs remote add` records in the pool. */
 export interface RemoteLocation { bucket: string, prefix: string, endpoint?: string, region?: string }
@@ -30,6 +41,7 @@ export class S3Store {
 
   /** `label` names the remote in errors (its name in the pool, or its URL). */
   constructor (readonly location: RemoteLocation, readonly label: string) {
+    const { S3Client } = sdk()
     this.client = new S3Client({
       endpoint: location.endpoint,
       region: location.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
@@ -51,13 +63,13 @@ export class S3Store {
   /** Creates the bucket unless it exists (and is ours). */
   async ensureBucket (): Promise<void> {
     try {
-      await this.client.send(new HeadBucketCommand({ Bucket: this.location.bucket }))
+      await this.client.send(new (sdk().HeadBucketCommand)({ Bucket: this.location.bucket }))
       return
     } catch (err) {
       if (statusOf(err) !== 404) throw this.failure(err, `bucket ${this.location.bucket}`)
     }
     try {
-      await this.client.send(new CreateBucketCommand({ Bucket: this.location.bucket }))
+      await this.client.send(new (sdk().CreateBucketCommand)({ Bucket: this.location.bucket }))
     } catch (err) {
       if (nameOf(err) === 'BucketAlreadyOwnedByYou') return
       throw this.failure(err, `creating bucket ${this.location.bucket}`)
@@ -67,7 +79,7 @@ export class S3Store {
   /** Writes `key` unless it exists (If-None-Match: *). Returns false when it existed (412). */
   async putOnce (key: string, body: Buffer): Promise<boolean> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.location.bucket, Key: key, Body: body, IfNoneMatch: '*' }))
+      await this.client.send(new (sdk().PutObjectCommand)({ Bucket: this.location.bucket, Key: key, Body: body, IfNoneMatch: '*' }))
       this.bytesWritten += body.length
       return true
     } catch (err) {
@@ -91,7 +103,7 @@ export class S3Store {
   async get (key: string, maxBytes: number, range?: { start: number, length: number }): Promise<Buffer | null> {
     let body: Readable | undefined
     try {
-      const reply = await this.client.send(new GetObjectCommand({ Bucket: this.location.bucket, Key: key, Range: range === undefined ? undefined : `bytes=${range.start}-${range.start + range.length - 1}` }))
+      const reply = await this.client.send(new (sdk().GetObjectCommand)({ Bucket: this.location.bucket, Key: key, Range: range === undefined ? undefined : `bytes=${range.start}-${range.start + range.length - 1}` }))
       body = reply.Body as Readable | undefined
       if (body === undefined) return Buffer.alloc(0)
       if (reply.ContentLength !== undefined && reply.ContentLength > maxBytes) throw this.tooLong(key, `${reply.ContentLength} bytes`, maxBytes)
@@ -126,7 +138,7 @@ export class S3Store {
   /** The object's size and modification time (the server's clock), or null when it does not exist. */
   async head (key: string): Promise<ObjectInfo | null> {
     try {
-      const reply = await this.client.send(new HeadObjectCommand({ Bucket: this.location.bucket, Key: key }))
+      const reply = await this.client.send(new (sdk().HeadObjectCommand)({ Bucket: this.location.bucket, Key: key }))
       return { key, size: reply.ContentLength ?? 0, lastModifiedMs: reply.LastModified?.getTime() ?? 0 }
     } catch (err) {
       if (statusOf(err) === 404) return null
@@ -140,7 +152,7 @@ export class S3Store {
    */
   async touch (key: string): Promise<boolean> {
     try {
-      await this.client.send(new CopyObjectCommand({
+      await this.client.send(new (sdk().CopyObjectCommand)({
         Bucket: this.location.bucket, Key: key, CopySource: `${this.location.bucket}/${encodeURIComponent(key).replace(/%2F/g, '/')}`,
         MetadataDirective: 'REPLACE', Metadata: { touched: new Date().toISOString() }
       }))
@@ -162,7 +174,7 @@ export class S3Store {
     for (let page = 1; ; page++) {
       let reply
       try {
-        reply = await this.client.send(new ListObjectsV2Command({ Bucket: this.location.bucket, Prefix: prefix, ContinuationToken: token }))
+        reply = await this.client.send(new (sdk().ListObjectsV2Command)({ Bucket: this.location.bucket, Prefix: prefix, ContinuationToken: token }))
       } catch (err) { throw this.failure(err, `listing ${prefix}`) }
       for (const object of reply.Contents ?? []) {
         if (object.Key !== undefined) yield { key: object.Key, size: object.Size ?? 0, lastModifiedMs: object.LastModified?.getTime() ?? 0 }
@@ -183,7 +195,7 @@ export class S3Store {
 
   async remove (key: string): Promise<void> {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.location.bucket, Key: key }))
+      await this.client.send(new (sdk().DeleteObjectCommand)({ Bucket: this.location.bucket, Key: key }))
     } catch (err) { throw this.failure(err, `deleting ${key}`) }
   }
 

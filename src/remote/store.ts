@@ -170,7 +170,19 @@ export class RemoteStore {
    * its length. A plain store's is compressed straight into `target`, with no buffer of its own.
    */
   private encodeChunkInto (target: Buffer, id: string, data: Buffer): number {
-    if (this.key !== null) return this.encodeChunk(id, data).copy(target)
+    if (this.key === null) return this.encodePlainChunkInto(target, id, data)
+    // Encrypted: the plain chunk object in one buffer used again for every chunk, sealed straight into
+    // the pack (not a buffer of its own, then a sealed copy, then a copy into the pack).
+    if (this.plainScratch.length < chunkObjectBytesMax) this.plainScratch = Buffer.allocUnsafe(chunkObjectBytesMax)
+    const length = this.encodePlainChunkInto(this.plainScratch, id, data)
+    return this.key.sealInto(target, sealKindChunk, this.relative(this.chunkObjectKey(id)), this.plainScratch.subarray(0, length))
+  }
+
+  /** Where an encrypted push builds each plain chunk object before sealing it. */
+  private plainScratch = Buffer.alloc(0)
+
+  /** The plain chunk object, compressed straight into `target` (room for chunkObjectBytesMax): its length. */
+  private encodePlainChunkInto (target: Buffer, id: string, data: Buffer): number {
     const compressed = this.cctx.compress2(target.subarray(chunkHeaderBytes, chunkHeaderBytes + zstd.compressBound(data.length)), data)
     // Kept raw when compression saves less than an eighth, as the pool's sealer does.
     const raw = !worthCompressing(data.length, compressed)
@@ -202,7 +214,7 @@ export class RemoteStore {
 
   /** The block in chunk `id`, checked against its id. Errors: CORRUPT (damaged) or NOT_FOUND (missing), naming the chunk (and its pack). */
   async readChunk (id: string): Promise<Buffer> {
-    if (this.packs === null) await this.loadPacks()
+    await this.packsLoaded()
     const fetched = new Map<string, Fetched>()
     await this.fetchChunks([id], 'read', (chunk, result) => { fetched.set(chunk, result) })
     const result = fetched.get(id)
@@ -216,7 +228,7 @@ export class RemoteStore {
    * backup's manifest is pruned meanwhile. Returns how many indexes it touched.
    */
   async keepChunks (ids: string[]): Promise<number> {
-    if (this.packs === null) await this.loadPacks()
+    await this.packsLoaded()
     const touches = new Map<string, Promise<boolean>>()
     for (const id of ids) await this.relyOn(this.chunkObjectName(id), touches)
     return touches.size
@@ -228,7 +240,7 @@ export class RemoteStore {
    * error (CORRUPT, NOT_FOUND) that stops it. S3 failures are thrown.
    */
   async fetchBlocks (ids: string[]): Promise<Map<string, Buffer | VdiskError>> {
-    if (this.packs === null) await this.loadPacks()
+    await this.packsLoaded()
     const out = new Map<string, Buffer | VdiskError>()
     await this.fetchChunks(ids, 'read', (chunk, result) => { out.set(chunk, result.error ?? result.data as Buffer) })
     return out
@@ -365,6 +377,25 @@ export class RemoteStore {
   }
 
   // ---- packs ----
+
+  /** A loadPacks() started ahead by preloadPacks(). */
+  private preloading: Promise<unknown> | null = null
+
+  /**
+   * Starts reading the pack indexes now, without waiting (a lazy pull does while it reads the manifest):
+   * the first read of a chunk waits for this load instead of starting another.
+   */
+  preloadPacks (): void {
+    if (this.packs !== null || this.preloading !== null) return
+    this.preloading = this.loadPacks()
+    this.preloading.catch(() => {}) // a failed preload: the first reader loads them again, and sees the error itself
+  }
+
+  /** The packs loaded once (by a preload under way, else now), for a read that needs them. */
+  private async packsLoaded (): Promise<void> {
+    if (this.packs === null && this.preloading !== null) await this.preloading.catch(() => {})
+    if (this.packs === null) await this.loadPacks()
+  }
 
   /**
    * Lists the store's pack indexes and reads them (remoteRequestsInFlightMax at a time): from then on,
@@ -577,7 +608,7 @@ export class RemoteStore {
    * chunk; IO from S3.
    */
   async * blocks (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void>, released?: () => Promise<void> } = {}): AsyncGenerator<{ index: number, data: Buffer, id: string }> {
-    if (this.packs === null) await this.loadPacks()
+    await this.packsLoaded()
     // hooks.released (resolves once the consumer holds none of the blocks yielded before it was called):
     // the batches are decompressed into three buffers taken in turns, not into a buffer per block (which
     // made V8 collect the whole heap every few dozen MiB of a pull). Batch m is fetched while batch m - 1

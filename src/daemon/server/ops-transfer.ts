@@ -11,7 +11,7 @@ import { ChangedSet } from '../../map/diff'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../../transfer/prune'
 import { StreamHeader, streamKey } from '../../transfer/stream'
 import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
-import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks } from '../../limits'
+import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks, importBatchFrames } from '../../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, readFrame, send } from '../../transfer/wire'
 import { ImportBlock } from '../../volume/import'
 import { Pool } from '../../volume/pool'
@@ -239,11 +239,14 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // and the store copies the bytes into the workers' slab.
     const batchBuffers = [Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes), Buffer.allocUnsafe(importBatchBlocks * pool.blockBytes)]
     let turn = 0
+    // The batch's blocks with bytes: their places in its buffer (a batch closes at importBatchBlocks of
+    // them, or at importBatchFrames frames of any kind).
+    let withBytes = 0
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
       for (;;) {
-        const slot = batchBuffers[turn].subarray(batch.length * pool.blockBytes, (batch.length + 1) * pool.blockBytes)
+        const slot = batchBuffers[turn].subarray(withBytes * pool.blockBytes, (withBytes + 1) * pool.blockBytes)
         const frame = await readFrame(reader, pool.blockBytes, slot)
         if (frame === null) {
           // The CLI went away before the end: what arrived is kept as progress, no backup appears.
@@ -256,7 +259,8 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
         batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash })
-        if (batch.length >= importBatchBlocks) { await storeBatch(batch); batch = []; turn = 1 - turn }
+        if (frame.kind === frameData) withBytes++
+        if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) { await storeBatch(batch); batch = []; withBytes = 0; turn = 1 - turn }
       }
       await storeBatch(batch)
       await storing
