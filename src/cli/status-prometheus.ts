@@ -69,12 +69,7 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   counter('vdiskfs_reads_inline_total', 'Engine reads served synchronously on the event loop (every byte in the page cache: preadv2 RWF_NOWAIT).', []).inc(stats.reads.inline)
   counter('vdiskfs_reads_pooled_total', 'Engine reads done through the libuv thread pool.', []).inc(stats.reads.pooled)
   counter('vdiskfs_reads_inline_missed_total', 'Engine reads tried inline that the page cache could not serve whole (then pooled).', []).inc(stats.reads.missed)
-  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritten?: number, fastWriteHanded?: number } | null | undefined
-  counter('vdiskfs_fast_reads_total', 'READs answered in the FUSE addon\'s threads without the engine (the fast path: holes and delta slots).', []).inc(fuse3?.fastServed ?? 0)
-  counter('vdiskfs_fast_reads_handed_total', 'READs the fast path handed to the engine (a block it may not serve, an extent it no longer holds, a checksum mismatch).', []).inc(fuse3?.fastHanded ?? 0)
-  counter('vdiskfs_fast_writes_total', 'WRITEs overwritten in the FUSE addon\'s threads without the engine (the fast path: whole sectors of slots the volume owns).', []).inc(fuse3?.fastWritten ?? 0)
-  counter('vdiskfs_fast_writes_handed_total', 'WRITEs the fast path handed to the engine (not whole sectors of one block it may overwrite).', []).inc(fuse3?.fastWriteHanded ?? 0)
-  counter('vdiskfs_fast_reads_mismatch_total', 'READs the fast path handed to the engine on a checksum mismatch (a write racing it, or damage the engine then reports).', []).inc(fuse3?.fastMismatches ?? 0)
+  fastPathCounters(stats, counter)
   const jobs = gauge('vdiskfs_job_running', 'Background jobs in flight (sealing, sync, gc, verify): 1 each.', 0, ['job'])
   const progress = gauge('vdiskfs_job_progress_ratio', 'How far each job in flight is, from 0 to 1, when it says.', 0, ['job'])
   for (const job of stats.jobs) {
@@ -88,6 +83,16 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   if (latency.length === 0) return text
   return `${text.endsWith('\n') ? text : text + '\n'}# HELP vdiskfs_fuse_operation_latency_seconds FUSE request latency, by operation: percentiles over the recent window, sum and count since the mount.\n` +
     `# TYPE vdiskfs_fuse_operation_latency_seconds summary\n${latency.join('\n')}\n`
+}
+
+/** The fast path's counters (docs/FASTPATH.md), from what the FUSE addon counted. */
+function fastPathCounters (stats: StatsResult, counter: (name: string, help: string, labelNames: string[]) => Counter): void {
+  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritten?: number, fastWriteHanded?: number } | null | undefined
+  counter('vdiskfs_fast_reads_total', 'READs answered in the FUSE addon\'s threads without the engine (the fast path: holes and delta slots).', []).inc(fuse3?.fastServed ?? 0)
+  counter('vdiskfs_fast_reads_handed_total', 'READs the fast path handed to the engine (a block it may not serve, an extent it no longer holds, a checksum mismatch).', []).inc(fuse3?.fastHanded ?? 0)
+  counter('vdiskfs_fast_writes_total', 'WRITEs overwritten in the FUSE addon\'s threads without the engine (the fast path: whole sectors of slots the volume owns).', []).inc(fuse3?.fastWritten ?? 0)
+  counter('vdiskfs_fast_writes_handed_total', 'WRITEs the fast path handed to the engine (not whole sectors of one block it may overwrite).', []).inc(fuse3?.fastWriteHanded ?? 0)
+  counter('vdiskfs_fast_reads_mismatch_total', 'READs the fast path handed to the engine on a checksum mismatch (a write racing it, or damage the engine then reports).', []).inc(fuse3?.fastMismatches ?? 0)
 }
 
 /** A label value as the text format writes it: backslash, double quote and newline escaped. */
