@@ -45,7 +45,8 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.true(write.perSecond > 0)
   t.true(write.totalSeconds > 0)
   t.true(write.latency.p50Ms > 0 && write.latency.p50Ms <= write.latency.p90Ms && write.latency.p90Ms <= write.latency.p99Ms, JSON.stringify(write.latency))
-  t.true(status.operations.read.count >= 1)
+  // The reads reach the engine, or the addon answers them itself (the writes published their blocks).
+  t.true((status.operations.read?.count ?? 0) + status.daemon.fuse3.fastServed >= 1, 'the reads were served')
   t.is(status.operations.write.count, JSON.parse(await cliOk('status', m.mnt, '--json')).operations.write.count, 'status itself writes nothing')
   t.is(status.unsealedBytes, 16 * 65536, 'the 1 MiB written waits to be sealed')
   t.regex(status.unsealedAsOf, iso)
