@@ -52,6 +52,8 @@ interface Known {
   pages: Set<number>
   /** The addon's count of native WRITEs to the volume when last collected (collectWrites). */
   writes: number
+  /** Map pages with a word published writable since the volume's words were last frozen (pauseWrites). */
+  writablePages: Set<number>
 }
 
 /** Whether the fast path is on: VDISKFS_FAST_READS=0 turns it off (every READ to the engine). */
@@ -115,7 +117,9 @@ export class FastReads {
   /** No native WRITE of the volume in flight, and none until it is published writable again. */
   private async pauseWrites (known: Known): Promise<void> {
     if (this.native === null || this.session === null) return
-    this.native.fastFreeze(this.session, known.ino, 0, -1)
+    // Only the pages that have writable words (a whole 1 TiB volume's words are 16 million).
+    for (const page of known.writablePages) this.native.fastFreeze(this.session, known.ino, page * pageEntries, pageEntries)
+    known.writablePages.clear()
     await this.quiesce()
   }
 
@@ -174,7 +178,7 @@ export class FastReads {
     const found = this.volumes.get(volume.id)
     if (found !== undefined && found.volume === volume) return found
     if (found !== undefined) this.forget(found.volume)
-    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set(), writes: 0 }
+    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set(), writes: 0, writablePages: new Set() }
     native.fastSize(session, known.ino, volume.size)
     known.writes = native.fastVolumeWrites(session, known.ino)
     if (fastWritesEnabled && volume.kind !== 'backup') {
@@ -223,6 +227,7 @@ export class FastReads {
             this.touched.add(id)
             this.source.forgetSums(id)
           }
+          if (writable) known.writablePages.add(Math.floor((first + i) / pageEntries))
           low = ((slot << 8) | (writable ? fastWritable : fastDelta)) >>> 0
           high = id
         }
