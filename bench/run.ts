@@ -99,11 +99,18 @@ const workloads: Array<{ key: string, what: string, unit: string, run: (file: st
 // ---- targets ----
 
 /** The fast path's counters (issue #20) and the READs the kernel sent, from `vdiskfs status --json`. */
-function fastCounters (mnt: string): { served: number, reads: number } {
+function fastCounters (mnt: string): { served: number, reads: number, written: number, writes: number } {
   const out = spawnSync(cli, ['status', mnt, '--json'], { encoding: 'utf8' })
-  if (out.status !== 0) return { served: 0, reads: 0 }
-  const f = (JSON.parse(out.stdout) as { daemon: { fuse3: { fastServed?: number, readSizes?: number[] } } }).daemon.fuse3
-  return { served: f.fastServed ?? 0, reads: (f.readSizes ?? []).reduce((a, b) => a + b, 0) }
+  if (out.status !== 0) return { served: 0, reads: 0, written: 0, writes: 0 }
+  const f = (JSON.parse(out.stdout) as { daemon: { fuse3: { fastServed?: number, readSizes?: number[], fastWritten?: number, writeSizes?: number[] } } }).daemon.fuse3
+  const sum = (list: number[] | undefined): number => (list ?? []).reduce((a, b) => a + b, 0)
+  return { served: f.fastServed ?? 0, reads: sum(f.readSizes), written: f.fastWritten ?? 0, writes: sum(f.writeSizes) }
+}
+
+/** The share of WRITEs (percent) the addon overwrote itself between two samples. */
+function fastWriteShare (before: { written: number, writes: number }, after: { written: number, writes: number }): number {
+  const writes = after.writes - before.writes
+  return writes > 0 ? 100 * (after.written - before.written) / writes : 0
 }
 
 /** The share of READs (percent) the addon answered itself between two samples. */
@@ -208,6 +215,7 @@ async function throughputTargets (random: string): Promise<void> {
         const before = fastCounters(mnt)
         record(`A.${w.key}`, w.run(file))
         if (!w.writes) record(`A.fastShare.${w.key}`, fastShare(before, fastCounters(mnt)))
+        else record(`A.fastShare.${w.key}`, fastWriteShare(before, fastCounters(mnt)))
       }
       sh(cli, ['sync', mnt])
       for (const w of workloads.filter(x => !x.writes)) {
@@ -234,6 +242,8 @@ async function throughputTargets (random: string): Promise<void> {
       seqWrite(file, random)
       record('Af.randRead4k', fio(file, 'randread', '4k', 1))
       record('Af.randRead4kJobs4', fio(file, 'randread', '4k', 4))
+      record('Af.randWrite4k', fio(file, 'randwrite', '4k', 1))
+      record('Af.randWrite4kJobs4', fio(file, 'randwrite', '4k', 4))
     } finally { vdiskfsUmount(mnt) }
     // A with every engine write through the libuv thread pool, as before inline writes (issue #10).
     fs.rmSync(pool, { recursive: true, force: true })
@@ -676,10 +686,11 @@ function report (started: number): void {
   const metCount = issue10.filter(b => b.bestMet === true).length + issue10.filter(b => b.ceilingMet === true).length
   md.push('', `${metCount} of ${issue10.length * 2} issue #10 bars met.`)
   md.push('', `4k randwrite on A mounted with --xattrs (the kernel then asks GETXATTR security.capability before every write): ${fmt(figure('Ax.randWrite4k'))} IOPS.`, '')
-  md.push('READs the addon answered itself (the fast path, issue #20; docs/FASTPATH.md), percent of the READ requests each workload sent:', '',
+  md.push('Requests the addon answered itself (the fast path, issue #20; docs/FASTPATH.md), percent of the READ (or, for writes, WRITE) requests each workload sent:', '',
     '| workload | A (fresh) | B (sealed) |', '|---|---|---|')
-  for (const w of workloads.filter(x => !x.writes)) md.push(`| ${w.what} | ${fmt(figure(`A.fastShare.${w.key}`), 1)} | ${fmt(figure(`B.fastShare.${w.key}`), 1)} |`)
-  md.push('', `4k randread on A with VDISKFS_FAST_READS=0 (every READ through the engine, as before the fast path): 1 job ${fmt(figure('Af.randRead4k'))} IOPS, 4 jobs ${fmt(figure('Af.randRead4kJobs4'))} IOPS.`, '')
+  for (const w of workloads) md.push(`| ${w.what} | ${fmt(figure(`A.fastShare.${w.key}`), 1)} | ${w.writes ? 'n/a' : fmt(figure(`B.fastShare.${w.key}`), 1)} |`)
+  md.push('', `4k on A with VDISKFS_FAST_READS=0 (the fast path off: every request through the engine): randread 1 job ${fmt(figure('Af.randRead4k'))} IOPS, 4 jobs ${fmt(figure('Af.randRead4kJobs4'))} IOPS; ` +
+    `randwrite 1 job ${fmt(figure('Af.randWrite4k'))} IOPS, 4 jobs ${fmt(figure('Af.randWrite4kJobs4'))} IOPS.`, '')
   md.push(`4k randwrite on A with VDISKFS_INLINE_WRITES=0 (every engine write through the libuv thread pool, as before inline writes): ${fmt(figure('Ap.randWrite4k'))} IOPS.`, '')
   md.push(`Copy of a ${fileBytes / MiB} MiB image of random data, then sync: \`cp\` inside the mount (copy_file_range shares whole blocks) ${fmt(figure('copy.vdiskfs'), 3)} s, ` +
     `the pool storing ${((figure('copy.vdiskfsStoredBytes')?.median ?? 0) / MiB).toFixed(0)} MiB after ${reps} copies; \`cp --reflink=never\` of a plain file on the bench's filesystem ${fmt(figure('copy.P'), 3)} s.`, '')
