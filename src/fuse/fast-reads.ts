@@ -124,19 +124,30 @@ export class FastReads {
   }
 
   /**
-   * Volumes natively written since the last call get their mtime and a row to commit (the engine's
-   * writes do this themselves). The daemon calls it before its periodic commit and its status.
+   * Volumes natively written since they were last collected get their mtime and a row to commit (the
+   * engine's writes do this themselves). The daemon calls it before its periodic commit.
    */
   collectWrites (): void {
+    for (const known of this.volumes.values()) this.collectKnown(known)
+  }
+
+  /**
+   * The same for one volume: GETATTR and LOOKUP call it before they answer (a stat right after a native
+   * write shows it), SETATTR before it sets a time (a time set after a native write is not then replaced).
+   */
+  collect (volume: Volume): void {
+    const known = this.volumes.get(volume.id)
+    if (known !== undefined && known.volume === volume) this.collectKnown(known)
+  }
+
+  private collectKnown (known: Known): void {
     if (this.native === null || this.session === null) return
-    for (const known of this.volumes.values()) {
-      const writes = this.native.fastVolumeWrites(this.session, known.ino)
-      if (writes === known.writes) continue
-      known.writes = writes
-      known.volume.mtimeMs = Date.now()
-      known.volume.rowDirty = true
-      this.source.changed(known.volume)
-    }
+    const writes = this.native.fastVolumeWrites(this.session, known.ino)
+    if (writes === known.writes) return
+    known.writes = writes
+    known.volume.mtimeMs = Date.now()
+    known.volume.rowDirty = true
+    this.source.changed(known.volume)
   }
 
   /**

@@ -193,6 +193,8 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
   }
 
   function fileAttr (volume: Volume): Attr {
+    // Native WRITEs since the last look change the mtime shown (fast-reads.ts collect()).
+    fast?.collect(volume)
     return {
       ino: volume.id + volumeInodeBase,
       mode: 0o100000 | volume.mode,
@@ -274,6 +276,8 @@ export function createLowLevelOperations ({ pool, space, log, xattrs, handlesFil
       let commit = false
       try {
         volume = volumeOf(ino)
+        // Native WRITEs before this SETATTR count first: a time it sets is not replaced by theirs later.
+        fast?.collect(volume)
         if ((toSet & setMode) !== 0) { volume.chmod(mode); commit = true }
         if ((toSet & (setUid | setGid)) !== 0) {
           volume.chown((toSet & setUid) !== 0 ? newUid : null, (toSet & setGid) !== 0 ? newGid : null)

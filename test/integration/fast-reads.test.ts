@@ -201,3 +201,27 @@ test.serial('native overwrites: fio verifies every block while backups, sealing 
   await m.mount()
   t.is(await sha256(disk), hash, 'the image after umount and mount')
 })
+
+test.serial('native overwrites show in the mtime at once, and a time set afterwards stays', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'times.img')
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, MiB)
+  // The engine writes the block first (and publishes it), then overwrites are native.
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=64k', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'])
+  const before = await fastStats(m.mnt) as FastStats & { fastWritten: number }
+  fs.utimesSync(disk, new Date('2001-01-01T00:00:00Z'), new Date('2001-01-01T00:00:00Z'))
+  const started = Date.now()
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=4k', 'count=1', 'seek=3', 'oflag=direct', 'conv=notrunc', 'status=none'])
+  t.true((await fastStats(m.mnt) as FastStats & { fastWritten: number }).fastWritten > before.fastWritten, 'the overwrite was native')
+  // The kernel keeps attributes for a second: past that, stat asks the daemon.
+  await new Promise(resolve => setTimeout(resolve, 1200))
+  t.true(fs.statSync(disk).mtimeMs >= started - 1000, 'stat after a native write shows its time, not the one before')
+  // A time set after native writes is the time, also after the daemon's next commits (every commitIntervalMs).
+  fs.utimesSync(disk, new Date('2000-01-01T00:00:00Z'), new Date('2000-01-01T00:00:00Z'))
+  await new Promise(resolve => setTimeout(resolve, 7000))
+  t.is(fs.statSync(disk).mtime.toISOString(), '2000-01-01T00:00:00.000Z')
+  await m.umount()
+  await m.mount()
+  t.is(fs.statSync(disk).mtime.toISOString(), '2000-01-01T00:00:00.000Z', 'and after umount and mount')
+})
