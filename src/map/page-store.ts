@@ -13,11 +13,27 @@
 import assert from 'node:assert/strict'
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
-import { decodePage, describePageDamage, encodePage, entryExtentId, entryKind, entryKindDelta, pageIsSound } from '../format/map-format'
+import { decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, pageIsSound } from '../format/map-format'
 import { pageCacheMax, pageEntries } from '../limits'
 
 /** What a page that names no delta extent has learnt (one shared, never changed). */
 const noExtents: ReadonlySet<number> = new Set<number>()
+
+/**
+ * What a page's entries reference, as gc's mark needs it (issue #21): learnt with the extent names,
+ * kept past eviction, forgotten when the page changes; so a mark reads a page unchanged since the last
+ * one from here, without loading or walking it again.
+ */
+export interface PageRefs {
+  /** The chunk ids its chunk entries name (repeats possible). */
+  readonly chunks: Float64Array
+  /** Its delta entries (extent and slot), each once: what lies under a slot is asked when marking. */
+  readonly deltas: Float64Array
+  /** The index of its first lost entry, or -1. */
+  readonly lostAt: number
+}
+
+const noRefs: PageRefs = { chunks: new Float64Array(0), deltas: new Float64Array(0), lostAt: -1 }
 
 export class Page {
   /** Set when the page changed since the last commit that wrote it. */
@@ -50,6 +66,8 @@ export class PageStore {
    * page of every backup again (issue #21).
    */
   private readonly deltaExtents = new Map<number, ReadonlySet<number>>()
+  /** Per learnt page id, what its entries reference (gc's mark). */
+  private readonly refs = new Map<number, PageRefs>()
   /** The reverse of deltaExtents: per delta extent, the learnt pages that name it. */
   private readonly pagesOfExtent = new Map<number, Set<number>>()
   /** Pages changed (or made) since they were last learnt: learnt before the index is asked. */
@@ -112,13 +130,23 @@ export class PageStore {
     const known = this.deltaExtents.get(id)
     if (known !== undefined) return known
     let extents: Set<number> | null = null
+    let deltas: Set<number> | null = null
+    let chunks = 0
+    let lostAt = -1
     const entries = this.get(id).entries
     for (let i = 0; i < entries.length; i++) {
       const entry = entries[i]
-      if (entry !== 0 && entryKind(entry) === entryKindDelta) (extents ??= new Set<number>()).add(entryExtentId(entry))
+      if (entry === 0) continue
+      const kind = entryKind(entry)
+      if (kind === entryKindDelta) {
+        (extents ??= new Set<number>()).add(entryExtentId(entry));
+        (deltas ??= new Set<number>()).add(entry)
+      } else if (kind === entryKindChunk) chunks++
+      else if (kind === entryKindLost && lostAt < 0) lostAt = i
     }
     const learnt = extents ?? noExtents
     this.deltaExtents.set(id, learnt)
+    this.refs.set(id, chunks === 0 && deltas === null && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt))
     this.unlearnt.delete(id)
     for (const extentId of learnt) {
       let pages = this.pagesOfExtent.get(extentId)
@@ -128,8 +156,18 @@ export class PageStore {
     return learnt
   }
 
+  /**
+   * What page `id` references (PageRefs), learnt once per change of the page: equal to what a walk of
+   * its entries finds now. Throws what get() throws.
+   */
+  refsOf (id: number): PageRefs {
+    this.learn(id)
+    return this.refs.get(id) as PageRefs
+  }
+
   /** Forgets what was learnt of page `id` (it changed, or is gone). */
   private unlearn (id: number): void {
+    this.refs.delete(id)
     const learnt = this.deltaExtents.get(id)
     if (learnt === undefined) return
     this.deltaExtents.delete(id)
@@ -177,6 +215,7 @@ export class PageStore {
   forgetLearnt (): void {
     this.indexComplete = false
     this.deltaExtents.clear()
+    this.refs.clear()
     this.pagesOfExtent.clear()
     this.unlearnt.clear()
     this.slots.clear()
@@ -242,6 +281,9 @@ export class PageStore {
 
   isDirty (id: number): boolean { return this.cache.get(id)?.dirty === true }
 
+  /** Every page id in use is below this (ids are never reused). */
+  get idCeiling (): number { return this.nextPageId }
+
   get dirtyCount (): number { return this.dirtyPages.size }
 
   private evict (): void {
@@ -251,4 +293,12 @@ export class PageStore {
       if (!page.dirty) this.cache.delete(id)
     }
   }
+}
+
+/** A page's PageRefs from its entries (`chunks`: how many chunk entries it has). */
+function refsOf (entries: Float64Array, chunks: number, deltas: Set<number> | null, lostAt: number): PageRefs {
+  const ids = new Float64Array(chunks)
+  let n = 0
+  for (let i = 0; i < entries.length; i++) if (entries[i] !== 0 && entryKind(entries[i]) === entryKindChunk) ids[n++] = entryChunkId(entries[i])
+  return { chunks: ids, deltas: deltas === null ? noRefs.deltas : Float64Array.from(deltas), lostAt }
 }
