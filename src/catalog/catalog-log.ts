@@ -313,11 +313,13 @@ export class CatalogLog {
    * and the ones after it append to the old file meanwhile). `failed` is told why a background
    * snapshot failed; the old log stays in use.
    */
-  async afterCommit (failed: (err: Error) => void = () => {}): Promise<void> {
+  async afterCommit (failed: (err: Error) => void = () => {}, done: (bytesBefore: number, bytesAfter: number, ms: number) => void = () => {}): Promise<void> {
     if (this.detached) return
     if (this.needsSnapshot) { await this.snapshot(); return }
     if (this.background !== null || this.end <= Math.max(catalogLogBytesMin, 2 * this.snapshotBytes)) return
-    const running = this.snapshot().catch(failed).finally(() => { this.background = null })
+    const before = this.end
+    const started = performance.now()
+    const running = this.snapshot().then(() => { done(before, this.end, performance.now() - started) }, failed).finally(() => { this.background = null })
     this.background = running
   }
 

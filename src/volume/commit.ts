@@ -124,7 +124,8 @@ export class Committer {
     // A rewrite of catalog.log runs in the background (the commits after this one append to the old
     // file meanwhile): only a log's first snapshot is waited for here.
     const failed = (err: Error): void => { this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${err.message}`) }
-    await this.state.catalogLog.afterCommit(failed).catch(failed)
+    const done = (before: number, after: number, ms: number): void => { this.state.log(`${catalogLogFile} rewritten beside the commits: ${before} bytes to ${after} in ${Math.round(ms)} ms`) }
+    await this.state.catalogLog.afterCommit(failed, done).catch(failed)
   }
 
   /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */
