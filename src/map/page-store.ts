@@ -27,7 +27,7 @@ const noExtents: ReadonlySet<number> = new Set<number>()
 export interface PageRefs {
   /** The chunk ids its chunk entries name (repeats possible). */
   readonly chunks: Float64Array
-  /** Its delta entries (extent and slot), each once: what lies under a slot is asked when marking. */
+  /** Its delta entries (extent and slot; repeats possible): what lies under a slot is asked when read. */
   readonly deltas: Float64Array
   /** The index of its first lost entry, or -1. */
   readonly lostAt: number
@@ -130,7 +130,7 @@ export class PageStore {
     const known = this.deltaExtents.get(id)
     if (known !== undefined) return known
     let extents: Set<number> | null = null
-    let deltas: Set<number> | null = null
+    let deltas = 0
     let chunks = 0
     let lostAt = -1
     const entries = this.get(id).entries
@@ -139,14 +139,14 @@ export class PageStore {
       if (entry === 0) continue
       const kind = entryKind(entry)
       if (kind === entryKindDelta) {
-        (extents ??= new Set<number>()).add(entryExtentId(entry));
-        (deltas ??= new Set<number>()).add(entry)
+        (extents ??= new Set<number>()).add(entryExtentId(entry))
+        deltas++
       } else if (kind === entryKindChunk) chunks++
       else if (kind === entryKindLost && lostAt < 0) lostAt = i
     }
     const learnt = extents ?? noExtents
     this.deltaExtents.set(id, learnt)
-    this.refs.set(id, chunks === 0 && deltas === null && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt))
+    this.refs.set(id, chunks === 0 && deltas === 0 && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt))
     this.unlearnt.delete(id)
     for (const extentId of learnt) {
       let pages = this.pagesOfExtent.get(extentId)
@@ -295,10 +295,18 @@ export class PageStore {
   }
 }
 
-/** A page's PageRefs from its entries (`chunks`: how many chunk entries it has). */
-function refsOf (entries: Float64Array, chunks: number, deltas: Set<number> | null, lostAt: number): PageRefs {
+/** A page's PageRefs from its entries (`chunks`, `deltas`: how many entries of each kind it has). */
+function refsOf (entries: Float64Array, chunks: number, deltas: number, lostAt: number): PageRefs {
   const ids = new Float64Array(chunks)
-  let n = 0
-  for (let i = 0; i < entries.length; i++) if (entries[i] !== 0 && entryKind(entries[i]) === entryKindChunk) ids[n++] = entryChunkId(entries[i])
-  return { chunks: ids, deltas: deltas === null ? noRefs.deltas : Float64Array.from(deltas), lostAt }
+  const slots = new Float64Array(deltas)
+  let c = 0
+  let d = 0
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]
+    if (entry === 0) continue
+    const kind = entryKind(entry)
+    if (kind === entryKindChunk) ids[c++] = entryChunkId(entry)
+    else if (kind === entryKindDelta) slots[d++] = entry
+  }
+  return { chunks: ids, deltas: slots, lostAt }
 }
