@@ -201,10 +201,10 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     }
     // Each gc over the control socket while O_DIRECT reads go through the mount (issue #21: gc's mark
     // held the event loop for seconds at 300 backups).
-    const gc = async (): Promise<{ ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number, stats: number, statMaxMs: number, statP99Ms: number }> => {
+    const gc = async (): Promise<{ ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number, phaseMs: unknown, stats: number, statMaxMs: number, statP99Ms: number }> => {
       const served = await whileServing(mnt, disk, 'gc')
-      const report = served.result as { pagesFreed: number, extentsFreed: number, chunksFreed: number }
-      return { ms: served.ms, pagesFreed: report.pagesFreed, extentsFreed: report.extentsFreed, chunksFreed: report.chunksFreed, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms }
+      const report = served.result as { pagesFreed: number, extentsFreed: number, chunksFreed: number, phaseMs?: unknown }
+      return { ms: served.ms, pagesFreed: report.pagesFreed, extentsFreed: report.extentsFreed, chunksFreed: report.chunksFreed, phaseMs: report.phaseMs ?? null, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms }
     }
     const syncMs = msOf(() => vdiskfs('sync', mnt))
     const gcBefore = await gc()
@@ -306,6 +306,9 @@ function table (results: Record<string, any>): string {
   const a = results.backups
   const b = results.chain
   const f = (n: number, digits = 1): string => n.toFixed(digits)
+  /** gc's own split of its time, when the daemon reports it (mark with its commit / sweep / compaction). */
+  const split = (gc: { phaseMs: { mark: number, sweep: number, compact: number } | null }): string =>
+    gc.phaseMs === null ? '' : ` (mark ${f(gc.phaseMs.mark, 0)}, sweep ${f(gc.phaseMs.sweep, 0)}, compaction ${f(gc.phaseMs.compact, 0)})`
   const lines = [
     '# Scale (issue #21)',
     '',
@@ -343,11 +346,11 @@ function table (results: Record<string, any>): string {
     `| mount (ms) | ${f(a.mountMs)} |`,
     `| first ls after mount (ms) | ${f(a.firstLsAfterMountMs)} |`,
     `| sync (seal what is left, ms) | ${f(a.syncMs)} |`,
-    `| gc before any prune (ms; pages freed; reads through the mount meanwhile: count, p99 / max wait ms) | ${f(a.gcBefore.ms)}; ${a.gcBefore.pagesFreed}; ${a.gcBefore.stats}, ${f(a.gcBefore.statP99Ms)} / ${f(a.gcBefore.statMaxMs)} |`,
+    `| gc before any prune (ms; pages freed; reads through the mount meanwhile: count, p99 / max wait ms) | ${f(a.gcBefore.ms)}${split(a.gcBefore)}; ${a.gcBefore.pagesFreed}; ${a.gcBefore.stats}, ${f(a.gcBefore.statP99Ms)} / ${f(a.gcBefore.statMaxMs)} |`,
     `| prune of ${a.pruneHalf.removed} backups (ms; per backup) | ${f(a.pruneHalf.ms)}; ${f(a.pruneHalf.ms / Math.max(1, a.pruneHalf.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcHalf.ms)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed}; ${a.gcHalf.stats}, ${f(a.gcHalf.statP99Ms)} / ${f(a.gcHalf.statMaxMs)} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcHalf.ms)}${split(a.gcHalf)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed}; ${a.gcHalf.stats}, ${f(a.gcHalf.statP99Ms)} / ${f(a.gcHalf.statMaxMs)} |`,
     `| prune of ${a.pruneTen.removed} backups (ms; per backup) | ${f(a.pruneTen.ms)}; ${f(a.pruneTen.ms / Math.max(1, a.pruneTen.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}${split(a.gcTen)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
     ''
   )
   if (b === undefined) return lines.join('\n')

@@ -29,6 +29,8 @@ export interface GcReport {
   packBytesFreed: number
   /** Why gc freed nothing: the catalog is damaged (lost blocks, unreadable pages, dangling references). */
   held?: string
+  /** Where its time went (ms): the mark (with its commit), the sweep (deletions), the packs' compaction. */
+  phaseMs?: { mark: number, sweep: number, compact: number }
 }
 
 export class Maintenance {
@@ -62,7 +64,9 @@ export class Maintenance {
    */
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
     return await this.exclusive(async () => {
+      const started = performance.now()
       const found = await this.mark(false)
+      const marked = performance.now()
       // From here to the deletions below, one synchronous step: nothing changes the maps meanwhile.
       const { livePages, liveExtents, liveChunks } = found
       // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
@@ -93,8 +97,10 @@ export class Maintenance {
       for (const id of deadPages) this.state.pages.drop(id)
       for (const id of deadExtents) await this.state.extents.remove(id)
       if (deadExtents.length > 0) await this.state.io.syncDirectory(path.join(this.state.dir, extentsDir))
+      const swept = performance.now()
       const compacted = await this.state.chunks.compact(liveFractionMin)
-      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, ...(held !== null ? { held } : {}) }
+      const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
+      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, phaseMs, ...(held !== null ? { held } : {}) }
     })
   }
 
