@@ -36,6 +36,14 @@ export const extentFdsMax = 256
  */
 export const pageCacheMax = 1024
 /**
+ * What the page store keeps of the pages' references for gc's mark and the space accounting (PageRefs:
+ * 8 bytes per non-hole entry, kept past eviction). Past this, a page's references are read from the
+ * page itself each time (loading it when evicted): pages of sparse disks (a few entries each, as with
+ * 10,000 backups of a 1 TiB disk: about 25 MB) are all kept; a densely written 1 TiB disk alone would
+ * be 128 MiB.
+ */
+export const pageRefsBytesMax = 128 * 1024 * 1024
+/**
  * Catalog WAL: checkpointed every 256 pages (1 MiB at SQLite's 4 KiB pages, about 25 commits of a map
  * page each) and cut back to 1 MiB after a checkpoint. SQLite's defaults (1000 pages, never cut back)
  * let it sit at 4 MiB or more for good.

@@ -14,7 +14,7 @@ import assert from 'node:assert/strict'
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
 import { decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, pageIsSound } from '../format/map-format'
-import { pageCacheMax, pageEntries } from '../limits'
+import { pageCacheMax, pageEntries, pageRefsBytesMax } from '../limits'
 
 /** What a page that names no delta extent has learnt (one shared, never changed). */
 const noExtents: ReadonlySet<number> = new Set<number>()
@@ -66,8 +66,13 @@ export class PageStore {
    * page of every backup again (issue #21).
    */
   private readonly deltaExtents = new Map<number, ReadonlySet<number>>()
-  /** Per learnt page id, what its entries reference (gc's mark). */
+  /**
+   * Per learnt page id, what its entries reference (gc's mark, the space accounting), while their
+   * bytes stay within refsBytesMax; a learnt page not here has its references read from it when asked.
+   */
   private readonly refs = new Map<number, PageRefs>()
+  /** Bytes of the references kept in `refs`. */
+  private refsBytes = 0
   /** The reverse of deltaExtents: per delta extent, the learnt pages that name it. */
   private readonly pagesOfExtent = new Map<number, Set<number>>()
   /** Pages changed (or made) since they were last learnt: learnt before the index is asked. */
@@ -88,7 +93,7 @@ export class PageStore {
   indexComplete = false
 
   /** `cacheMax`: clean pages kept (tests make it tiny, so eviction happens all the time). */
-  constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax) {
+  constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax, private readonly refsBytesMax = pageRefsBytesMax) {
     this.nextPageId = catalog.maxPageId() + 1
   }
 
@@ -146,7 +151,11 @@ export class PageStore {
     }
     const learnt = extents ?? noExtents
     this.deltaExtents.set(id, learnt)
-    this.refs.set(id, chunks === 0 && deltas === 0 && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt))
+    if (chunks === 0 && deltas === 0 && lostAt < 0) this.refs.set(id, noRefs)
+    else if (this.refsBytes + 8 * (chunks + deltas) <= this.refsBytesMax) {
+      this.refs.set(id, refsOf(entries, chunks, deltas, lostAt))
+      this.refsBytes += 8 * (chunks + deltas)
+    }
     this.unlearnt.delete(id)
     for (const extentId of learnt) {
       let pages = this.pagesOfExtent.get(extentId)
@@ -162,12 +171,19 @@ export class PageStore {
    */
   refsOf (id: number): PageRefs {
     this.learn(id)
-    return this.refs.get(id) as PageRefs
+    return this.refs.get(id) ?? readRefs(this.get(id).entries)
+  }
+
+  private forgetRefs (id: number): void {
+    const refs = this.refs.get(id)
+    if (refs === undefined) return
+    this.refs.delete(id)
+    this.refsBytes -= refs.chunks.byteLength + refs.deltas.byteLength
   }
 
   /** Forgets what was learnt of page `id` (it changed, or is gone). */
   private unlearn (id: number): void {
-    this.refs.delete(id)
+    this.forgetRefs(id)
     const learnt = this.deltaExtents.get(id)
     if (learnt === undefined) return
     this.deltaExtents.delete(id)
@@ -216,6 +232,7 @@ export class PageStore {
     this.indexComplete = false
     this.deltaExtents.clear()
     this.refs.clear()
+    this.refsBytes = 0
     this.pagesOfExtent.clear()
     this.unlearnt.clear()
     this.slots.clear()
@@ -293,6 +310,22 @@ export class PageStore {
       if (!page.dirty) this.cache.delete(id)
     }
   }
+}
+
+/** A page's PageRefs from its entries, counted first (a page whose references are not kept). */
+function readRefs (entries: Float64Array): PageRefs {
+  let chunks = 0
+  let deltas = 0
+  let lostAt = -1
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]
+    if (entry === 0) continue
+    const kind = entryKind(entry)
+    if (kind === entryKindChunk) chunks++
+    else if (kind === entryKindDelta) deltas++
+    else if (kind === entryKindLost && lostAt < 0) lostAt = i
+  }
+  return chunks === 0 && deltas === 0 && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt)
 }
 
 /** A page's PageRefs from its entries (`chunks`, `deltas`: how many entries of each kind it has). */

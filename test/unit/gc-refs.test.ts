@@ -44,7 +44,8 @@ async function compareMarks (pool: Pool): Promise<string | null> {
 
 async function runCompared (ops: Op[], blockBytes: number): Promise<string | null> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-gc-refs-'))
-  const options = { workers: 1, pageCacheMax: 4 }
+  // Every other sequence keeps only 4 KiB of page references: the rest are read from their pages.
+  const options = { workers: 1, pageCacheMax: 4, ...(ops.length % 2 === 0 ? { pageRefsBytesMax: 4096 } : {}) }
   const harness: Harness = new Harness(Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, ...options }), async () => {
     await harness.pool.close()
     return Pool.open(path.join(dir, 'pool'), options)
