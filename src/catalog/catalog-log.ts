@@ -315,11 +315,11 @@ export class CatalogLog {
    */
   async afterCommit (failed: (err: Error) => void = () => {}, done: (bytesBefore: number, bytesAfter: number, ms: number) => void = () => {}): Promise<void> {
     if (this.detached) return
-    if (this.needsSnapshot) { await this.snapshot(); return }
+    if (this.needsSnapshot) { await this.snapshotNow(); return }
     if (this.background !== null || this.end <= Math.max(catalogLogBytesMin, 2 * this.snapshotBytes)) return
     const before = this.end
     const started = performance.now()
-    const running = this.snapshot().then(() => { done(before, this.end, performance.now() - started) }, failed).finally(() => { this.background = null })
+    const running = this.snapshotNow().then(() => { done(before, this.end, performance.now() - started) }, failed).finally(() => { this.background = null })
     this.background = running
   }
 
@@ -332,6 +332,12 @@ export class CatalogLog {
    * exists); else appends go on to the old file meanwhile and are copied over at the end.
    */
   async snapshot (): Promise<void> {
+    // After a rewrite in the background, if any: two would write the same temporary file.
+    await this.settled()
+    await this.snapshotNow()
+  }
+
+  private async snapshotNow (): Promise<void> {
     if (this.needsSnapshot) { await this.serial(async () => { await this.rewrite(null) }); return }
     // Where the old file ends now; every append before this step had its transaction applied.
     const tailStart = await this.serial(async () => { await this.descriptor(); return this.end })

@@ -163,22 +163,29 @@ export class SpaceAccounting {
   }
 }
 
-/** A bitmap of page ids below `ceiling`; a set for ids at or above it (none in a snapshot's roots). */
+/**
+ * A set of page ids: a byte per id below `ceiling` when `bitmap` (few sources: the walk's bitmaps stay
+ * within spaceBitmapBytesMax), else a Set.
+ */
 class PageFlags {
   private readonly bits: Uint8Array
   private readonly more = new Set<number>()
-  constructor (ceiling: number) { this.bits = new Uint8Array(ceiling) }
+  constructor (ceiling: number, bitmap: boolean) { this.bits = new Uint8Array(bitmap ? ceiling : 0) }
   has (id: number): boolean { return id < this.bits.length ? this.bits[id] === 1 : this.more.has(id) }
   add (id: number): void { if (id < this.bits.length) this.bits[id] = 1; else this.more.add(id) }
 }
 
+/** Bytes of the bitmaps a walk keeps per source (two per source, a byte per page id each). */
+const spaceBitmapBytesMax = 64 * 1024 * 1024
+
 /**
  * One walk of the space accounting, in named steps (issue #21): the snapshot (constructor), the roots
  * (readRoots, compareRootsWithSources), each distinct page once (readPages), each volume's sums
- * (sumVolumes), each distinct location (sumLocations). Per page figures are kept in arrays indexed by
- * page id (a root names only ids below the page store's ceiling at the snapshot), and a page's
- * locations come from what the page store learnt of it (PageStore.refsOf: no load of a page unchanged
- * since it was learnt), so 10,000 roots of 4,096 ids cost array reads, not map look-ups and page loads.
+ * (sumVolumes), each distinct location (sumLocations). Each distinct page gets a dense index (an array
+ * of 4 bytes per page id: a root names only ids below the page store's ceiling at the snapshot) and its
+ * figures are kept in arrays by that index, and a page's locations come from what the page store
+ * learnt of it (PageStore.refsOf: no load of a page unchanged since it was learnt), so 10,000 roots of
+ * 4,096 ids cost array reads, not map look-ups and page loads.
  */
 class SpaceWalk {
   readonly generation: number
@@ -187,21 +194,25 @@ class SpaceWalk {
   private readonly byId: Map<number, Snapshot>
   private readonly slicer: Slicer
   private readonly ceiling: number
-  /** Per page id: the one volume reading it, or shared (when `times` > 0). */
-  private readonly reader: Float64Array
-  /** Per page id: how many root slots name it (0: no volume reads it). */
-  private readonly times: Uint32Array
+  /** Per page id: 1 + its index in `distinct` (0: no root names it). */
+  private readonly index: Int32Array
   /** The distinct pages the roots name, in the order first met. */
   private readonly distinct: number[] = []
+  /** By page index: the one volume reading it, or shared. */
+  private readonly reader: number[] = []
+  /** By page index: how many root slots name it. */
+  private readonly times: number[] = []
   /** Per volume some backup was taken from (a source): the pages it reads. */
   private readonly sourcePages = new Map<number, PageFlags>()
   /** Per page, the sources that read it. */
   private readonly readBySources = new Map<number, number[]>()
   /** Per page, the sources whose backups read it and which do not read it themselves. */
   private readonly keptFor = new Map<number, number[]>()
-  /** Per page id: the stored bytes its entries reference, and of those the ones in delta extents. */
-  private readonly pageReferenced: Float64Array
-  private readonly pageUnsealed: Float64Array
+  /** By page index: the stored bytes its entries reference, and of those the ones in delta extents. */
+  private pageReferenced = new Float64Array(0)
+  private pageUnsealed = new Float64Array(0)
+  /** Whether the sources' page sets are bitmaps (PageFlags). */
+  private bitmaps = false
   /** Location (a map entry value) -> the one volume reading it, or shared. */
   private readonly owners = new Map<number, number>()
   /** Location read by one volume -> how many times that volume reads it. */
@@ -220,10 +231,7 @@ class SpaceWalk {
     this.atMs = Date.now()
     this.slicer = new Slicer(pool)
     this.byId = new Map(this.volumes.map(v => [v.id, v]))
-    this.reader = new Float64Array(this.ceiling)
-    this.times = new Uint32Array(this.ceiling)
-    this.pageReferenced = new Float64Array(this.ceiling)
-    this.pageUnsealed = new Float64Array(this.ceiling)
+    this.index = new Int32Array(this.ceiling)
   }
 
   private sourceOf (v: Snapshot): Snapshot | undefined {
@@ -235,11 +243,14 @@ class SpaceWalk {
    * of each volume some backup was taken from.
    */
   async readRoots (): Promise<void> {
+    const sources = new Set<number>()
     for (const v of this.volumes) {
       const source = this.sourceOf(v)
-      if (source !== undefined && !this.sourcePages.has(source.id)) this.sourcePages.set(source.id, new PageFlags(this.ceiling))
+      if (source !== undefined) sources.add(source.id)
     }
-    const { reader, times, distinct, readBySources } = this
+    this.bitmaps = 2 * sources.size * this.ceiling <= spaceBitmapBytesMax
+    for (const id of sources) this.sourcePages.set(id, new PageFlags(this.ceiling, this.bitmaps))
+    const { index, reader, times, distinct, readBySources } = this
     for (const v of this.volumes) {
       const root = v.root
       const ownPages = this.sourcePages.get(v.id)
@@ -247,9 +258,16 @@ class SpaceWalk {
         const id = root[p]
         if (id === 0) continue
         // Page ids are given in order: a root naming one at or past the ceiling names a page that is not there.
-        if (id >= times.length) throw corrupt(`${v.kind} ${v.name}: map page ${id} is missing from the catalog`)
-        if (times[id] === 0) { reader[id] = v.id; distinct.push(id) } else if (reader[id] !== v.id) reader[id] = shared
-        times[id]++
+        if (id >= index.length) throw corrupt(`${v.kind} ${v.name}: map page ${id} is missing from the catalog`)
+        const k = index[id] - 1
+        if (k < 0) {
+          index[id] = distinct.push(id)
+          reader.push(v.id)
+          times.push(1)
+        } else {
+          if (reader[k] !== v.id) reader[k] = shared
+          times[k]++
+        }
         if (ownPages !== undefined && !ownPages.has(id)) {
           ownPages.add(id)
           const sources = readBySources.get(id)
@@ -269,7 +287,7 @@ class SpaceWalk {
       if (source === undefined) continue
       const ownPages = this.sourcePages.get(source.id) as PageFlags
       let done = added.get(source.id)
-      if (done === undefined) added.set(source.id, done = new PageFlags(this.ceiling))
+      if (done === undefined) added.set(source.id, done = new PageFlags(this.ceiling, this.bitmaps))
       for (const id of v.root) {
         if (id === 0 || ownPages.has(id) || done.has(id)) continue
         done.add(id)
@@ -303,6 +321,8 @@ class SpaceWalk {
    * known before the pages only its backups read are compared with them.
    */
   async readPages (): Promise<void> {
+    this.pageReferenced = new Float64Array(this.distinct.length)
+    this.pageUnsealed = new Float64Array(this.distinct.length)
     for (const id of this.sourcePages.keys()) {
       this.sourceLocations.set(id, new Set())
       this.kept.set(id, new Map())
@@ -328,8 +348,9 @@ class SpaceWalk {
   private visitPage (id: number): boolean {
     const size = this.pool.inspection.sizeOf
     const { owners, occurrences } = this
-    const owner = this.reader[id]
-    const times = this.times[id]
+    const k = this.index[id] - 1
+    const owner = this.reader[k]
+    const times = this.times[k]
     const sources = this.readBySources.get(id)
     const locations = sources?.map(s => this.sourceLocations.get(s) as Set<number>)
     const comparedWith = this.keptFor.get(id)
@@ -357,8 +378,8 @@ class SpaceWalk {
       if (locations !== undefined) for (const set of locations) set.add(location)
       if (compareSets !== null && bytes !== null) for (let k = 0; k < compareSets.length; k++) if (!compareSets[k].has(location)) bytes[k] += bytesHere
     })
-    this.pageReferenced[id] = referenced
-    this.pageUnsealed[id] = unsealed
+    this.pageReferenced[k] = referenced
+    this.pageUnsealed[k] = unsealed
     if (compareNow && bytes !== null) for (let k = 0; k < comparedWith.length; k++) (this.kept.get(comparedWith[k]) as Map<number, number>).set(id, bytes[k])
     return comparedWith !== undefined && !compareNow
   }
@@ -377,7 +398,7 @@ class SpaceWalk {
   /** 3. Each volume: sums over its root. */
   async sumVolumes (): Promise<Map<number, VolumeSpace>> {
     const figures = new Map<number, VolumeSpace>()
-    const { pageReferenced, pageUnsealed } = this
+    const { index, pageReferenced, pageUnsealed } = this
     for (const v of this.volumes) {
       const source = this.sourceOf(v)
       const ownPages = source === undefined ? undefined : this.sourcePages.get(source.id) as PageFlags
@@ -387,8 +408,8 @@ class SpaceWalk {
       let keptFromSource = 0
       for (const id of v.root) {
         if (id === 0) continue
-        referenced += pageReferenced[id]
-        unsealed += pageUnsealed[id]
+        referenced += pageReferenced[index[id] - 1]
+        unsealed += pageUnsealed[index[id] - 1]
         if (ownPages !== undefined && keptOfSource !== undefined && !ownPages.has(id)) keptFromSource += keptOfSource.get(id) as number
       }
       const usage: VolumeUsage = {
