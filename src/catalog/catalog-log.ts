@@ -357,9 +357,10 @@ export class CatalogLog {
       at += bytes.length
     }
     let renamed = false
+    let copied = tailStart
     const finish = async (): Promise<void> => {
-      // The records appended since tailStart, after what was read of the catalog; then the switch.
-      if (tailStart !== null && this.fd !== null && this.end > tailStart) await this.copyTail(this.fd, tailStart, this.end, write)
+      // The records appended since the last copy, after what was read of the catalog; then the switch.
+      if (copied !== null && this.fd !== null && this.end > copied) await this.copyTail(this.fd, copied, this.end, write)
       if (this.closing) throw new Error('the pool is closing')
       await this.io.fdatasync(fd)
       await this.io.close(fd)
@@ -378,7 +379,20 @@ export class CatalogLog {
       await this.writeCatalog(logId, write)
       if (this.beforeTail !== null) await this.beforeTail()
       if (tailStart === null) await finish()
-      else await this.serial(finish)
+      else {
+        // What can be done before the final serial step is, so commits wait for little there (issue
+        // #21: at 3,000 backups the whole new file's fdatasync in that step held backups 0.5-0.7 s):
+        // the records appended so far are copied (bytes below the end never change: an append writes
+        // at the end, which moves only once it is durable), and the new file is synced.
+        for (let round = 0; round < 8 && copied !== null && this.fd !== null && this.end - copied > catalogLogWriteBytes; round++) {
+          const to = this.end
+          await this.copyTail(this.fd, copied, to, write)
+          // eslint-disable-next-line require-atomic-updates -- copied is this rewrite's own, read and set only by this loop and then by finish, one after the other
+          copied = to
+        }
+        await this.io.fdatasync(fd)
+        await this.serial(finish)
+      }
     } finally {
       if (!renamed) {
         await this.io.close(fd).catch(() => {})

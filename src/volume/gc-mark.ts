@@ -16,7 +16,6 @@
  *   names what begin() cannot find dead (a page or extent made after it). Chunks are made or named anew
  *   only by sealing, imports and lazy pulls' fills, which wait for the maintenance lock gc holds.
  *
- *
  * Each page is marked from what the page store learnt it references (PageStore.refsOf: learnt once per
  * change of the page, so a page unchanged since the last mark is neither loaded nor walked again; issue
  * #21, gc walked every map page of 10,000 backups of a 1 TiB disk: 196-233 s), or, with `full`, by

@@ -91,6 +91,9 @@ test.serial('commits and backups return while catalog.log is rewritten, and the 
     const backup = await pool.backup(disk, 'during.img')
     await disk.write(Buffer.alloc(blockBytes, 0xdd), (351 * pageEntries) * blockBytes)
     await pool.commit()
+    // More than catalogLogWriteBytes appended meanwhile (40 pages): copied before the final step too.
+    for (let p = 0; p < 40; p++) await disk.write(Buffer.alloc(blockBytes, 0xd0), ((360 + p) * pageEntries) * blockBytes)
+    await pool.commit()
     await first
     t.is(fs.statSync(path.join(dir, catalogLogFile)).ino, inodeBefore, 'the old log is still the one in use')
     t.is(await logMatchesCatalog(pool, dir), null, 'the old log holds what the catalog does meanwhile')
