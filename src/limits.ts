@@ -112,6 +112,8 @@ export const volumeNameBytesMax = 255
 export const verifyBatchChunks = 8
 /** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */
 export const logSnapshotBatchPages = 256
+/** Volume rows per write of a catalog.log snapshot (a row carries its root: 44 KB of JSON at 1 TiB). */
+export const logSnapshotBatchRows = 64
 /** A commit appends its catalog.log records in writes of about this many bytes (not all in one buffer). */
 export const catalogLogWriteBytes = 1024 * 1024
 /** A read retries this many times when sealing moved its block while the read was on its way. */
