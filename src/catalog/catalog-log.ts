@@ -315,7 +315,7 @@ export class CatalogLog {
    */
   async afterCommit (failed: (err: Error) => void = () => {}, done: (bytesBefore: number, bytesAfter: number, ms: number) => void = () => {}): Promise<void> {
     if (this.detached) return
-    if (this.needsSnapshot) { await this.snapshotNow(); return }
+    if (this.needsSnapshot) { await this.snapshot(); return }
     if (this.background !== null || this.end <= Math.max(catalogLogBytesMin, 2 * this.snapshotBytes)) return
     const before = this.end
     const started = performance.now()
@@ -332,9 +332,14 @@ export class CatalogLog {
    * exists); else appends go on to the old file meanwhile and are copied over at the end.
    */
   async snapshot (): Promise<void> {
-    // After a rewrite in the background, if any: two would write the same temporary file.
-    await this.settled()
-    await this.snapshotNow()
+    // After a rewrite in the background, if any: two would write the same temporary file. This one
+    // counts as the rewrite in the background until it ends (set in the turn the last wait ended), so
+    // afterCommit starts none beside it.
+    while (this.background !== null) await this.settled()
+    const running = this.snapshotNow()
+    const mine: Promise<void> = running.catch(() => {}).finally(() => { if (this.background === mine) this.background = null })
+    this.background = mine
+    await running
   }
 
   private async snapshotNow (): Promise<void> {
