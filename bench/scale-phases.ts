@@ -63,10 +63,12 @@ async function main (): Promise<void> {
         // A gc, then a prune of one backup (the oldest left) and the gc that frees it: how they grow with N.
         let report = await pool.gc()
         const gcMs = await timed(async () => { report = await pool.gc() })
+        const again = report
         const oldest = pool.list().filter(v => v.kind === 'backup').sort((a, b) => a.id - b.id)[0]
         const removeMs = await timed(async () => await pool.remove(oldest))
         const freedMs = await timed(async () => { report = await pool.gc() })
-        process.stdout.write(`at ${i + 1} backups: gc ${gcMs.toFixed(0)} ms; remove of 1 backup ${removeMs.toFixed(1)} ms, the gc after it ${freedMs.toFixed(0)} ms ` +
+        const phases = (r: typeof report): string => r.phaseMs === undefined ? '' : ` [mark ${r.phaseMs.mark.toFixed(0)}, sweep ${r.phaseMs.sweep.toFixed(0)}, compact ${r.phaseMs.compact.toFixed(0)}]`
+        process.stdout.write(`at ${i + 1} backups: gc ${gcMs.toFixed(0)} ms${phases(again)}; remove of 1 backup ${removeMs.toFixed(1)} ms, the gc after it ${freedMs.toFixed(0)} ms${phases(report)} ` +
           `(${report.pagesFreed} pages, ${report.extentsFreed} extents, ${report.chunksFreed} chunks freed); load ${os.loadavg()[0].toFixed(2)}\n`)
       }
     }

@@ -136,6 +136,8 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     const pagesTouchedPer: number[] = []
     const wall: number[] = []
     const daemon: number[] = []
+    /** When each backup was asked for (ISO), to line the slowest up with daemon.log's lines. */
+    const startedAt: string[] = []
     let random = 0x2545f491
     const next = (): number => { random ^= random << 13; random ^= random >>> 17; random ^= random << 5; return (random >>> 0) / 2 ** 32 }
     try {
@@ -149,6 +151,7 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
         for (const p of pagesNow) touchedPages.add(p)
         pagesTouchedPer.push(pagesNow.size)
         const started = process.hrtime.bigint()
+        startedAt.push(new Date().toISOString())
         const reply = await call(mnt, 'backup', { sourceKind: 'disk', sourceName: 'big.img', name: `b${i}.img` }) as { elapsedMs: number }
         wall.push(Number(process.hrtime.bigint() - started) / 1e6)
         daemon.push(reply.elapsedMs)
@@ -161,6 +164,10 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       const part = wall.slice(from, from + tenth)
       deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: maxOf(part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
     }
+    // The trace of the slowest backups (issue #21: six waited 12.8-64 s at 10,000): when each was asked
+    // for, and daemon.log's lines about catalog.log rewrites, which run beside the commits now.
+    const slowest = wall.map((ms, i) => ({ backup: i + 1, ms, daemonMs: daemon[i], at: startedAt[i] })).sort((a, b) => b.ms - a.ms).slice(0, 6)
+    const logRewrites = fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('catalog.log rewritten') || line.includes('rewriting catalog.log'))
     // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
     // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
     const daemonPid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
@@ -194,10 +201,10 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     }
     // Each gc over the control socket while O_DIRECT reads go through the mount (issue #21: gc's mark
     // held the event loop for seconds at 300 backups).
-    const gc = async (): Promise<{ ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number, stats: number, statMaxMs: number, statP99Ms: number }> => {
+    const gc = async (): Promise<{ ms: number, pagesFreed: number, extentsFreed: number, chunksFreed: number, phaseMs: unknown, stats: number, statMaxMs: number, statP99Ms: number }> => {
       const served = await whileServing(mnt, disk, 'gc')
-      const report = served.result as { pagesFreed: number, extentsFreed: number, chunksFreed: number }
-      return { ms: served.ms, pagesFreed: report.pagesFreed, extentsFreed: report.extentsFreed, chunksFreed: report.chunksFreed, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms }
+      const report = served.result as { pagesFreed: number, extentsFreed: number, chunksFreed: number, phaseMs?: unknown }
+      return { ms: served.ms, pagesFreed: report.pagesFreed, extentsFreed: report.extentsFreed, chunksFreed: report.chunksFreed, phaseMs: report.phaseMs ?? null, stats: served.stats, statMaxMs: served.statMaxMs, statP99Ms: served.statP99Ms }
     }
     const syncMs = msOf(() => vdiskfs('sync', mnt))
     const gcBefore = await gc()
@@ -214,6 +221,8 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       backupMs: { first: wall[0], median: median(wall), p99: percentile(wall, 0.99), max: maxOf(wall) },
       daemonBackupMs: { first: daemon[0], median: median(daemon), max: maxOf(daemon) },
       deciles,
+      slowest,
+      logRewrites,
       lastTenthOverFirst: deciles[deciles.length - 1].medianMs / deciles[0].medianMs,
       worstTenthOverFirst: Math.max(...deciles.map(d => d.medianMs)) / deciles[0].medianMs,
       pagesTouchedPerBackup: pagesTouchedPer.reduce((a, b) => a + b, 0) / backups,
@@ -297,6 +306,9 @@ function table (results: Record<string, any>): string {
   const a = results.backups
   const b = results.chain
   const f = (n: number, digits = 1): string => n.toFixed(digits)
+  /** gc's own split of its time, when the daemon reports it (mark with its commit / sweep / compaction). */
+  const split = (gc: { phaseMs: { mark: number, sweep: number, compact: number } | null }): string =>
+    gc.phaseMs === null ? '' : ` (mark ${f(gc.phaseMs.mark, 0)}, sweep ${f(gc.phaseMs.sweep, 0)}, compaction ${f(gc.phaseMs.compact, 0)})`
   const lines = [
     '# Scale (issue #21)',
     '',
@@ -313,6 +325,8 @@ function table (results: Record<string, any>): string {
     '',
     '| figure | value |',
     '|---|---|',
+    `| the six slowest backups (ms, control call / daemon; when asked) | ${a.slowest.map((w: { backup: number, ms: number, daemonMs: number, at: string }) => `#${w.backup} ${f(w.ms)} / ${f(w.daemonMs)} at ${w.at.slice(11, 19)}`).join('; ')} |`,
+    `| catalog.log rewrites (daemon.log; beside the commits) | ${a.logRewrites.length}${a.logRewrites.length > 0 ? `: ${a.logRewrites.map((l: string) => l.replace(/^.*rewritten beside the commits: /, '')).slice(-3).join('; ')} (the last three)` : ''} |`,
     `| first backup (control call, ms) | ${f(a.backupMs.first)} |`,
     `| worst tenth's median / first tenth's | ${f(a.worstTenthOverFirst, 2)} (issue: <= 2) |`,
     `| map pages the writes touched per backup | ${f(a.pagesTouchedPerBackup, 2)} |`,
@@ -332,11 +346,11 @@ function table (results: Record<string, any>): string {
     `| mount (ms) | ${f(a.mountMs)} |`,
     `| first ls after mount (ms) | ${f(a.firstLsAfterMountMs)} |`,
     `| sync (seal what is left, ms) | ${f(a.syncMs)} |`,
-    `| gc before any prune (ms; pages freed; reads through the mount meanwhile: count, p99 / max wait ms) | ${f(a.gcBefore.ms)}; ${a.gcBefore.pagesFreed}; ${a.gcBefore.stats}, ${f(a.gcBefore.statP99Ms)} / ${f(a.gcBefore.statMaxMs)} |`,
+    `| gc before any prune (ms; pages freed; reads through the mount meanwhile: count, p99 / max wait ms) | ${f(a.gcBefore.ms)}${split(a.gcBefore)}; ${a.gcBefore.pagesFreed}; ${a.gcBefore.stats}, ${f(a.gcBefore.statP99Ms)} / ${f(a.gcBefore.statMaxMs)} |`,
     `| prune of ${a.pruneHalf.removed} backups (ms; per backup) | ${f(a.pruneHalf.ms)}; ${f(a.pruneHalf.ms / Math.max(1, a.pruneHalf.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcHalf.ms)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed}; ${a.gcHalf.stats}, ${f(a.gcHalf.statP99Ms)} / ${f(a.gcHalf.statMaxMs)} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcHalf.ms)}${split(a.gcHalf)}; ${a.gcHalf.pagesFreed}, ${a.gcHalf.extentsFreed}, ${a.gcHalf.chunksFreed}; ${a.gcHalf.stats}, ${f(a.gcHalf.statP99Ms)} / ${f(a.gcHalf.statMaxMs)} |`,
     `| prune of ${a.pruneTen.removed} backups (ms; per backup) | ${f(a.pruneTen.ms)}; ${f(a.pruneTen.ms / Math.max(1, a.pruneTen.removed), 2)} |`,
-    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
+    `| gc after it (ms; pages, extents, chunks freed; reads meanwhile: count, p99 / max wait ms) | ${f(a.gcTen.ms)}${split(a.gcTen)}; ${a.gcTen.pagesFreed}, ${a.gcTen.extentsFreed}, ${a.gcTen.chunksFreed}; ${a.gcTen.stats}, ${f(a.gcTen.statP99Ms)} / ${f(a.gcTen.statMaxMs)} |`,
     ''
   )
   if (b === undefined) return lines.join('\n')

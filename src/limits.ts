@@ -36,6 +36,14 @@ export const extentFdsMax = 256
  */
 export const pageCacheMax = 1024
 /**
+ * What the page store keeps of the pages' references for gc's mark and the space accounting (PageRefs:
+ * 8 bytes per non-hole entry, kept past eviction). Past this, a page's references are read from the
+ * page itself each time (loading it when evicted): pages of sparse disks (a few entries each, as with
+ * 10,000 backups of a 1 TiB disk: about 25 MB) are all kept; a densely written 1 TiB disk alone would
+ * be 128 MiB.
+ */
+export const pageRefsBytesMax = 128 * 1024 * 1024
+/**
  * Catalog WAL: checkpointed every 256 pages (1 MiB at SQLite's 4 KiB pages, about 25 commits of a map
  * page each) and cut back to 1 MiB after a checkpoint. SQLite's defaults (1000 pages, never cut back)
  * let it sit at 4 MiB or more for good.
@@ -104,6 +112,8 @@ export const volumeNameBytesMax = 255
 export const verifyBatchChunks = 8
 /** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */
 export const logSnapshotBatchPages = 256
+/** Volume rows per write of a catalog.log snapshot (a row carries its root: 44 KB of JSON at 1 TiB). */
+export const logSnapshotBatchRows = 64
 /** A commit appends its catalog.log records in writes of about this many bytes (not all in one buffer). */
 export const catalogLogWriteBytes = 1024 * 1024
 /** A read retries this many times when sealing moved its block while the read was on its way. */

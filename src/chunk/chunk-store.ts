@@ -431,7 +431,9 @@ export class ChunkStore {
       let size = 0
       size = await this.io.sizeOf(file)
       const payloadBytes = Math.max(1, size - packHeaderBytes)
-      if (usage.chunks > 0 && usage.liveBytes / payloadBytes >= liveFractionMin) continue
+      // A live chunk's record is its header and its stored bytes: a pack of chunks that compress below
+      // their header's size was found below the bound, and copied whole, at every gc (issue #21).
+      if (usage.chunks > 0 && (usage.liveBytes + usage.chunks * chunkHeaderBytes) / payloadBytes >= liveFractionMin) continue
       const moved: Array<{ id: number, packId: number, offset: number }> = []
       if (usage.chunks > 0) {
         const fd = await this.io.open(file, 'r')

@@ -2,8 +2,10 @@
  * When the daemon's background gc runs (daemon.ts, startBackground): after a change it has not seen,
  * never while one is in flight, and after a gc that took T not before gcRestFactor x T has passed
  * since it ended, so that gc's share of the time stays below 1 / (1 + gcRestFactor) however long a
- * gc takes (issue #21: a gc walks every distinct map page, minutes with 10,000 backups of a 1 TiB
- * disk; started every gcIntervalMs regardless, they queued behind each other and ran all the time).
+ * gc takes (issue #21: a gc walked every distinct map page, minutes with 10,000 backups of a 1 TiB
+ * disk; started every gcIntervalMs regardless, they queued behind each other and ran all the time.
+ * Its mark now reads what the page store learnt of each page, but the first gc of a process, and a
+ * pool whose pages' references exceed pageRefsBytesMax, still load pages).
  * `vdiskfs gc` is not held by it.
  */
 import { gcRestFactor } from '../limits'

@@ -35,7 +35,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { VdiskError } from '../errors'
+import { VdiskError, corrupt } from '../errors'
 import { VolumeKind } from '../catalog/catalog'
 import { chunkEntry, entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
 import { Pool } from '../volume/pool'
@@ -151,39 +151,123 @@ export class SpaceAccounting {
   }
 
   private async walk (snapshotTaken: (generation: number) => void): Promise<Computed> {
-    const pool = this.pool
-    const inspection = pool.inspection
-    const size = inspection.sizeOf
-    // The snapshot, in one synchronous step.
-    const generation = pool.generation
-    const volumes: Snapshot[] = pool.list().map(v => ({ id: v.id, kind: v.kind, name: v.name, size: v.size, sourceId: v.sourceId, hidden: v.hidden, root: v.map.shareRoot() }))
-    snapshotTaken(generation)
-    const atMs = Date.now()
-    const slicer = new Slicer(pool)
-    const byId = new Map(volumes.map(v => [v.id, v]))
-    const sourceOf = (v: Snapshot): Snapshot | undefined => v.kind === 'backup' && v.sourceId !== null ? byId.get(v.sourceId) : undefined
+    const walk = new SpaceWalk(this.pool)
+    snapshotTaken(walk.generation)
+    await walk.readRoots()
+    await walk.compareRootsWithSources()
+    await this.pause()
+    if (this.pool.closing) throw new VdiskError('BUSY', 'the pool is closing')
+    await walk.readPages()
+    const figures = await walk.sumVolumes()
+    return await walk.sumLocations(figures)
+  }
+}
 
-    // 1. The roots: who reads each page (one volume, or shared), how many root slots name it; the
-    // pages of each volume some backup was taken from, and which pages a backup reads that its source
-    // does not.
-    const reader = new Map<number, number>()
-    const slots = new Map<number, number>()
-    const sourcePages = new Map<number, Set<number>>()
-    for (const v of volumes) {
-      const source = sourceOf(v)
-      if (source !== undefined && !sourcePages.has(source.id)) sourcePages.set(source.id, new Set())
+/**
+ * A set of page ids: a byte per id below `ceiling` when `bitmap` (few sources: the walk's bitmaps stay
+ * within spaceBitmapBytesMax), else a Set.
+ */
+class PageFlags {
+  private readonly bits: Uint8Array
+  private readonly more = new Set<number>()
+  constructor (ceiling: number, bitmap: boolean) { this.bits = new Uint8Array(bitmap ? ceiling : 0) }
+  has (id: number): boolean { return id < this.bits.length ? this.bits[id] === 1 : this.more.has(id) }
+  add (id: number): void { if (id < this.bits.length) this.bits[id] = 1; else this.more.add(id) }
+}
+
+/** Bytes of the bitmaps a walk keeps per source (two per source, a byte per page id each). */
+const spaceBitmapBytesMax = 64 * 1024 * 1024
+
+/**
+ * One walk of the space accounting, in named steps (issue #21): the snapshot (constructor), the roots
+ * (readRoots, compareRootsWithSources), each distinct page once (readPages), each volume's sums
+ * (sumVolumes), each distinct location (sumLocations). Each distinct page gets a dense index (an array
+ * of 4 bytes per page id: a root names only ids below the page store's ceiling at the snapshot) and its
+ * figures are kept in arrays by that index, and a page's locations come from what the page store
+ * learnt of it (PageStore.refsOf: no load of a page unchanged since it was learnt), so 10,000 roots of
+ * 4,096 ids cost array reads, not map look-ups and page loads.
+ */
+class SpaceWalk {
+  readonly generation: number
+  private readonly atMs: number
+  private readonly volumes: Snapshot[]
+  private readonly byId: Map<number, Snapshot>
+  private readonly slicer: Slicer
+  private readonly ceiling: number
+  /** Per page id: 1 + its index in `distinct` (0: no root names it). */
+  private readonly index: Int32Array
+  /** The distinct pages the roots name, in the order first met. */
+  private readonly distinct: number[] = []
+  /** By page index: the one volume reading it, or shared. */
+  private readonly reader: number[] = []
+  /** By page index: how many root slots name it. */
+  private readonly times: number[] = []
+  /** Per volume some backup was taken from (a source): the pages it reads. */
+  private readonly sourcePages = new Map<number, PageFlags>()
+  /** Per page, the sources that read it. */
+  private readonly readBySources = new Map<number, number[]>()
+  /** Per page, the sources whose backups read it and which do not read it themselves. */
+  private readonly keptFor = new Map<number, number[]>()
+  /** By page index: the stored bytes its entries reference, and of those the ones in delta extents. */
+  private pageReferenced = new Float64Array(0)
+  private pageUnsealed = new Float64Array(0)
+  /** Whether the sources' page sets are bitmaps (PageFlags). */
+  private bitmaps = false
+  /** Location (a map entry value) -> the one volume reading it, or shared. */
+  private readonly owners = new Map<number, number>()
+  /** Location read by one volume -> how many times that volume reads it. */
+  private readonly occurrences = new Map<number, number>()
+  /** Per source, the locations it reads. */
+  private readonly sourceLocations = new Map<number, Set<number>>()
+  /** Source -> page -> bytes of the page's locations the source does not read. */
+  private readonly kept = new Map<number, Map<number, number>>()
+  private chunkPositions = 0
+
+  /** The snapshot, in one synchronous step: the volumes and their roots (shared, never changed). */
+  constructor (private readonly pool: Pool) {
+    this.generation = pool.generation
+    this.volumes = pool.list().map(v => ({ id: v.id, kind: v.kind, name: v.name, size: v.size, sourceId: v.sourceId, hidden: v.hidden, root: v.map.shareRoot() }))
+    this.ceiling = pool.inspection.pageIdCeiling
+    this.atMs = Date.now()
+    this.slicer = new Slicer(pool)
+    this.byId = new Map(this.volumes.map(v => [v.id, v]))
+    this.index = new Int32Array(this.ceiling)
+  }
+
+  private sourceOf (v: Snapshot): Snapshot | undefined {
+    return v.kind === 'backup' && v.sourceId !== null ? this.byId.get(v.sourceId) : undefined
+  }
+
+  /**
+   * 1. The roots: who reads each page (one volume, or shared), how many root slots name it; the pages
+   * of each volume some backup was taken from.
+   */
+  async readRoots (): Promise<void> {
+    const sources = new Set<number>()
+    for (const v of this.volumes) {
+      const source = this.sourceOf(v)
+      if (source !== undefined) sources.add(source.id)
     }
-    /** Per page, the sources that read it. */
-    const readBySources = new Map<number, number[]>()
-    for (const v of volumes) {
+    this.bitmaps = 2 * sources.size * this.ceiling <= spaceBitmapBytesMax
+    for (const id of sources) this.sourcePages.set(id, new PageFlags(this.ceiling, this.bitmaps))
+    const { index, reader, times, distinct, readBySources } = this
+    for (const v of this.volumes) {
       const root = v.root
-      const ownPages = sourcePages.get(v.id)
+      const ownPages = this.sourcePages.get(v.id)
       for (let p = 0; p < root.length; p++) {
         const id = root[p]
         if (id === 0) continue
-        const was = reader.get(id)
-        reader.set(id, was === undefined || was === v.id ? v.id : shared)
-        slots.set(id, (slots.get(id) ?? 0) + 1)
+        // Page ids are given in order: a root naming one at or past the ceiling names a page that is not there.
+        if (id >= index.length) throw corrupt(`${v.kind} ${v.name}: map page ${id} is missing from the catalog`)
+        const k = index[id] - 1
+        if (k < 0) {
+          index[id] = distinct.push(id)
+          reader.push(v.id)
+          times.push(1)
+        } else {
+          if (reader[k] !== v.id) reader[k] = shared
+          times[k]++
+        }
         if (ownPages !== undefined && !ownPages.has(id)) {
           ownPages.add(id)
           const sources = readBySources.get(id)
@@ -191,126 +275,141 @@ export class SpaceAccounting {
           else sources.push(v.id)
         }
       }
-      await slicer.turn()
+      await this.slicer.turn()
     }
-    /** Per page, the sources whose backups read it and which do not read it themselves. */
-    const keptFor = new Map<number, number[]>()
-    for (const v of volumes) {
-      const source = sourceOf(v)
-      if (source === undefined) continue
-      const ownPages = sourcePages.get(source.id) as Set<number>
-      for (const id of v.root) {
-        if (id === 0 || ownPages.has(id)) continue
-        const sources = keptFor.get(id)
-        if (sources === undefined) keptFor.set(id, [source.id])
-        else if (!sources.includes(source.id)) sources.push(source.id)
-      }
-      await slicer.turn()
-    }
-    await this.pause()
-    if (pool.closing) throw new VdiskError('BUSY', 'the pool is closing')
+  }
 
-    // 2. Each distinct page once: the pages sources read first, so that each source's locations are
-    // all known before the pages only its backups read are compared with them.
-    const pageReferenced = new Map<number, number>()
-    const pageUnsealed = new Map<number, number>()
-    /** Location (a map entry value) -> the one volume reading it, or shared. */
-    const owners = new Map<number, number>()
-    /** Location read by one volume -> how many times that volume reads it. */
-    const occurrences = new Map<number, number>()
-    const sourceLocations = new Map<number, Set<number>>()
-    for (const id of sourcePages.keys()) sourceLocations.set(id, new Set())
-    /** Source -> page -> bytes of the page's locations the source does not read. */
-    const kept = new Map<number, Map<number, number>>()
-    for (const id of sourcePages.keys()) kept.set(id, new Map())
-    let chunkPositions = 0
-    /** The locations of page `id`'s entries (and the chunks under its partial slots), in order. */
-    const locationsOf = (id: number, visit: (location: number, entry: boolean) => void): void => {
-      const entries = inspection.pageEntries(id)
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]
-        if (entry === 0) continue
-        visit(entry, true)
-        if (entryKind(entry) === entryKindDelta) {
-          const under = inspection.underSlot(entry)
-          if (under.kind === 'chunk') visit(chunkEntry(under.chunkId), false)
-        }
+  /** 1b. Which pages each backup reads that its source does not (each page once per source). */
+  async compareRootsWithSources (): Promise<void> {
+    const added = new Map<number, PageFlags>()
+    for (const v of this.volumes) {
+      const source = this.sourceOf(v)
+      if (source === undefined) continue
+      const ownPages = this.sourcePages.get(source.id) as PageFlags
+      let done = added.get(source.id)
+      if (done === undefined) added.set(source.id, done = new PageFlags(this.ceiling, this.bitmaps))
+      for (const id of v.root) {
+        if (id === 0 || ownPages.has(id) || done.has(id)) continue
+        done.add(id)
+        const sources = this.keptFor.get(id)
+        if (sources === undefined) this.keptFor.set(id, [source.id])
+        else sources.push(source.id)
       }
+      await this.slicer.turn()
     }
-    const keptBytes = (id: number, sources: number[]): void => {
-      const bytes = sources.map(() => 0)
-      const sets = sources.map(s => sourceLocations.get(s) as Set<number>)
-      locationsOf(id, location => {
-        for (let k = 0; k < sets.length; k++) if (!sets[k].has(location)) bytes[k] += size(location)
-      })
-      for (let k = 0; k < sources.length; k++) (kept.get(sources[k]) as Map<number, number>).set(id, bytes[k])
+  }
+
+  /**
+   * The locations of page `id`'s entries (and the chunks under its partial slots): its chunk entries,
+   * then its delta entries, each followed by the chunk under it when its slot is partial.
+   */
+  private locationsOf (id: number, visit: (location: number, entry: boolean) => void): void {
+    const inspection = this.pool.inspection
+    const refs = inspection.pageRefs(id)
+    const chunks = refs.chunks
+    for (let i = 0; i < chunks.length; i++) visit(chunkEntry(chunks[i]), true)
+    const deltas = refs.deltas
+    for (let i = 0; i < deltas.length; i++) {
+      visit(deltas[i], true)
+      const under = inspection.underSlot(deltas[i])
+      if (under.kind === 'chunk') visit(chunkEntry(under.chunkId), false)
+    }
+  }
+
+  /**
+   * 2. Each distinct page once: the pages sources read first, so that each source's locations are all
+   * known before the pages only its backups read are compared with them.
+   */
+  async readPages (): Promise<void> {
+    this.pageReferenced = new Float64Array(this.distinct.length)
+    this.pageUnsealed = new Float64Array(this.distinct.length)
+    for (const id of this.sourcePages.keys()) {
+      this.sourceLocations.set(id, new Set())
+      this.kept.set(id, new Map())
     }
     /** Pages a source reads that other sources' backups read too: compared once every source is known. */
     const deferred: number[] = []
-    const visitPage = (id: number): void => {
-      const owner = reader.get(id) as number
-      const times = slots.get(id) as number
-      const sources = readBySources.get(id)
-      const locations = sources?.map(s => sourceLocations.get(s) as Set<number>)
-      const comparedWith = keptFor.get(id)
-      const compareNow = comparedWith !== undefined && sources === undefined
-      const bytes = compareNow ? comparedWith.map(() => 0) : null
-      const compareSets = compareNow ? comparedWith.map(s => sourceLocations.get(s) as Set<number>) : null
-      let referenced = 0
-      let unsealed = 0
-      locationsOf(id, (location, entry) => {
-        const bytesHere = size(location)
-        referenced += bytesHere
-        if (entry) {
-          const kind = entryKind(location)
-          if (kind === entryKindChunk) chunkPositions++
-          else if (kind === entryKindDelta) unsealed += bytesHere
-        }
-        const was = owners.get(location)
-        if (was === undefined) {
-          owners.set(location, owner)
-          if (owner !== shared) occurrences.set(location, times)
-        } else if (was !== shared) {
-          if (was === owner) occurrences.set(location, (occurrences.get(location) as number) + times)
-          else { owners.set(location, shared); occurrences.delete(location) }
-        }
-        if (locations !== undefined) for (const set of locations) set.add(location)
-        if (compareSets !== null && bytes !== null) for (let k = 0; k < compareSets.length; k++) if (!compareSets[k].has(location)) bytes[k] += bytesHere
-      })
-      pageReferenced.set(id, referenced)
-      if (unsealed > 0) pageUnsealed.set(id, unsealed)
-      if (compareNow && bytes !== null) for (let k = 0; k < comparedWith.length; k++) (kept.get(comparedWith[k]) as Map<number, number>).set(id, bytes[k])
-      else if (comparedWith !== undefined) deferred.push(id)
+    for (const id of this.readBySources.keys()) {
+      if (this.visitPage(id)) deferred.push(id)
+      await this.slicer.turn()
     }
-    for (const id of readBySources.keys()) {
-      visitPage(id)
-      await slicer.turn()
-    }
-    for (const id of reader.keys()) {
-      if (readBySources.has(id)) continue
-      visitPage(id)
-      await slicer.turn()
+    for (const id of this.distinct) {
+      if (this.readBySources.has(id)) continue
+      if (this.visitPage(id)) deferred.push(id)
+      await this.slicer.turn()
     }
     for (const id of deferred) {
-      keptBytes(id, keptFor.get(id) as number[])
-      await slicer.turn()
+      this.keptBytes(id, this.keptFor.get(id) as number[])
+      await this.slicer.turn()
     }
+  }
 
-    // 3. Each volume: sums over its root.
+  /** Counts page `id`'s locations; whether its comparison with sources waits for every source's (deferred). */
+  private visitPage (id: number): boolean {
+    const size = this.pool.inspection.sizeOf
+    const { owners, occurrences } = this
+    const k = this.index[id] - 1
+    const owner = this.reader[k]
+    const times = this.times[k]
+    const sources = this.readBySources.get(id)
+    const locations = sources?.map(s => this.sourceLocations.get(s) as Set<number>)
+    const comparedWith = this.keptFor.get(id)
+    const compareNow = comparedWith !== undefined && sources === undefined
+    const bytes = compareNow ? comparedWith.map(() => 0) : null
+    const compareSets = compareNow ? comparedWith.map(s => this.sourceLocations.get(s) as Set<number>) : null
+    let referenced = 0
+    let unsealed = 0
+    this.locationsOf(id, (location, entry) => {
+      const bytesHere = size(location)
+      referenced += bytesHere
+      if (entry) {
+        const kind = entryKind(location)
+        if (kind === entryKindChunk) this.chunkPositions++
+        else if (kind === entryKindDelta) unsealed += bytesHere
+      }
+      const was = owners.get(location)
+      if (was === undefined) {
+        owners.set(location, owner)
+        if (owner !== shared) occurrences.set(location, times)
+      } else if (was !== shared) {
+        if (was === owner) occurrences.set(location, (occurrences.get(location) as number) + times)
+        else { owners.set(location, shared); occurrences.delete(location) }
+      }
+      if (locations !== undefined) for (const set of locations) set.add(location)
+      if (compareSets !== null && bytes !== null) for (let k = 0; k < compareSets.length; k++) if (!compareSets[k].has(location)) bytes[k] += bytesHere
+    })
+    this.pageReferenced[k] = referenced
+    this.pageUnsealed[k] = unsealed
+    if (compareNow && bytes !== null) for (let k = 0; k < comparedWith.length; k++) (this.kept.get(comparedWith[k]) as Map<number, number>).set(id, bytes[k])
+    return comparedWith !== undefined && !compareNow
+  }
+
+  /** Bytes of page `id`'s locations each of `sources` does not read. */
+  private keptBytes (id: number, sources: number[]): void {
+    const size = this.pool.inspection.sizeOf
+    const bytes = sources.map(() => 0)
+    const sets = sources.map(s => this.sourceLocations.get(s) as Set<number>)
+    this.locationsOf(id, location => {
+      for (let k = 0; k < sets.length; k++) if (!sets[k].has(location)) bytes[k] += size(location)
+    })
+    for (let k = 0; k < sources.length; k++) (this.kept.get(sources[k]) as Map<number, number>).set(id, bytes[k])
+  }
+
+  /** 3. Each volume: sums over its root. */
+  async sumVolumes (): Promise<Map<number, VolumeSpace>> {
     const figures = new Map<number, VolumeSpace>()
-    let logicalBytes = 0
-    let referencedTotal = 0
-    for (const v of volumes) {
-      const source = sourceOf(v)
-      const ownPages = source === undefined ? undefined : sourcePages.get(source.id) as Set<number>
-      const keptOfSource = source === undefined ? undefined : kept.get(source.id) as Map<number, number>
+    const { index, pageReferenced, pageUnsealed } = this
+    for (const v of this.volumes) {
+      const source = this.sourceOf(v)
+      const ownPages = source === undefined ? undefined : this.sourcePages.get(source.id) as PageFlags
+      const keptOfSource = source === undefined ? undefined : this.kept.get(source.id) as Map<number, number>
       let referenced = 0
       let unsealed = 0
       let keptFromSource = 0
       for (const id of v.root) {
         if (id === 0) continue
-        referenced += pageReferenced.get(id) as number
-        unsealed += pageUnsealed.get(id) ?? 0
+        referenced += pageReferenced[index[id] - 1]
+        unsealed += pageUnsealed[index[id] - 1]
         if (ownPages !== undefined && keptOfSource !== undefined && !ownPages.has(id)) keptFromSource += keptOfSource.get(id) as number
       }
       const usage: VolumeUsage = {
@@ -322,39 +421,48 @@ export class SpaceAccounting {
         uniqueBytes: 0,
         keptFromSourceBytes: v.kind !== 'backup' ? null : source === undefined ? referenced : keptFromSource
       }
-      logicalBytes += v.size
-      referencedTotal += referenced
       figures.set(v.id, { usage, unsealedBytes: unsealed })
-      await slicer.turn()
+      await this.slicer.turn()
     }
+    return figures
+  }
 
-    // 4. Each distinct location: unique bytes, and the pool's stored bytes.
+  /** 4. Each distinct location: unique bytes, and the pool's stored bytes; the report. */
+  async sumLocations (figures: Map<number, VolumeSpace>): Promise<Computed> {
+    const inspection = this.pool.inspection
+    const size = inspection.sizeOf
     let storedBytes = 0
     let unsealedBytes = 0
     let chunkRaw = 0
     let chunkStored = 0
     let chunks = 0
     let sinceTurn = 0
-    for (const [location, owner] of owners) {
+    for (const [location, owner] of this.owners) {
       const bytes = size(location)
       storedBytes += bytes
       const kind = entryKind(location)
       if (kind === entryKindDelta) unsealedBytes += bytes
       else if (kind === entryKindChunk) { chunks++; chunkStored += bytes; chunkRaw += inspection.chunkRawBytes(entryChunkId(location)) }
-      if (owner !== shared) (figures.get(owner) as VolumeSpace).usage.uniqueBytes += (occurrences.get(location) as number) * bytes
-      if (++sinceTurn >= 4096) { sinceTurn = 0; await slicer.turn() }
+      if (owner !== shared) (figures.get(owner) as VolumeSpace).usage.uniqueBytes += (this.occurrences.get(location) as number) * bytes
+      if (++sinceTurn >= 4096) { sinceTurn = 0; await this.slicer.turn() }
+    }
+    let logicalBytes = 0
+    let referencedTotal = 0
+    for (const v of this.volumes) {
+      logicalBytes += v.size
+      referencedTotal += (figures.get(v.id) as VolumeSpace).usage.referencedBytes
     }
     const report: SpaceReport = {
       // Volumes removed while open (hidden) are out of the namespace; their data still counts.
-      volumes: volumes.filter(v => !v.hidden).map(v => (figures.get(v.id) as VolumeSpace).usage),
+      volumes: this.volumes.filter(v => !v.hidden).map(v => (figures.get(v.id) as VolumeSpace).usage),
       logicalBytes,
       storedBytes,
-      dedupRatio: chunks === 0 ? 1 : chunkPositions / chunks,
+      dedupRatio: chunks === 0 ? 1 : this.chunkPositions / chunks,
       compressionRatio: chunkStored === 0 ? 1 : chunkRaw / chunkStored,
       sharingRatio: storedBytes === 0 ? 1 : referencedTotal / storedBytes,
       unsealedBytes
     }
-    return { generation, atMs, report, byId: figures }
+    return { generation: this.generation, atMs: this.atMs, report, byId: figures }
   }
 }
 

@@ -13,11 +13,27 @@
 import assert from 'node:assert/strict'
 import { Catalog } from '../catalog/catalog'
 import { corrupt } from '../errors'
-import { decodePage, describePageDamage, encodePage, entryExtentId, entryKind, entryKindDelta, pageIsSound } from '../format/map-format'
-import { pageCacheMax, pageEntries } from '../limits'
+import { decodePage, describePageDamage, encodePage, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, pageIsSound } from '../format/map-format'
+import { pageCacheMax, pageEntries, pageRefsBytesMax } from '../limits'
 
 /** What a page that names no delta extent has learnt (one shared, never changed). */
 const noExtents: ReadonlySet<number> = new Set<number>()
+
+/**
+ * What a page's entries reference, as gc's mark needs it (issue #21): learnt with the extent names,
+ * kept past eviction, forgotten when the page changes; so a mark reads a page unchanged since the last
+ * one from here, without loading or walking it again.
+ */
+export interface PageRefs {
+  /** The chunk ids its chunk entries name (repeats possible). */
+  readonly chunks: Float64Array
+  /** Its delta entries (extent and slot; repeats possible): what lies under a slot is asked when read. */
+  readonly deltas: Float64Array
+  /** The index of its first lost entry, or -1. */
+  readonly lostAt: number
+}
+
+const noRefs: PageRefs = { chunks: new Float64Array(0), deltas: new Float64Array(0), lostAt: -1 }
 
 export class Page {
   /** Set when the page changed since the last commit that wrote it. */
@@ -50,6 +66,13 @@ export class PageStore {
    * page of every backup again (issue #21).
    */
   private readonly deltaExtents = new Map<number, ReadonlySet<number>>()
+  /**
+   * Per learnt page id, what its entries reference (gc's mark, the space accounting), while their
+   * bytes stay within refsBytesMax; a learnt page not here has its references read from it when asked.
+   */
+  private readonly refs = new Map<number, PageRefs>()
+  /** Bytes of the references kept in `refs`. */
+  private refsBytes = 0
   /** The reverse of deltaExtents: per delta extent, the learnt pages that name it. */
   private readonly pagesOfExtent = new Map<number, Set<number>>()
   /** Pages changed (or made) since they were last learnt: learnt before the index is asked. */
@@ -70,7 +93,7 @@ export class PageStore {
   indexComplete = false
 
   /** `cacheMax`: clean pages kept (tests make it tiny, so eviction happens all the time). */
-  constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax) {
+  constructor (private readonly catalog: Catalog, private readonly cacheMax = pageCacheMax, private readonly refsBytesMax = pageRefsBytesMax) {
     this.nextPageId = catalog.maxPageId() + 1
   }
 
@@ -112,13 +135,27 @@ export class PageStore {
     const known = this.deltaExtents.get(id)
     if (known !== undefined) return known
     let extents: Set<number> | null = null
+    let deltas = 0
+    let chunks = 0
+    let lostAt = -1
     const entries = this.get(id).entries
     for (let i = 0; i < entries.length; i++) {
       const entry = entries[i]
-      if (entry !== 0 && entryKind(entry) === entryKindDelta) (extents ??= new Set<number>()).add(entryExtentId(entry))
+      if (entry === 0) continue
+      const kind = entryKind(entry)
+      if (kind === entryKindDelta) {
+        (extents ??= new Set<number>()).add(entryExtentId(entry))
+        deltas++
+      } else if (kind === entryKindChunk) chunks++
+      else if (kind === entryKindLost && lostAt < 0) lostAt = i
     }
     const learnt = extents ?? noExtents
     this.deltaExtents.set(id, learnt)
+    if (chunks === 0 && deltas === 0 && lostAt < 0) this.refs.set(id, noRefs)
+    else if (this.refsBytes + 8 * (chunks + deltas) <= this.refsBytesMax) {
+      this.refs.set(id, refsOf(entries, chunks, deltas, lostAt))
+      this.refsBytes += 8 * (chunks + deltas)
+    }
     this.unlearnt.delete(id)
     for (const extentId of learnt) {
       let pages = this.pagesOfExtent.get(extentId)
@@ -128,8 +165,25 @@ export class PageStore {
     return learnt
   }
 
+  /**
+   * What page `id` references (PageRefs), learnt once per change of the page: equal to what a walk of
+   * its entries finds now. Throws what get() throws.
+   */
+  refsOf (id: number): PageRefs {
+    this.learn(id)
+    return this.refs.get(id) ?? readRefs(this.get(id).entries)
+  }
+
+  private forgetRefs (id: number): void {
+    const refs = this.refs.get(id)
+    if (refs === undefined) return
+    this.refs.delete(id)
+    this.refsBytes -= refs.chunks.byteLength + refs.deltas.byteLength
+  }
+
   /** Forgets what was learnt of page `id` (it changed, or is gone). */
   private unlearn (id: number): void {
+    this.forgetRefs(id)
     const learnt = this.deltaExtents.get(id)
     if (learnt === undefined) return
     this.deltaExtents.delete(id)
@@ -177,6 +231,8 @@ export class PageStore {
   forgetLearnt (): void {
     this.indexComplete = false
     this.deltaExtents.clear()
+    this.refs.clear()
+    this.refsBytes = 0
     this.pagesOfExtent.clear()
     this.unlearnt.clear()
     this.slots.clear()
@@ -242,6 +298,9 @@ export class PageStore {
 
   isDirty (id: number): boolean { return this.cache.get(id)?.dirty === true }
 
+  /** Every page id in use is below this (ids are never reused). */
+  get idCeiling (): number { return this.nextPageId }
+
   get dirtyCount (): number { return this.dirtyPages.size }
 
   private evict (): void {
@@ -251,4 +310,36 @@ export class PageStore {
       if (!page.dirty) this.cache.delete(id)
     }
   }
+}
+
+/** A page's PageRefs from its entries, counted first (a page whose references are not kept). */
+function readRefs (entries: Float64Array): PageRefs {
+  let chunks = 0
+  let deltas = 0
+  let lostAt = -1
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]
+    if (entry === 0) continue
+    const kind = entryKind(entry)
+    if (kind === entryKindChunk) chunks++
+    else if (kind === entryKindDelta) deltas++
+    else if (kind === entryKindLost && lostAt < 0) lostAt = i
+  }
+  return chunks === 0 && deltas === 0 && lostAt < 0 ? noRefs : refsOf(entries, chunks, deltas, lostAt)
+}
+
+/** A page's PageRefs from its entries (`chunks`, `deltas`: how many entries of each kind it has). */
+function refsOf (entries: Float64Array, chunks: number, deltas: number, lostAt: number): PageRefs {
+  const ids = new Float64Array(chunks)
+  const slots = new Float64Array(deltas)
+  let c = 0
+  let d = 0
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]
+    if (entry === 0) continue
+    const kind = entryKind(entry)
+    if (kind === entryKindChunk) ids[c++] = entryChunkId(entry)
+    else if (kind === entryKindDelta) slots[d++] = entry
+  }
+  return { chunks: ids, deltas: slots, lostAt }
 }

@@ -98,9 +98,9 @@ export class Committer {
         }
         throw err
       }
-      // The log copy first, then the catalog: the log always holds at least what the catalog does.
-      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch), journal_seq: String(journalSeq) } })
-      this.state.catalog.transaction(() => {
+      // The log copy first, then the catalog (in the append's turn: no catalog.log snapshot step runs
+      // between them): the log always holds at least what the catalog does.
+      await this.state.catalogLog.append({ removed, pages, rows, meta: { next_epoch: String(nextEpoch), journal_seq: String(journalSeq) } }, () => this.state.catalog.transaction(() => {
         for (const id of removed) this.state.catalog.deleteVolume(id)
         for (const page of pages) this.state.catalog.putPage(page.id, page.epoch, page.entries)
         for (const { row, withRoot, insert } of rows) {
@@ -110,7 +110,7 @@ export class Committer {
         this.state.catalog.setMeta('next_epoch', String(nextEpoch))
         this.state.catalog.setMeta('journal_seq', String(journalSeq))
         if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
-      })
+      }))
     } catch (err) {
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
       this.state.changedSinceCommit = true
@@ -121,7 +121,11 @@ export class Committer {
     try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
-    await this.state.catalogLog.afterCommit().catch(err => this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${(err as Error).message}`))
+    // A rewrite of catalog.log runs in the background (the commits after this one append to the old
+    // file meanwhile): only a log's first snapshot is waited for here.
+    const failed = (err: Error): void => { this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${err.message}`) }
+    const done = (before: number, after: number, ms: number): void => { this.state.log(`${catalogLogFile} rewritten beside the commits: ${before} bytes to ${after} in ${Math.round(ms)} ms`) }
+    await this.state.catalogLog.afterCommit(failed, done).catch(failed)
   }
 
   /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */

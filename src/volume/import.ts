@@ -280,13 +280,8 @@ export class ImportSession {
       // rebuilt from the log keeps the pull resumable (catalog-log.ts). A chunk filled meanwhile is listed
       // as absent there, harmlessly: repair finds it in its pack.
       const pull = listed.size === 0 ? undefined : this.state.catalog.lazyPulls().find(row => row.uuid === this.spec.uuid)
-      if (pull !== undefined) {
-        const made = new Map([...absent.values()].map(row => [row.id, row]))
-        const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
-        await this.state.catalogLog.appendLazy({ pull, absent: logged })
-      }
       const now = Date.now()
-      this.state.catalog.transaction(() => {
+      const apply = (): void => this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
@@ -295,6 +290,11 @@ export class ImportSession {
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
+      if (pull === undefined) { apply(); return }
+      // The transaction in the append's turn: no catalog.log snapshot step runs between them.
+      const made = new Map([...absent.values()].map(row => [row.id, row]))
+      const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
+      await this.state.catalogLog.appendLazy({ pull, absent: logged }, apply)
     })
   }
 

@@ -11,7 +11,7 @@
 import { PackRecord, RecordFate, recordFate } from '../chunk/pack-scan'
 import { Catalog } from '../catalog/catalog'
 import { BlockMap } from '../map/block-map'
-import { Page } from '../map/page-store'
+import { Page, PageRefs } from '../map/page-store'
 import { Under, forEachReference, underSlot } from './references'
 import { PoolState } from './pool-state'
 
@@ -50,6 +50,13 @@ export class Inspection {
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   get generation (): number { return this.state.generation }
 
+  /**
+   * What a map page's entries reference (its chunk ids and delta entries, learnt once per change of
+   * the page: PageStore.refsOf); throws CORRUPT when its stored bytes fail their checksums.
+   */
+  pageRefs (id: number): PageRefs { return this.state.pages.refsOf(id) }
+  /** Every page id in use is below this. */
+  get pageIdCeiling (): number { return this.state.pages.idCeiling }
   /** A map page's entries; throws CORRUPT when its stored bytes fail their checksums. */
   pageEntries (id: number): Float64Array { return this.state.pages.get(id).entries }
   /** Slots written in a delta extent; throws when its file or header is damaged or missing. */

@@ -29,6 +29,8 @@ export interface GcReport {
   packBytesFreed: number
   /** Why gc freed nothing: the catalog is damaged (lost blocks, unreadable pages, dangling references). */
   held?: string
+  /** Where its time went (ms): the mark (with its commit), the sweep (deletions), the packs' compaction. */
+  phaseMs?: { mark: number, sweep: number, compact: number }
 }
 
 export class Maintenance {
@@ -62,19 +64,9 @@ export class Maintenance {
    */
   async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
     return await this.exclusive(async () => {
-      // A partial slot keeps the chunk under it live: the mark reads the base entries of every extent
-      // from memory, so their tables are loaded first. An extent that cannot be read leaves its bases
-      // unknown, and gc frees nothing.
-      for (const { id } of this.state.catalog.extents()) await this.state.extents.loadBases([id]).catch(() => {})
-      await this.commit()
-      const mark = new GcMark(this.state, this.seams)
-      this.marking = true
-      let found: MarkResult
-      try {
-        found = await mark.run()
-      } finally {
-        this.marking = false
-      }
+      const started = performance.now()
+      const found = await this.mark(false)
+      const marked = performance.now()
       // From here to the deletions below, one synchronous step: nothing changes the maps meanwhile.
       const { livePages, liveExtents, liveChunks } = found
       // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
@@ -105,9 +97,35 @@ export class Maintenance {
       for (const id of deadPages) this.state.pages.drop(id)
       for (const id of deadExtents) await this.state.extents.remove(id)
       if (deadExtents.length > 0) await this.state.io.syncDirectory(path.join(this.state.dir, extentsDir))
+      const swept = performance.now()
       const compacted = await this.state.chunks.compact(liveFractionMin)
-      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, ...(held !== null ? { held } : {}) }
+      const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
+      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, phaseMs, ...(held !== null ? { held } : {}) }
     })
+  }
+
+  /**
+   * gc's mark (gc-mark.ts), inside exclusive(): the extents' base tables loaded, a commit, then the
+   * mark from what the page store learnt of each page, or (`full`) walking every page's entries.
+   */
+  private async mark (full: boolean): Promise<MarkResult> {
+    // A partial slot keeps the chunk under it live: the mark reads the base entries of every extent
+    // from memory, so their tables are loaded first. An extent that cannot be read leaves its bases
+    // unknown, and gc frees nothing.
+    for (const { id } of this.state.catalog.extents()) await this.state.extents.loadBases([id]).catch(() => {})
+    await this.commit()
+    const mark = new GcMark(this.state, this.seams, full)
+    this.marking = true
+    try {
+      return await mark.run()
+    } finally {
+      this.marking = false
+    }
+  }
+
+  /** Test seam: gc's mark alone (learnt, or `full`), under the maintenance lock; nothing is freed. */
+  async markOnly (full: boolean): Promise<MarkResult> {
+    return await this.exclusive(async () => await this.mark(full))
   }
 
   /** Extents no volume writes to any more: ready to seal. */

@@ -31,6 +31,8 @@ export interface StateOptions {
   io?: FileIo
   /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
   pageCacheMax?: number
+  /** Bytes of page references kept (default pageRefsBytesMax; tests make it tiny). */
+  pageRefsBytesMax?: number
   /**
    * The boot the change journal is written in and replayed from (journal.ts; default the kernel's boot
    * id). Tests that simulate a power cut open the pool again with another, as the machine's restart would.
@@ -114,7 +116,7 @@ export class PoolState implements VolumeContext {
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
     this.ingest = new Ingest(this.workers, this.chunks, header.blockBytes, bytes => this.claimSpace(bytes))
-    this.pages = new PageStore(catalog, options.pageCacheMax)
+    this.pages = new PageStore(catalog, options.pageCacheMax, options.pageRefsBytesMax)
     this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
     if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)
     this.nextVolumeId = catalog.maxVolumeId() + 1

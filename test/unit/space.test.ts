@@ -197,3 +197,28 @@ test.serial('callers asking while a walk is in flight share it when nothing chan
   t.regex(error?.message ?? '', /closing/)
   await closed
 })
+
+test.serial('a second walk loads no map page unchanged since the first (a 4-page cache), and gives the same figures', async t => {
+  const dir = tempPool(t)
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 1, pageCacheMax: 4 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    for (let b = 0; b < 6; b++) {
+      for (let p = 0; p < 10; p++) await disk.write(crypto.randomBytes(sector), p * pageBytes + b * blockBytes)
+      await pool.backup(disk, `b${b}.img`)
+    }
+    await new Sealer(pool, () => {}).sealPending(true)
+    const space = new SpaceAccounting(pool, async () => {})
+    const first = await space.report()
+    const pages = (pool as unknown as { state: { pages: { loads: number } } }).state.pages
+    await disk.write(crypto.randomBytes(sector), 3 * pageBytes + 7 * blockBytes) // one page changes; the pool's generation moves
+    await pool.commit()
+    const before = pages.loads
+    const second = await space.report()
+    t.true(pages.loads - before <= 1, `pages loaded by the second walk: ${pages.loads - before}`)
+    t.deepEqual(second, referenceSpace(pool).report)
+    t.is(second.volumes.length, first.volumes.length)
+  } finally {
+    await pool.close()
+  }
+})
