@@ -68,12 +68,14 @@ build: node-modules native
 
 # Issue #17's interleaving rules (eslint-rules/eslint.config.mjs; README, "Lint"): a closure in a loop reading a variable
 # the loop changes, check-then-act across an await, promises nobody awaits or catches. Type-aware, ~20 s.
-# Then scripts/layers.js --check: no folders of src/ (and workers/) import each other in a circle (docs/ARCHITECTURE.md).
+# Then scripts/layers.js --check: no folders of src/ (and workers/) import each other in a circle (docs/ARCHITECTURE.md);
+# and --check-long: no function of the engine over 80 lines without a "long: REASON" comment beside it.
 lint: node-modules
 	node eslint-rules/loop-capture.test.mjs
 	node eslint-rules/check-then-act.test.mjs
 	npx eslint --config eslint-rules/eslint.config.mjs --max-warnings 0 .
 	node scripts/layers.js --check >/dev/null || node scripts/layers.js --check
+	node scripts/layers.js --check-long >/dev/null || node scripts/layers.js --check-long
 
 # xfstests' fsx and fsstress (third_party/xfstests/README.md): separate test programs, not linked into vdiskfs,
 # that test/integration/fsx.test.ts and fsstress.test.ts run against a mount.
