@@ -1621,8 +1621,10 @@ static napi_value fast_publish(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* fastClear(session, ino, block, count): the words of blocks [block, block + count) ask the engine again (count < 0: to the end). */
-static napi_value fast_clear(napi_env env, napi_callback_info info) {
+/* The words of blocks [block, block + count) (count < 0: to the end) of the volume named by the call's
+ * arguments (session, ino, block, count): cleared (`freeze` 0: they ask the engine again), or, for the
+ * FAST_WRITABLE ones, made FAST_DELTA (`freeze` 1: reads stay here, WRITEs go to the engine). */
+static napi_value fast_words_change(napi_env env, napi_callback_info info, int freeze) {
   GET_ARGS(4);
   session *s = live_session(env, args[0]);
   if (s == NULL) return NULL;
@@ -1642,9 +1644,19 @@ static napi_value fast_clear(napi_env env, napi_callback_info info) {
       else block = page_end;
       continue;
     }
-    for (; block < page_end; block++) __atomic_store_n(&page[block & (FAST_PAGE - 1)], 0, __ATOMIC_SEQ_CST);
+    for (; block < page_end; block++) {
+      uint64_t *at = &page[block & (FAST_PAGE - 1)];
+      if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
+      uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+      if ((word & 0xff) == FAST_WRITABLE) __atomic_store_n(at, (word & ~0xffull) | FAST_DELTA, __ATOMIC_SEQ_CST);
+    }
   }
   return NULL;
+}
+
+/* fastClear(session, ino, block, count): the words of blocks [block, block + count) ask the engine again (count < 0: to the end). */
+static napi_value fast_clear(napi_env env, napi_callback_info info) {
+  return fast_words_change(env, info, 0);
 }
 
 /* fastWrites(session, on): native WRITEs on or off (off: every WRITE to the engine). */
@@ -1659,31 +1671,7 @@ static napi_value fast_writes(napi_env env, napi_callback_info info) {
 /* fastFreeze(session, ino, block, count): words of [block, block + count) (count < 0: to the end) that
  * were FAST_WRITABLE become FAST_DELTA (reads stay here, WRITEs go to the engine). */
 static napi_value fast_freeze(napi_env env, napi_callback_info info) {
-  GET_ARGS(4);
-  session *s = live_session(env, args[0]);
-  if (s == NULL) return NULL;
-  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
-  if (v == NULL) return NULL;
-  double from = arg_number(env, args[2]), n = arg_number(env, args[3]);
-  uint64_t first = from < 0 ? 0 : (uint64_t)from;
-  uint64_t end = n < 0 ? FAST_BLOCKS_MAX : first + (uint64_t)n;
-  if (end > FAST_BLOCKS_MAX) end = FAST_BLOCKS_MAX;
-  for (uint64_t block = first; block < end;) {
-    uint64_t *page = fast_page(v, block, 0);
-    uint64_t page_end = (block | (FAST_PAGE - 1)) + 1;
-    if (page_end > end) page_end = end;
-    if (page == NULL) {
-      if (v->top[block >> 24] == NULL) block = ((block >> 24) + 1) << 24;
-      else block = page_end;
-      continue;
-    }
-    for (; block < page_end; block++) {
-      uint64_t *at = &page[block & (FAST_PAGE - 1)];
-      uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-      if ((word & 0xff) == FAST_WRITABLE) __atomic_store_n(at, (word & ~0xffull) | FAST_DELTA, __ATOMIC_SEQ_CST);
-    }
-  }
-  return NULL;
+  return fast_words_change(env, info, 1);
 }
 
 /* fastOdd(session) -> Float64Array of [slot, epoch] pairs: the workers inside a native WRITE now. */
