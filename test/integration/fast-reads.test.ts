@@ -6,13 +6,13 @@
  * sealing and gc removing the extents the words named. The addon's counters show it served them. And
  * damage that appears after a block was published is still EIO plus a report, never the damaged bytes.
  */
-import test from 'ava'
+import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import { run, vdiskfs, withMount } from '../helpers/mount'
+import { run, TestMount, vdiskfs, withMount } from '../helpers/mount'
 import { slotOffset } from '../../src/format/extent-format'
 
 const execFileAsync = promisify(execFile)
@@ -224,4 +224,64 @@ test.serial('native overwrites show in the mtime at once, and a time set afterwa
   await m.umount()
   await m.mount()
   t.is(fs.statSync(disk).mtime.toISOString(), '2000-01-01T00:00:00.000Z', 'and after umount and mount')
+})
+
+/**
+ * A child that, for `ms`, reads (mode 'read') or writes (mode 'write') the 4 KiB sector at offset 0 of
+ * `file` with O_DIRECT. A writer fills the sector with one 8-byte value repeated, a new value each time;
+ * a reader checks that each read is one whole version (all 512 values equal) and counts EIO and torn
+ * reads. Prints `{ ops, eio, torn }`.
+ */
+const sectorRacer = `
+const fs = require('fs')
+const [mode, file, ms, seed] = process.argv.slice(2)
+const fd = fs.openSync(file, (mode === 'read' ? fs.constants.O_RDONLY : fs.constants.O_WRONLY) | fs.constants.O_DIRECT)
+const buf = Buffer.alloc(4096)
+const end = Date.now() + Number(ms)
+let ops = 0, eio = 0, torn = 0, value = BigInt(seed) << 40n
+while (Date.now() < end) {
+  ops++
+  if (mode === 'write') {
+    value++
+    for (let i = 0; i < 512; i++) buf.writeBigUInt64LE(value, i * 8)
+    fs.writeSync(fd, buf, 0, 4096, 0)
+    continue
+  }
+  try { fs.readSync(fd, buf, 0, 4096, 0) } catch (err) { if (err.code === 'EIO') { eio++; continue } throw err }
+  const first = buf.readBigUInt64LE(0)
+  for (let i = 1; i < 512; i++) if (buf.readBigUInt64LE(i * 8) !== first) { torn++; break }
+}
+console.log(JSON.stringify({ ops, eio, torn }))
+`
+
+async function raceOneSector (t: ExecutionContext, fastWrites: boolean): Promise<void> {
+  const saved = process.env.VDISKFS_FAST_WRITES
+  if (!fastWrites) process.env.VDISKFS_FAST_WRITES = '0'
+  let m: TestMount
+  try { m = await withMount(t) } finally { if (saved === undefined) delete process.env.VDISKFS_FAST_WRITES; else process.env.VDISKFS_FAST_WRITES = saved }
+  const disk = m.image('disks', 'race.img')
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, MiB)
+  // The engine writes the block first (a new slot); the racing overwrites are in place.
+  await run('dd', ['if=/dev/zero', `of=${disk}`, 'bs=4k', 'count=1', 'oflag=direct', 'conv=notrunc', 'status=none'])
+  const script = path.join(m.dir, 'racer.js')
+  fs.writeFileSync(script, sectorRacer)
+  const racer = async (mode: string, seed: number): Promise<{ ops: number, eio: number, torn: number }> =>
+    JSON.parse((await execFileAsync(process.execPath, [script, mode, disk, '6000', String(seed)])).stdout)
+  const [reads, ...writes] = await Promise.all([racer('read', 0), racer('write', 1), racer('write', 2)])
+  t.log(`reads ${reads.ops}, writes ${writes.map(w => w.ops).join(' + ')}`)
+  t.true(reads.ops > 0 && writes.every(w => w.ops > 0))
+  t.is(reads.torn, 0, 'every read is one whole version of the sector')
+  t.is(reads.eio, 0, 'no read of a sector being overwritten fails')
+  t.notRegex(fs.readFileSync(path.join(m.pool, 'daemon.log'), 'utf8'), /corruption/, 'and none is reported as damage')
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+}
+
+test.serial('O_DIRECT reads of a sector that writers keep overwriting are whole versions, never EIO (native writes)', async t => {
+  await raceOneSector(t, true)
+})
+
+test.serial('O_DIRECT reads of a sector that writers keep overwriting are whole versions, never EIO (engine writes)', async t => {
+  await raceOneSector(t, false)
 })
