@@ -31,3 +31,15 @@ export function fromSystemError (err: unknown, doing: string): VdiskError {
   if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return new VdiskError('NO_SPACE', `${doing}: no space left on the pool's filesystem`, { cause: err })
   return new VdiskError('IO', `${doing}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
 }
+
+/**
+ * A checked read that writes of the same extent kept racing (readRetriesMax times): not damage. The
+ * volume reads once more with the block's writers held off (Volume.readBlock); only then does a
+ * mismatch count as damage.
+ */
+export class RacedRead extends VdiskError {
+  constructor (message: string) {
+    super('IO', message)
+    this.name = 'RacedRead'
+  }
+}

@@ -89,6 +89,7 @@ typedef struct fast_extent {
   uint64_t refs;       /* readers using it, | FAST_DEAD once unregistered: the last one out closes it */
   uint64_t dirty;      /* 1 once a native WRITE changed it: the next commit fdatasyncs it (fastTakeDirty) */
   uint64_t seq;        /* bumped before and after each native WRITE's pwrites: a read that saw it move may have raced one */
+  uint64_t writing;    /* native WRITEs of it in flight: a read while one is may have raced it though seq did not move */
   uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
 } fast_extent;
 
@@ -527,6 +528,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   }
   pthread_mutex_t *stripe = &f->stripes[(ino * 1000003u + block) % FAST_STRIPES];
   pthread_mutex_lock(stripe);
+  __atomic_add_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
   __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
   int ok = fast_pwrite(e->fd, buf, size, e->data_start + slot * bb + offset) == 0 &&
            fast_pwrite(e->fd, (const char *)sums, sectors * 4, e->sums_start + (slot * spp + first) * 4) == 0;
@@ -534,6 +536,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
   __atomic_store_n(&e->last_write_ms, now_ms(), __ATOMIC_RELAXED);
   __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
+  __atomic_sub_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
   if (ok) __atomic_add_fetch(&v->writes, 1, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock(stripe);
   served = ok;
@@ -1717,14 +1720,19 @@ static napi_value fast_moved(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* fastExtentSeq(session, id) -> the extent's native write sequence (-1: not registered). */
+/*
+ * fastExtentSeq(session, id) -> the extent's native write sequence (-1: not registered; -2: a native
+ * WRITE of it is in flight). A read is not raced by a native WRITE when two calls around it return the
+ * same sequence, neither -2: one that began before the first call and ended after the second shows as
+ * -2 in both.
+ */
 static napi_value fast_extent_seq(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   session *s = live_session(env, args[0]);
   if (s == NULL) return num(env, -1);
   fast_extent *e = fast_extent_get(&s->fast, (uint64_t)arg_number(env, args[1]));
   if (e == NULL) return num(env, -1);
-  double seq = (double)__atomic_load_n(&e->seq, __ATOMIC_SEQ_CST);
+  double seq = __atomic_load_n(&e->writing, __ATOMIC_SEQ_CST) > 0 ? -2 : (double)__atomic_load_n(&e->seq, __ATOMIC_SEQ_CST);
   fast_extent_put(e);
   return num(env, seq);
 }

@@ -24,7 +24,7 @@
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { FileIo, nodeFileIo } from '../io/file-io'
-import { corrupt, fromSystemError } from '../errors'
+import { corrupt, fromSystemError, RacedRead } from '../errors'
 import {
   baseOffset, baseTableBytes, dataStart, decodeBase, encodeBase, extentBaseBytes, extentFormatVersion, extentFormatVersionChecked,
   extentFormatVersionUnchecked, extentHeaderFields, extentMagic, extentSectorBytes, extentSumBytes, hasBases, sectorMatches, sectorSum,
@@ -82,10 +82,16 @@ class BaseTable {
  * What the FUSE fast path's WRITEs, done by the addon's threads (docs/FASTPATH.md, "Writes"), tell the
  * extent store: they change slots and checksum entries of writable extents behind it.
  */
+/** NativeWrites.seq() while a native WRITE of the extent is in flight. */
+export const nativeWriting = -2
+
 export interface NativeWrites {
   /** Whether native WRITEs may have written the extent since start (its checksums then change behind the cache). */
   touched: (id: number) => boolean
-  /** The extent's native write sequence (moves before and after each): a read that saw it move may have raced one. */
+  /**
+   * The extent's native write sequence (moves before and after each), or nativeWriting while one is in
+   * flight: a read that saw it move, or saw nativeWriting, may have raced one.
+   */
   seq: (id: number) => number
   /** Extents natively written since the last take (`take`), or whether any is (`take` false: ids, not taken). */
   dirty: (take: boolean) => number[]
@@ -379,26 +385,26 @@ export class ExtentStore {
    * start; their part of `target` is zeros): they belong to the chunk underneath (baseOf()). A whole
    * slot returns []. The checksums come from memory when known (sum-cache.ts); `sumsFromFile` reads
    * them from the file (verify). A read that races a write of the same extent and fails its check is
-   * read again (readRetriesMax) before it counts as damage.
+   * read again (readRetriesMax); if writes keep racing it, it throws RacedRead (no damage reported),
+   * and the caller reads once more with the slot's writers held off and `settled` set: then a mismatch
+   * is damage.
    */
-  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, options: { sumsFromFile?: boolean } = {}): Promise<number[]> {
+  async read (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, options: { sumsFromFile?: boolean, settled?: boolean } = {}): Promise<number[]> {
     const using = await this.use(extent)
     try {
       const found = this.baseOf(using.id, slot)
       const base = found === undefined ? 0 : found
       if (base === null) this.mismatch(using, slot, 0, 'its base entry fails its check')
-      if (base !== 0) return await this.readPartial(using, slot, offset, target, options.sumsFromFile === true || this.nativeOf(using.id) !== null)
+      if (base !== 0) return await this.readPartial(using, slot, offset, target, options.sumsFromFile === true || this.nativeOf(using.id) !== null, options.settled === true)
       if (!this.checked(using)) { await this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + offset, target); return [] }
       const first = Math.floor(offset / extentSectorBytes)
       const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
       const aligned = offset === first * extentSectorBytes && target.length === (last - first + 1) * extentSectorBytes
       const bytes = aligned ? target : Buffer.alloc((last - first + 1) * extentSectorBytes)
       for (let attempt = 0; ; attempt++) {
-        const sequence = this.sums.sequenceOf(using.id)
+        const mark = this.writesMark(using.id)
         // Native WRITEs change an extent's checksum entries behind the cache: they are read from the file.
-        const native = this.nativeOf(using.id)
-        const nativeSequence = native?.seq(using.id) ?? 0
-        const fromFile = options.sumsFromFile === true || native !== null
+        const fromFile = options.sumsFromFile === true || mark.native !== null
         const dataRead = this.readRaw(using, slotOffset(slot, this.blockBytes, using.version) + first * extentSectorBytes, bytes)
         let entries: Uint32Array
         if (last < sectorsPerSlot(this.blockBytes)) {
@@ -415,10 +421,10 @@ export class ExtentStore {
         if (bad < 0) break
         // A write of this extent started or ended while the data was read (an O_DIRECT read racing a
         // write of the same sectors): what was read may be half old, half new. Read again; not damage.
-        // So may a native WRITE (its sequence moved, or the extent became writable natively meanwhile).
-        const nativeNow = this.nativeOf(using.id)
-        const raced = this.sums.sequenceOf(using.id) !== sequence || (nativeNow !== null && (native === null || nativeNow.seq(using.id) !== nativeSequence))
-        if (raced && attempt < readRetriesMax) continue
+        if (this.writtenSince(using.id, mark) && options.settled !== true) {
+          if (attempt < readRetriesMax) continue
+          throw new RacedRead(`delta extent ${using.id} slot ${slot}: writes kept changing it while it was read`)
+        }
         this.mismatch(using, slot, first + bad, entries[bad] === 0 ? 'holds data where no sector was written' : 'checksum mismatch')
       }
       if (!aligned) target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
@@ -432,16 +438,16 @@ export class ExtentStore {
    * read() of a partial slot: its checksum table says which sectors were written (entry not 0), so it
    * is read even while the extent is suspect (then the written sectors are not checked).
    */
-  private async readPartial (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, fromFile: boolean): Promise<number[]> {
+  private async readPartial (extent: DeltaExtent, slot: number, offset: number, target: Uint8Array, fromFile: boolean, settled: boolean): Promise<number[]> {
     assert.ok(offset >= 0 && offset + target.length <= this.blockBytes, `extent ${extent.id}: a read of partial slot ${slot} runs past it`)
     const first = Math.floor(offset / extentSectorBytes)
     const last = Math.floor((offset + target.length - 1) / extentSectorBytes)
     const bytes = Buffer.alloc((last - first + 1) * extentSectorBytes)
     for (let attempt = 0; ; attempt++) {
-      const sequence = this.sums.sequenceOf(extent.id)
+      const mark = this.writesMark(extent.id)
       const [, slotSums] = await Promise.all([
         this.readRaw(extent, slotOffset(slot, this.blockBytes, extent.version) + first * extentSectorBytes, bytes),
-        this.slotSums(extent, slot, fromFile)
+        this.slotSums(extent, slot, fromFile || mark.native !== null)
       ])
       const checked = this.checked(extent)
       const unwritten: number[] = []
@@ -454,7 +460,10 @@ export class ExtentStore {
       }
       if (bad >= 0) {
         // As in read(): a write racing this read is no damage; read again.
-        if (this.sums.sequenceOf(extent.id) !== sequence && attempt < readRetriesMax) continue
+        if (this.writtenSince(extent.id, mark) && !settled) {
+          if (attempt < readRetriesMax) continue
+          throw new RacedRead(`delta extent ${extent.id} slot ${slot}: writes kept changing it while it was read`)
+        }
         this.mismatch(extent, slot, first + bad, 'checksum mismatch')
       }
       target.set(bytes.subarray(offset - first * extentSectorBytes, offset - first * extentSectorBytes + target.length))
@@ -487,6 +496,25 @@ export class ExtentStore {
     } catch (err) {
       return (err as Error).message
     }
+  }
+
+  /** Where the writes of extent `id` stand (the engine's and the native ones), for writtenSince(). */
+  private writesMark (id: number): { sequence: number, writing: boolean, native: NativeWrites | null, nativeSequence: number } {
+    const native = this.nativeOf(id)
+    return { sequence: this.sums.sequenceOf(id), writing: this.sums.writing(id), native, nativeSequence: native?.seq(id) ?? 0 }
+  }
+
+  /**
+   * Whether a write of extent `id` may have started or ended since `mark`: the engine's sequence moved,
+   * or a native WRITE's did, or the extent became natively writable meanwhile.
+   */
+  private writtenSince (id: number, mark: { sequence: number, writing: boolean, native: NativeWrites | null, nativeSequence: number }): boolean {
+    // A write in flight at the mark or now may span the whole read without moving the sequence.
+    if (mark.writing || this.sums.writing(id) || this.sums.sequenceOf(id) !== mark.sequence) return true
+    const now = this.nativeOf(id)
+    if (now === null) return false
+    const sequence = now.seq(id)
+    return mark.native === null || sequence === nativeWriting || mark.nativeSequence === nativeWriting || sequence !== mark.nativeSequence
   }
 
   private mismatch (extent: DeltaExtent, slot: number, sectorIndex: number, why: string): never {
@@ -569,9 +597,11 @@ export class ExtentStore {
     let bytes = data
     if (offset !== start || offset + data.length !== end) {
       // The rest of a sector: zeros in a fresh slot (nothing of it is in the file), else what it holds.
+      // Settled: writes of one slot never overlap (the volume writes a block under its lock, with the
+      // addon's WRITEs of it excluded), so a mismatch is damage, whatever other slots' writes do.
       const whole = Buffer.alloc(end - start)
-      if (!fresh && offset !== start) await this.read(using, slot, start, whole.subarray(0, extentSectorBytes))
-      if (!fresh && offset + data.length !== end && (last !== first || offset === start)) await this.read(using, slot, end - extentSectorBytes, whole.subarray(whole.length - extentSectorBytes))
+      if (!fresh && offset !== start) await this.read(using, slot, start, whole.subarray(0, extentSectorBytes), { settled: true })
+      if (!fresh && offset + data.length !== end && (last !== first || offset === start)) await this.read(using, slot, end - extentSectorBytes, whole.subarray(whole.length - extentSectorBytes), { settled: true })
       whole.set(data, offset - start)
       bytes = whole
     }

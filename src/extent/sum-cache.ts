@@ -9,7 +9,8 @@
  * Coherence: only the extent store writes checksum tables, and it tells this cache. A slot being
  * written is unknown until its write completed (then it is known again with the new entries), and a
  * read that loaded a slot's entries from the file installs them only if no write to that extent started
- * or ended meanwhile (the extent's sequence number is unchanged). recoverSuspect() and remove() forget
+ * or ended meanwhile (the extent's sequence number is unchanged) and none is in flight (one that began
+ * before the load and ends after it moves no sequence in between). recoverSuspect() and remove() forget
  * the extent.
  */
 import { sumCacheBytesMax, sumCachePageSlots } from '../limits'
@@ -24,6 +25,8 @@ export class SumCache {
   private readonly pages = new Map<number, Page>()
   /** Per extent: bumped when a write starts and when it ends. */
   private readonly sequence = new Map<number, number>()
+  /** Per extent: writes in flight (a load or read while one is may have raced it though the sequence did not move). */
+  private readonly inflight = new Map<number, number>()
   private readonly pagesMax: number
   /** Slot entries served from memory and loaded from files (for tests and status). */
   readonly stats = { hits: 0, loads: 0 }
@@ -50,10 +53,13 @@ export class SumCache {
 
   /** The extent's sequence number: take it before reading a slot's entries from the file, for install(). */
   sequenceOf (extentId: number): number { return this.sequence.get(extentId) ?? 0 }
+  /** Whether a write of the extent is in flight (between writeStarted() and writeEnded()). */
+  writing (extentId: number): boolean { return this.inflight.has(extentId) }
 
   /** Remembers `sums` (the slot's entries as read from the file) unless a write to the extent started or ended since `sequence`. */
   install (extentId: number, slot: number, sums: Uint32Array, sequence: number): void {
-    if (this.sequenceOf(extentId) !== sequence) return
+    // A write in flight may have begun before the load and not landed yet: the sequence alone misses it.
+    if (this.sequenceOf(extentId) !== sequence || this.writing(extentId)) return
     this.stats.loads++
     this.set(extentId, slot, sums)
   }
@@ -79,6 +85,7 @@ export class SumCache {
    */
   writeStarted (extentId: number, slot: number): Uint32Array | null {
     this.sequence.set(extentId, this.sequenceOf(extentId) + 1)
+    this.inflight.set(extentId, (this.inflight.get(extentId) ?? 0) + 1)
     const key = this.key(extentId, slot)
     const page = this.pages.get(key)
     const at = slot % sumCachePageSlots
@@ -94,6 +101,9 @@ export class SumCache {
    */
   writeEnded (extentId: number, slot: number, before: Uint32Array | null, written: { from: number, sums: Uint32Array } | null): void {
     this.sequence.set(extentId, this.sequenceOf(extentId) + 1)
+    const inflight = (this.inflight.get(extentId) ?? 1) - 1
+    if (inflight > 0) this.inflight.set(extentId, inflight)
+    else this.inflight.delete(extentId)
     if (written === null) return
     const whole = written.from === 0 && written.sums.length === this.perSlot
     if (!whole && before === null) return

@@ -17,7 +17,7 @@
  */
 import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow } from '../catalog/catalog'
-import { VdiskError, readOnly } from '../errors'
+import { RacedRead, VdiskError, readOnly } from '../errors'
 import { extentSectorBytes } from '../format/extent-format'
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { discardBlocksPerTurn, readRetriesMax, volumeBytesMax } from '../limits'
@@ -189,29 +189,44 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     return `${this.label} block ${block} (bytes ${start}-${start + length - 1})`
   }
 
-  private async readBlock (block: number, offset: number, target: Buffer): Promise<void> {
+  /**
+   * Reads part of one block. `settled`: the caller holds the block's lock with the native writers of
+   * the block excluded (writeBlock's own reads, or the last try below), so no write races this read and
+   * a checksum mismatch is damage.
+   */
+  private async readBlock (block: number, offset: number, target: Buffer, settled = false): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       const entry = this.map.get(block)
       let failure: unknown = null
       try {
-        await this.readEntry(block, entry, offset, target)
+        await this.readEntry(block, entry, offset, target, settled)
       } catch (err) {
         failure = err
       }
       // Sealing may have moved the block (and emptied its extent) while this read was on its way:
       // what was read then is not to be trusted, so read again from where the block is now.
       if (this.map.get(block) !== entry && attempt < readRetriesMax) continue
+      if (failure instanceof RacedRead && !settled) {
+        // Writes of the block kept racing the read (O_DIRECT readers and writers of one sector): read
+        // it once more with them held off, engine writes by the block's lock, native WRITEs by
+        // exclude() (the lock keeps the block from being published writable again until it is done).
+        await this.locked(block, async () => {
+          if (this.nativeWrites !== null) await this.nativeWrites.exclude(block)
+          await this.readBlock(block, offset, target, true)
+        })
+        return
+      }
       if (failure !== null) throw failure
       return
     }
   }
 
-  private async readEntry (block: number, entry: number, offset: number, target: Buffer): Promise<void> {
+  private async readEntry (block: number, entry: number, offset: number, target: Buffer, settled: boolean): Promise<void> {
     const kind = entryKind(entry)
     if (kind === entryKindHole) { target.fill(0); return }
     if (kind === entryKindDelta) {
       const extent = await this.context.extents.get(entryExtentId(entry))
-      const unwritten = await this.context.extents.read(extent, entrySlot(entry), offset, target)
+      const unwritten = await this.context.extents.read(extent, entrySlot(entry), offset, target, { settled })
       if (unwritten.length > 0) await this.readUnderneath(block, entry, unwritten, offset, target)
       return
     }
@@ -322,7 +337,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
       return
     }
     const merged = Buffer.allocUnsafe(blockBytes)
-    await this.readBlock(block, 0, merged)
+    await this.readBlock(block, 0, merged, true)
     data.copy(merged, offset)
     // eslint-disable-next-line vdiskfs/map-check-then-act -- writeBlock runs under this block's lock, and readBlock looked the entry up again; sealing's repoint may swap it meanwhile only for one holding the same bytes
     if (this.zeros.equals(merged)) this.map.set(block, 0)
@@ -339,7 +354,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (start === offset && end === offset + data.length) return { start, bytes: data }
     const bytes = Buffer.allocUnsafe(end - start)
     // Only the first and last sectors are partly written; one read covers both.
-    await this.readEntry(block, entry, start, bytes)
+    await this.readEntry(block, entry, start, bytes, true)
     data.copy(bytes, offset - start)
     return { start, bytes }
   }
@@ -360,7 +375,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     const slot = extent.nextSlot++
     if (base !== 0 && !this.context.extents.holdsPartialSlots(extent)) {
       const merged = Buffer.allocUnsafe(this.context.blockBytes)
-      await this.readBlock(block, 0, merged)
+      await this.readBlock(block, 0, merged, true)
       data.copy(merged, offset)
       offset = 0
       data = merged

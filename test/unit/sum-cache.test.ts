@@ -43,6 +43,25 @@ test('a slot is known once loaded, unless a write started or ended meanwhile', t
   t.deepEqual(cache.get(2, 7), sums(3))
 })
 
+test('a load that began and ended while a write of the extent was in flight is not installed, and reads see the write in flight', t => {
+  const cache = new SumCache(perSlot, 64)
+  t.false(cache.writing(1))
+  const before = cache.writeStarted(1, 7)
+  t.true(cache.writing(1))
+  // The load read the entries from the file before the write's pwrite landed: it may be stale.
+  cache.install(1, 7, sums(2), cache.sequenceOf(1))
+  t.is(cache.get(1, 7), null, 'a load inside a write is not installed')
+  // A second write of the extent ends first: still one in flight.
+  const other = cache.writeStarted(1, 9)
+  cache.writeEnded(1, 9, other, null)
+  t.true(cache.writing(1))
+  cache.writeEnded(1, 7, before, { from: 2, sums: Uint32Array.from([9, 9]) })
+  t.false(cache.writing(1))
+  t.is(cache.get(1, 7), null, 'a part written over an unknown slot leaves it unknown')
+  cache.install(1, 7, sums(3), cache.sequenceOf(1))
+  t.deepEqual(cache.get(1, 7), sums(3), 'a load with no write in flight is')
+})
+
 test('a slot being written is unknown until the write ended; then it holds the entries written', t => {
   const cache = new SumCache(perSlot, 64)
   cache.install(1, 3, sums(1), cache.sequenceOf(1))
