@@ -7,7 +7,7 @@ MNT ?= ./mnt
 # package, which vdiskfs no longer uses). gcc, libc6-dev and xfslibs-dev (<xfs/xfs.h>, which fsstress.c
 # needs): xfstests' fsx and fsstress, built from third_party/xfstests/ by `make xfstests-tools` (without
 # libaio, liburing or libbtrfsutil).
-DEB_PACKAGES := libfuse3-3 libfuse3-dev fuse3 pkg-config zlib1g-dev qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
+DEB_PACKAGES := libfuse3-3 libfuse3-dev fuse3 pkg-config zlib1g-dev libzstd-dev qemu-utils fio e2fsprogs zstd attr util-linux rsync gcc libc6-dev xfslibs-dev
 BENCH_PACKAGES := qemu-system-common
 # Issue #12's remote tests run against a real single-node Ceph RGW (scripts/ceph-rgw.sh).
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
@@ -34,12 +34,22 @@ node-modules: node_modules/.installed
 # The FUSE 3 transport's N-API addon (docs/TRANSPORT.md): plain C against libfuse3 and Node's own
 # headers (include/node beside the running node binary: N-API only, so no node-gyp and no download).
 NODE_INCLUDE := $(shell node -p "require('path').resolve(process.execPath, '../../include/node')" 2>/dev/null)
+# Sealed chunks are read in its threads too: libzstd, and BLAKE3's C code (third_party/blake3, with its
+# x86-64 SIMD assembly there, the portable code alone elsewhere).
 FUSE3_ADDON := native/fuse3/build/vdiskfs_fuse3.node
-$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c
-	@pkg-config --exists fuse3 zlib 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
+BLAKE3_C := third_party/blake3/blake3.c third_party/blake3/blake3_dispatch.c third_party/blake3/blake3_portable.c
+ifeq ($(shell uname -m),x86_64)
+BLAKE3_SRC := $(BLAKE3_C) $(wildcard third_party/blake3/*_x86-64_unix.S)
+BLAKE3_FLAGS :=
+else
+BLAKE3_SRC := $(BLAKE3_C)
+BLAKE3_FLAGS := -DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512
+endif
+$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c $(BLAKE3_SRC)
+	@pkg-config --exists fuse3 zlib libzstd 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
 	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
 	@mkdir -p $(@D)
-	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" $$(pkg-config --cflags fuse3) $< -o $@.tmp $$(pkg-config --libs fuse3) -lz
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" -Ithird_party/blake3 $(BLAKE3_FLAGS) $$(pkg-config --cflags fuse3 libzstd) $< $(BLAKE3_SRC) -o $@.tmp $$(pkg-config --libs fuse3 libzstd) -lz
 	mv $@.tmp $@
 	node scripts/check-native.js --fuse3
 

@@ -64,6 +64,8 @@ enum {
  * engine, which reads again or reports the damage (EIO). Nothing here ever answers an error.
  */
 #include <zlib.h>
+#include <zstd.h>
+#include "blake3.h"
 #define FAST_PAGE_BITS 12
 #define FAST_PAGE (1u << FAST_PAGE_BITS)
 #define FAST_MID (1u << 12)
@@ -74,9 +76,12 @@ enum {
 #define FAST_SECTOR 4096u
 #define FAST_READ_MAX (1024u * 1024u)
 #define FAST_EXTENTS_MAX 1024
+#define FAST_CHUNKS_MAX 262144
+#define FAST_CHUNK_BUCKETS 65536
+#define FAST_CHUNK_MAX_BYTES (1024u * 1024u)
 /* FAST_WRITABLE: as FAST_DELTA, and a WRITE of whole sectors within the block may overwrite the slot
  * here (the slot is in one of the volume's writable extents; see "WRITEs" below). */
-enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3 };
+enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHUNK = 4 };
 #define FAST_THREADS_MAX 64
 #define FAST_STRIPES 256
 
@@ -93,6 +98,27 @@ typedef struct fast_extent {
   uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
 } fast_extent;
 
+/* A pack file the fast path reads sealed chunks from: its own descriptor, closed once no reader holds it. */
+typedef struct fast_pack {
+  struct fast_pack *next;
+  uint64_t id;
+  int fd;
+  uint64_t refs;       /* readers using it, | FAST_DEAD once dropped: the last one out closes it */
+} fast_pack;
+
+/*
+ * A sealed chunk (docs/FORMAT.md, "Pack"): where its payload lies and the BLAKE3-256 of the block it
+ * holds. Immutable once linked; a reader copies it under the table's read lock. The hash is what makes
+ * a read right: whatever the pack holds at that place, only bytes that hash to it are served.
+ */
+typedef struct fast_chunk {
+  struct fast_chunk *next;
+  uint64_t id, pack, offset;
+  uint32_t stored, raw;
+  int compressed;
+  uint8_t hash[32];
+} fast_chunk;
+
 typedef struct fast_volume {
   struct fast_volume *next;
   uint64_t ino;
@@ -107,6 +133,10 @@ typedef struct fast_state {
   fast_volume *volumes[FAST_BUCKETS];
   fast_extent *extents[FAST_BUCKETS];
   unsigned extent_count;
+  fast_pack *packs[FAST_BUCKETS];
+  fast_chunk **chunks; /* FAST_CHUNK_BUCKETS chains, allocated at the first chunk */
+  unsigned chunk_count;
+  uint64_t chunk_reads, chunk_hits, chunk_mismatches;
   unsigned block_bytes;
   uint64_t served, handed, bytes, mismatches;
   /* WRITEs: on once JavaScript says so (fastWrites); per worker thread an epoch, odd while the thread
@@ -170,13 +200,24 @@ static uint64_t fast_word(fast_volume *v, uint64_t block) {
 }
 
 /* The buffers a worker thread reads into (freed when the thread ends). */
-typedef struct fast_buffers { char *out; char *scratch; uint32_t sums[FAST_READ_MAX / FAST_SECTOR + 2]; } fast_buffers;
+typedef struct fast_buffers {
+  char *out; char *scratch; uint32_t sums[FAST_READ_MAX / FAST_SECTOR + 2];
+  /* Sealed chunks: the payload as read, the block it decompresses to, and which verified chunk that
+   * block holds now (its id and hash: the next READ of the same chunk is served from it). */
+  char *packed; size_t packed_cap;
+  char *chunk; size_t chunk_cap;
+  ZSTD_DCtx *dctx;
+  int chunk_valid; uint64_t chunk_id; uint32_t chunk_raw; uint8_t chunk_hash[32];
+} fast_buffers;
 static pthread_key_t fast_key;
 static pthread_once_t fast_key_once = PTHREAD_ONCE_INIT;
 static void fast_buffers_free(void *p) {
   fast_buffers *b = p;
   free(b->out);
   free(b->scratch);
+  free(b->packed);
+  free(b->chunk);
+  if (b->dctx != NULL) ZSTD_freeDCtx(b->dctx);
   free(b);
 }
 static void fast_key_make(void) { pthread_key_create(&fast_key, fast_buffers_free); }
@@ -244,6 +285,94 @@ out:
   return ok;
 }
 
+
+static fast_pack *fast_pack_get(fast_state *f, uint64_t id) {
+  pthread_rwlock_rdlock(&f->lock);
+  fast_pack *p = f->packs[id % FAST_BUCKETS];
+  while (p != NULL && p->id != id) p = p->next;
+  if (p != NULL) __atomic_add_fetch(&p->refs, 1, __ATOMIC_SEQ_CST);
+  pthread_rwlock_unlock(&f->lock);
+  return p;
+}
+
+static void fast_pack_free(fast_pack *p) {
+  close(p->fd);
+  free(p);
+}
+
+static void fast_pack_put(fast_pack *p) {
+  if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_pack_free(p);
+}
+
+/* Makes a buffer hold at least `size` bytes. 0, or -1. */
+static int fast_reserve(char **buf, size_t *cap, size_t size) {
+  if (*cap >= size) return 0;
+  char *grown = realloc(*buf, size);
+  if (grown == NULL) return -1;
+  *buf = grown;
+  *cap = size;
+  return 0;
+}
+
+/*
+ * Reads `count` bytes at `offset` of sealed chunk `id` into `target`: its payload read from its pack,
+ * decompressed, and its BLAKE3-256 checked against the chunk's before a byte is copied (as the engine's
+ * workers do). Returns 1, or 0 to hand the request to the engine (no record, no pack, a short or failed
+ * read, a payload that does not decompress to the block, a hash that does not match: the engine reads
+ * it again and reports damage).
+ */
+static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t offset, size_t count, char *target) {
+  fast_chunk c;
+  int found = 0;
+  pthread_rwlock_rdlock(&f->lock);
+  if (f->chunks != NULL) {
+    for (fast_chunk *at = f->chunks[id % FAST_CHUNK_BUCKETS]; at != NULL; at = at->next) {
+      if (at->id == id) { c = *at; found = 1; break; }
+    }
+  }
+  pthread_rwlock_unlock(&f->lock);
+  if (!found || offset + count > c.raw) return 0;
+  __atomic_add_fetch(&f->chunk_reads, 1, __ATOMIC_RELAXED);
+  if (b->chunk_valid && b->chunk_id == id && b->chunk_raw == c.raw && memcmp(b->chunk_hash, c.hash, 32) == 0) {
+    __atomic_add_fetch(&f->chunk_hits, 1, __ATOMIC_RELAXED);
+    memcpy(target, b->chunk + offset, count);
+    return 1;
+  }
+  b->chunk_valid = 0;
+  if (c.raw > FAST_CHUNK_MAX_BYTES || c.stored > ZSTD_compressBound(FAST_CHUNK_MAX_BYTES)) return 0;
+  if (fast_reserve(&b->packed, &b->packed_cap, c.stored) != 0 || fast_reserve(&b->chunk, &b->chunk_cap, c.raw) != 0) return 0;
+  if (c.compressed && b->dctx == NULL && (b->dctx = ZSTD_createDCtx()) == NULL) return 0;
+  fast_pack *p = fast_pack_get(f, c.pack);
+  if (p == NULL) return 0;
+  int ok = 0;
+  char *payload = c.compressed ? b->packed : b->chunk;
+  size_t done = 0;
+  while (done < c.stored) {
+    ssize_t n = pread(p->fd, payload + done, c.stored - done, (off_t)(c.offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) goto out;
+    done += (size_t)n;
+  }
+  if (c.compressed) {
+    size_t n = ZSTD_decompressDCtx(b->dctx, b->chunk, c.raw, b->packed, c.stored);
+    if (ZSTD_isError(n) || n != c.raw) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
+  } else if (c.stored != c.raw) goto out;
+  uint8_t hash[32];
+  blake3_hasher hasher;
+  blake3_hasher_init(&hasher);
+  blake3_hasher_update(&hasher, b->chunk, c.raw);
+  blake3_hasher_finalize(&hasher, hash, 32);
+  if (memcmp(hash, c.hash, 32) != 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
+  b->chunk_valid = 1;
+  b->chunk_id = id;
+  b->chunk_raw = c.raw;
+  memcpy(b->chunk_hash, c.hash, 32);
+  memcpy(target, b->chunk + offset, count);
+  ok = 1;
+out:
+  fast_pack_put(p);
+  return ok;
+}
 
 typedef struct session {
   napi_threadsafe_function tsfn;
@@ -428,6 +557,11 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     uint64_t word = fast_word(v, block);
     unsigned kind = (unsigned)(word & 0xff);
     if (kind == FAST_HOLE) { memset(b->out + done, 0, count); done += count; continue; }
+    if (kind == FAST_CHUNK) {
+      if (!fast_read_chunk(f, b, word >> 32, offset, count, b->out + done)) goto out;
+      done += count;
+      continue;
+    }
     if (kind != FAST_DELTA && kind != FAST_WRITABLE) goto out;
     /* The blocks that follow in the next slots of the same extent: one read. */
     uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
@@ -1842,15 +1976,141 @@ static napi_value fast_extent_drop(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* After the session loop ended (destroy): no reader is left; frees both tables. */
+/* fastPack(session, id, path) -> whether the addon now holds a descriptor of pack `id` (opened here: read only). */
+static napi_value fast_pack_add(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  napi_value result;
+  napi_get_boolean(env, false, &result);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return result;
+  fast_state *f = &s->fast;
+  uint64_t id = (uint64_t)arg_number(env, args[1]);
+  char file[4096];
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, args[2], file, sizeof(file), &len) != napi_ok || len >= sizeof(file) - 1) return result;
+  fast_pack *p = f->packs[id % FAST_BUCKETS];
+  while (p != NULL && p->id != id) p = p->next;
+  if (p != NULL) { napi_get_boolean(env, true, &result); return result; }
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return result;
+  if (fd < 3) { int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3); close(fd); if (moved < 0) return result; fd = moved; }
+  p = calloc(1, sizeof(fast_pack));
+  if (p == NULL) { close(fd); return result; }
+  p->id = id;
+  p->fd = fd;
+  pthread_rwlock_wrlock(&f->lock);
+  p->next = f->packs[id % FAST_BUCKETS];
+  f->packs[id % FAST_BUCKETS] = p;
+  pthread_rwlock_unlock(&f->lock);
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+/* fastPackDrop(session, id): the pack is being removed or moved; its descriptor closes once no reader uses it. */
+static napi_value fast_pack_drop(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  fast_state *f = &s->fast;
+  uint64_t id = (uint64_t)arg_number(env, args[1]);
+  pthread_rwlock_wrlock(&f->lock);
+  fast_pack **at = &f->packs[id % FAST_BUCKETS];
+  while (*at != NULL && (*at)->id != id) at = &(*at)->next;
+  fast_pack *p = *at;
+  if (p != NULL) *at = p->next;
+  pthread_rwlock_unlock(&f->lock);
+  if (p != NULL && __atomic_or_fetch(&p->refs, FAST_DEAD, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_pack_free(p);
+  return NULL;
+}
+
+/*
+ * fastChunk(session, id, pack, offset, stored, raw, compressed, hash) -> whether the addon now knows
+ * chunk `id`: its payload of `stored` bytes at `offset` of pack `pack`, zstd-compressed or not, holding
+ * a block of `raw` bytes whose BLAKE3-256 is `hash` (a 32-byte Buffer). A record of the same id is
+ * replaced. False when the table is full (FAST_CHUNKS_MAX) or the arguments are out of range.
+ */
+static napi_value fast_chunk_add(napi_env env, napi_callback_info info) {
+  GET_ARGS(8);
+  napi_value result;
+  napi_get_boolean(env, false, &result);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return result;
+  fast_state *f = &s->fast;
+  void *hash = NULL;
+  size_t hash_len = 0;
+  if (napi_get_buffer_info(env, args[7], &hash, &hash_len) != napi_ok || hash_len != 32) return result;
+  double stored = arg_number(env, args[4]), raw = arg_number(env, args[5]);
+  if (stored <= 0 || raw <= 0 || raw > FAST_CHUNK_MAX_BYTES || stored > (double)ZSTD_compressBound(FAST_CHUNK_MAX_BYTES)) return result;
+  fast_chunk *c = calloc(1, sizeof(fast_chunk));
+  if (c == NULL) return result;
+  c->id = (uint64_t)arg_number(env, args[1]);
+  c->pack = (uint64_t)arg_number(env, args[2]);
+  c->offset = (uint64_t)arg_number(env, args[3]);
+  c->stored = (uint32_t)stored;
+  c->raw = (uint32_t)raw;
+  bool compressed = false;
+  napi_get_value_bool(env, args[6], &compressed);
+  c->compressed = compressed ? 1 : 0;
+  memcpy(c->hash, hash, 32);
+  fast_chunk *old = NULL;
+  pthread_rwlock_wrlock(&f->lock);
+  if (f->chunks == NULL) f->chunks = calloc(FAST_CHUNK_BUCKETS, sizeof(fast_chunk *));
+  if (f->chunks != NULL) {
+    fast_chunk **at = &f->chunks[c->id % FAST_CHUNK_BUCKETS];
+    while (*at != NULL && (*at)->id != c->id) at = &(*at)->next;
+    if (*at != NULL) { old = *at; *at = old->next; f->chunk_count--; }
+    if (f->chunk_count < FAST_CHUNKS_MAX) {
+      c->next = f->chunks[c->id % FAST_CHUNK_BUCKETS];
+      f->chunks[c->id % FAST_CHUNK_BUCKETS] = c;
+      f->chunk_count++;
+      c = NULL;
+      napi_get_boolean(env, true, &result);
+    }
+  }
+  pthread_rwlock_unlock(&f->lock);
+  free(old); /* readers copy a record under the read lock: none holds it now */
+  free(c);
+  return result;
+}
+
+/* fastChunkDrop(session, id): the addon forgets chunk `id` (a word naming it then hands its READs to the engine). */
+static napi_value fast_chunk_drop(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return NULL;
+  fast_state *f = &s->fast;
+  uint64_t id = (uint64_t)arg_number(env, args[1]);
+  fast_chunk *c = NULL;
+  pthread_rwlock_wrlock(&f->lock);
+  if (f->chunks != NULL) {
+    fast_chunk **at = &f->chunks[id % FAST_CHUNK_BUCKETS];
+    while (*at != NULL && (*at)->id != id) at = &(*at)->next;
+    if (*at != NULL) { c = *at; *at = c->next; f->chunk_count--; }
+  }
+  pthread_rwlock_unlock(&f->lock);
+  free(c);
+  return NULL;
+}
+
+/* After the session loop ended (destroy): no reader is left; frees the tables. */
 static void fast_free_all(fast_state *f) {
   for (unsigned i = 0; i < FAST_BUCKETS; i++) {
     for (fast_volume *v = f->volumes[i], *next; v != NULL; v = next) { next = v->next; fast_volume_free(v); }
     for (fast_extent *e = f->extents[i], *next; e != NULL; e = next) { next = e->next; fast_extent_free(e); }
+    for (fast_pack *p = f->packs[i], *next; p != NULL; p = next) { next = p->next; fast_pack_free(p); }
     f->volumes[i] = NULL;
     f->extents[i] = NULL;
+    f->packs[i] = NULL;
   }
   f->extent_count = 0;
+  if (f->chunks != NULL) {
+    for (unsigned i = 0; i < FAST_CHUNK_BUCKETS; i++) {
+      for (fast_chunk *c = f->chunks[i], *next; c != NULL; c = next) { next = c->next; free(c); }
+    }
+    free(f->chunks);
+    f->chunks = NULL;
+  }
+  f->chunk_count = 0;
 }
 
 static napi_value destroy_session(napi_env env, napi_callback_info info) {
@@ -1913,6 +2173,10 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastBytes", num(env, (double)__atomic_load_n(&s->fast.bytes, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastMismatches", num(env, (double)__atomic_load_n(&s->fast.mismatches, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastExtents", num(env, s->fast.extent_count));
+  napi_set_named_property(env, out, "fastChunks", num(env, s->fast.chunk_count));
+  napi_set_named_property(env, out, "fastChunkReads", num(env, (double)__atomic_load_n(&s->fast.chunk_reads, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastChunkHits", num(env, (double)__atomic_load_n(&s->fast.chunk_hits, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastChunkMismatches", num(env, (double)__atomic_load_n(&s->fast.chunk_mismatches, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritesOn", num(env, __atomic_load_n(&s->fast.writes_on, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritten", num(env, (double)__atomic_load_n(&s->fast.written, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));
@@ -1971,6 +2235,10 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "fastOdd", NULL, fast_odd, NULL, NULL, NULL, napi_default, NULL },
     { "fastMoved", NULL, fast_moved, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentSeq", NULL, fast_extent_seq, NULL, NULL, NULL, napi_default, NULL },
+    { "fastPack", NULL, fast_pack_add, NULL, NULL, NULL, napi_default, NULL },
+    { "fastPackDrop", NULL, fast_pack_drop, NULL, NULL, NULL, napi_default, NULL },
+    { "fastChunk", NULL, fast_chunk_add, NULL, NULL, NULL, napi_default, NULL },
+    { "fastChunkDrop", NULL, fast_chunk_drop, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentLastWrite", NULL, fast_extent_last_write, NULL, NULL, NULL, napi_default, NULL },
     { "fastTakeDirty", NULL, fast_take_dirty, NULL, NULL, NULL, napi_default, NULL },
     { "fastVolumeWrites", NULL, fast_volume_writes, NULL, NULL, NULL, napi_default, NULL },

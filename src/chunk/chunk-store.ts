@@ -56,6 +56,11 @@ export class ChunkStore {
   private readonly packFds: PackDescriptors
   /** Chunks that failed verification since start (for verify and the log). */
   readonly damaged: Damage[] = []
+  /**
+   * Called synchronously when a pack is about to be deleted or set aside, with the chunks compaction
+   * moved out of it (already moved in the catalog): the FUSE fast path forgets where it read them.
+   */
+  onPackGone: ((packId: number, moved: number[]) => void) | null = null
 
   constructor (
     private readonly dir: string,
@@ -121,6 +126,14 @@ export class ChunkStore {
   }
 
   storedBytes (id: number): number { return this.info(id).storedBytes }
+
+  /** Chunk `id`'s row when its bytes are in a pack here (not absent, not missing from the index); never throws. */
+  stored (id: number): ChunkRow | undefined {
+    try {
+      const row = this.info(id)
+      return row.packId === absentPackId ? undefined : row
+    } catch { return undefined }
+  }
 
   /** Chunks stored in packs and not yet indexed (the pass in flight). */
   pendingCount (): number { return this.pendingByHash.size }
@@ -466,6 +479,7 @@ export class ChunkStore {
         else this.catalog.raiseIdHigh('pack_id_high', usage.id)
       })
       for (const m of moved) this.cache.delete(m.id)
+      this.onPackGone?.(usage.id, moved.map(m => m.id))
       if (unaccounted > 0) {
         await this.packFds.drop(usage.id)
         const target = await quarantineFile(file, path.join(path.dirname(this.dir), quarantineDir))

@@ -16,7 +16,7 @@
  *   flight keeps its descriptor open;
  * - return a torn or damaged sector: the checksums fail and the engine reads (and reports) instead.
  */
-import { entryExtentId, entryKind, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
 import { pageEntries } from '../limits'
 import type { FastReadSource } from '../volume/pool'
 import type { Volume } from '../volume/volume'
@@ -38,12 +38,21 @@ export interface FastReadNative {
   fastExtentLastWrite: (session: object, id: number) => number
   fastTakeDirty: (session: object, take: number) => number[]
   fastVolumeWrites: (session: object, ino: number) => number
+  fastPack: (session: object, id: number, file: string) => boolean
+  fastPackDrop: (session: object, id: number) => void
+  fastChunk: (session: object, id: number, pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: Buffer) => boolean
+  fastChunkDrop: (session: object, id: number) => void
 }
 
 /** Word kinds (the addon's FAST_*). */
 const fastDelta = 1
 const fastHole = 2
 const fastWritable = 3
+const fastChunk = 4
+/** Chunks the addon knows at most (its FAST_CHUNKS_MAX); past it the oldest eighth is forgotten. */
+const fastChunksMax = 262144
+/** Pack descriptors the addon holds at most. */
+const fastPacksMax = 256
 
 interface Known {
   volume: Volume
@@ -60,6 +69,8 @@ interface Known {
 export const fastReadsEnabled = process.env.VDISKFS_FAST_READS !== '0'
 /** Whether the addon overwrites slots itself (docs/FASTPATH.md, "Writes"): VDISKFS_FAST_WRITES=0 turns it off. */
 export const fastWritesEnabled = fastReadsEnabled && process.env.VDISKFS_FAST_WRITES !== '0'
+/** Whether the addon reads sealed chunks itself (docs/FASTPATH.md, "Sealed chunks"): VDISKFS_FAST_CHUNKS=0 turns it off. */
+export const fastChunksEnabled = fastReadsEnabled && process.env.VDISKFS_FAST_CHUNKS !== '0'
 
 export class FastReads {
   private native: FastReadNative | null = null
@@ -70,9 +81,14 @@ export class FastReads {
   private readonly words = new Uint32Array(pageEntries * 2)
   /** Extents some word has named writable since start: native WRITEs may change them behind the engine. */
   private readonly touched = new Set<number>()
+  /** Sealed chunks the addon knows (oldest first), as they were registered: their pack, offset and hash. */
+  private readonly chunks = new Map<number, { packId: number, offset: number, hash: Buffer }>()
+  /** Packs the addon holds a descriptor of. */
+  private readonly packs = new Set<number>()
 
   constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
     source.onExtentRemoved(id => this.extentRemoved(id))
+    source.onPackGone((packId, moved) => this.packGone(packId, moved))
   }
 
   /** Starts publishing to a mounted session (nothing is published before). */
@@ -243,6 +259,14 @@ export class FastReads {
           high = id
         }
       }
+      else if (kind === entryKindChunk && fastChunksEnabled) {
+        // A sealed chunk: the addon reads its payload, decompresses it and checks its BLAKE3 itself.
+        const id = entryChunkId(entry)
+        if (this.chunkReady(id)) {
+          low = fastChunk
+          high = id
+        }
+      }
       words[2 * i] = low
       words[2 * i + 1] = high
     }
@@ -257,6 +281,66 @@ export class FastReads {
     if (!this.native.fastExtent(this.session, id, extent.fd, extent.dataStart, extent.sumsStart)) return false
     this.extents.add(id)
     return true
+  }
+
+  /**
+   * Whether the addon knows chunk `id` where the chunk index says it is now (registered, or registered
+   * again, now if it can be). Its hash comes with it: whatever a pack holds at that place, the addon
+   * serves only bytes that hash to it.
+   */
+  private chunkReady (id: number): boolean {
+    if (this.native === null || this.session === null || id > 0xffffffff) return false
+    const row = this.source.chunk(id)
+    if (row === undefined) return false
+    if (!this.packReady(row.packId)) return false
+    const known = this.chunks.get(id)
+    if (known !== undefined && known.packId === row.packId && known.offset === row.offset && known.hash.equals(row.hash)) return true
+    if (known === undefined && this.chunks.size >= fastChunksMax) {
+      // The oldest eighth is forgotten: words naming them hand their READs to the engine, whose
+      // answers register them again.
+      let drop = fastChunksMax / 8
+      for (const old of this.chunks.keys()) {
+        if (drop-- === 0) break
+        this.chunks.delete(old)
+        this.native.fastChunkDrop(this.session, old)
+      }
+    }
+    if (!this.native.fastChunk(this.session, id, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed, row.hash)) {
+      this.chunks.delete(id)
+      return false
+    }
+    this.chunks.delete(id)
+    this.chunks.set(id, { packId: row.packId, offset: row.offset, hash: Buffer.from(row.hash) })
+    return true
+  }
+
+  /**
+   * Whether the addon holds a descriptor of pack `id` (opened now if it can be). At most fastPacksMax:
+   * past it the one least recently made ready is let go (chunks in it then go to the engine, whose
+   * answers make it ready again).
+   */
+  private packReady (id: number): boolean {
+    const native = this.native as FastReadNative
+    const session = this.session as object
+    if (this.packs.delete(id)) { this.packs.add(id); return true }
+    if (this.packs.size >= fastPacksMax) {
+      const oldest = this.packs.values().next().value as number
+      this.packs.delete(oldest)
+      native.fastPackDrop(session, oldest)
+    }
+    if (!native.fastPack(session, id, this.source.packFile(id))) return false
+    this.packs.add(id)
+    return true
+  }
+
+  /** A pack is going (compaction deleted or set it aside): the addon forgets it and where the moved chunks were. */
+  private packGone (packId: number, moved: number[]): void {
+    for (const id of moved) {
+      if (!this.chunks.delete(id)) continue
+      if (this.native !== null && this.session !== null) this.native.fastChunkDrop(this.session, id)
+    }
+    if (!this.packs.delete(packId)) return
+    if (this.native !== null && this.session !== null) this.native.fastPackDrop(this.session, packId)
   }
 
   private extentRemoved (id: number): void {

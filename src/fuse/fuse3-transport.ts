@@ -101,6 +101,11 @@ export interface Fuse3Stats {
   fastBytes: number
   fastMismatches: number
   fastExtents: number
+  /** Sealed chunks: records the addon holds, pieces it served (of which from its thread's last chunk), chunks that failed its check. */
+  fastChunks: number
+  fastChunkReads: number
+  fastChunkHits: number
+  fastChunkMismatches: number
 }
 
 /** What the kernel must forget: a volume's pages and attributes (data) or attributes alone, or a name in a directory. */

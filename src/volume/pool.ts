@@ -15,7 +15,7 @@
  * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
  */
 import path from 'node:path'
-import { Catalog, ImportRow, VolumeKind } from '../catalog/catalog'
+import { Catalog, ChunkRow, ImportRow, VolumeKind } from '../catalog/catalog'
 import { VdiskError, corrupt } from '../errors'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
@@ -65,6 +65,12 @@ export interface FastReadSource {
   forgetSums: (id: number) => void
   /** Records a change of the volume (its row) for the next commit. */
   changed: (volume: Volume) => void
+  /** A sealed chunk's row (where its payload lies, its BLAKE3), when its bytes are in a pack here. */
+  chunk: (id: number) => ChunkRow | undefined
+  /** The file of pack `id`. */
+  packFile: (id: number) => string
+  /** Calls `listener` synchronously before a pack is deleted or set aside, with the chunks moved out of it. */
+  onPackGone: (listener: (packId: number, moved: number[]) => void) => void
 }
 
 export interface VolumeChange {
@@ -152,7 +158,14 @@ export class Pool {
       },
       nativeWrites: writes => { extents.native = writes },
       forgetSums: id => extents.sums.forget(id),
-      changed: volume => this.state.changed(volume)
+      changed: volume => this.state.changed(volume),
+      chunk: id => this.state.chunks.stored(id),
+      packFile: id => this.state.chunks.packFile(id),
+      onPackGone: listener => {
+        const chunks = this.state.chunks
+        const before = chunks.onPackGone
+        chunks.onPackGone = (packId, moved) => { before?.(packId, moved); listener(packId, moved) }
+      }
     }
   }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }

@@ -14,6 +14,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
+import { decompress } from 'zstd-napi'
+import { blake3Hex } from '../../src/remote/remote-format'
 import { FastReadNative, FastReads } from '../../src/fuse/fast-reads'
 import { Pool } from '../../src/volume/pool'
 import { Harness, Op, opArbitrary, partialOpArbitrary } from '../helpers/model'
@@ -29,6 +31,9 @@ class FakeAddon implements FastReadNative {
   readonly extents = new Map<number, { fd: number, dataStart: number, sumsStart: number, dirty: boolean, seq: number, lastWriteMs: number }>()
   writesOn = false
   written = 0
+  readonly packs = new Map<number, number>()
+  readonly chunks = new Map<number, { pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: string }>()
+  chunkReads = 0
   readonly volumeWrites = new Map<number, number>()
 
   fastConfigure (_s: object, blockBytes: number): void { this.blockBytes = blockBytes }
@@ -94,6 +99,42 @@ class FakeAddon implements FastReadNative {
 
   fastVolumeWrites (_s: object, ino: number): number { return this.volumeWrites.get(ino) ?? 0 }
 
+  fastPack (_s: object, id: number, file: string): boolean {
+    if (this.packs.has(id)) return true
+    try { this.packs.set(id, fs.openSync(file, 'r')) } catch { return false }
+    return true
+  }
+
+  fastPackDrop (_s: object, id: number): void {
+    const fd = this.packs.get(id)
+    if (fd === undefined) return
+    fs.closeSync(fd)
+    this.packs.delete(id)
+  }
+
+  fastChunk (_s: object, id: number, pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: Buffer): boolean {
+    this.chunks.set(id, { pack, offset, stored, raw, compressed, hash: hash.toString('hex') })
+    return true
+  }
+
+  fastChunkDrop (_s: object, id: number): void { this.chunks.delete(id) }
+
+  /** fast_read_chunk: the payload from its pack, decompressed, its BLAKE3 checked. */
+  private readChunk (id: number, offset: number, count: number, target: Buffer): boolean {
+    const c = this.chunks.get(id)
+    if (c === undefined || offset + count > c.raw) return false
+    const fd = this.packs.get(c.pack)
+    if (fd === undefined) return false
+    const payload = Buffer.alloc(c.stored)
+    if (fs.readSync(fd, payload, 0, c.stored, c.offset) !== c.stored) return false
+    let block: Buffer
+    try { block = c.compressed ? decompress(payload) : payload } catch { return false }
+    if (block.length !== c.raw || blake3Hex(block) !== c.hash) return false
+    this.chunkReads++
+    block.copy(target, 0, offset, offset + count)
+    return true
+  }
+
   /** fast_write: whether the addon overwrote `data` at `offset` itself (false: it hands the WRITE to the engine). */
   write (ino: number, offset: number, data: Buffer): boolean {
     const v = this.volumes.get(ino)
@@ -128,6 +169,8 @@ class FakeAddon implements FastReadNative {
   close (): void {
     for (const e of this.extents.values()) fs.closeSync(e.fd)
     this.extents.clear()
+    for (const fd of this.packs.values()) fs.closeSync(fd)
+    this.packs.clear()
   }
 
   /** fast_read: the bytes the addon would answer, or null when it hands the READ to the engine. */
@@ -146,6 +189,11 @@ class FakeAddon implements FastReadNative {
       const word = v.words.get(block) ?? 0n
       const kind = Number(word & 0xffn)
       if (kind === 2) { out.fill(0, done, done + count); done += count; continue }
+      if (kind === 4) {
+        if (!this.readChunk(Number(word >> 32n), within, count, out.subarray(done, done + count))) return null
+        done += count
+        continue
+      }
       if (kind !== 1 && kind !== 3) return null
       const id = Number(word >> 32n)
       const slot = Number((word >> 8n) & 0xffffffn)
@@ -190,12 +238,13 @@ function numbers (seed: number): () => number {
   return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x }
 }
 
-async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number }> {
+async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number, chunks: number }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastmodel-'))
   const open = (create: boolean): Pool => Pool.open(path.join(dir, 'pool'), { create, blockBytes, workers: 1 })
   let addon = new FakeAddon()
   let served = 0
   let written = 0
+  let chunks = 0
   const attach = (pool: Pool): FastReads => {
     const fast = new FastReads(pool.fastReadSource(), v => v.id + 16)
     fast.attach(addon, session)
@@ -215,6 +264,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
       if (harness.pool !== pool) {
         served += addon.served
         written += addon.written
+        chunks += addon.chunkReads
         addon.close()
         addon = new FakeAddon()
         pool = harness.pool
@@ -253,7 +303,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           if (offset >= v.data.length) continue
           const got = Buffer.alloc(Math.min(blockBytes, v.data.length - offset))
           await pool.get(v.kind, v.name).read(got, offset)
-          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written }
+          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written, chunks }
         }
       }
       for (const v of harness.model.values()) {
@@ -266,7 +316,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const got = addon.read(ino, offset, size)
           if (got === null) continue
           const want = v.data.subarray(offset, Math.min(v.data.length, offset + size))
-          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written }
+          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written, chunks }
         }
         // Reads the engine serves (and the publishing that follows each), against the model too: native
         // WRITEs change slots and checksum entries behind the engine.
@@ -274,14 +324,14 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const offset = next() % v.data.length
           const target = Buffer.alloc(Math.min(v.data.length - offset, 1 + next() % (2 * blockBytes)))
           const count = await volume.read(target, offset)
-          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written }
+          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written, chunks }
           fast.learn(volume, offset, count)
         }
         // Half the time the whole volume is published (as reads all over it would).
         if (v.kind !== 'backup' && next() % 2 === 0) fast.learn(volume, 0, volume.size)
       }
     }
-    return { problem: null, served: served + addon.served, written: written + addon.written }
+    return { problem: null, served: served + addon.served, written: written + addon.written, chunks: chunks + addon.chunkReads }
   } finally {
     addon.close()
     await harness.pool.close().catch(() => {})
@@ -294,29 +344,34 @@ test('every READ the addon would answer holds what the engine holds, through ran
   const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 20)
   let served = 0
   let written = 0
+  let chunks = 0
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads(ops, 4096, seed)
     served += result.served
     written += result.written
+    chunks += result.chunks
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
   t.true(written > 0, 'the addon overwrote slots')
-  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model, and overwrote ${written} times`)
+  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times`)
 })
 
-test('the same with 16 KiB blocks (partial slots over sealed blocks, which the addon never answers)', async t => {
+test('the same with 16 KiB blocks (partial slots over sealed blocks, which the addon never answers; whole sealed blocks it does)', async t => {
   // Fewer by default (make test's time); make fuzz-long runs 1,000 of each.
   const runs = Number(process.env.VDISKFS_FUZZ_RUNS ?? 15)
   let served = 0
   let written = 0
+  let chunks = 0
   await fc.assert(fc.asyncProperty(fc.array(partialOpArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads([{ op: 'write', vol: 0, offset: 0, length: 64 * 4096, zero: false, seed: 1 }, { op: 'seal' }, ...ops], 16384, seed)
     served += result.served
     written += result.written
+    chunks += result.chunks
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
   t.true(written > 0, 'the addon overwrote slots')
-  t.log(`${runs} sequences; the addon answered ${served} reads, each equal to the model, and overwrote ${written} times`)
+  t.true(chunks > 0, 'the addon read sealed chunks')
+  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times`)
 })
