@@ -292,6 +292,7 @@ export class Catalog {
       deleteChunk: db.prepare('DELETE FROM chunks WHERE id = ?'),
       chunkIds: db.prepare('SELECT id FROM chunks').pluck(),
       chunksInPack: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE pack_id = ?'),
+      chunksBetween: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE id BETWEEN ? AND ?'),
       packUsage: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id GROUP BY p.id'),
       maxChunkId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM chunks), 0), COALESCE((SELECT MAX(id) FROM retired_chunks), 0),
         COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'chunk_id_high'), 0))`).pluck(),
@@ -558,6 +559,11 @@ export class Catalog {
   moveChunk (id: number, packId: number, offset: number): void { this.statements.moveChunk.run(packId, offset, id) }
   deleteChunk (id: number): void { this.statements.deleteChunk.run(id); this.deleted = true }
   chunkIds (): number[] { return this.statements.chunkIds.all() as number[] }
+  /** The chunks whose ids lie in [low, high] (one range scan of the primary key). */
+  chunksBetween (low: number, high: number): ChunkRow[] {
+    return (this.statements.chunksBetween.all(low, high) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
+  }
+
   chunksInPack (packId: number): ChunkRow[] {
     return (this.statements.chunksInPack.all(packId) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
   }

@@ -51,6 +51,8 @@ const fastWritable = 3
 const fastChunk = 4
 /** Chunks the addon knows at most (its FAST_CHUNKS_MAX); past it the oldest eighth is forgotten. */
 const fastChunksMax = 262144
+/** Chunks registered per turn of the event loop. */
+const chunkRegisterSlice = 128
 /** Pack descriptors the addon holds at most. */
 const fastPacksMax = 256
 
@@ -81,10 +83,13 @@ export class FastReads {
   private readonly words = new Uint32Array(pageEntries * 2)
   /** Extents some word has named writable since start: native WRITEs may change them behind the engine. */
   private readonly touched = new Set<number>()
-  /** Sealed chunks the addon knows (oldest first), as they were registered: their pack, offset and hash. */
-  private readonly chunks = new Map<number, { packId: number, offset: number, hash: Buffer }>()
+  /** Sealed chunks the addon knows (oldest first), and the pack each was registered in. */
+  private readonly chunks = new Map<number, { packId: number }>()
   /** Packs the addon holds a descriptor of. */
   private readonly packs = new Set<number>()
+  /** Ranges whose chunks are being registered (registerLater), and whether that is under way. */
+  private readonly chunkJobs: Array<{ known: Known, first: number, count: number, ids: number[] }> = []
+  private registering = false
 
   constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
     source.onExtentRemoved(id => this.extentRemoved(id))
@@ -231,11 +236,22 @@ export class FastReads {
   }
 
   /** Publishes the words of `count` blocks from `first`; false when the addon could not take them. */
-  private publish (known: Known, first: number, count: number): boolean {
+  private publish (known: Known, first: number, count: number, registerLater = true): boolean {
     const native = this.native as FastReadNative
     const session = this.session as object
     const words = this.words.subarray(0, count * 2)
     const map = known.volume.map
+    // The sealed chunks among them the addon does not know yet get no word now: they are registered in
+    // the background, a slice per turn of the event loop (reading their rows is too slow for one turn:
+    // 60-300 ms for a page of 4096), and the range is published again after.
+    if (fastChunksEnabled && registerLater) {
+      const unknown: number[] = []
+      for (let i = 0; i < count; i++) {
+        const entry = map.get(first + i)
+        if (entryKind(entry) === entryKindChunk && !this.chunks.has(entryChunkId(entry))) unknown.push(entryChunkId(entry))
+      }
+      if (unknown.length > 0) this.registerLater(known, first, count, unknown)
+    }
     for (let i = 0; i < count; i++) {
       const entry = map.get(first + i)
       let low = 0
@@ -284,34 +300,66 @@ export class FastReads {
   }
 
   /**
-   * Whether the addon knows chunk `id` where the chunk index says it is now (registered, or registered
-   * again, now if it can be). Its hash comes with it: whatever a pack holds at that place, the addon
-   * serves only bytes that hash to it.
+   * Whether the addon knows chunk `id` (and holds a descriptor of its pack). A record says where the
+   * chunk index put the chunk when it was registered; compaction, the one thing that moves a chunk,
+   * makes the addon forget it first (packGone). Whatever a pack holds at that place, the addon serves
+   * only bytes that hash to the chunk's BLAKE3.
    */
   private chunkReady (id: number): boolean {
-    if (this.native === null || this.session === null || id > 0xffffffff) return false
-    const row = this.source.chunk(id)
-    if (row === undefined) return false
-    if (!this.packReady(row.packId)) return false
     const known = this.chunks.get(id)
-    if (known !== undefined && known.packId === row.packId && known.offset === row.offset && known.hash.equals(row.hash)) return true
-    if (known === undefined && this.chunks.size >= fastChunksMax) {
-      // The oldest eighth is forgotten: words naming them hand their READs to the engine, whose
-      // answers register them again.
-      let drop = fastChunksMax / 8
-      for (const old of this.chunks.keys()) {
-        if (drop-- === 0) break
-        this.chunks.delete(old)
-        this.native.fastChunkDrop(this.session, old)
+    return known !== undefined && this.packReady(known.packId)
+  }
+
+  /** Queues the registration of chunks `ids`, then the publication again of `count` blocks from `first`. */
+  private registerLater (known: Known, first: number, count: number, ids: number[]): void {
+    this.chunkJobs.push({ known, first, count, ids })
+    if (this.registering) return
+    this.registering = true
+    void this.registerQueued().finally(() => { this.registering = false })
+  }
+
+  private async registerQueued (): Promise<void> {
+    for (let job = this.chunkJobs.shift(); job !== undefined; job = this.chunkJobs.shift()) {
+      for (let i = 0; i < job.ids.length; i += chunkRegisterSlice) {
+        if (this.native === null || this.session === null) { this.chunkJobs.length = 0; return }
+        const slice = job.ids.slice(i, i + chunkRegisterSlice).filter(id => !this.chunks.has(id))
+        if (slice.length > 0) this.registerChunks(slice)
+        await new Promise<void>(resolve => setImmediate(resolve))
+      }
+      // Published again from the map as it is now, in one synchronous step, and only within the pages
+      // whose words the map watch clears (known.pages; a page dropped meanwhile by a resize is not).
+      const { known, first, count } = job
+      if (this.volumes.get(known.volume.id) !== known) continue
+      const blockBytes = this.source.blockBytes
+      const end = Math.min(first + count, Math.ceil(known.volume.size / blockBytes))
+      for (let from = first; from < end;) {
+        const page = Math.floor(from / pageEntries)
+        const to = Math.min(end, (page + 1) * pageEntries)
+        if (known.pages.has(page)) this.publish(known, from, to - from, false)
+        from = to
       }
     }
-    if (!this.native.fastChunk(this.session, id, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed, row.hash)) {
-      this.chunks.delete(id)
-      return false
+  }
+
+  /** Registers the chunks `ids` (those in a pack here) with the addon: their rows read in one batch. */
+  private registerChunks (ids: number[]): void {
+    const native = this.native as FastReadNative
+    const session = this.session as object
+    const rows = this.source.chunks(ids.filter(id => id <= 0xffffffff))
+    for (const row of rows.values()) {
+      if (this.chunks.size >= fastChunksMax) {
+        // The oldest eighth is forgotten: words naming them hand their READs to the engine, whose
+        // answers register them again.
+        let drop = fastChunksMax / 8
+        for (const old of this.chunks.keys()) {
+          if (drop-- === 0) break
+          this.chunks.delete(old)
+          native.fastChunkDrop(session, old)
+        }
+      }
+      if (!native.fastChunk(session, row.id, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed, row.hash)) continue
+      this.chunks.set(row.id, { packId: row.packId })
     }
-    this.chunks.delete(id)
-    this.chunks.set(id, { packId: row.packId, offset: row.offset, hash: Buffer.from(row.hash) })
-    return true
   }
 
   /**

@@ -65,8 +65,8 @@ export interface FastReadSource {
   forgetSums: (id: number) => void
   /** Records a change of the volume (its row) for the next commit. */
   changed: (volume: Volume) => void
-  /** A sealed chunk's row (where its payload lies, its BLAKE3), when its bytes are in a pack here. */
-  chunk: (id: number) => ChunkRow | undefined
+  /** Sealed chunks' rows (where each payload lies, its BLAKE3), of those whose bytes are in a pack here. */
+  chunks: (ids: number[]) => Map<number, ChunkRow>
   /** The file of pack `id`. */
   packFile: (id: number) => string
   /** Calls `listener` synchronously before a pack is deleted or set aside, with the chunks moved out of it. */
@@ -159,7 +159,7 @@ export class Pool {
       nativeWrites: writes => { extents.native = writes },
       forgetSums: id => extents.sums.forget(id),
       changed: volume => this.state.changed(volume),
-      chunk: id => this.state.chunks.stored(id),
+      chunks: ids => this.state.chunks.storedMany(ids),
       packFile: id => this.state.chunks.packFile(id),
       onPackGone: listener => {
         const chunks = this.state.chunks
