@@ -61,8 +61,11 @@ test.serial('status --json: every field, with sane values after some I/O', async
   await cliOk('sync', m.mnt)
   await run('dd', [`if=${disk}`, 'of=/dev/null', 'bs=64k', 'iflag=direct', 'status=none'])
   await run('dd', [`if=${disk}`, 'of=/dev/null', 'bs=64k', 'iflag=direct', 'status=none'])
-  const cache = JSON.parse(await cliOk('status', m.mnt, '--json')).chunkCache
-  t.true(cache.misses >= 1 && cache.hits + cache.misses >= 32, JSON.stringify(cache))
+  const after = JSON.parse(await cliOk('status', m.mnt, '--json'))
+  const cache = after.chunkCache
+  // The engine's reads count there; once a page's chunks are registered, the addon reads them itself.
+  const native = (after.daemon.fuse3?.fastChunkReads ?? 0) as number
+  t.true(cache.misses >= 1 && cache.hits + cache.misses + native >= 32, JSON.stringify({ cache, native }))
   // Text for people: one table row per operation.
   const text = await cliOk('status', m.mnt)
   t.regex(text, /event loop:\s+delay p50/)
