@@ -586,11 +586,12 @@ out:
 
 /* ---- the fast path's WRITE ----
  *
- * A WRITE of whole sectors within one block whose word is FAST_WRITABLE, inside the published size,
- * and not a whole block of zeros (the engine makes that a hole), is written here: the sectors with
- * pwrite into the slot, their CRC-32s into the extent's checksum table, as the engine's writeSectors
- * does, under the block's stripe lock (native writers of one block one at a time). Anything else, and
- * any failure, goes to the engine, which writes (or fails) the whole request again.
+ * A WRITE of whole sectors whose every block's word is FAST_WRITABLE, inside the published size, and
+ * with no whole block of zeros (the engine makes that a hole), is written here: the sectors with pwrite
+ * into the slots, their CRC-32s into the extents' checksum tables, as the engine's writeSectors does,
+ * under the blocks' stripe locks (native writers of one block one at a time; taken in ascending order).
+ * Blocks in consecutive slots of one extent are one run: one pwrite of data, one of checksums.
+ * Anything else, and any failure, goes to the engine, which writes (or fails) the whole request again.
  *
  * Exclusion from the engine (docs/FASTPATH.md, "Writes"): the thread's epoch is made odd (a seq_cst
  * read-modify-write) before the word is loaded (seq_cst) and even after the last pwrite. The engine,
@@ -632,50 +633,85 @@ static int fast_all_zero(const char *data, size_t length) {
   return 1;
 }
 
+/* One run of a native WRITE: consecutive slots of one extent, written with one pwrite of data and one of checksums. */
+typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at; } fast_write_run;
+
+static int fast_stripe_cmp(const void *a, const void *b) {
+  unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+  return x < y ? -1 : x > y;
+}
+
 static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf, size_t size, off_t off) {
   fast_state *f = &s->fast;
   if (!__atomic_load_n(&s->fast_on, __ATOMIC_RELAXED) || !__atomic_load_n(&f->writes_on, __ATOMIC_RELAXED)) return 0;
   uint64_t bb = f->block_bytes;
   if (bb == 0 || off < 0 || size == 0 || size > FAST_READ_MAX || size % FAST_SECTOR != 0 || (uint64_t)off % FAST_SECTOR != 0) return 0;
-  uint64_t block = (uint64_t)off / bb, offset = (uint64_t)off % bb;
-  if (offset + size > bb) return 0;
+  /* Every block it covers (at most FAST_READ_MAX / FAST_SECTOR) must be writable here. */
+  uint64_t first_block = (uint64_t)off / bb, blocks = ((uint64_t)off + size - 1) / bb - first_block + 1;
+  if (blocks > FAST_READ_MAX / FAST_SECTOR) return 0;
   int t = fast_thread_index(s);
   if (t < 0) return 0;
   uint64_t *epoch = &f->epochs[t];
   __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* odd */
   int served = 0;
-  fast_extent *e = NULL;
+  fast_write_run runs[FAST_READ_MAX / FAST_SECTOR];
+  unsigned stripes[FAST_READ_MAX / FAST_SECTOR];
+  unsigned nruns = 0, nstripes = 0;
   fast_volume *v = fast_volume_get(f, ino);
   if (v == NULL) goto out;
   if ((uint64_t)off + size > __atomic_load_n(&v->size, __ATOMIC_SEQ_CST)) goto out;
-  uint64_t word = fast_word(v, block);
-  if ((word & 0xff) != FAST_WRITABLE) goto out;
-  if (size == bb && fast_all_zero(buf, size)) goto out;
-  uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff;
-  e = fast_extent_get(f, id);
-  if (e == NULL) goto out;
-  uint64_t first = offset / FAST_SECTOR, sectors = size / FAST_SECTOR, spp = bb / FAST_SECTOR;
+  for (uint64_t i = 0, done = 0; i < blocks; i++) {
+    uint64_t block = first_block + i, offset = i == 0 ? (uint64_t)off % bb : 0;
+    uint64_t length = bb - offset < size - done ? bb - offset : size - done;
+    uint64_t word = fast_word(v, block);
+    if ((word & 0xff) != FAST_WRITABLE) goto out;
+    /* A whole block of zeros: the engine makes it a hole. */
+    if (length == bb && fast_all_zero(buf + done, length)) goto out;
+    uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff;
+    fast_write_run *last = nruns > 0 ? &runs[nruns - 1] : NULL;
+    if (last != NULL && last->e->id == id && last->slot + (last->offset + last->length) / bb == slot && (last->offset + last->length) % bb == 0 && offset == 0) {
+      last->length += length;
+    } else {
+      fast_extent *e = fast_extent_get(f, id);
+      if (e == NULL) goto out;
+      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done };
+    }
+    stripes[nstripes++] = (unsigned)((ino * 1000003u + block) % FAST_STRIPES);
+    done += length;
+  }
+  uint64_t sectors = size / FAST_SECTOR, spp = bb / FAST_SECTOR;
   uint32_t sums[FAST_READ_MAX / FAST_SECTOR];
   for (uint64_t k = 0; k < sectors; k++) {
     uint32_t sum = (uint32_t)crc32(0L, (const unsigned char *)buf + k * FAST_SECTOR, FAST_SECTOR);
     sums[k] = htole32(sum == 0 ? 0xffffffffu : sum);
   }
-  pthread_mutex_t *stripe = &f->stripes[(ino * 1000003u + block) % FAST_STRIPES];
-  pthread_mutex_lock(stripe);
-  __atomic_add_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
-  __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
-  int ok = fast_pwrite(e->fd, buf, size, e->data_start + slot * bb + offset) == 0 &&
-           fast_pwrite(e->fd, (const char *)sums, sectors * 4, e->sums_start + (slot * spp + first) * 4) == 0;
-  /* Even a failed pwrite may have changed bytes: the next commit syncs the extent either way. */
-  __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&e->last_write_ms, now_ms(), __ATOMIC_RELAXED);
-  __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
-  __atomic_sub_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
+  /* The blocks' stripe locks, each once, in ascending order (no two writers wait on each other in a cycle). */
+  qsort(stripes, nstripes, sizeof(unsigned), fast_stripe_cmp);
+  unsigned unique = 0;
+  for (unsigned i = 0; i < nstripes; i++) if (unique == 0 || stripes[unique - 1] != stripes[i]) stripes[unique++] = stripes[i];
+  for (unsigned i = 0; i < unique; i++) pthread_mutex_lock(&f->stripes[stripes[i]]);
+  int ok = 1;
+  for (unsigned r = 0; r < nruns; r++) {
+    fast_extent *e = runs[r].e;
+    uint64_t first = runs[r].offset / FAST_SECTOR;
+    __atomic_add_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
+    if (ok) {
+      ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
+           fast_pwrite(e->fd, (const char *)(sums + runs[r].at / FAST_SECTOR), runs[r].length / FAST_SECTOR * 4, e->sums_start + (runs[r].slot * spp + first) * 4) == 0;
+    }
+    /* Even a failed pwrite may have changed bytes: the next commit syncs the extent either way (and
+     * the engine writes the whole request again). */
+    __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&e->last_write_ms, now_ms(), __ATOMIC_RELAXED);
+    __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
+  }
   if (ok) __atomic_add_fetch(&v->writes, 1, __ATOMIC_SEQ_CST);
-  pthread_mutex_unlock(stripe);
+  for (unsigned i = unique; i > 0; i--) pthread_mutex_unlock(&f->stripes[stripes[i - 1]]);
   served = ok;
 out:
-  if (e != NULL) fast_extent_put(e);
+  for (unsigned r = 0; r < nruns; r++) fast_extent_put(runs[r].e);
   if (v != NULL) fast_volume_put(v);
   __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* even: after the last pwrite, before the reply */
   if (served) {

@@ -34,6 +34,8 @@ class FakeAddon implements FastReadNative {
   readonly packs = new Map<number, number>()
   readonly chunks = new Map<number, { pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: string }>()
   chunkReads = 0
+  /** Native WRITEs of more than one block. */
+  spanned = 0
   readonly volumeWrites = new Map<number, number>()
 
   fastConfigure (_s: object, blockBytes: number): void { this.blockBytes = blockBytes }
@@ -140,29 +142,37 @@ class FakeAddon implements FastReadNative {
     const v = this.volumes.get(ino)
     const bb = this.blockBytes
     if (!this.writesOn || v === undefined || bb === 0 || data.length === 0 || data.length % sector !== 0 || offset % sector !== 0) return false
-    const block = Math.floor(offset / bb)
-    const within = offset % bb
-    if (within + data.length > bb || offset + data.length > v.size) return false
-    const word = v.words.get(block) ?? 0n
-    if ((word & 0xffn) !== 3n) return false
-    if (data.length === bb && data.every(b => b === 0)) return false
-    const id = Number(word >> 32n)
-    const slot = Number((word >> 8n) & 0xffffffn)
-    const e = this.extents.get(id)
-    if (e === undefined) return false
-    const sums = Buffer.alloc(data.length / sector * 4)
-    for (let k = 0; k < data.length / sector; k++) {
-      const sum = crc32(data.subarray(k * sector, (k + 1) * sector)) >>> 0
-      sums.writeUInt32LE(sum === 0 ? 0xffffffff : sum, k * 4)
+    if (offset + data.length > v.size) return false
+    // Every block it covers must be writable, none a whole block of zeros.
+    const pieces: Array<{ e: { fd: number, dataStart: number, sumsStart: number, dirty: boolean, seq: number, lastWriteMs: number }, slot: number, within: number, data: Buffer }> = []
+    for (let done = 0; done < data.length;) {
+      const block = Math.floor((offset + done) / bb)
+      const within = (offset + done) % bb
+      const piece = data.subarray(done, done + Math.min(bb - within, data.length - done))
+      const word = v.words.get(block) ?? 0n
+      if ((word & 0xffn) !== 3n) return false
+      if (piece.length === bb && piece.every(b => b === 0)) return false
+      const e = this.extents.get(Number(word >> 32n))
+      if (e === undefined) return false
+      pieces.push({ e, slot: Number((word >> 8n) & 0xffffffn), within, data: piece })
+      done += piece.length
     }
-    e.seq++
-    fs.writeSync(e.fd, data, 0, data.length, e.dataStart + slot * bb + within)
-    fs.writeSync(e.fd, sums, 0, sums.length, e.sumsStart + (slot * (bb / sector) + within / sector) * 4)
-    e.dirty = true
-    e.lastWriteMs = Date.now()
-    e.seq++
+    for (const { e, slot, within, data: piece } of pieces) {
+      const sums = Buffer.alloc(piece.length / sector * 4)
+      for (let k = 0; k < piece.length / sector; k++) {
+        const sum = crc32(piece.subarray(k * sector, (k + 1) * sector)) >>> 0
+        sums.writeUInt32LE(sum === 0 ? 0xffffffff : sum, k * 4)
+      }
+      e.seq++
+      fs.writeSync(e.fd, piece, 0, piece.length, e.dataStart + slot * bb + within)
+      fs.writeSync(e.fd, sums, 0, sums.length, e.sumsStart + (slot * (bb / sector) + within / sector) * 4)
+      e.dirty = true
+      e.lastWriteMs = Date.now()
+      e.seq++
+    }
     this.volumeWrites.set(ino, (this.volumeWrites.get(ino) ?? 0) + 1)
     this.written++
+    if (pieces.length > 1) this.spanned++
     return true
   }
 
@@ -238,13 +248,14 @@ function numbers (seed: number): () => number {
   return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x }
 }
 
-async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number, chunks: number }> {
+async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number, chunks: number, spanned: number }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastmodel-'))
   const open = (create: boolean): Pool => Pool.open(path.join(dir, 'pool'), { create, blockBytes, workers: 1 })
   let addon = new FakeAddon()
   let served = 0
   let written = 0
   let chunks = 0
+  let spanned = 0
   const attach = (pool: Pool): FastReads => {
     const fast = new FastReads(pool.fastReadSource(), v => v.id + 16)
     fast.attach(addon, session)
@@ -265,6 +276,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
         served += addon.served
         written += addon.written
         chunks += addon.chunkReads
+        spanned += addon.spanned
         addon.close()
         addon = new FakeAddon()
         pool = harness.pool
@@ -279,18 +291,29 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
         for (let i = 0; i < 4 && v.kind !== 'backup' && v.data.length >= sector; i++) {
           // Half of them at a block the addon may overwrite, if any (most blocks of a sparse volume are holes).
           const writable = [...addon.volumes.get(ino)?.words ?? []].filter(([, word]) => (word & 0xffn) === 3n).map(([b]) => b)
-          const offset = writable.length > 0 && i % 2 === 0
-            ? writable[next() % writable.length] * blockBytes + sector * (next() % (blockBytes / sector))
-            : (next() % Math.floor(v.data.length / sector)) * sector
+          // And some across two writable blocks in a row (a native WRITE of several blocks).
+          const writableSet = new Set(writable)
+          // i 2: two writable blocks in a row; i 3: a writable block before one the addon may only read
+          // (shared with a backup: the WRITE must go to the engine whole).
+          const words = addon.volumes.get(ino)?.words
+          const pairs = i === 2
+            ? writable.filter(b => writableSet.has(b + 1))
+            : writable.filter(b => words !== undefined && ((words.get(b + 1) ?? 0n) & 0xffn) === 1n)
+          const span = pairs.length > 0 && i >= 2
+          const offset = span
+            ? pairs[next() % pairs.length] * blockBytes + sector * (next() % (blockBytes / sector))
+            : writable.length > 0 && i % 2 === 0
+              ? writable[next() % writable.length] * blockBytes + sector * (next() % (blockBytes / sector))
+              : (next() % Math.floor(v.data.length / sector)) * sector
           if (offset + sector > v.data.length) continue
-          const room = Math.min(blockBytes - offset % blockBytes, v.data.length - offset)
-          const length = sector * (1 + next() % Math.max(1, Math.floor(room / sector)))
+          const room = Math.min(blockBytes - offset % blockBytes + (span ? blockBytes : (next() % 2) * 2 * blockBytes), v.data.length - offset)
+          const length = span ? room : sector * (1 + next() % Math.max(1, Math.floor(room / sector)))
           if (length > room) continue
           const data = Buffer.alloc(length, 1 + next() % 255)
           data.writeUInt32LE(next(), 0)
           if (addon.write(ino, offset, data)) {
             data.copy(v.data, offset)
-            touched.add(Math.floor(offset / blockBytes))
+            for (let b = Math.floor(offset / blockBytes); b <= Math.floor((offset + length - 1) / blockBytes); b++) touched.add(b)
           }
         }
       }
@@ -303,7 +326,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           if (offset >= v.data.length) continue
           const got = Buffer.alloc(Math.min(blockBytes, v.data.length - offset))
           await pool.get(v.kind, v.name).read(got, offset)
-          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written, chunks }
+          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written, chunks, spanned }
         }
       }
       for (const v of harness.model.values()) {
@@ -316,7 +339,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const got = addon.read(ino, offset, size)
           if (got === null) continue
           const want = v.data.subarray(offset, Math.min(v.data.length, offset + size))
-          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written, chunks }
+          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written, chunks, spanned }
         }
         // Reads the engine serves (and the publishing that follows each), against the model too: native
         // WRITEs change slots and checksum entries behind the engine.
@@ -324,14 +347,14 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const offset = next() % v.data.length
           const target = Buffer.alloc(Math.min(v.data.length - offset, 1 + next() % (2 * blockBytes)))
           const count = await volume.read(target, offset)
-          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written, chunks }
+          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written, chunks, spanned }
           fast.learn(volume, offset, count)
         }
         // Half the time the whole volume is published (as reads all over it would).
         if (v.kind !== 'backup' && next() % 2 === 0) fast.learn(volume, 0, volume.size)
       }
     }
-    return { problem: null, served: served + addon.served, written: written + addon.written, chunks: chunks + addon.chunkReads }
+    return { problem: null, served: served + addon.served, written: written + addon.written, chunks: chunks + addon.chunkReads, spanned: spanned + addon.spanned }
   } finally {
     addon.close()
     await harness.pool.close().catch(() => {})
@@ -345,16 +368,19 @@ test('every READ the addon would answer holds what the engine holds, through ran
   let served = 0
   let written = 0
   let chunks = 0
+  let spanned = 0
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads(ops, 4096, seed)
     served += result.served
     written += result.written
     chunks += result.chunks
+    spanned += result.spanned
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
   t.true(written > 0, 'the addon overwrote slots')
-  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times`)
+  t.true(spanned > 0, 'the addon overwrote several blocks in one WRITE')
+  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times (${spanned} of them more than one block)`)
 })
 
 test('the same with 16 KiB blocks (partial slots over sealed blocks, which the addon never answers; whole sealed blocks it does)', async t => {
@@ -363,15 +389,48 @@ test('the same with 16 KiB blocks (partial slots over sealed blocks, which the a
   let served = 0
   let written = 0
   let chunks = 0
+  let spanned = 0
   await fc.assert(fc.asyncProperty(fc.array(partialOpArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads([{ op: 'write', vol: 0, offset: 0, length: 64 * 4096, zero: false, seed: 1 }, { op: 'seal' }, ...ops], 16384, seed)
     served += result.served
     written += result.written
     chunks += result.chunks
+    spanned += result.spanned
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
   t.true(written > 0, 'the addon overwrote slots')
   t.true(chunks > 0, 'the addon read sealed chunks')
-  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times`)
+  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times (${spanned} of them more than one block)`)
+})
+
+test('a WRITE across a block the volume owns and one it shares with a backup goes to the engine whole', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastspan-'))
+  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes: sector, workers: 1 })
+  const addon = new FakeAddon()
+  try {
+    const fast = new FastReads(pool.fastReadSource(), v => v.id + 16)
+    fast.attach(addon, session)
+    const disk = await pool.createDisk('d.img')
+    const ino = disk.id + 16
+    const first = Buffer.alloc(3 * sector, 'a')
+    await disk.write(first, 0)
+    const backup = await pool.backup(disk, 'b.img')
+    // Blocks 0 and 2 get slots of the disk's own again; block 1 is still the backup's.
+    await disk.write(Buffer.alloc(sector, 'b'), 0)
+    await disk.write(Buffer.alloc(sector, 'b'), 2 * sector)
+    fast.learn(disk, 0, 3 * sector)
+    const kinds = [0, 1, 2].map(b => Number((addon.volumes.get(ino)?.words.get(b) ?? 0n) & 0xffn))
+    t.deepEqual(kinds, [3, 1, 3], 'blocks 0 and 2 writable here, block 1 only readable')
+    t.false(addon.write(ino, 0, Buffer.alloc(2 * sector, 'c')), 'blocks 0-1: to the engine')
+    t.false(addon.write(ino, sector, Buffer.alloc(2 * sector, 'c')), 'blocks 1-2: to the engine')
+    t.true(addon.write(ino, 0, Buffer.alloc(sector, 'c')), 'block 0 alone: here')
+    const got = Buffer.alloc(3 * sector)
+    await backup.read(got, 0)
+    t.true(got.equals(first), 'the backup holds what it held')
+  } finally {
+    addon.close()
+    await pool.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 })
