@@ -39,6 +39,7 @@ import { Committer } from './commit'
 import { checkName } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
+import { refusedBlockMessage } from '../transfer/wire'
 
 /** What an import needs to know of its stream (a StreamHeader's fields). */
 export interface ImportSpec {
@@ -61,7 +62,16 @@ export interface ImportSpec {
  * One block to import: its index, and its bytes and id, or null for a block that reads as zeros; in a
  * lazy pull's import, a reference: no bytes, its id (the block fills in later).
  */
-export interface ImportBlock { index: number, data: Buffer | null, hash: Buffer | null }
+export interface ImportBlock {
+  index: number
+  data: Buffer | null
+  hash: Buffer | null
+  /**
+   * `data` is a zstd frame holding the block (a pull's chunk as the remote store keeps it), at most a
+   * block long: the workers decompress it and check it against `hash`, and it is stored as it came.
+   */
+  zstd?: boolean
+}
 
 export interface ImportCounts {
   /** Blocks recorded by an earlier run (a resumed import) that this stream carries as they are: not stored again. */
@@ -298,12 +308,24 @@ export class ImportSession {
     })
   }
 
-  /** Hashes and compresses a group in the workers, checks each id, and stores the chunks. */
+  /**
+   * Hashes and compresses a group in the workers (a zstd frame: decompresses and hashes it, and keeps
+   * it as it came), checks each id, and stores the chunks once every one of the group checked.
+   */
   private async storeGroup (group: ImportBlock[]): Promise<Array<{ block: number, chunkId: number | null }>> {
     const outcomes = await this.state.ingest.batch(
-      { count: group.length, fill: (i, region) => { (group[i].data as Buffer).copy(region, 0, 0, region.length) } },
+      {
+        count: group.length,
+        fill: (i, region) => {
+          const data = group[i].data as Buffer
+          if (group[i].zstd !== true) { data.copy(region, 0, 0, region.length); return 0 }
+          if (data.length === 0 || data.length > region.length) throw corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame of ${data.length} bytes (1 to ${region.length})`))
+          return data.copy(region)
+        }
+      },
       'import worker',
-      (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(`block ${group[i].index} of the stream does not match its BLAKE3 id`) })
+      (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(refusedBlockMessage(group[i].index, 'does not match its BLAKE3 id')) },
+      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)))
     return outcomes.map((outcome, i) => {
       if (outcome.zero) { this.counts.zeroBlocks++; return { block: group[i].index, chunkId: null } }
       if (outcome.isNew) this.counts.newChunks++
