@@ -137,13 +137,16 @@ export class ByteReader {
  * readFrame with the same scratch (into the connection's chunk, or copied into scratch), not a copy of
  * their own: for a reader that is done with each block before it asks for the next.
  */
+/** The id of no block (a zero or end frame's): compared with, never written to. */
+const zeroHash = Buffer.alloc(32)
+
 export async function readFrame (reader: ByteReader, blockBytes: number, scratch?: Buffer): Promise<Frame | null> {
   const head = await reader.read(frameHeadBytes)
   if (head === null) return null
   const kind = head.readUInt8(0)
   const index = Number(head.readBigUInt64LE(1))
   const hashBytes = head.subarray(9, 41)
-  const hash = hashBytes.equals(Buffer.alloc(32)) ? null : Buffer.from(hashBytes)
+  const hash = hashBytes.equals(zeroHash) ? null : Buffer.from(hashBytes)
   if (kind === frameData) {
     const data = await reader.read(blockBytes, true, scratch)
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')

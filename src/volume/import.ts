@@ -291,7 +291,7 @@ export class ImportSession {
       // as absent there, harmlessly: repair finds it in its pack.
       const pull = listed.size === 0 ? undefined : this.state.catalog.lazyPulls().find(row => row.uuid === this.spec.uuid)
       const now = Date.now()
-      const apply = (): void => this.state.catalog.transaction(() => {
+      const transaction = (): void => this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
@@ -300,6 +300,9 @@ export class ImportSession {
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
+      // Once committed, the absent rows go into the chunk store's row cache in the same synchronous step
+      // (no fill can come between and be overwritten by them): finish's map reads their sizes from there.
+      const apply = (): void => { transaction(); this.state.chunks.remember(absent.values()) }
       if (pull === undefined) { apply(); return }
       // The transaction in the append's turn: no catalog.log snapshot step runs between them.
       const made = new Map([...absent.values()].map(row => [row.id, row]))
