@@ -41,8 +41,8 @@ export class Ingest {
   /**
    * Turns one batch of whole blocks into chunk entries, in order. `check(i, hash)`, when given, sees
    * each non-zero block's hash before it is stored (an import checks the stream's ids) and throws to
-   * refuse it; `refuse(i, why)` makes the error for a frame that does not open (default: IO). Nothing of
-   * a batch is stored before every block of it has passed both. Throws IO for what the workers report
+   * refuse it; `refuse(i, why)` makes the error for a frame that does not open (default: IO). Either
+   * stops the batch at that block (those before it are stored). Throws IO for what the workers report
    * (prefixed with `what`), NO_SPACE or IO from the chunk store.
    */
   async batch (input: IngestInput, what: string, check?: (i: number, hash: Buffer) => void, refuse?: (i: number, why: string) => Error): Promise<Ingested[]> {
@@ -60,17 +60,15 @@ export class Ingest {
         result = await lease.seal(blockBytes, undefined, frames)
       }
       if (result.error !== undefined) throw new VdiskError('IO', `${what}: ${result.error}`)
-      // Every block checked before the first is stored: a refused frame leaves none of the batch behind.
-      for (let i = 0; i < input.count; i++) {
-        const outcome = result.blocks[i]
-        if (outcome.error !== undefined) throw refuse?.(i, outcome.error) ?? new VdiskError('IO', `${what}: block ${i} of the batch: ${outcome.error}`)
-        if (!outcome.zero) check?.(i, lease.hash(i))
-      }
       const out: Ingested[] = []
       for (let i = 0; i < input.count; i++) {
         const outcome = result.blocks[i]
+        // A frame that did not open is refused where it stands, as a block the check refuses: the blocks
+        // before it are stored, it and those after it are not.
+        if (outcome.error !== undefined) throw refuse?.(i, outcome.error) ?? new VdiskError('IO', `${what}: block ${i} of the batch: ${outcome.error}`)
         if (outcome.zero) { out.push({ zero: true }); continue }
         const hash = lease.hash(i)
+        check?.(i, hash)
         const compressed = outcome.compressedBytes > 0
         // A frame is stored as it came (the slot's input); a block the worker compressed, from its output.
         const framed = (frames?.[i] ?? 0) > 0
