@@ -270,7 +270,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   let uuid: string
   let made: LazyPullResult | null = null
   // The hydrator a new pull starts before it makes the backup (set inside the store's callback).
-  const started: { early: { pid: number | null, log: string } | null } = { early: null }
+  const started: { early: { pid: number | null, log: string, running: () => boolean } | null } = { early: null }
   if (!options.resume) {
     made = await withStore(remote, async store => {
       // The pack indexes (for the head's chunks) load while the manifest comes.
@@ -281,8 +281,9 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
         const made = await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
         // The backup exists: the hydrator's turn (startHydrator niced it meanwhile), at this command's nice
         // value again. Best effort: only root may take a nice value back, and on Linux this reaches its main thread only (where it fetches).
-        const pid = started.early?.pid
-        if (pid != null) { try { os.setPriority(pid, os.getPriority()) } catch {} }
+        // Only while it runs (not reaped: its pid is still its own).
+        const early = started.early
+        if (early?.pid != null && early.running()) { try { os.setPriority(early.pid, os.getPriority()) } catch {} }
         return made
       } catch (err) {
         // The hydrator this command started waits for a backup that will not come: it goes (by its pid).
@@ -320,7 +321,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
  * CONTROL_DIR/hydrate-UUID.log. It holds the credentials and key; the daemon never does. With `await`,
  * it waits (up to 2 minutes) for the backup this command is making.
  */
-function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string } {
+function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string, running: () => boolean } {
   const log = path.join(controlDir(), `hydrate-${uuid}.log`)
   const out = fs.openSync(log, 'a', 0o600)
   try {
@@ -331,7 +332,7 @@ function startHydrator (remote: string, mountpoint: string, id: string, file: st
     // this command and the daemon make the backup: niced meanwhile, so that on a busy machine (2 cores)
     // it takes what they leave rather than a share of the time to the backup (lazyPull gives it back).
     if (wait && child.pid !== undefined) { try { os.setPriority(child.pid, Math.min(19, os.getPriority() + hydratorStartNice)) } catch {} }
-    return { pid: child.pid ?? null, log }
+    return { pid: child.pid ?? null, log, running: () => child.exitCode === null && child.signalCode === null }
   } finally { fs.closeSync(out) }
 }
 
@@ -349,7 +350,8 @@ export async function resumeHydrators (mountpoint: string): Promise<ResumedHydra
   const started: ResumedHydrator[] = []
   for (const pull of await lazyPulls(mountpoint)) {
     if (pull.hydrator || pull.name === null) continue
-    started.push({ backup: pull.name, remote: pull.remote, ...startHydrator(pull.remote, mountpoint, pull.manifest, pull.name, pull.uuid, false) })
+    const { pid, log } = startHydrator(pull.remote, mountpoint, pull.manifest, pull.name, pull.uuid, false)
+    started.push({ backup: pull.name, remote: pull.remote, pid, log })
   }
   return started
 }

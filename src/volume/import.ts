@@ -295,7 +295,7 @@ export class ImportSession {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
-        for (const row of absent.values()) this.state.catalog.insertChunk(row)
+        this.state.catalog.insertChunks(absent.values())
         for (const id of listed) this.state.catalog.putLazyChunk(this.spec.uuid, id)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
