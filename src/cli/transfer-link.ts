@@ -2,9 +2,10 @@
  * Push and pull: the remote store on one side, a mounted pool's export and import streams on the other
  * (src/transfer, the stream format of docs/FORMAT.md). A push takes the blocks of a backup's export (full,
  * or since the newest backup of its lineage already in the remote) as the daemon sends them, without
- * encoding them into a stream, and stores them; a pull reads a
- * backup's chunks, each checked against its id, and hands them to the daemon's import as frames (no stream
- * encoded and decoded in between), so the pool makes the backup appear in one step or not at all.
+ * encoding them into a stream, and stores them; a pull reads a backup's chunks and hands them to the
+ * daemon's import as the store keeps them (a zstd frame as a zstd frame, which the daemon's workers open
+ * and check against its id and the pool keeps as it is; no stream encoded and decoded in between), so the
+ * pool makes the backup appear in one step or not at all.
  */
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
