@@ -51,12 +51,24 @@ export interface SealTask {
    * table (extent format version 2), which the worker checks before hashing (a mismatch is an error).
    */
   source?: { fd: number, file: string, offsets: number[], sums?: number[] }
+  /**
+   * Per slot (in the order of `slots`): 0 when its input holds the raw block; n > 0 when it holds a zstd
+   * frame of n bytes (a pull's chunk as the remote store keeps it, at most `length` bytes), which the worker
+   * decompresses into the slot's output (exactly `length` bytes, else the block's `error`) and zero-checks
+   * and hashes from there; the frame itself is what the main thread stores, not compressed again.
+   */
+  frames?: number[]
 }
 export interface SealBlockResult {
   /** The block is all zeros: nothing is hashed or stored. */
   zero: boolean
-  /** Bytes of compressed output, or 0 when compression saves less than the threshold (store raw). */
+  /**
+   * Bytes of compressed output, or 0 when compression saves less than the threshold (store raw). For a
+   * frame (SealTask.frames): the frame's length, and the payload to store is the slot's input.
+   */
   compressedBytes: number
+  /** A frame that does not decompress to a block of the task's length: why (nothing is hashed). */
+  error?: string
 }
 export interface SealResult { blocks: SealBlockResult[], error?: string }
 

@@ -9,7 +9,7 @@ import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, isZeroBlock, sectorMatches, worthCompressing } from './protocol'
 import { readFully } from './descriptors'
 
-let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx } | null = null
+let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx, dctx: zstd.DCtx } | null = null
 
 function setup (config: WorkerConfig) {
   if (context === null || context.config.slab !== config.slab) {
@@ -17,7 +17,7 @@ function setup (config: WorkerConfig) {
     if (config.nice !== undefined) { try { os.setPriority(config.nice) } catch {} }
     const cctx = new zstd.CCtx()
     cctx.setParameter(zstd.CParameter.compressionLevel, config.zstdLevel)
-    context = { config, slab: Buffer.from(config.slab), cctx }
+    context = { config, slab: Buffer.from(config.slab), cctx, dctx: new zstd.DCtx() }
   }
   return context
 }
@@ -25,7 +25,7 @@ function setup (config: WorkerConfig) {
 
 export function seal (task: SealTask, config: WorkerConfig): SealResult {
   try {
-    const { slab, cctx } = setup(config)
+    const { slab, cctx, dctx } = setup(config)
     if (task.source !== undefined) {
       // The blocks come straight from the extent file: the main thread never touches their bytes.
       const source = task.source
@@ -44,7 +44,9 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
         }
       }
     }
-    const blocks = task.slots.map(slot => {
+    const blocks = task.slots.map((slot, i): SealResult['blocks'][number] => {
+      const frameBytes = task.frames?.[i] ?? 0
+      if (frameBytes > 0) return openFrame(config, slab, dctx, slot, frameBytes, task.length)
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
       if (isZeroBlock(input)) return { zero: true, compressedBytes: 0 }
       blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
@@ -56,6 +58,23 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
   } catch (err) {
     return { blocks: [], error: (err as Error).message }
   }
+}
+
+/**
+ * A frame in `slot`'s input: decompressed into its output with the same call the open worker makes when
+ * it serves the stored chunk (so what is hashed here is what a read will see), exactly `length` bytes;
+ * then zero-checked and hashed from the output. The frame stays in the input, to be stored as it is.
+ */
+function openFrame (config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx, slot: number, frameBytes: number, length: number): SealResult['blocks'][number] {
+  if (frameBytes > length) return { zero: false, compressedBytes: 0, error: `a frame of ${frameBytes} bytes, longer than the block` }
+  const frame = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + frameBytes)
+  const block = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + length)
+  let n: number
+  try { n = dctx.decompress(block, frame) } catch (err) { return { zero: false, compressedBytes: 0, error: `does not decompress (${(err as Error).message})` } }
+  if (n !== length) return { zero: false, compressedBytes: 0, error: `decompresses to ${n} bytes, not ${length}` }
+  if (isZeroBlock(block)) return { zero: true, compressedBytes: 0 }
+  blake3Digest(block).copy(slab, hashOffset(config, slot), 0, hashBytes)
+  return { zero: false, compressedBytes: frameBytes }
 }
 
 // Piscina calls the default export with the task; the config arrives once, as workerData.

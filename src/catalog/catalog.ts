@@ -521,6 +521,18 @@ export class Catalog {
     this.statements.insertChunk.run(row.id, row.hash, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0)
     if (row.id > this.chunkIdHigh) this.raiseIdHigh('chunk_id_high', row.id)
   }
+  /**
+   * insertChunk for many rows, the high-water mark raised once to the largest id (a lazy pull's batch
+   * of absent chunks: one meta row written per batch, not per chunk). Call inside a transaction.
+   */
+  insertChunks (rows: Iterable<ChunkRow>): void {
+    let high = 0
+    for (const row of rows) {
+      this.statements.insertChunk.run(row.id, row.hash, row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0)
+      if (row.id > high) high = row.id
+    }
+    if (high > this.chunkIdHigh) this.raiseIdHigh('chunk_id_high', high)
+  }
 
   /**
    * The high-water marks of chunk and pack ids: every id ever indexed (or found in a pack by repair)

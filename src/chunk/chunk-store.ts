@@ -268,6 +268,19 @@ export class ChunkStore {
     return { id: this.nextChunkId++, hash: Buffer.from(hash), packId: absentPackId, offset: 0, storedBytes: 0, rawBytes, compressed: false }
   }
 
+  /**
+   * Rows just written to the chunk index (a lazy pull's absent chunks, in the transaction that inserts
+   * them): kept in the row cache, so that the map built from them (each entry's stored size) does not
+   * query them back one by one. Call in the same synchronous step as the insert, so no fill (index())
+   * can come between and be overwritten by the absent row.
+   */
+  remember (rows: Iterable<ChunkRow>): void {
+    for (const row of rows) {
+      this.cache.set(row.id, row)
+      if (this.cache.size > chunkCacheMax) this.cache.delete(this.cache.keys().next().value as number)
+    }
+  }
+
   /** Whether chunk `id` is absent (named by a lazy pull, not here yet). */
   isAbsent (id: number): boolean { return this.info(id).packId === absentPackId }
 

@@ -20,9 +20,11 @@ export type Ingested = { zero: true } | { zero: false, chunkId: number, hash: Bu
 
 /**
  * Where a batch's blocks come from: buffers the main thread fills into the slab (`fill(i, region)`
- * writes the i-th block into `region`), or `source`, a file the worker reads the blocks from itself.
+ * writes the i-th block into `region`; or, returning a length n > 0, a zstd frame of n bytes holding it,
+ * which the workers decompress and check, and which is stored as it came: a pull's chunks, not
+ * compressed again), or `source`, a file the worker reads the blocks from itself.
  */
-export type IngestInput = { count: number, fill: (i: number, region: Buffer) => Promise<void> | void } | { count: number, source: NonNullable<SealTask['source']> }
+export type IngestInput = { count: number, fill: (i: number, region: Buffer) => Promise<number | void> | number | void } | { count: number, source: NonNullable<SealTask['source']> }
 
 export class Ingest {
   constructor (
@@ -39,26 +41,38 @@ export class Ingest {
   /**
    * Turns one batch of whole blocks into chunk entries, in order. `check(i, hash)`, when given, sees
    * each non-zero block's hash before it is stored (an import checks the stream's ids) and throws to
-   * refuse it. Throws IO for what the workers report (prefixed with `what`), NO_SPACE or IO from the chunk store.
+   * refuse it; `refuse(i, why)` makes the error for a frame that does not open (default: IO). Either
+   * stops the batch at that block (those before it are stored). Throws IO for what the workers report
+   * (prefixed with `what`), NO_SPACE or IO from the chunk store.
    */
-  async batch (input: IngestInput, what: string, check?: (i: number, hash: Buffer) => void): Promise<Ingested[]> {
+  async batch (input: IngestInput, what: string, check?: (i: number, hash: Buffer) => void, refuse?: (i: number, why: string) => Error): Promise<Ingested[]> {
     const blockBytes = this.blockBytes
     return await this.workers.lease(input.count, async lease => {
       let result
+      // Per block: the length of the zstd frame its fill wrote (0: the raw block).
+      let frames: number[] | undefined
       if ('source' in input) result = await lease.seal(blockBytes, input.source)
       else {
-        for (let i = 0; i < input.count; i++) await input.fill(i, lease.input(i, blockBytes))
-        result = await lease.seal(blockBytes)
+        for (let i = 0; i < input.count; i++) {
+          const frameBytes = await input.fill(i, lease.input(i, blockBytes))
+          if (typeof frameBytes === 'number' && frameBytes > 0) (frames ??= new Array<number>(input.count).fill(0))[i] = frameBytes
+        }
+        result = await lease.seal(blockBytes, undefined, frames)
       }
       if (result.error !== undefined) throw new VdiskError('IO', `${what}: ${result.error}`)
       const out: Ingested[] = []
       for (let i = 0; i < input.count; i++) {
         const outcome = result.blocks[i]
+        // A frame that did not open is refused where it stands, as a block the check refuses: the blocks
+        // before it are stored, it and those after it are not.
+        if (outcome.error !== undefined) throw refuse?.(i, outcome.error) ?? new VdiskError('IO', `${what}: block ${i} of the batch: ${outcome.error}`)
         if (outcome.zero) { out.push({ zero: true }); continue }
         const hash = lease.hash(i)
         check?.(i, hash)
         const compressed = outcome.compressedBytes > 0
-        const payload = compressed ? lease.output(i, outcome.compressedBytes) : lease.input(i, blockBytes)
+        // A frame is stored as it came (the slot's input); a block the worker compressed, from its output.
+        const framed = (frames?.[i] ?? 0) > 0
+        const payload = framed ? lease.input(i, outcome.compressedBytes) : compressed ? lease.output(i, outcome.compressedBytes) : lease.input(i, blockBytes)
         this.claimSpace(payload.length)
         const { row, isNew } = await this.chunks.store(hash, payload, blockBytes, compressed)
         out.push({ zero: false, chunkId: row.id, hash, isNew, storedBytes: row.storedBytes })

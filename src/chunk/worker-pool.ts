@@ -60,9 +60,14 @@ export class SlabLease {
     return Buffer.from(this.slab.subarray(start, start + hashBytes))
   }
 
-  /** Seals the blocks in this lease's slots, in order (see SealTask; `source` reads them from a file first). */
-  async seal (length: number, source?: SealTask['source']): Promise<SealResult> {
-    return await this.tasks.seal(source === undefined ? { slots: this.slots, length } : { slots: this.slots, length, source })
+  /**
+   * Seals the blocks in this lease's slots, in order (see SealTask; `source` reads them from a file first;
+   * `frames`: the slots whose input holds a zstd frame, and its length, to open and check instead).
+   */
+  async seal (length: number, source?: SealTask['source'], frames?: number[]): Promise<SealResult> {
+    const task: SealTask = source === undefined ? { slots: this.slots, length } : { slots: this.slots, length, source }
+    if (frames !== undefined) task.frames = frames
+    return await this.tasks.seal(task)
   }
 
   /** Opens chunks into this lease's slots (see OpenTask); the expected hashes go into the slots first. */

@@ -8,7 +8,8 @@ import path from 'node:path'
 import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, invalid } from '../errors'
 import { call } from '../control/client'
-import { Pool, checkName } from '../volume/pool'
+import type { Pool } from '../volume/pool'
+import { checkName } from '../volume/names'
 import { poolHeaderFile } from '../format/pool-format'
 import { progressIntervalMs } from '../limits'
 import { Parsed, Spec } from './args'
@@ -72,7 +73,8 @@ export async function onlineOrOffline<T> (target: string, label: string, online:
   if (!fs.existsSync(path.join(resolved, poolHeaderFile))) throw invalid(`${target} is neither a mounted vdiskfs pool nor a pool directory`)
   let pool: Pool
   try {
-    pool = Pool.open(resolved)
+    // The engine loads here, for the commands run offline only (main.ts).
+    pool = (await import('../volume/pool')).Pool.open(resolved)
   } catch (err) {
     if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${target} is mounted: run this command on its mountpoint instead`)
     throw err

@@ -8,7 +8,7 @@ import os from 'node:os'
 import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, invalid } from '../errors'
 import { call } from '../control/client'
-import { Pool } from '../volume/pool'
+import type { Pool } from '../volume/pool'
 import { RemoteDefinition, makeDefinition, readRemotes } from '../remote/remotes'
 import { RemoteStore } from '../remote/store'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
@@ -270,7 +270,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   let uuid: string
   let made: LazyPullResult | null = null
   // The hydrator a new pull starts before it makes the backup (set inside the store's callback).
-  const started: { early: { pid: number | null, log: string } | null } = { early: null }
+  const started: { early: { pid: number | null, log: string, running: () => boolean } | null } = { early: null }
   if (!options.resume) {
     made = await withStore(remote, async store => {
       // The pack indexes (for the head's chunks) load while the manifest comes.
@@ -278,7 +278,13 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
       const manifest = await store.manifest(id)
       if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, manifest.identity, true)
       try {
-        return await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
+        const made = await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
+        // The backup exists: the hydrator's turn (startHydrator niced it meanwhile), at this command's nice
+        // value again. Best effort: only root may take a nice value back, and on Linux this reaches its main thread only (where it fetches).
+        // Only while it runs (not reaped: its pid is still its own).
+        const early = started.early
+        if (early?.pid != null && early.running()) { try { os.setPriority(early.pid, os.getPriority()) } catch {} }
+        return made
       } catch (err) {
         // The hydrator this command started waits for a backup that will not come: it goes (by its pid).
         const pid = started.early?.pid
@@ -315,14 +321,18 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
  * CONTROL_DIR/hydrate-UUID.log. It holds the credentials and key; the daemon never does. With `await`,
  * it waits (up to 2 minutes) for the backup this command is making.
  */
-function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string } {
+function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string, running: () => boolean } {
   const log = path.join(controlDir(), `hydrate-${uuid}.log`)
   const out = fs.openSync(log, 'a', 0o600)
   try {
     const env = { ...process.env, VDISKFS_HYDRATE_AWAIT_MS: wait ? String(hydratorAwaitMs) : '0' }
     const child = spawn(process.execPath, [process.argv[1], 'pull', mountpoint, remote, id, file.replace(/\.img$/, ''), '--lazy', '--resume', '--foreground'], { detached: true, stdio: ['ignore', out, out], env })
     child.unref()
-    return { pid: child.pid ?? null, log }
+    // Started before its backup exists, it loads Node, the SDK, the manifest and the pack indexes while
+    // this command and the daemon make the backup: niced meanwhile, so that on a busy machine (2 cores)
+    // it takes what they leave rather than a share of the time to the backup (lazyPull gives it back).
+    if (wait && child.pid !== undefined) { try { os.setPriority(child.pid, Math.min(19, os.getPriority() + hydratorStartNice)) } catch {} }
+    return { pid: child.pid ?? null, log, running: () => child.exitCode === null && child.signalCode === null }
   } finally { fs.closeSync(out) }
 }
 
@@ -340,10 +350,14 @@ export async function resumeHydrators (mountpoint: string): Promise<ResumedHydra
   const started: ResumedHydrator[] = []
   for (const pull of await lazyPulls(mountpoint)) {
     if (pull.hydrator || pull.name === null) continue
-    started.push({ backup: pull.name, remote: pull.remote, ...startHydrator(pull.remote, mountpoint, pull.manifest, pull.name, pull.uuid, false) })
+    const { pid, log } = startHydrator(pull.remote, mountpoint, pull.manifest, pull.name, pull.uuid, false)
+    started.push({ backup: pull.name, remote: pull.remote, pid, log })
   }
   return started
 }
+
+/** How much nicer than this command a hydrator started before its backup exists is, until the backup is made. */
+const hydratorStartNice = 10
 
 /** How long a hydrator started with a new pull waits for its backup to appear. */
 const hydratorAwaitMs = 120_000

@@ -18,7 +18,7 @@ import net from 'node:net'
 import { VdiskError } from '../errors'
 import { call, openStream, readReply } from '../control/client'
 import { StreamHeader } from '../transfer/stream'
-import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, readFrame, send } from '../transfer/wire'
+import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameHeadBytes, frameRef, frameWant, readFrame, send } from '../transfer/wire'
 import { Manifest, pullBatchBlocks, pullRangeBytesMax } from '../remote/remote-format'
 import { RemoteStore } from '../remote/store'
 import { testPause } from '../remote/test-pause'
@@ -60,15 +60,31 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
     // Every block of a head chunk goes with its bytes, not only the head's: a chunk is never both
     // absent and stored in one import batch.
     const bytes = await head
-    // The ref frames go in writes of about refWriteBytes, not one write per block.
-    let refs: Buffer[] = []
+    // The ref frames are written straight into buffers of refWriteFrames heads, one write each (a new
+    // buffer each time: the socket holds a written one until it is sent), not a buffer per frame joined.
+    let refs = Buffer.allocUnsafe(refWriteFrames * frameHeadBytes)
+    let used = 0
+    const flush = async (): Promise<void> => {
+      if (used === 0) return
+      const full = refs.subarray(0, used)
+      refs = Buffer.allocUnsafe(refWriteFrames * frameHeadBytes)
+      used = 0
+      await send(socket, full)
+    }
     for (const [index, chunk] of manifest.blocks) {
       const data = bytes.get(chunk)
-      refs.push(data === undefined ? frameHead(frameRef, index, Buffer.from(chunk, 'hex')) : Buffer.concat([frameHead(frameData, index, Buffer.from(chunk, 'hex')), data]))
-      if (data !== undefined || refs.length >= refWriteFrames) { await send(socket, Buffer.concat(refs)); refs = [] }
+      if (data !== undefined) {
+        await flush()
+        await send(socket, frameHead(frameData, index, Buffer.from(chunk, 'hex')))
+        await send(socket, data)
+        continue
+      }
+      writeRefHead(refs, used, index, chunk)
+      used += frameHeadBytes
+      if (used === refs.length) await flush()
     }
-    refs.push(frameHead(frameEnd, 0, null))
-    await send(socket, Buffer.concat(refs))
+    await flush()
+    await send(socket, frameHead(frameEnd, 0, null))
     const { result } = await reply
     const r = result as { backup: { uuid: string }, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
     return { id, name, uuid: r.backup.uuid, size: manifest.size, blocks: manifest.blocks.length, absentBlocks: r.absentBlocks, dedupedBlocks: r.dedupedBlocks, resumedBlocks: r.resumedBlocks }
@@ -79,6 +95,14 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
 
 /** Ref frames (of 41 bytes) per write of createLazyBackup. */
 const refWriteFrames = 1024
+
+/** A ref frame's head for block `index`, chunk `chunk` (64 hex digits), written at `at` of `target` (as frameHead would make it). */
+function writeRefHead (target: Buffer, at: number, index: number, chunk: string): void {
+  target.writeUInt8(frameRef, at)
+  target.writeUInt32LE(index % 0x100000000, at + 1)
+  target.writeUInt32LE(Math.floor(index / 0x100000000), at + 5)
+  if (target.write(chunk, at + 9, 32, 'hex') !== 32) throw new VdiskError('CORRUPT', `a malformed chunk id ${chunk}`)
+}
 
 /** How much of the image's start `pull --lazy` fetches before the backup exists (lazyHeadBytes of the image). */
 export const lazyHeadBytes = 4 * 1024 * 1024

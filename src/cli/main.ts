@@ -11,9 +11,9 @@ import { call, isDeadMount } from '../control/client'
 import { socketPathsFor } from '../control/protocol'
 import { ArgsOf, ResultOf } from '../control/operations'
 import { StatusResult } from '../control/results'
-import { runDaemon } from '../daemon/daemon'
-import { verifyPool } from '../inspect/verify'
-import { RepairReport, repairPool } from '../inspect/repair'
+// The engine (the daemon, verify, repair: src/volume, SQLite, the workers, the FUSE addon) loads only for
+// the commands that run it, not for every command: `pull --lazy` is timed from its start (issue #22).
+import type { RepairReport } from '../inspect/repair'
 import { poolHeaderFile } from '../format/pool-format'
 import { daemonExitPollMs, daemonExitTimeoutMs, daemonReadyTimeoutMs } from '../limits'
 import { VolumeInfo } from '../volume/volume'
@@ -84,6 +84,7 @@ const coreCommands: Record<string, Command> = {
         const notifyFd = values.notifyFd === undefined ? undefined : Number(values.notifyFd)
         let notifier: number | undefined
         if (notifyFd !== undefined && Number.isInteger(notifyFd) && notifyFd >= 0) { try { if (fs.fstatSync(notifyFd).isSocket()) notifier = notifyFd } catch {} }
+        const { runDaemon } = await import('../daemon/daemon')
         await runDaemon({
           pool: poolDir,
           mountpoint,
@@ -296,7 +297,7 @@ const coreCommands: Record<string, Command> = {
     summary: 'check the catalog, every map, extent and chunk hash; name damaged volumes and ranges',
     spec: { positionals: ['MNT|POOL'], booleans: { json: ['--json'] } },
     async run ({ positionals: [target], flags }) {
-      const report = await onlineOrOffline(target, 'verifying', async mountpoint => await call(mountpoint, 'verify'), async pool => await verifyPool(pool))
+      const report = await onlineOrOffline(target, 'verifying', async mountpoint => await call(mountpoint, 'verify'), async pool => await (await import('../inspect/verify')).verifyPool(pool))
       print(flags.json === true, report, () => {
         const lines = [`checked ${report.volumes} volumes, ${report.pages} map pages, ${report.blocks} blocks, ${report.extents} extents, ${report.chunks} chunks: ${report.ok ? 'no damage' : 'DAMAGE FOUND'}`]
         for (const problem of report.problems) lines.push(`  pool: ${problem}`)
@@ -315,7 +316,7 @@ const coreCommands: Record<string, Command> = {
       if (!fs.existsSync(path.join(dir, poolHeaderFile))) throw invalid(`${dir} is not a vdiskfs pool (no ${poolHeaderFile})`)
       let report: RepairReport
       try {
-        report = await repairPool(dir)
+        report = await (await import('../inspect/repair')).repairPool(dir)
       } catch (err) {
         if (err instanceof VdiskError && err.code === 'BUSY') throw new VdiskError('BUSY', `${dir} is mounted: unmount it first (repair runs offline)`)
         throw err

@@ -20,7 +20,7 @@ import { daemonReasonWaitMs, streamBufferBytes } from '../limits'
 import { openStream, readReply } from '../control/client'
 import { ImportFinish, ImportStaged } from '../control/results'
 import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
-import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send } from '../transfer/wire'
+import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send, zstdFrameHead } from '../transfer/wire'
 
 /** What an import made: the daemon's last reply, and what this side counted. */
 export type ImportResult = ImportFinish & {
@@ -202,10 +202,13 @@ async function blocksVia (op: 'importStream' | 'importStageStream', mountpoint: 
       }
       return new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} answered before the end of the stream`)
     }
-    for await (const { index, data, hash } of blocks) {
+    for await (const { index, data, hash, zstd } of blocks) {
       if (replied) throw await stopped()
       try {
-        await send(connection, frameHead(data === null ? frameZero : frameData, index, hash ?? null))
+        if (zstd === true) {
+          if (data === null || hash == null) throw new VdiskError('INVALID', `block ${index}: a zstd frame needs its bytes and its id`)
+          await send(connection, zstdFrameHead(index, hash, data.length))
+        } else await send(connection, frameHead(data === null ? frameZero : frameData, index, hash ?? null))
         if (data !== null) await send(connection, data)
       } catch (err) {
         throw await daemonsReason(reply, err)

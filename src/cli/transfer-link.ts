@@ -2,15 +2,16 @@
  * Push and pull: the remote store on one side, a mounted pool's export and import streams on the other
  * (src/transfer, the stream format of docs/FORMAT.md). A push takes the blocks of a backup's export (full,
  * or since the newest backup of its lineage already in the remote) as the daemon sends them, without
- * encoding them into a stream, and stores them; a pull reads a
- * backup's chunks, each checked against its id, and hands them to the daemon's import as frames (no stream
- * encoded and decoded in between), so the pool makes the backup appear in one step or not at all.
+ * encoding them into a stream, and stores them; a pull reads a backup's chunks and hands them to the
+ * daemon's import as the store keeps them (a zstd frame as a zstd frame, which the daemon's workers open
+ * and check against its id and the pool keeps as it is; no stream encoded and decoded in between), so the
+ * pool makes the backup appear in one step or not at all.
  */
-import type net from 'node:net'
 import { VdiskError, corrupt } from '../errors'
 import { call } from '../control/client'
 import { ResultOf } from '../control/operations'
-import { StreamHeader } from '../transfer/stream'
+import { StreamBlock, StreamHeader } from '../transfer/stream'
+import { refusedBlockOf } from '../transfer/wire'
 import { exportBlocks, importBlocks } from './transfer-client'
 import { Manifest } from '../remote/remote-format'
 import { PushHooks, PushResult, RemoteStore } from '../remote/store'
@@ -80,7 +81,7 @@ export async function pushBackup (store: RemoteStore, mountpoint: string, name: 
 
 /**
  * Pulls backup `id` of the remote into the pool mounted at `mountpoint` as backups/NAME.img. Every chunk
- * is checked against its id before it goes into the stream. Errors: CORRUPT naming the backup and byte
+ * is checked against its id before it is stored (by the daemon's workers, which keep its zstd frame). Errors: CORRUPT naming the backup and byte
  * range for a damaged or missing chunk, NOT_FOUND, those of the import.
  */
 export async function pullBackup (store: RemoteStore, mountpoint: string, id: string, name: string, progress: Progress): Promise<{ id: string, name: string, size: number, blocks: number, bytesDownloaded: number, chunkBytesDownloaded: number }> {
@@ -92,29 +93,27 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   progress.total(manifest.blocks.length * manifest.blockBytes)
   let sourceError: unknown = null
-  // What was handed to the import's connection is written (or never will be): the store may then decompress
-  // other blocks into the buffers those were in (a write of nothing calls back after the writes before it).
-  let connection: net.Socket | null = null
-  const released = async (): Promise<void> => {
-    const socket = connection
-    if (socket === null || socket.destroyed || socket.writableEnded) return
-    await new Promise<void>(resolve => { socket.write(Buffer.alloc(0), () => resolve()) })
-  }
-  async function * blocks (): AsyncGenerator<{ index: number, data: Buffer, hash: Buffer }> {
+  // Each chunk as the store keeps it: a zstd frame goes to the daemon as it is, which decompresses and
+  // hashes it in its workers against the id before it stores it, and stores the frame (no decompression
+  // and hashing here, no compression there). Frames are views of the range GETs' bytes, which stay the
+  // socket's until written.
+  async function * blocks (): AsyncGenerator<StreamBlock> {
     try {
-      for await (const block of store.blocks(id, manifest, { afterBatch: async () => await testPause('pull-batch'), released })) {
-        progress.add(block.data.length)
-        yield { index: block.index, data: block.data, hash: Buffer.from(block.id, 'hex') }
+      for await (const block of store.frames(id, manifest, { afterBatch: async () => await testPause('pull-batch') })) {
+        progress.add(manifest.blockBytes)
+        yield { index: block.index, data: block.data, hash: Buffer.from(block.id, 'hex'), zstd: block.zstd }
       }
     } catch (err) { sourceError = err; throw err }
   }
-  // The blocks straight to the daemon's import as frames: no export stream encoded and decoded again in
-  // this process (each block was checked against its id; the daemon hashes it again).
   try {
-    await importBlocks(mountpoint, name, header, blocks(), { onConnection: socket => { connection = socket } })
+    await importBlocks(mountpoint, name, header, blocks())
   } catch (err) {
     // The import failed because the remote did: say what the remote did.
     if (sourceError !== null) throw sourceError
+    // The daemon refused a block's bytes: which chunk, and where the store keeps it, is found by
+    // fetching it again and checking it here (CORRUPT naming them); should it check, the daemon's word stands.
+    const refused = err instanceof VdiskError && err.code === 'CORRUPT' ? refusedBlockOf(err.message) : null
+    if (refused !== null) await store.checkBlock(id, manifest, refused)
     throw err
   }
   if (sourceError !== null) throw sourceError

@@ -85,7 +85,14 @@ interface PackedChunk { pack: string, offset: number, length: number }
 /** A pack the store holds: its index, and the index's modification time (the pack's age, for gc). */
 interface PackInfo { id: string, index: PackIndex, indexModifiedMs: number }
 /** What fetching one chunk gave: its stored object and its block (read) or its block's length (check), or why not. */
-interface Fetched { stored?: Buffer, data?: Buffer, length?: number, error?: VdiskError }
+interface Fetched { stored?: Buffer, data?: Buffer, length?: number, zstd?: boolean, error?: VdiskError }
+
+/**
+ * A block of a pull as it travels to the pool (RemoteStore.frames): `zstd`, the chunk's zstd frame as the
+ * store keeps it (not decompressed or hashed here: the pool's workers do both before they store it, and
+ * the pool keeps the frame); else the raw block, which the pool hashes too.
+ */
+export interface PulledBlock { index: number, id: string, data: Buffer, zstd: boolean }
 
 /** zstd level of chunks: level 1 (about 770 MB/s against 600 for level 3 here, at a ratio within 0.01). */
 const zstdLevel = 1
@@ -306,6 +313,24 @@ export class RemoteStore {
   }
 
   /**
+   * For a pull (frames()): chunk `id`'s payload from its stored object, opened in an encrypted store
+   * (authenticated: a flipped byte fails here) and its header checked (it names the chunk, a block of
+   * `blockBytes`): a zstd frame no longer than the block, passed on as it is; a raw block; else (an
+   * encoding the pool does not keep as it is) the block decoded and checked here. The content of a frame
+   * or a raw block is checked by the pool, which hashes every block it stores.
+   */
+  private chunkPayload (id: string, stored: Buffer, what: string, blockBytes: number): { data: Buffer, zstd: boolean } {
+    const object = this.unsealChunk(id, stored, what)
+    const header = decodeChunkHeader(object, what)
+    if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
+    if (header.rawBytes !== blockBytes) throw corrupt(`${what}: holds ${header.rawBytes} bytes, not the block's ${blockBytes}`)
+    const payload = object.subarray(chunkHeaderBytes)
+    if (header.encoding === chunkEncodingZstd && payload.length > 0 && payload.length <= blockBytes) return { data: payload, zstd: true }
+    if (header.encoding === chunkEncodingRaw) return { data: payload, zstd: false }
+    return { data: this.decodeChunk(id, stored, what), zstd: false }
+  }
+
+  /**
    * Checks chunk `id`'s stored object as verify does and returns its block's length. A plain store's chunk
    * is decompressed and hashed against its id. An encrypted store's is authenticated (the GCM tag covers
    * every byte of the object and its name, so a flipped byte or a swapped object fails) and its inner
@@ -325,7 +350,7 @@ export class RemoteStore {
    * missing chunk is reported (CORRUPT, NOT_FOUND), not thrown; S3 failures are thrown, once every request
    * under way has ended.
    */
-  private async fetchChunks (ids: string[], mode: 'read' | 'check', done: (id: string, result: Fetched) => void, into?: () => Buffer): Promise<void> {
+  private async fetchChunks (ids: string[], mode: 'read' | 'check' | { payloadOf: number }, done: (id: string, result: Fetched) => void, into?: () => Buffer): Promise<void> {
     const packed: Array<{ id: string, where: PackedChunk }> = []
     const alone: string[] = []
     for (const id of ids) {
@@ -346,7 +371,9 @@ export class RemoteStore {
       this.chunkBytesRead += stored.length
       let result: Fetched
       try {
-        result = mode === 'read' ? { stored, data: this.decodeChunk(id, stored, what, into?.()) } : { stored, length: this.checkChunkObject(id, stored, what) }
+        if (mode === 'read') result = { stored, data: this.decodeChunk(id, stored, what, into?.()) }
+        else if (mode === 'check') result = { stored, length: this.checkChunkObject(id, stored, what) }
+        else result = { stored, ...this.chunkPayload(id, stored, what, mode.payloadOf) }
       } catch (err) {
         if (!(err instanceof VdiskError)) throw err
         result = { error: err }
@@ -646,11 +673,47 @@ export class RemoteStore {
     }
   }
 
-  /** The blocks of `entries` of backup `id`, each checked (errors as blocks() says). */
-  private async fetchBatch (id: string, manifest: Manifest, entries: Array<[number, string]>, into?: () => Buffer): Promise<Buffer[]> {
+  /**
+   * The blocks of backup `manifest` as a pull hands them to the pool (PulledBlock: zstd frames as the
+   * store keeps them, not decompressed or hashed here), in increasing index, pullBatchBlocks at a time
+   * (the next batch fetched while one is consumed). Errors as blocks() says, for what is checked here (a
+   * missing chunk, an encrypted one that fails authentication, a header that does not name it); what the
+   * pool finds wrong in a block's content, checkBlock() names.
+   */
+  async * frames (id: string, manifest: Manifest, hooks: { afterBatch?: () => Promise<void> } = {}): AsyncGenerator<PulledBlock> {
+    await this.packsLoaded()
+    const fetchAhead = (start: number): Promise<Fetched[]> => {
+      const fetching = this.fetchEntries(id, manifest, manifest.blocks.slice(start, start + pullBatchBlocks), { payloadOf: manifest.blockBytes })
+      fetching.catch(() => {}) // awaited below; a consumer that stops early never sees it
+      return fetching
+    }
+    let next = manifest.blocks.length > 0 ? fetchAhead(0) : null
+    for (let start = 0; next !== null; start += pullBatchBlocks) {
+      const fetched = await next
+      next = start + pullBatchBlocks < manifest.blocks.length ? fetchAhead(start + pullBatchBlocks) : null
+      const entries = manifest.blocks.slice(start, start + pullBatchBlocks)
+      for (let i = 0; i < entries.length; i++) yield { index: entries[i][0], id: entries[i][1], data: fetched[i].data as Buffer, zstd: fetched[i].zstd === true }
+      await hooks.afterBatch?.()
+    }
+  }
+
+  /**
+   * Block `index` of backup `manifest` fetched again and checked here (decompressed, hashed against its
+   * chunk id): for a pull the pool refused a block of, to say which chunk is wrong and where the store
+   * keeps it. Throws that CORRUPT (as blocks() would); returns when the chunk checks.
+   */
+  async checkBlock (id: string, manifest: Manifest, index: number): Promise<void> {
+    const entry = manifest.blocks.find(([at]) => at === index)
+    if (entry === undefined) return
+    await this.packsLoaded()
+    await this.fetchBatch(id, manifest, [entry])
+  }
+
+  /** Chunks `entries` of backup `id` fetched (`mode` as fetchChunks), by entry; the first error as blocks() says. */
+  private async fetchEntries (id: string, manifest: Manifest, entries: Array<[number, string]>, mode: 'read' | { payloadOf: number }, into?: () => Buffer): Promise<Fetched[]> {
     const fetched = new Map<string, Fetched>()
     for (const [, chunk] of entries) fetched.set(chunk, {})
-    await this.fetchChunks([...fetched.keys()], 'read', (chunk, result) => { fetched.set(chunk, result) }, into)
+    await this.fetchChunks([...fetched.keys()], mode, (chunk, result) => { fetched.set(chunk, result) }, into)
     return entries.map(([index, chunk]) => {
       const result = fetched.get(chunk) as Fetched
       if (result.error !== undefined) {
@@ -658,6 +721,15 @@ export class RemoteStore {
         const why = result.error.code === 'NOT_FOUND' ? `chunk ${chunk} is missing from the store` : result.error.message
         throw corrupt(`remote backup ${id} (${manifest.name}): bytes ${start}-${start + length - 1}: ${why}`)
       }
+      return result
+    })
+  }
+
+  /** The blocks of `entries` of backup `id`, each checked (errors as blocks() says). */
+  private async fetchBatch (id: string, manifest: Manifest, entries: Array<[number, string]>, into?: () => Buffer): Promise<Buffer[]> {
+    const results = await this.fetchEntries(id, manifest, entries, 'read', into)
+    return entries.map(([index, chunk], i) => {
+      const result = results[i]
       const data = result.data as Buffer
       if (data.length !== manifest.blockBytes) {
         throw corrupt(`remote backup ${id} (${manifest.name}): block ${index}: chunk ${chunk} holds ${data.length} bytes, not the block's length`)

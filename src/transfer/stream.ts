@@ -67,6 +67,12 @@ export interface StreamBlock {
   data: Buffer | null
   /** BLAKE3-256 of `data` (its chunk id), or null for a zero block. The encoder computes it when absent. */
   hash?: Buffer | null
+  /**
+   * `data` is a zstd frame holding the block, not the block (a pull's, as the remote store keeps it):
+   * only importBlocks takes it (sent as a zstd frame to the daemon, which opens and checks it); never
+   * in a stream.
+   */
+  zstd?: boolean
 }
 
 /** What the decoder gives: the header first, then the blocks. */

@@ -12,6 +12,10 @@
  *   import (CLI -> daemon): data | zero ... then end, sent only once the stream's trailer checked; the
  *   daemon answers the end with a JSON reply line (the backup made, or an error). A connection that
  *   closes without an end frame leaves the import's progress in the pool, and no backup.
+ *   A pull's import may send a block as a zstd frame in place of a data frame: the head (with the
+ *   block's id), a u32 LE length n (1 .. blockBytes), then n bytes, a zstd frame holding the block as the
+ *   remote store keeps it; the daemon's workers decompress it and check it against the id, and the pool
+ *   stores the frame as it came (not compressed again).
  *   lazy pull (CLI -> daemon, volume/lazy.ts): as import, with ref frames (a block's id, no bytes: the
  *   block is in the remote store) in place of data frames.
  *   hydrate (both ways): the hydrator sends data frames (a block of a lazy pull, any index), flush
@@ -39,6 +43,7 @@ export const frameError = 4
 export const frameRef = 5
 export const frameWant = 6
 export const frameFlush = 7
+export const frameZstd = 8
 export const frameHeadBytes = 41
 
 export interface Frame { kind: number, index: number, hash: Buffer | null, data: Buffer | null }
@@ -49,6 +54,25 @@ export function frameHead (kind: number, index: number, hash: Buffer | null): Bu
   head.writeBigUInt64LE(BigInt(index), 1)
   if (hash !== null) hash.copy(head, 9)
   return head
+}
+
+/** The head and length of a zstd frame message: block `index`, id `hash`, and a zstd frame of `length` bytes to follow. */
+export function zstdFrameHead (index: number, hash: Buffer, length: number): Buffer {
+  const head = Buffer.alloc(frameHeadBytes + 4)
+  frameHead(frameZstd, index, hash).copy(head, 0)
+  head.writeUInt32LE(length, frameHeadBytes)
+  return head
+}
+
+/**
+ * How an import refuses block `index` of its stream whose bytes (or frame) are not its id's, and how the
+ * CLI reads the index back out of the daemon's message (a pull then names the chunk and where the store
+ * keeps it): null for any other message.
+ */
+export function refusedBlockMessage (index: number, why: string): string { return `block ${index} of the stream ${why}` }
+export function refusedBlockOf (message: string): number | null {
+  const match = /^block (\d+) of the stream /.exec(message)
+  return match === null ? null : Number(match[1])
 }
 
 export function errorFrame (code: ErrorCode, message: string): Buffer {
@@ -113,15 +137,28 @@ export class ByteReader {
  * readFrame with the same scratch (into the connection's chunk, or copied into scratch), not a copy of
  * their own: for a reader that is done with each block before it asks for the next.
  */
+/** The id of no block (a zero or end frame's): compared with, never written to. */
+const zeroHash = Buffer.alloc(32)
+
 export async function readFrame (reader: ByteReader, blockBytes: number, scratch?: Buffer): Promise<Frame | null> {
   const head = await reader.read(frameHeadBytes)
   if (head === null) return null
   const kind = head.readUInt8(0)
   const index = Number(head.readBigUInt64LE(1))
   const hashBytes = head.subarray(9, 41)
-  const hash = hashBytes.equals(Buffer.alloc(32)) ? null : Buffer.from(hashBytes)
+  const hash = hashBytes.equals(zeroHash) ? null : Buffer.from(hashBytes)
   if (kind === frameData) {
     const data = await reader.read(blockBytes, true, scratch)
+    if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
+    return { kind, index, hash, data }
+  }
+  if (kind === frameZstd) {
+    if (hash === null) throw corrupt('a zstd frame without an id on the control connection')
+    const length = await reader.read(4)
+    if (length === null) throw new VdiskError('IO', 'the connection ended inside a frame')
+    const n = length.readUInt32LE(0)
+    if (n < 1 || n > blockBytes) throw corrupt(`a zstd frame of ${n} bytes on the control connection (1 to ${blockBytes})`)
+    const data = await reader.read(n, true, scratch)
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
     return { kind, index, hash, data }
   }

@@ -39,6 +39,7 @@ import { Committer } from './commit'
 import { checkName } from './names'
 import { PoolState } from './pool-state'
 import { Volume } from './volume'
+import { refusedBlockMessage } from '../transfer/wire'
 
 /** What an import needs to know of its stream (a StreamHeader's fields). */
 export interface ImportSpec {
@@ -61,7 +62,16 @@ export interface ImportSpec {
  * One block to import: its index, and its bytes and id, or null for a block that reads as zeros; in a
  * lazy pull's import, a reference: no bytes, its id (the block fills in later).
  */
-export interface ImportBlock { index: number, data: Buffer | null, hash: Buffer | null }
+export interface ImportBlock {
+  index: number
+  data: Buffer | null
+  hash: Buffer | null
+  /**
+   * `data` is a zstd frame holding the block (a pull's chunk as the remote store keeps it), at most a
+   * block long: the workers decompress it and check it against `hash`, and it is stored as it came.
+   */
+  zstd?: boolean
+}
 
 export interface ImportCounts {
   /** Blocks recorded by an earlier run (a resumed import) that this stream carries as they are: not stored again. */
@@ -281,15 +291,18 @@ export class ImportSession {
       // as absent there, harmlessly: repair finds it in its pack.
       const pull = listed.size === 0 ? undefined : this.state.catalog.lazyPulls().find(row => row.uuid === this.spec.uuid)
       const now = Date.now()
-      const apply = (): void => this.state.catalog.transaction(() => {
+      const transaction = (): void => this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
-        for (const row of absent.values()) this.state.catalog.insertChunk(row)
+        this.state.catalog.insertChunks(absent.values())
         for (const id of listed) this.state.catalog.putLazyChunk(this.spec.uuid, id)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
+      // Once committed, the absent rows go into the chunk store's row cache in the same synchronous step
+      // (no fill can come between and be overwritten by them): finish's map reads their sizes from there.
+      const apply = (): void => { transaction(); this.state.chunks.remember(absent.values()) }
       if (pull === undefined) { apply(); return }
       // The transaction in the append's turn: no catalog.log snapshot step runs between them.
       const made = new Map([...absent.values()].map(row => [row.id, row]))
@@ -298,12 +311,24 @@ export class ImportSession {
     })
   }
 
-  /** Hashes and compresses a group in the workers, checks each id, and stores the chunks. */
+  /**
+   * Hashes and compresses a group in the workers (a zstd frame: decompresses and hashes it, and keeps
+   * it as it came), checks each id, and stores the chunks once every one of the group checked.
+   */
   private async storeGroup (group: ImportBlock[]): Promise<Array<{ block: number, chunkId: number | null }>> {
     const outcomes = await this.state.ingest.batch(
-      { count: group.length, fill: (i, region) => { (group[i].data as Buffer).copy(region, 0, 0, region.length) } },
+      {
+        count: group.length,
+        fill: (i, region) => {
+          const data = group[i].data as Buffer
+          if (group[i].zstd !== true) { data.copy(region, 0, 0, region.length); return 0 }
+          if (data.length === 0 || data.length > region.length) throw corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame of ${data.length} bytes (1 to ${region.length})`))
+          return data.copy(region)
+        }
+      },
       'import worker',
-      (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(`block ${group[i].index} of the stream does not match its BLAKE3 id`) })
+      (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(refusedBlockMessage(group[i].index, 'does not match its BLAKE3 id')) },
+      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)))
     return outcomes.map((outcome, i) => {
       if (outcome.zero) { this.counts.zeroBlocks++; return { block: group[i].index, chunkId: null } }
       if (outcome.isNew) this.counts.newChunks++

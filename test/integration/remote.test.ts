@@ -16,6 +16,7 @@ import crypto from 'node:crypto'
 import { CliResult, TestMount, cli, execFileAsync, run, withMount } from '../helpers/mount'
 import { Rgw, rgwSecretKey, startRgw, randomFile, rgwCli, scratch as scratchDir } from '../helpers/rgw'
 import { blake3Hex } from '../../src/remote/remote-format'
+import { scanPack } from '../../src/chunk/pack-scan'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const mib = 1024 * 1024
@@ -168,6 +169,94 @@ test.serial('a damaged or a missing chunk fails the pull with one line naming th
   t.is(missing.code, 1)
   t.regex(missing.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2097152-2162687: chunk ${first} is missing from the store\\n$`))
   t.false(fs.existsSync(b.image('backups', 'copy.img')))
+})
+
+/** The chunk records of the packs of pool `pool` (pack-format.ts), by BLAKE3 id: each one's flags and payload. */
+async function poolChunks (pool: string): Promise<Map<string, { compressed: boolean, payload: Buffer }>> {
+  const out = new Map<string, { compressed: boolean, payload: Buffer }>()
+  const dir = path.join(pool, 'packs')
+  for (const name of fs.readdirSync(dir)) {
+    if (!name.endsWith('.pack')) continue
+    const file = path.join(dir, name)
+    const bytes = fs.readFileSync(file)
+    for (const record of (await scanPack(file)).records) {
+      out.set(record.hash.toString('hex'), { compressed: record.compressed, payload: bytes.subarray(record.offset, record.offset + record.storedBytes) })
+    }
+  }
+  return out
+}
+
+test.serial('a pull stores each chunk as the zstd frame the store holds (not compressed again), each verified: a frame that does not decompress to its chunk fails the pull naming it, and none of its bytes are stored', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const c = await withMount(t)
+  const files = scratch(t)
+  for (const mount of [a, b, c]) await addRemote(t, mount, 'store', 'frames')
+  // Compressible data (random letters of 16): every chunk travels zstd-compressed.
+  const text = path.join(files, 'text')
+  const letters = crypto.randomBytes(2 * mib)
+  for (let i = 0; i < letters.length; i++) letters[i] = 0x61 + (letters[i] & 15)
+  fs.writeFileSync(text, letters)
+  const image = await disk(a, 'web.img', 8, [{ atMiB: 2, file: text }])
+  await ok(t, 'backup', image, 'b1')
+  const { id } = await json<Pushed>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  const { RemoteStore } = await import('../../src/remote/store')
+  process.env.AWS_ACCESS_KEY_ID = rgw.env.AWS_ACCESS_KEY_ID
+  process.env.AWS_SECRET_ACCESS_KEY = rgwSecretKey
+  const store = await RemoteStore.open({ bucket, prefix: 'frames/', endpoint: rgw.endpoint }, 'store')
+  t.teardown(() => store.close())
+  const manifest = await store.manifest(id)
+  await store.loadPacks()
+  t.is(manifest.blocks.length, 32)
+  /** The payload of chunk `chunk`'s object in the store (after its 44-byte header): a zstd frame. */
+  const frameOf = async (chunk: string): Promise<Buffer> => {
+    const where = store.chunkLocation(chunk)!
+    const object = (await store.s3.getRange(where.key, where.start, where.length))!
+    t.is(object[5], 1, 'the chunk object is zstd-encoded')
+    return object.subarray(44)
+  }
+
+  await ok(t, 'pull', b.mnt, 'store', id, 'copy')
+  await run('cmp', [a.image('backups', 'b1.img'), b.image('backups', 'copy.img')])
+  const stored = await poolChunks(b.pool)
+  const zstd = await import('zstd-napi/binding')
+  const level3 = new zstd.CCtx()
+  level3.setParameter(zstd.CParameter.compressionLevel, 3)
+  let recompressedDiffers = 0
+  for (const [index, chunk] of manifest.blocks) {
+    const record = stored.get(chunk)
+    t.truthy(record, `chunk ${chunk} (block ${index}) is stored`)
+    t.true(record!.compressed)
+    const frame = await frameOf(chunk)
+    t.true(record!.payload.equals(frame), `block ${index}: the pool stores the store's frame as it came`)
+    // The pool's own compression (level 3) of the block would be other bytes: the frame was not made again.
+    const block = Buffer.from(letters.subarray((index - 32) * 65536, (index - 31) * 65536))
+    const scratchBuffer = Buffer.alloc(zstd.compressBound(block.length))
+    if (!scratchBuffer.subarray(0, level3.compress2(scratchBuffer, block)).equals(frame)) recompressedDiffers++
+  }
+  t.true(recompressedDiffers > 0, 'the test tells a frame passed through from one compressed again')
+
+  // Damaged frames: the first byte of block 40's (zstd's magic: it does not decompress), then the last (it
+  // decompresses to other bytes, or not at all). Each fails the pull naming the chunk; nothing is stored.
+  const chunk = manifest.blocks.find(entry => entry[0] === 40)![1]
+  const where = store.chunkLocation(chunk)!
+  const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgw.env.AWS_ACCESS_KEY_ID!, secretAccessKey: rgwSecretKey } })
+  t.teardown(() => client.destroy())
+  const original = (await store.s3.get(where.key, 64 * mib))!
+  for (const at of [where.start + 44, where.start + where.length - 1]) {
+    const pack = Buffer.from(original)
+    pack[at] ^= 0x01
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: where.key, Body: pack }))
+    const pulled = await vd(rgw.env, 'pull', c.mnt, 'store', id, 'copy')
+    t.is(pulled.code, 1, pulled.stdout)
+    t.is(pulled.stderr.trim().split('\n').length, 1, pulled.stderr)
+    t.regex(pulled.stderr, new RegExp(`^vdiskfs pull: remote backup ${id} \\(b1.img\\): bytes 2621440-2686975: chunk ${chunk} \\(pack ${where.key.slice('frames/'.length)} bytes ${where.start}-${where.start + where.length - 1}\\): (damaged|does not decompress|decompresses to)`))
+    t.false(fs.existsSync(c.image('backups', 'copy.img')))
+    t.false((await poolChunks(c.pool)).has(chunk), 'nothing of the damaged chunk is stored')
+  }
+  await client.send(new PutObjectCommand({ Bucket: bucket, Key: where.key, Body: original }))
+  await ok(t, 'pull', c.mnt, 'store', id, 'copy')
+  await run('cmp', [a.image('backups', 'b1.img'), c.image('backups', 'copy.img')])
 })
 
 test.serial('RGW killed in the middle of a push and of a pull: each fails with one line, and the same command again completes', async t => {

@@ -2,7 +2,9 @@
  * Issue #22: the AWS SDK is loaded only by the commands that talk to S3 (src/remote/s3-store.ts, sdk()).
  * A child process runs CLI commands through main() and reports which modules of @aws-sdk are in
  * require.cache afterwards; no timing is asserted. The same child then makes an S3 client, and the SDK
- * must show up: the check can see it.
+ * must show up: the check can see it. Nor is the engine (src/volume, the daemon, SQLite, the workers) loaded
+ * by the CLI until a command runs it (mount, verify, repair, an offline command): `pull --lazy` is timed from
+ * its start.
  */
 import test from 'ava'
 import { spawnSync } from 'node:child_process'
@@ -50,4 +52,22 @@ test('--help, --version, status and ls (no daemon) and the daemon module do not 
   t.is(result.ls[1], 0, 'ls')
   t.is(result.daemon, 0, 'the daemon')
   t.true(result.client > 0, 'an S3 client loads it')
+})
+
+test('loading the CLI, --help and status load none of the engine (the daemon, src/volume but its name rules, the catalog, the FUSE addon, SQLite, the workers); the daemon module does', t => {
+  const result = child(t, `(async () => {
+  const engine = () => Object.keys(require.cache).filter(k => /[\\\\/](src[\\\\/](volume|daemon|fuse|catalog|inspect|chunk)|better-sqlite3|piscina)[\\\\/]/.test(k)).map(k => path.relative(dist, k)).filter(k => k !== path.join('src', 'volume', 'names.js'))
+  const { main } = require(path.join(dist, 'src', 'cli', 'main.js'))
+  const seen = {}
+  seen.loaded = engine()
+  await quiet(() => main(['--help']))
+  await quiet(() => main(['status', dir]))
+  seen.ran = engine()
+  require(path.join(dist, 'src', 'daemon', 'daemon.js'))
+  seen.daemon = engine().length
+  console.log(JSON.stringify(seen))
+})().catch(err => { console.error(err); process.exit(1) })`) as { loaded: string[], ran: string[], daemon: number }
+  t.deepEqual(result.loaded, [], 'loading the CLI')
+  t.deepEqual(result.ran, [], '--help and status')
+  t.true(result.daemon > 10, 'the check sees the engine once the daemon module loads')
 })

@@ -12,7 +12,7 @@ import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '
 import { StreamHeader, streamKey } from '../../transfer/stream'
 import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks, importBatchFrames } from '../../limits'
-import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, readFrame, send } from '../../transfer/wire'
+import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, frameZstd, readFrame, send } from '../../transfer/wire'
 import { ImportBlock } from '../../volume/import'
 import { Pool } from '../../volume/pool'
 import { Volume } from '../../volume/volume'
@@ -257,9 +257,10 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         }
         if (frame.kind === frameEnd) break
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
-        if (frame.kind !== frameData && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
-        batch.push({ index: frame.index, data: frame.kind === frameData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash })
-        if (frame.kind === frameData) withBytes++
+        if (frame.kind !== frameData && frame.kind !== frameZstd && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
+        const withData = frame.kind === frameData || frame.kind === frameZstd
+        batch.push({ index: frame.index, data: withData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash, ...(frame.kind === frameZstd ? { zstd: true } : {}) })
+        if (withData) withBytes++
         if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) { await storeBatch(batch); batch = []; withBytes = 0; turn = 1 - turn }
       }
       await storeBatch(batch)
