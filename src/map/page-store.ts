@@ -60,6 +60,11 @@ export class PageStore {
    */
   rootEntriesRead = 0
   /**
+   * What gc examined since the pool opened (issue #21, gc in time proportional to what it frees): root
+   * entries read, and pages whose references it read or counted.
+   */
+  gcReads = 0
+  /**
    * Per page id, the delta extents its entries name ("learnt"), kept past the page's eviction: a
    * stored page changes only through markDirty (which forgets what was learnt and queues the page in
    * `unlearnt`) and gc's drop, so sealing an extent finds the pages that name it without loading every

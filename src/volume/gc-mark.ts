@@ -99,6 +99,7 @@ export class GcMark {
       // the set. Whether a page was marked is still livePages' answer (the barrier adds to it alone).
       const seen = new Uint8Array(this.state.pages.idCeiling)
       for (const { label, root } of this.roots) {
+        this.state.pages.gcReads += root.length
         for (let p = 0; p < root.length; p++) {
           // A page several volumes read (a disk and its backups, a chain of clones) is marked once: what
           // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
@@ -135,6 +136,7 @@ export class GcMark {
     const r = this.result
     r.livePages.add(id)
     this.walked++
+    this.state.pages.gcReads++
     let refs: PageRefs
     try {
       refs = this.state.pages.refsOf(id)
@@ -173,6 +175,7 @@ export class GcMark {
     if (id === 0 || r.livePages.has(id)) return false
     r.livePages.add(id)
     this.walked++
+    this.state.pages.gcReads++
     let entries: Float64Array
     try {
       entries = (page ?? this.state.pages.get(id)).entries
