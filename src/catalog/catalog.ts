@@ -291,6 +291,8 @@ export class Catalog {
       moveChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ? WHERE id = ?'),
       deleteChunk: db.prepare('DELETE FROM chunks WHERE id = ?'),
       chunkIds: db.prepare('SELECT id FROM chunks').pluck(),
+      chunkIdsAbove: db.prepare('SELECT id FROM chunks WHERE id > ?').pluck(),
+      hasChunk: db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck(),
       chunksInPack: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE pack_id = ?'),
       packUsage: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id GROUP BY p.id'),
       maxChunkId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM chunks), 0), COALESCE((SELECT MAX(id) FROM retired_chunks), 0),
@@ -558,6 +560,9 @@ export class Catalog {
   moveChunk (id: number, packId: number, offset: number): void { this.statements.moveChunk.run(packId, offset, id) }
   deleteChunk (id: number): void { this.statements.deleteChunk.run(id); this.deleted = true }
   chunkIds (): number[] { return this.statements.chunkIds.all() as number[] }
+  /** Chunk ids above `id` (made since a gc saw `id` as the highest). */
+  chunkIdsAbove (id: number): number[] { return this.statements.chunkIdsAbove.all(id) as number[] }
+  hasChunk (id: number): boolean { return this.statements.hasChunk.get(id) !== undefined }
   chunksInPack (packId: number): ChunkRow[] {
     return (this.statements.chunksInPack.all(packId) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
   }

@@ -253,13 +253,22 @@ export class PageStore {
   /** Call before changing an existing page's entries in place (not for a page just created). */
   willChange (page: Page): void {
     if (this.beforeChange !== null) this.beforeChange(page)
+    if (this.counts !== null) this.counts.willChange(page.id)
   }
+
+  /**
+   * The pool's reference counts (volume/ref-counts.ts): told before a page's in-place change (its
+   * references leave the counts while its entries are still the counted ones), after a page is made
+   * or changed, and when gc drops one.
+   */
+  counts: { willChange: (id: number) => void, changed: (id: number) => void, dropped: (id: number) => void } | null = null
 
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++
     this.unlearn(page.id)
     this.unlearnt.add(page.id)
+    if (this.counts !== null) this.counts.changed(page.id)
     // A caller may hold a page across other lookups that evicted it (repoint walks every page): a
     // clean page equals its catalog row, so the changed object takes the cache slot back from any
     // copy loaded meanwhile, and no later lookup reads the stale row.
@@ -293,6 +302,7 @@ export class PageStore {
 
   /** Forgets a page that garbage collection deleted. */
   drop (id: number): void {
+    if (this.counts !== null) this.counts.dropped(id)
     this.unlearn(id)
     this.unlearnt.delete(id)
     this.slots.delete(id)

@@ -39,6 +39,8 @@ export interface MarkSeams {
   sliceMs?: number
   /** Run at each yield, with the pages walked so far; the mark waits for it. */
   onYield?: (pagesWalked: number) => Promise<void> | void
+  /** Run by a gc from the reference counts between its decision (at its commit) and its sweep; it waits for it. */
+  afterDecision?: () => Promise<void> | void
 }
 
 /** What a finished mark found: the live sets, and what could be dead (what existed at its start). */
@@ -53,6 +55,8 @@ export interface MarkResult {
   extentIds: number[]
   chunkIds: number[]
   nextExtentId: number
+  /** Page ids below this existed when the mark began. */
+  pageCeiling: number
 }
 
 export class GcMark {
@@ -83,7 +87,8 @@ export class GcMark {
       pageIds: state.catalog.pageIds(),
       extentIds: state.catalog.extents().map(e => e.id),
       chunkIds: state.catalog.chunkIds(),
-      nextExtentId: state.nextExtentId
+      nextExtentId: state.nextExtentId,
+      pageCeiling: state.pages.idCeiling
     }
     state.pages.beforeChange = page => { this.walkPage(page.id, i => `map page ${page.id} entry ${i}`, page) }
   }

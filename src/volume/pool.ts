@@ -277,7 +277,7 @@ export class Pool {
       return wanted.length
     })
   }
-  async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin) }
+  async gc (liveFractionMin = packLiveFractionMin, options: { full?: boolean } = {}): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin, options) }
   /** Whether gc's mark is under way (between its snapshot and its sweep). */
   get gcMarking (): boolean { return this.maintenance.marking }
   /** Test seam: gc's mark slice length (0: a yield after every page) and a step run at each yield. */
