@@ -88,7 +88,7 @@ export class Sealer {
           `${report.newChunks} new chunks, ${report.rawBytes} -> ${report.storedBytes} bytes`)
       }
       return report
-    })
+    }, 'seal')
     this.running = run
     try { return await run } finally { this.running = null }
   }

@@ -49,12 +49,102 @@ export class Maintenance {
   /** Waits for the maintenance job running now, if any (close and abandon). */
   async settle (): Promise<void> { await this.running.catch(() => {}) }
 
-  /** Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks. */
-  async exclusive<T> (work: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks.
+   * `kind` 'seal': a seal pass, beside which readers may walk (besideSealing) except while it settles.
+   * A job starts only once the walks beside the job before it ended.
+   */
+  async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> {
     if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
-    const run = this.running.catch(() => {}).then(work)
+    this.queued++
+    const run = this.running.catch(() => {}).then(async () => {
+      this.queued--
+      await this.besideDrained()
+      this.holder = kind
+      this.lockChanged()
+      try {
+        return await work()
+      } finally {
+        this.holder = null
+        this.lockChanged()
+      }
+    })
     this.running = run
     return await run
+  }
+
+  /** Who holds the maintenance lock: a seal pass, another job, or nobody. */
+  private holder: 'seal' | 'other' | null = null
+  /** Jobs waiting for the lock. */
+  private queued = 0
+  /** Walks running beside a seal pass (besideSealing), and who waits for them to end. */
+  private beside = 0
+  private besideEnded: Array<() => void> = []
+  /** Set while a seal pass settles (commits, then deletes extents): no walk starts beside it then. */
+  private settlingNow = false
+  /** Who waits for the lock's state to change (besideSealing). */
+  private waiters: Array<() => void> = []
+
+  private lockChanged (): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+
+  private async besideDrained (): Promise<void> {
+    while (this.beside > 0) {
+      this.besideWaits++
+      await new Promise<void>(resolve => this.besideEnded.push(resolve))
+    }
+  }
+
+  /** Test seam: how many times a job or a settling step waited for walks beside a seal pass. */
+  besideWaits = 0
+
+  /**
+   * Runs a reader that must not meet a gc, a compaction, a repair or a seal pass's settling (the
+   * space accounting: it reads pages and chunk sizes across awaits, and those free pages, chunks and
+   * extents or move chunks): under the lock when nobody holds it, or at once beside a seal pass that is
+   * sealing extents (issue #21: `du` and `info` waited behind whole seal passes, 30 s at 1,000
+   * backups). What a seal pass does meanwhile is what writes do (docs/CONCURRENCY.md): it makes
+   * chunks and repoints pages in place, synchronously, and the walk reads each page once; it deletes
+   * nothing before it settles, and settling waits for the walks beside it (settling), as does the next
+   * job on the lock (exclusive).
+   */
+  async besideSealing<T> (work: () => Promise<T>): Promise<T> {
+    for (;;) {
+      if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+      // Checked and acted on in one step (no await between): the holder cannot change in between.
+      if (this.holder === 'seal' && !this.settlingNow) {
+        this.beside++
+        try {
+          return await work()
+        } finally {
+          if (--this.beside === 0) {
+            const ended = this.besideEnded
+            this.besideEnded = []
+            for (const wake of ended) wake()
+          }
+        }
+      }
+      if (this.holder === null && this.queued === 0) return await this.exclusive(work)
+      await new Promise<void>(resolve => this.waiters.push(resolve))
+    }
+  }
+
+  /**
+   * A seal pass's settling step (commit, then delete the sealed extents), inside its exclusive():
+   * no walk starts beside the pass from here to its end, and the ones beside it end first.
+   */
+  async settling<T> (work: () => Promise<T>): Promise<T> {
+    this.settlingNow = true
+    try {
+      await this.besideDrained()
+      return await work()
+    } finally {
+      this.settlingNow = false
+      this.lockChanged()
+    }
   }
 
   /**

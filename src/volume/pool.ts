@@ -248,7 +248,9 @@ export class Pool {
 
   // ---- maintenance (maintenance.ts) ----
 
-  async exclusive<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.exclusive(work) }
+  async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> { return await this.maintenance.exclusive(work, kind) }
+  /** Runs a reader of pages and chunk sizes (the space accounting) under the lock, or beside a seal pass (maintenance.ts). */
+  async besideSealing<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.besideSealing(work) }
 
   /**
    * A hydrator's blocks for lazy pulls (lazy.ts): those whose chunk is absent are hashed in the workers,

@@ -14,6 +14,7 @@ import { Sealer } from '../../src/seal/sealer'
 import { SpaceAccounting } from '../../src/inspect/space'
 import { pageEntries } from '../../src/limits'
 import { bytesOf } from '../helpers/model'
+import { storesOf } from '../helpers/stores'
 
 test('du and info answer while a seal pass is held mid-way, and the pass then completes with the same figures after it', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-du-seal-'))
@@ -70,7 +71,7 @@ test('du and info answer while a seal pass is held mid-way, and the pass then co
   }
 })
 
-test('a gc queued behind a seal pass waits for a du walking beside the pass', async t => {
+test('a seal pass settles, and a gc queued behind it runs, only after a du walking beside the pass ended', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-du-seal-'))
   const blockBytes = 4096
   const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
@@ -108,13 +109,24 @@ test('a gc queued behind a seal pass waits for a du walking beside the pass', as
     await inWalk
     await pool.remove(pool.get('backup', 'b0.img'))
     const gc = pool.gc().then(() => events.push('gc done'))
+    // The pass goes on to its settling (commit, then delete the sealed extents), which waits for the
+    // walk beside it; gc waits for the pass. Then the walk goes on.
+    const removed = storesOf(pool).extents
+    const remove = removed.remove.bind(removed)
+    removed.remove = async (id: number) => { events.push('an extent deleted'); await remove(id) }
+    const maintenance = (pool as unknown as { maintenance: { besideWaits: number } }).maintenance
     release()
-    await pass
-    // The pass ended; gc is queued behind the walk. Let the walk go on.
+    // Until something waits for the walk (the settling step should), or the pass ended without waiting.
+    let passEnded = false
+    void pass.then(() => { passEnded = true })
+    while (maintenance.besideWaits === 0 && !passEnded) await new Promise(resolve => setImmediate(resolve))
+    events.push('walk resumed')
     resume()
-    await Promise.all([du, gc])
+    await Promise.all([du, gc, pass])
     clearTimeout(fallback)
-    t.deepEqual(events, ['seal pass done', 'du answered', 'gc done'])
+    t.is(events[0], 'walk resumed', `the settling step waited for the walk: ${events.join(', ')}`)
+    t.true(events.indexOf('an extent deleted') > events.indexOf('du answered'), `no extent deleted while the walk was held: ${events.join(', ')}`)
+    t.true(events.indexOf('seal pass done') > events.indexOf('du answered') && events.indexOf('gc done') > events.indexOf('seal pass done'), events.join(', '))
     t.is((await du).volumes.length, 3, 'the walk saw the pool as at its snapshot (b0 still in it)')
   } finally {
     await pool.close().catch(() => {})
