@@ -234,7 +234,6 @@ export class Maintenance {
       } catch (err) {
         if (err instanceof UnloadedBase) {
           await this.state.extents.loadBases([err.extentId]).catch(() => {})
-          // eslint-disable-next-line require-atomic-updates -- since is this loop's own clock
           since = performance.now()
         }
         // Unreadable, or its base still unknown: counted (or held for) at the next decision.

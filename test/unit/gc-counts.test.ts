@@ -88,9 +88,10 @@ test('a page found dead by the counts and reused as a spare before the sweep is 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-gc-counts-'))
   const blockBytes = 4096
   const options = { workers: 1, pageCacheMax: 4 }
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, ...options })
+  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, ...options })
+  const opened = [pool]
   try {
-    let disk = await pool.createDisk('d.img')
+    const disk = await pool.createDisk('d.img')
     for (let p = 0; p < 4; p++) await disk.write(bytesOf(10 + p, blockBytes), p * pageEntries * blockBytes)
     await pool.backup(disk, 'b.img')
     // Pages 2 and 3 of the disk's own epoch (written after the backup), then dropped by a shrink: spares.
@@ -115,14 +116,14 @@ test('a page found dead by the counts and reused as a spare before the sweep is 
     await disk.read(block, 3 * pageEntries * blockBytes + blockBytes)
     t.true(block.equals(bytesOf(30, blockBytes)))
     await pool.close()
-    pool = Pool.open(path.join(dir, 'pool'), options)
-    disk = pool.get('disk', 'd.img')
-    await disk.read(block, 3 * pageEntries * blockBytes + blockBytes)
+    const reopened = Pool.open(path.join(dir, 'pool'), options)
+    opened.push(reopened)
+    await reopened.get('disk', 'd.img').read(block, 3 * pageEntries * blockBytes + blockBytes)
     t.true(block.equals(bytesOf(30, blockBytes)), 'after reopen')
-    await pool.gc()
-    t.is(await leftOrLost(pool), null)
+    await reopened.gc()
+    t.is(await leftOrLost(reopened), null)
   } finally {
-    await pool.close().catch(() => {})
+    for (const p of opened) await p.close().catch(() => {})
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })
@@ -237,24 +238,26 @@ test('gc beside operations in flight frees exactly what is unreferenced, and not
   )
   const details = await fc.check(fc.asyncProperty(fc.array(fc.array(batchOp, { minLength: 2, maxLength: 8 }), { minLength: 1, maxLength: 6 }), async batches => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-gc-counts-'))
-    let pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1, pageCacheMax: 4 })
+    const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1, pageCacheMax: 4 })
+    const opened = [pool]
     try {
       const disks = [await pool.createDisk('d0.img'), await pool.createDisk('d1.img'), await pool.createDisk('d2.img')]
-      let made = 0
-      const backupsNow = () => pool.list('backup')
+      const made = { n: 0 }
+      const backupsNow = (): ReturnType<Pool['list']> => pool.list('backup')
+      const run = async (op: typeof batches[number][number]): Promise<unknown> => {
+        switch (op.k) {
+          case 'write': return await disks[op.disk % 3].write(bytesOf(op.seed, blockBytes), op.block * blockBytes)
+          case 'backup': return await pool.backup(disks[op.disk % 3], `b${made.n++}.img`)
+          case 'clone': { const list = backupsNow(); if (list.length > 0) await pool.clone(list[op.n % list.length], `c${made.n++}.img`); return }
+          case 'rm': { const list = backupsNow(); if (list.length > 0) await pool.remove(list[op.n % list.length]); return }
+          case 'restore': { const list = backupsNow(); if (list.length > 0) await pool.restore(list[op.n % list.length], disks[op.disk % 3]); return }
+          case 'truncate': return await disks[op.disk % 3].truncate(op.blocks * blockBytes)
+          case 'seal': return await new Sealer(pool, () => {}).sealPending(true)
+          case 'gc': return await pool.gc()
+        }
+      }
       for (const [b, batch] of batches.entries()) {
-        const inFlight = [pool.gc(), ...batch.map(async op => {
-          switch (op.k) {
-            case 'write': return await disks[op.disk % 3].write(bytesOf(op.seed, blockBytes), op.block * blockBytes)
-            case 'backup': return await pool.backup(disks[op.disk % 3], `b${made++}.img`)
-            case 'clone': { const list = backupsNow(); if (list.length > 0) await pool.clone(list[op.n % list.length], `c${made++}.img`); return }
-            case 'rm': { const list = backupsNow(); if (list.length > 0) await pool.remove(list[op.n % list.length]); return }
-            case 'restore': { const list = backupsNow(); if (list.length > 0) await pool.restore(list[op.n % list.length], disks[op.disk % 3]); return }
-            case 'truncate': return await disks[op.disk % 3].truncate(op.blocks * blockBytes)
-            case 'seal': return await new Sealer(pool, () => {}).sealPending(true)
-            case 'gc': return await pool.gc()
-          }
-        })]
+        const inFlight = [pool.gc(), ...batch.map(run)]
         const settled = await Promise.allSettled(inFlight)
         for (const s of settled) {
           // Names collide (a backup removed while being cloned): NOT_FOUND and EXISTS are answers, not faults.
@@ -268,17 +271,18 @@ test('gc beside operations in flight frees exactly what is unreferenced, and not
       const before = new Map<string, Buffer>()
       for (const v of pool.list()) { const buf = Buffer.alloc(v.size); if (v.size > 0) await v.read(buf, 0); before.set(`${v.kind}/${v.name}`, buf) }
       await pool.close()
-      pool = Pool.open(path.join(dir, 'pool'), { workers: 1, pageCacheMax: 4 })
-      for (const v of pool.list()) {
+      const reopened = Pool.open(path.join(dir, 'pool'), { workers: 1, pageCacheMax: 4 })
+      opened.push(reopened)
+      for (const v of reopened.list()) {
         const buf = Buffer.alloc(v.size)
         if (v.size > 0) await v.read(buf, 0)
         if (!buf.equals(before.get(`${v.kind}/${v.name}`) ?? Buffer.alloc(0))) throw new Error(`${v.kind}/${v.name} reads differently after reopen`)
       }
-      await pool.gc()
-      const problem = await leftOrLost(pool)
+      await reopened.gc()
+      const problem = await leftOrLost(reopened)
       if (problem !== null) throw new Error(`after reopen: ${problem}`)
     } finally {
-      await pool.close().catch(() => {})
+      for (const p of opened) await p.close().catch(() => {})
       fs.rmSync(dir, { recursive: true, force: true })
     }
   }), { numRuns: Math.max(4, Math.floor(runs / 2)), seed })
