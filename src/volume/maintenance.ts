@@ -73,6 +73,11 @@ export class Maintenance {
     return await run
   }
 
+  /** The highest pack id when the last gc compacted: packs above it are new to the next one. */
+  private packMax = 0
+  /** Packs that lost chunks to a gc from the counts and were not compacted away: candidates again. */
+  private readonly sparsePacks = new Set<number>()
+
   /** Who holds the maintenance lock: a seal pass, another job, or nobody. */
   private holder: 'seal' | 'other' | null = null
   /** Jobs waiting for the lock. */
@@ -194,7 +199,10 @@ export class Maintenance {
     const deadChunks = held !== null ? [] : found.chunkIds.filter(id => !liveChunks.has(id))
     if (held !== null) this.state.log(`gc frees nothing while the catalog is damaged: ${held} (vdiskfs verify, vdiskfs repair)`)
     const swept = await this.sweep(deadPages, deadExtents, deadChunks)
+    const packMax = this.state.catalog.maxPackId()
     const compacted = await this.state.chunks.compact(liveFractionMin)
+    this.packMax = packMax
+    this.sparsePacks.clear()
     const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
     // The counts, for the next gc: what this one left (held, or dirty) stays a candidate.
     await this.buildCounts(found)
@@ -304,8 +312,21 @@ export class Maintenance {
     // willChange); nothing names a dead chunk or extent again (docs/CONCURRENCY.md, "gc's reference counts").
     const deadPages = [...d.pages]
     refs.dying = null
+    // Compaction looks at the packs that lose chunks now and the packs made since the last gc (a seal
+    // pass that failed leaves records no index names in those), not at every pack.
+    // A pack that lost chunks and stayed (live enough for this gc's bound) stays a candidate: an
+    // explicit gc asks a higher bound than the background one.
+    const packs = new Set([...this.state.catalog.packIdsAbove(this.packMax), ...this.sparsePacks])
+    for (const id of d.chunks) {
+      const packId = this.state.chunks.info(id).packId
+      packs.add(packId)
+      this.sparsePacks.add(packId)
+    }
     const swept = await this.sweep(deadPages, d.extents, d.chunks)
-    const compacted = await this.state.chunks.compact(liveFractionMin)
+    const compacted = await this.state.chunks.compact(liveFractionMin, packs)
+    for (const id of packs) if (id > this.packMax) this.packMax = id
+    const stayed = new Set(this.state.catalog.packUsageOf(this.sparsePacks).map(p => p.id))
+    for (const id of this.sparsePacks) if (!stayed.has(id)) this.sparsePacks.delete(id)
     return {
       pagesFreed: deadPages.length,
       extentsFreed: d.extents.length,

@@ -327,3 +327,29 @@ test('gc with `full` compares the counts with a full mark, and frees nothing and
     fs.rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('a gc from the counts compacts the packs whose chunks it freed (and only looks at those and new ones)', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-gc-counts-'))
+  const blockBytes = 4096
+  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    for (let b = 0; b < 64; b++) await disk.write(bytesOf(b, blockBytes), b * blockBytes)
+    await new Sealer(pool, () => {}).sealPending(true)
+    const first = await pool.gc()
+    t.is(first.chunksFreed, 0)
+    // Every block rewritten and sealed again: the first pack's chunks are all garbage.
+    for (let b = 0; b < 64; b++) await disk.write(bytesOf(1000 + b, blockBytes), b * blockBytes)
+    await new Sealer(pool, () => {}).sealPending(true)
+    const second = await pool.gc()
+    t.is(second.chunksFreed, 64)
+    t.true(second.packsFreed >= 1, `packs freed: ${second.packsFreed}`)
+    const block = Buffer.alloc(blockBytes)
+    await disk.read(block, 7 * blockBytes)
+    t.true(block.equals(bytesOf(1007, blockBytes)))
+    t.is(await leftOrLost(pool), null)
+  } finally {
+    await pool.close().catch(() => {})
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
