@@ -205,7 +205,7 @@ export class Maintenance {
     this.sparsePacks.clear()
     const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
     // The counts, for the next gc: what this one left (held, or dirty) stays a candidate.
-    await this.buildCounts(found)
+    await this.buildCounts(found, new Set(deadPages))
     return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, phaseMs, ...(held !== null ? { held } : {}) }
   }
 
@@ -231,7 +231,7 @@ export class Maintenance {
    * live but nothing counts, and what it found dead but was not freed, are candidates for the next
    * decision, and what was made since the mark began is (the ceilings).
    */
-  private async buildCounts (found: MarkResult): Promise<void> {
+  private async buildCounts (found: MarkResult, freed: Set<number>): Promise<void> {
     const refs = this.state.refs
     const started = performance.now()
     refs.startBuild()
@@ -256,7 +256,8 @@ export class Maintenance {
     // The iterator read pageRefs live: a page placed during a yield is stale (rootAdd), one counted
     // before the yield uncounted by its change (willChange). So every page some root names is counted or stale.
     for (const id of found.livePages) if (refs.refsOfPage(id) === 0) refs.zeroPages.add(id)
-    for (const id of found.pageIds) if (!found.livePages.has(id) && refs.refsOfPage(id) === 0) refs.zeroPages.add(id)
+    // The pages the mark found dead and its sweep did not free (dirty then, or the catalog held).
+    for (const id of found.pageIds) if (!found.livePages.has(id) && !freed.has(id) && refs.refsOfPage(id) === 0) refs.zeroPages.add(id)
     for (const id of found.liveChunks) if (refs.chunkCount(id) === 0) refs.zeroChunks.add(id)
     for (const id of found.chunkIds) if (refs.chunkCount(id) === 0) refs.zeroChunks.add(id)
     for (const id of found.liveExtents) if (refs.extentCount(id) === 0) refs.zeroExtents.add(id)
