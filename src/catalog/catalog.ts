@@ -291,9 +291,13 @@ export class Catalog {
       moveChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ? WHERE id = ?'),
       deleteChunk: db.prepare('DELETE FROM chunks WHERE id = ?'),
       chunkIds: db.prepare('SELECT id FROM chunks').pluck(),
+      chunkIdsAbove: db.prepare('SELECT id FROM chunks WHERE id > ?').pluck(),
+      hasChunk: db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck(),
       chunksInPack: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE pack_id = ?'),
       chunksBetween: db.prepare('SELECT id, hash, pack_id AS packId, offset, stored_bytes AS storedBytes, raw_bytes AS rawBytes, compressed FROM chunks WHERE id BETWEEN ? AND ?'),
       packUsage: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id GROUP BY p.id'),
+      packUsageOf: db.prepare('SELECT p.id AS id, COALESCE(SUM(c.stored_bytes), 0) AS liveBytes, COUNT(c.id) AS chunks FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id WHERE p.id = ? GROUP BY p.id'),
+      packIdsAbove: db.prepare('SELECT id FROM packs WHERE id > ?').pluck(),
       maxChunkId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM chunks), 0), COALESCE((SELECT MAX(id) FROM retired_chunks), 0),
         COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'chunk_id_high'), 0))`).pluck(),
       maxPackId: db.prepare(`SELECT MAX(COALESCE((SELECT MAX(id) FROM packs), 0), COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pack_id_high'), 0))`).pluck(),
@@ -576,6 +580,9 @@ export class Catalog {
     return (this.statements.chunksBetween.all(low, high) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
   }
 
+  /** Chunk ids above `id` (made since a gc saw `id` as the highest). */
+  chunkIdsAbove (id: number): number[] { return this.statements.chunkIdsAbove.all(id) as number[] }
+  hasChunk (id: number): boolean { return this.statements.hasChunk.get(id) !== undefined }
   chunksInPack (packId: number): ChunkRow[] {
     return (this.statements.chunksInPack.all(packId) as Array<Omit<ChunkRow, 'compressed'> & { compressed: number }>).map(row => ({ ...row, compressed: row.compressed === 1 }))
   }
@@ -583,6 +590,19 @@ export class Catalog {
   packUsage (): Array<{ id: number, liveBytes: number, chunks: number }> {
     return this.statements.packUsage.all() as Array<{ id: number, liveBytes: number, chunks: number }>
   }
+
+  /** packUsage() of the packs `ids` only (those that exist). */
+  packUsageOf (ids: Iterable<number>): Array<{ id: number, liveBytes: number, chunks: number }> {
+    const out: Array<{ id: number, liveBytes: number, chunks: number }> = []
+    for (const id of ids) {
+      const row = this.statements.packUsageOf.get(id) as { id: number, liveBytes: number, chunks: number } | undefined
+      if (row !== undefined) out.push(row)
+    }
+    return out
+  }
+
+  /** Pack ids above `id` (made since a gc saw `id` as the highest). */
+  packIdsAbove (id: number): number[] { return this.statements.packIdsAbove.all(id) as number[] }
 
   maxChunkId (): number { return this.statements.maxChunkId.get() as number }
   maxPackId (): number { return this.statements.maxPackId.get() as number }

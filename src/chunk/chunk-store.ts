@@ -458,10 +458,11 @@ export class ChunkStore {
    * Rewrites the live chunks of packs whose live fraction is below `liveFractionMin` into the current
    * pack, then deletes those packs. Crash-safe: the index moves only after the copies are durable.
    */
-  async compact (liveFractionMin: number): Promise<{ packsFreed: number, bytesFreed: number }> {
-    // Every existing pack is a candidate, the one being filled too: survivors go to a fresh pack.
+  async compact (liveFractionMin: number, only?: Iterable<number>): Promise<{ packsFreed: number, bytesFreed: number }> {
+    // Every existing pack is a candidate (or those of `only`: the packs a gc freed chunks of, and those
+    // made since the last gc), the one being filled too: survivors go to a fresh pack.
     assert.equal(this.pendingByHash.size + this.unsyncedPacks.size, 0, 'compaction runs only between seal passes')
-    const usages = this.catalog.packUsage()
+    const usages = only === undefined ? this.catalog.packUsage() : this.catalog.packUsageOf(only)
     await this.close()
     let packsFreed = 0
     let bytesFreed = 0

@@ -335,13 +335,15 @@ const coreCommands: Record<string, Command> = {
   },
 
   gc: {
-    usage: 'gc MNT [--json]',
-    summary: 'free what no volume references (map pages, extents, chunks) and compact packs',
-    spec: { positionals: ['MNT'], booleans: { json: ['--json'] } },
+    usage: 'gc MNT [--full] [--json]',
+    summary: 'free what no volume references (map pages, extents, chunks) and compact packs; --full checks the reference counts against a full mark first',
+    spec: { positionals: ['MNT'], booleans: { json: ['--json'], full: ['--full'] } },
     async run ({ positionals: [mnt], flags }) {
       const mountpoint = mountpointArg(mnt)
-      const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc'))
-      print(flags.json === true, result, () => result.held !== undefined
+      const result = await withProgress(mountpoint, 'collecting', call(mountpoint, 'gc', { full: flags.full === true }))
+      print(flags.json === true, result, () => result.held?.startsWith('reference counts disagree') === true
+        ? `freed nothing: ${result.held}; the counts were dropped and the next gc rebuilds them from a full mark (please report this)`
+        : result.held !== undefined
         ? `freed no map pages, extents or chunks: ${result.held}, and while the catalog is damaged gc cannot prove anything unreferenced (vdiskfs verify; rewrite or remove what was lost); ` +
           `${result.packsFreed} packs (${bytes(result.packBytesFreed)}) freed by compaction`
         : `freed ${result.pagesFreed} map pages, ${result.extentsFreed} extents, ${result.chunksFreed} chunks and ${result.packsFreed} packs (${bytes(result.packBytesFreed)})`)

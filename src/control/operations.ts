@@ -82,7 +82,7 @@ export const operations = {
   commit: { args: {}, result: returns<Record<string, never>>() },
   sync: { args: {}, result: returns<SealReport & Elapsed>() },
   verify: { args: {}, result: returns<VerifyReport>() },
-  gc: { args: {}, result: returns<GcReport>() },
+  gc: { args: { full: optional(boolean) }, result: returns<GcReport>() },
   ls: { args: {}, result: returns<Array<VolumeInfo & { storedBytes: number }>>(), quiet: true },
   du: { args: {}, result: returns<SpaceReport>(), quiet: true },
   info: { args: { image: volume('', 'image') }, result: returns<VolumeFacts>(), quiet: true },

@@ -10,8 +10,12 @@
  * How it is computed (issue #21: with 1,000 backups of a 1 TiB disk the old walk, every volume's every
  * entry three times on the main thread, held every FUSE request for more than ten minutes):
  *
- * - It runs under the maintenance lock (Pool.exclusive), so nothing frees or moves what it reads: no
- *   gc drops a page or retires a chunk, no seal repoints an entry, no compaction moves a chunk.
+ * - It runs under the maintenance lock (Pool.besideSealing), or beside a seal pass that is sealing
+ *   extents, so nothing frees or moves what it reads: no gc drops a page or retires a chunk, no
+ *   compaction moves a chunk, no seal pass settles (deletes its extents) until the walk ended. A seal
+ *   pass beside it repoints pages in place (synchronously) and makes chunks: to the walk, which reads
+ *   each page once, that is what a write into a page is (below); issue #21, du and info answered only
+ *   after a whole seal pass.
  * - It takes a snapshot of the volumes and their roots in one synchronous step (BlockMap.shareRoot:
  *   O(1) per volume; a map copies its root before changing it), then walks in slices of about
  *   spaceSliceMs, yielding to the event loop between them (setImmediate: the FUSE requests and control
@@ -139,7 +143,7 @@ export class SpaceAccounting {
     const latest = this.latest
     if (latest !== null && (latest.generation === null || latest.generation === this.pool.generation)) return await latest.result
     const walk: Walk = { generation: null, result: Promise.resolve(null as unknown as Computed) }
-    walk.result = this.pool.exclusive(async () => await this.walk(generation => { walk.generation = generation }))
+    walk.result = this.pool.besideSealing(async () => await this.walk(generation => { walk.generation = generation }))
       .then(computed => {
         if (this.cached === null || this.cached.generation <= computed.generation) this.cached = computed
         return computed

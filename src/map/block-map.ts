@@ -27,6 +27,11 @@ export class BlockMap {
    * after a restart (or a gc, which deletes unreferenced pages) they are garbage as before.
    */
   private readonly spares: number[] = []
+  /**
+   * The pool's page reference counts (volume/ref-counts.ts), told of every change to the root while
+   * this map's volume is in the pool's table (VolumeTable attaches and detaches it); null otherwise.
+   */
+  counts: { rootAdd: (id: number) => void, rootDrop: (id: number) => void, rootAll: (root: Float64Array, sign: 1 | -1) => void } | null = null
   /** Told of every entry set (the change journal, volume/journal.ts); null: nobody listens. */
   onSet: ((block: number, entry: number) => void) | null = null
   /**
@@ -74,7 +79,12 @@ export class BlockMap {
    * `epoch` (so that its next writes copy the shared pages).
    */
   pointAt (source: BlockMap, epoch: number): void {
+    const old = this.root
     this.root = source.copyRoot()
+    if (this.counts !== null) {
+      this.counts.rootAll(this.root, 1)
+      this.counts.rootAll(old, -1)
+    }
     this.rootShared = false
     this.rootDirty = true
     this.epoch = epoch
@@ -153,6 +163,7 @@ export class BlockMap {
         // the root nothing reads it: it can be reused, rewritten in the commit that writes the new root.
         if (page.epoch === this.epoch && this.spares.length < mapSparePagesMax) this.spares.push(page.id)
       }
+      if (this.counts !== null) this.counts.rootAll(this.root.subarray(pageCount), -1)
       this.root = this.root.slice(0, pageCount)
       this.rootShared = false
       this.rootDirty = true
@@ -233,7 +244,12 @@ export class BlockMap {
       this.root = this.root.slice()
       this.rootShared = false
     }
+    const old = this.root[pageIndex]
     this.root[pageIndex] = pageId
+    if (this.counts !== null) {
+      this.counts.rootAdd(pageId)
+      this.counts.rootDrop(old)
+    }
     this.rootDirty = true
     this.pages.placed(pageId, pageIndex)
   }

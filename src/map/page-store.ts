@@ -60,6 +60,11 @@ export class PageStore {
    */
   rootEntriesRead = 0
   /**
+   * What gc examined since the pool opened (issue #21, gc in time proportional to what it frees): root
+   * entries read, and pages whose references it read or counted.
+   */
+  gcReads = 0
+  /**
    * Per page id, the delta extents its entries name ("learnt"), kept past the page's eviction: a
    * stored page changes only through markDirty (which forgets what was learnt and queues the page in
    * `unlearnt`) and gc's drop, so sealing an extent finds the pages that name it without loading every
@@ -248,13 +253,22 @@ export class PageStore {
   /** Call before changing an existing page's entries in place (not for a page just created). */
   willChange (page: Page): void {
     if (this.beforeChange !== null) this.beforeChange(page)
+    if (this.counts !== null) this.counts.willChange(page.id)
   }
+
+  /**
+   * The pool's reference counts (volume/ref-counts.ts): told before a page's in-place change (its
+   * references leave the counts while its entries are still the counted ones), after a page is made
+   * or changed, and when gc drops one.
+   */
+  counts: { willChange: (id: number) => void, changed: (id: number) => void, dropped: (id: number) => void } | null = null
 
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
     page.version++
     this.unlearn(page.id)
     this.unlearnt.add(page.id)
+    if (this.counts !== null) this.counts.changed(page.id)
     // A caller may hold a page across other lookups that evicted it (repoint walks every page): a
     // clean page equals its catalog row, so the changed object takes the cache slot back from any
     // copy loaded meanwhile, and no later lookup reads the stale row.
@@ -288,6 +302,7 @@ export class PageStore {
 
   /** Forgets a page that garbage collection deleted. */
   drop (id: number): void {
+    if (this.counts !== null) this.counts.dropped(id)
     this.unlearn(id)
     this.unlearnt.delete(id)
     this.slots.delete(id)

@@ -18,6 +18,8 @@ export class Sealer {
   private running: Promise<SealReport> | null = null
   /** Extents that failed to seal: the background passes skip them until an explicit sync retries. */
   private readonly failing = new Set<number>()
+  /** Test seam: run after each extent is sealed (repointed, not settled yet); the pass waits for it. */
+  onExtentSealed: (() => Promise<void>) | null = null
   /** Progress of the pass in flight, for callers that show it. */
   progress = { done: 0, total: 0 }
 
@@ -58,6 +60,7 @@ export class Sealer {
         try {
           await this.pool.sealExtent(extentId, report)
           repointed.push(extentId)
+          if (this.onExtentSealed !== null) await this.onExtentSealed()
           if (repointed.length >= sealCommitExtents) await settle()
           this.failing.delete(extentId)
         } catch (err) {
@@ -85,7 +88,7 @@ export class Sealer {
           `${report.newChunks} new chunks, ${report.rawBytes} -> ${report.storedBytes} bytes`)
       }
       return report
-    })
+    }, 'seal')
     this.running = run
     try { return await run } finally { this.running = null }
   }

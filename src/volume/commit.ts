@@ -85,6 +85,10 @@ export class Committer {
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
     // Changes from here on go to the next journal file; this commit holds the ones before (journal.ts).
     const journalSeq = this.state.journal.rotate()
+    // gc's decision from the reference counts sees exactly what this commit makes durable (maintenance.ts).
+    const atSnapshot = this.state.atCommitSnapshot
+    this.state.atCommitSnapshot = null
+    if (atSnapshot !== null) atSnapshot()
     try {
       try {
         await this.state.extents.syncPending()

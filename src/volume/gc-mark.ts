@@ -39,6 +39,8 @@ export interface MarkSeams {
   sliceMs?: number
   /** Run at each yield, with the pages walked so far; the mark waits for it. */
   onYield?: (pagesWalked: number) => Promise<void> | void
+  /** Run by a gc from the reference counts between its decision (at its commit) and its sweep; it waits for it. */
+  afterDecision?: () => Promise<void> | void
 }
 
 /** What a finished mark found: the live sets, and what could be dead (what existed at its start). */
@@ -53,6 +55,8 @@ export interface MarkResult {
   extentIds: number[]
   chunkIds: number[]
   nextExtentId: number
+  /** Page ids below this existed when the mark began. */
+  pageCeiling: number
 }
 
 export class GcMark {
@@ -83,7 +87,8 @@ export class GcMark {
       pageIds: state.catalog.pageIds(),
       extentIds: state.catalog.extents().map(e => e.id),
       chunkIds: state.catalog.chunkIds(),
-      nextExtentId: state.nextExtentId
+      nextExtentId: state.nextExtentId,
+      pageCeiling: state.pages.idCeiling
     }
     state.pages.beforeChange = page => { this.walkPage(page.id, i => `map page ${page.id} entry ${i}`, page) }
   }
@@ -99,6 +104,7 @@ export class GcMark {
       // the set. Whether a page was marked is still livePages' answer (the barrier adds to it alone).
       const seen = new Uint8Array(this.state.pages.idCeiling)
       for (const { label, root } of this.roots) {
+        this.state.pages.gcReads += root.length
         for (let p = 0; p < root.length; p++) {
           // A page several volumes read (a disk and its backups, a chain of clones) is marked once: what
           // it references does not depend on who reads it, and 10,000 backups of a disk share most pages.
@@ -135,6 +141,7 @@ export class GcMark {
     const r = this.result
     r.livePages.add(id)
     this.walked++
+    this.state.pages.gcReads++
     let refs: PageRefs
     try {
       refs = this.state.pages.refsOf(id)
@@ -173,6 +180,7 @@ export class GcMark {
     if (id === 0 || r.livePages.has(id)) return false
     r.livePages.add(id)
     this.walked++
+    this.state.pages.gcReads++
     let entries: Float64Array
     try {
       entries = (page ?? this.state.pages.get(id)).entries

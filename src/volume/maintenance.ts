@@ -15,6 +15,7 @@ import { VdiskError } from '../errors'
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { extentIdleMs, gcSliceMs, packLiveFractionMin, writableExtentsMax } from '../limits'
 import { GcMark, MarkResult, MarkSeams } from './gc-mark'
+import { Decision, UnloadedBase } from './ref-counts'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
 import { PoolState } from './pool-state'
@@ -48,60 +49,353 @@ export class Maintenance {
   /** Waits for the maintenance job running now, if any (close and abandon). */
   async settle (): Promise<void> { await this.running.catch(() => {}) }
 
-  /** Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks. */
-  async exclusive<T> (work: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks.
+   * `kind` 'seal': a seal pass, beside which readers may walk (besideSealing) except while it settles.
+   * A job starts only once the walks beside the job before it ended.
+   */
+  async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> {
     if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
-    const run = this.running.catch(() => {}).then(work)
+    this.queued++
+    const run = this.running.catch(() => {}).then(async () => {
+      this.queued--
+      await this.besideDrained()
+      this.holder = kind
+      this.lockChanged()
+      try {
+        return await work()
+      } finally {
+        this.holder = null
+        this.lockChanged()
+      }
+    })
     this.running = run
     return await run
   }
 
+  /** The highest pack id when the last gc compacted: packs above it are new to the next one. */
+  private packMax = 0
+  /** Packs that lost chunks to a gc from the counts and were not compacted away: candidates again. */
+  private readonly sparsePacks = new Set<number>()
+
+  /** Who holds the maintenance lock: a seal pass, another job, or nobody. */
+  private holder: 'seal' | 'other' | null = null
+  /** Jobs waiting for the lock. */
+  private queued = 0
+  /** Walks running beside a seal pass (besideSealing), and who waits for them to end. */
+  private beside = 0
+  private besideEnded: Array<() => void> = []
+  /** Set while a seal pass settles (commits, then deletes extents): no walk starts beside it then. */
+  private settlingNow = false
+  /** Who waits for the lock's state to change (besideSealing). */
+  private waiters: Array<() => void> = []
+
+  private lockChanged (): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+
+  private async besideDrained (): Promise<void> {
+    while (this.beside > 0) {
+      this.besideWaits++
+      await new Promise<void>(resolve => this.besideEnded.push(resolve))
+    }
+  }
+
+  /** Test seam: how many times a job or a settling step waited for walks beside a seal pass. */
+  besideWaits = 0
+
+  /**
+   * Runs a reader that must not meet a gc, a compaction, a repair or a seal pass's settling (the
+   * space accounting: it reads pages and chunk sizes across awaits, and those free pages, chunks and
+   * extents or move chunks): under the lock when nobody holds it, or at once beside a seal pass that is
+   * sealing extents (issue #21: `du` and `info` waited behind whole seal passes, 30 s at 1,000
+   * backups). What a seal pass does meanwhile is what writes do (docs/CONCURRENCY.md): it makes
+   * chunks and repoints pages in place, synchronously, and the walk reads each page once; it deletes
+   * nothing before it settles, and settling waits for the walks beside it (settling), as does the next
+   * job on the lock (exclusive).
+   */
+  async besideSealing<T> (work: () => Promise<T>): Promise<T> {
+    for (;;) {
+      if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+      // Checked and acted on in one step (no await between): the holder cannot change in between.
+      if (this.holder === 'seal' && !this.settlingNow) {
+        this.beside++
+        try {
+          return await work()
+        } finally {
+          if (--this.beside === 0) {
+            const ended = this.besideEnded
+            this.besideEnded = []
+            for (const wake of ended) wake()
+          }
+        }
+      }
+      if (this.holder === null && this.queued === 0) return await this.exclusive(work)
+      await new Promise<void>(resolve => this.waiters.push(resolve))
+    }
+  }
+
+  /**
+   * A seal pass's settling step (commit, then delete the sealed extents), inside its exclusive():
+   * no walk starts beside the pass from here to its end, and the ones beside it end first.
+   */
+  async settling<T> (work: () => Promise<T>): Promise<T> {
+    this.settlingNow = true
+    try {
+      await this.besideDrained()
+      return await work()
+    } finally {
+      this.settlingNow = false
+      this.lockChanged()
+    }
+  }
+
   /**
    * Frees map pages, delta extents and chunks that no volume references, and compacts packs whose
-   * live fraction is low. The mark (gc-mark.ts) starts synchronously after a commit and walks the maps
-   * in slices that yield to the event loop: what it can free existed when it began and was referenced
-   * by nothing then, nor since (docs/CONCURRENCY.md, "gc's mark"). Deletions follow that commit.
+   * live fraction is low. The first gc of a process (and the one after the counts were dropped) marks
+   * every page (gcMarked: gc-mark.ts), then builds the reference counts (ref-counts.ts); every later
+   * one decides from the counts (gcCounted), in time proportional to what changed and what it frees.
+   * `full` (`vdiskfs gc --full`): the counts' decision is checked against a full mark, and nothing is
+   * freed when they disagree (issue #21).
    */
-  async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> {
+  async gc (liveFractionMin = packLiveFractionMin, options: { full?: boolean } = {}): Promise<GcReport> {
     return await this.exclusive(async () => {
-      const started = performance.now()
-      const found = await this.mark(false)
-      const marked = performance.now()
-      // From here to the deletions below, one synchronous step: nothing changes the maps meanwhile.
-      const { livePages, liveExtents, liveChunks } = found
-      // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
-      // could not find or prove), an unreadable page, or a reference to a chunk or extent the catalog
-      // lacks means the maps are not the whole truth: then gc frees nothing (issue #9, item 6).
-      let held = found.held
-      if (held === null) {
-        const known = new Set(found.chunkIds)
-        for (const id of liveChunks) if (!known.has(id)) { held = `chunk ${id} is referenced but missing from the index`; break }
-      }
-      if (held === null) {
-        const known = new Set(found.extentIds)
-        for (const id of liveExtents) if (!known.has(id) && id < found.nextExtentId) { held = `delta extent ${id} is referenced but missing from the catalog`; break }
-      }
-      // Only what existed when the mark began can be dead (a page or extent made since is not in these
-      // lists); an extent is gone from the catalog only by gc or sealing, which wait for this lock.
-      const extentsNow = new Set(this.state.catalog.extents().map(e => e.id))
-      const deadPages = held !== null ? [] : found.pageIds.filter(id => !livePages.has(id) && !this.state.pages.isDirty(id))
-      const deadExtents = held !== null ? [] : found.extentIds.filter(id => !liveExtents.has(id) && id < found.nextExtentId && extentsNow.has(id))
-      const deadChunks = held !== null ? [] : found.chunkIds.filter(id => !liveChunks.has(id))
-      if (held !== null) this.state.log(`gc frees nothing while the catalog is damaged: ${held} (vdiskfs verify, vdiskfs repair)`)
-      this.state.catalog.transaction(() => {
-        for (const id of deadPages) this.state.catalog.deletePage(id)
-        for (const id of deadExtents) this.state.catalog.deleteExtent(id)
-      })
-      this.state.catalog.retireChunks(deadChunks)
-      this.state.chunks.forget(deadChunks)
-      for (const id of deadPages) this.state.pages.drop(id)
-      for (const id of deadExtents) await this.state.extents.remove(id)
-      if (deadExtents.length > 0) await this.state.io.syncDirectory(path.join(this.state.dir, extentsDir))
-      const swept = performance.now()
-      const compacted = await this.state.chunks.compact(liveFractionMin)
-      const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
-      return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, phaseMs, ...(held !== null ? { held } : {}) }
+      if (!this.state.refs.complete) return await this.gcMarked(liveFractionMin)
+      return await this.gcCounted(liveFractionMin, options.full === true)
     })
+  }
+
+  /**
+   * gc by a full mark. The mark (gc-mark.ts) starts synchronously after a commit and walks the maps
+   * in slices that yield to the event loop: what it can free existed when it began and was referenced
+   * by nothing then, nor since (docs/CONCURRENCY.md, "gc's mark"). Deletions follow that commit. Then
+   * the reference counts are built (buildCounts), still under the maintenance lock.
+   */
+  private async gcMarked (liveFractionMin: number): Promise<GcReport> {
+    const started = performance.now()
+    const found = await this.mark(false)
+    const marked = performance.now()
+    // From here to the deletions below, one synchronous step: nothing changes the maps meanwhile.
+    const { livePages, liveExtents, liveChunks } = found
+    // Only a healthy catalog proves anything unreferenced. A lost entry (it named something repair
+    // could not find or prove), an unreadable page, or a reference to a chunk or extent the catalog
+    // lacks means the maps are not the whole truth: then gc frees nothing (issue #9, item 6).
+    let held = found.held
+    if (held === null) {
+      const known = new Set(found.chunkIds)
+      for (const id of liveChunks) if (!known.has(id)) { held = `chunk ${id} is referenced but missing from the index`; break }
+    }
+    if (held === null) {
+      const known = new Set(found.extentIds)
+      for (const id of liveExtents) if (!known.has(id) && id < found.nextExtentId) { held = `delta extent ${id} is referenced but missing from the catalog`; break }
+    }
+    // Only what existed when the mark began can be dead (a page or extent made since is not in these
+    // lists); an extent is gone from the catalog only by gc or sealing, which wait for this lock.
+    const extentsNow = new Set(this.state.catalog.extents().map(e => e.id))
+    const deadPages = held !== null ? [] : found.pageIds.filter(id => !livePages.has(id) && !this.state.pages.isDirty(id))
+    const deadExtents = held !== null ? [] : found.extentIds.filter(id => !liveExtents.has(id) && id < found.nextExtentId && extentsNow.has(id))
+    const deadChunks = held !== null ? [] : found.chunkIds.filter(id => !liveChunks.has(id))
+    if (held !== null) this.state.log(`gc frees nothing while the catalog is damaged: ${held} (vdiskfs verify, vdiskfs repair)`)
+    const swept = await this.sweep(deadPages, deadExtents, deadChunks)
+    const packMax = this.state.catalog.maxPackId()
+    const compacted = await this.state.chunks.compact(liveFractionMin)
+    this.packMax = packMax
+    this.sparsePacks.clear()
+    const phaseMs = { mark: marked - started, sweep: swept - marked, compact: performance.now() - swept }
+    // The counts, for the next gc: what this one left (held, or dirty) stays a candidate.
+    await this.buildCounts(found, new Set(deadPages))
+    return { pagesFreed: deadPages.length, extentsFreed: deadExtents.length, chunksFreed: deadChunks.length, packsFreed: compacted.packsFreed, packBytesFreed: compacted.bytesFreed, phaseMs, ...(held !== null ? { held } : {}) }
+  }
+
+  /** Deletes dead pages, extents and chunks: the catalog's rows in one synchronous step, then the files. Returns when it ended. */
+  private async sweep (deadPages: number[], deadExtents: number[], deadChunks: number[]): Promise<number> {
+    this.state.catalog.transaction(() => {
+      for (const id of deadPages) this.state.catalog.deletePage(id)
+      for (const id of deadExtents) this.state.catalog.deleteExtent(id)
+    })
+    this.state.catalog.retireChunks(deadChunks)
+    this.state.chunks.forget(deadChunks)
+    for (const id of deadPages) this.state.pages.drop(id)
+    for (const id of deadExtents) await this.state.extents.remove(id)
+    if (deadExtents.length > 0) await this.state.io.syncDirectory(path.join(this.state.dir, extentsDir))
+    return performance.now()
+  }
+
+  /**
+   * Builds the chunk and extent counts after a full mark (`found`), in slices that yield to the event
+   * loop: every page some root names is counted as it is when reached; from the start of the build a
+   * counted page's change uncounts it first and one made or changed is stale (counted at the next
+   * decision), so at the end every page a root names is counted or stale. Then what the mark found
+   * live but nothing counts, and what it found dead but was not freed, are candidates for the next
+   * decision, and what was made since the mark began is (the ceilings).
+   */
+  private async buildCounts (found: MarkResult, freed: Set<number>): Promise<void> {
+    const refs = this.state.refs
+    const started = performance.now()
+    refs.startBuild()
+    let since = performance.now()
+    for (const id of refs.uncountedLive()) {
+      try {
+        refs.count(id)
+      } catch (err) {
+        if (err instanceof UnloadedBase) {
+          await this.state.extents.loadBases([err.extentId]).catch(() => {})
+          since = performance.now()
+        }
+        // Unreadable, or its base still unknown: counted (or held for) at the next decision.
+        refs.stale.add(id)
+      }
+      if (performance.now() - since >= gcSliceMs) {
+        await nextTurn()
+        if (this.state.lifecycle !== 'open') { refs.invalidate(); return }
+        since = performance.now()
+      }
+    }
+    // The iterator read pageRefs live: a page placed during a yield is stale (rootAdd), one counted
+    // before the yield uncounted by its change (willChange). So every page some root names is counted or stale.
+    for (const id of found.livePages) if (refs.refsOfPage(id) === 0) refs.zeroPages.add(id)
+    // The pages the mark found dead and its sweep did not free (dirty then, or the catalog held).
+    for (const id of found.pageIds) if (!found.livePages.has(id) && !freed.has(id) && refs.refsOfPage(id) === 0) refs.zeroPages.add(id)
+    for (const id of found.liveChunks) if (refs.chunkCount(id) === 0) refs.zeroChunks.add(id)
+    for (const id of found.chunkIds) if (refs.chunkCount(id) === 0) refs.zeroChunks.add(id)
+    for (const id of found.liveExtents) if (refs.extentCount(id) === 0) refs.zeroExtents.add(id)
+    for (const id of found.extentIds) if (refs.extentCount(id) === 0) refs.zeroExtents.add(id)
+    refs.pageCeiling = found.pageCeiling
+    refs.chunkMax = found.chunkIds.reduce((a, b) => Math.max(a, b), 0)
+    refs.nextExtentId = found.nextExtentId
+    refs.complete = true
+    this.state.log(`gc: reference counts built in ${Math.round(performance.now() - started)} ms`)
+  }
+
+  /**
+   * gc from the reference counts: the decision is taken in the synchronous step of a commit's
+   * snapshot (ref-counts.ts), so it sees exactly what that commit makes durable; the deletions follow
+   * the commit. `check`: a full mark (gc-mark.ts, every page's entries walked) begins after that commit
+   * and must agree (`compareWithMark`), else nothing is freed, the counts are dropped (rebuilt by the
+   * next gc's full mark) and the disagreement is reported as held.
+   */
+  private async gcCounted (liveFractionMin: number, check: boolean): Promise<GcReport> {
+    const refs = this.state.refs
+    const started = performance.now()
+    const reads = refs.examined
+    let decision: Decision | null = null
+    for (let attempt = 0; attempt < 3; attempt++) {
+      // The base tables the stale pages' delta entries need (the decision's step is synchronous). A
+      // page changed after this to name an extent not loaded yet makes the decision ask again.
+      for (const id of refs.extentsOfStale()) await this.state.extents.loadBases([id]).catch(() => {})
+      decision = await this.decideAtCommit()
+      if (decision.unloaded.length === 0) break
+      for (const id of decision.unloaded) await this.state.extents.loadBases([id]).catch(() => {})
+    }
+    const d = decision as Decision
+    if (this.seams.afterDecision !== undefined) await this.seams.afterDecision()
+    let held = d.held ?? (d.unloaded.length > 0 ? `delta extents ${d.unloaded.join(', ')}: their base tables could not be read` : null)
+    if (held === null && check) {
+      const found = await this.mark(true)
+      held = found.held ?? this.compareWithMark(d, found)
+      if (held !== null && found.held === null) {
+        // The counts are wrong: dropped, and rebuilt by the next gc (a full mark).
+        refs.invalidate()
+        refs.recountRoots([...this.volumes.values()].map(v => v.map.root))
+      }
+    }
+    const decided = performance.now()
+    this.state.pages.gcReads += refs.examined - reads
+    if (held !== null) {
+      if (refs.dying !== null) refs.undo(d)
+      this.state.log(`gc frees nothing: ${held} (vdiskfs verify, vdiskfs repair)`)
+      return { pagesFreed: 0, extentsFreed: 0, chunksFreed: 0, packsFreed: 0, packBytesFreed: 0, held, phaseMs: { mark: decided - started, sweep: 0, compact: 0 } }
+    }
+    // From the check of `dying` to the sweep's catalog step, synchronous: a dead page put back into a
+    // root or changed in place meanwhile (a spare reused) left `dying` in that step (RefCounts.rootAdd,
+    // willChange); nothing names a dead chunk or extent again (docs/CONCURRENCY.md, "gc's reference counts").
+    const deadPages = [...d.pages]
+    refs.dying = null
+    // Compaction looks at the packs that lose chunks now and the packs made since the last gc (a seal
+    // pass that failed leaves records no index names in those), not at every pack.
+    // A pack that lost chunks and stayed (live enough for this gc's bound) stays a candidate: an
+    // explicit gc asks a higher bound than the background one.
+    const packs = new Set([...this.state.catalog.packIdsAbove(this.packMax), ...this.sparsePacks])
+    for (const id of d.chunks) {
+      const packId = this.state.chunks.info(id).packId
+      packs.add(packId)
+      this.sparsePacks.add(packId)
+    }
+    const swept = await this.sweep(deadPages, d.extents, d.chunks)
+    const compacted = await this.state.chunks.compact(liveFractionMin, packs)
+    for (const id of packs) if (id > this.packMax) this.packMax = id
+    const stayed = new Set(this.state.catalog.packUsageOf(this.sparsePacks).map(p => p.id))
+    for (const id of this.sparsePacks) if (!stayed.has(id)) this.sparsePacks.delete(id)
+    return {
+      pagesFreed: deadPages.length,
+      extentsFreed: d.extents.length,
+      chunksFreed: d.chunks.length,
+      packsFreed: compacted.packsFreed,
+      packBytesFreed: compacted.bytesFreed,
+      phaseMs: { mark: decided - started, sweep: swept - decided, compact: performance.now() - swept }
+    }
+  }
+
+  /**
+   * Commits, and takes the counts' decision in that commit's snapshot step (Committer.commitNow runs
+   * `atCommitSnapshot` synchronously right after it took the dirty pages and rows). A failed commit
+   * undoes the decision (what it found stays a candidate).
+   */
+  private async decideAtCommit (): Promise<Decision> {
+    const state = this.state
+    let decision: Decision | null = null
+    let failure: unknown = null
+    state.atCommitSnapshot = () => {
+      try {
+        const extentsNow = new Set(state.catalog.extents().map(e => e.id))
+        decision = state.refs.decide(state.pages.idCeiling, state.nextExtentId, state.catalog.chunkIdsAbove(state.refs.chunkMax),
+          id => state.catalog.hasChunk(id), id => extentsNow.has(id), state.writableExtentIds(), new Set(state.catalog.heldChunkIds()))
+      } catch (err) {
+        failure = err
+      }
+    }
+    try {
+      await this.commit()
+    } catch (err) {
+      if (decision !== null) state.refs.undo(decision)
+      throw err
+    } finally {
+      state.atCommitSnapshot = null
+    }
+    if (failure !== null) throw failure as Error
+    if (decision === null) throw new VdiskError('BUSY', 'gc: the commit took no snapshot')
+    return decision
+  }
+
+  /**
+   * Why the counts' decision `d` (taken at a commit before the full mark `found` began) disagrees with
+   * the mark, or null. Nothing the decision frees may be live for the mark; everything the mark finds
+   * dead must be in the decision, or a candidate for the next one (it died after the decision), or
+   * made since it.
+   */
+  private compareWithMark (d: Decision, found: MarkResult): string | null {
+    const refs = this.state.refs
+    const disagree = (what: string): string => `reference counts disagree with a full mark: ${what}`
+    for (const id of d.pages) if (found.livePages.has(id)) return disagree(`map page ${id} is referenced, the counts found none`)
+    for (const id of d.chunks) if (found.liveChunks.has(id)) return disagree(`chunk ${id} is referenced, the counts found none`)
+    for (const id of d.extents) if (found.liveExtents.has(id)) return disagree(`delta extent ${id} is referenced, the counts found none`)
+    for (const id of found.pageIds) {
+      if (found.livePages.has(id) || d.pages.has(id) || refs.zeroPages.has(id) || id >= d.pageCeiling || this.state.pages.isDirty(id)) continue
+      return disagree(`map page ${id} is referenced by nothing, the counts say ${refs.refsOfPage(id)} root entries`)
+    }
+    const chunks = new Set(d.chunks)
+    for (const id of found.chunkIds) {
+      if (found.liveChunks.has(id) || chunks.has(id) || refs.zeroChunks.has(id)) continue
+      return disagree(`chunk ${id} is referenced by nothing, the counts say ${refs.chunkCount(id)}`)
+    }
+    const extents = new Set(d.extents)
+    for (const id of found.extentIds) {
+      if (found.liveExtents.has(id) || extents.has(id) || refs.zeroExtents.has(id) || id >= d.nextExtentId) continue
+      return disagree(`delta extent ${id} is referenced by nothing, the counts say ${refs.extentCount(id)}`)
+    }
+    return null
   }
 
   /**
@@ -352,8 +646,11 @@ export class Maintenance {
 
   /** Recounts every volume's allocated blocks and stored bytes from its map (after repair). */
   recount (): void {
-    // Repair rewrote pages and roots behind the page store: what it learnt of them is relearnt.
+    // Repair rewrote pages and roots behind the page store: what it learnt of them is relearnt, and
+    // the reference counts are rebuilt (the roots' now; the rest by the next gc's full mark).
     this.state.pages.forgetLearnt()
+    this.state.refs.invalidate()
+    this.state.refs.recountRoots([...this.volumes.values()].map(v => v.map.root))
     for (const volume of this.volumes.values()) {
       volume.map.recount()
       volume.rowDirty = true

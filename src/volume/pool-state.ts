@@ -22,6 +22,8 @@ import { PageStore } from '../map/page-store'
 import { FilesystemStat, FreeSpace } from './free-space'
 import { ChangeJournal } from './journal'
 import { Volume, VolumeContext } from './volume'
+import { RefCounts } from './ref-counts'
+import { underSlot } from './references'
 
 export interface StateOptions {
   /** Worker threads for hashing and compression (default: the number of cores; 0 = main thread, benchmark only). */
@@ -55,7 +57,14 @@ export class PoolState implements VolumeContext {
   readonly io: FileIo
   private readonly freeSpace: FreeSpace
 
-  readonly volumes = new Map<number, Volume>()
+  /**
+   * Reference counts per map page, chunk and delta extent (issue #21: gc proportional to what it
+   * frees; ref-counts.ts): the page counts follow every volume entering or leaving this table.
+   */
+  readonly refs: RefCounts
+  /** Run once, synchronously, by the next commit's snapshot step (gc's decision from the counts). */
+  atCommitSnapshot: (() => void) | null = null
+  readonly volumes: VolumeTable
   /**
    * Names ("kind/name") that an operation checked free and will create after an `await` (a backup
    * waiting for its source's writes to drain, a copy, a promote, an import finishing), each with a
@@ -117,6 +126,9 @@ export class PoolState implements VolumeContext {
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
     this.ingest = new Ingest(this.workers, this.chunks, header.blockBytes, bytes => this.claimSpace(bytes))
     this.pages = new PageStore(catalog, options.pageCacheMax, options.pageRefsBytesMax)
+    this.refs = new RefCounts({ refsOf: id => this.pages.refsOf(id), underSlot: entry => underSlot(this.extents, entry) })
+    this.pages.counts = this.refs
+    this.volumes = new VolumeTable(this.refs)
     this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
     if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)
     this.nextVolumeId = catalog.maxVolumeId() + 1
@@ -208,5 +220,42 @@ export class PoolState implements VolumeContext {
     await this.catalogLog.close()
     this.journal.close()
     this.catalog.close()
+  }
+}
+
+/**
+ * The pool's volumes by id: a Map that attaches each volume's map to the page reference counts while
+ * it is in the table (its root counted once; every later root change told to the counts by the map),
+ * and detaches it when it leaves (its root uncounted). Every way into or out of the pool goes through
+ * set and delete (open, create, backup, clone, copy, import, rm, dropHidden).
+ */
+export class VolumeTable extends Map<number, Volume> {
+  constructor (private readonly counts: RefCounts) { super() }
+
+  override set (id: number, volume: Volume): this {
+    const old = super.get(id)
+    if (old === volume) return this
+    if (old !== undefined) this.detach(old)
+    super.set(id, volume)
+    volume.map.counts = this.counts
+    this.counts.rootAll(volume.map.root, 1)
+    return this
+  }
+
+  override delete (id: number): boolean {
+    const old = super.get(id)
+    if (old === undefined) return false
+    this.detach(old)
+    return super.delete(id)
+  }
+
+  override clear (): void {
+    for (const volume of super.values()) this.detach(volume)
+    super.clear()
+  }
+
+  private detach (volume: Volume): void {
+    this.counts.rootAll(volume.map.root, -1)
+    volume.map.counts = null
   }
 }

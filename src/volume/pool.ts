@@ -261,7 +261,9 @@ export class Pool {
 
   // ---- maintenance (maintenance.ts) ----
 
-  async exclusive<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.exclusive(work) }
+  async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> { return await this.maintenance.exclusive(work, kind) }
+  /** Runs a reader of pages and chunk sizes (the space accounting) under the lock, or beside a seal pass (maintenance.ts). */
+  async besideSealing<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.besideSealing(work) }
 
   /**
    * A hydrator's blocks for lazy pulls (lazy.ts): those whose chunk is absent are hashed in the workers,
@@ -290,7 +292,7 @@ export class Pool {
       return wanted.length
     })
   }
-  async gc (liveFractionMin = packLiveFractionMin): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin) }
+  async gc (liveFractionMin = packLiveFractionMin, options: { full?: boolean } = {}): Promise<GcReport> { return await this.maintenance.gc(liveFractionMin, options) }
   /** Whether gc's mark is under way (between its snapshot and its sweep). */
   get gcMarking (): boolean { return this.maintenance.marking }
   /** Test seam: gc's mark slice length (0: a yield after every page) and a step run at each yield. */

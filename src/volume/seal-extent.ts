@@ -123,11 +123,14 @@ export class ExtentSealing {
    */
   async settle (extentIds: number[], report: SealReport): Promise<void> {
     if (extentIds.length === 0) return
-    await this.committer.commit()
-    for (const id of extentIds) {
-      await this.maintenance.dropExtent(id)
-      report.extentsSealed++
-    }
+    // A du walking beside the pass ends first, and none starts until this ends (Maintenance.settling).
+    await this.maintenance.settling(async () => {
+      await this.committer.commit()
+      for (const id of extentIds) {
+        await this.maintenance.dropExtent(id)
+        report.extentsSealed++
+      }
+    })
   }
 
   /**

@@ -86,8 +86,8 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
       log(`rm: ${named(removed)}${stillOpen ? ' (still open: removed at its last close)' : ''}`)
       return { removed, stillOpen }
     },
-    gc: async () => {
-      const report = await metrics.job('gc', async () => await pool.gc(packLiveFractionExplicit))
+    gc: async args => {
+      const report = await metrics.job('gc', async () => await pool.gc(packLiveFractionExplicit, { full: args.full === true }))
       log(`gc: freed ${report.pagesFreed} map pages, ${report.extentsFreed} extents, ${report.chunksFreed} chunks, ${report.packsFreed} packs (${report.packBytesFreed} bytes)` +
         `${report.held !== undefined ? `; held: ${report.held}` : ''}`)
       return report
