@@ -188,10 +188,19 @@ export class FastReads {
         const to = Math.min(last, page * pageEntries + pageEntries - 1)
         this.publish(known, from, to - from + 1)
       } else {
-        const count = Math.min(pageEntries, Math.ceil(volume.size / blockBytes) - page * pageEntries)
-        if (count > 0 && this.publish(known, page * pageEntries, count)) known.pages.add(page)
+        this.publishPage(known, page)
+        // And the page after it, ahead of a sequential reader: its sealed chunks are registered in the
+        // background while this page is read, so the reader finds them there when it arrives.
+        this.publishPage(known, page + 1)
       }
     }
+  }
+
+  /** Publishes map page `page` of the volume whole, if it is not published and lies inside the volume. */
+  private publishPage (known: Known, page: number): void {
+    if (known.pages.has(page)) return
+    const count = Math.min(pageEntries, Math.ceil(known.volume.size / this.source.blockBytes) - page * pageEntries)
+    if (count > 0 && this.publish(known, page * pageEntries, count)) known.pages.add(page)
   }
 
   /** A volume removed (or its identity ended): the addon forgets it. */
