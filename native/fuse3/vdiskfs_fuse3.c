@@ -42,7 +42,8 @@
 enum {
   OP_EXIT = 0, OP_LOOKUP, OP_GETATTR, OP_SETATTR, OP_READDIR, OP_OPEN, OP_CREATE, OP_READ, OP_WRITE,
   OP_FLUSH, OP_RELEASE, OP_FSYNC, OP_UNLINK, OP_RENAME, OP_FALLOCATE, OP_STATFS, OP_LSEEK,
-  OP_COPY_FILE_RANGE, OP_GETXATTR, OP_LISTXATTR, OP_SETXATTR, OP_REMOVEXATTR
+  OP_COPY_FILE_RANGE, OP_GETXATTR, OP_LISTXATTR, OP_SETXATTR, OP_REMOVEXATTR,
+  OP_LEASE /* not a request: a volume's lease of slots for first writes runs low (fast_write) */
 };
 
 #define SIZE_BUCKETS 22 /* request sizes by power of two: bucket b counts sizes in (2^(b-1), 2^b], up to 2 MiB */
@@ -82,6 +83,13 @@ enum {
 /* FAST_WRITABLE: as FAST_DELTA, and a WRITE of whole sectors within the block may overwrite the slot
  * here (the slot is in one of the volume's writable extents; see "WRITEs" below). */
 enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHUNK = 4 };
+/* Flags in a word's low byte beside its kind (docs/FASTPATH.md, "First writes"): FAST_ALLOC, a WRITE of
+ * the whole block may give it a new slot from the volume's lease; FAST_NATIVE, the word was set by such
+ * a write here and the engine has not taken it into its map yet (fastPublish leaves it alone). */
+#define FAST_KIND_MASK 0x3full
+#define FAST_NATIVE 0x40ull
+#define FAST_ALLOC 0x80ull
+#define FAST_LEASE_QUEUE_MAX (1u << 20)
 #define FAST_THREADS_MAX 64
 #define FAST_STRIPES 256
 
@@ -125,6 +133,13 @@ typedef struct fast_volume {
   uint64_t size;
   uint64_t refs;
   uint64_t writes;     /* native WRITEs served (the engine takes it as a change of mtime) */
+  /* The slots native first writes may take (fastLease): [lease_next, lease_end) of extent lease_extent
+   * (0: none), under lease_lock. */
+  pthread_mutex_t lease_lock;
+  uint64_t lease_extent, lease_next, lease_end;
+  uint64_t lease_grow; /* first writes may grow the volume up to this size (bytes; fastGrow) */
+  int lease_low;        /* set once a first write told JavaScript the lease runs low (OP_LEASE); fastLease clears it */
+  uint64_t lease_size;  /* slots the lease gave */
   uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_PAGE words) */
 } fast_volume;
 
@@ -147,9 +162,19 @@ typedef struct fast_state {
   uint64_t epochs[FAST_THREADS_MAX];
   pthread_mutex_t stripes[FAST_STRIPES];
   uint64_t written, write_handed, write_bytes;
+  uint64_t hand_why[16]; /* WRITEs handed to the engine, by the place in fast_write that did (debugging) */
+  /* Blocks native first writes gave a new slot, for the engine to take into its maps (fastAllocs):
+   * [ino, block, extent, slot] each, under alloc_lock; alloc_count (memory JavaScript reads directly,
+   * fastAllocCount) counts every one queued. */
+  pthread_mutex_t alloc_lock;
+  uint64_t *alloc_queue;
+  size_t alloc_n, alloc_cap;
+  uint32_t *alloc_count;
+  uint64_t allocated;
 } fast_state;
 
 static void fast_volume_free(fast_volume *v) {
+  pthread_mutex_destroy(&v->lease_lock);
   for (unsigned t = 0; t < FAST_TOP; t++) {
     uint64_t **mid = v->top[t];
     if (mid == NULL) continue;
@@ -555,7 +580,7 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     uint64_t at = (uint64_t)off + done, block = at / bb, offset = at % bb;
     uint64_t count = bb - offset < length - done ? bb - offset : length - done;
     uint64_t word = fast_word(v, block);
-    unsigned kind = (unsigned)(word & 0xff);
+    unsigned kind = (unsigned)(word & FAST_KIND_MASK);
     if (kind == FAST_HOLE) { memset(b->out + done, 0, count); done += count; continue; }
     if (kind == FAST_CHUNK) {
       if (!fast_read_chunk(f, b, word >> 32, offset, count, b->out + done)) goto out;
@@ -567,7 +592,7 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
     while (done + run < length) {
       uint64_t next = fast_word(v, block + (run + offset) / bb);
-      unsigned next_kind = (unsigned)(next & 0xff);
+      unsigned next_kind = (unsigned)(next & FAST_KIND_MASK);
       if ((next_kind != FAST_DELTA && next_kind != FAST_WRITABLE) || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
       run += bb < length - done - run ? bb : length - done - run;
     }
@@ -634,11 +659,38 @@ static int fast_all_zero(const char *data, size_t length) {
 }
 
 /* One run of a native WRITE: consecutive slots of one extent, written with one pwrite of data and one of checksums. */
-typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at; } fast_write_run;
+typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at; int fresh_partial; } fast_write_run;
 
 static int fast_stripe_cmp(const void *a, const void *b) {
   unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
   return x < y ? -1 : x > y;
+}
+
+/* Where block's word is (NULL: its page was never published), for a worker thread. */
+static uint64_t *fast_word_at(fast_volume *v, uint64_t block) {
+  if (block >= FAST_BLOCKS_MAX) return NULL;
+  uint64_t **mid = __atomic_load_n(&v->top[block >> 24], __ATOMIC_ACQUIRE);
+  if (mid == NULL) return NULL;
+  uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
+  return page == NULL ? NULL : &page[block & (FAST_PAGE - 1)];
+}
+
+/* Queues [ino, block, extent, slot] for the engine's map (fastAllocs); 0 when the queue is full. */
+static int fast_alloc_queue(fast_state *f, uint64_t ino, uint64_t block, uint64_t id, uint64_t slot) {
+  pthread_mutex_lock(&f->alloc_lock);
+  if (f->alloc_n + 4 > f->alloc_cap) {
+    size_t cap = f->alloc_cap == 0 ? 4096 : f->alloc_cap * 2;
+    uint64_t *grown = cap / 4 > FAST_LEASE_QUEUE_MAX ? NULL : realloc(f->alloc_queue, cap * sizeof(uint64_t));
+    if (grown == NULL) { pthread_mutex_unlock(&f->alloc_lock); return 0; }
+    f->alloc_queue = grown;
+    f->alloc_cap = cap;
+  }
+  uint64_t *at = f->alloc_queue + f->alloc_n;
+  at[0] = ino; at[1] = block; at[2] = id; at[3] = slot;
+  f->alloc_n += 4;
+  __atomic_add_fetch(f->alloc_count, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&f->alloc_lock);
+  return 1;
 }
 
 static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf, size_t size, off_t off) {
@@ -653,30 +705,83 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   if (t < 0) return 0;
   uint64_t *epoch = &f->epochs[t];
   __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* odd */
-  int served = 0;
+  int served = 0, why = 0;
   fast_write_run runs[FAST_READ_MAX / FAST_SECTOR];
   unsigned stripes[FAST_READ_MAX / FAST_SECTOR];
-  unsigned nruns = 0, nstripes = 0;
+  uint64_t words[FAST_READ_MAX / FAST_SECTOR]; /* per block: the word loaded */
+  uint64_t exts[FAST_READ_MAX / FAST_SECTOR], slots[FAST_READ_MAX / FAST_SECTOR]; /* where it is written */
+  unsigned char fresh[FAST_READ_MAX / FAST_SECTOR]; /* a first write: a new slot from the lease */
+  unsigned nruns = 0, nstripes = 0, locked = 0, allocs = 0;
+  fast_extent *lease = NULL;
   fast_volume *v = fast_volume_get(f, ino);
-  if (v == NULL) goto out;
-  if ((uint64_t)off + size > __atomic_load_n(&v->size, __ATOMIC_SEQ_CST)) goto out;
+  if (v == NULL) { why = 1; goto out; }
+  /* Past the end: only first writes, within what the lease lets the volume grow to (checked with it). */
+  uint64_t grows_to = (uint64_t)off + size > __atomic_load_n(&v->size, __ATOMIC_SEQ_CST) ? (uint64_t)off + size : 0;
+  /* The blocks' stripe locks, each once, in ascending order (no two writers wait on each other in a
+   * cycle), before the words are loaded: a first write and the word it sets are one step for other
+   * native writers of the block. */
+  for (uint64_t i = 0; i < blocks; i++) stripes[nstripes++] = (unsigned)((ino * 1000003u + first_block + i) % FAST_STRIPES);
+  qsort(stripes, nstripes, sizeof(unsigned), fast_stripe_cmp);
+  for (unsigned i = 0; i < nstripes; i++) if (locked == 0 || stripes[locked - 1] != stripes[i]) stripes[locked++] = stripes[i];
+  for (unsigned i = 0; i < locked; i++) pthread_mutex_lock(&f->stripes[stripes[i]]);
   for (uint64_t i = 0, done = 0; i < blocks; i++) {
     uint64_t block = first_block + i, offset = i == 0 ? (uint64_t)off % bb : 0;
     uint64_t length = bb - offset < size - done ? bb - offset : size - done;
     uint64_t word = fast_word(v, block);
-    if ((word & 0xff) != FAST_WRITABLE) goto out;
-    /* A whole block of zeros: the engine makes it a hole. */
-    if (length == bb && fast_all_zero(buf + done, length)) goto out;
-    uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff;
+    words[i] = word;
+    /* A whole block of zeros: the engine makes it a hole (and zeros written into a hole stay one). */
+    if ((length == bb || (word & FAST_KIND_MASK) == FAST_HOLE) && fast_all_zero(buf + done, length)) { why = 2; goto out; }
+    if ((word & FAST_KIND_MASK) == FAST_WRITABLE) { exts[i] = word >> 32; slots[i] = (word >> 8) & 0xffffff; fresh[i] = 0; }
+    /* A first write: of the whole block, or of part of a hole (the rest of a fresh slot reads as zeros). */
+    else if ((word & FAST_ALLOC) && (length == bb || (word & FAST_KIND_MASK) == FAST_HOLE)) { fresh[i] = 1; allocs++; }
+    else { why = 3; goto out; }
+    done += length;
+  }
+  if (grows_to != 0 && allocs == 0) { why = 4; goto out; }
+  if (allocs > 0) {
+    /* New slots for the first writes, consecutive, from the volume's lease (none left: the engine). */
+    uint64_t id = 0, next = 0;
+    pthread_mutex_lock(&v->lease_lock);
+    int tell = 0;
+    if (v->lease_extent != 0 && v->lease_end - v->lease_next >= allocs && grows_to <= v->lease_grow) {
+      id = v->lease_extent;
+      next = v->lease_next;
+      v->lease_next += allocs;
+      /* A quarter left: JavaScript renews it before it runs out (once per lease). */
+      if (!v->lease_low && (v->lease_end - v->lease_next) * 4 < v->lease_size) { v->lease_low = 1; tell = 1; }
+    } else if (v->lease_extent != 0 && !v->lease_low) {
+      v->lease_low = 1;
+      tell = 1;
+    }
+    pthread_mutex_unlock(&v->lease_lock);
+    if (tell) {
+      request *low = calloc(1, sizeof(request));
+      if (low != NULL) {
+        low->s = s;
+        low->op = OP_LEASE;
+        low->ino = ino;
+        if (napi_call_threadsafe_function(s->tsfn, low, napi_tsfn_nonblocking) != napi_ok) free(low);
+      }
+    }
+    if (id == 0) { why = 5; goto out; }
+    lease = fast_extent_get(f, id);
+    if (lease == NULL) { why = 6; goto out; }
+    for (uint64_t i = 0; i < blocks; i++) if (fresh[i]) { exts[i] = id; slots[i] = next++; }
+  }
+  for (uint64_t i = 0, done = 0; i < blocks; i++) {
+    uint64_t offset = i == 0 ? (uint64_t)off % bb : 0;
+    uint64_t length = bb - offset < size - done ? bb - offset : size - done;
+    uint64_t id = exts[i], slot = slots[i];
     fast_write_run *last = nruns > 0 ? &runs[nruns - 1] : NULL;
+    int partial_fresh = fresh[i] && length != bb;
+    if (partial_fresh || (last != NULL && last->fresh_partial)) last = NULL;
     if (last != NULL && last->e->id == id && last->slot + (last->offset + last->length) / bb == slot && (last->offset + last->length) % bb == 0 && offset == 0) {
       last->length += length;
     } else {
       fast_extent *e = fast_extent_get(f, id);
-      if (e == NULL) goto out;
-      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done };
+      if (e == NULL) { why = 7; goto out; }
+      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh };
     }
-    stripes[nstripes++] = (unsigned)((ino * 1000003u + block) % FAST_STRIPES);
     done += length;
   }
   uint64_t sectors = size / FAST_SECTOR, spp = bb / FAST_SECTOR;
@@ -685,18 +790,21 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     uint32_t sum = (uint32_t)crc32(0L, (const unsigned char *)buf + k * FAST_SECTOR, FAST_SECTOR);
     sums[k] = htole32(sum == 0 ? 0xffffffffu : sum);
   }
-  /* The blocks' stripe locks, each once, in ascending order (no two writers wait on each other in a cycle). */
-  qsort(stripes, nstripes, sizeof(unsigned), fast_stripe_cmp);
-  unsigned unique = 0;
-  for (unsigned i = 0; i < nstripes; i++) if (unique == 0 || stripes[unique - 1] != stripes[i]) stripes[unique++] = stripes[i];
-  for (unsigned i = 0; i < unique; i++) pthread_mutex_lock(&f->stripes[stripes[i]]);
   int ok = 1;
   for (unsigned r = 0; r < nruns; r++) {
     fast_extent *e = runs[r].e;
     uint64_t first = runs[r].offset / FAST_SECTOR;
     __atomic_add_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
-    if (ok) {
+    if (ok && runs[r].fresh_partial) {
+      /* Part of a fresh slot: every sector's checksum entry, 0 (reads as zeros) for those not written,
+       * as the engine's first write of a slot does (a crash may have left stale entries past the end). */
+      uint32_t whole[FAST_READ_MAX / FAST_SECTOR];
+      memset(whole, 0, spp * 4);
+      memcpy(whole + first, sums + runs[r].at / FAST_SECTOR, runs[r].length / FAST_SECTOR * 4);
+      ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
+           fast_pwrite(e->fd, (const char *)whole, spp * 4, e->sums_start + runs[r].slot * spp * 4) == 0;
+    } else if (ok) {
       ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
            fast_pwrite(e->fd, (const char *)(sums + runs[r].at / FAST_SECTOR), runs[r].length / FAST_SECTOR * 4, e->sums_start + (runs[r].slot * spp + first) * 4) == 0;
     }
@@ -707,19 +815,52 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     __atomic_add_fetch(&e->seq, 1, __ATOMIC_SEQ_CST);
     __atomic_sub_fetch(&e->writing, 1, __ATOMIC_SEQ_CST);
   }
+  if (ok && grows_to != 0) {
+    /* The new size: here before the reply (a READ after it reads up to it), and queued before the
+     * blocks past the old end, for the engine (extent 0 names a size). */
+    uint64_t seen = __atomic_load_n(&v->size, __ATOMIC_SEQ_CST);
+    while (seen < grows_to && !__atomic_compare_exchange_n(&v->size, &seen, grows_to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    if (!fast_alloc_queue(f, ino, grows_to, 0, 0)) ok = 0;
+  }
+  if (ok && allocs > 0) {
+    /* The first writes' blocks now read their new slots: here at once (a word set only if it is still
+     * the one loaded; else it asks the engine), and in the engine's map once it takes the queue, which
+     * it does before it next reads a map (docs/FASTPATH.md, "First writes"). Queued before the reply. */
+    for (uint64_t i = 0; i < blocks; i++) {
+      if (!fresh[i]) continue;
+      uint64_t block = first_block + i;
+      uint64_t *at = fast_word_at(v, block);
+      uint64_t expected = words[i];
+      uint64_t word = (exts[i] << 32) | (slots[i] << 8) | FAST_NATIVE | FAST_WRITABLE;
+      if (at != NULL && !__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on. */
+        __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
+      }
+      /* The queue is bounded by the leases (JavaScript takes it before it leases again): full only
+       * when memory ran out, and then the word just set must not stay either. */
+      if (!fast_alloc_queue(f, ino, block, exts[i], slots[i])) {
+        if (at != NULL) __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
+        ok = 0;
+        break;
+      }
+    }
+  }
   if (ok) __atomic_add_fetch(&v->writes, 1, __ATOMIC_SEQ_CST);
-  for (unsigned i = unique; i > 0; i--) pthread_mutex_unlock(&f->stripes[stripes[i - 1]]);
   served = ok;
 out:
+  for (unsigned i = locked; i > 0; i--) pthread_mutex_unlock(&f->stripes[stripes[i - 1]]);
   for (unsigned r = 0; r < nruns; r++) fast_extent_put(runs[r].e);
+  if (lease != NULL) fast_extent_put(lease);
   if (v != NULL) fast_volume_put(v);
   __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* even: after the last pwrite, before the reply */
   if (served) {
     fuse_reply_write(req, size);
     __atomic_add_fetch(&f->written, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&f->write_bytes, size, __ATOMIC_RELAXED);
+    if (allocs > 0) __atomic_add_fetch(&f->allocated, allocs, __ATOMIC_RELAXED);
   } else {
     __atomic_add_fetch(&f->write_handed, 1, __ATOMIC_RELAXED);
+    if (why < 16) __atomic_add_fetch(&f->hand_why[why], 1, __ATOMIC_RELAXED);
   }
   return served;
 }
@@ -1050,6 +1191,11 @@ static void call_js(napi_env env, napi_value js_callback, void *context, void *d
     napi_get_null(env, &handle);
     args[argc++] = handle;
     args[argc++] = num(env, r->s->loop_result);
+    free(r);
+  } else if (r->op == OP_LEASE) {
+    napi_get_null(env, &handle);
+    args[argc++] = handle;
+    args[argc++] = num(env, (double)r->ino);
     free(r);
   } else {
     napi_create_external(env, r, NULL, NULL, &handle);
@@ -1567,6 +1713,9 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   s->notify_fd = -1;
   pthread_mutex_init(&s->notify_lock, NULL);
   pthread_rwlock_init(&s->fast.lock, NULL);
+  pthread_mutex_init(&s->fast.alloc_lock, NULL);
+  /* Never freed: JavaScript may hold a view of it past the session (fastAllocCount). */
+  s->fast.alloc_count = calloc(4, sizeof(uint32_t));
   for (unsigned i = 0; i < FAST_STRIPES; i++) pthread_mutex_init(&s->fast.stripes[i], NULL);
   s->max_write_wanted = 1024 * 1024;
   s->max_threads = 8;
@@ -1705,6 +1854,7 @@ static fast_volume *fast_volume_make(fast_state *f, uint64_t ino) {
   if (v != NULL) return v;
   v = calloc(1, sizeof(fast_volume));
   if (v == NULL) return NULL;
+  pthread_mutex_init(&v->lease_lock, NULL);
   v->ino = ino;
   v->next = f->volumes[ino % FAST_BUCKETS];
   __atomic_store_n(&f->volumes[ino % FAST_BUCKETS], v, __ATOMIC_RELEASE);
@@ -1788,7 +1938,11 @@ static napi_value fast_publish(napi_env env, napi_callback_info info) {
     uint64_t word = (uint64_t)pairs[i] | ((uint64_t)pairs[i + 1] << 32);
     uint64_t *page = fast_page(v, block, word != 0);
     if (page == NULL) { if (word != 0) return result; continue; }
-    __atomic_store_n(&page[block & (FAST_PAGE - 1)], word, __ATOMIC_SEQ_CST);
+    /* A word a native first write set stays until the engine took its slot into the map (whose set
+     * clears it): the map published here may not hold that slot yet. */
+    uint64_t *at = &page[block & (FAST_PAGE - 1)];
+    uint64_t old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+    while (!(old & FAST_NATIVE) && !__atomic_compare_exchange_n(at, &old, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
   }
   napi_get_boolean(env, true, &result);
   return result;
@@ -1821,7 +1975,10 @@ static napi_value fast_words_change(napi_env env, napi_callback_info info, int f
       uint64_t *at = &page[block & (FAST_PAGE - 1)];
       if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
       uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-      if ((word & 0xff) == FAST_WRITABLE) __atomic_store_n(at, (word & ~0xffull) | FAST_DELTA, __ATOMIC_SEQ_CST);
+      /* Writable words become read-only, and none may take a new slot any more; a word a native first
+       * write set keeps its FAST_NATIVE flag (the engine has yet to take it). */
+      if ((word & FAST_KIND_MASK) == FAST_WRITABLE) __atomic_store_n(at, (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA, __ATOMIC_SEQ_CST);
+      else if (word & FAST_ALLOC) __atomic_store_n(at, word & ~FAST_ALLOC, __ATOMIC_SEQ_CST);
     }
   }
   return NULL;
@@ -1947,6 +2104,95 @@ static napi_value fast_volume_writes(napi_env env, napi_callback_info info) {
   if (s == NULL) return num(env, 0);
   fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
   return num(env, v == NULL ? 0 : (double)__atomic_load_n(&v->writes, __ATOMIC_SEQ_CST));
+}
+
+/* fastLease(session, ino, extent, first, end) -> whether it was taken: native first writes of the volume
+ * may take slots [first, end) of the extent (registered), the lease it had before ended. */
+static napi_value fast_lease(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  napi_value result;
+  napi_get_boolean(env, false, &result);
+  session *s = live_session(env, args[0]);
+  if (s == NULL) return result;
+  fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v == NULL) return result;
+  pthread_mutex_lock(&v->lease_lock);
+  v->lease_extent = (uint64_t)arg_number(env, args[2]);
+  v->lease_next = (uint64_t)arg_number(env, args[3]);
+  v->lease_end = (uint64_t)arg_number(env, args[4]);
+  v->lease_size = v->lease_end - v->lease_next;
+  v->lease_grow = 0;
+  v->lease_low = 0;
+  pthread_mutex_unlock(&v->lease_lock);
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+/* fastGrow(session, ino, bytes): first writes of the volume's lease may grow it up to `bytes` (0: not at all). */
+static napi_value fast_grow(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  session *s = live_session(env, args[0]);
+  fast_volume *v = s == NULL ? NULL : fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v == NULL) return NULL;
+  pthread_mutex_lock(&v->lease_lock);
+  v->lease_grow = v->lease_extent == 0 ? 0 : (uint64_t)arg_number(env, args[2]);
+  pthread_mutex_unlock(&v->lease_lock);
+  return NULL;
+}
+
+/* fastLeaseEnd(session, ino) -> [extent, next, end] of the lease it ends (extent 0: none): slots from
+ * `next` on were not taken. Writers that took slots before may still be writing them (quiesce). */
+static napi_value fast_lease_end(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  double out[3] = { 0, 0, 0 };
+  session *s = live_session(env, args[0]);
+  fast_volume *v = s == NULL ? NULL : fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v != NULL) {
+    pthread_mutex_lock(&v->lease_lock);
+    out[0] = (double)v->lease_extent; out[1] = (double)v->lease_next; out[2] = (double)v->lease_end;
+    v->lease_extent = 0; v->lease_next = 0; v->lease_end = 0; v->lease_grow = 0;
+    pthread_mutex_unlock(&v->lease_lock);
+  }
+  napi_value buffer, array;
+  void *data = NULL;
+  napi_create_arraybuffer(env, sizeof(out), &data, &buffer);
+  memcpy(data, out, sizeof(out));
+  napi_create_typedarray(env, napi_float64_array, 3, buffer, 0, &array);
+  return array;
+}
+
+/* fastAllocs(session) -> Float64Array of [ino, block, extent, slot]: the first writes queued since the
+ * last call, oldest first; the queue is emptied. */
+static napi_value fast_allocs(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  /* Also after the session ended: what was queued still goes into the maps (the last commit). */
+  session *s = session_of(env, args[0]);
+  fast_state *f = s == NULL ? NULL : &s->fast;
+  napi_value buffer, array;
+  void *data = NULL;
+  size_t n = 0;
+  if (f != NULL) pthread_mutex_lock(&f->alloc_lock);
+  if (f != NULL) n = f->alloc_n;
+  if (napi_create_arraybuffer(env, n * sizeof(double), &data, &buffer) != napi_ok) {
+    if (f != NULL) pthread_mutex_unlock(&f->alloc_lock);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) ((double *)data)[i] = (double)f->alloc_queue[i];
+  if (f != NULL) { f->alloc_n = 0; pthread_mutex_unlock(&f->alloc_lock); }
+  napi_create_typedarray(env, napi_float64_array, n, buffer, 0, &array);
+  return array;
+}
+
+/* fastAllocCount(session) -> a Uint32Array over the count of first writes ever queued (read without a
+ * call: JavaScript takes the queue when it moved). */
+static napi_value fast_alloc_count(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  session *s = live_session(env, args[0]);
+  if (s == NULL || s->fast.alloc_count == NULL) return NULL;
+  napi_value buffer, array;
+  if (napi_create_external_arraybuffer(env, s->fast.alloc_count, 4 * sizeof(uint32_t), NULL, NULL, &buffer) != napi_ok) return NULL;
+  napi_create_typedarray(env, napi_uint32_array, 1, buffer, 0, &array);
+  return array;
 }
 
 /* fastDrop(session, ino): forgets the volume (removed, or closed for good); readers using it finish first. */
@@ -2216,6 +2462,13 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastWritesOn", num(env, __atomic_load_n(&s->fast.writes_on, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritten", num(env, (double)__atomic_load_n(&s->fast.written, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));
+  {
+    napi_value why;
+    napi_create_array_with_length(env, 16, &why);
+    for (unsigned i = 0; i < 16; i++) napi_set_element(env, why, i, num(env, (double)__atomic_load_n(&s->fast.hand_why[i], __ATOMIC_RELAXED)));
+    napi_set_named_property(env, out, "fastWriteHandedWhy", why);
+  }
+  napi_set_named_property(env, out, "fastAllocated", num(env, (double)__atomic_load_n(&s->fast.allocated, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteBytes", num(env, (double)__atomic_load_n(&s->fast.write_bytes, __ATOMIC_RELAXED)));
   return out;
 }
@@ -2270,6 +2523,11 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "fastFreeze", NULL, fast_freeze, NULL, NULL, NULL, napi_default, NULL },
     { "fastOdd", NULL, fast_odd, NULL, NULL, NULL, napi_default, NULL },
     { "fastMoved", NULL, fast_moved, NULL, NULL, NULL, napi_default, NULL },
+    { "fastLease", NULL, fast_lease, NULL, NULL, NULL, napi_default, NULL },
+    { "fastLeaseEnd", NULL, fast_lease_end, NULL, NULL, NULL, napi_default, NULL },
+    { "fastGrow", NULL, fast_grow, NULL, NULL, NULL, napi_default, NULL },
+    { "fastAllocs", NULL, fast_allocs, NULL, NULL, NULL, napi_default, NULL },
+    { "fastAllocCount", NULL, fast_alloc_count, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentSeq", NULL, fast_extent_seq, NULL, NULL, NULL, napi_default, NULL },
     { "fastPack", NULL, fast_pack_add, NULL, NULL, NULL, napi_default, NULL },
     { "fastPackDrop", NULL, fast_pack_drop, NULL, NULL, NULL, napi_default, NULL },

@@ -370,6 +370,30 @@ export class ExtentStore {
     return { fd: extent.fd, dataStart: slotOffset(0, this.blockBytes, extent.version), sumsStart: sumOffset(0, 0, this.blockBytes) }
   }
 
+  /**
+   * Slots the fast path may take for first writes of whole blocks (docs/FASTPATH.md, "First writes"):
+   * up to `count` from the extent's next one, claimed at once (nextSlot moves past them), while the
+   * extent is open, checked and readable by the addon, and none of them carries a base entry a crash
+   * left behind (a whole slot written natively does not clear it). Null when none can be taken.
+   */
+  leaseSlots (id: number, count: number): { first: number, end: number } | null {
+    const extent = this.resolved.get(id)
+    if (extent === undefined || extent.closed || extent.full || this.fastReadable(id) === undefined) return null
+    const first = extent.nextSlot
+    const table = this.bases.get(id)
+    let end = first
+    while (end < extentSlotsMax && end - first < count && (table === undefined || !table.has(end))) end++
+    if (end === first) return null
+    extent.nextSlot = end
+    return { first, end }
+  }
+
+  /** Gives back slots [next, end) of a lease that no write took, if nothing was claimed after them. */
+  unleaseSlots (id: number, next: number, end: number): void {
+    const extent = this.resolved.get(id)
+    if (extent !== undefined && !extent.closed && extent.nextSlot === end && next <= end) extent.nextSlot = next
+  }
+
   /** Whether slot `slot` of extent `id` is known to be whole (not a partial slot over a chunk). */
   wholeSlot (id: number, slot: number): boolean { return this.baseOf(id, slot) === 0 }
 

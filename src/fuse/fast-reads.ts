@@ -16,8 +16,8 @@
  *   flight keeps its descriptor open;
  * - return a torn or damaged sector: the checksums fail and the engine reads (and reports) instead.
  */
-import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
-import { pageEntries } from '../limits'
+import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
+import { pageEntries, volumeBytesMax } from '../limits'
 import type { FastReadSource } from '../volume/pool'
 import type { Volume } from '../volume/volume'
 
@@ -42,6 +42,11 @@ export interface FastReadNative {
   fastPackDrop: (session: object, id: number) => void
   fastChunk: (session: object, id: number, pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: Buffer) => boolean
   fastChunkDrop: (session: object, id: number) => void
+  fastLease: (session: object, ino: number, extent: number, first: number, end: number) => boolean
+  fastLeaseEnd: (session: object, ino: number) => Float64Array
+  fastGrow: (session: object, ino: number, bytes: number) => void
+  fastAllocs: (session: object) => Float64Array
+  fastAllocCount: (session: object) => Uint32Array | null
 }
 
 /** Word kinds (the addon's FAST_*). */
@@ -49,6 +54,10 @@ const fastDelta = 1
 const fastHole = 2
 const fastWritable = 3
 const fastChunk = 4
+/** A whole-block WRITE may give the block a new slot from the volume's lease (the addon's FAST_ALLOC). */
+const fastAlloc = 0x80
+/** Slots a lease gives the addon's first writes: 32 MiB of blocks (512 at 64 KiB, 8192 at 4 KiB), at least 16. */
+const leaseBytes = 32 * 1024 * 1024
 /** Chunks the addon knows at most (its FAST_CHUNKS_MAX); past it the oldest eighth is forgotten. */
 const fastChunksMax = 262144
 /** Chunks registered per turn of the event loop. */
@@ -65,6 +74,14 @@ interface Known {
   writes: number
   /** Map pages with a word published writable since the volume's words were last frozen (pauseWrites). */
   writablePages: Set<number>
+  /** The slots the addon's first writes may take (fastLease): how many were given, how many were used. */
+  lease: { id: number, granted: number, used: number } | null
+  /** The volume's size in blocks as the map watch last heard it (a resize from it is a grow or a shrink). */
+  sizeBlocks: number
+  /** Published pages whose words a pause froze since: the next engine request there publishes them whole again. */
+  frozenPages: Set<number>
+  /** Blocks past the end are published (open to first writes) up to this one (publishTail). */
+  tailEnd: number
 }
 
 /** Whether the fast path is on: VDISKFS_FAST_READS=0 turns it off (every READ to the engine). */
@@ -73,6 +90,8 @@ export const fastReadsEnabled = process.env.VDISKFS_FAST_READS !== '0'
 export const fastWritesEnabled = fastReadsEnabled && process.env.VDISKFS_FAST_WRITES !== '0'
 /** Whether the addon reads sealed chunks itself (docs/FASTPATH.md, "Sealed chunks"): VDISKFS_FAST_CHUNKS=0 turns it off. */
 export const fastChunksEnabled = fastReadsEnabled && process.env.VDISKFS_FAST_CHUNKS !== '0'
+/** Whether the addon writes first writes of whole blocks into new slots itself (docs/FASTPATH.md, "First writes"): VDISKFS_FAST_ALLOC=0 turns it off. */
+export const fastAllocEnabled = fastWritesEnabled && process.env.VDISKFS_FAST_ALLOC !== '0'
 
 export class FastReads {
   private native: FastReadNative | null = null
@@ -90,6 +109,12 @@ export class FastReads {
   /** Ranges whose chunks are being registered (registerLater), and whether that is under way. */
   private readonly chunkJobs: Array<{ known: Known, first: number, count: number, ids: number[] }> = []
   private registering = false
+  /** Volumes by inode (the addon's queue of first writes names them so). */
+  private readonly byIno = new Map<number, Known>()
+  /** The addon's count of first writes queued (memory it shares), and the count when last taken. */
+  private allocCount: Uint32Array | null = null
+  private allocSeen = 0
+  private settling = false
 
   constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
     source.onExtentRemoved(id => this.extentRemoved(id))
@@ -104,6 +129,10 @@ export class FastReads {
     native.fastConfigure(session, this.source.blockBytes, 1)
     if (!fastWritesEnabled) return
     native.fastWrites(session, 1)
+    if (fastAllocEnabled) {
+      this.allocCount = native.fastAllocCount(session)
+      this.source.onSettle(() => this.settle())
+    }
     this.source.nativeWrites({
       touched: id => this.touched.has(id),
       seq: id => native.fastExtentSeq(session, id),
@@ -139,9 +168,126 @@ export class FastReads {
   private async pauseWrites (known: Known): Promise<void> {
     if (this.native === null || this.session === null) return
     // Only the pages that have writable words (a whole 1 TiB volume's words are 16 million).
-    for (const page of known.writablePages) this.native.fastFreeze(this.session, known.ino, page * pageEntries, pageEntries)
+    for (const page of known.writablePages) {
+      this.native.fastFreeze(this.session, known.ino, page * pageEntries, pageEntries)
+      known.frozenPages.add(page)
+    }
     known.writablePages.clear()
+    known.tailEnd = 0
+    // And no first write takes a slot of the lease any more: the extent may be frozen next.
+    this.endLease(known)
     await this.quiesce()
+    // What the first writes let in wrote is in the map before the caller looks at it.
+    this.settle()
+  }
+
+  /** Ends the volume's lease: the slots no first write took go back to the extent, if they can. */
+  private endLease (known: Known): void {
+    if (this.native === null || this.session === null) return
+    known.lease = null
+    const [id, next, end] = this.native.fastLeaseEnd(this.session, known.ino)
+    if (id !== 0) this.source.unlease(id, next, end)
+  }
+
+  /**
+   * A lease of slots for the volume's first writes, made (or renewed once a quarter of it is left)
+   * when the volume may be written natively now; false when it has none.
+   */
+  private leaseFor (known: Known, renew = false): boolean {
+    const volume = known.volume
+    if (!fastAllocEnabled || this.native === null || this.session === null || volume.nativeWrites === null || volume.paused) return false
+    const lease = known.lease
+    if (lease !== null && !renew && (lease.granted - lease.used) * 4 >= lease.granted) return true
+    this.endLease(known)
+    const slots = Math.max(16, Math.floor(leaseBytes / this.source.blockBytes))
+    const range = this.source.lease(volume, slots)
+    if (range === null) return false
+    if (!this.extentReady(range.id)) { this.source.unlease(range.id, range.first, range.end); return false }
+    // Native WRITEs change the extent behind the engine's checksum cache from now on.
+    if (!this.touched.has(range.id)) {
+      this.touched.add(range.id)
+      this.source.forgetSums(range.id)
+    }
+    if (!this.native.fastLease(this.session, known.ino, range.id, range.first, range.end)) {
+      this.source.unlease(range.id, range.first, range.end)
+      return false
+    }
+    known.lease = { id: range.id, granted: range.end - range.first, used: 0 }
+    // The new lease may grow the volume as far as the tail published so far.
+    if (known.tailEnd > 0) this.native.fastGrow(this.session, known.ino, Math.min(volumeBytesMax, known.tailEnd * this.source.blockBytes))
+    return true
+  }
+
+  /**
+   * The addon says the first writes of volume `ino` used most of its lease (or found it used up): the
+   * queue is taken, and the lease renewed before the writers run out.
+   */
+  leaseLow (ino: number): void {
+    this.settle()
+    const known = this.byIno.get(ino)
+    if (known === undefined || known.lease === null) return
+    // The slots it has not taken go back to the extent, and the new lease starts with them.
+    if (this.leaseFor(known, true)) this.publishTail(known)
+  }
+
+  /**
+   * Takes the addon's first writes into the maps (docs/FASTPATH.md, "First writes"): each gave a
+   * block a new slot and was answered; the engine must know it before it next reads a map. Called
+   * before every volume operation, commit, pause, gc and seal pass (PoolState.settleNative), and
+   * before words are published. Synchronous; O(1) when nothing was queued.
+   */
+  settle (): void {
+    const count = this.allocCount
+    if (count === null || count[0] === this.allocSeen || this.settling || this.native === null || this.session === null) return
+    const native = this.native
+    const session = this.session
+    this.settling = true
+    try {
+      // The count first: what is queued after this read is taken by the next call.
+      this.allocSeen = count[0]
+      const taken = native.fastAllocs(session)
+      const blockBytes = this.source.blockBytes
+      const changed = new Map<Known, number[]>()
+      for (let i = 0; i + 3 < taken.length; i += 4) {
+        const known = this.byIno.get(taken[i])
+        if (known === undefined) continue
+        const block = taken[i + 1]
+        const id = taken[i + 2]
+        const slot = taken[i + 3]
+        const volume = known.volume
+        if (id === 0) {
+          // A first write past the end grew the volume to `block` bytes (queued before its blocks).
+          volume.grownBy(block)
+          if (!changed.has(known)) changed.set(known, [])
+          continue
+        }
+        if (known.lease !== null && known.lease.id === id) known.lease.used++
+        // A block past the end: a truncate came after the write (it pauses, which settles first, so
+        // this does not happen; the block would read as a hole anyway).
+        if (block >= Math.ceil(volume.size / blockBytes)) continue
+        volume.map.set(block, deltaEntry(id, slot))
+        let blocks = changed.get(known)
+        if (blocks === undefined) changed.set(known, blocks = [])
+        blocks.push(block)
+      }
+      for (const [known, blocks] of changed) {
+        known.volume.rowDirty = true
+        this.source.changed(known.volume)
+        this.publishTail(known)
+        // The words the addon set (FAST_NATIVE: publish leaves them) are cleared and published again
+        // from the map, a run of blocks at a time.
+        blocks.sort((a, b) => a - b)
+        for (let i = 0; i < blocks.length;) {
+          let j = i + 1
+          while (j < blocks.length && blocks[j] === blocks[j - 1] + 1 && Math.floor(blocks[j] / pageEntries) === Math.floor(blocks[i] / pageEntries)) j++
+          native.fastClear(session, known.ino, blocks[i], blocks[j - 1] - blocks[i] + 1)
+          if (known.pages.has(Math.floor(blocks[i] / pageEntries))) this.publish(known, blocks[i], blocks[j - 1] - blocks[i] + 1)
+          i = j
+        }
+      }
+    } finally {
+      this.settling = false
+    }
   }
 
   /**
@@ -183,7 +329,11 @@ export class FastReads {
     const first = Math.floor(offset / blockBytes)
     const last = Math.min(Math.floor((offset + length - 1) / blockBytes), Math.ceil(volume.size / blockBytes) - 1)
     for (let page = Math.floor(first / pageEntries); page <= Math.floor(last / pageEntries); page++) {
-      if (known.pages.has(page)) {
+      if (known.pages.has(page) && known.frozenPages.delete(page)) {
+        // Frozen by a pause since it was published: whole again (writable, open to first writes).
+        // (Past the end its words are holes, open to first writes with a lease: publishTail's.)
+        this.publish(known, page * pageEntries, pageEntries)
+      } else if (known.pages.has(page)) {
         const from = Math.max(first, page * pageEntries)
         const to = Math.min(last, page * pageEntries + pageEntries - 1)
         this.publish(known, from, to - from + 1)
@@ -194,6 +344,34 @@ export class FastReads {
         this.publishPage(known, page + 1)
       }
     }
+    this.publishTail(known)
+  }
+
+  /**
+   * With a lease, the blocks past the end are open to first writes too, up to the end of the page after
+   * the one the end lies in (a sequential writer appends natively; the volume grows with it): those
+   * two pages are published whole (known.pages: the map watch clears their words), and the lease may
+   * grow the volume to their end.
+   */
+  private publishTail (known: Known): void {
+    if (this.native === null || this.session === null || known.lease === null) return
+    const endBlock = Math.ceil(known.volume.size / this.source.blockBytes)
+    const endPage = Math.floor(endBlock / pageEntries)
+    const to = (endPage + 2) * pageEntries
+    // Published to there already (words past the end stay through grows; a shrink, a restore or a
+    // pause that froze them sets tailEnd back).
+    if (known.tailEnd >= to) return
+    // The end page from the end on (whole if it is not published yet), and the page after it whole.
+    for (let page = endPage; page <= endPage + 1; page++) {
+      const from = page === endPage && known.pages.has(page) ? endBlock : page * pageEntries
+      const count = (page + 1) * pageEntries - from
+      if (count > 0 && !this.publish(known, from, count)) return
+      known.pages.add(page)
+      known.frozenPages.delete(page)
+    }
+    known.tailEnd = to
+    if (known.lease === null) return
+    this.native.fastGrow(this.session, known.ino, Math.min(volumeBytesMax, to * this.source.blockBytes))
   }
 
   /** Publishes map page `page` of the volume whole, if it is not published and lies inside the volume. */
@@ -208,6 +386,7 @@ export class FastReads {
     const known = this.volumes.get(volume.id)
     if (known === undefined || known.volume !== volume) return
     this.volumes.delete(volume.id)
+    this.byIno.delete(known.ino)
     volume.map.watch = null
     volume.nativeWrites = null
     if (this.native !== null && this.session !== null) this.native.fastDrop(this.session, known.ino)
@@ -219,7 +398,7 @@ export class FastReads {
     const found = this.volumes.get(volume.id)
     if (found !== undefined && found.volume === volume) return found
     if (found !== undefined) this.forget(found.volume)
-    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set(), writes: 0, writablePages: new Set() }
+    const known: Known = { volume, ino: this.inodeOf(volume), pages: new Set(), writes: 0, writablePages: new Set(), lease: null, frozenPages: new Set(), tailEnd: 0, sizeBlocks: Math.ceil(volume.size / this.source.blockBytes) }
     native.fastSize(session, known.ino, volume.size)
     known.writes = native.fastVolumeWrites(session, known.ino)
     if (fastWritesEnabled && volume.kind !== 'backup') {
@@ -235,12 +414,20 @@ export class FastReads {
       changedFrom: from => {
         // The size first: a READ past the old end must not be answered from the old size.
         native.fastSize(session, known.ino, volume.size)
+        // A grow leaves the words past the old end as they are: they were published from the map's
+        // holes there, which a grow does not change (the first writes' tail, publishTail). A shrink or
+        // a restore (from 0) clears them all from the new end.
+        const grow = from > 0 && from >= known.sizeBlocks
+        known.sizeBlocks = Math.ceil(volume.size / this.source.blockBytes)
+        if (grow) return
+        known.tailEnd = 0
         native.fastClear(session, known.ino, from, -1)
         const whole = Math.ceil(from / pageEntries)
         for (const page of known.pages) if (page >= whole || from === 0) known.pages.delete(page)
       }
     }
     this.volumes.set(volume.id, known)
+    this.byIno.set(known.ino, known)
     return known
   }
 
@@ -248,8 +435,12 @@ export class FastReads {
   private publish (known: Known, first: number, count: number, registerLater = true): boolean {
     const native = this.native as FastReadNative
     const session = this.session as object
+    // The map first takes what the addon's first writes did: words are computed from it.
+    this.settle()
     const words = this.words.subarray(0, count * 2)
     const map = known.volume.map
+    // Blocks may be open to first writes (a new slot from the lease) while the volume has a lease.
+    const alloc = this.leaseFor(known)
     // The sealed chunks among them the addon does not know yet get no word now: they are registered in
     // the background, a slice per turn of the event loop (reading their rows is too slow for one turn:
     // 60-300 ms for a page of 4096), and the range is published again after.
@@ -291,6 +482,14 @@ export class FastReads {
           low = fastChunk
           high = id
         }
+      }
+      // Open to a first write (a whole-block WRITE gives it a new slot of the lease): a hole, a sealed
+      // chunk or a slot the volume shares, while no engine write of the block is in flight (the block's
+      // lock: such a write freezes the word first, and none is published meanwhile).
+      if (alloc && (low & 0xff) !== fastWritable && (kind === entryKindHole || kind === entryKindChunk || (kind === entryKindDelta && !known.volume.writableExtents.has(entryExtentId(entry)))) &&
+          !known.volume.blockBusy(first + i)) {
+        low = (low | fastAlloc) >>> 0
+        known.writablePages.add(Math.floor((first + i) / pageEntries))
       }
       words[2 * i] = low
       words[2 * i + 1] = high

@@ -36,7 +36,9 @@ const dieBeforeReply = process.env.VDISKFS_TEST_DIE_BEFORE_REPLY !== undefined &
 
 /** The addon's request kinds, in its order (native/fuse3/vdiskfs_fuse3.c, OP_*). */
 const opNames = ['exit', 'lookup', 'getattr', 'setattr', 'readdir', 'open', 'create', 'read', 'write', 'flush', 'release', 'fsync',
-  'unlink', 'rename', 'fallocate', 'statfs', 'lseek', 'copy_file_range', 'getxattr', 'listxattr', 'setxattr', 'removexattr'] as const
+  'unlink', 'rename', 'fallocate', 'statfs', 'lseek', 'copy_file_range', 'getxattr', 'listxattr', 'setxattr', 'removexattr',
+  // Not a request: the addon's first writes of a volume (ino) have used most of its lease of slots.
+  'lease'] as const
 
 type Handle = object
 type Session = object
@@ -97,6 +99,8 @@ export interface Fuse3Stats {
   fastWritesOn: number
   fastWritten: number
   fastWriteHanded: number
+  /** Blocks native first writes gave a new slot (docs/FASTPATH.md, "First writes"). */
+  fastAllocated: number
   fastWriteBytes: number
   fastBytes: number
   fastMismatches: number
@@ -157,6 +161,8 @@ type Reply = (code: number, ...results: any[]) => void
 
 export class Fuse3Transport {
   private session: Session | null = null
+  /** The fast path, once it serves this session (serveFastReads). */
+  private fast: FastReads | null = null
   private ended = false
   /** The invalidations not yet taken by the kernel, sent one at a time (see invalidate). */
   private notifying: Promise<void> = Promise.resolve()
@@ -174,7 +180,9 @@ export class Fuse3Transport {
 
   /** Lets the addon's threads serve the READs `fast` publishes (docs/FASTPATH.md); call once mounted. */
   serveFastReads (fast: FastReads): void {
-    if (this.session !== null) fast.attach(this.native, this.session)
+    if (this.session === null) return
+    fast.attach(this.native, this.session)
+    this.fast = fast
   }
 
   /** The session's /dev/fuse descriptor (-1 when there is none), for the holder. */
@@ -281,6 +289,9 @@ export class Fuse3Transport {
   private dispatch (op: number, request: Handle | null, args: any[]): void {
     const name = opNames[op]
     if (name === 'exit') { this.onEnd(args[0] as number); return }
+    if (name === 'lease') { this.fast?.leaseLow(args[0] as number); return }
+    // Every request first takes the addon's first writes into the maps (fast-reads.ts settle()).
+    this.fast?.settle()
     const native = this.native
     const handler = name === undefined ? undefined : this.operations[name]
     if (handler === undefined || request === null) { if (request !== null) native.replyErr(request, 38); return } // ENOSYS

@@ -70,7 +70,10 @@ export class Committer {
   private async commitNow (): Promise<void> {
     if (this.state.lifecycle === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
     if (this.syncFailure !== null) throw this.syncFailure
-    // Snapshot synchronously: everything in it was fully written before this point.
+    // Snapshot synchronously: everything in it was fully written before this point. The addon's first
+    // writes answered so far go into the maps first (their data is in extents the sync below covers:
+    // each set its extent's dirty flag before it was queued).
+    this.state.settleNative()
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
     const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []

@@ -161,6 +161,7 @@ export class Maintenance {
    * freed when they disagree (issue #21).
    */
   async gc (liveFractionMin = packLiveFractionMin, options: { full?: boolean } = {}): Promise<GcReport> {
+    this.state.settleNative()
     return await this.exclusive(async () => {
       if (!this.state.refs.complete) return await this.gcMarked(liveFractionMin)
       return await this.gcCounted(liveFractionMin, options.full === true)

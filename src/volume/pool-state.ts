@@ -203,6 +203,31 @@ export class PoolState implements VolumeContext {
     return extent
   }
 
+  /**
+   * Takes what the fast path's first writes queued into the maps (fast-reads.ts settle(); a no-op
+   * without it). Called before anything reads a map on its own account: commits, gc and seal passes,
+   * and every volume operation (Volume.settle). Synchronous.
+   */
+  settleNative: () => void = () => {}
+
+  /**
+   * Up to `count` slots of the volume's active extent for the fast path's first writes, with the room
+   * for them claimed; null when it has none open and writable, or the pool's filesystem is nearly full.
+   */
+  leaseSlots (volume: Volume, count: number): { id: number, first: number, end: number } | null {
+    const id = volume.activeExtentId
+    if (id === null || !volume.writableExtents.has(id) || this.extents.suspect.has(id)) return null
+    const range = this.extents.leaseSlots(id, count)
+    if (range === null) return null
+    try {
+      this.claimSpace((range.end - range.first) * this.header.blockBytes)
+    } catch {
+      this.extents.unleaseSlots(id, range.first, range.end)
+      return null
+    }
+    return { id, ...range }
+  }
+
   /** Freezes every extent a volume writes in place: later writes go to a new one. */
   freezeActiveExtent (volume: Volume): void {
     this.journal.freeze(volume.id)

@@ -71,6 +71,12 @@ export interface FastReadSource {
   packFile: (id: number) => string
   /** Calls `listener` synchronously before a pack is deleted or set aside, with the chunks moved out of it. */
   onPackGone: (listener: (packId: number, moved: number[]) => void) => void
+  /** Slots of the volume's active extent for the addon's first writes (PoolState.leaseSlots). */
+  lease: (volume: Volume, slots: number) => { id: number, first: number, end: number } | null
+  /** Gives back slots [next, end) of a lease no write took (when nothing was claimed after them). */
+  unlease: (id: number, next: number, end: number) => void
+  /** Sets what takes the addon's first writes into the maps (PoolState.settleNative). */
+  onSettle: (settle: () => void) => void
 }
 
 export interface VolumeChange {
@@ -165,7 +171,10 @@ export class Pool {
         const chunks = this.state.chunks
         const before = chunks.onPackGone
         chunks.onPackGone = (packId, moved) => { before?.(packId, moved); listener(packId, moved) }
-      }
+      },
+      lease: (volume, slots) => this.state.leaseSlots(volume, slots),
+      unlease: (id, next, end) => extents.unleaseSlots(id, next, end),
+      onSettle: settle => { this.state.settleNative = settle }
     }
   }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }

@@ -38,6 +38,12 @@ export interface VolumeContext {
   claimSpace (bytes: number): void
   /** Called after any change, so the pool commits it in time. */
   changed (volume: Volume): void
+  /**
+   * Takes the fast path's first writes into the maps (PoolState.settleNative): every operation calls
+   * it before it looks at its map, so it never serves or changes a block from an entry a native
+   * WRITE already answered has replaced (docs/FASTPATH.md, "First writes").
+   */
+  settleNative (): void
   /** Where map entries and sizes changed since the last commit are appended (volume/journal.ts). */
   readonly journal?: ChangeJournal
   /** The daemon's log: refused operations are logged there (the README promises it). */
@@ -134,6 +140,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
 
   /** Reads up to target.length bytes at `position`; returns how many (0 at or past the end). */
   async read (target: Buffer, position: number): Promise<number> {
+    this.context.settleNative()
     const length = Math.max(0, Math.min(target.length, this.size - position))
     if (length === 0) return 0
     const blockBytes = this.context.blockBytes
@@ -262,6 +269,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
 
   /** Writes all of `data` at `position`, growing the volume when it writes past the end. */
   async write (data: Buffer, position: number): Promise<void> {
+    this.context.settleNative()
     if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     if (position + data.length > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: writes past the largest volume size`)
     while (this.gate !== null) await this.gate
@@ -298,16 +306,22 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   private async writeBlock (block: number, offset: number, data: Buffer): Promise<void> {
     const blockBytes = this.context.blockBytes
     const extents = this.context.extents
+    // No native WRITE of the block from here until this one is done (the block's lock keeps it from
+    // being published writable, or open to a first write, meanwhile): the checksums assume one writer
+    // per sector, and a write of part of the block merges it with what the block holds, which a native
+    // first write answered before this point must be part of (settleNative takes it into the map).
+    if (this.nativeWrites !== null) {
+      await this.nativeWrites.exclude(block)
+      this.context.settleNative()
+    }
+    // The entry stays from here: every change of it takes this block's lock, or pauses the volume,
+    // which waits for this.
     const entry = this.map.get(block)
     const whole = data.length === blockBytes
     const zero = this.zeros.subarray(0, data.length).equals(data)
     if (entryKind(entry) === entryKindDelta && this.writableExtents.has(entryExtentId(entry))) {
       // The block is this volume's alone since the last backup: overwrite in place.
       if (whole && zero) { this.map.set(block, 0); return }
-      // No native WRITE of the block from here until this one is done (the block's lock keeps it from
-      // being published writable meanwhile): the checksums assume one writer per sector. The entry
-      // stays: every change of it takes this block's lock, or pauses the volume, which waits for this.
-      if (this.nativeWrites !== null) await this.nativeWrites.exclude(block)
       const extent = await extents.get(entryExtentId(entry))
       if (extents.baseOf(extent.id, entrySlot(entry)) !== 0) {
         // A partial slot is written in whole sectors: the rest of a sector comes from the merged block.
@@ -392,6 +406,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * to reappear if the volume grows again.
    */
   async truncate (size: number): Promise<void> {
+    this.context.settleNative()
     if (this.kind === 'backup') throw this.refused(`truncate to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
     await this.pause()
@@ -417,6 +432,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * in flight did to the size meanwhile. Waits at the gate as a write does.
    */
   async extend (size: number): Promise<void> {
+    this.context.settleNative()
     if (this.kind === 'backup') throw this.refused(`extend to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
     while (this.gate !== null) await this.gate
@@ -439,6 +455,17 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     for (let i = 0; i < entries.length; i++) this.map.set(first + i, entries[i])
     this.mtimeMs = Date.now()
     this.rowDirty = true
+    this.context.changed(this)
+  }
+
+  /**
+   * Grows the size to `size` when it is smaller (the fast path's first writes past the end, already
+   * answered: fast-reads.ts settle()). Synchronous.
+   */
+  grownBy (size: number): void {
+    if (size <= this.size) return
+    this.setSize(size)
+    this.mtimeMs = Date.now()
     this.context.changed(this)
   }
 
@@ -532,6 +559,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * Errors: READ_ONLY for a backup, TOO_BIG, and what write() throws for the partial blocks.
    */
   async discard (offset: number, length: number, options: { grow?: boolean } = {}): Promise<void> {
+    this.context.settleNative()
     if (this.kind === 'backup') throw this.refused('discard', readOnly(`backup ${this.name}`))
     const end = offset + length
     if (end > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: discards past the largest volume size`)

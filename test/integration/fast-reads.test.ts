@@ -190,7 +190,7 @@ test.serial('native overwrites: fio verifies every block while backups, sealing 
   const after = await fastStats(m.mnt) as FastStats & { fastWritten: number, fastWriteHanded: number }
   t.true(after.fastWritten > before.fastWritten, 'the addon overwrote slots itself')
   t.true(after.fastWriteHanded > before.fastWriteHanded, 'writes after each backup went to the engine (copy-on-write)')
-  t.regex((await vdiskfs('status', m.mnt)).stdout, /WRITEs overwritten in the addon's threads/)
+  t.regex((await vdiskfs('status', m.mnt)).stdout, /WRITEs written in the addon's threads \(\d+ blocks in new slots\)/)
   const verify = await vdiskfs('verify', m.mnt)
   t.is(verify.code, 0, verify.stdout + verify.stderr)
   // What fsync made durable is what the next mount reads.
@@ -201,6 +201,84 @@ test.serial('native overwrites: fio verifies every block while backups, sealing 
   await m.umount()
   await m.mount()
   t.is(await sha256(disk), hash, 'the image after umount and mount')
+})
+
+/** fio writing `bs` pieces of `file` at random for `seconds` (direct I/O: every request reaches the daemon). */
+async function fioRandwrite (file: string, size: number, seconds: number, bs: string): Promise<unknown> {
+  return await execFileAsync('fio', ['--name=first', `--filename=${file}`, '--rw=randwrite', `--bs=${bs}`, `--size=${size}`, '--direct=1',
+    '--ioengine=psync', '--numjobs=2', '--time_based', `--runtime=${seconds}`])
+}
+
+/** fio writing every 4 KiB block of `file` once more, each with a checksum of its own, then reading all back: its verdict. */
+async function fioVerify (file: string, size: number, bs = '4k'): Promise<{ ok: boolean, out: string }> {
+  return await execFileAsync('fio', ['--name=verify', `--filename=${file}`, '--rw=randwrite', `--bs=${bs}`, `--size=${size}`, '--direct=1',
+    '--ioengine=psync', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1']).then(r => ({ ok: true, out: r.stdout + r.stderr }),
+    (err: Error & { stdout?: string, stderr?: string }) => ({ ok: false, out: `${err.message} ${err.stdout ?? ''} ${err.stderr ?? ''}` }))
+}
+
+test.serial('native first writes: holes, sealed chunks and shared blocks written whole get new slots in the addon; fio verifies, backups beside them keep their bytes, and SIGKILL after fsync loses nothing', async t => {
+  const m = await withMount(t)
+  const size = 32 * MiB
+  type Stats = FastStats & { fastWritten: number, fastAllocated: number }
+  // A fresh disk (every block a hole), and a clone of a sealed backup of random data (every block a chunk).
+  const disk = m.image('disks', 'first.img')
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, size)
+  const source = m.image('disks', 'source.img')
+  fs.writeFileSync(source, '')
+  fs.truncateSync(source, size)
+  await run('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', `count=${size / MiB}`, 'conv=notrunc,fsync', 'status=none'])
+  t.is((await vdiskfs('backup', source, 'base')).code, 0)
+  t.is((await vdiskfs('sync', m.mnt)).code, 0)
+  t.is((await vdiskfs('clone', m.image('backups', 'base.img'), 'c')).code, 0)
+  const clone = m.image('clones', 'c.img')
+  const baseHash = await sha256(m.image('backups', 'base.img'))
+  // The addon learns the blocks from a read of each image (reads publish their map pages).
+  await readDirect(disk, 0, MiB, path.join(m.dir, 'scratch.bin'))
+  await readDirect(clone, 0, MiB, path.join(m.dir, 'scratch.bin'))
+  const before = await fastStats(m.mnt) as Stats
+  // Random writes on both for 5 s, while backups of both, sealing and gc run beside them: 4 KiB
+  // pieces of the fresh disk's 64 KiB blocks (a first write of part of a hole is native too), whole
+  // blocks of the clone (a first write of part of a sealed block merges it with the chunk: the engine).
+  const writers = Promise.all([fioRandwrite(disk, size, 5, '4k'), fioRandwrite(clone, size, 5, '64k')])
+  let done = false
+  void writers.then(() => { done = true }, () => { done = true })
+  const backups: Array<{ image: string, hash: string }> = []
+  for (let i = 0; !done && i < 40; i++) {
+    for (const [file, name] of [[disk, `f${i}`], [clone, `c${i}`]]) {
+      t.is((await vdiskfs('backup', file, name)).code, 0)
+      backups.push({ image: m.image('backups', `${name}.img`), hash: await sha256(m.image('backups', `${name}.img`)) })
+    }
+    if (i % 3 === 2) t.is((await vdiskfs('sync', m.mnt)).code, 0)
+    if (i % 4 === 3) t.is((await vdiskfs('gc', m.mnt)).code, 0)
+  }
+  await writers
+  const middle = await fastStats(m.mnt) as Stats
+  t.true(middle.fastAllocated > before.fastAllocated, `the addon gave blocks new slots itself (${middle.fastAllocated - before.fastAllocated})`)
+  // Every block once more, each with a checksum of its own, then read back: a fresh disk's holes and
+  // a clone's chunks alike (the blocks fio did not reach above are still first writes).
+  for (const [file, bs] of [[disk, '4k'], [clone, '64k']]) {
+    const verified = await fioVerify(file, size, bs)
+    t.true(verified.ok, `fio verify of ${path.basename(file)}: ${verified.out}`)
+  }
+  t.true(backups.length > 0, 'backups were taken while fio wrote')
+  for (const b of backups) t.is(await sha256(b.image), b.hash, `${path.basename(b.image)} holds what it held when it was taken`)
+  t.is(await sha256(m.image('backups', 'base.img')), baseHash, 'the clone\'s sealed backup is unchanged')
+  const verify = await vdiskfs('verify', m.mnt)
+  t.is(verify.code, 0, verify.stdout + verify.stderr)
+  // fsync, then SIGKILL: what fsync made durable is what the next daemon reads.
+  const hashes: string[] = []
+  for (const file of [disk, clone]) {
+    const fd = fs.openSync(file, 'r+')
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+    hashes.push(await sha256(file))
+  }
+  await m.kill()
+  await m.mount()
+  t.deepEqual([await sha256(disk), await sha256(clone)], hashes, 'the images after SIGKILL and a new mount')
+  const again = await vdiskfs('verify', m.mnt)
+  t.is(again.code, 0, again.stdout + again.stderr)
 })
 
 test.serial('native overwrites show in the mtime at once, and a time set afterwards stays', async t => {

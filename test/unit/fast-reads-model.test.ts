@@ -37,6 +37,13 @@ class FakeAddon implements FastReadNative {
   /** Native WRITEs of more than one block. */
   spanned = 0
   readonly volumeWrites = new Map<number, number>()
+  /** fast_write's first writes: leases by inode, the queue, its count, and how many blocks took a new slot. */
+  readonly leases = new Map<number, { id: number, next: number, end: number, grow: number }>()
+  /** First writes past the end (the volume grew natively). */
+  grew = 0
+  queue: number[] = []
+  readonly allocCount = new Uint32Array(1)
+  allocated = 0
 
   fastConfigure (_s: object, blockBytes: number): void { this.blockBytes = blockBytes }
   fastSize (_s: object, ino: number, size: number): void {
@@ -50,6 +57,8 @@ class FakeAddon implements FastReadNative {
     if (v === undefined) return false
     for (let i = 0; i + 1 < words.length; i += 2) {
       const word = BigInt(words[i]) | (BigInt(words[i + 1]) << 32n)
+      // A word a first write set stays until the engine's map took its slot (its set clears it).
+      if (((v.words.get(first + i / 2) ?? 0n) & 0x40n) !== 0n) continue
       if (word === 0n) v.words.delete(first + i / 2)
       else v.words.set(first + i / 2, word)
     }
@@ -84,7 +93,9 @@ class FakeAddon implements FastReadNative {
     const v = this.volumes.get(ino)
     if (v === undefined) return
     for (const [b, word] of v.words) {
-      if (b >= block && (count < 0 || b < block + count) && (word & 0xffn) === 3n) v.words.set(b, (word & ~0xffn) | 1n)
+      if (!(b >= block && (count < 0 || b < block + count))) continue
+      if ((word & 0x3fn) === 3n) v.words.set(b, (word & ~0xbfn) | 1n)
+      else if ((word & 0x80n) !== 0n) v.words.set(b, word & ~0x80n)
     }
   }
 
@@ -100,6 +111,31 @@ class FakeAddon implements FastReadNative {
   }
 
   fastVolumeWrites (_s: object, ino: number): number { return this.volumeWrites.get(ino) ?? 0 }
+
+  fastLease (_s: object, ino: number, id: number, first: number, end: number): boolean {
+    if (!this.volumes.has(ino)) return false
+    this.leases.set(ino, { id, next: first, end, grow: 0 })
+    return true
+  }
+
+  fastGrow (_s: object, ino: number, bytes: number): void {
+    const lease = this.leases.get(ino)
+    if (lease !== undefined) lease.grow = bytes
+  }
+
+  fastLeaseEnd (_s: object, ino: number): Float64Array {
+    const lease = this.leases.get(ino)
+    this.leases.delete(ino)
+    return Float64Array.from(lease === undefined ? [0, 0, 0] : [lease.id, lease.next, lease.end])
+  }
+
+  fastAllocs (_s: object): Float64Array {
+    const taken = Float64Array.from(this.queue)
+    this.queue = []
+    return taken
+  }
+
+  fastAllocCount (_s: object): Uint32Array { return this.allocCount }
 
   fastPack (_s: object, id: number, file: string): boolean {
     if (this.packs.has(id)) return true
@@ -142,33 +178,70 @@ class FakeAddon implements FastReadNative {
     const v = this.volumes.get(ino)
     const bb = this.blockBytes
     if (!this.writesOn || v === undefined || bb === 0 || data.length === 0 || data.length % sector !== 0 || offset % sector !== 0) return false
-    if (offset + data.length > v.size) return false
-    // Every block it covers must be writable, none a whole block of zeros.
-    const pieces: Array<{ e: { fd: number, dataStart: number, sumsStart: number, dirty: boolean, seq: number, lastWriteMs: number }, slot: number, within: number, data: Buffer }> = []
+    // Past the end: only first writes, within what the lease lets the volume grow to.
+    const growsTo = offset + data.length > v.size ? offset + data.length : 0
+    // Every block it covers must be writable, or open to a first write and written whole (or a part of
+    // a hole); none a whole block of zeros, nor zeros into a hole.
+    type Piece = { e: { fd: number, dataStart: number, sumsStart: number, dirty: boolean, seq: number, lastWriteMs: number }, slot: number, within: number, data: Buffer, block: number, loaded: bigint, fresh: boolean }
+    const pieces: Piece[] = []
+    let fresh = 0
     for (let done = 0; done < data.length;) {
       const block = Math.floor((offset + done) / bb)
       const within = (offset + done) % bb
       const piece = data.subarray(done, done + Math.min(bb - within, data.length - done))
       const word = v.words.get(block) ?? 0n
-      if ((word & 0xffn) !== 3n) return false
-      if (piece.length === bb && piece.every(b => b === 0)) return false
-      const e = this.extents.get(Number(word >> 32n))
-      if (e === undefined) return false
-      pieces.push({ e, slot: Number((word >> 8n) & 0xffffffn), within, data: piece })
+      if ((piece.length === bb || (word & 0x3fn) === 2n) && piece.every(b => b === 0)) return false
+      if ((word & 0x3fn) === 3n) {
+        const e = this.extents.get(Number(word >> 32n))
+        if (e === undefined) return false
+        pieces.push({ e, slot: Number((word >> 8n) & 0xffffffn), within, data: piece, block, loaded: word, fresh: false })
+      } else if ((word & 0x80n) !== 0n && (piece.length === bb || (word & 0x3fn) === 2n)) {
+        pieces.push({ e: undefined as unknown as Piece['e'], slot: -1, within, data: piece, block, loaded: word, fresh: true })
+        fresh++
+      } else return false
       done += piece.length
     }
-    for (const { e, slot, within, data: piece } of pieces) {
-      const sums = Buffer.alloc(piece.length / sector * 4)
+    if (growsTo !== 0 && fresh === 0) return false
+    if (fresh > 0) {
+      // New slots from the volume's lease, consecutive.
+      const lease = this.leases.get(ino)
+      if (lease === undefined || lease.end - lease.next < fresh || growsTo > lease.grow) return false
+      const e = this.extents.get(lease.id)
+      if (e === undefined) return false
+      for (const piece of pieces) if (piece.fresh) { piece.e = e; piece.slot = lease.next++ }
+    }
+    for (const { e, slot, within, data: piece, fresh: first } of pieces) {
+      // A part of a fresh slot: every sector's entry, 0 for those not written (they read as zeros).
+      const whole = first && piece.length !== bb
+      const sums = Buffer.alloc((whole ? bb : piece.length) / sector * 4)
       for (let k = 0; k < piece.length / sector; k++) {
         const sum = crc32(piece.subarray(k * sector, (k + 1) * sector)) >>> 0
-        sums.writeUInt32LE(sum === 0 ? 0xffffffff : sum, k * 4)
+        sums.writeUInt32LE(sum === 0 ? 0xffffffff : sum, (k + (whole ? within / sector : 0)) * 4)
       }
       e.seq++
       fs.writeSync(e.fd, piece, 0, piece.length, e.dataStart + slot * bb + within)
-      fs.writeSync(e.fd, sums, 0, sums.length, e.sumsStart + (slot * (bb / sector) + within / sector) * 4)
+      fs.writeSync(e.fd, sums, 0, sums.length, e.sumsStart + (slot * (bb / sector) + (whole ? 0 : within / sector)) * 4)
       e.dirty = true
       e.lastWriteMs = Date.now()
       e.seq++
+    }
+    if (growsTo !== 0) {
+      // The new size, before the reply; queued before the blocks past the old end (extent 0: a size).
+      v.size = Math.max(v.size, growsTo)
+      this.queue.push(ino, growsTo, 0, 0)
+      this.allocCount[0]++
+      this.grew++
+    }
+    for (const piece of pieces) {
+      if (!piece.fresh) continue
+      // The word set only if it is still the one loaded (FAST_NATIVE | FAST_WRITABLE); queued for the
+      // engine's map before the reply.
+      const id = [...this.extents].find(([, e]) => e === piece.e)?.[0] as number
+      if ((v.words.get(piece.block) ?? 0n) === piece.loaded) v.words.set(piece.block, (BigInt(id) << 32n) | (BigInt(piece.slot) << 8n) | 0x43n)
+      else v.words.delete(piece.block)
+      this.queue.push(ino, piece.block, id, piece.slot)
+      this.allocCount[0]++
+      this.allocated++
     }
     this.volumeWrites.set(ino, (this.volumeWrites.get(ino) ?? 0) + 1)
     this.written++
@@ -197,7 +270,7 @@ class FakeAddon implements FastReadNative {
       const within = at % bb
       const count = Math.min(bb - within, length - done)
       const word = v.words.get(block) ?? 0n
-      const kind = Number(word & 0xffn)
+      const kind = Number(word & 0x3fn)
       if (kind === 2) { out.fill(0, done, done + count); done += count; continue }
       if (kind === 4) {
         if (!this.readChunk(Number(word >> 32n), within, count, out.subarray(done, done + count))) return null
@@ -210,7 +283,7 @@ class FakeAddon implements FastReadNative {
       let run = count
       while (done + run < length) {
         const next = v.words.get(block + Math.floor((run + within) / bb)) ?? 0n
-        if (((next & 0xffn) !== 1n && (next & 0xffn) !== 3n) || Number(next >> 32n) !== id || Number((next >> 8n) & 0xffffffn) !== slot + Math.floor((run + within) / bb)) break
+        if (((next & 0x3fn) !== 1n && (next & 0x3fn) !== 3n) || Number(next >> 32n) !== id || Number((next >> 8n) & 0xffffffn) !== slot + Math.floor((run + within) / bb)) break
         run += Math.min(bb, length - done - run)
       }
       if (!this.readRun(id, slot, within, run, out.subarray(done, done + run))) return null
@@ -248,7 +321,7 @@ function numbers (seed: number): () => number {
   return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x }
 }
 
-async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number, chunks: number, spanned: number }> {
+async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): Promise<{ problem: string | null, served: number, written: number, chunks: number, spanned: number, allocated: number, grew: number }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastmodel-'))
   const open = (create: boolean): Pool => Pool.open(path.join(dir, 'pool'), { create, blockBytes, workers: 1 })
   let addon = new FakeAddon()
@@ -256,6 +329,8 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
   let written = 0
   let chunks = 0
   let spanned = 0
+  let allocated = 0
+  let grew = 0
   const attach = (pool: Pool): FastReads => {
     const fast = new FastReads(pool.fastReadSource(), v => v.id + 16)
     fast.attach(addon, session)
@@ -277,6 +352,8 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
         written += addon.written
         chunks += addon.chunkReads
         spanned += addon.spanned
+        allocated += addon.allocated
+        grew += addon.grew
         addon.close()
         addon = new FakeAddon()
         pool = harness.pool
@@ -288,9 +365,19 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
       const touched = new Set<number>()
       for (const v of harness.model.values()) {
         const ino = pool.get(v.kind, v.name).id + 16
+        // Sometimes an append (a first write past the end, which grows the volume natively).
+        if (v.kind !== 'backup' && next() % 3 === 0) {
+          const at = Math.ceil(v.data.length / sector) * sector
+          const more = Buffer.alloc(sector * (1 + next() % 4), 1 + next() % 255)
+          more.writeUInt32LE(next(), 0)
+          if (addon.write(ino, at, more)) {
+            v.data = Buffer.concat([v.data, Buffer.alloc(at - v.data.length), more])
+            for (let b = Math.floor(at / blockBytes); b <= Math.floor((at + more.length - 1) / blockBytes); b++) touched.add(b)
+          }
+        }
         for (let i = 0; i < 4 && v.kind !== 'backup' && v.data.length >= sector; i++) {
           // Half of them at a block the addon may overwrite, if any (most blocks of a sparse volume are holes).
-          const writable = [...addon.volumes.get(ino)?.words ?? []].filter(([, word]) => (word & 0xffn) === 3n).map(([b]) => b)
+          const writable = [...addon.volumes.get(ino)?.words ?? []].filter(([, word]) => (word & 0x3fn) === 3n).map(([b]) => b)
           // And some across two writable blocks in a row (a native WRITE of several blocks).
           const writableSet = new Set(writable)
           // i 2: two writable blocks in a row; i 3: a writable block before one the addon may only read
@@ -298,16 +385,20 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const words = addon.volumes.get(ino)?.words
           const pairs = i === 2
             ? writable.filter(b => writableSet.has(b + 1))
-            : writable.filter(b => words !== undefined && ((words.get(b + 1) ?? 0n) & 0xffn) === 1n)
+            : writable.filter(b => words !== undefined && ((words.get(b + 1) ?? 0n) & 0x3fn) === 1n)
           const span = pairs.length > 0 && i >= 2
+          // i 1: a block open to a first write (a hole, a sealed or a shared block), written whole.
+          const open = i === 1 ? [...addon.volumes.get(ino)?.words ?? []].filter(([, word]) => (word & 0x80n) !== 0n).map(([b]) => b) : []
           const offset = span
             ? pairs[next() % pairs.length] * blockBytes + sector * (next() % (blockBytes / sector))
-            : writable.length > 0 && i % 2 === 0
+            : open.length > 0
+              ? open[next() % open.length] * blockBytes
+              : writable.length > 0 && i % 2 === 0
               ? writable[next() % writable.length] * blockBytes + sector * (next() % (blockBytes / sector))
               : (next() % Math.floor(v.data.length / sector)) * sector
           if (offset + sector > v.data.length) continue
           const room = Math.min(blockBytes - offset % blockBytes + (span ? blockBytes : (next() % 2) * 2 * blockBytes), v.data.length - offset)
-          const length = span ? room : sector * (1 + next() % Math.max(1, Math.floor(room / sector)))
+          const length = open.length > 0 ? Math.min(room, blockBytes * (1 + next() % 2)) : span ? room : sector * (1 + next() % Math.max(1, Math.floor(room / sector)))
           if (length > room) continue
           const data = Buffer.alloc(length, 1 + next() % 255)
           data.writeUInt32LE(next(), 0)
@@ -326,7 +417,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           if (offset >= v.data.length) continue
           const got = Buffer.alloc(Math.min(blockBytes, v.data.length - offset))
           await pool.get(v.kind, v.name).read(got, offset)
-          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written, chunks, spanned }
+          if (!got.equals(v.data.subarray(offset, offset + got.length))) return { problem: `after ${JSON.stringify(op)}: backup ${v.name} block ${block} no longer holds what it did when it was made`, served, written, chunks, spanned, allocated, grew }
         }
       }
       for (const v of harness.model.values()) {
@@ -339,7 +430,7 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const got = addon.read(ino, offset, size)
           if (got === null) continue
           const want = v.data.subarray(offset, Math.min(v.data.length, offset + size))
-          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written, chunks, spanned }
+          if (!got.equals(want)) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the addon answered ${size} bytes at ${offset} with bytes the volume does not hold`, served, written, chunks, spanned, allocated, grew }
         }
         // Reads the engine serves (and the publishing that follows each), against the model too: native
         // WRITEs change slots and checksum entries behind the engine.
@@ -347,14 +438,14 @@ async function runWithFastReads (ops: Op[], blockBytes: number, seed: number): P
           const offset = next() % v.data.length
           const target = Buffer.alloc(Math.min(v.data.length - offset, 1 + next() % (2 * blockBytes)))
           const count = await volume.read(target, offset)
-          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written, chunks, spanned }
+          if (!target.subarray(0, count).equals(v.data.subarray(offset, offset + count))) return { problem: `after ${JSON.stringify(op)}: ${v.kind} ${v.name}: the engine read ${count} bytes at ${offset} that the volume does not hold`, served, written, chunks, spanned, allocated, grew }
           fast.learn(volume, offset, count)
         }
         // Half the time the whole volume is published (as reads all over it would).
         if (v.kind !== 'backup' && next() % 2 === 0) fast.learn(volume, 0, volume.size)
       }
     }
-    return { problem: null, served: served + addon.served, written: written + addon.written, chunks: chunks + addon.chunkReads, spanned: spanned + addon.spanned }
+    return { problem: null, served: served + addon.served, written: written + addon.written, chunks: chunks + addon.chunkReads, spanned: spanned + addon.spanned, allocated: allocated + addon.allocated, grew: grew + addon.grew }
   } finally {
     addon.close()
     await harness.pool.close().catch(() => {})
@@ -369,18 +460,24 @@ test('every READ the addon would answer holds what the engine holds, through ran
   let written = 0
   let chunks = 0
   let spanned = 0
+  let allocated = 0
+  let grew = 0
   await fc.assert(fc.asyncProperty(fc.array(opArbitrary, { minLength: 1, maxLength: 30 }), fc.nat(), async (ops, seed) => {
     const result = await runWithFastReads(ops, 4096, seed)
     served += result.served
     written += result.written
     chunks += result.chunks
     spanned += result.spanned
+    allocated += result.allocated
+    grew += result.grew
     if (result.problem !== null) throw new Error(result.problem)
   }), { numRuns: runs, verbose: 1 })
   t.true(served > 0, 'the addon answered reads')
-  t.true(written > 0, 'the addon overwrote slots')
-  t.true(spanned > 0, 'the addon overwrote several blocks in one WRITE')
-  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times (${spanned} of them more than one block)`)
+  t.true(written > 0, 'the addon wrote')
+  t.true(spanned > 0, 'the addon wrote several blocks in one WRITE')
+  t.true(allocated > 0, 'the addon gave blocks new slots (first writes)')
+  t.true(grew > 0, 'the addon grew volumes (first writes past the end)')
+  t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and wrote ${written} times (${spanned} of them more than one block; ${allocated} blocks took a new slot; ${grew} writes grew a volume)`)
 })
 
 test('the same with 16 KiB blocks (partial slots over sealed blocks, which the addon never answers; whole sealed blocks it does)', async t => {
@@ -404,7 +501,7 @@ test('the same with 16 KiB blocks (partial slots over sealed blocks, which the a
   t.log(`${runs} sequences; the addon answered ${served} reads (${chunks} pieces of sealed chunks), each equal to the model, and overwrote ${written} times (${spanned} of them more than one block)`)
 })
 
-test('a WRITE across a block the volume owns and one it shares with a backup goes to the engine whole', async t => {
+test('a WRITE across a block the volume owns and one it shares with a backup: the shared one gets a new slot, the backup keeps its bytes', async t => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-fastspan-'))
   const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes: sector, workers: 1 })
   const addon = new FakeAddon()
@@ -421,13 +518,27 @@ test('a WRITE across a block the volume owns and one it shares with a backup goe
     await disk.write(Buffer.alloc(sector, 'b'), 2 * sector)
     fast.learn(disk, 0, 3 * sector)
     const kinds = [0, 1, 2].map(b => Number((addon.volumes.get(ino)?.words.get(b) ?? 0n) & 0xffn))
-    t.deepEqual(kinds, [3, 1, 3], 'blocks 0 and 2 writable here, block 1 only readable')
-    t.false(addon.write(ino, 0, Buffer.alloc(2 * sector, 'c')), 'blocks 0-1: to the engine')
-    t.false(addon.write(ino, sector, Buffer.alloc(2 * sector, 'c')), 'blocks 1-2: to the engine')
-    t.true(addon.write(ino, 0, Buffer.alloc(sector, 'c')), 'block 0 alone: here')
+    t.deepEqual(kinds, [3, 0x81, 3], 'blocks 0 and 2 writable here, block 1 readable and open to a first write')
+    // Blocks 0-1: block 0 overwritten in its slot, block 1 in a new slot of the lease, never the backup's.
+    t.true(addon.write(ino, 0, Buffer.alloc(2 * sector, 'c')), 'blocks 0-1: here')
+    t.is(addon.allocated, 1, 'block 1 took a new slot')
+    const expected = Buffer.concat([Buffer.alloc(2 * sector, 'c'), Buffer.alloc(sector, 'b')])
+    const read = Buffer.alloc(3 * sector)
+    await disk.read(read, 0)
+    t.true(read.equals(expected), 'the engine reads what the addon wrote (the first write taken into its map)')
+    t.is(addon.queue.length, 0, 'the engine took the queue')
     const got = Buffer.alloc(3 * sector)
     await backup.read(got, 0)
     t.true(got.equals(first), 'the backup holds what it held')
+    // A backup now: the words lose their writable kind and first writes (the lease ends), and the
+    // first write's slot is the new backup's too.
+    const second = await pool.backup(disk, 'b2.img')
+    t.false(addon.write(ino, sector, Buffer.alloc(sector, 'd')), 'after a backup: to the engine')
+    const again = Buffer.alloc(3 * sector)
+    await second.read(again, 0)
+    t.true(again.equals(expected), 'the second backup holds the first write')
+    await backup.read(got, 0)
+    t.true(got.equals(first), 'the first backup still holds what it held')
   } finally {
     addon.close()
     await pool.close()
