@@ -203,6 +203,8 @@ export class Importer {
 
 export class ImportSession {
   readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0, absentBlocks: 0 }
+  /** Milliseconds spent in each step (the lazy pull's timing line in the daemon log). */
+  readonly timing = { lookupMs: 0, ingestMs: 0, logMs: 0, transactionMs: 0, mapMs: 0, commitMs: 0, startedMs: 0 }
   /** Blocks an earlier run recorded under this key when this session began. */
   readonly recordedBlocks: number
   /** The highest block index received so far (-1: none): every later one must be above it. */
@@ -256,15 +258,19 @@ export class ImportSession {
     if (todo.length === 0 && stale.length === 0) return
     await this.exclusive(async () => {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
+      const lookupStarted = performance.now()
       const rows: Array<{ block: number, chunkId: number | null }> = []
       const fresh: ImportBlock[] = []
       // A lazy pull's references to chunks the pool lacks: absent chunks, inserted with the rows below.
       const absent = new Map<string, ChunkRow>()
       const listed = new Set<number>()
+      // The chunks the pool indexes already, looked up for the whole batch at once (nothing in the loop
+      // below changes the index: the new chunks are stored after it).
+      const known = this.state.catalog.chunksByHashes(todo.flatMap(block => block.hash === null ? [] : [block.hash]))
       for (const block of todo) {
         if (block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
         if (block.data === null && this.spec.lazy !== true) throw corrupt(`import ${this.spec.key}: block ${block.index} has no bytes`)
-        const indexed = this.state.catalog.chunkByHash(block.hash)
+        const indexed = known.get(block.hash.toString('hex'))
         // An absent chunk is no copy of a block: bytes that come fill it (fresh, through the chunk store).
         const absentHere = indexed !== undefined && this.state.chunks.isAbsent(indexed)
         if (indexed !== undefined && (!absentHere || block.data === null)) {
@@ -283,9 +289,13 @@ export class ImportSession {
         }
         fresh.push(block)
       }
+      let t = performance.now()
+      this.timing.lookupMs += t - lookupStarted
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
       await this.state.ingest.run(groups, async group => { rows.push(...await this.storeGroup(group)) })
+      this.timing.ingestMs += performance.now() - t
+      t = performance.now()
       // The pull and the absent chunks it lists go to catalog.log first (as a commit's rows do): a catalog
       // rebuilt from the log keeps the pull resumable (catalog-log.ts). A chunk filled meanwhile is listed
       // as absent there, harmlessly: repair finds it in its pack.
@@ -296,18 +306,25 @@ export class ImportSession {
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
         this.state.catalog.insertChunks(absent.values())
-        for (const id of listed) this.state.catalog.putLazyChunk(this.spec.uuid, id)
+        this.state.catalog.putLazyChunks(this.spec.uuid, listed)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
       // Once committed, the absent rows go into the chunk store's row cache in the same synchronous step
       // (no fill can come between and be overwritten by them): finish's map reads their sizes from there.
-      const apply = (): void => { transaction(); this.state.chunks.remember(absent.values()) }
-      if (pull === undefined) { apply(); return }
+      const apply = (): void => {
+        const applying = performance.now()
+        transaction()
+        this.state.chunks.remember(absent.values())
+        this.timing.transactionMs += performance.now() - applying
+        this.timing.logMs -= performance.now() - applying
+      }
+      if (pull === undefined) { apply(); this.timing.logMs += performance.now() - t; return }
       // The transaction in the append's turn: no catalog.log snapshot step runs between them.
       const made = new Map([...absent.values()].map(row => [row.id, row]))
       const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
       await this.state.catalogLog.appendLazy({ pull, absent: logged }, apply)
+      this.timing.logMs += performance.now() - t
     })
   }
 
@@ -328,7 +345,9 @@ export class ImportSession {
       },
       'import worker',
       (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(refusedBlockMessage(group[i].index, 'does not match its BLAKE3 id')) },
-      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)))
+      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)),
+      // A lazy pull's blocks (its head) are waited for by the command that makes the backup.
+      this.spec.lazy === true)
     return outcomes.map((outcome, i) => {
       if (outcome.zero) { this.counts.zeroBlocks++; return { block: group[i].index, chunkId: null } }
       if (outcome.isNew) this.counts.newChunks++
@@ -361,14 +380,18 @@ export class ImportSession {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
+      let t = performance.now()
       const map = await buildImportMap(state, this.spec, this.lastIndex, base)
+      this.timing.mapMs += performance.now() - t
       const volume = importedBackup(state, this.spec, this.name, map, Date.now())
       // The name is held (finish), so nothing took it while the map was built; checked all the same.
       this.checkNameFree()
       state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
       state.volumes.set(volume.id, volume)
       state.changed(volume)
+      t = performance.now()
       await this.committer.commit()
+      this.timing.commitMs += performance.now() - t
       return volume
     })
   }

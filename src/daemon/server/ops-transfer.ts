@@ -192,7 +192,9 @@ async function finishImport (pool: Pool, log: (line: string) => void, session: I
   }
   const started = Date.now()
   const backup = await session.finish()
+  const counting = performance.now()
   if (lazy) pool.lazy.started(session.spec.uuid)
+  session.timing.startedMs = performance.now() - counting
   const c = session.counts
   log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
     `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${remote} (lazy pull)` : ''}`)
@@ -211,6 +213,8 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   const stageOnly = op === 'importStageStream'
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
+    // Where a lazy pull's time goes in the daemon (one log line at its end): the begin, the batches' stores, the finish.
+    const timing = { start: performance.now(), cpu: process.cpuUsage(), begun: 0, firstFrame: 0, endFrame: 0, storeMs: 0, batches: 0, finished: 0 }
     let session: ImportSession
     try {
       session = beginImport(pool, args as { header: unknown, name: string }, lazy, remote, lazy ? (args as { manifest?: string }).manifest ?? '' : '')
@@ -229,7 +233,9 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     const storeBatch = async (blocks: ImportBlock[]): Promise<void> => {
       await storing
       // eslint-disable-next-line require-atomic-updates -- storeBatch is only called by the one reader loop below, each call awaited, so no other call sets storing between this await and this assignment
-      storing = session.store(blocks)
+      const begun = performance.now()
+      timing.batches++
+      storing = session.store(blocks).then(() => { timing.storeMs += performance.now() - begun })
       storing.catch(() => {})
     }
     // Two batches' worth of block buffers, taken in turns: a block's bytes are copied from the socket into
@@ -242,6 +248,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // The batch's blocks with bytes: their places in its buffer (a batch closes at importBatchBlocks of
     // them, or at importBatchFrames frames of any kind).
     let withBytes = 0
+    timing.begun = performance.now()
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
@@ -255,6 +262,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
           socket.destroy()
           return
         }
+        if (timing.firstFrame === 0) timing.firstFrame = performance.now()
         if (frame.kind === frameEnd) break
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZstd && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
@@ -263,10 +271,19 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (withData) withBytes++
         if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) { await storeBatch(batch); batch = []; withBytes = 0; turn = 1 - turn }
       }
+      timing.endFrame = performance.now()
       await storeBatch(batch)
       await storing
       batch = []
+      const finishing = performance.now()
       await finishImport(pool, log, session, socket, stageOnly, lazy, remote)
+      if (lazy) {
+        const at = (t: number): string => (t - timing.start).toFixed(0)
+        const cpu = process.cpuUsage(timing.cpu)
+        log(`lazy pull timing: ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU (every thread); begun at ${at(timing.begun)} ms, first frame at ${at(timing.firstFrame)}, end frame at ${at(timing.endFrame)}, ` +
+          `${timing.batches} batches stored in ${timing.storeMs.toFixed(0)} ms, last stored at ${at(finishing)}, finished at ${at(performance.now())} (finish ${(performance.now() - finishing).toFixed(0)} ms); ` +
+          Object.entries(session.timing).map(([step, ms]) => `${step} ${ms.toFixed(0)}`).join(', '))
+      }
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
       // to a socket no one reads any more (the reader stopped at the failure), and only the close ends
