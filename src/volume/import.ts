@@ -103,9 +103,10 @@ export class Importer {
    * Starts or resumes the import of `spec` as backup `name`. Refuses what could never finish: a name or
    * identity already present, a base this pool lacks, another block size, a creation time past
    * createdMsMax (ls and prune could not show it); BUSY while another import of the same stream runs.
-   * The caller must close() the session once it is done with it (after its last store).
+   * The caller must close() the session once it is done with it (after its last store). `alsoRecord`
+   * runs in the transaction that records the import (its key given): a lazy pull's row.
    */
-  begin (spec: ImportSpec, name: string): ImportSession {
+  begin (spec: ImportSpec, name: string, alsoRecord?: (key: string) => void): ImportSession {
     checkName(name)
     const catalog = this.state.catalog
     if (spec.blockBytes !== this.state.blockBytes) throw invalid(`the stream's block size is ${spec.blockBytes} bytes, this pool's ${this.state.blockBytes}: import it into a pool made with --block-size ${spec.blockBytes}`)
@@ -119,6 +120,8 @@ export class Importer {
     catalog.transaction(() => {
       if (known !== undefined && !resumable) catalog.deleteImport(spec.key)
       catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
+      // A lazy pull's row goes in the same transaction (one fsync, not two).
+      alsoRecord?.(spec.key)
     })
     this.running.add(spec.key)
     this.staged.delete(spec.key)
@@ -204,7 +207,7 @@ export class Importer {
 export class ImportSession {
   readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0, absentBlocks: 0 }
   /** Milliseconds spent in each step (the lazy pull's timing line in the daemon log). */
-  readonly timing = { lookupMs: 0, ingestMs: 0, logMs: 0, transactionMs: 0, mapMs: 0, commitMs: 0, startedMs: 0 }
+  readonly timing = { mapMs: 0, commitMs: 0 }
   /** Blocks an earlier run recorded under this key when this session began. */
   readonly recordedBlocks: number
   /** The highest block index received so far (-1: none): every later one must be above it. */
@@ -258,7 +261,6 @@ export class ImportSession {
     if (todo.length === 0 && stale.length === 0) return
     await this.exclusive(async () => {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
-      const lookupStarted = performance.now()
       const rows: Array<{ block: number, chunkId: number | null }> = []
       const fresh: ImportBlock[] = []
       // A lazy pull's references to chunks the pool lacks: absent chunks, inserted with the rows below.
@@ -289,13 +291,9 @@ export class ImportSession {
         }
         fresh.push(block)
       }
-      let t = performance.now()
-      this.timing.lookupMs += t - lookupStarted
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
       await this.state.ingest.run(groups, async group => { rows.push(...await this.storeGroup(group)) })
-      this.timing.ingestMs += performance.now() - t
-      t = performance.now()
       // The pull and the absent chunks it lists go to catalog.log first (as a commit's rows do): a catalog
       // rebuilt from the log keeps the pull resumable (catalog-log.ts). A chunk filled meanwhile is listed
       // as absent there, harmlessly: repair finds it in its pack.
@@ -312,19 +310,12 @@ export class ImportSession {
       })
       // Once committed, the absent rows go into the chunk store's row cache in the same synchronous step
       // (no fill can come between and be overwritten by them): finish's map reads their sizes from there.
-      const apply = (): void => {
-        const applying = performance.now()
-        transaction()
-        this.state.chunks.remember(absent.values())
-        this.timing.transactionMs += performance.now() - applying
-        this.timing.logMs -= performance.now() - applying
-      }
-      if (pull === undefined) { apply(); this.timing.logMs += performance.now() - t; return }
+      const apply = (): void => { transaction(); this.state.chunks.remember(absent.values()) }
+      if (pull === undefined) { apply(); return }
       // The transaction in the append's turn: no catalog.log snapshot step runs between them.
       const made = new Map([...absent.values()].map(row => [row.id, row]))
       const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
       await this.state.catalogLog.appendLazy({ pull, absent: logged }, apply)
-      this.timing.logMs += performance.now() - t
     })
   }
 
