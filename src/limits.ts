@@ -281,10 +281,10 @@ export const exportReadsInFlight = 4
 export const importBatchBlocks = 256
 /**
  * Frames per import batch, those without bytes (zero blocks, a lazy pull's references) counted too: a
- * batch of references costs its catalog.log fdatasync and transaction and little else, so a lazy pull of
- * a 1 GiB image stores its 16,384 references in 4 batches, not 64.
+ * batch of references costs its catalog.log fdatasync and transaction and little else (a few MiB of
+ * memory at most), so a lazy pull of a 1 GiB image stores its 16,384 references in one batch, not 64.
  */
-export const importBatchFrames = 4096
+export const importBatchFrames = 16384
 /** The most chunk ids one lazyMissing request may ask about (a hydrator asks a batch of a manifest at a time). */
 export const lazyMissingHashesMax = 4096
 /** Recorded blocks an import's finish applies to the new map per turn of the event loop. */

@@ -169,6 +169,9 @@ CREATE INDEX IF NOT EXISTS lazy_chunks_by_chunk ON lazy_chunks (chunk_id);
 /** After the migrations (the column exists only from schema 3 on). */
 const uuidIndex = 'CREATE UNIQUE INDEX IF NOT EXISTS volumes_by_uuid ON volumes (uuid)'
 
+/** Rows per multi-row statement (runRows, chunksByHashes): far below SQLite's 32 766 variables. */
+const multiRowMax = 256
+
 export class Catalog {
   private readonly db: Database.Database
   private readonly statements: ReturnType<Catalog['prepare']>
@@ -441,6 +444,31 @@ export class Catalog {
     for (const b of blocks) this.statements.putImportBlock.run(key, b.block, b.chunkId)
   }
 
+  /** Statements of multiRowMax rows each, by their head (runRows). */
+  private readonly multiRow = new Map<string, Database.Statement>()
+
+  /**
+   * Runs `head VALUES (?, ...), (?, ...) ...` for the rows in `values` (`columns` values per row, one
+   * after another), multiRowMax rows per statement: one step into SQLite per statement instead of one
+   * per row (measured on a lazy pull's list of 15 000 chunks: 6 to 17 ms of CPU against 31 to 39; for the
+   * chunks' and import_blocks' rows, with more columns and a unique index, it was slower, and they stay
+   * one statement per row). The full-size statement is prepared once; the last, shorter one each time.
+   */
+  private runRows (head: string, columns: number, values: unknown[]): void {
+    const rows = values.length / columns
+    const statementOf = (n: number): Database.Statement => {
+      const sql = `${head} VALUES ${new Array<string>(n).fill(`(${new Array<string>(columns).fill('?').join(', ')})`).join(', ')}`
+      if (n !== multiRowMax) return this.db.prepare(sql)
+      let statement = this.multiRow.get(head)
+      if (statement === undefined) this.multiRow.set(head, statement = this.db.prepare(sql))
+      return statement
+    }
+    for (let row = 0; row < rows; row += multiRowMax) {
+      const n = Math.min(multiRowMax, rows - row)
+      statementOf(n).run(...values.slice(row * columns, (row + n) * columns))
+    }
+  }
+
   /**
    * Forgets what partial import `key` recorded for blocks `first` to `last` (a resumed import drops the
    * blocks the stream it finishes with does not carry); their chunks become garbage for gc.
@@ -491,6 +519,21 @@ export class Catalog {
 
   chunkByHash (hash: Buffer): number | undefined { return this.statements.chunkByHash.get(hash) as number | undefined }
 
+  /** chunkByHash for many hashes at once: the ids of those indexed, by hash (hex). */
+  chunksByHashes (hashes: Buffer[]): Map<string, number> {
+    const out = new Map<string, number>()
+    for (let at = 0; at < hashes.length; at += multiRowMax) {
+      const part = hashes.slice(at, at + multiRowMax)
+      let statement = part.length === multiRowMax ? this.multiRow.get('chunksByHashes') : undefined
+      if (statement === undefined) {
+        statement = this.db.prepare(`SELECT id, hash FROM chunks WHERE hash IN (${new Array<string>(part.length).fill('?').join(', ')})`)
+        if (part.length === multiRowMax) this.multiRow.set('chunksByHashes', statement)
+      }
+      for (const row of statement.all(...part) as Array<{ id: number, hash: Buffer }>) out.set(row.hash.toString('hex'), row.id)
+    }
+    return out
+  }
+
   /** Gives absent chunk `row.id` (pack id 0) the place `row` says; false when it was not absent. */
   fillChunk (row: ChunkRow): boolean {
     return this.statements.fillChunk.run(row.packId, row.offset, row.storedBytes, row.rawBytes, row.compressed ? 1 : 0, row.id).changes > 0
@@ -504,6 +547,12 @@ export class Catalog {
   putLazyPull (row: LazyPullRow): void { this.statements.putLazyPull.run(row) }
   deleteLazyPull (uuid: string): void { this.statements.deleteLazyChunksOf.run(uuid); this.statements.deleteLazyPull.run(uuid); this.deleted = true }
   putLazyChunk (uuid: string, chunkId: number): void { this.statements.putLazyChunk.run(uuid, chunkId) }
+  /** putLazyChunk for many chunks (multi-row statements). */
+  putLazyChunks (uuid: string, chunkIds: Iterable<number>): void {
+    const values: unknown[] = []
+    for (const id of chunkIds) values.push(uuid, id)
+    this.runRows('INSERT OR IGNORE INTO lazy_chunks (uuid, chunk_id)', 2, values)
+  }
   /** Per lazy pull, how many of its chunks are still listed (absent, or filled and not yet taken off the list). */
   lazyChunkCounts (): Map<string, number> {
     return new Map((this.statements.lazyChunkCounts.all() as Array<{ uuid: string, n: number }>).map(r => [r.uuid, r.n]))

@@ -43,9 +43,10 @@ export class Ingest {
    * each non-zero block's hash before it is stored (an import checks the stream's ids) and throws to
    * refuse it; `refuse(i, why)` makes the error for a frame that does not open (default: IO). Either
    * stops the batch at that block (those before it are stored). Throws IO for what the workers report
-   * (prefixed with `what`), NO_SPACE or IO from the chunk store.
+   * (prefixed with `what`), NO_SPACE or IO from the chunk store. `urgent`: the workers at the daemon's
+   * priority, not the sealing threads' (worker-pool.ts), for blocks someone waits for.
    */
-  async batch (input: IngestInput, what: string, check?: (i: number, hash: Buffer) => void, refuse?: (i: number, why: string) => Error): Promise<Ingested[]> {
+  async batch (input: IngestInput, what: string, check?: (i: number, hash: Buffer) => void, refuse?: (i: number, why: string) => Error, urgent = false): Promise<Ingested[]> {
     const blockBytes = this.blockBytes
     return await this.workers.lease(input.count, async lease => {
       let result
@@ -78,7 +79,7 @@ export class Ingest {
         out.push({ zero: false, chunkId: row.id, hash, isNew, storedBytes: row.storedBytes })
       }
       return out
-    })
+    }, urgent)
   }
 
   /**

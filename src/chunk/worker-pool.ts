@@ -27,7 +27,8 @@ const openTask = path.resolve(__dirname, '..', '..', 'workers', 'open.js')
 export interface WorkerPoolOptions { blockBytes: number, zstdLevel: number, threads?: number }
 
 interface TaskRunner {
-  seal: (task: SealTask) => Promise<SealResult>
+  /** `urgent`: in a thread at the daemon's priority (the read pool's), for blocks a reader waits for. */
+  seal: (task: SealTask, urgent: boolean) => Promise<SealResult>
   open: (task: OpenTask) => Promise<OpenResult>
 }
 
@@ -39,7 +40,7 @@ export interface LeasedOpen extends Omit<OpenRequest, 'slot'> { at: number, hash
  * buffers it hands out are views of the slab, valid only until then.
  */
 export class SlabLease {
-  constructor (private readonly tasks: TaskRunner, private readonly config: WorkerConfig, private readonly slab: Buffer, private readonly slots: number[]) {}
+  constructor (private readonly tasks: TaskRunner, private readonly config: WorkerConfig, private readonly slab: Buffer, private readonly slots: number[], private readonly urgent = false) {}
 
   get count (): number { return this.slots.length }
   /** The input region of the lease's slot `at` (a raw block to seal; a stored record once opened). */
@@ -67,7 +68,7 @@ export class SlabLease {
   async seal (length: number, source?: SealTask['source'], frames?: number[]): Promise<SealResult> {
     const task: SealTask = source === undefined ? { slots: this.slots, length } : { slots: this.slots, length, source }
     if (frames !== undefined) task.frames = frames
-    return await this.tasks.seal(task)
+    return await this.tasks.seal(task, this.urgent)
   }
 
   /** Opens chunks into this lease's slots (see OpenTask); the expected hashes go into the slots first. */
@@ -111,10 +112,10 @@ export class WorkerPool {
    * Runs `work` with `count` slots of the slab (waiting in line for them: the slab bounds the memory in
    * flight), and takes them back when it settles.
    */
-  async lease<T> (count: number, work: (lease: SlabLease) => Promise<T>): Promise<T> {
+  async lease<T> (count: number, work: (lease: SlabLease) => Promise<T>, urgent = false): Promise<T> {
     const slots = await this.slots.acquireMany(count)
     try {
-      return await work(new SlabLease(this.tasks, this.config, this.slab, slots))
+      return await work(new SlabLease(this.tasks, this.config, this.slab, slots, urgent))
     } finally {
       for (const slot of slots) this.slots.release(slot)
     }
@@ -122,8 +123,13 @@ export class WorkerPool {
 
   /** The tasks, by slot number: for the leases only. */
   private readonly tasks: TaskRunner = {
-    seal: async (task: SealTask): Promise<SealResult> => {
+    seal: async (task: SealTask, urgent: boolean): Promise<SealResult> => {
       if (this.sealPool === null) return sealInline(task, this.config)
+      // An urgent batch (a lazy pull's blocks a reader waits for, or its import) runs in the read pool's
+      // threads, which are at the daemon's priority: the sealing threads' nice value (sealWorkerNice)
+      // made it wait behind every other process of a busy machine. The read pool's workerData has no
+      // nice value, so seal.js loaded there leaves the thread's priority alone.
+      if (urgent && this.readPool !== null) return await this.readPool.run(task, { filename: sealTask }) as SealResult
       return await this.sealPool.run(task, { filename: sealTask }) as SealResult
     },
     open: async (task: OpenTask): Promise<OpenResult> => {

@@ -16,6 +16,7 @@ import { isBackupId } from '../remote/remote-format'
 import { RemoteKey, createKeyFile, readKeyFile } from '../remote/crypt'
 import { pullBackup, pushBackup } from './transfer-link'
 import { LazyPullResult, createLazyBackup, hydrate, lazyPulls } from './hydrator'
+import { trace } from '../trace'
 import { controlDir } from '../control/protocol'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
@@ -56,6 +57,7 @@ function keyOf (remote: RemoteDefinition): RemoteKey | null {
 
 async function withStore<T> (remote: RemoteDefinition, work: (store: RemoteStore) => Promise<T>): Promise<T> {
   const store = await RemoteStore.open(remote, remote.name, { key: keyOf(remote) })
+  trace('store open')
   try { return await work(store) } finally { store.close() }
 }
 
@@ -276,9 +278,12 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
       // The pack indexes (for the head's chunks) load while the manifest comes.
       store.preloadPacks()
       const manifest = await store.manifest(id)
+      trace('manifest read')
       if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, manifest.identity, true)
       try {
+        trace('hydrator started')
         const made = await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
+        trace('backup made')
         // The backup exists: the hydrator's turn (startHydrator niced it meanwhile), at this command's nice
         // value again. Best effort: only root may take a nice value back, and on Linux this reaches its main thread only (where it fetches).
         // Only while it runs (not reaped: its pid is still its own).

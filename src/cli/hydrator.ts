@@ -22,6 +22,7 @@ import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameHeadBytes,
 import { Manifest, pullBatchBlocks, pullRangeBytesMax } from '../remote/remote-format'
 import { RemoteStore } from '../remote/store'
 import { testPause } from '../remote/test-pause'
+import { trace } from '../trace'
 
 /** How long hydrate() keeps retrying without progress, by default, and how long it waits between tries. */
 export const hydrateRetryMsDefault = 10 * 60 * 1000
@@ -53,6 +54,7 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
   head.catch(() => {})
   const opened = await openStream(mountpoint, 'lazyPullStream', { header, name, remote, manifest: id })
   const socket = opened.socket
+  trace('import opened')
   try {
     // The daemon's last line: read from now on (it may come early, with the reason it stopped).
     const reply = readReply('lazyPullStream', socket, opened.rest, mountpoint)
@@ -60,6 +62,7 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
     // Every block of a head chunk goes with its bytes, not only the head's: a chunk is never both
     // absent and stored in one import batch.
     const bytes = await head
+    trace(`head fetched (${bytes.size} chunks)`)
     // The ref frames are written straight into buffers of refWriteFrames heads, one write each (a new
     // buffer each time: the socket holds a written one until it is sent), not a buffer per frame joined.
     let refs = Buffer.allocUnsafe(refWriteFrames * frameHeadBytes)
@@ -85,7 +88,9 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
     }
     await flush()
     await send(socket, frameHead(frameEnd, 0, null))
+    trace('references sent')
     const { result } = await reply
+    trace('daemon replied')
     const r = result as { backup: { uuid: string }, absentBlocks: number, dedupedBlocks: number, resumedBlocks: number }
     return { id, name, uuid: r.backup.uuid, size: manifest.size, blocks: manifest.blocks.length, absentBlocks: r.absentBlocks, dedupedBlocks: r.dedupedBlocks, resumedBlocks: r.resumedBlocks }
   } finally {

@@ -26,6 +26,7 @@ import { statusCommands } from './commands-status'
 import { transferCommands } from './commands-transfer'
 import { ResumedHydrator, remoteCommands, resumeHydrators } from './commands-remote'
 import { describeHolders, findHolders, printable } from './holders'
+import { trace } from '../trace'
 
 /**
  * rm --force of an image held open. A disk or clone is unlinked through the mount, as a plain `rm`: the
@@ -488,7 +489,9 @@ export async function main (argv: string[]): Promise<number> {
   try {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
     if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${wrap(command.summary, helpWidth, '').join('\n')}\n`); return 0 }
+    trace(`command ${name}`)
     await command.run(parseArgs(rest, command.spec))
+    trace('done')
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
     if (process.env.VDISKFS_DEBUG === '1') process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`)

@@ -32,6 +32,10 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
+import { associatedData, checkSealHeader, objectKey, openSealed, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
+
+// The sealed object format lives in workers/sealed-object.ts (the CLI's worker threads open chunks with it).
+export { checkSealHeader, openSealed, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealKindChunk, sealKindManifest, sealKindPackIndex, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
 
 export const keyFormat = 'vdiskfs-key'
 export const keyVersion = 1
@@ -39,19 +43,6 @@ export const keyBytes = 32
 /** A key file is one short line; anything longer is not one (and is not read whole). */
 export const keyFileBytesMax = 4096
 
-export const sealMagic = Buffer.from('VDRE', 'latin1')
-export const sealVersion = 1
-export const sealKindChunk = 1
-export const sealKindManifest = 2
-export const sealKindPackIndex = 3
-export const sealCipherAes256Gcm = 1
-export const sealCipherName = 'aes-256-gcm'
-export const sealSaltBytes = 16
-export const sealNonceBytes = 12
-export const sealTagBytes = 16
-export const sealHeaderBytes = 4 + 1 + 1 + 1 + 1 + sealSaltBytes + sealNonceBytes
-/** What sealing adds to an object: its header and the tag. */
-export const sealOverheadBytes = sealHeaderBytes + sealTagBytes
 
 /** A loaded key: the subkeys only (the key itself is not kept), and where it came from. */
 export class RemoteKey {
@@ -92,7 +83,7 @@ export class RemoteKey {
     header.writeUInt8(sealCipherAes256Gcm, 6)
     header.writeUInt8(0, 7)
     crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
-    const cipher = crypto.createCipheriv(sealCipherName, this.objectKey(header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
+    const cipher = crypto.createCipheriv(sealCipherName, objectKey(this.sealKey, header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
     cipher.setAAD(associatedData(header, name))
     let at = sealHeaderBytes
     at += cipher.update(plaintext).copy(target, at)
@@ -106,39 +97,16 @@ export class RemoteKey {
    * anything that does not authenticate (a flipped byte, a truncated object, one copied from another name).
    */
   open (kind: number, name: string, object: Buffer, what: string): Buffer {
-    const header = checkSealHeader(kind, object, what)
-    const decipher = crypto.createDecipheriv(sealCipherName, this.objectKey(header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
-    decipher.setAAD(associatedData(header, name))
-    decipher.setAuthTag(object.subarray(object.length - sealTagBytes))
-    const body = decipher.update(object.subarray(sealHeaderBytes, object.length - sealTagBytes))
-    try {
-      // GCM holds nothing back: final() checks the tag and gives no bytes (the body needs no copy then).
-      const rest = decipher.final()
-      return rest.length === 0 ? body : Buffer.concat([body, rest])
-    } catch {
-      throw corrupt(`${what}: damaged or not this store's (it fails authentication with the store's key)`)
-    }
+    return openSealed(this.sealKey, kind, name, object, what)
   }
 
-  private objectKey (header: Buffer): Buffer {
-    return crypto.createHmac('sha256', this.sealKey).update(header.subarray(8, 8 + sealSaltBytes)).digest()
-  }
+  /**
+   * The subkey that opens (and seals) objects, for the worker threads of this process that open a pull's
+   * chunks (remote-open.ts, with openSealed): it never leaves the process.
+   */
+  sealKeyForWorkers (): Buffer { return Buffer.from(this.sealKey) }
 }
 
-function associatedData (header: Buffer, name: string): Buffer {
-  return Buffer.concat([header, Buffer.from(name, 'utf8')])
-}
-
-/** Checks a sealed object's header (what can be checked without the key). Errors: CORRUPT naming `what`. */
-export function checkSealHeader (kind: number, object: Buffer, what: string): Buffer {
-  if (object.length < sealOverheadBytes) throw corrupt(`${what}: ${object.length} bytes, shorter than a sealed object`)
-  if (!object.subarray(0, 4).equals(sealMagic)) throw corrupt(`${what}: not a sealed vdiskfs object (bad magic)`)
-  if (object.readUInt8(4) !== sealVersion) throw corrupt(`${what}: sealed object version ${object.readUInt8(4)} is not ${sealVersion}`)
-  if (object.readUInt8(5) !== kind) throw corrupt(`${what}: a sealed object of kind ${object.readUInt8(5)}, expected ${kind}`)
-  if (object.readUInt8(6) !== sealCipherAes256Gcm) throw corrupt(`${what}: unknown cipher ${object.readUInt8(6)}`)
-  if (object.readUInt8(7) !== 0) throw corrupt(`${what}: reserved header byte is not zero`)
-  return object.subarray(0, sealHeaderBytes)
-}
 
 export function formatFingerprint (bytes: Buffer): string {
   return (bytes.toString('hex').match(/.{4}/g) ?? []).join(':')

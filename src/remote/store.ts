@@ -26,6 +26,8 @@ import {
   PackIndex, decodePackIndex, encodePackIndex, indexesPrefix, packIdOfKey, packIndexBytesMax, packBytesMax, packIndexKey, packKey, packTargetBytes, packUploadsInFlightMax,
   packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength
 } from './remote-format'
+import { trace } from '../trace'
+import { ChunkOpener } from './chunk-opener'
 import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest, sealKindPackIndex } from './crypt'
 import crypto from 'node:crypto'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
@@ -162,7 +164,12 @@ export class RemoteStore {
     } catch (err) { s3.destroy(); throw err }
   }
 
-  close (): void { this.s3.destroy() }
+  close (): void {
+    this.s3.destroy()
+    // Its threads end on their own time; nothing is waiting on them any more.
+    this.chunkOpener?.close().catch(() => {})
+    this.chunkOpener = null
+  }
 
   // ---- chunks ----
 
@@ -296,7 +303,11 @@ export class RemoteStore {
 
   /** Chunk `id`'s block from its stored object, checked against its id; decompressed into `into` when it has room. */
   decodeChunk (id: string, stored: Buffer, what = this.chunkWhat(id), into?: Buffer): Buffer {
-    const object = this.unsealChunk(id, stored, what)
+    return this.decodeOpened(id, this.unsealChunk(id, stored, what), what, into)
+  }
+
+  /** decodeChunk() of the plain chunk object (opened already in an encrypted store). */
+  private decodeOpened (id: string, object: Buffer, what: string, into?: Buffer): Buffer {
     const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
     let data: Buffer
@@ -319,15 +330,14 @@ export class RemoteStore {
    * encoding the pool does not keep as it is) the block decoded and checked here. The content of a frame
    * or a raw block is checked by the pool, which hashes every block it stores.
    */
-  private chunkPayload (id: string, stored: Buffer, what: string, blockBytes: number): { data: Buffer, zstd: boolean } {
-    const object = this.unsealChunk(id, stored, what)
+  private chunkPayload (id: string, object: Buffer, what: string, blockBytes: number): { data: Buffer, zstd: boolean } {
     const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
     if (header.rawBytes !== blockBytes) throw corrupt(`${what}: holds ${header.rawBytes} bytes, not the block's ${blockBytes}`)
     const payload = object.subarray(chunkHeaderBytes)
     if (header.encoding === chunkEncodingZstd && payload.length > 0 && payload.length <= blockBytes) return { data: payload, zstd: true }
     if (header.encoding === chunkEncodingRaw) return { data: payload, zstd: false }
-    return { data: this.decodeChunk(id, stored, what), zstd: false }
+    return { data: this.decodeOpened(id, object, what), zstd: false }
   }
 
   /**
@@ -336,9 +346,9 @@ export class RemoteStore {
    * every byte of the object and its name, so a flipped byte or a swapped object fails) and its inner
    * header must name the chunk, but it is not decompressed or hashed: what the tag proves, it does not check twice.
    */
-  private checkChunkObject (id: string, stored: Buffer, what: string): number {
-    if (this.key === null) return this.decodeChunk(id, stored, what).length
-    const header = decodeChunkHeader(this.unsealChunk(id, stored, what), what)
+  private checkChunkObject (id: string, object: Buffer, what: string): number {
+    if (this.key === null) return this.decodeOpened(id, object, what).length
+    const header = decodeChunkHeader(object, what)
     if (header.id !== id) throw corrupt(`${what}: its header names chunk ${header.id}`)
     return header.rawBytes
   }
@@ -366,14 +376,16 @@ export class RemoteStore {
         last.chunks.push(chunk)
       } else ranges.push({ pack: chunk.where.pack, start: chunk.where.offset, length: chunk.where.length, chunks: [chunk] })
     }
-    const report = (id: string, stored: Buffer | null, what: string): void => {
-      if (stored === null) { done(id, { error: notFound(`chunk ${id}`) }); return }
+    // `object`: the plain chunk object (an encrypted store's opened by the workers, chunkOpener), or why it did not open.
+    const report = (id: string, stored: Buffer | null, what: string, object: Buffer | Error | null): void => {
+      if (stored === null || object === null) { done(id, { error: notFound(`chunk ${id}`) }); return }
       this.chunkBytesRead += stored.length
       let result: Fetched
       try {
-        if (mode === 'read') result = { stored, data: this.decodeChunk(id, stored, what, into?.()) }
-        else if (mode === 'check') result = { stored, length: this.checkChunkObject(id, stored, what) }
-        else result = { stored, ...this.chunkPayload(id, stored, what, mode.payloadOf) }
+        if (object instanceof Error) throw object
+        if (mode === 'read') result = { stored, data: this.decodeOpened(id, object, what, into?.()) }
+        else if (mode === 'check') result = { stored, length: this.checkChunkObject(id, object, what) }
+        else result = { stored, ...this.chunkPayload(id, object, what, mode.payloadOf) }
       } catch (err) {
         if (!(err instanceof VdiskError)) throw err
         result = { error: err }
@@ -388,7 +400,9 @@ export class RemoteStore {
           for (const { id } of range.chunks) done(id, { error: err })
           return
         }
-        for (const { id, where } of range.chunks) report(id, bytes === null ? null : bytes.subarray(where.offset - range.start, where.offset - range.start + where.length), this.chunkWhat(id, where))
+        const chunks = range.chunks.map(({ id, where }) => ({ id, offset: where.offset - range.start, length: where.length, what: this.chunkWhat(id, where) }))
+        const opened = bytes === null ? null : await this.openChunks(bytes, chunks)
+        chunks.forEach(({ id, offset, length, what }, i) => report(id, bytes === null ? null : bytes.subarray(offset, offset + length), what, opened === null ? null : opened[i]))
       }),
       forEachLimited(alone, remoteRequestsInFlightMax, async id => {
         let stored: Buffer | null
@@ -397,11 +411,26 @@ export class RemoteStore {
           done(id, { error: err })
           return
         }
-        report(id, stored, this.chunkWhat(id))
+        const what = this.chunkWhat(id)
+        report(id, stored, what, stored === null ? null : (await this.openChunks(stored, [{ id, offset: 0, length: stored.length, what }]))[0])
       })
     ])
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason
   }
+
+  /**
+   * The plain chunk objects of `chunks` (each chunk's place in `bytes`): a plain store's are the bytes; an
+   * encrypted store's are opened by the worker threads (chunkOpener), each authenticated under its name,
+   * or the CORRUPT error that says why not.
+   */
+  private async openChunks (bytes: Buffer, chunks: Array<{ id: string, offset: number, length: number, what: string }>): Promise<Array<Buffer | Error>> {
+    if (this.key === null) return chunks.map(({ offset, length }) => bytes.subarray(offset, offset + length))
+    this.chunkOpener ??= new ChunkOpener(this.key.sealKeyForWorkers())
+    return await this.chunkOpener.open(bytes, chunks.map(({ id, offset, length, what }) => ({ offset, length, name: this.relative(this.chunkObjectKey(id)), what })))
+  }
+
+  /** An encrypted store's chunk opener, started at its first read (close() ends it). */
+  private chunkOpener: ChunkOpener | null = null
 
   // ---- packs ----
 
@@ -451,6 +480,7 @@ export class RemoteStore {
     }
     this.packs = packs
     this.located = located
+    trace(`pack indexes loaded (${packs.size})`)
     return packs
   }
 

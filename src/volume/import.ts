@@ -103,9 +103,10 @@ export class Importer {
    * Starts or resumes the import of `spec` as backup `name`. Refuses what could never finish: a name or
    * identity already present, a base this pool lacks, another block size, a creation time past
    * createdMsMax (ls and prune could not show it); BUSY while another import of the same stream runs.
-   * The caller must close() the session once it is done with it (after its last store).
+   * The caller must close() the session once it is done with it (after its last store). `alsoRecord`
+   * runs in the transaction that records the import (its key given): a lazy pull's row.
    */
-  begin (spec: ImportSpec, name: string): ImportSession {
+  begin (spec: ImportSpec, name: string, alsoRecord?: (key: string) => void): ImportSession {
     checkName(name)
     const catalog = this.state.catalog
     if (spec.blockBytes !== this.state.blockBytes) throw invalid(`the stream's block size is ${spec.blockBytes} bytes, this pool's ${this.state.blockBytes}: import it into a pool made with --block-size ${spec.blockBytes}`)
@@ -119,6 +120,8 @@ export class Importer {
     catalog.transaction(() => {
       if (known !== undefined && !resumable) catalog.deleteImport(spec.key)
       catalog.putImport({ key: spec.key, name, size: spec.size, blockBytes: spec.blockBytes, baseUuid: spec.baseUuid, startedMs: known?.startedMs ?? now, updatedMs: now })
+      // A lazy pull's row goes in the same transaction (one fsync, not two).
+      alsoRecord?.(spec.key)
     })
     this.running.add(spec.key)
     this.staged.delete(spec.key)
@@ -203,6 +206,8 @@ export class Importer {
 
 export class ImportSession {
   readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0, absentBlocks: 0 }
+  /** Milliseconds spent in each step (the lazy pull's timing line in the daemon log). */
+  readonly timing = { mapMs: 0, commitMs: 0 }
   /** Blocks an earlier run recorded under this key when this session began. */
   readonly recordedBlocks: number
   /** The highest block index received so far (-1: none): every later one must be above it. */
@@ -261,10 +266,13 @@ export class ImportSession {
       // A lazy pull's references to chunks the pool lacks: absent chunks, inserted with the rows below.
       const absent = new Map<string, ChunkRow>()
       const listed = new Set<number>()
+      // The chunks the pool indexes already, looked up for the whole batch at once (nothing in the loop
+      // below changes the index: the new chunks are stored after it).
+      const known = this.state.catalog.chunksByHashes(todo.flatMap(block => block.hash === null ? [] : [block.hash]))
       for (const block of todo) {
         if (block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
         if (block.data === null && this.spec.lazy !== true) throw corrupt(`import ${this.spec.key}: block ${block.index} has no bytes`)
-        const indexed = this.state.catalog.chunkByHash(block.hash)
+        const indexed = known.get(block.hash.toString('hex'))
         // An absent chunk is no copy of a block: bytes that come fill it (fresh, through the chunk store).
         const absentHere = indexed !== undefined && this.state.chunks.isAbsent(indexed)
         if (indexed !== undefined && (!absentHere || block.data === null)) {
@@ -296,7 +304,7 @@ export class ImportSession {
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
         this.state.catalog.insertChunks(absent.values())
-        for (const id of listed) this.state.catalog.putLazyChunk(this.spec.uuid, id)
+        this.state.catalog.putLazyChunks(this.spec.uuid, listed)
         this.state.catalog.putImportBlocks(this.spec.key, rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
@@ -328,7 +336,9 @@ export class ImportSession {
       },
       'import worker',
       (i, hash) => { if (!hash.equals(group[i].hash as Buffer)) throw corrupt(refusedBlockMessage(group[i].index, 'does not match its BLAKE3 id')) },
-      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)))
+      (i, why) => corrupt(refusedBlockMessage(group[i].index, `came as a zstd frame that ${why}`)),
+      // A lazy pull's blocks (its head) are waited for by the command that makes the backup.
+      this.spec.lazy === true)
     return outcomes.map((outcome, i) => {
       if (outcome.zero) { this.counts.zeroBlocks++; return { block: group[i].index, chunkId: null } }
       if (outcome.isNew) this.counts.newChunks++
@@ -361,14 +371,18 @@ export class ImportSession {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
+      let t = performance.now()
       const map = await buildImportMap(state, this.spec, this.lastIndex, base)
+      this.timing.mapMs += performance.now() - t
       const volume = importedBackup(state, this.spec, this.name, map, Date.now())
       // The name is held (finish), so nothing took it while the map was built; checked all the same.
       this.checkNameFree()
       state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
       state.volumes.set(volume.id, volume)
       state.changed(volume)
+      t = performance.now()
       await this.committer.commit()
+      this.timing.commitMs += performance.now() - t
       return volume
     })
   }

@@ -117,6 +117,9 @@ export class LazyPulls {
     return out
   }
 
+  /** Whether a reader waits for absent chunk `id` now. */
+  waitedFor (id: number): boolean { return this.waiters.has(id) }
+
   /** Waits until absent chunk `id` is filled, at most waitMs; then IO, logged with the remote it comes from. */
   async wait (id: number, what: string): Promise<void> {
     let waiter = this.waiters.get(id)

@@ -295,8 +295,10 @@ export class Pool {
       const groups: Array<typeof wanted> = []
       for (let i = 0; i < wanted.length; i += sealBatchBlocks) groups.push(wanted.slice(i, i + sealBatchBlocks))
       await this.state.ingest.run(groups, async group => {
+        // A group with a chunk a reader waits for runs at the daemon's priority; the background walk's, niced.
+        const urgent = group.some(b => { const id = this.state.catalog.chunkByHash(b.hash); return id !== undefined && this.lazy.waitedFor(id) })
         await this.state.ingest.batch({ count: group.length, fill: (i, region) => { group[i].data.copy(region, 0, 0, region.length) } }, 'hydrate worker',
-          (i, hash) => { if (!hash.equals(group[i].hash)) throw corrupt(`a hydrator's block for chunk ${group[i].hash.toString('hex')} does not match that id`) })
+          (i, hash) => { if (!hash.equals(group[i].hash)) throw corrupt(`a hydrator's block for chunk ${group[i].hash.toString('hex')} does not match that id`) }, undefined, urgent)
       })
       return wanted.length
     })

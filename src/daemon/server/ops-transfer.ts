@@ -173,13 +173,9 @@ type ImportSession = ReturnType<Pool['imports']['begin']>
 /** An import's (or lazy pull's) session, from the request's checked header; a lazy pull also records its remote. */
 function beginImport (pool: Pool, args: { header: unknown, name: string }, lazy: boolean, remote: string, manifest: string): ImportSession {
   const header = checkedHeader(args.header, lazy, remote, manifest)
-  const session = pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source: header.source ?? null, lazy }, args.name)
-  if (lazy) {
-    try {
-      pool.lazy.begin({ uuid: header.uuid, importKey: session.spec.key, remote, manifest, chunks: 0, startedMs: Date.now() })
-    } catch (err) { session.close(); throw err }
-  }
-  return session
+  // A lazy pull's row is recorded in the import's own transaction (one fsync, not two).
+  return pool.imports.begin({ key: streamKey(header), uuid: header.uuid, baseUuid: header.baseUuid, size: header.size, blockBytes: header.blockBytes, createdMs: header.createdMs, source: header.source ?? null, lazy }, args.name,
+    lazy ? key => pool.lazy.begin({ uuid: header.uuid, importKey: key, remote, manifest, chunks: 0, startedMs: Date.now() }) : undefined)
 }
 
 /** The end of a received stream: the member staged for its group, or the backup made (and a lazy pull's hydration started); the reply. */
@@ -200,6 +196,39 @@ async function finishImport (pool: Pool, log: (line: string) => void, session: I
 }
 
 /**
+ * Where a lazy pull's time goes in the daemon, for its log line (`lazy pull timing: ...`): from the
+ * request, when the session began, the first and the end frame came, the batches' stores, the finish.
+ */
+class ImportTiming {
+  private readonly start = performance.now()
+  private readonly cpu = process.cpuUsage()
+  begun = 0
+  firstFrame = 0
+  endFrame = 0
+  finishing = 0
+  private storeMs = 0
+  private batches = 0
+
+  now (): number { return performance.now() - this.start }
+
+  /** A batch's store, timed. */
+  async batch (storing: Promise<void>): Promise<void> {
+    const started = performance.now()
+    this.batches++
+    await storing
+    this.storeMs += performance.now() - started
+  }
+
+  line (steps: Record<string, number>): string {
+    const cpu = process.cpuUsage(this.cpu)
+    const done = this.now()
+    return `lazy pull timing: ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms of CPU (every thread); begun at ${this.begun.toFixed(0)} ms, first frame at ${this.firstFrame.toFixed(0)}, ` +
+      `end frame at ${this.endFrame.toFixed(0)}, ${this.batches} batches stored in ${this.storeMs.toFixed(0)} ms, last stored at ${this.finishing.toFixed(0)}, finished at ${done.toFixed(0)} ` +
+      `(finish ${(done - this.finishing).toFixed(0)} ms: ${Object.entries(steps).map(([step, ms]) => `${step} ${ms.toFixed(0)}`).join(', ')})`
+  }
+}
+
+/**
  * importStream: a stream's blocks received as frames and stored in batches (one stored while the next
  * arrives); the backup appears at the end frame, and an interrupted import is resumed by the next.
  * lazyPullStream (volume/lazy.ts) is the same stream with ref frames for the blocks still in the remote
@@ -211,13 +240,9 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   const stageOnly = op === 'importStageStream'
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
+    const timing = new ImportTiming()
     let session: ImportSession
-    try {
-      session = beginImport(pool, args as { header: unknown, name: string }, lazy, remote, lazy ? (args as { manifest?: string }).manifest ?? '' : '')
-    } catch (err) {
-      socket.end(errorLine(err))
-      return
-    }
+    try { session = beginImport(pool, args as { header: unknown, name: string }, lazy, remote, lazy ? (args as { manifest?: string }).manifest ?? '' : '') } catch (err) { socket.end(errorLine(err)); return }
     // The base of an incremental stream is held open until the end: rm refuses it (BUSY) meanwhile.
     const baseId = session.spec.baseUuid === null ? undefined : pool.volumeIdByUuid(session.spec.baseUuid)
     const base = baseId === undefined ? undefined : pool.byId(baseId)
@@ -229,7 +254,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     const storeBatch = async (blocks: ImportBlock[]): Promise<void> => {
       await storing
       // eslint-disable-next-line require-atomic-updates -- storeBatch is only called by the one reader loop below, each call awaited, so no other call sets storing between this await and this assignment
-      storing = session.store(blocks)
+      storing = timing.batch(session.store(blocks))
       storing.catch(() => {})
     }
     // Two batches' worth of block buffers, taken in turns: a block's bytes are copied from the socket into
@@ -242,6 +267,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // The batch's blocks with bytes: their places in its buffer (a batch closes at importBatchBlocks of
     // them, or at importBatchFrames frames of any kind).
     let withBytes = 0
+    timing.begun = timing.now()
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
       const reader = new ByteReader(socket, rest)
@@ -255,6 +281,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
           socket.destroy()
           return
         }
+        if (timing.firstFrame === 0) timing.firstFrame = timing.now()
         if (frame.kind === frameEnd) break
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZstd && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
@@ -263,10 +290,13 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (withData) withBytes++
         if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) { await storeBatch(batch); batch = []; withBytes = 0; turn = 1 - turn }
       }
+      timing.endFrame = timing.now()
       await storeBatch(batch)
       await storing
       batch = []
+      timing.finishing = timing.now()
       await finishImport(pool, log, session, socket, stageOnly, lazy, remote)
+      if (lazy) log(timing.line(session.timing))
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
       // to a socket no one reads any more (the reader stopped at the failure), and only the close ends
