@@ -82,11 +82,16 @@ enum {
 #define FAST_CHUNK_MAX_BYTES (1024u * 1024u)
 /* FAST_WRITABLE: as FAST_DELTA, and a WRITE of whole sectors within the block may overwrite the slot
  * here (the slot is in one of the volume's writable extents; see "WRITEs" below). */
-enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHUNK = 4 };
+enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHUNK = 4, FAST_CHUNK_UNREAD = 5 };
+/* FAST_CHUNK_UNREAD: a sealed chunk (id in the high half) the addon does not read (not registered):
+ * READs go to the engine; a first write of part of it makes a partial slot over it (docs/FASTPATH.md). */
 /* Flags in a word's low byte beside its kind (docs/FASTPATH.md, "First writes"): FAST_ALLOC, a WRITE of
  * the whole block may give it a new slot from the volume's lease; FAST_NATIVE, the word was set by such
  * a write here and the engine has not taken it into its map yet (fastPublish leaves it alone). */
-#define FAST_KIND_MASK 0x3full
+#define FAST_KIND_MASK 0x1full
+/* FAST_PARTIAL (with FAST_DELTA or FAST_WRITABLE): the slot is partial, over a chunk: a sector whose
+ * checksum entry is 0 is the chunk's, not zeros (a READ of it goes to the engine). */
+#define FAST_PARTIAL 0x20ull
 #define FAST_NATIVE 0x40ull
 #define FAST_ALLOC 0x80ull
 #define FAST_LEASE_QUEUE_MAX (1u << 20)
@@ -140,6 +145,8 @@ typedef struct fast_volume {
   uint64_t lease_grow; /* first writes may grow the volume up to this size (bytes; fastGrow) */
   int lease_low;        /* set once a first write told JavaScript the lease runs low (OP_LEASE); fastLease clears it */
   uint64_t lease_size;  /* slots the lease gave */
+  uint64_t lease_bases; /* where the lease extent's base table starts (0: it holds no partial slots) */
+  uint64_t volume_id;   /* the engine's id of the volume (the journal's records name it) */
   uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_PAGE words) */
 } fast_volume;
 
@@ -171,6 +178,10 @@ typedef struct fast_state {
   size_t alloc_n, alloc_cap;
   uint32_t *alloc_count;
   uint64_t allocated;
+  /* The change journal's current file (docs/ARCHITECTURE.md, "The change journal"): a descriptor of
+   * the addon's own, under alloc_lock; each first write appends its records there before it is queued,
+   * so a daemon killed before the engine took the queue loses no acknowledged write. -1: none. */
+  int journal_fd;
 } fast_state;
 
 static void fast_volume_free(fast_volume *v) {
@@ -287,7 +298,7 @@ static int fast_sector_matches(const unsigned char *sector, uint32_t entry) {
  * which the caller checked are the same blocks' slots in order) into `target`, checking every sector
  * touched. Returns 1, or 0 to hand the request to the engine.
  */
-static int fast_read_run(fast_state *f, fast_buffers *b, uint64_t id, uint64_t slot, uint64_t offset, size_t count, char *target) {
+static int fast_read_run(fast_state *f, fast_buffers *b, uint64_t id, uint64_t slot, uint64_t offset, size_t count, char *target, int partial) {
   fast_extent *e = fast_extent_get(f, id);
   if (e == NULL) return 0;
   int ok = 0;
@@ -298,6 +309,8 @@ static int fast_read_run(fast_state *f, fast_buffers *b, uint64_t id, uint64_t s
   if (fast_pread(e->fd, bytes, sectors * FAST_SECTOR, e->data_start + slot * f->block_bytes + first * FAST_SECTOR) != 0) goto out;
   if (fast_pread(e->fd, (char *)b->sums, sectors * 4, e->sums_start + (slot * spp + first) * 4) != 0) goto out;
   for (uint64_t k = 0; k < sectors; k++) {
+    /* A partial slot's unwritten sector is the chunk's: the engine reads it. */
+    if (partial && b->sums[k] == 0) goto out;
     if (!fast_sector_matches((const unsigned char *)bytes + k * FAST_SECTOR, le32toh(b->sums[k]))) {
       __atomic_add_fetch(&f->mismatches, 1, __ATOMIC_RELAXED);
       goto out;
@@ -590,13 +603,15 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     if (kind != FAST_DELTA && kind != FAST_WRITABLE) goto out;
     /* The blocks that follow in the next slots of the same extent: one read. */
     uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
-    while (done + run < length) {
+    int partial = (word & FAST_PARTIAL) != 0;
+    while (!partial && done + run < length) {
       uint64_t next = fast_word(v, block + (run + offset) / bb);
+      if (next & FAST_PARTIAL) break;
       unsigned next_kind = (unsigned)(next & FAST_KIND_MASK);
       if ((next_kind != FAST_DELTA && next_kind != FAST_WRITABLE) || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
       run += bb < length - done - run ? bb : length - done - run;
     }
-    if (!fast_read_run(f, b, id, slot, offset, run, b->out + done)) goto out;
+    if (!fast_read_run(f, b, id, slot, offset, run, b->out + done, partial)) goto out;
     done += run;
   }
   fuse_reply_buf(req, b->out, length);
@@ -659,7 +674,7 @@ static int fast_all_zero(const char *data, size_t length) {
 }
 
 /* One run of a native WRITE: consecutive slots of one extent, written with one pwrite of data and one of checksums. */
-typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at; int fresh_partial; } fast_write_run;
+typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at, base; int fresh_partial; } fast_write_run;
 
 static int fast_stripe_cmp(const void *a, const void *b) {
   unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
@@ -675,19 +690,45 @@ static uint64_t *fast_word_at(fast_volume *v, uint64_t block) {
   return page == NULL ? NULL : &page[block & (FAST_PAGE - 1)];
 }
 
-/* Queues [ino, block, extent, slot] for the engine's map (fastAllocs); 0 when the queue is full. */
-static int fast_alloc_queue(fast_state *f, uint64_t ino, uint64_t block, uint64_t id, uint64_t slot) {
+/* Queues [ino, block, extent, slot, base] for the engine's map (fastAllocs; base: the chunk entry a
+ * partial slot lies over, else 0); 0 when the queue is full. */
+/* One change journal record (volume/journal.ts: u32 kind, u32 CRC-32 of bytes 0..3 and 8..31, three
+ * f64), written to the journal's file; 1 when written (or there is no journal), under alloc_lock. */
+static int fast_journal_record(fast_state *f, uint32_t kind, double a, double b, double c) {
+  if (f->journal_fd < 0) return 1;
+  unsigned char record[32];
+  uint32_t k = htole32(kind);
+  memcpy(record, &k, 4);
+  memcpy(record + 8, &a, 8);
+  memcpy(record + 16, &b, 8);
+  memcpy(record + 24, &c, 8);
+  uint32_t check = htole32((uint32_t)crc32(crc32(0L, record, 4), record + 8, 24));
+  memcpy(record + 4, &check, 4);
+  for (;;) {
+    ssize_t n = write(f->journal_fd, record, sizeof(record));
+    if (n == (ssize_t)sizeof(record)) return 1;
+    if (n < 0 && errno == EINTR) continue;
+    return 0;
+  }
+}
+
+static int fast_alloc_queue(fast_state *f, uint64_t ino, uint64_t block, uint64_t id, uint64_t slot, uint64_t base, uint64_t volume_id) {
   pthread_mutex_lock(&f->alloc_lock);
-  if (f->alloc_n + 4 > f->alloc_cap) {
-    size_t cap = f->alloc_cap == 0 ? 4096 : f->alloc_cap * 2;
-    uint64_t *grown = cap / 4 > FAST_LEASE_QUEUE_MAX ? NULL : realloc(f->alloc_queue, cap * sizeof(uint64_t));
+  /* The journal's record first (kind 2: a size; kind 1: an entry, map entry 1 << 48 | extent << 24 | slot). */
+  int journaled = id == 0
+    ? fast_journal_record(f, 2, (double)volume_id, (double)block, 0)
+    : fast_journal_record(f, 1, (double)volume_id, (double)block, (double)((1ull << 48) + (id << 24) + slot));
+  if (!journaled) { pthread_mutex_unlock(&f->alloc_lock); return 0; }
+  if (f->alloc_n + 5 > f->alloc_cap) {
+    size_t cap = f->alloc_cap == 0 ? 5 * 1024 : f->alloc_cap * 2;
+    uint64_t *grown = cap / 5 > FAST_LEASE_QUEUE_MAX ? NULL : realloc(f->alloc_queue, cap * sizeof(uint64_t));
     if (grown == NULL) { pthread_mutex_unlock(&f->alloc_lock); return 0; }
     f->alloc_queue = grown;
     f->alloc_cap = cap;
   }
   uint64_t *at = f->alloc_queue + f->alloc_n;
-  at[0] = ino; at[1] = block; at[2] = id; at[3] = slot;
-  f->alloc_n += 4;
+  at[0] = ino; at[1] = block; at[2] = id; at[3] = slot; at[4] = base;
+  f->alloc_n += 5;
   __atomic_add_fetch(f->alloc_count, 1, __ATOMIC_SEQ_CST);
   pthread_mutex_unlock(&f->alloc_lock);
   return 1;
@@ -711,8 +752,11 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   uint64_t words[FAST_READ_MAX / FAST_SECTOR]; /* per block: the word loaded */
   uint64_t exts[FAST_READ_MAX / FAST_SECTOR], slots[FAST_READ_MAX / FAST_SECTOR]; /* where it is written */
   unsigned char fresh[FAST_READ_MAX / FAST_SECTOR]; /* a first write: a new slot from the lease */
+  uint64_t bases[FAST_READ_MAX / FAST_SECTOR];      /* a first write of part of a chunk: the chunk's map entry */
+  unsigned over_chunks = 0;
   unsigned nruns = 0, nstripes = 0, locked = 0, allocs = 0;
   fast_extent *lease = NULL;
+  uint64_t lease_bases = 0;
   fast_volume *v = fast_volume_get(f, ino);
   if (v == NULL) { why = 1; goto out; }
   /* Past the end: only first writes, within what the lease lets the volume grow to (checked with it). */
@@ -731,9 +775,17 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     words[i] = word;
     /* A whole block of zeros: the engine makes it a hole (and zeros written into a hole stay one). */
     if ((length == bb || (word & FAST_KIND_MASK) == FAST_HOLE) && fast_all_zero(buf + done, length)) { why = 2; goto out; }
-    if ((word & FAST_KIND_MASK) == FAST_WRITABLE) { exts[i] = word >> 32; slots[i] = (word >> 8) & 0xffffff; fresh[i] = 0; }
-    /* A first write: of the whole block, or of part of a hole (the rest of a fresh slot reads as zeros). */
-    else if ((word & FAST_ALLOC) && (length == bb || (word & FAST_KIND_MASK) == FAST_HOLE)) { fresh[i] = 1; allocs++; }
+    unsigned kind = (unsigned)(word & FAST_KIND_MASK);
+    bases[i] = 0;
+    if (kind == FAST_WRITABLE) { exts[i] = word >> 32; slots[i] = (word >> 8) & 0xffffff; fresh[i] = 0; }
+    /* A first write: of the whole block, or of part of a hole (the rest of a fresh slot reads as zeros),
+     * or of part of a sealed chunk (a partial slot over it: the rest is the chunk's; map entry
+     * 2 << 48 | chunk id, docs/FORMAT.md). */
+    else if ((word & FAST_ALLOC) && (length == bb || kind == FAST_HOLE)) { fresh[i] = 1; allocs++; }
+    else if ((word & FAST_ALLOC) && (kind == FAST_CHUNK || kind == FAST_CHUNK_UNREAD)) {
+      fresh[i] = 1; allocs++; over_chunks++;
+      bases[i] = (2ull << 48) + (word >> 32);
+    }
     else { why = 3; goto out; }
     done += length;
   }
@@ -743,9 +795,10 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     uint64_t id = 0, next = 0;
     pthread_mutex_lock(&v->lease_lock);
     int tell = 0;
-    if (v->lease_extent != 0 && v->lease_end - v->lease_next >= allocs && grows_to <= v->lease_grow) {
+    if (v->lease_extent != 0 && v->lease_end - v->lease_next >= allocs && grows_to <= v->lease_grow && (over_chunks == 0 || v->lease_bases != 0)) {
       id = v->lease_extent;
       next = v->lease_next;
+      lease_bases = v->lease_bases;
       v->lease_next += allocs;
       /* A quarter left: JavaScript renews it before it runs out (once per lease). */
       if (!v->lease_low && (v->lease_end - v->lease_next) * 4 < v->lease_size) { v->lease_low = 1; tell = 1; }
@@ -780,7 +833,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     } else {
       fast_extent *e = fast_extent_get(f, id);
       if (e == NULL) { why = 7; goto out; }
-      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh };
+      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh, .base = bases[i] };
     }
     done += length;
   }
@@ -804,6 +857,19 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       memcpy(whole + first, sums + runs[r].at / FAST_SECTOR, runs[r].length / FAST_SECTOR * 4);
       ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
            fast_pwrite(e->fd, (const char *)whole, spp * 4, e->sums_start + runs[r].slot * spp * 4) == 0;
+      if (ok && runs[r].base != 0) {
+        /* Over a chunk: the slot's base entry (docs/FORMAT.md: the map entry underneath, CRC-32 of
+         * extent id, slot and entry, little-endian), written with the data, before any map names it. */
+        unsigned char key[24], entry[16];
+        uint64_t values[3] = { htole64(e->id), htole64(runs[r].slot), htole64(runs[r].base) };
+        memcpy(key, values, 24);
+        uint64_t stored = htole64(runs[r].base);
+        uint32_t check = htole32((uint32_t)crc32(0L, key, 24)), zero = 0;
+        memcpy(entry, &stored, 8);
+        memcpy(entry + 8, &check, 4);
+        memcpy(entry + 12, &zero, 4);
+        ok = lease_bases != 0 && fast_pwrite(e->fd, (const char *)entry, 16, lease_bases + runs[r].slot * 16) == 0;
+      }
     } else if (ok) {
       ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
            fast_pwrite(e->fd, (const char *)(sums + runs[r].at / FAST_SECTOR), runs[r].length / FAST_SECTOR * 4, e->sums_start + (runs[r].slot * spp + first) * 4) == 0;
@@ -820,7 +886,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
      * blocks past the old end, for the engine (extent 0 names a size). */
     uint64_t seen = __atomic_load_n(&v->size, __ATOMIC_SEQ_CST);
     while (seen < grows_to && !__atomic_compare_exchange_n(&v->size, &seen, grows_to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-    if (!fast_alloc_queue(f, ino, grows_to, 0, 0)) ok = 0;
+    if (!fast_alloc_queue(f, ino, grows_to, 0, 0, 0, v->volume_id)) ok = 0;
   }
   if (ok && allocs > 0) {
     /* The first writes' blocks now read their new slots: here at once (a word set only if it is still
@@ -831,14 +897,14 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       uint64_t block = first_block + i;
       uint64_t *at = fast_word_at(v, block);
       uint64_t expected = words[i];
-      uint64_t word = (exts[i] << 32) | (slots[i] << 8) | FAST_NATIVE | FAST_WRITABLE;
+      uint64_t word = (exts[i] << 32) | (slots[i] << 8) | FAST_NATIVE | FAST_WRITABLE | (bases[i] != 0 ? FAST_PARTIAL : 0);
       if (at != NULL && !__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
         /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on. */
         __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
       }
       /* The queue is bounded by the leases (JavaScript takes it before it leases again): full only
        * when memory ran out, and then the word just set must not stay either. */
-      if (!fast_alloc_queue(f, ino, block, exts[i], slots[i])) {
+      if (!fast_alloc_queue(f, ino, block, exts[i], slots[i], bases[i], v->volume_id)) {
         if (at != NULL) __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
         ok = 0;
         break;
@@ -1714,6 +1780,7 @@ static napi_value mount_session(napi_env env, napi_callback_info info) {
   pthread_mutex_init(&s->notify_lock, NULL);
   pthread_rwlock_init(&s->fast.lock, NULL);
   pthread_mutex_init(&s->fast.alloc_lock, NULL);
+  s->fast.journal_fd = -1;
   /* Never freed: JavaScript may hold a view of it past the session (fastAllocCount). */
   s->fast.alloc_count = calloc(4, sizeof(uint32_t));
   for (unsigned i = 0; i < FAST_STRIPES; i++) pthread_mutex_init(&s->fast.stripes[i], NULL);
@@ -2106,10 +2173,12 @@ static napi_value fast_volume_writes(napi_env env, napi_callback_info info) {
   return num(env, v == NULL ? 0 : (double)__atomic_load_n(&v->writes, __ATOMIC_SEQ_CST));
 }
 
-/* fastLease(session, ino, extent, first, end) -> whether it was taken: native first writes of the volume
- * may take slots [first, end) of the extent (registered), the lease it had before ended. */
+/* fastLease(session, ino, extent, first, end, bases) -> whether it was taken: native first writes of the
+ * volume may take slots [first, end) of the extent (registered), the lease it had before ended; `bases`
+ * is where the extent's base table starts (0: no partial slots in it); the last argument is the
+ * volume's id, for the change journal's records. */
 static napi_value fast_lease(napi_env env, napi_callback_info info) {
-  GET_ARGS(5);
+  GET_ARGS(7);
   napi_value result;
   napi_get_boolean(env, false, &result);
   session *s = live_session(env, args[0]);
@@ -2121,6 +2190,8 @@ static napi_value fast_lease(napi_env env, napi_callback_info info) {
   v->lease_next = (uint64_t)arg_number(env, args[3]);
   v->lease_end = (uint64_t)arg_number(env, args[4]);
   v->lease_size = v->lease_end - v->lease_next;
+  v->lease_bases = (uint64_t)arg_number(env, args[5]);
+  v->volume_id = (uint64_t)arg_number(env, args[6]);
   v->lease_grow = 0;
   v->lease_low = 0;
   pthread_mutex_unlock(&v->lease_lock);
@@ -2161,10 +2232,14 @@ static napi_value fast_lease_end(napi_env env, napi_callback_info info) {
   return array;
 }
 
-/* fastAllocs(session) -> Float64Array of [ino, block, extent, slot]: the first writes queued since the
- * last call, oldest first; the queue is emptied. */
+/* fastAllocs(session, journalFd) -> Float64Array of [ino, block, extent, slot, base]: the first writes
+ * queued since the last call, oldest first; the queue is emptied. In the same step (alloc_lock), a
+ * journalFd >= 0 becomes the file later records go to (the addon keeps a duplicate; -2: none, -1: as
+ * it was): a commit takes into its snapshot exactly the writes whose records are in the file it
+ * replaces. */
 static napi_value fast_allocs(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+  GET_ARGS(2);
+  double journal = arg_number(env, args[1]);
   /* Also after the session ended: what was queued still goes into the maps (the last commit). */
   session *s = session_of(env, args[0]);
   fast_state *f = s == NULL ? NULL : &s->fast;
@@ -2178,7 +2253,14 @@ static napi_value fast_allocs(napi_env env, napi_callback_info info) {
     return NULL;
   }
   for (size_t i = 0; i < n; i++) ((double *)data)[i] = (double)f->alloc_queue[i];
-  if (f != NULL) { f->alloc_n = 0; pthread_mutex_unlock(&f->alloc_lock); }
+  if (f != NULL) {
+    f->alloc_n = 0;
+    if (journal >= 0 || journal == -2) {
+      if (f->journal_fd >= 0) close(f->journal_fd);
+      f->journal_fd = journal >= 0 ? fcntl((int)journal, F_DUPFD_CLOEXEC, 0) : -1;
+    }
+    pthread_mutex_unlock(&f->alloc_lock);
+  }
   napi_create_typedarray(env, napi_float64_array, n, buffer, 0, &array);
   return array;
 }

@@ -376,16 +376,28 @@ export class ExtentStore {
    * extent is open, checked and readable by the addon, and none of them carries a base entry a crash
    * left behind (a whole slot written natively does not clear it). Null when none can be taken.
    */
-  leaseSlots (id: number, count: number): { first: number, end: number } | null {
+  leaseSlots (id: number, count: number): { first: number, end: number, bases: number } | null {
     const extent = this.resolved.get(id)
     if (extent === undefined || extent.closed || extent.full || this.fastReadable(id) === undefined) return null
     const first = extent.nextSlot
     const table = this.bases.get(id)
+    if (table === undefined && hasBases(extent.version)) return null
     let end = first
     while (end < extentSlotsMax && end - first < count && (table === undefined || !table.has(end))) end++
     if (end === first) return null
     extent.nextSlot = end
-    return { first, end }
+    return { first, end, bases: hasBases(extent.version) ? baseOffset(0, this.blockBytes) : 0 }
+  }
+
+  /**
+   * Records that the fast path wrote slot `slot` of extent `id` as a partial slot over map entry `base`
+   * (a chunk): its base entry is in the file already (written with the data); reads of the slot now
+   * take its unwritten sectors from the chunk.
+   */
+  notePartialSlot (id: number, slot: number, base: number): void {
+    const table = this.bases.get(id)
+    assert.ok(table !== undefined, `extent ${id}: a partial slot in an extent without a base table`)
+    table.set(slot, base)
   }
 
   /** Gives back slots [next, end) of a lease that no write took, if nothing was claimed after them. */

@@ -42,10 +42,10 @@ export interface FastReadNative {
   fastPackDrop: (session: object, id: number) => void
   fastChunk: (session: object, id: number, pack: number, offset: number, stored: number, raw: number, compressed: boolean, hash: Buffer) => boolean
   fastChunkDrop: (session: object, id: number) => void
-  fastLease: (session: object, ino: number, extent: number, first: number, end: number) => boolean
+  fastLease: (session: object, ino: number, extent: number, first: number, end: number, bases: number, volumeId: number) => boolean
   fastLeaseEnd: (session: object, ino: number) => Float64Array
   fastGrow: (session: object, ino: number, bytes: number) => void
-  fastAllocs: (session: object) => Float64Array
+  fastAllocs: (session: object, journalFd: number) => Float64Array
   fastAllocCount: (session: object) => Uint32Array | null
 }
 
@@ -54,6 +54,10 @@ const fastDelta = 1
 const fastHole = 2
 const fastWritable = 3
 const fastChunk = 4
+/** A sealed chunk the addon does not read (not registered): READs go to the engine; a first write of part of it makes a partial slot over it. */
+const fastChunkUnread = 5
+/** With fastDelta or fastWritable: a partial slot over a chunk (a sector whose checksum entry is 0 is the chunk's). */
+const fastPartial = 0x20
 /** A whole-block WRITE may give the block a new slot from the volume's lease (the addon's FAST_ALLOC). */
 const fastAlloc = 0x80
 /** Slots a lease gives the addon's first writes: 32 MiB of blocks (512 at 64 KiB, 8192 at 4 KiB), at least 16. */
@@ -131,7 +135,9 @@ export class FastReads {
     native.fastWrites(session, 1)
     if (fastAllocEnabled) {
       this.allocCount = native.fastAllocCount(session)
-      this.source.onSettle(() => this.settle())
+      this.source.onSettle(journalFd => this.settle(journalFd))
+      // The addon journals its first writes into the change journal's current file.
+      this.settle(this.source.journalFd())
     }
     this.source.nativeWrites({
       touched: id => this.touched.has(id),
@@ -198,6 +204,7 @@ export class FastReads {
     if (!fastAllocEnabled || this.native === null || this.session === null || volume.nativeWrites === null || volume.paused) return false
     const lease = known.lease
     if (lease !== null && !renew && (lease.granted - lease.used) * 4 >= lease.granted) return true
+    const had = lease !== null
     this.endLease(known)
     const slots = Math.max(16, Math.floor(leaseBytes / this.source.blockBytes))
     const range = this.source.lease(volume, slots)
@@ -208,10 +215,13 @@ export class FastReads {
       this.touched.add(range.id)
       this.source.forgetSums(range.id)
     }
-    if (!this.native.fastLease(this.session, known.ino, range.id, range.first, range.end)) {
+    if (!this.native.fastLease(this.session, known.ino, range.id, range.first, range.end, range.bases, volume.id)) {
       this.source.unlease(range.id, range.first, range.end)
       return false
     }
+    // A volume that had no lease: its published pages carry no first-write flags yet; the next engine
+    // request in each publishes it whole again (learn).
+    if (!had) for (const page of known.pages) known.frozenPages.add(page)
     known.lease = { id: range.id, granted: range.end - range.first, used: 0 }
     // The new lease may grow the volume as far as the tail published so far.
     if (known.tailEnd > 0) this.native.fastGrow(this.session, known.ino, Math.min(volumeBytesMax, known.tailEnd * this.source.blockBytes))
@@ -236,24 +246,26 @@ export class FastReads {
    * before every volume operation, commit, pause, gc and seal pass (PoolState.settleNative), and
    * before words are published. Synchronous; O(1) when nothing was queued.
    */
-  settle (): void {
+  settle (journalFd?: number): void {
     const count = this.allocCount
-    if (count === null || count[0] === this.allocSeen || this.settling || this.native === null || this.session === null) return
+    if (count === null || (journalFd === undefined && count[0] === this.allocSeen) || this.settling || this.native === null || this.session === null) return
     const native = this.native
     const session = this.session
     this.settling = true
     try {
       // The count first: what is queued after this read is taken by the next call.
       this.allocSeen = count[0]
-      const taken = native.fastAllocs(session)
+      // With journalFd, the addon's records go to that file from this step on (a commit's rotation).
+      const taken = native.fastAllocs(session, journalFd ?? -1)
       const blockBytes = this.source.blockBytes
       const changed = new Map<Known, number[]>()
-      for (let i = 0; i + 3 < taken.length; i += 4) {
+      for (let i = 0; i + 4 < taken.length; i += 5) {
         const known = this.byIno.get(taken[i])
         if (known === undefined) continue
         const block = taken[i + 1]
         const id = taken[i + 2]
         const slot = taken[i + 3]
+        const base = taken[i + 4]
         const volume = known.volume
         if (id === 0) {
           // A first write past the end grew the volume to `block` bytes (queued before its blocks).
@@ -265,6 +277,8 @@ export class FastReads {
         // A block past the end: a truncate came after the write (it pauses, which settles first, so
         // this does not happen; the block would read as a hole anyway).
         if (block >= Math.ceil(volume.size / blockBytes)) continue
+        // A partial slot over a chunk: its base entry is in the file; the extent store learns it first.
+        if (base !== 0) this.source.notePartial(id, slot, base)
         volume.map.set(block, deltaEntry(id, slot))
         let blocks = changed.get(known)
         if (blocks === undefined) changed.set(known, blocks = [])
@@ -325,6 +339,9 @@ export class FastReads {
     if (this.native === null || this.session === null || length <= 0) return
     const known = this.known(volume)
     if (known === null) return
+    // The lease first (a first lease marks the published pages to publish again, below).
+    this.settle()
+    this.leaseFor(known)
     const blockBytes = this.source.blockBytes
     const first = Math.floor(offset / blockBytes)
     const last = Math.min(Math.floor((offset + length - 1) / blockBytes), Math.ceil(volume.size / blockBytes) - 1)
@@ -461,7 +478,8 @@ export class FastReads {
       else if (kind === entryKindDelta) {
         const id = entryExtentId(entry)
         const slot = entrySlot(entry)
-        if (this.extentReady(id) && this.source.wholeSlot(id, slot)) {
+        const base = this.extentReady(id) ? this.source.slotBase(id, slot) : null
+        if (base === 0 || (typeof base === 'number' && entryKind(base) === entryKindChunk)) {
           // Writable too while the slot is in one of the volume's writable extents, the volume is not
           // paused (a freeze may be on its way) and no engine write of the block is in flight.
           const volume = known.volume
@@ -471,17 +489,18 @@ export class FastReads {
             this.source.forgetSums(id)
           }
           if (writable) known.writablePages.add(Math.floor((first + i) / pageEntries))
-          low = ((slot << 8) | (writable ? fastWritable : fastDelta)) >>> 0
+          // A partial slot: its unwritten sectors are the chunk's (the addon hands READs of them over).
+          low = ((slot << 8) | (writable ? fastWritable : fastDelta) | (base === 0 ? 0 : fastPartial)) >>> 0
           high = id
         }
       }
-      else if (kind === entryKindChunk && fastChunksEnabled) {
-        // A sealed chunk: the addon reads its payload, decompresses it and checks its BLAKE3 itself.
+      else if (kind === entryKindChunk) {
+        // A sealed chunk: the addon reads its payload, decompresses it and checks its BLAKE3 itself
+        // (once registered; until then READs go to the engine, and a first write of part of it knows
+        // which chunk it lies over).
         const id = entryChunkId(entry)
-        if (this.chunkReady(id)) {
-          low = fastChunk
-          high = id
-        }
+        low = fastChunksEnabled && this.chunkReady(id) ? fastChunk : fastChunkUnread
+        high = id
       }
       // Open to a first write (a whole-block WRITE gives it a new slot of the lease): a hole, a sealed
       // chunk or a slot the volume shares, while no engine write of the block is in flight (the block's

@@ -70,10 +70,13 @@ export class Committer {
   private async commitNow (): Promise<void> {
     if (this.state.lifecycle === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
     if (this.syncFailure !== null) throw this.syncFailure
-    // Snapshot synchronously: everything in it was fully written before this point. The addon's first
-    // writes answered so far go into the maps first (their data is in extents the sync below covers:
-    // each set its extent's dirty flag before it was queued).
-    this.state.settleNative()
+    // Snapshot synchronously: everything in it was fully written before this point.
+    // Changes from here on go to the next journal file; this commit holds the ones before (journal.ts).
+    const journalSeq = this.state.journal.rotate()
+    // The addon's first writes answered so far go into the maps first (their data is in extents the
+    // sync below covers: each set its extent's dirty flag before it was queued), and, in the same step,
+    // its later records into the new journal file: those it queued before are in this snapshot.
+    this.state.settleNative(this.state.journal.nativeFd())
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
     const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
@@ -86,8 +89,6 @@ export class Committer {
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
-    // Changes from here on go to the next journal file; this commit holds the ones before (journal.ts).
-    const journalSeq = this.state.journal.rotate()
     // gc's decision from the reference counts sees exactly what this commit makes durable (maintenance.ts).
     const atSnapshot = this.state.atCommitSnapshot
     this.state.atCommitSnapshot = null

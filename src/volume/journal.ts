@@ -158,17 +158,36 @@ export class ChangeJournal {
   /** Set once discard() ran: nothing is journaled any more. */
   discarded = false
 
+  /**
+   * The current file's descriptor (opened now if it is not), for the FUSE addon's own records of its
+   * first writes (fast-reads.ts): it writes them with write(2) on a duplicate, which shares the file
+   * position with this one (each write lands whole after the other). -2 when nothing is journaled.
+   */
+  nativeFd (): number {
+    if (!this.enabled || this.discarded) return -2
+    try {
+      return this.open()
+    } catch (err) {
+      this.log(`the change journal could not be opened (${(err as Error).message}): the addon's first writes are not journaled until the next commit`)
+      return -2
+    }
+  }
+
+  private open (): number {
+    if (this.fd === null) {
+      // 'w': a file of this number left by a run that died before its first commit is replaced
+      // (replay read it already, and this run's seq is past every replayed one).
+      this.fd = fs.openSync(path.join(this.dir, journalFileName(this.seq)), 'w', 0o600)
+      this.files.add(this.seq)
+      fs.writeSync(this.fd, encodeBoot(this.bootId))
+    }
+    return this.fd
+  }
+
   private append (kind: JournalKind, a: number, b: number, c: number): void {
     if (!this.enabled) return
     try {
-      if (this.fd === null) {
-        // 'w': a file of this number left by a run that died before its first commit is replaced
-        // (replay read it already, and this run's seq is past every replayed one).
-        this.fd = fs.openSync(path.join(this.dir, journalFileName(this.seq)), 'w', 0o600)
-        this.files.add(this.seq)
-        fs.writeSync(this.fd, encodeBoot(this.bootId))
-      }
-      fs.writeSync(this.fd, encode(kind, a, b, c))
+      fs.writeSync(this.open(), encode(kind, a, b, c))
     } catch (err) {
       // Only a daemon's death between this change and the next commit could lose it. The daemon then
       // stops its holder (onFailure): a death ends the mount (ENOTCONN, as without a holder) instead of

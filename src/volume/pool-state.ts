@@ -206,15 +206,16 @@ export class PoolState implements VolumeContext {
   /**
    * Takes what the fast path's first writes queued into the maps (fast-reads.ts settle(); a no-op
    * without it). Called before anything reads a map on its own account: commits, gc and seal passes,
-   * and every volume operation (Volume.settle). Synchronous.
+   * and every volume operation (Volume.settle). Synchronous. With `journalFd` (a commit, after it
+   * rotated the change journal), the addon's records go to that file from the same step on.
    */
-  settleNative: () => void = () => {}
+  settleNative: (journalFd?: number) => void = () => {}
 
   /**
    * Up to `count` slots of the volume's active extent for the fast path's first writes, with the room
    * for them claimed; null when it has none open and writable, or the pool's filesystem is nearly full.
    */
-  leaseSlots (volume: Volume, count: number): { id: number, first: number, end: number } | null {
+  leaseSlots (volume: Volume, count: number): { id: number, first: number, end: number, bases: number } | null {
     const id = volume.activeExtentId
     if (id === null || !volume.writableExtents.has(id) || this.extents.suspect.has(id)) return null
     const range = this.extents.leaseSlots(id, count)

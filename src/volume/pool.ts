@@ -72,11 +72,17 @@ export interface FastReadSource {
   /** Calls `listener` synchronously before a pack is deleted or set aside, with the chunks moved out of it. */
   onPackGone: (listener: (packId: number, moved: number[]) => void) => void
   /** Slots of the volume's active extent for the addon's first writes (PoolState.leaseSlots). */
-  lease: (volume: Volume, slots: number) => { id: number, first: number, end: number } | null
+  lease: (volume: Volume, slots: number) => { id: number, first: number, end: number, bases: number } | null
+  /** The chunk entry slot `slot` of extent `id` is a partial slot over; 0 for a whole slot; null or undefined when unknown. */
+  slotBase: (id: number, slot: number) => number | null | undefined
+  /** Records a partial slot the addon wrote over chunk entry `base` (ExtentStore.notePartialSlot). */
+  notePartial: (id: number, slot: number, base: number) => void
   /** Gives back slots [next, end) of a lease no write took (when nothing was claimed after them). */
   unlease: (id: number, next: number, end: number) => void
   /** Sets what takes the addon's first writes into the maps (PoolState.settleNative). */
-  onSettle: (settle: () => void) => void
+  onSettle: (settle: (journalFd?: number) => void) => void
+  /** The change journal's current file, for the addon's records of its first writes (-2: none). */
+  journalFd: () => number
 }
 
 export interface VolumeChange {
@@ -173,8 +179,11 @@ export class Pool {
         chunks.onPackGone = (packId, moved) => { before?.(packId, moved); listener(packId, moved) }
       },
       lease: (volume, slots) => this.state.leaseSlots(volume, slots),
+      slotBase: (id, slot) => extents.baseOf(id, slot),
+      notePartial: (id, slot, base) => extents.notePartialSlot(id, slot, base),
       unlease: (id, next, end) => extents.unleaseSlots(id, next, end),
-      onSettle: settle => { this.state.settleNative = settle }
+      onSettle: settle => { this.state.settleNative = settle },
+      journalFd: () => this.state.journal.nativeFd()
     }
   }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }

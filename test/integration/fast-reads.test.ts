@@ -216,7 +216,7 @@ async function fioVerify (file: string, size: number, bs = '4k'): Promise<{ ok: 
     (err: Error & { stdout?: string, stderr?: string }) => ({ ok: false, out: `${err.message} ${err.stdout ?? ''} ${err.stderr ?? ''}` }))
 }
 
-test.serial('native first writes: holes, sealed chunks and shared blocks written whole get new slots in the addon; fio verifies, backups beside them keep their bytes, and SIGKILL after fsync loses nothing', async t => {
+test.serial('native first writes: holes, sealed chunks and shared blocks get new slots in the addon (partial slots over chunks too); fio verifies, backups beside them keep their bytes, and SIGKILL after fsync loses nothing', async t => {
   const m = await withMount(t)
   const size = 32 * MiB
   type Stats = FastStats & { fastWritten: number, fastAllocated: number }
@@ -236,11 +236,31 @@ test.serial('native first writes: holes, sealed chunks and shared blocks written
   // The addon learns the blocks from a read of each image (reads publish their map pages).
   await readDirect(disk, 0, MiB, path.join(m.dir, 'scratch.bin'))
   await readDirect(clone, 0, MiB, path.join(m.dir, 'scratch.bin'))
+  // A second clone, written at random 4 KiB pieces of known bytes (each the first write of part of a
+  // sealed block, or an overwrite of a partial slot), read back with O_DIRECT against a model: the
+  // pieces written, and the chunk's bytes around them.
+  t.is((await vdiskfs('clone', m.image('backups', 'base.img'), 'c2')).code, 0)
+  const clone2 = m.image('clones', 'c2.img')
+  const model = fs.readFileSync(source)
+  await readDirect(clone2, 0, MiB, path.join(m.dir, 'scratch.bin'))
+  const start = await fastStats(m.mnt) as Stats
+  const fd2 = fs.openSync(clone2, 'r+')
+  for (let i = 0; i < 1500; i++) {
+    const piece = crypto.randomBytes(4096)
+    const at = crypto.randomInt(size / 4096) * 4096
+    fs.writeSync(fd2, piece, 0, piece.length, at)
+    piece.copy(model, at)
+  }
+  fs.fsyncSync(fd2)
+  fs.closeSync(fd2)
+  const partial = await fastStats(m.mnt) as Stats
+  t.true(partial.fastAllocated > start.fastAllocated, `the addon made partial slots over the chunks (${partial.fastAllocated - start.fastAllocated})`)
+  t.true((await readDirect(clone2, 0, size, path.join(m.dir, 'scratch.bin'))).equals(model), 'the clone written in pieces reads as the model')
   const before = await fastStats(m.mnt) as Stats
-  // Random writes on both for 5 s, while backups of both, sealing and gc run beside them: 4 KiB
-  // pieces of the fresh disk's 64 KiB blocks (a first write of part of a hole is native too), whole
-  // blocks of the clone (a first write of part of a sealed block merges it with the chunk: the engine).
-  const writers = Promise.all([fioRandwrite(disk, size, 5, '4k'), fioRandwrite(clone, size, 5, '64k')])
+  // Random 4 KiB writes (pieces of 64 KiB blocks) on both for 5 s, while backups of both, sealing and
+  // gc run beside them: first writes of part of a hole (a fresh slot), of part of a sealed chunk (a
+  // partial slot over it, its base entry written by the addon), and overwrites of both.
+  const writers = Promise.all([fioRandwrite(disk, size, 5, '4k'), fioRandwrite(clone, size, 5, '4k')])
   let done = false
   void writers.then(() => { done = true }, () => { done = true })
   const backups: Array<{ image: string, hash: string }> = []
@@ -277,6 +297,7 @@ test.serial('native first writes: holes, sealed chunks and shared blocks written
   await m.kill()
   await m.mount()
   t.deepEqual([await sha256(disk), await sha256(clone)], hashes, 'the images after SIGKILL and a new mount')
+  t.true((await readDirect(clone2, 0, size, path.join(m.dir, 'scratch.bin'))).equals(model), 'the clone written in pieces, after SIGKILL and a new mount')
   const again = await vdiskfs('verify', m.mnt)
   t.is(again.code, 0, again.stdout + again.stderr)
 })
