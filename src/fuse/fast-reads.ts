@@ -119,6 +119,8 @@ export class FastReads {
   private allocCount: Uint32Array | null = null
   private allocSeen = 0
   private settling = false
+  /** Whether the addon holds the change journal's current file (it must before any lease is given). */
+  private journalHeld = false
 
   constructor (private readonly source: FastReadSource, private readonly inodeOf: (volume: Volume) => number) {
     source.onExtentRemoved(id => this.extentRemoved(id))
@@ -136,8 +138,6 @@ export class FastReads {
     if (fastAllocEnabled) {
       this.allocCount = native.fastAllocCount(session)
       this.source.onSettle(journalFd => this.settle(journalFd))
-      // The addon journals its first writes into the change journal's current file.
-      this.settle(this.source.journalFd())
     }
     this.source.nativeWrites({
       touched: id => this.touched.has(id),
@@ -205,6 +205,13 @@ export class FastReads {
     const lease = known.lease
     if (lease !== null && !renew && (lease.granted - lease.used) * 4 >= lease.granted) return true
     const had = lease !== null
+    // The addon journals its first writes: it takes the journal's current file before its first lease
+    // (with the queue, in one step; not from inside settle(), whose caller then leases next time).
+    if (!this.journalHeld) {
+      if (this.settling) return false
+      this.settle(() => this.source.journalFd(), true)
+      if (!this.journalHeld) return false
+    }
     this.endLease(known)
     const slots = Math.max(16, Math.floor(leaseBytes / this.source.blockBytes))
     const range = this.source.lease(volume, slots)
@@ -246,7 +253,7 @@ export class FastReads {
    * before every volume operation, commit, pause, gc and seal pass (PoolState.settleNative), and
    * before words are published. Synchronous; O(1) when nothing was queued.
    */
-  settle (journalFd?: number): void {
+  settle (journalFd?: () => number, hold = false): void {
     const count = this.allocCount
     if (count === null || (journalFd === undefined && count[0] === this.allocSeen) || this.settling || this.native === null || this.session === null) return
     const native = this.native
@@ -255,8 +262,14 @@ export class FastReads {
     try {
       // The count first: what is queued after this read is taken by the next call.
       this.allocSeen = count[0]
-      // With journalFd, the addon's records go to that file from this step on (a commit's rotation).
-      const taken = native.fastAllocs(session, journalFd ?? -1)
+      // With journalFd (a commit's rotation, or a first lease), the addon's records go to that file
+      // from this step on; none while no volume has a lease (no first write can be made then).
+      let swap = -1
+      if (journalFd !== undefined) {
+        swap = hold || [...this.volumes.values()].some(known => known.lease !== null) ? journalFd() : -2
+        this.journalHeld = swap >= 0
+      }
+      const taken = native.fastAllocs(session, swap)
       const blockBytes = this.source.blockBytes
       const changed = new Map<Known, number[]>()
       for (let i = 0; i + 4 < taken.length; i += 5) {
@@ -279,7 +292,9 @@ export class FastReads {
         if (block >= Math.ceil(volume.size / blockBytes)) continue
         // A partial slot over a chunk: its base entry is in the file; the extent store learns it first.
         if (base !== 0) this.source.notePartial(id, slot, base)
-        volume.map.set(block, deltaEntry(id, slot))
+        // The addon journaled the entry itself before it answered (the same record again would only
+        // cost the event loop a write(2) per block).
+        this.source.journaled(() => volume.map.set(block, deltaEntry(id, slot)))
         let blocks = changed.get(known)
         if (blocks === undefined) changed.set(known, blocks = [])
         blocks.push(block)

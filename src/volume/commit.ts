@@ -76,7 +76,7 @@ export class Committer {
     // The addon's first writes answered so far go into the maps first (their data is in extents the
     // sync below covers: each set its extent's dirty flag before it was queued), and, in the same step,
     // its later records into the new journal file: those it queued before are in this snapshot.
-    this.state.settleNative(this.state.journal.nativeFd())
+    this.state.settleNative(() => this.state.journal.nativeFd())
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
     const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []

@@ -207,9 +207,9 @@ export class PoolState implements VolumeContext {
    * Takes what the fast path's first writes queued into the maps (fast-reads.ts settle(); a no-op
    * without it). Called before anything reads a map on its own account: commits, gc and seal passes,
    * and every volume operation (Volume.settle). Synchronous. With `journalFd` (a commit, after it
-   * rotated the change journal), the addon's records go to that file from the same step on.
+   * rotated the change journal), the addon's records go to the file it opens from the same step on.
    */
-  settleNative: (journalFd?: number) => void = () => {}
+  settleNative: (journalFd?: () => number) => void = () => {}
 
   /**
    * Up to `count` slots of the volume's active extent for the fast path's first writes, with the room

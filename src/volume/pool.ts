@@ -80,9 +80,11 @@ export interface FastReadSource {
   /** Gives back slots [next, end) of a lease no write took (when nothing was claimed after them). */
   unlease: (id: number, next: number, end: number) => void
   /** Sets what takes the addon's first writes into the maps (PoolState.settleNative). */
-  onSettle: (settle: (journalFd?: number) => void) => void
+  onSettle: (settle: (journalFd?: () => number) => void) => void
   /** The change journal's current file, for the addon's records of its first writes (-2: none). */
   journalFd: () => number
+  /** Runs `change` without journaling it (a first write the addon journaled itself). */
+  journaled: (change: () => void) => void
 }
 
 export interface VolumeChange {
@@ -183,7 +185,13 @@ export class Pool {
       notePartial: (id, slot, base) => extents.notePartialSlot(id, slot, base),
       unlease: (id, next, end) => extents.unleaseSlots(id, next, end),
       onSettle: settle => { this.state.settleNative = settle },
-      journalFd: () => this.state.journal.nativeFd()
+      journalFd: () => this.state.journal.nativeFd(),
+      journaled: change => {
+        const journal = this.state.journal
+        const was = journal.enabled
+        journal.enabled = false
+        try { change() } finally { journal.enabled = was }
+      }
     }
   }
   async statfs (): Promise<FilesystemStat> { return await this.state.statfs() }
