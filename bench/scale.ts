@@ -12,7 +12,8 @@
  *    clone rewriting one block; 256 MiB read (dd, caches dropped) at depth 1 and at the end (issue: the
  *    end reads at >= 0.95x of depth 1), alternated, VDISKFS_BENCH_REPS (default 3) times.
  * VDISKFS_BENCH_SCALE_BACKUPS=0 runs B alone, VDISKFS_BENCH_SCALE_CHAIN=0 A alone.
- * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end.
+ * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end
+ * (VDISKFS_BENCH_KEEP=DIR keeps daemon.log and every backup's times there first).
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -167,6 +168,12 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     // The trace of the slowest backups (issue #21: six waited 12.8-64 s at 10,000): when each was asked
     // for, and daemon.log's lines about catalog.log rewrites, which run beside the commits now.
     const slowest = wall.map((ms, i) => ({ backup: i + 1, ms, daemonMs: daemon[i], at: startedAt[i] })).sort((a, b) => b.ms - a.ms).slice(0, 6)
+    // VDISKFS_BENCH_KEEP=DIR: daemon.log and every backup's times (control call, daemon, when asked) kept there.
+    if (process.env.VDISKFS_BENCH_KEEP !== undefined) {
+      fs.mkdirSync(process.env.VDISKFS_BENCH_KEEP, { recursive: true })
+      fs.copyFileSync(path.join(pool, 'daemon.log'), path.join(process.env.VDISKFS_BENCH_KEEP, 'daemon.log'))
+      fs.writeFileSync(path.join(process.env.VDISKFS_BENCH_KEEP, 'backups.json'), JSON.stringify(wall.map((ms, i) => ({ ms, daemonMs: daemon[i], at: startedAt[i] }))))
+    }
     const logRewrites = fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('catalog.log rewritten') || line.includes('rewriting catalog.log'))
     // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
     // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
