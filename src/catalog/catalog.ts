@@ -134,6 +134,7 @@ CREATE TABLE IF NOT EXISTS extents (
   created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS retired_chunks (id INTEGER PRIMARY KEY, pack_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ref_counts (id INTEGER PRIMARY KEY CHECK (id = 1), fingerprint TEXT NOT NULL, sum TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS retired_by_pack ON retired_chunks (pack_id);
 CREATE TABLE IF NOT EXISTS imports (
   key TEXT PRIMARY KEY,
@@ -628,6 +629,37 @@ export class Catalog {
   /** SQLite's own consistency check: 'ok' or the problems it found. */
   integrityCheck (): string[] {
     return (this.db.prepare('PRAGMA integrity_check').pluck().all() as string[]).filter(line => line !== 'ok')
+  }
+
+  /**
+   * gc's reference counts as a clean close stored them (volume/ref-counts.ts), or undefined: the row is
+   * taken by the open that reads it (deleteRefCounts in its first transaction), so it is there only
+   * between a clean close and the next open.
+   */
+  refCounts (): { fingerprint: string, sum: string, data: Buffer } | undefined {
+    return this.db.prepare('SELECT fingerprint, sum, data FROM ref_counts WHERE id = 1').get() as { fingerprint: string, sum: string, data: Buffer } | undefined
+  }
+
+  putRefCounts (fingerprint: string, sum: string, data: Buffer): void {
+    this.db.prepare('INSERT OR REPLACE INTO ref_counts (id, fingerprint, sum, data) VALUES (1, ?, ?, ?)').run(fingerprint, sum, data)
+  }
+
+  deleteRefCounts (): void { this.db.prepare('DELETE FROM ref_counts').run() }
+
+  /**
+   * What the stored reference counts must find unchanged at the next open: every commit writes
+   * journal_seq; the rest catches a catalog changed by other means (repair, another vdiskfs).
+   */
+  countsFingerprint (): string {
+    const of = (sql: string): unknown => this.db.prepare(sql).raw().get()
+    return JSON.stringify({
+      journalSeq: this.getMeta('journal_seq') ?? null,
+      nextEpoch: this.getMeta('next_epoch') ?? null,
+      pages: of('SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(epoch), 0) FROM pages'),
+      volumes: of('SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(epoch), 0) FROM volumes'),
+      chunks: of('SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks'),
+      extents: of('SELECT COUNT(*), COALESCE(MAX(id), 0) FROM extents')
+    })
   }
 
   getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }

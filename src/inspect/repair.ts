@@ -110,7 +110,11 @@ function fixRoots (run: RepairRun): void {
   let catalog: Catalog
   // A catalog that does not open (missing, damaged, in use) is for the steps below to handle.
   try { catalog = Catalog.open(path.join(run.dir, catalogFile), false) } catch { return }
-  try { repairRoots(catalog, run.blockBytes, run.logState, run.report) } finally { catalog.close() }
+  try {
+    // gc's reference counts a clean close stored are that close's state; repair changes it behind them.
+    catalog.deleteRefCounts()
+    repairRoots(catalog, run.blockBytes, run.logState, run.report)
+  } finally { catalog.close() }
 }
 
 /**
