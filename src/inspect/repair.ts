@@ -491,7 +491,7 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
     notes.push(`nothing could be read from the damaged catalog: ${(err as Error).message}; its volumes are lost, the data stays in the packs`)
     return
   }
-  const tables = ['meta', 'volumes', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
+  const tables = ['meta', 'volumes', 'roots', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
   try {
     for (const table of tables) {
       try {
