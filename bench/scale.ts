@@ -12,7 +12,8 @@
  *    clone rewriting one block; 256 MiB read (dd, caches dropped) at depth 1 and at the end (issue: the
  *    end reads at >= 0.95x of depth 1), alternated, VDISKFS_BENCH_REPS (default 3) times.
  * VDISKFS_BENCH_SCALE_BACKUPS=0 runs B alone, VDISKFS_BENCH_SCALE_CHAIN=0 A alone.
- * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end
+ * Writes bench/results/scale-latest.json and .md (VDISKFS_BENCH_SCALE_NAME: another name than
+ * scale-latest, as make bench-scale-10k's scale-10000); the work directory is removed at the end
  * (VDISKFS_BENCH_KEEP=DIR keeps daemon.log and every backup's times there first).
  */
 import { execFileSync, spawnSync } from 'node:child_process'
@@ -31,6 +32,7 @@ const backups = Number(process.env.VDISKFS_BENCH_SCALE_BACKUPS ?? 10000)
 const chainDepth = Number(process.env.VDISKFS_BENCH_SCALE_CHAIN ?? 1000)
 const changedMiB = Number(process.env.VDISKFS_BENCH_SCALE_MIB ?? 4)
 const reps = Number(process.env.VDISKFS_BENCH_REPS ?? 3)
+const resultName = process.env.VDISKFS_BENCH_SCALE_NAME ?? 'scale-latest'
 const diskBytes = 1024 ** 4
 const MiB = 1024 ** 2
 const blockBytes = 64 * 1024
@@ -388,9 +390,9 @@ async function main (): Promise<void> {
     results.loadEnd = os.loadavg()
     const out = path.join(repoRoot, 'bench', 'results')
     fs.mkdirSync(out, { recursive: true })
-    fs.writeFileSync(path.join(out, 'scale-latest.json'), JSON.stringify(results, null, 2) + '\n')
+    fs.writeFileSync(path.join(out, `${resultName}.json`), JSON.stringify(results, null, 2) + '\n')
     const md = table(results)
-    fs.writeFileSync(path.join(out, 'scale-latest.md'), md)
+    fs.writeFileSync(path.join(out, `${resultName}.md`), md)
     process.stdout.write(md)
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })
