@@ -82,7 +82,11 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
   const db = new Database(path.join(pool, 'catalog.sqlite'), { readonly: true })
   try {
     const pages = (db.prepare('SELECT count(*) AS n FROM pages').get() as { n: number }).n
-    const volumes = db.prepare('SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
+    // Schema 5 keeps the roots in a table of their own (volumes.root is empty); older catalogs in the rows.
+    const hasRoots = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'roots'").get() !== undefined
+    const volumes = db.prepare(hasRoots
+      ? 'SELECT count(*) AS n, sum(length(v.root)) + COALESCE((SELECT sum(length(root)) FROM roots), 0) AS bytes FROM volumes v'
+      : 'SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
     const size = (file: string): number => { try { return fs.statSync(path.join(pool, file)).size } catch { return 0 } }
     return { pages, volumes: volumes.n, rootBytes: volumes.bytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
   } finally { db.close() }

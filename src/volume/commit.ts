@@ -182,6 +182,8 @@ export class Committer {
       this.state.log('gc: the reference counts stored at the last close do not match the catalog; the first gc marks in full')
       return false
     }
-    return this.state.refs.load(row.data)
+    const loaded = this.state.refs.load(row.data)
+    if (loaded) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
+    return loaded
   }
 }
