@@ -295,3 +295,31 @@ test.serial('a sealed page read by 40 backups of a big disk rewrites their rows\
     await reopened.close()
   }
 })
+
+test.serial('a backup of a 1 TiB disk holds its root in memory, not a block-sized buffer of its own', async t => {
+  // issue #21: at 10,000 backups the daemon's memory is what each volume holds. A root of a 1 TiB disk
+  // at 64 KiB blocks is 32 KiB; each volume also held a zero block of its own (64 KiB).
+  const v8 = await import('node:v8')
+  const vm = await import('node:vm')
+  v8.setFlagsFromString('--expose_gc')
+  const collect = vm.runInNewContext('gc') as () => void
+  // Array buffers' memory goes back after a collection, not in it: collect until it settles.
+  const gc = async (): Promise<void> => { for (let i = 0; i < 4; i++) { collect(); await new Promise(resolve => setTimeout(resolve, 20)) } }
+  const dir = tempPool(t)
+  const big = 64 * 1024
+  const pool = Pool.open(dir, { create: true, blockBytes: big, workers: 0 })
+  try {
+    const disk = await pool.createDisk('d.img')
+    await disk.truncate(1024 ** 4)
+    await disk.write(Buffer.alloc(big, 1), 0)
+    await pool.backup(disk, 'b0.img')
+    await gc()
+    const before = process.memoryUsage().arrayBuffers
+    for (let i = 1; i <= 200; i++) await pool.backup(disk, `b${i}.img`)
+    await gc()
+    const perBackup = (process.memoryUsage().arrayBuffers - before) / 200
+    t.true(perBackup < 40 * 1024, `array buffer bytes per backup: ${Math.round(perBackup)} (its root: 32,768)`)
+  } finally {
+    await pool.close()
+  }
+})
