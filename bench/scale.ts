@@ -12,7 +12,9 @@
  *    clone rewriting one block; 256 MiB read (dd, caches dropped) at depth 1 and at the end (issue: the
  *    end reads at >= 0.95x of depth 1), alternated, VDISKFS_BENCH_REPS (default 3) times.
  * VDISKFS_BENCH_SCALE_BACKUPS=0 runs B alone, VDISKFS_BENCH_SCALE_CHAIN=0 A alone.
- * Writes bench/results/scale-latest.json and .md; the work directory is removed at the end.
+ * Writes bench/results/scale-latest.json and .md (VDISKFS_BENCH_SCALE_NAME: another name than
+ * scale-latest, as make bench-scale-10k's scale-10000); the work directory is removed at the end
+ * (VDISKFS_BENCH_KEEP=DIR keeps daemon.log and every backup's times there first).
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -30,6 +32,7 @@ const backups = Number(process.env.VDISKFS_BENCH_SCALE_BACKUPS ?? 10000)
 const chainDepth = Number(process.env.VDISKFS_BENCH_SCALE_CHAIN ?? 1000)
 const changedMiB = Number(process.env.VDISKFS_BENCH_SCALE_MIB ?? 4)
 const reps = Number(process.env.VDISKFS_BENCH_REPS ?? 3)
+const resultName = process.env.VDISKFS_BENCH_SCALE_NAME ?? 'scale-latest'
 const diskBytes = 1024 ** 4
 const MiB = 1024 ** 2
 const blockBytes = 64 * 1024
@@ -79,7 +82,11 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
   const db = new Database(path.join(pool, 'catalog.sqlite'), { readonly: true })
   try {
     const pages = (db.prepare('SELECT count(*) AS n FROM pages').get() as { n: number }).n
-    const volumes = db.prepare('SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
+    // Schema 5 keeps the roots in a table of their own (volumes.root is empty); older catalogs in the rows.
+    const hasRoots = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'roots'").get() !== undefined
+    const volumes = db.prepare(hasRoots
+      ? 'SELECT count(*) AS n, sum(length(v.root)) + COALESCE((SELECT sum(length(root)) FROM roots), 0) AS bytes FROM volumes v'
+      : 'SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
     const size = (file: string): number => { try { return fs.statSync(path.join(pool, file)).size } catch { return 0 } }
     return { pages, volumes: volumes.n, rootBytes: volumes.bytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
   } finally { db.close() }
@@ -167,6 +174,12 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     // The trace of the slowest backups (issue #21: six waited 12.8-64 s at 10,000): when each was asked
     // for, and daemon.log's lines about catalog.log rewrites, which run beside the commits now.
     const slowest = wall.map((ms, i) => ({ backup: i + 1, ms, daemonMs: daemon[i], at: startedAt[i] })).sort((a, b) => b.ms - a.ms).slice(0, 6)
+    // VDISKFS_BENCH_KEEP=DIR: daemon.log and every backup's times (control call, daemon, when asked) kept there.
+    if (process.env.VDISKFS_BENCH_KEEP !== undefined) {
+      fs.mkdirSync(process.env.VDISKFS_BENCH_KEEP, { recursive: true })
+      fs.copyFileSync(path.join(pool, 'daemon.log'), path.join(process.env.VDISKFS_BENCH_KEEP, 'daemon.log'))
+      fs.writeFileSync(path.join(process.env.VDISKFS_BENCH_KEEP, 'backups.json'), JSON.stringify(wall.map((ms, i) => ({ ms, daemonMs: daemon[i], at: startedAt[i] }))))
+    }
     const logRewrites = fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('catalog.log rewritten') || line.includes('rewriting catalog.log'))
     // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
     // volume's map: minutes at 1,000 backups of this disk; see docs/PERFORMANCE.md).
@@ -381,9 +394,9 @@ async function main (): Promise<void> {
     results.loadEnd = os.loadavg()
     const out = path.join(repoRoot, 'bench', 'results')
     fs.mkdirSync(out, { recursive: true })
-    fs.writeFileSync(path.join(out, 'scale-latest.json'), JSON.stringify(results, null, 2) + '\n')
+    fs.writeFileSync(path.join(out, `${resultName}.json`), JSON.stringify(results, null, 2) + '\n')
     const md = table(results)
-    fs.writeFileSync(path.join(out, 'scale-latest.md'), md)
+    fs.writeFileSync(path.join(out, `${resultName}.md`), md)
     process.stdout.write(md)
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })

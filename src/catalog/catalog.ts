@@ -88,7 +88,7 @@ export interface ExtentRow { id: number, volumeId: number, createdMs: number }
  * import_blocks tables; 4 added volumes.protected, note, source_uuid and group_name. An older catalog is migrated
  * at open, one version at a time.
  */
-const catalogSchemaVersion = 4
+const catalogSchemaVersion = 5
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +116,11 @@ CREATE TABLE IF NOT EXISTS volumes (
   group_name TEXT,
   UNIQUE (kind, name)
 );
+-- Each volume's map root (schema 5): apart from its row, so that a row's other fields (its counters,
+-- changed in every volume reading a page a seal pass repoints) are rewritten without the root's 32 KiB
+-- at 1 TiB (issue #21). volumes.root is empty then; a row whose root is not here (an older catalog's,
+-- salvaged by repair) keeps it in volumes.root.
+CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, root BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -134,6 +139,7 @@ CREATE TABLE IF NOT EXISTS extents (
   created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS retired_chunks (id INTEGER PRIMARY KEY, pack_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ref_counts (id INTEGER PRIMARY KEY CHECK (id = 1), fingerprint TEXT NOT NULL, sum TEXT NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS retired_by_pack ON retired_chunks (pack_id);
 CREATE TABLE IF NOT EXISTS imports (
   key TEXT PRIMARY KEY,
@@ -221,11 +227,16 @@ export class Catalog {
         migrateFrom1(db, file)
         migrateFrom2(db)
         migrateFrom3(db)
+        migrateFrom4(db)
       } else if (Number(version) === 2) {
         migrateFrom2(db)
         migrateFrom3(db)
+        migrateFrom4(db)
       } else if (Number(version) === 3) {
         migrateFrom3(db)
+        migrateFrom4(db)
+      } else if (Number(version) === 4) {
+        migrateFrom4(db)
       } else if (Number(version) !== catalogSchemaVersion) {
         throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
       }
@@ -242,7 +253,9 @@ export class Catalog {
   private prepare () {
     const db = this.db
     return {
-      volumes: db.prepare('SELECT * FROM volumes ORDER BY id'),
+      volumes: db.prepare('SELECT v.*, r.root AS own_root FROM volumes v LEFT JOIN roots r ON r.id = v.id ORDER BY v.id'),
+      putRoot: db.prepare('INSERT OR REPLACE INTO roots (id, root) VALUES (?, ?)'),
+      deleteRoot: db.prepare('DELETE FROM roots WHERE id = ?'),
       insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid, group_name)
         VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid, @protected, @note, @sourceUuid, @groupName)`),
       volumeUuid: db.prepare('SELECT uuid FROM volumes WHERE id = ?').pluck(),
@@ -272,7 +285,7 @@ export class Catalog {
       fillChunk: db.prepare('UPDATE chunks SET pack_id = ?, offset = ?, stored_bytes = ?, raw_bytes = ?, compressed = ? WHERE id = ? AND pack_id = 0'),
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
-        root = @root, allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
+        root = X'', allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
         owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note WHERE id = @id`),
       updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
@@ -350,7 +363,7 @@ export class Catalog {
       sourceId: row.source_id as number | null,
       sourceLabel: row.source_label as string | null,
       epoch: row.epoch as number,
-      root: row.root as Buffer,
+      root: (row.own_root ?? row.root) as Buffer,
       allocatedBlocks: row.allocated_blocks as number,
       storedBytes: row.stored_bytes as number,
       activeExtent: row.active_extent as number | null,
@@ -407,7 +420,8 @@ export class Catalog {
 
   insertVolume (row: VolumeRow): void {
     const pending = this.pendingUuids.get(row.id)
-    this.statements.insertVolume.run({ ...schema4Fields(row), sourceUuid: row.sourceUuid ?? null, groupName: row.groupName ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
+    this.statements.insertVolume.run({ ...schema4Fields(row), root: Buffer.alloc(0), sourceUuid: row.sourceUuid ?? null, groupName: row.groupName ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
+    this.statements.putRoot.run(row.id, row.root)
     // In the insert's transaction: rolled back with it. The pending entry stays until the process
     // ends (a commit that fails is retried with the same identity); ids are never reused meanwhile.
     if (pending?.importKey !== undefined) this.deleteImport(pending.importKey)
@@ -481,8 +495,9 @@ export class Catalog {
   heldChunkIds (): number[] { return this.statements.heldChunkIds.all() as number[] }
   updateVolume (row: VolumeRow, withRoot: boolean): void {
     if (withRoot) {
-      const { createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
+      const { root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolume.run(rest)
+      this.statements.putRoot.run(row.id, root)
     } else {
       const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolumeNoRoot.run(rest)
@@ -496,6 +511,7 @@ export class Catalog {
    */
   deleteVolume (id: number): void {
     this.statements.deleteVolume.run(id)
+    this.statements.deleteRoot.run(id)
     this.raiseIdHigh('volume_id_high', id)
     this.deleted = true
   }
@@ -679,6 +695,37 @@ export class Catalog {
     return (this.db.prepare('PRAGMA integrity_check').pluck().all() as string[]).filter(line => line !== 'ok')
   }
 
+  /**
+   * gc's reference counts as a clean close stored them (volume/ref-counts.ts), or undefined: the row is
+   * taken by the open that reads it (deleteRefCounts in its first transaction), so it is there only
+   * between a clean close and the next open.
+   */
+  refCounts (): { fingerprint: string, sum: string, data: Buffer } | undefined {
+    return this.db.prepare('SELECT fingerprint, sum, data FROM ref_counts WHERE id = 1').get() as { fingerprint: string, sum: string, data: Buffer } | undefined
+  }
+
+  putRefCounts (fingerprint: string, sum: string, data: Buffer): void {
+    this.db.prepare('INSERT OR REPLACE INTO ref_counts (id, fingerprint, sum, data) VALUES (1, ?, ?, ?)').run(fingerprint, sum, data)
+  }
+
+  deleteRefCounts (): void { this.db.prepare('DELETE FROM ref_counts').run() }
+
+  /**
+   * What the stored reference counts must find unchanged at the next open: every commit writes
+   * journal_seq; the rest catches a catalog changed by other means (repair, another vdiskfs).
+   */
+  countsFingerprint (): string {
+    const of = (sql: string): unknown => this.db.prepare(sql).raw().get()
+    return JSON.stringify({
+      journalSeq: this.getMeta('journal_seq') ?? null,
+      nextEpoch: this.getMeta('next_epoch') ?? null,
+      pages: of('SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(epoch), 0) FROM pages'),
+      volumes: of('SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(epoch), 0) FROM volumes'),
+      chunks: of('SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks'),
+      extents: of('SELECT COUNT(*), COALESCE(MAX(id), 0) FROM extents')
+    })
+  }
+
   getMeta (key: string): string | undefined { return this.statements.getMeta.get(key) as string | undefined }
   setMeta (key: string, value: string): void { this.statements.setMeta.run(key, value) }
 }
@@ -739,6 +786,19 @@ function migrateFrom3 (db: Database.Database): void {
     if (!columns.has('group_name')) db.exec('ALTER TABLE volumes ADD COLUMN group_name TEXT')
     db.exec('UPDATE volumes SET protected = 0 WHERE protected IS NULL')
     db.exec('UPDATE volumes SET source_uuid = (SELECT s.uuid FROM volumes s WHERE s.id = volumes.source_id) WHERE source_uuid IS NULL AND source_id IS NOT NULL')
+    db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('4', 'schema_version')
+  })()
+}
+
+/**
+ * Schema 4 -> 5: the volumes' roots move to the roots table (issue #21: a row's counters were
+ * rewritten with its root, 32 KiB at 1 TiB, in every volume reading a page a seal pass repointed).
+ * One transaction.
+ */
+function migrateFrom4 (db: Database.Database): void {
+  db.transaction(() => {
+    db.exec('INSERT OR IGNORE INTO roots (id, root) SELECT id, root FROM volumes')
+    db.exec("UPDATE volumes SET root = X'' WHERE length(root) > 0")
     db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')
   })()
 }

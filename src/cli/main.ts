@@ -114,7 +114,9 @@ const coreCommands: Record<string, Command> = {
       if (values.blockSize !== undefined) args.push('--block-size', values.blockSize)
       if (flags.xattrs === true) args.push('--xattrs')
       if (flags.allowOther === true) args.push('--allow-other')
-      const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
+      // VDISKFS_DAEMON_NODE_ARGS: node options for the daemon alone (say --cpu-prof, which NODE_OPTIONS refuses).
+      const nodeArgs = (process.env.VDISKFS_DAEMON_NODE_ARGS ?? '').split(' ').filter(a => a !== '')
+      const child = spawn(process.execPath, [...nodeArgs, ...args], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] })
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new VdiskError('IO', `the daemon did not report ready within ${daemonReadyTimeoutMs / 1000} s`)), daemonReadyTimeoutMs)
         child.on('message', (message: { ready?: boolean, error?: string }) => {

@@ -110,7 +110,11 @@ function fixRoots (run: RepairRun): void {
   let catalog: Catalog
   // A catalog that does not open (missing, damaged, in use) is for the steps below to handle.
   try { catalog = Catalog.open(path.join(run.dir, catalogFile), false) } catch { return }
-  try { repairRoots(catalog, run.blockBytes, run.logState, run.report) } finally { catalog.close() }
+  try {
+    // gc's reference counts a clean close stored are that close's state; repair changes it behind them.
+    catalog.deleteRefCounts()
+    repairRoots(catalog, run.blockBytes, run.logState, run.report)
+  } finally { catalog.close() }
 }
 
 /**
@@ -487,7 +491,7 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
     notes.push(`nothing could be read from the damaged catalog: ${(err as Error).message}; its volumes are lost, the data stays in the packs`)
     return
   }
-  const tables = ['meta', 'volumes', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
+  const tables = ['meta', 'volumes', 'roots', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
   try {
     for (const table of tables) {
       try {

@@ -14,6 +14,7 @@ import { VdiskError, fromSystemError } from '../errors'
 import { encodeRoot } from '../format/map-format'
 import { catalogLogFile } from '../format/pool-format'
 import { PoolState } from './pool-state'
+import { countsSum } from './ref-counts'
 import { Volume } from './volume'
 
 export class Committer {
@@ -47,6 +48,9 @@ export class Committer {
     for (const id of suspect) this.state.extents.suspect.add(id)
     this.persistedWritable = this.state.catalog.getMeta('writable_extents') ?? '[]'
     this.state.catalog.transaction(() => {
+      // Stored counts are the state of the close that stored them: any change from here on would
+      // make them wrong, so they are taken now (loadStoredCounts read them before the journal replay).
+      this.state.catalog.deleteRefCounts()
       this.state.catalog.setMeta('clean_close', '0')
       this.state.catalog.setMeta('suspect_extents', JSON.stringify([...suspect]))
     })
@@ -92,7 +96,7 @@ export class Committer {
     // gc's decision from the reference counts sees exactly what this commit makes durable (maintenance.ts).
     const atSnapshot = this.state.atCommitSnapshot
     this.state.atCommitSnapshot = null
-    if (atSnapshot !== null) atSnapshot()
+    if (atSnapshot !== null) atSnapshot(journalSeq)
     try {
       try {
         await this.state.extents.syncPending()
@@ -151,8 +155,39 @@ export class Committer {
     }
   }
 
-  /** Everything is committed and no write can follow: nothing is suspect at the next open. */
-  markCleanClose (): void {
-    this.state.catalog.setMeta('clean_close', '1')
+  /**
+   * Everything is committed and no write can follow: nothing is suspect at the next open. `counts`:
+   * gc's reference counts as the final commit's snapshot step took them (RefCounts.stored), with that
+   * commit's journal sequence; stored beside the catalog's fingerprint, for the next open, unless a
+   * commit ran after that one (then the catalog is not their state, and none are stored).
+   */
+  markCleanClose (counts: { data: Buffer, journalSeq: number } | null = null): void {
+    const catalog = this.state.catalog
+    catalog.transaction(() => {
+      if (counts !== null && catalog.getMeta('journal_seq') === String(counts.journalSeq)) {
+        catalog.putRefCounts(catalog.countsFingerprint(), countsSum(counts.data), counts.data)
+      } else catalog.deleteRefCounts()
+      catalog.setMeta('clean_close', '1')
+    })
+  }
+
+  /**
+   * At open, after the roots were counted and before anything changes a page: takes the reference
+   * counts the last clean close stored, when that close was the last thing that wrote the catalog
+   * (its fingerprint unchanged) and their checksum holds. Returns whether it did. markOpen deletes
+   * them in its transaction, so a crash from here on leaves none behind.
+   */
+  loadStoredCounts (): boolean {
+    const catalog = this.state.catalog
+    if (catalog.getMeta('clean_close') !== '1') return false
+    const row = catalog.refCounts()
+    if (row === undefined) return false
+    if (row.fingerprint !== catalog.countsFingerprint() || row.sum !== countsSum(row.data)) {
+      this.state.log('gc: the reference counts stored at the last close do not match the catalog; the first gc marks in full')
+      return false
+    }
+    const loaded = this.state.refs.load(row.data)
+    if (loaded) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
+    return loaded
   }
 }

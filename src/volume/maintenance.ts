@@ -659,8 +659,30 @@ export class Maintenance {
     this.state.changedSinceCommit = true
   }
 
+  /**
+   * Before the final commit of a close: loads the base tables the reference counts need and asks that
+   * commit's snapshot step for the counts to store (RefCounts.stored). Returns what it got then (null:
+   * none to store, or the commit took no snapshot).
+   */
+  async countsAtFinalCommit (): Promise<() => { data: Buffer, journalSeq: number } | null> {
+    const refs = this.state.refs
+    if (!refs.complete) return () => null
+    for (const id of refs.extentsOfStale()) await this.state.extents.loadBases([id]).catch(() => {})
+    let taken: { data: Buffer, journalSeq: number } | null = null
+    // Synchronous in the commit's snapshot step: the counts are that commit's state exactly.
+    this.state.atCommitSnapshot = journalSeq => {
+      const data = refs.stored()
+      taken = data === null ? null : { data, journalSeq }
+    }
+    return () => { this.state.atCommitSnapshot = null; return taken }
+  }
+
   /** Deletes an extent that no committed map references any more. */
   async dropExtent (extentId: number): Promise<void> {
+    // What lies under delta entries of it that were uncounted before their base table was read
+    // leaves the counts now (the seal pass read the table); if it cannot, the counts are dropped
+    // (the next gc marks in full and builds them again).
+    if (this.state.refs.resolvePending(extentId).has(extentId)) this.state.refs.invalidate()
     this.state.catalog.deleteExtent(extentId)
     await this.state.extents.remove(extentId)
   }

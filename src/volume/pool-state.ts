@@ -63,7 +63,7 @@ export class PoolState implements VolumeContext {
    */
   readonly refs: RefCounts
   /** Run once, synchronously, by the next commit's snapshot step (gc's decision from the counts). */
-  atCommitSnapshot: (() => void) | null = null
+  atCommitSnapshot: ((journalSeq: number) => void) | null = null
   readonly volumes: VolumeTable
   /**
    * Names ("kind/name") that an operation checked free and will create after an `await` (a backup

@@ -122,9 +122,15 @@ export class Pool {
     })
     this.lazy.open()
     this.state.chunks.absent = this.lazy
+    // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
+    // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
+    this.countsLoaded = this.committer.loadStoredCounts()
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
   }
+
+  /** Whether the open took gc's reference counts from the last clean close (the first gc then needs no full mark). */
+  readonly countsLoaded: boolean
 
   /**
    * Changes a daemon made after its last commit and died with (journal.ts), applied when the pool
@@ -381,8 +387,9 @@ export class Pool {
     this.state.lifecycle = 'closing'
     try {
       await this.maintenance.settle()
+      const counts = await this.maintenance.countsAtFinalCommit()
       await this.committer.commit()
-      this.committer.markCleanClose()
+      this.committer.markCleanClose(counts())
     } finally {
       this.state.lifecycle = 'closed'
       await this.state.closeStores()

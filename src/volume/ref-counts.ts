@@ -1,8 +1,12 @@
 /**
  * Reference counts (issue #21: gc in time proportional to what it frees, not to the pool). Kept in
- * memory, derived from the catalog: rebuilt at every open (the page counts from the roots read at open,
- * the chunk and extent counts by the first gc's full mark), so they are never persisted and a crash
- * cannot leave them behind the catalog (docs/PERFORMANCE.md, "gc").
+ * memory. The page counts are derived from the roots read at every open. The chunk and extent counts
+ * are built by the first gc's full mark of a process, or taken from what the last clean close stored
+ * (`stored`, in the final commit's snapshot step, so they are that commit's state exactly; `load`):
+ * the open that reads them deletes them in its first transaction, so after any crash there are none
+ * and the first gc marks in full; they are used only when the catalog's fingerprint (every commit
+ * writes journal_seq) and their checksum say nothing changed since (docs/CONCURRENCY.md, "gc's
+ * reference counts").
  *
  * - Per map page, how many root entries of the pool's volumes name it (`pageRefs`): kept by every root
  *   change (BlockMap.setRoot, resize, pointAt) and by volumes entering and leaving the pool's table
@@ -21,6 +25,7 @@
  * changed in place is taken out of the dead set again (`resurrected`); nothing else can name something
  * dead (docs/CONCURRENCY.md, "gc's reference counts").
  */
+import crypto from 'node:crypto'
 import { entryExtentId } from '../format/map-format'
 import { PageRefs } from '../map/page-store'
 import { Under } from './references'
@@ -176,10 +181,37 @@ export class RefCounts {
       if (left <= 0) { this.extentRefs.delete(extent); this.zeroExtents.add(extent) } else this.extentRefs.set(extent, left)
       const under = this.source.underSlot(refs.deltas[i])
       if (under.kind === 'chunk') this.dropChunk(under.chunkId)
+      // Counted before the pool was opened (stored counts): its extent's base table is not read yet.
+      // What lies under the slot leaves the counts once it is (resolvePending); until then the chunk
+      // under it keeps one count too many, which frees nothing.
+      else if (under.kind === 'unloaded') this.pendingUnder.push(refs.deltas[i])
     }
     this.problems.delete(id)
     this.counted[id] = 0
   }
+
+  /** Delta entries uncounted while their base tables were not loaded: the chunks under them still count them. */
+  private pendingUnder: number[] = []
+
+  /**
+   * Subtracts what lies under the pending delta entries whose base tables are loaded now (`extentId`:
+   * only that extent's). Returns the extents of the entries still pending.
+   */
+  resolvePending (extentId?: number): Set<number> {
+    const left: number[] = []
+    const unloaded = new Set<number>()
+    for (const entry of this.pendingUnder) {
+      const extent = entryExtentId(entry)
+      const under = extentId === undefined || extent === extentId ? this.source.underSlot(entry) : { kind: 'unloaded' as const }
+      if (under.kind === 'chunk') this.dropChunk(under.chunkId)
+      else if (under.kind === 'unloaded') { left.push(entry); unloaded.add(extent) }
+    }
+    this.pendingUnder = left
+    return unloaded
+  }
+
+  /** The extents of the pending delta entries (their base tables are needed before a decision). */
+  pendingExtents (): Set<number> { return new Set(this.pendingUnder.map(entry => entryExtentId(entry))) }
 
   private addChunk (id: number): void {
     const count = this.chunkRefs.get(id) ?? 0
@@ -201,7 +233,7 @@ export class RefCounts {
 
   /** The extents whose base tables the stale pages need before a decision (synchronous; may load pages). */
   extentsOfStale (): Set<number> {
-    const ids = new Set<number>()
+    const ids = this.pendingExtents()
     for (const id of this.stale) {
       if (this.refsOfPage(id) === 0) continue
       try {
@@ -237,7 +269,8 @@ export class RefCounts {
   decide (pageCeiling: number, nextExtentId: number, newChunks: number[], isChunk: (id: number) => boolean,
     isExtent: (id: number) => boolean, writable: Set<number>, held: Set<number>): Decision {
     let hold: string | null = null
-    const unloaded = new Set<number>()
+    // 0. What lies under delta entries uncounted before their base tables were read.
+    const unloaded = this.resolvePending()
     // 1. The stale pages some root names are counted as they are now.
     for (const id of [...this.stale]) {
       if (this.refsOfPage(id) === 0) { this.stale.delete(id); this.zeroPages.add(id); continue }
@@ -261,6 +294,9 @@ export class RefCounts {
       pages.add(id)
     }
     this.pageCeiling = pageCeiling
+    // 2b. What lies under the dead pages' delta entries: their extents may be dead below, and a dead
+    // extent's base table goes with it, so this decision frees nothing until the tables are read.
+    for (const extent of this.resolvePending()) unloaded.add(extent)
     // 3. Chunks and extents at 0: those whose count fell to 0, and those made since. One an import
     // holds, or an extent still writable, stays a candidate.
     const chunks: number[] = []
@@ -317,6 +353,7 @@ export class RefCounts {
     this.zeroExtents.clear()
     this.problems.clear()
     this.named.clear()
+    this.pendingUnder = []
     this.dying = null
   }
 
@@ -325,6 +362,73 @@ export class RefCounts {
     this.pageRefs.fill(0)
     this.zeroPages.clear()
     for (const root of roots) this.rootAll(root, 1)
+  }
+
+  // ---- stored at a clean close, loaded at the next open ----
+
+  /**
+   * The counts to store at a clean close, or null when they cannot be (not built, a decision not
+   * swept, a page that cannot be counted, a held problem, entries still pending). Synchronous, in the
+   * final commit's snapshot step (so they are that commit's state): the stale pages some root names
+   * are counted as they are (their extents' base tables loaded before: `extentsOfStale`), and the
+   * counted pages no root names are uncounted and kept as candidates (no root can name them again
+   * after the pool closes: spares are not kept). From then on every page some root names is counted,
+   * and only those; the next open marks them so (`load`).
+   */
+  stored (): Buffer | null {
+    if (!this.complete || this.dying !== null) return null
+    if (this.resolvePending().size > 0) return null
+    for (const id of [...this.stale]) {
+      if (this.refsOfPage(id) === 0) { this.stale.delete(id); this.zeroPages.add(id); continue }
+      try { this.count(id) } catch { return null }
+    }
+    if (this.problems.size > 0 || this.pendingUnder.length > 0) return null
+    for (let id = 1; id < this.counted.length; id++) {
+      if (this.counted[id] === 1 && this.refsOfPage(id) === 0) { this.uncount(id); this.zeroPages.add(id) }
+    }
+    if (this.pendingUnder.length > 0) return null
+    const lists = [[...this.chunkRefs.keys()], [...this.chunkRefs.values()], [...this.extentRefs.keys()], [...this.extentRefs.values()],
+      [...this.zeroPages], [...this.zeroChunks], [...this.zeroExtents], [...this.named]]
+    const head = [storedMagic, storedVersion, this.pageCeiling, this.chunkMax, this.nextExtentId, ...lists.map(l => l.length)]
+    const out = new Float64Array(head.length + lists.reduce((n, l) => n + l.length, 0))
+    out.set(head)
+    let at = head.length
+    for (const list of lists) { out.set(list, at); at += list.length }
+    return Buffer.from(out.buffer, out.byteOffset, out.byteLength)
+  }
+
+  /**
+   * Takes the counts a clean close stored (`stored`), after the open counted the roots: every page
+   * some root names is counted. Returns false (and changes nothing) when `data` is not such a record.
+   */
+  load (data: Buffer): boolean {
+    if (this.counting || data.byteLength % 8 !== 0 || data.byteLength < 13 * 8) return false
+    const all = new Float64Array(new Uint8Array(data).buffer)
+    if (all[0] !== storedMagic || all[1] !== storedVersion) return false
+    const lengths = Array.from(all.subarray(5, 13))
+    if (13 + lengths.reduce((a, b) => a + b, 0) !== all.length) return false
+    const lists: Float64Array[] = []
+    let at = 13
+    for (const length of lengths) { lists.push(all.subarray(at, at + length)); at += length }
+    const [chunkIds, chunkCounts, extentIds, extentCounts, zeroPages, zeroChunks, zeroExtents, named] = lists
+    if (chunkIds.length !== chunkCounts.length || extentIds.length !== extentCounts.length) return false
+    for (let i = 0; i < chunkIds.length; i++) this.chunkRefs.set(chunkIds[i], chunkCounts[i])
+    for (let i = 0; i < extentIds.length; i++) this.extentRefs.set(extentIds[i], extentCounts[i])
+    for (const id of zeroPages) if (this.refsOfPage(id) === 0) this.zeroPages.add(id)
+    for (const id of zeroChunks) this.zeroChunks.add(id)
+    for (const id of zeroExtents) this.zeroExtents.add(id)
+    for (const id of named) this.named.add(id)
+    this.pageCeiling = all[2]
+    this.chunkMax = all[3]
+    this.nextExtentId = all[4]
+    for (let id = 1; id < this.pageRefs.length; id++) {
+      if (this.pageRefs[id] <= 0) continue
+      if (id >= this.counted.length) this.grow(id)
+      this.counted[id] = 1
+    }
+    this.counting = true
+    this.complete = true
+    return true
   }
 
   /** Test seam: page `id` counted as named by no root (a lost count), as a bug could leave it. */
@@ -341,6 +445,15 @@ export class RefCounts {
     for (let id = 1; id < this.pageRefs.length; id++) if (this.pageRefs[id] > 0) out.add(id)
     return out
   }
+}
+
+/** The stored counts' first two numbers: what they are, and their layout's version. */
+const storedMagic = 0x76647263 // 'vdrc'
+const storedVersion = 1
+
+/** The checksum kept beside the stored counts. */
+export function countsSum (data: Buffer): string {
+  return crypto.createHash('sha256').update(data).digest('hex')
 }
 
 /** A delta entry's base table is not loaded yet: load it (ExtentStore.loadBases) and decide again. */

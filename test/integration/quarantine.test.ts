@@ -48,7 +48,7 @@ function packFiles (pool: string): string[] {
 function flipPageByte (pool: string, name: string, at: number, xor: number, legacy = false): void {
   const db = new Database(path.join(pool, 'catalog.sqlite'))
   try {
-    const row = db.prepare("SELECT root FROM volumes WHERE kind = 'disk' AND name = ?").get(name) as { root: Buffer }
+    const row = db.prepare("SELECT r.root AS root FROM volumes v JOIN roots r ON r.id = v.id WHERE v.kind = 'disk' AND v.name = ?").get(name) as { root: Buffer }
     const pageId = Number(row.root.readBigUInt64LE(0))
     const page = db.prepare('SELECT entries FROM pages WHERE id = ?').get(pageId) as { entries: Buffer }
     // legacy: the page as vdiskfs wrote it before map pages had checksums (the entries alone)
@@ -217,13 +217,13 @@ test.serial('a damaged page id in a volume\'s root never sends its reads to anot
   const original = fs.readFileSync(d)
   await m.umount()
   const db = new Database(path.join(m.pool, 'catalog.sqlite'))
-  const rootOf = (name: string) => (db.prepare("SELECT root FROM volumes WHERE kind = 'disk' AND name = ?").get(name) as { root: Buffer }).root
+  const rootOf = (name: string) => (db.prepare("SELECT r.root AS root FROM volumes v JOIN roots r ON r.id = v.id WHERE v.kind = 'disk' AND v.name = ?").get(name) as { root: Buffer }).root
   const root = Buffer.from(rootOf('d.img'))
   const other = rootOf('e.img').readBigUInt64LE(0)
   t.not(root.readBigUInt64LE(0), other)
   root[0] = Number(other & 0xffn) // one damaged byte: d's page id now names e's page
   t.is(root.readBigUInt64LE(0), other)
-  db.prepare("UPDATE volumes SET root = ? WHERE kind = 'disk' AND name = 'd.img'").run(root)
+  db.prepare("UPDATE roots SET root = ? WHERE id = (SELECT id FROM volumes WHERE kind = 'disk' AND name = 'd.img')").run(root)
   db.close()
   const mounted = await vdiskfs('mount', m.pool, m.mnt)
   if (mounted.code === 0) {
