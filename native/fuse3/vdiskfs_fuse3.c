@@ -2211,6 +2211,21 @@ static napi_value fast_grow(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* fastLeaseTake(session, ino, extent) -> the lease's next slot, taken for the engine's own write (-1: the
+ * volume has no lease in that extent, or none is left). */
+static napi_value fast_lease_take(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  double slot = -1;
+  session *s = live_session(env, args[0]);
+  fast_volume *v = s == NULL ? NULL : fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
+  if (v != NULL) {
+    pthread_mutex_lock(&v->lease_lock);
+    if (v->lease_extent != 0 && v->lease_extent == (uint64_t)arg_number(env, args[2]) && v->lease_next < v->lease_end) slot = (double)v->lease_next++;
+    pthread_mutex_unlock(&v->lease_lock);
+  }
+  return num(env, slot);
+}
+
 /* fastLeaseEnd(session, ino) -> [extent, next, end] of the lease it ends (extent 0: none): slots from
  * `next` on were not taken. Writers that took slots before may still be writing them (quiesce). */
 static napi_value fast_lease_end(napi_env env, napi_callback_info info) {
@@ -2608,6 +2623,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "fastLease", NULL, fast_lease, NULL, NULL, NULL, napi_default, NULL },
     { "fastLeaseEnd", NULL, fast_lease_end, NULL, NULL, NULL, napi_default, NULL },
     { "fastGrow", NULL, fast_grow, NULL, NULL, NULL, napi_default, NULL },
+    { "fastLeaseTake", NULL, fast_lease_take, NULL, NULL, NULL, napi_default, NULL },
     { "fastAllocs", NULL, fast_allocs, NULL, NULL, NULL, napi_default, NULL },
     { "fastAllocCount", NULL, fast_alloc_count, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentSeq", NULL, fast_extent_seq, NULL, NULL, NULL, napi_default, NULL },

@@ -92,7 +92,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   pool.onChange(change => { if (pool.byId(change.volume.id) !== change.volume) fast.forget(change.volume) })
   let stopping: Promise<void> | null = null
   const socketPath = socketPathFor(mountpoint)
-  const server = startControlServer(socketPath, afterInvalidation(fuse, controlHandlers({
+  const server = startControlServer(socketPath, afterInvalidation(fuse, fast, controlHandlers({
     pool,
     space,
     sealer,
@@ -173,13 +173,20 @@ function preflight (options: DaemonOptions): { mountpoint: string, takeover: boo
 }
 
 
-/** The control handlers, each replying once the kernel has taken the invalidations its change asked for (stream operations as they are). */
-function afterInvalidation (fuse: Fuse3Transport, handlers: HandlerTable): HandlerTable {
+/** The control handlers, each after the addon's first writes were taken into the maps, and replying once the kernel has taken the invalidations its change asked for (stream operations as they are). */
+function afterInvalidation (fuse: Fuse3Transport, fast: FastReads, handlers: HandlerTable): HandlerTable {
   const wrapped: Record<string, unknown> = {}
   for (const [op, handler] of Object.entries(handlers)) {
-    if ((controlOperations[op as Operation] as OperationSpec).stream === true) { wrapped[op] = handler; continue }
+    // Every command first takes the addon's first writes into the maps (what it reports or changes
+    // includes every WRITE answered before it: fast-reads.ts settle()).
+    if ((controlOperations[op as Operation] as OperationSpec).stream === true) {
+      const stream = handler as (...args: unknown[]) => Promise<unknown>
+      wrapped[op] = async (...args: unknown[]) => { fast.settle(); return await stream(...args) }
+      continue
+    }
     const plain = handler as (args: unknown) => Promise<unknown>
     wrapped[op] = async (args: unknown) => {
+      fast.settle()
       try { return await plain(args) } finally { await fuse.invalidated() }
     }
   }

@@ -300,11 +300,20 @@ export class ExtentStore {
   }
 
   /**
-   * Slots written in extent `id` (what sealing or gc is still to deal with): from memory when it is open,
-   * else from its header and size; 0 when it is gone (removed meanwhile). Throws IO.
+   * Slots written in extent `id` (what sealing or gc is still to deal with): from its header and size
+   * (when it is open, at most the slots claimed: slots leased to the FUSE addon and not written yet are
+   * past its end); 0 when it is gone (removed meanwhile). Throws IO.
    */
   async slotsWritten (id: number): Promise<number> {
     const open = this.resolved.get(id)
+    if (open !== undefined && !open.closed && this.io === nodeFileIo) {
+      try {
+        const { size } = await this.io.fstat(open.fd)
+        return Math.min(open.nextSlot, Math.max(0, Math.ceil((size - dataStart(open.version, this.blockBytes)) / this.blockBytes)))
+      } catch {
+        return open.nextSlot
+      }
+    }
     if (open !== undefined) return open.nextSlot
     let fd: number
     try {

@@ -45,6 +45,7 @@ export interface FastReadNative {
   fastLease: (session: object, ino: number, extent: number, first: number, end: number, bases: number, volumeId: number) => boolean
   fastLeaseEnd: (session: object, ino: number) => Float64Array
   fastGrow: (session: object, ino: number, bytes: number) => void
+  fastLeaseTake: (session: object, ino: number, extent: number) => number
   fastAllocs: (session: object, journalFd: number) => Float64Array
   fastAllocCount: (session: object) => Uint32Array | null
 }
@@ -138,6 +139,12 @@ export class FastReads {
     if (fastAllocEnabled) {
       this.allocCount = native.fastAllocCount(session)
       this.source.onSettle(journalFd => this.settle(journalFd))
+      // The engine's own new slots come from the lease too while there is one (no gaps in the extent).
+      this.source.onLeasedSlot((volume, id) => {
+        const known = this.volumes.get(volume.id)
+        if (known === undefined || known.volume !== volume || known.lease === null || known.lease.id !== id) return -1
+        return native.fastLeaseTake(session, known.ino, id)
+      })
     }
     this.source.nativeWrites({
       touched: id => this.touched.has(id),

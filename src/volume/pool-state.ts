@@ -211,6 +211,14 @@ export class PoolState implements VolumeContext {
    */
   settleNative: (journalFd?: () => number) => void = () => {}
 
+  /** The FUSE addon's lease of the volume's slots in extent `id`: its next slot, taken (-1: none left). */
+  leasedSlot: ((volume: Volume, id: number) => number) | null = null
+
+  claimSlot (volume: Volume, extent: DeltaExtent): number {
+    const leased = this.leasedSlot === null ? -1 : this.leasedSlot(volume, extent.id)
+    return leased >= 0 ? leased : extent.nextSlot++
+  }
+
   /**
    * Up to `count` slots of the volume's active extent for the fast path's first writes, with the room
    * for them claimed; null when it has none open and writable, or the pool's filesystem is nearly full.

@@ -83,6 +83,8 @@ export interface FastReadSource {
   onSettle: (settle: (journalFd?: () => number) => void) => void
   /** The change journal's current file, for the addon's records of its first writes (-2: none). */
   journalFd: () => number
+  /** Sets what gives the engine's own new slots from the addon's lease (PoolState.leasedSlot). */
+  onLeasedSlot: (take: (volume: Volume, id: number) => number) => void
   /** Runs `change` without journaling it (a first write the addon journaled itself). */
   journaled: (change: () => void) => void
 }
@@ -192,6 +194,7 @@ export class Pool {
       unlease: (id, next, end) => extents.unleaseSlots(id, next, end),
       onSettle: settle => { this.state.settleNative = settle },
       journalFd: () => this.state.journal.nativeFd(),
+      onLeasedSlot: take => { this.state.leasedSlot = take },
       journaled: change => {
         const journal = this.state.journal
         const was = journal.enabled

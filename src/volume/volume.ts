@@ -44,6 +44,11 @@ export interface VolumeContext {
    * WRITE already answered has replaced (docs/FASTPATH.md, "First writes").
    */
   settleNative (): void
+  /**
+   * A new slot of `extent` for the volume, claimed in this step: from the FUSE addon's lease when the
+   * volume has one in that extent (slots stay dense), else the extent's next.
+   */
+  claimSlot (volume: Volume, extent: DeltaExtent): number
   /** Where map entries and sizes changed since the last commit are appended (volume/journal.ts). */
   readonly journal?: ChangeJournal
   /** The daemon's log: refused operations are logged there (the README promises it). */
@@ -387,7 +392,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     // last would land where its checksum table lies.
     let extent = await this.context.activeExtent(this)
     while (extent.full) extent = await this.context.activeExtent(this)
-    const slot = extent.nextSlot++
+    const slot = this.context.claimSlot(this, extent)
     if (base !== 0 && !this.context.extents.holdsPartialSlots(extent)) {
       const merged = Buffer.allocUnsafe(this.context.blockBytes)
       await this.readBlock(block, 0, merged, true)

@@ -40,7 +40,10 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.true(loop.p50Ms >= 0 && loop.p50Ms <= loop.p99Ms && loop.p99Ms <= loop.maxMs, JSON.stringify(loop))
   t.true(status.windowSeconds > 0)
   const write = status.operations.write
-  t.true(write.count >= 8, `${write.count} writes of 1 MiB`)
+  // The first write of a new image is the engine's (it makes the extent the addon's first writes then
+  // lease); the addon writes the rest itself (docs/FASTPATH.md, "First writes") and counts them.
+  t.true(write.count >= 1, `${write.count} engine writes`)
+  t.true(write.count + status.daemon.fuse3.fastWritten >= 8, `${write.count} engine and ${status.daemon.fuse3.fastWritten} native writes of 1 MiB`)
   t.is(write.errors, 0)
   t.true(write.perSecond > 0)
   t.true(write.totalSeconds > 0)
@@ -53,7 +56,8 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.is(status.chunkCache.hits + status.chunkCache.misses, 0, 'nothing sealed, nothing read from chunks')
   t.true(status.chunkCache.bytesMax > 0)
   // Slot writes of 64 KiB go inline (issue #10), unless one was slow on a busy machine.
-  t.true(status.writes.inline + status.writes.pooled >= 16, JSON.stringify(status.writes))
+  // (The addon writes the blocks after the first itself: its blocks in new slots count the rest.)
+  t.true(status.writes.inline + status.writes.pooled + status.daemon.fuse3.fastAllocated >= 16, `${JSON.stringify(status.writes)}, ${status.daemon.fuse3.fastAllocated} native`)
   t.true(status.writes.inline >= 1 || status.writes.slow >= 1, JSON.stringify(status.writes))
   t.deepEqual(status.jobs, [])
   t.deepEqual(status.lastErrors, [])

@@ -122,6 +122,12 @@ class FakeAddon implements FastReadNative {
     return true
   }
 
+  fastLeaseTake (_s: object, ino: number, id: number): number {
+    const lease = this.leases.get(ino)
+    if (lease === undefined || lease.id !== id || lease.next >= lease.end) return -1
+    return lease.next++
+  }
+
   fastGrow (_s: object, ino: number, bytes: number): void {
     const lease = this.leases.get(ino)
     if (lease !== undefined) lease.grow = bytes
