@@ -8,6 +8,7 @@ import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, isZeroBlock, sectorMatches, worthCompressing } from './protocol'
 import { readFully } from './descriptors'
+import { compressPieced, hashPieces, isPieced, openPieced, sealsPieced } from './pieces'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx, dctx: zstd.DCtx } | null = null
 
@@ -49,8 +50,17 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
       if (frameBytes > 0) return openFrame(config, slab, dctx, slot, frameBytes, task.length)
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
       if (isZeroBlock(input)) return { zero: true, compressedBytes: 0 }
-      blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
       const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
+      // Cut into verified pieces where the block allows (workers/pieces.ts): a payload of at most 7/8 of
+      // the block, else one frame as before (which may still be worth storing compressed).
+      const pieces = sealsPieced() ? hashPieces(input) : null
+      if (pieces !== null) {
+        pieces.hash.copy(slab, hashOffset(config, slot), 0, hashBytes)
+        const pieced = compressPieced(cctx, input, pieces, output, task.length - task.length / 8)
+        if (pieced > 0) return { zero: false, compressedBytes: pieced }
+      } else {
+        blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
+      }
       const compressed = cctx.compress2(output, input)
       return { zero: false, compressedBytes: worthCompressing(task.length, compressed) ? compressed : 0 }
     })
@@ -73,6 +83,13 @@ function openFrame (config: WorkerConfig, slab: Buffer, dctx: zstd.DCtx, slot: n
   try { n = dctx.decompress(block, frame) } catch (err) { return { zero: false, compressedBytes: 0, error: `does not decompress (${(err as Error).message})` } }
   if (n !== length) return { zero: false, compressedBytes: 0, error: `decompresses to ${n} bytes, not ${length}` }
   if (isZeroBlock(block)) return { zero: true, compressedBytes: 0 }
+  if (isPieced(frame)) {
+    // Stored as it came: its table must hold, as a read of the stored chunk will check it.
+    const opened = openPieced(dctx, frame, block)
+    if ('error' in opened) return { zero: false, compressedBytes: 0, error: opened.error }
+    ;(opened.hashes?.hash ?? blake3Digest(block)).copy(slab, hashOffset(config, slot), 0, hashBytes)
+    return { zero: false, compressedBytes: frameBytes }
+  }
   blake3Digest(block).copy(slab, hashOffset(config, slot), 0, hashBytes)
   return { zero: false, compressedBytes: frameBytes }
 }

@@ -67,6 +67,7 @@ enum {
 #include <zlib.h>
 #include <zstd.h>
 #include "blake3.h"
+#include "pieces.h"
 #define FAST_PAGE_BITS 12
 #define FAST_PAGE (1u << FAST_PAGE_BITS)
 #define FAST_MID (1u << 12)
@@ -158,7 +159,7 @@ typedef struct fast_state {
   fast_pack *packs[FAST_BUCKETS];
   fast_chunk **chunks; /* FAST_CHUNK_BUCKETS chains, allocated at the first chunk */
   unsigned chunk_count;
-  uint64_t chunk_reads, chunk_hits, chunk_mismatches;
+  uint64_t chunk_reads, chunk_hits, chunk_mismatches, chunk_pieces;
   unsigned block_bytes;
   uint64_t served, handed, bytes, mismatches;
   /* WRITEs: on once JavaScript says so (fastWrites); per worker thread an epoch, odd while the thread
@@ -244,6 +245,10 @@ typedef struct fast_buffers {
   char *chunk; size_t chunk_cap;
   ZSTD_DCtx *dctx;
   int chunk_valid; uint64_t chunk_id; uint32_t chunk_raw; uint8_t chunk_hash[32];
+  /* A pieced chunk (pieces.h): its table, checked against the chunk's hash, and which of its pieces
+   * the block holds verified (chunk_valid stays 0 then; chunk_id/raw/hash say which chunk). */
+  int pieced; unsigned piece_count; uint64_t piece_mask;
+  uint32_t piece_at[PIECE_MAX + 1]; uint8_t piece_values[PIECE_MAX * 32];
 } fast_buffers;
 static pthread_key_t fast_key;
 static pthread_once_t fast_key_once = PTHREAD_ONCE_INIT;
@@ -352,12 +357,70 @@ static int fast_reserve(char **buf, size_t *cap, size_t size) {
   return 0;
 }
 
+/* Reads `length` bytes at `at` of pack `p` into `into`: 0, or -1 (a failed or short read). */
+static int fast_pread_full(fast_pack *p, char *into, size_t length, uint64_t at) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t n = pread(p->fd, into + done, length - done, (off_t)(at + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    done += (size_t)n;
+  }
+  return 0;
+}
+
+static uint32_t le32(const uint8_t *at) { return (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24; }
+
 /*
- * Reads `count` bytes at `offset` of sealed chunk `id` into `target`: its payload read from its pack,
- * decompressed, and its BLAKE3-256 checked against the chunk's before a byte is copied (as the engine's
- * workers do). Returns 1, or 0 to hand the request to the engine (no record, no pack, a short or failed
- * read, a payload that does not decompress to the block, a hash that does not match: the engine reads
- * it again and reports damage).
+ * Takes a pieced payload's table (the first PIECE_TABLE_BYTES(count) bytes, in `table`) into `b`, for
+ * chunk `c`: 1 when it is one (well formed, its frames' lengths adding up to the payload, its values
+ * merging to the chunk's hash), 0 when the payload is not pieced, -1 when it claims to be but is not
+ * right (damage: the engine reads the whole chunk and reports it).
+ */
+static int fast_piece_table(fast_buffers *b, const fast_chunk *c, const uint8_t *table, unsigned count) {
+  if (le32(table) != PIECE_MAGIC) return 0;
+  if (le32(table + 4) != PIECE_TABLE_BYTES(count) - 8 || le32(table + 8) != PIECE_TAG || table[12] != PIECE_VERSION || table[13] != 0 ||
+      table[14] != PIECE_SHIFT || table[15] != 0 || le32(table + 16) != count) return -1;
+  uint64_t at = PIECE_TABLE_BYTES(count);
+  for (unsigned i = 0; i < count; i++) {
+    b->piece_at[i] = (uint32_t)at;
+    at += le32(table + 20 + 4 * i);
+    if (at > c->stored) return -1;
+  }
+  if (at != c->stored) return -1;
+  b->piece_at[count] = (uint32_t)at;
+  memcpy(b->piece_values, table + 20 + 4 * count, (size_t)count * 32);
+  uint8_t root[32];
+  pieces_root(b->piece_values, count, root);
+  return memcmp(root, c->hash, 32) == 0 ? 1 : -1;
+}
+
+/* Piece `i` of the pieced chunk whose table `b` holds: its frame read, decompressed into its place in
+ * b->chunk and checked against its value. 1, or 0 (hand to the engine). */
+static int fast_piece_load(fast_state *f, fast_buffers *b, fast_pack *p, const fast_chunk *c, unsigned i) {
+  uint32_t length = b->piece_at[i + 1] - b->piece_at[i];
+  if (fast_pread_full(p, b->packed, length, c->offset + b->piece_at[i]) != 0) return 0;
+  char *piece = b->chunk + (size_t)i * PIECE_BYTES;
+  size_t n = ZSTD_decompressDCtx(b->dctx, piece, PIECE_BYTES, b->packed, length);
+  uint8_t value[32];
+  if (!ZSTD_isError(n) && n == PIECE_BYTES) pieces_value((const uint8_t *)piece, i, value);
+  if (ZSTD_isError(n) || n != PIECE_BYTES || memcmp(value, b->piece_values + (size_t)i * 32, 32) != 0) {
+    __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED);
+    return 0;
+  }
+  __atomic_add_fetch(&f->chunk_pieces, 1, __ATOMIC_RELAXED);
+  b->piece_mask |= 1ULL << i;
+  return 1;
+}
+
+/*
+ * Reads `count` bytes at `offset` of sealed chunk `id` into `target`, checked against the chunk's
+ * BLAKE3-256 before a byte is copied (as the engine's workers do): a pieced payload (pieces.h) reads,
+ * decompresses and checks only the pieces the range touches, against its table whose values merge to
+ * the chunk's hash; any other payload is read whole, decompressed and hashed whole. Returns 1, or 0 to
+ * hand the request to the engine (no record, no pack, a short or failed read, a payload that does not
+ * decompress to the block, a hash or a value that does not match: the engine reads it again and
+ * reports damage).
  */
 static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t offset, size_t count, char *target) {
   fast_chunk c;
@@ -369,45 +432,70 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
     }
   }
   pthread_rwlock_unlock(&f->lock);
-  if (!found || offset + count > c.raw) return 0;
+  if (!found || count == 0 || offset + count > c.raw) return 0;
   __atomic_add_fetch(&f->chunk_reads, 1, __ATOMIC_RELAXED);
-  if (b->chunk_valid && b->chunk_id == id && b->chunk_raw == c.raw && memcmp(b->chunk_hash, c.hash, 32) == 0) {
+  int same = b->chunk_id == id && b->chunk_raw == c.raw && memcmp(b->chunk_hash, c.hash, 32) == 0;
+  unsigned first = (unsigned)(offset >> PIECE_SHIFT), last = (unsigned)((offset + count - 1) >> PIECE_SHIFT);
+  uint64_t wanted = 0;
+  if (same && b->pieced) for (unsigned i = first; i <= last; i++) wanted |= 1ULL << i;
+  if (same && (b->chunk_valid || (b->pieced && (b->piece_mask & wanted) == wanted))) {
     __atomic_add_fetch(&f->chunk_hits, 1, __ATOMIC_RELAXED);
     memcpy(target, b->chunk + offset, count);
     return 1;
   }
-  b->chunk_valid = 0;
   if (c.raw > FAST_CHUNK_MAX_BYTES || c.stored > ZSTD_compressBound(FAST_CHUNK_MAX_BYTES)) return 0;
   if (fast_reserve(&b->packed, &b->packed_cap, c.stored) != 0 || fast_reserve(&b->chunk, &b->chunk_cap, c.raw) != 0) return 0;
   if (c.compressed && b->dctx == NULL && (b->dctx = ZSTD_createDCtx()) == NULL) return 0;
   fast_pack *p = fast_pack_get(f, c.pack);
   if (p == NULL) return 0;
   int ok = 0;
-  char *payload = c.compressed ? b->packed : b->chunk;
-  size_t done = 0;
-  while (done < c.stored) {
-    ssize_t n = pread(p->fd, payload + done, c.stored - done, (off_t)(c.offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) goto out;
-    done += (size_t)n;
+  if (!(same && b->pieced)) {
+    b->chunk_valid = 0;
+    b->pieced = 0;
+    b->piece_mask = 0;
+    b->chunk_id = id;
+    b->chunk_raw = c.raw;
+    memcpy(b->chunk_hash, c.hash, 32);
+    unsigned pieces = c.compressed ? pieces_count(c.raw) : 0;
+    size_t head = 0;
+    if (pieces > 0 && c.stored > PIECE_TABLE_BYTES(pieces)) {
+      head = PIECE_TABLE_BYTES(pieces);
+      if (fast_pread_full(p, b->packed, head, c.offset) != 0) goto out;
+      int table = fast_piece_table(b, &c, (const uint8_t *)b->packed, pieces);
+      if (table < 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
+      if (table > 0) {
+        b->pieced = 1;
+        b->piece_count = pieces;
+      }
+    }
+    if (!b->pieced) {
+      /* A whole payload: the rest of it after what was read for the table's check. */
+      char *payload = c.compressed ? b->packed : b->chunk;
+      if (head > 0 && payload != b->packed) memcpy(payload, b->packed, head);
+      if (fast_pread_full(p, payload + head, c.stored - head, c.offset + head) != 0) goto out;
+      if (c.compressed) {
+        size_t n = ZSTD_decompressDCtx(b->dctx, b->chunk, c.raw, b->packed, c.stored);
+        if (ZSTD_isError(n) || n != c.raw) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
+      } else if (c.stored != c.raw) goto out;
+      uint8_t hash[32];
+      blake3_hasher hasher;
+      blake3_hasher_init(&hasher);
+      blake3_hasher_update(&hasher, b->chunk, c.raw);
+      blake3_hasher_finalize(&hasher, hash, 32);
+      if (memcmp(hash, c.hash, 32) != 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
+      b->chunk_valid = 1;
+      memcpy(target, b->chunk + offset, count);
+      ok = 1;
+      goto out;
+    }
   }
-  if (c.compressed) {
-    size_t n = ZSTD_decompressDCtx(b->dctx, b->chunk, c.raw, b->packed, c.stored);
-    if (ZSTD_isError(n) || n != c.raw) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
-  } else if (c.stored != c.raw) goto out;
-  uint8_t hash[32];
-  blake3_hasher hasher;
-  blake3_hasher_init(&hasher);
-  blake3_hasher_update(&hasher, b->chunk, c.raw);
-  blake3_hasher_finalize(&hasher, hash, 32);
-  if (memcmp(hash, c.hash, 32) != 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
-  b->chunk_valid = 1;
-  b->chunk_id = id;
-  b->chunk_raw = c.raw;
-  memcpy(b->chunk_hash, c.hash, 32);
+  for (unsigned i = first; i <= last; i++) {
+    if ((b->piece_mask & (1ULL << i)) == 0 && !fast_piece_load(f, b, p, &c, i)) goto out;
+  }
   memcpy(target, b->chunk + offset, count);
   ok = 1;
 out:
+  if (!ok) { b->chunk_valid = 0; b->pieced = 0; b->piece_mask = 0; b->chunk_id = 0; b->chunk_raw = 0; }
   fast_pack_put(p);
   return ok;
 }
@@ -2556,6 +2644,7 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastChunkReads", num(env, (double)__atomic_load_n(&s->fast.chunk_reads, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunkHits", num(env, (double)__atomic_load_n(&s->fast.chunk_hits, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunkMismatches", num(env, (double)__atomic_load_n(&s->fast.chunk_mismatches, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastChunkPieces", num(env, (double)__atomic_load_n(&s->fast.chunk_pieces, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritesOn", num(env, __atomic_load_n(&s->fast.writes_on, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritten", num(env, (double)__atomic_load_n(&s->fast.written, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));
@@ -2599,6 +2688,34 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   return num(env, n >= 0 ? (double)n : -(double)errno);
 }
 
+/*
+ * blake3Pieces(input, out) -> the number of 16 KiB pieces `input` (a Uint8Array) is cut into
+ * (pieces.h; 0 when its length is not a power of two of at least two pieces, and `out` is untouched),
+ * with its BLAKE3-256 in out[0..32) and each piece's chaining value after it (out: a Uint8Array of at
+ * least 32 * (1 + pieces) bytes). For the sealing workers, which write the table of a pieced payload.
+ */
+static napi_value blake3_pieces(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  napi_typedarray_type type, out_type;
+  size_t length = 0, out_length = 0, offset = 0;
+  void *data = NULL, *out = NULL;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, args[0], &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_uint8_array ||
+      napi_get_typedarray_info(env, args[1], &out_type, &out_length, &out, &buffer, &offset) != napi_ok || out_type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: blake3Pieces needs two Uint8Arrays");
+    return NULL;
+  }
+  unsigned count = pieces_count(length);
+  if (count > 0) {
+    if (out_length < 32u * (1 + count)) {
+      napi_throw_range_error(env, NULL, "vdiskfs_fuse3: blake3Pieces's output is too short");
+      return NULL;
+    }
+    pieces_all(data, count, (uint8_t *)out + 32, out);
+  }
+  return num(env, count);
+}
+
 static napi_value init_module(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "mount", NULL, mount_session, NULL, NULL, NULL, napi_default, NULL },
@@ -2609,6 +2726,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "notifier", NULL, session_notifier, NULL, NULL, NULL, napi_default, NULL },
     { "notify", NULL, notify_session, NULL, NULL, NULL, napi_default, NULL },
     { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
+    { "blake3Pieces", NULL, blake3_pieces, NULL, NULL, NULL, napi_default, NULL },
     { "fastConfigure", NULL, fast_configure, NULL, NULL, NULL, napi_default, NULL },
     { "fastSize", NULL, fast_size, NULL, NULL, NULL, napi_default, NULL },
     { "fastPublish", NULL, fast_publish, NULL, NULL, NULL, napi_default, NULL },

@@ -105,10 +105,14 @@ export interface Fuse3Stats {
   fastBytes: number
   fastMismatches: number
   fastExtents: number
-  /** Sealed chunks: records the addon holds, pieces it served (of which from its thread's last chunk), chunks that failed its check. */
+  /**
+   * Sealed chunks: records the addon holds, reads of them it served (of which from its thread's last
+   * chunk), 16 KiB pieces it opened and checked (pieced payloads, docs/FORMAT.md), chunks that failed its check.
+   */
   fastChunks: number
   fastChunkReads: number
   fastChunkHits: number
+  fastChunkPieces: number
   fastChunkMismatches: number
 }
 

@@ -386,13 +386,15 @@ test.serial('O_DIRECT reads of a sector that writers keep overwriting are whole 
   await raceOneSector(t, false)
 })
 
-test.serial('the addon reads sealed chunks itself: a clone of a sealed backup reads as its source, across compaction, and damage is EIO plus a report', async t => {
+test.serial('the addon reads sealed chunks itself: a clone of a sealed backup reads as its source, across compaction, a 4k read opens one 16 KiB piece, and damage is EIO plus a report', async t => {
   const m = await withMount(t)
   const disk = m.image('disks', 'sealed.img')
   const scratch = path.join(m.dir, 'read.bin')
   const size = 8 * MiB
-  // Half random (stored raw), half compressible (zstd): both kinds of chunk.
-  const model = Buffer.concat([crypto.randomBytes(size / 2), Buffer.alloc(size / 2, 'vdiskfs sealed chunk ')])
+  const blocks = size / (64 * KiB)
+  // Half random (stored raw), half compressible (zstd, pieced: docs/FORMAT.md), each block its own chunk.
+  const text = Array.from({ length: blocks / 2 }, (_, b) => Buffer.alloc(64 * KiB, `vdiskfs sealed chunk ${b} `))
+  const model = Buffer.concat([crypto.randomBytes(size / 2), ...text])
   fs.writeFileSync(disk, model)
   t.is((await vdiskfs('backup', disk, 'b0')).code, 0)
   t.is((await vdiskfs('sync', m.mnt)).code, 0)
@@ -404,8 +406,8 @@ test.serial('the addon reads sealed chunks itself: a clone of a sealed backup re
   t.true((await readDirect(clone, 0, size, scratch)).equals(model), 'and again')
   t.true((await readDirect(m.image('backups', 'b0.img'), 0, size, scratch)).equals(model), 'the backup too')
   const after = await fastStats(m.mnt) as FastStats & { fastChunkReads: number }
-  t.true(after.fastChunkReads - before.fastChunkReads >= size / (64 * KiB), `the addon read the sealed chunks (${after.fastChunkReads - before.fastChunkReads} pieces)`)
-  t.regex((await vdiskfs('status', m.mnt)).stdout, /pieces of sealed chunks read in the addon's threads/)
+  t.true(after.fastChunkReads - before.fastChunkReads >= size / (64 * KiB), `the addon read the sealed chunks (${after.fastChunkReads - before.fastChunkReads} reads)`)
+  t.regex((await vdiskfs('status', m.mnt)).stdout, /reads of sealed chunks in the addon's threads, \d+ 16 KiB pieces opened/)
 
   // Compaction moves the chunks the clone names to a new pack and deletes the old one: a backup of
   // other data, sealed into the same pack and then removed, leaves it sparse enough to be compacted.
@@ -420,44 +422,73 @@ test.serial('the addon reads sealed chunks itself: a clone of a sealed backup re
   t.true((JSON.parse(gc.stdout) as { packsFreed: number }).packsFreed > 0, `compaction moved chunks out of a pack and deleted it: ${gc.stdout}`)
   for (let pass = 0; pass < 2; pass++) t.true((await readDirect(clone, 0, size, scratch)).equals(model), `the clone after gc, pass ${pass}`)
 
-  // Damage in a chunk the addon has read (block 0's, random: no other block shares it): its check
-  // fails, the engine reads it too and reports it. Every record of it in any pack is damaged (a copy
-  // compaction left behind in a pack not yet removed is not the one the index names).
-  const hash = Buffer.from(blake3Hex(model.subarray(0, 64 * KiB)), 'hex')
-  let flipped = 0
+  // A new daemon: nothing verified is cached anywhere. A read of another block publishes the map
+  // page's words, so the next READs are the addon's: a 4 KiB read of a compressible (pieced) block
+  // opens and checks the one 16 KiB piece it lies in, not the whole chunk.
+  await m.umount()
+  await m.mount()
+  await run('dd', [`if=${clone}`, `of=${scratch}`, 'bs=4k', 'skip=80', 'count=1', 'iflag=direct', 'status=none'])
+  type ChunkStats = FastStats & { fastChunkMismatches: number, fastChunkPieces: number }
+  const beforePiece = await fastStats(m.mnt) as ChunkStats
+  const pieced = blocks / 2 + 5
+  await run('dd', [`if=${clone}`, `of=${scratch}`, 'bs=4k', `skip=${pieced * 16 + 5}`, 'count=1', 'iflag=direct', 'status=none'])
+  t.true(fs.readFileSync(scratch).equals(model.subarray(pieced * 64 * KiB + 20 * KiB, pieced * 64 * KiB + 24 * KiB)), 'the 4k read of a pieced chunk')
+  const afterPiece = await fastStats(m.mnt) as ChunkStats
+  t.is(afterPiece.fastChunkPieces - beforePiece.fastChunkPieces, 1, 'one piece opened for a 4k read')
+  t.is(afterPiece.fastChunkMismatches, beforePiece.fastChunkMismatches)
+
+  // Damage in chunks the addon has read: block 0's (random, stored raw), a byte in the third frame of
+  // a pieced one, and a byte of another pieced one's table of values (its frames still decompress to the
+  // right block: the table is checked too). Each fails its check in the addon; the engine reads it too
+  // and reports it. Every record of them in any pack is damaged (a copy compaction left behind in a pack
+  // not yet removed is not the one the index names).
+  const piecedFrame = blocks / 2 + 1
+  const piecedTable = blocks / 2 + 3
+  const targets = new Map<string, (bytes: Buffer, payload: number) => number>([
+    [blake3Hex(model.subarray(0, 64 * KiB)), (_bytes, payload) => payload + 100],
+    [blake3Hex(model.subarray(piecedFrame * 64 * KiB, (piecedFrame + 1) * 64 * KiB)), (bytes, payload) => {
+      t.is(bytes.readUInt32LE(payload), 0x184d2a56, 'a pieced payload')
+      return payload + 164 + bytes.readUInt32LE(payload + 20) + bytes.readUInt32LE(payload + 24) + 3
+    }],
+    [blake3Hex(model.subarray(piecedTable * 64 * KiB, (piecedTable + 1) * 64 * KiB)), (bytes, payload) => {
+      t.is(bytes.readUInt32LE(payload), 0x184d2a56, 'a pieced payload')
+      return payload + 20 + 16 + 32 + 7
+    }]
+  ])
+  const flipped = new Set<string>()
   for (const name of fs.readdirSync(path.join(m.pool, 'packs'))) {
     const file = path.join(m.pool, 'packs', name)
     const bytes = fs.readFileSync(file)
     for (let at = 64; at + 56 <= bytes.length;) {
       if (bytes.readUInt32LE(at) !== 0x4b434456) break
       const stored = bytes.readUInt32LE(at + 12)
-      if (bytes.subarray(at + 16, at + 48).equals(hash)) {
+      const where = targets.get(bytes.subarray(at + 16, at + 48).toString('hex'))
+      if (where !== undefined) {
+        const byte = where(bytes, at + 56)
         const fd = fs.openSync(file, 'r+')
-        fs.writeSync(fd, Buffer.from([bytes[at + 56 + 100] ^ 0x10]), 0, 1, at + 56 + 100)
+        fs.writeSync(fd, Buffer.from([bytes[byte] ^ 0x10]), 0, 1, byte)
         fs.closeSync(fd)
-        flipped++
+        flipped.add(bytes.subarray(at + 16, at + 48).toString('hex'))
       }
       at += 56 + stored
     }
   }
-  t.true(flipped > 0, 'block 0\'s chunk was found in a pack')
-  // A new daemon: nothing verified of it is cached anywhere. A read of another block publishes the
-  // map page's words (block 0's among them), so block 0's first READ is the addon's.
+  t.is(flipped.size, 3, 'the three chunks were found in a pack')
   await m.umount()
   await m.mount()
   await run('dd', [`if=${clone}`, `of=${scratch}`, 'bs=4k', 'skip=80', 'count=1', 'iflag=direct', 'status=none'])
-  const damaged = await fastStats(m.mnt) as FastStats & { fastChunkMismatches: number }
-  // Every block of the clone: the damaged one fails (whichever thread reads it), no other does.
-  let failed = 0
-  for (let block = 0; block < size / (64 * KiB); block++) {
+  const damaged = await fastStats(m.mnt) as ChunkStats
+  // Every block of the clone: the damaged ones fail (whichever thread reads them), no other does.
+  const failed: number[] = []
+  for (let block = 0; block < blocks; block++) {
     try {
       await run('dd', [`if=${clone}`, `of=${scratch}`, 'bs=4k', `skip=${block * 16}`, 'count=16', 'iflag=direct', 'status=none'])
       t.true(fs.readFileSync(scratch).equals(model.subarray(block * 64 * KiB, (block + 1) * 64 * KiB)), `block ${block}`)
-    } catch { failed++ }
+    } catch { failed.push(block) }
   }
-  t.is(failed, 1, 'exactly the damaged block fails with EIO')
-  const end = await fastStats(m.mnt) as FastStats & { fastChunkMismatches: number }
-  t.true(end.fastChunkMismatches > damaged.fastChunkMismatches, 'the addon met the damage and handed the read over')
+  t.deepEqual(failed, [0, piecedFrame, piecedTable], 'exactly the damaged blocks fail with EIO')
+  const end = await fastStats(m.mnt) as ChunkStats
+  t.true(end.fastChunkMismatches >= damaged.fastChunkMismatches + 3, `the addon met the damage and handed the reads over (${end.fastChunkMismatches - damaged.fastChunkMismatches})`)
   t.regex(await logMatching(m.pool, [/corruption: chunk \d+/]), /corruption: chunk \d+/)
 })
 
