@@ -45,11 +45,11 @@ else
 BLAKE3_SRC := $(BLAKE3_C)
 BLAKE3_FLAGS := -DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512
 endif
-$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c native/fuse3/pieces.c native/fuse3/pieces.h $(BLAKE3_SRC)
+$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c native/fuse3/pieces.c native/fuse3/pieces.h native/fuse3/crc32_fast.c native/fuse3/crc32_fast.h $(BLAKE3_SRC)
 	@pkg-config --exists fuse3 zlib libzstd 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
 	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
 	@mkdir -p $(@D)
-	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" -Ithird_party/blake3 $(BLAKE3_FLAGS) $$(pkg-config --cflags fuse3 libzstd) $< native/fuse3/pieces.c $(BLAKE3_SRC) -o $@.tmp $$(pkg-config --libs fuse3 libzstd) -lz
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" -Ithird_party/blake3 $(BLAKE3_FLAGS) $$(pkg-config --cflags fuse3 libzstd) $< native/fuse3/pieces.c native/fuse3/crc32_fast.c $(BLAKE3_SRC) -o $@.tmp $$(pkg-config --libs fuse3 libzstd) -lz
 	mv $@.tmp $@
 	node scripts/check-native.js --fuse3
 

@@ -1,0 +1,40 @@
+/**
+ * The addon's CRC-32 (native/fuse3/crc32_fast.c: folded with PCLMULQDQ where the CPU has it) is the
+ * sector checksum of every native write and read, so it must equal zlib's (the engine's, node:zlib's
+ * crc32) for every length, alignment and starting value, or native writes would store sums the engine
+ * refuses (EIO) and native reads would refuse the engine's.
+ */
+import test from 'ava'
+import crypto from 'node:crypto'
+import path from 'node:path'
+import { crc32 } from 'node:zlib'
+
+const addon = require(process.env.VDISKFS_FUSE3_ADDON ?? path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')) as { crc32: (data: Uint8Array, crc: number) => number }
+
+test('equals zlib\'s crc32 for every length to 4 KiB + 64, any alignment and any starting value', t => {
+  const data = crypto.randomBytes(8192 + 64)
+  for (let length = 0; length <= 4096 + 64; length++) {
+    const at = length % 16
+    const slice = data.subarray(at, at + length)
+    t.is(addon.crc32(slice, 0), crc32(slice) >>> 0, `length ${length} at ${at}`)
+  }
+  for (let i = 0; i < 200; i++) {
+    const at = crypto.randomInt(64)
+    const slice = data.subarray(at, at + crypto.randomInt(8192))
+    const start = crypto.randomInt(2 ** 32)
+    t.is(addon.crc32(slice, start), crc32(slice, start) >>> 0)
+  }
+})
+
+test('equals zlib\'s crc32 on sectors of zeros, of ones, and of a single bit set anywhere', t => {
+  for (const fill of [0, 0xff, 0x5a]) {
+    const sector = Buffer.alloc(4096, fill)
+    t.is(addon.crc32(sector, 0), crc32(sector) >>> 0)
+  }
+  const sector = Buffer.alloc(4096)
+  for (let bit = 0; bit < 4096 * 8; bit += 97) {
+    sector.fill(0)
+    sector[bit >> 3] = 1 << (bit & 7)
+    t.is(addon.crc32(sector, 0), crc32(sector) >>> 0, `bit ${bit}`)
+  }
+})
