@@ -330,6 +330,7 @@ export class Catalog {
 
   close (): void {
     if (this.db.open) this.db.close()
+    if (this.walFd !== null) { try { fs.closeSync(this.walFd.fd) } catch {} this.walFd = null }
   }
 
   /** Runs `work` in one transaction: all of it is durable when this returns, or none of it. */
@@ -338,6 +339,46 @@ export class Catalog {
     if (this.deleted && !this.db.inTransaction) this.reclaim()
     return result
   }
+
+  /**
+   * Runs `work` in one transaction that SQLite appends to the WAL without syncing it (synchronous =
+   * NORMAL for this one: still all or nothing, never a damaged catalog), so that the event loop does
+   * not wait for an fsync: it is durable only once a syncWal() started after it resolved. For the
+   * commit (volume/commit.ts), which awaits syncWal() before it returns, so that nothing acts on the
+   * transaction's durability before it is durable. A checkpoint SQLite runs inside it still syncs the
+   * WAL before and the database after, as with FULL.
+   */
+  transactionUnsynced<T> (work: () => T): T {
+    this.db.pragma('synchronous = NORMAL')
+    try {
+      return this.transaction(work)
+    } finally {
+      this.db.pragma('synchronous = FULL')
+    }
+  }
+
+  /**
+   * Makes every transaction run so far durable: an fdatasync of the WAL through `fdatasync` (in the
+   * thread pool). The WAL's descriptor is ours and kept; it is opened again when the file at the path is
+   * no longer the one it names (SQLite deletes the WAL only when its last connection closes, which is
+   * this one, but a sync of a file that is not the WAL would make nothing durable).
+   */
+  async syncWal (fdatasync: (fd: number) => Promise<void>): Promise<void> {
+    const file = `${this.db.name}-wal`
+    const now = fs.statSync(file)
+    if (this.walFd !== null && (this.walFd.ino !== now.ino || this.walFd.dev !== now.dev)) {
+      try { fs.closeSync(this.walFd.fd) } catch {}
+      this.walFd = null
+    }
+    if (this.walFd === null) {
+      const fd = fs.openSync(file, 'r')
+      const st = fs.fstatSync(fd)
+      this.walFd = { fd, ino: st.ino, dev: st.dev }
+    }
+    await fdatasync(this.walFd.fd)
+  }
+
+  private walFd: { fd: number, ino: number, dev: number } | null = null
 
   /** Set by deletes; after their transaction, free pages past catalogFreeBytesMax go back to the filesystem. */
   private deleted = false
