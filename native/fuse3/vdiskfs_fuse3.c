@@ -396,13 +396,12 @@ static int fast_piece_table(fast_buffers *b, const fast_chunk *c, const uint8_t 
   return memcmp(root, c->hash, 32) == 0 ? 1 : -1;
 }
 
-/* Piece `i` of the pieced chunk whose table `b` holds: its frame read, decompressed into its place in
- * b->chunk and checked against its value. 1, or 0 (hand to the engine). */
-static int fast_piece_load(fast_state *f, fast_buffers *b, fast_pack *p, const fast_chunk *c, unsigned i) {
+/* Piece `i` of the pieced chunk whose table `b` holds, from its frame (read already, at `frame`):
+ * decompressed into its place in b->chunk and checked against its value. 1, or 0 (hand to the engine). */
+static int fast_piece_load(fast_state *f, fast_buffers *b, const char *frame, unsigned i) {
   uint32_t length = b->piece_at[i + 1] - b->piece_at[i];
-  if (fast_pread_full(p, b->packed, length, c->offset + b->piece_at[i]) != 0) return 0;
   char *piece = b->chunk + (size_t)i * PIECE_BYTES;
-  size_t n = ZSTD_decompressDCtx(b->dctx, piece, PIECE_BYTES, b->packed, length);
+  size_t n = ZSTD_decompressDCtx(b->dctx, piece, PIECE_BYTES, frame, length);
   uint8_t value[32];
   if (!ZSTD_isError(n) && n == PIECE_BYTES) pieces_value((const uint8_t *)piece, i, value);
   if (ZSTD_isError(n) || n != PIECE_BYTES || memcmp(value, b->piece_values + (size_t)i * 32, 32) != 0) {
@@ -450,6 +449,7 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
   fast_pack *p = fast_pack_get(f, c.pack);
   if (p == NULL) return 0;
   int ok = 0;
+  size_t head = 0; /* bytes of the payload read into b->packed by this call, from its start */
   if (!(same && b->pieced)) {
     b->chunk_valid = 0;
     b->pieced = 0;
@@ -458,9 +458,10 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
     b->chunk_raw = c.raw;
     memcpy(b->chunk_hash, c.hash, 32);
     unsigned pieces = c.compressed ? pieces_count(c.raw) : 0;
-    size_t head = 0;
     if (pieces > 0 && c.stored > PIECE_TABLE_BYTES(pieces)) {
-      head = PIECE_TABLE_BYTES(pieces);
+      /* A READ of the whole chunk (sequential reads) reads the whole payload at once; any other, the
+       * table first, then only the frames it needs. */
+      head = first == 0 && last == pieces - 1 ? c.stored : PIECE_TABLE_BYTES(pieces);
       if (fast_pread_full(p, b->packed, head, c.offset) != 0) goto out;
       int table = fast_piece_table(b, &c, (const uint8_t *)b->packed, pieces);
       if (table < 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
@@ -490,8 +491,19 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
       goto out;
     }
   }
-  for (unsigned i = first; i <= last; i++) {
-    if ((b->piece_mask & (1ULL << i)) == 0 && !fast_piece_load(f, b, p, &c, i)) goto out;
+  /* The frames of the pieces not yet here, read in one pread (they are contiguous) unless the whole
+   * payload was just read. */
+  unsigned lo = first, hi = last;
+  while (lo <= hi && (b->piece_mask & (1ULL << lo)) != 0) lo++;
+  while (hi > lo && (b->piece_mask & (1ULL << hi)) != 0) hi--;
+  if (lo <= hi) {
+    uint32_t from = b->piece_at[lo];
+    const char *frames = b->packed;
+    if (head == c.stored) frames = b->packed + from;
+    else if (fast_pread_full(p, b->packed, b->piece_at[hi + 1] - from, c.offset + from) != 0) goto out;
+    for (unsigned i = lo; i <= hi; i++) {
+      if ((b->piece_mask & (1ULL << i)) == 0 && !fast_piece_load(f, b, frames + (b->piece_at[i] - from), i)) goto out;
+    }
   }
   memcpy(target, b->chunk + offset, count);
   ok = 1;
