@@ -111,6 +111,7 @@ typedef struct fast_extent {
   uint64_t seq;        /* bumped before and after each native WRITE's pwrites: a read that saw it move may have raced one */
   uint64_t writing;    /* native WRITEs of it in flight: a read while one is may have raced it though seq did not move */
   uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
+  uint64_t kicked;     /* where the writeback of first writes was last started (fast_kick_writeback) */
 } fast_extent;
 
 /* A pack file the fast path reads sealed chunks from: its own descriptor, closed once no reader holds it. */
@@ -775,7 +776,28 @@ static int fast_all_zero(const char *data, size_t length) {
 }
 
 /* One run of a native WRITE: consecutive slots of one extent, written with one pwrite of data and one of checksums. */
-typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at, base; int fresh_partial; } fast_write_run;
+/*
+ * First writes fill new slots in order (a `dd` or `cp` to a new image): once FAST_KICK_BYTES more of
+ * the extent are written, the kernel is asked to start writing them back (sync_file_range WRITE: no
+ * wait, no durability change), so that the disk works while the writer goes on and the commit's
+ * fdatasync at the end finds little left to write (qsd's writes reach the disk as they come). One
+ * thread starts each range (a compare-and-swap of where the last one ended).
+ */
+#define FAST_KICK_BYTES (8u << 20)
+static int kick_off;
+__attribute__((constructor)) static void fast_kick_setting(void) {
+  const char *v = getenv("VDISKFS_WRITEBACK_KICK"); /* 0: off (for measuring it) */
+  kick_off = v != NULL && strcmp(v, "0") == 0;
+}
+static void fast_kick_writeback(fast_extent *e, uint64_t end) {
+  if (kick_off) return;
+  uint64_t from = __atomic_load_n(&e->kicked, __ATOMIC_RELAXED);
+  if (end < from + FAST_KICK_BYTES) return;
+  if (!__atomic_compare_exchange_n(&e->kicked, &from, end, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) return;
+  sync_file_range(e->fd, (off64_t)from, (off64_t)(end - from), SYNC_FILE_RANGE_WRITE);
+}
+
+typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at, base; int fresh_partial, fresh; } fast_write_run;
 
 static int fast_stripe_cmp(const void *a, const void *b) {
   unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
@@ -931,10 +953,11 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     if (partial_fresh || (last != NULL && last->fresh_partial)) last = NULL;
     if (last != NULL && last->e->id == id && last->slot + (last->offset + last->length) / bb == slot && (last->offset + last->length) % bb == 0 && offset == 0) {
       last->length += length;
+      last->fresh |= fresh[i];
     } else {
       fast_extent *e = fast_extent_get(f, id);
       if (e == NULL) { why = 7; goto out; }
-      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh, .base = bases[i] };
+      runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh, .fresh = fresh[i], .base = bases[i] };
     }
     done += length;
   }
@@ -975,6 +998,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       ok = fast_pwrite(e->fd, buf + runs[r].at, runs[r].length, e->data_start + runs[r].slot * bb + runs[r].offset) == 0 &&
            fast_pwrite(e->fd, (const char *)(sums + runs[r].at / FAST_SECTOR), runs[r].length / FAST_SECTOR * 4, e->sums_start + (runs[r].slot * spp + first) * 4) == 0;
     }
+    if (ok && runs[r].fresh) fast_kick_writeback(e, e->data_start + runs[r].slot * bb + runs[r].offset + runs[r].length);
     /* Even a failed pwrite may have changed bytes: the next commit syncs the extent either way (and
      * the engine writes the whole request again). */
     __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
