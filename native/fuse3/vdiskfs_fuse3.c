@@ -100,6 +100,20 @@ enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHU
 #define FAST_THREADS_MAX 64
 #define FAST_STRIPES 256
 
+/* Why the fast path handed a WRITE to the engine (status --json: fastWriteHandedWhy, by name). */
+enum {
+  HAND_FAILED,      /* a pwrite failed, or the queue of first writes had no memory: the engine writes it again */
+  HAND_NO_VOLUME,   /* the volume is not published to the addon */
+  HAND_ZEROS,       /* a whole block of zeros (or zeros into a hole): the engine makes it a hole */
+  HAND_NOT_OPEN,    /* a block neither writable here nor open to a first write (shared, frozen, unpublished) */
+  HAND_PAST_END,    /* past the end with no first write to grow it */
+  HAND_NO_LEASE,    /* first writes, and the volume has no lease of slots (or it ran out) */
+  HAND_LEASE_GONE,  /* the lease's extent is no longer registered */
+  HAND_EXTENT_GONE, /* a block's extent is no longer registered */
+  HAND_REASONS
+};
+static const char *const hand_names[HAND_REASONS] = { "failed", "noVolume", "zeros", "notOpen", "pastEnd", "noLease", "leaseGone", "extentGone" };
+
 typedef struct fast_extent {
   struct fast_extent *next;
   uint64_t id;
@@ -172,7 +186,7 @@ typedef struct fast_state {
   uint64_t epochs[FAST_THREADS_MAX];
   pthread_mutex_t stripes[FAST_STRIPES];
   uint64_t written, write_handed, write_bytes;
-  uint64_t hand_why[16]; /* WRITEs handed to the engine, by the place in fast_write that did (debugging) */
+  uint64_t hand_why[HAND_REASONS]; /* WRITEs handed to the engine, by reason (hand_names) */
   /* Blocks native first writes gave a new slot, for the engine to take into its maps (fastAllocs):
    * [ino, block, extent, slot] each, under alloc_lock; alloc_count (memory JavaScript reads directly,
    * fastAllocCount) counts every one queued. */
@@ -869,7 +883,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   if (t < 0) return 0;
   uint64_t *epoch = &f->epochs[t];
   __atomic_add_fetch(epoch, 1, __ATOMIC_SEQ_CST); /* odd */
-  int served = 0, why = 0;
+  int served = 0, why = HAND_FAILED;
   fast_write_run runs[FAST_READ_MAX / FAST_SECTOR];
   unsigned stripes[FAST_READ_MAX / FAST_SECTOR];
   uint64_t words[FAST_READ_MAX / FAST_SECTOR]; /* per block: the word loaded */
@@ -881,7 +895,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   fast_extent *lease = NULL;
   uint64_t lease_bases = 0;
   fast_volume *v = fast_volume_get(f, ino);
-  if (v == NULL) { why = 1; goto out; }
+  if (v == NULL) { why = HAND_NO_VOLUME; goto out; }
   /* Past the end: only first writes, within what the lease lets the volume grow to (checked with it). */
   uint64_t grows_to = (uint64_t)off + size > __atomic_load_n(&v->size, __ATOMIC_SEQ_CST) ? (uint64_t)off + size : 0;
   /* The blocks' stripe locks, each once, in ascending order (no two writers wait on each other in a
@@ -897,7 +911,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     uint64_t word = fast_word(v, block);
     words[i] = word;
     /* A whole block of zeros: the engine makes it a hole (and zeros written into a hole stay one). */
-    if ((length == bb || (word & FAST_KIND_MASK) == FAST_HOLE) && fast_all_zero(buf + done, length)) { why = 2; goto out; }
+    if ((length == bb || (word & FAST_KIND_MASK) == FAST_HOLE) && fast_all_zero(buf + done, length)) { why = HAND_ZEROS; goto out; }
     unsigned kind = (unsigned)(word & FAST_KIND_MASK);
     bases[i] = 0;
     if (kind == FAST_WRITABLE) { exts[i] = word >> 32; slots[i] = (word >> 8) & 0xffffff; fresh[i] = 0; }
@@ -909,10 +923,10 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       fresh[i] = 1; allocs++; over_chunks++;
       bases[i] = (2ull << 48) + (word >> 32);
     }
-    else { why = 3; goto out; }
+    else { why = HAND_NOT_OPEN; goto out; }
     done += length;
   }
-  if (grows_to != 0 && allocs == 0) { why = 4; goto out; }
+  if (grows_to != 0 && allocs == 0) { why = HAND_PAST_END; goto out; }
   if (allocs > 0) {
     /* New slots for the first writes, consecutive, from the volume's lease (none left: the engine). */
     uint64_t id = 0, next = 0;
@@ -939,9 +953,9 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
         if (napi_call_threadsafe_function(s->tsfn, low, napi_tsfn_nonblocking) != napi_ok) free(low);
       }
     }
-    if (id == 0) { why = 5; goto out; }
+    if (id == 0) { why = HAND_NO_LEASE; goto out; }
     lease = fast_extent_get(f, id);
-    if (lease == NULL) { why = 6; goto out; }
+    if (lease == NULL) { why = HAND_LEASE_GONE; goto out; }
     for (uint64_t i = 0; i < blocks; i++) if (fresh[i]) { exts[i] = id; slots[i] = next++; }
   }
   for (uint64_t i = 0, done = 0; i < blocks; i++) {
@@ -956,7 +970,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       last->fresh |= fresh[i];
     } else {
       fast_extent *e = fast_extent_get(f, id);
-      if (e == NULL) { why = 7; goto out; }
+      if (e == NULL) { why = HAND_EXTENT_GONE; goto out; }
       runs[nruns++] = (fast_write_run){ .e = e, .slot = slot, .offset = offset, .length = length, .at = done, .fresh_partial = partial_fresh, .fresh = fresh[i], .base = bases[i] };
     }
     done += length;
@@ -1051,7 +1065,7 @@ out:
     if (allocs > 0) __atomic_add_fetch(&f->allocated, allocs, __ATOMIC_RELAXED);
   } else {
     __atomic_add_fetch(&f->write_handed, 1, __ATOMIC_RELAXED);
-    if (why < 16) __atomic_add_fetch(&f->hand_why[why], 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&f->hand_why[why], 1, __ATOMIC_RELAXED);
   }
   return served;
 }
@@ -2687,8 +2701,8 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));
   {
     napi_value why;
-    napi_create_array_with_length(env, 16, &why);
-    for (unsigned i = 0; i < 16; i++) napi_set_element(env, why, i, num(env, (double)__atomic_load_n(&s->fast.hand_why[i], __ATOMIC_RELAXED)));
+    napi_create_object(env, &why);
+    for (unsigned i = 0; i < HAND_REASONS; i++) napi_set_named_property(env, why, hand_names[i], num(env, (double)__atomic_load_n(&s->fast.hand_why[i], __ATOMIC_RELAXED)));
     napi_set_named_property(env, out, "fastWriteHandedWhy", why);
   }
   napi_set_named_property(env, out, "fastAllocated", num(env, (double)__atomic_load_n(&s->fast.allocated, __ATOMIC_RELAXED)));
