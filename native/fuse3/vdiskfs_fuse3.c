@@ -1551,6 +1551,14 @@ static double arg_number(napi_env env, napi_value value) {
   return d;
 }
 
+/* The elements of typed array `value` if it is one of `type`: 1 with `data` and `count` set, else 0. */
+static int typed_array(napi_env env, napi_value value, napi_typedarray_type type, void **data, size_t *count) {
+  napi_typedarray_type got;
+  size_t byte_offset = 0;
+  napi_value arraybuffer;
+  return napi_get_typedarray_info(env, value, &got, count, data, &arraybuffer, &byte_offset) == napi_ok && got == type;
+}
+
 static void fill_attr(napi_env env, napi_value *args, struct stat *st) {
   /* mode, nlink, uid, gid, size, blocks, blksize, mtimeMs */
   memset(st, 0, sizeof(*st));
@@ -2130,11 +2138,9 @@ static napi_value fast_publish(napi_env env, napi_callback_info info) {
   fast_volume *v = fast_volume_find(&s->fast, (uint64_t)arg_number(env, args[1]));
   if (v == NULL) return result;
   uint64_t first = (uint64_t)arg_number(env, args[2]);
-  napi_typedarray_type type;
-  size_t count = 0, byte_offset = 0;
+  size_t count = 0;
   void *data = NULL;
-  napi_value arraybuffer;
-  if (napi_get_typedarray_info(env, args[3], &type, &count, &data, &arraybuffer, &byte_offset) != napi_ok || type != napi_uint32_array) {
+  if (!typed_array(env, args[3], napi_uint32_array, &data, &count)) {
     napi_throw_type_error(env, NULL, "vdiskfs_fuse3: fastPublish needs a Uint32Array");
     return NULL;
   }
@@ -2237,12 +2243,10 @@ static napi_value fast_moved(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   napi_value result;
   session *s = live_session(env, args[0]);
-  napi_typedarray_type type;
-  size_t count = 0, byte_offset = 0;
+  size_t count = 0;
   void *data = NULL;
-  napi_value arraybuffer;
   int moved = 1;
-  if (s != NULL && napi_get_typedarray_info(env, args[1], &type, &count, &data, &arraybuffer, &byte_offset) == napi_ok && type == napi_float64_array) {
+  if (s != NULL && typed_array(env, args[1], napi_float64_array, &data, &count)) {
     const double *pairs = data;
     for (size_t i = 0; i + 1 < count && moved; i += 2) {
       unsigned slot = (unsigned)pairs[i];
@@ -2721,11 +2725,9 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
   GET_ARGS(5);
   int32_t fd = 0;
   napi_get_value_int32(env, args[0], &fd);
-  napi_typedarray_type type;
-  size_t count = 0, byte_offset = 0;
+  size_t count = 0;
   void *data = NULL;
-  napi_value arraybuffer;
-  if (napi_get_typedarray_info(env, args[1], &type, &count, &data, &arraybuffer, &byte_offset) != napi_ok || type != napi_uint8_array) {
+  if (!typed_array(env, args[1], napi_uint8_array, &data, &count)) {
     napi_throw_type_error(env, NULL, "vdiskfs_fuse3: preadNowait needs a Uint8Array");
     return NULL;
   }
@@ -2747,12 +2749,9 @@ static napi_value pread_nowait(napi_env env, napi_callback_info info) {
  */
 static napi_value blake3_pieces(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
-  napi_typedarray_type type, out_type;
-  size_t length = 0, out_length = 0, offset = 0;
+  size_t length = 0, out_length = 0;
   void *data = NULL, *out = NULL;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, args[0], &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_uint8_array ||
-      napi_get_typedarray_info(env, args[1], &out_type, &out_length, &out, &buffer, &offset) != napi_ok || out_type != napi_uint8_array) {
+  if (!typed_array(env, args[0], napi_uint8_array, &data, &length) || !typed_array(env, args[1], napi_uint8_array, &out, &out_length)) {
     napi_throw_type_error(env, NULL, "vdiskfs_fuse3: blake3Pieces needs two Uint8Arrays");
     return NULL;
   }
@@ -2770,11 +2769,9 @@ static napi_value blake3_pieces(napi_env env, napi_callback_info info) {
 /* crc32(data, crc) -> zlib's CRC-32 of `data` (a Uint8Array) continuing `crc`: the addon's own (crc32_fast.c), for its test. */
 static napi_value crc32_napi(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
-  napi_typedarray_type type;
-  size_t length = 0, offset = 0;
+  size_t length = 0;
   void *data = NULL;
-  napi_value buffer;
-  if (napi_get_typedarray_info(env, args[0], &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_uint8_array) {
+  if (!typed_array(env, args[0], napi_uint8_array, &data, &length)) {
     napi_throw_type_error(env, NULL, "vdiskfs_fuse3: crc32 needs a Uint8Array");
     return NULL;
   }
