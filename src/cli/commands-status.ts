@@ -84,7 +84,7 @@ function statusText (stats: StatsResult): string {
   const lines = [
     `daemon:      pid ${String(stats.daemon.pid)}, vdiskfs ${String(stats.daemon.version)}, serving ${printable(String(stats.daemon.pool))} at ${printable(String(stats.daemon.mountpoint))}`,
     `started:     ${time(stats.startedMs)} (up ${Math.round(stats.uptimeSeconds)} s)`,
-    `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap`,
+    `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap, ${bytes(stats.arrayBuffersBytes ?? 0)} buffers`,
     `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources`,
     `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}`,
     `unsealed:    ${bytes(stats.unsealedBytes)}`,

@@ -44,6 +44,8 @@ export interface StatsResult {
   uptimeSeconds: number
   rssBytes: number
   heapUsedBytes: number
+  /** Memory of ArrayBuffers and Buffers (map pages, slabs, I/O buffers): outside the heap, in the resident set. */
+  arrayBuffersBytes: number
   openFds: number
   /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
   activeResources: number

@@ -36,6 +36,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         uptimeSeconds: (nowMs - metrics.startedMs) / 1000,
         rssBytes: memory.rss,
         heapUsedBytes: memory.heapUsed,
+        arrayBuffersBytes: memory.arrayBuffers,
         // The directory's own descriptor, open while it is read, is not one of the daemon's.
         openFds: (await fs.promises.readdir('/proc/self/fd')).length - 1,
         activeResources: process.getActiveResourcesInfo().length,
