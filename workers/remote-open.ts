@@ -10,8 +10,8 @@
  */
 import { threadId, workerData } from 'node:worker_threads'
 import * as zstd from 'zstd-napi/binding'
-import { openSealed, sealInto, sealKindChunk, sealOverheadBytes } from './sealed-object'
-import { chunkHeaderBytes, encodeChunkObjectInto } from '../src/remote/remote-format'
+import { openSealed, sealInto, sealKindChunk } from './sealed-object'
+import { chunkHeaderBytes, encodeChunkObjectInto, sealRoom, zstdCompressBound } from '../src/remote/remote-format'
 
 /** The objects of one range: `bytes`, and where each object lies in it, its name and how errors call it. */
 export interface RemoteOpenTask { bytes: Uint8Array, chunks: Array<{ offset: number, length: number, name: string, what: string }> }
@@ -19,11 +19,16 @@ export interface RemoteOpenTask { bytes: Uint8Array, chunks: Array<{ offset: num
 /** Each object's plaintext, one after another in `plain`, or why it did not open; the thread that opened them. */
 export interface RemoteOpenResult { plain: Uint8Array, chunks: Array<{ offset: number, length: number } | { error: string }>, threadId: number }
 
-/** A push's new blocks: their bytes one after another in `blocks`, and each one's chunk id, object name (below the store's prefix) and place. */
-export interface RemoteSealTask { blocks: Uint8Array, chunks: Array<{ id: string, name: string, offset: number, length: number }>, zstdLevel: number }
+/**
+ * A push's new blocks: their bytes one after another in `blocks`, and each one's chunk id, object name
+ * (below the store's prefix) and place; their sealed objects go one after another into `sealed` (room
+ * for sealRoom of the chunks). Both are views of SharedArrayBuffers the caller uses again for later
+ * batches: nothing is copied or moved to and from this thread.
+ */
+export interface RemoteSealTask { blocks: Uint8Array, chunks: Array<{ id: string, name: string, offset: number, length: number }>, sealed: Uint8Array, zstdLevel: number }
 
-/** Each block's sealed chunk object, one after another in `sealed` (lengths[i] bytes each, in the task's order); the thread that sealed them. */
-export interface RemoteSealResult { sealed: Uint8Array, lengths: number[], threadId: number }
+/** Each block's sealed object's length, in the task's order (they lie one after another in the task's `sealed`); the thread that sealed them. */
+export interface RemoteSealResult { lengths: number[], threadId: number }
 
 const sealKey = Buffer.from((workerData as { sealKey: Uint8Array }).sealKey)
 
@@ -49,9 +54,8 @@ export default function openChunks (task: RemoteOpenTask): RemoteOpenResult {
 }
 
 let cctx: { level: number, ctx: zstd.CCtx } | null = null
-/** Where each plain chunk object is built, and where the batch is sealed: used again by every task. */
+/** Where each plain chunk object is built before it is sealed: used again by every task. */
 let scratch = Buffer.alloc(0)
-let out = Buffer.alloc(0)
 
 export function sealChunks (task: RemoteSealTask): RemoteSealResult {
   if (cctx === null || cctx.level !== task.zstdLevel) {
@@ -60,27 +64,17 @@ export function sealChunks (task: RemoteSealTask): RemoteSealResult {
     cctx = { level: task.zstdLevel, ctx }
   }
   const blocks = Buffer.from(task.blocks.buffer, task.blocks.byteOffset, task.blocks.byteLength)
-  // Room for each one as the pack gives it (header, zstd's bound of the block or the block raw, the seal).
-  let room = 0
-  let largest = 0
-  for (const chunk of task.chunks) {
-    const plainMax = chunkHeaderBytes + zstd.compressBound(chunk.length)
-    room += plainMax + sealOverheadBytes
-    largest = Math.max(largest, plainMax)
-  }
+  const sealed = Buffer.from(task.sealed.buffer, task.sealed.byteOffset, task.sealed.byteLength)
+  if (sealed.length < sealRoom(task.chunks.map(chunk => chunk.length))) throw new RangeError('sealChunks: too little room for the sealed objects')
+  const largest = Math.max(0, ...task.chunks.map(chunk => chunkHeaderBytes + zstdCompressBound(chunk.length)))
   if (scratch.length < largest) scratch = Buffer.allocUnsafe(largest)
-  if (out.length < room) out = Buffer.allocUnsafe(room)
   const lengths: number[] = []
   let at = 0
   for (const chunk of task.chunks) {
     const plainLength = encodeChunkObjectInto(cctx.ctx, scratch, chunk.id, blocks.subarray(chunk.offset, chunk.offset + chunk.length))
-    const length = sealInto(sealKey, out.subarray(at), sealKindChunk, chunk.name, scratch.subarray(0, plainLength))
+    const length = sealInto(sealKey, sealed.subarray(at), sealKindChunk, chunk.name, scratch.subarray(0, plainLength))
     lengths.push(length)
     at += length
   }
-  // Only the bytes written go back, in a buffer of their size (a clone sends a view's whole ArrayBuffer):
-  // one copy of a batch, small beside compressing and sealing it.
-  const exact = Buffer.allocUnsafeSlow(at)
-  out.copy(exact, 0, 0, at)
-  return { sealed: exact, lengths, threadId }
+  return { lengths, threadId }
 }

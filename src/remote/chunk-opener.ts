@@ -17,6 +17,11 @@ const task = path.resolve(__dirname, '..', '..', 'workers', 'remote-open.js')
 /** At most this many threads open or seal chunks (a range of a few MiB, or a push's batch, is one task). */
 const openThreadsMax = 2
 
+/** A buffer of `bytes` on a SharedArrayBuffer, for seal(): the worker threads read or write it in place. */
+export function newSharedBuffer (bytes: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(bytes))
+}
+
 export class ChunkOpener {
   private pool: Piscina | null = null
   private lastThread = -1
@@ -38,18 +43,18 @@ export class ChunkOpener {
   }
 
   /**
-   * The sealed chunk objects of blocks `blocks` (where each lies in it, its chunk id, its object's name
-   * below the store's prefix): each compressed at `zstdLevel` into its plain chunk object (its header,
-   * then the block in zstd, or raw when that saves less than an eighth) and sealed under its name, in order.
-   * `blocks` is moved to the worker, not copied, when it is the whole of its ArrayBuffer (then it is
-   * unusable once this is called); else it is copied.
+   * Seals blocks `blocks` (where each lies in it, its chunk id, its object's name below the store's
+   * prefix): each compressed at `zstdLevel` into its plain chunk object (its header, then the block in
+   * zstd, or raw when that saves less than an eighth) and sealed under its name, written one after
+   * another into `sealed` (room for sealRoom of their lengths, remote-format.ts): their lengths, in order.
+   * Both buffers must be views of SharedArrayBuffers (newSharedBuffer): the worker reads and writes them
+   * in place, nothing is copied; the caller must not touch them until this settles.
    */
-  async seal (blocks: Buffer, chunks: Array<{ id: string, name: string, offset: number, length: number }>, zstdLevel = 1): Promise<Buffer[]> {
-    const request: RemoteSealTask = { blocks, chunks, zstdLevel }
-    const owned = blocks.byteOffset === 0 && blocks.byteLength === blocks.buffer.byteLength
-    const result = await this.threads().run(request, { name: 'sealChunks', transferList: owned ? [blocks.buffer as ArrayBuffer] : [] }) as RemoteSealResult
+  async seal (blocks: Buffer, chunks: Array<{ id: string, name: string, offset: number, length: number }>, sealed: Buffer, zstdLevel = 1): Promise<Buffer[]> {
+    if (!(blocks.buffer instanceof SharedArrayBuffer) || !(sealed.buffer instanceof SharedArrayBuffer)) throw new TypeError('ChunkOpener.seal: the buffers must be shared')
+    const request: RemoteSealTask = { blocks, chunks, sealed, zstdLevel }
+    const result = await this.threads().run(request, { name: 'sealChunks' }) as RemoteSealResult
     this.lastThread = result.threadId
-    const sealed = Buffer.from(result.sealed.buffer, result.sealed.byteOffset, result.sealed.byteLength)
     let at = 0
     return result.lengths.map(length => sealed.subarray(at, (at += length)))
   }

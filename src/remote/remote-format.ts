@@ -209,8 +209,18 @@ export function encodeChunkObjectInto (cctx: ZstdCCtx, target: Buffer, id: strin
   return chunkHeaderBytes + (raw ? data.length : compressed)
 }
 
+/**
+ * The room the sealed chunk objects of blocks of these `lengths` need, one after another: at most each
+ * one's header, zstd bound (at least the block: one kept raw fits) and seal (workers/remote-open.ts).
+ */
+export function sealRoom (lengths: number[]): number {
+  let room = 0
+  for (const length of lengths) room += chunkHeaderBytes + zstdCompressBound(length) + sealOverheadBytes
+  return room
+}
+
 /** zstd's compressBound (ZSTD_COMPRESSBOUND), so that this module needs no zstd of its own. */
-function zstdCompressBound (size: number): number {
+export function zstdCompressBound (size: number): number {
   return size + (size >>> 8) + (size < (128 << 10) ? ((128 << 10) - size) >>> 11 : 0)
 }
 

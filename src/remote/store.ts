@@ -24,10 +24,10 @@ import {
   manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
   remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed,
   PackIndex, decodePackIndex, encodePackIndex, indexesPrefix, packIdOfKey, packIndexBytesMax, packBytesMax, packIndexKey, packKey, packTargetBytes, packUploadsInFlightMax,
-  packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength, encodeChunkObjectInto
+  packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength, encodeChunkObjectInto, sealRoom
 } from './remote-format'
 import { trace } from '../trace'
-import { ChunkOpener } from './chunk-opener'
+import { ChunkOpener, newSharedBuffer } from './chunk-opener'
 import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest, sealKindPackIndex } from './crypt'
 import crypto from 'node:crypto'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
@@ -584,7 +584,7 @@ export class RemoteStore {
         result.bytesUploaded += block.data.length
         if (sealer !== null) {
           // Copied into the sealer's batch now: the source may fill block.data again once this loop goes on.
-          await sealer.add(id, name, this.relative(this.chunkObjectKey(id)), block.data)
+          await sealer.add(id, name, this.relative(chunkKey(this.prefix, name)), block.data)
           continue
         }
         const length = this.encodePlainChunkInto(writer.space(), id, block.data)
@@ -978,12 +978,16 @@ function sortPacks (packs: Map<string, PackInfo>, referenced: Map<string, string
  * An encrypted push's new chunks, compressed and sealed in the CLI's worker threads: add() copies each
  * block into the batch being filled (sealBatchBytes), a full batch goes to the workers, and at most
  * sealBatchesInFlight batches are out at once; each batch's sealed objects go to `store` in the order their
- * blocks were added (the oldest batch is waited for first). Only the push's loop calls add() and finish(),
- * one at a time: the batches and the queue are its alone. The first failure is thrown by the next add()
- * or by finish(); abandon() waits for every batch out.
+ * blocks were added (the oldest batch is waited for first). A batch's blocks and its sealed objects lie in
+ * one of sealBatchesInFlight + 1 slots of shared buffers, taken in turns: the slot a batch fills was last
+ * used by the batch sealBatchesInFlight + 1 before, whose objects were stored before this one was begun
+ * (send() waits for them first). Only the push's loop calls add() and finish(), one at a time: the
+ * batches, the slots and the queue are its alone. The first failure is thrown by the next add() or by
+ * finish(); abandon() waits for every batch out.
  */
 class PushSealer {
-  private batch: Buffer | null = null
+  private readonly slots: Array<{ blocks: Buffer, sealed: Buffer }> = []
+  private turn = 0
   private used = 0
   private chunks: Array<{ id: string, name: string, offset: number, length: number }> = []
   private names: string[] = []
@@ -993,31 +997,45 @@ class PushSealer {
 
   /** Block `data` of chunk `id`: stored as object `name`, sealed under `sealedName` (its key below the store's prefix). */
   async add (id: string, name: string, sealedName: string, data: Buffer): Promise<void> {
-    if (this.batch !== null && this.used + data.length > this.batch.length) await this.send()
-    // Its own ArrayBuffer, so that it is moved to the worker rather than copied.
-    this.batch ??= Buffer.allocUnsafeSlow(Math.max(sealBatchBytes, data.length))
-    data.copy(this.batch, this.used)
+    if (this.chunks.length > 0 && this.used + data.length > this.slot().blocks.length) await this.send()
+    const slot = this.slot(data.length)
+    data.copy(slot.blocks, this.used)
     this.chunks.push({ id, name: sealedName, offset: this.used, length: data.length })
     this.names.push(name)
     this.used += data.length
   }
 
+  /** The slot the batch being filled goes in (made, or made larger for a block above sealBatchBytes, at its first block). */
+  private slot (first = 0): { blocks: Buffer, sealed: Buffer } {
+    let slot = this.slots[this.turn]
+    if (slot === undefined || (this.used === 0 && slot.blocks.length < first)) {
+      const bytes = Math.max(sealBatchBytes, first)
+      slot = { blocks: newSharedBuffer(bytes), sealed: newSharedBuffer(0) }
+      this.slots[this.turn] = slot
+    }
+    return slot
+  }
+
   /** Sends the batch being filled, then stores the oldest batches until at most `keep` are out. */
   private async send (keep = sealBatchesInFlight - 1): Promise<void> {
-    if (this.batch !== null && this.chunks.length > 0) {
+    if (this.chunks.length > 0) {
+      const slot = this.slot()
+      const room = sealRoom(this.chunks.map(chunk => chunk.length))
+      if (slot.sealed.length < room) slot.sealed = newSharedBuffer(room)
       const names = this.names
-      const sealing = this.workers.seal(this.batch.subarray(0, this.used), this.chunks, this.zstdLevel).then(sealed => ({ names, sealed }))
+      const sealing = this.workers.seal(slot.blocks, this.chunks, slot.sealed, this.zstdLevel).then(sealed => ({ names, sealed }))
       // Failures are taken when the batch's turn comes (or by abandon()), not left unhandled meanwhile.
       sealing.catch(() => {})
       this.out.push(sealing)
+      this.turn = (this.turn + 1) % (sealBatchesInFlight + 1)
     }
-    this.batch = null
     this.used = 0
     this.chunks = []
     this.names = []
     while (this.out.length > keep) {
       const { names, sealed } = await (this.out[0])
       this.out.shift()
+      // Copied into the pack: the slot is used again once this batch is stored.
       for (let i = 0; i < names.length; i++) await this.store(names[i], sealed[i])
     }
   }

@@ -8,10 +8,10 @@
 import test from 'ava'
 import crypto from 'node:crypto'
 import { threadId } from 'node:worker_threads'
-import { ChunkOpener } from '../../src/remote/chunk-opener'
+import { ChunkOpener, newSharedBuffer } from '../../src/remote/chunk-opener'
 import { RemoteKey, sealKindChunk } from '../../src/remote/crypt'
 import { VdiskError } from '../../src/errors'
-import { blake3Hex, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, decodeChunkHeader } from '../../src/remote/remote-format'
+import { blake3Hex, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, decodeChunkHeader, sealRoom } from '../../src/remote/remote-format'
 import * as zstd from 'zstd-napi'
 
 function range (key: RemoteKey, count: number): { bytes: Buffer, chunks: Array<{ offset: number, length: number, name: string, what: string }>, plain: Buffer[] } {
@@ -75,16 +75,22 @@ test('close() ends the worker threads, and a closed opener starts them again whe
   await opener.close()
 })
 
-test('the workers seal a push\'s chunks as the main thread would build them: each one opens under its name to its plain chunk object, in another thread', async t => {
+test('the workers seal a push\'s chunks as the main thread would build them, in place into the caller\'s shared buffer: each one opens under its name to its plain chunk object, in another thread', async t => {
   const key = RemoteKey.fromBytes(crypto.randomBytes(32))
   const opener = new ChunkOpener(key.sealKeyForWorkers())
   t.teardown(async () => await opener.close())
   // Block 0 compresses (half zeros), block 1 does not (random): one chunk object zstd, one raw.
   const blockBytes = 64 * 1024
   const data = [Buffer.concat([crypto.randomBytes(blockBytes / 2), Buffer.alloc(blockBytes / 2)]), crypto.randomBytes(blockBytes), Buffer.alloc(blockBytes, 7)]
-  const blocks = Buffer.concat(data)
+  const blocks = newSharedBuffer(3 * blockBytes)
+  Buffer.concat(data).copy(blocks)
   const chunks = data.map((block, i) => ({ id: blake3Hex(block), name: `chunks/${i}/${key.chunkName(blake3Hex(block))}`, offset: i * blockBytes, length: blockBytes }))
-  const sealed = await opener.seal(blocks, chunks)
+  // Buffers not shared are refused (the workers write into the caller's buffer in place), as is too little room.
+  await t.throwsAsync(opener.seal(Buffer.concat(data), chunks, newSharedBuffer(sealRoom(chunks.map(c => c.length)))), { instanceOf: TypeError })
+  await t.throwsAsync(opener.seal(blocks, chunks, newSharedBuffer(sealRoom(chunks.map(c => c.length)) - 1)), { message: /too little room/ })
+  const into = newSharedBuffer(sealRoom(chunks.map(c => c.length)))
+  const sealed = await opener.seal(blocks, chunks, into)
+  t.is(sealed[0].buffer, into.buffer, 'written in place, into the caller\'s buffer')
   t.is(sealed.length, 3)
   t.not(opener.lastThreadId(), threadId, 'sealed in a worker thread, not this one')
   const encodings: number[] = []
