@@ -5,6 +5,7 @@
  * VDISKFS_BENCH_PUSH_RUNS times (default 2) to a new plain store and to a new encrypted store in turns,
  * and PUTs one object of its size through the SDK between them; prints each push's wall time, its CLI's
  * CPU (user + system, every thread, /usr/bin/time), the PUT's, and the load average.
+ * VDISKFS_BENCH_PUSH_PROF=DIR: each push's CLI profiled (node --cpu-prof) into DIR/REMOTE.
  */
 import { execFileSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -16,6 +17,8 @@ import { BenchPools, buildUsrDisk, cli, dataBytes, loadAverages, mib, workRoot }
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const runs = Number(process.env.VDISKFS_BENCH_PUSH_RUNS ?? 2)
+/** VDISKFS_BENCH_PUSH_PROF=DIR: the pushes' CLIs profiled (node --cpu-prof, every thread) into DIR. */
+const profDir = process.env.VDISKFS_BENCH_PUSH_PROF
 
 async function main (): Promise<void> {
   fs.mkdirSync(workRoot, { recursive: true })
@@ -37,7 +40,8 @@ async function main (): Promise<void> {
     const push = (remote: string): string => {
       const started = process.hrtime.bigint()
       const load = loadAverages()
-      execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, cli, 'push', path.join(a, 'backups', 'b1.img'), remote, '--json'], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+      const command = profDir === undefined ? [cli] : [process.execPath, '--cpu-prof', `--cpu-prof-dir=${path.join(profDir, remote)}`, cli]
+      execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, ...command, 'push', path.join(a, 'backups', 'b1.img'), remote, '--json'], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
       const seconds = Number(process.hrtime.bigint() - started) / 1e9
       const [user, system] = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()?.split(' ').map(Number) ?? [0, 0]
       return `${seconds.toFixed(2)} s (${(dataBytes / 1e6 / seconds).toFixed(1)} MB/s), CLI CPU ${(user + system).toFixed(2)} s, load ${load}`

@@ -1033,8 +1033,8 @@ class PushSealer {
     this.chunks = []
     this.names = []
     while (this.out.length > keep) {
-      const { names, sealed } = await (this.out[0])
-      this.out.shift()
+      const { names, sealed } = await this.out[0]
+      void this.out.shift()
       // Copied into the pack: the slot is used again once this batch is stored.
       for (let i = 0; i < names.length; i++) await this.store(names[i], sealed[i])
     }
