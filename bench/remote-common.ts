@@ -20,18 +20,25 @@ export function loadAverages (): string { return fs.readFileSync('/proc/loadavg'
 /** The load average now (1 minute). */
 export function load (): number { return Number(loadAverages().split(' ')[0]) }
 
-/** Seconds to open `file`, read `bytes` at `offset` and close it. */
-export function readSeconds (file: string, offset: number, bytes: number): number {
-  const started = process.hrtime.bigint()
+/** `bytes` bytes of `file` at `offset`. */
+function bytesAt (file: string, offset: number, bytes: number): Buffer {
   const fd = fs.openSync(file, 'r')
   try {
     const buffer = Buffer.alloc(bytes)
-    for (let done = 0; done < bytes;) {
+    let done = 0
+    while (done < bytes) {
       const n = fs.readSync(fd, buffer, done, bytes - done, offset + done)
       if (n === 0) break
       done += n
     }
+    return buffer.subarray(0, done)
   } finally { fs.closeSync(fd) }
+}
+
+/** Seconds to open `file`, read `bytes` at `offset` and close it. */
+export function readSeconds (file: string, offset: number, bytes: number): number {
+  const started = process.hrtime.bigint()
+  bytesAt(file, offset, bytes)
   return Number(process.hrtime.bigint() - started) / 1e9
 }
 
@@ -86,9 +93,11 @@ export interface LazyRun { command: number, firstMiB: number, firstMiBFromComman
 /**
  * `vdiskfs pull MNT REMOTE ID NAME --lazy` timed from the command: when it returns, its first MiB read
  * (open, read, close), then a MiB in the middle of the image (fetched on demand); its hydrator is then
- * killed by its pid (the figures are the command's, not the background walk's).
+ * killed by its pid (the figures are the command's, not the background walk's). Both MiBs are then read
+ * again and compared with the same bytes of `source` (the pushed backup's image): a pull that reads back
+ * other bytes fails the bench.
  */
-export function lazyPull (env: NodeJS.ProcessEnv, mnt: string, remote: string, id: string, name: string): LazyRun {
+export function lazyPull (env: NodeJS.ProcessEnv, mnt: string, remote: string, id: string, name: string, source: string): LazyRun {
   const loadBefore = loadAverages()
   const started = process.hrtime.bigint()
   const out = spawnSync(cli, ['pull', mnt, remote, id, name, '--lazy', '--json'], { encoding: 'utf8', env: { ...env, VDISKFS_TRACE: '1' }, maxBuffer: 64 * mib })
@@ -100,5 +109,8 @@ export function lazyPull (env: NodeJS.ProcessEnv, mnt: string, remote: string, i
   const middleMiB = readSeconds(image, Math.floor(dataBytes / 2 / mib) * mib + 5 * mib, mib)
   const result = JSON.parse(out.stdout) as { hydratorPid: number | null }
   if (result.hydratorPid !== null) { try { process.kill(result.hydratorPid, 'SIGKILL') } catch {} }
+  for (const offset of [0, Math.floor(dataBytes / 2 / mib) * mib + 5 * mib]) {
+    if (!bytesAt(image, offset, mib).equals(bytesAt(source, offset, mib))) throw new Error(`pull --lazy: ${image} reads other bytes than ${source} at ${offset}`)
+  }
   return { command, firstMiB, firstMiBFromCommand, middleMiB, trace: out.stderr.split('\n').filter(line => line.startsWith('trace')), loadBefore, loadAfter: loadAverages() }
 }

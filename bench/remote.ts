@@ -120,7 +120,7 @@ async function main (): Promise<void> {
     // that restores one backup, not one that is writing another 1 GiB to the same disk meanwhile (where
     // it ran before, right after the pull, it took 2 to 3 s more, waiting on that pull's writeback).
     execFileSync('sync')
-    const lazy = lazyPull(rgw.env, d, 'bench', pushed.id, 'lazy')
+    const lazy = lazyPull(rgw.env, d, 'bench', pushed.id, 'lazy', path.join(a, 'backups', 'b1.img'))
     const loadAtLazy = lazy.loadBefore
 
     const [pullSeconds, [pullOut, pullCpu]] = seconds(() => measured(b, 'pull', b, 'bench', pushed.id, 'b1', '--json'))
