@@ -10,9 +10,10 @@
  *     rewritten): bytes it uploads,
  *   - an incremental push on the first host after 1% of the data changed: seconds and bytes uploaded,
  *   - the same push and pull to an encrypted store (issue #22: `remote add --key`),
- *   - a lazy pull (issue #22's instant restore) into a fourth pool: when `pull --lazy` returns, and when the
- *     first MiB of the image reads (open, read, close, from the start of the command), then a MiB in the
- *     middle of the image (its chunks fetched on demand by the hydrator); the hydrator is then killed by its pid,
+ *   - a lazy pull (issue #22's instant restore) into a fourth pool, after the push and a `sync`, before the
+ *     pull: when `pull --lazy` returns, and when the first MiB of the image reads (open, read, close, from
+ *     the start of the command), then a MiB in the middle of the image (its chunks fetched on demand by the
+ *     hydrator); the hydrator is then killed by its pid (bench/remote-common.ts, shared with bench/lazy-pull.ts),
  *   - the baseline of issue #22's speed bar: one object of the same size PUT and then GET through the same
  *     SDK (@aws-sdk/client-s3, one request each) to the same RGW, and push and pull as a fraction of it.
  * Prints a markdown table and one JSON line; tears everything down (mounts, daemons, RGW) at the end.
@@ -26,15 +27,11 @@ import path from 'node:path'
 import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { Readable } from 'node:stream'
 import { rgwAccessKey, rgwSecretKey, startRgw } from '../test/helpers/rgw'
+import { BenchPools, buildUsrDisk, cli, dataBytes, lazyPull, load, mib, workRoot } from './remote-common'
 
 // As src/remote/s3-store.ts does: the SDK's Node 22 notice says nothing about a pinned release.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 
-const repoRoot = path.resolve(__dirname, '..', '..')
-const cli = path.join(repoRoot, 'bin', 'vdiskfs')
-const workRoot = process.env.VDISKFS_BENCH_DIR ?? path.join(repoRoot, 'bench', 'work')
-const mib = 1024 * 1024
-const dataBytes = Number(process.env.VDISKFS_BENCH_REMOTE_MIB ?? 1024) * mib
 const blockBytes = 64 * 1024
 const quick = process.env.VDISKFS_BENCH_REMOTE_QUICK === '1'
 /** VDISKFS_BENCH_REMOTE_PERF=DIR: perf record of the push and the pull (their CLI and daemon) into DIR. */
@@ -42,22 +39,6 @@ const perfDir = process.env.VDISKFS_BENCH_REMOTE_PERF
 
 interface Pushed { id: string, chunksUploaded: number, bytesUploaded: number, chunksReused: number, since: string | null, chunkBytesUploaded: number, objectBytesUploaded: number, packsUploaded: number }
 interface Pulled { bytesDownloaded: number, chunkBytesDownloaded: number }
-interface LazyPulled { hydratorPid: number | null }
-
-/** Seconds to open `file`, read `bytes` at `offset` and close it. */
-function readSeconds (file: string, offset: number, bytes: number): number {
-  const started = process.hrtime.bigint()
-  const fd = fs.openSync(file, 'r')
-  try {
-    const buffer = Buffer.alloc(bytes)
-    for (let done = 0; done < bytes;) {
-      const n = fs.readSync(fd, buffer, done, bytes - done, offset + done)
-      if (n === 0) break
-      done += n
-    }
-  } finally { fs.closeSync(fd) }
-  return Number(process.hrtime.bigint() - started) / 1e9
-}
 
 /** CPU seconds (user + system, every thread) process `pid` has used so far; 0 when it is gone. */
 function cpuOf (pid: number): number {
@@ -70,9 +51,6 @@ function cpuOf (pid: number): number {
 
 /** Where the CPU of one push or pull went: the CLI (from /usr/bin/time), the daemon, RGW and its OSD. */
 interface CpuSplit { cli: number, daemon: number, rgw: number, osd: number }
-
-/** The load average now (1 minute), for the table: these figures move with it. */
-function load (): number { return Number(fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0]) }
 
 function seconds<T> (work: () => T): [number, T] {
   const started = process.hrtime.bigint()
@@ -95,11 +73,11 @@ function rewrite (image: string, fraction: number): number {
 async function main (): Promise<void> {
   fs.mkdirSync(workRoot, { recursive: true })
   const dir = fs.mkdtempSync(path.join(workRoot, 'remote-'))
-  const mounts: string[] = []
   const rgwStarted = process.hrtime.bigint()
   const rgw = await startRgw()
   const rgwSeconds = Number(process.hrtime.bigint() - rgwStarted) / 1e9
   const vdiskfs = (...args: string[]): string => execFileSync(cli, args, { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+  const benchPools = new BenchPools(dir, rgw.env)
   const rgwPid = (name: string): number => Number(fs.readFileSync(path.join(rgw.dir, `${name}.pid`), 'utf8'))
   /** The command run under /usr/bin/time, with the CPU it and the daemon of `mnt`, RGW and the OSD used meanwhile. */
   const measured = (mnt: string, ...args: string[]): [string, CpuSplit] => {
@@ -125,47 +103,29 @@ async function main (): Promise<void> {
   try {
     // host-c pulls from the encrypted store (a pool refuses a second copy of a backup it holds).
     // host-d pulls lazily.
-    const pools = ['host-a', 'host-b', 'host-c', 'host-d'].map(name => ({ pool: path.join(dir, `${name}-pool`), mnt: path.join(dir, `${name}-mnt`) }))
-    for (const { pool, mnt } of pools) {
-      fs.mkdirSync(mnt, { recursive: true })
-      vdiskfs('mount', pool, mnt)
-      mounts.push(mnt)
-      vdiskfs('remote', 'add', mnt, 'bench', 's3://vdiskfs-bench/store', '--endpoint', rgw.endpoint)
-    }
-    const [a, b, c, d] = pools.map(p => p.mnt)
+    const remote = { name: 'bench', url: 's3://vdiskfs-bench/store', endpoint: rgw.endpoint }
+    const [a, b, c, d] = ['host-a', 'host-b', 'host-c', 'host-d'].map(name => benchPools.mount(name, remote))
     // Real data: an ext4 holding as much of /usr as fits, built outside the pool, then copied in (sparse).
-    const built = path.join(dir, 'usr.img')
-    const fsMount = path.join(dir, 'usr-mnt')
-    fs.mkdirSync(fsMount)
-    execFileSync('truncate', ['-s', String(dataBytes), built])
-    execFileSync('mkfs.ext4', ['-q', '-F', built])
-    execFileSync('mount', ['-o', 'loop', built, fsMount])
-    try {
-      // cp stops on ENOSPC at the first file that does not fit: what is copied by then is the data.
-      try { execFileSync('cp', ['-a', '/usr/.', fsMount], { stdio: 'ignore' }) } catch {}
-    } finally { execFileSync('umount', [fsMount]) }
     const disk = path.join(a, 'disks', 'bench.img')
-    execFileSync('cp', ['--sparse=always', built, disk])
-    fs.rmSync(built)
+    buildUsrDisk(dir, disk)
     vdiskfs('backup', disk, 'b1')
     vdiskfs('sync', a)
     const loadBefore = load()
     const [pushSeconds, [pushOut, pushCpu]] = seconds(() => measured(a, 'push', path.join(a, 'backups', 'b1.img'), 'bench', '--json'))
     const pushed = JSON.parse(pushOut) as Pushed
+
+    // A lazy pull (issue #22's instant restore), into a pool of its own: the command, then the first MiB
+    // (it comes with the backup), then a MiB in the middle (fetched on demand). Measured here, after the
+    // push's writes are flushed (sync) and before the 1 GiB pull: an instant restore stands for a host
+    // that restores one backup, not one that is writing another 1 GiB to the same disk meanwhile (where
+    // it ran before, right after the pull, it took 2 to 3 s more, waiting on that pull's writeback).
+    execFileSync('sync')
+    const lazy = lazyPull(rgw.env, d, 'bench', pushed.id, 'lazy', path.join(a, 'backups', 'b1.img'))
+    const loadAtLazy = lazy.loadBefore
+
     const [pullSeconds, [pullOut, pullCpu]] = seconds(() => measured(b, 'pull', b, 'bench', pushed.id, 'b1', '--json'))
     const pulled = JSON.parse(pullOut) as Pulled
     const loadAfterPull = load()
-
-    // A lazy pull: the command, then the first MiB (it comes with the backup), then a MiB in the middle
-    // (fetched on demand); the hydrator is killed by its pid once both are read.
-    const lazyStarted = process.hrtime.bigint()
-    const lazy = JSON.parse(vdiskfs('pull', d, 'bench', pushed.id, 'lazy', '--lazy', '--json')) as LazyPulled
-    const lazyCommandSeconds = Number(process.hrtime.bigint() - lazyStarted) / 1e9
-    const lazyImage = path.join(d, 'backups', 'lazy.img')
-    const lazyFirstMiBSeconds = readSeconds(lazyImage, 0, mib)
-    const lazyFirstMiBFromCommand = Number(process.hrtime.bigint() - lazyStarted) / 1e9
-    const lazyMiddleMiBSeconds = readSeconds(lazyImage, Math.floor(dataBytes / 2 / mib) * mib + 5 * mib, mib)
-    if (lazy.hydratorPid !== null) { try { process.kill(lazy.hydratorPid, 'SIGKILL') } catch {} }
 
     let changedB = 0
     let secondSeconds = 0
@@ -257,10 +217,11 @@ async function main (): Promise<void> {
       encryptedPullOfBaseline: Number((getSeconds / sealedPullSeconds).toFixed(2)),
       pushCpu,
       pullCpu,
-      lazyCommandSeconds: Number(lazyCommandSeconds.toFixed(2)),
-      lazyFirstMiBSeconds: Number(lazyFirstMiBSeconds.toFixed(2)),
-      lazyFirstMiBFromCommandSeconds: Number(lazyFirstMiBFromCommand.toFixed(2)),
-      lazyMiddleMiBSeconds: Number(lazyMiddleMiBSeconds.toFixed(2))
+      lazyLoad: loadAtLazy,
+      lazyCommandSeconds: Number(lazy.command.toFixed(2)),
+      lazyFirstMiBSeconds: Number(lazy.firstMiB.toFixed(2)),
+      lazyFirstMiBFromCommandSeconds: Number(lazy.firstMiBFromCommand.toFixed(2)),
+      lazyMiddleMiBSeconds: Number(lazy.middleMiB.toFixed(2))
     }
     const mibOf = (n: number): string => (n / mib).toFixed(1)
     console.log(`| remote store (RGW on 127.0.0.1, a ${dataBytes / mib} MiB disk: ext4 holding a copy of /usr) | figure |`)
@@ -273,13 +234,13 @@ async function main (): Promise<void> {
     console.log(`| pull from the encrypted store | ${figures.encryptedPullMBps} MB/s (${figures.encryptedPullSeconds} s) |`)
     const split = (c: CpuSplit): string => `CLI ${c.cli} s, daemon ${c.daemon} s, RGW ${c.rgw} s, OSD ${c.osd} s`
     console.log(`| CPU of the push / of the pull (user + system) | ${split(pushCpu)} / ${split(pullCpu)} |`)
-    console.log(`| lazy pull: the command returns / the first MiB read / from the command to the first MiB / a MiB in the middle (fetched on demand) | ${figures.lazyCommandSeconds} s / ${figures.lazyFirstMiBSeconds} s / ${figures.lazyFirstMiBFromCommandSeconds} s / ${figures.lazyMiddleMiBSeconds} s |`)
+    console.log(`| lazy pull: the command returns / the first MiB read / from the command to the first MiB / a MiB in the middle (fetched on demand); load average before it | ${figures.lazyCommandSeconds} s / ${figures.lazyFirstMiBSeconds} s / ${figures.lazyFirstMiBFromCommandSeconds} s / ${figures.lazyMiddleMiBSeconds} s; ${loadAtLazy} |`)
     console.log(`| baseline: one ${dataBytes / mib} MiB object, PUT / GET through the same SDK | ${figures.baselinePutMBps} / ${figures.baselineGetMBps} MB/s |`)
     console.log(`| load average (1 min) before the push / after the pull / at the baseline | ${loadBefore} / ${loadAfterPull} / ${baselineLoad} |`)
     console.log(`| push / pull as a fraction of the baseline (issue #22's bar: 0.8; sent/received at most 1.1x the chunks) | ${figures.pushOfBaseline} / ${figures.pullOfBaseline} (encrypted: ${figures.encryptedPushOfBaseline} / ${figures.encryptedPullOfBaseline}) |`)
     console.log(JSON.stringify(figures))
   } finally {
-    for (const mnt of mounts.reverse()) { try { execFileSync(cli, ['umount', mnt], { stdio: 'ignore', timeout: 120000 }) } catch {} }
+    benchPools.unmountAll()
     await rgw.stop()
     fs.rmSync(dir, { recursive: true, force: true })
   }

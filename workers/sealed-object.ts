@@ -1,8 +1,8 @@
 /**
  * The sealed object format of an encrypted remote store (docs/REMOTE.md, "Format"): its constants and
  * opening one (AES-256-GCM under the object's own key, the header and the object's name authenticated).
- * Here, not in src/remote/crypt.ts (which seals, derives the keys and re-exports all this), so that the
- * CLI's worker threads that open a pull's chunks (remote-open.ts) need nothing of src/remote.
+ * Here, not in src/remote/crypt.ts (which derives the keys and re-exports all this), so that the CLI's
+ * worker threads that open a pull's chunks and seal a push's (remote-open.ts) share it with the main thread.
  */
 import crypto from 'node:crypto'
 import { corrupt } from '../src/errors'
@@ -35,6 +35,29 @@ export function openSealed (sealKey: Buffer, kind: number, name: string, object:
   } catch {
     throw corrupt(`${what}: damaged or not this store's (it fails authentication with the store's key)`)
   }
+}
+
+/**
+ * Seals `plaintext` as an object of `kind` stored under `name` with the seal subkey `sealKey`, written at
+ * the start of `target` (room for the plaintext and sealOverheadBytes): its length. RemoteKey.seal, and
+ * the workers that seal a push's chunks (remote-open.ts), both come here.
+ */
+export function sealInto (sealKey: Buffer, target: Buffer, kind: number, name: string, plaintext: Buffer): number {
+  if (target.length < plaintext.length + sealOverheadBytes) throw new RangeError('sealInto: the target is too small')
+  const header = target.subarray(0, sealHeaderBytes)
+  sealMagic.copy(header, 0)
+  header.writeUInt8(sealVersion, 4)
+  header.writeUInt8(kind, 5)
+  header.writeUInt8(sealCipherAes256Gcm, 6)
+  header.writeUInt8(0, 7)
+  crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
+  const cipher = crypto.createCipheriv(sealCipherName, objectKey(sealKey, header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
+  cipher.setAAD(associatedData(header, name))
+  let at = sealHeaderBytes
+  at += cipher.update(plaintext).copy(target, at)
+  at += cipher.final().copy(target, at)
+  at += cipher.getAuthTag().copy(target, at)
+  return at
 }
 
 /** An object's own key: HMAC-SHA256 of its salt under the seal subkey. */

@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs'
 import path from 'node:path'
-import { SingleBar, Presets } from 'cli-progress'
+import type { SingleBar } from 'cli-progress'
 import { VdiskError, invalid } from '../errors'
 import { call } from '../control/client'
 import type { Pool } from '../volume/pool'
@@ -83,12 +83,21 @@ export async function onlineOrOffline<T> (target: string, label: string, online:
 }
 
 /**
+ * A progress bar drawn on stderr (a terminal's): cli-progress is loaded here, at the first bar, not by
+ * every command (a command whose stderr is not a terminal draws none).
+ */
+export function newBar (options: { format: string, stream: NodeJS.WriteStream, hideCursor: boolean, clearOnComplete: boolean }): SingleBar {
+  const { SingleBar, Presets } = require('cli-progress') as typeof import('cli-progress')
+  return new SingleBar(options, Presets.shades_classic)
+}
+
+/**
  * Shows a progress bar on a terminal while `work` runs (the daemon's sealing progress), and nothing
  * when stderr is not a terminal.
  */
 export async function withProgress<T> (mountpoint: string, label: string, work: Promise<T>): Promise<T> {
   if (process.stderr.isTTY !== true) return await work
-  const bar = new SingleBar({ format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  const bar = newBar({ format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, hideCursor: true, clearOnComplete: true })
   let started = false
   const timer = setInterval(() => {
     call(mountpoint, 'progress').then(p => {

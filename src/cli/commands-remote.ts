@@ -5,7 +5,6 @@
  * backup's blocks through the export and import streams of src/transfer.
  */
 import os from 'node:os'
-import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, invalid } from '../errors'
 import { call } from '../control/client'
 import type { Pool } from '../volume/pool'
@@ -23,7 +22,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { UsageError } from './args'
 import { bytes, table } from './format'
-import { Command, imagePath, mountpointArg, newImageName, onlineOrOffline, print } from './command'
+import { Command, imagePath, mountpointArg, newImageName, onlineOrOffline, print, newBar } from './command'
 import { printable } from './holders'
 
 const json = { json: ['--json'] }
@@ -64,7 +63,7 @@ async function withStore<T> (remote: RemoteDefinition, work: (store: RemoteStore
 /** A byte-count progress bar on a terminal; nothing otherwise. */
 export function byteProgress (label: string): { add: (n: number) => void, total: (n: number) => void, stop: () => void } {
   if (process.stderr.isTTY !== true) return { add: () => {}, total: () => {}, stop: () => {} }
-  const bar = new SingleBar({ format: `${label} [{bar}] {percentage}% {value}/{total} MiB`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  const bar = newBar({ format: `${label} [{bar}] {percentage}% {value}/{total} MiB`, stream: process.stderr, hideCursor: true, clearOnComplete: true })
   let done = 0
   let started = false
   return {

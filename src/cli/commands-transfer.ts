@@ -7,7 +7,6 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Readable, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { SingleBar, Presets } from 'cli-progress'
 import { VdiskError, fromSystemError, invalid } from '../errors'
 import { call } from '../control/client'
 import { exportStream, importStageStream, importStream, ImportResult } from './transfer-client'
@@ -18,12 +17,12 @@ import { StreamHeader } from '../transfer/stream'
 import { UsageError } from './args'
 import { bytes, table } from './format'
 import { PartialFile, createPartial, publish } from './new-file'
-import { Command, imagePath, jsonVolume, mountpointArg, newImageName, print, time } from './command'
+import { Command, imagePath, jsonVolume, mountpointArg, newImageName, print, time, newBar } from './command'
 
 /** A progress bar of blocks on a terminal; nothing when stderr is not one. */
 function blockProgress (label: string): { header: (h: StreamHeader) => void, block: (done: number) => void, stop: () => void } {
   if (process.stderr.isTTY !== true) return { header: () => {}, block: () => {}, stop: () => {} }
-  const bar = new SingleBar({ format: `${label} [{bar}] {percentage}% {value}/{total} blocks`, stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic)
+  const bar = newBar({ format: `${label} [{bar}] {percentage}% {value}/{total} blocks`, stream: process.stderr, hideCursor: true, clearOnComplete: true })
   let started = false
   let last = 0
   return {

@@ -32,7 +32,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
-import { associatedData, checkSealHeader, objectKey, openSealed, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
+import { checkSealHeader, openSealed, sealInto, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
 
 // The sealed object format lives in workers/sealed-object.ts (the CLI's worker threads open chunks with it).
 export { checkSealHeader, openSealed, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealKindChunk, sealKindManifest, sealKindPackIndex, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
@@ -75,21 +75,7 @@ export class RemoteKey {
    * buffer of its own (a push seals each chunk straight into its pack): the same bytes. Returns their length.
    */
   sealInto (target: Buffer, kind: number, name: string, plaintext: Buffer): number {
-    if (target.length < plaintext.length + sealOverheadBytes) throw new RangeError('sealInto: the target is too small')
-    const header = target.subarray(0, sealHeaderBytes)
-    sealMagic.copy(header, 0)
-    header.writeUInt8(sealVersion, 4)
-    header.writeUInt8(kind, 5)
-    header.writeUInt8(sealCipherAes256Gcm, 6)
-    header.writeUInt8(0, 7)
-    crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
-    const cipher = crypto.createCipheriv(sealCipherName, objectKey(this.sealKey, header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
-    cipher.setAAD(associatedData(header, name))
-    let at = sealHeaderBytes
-    at += cipher.update(plaintext).copy(target, at)
-    at += cipher.final().copy(target, at)
-    at += cipher.getAuthTag().copy(target, at)
-    return at
+    return sealInto(this.sealKey, target, kind, name, plaintext)
   }
 
   /**

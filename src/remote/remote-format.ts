@@ -20,6 +20,8 @@ import { VdiskError, corrupt } from '../errors'
 import { constants as bufferConstants } from 'node:buffer'
 import { blockBytesMax, blockBytesMin, volumeBytesMax } from '../limits'
 import { sealCipherName, sealOverheadBytes } from './crypt'
+import type { CCtx as ZstdCCtx } from 'zstd-napi/binding'
+import { worthCompressing } from '../../workers/protocol'
 
 export const storeMarkerKey = 'vdiskfs-store.json'
 export const storeFormat = 'vdiskfs-remote-store'
@@ -191,6 +193,35 @@ export function encodeChunkHeader (encoding: number, rawBytes: number, id: strin
   header.writeUInt32LE(rawBytes, 8)
   Buffer.from(id, 'hex').copy(header, 12)
   return header
+}
+
+/**
+ * Chunk `id`'s plain object for block `data` (its header, then the block compressed by `cctx`, or raw when
+ * compression saves less than an eighth, as the pool's sealer does), written at the start of `target`
+ * (room for chunkObjectBytesMax): its length. The push on the main thread (a plain store) and the CLI's
+ * workers that seal an encrypted push's chunks (workers/remote-open.ts) both build chunks here.
+ */
+export function encodeChunkObjectInto (cctx: ZstdCCtx, target: Buffer, id: string, data: Buffer): number {
+  const compressed = cctx.compress2(target.subarray(chunkHeaderBytes, chunkHeaderBytes + zstdCompressBound(data.length)), data)
+  const raw = !worthCompressing(data.length, compressed)
+  if (raw) data.copy(target, chunkHeaderBytes)
+  encodeChunkHeader(raw ? chunkEncodingRaw : chunkEncodingZstd, data.length, id).copy(target, 0)
+  return chunkHeaderBytes + (raw ? data.length : compressed)
+}
+
+/**
+ * The room the sealed chunk objects of blocks of these `lengths` need, one after another: at most each
+ * one's header, zstd bound (at least the block: one kept raw fits) and seal (workers/remote-open.ts).
+ */
+export function sealRoom (lengths: number[]): number {
+  let room = 0
+  for (const length of lengths) room += chunkHeaderBytes + zstdCompressBound(length) + sealOverheadBytes
+  return room
+}
+
+/** zstd's compressBound (ZSTD_COMPRESSBOUND), so that this module needs no zstd of its own. */
+export function zstdCompressBound (size: number): number {
+  return size + (size >>> 8) + (size < (128 << 10) ? ((128 << 10) - size) >>> 11 : 0)
 }
 
 export interface ChunkHeader { encoding: number, rawBytes: number, id: string }

@@ -24,10 +24,10 @@ import {
   manifestFormat, manifestKey, manifestVersion, manifestsPrefix, remoteClockMarginMs, remoteRecheckPassesMax, remoteGraceSecondsDefault,
   remoteRequestsInFlightMax, storeFormat, storeMarkerBytesMax, storeMarkerKey, storeVersion, storeVersionEncrypted, manifestSuffix, manifestSuffixSealed,
   PackIndex, decodePackIndex, encodePackIndex, indexesPrefix, packIdOfKey, packIndexBytesMax, packBytesMax, packIndexKey, packKey, packTargetBytes, packUploadsInFlightMax,
-  packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength
+  packsPrefix, pullBatchBlocks, pullRangeBytesMax, rangeRequestsInFlightMax, repackDeadFraction, packIdHexLength, encodeChunkObjectInto, sealRoom
 } from './remote-format'
 import { trace } from '../trace'
-import { ChunkOpener } from './chunk-opener'
+import { ChunkOpener, newSharedBuffer } from './chunk-opener'
 import { RemoteKey, sealCipherName, sealKindChunk, sealKindManifest, sealKindPackIndex } from './crypt'
 import crypto from 'node:crypto'
 import { isZeroBlock, worthCompressing } from '../../workers/protocol'
@@ -98,6 +98,10 @@ export interface PulledBlock { index: number, id: string, data: Buffer, zstd: bo
 
 /** zstd level of chunks: level 1 (about 770 MB/s against 600 for level 3 here, at a ratio within 0.01). */
 const zstdLevel = 1
+/** An encrypted push seals its new blocks in batches of this many bytes, in the CLI's worker threads (PushSealer). */
+const sealBatchBytes = 2 * 1024 * 1024
+/** At most this many batches out to the workers at once (two threads, each with one queued behind it). */
+const sealBatchesInFlight = 4
 
 export class RemoteStore {
   private readonly cctx = new zstd.CCtx()
@@ -179,30 +183,9 @@ export class RemoteStore {
     return this.key === null ? plain : this.key.seal(sealKindChunk, this.relative(this.chunkObjectKey(id)), plain)
   }
 
-  /**
-   * Chunk `id`'s object for block `data`, written at the start of `target` (room for chunkObjectBytesMax):
-   * its length. A plain store's is compressed straight into `target`, with no buffer of its own.
-   */
-  private encodeChunkInto (target: Buffer, id: string, data: Buffer): number {
-    if (this.key === null) return this.encodePlainChunkInto(target, id, data)
-    // Encrypted: the plain chunk object in one buffer used again for every chunk, sealed straight into
-    // the pack (not a buffer of its own, then a sealed copy, then a copy into the pack).
-    if (this.plainScratch.length < chunkObjectBytesMax) this.plainScratch = Buffer.allocUnsafe(chunkObjectBytesMax)
-    const length = this.encodePlainChunkInto(this.plainScratch, id, data)
-    return this.key.sealInto(target, sealKindChunk, this.relative(this.chunkObjectKey(id)), this.plainScratch.subarray(0, length))
-  }
-
-  /** Where an encrypted push builds each plain chunk object before sealing it. */
-  private plainScratch = Buffer.alloc(0)
-
-  /** The plain chunk object, compressed straight into `target` (room for chunkObjectBytesMax): its length. */
+  /** A plain store's chunk object, compressed straight into `target` (room for chunkObjectBytesMax): its length. */
   private encodePlainChunkInto (target: Buffer, id: string, data: Buffer): number {
-    const compressed = this.cctx.compress2(target.subarray(chunkHeaderBytes, chunkHeaderBytes + zstd.compressBound(data.length)), data)
-    // Kept raw when compression saves less than an eighth, as the pool's sealer does.
-    const raw = !worthCompressing(data.length, compressed)
-    if (raw) data.copy(target, chunkHeaderBytes)
-    encodeChunkHeader(raw ? chunkEncodingRaw : chunkEncodingZstd, data.length, id).copy(target, 0)
-    return chunkHeaderBytes + (raw ? data.length : compressed)
+    return encodeChunkObjectInto(this.cctx, target, id, data)
   }
 
   /** Where encodePlainChunk compresses (zstd's bound for a block): one buffer, not one per chunk. */
@@ -425,12 +408,20 @@ export class RemoteStore {
    */
   private async openChunks (bytes: Buffer, chunks: Array<{ id: string, offset: number, length: number, what: string }>): Promise<Array<Buffer | Error>> {
     if (this.key === null) return chunks.map(({ offset, length }) => bytes.subarray(offset, offset + length))
-    this.chunkOpener ??= new ChunkOpener(this.key.sealKeyForWorkers())
-    return await this.chunkOpener.open(bytes, chunks.map(({ id, offset, length, what }) => ({ offset, length, name: this.relative(this.chunkObjectKey(id)), what })))
+    return await this.chunkWorkers().open(bytes, chunks.map(({ id, offset, length, what }) => ({ offset, length, name: this.relative(this.chunkObjectKey(id)), what })))
   }
 
-  /** An encrypted store's chunk opener, started at its first read (close() ends it). */
+  /** An encrypted store's worker threads that open and seal chunks, started at the first task (close() ends them). */
+  private chunkWorkers (): ChunkOpener {
+    if (this.key === null) throw new Error('chunkWorkers: a plain store has none')
+    this.chunkOpener ??= new ChunkOpener(this.key.sealKeyForWorkers())
+    return this.chunkOpener
+  }
+
   private chunkOpener: ChunkOpener | null = null
+
+  /** How many chunks this store's pushes had sealed in worker threads (an encrypted store's: all of them; a test's proof). */
+  chunksSealedInWorkers = 0
 
   // ---- packs ----
 
@@ -561,6 +552,14 @@ export class RemoteStore {
       result.packsUploaded++
       await options.hooks?.afterBatch?.()
     })
+    // An encrypted store's new chunks are compressed and sealed in the CLI's worker threads (chunkOpener),
+    // sealBatchBytes of blocks a task, up to sealBatchesInFlight tasks at once; their objects go into the
+    // pack in the order the blocks came, by this loop alone (the only one to call writer.space/commit).
+    const sealer = this.key === null ? null : new PushSealer(this.chunkWorkers(), zstdLevel, async (name, object) => {
+      result.chunkBytesUploaded += object.length
+      this.chunksSealedInWorkers++
+      await writer.add(name, object)
+    })
     try {
       for await (const block of blocks) {
         if (block.index < 0 || block.index * meta.blockBytes >= meta.size || (block.data !== null && block.data.length !== meta.blockBytes)) {
@@ -581,16 +580,23 @@ export class RemoteStore {
           if (state === 'touched') result.chunksTouched++
           continue
         }
-        const length = this.encodeChunkInto(writer.space(), id, block.data)
         result.chunksUploaded++
         result.bytesUploaded += block.data.length
+        if (sealer !== null) {
+          // Copied into the sealer's batch now: the source may fill block.data again once this loop goes on.
+          await sealer.add(id, name, this.relative(chunkKey(this.prefix, name)), block.data)
+          continue
+        }
+        const length = this.encodePlainChunkInto(writer.space(), id, block.data)
         result.chunkBytesUploaded += length
         await writer.commit(name, length)
       }
+      await sealer?.finish()
       await writer.finish()
     } catch (err) {
-      // The source or an upload failed: let the uploads under way finish (or fail) before saying so, so
-      // that nothing of this push is still writing once it has returned.
+      // The source, a seal or an upload failed: let the seals and uploads under way finish (or fail)
+      // before saying so, so that nothing of this push is still working once it has returned.
+      await sealer?.abandon()
       await writer.abandon()
       throw err
     }
@@ -966,6 +972,80 @@ function sortPacks (packs: Map<string, PackInfo>, referenced: Map<string, string
     if (dead.length === pack.index.chunks.length) doomed.push(pack); else sparse.push(pack)
   }
   return { doomed, sparse, inStaying }
+}
+
+/**
+ * An encrypted push's new chunks, compressed and sealed in the CLI's worker threads: add() copies each
+ * block into the batch being filled (sealBatchBytes), a full batch goes to the workers, and at most
+ * sealBatchesInFlight batches are out at once; each batch's sealed objects go to `store` in the order their
+ * blocks were added (the oldest batch is waited for first). A batch's blocks and its sealed objects lie in
+ * one of sealBatchesInFlight + 1 slots of shared buffers, taken in turns: the slot a batch fills was last
+ * used by the batch sealBatchesInFlight + 1 before, whose objects were stored before this one was begun
+ * (send() waits for them first). Only the push's loop calls add() and finish(), one at a time: the
+ * batches, the slots and the queue are its alone. The first failure is thrown by the next add() or by
+ * finish(); abandon() waits for every batch out.
+ */
+class PushSealer {
+  private readonly slots: Array<{ blocks: Buffer, sealed: Buffer }> = []
+  private turn = 0
+  private used = 0
+  private chunks: Array<{ id: string, name: string, offset: number, length: number }> = []
+  private names: string[] = []
+  private readonly out: Array<Promise<{ names: string[], sealed: Buffer[] }>> = []
+
+  constructor (private readonly workers: ChunkOpener, private readonly zstdLevel: number, private readonly store: (name: string, object: Buffer) => Promise<void>) {}
+
+  /** Block `data` of chunk `id`: stored as object `name`, sealed under `sealedName` (its key below the store's prefix). */
+  async add (id: string, name: string, sealedName: string, data: Buffer): Promise<void> {
+    if (this.chunks.length > 0 && this.used + data.length > this.slot().blocks.length) await this.send()
+    const slot = this.slot(data.length)
+    data.copy(slot.blocks, this.used)
+    this.chunks.push({ id, name: sealedName, offset: this.used, length: data.length })
+    this.names.push(name)
+    this.used += data.length
+  }
+
+  /** The slot the batch being filled goes in (made, or made larger for a block above sealBatchBytes, at its first block). */
+  private slot (first = 0): { blocks: Buffer, sealed: Buffer } {
+    let slot = this.slots[this.turn]
+    if (slot === undefined || (this.used === 0 && slot.blocks.length < first)) {
+      const bytes = Math.max(sealBatchBytes, first)
+      slot = { blocks: newSharedBuffer(bytes), sealed: newSharedBuffer(0) }
+      this.slots[this.turn] = slot
+    }
+    return slot
+  }
+
+  /** Sends the batch being filled, then stores the oldest batches until at most `keep` are out. */
+  private async send (keep = sealBatchesInFlight - 1): Promise<void> {
+    if (this.chunks.length > 0) {
+      const slot = this.slot()
+      const room = sealRoom(this.chunks.map(chunk => chunk.length))
+      if (slot.sealed.length < room) slot.sealed = newSharedBuffer(room)
+      const names = this.names
+      const sealing = this.workers.seal(slot.blocks, this.chunks, slot.sealed, this.zstdLevel).then(sealed => ({ names, sealed }))
+      // Failures are taken when the batch's turn comes (or by abandon()), not left unhandled meanwhile.
+      sealing.catch(() => {})
+      this.out.push(sealing)
+      this.turn = (this.turn + 1) % (sealBatchesInFlight + 1)
+    }
+    this.used = 0
+    this.chunks = []
+    this.names = []
+    while (this.out.length > keep) {
+      const { names, sealed } = await this.out[0]
+      void this.out.shift()
+      // Copied into the pack: the slot is used again once this batch is stored.
+      for (let i = 0; i < names.length; i++) await this.store(names[i], sealed[i])
+    }
+  }
+
+  /** Seals what is left and stores every batch. */
+  async finish (): Promise<void> { await this.send(0) }
+
+  async abandon (): Promise<void> {
+    await Promise.allSettled(this.out.splice(0))
+  }
 }
 
 /**

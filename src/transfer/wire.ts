@@ -112,6 +112,28 @@ export class ByteReader {
       }
       if (next.value.length > 0) { this.parts.push(next.value); this.length += next.value.length }
     }
+    return this.take(n, own, into)
+  }
+
+  /** How many bytes arrived and are not read yet (readNow takes at most these). */
+  get buffered (): number { return this.length }
+
+  /** The byte at `at` of those buffered (at < buffered). */
+  peek (at: number): number {
+    for (const part of this.parts) {
+      if (at < part.length) return part[at]
+      at -= part.length
+    }
+    throw new RangeError('ByteReader.peek: past the bytes buffered')
+  }
+
+  /** read() of bytes already buffered (n <= buffered), without waiting: the same bytes, the same way. */
+  readNow (n: number, own = false, into?: Buffer): Buffer {
+    if (this.length < n) throw new RangeError('ByteReader.readNow: fewer bytes buffered')
+    return this.take(n, own, into)
+  }
+
+  private take (n: number, own: boolean, into: Buffer | undefined): Buffer {
     this.length -= n
     const first = this.parts[0]
     if (first !== undefined && first.length >= n) {
@@ -141,12 +163,11 @@ export class ByteReader {
 const zeroHash = Buffer.alloc(32)
 
 export async function readFrame (reader: ByteReader, blockBytes: number, scratch?: Buffer): Promise<Frame | null> {
+  const now = readFrameNow(reader, blockBytes, scratch)
+  if (now !== undefined) return now
   const head = await reader.read(frameHeadBytes)
   if (head === null) return null
-  const kind = head.readUInt8(0)
-  const index = Number(head.readBigUInt64LE(1))
-  const hashBytes = head.subarray(9, 41)
-  const hash = hashBytes.equals(zeroHash) ? null : Buffer.from(hashBytes)
+  const { kind, index, hash } = parseHead(head)
   if (kind === frameData) {
     const data = await reader.read(blockBytes, true, scratch)
     if (data === null) throw new VdiskError('IO', 'the connection ended inside a frame')
@@ -178,6 +199,45 @@ export async function readFrame (reader: ByteReader, blockBytes: number, scratch
     throw new VdiskError(code, typeof error?.message === 'string' ? error.message : 'the daemon failed without saying why')
   }
   throw corrupt(`unknown frame kind ${kind} on the control connection`)
+}
+
+function parseHead (head: Buffer): { kind: number, index: number, hash: Buffer | null } {
+  const hashBytes = head.subarray(9, 41)
+  return { kind: head.readUInt8(0), index: Number(head.readBigUInt64LE(1)), hash: hashBytes.equals(zeroHash) ? null : Buffer.from(hashBytes) }
+}
+
+/**
+ * readFrame of a frame whose bytes have all arrived, without waiting (an import's run of ref frames, many
+ * to a chunk of the connection, is read without an await per frame): the same frame, or undefined when
+ * its bytes are not all here yet or it is of a kind only readFrame reads (an error frame, an unknown kind,
+ * a zstd frame of a length readFrame refuses: it then says why). Nothing is read when it gives undefined.
+ */
+export function readFrameNow (reader: ByteReader, blockBytes: number, scratch?: Buffer): Frame | undefined {
+  const buffered = reader.buffered
+  if (buffered < frameHeadBytes) return undefined
+  const kind = reader.peek(0)
+  let payload = 0
+  if (kind === frameData) payload = blockBytes
+  else if (kind === frameZstd) {
+    if (buffered < frameHeadBytes + 4) return undefined
+    let n = 0
+    for (let i = 3; i >= 0; i--) n = n * 256 + reader.peek(frameHeadBytes + i)
+    if (n < 1 || n > blockBytes) return undefined
+    payload = 4 + n
+  } else if (kind !== frameZero && kind !== frameEnd && kind !== frameFlush && kind !== frameRef && kind !== frameWant) return undefined
+  if (buffered < frameHeadBytes + payload) return undefined
+  const { index, hash } = parseHead(reader.readNow(frameHeadBytes))
+  if (kind === frameData) return { kind, index, hash, data: reader.readNow(blockBytes, true, scratch) }
+  if (kind === frameZstd) {
+    if (hash === null) throw corrupt('a zstd frame without an id on the control connection')
+    const n = reader.readNow(4).readUInt32LE(0)
+    return { kind, index, hash, data: reader.readNow(n, true, scratch) }
+  }
+  if (kind === frameRef || kind === frameWant) {
+    if (hash === null) throw corrupt(`a ${kind === frameRef ? 'ref' : 'want'} frame without an id on the control connection`)
+    return { kind, index, hash, data: null }
+  }
+  return { kind, index, hash: null, data: null }
 }
 
 /** Writes `bytes`, waiting while more than sendWindowBytes are queued (back-pressure). Throws IO once it closed. */

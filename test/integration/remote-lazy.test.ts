@@ -5,7 +5,8 @@
  * hook VDISKFS_TEST_REMOTE_PAUSE at hydrate-batch, so reads are known to be fetched on demand), status
  * shows the progress, and it ends an ordinary backup equal to its source. SIGKILL of the daemon
  * mid-hydration then a remount, and RGW killed mid-hydration (reads of missing blocks fail with EIO after
- * the bound, VDISKFS_LAZY_WAIT_MS, set short here), both end whole and equal.
+ * the bound, VDISKFS_LAZY_WAIT_MS, set short here), both end whole and equal. The same from an encrypted
+ * store, at a second site holding a copy of the key (the hydrator opens the sealed chunks).
  */
 import test, { ExecutionContext } from 'ava'
 import { ChildProcess, spawn } from 'node:child_process'
@@ -188,6 +189,52 @@ test.serial('pull --lazy: the backup is there at once, a read fetches what is no
   t.is(again.id, id)
   t.false(again.created)
   void a
+})
+
+test.serial('pull --lazy from an encrypted store at a second site with a copy of the key: the backup is there at once, a read far past the walk is fetched and authenticated on demand, and it ends equal to its source; without the key the lazy pull is refused in one line', async t => {
+  const a = await withMount(t)
+  const b = await withMount(t)
+  const files = scratch(t)
+  const keyFile = path.join(files, 'offsite.key')
+  await ok(t, 'key', 'create', keyFile)
+  const copyKey = path.join(files, 'copy.key')
+  fs.copyFileSync(keyFile, copyKey)
+  fs.chmodSync(copyKey, 0o600)
+  await ok(t, 'remote', 'add', a.mnt, 'store', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint, '--key', keyFile, '--grace-period', '3600')
+  await ok(t, 'remote', 'add', b.mnt, 'store', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint, '--key', copyKey, '--grace-period', '3600')
+  const image = a.image('disks', 'web.img')
+  await run('truncate', ['-s', '64M', image])
+  await run('dd', [`if=${randomFile(files, 'low', 24)}`, `of=${image}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'])
+  await run('dd', [`if=${randomFile(files, 'high', 8)}`, `of=${image}`, 'bs=1M', 'seek=40', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b1')
+  const source = a.image('backups', 'b1.img')
+  const { id } = await json<{ id: string }>(t, 'push', source, 'store')
+
+  const { pulled, pause } = await lazyPaused(t, b, id, 'copy', files)
+  const copy = b.image('backups', 'copy.img')
+  t.is(pulled.absentBlocks, lazyChunks, 'the head came with the backup')
+  t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB')
+  await waitForFile(path.join(pause, 'hydrate-batch.paused'), 'the hydrator paused after its first batch')
+  t.deepEqual(readAt(copy, 44 * mib + 4096, 200000), readAt(source, 44 * mib + 4096, 200000), 'a block far past the walk, fetched on demand')
+  t.true((await hydrating(t, b))[0].chunksHere < lazyChunks, 'fetched on demand, not by the walk')
+  fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+  await whole(t, b)
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000), 'the hydrator exits once the backup is whole')
+  await run('cmp', [source, copy])
+  await ok(t, 'verify', b.mnt)
+
+  // A third pool whose remote has no key (its definition says plain, the store's marker says encrypted):
+  // refused in one line, no backup made, no hydrator started.
+  const c = await withMount(t)
+  const plain = await vd(rgw.env, 'remote', 'add', c.mnt, 'store', `s3://${bucket}/sealed`, '--endpoint', rgw.endpoint)
+  t.is(plain.code, 1)
+  t.regex(plain.stderr, /is encrypted \(key fingerprint [0-9a-f:]{39}\): give its key with --key FILE\n$/)
+  // The key file gone at the second site: pull --lazy says so in one line, and makes nothing.
+  fs.rmSync(copyKey)
+  const gone = await vd(rgw.env, 'pull', b.mnt, 'store', id, 'again', '--lazy')
+  t.is(gone.code, 1)
+  t.is(gone.stderr, `vdiskfs pull: key file ${copyKey} does not exist (restore it from your copy: without it the store's backups cannot be read)\n`)
+  t.false(fs.existsSync(b.image('backups', 'again.img')))
 })
 
 test.serial('SIGKILL of the daemon mid-hydration: after the takeover the same hydrator resumes, and a killed hydrator is started again by pull --lazy --resume; both end equal to the source', async t => {

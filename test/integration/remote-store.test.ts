@@ -57,8 +57,9 @@ function s3 (): S3Client {
   return new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true })
 }
 
-test.serial('a push of more packs than it uploads at once fills buffers it used before (its blocks handed in one buffer rewritten each time, as the export gives them), and a pull through its reused batch buffers reads back every block', async t => {
-  const store = await openStore()
+for (const [kind, storeKey] of kinds) {
+test.serial(`${kind}a push of more packs than it uploads at once fills buffers it used before (its blocks handed in one buffer rewritten each time, as the export gives them), and a pull through its reused batch buffers reads back every block`, async t => {
+  const store = await openStore(3600, storeKey())
   t.teardown(() => store.close())
   // Block i: random bytes (odd i: stored raw), or half random and half zeros (even i: stored compressed, so
   // a pull decompresses it into its batch buffers). About 340 to a 16 MiB pack: 7 packs or more, so the
@@ -95,7 +96,10 @@ test.serial('a push of more packs than it uploads at once fills buffers it used 
   check()
   t.is(next, count)
   t.true(released >= 7, 'the batches were decompressed into buffers taken in turns')
+  // An encrypted store's chunks are compressed and sealed in the CLI's worker threads (issue #22), every one.
+  t.is(store.chunksSealedInWorkers, kind === '' ? 0 : count)
 })
+}
 
 test.serial('a push stores every block, a second push of a similar volume uploads only what differs, the same push twice is one backup', async t => {
   const store = await openStore()

@@ -8,9 +8,11 @@
 import test from 'ava'
 import crypto from 'node:crypto'
 import { threadId } from 'node:worker_threads'
-import { ChunkOpener } from '../../src/remote/chunk-opener'
+import { ChunkOpener, newSharedBuffer } from '../../src/remote/chunk-opener'
 import { RemoteKey, sealKindChunk } from '../../src/remote/crypt'
 import { VdiskError } from '../../src/errors'
+import { blake3Hex, chunkEncodingRaw, chunkEncodingZstd, chunkHeaderBytes, decodeChunkHeader, sealRoom } from '../../src/remote/remote-format'
+import * as zstd from 'zstd-napi'
 
 function range (key: RemoteKey, count: number): { bytes: Buffer, chunks: Array<{ offset: number, length: number, name: string, what: string }>, plain: Buffer[] } {
   const plain: Buffer[] = []
@@ -71,4 +73,37 @@ test('close() ends the worker threads, and a closed opener starts them again whe
   t.false(opener.running)
   t.deepEqual(await opener.open(bytes, chunks), plain)
   await opener.close()
+})
+
+test('the workers seal a push\'s chunks as the main thread would build them, in place into the caller\'s shared buffer: each one opens under its name to its plain chunk object, in another thread', async t => {
+  const key = RemoteKey.fromBytes(crypto.randomBytes(32))
+  const opener = new ChunkOpener(key.sealKeyForWorkers())
+  t.teardown(async () => await opener.close())
+  // Block 0 compresses (half zeros), block 1 does not (random): one chunk object zstd, one raw.
+  const blockBytes = 64 * 1024
+  const data = [Buffer.concat([crypto.randomBytes(blockBytes / 2), Buffer.alloc(blockBytes / 2)]), crypto.randomBytes(blockBytes), Buffer.alloc(blockBytes, 7)]
+  const blocks = newSharedBuffer(3 * blockBytes)
+  Buffer.concat(data).copy(blocks)
+  const chunks = data.map((block, i) => ({ id: blake3Hex(block), name: `chunks/${i}/${key.chunkName(blake3Hex(block))}`, offset: i * blockBytes, length: blockBytes }))
+  // Buffers not shared are refused (the workers write into the caller's buffer in place), as is too little room.
+  await t.throwsAsync(opener.seal(Buffer.concat(data), chunks, newSharedBuffer(sealRoom(chunks.map(c => c.length)))), { instanceOf: TypeError })
+  await t.throwsAsync(opener.seal(blocks, chunks, newSharedBuffer(sealRoom(chunks.map(c => c.length)) - 1)), { message: /too little room/ })
+  const into = newSharedBuffer(sealRoom(chunks.map(c => c.length)))
+  const sealed = await opener.seal(blocks, chunks, into)
+  t.is(sealed[0].buffer, into.buffer, 'written in place, into the caller\'s buffer')
+  t.is(sealed.length, 3)
+  t.not(opener.lastThreadId(), threadId, 'sealed in a worker thread, not this one')
+  const encodings: number[] = []
+  sealed.forEach((object, i) => {
+    const plain = key.open(sealKindChunk, chunks[i].name, object, `chunk ${i}`)
+    const header = decodeChunkHeader(plain, 'x')
+    t.is(header.id, chunks[i].id)
+    t.is(header.rawBytes, blockBytes)
+    encodings.push(header.encoding)
+    const payload = plain.subarray(chunkHeaderBytes)
+    t.deepEqual(header.encoding === chunkEncodingZstd ? Buffer.from(zstd.decompress(payload)) : payload, data[i])
+    // Under another name it does not open.
+    t.throws(() => key.open(sealKindChunk, chunks[(i + 1) % 3].name, object, 'x'), { code: 'CORRUPT' } as never)
+  })
+  t.deepEqual(encodings, [chunkEncodingZstd, chunkEncodingRaw, chunkEncodingZstd])
 })

@@ -71,3 +71,25 @@ test('loading the CLI, --help and status load none of the engine (the daemon, sr
   t.deepEqual(result.ran, [], '--help and status')
   t.true(result.daemon > 10, 'the check sees the engine once the daemon module loads')
 })
+
+test('the progress bars\' module (cli-progress) is loaded only to draw a bar on a terminal: loading the CLI and a command with stderr not a terminal leave it out', t => {
+  const result = child(t, `(async () => {
+  const bars = () => Object.keys(require.cache).filter(k => k.includes(path.sep + 'cli-progress' + path.sep)).length
+  const { main } = require(path.join(dist, 'src', 'cli', 'main.js'))
+  const seen = {}
+  seen.loaded = bars()
+  await quiet(() => main(['status', dir]))
+  const { byteProgress } = require(path.join(dist, 'src', 'cli', 'commands-remote.js'))
+  const progress = byteProgress('push')
+  progress.total(1 << 20); progress.add(1 << 20); progress.stop()
+  seen.ran = bars()
+  Object.defineProperty(process.stderr, 'isTTY', { value: true })
+  const drawn = byteProgress('push')
+  await quiet(async () => { drawn.total(1 << 20); drawn.add(1 << 20); drawn.stop() })
+  seen.drawn = bars()
+  console.log(JSON.stringify(seen))
+})().catch(err => { console.error(err); process.exit(1) })`) as { loaded: number, ran: number, drawn: number }
+  t.is(result.loaded, 0, 'loading the CLI')
+  t.is(result.ran, 0, 'a command, and a progress bar with stderr not a terminal')
+  t.true(result.drawn > 0, 'a bar drawn on a terminal loads it: the check can see it')
+})

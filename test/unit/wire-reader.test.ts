@@ -4,7 +4,7 @@
  */
 import test from 'ava'
 import crypto from 'node:crypto'
-import { ByteReader, frameData, frameEnd, frameHead, readFrame } from '../../src/transfer/wire'
+import { ByteReader, errorFrame, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, frameZero, frameZstd, readFrame, readFrameNow, zstdFrameHead } from '../../src/transfer/wire'
 
 async function * chunksOf (bytes: Buffer, cuts: number[]): AsyncGenerator<Buffer> {
   let at = 0
@@ -69,4 +69,46 @@ test('frames read with a scratch buffer: each block right until the next read, c
   }
   t.true(copied > 0 && viewed > 0, `${copied} copied into the scratch, ${viewed} views of the connection's chunks`)
   t.like(await readFrame(reader, blockBytes, scratch), { kind: frameEnd })
+})
+
+test('readFrameNow reads a frame whose bytes are all here, the same as readFrame, and nothing otherwise: every kind, over chunks cut anywhere', async t => {
+  const blockBytes = 65536
+  const frames: Buffer[] = []
+  const expected: Array<{ kind: number, index: number, hash: Buffer | null, data: Buffer | null }> = []
+  for (let i = 0; i < 300; i++) {
+    const hash = crypto.randomBytes(32)
+    const kind = [frameRef, frameWant, frameZero, frameData, frameZstd, frameFlush][i % 6]
+    if (kind === frameData) { const data = crypto.randomBytes(blockBytes); frames.push(frameHead(kind, i, hash), data); expected.push({ kind, index: i, hash, data }) } else if (kind === frameZstd) {
+      const data = crypto.randomBytes(crypto.randomInt(1, 5000))
+      frames.push(zstdFrameHead(i, hash, data.length), data)
+      expected.push({ kind, index: i, hash, data })
+    } else {
+      frames.push(frameHead(kind, i, kind === frameZero || kind === frameFlush ? null : hash))
+      expected.push({ kind, index: i, hash: kind === frameZero || kind === frameFlush ? null : hash, data: null })
+    }
+  }
+  frames.push(frameHead(frameEnd, 0, null))
+  const wire = Buffer.concat(frames)
+  for (let round = 0; round < 20; round++) {
+    const cuts = Array.from({ length: 400 }, () => crypto.randomInt(1, round % 2 === 0 ? 100 : 70000))
+    const reader = new ByteReader(chunksOf(wire, cuts), Buffer.alloc(0))
+    const scratch = Buffer.alloc(blockBytes)
+    let now = 0
+    for (const want of expected) {
+      // Nothing is read when the frame is not all here: the buffered count stays.
+      const before = reader.buffered
+      let frame = readFrameNow(reader, blockBytes, scratch)
+      if (frame === undefined) t.is(reader.buffered, before); else now++
+      frame ??= await readFrame(reader, blockBytes, scratch) ?? undefined
+      t.truthy(frame)
+      t.deepEqual({ ...frame, data: frame?.data === null ? null : Buffer.from(frame?.data as Buffer) }, want)
+    }
+    t.is((readFrameNow(reader, blockBytes) ?? await readFrame(reader, blockBytes))?.kind, frameEnd)
+    t.is(await readFrame(reader, blockBytes), null)
+    if (round % 2 === 1) t.true(now > 0, 'with large chunks, frames are read without waiting')
+  }
+  // An error frame is readFrame's (it throws the daemon's error), never readFrameNow's.
+  const failed = new ByteReader(chunksOf(Buffer.alloc(0), []), errorFrame('BUSY', 'busy'))
+  t.is(readFrameNow(failed, blockBytes), undefined)
+  await t.throwsAsync(readFrame(failed, blockBytes), { code: 'BUSY' })
 })
