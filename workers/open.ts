@@ -26,7 +26,7 @@ export function open (task: OpenTask, config: WorkerConfig): OpenResult {
       const expected = slab.subarray(hashOffset(config, request.slot), hashOffset(config, request.slot) + hashBytes)
       if (request.compressed && isPieced(input)) {
         // Piece by piece, and the table checked too (workers/pieces.ts): the addon's reads trust it.
-        const opened = openPieced(dctx, input, output)
+        const opened = openPieced(dctx, input, output, expected)
         if ('error' in opened) return { ok: false, error: opened.error }
         if (!(opened.hashes?.hash ?? blake3Digest(output)).equals(expected)) return { ok: false, error: 'checksum mismatch' }
         return { ok: true }

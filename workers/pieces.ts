@@ -71,8 +71,45 @@ export function compressPieced (cctx: zstd.CCtx, block: Buffer, hashes: PieceHas
     output.writeUInt32LE(n, 20 + 4 * i)
     at += n
   }
+  writeTable(output, hashes)
+  return at
+}
+
+/** Bytes of a zstd frame holding one raw block of a piece (piecedRaw): header 4 + 1 + 2, block header 3. */
+const rawFrameBytes = 10 + pieceBytes
+
+/** Bytes stored for an incompressible block of `length` bytes: pieced raw where it is cut into pieces, else the block. */
+export function incompressibleStoredBytes (length: number): number {
+  const count = pieceCount(length)
+  return count === 0 ? length : pieceTableBytes(count) + count * rawFrameBytes
+}
+
+/**
+ * An incompressible block as a pieced payload all the same (its table, then each piece as a zstd frame of
+ * one raw block: a copy, no compression): 0.3% more than the block, so that a read of 4 KiB reads and
+ * hashes 16 KiB, not 64. Written into `output`: its length, or 0 when `output` is too short.
+ */
+export function piecedRaw (block: Buffer, hashes: PieceHashes, output: Buffer): number {
+  const table = pieceTableBytes(hashes.count)
+  const length = table + hashes.count * rawFrameBytes
+  if (output.length < length) return 0
+  let at = table
+  for (let i = 0; i < hashes.count; i++) {
+    output.writeUInt32LE(0xfd2fb528, at) // a zstd frame's magic
+    output[at + 4] = 0x60 // frame header: single segment, a 2-byte content size (+ 256), no checksum
+    output.writeUInt16LE(pieceBytes - 256, at + 5)
+    output.writeUIntLE(1 | (pieceBytes << 3), at + 7, 3) // the last block, raw, of pieceBytes
+    block.copy(output, at + 10, i * pieceBytes, (i + 1) * pieceBytes)
+    output.writeUInt32LE(rawFrameBytes, 20 + 4 * i)
+    at += rawFrameBytes
+  }
+  writeTable(output, hashes)
+  return at
+}
+
+function writeTable (output: Buffer, hashes: PieceHashes): void {
   output.writeUInt32LE(pieceMagic, 0)
-  output.writeUInt32LE(table - 8, 4)
+  output.writeUInt32LE(pieceTableBytes(hashes.count) - 8, 4)
   output.writeUInt32LE(pieceTag, 8)
   output[12] = pieceVersion
   output[13] = 0
@@ -80,7 +117,6 @@ export function compressPieced (cctx: zstd.CCtx, block: Buffer, hashes: PieceHas
   output[15] = 0
   output.writeUInt32LE(hashes.count, 16)
   hashes.values.copy(output, 20 + 4 * hashes.count)
-  return at
 }
 
 /** Whether a payload starts with a pieced table (its magic and tag). */
@@ -97,7 +133,7 @@ export function isPieced (payload: Uint8Array): boolean {
  * that do not match the block). The caller checks the hash against the chunk's. A table that is not
  * right is damage even when the frames hold the right block: the addon's readers check pieces with it.
  */
-export function openPieced (dctx: zstd.DCtx, payload: Uint8Array, block: Buffer): { hashes: PieceHashes | null } | { error: string } {
+export function openPieced (dctx: zstd.DCtx, payload: Uint8Array, block: Buffer, expected?: Uint8Array): { hashes: PieceHashes | null } | { error: string } {
   const view = Buffer.from(payload.buffer, payload.byteOffset, payload.length)
   const count = pieceCount(block.length)
   if (count === 0 || view.length < pieceTableBytes(count)) return { error: 'a pieced payload for a block that is not cut into pieces' }
@@ -115,7 +151,10 @@ export function openPieced (dctx: zstd.DCtx, payload: Uint8Array, block: Buffer)
   }
   if (at !== view.length) return { error: `its pieces' frames end at ${at} bytes, not ${view.length}` }
   // Without the addon (which computes the values) only the block's own hash can be checked, by the caller.
+  // With `expected`, the block's hash first: damaged bytes are a checksum mismatch, as for any chunk; a
+  // table that does not match bytes that are right is damage of the table.
   const hashes = hashPieces(block)
+  if (hashes !== null && expected !== undefined && !hashes.hash.equals(expected)) return { error: 'checksum mismatch' }
   if (hashes !== null && !hashes.values.equals(view.subarray(20 + 4 * count, 20 + 36 * count))) return { error: 'its pieces\' values do not match the block' }
   return { hashes }
 }

@@ -8,7 +8,7 @@ import { blake3Digest } from './hash'
 import * as zstd from 'zstd-napi/binding'
 import { WorkerConfig, SealResult, SealTask, extentSectorBytes, extentSumBytes, hashBytes, hashOffset, inputOffset, outputOffset, isZeroBlock, sectorMatches, worthCompressing } from './protocol'
 import { readFully } from './descriptors'
-import { compressPieced, hashPieces, isPieced, openPieced, sealsPieced } from './pieces'
+import { compressPieced, hashPieces, isPieced, openPieced, piecedRaw, sealsPieced } from './pieces'
 
 let context: { config: WorkerConfig, slab: Buffer, cctx: zstd.CCtx, dctx: zstd.DCtx } | null = null
 
@@ -51,8 +51,9 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
       const input = slab.subarray(inputOffset(config, slot), inputOffset(config, slot) + task.length)
       if (isZeroBlock(input)) return { zero: true, compressedBytes: 0 }
       const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
-      // Cut into verified pieces where the block allows (workers/pieces.ts): a payload of at most 7/8 of
-      // the block, else one frame as before (which may still be worth storing compressed).
+      // Cut into verified pieces where the block allows (workers/pieces.ts): compressed pieces if they
+      // come to at most 7/8 of the block; else one frame if that does; else (incompressible) pieces kept
+      // raw in their frames; a block that is not cut into pieces, compressed or raw as before.
       const pieces = sealsPieced() ? hashPieces(input) : null
       if (pieces !== null) {
         pieces.hash.copy(slab, hashOffset(config, slot), 0, hashBytes)
@@ -62,7 +63,9 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
         blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
       }
       const compressed = cctx.compress2(output, input)
-      return { zero: false, compressedBytes: worthCompressing(task.length, compressed) ? compressed : 0 }
+      if (worthCompressing(task.length, compressed)) return { zero: false, compressedBytes: compressed }
+      const raw = pieces !== null ? piecedRaw(input, pieces, output) : 0
+      return { zero: false, compressedBytes: raw }
     })
     return { blocks }
   } catch (err) {

@@ -392,7 +392,7 @@ test.serial('the addon reads sealed chunks itself: a clone of a sealed backup re
   const scratch = path.join(m.dir, 'read.bin')
   const size = 8 * MiB
   const blocks = size / (64 * KiB)
-  // Half random (stored raw), half compressible (zstd, pieced: docs/FORMAT.md), each block its own chunk.
+  // Half random (pieces kept raw in their frames), half compressible (zstd pieces: docs/FORMAT.md), each block its own chunk.
   const text = Array.from({ length: blocks / 2 }, (_, b) => Buffer.alloc(64 * KiB, `vdiskfs sealed chunk ${b} `))
   const model = Buffer.concat([crypto.randomBytes(size / 2), ...text])
   fs.writeFileSync(disk, model)
@@ -436,8 +436,13 @@ test.serial('the addon reads sealed chunks itself: a clone of a sealed backup re
   const afterPiece = await fastStats(m.mnt) as ChunkStats
   t.is(afterPiece.fastChunkPieces - beforePiece.fastChunkPieces, 1, 'one piece opened for a 4k read')
   t.is(afterPiece.fastChunkMismatches, beforePiece.fastChunkMismatches)
+  // And of a random (incompressible) block: its pieces are kept raw in their frames, one read all the same.
+  await run('dd', [`if=${clone}`, `of=${scratch}`, 'bs=4k', `skip=${7 * 16 + 9}`, 'count=1', 'iflag=direct', 'status=none'])
+  t.true(fs.readFileSync(scratch).equals(model.subarray(7 * 64 * KiB + 36 * KiB, 7 * 64 * KiB + 40 * KiB)), 'the 4k read of an incompressible chunk')
+  const afterRaw = await fastStats(m.mnt) as ChunkStats
+  t.is(afterRaw.fastChunkPieces - afterPiece.fastChunkPieces, 1, 'one piece opened for a 4k read of an incompressible chunk')
 
-  // Damage in chunks the addon has read: block 0's (random, stored raw), a byte in the third frame of
+  // Damage in chunks the addon has read: block 0's (random: a byte of its table's values), a byte in the third frame of
   // a pieced one, and a byte of another pieced one's table of values (its frames still decompress to the
   // right block: the table is checked too). Each fails its check in the addon; the engine reads it too
   // and reports it. Every record of them in any pack is damaged (a copy compaction left behind in a pack
