@@ -297,6 +297,8 @@ export class Pool {
   // ---- maintenance (maintenance.ts) ----
 
   async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> { return await this.maintenance.exclusive(work, kind) }
+  /** verify's check of gc's reference counts against a recount of the maps; inside exclusive() or offline (maintenance.ts). */
+  async checkCounts (): Promise<{ counts: string, problems: string[] }> { return await this.maintenance.checkCounts() }
   /** Runs a reader of pages and chunk sizes (the space accounting) under the lock, or beside a seal pass (maintenance.ts). */
   async besideSealing<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.besideSealing(work) }
 
