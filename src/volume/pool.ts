@@ -30,7 +30,7 @@ import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
 import { GcReport, Maintenance, MarkSeams } from './maintenance'
-import { Namespace } from './namespace'
+import { BackupTiming, Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
@@ -227,7 +227,7 @@ export class Pool {
   opened (volume: Volume, writable: boolean): void { this.namespace.opened(volume, writable) }
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
-  async backup (source: Volume, name: string): Promise<Volume> { return await this.namespace.backup(source, name) }
+  async backup (source: Volume, name: string, timing?: BackupTiming): Promise<Volume> { return await this.namespace.backup(source, name, timing) }
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, 'data', async () => await this.namespace.restore(backup, target, options)) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
