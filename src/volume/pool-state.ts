@@ -31,6 +31,8 @@ export interface StateOptions {
   log?: (message: string) => void
   /** The file I/O under extents and packs (tests put a fault-injecting one here). */
   io?: FileIo
+  /** Chunk index rows kept in memory (default chunkCacheMax; tests make it tiny). */
+  chunkCacheMax?: number
   /** Clean map pages kept in memory (default pageCacheMax; tests make it tiny). */
   pageCacheMax?: number
   /** Bytes of page references kept (default pageRefsBytesMax; tests make it tiny). */
@@ -123,7 +125,7 @@ export class PoolState implements VolumeContext {
     this.io = options.io ?? nodeFileIo
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
     this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
-    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io)
+    this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io, options.chunkCacheMax)
     this.ingest = new Ingest(this.workers, this.chunks, header.blockBytes, bytes => this.claimSpace(bytes))
     this.pages = new PageStore(catalog, options.pageCacheMax, options.pageRefsBytesMax)
     this.refs = new RefCounts({ refsOf: id => this.pages.refsOf(id), underSlot: entry => underSlot(this.extents, entry) })

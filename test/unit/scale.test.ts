@@ -323,3 +323,29 @@ test.serial('a backup of a 1 TiB disk holds its root in memory, not a block-size
     await pool.close()
   }
 })
+
+test.serial('sealing keeps at most chunkCacheMax chunk rows in memory, however many chunks it indexed', async t => {
+  // issue #21: at 10,000 backups of the scale bench (64 chunks sealed per backup) every chunk sealing
+  // indexed stayed in the row cache (about 280 bytes each, 640,000 of them): the cache's bound was
+  // kept by info() and remember(), not by index().
+  const dir = tempPool(t)
+  const chunkCacheMax = 16
+  const pool = Pool.open(dir, { create: true, blockBytes, workers: 0, chunkCacheMax })
+  try {
+    const disk = await pool.createDisk('d.img')
+    for (let round = 0; round < 4; round++) {
+      for (let b = 0; b < 40; b++) await disk.write(Buffer.alloc(blockBytes, `round ${round} block ${b} `), (round * 40 + b) * blockBytes)
+      await pool.backup(disk, `b${round}.img`)
+      await new Sealer(pool, () => {}).sealPending(true)
+    }
+    const cache = (storesOf(pool).chunks as unknown as { cache: Map<number, unknown> }).cache
+    t.true(storesOf(pool).catalog.chunkIds().length >= 160, 'the rounds sealed 160 chunks')
+    t.true(cache.size <= chunkCacheMax, `chunk rows in memory: ${cache.size} (bound ${chunkCacheMax})`)
+    const buf = Buffer.alloc(blockBytes)
+    await pool.get('backup', 'b0.img').read(buf, 3 * blockBytes)
+    t.true(buf.equals(Buffer.alloc(blockBytes, 'round 0 block 3 ')), 'a chunk read back through the bounded cache')
+    t.true(cache.size <= chunkCacheMax)
+  } finally {
+    await pool.close()
+  }
+})
