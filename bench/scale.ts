@@ -59,6 +59,8 @@ function median (values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]
 }
 
+function medianOrNull (values: number[]): number | null { return values.length === 0 ? null : median(values) }
+
 /** The largest value (0 for none): Math.max(...values) overflows the stack past about 100,000 values. */
 function maxOf (values: number[]): number {
   let max = 0
@@ -126,7 +128,7 @@ async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'in
   return { ms, stats: waits.length, statMaxMs: maxOf(waits), statP99Ms: percentile(waits, 0.99), result }
 }
 
-interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number, phases: Record<string, number>, besideSealing: number, rssMiB: number | null }
+interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number, phases: Record<string, number>, besideSealing: number, aloneMedianMs: number | null, besideMedianMs: number | null, rssMiB: number | null }
 
 /** The daemon's trace of one backup (ops-core.ts): where its time went (ms), its CPU, a seal pass beside it. */
 type Phases = Record<string, number | boolean>
@@ -196,6 +198,8 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
         daemonMedianMs: median(daemon.slice(from, from + tenth)),
         phases: phaseMedians,
         besideSealing: traced.filter(p => p.sealing === true).length / Math.max(1, traced.length),
+        aloneMedianMs: medianOrNull(daemon.slice(from, from + tenth).filter((_, k) => traced[k]?.sealing === false)),
+        besideMedianMs: medianOrNull(daemon.slice(from, from + tenth).filter((_, k) => traced[k]?.sealing === true)),
         rssMiB: rssAt.get(from + part.length) ?? null
       })
     }
@@ -368,9 +372,9 @@ function table (results: Record<string, any>): string {
       'waiting for the commit before, the commit\'s snapshot step, the extents\' fdatasync, catalog.log (waiting for it, writing, fdatasync), ' +
       'the SQLite transaction; the process\'s CPU over the backup (every thread); the share of backups a seal pass ran beside; the daemon\'s RSS at the tenth\'s end.',
     '',
-    '| backups | name | pause | commit queued | snapshot | extents sync | log wait | log write | log sync | catalog | cpu | beside sealing | RSS MiB |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ...a.deciles.map((d: Decile) => d.phases === undefined ? '' : `| ${d.from + 1}-${d.to} | ${['nameMs', 'pauseMs', 'commitQueuedMs', 'snapshotMs', 'extentsSyncMs', 'logWaitMs', 'logWriteMs', 'logSyncMs', 'catalogMs', 'cpuMs'].map(n => f(d.phases[n])).join(' | ')} | ${f(d.besideSealing * 100, 0)}% | ${d.rssMiB === null ? '?' : f(d.rssMiB, 0)} |`),
+    '| backups | name | pause | commit queued | snapshot | extents sync | log wait | log write | log sync | catalog | cpu | beside sealing | daemon median alone / beside a seal pass | RSS MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...a.deciles.map((d: Decile) => d.phases === undefined ? '' : `| ${d.from + 1}-${d.to} | ${['nameMs', 'pauseMs', 'commitQueuedMs', 'snapshotMs', 'extentsSyncMs', 'logWaitMs', 'logWriteMs', 'logSyncMs', 'catalogMs', 'cpuMs'].map(n => f(d.phases[n])).join(' | ')} | ${f(d.besideSealing * 100, 0)}% | ${d.aloneMedianMs === null ? '-' : f(d.aloneMedianMs)} / ${d.besideMedianMs === null ? '-' : f(d.besideMedianMs)} | ${d.rssMiB === null ? '?' : f(d.rssMiB, 0)} |`),
     '',
     '| figure | value |',
     '|---|---|',

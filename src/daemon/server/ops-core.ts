@@ -71,13 +71,15 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
         catalogMs: c?.log.applyMs ?? 0,
         afterMs: c?.afterMs ?? 0,
         logBytes: c?.log.bytes ?? 0,
+        pages: c?.pages ?? 0,
+        rows: c?.rows ?? 0,
         cpuMs: (used.user + used.system) / 1000,
         sealing: sealing || sealer.busy
       }
       const f = (ms: number): string => ms.toFixed(1)
       log(`backup: ${named(source)} -> ${named(made)} (${elapsedMs.toFixed(1)} ms: name ${f(phases.nameMs)}, pause ${f(phases.pauseMs)}, ` +
         `commit queued ${f(phases.commitQueuedMs)}, snapshot ${f(phases.snapshotMs)}, extents sync ${f(phases.extentsSyncMs)}, ` +
-        `log wait ${f(phases.logWaitMs)} write ${f(phases.logWriteMs)} sync ${f(phases.logSyncMs)} (${phases.logBytes} bytes), catalog ${f(phases.catalogMs)}, ` +
+        `log wait ${f(phases.logWaitMs)} write ${f(phases.logWriteMs)} sync ${f(phases.logSyncMs)} (${phases.logBytes} bytes: ${phases.pages} pages, ${phases.rows} rows), catalog ${f(phases.catalogMs)}, ` +
         `after ${f(phases.afterMs)}; cpu ${f(phases.cpuMs)}${phases.sealing ? '; beside a seal pass' : ''})`)
       return { ...made.info(), elapsedMs, phases }
     },
