@@ -297,6 +297,8 @@ export class Pool {
   // ---- maintenance (maintenance.ts) ----
 
   async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> { return await this.maintenance.exclusive(work, kind) }
+  /** The catalog's WAL checkpoints so far (count, ms, frames), for the daemon's trace of a backup. */
+  get catalogCheckpoints (): { count: number, ms: number, frames: number } { return this.state.catalog.checkpoints }
   /** verify's check of gc's reference counts against a recount of the maps; inside exclusive() or offline (maintenance.ts). */
   async checkCounts (): Promise<{ counts: string, problems: string[] }> { return await this.maintenance.checkCounts() }
   /** Runs a reader of pages and chunk sizes (the space accounting) under the lock, or beside a seal pass (maintenance.ts). */

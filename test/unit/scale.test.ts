@@ -13,7 +13,7 @@ import { storesOf } from '../helpers/stores'
 import { Sealer } from '../../src/seal/sealer'
 import { catalogLogHeaderBytes, logRecordHeaderBytes, logRecordMagic, logRecordPage, logRecordVolume } from '../../src/catalog/catalog-log'
 import { catalogLogFile } from '../../src/format/pool-format'
-import { pageEntries } from '../../src/limits'
+import { catalogWalCheckpointPages, pageEntries } from '../../src/limits'
 
 const blockBytes = 4096
 
@@ -248,14 +248,15 @@ test.serial('sealing an extent reads at most three root entries per volume for e
 
 /** Bytes SQLite writes to the catalog's WAL while `work` runs (no checkpoint meanwhile). */
 async function walBytesOf (pool: Pool, dir: string, work: () => Promise<unknown>): Promise<number> {
-  const db = (storesOf(pool).catalog as unknown as { db: { pragma: (s: string) => unknown } }).db
-  db.pragma('wal_autocheckpoint = 0')
+  const catalog = storesOf(pool).catalog
+  const db = (catalog as unknown as { db: { pragma: (s: string) => unknown } }).db
+  catalog.walCheckpointPages = 0
   db.pragma('wal_checkpoint(TRUNCATE)')
   try {
     await work()
     return fs.statSync(path.join(dir, 'catalog.sqlite-wal')).size
   } finally {
-    db.pragma('wal_autocheckpoint = 256')
+    catalog.walCheckpointPages = catalogWalCheckpointPages
   }
 }
 
@@ -347,5 +348,31 @@ test.serial('sealing keeps at most chunkCacheMax chunk rows in memory, however m
     t.true(cache.size <= chunkCacheMax)
   } finally {
     await pool.close()
+  }
+})
+
+test.serial('the catalog\'s WAL is checkpointed after the transaction that crossed the mark, in the next turn, not inside it; it stays about a MiB', async t => {
+  // issue #21: a backup whose commit crossed SQLite's autocheckpoint mark paid the checkpoint (copying
+  // the WAL into the catalog, its fsync) inside its transaction.
+  const { Catalog } = await import('../../src/catalog/catalog')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-wal-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'catalog.sqlite')
+  const catalog = Catalog.open(file, true)
+  try {
+    const walBytes = (): number => fs.statSync(`${file}-wal`).size
+    const page = Buffer.alloc(33 * 1024, 7)
+    let most = 0
+    for (let i = 1; i <= 200; i++) {
+      const before = catalog.checkpoints.count
+      catalog.transaction(() => catalog.putPage(i, 1, page))
+      t.is(catalog.checkpoints.count, before, 'no checkpoint inside the transaction\'s turn')
+      most = Math.max(most, walBytes())
+      await new Promise(resolve => setImmediate(resolve))
+    }
+    t.true(catalog.checkpoints.count >= 5, `checkpoints after the transactions: ${catalog.checkpoints.count} (6.6 MB written, 256 frames of 4 KiB each)`)
+    t.true(most < 2 * 1024 * 1024, `the WAL's largest size: ${most} bytes`)
+  } finally {
+    catalog.close()
   }
 })

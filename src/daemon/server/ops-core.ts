@@ -53,6 +53,7 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
       const timing: BackupTiming = { nameMs: 0, pauseMs: 0, madeMs: 0, commit: null }
       const cpu = process.cpuUsage()
       const sealing = sealer.busy
+      const checkpoints = { ...pool.catalogCheckpoints }
       const started = process.hrtime.bigint()
       const made = await pool.backup(source, args.name, timing)
       const elapsedMs = elapsedSince(started)
@@ -74,13 +75,16 @@ export function coreHandlers ({ pool, space, sealer, status, log, metrics }: Han
         pages: c?.pages ?? 0,
         rows: c?.rows ?? 0,
         cpuMs: (used.user + used.system) / 1000,
+        // The WAL checkpoints that ran while it did (they run after a transaction, in the next turn).
+        checkpoints: pool.catalogCheckpoints.count - checkpoints.count,
+        checkpointMs: pool.catalogCheckpoints.ms - checkpoints.ms,
         sealing: sealing || sealer.busy
       }
       const f = (ms: number): string => ms.toFixed(1)
       log(`backup: ${named(source)} -> ${named(made)} (${elapsedMs.toFixed(1)} ms: name ${f(phases.nameMs)}, pause ${f(phases.pauseMs)}, ` +
         `commit queued ${f(phases.commitQueuedMs)}, snapshot ${f(phases.snapshotMs)}, extents sync ${f(phases.extentsSyncMs)}, ` +
         `log wait ${f(phases.logWaitMs)} write ${f(phases.logWriteMs)} sync ${f(phases.logSyncMs)} (${phases.logBytes} bytes: ${phases.pages} pages, ${phases.rows} rows), catalog ${f(phases.catalogMs)}, ` +
-        `after ${f(phases.afterMs)}; cpu ${f(phases.cpuMs)}${phases.sealing ? '; beside a seal pass' : ''})`)
+        `after ${f(phases.afterMs)}; cpu ${f(phases.cpuMs)}; ${phases.checkpoints} WAL checkpoints beside it (${f(phases.checkpointMs)} ms)${phases.sealing ? '; beside a seal pass' : ''})`)
       return { ...made.info(), elapsedMs, phases }
     },
     backupGroup: async args => {
