@@ -208,8 +208,9 @@ export class Catalog {
       // a MiB instead of growing with the writes. Not by SQLite inside the commit that crosses the mark
       // (issue #21: a backup's transaction then paid the checkpoint's copy and fsync), but by
       // `afterWrite`, once the event loop is free. journal_size_limit 0: a reset WAL starts empty, so
-      // its size says how many frames it holds.
-      db.pragma('wal_autocheckpoint = 0')
+      // its size says how many frames it holds. SQLite's own stays as a backstop at four times the mark,
+      // for writes outside transaction() (single statements) that never reach afterWrite.
+      db.pragma(`wal_autocheckpoint = ${4 * catalogWalCheckpointPages}`)
       db.pragma('journal_size_limit = 0')
       // The first write takes the exclusive lock and keeps it until close.
       db.exec('BEGIN IMMEDIATE; COMMIT;')

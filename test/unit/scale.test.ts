@@ -251,12 +251,14 @@ async function walBytesOf (pool: Pool, dir: string, work: () => Promise<unknown>
   const catalog = storesOf(pool).catalog
   const db = (catalog as unknown as { db: { pragma: (s: string) => unknown } }).db
   catalog.walCheckpointPages = 0
+  db.pragma('wal_autocheckpoint = 0')
   db.pragma('wal_checkpoint(TRUNCATE)')
   try {
     await work()
     return fs.statSync(path.join(dir, 'catalog.sqlite-wal')).size
   } finally {
     catalog.walCheckpointPages = catalogWalCheckpointPages
+    db.pragma(`wal_autocheckpoint = ${4 * catalogWalCheckpointPages}`)
   }
 }
 
