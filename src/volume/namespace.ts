@@ -16,7 +16,7 @@ import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { CommitTiming, Committer } from './commit'
 import { checkName, isHiddenName, libfuseNameOf, removedName } from './names'
-import { PoolState } from './pool-state'
+import { PoolState, VolumeTable } from './pool-state'
 import { Volume } from './volume'
 
 /** Where a backup's time went (ms): its name's lock, draining the source's writes, making the volume, and its commit's phases. */
@@ -27,7 +27,7 @@ export class Namespace {
     for (const row of state.catalog.volumes()) state.volumes.set(row.id, this.volumeFromRow(row))
   }
 
-  private get volumes (): Map<number, Volume> { return this.state.volumes }
+  private get volumes (): VolumeTable { return this.state.volumes }
 
   private async commit (): Promise<void> { await this.committer.commit() }
 
@@ -67,8 +67,7 @@ export class Namespace {
 
   /** The volume whose stored name is exactly `name`. */
   private named (kind: VolumeKind, name: string): Volume | undefined {
-    for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
-    return undefined
+    return this.volumes.byName(kind, name)
   }
 
   byId (id: number): Volume | undefined { return this.volumes.get(id) }
@@ -570,8 +569,7 @@ export class Namespace {
       // inUse waits for releases on their way, then checks the clone is still here.
       await this.inUse(clone, false)
       if (clone.kind !== 'clone') throw invalid(`${clone.label} is not a clone any more (promoted meanwhile)`)
-      clone.kind = 'disk'
-      clone.name = name
+      clone.rename('disk', name)
       clone.rowDirty = true
       this.changed(clone)
     })
