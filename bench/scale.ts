@@ -59,6 +59,8 @@ function median (values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]
 }
 
+function medianOrNull (values: number[]): number | null { return values.length === 0 ? null : median(values) }
+
 /** The largest value (0 for none): Math.max(...values) overflows the stack past about 100,000 values. */
 function maxOf (values: number[]): number {
   let max = 0
@@ -126,7 +128,11 @@ async function whileServing (mnt: string, file: string, op: 'stats' | 'du' | 'in
   return { ms, stats: waits.length, statMaxMs: maxOf(waits), statP99Ms: percentile(waits, 0.99), result }
 }
 
-interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number }
+interface Decile { from: number, to: number, medianMs: number, p99Ms: number, maxMs: number, daemonMedianMs: number, phases: Record<string, number>, besideSealing: number, aloneMedianMs: number | null, besideMedianMs: number | null, rssMiB: number | null }
+
+/** The daemon's trace of one backup (ops-core.ts): where its time went (ms), its CPU, a seal pass beside it. */
+type Phases = Record<string, number | boolean>
+const phaseNames = ['nameMs', 'pauseMs', 'madeMs', 'commitQueuedMs', 'snapshotMs', 'extentsSyncMs', 'logWaitMs', 'logWriteMs', 'logSyncMs', 'catalogMs', 'walSyncMs', 'afterMs', 'cpuMs']
 
 async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
   const pool = path.join(dir, 'pool-a')
@@ -143,6 +149,15 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     const pagesTouchedPer: number[] = []
     const wall: number[] = []
     const daemon: number[] = []
+    const phases: Phases[] = []
+    /** The daemon's RSS (MiB) after each tenth's last backup. */
+    const rssAt = new Map<number, number>()
+    const daemonRssMiB = (): number | null => {
+      try {
+        const pid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
+        return Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) / 1024
+      } catch { return null }
+    }
     /** When each backup was asked for (ISO), to line the slowest up with daemon.log's lines. */
     const startedAt: string[] = []
     let random = 0x2545f491
@@ -159,9 +174,11 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
         pagesTouchedPer.push(pagesNow.size)
         const started = process.hrtime.bigint()
         startedAt.push(new Date().toISOString())
-        const reply = await call(mnt, 'backup', { sourceKind: 'disk', sourceName: 'big.img', name: `b${i}.img` }) as { elapsedMs: number }
+        const reply = await call(mnt, 'backup', { sourceKind: 'disk', sourceName: 'big.img', name: `b${i}.img` }) as { elapsedMs: number, phases?: Phases }
         wall.push(Number(process.hrtime.bigint() - started) / 1e6)
         daemon.push(reply.elapsedMs)
+        phases.push(reply.phases ?? {})
+        if ((i + 1) % Math.max(1, Math.floor(backups / 10)) === 0) { const rss = daemonRssMiB(); if (rss !== null) rssAt.set(i + 1, rss) }
         if ((i + 1) % Math.max(1, Math.floor(backups / 20)) === 0) process.stderr.write(`scale: ${i + 1}/${backups} backups, last ${wall[i].toFixed(1)} ms\n`)
       }
     } finally { fs.closeSync(fd) }
@@ -169,16 +186,31 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
     const tenth = Math.max(1, Math.floor(backups / 10))
     for (let from = 0; from < backups; from += tenth) {
       const part = wall.slice(from, from + tenth)
-      deciles.push({ from, to: from + part.length, medianMs: median(part), p99Ms: percentile(part, 0.99), maxMs: maxOf(part), daemonMedianMs: median(daemon.slice(from, from + tenth)) })
+      const traced = phases.slice(from, from + tenth)
+      const phaseMedians: Record<string, number> = {}
+      for (const name of phaseNames) phaseMedians[name] = median(traced.map(p => Number(p[name] ?? 0)))
+      deciles.push({
+        from,
+        to: from + part.length,
+        medianMs: median(part),
+        p99Ms: percentile(part, 0.99),
+        maxMs: maxOf(part),
+        daemonMedianMs: median(daemon.slice(from, from + tenth)),
+        phases: phaseMedians,
+        besideSealing: traced.filter(p => p.sealing === true).length / Math.max(1, traced.length),
+        aloneMedianMs: medianOrNull(daemon.slice(from, from + tenth).filter((_, k) => traced[k]?.sealing === false)),
+        besideMedianMs: medianOrNull(daemon.slice(from, from + tenth).filter((_, k) => traced[k]?.sealing === true)),
+        rssMiB: rssAt.get(from + part.length) ?? null
+      })
     }
     // The trace of the slowest backups (issue #21: six waited 12.8-64 s at 10,000): when each was asked
     // for, and daemon.log's lines about catalog.log rewrites, which run beside the commits now.
-    const slowest = wall.map((ms, i) => ({ backup: i + 1, ms, daemonMs: daemon[i], at: startedAt[i] })).sort((a, b) => b.ms - a.ms).slice(0, 6)
+    const slowest = wall.map((ms, i) => ({ backup: i + 1, ms, daemonMs: daemon[i], at: startedAt[i], phases: phases[i] })).sort((a, b) => b.ms - a.ms).slice(0, 6)
     // VDISKFS_BENCH_KEEP=DIR: daemon.log and every backup's times (control call, daemon, when asked) kept there.
     if (process.env.VDISKFS_BENCH_KEEP !== undefined) {
       fs.mkdirSync(process.env.VDISKFS_BENCH_KEEP, { recursive: true })
       fs.copyFileSync(path.join(pool, 'daemon.log'), path.join(process.env.VDISKFS_BENCH_KEEP, 'daemon.log'))
-      fs.writeFileSync(path.join(process.env.VDISKFS_BENCH_KEEP, 'backups.json'), JSON.stringify(wall.map((ms, i) => ({ ms, daemonMs: daemon[i], at: startedAt[i] }))))
+      fs.writeFileSync(path.join(process.env.VDISKFS_BENCH_KEEP, 'backups.json'), JSON.stringify(wall.map((ms, i) => ({ ms, daemonMs: daemon[i], at: startedAt[i], phases: phases[i] }))))
     }
     const logRewrites = fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('catalog.log rewritten') || line.includes('rewriting catalog.log'))
     // The daemon's RSS from /proc (vdiskfs status also computes the space accounting, which walks every
@@ -335,6 +367,14 @@ function table (results: Record<string, any>): string {
     '| backups | median ms | p99 ms | max ms | daemon median ms | median / first tenth |',
     '|---|---|---|---|---|---|',
     ...a.deciles.map((d: Decile) => `| ${d.from + 1}-${d.to} | ${f(d.medianMs)} | ${f(d.p99Ms)} | ${f(d.maxMs)} | ${f(d.daemonMedianMs)} | ${f(d.medianMs / a.deciles[0].medianMs, 2)} |`),
+    '',
+    'Where the daemon\'s time went, median per tenth (ms; its trace of each backup, ops-core.ts): the name\'s lock, draining the disk\'s writes, ' +
+      'waiting for the commit before, the commit\'s snapshot step, the extents\' fdatasync, catalog.log (waiting for it, writing, fdatasync), ' +
+      'the SQLite transaction; the process\'s CPU over the backup (every thread); the share of backups a seal pass ran beside; the daemon\'s RSS at the tenth\'s end.',
+    '',
+    '| backups | name | pause | commit queued | snapshot | extents sync | log wait | log write | log sync | catalog | cpu | beside sealing | daemon median alone / beside a seal pass | RSS MiB |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...a.deciles.map((d: Decile) => d.phases === undefined ? '' : `| ${d.from + 1}-${d.to} | ${['nameMs', 'pauseMs', 'commitQueuedMs', 'snapshotMs', 'extentsSyncMs', 'logWaitMs', 'logWriteMs', 'logSyncMs', 'catalogMs', 'cpuMs'].map(n => f(d.phases[n])).join(' | ')} | ${f(d.besideSealing * 100, 0)}% | ${d.aloneMedianMs === null ? '-' : f(d.aloneMedianMs)} / ${d.besideMedianMs === null ? '-' : f(d.besideMedianMs)} | ${d.rssMiB === null ? '?' : f(d.rssMiB, 0)} |`),
     '',
     '| figure | value |',
     '|---|---|',

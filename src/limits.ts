@@ -45,11 +45,11 @@ export const pageCacheMax = 1024
 export const pageRefsBytesMax = 128 * 1024 * 1024
 /**
  * Catalog WAL: checkpointed every 256 pages (1 MiB at SQLite's 4 KiB pages, about 25 commits of a map
- * page each) and cut back to 1 MiB after a checkpoint. SQLite's defaults (1000 pages, never cut back)
- * let it sit at 4 MiB or more for good.
+ * page each), after the transaction that crossed the mark, in the event loop's next turn (Catalog.afterWrite),
+ * and started again from empty. SQLite's defaults (1000 pages, never cut back) let it sit at 4 MiB or
+ * more for good.
  */
 export const catalogWalCheckpointPages = 256
-export const catalogWalBytesMax = 1024 * 1024
 /** Free pages the catalog keeps after deletes (gc) before it hands them back to the filesystem. */
 export const catalogFreeBytesMax = 4 * 1024 * 1024
 /** catalog.log is rewritten as a snapshot once it passes twice its last snapshot's size, and this (bytes). */

@@ -58,6 +58,9 @@ const lazyRecordChunksMax = 65536
 /** A lazy pull as the log keeps it: its row and absent chunks it lists (some of them, in one record). */
 export interface LazyLogEntry { pull: LazyPullRow, absent: AbsentChunk[] }
 
+/** Where an append's time went (ms): waiting for the log (a snapshot's final step), writing, fdatasync, the transaction. */
+export interface AppendTiming { waitMs: number, writeMs: number, syncMs: number, applyMs: number, bytes: number }
+
 export interface LogBatch {
   removed: number[]
   pages: Array<{ id: number, epoch: number, entries: Buffer }>
@@ -247,10 +250,17 @@ export class CatalogLog {
    * Appends a commit's records and makes them durable, then runs `apply` (the commit's SQLite
    * transaction) in the same turn: no snapshot step runs between an append and its transaction.
    */
-  async append (batch: LogBatch, apply: () => void = () => {}): Promise<void> {
+  async append (batch: LogBatch, apply: () => void = () => {}, timing?: AppendTiming): Promise<void> {
+    const asked = performance.now()
     await this.serial(async () => {
-      await this.appendRecords(this.recordsOf(batch))
+      const began = performance.now()
+      await this.appendRecords(this.recordsOf(batch), timing)
+      const applying = performance.now()
       apply()
+      if (timing !== undefined) {
+        timing.waitMs = began - asked
+        timing.applyMs = performance.now() - applying
+      }
     })
   }
 
@@ -271,8 +281,9 @@ export class CatalogLog {
     yield * batchRecords({ ...batch, rows })
   }
 
-  private async appendRecords (records: Iterable<Buffer>): Promise<void> {
+  private async appendRecords (records: Iterable<Buffer>, timing?: AppendTiming): Promise<void> {
     if (this.detached || this.needsSnapshot) return
+    const began = performance.now()
     const fd = await this.descriptor()
     // Written in pieces of about catalogLogWriteBytes, not as one buffer: a commit after writes all
     // over a 1 TiB disk carries 4,096 pages (138 MB), which the commit already holds encoded once for
@@ -296,7 +307,13 @@ export class CatalogLog {
       if (pieceBytes >= catalogLogWriteBytes) await flush()
     }
     await flush()
+    const syncing = performance.now()
     await this.io.fdatasync(fd)
+    if (timing !== undefined) {
+      timing.writeMs = syncing - began
+      timing.syncMs = performance.now() - syncing
+      timing.bytes = at - this.end
+    }
     this.end = at
   }
 

@@ -14,7 +14,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
-import { catalogFreeBytesMax, catalogWalBytesMax, catalogWalCheckpointPages, importAbandonedMs } from '../limits'
+import { catalogFreeBytesMax, catalogWalCheckpointPages, importAbandonedMs } from '../limits'
 
 export type VolumeKind = 'disk' | 'backup' | 'clone'
 
@@ -185,6 +185,7 @@ export class Catalog {
   private constructor (db: Database.Database) {
     this.db = db
     this.statements = this.prepare()
+    this.pageBytes = db.pragma('page_size', { simple: true }) as number
   }
 
   /** Opens (creating when `create`) the catalog and takes the pool lock. */
@@ -202,10 +203,15 @@ export class Catalog {
       db.pragma('auto_vacuum = INCREMENTAL')
       db.pragma('journal_mode = WAL')
       db.pragma('synchronous = FULL')
-      // Every fsync is a commit of a few pages (a 32 KiB map page and a volume row): checkpoint the
-      // WAL often and cut it back afterwards, so it stays about a MiB instead of growing with the writes.
-      db.pragma(`wal_autocheckpoint = ${catalogWalCheckpointPages}`)
-      db.pragma(`journal_size_limit = ${catalogWalBytesMax}`)
+      // Every fsync is a commit of a few pages (a 32 KiB map page and a volume row): the WAL is
+      // checkpointed often (every catalogWalCheckpointPages) and cut back afterwards, so it stays about
+      // a MiB instead of growing with the writes. Not by SQLite inside the commit that crosses the mark
+      // (issue #21: a backup's transaction then paid the checkpoint's copy and fsync), but by
+      // `afterWrite`, once the event loop is free. journal_size_limit 0: a reset WAL starts empty, so
+      // its size says how many frames it holds. SQLite's own stays as a backstop at four times the mark,
+      // for writes outside transaction() (single statements) that never reach afterWrite.
+      db.pragma(`wal_autocheckpoint = ${4 * catalogWalCheckpointPages}`)
+      db.pragma('journal_size_limit = 0')
       // The first write takes the exclusive lock and keeps it until close.
       db.exec('BEGIN IMMEDIATE; COMMIT;')
     } catch (err) {
@@ -337,6 +343,7 @@ export class Catalog {
   transaction<T> (work: () => T): T {
     const result = this.db.transaction(work)()
     if (this.deleted && !this.db.inTransaction) this.reclaim()
+    if (!this.db.inTransaction) this.afterWrite()
     return result
   }
 
@@ -379,6 +386,40 @@ export class Catalog {
   }
 
   private walFd: { fd: number, ino: number, dev: number } | null = null
+
+  /** WAL frames at which a checkpoint is queued after a transaction (0: never; a test that counts WAL bytes). */
+  walCheckpointPages = catalogWalCheckpointPages
+  /** Checkpoints run by afterWrite, and their time (ms), for the daemon's trace. */
+  readonly checkpoints = { count: 0, ms: 0, frames: 0 }
+  private checkpointQueued = false
+
+  /**
+   * After a transaction: when the WAL holds walCheckpointPages frames or more, a passive checkpoint
+   * runs in the event loop's next turn, after what the transaction's caller does in this one (a
+   * backup's reply). It is synchronous there, as SQLite's own checkpoint in a commit was; the WAL
+   * holds every committed transaction meanwhile (synchronous = FULL), so nothing waits for it. A
+   * transaction in between is no concern: each runs in one synchronous step, and the checkpoint
+   * runs only outside one (and not once the catalog is closed).
+   */
+  private afterWrite (): void {
+    if (this.walCheckpointPages === 0 || this.checkpointQueued) return
+    let bytes = 0
+    try { bytes = fs.statSync(`${this.db.name}-wal`).size } catch { return }
+    const frames = Math.floor(Math.max(0, bytes - 32) / (this.pageBytes + 24))
+    if (frames < this.walCheckpointPages) return
+    this.checkpointQueued = true
+    setImmediate(() => {
+      this.checkpointQueued = false
+      if (!this.db.open || this.db.inTransaction) return
+      const started = performance.now()
+      try { this.db.pragma('wal_checkpoint(PASSIVE)') } catch { return }
+      this.checkpoints.count++
+      this.checkpoints.frames += frames
+      this.checkpoints.ms += performance.now() - started
+    })
+  }
+
+  private readonly pageBytes: number
 
   /** Set by deletes; after their transaction, free pages past catalogFreeBytesMax go back to the filesystem. */
   private deleted = false

@@ -304,6 +304,7 @@ const coreCommands: Record<string, Command> = {
       print(flags.json === true, report, () => {
         const lines = [`checked ${report.volumes} volumes, ${report.pages} map pages, ${report.blocks} blocks, ${report.extents} extents, ${report.chunks} chunks: ${report.ok ? 'no damage' : 'DAMAGE FOUND'}`]
         for (const problem of report.problems) lines.push(`  pool: ${problem}`)
+        if (report.counts !== undefined) lines.push(`  gc's reference counts: ${report.counts}`)
         for (const d of report.damaged) lines.push(`  ${dirOfKind[d.kind]}/${d.volume} bytes ${d.startByte}-${d.endByte - 1}: ${d.problem}`)
         return lines.join('\n')
       })

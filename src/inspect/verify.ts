@@ -1,6 +1,8 @@
 /**
  * verify: checks the catalog, every map page and entry, every delta extent a map points into and
- * every chunk's hash, and names the damaged volumes and byte ranges. It only reads. Runs online (in
+ * every chunk's hash, and names the damaged volumes and byte ranges; and compares gc's reference counts
+ * with a recount of the maps (a mismatch is a problem, and the counts are dropped: the next gc marks in
+ * full). Apart from dropping wrong counts it only reads. Runs online (in
  * the daemon, under the maintenance lock so compaction does not move chunks under it) or offline
  * (the CLI opens the pool itself, under the pool lock).
  */
@@ -24,15 +26,17 @@ export interface VerifyReport {
   blocks: number
   extents: number
   chunks: number
-  /** Problems of the pool itself (catalog, index). */
+  /** Problems of the pool itself (catalog, index, gc's reference counts). */
   problems: string[]
+  /** gc's reference counts against a recount of the maps: compared and equal, disagreeing (dropped), not built, or not compared (why). */
+  counts: string
   damaged: DamagedRange[]
 }
 
 export interface Progress { done: number, total: number }
 
 export async function verifyPool (pool: Pool, progress: Progress = { done: 0, total: 0 }): Promise<VerifyReport> {
-  const report: VerifyReport = { ok: true, volumes: 0, pages: 0, blocks: 0, extents: 0, chunks: 0, problems: [], damaged: [] }
+  const report: VerifyReport = { ok: true, volumes: 0, pages: 0, blocks: 0, extents: 0, chunks: 0, problems: [], damaged: [], counts: '' }
   for (const problem of pool.inspection.catalogProblems()) report.problems.push(`catalog: ${problem}`)
   const walk: MapWalk = { pool, report, damage: new DamagedBlocks(), users: new Map(), extentSlots: new Map() }
   const volumes = pool.list()
@@ -45,6 +49,9 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
   await checkChunks(walk, chunkIds, progress)
   report.damaged.push(...walk.damage.ranges(pool.blockBytes))
   await checkPoolFiles(pool, report)
+  const counts = await pool.checkCounts()
+  report.counts = counts.counts
+  report.problems.push(...counts.problems)
   report.ok = report.problems.length === 0 && report.damaged.length === 0
   return report
 }

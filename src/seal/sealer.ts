@@ -22,6 +22,8 @@ export class Sealer {
   onExtentSealed: (() => Promise<void>) | null = null
   /** Progress of the pass in flight, for callers that show it. */
   progress = { done: 0, total: 0 }
+  /** Whether a seal pass is running (the daemon's trace of a backup says what ran beside it). */
+  get busy (): boolean { return this.running !== null }
 
   constructor (private readonly pool: Pool, private readonly log: (message: string) => void) {}
 

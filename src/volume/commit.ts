@@ -10,6 +10,7 @@
  * Errors: commit() throws IO (sync failure, closed pool) or NO_SPACE, and what the catalog throws.
  */
 import { VolumeRow } from '../catalog/catalog'
+import { AppendTiming } from '../catalog/catalog-log'
 import { VdiskError, fromSystemError } from '../errors'
 import { encodeRoot } from '../format/map-format'
 import { catalogLogFile } from '../format/pool-format'
@@ -17,9 +18,28 @@ import { PoolState } from './pool-state'
 import { countsSum } from './ref-counts'
 import { Volume } from './volume'
 
+/**
+ * Where a commit's time went (ms), for the daemon's log of a backup (issue #21: the slow backups at
+ * 10,000 traced): waiting for the commit before it (queuedMs, as the caller saw it), the snapshot
+ * step, the extents' fdatasync, catalog.log's append (waiting for the log, writing, fdatasync, the
+ * SQLite transaction) and what follows (a first log snapshot).
+ */
+export interface CommitTiming {
+  startedAt: number
+  queuedMs: number
+  snapshotMs: number
+  extentsSyncMs: number
+  log: AppendTiming
+  /** The catalog's WAL fdatasync after the transaction (in the thread pool). */
+  walSyncMs: number
+  afterMs: number
+  pages: number
+  rows: number
+}
+
 export class Committer {
-  private commitRunning: Promise<void> = Promise.resolve()
-  private commitQueued: Promise<void> | null = null
+  private commitRunning: Promise<unknown> = Promise.resolve()
+  private commitQueued: Promise<CommitTiming> | null = null
   /**
    * Set when an fdatasync failed: Linux drops the dirty pages and a retry "succeeds", so nothing
    * written since the last commit can be trusted. Every later commit fails with this error (fsync
@@ -60,18 +80,24 @@ export class Committer {
    * Makes every change made before the call durable. Concurrent callers share commits: a call made
    * while one runs waits for the next, which starts after it and so includes its changes.
    */
-  async commit (): Promise<void> {
-    if (this.commitQueued !== null) return await this.commitQueued
+  async commit (): Promise<CommitTiming> {
+    const asked = performance.now()
+    const timing = await (this.commitQueued ?? this.queueCommit())
+    return { ...timing, queuedMs: timing.startedAt - asked }
+  }
+
+  private queueCommit (): Promise<CommitTiming> {
     const queued = this.commitRunning.catch(() => {}).then(async () => {
       this.commitQueued = null
-      await this.commitNow()
+      return await this.commitNow()
     })
     this.commitQueued = queued
     this.commitRunning = queued
-    return await queued
+    return queued
   }
 
-  private async commitNow (): Promise<void> {
+  private async commitNow (): Promise<CommitTiming> {
+    const timing: CommitTiming = { startedAt: performance.now(), queuedMs: 0, snapshotMs: 0, extentsSyncMs: 0, log: { waitMs: 0, writeMs: 0, syncMs: 0, applyMs: 0, bytes: 0 }, walSyncMs: 0, afterMs: 0, pages: 0, rows: 0 }
     if (this.state.lifecycle === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
     if (this.syncFailure !== null) throw this.syncFailure
     // Snapshot synchronously: everything in it was fully written before this point.
@@ -97,6 +123,10 @@ export class Committer {
     const atSnapshot = this.state.atCommitSnapshot
     this.state.atCommitSnapshot = null
     if (atSnapshot !== null) atSnapshot(journalSeq)
+    timing.pages = pages.length
+    timing.rows = rows.length
+    const syncing = performance.now()
+    timing.snapshotMs = syncing - timing.startedAt
     try {
       try {
         await this.state.extents.syncPending()
@@ -110,6 +140,7 @@ export class Committer {
         }
         throw err
       }
+      timing.extentsSyncMs = performance.now() - syncing
       // The log copy first, then the catalog (in the append's turn: no catalog.log snapshot step runs
       // between them): the log always holds at least what the catalog does.
       // The transaction's WAL append is synced in the thread pool after it (catalog.transactionUnsynced,
@@ -126,9 +157,11 @@ export class Committer {
         this.state.catalog.setMeta('next_epoch', String(nextEpoch))
         this.state.catalog.setMeta('journal_seq', String(journalSeq))
         if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
-      }))
+      }), timing.log)
+      const walSync = performance.now()
       try {
         await this.state.catalog.syncWal(async fd => await this.state.io.fdatasync(fd))
+        timing.walSyncMs = performance.now() - walSync
       } catch (err) {
         // As for the extents: a failed sync may have dropped the transaction's pages, and a retry
         // that "succeeds" would not bring them back.
@@ -151,7 +184,10 @@ export class Committer {
     // file meanwhile): only a log's first snapshot is waited for here.
     const failed = (err: Error): void => { this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${err.message}`) }
     const done = (before: number, after: number, ms: number): void => { this.state.log(`${catalogLogFile} rewritten beside the commits: ${before} bytes to ${after} in ${Math.round(ms)} ms`) }
+    const after = performance.now()
     await this.state.catalogLog.afterCommit(failed, done).catch(failed)
+    timing.afterMs = performance.now() - after
+    return timing
   }
 
   /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */

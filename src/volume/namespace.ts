@@ -14,17 +14,20 @@ import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '.
 import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
-import { Committer } from './commit'
+import { CommitTiming, Committer } from './commit'
 import { checkName, isHiddenName, libfuseNameOf, removedName } from './names'
-import { PoolState } from './pool-state'
+import { PoolState, VolumeTable } from './pool-state'
 import { Volume } from './volume'
+
+/** Where a backup's time went (ms): its name's lock, draining the source's writes, making the volume, and its commit's phases. */
+export interface BackupTiming { nameMs: number, pauseMs: number, madeMs: number, commit: CommitTiming | null }
 
 export class Namespace {
   constructor (private readonly state: PoolState, private readonly committer: Committer) {
     for (const row of state.catalog.volumes()) state.volumes.set(row.id, this.volumeFromRow(row))
   }
 
-  private get volumes (): Map<number, Volume> { return this.state.volumes }
+  private get volumes (): VolumeTable { return this.state.volumes }
 
   private async commit (): Promise<void> { await this.committer.commit() }
 
@@ -64,8 +67,7 @@ export class Namespace {
 
   /** The volume whose stored name is exactly `name`. */
   private named (kind: VolumeKind, name: string): Volume | undefined {
-    for (const volume of this.volumes.values()) if (volume.kind === kind && volume.name === name) return volume
-    return undefined
+    return this.volumes.byName(kind, name)
   }
 
   byId (id: number): Volume | undefined { return this.volumes.get(id) }
@@ -362,10 +364,13 @@ export class Namespace {
    * Takes an immutable point-in-time backup of a disk or clone. Every write acknowledged before the
    * call is in it. Cost: a copy of the root (8 bytes per 256 MiB of address space) plus one commit.
    */
-  async backup (source: Volume, name: string): Promise<Volume> {
+  async backup (source: Volume, name: string, timing?: BackupTiming): Promise<Volume> {
     if (source.kind === 'backup') throw invalid(`${source.name} is a backup; back up a disk or a clone`)
-    const backup = await this.copyOfWritable(source, 'backup', name, source)
-    await this.commit()
+    const started = performance.now()
+    const backup = await this.copyOfWritable(source, 'backup', name, source, timing)
+    const committing = performance.now()
+    const commit = await this.committer.commit()
+    if (timing !== undefined) { timing.madeMs = committing - started; timing.commit = commit }
     return backup
   }
 
@@ -377,9 +382,12 @@ export class Namespace {
    * volume stands on (a backup's source; nothing for a copy). The name is held from its check to the
    * creation, and a source removed while its writes drained is NOT_FOUND.
    */
-  private async copyOfWritable (source: Volume, kind: VolumeKind, name: string, lineage: Volume | null): Promise<Volume> {
+  private async copyOfWritable (source: Volume, kind: VolumeKind, name: string, lineage: Volume | null, timing?: BackupTiming): Promise<Volume> {
+    const asked = performance.now()
     return await this.withNewName(kind, name, async () => {
+      const named = performance.now()
       await source.pause()
+      if (timing !== undefined) { timing.nameMs = named - asked; timing.pauseMs = performance.now() - named }
       try {
         this.checkStillHere(source)
         const made = this.newVolume(kind, name, source.size, source.map.copyRoot(), source.map, lineage)
@@ -561,8 +569,7 @@ export class Namespace {
       // inUse waits for releases on their way, then checks the clone is still here.
       await this.inUse(clone, false)
       if (clone.kind !== 'clone') throw invalid(`${clone.label} is not a clone any more (promoted meanwhile)`)
-      clone.kind = 'disk'
-      clone.name = name
+      clone.rename('disk', name)
       clone.rowDirty = true
       this.changed(clone)
     })

@@ -30,7 +30,7 @@ import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
 import { GcReport, Maintenance, MarkSeams } from './maintenance'
-import { Namespace } from './namespace'
+import { BackupTiming, Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
 import { HeaderOptions, assertLimitsUserFacing, makeDurableDirectory, readOrCreateHeader } from './pool-header'
 import { PoolState, StateOptions } from './pool-state'
@@ -227,7 +227,7 @@ export class Pool {
   opened (volume: Volume, writable: boolean): void { this.namespace.opened(volume, writable) }
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
-  async backup (source: Volume, name: string): Promise<Volume> { return await this.namespace.backup(source, name) }
+  async backup (source: Volume, name: string, timing?: BackupTiming): Promise<Volume> { return await this.namespace.backup(source, name, timing) }
   async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, 'data', async () => await this.namespace.restore(backup, target, options)) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
@@ -297,6 +297,10 @@ export class Pool {
   // ---- maintenance (maintenance.ts) ----
 
   async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> { return await this.maintenance.exclusive(work, kind) }
+  /** The catalog's WAL checkpoints so far (count, ms, frames), for the daemon's trace of a backup. */
+  get catalogCheckpoints (): { count: number, ms: number, frames: number } { return this.state.catalog.checkpoints }
+  /** verify's check of gc's reference counts against a recount of the maps; inside exclusive() or offline (maintenance.ts). */
+  async checkCounts (): Promise<{ counts: string, problems: string[] }> { return await this.maintenance.checkCounts() }
   /** Runs a reader of pages and chunk sizes (the space accounting) under the lock, or beside a seal pass (maintenance.ts). */
   async besideSealing<T> (work: () => Promise<T>): Promise<T> { return await this.maintenance.besideSealing(work) }
 

@@ -431,6 +431,62 @@ export class RefCounts {
     return true
   }
 
+  // ---- verify's check ----
+
+  /**
+   * verify's check (issue #21): the counts against a recount from `roots` (every volume's) and the
+   * pages' entries as they are now. Synchronous, so the maps cannot change between the two; call it
+   * after the addon's queued first writes were taken (settleNative). The stale pages some root names
+   * are counted first, as a decision counts them. Returns the mismatches (at most `max`, with how many
+   * there were), or `unknown` when nothing can be compared (a page that cannot be read, a delta entry
+   * whose base table is not loaded): the counts are left as they are then.
+   */
+  recount (roots: Iterable<Float64Array>, max = 8): { mismatches: string[], total: number, pages: number, chunks: number, extents: number } | { unknown: string } {
+    if (this.resolvePending().size > 0) return { unknown: 'delta entries whose base tables are not loaded' }
+    for (const id of [...this.stale]) {
+      if (this.refsOfPage(id) === 0) continue
+      try { this.count(id) } catch (err) { return { unknown: `map page ${id}: ${(err as Error).message}` } }
+    }
+    const mismatches: string[] = []
+    let total = 0
+    const say = (what: string): void => { if (total++ < max) mismatches.push(what) }
+    // The pages: root entries per page, recounted.
+    const pageRefs = new Map<number, number>()
+    for (const root of roots) for (let p = 0; p < root.length; p++) if (root[p] !== 0) pageRefs.set(root[p], (pageRefs.get(root[p]) ?? 0) + 1)
+    for (let id = 1; id < this.pageRefs.length; id++) {
+      const kept = this.pageRefs[id]
+      const found = pageRefs.get(id) ?? 0
+      if (kept !== found) say(`map page ${id}: the counts say ${kept} root entries name it, the roots name it ${found} times`)
+    }
+    for (const [id, found] of pageRefs) {
+      if (id >= this.pageRefs.length) say(`map page ${id}: the counts say 0 root entries name it, the roots name it ${found} times`)
+      if (!this.isCounted(id)) say(`map page ${id}: a root names it and the counts did not count its references`)
+    }
+    // The chunks and extents: references of every counted page, recounted.
+    const chunks = new Map<number, number>()
+    const extents = new Map<number, number>()
+    const add = (map: Map<number, number>, id: number): void => { map.set(id, (map.get(id) ?? 0) + 1) }
+    for (let id = 1; id < this.counted.length; id++) {
+      if (this.counted[id] !== 1) continue
+      let refs: PageRefs
+      try { refs = this.source.refsOf(id) } catch (err) { return { unknown: `map page ${id}: ${(err as Error).message}` } }
+      for (let i = 0; i < refs.chunks.length; i++) add(chunks, refs.chunks[i])
+      for (let i = 0; i < refs.deltas.length; i++) {
+        add(extents, entryExtentId(refs.deltas[i]))
+        const under = this.source.underSlot(refs.deltas[i])
+        if (under.kind === 'chunk') add(chunks, under.chunkId)
+        else if (under.kind === 'unloaded') return { unknown: `the base table of delta extent ${entryExtentId(refs.deltas[i])} is not loaded` }
+      }
+    }
+    const compare = (what: string, kept: Map<number, number>, found: Map<number, number>): void => {
+      for (const [id, n] of kept) if (n !== (found.get(id) ?? 0)) say(`${what} ${id}: the counts say ${n} references, the maps hold ${found.get(id) ?? 0}`)
+      for (const [id, n] of found) if (!kept.has(id)) say(`${what} ${id}: the counts say 0 references, the maps hold ${n}`)
+    }
+    compare('chunk', this.chunkRefs, chunks)
+    compare('delta extent', this.extentRefs, extents)
+    return { mismatches, total, pages: pageRefs.size, chunks: chunks.size, extents: extents.size }
+  }
+
   /** Test seam: page `id` counted as named by no root (a lost count), as a bug could leave it. */
   testForget (id: number): void {
     if (id < this.pageRefs.length && this.pageRefs[id] > 0) {

@@ -108,8 +108,8 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   constructor (
     private readonly context: VolumeContext,
     readonly id: number,
-    public kind: VolumeKind,
-    public name: string,
+    kind: VolumeKind,
+    name: string,
     public size: number,
     readonly createdMs: number,
     public mtimeMs: number,
@@ -118,6 +118,8 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     readonly map: BlockMap,
     activeExtentId: number | null
   ) {
+    this.kindNow = kind
+    this.nameNow = name
     this.activeExtentId = activeExtentId
     if (activeExtentId !== null) this.writableExtents.add(activeExtentId)
     this.zeros = zeroBlock(context.blockBytes)
@@ -125,6 +127,18 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (journal !== undefined) map.onSet = (block, entry) => journal.entry(id, block, entry)
   }
 
+  private kindNow: VolumeKind
+  private nameNow: string
+  /** Told of every change of kind or name, with the key before it (the pool's table keeps its name index: VolumeTable). */
+  renamed: ((volume: Volume, oldKey: string) => void) | null = null
+  get kind (): VolumeKind { return this.kindNow }
+  set kind (kind: VolumeKind) { const old = this.key; this.kindNow = kind; this.renamed?.(this, old) }
+  get name (): string { return this.nameNow }
+  set name (name: string) { const old = this.key; this.nameNow = name; this.renamed?.(this, old) }
+  /** Both at once (a promote: no moment with the new kind and the old name, which another volume may hold). */
+  rename (kind: VolumeKind, name: string): void { const old = this.key; this.kindNow = kind; this.nameNow = name; this.renamed?.(this, old) }
+  /** Kind and name, as the table of names knows the volume. */
+  get key (): string { return `${this.kindNow}/${this.nameNow}` }
   get label (): string { return `${this.kind} ${this.name}` }
   /** Whether pause() holds the volume (its writable extents may be about to freeze). */
   get paused (): boolean { return this.gate !== null }
