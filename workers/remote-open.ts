@@ -11,7 +11,7 @@
 import { threadId, workerData } from 'node:worker_threads'
 import * as zstd from 'zstd-napi/binding'
 import { openSealed, sealInto, sealKindChunk } from './sealed-object'
-import { chunkHeaderBytes, encodeChunkObjectInto, sealRoom, zstdCompressBound } from '../src/remote/remote-format'
+import { chunkHeaderBytes, encodeChunkObjectInto, sealRoom, zstdCompressBound } from './chunk-object'
 
 /** The objects of one range: `bytes`, and where each object lies in it, its name and how errors call it. */
 export interface RemoteOpenTask { bytes: Uint8Array, chunks: Array<{ offset: number, length: number, name: string, what: string }> }

@@ -534,17 +534,12 @@ export class RemoteStore {
    * chunk vanished under a push that outlived half the grace period.
    */
   async push (meta: BackupMeta, blocks: AsyncIterable<Block>, options: { base?: Manifest, hooks?: PushHooks, onProgress?: (bytes: number) => void } = {}): Promise<PushResult> {
-    const entries = new Map<number, string>()
-    if (options.base !== undefined) {
-      if (options.base.blockBytes !== meta.blockBytes) throw invalid('the base backup in the store has another block size: push it whole')
-      const blockCount = Math.ceil(meta.size / meta.blockBytes)
-      for (const [index, id] of options.base.blocks) if (index < blockCount) entries.set(index, id)
-    }
+    const entries = baseEntries(meta, options.base)
     const result: PushResult = { id: '', created: false, blocks: 0, chunksUploaded: 0, bytesUploaded: 0, chunksReused: 0, chunksTouched: 0, chunkBytesUploaded: 0, objectBytesUploaded: 0, packsUploaded: 0 }
     const bytesWrittenBefore = this.s3.bytesWritten
     const settled = new Set<string>()
     // The first existence check: the listing of the packs' indexes.
-    let firstCheck = performance.now()
+    const firstCheck = performance.now()
     await this.loadPacks()
     const touches = new Map<string, Promise<boolean>>()
     const writer = new PackWriter(async (body, chunks) => {
@@ -605,8 +600,20 @@ export class RemoteStore {
       host: meta.host, created: meta.created, size: meta.size, blockBytes: meta.blockBytes, blocks: [...entries].sort((a, b) => a[0] - b[0])
     }
     await options.hooks?.beforeManifest?.()
-    // The manifest must land within grace/2 of the first existence check (see the file comment); a push
-    // slower than that checks every chunk again (touching the old packs' indexes) and starts the clock over.
+    await this.recheckIfSlow(manifest, firstCheck, touches)
+    const encoded = encodeManifest(manifest)
+    const id = this.key === null ? encoded.id : this.key.manifestId(encoded.bytes)
+    const key = this.manifestObjectKey(id)
+    const created = await this.s3.putOnce(key, this.key === null ? encoded.bytes : this.key.seal(sealKindManifest, this.relative(key), encoded.bytes))
+    return { ...result, id, created, blocks: manifest.blocks.length, objectBytesUploaded: this.s3.bytesWritten - bytesWrittenBefore }
+  }
+
+  /**
+   * The manifest must land within grace/2 of the first existence check (`firstCheck`; see the file
+   * comment): a push slower than that checks every chunk again (touching the old packs' indexes) and
+   * starts the clock over, at most remoteRecheckPassesMax times.
+   */
+  private async recheckIfSlow (manifest: Manifest, firstCheck: number, touches: Map<string, Promise<boolean>>): Promise<void> {
     for (let pass = 1; performance.now() - firstCheck > this.graceMs / 2; pass++) {
       if (pass > remoteRecheckPassesMax) {
         throw new VdiskError('IO', `remote ${this.s3.label}: checking the chunks of this push takes longer than half the store's grace period (${this.marker.graceSeconds} s): the store needs a longer one`)
@@ -622,11 +629,6 @@ export class RemoteStore {
         }
       })
     }
-    const encoded = encodeManifest(manifest)
-    const id = this.key === null ? encoded.id : this.key.manifestId(encoded.bytes)
-    const key = this.manifestObjectKey(id)
-    const created = await this.s3.putOnce(key, this.key === null ? encoded.bytes : this.key.seal(sealKindManifest, this.relative(key), encoded.bytes))
-    return { ...result, id, created, blocks: manifest.blocks.length, objectBytesUploaded: this.s3.bytesWritten - bytesWrittenBefore }
   }
 
   /** A chunk stored alone (stores written before packs; a base manifest may name one): made recent as a pack's index is. */
@@ -1120,4 +1122,14 @@ class PackWriter {
   async abandon (): Promise<void> {
     await Promise.all([...this.writing])
   }
+}
+
+/** An incremental push's starting entries: the blocks of `base` within the volume (none without a base). */
+function baseEntries (meta: BackupMeta, base: Manifest | undefined): Map<number, string> {
+  const entries = new Map<number, string>()
+  if (base === undefined) return entries
+  if (base.blockBytes !== meta.blockBytes) throw invalid('the base backup in the store has another block size: push it whole')
+  const blockCount = Math.ceil(meta.size / meta.blockBytes)
+  for (const [index, id] of base.blocks) if (index < blockCount) entries.set(index, id)
+  return entries
 }

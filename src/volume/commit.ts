@@ -128,18 +128,7 @@ export class Committer {
     const syncing = performance.now()
     timing.snapshotMs = syncing - timing.startedAt
     try {
-      try {
-        await this.state.extents.syncPending()
-      } catch (err) {
-        if (!(err instanceof VdiskError && err.code === 'NO_SPACE')) {
-          this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
-            'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
-          this.state.log(this.syncFailure.message)
-          this.state.journal.discard()
-          throw this.syncFailure
-        }
-        throw err
-      }
+      await this.syncExtents()
       timing.extentsSyncMs = performance.now() - syncing
       // The log copy first, then the catalog (in the append's turn: no catalog.log snapshot step runs
       // between them): the log always holds at least what the catalog does.
@@ -159,17 +148,8 @@ export class Committer {
         if (writable !== this.persistedWritable) this.state.catalog.setMeta('writable_extents', writable)
       }), timing.log)
       const walSync = performance.now()
-      try {
-        await this.state.catalog.syncWal(async fd => await this.state.io.fdatasync(fd))
-        timing.walSyncMs = performance.now() - walSync
-      } catch (err) {
-        // As for the extents: a failed sync may have dropped the transaction's pages, and a retry
-        // that "succeeds" would not bring them back.
-        this.syncFailure = new VdiskError('IO', `an fdatasync of the catalog's WAL failed (${(err as Error).message}); ` +
-          'the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
-        this.state.log(this.syncFailure.message)
-        throw this.syncFailure
-      }
+      await this.syncCatalogWal()
+      timing.walSyncMs = performance.now() - walSync
     } catch (err) {
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
       this.state.changedSinceCommit = true
@@ -188,6 +168,38 @@ export class Committer {
     await this.state.catalogLog.afterCommit(failed, done).catch(failed)
     timing.afterMs = performance.now() - after
     return timing
+  }
+
+  /** The extents written since the last commit made durable; a failed fdatasync is fatal for every later commit. */
+  private async syncExtents (): Promise<void> {
+    try {
+      await this.state.extents.syncPending()
+    } catch (err) {
+      if (!(err instanceof VdiskError && err.code === 'NO_SPACE')) {
+        this.syncFailure = new VdiskError('IO', `an fdatasync of the pool's extents failed (${(err as Error).message}); ` +
+          'writes since the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
+        this.state.log(this.syncFailure.message)
+        this.state.journal.discard()
+        throw this.syncFailure
+      }
+      throw err
+    }
+  }
+
+  /**
+   * The commit's catalog transaction made durable (an fdatasync of the WAL in the thread pool); as for
+   * the extents, a failed one is fatal: it may have dropped the transaction's pages, and a retry that
+   * "succeeds" would not bring them back.
+   */
+  private async syncCatalogWal (): Promise<void> {
+    try {
+      await this.state.catalog.syncWal(async fd => await this.state.io.fdatasync(fd))
+    } catch (err) {
+      this.syncFailure = new VdiskError('IO', `an fdatasync of the catalog's WAL failed (${(err as Error).message}); ` +
+        'the last commit may be lost, so vdiskfs refuses every further commit until the pool is mounted again', { cause: err })
+      this.state.log(this.syncFailure.message)
+      throw this.syncFailure
+    }
   }
 
   /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */
