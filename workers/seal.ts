@@ -52,20 +52,19 @@ export function seal (task: SealTask, config: WorkerConfig): SealResult {
       if (isZeroBlock(input)) return { zero: true, compressedBytes: 0 }
       const output = slab.subarray(outputOffset(config, slot), outputOffset(config, slot) + config.regionBytes)
       // Cut into verified pieces where the block allows (workers/pieces.ts): compressed pieces if they
-      // come to at most 7/8 of the block; else one frame if that does; else (incompressible) pieces kept
-      // raw in their frames; a block that is not cut into pieces, compressed or raw as before.
+      // come to at most 7/8 of the block, else (not worth it) pieces kept raw in their frames. The pieces'
+      // attempt decides: compressing the block again as one frame would cost a second compression of
+      // every such block for a few percent of them. A block that is not cut into pieces: compressed or
+      // raw as before.
       const pieces = sealsPieced() ? hashPieces(input) : null
       if (pieces !== null) {
         pieces.hash.copy(slab, hashOffset(config, slot), 0, hashBytes)
         const pieced = compressPieced(cctx, input, pieces, output, task.length - task.length / 8)
-        if (pieced > 0) return { zero: false, compressedBytes: pieced }
-      } else {
-        blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
+        return { zero: false, compressedBytes: pieced > 0 ? pieced : piecedRaw(input, pieces, output) }
       }
+      blake3Digest(input).copy(slab, hashOffset(config, slot), 0, hashBytes)
       const compressed = cctx.compress2(output, input)
-      if (worthCompressing(task.length, compressed)) return { zero: false, compressedBytes: compressed }
-      const raw = pieces !== null ? piecedRaw(input, pieces, output) : 0
-      return { zero: false, compressedBytes: raw }
+      return { zero: false, compressedBytes: worthCompressing(task.length, compressed) ? compressed : 0 }
     })
     return { blocks }
   } catch (err) {
