@@ -7,6 +7,9 @@
 #   kick    dd of 1 GiB to a new image, conv=fsync, with first writes' early writeback on and off
 #           (VDISKFS_WRITEBACK_KICK): MB/s
 #   loop    fio 4k randwrite for 22 s on a fresh 1 GiB disk: the daemon's event-loop delay (status)
+#   folio   dd of 1 GiB to a new image (bs=1M, conv=fsync), then fio 4k randwrite over it for 10 s, with
+#           extent writes cut at 64 KiB (small page-cache folios) and whole (VDISKFS_FOLIO_BYTES=0):
+#           MB/s, IOPS, daemon ns/write
 set -e
 REPO=$(cd "$(dirname "$0")/.." && pwd); V=$REPO/bin/vdiskfs
 W=${VDISKFS_AB_DIR:-/tmp/vdiskfs-ab}; ROUNDS=${2:-3}
@@ -55,5 +58,18 @@ loop)
     echo "round $round: $iops IOPS; $("$V" status "$W/lmnt" | grep 'event loop') (load $(load))"
     "$V" umount "$W/lmnt" >/dev/null
   done ;;
-*) echo "usage: bench/ab.sh pieces|kick|loop [rounds]" >&2; exit 2 ;;
+folio)
+  head -c 1073741824 /dev/urandom > "$W/src.raw"
+  for round in $(seq 1 "$ROUNDS"); do for folio in 65536 0; do
+    rm -rf "$W/fpool"; mkdir -p "$W/fmnt"
+    VDISKFS_FOLIO_BYTES=$folio "$V" mount "$W/fpool" "$W/fmnt" >/dev/null
+    cat "$W/src.raw" > /dev/null
+    rate=$(dd if="$W/src.raw" of="$W/fmnt/disks/f.img" bs=1M conv=fsync 2>&1 | tail -1 | awk '{print $(NF-1), $NF}')
+    pid=$(cat "$W/fpool/daemon.pid"); c0=$(cpu "$pid")
+    iops=$(fio --name=ab --filename="$W/fmnt/disks/f.img" --rw=randwrite --bs=4k --ioengine=psync --size=1g --runtime=10 --time_based --output-format=json | fio_rate iops)
+    c1=$(cpu "$pid")
+    echo "round $round folio=$folio: dd $rate, randwrite $iops IOPS, daemon $(( (c1 - c0) * 10000000 / (iops * 10 + 1) )) ns/write (load $(load))"
+    "$V" umount "$W/fmnt" >/dev/null
+  done; done ;;
+*) echo "usage: bench/ab.sh pieces|kick|loop|folio [rounds]" >&2; exit 2 ;;
 esac
