@@ -777,8 +777,9 @@ static uint64_t now_ms(void) {
  * Extent data is written FAST_FOLIO_BYTES at a time, never more in one pwrite. ext4 (6.16 on) gives a
  * file's page cache folios as large as the write that made them (up to 2 MiB), and every later write
  * into a folio walks all its buffer heads: a 4 KiB overwrite of a block first written by a 1 MiB
- * WRITE cost 17.7 us of CPU in the kernel, against 5.9 us when it came in 64 KiB pieces (3.9 in 16 KiB
- * (docs/PERFORMANCE.md, "Folios"). VDISKFS_FOLIO_BYTES=0 writes each run whole (for measuring it).
+ * WRITE cost 17.7 us of CPU in the kernel, against 5.9 us when it came in 64 KiB pieces (3.9 in 16 KiB pieces)
+ * (docs/PERFORMANCE.md, "Folios"). Extents are read without readahead for the same reason
+ * (fast_extent_add). VDISKFS_FOLIO_BYTES=0 writes each run whole and keeps readahead (for measuring it).
  */
 static size_t folio_bytes = 65536;
 __attribute__((constructor)) static void fast_folio_setting(void) {
@@ -2481,6 +2482,10 @@ static napi_value fast_extent_add(napi_env env, napi_callback_info info) {
   if (f->extent_count >= FAST_EXTENTS_MAX) return result;
   int fd = fcntl((int)arg_number(env, args[2]), F_DUPFD_CLOEXEC, 3);
   if (fd < 0) return result;
+  /* No readahead on extents (the open file the engine's descriptor shares): readahead fills the page
+   * cache with large folios, which make every later 4 KiB write into them cost a walk of the folio
+   * (fast_pwrite). A READ's own run is still read in one go. */
+  if (folio_bytes > 0) posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
   e = calloc(1, sizeof(fast_extent));
   if (e == NULL) { close(fd); return result; }
   e->id = id;
