@@ -74,6 +74,21 @@ enum {
 #define FAST_MID (1u << 12)
 #define FAST_TOP (1u << 12)
 #define FAST_BLOCKS_MAX ((uint64_t)FAST_PAGE * FAST_MID * FAST_TOP)
+/*
+ * A page of words is FAST_SUBS slots of FAST_SUB words each. A slot is either the address of its
+ * sub-page (even: FAST_SUB words in memory) or, odd, (word << 1) | 1: every word of the sub-page is
+ * `word`, with no memory of its own (a run of holes, or of "ask the engine"). A sparse 1 TiB disk's
+ * pages are mostly holes: 512 bytes a page and 512 per sub-page that holds other words, against 32 KiB
+ * a page. Only a compare-and-swap changes a slot: from one uniform word to another (JavaScript, for a
+ * whole sub-page), or from a uniform word to a sub-page filled with it (whoever must change one word of
+ * it: fast_sub_words). A sub-page once in memory stays until the volume's record is freed, so a word's
+ * address, once had, stays valid while the volume is referenced.
+ */
+#define FAST_SUB_BITS 6
+#define FAST_SUB (1u << FAST_SUB_BITS)
+#define FAST_SUBS (FAST_PAGE / FAST_SUB)
+#define FAST_UNIFORM(word) (((word) << 1) | 1)
+static uint64_t fast_word_bytes; /* memory the pages and sub-pages of every volume take (status: fastWordBytes) */
 #define FAST_DEAD (1ULL << 62)
 #define FAST_BUCKETS 1024
 #define FAST_SECTOR 4096u
@@ -164,7 +179,7 @@ typedef struct fast_volume {
   uint64_t lease_size;  /* slots the lease gave */
   uint64_t lease_bases; /* where the lease extent's base table starts (0: it holds no partial slots) */
   uint64_t volume_id;   /* the engine's id of the volume (the journal's records name it) */
-  uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_PAGE words) */
+  uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_SUBS slots: a sub-page, or a uniform word) */
 } fast_volume;
 
 typedef struct fast_state {
@@ -206,7 +221,17 @@ static void fast_volume_free(fast_volume *v) {
   for (unsigned t = 0; t < FAST_TOP; t++) {
     uint64_t **mid = v->top[t];
     if (mid == NULL) continue;
-    for (unsigned m = 0; m < FAST_MID; m++) free(mid[m]);
+    for (unsigned m = 0; m < FAST_MID; m++) {
+      uint64_t *page = mid[m];
+      if (page == NULL) continue;
+      for (unsigned k = 0; k < FAST_SUBS; k++) {
+        if (page[k] & 1) continue;
+        free((void *)(uintptr_t)page[k]);
+        __atomic_sub_fetch(&fast_word_bytes, FAST_SUB * sizeof(uint64_t), __ATOMIC_RELAXED);
+      }
+      free(page);
+      __atomic_sub_fetch(&fast_word_bytes, FAST_SUBS * sizeof(uint64_t), __ATOMIC_RELAXED);
+    }
     free(mid);
   }
   free(v);
@@ -249,7 +274,34 @@ static uint64_t fast_word(fast_volume *v, uint64_t block) {
   if (mid == NULL) return 0;
   uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
   if (page == NULL) return 0;
-  return __atomic_load_n(&page[block & (FAST_PAGE - 1)], __ATOMIC_SEQ_CST);
+  uint64_t slot = __atomic_load_n(&page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)], __ATOMIC_SEQ_CST);
+  if (slot & 1) return slot >> 1;
+  return __atomic_load_n(&((uint64_t *)(uintptr_t)slot)[block & (FAST_SUB - 1)], __ATOMIC_SEQ_CST);
+}
+
+/*
+ * The words of the sub-page in `slot`, in memory: made from its uniform word when it has none (a
+ * compare-and-swap from the uniform word seen; lost to another thread's change, it starts again from
+ * what that thread stored). NULL when memory ran out: the slot is then made uniformly 0 (ask the
+ * engine), which is always safe, so that no caller is left with a word it could not change.
+ */
+static uint64_t *fast_sub_words(uint64_t *slot) {
+  uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
+  for (;;) {
+    if (!(seen & 1)) return (uint64_t *)(uintptr_t)seen;
+    uint64_t *sub = malloc(FAST_SUB * sizeof(uint64_t));
+    if (sub == NULL) {
+      while ((seen & 1) && seen != FAST_UNIFORM(0) && !__atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(0), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+      if (seen & 1) return NULL;
+      continue;
+    }
+    for (unsigned i = 0; i < FAST_SUB; i++) sub[i] = seen >> 1;
+    if (__atomic_compare_exchange_n(slot, &seen, (uint64_t)(uintptr_t)sub, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+      __atomic_add_fetch(&fast_word_bytes, FAST_SUB * sizeof(uint64_t), __ATOMIC_RELAXED);
+      return sub;
+    }
+    free(sub);
+  }
 }
 
 /* The buffers a worker thread reads into (freed when the thread ends). */
@@ -834,13 +886,15 @@ static int fast_stripe_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Where block's word is (NULL: its page was never published), for a worker thread. */
+/* Where block's word is (NULL: its page was never published, or memory ran out: then the word is 0), for a worker thread. */
 static uint64_t *fast_word_at(fast_volume *v, uint64_t block) {
   if (block >= FAST_BLOCKS_MAX) return NULL;
   uint64_t **mid = __atomic_load_n(&v->top[block >> 24], __ATOMIC_ACQUIRE);
   if (mid == NULL) return NULL;
   uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
-  return page == NULL ? NULL : &page[block & (FAST_PAGE - 1)];
+  if (page == NULL) return NULL;
+  uint64_t *sub = fast_sub_words(&page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)]);
+  return sub == NULL ? NULL : &sub[block & (FAST_SUB - 1)];
 }
 
 /* Queues [ino, block, extent, slot, base] for the engine's map (fastAllocs; base: the chunk entry a
@@ -2110,8 +2164,10 @@ static uint64_t *fast_page(fast_volume *v, uint64_t block, int make) {
   uint64_t *page = mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)];
   if (page == NULL) {
     if (!make) return NULL;
-    page = calloc(FAST_PAGE, sizeof(uint64_t));
+    page = malloc(FAST_SUBS * sizeof(uint64_t));
     if (page == NULL) return NULL;
+    for (unsigned k = 0; k < FAST_SUBS; k++) page[k] = FAST_UNIFORM(0);
+    __atomic_add_fetch(&fast_word_bytes, FAST_SUBS * sizeof(uint64_t), __ATOMIC_RELAXED);
     __atomic_store_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], page, __ATOMIC_RELEASE);
   }
   return page;
@@ -2161,19 +2217,53 @@ static napi_value fast_publish(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const uint32_t *pairs = data;
-  for (size_t i = 0; i + 1 < count; i += 2) {
-    uint64_t block = first + i / 2;
-    uint64_t word = (uint64_t)pairs[i] | ((uint64_t)pairs[i + 1] << 32);
-    uint64_t *page = fast_page(v, block, word != 0);
-    if (page == NULL) { if (word != 0) return result; continue; }
-    /* A word a native first write set stays until the engine took its slot into the map (whose set
-     * clears it): the map published here may not hold that slot yet. */
-    uint64_t *at = &page[block & (FAST_PAGE - 1)];
-    uint64_t old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-    while (!(old & FAST_NATIVE) && !__atomic_compare_exchange_n(at, &old, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+#define PUBLISHED(k) ((uint64_t)pairs[2 * (k)] | ((uint64_t)pairs[2 * (k) + 1] << 32))
+  size_t n = count / 2;
+  for (size_t i = 0; i < n;) {
+    /* The words given for one sub-page at a time. */
+    uint64_t block = first + i;
+    size_t run = (size_t)(((block | (FAST_SUB - 1)) + 1) - block);
+    if (run > n - i) run = n - i;
+    uint64_t w0 = PUBLISHED(i);
+    int uniform = 1, any = w0 != 0;
+    for (size_t k = 1; k < run; k++) { uint64_t w = PUBLISHED(i + k); if (w != w0) uniform = 0; if (w != 0) any = 1; }
+    uint64_t *page = fast_page(v, block, any);
+    if (page == NULL) { if (any) return result; i += run; continue; }
+    uint64_t *slot = &page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)];
+    if (uniform && (w0 >> 63) == 0) {
+      /* A uniform sub-page given one word for all of it, or a part of it given the word it has: it
+       * stays uniform (a uniform slot holds no word a native first write set). */
+      uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
+      int done = 0;
+      while ((seen & 1) && !done) {
+        if (seen == FAST_UNIFORM(w0)) done = 1;
+        else if (run < FAST_SUB) break;
+        else done = __atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(w0), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+      }
+      if (done) { i += run; continue; }
+    }
+    uint64_t *sub = fast_sub_words(slot);
+    if (sub == NULL) return result;
+    for (size_t k = 0; k < run; k++) {
+      /* A word a native first write set stays until the engine took its slot into the map (whose set
+       * clears it): the map published here may not hold that slot yet. */
+      uint64_t *at = &sub[(block + k) & (FAST_SUB - 1)];
+      uint64_t word = PUBLISHED(i + k);
+      uint64_t old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+      while (!(old & FAST_NATIVE) && !__atomic_compare_exchange_n(at, &old, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    }
+    i += run;
   }
+#undef PUBLISHED
   napi_get_boolean(env, true, &result);
   return result;
+}
+
+/* A uniform word after fast_words_change: 0 (a clear), or as a freeze leaves it. */
+static uint64_t fast_word_changed(uint64_t word, int freeze) {
+  if (!freeze) return 0;
+  if ((word & FAST_KIND_MASK) == FAST_WRITABLE) return (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA;
+  return word & ~FAST_ALLOC;
 }
 
 /* The words of blocks [block, block + count) (count < 0: to the end) of the volume named by the call's
@@ -2199,14 +2289,31 @@ static napi_value fast_words_change(napi_env env, napi_callback_info info, int f
       else block = page_end;
       continue;
     }
-    for (; block < page_end; block++) {
-      uint64_t *at = &page[block & (FAST_PAGE - 1)];
-      if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
-      uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-      /* Writable words become read-only, and none may take a new slot any more; a word a native first
-       * write set keeps its FAST_NATIVE flag (the engine has yet to take it). */
-      if ((word & FAST_KIND_MASK) == FAST_WRITABLE) __atomic_store_n(at, (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA, __ATOMIC_SEQ_CST);
-      else if (word & FAST_ALLOC) __atomic_store_n(at, word & ~FAST_ALLOC, __ATOMIC_SEQ_CST);
+    while (block < page_end) {
+      uint64_t sub_end = (block | (FAST_SUB - 1)) + 1;
+      if (sub_end > page_end) sub_end = page_end;
+      uint64_t *slot = &page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)];
+      /* A uniform sub-page changed whole stays uniform; one changed in part is made real first. */
+      uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
+      int done = 0;
+      while ((seen & 1) && !done) {
+        uint64_t to = fast_word_changed(seen >> 1, freeze);
+        if (to == seen >> 1) done = 1;
+        else if (sub_end - block < FAST_SUB) break;
+        else done = __atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(to), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+      }
+      uint64_t *sub = done ? NULL : fast_sub_words(slot);
+      /* NULL and not done: memory ran out and the slot is uniformly 0 now, which a clear or a freeze allows. */
+      if (sub == NULL) { block = sub_end; continue; }
+      for (; block < sub_end; block++) {
+        uint64_t *at = &sub[block & (FAST_SUB - 1)];
+        if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
+        uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+        /* Writable words become read-only, and none may take a new slot any more; a word a native first
+         * write set keeps its FAST_NATIVE flag (the engine has yet to take it). */
+        if ((word & FAST_KIND_MASK) == FAST_WRITABLE) __atomic_store_n(at, (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA, __ATOMIC_SEQ_CST);
+        else if (word & FAST_ALLOC) __atomic_store_n(at, word & ~FAST_ALLOC, __ATOMIC_SEQ_CST);
+      }
     }
   }
   return NULL;
@@ -2715,6 +2822,7 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastBytes", num(env, (double)__atomic_load_n(&s->fast.bytes, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastMismatches", num(env, (double)__atomic_load_n(&s->fast.mismatches, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastExtents", num(env, s->fast.extent_count));
+  napi_set_named_property(env, out, "fastWordBytes", num(env, (double)__atomic_load_n(&fast_word_bytes, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunks", num(env, s->fast.chunk_count));
   napi_set_named_property(env, out, "fastChunkReads", num(env, (double)__atomic_load_n(&s->fast.chunk_reads, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunkHits", num(env, (double)__atomic_load_n(&s->fast.chunk_hits, __ATOMIC_RELAXED)));

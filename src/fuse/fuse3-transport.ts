@@ -105,6 +105,8 @@ export interface Fuse3Stats {
   fastBytes: number
   fastMismatches: number
   fastExtents: number
+  /** Memory the published words take (pages and the sub-pages in memory), bytes. */
+  fastWordBytes: number
   /**
    * Sealed chunks: records the addon holds, reads of them it served (of which from its thread's last
    * chunk), 16 KiB pieces it opened and checked (pieced payloads, docs/FORMAT.md), chunks that failed its check.

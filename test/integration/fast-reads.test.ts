@@ -528,3 +528,76 @@ test.serial('native overwrites of several blocks in one WRITE: 128 KiB and 1 MiB
   await m.mount()
   t.is(await sha256(disk), hash, 'the image after umount and mount')
 })
+
+test.serial('a sparse disk\'s published words take memory for the blocks it holds, not for its size; its blocks and the holes beside them read right through writes, a backup and a shrink', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 'sparse.img')
+  const scratch = path.join(m.dir, 'read.bin')
+  const size = 8 * 1024 * MiB
+  const stride = 256 * MiB // one map page of 4,096 blocks of 64 KiB: 32 pages
+  fs.writeFileSync(disk, '')
+  fs.truncateSync(disk, size)
+  // One block of data in each page (at a different place in its run of 64 blocks), holes around it.
+  const blocks = new Map<number, Buffer>()
+  const fd = fs.openSync(disk, 'r+')
+  for (let k = 0; k < size / stride; k++) {
+    const offset = k * stride + (k % 7) * 64 * KiB
+    const data = crypto.randomBytes(64 * KiB)
+    fs.writeSync(fd, data, 0, data.length, offset)
+    blocks.set(offset, data)
+  }
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  const expected = (offset: number, length: number): Buffer => {
+    const out = Buffer.alloc(length)
+    for (const [at, data] of blocks) {
+      if (at + data.length <= offset || at >= offset + length) continue
+      data.copy(out, Math.max(0, at - offset), Math.max(0, offset - at), Math.min(data.length, offset + length - at))
+    }
+    return out
+  }
+  // The block, the block before it (or after it) and one far in its page, twice: the engine answers
+  // and publishes, then the addon answers.
+  const regions = [...blocks.keys()].flatMap(at => [[at === 0 ? 0 : at - 64 * KiB, 192 * KiB], [at - (at % stride) + 200 * MiB, 64 * KiB]])
+  const readAll = async (what: string, limit = size): Promise<void> => {
+    for (const [offset, length] of regions) {
+      if (offset + length > limit) continue
+      t.true((await readDirect(disk, offset, length, scratch)).equals(expected(offset, length)), `${what}: ${length} bytes at ${offset}`)
+    }
+  }
+  await readAll('first reads')
+  const before = await fastStats(m.mnt)
+  await readAll('second reads')
+  const after = await fastStats(m.mnt) as FastStats & { fastWordBytes: number }
+  t.true(after.fastServed - before.fastServed >= regions.length * 16, 'the addon served the second reads')
+  // Dense pages would take 32 KiB each, 1 MiB for these 32; here 512 bytes a page and 512 a run of 64 words that is not all holes.
+  t.true(after.fastWordBytes > 0 && after.fastWordBytes < 128 * KiB, `published words take ${after.fastWordBytes} bytes`)
+  // Writes into holes beside the blocks (native first writes into runs of holes), a backup, and
+  // writes again: the backup keeps what it had.
+  const write = (offset: number, data: Buffer): void => {
+    const wfd = fs.openSync(disk, 'r+')
+    fs.writeSync(wfd, data, 0, data.length, offset)
+    fs.fsyncSync(wfd)
+    fs.closeSync(wfd)
+    blocks.set(offset, data)
+  }
+  for (const at of [...blocks.keys()].filter((_, i) => i % 8 === 0)) write(at + 64 * KiB, crypto.randomBytes(64 * KiB))
+  await readAll('after writes into holes')
+  const taken = await vdiskfs('backup', disk, 'sparse-b')
+  t.is(taken.code, 0, taken.stderr)
+  const backupHolds = new Map(blocks)
+  for (const at of [...blocks.keys()].filter((_, i) => i % 8 === 1)) write(at + 128 * KiB, crypto.randomBytes(64 * KiB))
+  await readAll('after writes beside a backup')
+  const backup = m.image('backups', 'sparse-b.img')
+  for (const [at, data] of backupHolds) {
+    if (at % (1024 * MiB) !== 0) continue
+    t.true((await readDirect(backup, at, 64 * KiB, scratch)).equals(data), `the backup at ${at}`)
+  }
+  // A shrink to the middle of a run of 64 blocks, and a grow back: what lay past the new end reads as zeros.
+  const cut = 4 * 1024 * MiB + 96 * KiB
+  fs.truncateSync(disk, cut)
+  fs.truncateSync(disk, size)
+  for (const at of [...blocks.keys()]) if (at + 64 * KiB > cut) blocks.delete(at)
+  await readAll('after a shrink and a grow')
+  await readAll('read again')
+})
