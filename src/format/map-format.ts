@@ -59,6 +59,12 @@ export function entrySlot (entry: number): number {
 /** Encodes integers below 2^53 as u64 little-endian. */
 export function encodeU64Array (values: Float64Array): Buffer {
   const out = Buffer.allocUnsafe(values.length * 8)
+  encodeU64Into(values, out)
+  return out
+}
+
+/** encodeU64Array into the start of `out`, whose offset in its ArrayBuffer is a multiple of 4 (a commit of many pages makes no second copy of each). */
+function encodeU64Into (values: Float64Array, out: Buffer): void {
   const words = new Uint32Array(out.buffer, out.byteOffset, values.length * 2)
   for (let i = 0; i < values.length; i++) {
     const v = values[i]
@@ -66,7 +72,6 @@ export function encodeU64Array (values: Float64Array): Buffer {
     words[2 * i] = lo
     words[2 * i + 1] = (v - lo) / 4294967296
   }
-  return out
 }
 
 /** Decodes u64 little-endian values; throws when a value does not fit below 2^53 (corrupt input). */
@@ -116,8 +121,8 @@ export function pageGroupCrc (stored: Uint8Array, group: number, pageId: number,
 
 /** Encodes a page's entries with its checksum trailer (format 2). */
 export function encodePage (entries: Float64Array, pageId: number): Buffer {
-  const out = Buffer.alloc(storedPageBytes)
-  encodeU64Array(entries).copy(out, 0)
+  const out = Buffer.alloc(storedPageBytes) // its own ArrayBuffer (past the pool's size): offset 0
+  encodeU64Into(entries, out)
   const seed = pageSeed(pageId)
   out.writeUInt32LE(pageTrailerMagic, pageBytes)
   out.writeUInt16LE(pageFormatVersion, pageBytes + 4)
