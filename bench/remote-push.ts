@@ -6,6 +6,8 @@
  * and PUTs one object of its size through the SDK between them; prints each push's wall time, its CLI's
  * CPU (user + system, every thread, /usr/bin/time), the PUT's, and the load average.
  * VDISKFS_BENCH_PUSH_PROF=DIR: each push's CLI profiled (node --cpu-prof) into DIR/REMOTE.
+ * VDISKFS_BENCH_PUSH_WORKERS=1: each run also pushes to a third, encrypted store with the sealing in the
+ * CLI's worker threads (VDISKFS_PUSH_SEAL_WORKERS=1, how it sealed before), after the encrypted push.
  */
 import { execFileSync } from 'node:child_process'
 import crypto from 'node:crypto'
@@ -19,6 +21,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const runs = Number(process.env.VDISKFS_BENCH_PUSH_RUNS ?? 2)
 /** VDISKFS_BENCH_PUSH_PROF=DIR: the pushes' CLIs profiled (node --cpu-prof, every thread) into DIR. */
 const profDir = process.env.VDISKFS_BENCH_PUSH_PROF
+const alsoWorkers = process.env.VDISKFS_BENCH_PUSH_WORKERS === '1'
 
 async function main (): Promise<void> {
   fs.mkdirSync(workRoot, { recursive: true })
@@ -37,11 +40,11 @@ async function main (): Promise<void> {
     const client = new S3Client({ endpoint: rgw.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: rgwAccessKey, secretAccessKey: rgwSecretKey }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' })
     const body = crypto.randomBytes(dataBytes)
     const timeFile = path.join(dir, 'time.out')
-    const push = (remote: string): string => {
+    const push = (remote: string, env: NodeJS.ProcessEnv = {}): string => {
       const started = process.hrtime.bigint()
       const load = loadAverages()
       const command = profDir === undefined ? [cli] : [process.execPath, '--cpu-prof', `--cpu-prof-dir=${path.join(profDir, remote)}`, cli]
-      execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, ...command, 'push', path.join(a, 'backups', 'b1.img'), remote, '--json'], { encoding: 'utf8', env: rgw.env, maxBuffer: 64 * mib })
+      execFileSync('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, ...command, 'push', path.join(a, 'backups', 'b1.img'), remote, '--json'], { encoding: 'utf8', env: { ...rgw.env, ...env }, maxBuffer: 64 * mib })
       const seconds = Number(process.hrtime.bigint() - started) / 1e9
       const [user, system] = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()?.split(' ').map(Number) ?? [0, 0]
       return `${seconds.toFixed(2)} s (${(dataBytes / 1e6 / seconds).toFixed(1)} MB/s), CLI CPU ${(user + system).toFixed(2)} s, load ${load}`
@@ -59,6 +62,11 @@ async function main (): Promise<void> {
       console.log(`run ${run}: one ${dataBytes / mib} MiB PUT ${seconds.toFixed(2)} s (${(dataBytes / 1e6 / seconds).toFixed(1)} MB/s), load ${load}`)
       execFileSync('sync')
       console.log(`run ${run}: encrypted push ${push(`sealed${run}`)}`)
+      if (alsoWorkers) {
+        vdiskfs('remote', 'add', a, `workers${run}`, `s3://vdiskfs-bench/workers${run}`, '--endpoint', rgw.endpoint, '--key', keyFile)
+        execFileSync('sync')
+        console.log(`run ${run}: encrypted push, sealed in worker threads ${push(`workers${run}`, { VDISKFS_PUSH_SEAL_WORKERS: '1' })}`)
+      }
     }
     client.destroy()
   } finally {

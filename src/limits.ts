@@ -287,6 +287,11 @@ export const importBatchBlocks = 256
 export const importBatchFrames = 16384
 /** The most chunk ids one lazyMissing request may ask about (a hydrator asks a batch of a manifest at a time). */
 export const lazyMissingHashesMax = 4096
+/**
+ * The most rows a lazy pull's import keeps in memory rather than in the catalog (import.ts; 2.25 MiB of
+ * them, a 16 GiB image at 64 KiB blocks): a larger one writes them all to the catalog once past it.
+ */
+export const lazyImportRowsInMemoryMax = 262144
 /** Recorded blocks an import's finish applies to the new map per turn of the event loop. */
 export const importFinishTurnBlocks = 4096
 /** An import not continued for this long is dropped when its catalog opens; its chunks become garbage for gc. */

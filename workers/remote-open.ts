@@ -10,7 +10,8 @@
  */
 import { threadId, workerData } from 'node:worker_threads'
 import * as zstd from 'zstd-napi/binding'
-import { openSealed, sealInto, sealKindChunk } from './sealed-object'
+import { openSealed, sealKindChunk } from './sealed-object'
+import { ChunkSealer } from './chunk-sealer'
 import { chunkHeaderBytes, encodeChunkObjectInto, sealRoom, zstdCompressBound } from './chunk-object'
 
 /** The objects of one range: `bytes`, and where each object lies in it, its name and how errors call it. */
@@ -57,6 +58,9 @@ let cctx: { level: number, ctx: zstd.CCtx } | null = null
 /** Where each plain chunk object is built before it is sealed: used again by every task. */
 let scratch = Buffer.alloc(0)
 
+/** This thread's sealer of chunks (chunk-sealer.ts): one salt per chunksPerSalt chunks, across tasks. */
+const sealer = new ChunkSealer(sealKey)
+
 export function sealChunks (task: RemoteSealTask): RemoteSealResult {
   if (cctx === null || cctx.level !== task.zstdLevel) {
     const ctx = new zstd.CCtx()
@@ -72,7 +76,7 @@ export function sealChunks (task: RemoteSealTask): RemoteSealResult {
   let at = 0
   for (const chunk of task.chunks) {
     const plainLength = encodeChunkObjectInto(cctx.ctx, scratch, chunk.id, blocks.subarray(chunk.offset, chunk.offset + chunk.length))
-    const length = sealInto(sealKey, sealed.subarray(at), sealKindChunk, chunk.name, scratch.subarray(0, plainLength))
+    const length = sealer.seal(sealed.subarray(at), chunk.name, scratch.subarray(0, plainLength))
     lengths.push(length)
     at += length
   }

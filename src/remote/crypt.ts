@@ -32,6 +32,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
+import { ChunkSealer } from '../../workers/chunk-sealer'
 import { checkSealHeader, openSealed, sealInto, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from '../../workers/sealed-object'
 
 // The sealed object format lives in workers/sealed-object.ts (the CLI's worker threads open chunks with it).
@@ -85,6 +86,9 @@ export class RemoteKey {
   open (kind: number, name: string, object: Buffer, what: string): Buffer {
     return openSealed(this.sealKey, kind, name, object, what)
   }
+
+  /** A sealer of a push's chunks (workers/chunk-sealer.ts: chunks sealed one after another share a salt). */
+  chunkSealer (): ChunkSealer { return new ChunkSealer(this.sealKey) }
 
   /**
    * The subkey that opens (and seals) objects, for the worker threads of this process that open a pull's

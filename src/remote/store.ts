@@ -183,6 +183,18 @@ export class RemoteStore {
     return this.key === null ? plain : this.key.seal(sealKindChunk, this.relative(this.chunkObjectKey(id)), plain)
   }
 
+  /**
+   * How a push encodes each new chunk straight into its pack (`target`, room for chunkObjectBytesMax): its
+   * plain chunk object, compressed; in an encrypted store built in a scratch buffer first, then sealed
+   * into `target` under its name (workers/chunk-sealer.ts: the chunks sealed one after another share a salt).
+   */
+  private packEncoder (): (target: Buffer, id: string, name: string, data: Buffer) => number {
+    const chunkSealer = this.key?.chunkSealer() ?? null
+    if (chunkSealer === null) return (target, id, _name, data) => this.encodePlainChunkInto(target, id, data)
+    const scratch = Buffer.allocUnsafe(chunkObjectBytesMax)
+    return (target, id, name, data) => chunkSealer.seal(target, this.relative(chunkKey(this.prefix, name)), scratch.subarray(0, this.encodePlainChunkInto(scratch, id, data)))
+  }
+
   /** A plain store's chunk object, compressed straight into `target` (room for chunkObjectBytesMax): its length. */
   private encodePlainChunkInto (target: Buffer, id: string, data: Buffer): number {
     return encodeChunkObjectInto(this.cctx, target, id, data)
@@ -547,10 +559,12 @@ export class RemoteStore {
       result.packsUploaded++
       await options.hooks?.afterBatch?.()
     })
-    // An encrypted store's new chunks are compressed and sealed in the CLI's worker threads (chunkOpener),
-    // sealBatchBytes of blocks a task, up to sealBatchesInFlight tasks at once; their objects go into the
-    // pack in the order the blocks came, by this loop alone (the only one to call writer.space/commit).
-    const sealer = this.key === null ? null : new PushSealer(this.chunkWorkers(), zstdLevel, async (name, object) => {
+    // An encrypted store's new chunks are sealed on this thread (packEncoder); with VDISKFS_PUSH_SEAL_WORKERS=1,
+    // in the CLI's worker threads (PushSealer: 2 MiB of blocks a task, their objects into the pack in the
+    // blocks' order, by this loop alone), which took about 1.8 times the CPU (docs/REMOTE.md, "Figures").
+    const inWorkers = this.key !== null && process.env.VDISKFS_PUSH_SEAL_WORKERS === '1'
+    const encode = this.packEncoder()
+    const sealer = !inWorkers ? null : new PushSealer(this.chunkWorkers(), zstdLevel, async (name, object) => {
       result.chunkBytesUploaded += object.length
       this.chunksSealedInWorkers++
       await writer.add(name, object)
@@ -582,7 +596,7 @@ export class RemoteStore {
           await sealer.add(id, name, this.relative(chunkKey(this.prefix, name)), block.data)
           continue
         }
-        const length = this.encodePlainChunkInto(writer.space(), id, block.data)
+        const length = encode(writer.space(), id, name, block.data)
         result.chunkBytesUploaded += length
         await writer.commit(name, length)
       }

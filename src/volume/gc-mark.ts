@@ -76,9 +76,9 @@ export class GcMark {
       this.roots.push({ label: volume.label, root: volume.map.shareRoot() })
     }
     const liveChunks = new Set<number>()
-    // Chunks an unfinished import stored (catalog table import_blocks) are live until it completes or is
-    // dropped; imports change them only under the maintenance lock gc holds.
-    for (const id of state.catalog.heldChunkIds()) liveChunks.add(id)
+    // Chunks an unfinished import stored (catalog table import_blocks, or a lazy pull's rows in memory)
+    // are live until it completes or is dropped; imports change them only under the maintenance lock gc holds.
+    for (const id of state.heldChunkIds()) liveChunks.add(id)
     this.result = {
       livePages: new Set(),
       liveExtents,

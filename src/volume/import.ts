@@ -33,7 +33,7 @@
 import { ChunkRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, corrupt, exists, invalid } from '../errors'
 import { chunkEntry } from '../format/map-format'
-import { createdMsMax, importFinishTurnBlocks, sealBatchBlocks, volumeBytesMax } from '../limits'
+import { createdMsMax, importFinishTurnBlocks, lazyImportRowsInMemoryMax, sealBatchBlocks, volumeBytesMax } from '../limits'
 import { BlockMap } from '../map/block-map'
 import { Committer } from './commit'
 import { checkName } from './names'
@@ -207,12 +207,21 @@ export class Importer {
 export class ImportSession {
   readonly counts: ImportCounts = { resumedBlocks: 0, newChunks: 0, dedupedBlocks: 0, zeroBlocks: 0, absentBlocks: 0 }
   /** Milliseconds spent in each step (the lazy pull's timing line in the daemon log). */
-  readonly timing = { mapMs: 0, commitMs: 0 }
+  readonly timing = { lookMs: 0, ingestMs: 0, rowsMs: 0, mapMs: 0, commitMs: 0 }
   /** Blocks an earlier run recorded under this key when this session began. */
   readonly recordedBlocks: number
   /** The highest block index received so far (-1: none): every later one must be above it. */
   private lastIndex = -1
   private readonly blocks: number
+  /**
+   * A new lazy pull's rows, kept here rather than in the catalog's import_blocks, where they were written,
+   * read back for the map and deleted by the commit (about 50 ms of CPU of a warm daemon per 15,000):
+   * its blocks, its chunks (null: zeros), and the chunks held for gc meanwhile (state.importsHeldInMemory).
+   * Null for every other import, and once past lazyImportRowsInMemoryMax (then written to the catalog).
+   * A daemon killed before the finish keeps no rows: the pull sends its references again (the absent
+   * chunks, in the catalog, are found by their ids), and the head's chunks, if gc took them, are fetched again.
+   */
+  private memory: { blocks: number[], chunks: Array<number | null>, held: Set<number> } | null = null
 
   constructor (
     private readonly state: PoolState,
@@ -220,11 +229,47 @@ export class ImportSession {
     private readonly exclusive: <T>(work: () => Promise<T>) => Promise<T>,
     readonly spec: ImportSpec,
     readonly name: string,
-    readonly close: () => void,
+    private readonly ended: () => void,
     private readonly onStaged: (staged: StagedImport) => void
   ) {
     this.recordedBlocks = state.catalog.importBlockCount(spec.key)
     this.blocks = Math.ceil(spec.size / state.blockBytes)
+    // VDISKFS_LAZY_ROWS_IN_MEMORY=0: a lazy pull's rows go to the catalog as an import's do (for measuring against).
+    if (spec.lazy === true && this.recordedBlocks === 0 && process.env.VDISKFS_LAZY_ROWS_IN_MEMORY !== '0') {
+      this.memory = { blocks: [], chunks: [], held: new Set() }
+      state.importsHeldInMemory.add(this.memory.held)
+    }
+  }
+
+  /** Ends the session (the caller's close, after its last store): what it held in memory is no longer held. */
+  close (): void {
+    if (this.memory !== null) this.state.importsHeldInMemory.delete(this.memory.held)
+    this.ended()
+  }
+
+  /**
+   * The batch's rows, in its transaction: written to the catalog, with those kept in memory so far once
+   * past lazyImportRowsInMemoryMax, or (a new lazy pull's) kept in memory by what this returns, which the
+   * caller runs once the transaction committed (a failed one leaves the memory as it was).
+   */
+  private recordRows (rows: Array<{ block: number, chunkId: number | null }>): () => void {
+    const memory = this.memory
+    if (memory !== null && memory.blocks.length + rows.length <= lazyImportRowsInMemoryMax) {
+      return () => {
+        for (const row of rows) {
+          memory.blocks.push(row.block)
+          memory.chunks.push(row.chunkId)
+          if (row.chunkId !== null) memory.held.add(row.chunkId)
+        }
+      }
+    }
+    if (memory !== null) this.state.catalog.putImportBlocks(this.spec.key, memory.blocks.map((block, i) => ({ block, chunkId: memory.chunks[i] })))
+    this.state.catalog.putImportBlocks(this.spec.key, rows)
+    return () => {
+      if (memory === null) return
+      this.state.importsHeldInMemory.delete(memory.held)
+      this.memory = null
+    }
   }
 
   /** Whether `block` is recorded (in `recorded`, a batch's range of the rows) with this content already. */
@@ -261,62 +306,76 @@ export class ImportSession {
     if (todo.length === 0 && stale.length === 0) return
     await this.exclusive(async () => {
       if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
-      const rows: Array<{ block: number, chunkId: number | null }> = []
-      const fresh: ImportBlock[] = []
-      // A lazy pull's references to chunks the pool lacks: absent chunks, inserted with the rows below.
-      const absent = new Map<string, ChunkRow>()
-      const listed = new Set<number>()
-      // The chunks the pool indexes already, looked up for the whole batch at once (nothing in the loop
-      // below changes the index: the new chunks are stored after it).
-      const known = this.state.catalog.chunksByHashes(todo.flatMap(block => block.hash === null ? [] : [block.hash]))
-      for (const block of todo) {
-        if (block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
-        if (block.data === null && this.spec.lazy !== true) throw corrupt(`import ${this.spec.key}: block ${block.index} has no bytes`)
-        const indexed = known.get(block.hash.toString('hex'))
-        // An absent chunk is no copy of a block: bytes that come fill it (fresh, through the chunk store).
-        const absentHere = indexed !== undefined && this.state.chunks.isAbsent(indexed)
-        if (indexed !== undefined && (!absentHere || block.data === null)) {
-          rows.push({ block: block.index, chunkId: indexed })
-          if (absentHere) listed.add(indexed); else this.counts.dedupedBlocks++
-          continue
-        }
-        if (block.data === null) {
-          const key = block.hash.toString('hex')
-          let row = absent.get(key)
-          if (row === undefined) absent.set(key, row = this.state.chunks.newAbsent(block.hash, this.state.blockBytes))
-          rows.push({ block: block.index, chunkId: row.id })
-          listed.add(row.id)
-          this.counts.absentBlocks++
-          continue
-        }
-        fresh.push(block)
-      }
+      const t = performance.now()
+      const { rows, fresh, absent, listed } = this.sortBlocks(todo)
       const groups: ImportBlock[][] = []
       for (let i = 0; i < fresh.length; i += sealBatchBlocks) groups.push(fresh.slice(i, i + sealBatchBlocks))
+      this.timing.lookMs += performance.now() - t
+      const ingesting = performance.now()
       await this.state.ingest.run(groups, async group => { rows.push(...await this.storeGroup(group)) })
+      this.timing.ingestMs += performance.now() - ingesting
       // The pull and the absent chunks it lists go to catalog.log first (as a commit's rows do): a catalog
       // rebuilt from the log keeps the pull resumable (catalog-log.ts). A chunk filled meanwhile is listed
       // as absent there, harmlessly: repair finds it in its pack.
       const pull = listed.size === 0 ? undefined : this.state.catalog.lazyPulls().find(row => row.uuid === this.spec.uuid)
       const now = Date.now()
+      let kept = (): void => {}
       const transaction = (): void => this.state.catalog.transaction(() => {
         // Another import of the same stream may have finished (and dropped this key) meanwhile.
         if (!this.state.catalog.hasImport(this.spec.key)) throw exists(`a volume with the stream's identity ${this.spec.uuid} (imported meanwhile)`)
         for (const index of stale) this.state.catalog.deleteImportBlocks(this.spec.key, index, index)
         this.state.catalog.insertChunks(absent.values())
         this.state.catalog.putLazyChunks(this.spec.uuid, listed)
-        this.state.catalog.putImportBlocks(this.spec.key, rows)
+        kept = this.recordRows(rows)
         this.state.catalog.touchImport(this.spec.key, now)
       })
       // Once committed, the absent rows go into the chunk store's row cache in the same synchronous step
       // (no fill can come between and be overwritten by them): finish's map reads their sizes from there.
-      const apply = (): void => { transaction(); this.state.chunks.remember(absent.values()) }
+      const apply = (): void => { const t = performance.now(); transaction(); kept(); this.state.chunks.remember(absent.values()); this.timing.rowsMs += performance.now() - t }
       if (pull === undefined) { apply(); return }
       // The transaction in the append's turn: no catalog.log snapshot step runs between them.
       const made = new Map([...absent.values()].map(row => [row.id, row]))
       const logged = [...listed].flatMap(id => { const row = made.get(id) ?? this.state.catalog.chunk(id); return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }] })
       await this.state.catalogLog.appendLazy({ pull, absent: logged }, apply)
     })
+  }
+
+  /**
+   * A batch's blocks sorted (under the maintenance lock): the rows of zeros, of chunks the pool holds and
+   * of a lazy pull's references (absent chunks: those the pool lacks made, and every one listed for the
+   * pull), and the blocks with bytes to store (fresh).
+   */
+  private sortBlocks (todo: ImportBlock[]): { rows: Array<{ block: number, chunkId: number | null }>, fresh: ImportBlock[], absent: Map<string, ChunkRow>, listed: Set<number> } {
+    const rows: Array<{ block: number, chunkId: number | null }> = []
+    const fresh: ImportBlock[] = []
+    const absent = new Map<string, ChunkRow>()
+    const listed = new Set<number>()
+    // The chunks the pool indexes already, looked up for the whole batch at once (nothing in the loop
+    // below changes the index: the new chunks are stored after it).
+    const known = this.state.catalog.chunksByHashes(todo.flatMap(block => block.hash === null ? [] : [block.hash]))
+    for (const block of todo) {
+      if (block.hash === null) { rows.push({ block: block.index, chunkId: null }); this.counts.zeroBlocks++; continue }
+      if (block.data === null && this.spec.lazy !== true) throw corrupt(`import ${this.spec.key}: block ${block.index} has no bytes`)
+      const key = block.hash.toString('hex')
+      const indexed = known.get(key)
+      // An absent chunk is no copy of a block: bytes that come fill it (fresh, through the chunk store).
+      const absentHere = indexed !== undefined && this.state.chunks.isAbsent(indexed)
+      if (indexed !== undefined && (!absentHere || block.data === null)) {
+        rows.push({ block: block.index, chunkId: indexed })
+        if (absentHere) listed.add(indexed); else this.counts.dedupedBlocks++
+        continue
+      }
+      if (block.data === null) {
+        let row = absent.get(key)
+        if (row === undefined) absent.set(key, row = this.state.chunks.newAbsent(block.hash, this.state.blockBytes))
+        rows.push({ block: block.index, chunkId: row.id })
+        listed.add(row.id)
+        this.counts.absentBlocks++
+        continue
+      }
+      fresh.push(block)
+    }
+    return { rows, fresh, absent, listed }
   }
 
   /**
@@ -372,7 +431,7 @@ export class ImportSession {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
       let t = performance.now()
-      const map = await buildImportMap(state, this.spec, this.lastIndex, base)
+      const map = await buildImportMap(state, this.spec, this.lastIndex, base, this.memory)
       this.timing.mapMs += performance.now() - t
       const volume = importedBackup(state, this.spec, this.name, map, Date.now())
       // The name is held (finish), so nothing took it while the map was built; checked all the same.
@@ -414,12 +473,21 @@ export class ImportSession {
  * turn: the daemon keeps serving the mount while a large map is built, and the rows are never all in
  * memory at once. Call under the maintenance lock.
  */
-async function buildImportMap (state: PoolState, spec: ImportSpec, lastIndex: number, base: Volume | null): Promise<BlockMap> {
+async function buildImportMap (state: PoolState, spec: ImportSpec, lastIndex: number, base: Volume | null, memory: { blocks: number[], chunks: Array<number | null> } | null = null): Promise<BlockMap> {
   const blocks = Math.ceil(spec.size / state.blockBytes)
-  state.catalog.transaction(() => state.catalog.deleteImportBlocks(spec.key, lastIndex + 1, Number.MAX_SAFE_INTEGER))
+  if (memory === null) state.catalog.transaction(() => state.catalog.deleteImportBlocks(spec.key, lastIndex + 1, Number.MAX_SAFE_INTEGER))
   const map = new BlockMap(state.pages, base?.map.copyRoot() ?? new Float64Array(0), state.nextEpoch++, base?.map.allocatedBlocks ?? 0, base?.map.storedBytes ?? 0, state.sizeOf)
   map.rootDirty = true
   map.resize(blocks)
+  if (memory !== null) {
+    // A lazy pull's rows, kept in memory (ImportSession.memory): every one of them received in order, none past lastIndex.
+    for (let i = 0; i < memory.blocks.length; i++) {
+      const chunkId = memory.chunks[i]
+      map.set(memory.blocks[i], chunkId === null ? 0 : chunkEntry(chunkId))
+      if (i % importFinishTurnBlocks === importFinishTurnBlocks - 1) await new Promise(resolve => setImmediate(resolve))
+    }
+    return map
+  }
   for (let from = 0; ;) {
     const rows = state.catalog.importBlocks(spec.key, from, lastIndex, importFinishTurnBlocks)
     if (rows.size === 0) break

@@ -352,7 +352,7 @@ export class Maintenance {
       try {
         const extentsNow = new Set(state.catalog.extents().map(e => e.id))
         decision = state.refs.decide(state.pages.idCeiling, state.nextExtentId, state.catalog.chunkIdsAbove(state.refs.chunkMax),
-          id => state.catalog.hasChunk(id), id => extentsNow.has(id), state.writableExtentIds(), new Set(state.catalog.heldChunkIds()))
+          id => state.catalog.hasChunk(id), id => extentsNow.has(id), state.writableExtentIds(), state.heldChunkIds())
       } catch (err) {
         failure = err
       }

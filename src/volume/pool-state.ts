@@ -154,6 +154,19 @@ export class PoolState implements VolumeContext {
     this.generation++
   }
 
+  /**
+   * Chunks that imports in progress hold without rows in the catalog (a lazy pull's import keeps its
+   * rows in memory, import.ts): one set per import session, changed only under the maintenance lock.
+   */
+  readonly importsHeldInMemory = new Set<Set<number>>()
+
+  /** Chunks unfinished imports hold (live for gc): their rows in the catalog, and those kept in memory. */
+  heldChunkIds (): Set<number> {
+    const held = new Set(this.catalog.heldChunkIds())
+    for (const ids of this.importsHeldInMemory) for (const id of ids) held.add(id)
+    return held
+  }
+
   /** Extents some volume may still write (creating or writable); sealing and gc leave them alone. */
   writableExtentIds (): Set<number> {
     const writable = new Set<number>()

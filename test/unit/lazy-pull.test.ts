@@ -161,3 +161,48 @@ test('a catalog lost mid-pull and rebuilt by repair from catalog.log keeps the p
     for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(s, i), second.data[i], `second.img block ${i}`)
   } finally { await (reopened ?? pool).close() }
 })
+
+/** How many rows the catalog holds for import `key` (import_blocks). */
+const importRows = (pool: Pool, key: string): number => (pool as unknown as { state: { catalog: { importBlockCount: (key: string) => number } } }).state.catalog.importBlockCount(key)
+
+test('a lazy pull\'s import keeps its rows in memory, not in the catalog: gc between its batches and its finish (counted and full) keeps its chunks, and a kill before the finish keeps no rows', async t => {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-')), 'pool')
+  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
+  let pool = Pool.open(dir, { create: true, blockBytes: bs, workers: 1 })
+  try {
+    const data = Array.from({ length: 8 }, () => crypto.randomBytes(bs))
+    const uuid = crypto.randomUUID()
+    const key = `${uuid}:full`
+    const spec = { key, uuid, baseUuid: null, size: 8 * bs, blockBytes: bs, createdMs: Date.now(), source: null, lazy: true }
+    // Interrupted: a head block with its bytes and a reference stored, then the session ends without a finish.
+    const cut = pool.imports.begin(spec, 'b.img')
+    pool.lazy.begin({ uuid, importKey: key, remote: 'offsite', manifest: 'ab'.repeat(16), chunks: 0, startedMs: Date.now() })
+    try {
+      await cut.store([{ index: 0, data: data[0], hash: hash(data[0]) }, { index: 1, data: null, hash: hash(data[1]) }])
+    } finally { cut.close() }
+    t.is(importRows(pool, key), 0, 'no import rows in the catalog')
+    // Again, as `pull --lazy` again does: everything sent again, gc run between the batches and before the finish.
+    const session = pool.imports.begin(spec, 'b.img')
+    try {
+      t.is(session.recordedBlocks, 0)
+      await session.store([{ index: 0, data: data[0], hash: hash(data[0]) }, ...[1, 2, 3].map(index => ({ index, data: null, hash: hash(data[index]) }))])
+      await pool.gc()
+      await pool.gc(undefined, { full: true })
+      await session.store([4, 5, 6, 7].map(index => ({ index, data: null, hash: hash(data[index]) })))
+      t.is(importRows(pool, key), 0, 'no import rows in the catalog')
+      await pool.gc(undefined, { full: true })
+      await session.finish()
+    } finally { session.close() }
+    pool.lazy.started(uuid)
+    const backup = pool.get('backup', 'b.img')
+    t.deepEqual(await readBlock(backup, 0), data[0], 'the head survived gc')
+    await pool.hydrate([1, 2, 3, 4, 5, 6, 7].map(i => ({ data: data[i], hash: hash(data[i]) })))
+    t.deepEqual(pool.lazy.progress(), [], 'whole: every absent chunk survived gc')
+    await pool.gc(undefined, { full: true })
+    for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(backup, i), data[i], `block ${i}`)
+    await pool.close()
+    pool = Pool.open(dir, { blockBytes: bs, workers: 1 })
+    const again = pool.get('backup', 'b.img')
+    for (let i = 0; i < 8; i++) t.deepEqual(await readBlock(again, i), data[i], `block ${i} after a reopen`)
+  } finally { await pool.close() }
+})

@@ -11,6 +11,7 @@ import path from 'node:path'
 import { RemoteKey, createKeyFile, readKeyFile, sealKindChunk, sealKindManifest, sealOverheadBytes } from '../../src/remote/crypt'
 import { blake3Hex, decodeStoreMarker } from '../../src/remote/remote-format'
 import { VdiskError } from '../../src/errors'
+import { chunksPerSalt } from '../../workers/chunk-sealer'
 
 function dir (t: { teardown: (f: () => void) => void }): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-crypt-'))
@@ -95,4 +96,31 @@ test('store markers: version 1 plain, version 2 with a cipher and a fingerprint;
   t.is(code(t.throws(() => decodeStoreMarker(JSON.stringify({ ...base, version: 2 }), 'r'))), 'CORRUPT')
   t.is(code(t.throws(() => decodeStoreMarker(JSON.stringify({ ...base, version: 1, encryption: { cipher: 'aes-256-gcm', keyFingerprint: fingerprint } }), 'r'))), 'CORRUPT')
   t.is(code(t.throws(() => decodeStoreMarker(JSON.stringify({ ...base, version: 3 }), 'r'))), 'INVALID')
+})
+
+test('a push\'s chunk sealer: chunks sealed in a row share a salt for chunksPerSalt of them, each with its own nonce; each opens under its name alone, and a flipped byte, another name or a chunk moved onto another\'s name is CORRUPT', t => {
+  const key = RemoteKey.fromBytes(crypto.randomBytes(32))
+  const sealer = key.chunkSealer()
+  const count = chunksPerSalt * 2 + 3
+  const plain = Array.from({ length: count }, (_, i) => crypto.randomBytes(100 + i))
+  const sealed = plain.map((p, i) => {
+    const target = Buffer.alloc(p.length + sealOverheadBytes + 50)
+    const length = sealer.seal(target, `chunks/ab/${i}`, p)
+    t.is(length, p.length + sealOverheadBytes)
+    return target.subarray(0, length)
+  })
+  const salt = (s: Buffer): string => s.subarray(8, 24).toString('hex')
+  const nonce = (s: Buffer): string => s.subarray(24, 36).toString('hex')
+  t.is(new Set(sealed.slice(0, chunksPerSalt).map(salt)).size, 1, 'one salt for the first chunksPerSalt')
+  t.is(new Set(sealed.map(salt)).size, 3, 'a new salt after each chunksPerSalt')
+  t.is(new Set(sealed.map(nonce)).size, count, 'every nonce its own')
+  for (let i = 0; i < count; i++) t.deepEqual(key.open(sealKindChunk, `chunks/ab/${i}`, sealed[i], `chunk ${i}`), plain[i])
+  for (const at of [0, 8, 30, 40, sealed[5].length - 1]) {
+    const flipped = Buffer.from(sealed[5])
+    flipped[at] ^= 1
+    t.is(code(t.throws(() => key.open(sealKindChunk, 'chunks/ab/5', flipped, 'chunk 5'))), 'CORRUPT', `byte ${at}`)
+  }
+  t.regex(t.throws(() => key.open(sealKindChunk, 'chunks/ab/6', sealed[5], 'chunk 6'))!.message, /fails authentication/, 'under another name, same salt')
+  const other = RemoteKey.fromBytes(crypto.randomBytes(32))
+  t.regex(t.throws(() => other.open(sealKindChunk, 'chunks/ab/5', sealed[5], 'chunk 5'))!.message, /fails authentication/)
 })

@@ -234,6 +234,7 @@ class ImportTiming {
  * lazyPullStream (volume/lazy.ts) is the same stream with ref frames for the blocks still in the remote
  * store `args.remote` (backup `args.manifest` there).
  */
+// long: the stream's handler (importStream) with its batches' buffers and timing, one loop over the frames
 function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPullStream'> ({ pool, log }: HandlerContext, op: Op): StreamHandler<Op> {
   const lazy = op === 'lazyPullStream'
   // A group import's member (importGroupFinish makes the group): received whole and staged, no backup yet.
@@ -267,6 +268,8 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // The batch's blocks with bytes: their places in its buffer (a batch closes at importBatchBlocks of
     // them, or at importBatchFrames frames of any kind).
     let withBytes = 0
+    let headStored = false
+    const closeBatch = async (): Promise<void> => { const blocks = batch; batch = []; withBytes = 0; turn = 1 - turn; await storeBatch(blocks) }
     timing.begun = timing.now()
     try {
       await send(socket, replyLine({ resumedBlocks: session.recordedBlocks }))
@@ -288,14 +291,15 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         if (frame.kind === frameRef && !lazy) throw invalid('a ref frame in an import (only a lazy pull sends them)')
         if (frame.kind !== frameData && frame.kind !== frameZstd && frame.kind !== frameZero && frame.kind !== frameRef) throw invalid(`frame kind ${frame.kind} in an import`)
         const withData = frame.kind === frameData || frame.kind === frameZstd
+        // A lazy pull's head (its blocks with bytes, before its first reference): stored while the references arrive.
+        if (lazy && frame.kind === frameRef && !headStored) { headStored = true; if (withBytes > 0) await closeBatch() }
         batch.push({ index: frame.index, data: withData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash, ...(frame.kind === frameZstd ? { zstd: true } : {}) })
         if (withData) withBytes++
-        if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) { await storeBatch(batch); batch = []; withBytes = 0; turn = 1 - turn }
+        if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) await closeBatch()
       }
       timing.endFrame = timing.now()
-      await storeBatch(batch)
+      await closeBatch()
       await storing
-      batch = []
       timing.finishing = timing.now()
       await finishImport(pool, log, session, socket, stageOnly, lazy, remote)
       if (lazy) log(timing.line(session.timing))
