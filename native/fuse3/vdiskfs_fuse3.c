@@ -141,6 +141,8 @@ typedef struct fast_extent {
   uint64_t writing;    /* native WRITEs of it in flight: a read while one is may have raced it though seq did not move */
   uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
   uint64_t kicked;     /* where the writeback of first writes was last started (fast_kick_writeback) */
+  uint64_t read_end;   /* where the last READ of it ended, and how far it is read ahead (fast_read_ahead) */
+  uint64_t ahead;
 } fast_extent;
 
 /* A pack file the fast path reads sealed chunks from: its own descriptor, closed once no reader holds it. */
@@ -367,6 +369,46 @@ static int fast_sector_matches(const unsigned char *sector, uint32_t entry) {
 }
 
 /*
+ * Extent data is written FAST_FOLIO_BYTES at a time, never more in one pwrite. ext4 (6.16 on) gives a
+ * file's page cache folios as large as the write that made them (up to 2 MiB), and every later write
+ * into a folio walks all its buffer heads: a 4 KiB overwrite of a block first written by a 1 MiB
+ * WRITE cost 17.7 us of CPU in the kernel, against 5.9 us when it came in 64 KiB pieces (3.9 in 16 KiB pieces)
+ * (docs/PERFORMANCE.md, "Folios"). Extents are read without readahead for the same reason
+ * (fast_extent_add). VDISKFS_FOLIO_BYTES=0 writes each run whole and keeps readahead (for measuring it).
+ */
+static size_t folio_bytes = 65536;
+__attribute__((constructor)) static void fast_folio_setting(void) {
+  const char *v = getenv("VDISKFS_FOLIO_BYTES");
+  if (v != NULL) folio_bytes = strtoul(v, NULL, 10);
+}
+
+/*
+ * Extents are read with POSIX_FADV_RANDOM (fast_extent_add: the kernel's readahead would fill the page
+ * cache with large folios that make later 4 KiB writes slow), so sequential readers get a readahead of
+ * the addon's own: a READ of at least FAST_AHEAD_MIN that starts near where the last one ended asks for
+ * the FAST_AHEAD_BYTES after it, data and checksums (POSIX_FADV_WILLNEED: reads into small folios,
+ * without waiting), once per half of that. Random 4 KiB READs never trigger it. Threads race only on
+ * which of them asks (a compare-and-swap of how far it is asked).
+ */
+#define FAST_AHEAD_BYTES (16u << 20)
+#define FAST_AHEAD_MIN (64u << 10)
+static void fast_read_ahead(fast_extent *e, uint64_t at, uint64_t length) {
+  if (folio_bytes == 0 || length < FAST_AHEAD_MIN) return;
+  uint64_t end = at + length;
+  uint64_t last = __atomic_exchange_n(&e->read_end, end, __ATOMIC_RELAXED);
+  if (at + FAST_AHEAD_BYTES < last || last + FAST_AHEAD_BYTES < at) return;
+  uint64_t ahead = __atomic_load_n(&e->ahead, __ATOMIC_RELAXED);
+  if (ahead >= end + FAST_AHEAD_BYTES / 2) return;
+  uint64_t from = ahead > end ? ahead : end, to = end + FAST_AHEAD_BYTES;
+  if (!__atomic_compare_exchange_n(&e->ahead, &ahead, to, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return;
+  posix_fadvise(e->fd, (off_t)from, (off_t)(to - from), POSIX_FADV_WILLNEED);
+  if (from < e->data_start) return;
+  uint64_t sums_from = e->sums_start + (from - e->data_start) / FAST_SECTOR * 4;
+  uint64_t sums_to = e->sums_start + (to - e->data_start) / FAST_SECTOR * 4;
+  posix_fadvise(e->fd, (off_t)sums_from, (off_t)(sums_to - sums_from), POSIX_FADV_WILLNEED);
+}
+
+/*
  * Reads `count` bytes at `offset` within slot `slot` of extent `id` (running on into the next slots,
  * which the caller checked are the same blocks' slots in order) into `target`, checking every sector
  * touched. Returns 1, or 0 to hand the request to the engine.
@@ -390,6 +432,7 @@ static int fast_read_run(fast_state *f, fast_buffers *b, uint64_t id, uint64_t s
     }
   }
   if (!aligned) memcpy(target, bytes + (offset - first * FAST_SECTOR), count);
+  fast_read_ahead(e, e->data_start + slot * f->block_bytes + first * FAST_SECTOR, sectors * FAST_SECTOR);
   ok = 1;
 out:
   fast_extent_put(e);
@@ -823,20 +866,6 @@ static uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/*
- * Extent data is written FAST_FOLIO_BYTES at a time, never more in one pwrite. ext4 (6.16 on) gives a
- * file's page cache folios as large as the write that made them (up to 2 MiB), and every later write
- * into a folio walks all its buffer heads: a 4 KiB overwrite of a block first written by a 1 MiB
- * WRITE cost 17.7 us of CPU in the kernel, against 5.9 us when it came in 64 KiB pieces (3.9 in 16 KiB pieces)
- * (docs/PERFORMANCE.md, "Folios"). Extents are read without readahead for the same reason
- * (fast_extent_add). VDISKFS_FOLIO_BYTES=0 writes each run whole and keeps readahead (for measuring it).
- */
-static size_t folio_bytes = 65536;
-__attribute__((constructor)) static void fast_folio_setting(void) {
-  const char *v = getenv("VDISKFS_FOLIO_BYTES");
-  if (v != NULL) folio_bytes = strtoul(v, NULL, 10);
 }
 
 static int fast_pwrite(int fd, const char *data, size_t length, uint64_t position) {
