@@ -989,6 +989,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   uint64_t exts[FAST_READ_MAX / FAST_SECTOR], slots[FAST_READ_MAX / FAST_SECTOR]; /* where it is written */
   unsigned char fresh[FAST_READ_MAX / FAST_SECTOR]; /* a first write: a new slot from the lease */
   uint64_t bases[FAST_READ_MAX / FAST_SECTOR];      /* a first write of part of a chunk: the chunk's map entry */
+  uint64_t *ats[FAST_READ_MAX / FAST_SECTOR];       /* a first write: where its block's word is */
   unsigned over_chunks = 0;
   unsigned nruns = 0, nstripes = 0, locked = 0, allocs = 0;
   fast_extent *lease = NULL;
@@ -1023,6 +1024,9 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       bases[i] = (2ull << 48) + (word >> 32);
     }
     else { why = HAND_NOT_OPEN; goto out; }
+    /* Where the word the first write sets is, in memory before anything is written (its run of words
+     * made real now: fast_sub_words). Memory run out: the engine writes it (the run asks it now). */
+    if (fresh[i] && (ats[i] = fast_word_at(v, block)) == NULL) { why = HAND_FAILED; goto out; }
     done += length;
   }
   if (grows_to != 0 && allocs == 0) { why = HAND_PAST_END; goto out; }
@@ -1133,17 +1137,19 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     for (uint64_t i = 0; i < blocks; i++) {
       if (!fresh[i]) continue;
       uint64_t block = first_block + i;
-      uint64_t *at = fast_word_at(v, block);
+      uint64_t *at = ats[i];
       uint64_t expected = words[i];
       uint64_t word = (exts[i] << 32) | (slots[i] << 8) | FAST_NATIVE | FAST_WRITABLE | (bases[i] != 0 ? FAST_PARTIAL : 0);
-      if (at != NULL && !__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-        /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on. */
-        __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
+      if (!__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+        /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on, and
+         * carries FAST_NATIVE (kind 0) so that no publication from a map that does not hold this slot
+         * yet replaces it before the engine took the queue (whose set of the block clears it). */
+        __atomic_store_n(at, FAST_NATIVE, __ATOMIC_SEQ_CST);
       }
       /* The queue is bounded by the leases (JavaScript takes it before it leases again): full only
-       * when memory ran out, and then the word just set must not stay either. */
+       * when memory ran out, and then the word just set must not stay either (the engine writes it). */
       if (!fast_alloc_queue(f, ino, block, exts[i], slots[i], bases[i], v->volume_id)) {
-        if (at != NULL) __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(at, 0, __ATOMIC_SEQ_CST);
         ok = 0;
         break;
       }
@@ -2337,11 +2343,13 @@ static napi_value fast_words_change(napi_env env, napi_callback_info info, int f
       for (; block < sub_end; block++) {
         uint64_t *at = &sub[block & (FAST_SUB - 1)];
         if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
-        uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
         /* Writable words become read-only, and none may take a new slot any more; a word a native first
-         * write set keeps its FAST_NATIVE flag (the engine has yet to take it). */
-        if ((word & FAST_KIND_MASK) == FAST_WRITABLE) __atomic_store_n(at, (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA, __ATOMIC_SEQ_CST);
-        else if (word & FAST_ALLOC) __atomic_store_n(at, word & ~FAST_ALLOC, __ATOMIC_SEQ_CST);
+         * write set keeps its FAST_NATIVE flag (the engine has yet to take it). A compare-and-swap: a
+         * native first write may set its word between the load and the change (a plain store would
+         * then drop the slot it wrote, and a READ would be answered from the word before). */
+        uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+        uint64_t to = fast_word_changed(word, 1);
+        while (to != word && !__atomic_compare_exchange_n(at, &word, to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) to = fast_word_changed(word, 1);
       }
     }
   }
