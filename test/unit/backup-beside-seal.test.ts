@@ -22,9 +22,11 @@ import { bytesOf } from '../helpers/model'
 const blockBytes = 4096
 const backups = 24
 
+/** The first 32 blocks of each of its 8 pages (every block the test writes; the rest are holes). */
 async function contentOf (volume: Volume): Promise<Buffer> {
-  const out = Buffer.alloc(volume.size)
-  await volume.read(out, 0)
+  const span = 32 * blockBytes
+  const out = Buffer.alloc(8 * span)
+  for (let p = 0; p < 8; p++) await volume.read(out.subarray(p * span, (p + 1) * span), p * pageEntries * blockBytes)
   return out
 }
 
@@ -76,25 +78,30 @@ test('a backup committed while a seal pass is held mid-way writes what a backup 
     await disk.write(bytesOf(1, blockBytes), (7 * pageEntries + 1) * blockBytes)
     const alone: BackupTiming = { nameMs: 0, pauseMs: 0, madeMs: 0, commit: null }
     await pool.backup(disk, 'alone.img', alone)
+    // A page of the disk's own epoch, committed, whose extent is frozen without a backup: the pass
+    // repoints it in place, and a write then changes it in place again.
+    for (let b = 3; b < 8; b++) await disk.write(Buffer.alloc(blockBytes, `own ${b} `), (7 * pageEntries + b) * blockBytes)
+    await pool.commit()
 
-    // Beside: the same write and a backup while the pass holds after its first extent (repointed,
-    // not committed).
+    // Beside: the same write and a backup while the pass holds after its last extent (all repointed,
+    // none committed).
     let release = (): void => {}
     const held = new Promise<void>(resolve => { release = resolve })
     let reached = (): void => {}
     const atHold = new Promise<void>(resolve => { reached = resolve })
     const sealer = new Sealer(pool, () => {})
-    let first = true
+    // eslint-disable-next-line require-atomic-updates -- the seam is set once, before the pass starts; the closure reads the pass's progress when called
     sealer.onExtentSealed = async () => {
-      if (!first) return
-      first = false
+      if (sealer.progress.done !== sealer.progress.total - 1) return
       reached()
       await held
     }
     const fallback = setTimeout(release, 60_000)
-    // `true`: every frozen extent now (a background pass waits for them to be cold).
+    // `true`: every extent frozen and sealed now (a background pass waits for them to be cold).
     const pass = sealer.sealPending(true)
     await atHold
+    t.true(sealer.progress.total > backups, `extents in the pass: ${sealer.progress.total}`)
+    // In place in the page the pass repointed (the disk's own epoch): written now, with its repoints.
     await disk.write(bytesOf(2, blockBytes), (7 * pageEntries + 2) * blockBytes)
     const beside: BackupTiming = { nameMs: 0, pauseMs: 0, madeMs: 0, commit: null }
     await pool.backup(disk, 'beside.img', beside)
@@ -106,12 +113,19 @@ test('a backup committed while a seal pass is held mid-way writes what a backup 
     t.true(b.pages <= a.pages, `pages: ${b.pages} beside the pass, ${a.pages} alone`)
     t.true(b.log.bytes <= a.log.bytes * 1.25, `catalog.log bytes: ${b.log.bytes} beside the pass, ${a.log.bytes} alone`)
 
-    // The kill: after the backup's commit, before the pass's (the pass then stops at its next extent).
+    // A copy of a repointed shared page (the first, read by every backup), committed by a commit
+    // that is not the pass's: the copy is written with the repoints, the page it copies is not.
+    await disk.write(bytesOf(3, blockBytes), 5 * blockBytes)
+    await pool.commit()
+
+    // The kill: after those commits, before the pass's (the pass then stops where it is).
     const expected = await contents(pool)
-    await pool.abandon()
+    // abandon() marks the pool closed at once, then waits for the pass: released, it stops.
+    const abandoning = pool.abandon()
     abandoned = true
     release()
     clearTimeout(fallback)
+    await abandoning
     await pass.catch(() => {})
 
     pool = Pool.open(poolDir, { workers: 1 })
