@@ -35,9 +35,18 @@ export interface PageRefs {
 
 const noRefs: PageRefs = { chunks: new Float64Array(0), deltas: new Float64Array(0), lostAt: -1 }
 
+/** How a page's repointing changes the counters of each volume reading it: entries that became holes, stored bytes. */
+export interface PageChange { freed: number, stored: number }
+
 export class Page {
   /** Set when the page changed since the last commit that wrote it. */
   dirty = false
+  /**
+   * A seal pass's repoints of this page that wait for the pass's own commit (docs/CONCURRENCY.md, "A
+   * seal pass's repoints wait for its own commit"): what they changed in each reader's counters. Set
+   * only while the page was otherwise clean; such a page is kept in memory like a dirty one.
+   */
+  deferred: PageChange | null = null
   /** Counts changes, so a commit knows whether the copy it wrote is still the latest. */
   version = 0
   constructor (readonly id: number, readonly epoch: number, readonly entries: Float64Array) {}
@@ -49,6 +58,8 @@ export interface PageCopy { page: Page, id: number, epoch: number, entries: Buff
 export class PageStore {
   private readonly cache = new Map<number, Page>()
   private readonly dirtyPages = new Set<Page>()
+  /** Pages with a seal pass's repoints not committed yet (Page.deferred), dirty or not. */
+  private readonly deferredPages = new Set<Page>()
   private nextPageId: number
   /** Pages read from the catalog (cache misses) since the pool opened: what a walk over the maps costs. */
   loads = 0
@@ -265,6 +276,46 @@ export class PageStore {
 
   /** Records a change to `page` (every change, so a commit in flight can tell it is stale). */
   markDirty (page: Page): void {
+    this.changed(page)
+    if (page.dirty) return
+    page.dirty = true
+    this.dirtyPages.add(page)
+  }
+
+  /**
+   * Records a seal pass's repoint of `page`, which was clean, for the pass's own commit: the page
+   * changed in memory (kept there, never evicted) but is not dirty, so a commit that leaves the pass's
+   * work out does not write it; `change` adds to what its repoints changed in each reader's counters.
+   */
+  markRepointed (page: Page, change: PageChange): void {
+    assert.ok(!page.dirty, 'a dirty page is repointed as any change (markDirty)')
+    this.changed(page)
+    if (page.deferred === null) page.deferred = { freed: 0, stored: 0 }
+    page.deferred.freed += change.freed
+    page.deferred.stored += change.stored
+    this.deferredPages.add(page)
+  }
+
+  /** Pages with repoints left to the seal pass's commit (dirty ones too: a write changed them since). */
+  deferredList (): Page[] { return [...this.deferredPages] }
+
+  /** `page`'s repoints are committed with it now (or it is written as a dirty page): no longer deferred. */
+  undefer (page: Page): void {
+    page.deferred = null
+    this.deferredPages.delete(page)
+  }
+
+  /** Every deferred page becomes an ordinary dirty one: the next commit writes it (and its readers' rows). */
+  undeferAll (): void {
+    for (const page of [...this.deferredPages]) {
+      this.undefer(page)
+      if (page.dirty) continue
+      page.dirty = true
+      this.dirtyPages.add(page)
+    }
+  }
+
+  private changed (page: Page): void {
     page.version++
     this.unlearn(page.id)
     this.unlearnt.add(page.id)
@@ -274,12 +325,9 @@ export class PageStore {
     // copy loaded meanwhile, and no later lookup reads the stale row.
     const cached = this.cache.get(page.id)
     if (cached !== page) {
-      assert.ok(cached === undefined || !cached.dirty, 'two dirty copies of one map page')
+      assert.ok(cached === undefined || (!cached.dirty && cached.deferred === null), 'two dirty copies of one map page')
       this.cache.set(page.id, page)
     }
-    if (page.dirty) return
-    page.dirty = true
-    this.dirtyPages.add(page)
   }
 
   /** Encoded copies of the dirty pages for a commit; they stay dirty until `committed()`. */
@@ -308,10 +356,15 @@ export class PageStore {
     this.slots.delete(id)
     const page = this.cache.get(id)
     if (page !== undefined && page.dirty) { page.dirty = false; this.dirtyPages.delete(page) }
+    if (page !== undefined) this.undefer(page)
     this.cache.delete(id)
   }
 
-  isDirty (id: number): boolean { return this.cache.get(id)?.dirty === true }
+  /** Whether page `id` changed in memory since its last commit (dirty, or repoints deferred to a seal pass's commit). */
+  isDirty (id: number): boolean {
+    const page = this.cache.get(id)
+    return page !== undefined && (page.dirty || page.deferred !== null)
+  }
 
   /** Every page id in use is below this (ids are never reused). */
   get idCeiling (): number { return this.nextPageId }
@@ -322,7 +375,7 @@ export class PageStore {
     if (this.cache.size <= this.cacheMax) return
     for (const [id, page] of this.cache) {
       if (this.cache.size <= this.cacheMax * 0.9) break
-      if (!page.dirty) this.cache.delete(id)
+      if (!page.dirty && page.deferred === null) this.cache.delete(id)
     }
   }
 }

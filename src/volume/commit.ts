@@ -16,6 +16,7 @@ import { encodeRoot } from '../format/map-format'
 import { catalogLogFile } from '../format/pool-format'
 import { PoolState } from './pool-state'
 import { countsSum } from './ref-counts'
+import { CountsAdjustment, forCommit } from './deferred-repoints'
 import { Volume } from './volume'
 
 /**
@@ -40,6 +41,8 @@ export interface CommitTiming {
 export class Committer {
   private commitRunning: Promise<unknown> = Promise.resolve()
   private commitQueued: Promise<CommitTiming> | null = null
+  /** Whether the queued commit carries a seal pass's deferred repoints (a caller asked for `full`). */
+  private queuedFull = false
   /**
    * Set when an fdatasync failed: Linux drops the dirty pages and a retry "succeeds", so nothing
    * written since the last commit can be trusted. Every later commit fails with this error (fsync
@@ -78,25 +81,31 @@ export class Committer {
 
   /**
    * Makes every change made before the call durable. Concurrent callers share commits: a call made
-   * while one runs waits for the next, which starts after it and so includes its changes.
+   * while one runs waits for the next, which starts after it and so includes its changes. `full`: also
+   * the repoints a seal pass left to its own commit (deferred-repoints.ts; the pass's settle asks it,
+   * and a queued commit it joins becomes full: it has not taken its snapshot yet).
    */
-  async commit (): Promise<CommitTiming> {
+  async commit (full = false): Promise<CommitTiming> {
     const asked = performance.now()
-    const timing = await (this.commitQueued ?? this.queueCommit())
+    if (full && this.commitQueued !== null) this.queuedFull = true
+    const timing = await (this.commitQueued ?? this.queueCommit(full))
     return { ...timing, queuedMs: timing.startedAt - asked }
   }
 
-  private queueCommit (): Promise<CommitTiming> {
+  private queueCommit (full: boolean): Promise<CommitTiming> {
+    this.queuedFull = full
     const queued = this.commitRunning.catch(() => {}).then(async () => {
       this.commitQueued = null
-      return await this.commitNow()
+      const carries = this.queuedFull
+      this.queuedFull = false
+      return await this.commitNow(carries)
     })
     this.commitQueued = queued
     this.commitRunning = queued
     return queued
   }
 
-  private async commitNow (): Promise<CommitTiming> {
+  private async commitNow (full: boolean): Promise<CommitTiming> {
     const timing: CommitTiming = { startedAt: performance.now(), queuedMs: 0, snapshotMs: 0, extentsSyncMs: 0, log: { waitMs: 0, writeMs: 0, syncMs: 0, applyMs: 0, bytes: 0 }, walSyncMs: 0, afterMs: 0, pages: 0, rows: 0 }
     if (this.state.lifecycle === 'closed') throw new VdiskError('IO', 'the pool is closed: nothing more can be committed')
     if (this.syncFailure !== null) throw this.syncFailure
@@ -107,12 +116,14 @@ export class Committer {
     // sync below covers: each set its extent's dirty flag before it was queued), and, in the same step,
     // its later records into the new journal file: those it queued before are in this snapshot.
     this.state.settleNative(() => this.state.journal.nativeFd())
+    // A seal pass's repoints of clean pages stay out unless this commit is the pass's (or none runs).
+    const adjust = forCommit(this.state, full)
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
     const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
     for (const volume of this.state.volumes.values()) {
       if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
-      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
+      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted, adjust), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
       volume.rowDirty = false
       volume.map.rootDirty = false
     }
@@ -202,14 +213,18 @@ export class Committer {
     }
   }
 
-  /** A volume's catalog row: what it says of itself (Volume.info), its map and its owner. */
-  private rowOf (volume: Volume, withRoot: boolean): VolumeRow {
+  /**
+   * A volume's catalog row: what it says of itself (Volume.info), its map and its owner; its counters
+   * without the repoints this commit leaves out (`adjust`: the committed pages are what they count).
+   */
+  private rowOf (volume: Volume, withRoot: boolean, adjust: CountsAdjustment): VolumeRow {
+    const left = adjust(volume)
     return {
       ...volume.info(),
       epoch: volume.map.epoch,
       root: withRoot ? encodeRoot(volume.map.root, volume.id) : Buffer.alloc(0),
-      allocatedBlocks: volume.map.allocatedBlocks,
-      storedBytes: volume.map.storedBytes,
+      allocatedBlocks: volume.map.allocatedBlocks + (left?.freed ?? 0),
+      storedBytes: volume.map.storedBytes - (left?.stored ?? 0),
       activeExtent: volume.activeExtentId,
       uid: volume.uid,
       gid: volume.gid,

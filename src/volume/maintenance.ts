@@ -18,6 +18,8 @@ import { GcMark, MarkResult, MarkSeams } from './gc-mark'
 import { Decision, UnloadedBase } from './ref-counts'
 import { Page } from '../map/page-store'
 import { Committer } from './commit'
+import { undeferAll } from './deferred-repoints'
+import { Volume } from './volume'
 import { PoolState } from './pool-state'
 
 export { MarkSeams } from './gc-mark'
@@ -52,7 +54,10 @@ export class Maintenance {
   /**
    * Runs `work` alone among maintenance jobs (sealing, gc): they rewrite the same maps and chunks.
    * `kind` 'seal': a seal pass, beside which readers may walk (besideSealing) except while it settles.
-   * A job starts only once the walks beside the job before it ended.
+   * A job starts only once the walks beside the job before it ended. A seal pass's repoints wait for its
+   * own commit (deferred-repoints.ts) from the moment it holds the lock; what is still deferred when it
+   * ends (a failed or skipped settle) becomes an ordinary change for the next commit, so no job after it
+   * (gc's decision) sees a committed state other than the one in memory.
    */
   async exclusive<T> (work: () => Promise<T>, kind: 'seal' | 'other' = 'other'): Promise<T> {
     if (this.state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
@@ -61,11 +66,16 @@ export class Maintenance {
       this.queued--
       await this.besideDrained()
       this.holder = kind
+      this.state.repointsDeferred = kind === 'seal'
       this.lockChanged()
       try {
         return await work()
       } finally {
         this.holder = null
+        if (this.state.repointsDeferred) {
+          this.state.repointsDeferred = false
+          undeferAll(this.state)
+        }
         this.lockChanged()
       }
     })
@@ -590,7 +600,10 @@ export class Maintenance {
    * where it lives. Synchronous, so no write interleaves; the caller commits. Each distinct page is
    * walked once; a volume's counters (and its catalog row) change only when its root names a page that
    * held such an entry (a shared page counts for each volume that reads it): one look-up per volume at
-   * the page's root index once the index is complete, a walk of every root before.
+   * the page's root index once the index is complete, a walk of every root before. While a seal pass
+   * defers its repoints (deferRepoints), a page that was clean is left to the pass's own commit and
+   * its readers' rows are marked rowDeferred, not rowDirty; a page already dirty is written with them
+   * by the next commit, as any change.
    */
   repoint (extentId: number, mapping: Map<number, number>): void {
     const matches = (entry: number) => entry !== 0 && entryKind(entry) === entryKindDelta && entryExtentId(entry) === extentId && mapping.has(entrySlot(entry))
@@ -612,21 +625,34 @@ export class Maintenance {
       if (found) { changes.set(page.id, { freed, stored }); pages.push(page) }
     })
     if (changes.size === 0) return
-    // ... then every volume reading such a page (a shared page counts for each) ...
-    this.countPageChanges(changes)
+    // ... then every volume reading such a page (a shared page counts for each; a deferred page's
+    // readers are written by the pass's commit) ...
+    const deferred = new Map<number, { freed: number, stored: number }>()
+    if (this.state.repointsDeferred) {
+      for (const page of pages) {
+        if (page.dirty) continue
+        deferred.set(page.id, changes.get(page.id) as { freed: number, stored: number })
+        changes.delete(page.id)
+      }
+    }
+    this.countPageChanges(changes, volume => { volume.rowDirty = true })
+    this.countPageChanges(deferred, volume => { volume.rowDeferred = true })
     // ... then each page once.
     for (const page of pages) {
       this.state.pages.willChange(page)
       const entries = page.entries
       for (let i = 0; i < entries.length; i++) if (matches(entries[i])) entries[i] = mapping.get(entrySlot(entries[i])) as number
-      this.state.pages.markDirty(page)
+      const change = deferred.get(page.id)
+      if (change !== undefined) this.state.pages.markRepointed(page, change)
+      else this.state.pages.markDirty(page)
     }
     this.state.changedSinceCommit = true
     this.state.generation++
   }
 
-  /** Counts each page's change in every volume that reads it; marks their rows dirty. */
-  private countPageChanges (changes: Map<number, { freed: number, stored: number }>): void {
+  /** Counts each page's change in every volume that reads it; `counted` marks their rows. */
+  private countPageChanges (changes: Map<number, { freed: number, stored: number }>, counted: (volume: Volume) => void): void {
+    if (changes.size === 0) return
     const pages = this.state.pages
     const unplaced = new Map<number, { freed: number, stored: number }>()
     const lookUp = this.lookUpCheaper(changes.size)
@@ -635,13 +661,13 @@ export class Maintenance {
       if (slot === undefined) { unplaced.set(id, change); continue }
       for (const volume of this.volumes.values()) {
         pages.rootEntriesRead++
-        if (volume.map.countPageChange(slot, id, change)) volume.rowDirty = true
+        if (volume.map.countPageChange(slot, id, change)) counted(volume)
       }
     }
     if (unplaced.size === 0) return
     for (const volume of this.volumes.values()) {
       pages.rootEntriesRead += volume.map.root.length
-      if (volume.map.countPageChanges(unplaced)) volume.rowDirty = true
+      if (volume.map.countPageChanges(unplaced)) counted(volume)
     }
   }
 

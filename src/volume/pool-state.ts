@@ -104,6 +104,12 @@ export class PoolState implements VolumeContext {
   nextEpoch: number
   readonly activeExtents = new Map<number, Promise<DeltaExtent>>()
   changedSinceCommit = false
+  /**
+   * While a seal pass runs: its repoints of clean pages wait for its own commit (commit.ts, with
+   * `full`), and the other commits leave them out (docs/CONCURRENCY.md, "A seal pass's repoints wait
+   * for its own commit"). Set and cleared by Maintenance.deferRepoints.
+   */
+  repointsDeferred = false
   /** Counts changes, so that derived reports (space accounting) know when to recompute. */
   generation = 0
   /**

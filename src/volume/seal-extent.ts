@@ -125,7 +125,9 @@ export class ExtentSealing {
     if (extentIds.length === 0) return
     // A du walking beside the pass ends first, and none starts until this ends (Maintenance.settling).
     await this.maintenance.settling(async () => {
-      await this.committer.commit()
+      // `full`: the repoints this pass left out of other commits (deferred-repoints.ts) go in this one,
+      // so every page that named these extents is committed repointed before they are dropped.
+      await this.committer.commit(true)
       for (const id of extentIds) {
         await this.maintenance.dropExtent(id)
         report.extentsSealed++

@@ -62,6 +62,12 @@ export type VolumeInfo = Pick<VolumeRow, 'id' | 'kind' | 'name' | 'size' | 'crea
 export class Volume implements Omit<VolumeInfo, 'protected'> {
   /** Set when the catalog row is behind (size, name, mtime, map counters, active extent). */
   rowDirty = false
+  /**
+   * Set when its counters count a seal pass's repoint that waits for the pass's commit (or its row was
+   * last committed without one): the pass's commit writes the row (docs/CONCURRENCY.md, "A seal
+   * pass's repoints wait for its own commit").
+   */
+  rowDeferred = false
   /** False until the row is first committed. */
   persisted = false
   /**
