@@ -292,6 +292,12 @@ const coreCommands: Record<string, Command> = {
         `(${result.zeroBlocks} zero, ${result.dedupedBlocks} deduplicated, ${result.newChunks} new chunks), ${bytes(result.rawBytes)} -> ${bytes(result.storedBytes)} stored` +
         result.failed.map(f => `\n  could not seal ${f}`).join(''))
       if (result.failed.length > 0) process.exitCode = 1
+      // Cut short by a stop of the daemon (SIGTERM, umount): what was written is durable (the sync
+      // committed first), but not all of it is sealed, and a script must be able to tell.
+      if ((result.extentsLeft ?? 0) > 0) {
+        process.stderr.write(`vdiskfs: sync: sealing stopped before its end because the daemon is stopping: ${result.extentsLeft} extents left unsealed (their data is durable; run sync again after the next mount)\n`)
+        process.exitCode = 1
+      }
     }
   },
 

@@ -58,7 +58,7 @@ export class Sealer {
         await this.pool.settleSealed(repointed.splice(0), report)
       }
       for (const extentId of extents) {
-        if (this.pool.closing) break
+        if (this.pool.closing) { report.extentsLeft = extents.length - this.progress.done; break }
         try {
           await this.pool.sealExtent(extentId, report)
           repointed.push(extentId)
@@ -66,7 +66,7 @@ export class Sealer {
           if (repointed.length >= sealCommitExtents) await settle()
           this.failing.delete(extentId)
         } catch (err) {
-          if (err instanceof SealCancelled) break
+          if (err instanceof SealCancelled) { report.extentsLeft = extents.length - this.progress.done; break }
           // Space may run out, or the extent may be damaged: its blocks stay readable where they are
           // (or fail with EIO), and the next pass tries again.
           if (!this.failing.has(extentId)) this.log(`sealing extent ${extentId} failed: ${(err as Error).message}`)

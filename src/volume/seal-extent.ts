@@ -32,10 +32,12 @@ export interface SealReport {
   storedBytes: number
   /** Extents that could not be sealed (damaged or unreadable), with why; their data stays where it is. */
   failed: string[]
+  /** Extents the pass was to seal and did not reach because the pool is closing (0: it ran to its end). */
+  extentsLeft: number
 }
 
 export function emptyReport (): SealReport {
-  return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0, failed: [] }
+  return { extentsSealed: 0, blocksSealed: 0, zeroBlocks: 0, dedupedBlocks: 0, newChunks: 0, rawBytes: 0, storedBytes: 0, failed: [], extentsLeft: 0 }
 }
 
 /** A seal pass stopped because the pool is closing; its extent is untouched. */
