@@ -57,8 +57,10 @@ export class Sealer {
         if (repointed.length === 0) return
         await this.pool.settleSealed(repointed.splice(0), report)
       }
+      // Extents not reached when the pool closes (vdiskfs sync then says it was cut short).
+      let left = 0
       for (const extentId of extents) {
-        if (this.pool.closing) { report.extentsLeft = extents.length - this.progress.done; break }
+        if (this.pool.closing) { left = extents.length - this.progress.done; break }
         try {
           await this.pool.sealExtent(extentId, report)
           repointed.push(extentId)
@@ -66,7 +68,7 @@ export class Sealer {
           if (repointed.length >= sealCommitExtents) await settle()
           this.failing.delete(extentId)
         } catch (err) {
-          if (err instanceof SealCancelled) { report.extentsLeft = extents.length - this.progress.done; break }
+          if (err instanceof SealCancelled) { left = extents.length - this.progress.done; break }
           // Space may run out, or the extent may be damaged: its blocks stay readable where they are
           // (or fail with EIO), and the next pass tries again.
           if (!this.failing.has(extentId)) this.log(`sealing extent ${extentId} failed: ${(err as Error).message}`)
@@ -75,6 +77,8 @@ export class Sealer {
         }
         this.progress.done++
       }
+      // eslint-disable-next-line require-atomic-updates -- the report is this pass's own: no other code writes extentsLeft
+      report.extentsLeft = left
       // A closing pool's last commit takes the repointed maps; their extents, then unreferenced, go at
       // the next gc.
       if (!this.pool.closing) {
