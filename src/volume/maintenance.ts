@@ -301,6 +301,19 @@ export class Maintenance {
       for (const id of decision.unloaded) await this.state.extents.loadBases([id]).catch(() => {})
     }
     const d = decision as Decision
+    // A dead page (no root names it; gc has not freed it yet) may name an extent a seal pass has since
+    // dropped (it drops what no live map names): its base table is gone for good, so what lay under
+    // those entries can never leave the counts, and every later decision would hold. The counts are
+    // dropped and this gc marks in full (live maps only), which needs no such table; nothing was freed
+    // by the decision (it held), so nothing is done twice.
+    if (d.unloaded.length > 0) {
+      const known = new Set(this.state.catalog.extents().map(e => e.id))
+      if (d.unloaded.some(id => !known.has(id))) {
+        this.state.log(`gc: delta extents ${d.unloaded.filter(id => !known.has(id)).join(', ')} are gone and a dead map page names them: the reference counts are rebuilt by a full mark`)
+        refs.invalidate()
+        return await this.gcMarked(liveFractionMin)
+      }
+    }
     if (this.seams.afterDecision !== undefined) await this.seams.afterDecision()
     let held = d.held ?? (d.unloaded.length > 0 ? `delta extents ${d.unloaded.join(', ')}: their base tables could not be read` : null)
     if (held === null && check) {
