@@ -9,7 +9,7 @@
  * chunks sealed together by their salt, as it can by their place, one after another, in a pack.
  */
 import crypto from 'node:crypto'
-import { associatedData, objectKey, sealCipherAes256Gcm, sealCipherName, sealHeaderBytes, sealKindChunk, sealMagic, sealNonceBytes, sealOverheadBytes, sealSaltBytes, sealTagBytes, sealVersion } from './sealed-object'
+import { encryptAfterHeader, objectKey, sealHeaderBytes, sealKindChunk, sealNonceBytes, sealOverheadBytes, sealSaltBytes } from './sealed-object'
 
 /** How many chunks one salt (one object key) seals. */
 export const chunksPerSalt = 64
@@ -37,19 +37,8 @@ export class ChunkSealer {
     const nonce = this.random.subarray(sealSaltBytes + this.used * sealNonceBytes, sealSaltBytes + (this.used + 1) * sealNonceBytes)
     this.used++
     const header = target.subarray(0, sealHeaderBytes)
-    sealMagic.copy(header, 0)
-    header.writeUInt8(sealVersion, 4)
-    header.writeUInt8(sealKindChunk, 5)
-    header.writeUInt8(sealCipherAes256Gcm, 6)
-    header.writeUInt8(0, 7)
     this.random.copy(header, 8, 0, sealSaltBytes)
     nonce.copy(header, 8 + sealSaltBytes)
-    const cipher = crypto.createCipheriv(sealCipherName, this.key, nonce, { authTagLength: sealTagBytes })
-    cipher.setAAD(associatedData(header, name))
-    let at = sealHeaderBytes
-    at += cipher.update(plaintext).copy(target, at)
-    at += cipher.final().copy(target, at)
-    at += cipher.getAuthTag().copy(target, at)
-    return at
+    return encryptAfterHeader(this.key, target, sealKindChunk, name, plaintext)
   }
 }

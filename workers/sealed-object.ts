@@ -45,13 +45,23 @@ export function openSealed (sealKey: Buffer, kind: number, name: string, object:
 export function sealInto (sealKey: Buffer, target: Buffer, kind: number, name: string, plaintext: Buffer): number {
   if (target.length < plaintext.length + sealOverheadBytes) throw new RangeError('sealInto: the target is too small')
   const header = target.subarray(0, sealHeaderBytes)
+  crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
+  return encryptAfterHeader(objectKey(sealKey, header), target, kind, name, plaintext)
+}
+
+/**
+ * Writes the fixed fields of the header at the start of `target` (its salt and nonce, bytes 8 on, are
+ * the caller's, already there), then the ciphertext and tag under `key` (the object key of that salt):
+ * the object's length. sealInto and ChunkSealer (salt shared by 64 chunks) both come here.
+ */
+export function encryptAfterHeader (key: Buffer, target: Buffer, kind: number, name: string, plaintext: Buffer): number {
+  const header = target.subarray(0, sealHeaderBytes)
   sealMagic.copy(header, 0)
   header.writeUInt8(sealVersion, 4)
   header.writeUInt8(kind, 5)
   header.writeUInt8(sealCipherAes256Gcm, 6)
   header.writeUInt8(0, 7)
-  crypto.randomFillSync(header, 8, sealSaltBytes + sealNonceBytes)
-  const cipher = crypto.createCipheriv(sealCipherName, objectKey(sealKey, header), header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
+  const cipher = crypto.createCipheriv(sealCipherName, key, header.subarray(8 + sealSaltBytes, sealHeaderBytes), { authTagLength: sealTagBytes })
   cipher.setAAD(associatedData(header, name))
   let at = sealHeaderBytes
   at += cipher.update(plaintext).copy(target, at)
