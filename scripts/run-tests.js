@@ -1,9 +1,9 @@
 // Runs every test with ava and ends with one plain summary line, "tests: N passed, N failed", that CI
-// reads. The unit tests (engine and models, CPU-bound, each in its own temporary directory), then the
+// reads. The unit tests (engine and models, CPU-bound, each in its own temporary directory) and the
 // integration tests (each file its own temporary directories, mounts, loop devices and, for the remote
-// tests, a Ceph RGW on free ports), run two files at a time on the two cores: a test never depends on
-// having the machine to itself, and none asserts a timing. Arguments given are passed to ava and run as
-// one phase instead.
+// tests, a Ceph RGW on free ports) run in one ava run, two files at a time on the two cores, the longest
+// first (ava.config.mjs): a test never depends on having the machine to itself, and none asserts a
+// timing. Arguments given are passed to ava instead.
 // The exit status is non-zero when any phase failed.
 'use strict'
 const { spawn } = require('node:child_process')
@@ -34,7 +34,7 @@ async function main () {
   const given = process.argv.slice(2)
   const phases = given.length > 0
     ? [given]
-    : [['--concurrency=2', 'dist/test/unit/**/*.test.js'], ['--concurrency=2', 'dist/test/integration/**/*.test.js']]
+    : [['--concurrency=2', 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
   let passed = 0
   let failed = 0
   let code = 0
