@@ -102,6 +102,15 @@ export const sumCacheBytesMax = 16 * 1024 * 1024
 export const sumCachePageSlots = 256
 /** Idle commit: dirty metadata older than this is committed even without an fsync, like ext4's commit=5. */
 export const commitIntervalMs = 5000
+/**
+ * A commit is also started as soon as this many map pages are dirty (checked every commitPressureCheckMs,
+ * after the fast path's first writes were taken into the maps): a commit encodes every dirty page and
+ * copies it into catalog.log and the catalog at once, so its memory and its synchronous snapshot step grow
+ * with the pages it carries. Writes scattered over a 1 TiB disk dirty 4,096 pages (128 MiB of entries)
+ * within one commit interval on a fast machine (docs/PERFORMANCE.md, "Peak RSS").
+ */
+export const commitDirtyPagesMax = 256
+export const commitPressureCheckMs = 50
 /** How often the daemon checks that its mount still exists (unmount from outside). */
 export const mountWatchIntervalMs = 1000
 

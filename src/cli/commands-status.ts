@@ -88,6 +88,7 @@ function statusText (stats: StatsResult): string {
     `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources`,
     `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}`,
     `unsealed:    ${bytes(stats.unsealedBytes)}`,
+    ...(stats.commits === undefined ? [] : [`commits:     ${stats.commits.commits}, the largest ${stats.commits.pagesMax} map pages; ${stats.commits.dirtyPages} dirty now`]),
     `chunk cache: ${cache.hits} hits, ${cache.misses} misses${lookups > 0 ? ` (${(100 * cache.hits / lookups).toFixed(1)}% hits)` : ''}, ` +
       `${bytes(cache.bytes)} of ${bytes(cache.bytesMax)} held`,
     `writes:      ${stats.writes.inline} inline, ${stats.writes.pooled} through the thread pool, ${stats.writes.slow} slow inline (each sends writes to the pool for a while), slowest ${ms(stats.writes.slowestMs)}`,

@@ -63,6 +63,8 @@ export interface StatsResult {
   chunkCache: ChunkCacheStats
   /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
   writes: InlineWriteStats
+  /** Commits since the daemon started, the most map pages one of them wrote, and the map pages dirty now. */
+  commits: { commits: number, pagesMax: number, dirtyPages: number }
   /** Engine reads served inline (every byte in the page cache: preadv2 RWF_NOWAIT) or through the thread pool. */
   reads: InlineWriteStats
   jobs: JobReport[]

@@ -15,8 +15,9 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { commitPressure } from './commit-pressure'
 import { GcSchedule } from './gc-schedule'
-import { commitIntervalMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
+import { commitIntervalMs, commitPressureCheckMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
 import { createLowLevelOperations, invalidationsOf, volumeInodeBase } from '../fuse/fuse3-ops'
@@ -299,7 +300,10 @@ function startBackground (pool: Pool, metrics: DaemonMetrics, fast: FastReads, l
     fast.collectWrites()
     if (pool.hasUncommittedChanges) pool.commit().catch(err => log(`periodic commit failed: ${(err as Error).message}`))
   }, commitIntervalMs)
-  return [commitTimer, gcTimer]
+  // Many dirty map pages: a commit now, not at the interval (commit-pressure.ts).
+  const pressure = commitPressure(pool, { settle: () => fast.settle(), collectWrites: () => fast.collectWrites(), log })
+  const pressureTimer = setInterval(() => { void pressure() }, commitPressureCheckMs)
+  return [commitTimer, gcTimer, pressureTimer]
 }
 
 /**

@@ -54,6 +54,8 @@ export class Committer {
 
   /** Set by markOpen: the pool's last run did not close it (its daemon was killed, or the host crashed). */
   uncleanStopFound = false
+  /** Commits made since the pool opened, and the most map pages one of them wrote (`vdiskfs status`). */
+  readonly stats = { commits: 0, pagesMax: 0 }
 
   constructor (private readonly state: PoolState) {}
 
@@ -167,6 +169,8 @@ export class Committer {
       throw fromSystemError(err, 'committing the catalog')
     }
     this.state.pages.committed(pages)
+    this.stats.commits++
+    this.stats.pagesMax = Math.max(this.stats.pagesMax, pages.length)
     this.persistedWritable = writable
     try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)

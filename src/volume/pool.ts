@@ -291,6 +291,11 @@ export class Pool {
 
   /** Makes every change made before the call durable (commit.ts). */
   async commit (): Promise<void> { await this.committer.commit() }
+
+  /** Commits since the pool opened, the most map pages one wrote, and the map pages dirty now. */
+  commitStats (): { commits: number, pagesMax: number, dirtyPages: number } {
+    return { ...this.committer.stats, dirtyPages: this.state.pages.dirtyCount }
+  }
   /** Whether the last run of this pool stopped without closing it (killed, or a crash): found at open. */
   get uncleanStopFound (): boolean { return this.committer.uncleanStopFound }
 

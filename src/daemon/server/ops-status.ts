@@ -47,6 +47,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         unsealedAsOfMs,
         chunkCache: pool.chunkCacheStats(),
         writes: inlineWriteStats(),
+        commits: pool.commitStats(),
         reads: inlineReadStats(),
         jobs,
         hydrating,
