@@ -104,13 +104,16 @@ export const sumCachePageSlots = 256
 export const commitIntervalMs = 5000
 /**
  * A commit is also started as soon as this many map pages are dirty (checked every commitPressureCheckMs,
- * after the fast path's first writes were taken into the maps): a commit encodes every dirty page and
- * copies it into catalog.log and the catalog at once, so its memory and its synchronous snapshot step grow
- * with the pages it carries. Writes scattered over a 1 TiB disk dirty 4,096 pages (128 MiB of entries)
- * within one commit interval on a fast machine (docs/PERFORMANCE.md, "Peak RSS").
+ * after the fast path's first writes were taken into the maps), at most one such commit per
+ * commitPressureSpacingMs: a commit encodes every dirty page and copies it into catalog.log and the
+ * catalog at once, so its memory and its synchronous snapshot step grow with the pages it carries.
+ * Writes scattered over a 1 TiB disk dirty 4,096 pages (128 MiB of entries) within one commit interval
+ * on a fast machine (docs/PERFORMANCE.md, "Peak RSS"). The spacing bounds what it costs random writes
+ * over more pages than this (a commit writes each dirty page whole): at most one extra commit a second.
  */
-export const commitDirtyPagesMax = 256
+export const commitDirtyPagesMax = 512
 export const commitPressureCheckMs = 50
+export const commitPressureSpacingMs = 1000
 /** How often the daemon checks that its mount still exists (unmount from outside). */
 export const mountWatchIntervalMs = 1000
 

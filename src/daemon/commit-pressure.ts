@@ -5,10 +5,11 @@
  * writes scattered over a 1 TiB disk dirty 4,096 of them (128 MiB of entries) within one interval
  * (docs/PERFORMANCE.md, "Peak RSS"). The daemon calls the returned check every commitPressureCheckMs.
  *
- * One commit of its own at a time: while it runs the check does nothing (the pages dirtied meanwhile go
- * to the next one). A failed commit is logged, as the periodic one is; the next fsync reports it.
+ * One commit of its own at a time, and the next not before commitPressureSpacingMs after it ended: random
+ * writes over more pages than the bound would otherwise commit back to back, each writing its pages
+ * whole. A failed commit is logged, as the periodic one is; the next fsync reports it.
  */
-import { commitDirtyPagesMax } from '../limits'
+import { commitDirtyPagesMax, commitPressureSpacingMs } from '../limits'
 import { Pool } from '../volume/pool'
 
 export interface PressureHooks {
@@ -20,16 +21,17 @@ export interface PressureHooks {
 }
 
 /** The check; it resolves its commit's promise for tests (null when it started none). */
-export function commitPressure (pool: Pool, hooks: PressureHooks, pagesMax = commitDirtyPagesMax): () => Promise<void> | null {
+export function commitPressure (pool: Pool, hooks: PressureHooks, pagesMax = commitDirtyPagesMax, spacingMs = commitPressureSpacingMs): () => Promise<void> | null {
   let running = false
+  let endedMs = -Infinity
   return () => {
-    if (running) return null
+    if (running || performance.now() - endedMs < spacingMs) return null
     hooks.settle()
     if (pool.commitStats().dirtyPages < pagesMax) return null
     running = true
     hooks.collectWrites()
     return pool.commit()
       .catch(err => hooks.log(`commit of ${pagesMax} or more dirty map pages failed: ${(err as Error).message}`))
-      .finally(() => { running = false })
+      .finally(() => { running = false; endedMs = performance.now() })
   }
 }

@@ -19,11 +19,11 @@ test('the check commits once the dirty map pages reach the bound, one commit at 
   const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, workers: 1 })
   try {
     const disk = await pool.createDisk('d.img')
-    await disk.truncate(64 * pageEntries * blockBytes)
+    await disk.truncate(128 * pageEntries * blockBytes)
     await pool.commit()
     let settled = 0
     const logged: string[] = []
-    const check = commitPressure(pool, { settle: () => { settled++ }, collectWrites: () => {}, log: m => logged.push(m) }, 16)
+    const check = commitPressure(pool, { settle: () => { settled++ }, collectWrites: () => {}, log: m => logged.push(m) }, 16, 0)
     for (let p = 0; p < 15; p++) await disk.write(bytesOf(p, blockBytes), p * pageEntries * blockBytes)
     const before = pool.commitStats()
     t.is(before.dirtyPages, 15)
@@ -39,6 +39,16 @@ test('the check commits once the dirty map pages reach the bound, one commit at 
     t.is(after.pagesMax, 40)
     t.is(after.dirtyPages, 0)
     t.deepEqual(logged, [])
+    // Spacing: after a commit of its own, none again before the spacing passed, however many pages.
+    const spaced = commitPressure(pool, { settle: () => {}, collectWrites: () => {}, log: m => logged.push(m) }, 16, 3600000)
+    // (new blocks: an overwrite of a block in the disk's own extent changes no map page)
+    for (let p = 40; p < 60; p++) await disk.write(bytesOf(p, blockBytes), p * pageEntries * blockBytes)
+    await spaced()
+    t.is(pool.commitStats().dirtyPages, 0)
+    for (let p = 60; p < 80; p++) await disk.write(bytesOf(p, blockBytes), p * pageEntries * blockBytes)
+    t.is(spaced(), null, 'a second commit within the spacing: none')
+    t.is(pool.commitStats().dirtyPages, 20)
+    await pool.commit()
     // The pages are durable: a reopened pool reads every block.
     await pool.close()
     const again = Pool.open(path.join(dir, 'pool'), { blockBytes, workers: 1 })
@@ -46,7 +56,7 @@ test('the check commits once the dirty map pages reach the bound, one commit at 
       const d = again.find('disk', 'd.img')
       if (d === undefined) throw new Error('d.img is gone after a reopen')
       const got = Buffer.alloc(blockBytes)
-      for (let p = 0; p < 40; p++) {
+      for (let p = 0; p < 80; p++) {
         await d.read(got, p * pageEntries * blockBytes)
         t.deepEqual(got, bytesOf(p, blockBytes), `page ${p}`)
       }
