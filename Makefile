@@ -13,7 +13,7 @@ BENCH_PACKAGES := qemu-system-common
 S3_PACKAGES := ceph-mon ceph-osd radosgw ceph-common curl
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-handoff bench-scale bench-scale-10k bench-quick soak soak-quick clean
+.PHONY: all install uninstall deps debs bench-debs s3-debs node-modules native native-sanitize build lint xfstests-tools run umount test test-unit test-integration crash-test fuzz-long concurrent-long fsx-long bench-basic bench bench-handoff bench-scale bench-scale-10k bench-quick soak soak-quick clean
 
 all: build
 
@@ -45,11 +45,11 @@ else
 BLAKE3_SRC := $(BLAKE3_C)
 BLAKE3_FLAGS := -DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512
 endif
-$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c native/fuse3/pieces.c native/fuse3/pieces.h native/fuse3/crc32_fast.c native/fuse3/crc32_fast.h $(BLAKE3_SRC)
+$(FUSE3_ADDON): native/fuse3/vdiskfs_fuse3.c native/fuse3/pieces.c native/fuse3/pieces.h native/fuse3/crc32_fast.c native/fuse3/crc32_fast.h native/fuse3/words.c native/fuse3/words.h $(BLAKE3_SRC)
 	@pkg-config --exists fuse3 zlib libzstd 2>/dev/null && command -v fusermount3 >/dev/null || $(MAKE) --no-print-directory debs
 	@test -f "$(NODE_INCLUDE)/node_api.h" || { echo "Node's headers are missing ($(NODE_INCLUDE)/node_api.h): install Node.js 20 with its headers (nodesource's nodejs, or Debian's libnode-dev)"; exit 1; }
 	@mkdir -p $(@D)
-	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" -Ithird_party/blake3 $(BLAKE3_FLAGS) $$(pkg-config --cflags fuse3 libzstd) $< native/fuse3/pieces.c native/fuse3/crc32_fast.c $(BLAKE3_SRC) -o $@.tmp $$(pkg-config --libs fuse3 libzstd) -lz
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -fPIC -shared -pthread -I"$(NODE_INCLUDE)" -Ithird_party/blake3 $(BLAKE3_FLAGS) $$(pkg-config --cflags fuse3 libzstd) $< native/fuse3/pieces.c native/fuse3/crc32_fast.c native/fuse3/words.c $(BLAKE3_SRC) -o $@.tmp $$(pkg-config --libs fuse3 libzstd) -lz
 	mv $@.tmp $@
 	node scripts/check-native.js --fuse3
 
@@ -60,7 +60,24 @@ $(FUSE3_HOLDER): native/fuse3/vdiskfs_holder.c
 	$(CC) -O2 -g -Wall -Wextra $< -o $@.tmp
 	mv $@.tmp $@
 
-native: $(FUSE3_ADDON) $(FUSE3_HOLDER)
+# The published words' harness (native/fuse3/test/words-test.c, run by test/unit/native-words.test.ts): words.c
+# against a model and under threads; `make native-sanitize` runs it under ThreadSanitizer and AddressSanitizer.
+WORDS_TEST := native/fuse3/build/words-test
+WORDS_TEST_SRC := native/fuse3/test/words-test.c native/fuse3/words.c native/fuse3/words.h
+WORDS_TEST_CFLAGS := -g -Wall -Wextra -pthread -DWORDS_MALLOC=words_test_malloc -DWORDS_CALLOC=words_test_calloc
+$(WORDS_TEST): $(WORDS_TEST_SRC)
+	@mkdir -p $(@D)
+	$(CC) -O2 $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o $@.tmp
+	mv $@.tmp $@
+
+native: $(FUSE3_ADDON) $(FUSE3_HOLDER) $(WORDS_TEST)
+
+native-sanitize: $(WORDS_TEST_SRC)
+	@mkdir -p native/fuse3/build
+	$(CC) -O1 -fsanitize=thread $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o native/fuse3/build/words-test-tsan
+	$(CC) -O1 -fsanitize=address,undefined $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o native/fuse3/build/words-test-asan
+	for seed in 1 2 3; do native/fuse3/build/words-test-tsan --seed $$seed --ops 5000 --rounds 20000 || exit 1; done
+	for seed in 1 2 3; do native/fuse3/build/words-test-asan --seed $$seed --ops 20000 || exit 1; native/fuse3/build/words-test-asan --seed $$seed --ops 20000 --fail-malloc || exit 1; done
 
 # Issue #18's hand-off benchmark (bench/handoff.ts, docs/TRANSPORT.md "A thread-safe function, not a shared
 # ring"): a standalone addon, not the transport, built like it (Node's headers, no node-gyp; no libfuse).

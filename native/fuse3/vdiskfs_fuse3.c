@@ -69,26 +69,7 @@ enum {
 #include "blake3.h"
 #include "pieces.h"
 #include "crc32_fast.h"
-#define FAST_PAGE_BITS 12
-#define FAST_PAGE (1u << FAST_PAGE_BITS)
-#define FAST_MID (1u << 12)
-#define FAST_TOP (1u << 12)
-#define FAST_BLOCKS_MAX ((uint64_t)FAST_PAGE * FAST_MID * FAST_TOP)
-/*
- * A page of words is FAST_SUBS slots of FAST_SUB words each. A slot is either the address of its
- * sub-page (even: FAST_SUB words in memory) or, odd, (word << 1) | 1: every word of the sub-page is
- * `word`, with no memory of its own (a run of holes, or of "ask the engine"). A sparse 1 TiB disk's
- * pages are mostly holes: 512 bytes a page and 512 per sub-page that holds other words, against 32 KiB
- * a page. Only a compare-and-swap changes a slot: from one uniform word to another (JavaScript, for a
- * whole sub-page), or from a uniform word to a sub-page filled with it (whoever must change one word of
- * it: fast_sub_words). A sub-page once in memory stays until the volume's record is freed, so a word's
- * address, once had, stays valid while the volume is referenced.
- */
-#define FAST_SUB_BITS 6
-#define FAST_SUB (1u << FAST_SUB_BITS)
-#define FAST_SUBS (FAST_PAGE / FAST_SUB)
-#define FAST_UNIFORM(word) (((word) << 1) | 1)
-static uint64_t fast_word_bytes; /* memory the pages and sub-pages of every volume take (status: fastWordBytes) */
+#include "words.h"
 #define FAST_DEAD (1ULL << 62)
 #define FAST_BUCKETS 1024
 #define FAST_SECTOR 4096u
@@ -97,20 +78,6 @@ static uint64_t fast_word_bytes; /* memory the pages and sub-pages of every volu
 #define FAST_CHUNKS_MAX 262144
 #define FAST_CHUNK_BUCKETS 65536
 #define FAST_CHUNK_MAX_BYTES (1024u * 1024u)
-/* FAST_WRITABLE: as FAST_DELTA, and a WRITE of whole sectors within the block may overwrite the slot
- * here (the slot is in one of the volume's writable extents; see "WRITEs" below). */
-enum { FAST_NONE = 0, FAST_DELTA = 1, FAST_HOLE = 2, FAST_WRITABLE = 3, FAST_CHUNK = 4, FAST_CHUNK_UNREAD = 5 };
-/* FAST_CHUNK_UNREAD: a sealed chunk (id in the high half) the addon does not read (not registered):
- * READs go to the engine; a first write of part of it makes a partial slot over it (docs/FASTPATH.md). */
-/* Flags in a word's low byte beside its kind (docs/FASTPATH.md, "First writes"): FAST_ALLOC, a WRITE of
- * the whole block may give it a new slot from the volume's lease; FAST_NATIVE, the word was set by such
- * a write here and the engine has not taken it into its map yet (fastPublish leaves it alone). */
-#define FAST_KIND_MASK 0x1full
-/* FAST_PARTIAL (with FAST_DELTA or FAST_WRITABLE): the slot is partial, over a chunk: a sector whose
- * checksum entry is 0 is the chunk's, not zeros (a READ of it goes to the engine). */
-#define FAST_PARTIAL 0x20ull
-#define FAST_NATIVE 0x40ull
-#define FAST_ALLOC 0x80ull
 #define FAST_LEASE_QUEUE_MAX (1u << 20)
 #define FAST_THREADS_MAX 64
 #define FAST_STRIPES 256
@@ -181,7 +148,7 @@ typedef struct fast_volume {
   uint64_t lease_size;  /* slots the lease gave */
   uint64_t lease_bases; /* where the lease extent's base table starts (0: it holds no partial slots) */
   uint64_t volume_id;   /* the engine's id of the volume (the journal's records name it) */
-  uint64_t **top[FAST_TOP]; /* top -> mid (FAST_MID page pointers) -> page (FAST_SUBS slots: a sub-page, or a uniform word) */
+  fast_words words;    /* the published words (words.h) */
 } fast_volume;
 
 typedef struct fast_state {
@@ -220,22 +187,7 @@ typedef struct fast_state {
 
 static void fast_volume_free(fast_volume *v) {
   pthread_mutex_destroy(&v->lease_lock);
-  for (unsigned t = 0; t < FAST_TOP; t++) {
-    uint64_t **mid = v->top[t];
-    if (mid == NULL) continue;
-    for (unsigned m = 0; m < FAST_MID; m++) {
-      uint64_t *page = mid[m];
-      if (page == NULL) continue;
-      for (unsigned k = 0; k < FAST_SUBS; k++) {
-        if (page[k] & 1) continue;
-        free((void *)(uintptr_t)page[k]);
-        __atomic_sub_fetch(&fast_word_bytes, FAST_SUB * sizeof(uint64_t), __ATOMIC_RELAXED);
-      }
-      free(page);
-      __atomic_sub_fetch(&fast_word_bytes, FAST_SUBS * sizeof(uint64_t), __ATOMIC_RELAXED);
-    }
-    free(mid);
-  }
+  fast_words_free(&v->words);
   free(v);
 }
 
@@ -270,41 +222,7 @@ static void fast_extent_put(fast_extent *e) {
   if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_SEQ_CST) == FAST_DEAD) fast_extent_free(e);
 }
 
-static uint64_t fast_word(fast_volume *v, uint64_t block) {
-  if (block >= FAST_BLOCKS_MAX) return 0;
-  uint64_t **mid = __atomic_load_n(&v->top[block >> 24], __ATOMIC_ACQUIRE);
-  if (mid == NULL) return 0;
-  uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
-  if (page == NULL) return 0;
-  uint64_t slot = __atomic_load_n(&page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)], __ATOMIC_SEQ_CST);
-  if (slot & 1) return slot >> 1;
-  return __atomic_load_n(&((uint64_t *)(uintptr_t)slot)[block & (FAST_SUB - 1)], __ATOMIC_SEQ_CST);
-}
 
-/*
- * The words of the sub-page in `slot`, in memory: made from its uniform word when it has none (a
- * compare-and-swap from the uniform word seen; lost to another thread's change, it starts again from
- * what that thread stored). NULL when memory ran out: the slot is then made uniformly 0 (ask the
- * engine), which is always safe, so that no caller is left with a word it could not change.
- */
-static uint64_t *fast_sub_words(uint64_t *slot) {
-  uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
-  for (;;) {
-    if (!(seen & 1)) return (uint64_t *)(uintptr_t)seen;
-    uint64_t *sub = malloc(FAST_SUB * sizeof(uint64_t));
-    if (sub == NULL) {
-      while ((seen & 1) && seen != FAST_UNIFORM(0) && !__atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(0), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-      if (seen & 1) return NULL;
-      continue;
-    }
-    for (unsigned i = 0; i < FAST_SUB; i++) sub[i] = seen >> 1;
-    if (__atomic_compare_exchange_n(slot, &seen, (uint64_t)(uintptr_t)sub, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-      __atomic_add_fetch(&fast_word_bytes, FAST_SUB * sizeof(uint64_t), __ATOMIC_RELAXED);
-      return sub;
-    }
-    free(sub);
-  }
-}
 
 /* The buffers a worker thread reads into (freed when the thread ends). */
 typedef struct fast_buffers {
@@ -803,7 +721,7 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
   while (done < length) {
     uint64_t at = (uint64_t)off + done, block = at / bb, offset = at % bb;
     uint64_t count = bb - offset < length - done ? bb - offset : length - done;
-    uint64_t word = fast_word(v, block);
+    uint64_t word = fast_word(&v->words, block);
     unsigned kind = (unsigned)(word & FAST_KIND_MASK);
     if (kind == FAST_HOLE) { memset(b->out + done, 0, count); done += count; continue; }
     if (kind == FAST_CHUNK) {
@@ -816,7 +734,7 @@ static int fast_read(session *s, fuse_req_t req, uint64_t ino, size_t size, off_
     uint64_t id = word >> 32, slot = (word >> 8) & 0xffffff, run = count;
     int partial = (word & FAST_PARTIAL) != 0;
     while (!partial && done + run < length) {
-      uint64_t next = fast_word(v, block + (run + offset) / bb);
+      uint64_t next = fast_word(&v->words, block + (run + offset) / bb);
       if (next & FAST_PARTIAL) break;
       unsigned next_kind = (unsigned)(next & FAST_KIND_MASK);
       if ((next_kind != FAST_DELTA && next_kind != FAST_WRITABLE) || next >> 32 != id || ((next >> 8) & 0xffffff) != slot + (run + offset) / bb) break;
@@ -915,16 +833,6 @@ static int fast_stripe_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Where block's word is (NULL: its page was never published, or memory ran out: then the word is 0), for a worker thread. */
-static uint64_t *fast_word_at(fast_volume *v, uint64_t block) {
-  if (block >= FAST_BLOCKS_MAX) return NULL;
-  uint64_t **mid = __atomic_load_n(&v->top[block >> 24], __ATOMIC_ACQUIRE);
-  if (mid == NULL) return NULL;
-  uint64_t *page = __atomic_load_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], __ATOMIC_ACQUIRE);
-  if (page == NULL) return NULL;
-  uint64_t *sub = fast_sub_words(&page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)]);
-  return sub == NULL ? NULL : &sub[block & (FAST_SUB - 1)];
-}
 
 /* Queues [ino, block, extent, slot, base] for the engine's map (fastAllocs; base: the chunk entry a
  * partial slot lies over, else 0); 0 when the queue is full. */
@@ -1008,7 +916,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
   for (uint64_t i = 0, done = 0; i < blocks; i++) {
     uint64_t block = first_block + i, offset = i == 0 ? (uint64_t)off % bb : 0;
     uint64_t length = bb - offset < size - done ? bb - offset : size - done;
-    uint64_t word = fast_word(v, block);
+    uint64_t word = fast_word(&v->words, block);
     words[i] = word;
     /* A whole block of zeros: the engine makes it a hole (and zeros written into a hole stay one). */
     if ((length == bb || (word & FAST_KIND_MASK) == FAST_HOLE) && fast_all_zero(buf + done, length)) { why = HAND_ZEROS; goto out; }
@@ -1026,7 +934,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
     else { why = HAND_NOT_OPEN; goto out; }
     /* Where the word the first write sets is, in memory before anything is written (its run of words
      * made real now: fast_sub_words). Memory run out: the engine writes it (the run asks it now). */
-    if (fresh[i] && (ats[i] = fast_word_at(v, block)) == NULL) { why = HAND_FAILED; goto out; }
+    if (fresh[i] && (ats[i] = fast_word_at(&v->words, block)) == NULL) { why = HAND_FAILED; goto out; }
     done += length;
   }
   if (grows_to != 0 && allocs == 0) { why = HAND_PAST_END; goto out; }
@@ -1140,12 +1048,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
       uint64_t *at = ats[i];
       uint64_t expected = words[i];
       uint64_t word = (exts[i] << 32) | (slots[i] << 8) | FAST_NATIVE | FAST_WRITABLE | (bases[i] != 0 ? FAST_PARTIAL : 0);
-      if (!__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-        /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on, and
-         * carries FAST_NATIVE (kind 0) so that no publication from a map that does not hold this slot
-         * yet replaces it before the engine took the queue (whose set of the block clears it). */
-        __atomic_store_n(at, FAST_NATIVE, __ATOMIC_SEQ_CST);
-      }
+      fast_word_set_native(at, expected, word);
       /* The queue is bounded by the leases (JavaScript takes it before it leases again): full only
        * when memory ran out, and then the word just set must not stay either (the engine writes it). */
       if (!fast_alloc_queue(f, ino, block, exts[i], slots[i], bases[i], v->volume_id)) {
@@ -2187,26 +2090,6 @@ static fast_volume *fast_volume_find(fast_state *f, uint64_t ino) {
   return v;
 }
 
-static uint64_t *fast_page(fast_volume *v, uint64_t block, int make) {
-  if (block >= FAST_BLOCKS_MAX) return NULL;
-  uint64_t **mid = v->top[block >> 24];
-  if (mid == NULL) {
-    if (!make) return NULL;
-    mid = calloc(FAST_MID, sizeof(uint64_t *));
-    if (mid == NULL) return NULL;
-    __atomic_store_n(&v->top[block >> 24], mid, __ATOMIC_RELEASE);
-  }
-  uint64_t *page = mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)];
-  if (page == NULL) {
-    if (!make) return NULL;
-    page = malloc(FAST_SUBS * sizeof(uint64_t));
-    if (page == NULL) return NULL;
-    for (unsigned k = 0; k < FAST_SUBS; k++) page[k] = FAST_UNIFORM(0);
-    __atomic_add_fetch(&fast_word_bytes, FAST_SUBS * sizeof(uint64_t), __ATOMIC_RELAXED);
-    __atomic_store_n(&mid[(block >> FAST_PAGE_BITS) & (FAST_MID - 1)], page, __ATOMIC_RELEASE);
-  }
-  return page;
-}
 
 static session *live_session(napi_env env, napi_value value) {
   session *s = session_of(env, value);
@@ -2252,59 +2135,16 @@ static napi_value fast_publish(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const uint32_t *pairs = data;
-#define PUBLISHED(k) ((uint64_t)pairs[2 * (k)] | ((uint64_t)pairs[2 * (k) + 1] << 32))
-  size_t n = count / 2;
-  for (size_t i = 0; i < n;) {
-    /* The words given for one sub-page at a time. */
-    uint64_t block = first + i;
-    size_t run = (size_t)(((block | (FAST_SUB - 1)) + 1) - block);
-    if (run > n - i) run = n - i;
-    uint64_t w0 = PUBLISHED(i);
-    int uniform = 1, any = w0 != 0;
-    for (size_t k = 1; k < run; k++) { uint64_t w = PUBLISHED(i + k); if (w != w0) uniform = 0; if (w != 0) any = 1; }
-    uint64_t *page = fast_page(v, block, any);
-    if (page == NULL) { if (any) return result; i += run; continue; }
-    uint64_t *slot = &page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)];
-    if (uniform && (w0 >> 63) == 0) {
-      /* A uniform sub-page given one word for all of it, or a part of it given the word it has: it
-       * stays uniform (a uniform slot holds no word a native first write set). */
-      uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
-      int done = 0;
-      while ((seen & 1) && !done) {
-        if (seen == FAST_UNIFORM(w0)) done = 1;
-        else if (run < FAST_SUB) break;
-        else done = __atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(w0), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-      }
-      if (done) { i += run; continue; }
-    }
-    uint64_t *sub = fast_sub_words(slot);
-    if (sub == NULL) return result;
-    for (size_t k = 0; k < run; k++) {
-      /* A word a native first write set stays until the engine took its slot into the map (whose set
-       * clears it): the map published here may not hold that slot yet. */
-      uint64_t *at = &sub[(block + k) & (FAST_SUB - 1)];
-      uint64_t word = PUBLISHED(i + k);
-      uint64_t old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-      while (!(old & FAST_NATIVE) && !__atomic_compare_exchange_n(at, &old, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-    }
-    i += run;
-  }
-#undef PUBLISHED
+  if (!fast_words_publish(&v->words, first, pairs, count / 2)) return result;
   napi_get_boolean(env, true, &result);
   return result;
 }
 
-/* A uniform word after fast_words_change: 0 (a clear), or as a freeze leaves it. */
-static uint64_t fast_word_changed(uint64_t word, int freeze) {
-  if (!freeze) return 0;
-  if ((word & FAST_KIND_MASK) == FAST_WRITABLE) return (word & ~(FAST_KIND_MASK | FAST_ALLOC)) | FAST_DELTA;
-  return word & ~FAST_ALLOC;
-}
 
 /* The words of blocks [block, block + count) (count < 0: to the end) of the volume named by the call's
  * arguments (session, ino, block, count): cleared (`freeze` 0: they ask the engine again), or, for the
  * FAST_WRITABLE ones, made FAST_DELTA (`freeze` 1: reads stay here, WRITEs go to the engine). */
-static napi_value fast_words_change(napi_env env, napi_callback_info info, int freeze) {
+static napi_value fast_words_change_js(napi_env env, napi_callback_info info, int freeze) {
   GET_ARGS(4);
   session *s = live_session(env, args[0]);
   if (s == NULL) return NULL;
@@ -2314,51 +2154,13 @@ static napi_value fast_words_change(napi_env env, napi_callback_info info, int f
   uint64_t first = from < 0 ? 0 : (uint64_t)from;
   uint64_t end = n < 0 ? FAST_BLOCKS_MAX : first + (uint64_t)n;
   if (end > FAST_BLOCKS_MAX) end = FAST_BLOCKS_MAX;
-  for (uint64_t block = first; block < end;) {
-    uint64_t *page = fast_page(v, block, 0);
-    uint64_t page_end = (block | (FAST_PAGE - 1)) + 1;
-    if (page_end > end) page_end = end;
-    if (page == NULL) {
-      /* Skip the whole mid table when it is missing. */
-      if (v->top[block >> 24] == NULL) block = ((block >> 24) + 1) << 24;
-      else block = page_end;
-      continue;
-    }
-    while (block < page_end) {
-      uint64_t sub_end = (block | (FAST_SUB - 1)) + 1;
-      if (sub_end > page_end) sub_end = page_end;
-      uint64_t *slot = &page[(block >> FAST_SUB_BITS) & (FAST_SUBS - 1)];
-      /* A uniform sub-page changed whole stays uniform; one changed in part is made real first. */
-      uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
-      int done = 0;
-      while ((seen & 1) && !done) {
-        uint64_t to = fast_word_changed(seen >> 1, freeze);
-        if (to == seen >> 1) done = 1;
-        else if (sub_end - block < FAST_SUB) break;
-        else done = __atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(to), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
-      }
-      uint64_t *sub = done ? NULL : fast_sub_words(slot);
-      /* NULL and not done: memory ran out and the slot is uniformly 0 now, which a clear or a freeze allows. */
-      if (sub == NULL) { block = sub_end; continue; }
-      for (; block < sub_end; block++) {
-        uint64_t *at = &sub[block & (FAST_SUB - 1)];
-        if (!freeze) { __atomic_store_n(at, 0, __ATOMIC_SEQ_CST); continue; }
-        /* Writable words become read-only, and none may take a new slot any more; a word a native first
-         * write set keeps its FAST_NATIVE flag (the engine has yet to take it). A compare-and-swap: a
-         * native first write may set its word between the load and the change (a plain store would
-         * then drop the slot it wrote, and a READ would be answered from the word before). */
-        uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
-        uint64_t to = fast_word_changed(word, 1);
-        while (to != word && !__atomic_compare_exchange_n(at, &word, to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) to = fast_word_changed(word, 1);
-      }
-    }
-  }
+  fast_words_change(&v->words, first, end, freeze);
   return NULL;
 }
 
 /* fastClear(session, ino, block, count): the words of blocks [block, block + count) ask the engine again (count < 0: to the end). */
 static napi_value fast_clear(napi_env env, napi_callback_info info) {
-  return fast_words_change(env, info, 0);
+  return fast_words_change_js(env, info, 0);
 }
 
 /* fastWrites(session, on): native WRITEs on or off (off: every WRITE to the engine). */
@@ -2373,7 +2175,7 @@ static napi_value fast_writes(napi_env env, napi_callback_info info) {
 /* fastFreeze(session, ino, block, count): words of [block, block + count) (count < 0: to the end) that
  * were FAST_WRITABLE become FAST_DELTA (reads stay here, WRITEs go to the engine). */
 static napi_value fast_freeze(napi_env env, napi_callback_info info) {
-  return fast_words_change(env, info, 1);
+  return fast_words_change_js(env, info, 1);
 }
 
 /* fastOdd(session) -> Float64Array of [slot, epoch] pairs: the workers inside a native WRITE now. */
