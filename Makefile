@@ -64,7 +64,7 @@ $(FUSE3_HOLDER): native/fuse3/vdiskfs_holder.c
 # against a model and under threads; `make native-sanitize` runs it under ThreadSanitizer and AddressSanitizer.
 WORDS_TEST := native/fuse3/build/words-test
 WORDS_TEST_SRC := native/fuse3/test/words-test.c native/fuse3/words.c native/fuse3/words.h
-WORDS_TEST_CFLAGS := -g -Wall -Wextra -pthread -DWORDS_MALLOC=words_test_malloc -DWORDS_CALLOC=words_test_calloc
+WORDS_TEST_CFLAGS := -g -Wall -Wextra -pthread -DWORDS_MALLOC=words_test_malloc -DWORDS_CALLOC=words_test_calloc -DWORDS_RACE=words_test_race
 $(WORDS_TEST): $(WORDS_TEST_SRC)
 	@mkdir -p $(@D)
 	$(CC) -O2 $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o $@.tmp
@@ -76,7 +76,7 @@ native-sanitize: $(WORDS_TEST_SRC)
 	@mkdir -p native/fuse3/build
 	$(CC) -O1 -fsanitize=thread $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o native/fuse3/build/words-test-tsan
 	$(CC) -O1 -fsanitize=address,undefined $(WORDS_TEST_CFLAGS) native/fuse3/test/words-test.c native/fuse3/words.c -o native/fuse3/build/words-test-asan
-	for seed in 1 2 3; do native/fuse3/build/words-test-tsan --seed $$seed --ops 5000 --rounds 20000 || exit 1; done
+	for seed in 1 2 3; do native/fuse3/build/words-test-tsan --seed $$seed --ops 5000 --rounds 5000 || exit 1; done
 	for seed in 1 2 3; do native/fuse3/build/words-test-asan --seed $$seed --ops 20000 || exit 1; native/fuse3/build/words-test-asan --seed $$seed --ops 20000 --fail-malloc || exit 1; done
 
 # Issue #18's hand-off benchmark (bench/handoff.ts, docs/TRANSPORT.md "A thread-safe function, not a shared

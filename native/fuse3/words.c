@@ -11,6 +11,14 @@ void *WORDS_CALLOC(size_t n, size_t size);
 #define WORDS_CALLOC calloc
 #endif
 
+/* And with -DWORDS_RACE=its_hook, called between a load and the compare-and-swap after it (with the
+ * word's address where it is one word), so that the harness can act there as another thread would. */
+#ifdef WORDS_RACE
+void WORDS_RACE(uint64_t *word);
+#else
+#define WORDS_RACE(word) ((void)0)
+#endif
+
 uint64_t fast_word_bytes;
 
 uint64_t fast_word(fast_words *w, uint64_t block) {
@@ -34,6 +42,7 @@ static uint64_t *fast_sub_words(uint64_t *slot) {
   uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
   for (;;) {
     if (!(seen & 1)) return (uint64_t *)(uintptr_t)seen;
+    WORDS_RACE(NULL);
     uint64_t *sub = WORDS_MALLOC(FAST_SUB * sizeof(uint64_t));
     if (sub == NULL) {
       while ((seen & 1) && seen != FAST_UNIFORM(0) && !__atomic_compare_exchange_n(slot, &seen, FAST_UNIFORM(0), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
@@ -89,6 +98,7 @@ static uint64_t fast_word_changed(uint64_t word, int freeze) {
 }
 
 int fast_word_set_native(uint64_t *at, uint64_t expected, uint64_t word) {
+  WORDS_RACE(NULL);
   if (!__atomic_compare_exchange_n(at, &expected, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     /* The engine changed the word meanwhile (a freeze, a clear): it asks the engine from now on, and
      * carries FAST_NATIVE (kind 0) so that no publication from a map that does not hold this slot
@@ -117,6 +127,7 @@ int fast_words_publish(fast_words *w, uint64_t first, const uint32_t *pairs, siz
        * stays uniform (a uniform slot holds no word a native first write set). */
       uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
       int done = 0;
+      WORDS_RACE(NULL);
       while ((seen & 1) && !done) {
         if (seen == FAST_UNIFORM(w0)) done = 1;
         else if (run < FAST_SUB) break;
@@ -132,6 +143,7 @@ int fast_words_publish(fast_words *w, uint64_t first, const uint32_t *pairs, siz
       uint64_t *at = &sub[(block + k) & (FAST_SUB - 1)];
       uint64_t word = PUBLISHED(i + k);
       uint64_t old = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+      WORDS_RACE(at);
       while (!(old & FAST_NATIVE) && !__atomic_compare_exchange_n(at, &old, word, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
     }
     i += run;
@@ -158,6 +170,7 @@ void fast_words_change(fast_words *w, uint64_t first, uint64_t end, int freeze) 
       /* A uniform sub-page changed whole stays uniform; one changed in part is made real first. */
       uint64_t seen = __atomic_load_n(slot, __ATOMIC_SEQ_CST);
       int done = 0;
+      WORDS_RACE(NULL);
       while ((seen & 1) && !done) {
         uint64_t to = fast_word_changed(seen >> 1, freeze);
         if (to == seen >> 1) done = 1;
@@ -176,6 +189,7 @@ void fast_words_change(fast_words *w, uint64_t first, uint64_t end, int freeze) 
          * then drop the slot it wrote, and a READ would be answered from the word before). */
         uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST);
         uint64_t to = fast_word_changed(word, 1);
+        WORDS_RACE(at);
         while (to != word && !__atomic_compare_exchange_n(at, &word, to, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) to = fast_word_changed(word, 1);
       }
     }

@@ -8,11 +8,15 @@
  *    --fail-malloc, allocations fail at random, and a word may then also read 0 (ask the engine) where
  *    the addon allows that, but a word a native first write set is never lost. Every word is compared
  *    after every step; the memory count returns to 0 when the table is freed.
- * 2. Threads: writer threads make native first writes of blocks of their own (as the addon's WRITE does:
- *    the word loaded, then fast_word_set_native) and reader threads load words, while this thread
- *    publishes and freezes runs over the same blocks. A reader may see only a word for its own block, a
- *    hole, 0, or FAST_NATIVE alone; at the end, every block a writer set holds its word (frozen or not),
- *    or FAST_NATIVE alone when the writer's compare-and-swap lost.
+ * 2. Threads: writer threads make native first writes (as the addon's WRITE does: the word loaded, then
+ *    fast_word_set_native) and reader threads load words, while this thread publishes and freezes runs
+ *    over the same blocks and takes set blocks back as the engine does (checks, clears, publishes them
+ *    again). Inside words.c's windows between a load and its compare-and-swap (WORDS_RACE), a native
+ *    first write of that word's block is made now and then right there, so every window is tried
+ *    whatever the scheduler does (a plain store in place of the freeze's or the publication's
+ *    compare-and-swap is caught in every run). A reader may see only a word for its own block, a hole,
+ *    0, or FAST_NATIVE alone; a block a writer set holds its word (frozen or not), or FAST_NATIVE alone
+ *    when the writer's compare-and-swap lost, when taken and at the end.
  * Usage: words-test [--seed N] [--ops N] [--threads N] [--rounds N] [--fail-malloc]. Exit 0: passed.
  */
 #include <inttypes.h>
@@ -169,6 +173,8 @@ static int stop_threads;
 static unsigned writers;
 static uint64_t set_word[SPAN];   /* what the owning writer set (0: nothing) */
 static unsigned char set_won[SPAN];
+/* Per block: 0 open to a first write, 1 a writer is in it, 2 set (until this thread takes it, as the engine takes the queue). */
+static unsigned char bstate[SPAN];
 static uint64_t reader_bad;
 
 static void *writer(void *arg) {
@@ -177,16 +183,46 @@ static void *writer(void *arg) {
   while (!__atomic_load_n(&stop_threads, __ATOMIC_SEQ_CST)) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     uint64_t i = ((state >> 33) % (SPAN / writers)) * writers + t;
-    if (i >= SPAN || set_word[i] != 0) continue;
+    unsigned char open = 0;
+    if (i >= SPAN || !__atomic_compare_exchange_n(&bstate[i], &open, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) continue;
     uint64_t b = base_block + i, expected = fast_word(shared, b);
-    if (!(expected & FAST_ALLOC)) continue;
-    uint64_t *at = fast_word_at(shared, b);
-    if (at == NULL) continue;
+    uint64_t *at = (expected & FAST_ALLOC) ? fast_word_at(shared, b) : NULL;
+    if (at == NULL) { __atomic_store_n(&bstate[i], 0, __ATOMIC_SEQ_CST); continue; }
     uint64_t word = ((b & 0xffffffffull) << 32) | ((++slot & 0xffffff) << 8) | FAST_NATIVE | FAST_WRITABLE;
     set_won[i] = (unsigned char)fast_word_set_native(at, expected, word);
-    __atomic_store_n(&set_word[i], word, __ATOMIC_SEQ_CST);
+    set_word[i] = word;
+    __atomic_store_n(&bstate[i], 2, __ATOMIC_SEQ_CST);
   }
   return NULL;
+}
+
+/*
+ * Between a load and its compare-and-swap in words.c (race_on: the threads part): at a word's address,
+ * now and then a native first write of that word's block right there, as a writer thread on the other
+ * core could make it (a word this harness published names its block in its high half); elsewhere a
+ * short spin. So every window is tried, whatever the scheduler does.
+ */
+static int race_on;
+static __thread int in_race;
+static __thread uint64_t race_state = 7;
+static uint64_t injected;
+void words_test_race(uint64_t *at) {
+  if (!race_on || in_race) return;
+  race_state = race_state * 6364136223846793005ull + 1442695040888963407ull;
+  if ((race_state >> 33) % 4 != 0) return;
+  if (at == NULL) { for (volatile unsigned spin = 0; spin < 500; spin++) {} return; }
+  uint64_t word = __atomic_load_n(at, __ATOMIC_SEQ_CST), b = word >> 32;
+  if (!(word & FAST_ALLOC) || (word & FAST_NATIVE) || b < base_block || b - base_block >= SPAN) return;
+  uint64_t i = b - base_block;
+  unsigned char open = 0;
+  if (!__atomic_compare_exchange_n(&bstate[i], &open, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return;
+  in_race = 1;
+  uint64_t native = (b << 32) | ((0xf00000 | (race_state >> 40)) & 0xffffff) << 8 | FAST_NATIVE | FAST_WRITABLE;
+  set_won[i] = (unsigned char)fast_word_set_native(at, word, native);
+  set_word[i] = native;
+  in_race = 0;
+  __atomic_add_fetch(&injected, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&bstate[i], 2, __ATOMIC_SEQ_CST);
 }
 
 static void *reader(void *arg) {
@@ -200,9 +236,20 @@ static void *reader(void *arg) {
   return NULL;
 }
 
+/* Block i's word holds what its writer set: the word (frozen or not) when the writer's compare-and-swap won, else FAST_NATIVE alone. */
+static uint64_t takes, bad_takes;
+static int holds_set(uint64_t i, const char *when) {
+  uint64_t word = set_word[i], got = fast_word(shared, base_block + i);
+  int ok = set_won[i] ? (got == word || got == frozen(word)) : got == FAST_NATIVE;
+  if (!ok && failures++ < 10) fprintf(stderr, "threads (%s): block %" PRIu64 ": a native first write set %#" PRIx64 " (%s), the table holds %#" PRIx64 "\n",
+                                       when, base_block + i, word, set_won[i] ? "its compare-and-swap won" : "lost", got);
+  return ok;
+}
+
 static int run_threads(unsigned threads, uint64_t rounds) {
   shared = calloc(1, sizeof(fast_words));
   memset(set_word, 0, sizeof(set_word));
+  memset(bstate, 0, sizeof(bstate));
   writers = threads < 1 ? 1 : threads > WRITERS_MAX ? WRITERS_MAX : threads;
   stop_threads = 0;
   uint32_t *pairs = malloc(sizeof(uint32_t) * 2 * SPAN);
@@ -215,7 +262,23 @@ static int run_threads(unsigned threads, uint64_t rounds) {
   for (uint64_t r = 0; r < rounds; r++) {
     uint64_t first = below(SPAN), count = 1 + below(below(2) ? FAST_SUB * 2 : FAST_PAGE);
     if (first + count > SPAN) count = SPAN - first;
-    if (below(4) == 0) {
+    unsigned what = (unsigned)below(8);
+    if (what < 3) {
+      /* The engine takes set blocks into its map (their words must hold what the writers set), clears
+       * them and publishes them again, some open to a first write once more. */
+      for (unsigned k = 0; k < 64; k++) {
+        uint64_t i = below(SPAN);
+        if (__atomic_load_n(&bstate[i], __ATOMIC_SEQ_CST) != 2) continue;
+        takes++;
+        if (!holds_set(i, "taken")) bad_takes++;
+        fast_words_change(shared, base_block + i, base_block + i + 1, 0);
+        uint64_t word = word_for(base_block + i, (unsigned)below(1 << 16)) | (below(2) ? FAST_ALLOC : 0);
+        uint32_t pair[2] = { (uint32_t)word, (uint32_t)(word >> 32) };
+        fast_words_publish(shared, base_block + i, pair, 1);
+        set_word[i] = 0;
+        __atomic_store_n(&bstate[i], 0, __ATOMIC_SEQ_CST);
+      }
+    } else if (what < 5) {
       fast_words_change(shared, base_block + first, base_block + first + count, 1);
     } else {
       unsigned variant = (unsigned)below(1 << 16);
@@ -232,19 +295,15 @@ static int run_threads(unsigned threads, uint64_t rounds) {
   __atomic_store_n(&stop_threads, 1, __ATOMIC_SEQ_CST);
   for (unsigned t = 0; t < writers; t++) pthread_join(tw[t], NULL);
   for (unsigned t = 0; t < 2; t++) pthread_join(tr[t], NULL);
-  uint64_t sets = 0, lost = 0, kept = 0;
+  uint64_t sets = 0, lost = 0;
   for (uint64_t i = 0; i < SPAN; i++) {
-    uint64_t word = set_word[i];
-    if (word == 0) continue;
+    if (bstate[i] != 2) continue;
     sets++;
-    uint64_t got = fast_word(shared, base_block + i);
-    int ok = set_won[i] ? (got == word || got == frozen(word)) : got == FAST_NATIVE;
-    if (!set_won[i]) lost++; else kept++;
-    if (!ok && failures++ < 10) fprintf(stderr, "threads: block %" PRIu64 ": a native first write set %#" PRIx64 " (%s), the table holds %#" PRIx64 "\n",
-                                         base_block + i, word, set_won[i] ? "its compare-and-swap won" : "lost", got);
+    if (!set_won[i]) lost++;
+    holds_set(i, "at the end");
   }
   if (reader_bad > 0) failures++;
-  printf("threads: %u writers, %" PRIu64 " rounds: %" PRIu64 " native first writes (%" PRIu64 " kept their word, %" PRIu64 " lost to a change: FAST_NATIVE alone)\n", writers, rounds, sets, kept, lost);
+  printf("threads: %u writers, %" PRIu64 " rounds: %" PRIu64 " native first writes taken by the engine, %" PRIu64 " left (%" PRIu64 " of them lost to a change: FAST_NATIVE alone), %" PRIu64 " made inside a publication's or a freeze's window\n", writers, rounds, takes, sets, lost, injected);
   fast_words_free(shared);
   free(shared);
   free(pairs);
@@ -264,6 +323,7 @@ int main(int argc, char **argv) {
   }
   rng_state = seed;
   int ok = run_model(ops);
+  race_on = 1; /* the threads part only: the model's words are not in its blocks' bookkeeping */
   printf("model: seed %" PRIu64 ", %" PRIu64 " steps%s: %s\n", seed, ops, fail_malloc ? " with failed mallocs" : "", ok ? "matched" : "FAILED");
   if (ok && !fail_malloc && rounds > 0) ok = run_threads(threads, rounds);
   return ok ? 0 : 1;
