@@ -159,7 +159,7 @@ typedef struct fast_state {
   fast_pack *packs[FAST_BUCKETS];
   fast_chunk **chunks; /* FAST_CHUNK_BUCKETS chains, allocated at the first chunk */
   unsigned chunk_count;
-  uint64_t chunk_reads, chunk_hits, chunk_mismatches, chunk_pieces, chunk_preads;
+  uint64_t chunk_reads, chunk_hits, chunk_mismatches, chunk_pieces;
   unsigned block_bytes;
   uint64_t served, handed, bytes, mismatches;
   /* WRITEs: on once JavaScript says so (fastWrites); per worker thread an epoch, odd while the thread
@@ -487,14 +487,9 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
     memcpy(b->chunk_hash, c.hash, 32);
     unsigned pieces = c.compressed ? pieces_count(c.raw) : 0;
     if (pieces > 0 && c.stored > PIECE_TABLE_BYTES(pieces)) {
-      /* The table and, in the same pread, the frames up to the last piece wanted as their average size
-       * puts them (a quarter more, and the whole payload for a READ of the last piece or of the whole
-       * chunk): a cold random read then costs one read from the disk, not one for the table and one for
-       * its frame (the kernel reads only what a random pread asks). What a guess missed is read below. */
-      uint64_t table_bytes = PIECE_TABLE_BYTES(pieces), frames = (c.stored - table_bytes) * (last + 1) / pieces;
-      head = table_bytes + frames + frames / 4 + 512;
-      if (head > c.stored || (first == 0 && last == pieces - 1)) head = c.stored;
-      __atomic_add_fetch(&f->chunk_preads, 1, __ATOMIC_RELAXED);
+      /* A READ of the whole chunk (sequential reads) reads the whole payload at once; any other, the
+       * table first, then only the frames it needs. */
+      head = first == 0 && last == pieces - 1 ? c.stored : PIECE_TABLE_BYTES(pieces);
       if (fast_pread_full(p, b->packed, head, c.offset) != 0) goto out;
       int table = fast_piece_table(b, &c, (const uint8_t *)b->packed, pieces);
       if (table < 0) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
@@ -507,8 +502,7 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
       /* A whole payload: the rest of it after what was read for the table's check. */
       char *payload = c.compressed ? b->packed : b->chunk;
       if (head > 0 && payload != b->packed) memcpy(payload, b->packed, head);
-      if (head < c.stored) __atomic_add_fetch(&f->chunk_preads, 1, __ATOMIC_RELAXED);
-      if (head < c.stored && fast_pread_full(p, payload + head, c.stored - head, c.offset + head) != 0) goto out;
+      if (fast_pread_full(p, payload + head, c.stored - head, c.offset + head) != 0) goto out;
       if (c.compressed) {
         size_t n = ZSTD_decompressDCtx(b->dctx, b->chunk, c.raw, b->packed, c.stored);
         if (ZSTD_isError(n) || n != c.raw) { __atomic_add_fetch(&f->chunk_mismatches, 1, __ATOMIC_RELAXED); goto out; }
@@ -533,12 +527,8 @@ static int fast_read_chunk(fast_state *f, fast_buffers *b, uint64_t id, uint64_t
   if (lo <= hi) {
     uint32_t from = b->piece_at[lo];
     const char *frames = b->packed;
-    /* In what the first pread read (the payload from its start), or read now. */
-    if (b->piece_at[hi + 1] <= head) frames = b->packed + from;
-    else {
-      __atomic_add_fetch(&f->chunk_preads, 1, __ATOMIC_RELAXED);
-      if (fast_pread_full(p, b->packed, b->piece_at[hi + 1] - from, c.offset + from) != 0) goto out;
-    }
+    if (head == c.stored) frames = b->packed + from;
+    else if (fast_pread_full(p, b->packed, b->piece_at[hi + 1] - from, c.offset + from) != 0) goto out;
     for (unsigned i = lo; i <= hi; i++) {
       if ((b->piece_mask & (1ULL << i)) == 0 && !fast_piece_load(f, b, frames + (b->piece_at[i] - from), i)) goto out;
     }
@@ -2677,7 +2667,6 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "fastChunkHits", num(env, (double)__atomic_load_n(&s->fast.chunk_hits, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunkMismatches", num(env, (double)__atomic_load_n(&s->fast.chunk_mismatches, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastChunkPieces", num(env, (double)__atomic_load_n(&s->fast.chunk_pieces, __ATOMIC_RELAXED)));
-  napi_set_named_property(env, out, "fastChunkPreads", num(env, (double)__atomic_load_n(&s->fast.chunk_preads, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritesOn", num(env, __atomic_load_n(&s->fast.writes_on, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWritten", num(env, (double)__atomic_load_n(&s->fast.written, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteHanded", num(env, (double)__atomic_load_n(&s->fast.write_handed, __ATOMIC_RELAXED)));

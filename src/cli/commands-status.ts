@@ -68,10 +68,10 @@ export const statusCommands: Record<string, Command> = {
 
 /** The fast path's counters (docs/FASTPATH.md), from what the FUSE addon counted: a line, or none when it is off. */
 function fastPathLines (stats: StatsResult): string[] {
-  const fuse3 = stats.daemon.fuse3 as { fastOn?: number, fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritesOn?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkPreads?: number, fastChunkMismatches?: number } | null | undefined
+  const fuse3 = stats.daemon.fuse3 as { fastOn?: number, fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritesOn?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkMismatches?: number } | null | undefined
   if (fuse3 === null || fuse3 === undefined || fuse3.fastOn !== 1) return []
   const lines = [`fast path:   ${fuse3.fastServed ?? 0} READs answered in the addon's threads, ${fuse3.fastHanded ?? 0} handed to the engine (${fuse3.fastMismatches ?? 0} of them on a checksum mismatch)`]
-  lines.push(`             ${fuse3.fastChunkReads ?? 0} reads of sealed chunks in the addon's threads, ${fuse3.fastChunkPieces ?? 0} 16 KiB pieces opened, ${fuse3.fastChunkPreads ?? 0} preads of packs (${fuse3.fastChunkMismatches ?? 0} chunks failed its check and went to the engine)`)
+  lines.push(`             ${fuse3.fastChunkReads ?? 0} reads of sealed chunks in the addon's threads, ${fuse3.fastChunkPieces ?? 0} 16 KiB pieces opened (${fuse3.fastChunkMismatches ?? 0} chunks failed its check and went to the engine)`)
   if (fuse3.fastWritesOn === 1) lines.push(`             ${fuse3.fastWritten ?? 0} WRITEs written in the addon's threads (${fuse3.fastAllocated ?? 0} blocks in new slots), ${fuse3.fastWriteHanded ?? 0} handed to the engine`)
   return lines
 }

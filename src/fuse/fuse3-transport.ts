@@ -115,8 +115,6 @@ export interface Fuse3Stats {
   fastChunkReads: number
   fastChunkHits: number
   fastChunkPieces: number
-  /** preads of pack files those reads made (a pieced chunk's table and frames: one, when the first guessed right). */
-  fastChunkPreads: number
   fastChunkMismatches: number
 }
 
