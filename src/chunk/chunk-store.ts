@@ -240,14 +240,7 @@ export class ChunkStore {
         await this.retire(packs.filter((_pack, i) => synced[i].status === 'rejected'))
         throw fromSystemError((synced[failed] as PromiseRejectedResult).reason, `syncing pack ${packs[failed].id}`)
       }
-      // Appended to the WAL without an fsync on the event loop (catalog.transactionUnsynced: 12-164 ms
-      // each under fio's first writes, traced with strace): nothing acts on these rows' durability
-      // before a later transaction that is synced, and a sync of the WAL makes every frame before it
-      // durable too. A map naming one of these chunks is durable only through a commit (which syncs the
-      // WAL after its transaction); a seal pass drops its extents only after its own commit; compaction
-      // deletes a pack only after its synchronous transaction. A power cut before any of those loses
-      // rows whose packs are synced: chunks nothing names, which repair and compaction account for.
-      this.catalog.transactionUnsynced(() => {
+      this.catalog.transaction(() => {
         for (const row of rows) {
           if (!this.filling.has(row.id)) this.catalog.insertChunk(row)
           else if (!this.catalog.fillChunk(row)) throw new VdiskError('IO', `absent chunk ${row.id} was filled or removed meanwhile`)
