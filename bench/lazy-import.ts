@@ -5,7 +5,8 @@
  * VDISKFS_BENCH_LAZY_HEAD blocks with bytes (default 53) and VDISKFS_BENCH_LAZY_REFS references (default
  * 15,482, bench/lazy-pull.ts's image), in the batches the daemon makes of them (the head, then one of
  * references), then the finish. Prints per run each step's wall time and the process's CPU (every
- * thread), and the load average. VDISKFS_BENCH_LAZY_IMPORT_RUNS runs (default 5).
+ * thread), and the load average. VDISKFS_BENCH_LAZY_IMPORT_RUNS runs (default 5). The pool opens as the
+ * daemon opens it (its read threads warmed, warmWorkers), though a run begins as soon as it has.
  */
 import crypto from 'node:crypto'
 import fs from 'node:fs'
@@ -24,7 +25,7 @@ const cpuMs = (): number => { const u = process.cpuUsage(); return (u.user + u.s
 
 async function once (run: number): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-import-'))
-  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes })
+  const pool = Pool.open(path.join(dir, 'pool'), { create: true, blockBytes, warmWorkers: true })
   try {
     const head = Array.from({ length: headBlocks }, () => crypto.randomBytes(blockBytes))
     const refs = Array.from({ length: refBlocks }, (_, i) => Buffer.from(blake3Hex(Buffer.from(`block ${run} ${i}`)), 'hex'))

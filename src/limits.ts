@@ -315,6 +315,13 @@ export const importAbandonedMs = 7 * 24 * 3600 * 1000
 export const sendWindowBytes = 4 * 1024 * 1024
 /** Stream bytes buffered between the export encoder and its file or pipe (large writes). */
 export const streamBufferBytes = 4 * 1024 * 1024
+
+/**
+ * A push's export connection reads into a ring of its own (RingSource, transfer/wire.ts) of this size,
+ * exportRingReadBytes a read: room for several 64 KiB blocks' frames in flight, and few reads per block.
+ */
+export const exportRingBytes = 4 * 1024 * 1024
+export const exportRingReadBytes = 256 * 1024
 /** Map pages an export's comparison reads before it lets other work run (a few ms). */
 export const diffPagesPerTurn = 16
 /** How long a failed import waits for the daemon's reason before it reports the connection's failure. */

@@ -16,11 +16,11 @@ import { PassThrough, Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { VolumeKind } from '../catalog/catalog'
 import { VdiskError } from '../errors'
-import { daemonReasonWaitMs, streamBufferBytes } from '../limits'
-import { openStream, readReply } from '../control/client'
+import { daemonReasonWaitMs, exportRingBytes, exportRingReadBytes, streamBufferBytes } from '../limits'
+import { openStream, openStreamRing, readReply } from '../control/client'
 import { ImportFinish, ImportStaged } from '../control/results'
 import { StreamBlock, StreamDecoder, StreamEncoder, StreamHeader, StreamItem } from '../transfer/stream'
-import { ByteReader, frameData, frameEnd, frameHead, frameZero, readFrame, send, zstdFrameHead } from '../transfer/wire'
+import { ByteReader, RingSource, frameData, frameEnd, frameHead, frameZero, readFrame, send, zstdFrameHead } from '../transfer/wire'
 
 /** What an import made: the daemon's last reply, and what this side counted. */
 export type ImportResult = ImportFinish & {
@@ -76,10 +76,16 @@ export function exportStream (mountpoint: string, backupKind: VolumeKind, name: 
  * daemon gave is the caller's to check. The connection closes when `blocks` ends or is returned early.
  */
 export async function exportBlocks (mountpoint: string, backupKind: VolumeKind, name: string, options: { since?: string, reuse?: boolean } = {}): Promise<{ header: StreamHeader, blocks: AsyncGenerator<StreamBlock> }> {
-  const opened = await openStream(mountpoint, 'exportStream', { kind: backupKind, name, since: options.since ?? null })
+  const args = { kind: backupKind, name, since: options.since ?? null }
+  // reuse: a block's bytes are valid only until the next block is asked for (no buffer of their own each),
+  // and the connection reads into a ring of this reader's own (RingSource: no buffer per read of the socket),
+  // whose bytes a frame's views point into until the next frame begins.
+  // VDISKFS_PUSH_RING=0: the socket's own buffers, as before (for measuring against).
+  const opened = options.reuse === true && process.env.VDISKFS_PUSH_RING !== '0'
+    ? await openStreamRing(mountpoint, 'exportStream', args, new RingSource(exportRingBytes, exportRingReadBytes))
+    : await (async () => { const o = await openStream(mountpoint, 'exportStream', args); return { ...o, reader: new ByteReader(o.socket, o.rest) } })()
   const header = opened.result
-  const reader = new ByteReader(opened.socket, opened.rest)
-  // reuse: a block's bytes are valid only until the next block is asked for (no buffer of their own each).
+  const reader = opened.reader
   const scratch = options.reuse === true ? Buffer.allocUnsafe(header.blockBytes) : undefined
   async function * blocks (): AsyncGenerator<StreamBlock> {
     try {

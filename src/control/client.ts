@@ -10,6 +10,7 @@ import { VdiskError } from '../errors'
 import { ArgsOf, FinalOf, Operation, ResultOf, StreamOperation, checkArgs } from './operations'
 import { Reply, checkControlDir, socketPathsFor } from './protocol'
 import { mountsSync } from '../io/mountinfo'
+import { ByteReader, RingSource } from '../transfer/wire'
 
 /** Whether T is a union of several types. */
 type IsUnion<T, All = T> = T extends unknown ? ([All] extends [T] ? false : true) : never
@@ -74,13 +75,14 @@ const takeoverPollMs = 100
  * (the one before died), waits for it, up to takeoverWaitMs: a command run during a takeover is served
  * by the new daemon instead of failing.
  */
-async function connect (mountpoint: string): Promise<net.Socket> {
+async function connect (mountpoint: string, ring?: RingSource): Promise<net.Socket> {
   const started = Date.now()
   for (;;) {
     let failure: VdiskError
     try {
       const socketPath = socketOf(mountpoint)
-      const socket = net.connect(socketPath)
+      // A ring source: the socket reads into its buffer (onread), and hands it no buffer of its own per read.
+      const socket = ring === undefined ? net.connect(socketPath) : net.connect({ path: socketPath, onread: { buffer: ring.readBuffer, callback: n => ring.onRead(n) } })
       await new Promise<void>((resolve, reject) => {
         socket.once('connect', resolve)
         socket.once('error', err => { socket.destroy(); reject(connectError(mountpoint, err)) })
@@ -121,6 +123,36 @@ export async function openStream<Op extends StreamOperation> (mountpoint: string
     socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
     const { result, rest } = await readLine(socket, Buffer.alloc(0), mountpoint)
     return { socket, result: result as ResultOf<Op>, rest }
+  } catch (err) {
+    socket.destroy()
+    throw err
+  }
+}
+
+/**
+ * openStream whose connection reads into `ring` (RingSource, transfer/wire.ts: no buffer of its own per
+ * read of the socket): the reply line, then the stream's bytes, through `reader`, a ByteReader over it,
+ * whose views are valid until its next frame begins (ByteReader.settle).
+ */
+export async function openStreamRing<Op extends StreamOperation> (mountpoint: string, op: One<Op>, args: ArgsOf<Op>, ring: RingSource): Promise<{ socket: net.Socket, result: ResultOf<Op>, reader: ByteReader }> {
+  checkArgs(op, args)
+  const socket = await connect(mountpoint, ring)
+  try {
+    // An error, then the close: the ring holds the error, which its reader sees after the bytes before it.
+    socket.on('error', err => ring.fail(new VdiskError('IO', `the connection to the vdiskfs daemon of ${mountpoint} failed: ${err.message}`)))
+    socket.on('end', () => ring.end())
+    socket.on('close', () => ring.end())
+    ring.attach(() => socket.resume())
+    socket.write(JSON.stringify({ id: 1, op, args }) + '\n')
+    const reader = new ByteReader(ring, Buffer.alloc(0), ring)
+    let line: string | null = null
+    for (let at = 0; line === null; at++) {
+      while (at >= reader.buffered) if (!await reader.more()) throw new VdiskError('IO', `the vdiskfs daemon of ${mountpoint} closed the connection`)
+      if (reader.peek(at) === 10) line = reader.readNow(at + 1).subarray(0, at).toString('utf8')
+    }
+    const reply = JSON.parse(line) as Reply
+    if (!reply.ok) throw new VdiskError(reply.error.code, reply.error.message)
+    return { socket, result: reply.result as ResultOf<Op>, reader }
   } catch (err) {
     socket.destroy()
     throw err

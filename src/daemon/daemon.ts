@@ -203,7 +203,7 @@ function afterInvalidation (fuse: Fuse3Transport, fast: FastReads, handlers: Han
  */
 async function openForServing (options: DaemonOptions, takeover: boolean, daemonLog: DaemonLog): Promise<{ pool: Pool, space: SpaceAccounting, operations: LowLevelOperations, holder: boolean, fast: FastReads }> {
   const log = daemonLog.line
-  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log })
+  const pool = Pool.open(options.pool, { create: true, blockBytes: options.blockBytes, log, warmWorkers: true })
   if (pool.inspection.catalogLogDetached) {
     // Serving this catalog would start a second history (volume, page and epoch numbers) over the one
     // catalog.log holds, and make the loss permanent.

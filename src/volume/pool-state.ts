@@ -42,6 +42,11 @@ export interface StateOptions {
    * id). Tests that simulate a power cut open the pool again with another, as the machine's restart would.
    */
   bootId?: Buffer
+  /**
+   * Load the sealing task into the read pool's threads as the pool opens (WorkerPool's `warm`): the
+   * daemon does, so that a lazy pull's head, the first urgent batch, does not wait for it.
+   */
+  warmWorkers?: boolean
 }
 
 export class PoolState implements VolumeContext {
@@ -130,7 +135,7 @@ export class PoolState implements VolumeContext {
     this.freeSpace = new FreeSpace(dir)
     this.io = options.io ?? nodeFileIo
     this.extents = new ExtentStore(path.join(dir, extentsDir), header.blockBytes, () => this.writableExtentIds(), this.io)
-    this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers })
+    this.workers = new WorkerPool({ blockBytes: header.blockBytes, zstdLevel: header.zstdLevel ?? zstdLevelDefault, threads: options.workers, warm: options.warmWorkers === true })
     this.chunks = new ChunkStore(path.join(dir, packsDir), catalog, header.blockBytes, this.workers, this.log, this.io, options.chunkCacheMax)
     this.ingest = new Ingest(this.workers, this.chunks, header.blockBytes, bytes => this.claimSpace(bytes))
     this.pages = new PageStore(catalog, options.pageCacheMax, options.pageRefsBytesMax)

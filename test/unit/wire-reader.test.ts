@@ -1,10 +1,11 @@
 /**
  * ByteReader (transfer/wire.ts): exact reads over a connection's chunks however they are cut, a clean
- * end, an end inside a read, and frames read back as they were sent.
+ * end, an end inside a read, and frames read back as they were sent; a ring source (RingSource: a socket
+ * reading into a buffer of its own) whose views stay right until the next frame.
  */
 import test from 'ava'
 import crypto from 'node:crypto'
-import { ByteReader, errorFrame, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, frameZero, frameZstd, readFrame, readFrameNow, zstdFrameHead } from '../../src/transfer/wire'
+import { ByteReader, RingSource, errorFrame, frameData, frameEnd, frameFlush, frameHead, frameRef, frameWant, frameZero, frameZstd, readFrame, readFrameNow, zstdFrameHead } from '../../src/transfer/wire'
 
 async function * chunksOf (bytes: Buffer, cuts: number[]): AsyncGenerator<Buffer> {
   let at = 0
@@ -111,4 +112,92 @@ test('readFrameNow reads a frame whose bytes are all here, the same as readFrame
   const failed = new ByteReader(chunksOf(Buffer.alloc(0), []), errorFrame('BUSY', 'busy'))
   t.is(readFrameNow(failed, blockBytes), undefined)
   await t.throwsAsync(readFrame(failed, blockBytes), { code: 'BUSY' })
+})
+
+/**
+ * A producer standing in for a socket with `onread` (RingSource.onRead): pieces of `wire` of random sizes
+ * up to the read buffer's, copied into it, one per turn of the event loop (so that the reader's awaits let
+ * more arrive), stopping while onRead said false until the ring resumes it, as a paused socket does.
+ */
+function produce (ring: RingSource, wire: Buffer, readBytes: number): { reads: number, pauses: number } {
+  const stats = { reads: 0, pauses: 0 }
+  let at = 0
+  let paused = false
+  const step = (): void => {
+    if (paused) return
+    if (at >= wire.length) { ring.end(); return }
+    const n = Math.min(wire.length - at, crypto.randomInt(1, readBytes + 1))
+    wire.copy(ring.readBuffer, 0, at, at + n)
+    // What the socket's buffer held is overwritten by the next read: the ring must have copied it.
+    at += n
+    stats.reads++
+    if (!ring.onRead(n)) { paused = true; stats.pauses++ }
+    ring.readBuffer.fill(0xee)
+    setImmediate(step)
+  }
+  ring.attach(() => { if (!paused) return; paused = false; setImmediate(step) })
+  setImmediate(step)
+  return stats
+}
+
+test('a ring source: each frame\'s views right until the next frame begins, though the ring is filled again behind them and the socket paused and resumed', async t => {
+  // The push's ring (4 MiB, reads of 256 KiB) with blocks of each size; and a ring of four small reads,
+  // filled again soon after each place is freed: a place freed before its frame's views are done with
+  // (a mutation tried: freed as soon as its part was read to its end) fails here.
+  for (const { blockBytes, ringBytes, readBytes } of [
+    { blockBytes: 4096, ringBytes: 4 * 1024 * 1024, readBytes: 256 * 1024 },
+    { blockBytes: 65536, ringBytes: 4 * 1024 * 1024, readBytes: 256 * 1024 },
+    { blockBytes: 1024 * 1024, ringBytes: 4 * 1024 * 1024, readBytes: 256 * 1024 },
+    { blockBytes: 4096, ringBytes: 4 * 16 * 1024 + 41 + 4096, readBytes: 16 * 1024 }
+  ]) {
+    const blocks = Array.from({ length: Math.ceil(6 * 1024 * 1024 / blockBytes) }, () => crypto.randomBytes(blockBytes))
+    const wire = Buffer.concat([...blocks.flatMap((block, i) => [frameHead(frameData, i, crypto.createHash('sha256').update(block).digest()), block]), frameHead(frameEnd, 0, null)])
+    const ring = ringBytes < 1024 * 1024 ? new RingSource(ringBytes, readBytes, 41 + blockBytes) : new RingSource(ringBytes, readBytes)
+    const stats = produce(ring, wire, readBytes)
+    const reader = new ByteReader(ring, Buffer.alloc(0), ring)
+    const scratch = Buffer.alloc(blockBytes)
+    for (let i = 0; i < blocks.length; i++) {
+      const frame = await readFrame(reader, blockBytes, scratch)
+      t.like(frame, { kind: frameData, index: i })
+      // Held across turns of the event loop, as a push holds a block while it awaits an upload slot.
+      // Long enough for the producer (half a read a turn on average) to outrun the reader and fill the ring.
+      for (let k = 0; k < Math.max(3, 2 * blockBytes / (readBytes / 4)); k++) await new Promise(resolve => setImmediate(resolve))
+      t.true(frame?.data?.equals(blocks[i]), `block size ${blockBytes}: block ${i} still right after more bytes arrived`)
+      t.true(frame?.hash?.equals(crypto.createHash('sha256').update(blocks[i]).digest()))
+    }
+    t.like(await readFrame(reader, blockBytes, scratch), { kind: frameEnd })
+    t.is(await readFrame(reader, blockBytes, scratch), null)
+    t.true(wire.length > ringBytes, 'more bytes than the ring holds went through it')
+    t.true(stats.pauses > 0, `block size ${blockBytes}: the producer was paused (${stats.reads} reads)`)
+  }
+})
+
+test('a ring source that fails gives its error after the bytes that came before it', async t => {
+  const ring = new RingSource(4 * 1024 * 1024, 64 * 1024)
+  const reader = new ByteReader(ring, Buffer.alloc(0), ring)
+  Buffer.from('abcd').copy(ring.readBuffer)
+  t.true(ring.onRead(4))
+  ring.fail(new Error('gone'))
+  t.is((await reader.read(4))?.toString(), 'abcd')
+  await t.throwsAsync(reader.read(1), { message: 'gone' })
+})
+
+test('a ring source frees a part\'s place only at the settle after it was read to its end (the next frame), and resumes the socket then', async t => {
+  const readBytes = 4096
+  const ring = new RingSource(4 * readBytes + 1000, readBytes, 1000)
+  let resumed = 0
+  ring.attach(() => { resumed++ })
+  const reader = new ByteReader(ring, Buffer.alloc(0), ring)
+  let reads = 0
+  while (ring.onRead(readBytes)) reads++
+  t.true(reads >= 1, 'filled until the ring said pause')
+  const full = ring.room()
+  t.true(full < 2 * readBytes)
+  const first = await reader.read(readBytes)
+  t.is(first?.length, readBytes)
+  t.is(ring.room(), full, 'a part read to its end is not freed yet: the caller may hold a view of it')
+  t.is(resumed, 0)
+  reader.settle()
+  t.is(ring.room(), full + readBytes, 'freed at the settle')
+  t.is(resumed, 1, 'and the paused socket resumed')
 })
