@@ -292,10 +292,10 @@ export class Catalog {
       heldChunkIds: db.prepare('SELECT DISTINCT chunk_id FROM import_blocks WHERE chunk_id IS NOT NULL').pluck(),
       updateVolume: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         root = X'', allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
-        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note WHERE id = @id`),
+        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note, source_label = @sourceLabel WHERE id = @id`),
       updateVolumeNoRoot: db.prepare(`UPDATE volumes SET kind = @kind, name = @name, size = @size, mtime_ms = @mtimeMs, epoch = @epoch,
         allocated_blocks = @allocatedBlocks, stored_bytes = @storedBytes, active_extent = @activeExtent,
-        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note WHERE id = @id`),
+        owner_uid = @uid, owner_gid = @gid, mode = @mode, protected = @protected, note = @note, source_label = @sourceLabel WHERE id = @id`),
       deleteVolume: db.prepare('DELETE FROM volumes WHERE id = ?'),
       page: db.prepare('SELECT id, epoch, entries FROM pages WHERE id = ?'),
       putPage: db.prepare('INSERT OR REPLACE INTO pages (id, epoch, entries) VALUES (?, ?, ?)'),
@@ -577,11 +577,11 @@ export class Catalog {
   heldChunkIds (): number[] { return this.statements.heldChunkIds.all() as number[] }
   updateVolume (row: VolumeRow, withRoot: boolean): void {
     if (withRoot) {
-      const { root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
+      const { root, createdMs: _c, sourceId: _s, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolume.run(rest)
       this.statements.putRoot.run(row.id, root)
     } else {
-      const { root: _root, createdMs: _c, sourceId: _s, sourceLabel: _l, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
+      const { root: _root, createdMs: _c, sourceId: _s, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolumeNoRoot.run(rest)
     }
   }

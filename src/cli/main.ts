@@ -466,6 +466,12 @@ function wrap (text: string, width: number, indent: string, next = indent): stri
 /** Help lines stay within this many characters (a terminal's usual width). */
 const helpWidth = 100
 
+/** A command's usage cut as `wrap` cuts, never between an option and its argument (`--keep-last N`). */
+function usageLines (usage: string): string[] {
+  const kept = usage.replace(/(--?[\w-]+) ([A-Z][\w|.-]*)/g, '$1\u0000$2')
+  return wrap(kept, helpWidth, 'usage: vdiskfs ', '         ').map(line => line.replaceAll('\u0000', ' '))
+}
+
 function help (): string {
   return [
     `vdiskfs ${version}: instant, space-efficient virtual disks as image files`,
@@ -497,7 +503,7 @@ export async function main (argv: string[]): Promise<number> {
   process.umask(0o077)
   try {
     if (command === undefined) throw new UsageError(`unknown command '${name}' (see vdiskfs --help)`)
-    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`usage: vdiskfs ${command.usage}\n\n${wrap(command.summary, helpWidth, '').join('\n')}\n`); return 0 }
+    if (rest.includes('--help') || rest.includes('-h')) { process.stdout.write(`${usageLines(command.usage).join('\n')}\n\n${wrap(command.summary, helpWidth, '').join('\n')}\n`); return 0 }
     trace(`command ${name}`)
     await command.run(parseArgs(rest, command.spec))
     trace('done')

@@ -38,11 +38,31 @@ export interface CommitTiming {
   rows: number
 }
 
+/** The callers waiting for one commit that has not started. */
+interface Waiting {
+  promise: Promise<CommitTiming>
+  resolve: (timing: CommitTiming) => void
+  reject: (err: unknown) => void
+}
+
+function waitingCallers (): Waiting {
+  let resolve: (timing: CommitTiming) => void = () => {}
+  let reject: (err: unknown) => void = () => {}
+  const promise = new Promise<CommitTiming>((res, rej) => { resolve = res; reject = rej })
+  // A rejection no caller awaits any more (each caller awaits it) is not an unhandled one.
+  promise.catch(() => {})
+  return { promise, resolve, reject }
+}
+
 export class Committer {
-  private commitRunning: Promise<unknown> = Promise.resolve()
-  private commitQueued: Promise<CommitTiming> | null = null
-  /** Whether the queued commit carries a seal pass's deferred repoints (a caller asked for `full`). */
-  private queuedFull = false
+  /** A commit is running, or about to start (its choice of what it serves made when it starts). */
+  private running = false
+  /** The callers waiting for the next commit without `full`: it has not started. */
+  private partialQueued: Waiting | null = null
+  /** The callers (a seal pass's settle) waiting for the next full commit: it has not started. */
+  private fullQueued: Waiting | null = null
+  /** The queued full commit has let a partial one start before it: it starts next, whatever is queued. */
+  private fullPassed = false
   /**
    * Set when an fdatasync failed: Linux drops the dirty pages and a retry "succeeds", so nothing
    * written since the last commit can be trusted. Every later commit fails with this error (fsync
@@ -84,27 +104,46 @@ export class Committer {
   /**
    * Makes every change made before the call durable. Concurrent callers share commits: a call made
    * while one runs waits for the next, which starts after it and so includes its changes. `full`: also
-   * the repoints a seal pass left to its own commit (deferred-repoints.ts; the pass's settle asks it,
-   * and a queued commit it joins becomes full: it has not taken its snapshot yet).
+   * the repoints a seal pass left to its own commit (deferred-repoints.ts; the pass's settle asks it).
+   * A full commit and a partial one are queued apart (issue #21: a backup whose commit was queued when
+   * the pass asked carried the pass's pages and rows): when both wait, the partial one starts first,
+   * once; the full one then starts next and also serves the partial callers queued by then. So the
+   * pass waits for one commit more at most, and every caller's commit starts after its call.
    */
   async commit (full = false): Promise<CommitTiming> {
     const asked = performance.now()
-    if (full && this.commitQueued !== null) this.queuedFull = true
-    const timing = await (this.commitQueued ?? this.queueCommit(full))
+    const waiting = full ? (this.fullQueued ??= waitingCallers()) : (this.partialQueued ??= waitingCallers())
+    this.startNext()
+    const timing = await waiting.promise
     return { ...timing, queuedMs: timing.startedAt - asked }
   }
 
-  private queueCommit (full: boolean): Promise<CommitTiming> {
-    this.queuedFull = full
-    const queued = this.commitRunning.catch(() => {}).then(async () => {
-      this.commitQueued = null
-      const carries = this.queuedFull
-      this.queuedFull = false
-      return await this.commitNow(carries)
+  /**
+   * Starts the next commit unless one runs. It starts a microtask later (callers of the same turn join
+   * it), and chooses then which queue it serves: the partial one first while the full one has not
+   * let one pass; else the full one, with the partial callers too (it starts after their calls).
+   */
+  private startNext (): void {
+    if (this.running || (this.partialQueued === null && this.fullQueued === null)) return
+    this.running = true
+    queueMicrotask(() => {
+      const partial = this.partialQueued
+      const fullWaiting = this.fullQueued
+      const full = fullWaiting !== null && (partial === null || this.fullPassed)
+      const served = full ? [fullWaiting, ...(partial === null ? [] : [partial])] : [partial as Waiting]
+      this.partialQueued = null
+      if (full) {
+        this.fullQueued = null
+        this.fullPassed = false
+      } else if (fullWaiting !== null) this.fullPassed = true
+      this.commitNow(full).then(
+        timing => { for (const waiting of served) waiting.resolve(timing) },
+        (err: unknown) => { for (const waiting of served) waiting.reject(err) }
+      ).finally(() => {
+        this.running = false
+        this.startNext()
+      }).catch(() => {})
     })
-    this.commitQueued = queued
-    this.commitRunning = queued
-    return queued
   }
 
   private async commitNow (full: boolean): Promise<CommitTiming> {

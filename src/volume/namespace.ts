@@ -33,6 +33,19 @@ export class Namespace {
 
   private changed (volume: Volume): void { this.state.changed(volume) }
 
+  /**
+   * `volume` has a new name or kind: the volumes made from it take its new label (shown once it is
+   * gone), committed with it. Synchronous, in the step that renames it.
+   */
+  private relabelMadeFrom (volume: Volume): void {
+    for (const other of this.state.volumes.values()) {
+      if (other.sourceId !== volume.id || other.sourceLabel === volume.label) continue
+      other.sourceLabel = volume.label
+      other.rowDirty = true
+      this.changed(other)
+    }
+  }
+
   private volumeFromRow (row: VolumeRow): Volume {
     const blocks = Math.ceil(row.size / this.state.blockBytes)
     const pageCount = BlockMap.pagesFor(blocks)
@@ -197,6 +210,7 @@ export class Namespace {
     volume.name = stored
     volume.rowDirty = true
     this.changed(volume)
+    this.relabelMadeFrom(volume)
     await this.commit()
   }
 
@@ -284,6 +298,7 @@ export class Namespace {
       volume.name = newName
       volume.rowDirty = true
       this.changed(volume)
+      this.relabelMadeFrom(volume)
     })
     await this.commit()
   }
@@ -572,6 +587,7 @@ export class Namespace {
       clone.rename('disk', name)
       clone.rowDirty = true
       this.changed(clone)
+      this.relabelMadeFrom(clone)
     })
     await this.commit()
   }

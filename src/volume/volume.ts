@@ -120,7 +120,8 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     readonly createdMs: number,
     public mtimeMs: number,
     readonly sourceId: number | null,
-    readonly sourceLabel: string | null,
+    /** The source's label (`KIND NAME`), kept current while it lives: shown once it is gone. */
+    public sourceLabel: string | null,
     readonly map: BlockMap,
     activeExtentId: number | null
   ) {

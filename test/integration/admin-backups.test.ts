@@ -370,6 +370,13 @@ test.serial('small items: a running export is a job in status; a refused --block
   t.is(help.code, 0)
   const widest = Math.max(...help.stdout.split('\n').map(line => line.length))
   t.true(widest <= 100, `a help line of ${widest} characters`)
+  // And each command's own --help, usage lines included (prune's was 154 characters).
+  for (const command of ['mount', 'backup', 'restore', 'clone', 'export', 'import', 'prune', 'remote add', 'push', 'pull']) {
+    const own = await vdiskfs(...command.split(' '), '--help')
+    t.is(own.code, 0)
+    const lines = own.stdout.split('\n')
+    t.true(lines.every(line => line.length <= 100), `vdiskfs ${command} --help: a line of ${Math.max(...lines.map(line => line.length))} characters`)
+  }
 })
 
 test.serial('operations a backup refuses through the mount (truncate, chmod +w, a new mtime) fail with EROFS and are logged with their reason', async t => {
