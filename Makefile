@@ -171,6 +171,7 @@ crash-test: deps build
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'
 	VDISKFS_FUZZ_RUNS=1000 npx ava --timeout=40m --verbose 'dist/test/unit/fast-reads-model.test.js'
+	VDISKFS_GC_COUNTS_RUNS=200 npx ava --timeout=40m --verbose 'dist/test/unit/gc-counts.test.js'
 
 # Issue #17: the concurrent model (batches of operations issued at once, per-sector candidates), 1,000
 # runs of each property (make test runs 40); VDISKFS_CONCURRENT_SEED=N replays a seed.

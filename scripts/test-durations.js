@@ -20,12 +20,13 @@ const totals = {}
 let phase = 0 // the unit phase, then the integration phase: each ends with ava's "N tests passed"
 for (const line of log) {
   if (/^\s+\d+ tests? (passed|failed)/.test(line)) { phase++; continue }
-  const m = /^\s+[✔✘] (?:\[[a-z]+\] )?([\w-]+) › .*?(?:\(([\dm. ]+s)\))?$/.exec(line)
+  // One ava run over both folders prints "unit › FILE › title"; two runs (before) printed "FILE › title".
+  const m = /^\s+[✔✘] (?:\[[a-z]+\] )?(?:(unit|integration) › )?([\w-]+) › .*?(?:\(([\dm. ]+s)\))?$/.exec(line)
   if (m === null) continue
-  const dirs = dirOf(m[1])
-  const dir = dirs.length === 1 ? dirs[0] : ['unit', 'integration'][Math.min(phase, 1)]
-  const file = `dist/test/${dir}/${m[1]}.test.js`
-  totals[file] = (totals[file] ?? 0) + (m[2] === undefined ? 0 : seconds(m[2]))
+  const dirs = dirOf(m[2])
+  const dir = m[1] ?? (dirs.length === 1 ? dirs[0] : ['unit', 'integration'][Math.min(phase, 1)])
+  const file = `dist/test/${dir}/${m[2]}.test.js`
+  totals[file] = (totals[file] ?? 0) + (m[3] === undefined ? 0 : seconds(m[3]))
 }
 const sorted = Object.fromEntries(Object.entries(totals).sort((a, b) => b[1] - a[1]).map(([f, s]) => [f, Math.round(s)]))
 fs.writeFileSync(path.join(__dirname, 'test-durations.json'), JSON.stringify(sorted, null, 1) + '\n')
