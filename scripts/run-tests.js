@@ -2,7 +2,7 @@
 // reads. The unit tests (engine and models, CPU-bound, each in its own temporary directory) and the
 // integration tests (each file its own temporary directories, mounts, loop devices and, for the remote
 // tests, a Ceph RGW on free ports) run in one ava run, two files at a time on the two cores, the longest
-// first (ava.config.mjs): a test never depends on having the machine to itself, and none asserts a
+// first (scripts/ava-order.config.mjs): a test never depends on having the machine to itself, and none asserts a
 // timing. Arguments given are passed to ava instead.
 // The exit status is non-zero when any phase failed.
 'use strict'
@@ -34,7 +34,7 @@ async function main () {
   const given = process.argv.slice(2)
   const phases = given.length > 0
     ? [given]
-    : [['--concurrency=2', 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
+    : [['--config', path.join(__dirname, 'ava-order.config.mjs'), '--concurrency=2', 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
   let passed = 0
   let failed = 0
   let code = 0
