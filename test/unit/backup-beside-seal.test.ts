@@ -51,6 +51,29 @@ function miscounted (pool: Pool): string[] {
 }
 
 /**
+ * A seal pass (`sealPending(true)`: every extent frozen and sealed now; a background pass waits for them
+ * to be cold) held after its last extent, everything repointed and nothing committed; `release` lets it
+ * go on (and a fallback does after 60 s, so that a failing test does not hang).
+ */
+async function passHeldAtLastExtent (pool: Pool): Promise<{ sealer: Sealer, pass: ReturnType<Sealer['sealPending']>, release: () => void }> {
+  let release = (): void => {}
+  const held = new Promise<void>(resolve => { release = resolve })
+  let reached = (): void => {}
+  const atHold = new Promise<void>(resolve => { reached = resolve })
+  const sealer = new Sealer(pool, () => {})
+  // eslint-disable-next-line require-atomic-updates -- the seam is set once, before the pass starts; the closure reads the pass's progress when called
+  sealer.onExtentSealed = async () => {
+    if (sealer.progress.done !== sealer.progress.total - 1) return
+    reached()
+    await held
+  }
+  const fallback = setTimeout(release, 60_000)
+  const pass = sealer.sealPending(true)
+  await atHold
+  return { sealer, pass, release: () => { clearTimeout(fallback); release() } }
+}
+
+/**
  * A disk whose first page (written once, then never again) is read by every backup, and `backups`
  * backups, each after a write to another page: each backup freezes an extent, and sealing the first
  * one repoints a page `backups + 1` volumes read.
@@ -87,21 +110,7 @@ test('a backup committed while a seal pass is held mid-way writes what a backup 
 
     // Beside: the same write and a backup while the pass holds after its last extent (all repointed,
     // none committed).
-    let release = (): void => {}
-    const held = new Promise<void>(resolve => { release = resolve })
-    let reached = (): void => {}
-    const atHold = new Promise<void>(resolve => { reached = resolve })
-    const sealer = new Sealer(pool, () => {})
-    // eslint-disable-next-line require-atomic-updates -- the seam is set once, before the pass starts; the closure reads the pass's progress when called
-    sealer.onExtentSealed = async () => {
-      if (sealer.progress.done !== sealer.progress.total - 1) return
-      reached()
-      await held
-    }
-    const fallback = setTimeout(release, 60_000)
-    // `true`: every extent frozen and sealed now (a background pass waits for them to be cold).
-    const pass = sealer.sealPending(true)
-    await atHold
+    const { sealer, pass, release } = await passHeldAtLastExtent(pool)
     t.true(sealer.progress.total > backups, `extents in the pass: ${sealer.progress.total}`)
     // In place in the page the pass repointed (the disk's own epoch): written now, with its repoints.
     await disk.write(bytesOf(2, blockBytes), (7 * pageEntries + 2) * blockBytes)
@@ -126,7 +135,6 @@ test('a backup committed while a seal pass is held mid-way writes what a backup 
     const abandoning = pool.abandon()
     abandoned = true
     release()
-    clearTimeout(fallback)
     await abandoning
     await pass.catch(() => {})
 
@@ -196,20 +204,7 @@ test('a backup whose commit is queued when the seal pass asks for its full commi
     }
 
     // The pass held after its last extent (everything repointed, nothing committed).
-    let release = (): void => {}
-    const held = new Promise<void>(resolve => { release = resolve })
-    let reached = (): void => {}
-    const atHold = new Promise<void>(resolve => { reached = resolve })
-    const sealer = new Sealer(pool, () => {})
-    // eslint-disable-next-line require-atomic-updates -- the seam is set once, before the pass starts; the closure reads the pass's progress when called
-    sealer.onExtentSealed = async () => {
-      if (sealer.progress.done !== sealer.progress.total - 1) return
-      reached()
-      await held
-    }
-    const fallback = setTimeout(release, 60_000)
-    const pass = sealer.sealPending(true)
-    await atHold
+    const { sealer, pass, release } = await passHeldAtLastExtent(pool)
 
     // A commit running (held in its extents' sync), the backup's commit queued behind it, then the
     // pass's ask for its full commit.
@@ -225,7 +220,6 @@ test('a backup whose commit is queued when the seal pass asks for its full commi
     const backingUp = pool.backup(disk, 'beside.img', beside)
     await askedFor(false)
     release()
-    clearTimeout(fallback)
     await askedFor(true)
     releaseSync()
     clearTimeout(fallbackSync)
