@@ -34,7 +34,7 @@ async function main () {
   const given = process.argv.slice(2)
   const phases = given.length > 0
     ? [given]
-    : [['--config', path.join(__dirname, 'ava-order.config.mjs'), '--concurrency=2', 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
+    : [['--config', path.join(__dirname, 'ava-order.config.mjs'), `--concurrency=${process.env.VDISKFS_TEST_FILES_AT_ONCE ?? 3}`, 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
   let passed = 0
   let failed = 0
   let code = 0
