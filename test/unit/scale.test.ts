@@ -388,3 +388,38 @@ test.serial('the catalog\'s WAL is checkpointed after the transaction that cross
     catalog.close()
   }
 })
+
+test.serial('after an unsynced transaction (a commit\'s), the WAL is checkpointed once its sync is done, never on the event loop before it, not even past SQLite\'s own mark', async t => {
+  // issue #20: a commit appends its transaction unsynced and fdatasyncs the WAL in the thread pool; a
+  // checkpoint on the event loop before that sync made SQLite fsync the WAL there itself (4-22 ms at a
+  // time under 4k random writes, strace of the main thread), and a commit of more frames than SQLite's
+  // own mark (4 x catalogWalCheckpointPages) checkpointed inside its transaction.
+  const { Catalog } = await import('../../src/catalog/catalog')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-wal-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'catalog.sqlite')
+  const catalog = Catalog.open(file, true)
+  try {
+    const walBytes = (): number => fs.statSync(`${file}-wal`).size
+    const page = Buffer.alloc(33 * 1024, 7)
+    const turn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
+    let id = 0
+    for (const pages of [80, 400]) { // 80 x 9 frames: past the mark; 400 x 9: past SQLite's own (4 x 256)
+      const before = catalog.checkpoints.count
+      catalog.transactionUnsynced(() => { for (let i = 0; i < pages; i++) catalog.putPage(++id, 1, page) })
+      const written = walBytes()
+      t.true(written > pages * 33 * 1024, `the WAL holds the transaction: ${written} bytes`)
+      await turn()
+      await turn()
+      t.is(catalog.checkpoints.count, before, `${pages} pages: no checkpoint before the WAL's sync`)
+      t.is(walBytes(), written, `${pages} pages: the WAL is as the transaction left it until its sync`)
+      let syncs = 0
+      await catalog.syncWal(async fd => { syncs++; await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err === null ? resolve() : reject(err))) })
+      t.is(syncs, 1)
+      await turn()
+      t.is(catalog.checkpoints.count, before + 1, `${pages} pages: one checkpoint after the sync`)
+    }
+  } finally {
+    catalog.close()
+  }
+})
