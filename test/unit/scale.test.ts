@@ -406,7 +406,9 @@ test.serial('after an unsynced transaction (a commit\'s), the WAL is checkpointe
     let id = 0
     for (const pages of [80, 400]) { // 80 x 9 frames: past the mark; 400 x 9: past SQLite's own (4 x 256)
       const before = catalog.checkpoints.count
-      catalog.transactionUnsynced(() => { for (let i = 0; i < pages; i++) catalog.putPage(++id, 1, page) })
+      const first = id + 1
+      id += pages
+      catalog.transactionUnsynced(() => { for (let i = 0; i < pages; i++) catalog.putPage(first + i, 1, page) })
       const written = walBytes()
       t.true(written > pages * 33 * 1024, `the WAL holds the transaction: ${written} bytes`)
       await turn()
