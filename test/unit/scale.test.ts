@@ -4,7 +4,7 @@
  * pool holds. Counted in catalog.log, which every commit appends to with the rows and pages it is about
  * to write (docs/FORMAT.md), on the engine directly.
  */
-import test from 'ava'
+import test, { ExecutionContext } from 'ava'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -414,17 +414,21 @@ test.serial('sealing keeps at most chunkCacheMax chunk rows in memory, however m
   }
 })
 
-test.serial('the catalog\'s WAL is checkpointed after the transaction that crossed the mark, in the next turn, not inside it; it stays about a MiB', async t => {
-  // issue #21: a backup whose commit crossed SQLite's autocheckpoint mark paid the checkpoint (copying
-  // the WAL into the catalog, its fsync) inside its transaction.
+/** A new catalog in a temporary directory (removed after the test), and its WAL's size. */
+async function walCatalog (t: ExecutionContext): Promise<{ catalog: import('../../src/catalog/catalog').Catalog, walBytes: () => number }> {
   const { Catalog } = await import('../../src/catalog/catalog')
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-wal-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const file = path.join(dir, 'catalog.sqlite')
-  const catalog = Catalog.open(file, true)
+  return { catalog: Catalog.open(file, true), walBytes: () => fs.statSync(`${file}-wal`).size }
+}
+
+test.serial('the catalog\'s WAL is checkpointed after the transaction that crossed the mark, in the next turn, not inside it; it stays about a MiB', async t => {
+  // issue #21: a backup whose commit crossed SQLite's autocheckpoint mark paid the checkpoint (copying
+  // the WAL into the catalog, its fsync) inside its transaction.
+  const { catalog, walBytes } = await walCatalog(t)
+  const page = Buffer.alloc(33 * 1024, 7)
   try {
-    const walBytes = (): number => fs.statSync(`${file}-wal`).size
-    const page = Buffer.alloc(33 * 1024, 7)
     let most = 0
     for (let i = 1; i <= 200; i++) {
       const before = catalog.checkpoints.count
@@ -445,14 +449,9 @@ test.serial('after an unsynced transaction (a commit\'s), the WAL is checkpointe
   // checkpoint on the event loop before that sync made SQLite fsync the WAL there itself (4-22 ms at a
   // time under 4k random writes, strace of the main thread), and a commit of more frames than SQLite's
   // own mark (4 x catalogWalCheckpointPages) checkpointed inside its transaction.
-  const { Catalog } = await import('../../src/catalog/catalog')
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-wal-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  const file = path.join(dir, 'catalog.sqlite')
-  const catalog = Catalog.open(file, true)
+  const { catalog, walBytes } = await walCatalog(t)
+  const page = Buffer.alloc(33 * 1024, 7)
   try {
-    const walBytes = (): number => fs.statSync(`${file}-wal`).size
-    const page = Buffer.alloc(33 * 1024, 7)
     const turn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
     let id = 0
     for (const pages of [80, 400]) { // 80 x 9 frames: past the mark; 400 x 9: past SQLite's own (4 x 256)
