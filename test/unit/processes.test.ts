@@ -7,6 +7,8 @@
 import test from 'ava'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { processExited, processState } from '../../src/cli/processes'
 
 /** A process whose child exits at once and is never reaped (sh execs into sleep, which reaps nothing). */
@@ -33,7 +35,19 @@ test('a zombie that still answers kill(pid, 0) has exited; a running process has
   t.true(processExited(pid), 'reaped: gone')
 })
 
-test('the state is read after the last parenthesis: a command name holding ") Z " does not fool it', t => {
+test('the state is read after the last parenthesis: a command name holding ") Z " does not fool it', async t => {
   t.is(processState(process.pid), 'R')
   t.is(processState(0x7ffffff0), null)
+  // A sleeping process whose command name (the executable's file name) is "a) Z b".
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-processes-'))
+  const program = path.join(dir, 'a) Z b')
+  fs.copyFileSync('/bin/sleep', program)
+  fs.chmodSync(program, 0o755)
+  const sleeper = spawn(program, ['30'], { stdio: 'ignore' })
+  t.teardown(() => { sleeper.kill('SIGKILL'); fs.rmSync(dir, { recursive: true, force: true }) })
+  const pid = sleeper.pid ?? 0
+  for (let waited = 0; processState(pid) !== 'S' && waited < 10000; waited += 20) await new Promise(resolve => setTimeout(resolve, 20))
+  t.true(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes('(a) Z b)'), 'the command name holds ") Z "')
+  t.is(processState(pid), 'S')
+  t.false(processExited(pid))
 })
