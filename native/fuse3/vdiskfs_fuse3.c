@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -75,6 +76,7 @@ enum {
 #define FAST_SECTOR 4096u
 #define FAST_READ_MAX (1024u * 1024u)
 #define FAST_EXTENTS_MAX 1024
+#define FAST_OVERWRITE_BITS 65536 /* 8 KiB an extent: fastWriteback's count of distinct overwritten pages */
 #define FAST_CHUNKS_MAX 262144
 #define FAST_CHUNK_BUCKETS 65536
 #define FAST_CHUNK_MAX_BYTES (1024u * 1024u)
@@ -108,6 +110,8 @@ typedef struct fast_extent {
   uint64_t writing;    /* native WRITEs of it in flight: a read while one is may have raced it though seq did not move */
   uint64_t last_write_ms; /* the last native WRITE (sealing's idleness) */
   uint64_t kicked;     /* where the writeback of first writes was last started (fast_kick_writeback) */
+  uint64_t overwritten; /* distinct 4 KiB pages native overwrites changed since its writeback was last started, times 4096 (fastWriteback) */
+  uint64_t *overwritten_pages; /* which: a bit per page, the page number modulo FAST_OVERWRITE_BITS (an estimate: a few alias) */
   uint64_t read_end;   /* where the last READ of it ended, and how far it is read ahead (fast_read_ahead) */
   uint64_t ahead;
 } fast_extent;
@@ -179,6 +183,8 @@ typedef struct fast_state {
   size_t alloc_n, alloc_cap;
   uint32_t *alloc_count;
   uint64_t allocated;
+  /* fastWriteback: the passes started and the extents whose writeback they started. */
+  uint64_t writeback_passes, writeback_kicks;
   /* The change journal's current file (docs/ARCHITECTURE.md, "The change journal"): a descriptor of
    * the addon's own, under alloc_lock; each first write appends its records there before it is queued,
    * so a daemon killed before the engine took the queue loses no acknowledged write. -1: none. */
@@ -193,6 +199,7 @@ static void fast_volume_free(fast_volume *v) {
 
 static void fast_extent_free(fast_extent *e) {
   close(e->fd);
+  free(e->overwritten_pages);
   free(e);
 }
 
@@ -826,6 +833,16 @@ static void fast_kick_writeback(fast_extent *e, uint64_t end) {
   sync_file_range(e->fd, (off64_t)from, (off64_t)(end - from), SYNC_FILE_RANGE_WRITE);
 }
 
+/* Counts the pages of an overwrite not overwritten since the extent's last writeback start (fastWriteback):
+ * a block rewritten again and again counts once, and is left to the commit. */
+static void fast_note_overwrite(fast_extent *e, uint64_t position, uint64_t length) {
+  if (e->overwritten_pages == NULL || length == 0) return;
+  for (uint64_t page = position / 4096, last = (position + length - 1) / 4096; page <= last; page++) {
+    uint64_t bit = page % FAST_OVERWRITE_BITS, mask = 1ull << (bit % 64);
+    if ((__atomic_fetch_or(&e->overwritten_pages[bit / 64], mask, __ATOMIC_RELAXED) & mask) == 0) __atomic_add_fetch(&e->overwritten, 4096, __ATOMIC_RELAXED);
+  }
+}
+
 typedef struct fast_write_run { fast_extent *e; uint64_t slot, offset, length, at, base; int fresh_partial, fresh; } fast_write_run;
 
 static int fast_stripe_cmp(const void *a, const void *b) {
@@ -1024,6 +1041,7 @@ static int fast_write(session *s, fuse_req_t req, uint64_t ino, const char *buf,
            fast_pwrite(e->fd, (const char *)(sums + runs[r].at / FAST_SECTOR), runs[r].length / FAST_SECTOR * 4, e->sums_start + (runs[r].slot * spp + first) * 4) == 0;
     }
     if (ok && runs[r].fresh) fast_kick_writeback(e, e->data_start + runs[r].slot * bb + runs[r].offset + runs[r].length);
+    else if (ok) fast_note_overwrite(e, e->data_start + runs[r].slot * bb + runs[r].offset, runs[r].length);
     /* Even a failed pwrite may have changed bytes: the next commit syncs the extent either way (and
      * the engine writes the whole request again). */
     __atomic_store_n(&e->dirty, 1, __ATOMIC_SEQ_CST);
@@ -2248,6 +2266,74 @@ static napi_value fast_extent_last_write(napi_env env, napi_callback_info info) 
   return num(env, ms);
 }
 
+/*
+ * fastWriteback(session, bytes) -> extents whose writeback it started: overwrites land anywhere in an
+ * extent, so the first writes' kick (fast_kick_writeback) never starts theirs, and the next commit's
+ * fdatasync wrote back everything since the last one at once (4k random overwrites at 20,000 a second:
+ * 0.3-0.45 s every 5 s, during which this machine's timer interrupts came up to 20 ms late, for a
+ * SCHED_FIFO thread too: docs/PERFORMANCE.md, "The event loop under 4k random writes"). Each extent
+ * whose overwrites since its last pass reach `bytes` gets sync_file_range WRITE over the whole file (no
+ * wait for the disk, no change to what is durable when: the commit still fdatasyncs it), in the libuv
+ * pool, on a duplicate of its descriptor (the extent may be dropped meanwhile). Blocks rewritten
+ * within one pass reach the disk once; only writers of more than `bytes` between passes pay a write
+ * the commit would have merged. One pass at a time; VDISKFS_WRITEBACK_KICK=0 turns it off with the kick.
+ */
+#define WRITEBACK_FDS_MAX 64
+typedef struct writeback_work { napi_async_work work; int fds[WRITEBACK_FDS_MAX]; unsigned n; } writeback_work;
+static int writeback_running; /* main thread only */
+static void writeback_execute(napi_env env, void *data) {
+  (void)env;
+  writeback_work *w = data;
+  for (unsigned i = 0; i < w->n; i++) sync_file_range(w->fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+static void writeback_complete(napi_env env, napi_status status, void *data) {
+  (void)status;
+  writeback_work *w = data;
+  for (unsigned i = 0; i < w->n; i++) close(w->fds[i]);
+  napi_delete_async_work(env, w->work);
+  free(w);
+  writeback_running = 0;
+}
+static napi_value fast_writeback(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  session *s = live_session(env, args[0]);
+  if (s == NULL || kick_off || writeback_running) return num(env, 0);
+  uint64_t bytes = (uint64_t)arg_number(env, args[1]);
+  writeback_work *w = calloc(1, sizeof(writeback_work));
+  if (w == NULL) return num(env, 0);
+  pthread_rwlock_rdlock(&s->fast.lock);
+  for (unsigned i = 0; i < FAST_BUCKETS && w->n < WRITEBACK_FDS_MAX; i++) {
+    for (fast_extent *e = s->fast.extents[i]; e != NULL && w->n < WRITEBACK_FDS_MAX; e = e->next) {
+      if (__atomic_load_n(&e->overwritten, __ATOMIC_RELAXED) < bytes) continue;
+      int fd = fcntl(e->fd, F_DUPFD_CLOEXEC, 3);
+      if (fd < 0) continue;
+      /* Pages overwritten from here on count again (a writer racing these stores may go uncounted once). */
+      __atomic_store_n(&e->overwritten, 0, __ATOMIC_RELAXED);
+      for (unsigned k = 0; k < FAST_OVERWRITE_BITS / 64; k++) __atomic_store_n(&e->overwritten_pages[k], 0, __ATOMIC_RELAXED);
+      w->fds[w->n++] = fd;
+    }
+  }
+  pthread_rwlock_unlock(&s->fast.lock);
+  unsigned n = w->n;
+  napi_value name;
+  napi_create_string_utf8(env, "vdiskfs-writeback", NAPI_AUTO_LENGTH, &name);
+  if (n == 0 || napi_create_async_work(env, NULL, name, writeback_execute, writeback_complete, w, &w->work) != napi_ok) {
+    for (unsigned i = 0; i < n; i++) close(w->fds[i]);
+    free(w);
+    return num(env, 0);
+  }
+  if (napi_queue_async_work(env, w->work) != napi_ok) {
+    for (unsigned i = 0; i < n; i++) close(w->fds[i]);
+    napi_delete_async_work(env, w->work);
+    free(w);
+    return num(env, 0);
+  }
+  writeback_running = 1;
+  __atomic_add_fetch(&s->fast.writeback_passes, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&s->fast.writeback_kicks, n, __ATOMIC_RELAXED);
+  return num(env, n);
+}
+
 /* fastTakeDirty(session, take) -> ids of the extents native WRITEs changed since the last take (take 0: only look). */
 static napi_value fast_take_dirty(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
@@ -2436,6 +2522,7 @@ static napi_value fast_extent_add(napi_env env, napi_callback_info info) {
   if (e == NULL) { close(fd); return result; }
   e->id = id;
   e->fd = fd;
+  e->overwritten_pages = calloc(FAST_OVERWRITE_BITS / 64, sizeof(uint64_t)); /* NULL: its overwrites are left to the commit */
   e->data_start = (uint64_t)arg_number(env, args[3]);
   e->sums_start = (uint64_t)arg_number(env, args[4]);
   pthread_rwlock_wrlock(&f->lock);
@@ -2676,6 +2763,8 @@ static napi_value session_stats(napi_env env, napi_callback_info info) {
     for (unsigned i = 0; i < HAND_REASONS; i++) napi_set_named_property(env, why, hand_names[i], num(env, (double)__atomic_load_n(&s->fast.hand_why[i], __ATOMIC_RELAXED)));
     napi_set_named_property(env, out, "fastWriteHandedWhy", why);
   }
+  napi_set_named_property(env, out, "fastWritebackPasses", num(env, (double)__atomic_load_n(&s->fast.writeback_passes, __ATOMIC_RELAXED)));
+  napi_set_named_property(env, out, "fastWritebackKicks", num(env, (double)__atomic_load_n(&s->fast.writeback_kicks, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastAllocated", num(env, (double)__atomic_load_n(&s->fast.allocated, __ATOMIC_RELAXED)));
   napi_set_named_property(env, out, "fastWriteBytes", num(env, (double)__atomic_load_n(&s->fast.write_bytes, __ATOMIC_RELAXED)));
   return out;
@@ -2747,6 +2836,23 @@ static napi_value crc32_napi(napi_env env, napi_callback_info info) {
   return num(env, vd_crc32(crc, data, length));
 }
 
+/*
+ * loopPriority(realtime): the calling thread's scheduling policy (Linux schedules threads, not
+ * processes: called on the event loop, it changes only the event loop's thread). 1: SCHED_RR at
+ * priority 1 with SCHED_RESET_ON_FORK, so that no thread or process created after it (the libuv
+ * pool's threads, workers, fusermount3) inherits it; 0: SCHED_OTHER again. Returns 0 or the errno
+ * (EPERM without CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1). docs/ARCHITECTURE.md, "The event
+ * loop's priority".
+ */
+static napi_value loop_priority(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int realtime = (int)arg_number(env, args[0]);
+  struct sched_param param = { .sched_priority = realtime ? 1 : 0 };
+  int policy = realtime ? (SCHED_RR | SCHED_RESET_ON_FORK) : SCHED_OTHER;
+  int result = sched_setscheduler(0, policy, &param) == 0 ? 0 : errno;
+  return num(env, result);
+}
+
 static napi_value init_module(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "mount", NULL, mount_session, NULL, NULL, NULL, napi_default, NULL },
@@ -2759,6 +2865,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "blake3Pieces", NULL, blake3_pieces, NULL, NULL, NULL, napi_default, NULL },
     { "crc32", NULL, crc32_napi, NULL, NULL, NULL, napi_default, NULL },
+    { "loopPriority", NULL, loop_priority, NULL, NULL, NULL, napi_default, NULL },
     { "fastConfigure", NULL, fast_configure, NULL, NULL, NULL, napi_default, NULL },
     { "fastSize", NULL, fast_size, NULL, NULL, NULL, napi_default, NULL },
     { "fastPublish", NULL, fast_publish, NULL, NULL, NULL, napi_default, NULL },
@@ -2783,6 +2890,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "fastChunkDrop", NULL, fast_chunk_drop, NULL, NULL, NULL, napi_default, NULL },
     { "fastExtentLastWrite", NULL, fast_extent_last_write, NULL, NULL, NULL, napi_default, NULL },
     { "fastTakeDirty", NULL, fast_take_dirty, NULL, NULL, NULL, napi_default, NULL },
+    { "fastWriteback", NULL, fast_writeback, NULL, NULL, NULL, napi_default, NULL },
     { "fastVolumeWrites", NULL, fast_volume_writes, NULL, NULL, NULL, napi_default, NULL },
     { "replyErr", NULL, reply_err, NULL, NULL, NULL, napi_default, NULL },
     { "replyEntry", NULL, reply_entry, NULL, NULL, NULL, napi_default, NULL },

@@ -68,11 +68,14 @@ export const statusCommands: Record<string, Command> = {
 
 /** The fast path's counters (docs/FASTPATH.md), from what the FUSE addon counted: a line, or none when it is off. */
 function fastPathLines (stats: StatsResult): string[] {
-  const fuse3 = stats.daemon.fuse3 as { fastOn?: number, fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritesOn?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkMismatches?: number } | null | undefined
+  const fuse3 = stats.daemon.fuse3 as { fastOn?: number, fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritesOn?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkMismatches?: number, fastWritebackPasses?: number, fastWritebackKicks?: number } | null | undefined
   if (fuse3 === null || fuse3 === undefined || fuse3.fastOn !== 1) return []
   const lines = [`fast path:   ${fuse3.fastServed ?? 0} READs answered in the addon's threads, ${fuse3.fastHanded ?? 0} handed to the engine (${fuse3.fastMismatches ?? 0} of them on a checksum mismatch)`]
   lines.push(`             ${fuse3.fastChunkReads ?? 0} reads of sealed chunks in the addon's threads, ${fuse3.fastChunkPieces ?? 0} 16 KiB pieces opened (${fuse3.fastChunkMismatches ?? 0} chunks failed its check and went to the engine)`)
-  if (fuse3.fastWritesOn === 1) lines.push(`             ${fuse3.fastWritten ?? 0} WRITEs written in the addon's threads (${fuse3.fastAllocated ?? 0} blocks in new slots), ${fuse3.fastWriteHanded ?? 0} handed to the engine`)
+  if (fuse3.fastWritesOn === 1) {
+    lines.push(`             ${fuse3.fastWritten ?? 0} WRITEs written in the addon's threads (${fuse3.fastAllocated ?? 0} blocks in new slots), ${fuse3.fastWriteHanded ?? 0} handed to the engine`)
+    lines.push(`             ${fuse3.fastWritebackKicks ?? 0} writebacks of overwritten extents started ahead of the commit, in ${fuse3.fastWritebackPasses ?? 0} passes`)
+  }
   return lines
 }
 
@@ -86,7 +89,7 @@ function statusText (stats: StatsResult): string {
     `started:     ${time(stats.startedMs)} (up ${Math.round(stats.uptimeSeconds)} s)`,
     `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap, ${bytes(stats.arrayBuffersBytes ?? 0)} buffers`,
     `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources`,
-    `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}`,
+    `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}${loop.policy === 'realtime' ? ' (real-time priority)' : ''}`,
     `unsealed:    ${bytes(stats.unsealedBytes)}`,
     ...(stats.commits === undefined ? [] : [`commits:     ${stats.commits.commits}, the largest ${stats.commits.pagesMax} map pages; ${stats.commits.dirtyPages} dirty now`]),
     `chunk cache: ${cache.hits} hits, ${cache.misses} misses${lookups > 0 ? ` (${(100 * cache.hits / lookups).toFixed(1)}% hits)` : ''}, ` +

@@ -88,11 +88,12 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
 
 /** The fast path's counters (docs/FASTPATH.md), from what the FUSE addon counted. */
 function fastPathCounters (stats: StatsResult, counter: (name: string, help: string, labelNames: string[]) => Counter): void {
-  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkMismatches?: number } | null | undefined
+  const fuse3 = stats.daemon.fuse3 as { fastServed?: number, fastHanded?: number, fastMismatches?: number, fastWritten?: number, fastWriteHanded?: number, fastAllocated?: number, fastChunkReads?: number, fastChunkPieces?: number, fastChunkMismatches?: number, fastWritebackKicks?: number } | null | undefined
   counter('vdiskfs_fast_reads_total', 'READs answered in the FUSE addon\'s threads without the engine (the fast path: holes and delta slots).', []).inc(fuse3?.fastServed ?? 0)
   counter('vdiskfs_fast_reads_handed_total', 'READs the fast path handed to the engine (a block it may not serve, an extent it no longer holds, a checksum mismatch).', []).inc(fuse3?.fastHanded ?? 0)
   counter('vdiskfs_fast_writes_total', 'WRITEs overwritten in the FUSE addon\'s threads without the engine (the fast path: whole sectors of slots the volume owns).', []).inc(fuse3?.fastWritten ?? 0)
   counter('vdiskfs_fast_first_write_blocks_total', 'Blocks the fast path gave a new slot itself (first writes of whole blocks).', []).inc(fuse3?.fastAllocated ?? 0)
+  counter('vdiskfs_fast_writeback_kicks_total', 'Extents whose writeback the daemon started ahead of the commit after native overwrites (sync_file_range WRITE; nothing durable depends on it).', []).inc(fuse3?.fastWritebackKicks ?? 0)
   counter('vdiskfs_fast_writes_handed_total', 'WRITEs the fast path handed to the engine (not whole sectors of one block it may overwrite).', []).inc(fuse3?.fastWriteHanded ?? 0)
   counter('vdiskfs_fast_chunk_reads_total', 'Reads of sealed chunks the fast path served in the FUSE addon\'s threads (decompressed and checked against BLAKE3).', []).inc(fuse3?.fastChunkReads ?? 0)
   counter('vdiskfs_fast_chunk_pieces_total', 'Pieces (16 KiB) of sealed chunks the fast path opened and checked on their own.', []).inc(fuse3?.fastChunkPieces ?? 0)

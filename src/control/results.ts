@@ -30,7 +30,12 @@ export interface OperationReport {
   latency: LatencySummary | null
 }
 
-export interface EventLoopReport { p50Ms: number, p99Ms: number, maxMs: number }
+/**
+ * The event loop's delay (its sampling timer's lateness) and the scheduling policy of its thread:
+ * 'realtime' (SCHED_RR 1, raised at mount when permitted) or 'normal' (docs/ARCHITECTURE.md, "The
+ * event loop's priority"). Absent from daemons before it.
+ */
+export interface EventLoopReport { p50Ms: number, p99Ms: number, maxMs: number, policy?: 'realtime' | 'normal' }
 
 export interface JobReport { name: string, startedMs: number | null, progress: Progress | null }
 

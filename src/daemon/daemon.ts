@@ -14,15 +14,16 @@
  */
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { commitPressure } from './commit-pressure'
 import { GcSchedule } from './gc-schedule'
-import { commitIntervalMs, commitPressureCheckMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes } from '../limits'
+import { commitIntervalMs, commitPressureCheckMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes, writebackCheckMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
 import { createLowLevelOperations, invalidationsOf, volumeInodeBase } from '../fuse/fuse3-ops'
 import { FastReads } from '../fuse/fast-reads'
-import { Fuse3Transport, fuse3HolderPath } from '../fuse/fuse3-transport'
+import { Fuse3Transport, fuse3HolderPath, loadFuse3Native } from '../fuse/fuse3-transport'
 import { controlHandlers, startControlServer } from './server/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile, fuseHandlesFile } from '../format/pool-format'
@@ -81,6 +82,7 @@ export async function runDaemon (options: DaemonOptions): Promise<void> {
   metrics.measureOperations(operations)
   if (process.env.VDISKFS_COUNT_OPS === '1') logOperationCounts(metrics, log)
   const { fuse, holderPid } = await mount(options, mountpoint, takeover, holder, pool, operations, log)
+  raiseLoopPriority(metrics, log)
 
   // What changes behind the kernel's back (rename, rm, promote, restore) is dropped from its caches,
   // and a control command that changed something replies once the kernel took it. Not what the kernel
@@ -303,7 +305,9 @@ function startBackground (pool: Pool, metrics: DaemonMetrics, fast: FastReads, l
   // Many dirty map pages: a commit now, not at the interval (commit-pressure.ts).
   const pressure = commitPressure(pool, { settle: () => fast.settle(), collectWrites: () => fast.collectWrites(), log })
   const pressureTimer = setInterval(() => { void pressure() }, commitPressureCheckMs)
-  return [commitTimer, gcTimer, pressureTimer]
+  // Overwrites' writeback started before the commit's fdatasync (FastReads.startWriteback).
+  const writebackTimer = setInterval(() => fast.startWriteback(), writebackCheckMs)
+  return [commitTimer, gcTimer, pressureTimer, writebackTimer]
 }
 
 /**
@@ -342,6 +346,28 @@ function startHolder (fuse: Fuse3Transport, poolDir: string, mountpoint: string,
   } catch (err) {
     log(`no holder: ${(err as Error).message}; the mount ends with this daemon`)
     return null
+  }
+}
+
+/**
+ * The event loop's thread at real-time priority (SCHED_RR 1, reset on fork: the threads and processes
+ * it starts later do not inherit it), when the daemon may (root, CAP_SYS_NICE, or an RLIMIT_RTPRIO of
+ * 1) and VDISKFS_LOOP_REALTIME is not 0. Under load its delays were waits for a core, not work
+ * (docs/ARCHITECTURE.md, "The event loop's priority"). Called once mounted: the pool's opening, which
+ * can take seconds of CPU, runs at normal priority.
+ */
+function raiseLoopPriority (metrics: DaemonMetrics, log: (message: string) => void): void {
+  if (process.env.VDISKFS_LOOP_REALTIME === '0') {
+    log('event loop: normal priority (VDISKFS_LOOP_REALTIME=0)')
+    return
+  }
+  const errno = loadFuse3Native().loopPriority(1)
+  if (errno === 0) {
+    metrics.loopPolicy = 'realtime'
+    log('event loop: real-time priority (SCHED_RR 1)')
+  } else {
+    const name = Object.entries(os.constants.errno).find(([, value]) => value === errno)?.[0] ?? `errno ${errno}`
+    log(`event loop: normal priority (real-time priority not permitted: ${name})`)
   }
 }
 

@@ -71,6 +71,8 @@ export class DaemonMetrics {
   private nextWindowStart: { atMs: number, operations: Map<string, OperationCounters> }
   private readonly loopDelay = monitorEventLoopDelay({ resolution: eventLoopSampleMs })
   private lastLoopDelay: EventLoopReport | null = null
+  /** The event loop thread's scheduling policy (daemon.ts raises it once mounted, when permitted). */
+  loopPolicy: 'realtime' | 'normal' = 'normal'
   private readonly timer: NodeJS.Timeout
   private readonly jobs = new Set<Job>()
 
@@ -148,7 +150,7 @@ export class DaemonMetrics {
 
   /** Event-loop delay over the last full window, or over the current one before a window has passed. */
   eventLoopReport (): EventLoopReport {
-    return this.lastLoopDelay ?? this.loopDelayNow()
+    return { ...(this.lastLoopDelay ?? this.loopDelayNow()), policy: this.loopPolicy }
   }
 
   private loopDelayNow (): EventLoopReport {

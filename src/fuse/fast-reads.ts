@@ -17,7 +17,7 @@
  * - return a torn or damaged sector: the checksums fail and the engine reads (and reports) instead.
  */
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entrySlot } from '../format/map-format'
-import { pageEntries, volumeBytesMax } from '../limits'
+import { pageEntries, volumeBytesMax, writebackKickBytes } from '../limits'
 import type { FastReadSource } from '../volume/pool'
 import type { Volume } from '../volume/volume'
 
@@ -37,6 +37,7 @@ export interface FastReadNative {
   fastExtentSeq: (session: object, id: number) => number
   fastExtentLastWrite: (session: object, id: number) => number
   fastTakeDirty: (session: object, take: number) => number[]
+  fastWriteback: (session: object, bytes: number) => number
   fastVolumeWrites: (session: object, ino: number) => number
   fastPack: (session: object, id: number, file: string) => boolean
   fastPackDrop: (session: object, id: number) => void
@@ -332,6 +333,17 @@ export class FastReads {
    */
   collectWrites (): void {
     for (const known of this.volumes.values()) this.collectKnown(known)
+  }
+
+  /**
+   * Starts the writeback (sync_file_range WRITE, in the libuv pool) of each extent that native
+   * overwrites changed by writebackKickBytes or more since its last start, so that the next commit's
+   * fdatasync does not write it all at once (the addon's fastWriteback). The daemon calls it every
+   * writebackCheckMs. Nothing durable depends on it.
+   */
+  startWriteback (): void {
+    if (this.native === null || this.session === null) return
+    this.native.fastWriteback(this.session, writebackKickBytes)
   }
 
   /**

@@ -46,6 +46,8 @@ type Session = object
 interface Fuse3Native extends FastReadNative {
   mount: (mountpoint: string, options: string, dispatch: (op: number, request: Handle | null, ...args: any[]) => void, settings: Record<string, number>) => Session
   unmount: (session: Session) => number
+  /** The calling thread's scheduling policy: 1 SCHED_RR 1 (reset on fork), 0 SCHED_OTHER; 0 or an errno. */
+  loopPriority: (realtime: number) => number
   destroy: (session: Session) => void
   stats: (session: Session) => Fuse3Stats
   fd: (session: Session) => number
@@ -102,6 +104,9 @@ export interface Fuse3Stats {
   /** Blocks native first writes gave a new slot (docs/FASTPATH.md, "First writes"). */
   fastAllocated: number
   fastWriteBytes: number
+  /** Writeback passes fastWriteback started, and the extents whose writeback they started. */
+  fastWritebackPasses: number
+  fastWritebackKicks: number
   fastBytes: number
   fastMismatches: number
   fastExtents: number

@@ -279,6 +279,8 @@ test.serial('a non-root user mounts a pool of their own, whose mount outlives a 
   if (mounted.code !== 0) return
   pid = Number(fs.readFileSync(path.join(pool, 'daemon.pid'), 'utf8'))
   t.true(isMounted(mnt))
+  // A user's daemon may not take real-time priority (no CAP_SYS_NICE, RLIMIT_RTPRIO 0): it says so and serves.
+  t.regex(fs.readFileSync(path.join(pool, 'daemon.log'), 'utf8'), /event loop: normal priority \(real-time priority not permitted: EPERM\)/)
   const created = asUser('truncate', ['-s', '1M', path.join(mnt, 'disks', 'u.img')])
   t.is(created.code, 0, `the user creates a disk: ${created.stderr}`)
   const written = asUser('dd', ['if=/dev/urandom', `of=${path.join(mnt, 'disks', 'u.img')}`, 'bs=64k', 'count=4', 'conv=notrunc,fsync', 'status=none'])

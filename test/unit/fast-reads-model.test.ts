@@ -114,6 +114,9 @@ class FakeAddon implements FastReadNative {
     return ids
   }
 
+  // Writeback changes nothing anyone reads: nothing to model.
+  fastWriteback (_s: object, _bytes: number): number { return 0 }
+
   fastVolumeWrites (_s: object, ino: number): number { return this.volumeWrites.get(ino) ?? 0 }
 
   fastLease (_s: object, ino: number, id: number, first: number, end: number, bases: number, _volumeId: number): boolean {
