@@ -43,6 +43,12 @@ import type { Volume } from './volume'
 
 /** Bytes per reference in the file: the block index (u64 LE) and the BLAKE3 id. */
 export const refBytes = 40
+/**
+ * The apply waits for the head's reads to go quiet for this long before it starts (PendingMap.startable),
+ * and at most applyHoldMs; a reader waiting for it starts it at once.
+ */
+export const applyQuietMs = 50
+export const applyHoldMs = 500
 
 /** Test seams of the apply (Pool.lazyRefsSeams): each is awaited where it names. */
 export interface LazyRefsSeams {
@@ -149,13 +155,42 @@ export function firstRefBlock (poolDir: string, uuid: string): number {
 export class PendingMap {
   readonly done: Promise<void>
   private resolveDone!: () => void
+  /** Reads of the head in flight, and when the last one ended (performance.now()): the apply lets them go first. */
+  private headReads = 0
+  private lastHeadRead = 0
+  /** Set once a reader waits for the apply (a block past the head): it starts at once. */
+  private wanted = false
 
   constructor (readonly from: number, private readonly waitMs: number, private readonly about: () => string) {
     this.done = new Promise<void>(resolve => { this.resolveDone = resolve })
   }
 
+  /**
+   * A read of the head only (below `from`): counted while in flight, so that the apply, whose
+   * transactions and commit hold the event loop for their fsyncs, starts once the reads that came with
+   * the reply (a boot sector, a partition table, the first MiB) are answered.
+   */
+  async headRead<T> (read: () => Promise<T>): Promise<T> {
+    this.headReads++
+    try { return await read() } finally { this.headReads--; this.lastHeadRead = performance.now() }
+  }
+
+  /**
+   * Resolves when the apply may start: at once if a reader waits for it, else once no read of the head
+   * has been in flight for applyQuietMs, and at most applyHoldMs after it was asked.
+   */
+  async startable (): Promise<void> {
+    const asked = performance.now()
+    for (;;) {
+      const now = performance.now()
+      if (this.wanted || now - asked >= applyHoldMs || (this.headReads === 0 && now - Math.max(asked, this.lastHeadRead) >= applyQuietMs)) return
+      await new Promise(resolve => setTimeout(resolve, applyQuietMs / 2))
+    }
+  }
+
   /** Waits until every reference is in the map, at most the lazy wait; then IO naming `what` and the pull. */
   async wait (what: string): Promise<void> {
+    this.wanted = true
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([this.done, new Promise<void>((_resolve, reject) => {
@@ -200,15 +235,20 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   if (pending === null) return
   await context.seams.beforeApply?.()
   await testPause('lazy-apply')
+  await pending.startable()
   const here = (): boolean => state.volumes.get(volume.id) === volume
   const started = performance.now()
+  // Where the apply's time goes, for its log line: waiting for the lock, the batches (look-ups, records, sets), the commit.
+  const ms = { lock: 0, batches: 0, commit: 0 }
   const applied = await context.exclusive(async () => {
+    ms.lock = performance.now() - started
     if (state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
     if (!here()) return 0
     const bytes = await readRefs(state, uuid, Math.ceil(volume.size / state.blockBytes))
     const held = new Set<number>()
     state.importsHeldInMemory.add(held)
     try {
+      let t = performance.now()
       for (let at = 0; at < bytes.length; at += importBatchFrames * refBytes) {
         await applyBatch(state, volume, uuid, bytes.subarray(at, Math.min(bytes.length, at + importBatchFrames * refBytes)), held, here)
         if (state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
@@ -217,7 +257,10 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
       if (here()) { volume.rowDirty = true; state.changed(volume) }
       await context.seams.beforeCommit?.()
       await testPause('lazy-apply-commit')
+      ms.batches = performance.now() - t
+      t = performance.now()
       await context.committer.commit()
+      ms.commit = performance.now() - t
     } finally {
       state.importsHeldInMemory.delete(held)
     }
@@ -230,50 +273,68 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   pending.resolve()
   await state.io.remove(refsFile(state.dir, uuid))
   if (!here()) lazy.dropRemoved()
-  state.log(`lazy pull: ${volume.label}: ${applied} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms`)
+  state.log(`lazy pull: ${volume.label}: ${applied} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms (the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
 }
+
+/** References looked up or set between two yields of the apply (the event loop serves reads between them). */
+const applySliceRefs = 1024
+
+const yieldTurn = async (): Promise<void> => await new Promise(resolve => setImmediate(resolve))
 
 /**
  * One batch of references, under the lock: looked up (the chunks here taken, those not here made
  * absent, and every absent one listed for the pull), recorded (catalog.log first, then one transaction),
- * and set in the map in the same synchronous step as the transaction.
+ * then set in the map. The look-ups and the sets go in slices of applySliceRefs, each its own turn of
+ * the event loop, so that the reads of the head (answered by the engine: the fast path publishes nothing
+ * while pending) are not held behind the whole batch. Nothing the slices rely on changes between them:
+ * every job that makes, fills or frees chunks (imports, hydration, sealing, gc) waits for the lock this
+ * runs under, and a removal of the volume is checked before each slice of sets.
  */
 async function applyBatch (state: PoolState, volume: Volume, uuid: string, bytes: Buffer, held: Set<number>, here: () => boolean): Promise<void> {
   const count = bytes.length / refBytes
-  const hashes: Buffer[] = []
-  for (let i = 0; i < count; i++) hashes.push(bytes.subarray(i * refBytes + 8, (i + 1) * refBytes))
-  const known = state.catalog.chunksByHashes(hashes)
   const absent = new Map<string, ChunkRow>()
   const listed = new Set<number>()
   const ids: number[] = []
-  for (const hash of hashes) {
-    const key = hash.toString('hex')
-    let id = known.get(key)
-    if (id === undefined) {
-      let row = absent.get(key)
-      if (row === undefined) absent.set(key, row = state.chunks.newAbsent(Buffer.from(hash), state.blockBytes))
-      id = row.id
+  for (let from = 0; from < count; from += applySliceRefs) {
+    if (from > 0) await yieldTurn()
+    const hashes: Buffer[] = []
+    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) hashes.push(bytes.subarray(i * refBytes + 8, (i + 1) * refBytes))
+    const known = state.catalog.chunksByHashes(hashes)
+    for (const hash of hashes) {
+      const key = hash.toString('hex')
+      let id = known.get(key)
+      if (id === undefined) id = absent.get(key)?.id
+      if (id === undefined) {
+        const row = state.chunks.newAbsent(Buffer.from(hash), state.blockBytes)
+        absent.set(key, row)
+        id = row.id
+      }
+      if (absent.has(key) || state.chunks.isAbsent(id)) listed.add(id)
+      ids.push(id)
+      // Held from the look-up to the commit that writes the map (no gc runs under the lock; held all the same).
+      held.add(id)
     }
-    if (absent.has(key) || state.chunks.isAbsent(id)) listed.add(id)
-    ids.push(id)
-    // Held from the look-up to the commit that writes the map (no gc runs under the lock; held all the same).
-    held.add(id)
   }
   const pull = state.catalog.lazyPulls().find(row => row.uuid === uuid)
-  const apply = (): void => {
+  const record = (): void => {
     state.catalog.transaction(() => {
       state.catalog.insertChunks(absent.values())
       if (pull !== undefined) state.catalog.putLazyChunks(uuid, listed)
     })
     state.chunks.remember(absent.values())
-    if (!here()) return
-    for (let i = 0; i < count; i++) volume.map.set(bytes.readUIntLE(i * refBytes, 6), chunkEntry(ids[i]))
   }
-  if (pull === undefined || listed.size === 0) { apply(); return }
-  const made = new Map([...absent.values()].map(row => [row.id, row]))
-  const logged = [...listed].flatMap(id => {
-    const row = made.get(id) ?? state.catalog.chunk(id)
-    return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }]
-  })
-  await state.catalogLog.appendLazy({ pull, absent: logged }, apply)
+  if (pull === undefined || listed.size === 0) record()
+  else {
+    const made = new Map([...absent.values()].map(row => [row.id, row]))
+    const logged = [...listed].flatMap(id => {
+      const row = made.get(id) ?? state.catalog.chunk(id)
+      return row === undefined ? [] : [{ id, hash: row.hash, rawBytes: row.rawBytes }]
+    })
+    await state.catalogLog.appendLazy({ pull, absent: logged }, record)
+  }
+  for (let from = 0; from < count; from += applySliceRefs) {
+    await yieldTurn()
+    if (!here()) return
+    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) volume.map.set(bytes.readUIntLE(i * refBytes, 6), chunkEntry(ids[i]))
+  }
 }

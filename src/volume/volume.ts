@@ -182,6 +182,13 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     // 0: the read waits for them, then reads the map as it is then (below, after the await).
     const pending = this.pendingMap
     if (pending !== null && position + length > pending.from * blockBytes) await pending.wait(this.describe(Math.max(pending.from, Math.floor(position / blockBytes)), 0, blockBytes))
+    else if (pending !== null) return await pending.headRead(async () => await this.readMapped(target, position, length))
+    return await this.readMapped(target, position, length)
+  }
+
+  /** read() of `length` bytes (inside the size) once the blocks they touch are mapped. */
+  private async readMapped (target: Buffer, position: number, length: number): Promise<number> {
+    const blockBytes = this.context.blockBytes
     const reads: Array<Promise<void>> = []
     // Blocks stored as chunks go to the workers together, in one task.
     const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
