@@ -105,8 +105,8 @@ export class LazyPulls {
   /** Pull `uuid`'s references are applied and committed: its list is whole; counted (and done when empty). */
   settled (uuid: string): void {
     if (!this.pending.delete(uuid)) return
-    // A chunk listed by the apply that a seal or fill of another pull made present meanwhile is taken off.
-    this.catalog.transaction(() => { for (const id of this.catalog.presentLazyChunks()) this.catalog.deleteLazyChunk(id) })
+    // Counted from the catalog: the apply listed only chunks absent under the maintenance lock, and a fill
+    // since (filled(), after the lock) took its chunk off the list in the same transaction.
     this.started(uuid)
   }
 
