@@ -24,8 +24,9 @@ debs:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing </dev/null; \
 	fi
 
+# JOBS=max: node-gyp compiles the native modules (SQLite, zstd) on every core.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund </dev/null
+	JOBS=max npm ci --no-audit --no-fund </dev/null
 	node scripts/check-native.js
 	touch $@
 
@@ -154,7 +155,10 @@ uninstall:
 	@echo "removed $(PREFIX)/lib/vdiskfs, $(PREFIX)/bin/vdiskfs and $(SBINDIR)/mount.fuse.vdiskfs"
 
 # make lint runs first: a violation fails make test before anything is built or run.
-test: deps lint s3-debs build xfstests-tools
+# The packages first (one apt at a time), then lint, the build and the xfstests tools side by side (each
+# mostly one core), then the tests.
+test: deps s3-debs
+	$(MAKE) --no-print-directory -j2 lint build xfstests-tools
 	node scripts/run-tests.js
 
 test-unit: build
@@ -166,7 +170,7 @@ test-integration: deps s3-debs build xfstests-tools
 # The long variants of the crash harness and the model test (make test runs 20 kill points, 40 sequences).
 crash-test: deps build
 	VDISKFS_CRASH_POINTS=200 npx ava --timeout=40m --verbose 'dist/test/integration/crash.test.js'
-	VDISKFS_POWERCUT_SEEDS=20 npx ava --timeout=40m --verbose 'dist/test/unit/power-cut.test.js'
+	VDISKFS_POWERCUT_SEEDS=20 VDISKFS_POWERCUT_OPS=40 npx ava --timeout=40m --verbose 'dist/test/unit/power-cut.test.js'
 
 fuzz-long: deps build
 	VDISKFS_FUZZ_RUNS=2000 npx ava --timeout=40m --verbose 'dist/test/unit/engine-model.test.js'

@@ -1,6 +1,6 @@
 // scripts/run-tests.js runs ava with this file (--config): package.json's ava settings, and the test files
 // started longest first, by the durations of the last full run (scripts/test-durations.json, written by
-// scripts/test-durations.js from a CI log), so that `make test`'s two files at a time keep both cores busy
+// scripts/test-durations.js from a CI log), so that `make test`'s files at a time keep both cores busy
 // to the end; files not in the table (new ones, of unknown length) start first, by name: a long one
 // started last would run alone. A plain `npx ava FILE` reads package.json alone.
 import fs from 'node:fs'

@@ -1,7 +1,7 @@
 // Runs every test with ava and ends with one plain summary line, "tests: N passed, N failed", that CI
 // reads. The unit tests (engine and models, CPU-bound, each in its own temporary directory) and the
 // integration tests (each file its own temporary directories, mounts, loop devices and, for the remote
-// tests, a Ceph RGW on free ports) run in one ava run, two files at a time on the two cores, the longest
+// tests, a Ceph RGW on free ports) run in one ava run, three files at a time on the two cores (VDISKFS_TEST_FILES_AT_ONCE), the longest
 // first (scripts/ava-order.config.mjs): a test never depends on having the machine to itself, and none asserts a
 // timing. Arguments given are passed to ava instead.
 // The exit status is non-zero when any phase failed.
@@ -34,7 +34,7 @@ async function main () {
   const given = process.argv.slice(2)
   const phases = given.length > 0
     ? [given]
-    : [['--config', path.join(__dirname, 'ava-order.config.mjs'), '--concurrency=2', 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
+    : [['--config', path.join(__dirname, 'ava-order.config.mjs'), `--concurrency=${process.env.VDISKFS_TEST_FILES_AT_ONCE ?? 3}`, 'dist/test/unit/**/*.test.js', 'dist/test/integration/**/*.test.js']]
   let passed = 0
   let failed = 0
   let code = 0

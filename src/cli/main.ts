@@ -26,6 +26,7 @@ import { statusCommands } from './commands-status'
 import { transferCommands } from './commands-transfer'
 import { ResumedHydrator, remoteCommands, resumeHydrators } from './commands-remote'
 import { describeHolders, findHolders, printable } from './holders'
+import { processExited } from './processes'
 import { trace } from '../trace'
 
 /**
@@ -163,7 +164,7 @@ const coreCommands: Record<string, Command> = {
       }
       try { process.kill(status.pid, 'SIGTERM') } catch {}
       for (let waited = 0; waited < daemonExitTimeoutMs; waited += daemonExitPollMs) {
-        try { process.kill(status.pid, 0) } catch {
+        if (processExited(status.pid)) {
           if (flags.json === true) print(true, { unmounted: mountpoint, pid: status.pid }, () => '')
           return
         }

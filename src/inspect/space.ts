@@ -45,6 +45,7 @@ import { chunkEntry, entryChunkId, entryKind, entryKindChunk, entryKindDelta } f
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
 import { spaceSliceMs, spaceUsageStaleMs } from '../limits'
+import type { RootIds } from '../map/block-map'
 
 export interface VolumeUsage {
   id: number
@@ -96,7 +97,7 @@ interface Snapshot {
   size: number
   sourceId: number | null
   hidden: boolean
-  root: Float64Array
+  root: RootIds
 }
 
 /** A walk started: joinable until it took its snapshot, and after that while the pool has not changed. */

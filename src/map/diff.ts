@@ -16,7 +16,7 @@ import { diffPagesPerTurn, pageEntries } from '../limits'
 import { PageStore } from './page-store'
 
 /** What the comparisons read of a volume: its size and its map's root. */
-export interface Mapped { readonly size: number, readonly map: { readonly root: Float64Array } }
+export interface Mapped { readonly size: number, readonly map: { readonly root: Float64Array | Uint32Array } }
 
 /** A block of `newer` that differs from `older`, with its entry in `newer` (0: a hole). */
 export interface ChangedBlock { block: number, entry: number }

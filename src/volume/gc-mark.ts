@@ -28,6 +28,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { VdiskError } from '../errors'
 import { entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindLost, entrySlot } from '../format/map-format'
+import type { RootIds } from '../map/block-map'
 import { gcSliceMs, pageEntries } from '../limits'
 import { Page, PageRefs } from '../map/page-store'
 import { PoolState } from './pool-state'
@@ -61,7 +62,7 @@ export interface MarkResult {
 
 export class GcMark {
   private readonly result: MarkResult
-  private readonly roots: Array<{ label: string, root: Float64Array }>
+  private readonly roots: Array<{ label: string, root: RootIds }>
   private walked = 0
 
   /**

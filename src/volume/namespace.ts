@@ -13,7 +13,7 @@ import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
-import { BlockMap } from '../map/block-map'
+import { BlockMap, RootIds } from '../map/block-map'
 import { CommitTiming, Committer } from './commit'
 import { checkName, isHiddenName, libfuseNameOf, removedName } from './names'
 import { PoolState, VolumeTable } from './pool-state'
@@ -49,7 +49,7 @@ export class Namespace {
   private volumeFromRow (row: VolumeRow): Volume {
     const blocks = Math.ceil(row.size / this.state.blockBytes)
     const pageCount = BlockMap.pagesFor(blocks)
-    let root: Float64Array
+    let root: RootIds
     try {
       root = decodeRoot(row.root, pageCount, row.id)
     } catch (err) {
@@ -146,7 +146,7 @@ export class Namespace {
     if (this.volumes.get(volume.id) !== volume || volume.hidden) throw notFound(volume.label)
   }
 
-  private newVolume (kind: VolumeKind, name: string, size: number, root: Float64Array, counts: { allocatedBlocks: number, storedBytes: number }, source: Volume | null): Volume {
+  private newVolume (kind: VolumeKind, name: string, size: number, root: RootIds, counts: { allocatedBlocks: number, storedBytes: number }, source: Volume | null): Volume {
     const now = Date.now()
     const map = new BlockMap(this.state.pages, root, this.state.nextEpoch++, counts.allocatedBlocks, counts.storedBytes, this.state.sizeOf)
     map.rootDirty = true

@@ -28,6 +28,7 @@
 import crypto from 'node:crypto'
 import { entryExtentId } from '../format/map-format'
 import { PageRefs } from '../map/page-store'
+import type { RootIds } from '../map/block-map'
 import { Under } from './references'
 
 /** What references a page holds, and how to read what lies under a delta entry. */
@@ -99,7 +100,7 @@ export class RefCounts {
   }
 
   /** Every entry of `root` named once more (+1) or less (-1). */
-  rootAll (root: Float64Array, sign: 1 | -1): void {
+  rootAll (root: RootIds, sign: 1 | -1): void {
     for (let p = 0; p < root.length; p++) {
       if (sign === 1) this.rootAdd(root[p])
       else this.rootDrop(root[p])
@@ -358,7 +359,7 @@ export class RefCounts {
   }
 
   /** Recounts the pages' counts from the roots (after a check disagreed, or repair). */
-  recountRoots (roots: Iterable<Float64Array>): void {
+  recountRoots (roots: Iterable<RootIds>): void {
     this.pageRefs.fill(0)
     this.zeroPages.clear()
     for (const root of roots) this.rootAll(root, 1)
@@ -441,7 +442,7 @@ export class RefCounts {
    * there were), or `unknown` when nothing can be compared (a page that cannot be read, a delta entry
    * whose base table is not loaded): the counts are left as they are then.
    */
-  recount (roots: Iterable<Float64Array>, max = 8): { mismatches: string[], total: number, pages: number, chunks: number, extents: number } | { unknown: string } {
+  recount (roots: Iterable<RootIds>, max = 8): { mismatches: string[], total: number, pages: number, chunks: number, extents: number } | { unknown: string } {
     if (this.resolvePending().size > 0) return { unknown: 'delta entries whose base tables are not loaded' }
     for (const id of [...this.stale]) {
       if (this.refsOfPage(id) === 0) continue

@@ -9,7 +9,11 @@
  * it fails, and every later call fails too (the machine is off). `failSyncAt = N` fails the Nth sync
  * with EIO as Linux does: the kernel dropped the dirty pages, so the writes it should have covered are
  * never durable, and a later fdatasync that "succeeds" does not make them so.
- * Not modelled: a deletion undone by a power cut (deletions count as durable at once).
+ * Not modelled: a deletion undone by a power cut (deletions count as durable at once); and SQLite's own
+ * writes (the catalog and its WAL go through SQLite's file layer, not this one): a power cut here keeps
+ * every catalog transaction, synced or not, so these tests cannot catch an act on a commit's durability
+ * before its WAL sync (Committer.syncCatalogWal). The WAL's fdatasync itself is a sync here (counted,
+ * cut and failed like the others).
  */
 import fs from 'node:fs'
 import path from 'node:path'

@@ -10,6 +10,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import type { ExecutionContext } from 'ava'
 import { socketPathsFor } from '../../src/control/protocol'
+import { processExited } from '../../src/cli/processes'
 
 export const execFileAsync = promisify(execFile)
 export const repoRoot = path.resolve(__dirname, '..', '..', '..')
@@ -178,9 +179,7 @@ export async function logMatching (pool: string, patterns: RegExp[], timeoutMs =
 
 export async function waitForExit (pid: number, timeoutMs = 20000): Promise<boolean> {
   for (let waited = 0; waited < timeoutMs; waited += 25) {
-    try { process.kill(pid, 0) } catch { return true }
-    // A zombie child still answers kill(0); treat "Z" state as gone.
-    try { if (/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) return true } catch { return true }
+    if (processExited(pid)) return true
     await new Promise(resolve => setTimeout(resolve, 25))
   }
   return false

@@ -4,6 +4,7 @@
  * themselves costs no entry, and legacy (unchecksummed) pages and roots still read.
  */
 import test from 'ava'
+import zlib from 'node:zlib'
 import { chunkEntry, decodePage, decodeRoot, encodePage, encodeRoot, encodeU64Array, lostEntry, pageIsSound, storedPageBytes } from '../../src/format/map-format'
 
 const entries = new Float64Array(4096)
@@ -69,4 +70,30 @@ test('roots: checked, bound to their volume, legacy roots read, empty roots too'
   t.throws(() => decodeRoot(damaged, 3, 7))
   t.deepEqual(Array.from(decodeRoot(encodeU64Array(root), 3, 7)), [3, 0, 9])
   t.deepEqual(Array.from(decodeRoot(encodeRoot(new Float64Array(0), 1), 0, 1)), [])
+})
+
+test('roots: the stored checksum is CRC-32 of the volume id (u64) and the ids; decoded at any byte offset, never a view of the input', t => {
+  const root = Float64Array.from([1, 2 ** 52 + 5, 0, 4294967297])
+  const stored = encodeRoot(root, 12345)
+  const seed = Buffer.alloc(8)
+  seed.writeBigUInt64LE(12345n)
+  t.is(stored.readUInt32LE(32 + 4), zlib.crc32(Buffer.concat([seed, encodeU64Array(root)])), 'the format (docs/FORMAT.md) is unchanged')
+  t.is(encodeRoot(new Float64Array(0), 9).readUInt32LE(4), zlib.crc32(Buffer.from([9, 0, 0, 0, 0, 0, 0, 0])))
+  for (const offset of [0, 1, 2, 3, 4, 8]) {
+    // A root inside a larger buffer at `offset` (SQLite's blobs are their own buffers; a test's need not be).
+    const holder = Buffer.alloc(offset + stored.length + 3, 0xee)
+    stored.copy(holder, offset)
+    const inside = holder.subarray(offset, offset + stored.length)
+    const decoded = decodeRoot(inside, 4, 12345)
+    t.deepEqual(Array.from(decoded), Array.from(root), `offset ${offset}`)
+    inside.fill(0)
+    t.deepEqual(Array.from(decoded), Array.from(root), `offset ${offset}: a copy, not a view`)
+    const legacy = Buffer.alloc(offset + 32)
+    encodeU64Array(root).copy(legacy, offset)
+    t.deepEqual(Array.from(decodeRoot(legacy.subarray(offset), 4, 1)), Array.from(root), `legacy at offset ${offset}`)
+  }
+  const outOfRange = encodeRoot(Float64Array.from([1]), 3)
+  outOfRange.writeUInt32LE(2 ** 21, 4)
+  outOfRange.writeUInt32LE(zlib.crc32(Buffer.concat([Buffer.from([3, 0, 0, 0, 0, 0, 0, 0]), outOfRange.subarray(0, 8)])), 12)
+  t.throws(() => decodeRoot(outOfRange, 1, 3), { instanceOf: RangeError }, 'a value past 2^53 is damage, its checksum right or not')
 })

@@ -152,7 +152,8 @@ const seeds = Number(process.env.VDISKFS_POWERCUT_SEEDS ?? 1)
  * synced, volume/journal.ts) is not replayed, as it would not be after a real one.
  */
 const afterRestart = Buffer.from('00000000000000000000000000000001', 'hex')
-const opsPerRun = 40
+/** Operations per workload: 28 in `make test`, 40 in `make crash-test` (VDISKFS_POWERCUT_OPS). */
+const opsPerRun = Number(process.env.VDISKFS_POWERCUT_OPS ?? 28)
 
 /** The power-cut and failed-fdatasync tests of workload `seed` on a pool of `poolBlockBytes` blocks. */
 function cutTests (seed: number, poolBlockBytes: number): void {
