@@ -56,12 +56,18 @@ export interface LazyRefsSeams {
   beforeApply?: () => Promise<void>
   /** Under the lock, every entry set, before the commit that writes them. */
   beforeCommit?: () => Promise<void>
+  /** Before each batch of the file is applied, with its number (not called yet: the apply is one job). */
+  beforeBatch?: (batch: number) => Promise<void>
 }
 
 export function refsFile (poolDir: string, uuid: string): string { return path.join(poolDir, lazyDir, `${uuid}.refs`) }
 
 /** The references a lazy pull's stream carried, as received (in increasing block order), packed for the file. */
 export class LazyRefs {
+  constructor (readonly file = '') {}
+  /** The most references held in memory at once: all of them until the end frame. */
+  get heldMax (): number { return this.count }
+  async push (index: number, hash: Buffer): Promise<void> { this.add(index, hash) }
   private readonly parts: Buffer[] = []
   private current = Buffer.allocUnsafe(refBytes * 4096)
   private used = 0
@@ -153,6 +159,8 @@ export function firstRefBlock (poolDir: string, uuid: string): number {
  * wait for `done` (wait, bounded by the lazy wait: then IO naming the pull).
  */
 export class PendingMap {
+  /** What the apply did: batches of the file, applied (distinct), applications, the most references it held at once. */
+  readonly progress = { batches: 0, applied: 0, applications: 0, refsHeldMax: 0 }
   readonly done: Promise<void>
   private resolveDone!: () => void
   /** Reads of the head in flight, and when the last one ended (performance.now()): the apply lets them go first. */
@@ -245,6 +253,7 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
     if (state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing')
     if (!here()) return 0
     const bytes = await readRefs(state, uuid, Math.ceil(volume.size / state.blockBytes))
+    Object.assign(pending.progress, { batches: 1, applied: 1, applications: 1, refsHeldMax: bytes.length / refBytes })
     const held = new Set<number>()
     state.importsHeldInMemory.add(held)
     try {

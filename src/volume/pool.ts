@@ -22,7 +22,7 @@ import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
 import { PoolHeader, catalogFile, extentsDir, lazyDir, packsDir } from '../format/pool-format'
-import { assertLimits, packLiveFractionMin, sealBatchBlocks } from '../limits'
+import { assertLimits, importBatchFrames, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
@@ -148,6 +148,10 @@ export class Pool {
 
   /** Test seams of a lazy pull's apply after the reply (lazy-refs.ts). */
   lazyRefsSeams: LazyRefsSeams = {}
+  /** References per batch of a lazy pull's file (not used yet). */
+  lazyRefsBatchRefs = importBatchFrames
+  /** The writer of pull `uuid`'s references. */
+  lazyRefs (uuid: string): LazyRefs { return new LazyRefs(refsFile(this.dir, uuid)) }
 
   private pendingMapOf (volume: Volume, uuid: string, from: number): PendingMap {
     return new PendingMap(from, this.lazy.waitMs, () => {

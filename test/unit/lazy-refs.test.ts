@@ -5,7 +5,11 @@
  * source's bytes, never the map's 0; a clone asked for meanwhile waits and reads equal; gc, counted and
  * full, while the apply waits and between its sets and its commit, loses nothing; rm while pending ends
  * the pull; a pool closed before the apply applies the file at the next open, and a file applied twice
- * (a kill after the apply's commit, before the file's removal) sets the same entries.
+ * (a kill after the apply's commit, before the file's removal) sets the same entries. With batches of 4
+ * references (several per pull): the references are appended to the file a batch at a time and never
+ * held whole in memory, on either side; a read past the head waits for its own batch only (taken next,
+ * out of order), which the ordered walk applies again with the same entries; a pool closed with batches
+ * applied out of order applies the whole file again at the next open.
  */
 import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
@@ -15,7 +19,7 @@ import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
-import { LazyRefs, refsFile } from '../../src/volume/lazy-refs'
+import { LazyRefs, PendingMap, refsFile } from '../../src/volume/lazy-refs'
 import { blake3Hex } from '../../src/remote/remote-format'
 
 const waitMs = 20_000
@@ -53,23 +57,30 @@ async function chunksHere (pool: Pool, data: Buffer[], keep: boolean): Promise<v
   if (!keep) await pool.remove(disk)
 }
 
-/** backups/NAME pulled lazily: the head stored, the references to apply after the finish (held at the seams the caller set). */
-async function pendingPull (pool: Pool, name: string, data: Buffer[]): Promise<{ backup: Volume, uuid: string, done: Promise<void> }> {
+/**
+ * backups/NAME pulled lazily: the head stored, the references to apply after the finish (held at the
+ * seams the caller set); `sent` is called after each reference is given to the file's writer.
+ */
+async function pendingPull (pool: Pool, name: string, data: Buffer[], sent?: (refs: LazyRefs) => void): Promise<{ backup: Volume, uuid: string, done: Promise<void>, refs: LazyRefs, pending: PendingMap }> {
   const uuid = crypto.randomUUID()
   const key = `${uuid}:full`
   const session = pool.imports.begin({ key, uuid, baseUuid: null, size: blocks * bs, blockBytes: bs, createdMs: Date.now(), source: null, lazy: true }, name)
   pool.lazy.begin({ uuid, importKey: key, remote: 'offsite', manifest: 'ab'.repeat(16), chunks: 0, startedMs: Date.now() })
-  const refs = new LazyRefs()
+  const refs = pool.lazyRefs(uuid)
   let backup: Volume
   try {
     await session.store([0, 1].map(index => ({ index, data: data[index], hash: hash(data[index]) })))
-    for (let i = 2; i < blocks; i++) if (i !== 8) refs.add(i, hash(data[i]))
+    for (let i = 2; i < blocks; i++) {
+      if (i === 8) continue
+      await refs.push(i, hash(data[i]))
+      sent?.(refs)
+    }
     backup = await pool.finishLazy(session, refs)
   } finally { session.close() }
   pool.lazy.started(uuid)
   const pending = backup.pendingMap
   if (pending === null) throw new Error('the backup is not pending')
-  return { backup, uuid, done: pending.done }
+  return { backup, uuid, done: pending.done, refs, pending }
 }
 
 async function readBlock (volume: Volume, index: number): Promise<Buffer> {
@@ -256,5 +267,142 @@ test('closed before the apply: the next open applies the file before anything is
     const report = await reopened.gc(undefined, { full: true })
     t.is(report.held, undefined)
     await allEqual(t, b, data, 'after gc')
+  } finally { await (reopened ?? pool).close() }
+})
+
+// With batches of 4 references, the 13 references of sourceData() (blocks 2-7 and 9-15) are 4 batches:
+// [2 3 4 5] [6 7 9 10] [11 12 13 14] [15].
+const smallBatch = 4
+const lastBatch = 3
+
+/** The source with block 15 (the last batch's only block) the same as block 5, whose chunk chunksHere() seals. */
+function sourceLastHere (): Buffer[] {
+  const data = sourceData()
+  data[15] = data[5]
+  return data
+}
+
+test('a pull of several batches never holds its references whole in memory: appended to the file a batch at a time as they arrive, applied a batch at a time', async t => {
+  const { dir, pool } = newPool(t)
+  try {
+    pool.lazyRefsBatchRefs = smallBatch
+    const data = sourceData()
+    await chunksHere(pool, data, true)
+    const held = gate()
+    pool.lazyRefsSeams = { beforeApply: async () => await held.promise }
+    // The file's records as each reference is given to the writer (the file has a header before them).
+    const inFile: number[] = []
+    let uuidSeen = ''
+    const { backup, uuid, done, refs, pending } = await pendingPull(pool, 'b.img', data, r => {
+      uuidSeen = path.basename(r.file, '.refs')
+      inFile.push(fs.existsSync(r.file) ? fs.statSync(r.file).size : -1)
+    })
+    t.is(uuidSeen, uuid)
+    t.is(refs.count, 13)
+    t.true(refs.heldMax <= smallBatch, `the writer held at most one batch (${refs.heldMax})`)
+    t.true(inFile[smallBatch - 1] > 0, 'the first batch is in the file once it is full, before the end frame')
+    t.true(inFile.filter(size => size > 0).length >= inFile.length - smallBatch, 'every batch appended as it filled')
+    t.not(inFile[inFile.length - 1], inFile[smallBatch - 1], 'the file grew batch by batch')
+    held.open()
+    await done
+    t.like(pending.progress, { batches: 4, applied: 4 })
+    t.true(pending.progress.refsHeldMax <= smallBatch, `the apply read one batch at a time (${pending.progress.refsHeldMax} at most)`)
+    t.true(await fileGone(dir, uuid))
+    await hydrateAll(pool, data)
+    await allEqual(t, backup, data, 'once whole')
+  } finally { await pool.close() }
+})
+
+test('a read of a block in the last batch is answered once that batch is applied, the batches before it not yet', async t => {
+  const { pool } = newPool(t)
+  try {
+    pool.lazyRefsBatchRefs = smallBatch
+    const data = sourceLastHere()
+    await chunksHere(pool, data, true)
+    const held = gate()
+    const walk = gate()
+    pool.lazyRefsSeams = { beforeApply: async () => await held.promise, beforeBatch: async batch => { if (batch !== lastBatch) await walk.promise } }
+    const { backup, done, pending } = await pendingPull(pool, 'b.img', data)
+    const last = readBlock(backup, 15)
+    held.open()
+    t.deepEqual(await last, data[15], 'the source\'s bytes, the walk held before its first batch')
+    t.like(pending.progress, { batches: 4, applied: 1 }, 'only the reader\'s batch is applied')
+    t.not(backup.pendingMap, null, 'still pending')
+    t.is(backup.map.get(3), 0, 'block 3 (the first batch) not mapped yet')
+    const earlier = readBlock(backup, 3)
+    t.false(await settledSoon(earlier), 'a read of the first batch waits for it')
+    walk.open()
+    t.deepEqual(await earlier, data[3])
+    await done
+    t.like(pending.progress, { batches: 4, applied: 4 })
+    await hydrateAll(pool, data)
+    await allEqual(t, backup, data, 'once whole')
+  } finally { await pool.close() }
+})
+
+test('the reader\'s batch applied out of order is applied again by the walk: the same entries, the end equal to the source', async t => {
+  const { pool } = newPool(t)
+  try {
+    pool.lazyRefsBatchRefs = smallBatch
+    const data = sourceLastHere()
+    await chunksHere(pool, data, true)
+    const held = gate()
+    const order: number[] = []
+    pool.lazyRefsSeams = { beforeApply: async () => await held.promise, beforeBatch: async batch => { order.push(batch) } }
+    const { backup, done, pending } = await pendingPull(pool, 'b.img', data)
+    const last = readBlock(backup, 15)
+    held.open()
+    t.deepEqual(await last, data[15])
+    const entry = backup.map.get(15)
+    t.not(entry, 0)
+    await done
+    t.deepEqual(order, [lastBatch, 0, 1, 2, lastBatch], 'the reader\'s batch first, then every batch in order')
+    t.like(pending.progress, { batches: 4, applied: 4, applications: 5 })
+    t.is(backup.map.get(15), entry, 'applied twice: the same entry')
+    await hydrateAll(pool, data)
+    t.deepEqual(pool.lazy.progress(), [], 'whole')
+    await allEqual(t, backup, data, 'once whole')
+    const report = await pool.gc(undefined, { full: true })
+    t.is(report.held, undefined, 'the counts agree with a full mark')
+  } finally { await pool.close() }
+})
+
+test('closed with a batch applied out of order and the rest not: the next open applies the whole file again and ends equal', async t => {
+  const { dir, pool } = newPool(t)
+  let reopened: Pool | null = null
+  try {
+    pool.lazyRefsBatchRefs = smallBatch
+    const data = sourceLastHere()
+    await chunksHere(pool, data, true)
+    const held = gate()
+    const walk = gate()
+    pool.lazyRefsSeams = { beforeApply: async () => await held.promise, beforeBatch: async batch => { if (batch !== lastBatch) await walk.promise } }
+    const { backup, uuid, pending } = await pendingPull(pool, 'b.img', data)
+    const last = readBlock(backup, 15)
+    held.open()
+    t.deepEqual(await last, data[15])
+    t.like(pending.progress, { applied: 1 })
+    const entry = backup.map.get(15)
+    // The close commits the last batch's entries (a kill might not: the next open applies the file whole either way).
+    await pool.close()
+    walk.open()
+    t.true(fs.existsSync(refsFile(dir, uuid)), 'the file stays until every batch is applied and committed')
+    reopened = Pool.open(dir, { blockBytes: bs, workers: 1 })
+    reopened.lazyRefsBatchRefs = smallBatch
+    const b = reopened.get('backup', 'b.img')
+    const again = b.pendingMap
+    t.not(again, null, 'pending from the open on')
+    t.is(b.map.get(15), entry, 'the batch applied out of order was committed')
+    t.is(b.map.get(3), 0, 'the first batch was not')
+    t.deepEqual(await readBlock(b, 3), data[3], 'waits for its batch, then reads the source\'s bytes')
+    await again?.done
+    t.like(again?.progress, { batches: 4, applied: 4 })
+    t.true(await fileGone(dir, uuid))
+    t.is(b.map.get(15), entry, 'applied again: the same entry')
+    await hydrateAll(reopened, data)
+    t.deepEqual(reopened.lazy.progress(), [], 'whole')
+    await allEqual(t, b, data, 'after the reopen')
+    const report = await reopened.gc(undefined, { full: true })
+    t.is(report.held, undefined)
   } finally { await (reopened ?? pool).close() }
 })
