@@ -22,7 +22,7 @@ import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
 import { PoolHeader, catalogFile, extentsDir, lazyDir, packsDir } from '../format/pool-format'
-import { assertLimits, importBatchFrames, packLiveFractionMin, sealBatchBlocks } from '../limits'
+import { assertLimits, lazyRefsBatchRefs, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
@@ -30,7 +30,7 @@ import type { NativeWrites } from '../extent/delta-extent'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
-import { LazyRefs, LazyRefsSeams, PendingMap, applyRefs, firstRefBlock, leftoverRefs, refsCount, refsFile, writeRefsFile } from './lazy-refs'
+import { LazyRefs, LazyRefsSeams, PendingMap, applyRefs, leftoverRefs, peekRefs, refsFile } from './lazy-refs'
 import { GcReport, Maintenance, MarkSeams } from './maintenance'
 import { BackupTiming, Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
@@ -127,16 +127,16 @@ export class Pool {
     // A lazy pull's references left to apply (lazy-refs.ts): the backup is pending before the pool serves
     // anything, and they are applied again below; a file whose backup never appeared (killed before its
     // commit) or is gone is removed.
-    const leftover: Array<{ volume: Volume, uuid: string }> = []
+    const leftover: Array<{ volume: Volume, uuid: string, count: number }> = []
     for (const uuid of leftoverRefs(dir)) {
       const id = this.state.catalog.volumeByUuid(uuid)
       const volume = id === undefined ? undefined : this.state.volumes.get(id)
       if (volume === undefined) { fs.rmSync(refsFile(dir, uuid), { force: true }); continue }
-      const first = firstRefBlock(dir, uuid)
-      volume.pendingMap = this.pendingMapOf(volume, uuid, first < 0 ? 0 : first)
-      leftover.push({ volume, uuid })
+      const { count, first } = peekRefs(dir, uuid)
+      volume.pendingMap = this.pendingMapOf(volume, uuid, first)
+      leftover.push({ volume, uuid, count })
     }
-    this.lazy.open(leftover.map(l => [l.uuid, refsCount(dir, l.uuid)]))
+    this.lazy.open(leftover.map(l => [l.uuid, l.count]))
     this.state.chunks.absent = this.lazy
     // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
     // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
@@ -148,10 +148,11 @@ export class Pool {
 
   /** Test seams of a lazy pull's apply after the reply (lazy-refs.ts). */
   lazyRefsSeams: LazyRefsSeams = {}
-  /** References per batch of a lazy pull's file (not used yet). */
-  lazyRefsBatchRefs = importBatchFrames
-  /** The writer of pull `uuid`'s references. */
-  lazyRefs (uuid: string): LazyRefs { return new LazyRefs(refsFile(this.dir, uuid)) }
+  /** References per batch of a lazy pull's file, written and applied (limits.ts; tests set fewer). */
+  lazyRefsBatchRefs = lazyRefsBatchRefs
+
+  /** The writer of lazy pull `uuid`'s references file (lazy-refs.ts), for its stream; finishLazy takes it. */
+  lazyRefs (uuid: string): LazyRefs { return new LazyRefs(this.state.io, refsFile(this.dir, uuid), this.lazyRefsBatchRefs) }
 
   private pendingMapOf (volume: Volume, uuid: string, from: number): PendingMap {
     return new PendingMap(from, this.lazy.waitMs, () => {
@@ -162,22 +163,24 @@ export class Pool {
 
   /** Applies a pending backup's references behind the reply (lazy-refs.ts); a failure is logged, the backup stays pending. */
   private startApply (volume: Volume, uuid: string): void {
-    const context = { state: this.state, committer: this.committer, lazy: this.lazy, exclusive: async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work), seams: this.lazyRefsSeams }
     setImmediate(() => {
+      const context = { state: this.state, committer: this.committer, lazy: this.lazy, exclusive: async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work), seams: this.lazyRefsSeams, batchRefs: this.lazyRefsBatchRefs }
       applyRefs(context, volume, uuid).catch(err => this.state.log(`lazy pull: ${volume.label}: its references were not applied (${(err as Error).message}); the next open applies them`))
     })
   }
 
   /**
    * Makes a lazy pull's backup (the import's finish) with the head's map, its references `refs` applied
-   * after (lazy-refs.ts): the file written durably first, the backup pending from the step that
-   * inserts it, the apply started once its commit is done. No references: an ordinary finish.
+   * after (lazy-refs.ts): the file made durable first, the backup pending from the step that inserts
+   * it, the apply started once its commit is done. No references: an ordinary finish. The file is the
+   * backup's once it is inserted (refs.kept); before, the caller's discard() removes it.
    */
   async finishLazy (session: ReturnType<Importer['begin']>, refs: LazyRefs): Promise<Volume> {
     if (refs.count === 0) return await session.finish()
     const uuid = session.spec.uuid
-    await writeRefsFile(this.state, uuid, refs)
+    await refs.seal()
     const volume = await session.finish(made => {
+      refs.kept = true
       made.pendingMap = this.pendingMapOf(made, uuid, refs.first)
       this.lazy.markPending(uuid, refs.count)
     })

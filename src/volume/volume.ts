@@ -179,10 +179,14 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (length === 0) return 0
     const blockBytes = this.context.blockBytes
     // A block not mapped yet (a lazy pull's references still being applied) is never read as the map's
-    // 0: the read waits for them, then reads the map as it is then (below, after the await).
+    // 0: the read waits for the batches holding its blocks (the apply takes them next), then reads the
+    // map as it is then (below, after the await).
     const pending = this.pendingMap
-    if (pending !== null && position + length > pending.from * blockBytes) await pending.wait(this.describe(Math.max(pending.from, Math.floor(position / blockBytes)), 0, blockBytes))
-    else if (pending !== null) return await pending.headRead(async () => await this.readMapped(target, position, length))
+    const last = Math.floor((position + length - 1) / blockBytes)
+    if (pending !== null && last >= pending.from) {
+      const first = Math.max(pending.from, Math.floor(position / blockBytes))
+      await pending.waitBlocks(first, last, this.describe(first, 0, blockBytes))
+    } else if (pending !== null) return await pending.headRead(async () => await this.readMapped(target, position, length))
     return await this.readMapped(target, position, length)
   }
 

@@ -340,15 +340,22 @@ test('a read of a block in the last batch is answered once that batch is applied
   } finally { await pool.close() }
 })
 
-test('the reader\'s batch applied out of order is applied again by the walk: the same entries, the end equal to the source', async t => {
+test('the reader\'s batch applied out of order is applied again by the walk: the same entries, the end equal to the source (gc between two batches)', async t => {
   const { pool } = newPool(t)
   try {
     pool.lazyRefsBatchRefs = smallBatch
-    const data = sourceLastHere()
-    await chunksHere(pool, data, true)
     const held = gate()
     const order: number[] = []
-    pool.lazyRefsSeams = { beforeApply: async () => await held.promise, beforeBatch: async batch => { order.push(batch) } }
+    // gc, counted and full, between two batches (the lock is free there): after the reader's batch and the first.
+    pool.lazyRefsSeams = {
+      beforeApply: async () => await held.promise,
+      beforeBatch: async batch => {
+        order.push(batch)
+        if (order.length === 3) { await pool.gc(); await pool.gc(undefined, { full: true }) }
+      }
+    }
+    const data = sourceLastHere()
+    await chunksHere(pool, data, true)
     const { backup, done, pending } = await pendingPull(pool, 'b.img', data)
     const last = readBlock(backup, 15)
     held.open()

@@ -14,7 +14,7 @@ import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks, importBatchFrames } from '../../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, frameZstd, readFrame, readFrameNow, send } from '../../transfer/wire'
 import { ImportBlock } from '../../volume/import'
-import { LazyRefs } from '../../volume/lazy-refs'
+import type { LazyRefs } from '../../volume/lazy-refs'
 import { Pool } from '../../volume/pool'
 import { Volume } from '../../volume/volume'
 import { HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
@@ -199,6 +199,11 @@ async function finishImport (pool: Pool, log: (line: string) => void, session: I
   socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
 }
 
+/** A lazy pull's references file that no backup took (the stream failed or ended early) is removed; a failure is logged. */
+async function discardRefs (refs: LazyRefs | null, log: (line: string) => void): Promise<void> {
+  if (refs !== null) await refs.discard().catch(err => log(`lazy pull: its references file ${refs.file} was not removed: ${(err as Error).message}`))
+}
+
 /**
  * Where a lazy pull's time goes in the daemon, for its log line (`lazy pull timing: ...`): from the
  * request, when the session began, the first and the end frame came, the batches' stores, the finish.
@@ -243,6 +248,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   const lazy = op === 'lazyPullStream'
   // A group import's member (importGroupFinish makes the group): received whole and staged, no backup yet.
   const stageOnly = op === 'importStageStream'
+  // long: one loop over the stream's frames (the head, the batches' buffers, a lazy pull's references) and its one cleanup
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
     const timing = new ImportTiming()
@@ -273,8 +279,8 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // them, or at importBatchFrames frames of any kind).
     let withBytes = 0
     let headStored = false
-    // A lazy pull's references, kept for its file and applied after the reply (volume/lazy-refs.ts).
-    const refs = lazy ? new LazyRefs() : null
+    // A lazy pull's references, appended to its file a batch at a time and applied after the reply (volume/lazy-refs.ts).
+    const refs = lazy ? pool.lazyRefs(session.spec.uuid) : null
     const closeBatch = async (): Promise<void> => { const blocks = batch; batch = []; withBytes = 0; turn = 1 - turn; await storeBatch(blocks) }
     timing.begun = timing.now()
     try {
@@ -299,7 +305,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         const withData = frame.kind === frameData || frame.kind === frameZstd
         // A lazy pull's head (its blocks with bytes, before its first reference): stored while the references arrive.
         if (lazy && frame.kind === frameRef && !headStored) { headStored = true; if (withBytes > 0) await closeBatch() }
-        if (refs !== null && refs.take(frame.index, frame.kind === frameRef ? frame.hash : null, session.blockCount)) continue
+        if (refs !== null && refs.take(frame.index, frame.kind === frameRef ? frame.hash : null, session.blockCount)) { if (refs.full) await refs.append(); continue }
         batch.push({ index: frame.index, data: withData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash, ...(frame.kind === frameZstd ? { zstd: true } : {}) })
         if (withData) withBytes++
         if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) await closeBatch()
@@ -319,6 +325,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     } finally {
       // The session ends (another import of the stream may begin) only once its last batch is stored.
       await storing.catch(() => {})
+      await discardRefs(refs, log)
       session.close()
       if (base !== undefined) await pool.released(base)
     }
