@@ -442,7 +442,8 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   const reader = await RefsReader.open(state.io, refsFile(state.dir, uuid), uuid, Math.ceil(volume.size / state.blockBytes), context.batchRefs)
   const progress = pending.progress
   progress.batches = reader.batches
-  const applied = new Set<number>()
+  // Batches a reader took ahead of the walk, until the walk reaches them (for progress.applied).
+  const ahead = new Set<number>()
   try {
     // The ordered walk's next batch; a reader's batch goes before it, and is applied again when the walk reaches it.
     let walk = 0
@@ -451,11 +452,13 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
       const batch = wanted >= 0 ? await reader.batchOf(wanted) : walk
       await context.seams.beforeBatch?.(batch)
       const t = performance.now()
+      let locked = t
       // One job under the lock: gc's mark and sweep (which commit first, and so see the sets) never come
       // between a batch's look-ups and its sets; between two batches they may (a chunk that only later
       // batches name may be freed: those make it absent, and it is fetched).
       const range = await context.exclusive(async () => {
-        ms.lock += performance.now() - t
+        locked = performance.now()
+        ms.lock += locked - t
         closing()
         if (!here()) return null
         const { records, from, to } = await reader.batch(batch, pending.from)
@@ -468,15 +471,15 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
           state.importsHeldInMemory.delete(held)
         }
       })
-      ms.batches += performance.now() - t
+      ms.batches += performance.now() - locked
       if (range === null) break
-      applied.add(batch)
-      progress.applied = applied.size
+      if (batch !== walk) ahead.add(batch)
       progress.applications++
       // The batch's entries are set (not committed: the file stays until the commit below, and a reopen
       // applies it again): its readers go on.
       pending.mapped(range.from, range.to, batch === walk)
-      if (batch === walk) walk++
+      if (batch === walk) ahead.delete(walk++)
+      progress.applied = walk + ahead.size
     }
     await context.exclusive(async () => {
       closing()
