@@ -500,7 +500,7 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   pending.resolve()
   await state.io.remove(refsFile(state.dir, uuid))
   if (!here()) lazy.dropRemoved()
-  state.log(`lazy pull: ${volume.label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batches (${progress.applications - progress.applied} applied again after a reader took them first; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
+  state.log(`lazy pull: ${volume.label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batch${progress.batches === 1 ? '' : 'es'} (${progress.applications - progress.applied} applied again after a reader took them first; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
 }
 
 /** References looked up or set between two yields of the apply (the event loop serves reads between them). */
