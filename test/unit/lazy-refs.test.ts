@@ -413,3 +413,24 @@ test('closed with a batch applied out of order and the rest not: the next open a
     t.is(report.held, undefined)
   } finally { await (reopened ?? pool).close() }
 })
+
+test('a stream that ends without its backup removes its references file; one left by a killed stream is removed as the pool opens', async t => {
+  const { dir, pool } = newPool(t)
+  let reopened: Pool | null = null
+  try {
+    pool.lazyRefsBatchRefs = smallBatch
+    const data = sourceData()
+    const uuid = crypto.randomUUID()
+    const refs = pool.lazyRefs(uuid)
+    for (let i = 2; i < 8; i++) await refs.push(i, hash(data[i]))
+    t.true(fs.existsSync(refsFile(dir, uuid)), 'the first batch is in the file')
+    await refs.discard()
+    t.false(fs.existsSync(refsFile(dir, uuid)), 'discarded: the file goes')
+    const again = pool.lazyRefs(uuid)
+    for (let i = 2; i < 8; i++) await again.push(i, hash(data[i]))
+    await pool.close()
+    t.true(fs.existsSync(refsFile(dir, uuid)), 'as a kill mid-stream leaves it')
+    reopened = Pool.open(dir, { blockBytes: bs, workers: 1 })
+    t.false(fs.existsSync(refsFile(dir, uuid)), 'no backup has its identity: removed as the pool opens')
+  } finally { await (reopened ?? pool).close() }
+})
