@@ -300,7 +300,7 @@ export const importBatchFrames = 16384
 /**
  * References per batch of a lazy pull's references file (volume/lazy-refs.ts): appended to the file
  * together as they arrive, and applied together after the reply (look-ups, catalog.log's record, one
- * transaction, the map's sets, under the maintenance lock): the most either side holds in memory (640 KiB
+ * transaction, the map's sets, under the maintenance lock): the most either side holds in memory (704 KiB
  * of records), and what a read past the head waits for (its own batch, taken next).
  */
 export const lazyRefsBatchRefs = importBatchFrames

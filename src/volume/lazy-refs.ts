@@ -29,12 +29,13 @@
  *    order or not, set the same entries; a chunk gc freed meanwhile is made absent and fetched).
  */
 import fs from 'node:fs'
+import { crc32 } from 'node:zlib'
 import path from 'node:path'
 import { ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, invalid } from '../errors'
 import { lazyDir } from '../format/pool-format'
 import { chunkEntry } from '../format/map-format'
-import { refBytes, refHashOffset, refIndexBytes, refsFormatVersion, refsHeaderBytes, refsMagic, refsSuffix } from '../format/lazy-refs-format'
+import { refBytes, refCrcOffset, refHashBytes, refHashOffset, refIndexBytes, refsFormatVersion, refsHeaderBytes, refsMagic, refsSuffix } from '../format/lazy-refs-format'
 import type { FileIo } from '../io/file-io'
 import { testPause } from '../remote/test-pause'
 import type { Committer } from './commit'
@@ -57,6 +58,11 @@ export interface LazyRefsSeams {
   beforeBatch?: (batch: number) => Promise<void>
   /** Under the lock, every batch applied, before the commit that writes them. */
   beforeCommit?: () => Promise<void>
+}
+
+/** Whether the record at `at` of `bytes` holds the CRC-32 of its bytes before the CRC. */
+function recordIntact (bytes: Buffer, at: number): boolean {
+  return (crc32(bytes.subarray(at, at + refCrcOffset)) >>> 0) === bytes.readUInt32LE(at + refCrcOffset)
 }
 
 export function refsFile (poolDir: string, uuid: string): string { return path.join(poolDir, lazyDir, `${uuid}${refsSuffix}`) }
@@ -120,6 +126,7 @@ export class LazyRefs {
     this.buffer.writeUIntLE(index, at, refIndexBytes)
     this.buffer.writeUInt16LE(0, at + refIndexBytes)
     hash.copy(this.buffer, at + refHashOffset)
+    this.buffer.writeUInt32LE(crc32(this.buffer.subarray(at, at + refCrcOffset)) >>> 0, at + refCrcOffset)
     this.used++
     this.heldMax = Math.max(this.heldMax, this.used)
     if (this.first < 0) this.first = index
@@ -350,10 +357,11 @@ class RefsReader {
 
   async close (): Promise<void> { await this.io.close(this.fd) }
 
-  /** The block of record `record`. */
+  /** The block of record `record` (CORRUPT when the record fails its CRC). */
   private async blockOf (record: number): Promise<number> {
-    const bytes = Buffer.alloc(refIndexBytes)
+    const bytes = Buffer.alloc(refBytes)
     await this.readExactly(bytes, refsHeaderBytes + record * refBytes)
+    if (!recordIntact(bytes, 0)) throw corrupt(`lazy pull ${this.uuid}: its references file's record ${record} fails its CRC`)
     return bytes.readUIntLE(0, refIndexBytes)
   }
 
@@ -399,6 +407,7 @@ class RefsReader {
     await this.readExactly(bytes, refsHeaderBytes + readFrom * refBytes)
     let last = -1
     for (let at = 0; at < bytes.length; at += refBytes) {
+      if (!recordIntact(bytes, at)) throw corrupt(`lazy pull ${this.uuid}: its references file's record ${readFrom + at / refBytes} fails its CRC (batch ${batch})`)
       const index = bytes.readUIntLE(at, refIndexBytes)
       if (index <= last || index >= this.blocks || bytes.readUInt16LE(at + refIndexBytes) !== 0) throw corrupt(`lazy pull ${this.uuid}: its references file names block ${index} out of order or past the end (batch ${batch})`)
       last = index
@@ -526,7 +535,7 @@ async function applyBatch (state: PoolState, volume: Volume, uuid: string, bytes
   for (let from = 0; from < count; from += applySliceRefs) {
     if (from > 0) await yieldTurn()
     const hashes: Buffer[] = []
-    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) hashes.push(bytes.subarray(i * refBytes + refHashOffset, (i + 1) * refBytes))
+    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) hashes.push(bytes.subarray(i * refBytes + refHashOffset, i * refBytes + refHashOffset + refHashBytes))
     const known = state.catalog.chunksByHashes(hashes)
     for (const hash of hashes) {
       const key = hash.toString('hex')

@@ -21,6 +21,7 @@ import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
 import { LazyRefs, PendingMap, refsFile } from '../../src/volume/lazy-refs'
 import { blake3Hex } from '../../src/remote/remote-format'
+import { refBytes, refsHeaderBytes } from '../../src/format/lazy-refs-format'
 
 const waitMs = 20_000
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
@@ -433,4 +434,33 @@ test('a stream that ends without its backup removes its references file; one lef
     reopened = Pool.open(dir, { blockBytes: bs, workers: 1 })
     t.false(fs.existsSync(refsFile(dir, uuid)), 'no backup has its identity: removed as the pool opens')
   } finally { await (reopened ?? pool).close() }
+})
+
+test('a damaged record of the references file is refused, never mapped: block 7\'s record turned into block 8\'s (still in order) fails its CRC, and the batch sets nothing', async t => {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-refs-')), 'pool')
+  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
+  const lines: string[] = []
+  const pool = Pool.open(dir, { create: true, blockBytes: bs, workers: 1, log: line => lines.push(line) })
+  try {
+    const data = sourceData()
+    const held = gate()
+    pool.lazyRefsSeams = { beforeApply: async () => await held.promise }
+    const { backup, uuid } = await pendingPull(pool, 'b.img', data)
+    // The references are blocks 2-7 and 9-15 (8 is a hole): block 7's is the sixth record. As block 8's
+    // the file is still in block order, so only the record's CRC tells (block 8 would read block 7's
+    // bytes, and block 7 the map's 0).
+    const file = refsFile(dir, uuid)
+    const bytes = fs.readFileSync(file)
+    const at = refsHeaderBytes + 5 * refBytes
+    t.is(bytes.readUIntLE(at, 6), 7)
+    bytes.writeUIntLE(8, at, 6)
+    fs.writeFileSync(file, bytes)
+    held.open()
+    for (let i = 0; i < 400 && !lines.some(line => /were not applied/.test(line)); i++) await new Promise(resolve => setTimeout(resolve, 25))
+    t.true(lines.some(line => /record 5 fails its CRC/.test(line)), lines.join('\n'))
+    t.not(backup.pendingMap, null, 'still pending: its reads past the head wait, then fail')
+    t.is(backup.map.get(8), 0, 'block 8 not mapped to block 7\'s chunk')
+    t.is(backup.map.get(7), 0)
+    t.true(fs.existsSync(file), 'the file is kept for the next open')
+  } finally { await pool.close() }
 })
