@@ -44,7 +44,7 @@ async function main (): Promise<void> {
       const name = `lazy-${n++}`
       const mnt = pools.mount(name, remote, options === undefined ? {} : { NODE_OPTIONS: options })
       const run = lazyPull(rgw.env, mnt, 'bench', pushed.id, 'lazy', path.join(a, 'backups', 'b1.img'))
-      const daemonLog = fs.readFileSync(path.join(pools.pool(name), 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('lazy pull timing') || line.includes('import: backup'))
+      const daemonLog = fs.readFileSync(path.join(pools.pool(name), 'daemon.log'), 'utf8').split('\n').filter(line => line.includes('lazy pull timing') || line.includes('import: backup') || line.includes('references applied'))
       console.log(`run ${n}: command ${run.command.toFixed(2)} s, first MiB ${run.firstMiB.toFixed(2)} s, from the command ${run.firstMiBFromCommand.toFixed(2)} s, middle MiB ${run.middleMiB.toFixed(2)} s; load ${run.loadBefore} before, ${run.loadAfter} after`)
       console.log(run.trace.map(line => '  ' + line).join('\n'))
       console.log(daemonLog.map(line => '  daemon: ' + line).join('\n'))

@@ -308,6 +308,13 @@ export const importBatchBlocks = 256
  * memory at most), so a lazy pull of a 1 GiB image stores its 16,384 references in one batch, not 64.
  */
 export const importBatchFrames = 16384
+/**
+ * References per batch of a lazy pull's references file (volume/lazy-refs.ts): appended to the file
+ * together as they arrive, and applied together after the reply (look-ups, catalog.log's record, one
+ * transaction, the map's sets, under the maintenance lock): the most either side holds in memory (704 KiB
+ * of records), and what a read past the head waits for (its own batch, taken next).
+ */
+export const lazyRefsBatchRefs = importBatchFrames
 /** The most chunk ids one lazyMissing request may ask about (a hydrator asks a batch of a manifest at a time). */
 export const lazyMissingHashesMax = 4096
 /**

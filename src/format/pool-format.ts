@@ -23,6 +23,8 @@ export const packsDir = 'packs'
  * repair reads the packs here to bring back chunks the maps need.
  */
 export const quarantineDir = 'quarantine'
+/** A lazy pull's references applied after its reply (volume/lazy-refs.ts): UUID.refs while they are applied. */
+export const lazyDir = 'lazy'
 /** Daemon log and pid, for people. */
 export const daemonLogFile = 'daemon.log'
 export const daemonPidFile = 'daemon.pid'
@@ -87,6 +89,6 @@ export function quarantinedKind (name: string): 'pack' | 'extent' | null {
  * journal, and a `.tmp` file of an atomic rewrite in progress.
  */
 export function isPoolFile (name: string): boolean {
-  const known = [poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, daemonLogFile, daemonPidFile, fuseHandlesFile]
+  const known = [poolHeaderFile, catalogFile, `${catalogFile}-wal`, `${catalogFile}-shm`, catalogLogFile, extentsDir, packsDir, quarantineDir, lazyDir, daemonLogFile, daemonPidFile, fuseHandlesFile]
   return known.includes(name) || name.startsWith(`${catalogFile}.damaged-`) || name.endsWith('.tmp') || journalSeqOfFile(name) !== null
 }

@@ -371,6 +371,9 @@ export class FastReads {
    */
   learn (volume: Volume, offset: number, length: number): void {
     if (this.native === null || this.session === null || length <= 0) return
+    // A lazy pull's backup whose references are still being applied (volume/lazy-refs.ts): no word until
+    // they are, so no block not mapped yet is served natively as a hole (its map entry is still 0).
+    if (volume.pendingMap !== null) return
     const known = this.known(volume)
     if (known === null) return
     // The lease first (a first lease marks the published pages to publish again, below).

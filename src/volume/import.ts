@@ -138,6 +138,12 @@ export class Importer {
   async finishGroup (group: string, keys: string[]): Promise<Volume[]> {
     checkName(group)
     if (keys.length === 0 || new Set(keys).size !== keys.length) throw invalid('a group import needs its members, each once')
+    // Bases still being mapped (lazy pulls' backups) are waited for outside the lock (finish's comment),
+    // before the members are checked: nothing below awaits between that check and the lock's own checks.
+    for (const key of keys) {
+      const staged = this.staged.get(key)
+      if (staged !== undefined) await baseOf(this.state, staged.spec)?.mapped()
+    }
     const members = keys.map(key => {
       const staged = this.staged.get(key)
       if (staged === undefined || this.running.has(key)) throw new VdiskError('NOT_FOUND', `no staged import ${key} (its stream was not received whole, or the daemon restarted): import the group again`)
@@ -213,6 +219,8 @@ export class ImportSession {
   /** The highest block index received so far (-1: none): every later one must be above it. */
   private lastIndex = -1
   private readonly blocks: number
+  /** The stream's blocks (its size in blocks). */
+  get blockCount (): number { return this.blocks }
   /**
    * A new lazy pull's rows, kept here rather than in the catalog's import_blocks, where they were written,
    * read back for the map and deleted by the commit (about 50 ms of CPU of a warm daemon per 15,000):
@@ -411,7 +419,11 @@ export class ImportSession {
    * size; then one commit that inserts it with the stream's identity and drops the import's rows.
    * Call only after the stream's trailer checked and the last batch was stored.
    */
-  async finish (): Promise<Volume> {
+  async finish (inserted?: (volume: Volume) => void): Promise<Volume> {
+    // A base whose own references are still being applied (a lazy pull's backup) is copied only once
+    // they are: waited for here, outside the maintenance lock the apply takes (pending never comes back,
+    // and the base is checked again under the lock).
+    await baseOf(this.state, this.spec)?.mapped()
     // The name is held from here to the end: a backup of the same name waits for the import (and the
     // import for a backup holding it first), so neither fails with EXISTS for a name that never existed.
     const key = `backup/${this.name}`
@@ -420,13 +432,17 @@ export class ImportSession {
       return this.state.reserveName(key)
     })
     try {
-      return await this.finishHolding()
+      return await this.finishHolding(inserted)
     } finally {
       release()
     }
   }
 
-  private async finishHolding (): Promise<Volume> {
+  /**
+   * `inserted` runs in the synchronous step that inserts the volume, before its commit (a lazy pull's
+   * pending state, lazy-refs.ts).
+   */
+  private async finishHolding (inserted?: (volume: Volume) => void): Promise<Volume> {
     return await this.exclusive(async () => {
       const state = this.state
       const base = new Importer(state, this.committer, this.exclusive).checkTarget(this.spec, this.name)
@@ -438,6 +454,7 @@ export class ImportSession {
       this.checkNameFree()
       state.catalog.expectVolume(volume.id, this.spec.uuid, this.spec.key)
       state.volumes.set(volume.id, volume)
+      inserted?.(volume)
       state.changed(volume)
       t = performance.now()
       await this.committer.commit()
@@ -499,6 +516,13 @@ async function buildImportMap (state: PoolState, spec: ImportSpec, lastIndex: nu
     await new Promise(resolve => setImmediate(resolve))
   }
   return map
+}
+
+/** The base backup of an incremental stream, if the pool has it (checked again under the lock: checkTarget). */
+function baseOf (state: PoolState, spec: ImportSpec): Volume | undefined {
+  if (spec.baseUuid === null) return undefined
+  const id = state.catalog.volumeByUuid(spec.baseUuid)
+  return id === undefined ? undefined : state.volumes.get(id)
 }
 
 /** The backup an import makes, not yet in the pool: the caller inserts it (and its identity) and commits. */

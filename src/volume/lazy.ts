@@ -29,7 +29,8 @@ export interface HydratorSession { want: (hash: Buffer) => void }
 
 interface Waiter { promise: Promise<void>, resolve: () => void, waiting: number }
 
-export interface LazyPullProgress { uuid: string, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean, startedMs: number }
+/** A pull's progress; `pending`: its references are still being applied (chunks and missing count them all, an upper bound). */
+export interface LazyPullProgress { uuid: string, remote: string, manifest: string, chunks: number, missing: number, hydrator: boolean, startedMs: number, pending: boolean }
 
 export class LazyPulls {
   private readonly pulls = new Map<string, LazyPullRow>()
@@ -37,6 +38,11 @@ export class LazyPulls {
   private readonly missing = new Map<string, number>()
   private readonly waiters = new Map<number, Waiter>()
   private readonly sessions = new Map<string, HydratorSession>()
+  /**
+   * Pulls whose references are still being applied (lazy-refs.ts): their lists are not whole yet, so
+   * none of them is done (a list down to 0 meanwhile counts again at settled()).
+   */
+  private readonly pending = new Map<string, number>()
   readonly waitMs: number
 
   constructor (
@@ -55,7 +61,8 @@ export class LazyPulls {
    * Loads the pulls in progress: takes off the lists the chunks that are here already (or gone), and
    * drops the pulls whose backup is gone and whose import is too.
    */
-  open (): void {
+  open (pending: Iterable<[string, number]> = []): void {
+    for (const [uuid, refs] of pending) this.pending.set(uuid, refs)
     const imports = new Set(this.catalog.imports().map(row => row.key))
     this.catalog.transaction(() => {
       for (const id of this.catalog.presentLazyChunks()) this.catalog.deleteLazyChunk(id)
@@ -65,7 +72,7 @@ export class LazyPulls {
     })
     const counts = this.catalog.lazyChunkCounts()
     for (const row of this.catalog.lazyPulls()) {
-      if (this.catalog.volumeByUuid(row.uuid) !== undefined && (counts.get(row.uuid) ?? 0) === 0) { this.catalog.transaction(() => this.catalog.deleteLazyPull(row.uuid)); continue }
+      if (this.catalog.volumeByUuid(row.uuid) !== undefined && (counts.get(row.uuid) ?? 0) === 0 && !this.pending.has(row.uuid)) { this.catalog.transaction(() => this.catalog.deleteLazyPull(row.uuid)); continue }
       this.pulls.set(row.uuid, row)
       this.missing.set(row.uuid, counts.get(row.uuid) ?? 0)
     }
@@ -85,13 +92,31 @@ export class LazyPulls {
     this.catalog.transaction(() => this.catalog.putLazyPull(withTotal))
     this.pulls.set(uuid, withTotal)
     this.missing.set(uuid, missing)
-    if (missing === 0) this.complete(uuid)
+    if (missing === 0 && !this.pending.has(uuid)) this.complete(uuid)
+  }
+
+  /**
+   * Pull `uuid`'s `refs` references are about to be applied after the reply (lazy-refs.ts): it is not done
+   * before settled(), and until then its progress counts them as chunks to fetch (an upper bound: some
+   * may be here already, or share a chunk).
+   */
+  markPending (uuid: string, refs: number): void { this.pending.set(uuid, refs) }
+
+  /** Pull `uuid`'s references are applied and committed: its list is whole; counted (and done when empty). */
+  settled (uuid: string): void {
+    if (!this.pending.delete(uuid)) return
+    // Counted from the catalog: the apply listed only chunks absent under the maintenance lock, and a fill
+    // since (filled(), after the lock) took its chunk off the list in the same transaction.
+    this.started(uuid)
   }
 
   get (uuid: string): LazyPullRow | undefined { return this.pulls.get(uuid) }
 
   progress (): LazyPullProgress[] {
-    return [...this.pulls.values()].map(row => ({ uuid: row.uuid, remote: row.remote, manifest: row.manifest, chunks: row.chunks, missing: this.missing.get(row.uuid) ?? 0, hydrator: this.sessions.has(row.uuid), startedMs: row.startedMs }))
+    return [...this.pulls.values()].map(row => {
+      const refs = this.pending.get(row.uuid) ?? 0
+      return { uuid: row.uuid, remote: row.remote, manifest: row.manifest, chunks: row.chunks + refs, missing: (this.missing.get(row.uuid) ?? 0) + refs, hydrator: this.sessions.has(row.uuid), startedMs: row.startedMs, pending: this.pending.has(row.uuid) }
+    })
   }
 
   /**
@@ -162,7 +187,7 @@ export class LazyPulls {
         for (const uuid of this.catalog.lazyPullsOfChunk(id)) {
           const left = (this.missing.get(uuid) ?? 1) - 1
           this.missing.set(uuid, left)
-          if (left === 0 && this.pulls.has(uuid)) done.push(uuid)
+          if (left === 0 && this.pulls.has(uuid) && !this.pending.has(uuid)) done.push(uuid)
         }
         this.catalog.deleteLazyChunk(id)
       }

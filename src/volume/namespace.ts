@@ -493,6 +493,9 @@ export class Namespace {
    * nothing is restored: restore that member with `restore` to another image).
    */
   async restoreGroup (group: string, options: { force?: boolean } = {}): Promise<Array<{ backup: Volume, target: Volume }>> {
+    // A member whose references are still being applied (a lazy pull's) is waited for first; the
+    // members and targets are found after that await.
+    for (const backup of this.groupMembers(group)) await backup.mapped()
     const members = this.groupMembers(group)
     const pairs = members.map(backup => {
       const target = this.liveSource(backup)
@@ -518,6 +521,7 @@ export class Namespace {
    * each name held from its check to the creation. Errors: EXISTS, INVALID, NOT_FOUND.
    */
   async cloneGroup (group: string, names: (backup: Volume) => string): Promise<Volume[]> {
+    for (const backup of this.groupMembers(group)) await backup.mapped()
     const members = this.groupMembers(group)
     const wanted = members.map(names)
     if (new Set(wanted).size !== wanted.length) throw invalid('two clones of the group would have one name')
@@ -537,6 +541,8 @@ export class Namespace {
   /** Creates a writable copy-on-write clone standing on a backup. */
   async clone (backup: Volume, name: string): Promise<Volume> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
+    // Its map whole first (a lazy pull's references applied); still here is checked in the step below.
+    await backup.mapped()
     // The backup may be removed while the name is waited for: checked in the turn the clone is made.
     const clone = await this.withFreeName('clone', name, () => {
       this.checkStillHere(backup)
@@ -558,6 +564,7 @@ export class Namespace {
    */
   async copy (source: Volume, name: string): Promise<Volume> {
     if (source.kind === 'backup') {
+      await source.mapped()
       const copy = await this.withFreeName('disk', name, () => {
         this.checkStillHere(source)
         return this.newVolume('disk', name, source.size, source.map.copyRoot(), source.map, null)
@@ -613,6 +620,8 @@ export class Namespace {
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}, not a backup`)
     if (target.kind === 'backup') throw readOnly(`backup ${target.name}`)
+    // The backup's map whole first (a lazy pull's); both are checked again after the awaits below.
+    await backup.mapped()
     await this.inUse(target, options.force === true)
     await target.pause()
     try {

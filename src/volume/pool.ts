@@ -14,14 +14,15 @@
  * Errors: open() throws INVALID (not a pool, newer format), BUSY (in use), CORRUPT, IO; namespace
  * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
  */
+import fs from 'node:fs'
 import path from 'node:path'
 import { Catalog, ChunkRow, ImportRow, VolumeKind } from '../catalog/catalog'
 import { VdiskError, corrupt } from '../errors'
 import { ChunkCacheStats } from '../chunk/chunk-cache'
 import { entryChunkId, entryKind, entryKindChunk } from '../format/map-format'
 import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
-import { PoolHeader, catalogFile, extentsDir, packsDir } from '../format/pool-format'
-import { assertLimits, packLiveFractionMin, sealBatchBlocks } from '../limits'
+import { PoolHeader, catalogFile, extentsDir, lazyDir, packsDir } from '../format/pool-format'
+import { assertLimits, lazyRefsBatchRefs, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
@@ -29,6 +30,7 @@ import type { NativeWrites } from '../extent/delta-extent'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
+import { LazyRefs, LazyRefsSeams, PendingMap, applyRefs, leftoverRefs, peekRefs, refsFile } from './lazy-refs'
 import { GcReport, Maintenance, MarkSeams } from './maintenance'
 import { BackupTiming, Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
@@ -122,13 +124,68 @@ export class Pool {
       const volume = id === undefined ? undefined : this.state.volumes.get(id)
       return volume === undefined ? null : volume.label
     })
-    this.lazy.open()
+    // A lazy pull's references left to apply (lazy-refs.ts): the backup is pending before the pool serves
+    // anything, and they are applied again below; a file whose backup never appeared (killed before its
+    // commit) or is gone is removed.
+    const leftover: Array<{ volume: Volume, uuid: string, count: number }> = []
+    for (const uuid of leftoverRefs(dir)) {
+      const id = this.state.catalog.volumeByUuid(uuid)
+      const volume = id === undefined ? undefined : this.state.volumes.get(id)
+      if (volume === undefined) { fs.rmSync(refsFile(dir, uuid), { force: true }); continue }
+      const { count, first } = peekRefs(dir, uuid)
+      volume.pendingMap = this.pendingMapOf(volume, uuid, first)
+      leftover.push({ volume, uuid, count })
+    }
+    this.lazy.open(leftover.map(l => [l.uuid, l.count]))
     this.state.chunks.absent = this.lazy
     // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
     // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
     this.countsLoaded = this.committer.loadStoredCounts()
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
+    for (const { volume, uuid } of leftover) this.startApply(volume, uuid)
+  }
+
+  /** Test seams of a lazy pull's apply after the reply (lazy-refs.ts). */
+  lazyRefsSeams: LazyRefsSeams = {}
+  /** References per batch of a lazy pull's file, written and applied (limits.ts; tests set fewer). */
+  lazyRefsBatchRefs = lazyRefsBatchRefs
+
+  /** The writer of lazy pull `uuid`'s references file (lazy-refs.ts), for its stream; finishLazy takes it. */
+  lazyRefs (uuid: string): LazyRefs { return new LazyRefs(this.state.io, refsFile(this.dir, uuid), this.lazyRefsBatchRefs) }
+
+  private pendingMapOf (volume: Volume, uuid: string, from: number): PendingMap {
+    return new PendingMap(from, this.lazy.waitMs, () => {
+      const row = this.lazy.get(uuid)
+      return `lazy pull ${volume.label}${row === undefined ? '' : ` from remote ${row.remote} (backup ${row.manifest})`}`
+    })
+  }
+
+  /** Applies a pending backup's references behind the reply (lazy-refs.ts); a failure is logged, the backup stays pending. */
+  private startApply (volume: Volume, uuid: string): void {
+    setImmediate(() => {
+      const context = { state: this.state, committer: this.committer, lazy: this.lazy, exclusive: async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work), seams: this.lazyRefsSeams, batchRefs: this.lazyRefsBatchRefs }
+      applyRefs(context, volume, uuid).catch(err => this.state.log(`lazy pull: ${volume.label}: its references were not applied (${(err as Error).message}); the next open applies them`))
+    })
+  }
+
+  /**
+   * Makes a lazy pull's backup (the import's finish) with the head's map, its references `refs` applied
+   * after (lazy-refs.ts): the file made durable first, the backup pending from the step that inserts
+   * it, the apply started once its commit is done. No references: an ordinary finish. The file is the
+   * backup's once it is inserted (refs.kept); before, the caller's discard() removes it.
+   */
+  async finishLazy (session: ReturnType<Importer['begin']>, refs: LazyRefs): Promise<Volume> {
+    if (refs.count === 0) return await session.finish()
+    const uuid = session.spec.uuid
+    await refs.seal()
+    const volume = await session.finish(made => {
+      refs.kept = true
+      made.pendingMap = this.pendingMapOf(made, uuid, refs.first)
+      this.lazy.markPending(uuid, refs.count)
+    })
+    this.startApply(volume, uuid)
+    return volume
   }
 
   /** Whether the open took gc's reference counts from the last clean close (the first gc then needs no full mark). */
@@ -153,6 +210,7 @@ export class Pool {
     assertLimits(header.blockBytes)
     makeDurableDirectory(dir, extentsDir)
     makeDurableDirectory(dir, packsDir)
+    makeDurableDirectory(dir, lazyDir)
     const catalog = Catalog.open(path.join(dir, catalogFile), true)
     try {
       return new Pool(dir, header, catalog, options)
@@ -232,7 +290,11 @@ export class Pool {
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, 'data', async () => await this.namespace.restore(backup, target, options)) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
-  async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> { return await copyRange(this.state, source, target, from, to, length) }
+  async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> {
+    // A source whose references are still being applied (a lazy pull's) is copied once they are; copyRange checks both volumes after its own awaits.
+    await source.mapped()
+    return await copyRange(this.state, source, target, from, to, length)
+  }
   async promote (clone: Volume, name: string): Promise<void> { await this.changing(clone, 'name', async () => await this.namespace.promote(clone, name)) }
   async backupGroup (sources: Volume[], names: string[], group: string): Promise<Volume[]> { return await this.namespace.backupGroup(sources, names, group) }
   groupMembers (group: string): Volume[] { return this.namespace.groupMembers(group) }
@@ -283,6 +345,9 @@ export class Pool {
 
   /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */
   async allocationMap (volume: Volume): Promise<AllocationRange[]> {
+    // Blocks not mapped yet (a lazy pull's references) would show as holes (SEEK_HOLE, a sparse copy
+    // skipping them): waited for; the backing volume is looked up after that await.
+    await volume.mapped()
     const backing = volume.kind === 'clone' ? this.namespace.liveSource(volume) : undefined
     return await allocationMap(volume, backing, this.state.pages, this.blockBytes)
   }
@@ -365,7 +430,13 @@ export class Pool {
   /** Imports in progress, with how many blocks each has recorded. */
   importsInProgress (): Array<ImportRow & { blocks: number }> { return this.state.catalog.imports().map(row => ({ ...row, blocks: this.state.catalog.importBlockCount(row.key) })) }
   /** The blocks of `volume` that differ from `since` (all its blocks when null), computed in turns (map/diff.ts). */
-  async changedBlocks (volume: Volume, since: Volume | null): Promise<ChangedSet> { return await changedBlockSet(volume, since, this.state.pages, this.blockBytes) }
+  async changedBlocks (volume: Volume, since: Volume | null): Promise<ChangedSet> {
+    await volume.mapped()
+    await since?.mapped()
+    return await changedBlockSet(volume, since, this.state.pages, this.blockBytes)
+  }
+  /** Waits until every one of `volumes` has its map whole (a lazy pull's references applied: lazy-refs.ts); check them again after. */
+  async mapped (...volumes: Volume[]): Promise<void> { for (const volume of volumes) await volume.mapped() }
   /** The byte ranges where two volumes differ (map/diff.ts). */
   differingRanges (older: Volume, newer: Volume): ReturnType<typeof differingRanges> { return differingRanges(older, newer, this.state.pages, this.blockBytes) }
   /** The BLAKE3 id of the chunk a map entry names; null for any other entry. */

@@ -26,6 +26,7 @@ import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
 import { isHiddenName } from './names'
 import type { ChangeJournal } from './journal'
+import type { PendingMap } from './lazy-refs'
 
 /** What a volume needs from its pool: the extents, and a writable extent for new blocks. */
 export interface VolumeContext {
@@ -70,6 +71,12 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   rowDeferred = false
   /** False until the row is first committed. */
   persisted = false
+  /**
+   * A lazy pull's backup whose references are still being applied after the reply (lazy-refs.ts):
+   * blocks from pendingMap.from on are not mapped yet. Set in the step that inserts the volume (or as
+   * the pool opens), null once they are all committed; never set again.
+   */
+  pendingMap: PendingMap | null = null
   /**
    * Open handles on this volume (files and loop devices holding the image, as the FUSE adapter counts
    * them): `rm` and `restore` refuse while there are any, unless forced.
@@ -171,6 +178,21 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     const length = Math.max(0, Math.min(target.length, this.size - position))
     if (length === 0) return 0
     const blockBytes = this.context.blockBytes
+    // A block not mapped yet (a lazy pull's references still being applied) is never read as the map's
+    // 0: the read waits for the batches holding its blocks (the apply takes them next), then reads the
+    // map as it is then (below, after the await).
+    const pending = this.pendingMap
+    const last = Math.floor((position + length - 1) / blockBytes)
+    if (pending !== null && last >= pending.from) {
+      const first = Math.max(pending.from, Math.floor(position / blockBytes))
+      await pending.waitBlocks(first, last, this.describe(first, 0, blockBytes))
+    } else if (pending !== null) return await pending.headRead(async () => await this.readMapped(target, position, length))
+    return await this.readMapped(target, position, length)
+  }
+
+  /** read() of `length` bytes (inside the size) once the blocks they touch are mapped. */
+  private async readMapped (target: Buffer, position: number, length: number): Promise<number> {
+    const blockBytes = this.context.blockBytes
     const reads: Array<Promise<void>> = []
     // Blocks stored as chunks go to the workers together, in one task.
     const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
@@ -197,6 +219,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    */
   async readBlocks (blocks: Array<{ block: number, target: Buffer }>): Promise<void> {
     const blockBytes = this.context.blockBytes
+    await this.mapped()
     const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
     const reads: Array<Promise<unknown>> = []
     for (const { block, target } of blocks) {
@@ -216,6 +239,16 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (failure !== null && moved.length === 0) throw failure
     await Promise.all(moved.map(async c => await this.readBlock(c.block, c.offset, c.target)))
     if (failure !== null && moved.length < chunked.length) throw failure
+  }
+
+  /**
+   * Waits until every block of the map is set (a lazy pull's references applied: pendingMap), at most
+   * the lazy wait, then IO naming the pull. A caller that checked anything of the pool before must
+   * check it again after this await.
+   */
+  async mapped (): Promise<void> {
+    const pending = this.pendingMap
+    if (pending !== null) await pending.wait(this.label)
   }
 
   private describe (block: number, offset: number, length: number): string {

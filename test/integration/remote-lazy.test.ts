@@ -367,3 +367,96 @@ test.serial('hydration resumes at the next mount by itself: after SIGKILL of the
   const logs = fs.readdirSync(path.dirname(pulled.hydratorLog as string)).filter(f => f === path.basename(pulled.hydratorLog as string))
   t.is(logs.length, 1, 'the resumed hydrators log where the first did')
 })
+
+/**
+ * Pool a with a backup pushed (pushed()'s image), and pool b mounted with its daemon's apply of a lazy
+ * pull's references paused (test hook lazy-apply, docs/REMOTE.md "The references after the reply") in
+ * directory `applyPause`: the daemon, and any daemon its holder starts, stops there until lazy-apply.go.
+ */
+async function pushedApplyPaused (t: ExecutionContext, prefix: string): Promise<{ b: TestMount, id: string, source: string, files: string, applyPause: string }> {
+  const a = await withMount(t)
+  const files = scratch(t)
+  const applyPause = fs.mkdtempSync(path.join(files, 'apply-'))
+  process.env.VDISKFS_TEST_REMOTE_PAUSE = applyPause
+  process.env.VDISKFS_TEST_REMOTE_PAUSE_AT = 'lazy-apply'
+  let b: TestMount
+  try {
+    b = await withMount(t)
+  } finally {
+    delete process.env.VDISKFS_TEST_REMOTE_PAUSE
+    delete process.env.VDISKFS_TEST_REMOTE_PAUSE_AT
+  }
+  for (const m of [a, b]) await ok(t, 'remote', 'add', m.mnt, 'store', `s3://${bucket}/${prefix}`, '--endpoint', rgw.endpoint, '--grace-period', '3600')
+  const image = a.image('disks', 'web.img')
+  await run('truncate', ['-s', '64M', image])
+  await run('dd', [`if=${randomFile(files, 'low', 24)}`, `of=${image}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'])
+  await run('dd', [`if=${randomFile(files, 'high', 8)}`, `of=${image}`, 'bs=1M', 'seek=40', 'conv=notrunc,fsync', 'status=none'])
+  await ok(t, 'backup', image, 'b1')
+  const { id } = await json<{ id: string }>(t, 'push', a.image('backups', 'b1.img'), 'store')
+  return { b, id, source: a.image('backups', 'b1.img'), files, applyPause }
+}
+
+/** A read through the mount that does not hold the event loop (the test goes on while the daemon makes it wait). */
+async function readLater (file: string, offset: number, length: number): Promise<Buffer> {
+  const handle = await fs.promises.open(file, 'r')
+  try {
+    const buffer = Buffer.alloc(length)
+    const { bytesRead } = await handle.read(buffer, 0, length, offset)
+    return buffer.subarray(0, bytesRead)
+  } finally { await handle.close() }
+}
+
+/** Whether `promise` is still pending after a short while (the apply is paused: it cannot settle unless a read was answered before it). */
+async function stillPending (promise: Promise<unknown>): Promise<boolean> {
+  let settled = false
+  promise.then(() => { settled = true }, () => { settled = true })
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  return !settled
+}
+
+test.serial('pull --lazy replies before its references are applied: with the apply paused, reads past the head wait and then read the source\'s bytes (never zeros, the fast path on), and the pull ends equal', async t => {
+  const { b, id, source, files, applyPause } = await pushedApplyPaused(t, 'refs')
+  const { pulled, pause } = await lazyPaused(t, b, id, 'copy', files)
+  const copy = b.image('backups', 'copy.img')
+  await waitForFile(path.join(applyPause, 'lazy-apply.paused'), 'the apply paused after the reply')
+  t.true(fs.readdirSync(path.join(b.pool, 'lazy')).some(name => name.endsWith('.refs')), 'the references wait in their file')
+  // The head: answered by the engine, which publishes the fast path's words of the whole map page (the
+  // whole 64 MiB image) after it: none may say "hole" for a block not mapped yet.
+  t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB, at once')
+  t.deepEqual(readAt(copy, 0, 65536), readAt(source, 0, 65536), 'the head again (the fast path may serve it now)')
+  const past = readLater(copy, 8 * mib, 65536)
+  const far = readLater(copy, 44 * mib + 4096, 200000)
+  t.true(await stillPending(past), 'a read past the head waits for the apply')
+  t.true(await stillPending(far))
+  fs.writeFileSync(path.join(applyPause, 'lazy-apply.go'), '')
+  t.deepEqual(await past, readAt(source, 8 * mib, 65536), 'the source\'s bytes, not zeros')
+  t.deepEqual(await far, readAt(source, 44 * mib + 4096, 200000), 'far past the walk: fetched on demand once mapped')
+  fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+  await whole(t, b)
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000), 'the hydrator exits once the backup is whole')
+  await run('cmp', [source, copy])
+  t.deepEqual(fs.readdirSync(path.join(b.pool, 'lazy')), [], 'the file went once applied')
+  await ok(t, 'verify', b.mnt)
+})
+
+test.serial('SIGKILL of the daemon with the references not yet applied: the holder\'s daemon applies them again before a read past the head is answered; the backup ends equal and verifies', async t => {
+  const { b, id, source, files, applyPause } = await pushedApplyPaused(t, 'refs-kill')
+  const { pulled, pause } = await lazyPaused(t, b, id, 'copy', files)
+  const copy = b.image('backups', 'copy.img')
+  const paused = path.join(applyPause, 'lazy-apply.paused')
+  await waitForFile(paused, 'the apply paused after the reply')
+  t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB')
+  fs.rmSync(paused)
+  await b.takeoverAfterKill()
+  // The new daemon found the file as the pool opened: the backup is pending again, its apply paused.
+  await waitForFile(paused, 'the apply paused again in the daemon that took the mount over')
+  const past = readLater(copy, 20 * mib, 65536)
+  t.true(await stillPending(past), 'a read past the head waits for the apply again')
+  fs.writeFileSync(path.join(applyPause, 'lazy-apply.go'), '')
+  t.deepEqual(await past, readAt(source, 20 * mib, 65536))
+  fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
+  await whole(t, b)
+  await run('cmp', [source, copy])
+  t.true(await waitForExit(pulled.hydratorPid as number, 60000))
+  await ok(t, 'verify', b.mnt)
+})

@@ -98,6 +98,11 @@ export function lazyHandlers ({ pool, log }: HandlerContext) {
       const hashes = args.hashes
       if (hashes.length > lazyMissingHashesMax || !hashes.every(h => hashPattern.test(h))) throw invalid(`hashes: up to ${lazyMissingHashesMax} BLAKE3 ids in hex`)
       const uuid = args.uuid
+      // Before its references are applied the pull's absent chunks are not all made: "none missing" would
+      // make the hydrator skip them. Waited for, then everything below is read after that await.
+      const id = pool.volumeIdByUuid(uuid)
+      const volume = id === undefined ? undefined : pool.byId(id)
+      if (volume !== undefined) await volume.mapped()
       pool.lazy.dropRemoved()
       if (pool.lazy.get(uuid) === undefined) return { inProgress: false, missing: [] }
       return { inProgress: true, missing: pool.lazy.missingHashes(uuid, hashes) }

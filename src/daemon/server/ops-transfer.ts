@@ -14,6 +14,7 @@ import { headerSourceLabelBytesMax } from '../../transfer/stream-format'
 import { createdMsMax, exportReadBlocks, exportReadsInFlight, importBatchBlocks, importBatchFrames } from '../../limits'
 import { ByteReader, errorFrame, frameData, frameEnd, frameHead, frameRef, frameZero, frameZstd, readFrame, readFrameNow, send } from '../../transfer/wire'
 import { ImportBlock } from '../../volume/import'
+import type { LazyRefs } from '../../volume/lazy-refs'
 import { Pool } from '../../volume/pool'
 import { Volume } from '../../volume/volume'
 import { HandlerContext, Handlers, StreamHandler, volumeArg } from './handler'
@@ -179,7 +180,7 @@ function beginImport (pool: Pool, args: { header: unknown, name: string }, lazy:
 }
 
 /** The end of a received stream: the member staged for its group, or the backup made (and a lazy pull's hydration started); the reply. */
-async function finishImport (pool: Pool, log: (line: string) => void, session: ImportSession, socket: net.Socket, stageOnly: boolean, lazy: boolean, remote: string): Promise<void> {
+async function finishImport (pool: Pool, log: (line: string) => void, session: ImportSession, socket: net.Socket, stageOnly: boolean, lazy: boolean, remote: string, refs: LazyRefs | null): Promise<void> {
   if (stageOnly) {
     await session.stage()
     log(`import: staged ${session.name} (identity ${session.spec.uuid}) for its group`)
@@ -187,12 +188,20 @@ async function finishImport (pool: Pool, log: (line: string) => void, session: I
     return
   }
   const started = Date.now()
-  const backup = await session.finish()
+  // A lazy pull's references are applied after the reply (volume/lazy-refs.ts): the backup is made with
+  // the head's map once they are durable in its file, and reads past the head wait for them.
+  const backup = refs !== null ? await pool.finishLazy(session, refs) : await session.finish()
   if (lazy) pool.lazy.started(session.spec.uuid)
   const c = session.counts
+  if (refs !== null) c.absentBlocks = refs.count
   log(`import: backup ${backup.name} (identity ${session.spec.uuid}${session.spec.baseUuid !== null ? `, on ${session.spec.baseUuid}` : ''}): ` +
     `${c.newChunks} new chunks, ${c.dedupedBlocks} already here, ${c.zeroBlocks} zero, ${c.resumedBlocks} from an interrupted import${lazy ? `, ${c.absentBlocks} to fetch from remote ${remote} (lazy pull)` : ''}`)
   socket.end(replyLine({ backup: { ...backup.info(), uuid: pool.volumeUuid(backup) }, ...session.counts, finishMs: Date.now() - started }))
+}
+
+/** A lazy pull's references file that no backup took (the stream failed or ended early) is removed; a failure is logged. */
+async function discardRefs (refs: LazyRefs | null, log: (line: string) => void): Promise<void> {
+  if (refs !== null) await refs.discard().catch(err => log(`lazy pull: its references file ${refs.file} was not removed: ${(err as Error).message}`))
 }
 
 /**
@@ -239,6 +248,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
   const lazy = op === 'lazyPullStream'
   // A group import's member (importGroupFinish makes the group): received whole and staged, no backup yet.
   const stageOnly = op === 'importStageStream'
+  // long: one loop over the stream's frames (the head, the batches' buffers, a lazy pull's references) and its one cleanup
   const importStream: StreamHandler<Op> = async (args, socket, rest) => {
     const remote = lazy ? (args as { remote?: string }).remote ?? '' : ''
     const timing = new ImportTiming()
@@ -269,6 +279,8 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     // them, or at importBatchFrames frames of any kind).
     let withBytes = 0
     let headStored = false
+    // A lazy pull's references, appended to its file a batch at a time and applied after the reply (volume/lazy-refs.ts).
+    const refs = lazy ? pool.lazyRefs(session.spec.uuid) : null
     const closeBatch = async (): Promise<void> => { const blocks = batch; batch = []; withBytes = 0; turn = 1 - turn; await storeBatch(blocks) }
     timing.begun = timing.now()
     try {
@@ -293,6 +305,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
         const withData = frame.kind === frameData || frame.kind === frameZstd
         // A lazy pull's head (its blocks with bytes, before its first reference): stored while the references arrive.
         if (lazy && frame.kind === frameRef && !headStored) { headStored = true; if (withBytes > 0) await closeBatch() }
+        if (refs !== null && refs.take(frame.index, frame.kind === frameRef ? frame.hash : null, session.blockCount)) { if (refs.full) await refs.append(); continue }
         batch.push({ index: frame.index, data: withData ? frame.data : null, hash: frame.kind === frameZero ? null : frame.hash, ...(frame.kind === frameZstd ? { zstd: true } : {}) })
         if (withData) withBytes++
         if (withBytes >= importBatchBlocks || batch.length >= importBatchFrames) await closeBatch()
@@ -301,7 +314,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
       await closeBatch()
       await storing
       timing.finishing = timing.now()
-      await finishImport(pool, log, session, socket, stageOnly, lazy, remote)
+      await finishImport(pool, log, session, socket, stageOnly, lazy, remote, refs)
       if (lazy) log(timing.line(session.timing))
     } catch (err) {
       // The reason first, then the connection goes: the CLI may be waiting to send more of the stream
@@ -312,6 +325,7 @@ function importHandler<Op extends 'importStream' | 'importStageStream' | 'lazyPu
     } finally {
       // The session ends (another import of the stream may begin) only once its last batch is stored.
       await storing.catch(() => {})
+      await discardRefs(refs, log)
       session.close()
       if (base !== undefined) await pool.released(base)
     }
@@ -334,6 +348,8 @@ export function transferHandlers (context: HandlerContext) {
     },
     lazyPullStream: importHandler(context, 'lazyPullStream'),
     diff: async args => {
+      // Maps still being set (a lazy pull's references) are waited for; the volumes are found again after.
+      await pool.mapped(volumeArg(pool, 'diff', args, 'older'), volumeArg(pool, 'diff', args, 'newer'))
       const older = volumeArg(pool, 'diff', args, 'older')
       const newer = volumeArg(pool, 'diff', args, 'newer')
       const { ranges, pagesRead } = pool.differingRanges(older, newer)
