@@ -118,9 +118,9 @@ export const commitPressureCheckMs = 50
  * writebackCheckMs, each extent in which native overwrites changed writebackKickBytes or more of
  * distinct pages since its last start gets its writeback started, so that a commit's fdatasync finds
  * about that much left instead of every page changed since the last commit (4 MiB of random 4 KiB
- * pages: 1,024 writes). At 20,000 4 KiB overwrites a second, a start every 100 ms; pages rewritten
- * again and again count once, so a hot set smaller than writebackKickBytes is left to the commit,
- * which writes each page once however often it changed.
+ * pages: 1,024 writes). At 20,000 4 KiB overwrites a second, a start every 100 ms. A page counts once
+ * between two commits, however often it is rewritten: a hot set smaller than writebackKickBytes is
+ * left to the commit, and no page's writeback is started twice before the commit writes it.
  */
 export const writebackCheckMs = 100
 export const writebackKickBytes = 4 * 1024 * 1024

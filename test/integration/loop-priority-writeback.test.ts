@@ -7,6 +7,7 @@
  * in security.test.ts (a user's mount).
  */
 import test from 'ava'
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import { run, vdiskfs, withMount, TestMount } from '../helpers/mount'
 
@@ -29,9 +30,13 @@ async function status (m: TestMount): Promise<{ eventLoopDelay: { policy?: strin
   return JSON.parse(result.stdout)
 }
 
-/** Overwrites `bytes` at `offset` of an image through O_DIRECT (each WRITE reaches the daemon at once). */
-async function overwrite (file: string, offset: number, bytes: number): Promise<void> {
-  await run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=64k', `seek=${offset / 65536}`, `count=${bytes / 65536}`, 'oflag=direct', 'conv=notrunc', 'status=none'])
+/**
+ * Overwrites `bytes` at `offset` through `fd`, opened O_DIRECT (each WRITE reaches the daemon at once).
+ * One descriptor kept open: a close flushes, and the commit that follows takes the extent and counts its
+ * pages afresh.
+ */
+function overwrite (fd: number, offset: number, bytes: number): void {
+  for (let at = offset; at < offset + bytes; at += 65536) fs.writeSync(fd, crypto.randomBytes(65536), 0, 65536, at)
 }
 
 async function kicksAfter (m: TestMount, waitMs: number): Promise<number> {
@@ -52,15 +57,18 @@ test.serial('the event loop runs at real-time priority as root, its other thread
   await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=1M', 'count=32', 'conv=fsync', 'status=none'])
   // First writes fill new slots in order (their own kick); they count nothing here.
   t.is(await kicksAfter(m, 300), 0)
-  // A hot set: 2 MiB rewritten five times is 10 MiB of writes but 512 distinct pages.
-  const written = (await status(m)).daemon.fuse3.fastWritten
-  for (let round = 0; round < 5; round++) await overwrite(disk, 4 * MiB, 2 * MiB)
-  t.true((await status(m)).daemon.fuse3.fastWritten - written >= 5 * 32, 'the overwrites were native')
-  t.is(await kicksAfter(m, 500), 0, 'a hot set smaller than the bound is left to the commit')
-  // 8 MiB of distinct pages: past the bound (4 MiB), the next check starts the extent's writeback.
-  await overwrite(disk, 16 * MiB, 8 * MiB)
+  const fd = fs.openSync(disk, fs.constants.O_WRONLY | fs.constants.O_DIRECT)
   let kicks = 0
-  for (let waited = 0; kicks === 0 && waited < 10000; waited += 100) kicks = await kicksAfter(m, 100)
+  try {
+    // A hot set: 2 MiB rewritten five times is 10 MiB of writes but 512 distinct pages.
+    const written = (await status(m)).daemon.fuse3.fastWritten
+    for (let round = 0; round < 5; round++) overwrite(fd, 4 * MiB, 2 * MiB)
+    t.true((await status(m)).daemon.fuse3.fastWritten - written >= 5 * 32, 'the overwrites were native')
+    t.is(await kicksAfter(m, 500), 0, 'a hot set smaller than the bound is left to the commit')
+    // 8 MiB of distinct pages more: past the bound (4 MiB), the next check starts the extent's writeback.
+    overwrite(fd, 16 * MiB, 8 * MiB)
+    for (let waited = 0; kicks === 0 && waited < 10000; waited += 100) kicks = await kicksAfter(m, 100)
+  } finally { fs.closeSync(fd) }
   t.true(kicks >= 1, `writebacks started: ${kicks}`)
 })
 
@@ -79,6 +87,9 @@ test.serial('VDISKFS_LOOP_REALTIME=0 keeps the normal priority; VDISKFS_WRITEBAC
   t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /event loop: normal priority \(VDISKFS_LOOP_REALTIME=0\)/)
   const disk = m.image('disks', 'd.img')
   await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=1M', 'count=32', 'conv=fsync', 'status=none'])
-  await overwrite(disk, 16 * MiB, 8 * MiB)
-  t.is(await kicksAfter(m, 1000), 0)
+  const fd = fs.openSync(disk, fs.constants.O_WRONLY | fs.constants.O_DIRECT)
+  try {
+    overwrite(fd, 16 * MiB, 8 * MiB)
+    t.is(await kicksAfter(m, 1000), 0)
+  } finally { fs.closeSync(fd) }
 })
