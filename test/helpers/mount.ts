@@ -195,6 +195,23 @@ export async function withMount (t: ExecutionContext, ...extra: string[]): Promi
   return mount
 }
 
+/**
+ * withMount with `env` in the daemon's environment (set for the mount command only: serial tests; the
+ * variables are restored after, whatever happens).
+ */
+export async function withMountEnv (t: ExecutionContext, env: Record<string, string>, ...extra: string[]): Promise<TestMount> {
+  const saved = Object.fromEntries(Object.keys(env).map(name => [name, process.env[name]]))
+  Object.assign(process.env, env)
+  try {
+    return await withMount(t, ...extra)
+  } finally {
+    for (const [name, value] of Object.entries(saved)) {
+      if (value === undefined) delete process.env[name]
+      else process.env[name] = value
+    }
+  }
+}
+
 export function sha256 (file: string): string {
   return execFileSync('sha256sum', [file], { encoding: 'utf8' }).split(' ')[0]
 }

@@ -9,7 +9,7 @@
 import test from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import { run, vdiskfs, withMount, TestMount } from '../helpers/mount'
+import { run, vdiskfs, withMount, withMountEnv, TestMount } from '../helpers/mount'
 
 const MiB = 1024 * 1024
 
@@ -73,15 +73,7 @@ test.serial('the event loop runs at real-time priority as root, its other thread
 })
 
 test.serial('VDISKFS_LOOP_REALTIME=0 keeps the normal priority; VDISKFS_WRITEBACK_KICK=0 starts no writeback', async t => {
-  process.env.VDISKFS_LOOP_REALTIME = '0'
-  process.env.VDISKFS_WRITEBACK_KICK = '0'
-  let m: TestMount
-  try {
-    m = await withMount(t)
-  } finally {
-    delete process.env.VDISKFS_LOOP_REALTIME
-    delete process.env.VDISKFS_WRITEBACK_KICK
-  }
+  const m = await withMountEnv(t, { VDISKFS_LOOP_REALTIME: '0', VDISKFS_WRITEBACK_KICK: '0' })
   t.is((await status(m)).eventLoopDelay.policy, 'normal')
   t.is(schedOf(m.pid, m.pid).policy, SCHED_OTHER)
   t.regex(fs.readFileSync(`${m.pool}/daemon.log`, 'utf8'), /event loop: normal priority \(VDISKFS_LOOP_REALTIME=0\)/)

@@ -14,7 +14,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import crypto from 'node:crypto'
-import { CliResult, TestMount, cli, execFileAsync, run, waitForExit, withMount } from '../helpers/mount'
+import { CliResult, TestMount, cli, execFileAsync, run, waitForExit, withMount, withMountEnv } from '../helpers/mount'
 import { lazyHeadBytes } from '../../src/cli/hydrator'
 import { Rgw, rgwAccessKey, rgwSecretKey, startRgw, randomFile, rgwCli, scratch as scratchDir } from '../helpers/rgw'
 
@@ -377,15 +377,7 @@ async function pushedApplyPaused (t: ExecutionContext, prefix: string): Promise<
   const a = await withMount(t)
   const files = scratch(t)
   const applyPause = fs.mkdtempSync(path.join(files, 'apply-'))
-  process.env.VDISKFS_TEST_REMOTE_PAUSE = applyPause
-  process.env.VDISKFS_TEST_REMOTE_PAUSE_AT = 'lazy-apply'
-  let b: TestMount
-  try {
-    b = await withMount(t)
-  } finally {
-    delete process.env.VDISKFS_TEST_REMOTE_PAUSE
-    delete process.env.VDISKFS_TEST_REMOTE_PAUSE_AT
-  }
+  const b = await withMountEnv(t, { VDISKFS_TEST_REMOTE_PAUSE: applyPause, VDISKFS_TEST_REMOTE_PAUSE_AT: 'lazy-apply' })
   for (const m of [a, b]) await ok(t, 'remote', 'add', m.mnt, 'store', `s3://${bucket}/${prefix}`, '--endpoint', rgw.endpoint, '--grace-period', '3600')
   const image = a.image('disks', 'web.img')
   await run('truncate', ['-s', '64M', image])
