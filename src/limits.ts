@@ -131,6 +131,8 @@ export const mountWatchIntervalMs = 1000
 /** Longest volume name in bytes (UTF-8): NAME_MAX, what a Linux filesystem accepts (see volume/names.ts). */
 export const volumeNameBytesMax = 255
 
+/** Volumes prune removes per commit (one commit for up to this many: two syncs, not two a backup). */
+export const pruneCommitVolumes = 1024
 /** Chunks verify and repair read and check at a time (one worker round trip each batch). */
 export const verifyBatchChunks = 8
 /** Map pages catalog.log's snapshot reads from the catalog and writes per record batch. */

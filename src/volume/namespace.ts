@@ -12,7 +12,7 @@ import assert from 'node:assert/strict'
 import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
-import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
+import { inUseGraceMs, inUsePollMs, noteBytesMax, pruneCommitVolumes } from '../limits'
 import { BlockMap, RootIds } from '../map/block-map'
 import { CommitTiming, Committer } from './commit'
 import { checkName, isHiddenName, libfuseNameOf, removedName } from './names'
@@ -247,6 +247,46 @@ export class Namespace {
     if (held) this.hide(volume)
     else this.forget(volume)
     await this.commit()
+  }
+
+  /**
+   * Removes units of volumes (prune: a backup, or the backups of one consistency group) with one
+   * commit for up to `pruneCommitVolumes` of them, not one each. A unit goes whole or stays whole: each
+   * member still here is checked (not protected, not open: prune does not wait for holders) and the
+   * unit forgotten with no await in between, so nothing opened or protected after the check is removed.
+   * Durable on return. Returns, per unit, null (removed) or why it stayed.
+   */
+  async removeUnits (units: Volume[][]): Promise<Array<VdiskError | null>> {
+    const results: Array<VdiskError | null> = []
+    let uncommitted = 0
+    for (const unit of units) {
+      const why = this.whyKept(unit)
+      if (why === null) {
+        for (const volume of unit) {
+          if (this.volumes.get(volume.id) !== volume) continue // removed since (rm): gone already
+          this.forget(volume)
+          uncommitted++
+        }
+      }
+      results.push(why)
+      if (uncommitted >= pruneCommitVolumes) {
+        await this.commit()
+        uncommitted = 0
+      }
+    }
+    if (uncommitted > 0) await this.commit()
+    return results
+  }
+
+  private whyKept (unit: Volume[]): VdiskError | null {
+    const group = unit.length > 1 ? `: its group ${unit[0].groupName ?? ''} is kept whole` : ''
+    for (const volume of unit) {
+      if (this.volumes.get(volume.id) !== volume) continue
+      if (volume.hidden) return notFound(volume.label)
+      if (volume.isProtected) return notPermitted(`${volume.label} is protected${group}`)
+      if (volume.openHandles > 0) return new VdiskError('BUSY', `${volume.label} is in use${group}`)
+    }
+    return null
   }
 
   /** NOT_PERMITTED for a protected backup: nothing removes it (rm, --force, prune) until it is unprotected. */

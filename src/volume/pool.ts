@@ -279,6 +279,18 @@ export class Pool {
   async rename (volume: Volume, newName: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.rename(volume, newName)) }
   /** rename(2) through the mount (the kernel's request). */
   async move (volume: Volume, kind: VolumeKind, name: string): Promise<void> { await this.changing(volume, 'name', async () => await this.namespace.move(volume, kind, name), true) }
+  /** Prune's removals: units (a backup, or a group's backups) removed whole or kept whole, one commit for many (Namespace.removeUnits). */
+  async removeUnits (units: Volume[][]): Promise<Array<VdiskError | null>> {
+    const before = units.map(unit => unit.map(volume => ({ kind: volume.kind, name: volume.name })))
+    try {
+      return await this.namespace.removeUnits(units)
+    } finally {
+      units.forEach((unit, i) => unit.forEach((volume, j) => {
+        if (this.byId(volume.id) !== volume) this.changed({ volume, names: [before[i][j]], data: false, byKernel: false })
+      }))
+    }
+  }
+
   async remove (volume: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.remove(volume, options)) }
   /** unlink(2) through the mount (the kernel's request). */
   async unlink (volume: Volume): Promise<void> { await this.changing(volume, 'gone', async () => await this.namespace.unlink(volume), true) }

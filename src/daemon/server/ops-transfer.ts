@@ -397,21 +397,19 @@ export function transferHandlers (context: HandlerContext) {
         }
       }), keep)
       const unitOf = new Map(chosen.map(members => [members.reduce((a, b) => a.id < b.id ? a : b).id, members]))
+      // Every unit to remove in one call: each kept whole if a member was removed, protected or opened
+      // since the decision (removals before it awaited), the rest removed with one commit, not one each.
+      const removing = args.dryRun === true ? [] : decisions.filter(d => !d.keep)
+      const outcomes = await pool.removeUnits(removing.map(d => unitOf.get(d.id) ?? []))
+      const outcomeOf = new Map(removing.map((d, i) => [d.id, outcomes[i]]))
       const results = []
       for (const d of decisions) {
-        const members = (unitOf.get(d.id) ?? []).filter(v => pool.byId(v.id) === v)
-        // Protected since the decision (removals before it awaited): kept, the whole group.
-        if (!d.keep && members.some(v => v.isProtected)) { d.keep = true; d.rule = 'protected' }
-        // A group with a member open is kept whole rather than cut in part.
-        const open = members.find(v => v.openHandles > 0)
-        for (const volume of members) {
-          let error: string | null = null
-          if (!d.keep && args.dryRun !== true) {
-            if (open !== undefined) error = `${open.label} is in use: its group ${volume.groupName ?? ''} is kept whole`
-            else try { await pool.remove(volume) } catch (err) { error = (err as Error).message }
-          }
-          const { groupKey: _key, id: _id, name: _name, ...shown } = d
-          results.push({ ...shown, id: volume.id, name: volume.name, createdMs: volume.createdMs, backupGroup: volume.groupName, removed: !d.keep && args.dryRun !== true && error === null, error })
+        const why = outcomeOf.get(d.id) ?? null
+        if (why !== null && why.code === 'NOT_PERMITTED') { d.keep = true; d.rule = 'protected' }
+        const { groupKey: _key, id: _id, name: _name, ...shown } = d
+        for (const volume of unitOf.get(d.id) ?? []) {
+          const removed = !d.keep && args.dryRun !== true && why === null
+          results.push({ ...shown, id: volume.id, name: volume.name, createdMs: volume.createdMs, backupGroup: volume.groupName, removed, error: why === null || d.keep ? null : why.message })
         }
       }
       return { dryRun: args.dryRun === true, backups: results }
