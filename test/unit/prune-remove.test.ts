@@ -108,6 +108,7 @@ test('prune beside rm of the same backups, a new backup and writes: each backup 
     t.false(left.includes('b00.img'))
     t.false(left.includes('b09.img'))
     t.true(left.includes('b12.img'))
+    // eslint-disable-next-line require-atomic-updates -- the operations above are all settled: the test's own pool, reopened in sequence
     pool = await reopen()
     t.deepEqual(backupNames(pool), left)
     const again = await prune(pool, { last: 4 })
