@@ -8,6 +8,7 @@ import test from 'ava'
 import crypto from 'node:crypto'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
+import { sectorCrcNative, sectorMatches, sectorSum } from '../../src/format/extent-format'
 
 const addon = require(process.env.VDISKFS_FUSE3_ADDON ?? path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')) as { crc32: (data: Uint8Array, crc: number) => number }
 
@@ -37,4 +38,18 @@ test('equals zlib\'s crc32 on sectors of zeros, of ones, and of a single bit set
     sector[bit >> 3] = 1 << (bit & 7)
     t.is(addon.crc32(sector, 0), crc32(sector) >>> 0, `bit ${bit}`)
   }
+})
+
+test('the engine\'s sector sums are the addon\'s, and equal zlib\'s (0 stored as 0xFFFFFFFF)', t => {
+  t.true(sectorCrcNative(), 'src/format/extent-format.ts loads the addon\'s crc32')
+  for (let i = 0; i < 100; i++) {
+    const sector = crypto.randomBytes(4096)
+    const expected = crc32(sector) >>> 0
+    t.is(sectorSum(sector), expected === 0 ? 0xffffffff : expected)
+    t.true(sectorMatches(sector, sectorSum(sector)))
+    sector[crypto.randomInt(4096)] ^= 1 << crypto.randomInt(8)
+    t.false(sectorMatches(sector, expected))
+  }
+  t.true(sectorMatches(Buffer.alloc(4096), 0))
+  t.false(sectorMatches(Buffer.alloc(4096, 1), 0))
 })
