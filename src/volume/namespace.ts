@@ -560,7 +560,15 @@ export class Namespace {
       this.checkStillHere(backup)
       if (pending !== undefined) this.state.catalog.expectVolume(this.state.nextVolumeId, pending.uuid)
       const made = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
-      pending?.made(made)
+      if (pending !== undefined) {
+        // The backup's map still changes (the apply's sets): a new epoch, so that it copies a page it
+        // shares with the clone before it changes it (block-map.ts), as a disk does when backed up. The
+        // clone's entries are the apply's to set, counted in its own counters.
+        backup.map.epoch = this.state.nextEpoch++
+        backup.rowDirty = true
+        this.changed(backup)
+        pending.made(made)
+      }
       return made
     })
     await this.commit()

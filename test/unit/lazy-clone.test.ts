@@ -181,6 +181,8 @@ test('a clone made while 1 of 4 batches is applied is made at once, pending too;
     await allEqual(t, clone, data, 'after the apply')
     await allEqual(t, backup, data, 'after the apply')
     t.is(pool.differingRanges(backup, clone).ranges.length, 0)
+    t.is(clone.map.allocatedBlocks, blocks - 1, 'the clone\'s counters count the entries the apply set in it (every block but the hole)')
+    t.is(clone.storedBytes, backup.storedBytes)
     const report = await pool.gc(undefined, { full: true })
     t.is(report.held, undefined, 'the counts agree with a full mark')
   } finally { steps.allow(Infinity); await pool.close() }
@@ -225,6 +227,34 @@ test('a write, a discard and a truncate into blocks of the clone not applied yet
     await allEqual(t, backup, data, 'after the apply')
     const report = await pool.gc(undefined, { full: true })
     t.is(report.held, undefined)
+  } finally { steps.allow(Infinity); await pool.close() }
+})
+
+test('a batch a reader took out of order is set in the clone once: the walk applying it again does not set it over what the clone wrote since', async t => {
+  const { pool } = newPool(t)
+  const steps = new Steps()
+  try {
+    const data = sourceData()
+    await allHere(pool, data, true)
+    const { backup, pending } = await pendingPull(pool, 'b.img', data, steps)
+    const clone = await cloneWithOneBatch(t, pool, backup, steps)
+    const last = readBlock(clone, 15)
+    steps.allow(2)
+    t.deepEqual(await last, data[15])
+    await steps.reached(2)
+    const model = data.map(block => Buffer.from(block))
+    const fifteen = crypto.randomBytes(bs)
+    await clone.write(fifteen, 15 * bs)
+    model[15] = fifteen
+    // Whole zeros: the map's 0, as before the batch was applied.
+    await clone.write(Buffer.alloc(bs), 9 * bs)
+    model[9] = Buffer.alloc(bs)
+    steps.allow(Infinity)
+    await pending.done
+    await clone.pendingMap?.done
+    t.deepEqual(steps.order, [0, 1, lastBatch, 2, lastBatch], 'the walk applied batch 3 again')
+    await allEqual(t, clone, model, 'after the walk applied batch 3 again')
+    await allEqual(t, backup, data, 'after the apply')
   } finally { steps.allow(Infinity); await pool.close() }
 })
 
