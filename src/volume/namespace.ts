@@ -400,7 +400,7 @@ export class Namespace {
   private async copyOfWritable (source: Volume, kind: VolumeKind, name: string, lineage: Volume | null, timing?: BackupTiming): Promise<Volume> {
     // A clone of a lazy pull's backup still pending (its blocks not mapped yet are no holes): its map
     // whole first. Pending never comes back once ended, and the source is checked after the pause below.
-    await source.mapped()
+    if (source.pendingMap !== null) await source.mapped()
     const asked = performance.now()
     return await this.withNewName(kind, name, async () => {
       const named = performance.now()
@@ -438,7 +438,7 @@ export class Namespace {
     checkName(group)
     for (const name of names) checkName(name)
     // Pending clones (a lazy pull's) whole first, as for one backup (copyOfWritable).
-    for (const source of sources) await source.mapped()
+    for (const source of sources) if (source.pendingMap !== null) await source.mapped()
     const releases: Array<() => void> = []
     try {
       releases.push(await this.state.whenNameFree(`group/${group}`, () => {
@@ -508,7 +508,7 @@ export class Namespace {
       return { backup, target }
     })
     // A pending clone among the targets (a lazy pull's) whole first, as for restore.
-    for (const { target } of pairs) await target.mapped()
+    for (const { target } of pairs) if (target.pendingMap !== null) await target.mapped()
     for (const { target } of pairs) await this.inUse(target, options.force === true)
     await this.pausedTogether(pairs.map(p => p.target), () => {
       // Any of them may have been removed, or opened, while this waited.
@@ -646,7 +646,7 @@ export class Namespace {
     // The backup's map whole first (a lazy pull's), and the target's (a pending clone: the apply must not
     // set its entries over the restored ones); both are checked again after the awaits below.
     await backup.mapped()
-    await target.mapped()
+    if (target.pendingMap !== null) await target.mapped()
     await this.inUse(target, options.force === true)
     await target.pause()
     try {

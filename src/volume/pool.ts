@@ -184,8 +184,8 @@ export class Pool {
   private pendingMapOf (volume: Volume, uuid: string, from: number, blocks?: number, ranges?: ReadonlyArray<readonly [number, number]>): PendingMap {
     return new PendingMap(from, this.lazy.waitMs, () => {
       const row = this.lazy.get(uuid)
-      const of = volume.kind === 'backup' ? '' : ` (${volume.label}: a clone of its backup)`
-      return `lazy pull ${this.applies.get(uuid)?.backup?.label ?? volume.label}${row === undefined ? '' : ` from remote ${row.remote} (backup ${row.manifest})`}${of}`
+      // The pull is named by its backup's label, also in a clone's messages (their reads name the clone).
+      return `lazy pull ${this.applies.get(uuid)?.backup?.label ?? volume.label}${row === undefined ? '' : ` from remote ${row.remote} (backup ${row.manifest})`}`
     }, blocks, ranges)
   }
 

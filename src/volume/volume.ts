@@ -259,6 +259,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * lazy bound, then IO naming the pull), and the apply never sets an entry over what it changed. A
    * block once mapped stays mapped (the apply never sets it again), so no check is needed after this
    * await. At once when not pending, or for blocks past the backup's end (no reference is there).
+   * Callers skip the call (and its await) when pendingMap is null: the common path keeps its turns.
    */
   async owned (position: number, length: number): Promise<void> {
     const pending = this.pendingMap
@@ -351,7 +352,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.context.settleNative()
     if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     if (position + data.length > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: writes past the largest volume size`)
-    await this.owned(position, data.length)
+    if (this.pendingMap !== null) await this.owned(position, data.length)
     while (this.gate !== null) await this.gate
     this.inflight++
     try {
@@ -490,7 +491,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (this.kind === 'backup') throw this.refused(`truncate to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
     // A shrink changes the blocks from the new end on (the last one zeroed past it, the rest dropped).
-    if (size < this.size) await this.owned(size, this.size - size)
+    if (size < this.size && this.pendingMap !== null) await this.owned(size, this.size - size)
     await this.pause()
     try {
       const blockBytes = this.context.blockBytes
@@ -646,7 +647,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     const end = offset + length
     if (end > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: discards past the largest volume size`)
     if (length <= 0) return
-    await this.owned(offset, length)
+    if (this.pendingMap !== null) await this.owned(offset, length)
     while (this.gate !== null) await this.gate
     this.inflight++
     try {

@@ -258,6 +258,30 @@ test('a batch a reader took out of order is set in the clone once: the walk appl
   } finally { steps.allow(Infinity); await pool.close() }
 })
 
+test('the lazy bound: a read or a write of the clone whose batch does not come in time fails with IO naming the pull and the clone, and changes nothing', async t => {
+  // The bound is read as the pool opens.
+  process.env.VDISKFS_LAZY_WAIT_MS = '300'
+  const { pool } = newPool(t)
+  process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
+  const steps = new Steps()
+  try {
+    const data = sourceData()
+    await allHere(pool, data, true)
+    const { backup, pending } = await pendingPull(pool, 'b.img', data, steps)
+    const clone = await cloneWithOneBatch(t, pool, backup, steps)
+    const read = await t.throwsAsync(readBlock(clone, 11))
+    t.is((read as { code?: string }).code, 'IO')
+    t.regex(read?.message ?? '', /^clone c\.img block 11 \(bytes 45056-49151\): the references of lazy pull backup b\.img from remote offsite \(backup [ab]+\) are still being applied after 0\.3 s$/)
+    const write = await t.throwsAsync(clone.write(crypto.randomBytes(bs), 10 * bs))
+    t.is((write as { code?: string }).code, 'IO')
+    t.regex(write?.message ?? '', /^a change of clone c\.img block 10 \(bytes 40960-45055\): the references of lazy pull backup b\.img from remote offsite/)
+    steps.allow(Infinity)
+    await pending.done
+    await clone.pendingMap?.done
+    await allEqual(t, clone, data, 'after the apply (the refused write changed nothing)')
+  } finally { steps.allow(Infinity); await pool.close() }
+})
+
 test('killed mid-apply with the clone written in applied and unapplied batches: the next open has the clone pending and applies into it only what its record lacks', async t => {
   const { dir, pool } = newPool(t)
   const steps = new Steps()
