@@ -621,6 +621,7 @@ export async function applyRefs (context: ApplyContext, apply: PullApply): Promi
       // between a batch's look-ups and its sets; between two batches they may (a chunk that only later
       // batches name may be freed: those make it absent, and it is fetched). A clone of the backup is
       // made under the lock too, so it is never made between a batch's sets and their marks.
+      const ordered = batch === walk
       const applied = await context.exclusive(async () => {
         locked = performance.now()
         ms.lock += locked - t
@@ -631,7 +632,7 @@ export async function applyRefs (context: ApplyContext, apply: PullApply): Promi
         const held = new Set<number>()
         state.importsHeldInMemory.add(held)
         try {
-          await applyBatch(context, apply, records, held, { from, to, ordered: batch === walk })
+          await applyBatch(context, apply, records, held, { from, to, ordered })
         } finally {
           state.importsHeldInMemory.delete(held)
         }
@@ -658,10 +659,10 @@ export async function applyRefs (context: ApplyContext, apply: PullApply): Promi
   }
   // Every entry is in the maps and committed (or the volumes are gone): the readers go on, the pull
   // counts its list now, and a clone made from here on is whole (ended).
+  // eslint-disable-next-line require-atomic-updates -- only this apply ends the pull it was given (one apply per pull: Pool.startApply) and its pending states, and nothing sets them again
   apply.ended = true
   const ending = [...(backup === null ? [] : [backup]), ...[...apply.clones].map(c => c.volume)]
   const ended = ending.flatMap(v => v.pendingMap === null ? [] : [v.pendingMap])
-  // eslint-disable-next-line require-atomic-updates -- only this apply ends the pending states it began with (one apply per pull: Pool.startApply), and nothing sets them again
   for (const volume of ending) volume.pendingMap = null
   lazy.settled(uuid)
   for (const p of ended) p.resolve()
@@ -741,6 +742,7 @@ async function applyBatch (context: ApplyContext, apply: PullApply, bytes: Buffe
   if (backup !== null && await setEntries(backup, bytes, ids, [[range.from, range.to]], () => here(backup))) {
     // In the step of the last set (here() checked after the last await): the next commit writes the row
     // and the pages, whichever commit that is (the daemon's, gc's, or the apply's last).
+    // eslint-disable-next-line require-atomic-updates -- a flag only set here (any commit after it writes the row), never read before the await
     backup.rowDirty = true
     state.changed(backup)
     backup.pendingMap?.mapped(range.from, range.to, range.ordered)
@@ -756,6 +758,7 @@ async function applyBatch (context: ApplyContext, apply: PullApply, bytes: Buffe
   let set = false
   for (const { clone, gaps } of into) {
     if (!await setEntries(clone.volume, bytes, ids, gaps, () => here(clone.volume))) continue
+    // eslint-disable-next-line require-atomic-updates -- as the backup's above
     clone.volume.rowDirty = true
     state.changed(clone.volume)
     set = true
