@@ -392,6 +392,38 @@ test('rm of the backup and of one of two clones while pending: the other clone g
   } finally { steps.allow(Infinity); await pool.close() }
 })
 
+test('the backup removed while its clone is pending, then killed: the next open applies the file into the clone alone, which ends equal', async t => {
+  const { dir, pool } = newPool(t)
+  const steps = new Steps()
+  let reopened: Pool | null = null
+  try {
+    const data = sourceData()
+    await allHere(pool, data, true)
+    const { backup, uuid } = await pendingPull(pool, 'b.img', data, steps)
+    const clone = await cloneWithOneBatch(t, pool, backup, steps)
+    const model = data.map(block => Buffer.from(block))
+    const two = crypto.randomBytes(bs)
+    await clone.write(two, 2 * bs)
+    model[2] = two
+    await pool.remove(backup)
+    await pool.commit()
+    await pool.abandon()
+    steps.allow(Infinity)
+    t.true(fs.existsSync(refsFile(dir, uuid)), 'the file stays while a clone is pending')
+    reopened = Pool.open(dir, { blockBytes: bs, workers: 1 })
+    reopened.lazyRefsBatchRefs = smallBatch
+    t.is(reopened.find('backup', 'b.img'), undefined)
+    const c = reopened.get('clone', 'c.img')
+    t.not(c.pendingMap, null, 'the clone is pending from the open on')
+    await c.pendingMap?.done
+    await until('the files removed', () => lazyFiles(dir).length === 0)
+    await allEqual(t, c, model, 'after the reopen')
+    const report = await reopened.gc(undefined, { full: true })
+    t.is(report.held, undefined)
+    await allEqual(t, c, model, 'after gc')
+  } finally { steps.allow(Infinity); await (reopened ?? pool).close() }
+})
+
 test('a backup of a pending clone (to clone it again) waits for the apply, then holds what the clone held', async t => {
   const { pool } = newPool(t)
   const steps = new Steps()
