@@ -14,9 +14,12 @@
  * 2. In memory, in the synchronous step that inserts the volume: volume.pendingMap (from: the first
  *    reference's block; every block before it is the head's). A read reaching past the head waits for
  *    the batches holding its blocks (waitBlocks), then reads the map; every other reader of the map
- *    waits for all of them (Volume.mapped: a clone, copy, restore, range copy, diff, export, an import
- *    on it as a base, the hydrator's lazyMissing) and checks the volume again after that await; the FUSE
- *    fast path publishes no word of a pending volume (fast-reads.ts learn).
+ *    waits for all of them (Volume.mapped: a copy, restore, range copy, diff, export, an import on it as
+ *    a base, the hydrator's lazyMissing) and checks the volume again after that await; the FUSE fast
+ *    path publishes no word of a pending volume (fast-reads.ts learn). A clone made meanwhile is made at
+ *    once and pending with the backup (PullApply, CloneRecord; docs/REMOTE.md, "A clone of a pending
+ *    backup"): each batch is set in it too, once, committed and recorded in its record before the
+ *    clone's reads and writes of those blocks go on (a write waits for its batch: Volume.owned).
  * 3. applyRefs: the file's batches (lazyRefsBatchRefs references each) in block order, a reader's batch
  *    first when one waits (found by a binary search over the file's records), each batch one job under
  *    the maintenance lock gc takes: read from the file and checked, looked up, recorded (catalog.log,
@@ -26,7 +29,8 @@
  *    is removed.
  * 4. Killed before the file's removal: at the next open the file is found before the pool serves a
  *    request, the backup is pending again and every batch is applied again (those applied before, in
- *    order or not, set the same entries; a chunk gc freed meanwhile is made absent and fetched).
+ *    order or not, set the same entries; a chunk gc freed meanwhile is made absent and fetched); each
+ *    clone whose record is left is pending again, and gets only the ranges its record lacks.
  */
 import fs from 'node:fs'
 import { crc32 } from 'node:zlib'
