@@ -589,7 +589,7 @@ export interface ApplyContext {
  * open applies the file again.
  */
 export async function applyRefs (context: ApplyContext, apply: PullApply): Promise<void> {
-  const { state, lazy } = context
+  const { state } = context
   const uuid = apply.uuid
   const backup = apply.backup
   const here = (volume: Volume): boolean => state.volumes.get(volume.id) === volume
@@ -661,21 +661,28 @@ export async function applyRefs (context: ApplyContext, apply: PullApply): Promi
   } finally {
     await reader.close()
   }
-  // Every entry is in the maps and committed (or the volumes are gone): the readers go on, the pull
-  // counts its list now, and a clone made from here on is whole (ended).
-  // eslint-disable-next-line require-atomic-updates -- only this apply ends the pull it was given (one apply per pull: Pool.startApply) and its pending states, and nothing sets them again
+  await endApply(context, apply)
+  state.log(`lazy pull: ${label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batch${progress.batches === 1 ? '' : 'es'} (${progress.applications - progress.applied} applied again after a reader took them first; ${apply.clones.size} pending clone${apply.clones.size === 1 ? '' : 's'}; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
+}
+
+/**
+ * Every entry is in the maps and committed (or the volumes are gone): the pending states end (the readers
+ * go on, a clone made from here on is whole: ended), the pull counts its list, then the clones' records
+ * go, then the file: a kill between leaves the file, applied again into the backup alone (the clones
+ * are whole, and committed).
+ */
+async function endApply (context: ApplyContext, apply: PullApply): Promise<void> {
+  const { state, lazy } = context
+  const backup = apply.backup
   apply.ended = true
   const ending = [...(backup === null ? [] : [backup]), ...[...apply.clones].map(c => c.volume)]
   const ended = ending.flatMap(v => v.pendingMap === null ? [] : [v.pendingMap])
   for (const volume of ending) volume.pendingMap = null
-  lazy.settled(uuid)
+  lazy.settled(apply.uuid)
   for (const p of ended) p.resolve()
-  // The clones' records before the file: a kill between leaves the file, applied again into the backup
-  // alone (the clones are whole, and committed).
   for (const clone of apply.clones) await clone.record.remove()
-  await state.io.remove(refsFile(state.dir, uuid))
-  if (backup === null || !here(backup)) lazy.dropRemoved()
-  state.log(`lazy pull: ${label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batch${progress.batches === 1 ? '' : 'es'} (${progress.applications - progress.applied} applied again after a reader took them first; ${apply.clones.size} pending clone${apply.clones.size === 1 ? '' : 's'}; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
+  await state.io.remove(refsFile(state.dir, apply.uuid))
+  if (backup === null || state.volumes.get(backup.id) !== backup) lazy.dropRemoved()
 }
 
 /** References looked up or set between two yields of the apply (the event loop serves reads between them). */
