@@ -6,7 +6,10 @@
  * shows the progress, and it ends an ordinary backup equal to its source. SIGKILL of the daemon
  * mid-hydration then a remount, and RGW killed mid-hydration (reads of missing blocks fail with EIO after
  * the bound, VDISKFS_LAZY_WAIT_MS, set short here), both end whole and equal. The same from an encrypted
- * store, at a second site holding a copy of the key (the hydrator opens the sealed chunks).
+ * store, at a second site holding a copy of the key (the hydrator opens the sealed chunks). With the
+ * daemon's apply of the references paused (lazy-apply): reads past the head wait, a clone made meanwhile
+ * is made at once and pending too (its reads and writes past the head wait, its write survives the apply),
+ * and after a SIGKILL both are pending again in the daemon that takes the mount over.
  */
 import test, { ExecutionContext } from 'ava'
 import { ChildProcess, spawn } from 'node:child_process'
