@@ -23,7 +23,7 @@ export const packsDir = 'packs'
  * repair reads the packs here to bring back chunks the maps need.
  */
 export const quarantineDir = 'quarantine'
-/** A lazy pull's references applied after its reply (volume/lazy-refs.ts): UUID.refs while they are applied. */
+/** A lazy pull's references applied after its reply (volume/lazy-refs.ts): UUID.refs while they are applied, and PULL.CLONE.clone for each clone pending with it. */
 export const lazyDir = 'lazy'
 /** Daemon log and pid, for people. */
 export const daemonLogFile = 'daemon.log'

@@ -14,9 +14,12 @@
  * 2. In memory, in the synchronous step that inserts the volume: volume.pendingMap (from: the first
  *    reference's block; every block before it is the head's). A read reaching past the head waits for
  *    the batches holding its blocks (waitBlocks), then reads the map; every other reader of the map
- *    waits for all of them (Volume.mapped: a clone, copy, restore, range copy, diff, export, an import
- *    on it as a base, the hydrator's lazyMissing) and checks the volume again after that await; the FUSE
- *    fast path publishes no word of a pending volume (fast-reads.ts learn).
+ *    waits for all of them (Volume.mapped: a copy, restore, range copy, diff, export, an import on it as
+ *    a base, the hydrator's lazyMissing) and checks the volume again after that await; the FUSE fast
+ *    path publishes no word of a pending volume (fast-reads.ts learn). A clone made meanwhile is made at
+ *    once and pending with the backup (PullApply, CloneRecord; docs/REMOTE.md, "A clone of a pending
+ *    backup"): each batch is set in it too, once, committed and recorded in its record before the
+ *    clone's reads and writes of those blocks go on (a write waits for its batch: Volume.owned).
  * 3. applyRefs: the file's batches (lazyRefsBatchRefs references each) in block order, a reader's batch
  *    first when one waits (found by a binary search over the file's records), each batch one job under
  *    the maintenance lock gc takes: read from the file and checked, looked up, recorded (catalog.log,
@@ -26,7 +29,8 @@
  *    is removed.
  * 4. Killed before the file's removal: at the next open the file is found before the pool serves a
  *    request, the backup is pending again and every batch is applied again (those applied before, in
- *    order or not, set the same entries; a chunk gc freed meanwhile is made absent and fetched).
+ *    order or not, set the same entries; a chunk gc freed meanwhile is made absent and fetched); each
+ *    clone whose record is left is pending again, and gets only the ranges its record lacks.
  */
 import fs from 'node:fs'
 import { crc32 } from 'node:zlib'
@@ -35,7 +39,7 @@ import { ChunkRow } from '../catalog/catalog'
 import { VdiskError, corrupt, invalid } from '../errors'
 import { lazyDir } from '../format/pool-format'
 import { chunkEntry } from '../format/map-format'
-import { refBytes, refCrcOffset, refHashBytes, refHashOffset, refIndexBytes, refsFormatVersion, refsHeaderBytes, refsMagic, refsSuffix } from '../format/lazy-refs-format'
+import { cloneFormatVersion, cloneHeaderBytes, cloneMagic, cloneRangeEnd, cloneRecordBytes, cloneSuffix, refBytes, refCrcOffset, refHashBytes, refHashOffset, refIndexBytes, refsFormatVersion, refsHeaderBytes, refsMagic, refsSuffix } from '../format/lazy-refs-format'
 import type { FileIo } from '../io/file-io'
 import { testPause } from '../remote/test-pause'
 import type { Committer } from './commit'
@@ -234,9 +238,35 @@ export class PendingMap {
   /** Set once a reader waits for the apply (a block past the head): it starts at once. */
   private wanted = false
 
-  constructor (readonly from: number, private readonly waitMs: number, private readonly about: () => string) {
+  /**
+   * `end`: the backup's size in blocks (no reference is at or past it: a clone's blocks past it, written
+   * as it grew, are its own). `ranges`: block ranges mapped already (a clone's, from the backup's state
+   * when it was made or from its record at open).
+   */
+  constructor (readonly from: number, private readonly waitMs: number, private readonly about: () => string, readonly end = Infinity, ranges: ReadonlyArray<readonly [number, number]> = []) {
     this.mappedBelow = from
     this.done = new Promise<void>(resolve => { this.resolveDone = resolve })
+    for (const [first, to] of [...ranges].sort((a, b) => a[0] - b[0])) this.mapped(first, to, first <= this.mappedBelow)
+  }
+
+  /** The block ranges [from, to) mapped past the head now (a clone made now has them in its map). */
+  mappedNow (): Array<[number, number]> {
+    return [...(this.mappedBelow > this.from ? [[this.from, this.mappedBelow] as [number, number]] : []), ...this.mappedRanges.map(([a, b]) => [a, b] as [number, number])]
+  }
+
+  /** The ranges of [from, to) not mapped yet, in order (a batch's blocks to set in a clone). */
+  unmappedIn (from: number, to: number): Array<[number, number]> {
+    const gaps: Array<[number, number]> = []
+    const stop = Math.min(to, this.end)
+    let block = Math.max(from, this.mappedBelow)
+    for (const [a, b] of this.mappedRanges) {
+      if (block >= stop) break
+      if (b <= block) continue
+      if (a > block) gaps.push([block, Math.min(a, stop)])
+      block = Math.max(block, b)
+    }
+    if (block < stop) gaps.push([block, stop])
+    return gaps
   }
 
   /**
@@ -264,6 +294,7 @@ export class PendingMap {
 
   /** The first block of [first, last] not mapped yet; -1 when all are. */
   firstUnmapped (first: number, last: number): number {
+    last = Math.min(last, this.end - 1)
     let block = Math.max(first, this.mappedBelow)
     for (const [from, to] of this.mappedRanges) {
       if (block > last || from > block) break
@@ -327,6 +358,125 @@ export class PendingMap {
   }
 
   resolve (): void { this.resolveDone() }
+}
+
+export function cloneFile (poolDir: string, pull: string, clone: string): string { return path.join(poolDir, lazyDir, `${pull}.${clone}${cloneSuffix}`) }
+
+/** The pending clones' records left in the pool (lazy/PULL.CLONE.clone). */
+export function leftoverClones (poolDir: string): Array<{ pull: string, clone: string }> {
+  let names: string[]
+  try { names = fs.readdirSync(path.join(poolDir, lazyDir)) } catch { return [] }
+  const pattern = new RegExp(`^([0-9a-f-]{36})\\.([0-9a-f-]{36})${cloneSuffix.replace('.', '\\.')}$`)
+  return names.flatMap(name => {
+    const match = pattern.exec(name)
+    return match === null ? [] : [{ pull: match[1], clone: match[2] }]
+  })
+}
+
+function cloneRecord (from: number, to: number): Buffer {
+  const bytes = Buffer.alloc(cloneRecordBytes)
+  bytes.writeUIntLE(from, 0, 6)
+  bytes.writeUIntLE(to === Infinity ? cloneRangeEnd : to, 6, 6)
+  bytes.writeUInt32LE(crc32(bytes.subarray(0, 12)) >>> 0, 12)
+  return bytes
+}
+
+function cloneHeader (blocks: number): Buffer {
+  const header = Buffer.alloc(cloneHeaderBytes)
+  header.write(cloneMagic, 0, 'latin1')
+  header.writeUInt32LE(cloneFormatVersion, 8)
+  header.writeUInt32LE(cloneRecordBytes, 12)
+  header.writeUIntLE(blocks, 16, 6)
+  return header
+}
+
+/**
+ * A pending clone's record (docs/FORMAT.md, "A pending clone's record"): the block ranges of its pull's
+ * references that are in its map. Made (with the ranges the clone is made with) and synced before the
+ * clone can be committed; a range appended and synced after the commit of the entries set into the clone
+ * and before the clone's writes may reach them. So at any kill, a range the record lacks holds in the
+ * clone's durable map nothing but what the backup had there before the apply or the range's own
+ * entries, and setting it again loses nothing; a range it names is never set again.
+ */
+export class CloneRecord {
+  private closed = false
+  private constructor (private readonly io: FileIo, readonly file: string, private readonly fd: number, private written: number) {}
+
+  /** Errors: IO. */
+  static async create (io: FileIo, file: string, blocks: number, ranges: ReadonlyArray<readonly [number, number]>): Promise<CloneRecord> {
+    const fd = await io.open(file, 'w', 0o600)
+    const record = new CloneRecord(io, file, fd, 0)
+    try {
+      await record.write(Buffer.concat([cloneHeader(blocks), ...ranges.map(([from, to]) => cloneRecord(from, to))]))
+      await io.fdatasync(fd)
+      await io.syncDirectory(path.dirname(file))
+    } catch (err) {
+      await record.close()
+      throw err
+    }
+    return record
+  }
+
+  /**
+   * A record left in the pool, read as the pool opens: the backup's blocks and the ranges it names (up to
+   * the first record that fails its CRC, where the next append goes). Null: no valid header (the clone is
+   * not taken for pending: made before its record was whole, so it was never committed).
+   */
+  static openSync (io: FileIo, file: string): { record: CloneRecord, blocks: number, ranges: Array<[number, number]> } | null {
+    const bytes = fs.readFileSync(file)
+    if (bytes.length < cloneHeaderBytes || !bytes.subarray(0, 16).equals(cloneHeader(0).subarray(0, 16)) || bytes.readUInt16LE(22) !== 0) return null
+    const blocks = bytes.readUIntLE(16, 6)
+    const ranges: Array<[number, number]> = []
+    let at = cloneHeaderBytes
+    for (; at + cloneRecordBytes <= bytes.length; at += cloneRecordBytes) {
+      if ((crc32(bytes.subarray(at, at + 12)) >>> 0) !== bytes.readUInt32LE(at + 12)) break
+      const to = bytes.readUIntLE(at + 6, 6)
+      ranges.push([bytes.readUIntLE(at, 6), to === cloneRangeEnd ? Infinity : to])
+    }
+    return { record: new CloneRecord(io, file, fs.openSync(file, 'r+'), at), blocks, ranges }
+  }
+
+  private async write (bytes: Buffer): Promise<void> {
+    let done = 0
+    while (done < bytes.length) {
+      const { bytesWritten } = await this.io.write(this.fd, bytes, done, bytes.length - done, this.written + done)
+      done += bytesWritten
+    }
+    this.written += bytes.length
+  }
+
+  /** Appends `ranges` (now in the clone's committed map) and makes them durable. Errors: IO. */
+  async append (ranges: ReadonlyArray<readonly [number, number]>): Promise<void> {
+    if (this.closed) throw new VdiskError('IO', `${this.file}: closed`)
+    await this.write(Buffer.concat(ranges.map(([from, to]) => cloneRecord(from, to))))
+    await this.io.fdatasync(this.fd)
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.io.close(this.fd)
+  }
+
+  /** Closes and removes the record (the clone whole, or gone). */
+  async remove (): Promise<void> {
+    await this.close()
+    await this.io.remove(this.file)
+  }
+}
+
+/** A clone pending with a pull (its map gets the pull's batches too), and its record. */
+export interface PendingClone { volume: Volume, record: CloneRecord }
+
+/**
+ * A pull whose references are being applied: into its backup (null: removed before a reopen, its clones
+ * still pending) and every clone pending with it. `blocks`: the backup's size in blocks; `from`: the
+ * first reference's block. `ended`: set in the step the pending states end (a clone made after it is whole).
+ */
+export class PullApply {
+  readonly clones = new Set<PendingClone>()
+  ended = false
+  constructor (readonly uuid: string, public backup: Volume | null, readonly blocks: number, readonly from: number) {}
 }
 
 /**
@@ -428,27 +578,36 @@ export interface ApplyContext {
 }
 
 /**
- * Applies pull `uuid`'s references file to `volume`'s map (step 3 above), then ends its pending state
- * and removes the file. The batches go in order, except that the batch of a block a reader waits for is
- * taken first; the walk applies that batch again when it reaches it (the same entries). A volume
- * removed meanwhile gets nothing more (its pull ends, the file goes). Errors (the pool closing, IO, a
- * damaged file) leave the volume pending and the file in place: the readers of blocks not mapped yet
- * fail with IO after the bound, and the next open applies the file again.
+ * Applies pull `apply.uuid`'s references file to its backup's map and to every clone pending with it
+ * (step 3 above; docs/REMOTE.md, "A clone of a pending backup"), then ends their pending states and
+ * removes the clones' records and the file. The batches go in order, except that the batch of a block a
+ * reader (of the backup or of a clone) waits for is taken first; the walk applies that batch again when
+ * it reaches it (the same entries in the backup; a clone gets each range once: its pending map knows
+ * which it has). A volume removed meanwhile gets nothing more; once the backup and every clone are gone,
+ * the pull ends and the file goes. Errors (the pool closing, IO, a damaged file) leave them pending and
+ * the files in place: the readers of blocks not mapped yet fail with IO after the bound, and the next
+ * open applies the file again.
  */
-export async function applyRefs (context: ApplyContext, volume: Volume, uuid: string): Promise<void> {
-  const { state, lazy } = context
-  const pending = volume.pendingMap
-  if (pending === null) return
+export async function applyRefs (context: ApplyContext, apply: PullApply): Promise<void> {
+  const { state } = context
+  const uuid = apply.uuid
+  const backup = apply.backup
+  const here = (volume: Volume): boolean => state.volumes.get(volume.id) === volume
+  const pendings = (): PendingMap[] => [...(backup === null ? [] : [backup]), ...[...apply.clones].map(c => c.volume)].flatMap(v => v.pendingMap === null ? [] : [v.pendingMap])
+  // The backup's pending map leads (its progress, when the apply starts); a clone's when the backup was removed before a reopen.
+  const pending = pendings()[0]
+  if (pending === undefined) return
   await context.seams.beforeApply?.()
   await testPause('lazy-apply')
   await pending.startable()
-  const here = (): boolean => state.volumes.get(volume.id) === volume
+  const alive = (): boolean => (backup !== null && here(backup)) || [...apply.clones].some(c => here(c.volume))
+  const label = backup?.label ?? [...apply.clones][0]?.volume.label ?? uuid
   const started = performance.now()
   // Where the apply's time goes, for its log line: waiting for the lock, the batches (look-ups, records, sets), the commit.
   const ms = { lock: 0, batches: 0, commit: 0 }
   const closing = (): void => { if (state.lifecycle !== 'open') throw new VdiskError('BUSY', 'the pool is closing') }
   closing()
-  const reader = await RefsReader.open(state.io, refsFile(state.dir, uuid), uuid, Math.ceil(volume.size / state.blockBytes), context.batchRefs)
+  const reader = await RefsReader.open(state.io, refsFile(state.dir, uuid), uuid, apply.blocks, context.batchRefs)
   const progress = pending.progress
   progress.batches = reader.batches
   // Batches a reader took ahead of the walk, until the walk reaches them (for progress.applied).
@@ -456,43 +615,43 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   try {
     // The ordered walk's next batch; a reader's batch goes before it, and is applied again when the walk reaches it.
     let walk = 0
-    while (walk < reader.batches && here()) {
-      const wanted = pending.nextWanted()
+    while (walk < reader.batches && alive()) {
+      const wanted = pendings().map(p => p.nextWanted()).find(block => block >= 0) ?? -1
       const batch = wanted >= 0 ? await reader.batchOf(wanted) : walk
       await context.seams.beforeBatch?.(batch)
       const t = performance.now()
       let locked = t
       // One job under the lock: gc's mark and sweep (which commit first, and so see the sets) never come
       // between a batch's look-ups and its sets; between two batches they may (a chunk that only later
-      // batches name may be freed: those make it absent, and it is fetched).
-      const range = await context.exclusive(async () => {
+      // batches name may be freed: those make it absent, and it is fetched). A clone of the backup is
+      // made under the lock too, so it is never made between a batch's sets and their marks.
+      const ordered = batch === walk
+      const applied = await context.exclusive(async () => {
         locked = performance.now()
         ms.lock += locked - t
         closing()
-        if (!here()) return null
-        const { records, from, to } = await reader.batch(batch, pending.from)
+        if (!alive()) return false
+        const { records, from, to } = await reader.batch(batch, apply.from)
         progress.refsHeldMax = Math.max(progress.refsHeldMax, records.length / refBytes)
         const held = new Set<number>()
         state.importsHeldInMemory.add(held)
         try {
-          return await applyBatch(state, volume, uuid, records, held, here) ? { from, to } : null
+          await applyBatch(context, apply, records, held, { from, to, ordered })
         } finally {
           state.importsHeldInMemory.delete(held)
         }
+        return true
       })
       ms.batches += performance.now() - locked
-      if (range === null) break
+      if (!applied) break
       if (batch !== walk) ahead.add(batch)
       progress.applications++
-      // The batch's entries are set (not committed: the file stays until the commit below, and a reopen
-      // applies it again): its readers go on.
-      pending.mapped(range.from, range.to, batch === walk)
       if (batch === walk) ahead.delete(walk++)
       progress.applied = walk + ahead.size
     }
     await context.exclusive(async () => {
       closing()
-      if (!here()) return
+      if (!alive()) return
       await context.seams.beforeCommit?.()
       await testPause('lazy-apply-commit')
       const t = performance.now()
@@ -502,14 +661,28 @@ export async function applyRefs (context: ApplyContext, volume: Volume, uuid: st
   } finally {
     await reader.close()
   }
-  // Every entry is in the map and committed (or the volume is gone): the readers go on, and the pull counts its list now.
-  // eslint-disable-next-line require-atomic-updates -- only this apply ends the pending state it began with (one apply per pending volume: Pool.startApply), and nothing sets it again
-  volume.pendingMap = null
-  lazy.settled(uuid)
-  pending.resolve()
-  await state.io.remove(refsFile(state.dir, uuid))
-  if (!here()) lazy.dropRemoved()
-  state.log(`lazy pull: ${volume.label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batch${progress.batches === 1 ? '' : 'es'} (${progress.applications - progress.applied} applied again after a reader took them first; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
+  await endApply(context, apply)
+  state.log(`lazy pull: ${label}: ${reader.count} references applied after the reply in ${(performance.now() - started).toFixed(0)} ms, ${progress.batches} batch${progress.batches === 1 ? '' : 'es'} (${progress.applications - progress.applied} applied again after a reader took them first; ${apply.clones.size} pending clone${apply.clones.size === 1 ? '' : 's'}; the lock ${ms.lock.toFixed(0)}, look-ups, records and sets ${ms.batches.toFixed(0)}, commit ${ms.commit.toFixed(0)})`)
+}
+
+/**
+ * Every entry is in the maps and committed (or the volumes are gone): the pending states end (the readers
+ * go on, a clone made from here on is whole: ended), the pull counts its list, then the clones' records
+ * go, then the file: a kill between leaves the file, applied again into the backup alone (the clones
+ * are whole, and committed).
+ */
+async function endApply (context: ApplyContext, apply: PullApply): Promise<void> {
+  const { state, lazy } = context
+  const backup = apply.backup
+  apply.ended = true
+  const ending = [...(backup === null ? [] : [backup]), ...[...apply.clones].map(c => c.volume)]
+  const ended = ending.flatMap(v => v.pendingMap === null ? [] : [v.pendingMap])
+  for (const volume of ending) volume.pendingMap = null
+  lazy.settled(apply.uuid)
+  for (const p of ended) p.resolve()
+  for (const clone of apply.clones) await clone.record.remove()
+  await state.io.remove(refsFile(state.dir, apply.uuid))
+  if (backup === null || state.volumes.get(backup.id) !== backup) lazy.dropRemoved()
 }
 
 /** References looked up or set between two yields of the apply (the event loop serves reads between them). */
@@ -520,14 +693,20 @@ const yieldTurn = async (): Promise<void> => await new Promise(resolve => setImm
 /**
  * One batch of references, under the lock: looked up (the chunks here taken, those not here made
  * absent, and every absent one listed for the pull), recorded (catalog.log first, then one transaction),
- * then set in the map. The look-ups and the sets go in slices of applySliceRefs, each its own turn of
- * the event loop, so that the reads of the head (answered by the engine: the fast path publishes nothing
- * while pending) are not held behind the whole batch. Nothing the slices rely on changes between them:
- * every job that makes, fills or frees chunks (imports, hydration, sealing, gc) waits for the lock this
- * runs under, and a removal of the volume is checked before each slice of sets. Returns whether every
- * entry was set (false: the volume was removed meanwhile).
+ * then set in the backup's map (its readers go on), then in each pending clone's, in the blocks of the
+ * batch's range it does not have yet; when a clone got any, one commit, then the ranges appended to each
+ * such clone's record (synced), and only then are they mapped in the clone (its readers and writers of
+ * those blocks go on). The look-ups and the sets go in slices of applySliceRefs, each its own turn of the
+ * event loop, so that reads are not held behind the whole batch. Nothing the slices rely on changes
+ * between them: every job that makes, fills or frees chunks (imports, hydration, sealing, gc) and the
+ * making of a clone of the backup wait for the lock this runs under; no write, discard or truncate of a
+ * clone reaches a block it does not have yet (Volume.owned: they wait for its batch); a removal of a
+ * volume is checked before each slice of its sets.
  */
-async function applyBatch (state: PoolState, volume: Volume, uuid: string, bytes: Buffer, held: Set<number>, here: () => boolean): Promise<boolean> {
+async function applyBatch (context: ApplyContext, apply: PullApply, bytes: Buffer, held: Set<number>, range: { from: number, to: number, ordered: boolean }): Promise<void> {
+  const { state } = context
+  const uuid = apply.uuid
+  const here = (volume: Volume): boolean => state.volumes.get(volume.id) === volume
   const count = bytes.length / refBytes
   const absent = new Map<string, ChunkRow>()
   const listed = new Set<number>()
@@ -549,7 +728,7 @@ async function applyBatch (state: PoolState, volume: Volume, uuid: string, bytes
       if (absent.has(key) || state.chunks.isAbsent(id)) listed.add(id)
       ids.push(id)
       // Held from the look-up to the sets (no gc runs under the lock; held all the same). After the sets
-      // the map names it, and gc commits before it marks or decides, so it sees them.
+      // the maps name it, and gc commits before it marks or decides, so it sees them.
       held.add(id)
     }
   }
@@ -570,14 +749,57 @@ async function applyBatch (state: PoolState, volume: Volume, uuid: string, bytes
     })
     await state.catalogLog.appendLazy({ pull, absent: logged }, record)
   }
+  const backup = apply.backup
+  if (backup !== null && await setEntries(backup, bytes, ids, [[range.from, range.to]], () => here(backup))) {
+    // In the step of the last set (here() checked after the last await): the next commit writes the row
+    // and the pages, whichever commit that is (the daemon's, gc's, or the apply's last).
+    // eslint-disable-next-line require-atomic-updates -- a flag only set here (any commit after it writes the row), never read before the await
+    backup.rowDirty = true
+    state.changed(backup)
+    backup.pendingMap?.mapped(range.from, range.to, range.ordered)
+  }
+  const into: Array<{ clone: PendingClone, gaps: Array<[number, number]> }> = []
+  for (const clone of apply.clones) {
+    const pending = clone.volume.pendingMap
+    if (pending === null || !here(clone.volume)) continue
+    const gaps = pending.unmappedIn(range.from, range.to)
+    if (gaps.length === 0) pending.mapped(range.from, range.to, range.ordered)
+    else into.push({ clone, gaps })
+  }
+  let set = false
+  for (const { clone, gaps } of into) {
+    if (!await setEntries(clone.volume, bytes, ids, gaps, () => here(clone.volume))) continue
+    // eslint-disable-next-line require-atomic-updates -- as the backup's above
+    clone.volume.rowDirty = true
+    state.changed(clone.volume)
+    set = true
+  }
+  if (!set) return
+  // Durable before the clone's own writes may reach them: the entries (this commit), then the record.
+  await context.committer.commit()
+  for (const { clone, gaps } of into) {
+    if (!here(clone.volume) || clone.volume.pendingMap === null) continue
+    await clone.record.append(gaps)
+    clone.volume.pendingMap.mapped(range.from, range.to, range.ordered)
+  }
+}
+
+/**
+ * Sets the batch's entries (`ids[i]` for record i) whose blocks lie in `ranges` (sorted, apart) in
+ * `volume`'s map, a slice a turn; returns false when `present()` fails before a slice (the volume removed).
+ */
+async function setEntries (volume: Volume, bytes: Buffer, ids: number[], ranges: Array<[number, number]>, present: () => boolean): Promise<boolean> {
+  const count = bytes.length / refBytes
+  let r = 0
   for (let from = 0; from < count; from += applySliceRefs) {
     await yieldTurn()
-    if (!here()) return false
-    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) volume.map.set(bytes.readUIntLE(i * refBytes, refIndexBytes), chunkEntry(ids[i]))
+    if (!present()) return false
+    for (let i = from; i < Math.min(count, from + applySliceRefs); i++) {
+      const block = bytes.readUIntLE(i * refBytes, refIndexBytes)
+      while (r < ranges.length && block >= ranges[r][1]) r++
+      if (r === ranges.length) return true
+      if (block >= ranges[r][0]) volume.map.set(block, chunkEntry(ids[i]))
+    }
   }
-  // In the step of the last set (here() checked after the last await): the next commit writes the row
-  // and the pages, whichever commit that is (the daemon's, gc's, or the apply's last).
-  volume.rowDirty = true
-  state.changed(volume)
   return true
 }

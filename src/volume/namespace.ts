@@ -438,6 +438,9 @@ export class Namespace {
    * creation, and a source removed while its writes drained is NOT_FOUND.
    */
   private async copyOfWritable (source: Volume, kind: VolumeKind, name: string, lineage: Volume | null, timing?: BackupTiming): Promise<Volume> {
+    // A clone of a lazy pull's backup still pending (its blocks not mapped yet are no holes): its map
+    // whole first. Pending never comes back once ended, and the source is checked after the pause below.
+    if (source.pendingMap !== null) await source.mapped()
     const asked = performance.now()
     return await this.withNewName(kind, name, async () => {
       const named = performance.now()
@@ -474,6 +477,8 @@ export class Namespace {
     if (new Set(names).size !== names.length) throw invalid('two backups of the group would have one name')
     checkName(group)
     for (const name of names) checkName(name)
+    // Pending clones (a lazy pull's) whole first, as for one backup (copyOfWritable).
+    for (const source of sources) if (source.pendingMap !== null) await source.mapped()
     const releases: Array<() => void> = []
     try {
       releases.push(await this.state.whenNameFree(`group/${group}`, () => {
@@ -542,6 +547,8 @@ export class Namespace {
       if (target === undefined || target.kind === 'backup') throw notFound(`the image backup ${backup.name} of group ${group} was taken from (${backup.sourceLabel ?? '?'})`)
       return { backup, target }
     })
+    // A pending clone among the targets (a lazy pull's) whole first, as for restore.
+    for (const { target } of pairs) if (target.pendingMap !== null) await target.mapped()
     for (const { target } of pairs) await this.inUse(target, options.force === true)
     await this.pausedTogether(pairs.map(p => p.target), () => {
       // Any of them may have been removed, or opened, while this waited.
@@ -578,15 +585,31 @@ export class Namespace {
     }
   }
 
-  /** Creates a writable copy-on-write clone standing on a backup. */
-  async clone (backup: Volume, name: string): Promise<Volume> {
+  /**
+   * Creates a writable copy-on-write clone standing on a backup. `pending`: the backup's references are
+   * still being applied (Pool.clonePending, under the lock their batches take): the clone gets identity
+   * `pending.uuid` (its record's) and `pending.made` makes it pending in the step that makes it; without
+   * it, a backup being applied is waited for whole first.
+   */
+  async clone (backup: Volume, name: string, pending?: { uuid: string, made: (clone: Volume) => void }): Promise<Volume> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}; clones stand on backups (take one with 'vdiskfs backup')`)
     // Its map whole first (a lazy pull's references applied); still here is checked in the step below.
-    await backup.mapped()
+    if (pending === undefined) await backup.mapped()
     // The backup may be removed while the name is waited for: checked in the turn the clone is made.
     const clone = await this.withFreeName('clone', name, () => {
       this.checkStillHere(backup)
-      return this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
+      if (pending !== undefined) this.state.catalog.expectVolume(this.state.nextVolumeId, pending.uuid)
+      const made = this.newVolume('clone', name, backup.size, backup.map.copyRoot(), backup.map, backup)
+      if (pending !== undefined) {
+        // The backup's map still changes (the apply's sets): a new epoch, so that it copies a page it
+        // shares with the clone before it changes it (block-map.ts), as a disk does when backed up. The
+        // clone's entries are the apply's to set, counted in its own counters.
+        backup.map.epoch = this.state.nextEpoch++
+        backup.rowDirty = true
+        this.changed(backup)
+        pending.made(made)
+      }
+      return made
     })
     await this.commit()
     return clone
@@ -660,8 +683,10 @@ export class Namespace {
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> {
     if (backup.kind !== 'backup') throw invalid(`${backup.name} is a ${backup.kind}, not a backup`)
     if (target.kind === 'backup') throw readOnly(`backup ${target.name}`)
-    // The backup's map whole first (a lazy pull's); both are checked again after the awaits below.
+    // The backup's map whole first (a lazy pull's), and the target's (a pending clone: the apply must not
+    // set its entries over the restored ones); both are checked again after the awaits below.
     await backup.mapped()
+    if (target.pendingMap !== null) await target.mapped()
     await this.inUse(target, options.force === true)
     await target.pause()
     try {

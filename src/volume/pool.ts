@@ -14,6 +14,7 @@
  * Errors: open() throws INVALID (not a pool, newer format), BUSY (in use), CORRUPT, IO; namespace
  * operations throw NOT_FOUND, EXISTS, INVALID, READ_ONLY.
  */
+import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { Catalog, ChunkRow, ImportRow, VolumeKind } from '../catalog/catalog'
@@ -30,7 +31,7 @@ import type { NativeWrites } from '../extent/delta-extent'
 import { Inspection } from './inspection'
 import { Importer } from './import'
 import { LazyPulls } from './lazy'
-import { LazyRefs, LazyRefsSeams, PendingMap, applyRefs, leftoverRefs, peekRefs, refsFile } from './lazy-refs'
+import { CloneRecord, LazyRefs, LazyRefsSeams, PendingClone, PendingMap, PullApply, applyRefs, cloneFile, leftoverClones, leftoverRefs, peekRefs, refsFile } from './lazy-refs'
 import { GcReport, Maintenance, MarkSeams } from './maintenance'
 import { BackupTiming, Namespace } from './namespace'
 import { claimPoolDirectory, securePoolDirectory } from './pool-access'
@@ -124,26 +125,48 @@ export class Pool {
       const volume = id === undefined ? undefined : this.state.volumes.get(id)
       return volume === undefined ? null : volume.label
     })
-    // A lazy pull's references left to apply (lazy-refs.ts): the backup is pending before the pool serves
-    // anything, and they are applied again below; a file whose backup never appeared (killed before its
-    // commit) or is gone is removed.
-    const leftover: Array<{ volume: Volume, uuid: string, count: number }> = []
-    for (const uuid of leftoverRefs(dir)) {
+    // A lazy pull's references left to apply (lazy-refs.ts): the backup and the clones its records name
+    // are pending before the pool serves anything, and the file is applied again below (into each clone,
+    // only the ranges its record lacks); a file whose backup never appeared (killed before its commit), or
+    // whose backup and clones are all gone, is removed, and so is a clone's record whose clone or file is.
+    const leftover: Array<{ apply: PullApply, count: number }> = []
+    const records = leftoverClones(dir)
+    const volumeOf = (uuid: string): Volume | undefined => {
       const id = this.state.catalog.volumeByUuid(uuid)
-      const volume = id === undefined ? undefined : this.state.volumes.get(id)
-      if (volume === undefined) { fs.rmSync(refsFile(dir, uuid), { force: true }); continue }
-      const { count, first } = peekRefs(dir, uuid)
-      volume.pendingMap = this.pendingMapOf(volume, uuid, first)
-      leftover.push({ volume, uuid, count })
+      return id === undefined ? undefined : this.state.volumes.get(id)
     }
-    this.lazy.open(leftover.map(l => [l.uuid, l.count]))
+    for (const uuid of leftoverRefs(dir)) {
+      const volume = volumeOf(uuid)
+      const clones: Array<{ volume: Volume, record: CloneRecord, blocks: number, ranges: Array<[number, number]> }> = []
+      for (const { pull, clone } of records) {
+        if (pull !== uuid) continue
+        const file = cloneFile(dir, pull, clone)
+        const cloned = volumeOf(clone)
+        const opened = cloned === undefined ? null : CloneRecord.openSync(this.state.io, file)
+        if (cloned === undefined || opened === null) { fs.rmSync(file, { force: true }); continue }
+        clones.push({ volume: cloned, ...opened })
+      }
+      if (volume === undefined && clones.length === 0) { fs.rmSync(refsFile(dir, uuid), { force: true }); continue }
+      const { count, first } = peekRefs(dir, uuid)
+      const blocks = volume === undefined ? clones[0].blocks : Math.ceil(volume.size / this.state.blockBytes)
+      const apply = new PullApply(uuid, volume ?? null, blocks, first)
+      if (volume !== undefined) volume.pendingMap = this.pendingMapOf(volume, uuid, first)
+      for (const clone of clones) {
+        clone.volume.pendingMap = this.pendingMapOf(clone.volume, uuid, first, blocks, clone.ranges)
+        apply.clones.add({ volume: clone.volume, record: clone.record })
+      }
+      this.applies.set(uuid, apply)
+      leftover.push({ apply, count })
+    }
+    for (const { pull, clone } of records) if (!this.applies.has(pull)) fs.rmSync(cloneFile(dir, pull, clone), { force: true })
+    this.lazy.open(leftover.flatMap(l => l.apply.backup === null ? [] : [[l.apply.uuid, l.count] as [string, number]]))
     this.state.chunks.absent = this.lazy
     // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
     // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
     this.countsLoaded = this.committer.loadStoredCounts()
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
-    for (const { volume, uuid } of leftover) this.startApply(volume, uuid)
+    for (const { apply } of leftover) this.startApply(apply)
   }
 
   /** Test seams of a lazy pull's apply after the reply (lazy-refs.ts). */
@@ -154,18 +177,24 @@ export class Pool {
   /** The writer of lazy pull `uuid`'s references file (lazy-refs.ts), for its stream; finishLazy takes it. */
   lazyRefs (uuid: string): LazyRefs { return new LazyRefs(this.state.io, refsFile(this.dir, uuid), this.lazyRefsBatchRefs) }
 
-  private pendingMapOf (volume: Volume, uuid: string, from: number): PendingMap {
+  /** The pulls whose references are being applied (lazy-refs.ts), by the pull's uuid; an apply leaves it when it ends. */
+  private readonly applies = new Map<string, PullApply>()
+
+  /** `blocks` and `ranges`: a clone's (the backup's size in blocks, the ranges in its map already). */
+  private pendingMapOf (volume: Volume, uuid: string, from: number, blocks?: number, ranges?: ReadonlyArray<readonly [number, number]>): PendingMap {
     return new PendingMap(from, this.lazy.waitMs, () => {
       const row = this.lazy.get(uuid)
-      return `lazy pull ${volume.label}${row === undefined ? '' : ` from remote ${row.remote} (backup ${row.manifest})`}`
-    })
+      // The pull is named by its backup's label, also in a clone's messages (their reads name the clone).
+      return `lazy pull ${this.applies.get(uuid)?.backup?.label ?? volume.label}${row === undefined ? '' : ` from remote ${row.remote} (backup ${row.manifest})`}`
+    }, blocks, ranges)
   }
 
-  /** Applies a pending backup's references behind the reply (lazy-refs.ts); a failure is logged, the backup stays pending. */
-  private startApply (volume: Volume, uuid: string): void {
+  /** Applies a pull's references behind the reply (lazy-refs.ts), into its backup and pending clones; a failure is logged, they stay pending. */
+  private startApply (apply: PullApply): void {
     setImmediate(() => {
       const context = { state: this.state, committer: this.committer, lazy: this.lazy, exclusive: async <T>(work: () => Promise<T>) => await this.maintenance.exclusive(work), seams: this.lazyRefsSeams, batchRefs: this.lazyRefsBatchRefs }
-      applyRefs(context, volume, uuid).catch(err => this.state.log(`lazy pull: ${volume.label}: its references were not applied (${(err as Error).message}); the next open applies them`))
+      const label = apply.backup?.label ?? `lazy pull ${apply.uuid}`
+      applyRefs(context, apply).then(() => { this.applies.delete(apply.uuid) }, err => this.state.log(`lazy pull: ${label}: its references were not applied (${(err as Error).message}); the next open applies them`))
     })
   }
 
@@ -179,13 +208,47 @@ export class Pool {
     if (refs.count === 0) return await session.finish()
     const uuid = session.spec.uuid
     await refs.seal()
+    let apply: PullApply | null = null
     const volume = await session.finish(made => {
       refs.kept = true
       made.pendingMap = this.pendingMapOf(made, uuid, refs.first)
+      apply = new PullApply(uuid, made, Math.ceil(made.size / this.state.blockBytes), refs.first)
+      this.applies.set(uuid, apply)
       this.lazy.markPending(uuid, refs.count)
     })
-    this.startApply(volume, uuid)
+    if (apply !== null) this.startApply(apply)
     return volume
+  }
+
+  /**
+   * A clone of a backup whose references are being applied (docs/REMOTE.md, "A clone of a pending
+   * backup"), under the maintenance lock the apply's batches take, so that no batch is half set: its
+   * record made first (the ranges the backup has now, which the clone's map copies), then the clone,
+   * pending with the pull from the step that makes it, so the apply sets the rest of the batches in it
+   * too. A pull whose apply ended meanwhile gives an ordinary clone (its backup is whole).
+   */
+  private async clonePending (backup: Volume, name: string): Promise<Volume> {
+    const pending = backup.pendingMap
+    const apply = [...this.applies.values()].find(a => a.backup === backup && !a.ended)
+    if (pending === null || apply === undefined) return await this.namespace.clone(backup, name)
+    const uuid = crypto.randomUUID()
+    const ranges = pending.mappedNow()
+    const record = await CloneRecord.create(this.state.io, cloneFile(this.dir, apply.uuid, uuid), apply.blocks, ranges)
+    let made: PendingClone | null = null
+    try {
+      return await this.namespace.clone(backup, name, {
+        uuid,
+        made: clone => {
+          // The apply may have ended while the record was made: the clone copied a whole map.
+          if (backup.pendingMap === null || apply.ended) return
+          clone.pendingMap = this.pendingMapOf(clone, apply.uuid, apply.from, apply.blocks, ranges)
+          made = { volume: clone, record }
+          apply.clones.add(made)
+        }
+      })
+    } finally {
+      if (made === null) await record.remove()
+    }
   }
 
   /** Whether the open took gc's reference counts from the last clean close (the first gc then needs no full mark). */
@@ -298,7 +361,11 @@ export class Pool {
   async released (volume: Volume): Promise<void> { await this.namespace.released(volume) }
   async dropHidden (): Promise<string[]> { return await this.namespace.dropHidden() }
   async backup (source: Volume, name: string, timing?: BackupTiming): Promise<Volume> { return await this.namespace.backup(source, name, timing) }
-  async clone (backup: Volume, name: string): Promise<Volume> { return await this.namespace.clone(backup, name) }
+  async clone (backup: Volume, name: string): Promise<Volume> {
+    // A backup whose references are being applied: the clone is made at once, pending too (clonePending).
+    if (backup.pendingMap !== null && backup.kind === 'backup') return await this.maintenance.exclusive(async () => await this.clonePending(backup, name))
+    return await this.namespace.clone(backup, name)
+  }
   async restore (backup: Volume, target: Volume, options: { force?: boolean } = {}): Promise<void> { await this.changing(target, 'data', async () => await this.namespace.restore(backup, target, options)) }
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */

@@ -87,6 +87,9 @@ async function copyBytes (source: Volume, target: Volume, from: number, to: numb
  * hold; returns the blocks shared (fewer when the source shrank meanwhile).
  */
 async function shareBlocks (state: PoolState, source: Volume, target: Volume, sourceBlock: number, targetBlock: number, count: number): Promise<number> {
+  // A target pending with a lazy pull (a clone of its backup): the blocks' batches first, so the apply
+  // never sets its entries over the shared ones (a mapped block stays mapped: nothing to check after).
+  if (target.pendingMap !== null) await target.owned(targetBlock * state.blockBytes, count * state.blockBytes)
   const gates = source === target ? [source] : [source, target].sort((a, b) => a.id - b.id)
   const paused: Volume[] = []
   try {

@@ -72,9 +72,10 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   /** False until the row is first committed. */
   persisted = false
   /**
-   * A lazy pull's backup whose references are still being applied after the reply (lazy-refs.ts):
-   * blocks from pendingMap.from on are not mapped yet. Set in the step that inserts the volume (or as
-   * the pool opens), null once they are all committed; never set again.
+   * A lazy pull's backup whose references are still being applied after the reply (lazy-refs.ts), or a
+   * clone of it made meanwhile, pending with it: blocks from pendingMap.from on may not be mapped yet.
+   * Set in the step that inserts the volume (or as the pool opens), null once they are all committed;
+   * never set again.
    */
   pendingMap: PendingMap | null = null
   /**
@@ -251,6 +252,25 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     if (pending !== null) await pending.wait(this.label)
   }
 
+  /**
+   * Waits until the blocks of bytes [position, position + length) are this volume's to change: a clone
+   * of a lazy pull's backup pending with it (lazy-refs.ts) gets the pull's entries set in the blocks not
+   * mapped yet, so a write, discard, truncate or range copy into one waits for its batch first (the
+   * lazy bound, then IO naming the pull), and the apply never sets an entry over what it changed. A
+   * block once mapped stays mapped (the apply never sets it again), so no check is needed after this
+   * await. At once when not pending, or for blocks past the backup's end (no reference is there).
+   * Callers skip the call (and its await) when pendingMap is null: the common path keeps its turns.
+   */
+  async owned (position: number, length: number): Promise<void> {
+    const pending = this.pendingMap
+    if (pending === null || length <= 0) return
+    const blockBytes = this.context.blockBytes
+    const last = Math.floor((position + length - 1) / blockBytes)
+    if (last < pending.from) return
+    const first = Math.max(pending.from, Math.floor(position / blockBytes))
+    await pending.waitBlocks(first, last, `a change of ${this.describe(first, 0, (last - first + 1) * blockBytes)}`)
+  }
+
   private describe (block: number, offset: number, length: number): string {
     const start = block * this.context.blockBytes + offset
     return `${this.label} block ${block} (bytes ${start}-${start + length - 1})`
@@ -332,6 +352,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.context.settleNative()
     if (this.kind === 'backup') throw readOnly(`backup ${this.name}`)
     if (position + data.length > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: writes past the largest volume size`)
+    if (this.pendingMap !== null) await this.owned(position, data.length)
     while (this.gate !== null) await this.gate
     this.inflight++
     try {
@@ -469,6 +490,8 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     this.context.settleNative()
     if (this.kind === 'backup') throw this.refused(`truncate to ${size} bytes`, readOnly(`backup ${this.name}`))
     if (size > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: ${size} bytes is past the largest volume size`)
+    // A shrink changes the blocks from the new end on (the last one zeroed past it, the rest dropped).
+    if (size < this.size && this.pendingMap !== null) await this.owned(size, this.size - size)
     await this.pause()
     try {
       const blockBytes = this.context.blockBytes
@@ -624,6 +647,7 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
     const end = offset + length
     if (end > volumeBytesMax) throw new VdiskError('TOO_BIG', `${this.label}: discards past the largest volume size`)
     if (length <= 0) return
+    if (this.pendingMap !== null) await this.owned(offset, length)
     while (this.gate !== null) await this.gate
     this.inflight++
     try {

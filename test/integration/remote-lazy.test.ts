@@ -6,7 +6,10 @@
  * shows the progress, and it ends an ordinary backup equal to its source. SIGKILL of the daemon
  * mid-hydration then a remount, and RGW killed mid-hydration (reads of missing blocks fail with EIO after
  * the bound, VDISKFS_LAZY_WAIT_MS, set short here), both end whole and equal. The same from an encrypted
- * store, at a second site holding a copy of the key (the hydrator opens the sealed chunks).
+ * store, at a second site holding a copy of the key (the hydrator opens the sealed chunks). With the
+ * daemon's apply of the references paused (lazy-apply): reads past the head wait, a clone made meanwhile
+ * is made at once and pending too (its reads and writes past the head wait, its write survives the apply),
+ * and after a SIGKILL both are pending again in the daemon that takes the mount over.
  */
 import test, { ExecutionContext } from 'ava'
 import { ChildProcess, spawn } from 'node:child_process'
@@ -398,6 +401,15 @@ async function readLater (file: string, offset: number, length: number): Promise
   } finally { await handle.close() }
 }
 
+/** A write through the mount that does not hold the event loop. */
+async function writeLater (file: string, data: Buffer, offset: number): Promise<void> {
+  const handle = await fs.promises.open(file, 'r+')
+  try {
+    await handle.write(data, 0, data.length, offset)
+    await handle.sync()
+  } finally { await handle.close() }
+}
+
 /** Whether `promise` is still pending after a short while (the apply is paused: it cannot settle unless a read was answered before it). */
 async function stillPending (promise: Promise<unknown>): Promise<boolean> {
   let settled = false
@@ -416,18 +428,34 @@ test.serial('pull --lazy replies before its references are applied: with the app
   // whole 64 MiB image) after it: none may say "hole" for a block not mapped yet.
   t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB, at once')
   t.deepEqual(readAt(copy, 0, 65536), readAt(source, 0, 65536), 'the head again (the fast path may serve it now)')
+  // A clone of the pending backup, made at once (it used to wait for the whole apply, and fail with EIO
+  // after the bound), pending too: its head reads at once, the fast path publishing no word of it; a read
+  // and a write past the head wait for the apply (docs/REMOTE.md, "A clone of a pending backup").
+  await ok(t, 'clone', copy, 'vm')
+  const clone = b.image('clones', 'vm.img')
+  t.deepEqual(readAt(clone, 0, mib), readAt(source, 0, mib), 'the clone\'s first MiB, at once')
+  t.deepEqual(readAt(clone, 0, 65536), readAt(source, 0, 65536), 'the clone\'s head again')
+  const patch = crypto.randomBytes(mib)
+  const cloneRead = readLater(clone, 8 * mib, 65536)
+  const cloneWrite = writeLater(clone, patch, 30 * mib + 512)
   const past = readLater(copy, 8 * mib, 65536)
   const far = readLater(copy, 44 * mib + 4096, 200000)
-  t.true(await stillPending(past), 'a read past the head waits for the apply')
-  t.true(await stillPending(far))
+  // Watched together: the daemons here bound a wait to 6 s (waitMs).
+  const waiting = await Promise.all([past, far, cloneRead, cloneWrite].map(stillPending))
+  t.deepEqual(waiting, [true, true, true, true], 'reads past the head wait for the apply, of the backup and of the clone, and so does a write of the clone into a block not mapped yet')
   fs.writeFileSync(path.join(applyPause, 'lazy-apply.go'), '')
   t.deepEqual(await past, readAt(source, 8 * mib, 65536), 'the source\'s bytes, not zeros')
   t.deepEqual(await far, readAt(source, 44 * mib + 4096, 200000), 'far past the walk: fetched on demand once mapped')
+  t.deepEqual(await cloneRead, readAt(source, 8 * mib, 65536), 'the clone reads the source\'s bytes')
+  await cloneWrite
   fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
   await whole(t, b)
   t.true(await waitForExit(pulled.hydratorPid as number, 60000), 'the hydrator exits once the backup is whole')
   await run('cmp', [source, copy])
-  t.deepEqual(fs.readdirSync(path.join(b.pool, 'lazy')), [], 'the file went once applied')
+  t.deepEqual(readAt(clone, 30 * mib + 512, mib), patch, 'the clone\'s write survived the apply')
+  t.true(readAt(clone, 0, 30 * mib + 512).equals(readAt(source, 0, 30 * mib + 512)), 'and the rest is the source\'s')
+  t.true(readAt(clone, 31 * mib + 512, 33 * mib - 512).equals(readAt(source, 31 * mib + 512, 33 * mib - 512)))
+  t.deepEqual(fs.readdirSync(path.join(b.pool, 'lazy')), [], 'the file and the clone\'s record went once applied')
   await ok(t, 'verify', b.mnt)
 })
 
@@ -438,17 +466,28 @@ test.serial('SIGKILL of the daemon with the references not yet applied: the hold
   const paused = path.join(applyPause, 'lazy-apply.paused')
   await waitForFile(paused, 'the apply paused after the reply')
   t.deepEqual(readAt(copy, 0, mib), readAt(source, 0, mib), 'the first MiB')
+  // A clone made while pending, written in its head (mapped) and synced: after the kill it is pending
+  // again with the backup (its record), and the reapply leaves what it wrote.
+  await ok(t, 'clone', copy, 'vm')
+  const clone = b.image('clones', 'vm.img')
+  const patch = crypto.randomBytes(65536)
+  await writeLater(clone, patch, mib)
   fs.rmSync(paused)
   await b.takeoverAfterKill()
   // The new daemon found the file as the pool opened: the backup is pending again, its apply paused.
   await waitForFile(paused, 'the apply paused again in the daemon that took the mount over')
   const past = readLater(copy, 20 * mib, 65536)
-  t.true(await stillPending(past), 'a read past the head waits for the apply again')
+  const clonePast = readLater(clone, 20 * mib, 65536)
+  t.deepEqual(await Promise.all([past, clonePast].map(stillPending)), [true, true], 'a read past the head waits for the apply again, of the backup and of the clone')
   fs.writeFileSync(path.join(applyPause, 'lazy-apply.go'), '')
   t.deepEqual(await past, readAt(source, 20 * mib, 65536))
+  t.deepEqual(await clonePast, readAt(source, 20 * mib, 65536))
   fs.writeFileSync(path.join(pause, 'hydrate-batch.go'), '')
   await whole(t, b)
   await run('cmp', [source, copy])
+  t.deepEqual(readAt(clone, mib, 65536), patch, 'the clone\'s write survived the kill and the apply')
+  t.true(readAt(clone, mib + 65536, 63 * mib - 65536).equals(readAt(source, mib + 65536, 63 * mib - 65536)), 'the rest of the clone is the source\'s')
+  t.true(readAt(clone, 0, mib).equals(readAt(source, 0, mib)))
   t.true(await waitForExit(pulled.hydratorPid as number, 60000))
   await ok(t, 'verify', b.mnt)
 })

@@ -2,7 +2,8 @@
  * A lazy pull's references applied after the reply (volume/lazy-refs.ts; docs/REMOTE.md, "The references
  * after the reply"), in the engine without S3: the backup made with its head mapped and the references
  * in lazy/UUID.refs, the apply held at its seams. A read past the head waits for the apply and reads the
- * source's bytes, never the map's 0; a clone asked for meanwhile waits and reads equal; gc, counted and
+ * source's bytes, never the map's 0; a copy asked for meanwhile waits (a clone is made at once, pending
+ * too: lazy-clone.test.ts), and both read equal; gc, counted and
  * full, while the apply waits and between its sets and its commit, loses nothing; rm while pending ends
  * the pull; a pool closed before the apply applies the file at the next open, and a file applied twice
  * (a kill after the apply's commit, before the file's removal) sets the same entries. With batches of 4
@@ -149,7 +150,7 @@ test('a read past the head while the references wait to be applied waits, then r
   } finally { await pool.close() }
 })
 
-test('a clone, a copy, a diff and SEEK_DATA\'s map asked for while the references wait are made once they are applied, and read equal', async t => {
+test('a copy, a diff and SEEK_DATA\'s map asked for while the references wait are made once they are applied, a clone at once; all read equal', async t => {
   const { pool } = newPool(t)
   try {
     const data = sourceData()
@@ -159,10 +160,11 @@ test('a clone, a copy, a diff and SEEK_DATA\'s map asked for while the reference
     const cloning = pool.clone(backup, 'c.img')
     const copying = pool.copy(backup, 'copy.img')
     const allocation = pool.allocationMap(backup)
-    t.false(await settledSoon(cloning), 'the clone waits for the apply')
-    t.false(await settledSoon(copying))
+    t.true(await settledSoon(cloning), 'the clone is made at once, pending too (test/unit/lazy-clone.test.ts)')
+    t.not((await cloning).pendingMap, null)
+    t.false(await settledSoon(copying), 'the copy waits for the apply')
     t.false(await settledSoon(allocation), 'SEEK_DATA\'s map waits too (blocks not mapped yet are no holes)')
-    t.is(pool.find('clone', 'c.img'), undefined)
+    t.is(pool.find('disk', 'copy.img'), undefined)
     held.open()
     const clone = await cloning
     const copy = await copying
