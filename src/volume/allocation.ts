@@ -42,9 +42,11 @@ function rangeOf (kind: BlockClass, start: number, length: number): AllocationRa
 
 /**
  * The allocation map of `volume`; `backing` is the backup a clone stands on (undefined for a disk, a
- * backup, or a clone whose backup was removed: then everything is depth 0).
+ * backup, or a clone whose backup was removed: then everything is depth 0). `unmapped`: block ranges
+ * [from, to), in order, whose entries a lazy pull has not applied yet (the map says 0 there): data, never
+ * holes (the backing's data for a clone), so that SEEK_HOLE and a sparse copy never skip them.
  */
-export async function allocationMap (volume: Volume, backing: Volume | undefined, pages: PageStore, blockBytes: number): Promise<AllocationRange[]> {
+export async function allocationMap (volume: Volume, backing: Volume | undefined, pages: PageStore, blockBytes: number, unmapped: ReadonlyArray<readonly [number, number]> = []): Promise<AllocationRange[]> {
   const size = volume.size
   const blocks = Math.ceil(size / blockBytes)
   const pageCount = Math.ceil(blocks / pageEntries)
@@ -64,14 +66,23 @@ export async function allocationMap (volume: Volume, backing: Volume | undefined
     currentFirst = first
   }
   const holeKind: BlockClass = backing === undefined ? 0 : 4
+  const unmappedKind: BlockClass = backing === undefined ? 2 : 3
   const empty = new Float64Array(0)
+  // The first unmapped range not wholly before `block` (blocks are visited in order).
+  let u = 0
+  const unmappedFrom = (block: number): readonly [number, number] | undefined => {
+    while (u < unmapped.length && unmapped[u][1] <= block) u++
+    return unmapped[u]
+  }
   for (let p = 0; p < pageCount; p++) {
     if (p > 0 && p % allocationPagesPerTurn === 0) await new Promise(resolve => setImmediate(resolve))
     const first = p * pageEntries
     const count = Math.min(pageEntries, blocks - first)
     const rootId = p < volume.map.root.length ? volume.map.root[p] : 0
     const backingId = backing !== undefined && p < backing.map.root.length ? backing.map.root[p] : 0
-    if (rootId === 0 && backingId === 0) { add(holeKind, first); continue }
+    const next = unmappedFrom(first)
+    const touched = next !== undefined && next[0] < first + count
+    if (rootId === 0 && backingId === 0 && !touched) { add(holeKind, first); continue }
     const own = rootId === 0 ? empty : pages.get(rootId).entries
     // The same page as the backup's: everything in it is the backup's.
     const inherited = rootId !== 0 && rootId === backingId
@@ -85,6 +96,10 @@ export async function allocationMap (volume: Volume, backing: Volume | undefined
         const below = i < under.length ? under[i] : 0
         if (entry === 0) kind = below === 0 ? 4 : 1
         else kind = entry === below ? 3 : 2
+      }
+      if (touched) {
+        const range = unmappedFrom(first + i)
+        if (range !== undefined && range[0] <= first + i) kind = unmappedKind
       }
       add(kind, first + i)
     }

@@ -424,11 +424,13 @@ export class Pool {
 
   /** The allocation map of `volume` (allocation.ts); a clone's blocks shared with its backup are depth 1. */
   async allocationMap (volume: Volume): Promise<AllocationRange[]> {
-    // Blocks not mapped yet (a lazy pull's references) would show as holes (SEEK_HOLE, a sparse copy
-    // skipping them): waited for; the backing volume is looked up after that await.
-    await volume.mapped()
+    // Blocks a lazy pull has not applied yet would show as holes (SEEK_HOLE, a sparse copy skipping
+    // them): they are data instead, as not mapped when the walk starts (taken in this step, before any
+    // await: a block mapped during the walk is data either way, its page read when the walk reaches it).
+    const pending = volume.pendingMap
+    const unmapped = pending === null ? [] : pending.unmappedIn(0, Math.ceil(volume.size / this.blockBytes))
     const backing = volume.kind === 'clone' ? this.namespace.liveSource(volume) : undefined
-    return await allocationMap(volume, backing, this.state.pages, this.blockBytes)
+    return await allocationMap(volume, backing, this.state.pages, this.blockBytes, unmapped)
   }
 
   // ---- durability (commit.ts) ----

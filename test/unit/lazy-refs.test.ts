@@ -150,7 +150,7 @@ test('a read past the head while the references wait to be applied waits, then r
   } finally { await pool.close() }
 })
 
-test('a copy, a diff and SEEK_DATA\'s map asked for while the references wait are made once they are applied, a clone at once; all read equal', async t => {
+test('a copy and a diff asked for while the references wait are made once they are applied; a clone and SEEK_DATA\'s map at once (blocks not mapped yet are data); all read equal', async t => {
   const { pool } = newPool(t)
   try {
     const data = sourceData()
@@ -163,7 +163,8 @@ test('a copy, a diff and SEEK_DATA\'s map asked for while the references wait ar
     t.true(await settledSoon(cloning), 'the clone is made at once, pending too (test/unit/lazy-clone.test.ts)')
     t.not((await cloning).pendingMap, null)
     t.false(await settledSoon(copying), 'the copy waits for the apply')
-    t.false(await settledSoon(allocation), 'SEEK_DATA\'s map waits too (blocks not mapped yet are no holes)')
+    t.true(await settledSoon(allocation), 'SEEK_DATA\'s map is answered at once')
+    t.deepEqual((await allocation).filter(range => range.data).map(range => [range.start, range.length]), [[0, 16 * bs]], 'blocks not mapped yet are data, never holes (the hole at block 8 too, until its batch is applied)')
     t.is(pool.find('disk', 'copy.img'), undefined)
     held.open()
     const clone = await cloning
@@ -173,7 +174,8 @@ test('a copy, a diff and SEEK_DATA\'s map asked for while the references wait ar
     await allEqual(t, clone, data, 'in the clone')
     await allEqual(t, copy, data, 'in the copy')
     t.is(pool.differingRanges(backup, clone).ranges.length, 0)
-    t.deepEqual((await allocation).filter(range => range.data).map(range => [range.start, range.length]), [[0, 8 * bs], [9 * bs, 7 * bs]], 'every block but the hole holds data')
+    t.deepEqual((await pool.allocationMap(backup)).filter(range => range.data).map(range => [range.start, range.length]), [[0, 8 * bs], [9 * bs, 7 * bs]], 'applied: every block but the hole holds data')
+    t.deepEqual((await pool.allocationMap(clone)).filter(range => range.data).map(range => [range.start, range.length, range.depth]), [[0, 8 * bs, 1], [9 * bs, 7 * bs, 1]], 'and in the clone, from its backup')
   } finally { await pool.close() }
 })
 
