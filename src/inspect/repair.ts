@@ -572,7 +572,7 @@ function restoreLazyPulls (catalog: Catalog, state: LogState, notes: string[]): 
  * the log's. Returns how many volumes came back.
  */
 function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): number {
-  const have = catalog.volumes()
+  const have = catalog.volumesWithRoots()
   const ids = new Set(have.map(v => v.id))
   const names = new Set(have.map(v => `${v.kind}/${v.name}`))
   let restored = 0
@@ -613,7 +613,7 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
  */
 function repairRoots (catalog: Catalog, blockBytes: number, logState: LogState | null, report: Omit<RepairReport, 'after'>): void {
   catalog.transaction(() => {
-    for (const row of catalog.volumes()) {
+    for (const row of catalog.volumesWithRoots()) {
       const blocks = Math.ceil(row.size / blockBytes)
       const count = BlockMap.pagesFor(blocks)
       let why: string

@@ -9,7 +9,7 @@
  * Errors: NOT_FOUND, EXISTS, INVALID, READ_ONLY, BUSY, and what commit throws.
  */
 import assert from 'node:assert/strict'
-import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
+import { VolumeInfo, VolumeKind, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs, noteBytesMax } from '../limits'
@@ -46,12 +46,12 @@ export class Namespace {
     }
   }
 
-  private volumeFromRow (row: VolumeRow): Volume {
+  private volumeFromRow (row: VolumeInfo): Volume {
     const blocks = Math.ceil(row.size / this.state.blockBytes)
     const pageCount = BlockMap.pagesFor(blocks)
     let root: RootIds
     try {
-      root = decodeRoot(row.root, pageCount, row.id)
+      root = decodeRoot(this.state.catalog.root(row.id) ?? Buffer.alloc(0), pageCount, row.id)
     } catch (err) {
       throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
     }
