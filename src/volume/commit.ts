@@ -292,22 +292,32 @@ export class Committer {
   }
 
   /**
-   * At open, after the roots were counted and before anything changes a page: takes the reference
+   * At open, before any root was counted and before anything changes a page: takes the reference
    * counts the last clean close stored, when that close was the last thing that wrote the catalog
-   * (its fingerprint unchanged) and their checksum holds. Returns whether it did. markOpen deletes
-   * them in its transaction, so a crash from here on leaves none behind.
+   * (its fingerprint unchanged) and their checksum holds; when the page counts are not taken,
+   * `countRoots` counts them from every root. Returns whether the chunk and extent counts were taken
+   * (the first gc then needs no full mark). markOpen deletes them in its transaction, so a crash from
+   * here on leaves none behind.
    */
-  loadStoredCounts (): boolean {
+  loadStoredCounts (countRoots: () => void): boolean {
+    const taken = this.takeStoredCounts()
+    if (!taken.pages) countRoots()
+    return taken.counts
+  }
+
+  private takeStoredCounts (): { pages: boolean, counts: boolean } {
+    const none = { pages: false, counts: false }
     const catalog = this.state.catalog
-    if (catalog.getMeta('clean_close') !== '1') return false
+    if (catalog.getMeta('clean_close') !== '1') return none
     const row = catalog.refCounts()
-    if (row === undefined) return false
+    if (row === undefined) return none
     if (row.fingerprint !== catalog.countsFingerprint() || row.sum !== countsSum(row.data)) {
-      this.state.log('gc: the reference counts stored at the last close do not match the catalog; the first gc marks in full')
-      return false
+      this.state.log('gc: the reference counts stored at the last close do not match the catalog; the roots are counted and the first gc marks in full')
+      return none
     }
-    const loaded = this.state.refs.load(row.data)
-    if (loaded) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
-    return loaded
+    const taken = this.state.refs.load(row.data)
+    if (taken.counts) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
+    else if (taken.pages) this.state.log('gc: the page reference counts taken from the last clean close (the first gc marks in full)')
+    return taken
   }
 }

@@ -736,14 +736,11 @@ export class Maintenance {
    */
   async countsAtFinalCommit (): Promise<() => { data: Buffer, journalSeq: number } | null> {
     const refs = this.state.refs
-    if (!refs.complete) return () => null
-    for (const id of refs.extentsOfStale()) await this.state.extents.loadBases([id]).catch(() => {})
+    // The page counts are stored whatever else is (the next open reads no root for them).
+    if (refs.complete) for (const id of refs.extentsOfStale()) await this.state.extents.loadBases([id]).catch(() => {})
     let taken: { data: Buffer, journalSeq: number } | null = null
     // Synchronous in the commit's snapshot step: the counts are that commit's state exactly.
-    this.state.atCommitSnapshot = journalSeq => {
-      const data = refs.stored()
-      taken = data === null ? null : { data, journalSeq }
-    }
+    this.state.atCommitSnapshot = journalSeq => { taken = { data: refs.stored(), journalSeq } }
     return () => { this.state.atCommitSnapshot = null; return taken }
   }
 

@@ -24,7 +24,8 @@ export interface BackupTiming { nameMs: number, pauseMs: number, madeMs: number,
 
 export class Namespace {
   constructor (private readonly state: PoolState, private readonly committer: Committer) {
-    for (const row of state.catalog.volumes()) state.volumes.set(row.id, this.volumeFromRow(row))
+    // Uncounted: the pool takes the page counts from the last clean close, or counts every root (Pool).
+    for (const row of state.catalog.volumes()) state.volumes.setUncounted(row.id, this.volumeFromRow(row))
   }
 
   private get volumes (): VolumeTable { return this.state.volumes }

@@ -18,6 +18,7 @@ import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../form
 import { PoolHeader, catalogLogFile, extentsDir, packsDir } from '../format/pool-format'
 import { FileIo, nodeFileIo } from '../io/file-io'
 import { zstdLevelDefault } from '../limits'
+import type { RootIds } from '../map/block-map'
 import { PageStore } from '../map/page-store'
 import { FilesystemStat, FreeSpace } from './free-space'
 import { ChangeJournal } from './journal'
@@ -320,6 +321,22 @@ export class VolumeTable extends Map<number, Volume> {
     this.names.set(volume.key, volume)
     volume.renamed = this.onRename
     return this
+  }
+
+  /**
+   * `volume` enters the table at the open with its root not counted: the open takes the page counts
+   * from what the last clean close stored, or counts every root (`roots`), before anything changes.
+   */
+  setUncounted (id: number, volume: Volume): void {
+    super.set(id, volume)
+    volume.map.counts = this.counts
+    this.names.set(volume.key, volume)
+    volume.renamed = this.onRename
+  }
+
+  /** Every volume's root, one at a time (a root is loaded when its turn comes: issue #21). */
+  * roots (): Generator<RootIds> {
+    for (const volume of super.values()) yield volume.map.root
   }
 
   override delete (id: number): boolean {

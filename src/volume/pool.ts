@@ -138,9 +138,10 @@ export class Pool {
     }
     this.lazy.open(leftover.map(l => [l.uuid, l.count]))
     this.state.chunks.absent = this.lazy
-    // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
-    // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
-    this.countsLoaded = this.committer.loadStoredCounts()
+    // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts),
+    // or the page counts from every root, one at a time (the volumes entered the table uncounted:
+    // Namespace): before the journal's replay changes pages and roots.
+    this.countsLoaded = this.committer.loadStoredCounts(() => this.state.refs.recountRoots(this.state.volumes.roots()))
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
     for (const { volume, uuid } of leftover) this.startApply(volume, uuid)
