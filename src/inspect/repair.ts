@@ -435,6 +435,7 @@ function repairMaps (run: RepairRun, pool: Pool, maps: StoredMaps, goodExtents: 
   }
   const repaired = new Set<number>()
   for (const volume of pool.list()) {
+    volume.map.pinRoot() // in memory until the commit (ids are written into the array below: it must stay the map's)
     volume.map.widenRoot() // ids are written into it below, a new page's maybe past 32 bits (block-map.ts, RootIds)
     const root = volume.map.root
     const blocks = Math.ceil(volume.size / pool.blockBytes)

@@ -164,9 +164,12 @@ export class Committer {
     const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
     for (const volume of this.state.volumes.values()) {
       if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
-      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted, adjust), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
+      const withRoot = volume.map.rootDirty || !volume.persisted
+      rows.push({ volume, row: this.rowOf(volume, withRoot, adjust), withRoot, insert: !volume.persisted })
       volume.rowDirty = false
       volume.map.rootDirty = false
+      // Not droppable until the transaction wrote it (a drop meanwhile would read the old one again).
+      if (withRoot) volume.map.rootWriting++
     }
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
@@ -206,6 +209,8 @@ export class Committer {
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
       this.state.changedSinceCommit = true
       throw fromSystemError(err, 'committing the catalog')
+    } finally {
+      for (const { volume, withRoot } of rows) if (withRoot) volume.map.rootWriting--
     }
     this.state.pages.committed(pages)
     this.stats.commits++
@@ -214,6 +219,8 @@ export class Committer {
     try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
+    // A backup's root written by this commit is the catalog's now: it may be dropped (issue #21).
+    for (const { volume, withRoot } of rows) if (withRoot && this.state.volumes.get(volume.id) === volume) this.state.lazyRoot(volume)
     // A rewrite of catalog.log runs in the background (the commits after this one append to the old
     // file meanwhile): only a log's first snapshot is waited for here.
     const failed = (err: Error): void => { this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${err.message}`) }

@@ -50,15 +50,19 @@ export class Namespace {
   private volumeFromRow (row: VolumeInfo): Volume {
     const blocks = Math.ceil(row.size / this.state.blockBytes)
     const pageCount = BlockMap.pagesFor(blocks)
-    let root: RootIds
-    try {
-      root = decodeRoot(this.state.catalog.root(row.id) ?? Buffer.alloc(0), pageCount, row.id)
-    } catch (err) {
-      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
+    // A backup's root is read when first used (issue #21: PoolState.lazyRoot); a disk's or clone's now.
+    let root: RootIds = new Float64Array(0)
+    if (row.kind !== 'backup') {
+      try {
+        root = decodeRoot(this.state.catalog.root(row.id) ?? Buffer.alloc(0), pageCount, row.id)
+      } catch (err) {
+        throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
+      }
     }
     const map = new BlockMap(this.state.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.state.sizeOf)
     const volume = new Volume(this.state, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
     volume.persisted = true
+    if (row.kind === 'backup') this.state.lazyRoot(volume, pageCount)
     volume.uid = row.uid
     volume.gid = row.gid
     volume.mode = row.mode
