@@ -10,6 +10,9 @@
  *   read the old root again); a backup removed keeps its root for whoever still holds it.
  * - A root that fails its check fails the open no more: the reads of that backup fail with CORRUPT,
  *   the others read, and verify reports it.
+ * - gc's mark, sealing's first pass and the space accounting take one root at a time: at the mark's
+ *   first yield not every root was read. Sealing's repoint looks only at the volumes whose epoch is at
+ *   least the repointed pages': the backups made before those pages are not read.
  * - The page counts so taken are the counts of every root (a damaged stored count is what the open
  *   takes: verify finds it); after an unclean stop (none stored) the
  *   open counts every root, as before.
@@ -23,7 +26,11 @@ import Database from 'better-sqlite3'
 import { Pool } from '../../src/volume/pool'
 import { verifyPool } from '../../src/inspect/verify'
 import { nodeFileIo } from '../../src/io/file-io'
+import { MarkSeams } from '../../src/volume/gc-mark'
 import { Volume } from '../../src/volume/volume'
+import { SpaceAccounting } from '../../src/inspect/space'
+import { Sealer } from '../../src/seal/sealer'
+import { referenceSpace } from '../helpers/space-reference'
 import { pageEntries } from '../../src/limits'
 import { bytesOf } from '../helpers/model'
 import { storesOf } from '../helpers/stores'
@@ -253,6 +260,82 @@ test('a backup root that fails its check fails that backup\'s reads with CORRUPT
       const report = await verifyPool(pool)
       t.false(report.ok)
       t.true(report.damaged.some(d => d.volume === 'b5.img' && d.startByte === 0 && d.problem.includes('root')), JSON.stringify(report.damaged))
+    } finally {
+      await pool.close()
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+test('gc\'s full mark, sealing\'s first pass and the space accounting read one root at a time, and give what they gave', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-roots-'))
+  try {
+    await poolOfBackups(dir)
+    const pool = Pool.open(path.join(dir, 'pool'), { ...options, rootCacheBytesMax: 2 * rootBytes })
+    try {
+      const roots = storesOf(pool).roots
+      t.is(roots.loads, 0)
+      // gc's full mark (no counts built: the close stored the page counts alone), yielding after every root.
+      const seams = (pool as unknown as { maintenance: { seams: MarkSeams } }).maintenance.seams
+      let atFirstYield = -1
+      seams.sliceMs = 0
+      seams.onYield = () => { if (atFirstYield < 0) atFirstYield = roots.loads }
+      await pool.remove(pool.get('backup', 'b29.img'))
+      const report = await pool.gc()
+      t.is(report.pagesFreed, 0, 'b29\'s pages are the disk\'s still')
+      t.true(atFirstYield >= 0 && atFirstYield < backups - 1, `roots read at the mark's first yield: ${atFirstYield}`)
+      t.true(roots.size <= 2, `${roots.size} roots in memory after the mark`)
+      seams.onYield = undefined
+      // Sealing's first pass learns every page the roots name, a root at a time.
+      await pool.learnExtentNames()
+      t.true(roots.size <= 2)
+      // The space accounting: every backup's figures, a root at a time.
+      const reference = referenceSpace(pool).report
+      const before = roots.loads
+      const space = await new SpaceAccounting(pool, async () => {}).report()
+      t.true(roots.loads - before >= backups - 1, `each backup's root was read: ${roots.loads - before}`)
+      t.true(roots.size <= 2)
+      t.deepEqual(space, reference)
+    } finally {
+      await pool.close()
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+/** Every volume's counters equal a recount from its map. */
+function countersRight (pool: Pool): string | null {
+  for (const volume of storesOf(pool).volumes.values()) {
+    const kept = [volume.map.allocatedBlocks, volume.map.storedBytes]
+    volume.map.recount()
+    if (kept[0] !== volume.map.allocatedBlocks || kept[1] !== volume.map.storedBytes) return `${volume.label}: kept ${kept.join('/')}, recounted ${volume.map.allocatedBlocks}/${volume.map.storedBytes}`
+  }
+  return null
+}
+
+test('sealing\'s repoint reads the roots of the volumes that can name the pages it changes, not every backup\'s', async t => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-roots-'))
+  try {
+    await poolOfBackups(dir)
+    const pool = Pool.open(path.join(dir, 'pool'), { ...options, rootCacheBytesMax: 2 * rootBytes })
+    try {
+      const roots = storesOf(pool).roots
+      await pool.learnExtentNames()
+      // The extents every backup reads: every backup's counters change, and are right.
+      await new Sealer(pool, () => {}).sealPending(true)
+      t.is(countersRight(pool), null)
+      // New writes and a backup: the pages they change are newer than every other backup.
+      const disk = pool.get('disk', 'd.img')
+      await disk.write(bytesOf(77, blockBytes), 3 * blockBytes)
+      await pool.backup(disk, 'late.img')
+      await pool.learnExtentNames()
+      const loads = roots.loads
+      await new Sealer(pool, () => {}).sealPending(true)
+      t.true(roots.loads - loads <= 2, `roots read by the seal pass: ${roots.loads - loads}`)
+      t.is(countersRight(pool), null)
+      t.true(await readsOwnBlock(pool.get('backup', 'b0.img'), 0))
     } finally {
       await pool.close()
     }
