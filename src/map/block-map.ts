@@ -43,9 +43,10 @@ export class RootCache {
   private readonly maps = new Set<BlockMap>()
   /** Bytes of the roots loaded through this cache and not dropped yet. */
   bytes = 0
-  /** Roots loaded, and dropped, so far (tests, status). */
+  /** Roots loaded, and dropped, so far; roots read for a walk and not kept (BlockMap.peekRoot). */
   loads = 0
   drops = 0
+  peeks = 0
 
   constructor (public bytesMax: number) {}
 
@@ -158,6 +159,23 @@ export class BlockMap {
     this.rootShared = false
     loader.cache.loaded(this, root.byteLength)
     return root
+  }
+
+  /**
+   * The root for a walk that reads every root once per pass (gc's mark, sealing's first pass, the
+   * space walk): the one in memory, or else read from the catalog and not kept. Kept, a walk of more
+   * roots than the bound holds would push out every root readers use and find none of its own next
+   * time (a cyclic scan misses every time under LRU).
+   */
+  peekRoot (): RootIds {
+    const root = this.loadedRoot
+    if (root !== null) return root
+    const loader = this.loader
+    if (loader === null) throw new Error('a map without its root and without a loader')
+    const read = loader.load()
+    if (read.length !== this.rootCount) throw new Error(`a loaded root of ${read.length} pages where ${this.rootCount} were expected`)
+    loader.cache.peeks++
+    return read
   }
 
   /** How many page ids the root has, without loading it. */

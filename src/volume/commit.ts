@@ -161,16 +161,7 @@ export class Committer {
     const adjust = forCommit(this.state, full)
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
-    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
-    for (const volume of this.state.volumes.values()) {
-      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
-      const withRoot = volume.map.rootDirty || !volume.persisted
-      rows.push({ volume, row: this.rowOf(volume, withRoot, adjust), withRoot, insert: !volume.persisted })
-      volume.rowDirty = false
-      volume.map.rootDirty = false
-      // Not droppable until the transaction wrote it (a drop meanwhile would read the old one again).
-      if (withRoot) volume.map.rootWriting++
-    }
+    const rows = this.takeRows(adjust)
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
@@ -229,6 +220,24 @@ export class Committer {
     await this.state.catalogLog.afterCommit(failed, done).catch(failed)
     timing.afterMs = performance.now() - after
     return timing
+  }
+
+  /**
+   * The rows this commit writes (in its snapshot step): every volume changed since the last, with its
+   * root when that changed or it is new. A root written is not droppable until the transaction wrote
+   * it (rootWriting: a drop meanwhile would read the old one again from the catalog; issue #21).
+   */
+  private takeRows (adjust: CountsAdjustment): Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> {
+    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
+    for (const volume of this.state.volumes.values()) {
+      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
+      const withRoot = volume.map.rootDirty || !volume.persisted
+      rows.push({ volume, row: this.rowOf(volume, withRoot, adjust), withRoot, insert: !volume.persisted })
+      volume.rowDirty = false
+      volume.map.rootDirty = false
+      if (withRoot) volume.map.rootWriting++
+    }
+    return rows
   }
 
   /** The extents written since the last commit made durable; a failed fdatasync is fatal for every later commit. */

@@ -174,12 +174,13 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   /**
    * The root as it is now, for a walk across awaits that takes one root at a time (issue #21: gc's
    * mark, sealing's first pass, the space accounting): a backup's whose root never changes again (read
-   * from the catalog, not a lazy pull's still being applied) is read when the walk comes to it (the
-   * same ids; one removed meanwhile kept its root, VolumeTable.detach), any other's is shared now
+   * from the catalog, not a lazy pull's still being applied) is read when the walk comes to it, and not
+   * kept when it was not in memory (BlockMap.peekRoot; the same ids; one removed meanwhile kept its
+   * root, VolumeTable.detach), any other's is shared now
    * (BlockMap.shareRoot: the map copies it before its next change).
    */
   rootForWalk (): () => RootIds {
-    if (this.kind === 'backup' && this.pendingMap === null && this.map.rootLazy) return () => this.map.root
+    if (this.kind === 'backup' && this.pendingMap === null && this.map.rootLazy) return () => this.map.peekRoot()
     const root = this.map.shareRoot()
     return () => root
   }
