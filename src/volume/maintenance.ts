@@ -568,8 +568,9 @@ export class Maintenance {
     }
     const seen = new Set<number>()
     for (const volume of this.volumes.values()) {
-      pages.rootEntriesRead += volume.map.root.length
-      for (const id of volume.map.root) {
+      const root = volume.map.peekRoot() // read and not kept when not in memory (a walk of every root)
+      pages.rootEntriesRead += root.length
+      for (const id of root) {
         if (id === 0 || seen.has(id)) continue
         seen.add(id)
         if (pages.namesExtent(id, extentId)) visit(pages.get(id))

@@ -363,9 +363,12 @@ export class VolumeTable extends Map<number, Volume> {
     volume.renamed = this.onRename
   }
 
-  /** Every volume's root, one at a time (a root is loaded when its turn comes: issue #21). */
+  /**
+   * Every volume's root, one at a time (issue #21): a backup's not in memory is read when its turn
+   * comes and not kept (BlockMap.peekRoot: a walk of every root would push out those readers use).
+   */
   * roots (): Generator<RootIds> {
-    for (const volume of super.values()) yield volume.map.root
+    for (const volume of super.values()) yield volume.map.peekRoot()
   }
 
   override delete (id: number): boolean {
