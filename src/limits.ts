@@ -36,6 +36,14 @@ export const extentFdsMax = 256
  */
 export const pageCacheMax = 1024
 /**
+ * Bytes of backups' roots kept in memory past their use (issue #21: at 10,000 backups of a 1 TiB disk
+ * the roots were 160 MiB of the daemon, read and decoded at every mount). A backup's root is loaded
+ * from the catalog when first read (one row, 16-32 KiB at 1 TiB: tens of µs) and dropped again,
+ * least recently used first, past this bound (map/block-map.ts, RootCache). 32 MiB: about 2,000
+ * backups of a 1 TiB disk, 130,000 of a 16 GiB one. Disks' and clones' roots are always kept.
+ */
+export const rootCacheBytesMax = 32 * 1024 * 1024
+/**
  * What the page store keeps of the pages' references for gc's mark and the space accounting (PageRefs:
  * 8 bytes per non-hole entry, kept past eviction). Past this, a page's references are read from the
  * page itself each time (loading it when evicted): pages of sparse disks (a few entries each, as with

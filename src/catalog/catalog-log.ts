@@ -429,9 +429,17 @@ export class CatalogLog {
     await write(encodeBatch({ removed: [], pages: [], rows: [], meta: { next_epoch: this.catalog.getMeta('next_epoch') ?? '1', journal_seq: this.catalog.getMeta('journal_seq') ?? '0' } }))
     // The rows encoded and written a slice at a time (each row's root is 44 KB of JSON at 1 TiB: one
     // step for every row held the event loop about 1 s at 1,200 backups).
+    // Each slice's roots are read in its own step (issue #21: not every root at once), as the pages
+    // are: a root changed since the rows were read is the newer record's, in the tail copied after; a
+    // volume removed since is left out (its removal is in the tail too).
     const rows = this.catalog.volumes()
     for (let i = 0; i < rows.length; i += logSnapshotBatchRows) {
-      await write(encodeBatch({ removed: [], pages: [], rows: rows.slice(i, i + logSnapshotBatchRows).map(row => ({ row, withRoot: true })), meta: {} }))
+      const slice = []
+      for (const row of rows.slice(i, i + logSnapshotBatchRows)) {
+        const root = this.catalog.root(row.id)
+        if (root !== undefined) slice.push({ row: { ...row, root }, withRoot: true })
+      }
+      await write(encodeBatch({ removed: [], pages: [], rows: slice, meta: {} }))
     }
     const ids = this.catalog.pageIds()
     for (let i = 0; i < ids.length; i += logSnapshotBatchPages) {

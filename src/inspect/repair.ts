@@ -435,6 +435,7 @@ function repairMaps (run: RepairRun, pool: Pool, maps: StoredMaps, goodExtents: 
   }
   const repaired = new Set<number>()
   for (const volume of pool.list()) {
+    volume.map.pinRoot() // in memory until the commit (ids are written into the array below: it must stay the map's)
     volume.map.widenRoot() // ids are written into it below, a new page's maybe past 32 bits (block-map.ts, RootIds)
     const root = volume.map.root
     const blocks = Math.ceil(volume.size / pool.blockBytes)
@@ -572,7 +573,7 @@ function restoreLazyPulls (catalog: Catalog, state: LogState, notes: string[]): 
  * the log's. Returns how many volumes came back.
  */
 function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): number {
-  const have = catalog.volumes()
+  const have = catalog.volumesWithRoots()
   const ids = new Set(have.map(v => v.id))
   const names = new Set(have.map(v => `${v.kind}/${v.name}`))
   let restored = 0
@@ -613,7 +614,7 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
  */
 function repairRoots (catalog: Catalog, blockBytes: number, logState: LogState | null, report: Omit<RepairReport, 'after'>): void {
   catalog.transaction(() => {
-    for (const row of catalog.volumes()) {
+    for (const row of catalog.volumesWithRoots()) {
       const blocks = Math.ceil(row.size / blockBytes)
       const count = BlockMap.pagesFor(blocks)
       let why: string

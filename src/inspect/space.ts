@@ -231,7 +231,11 @@ class SpaceWalk {
   /** The snapshot, in one synchronous step: the volumes and their roots (shared, never changed). */
   constructor (private readonly pool: Pool) {
     this.generation = pool.generation
-    this.volumes = pool.list().map(v => ({ id: v.id, kind: v.kind, name: v.name, size: v.size, sourceId: v.sourceId, hidden: v.hidden, root: v.map.shareRoot() }))
+    // Each root read when a step comes to it (issue #21: Volume.rootForWalk), not all of them here.
+    this.volumes = pool.list().map(v => {
+      const rootOf = v.rootForWalk()
+      return { id: v.id, kind: v.kind, name: v.name, size: v.size, sourceId: v.sourceId, hidden: v.hidden, get root (): RootIds { return rootOf() } }
+    })
     this.ceiling = pool.inspection.pageIdCeiling
     this.atMs = Date.now()
     this.slicer = new Slicer(pool)

@@ -16,6 +16,7 @@ import { replayCatalogLog } from '../catalog/catalog-log'
 import { extentHeaderFields, extentMagic } from '../format/extent-format'
 import { Pool } from '../volume/pool'
 import { Volume } from '../volume/volume'
+import type { RootIds } from '../map/block-map'
 
 export interface DamagedRange { volume: string, kind: string, startByte: number, endByte: number, problem: string }
 
@@ -59,6 +60,10 @@ export async function verifyPool (pool: Pool, progress: Progress = { done: 0, to
 /** The damaged blocks found, per volume, each with the first problem found for it. */
 class DamagedBlocks {
   private readonly bad = new Map<Volume, Map<number, string>>()
+  /** Volumes none of whose blocks can be read (a root that fails its check), with why. */
+  private readonly whole = new Map<Volume, string>()
+
+  markAll (volume: Volume, problem: string): void { this.whole.set(volume, problem) }
 
   mark (volume: Volume, block: number, problem: string): void {
     let blocks = this.bad.get(volume)
@@ -69,7 +74,9 @@ class DamagedBlocks {
   /** Each volume's damaged blocks as byte ranges: neighbours with the same problem make one range. */
   ranges (blockBytes: number): DamagedRange[] {
     const ranges: DamagedRange[] = []
+    for (const [volume, problem] of this.whole) ranges.push({ volume: volume.name, kind: volume.kind, startByte: 0, endByte: volume.size, problem })
     for (const [volume, blocks] of this.bad) {
+      if (this.whole.has(volume)) continue
       const sorted = [...blocks.entries()].sort((a, b) => a[0] - b[0])
       let start = sorted[0]
       let previous = sorted[0]
@@ -110,7 +117,15 @@ function addUser (walk: MapWalk, chunkId: number, volume: Volume, block: number)
 async function checkMap (walk: MapWalk, volume: Volume): Promise<void> {
   const { pool, report } = walk
   report.volumes++
-  const root = volume.map.root
+  // A backup's root is read here when it is not in memory (issue #21): one that fails its check
+  // makes the whole volume unreadable, reported as its damage.
+  let root: RootIds
+  try {
+    root = volume.map.root
+  } catch (err) {
+    walk.damage.markAll(volume, (err as Error).message)
+    return
+  }
   for (let p = 0; p < root.length; p++) {
     if (root[p] === 0) continue
     let entries: Float64Array

@@ -30,9 +30,72 @@ export function compactRoot (root: RootIds): RootIds {
   return Uint32Array.from(root)
 }
 
+/**
+ * The roots loaded on first use (issue #21): a bounded set of the maps whose root a loader can read
+ * again (backups' persisted roots), dropped least recently used first (second chance: a map whose root
+ * was read since its last turn goes round once more) once their bytes pass `bytesMax`. Synchronous,
+ * on the main thread like everything that reads a root: a load is one SQLite row read in the step that
+ * asks for it, so no caller ever sees a root half loaded, and no drop happens while a caller is inside
+ * a step that read it (a caller that keeps the array across awaits keeps its own reference: the map
+ * drops only its field, and a root a loader can read again is the catalog's, unchanged).
+ */
+export class RootCache {
+  private readonly maps = new Set<BlockMap>()
+  /** Bytes of the roots loaded through this cache and not dropped yet. */
+  bytes = 0
+  /** Roots loaded, and dropped, so far; roots read for a walk and not kept (BlockMap.peekRoot). */
+  loads = 0
+  drops = 0
+  peeks = 0
+
+  constructor (public bytesMax: number) {}
+
+  /** How many roots are loaded now. */
+  get size (): number { return this.maps.size }
+
+  /** `map` loaded its root (`bytes`): drops others past the bound (never `map` itself). */
+  loaded (map: BlockMap, bytes: number): void {
+    this.loads++
+    this.maps.add(map)
+    this.bytes += bytes
+    this.trim(map)
+  }
+
+  /** `map` holds its root for good (removed from the pool, or no longer droppable): out of the count. */
+  forget (map: BlockMap, bytes: number): void {
+    if (this.maps.delete(map)) this.bytes -= bytes
+  }
+
+  /** Drops roots, oldest turn first, until the bytes are within the bound; `keep` stays. */
+  trim (keep?: BlockMap): void {
+    let turns = 2 * this.maps.size
+    for (const map of this.maps) {
+      if (this.bytes <= this.bytesMax || turns-- <= 0) return
+      if (map === keep) continue
+      this.maps.delete(map)
+      if (map.takeUsed()) { this.maps.add(map); continue }
+      const bytes = map.dropRoot()
+      if (bytes < 0) { this.maps.add(map); continue }
+      this.bytes -= bytes
+      this.drops++
+    }
+  }
+}
+
+/** What loads a map's root again from the catalog (throws CORRUPT when it fails its check). */
+export type RootLoader = () => RootIds
+
 export class BlockMap {
-  /** Page ids; 0 means the page's blocks are all holes. */
-  root: RootIds
+  /** Page ids (null: not loaded; `root` loads it); 0 means the page's blocks are all holes. */
+  private loadedRoot: RootIds | null
+  /** Reads the root again once dropped (a persisted backup's: RootCache), or null: it is always kept. */
+  private loader: { load: RootLoader, cache: RootCache } | null = null
+  /** Read since the cache last looked (its second chance). */
+  private used = false
+  /** How many page ids the root has (known without loading it). */
+  private rootCount: number
+  /** Set by a commit between its snapshot and its transaction for a root it writes: not droppable then. */
+  rootWriting = 0
   /** Set when root changed since the last commit. */
   rootDirty = false
   /** Set while a reader holds the root array as it was (shareRoot): the next change copies it first. */
@@ -66,9 +129,100 @@ export class BlockMap {
     storedBytes: number,
     private readonly sizeOf: EntrySize
   ) {
-    this.root = root
+    this.loadedRoot = root
+    this.rootCount = root.length
     this.allocated = allocatedBlocks
     this.stored = storedBytes
+  }
+
+  /** The page ids, loaded first when dropped (throws CORRUPT when the stored root fails its check). */
+  get root (): RootIds {
+    const root = this.loadedRoot
+    if (root !== null) { this.used = true; return root }
+    return this.loadRoot()
+  }
+
+  private setRootIds (root: RootIds): void {
+    if (this.loader !== null && this.loadedRoot !== null) this.loader.cache.forget(this, this.loadedRoot.byteLength)
+    this.loader = null // changed here: kept until made lazy again (after the commit that writes it)
+    this.loadedRoot = root
+    this.rootCount = root.length
+  }
+
+  private loadRoot (): RootIds {
+    const loader = this.loader
+    if (loader === null) throw new Error('a map without its root and without a loader')
+    const root = loader.load()
+    if (root.length !== this.rootCount) throw new Error(`a loaded root of ${root.length} pages where ${this.rootCount} were expected`)
+    this.loadedRoot = root
+    this.used = false
+    this.rootShared = false
+    loader.cache.loaded(this, root.byteLength)
+    return root
+  }
+
+  /**
+   * The root for a walk that reads every root once per pass (gc's mark, sealing's first pass, the
+   * space walk): the one in memory, or else read from the catalog and not kept. Kept, a walk of more
+   * roots than the bound holds would push out every root readers use and find none of its own next
+   * time (a cyclic scan misses every time under LRU).
+   */
+  peekRoot (): RootIds {
+    const root = this.loadedRoot
+    if (root !== null) return root
+    const loader = this.loader
+    if (loader === null) throw new Error('a map without its root and without a loader')
+    const read = loader.load()
+    if (read.length !== this.rootCount) throw new Error(`a loaded root of ${read.length} pages where ${this.rootCount} were expected`)
+    loader.cache.peeks++
+    return read
+  }
+
+  /** How many page ids the root has, without loading it. */
+  get rootLength (): number { return this.rootCount }
+
+  /** Whether the root is in memory now. */
+  get rootLoaded (): boolean { return this.loadedRoot !== null }
+
+  /** Whether the root may be dropped and read again (a persisted backup's, unchanged since: makeLazy). */
+  get rootLazy (): boolean { return this.loader !== null }
+
+  /**
+   * From now on the root may be dropped and read again by `load` (issue #21): the caller says that
+   * what `load` reads is this root as it is (persisted, not dirty: a backup after the commit that
+   * inserted it, or read at the open). `unloadedCount`: it is not in memory yet (the open), and has
+   * that many page ids.
+   */
+  makeLazy (load: RootLoader, cache: RootCache, unloadedCount?: number): void {
+    if (this.loader !== null) return
+    this.loader = { load, cache }
+    if (unloadedCount !== undefined) { this.loadedRoot = null; this.rootCount = unloadedCount; return }
+    if (this.loadedRoot !== null) { cache.loaded(this, this.loadedRoot.byteLength); cache.loads-- }
+  }
+
+  /** Keeps the root in memory for good (the volume left the pool: nothing may read it from the catalog after). */
+  pinRoot (): void {
+    const root = this.root
+    if (this.loader !== null) this.loader.cache.forget(this, root.byteLength)
+    this.loader = null
+  }
+
+  /** For RootCache: whether the root was read since the cache last asked (and clears it). */
+  takeUsed (): boolean {
+    const used = this.used
+    this.used = false
+    return used
+  }
+
+  /**
+   * For RootCache: drops the root when it can be read again as it is (not dirty, no commit writing it);
+   * returns its bytes, or -1 when it stays.
+   */
+  dropRoot (): number {
+    const root = this.loadedRoot
+    if (root === null || this.loader === null || this.rootDirty || this.rootWriting > 0) return -1
+    this.loadedRoot = null
+    return root.byteLength
   }
 
   // The counters change only with the entries, in this class: set(), resize(),
@@ -96,7 +250,7 @@ export class BlockMap {
    */
   pointAt (source: BlockMap, epoch: number): void {
     const old = this.root
-    this.root = source.copyRoot()
+    this.setRootIds(source.copyRoot())
     if (this.counts !== null) {
       this.counts.rootAll(this.root, 1)
       this.counts.rootAll(old, -1)
@@ -180,13 +334,13 @@ export class BlockMap {
         if (page.epoch === this.epoch && this.spares.length < mapSparePagesMax) this.spares.push(page.id)
       }
       if (this.counts !== null) this.counts.rootAll(this.root.subarray(pageCount), -1)
-      this.root = this.root.slice(0, pageCount)
+      this.setRootIds(this.root.slice(0, pageCount))
       this.rootShared = false
       this.rootDirty = true
     } else if (pageCount > this.root.length) {
       const grown = new Float64Array(pageCount)
       grown.set(this.root)
-      this.root = grown
+      this.setRootIds(grown)
       this.rootShared = false
       this.rootDirty = true
     }
@@ -218,7 +372,7 @@ export class BlockMap {
   /** Makes the root 8 bytes an id (for repair, which writes ids into it itself). */
   widenRoot (): void {
     if (this.root instanceof Float64Array) return
-    this.root = Float64Array.from(this.root)
+    this.setRootIds(Float64Array.from(this.root))
     this.rootShared = false
   }
 
@@ -264,12 +418,14 @@ export class BlockMap {
 
   private setRoot (pageIndex: number, pageId: number): void {
     if (pageId > u32Max && this.root instanceof Uint32Array) this.widenRoot() // a copy: a reader sharing the old one keeps it
-    if (this.rootShared) {
-      this.root = this.root.slice()
+    if (this.rootShared || this.loader !== null) {
+      // A copy when shared; and out of the cache: a changed root is kept until its commit makes it lazy again.
+      this.setRootIds(this.rootShared ? this.root.slice() : this.root)
       this.rootShared = false
     }
-    const old = this.root[pageIndex]
-    this.root[pageIndex] = pageId
+    const root = this.root
+    const old = root[pageIndex]
+    root[pageIndex] = pageId
     if (this.counts !== null) {
       this.counts.rootAdd(pageId)
       this.counts.rootDrop(old)

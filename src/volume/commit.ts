@@ -161,13 +161,7 @@ export class Committer {
     const adjust = forCommit(this.state, full)
     this.state.changedSinceCommit = false
     const pages = this.state.pages.takeDirty()
-    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
-    for (const volume of this.state.volumes.values()) {
-      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
-      rows.push({ volume, row: this.rowOf(volume, volume.map.rootDirty || !volume.persisted, adjust), withRoot: volume.map.rootDirty || !volume.persisted, insert: !volume.persisted })
-      volume.rowDirty = false
-      volume.map.rootDirty = false
-    }
+    const rows = this.takeRows(adjust)
     const removed = [...this.state.removed]
     const nextEpoch = this.state.nextEpoch
     const writable = JSON.stringify([...this.state.writableExtentIds()].sort((a, b) => a - b))
@@ -206,6 +200,8 @@ export class Committer {
       for (const { volume, withRoot } of rows) { volume.rowDirty = true; if (withRoot) volume.map.rootDirty = true }
       this.state.changedSinceCommit = true
       throw fromSystemError(err, 'committing the catalog')
+    } finally {
+      for (const { volume, withRoot } of rows) if (withRoot) volume.map.rootWriting--
     }
     this.state.pages.committed(pages)
     this.stats.commits++
@@ -214,6 +210,8 @@ export class Committer {
     try { this.state.journal.dropBefore(journalSeq) } catch (err) { this.state.log(`removing committed journal files failed: ${(err as Error).message}`) }
     for (const id of removed) this.state.removed.delete(id)
     for (const { volume, insert } of rows) if (insert) volume.persisted = true
+    // A backup's root written by this commit is the catalog's now: it may be dropped (issue #21).
+    for (const { volume, withRoot } of rows) if (withRoot && this.state.volumes.get(volume.id) === volume) this.state.lazyRoot(volume)
     // A rewrite of catalog.log runs in the background (the commits after this one append to the old
     // file meanwhile): only a log's first snapshot is waited for here.
     const failed = (err: Error): void => { this.state.log(`rewriting ${catalogLogFile} failed (the old one stays in use): ${err.message}`) }
@@ -222,6 +220,24 @@ export class Committer {
     await this.state.catalogLog.afterCommit(failed, done).catch(failed)
     timing.afterMs = performance.now() - after
     return timing
+  }
+
+  /**
+   * The rows this commit writes (in its snapshot step): every volume changed since the last, with its
+   * root when that changed or it is new. A root written is not droppable until the transaction wrote
+   * it (rootWriting: a drop meanwhile would read the old one again from the catalog; issue #21).
+   */
+  private takeRows (adjust: CountsAdjustment): Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> {
+    const rows: Array<{ volume: Volume, row: VolumeRow, withRoot: boolean, insert: boolean }> = []
+    for (const volume of this.state.volumes.values()) {
+      if (!volume.rowDirty && !volume.map.rootDirty && volume.persisted) continue
+      const withRoot = volume.map.rootDirty || !volume.persisted
+      rows.push({ volume, row: this.rowOf(volume, withRoot, adjust), withRoot, insert: !volume.persisted })
+      volume.rowDirty = false
+      volume.map.rootDirty = false
+      if (withRoot) volume.map.rootWriting++
+    }
+    return rows
   }
 
   /** The extents written since the last commit made durable; a failed fdatasync is fatal for every later commit. */
@@ -292,22 +308,32 @@ export class Committer {
   }
 
   /**
-   * At open, after the roots were counted and before anything changes a page: takes the reference
+   * At open, before any root was counted and before anything changes a page: takes the reference
    * counts the last clean close stored, when that close was the last thing that wrote the catalog
-   * (its fingerprint unchanged) and their checksum holds. Returns whether it did. markOpen deletes
-   * them in its transaction, so a crash from here on leaves none behind.
+   * (its fingerprint unchanged) and their checksum holds; when the page counts are not taken,
+   * `countRoots` counts them from every root. Returns whether the chunk and extent counts were taken
+   * (the first gc then needs no full mark). markOpen deletes them in its transaction, so a crash from
+   * here on leaves none behind.
    */
-  loadStoredCounts (): boolean {
+  loadStoredCounts (countRoots: () => void): boolean {
+    const taken = this.takeStoredCounts()
+    if (!taken.pages) countRoots()
+    return taken.counts
+  }
+
+  private takeStoredCounts (): { pages: boolean, counts: boolean } {
+    const none = { pages: false, counts: false }
     const catalog = this.state.catalog
-    if (catalog.getMeta('clean_close') !== '1') return false
+    if (catalog.getMeta('clean_close') !== '1') return none
     const row = catalog.refCounts()
-    if (row === undefined) return false
+    if (row === undefined) return none
     if (row.fingerprint !== catalog.countsFingerprint() || row.sum !== countsSum(row.data)) {
-      this.state.log('gc: the reference counts stored at the last close do not match the catalog; the first gc marks in full')
-      return false
+      this.state.log('gc: the reference counts stored at the last close do not match the catalog; the roots are counted and the first gc marks in full')
+      return none
     }
-    const loaded = this.state.refs.load(row.data)
-    if (loaded) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
-    return loaded
+    const taken = this.state.refs.load(row.data)
+    if (taken.counts) this.state.log('gc: reference counts taken from the last clean close (no full mark needed)')
+    else if (taken.pages) this.state.log('gc: the page reference counts taken from the last clean close (the first gc marks in full)')
+    return taken
   }
 }

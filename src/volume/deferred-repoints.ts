@@ -46,6 +46,7 @@ export function forCommit (state: PoolState, full: boolean): CountsAdjustment {
     // Changed by a write since: written now with its repoints, so every reader's row counts them.
     pages.undefer(page)
     for (const volume of state.volumes.values()) {
+      if (volume.map.epoch < page.epoch) continue // it cannot name the page (Maintenance.countPageChanges), nor is its root read
       const root = volume.map.root
       if (at < root.length && root[at] === page.id) volume.rowDirty = true
     }

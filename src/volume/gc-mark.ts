@@ -62,7 +62,7 @@ export interface MarkResult {
 
 export class GcMark {
   private readonly result: MarkResult
-  private readonly roots: Array<{ label: string, root: RootIds }>
+  private readonly roots: Array<{ label: string, root: () => RootIds }>
   private walked = 0
 
   /**
@@ -74,7 +74,7 @@ export class GcMark {
     this.roots = []
     for (const volume of state.volumes.values()) {
       for (const id of volume.writableExtents) liveExtents.add(id)
-      this.roots.push({ label: volume.label, root: volume.map.shareRoot() })
+      this.roots.push({ label: volume.label, root: volume.rootForWalk() })
     }
     const liveChunks = new Set<number>()
     // Chunks an unfinished import stored (catalog table import_blocks, or a lazy pull's rows in memory)
@@ -104,7 +104,9 @@ export class GcMark {
       // 10,000 roots of 4,096 ids each are mostly the same pages, and a byte per id answers faster than
       // the set. Whether a page was marked is still livePages' answer (the barrier adds to it alone).
       const seen = new Uint8Array(this.state.pages.idCeiling)
-      for (const { label, root } of this.roots) {
+      for (const { label, root: rootOf } of this.roots) {
+        // One root at a time (issue #21): a backup's is read here when not in memory.
+        const root = rootOf()
         this.state.pages.gcReads += root.length
         for (let p = 0; p < root.length; p++) {
           // A page several volumes read (a disk and its backups, a chain of clones) is marked once: what

@@ -9,7 +9,7 @@
  * Errors: NOT_FOUND, EXISTS, INVALID, READ_ONLY, BUSY, and what commit throws.
  */
 import assert from 'node:assert/strict'
-import { VolumeKind, VolumeRow, defaultModeOf } from '../catalog/catalog'
+import { VolumeInfo, VolumeKind, defaultModeOf } from '../catalog/catalog'
 import { VdiskError, exists, invalid, notFound, notPermitted, readOnly } from '../errors'
 import { decodeRoot } from '../format/map-format'
 import { inUseGraceMs, inUsePollMs, noteBytesMax, pruneCommitVolumes } from '../limits'
@@ -24,7 +24,8 @@ export interface BackupTiming { nameMs: number, pauseMs: number, madeMs: number,
 
 export class Namespace {
   constructor (private readonly state: PoolState, private readonly committer: Committer) {
-    for (const row of state.catalog.volumes()) state.volumes.set(row.id, this.volumeFromRow(row))
+    // Uncounted: the pool takes the page counts from the last clean close, or counts every root (Pool).
+    for (const row of state.catalog.volumes()) state.volumes.setUncounted(row.id, this.volumeFromRow(row))
   }
 
   private get volumes (): VolumeTable { return this.state.volumes }
@@ -46,18 +47,22 @@ export class Namespace {
     }
   }
 
-  private volumeFromRow (row: VolumeRow): Volume {
+  private volumeFromRow (row: VolumeInfo): Volume {
     const blocks = Math.ceil(row.size / this.state.blockBytes)
     const pageCount = BlockMap.pagesFor(blocks)
-    let root: RootIds
-    try {
-      root = decodeRoot(row.root, pageCount, row.id)
-    } catch (err) {
-      throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
+    // A backup's root is read when first used (issue #21: PoolState.lazyRoot); a disk's or clone's now.
+    let root: RootIds = new Float64Array(0)
+    if (row.kind !== 'backup') {
+      try {
+        root = decodeRoot(this.state.catalog.root(row.id) ?? Buffer.alloc(0), pageCount, row.id)
+      } catch (err) {
+        throw new VdiskError('CORRUPT', `${row.kind} ${row.name}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, { cause: err })
+      }
     }
     const map = new BlockMap(this.state.pages, root, row.epoch, row.allocatedBlocks, row.storedBytes, this.state.sizeOf)
     const volume = new Volume(this.state, row.id, row.kind, row.name, row.size, row.createdMs, row.mtimeMs, row.sourceId, row.sourceLabel, map, row.activeExtent)
     volume.persisted = true
+    if (row.kind === 'backup') this.state.lazyRoot(volume, pageCount)
     volume.uid = row.uid
     volume.gid = row.gid
     volume.mode = row.mode

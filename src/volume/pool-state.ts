@@ -17,7 +17,10 @@ import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { entryChunkId, entryKind, entryKindChunk, entryKindDelta } from '../format/map-format'
 import { PoolHeader, catalogLogFile, extentsDir, packsDir } from '../format/pool-format'
 import { FileIo, nodeFileIo } from '../io/file-io'
-import { zstdLevelDefault } from '../limits'
+import { rootCacheBytesMax, zstdLevelDefault } from '../limits'
+import { RootCache, RootIds } from '../map/block-map'
+import { decodeRoot } from '../format/map-format'
+import { VdiskError } from '../errors'
 import { PageStore } from '../map/page-store'
 import { FilesystemStat, FreeSpace } from './free-space'
 import { ChangeJournal } from './journal'
@@ -37,6 +40,8 @@ export interface StateOptions {
   pageCacheMax?: number
   /** Bytes of page references kept (default pageRefsBytesMax; tests make it tiny). */
   pageRefsBytesMax?: number
+  /** Bytes of backups' roots kept in memory past their use (default rootCacheBytesMax; tests make it tiny). */
+  rootCacheBytesMax?: number
   /**
    * The boot the change journal is written in and replayed from (journal.ts; default the kernel's boot
    * id). Tests that simulate a power cut open the pool again with another, as the machine's restart would.
@@ -72,6 +77,30 @@ export class PoolState implements VolumeContext {
   /** Run once, synchronously, by the next commit's snapshot step (gc's decision from the counts). */
   atCommitSnapshot: ((journalSeq: number) => void) | null = null
   readonly volumes: VolumeTable
+  /** The backups' roots loaded on first use and dropped past a bound (issue #21; BlockMap.makeLazy). */
+  readonly roots: RootCache
+
+  /**
+   * Lets `volume`'s root be dropped and read again from the catalog when it is a backup's (disks' and
+   * clones' change: they keep theirs), persisted and not dirty: at the open (`unloadedCount`: not read
+   * yet), and after the commit that wrote it. A root that fails its check when read fails what asked
+   * for it with CORRUPT (logged), not the open; `vdiskfs verify` reads every root.
+   */
+  lazyRoot (volume: Volume, unloadedCount?: number): void {
+    if (volume.kind !== 'backup' || !volume.persisted || volume.map.rootDirty) return
+    const id = volume.id
+    volume.map.makeLazy(() => {
+      const stored = this.catalog.root(id)
+      if (stored === undefined) throw new VdiskError('CORRUPT', `${volume.label}: its map root is missing from the catalog: run vdiskfs repair on the pool`)
+      try {
+        return decodeRoot(stored, volume.map.rootLength, id)
+      } catch (err) {
+        const message = `${volume.label}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`
+        this.log(message)
+        throw new VdiskError('CORRUPT', message, { cause: err })
+      }
+    }, this.roots, unloadedCount)
+  }
   /**
    * Names ("kind/name") that an operation checked free and will create after an `await` (a backup
    * waiting for its source's writes to drain, a copy, a promote, an import finishing), each with a
@@ -142,6 +171,7 @@ export class PoolState implements VolumeContext {
     this.refs = new RefCounts({ refsOf: id => this.pages.refsOf(id), underSlot: entry => underSlot(this.extents, entry) })
     this.pages.counts = this.refs
     this.volumes = new VolumeTable(this.refs)
+    this.roots = new RootCache(options.rootCacheBytesMax ?? rootCacheBytesMax)
     this.catalogLog = CatalogLog.open(path.join(dir, catalogLogFile), catalog, this.io)
     if (this.catalogLog.detached) this.log(`${catalogLogFile} was written by another catalog (this one was truncated, rebuilt or replaced): it is left as it is for vdiskfs repair`)
     this.nextVolumeId = catalog.maxVolumeId() + 1
@@ -322,6 +352,25 @@ export class VolumeTable extends Map<number, Volume> {
     return this
   }
 
+  /**
+   * `volume` enters the table at the open with its root not counted: the open takes the page counts
+   * from what the last clean close stored, or counts every root (`roots`), before anything changes.
+   */
+  setUncounted (id: number, volume: Volume): void {
+    super.set(id, volume)
+    volume.map.counts = this.counts
+    this.names.set(volume.key, volume)
+    volume.renamed = this.onRename
+  }
+
+  /**
+   * Every volume's root, one at a time (issue #21): a backup's not in memory is read when its turn
+   * comes and not kept (BlockMap.peekRoot: a walk of every root would push out those readers use).
+   */
+  * roots (): Generator<RootIds> {
+    for (const volume of super.values()) yield volume.map.peekRoot()
+  }
+
   override delete (id: number): boolean {
     const old = super.get(id)
     if (old === undefined) return false
@@ -336,6 +385,9 @@ export class VolumeTable extends Map<number, Volume> {
   }
 
   private detach (volume: Volume): void {
+    // Kept in memory from here (a handle may still read it; its row goes with the next commit): a
+    // root is read from the catalog only while its volume is in the table.
+    volume.map.pinRoot()
     this.counts.rootAll(volume.map.root, -1)
     volume.map.counts = null
     if (this.names.get(volume.key) === volume) this.names.delete(volume.key)

@@ -161,9 +161,10 @@ export class Pool {
     for (const { pull, clone } of records) if (!this.applies.has(pull)) fs.rmSync(cloneFile(dir, pull, clone), { force: true })
     this.lazy.open(leftover.flatMap(l => l.apply.backup === null ? [] : [[l.apply.uuid, l.count] as [string, number]]))
     this.state.chunks.absent = this.lazy
-    // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts):
-    // taken after the roots were counted (Namespace) and before the journal's replay changes pages.
-    this.countsLoaded = this.committer.loadStoredCounts()
+    // gc's reference counts from the last clean close, if they are still the catalog's (ref-counts.ts),
+    // or the page counts from every root, one at a time (the volumes entered the table uncounted:
+    // Namespace): before the journal's replay changes pages and roots.
+    this.countsLoaded = this.committer.loadStoredCounts(() => this.state.refs.recountRoots(this.state.volumes.roots()))
     this.replayedChanges = replayJournal(this.state)
     this.committer.markOpen()
     for (const { apply } of leftover) this.startApply(apply)

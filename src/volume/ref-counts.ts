@@ -1,6 +1,7 @@
 /**
  * Reference counts (issue #21: gc in time proportional to what it frees, not to the pool). Kept in
- * memory. The page counts are derived from the roots read at every open. The chunk and extent counts
+ * memory. The page counts are taken from what the last clean close stored, under the rule below, or
+ * else counted from every root at the open (one root at a time). The chunk and extent counts
  * are built by the first gc's full mark of a process, or taken from what the last clean close stored
  * (`stored`, in the final commit's snapshot step, so they are that commit's state exactly; `load`):
  * the open that reads them deletes them in its first transaction, so after any crash there are none
@@ -368,29 +369,25 @@ export class RefCounts {
   // ---- stored at a clean close, loaded at the next open ----
 
   /**
-   * The counts to store at a clean close, or null when they cannot be (not built, a decision not
-   * swept, a page that cannot be counted, a held problem, entries still pending). Synchronous, in the
-   * final commit's snapshot step (so they are that commit's state): the stale pages some root names
-   * are counted as they are (their extents' base tables loaded before: `extentsOfStale`), and the
-   * counted pages no root names are uncounted and kept as candidates (no root can name them again
-   * after the pool closes: spares are not kept). From then on every page some root names is counted,
-   * and only those; the next open marks them so (`load`).
+   * The counts to store at a clean close. Synchronous, in the final commit's snapshot step (so they are
+   * that commit's state). The page counts always (issue #21: the open takes them instead of reading
+   * every root); the chunk and extent counts when they can be (built, a decision swept, every page
+   * countable, no held problem, no entry pending): the stale pages some root names are counted as they
+   * are (their extents' base tables loaded before: `extentsOfStale`), and the counted pages no root
+   * names are uncounted and kept as candidates (no root can name them again after the pool closes:
+   * spares are not kept). From then on every page some root names is counted, and only those; the next
+   * open marks them so (`load`).
    */
-  stored (): Buffer | null {
-    if (!this.complete || this.dying !== null) return null
-    if (this.resolvePending().size > 0) return null
-    for (const id of [...this.stale]) {
-      if (this.refsOfPage(id) === 0) { this.stale.delete(id); this.zeroPages.add(id); continue }
-      try { this.count(id) } catch { return null }
-    }
-    if (this.problems.size > 0 || this.pendingUnder.length > 0) return null
-    for (let id = 1; id < this.counted.length; id++) {
-      if (this.counted[id] === 1 && this.refsOfPage(id) === 0) { this.uncount(id); this.zeroPages.add(id) }
-    }
-    if (this.pendingUnder.length > 0) return null
-    const lists = [[...this.chunkRefs.keys()], [...this.chunkRefs.values()], [...this.extentRefs.keys()], [...this.extentRefs.values()],
-      [...this.zeroPages], [...this.zeroChunks], [...this.zeroExtents], [...this.named]]
-    const head = [storedMagic, storedVersion, this.pageCeiling, this.chunkMax, this.nextExtentId, ...lists.map(l => l.length)]
+  stored (): Buffer {
+    const withCounts = this.countsStorable()
+    const pageIds: number[] = []
+    const pageCounts: number[] = []
+    for (let id = 1; id < this.pageRefs.length; id++) if (this.pageRefs[id] !== 0) { pageIds.push(id); pageCounts.push(this.pageRefs[id]) }
+    const lists = withCounts
+      ? [[...this.chunkRefs.keys()], [...this.chunkRefs.values()], [...this.extentRefs.keys()], [...this.extentRefs.values()],
+          [...this.zeroPages], [...this.zeroChunks], [...this.zeroExtents], [...this.named], pageIds, pageCounts]
+      : [[], [], [], [], [], [], [], [], pageIds, pageCounts]
+    const head = [storedMagic, storedVersion, this.pageCeiling, this.chunkMax, this.nextExtentId, withCounts ? 1 : 0, ...lists.map(l => l.length)]
     const out = new Float64Array(head.length + lists.reduce((n, l) => n + l.length, 0))
     out.set(head)
     let at = head.length
@@ -398,21 +395,47 @@ export class RefCounts {
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength)
   }
 
+  /** Whether the chunk and extent counts can be stored (stored()); counts the stale pages on the way. */
+  private countsStorable (): boolean {
+    if (!this.complete || this.dying !== null) return false
+    if (this.resolvePending().size > 0) return false
+    for (const id of [...this.stale]) {
+      if (this.refsOfPage(id) === 0) { this.stale.delete(id); this.zeroPages.add(id); continue }
+      try { this.count(id) } catch { return false }
+    }
+    if (this.problems.size > 0 || this.pendingUnder.length > 0) return false
+    for (let id = 1; id < this.counted.length; id++) {
+      if (this.counted[id] === 1 && this.refsOfPage(id) === 0) { this.uncount(id); this.zeroPages.add(id) }
+    }
+    return this.pendingUnder.length === 0
+  }
+
   /**
-   * Takes the counts a clean close stored (`stored`), after the open counted the roots: every page
-   * some root names is counted. Returns false (and changes nothing) when `data` is not such a record.
+   * Takes the counts a clean close stored (`stored`), at the open, before any root is counted (the
+   * volumes entered the table uncounted: VolumeTable.setUncounted). Returns what it took: `pages`, the
+   * page counts (when false, nothing was taken and the caller counts every root); `counts`, the chunk
+   * and extent counts too (every page some root names is counted then).
    */
-  load (data: Buffer): boolean {
-    if (this.counting || data.byteLength % 8 !== 0 || data.byteLength < 13 * 8) return false
+  load (data: Buffer): { pages: boolean, counts: boolean } {
+    const none = { pages: false, counts: false }
+    if (this.counting || data.byteLength % 8 !== 0 || data.byteLength < storedHead * 8) return none
     const all = new Float64Array(new Uint8Array(data).buffer)
-    if (all[0] !== storedMagic || all[1] !== storedVersion) return false
-    const lengths = Array.from(all.subarray(5, 13))
-    if (13 + lengths.reduce((a, b) => a + b, 0) !== all.length) return false
+    if (all[0] !== storedMagic || all[1] !== storedVersion) return none
+    const lengths = Array.from(all.subarray(6, storedHead))
+    if (storedHead + lengths.reduce((a, b) => a + b, 0) !== all.length) return none
     const lists: Float64Array[] = []
-    let at = 13
+    let at = storedHead
     for (const length of lengths) { lists.push(all.subarray(at, at + length)); at += length }
-    const [chunkIds, chunkCounts, extentIds, extentCounts, zeroPages, zeroChunks, zeroExtents, named] = lists
-    if (chunkIds.length !== chunkCounts.length || extentIds.length !== extentCounts.length) return false
+    const [chunkIds, chunkCounts, extentIds, extentCounts, zeroPages, zeroChunks, zeroExtents, named, pageIds, pageCounts] = lists
+    if (chunkIds.length !== chunkCounts.length || extentIds.length !== extentCounts.length || pageIds.length !== pageCounts.length) return none
+    for (let i = 0; i < pageIds.length; i++) if (!(pageIds[i] > 0 && pageCounts[i] > 0)) return none
+    this.pageRefs.fill(0)
+    this.zeroPages.clear()
+    for (let i = 0; i < pageIds.length; i++) {
+      if (pageIds[i] >= this.pageRefs.length) this.grow(pageIds[i])
+      this.pageRefs[pageIds[i]] = pageCounts[i]
+    }
+    if (all[5] !== 1) return { pages: true, counts: false }
     for (let i = 0; i < chunkIds.length; i++) this.chunkRefs.set(chunkIds[i], chunkCounts[i])
     for (let i = 0; i < extentIds.length; i++) this.extentRefs.set(extentIds[i], extentCounts[i])
     for (const id of zeroPages) if (this.refsOfPage(id) === 0) this.zeroPages.add(id)
@@ -424,12 +447,11 @@ export class RefCounts {
     this.nextExtentId = all[4]
     for (let id = 1; id < this.pageRefs.length; id++) {
       if (this.pageRefs[id] <= 0) continue
-      if (id >= this.counted.length) this.grow(id)
       this.counted[id] = 1
     }
     this.counting = true
     this.complete = true
-    return true
+    return { pages: true, counts: true }
   }
 
   // ---- verify's check ----
@@ -506,7 +528,10 @@ export class RefCounts {
 
 /** The stored counts' first two numbers: what they are, and their layout's version. */
 const storedMagic = 0x76647263 // 'vdrc'
-const storedVersion = 1
+/** 2: the page counts too, and whether the chunk and extent counts are there (issue #21); a 1 is not taken (the roots are counted). */
+const storedVersion = 2
+/** The numbers before the lists: magic, version, pageCeiling, chunkMax, nextExtentId, whether the counts are there, 10 lengths. */
+const storedHead = 16
 
 /** The checksum kept beside the stored counts. */
 export function countsSum (data: Buffer): string {

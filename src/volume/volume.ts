@@ -21,7 +21,7 @@ import { RacedRead, VdiskError, readOnly } from '../errors'
 import { extentSectorBytes } from '../format/extent-format'
 import { deltaEntry, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entryKindHole, entryKindLost, entrySlot } from '../format/map-format'
 import { discardBlocksPerTurn, readRetriesMax, volumeBytesMax } from '../limits'
-import { BlockMap } from '../map/block-map'
+import { BlockMap, RootIds } from '../map/block-map'
 import { DeltaExtent, ExtentStore } from '../extent/delta-extent'
 import { ChunkStore } from '../chunk/chunk-store'
 import { isHiddenName } from './names'
@@ -171,6 +171,20 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * user's name has) is what it is committed under, so a restart after a crash drops it.
    */
   get hidden (): boolean { return isHiddenName(this.name) }
+
+  /**
+   * The root as it is now, for a walk across awaits that takes one root at a time (issue #21: gc's
+   * mark, sealing's first pass, the space accounting): a backup's whose root never changes again (read
+   * from the catalog, not a lazy pull's still being applied) is read when the walk comes to it, and not
+   * kept when it was not in memory (BlockMap.peekRoot; the same ids; one removed meanwhile kept its
+   * root, VolumeTable.detach), any other's is shared now
+   * (BlockMap.shareRoot: the map copies it before its next change).
+   */
+  rootForWalk (): () => RootIds {
+    if (this.kind === 'backup' && this.pendingMap === null && this.map.rootLazy) return () => this.map.peekRoot()
+    const root = this.map.shareRoot()
+    return () => root
+  }
   get storedBytes (): number { return this.map.storedBytes }
 
   /** Reads up to target.length bytes at `position`; returns how many (0 at or past the end). */

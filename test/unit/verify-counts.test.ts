@@ -46,8 +46,9 @@ async function eightBackups (dir: string): Promise<void> {
 /** The stored counts' chunk ids and their counts (RefCounts.stored's layout: 13 numbers of head, then the lists). */
 function chunkCountsOf (data: Buffer): { all: Float64Array, ids: Float64Array, counts: Float64Array } {
   const all = new Float64Array(new Uint8Array(data).buffer)
-  const n = all[5]
-  return { all, ids: all.subarray(13, 13 + n), counts: all.subarray(13 + n, 13 + 2 * n) }
+  // The layout (ref-counts.ts, version 2): 16 numbers, the first list's length the 7th.
+  const n = all[6]
+  return { all, ids: all.subarray(16, 16 + n), counts: all.subarray(16 + n, 16 + 2 * n) }
 }
 
 async function readsItsBlocks (t: import('ava').ExecutionContext, pool: Pool, backups: number[]): Promise<void> {
