@@ -94,6 +94,8 @@ function statusText (stats: StatsResult): string {
     ...(stats.commits === undefined ? [] : [`commits:     ${stats.commits.commits}, the largest ${stats.commits.pagesMax} map pages; ${stats.commits.dirtyPages} dirty now`]),
     `chunk cache: ${cache.hits} hits, ${cache.misses} misses${lookups > 0 ? ` (${(100 * cache.hits / lookups).toFixed(1)}% hits)` : ''}, ` +
       `${bytes(cache.bytes)} of ${bytes(cache.bytesMax)} held`,
+    ...(stats.rootCache === undefined ? [] : [`backup roots: ${stats.rootCache.roots} in memory (${bytes(stats.rootCache.bytes)} of ${bytes(stats.rootCache.bytesMax)}), ` +
+      `${stats.rootCache.loads} read from the catalog on first use, ${stats.rootCache.drops} dropped`]),
     `writes:      ${stats.writes.inline} inline, ${stats.writes.pooled} through the thread pool, ${stats.writes.slow} slow inline (each sends writes to the pool for a while), slowest ${ms(stats.writes.slowestMs)}`,
     `reads:       ${stats.reads.inline} inline (all in the page cache), ${stats.reads.pooled} through the thread pool (${stats.reads.missed} of them tried inline first), slowest inline ${ms(stats.reads.slowestMs)}`,
     ...fastPathLines(stats),

@@ -7,6 +7,7 @@
 import type { VolumeKind } from '../catalog/catalog'
 import type { ChunkCacheStats } from '../chunk/chunk-cache'
 import type { InlineWriteStats } from '../io/file-io'
+import type { RootCacheStats } from '../map/block-map'
 import type { PruneDecision } from '../transfer/prune'
 import type { AllocationRange } from '../volume/allocation'
 import type { ImportCounts } from '../volume/import'
@@ -66,6 +67,8 @@ export interface StatsResult {
   unsealedAsOfMs: number
   /** The cache of verified, decompressed chunks (sealed reads). */
   chunkCache: ChunkCacheStats
+  /** Backups' roots read from the catalog on first use and kept within a bound (issue #21). */
+  rootCache?: RootCacheStats
   /** Engine writes done on the event loop (inline), through the thread pool, and inline ones that were slow. */
   writes: InlineWriteStats
   /** Commits since the daemon started, the most map pages one of them wrote, and the map pages dirty now. */

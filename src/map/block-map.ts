@@ -39,6 +39,17 @@ export function compactRoot (root: RootIds): RootIds {
  * a step that read it (a caller that keeps the array across awaits keeps its own reference: the map
  * drops only its field, and a root a loader can read again is the catalog's, unchanged).
  */
+/** What `vdiskfs status` shows of the roots cache. */
+export interface RootCacheStats {
+  /** Backups' roots in memory now that may be dropped, and their bytes; the bound. */
+  roots: number
+  bytes: number
+  bytesMax: number
+  /** Roots read from the catalog on first use, and dropped past the bound, since start. */
+  loads: number
+  drops: number
+}
+
 export class RootCache {
   private readonly maps = new Set<BlockMap>()
   /** Bytes of the roots loaded through this cache and not dropped yet. */
@@ -52,6 +63,8 @@ export class RootCache {
 
   /** How many roots are loaded now. */
   get size (): number { return this.maps.size }
+
+  stats (): RootCacheStats { return { roots: this.maps.size, bytes: this.bytes, bytesMax: this.bytesMax, loads: this.loads, drops: this.drops } }
 
   /** `map` loaded its root (`bytes`): drops others past the bound (never `map` itself). */
   loaded (map: BlockMap, bytes: number): void {

@@ -25,6 +25,7 @@ import { ChangedSet, changedBlockSet, differingRanges } from '../map/diff'
 import { PoolHeader, catalogFile, extentsDir, lazyDir, packsDir } from '../format/pool-format'
 import { assertLimits, lazyRefsBatchRefs, packLiveFractionMin, sealBatchBlocks } from '../limits'
 import { AllocationRange, allocationMap } from './allocation'
+import { RootCacheStats } from '../map/block-map'
 import { Committer } from './commit'
 import { FilesystemStat } from './free-space'
 import type { NativeWrites } from '../extent/delta-extent'
@@ -525,6 +526,8 @@ export class Pool {
   chunkHash (entry: number): Buffer | null { return entryKind(entry) === entryKindChunk ? this.state.chunks.info(entryChunkId(entry)).hash : null }
   /** The opened-chunk cache's figures. */
   chunkCacheStats (): ChunkCacheStats { return this.state.chunks.cacheStats() }
+  /** The backups' roots kept in memory (RootCache: read on first use, dropped past the bound). */
+  rootCacheStats (): RootCacheStats { return this.state.roots.stats() }
 
   // ---- lifecycle ----
 

@@ -55,6 +55,7 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.regex(status.unsealedAsOf, iso)
   t.is(status.chunkCache.hits + status.chunkCache.misses, 0, 'nothing sealed, nothing read from chunks')
   t.true(status.chunkCache.bytesMax > 0)
+  t.like(status.rootCache, { bytesMax: 32 * 1024 * 1024 }, 'the backups\' roots read on first use, and their bound')
   // Slot writes of 64 KiB go inline (issue #10), unless one was slow on a busy machine.
   // (The addon writes the blocks after the first itself: its blocks in new slots count the rest.)
   t.true(status.writes.inline + status.writes.pooled + status.daemon.fuse3.fastAllocated >= 16, `${JSON.stringify(status.writes)}, ${status.daemon.fuse3.fastAllocated} native`)
@@ -74,6 +75,7 @@ test.serial('status --json: every field, with sane values after some I/O', async
   const text = await cliOk('status', m.mnt)
   t.regex(text, /event loop:\s+delay p50/)
   t.regex(text, /writes:\s+\d+ inline, \d+ through the thread pool/)
+  t.regex(text, /^backup roots: \d+ in memory \([^)]+ of 32\.0 MiB\), \d+ read from the catalog on first use, \d+ dropped$/m)
   t.regex(text, /^write\s+\d+\s+0\s/m)
   t.is((await vdiskfs('status', m.mnt, '--json', '--prometheus')).code, 2)
   t.is((await vdiskfs('status', path.join(m.dir, 'nowhere'))).code, 1)

@@ -172,6 +172,8 @@ test('reading from every backup keeps the roots in memory within the bound, each
       }
       t.true(roots.loads >= 2 * backups, `${roots.loads} loads`)
       t.true(roots.drops >= 2 * backups - 3, `${roots.drops} drops`)
+      // What vdiskfs status shows of it.
+      t.deepEqual(pool.rootCacheStats(), { roots: roots.size, bytes: roots.bytes, bytesMax: 3 * rootBytes, loads: roots.loads, drops: roots.drops })
     } finally {
       await pool.close()
     }

@@ -46,6 +46,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         unsealedBytes,
         unsealedAsOfMs,
         chunkCache: pool.chunkCacheStats(),
+        rootCache: pool.rootCacheStats(),
         writes: inlineWriteStats(),
         commits: pool.commitStats(),
         reads: inlineReadStats(),
