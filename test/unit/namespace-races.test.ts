@@ -5,30 +5,11 @@
  * restored from. After each race the pool still commits and reopens with every name once.
  */
 import test, { ExecutionContext } from 'ava'
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import { VdiskError } from '../../src/errors'
 import { Pool } from '../../src/volume/pool'
+import { withPool } from '../helpers/pool'
 import { Volume } from '../../src/volume/volume'
 import { bytesOf } from '../helpers/model'
-
-async function withPool (work: (pool: Pool, reopen: () => Promise<Pool>) => Promise<void>): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-races-'))
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, workers: 1 })
-  const reopen = async (): Promise<Pool> => {
-    await pool.close()
-    // eslint-disable-next-line require-atomic-updates -- the test's own pool: closed above, reopened in sequence
-    pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
-    return pool
-  }
-  try {
-    await work(pool, reopen)
-  } finally {
-    await pool.close().catch(() => {})
-    fs.rmSync(dir, { recursive: true, force: true })
-  }
-}
 
 /** Writes in flight on `disk` (so that pause() has to wait for them), started now. */
 function writesInFlight (disk: Volume, count = 16): Promise<void[]> {
@@ -45,7 +26,7 @@ function namesOf (pool: Pool): string[] {
 }
 
 test('three backups of one name at once, with writes in flight: one is made, the others are refused, and the pool still commits', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     await disk.write(bytesOf(99, 8192), 0)
     const writes = writesInFlight(disk)
@@ -60,7 +41,7 @@ test('three backups of one name at once, with writes in flight: one is made, the
 })
 
 test('a copy and a create of one disk name at once: one of them has it, and the pool still commits', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     await disk.write(bytesOf(1, 8192), 0)
     const writes = writesInFlight(disk)
@@ -78,7 +59,7 @@ test('a copy and a create of one disk name at once: one of them has it, and the 
 })
 
 test('a rename onto a name a copy is making is refused, not a second volume of that name', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     const other = await pool.createDisk('o.img')
     const writes = writesInFlight(disk)
@@ -95,7 +76,7 @@ test('a rename onto a name a copy is making is refused, not a second volume of t
 })
 
 test('a backup of a disk removed while the backup waited for its writes is refused (NOT_FOUND)', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     const writes = writesInFlight(disk)
     const backingUp = pool.backup(disk, 'b.img')
@@ -115,7 +96,7 @@ test('a backup of a disk removed while the backup waited for its writes is refus
  */
 async function restoreFromRemovedBackup (t: ExecutionContext): Promise<boolean> {
   let raced = false
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     await disk.write(bytesOf(1, 4096), 0)
     const backup = await pool.backup(disk, 'b.img')
@@ -150,7 +131,7 @@ test('a restore from a backup removed while the restore waited is refused, and t
 })
 
 test('a promote waiting for a release and a create of its new name at once: one of them has the name', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     const backup = await pool.backup(disk, 'b.img')
     const clone = await pool.clone(backup, 'c.img')
@@ -169,7 +150,7 @@ test('a promote waiting for a release and a create of its new name at once: one 
 })
 
 test('an rm during the commit of a create through the mount sees the new image in use (its handle is counted first)', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const creating = pool.create('disk', 'n.img', { open: true })
     const volume = pool.find('disk', 'n.img') as Volume
     t.not(volume, undefined)
@@ -186,7 +167,7 @@ test('an rm during the commit of a create through the mount sees the new image i
 })
 
 test('a backup protected while rm waits for its last release is not removed (checked after the wait), and stays across a reopen', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     await disk.write(bytesOf(3, 4096), 0)
     const backup = await pool.backup(disk, 'b.img')
@@ -208,7 +189,7 @@ test('a backup protected while rm waits for its last release is not removed (che
 })
 
 test('rename waiting for a release: a volume removed meanwhile is NOT_FOUND and the name it held is free again', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     pool.opened(disk, true)
     const renaming = pool.renameVolume(disk, 'n.img')
@@ -227,7 +208,7 @@ test('rename waiting for a release: a volume removed meanwhile is NOT_FOUND and 
 })
 
 test('two renames onto one name at once (the first waiting for a release): one is made, the other is EXISTS; a backup renames too', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const a = await pool.createDisk('a.img')
     const b = await pool.createDisk('b.img')
     const backup = await pool.backup(a, 'monday.img')
@@ -247,7 +228,7 @@ test('two renames onto one name at once (the first waiting for a release): one i
 })
 
 test('a group backup whose source is removed while its writes drain is NOT_FOUND: no backup of the group is made and its names are free again', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const a = await pool.createDisk('a.img')
     const b = await pool.createDisk('b.img')
     await b.write(bytesOf(1, 4096), 0)
@@ -265,7 +246,7 @@ test('a group backup whose source is removed while its writes drain is NOT_FOUND
 })
 
 test('two group backups of the same disks in opposite orders at once both finish (names and pauses are taken in one order), and a third of a group name in use is EXISTS', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const a = await pool.createDisk('a.img')
     const b = await pool.createDisk('b.img')
     const writes = [writesInFlight(a), writesInFlight(b)]
@@ -283,7 +264,7 @@ test('two group backups of the same disks in opposite orders at once both finish
 })
 
 test('a group restore refuses (nothing restored) when one target is open, or was removed while it waited for a release; forced, it restores them all in one step', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-races-', async (pool, reopen) => {
     const a = await pool.createDisk('a.img')
     const b = await pool.createDisk('b.img')
     await a.write(bytesOf(1, 4096), 0)

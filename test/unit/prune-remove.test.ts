@@ -6,32 +6,13 @@
  * reopens with exactly the backups kept.
  */
 import test from 'ava'
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import { HandlerContext } from '../../src/daemon/server/handler'
 import { transferHandlers } from '../../src/daemon/server/ops-transfer'
 import { Pool } from '../../src/volume/pool'
+import { withPool } from '../helpers/pool'
 import { bytesOf } from '../helpers/model'
 
 interface PruneReply { backups: Array<{ name: string, removed: boolean, error: string | null }> }
-
-async function withPool (work: (pool: Pool, reopen: () => Promise<Pool>) => Promise<void>): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-prune-'))
-  let pool = Pool.open(path.join(dir, 'pool'), { create: true, workers: 1 })
-  const reopen = async (): Promise<Pool> => {
-    await pool.close()
-    // eslint-disable-next-line require-atomic-updates -- the test's own pool: closed above, reopened in sequence
-    pool = Pool.open(path.join(dir, 'pool'), { workers: 1 })
-    return pool
-  }
-  try {
-    await work(pool, reopen)
-  } finally {
-    await pool.close().catch(() => {})
-    fs.rmSync(dir, { recursive: true, force: true })
-  }
-}
 
 async function prune (pool: Pool, args: Record<string, unknown>): Promise<PruneReply> {
   const handlers = transferHandlers({ pool } as unknown as HandlerContext) as unknown as Record<string, (a: Record<string, unknown>) => Promise<PruneReply>>
@@ -43,7 +24,7 @@ function backupNames (pool: Pool): string[] {
 }
 
 test('prune removes every backup it decides on in one commit, and the pool reopens with the rest', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-prune-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     for (let i = 0; i < 30; i++) {
       await disk.write(bytesOf(i, 4096), i * 65536)
@@ -61,7 +42,7 @@ test('prune removes every backup it decides on in one commit, and the pool reope
 })
 
 test('a group with a member open is kept whole; a protected backup is kept; the others go', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-prune-', async (pool, reopen) => {
     const a = await pool.createDisk('a.img')
     const b = await pool.createDisk('b.img')
     await a.write(bytesOf(1, 4096), 0)
@@ -86,7 +67,7 @@ test('a group with a member open is kept whole; a protected backup is kept; the 
 })
 
 test('prune beside rm of the same backups, a new backup and writes: each backup removed once, and the pool reopens with what both left', async t => {
-  await withPool(async (pool, reopen) => {
+  await withPool('vdiskfs-prune-', async (pool, reopen) => {
     const disk = await pool.createDisk('d.img')
     for (let i = 0; i < 12; i++) {
       await disk.write(bytesOf(i, 4096), i * 65536)
