@@ -14,37 +14,24 @@
 import test, { ExecutionContext } from 'ava'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
 import { PendingMap, refsFile } from '../../src/volume/lazy-refs'
-import { blake3Hex } from '../../src/remote/remote-format'
 import { lazyDir } from '../../src/format/pool-format'
+import { allEqual, blocks, bs, hash, hydrateAll, newPool as newSourcePool, readBlock, settledSoon, sourceData } from '../helpers/lazy-source'
 
 const waitMs = 20_000
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
-const bs = 4096
-const blocks = 16
 const smallBatch = 4
 const lastBatch = 3
-const hash = (block: Buffer): Buffer => Buffer.from(blake3Hex(block), 'hex')
 
-/** The source image: 16 blocks, 0-1 the head (sent with bytes), 8 a hole, 12 the same as 3, the rest random. */
-function sourceData (): Buffer[] {
-  const data = Array.from({ length: blocks }, () => crypto.randomBytes(bs))
-  data[8] = Buffer.alloc(bs)
-  data[12] = data[3]
-  return data
-}
 
 function newPool (t: ExecutionContext): { dir: string, pool: Pool } {
-  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-clone-')), 'pool')
-  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
-  const pool = Pool.open(dir, { create: true, blockBytes: bs, workers: 1 })
-  pool.lazyRefsBatchRefs = smallBatch
-  return { dir, pool }
+  const made = newSourcePool(t, 'vdiskfs-lazy-clone-')
+  made.pool.lazyRefsBatchRefs = smallBatch
+  return made
 }
 
 /** Every block of the source as sealed chunks of disks/d.img: kept (every reference finds its chunk here), or removed (garbage for gc). */
@@ -103,18 +90,7 @@ async function pendingPull (pool: Pool, name: string, data: Buffer[], steps: Ste
   return { backup, uuid, pending }
 }
 
-async function readBlock (volume: Volume, index: number): Promise<Buffer> {
-  const out = Buffer.alloc(bs)
-  await volume.read(out, index * bs)
-  return out
-}
 
-const settledSoon = async (promise: Promise<unknown>): Promise<boolean> => {
-  let settled = false
-  promise.then(() => { settled = true }, () => { settled = true })
-  await new Promise(resolve => setTimeout(resolve, 150))
-  return settled
-}
 
 /** The files of lazy/ (the references file and the clones' records). */
 const lazyFiles = (dir: string): string[] => fs.readdirSync(path.join(dir, lazyDir)).sort()
@@ -124,13 +100,7 @@ async function until (what: string, check: () => boolean): Promise<void> {
   if (!check()) throw new Error(`never: ${what}`)
 }
 
-async function hydrateAll (pool: Pool, data: Buffer[]): Promise<void> {
-  await pool.hydrate(data.flatMap((block, i) => i < 2 || i === 8 ? [] : [{ data: block, hash: hash(block) }]))
-}
 
-async function allEqual (t: ExecutionContext, volume: Volume, model: Buffer[], when: string): Promise<void> {
-  for (let i = 0; i < blocks; i++) t.deepEqual(await readBlock(volume, i), model[i], `${volume.label} block ${i} ${when}`)
-}
 
 /**
  * The clone of a backup whose walk is parked before batch 1 (batch 0 applied), made while the walk stays

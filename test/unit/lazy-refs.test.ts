@@ -21,14 +21,11 @@ import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
 import { LazyRefs, PendingMap, refsFile } from '../../src/volume/lazy-refs'
-import { blake3Hex } from '../../src/remote/remote-format'
 import { refBytes, refsHeaderBytes } from '../../src/format/lazy-refs-format'
+import { allEqual, blocks, bs, hash, hydrateAll, newPool as newSourcePool, readBlock, settledSoon, sourceData } from '../helpers/lazy-source'
 
 const waitMs = 20_000
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
-const bs = 4096
-const blocks = 16
-const hash = (block: Buffer): Buffer => Buffer.from(blake3Hex(block), 'hex')
 
 /** A promise and its resolver (a test's gate). */
 function gate (): { promise: Promise<void>, open: () => void } {
@@ -37,19 +34,8 @@ function gate (): { promise: Promise<void>, open: () => void } {
   return { promise, open }
 }
 
-/** The source image: 16 blocks, 0-1 the head (sent with bytes), 8 a hole, 12 the same as 3, the rest random. */
-function sourceData (): Buffer[] {
-  const data = Array.from({ length: blocks }, () => crypto.randomBytes(bs))
-  data[8] = Buffer.alloc(bs)
-  data[12] = data[3]
-  return data
-}
 
-function newPool (t: ExecutionContext): { dir: string, pool: Pool } {
-  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-lazy-refs-')), 'pool')
-  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }))
-  return { dir, pool: Pool.open(dir, { create: true, blockBytes: bs, workers: 1 }) }
-}
+const newPool = (t: ExecutionContext): { dir: string, pool: Pool } => newSourcePool(t, 'vdiskfs-lazy-refs-')
 
 /** Blocks 2-5 of the source as sealed chunks of disks/d.img (kept, or removed: garbage for gc). */
 async function chunksHere (pool: Pool, data: Buffer[], keep: boolean): Promise<void> {
@@ -85,11 +71,6 @@ async function pendingPull (pool: Pool, name: string, data: Buffer[], sent?: (re
   return { backup, uuid, done: pending.done, refs, pending }
 }
 
-async function readBlock (volume: Volume, index: number): Promise<Buffer> {
-  const out = Buffer.alloc(bs)
-  await volume.read(out, index * bs)
-  return out
-}
 
 /** Waits until the references file of `uuid` is removed (after the apply's done: lazy-refs.ts removes it last). */
 async function fileGone (dir: string, uuid: string): Promise<boolean> {
@@ -97,21 +78,8 @@ async function fileGone (dir: string, uuid: string): Promise<boolean> {
   return !fs.existsSync(refsFile(dir, uuid))
 }
 
-const settledSoon = async (promise: Promise<unknown>): Promise<boolean> => {
-  let settled = false
-  promise.then(() => { settled = true }, () => { settled = true })
-  await new Promise(resolve => setTimeout(resolve, 150))
-  return settled
-}
 
-/** Every block not here yet, sent as a hydrator would. */
-async function hydrateAll (pool: Pool, data: Buffer[]): Promise<void> {
-  await pool.hydrate(data.flatMap((block, i) => i < 2 || i === 8 ? [] : [{ data: block, hash: hash(block) }]))
-}
 
-async function allEqual (t: ExecutionContext, volume: Volume, data: Buffer[], when: string): Promise<void> {
-  for (let i = 0; i < blocks; i++) t.deepEqual(await readBlock(volume, i), data[i], `${volume.label} block ${i} ${when}`)
-}
 
 test('a read past the head while the references wait to be applied waits, then reads the source\'s bytes (never the map\'s 0); the head reads at once', async t => {
   const { dir, pool } = newPool(t)
