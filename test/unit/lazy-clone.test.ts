@@ -17,15 +17,12 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
-import { Sealer } from '../../src/seal/sealer'
-import { PendingMap, refsFile } from '../../src/volume/lazy-refs'
+import { refsFile } from '../../src/volume/lazy-refs'
 import { lazyDir } from '../../src/format/pool-format'
-import { allEqual, blocks, bs, hash, hydrateAll, newPool as newSourcePool, readBlock, settledSoon, sourceData } from '../helpers/lazy-source'
+import { allEqual, allHere, blocks, bs, hydrateAll, lastBatch, newPool as newSourcePool, pendingPull, readBlock, settledSoon, smallBatch, sourceData, Steps } from '../helpers/lazy-source'
 
 const waitMs = 20_000
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
-const smallBatch = 4
-const lastBatch = 3
 
 
 function newPool (t: ExecutionContext): { dir: string, pool: Pool } {
@@ -33,64 +30,6 @@ function newPool (t: ExecutionContext): { dir: string, pool: Pool } {
   made.pool.lazyRefsBatchRefs = smallBatch
   return made
 }
-
-/** Every block of the source as sealed chunks of disks/d.img: kept (every reference finds its chunk here), or removed (garbage for gc). */
-async function allHere (pool: Pool, data: Buffer[], keep: boolean): Promise<void> {
-  const disk = await pool.createDisk('d.img')
-  for (let i = 2; i < blocks; i++) await disk.write(data[i], i * bs)
-  await new Sealer(pool, () => {}).sealPending(true)
-  if (!keep) await pool.remove(disk)
-}
-
-/**
- * The apply's walk held between its batches: batch k of the walk (k < lastBatch) goes once allow(n) with
- * n > k was called; the last batch (a reader's, taken out of order) always goes. `order` is every batch
- * in the order the apply took it.
- */
-class Steps {
-  order: number[] = []
-  private allowed = 1
-  private waiters: Array<() => void> = []
-  seam = async (batch: number): Promise<void> => {
-    this.order.push(batch)
-    while (batch !== lastBatch && batch >= this.allowed) await new Promise<void>(resolve => this.waiters.push(resolve))
-  }
-
-  allow (n: number): void {
-    this.allowed = n
-    const waiters = this.waiters
-    this.waiters = []
-    for (const wake of waiters) wake()
-  }
-
-  /** Resolves once the apply has asked for batch `batch` at the seam (it is parked there if held). */
-  async reached (batch: number): Promise<void> {
-    for (let i = 0; i < 3000 && !this.order.includes(batch); i++) await new Promise(resolve => setTimeout(resolve, 10))
-    if (!this.order.includes(batch)) throw new Error(`the apply never reached batch ${batch} (${this.order.join(' ')})`)
-  }
-}
-
-/** backups/NAME pulled lazily (the head stored, 13 references in 4 batches), its apply held at `steps`. */
-async function pendingPull (pool: Pool, name: string, data: Buffer[], steps: Steps): Promise<{ backup: Volume, uuid: string, pending: PendingMap }> {
-  pool.lazyRefsSeams = { beforeBatch: steps.seam }
-  const uuid = crypto.randomUUID()
-  const key = `${uuid}:full`
-  const session = pool.imports.begin({ key, uuid, baseUuid: null, size: blocks * bs, blockBytes: bs, createdMs: Date.now(), source: null, lazy: true }, name)
-  pool.lazy.begin({ uuid, importKey: key, remote: 'offsite', manifest: 'ab'.repeat(16), chunks: 0, startedMs: Date.now() })
-  const refs = pool.lazyRefs(uuid)
-  let backup: Volume
-  try {
-    await session.store([0, 1].map(index => ({ index, data: data[index], hash: hash(data[index]) })))
-    for (let i = 2; i < blocks; i++) if (i !== 8) await refs.push(i, hash(data[i]))
-    backup = await pool.finishLazy(session, refs)
-  } finally { session.close() }
-  pool.lazy.started(uuid)
-  const pending = backup.pendingMap
-  if (pending === null) throw new Error('the backup is not pending')
-  return { backup, uuid, pending }
-}
-
-
 
 /** The files of lazy/ (the references file and the clones' records). */
 const lazyFiles = (dir: string): string[] => fs.readdirSync(path.join(dir, lazyDir)).sort()
