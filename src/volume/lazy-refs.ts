@@ -237,6 +237,8 @@ export class PendingMap {
   private lastHeadRead = 0
   /** Set once a reader waits for the apply (a block past the head): it starts at once. */
   private wanted = false
+  /** When a batch was last mapped (performance.now()): a whole wait lasts while batches are. */
+  private lastProgress = 0
 
   /**
    * `end`: the backup's size in blocks (no reference is at or past it: a clone's blocks past it, written
@@ -316,8 +318,25 @@ export class PendingMap {
     try { await this.bounded(mapped, what) } finally { this.requests.delete(request) }
   }
 
-  /** Waits until every reference is in the map, at most the lazy wait; then IO naming `what` and the pull. */
-  async wait (what: string): Promise<void> { await this.bounded(this.done, what) }
+  /**
+   * Waits until every reference is in the map, as long as the apply goes on (at 1 TiB it takes
+   * minutes); IO naming `what` and the pull once no batch was applied for the lazy wait.
+   */
+  async wait (what: string): Promise<void> {
+    this.wanted = true
+    let timer: NodeJS.Timeout | undefined
+    const since = performance.now()
+    try {
+      await Promise.race([this.done, new Promise<void>((_resolve, reject) => {
+        const check = (): void => {
+          const idle = performance.now() - Math.max(since, this.lastProgress)
+          if (idle >= this.waitMs) reject(new VdiskError('IO', `${what}: the references of ${this.about()} are still being applied, and no batch of them was applied in ${this.waitMs / 1000} s`))
+          else timer = setTimeout(check, this.waitMs - idle)
+        }
+        timer = setTimeout(check, this.waitMs)
+      })])
+    } finally { clearTimeout(timer) }
+  }
 
   private async bounded (mapped: Promise<void>, what: string): Promise<void> {
     this.wanted = true
@@ -343,6 +362,7 @@ export class PendingMap {
    * below `to` is then) or out of order for a reader. Wakes the readers whose blocks all are.
    */
   mapped (from: number, to: number, ordered: boolean): void {
+    this.lastProgress = performance.now()
     if (ordered) this.mappedBelow = Math.max(this.mappedBelow, to)
     else {
       const ranges = [...this.mappedRanges, [from, to] as [number, number]].sort((a, b) => a[0] - b[0])

@@ -372,8 +372,9 @@ export class Pool {
   async copy (source: Volume, name: string): Promise<Volume> { return await this.namespace.copy(source, name) }
   /** copy_file_range(2) within the pool: whole blocks shared, the rest copied (range-copy.ts). */
   async copyRange (source: Volume, target: Volume, from: number, to: number, length: number): Promise<RangeCopy> {
-    // A source whose references are still being applied (a lazy pull's) is copied once they are; copyRange checks both volumes after its own awaits.
-    await source.mapped()
+    // A source whose references are still being applied (a lazy pull's): the blocks copied mapped first (a
+    // block once mapped stays so); copyRange checks both volumes after its own awaits.
+    await source.mappedIn(from, length, 'a copy out of')
     return await copyRange(this.state, source, target, from, to, length)
   }
   async promote (clone: Volume, name: string): Promise<void> { await this.changing(clone, 'name', async () => await this.namespace.promote(clone, name)) }

@@ -234,7 +234,13 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    */
   async readBlocks (blocks: Array<{ block: number, target: Buffer }>): Promise<void> {
     const blockBytes = this.context.blockBytes
-    await this.mapped()
+    // A lazy pull's blocks not mapped yet: their batches first (the apply takes them next), as read() does.
+    if (this.pendingMap !== null && blocks.length > 0) {
+      let first = Infinity
+      let last = -1
+      for (const { block } of blocks) { first = Math.min(first, block); last = Math.max(last, block) }
+      await this.mappedIn(first * blockBytes, (last - first + 1) * blockBytes, 'a read of')
+    }
     const chunked: Array<{ block: number, entry: number, id: number, offset: number, target: Buffer, what: string }> = []
     const reads: Array<Promise<unknown>> = []
     for (const { block, target } of blocks) {
@@ -257,9 +263,9 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
   }
 
   /**
-   * Waits until every block of the map is set (a lazy pull's references applied: pendingMap), at most
-   * the lazy wait, then IO naming the pull. A caller that checked anything of the pool before must
-   * check it again after this await.
+   * Waits until every block of the map is set (a lazy pull's references applied: pendingMap), as long
+   * as batches are applied; IO naming the pull once none was for the lazy wait. A caller that checked
+   * anything of the pool before must check it again after this await.
    */
   async mapped (): Promise<void> {
     const pending = this.pendingMap
@@ -275,14 +281,21 @@ export class Volume implements Omit<VolumeInfo, 'protected'> {
    * await. At once when not pending, or for blocks past the backup's end (no reference is there).
    * Callers skip the call (and its await) when pendingMap is null: the common path keeps its turns.
    */
-  async owned (position: number, length: number): Promise<void> {
+  async owned (position: number, length: number): Promise<void> { await this.mappedIn(position, length, 'a change of') }
+
+  /**
+   * Waits until the blocks of bytes [position, position + length) are mapped (a lazy pull's batches
+   * holding them applied: the apply takes them next), at most the lazy bound, then IO naming `doing`,
+   * the blocks and the pull. A block once mapped stays mapped. At once when not pending.
+   */
+  async mappedIn (position: number, length: number, doing: string): Promise<void> {
     const pending = this.pendingMap
     if (pending === null || length <= 0) return
     const blockBytes = this.context.blockBytes
     const last = Math.floor((position + length - 1) / blockBytes)
     if (last < pending.from) return
     const first = Math.max(pending.from, Math.floor(position / blockBytes))
-    await pending.waitBlocks(first, last, `a change of ${this.describe(first, 0, (last - first + 1) * blockBytes)}`)
+    await pending.waitBlocks(first, last, `${doing} ${this.describe(first, 0, (last - first + 1) * blockBytes)}`)
   }
 
   private describe (block: number, offset: number, length: number): string {
