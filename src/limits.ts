@@ -131,6 +131,14 @@ export const commitPressureCheckMs = 50
  * left to the commit, and no page's writeback is started twice before the commit writes it.
  */
 export const writebackCheckMs = 100
+
+/**
+ * The C heap's free pages are returned to the system (daemon/memory-trim.ts) once commits stop, and
+ * while they go on whenever the daemon's resident memory grew this much since the last trim; checked
+ * every memoryTrimCheckMs.
+ */
+export const memoryTrimGrowthBytes = 32 * 1024 * 1024
+export const memoryTrimCheckMs = 5000
 export const writebackKickBytes = 4 * 1024 * 1024
 export const commitPressureSpacingMs = 1000
 /** How often the daemon checks that its mount still exists (unmount from outside). */

@@ -38,6 +38,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <endian.h>
+#include <malloc.h>
 
 /* Request kinds, as JavaScript sees them (src/fuse/fuse3-transport.ts keeps the same list). */
 enum {
@@ -2848,6 +2849,71 @@ static napi_value crc32_napi(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * mallocTrim(): returns the free memory of the C heap to the system (glibc's malloc_trim(0), which
+ * also releases free pages inside the heap, not only at its top), in a detached thread so that the
+ * event loop never waits for it; returns at once, 0 or the errno of pthread_create. Why: a commit's
+ * transient buffers (map pages' encodings, catalog.log records, SQLite's) are freed to malloc, which
+ * keeps them: docs/PERFORMANCE.md, "The daemon's memory".
+ */
+static int trims_running = 0;
+/* Trims ended, and the last one's time and what it gave back (resident bytes of the process, before - after). */
+static uint64_t trims_done = 0;
+static uint64_t trim_last_ns = 0;
+static int64_t trim_last_freed = 0;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int64_t resident_bytes(void) {
+  long pages = 0, resident = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f == NULL) return 0;
+  if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+  fclose(f);
+  return (int64_t)resident * sysconf(_SC_PAGESIZE);
+}
+
+static void *malloc_trim_thread(void *unused) {
+  int64_t before = resident_bytes();
+  uint64_t start = now_ns();
+  malloc_trim(0);
+  uint64_t took = now_ns() - start;
+  int64_t freed = before - resident_bytes();
+  __atomic_store_n(&trim_last_ns, took, __ATOMIC_RELAXED);
+  __atomic_store_n(&trim_last_freed, freed, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&trims_done, 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&trims_running, 0, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+/* mallocTrimStats(): [trims ended, the last one's milliseconds, the bytes it gave back]. */
+static napi_value malloc_trim_stats(napi_env env, napi_callback_info info) {
+  napi_value out;
+  napi_create_array_with_length(env, 3, &out);
+  napi_set_element(env, out, 0, num(env, (double)__atomic_load_n(&trims_done, __ATOMIC_RELAXED)));
+  napi_set_element(env, out, 1, num(env, (double)__atomic_load_n(&trim_last_ns, __ATOMIC_RELAXED) / 1e6));
+  napi_set_element(env, out, 2, num(env, (double)__atomic_load_n(&trim_last_freed, __ATOMIC_RELAXED)));
+  return out;
+}
+
+static napi_value malloc_trim_napi(napi_env env, napi_callback_info info) {
+  int expected = 0;
+  // One at a time: a trim asked while one runs is that one.
+  if (!__atomic_compare_exchange_n(&trims_running, &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return num(env, 0);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t thread;
+  int err = pthread_create(&thread, &attr, malloc_trim_thread, NULL);
+  pthread_attr_destroy(&attr);
+  if (err != 0) __atomic_store_n(&trims_running, 0, __ATOMIC_RELEASE);
+  return num(env, err);
+}
+
+/*
  * loopPriority(realtime): the calling thread's scheduling policy (Linux schedules threads, not
  * processes: called on the event loop, it changes only the event loop's thread). 1: SCHED_RR at
  * priority 1 with SCHED_RESET_ON_FORK, so that no thread or process created after it (the libuv
@@ -2877,6 +2943,8 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "blake3Pieces", NULL, blake3_pieces, NULL, NULL, NULL, napi_default, NULL },
     { "crc32", NULL, crc32_napi, NULL, NULL, NULL, napi_default, NULL },
     { "loopPriority", NULL, loop_priority, NULL, NULL, NULL, napi_default, NULL },
+    { "mallocTrim", NULL, malloc_trim_napi, NULL, NULL, NULL, napi_default, NULL },
+    { "mallocTrimStats", NULL, malloc_trim_stats, NULL, NULL, NULL, napi_default, NULL },
     { "fastConfigure", NULL, fast_configure, NULL, NULL, NULL, napi_default, NULL },
     { "fastSize", NULL, fast_size, NULL, NULL, NULL, napi_default, NULL },
     { "fastPublish", NULL, fast_publish, NULL, NULL, NULL, napi_default, NULL },

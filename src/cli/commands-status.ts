@@ -87,7 +87,7 @@ function statusText (stats: StatsResult): string {
   const lines = [
     `daemon:      pid ${String(stats.daemon.pid)}, vdiskfs ${String(stats.daemon.version)}, serving ${printable(String(stats.daemon.pool))} at ${printable(String(stats.daemon.mountpoint))}`,
     `started:     ${time(stats.startedMs)} (up ${Math.round(stats.uptimeSeconds)} s)`,
-    `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap, ${bytes(stats.arrayBuffersBytes ?? 0)} buffers`,
+    `memory:      ${bytes(stats.rssBytes)} resident, ${bytes(stats.heapUsedBytes)} heap, ${bytes(stats.arrayBuffersBytes ?? 0)} buffers${trims(stats.memoryTrims)}`,
     `handles:     ${stats.openFds} open fds, ${stats.activeResources} active resources`,
     `event loop:  delay p50 ${ms(loop.p50Ms)}, p99 ${ms(loop.p99Ms)}, max ${ms(loop.maxMs)}${loop.policy === 'realtime' ? ' (real-time priority)' : ''}`,
     `unsealed:    ${bytes(stats.unsealedBytes)}`,
@@ -112,4 +112,10 @@ function statusText (stats: StatsResult): string {
     for (const entry of stats.lastErrors) lines.push(`  ${entry.time} ${printable(entry.message)}`)
   }
   return lines.join('\n')
+}
+
+/** The memory line's end: the C heap's trims (daemon/memory-trim.ts), when any ended. */
+function trims (stats: StatsResult['memoryTrims']): string {
+  if (stats === undefined || stats === null || stats.count === 0) return ''
+  return `; C heap trimmed ${stats.count} time${stats.count === 1 ? '' : 's'}, the last gave back ${bytes(Math.max(0, stats.lastFreedBytes))} in ${stats.lastMs.toFixed(1)} ms`
 }

@@ -52,6 +52,8 @@ export interface StatsResult {
   heapUsedBytes: number
   /** Memory of ArrayBuffers and Buffers (map pages, slabs, I/O buffers): outside the heap, in the resident set. */
   arrayBuffersBytes: number
+  /** The C heap's free pages given back to the system (daemon/memory-trim.ts): trims ended, the last one's ms and bytes; null before the daemon started them. */
+  memoryTrims?: { count: number, lastMs: number, lastFreedBytes: number } | null
   openFds: number
   /** Node's active handles and requests (timers, sockets, file requests in flight): libuv handles JavaScript sees. */
   activeResources: number

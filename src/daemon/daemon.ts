@@ -18,6 +18,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { commitPressure } from './commit-pressure'
 import { GcSchedule } from './gc-schedule'
+import { startMemoryTrims } from './memory-trim'
 import { commitIntervalMs, commitPressureCheckMs, gcIntervalMs, mountWatchIntervalMs, operationCountIntervalMs, readAheadKibibytes, writebackCheckMs } from '../limits'
 import { Pool } from '../volume/pool'
 import { SpaceAccounting } from '../inspect/space'
@@ -307,7 +308,9 @@ function startBackground (pool: Pool, metrics: DaemonMetrics, fast: FastReads, l
   const pressureTimer = setInterval(() => { void pressure() }, commitPressureCheckMs)
   // Overwrites' writeback started before the commit's fdatasync (FastReads.startWriteback).
   const writebackTimer = setInterval(() => fast.startWriteback(), writebackCheckMs)
-  return [commitTimer, gcTimer, pressureTimer, writebackTimer]
+  // The C heap's free pages back to the system after commits (memory-trim.ts).
+  const trimTimer = startMemoryTrims(loadFuse3Native(), () => pool.commitStats().commits)
+  return [commitTimer, gcTimer, pressureTimer, writebackTimer, trimTimer]
 }
 
 /**

@@ -48,6 +48,10 @@ interface Fuse3Native extends FastReadNative {
   unmount: (session: Session) => number
   /** The calling thread's scheduling policy: 1 SCHED_RR 1 (reset on fork), 0 SCHED_OTHER; 0 or an errno. */
   loopPriority: (realtime: number) => number
+  /** glibc's malloc_trim(0) in a thread of its own (daemon/memory-trim.ts): 0, or pthread_create's errno. */
+  mallocTrim: () => number
+  /** The trims ended, the last one's milliseconds and the resident bytes it gave back. */
+  mallocTrimStats: () => number[]
   destroy: (session: Session) => void
   stats: (session: Session) => Fuse3Stats
   fd: (session: Session) => number

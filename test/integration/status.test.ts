@@ -81,6 +81,21 @@ test.serial('status --json: every field, with sane values after some I/O', async
   t.is((await vdiskfs('status', path.join(m.dir, 'nowhere'))).code, 1)
 })
 
+test.serial('after a burst of commits the daemon gives the C heap\'s free pages back, and status says so', async t => {
+  const m = await withMount(t)
+  const disk = m.image('disks', 't.img')
+  await run('dd', ['if=/dev/urandom', `of=${disk}`, 'bs=1M', 'count=32', 'conv=fsync', 'status=none'])
+  // The checks come every 5 s: the first after the commits stopped asks for a trim (memory-trim.ts).
+  let status = JSON.parse(await cliOk('status', m.mnt, '--json'))
+  for (let waited = 0; waited < 30_000 && (status.memoryTrims?.count ?? 0) === 0; waited += 500) {
+    await new Promise(resolve => setTimeout(resolve, 500))
+    status = JSON.parse(await cliOk('status', m.mnt, '--json'))
+  }
+  t.true(status.memoryTrims.count >= 1, JSON.stringify(status.memoryTrims))
+  t.true(status.memoryTrims.lastMs >= 0)
+  t.regex(await cliOk('status', m.mnt), /^memory: .* buffers; C heap trimmed \d+ times?, the last gave back .* in [\d.]+ ms$/m)
+})
+
 test.serial('status shows the last errors: a damaged block read through the mount', async t => {
   const m = await withMount(t)
   const disk = m.image('disks', 'victim.img')

@@ -7,6 +7,7 @@ import { volumeFacts } from '../../inspect/facts'
 import { inlineReadStats, inlineWriteStats } from '../../io/file-io'
 import { StatsResult } from '../../control/results'
 import { HandlerContext, Handlers, volumeArg } from './handler'
+import { trimStats } from '../memory-trim'
 
 
 export function statusHandlers ({ pool, space, sealer, status, metrics, recentErrors }: HandlerContext) {
@@ -37,6 +38,7 @@ export function statusHandlers ({ pool, space, sealer, status, metrics, recentEr
         rssBytes: memory.rss,
         heapUsedBytes: memory.heapUsed,
         arrayBuffersBytes: memory.arrayBuffers,
+        memoryTrims: trimStats(),
         // The directory's own descriptor, open while it is read, is not one of the daemon's.
         openFds: (await fs.promises.readdir('/proc/self/fd')).length - 1,
         activeResources: process.getActiveResourcesInfo().length,
