@@ -26,6 +26,7 @@ export async function prometheusText (stats: StatsResult): Promise<string> {
   gauge('vdiskfs_resident_memory_bytes', "The daemon's resident set size.", stats.rssBytes)
   gauge('vdiskfs_heap_used_bytes', "The daemon's V8 heap in use.", stats.heapUsedBytes)
   gauge('vdiskfs_array_buffers_bytes', "The daemon's ArrayBuffers and Buffers (map pages, slabs, I/O buffers).", stats.arrayBuffersBytes ?? 0)
+  if (stats.memoryTrims != null) counter('vdiskfs_memory_trims_total', "Times the daemon gave the C heap's free pages back to the system (malloc_trim).", []).inc(stats.memoryTrims.count)
   gauge('vdiskfs_open_fds', 'File descriptors the daemon holds open.', stats.openFds)
   gauge('vdiskfs_active_resources', "Node's active handles and requests (libuv handles JavaScript sees).", stats.activeResources)
 

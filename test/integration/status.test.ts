@@ -150,6 +150,7 @@ test.serial('status --prometheus is the Prometheus text format, with the operati
   t.regex(text, /^vdiskfs_fuse_operation_latency_seconds_sum\{operation="write",mountpoint="[^"]+"\} [0-9.e-]+$/m)
   t.regex(text, /^vdiskfs_unsealed_bytes\{mountpoint="[^"]+"\} \d+$/m)
   t.regex(text, /^vdiskfs_open_fds\{mountpoint="[^"]+"\} \d+$/m)
+  t.regex(text, /^vdiskfs_memory_trims_total\{mountpoint="[^"]+"\} \d+$/m)
 })
 
 test.serial('daemon.log names each operation, one line per event, and rotates at its size keeping 0600 files', async t => {
