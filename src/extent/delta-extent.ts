@@ -288,10 +288,17 @@ export class ExtentStore {
         throw err
       }
       const slots = new BaseTable()
+      // Mostly zeros (a slot with no base): looked at a word at a time, a slice made only for a base
+      // (a slice and a per-byte test for each of the 16,384 slots took most of a full mark's time
+      // after an unclean stop, which opens every extent).
+      const words = new Uint32Array(table.buffer, table.byteOffset, table.byteLength >>> 2)
+      const wordsPerBase = extentBaseBytes >>> 2
       for (let slot = 0; slot < extentSlotsMax; slot++) {
-        const stored = table.subarray(slot * extentBaseBytes, (slot + 1) * extentBaseBytes)
-        if (stored.every(byte => byte === 0)) continue
-        slots.set(slot, decodeBase(stored, id, slot))
+        const first = slot * wordsPerBase
+        let empty = true
+        for (let w = first; w < first + wordsPerBase; w++) if (words[w] !== 0) { empty = false; break }
+        if (empty) continue
+        slots.set(slot, decodeBase(table.subarray(slot * extentBaseBytes, (slot + 1) * extentBaseBytes), id, slot))
       }
       // eslint-disable-next-line vdiskfs/map-check-then-act -- (issue #17 audit) nothing else sets bases[id] meanwhile: create() sets it for a new id only, and get() shares one openExisting per id. remove(id) deleting it meanwhile leaves a stale table behind for an id never reused (a leak, not a wrong byte)
       this.bases.set(id, slots)
