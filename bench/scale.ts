@@ -89,8 +89,11 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
     const volumes = db.prepare(hasRoots
       ? 'SELECT count(*) AS n, sum(length(v.root)) + COALESCE((SELECT sum(length(root)) FROM roots), 0) AS bytes FROM volumes v'
       : 'SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
+    // Schema 6 stores each root as a list (in roots) of pieces shared by content: the pieces count too.
+    const hasPieces = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'root_pieces'").get() !== undefined
+    const pieceBytes = hasPieces ? db.prepare('SELECT COALESCE(sum(length(ids)), 0) FROM root_pieces').pluck().get() as number : 0
     const size = (file: string): number => { try { return fs.statSync(path.join(pool, file)).size } catch { return 0 } }
-    return { pages, volumes: volumes.n, rootBytes: volumes.bytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
+    return { pages, volumes: volumes.n, rootBytes: volumes.bytes + pieceBytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
   } finally { db.close() }
 }
 
@@ -384,7 +387,7 @@ function table (results: Record<string, any>): string {
     `| worst tenth's median / first tenth's | ${f(a.worstTenthOverFirst, 2)} (issue: <= 2) |`,
     `| map pages the writes touched per backup | ${f(a.pagesTouchedPerBackup, 2)} |`,
     `| map pages in the catalog per backup | ${f(a.pagesPerBackup, 2)} |`,
-    `| map root bytes per volume | ${f(a.rootBytesPerBackup, 0)} |`,
+    `| map root bytes per volume (lists and pieces since schema 6) | ${f(a.rootBytesPerBackup, 0)} |`,
     `| catalog.sqlite (+ WAL) bytes per backup | ${f(a.catalogBytesPerBackup, 0)} |`,
     `| catalog.log bytes per backup | ${f(a.logBytesPerBackup, 0)} |`,
     `| daemon RSS after the backups (MiB) | ${a.daemonRssBytes === null ? '?' : f(a.daemonRssBytes / MiB, 0)} |`,
