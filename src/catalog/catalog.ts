@@ -258,6 +258,8 @@ export class Catalog {
     }
     const catalog = new Catalog(db)
     catalog.rootsMigration = migrated
+    // The dense roots' pages the upgrade freed go back to the filesystem after the next transaction.
+    catalog.deleted = migrated !== null && migrated.roots > 0
     return catalog
   }
 
