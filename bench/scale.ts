@@ -280,6 +280,12 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       rootBytesPerBackup: facts.rootBytes / facts.volumes,
       catalogBytesPerBackup: facts.catalogBytes / backups,
       logBytesPerBackup: facts.logBytes / backups,
+      // What each backup's commit appended to catalog.log (its trace), and of it what was not map pages
+      // (a page's record is 33,836 bytes): the rows with their roots (two dense roots before schema 6).
+      logAppendedPerBackup: {
+        median: median(phases.map(p => Number(p.logBytes ?? 0))),
+        besidePagesMedian: median(phases.map(p => Number(p.logBytes ?? 0) - 33836 * Number(p.pages ?? 0)))
+      },
       daemonRssBytes: Number.isNaN(rssKib) ? null : rssKib * 1024,
       space,
       lsMs,
@@ -390,6 +396,7 @@ function table (results: Record<string, any>): string {
     `| map root bytes per volume (lists and pieces since schema 6) | ${f(a.rootBytesPerBackup, 0)} |`,
     `| catalog.sqlite (+ WAL) bytes per backup | ${f(a.catalogBytesPerBackup, 0)} |`,
     `| catalog.log bytes per backup | ${f(a.logBytesPerBackup, 0)} |`,
+    `| catalog.log bytes a backup's commit appends, median; of them besides map pages | ${a.logAppendedPerBackup === undefined ? '?' : `${f(a.logAppendedPerBackup.median, 0)}; ${f(a.logAppendedPerBackup.besidePagesMedian, 0)}`} |`,
     `| daemon RSS after the backups (MiB) | ${a.daemonRssBytes === null ? '?' : f(a.daemonRssBytes / MiB, 0)} |`,
     ...['status', 'du', 'info', 'statusAfterDu'].map(op => {
       const s = a.space[op]
