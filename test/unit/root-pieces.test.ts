@@ -10,11 +10,13 @@ import test from 'ava'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import zlib from 'node:zlib'
 import Database from 'better-sqlite3'
 import { Pool } from '../../src/volume/pool'
 import { Volume } from '../../src/volume/volume'
 import { verifyPool } from '../../src/inspect/verify'
 import { repairPool } from '../../src/inspect/repair'
+import { replayCatalogLog } from '../../src/catalog/catalog-log'
 import { assembleRoot, decodeRootList, isRootList, listedPieces } from '../../src/catalog/root-pieces'
 import { storesOf } from '../helpers/stores'
 import { bytesOf } from '../helpers/model'
@@ -278,5 +280,108 @@ test('a schema 5 catalog\'s dense roots are made lists of shared pieces at the u
     t.true(repaired.after.ok, JSON.stringify(repaired.after))
     pool = Pool.open(dir, { workers: 1 })
     try { t.deepEqual(rootsOf(pool), before) } finally { await pool.close() }
+  })
+})
+
+test('a damaged list reads as CORRUPT, verify reports it, and repair takes the root from catalog.log and sets the counts from the lists', async t => {
+  await tempPool(async dir => {
+    let pool = Pool.open(dir, { create: true, workers: 1 })
+    let before: Map<string, number[]>
+    try {
+      const disk = await pool.createDisk('d.img')
+      await disk.truncate(tib)
+      for (let i = 0; i < 3; i++) {
+        await writePages(disk, [i * 1000, 7], i)
+        await pool.backup(disk, `b${i}.img`)
+      }
+      before = rootsOf(pool)
+    } finally { await pool.close() }
+    const raw = new Database(path.join(dir, 'catalog.sqlite'))
+    const id = raw.prepare("SELECT id FROM volumes WHERE name = 'b1.img'").pluck().get() as number
+    const list = raw.prepare('SELECT root FROM roots WHERE id = ?').pluck().get(id) as Buffer
+    list[16 + 32 * 8 + 3] ^= 0x01 // a byte of a piece's hash
+    raw.prepare('UPDATE roots SET root = ? WHERE id = ?').run(list, id)
+    raw.close()
+    pool = Pool.open(dir, { workers: 1 })
+    try {
+      await t.throwsAsync(readAt(pool.list().find(v => v.name === 'b1.img')!, 0), { message: /map root is damaged.*root list fails its checksum/ })
+      const report = await verifyPool(pool)
+      t.true(report.problems.some(p => /root list is damaged/.test(p)), report.problems.join('; '))
+      t.deepEqual(report.damaged.map(d => d.volume), ['b1.img'])
+    } finally { await pool.close() }
+    const repaired = await repairPool(dir)
+    t.is(repaired.rootsRepaired, 1)
+    t.true(repaired.after.ok, JSON.stringify(repaired.after))
+    pool = Pool.open(dir, { workers: 1 })
+    try {
+      t.deepEqual(rootsOf(pool), before)
+      checkPieces(t, dbOf(pool), storesOf(pool).catalog.rootPieceProblems())
+    } finally { await pool.close() }
+  })
+})
+
+/** catalog.log as vdiskfs wrote it before schema 6: each root dense in its volume record, no pieces. */
+function toDenseLog (file: string): void {
+  const bytes = fs.readFileSync(file)
+  const pieces = new Map<string, Buffer>()
+  const records: Array<{ type: number, payload: Buffer }> = []
+  for (let at = 64; at + 16 <= bytes.length;) {
+    const type = bytes.readUInt16LE(at + 4)
+    const payload = bytes.subarray(at + 16, at + 16 + bytes.readUInt32LE(at + 8))
+    if (type === 6) {
+      for (let p = 0; p < payload.length;) {
+        const length = payload.readUInt32LE(p + 32)
+        pieces.set(payload.subarray(p, p + 32).toString('hex'), Buffer.from(payload.subarray(p + 36, p + 36 + length)))
+        p += 36 + length
+      }
+    } else records.push({ type, payload })
+    at += 16 + payload.length
+  }
+  const out: Buffer[] = [bytes.subarray(0, 64)]
+  for (const { type, payload } of records) {
+    let body = payload
+    if (type === 1) {
+      const { rootList, ...row } = JSON.parse(payload.toString('utf8')) as { id: number, root: string | null, rootList?: string }
+      if (rootList !== undefined) row.root = assembleRoot(decodeRootList(Buffer.from(rootList, 'base64'), row.id), hash => pieces.get(hash.toString('hex'))).toString('base64')
+      body = Buffer.from(JSON.stringify(row))
+    }
+    const head = Buffer.alloc(16)
+    head.writeUInt32LE(0x524c4456, 0)
+    head.writeUInt16LE(type, 4)
+    head.writeUInt32LE(body.length, 8)
+    head.writeUInt32LE(zlib.crc32(body, zlib.crc32(head.subarray(4, 12))), 12)
+    out.push(head, body)
+  }
+  fs.writeFileSync(file, Buffer.concat(out))
+}
+
+test('a catalog.log written before schema 6 (dense roots, no pieces) still rebuilds a lost catalog', async t => {
+  await tempPool(async dir => {
+    let pool = Pool.open(dir, { create: true, workers: 1 })
+    let before: Map<string, number[]>
+    try {
+      const disk = await pool.createDisk('d.img')
+      await disk.truncate(tib)
+      for (let i = 0; i < 4; i++) {
+        await writePages(disk, [i * 900, 4090], i)
+        await pool.backup(disk, `b${i}.img`)
+      }
+      before = rootsOf(pool)
+    } finally { await pool.close() }
+    const log = path.join(dir, 'catalog.log')
+    toDenseLog(log)
+    const replayed = await replayCatalogLog(log)
+    t.is(replayed?.skippedBytes, 0)
+    t.is(replayed?.pieces.size, 0)
+    t.is(replayed?.volumes.size, 5)
+    for (const f of fs.readdirSync(dir)) if (f.startsWith('catalog.sqlite')) fs.rmSync(path.join(dir, f))
+    const repaired = await repairPool(dir)
+    t.is(repaired.volumesRestored, 5)
+    t.true(repaired.after.ok, JSON.stringify(repaired.after))
+    pool = Pool.open(dir, { workers: 1 })
+    try {
+      t.deepEqual(rootsOf(pool), before)
+      checkPieces(t, dbOf(pool), storesOf(pool).catalog.rootPieceProblems())
+    } finally { await pool.close() }
   })
 })
