@@ -15,7 +15,7 @@ import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
 import { catalogFreeBytesMax, catalogWalCheckpointPages, importAbandonedMs } from '../limits'
-import { assembleRoot, decodeRootList, isRootList, listedPieces, pieceHash, splitRoot } from './root-pieces'
+import { CheckedPieces, assembleRoot, decodeRootList, isRootList, listedPieces, pieceHash, splitRoot } from './root-pieces'
 
 export type VolumeKind = 'disk' | 'backup' | 'clone'
 
@@ -529,11 +529,14 @@ export class Catalog {
     const stored = this.statements.root.get(id) as Buffer | undefined
     if (stored === undefined || !isRootList(stored)) return stored === undefined ? undefined : { root: stored }
     try {
-      return { root: assembleRoot(decodeRootList(stored, id), hash => this.statements.rootPiece.get(hash) as Buffer | undefined) }
+      return { root: assembleRoot(decodeRootList(stored, id), hash => this.statements.rootPiece.get(hash) as Buffer | undefined, this.checkedPieces) }
     } catch (err) {
       return { damaged: (err as Error).message }
     }
   }
+
+  /** Root pieces read and checked lately (512: 1 MiB; a root of 1 TiB has 16). */
+  private readonly checkedPieces = new CheckedPieces(512)
 
   /** Volume `id`'s root as stored (a list, or dense in an older row), or undefined: what catalog.log's snapshot copies. */
   storedRoot (id: number): Buffer | undefined { return this.statements.root.get(id) as Buffer | undefined }

@@ -114,7 +114,7 @@ export function decodeRootList (list: Buffer, volumeId: number): RootList {
  * The stored root a list stands for, its pieces found by `piece` (by hash) and each checked against
  * its hash: a missing piece or one that fails is damage (RangeError), never zeros.
  */
-export function assembleRoot (list: RootList, piece: (hash: Buffer) => Buffer | undefined): Buffer {
+export function assembleRoot (list: RootList, piece: (hash: Buffer) => Buffer | undefined, checked?: CheckedPieces): Buffer {
   const out = Buffer.alloc(list.storedBytes)
   const idsBytes = list.storedBytes - list.tail.length
   const count = list.hashes.length
@@ -122,14 +122,40 @@ export function assembleRoot (list: RootList, piece: (hash: Buffer) => Buffer | 
     const hash = list.hashes[i]
     if (isZeroHash(hash)) continue
     const length = Math.min(list.pieceBytes, idsBytes - i * list.pieceBytes)
+    const key = checked === undefined ? '' : hash.toString('hex')
+    const known = checked?.get(key)
+    if (known !== undefined && known.length === length) { known.copy(out, i * list.pieceBytes); continue }
     const bytes = piece(hash)
     const name = `piece ${i} of ${count} (${hash.subarray(0, 8).toString('hex')})`
     if (bytes === undefined) throw new RangeError(`${name} is missing`)
     if (bytes.length !== length || !pieceHash(bytes).equals(hash)) throw new RangeError(`${name} fails its hash`)
     bytes.copy(out, i * list.pieceBytes)
+    checked?.set(key, Buffer.from(bytes))
   }
   list.tail.copy(out, idsBytes)
   return out
+}
+
+/**
+ * Pieces read and found equal to their hash lately, by hash (hex), the least recently used dropped past
+ * `max`: the roots of consecutive backups share most of their pieces, so a walk reading every root
+ * (du, gc's mark, verify) reads and hashes the few that changed. A piece's bytes never change under its
+ * hash, so a copy stays right whatever the catalog does meanwhile.
+ */
+export class CheckedPieces {
+  private readonly pieces = new Map<string, Buffer>()
+  constructor (private readonly max: number) {}
+
+  get (key: string): Buffer | undefined {
+    const bytes = this.pieces.get(key)
+    if (bytes !== undefined) { this.pieces.delete(key); this.pieces.set(key, bytes) }
+    return bytes
+  }
+
+  set (key: string, bytes: Buffer): void {
+    this.pieces.set(key, bytes)
+    if (this.pieces.size > this.max) this.pieces.delete(this.pieces.keys().next().value as string)
+  }
 }
 
 /** The hashes of a list's pieces other than zeros (repeats kept: each counts as a reference). */
