@@ -367,7 +367,7 @@ export class CatalogLog {
       const split = splitRoot(row.root, row.id)
       for (const piece of split.pieces) {
         const key = piece.hash.toString('hex')
-        if (carried.has(key) || this.catalog.rootPiece(piece.hash) !== undefined) continue
+        if (carried.has(key) || this.catalog.hasRootPiece(piece.hash)) continue
         carried.add(key)
         pieces.push(piece)
       }

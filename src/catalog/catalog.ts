@@ -277,6 +277,7 @@ export class Catalog {
       storedRoot: db.prepare('SELECT root FROM roots WHERE id = ?').pluck(),
       putRoot: db.prepare('INSERT OR REPLACE INTO roots (id, root) VALUES (?, ?)'),
       rootPiece: db.prepare('SELECT ids FROM root_pieces WHERE hash = ?').pluck(),
+      hasRootPiece: db.prepare('SELECT 1 FROM root_pieces WHERE hash = ?').pluck(),
       // A piece already stored keeps its row, unless its bytes differ from these (proven by their hash): then they heal it.
       putRootPiece: db.prepare('INSERT INTO root_pieces (hash, ids) VALUES (?, ?) ON CONFLICT (hash) DO UPDATE SET ids = excluded.ids WHERE ids != excluded.ids'),
       refRootPiece: db.prepare('INSERT INTO root_piece_refs (hash, refs) VALUES (?, 1) ON CONFLICT (hash) DO UPDATE SET refs = refs + 1'),
@@ -540,6 +541,9 @@ export class Catalog {
 
   /** Volume `id`'s root as stored (a list, or dense in an older row), or undefined: what catalog.log's snapshot copies. */
   storedRoot (id: number): Buffer | undefined { return this.statements.root.get(id) as Buffer | undefined }
+
+  /** Whether a root piece is stored (catalog.log's append carries the ones that are not). */
+  hasRootPiece (hash: Buffer): boolean { return this.statements.hasRootPiece.get(hash) !== undefined }
 
   /** A root piece's bytes by its hash, as stored (unchecked), or undefined. */
   rootPiece (hash: Buffer): Buffer | undefined { return this.statements.rootPiece.get(hash) as Buffer | undefined }

@@ -26,7 +26,7 @@ import {
 } from '../format/pool-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
 import { Catalog, PageRow, VolumeRow, absentPackId } from '../catalog/catalog'
-import { LogState, replayCatalogLog } from '../catalog/catalog-log'
+import { LogState, logRootPiecesMeta, replayCatalogLog } from '../catalog/catalog-log'
 import {
   DecodedPage, decodePage, decodeRoot, describePageDamage, encodePage, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
   pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
@@ -113,6 +113,10 @@ function fixRoots (run: RepairRun): void {
   try {
     // gc's reference counts a clean close stored are that close's state; repair changes it behind them.
     catalog.deleteRefCounts()
+    // Root pieces written here are not in catalog.log: until a snapshot holds them (at the next commit,
+    // even if this repair stops before restarting the log), appends must not count on the log having
+    // every piece the catalog does.
+    catalog.setMeta(logRootPiecesMeta, '0')
     repairRoots(catalog, run.blockBytes, run.logState, run.report)
     // The root pieces' references recounted from the lists (a salvaged or repaired catalog's may be off).
     const pieces = catalog.recountRootPieces()
