@@ -89,8 +89,11 @@ function catalogFacts (pool: string): { pages: number, volumes: number, rootByte
     const volumes = db.prepare(hasRoots
       ? 'SELECT count(*) AS n, sum(length(v.root)) + COALESCE((SELECT sum(length(root)) FROM roots), 0) AS bytes FROM volumes v'
       : 'SELECT count(*) AS n, sum(length(root)) AS bytes FROM volumes').get() as { n: number, bytes: number }
+    // Schema 6 stores each root as a list (in roots) of pieces shared by content: the pieces count too.
+    const hasPieces = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'root_pieces'").get() !== undefined
+    const pieceBytes = hasPieces ? db.prepare('SELECT COALESCE(sum(length(ids)), 0) FROM root_pieces').pluck().get() as number : 0
     const size = (file: string): number => { try { return fs.statSync(path.join(pool, file)).size } catch { return 0 } }
-    return { pages, volumes: volumes.n, rootBytes: volumes.bytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
+    return { pages, volumes: volumes.n, rootBytes: volumes.bytes + pieceBytes, catalogBytes: size('catalog.sqlite') + size('catalog.sqlite-wal'), logBytes: size('catalog.log') }
   } finally { db.close() }
 }
 
@@ -277,6 +280,12 @@ async function scenarioBackups (dir: string): Promise<Record<string, unknown>> {
       rootBytesPerBackup: facts.rootBytes / facts.volumes,
       catalogBytesPerBackup: facts.catalogBytes / backups,
       logBytesPerBackup: facts.logBytes / backups,
+      // What each backup's commit appended to catalog.log (its trace), and of it what was not map pages
+      // (a page's record is 33,836 bytes): the rows with their roots (two dense roots before schema 6).
+      logAppendedPerBackup: {
+        median: median(phases.map(p => Number(p.logBytes ?? 0))),
+        besidePagesMedian: median(phases.map(p => Number(p.logBytes ?? 0) - 33836 * Number(p.pages ?? 0)))
+      },
       daemonRssBytes: Number.isNaN(rssKib) ? null : rssKib * 1024,
       space,
       lsMs,
@@ -384,9 +393,10 @@ function table (results: Record<string, any>): string {
     `| worst tenth's median / first tenth's | ${f(a.worstTenthOverFirst, 2)} (issue: <= 2) |`,
     `| map pages the writes touched per backup | ${f(a.pagesTouchedPerBackup, 2)} |`,
     `| map pages in the catalog per backup | ${f(a.pagesPerBackup, 2)} |`,
-    `| map root bytes per volume | ${f(a.rootBytesPerBackup, 0)} |`,
+    `| map root bytes per volume (lists and pieces since schema 6) | ${f(a.rootBytesPerBackup, 0)} |`,
     `| catalog.sqlite (+ WAL) bytes per backup | ${f(a.catalogBytesPerBackup, 0)} |`,
     `| catalog.log bytes per backup | ${f(a.logBytesPerBackup, 0)} |`,
+    `| catalog.log bytes a backup's commit appends, median; of them besides map pages | ${a.logAppendedPerBackup === undefined ? '?' : `${f(a.logAppendedPerBackup.median, 0)}; ${f(a.logAppendedPerBackup.besidePagesMedian, 0)}`} |`,
     `| daemon RSS after the backups (MiB) | ${a.daemonRssBytes === null ? '?' : f(a.daemonRssBytes / MiB, 0)} |`,
     ...['status', 'du', 'info', 'statusAfterDu'].map(op => {
       const s = a.space[op]

@@ -38,6 +38,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { AbsentChunk, Catalog, LazyPullRow, VolumeRow } from './catalog'
+import { RootPiece, assembleRoot, decodeRootList, isRootList, rootPieceHashBytes, splitRoot } from './root-pieces'
 import { FileIo } from '../io/file-io'
 import { catalogLogBytesMin, catalogLogWriteBytes, logSnapshotBatchPages, logSnapshotBatchRows } from '../limits'
 
@@ -51,6 +52,11 @@ export const logRecordPage = 2
 export const logRecordRemoved = 3
 export const logRecordMeta = 4
 export const logRecordLazy = 5
+export const logRecordRootPieces = 6
+/** Root pieces a record carries at most (a piece: its hash, u32 length, its bytes: 2,084 bytes at most). */
+const rootPiecesPerRecord = 256
+/** Meta key: the log holds every root piece the catalog does (written by a snapshot since schema 6). */
+export const logRootPiecesMeta = 'log_root_pieces'
 /** A lazy record's chunk: id (8 bytes), BLAKE3 (32), size (4); at most lazyRecordChunksMax of them per record. */
 const lazyChunkBytes = 44
 const lazyRecordChunksMax = 65536
@@ -64,8 +70,11 @@ export interface AppendTiming { waitMs: number, writeMs: number, syncMs: number,
 export interface LogBatch {
   removed: number[]
   pages: Array<{ id: number, epoch: number, entries: Buffer }>
-  rows: Array<{ row: VolumeRow, withRoot: boolean }>
+  /** `list`: the root as the catalog stores it (a list of pieces), written instead of `row.root`. */
+  rows: Array<{ row: VolumeRow, withRoot: boolean, list?: Buffer }>
   meta: Record<string, string>
+  /** Root pieces the lists name that the log may not hold yet. */
+  pieces?: RootPiece[]
 }
 
 function record (type: number, payload: Buffer): Buffer {
@@ -115,11 +124,31 @@ function * lazyRecords (entry: LazyLogEntry): Generator<Buffer> {
   }
 }
 
-/** A batch's records, one at a time, in the order replay expects: removals, pages, volume rows, meta. */
+/** Root pieces' records: each piece its hash (32 bytes), its length (u32) and its bytes. */
+function * pieceRecords (pieces: RootPiece[]): Generator<Buffer> {
+  for (let i = 0; i < pieces.length; i += rootPiecesPerRecord) {
+    const slice = pieces.slice(i, i + rootPiecesPerRecord)
+    const payload = Buffer.alloc(slice.reduce((n, piece) => n + rootPieceHashBytes + 4 + piece.bytes.length, 0))
+    let at = 0
+    for (const piece of slice) {
+      piece.hash.copy(payload, at)
+      payload.writeUInt32LE(piece.bytes.length, at + rootPieceHashBytes)
+      piece.bytes.copy(payload, at + rootPieceHashBytes + 4)
+      at += rootPieceHashBytes + 4 + piece.bytes.length
+    }
+    yield record(logRecordRootPieces, payload)
+  }
+}
+
+/** A batch's records, one at a time, in the order replay expects: removals, root pieces, pages, volume rows, meta. */
 function * batchRecords (batch: LogBatch): Generator<Buffer> {
   for (const id of batch.removed) { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(id)); yield record(logRecordRemoved, b) }
+  yield * pieceRecords(batch.pieces ?? [])
   for (const page of batch.pages) yield pageRecord(page)
-  for (const { row, withRoot } of batch.rows) yield record(logRecordVolume, Buffer.from(JSON.stringify({ ...row, root: withRoot ? row.root.toString('base64') : null })))
+  for (const { row, withRoot, list } of batch.rows) {
+    const root = withRoot && list === undefined ? row.root.toString('base64') : null
+    yield record(logRecordVolume, Buffer.from(JSON.stringify({ ...row, root, ...(withRoot && list !== undefined ? { rootList: list.toString('base64') } : {}) })))
+  }
   if (Object.keys(batch.meta).length > 0) yield record(logRecordMeta, Buffer.from(JSON.stringify(batch.meta)))
 }
 
@@ -155,6 +184,12 @@ export interface LogState {
   meta: Record<string, string>
   /** Lazy pulls by their backup's uuid: the last row logged, and every absent chunk logged for it. */
   lazy: Map<string, { pull: LazyPullRow, absent: Map<number, AbsentChunk> }>
+  /** Root pieces the log holds, by hash (hex); checked when a root is assembled from them. */
+  pieces: Map<string, Buffer>
+  /** Volumes whose last root was logged as a list, with it (resolved into `volumes` at the end). */
+  lists: Map<number, Buffer>
+  /** Volumes whose logged list could not be assembled (a piece missing or damaged), with why: their root reads as empty. */
+  rootsUnresolved: string[]
   records: number
   /** Bytes skipped because they failed their checksum (a torn tail, damage). */
   skippedBytes: number
@@ -164,7 +199,7 @@ export async function replayCatalogLog (file: string): Promise<LogState | null> 
   let bytes: Buffer
   try { bytes = await fs.promises.readFile(file) } catch { return null }
   if (bytes.length < catalogLogHeaderBytes || !bytes.subarray(0, 8).equals(catalogLogMagic)) return null
-  const state: LogState = { logId: bytes.subarray(16, 32).toString('hex'), volumes: new Map(), pages: new Map(), meta: {}, lazy: new Map(), records: 0, skippedBytes: 0 }
+  const state: LogState = { logId: bytes.subarray(16, 32).toString('hex'), volumes: new Map(), pages: new Map(), meta: {}, lazy: new Map(), pieces: new Map(), lists: new Map(), rootsUnresolved: [], records: 0, skippedBytes: 0 }
   const magic = Buffer.alloc(4)
   magic.writeUInt32LE(logRecordMagic)
   let at = catalogLogHeaderBytes
@@ -184,20 +219,56 @@ export async function replayCatalogLog (file: string): Promise<LogState | null> 
     at += logRecordHeaderBytes + length
   }
   state.skippedBytes += bytes.length - at
+  resolveLists(state)
   return state
 }
 
+/**
+ * Each volume's last logged list made its root again from the pieces the log holds (anywhere in it:
+ * a list's pieces are in its record's batch, an earlier one, or the snapshot's). A list that cannot
+ * be assembled leaves the root empty (it fails decodeRoot: repair treats it as no proof).
+ */
+function resolveLists (state: LogState): void {
+  for (const [id, list] of state.lists) {
+    const row = state.volumes.get(id)
+    if (row === undefined) continue
+    try {
+      row.root = assembleRoot(decodeRootList(list, id), hash => state.pieces.get(hash.toString('hex')))
+    } catch (err) {
+      row.root = Buffer.alloc(0)
+      state.rootsUnresolved.push(`${row.kind} ${row.name} (id ${id}): ${(err as Error).message}`)
+    }
+  }
+  state.lists.clear()
+}
+
 function apply (state: LogState, type: number, payload: Buffer): void {
-  if (type === logRecordRemoved) state.volumes.delete(Number(payload.readBigUInt64LE(0)))
-  else if (type === logRecordPage) state.pages.set(Number(payload.readBigUInt64LE(0)), { epoch: Number(payload.readBigUInt64LE(8)), entries: Buffer.from(payload.subarray(16)) })
+  if (type === logRecordRemoved) {
+    const id = Number(payload.readBigUInt64LE(0))
+    state.volumes.delete(id)
+    state.lists.delete(id)
+  } else if (type === logRecordPage) state.pages.set(Number(payload.readBigUInt64LE(0)), { epoch: Number(payload.readBigUInt64LE(8)), entries: Buffer.from(payload.subarray(16)) })
   else if (type === logRecordVolume) {
-    const json = JSON.parse(payload.toString('utf8')) as Omit<VolumeRow, 'root'> & { root: string | null }
+    const { rootList, ...json } = JSON.parse(payload.toString('utf8')) as Omit<VolumeRow, 'root'> & { root: string | null, rootList?: string }
     const previous = state.volumes.get(json.id)
-    const root = json.root !== null ? Buffer.from(json.root, 'base64') : previous?.root
+    // A list (since schema 6) is assembled at the end; a dense root (older logs) is taken as it is.
+    if (typeof rootList === 'string') state.lists.set(json.id, Buffer.from(rootList, 'base64'))
+    else if (json.root !== null) state.lists.delete(json.id)
+    const root = typeof rootList === 'string' ? Buffer.alloc(0) : json.root !== null ? Buffer.from(json.root, 'base64') : previous?.root
     if (root === undefined) return // a row update before any row with its root: nothing to rebuild from
     state.volumes.set(json.id, { ...previous, ...json, root } as VolumeRow)
   } else if (type === logRecordMeta) Object.assign(state.meta, JSON.parse(payload.toString('utf8')))
   else if (type === logRecordLazy) applyLazy(state, payload)
+  else if (type === logRecordRootPieces) applyRootPieces(state, payload)
+}
+
+function applyRootPieces (state: LogState, payload: Buffer): void {
+  for (let at = 0; at < payload.length;) {
+    const length = payload.readUInt32LE(at + rootPieceHashBytes)
+    if (at + rootPieceHashBytes + 4 + length > payload.length) throw new Error('a root pieces record of a wrong length')
+    state.pieces.set(payload.subarray(at, at + rootPieceHashBytes).toString('hex'), Buffer.from(payload.subarray(at + rootPieceHashBytes + 4, at + rootPieceHashBytes + 4 + length)))
+    at += rootPieceHashBytes + 4 + length
+  }
 }
 
 function applyLazy (state: LogState, payload: Buffer): void {
@@ -235,7 +306,10 @@ export class CatalogLog {
     const named = catalog.getMeta('log_id')
     if (onDisk === null && fs.existsSync(file) && fs.statSync(file).size > 0) return new CatalogLog(file, catalog, io, true, false)
     if (onDisk === null) return new CatalogLog(file, catalog, io, false, true)
-    return new CatalogLog(file, catalog, io, onDisk !== named, false)
+    // A log from before schema 6 lacks the root pieces the catalog's lists name (the upgrade made
+    // them): it is rewritten as a snapshot at the first commit, as a new log is.
+    const detached = onDisk !== named
+    return new CatalogLog(file, catalog, io, detached, !detached && catalog.getMeta(logRootPiecesMeta) !== '1')
   }
 
   /** Appends, snapshots and lazy records one at a time: each writes at the end the one before it left. */
@@ -254,7 +328,11 @@ export class CatalogLog {
     const asked = performance.now()
     await this.serial(async () => {
       const began = performance.now()
-      await this.appendRecords(this.recordsOf(batch), timing)
+      const withLists = this.withRootLists(batch)
+      // Across the awaits of the write and the sync, until `apply` below: no other transaction writes
+      // roots or pieces (only commits do, one at a time through this queue; repair runs offline), so
+      // the pieces withRootLists found in the catalog are still there when the lists naming them are.
+      await this.appendRecords(this.recordsOf(withLists), timing)
       const applying = performance.now()
       apply()
       if (timing !== undefined) {
@@ -275,9 +353,32 @@ export class CatalogLog {
     })
   }
 
+  /**
+   * The batch with each root as the catalog will store it, a list, and the pieces those lists name
+   * that the catalog does not hold: every piece the catalog holds is in this log already (it came with
+   * the record of the commit that stored it, or with the snapshot that began the log), so a backup's
+   * record carries its two lists and the pieces its disk changed since the last, not its whole root.
+   */
+  private withRootLists (batch: LogBatch): LogBatch {
+    const pieces: RootPiece[] = []
+    const carried = new Set<string>()
+    const rows = batch.rows.map(({ row, withRoot }) => {
+      if (!withRoot) return { row, withRoot }
+      const split = splitRoot(row.root, row.id)
+      for (const piece of split.pieces) {
+        const key = piece.hash.toString('hex')
+        if (carried.has(key) || this.catalog.hasRootPiece(piece.hash)) continue
+        carried.add(key)
+        pieces.push(piece)
+      }
+      return { row, withRoot, list: split.list }
+    })
+    return { ...batch, rows, pieces }
+  }
+
   private * recordsOf (batch: LogBatch): Generator<Buffer> {
     // Each row with its identity (schema 3), which commit's rows leave to the catalog.
-    const rows = batch.rows.map(({ row, withRoot }) => ({ row: row.uuid !== undefined ? row : { ...row, uuid: this.catalog.volumeUuid(row.id) }, withRoot }))
+    const rows = batch.rows.map(({ row, withRoot, list }) => ({ row: row.uuid !== undefined ? row : { ...row, uuid: this.catalog.volumeUuid(row.id) }, withRoot, list }))
     yield * batchRecords({ ...batch, rows })
   }
 
@@ -390,6 +491,7 @@ export class CatalogLog {
       // The catalog names the log before the log exists under its name: a crash in between leaves no
       // log (made again at the next commit), never a log this catalog does not name.
       if (this.catalog.getMeta('log_id') !== logId) this.catalog.setMeta('log_id', logId)
+      if (this.catalog.getMeta(logRootPiecesMeta) !== '1') this.catalog.setMeta(logRootPiecesMeta, '1')
       await fs.promises.rename(temporary, this.file)
       renamed = true
       await this.io.syncDirectory(path.dirname(this.file))
@@ -432,14 +534,28 @@ export class CatalogLog {
     // Each slice's roots are read in its own step (issue #21: not every root at once), as the pages
     // are: a root changed since the rows were read is the newer record's, in the tail copied after; a
     // volume removed since is left out (its removal is in the tail too).
+    // A root is written as the catalog stores it (a list, or dense in an older row), damaged or not.
     const rows = this.catalog.volumes()
     for (let i = 0; i < rows.length; i += logSnapshotBatchRows) {
       const slice = []
       for (const row of rows.slice(i, i + logSnapshotBatchRows)) {
-        const root = this.catalog.root(row.id)
-        if (root !== undefined) slice.push({ row: { ...row, root }, withRoot: true })
+        const stored = this.catalog.storedRoot(row.id)
+        if (stored === undefined) continue
+        if (isRootList(stored)) slice.push({ row: { ...row, root: Buffer.alloc(0) }, withRoot: true, list: stored })
+        else slice.push({ row: { ...row, root: stored }, withRoot: true })
       }
       await write(encodeBatch({ removed: [], pages: [], rows: slice, meta: {} }))
+    }
+    // Every root piece, a batch at a time in hash order. A piece the new file's lists need is here or
+    // in the tail copied after: one stored since before the snapshot began and still stored at its end
+    // is read by one of these batches (the order is by hash: a row present throughout is not passed
+    // over); one stored (again) after the snapshot began came with the record of the commit that
+    // stored it, which is in the tail. One gone by the end is named by no list the catalog then holds.
+    for (let after: Buffer = Buffer.alloc(0); ;) {
+      const batch = this.catalog.rootPiecesAfter(after, rootPiecesPerRecord)
+      if (batch.length === 0) break
+      for (const part of pieceRecords(batch.map(row => ({ hash: row.hash, bytes: row.ids })))) await write(part)
+      after = batch[batch.length - 1].hash
     }
     const ids = this.catalog.pageIds()
     for (let i = 0; i < ids.length; i += logSnapshotBatchPages) {

@@ -15,6 +15,7 @@ import fs from 'node:fs'
 import Database from 'better-sqlite3'
 import { VdiskError, corrupt } from '../errors'
 import { catalogFreeBytesMax, catalogWalCheckpointPages, importAbandonedMs } from '../limits'
+import { CheckedPieces, assembleRoot, decodeRootList, isRootList, listedPieces, pieceHash, splitRoot } from './root-pieces'
 
 export type VolumeKind = 'disk' | 'backup' | 'clone'
 
@@ -91,7 +92,7 @@ export interface ExtentRow { id: number, volumeId: number, createdMs: number }
  * import_blocks tables; 4 added volumes.protected, note, source_uuid and group_name. An older catalog is migrated
  * at open, one version at a time.
  */
-const catalogSchemaVersion = 5
+const catalogSchemaVersion = 6
 
 const schema = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,7 +124,13 @@ CREATE TABLE IF NOT EXISTS volumes (
 -- changed in every volume reading a page a seal pass repoints) are rewritten without the root's 32 KiB
 -- at 1 TiB (issue #21). volumes.root is empty then; a row whose root is not here (an older catalog's,
 -- salvaged by repair) keeps it in volumes.root.
+-- Since schema 6 a roots row is a list of pieces (catalog/root-pieces.ts), each piece 256 page ids
+-- stored once by its SHA-256 in root_pieces and shared by every root holding the same bytes; its
+-- references (one per list naming it) in root_piece_refs, changed in the transaction that writes or
+-- deletes a list, the piece deleted with its last one (issue #21: a backup costs the pieces that changed).
 CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, root BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS root_pieces (hash BLOB PRIMARY KEY, ids BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS root_piece_refs (hash BLOB PRIMARY KEY, refs INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pages (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, entries BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS packs (id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -226,26 +233,19 @@ export class Catalog {
       if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') throw corrupt(`catalog ${file} is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, err)
       throw new VdiskError('IO', `cannot open catalog ${file}: ${(err as Error).message}`, { cause: err })
     }
+    let migrated: RootsMigration | null = null
     try {
       db.exec(schema)
       const version = db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get('schema_version') as string | undefined
       if (version === undefined) {
         db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(catalogSchemaVersion))
         db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('next_epoch', '1')
-      } else if (Number(version) === 1) {
-        migrateFrom1(db, file)
-        migrateFrom2(db)
-        migrateFrom3(db)
-        migrateFrom4(db)
-      } else if (Number(version) === 2) {
-        migrateFrom2(db)
-        migrateFrom3(db)
-        migrateFrom4(db)
-      } else if (Number(version) === 3) {
-        migrateFrom3(db)
-        migrateFrom4(db)
-      } else if (Number(version) === 4) {
-        migrateFrom4(db)
+      } else if (Number(version) >= 1 && Number(version) <= 5) {
+        if (Number(version) <= 1) migrateFrom1(db, file)
+        if (Number(version) <= 2) migrateFrom2(db)
+        if (Number(version) <= 3) migrateFrom3(db)
+        if (Number(version) <= 4) migrateFrom4(db)
+        migrated = migrateFrom5(db)
       } else if (Number(version) !== catalogSchemaVersion) {
         throw new VdiskError('INVALID', `catalog schema version ${version} is not supported (this vdiskfs reads ${catalogSchemaVersion})`)
       }
@@ -256,9 +256,17 @@ export class Catalog {
       if (err instanceof VdiskError) throw err
       throw corrupt(`catalog ${file} is damaged (${(err as Error).message}): run vdiskfs repair on the pool`, err)
     }
-    return new Catalog(db)
+    const catalog = new Catalog(db)
+    catalog.rootsMigration = migrated
+    // The dense roots' pages the upgrade freed go back to the filesystem after the next transaction.
+    catalog.deleted = migrated !== null && migrated.roots > 0
+    return catalog
   }
 
+  /** What the upgrade to schema 6 did at this open (roots made lists), or null: logged by the pool. */
+  rootsMigration: RootsMigration | null = null
+
+  // long: a table of prepared statements, one short entry each
   private prepare () {
     const db = this.db
     return {
@@ -266,7 +274,17 @@ export class Catalog {
       volumes: db.prepare(`SELECT id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, allocated_blocks, stored_bytes,
         active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid, group_name FROM volumes ORDER BY id`),
       root: db.prepare('SELECT COALESCE(r.root, v.root) FROM volumes v LEFT JOIN roots r ON r.id = v.id WHERE v.id = ?').pluck(),
+      storedRoot: db.prepare('SELECT root FROM roots WHERE id = ?').pluck(),
       putRoot: db.prepare('INSERT OR REPLACE INTO roots (id, root) VALUES (?, ?)'),
+      rootPiece: db.prepare('SELECT ids FROM root_pieces WHERE hash = ?').pluck(),
+      hasRootPiece: db.prepare('SELECT 1 FROM root_pieces WHERE hash = ?').pluck(),
+      // A piece already stored keeps its row, unless its bytes differ from these (proven by their hash): then they heal it.
+      putRootPiece: db.prepare('INSERT INTO root_pieces (hash, ids) VALUES (?, ?) ON CONFLICT (hash) DO UPDATE SET ids = excluded.ids WHERE ids != excluded.ids'),
+      refRootPiece: db.prepare('INSERT INTO root_piece_refs (hash, refs) VALUES (?, 1) ON CONFLICT (hash) DO UPDATE SET refs = refs + 1'),
+      unrefRootPiece: db.prepare('UPDATE root_piece_refs SET refs = refs - 1 WHERE hash = ? RETURNING refs').pluck(),
+      deleteRootPiece: db.prepare('DELETE FROM root_pieces WHERE hash = ?'),
+      deleteRootPieceRefs: db.prepare('DELETE FROM root_piece_refs WHERE hash = ?'),
+      rootPiecesAfter: db.prepare('SELECT hash, ids FROM root_pieces WHERE hash > ? ORDER BY hash LIMIT ?'),
       deleteRoot: db.prepare('DELETE FROM roots WHERE id = ?'),
       insertVolume: db.prepare(`INSERT INTO volumes (id, kind, name, size, created_ms, mtime_ms, source_id, source_label, epoch, root, allocated_blocks, stored_bytes, active_extent, owner_uid, owner_gid, mode, uuid, protected, note, source_uuid, group_name)
         VALUES (@id, @kind, @name, @size, @createdMs, @mtimeMs, @sourceId, @sourceLabel, @epoch, @root, @allocatedBlocks, @storedBytes, @activeExtent, @uid, @gid, @mode, @uuid, @protected, @note, @sourceUuid, @groupName)`),
@@ -494,10 +512,158 @@ export class Catalog {
     }))
   }
 
-  /** Volume `id`'s stored root (u64 page ids, format/map-format.ts), or undefined when it has no row. */
+  /**
+   * Volume `id`'s stored root (u64 page ids and trailer, format/map-format.ts), or undefined when it
+   * has no row: assembled from its list's pieces (each checked against its hash), or as stored when
+   * it is dense (volumes.root of a row salvaged from a catalog before schema 5). Throws CORRUPT when
+   * the list or a piece is damaged or missing.
+   */
   root (id: number): Buffer | undefined {
+    const state = this.rootState(id)
+    if (state !== undefined && 'damaged' in state) throw new VdiskError('CORRUPT', state.damaged)
+    return state?.root
+  }
+
+  /** root(), with damage as a value: `damaged` says what is wrong. */
+  rootState (id: number): { root: Buffer } | { damaged: string } | undefined {
     this.rootsRead++
-    return this.statements.root.get(id) as Buffer | undefined
+    const stored = this.statements.root.get(id) as Buffer | undefined
+    if (stored === undefined || !isRootList(stored)) return stored === undefined ? undefined : { root: stored }
+    try {
+      return { root: assembleRoot(decodeRootList(stored, id), hash => this.statements.rootPiece.get(hash) as Buffer | undefined, this.checkedPieces) }
+    } catch (err) {
+      return { damaged: (err as Error).message }
+    }
+  }
+
+  /** Root pieces read and checked lately (512: 1 MiB; a root of 1 TiB has 16). */
+  private readonly checkedPieces = new CheckedPieces(512)
+
+  /** Volume `id`'s root as stored (a list, or dense in an older row), or undefined: what catalog.log's snapshot copies. */
+  storedRoot (id: number): Buffer | undefined { return this.statements.root.get(id) as Buffer | undefined }
+
+  /** Whether a root piece is stored (catalog.log's append carries the ones that are not). */
+  hasRootPiece (hash: Buffer): boolean { return this.statements.hasRootPiece.get(hash) !== undefined }
+
+  /** A root piece's bytes by its hash, as stored (unchecked), or undefined. */
+  rootPiece (hash: Buffer): Buffer | undefined { return this.statements.rootPiece.get(hash) as Buffer | undefined }
+
+  /** Root pieces in hash order after `after` (a snapshot reads them a batch at a time). */
+  rootPiecesAfter (after: Buffer, limit: number): Array<{ hash: Buffer, ids: Buffer }> {
+    return this.statements.rootPiecesAfter.all(after, limit) as Array<{ hash: Buffer, ids: Buffer }>
+  }
+
+  /**
+   * Writes volume `id`'s root (a stored root, dense) as a list: its pieces stored (or their rows
+   * healed) and referenced once more each, then the list, then the old list's pieces referenced once
+   * less, and deleted at none. Inside the caller's transaction: a crash leaves all of it or none.
+   */
+  private putRoot (id: number, stored: Buffer): void {
+    const old = this.statements.storedRoot.get(id) as Buffer | undefined
+    const split = splitRoot(stored, id)
+    for (const piece of split.pieces) {
+      this.statements.putRootPiece.run(piece.hash, piece.bytes)
+      this.statements.refRootPiece.run(piece.hash)
+    }
+    this.statements.putRoot.run(id, split.list)
+    if (old !== undefined) this.releaseList(old, id)
+  }
+
+  /**
+   * A list no longer stored: its pieces referenced once less, deleted when no list names them. A list
+   * that fails its check names nothing provable: its pieces keep their counts (too high, never too
+   * low: a piece is deleted only when the catalog proves no list names it; repair recounts them).
+   */
+  private releaseList (stored: Buffer, id: number): void {
+    if (!isRootList(stored)) return
+    let hashes: Buffer[]
+    try { hashes = listedPieces(decodeRootList(stored, id)) } catch { return }
+    for (const hash of hashes) {
+      const refs = this.statements.unrefRootPiece.get(hash) as number | undefined
+      if (refs !== undefined && refs <= 0) {
+        this.statements.deleteRootPiece.run(hash)
+        this.statements.deleteRootPieceRefs.run(hash)
+        this.deleted = true
+      }
+    }
+  }
+
+  /**
+   * The root pieces checked (verify): each against its hash, every list's pieces present, and the
+   * references stored equal to the lists' count. Problems, as sentences.
+   */
+  rootPieceProblems (): string[] {
+    const problems: string[] = []
+    const named = new Map<string, number>()
+    const stored = new Map<string, boolean>()
+    for (const row of this.db.prepare('SELECT hash, ids FROM root_pieces').iterate() as Iterable<{ hash: Buffer, ids: Buffer }>) {
+      const ok = pieceHash(row.ids).equals(row.hash)
+      stored.set(row.hash.toString('hex'), ok)
+      if (!ok) problems.push(`root piece ${row.hash.subarray(0, 8).toString('hex')} fails its hash`)
+    }
+    for (const row of this.db.prepare('SELECT id, root FROM roots').iterate() as Iterable<{ id: number, root: Buffer }>) {
+      if (!isRootList(row.root)) continue
+      let hashes: Buffer[]
+      try { hashes = listedPieces(decodeRootList(row.root, row.id)) } catch (err) {
+        problems.push(`volume ${row.id}: its root list is damaged (${(err as Error).message})`)
+        continue
+      }
+      for (const hash of hashes) {
+        const key = hash.toString('hex')
+        named.set(key, (named.get(key) ?? 0) + 1)
+        if (!stored.has(key)) problems.push(`volume ${row.id}: its root names piece ${key.slice(0, 16)}, which is missing`)
+      }
+    }
+    const refs = new Map<string, number>()
+    for (const row of this.db.prepare('SELECT hash, refs FROM root_piece_refs').iterate() as Iterable<{ hash: Buffer, refs: number }>) refs.set(row.hash.toString('hex'), row.refs)
+    for (const key of new Set([...stored.keys(), ...refs.keys(), ...named.keys()])) {
+      const want = named.get(key) ?? 0
+      const have = refs.get(key) ?? 0
+      if (have !== want && stored.has(key)) problems.push(`root piece ${key.slice(0, 16)}: ${have} references stored, ${want} lists name it`)
+      else if (have !== 0 && !stored.has(key)) problems.push(`root piece ${key.slice(0, 16)}: ${have} references stored to a piece that is missing`)
+    }
+    return problems
+  }
+
+  /**
+   * Repair: every piece's references set to the number of lists naming it, and pieces no list names
+   * deleted, unless a list fails its check (it may name them: then they are kept). Returns what changed.
+   */
+  recountRootPieces (): { recounted: number, deleted: number, held: boolean } {
+    const named = new Map<string, { hash: Buffer, refs: number }>()
+    let held = false
+    for (const row of this.db.prepare('SELECT id, root FROM roots').all() as Array<{ id: number, root: Buffer }>) {
+      if (!isRootList(row.root)) continue
+      let hashes: Buffer[]
+      try { hashes = listedPieces(decodeRootList(row.root, row.id)) } catch { held = true; continue }
+      for (const hash of hashes) {
+        const key = hash.toString('hex')
+        const entry = named.get(key)
+        if (entry === undefined) named.set(key, { hash, refs: 1 })
+        else entry.refs++
+      }
+    }
+    let recounted = 0
+    let deleted = 0
+    this.transaction(() => {
+      const stored = new Map<string, number>()
+      for (const row of this.db.prepare('SELECT hash, refs FROM root_piece_refs').all() as Array<{ hash: Buffer, refs: number }>) stored.set(row.hash.toString('hex'), row.refs)
+      const put = this.db.prepare('INSERT OR REPLACE INTO root_piece_refs (hash, refs) VALUES (?, ?)')
+      for (const [key, { hash, refs }] of named) {
+        if (stored.get(key) === refs) continue
+        put.run(hash, refs)
+        recounted++
+      }
+      if (held) return
+      for (const hash of this.db.prepare('SELECT hash FROM root_piece_refs UNION SELECT hash FROM root_pieces').pluck().all() as Buffer[]) {
+        if (named.has(hash.toString('hex'))) continue
+        this.statements.deleteRootPiece.run(hash)
+        this.statements.deleteRootPieceRefs.run(hash)
+        deleted++
+        this.deleted = true
+      }
+    })
+    return { recounted, deleted, held }
   }
 
   /** Roots read from the catalog so far (root(), volumesWithRoots()): tests check what an open reads. */
@@ -505,7 +671,8 @@ export class Catalog {
 
   /** Every volume's row with its root (repair, the catalog.log snapshot a slice at a time reads root() instead). */
   volumesWithRoots (): VolumeRow[] {
-    return this.volumes().map(row => ({ ...row, root: this.root(row.id) ?? Buffer.alloc(0) }))
+    // A damaged root reads as empty here (repair asks rootState for why).
+    return this.volumes().map(row => { const state = this.rootState(row.id); return { ...row, root: state !== undefined && 'root' in state ? state.root : Buffer.alloc(0) } })
   }
 
   /**
@@ -551,7 +718,7 @@ export class Catalog {
   insertVolume (row: VolumeRow): void {
     const pending = this.pendingUuids.get(row.id)
     this.statements.insertVolume.run({ ...schema4Fields(row), root: Buffer.alloc(0), sourceUuid: row.sourceUuid ?? null, groupName: row.groupName ?? null, uuid: row.uuid ?? pending?.uuid ?? crypto.randomUUID() })
-    this.statements.putRoot.run(row.id, row.root)
+    this.putRoot(row.id, row.root)
     // In the insert's transaction: rolled back with it. The pending entry stays until the process
     // ends (a commit that fails is retried with the same identity); ids are never reused meanwhile.
     if (pending?.importKey !== undefined) this.deleteImport(pending.importKey)
@@ -627,7 +794,7 @@ export class Catalog {
     if (withRoot) {
       const { root, createdMs: _c, sourceId: _s, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolume.run(rest)
-      this.statements.putRoot.run(row.id, root)
+      this.putRoot(row.id, root)
     } else {
       const { root: _root, createdMs: _c, sourceId: _s, uuid: _u, sourceUuid: _su, groupName: _g, ...rest } = schema4Fields(row)
       this.statements.updateVolumeNoRoot.run(rest)
@@ -641,7 +808,9 @@ export class Catalog {
    */
   deleteVolume (id: number): void {
     this.statements.deleteVolume.run(id)
+    const old = this.statements.storedRoot.get(id) as Buffer | undefined
     this.statements.deleteRoot.run(id)
+    if (old !== undefined) this.releaseList(old, id)
     this.raiseIdHigh('volume_id_high', id)
     this.deleted = true
   }
@@ -929,8 +1098,44 @@ function migrateFrom4 (db: Database.Database): void {
   db.transaction(() => {
     db.exec('INSERT OR IGNORE INTO roots (id, root) SELECT id, root FROM volumes')
     db.exec("UPDATE volumes SET root = X'' WHERE length(root) > 0")
+    db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('5', 'schema_version')
+  })()
+}
+
+/** What the upgrade to schema 6 did: roots made lists, the pieces they share, the bytes before and after, its time. */
+export interface RootsMigration { roots: number, pieces: number, bytesBefore: number, bytesAfter: number, ms: number }
+
+/**
+ * Schema 5 -> 6: every dense root in the roots table becomes a list of shared pieces (root-pieces.ts),
+ * so the backups made before the upgrade share their pieces too. One transaction, a root at a time
+ * (the ids first: better-sqlite3 runs no statement while another iterates).
+ */
+function migrateFrom5 (db: Database.Database): RootsMigration {
+  const started = performance.now()
+  const out: RootsMigration = { roots: 0, pieces: 0, bytesBefore: 0, bytesAfter: 0, ms: 0 }
+  db.transaction(() => {
+    const read = db.prepare('SELECT root FROM roots WHERE id = ?').pluck()
+    const put = db.prepare('UPDATE roots SET root = ? WHERE id = ?')
+    const putPiece = db.prepare('INSERT INTO root_pieces (hash, ids) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING')
+    const ref = db.prepare('INSERT INTO root_piece_refs (hash, refs) VALUES (?, 1) ON CONFLICT (hash) DO UPDATE SET refs = refs + 1')
+    for (const id of db.prepare('SELECT id FROM roots ORDER BY id').pluck().all() as number[]) {
+      const stored = read.get(id) as Buffer
+      if (isRootList(stored)) continue
+      const split = splitRoot(stored, id)
+      for (const piece of split.pieces) {
+        out.pieces += putPiece.run(piece.hash, piece.bytes).changes
+        ref.run(piece.hash)
+      }
+      put.run(split.list, id)
+      out.roots++
+      out.bytesBefore += stored.length
+      out.bytesAfter += split.list.length
+    }
+    out.bytesAfter += (db.prepare('SELECT COALESCE(SUM(length(ids)), 0) FROM root_pieces').pluck().get() as number)
     db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(catalogSchemaVersion), 'schema_version')
   })()
+  out.ms = performance.now() - started
+  return out
 }
 
 /** Drops the partial imports nobody continued for importAbandonedMs: their chunks become garbage for gc. */

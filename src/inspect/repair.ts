@@ -26,7 +26,7 @@ import {
 } from '../format/pool-format'
 import { PackScan, scanPack } from '../chunk/pack-scan'
 import { Catalog, PageRow, VolumeRow, absentPackId } from '../catalog/catalog'
-import { LogState, replayCatalogLog } from '../catalog/catalog-log'
+import { LogState, logRootPiecesMeta, replayCatalogLog } from '../catalog/catalog-log'
 import {
   DecodedPage, decodePage, decodeRoot, describePageDamage, encodePage, encodeRoot, entryChunkId, entryExtentId, entryKind, entryKindChunk, entryKindDelta, entrySlot, lostEntry,
   pageGroupCrc, pageGroupEntries, pageIsSound, pageTrailerHeaderBytes, storedPageBytes
@@ -113,7 +113,15 @@ function fixRoots (run: RepairRun): void {
   try {
     // gc's reference counts a clean close stored are that close's state; repair changes it behind them.
     catalog.deleteRefCounts()
+    // Root pieces written here are not in catalog.log: until a snapshot holds them (at the next commit,
+    // even if this repair stops before restarting the log), appends must not count on the log having
+    // every piece the catalog does.
+    catalog.setMeta(logRootPiecesMeta, '0')
     repairRoots(catalog, run.blockBytes, run.logState, run.report)
+    // The root pieces' references recounted from the lists (a salvaged or repaired catalog's may be off).
+    const pieces = catalog.recountRootPieces()
+    if (pieces.recounted + pieces.deleted > 0) run.report.notes.push(`root pieces: ${pieces.recounted} reference counts set from the lists, ${pieces.deleted} pieces no list names deleted`)
+    if (pieces.held) run.report.notes.push('root pieces: a root list fails its check; no piece was deleted')
   } finally { catalog.close() }
 }
 
@@ -493,7 +501,7 @@ function salvageCatalog (damaged: string, pool: Pool, notes: string[]): void {
     notes.push(`nothing could be read from the damaged catalog: ${(err as Error).message}; its volumes are lost, the data stays in the packs`)
     return
   }
-  const tables = ['meta', 'volumes', 'roots', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
+  const tables = ['meta', 'volumes', 'roots', 'root_pieces', 'root_piece_refs', 'pages', 'extents', 'packs', 'chunks', 'retired_chunks']
   try {
     for (const table of tables) {
       try {
@@ -602,6 +610,7 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
     const journalSeq = Number(state.meta.journal_seq ?? '0')
     if (journalSeq > Number(catalog.getMeta('journal_seq') ?? '0')) catalog.setMeta('journal_seq', String(journalSeq))
   })
+  for (const unresolved of state.rootsUnresolved) notes.push(`catalog.log: the root of ${unresolved} could not be assembled from the pieces it holds`)
   if (restored + pages > 0) notes.push(`restored ${restored} volumes and ${pages} map pages from catalog.log (${state.records} records${state.skippedBytes > 0 ? `, ${state.skippedBytes} damaged bytes skipped` : ''})`)
   return restored
 }
@@ -614,11 +623,18 @@ function restoreFromLog (catalog: Catalog, state: LogState, notes: string[]): nu
  */
 function repairRoots (catalog: Catalog, blockBytes: number, logState: LogState | null, report: Omit<RepairReport, 'after'>): void {
   catalog.transaction(() => {
-    for (const row of catalog.volumesWithRoots()) {
-      const blocks = Math.ceil(row.size / blockBytes)
+    for (const info of catalog.volumes()) {
+      const blocks = Math.ceil(info.size / blockBytes)
       const count = BlockMap.pagesFor(blocks)
+      // A list whose piece is missing or fails its hash is a damaged root too (catalog.rootState).
+      const stored = catalog.rootState(info.id)
+      const row = { ...info, root: stored !== undefined && 'root' in stored ? stored.root : Buffer.alloc(0) }
       let why: string
-      try { decodeRoot(row.root, count, row.id); continue } catch (err) { why = (err as Error).message }
+      try {
+        if (stored !== undefined && 'damaged' in stored) throw new RangeError(stored.damaged)
+        decodeRoot(row.root, count, row.id)
+        continue
+      } catch (err) { why = (err as Error).message }
       report.rootsRepaired++
       const logged = logState?.volumes.get(row.id)
       if (logged !== undefined && logged.size === row.size) {

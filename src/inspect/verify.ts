@@ -39,6 +39,7 @@ export interface Progress { done: number, total: number }
 export async function verifyPool (pool: Pool, progress: Progress = { done: 0, total: 0 }): Promise<VerifyReport> {
   const report: VerifyReport = { ok: true, volumes: 0, pages: 0, blocks: 0, extents: 0, chunks: 0, problems: [], damaged: [], counts: '' }
   for (const problem of pool.inspection.catalogProblems()) report.problems.push(`catalog: ${problem}`)
+  for (const problem of pool.inspection.rootPieceProblems()) report.problems.push(`catalog: ${problem}`)
   const walk: MapWalk = { pool, report, damage: new DamagedBlocks(), users: new Map(), extentSlots: new Map() }
   const volumes = pool.list()
   const chunkIds = pool.inspection.chunkIds()

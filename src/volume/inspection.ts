@@ -22,6 +22,8 @@ export class Inspection {
 
   /** SQLite's integrity check of the catalog: empty when sound. */
   catalogProblems (): string[] { return this.state.catalog.integrityCheck() }
+  /** The roots' pieces against their hashes, the lists' pieces present, their reference counts against the lists: empty when sound. */
+  rootPieceProblems (): string[] { return this.state.catalog.rootPieceProblems() }
   /** Ids of the volumes the catalog holds as committed (the pool's own list may be ahead of it). */
   committedVolumeIds (): number[] { return this.state.catalog.volumes().map(v => v.id) }
   /** Ids of the delta extents the catalog knows. */

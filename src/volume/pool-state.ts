@@ -90,10 +90,12 @@ export class PoolState implements VolumeContext {
     if (volume.kind !== 'backup' || !volume.persisted || volume.map.rootDirty) return
     const id = volume.id
     volume.map.makeLazy(() => {
-      const stored = this.catalog.root(id)
+      // A list whose piece is missing or fails its hash is damage as a dense root's that fails its check.
+      const stored = this.catalog.rootState(id)
       if (stored === undefined) throw new VdiskError('CORRUPT', `${volume.label}: its map root is missing from the catalog: run vdiskfs repair on the pool`)
       try {
-        return decodeRoot(stored, volume.map.rootLength, id)
+        if ('damaged' in stored) throw new RangeError(stored.damaged)
+        return decodeRoot(stored.root, volume.map.rootLength, id)
       } catch (err) {
         const message = `${volume.label}: its map root is damaged (${(err as Error).message}): run vdiskfs repair on the pool`
         this.log(message)

@@ -115,6 +115,10 @@ export class Pool {
 
   private constructor (readonly dir: string, readonly header: PoolHeader, catalog: Catalog, options: OpenOptions) {
     this.state = new PoolState(dir, header, catalog, options)
+    const upgrade = catalog.rootsMigration
+    if (upgrade !== null) {
+      this.state.log(`catalog upgraded to schema 6: ${upgrade.roots} map roots made lists of ${upgrade.pieces} shared pieces (${upgrade.bytesBefore} bytes of roots before, ${upgrade.bytesAfter} after) in ${Math.round(upgrade.ms)} ms`)
+    }
     this.committer = new Committer(this.state)
     this.namespace = new Namespace(this.state, this.committer)
     this.maintenance = new Maintenance(this.state, this.committer)

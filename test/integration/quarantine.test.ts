@@ -10,6 +10,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import { run, vdiskfs, withMount } from '../helpers/mount'
+import { firstPieceOf, storedRootOf } from '../helpers/roots'
 
 const blockBytes = 65536
 
@@ -48,8 +49,7 @@ function packFiles (pool: string): string[] {
 function flipPageByte (pool: string, name: string, at: number, xor: number, legacy = false): void {
   const db = new Database(path.join(pool, 'catalog.sqlite'))
   try {
-    const row = db.prepare("SELECT r.root AS root FROM volumes v JOIN roots r ON r.id = v.id WHERE v.kind = 'disk' AND v.name = ?").get(name) as { root: Buffer }
-    const pageId = Number(row.root.readBigUInt64LE(0))
+    const pageId = Number(storedRootOf(db, 'disk', name).readBigUInt64LE(0))
     const page = db.prepare('SELECT entries FROM pages WHERE id = ?').get(pageId) as { entries: Buffer }
     // legacy: the page as vdiskfs wrote it before map pages had checksums (the entries alone)
     const entries = Buffer.from(legacy ? page.entries.subarray(0, 32768) : page.entries)
@@ -217,13 +217,14 @@ test.serial('a damaged page id in a volume\'s root never sends its reads to anot
   const original = fs.readFileSync(d)
   await m.umount()
   const db = new Database(path.join(m.pool, 'catalog.sqlite'))
-  const rootOf = (name: string) => (db.prepare("SELECT r.root AS root FROM volumes v JOIN roots r ON r.id = v.id WHERE v.kind = 'disk' AND v.name = ?").get(name) as { root: Buffer }).root
-  const root = Buffer.from(rootOf('d.img'))
-  const other = rootOf('e.img').readBigUInt64LE(0)
-  t.not(root.readBigUInt64LE(0), other)
-  root[0] = Number(other & 0xffn) // one damaged byte: d's page id now names e's page
-  t.is(root.readBigUInt64LE(0), other)
-  db.prepare("UPDATE roots SET root = ? WHERE id = (SELECT id FROM volumes WHERE kind = 'disk' AND name = 'd.img')").run(root)
+  // The root's first page id is in its first piece (catalog/root-pieces.ts): the byte is damaged there.
+  const hash = firstPieceOf(db, 'disk', 'd.img')
+  const piece = Buffer.from(db.prepare('SELECT ids FROM root_pieces WHERE hash = ?').pluck().get(hash) as Buffer)
+  const other = storedRootOf(db, 'disk', 'e.img').readBigUInt64LE(0)
+  t.not(piece.readBigUInt64LE(0), other)
+  piece[0] = Number(other & 0xffn) // one damaged byte: d's page id now names e's page
+  t.is(piece.readBigUInt64LE(0), other)
+  db.prepare('UPDATE root_pieces SET ids = ? WHERE hash = ?').run(piece, hash)
   db.close()
   const mounted = await vdiskfs('mount', m.pool, m.mnt)
   if (mounted.code === 0) {

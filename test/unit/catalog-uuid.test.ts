@@ -59,7 +59,7 @@ test('a schema 2 catalog is migrated: every volume gets an identity; abandoned i
   t.is(uuids.length, 2)
   for (const uuid of uuids) t.regex(uuid as string, uuidPattern)
   t.not(uuids[0], uuids[1])
-  t.is(reopened.getMeta('schema_version'), '5')
+  t.is(reopened.getMeta('schema_version'), '6')
   t.deepEqual(reopened.imports().map(i => i.key), ['recent'])
   t.deepEqual(reopened.heldChunkIds(), [])
   reopened.close()
@@ -81,7 +81,7 @@ test('a schema 3 catalog is migrated to 4: nothing protected, no notes, each vol
   db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('3', 'schema_version')
   db.close()
   const reopened = Catalog.open(file, false)
-  t.is(reopened.getMeta('schema_version'), '5')
+  t.is(reopened.getMeta('schema_version'), '6')
   const rows = reopened.volumes()
   t.deepEqual(rows.map(v => [v.name, v.protected, v.note, v.sourceUuid]), [['web.img', false, null, null], ['mon.img', false, null, diskUuid], ['old.img', false, null, null]])
   // The new columns are written and read back.
@@ -119,7 +119,7 @@ test('a schema 4 catalog is migrated to 5: each volume\'s root moves to the root
   db.prepare('UPDATE meta SET value = ? WHERE key = ?').run('4', 'schema_version')
   db.close()
   const reopened = Catalog.open(file, false)
-  t.is(reopened.getMeta('schema_version'), '5')
+  t.is(reopened.getMeta('schema_version'), '6')
   t.true(reopened.volumesWithRoots()[0].root.equals(root))
   t.true(reopened.root(1)?.equals(root))
   // A row's other fields are written without its root, which stays.
