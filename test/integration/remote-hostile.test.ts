@@ -106,14 +106,15 @@ async function hostileStore (t: { teardown: (f: () => Promise<void>) => void }, 
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
-/** A directory beside the pool's, holding a victim file and symbolic links to it named as a lazy pull's files would be. */
+/** A directory beside the pool's, holding a victim file and a symbolic link to it named as a lazy pull's references would be. */
 function plantVictims (dir: string): { outside: string, identity: string, victim: string, entries: string[] } {
   const outside = path.join(dir, 'outside')
   fs.mkdirSync(outside)
   const victim = path.join(outside, 'victim.conf')
   fs.writeFileSync(victim, 'precious\n', { mode: 0o600 })
+  // The references file through a link (created, truncated and written through it); the hydrator's log
+  // left absent, so that one made shows in the listing however soon the hydrator writes to it.
   fs.symlinkSync(victim, path.join(outside, 'escape.refs'))
-  fs.symlinkSync(victim, path.join(outside, 'escape.log'))
   // Up to / from any directory (path.join folds each .. lexically, `hydrate-..` included), then down.
   return { outside, identity: `${'../'.repeat(40)}${outside.slice(1)}/escape`, victim, entries: fs.readdirSync(outside).sort() }
 }
