@@ -11,7 +11,7 @@ import type { Pool } from '../volume/pool'
 import { RemoteDefinition, makeDefinition, readRemotes } from '../remote/remotes'
 import { RemoteStore } from '../remote/store'
 import { PruneKeep, globPattern, keepsAnything, pruneRules, selectPrune } from '../transfer/prune'
-import { isBackupId } from '../remote/remote-format'
+import { isBackupId, pulledIdentity } from '../remote/remote-format'
 import { RemoteKey, createKeyFile, readKeyFile } from '../remote/crypt'
 import { pullBackup, pushBackup } from './transfer-link'
 import { LazyPullResult, createLazyBackup, hydrate, lazyPulls } from './hydrator'
@@ -264,7 +264,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
   const awaitMs = Number(process.env.VDISKFS_HYDRATE_AWAIT_MS ?? '0')
   if (options.resume && options.foreground && Number.isSafeInteger(awaitMs) && awaitMs > 0) {
     // A hydrator started before its backup exists: the backup's identity is the manifest's.
-    const result = await withStore(remote, async store => await hydrate(store, mountpoint, id, (await store.manifest(id)).identity, { log, awaitMs }))
+    const result = await withStore(remote, async store => await hydrate(store, mountpoint, id, pulledIdentity(id, await store.manifest(id)), { log, awaitMs }))
     print(options.json, { id, name: file, hydrated: true, chunksSent: result.sent }, () => `backups/${file} is whole (${result.sent} chunks fetched)`)
     return
   }
@@ -278,7 +278,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
       store.preloadPacks()
       const manifest = await store.manifest(id)
       trace('manifest read')
-      if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, manifest.identity, true)
+      if (!options.foreground) started.early = startHydrator(remote.name, mountpoint, id, file, pulledIdentity(id, manifest), true)
       try {
         trace('hydrator started')
         const made = await createLazyBackup(store, remote.name, mountpoint, id, file, manifest)
@@ -326,6 +326,7 @@ async function lazyPull (remote: RemoteDefinition, mountpoint: string, id: strin
  * it waits (up to 2 minutes) for the backup this command is making.
  */
 function startHydrator (remote: string, mountpoint: string, id: string, file: string, uuid: string, wait: boolean): { pid: number | null, log: string, running: () => boolean } {
+  pulledIdentity(id, { identity: uuid }) // the log's name: never a path
   const log = path.join(controlDir(), `hydrate-${uuid}.log`)
   const out = fs.openSync(log, 'a', 0o600)
   try {

@@ -19,7 +19,7 @@ import { VdiskError } from '../errors'
 import { call, openStream, readReply } from '../control/client'
 import { StreamHeader } from '../transfer/stream'
 import { ByteReader, frameData, frameEnd, frameFlush, frameHead, frameHeadBytes, frameRef, frameWant, readFrame, send } from '../transfer/wire'
-import { Manifest, pullBatchBlocks, pullRangeBytesMax } from '../remote/remote-format'
+import { Manifest, pullBatchBlocks, pullRangeBytesMax, pulledIdentity } from '../remote/remote-format'
 import { RemoteStore } from '../remote/store'
 import { testPause } from '../remote/test-pause'
 import { trace } from '../trace'
@@ -47,7 +47,7 @@ export async function createLazyBackup (store: RemoteStore, remote: string, moun
   // The caller's copy of the manifest when it read it (a 1 GiB image's is about 1 MiB of JSON, checked against its id).
   const manifest = known ?? await store.manifest(id)
   const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
-  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: pulledIdentity(id, manifest), baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   // The image's head comes with the backup (a VM boots from it, and its first read need not wait for a
   // hydrator): fetched while the daemon opens the import.
   const head = fetchHead(store, manifest)

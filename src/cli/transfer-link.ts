@@ -13,7 +13,7 @@ import { ResultOf } from '../control/operations'
 import { StreamBlock, StreamHeader } from '../transfer/stream'
 import { refusedBlockOf } from '../transfer/wire'
 import { exportBlocks, importBlocks } from './transfer-client'
-import { Manifest } from '../remote/remote-format'
+import { Manifest, pulledIdentity } from '../remote/remote-format'
 import { PushHooks, PushResult, RemoteStore } from '../remote/store'
 import { testPause } from '../remote/test-pause'
 
@@ -90,7 +90,7 @@ export async function pullBackup (store: RemoteStore, mountpoint: string, id: st
   const manifest = await store.manifest(id)
   // The source's identity travels as an import's would: the pool groups the backup with its source's others.
   const source = manifest.sourceUuid === undefined ? null : { uuid: manifest.sourceUuid, label: manifest.source }
-  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: manifest.identity, baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
+  const header: StreamHeader = { name: manifest.name, blockBytes: manifest.blockBytes, uuid: pulledIdentity(id, manifest), baseUuid: null, size: manifest.size, createdMs: Date.parse(manifest.created), records: manifest.blocks.length, source }
   progress.total(manifest.blocks.length * manifest.blockBytes)
   let sourceError: unknown = null
   // Each chunk as the store keeps it: a zstd frame goes to the daemon as it is, which decompresses and

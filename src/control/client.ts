@@ -53,7 +53,9 @@ function socketOf (mountpoint: string): string {
 
 /**
  * The pid of the holder keeping `mountpoint` (a FUSE 3 mount outliving its daemon: docs/TRANSPORT.md),
- * found by its command line (vdiskfs-holder DAEMON_PID -- ... mount POOL MNT ...), or null.
+ * found by its command line (vdiskfs-holder DAEMON_PID -- ... mount POOL MNT ...), or null. Only a
+ * process of this user's: any user can name a process so, and a daemon this user cannot reach (another
+ * user's) is not waited for either.
  */
 export function holderOf (mountpoint: string): number | null {
   let entries: string[]
@@ -62,7 +64,9 @@ export function holderOf (mountpoint: string): number | null {
     if (!/^\d+$/.test(entry)) continue
     let args: string[]
     try { args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0') } catch { continue }
-    if (path.basename(args[0] ?? '') === 'vdiskfs-holder' && args.includes(mountpoint)) return Number(entry)
+    if (path.basename(args[0] ?? '') !== 'vdiskfs-holder' || !args.includes(mountpoint)) continue
+    try { if (fs.statSync(`/proc/${entry}`).uid !== (process.getuid?.() ?? 0)) continue } catch { continue }
+    return Number(entry)
   }
   return null
 }

@@ -28,7 +28,7 @@ import { Fuse3Transport, fuse3HolderPath, loadFuse3Native } from '../fuse/fuse3-
 import { controlHandlers, startControlServer } from './server/server'
 import { checkControlDir, socketPathFor } from '../control/protocol'
 import { daemonLogFile, daemonPidFile, fuseHandlesFile } from '../format/pool-format'
-import { checkFuse3Helper, checkFuseAvailable, checkMountpoint, checkPoolApart, checkUnprivilegedMount } from './preflight'
+import { checkFuse3Helper, checkFuseAvailable, checkMountpoint, checkMountpointKept, checkPoolApart, checkUnprivilegedMount } from './preflight'
 import { mounts } from '../io/mountinfo'
 import { VdiskError, corrupt } from '../errors'
 import { version } from '../version'
@@ -251,6 +251,8 @@ async function mount (options: DaemonOptions, mountpoint: string, takeover: bool
   // The pool's path, as an fstab line names it: `mount -a` then sees the line mounted already and
   // skips it (with `vdiskfs:POOL` it tried again and failed with "already mounted").
   const fsname = pool.dir.replace(/,/g, '_')
+  // Last, right before the mount (the pool's own refusals come first).
+  if (!takeover) try { checkMountpointKept(mountpoint) } catch (err) { await pool.close(); throw err }
   let fuse: Fuse3Transport
   try {
     // The kernel checks permissions against the owner and mode each image keeps in the catalog.

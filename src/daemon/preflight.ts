@@ -62,6 +62,31 @@ export function checkUnprivilegedMount (mountpoint: string, allowOther: boolean)
 }
 
 /**
+ * Refuses a mountpoint (a real path) that a user other than this one and root could replace: one of
+ * its directories' parents owned by somebody else, or writable by others without the sticky bit (or
+ * sticky, with the entry somebody else's). mount(2) follows links: such a user could swap the
+ * mountpoint, between the checks and the mount, for a link to any directory (/etc), and this pool
+ * would be mounted over it and left there dead once the daemon saw its own mountpoint unmounted.
+ * Checked right before the mount. Throws NOT_PERMITTED.
+ */
+export function checkMountpointKept (mountpoint: string): void {
+  const uid = process.getuid?.() ?? 0
+  const trusted = (owner: number): boolean => owner === 0 || owner === uid
+  for (let entry = mountpoint; path.dirname(entry) !== entry; entry = path.dirname(entry)) {
+    const parent = path.dirname(entry)
+    const dir = fs.lstatSync(parent)
+    const sticky = (dir.mode & 0o1000) !== 0
+    let why: string | null = null
+    if (!trusted(dir.uid)) why = `is owned by uid ${dir.uid}`
+    else if ((dir.mode & 0o022) !== 0 && !(sticky && trusted(fs.lstatSync(entry).uid))) why = `is writable by others (mode ${(dir.mode & 0o7777).toString(8).padStart(4, '0')})`
+    if (why !== null) {
+      throw new VdiskError('NOT_PERMITTED', `mountpoint ${mountpoint}: ${parent} ${why}, so another user could replace ${entry} (with a symbolic link while the mount is made) ` +
+        'and have this pool mounted over any directory: mount on a directory that only you and root can change')
+    }
+  }
+}
+
+/**
  * Refuses a pool and a mountpoint that overlap (the same directory, the mountpoint inside the pool or
  * the pool inside the mountpoint): the mount would hide the pool or serve it inside itself. Checked on
  * real paths (the pool may not exist yet: its nearest existing parent is resolved), before anything

@@ -142,7 +142,9 @@ export function createKeyFile (file: string): RemoteKey {
 export function readKeyFile (file: string): RemoteKey {
   const absolute = path.resolve(file)
   let fd: number
-  try { fd = fs.openSync(absolute, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW) } catch (err) {
+  // O_NONBLOCK: a FIFO put in the key's place would hold open(2) until someone writes to it; the
+  // regular-file check below refuses it (a regular file's reads ignore the flag).
+  try { fd = fs.openSync(absolute, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK) } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT') throw new VdiskError('NOT_FOUND', `key file ${absolute} does not exist (restore it from your copy: without it the store's backups cannot be read)`)
     if (code === 'ELOOP') throw invalid(`key file ${absolute} is a symbolic link: give the file itself`)

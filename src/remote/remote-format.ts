@@ -268,6 +268,17 @@ export function decodeManifest (id: string, bytes: Buffer, keyedId?: (bytes: Buf
   return m
 }
 
+/**
+ * The identity of the backup a manifest describes, for a pull: a UUID, or CORRUPT. decodeManifest lets
+ * any string through (remote ls lists what a store holds); a pull names files after it (the pool's
+ * lazy/UUID.refs, the hydrator's CONTROL_DIR/hydrate-UUID.log), where a hostile store's path would lead
+ * outside them.
+ */
+export function pulledIdentity (id: string, manifest: Pick<Manifest, 'identity'>): string {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(manifest.identity)) throw corrupt(`remote backup ${id}: its identity ${JSON.stringify(manifest.identity.slice(0, 80))} is not a UUID`)
+  return manifest.identity
+}
+
 /** The bytes of the volume block `index` covers (the last block's padding left out), for messages. */
 export function blockRange (size: number, blockBytes: number, index: number): { start: number, length: number } {
   const start = index * blockBytes

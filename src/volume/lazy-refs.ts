@@ -69,7 +69,13 @@ function recordIntact (bytes: Buffer, at: number): boolean {
   return (crc32(bytes.subarray(at, at + refCrcOffset)) >>> 0) === bytes.readUInt32LE(at + refCrcOffset)
 }
 
-export function refsFile (poolDir: string, uuid: string): string { return path.join(poolDir, lazyDir, `${uuid}${refsSuffix}`) }
+/** A pull's identity as a file name: 36 hex digits and dashes (a UUID; leftoverRefs' names), never a path. */
+function identityName (uuid: string): string {
+  if (!/^[0-9a-f-]{36}$/.test(uuid)) throw invalid(`a lazy pull's identity ${JSON.stringify(uuid.slice(0, 80))} is not a UUID`)
+  return uuid
+}
+
+export function refsFile (poolDir: string, uuid: string): string { return path.join(poolDir, lazyDir, `${identityName(uuid)}${refsSuffix}`) }
 
 function refsHeader (): Buffer {
   const header = Buffer.alloc(refsHeaderBytes)
@@ -380,7 +386,7 @@ export class PendingMap {
   resolve (): void { this.resolveDone() }
 }
 
-export function cloneFile (poolDir: string, pull: string, clone: string): string { return path.join(poolDir, lazyDir, `${pull}.${clone}${cloneSuffix}`) }
+export function cloneFile (poolDir: string, pull: string, clone: string): string { return path.join(poolDir, lazyDir, `${identityName(pull)}.${identityName(clone)}${cloneSuffix}`) }
 
 /** The pending clones' records left in the pool (lazy/PULL.CLONE.clone). */
 export function leftoverClones (poolDir: string): Array<{ pull: string, clone: string }> {

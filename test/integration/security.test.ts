@@ -386,6 +386,40 @@ test.serial('a pool directory another user made (or links to) is refused before 
   t.deepEqual(fs.readdirSync(path.join(dir, 'pool')), [], 'nothing was written into the attacker\'s directory')
 })
 
+// Attack: root mounts on a directory inside one the user may write (their home, a shared directory).
+// Between the daemon's look at the mountpoint (its real path, empty) and mount(2), which follows links,
+// the user swaps it for a link to any directory (renameat2 RENAME_EXCHANGE in a loop: won about once in
+// ten mounts here) and root's pool is mounted over it (/etc, say), left there dead (ENOTCONN) once the
+// daemon sees its mountpoint unmounted. Refused before the mount: a mountpoint any of whose directories
+// another user can change (owned by them, or writable by others and not sticky with the entry ours).
+test.serial('a mountpoint in a directory another user may change is refused: they could swap it for a link while the mount is made', async t => {
+  const account = ensureUser()
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-mnt-'))
+  t.teardown(() => { spawnSync('fusermount3', ['-uz', path.join(dir, 'user', 'mnt')]); spawnSync('fusermount3', ['-uz', path.join(dir, 'shared', 'mnt')]); fs.rmSync(dir, { recursive: true, force: true }) })
+  fs.chmodSync(dir, 0o755)
+  fs.mkdirSync(path.join(dir, 'user'))
+  fs.chownSync(path.join(dir, 'user'), account.uid, account.gid)
+  t.is(asUser('mkdir', [path.join(dir, 'user', 'mnt')]).code, 0)
+  fs.mkdirSync(path.join(dir, 'shared'), { mode: 0o777 })
+  fs.chmodSync(path.join(dir, 'shared'), 0o777)
+  fs.mkdirSync(path.join(dir, 'shared', 'mnt'))
+  for (const [where, reason] of [['user', /owned by uid \d+/], ['shared', /writable by others/]] as const) {
+    const mnt = path.join(dir, where, 'mnt')
+    const result = await vdiskfs('mount', path.join(dir, `pool-${where}`), mnt)
+    if (result.code === 0) await vdiskfs('umount', mnt)
+    t.not(result.code, 0, `${where}: mount refused`)
+    t.regex(result.stderr, reason, where)
+    t.regex(result.stderr, /could replace/, where)
+    t.false(isMounted(mnt), where)
+  }
+  // The same directory, sticky (as /tmp) with the entry root's: nobody else can rename it.
+  fs.chmodSync(path.join(dir, 'shared'), 0o1777)
+  const mnt = path.join(dir, 'shared', 'mnt')
+  const mounted = await vdiskfs('mount', path.join(dir, 'pool-sticky'), mnt)
+  t.is(mounted.code, 0, mounted.stderr)
+  t.is((await vdiskfs('umount', mnt)).code, 0)
+})
+
 test.serial('a pool holding a symbolic link is refused: the daemon writes only its own files', async t => {
   const m = await withMount(t)
   await m.umount()

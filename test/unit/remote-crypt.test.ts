@@ -4,6 +4,7 @@
  * with the key, under the name it was sealed for, and with every byte as written; chunk names are keyed.
  */
 import test from 'ava'
+import { spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -53,6 +54,22 @@ test('a key file others can read, a missing one, a symbolic link or a file that 
   const text = JSON.parse(fs.readFileSync(file, 'utf8')) as { key: string }
   fs.writeFileSync(path.join(d, 'short'), JSON.stringify({ ...text, format: 'vdiskfs-key', version: 1, key: text.key.slice(0, 20) }), { mode: 0o600 })
   t.regex(t.throws(() => readKeyFile(path.join(d, 'short')))!.message, /is not a vdiskfs key file/)
+})
+
+// Attack: whoever can write the key's directory puts a FIFO where the key was. Opened without
+// O_NONBLOCK, every push and pull (root's cron jobs) hung in open(2), before any check, until someone
+// wrote to it; refused at once, they fail as for a missing key.
+test('a FIFO in place of the key file is refused at once, not waited on', t => {
+  const d = dir(t)
+  const fifo = path.join(d, 'k')
+  t.is(spawnSync('mkfifo', ['-m', '600', fifo]).status, 0)
+  // In a child: a blocking open would hang this process.
+  const crypt = path.join(__dirname, '..', '..', 'src', 'remote', 'crypt')
+  const script = `try { require(${JSON.stringify(crypt)}).readKeyFile(${JSON.stringify(fifo)}) } catch (e) { console.error(e.message); process.exit(2) }`
+  const result = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 10000 })
+  t.is(result.signal, null, 'readKeyFile returned (it hung in open and was killed)')
+  t.is(result.status, 2)
+  t.regex(result.stderr, /is not a regular file/)
 })
 
 test('a sealed object opens with its key under its name; a flipped byte anywhere, another name, another kind or another key is CORRUPT naming it', t => {

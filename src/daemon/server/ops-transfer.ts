@@ -161,6 +161,8 @@ function checkedHeader (header: any, lazy: boolean, remote: string, manifest: st
     ![header.size, header.blockBytes, header.createdMs].every(n => Number.isSafeInteger(n) && n >= 0)) throw invalid('missing or malformed stream header')
   // A Date holds up to 8.64e15 ms: a backup dated past it would break ls and prune of the pool.
   if (header.createdMs > createdMsMax) throw invalid(`the stream's creation time ${header.createdMs} ms is out of range (after the year 9999)`)
+  // The identities name files (a lazy pull's lazy/UUID.refs): a path there would be written outside the pool.
+  if (!uuidPattern.test(header.uuid) || !(header.baseUuid === null || uuidPattern.test(header.baseUuid))) throw invalid('the stream header\'s identity or base is not a UUID')
   const source = header.source ?? null
   if (source !== null && (typeof source !== 'object' || typeof source.uuid !== 'string' || !uuidPattern.test(source.uuid) ||
     typeof source.label !== 'string' || Buffer.byteLength(source.label) > headerSourceLabelBytesMax)) throw invalid('malformed source in the stream header')
