@@ -22,7 +22,7 @@ import { Volume } from '../../src/volume/volume'
 import { Sealer } from '../../src/seal/sealer'
 import { LazyRefs, PendingMap, refsFile } from '../../src/volume/lazy-refs'
 import { refBytes, refsHeaderBytes } from '../../src/format/lazy-refs-format'
-import { allEqual, blocks, bs, hash, hydrateAll, newPool as newSourcePool, readBlock, settledSoon, sourceData } from '../helpers/lazy-source'
+import { allEqual, blocks, bs, hash, hydrateAll, newPool as newSourcePool, readBlock, settledSoon, settles, sourceData } from '../helpers/lazy-source'
 
 const waitMs = 20_000
 process.env.VDISKFS_LAZY_WAIT_MS = String(waitMs)
@@ -128,10 +128,10 @@ test('a copy and a diff asked for while the references wait are made once they a
     const cloning = pool.clone(backup, 'c.img')
     const copying = pool.copy(backup, 'copy.img')
     const allocation = pool.allocationMap(backup)
-    t.true(await settledSoon(cloning), 'the clone is made at once, pending too (test/unit/lazy-clone.test.ts)')
+    t.true(await settles(cloning), 'the clone is made at once, pending too (test/unit/lazy-clone.test.ts)')
     t.not((await cloning).pendingMap, null)
     t.false(await settledSoon(copying), 'the copy waits for the apply')
-    t.true(await settledSoon(allocation), 'SEEK_DATA\'s map is answered at once')
+    t.true(await settles(allocation), 'SEEK_DATA\'s map is answered at once')
     t.deepEqual((await allocation).filter(range => range.data).map(range => [range.start, range.length]), [[0, 16 * bs]], 'blocks not mapped yet are data, never holes (the hole at block 8 too, until its batch is applied)')
     t.is(pool.find('disk', 'copy.img'), undefined)
     held.open()

@@ -10,7 +10,7 @@
 import test, { ExecutionContext } from 'ava'
 import { VdiskError } from '../../src/errors'
 import { Pool } from '../../src/volume/pool'
-import { allEqual, allHere, blocks, bs, newPool as newSourcePool, pendingPull, settledSoon, smallBatch, sourceData, Steps } from '../helpers/lazy-source'
+import { allEqual, allHere, blocks, bs, newPool as newSourcePool, pendingPull, settledSoon, settles, smallBatch, sourceData, Steps } from '../helpers/lazy-source'
 
 function newPool (t: ExecutionContext, waitMs: number): { dir: string, pool: Pool } {
   // The bound is read as the pool opens.
@@ -31,7 +31,7 @@ test('an export\'s reads of blocks already applied are answered with the walk he
     const { backup } = await pendingPull(pool, 'b.img', data, steps)
     await steps.reached(1)
     const applied = [2, 3, 5].map(block => ({ block, target: Buffer.alloc(bs) }))
-    t.true(await settledSoon(backup.readBlocks(applied)), 'blocks of batch 0 read with batch 1 held')
+    t.true(await settles(backup.readBlocks(applied)), 'blocks of batch 0 read with batch 1 held')
     for (const { block, target } of applied) t.deepEqual(target, data[block], `block ${block}`)
     const held = [{ block: 6, target: Buffer.alloc(bs) }]
     const reading = backup.readBlocks(held)
@@ -52,7 +52,7 @@ test('a range copy (copy_file_range) out of blocks already applied is made with 
     await steps.reached(1)
     const disk = await pool.createDisk('t.img')
     await disk.truncate(blocks * bs)
-    t.true(await settledSoon(pool.copyRange(backup, disk, 2 * bs, 0, 4 * bs)), 'blocks 2-5 copied with batch 1 held')
+    t.true(await settles(pool.copyRange(backup, disk, 2 * bs, 0, 4 * bs)), 'blocks 2-5 copied with batch 1 held')
     const model: Buffer[] = Array.from({ length: blocks }, () => Buffer.alloc(bs))
     for (let i = 0; i < 4; i++) model[i] = data[2 + i]
     await allEqual(t, disk, model, 'after the copy')
