@@ -2849,6 +2849,33 @@ static napi_value crc32_napi(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * crc32Groups(data, groupBytes, groups, seed, out): out[g] = the CRC-32 of data's bytes
+ * [g * groupBytes, (g + 1) * groupBytes) started from (seed ^ g), as zlib.crc32(group, seed ^ g), for g
+ * below groups: a map page's checksum groups (format/map-format.ts) in one call instead of 256.
+ */
+static napi_value crc32_groups_napi(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  size_t length = 0, slots = 0;
+  void *data = NULL, *out = NULL;
+  if (!typed_array(env, args[0], napi_uint8_array, &data, &length) || !typed_array(env, args[4], napi_uint32_array, &out, &slots)) {
+    napi_throw_type_error(env, NULL, "vdiskfs_fuse3: crc32Groups needs a Uint8Array and a Uint32Array");
+    return NULL;
+  }
+  double group_bytes = arg_number(env, args[1]), groups = arg_number(env, args[2]);
+  uint32_t seed = 0;
+  napi_get_value_uint32(env, args[3], &seed);
+  if (!(group_bytes >= 1) || !(groups >= 0) || groups > (double)slots || groups * group_bytes > (double)length) {
+    napi_throw_range_error(env, NULL, "vdiskfs_fuse3: crc32Groups: the groups do not fit the arrays");
+    return NULL;
+  }
+  const unsigned char *bytes = data;
+  uint32_t *crcs = out;
+  size_t size = (size_t)group_bytes;
+  for (size_t g = 0; g < (size_t)groups; g++) crcs[g] = vd_crc32(seed ^ (uint32_t)g, bytes + g * size, size);
+  return NULL;
+}
+
+/*
  * mallocTrim(): returns the free memory of the C heap to the system (glibc's malloc_trim(0), which
  * also releases free pages inside the heap, not only at its top), in a detached thread so that the
  * event loop never waits for it; returns at once, 0 or the errno of pthread_create. Why: a commit's
@@ -2942,6 +2969,7 @@ static napi_value init_module(napi_env env, napi_value exports) {
     { "preadNowait", NULL, pread_nowait, NULL, NULL, NULL, napi_default, NULL },
     { "blake3Pieces", NULL, blake3_pieces, NULL, NULL, NULL, napi_default, NULL },
     { "crc32", NULL, crc32_napi, NULL, NULL, NULL, napi_default, NULL },
+    { "crc32Groups", NULL, crc32_groups_napi, NULL, NULL, NULL, napi_default, NULL },
     { "loopPriority", NULL, loop_priority, NULL, NULL, NULL, napi_default, NULL },
     { "mallocTrim", NULL, malloc_trim_napi, NULL, NULL, NULL, napi_default, NULL },
     { "mallocTrimStats", NULL, malloc_trim_stats, NULL, NULL, NULL, napi_default, NULL },

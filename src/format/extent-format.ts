@@ -38,9 +38,9 @@
  *   32     8    creation time, ms since the epoch
  *   40     4056 zero
  */
-import path from 'node:path'
 import { crc32 } from 'node:zlib'
 import { extentHeaderBytes, extentSlotsMax } from '../limits'
+import { addonFunction } from './native-addon'
 
 /**
  * The CRC-32 of sectors: the FUSE 3 addon's (native/fuse3/crc32_fast.c, carry-less multiplication where
@@ -50,11 +50,8 @@ import { extentHeaderBytes, extentSlotsMax } from '../limits'
  * written by either is checked by either.
  */
 function loadSectorCrc (): { crc: (bytes: Uint8Array) => number, native: boolean } {
-  try {
-    const file = process.env.VDISKFS_FUSE3_ADDON ?? path.join(__dirname, '..', '..', '..', 'native', 'fuse3', 'build', 'vdiskfs_fuse3.node')
-    const native = (require(file) as { crc32?: (data: Uint8Array, crc: number) => number }).crc32
-    if (typeof native === 'function') return { crc: bytes => native(bytes, 0), native: true }
-  } catch {}
+  const native = addonFunction<(data: Uint8Array, crc: number) => number>('crc32')
+  if (native !== null) return { crc: bytes => native(bytes, 0), native: true }
   return { crc: bytes => crc32(bytes) >>> 0, native: false }
 }
 /** Loaded at the first sum (a CLI that never sums a sector never loads the addon). */
