@@ -10,6 +10,7 @@
 import test, { ExecutionContext } from 'ava'
 import { VdiskError } from '../../src/errors'
 import { Pool } from '../../src/volume/pool'
+import { Volume } from '../../src/volume/volume'
 import { allEqual, allHere, blocks, bs, newPool as newSourcePool, pendingPull, settledSoon, settles, smallBatch, sourceData, Steps } from '../helpers/lazy-source'
 
 function newPool (t: ExecutionContext, waitMs: number): { dir: string, pool: Pool } {
@@ -20,16 +21,27 @@ function newPool (t: ExecutionContext, waitMs: number): { dir: string, pool: Poo
   return made
 }
 
-const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
-
-test('an export\'s reads of blocks already applied are answered with the walk held, and those of a held batch once it is applied', async t => {
-  const { pool } = newPool(t, 20_000)
+/**
+ * A pending backup b.img of the source (its chunks here) with the apply's walk parked before batch 1
+ * (batch 0, blocks 2-5, applied), in a pool whose lazy bound is `waitMs`; `check` runs with it, and the
+ * walk is let go and the pool closed after.
+ */
+async function withHeldApply (t: ExecutionContext, waitMs: number, check: (held: { pool: Pool, backup: Volume, data: Buffer[], steps: Steps }) => Promise<void>): Promise<void> {
+  const { pool } = newPool(t, waitMs)
   const steps = new Steps()
   try {
     const data = sourceData()
     await allHere(pool, data, true)
     const { backup } = await pendingPull(pool, 'b.img', data, steps)
     await steps.reached(1)
+    await check({ pool, backup, data, steps })
+  } finally { steps.allow(Infinity); await pool.close() }
+}
+
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+test('an export\'s reads of blocks already applied are answered with the walk held, and those of a held batch once it is applied', async t => {
+  await withHeldApply(t, 20_000, async ({ pool, backup, data, steps }) => {
     const applied = [2, 3, 5].map(block => ({ block, target: Buffer.alloc(bs) }))
     t.true(await settles(backup.readBlocks(applied)), 'blocks of batch 0 read with batch 1 held')
     for (const { block, target } of applied) t.deepEqual(target, data[block], `block ${block}`)
@@ -39,35 +51,23 @@ test('an export\'s reads of blocks already applied are answered with the walk he
     steps.allow(2)
     await reading
     t.deepEqual(held[0].target, data[6])
-  } finally { steps.allow(Infinity); await pool.close() }
+  })
 })
 
 test('a range copy (copy_file_range) out of blocks already applied is made with the walk held', async t => {
-  const { pool } = newPool(t, 20_000)
-  const steps = new Steps()
-  try {
-    const data = sourceData()
-    await allHere(pool, data, true)
-    const { backup } = await pendingPull(pool, 'b.img', data, steps)
-    await steps.reached(1)
+  await withHeldApply(t, 20_000, async ({ pool, backup, data, steps }) => {
     const disk = await pool.createDisk('t.img')
     await disk.truncate(blocks * bs)
     t.true(await settles(pool.copyRange(backup, disk, 2 * bs, 0, 4 * bs)), 'blocks 2-5 copied with batch 1 held')
     const model: Buffer[] = Array.from({ length: blocks }, () => Buffer.alloc(bs))
     for (let i = 0; i < 4; i++) model[i] = data[2 + i]
     await allEqual(t, disk, model, 'after the copy')
-  } finally { steps.allow(Infinity); await pool.close() }
+  })
 })
 
 test('a copy of a pending backup waits as long as batches are applied, longer than the lazy bound in all', async t => {
   const waitMs = 2000
-  const { pool } = newPool(t, waitMs)
-  const steps = new Steps()
-  try {
-    const data = sourceData()
-    await allHere(pool, data, true)
-    const { backup } = await pendingPull(pool, 'b.img', data, steps)
-    await steps.reached(1)
+  await withHeldApply(t, waitMs, async ({ pool, backup, data, steps }) => {
     let failure: unknown = null
     const copying = pool.copy(backup, 'copy.img').catch(err => { failure = err; return null })
     // Two batches let go 1.2 s apart: 2.4 s in all, more than the bound, each well within it.
@@ -78,21 +78,15 @@ test('a copy of a pending backup waits as long as batches are applied, longer th
     const copy = await copying
     t.is(failure, null)
     if (copy !== null) await allEqual(t, copy, data, 'the copy')
-  } finally { steps.allow(Infinity); await pool.close() }
+  })
 })
 
 test('a copy of a pending backup whose apply makes no progress fails with IO naming the pull after the lazy bound, and makes nothing', async t => {
-  const { pool } = newPool(t, 300)
-  const steps = new Steps()
-  try {
-    const data = sourceData()
-    await allHere(pool, data, true)
-    const { backup } = await pendingPull(pool, 'b.img', data, steps)
-    await steps.reached(1)
+  await withHeldApply(t, 300, async ({ pool, backup, data, steps }) => {
     const failure = await t.throwsAsync(pool.copy(backup, 'copy.img'))
     t.true(failure instanceof VdiskError)
     t.is((failure as VdiskError).code, 'IO')
     t.regex(failure?.message ?? '', /^backup b\.img: the references of lazy pull backup b\.img from remote offsite \(backup [ab]+\) are still being applied, and no batch of them was applied in 0\.3 s$/)
     t.false(pool.list().some(volume => volume.name === 'copy.img'), 'no copy made')
-  } finally { steps.allow(Infinity); await pool.close() }
+  })
 })
