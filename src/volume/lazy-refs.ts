@@ -328,28 +328,26 @@ export class PendingMap {
    * Waits until every reference is in the map, as long as the apply goes on (at 1 TiB it takes
    * minutes); IO naming `what` and the pull once no batch was applied for the lazy wait.
    */
-  async wait (what: string): Promise<void> {
-    this.wanted = true
-    let timer: NodeJS.Timeout | undefined
-    const since = performance.now()
-    try {
-      await Promise.race([this.done, new Promise<void>((_resolve, reject) => {
-        const check = (): void => {
-          const idle = performance.now() - Math.max(since, this.lastProgress)
-          if (idle >= this.waitMs) reject(new VdiskError('IO', `${what}: the references of ${this.about()} are still being applied, and no batch of them was applied in ${this.waitMs / 1000} s`))
-          else timer = setTimeout(check, this.waitMs - idle)
-        }
-        timer = setTimeout(check, this.waitMs)
-      })])
-    } finally { clearTimeout(timer) }
-  }
+  async wait (what: string): Promise<void> { await this.bounded(this.done, what, true) }
 
-  private async bounded (mapped: Promise<void>, what: string): Promise<void> {
+  /**
+   * Waits for `mapped` (or the whole apply), at most the lazy wait in all, or with `whileApplied`, until
+   * no batch was applied for the lazy wait; then IO naming `what` and the pull.
+   */
+  private async bounded (mapped: Promise<void>, what: string, whileApplied = false): Promise<void> {
     this.wanted = true
+    const since = performance.now()
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([mapped, this.done, new Promise<void>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new VdiskError('IO', `${what}: the references of ${this.about()} are still being applied after ${this.waitMs / 1000} s`)), this.waitMs)
+        const check = (): void => {
+          const idle = performance.now() - (whileApplied ? Math.max(since, this.lastProgress) : since)
+          if (idle < this.waitMs) { timer = setTimeout(check, this.waitMs - idle); return }
+          reject(new VdiskError('IO', whileApplied
+            ? `${what}: the references of ${this.about()} are still being applied, and no batch of them was applied in ${this.waitMs / 1000} s`
+            : `${what}: the references of ${this.about()} are still being applied after ${this.waitMs / 1000} s`))
+        }
+        timer = setTimeout(check, this.waitMs)
       })])
     } finally { clearTimeout(timer) }
   }
